@@ -1,0 +1,1 @@
+"""The ``ledger`` command line: parses, calls ledger/ and replay/, formats; no logic of its own."""

@@ -1,0 +1,60 @@
+"""``ledger list`` and ``ledger show``: what the ledger holds."""
+
+from __future__ import annotations
+
+import click
+
+from cli.display import jsonable, short
+from cli.main import cli
+from cli.output import emit_json, iso_time, json_option
+from ledger.experiment_info import describe_experiment
+from ledger.store import Store
+
+
+@cli.command("list", epilog="Exit codes: 0 ok; 2 unreadable or foreign database.")
+@json_option
+@click.pass_obj
+def list_command(obj: dict, as_json: bool) -> None:
+    """List experiments, newest first, with their status (ok, failed or incomplete)."""
+    with Store.open(obj["db_url"]) as store:
+        rows = store.experiments()
+    if as_json:
+        emit_json({"experiments": [{"exp": row.exp, "name": row.name,
+                                    "created": iso_time(row.created_t), "status": row.status}
+                                   for row in rows]})
+        return
+    if not rows:
+        click.echo("no experiments")
+        return
+    click.echo(f"{'EXPERIMENT':<20} {'CREATED':<25} {'STATUS':<11} NAME")
+    for row in rows:
+        click.echo(f"{row.exp:<20} {iso_time(row.created_t):<25} {row.status:<11} {row.name}")
+
+
+@cli.command("show", epilog="Exit codes: 0 ok; 2 unknown experiment or unreadable database.")
+@click.argument("exp")
+@json_option
+@click.pass_obj
+def show_command(obj: dict, exp: str, as_json: bool) -> None:
+    """Show one experiment: metadata, event counts by kind, streams, head and status."""
+    with Store.open(obj["db_url"]) as store:
+        info = describe_experiment(store, exp)
+    if as_json:
+        emit_json(jsonable(info.to_json()))
+        return
+    click.echo(f"experiment  {info.exp}")
+    click.echo(f"name        {info.name}")
+    click.echo(f"created     {iso_time(info.created_t)}")
+    click.echo(f"status      {info.status}" + ("" if info.complete else
+                                              "  (INCOMPLETE: no run_completed event)"))
+    click.echo(f"root seed   {info.root_seed if info.root_seed is not None else '-'}"
+               f"{'  (' + info.root_seed_source + ')' if info.root_seed_source else ''}")
+    click.echo(f"head        {info.head.hex() if info.head else '- (run incomplete)'}")
+    for key, value in sorted(info.metadata.items()):
+        click.echo(f"{key:<11} {jsonable(value)}")
+    click.echo("events by kind:")
+    for kind, count in info.counts.items():
+        click.echo(f"  {kind:<22} {count:>10,}")
+    click.echo("streams:")
+    for head in info.streams:
+        click.echo(f"  {head.stream:<22} {head.count:>10,}  head {short(head.head)}")

@@ -1,0 +1,24 @@
+"""Turning ledger values into JSON-ready and human-readable forms."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def jsonable(value: Any) -> Any:
+    """A copy of ``value`` that json can print: bytes become lowercase hex, tuples lists."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {str(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(item) for item in value]
+    return value
+
+
+def short(digest: bytes | str | None, width: int = 16) -> str:
+    """A digest shortened for tables (full digests are in --json)."""
+    if digest is None:
+        return "-"
+    text = digest.hex() if isinstance(digest, bytes) else digest
+    return text[:width]

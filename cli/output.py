@@ -1,0 +1,46 @@
+"""Output helpers shared by every command: JSON documents, human text, progress, time."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+
+def emit_json(document: Any) -> None:
+    """Print exactly one JSON document on stdout (keys sorted, so output is stable)."""
+    click.echo(json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False))
+
+
+def iso_time(t_ns: int | None) -> str | None:
+    """A wall-clock time in nanoseconds as RFC 3339 UTC (``None`` stays ``None``)."""
+    if t_ns is None:
+        return None
+    return datetime.fromtimestamp(t_ns / 1e9, tz=UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def json_option(function):  # noqa: ANN001, ANN201 - click decorator
+    """The shared ``--json`` flag of every command that shows data."""
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print one JSON document on stdout instead of text.")(function)
+
+
+class Progress:
+    """A one-line progress counter on stderr, shown only when stderr is a terminal."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.enabled = sys.stderr.isatty()
+
+    def __call__(self, done: int) -> None:
+        if self.enabled:
+            click.echo(f"\r{self.label}: {done:,} events", err=True, nl=False)
+
+    def finish(self) -> None:
+        """Clear the progress line."""
+        if self.enabled:
+            click.echo("\r\033[K", err=True, nl=False)

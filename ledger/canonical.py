@@ -1,0 +1,95 @@
+"""Canonical encoding (DESIGN §2): one byte string per value, whatever produced the value.
+
+``canonical(obj)`` is ``msgpack.packb(obj, use_bin_type=True)`` after normalising: dict keys must
+be ``str`` and are sorted; tuples become lists; numpy scalars become Python ``int``/``float``/
+``bool``; floats are float64; integers must fit in 64 bits; no ext types. Everything else is
+refused with :class:`~ledger.errors.EncodingError`, because a value that could encode two ways
+would make two equal runs hash differently.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from ledger.errors import EncodingError
+
+MAX_DEPTH = 64
+"""Deepest nesting accepted; deeper values are refused rather than risk the recursion limit."""
+
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1
+_PLAIN = frozenset({str, bool, float, bytes, type(None)})
+"""Types that are canonical as they are (checked by exact type: subclasses take the slow path)."""
+_local = threading.local()
+
+
+def _normalise(obj: Any, depth: int) -> Any:
+    kind = type(obj)
+    if kind in _PLAIN:
+        return obj
+    if kind is int:
+        if _INT_MIN <= obj <= _INT_MAX:
+            return obj
+        raise EncodingError(f"integer {obj} does not fit in 64 bits")
+    if depth >= MAX_DEPTH:
+        raise EncodingError(f"value nested deeper than {MAX_DEPTH} levels")
+    if kind is dict:
+        return _normalise_dict(obj, depth + 1)
+    if kind is list or kind is tuple:
+        return [item if type(item) in _PLAIN else _normalise(item, depth + 1) for item in obj]
+    return _normalise_other(obj, depth)
+
+
+def _normalise_dict(obj: dict, depth: int) -> dict:
+    try:
+        keys = sorted(obj)
+    except TypeError:
+        keys = list(obj)  # mixed key types: the loop below names the offending key
+    result = {}
+    for key in keys:
+        if type(key) is not str:
+            raise EncodingError(f"dict key {key!r} is a {type(key).__name__}, but keys must be str")
+        value = obj[key]
+        result[key] = value if type(value) in _PLAIN else _normalise(value, depth)
+    return result
+
+
+def _normalise_other(obj: Any, depth: int) -> Any:
+    """Subclasses and numpy scalars: accepted only where they have one obvious meaning."""
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return _normalise(int(obj), depth)
+    if isinstance(obj, (float, np.float16, np.float32, np.float64)):
+        return float(obj)
+    if isinstance(obj, str):
+        return str(obj)
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return bytes(obj)
+    if isinstance(obj, dict):
+        return _normalise_dict(dict(obj), depth + 1)
+    if isinstance(obj, (list, tuple)):
+        return [_normalise(item, depth + 1) for item in obj]
+    raise EncodingError(f"cannot encode a value of type {type(obj).__name__} canonically")
+
+
+def normalise(obj: Any) -> Any:
+    """Return ``obj`` rebuilt from plain Python types in canonical form (sorted dicts, lists)."""
+    return _normalise(obj, 0)
+
+
+def pack_normalised(obj: Any) -> bytes:
+    """msgpack bytes of a value that is already normalised (the fast path for hot loops)."""
+    packer = getattr(_local, "packer", None)
+    if packer is None:
+        packer = _local.packer = msgpack.Packer(use_bin_type=True, autoreset=True)
+    return packer.pack(obj)
+
+
+def canonical(obj: Any) -> bytes:
+    """Encode ``obj`` to its canonical msgpack bytes, or raise EncodingError saying why not."""
+    return pack_normalised(_normalise(obj, 0))

@@ -1,0 +1,110 @@
+"""Checking one segment of one chain: the inner loop of verification.
+
+A segment is the events of one (experiment, stream) with seq in ``[lo, hi)``. Checking it needs
+nothing outside it, so segments of one chain can be checked in parallel processes and stitched
+afterwards: each segment reports the ``prev`` of its first event and the hash of its last one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from ledger.canonical import pack_normalised
+from ledger.digests import EVENT_TAG
+from ledger.events import BODY_FIELDS, EVENT_VERSION, EXPERIMENT_CREATED, RUN_COMPLETED
+from ledger.store.store import Store
+
+_FIELDS = frozenset(BODY_FIELDS)
+SEGMENT_COLUMNS = ("seq", "kind", "path", "seed", "input", "output", "prev", "hash", "t", "body")
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """Events of one chain with seq in [lo, hi)."""
+
+    exp: str
+    stream: str
+    lo: int
+    hi: int
+
+
+@dataclass(slots=True)
+class SegmentResult:
+    """What one segment showed: its ends for stitching, its first problem, facts it carries."""
+
+    segment: Segment
+    count: int = 0
+    first_prev: bytes | None = None
+    last_hash: bytes | None = None
+    problem: tuple[int, str] | None = None
+    """(seq, what is wrong) of the first bad event, if any."""
+    created: tuple[int, Any] | None = None
+    """(seq, recorded name) of experiment_created, when this segment holds it."""
+    completed: tuple[int, dict[str, Any], bytes] | None = None
+    """(seq, params, prev) of run_completed, when this segment holds it."""
+    last_seq: int = -1
+
+
+def _stop(result: SegmentResult, seq: int, problem: str) -> SegmentResult:
+    result.problem = (seq, problem)
+    return result
+
+
+def check_segment(store: Store, segment: Segment) -> SegmentResult:
+    """Re-hash and check every event of ``segment``; stop at its first bad event."""
+    result = SegmentResult(segment)
+    exp, stream = segment.exp, segment.stream
+    expected_seq = segment.lo
+    head: bytes | None = None
+    sha256 = hashlib.sha256
+    unpackb = msgpack.unpackb
+    for row in store.iter_segment_rows(exp, stream, segment.lo, segment.hi, SEGMENT_COLUMNS):
+        seq, kind, path, seed, input_, output, prev, stored_hash, t, body_bytes = row
+        digest = sha256(EVENT_TAG + body_bytes).digest()
+        if digest != stored_hash:
+            return _stop(result, seq, "stored body does not hash to the stored hash "
+                                      "(body or hash altered)")
+        try:
+            body = unpackb(body_bytes, raw=False, strict_map_key=True)
+        except Exception as error:  # msgpack raises many unrelated types for bad input
+            return _stop(result, seq, f"body is not valid msgpack ({type(error).__name__})")
+        if type(body) is not dict or body.keys() != _FIELDS or body["v"] != EVENT_VERSION:
+            return _stop(result, seq, "body is not a v1 event body")
+        if (body["seq"] != seq or body["kind"] != kind or body["seed"] != seed
+                or body["input"] != input_ or body["output"] != output or body["prev"] != prev
+                or body["t"] != t or body["exp"] != exp or body["stream"] != stream
+                or pack_normalised(body["path"]) != path):
+            return _stop(result, seq, _which_column(body, exp, stream, row))
+        if seq != expected_seq:
+            what = "events missing before it" if seq > expected_seq else "seq out of order"
+            return _stop(result, seq, f"expected seq {expected_seq}, found {seq} ({what})")
+        if head is None:
+            result.first_prev = prev
+        elif prev != head:
+            return _stop(result, seq, "prev is not the hash of the event before it "
+                                      "(an event was inserted, removed or reordered)")
+        if kind == EXPERIMENT_CREATED:
+            result.created = (seq, body["params"].get("name") if type(body["params"]) is dict
+                              else None)
+        elif kind == RUN_COMPLETED:
+            params = body["params"] if type(body["params"]) is dict else {}
+            result.completed = (seq, params, prev)
+        head = digest
+        expected_seq += 1
+        result.count += 1
+    result.last_hash = head
+    result.last_seq = expected_seq - 1
+    return result
+
+
+def _which_column(body: dict[str, Any], exp: str, stream: str, row: tuple[Any, ...]) -> str:
+    stored = dict(zip(SEGMENT_COLUMNS, row))
+    stored.update(exp=exp, stream=stream)
+    for name in ("exp", "stream", "seq", "kind", "seed", "input", "output", "prev", "t"):
+        if body[name] != stored[name]:
+            return f"column {name} differs from the body"
+    return "column path differs from the body"

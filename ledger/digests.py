@@ -1,0 +1,60 @@
+"""Domain-tagged SHA-256 digests (DESIGN §2–3): of arrays, of event bodies, of any value.
+
+Every digest starts with a tag ``ledger/<what>/v<N>\\x00`` so that hashes of different things can
+never be confused. Digests are 32 raw bytes; :func:`hex_digest` shows them as lowercase hex.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+
+from ledger.canonical import canonical
+from ledger.errors import EncodingError
+
+ARRAY_TAG = b"ledger/array/v1\x00"
+EVENT_TAG = b"ledger/event/v1\x00"
+VALUE_TAG = b"ledger/value/v1\x00"
+ZERO_DIGEST = bytes(32)
+"""The ``prev`` of the first event of every stream."""
+
+
+def array_digest(array: Any) -> bytes:
+    """Digest an array by dtype, shape and C-ordered little-endian bytes.
+
+    The same values give the same digest whatever the memory order or byte order of the copy
+    (a Fortran-ordered or big-endian array equals its C-ordered little-endian twin). Object and
+    structured arrays are refused: their bytes do not determine their values.
+    """
+    array = np.asarray(array)
+    dtype = array.dtype
+    if dtype.hasobject or dtype.fields is not None or dtype.kind == "V":
+        raise EncodingError(f"cannot digest an array of dtype {dtype}: only plain dtypes have stable bytes")
+    little = dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype
+    data = np.ascontiguousarray(array, dtype=little)
+    hasher = hashlib.sha256(ARRAY_TAG)
+    hasher.update(canonical([little.str, list(array.shape)]))
+    hasher.update(data.reshape(-1).view(np.uint8))
+    return hasher.digest()
+
+
+def value_digest(value: Any) -> bytes:
+    """Digest any canonically encodable value (a metric, a configuration, a spec)."""
+    return hashlib.sha256(VALUE_TAG + canonical(value)).digest()
+
+
+def event_hash_of_bytes(body_bytes: bytes) -> bytes:
+    """Hash an event body that is already in canonical bytes: what the chain links by."""
+    return hashlib.sha256(EVENT_TAG + body_bytes).digest()
+
+
+def event_hash(body: dict) -> bytes:
+    """Hash an event body given as a map (DESIGN §3)."""
+    return event_hash_of_bytes(canonical(body))
+
+
+def hex_digest(digest: bytes | None) -> str | None:
+    """Show a digest as lowercase hex (``None`` stays ``None``)."""
+    return None if digest is None else digest.hex()

@@ -1,0 +1,170 @@
+"""The event model (DESIGN §3): bodies, their canonical bytes and hash, kinds, ids.
+
+An event's body is a map of thirteen fields; its hash is
+``SHA-256(b"ledger/event/v1\\x00" + canonical(body))``. The stored body bytes are exactly the
+bytes that were hashed. Events of one (experiment, stream) form a chain through ``prev``.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import msgpack
+
+from ledger.canonical import canonical, normalise, pack_normalised
+from ledger.digests import event_hash_of_bytes
+from ledger.errors import BadInputError, InvalidIdError
+from ledger.seeds import Label, Path, check_path
+
+EVENT_VERSION = 1
+BODY_FIELDS = ("v", "exp", "stream", "seq", "kind", "path", "seed", "params", "input", "output",
+               "meta", "prev", "t")
+
+EXPERIMENT_CREATED = "experiment_created"
+DATASET_REGISTERED = "dataset_registered"
+WORKER_SPAWNED = "worker_spawned"
+EPOCH_RESET = "epoch_reset"
+AUGMENTATION_BATCH = "augmentation_batch"
+METRIC = "metric"
+CHECKPOINT = "checkpoint"
+RUN_COMPLETED = "run_completed"
+USER_DRAW = "user_draw"
+KINDS = frozenset({EXPERIMENT_CREATED, DATASET_REGISTERED, WORKER_SPAWNED, EPOCH_RESET,
+                   AUGMENTATION_BATCH, METRIC, CHECKPOINT, RUN_COMPLETED, USER_DRAW})
+"""Kinds of format v1 (DESIGN §3), plus ``user_draw`` for draw points a user names."""
+
+MAIN_STREAM = "main"
+_EXP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_STREAM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}(/[A-Za-z0-9][A-Za-z0-9._-]{0,63}){0,3}")
+_KIND = re.compile(r"[a-z][a-z0-9_]{0,63}")
+MAX_BODY_BYTES = 16 * 1024 * 1024
+"""Largest event body read back; a larger one is refused as malformed, not loaded."""
+
+
+def new_experiment_id() -> str:
+    """A fresh experiment id: ``exp-`` and 12 random hex digits."""
+    return "exp-" + secrets.token_hex(6)
+
+
+def check_experiment_id(exp: Any) -> str:
+    """Return ``exp`` if it matches ``[A-Za-z0-9][A-Za-z0-9._-]{0,63}``, else raise InvalidIdError."""
+    if not isinstance(exp, str) or not _EXP_ID.fullmatch(exp):
+        shown = repr(exp) if len(repr(exp)) <= 80 else repr(exp)[:77] + "..."
+        raise InvalidIdError(f"malformed experiment id {shown}: ids match [A-Za-z0-9][A-Za-z0-9._-]{{0,63}}")
+    return exp
+
+
+def check_stream(stream: Any) -> str:
+    """Return ``stream`` if it is a valid stream name (``main``, ``worker-3``, ``rank-1/worker-0``)."""
+    if not isinstance(stream, str) or not _STREAM.fullmatch(stream):
+        raise InvalidIdError(f"malformed stream name {stream!r}: e.g. main, worker-3, rank-1/worker-0")
+    return stream
+
+
+def check_kind(kind: Any) -> str:
+    """Return ``kind`` if it is a lower-case identifier; custom kinds are allowed."""
+    if not isinstance(kind, str) or not _KIND.fullmatch(kind):
+        raise BadInputError(f"malformed event kind {kind!r}: lower-case letters, digits and _")
+    return kind
+
+
+def path_bytes(path: Sequence[Label]) -> bytes:
+    """The path's canonical bytes, as stored in the indexed ``path`` column (str and int stay apart)."""
+    return canonical(list(path))
+
+
+class Event(NamedTuple):
+    """One recorded event: its body fields, its canonical bytes and its hash (immutable)."""
+
+    exp: str
+    stream: str
+    seq: int
+    kind: str
+    path: Path
+    seed: bytes | None
+    params: dict[str, Any]
+    input: bytes | None
+    output: bytes | None
+    meta: dict[str, Any]
+    prev: bytes
+    t: int
+    body: bytes
+    hash: bytes
+
+    def body_map(self) -> dict[str, Any]:
+        """The body as the map that was hashed."""
+        return body_map(self.exp, self.stream, self.seq, self.kind, self.path, self.seed,
+                        self.params, self.input, self.output, self.meta, self.prev, self.t)
+
+
+def body_map(self) -> dict[str, Any]:
+        """The body as the map that was hashed."""
+        return body_map(self.exp, self.stream, self.seq, self.kind, self.path, self.seed,
+                        self.params, self.input, self.output, self.meta, self.prev, self.t)
+
+
+def body_map(exp: str, stream: str, seq: int, kind: str, path: Sequence[Label], seed: bytes | None,
+             params: Mapping[str, Any], input: bytes | None, output: bytes | None,
+             meta: Mapping[str, Any], prev: bytes, t: int) -> dict[str, Any]:
+    """Assemble an event body map (DESIGN §3) from its fields."""
+    return {"v": EVENT_VERSION, "exp": exp, "stream": stream, "seq": seq, "kind": kind,
+            "path": list(path), "seed": seed, "params": dict(params), "input": input,
+            "output": output, "meta": dict(meta), "prev": prev, "t": t}
+
+
+def _check_digest(name: str, value: Any, size: int) -> bytes | None:
+    if value is None:
+        return None
+    if not isinstance(value, (bytes, bytearray)) or len(value) != size:
+        raise BadInputError(f"event field {name} must be {size} bytes or None")
+    return bytes(value)
+
+
+def make_event(exp: str, stream: str, seq: int, kind: str, *, path: Sequence[Label] = (),
+               seed: bytes | None = None, params: Mapping[str, Any] | None = None,
+               input: bytes | None = None, output: bytes | None = None,
+               meta: Mapping[str, Any] | None = None, prev: bytes, t: int) -> Event:
+    """Build, encode and hash one event. Validates every field so that no bad body is written."""
+    labels = check_path(path)
+    seed = _check_digest("seed", seed, 16)
+    input = _check_digest("input", input, 32)
+    output = _check_digest("output", output, 32)
+    params = _normalise_map("params", params)
+    meta = _normalise_map("meta", meta)
+    # Keys in sorted order, values already canonical: the bytes equal canonical(body_map(...)).
+    body = {"exp": exp, "input": input, "kind": kind, "meta": meta, "output": output,
+            "params": params, "path": list(labels), "prev": prev, "seed": seed, "seq": seq,
+            "stream": stream, "t": t, "v": EVENT_VERSION}
+    body_bytes = pack_normalised(body)
+    return Event(exp, stream, seq, kind, labels, seed, params, input, output, meta, prev, t,
+                 body_bytes, event_hash_of_bytes(body_bytes))
+
+
+def _normalise_map(name: str, value: Mapping[str, Any] | None) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise BadInputError(f"event {name} must be a map, got {type(value).__name__}")
+    return normalise(dict(value))
+
+
+def decode_body(body_bytes: bytes) -> dict[str, Any]:
+    """Decode stored body bytes into a map, refusing anything that is not a v1 event body.
+
+    Hostile bytes (truncated, huge, deeply nested, wrong types) raise BadInputError; they are
+    never trusted beyond what this function checks.
+    """
+    if not isinstance(body_bytes, (bytes, bytearray, memoryview)) or len(body_bytes) > MAX_BODY_BYTES:
+        raise BadInputError("event body is not bytes of a sane size")
+    try:
+        body = msgpack.unpackb(body_bytes, raw=False, strict_map_key=True, use_list=True)
+    except Exception as error:  # msgpack raises many unrelated types for bad input
+        raise BadInputError(f"event body is not valid msgpack ({type(error).__name__})") from None
+    if not isinstance(body, dict) or set(body) != set(BODY_FIELDS):
+        raise BadInputError("event body does not have exactly the v1 fields")
+    if body["v"] != EVENT_VERSION:
+        raise BadInputError(f"event body has unknown format version {body['v']!r}")
+    return body

@@ -1,0 +1,62 @@
+"""What ``ledger show`` tells about one experiment, gathered from the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ledger.events import EXPERIMENT_CREATED, RUN_COMPLETED
+from ledger.seeds import root_seed_from_bytes
+from ledger.store.store import Store, StreamHead
+
+_SHOWN_PARAMS = ("model", "purpose", "hyperparams", "entrypoint", "code", "parent")
+
+
+@dataclass(slots=True)
+class ExperimentInfo:
+    """One experiment's metadata, counts by kind, streams, head and completion status."""
+
+    exp: str
+    name: str
+    created_t: int
+    status: str
+    root_seed: int | None
+    root_seed_source: str | None
+    head: bytes | None
+    counts: dict[str, int]
+    streams: list[StreamHead]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        """True when the run recorded ``run_completed``."""
+        return self.head is not None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready map (bytes left as bytes; the CLI shows them as hex)."""
+        return {"exp": self.exp, "name": self.name, "created_t": self.created_t,
+                "status": self.status, "complete": self.complete,
+                "root_seed": None if self.root_seed is None else str(self.root_seed),
+                "root_seed_source": self.root_seed_source, "head": self.head,
+                "counts": self.counts, "events": sum(self.counts.values()),
+                "streams": [{"stream": h.stream, "count": h.count, "head": h.head}
+                            for h in self.streams],
+                "metadata": self.metadata}
+
+
+def describe_experiment(store: Store, exp: str) -> ExperimentInfo:
+    """Gather what the ledger holds about ``exp``; raises UnknownExperimentError if nothing."""
+    row = store.experiment(exp)
+    created = store.first_event_body(exp, EXPERIMENT_CREATED) or {"params": {}}
+    params = created["params"] if isinstance(created.get("params"), dict) else {}
+    recorded_seed = params.get("root_seed")
+    root_seed = root_seed_from_bytes(recorded_seed) if isinstance(recorded_seed, bytes) and len(
+        recorded_seed) == 16 else None
+    counts = store.counts_by_kind(exp)
+    head = store.first_event_hash(exp, RUN_COMPLETED) if counts.get(RUN_COMPLETED) else None
+    streams = sorted(store.stream_heads(exp).values(), key=lambda h: h.stream)
+    return ExperimentInfo(exp=row.exp, name=row.name, created_t=row.created_t, status=row.status,
+                          root_seed=root_seed, root_seed_source=params.get("root_seed_source"),
+                          head=head, counts=counts, streams=streams,
+                          metadata={key: params[key] for key in _SHOWN_PARAMS if key in params})
+

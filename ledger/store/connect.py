@@ -1,0 +1,172 @@
+"""Opening a ledger database: resolve the URL, refuse what is not a ledger, create on request.
+
+Read commands open with ``create=False`` and never create a file; a path that does not exist, a
+file that is not SQLite, an SQLite file without our tables, a ledger of a newer schema version,
+and an unreachable server each raise :class:`~ledger.errors.StoreError` with one clear line.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy import create_engine, event, inspect, select
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine.url import URL
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+
+from ledger.errors import StoreError
+from ledger.store.schema import FORMAT_MARKER, SCHEMA_VERSION, create_schema, meta_table
+
+DEFAULT_URL = "sqlite:///ledger.db"
+URL_ENV = "LEDGER_URL"
+SQLITE_SYNCHRONOUS = "FULL"
+"""SQLite ``synchronous`` level: FULL makes every committed batch survive power loss in WAL mode."""
+_SQLITE_HEADER = b"SQLite format 3\x00"
+WRITE_OPTION = "ledger_write"
+"""Execution option of connections that will write: SQLite then takes its write lock at BEGIN."""
+
+
+def resolve_url(url: str | None = None) -> str:
+    """The URL to use: the one given, else ``$LEDGER_URL``, else ``sqlite:///ledger.db``."""
+    return url or os.environ.get(URL_ENV) or DEFAULT_URL
+
+
+def describe_url(url: URL) -> str:
+    """The URL as shown to users: never with its password."""
+    return url.render_as_string(hide_password=True)
+
+
+def _parse(url: str) -> URL:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StoreError(f"not a database URL: {url!r} (e.g. sqlite:///ledger.db)") from None
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise StoreError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql")
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    database = url.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def _check_sqlite_file(path: Path, create: bool) -> None:
+    if not path.exists():
+        if create:
+            if not path.parent.exists():
+                raise StoreError(f"cannot create ledger {path}: folder {path.parent} does not exist")
+            return
+        raise StoreError(f"no ledger at {path} (give --db or set {URL_ENV})")
+    if path.is_dir():
+        raise StoreError(f"{path} is a folder, not a ledger database")
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(len(_SQLITE_HEADER))
+    except OSError as error:
+        raise StoreError(f"cannot read {path}: {error.strerror}") from None
+    if header == b"" and create:
+        return
+    if header != _SQLITE_HEADER:
+        raise StoreError(f"{path} is not an SQLite database")
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):  # noqa: ANN001 - driver objects
+        dbapi_connection.isolation_level = None  # SQLAlchemy issues BEGIN itself
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA synchronous={SQLITE_SYNCHRONOUS}")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection):  # noqa: ANN001
+        writing = connection.get_execution_options().get(WRITE_OPTION)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
+
+
+def _stored_format(engine: Engine) -> dict[str, str] | None:
+    with engine.connect() as connection:
+        if not inspect(connection).has_table(meta_table.name):
+            return None
+        rows = connection.execute(select(meta_table.c.key, meta_table.c.value)).all()
+    return {key: value for key, value in rows}
+
+
+def _has_tables(engine: Engine) -> bool:
+    with engine.connect() as connection:
+        return bool(inspect(connection).get_table_names())
+
+
+def open_engine(url: str | None = None, *, create: bool = False) -> tuple[Engine, URL]:
+    """Open the ledger at ``url`` and return its engine, checked to be a ledger we can read.
+
+    With ``create=True`` a missing SQLite file or an empty database is initialised (WAL mode,
+    tables, triggers, schema version); otherwise only an existing ledger is accepted.
+    """
+    parsed = _parse(resolve_url(url))
+    shown = describe_url(parsed)
+    is_sqlite = parsed.get_backend_name() == "sqlite"
+    if is_sqlite and (path := _sqlite_file(parsed)) is not None:
+        _check_sqlite_file(path, create)
+    try:
+        engine = create_engine(parsed, connect_args={"timeout": 30} if is_sqlite else {})
+    except (NoSuchModuleError, ImportError) as error:
+        raise StoreError(f"no driver for {shown}: {error} (install the 'postgres' extra)") from None
+    if is_sqlite:
+        _configure_sqlite(engine)
+    try:
+        stored = _stored_format(engine)
+        if stored is None:
+            if not create or _has_tables(engine):
+                raise StoreError(f"{shown} is not a ledger (no {meta_table.name} table)")
+            _initialise(engine, is_sqlite)
+            stored = _stored_format(engine)
+    except DBAPIError as error:
+        engine.dispose()
+        raise StoreError(f"cannot open {shown}: {_first_line(error)}") from None
+    except SQLAlchemyError as error:
+        engine.dispose()
+        raise StoreError(f"cannot open {shown}: {_first_line(error)}") from None
+    except StoreError:
+        engine.dispose()
+        raise
+    _check_format(stored or {}, shown)
+    return engine, parsed
+
+
+def _initialise(engine: Engine, is_sqlite: bool) -> None:
+    if is_sqlite:
+        raw = engine.raw_connection()
+        try:
+            raw.cursor().execute("PRAGMA journal_mode=WAL")
+        finally:
+            raw.close()
+    with engine.begin() as connection:
+        create_schema(connection)
+
+
+def _check_format(stored: dict[str, str], shown: str) -> None:
+    if stored.get("format") != FORMAT_MARKER:
+        raise StoreError(f"{shown} is not a ledger (format marker missing)")
+    try:
+        version = int(stored.get("schema_version", ""))
+    except ValueError:
+        raise StoreError(f"{shown} has an unreadable schema version") from None
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"{shown} has ledger schema version {version}, newer than this program's "
+                         f"{SCHEMA_VERSION}: upgrade reproducibility-ledger to read it")
+    if version < 1:
+        raise StoreError(f"{shown} has an invalid schema version {version}")
+
+
+def _first_line(error: Exception) -> str:
+    original = getattr(error, "orig", None) or error
+    text = str(original).strip().splitlines()
+    return text[0] if text else type(original).__name__

@@ -1,0 +1,337 @@
+"""The store: one SQLAlchemy Core code path over SQLite and PostgreSQL (DESIGN §4).
+
+:class:`Store` reads the ledger (experiments, chains, heads, counts) and offers the two
+insert-only writes everything else is built on: an experiment's first row together with its first
+event, and a batch of events in one transaction. It has no method that updates or deletes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+
+from ledger.errors import (AppendOnlyError, ConcurrentWriteError, StoreError,
+                           UnknownExperimentError)
+from ledger.events import RUN_COMPLETED, Event, check_experiment_id, decode_body, path_bytes
+from ledger.store.connect import WRITE_OPTION, describe_url, open_engine
+from ledger.store.schema import events_table, experiments_table, meta_table
+
+EVENT_COLUMNS = ("exp", "stream", "seq", "kind", "path", "seed", "input", "output", "prev", "hash",
+                 "t", "body")
+"""Columns of a stored event in the order :meth:`Store.iter_event_rows` yields them."""
+ROW_COLUMNS = EVENT_COLUMNS
+"""Order of the values in a row given to :meth:`Store.append_rows`."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentRow:
+    """An experiment as listed: id, name, creation time and whether its run completed."""
+
+    exp: str
+    name: str
+    created_t: int
+    status: str
+    """``ok`` or ``failed`` when ``run_completed`` was recorded with that status, else ``incomplete``."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamHead:
+    """Where one stream of an experiment ends: its event count and the hash of its last event."""
+
+    stream: str
+    count: int
+    head: bytes
+
+
+def _translate(error: DBAPIError, what: str) -> StoreError:
+    text = str(getattr(error, "orig", error)).strip().splitlines()
+    reason = text[0] if text else type(error).__name__
+    if "append-only" in reason:
+        return AppendOnlyError(reason)
+    return StoreError(f"{what}: {reason}")
+
+
+class Store:
+    """An open ledger database. Create with :meth:`open`; use as a context manager or close()."""
+
+    def __init__(self, engine: Engine, shown_url: str, url_with_secrets: str | None = None
+                 ) -> None:
+        self.engine = engine
+        self.url = shown_url
+        self.url_with_secrets = url_with_secrets or shown_url
+        self._insert_sql, self._positional = _compile_event_insert(engine)
+        self._segment_sql: dict[tuple[str, ...], tuple[str, list[str] | None]] = {}
+
+    @classmethod
+    def open(cls, url: str | None = None, *, create: bool = False) -> "Store":
+        """Open the ledger at ``url`` (default: ``$LEDGER_URL`` or ``sqlite:///ledger.db``).
+
+        ``create=True`` initialises a missing SQLite file or an empty database; read-only users
+        leave it False so that a mistyped path is reported instead of silently created.
+        """
+        engine, parsed = open_engine(url, create=create)
+        return cls(engine, describe_url(parsed), parsed.render_as_string(hide_password=False))
+
+    @property
+    def shareable(self) -> bool:
+        """True when other processes can open the same database (not in-memory SQLite)."""
+        database = self.engine.url.database or ""
+        return self.backend != "sqlite" or database not in ("", ":memory:")
+
+    @property
+    def backend(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.engine.dialect.name
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version this ledger was written with."""
+        with self.engine.connect() as connection:
+            value = connection.execute(
+                select(meta_table.c.value).where(meta_table.c.key == "schema_version")).scalar_one()
+        return int(value)
+
+    def close(self) -> None:
+        """Release every connection."""
+        self.engine.dispose()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- writes (insert only) ------------------------------------------------------------------
+
+    def write_connection(self):  # noqa: ANN201 - a SQLAlchemy Connection
+        """A connection whose transactions take the write lock at BEGIN (SQLite IMMEDIATE)."""
+        return self.engine.connect().execution_options(**{WRITE_OPTION: True})
+
+    def insert_experiment(self, exp: str, name: str, first_event: Event) -> None:
+        """Record a new experiment: its row and its first event, in one transaction."""
+        check_experiment_id(exp)
+        try:
+            with self.write_connection() as connection, connection.begin():
+                connection.execute(experiments_table.insert(),
+                                   {"exp": exp, "name": name, "created_t": first_event.t})
+                self._insert_rows(connection, [event_row(first_event)])
+        except IntegrityError:
+            raise ConcurrentWriteError(f"experiment {exp} already exists") from None
+        except DBAPIError as error:
+            raise _translate(error, f"cannot record experiment {exp}") from None
+
+    def append_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Insert event rows (tuples in ROW_COLUMNS order) in one transaction: all or none."""
+        if not rows:
+            return
+        try:
+            with self.write_connection() as connection, connection.begin():
+                self._insert_rows(connection, rows)
+        except IntegrityError:
+            exp, stream, seq = rows[0][:3]
+            raise ConcurrentWriteError(
+                f"another writer appended to stream {stream} of {exp} (seq {seq} is taken): "
+                f"refused rather than fork the chain") from None
+        except DBAPIError as error:
+            raise _translate(error, "cannot append events") from None
+
+    def _insert_rows(self, connection, rows: Sequence[tuple[Any, ...]]) -> None:  # noqa: ANN001
+        # The driver-level executemany skips SQLAlchemy's per-row parameter processing, which
+        # cost more than the insert itself; the SQL is still compiled by SQLAlchemy per dialect.
+        if self._positional:
+            connection.exec_driver_sql(self._insert_sql, list(rows))
+        else:
+            connection.exec_driver_sql(self._insert_sql,
+                                       [dict(zip(ROW_COLUMNS, row)) for row in rows])
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def experiments(self) -> list[ExperimentRow]:
+        """Every experiment, newest first, with its completion status."""
+        statuses = self._completion_statuses()
+        query = select(experiments_table).order_by(experiments_table.c.created_t.desc(),
+                                                   experiments_table.c.exp)
+        with self._reading() as connection:
+            rows = connection.execute(query).all()
+        return [ExperimentRow(row.exp, row.name, row.created_t, statuses.get(row.exp, "incomplete"))
+                for row in rows]
+
+    def experiment(self, exp: str) -> ExperimentRow:
+        """One experiment's row; raises UnknownExperimentError when the ledger has none."""
+        check_experiment_id(exp)
+        with self._reading() as connection:
+            row = connection.execute(
+                select(experiments_table).where(experiments_table.c.exp == exp)).first()
+        if row is None:
+            raise UnknownExperimentError(f"unknown experiment {exp} in {self.url}")
+        return ExperimentRow(row.exp, row.name, row.created_t,
+                             self._completion_statuses(exp).get(exp, "incomplete"))
+
+    def _completion_statuses(self, exp: str | None = None) -> dict[str, str]:
+        query = select(events_table.c.exp, events_table.c.body).where(
+            events_table.c.kind == RUN_COMPLETED)
+        if exp is not None:
+            query = query.where(events_table.c.exp == exp)
+        statuses: dict[str, str] = {}
+        with self._reading() as connection:
+            for row_exp, body in connection.execute(query):
+                try:
+                    status = decode_body(body)["params"].get("status", "ok")
+                except Exception:  # a damaged body is verify's to report, not list's
+                    status = "unreadable"
+                statuses[row_exp] = str(status)
+        return statuses
+
+    def experiment_ids(self) -> list[str]:
+        """Every experiment id in the events table, including ids with no experiment row."""
+        with self._reading() as connection:
+            return list(connection.execute(select(events_table.c.exp).distinct()
+                                           .order_by(events_table.c.exp)).scalars())
+
+    def stream_heads(self, exp: str) -> dict[str, StreamHead]:
+        """Each stream of ``exp``: how many events it holds and the hash of its last one."""
+        last = (select(events_table.c.stream, func.max(events_table.c.seq).label("seq"),
+                       func.count().label("count"))
+                .where(events_table.c.exp == exp).group_by(events_table.c.stream).subquery())
+        query = (select(last.c.stream, last.c.count, events_table.c.hash)
+                 .join(events_table, (events_table.c.exp == exp)
+                       & (events_table.c.stream == last.c.stream)
+                       & (events_table.c.seq == last.c.seq)))
+        with self._reading() as connection:
+            return {stream: StreamHead(stream, count, head)
+                    for stream, count, head in connection.execute(query)}
+
+    def counts_by_kind(self, exp: str) -> dict[str, int]:
+        """How many events of each kind ``exp`` holds."""
+        query = (select(events_table.c.kind, func.count()).where(events_table.c.exp == exp)
+                 .group_by(events_table.c.kind).order_by(events_table.c.kind))
+        with self._reading() as connection:
+            return {kind: count for kind, count in connection.execute(query)}
+
+    def first_event_body(self, exp: str, kind: str) -> dict[str, Any] | None:
+        """The decoded body of the first event of ``kind`` in ``exp`` (by insertion), if any."""
+        query = (select(events_table.c.body).where(events_table.c.exp == exp,
+                                                   events_table.c.kind == kind)
+                 .order_by(events_table.c.id).limit(1))
+        with self._reading() as connection:
+            body = connection.execute(query).scalar()
+        return None if body is None else decode_body(body)
+
+    def first_event_hash(self, exp: str, kind: str) -> bytes | None:
+        """The stored hash of the first event of ``kind`` in ``exp``: e.g. the run's head."""
+        query = (select(events_table.c.hash).where(events_table.c.exp == exp,
+                                                   events_table.c.kind == kind)
+                 .order_by(events_table.c.id).limit(1))
+        with self._reading() as connection:
+            return connection.execute(query).scalar()
+
+    def last_event(self, exp: str, stream: str) -> tuple[int, bytes] | None:
+        """``(seq, hash)`` of the last event of a stream, or None for an empty stream."""
+        query = (select(events_table.c.seq, events_table.c.hash)
+                 .where(events_table.c.exp == exp, events_table.c.stream == stream)
+                 .order_by(events_table.c.seq.desc()).limit(1))
+        with self._reading() as connection:
+            row = connection.execute(query).first()
+        return None if row is None else (row.seq, row.hash)
+
+    def iter_event_rows(self, exp: str | None = None, *, batch_size: int = 5000
+                        ) -> Iterator[tuple[Any, ...]]:
+        """Stream stored events ordered by (exp, stream, seq) as tuples of EVENT_COLUMNS.
+
+        Rows are fetched ``batch_size`` at a time, so memory does not grow with the ledger.
+        """
+        columns = [events_table.c[name] for name in EVENT_COLUMNS]
+        query = select(*columns).order_by(events_table.c.exp, events_table.c.stream,
+                                          events_table.c.seq)
+        if exp is not None:
+            query = query.where(events_table.c.exp == exp)
+        with self._reading() as connection:
+            result = connection.execution_options(stream_results=True, yield_per=batch_size
+                                                  ).execute(query)
+            for partition in result.partitions():
+                yield from partition
+
+    def chain_sizes(self, exp: str | None = None) -> list[tuple[str, str, int, int]]:
+        """``(exp, stream, count, max_seq)`` of every chain (of ``exp``), ordered by exp, stream."""
+        query = (select(events_table.c.exp, events_table.c.stream, func.count(),
+                        func.max(events_table.c.seq))
+                 .group_by(events_table.c.exp, events_table.c.stream)
+                 .order_by(events_table.c.exp, events_table.c.stream))
+        if exp is not None:
+            query = query.where(events_table.c.exp == exp)
+        with self._reading() as connection:
+            return [tuple(row) for row in connection.execute(query)]
+
+    def iter_segment_rows(self, exp: str, stream: str, lo: int, hi: int,
+                          columns: Sequence[str], *, batch_size: int = 5000
+                          ) -> Iterator[tuple[Any, ...]]:
+        """Stream the given columns of events of one chain with lo <= seq < hi, in seq order.
+
+        This is verification's hot loop, so it reads through the driver cursor (rows as plain
+        tuples, bytes as bytes) with SQL that SQLAlchemy compiled for this database.
+        """
+        sql = self._segment_sql.get(tuple(columns))
+        if sql is None:
+            query = (select(*[events_table.c[name] for name in columns])
+                     .where(events_table.c.exp == bindparam("exp"),
+                            events_table.c.stream == bindparam("stream"),
+                            events_table.c.seq >= bindparam("lo"),
+                            events_table.c.seq < bindparam("hi"))
+                     .order_by(events_table.c.seq))
+            compiled = query.compile(dialect=self.engine.dialect)
+            order = list(compiled.positiontup or []) if compiled.positional else None
+            sql = self._segment_sql[tuple(columns)] = (str(compiled), order)
+        text, order = sql
+        values = {"exp": exp, "stream": stream, "lo": lo, "hi": hi}
+        parameters = tuple(values[name] for name in order) if order is not None else values
+        with self._reading() as connection:
+            result = connection.execution_options(stream_results=True).exec_driver_sql(
+                text, parameters)
+            cursor = result.cursor
+            while rows := cursor.fetchmany(batch_size):
+                yield from rows
+            result.close()
+
+    def _reading(self):  # noqa: ANN202 - a SQLAlchemy Connection context
+        try:
+            return _ReadGuard(self.engine.connect(), self.url)
+        except DBAPIError as error:
+            raise _translate(error, f"cannot read {self.url}") from None
+
+
+class _ReadGuard:
+    """A connection context that turns driver errors during reads into StoreError."""
+
+    def __init__(self, connection, shown_url: str) -> None:  # noqa: ANN001
+        self.connection = connection
+        self.shown_url = shown_url
+
+    def __enter__(self):  # noqa: ANN204
+        return self.connection
+
+    def __exit__(self, exc_type, exc, _tb) -> bool:  # noqa: ANN001
+        self.connection.close()
+        if isinstance(exc, DBAPIError):
+            raise _translate(exc, f"cannot read {self.shown_url}") from None
+        if isinstance(exc, SQLAlchemyError):
+            raise StoreError(f"cannot read {self.shown_url}: {exc}") from None
+        return False
+
+
+def event_row(event: Event) -> tuple[Any, ...]:
+    """The row stored for an event (ROW_COLUMNS order): columns repeating the body, and the body."""
+    return (event.exp, event.stream, event.seq, event.kind, path_bytes(event.path), event.seed,
+            event.input, event.output, event.prev, event.hash, event.t, event.body)
+
+
+def _compile_event_insert(engine: Engine) -> tuple[str, bool]:
+    statement = events_table.insert().values({name: bindparam(name) for name in ROW_COLUMNS})
+    compiled = statement.compile(dialect=engine.dialect)
+    if compiled.positional and list(compiled.positiontup or []) != list(ROW_COLUMNS):
+        raise StoreError("internal error: unexpected parameter order for event inserts")
+    return str(compiled), bool(compiled.positional)

@@ -1,0 +1,168 @@
+"""The stream writer: the only way events enter a ledger.
+
+A writer owns one (experiment, stream) chain. It keeps the chain head in memory, hashes each
+event as it is appended, and writes buffered events in batched transactions — when the buffer
+holds ``batch_size`` events, when ``flush_interval`` seconds have passed since the oldest
+unwritten event, on :meth:`flush`, on :meth:`close` and on leaving a ``with`` block.
+
+Durability promise: an event is durable once :meth:`flush` has returned (or
+``durable_seq >= event.seq``). Events appended but not yet flushed are lost if the process is
+killed; the chain in the database then simply ends earlier, and still verifies.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from ledger.digests import ZERO_DIGEST
+from ledger.errors import LedgerError, StoreError
+from ledger.events import Event, check_experiment_id, check_kind, check_stream, make_event
+from ledger.seeds import Label
+from ledger.store.store import Store, event_row
+
+DEFAULT_BATCH_SIZE = 2000
+DEFAULT_FLUSH_INTERVAL = 1.0
+
+
+class StreamWriter:
+    """Appends hash-chained events to one stream of one experiment.
+
+    Opening a writer on a stream that already holds events continues its chain from the stored
+    head. If another writer appends to the same stream meanwhile, the next flush fails with
+    ConcurrentWriteError and this writer refuses further appends: the chain never forks.
+    """
+
+    def __init__(self, store: Store, exp: str, stream: str, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                 flush_interval: float | None = DEFAULT_FLUSH_INTERVAL,
+                 clock: Callable[[], int] = time.time_ns, _head: tuple[int, bytes] | None = None
+                 ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if flush_interval is not None and flush_interval <= 0:
+            raise ValueError(f"flush_interval must be > 0 seconds or None, got {flush_interval}")
+        self.store = store
+        self.exp = check_experiment_id(exp)
+        self.stream = check_stream(stream)
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.clock = clock
+        last = _head if _head is not None else store.last_event(exp, stream)
+        self._next_seq, self._head = (0, ZERO_DIGEST) if last is None else (last[0] + 1, last[1])
+        self.durable_seq = self._next_seq - 1
+        self._pending: list[tuple[Any, ...]] = []
+        self._oldest_pending = 0.0
+        self._lock = threading.RLock()
+        self._failure: LedgerError | None = None
+        self._closed = False
+        self._timer: threading.Thread | None = None
+        self._stop = threading.Event()
+        if flush_interval is not None:
+            self._timer = threading.Thread(target=self._flush_periodically, daemon=True,
+                                           name=f"ledger-flush-{exp}-{stream}")
+            self._timer.start()
+
+    @property
+    def head(self) -> bytes:
+        """Hash of the last appended event (durable or not): the ``prev`` of the next one."""
+        return self._head
+
+    @property
+    def next_seq(self) -> int:
+        """The seq the next appended event will get."""
+        return self._next_seq
+
+    def append(self, kind: str, *, path: Sequence[Label] = (), seed: bytes | None = None,
+               params: Mapping[str, Any] | None = None, input: bytes | None = None,
+               output: bytes | None = None, meta: Mapping[str, Any] | None = None,
+               t: int | None = None) -> Event:
+        """Hash and buffer one event at the head of the chain; return it. Not yet durable."""
+        with self._lock:
+            self._check_usable()
+            event = make_event(self.exp, self.stream, self._next_seq, check_kind(kind), path=path,
+                               seed=seed, params=params, input=input, output=output, meta=meta,
+                               prev=self._head, t=self.clock() if t is None else t)
+            self._accept(event)
+            return event
+
+    def append_event(self, event: Event) -> Event:
+        """Buffer an event built elsewhere; it must be the next link of this chain."""
+        with self._lock:
+            self._check_usable()
+            if (event.exp, event.stream, event.seq, event.prev) != (
+                    self.exp, self.stream, self._next_seq, self._head):
+                raise StoreError(f"event {event.stream}#{event.seq} is not the next link of "
+                                 f"{self.exp}/{self.stream} (expected seq {self._next_seq})")
+            self._accept(event)
+            return event
+
+    def _accept(self, event: Event) -> None:
+        if not self._pending:
+            self._oldest_pending = time.monotonic()
+        self._pending.append(event_row(event))
+        self._next_seq += 1
+        self._head = event.hash
+        if len(self._pending) >= self.batch_size or self._interval_elapsed():
+            self._flush_locked()
+
+    def _interval_elapsed(self) -> bool:
+        return (self.flush_interval is not None and bool(self._pending)
+                and time.monotonic() - self._oldest_pending >= self.flush_interval)
+
+    def flush(self) -> int:
+        """Write every buffered event in one transaction; return the seq now durable."""
+        with self._lock:
+            if self._failure is not None:
+                raise self._failure
+            self._flush_locked()
+            return self.durable_seq
+
+    def _flush_locked(self) -> None:
+        if not self._pending:
+            return
+        rows = self._pending
+        try:
+            self.store.append_rows(rows)
+        except LedgerError as error:
+            self._failure = error
+            raise
+        self._pending = []
+        self.durable_seq = rows[-1][2]
+
+    def _flush_periodically(self) -> None:
+        interval = self.flush_interval or DEFAULT_FLUSH_INTERVAL
+        while not self._stop.wait(interval / 2):
+            with self._lock:
+                if self._failure is None and self._interval_elapsed():
+                    try:
+                        self._flush_locked()
+                    except LedgerError:
+                        pass  # kept in self._failure and raised to the owner on its next call
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise StoreError(f"writer for {self.exp}/{self.stream} is closed")
+        if self._failure is not None:
+            raise self._failure
+
+    def close(self) -> None:
+        """Flush what is buffered and stop the interval flusher. Safe to call twice."""
+        if self._closed:
+            return
+        self._stop.set()
+        if self._timer is not None:
+            self._timer.join()
+        try:
+            with self._lock:
+                if self._failure is None:
+                    self._flush_locked()
+        finally:
+            self._closed = True
+
+    def __enter__(self) -> "StreamWriter":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

@@ -1,0 +1,266 @@
+"""Chain verification: re-hash every stored event and check every link (``ledger verify``).
+
+For each chain (experiment, stream), in seq order, verification checks that the stored body
+hashes to the stored hash, decodes as a v1 body, agrees with every indexed column, that seq runs
+from 0 with no gap, and that each ``prev`` is the hash of the event before. Per experiment it then
+checks that ``experiment_created`` opens the main stream, that the experiment row matches, and,
+where ``run_completed`` exists, that it closes the main stream and that its recorded stream counts
+and heads match what is stored.
+
+Chains are cut into segments that are checked independently — in parallel processes for large
+ledgers — and stitched by their end hashes. Rows are streamed: memory does not grow with the
+number of events.
+
+What it cannot see: events cut from the end of an incomplete run (nothing records where it
+ended), and a chain recomputed from an edit onwards by someone who also rewrote run_completed —
+only a signed report or an external copy of the head catches that.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ledger.chain_check import Segment, SegmentResult, check_segment
+from ledger.digests import ZERO_DIGEST
+from ledger.errors import UnknownExperimentError
+from ledger.events import MAIN_STREAM, check_experiment_id
+from ledger.store.store import Store
+
+SEGMENT_EVENTS = 100_000
+"""Events per segment: the unit of parallel work."""
+PARALLEL_MIN_EVENTS = 300_000
+"""Below this many events, starting processes costs more than it saves."""
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One thing wrong: where (exp, stream, seq — None for whole-chain problems) and what."""
+
+    exp: str
+    stream: str | None
+    seq: int | None
+    problem: str
+
+    def describe(self) -> str:
+        """One line naming the event and the problem."""
+        where = self.exp if self.stream is None else f"{self.exp} stream {self.stream}"
+        if self.seq is not None:
+            where += f" seq {self.seq}"
+        return f"{where}: {self.problem}"
+
+    def to_json(self) -> dict[str, Any]:
+        """The finding as a JSON-ready map."""
+        return {"exp": self.exp, "stream": self.stream, "seq": self.seq, "problem": self.problem}
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    """What verification saw: counts, and every finding (at most one per broken chain)."""
+
+    experiments: int = 0
+    chains: int = 0
+    events: int = 0
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no finding was made."""
+        return not self.findings
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as a JSON-ready map."""
+        return {"ok": self.ok, "experiments": self.experiments, "chains": self.chains,
+                "events": self.events, "findings": [f.to_json() for f in self.findings]}
+
+
+@dataclass(slots=True)
+class _Chain:
+    """A chain's stitched state: its count and head so far, or broken."""
+
+    exp: str
+    stream: str
+    count: int = 0
+    head: bytes = ZERO_DIGEST
+    broken: bool = False
+
+
+@dataclass(slots=True)
+class _Experiment:
+    exp: str
+    chains: dict[str, _Chain] = field(default_factory=dict)
+    created: tuple[str, int, Any] | None = None
+    completed: tuple[int, dict[str, Any], bytes] | None = None
+    completed_elsewhere: list[tuple[str, int]] = field(default_factory=list)
+
+
+def plan_segments(chains: Iterable[tuple[str, str, int, int]], size: int = SEGMENT_EVENTS
+                  ) -> list[Segment]:
+    """Cut each chain ``(exp, stream, count, max_seq)`` into segments of at most ``size`` seqs."""
+    segments = []
+    for exp, stream, _count, max_seq in chains:
+        end = max_seq + 1
+        for lo in range(0, end, size):
+            segments.append(Segment(exp, stream, lo, min(lo + size, end)))
+    return segments
+
+
+_worker_store: Store | None = None
+
+
+def _open_worker_store(url: str) -> None:
+    global _worker_store
+    _worker_store = Store.open(url)
+
+
+def _check_in_worker(segment: Segment) -> SegmentResult:
+    assert _worker_store is not None
+    return check_segment(_worker_store, segment)
+
+
+def _results(store: Store, segments: list[Segment], jobs: int) -> Iterator[SegmentResult]:
+    if jobs <= 1 or not store.shareable:
+        for segment in segments:
+            yield check_segment(store, segment)
+        return
+    # fork starts workers instantly; with other threads alive it could copy a held lock.
+    single_threaded = threading.active_count() == 1
+    method = "fork" if single_threaded and os.name == "posix" else "spawn"
+    context = multiprocessing.get_context(method)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_open_worker_store,
+                             initargs=(store.url_with_secrets,)) as pool:
+        yield from pool.map(_check_in_worker, segments)
+
+
+class _Stitcher:
+    """Joins segment results into chains and experiments, and makes the findings."""
+
+    def __init__(self, store: Store, report: VerifyReport) -> None:
+        self.report = report
+        self.names = {row.exp: row.name for row in store.experiments()}
+        self.seen: set[str] = set()
+        self.experiment: _Experiment | None = None
+
+    def find(self, exp: str, stream: str | None, seq: int | None, problem: str) -> None:
+        self.report.findings.append(Finding(exp, stream, seq, problem))
+
+    def add(self, result: SegmentResult) -> None:
+        segment = result.segment
+        if self.experiment is None or self.experiment.exp != segment.exp:
+            self.finish_experiment()
+            self.experiment = _Experiment(segment.exp)
+        experiment = self.experiment
+        chain = experiment.chains.get(segment.stream)
+        if chain is None:
+            chain = experiment.chains[segment.stream] = _Chain(segment.exp, segment.stream)
+            self.report.chains += 1
+        self.report.events += result.count + (result.problem is not None)
+        if chain.broken:
+            return
+        if result.count and result.first_prev != chain.head:
+            return self.break_chain(chain, segment.lo, "prev is not the hash of the event before "
+                                                       "it (an event was inserted, removed or "
+                                                       "reordered)")
+        if result.problem is not None:
+            return self.break_chain(chain, *result.problem)
+        if result.last_seq != segment.hi - 1:
+            return self.break_chain(chain, result.last_seq + 1, "event missing (seq gap)")
+        chain.count += result.count
+        chain.head = result.last_hash or chain.head
+        if result.created is not None:
+            experiment.created = (segment.stream, *result.created)
+        if result.completed is not None:
+            if segment.stream == MAIN_STREAM:
+                experiment.completed = result.completed
+            else:
+                experiment.completed_elsewhere.append((segment.stream, result.completed[0]))
+
+    def break_chain(self, chain: _Chain, seq: int, problem: str) -> None:
+        chain.broken = True
+        self.find(chain.exp, chain.stream, seq, problem)
+
+    def finish_experiment(self) -> None:
+        experiment, self.experiment = self.experiment, None
+        if experiment is None:
+            return
+        exp = experiment.exp
+        self.report.experiments += 1
+        self.seen.add(exp)
+        if any(chain.broken for chain in experiment.chains.values()):
+            return
+        if exp not in self.names:
+            self.find(exp, None, None, "events of an experiment the ledger has no row for "
+                                       "(copied in from another ledger?)")
+        created = experiment.created
+        if created is None or created[0] != MAIN_STREAM or created[1] != 0:
+            self.find(exp, MAIN_STREAM, 0, "experiment_created is missing from main seq 0")
+        elif exp in self.names and self.names[exp] != created[2]:
+            self.find(exp, None, None, f"experiment row name {self.names[exp]!r} differs from "
+                                       f"the recorded name {created[2]!r}")
+        for stream, seq in experiment.completed_elsewhere:
+            self.find(exp, stream, seq, "run_completed outside the main stream")
+        if experiment.completed is not None:
+            self.check_completion(experiment)
+
+    def check_completion(self, experiment: _Experiment) -> None:
+        seq, params, prev = experiment.completed
+        main = experiment.chains[MAIN_STREAM]
+        if main.count != seq + 1:
+            self.find(experiment.exp, MAIN_STREAM, seq + 1, "event recorded after run_completed")
+            return
+        recorded = params.get("streams")
+        if not isinstance(recorded, dict):
+            self.find(experiment.exp, MAIN_STREAM, seq, "run_completed has no stream table")
+            return
+        observed = {name: (chain.count, chain.head) for name, chain in experiment.chains.items()}
+        observed[MAIN_STREAM] = (seq, prev)
+        for name in sorted(set(recorded) | set(observed)):
+            entry = recorded.get(name)
+            count, head = observed.get(name, (0, ZERO_DIGEST))
+            if not isinstance(entry, dict):
+                self.find(experiment.exp, name, None, "stream not listed in run_completed "
+                                                      "(events added after the run completed)")
+            elif entry.get("count") != count:
+                self.find(experiment.exp, name, count, f"run_completed records "
+                                                       f"{entry.get('count')} events, {count} are "
+                                                       f"stored (events removed or added)")
+            elif entry.get("head") != head:
+                self.find(experiment.exp, name, count - 1, "stream head differs from the head "
+                                                           "recorded by run_completed")
+
+    def finish_ledger(self, exp: str | None) -> None:
+        self.finish_experiment()
+        expected = set(self.names) if exp is None else {exp} & set(self.names)
+        for missing in sorted(expected - self.seen):
+            self.find(missing, None, None, "experiment row without any events")
+
+
+def verify(store: Store, exp: str | None = None, *, jobs: int | None = None,
+           on_progress: Callable[[int], None] | None = None) -> VerifyReport:
+    """Verify every chain of ``exp`` (or of the whole ledger) and return what was found.
+
+    ``jobs`` processes check segments in parallel (default: one per core, for ledgers of
+    more than PARALLEL_MIN_EVENTS events). ``on_progress`` receives the count of events checked.
+    Raises UnknownExperimentError when ``exp`` is given and the ledger holds nothing of it.
+    """
+    chains = store.chain_sizes(exp)
+    if exp is not None:
+        check_experiment_id(exp)
+        if not chains and exp not in {row.exp for row in store.experiments()}:
+            raise UnknownExperimentError(f"unknown experiment {exp} in {store.url}")
+    total = sum(count for _exp, _stream, count, _max in chains)
+    if jobs is None:
+        jobs = (os.cpu_count() or 1) if total >= PARALLEL_MIN_EVENTS else 1
+    report = VerifyReport()
+    stitcher = _Stitcher(store, report)
+    for result in _results(store, plan_segments(chains), jobs):
+        stitcher.add(result)
+        if on_progress is not None:
+            on_progress(report.events)
+    stitcher.finish_ledger(exp)
+    return report

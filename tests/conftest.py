@@ -1,0 +1,78 @@
+"""Shared fixtures: a store on every backend (the contract suite), and the CLI as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ledger.store import Store
+
+POSTGRES_ENV = "LEDGER_TEST_POSTGRES_URL"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _postgres_schema_url(base: str) -> tuple[str, str]:
+    """A URL that puts every table in a fresh schema of the test database, and that schema."""
+    schema = f"ledger_test_{uuid.uuid4().hex[:12]}"
+    separator = "&" if "?" in base else "?"
+    return f"{base}{separator}options=-csearch_path%3D{schema}", schema
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A URL to an empty schema on the test PostgreSQL server; skipped when none is configured."""
+    base = os.environ.get(POSTGRES_ENV)
+    if not base:
+        pytest.skip(f"{POSTGRES_ENV} is not set: no PostgreSQL server to test against")
+    import sqlalchemy
+
+    url, schema = _postgres_schema_url(base)
+    admin = sqlalchemy.create_engine(base)
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    try:
+        yield url
+    finally:
+        with admin.begin() as connection:
+            connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite-file", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL for a new ledger on each backend: the store contract tests run once per backend."""
+    if request.param == "sqlite-file":
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    """A new, empty ledger on each backend."""
+    opened = Store.open(store_url, create=True)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A URL for a new SQLite ledger file (not yet created)."""
+    return f"sqlite:///{tmp_path / 'ledger.db'}"
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``ledger`` command as a user would, capturing its output."""
+    command = [sys.executable, "-m", "cli", *args]
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("LEDGER_URL", None) if env is None or "LEDGER_URL" not in env else None
+    return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
