@@ -8,6 +8,7 @@ afterwards: each segment reports the ``prev`` of its first event and the hash of
 from __future__ import annotations
 
 import hashlib
+from operator import itemgetter
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from ledger.events import BODY_FIELDS, EVENT_VERSION, EXPERIMENT_CREATED, RUN_CO
 from ledger.store.store import Store
 
 _FIELDS = frozenset(BODY_FIELDS)
+_COLUMNS_OF_BODY = itemgetter("exp", "stream", "seq", "kind", "seed", "input", "output", "prev", "t")
 SEGMENT_COLUMNS = ("seq", "kind", "path", "seed", "input", "output", "prev", "hash", "t", "body")
 
 
@@ -62,6 +64,7 @@ def check_segment(store: Store, segment: Segment) -> SegmentResult:
     head: bytes | None = None
     sha256 = hashlib.sha256
     unpackb = msgpack.unpackb
+    columns_of = _COLUMNS_OF_BODY
     for row in store.iter_segment_rows(exp, stream, segment.lo, segment.hi, SEGMENT_COLUMNS):
         seq, kind, path, seed, input_, output, prev, stored_hash, t, body_bytes = row
         digest = sha256(EVENT_TAG + body_bytes).digest()
@@ -74,9 +77,7 @@ def check_segment(store: Store, segment: Segment) -> SegmentResult:
             return _stop(result, seq, f"body is not valid msgpack ({type(error).__name__})")
         if type(body) is not dict or body.keys() != _FIELDS or body["v"] != EVENT_VERSION:
             return _stop(result, seq, "body is not a v1 event body")
-        if (body["seq"] != seq or body["kind"] != kind or body["seed"] != seed
-                or body["input"] != input_ or body["output"] != output or body["prev"] != prev
-                or body["t"] != t or body["exp"] != exp or body["stream"] != stream
+        if (columns_of(body) != (exp, stream, seq, kind, seed, input_, output, prev, t)
                 or pack_normalised(body["path"]) != path):
             return _stop(result, seq, _which_column(body, exp, stream, row))
         if seq != expected_seq:

@@ -58,9 +58,10 @@ _SQLITE_TRIGGERS = [
     for table in APPEND_ONLY_TABLES for action in ("update", "delete")
 ]
 
+# psycopg reads % as a placeholder marker, hence %% for a literal % in the function body.
 _POSTGRES_TRIGGERS = [
     """CREATE OR REPLACE FUNCTION ledger_refuse_change() RETURNS trigger AS $$
-       BEGIN RAISE EXCEPTION 'ledger is append-only: % of % refused', TG_OP, TG_TABLE_NAME; END
+       BEGIN RAISE EXCEPTION 'ledger is append-only: %% of %% refused', TG_OP, TG_TABLE_NAME; END
        $$ LANGUAGE plpgsql""",
     *[f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table} "
       f"FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change()" for table in APPEND_ONLY_TABLES],

@@ -290,12 +290,19 @@ class Store:
         values = {"exp": exp, "stream": stream, "lo": lo, "hi": hi}
         parameters = tuple(values[name] for name in order) if order is not None else values
         with self._reading() as connection:
-            result = connection.execution_options(stream_results=True).exec_driver_sql(
-                text, parameters)
-            cursor = result.cursor
-            while rows := cursor.fetchmany(batch_size):
-                yield from rows
-            result.close()
+            if self.backend == "sqlite":  # sqlite3 cursors stream by themselves
+                cursor = connection.connection.dbapi_connection.cursor()
+                try:
+                    cursor.execute(text, parameters)
+                    while rows := cursor.fetchmany(batch_size):
+                        yield from rows
+                finally:
+                    cursor.close()
+                return
+            result = connection.execution_options(stream_results=True, yield_per=batch_size
+                                                  ).exec_driver_sql(text, parameters)
+            for partition in result.partitions():
+                yield from partition
 
     def _reading(self):  # noqa: ANN202 - a SQLAlchemy Connection context
         try:

@@ -1,0 +1,91 @@
+"""Verification throughput and memory: ``ledger verify`` over a million-event ledger.
+
+Figures: events/s of ``verify`` with one process and with the default (one per core); the
+baseline is a bare sqlite3 scan that only fetches the same rows, in the same run. Memory: peak
+RSS of a ``ledger verify`` process over ledgers of N/4 and N events — it must not grow with N.
+
+Run: ``.venv/bin/python -m bench.bench_verify`` (``BENCH_EVENTS`` sets N, default 1M).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.bench_append import run_library
+from bench.results import result, save, show
+from ledger.store import Store
+from ledger.verify import verify
+
+
+def raw_scan(database: Path) -> float:
+    """Seconds for sqlite3 to fetch every event row, doing nothing with them (the floor)."""
+    connection = sqlite3.connect(database)
+    start = time.perf_counter()
+    cursor = connection.execute("SELECT exp, stream, seq, kind, path, seed, input, output, prev, "
+                                "hash, t, body FROM ledger_events ORDER BY exp, stream, seq")
+    while cursor.fetchmany(5000):
+        pass
+    elapsed = time.perf_counter() - start
+    connection.close()
+    return elapsed
+
+
+def timed_verify(url: str, jobs: int | None) -> tuple[float, int]:
+    """Seconds and events of one verification (asserting it passes)."""
+    with Store.open(url) as store:
+        start = time.perf_counter()
+        report = verify(store, jobs=jobs)
+        elapsed = time.perf_counter() - start
+    if not report.ok:
+        raise SystemExit(f"benchmark ledger did not verify: {report.findings[0].describe()}")
+    return elapsed, report.events
+
+
+def peak_rss_of_cli_verify(url: str) -> int:
+    """Peak resident memory (KiB) of a `ledger verify` process, its workers included."""
+    code = ("import resource, sys; from cli.main import main\n"
+            "try:\n    main(['--db', sys.argv[1], 'verify', '--json'])\n"
+            "except SystemExit as done:\n"
+            "    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+            "    print(max(usage, child), file=sys.stderr); raise\n")
+    done = subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True,
+                          check=True)
+    return int(done.stderr.strip().splitlines()[-1])
+
+
+def run(count: int | None = None) -> dict[str, Any]:
+    """Build ledgers of N/4 and N events, then measure verify against the raw scan."""
+    count = count or int(os.environ.get("BENCH_EVENTS", "1000000"))
+    with tempfile.TemporaryDirectory(prefix="ledger-bench-") as folder:
+        small_url = run_library(Path(folder), count // 4, "small.db")[1]
+        _seconds, url = run_library(Path(folder), count, "large.db")
+        scan = raw_scan(Path(folder) / "large.db")
+        one, events = timed_verify(url, jobs=1)
+        default, _ = timed_verify(url, jobs=None)
+        memory_small = peak_rss_of_cli_verify(small_url)
+        memory_large = peak_rss_of_cli_verify(url)
+    return result("verify_sqlite",
+                  {"events": events, "verify_events_per_s_default_jobs": events / default,
+                   "verify_events_per_s_1_job": events / one, "jobs_default": os.cpu_count(),
+                   "peak_rss_kib_quarter_ledger": memory_small,
+                   "peak_rss_kib_full_ledger": memory_large},
+                  {"raw_sqlite3_scan_events_per_s": events / scan},
+                  {"verify_vs_raw_scan": (events / default) / (events / scan),
+                   "memory_full_vs_quarter": memory_large / memory_small},
+                  {"verify_events_per_s_default_jobs": ">= 300000",
+                   "memory_full_vs_quarter": "about 1 (no growth with events)"},
+                  "python -m bench.bench_verify")
+
+
+if __name__ == "__main__":
+    record = run()
+    show(record)
+    save([record])
