@@ -1,0 +1,38 @@
+"""``python -m bench`` (``make bench``): run every benchmark, print it, write bench/results.json.
+
+``python -m bench append verify`` runs only the named ones. ``BENCH_EVENTS`` scales the ledger
+benchmarks (default 1,000,000 events).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from bench.results import RESULTS, save, show
+
+BENCHMARKS = {
+    "append": "bench.bench_append",
+    "verify": "bench.bench_verify",
+    "pipeline": "bench.bench_pipeline",
+}
+
+
+def main(names: list[str]) -> None:
+    """Run the named benchmarks (all by default) and save their records."""
+    unknown = [name for name in names if name not in BENCHMARKS]
+    if unknown:
+        raise SystemExit(f"unknown benchmark(s) {', '.join(unknown)}; "
+                         f"choose from {', '.join(BENCHMARKS)}")
+    for name in names or list(BENCHMARKS):
+        module = importlib.import_module(BENCHMARKS[name])
+        outcome = module.run()
+        records = outcome if isinstance(outcome, list) else [outcome]
+        for record in records:
+            show(record)
+        save(records)
+    print(f"results written to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
