@@ -72,6 +72,8 @@ def _normalise_other(obj: Any, depth: int) -> Any:
         return bytes(obj)
     if isinstance(obj, dict):
         return _normalise_dict(dict(obj), depth + 1)
+    if isinstance(obj, msgpack.ExtType):  # a tuple subclass: it would pass for a list
+        raise EncodingError("cannot encode a value of type ExtType canonically: no ext types")
     if isinstance(obj, (list, tuple)):
         return [_normalise(item, depth + 1) for item in obj]
     raise EncodingError(f"cannot encode a value of type {type(obj).__name__} canonically")
@@ -87,7 +89,13 @@ def pack_normalised(obj: Any) -> bytes:
     packer = getattr(_local, "packer", None)
     if packer is None:
         packer = _local.packer = msgpack.Packer(use_bin_type=True, autoreset=True)
-    return packer.pack(obj)
+    try:
+        return packer.pack(obj)
+    except UnicodeEncodeError as error:
+        raise EncodingError(f"string {error.object[:40]!r} is not valid Unicode "
+                            f"({error.reason})") from None
+    except (TypeError, ValueError, OverflowError) as error:
+        raise EncodingError(f"cannot encode value canonically: {error}") from None
 
 
 def canonical(obj: Any) -> bytes:

@@ -1,0 +1,258 @@
+"""Canonical encoding (DESIGN §2): one byte string per value, and refusal of everything else."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import random
+from collections import OrderedDict
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ledger.canonical import MAX_DEPTH, canonical, normalise
+from ledger.errors import EncodingError
+
+INT_MIN, UINT_MAX = -(2**63), 2**64 - 1
+
+ints = st.integers(min_value=INT_MIN, max_value=UINT_MAX)
+floats = st.floats(allow_nan=False)
+scalars = st.one_of(st.none(), st.booleans(), ints, floats, st.text(), st.binary())
+values = st.recursive(
+    scalars,
+    lambda children: st.one_of(st.lists(children, max_size=5),
+                               st.dictionaries(st.text(max_size=8), children, max_size=5)),
+    max_leaves=30)
+
+
+def as_tuples(value: Any) -> Any:
+    """The same value with every list a tuple: canonical encoding must not see a difference."""
+    if isinstance(value, list):
+        return tuple(as_tuples(item) for item in value)
+    if isinstance(value, dict):
+        return {key: as_tuples(item) for key, item in value.items()}
+    return value
+
+
+def reinserted(value: Any, rng: random.Random) -> Any:
+    """The same value with every dict's keys inserted in a shuffled order."""
+    if isinstance(value, list):
+        return [reinserted(item, rng) for item in value]
+    if isinstance(value, dict):
+        keys = list(value)
+        rng.shuffle(keys)
+        return {key: reinserted(value[key], rng) for key in keys}
+    return value
+
+
+def sorted_dicts(value: Any) -> Any:
+    if isinstance(value, list):
+        return [sorted_dicts(item) for item in value]
+    if isinstance(value, dict):
+        return {key: sorted_dicts(value[key]) for key in sorted(value)}
+    return value
+
+
+@given(values)
+def test_round_trip_of_plain_values(value: Any) -> None:
+    encoded = canonical(value)
+    assert msgpack.unpackb(encoded, raw=False, strict_map_key=False) == value
+    assert encoded == msgpack.packb(sorted_dicts(value), use_bin_type=True)
+    assert normalise(value) == value
+
+
+@given(values, st.randoms(use_true_random=False))
+def test_dict_insertion_order_does_not_matter(value: Any, rng: random.Random) -> None:
+    assert canonical(reinserted(value, rng)) == canonical(value)
+
+
+@given(st.dictionaries(st.text(), ints, min_size=2))
+def test_dict_keys_are_sorted_in_the_bytes(mapping: dict[str, int]) -> None:
+    decoded = msgpack.unpackb(canonical(mapping), raw=False, object_pairs_hook=list)
+    keys = [key for key, _ in decoded]
+    assert keys == sorted(mapping)
+    assert [key.encode() for key in keys] == sorted(key.encode() for key in mapping)
+
+
+@given(values)
+def test_tuples_encode_as_lists(value: Any) -> None:
+    assert canonical(as_tuples(value)) == canonical(value)
+
+
+@given(st.integers(min_value=INT_MIN, max_value=2**63 - 1))
+def test_numpy_signed_integers_encode_as_python_ints(number: int) -> None:
+    expected = canonical(number)
+    assert canonical(np.int64(number)) == expected
+    for dtype in (np.int8, np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= number <= info.max:
+            assert canonical(dtype(number)) == expected
+
+
+@given(st.integers(min_value=0, max_value=UINT_MAX))
+def test_numpy_unsigned_integers_encode_as_python_ints(number: int) -> None:
+    expected = canonical(number)
+    assert canonical(np.uint64(number)) == expected
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if number <= np.iinfo(dtype).max:
+            assert canonical(dtype(number)) == expected
+
+
+@given(st.floats(allow_nan=False))
+def test_numpy_floats_encode_as_python_float64(number: float) -> None:
+    assert canonical(np.float64(number)) == canonical(number)
+    encoded = canonical(number)
+    assert encoded[0] == 0xCB and len(encoded) == 9  # always float64, never float32
+
+
+@given(st.floats(allow_nan=False, width=32))
+def test_float32_is_widened_to_float64(number: float) -> None:
+    assert canonical(np.float32(number)) == canonical(number)
+    assert len(canonical(np.float32(number))) == 9
+
+
+@given(st.floats(allow_nan=False, width=16))
+def test_float16_is_widened_to_float64(number: float) -> None:
+    assert canonical(np.float16(number)) == canonical(number)
+
+
+@pytest.mark.parametrize(("numpy_value", "python_value"), [
+    (np.bool_(True), True), (np.bool_(False), False), (np.float16(0.5), 0.5),
+    (np.float32(0.1), float(np.float32(0.1))), (np.int64(-1), -1), (np.uint8(255), 255),
+])
+def test_numpy_scalars_inside_containers(numpy_value: Any, python_value: Any) -> None:
+    assert canonical({"a": [numpy_value, (numpy_value,)]}) == canonical({"a": [python_value,
+                                                                               [python_value]]})
+    plain = normalise({"a": numpy_value})["a"]
+    assert type(plain) is type(python_value)
+
+
+def test_bool_is_not_an_int() -> None:
+    assert canonical(True) != canonical(1)
+    assert canonical(np.bool_(False)) != canonical(0)
+
+
+def test_float_zero_is_not_int_zero() -> None:
+    assert canonical(0.0) != canonical(0)
+
+
+@pytest.mark.parametrize("number", [INT_MIN, -1, 0, 2**31, 2**32, 2**63 - 1, 2**63, UINT_MAX])
+def test_edge_integers_round_trip(number: int) -> None:
+    assert msgpack.unpackb(canonical(number)) == number
+    assert msgpack.unpackb(canonical([number, {"n": number}])) == [number, {"n": number}]
+
+
+@pytest.mark.parametrize("number", [INT_MIN - 1, UINT_MAX + 1, 2**128, -(2**100)])
+def test_integers_beyond_64_bits_are_refused(number: int) -> None:
+    with pytest.raises(EncodingError, match="64 bits"):
+        canonical(number)
+    with pytest.raises(EncodingError):
+        canonical({"nested": [number]})
+
+
+@pytest.mark.parametrize("size", [0, 1, 2**16, 2**20 + 3])
+def test_empty_and_large_blobs_round_trip(size: int) -> None:
+    blob = bytes(random.Random(size).getrandbits(8) for _ in range(min(size, 4096))) * (
+        size // 4096 + 1)
+    blob = blob[:size]
+    assert msgpack.unpackb(canonical(blob)) == blob
+    assert canonical(bytearray(blob)) == canonical(blob)
+    assert canonical(memoryview(blob)) == canonical(blob)
+
+
+@given(st.text())
+def test_unicode_strings_round_trip(string: str) -> None:
+    assert msgpack.unpackb(canonical(string), raw=False) == string
+    assert msgpack.unpackb(canonical({string: string}), raw=False) == {string: string}
+
+
+def test_strings_and_bytes_stay_apart() -> None:
+    assert canonical("ab") != canonical(b"ab")
+
+
+@pytest.mark.parametrize("string", ["\ud800", "ok\udfffok"])
+def test_unencodable_strings_are_refused_with_an_encoding_error(string: str) -> None:
+    with pytest.raises(EncodingError):
+        canonical(string)
+    with pytest.raises(EncodingError):
+        canonical({string: 1})
+    assert canonical(["after", "a refusal"]) == msgpack.packb(["after", "a refusal"])
+
+
+@pytest.mark.parametrize("mapping", [
+    {1: "a"}, {b"key": 1}, {("a",): 1}, {None: 1}, {1.5: 1}, {True: 1}, {"a": 1, 2: "b"},
+    {"ok": {3: "nested"}},
+])
+def test_non_str_keys_are_refused(mapping: dict) -> None:
+    with pytest.raises(EncodingError, match="key"):
+        canonical(mapping)
+
+
+class _Str(str):
+    pass
+
+
+def test_str_subclass_keys_are_refused_but_values_are_plain_str() -> None:
+    with pytest.raises(EncodingError):
+        canonical({_Str("a"): 1})
+    assert canonical(_Str("a")) == canonical("a")
+    assert type(normalise(_Str("a"))) is str
+
+
+def test_dict_subclasses_encode_like_dicts() -> None:
+    ordered = OrderedDict([("b", 1), ("a", 2)])
+    assert canonical(ordered) == canonical({"a": 2, "b": 1})
+
+
+@pytest.mark.parametrize("value", [
+    {1, 2}, frozenset(), object(), 1j, decimal.Decimal("1.5"), datetime.date(2024, 1, 1),
+    np.array([1, 2]), np.complex128(1), np.datetime64("2024-01-01"), range(3), type,
+    lambda: None, msgpack.ExtType(1, b"x"), np.longdouble(1) if np.longdouble != np.float64 else {1},
+])
+def test_unknown_types_are_refused(value: Any) -> None:
+    with pytest.raises(EncodingError, match="cannot encode"):
+        canonical(value)
+    with pytest.raises(EncodingError):
+        canonical({"inside": [value]})
+
+
+def nested(depth: int, leaf: Any = 1) -> Any:
+    """A value with ``depth`` levels of containers, alternating lists and dicts."""
+    value = leaf
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+def test_nesting_up_to_the_limit_is_accepted() -> None:
+    assert msgpack.unpackb(canonical(nested(MAX_DEPTH))) == nested(MAX_DEPTH)
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 10_000])
+def test_over_deep_nesting_is_refused(depth: int) -> None:
+    with pytest.raises(EncodingError, match="nested"):
+        canonical(nested(depth))
+
+
+def test_a_self_containing_value_is_refused_not_a_recursion_error() -> None:
+    loop: list = []
+    loop.append(loop)
+    with pytest.raises(EncodingError):
+        canonical(loop)
+
+
+@given(values)
+def test_a_refused_value_leaves_the_encoder_clean(value: Any) -> None:
+    with pytest.raises(EncodingError):
+        canonical([value, {1: "refused"}])
+    assert canonical(value) == msgpack.packb(sorted_dicts(value), use_bin_type=True)
+
+
+def test_nan_and_signed_zero_have_one_encoding_each() -> None:
+    assert canonical(float("nan")) == canonical(np.float64("nan")) == bytes.fromhex(
+        "cb7ff8000000000000")
+    assert canonical(-0.0) != canonical(0.0)
