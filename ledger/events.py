@@ -7,6 +7,7 @@ bytes that were hashed. Events of one (experiment, stream) form a chain through 
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 from collections.abc import Mapping, Sequence
@@ -40,6 +41,8 @@ MAIN_STREAM = "main"
 _EXP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _STREAM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}(/[A-Za-z0-9][A-Za-z0-9._-]{0,63}){0,3}")
 _KIND = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+"""Range of seq and t: the store keeps them in signed 64-bit columns."""
 MAX_BODY_BYTES = 16 * 1024 * 1024
 """Largest event body read back; a larger one is refused as malformed, not loaded."""
 
@@ -100,12 +103,6 @@ class Event(NamedTuple):
                         self.params, self.input, self.output, self.meta, self.prev, self.t)
 
 
-def body_map(self) -> dict[str, Any]:
-        """The body as the map that was hashed."""
-        return body_map(self.exp, self.stream, self.seq, self.kind, self.path, self.seed,
-                        self.params, self.input, self.output, self.meta, self.prev, self.t)
-
-
 def body_map(exp: str, stream: str, seq: int, kind: str, path: Sequence[Label], seed: bytes | None,
              params: Mapping[str, Any], input: bytes | None, output: bytes | None,
              meta: Mapping[str, Any], prev: bytes, t: int) -> dict[str, Any]:
@@ -123,11 +120,34 @@ def _check_digest(name: str, value: Any, size: int) -> bytes | None:
     return bytes(value)
 
 
+@functools.lru_cache(maxsize=1024)
+def _check_names(exp: str, stream: str, kind: str) -> None:
+    """Validate names once per (experiment, stream, kind): a writer repeats them at every event."""
+    check_experiment_id(exp)
+    check_stream(stream)
+    check_kind(kind)
+
+
+def _check_position(exp: Any, stream: Any, seq: Any, kind: Any, prev: Any, t: Any) -> None:
+    if type(exp) is not str or type(stream) is not str or type(kind) is not str:
+        check_experiment_id(exp)
+        check_stream(stream)
+        check_kind(kind)
+    _check_names(exp, stream, kind)
+    if type(seq) is not int or not 0 <= seq <= _INT64_MAX:
+        raise BadInputError(f"event seq must be an int in [0, 2**63), got {seq!r}")
+    if type(t) is not int or not _INT64_MIN <= t <= _INT64_MAX:
+        raise BadInputError(f"event time t must be an int of nanoseconds (64-bit), got {t!r}")
+    if type(prev) is not bytes or len(prev) != 32:
+        raise BadInputError("event field prev must be 32 bytes")
+
+
 def make_event(exp: str, stream: str, seq: int, kind: str, *, path: Sequence[Label] = (),
                seed: bytes | None = None, params: Mapping[str, Any] | None = None,
                input: bytes | None = None, output: bytes | None = None,
                meta: Mapping[str, Any] | None = None, prev: bytes, t: int) -> Event:
     """Build, encode and hash one event. Validates every field so that no bad body is written."""
+    _check_position(exp, stream, seq, kind, prev, t)
     labels = check_path(path)
     seed = _check_digest("seed", seed, 16)
     input = _check_digest("input", input, 32)

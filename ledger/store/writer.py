@@ -19,7 +19,7 @@ from typing import Any
 
 from ledger.digests import ZERO_DIGEST
 from ledger.errors import LedgerError, StoreError
-from ledger.events import Event, check_experiment_id, check_kind, check_stream, make_event
+from ledger.events import Event, check_experiment_id, check_stream, make_event
 from ledger.seeds import Label
 from ledger.store.store import Store, event_row
 
@@ -81,7 +81,7 @@ class StreamWriter:
         """Hash and buffer one event at the head of the chain; return it. Not yet durable."""
         with self._lock:
             self._check_usable()
-            event = make_event(self.exp, self.stream, self._next_seq, check_kind(kind), path=path,
+            event = make_event(self.exp, self.stream, self._next_seq, kind, path=path,
                                seed=seed, params=params, input=input, output=output, meta=meta,
                                prev=self._head, t=self.clock() if t is None else t)
             self._accept(event)
