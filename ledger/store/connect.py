@@ -128,6 +128,7 @@ def open_engine(url: str | None = None, *, create: bool = False) -> tuple[Engine
                 raise StoreError(f"{shown} is not a ledger (no {meta_table.name} table)")
             _initialise(engine, is_sqlite)
             stored = _stored_format(engine)
+        _check_format(stored or {}, shown)
     except DBAPIError as error:
         engine.dispose()
         raise StoreError(f"cannot open {shown}: {_first_line(error)}") from None
@@ -137,7 +138,6 @@ def open_engine(url: str | None = None, *, create: bool = False) -> tuple[Engine
     except StoreError:
         engine.dispose()
         raise
-    _check_format(stored or {}, shown)
     return engine, parsed
 
 

@@ -52,10 +52,22 @@ events_table = Table(
 
 APPEND_ONLY_TABLES = ("ledger_meta", "ledger_experiments", "ledger_events")
 
+_UNIQUE_KEYS = {"ledger_meta": [("key",)], "ledger_experiments": [("exp",)],
+                "ledger_events": [("exp", "stream", "seq"), ("id",)]}
+"""Each table's unique keys: an insert that collides with one would, as REPLACE, delete a row."""
+
 _SQLITE_TRIGGERS = [
-    f"CREATE TRIGGER IF NOT EXISTS {table}_no_{action} BEFORE {action.upper()} ON {table} "
-    f"BEGIN SELECT RAISE(ABORT, 'ledger is append-only: {action.upper()} of {table} refused'); END"
-    for table in APPEND_ONLY_TABLES for action in ("update", "delete")
+    *[f"CREATE TRIGGER IF NOT EXISTS {table}_no_{action} BEFORE {action.upper()} ON {table} "
+      f"BEGIN SELECT RAISE(ABORT, 'ledger is append-only: {action.upper()} of {table} refused'); "
+      f"END" for table in APPEND_ONLY_TABLES for action in ("update", "delete")],
+    # SQLite's INSERT OR REPLACE deletes the colliding row without firing DELETE triggers, so an
+    # insert over an existing row is refused before it happens.
+    *[f"CREATE TRIGGER IF NOT EXISTS {table}_no_replace BEFORE INSERT ON {table} WHEN "
+      + " OR ".join(f"EXISTS (SELECT 1 FROM {table} WHERE "
+                    + " AND ".join(f"{column} = NEW.{column}" for column in key) + ")"
+                    for key in _UNIQUE_KEYS[table])
+      + f" BEGIN SELECT RAISE(ABORT, 'ledger is append-only: INSERT over an existing row of "
+        f"{table} refused'); END" for table in APPEND_ONLY_TABLES],
 ]
 
 # psycopg reads % as a placeholder marker, hence %% for a literal % in the function body.

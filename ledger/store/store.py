@@ -15,9 +15,11 @@ from sqlalchemy import bindparam, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
-from ledger.errors import (AppendOnlyError, ConcurrentWriteError, StoreError,
+from ledger.digests import ZERO_DIGEST
+from ledger.errors import (AppendOnlyError, BadInputError, ConcurrentWriteError, StoreError,
                            UnknownExperimentError)
-from ledger.events import RUN_COMPLETED, Event, check_experiment_id, decode_body, path_bytes
+from ledger.events import (EXPERIMENT_CREATED, MAIN_STREAM, RUN_COMPLETED, Event,
+                           check_experiment_id, decode_body, path_bytes)
 from ledger.store.connect import WRITE_OPTION, describe_url, open_engine
 from ledger.store.schema import events_table, experiments_table, meta_table
 
@@ -65,7 +67,7 @@ class Store:
         self.url = shown_url
         self.url_with_secrets = url_with_secrets or shown_url
         self._insert_sql, self._positional = _compile_event_insert(engine)
-        self._segment_sql: dict[tuple[str, ...], tuple[str, list[str] | None]] = {}
+        self._streamed_sql: dict[tuple[str, ...], tuple[str, list[str] | None]] = {}
 
     @classmethod
     def open(cls, url: str | None = None, *, create: bool = False) -> "Store":
@@ -113,8 +115,21 @@ class Store:
         return self.engine.connect().execution_options(**{WRITE_OPTION: True})
 
     def insert_experiment(self, exp: str, name: str, first_event: Event) -> None:
-        """Record a new experiment: its row and its first event, in one transaction."""
+        """Record a new experiment: its row and its first event, in one transaction.
+
+        ``first_event`` must be this experiment's ``experiment_created`` at main seq 0, recording
+        the same name as the row (verification checks both).
+        """
         check_experiment_id(exp)
+        if (first_event.exp, first_event.stream, first_event.seq, first_event.kind,
+                first_event.prev) != (exp, MAIN_STREAM, 0, EXPERIMENT_CREATED, ZERO_DIGEST):
+            raise BadInputError(f"the first event of experiment {exp} must be its "
+                                f"{EXPERIMENT_CREATED} at {MAIN_STREAM} seq 0, got "
+                                f"{first_event.kind} of {first_event.exp} {first_event.stream} "
+                                f"seq {first_event.seq}")
+        if first_event.params.get("name") != name:
+            raise BadInputError(f"experiment {exp}: row name {name!r} differs from the name "
+                                f"recorded by {EXPERIMENT_CREATED}")
         try:
             with self.write_connection() as connection, connection.begin():
                 connection.execute(experiments_table.insert(),
@@ -272,22 +287,38 @@ class Store:
                           ) -> Iterator[tuple[Any, ...]]:
         """Stream the given columns of events of one chain with lo <= seq < hi, in seq order.
 
-        This is verification's hot loop, so it reads through the driver cursor (rows as plain
-        tuples, bytes as bytes) with SQL that SQLAlchemy compiled for this database.
+        This is verification's hot loop, so rows come through the driver cursor (plain tuples,
+        bytes as bytes) with SQL that SQLAlchemy compiled for this database.
         """
-        sql = self._segment_sql.get(tuple(columns))
-        if sql is None:
-            query = (select(*[events_table.c[name] for name in columns])
-                     .where(events_table.c.exp == bindparam("exp"),
-                            events_table.c.stream == bindparam("stream"),
-                            events_table.c.seq >= bindparam("lo"),
-                            events_table.c.seq < bindparam("hi"))
-                     .order_by(events_table.c.seq))
-            compiled = query.compile(dialect=self.engine.dialect)
+        def build():  # noqa: ANN202
+            return (select(*[events_table.c[name] for name in columns])
+                    .where(events_table.c.exp == bindparam("exp"),
+                           events_table.c.stream == bindparam("stream"),
+                           events_table.c.seq >= bindparam("lo"),
+                           events_table.c.seq < bindparam("hi"))
+                    .order_by(events_table.c.seq))
+
+        yield from self._stream(("segment", *columns), build,
+                                {"exp": exp, "stream": stream, "lo": lo, "hi": hi}, batch_size)
+
+    def iter_run_bodies(self, exp: str, *, batch_size: int = 5000
+                        ) -> Iterator[tuple[str, int, str, bytes]]:
+        """Stream ``(stream, seq, kind, body)`` of every event of ``exp`` in recording order."""
+        def build():  # noqa: ANN202
+            return (select(events_table.c.stream, events_table.c.seq, events_table.c.kind,
+                           events_table.c.body)
+                    .where(events_table.c.exp == bindparam("exp")).order_by(events_table.c.id))
+
+        yield from self._stream(("run_bodies",), build, {"exp": exp}, batch_size)
+
+    def _stream(self, key: tuple[str, ...], build, values: dict[str, Any],  # noqa: ANN001
+                batch_size: int) -> Iterator[tuple[Any, ...]]:
+        compiled_sql = self._streamed_sql.get(key)
+        if compiled_sql is None:
+            compiled = build().compile(dialect=self.engine.dialect)
             order = list(compiled.positiontup or []) if compiled.positional else None
-            sql = self._segment_sql[tuple(columns)] = (str(compiled), order)
-        text, order = sql
-        values = {"exp": exp, "stream": stream, "lo": lo, "hi": hi}
+            compiled_sql = self._streamed_sql[key] = (str(compiled), order)
+        text, order = compiled_sql
         parameters = tuple(values[name] for name in order) if order is not None else values
         with self._reading() as connection:
             if self.backend == "sqlite":  # sqlite3 cursors stream by themselves

@@ -1,0 +1,396 @@
+"""The store contract (DESIGN §4), written once and run on every backend (the ``store`` fixture).
+
+Opening and refusing databases, the schema version, append-only enforced by the database itself,
+(exp, stream, seq) uniqueness, all-or-nothing batches, and every read.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+import sqlalchemy
+from sqlalchemy import text
+
+from ledger.digests import ZERO_DIGEST
+from ledger.errors import (BadInputError, ConcurrentWriteError, InvalidIdError, StoreError,
+                           UnknownExperimentError)
+from ledger.events import make_event
+from ledger.store import SCHEMA_VERSION, ExperimentRow, Store, StreamHead, StreamWriter
+from ledger.store.store import EVENT_COLUMNS, event_row
+from ledger_builders import drop_append_only_triggers, execute, record_experiment, rows
+
+TABLES = ("ledger_events", "ledger_experiments", "ledger_meta")
+CHANGES = {
+    "ledger_events": ("UPDATE ledger_events SET kind = 'forged' WHERE seq = 1",
+                      "DELETE FROM ledger_events WHERE seq = 1"),
+    "ledger_experiments": ("UPDATE ledger_experiments SET name = 'forged'",
+                           "DELETE FROM ledger_experiments"),
+    "ledger_meta": ("UPDATE ledger_meta SET value = '99' WHERE key = 'schema_version'",
+                    "DELETE FROM ledger_meta"),
+}
+
+
+def snapshot(store: Store) -> dict[str, list[tuple]]:
+    """Every row of every ledger table, to show that nothing changed."""
+    with store.engine.connect() as connection:
+        return {table: sorted(tuple(row) for row in connection.execute(text(
+            f"SELECT * FROM {table}"))) for table in TABLES}
+
+
+# -- opening -----------------------------------------------------------------------------------
+
+def test_a_new_ledger_carries_its_schema_version(store: Store) -> None:
+    assert store.schema_version == SCHEMA_VERSION
+    with store.engine.connect() as connection:
+        meta = dict(connection.execute(text("SELECT key, value FROM ledger_meta")).all())
+    assert meta == {"format": "reproducibility-ledger", "schema_version": str(SCHEMA_VERSION)}
+    assert store.experiments() == []
+
+
+def test_reopening_finds_what_was_written(store: Store, store_url: str) -> None:
+    recorded = record_experiment(store)
+    with Store.open(store_url) as reopened:
+        assert [row.exp for row in reopened.experiments()] == [recorded.exp]
+    with Store.open(store_url, create=True) as again:  # create on an existing ledger: no re-init
+        assert again.schema_version == SCHEMA_VERSION
+        assert len(snapshot(again)["ledger_meta"]) == 2
+
+
+def test_a_newer_schema_version_is_refused(store: Store, store_url: str) -> None:
+    drop_append_only_triggers(store)
+    execute(store, "UPDATE ledger_meta SET value = '99' WHERE key = 'schema_version'")
+    for create in (False, True):
+        with pytest.raises(StoreError, match="99.*newer"):
+            Store.open(store_url, create=create)
+
+
+@pytest.mark.parametrize("value", ["", "one", "0", "-3"])
+def test_an_unreadable_schema_version_is_refused(store: Store, store_url: str, value: str) -> None:
+    drop_append_only_triggers(store)
+    execute(store, "UPDATE ledger_meta SET value = :value WHERE key = 'schema_version'", value=value)
+    with pytest.raises(StoreError, match="schema version"):
+        Store.open(store_url)
+
+
+def test_a_database_without_the_format_marker_is_refused(store: Store, store_url: str) -> None:
+    drop_append_only_triggers(store)
+    execute(store, "DELETE FROM ledger_meta WHERE key = 'format'")
+    with pytest.raises(StoreError, match="not a ledger"):
+        Store.open(store_url)
+
+
+def test_an_sqlite_ledger_is_in_wal_mode(sqlite_url: str) -> None:
+    with Store.open(sqlite_url, create=True) as store:
+        with store.engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_a_missing_sqlite_file_is_refused_and_not_created(tmp_path: Path) -> None:
+    path = tmp_path / "missing.db"
+    with pytest.raises(StoreError, match="no ledger"):
+        Store.open(f"sqlite:///{path}")
+    assert not path.exists()
+    with pytest.raises(StoreError, match="does not exist"):
+        Store.open(f"sqlite:///{tmp_path / 'no-such-folder' / 'ledger.db'}", create=True)
+    assert not (tmp_path / "no-such-folder").exists()
+
+
+def test_a_file_that_is_not_sqlite_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"just some text, not a database\n" * 10)
+    for create in (False, True):
+        with pytest.raises(StoreError, match="not an SQLite database"):
+            Store.open(f"sqlite:///{path}", create=create)
+    assert path.read_bytes() == b"just some text, not a database\n" * 10
+    with pytest.raises(StoreError, match="folder"):
+        Store.open(f"sqlite:///{tmp_path}")
+
+
+def test_a_foreign_sqlite_database_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    connection = sqlite3.connect(path)
+    connection.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+    connection.execute("INSERT INTO customers VALUES (1, 'Ada')")
+    connection.commit()
+    connection.close()
+    before = path.read_bytes()
+    for create in (False, True):
+        with pytest.raises(StoreError, match="not a ledger"):
+            Store.open(f"sqlite:///{path}", create=create)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
+
+
+def test_an_empty_postgres_schema_is_not_a_ledger_unless_created(postgres_url: str) -> None:
+    with pytest.raises(StoreError, match="not a ledger"):
+        Store.open(postgres_url)
+    engine = sqlalchemy.create_engine(postgres_url)
+    try:
+        with engine.connect() as connection:
+            assert sqlalchemy.inspect(connection).get_table_names() == []
+    finally:
+        engine.dispose()
+    with Store.open(postgres_url, create=True) as store:
+        assert store.backend == "postgresql" and store.schema_version == SCHEMA_VERSION
+
+
+def test_a_foreign_postgres_schema_is_refused(postgres_url: str) -> None:
+    engine = sqlalchemy.create_engine(postgres_url)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("CREATE TABLE customers (id int primary key)")
+    finally:
+        engine.dispose()
+    with pytest.raises(StoreError, match="not a ledger"):
+        Store.open(postgres_url, create=True)
+
+
+def test_an_unreachable_server_is_a_store_error() -> None:
+    with pytest.raises(StoreError, match="cannot open"):
+        Store.open("postgresql+psycopg://postgres:secret@127.0.0.1:1/test")
+    try:
+        Store.open("postgresql+psycopg://postgres:secret@127.0.0.1:1/test")
+    except StoreError as error:
+        assert "secret" not in str(error)  # passwords are never shown
+
+
+@pytest.mark.parametrize("url", ["mysql://localhost/db", "not a url", "://"])
+def test_unsupported_or_malformed_urls_are_refused(url: str) -> None:
+    with pytest.raises(StoreError):
+        Store.open(url)
+
+
+# -- append-only, enforced by the database ---------------------------------------------------
+
+@pytest.mark.parametrize("table", TABLES)
+@pytest.mark.parametrize("action", ["update", "delete"])
+def test_the_database_refuses_updates_and_deletes(store: Store, table: str, action: str) -> None:
+    record_experiment(store)
+    before = snapshot(store)
+    statement = CHANGES[table][action == "delete"]
+    with pytest.raises(sqlalchemy.exc.DBAPIError, match="append-only"):
+        execute(store, statement)
+    assert snapshot(store) == before
+
+
+def test_postgres_refuses_truncate_and_upsert(postgres_url: str) -> None:
+    with Store.open(postgres_url, create=True) as store:
+        record_experiment(store)
+        before = snapshot(store)
+        for table in TABLES:
+            with pytest.raises(sqlalchemy.exc.DBAPIError, match="append-only"):
+                execute(store, f"TRUNCATE {table}")
+        with pytest.raises(sqlalchemy.exc.DBAPIError, match="append-only"):
+            execute(store, "INSERT INTO ledger_meta (key, value) VALUES ('schema_version', '99') "
+                           "ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+        assert snapshot(store) == before
+
+
+@pytest.mark.parametrize("statement", [
+    "INSERT OR REPLACE INTO ledger_meta (key, value) VALUES ('schema_version', '99')",
+    "REPLACE INTO ledger_experiments (exp, name, created_t) SELECT exp, 'forged', 0 "
+    "FROM ledger_experiments",
+    "INSERT OR REPLACE INTO ledger_events (exp, stream, seq, kind, path, prev, hash, t, body) "
+    "SELECT exp, stream, seq, 'forged', path, prev, hash, t, body FROM ledger_events WHERE seq = 1",
+    "INSERT OR REPLACE INTO ledger_events (id, exp, stream, seq, kind, path, prev, hash, t, body) "
+    "SELECT id, exp, 'other', seq, kind, path, prev, hash, t, body FROM ledger_events WHERE seq = 1",
+])
+def test_sqlite_refuses_replace_which_deletes_without_delete_triggers(sqlite_url: str,
+                                                                      statement: str) -> None:
+    with Store.open(sqlite_url, create=True) as store:
+        record_experiment(store)
+        before = snapshot(store)
+        with pytest.raises(sqlalchemy.exc.DBAPIError, match="append-only"):
+            execute(store, statement)
+        assert snapshot(store) == before
+
+
+def test_the_store_has_no_method_that_updates_or_deletes() -> None:
+    names = [name for name in dir(Store) if not name.startswith("__")]
+    assert not [name for name in names if any(word in name for word in (
+        "update", "delete", "remove", "truncate", "replace", "set_"))]
+
+
+# -- uniqueness of (exp, stream, seq) and all-or-nothing batches ------------------------------
+
+def test_recording_an_experiment_twice_is_refused(store: Store) -> None:
+    recorded = record_experiment(store, workers=0, complete=False)
+    with pytest.raises(ConcurrentWriteError, match="already exists"):
+        store.insert_experiment(recorded.exp, recorded.name, recorded.main[0])
+    assert len(rows(store, recorded.exp, "main")) == len(recorded.main)
+
+
+@pytest.mark.parametrize("change", [
+    {"exp": "exp-000000000000"}, {"stream": "worker-0"}, {"seq": 1}, {"kind": "metric"},
+    {"prev": b"\x01" * 32}, {"params": {"name": "another name"}},
+])
+def test_an_experiment_starts_with_its_own_experiment_created(store: Store, change: dict) -> None:
+    fields = {"exp": "exp-0123456789ab", "stream": "main", "seq": 0, "kind": "experiment_created",
+              "params": {"name": "run"}, "prev": ZERO_DIGEST, "t": 5, **change}
+    first = make_event(fields.pop("exp"), fields.pop("stream"), fields.pop("seq"),
+                       fields.pop("kind"), **fields)
+    with pytest.raises(BadInputError):
+        store.insert_experiment("exp-0123456789ab", "run", first)
+    assert store.experiments() == [] and store.chain_sizes() == []
+
+
+def test_a_taken_position_is_a_concurrent_write_error(store: Store) -> None:
+    recorded = record_experiment(store, workers=0, complete=False)
+    taken = recorded.main[1]
+    rival = make_event(taken.exp, taken.stream, taken.seq, "metric", params={"forged": True},
+                       prev=taken.prev, t=taken.t)
+    with pytest.raises(ConcurrentWriteError, match="seq 1"):
+        store.append_rows([event_row(rival)])
+    assert rows(store, recorded.exp, "main")[1]["hash"] == taken.hash
+
+
+def test_a_batch_is_all_or_nothing(store: Store) -> None:
+    recorded = record_experiment(store, workers=0, complete=False)
+    before = snapshot(store)
+    last = recorded.main[-1]
+    fresh = []
+    prev = last.hash
+    for seq in range(last.seq + 1, last.seq + 4):
+        event = make_event(recorded.exp, "main", seq, "metric", params={"n": seq}, prev=prev, t=seq)
+        fresh.append(event)
+        prev = event.hash
+    duplicate = make_event(recorded.exp, "main", 1, "metric", prev=recorded.main[0].hash, t=1)
+    with pytest.raises(ConcurrentWriteError):
+        store.append_rows([event_row(event) for event in fresh] + [event_row(duplicate)])
+    assert snapshot(store) == before
+    store.append_rows([event_row(event) for event in fresh])
+    assert store.last_event(recorded.exp, "main") == (fresh[-1].seq, fresh[-1].hash)
+
+
+def test_an_empty_batch_writes_nothing(store: Store) -> None:
+    store.append_rows([])
+    assert store.chain_sizes() == []
+
+
+# -- reads -------------------------------------------------------------------------------------
+
+@pytest.fixture
+def three(store: Store) -> dict[str, object]:
+    """Three experiments: old and complete, newest and failed, middle and incomplete."""
+    old = record_experiment(store, "old-run", name="old", created_t=1_000)
+    new = record_experiment(store, "new-run", name="new", created_t=3_000, status="failed",
+                            workers=1)
+    middle = record_experiment(store, "middle-run", name="middle", created_t=2_000,
+                               complete=False, workers=3)
+    return {"old": old, "new": new, "middle": middle}
+
+
+def test_experiments_are_listed_newest_first_with_status(store: Store, three: dict) -> None:
+    assert store.experiments() == [
+        ExperimentRow("new-run", "new", 3_000, "failed"),
+        ExperimentRow("middle-run", "middle", 2_000, "incomplete"),
+        ExperimentRow("old-run", "old", 1_000, "ok"),
+    ]
+
+
+def test_experiments_created_at_the_same_time_are_ordered_by_id(store: Store) -> None:
+    for exp in ("b-run", "c-run", "a-run"):
+        record_experiment(store, exp, created_t=10, workers=0)
+    assert [row.exp for row in store.experiments()] == ["a-run", "b-run", "c-run"]
+
+
+def test_one_experiment_by_id(store: Store, three: dict) -> None:
+    assert store.experiment("middle-run") == ExperimentRow("middle-run", "middle", 2_000,
+                                                           "incomplete")
+    assert store.experiment("old-run").status == "ok"
+    with pytest.raises(UnknownExperimentError, match="unknown experiment"):
+        store.experiment("exp-ffffffffffff")
+    for malformed in ("../old-run", "old-run; DROP TABLE ledger_events", "x" * 10_240, ""):
+        with pytest.raises(InvalidIdError):
+            store.experiment(malformed)
+
+
+def test_stream_heads(store: Store, three: dict) -> None:
+    for recorded in three.values():
+        expected = {name: StreamHead(name, len(events), events[-1].hash)
+                    for name, events in recorded.streams.items() if events}
+        assert store.stream_heads(recorded.exp) == expected
+    assert store.stream_heads("exp-ffffffffffff") == {}
+
+
+def test_counts_by_kind(store: Store, three: dict) -> None:
+    for recorded in three.values():
+        assert store.counts_by_kind(recorded.exp) == recorded.counts_by_kind()
+    assert store.counts_by_kind("middle-run").get("run_completed") is None
+
+
+def test_chain_sizes(store: Store, three: dict) -> None:
+    expected = sorted((recorded.exp, name, len(events), len(events) - 1)
+                      for recorded in three.values()
+                      for name, events in recorded.streams.items() if events)
+    assert store.chain_sizes() == expected
+    assert store.chain_sizes("new-run") == [row for row in expected if row[0] == "new-run"]
+    assert store.chain_sizes("exp-ffffffffffff") == []
+
+
+def test_last_and_first_events(store: Store, three: dict) -> None:
+    old = three["old"]
+    assert store.last_event(old.exp, "worker-1") == (old.streams["worker-1"][-1].seq,
+                                                     old.streams["worker-1"][-1].hash)
+    assert store.last_event(old.exp, "worker-9") is None
+    assert store.first_event_body(old.exp, "experiment_created")["params"]["name"] == "old"
+    assert store.first_event_body(old.exp, "checkpoint") is None
+    assert store.first_event_hash(old.exp, "run_completed") == old.head
+    assert store.first_event_hash("middle-run", "run_completed") is None
+
+
+def test_stored_rows_are_exactly_what_was_hashed(store: Store, three: dict) -> None:
+    expected = sorted((event_row(event) for recorded in three.values()
+                       for events in recorded.streams.values() for event in events),
+                      key=lambda row: row[:3])
+    stored = list(store.iter_event_rows(batch_size=3))
+    assert [tuple(row) for row in stored] == expected
+    assert all(type(row[EVENT_COLUMNS.index("body")]) is bytes for row in stored)
+    only_old = [tuple(row) for row in store.iter_event_rows("old-run")]
+    assert only_old == [row for row in expected if row[0] == "old-run"]
+
+
+def test_segment_rows(store: Store, three: dict) -> None:
+    main = three["old"].main
+    columns = ("seq", "hash", "body")
+    got = list(store.iter_segment_rows("old-run", "main", 2, 5, columns, batch_size=2))
+    assert [tuple(row) for row in got] == [(e.seq, e.hash, e.body) for e in main[2:5]]
+    assert list(store.iter_segment_rows("old-run", "main", 100, 200, columns)) == []
+
+
+def test_experiment_ids_include_events_without_a_row(store: Store, three: dict) -> None:
+    assert store.experiment_ids() == ["middle-run", "new-run", "old-run"]
+    orphan = make_event("orphan-run", "main", 0, "metric", prev=ZERO_DIGEST, t=1)
+    store.append_rows([event_row(orphan)])
+    assert store.experiment_ids() == ["middle-run", "new-run", "old-run", "orphan-run"]
+    assert [row.exp for row in store.experiments()] == ["new-run", "middle-run", "old-run"]
+
+
+def test_a_damaged_run_completed_body_does_not_break_listing(store: Store) -> None:
+    recorded = record_experiment(store, workers=0)
+    drop_append_only_triggers(store)
+    execute(store, "UPDATE ledger_events SET body = :body WHERE kind = 'run_completed'",
+            body=b"\xc1 not msgpack")
+    assert store.experiments()[0].exp == recorded.exp
+    assert store.experiments()[0].status == "unreadable"
+
+
+def test_writers_of_every_backend_produce_the_same_hashes(store: Store, tmp_path: Path) -> None:
+    """The chain does not depend on the database: same inputs, same events, same head."""
+    recorded = record_experiment(store, "same-run")
+    with Store.open(f"sqlite:///{tmp_path / 'other.db'}", create=True) as other:
+        again = record_experiment(other, "same-run")
+    assert again.head == recorded.head
+
+
+def test_a_writer_continues_a_stream_opened_through_another_store(store: Store,
+                                                                  store_url: str) -> None:
+    recorded = record_experiment(store, workers=0, complete=False)
+    with Store.open(store_url) as second:
+        with StreamWriter(second, recorded.exp, "main", flush_interval=None) as writer:
+            assert writer.next_seq == len(recorded.main)
+            assert writer.head == recorded.main[-1].hash
+            event = writer.append("metric", params={"late": True})
+    assert store.last_event(recorded.exp, "main") == (event.seq, event.hash)
