@@ -56,6 +56,8 @@ class StreamWriter:
         self._oldest_pending = 0.0
         self._lock = threading.RLock()
         self._failure: LedgerError | None = None
+        self._failure_unreported = False
+        """True while a failure of the interval flusher has not yet been raised to the owner."""
         self._closed = False
         self._timer: threading.Thread | None = None
         self._stop = threading.Event()
@@ -114,8 +116,7 @@ class StreamWriter:
     def flush(self) -> int:
         """Write every buffered event in one transaction; return the seq now durable."""
         with self._lock:
-            if self._failure is not None:
-                raise self._failure
+            self._raise_failure()
             self._flush_locked()
             return self.durable_seq
 
@@ -138,17 +139,25 @@ class StreamWriter:
                 if self._failure is None and self._interval_elapsed():
                     try:
                         self._flush_locked()
-                    except LedgerError:
-                        pass  # kept in self._failure and raised to the owner on its next call
+                    except LedgerError:  # kept in self._failure, raised on the owner's next call
+                        self._failure_unreported = True
 
     def _check_usable(self) -> None:
         if self._closed:
             raise StoreError(f"writer for {self.exp}/{self.stream} is closed")
+        self._raise_failure()
+
+    def _raise_failure(self) -> None:
         if self._failure is not None:
+            self._failure_unreported = False
             raise self._failure
 
     def close(self) -> None:
-        """Flush what is buffered and stop the interval flusher. Safe to call twice."""
+        """Flush what is buffered and stop the interval flusher. Safe to call twice.
+
+        Raises the error that stopped the writer if its owner has not seen it yet (a failed
+        interval flush): buffered events were then not written.
+        """
         if self._closed:
             return
         self._stop.set()
@@ -158,6 +167,8 @@ class StreamWriter:
             with self._lock:
                 if self._failure is None:
                     self._flush_locked()
+                elif self._failure_unreported:
+                    self._raise_failure()
         finally:
             self._closed = True
 

@@ -1,0 +1,276 @@
+"""The stream writer (DESIGN §4), on every backend: head in memory, batched flushes, durability,
+continuation of an existing chain, and no fork under concurrent writers."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ledger.digests import ZERO_DIGEST
+from ledger.errors import BadInputError, ConcurrentWriteError, EncodingError, InvalidIdError, StoreError
+from ledger.events import make_event
+from ledger.store import Store, StreamWriter
+from ledger.verify import verify
+from ledger_builders import record_experiment, rows
+
+EXP = "exp-0123456789ab"
+_streams = itertools.count()
+
+
+def stored_seqs(store: Store, stream: str, exp: str = EXP) -> list[int]:
+    return [row["seq"] for row in rows(store, exp, stream)]
+
+
+def wait_for(condition, what: str) -> None:  # noqa: ANN001
+    """Poll until ``condition()`` holds. The bound only keeps a broken build from hanging."""
+    deadline = time.monotonic() + 120
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting: {what}"
+        time.sleep(0.01)
+
+
+def writer(store: Store, stream: str = "main", **options: object) -> StreamWriter:
+    options.setdefault("flush_interval", None)
+    return StreamWriter(store, EXP, stream, **options)
+
+
+def test_the_head_is_kept_in_memory_until_a_flush(store: Store) -> None:
+    with writer(store, batch_size=100) as w:
+        assert (w.next_seq, w.head, w.durable_seq) == (0, ZERO_DIGEST, -1)
+        first = w.append("metric", params={"n": 0})
+        second = w.append("metric", params={"n": 1})
+        assert (first.seq, first.prev) == (0, ZERO_DIGEST)
+        assert (second.seq, second.prev) == (1, first.hash)
+        assert (w.next_seq, w.head, w.durable_seq) == (2, second.hash, -1)
+        assert stored_seqs(store, "main") == []
+        assert w.flush() == 1
+        assert w.durable_seq == 1
+        assert [row["hash"] for row in rows(store, EXP, "main")] == [first.hash, second.hash]
+        assert w.flush() == 1  # nothing new: still durable up to 1
+
+
+def test_a_full_batch_is_flushed(store: Store) -> None:
+    with writer(store, batch_size=3) as w:
+        for n in range(2):
+            w.append("metric", params={"n": n})
+        assert stored_seqs(store, "main") == []
+        w.append("metric", params={"n": 2})
+        assert stored_seqs(store, "main") == [0, 1, 2]
+        assert w.durable_seq == 2
+        for n in range(3, 8):
+            w.append("metric", params={"n": n})
+        assert stored_seqs(store, "main") == [0, 1, 2, 3, 4, 5]
+        assert w.durable_seq == 5
+
+
+def test_close_flushes_and_then_refuses(store: Store) -> None:
+    w = writer(store, batch_size=100)
+    w.append("metric")
+    w.close()
+    assert stored_seqs(store, "main") == [0]
+    assert w.durable_seq == 0
+    with pytest.raises(StoreError, match="closed"):
+        w.append("metric")
+    w.close()  # twice is fine
+    assert stored_seqs(store, "main") == [0]
+
+
+def test_leaving_a_with_block_flushes_even_on_error(store: Store) -> None:
+    with pytest.raises(RuntimeError, match="training crashed"):
+        with writer(store, batch_size=100) as w:
+            w.append("metric")
+            w.append("metric")
+            raise RuntimeError("training crashed")
+    assert stored_seqs(store, "main") == [0, 1]
+
+
+def test_the_interval_flushes_an_idle_writer(store: Store) -> None:
+    w = writer(store, batch_size=1000, flush_interval=0.05)
+    try:
+        event = w.append("metric")
+        wait_for(lambda: stored_seqs(store, "main") == [0], "the interval flush")
+        wait_for(lambda: w.durable_seq == event.seq, "durable_seq to follow the interval flush")
+    finally:
+        w.close()
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch_size=st.integers(min_value=1, max_value=5),
+       steps=st.lists(st.one_of(st.integers(min_value=1, max_value=6), st.just("flush")),
+                      max_size=8))
+def test_durable_seq_never_claims_an_unwritten_event(store: Store, batch_size: int,
+                                                     steps: list) -> None:
+    stream = f"s{next(_streams)}"
+    with writer(store, stream, batch_size=batch_size) as w:
+        appended: list[bytes] = []
+        for step in steps:
+            if step == "flush":
+                assert w.flush() == len(appended) - 1
+            else:
+                appended += [w.append("metric", params={"n": n}).hash for n in range(step)]
+            stored = rows(store, EXP, stream)
+            assert [row["seq"] for row in stored] == list(range(len(stored)))
+            assert w.durable_seq == len(stored) - 1  # everything up to durable_seq is stored
+            assert len(appended) - len(stored) < batch_size  # a full batch is never held back
+            assert [row["hash"] for row in stored] == appended[:len(stored)]
+    assert len(rows(store, EXP, stream)) == len(appended)
+
+
+def test_a_reopened_stream_continues_its_chain(store: Store) -> None:
+    with writer(store) as w:
+        for n in range(3):
+            last = w.append("metric", params={"n": n})
+    with writer(store) as again:
+        assert (again.next_seq, again.head, again.durable_seq) == (3, last.hash, 2)
+        continued = again.append("metric", params={"n": 3})
+    assert (continued.seq, continued.prev) == (3, last.hash)
+    assert stored_seqs(store, "main") == [0, 1, 2, 3]
+
+
+def test_a_recorded_experiment_continued_by_another_writer_still_verifies(store: Store) -> None:
+    recorded = record_experiment(store, complete=False)
+    with StreamWriter(store, recorded.exp, "worker-0", flush_interval=None) as w:
+        assert w.head == recorded.streams["worker-0"][-1].hash
+        w.append("user_draw", path=("dropout", "layer3"))
+    assert verify(store).ok
+
+
+def test_a_second_writer_on_a_stream_is_refused_not_forked(store: Store) -> None:
+    recorded = record_experiment(store, workers=0, complete=False)
+    first = StreamWriter(store, recorded.exp, "main", flush_interval=None)
+    second = StreamWriter(store, recorded.exp, "main", flush_interval=None)
+    start = first.next_seq
+    try:
+        winner = first.append("metric", params={"who": "first"})
+        first.flush()
+        second.append("metric", params={"who": "second"})
+        second.append("metric", params={"who": "second"})
+        with pytest.raises(ConcurrentWriteError, match="refused rather than fork"):
+            second.flush()
+        with pytest.raises(ConcurrentWriteError):  # and it stays refused
+            second.append("metric")
+        with pytest.raises(ConcurrentWriteError):
+            second.flush()
+        assert rows(store, recorded.exp, "main")[-1]["hash"] == winner.hash
+        first.append("metric", params={"who": "first again"})
+    finally:
+        first.close()
+        second.close()  # its failure was already raised to its owner
+    assert stored_seqs(store, "main", recorded.exp)[start:] == [start, start + 1]
+    assert verify(store).ok
+
+
+def test_racing_writers_leave_exactly_one_chain(store: Store) -> None:
+    writers = [writer(store, batch_size=1000) for _ in range(4)]
+    barrier = threading.Barrier(len(writers))
+    outcome: dict[int, object] = {}
+
+    def race(index: int) -> None:
+        w = writers[index]
+        hashes = [w.append("metric", params={"writer": index, "n": n}).hash for n in range(20)]
+        barrier.wait()
+        try:
+            w.flush()
+            outcome[index] = hashes
+        except ConcurrentWriteError as error:
+            outcome[index] = error
+
+    threads = [threading.Thread(target=race, args=(index,)) for index in range(len(writers))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for w in writers:
+        w.close()
+    winners = [value for value in outcome.values() if isinstance(value, list)]
+    losers = [value for value in outcome.values() if isinstance(value, ConcurrentWriteError)]
+    assert len(winners) == 1 and len(losers) == len(writers) - 1
+    assert [row["hash"] for row in rows(store, EXP, "main")] == winners[0]
+
+
+def test_a_failed_interval_flush_reaches_the_owner_at_close(store: Store) -> None:
+    late = writer(store, batch_size=1000, flush_interval=0.02)
+    with writer(store) as early:
+        early.append("metric", params={"who": "early"})
+    late.append("metric", params={"who": "late"})
+    wait_for(lambda: late._failure is not None, "the interval flush to fail")
+    with pytest.raises(ConcurrentWriteError):
+        late.close()
+    assert stored_seqs(store, "main") == [0]
+    late.close()
+
+
+def test_a_failed_interval_flush_reaches_the_owner_at_its_next_append(store: Store) -> None:
+    late = writer(store, batch_size=1000, flush_interval=0.02)
+    with writer(store) as early:
+        early.append("metric")
+    late.append("metric")
+    wait_for(lambda: late._failure is not None, "the interval flush to fail")
+    with pytest.raises(ConcurrentWriteError):
+        late.append("metric")
+    late.close()  # already reported: close does not raise it again
+
+
+def test_a_refused_append_leaves_the_writer_usable(store: Store) -> None:
+    with writer(store) as w:
+        first = w.append("metric")
+        for bad in ({"kind": "Not A Kind"}, {"params": {1: "non-str key"}},
+                    {"path": ("worker", -1)}, {"seed": b"short"}, {"t": 1.5}):
+            fields = {"kind": "metric", **bad}
+            with pytest.raises(BadInputError):
+                w.append(fields.pop("kind"), **fields)
+            assert (w.next_seq, w.head) == (1, first.hash)
+        second = w.append("metric")
+    assert second.prev == first.hash
+    assert stored_seqs(store, "main") == [0, 1]
+
+
+def test_append_event_takes_only_the_next_link(store: Store) -> None:
+    with writer(store) as w:
+        good = make_event(EXP, "main", 0, "metric", prev=ZERO_DIGEST, t=1)
+        assert w.append_event(good) is good
+        for bad in (make_event(EXP, "main", 0, "metric", prev=ZERO_DIGEST, t=2),
+                    make_event(EXP, "main", 1, "metric", prev=ZERO_DIGEST, t=2),
+                    make_event(EXP, "main", 2, "metric", prev=good.hash, t=2),
+                    make_event(EXP, "other", 1, "metric", prev=good.hash, t=2),
+                    make_event("exp-ffffffffffff", "main", 1, "metric", prev=good.hash, t=2)):
+            with pytest.raises(StoreError, match="not the next link"):
+                w.append_event(bad)
+        assert w.append_event(make_event(EXP, "main", 1, "metric", prev=good.hash, t=2)).seq == 1
+    assert stored_seqs(store, "main") == [0, 1]
+
+
+def test_time_comes_from_the_clock_unless_given(store: Store) -> None:
+    ticks = iter(range(100, 200))
+    with StreamWriter(store, EXP, "main", flush_interval=None, clock=lambda: next(ticks)) as w:
+        assert w.append("metric").t == 100
+        assert w.append("metric", t=5).t == 5
+        assert w.append("metric").t == 101
+
+
+def test_unencodable_params_are_refused_before_anything_is_buffered(store: Store) -> None:
+    with writer(store) as w:
+        with pytest.raises(EncodingError):
+            w.append("metric", params={"value": object()})
+        assert w.next_seq == 0
+    assert stored_seqs(store, "main") == []
+
+
+@pytest.mark.parametrize("options", [{"batch_size": 0}, {"flush_interval": 0},
+                                     {"flush_interval": -1.0}])
+def test_bad_writer_options_are_refused(store: Store, options: dict) -> None:
+    with pytest.raises(ValueError):
+        StreamWriter(store, EXP, "main", **options)
+
+
+@pytest.mark.parametrize(("exp", "stream"), [("../x", "main"), (EXP, "/main"), ("", "main"),
+                                             (EXP, "a b")])
+def test_malformed_ids_are_refused_by_the_writer(store: Store, exp: str, stream: str) -> None:
+    with pytest.raises(InvalidIdError):
+        StreamWriter(store, exp, stream, flush_interval=None)
