@@ -20,13 +20,14 @@ from ledger.events import BODY_FIELDS, EVENT_VERSION, EXPERIMENT_CREATED, RUN_CO
 from ledger.store.store import Store
 
 _FIELDS = frozenset(BODY_FIELDS)
+_MIN_SEQ = -(2**63)
 _COLUMNS_OF_BODY = itemgetter("exp", "stream", "seq", "kind", "seed", "input", "output", "prev", "t")
 SEGMENT_COLUMNS = ("seq", "kind", "path", "seed", "input", "output", "prev", "hash", "t", "body")
 
 
 @dataclass(frozen=True, slots=True)
 class Segment:
-    """Events of one chain with seq in [lo, hi)."""
+    """Events of one chain with seq in [lo, hi); the first segment (lo 0) also reads seq < 0."""
 
     exp: str
     stream: str
@@ -65,8 +66,16 @@ def check_segment(store: Store, segment: Segment) -> SegmentResult:
     sha256 = hashlib.sha256
     unpackb = msgpack.unpackb
     columns_of = _COLUMNS_OF_BODY
-    for row in store.iter_segment_rows(exp, stream, segment.lo, segment.hi, SEGMENT_COLUMNS):
+    # A chain's first segment also reads seqs below 0: a row inserted there is reported, not skipped.
+    lo = segment.lo if segment.lo > 0 else _MIN_SEQ
+    for row in store.iter_segment_rows(exp, stream, lo, segment.hi, SEGMENT_COLUMNS):
         seq, kind, path, seed, input_, output, prev, stored_hash, t, body_bytes = row
+        if seq != expected_seq:
+            if seq > expected_seq:
+                return _stop(result, expected_seq, f"event missing (seq gap): expected seq "
+                                                   f"{expected_seq}, found {seq}")
+            return _stop(result, seq, f"seq {seq} out of place: expected seq {expected_seq} "
+                                      f"(an event inserted or duplicated)")
         digest = sha256(EVENT_TAG + body_bytes).digest()
         if digest != stored_hash:
             return _stop(result, seq, "stored body does not hash to the stored hash "
@@ -80,9 +89,6 @@ def check_segment(store: Store, segment: Segment) -> SegmentResult:
         if (columns_of(body) != (exp, stream, seq, kind, seed, input_, output, prev, t)
                 or pack_normalised(body["path"]) != path):
             return _stop(result, seq, _which_column(body, exp, stream, row))
-        if seq != expected_seq:
-            what = "events missing before it" if seq > expected_seq else "seq out of order"
-            return _stop(result, seq, f"expected seq {expected_seq}, found {seq} ({what})")
         if head is None:
             result.first_prev = prev
         elif prev != head:
@@ -91,7 +97,7 @@ def check_segment(store: Store, segment: Segment) -> SegmentResult:
         if kind == EXPERIMENT_CREATED:
             result.created = (seq, body["params"].get("name") if type(body["params"]) is dict
                               else None)
-        elif kind == RUN_COMPLETED:
+        elif kind == RUN_COMPLETED and result.completed is None:  # events after it are flagged
             params = body["params"] if type(body["params"]) is dict else {}
             result.completed = (seq, params, prev)
         head = digest

@@ -104,7 +104,7 @@ def plan_segments(chains: Iterable[tuple[str, str, int, int]], size: int = SEGME
     """Cut each chain ``(exp, stream, count, max_seq)`` into segments of at most ``size`` seqs."""
     segments = []
     for exp, stream, _count, max_seq in chains:
-        end = max_seq + 1
+        end = max(max_seq + 1, 1)  # a chain of only negative seqs still gets a segment
         for lo in range(0, end, size):
             segments.append(Segment(exp, stream, lo, min(lo + size, end)))
     return segments
@@ -176,7 +176,8 @@ class _Stitcher:
             experiment.created = (segment.stream, *result.created)
         if result.completed is not None:
             if segment.stream == MAIN_STREAM:
-                experiment.completed = result.completed
+                if experiment.completed is None:  # the first one: events after it are flagged
+                    experiment.completed = result.completed
             else:
                 experiment.completed_elsewhere.append((segment.stream, result.completed[0]))
 
@@ -226,9 +227,12 @@ class _Stitcher:
                 self.find(experiment.exp, name, None, "stream not listed in run_completed "
                                                       "(events added after the run completed)")
             elif entry.get("count") != count:
-                self.find(experiment.exp, name, count, f"run_completed records "
-                                                       f"{entry.get('count')} events, {count} are "
-                                                       f"stored (events removed or added)")
+                recorded_count = entry.get("count")
+                first_bad = (min(count, recorded_count) if type(recorded_count) is int
+                             else count)
+                self.find(experiment.exp, name, first_bad, f"run_completed records "
+                                                           f"{recorded_count} events, {count} are "
+                                                           f"stored (events removed or added)")
             elif entry.get("head") != head:
                 self.find(experiment.exp, name, count - 1, "stream head differs from the head "
                                                            "recorded by run_completed")
