@@ -1,0 +1,13 @@
+"""Replay: re-execute a recorded run from its ledger and compare it, draw by draw.
+
+``replay_run`` certifies a run or names its first divergence and the likely cause;
+``diff_runs`` compares two runs; the registry decides which code replay may run.
+"""
+
+from replay.causes import Cause
+from replay.diff import DiffReport, diff_runs
+from replay.engine import Divergence, ReplayReport, replay_run
+from replay.registry import ENTRY_POINT_GROUP, register_replayer
+
+__all__ = ["ENTRY_POINT_GROUP", "Cause", "DiffReport", "Divergence", "ReplayReport", "diff_runs",
+           "register_replayer", "replay_run"]

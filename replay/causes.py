@@ -1,0 +1,60 @@
+"""Why a draw diverged: the classification shared by replay and diff.
+
+Three causes, checked in this order for each event: the recorded seed is not the one the path
+derives (*seed derivation differs*); the draw's input is not the recorded one (*input differs*:
+the data changed); the same seed and input gave another output (*same seed, different output*:
+nondeterministic code, or a library whose version differs from the recorded environment).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+
+class Cause(str, Enum):
+    """The likely cause of a divergence."""
+
+    SEED = "seed derivation differs"
+    INPUT = "input differs"
+    OUTPUT = "same seed, different output"
+    MISSING = "event missing"
+    EXTRA = "event extra"
+    PARAMS = "parameters differ"
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested map as ``{"a.b.c": leaf}`` (lists are leaves), for comparing fingerprints."""
+    if not isinstance(value, dict):
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key in sorted(value):
+        flat.update(flatten(value[key], f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def differences(recorded: Any, current: Any) -> list[tuple[str, Any, Any]]:
+    """Every leaf that differs between two nested maps: ``(key, recorded, current)``."""
+    before, after = flatten(recorded or {}), flatten(current or {})
+    return [(key, before.get(key), after.get(key)) for key in sorted(set(before) | set(after))
+            if before.get(key) != after.get(key)]
+
+
+def library_differences(recorded_env: Any, current_env: Any) -> list[tuple[str, Any, Any]]:
+    """Package, Python and BLAS version differences: what can change a draw's output."""
+    relevant = ("packages.", "python.version", "blas.")
+    return [(key, old, new) for key, old, new in differences(recorded_env, current_env)
+            if key.startswith(relevant)]
+
+
+def explain_output(recorded_env: Any, current_env: Any) -> str:
+    """The detail of a *same seed, different output* divergence: which versions differ, if any."""
+    changed = [(key.removeprefix("packages."), old, new) for key, old, new
+               in library_differences(recorded_env, current_env) if key.startswith(
+                   ("packages.", "python.version"))]
+    if changed:
+        listed = ", ".join(f"{name} {old or 'absent'} recorded, {new or 'absent'} now"
+                           for name, old, new in changed)
+        return f"environment differs from the recorded one: {listed}"
+    return ("nondeterministic code: same seed, same input and the same library versions "
+            "gave another output")

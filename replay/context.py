@@ -1,0 +1,40 @@
+"""What replayers share: the run's root seed, its datasets (re-loaded and checked), its caches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ledger.errors import CannotReplayError
+
+
+@dataclass(slots=True)
+class LoadedDataset:
+    """A dataset as replay re-loaded it, with the digest it has now."""
+
+    name: str
+    recorded_digest: bytes
+    digest: bytes
+    features: np.ndarray
+    labels: np.ndarray | None
+
+
+@dataclass(slots=True)
+class ReplayContext:
+    """Shared state of one replay: root seed, data folder, datasets by recorded digest."""
+
+    root: int
+    data_dir: Path | None
+    datasets: dict[bytes, LoadedDataset] = field(default_factory=dict)
+    cache: dict[Any, Any] = field(default_factory=dict)
+
+    def dataset(self, recorded_digest: bytes) -> LoadedDataset:
+        """The dataset the run registered with ``recorded_digest``."""
+        loaded = self.datasets.get(recorded_digest)
+        if loaded is None:
+            raise CannotReplayError(f"the run uses dataset {recorded_digest.hex()[:16]}… that "
+                                    f"it never registered")
+        return loaded

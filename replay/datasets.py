@@ -1,0 +1,75 @@
+"""Re-loading the datasets a run registered, through their recorded loader specs.
+
+The built-in loader reads ``.npz`` files (``allow_pickle=False``: nothing is ever unpickled).
+Other loader kinds replay when a plug-in or trusted module registers them with
+:func:`register_loader`; a spec of an unregistered kind is refused with exit 3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ledger.datasets import DATA_DIR_ENV, LOADER_KIND, check_arrays, dataset_digest, read_npz
+from ledger.errors import BadInputError, CannotReplayError
+from replay.context import LoadedDataset, ReplayContext
+from replay.registry import Redraw, hint
+
+Loader = Callable[[dict[str, Any], Path | None], tuple[np.ndarray, np.ndarray | None]]
+_loaders: dict[str, Loader] = {}
+
+
+def register_loader(kind: str) -> Callable[[Loader], Loader]:
+    """Register ``function(spec, data_dir) -> (features, labels)`` for loader specs of ``kind``."""
+
+    def decorate(function: Loader) -> Loader:
+        _loaders[kind] = function
+        return function
+
+    return decorate
+
+
+@register_loader(LOADER_KIND)
+def load_npz(spec: dict[str, Any], data_dir: Path | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The built-in loader: an ``.npz`` file beside the ledger or at an absolute path."""
+    relative = spec.get("path")
+    if not isinstance(relative, str) or "\x00" in relative:
+        raise CannotReplayError(f"dataset loader spec has no usable path: {relative!r}")
+    if spec.get("base") == "absolute":
+        path = Path(relative)
+    elif data_dir is None:
+        raise CannotReplayError(f"dataset file {relative} is relative to the ledger's data "
+                                f"folder: give --data-dir (or set {DATA_DIR_ENV})")
+    else:
+        path = data_dir / relative
+        if ".." in Path(relative).parts or Path(relative).is_absolute():
+            raise CannotReplayError(f"dataset path {relative!r} leaves the data folder")
+    if not path.is_file():
+        raise CannotReplayError(f"dataset file {path} is missing: replay needs the data")
+    try:
+        return read_npz(path, spec.get("features", "features"), spec.get("labels"))
+    except BadInputError as error:
+        raise CannotReplayError(str(error)) from None
+
+
+def load_registered_dataset(context: ReplayContext, body: dict[str, Any]) -> Redraw:
+    """Re-load the dataset of a ``dataset_registered`` event; remember it; return its digest now."""
+    params = body["params"] if isinstance(body["params"], dict) else {}
+    spec = params.get("loader")
+    if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str):
+        raise CannotReplayError(f"{body['exp']} dataset {params.get('name')!r} has no loader spec")
+    loader = _loaders.get(spec["kind"])
+    if loader is None:
+        raise CannotReplayError(f"dataset loader {spec['kind']!r} is not registered: {hint()}")
+    try:
+        features, labels = check_arrays(*loader(spec, context.data_dir))
+    except BadInputError as error:
+        raise CannotReplayError(f"dataset {params.get('name')!r}: {error}") from None
+    digest = dataset_digest(features, labels)
+    recorded = body["output"] if isinstance(body["output"], bytes) else b""
+    context.datasets[recorded] = LoadedDataset(str(params.get("name")), recorded, digest,
+                                               features, labels)
+    return Redraw(output=digest)

@@ -1,0 +1,211 @@
+"""Comparing two recorded runs: the first divergence, its likely cause, and what else differs.
+
+Runs are aligned draw for draw by each event's identity — (kind, path) for draws, (kind, name,
+epoch) for metrics and checkpoints, (kind, name) for datasets — whatever stream recorded it, so a
+run with two workers and a run with none compare event for event (DESIGN §3). The first event of
+run A, in recording order, whose counterpart in run B differs or is missing is the first
+divergence. Configuration, datasets, code version and environment are compared as well.
+
+``worker_spawned`` events present in only one run are not differences: a run's outputs do not
+depend on its number of workers (DESIGN §1), so 0 and 2 workers compare as identical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ledger.errors import CheckFailedError
+from ledger.events import (CHECKPOINT, DATASET_REGISTERED, EXPERIMENT_CREATED, METRIC,
+                           RUN_COMPLETED, WORKER_SPAWNED, decode_body)
+from ledger.store.store import Store
+from ledger.verify import verify
+from replay.causes import Cause, differences, explain_output
+
+_CONFIG_KEYS = ("name", "model", "hyperparams", "root_seed", "purpose")
+
+
+@dataclass(frozen=True, slots=True)
+class EventSide:
+    """Where an event stands in its run and the digests it recorded."""
+
+    stream: str
+    seq: int
+    seed: bytes | None
+    input: bytes | None
+    output: bytes | None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready map."""
+        return {"stream": self.stream, "seq": self.seq,
+                "seed": None if self.seed is None else self.seed.hex(),
+                "input": None if self.input is None else self.input.hex(),
+                "output": None if self.output is None else self.output.hex()}
+
+
+@dataclass(frozen=True, slots=True)
+class DiffDivergence:
+    """The first event of run A whose counterpart in run B differs (or is missing)."""
+
+    kind: str
+    identity: tuple[Any, ...]
+    a: EventSide | None
+    b: EventSide | None
+    cause: Cause
+    detail: str
+
+    def describe(self) -> str:
+        """One line for humans."""
+        where = "/".join(str(label) for label in self.identity[1:]) or "-"
+        side = self.a or self.b
+        position = f"{side.stream}#{side.seq} " if side else ""
+        return f"{position}{self.kind} [{where}]: {self.cause.value} — {self.detail}"
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready map."""
+        return {"kind": self.kind, "identity": list(self.identity[1:]),
+                "a": None if self.a is None else self.a.to_json(),
+                "b": None if self.b is None else self.b.to_json(),
+                "cause": self.cause.value, "detail": self.detail}
+
+
+@dataclass(slots=True)
+class DiffReport:
+    """Whether two runs are identical, and if not, where and how they differ."""
+
+    exp_a: str
+    exp_b: str
+    compared: int = 0
+    identical_events: int = 0
+    differing: int = 0
+    missing_in_b: int = 0
+    extra_in_b: int = 0
+    first_divergence: DiffDivergence | None = None
+    config: list[tuple[str, Any, Any]] = field(default_factory=list)
+    datasets: list[tuple[str, Any, Any]] = field(default_factory=list)
+    code: list[tuple[str, Any, Any]] = field(default_factory=list)
+    environment: list[tuple[str, Any, Any]] = field(default_factory=list)
+
+    @property
+    def identical(self) -> bool:
+        """True when every event of one run has an equal counterpart in the other."""
+        return self.first_divergence is None and not (self.differing or self.missing_in_b
+                                                      or self.extra_in_b)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready map."""
+        def listed(rows: list[tuple[str, Any, Any]]) -> list[dict[str, Any]]:
+            return [{"key": key, "a": _shown(a), "b": _shown(b)} for key, a, b in rows]
+
+        return {"a": self.exp_a, "b": self.exp_b, "identical": self.identical,
+                "compared": self.compared, "identical_events": self.identical_events,
+                "differing": self.differing, "missing_in_b": self.missing_in_b,
+                "extra_in_b": self.extra_in_b,
+                "first_divergence": None if self.first_divergence is None
+                else self.first_divergence.to_json(),
+                "differences": {"config": listed(self.config), "datasets": listed(self.datasets),
+                                "code": listed(self.code),
+                                "environment": listed(self.environment)}}
+
+
+def _shown(value: Any) -> Any:
+    return value.hex() if isinstance(value, bytes) else value
+
+
+def identity(body: dict[str, Any]) -> tuple[Any, ...] | None:
+    """What aligns an event with its counterpart in another run (None: not compared as events)."""
+    kind = body["kind"]
+    params = body["params"] if isinstance(body["params"], dict) else {}
+    if kind in (EXPERIMENT_CREATED, RUN_COMPLETED):
+        return None
+    if kind in (METRIC, CHECKPOINT):
+        return (kind, str(params.get("name")), params.get("epoch"))
+    if kind == DATASET_REGISTERED:
+        return (kind, str(params.get("name")))
+    return (kind, *body["path"])
+
+
+def _index(store: Store, exp: str) -> tuple[dict[tuple[Any, ...], EventSide], dict[str, Any],
+                                           list[tuple[tuple[Any, ...], EventSide]]]:
+    """Every compared event of a run by identity, its creation params, and the recording order."""
+    index: dict[tuple[Any, ...], EventSide] = {}
+    order: list[tuple[tuple[Any, ...], EventSide]] = []
+    created: dict[str, Any] = {}
+    for _stream, _seq, kind, body_bytes in store.iter_run_bodies(exp):
+        body = decode_body(body_bytes)
+        if kind == EXPERIMENT_CREATED and isinstance(body["params"], dict):
+            created = body["params"]
+        key = identity(body)
+        if key is None:
+            continue
+        side = EventSide(body["stream"], body["seq"], body["seed"], body["input"],
+                         body["output"])
+        index[key] = side
+        order.append((key, side))
+    return index, created, order
+
+
+def _dataset_digests(order: list[tuple[tuple[Any, ...], EventSide]]) -> dict[str, Any]:
+    return {key[1]: side.output for key, side in order if key[0] == DATASET_REGISTERED}
+
+
+def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = None
+              ) -> DiffReport:
+    """Compare run ``exp_a`` with ``exp_b`` (of ``store_b`` when given). Both must verify."""
+    other = store_b or store
+    for source, exp in ((store, exp_a), (other, exp_b)):
+        source.experiment(exp)
+        checked = verify(source, exp)
+        if not checked.ok:
+            raise CheckFailedError(f"{exp} fails verification, not compared: "
+                                   f"{checked.findings[0].describe()}")
+    index_a, created_a, order_a = _index(store, exp_a)
+    index_b, created_b, order_b = _index(other, exp_b)
+    report = DiffReport(exp_a, exp_b)
+    report.config = differences({k: created_a.get(k) for k in _CONFIG_KEYS},
+                                {k: created_b.get(k) for k in _CONFIG_KEYS})
+    report.datasets = differences(_dataset_digests(order_a), _dataset_digests(order_b))
+    report.code = differences(created_a.get("code"), created_b.get("code"))
+    report.environment = differences(created_a.get("environment"),
+                                     created_b.get("environment"))
+    explanation = explain_output(created_a.get("environment"), created_b.get("environment"))
+    for key, side_a in order_a:
+        side_b = index_b.get(key)
+        if side_b is None and key[0] == WORKER_SPAWNED:
+            continue  # worker counts may differ: outputs do not depend on them (DESIGN §1)
+        report.compared += 1
+        divergence = _compare(key, side_a, side_b, explanation)
+        if divergence is None:
+            report.identical_events += 1
+            continue
+        if side_b is None:
+            report.missing_in_b += 1
+        else:
+            report.differing += 1
+        if report.first_divergence is None:
+            report.first_divergence = divergence
+    extra = [(key, side) for key, side in order_b
+             if key not in index_a and key[0] != WORKER_SPAWNED]
+    report.extra_in_b = len(extra)
+    if report.first_divergence is None and extra:
+        key, side = extra[0]
+        report.first_divergence = DiffDivergence(key[0], key, None, side, Cause.EXTRA,
+                                                 f"{exp_b} has this event, {exp_a} does not")
+    return report
+
+
+def _compare(key: tuple[Any, ...], a: EventSide, b: EventSide | None, explanation: str
+             ) -> DiffDivergence | None:
+    if b is None:
+        return DiffDivergence(key[0], key, a, None, Cause.MISSING, "the other run has no such event")
+    if a.seed != b.seed:
+        return DiffDivergence(key[0], key, a, b, Cause.SEED,
+                              "the runs derived different seeds for this draw (other root seed "
+                              "or derivation)")
+    if a.input != b.input:
+        return DiffDivergence(key[0], key, a, b, Cause.INPUT, "the draw read different data")
+    if a.output != b.output and key[0] == DATASET_REGISTERED:
+        return DiffDivergence(key[0], key, a, b, Cause.INPUT, "the datasets' contents differ")
+    if a.output != b.output:
+        return DiffDivergence(key[0], key, a, b, Cause.OUTPUT, explanation)
+    return None

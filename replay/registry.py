@@ -1,0 +1,94 @@
+"""Which code replay may run: built-in replayers, installed plug-ins, modules the user trusts.
+
+A *replayer* re-executes the draw of one event kind and returns the digests it produced. Replay
+never imports code because a ledger names it: it runs the built-in replayers, plug-ins installed
+under the ``ledger.replayers`` entry-point group (installing a package is an act of trust), and
+modules the user names with ``--trust MODULE``. Plug-ins and trusted modules register what they
+bring when imported: augmenter ops (``ledger.register_op``), dataset loaders, user draw points
+(``ledger.register_draw``) or whole replayers (:func:`register_replayer`). Anything else that a
+ledger needs is refused with exit 3 and a message saying how to allow it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+from ledger.errors import CannotReplayError
+
+if TYPE_CHECKING:
+    from replay.context import ReplayContext
+
+ENTRY_POINT_GROUP = "ledger.replayers"
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+@dataclass(frozen=True, slots=True)
+class Redraw:
+    """What re-executing a draw produced: the digests to compare with the recorded ones."""
+
+    output: bytes | None
+    input: bytes | None = None
+
+
+Replayer = Callable[["ReplayContext", dict[str, Any]], Redraw]
+_replayers: dict[str, Replayer] = {}
+
+
+def register_replayer(kind: str) -> Callable[[Replayer], Replayer]:
+    """Register ``function(context, body) -> Redraw`` as the replayer of events of ``kind``."""
+
+    def decorate(function: Replayer) -> Replayer:
+        _replayers[kind] = function
+        return function
+
+    return decorate
+
+
+def replayer_for(kind: str) -> Replayer | None:
+    """The replayer registered for ``kind``, if any."""
+    _load_builtins()
+    return _replayers.get(kind)
+
+
+def _load_builtins() -> None:
+    import replay.replayers  # noqa: F401 - registers the built-in replayers
+
+
+def hint() -> str:
+    """How a user allows more code, for error messages."""
+    return (f"install the package that provides it (entry-point group {ENTRY_POINT_GROUP!r}) "
+            f"or name its module with --trust MODULE")
+
+
+def load_plugins(trusted: Iterable[str] = ()) -> list[str]:
+    """Import installed plug-ins and the modules the user trusts; return what was loaded.
+
+    A trusted name must be a plain dotted module name (never a path or ``module:attr``); a
+    module that cannot be imported raises CannotReplayError.
+    """
+    _load_builtins()
+    loaded = []
+    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            target = entry.load()
+        except Exception as error:  # a broken plug-in must not pass silently
+            raise CannotReplayError(f"replay plug-in {entry.name!r} ({entry.value}) failed to "
+                                    f"load: {type(error).__name__}: {error}") from None
+        if callable(target) and not isinstance(target, type):
+            target()
+        loaded.append(f"plugin:{entry.name}")
+    for name in trusted:
+        if not isinstance(name, str) or not _MODULE_NAME.fullmatch(name):
+            raise CannotReplayError(f"--trust takes a dotted module name, got {name!r}")
+        try:
+            importlib.import_module(name)
+        except Exception as error:
+            raise CannotReplayError(f"cannot import trusted module {name}: "
+                                    f"{type(error).__name__}: {error}") from None
+        loaded.append(f"trusted:{name}")
+    return loaded

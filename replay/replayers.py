@@ -1,0 +1,102 @@
+"""The built-in replayers: worker seeding, epoch shuffles, augmentation batches, user draws.
+
+Each re-executes one recorded draw from its params and the run's root seed alone — with the very
+functions the trainer used (``ledger.sampling``, ``ledger.batches``, ``ledger.augment``,
+``ledger.worker_seeding``) — and returns the digests that replay compares with the record.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ledger.augment import DataAugmenter
+from ledger.batches import batch_input_digest, fast_array_digest
+from ledger.canonical import canonical
+from ledger.errors import BadInputError, CannotReplayError
+from ledger.events import AUGMENTATION_BATCH, EPOCH_RESET, USER_DRAW, WORKER_SPAWNED
+from ledger.sampling import batch_indices, epoch_order
+from ledger.seeds import generator
+from ledger.user_draws import lookup_draw, result_digest
+from ledger.worker_seeding import expected_state_digest
+from replay.context import ReplayContext
+from replay.registry import Redraw, hint, register_replayer
+
+_ORDERS_KEPT = 4
+
+
+def _params(body: dict[str, Any], *names: str) -> list[Any]:
+    params = body["params"]
+    if not isinstance(params, dict) or any(name not in params for name in names):
+        raise CannotReplayError(f"{body['kind']} {body['stream']}#{body['seq']} lacks params "
+                                f"{[n for n in names if not isinstance(params, dict) or n not in params]}")
+    return [params[name] for name in names]
+
+
+def _order(context: ReplayContext, epoch: int, length: int, shuffle: bool) -> np.ndarray:
+    """The sample order of an epoch, cached: every batch of the epoch needs it."""
+    key = ("order", epoch, length, bool(shuffle))
+    order = context.cache.get(key)
+    if order is None:
+        orders = [k for k in context.cache if isinstance(k, tuple) and k[0] == "order"]
+        for stale in orders[:max(0, len(orders) - _ORDERS_KEPT + 1)]:
+            del context.cache[stale]
+        order = context.cache[key] = epoch_order(context.root, epoch, length, bool(shuffle))
+    return order
+
+
+@register_replayer(WORKER_SPAWNED)
+def replay_worker_spawned(context: ReplayContext, body: dict[str, Any]) -> Redraw:
+    """The digest of the RNG states a worker's derived seed gives (random, numpy, torch)."""
+    path = body["path"]
+    if len(path) != 2 or path[0] != "worker" or not isinstance(path[1], int):
+        raise CannotReplayError(f"worker_spawned with path {path} is not a worker path this "
+                                f"version replays")
+    return Redraw(output=expected_state_digest(context.root, path[1]))
+
+
+@register_replayer(EPOCH_RESET)
+def replay_epoch_reset(context: ReplayContext, body: dict[str, Any]) -> Redraw:
+    """The digest of the epoch's permutation (or of ``arange`` with shuffle off)."""
+    epoch, length, shuffle = _params(body, "epoch", "length", "shuffle")
+    return Redraw(output=fast_array_digest(_order(context, epoch, length, shuffle)))
+
+
+def _augmenter(context: ReplayContext, spec: Any) -> DataAugmenter:
+    key = ("augmenter", canonical(spec))
+    augmenter = context.cache.get(key)
+    if augmenter is None:
+        try:
+            augmenter = context.cache[key] = DataAugmenter.from_spec(spec)
+        except BadInputError as error:
+            raise CannotReplayError(f"cannot rebuild the augmenter {spec!r}: {error}; {hint()}"
+                                    ) from None
+    return augmenter
+
+
+@register_replayer(AUGMENTATION_BATCH)
+def replay_augmentation_batch(context: ReplayContext, body: dict[str, Any]) -> Redraw:
+    """Gather the batch's samples from the re-loaded dataset and augment them again."""
+    epoch, batch, batch_size, shuffle, dataset_digest, spec = _params(
+        body, "epoch", "batch", "batch_size", "shuffle", "dataset_digest", "augmenter")
+    dataset = context.dataset(dataset_digest)
+    order = _order(context, epoch, len(dataset.features), shuffle)
+    indices = batch_indices(order, batch, batch_size)
+    indices_digest = fast_array_digest(indices)
+    x = np.take(dataset.features, indices, axis=0)
+    _augmenter(context, spec).apply(x, generator(context.root, body["path"]))
+    return Redraw(input=batch_input_digest(dataset_digest, indices_digest),
+                  output=fast_array_digest(x))
+
+
+@register_replayer(USER_DRAW)
+def replay_user_draw(context: ReplayContext, body: dict[str, Any]) -> Redraw:
+    """Rerun a registered user draw; a bare ``exp.generator`` draw has only its seed to check."""
+    params = body["params"] if isinstance(body["params"], dict) else {}
+    if "draw" not in params:
+        return Redraw(output=body["output"])
+    name, version, arguments = _params(body, "draw", "version", "params")
+    function = lookup_draw(name, version)
+    return Redraw(output=result_digest(function(generator(context.root, body["path"]),
+                                                **arguments)))
