@@ -1,0 +1,175 @@
+"""Pipeline throughput: TrainingDataIterator + DataAugmenter against hand-written baselines.
+
+Workload (issue 3): 200,000 x 32 float32 samples, batch 256, Gaussian noise (std 0.1) then a
+10 % feature mask, 2 epochs. Measured in one run:
+
+(a) the pipeline recording into an SQLite ledger, with 0 and 2 workers;
+(b) the same with recording off (no experiment, ``seed=`` given);
+(c) a hand-vectorized numpy loop doing the same work (per-epoch permutation, per-batch gather +
+    noise + mask) with one generator — the simplest fast code a user would write;
+(d) ``torch.utils.data.DataLoader`` doing the same work the fast way (a batch sampler, batched
+    gather + augmentation), with 0 and 2 workers — only when torch is installed.
+
+Each configuration runs ``rounds`` times, in rotating order; the median throughput is reported
+(samples per second). Worker start-up and the final flush are inside the timed region.
+
+Run: ``.venv/bin/python -m bench.bench_pipeline`` (``BENCH_PIPELINE_ROUNDS`` sets the rounds).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.results import result, save, show
+from ledger.augment import DataAugmenter
+from ledger.experiment import ExperimentManager
+from ledger.iterator import TrainingDataIterator
+
+SAMPLES, FEATURES, BATCH, EPOCHS = 200_000, 32, 256, 2
+NOISE_STD, MASK_PROB = 0.1, 0.1
+SEED = 42
+
+
+def make_data() -> tuple[np.ndarray, np.ndarray]:
+    """The benchmark's dataset: standard normal features, binary labels."""
+    rng = np.random.Generator(np.random.PCG64(7))
+    features = rng.standard_normal((SAMPLES, FEATURES), dtype=np.float32)
+    labels = (rng.random(SAMPLES) < 0.02).astype(np.int8)
+    return features, labels
+
+
+def hand_loop(features: np.ndarray, labels: np.ndarray) -> float:
+    """(c) The hand-vectorized numpy loop; returns seconds."""
+    start = time.perf_counter()
+    rng = np.random.Generator(np.random.PCG64(SEED))
+    std, prob = np.float32(NOISE_STD), np.float32(MASK_PROB)
+    for _epoch in range(EPOCHS):
+        order = rng.permutation(SAMPLES)
+        for offset in range(0, SAMPLES, BATCH):
+            indices = order[offset:offset + BATCH]
+            x = features[indices]
+            _y = labels[indices]
+            noise = rng.standard_normal(x.shape, dtype=np.float32)
+            noise *= std
+            x += noise
+            np.copyto(x, np.float32(0), where=rng.random(x.shape, dtype=np.float32) < prob)
+    return time.perf_counter() - start
+
+
+def pipeline(features: np.ndarray, labels: np.ndarray, folder: Path, *, record: bool,
+             workers: int) -> float:
+    """(a)/(b) TrainingDataIterator with DataAugmenter; returns seconds of the 2 epochs."""
+    augmenter = DataAugmenter(noise_std=NOISE_STD, mask_prob=MASK_PROB)
+    if not record:
+        start = time.perf_counter()
+        with TrainingDataIterator((features, labels), BATCH, augmenter=augmenter, seed=SEED,
+                                  num_workers=workers) as batches:
+            for _epoch in range(EPOCHS):
+                for _x, _y in batches:
+                    pass
+        return time.perf_counter() - start
+    with ExperimentManager(f"sqlite:///{folder / 'bench.db'}", data_dir=folder) as manager:
+        with manager.create_experiment("bench-pipeline", seed=SEED) as experiment:
+            data = experiment.register_dataset("bench-200k", features, labels)
+            start = time.perf_counter()
+            batches = TrainingDataIterator(data, BATCH, augmenter=augmenter, num_workers=workers,
+                                           experiment=experiment)
+            for _epoch in range(EPOCHS):
+                for _x, _y in batches:
+                    pass
+            batches.close()
+            experiment.flush()
+            return time.perf_counter() - start
+
+
+def torch_loader(features: np.ndarray, labels: np.ndarray, workers: int) -> float:
+    """(d) torch's DataLoader, batched the fast way; returns seconds."""
+    import torch
+    from torch.utils.data import BatchSampler, DataLoader, RandomSampler
+
+    class Batched(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return SAMPLES
+
+        def __getitem__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+            x = torch.from_numpy(features[indices])
+            x += torch.randn(x.shape) * NOISE_STD
+            x.masked_fill_(torch.rand(x.shape) < MASK_PROB, 0.0)
+            return x, torch.from_numpy(labels[indices])
+
+    sampler = BatchSampler(RandomSampler(range(SAMPLES)), BATCH, drop_last=False)
+    start = time.perf_counter()
+    loader = DataLoader(Batched(), sampler=sampler, batch_size=None, num_workers=workers)
+    for _epoch in range(EPOCHS):
+        for _x, _y in loader:
+            pass
+    return time.perf_counter() - start
+
+
+def _median_rate(times: list[float]) -> float:
+    return EPOCHS * SAMPLES / statistics.median(times)
+
+
+def run(rounds: int | None = None) -> dict[str, Any]:
+    """Measure every configuration; return the result record."""
+    rounds = rounds or int(os.environ.get("BENCH_PIPELINE_ROUNDS", "5"))
+    features, labels = make_data()
+    has_torch = importlib.util.find_spec("torch") is not None
+    configs: dict[str, Callable[[Path], float]] = {
+        "hand_numpy": lambda _f: hand_loop(features, labels),
+        "off_w0": lambda f: pipeline(features, labels, f, record=False, workers=0),
+        "on_w0": lambda f: pipeline(features, labels, f, record=True, workers=0),
+        "off_w2": lambda f: pipeline(features, labels, f, record=False, workers=2),
+        "on_w2": lambda f: pipeline(features, labels, f, record=True, workers=2),
+    }
+    if has_torch:
+        configs["torch_w0"] = lambda _f: torch_loader(features, labels, 0)
+        configs["torch_w2"] = lambda _f: torch_loader(features, labels, 2)
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    names = list(configs)
+    with tempfile.TemporaryDirectory(prefix="ledger-bench-pipeline-") as folder:
+        for round_index in range(rounds):
+            shift = round_index % len(names)
+            for name in names[shift:] + names[:shift]:
+                target = Path(folder) / f"{name}-{round_index}"
+                target.mkdir()
+                times[name].append(configs[name](target))
+    rate = {name: _median_rate(values) for name, values in times.items()}
+    figures: dict[str, Any] = {
+        "samples_x_epochs": EPOCHS * SAMPLES,
+        "recording_on_w0_samples_per_s": rate["on_w0"],
+        "recording_off_w0_samples_per_s": rate["off_w0"],
+        "recording_on_w2_samples_per_s": rate["on_w2"],
+        "recording_off_w2_samples_per_s": rate["off_w2"],
+    }
+    baseline: dict[str, Any] = {"hand_numpy_samples_per_s": rate["hand_numpy"]}
+    ratio = {
+        "hand_over_off_w0": rate["hand_numpy"] / rate["off_w0"],
+        "recording_cost_w0": rate["off_w0"] / rate["on_w0"] - 1.0,
+        "recording_cost_w2": rate["off_w2"] / rate["on_w2"] - 1.0,
+    }
+    targets = {"hand_over_off_w0": "<= 1.5", "recording_cost_w0": "<= 0.20",
+               "recording_cost_w2": "<= 0.20"}
+    if has_torch:
+        baseline["torch_dataloader_w0_samples_per_s"] = rate["torch_w0"]
+        baseline["torch_dataloader_w2_samples_per_s"] = rate["torch_w2"]
+        ratio["w2_over_torch_w2"] = rate["on_w2"] / rate["torch_w2"]
+        targets["w2_over_torch_w2"] = "> 1.0"
+    else:
+        baseline["torch_dataloader"] = "not measured: torch is not installed"
+    return result("pipeline", figures, baseline, ratio, targets, "python -m bench.bench_pipeline")
+
+
+if __name__ == "__main__":
+    record = run()
+    show(record)
+    save([record])

@@ -1,0 +1,202 @@
+"""Datasets: content digests, content-addressed ``.npz`` storage, and loader specs for replay.
+
+A dataset is a features array (samples along the first axis) and an optional labels array of the
+same length. Its **digest** is ``value_digest(["ledger/dataset/v1", array_digest(features),
+array_digest(labels) or None])``. ``dataset_registered`` records that digest and a **loader
+spec** — a map that tells replay where to find the arrays again:
+
+``{"kind": "npz", "base": "data_dir", "path": "datasets/<digest hex>.npz", "digest": <hex>,
+"features": "features", "labels": "labels" | None}``
+    in-memory arrays, stored content-addressed in the ledger's data folder (``path`` relative to
+    it): ``ledger-data/`` beside an SQLite ledger, or ``$LEDGER_DATA_DIR`` / ``data_dir=``.
+``{"kind": "npz", "base": "absolute", "path": "/abs/file.npz", ...}``
+    a file the user gave, referenced where it is (not copied).
+
+Either way :func:`load_dataset` re-loads the arrays and re-checks the digest.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ledger.digests import array_digest, value_digest
+from ledger.errors import BadInputError, CannotReplayError
+
+DATASET_TAG = "ledger/dataset/v1"
+DATA_DIR_ENV = "LEDGER_DATA_DIR"
+DATA_DIR_NAME = "ledger-data"
+"""Folder beside an SQLite ledger where registered arrays are stored."""
+LOADER_KIND = "npz"
+_NAME_MAX = 200
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Arrays with a name and a content digest; ``loader`` is set once the dataset is registered.
+
+    Iterating a Dataset is done by :class:`~ledger.iterator.TrainingDataIterator`; the arrays are
+    C-contiguous and must not be modified in place (the digest would no longer describe them).
+    """
+
+    name: str
+    features: np.ndarray
+    labels: np.ndarray | None
+    digest: bytes
+    loader: dict[str, Any] | None = field(default=None)
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+
+def check_arrays(features: Any, labels: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Return the arrays C-contiguous, or raise BadInputError saying what is wrong with them."""
+    features = _plain_array("features", features)
+    if features.ndim < 1 or features.shape[0] < 1:
+        raise BadInputError(f"features must have at least one sample along axis 0, "
+                            f"got shape {features.shape}")
+    if labels is None:
+        return features, None
+    labels = _plain_array("labels", labels)
+    if labels.ndim < 1 or labels.shape[0] != features.shape[0]:
+        raise BadInputError(f"labels must have one entry per sample ({features.shape[0]}), "
+                            f"got shape {labels.shape}")
+    return features, labels
+
+
+def _plain_array(what: str, value: Any) -> np.ndarray:
+    array = np.asarray(value)
+    if array.dtype.hasobject or array.dtype.fields is not None or array.dtype.kind in "VUSMm":
+        raise BadInputError(f"{what} must be a numeric or boolean array, got dtype {array.dtype}")
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return np.ascontiguousarray(array)
+
+
+def check_name(name: Any) -> str:
+    """Return ``name`` if it is a non-empty str of at most 200 characters."""
+    if not isinstance(name, str) or not name.strip() or len(name) > _NAME_MAX:
+        raise BadInputError(f"a dataset name must be a non-empty str of at most {_NAME_MAX} "
+                            f"characters, got {name!r}")
+    return name
+
+
+def dataset_digest(features: np.ndarray, labels: np.ndarray | None) -> bytes:
+    """The content digest of a dataset: what ``dataset_registered`` records as its output."""
+    return value_digest([DATASET_TAG, array_digest(features),
+                         None if labels is None else array_digest(labels)])
+
+
+def in_memory_dataset(name: str, features: Any, labels: Any = None) -> Dataset:
+    """A Dataset of arrays that is not registered anywhere (for runs that record nothing)."""
+    features, labels = check_arrays(features, labels)
+    return Dataset(check_name(name), features, labels, dataset_digest(features, labels))
+
+
+def default_data_dir(database: str | None) -> Path | None:
+    """Where registered arrays go: ``$LEDGER_DATA_DIR``, else ``ledger-data/`` beside an SQLite file.
+
+    ``database`` is the SQLite file path of the ledger, or None for other databases; returns
+    None when neither applies (then the caller must be given a folder).
+    """
+    configured = os.environ.get(DATA_DIR_ENV)
+    if configured:
+        return Path(configured)
+    if database:
+        return Path(database).resolve().parent / DATA_DIR_NAME
+    return None
+
+
+def store_npz(data_dir: Path, features: np.ndarray, labels: np.ndarray | None,
+              digest: bytes) -> dict[str, Any]:
+    """Store the arrays content-addressed under ``data_dir``; return their loader spec.
+
+    The file is named by the dataset digest and written atomically, so storing the same data
+    twice writes it once, and a crash never leaves a truncated file under the final name.
+    """
+    relative = Path("datasets") / f"{digest.hex()}.npz"
+    target = data_dir / relative
+    if not target.exists():
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
+            with os.fdopen(handle, "wb") as stream:
+                arrays = {"features": features} if labels is None else {
+                    "features": features, "labels": labels}
+                np.savez(stream, **arrays)
+            os.replace(temporary, target)
+        except OSError as error:
+            raise BadInputError(f"cannot store dataset in {data_dir}: {error.strerror}") from None
+    return loader_spec("data_dir", relative.as_posix(), digest, "features",
+                       None if labels is None else "labels")
+
+
+def loader_spec(base: str, path: str, digest: bytes, features_key: str,
+                labels_key: str | None) -> dict[str, Any]:
+    """A loader spec (see the module docstring) as recorded in ``dataset_registered``."""
+    return {"kind": LOADER_KIND, "base": base, "path": path, "digest": digest.hex(),
+            "features": features_key, "labels": labels_key}
+
+
+def read_npz(path: Path, features_key: str = "features", labels_key: str | None = "labels"
+             ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read the arrays of an ``.npz`` file (never unpickling anything)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if features_key not in archive.files:
+                raise BadInputError(f"{path} has no array {features_key!r}, "
+                                    f"got arrays {sorted(archive.files)}")
+            features = archive[features_key]
+            labels = None
+            if labels_key is not None:
+                if labels_key not in archive.files:
+                    raise BadInputError(f"{path} has no array {labels_key!r}, "
+                                        f"got arrays {sorted(archive.files)}")
+                labels = archive[labels_key]
+    except (OSError, ValueError) as error:
+        raise BadInputError(f"cannot read dataset file {path}: {error}") from None
+    return features, labels
+
+
+def dataset_from_file(name: str, path: str | os.PathLike[str], features_key: str = "features",
+                      labels_key: str | None = "labels") -> Dataset:
+    """A Dataset read from the user's ``.npz`` file, with a loader spec that references it."""
+    source = Path(path).resolve()
+    features, labels = check_arrays(*read_npz(source, features_key, labels_key))
+    digest = dataset_digest(features, labels)
+    return Dataset(check_name(name), features, labels, digest,
+                   loader_spec("absolute", str(source), digest, features_key, labels_key))
+
+
+def load_dataset(loader: dict[str, Any], data_dir: str | os.PathLike[str] | None
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Re-load a recorded dataset from its loader spec and check its digest (what replay does).
+
+    Raises CannotReplayError when the file is missing, unreadable or holds other data.
+    """
+    if not isinstance(loader, dict) or loader.get("kind") != LOADER_KIND:
+        raise CannotReplayError(f"unknown dataset loader {loader!r}: must be kind {LOADER_KIND!r}")
+    if loader.get("base") == "absolute":
+        path = Path(loader["path"])
+    elif data_dir is None:
+        raise CannotReplayError(f"dataset file {loader.get('path')} is relative to the ledger's "
+                                f"data folder: give one (or set {DATA_DIR_ENV})")
+    else:
+        path = Path(data_dir) / loader["path"]
+    if not path.is_file():
+        raise CannotReplayError(f"dataset file {path} is missing")
+    try:
+        features, labels = check_arrays(*read_npz(path, loader.get("features", "features"),
+                                                  loader.get("labels")))
+    except BadInputError as error:
+        raise CannotReplayError(str(error)) from None
+    found = dataset_digest(features, labels).hex()
+    if found != loader.get("digest"):
+        raise CannotReplayError(f"dataset file {path} has digest {found}, but the ledger "
+                                f"recorded {loader.get('digest')}")
+    return features, labels

@@ -1,0 +1,153 @@
+"""What ran and where: the environment fingerprint, the code version and the entrypoint.
+
+``experiment_created`` records these three so that a reader of the ledger — or replay — knows
+which program produced a run and on what machine. Everything returned here is canonically
+encodable (str keys; str, int, bool, bytes or None values).
+
+WARNING: a fingerprint describes, it does not enforce. Two machines with equal fingerprints can
+still differ (a CPU microcode, a BLAS kernel chosen at run time); replay compares digests, not
+fingerprints, to decide whether a run reproduced.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+KEY_PACKAGES = ("numpy", "scipy", "torch", "scikit-learn", "pandas", "threadpoolctl", "msgpack",
+                "sqlalchemy", "reproducibility-ledger")
+"""Packages whose installed version is recorded (when installed; never imported to find out)."""
+DETERMINISM_ENV = ("PYTHONHASHSEED", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                   "CUBLAS_WORKSPACE_CONFIG")
+"""Environment variables that change numeric results or their order; recorded, set or not."""
+DIFF_TAG = b"ledger/code-diff/v1\x00"
+_GIT_TIMEOUT = 10.0
+
+
+def environment_fingerprint() -> dict[str, Any]:
+    """The environment of this process: Python, key package versions, platform, CPU, BLAS, env.
+
+    The static part is computed once per process; the determinism environment variables are read
+    on every call (a program may set them after start-up).
+    """
+    fingerprint = dict(_static_fingerprint())
+    fingerprint["env"] = {name: os.environ.get(name) for name in DETERMINISM_ENV}
+    return fingerprint
+
+
+@functools.cache
+def _static_fingerprint() -> dict[str, Any]:
+    return {
+        "python": {"version": platform.python_version(),
+                   "implementation": platform.python_implementation(),
+                   "compiler": platform.python_compiler()},
+        "packages": package_versions(),
+        "platform": {"system": platform.system(), "release": platform.release(),
+                     "platform": platform.platform(), "machine": platform.machine(),
+                     "processor": platform.processor(), "byteorder": sys.byteorder,
+                     "cpu_count": os.cpu_count() or 0},
+        "blas": blas_info(),
+    }
+
+
+def package_versions(names: tuple[str, ...] = KEY_PACKAGES) -> dict[str, str]:
+    """Installed versions of ``names`` (from package metadata; absent packages are left out)."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    versions["numpy"] = np.__version__  # the one actually imported, even in odd installs
+    return versions
+
+
+def blas_info() -> dict[str, Any]:
+    """BLAS/LAPACK numpy was built against, and threadpoolctl's view of the loaded libraries."""
+    info: dict[str, Any] = {}
+    try:
+        config = np.show_config(mode="dicts")
+    except (TypeError, ValueError, KeyError):  # numpy too old for mode="dicts"
+        config = None
+    if isinstance(config, dict):
+        build = config.get("Build Dependencies", {})
+        for role in ("blas", "lapack"):
+            entry = build.get(role) or {}
+            info[role] = {key: str(entry[key]) for key in ("name", "version",
+                                                             "openblas configuration")
+                          if key in entry}
+        simd = config.get("SIMD Extensions", {})
+        if isinstance(simd, dict):
+            info["simd"] = {key: [str(item) for item in value] if isinstance(value, list)
+                            else str(value) for key, value in simd.items()}
+    try:
+        from threadpoolctl import threadpool_info  # optional
+    except ImportError:
+        return info
+    info["threadpools"] = [{key: str(pool.get(key)) for key in
+                            ("user_api", "internal_api", "version", "num_threads", "architecture")}
+                           for pool in threadpool_info()]
+    return info
+
+
+def code_version(start: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The version of the code: git commit, dirty flag and a digest of the uncommitted diff.
+
+    ``start`` is any path inside the repository (default: the main script's folder, else the
+    current folder). Outside a git repository, or without git, returns ``{"vcs": None}``.
+    ``diff_digest`` is the SHA-256 (tag ``ledger/code-diff/v1``) of ``git diff HEAD`` — tracked
+    changes only; ``untracked`` counts files git does not track, which the digest cannot cover.
+    """
+    folder = Path(start) if start is not None else _main_folder()
+    if folder.is_file():
+        folder = folder.parent
+    commit = _git(folder, "rev-parse", "HEAD")
+    if commit is None:
+        return {"vcs": None}
+    status = _git(folder, "status", "--porcelain", "--untracked-files=normal") or ""
+    lines = [line for line in status.splitlines() if line.strip()]
+    untracked = sum(1 for line in lines if line.startswith("??"))
+    dirty = bool(lines)
+    diff_digest = None
+    if any(not line.startswith("??") for line in lines):
+        diff = _git_bytes(folder, "diff", "HEAD", "--binary")
+        diff_digest = None if diff is None else hashlib.sha256(DIFF_TAG + diff).digest()
+    return {"vcs": "git", "commit": commit.strip(), "dirty": dirty, "diff_digest": diff_digest,
+            "untracked": untracked}
+
+
+def _main_folder() -> Path:
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return Path(main_file).resolve().parent if main_file else Path.cwd()
+
+
+def _git(folder: Path, *args: str) -> str | None:
+    output = _git_bytes(folder, *args)
+    return None if output is None else output.decode("utf-8", "replace")
+
+
+def _git_bytes(folder: Path, *args: str) -> bytes | None:
+    try:
+        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True,
+                              timeout=_GIT_TIMEOUT, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def entrypoint() -> dict[str, Any]:
+    """How this process was started: the main module (for ``python -m``) and the command line."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    main_file = getattr(main, "__file__", None)
+    return {"module": getattr(spec, "name", None), "script": main_file,
+            "argv": [str(arg) for arg in sys.argv]}

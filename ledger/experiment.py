@@ -1,0 +1,330 @@
+"""ExperimentManager and Experiment: a run's root seed, its main stream, and what it records.
+
+``ExperimentManager(url).create_experiment(name, seed=42)`` records ``experiment_created`` —
+root seed, hyperparameters, entrypoint, code version, environment — together with the
+experiment's row, then every event of the run goes through the experiment's main
+:class:`~ledger.store.StreamWriter`. Leaving the ``with`` block records ``run_completed`` (status
+``ok``, or ``failed`` with the error when an exception escaped). A process that is killed leaves
+an incomplete run that verifies up to its last flushed event.
+
+A draw's identity (kind, path) is unique within a run: recording the same draw again with the
+same output is a no-op (a resumed iterator re-entering its epoch), with another output an error.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ledger.canonical import normalise
+from ledger.datasets import (Dataset, check_arrays, check_name, dataset_digest, dataset_from_file,
+                             default_data_dir, store_npz)
+from ledger.digests import ZERO_DIGEST, array_digest, value_digest
+from ledger.environment import code_version, environment_fingerprint
+from ledger.environment import entrypoint as detect_entrypoint
+from ledger.errors import BadInputError, StoreError
+from ledger.events import (CHECKPOINT, DATASET_REGISTERED, EXPERIMENT_CREATED, MAIN_STREAM, METRIC,
+                           RUN_COMPLETED, USER_DRAW, Event, check_experiment_id, make_event,
+                           new_experiment_id)
+from ledger.seeds import (SEED_SCHEME, check_path, check_root_seed, derive_bytes, draw_root_seed,
+                          generator, root_seed_to_bytes)
+from ledger.store import Store, StreamWriter
+
+if TYPE_CHECKING:
+    from ledger.iterator import TrainingDataIterator
+
+STATE_TAG = "ledger/state/v1"
+RESERVED_LABELS = frozenset({"epoch", "worker", "rank"})
+"""First labels of the library's own paths: a user draw may not start with them."""
+_ERROR_MAX = 500
+
+
+def state_digest(state: Any) -> bytes:
+    """Digest of a model state: ``array_digest`` of one array, or for a map of arrays
+    ``value_digest(["ledger/state/v1", {name: array_digest(array)}])``."""
+    if isinstance(state, Mapping):
+        if not state:
+            raise BadInputError("got an empty checkpoint, but it must hold at least one array")
+        digests = {}
+        for key, value in state.items():
+            if not isinstance(key, str):
+                raise BadInputError(f"checkpoint keys must be str, got {key!r}")
+            digests[key] = array_digest(np.asarray(value))
+        return value_digest([STATE_TAG, digests])
+    return array_digest(np.asarray(state))
+
+
+def _describe_arrays(state: Any) -> dict[str, Any]:
+    if isinstance(state, Mapping):
+        return {key: {"dtype": np.asarray(v).dtype.str, "shape": list(np.shape(v))}
+                for key, v in state.items()}
+    array = np.asarray(state)
+    return {"": {"dtype": array.dtype.str, "shape": list(array.shape)}}
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    return text if len(text) <= _ERROR_MAX else text[:_ERROR_MAX - 3] + "..."
+
+
+class Experiment:
+    """One run: its id, root seed and main stream. Use as a context manager.
+
+    Create through :meth:`ExperimentManager.create_experiment`. Not thread-safe: record from the
+    thread that runs the training loop.
+    """
+
+    def __init__(self, store: Store, exp: str, name: str, root_seed: int, root_seed_source: str,
+                 writer: StreamWriter, data_dir: Path | None) -> None:
+        self.store = store
+        self.id = exp
+        self.name = name
+        self.root_seed = root_seed
+        self.root_seed_source = root_seed_source
+        self.data_dir = data_dir
+        self._writer = writer
+        self._draws: dict[tuple[str, tuple], bytes | None] = {}
+        self._datasets: dict[str, Dataset] = {}
+        self._iterators: weakref.WeakSet[TrainingDataIterator] = weakref.WeakSet()
+        self.status: str | None = None
+        self.head: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"Experiment({self.id!r}, name={self.name!r}, status={self.status or 'running'})"
+
+    @property
+    def closed(self) -> bool:
+        """True once ``run_completed`` was recorded."""
+        return self.status is not None
+
+    # -- recording -------------------------------------------------------------------------------
+
+    def record(self, kind: str, *, path: Sequence[Any] = (), seed: bytes | None = None,
+               params: Mapping[str, Any] | None = None, input: bytes | None = None,
+               output: bytes | None = None, meta: Mapping[str, Any] | None = None) -> Event:
+        """Append one event to the main stream (buffered; durable after :meth:`flush`)."""
+        if self.closed:
+            raise StoreError(f"experiment {self.id} is closed (status {self.status}): "
+                             f"nothing more can be recorded")
+        return self._writer.append(kind, path=path, seed=seed, params=params, input=input,
+                                   output=output, meta=meta)
+
+    def record_draw(self, kind: str, path: Sequence[Any], *, seed: bytes | None,
+                    params: Mapping[str, Any], input: bytes | None = None,
+                    output: bytes | None = None, meta: Mapping[str, Any] | None = None
+                    ) -> Event | None:
+        """Record a draw once per run: None if this (kind, path) was recorded with this output.
+
+        Raises BadInputError when the same draw was already recorded with another output.
+        """
+        identity = (kind, tuple(path))
+        if identity in self._draws:
+            if self._draws[identity] == output:
+                return None
+            raise BadInputError(f"got a second {kind} at path {list(path)} with another output, "
+                                f"but a draw (kind, path) is recorded once per run (use one "
+                                f"iterator per experiment, or record=False for evaluation)")
+        event = self.record(kind, path=path, seed=seed, params=params, input=input,
+                            output=output, meta=meta)
+        self._draws[identity] = output
+        return event
+
+    def flush(self) -> int:
+        """Write every buffered event now; return the last durable seq of the main stream."""
+        return self._writer.flush()
+
+    # -- what trainers call ----------------------------------------------------------------------
+
+    def register_dataset(self, name: str, features: Any = None, labels: Any = None, *,
+                         path: str | os.PathLike[str] | None = None,
+                         features_key: str = "features", labels_key: str | None = "labels"
+                         ) -> Dataset:
+        """Register a dataset and record ``dataset_registered``; return it for the iterator.
+
+        Give arrays (stored content-addressed as ``.npz`` in the ledger's data folder) or
+        ``path=`` to an ``.npz`` file of yours (referenced where it is; its arrays are read
+        under ``features_key`` / ``labels_key``). Either way the content digest is recorded and
+        replay re-checks it. Registering the same name again returns the same dataset when the
+        content is equal, and is refused otherwise.
+        """
+        check_name(name)
+        if path is not None:
+            if features is not None or labels is not None:
+                raise BadInputError("got both arrays and path=, but must be one or the other")
+            dataset = dataset_from_file(name, path, features_key, labels_key)
+        else:
+            if features is None:
+                raise BadInputError(f"got no features for dataset {name!r}: give arrays or path=")
+            features, labels = check_arrays(features, labels)
+            digest = dataset_digest(features, labels)
+            if self.data_dir is None:
+                raise BadInputError(f"got in-memory arrays for dataset {name!r}, but the ledger "
+                                    f"{self.store.url} has no data folder: pass data_dir= to "
+                                    f"ExperimentManager, set LEDGER_DATA_DIR, or give path=")
+            loader = store_npz(self.data_dir, features, labels, digest)
+            dataset = Dataset(name, features, labels, digest, loader)
+        known = self._datasets.get(name)
+        if known is not None:
+            if known.digest != dataset.digest:
+                raise BadInputError(f"got other content for dataset {name!r}, but it is already "
+                                    f"registered in {self.id} with digest {known.digest.hex()}")
+            return known
+        self.record(DATASET_REGISTERED, params={
+            "name": name, "length": len(dataset), "loader": dataset.loader,
+            "features": {"dtype": dataset.features.dtype.str,
+                         "shape": list(dataset.features.shape)},
+            "labels": None if dataset.labels is None else {
+                "dtype": dataset.labels.dtype.str, "shape": list(dataset.labels.shape)}},
+            output=dataset.digest)
+        self._datasets[name] = dataset
+        return dataset
+
+    def dataset_registered(self, dataset: Dataset) -> bool:
+        """True when ``dataset`` (same name and digest) was registered in this experiment."""
+        known = self._datasets.get(dataset.name)
+        return known is not None and known.digest == dataset.digest
+
+    def log_metric(self, name: str, value: Any, *, epoch: int | None = None) -> Event:
+        """Record a ``metric`` event: params {epoch, name, value}, output value_digest(value)."""
+        if not isinstance(name, str) or not name:
+            raise BadInputError(f"a metric name must be a non-empty str, got {name!r}")
+        if isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0:
+            value = value.item()
+        value = normalise(value)
+        return self.record(METRIC, params={"epoch": epoch, "name": name, "value": value},
+                           output=value_digest(value))
+
+    def log_checkpoint(self, name: str, state: Any, *, epoch: int | None = None) -> Event:
+        """Record a ``checkpoint`` event for a model state (an array or a map of arrays).
+
+        Only the digest is recorded (see :func:`state_digest`), with each array's dtype and
+        shape; save the weights themselves wherever you keep checkpoints.
+        """
+        if not isinstance(name, str) or not name:
+            raise BadInputError(f"a checkpoint name must be a non-empty str, got {name!r}")
+        return self.record(CHECKPOINT, params={"epoch": epoch, "name": name,
+                                               "arrays": _describe_arrays(state)},
+                           output=state_digest(state))
+
+    def generator(self, *path: Any) -> np.random.Generator:
+        """The numpy Generator of a user draw point, e.g. ``exp.generator("model", "init")``.
+
+        Records ``user_draw`` (path, derived seed) the first time the path is drawn. Paths
+        starting with ``epoch``, ``worker`` or ``rank`` belong to the library and are refused.
+        """
+        labels = check_path(path)
+        if not labels or labels[0] in RESERVED_LABELS:
+            raise BadInputError(f"got path {list(labels)}, but a user draw path must be non-empty "
+                                f"and not start with {sorted(RESERVED_LABELS)}")
+        self.record_draw(USER_DRAW, labels, seed=derive_bytes(self.root_seed, labels),
+                         params={"generator": "numpy.PCG64"})
+        return generator(self.root_seed, labels)
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    def _track(self, iterator: TrainingDataIterator) -> None:
+        self._iterators.add(iterator)
+
+    def close(self, status: str = "ok", error: str | None = None) -> Event:
+        """Record ``run_completed`` and flush. Called by ``with``; returns the head event."""
+        if status not in ("ok", "failed"):
+            raise BadInputError(f"got status {status!r}, but must be 'ok' or 'failed'")
+        if self.closed:
+            raise StoreError(f"experiment {self.id} is already closed (status {self.status})")
+        for iterator in list(self._iterators):
+            iterator.close()
+        self._writer.flush()
+        streams = {head.stream: {"count": head.count, "head": head.head}
+                   for head in self.store.stream_heads(self.id).values()}
+        streams[MAIN_STREAM] = {"count": self._writer.next_seq, "head": self._writer.head}
+        params: dict[str, Any] = {"status": status, "streams": streams}
+        if error is not None:
+            params["error"] = error
+        event = self.record(RUN_COMPLETED, params=params)
+        self.status = status
+        self.head = event.hash
+        self._writer.close()
+        return event
+
+    def __enter__(self) -> "Experiment":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 _tb: object) -> None:
+        if self.closed:
+            return
+        if exc is None:
+            self.close("ok")
+        else:
+            self.close("failed", _one_line(exc))
+
+
+class ExperimentManager:
+    """Creates experiments in one ledger (created if missing). Use as a context manager or close().
+
+    ``data_dir`` is where registered arrays are stored: default ``$LEDGER_DATA_DIR``, else
+    ``ledger-data/`` beside an SQLite ledger; PostgreSQL ledgers need one of the two.
+    """
+
+    def __init__(self, url: str | None = None, *, data_dir: str | os.PathLike[str] | None = None
+                 ) -> None:
+        self.store = Store.open(url, create=True)
+        database = self.store.engine.url.database if self.store.backend == "sqlite" else None
+        if database in ("", ":memory:") or (database or "").startswith("file:"):
+            database = None
+        self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir(database)
+
+    def create_experiment(self, name: str, *, seed: int | None = None,
+                          hyperparams: Mapping[str, Any] | None = None, model: str | None = None,
+                          purpose: str | None = None, parent: str | None = None,
+                          entrypoint: Mapping[str, Any] | None = None,
+                          exp_id: str | None = None) -> Experiment:
+        """Record ``experiment_created`` and return the running :class:`Experiment`.
+
+        ``seed`` is the root seed (an int in ``[0, 2**128)``); without one, 128 bits are drawn
+        from the OS and recorded (``root_seed_source`` tells which). ``model`` defaults to
+        ``name``. ``entrypoint`` overrides the detected entrypoint (e.g. module and
+        function). ``parent`` names the experiment this one continues or derives from.
+        """
+        if not isinstance(name, str) or not name.strip():
+            raise BadInputError(f"an experiment name must be a non-empty str, got {name!r}")
+        root = draw_root_seed() if seed is None else check_root_seed(seed)
+        exp = check_experiment_id(exp_id) if exp_id is not None else new_experiment_id()
+        if parent is not None:
+            check_experiment_id(parent)
+        params: dict[str, Any] = {
+            "name": name, "model": model if model is not None else name,
+            "root_seed": root_seed_to_bytes(root), "root_seed_source": "os" if seed is None
+            else "user", "seed_scheme": SEED_SCHEME,
+            "hyperparams": normalise(dict(hyperparams or {})),
+            "entrypoint": normalise(dict(entrypoint)) if entrypoint is not None
+            else detect_entrypoint(),
+            "code": code_version(), "environment": environment_fingerprint()}
+        if purpose is not None:
+            params["purpose"] = str(purpose)
+        if parent is not None:
+            params["parent"] = parent
+        meta = {"pid": os.getpid(), "host": socket.gethostname()}
+        first = make_event(exp, MAIN_STREAM, 0, EXPERIMENT_CREATED, params=params, meta=meta,
+                           prev=ZERO_DIGEST, t=time.time_ns())
+        self.store.insert_experiment(exp, name, first)
+        writer = StreamWriter(self.store, exp, MAIN_STREAM, _head=(0, first.hash))
+        return Experiment(self.store, exp, name, root, params["root_seed_source"], writer,
+                          self.data_dir)
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self.store.close()
+
+    def __enter__(self) -> "ExperimentManager":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

@@ -1,0 +1,352 @@
+"""TrainingDataIterator: mini-batches whose every draw is derived, recorded and resumable.
+
+One ``for`` loop over the iterator is one pass over the current epoch. Epoch e's order is
+derived from ``("epoch", e, "shuffle")`` and recorded as ``epoch_reset``; each batch is gathered,
+augmented from ``("epoch", e, "batch", b, "augment")`` and recorded as ``augmentation_batch``,
+in the main process, in the order the batches are handed out — so the events, like the batches,
+are the same for any ``num_workers`` and start method.
+
+Position: ``(epoch, batch, started)``. A pass continues the current epoch where it stopped (after
+a ``break`` or a restored state) and starts the next epoch once the current one is exhausted;
+:meth:`reset` abandons the rest of the current epoch and starts the next one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+from typing import Any
+
+import numpy as np
+
+from ledger.augment import DataAugmenter, augment_path
+from ledger.batches import BatchDigests, BatchMaker, batch_input_digest, fast_array_digest
+from ledger.datasets import Dataset, in_memory_dataset
+from ledger.errors import BadInputError
+from ledger.events import AUGMENTATION_BATCH, EPOCH_RESET, WORKER_SPAWNED
+from ledger.experiment import Experiment
+from ledger.sampling import shuffle_path
+from ledger.seeds import check_root_seed, derive_bytes, draw_root_seed, root_seed_to_bytes
+from ledger.worker_seeding import expected_state_digest, worker_path
+from ledger.workers import WorkerError, WorkerPool
+
+STATE_FORMAT = "ledger/iterator-state/v1"
+Batch = tuple[np.ndarray, np.ndarray] | np.ndarray
+
+
+def _as_dataset(data: Any) -> Dataset:
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, tuple) and len(data) == 2:
+        return in_memory_dataset("unregistered", data[0], data[1])
+    if isinstance(data, np.ndarray):
+        return in_memory_dataset("unregistered", data)
+    raise BadInputError(f"got data of type {type(data).__name__}, but must be a Dataset "
+                        f"(exp.register_dataset), a (features, labels) tuple or an array")
+
+
+def _positive_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise BadInputError(f"got {name}={value!r}, but must be an int >= {minimum}")
+    return int(value)
+
+
+class TrainingDataIterator:
+    """Deterministic, recorded mini-batches of a dataset: ``for x, y in batches`` is one epoch.
+
+    ``data`` is a Dataset from :meth:`Experiment.register_dataset` (required when recording),
+    or — without an experiment — a ``(features, labels)`` tuple or a features array (then batches
+    are arrays, not pairs). Batches are fresh arrays the caller owns.
+
+    The root seed is the experiment's; without an experiment, ``seed`` (else the augmenter's
+    seed, else 128 bits from the OS, see :attr:`root_seed`) and nothing is recorded. With an
+    experiment, ``record=False`` records nothing — for evaluation loaders that draw nothing.
+
+    ``num_workers`` processes (start method ``start_method``: fork, spawn or forkserver; default
+    the platform's) make batches ahead, ``prefetch`` each, moving them through shared memory;
+    the batches are bit-identical to ``num_workers=0``. ``timeout`` (seconds) bounds the wait for
+    one batch from a live worker; a dead worker raises WorkerError at once.
+
+    WARNING: batch contents depend on the root seed, the epoch, the dataset, ``batch_size``,
+    ``shuffle``, ``drop_last`` and the augmenter spec. ``state_dict()`` records all of them and
+    ``load_state_dict()`` refuses a state saved under different ones.
+    """
+
+    def __init__(self, data: Any, batch_size: int, *, augmenter: DataAugmenter | None = None,
+                 num_workers: int = 0, experiment: Experiment | None = None,
+                 seed: int | None = None, shuffle: bool = True, drop_last: bool = False,
+                 start_method: str | None = None, prefetch: int = 2,
+                 timeout: float | None = None, record: bool = True) -> None:
+        self.dataset = _as_dataset(data)
+        self.batch_size = _positive_int("batch_size", batch_size, 1)
+        self.num_workers = _positive_int("num_workers", num_workers, 0)
+        self.prefetch = _positive_int("prefetch", prefetch, 1)
+        if timeout is not None and not timeout > 0:
+            raise BadInputError(f"got timeout={timeout!r}, but must be > 0 seconds or None")
+        if augmenter is not None and not isinstance(augmenter, DataAugmenter):
+            raise BadInputError(f"got augmenter of type {type(augmenter).__name__}, but must be "
+                                f"a DataAugmenter")
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        self.augmenter = augmenter
+        self.experiment = experiment
+        self.start_method = start_method
+        self.timeout = timeout
+        self.root_seed, self.augment_seed = self._roots(seed)
+        self.recording = experiment is not None and bool(record)
+        if self.recording and not experiment.dataset_registered(self.dataset):
+            raise BadInputError(f"got dataset {self.dataset.name!r} that is not registered in "
+                                f"{experiment.id}, but a recorded run needs it registered: "
+                                f"data = exp.register_dataset(name, features, labels)")
+        if augmenter is not None and not np.issubdtype(self.dataset.features.dtype, np.floating):
+            if len(augmenter):
+                raise BadInputError(f"got {self.dataset.features.dtype} features, but augmentation "
+                                    f"needs float32 or float64 features")
+        self._maker = BatchMaker(self.dataset.features, self.dataset.labels,
+                                 root=self.root_seed, augment_root=self.augment_seed,
+                                 batch_size=self.batch_size, shuffle=self.shuffle,
+                                 drop_last=self.drop_last, augmenter=augmenter,
+                                 record=self.recording)
+        if self._maker.batches == 0:
+            raise BadInputError(f"got batch_size {self.batch_size} with drop_last and "
+                                f"{len(self.dataset)} samples, but every epoch would be empty")
+        self._epoch = 0
+        self._batch = 0
+        self._started = False
+        self._reset_recorded: int | None = None
+        self._pool: WorkerPool | None = None
+        self._active: Generator[Batch, None, None] | None = None
+        self._closed = False
+        if experiment is not None:
+            experiment._track(self)
+
+    def _roots(self, seed: int | None) -> tuple[int, int]:
+        augmenter_seed = None if self.augmenter is None else self.augmenter.seed
+        if self.experiment is not None:
+            root = self.experiment.root_seed
+            for what, given in (("seed", seed), ("augmenter seed", augmenter_seed)):
+                if given is not None and check_root_seed(given) != root:
+                    raise BadInputError(f"got {what} {given}, but within experiment "
+                                        f"{self.experiment.id} every draw derives from its root "
+                                        f"seed {root}: drop it or pass the same")
+            return root, root
+        if seed is not None:
+            root = check_root_seed(seed)
+        elif augmenter_seed is not None:
+            root = augmenter_seed
+        else:
+            root = draw_root_seed()
+        return root, augmenter_seed if augmenter_seed is not None else root
+
+    # -- position --------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        return self._maker.batches
+
+    @property
+    def epoch(self) -> int:
+        """The epoch in progress (or last finished; 0 before the first pass)."""
+        return self._epoch
+
+    @property
+    def batch(self) -> int:
+        """How many batches of :attr:`epoch` have been handed out."""
+        return self._batch
+
+    @property
+    def epoch_finished(self) -> bool:
+        """True when every batch of :attr:`epoch` has been handed out."""
+        return self._started and self._batch >= self._maker.batches
+
+    @property
+    def next_epoch(self) -> int:
+        """The epoch the next ``for`` loop iterates."""
+        return self._epoch + 1 if self.epoch_finished else self._epoch
+
+    # -- iteration -------------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Batch]:
+        """Start (or continue) a pass over the current epoch; see the module docstring."""
+        self._check_open()
+        self._stop_active()
+        self._ensure_pool()
+        if not self._started:
+            self._start_epoch(self._epoch)
+        elif self.epoch_finished:
+            self._start_epoch(self._epoch + 1)
+        self._record_reset()
+        self._active = self._pass(self._epoch, self._batch)
+        return self._active
+
+    def reset(self) -> None:
+        """Start the next epoch now (the first, if none has started), dropping what is left."""
+        self._check_open()
+        self._stop_active()
+        self._start_epoch(self._epoch + 1 if self._started else self._epoch)
+        self._record_reset()
+
+    def _start_epoch(self, epoch: int) -> None:
+        self._epoch, self._batch, self._started = epoch, 0, True
+
+    def _record_reset(self) -> None:
+        if not self.recording or self._reset_recorded == self._epoch:
+            return
+        epoch = self._epoch
+        order = self._maker.order(epoch)
+        path = shuffle_path(epoch)
+        self.experiment.record_draw(
+            EPOCH_RESET, path, seed=derive_bytes(self.root_seed, path),
+            params={"epoch": epoch, "length": len(self.dataset), "shuffle": self.shuffle,
+                    "batch_size": self.batch_size, "drop_last": self.drop_last,
+                    "batches": self._maker.batches, "dataset": self.dataset.name,
+                    "dataset_digest": self.dataset.digest},
+            output=fast_array_digest(order),
+            meta={"resumed_at_batch": self._batch} if self._batch else None)
+        self._reset_recorded = epoch
+
+    def _pass(self, epoch: int, start: int) -> Generator[Batch, None, None]:
+        stop = self._maker.batches
+        source = (self._pool.run(epoch, start, stop) if self._pool is not None
+                  else self._local(epoch, start, stop))
+        with_labels = self.dataset.labels is not None
+        try:
+            for x, y, digests in source:
+                if self.recording and self._maker.augmenter is not None:
+                    self._record_batch(epoch, self._batch, digests)
+                self._batch += 1
+                yield (x, y) if with_labels else x
+        finally:
+            source.close()
+
+    def _local(self, epoch: int, start: int, stop: int
+               ) -> Iterator[tuple[np.ndarray, np.ndarray | None, BatchDigests]]:
+        make = self._maker.make
+        for batch in range(start, stop):
+            yield make(epoch, batch)
+
+    def _record_batch(self, epoch: int, batch: int, digests: BatchDigests) -> None:
+        path = augment_path(epoch, batch)
+        dataset = self.dataset
+        self.experiment.record_draw(
+            AUGMENTATION_BATCH, path, seed=derive_bytes(self.augment_seed, path),
+            params={"epoch": epoch, "batch": batch, "rows": digests.rows,
+                    "batch_size": self.batch_size, "drop_last": self.drop_last,
+                    "shuffle": self.shuffle, "dataset": dataset.name,
+                    "dataset_digest": dataset.digest, "indices_digest": digests.indices,
+                    "augmenter": self._maker.augmenter_spec},
+            input=batch_input_digest(dataset.digest, digests.indices), output=digests.output)
+
+    def _ensure_pool(self) -> None:
+        if self.num_workers == 0 or (self._pool is not None and not self._pool.broken):
+            return
+        self._pool = None
+        pool = WorkerPool(self.dataset.features, self.dataset.labels, root=self.root_seed,
+                          augment_root=self.augment_seed, batch_size=self.batch_size,
+                          shuffle=self.shuffle, drop_last=self.drop_last,
+                          augmenter=self._maker.augmenter, record=self.recording,
+                          num_workers=self.num_workers, start_method=self.start_method,
+                          prefetch=self.prefetch, timeout=self.timeout)
+        try:
+            for info in pool.infos:
+                expected = expected_state_digest(self.root_seed, info.worker)
+                if info.states != expected:
+                    raise WorkerError(f"worker {info.worker} reports RNG states "
+                                      f"{info.states.hex()[:16]}…, but its derived seed gives "
+                                      f"{expected.hex()[:16]}…")
+                if self.recording:
+                    path = worker_path(info.worker)
+                    self.experiment.record_draw(
+                        WORKER_SPAWNED, path, seed=derive_bytes(self.root_seed, path),
+                        params={"worker": info.worker, "num_workers": self.num_workers,
+                                "start_method": pool.start_method,
+                                "seeded": list(info.seeded)},
+                        output=expected, meta={"pid": info.pid})
+        except BaseException:
+            pool.close()
+            raise
+        self._pool = pool
+
+    def _stop_active(self) -> None:
+        active, self._active = self._active, None
+        if active is not None:
+            active.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BadInputError("got a closed TrainingDataIterator, but iteration needs an open one")
+
+    # -- resumption ------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position and everything batch contents depend on; canonically encodable.
+
+        Save it with ``ledger.canonical(state)`` (msgpack, never pickle) and restore it with
+        :meth:`load_state_dict` — into a fresh iterator, in a fresh process, with any
+        ``num_workers``: the remaining batches are exactly those the uninterrupted run gets.
+        """
+        return {"format": STATE_FORMAT, "root_seed": root_seed_to_bytes(self.root_seed),
+                "augment_seed": root_seed_to_bytes(self.augment_seed),
+                "dataset": self.dataset.name, "dataset_digest": self.dataset.digest,
+                "length": len(self.dataset), "batch_size": self.batch_size,
+                "shuffle": self.shuffle, "drop_last": self.drop_last,
+                "augmenter": self._maker.augmenter_spec,
+                "epoch": self._epoch, "batch": self._batch, "started": self._started}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a saved :meth:`state_dict` (refused if saved under other settings)."""
+        self._check_open()
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise BadInputError(f"got {type(state).__name__} state, but must be a state_dict of "
+                                f"format {STATE_FORMAT}")
+        mine = self.state_dict()
+        for key in ("root_seed", "augment_seed", "dataset_digest", "length", "batch_size",
+                    "shuffle", "drop_last", "augmenter"):
+            if state.get(key) != mine[key]:
+                raise BadInputError(f"got a state saved with {key}={_shown(state.get(key))}, but "
+                                    f"this iterator has {key}={_shown(mine[key])}")
+        epoch, batch, started = state.get("epoch"), state.get("batch"), state.get("started")
+        batches = self._maker.batches
+        if (not isinstance(epoch, int) or epoch < 0 or not isinstance(batch, int)
+                or not 0 <= batch <= batches or not isinstance(started, bool)
+                or (batch and not started)):
+            raise BadInputError(f"got position epoch={epoch!r} batch={batch!r} "
+                                f"started={started!r}, but must be a position within "
+                                f"{batches} batches per epoch")
+        self._stop_active()
+        self._epoch, self._batch, self._started = epoch, batch, started
+        self._reset_recorded = None
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the current pass and the worker processes. Safe to call twice."""
+        if self._closed:
+            return
+        try:
+            self._stop_active()
+        finally:
+            self._closed = True
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                pool.close()
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the running workers (empty with ``num_workers=0`` or before a pass)."""
+        return [] if self._pool is None else self._pool.pids
+
+    def __enter__(self) -> "TrainingDataIterator":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"TrainingDataIterator({self.dataset.name!r}, batch_size={self.batch_size}, "
+                f"num_workers={self.num_workers}, epoch={self._epoch}, batch={self._batch})")
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.hex()[:16] + "…"
+    return repr(value)

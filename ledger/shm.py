@@ -1,0 +1,66 @@
+"""numpy arrays in shared memory: created by the main process, attached by workers by name.
+
+Batches and the dataset travel between processes through these blocks — never pickled. A block
+is described to another process by a small map ``{"name", "shape", "dtype"}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from multiprocessing import shared_memory
+from typing import Any
+
+import numpy as np
+
+
+class SharedArray:
+    """One numpy array backed by a ``multiprocessing.shared_memory`` block.
+
+    The creating process owns the block and unlinks it in :meth:`close`; attaching processes
+    only close their mapping. Views handed out by :attr:`array` must not outlive :meth:`close`.
+    """
+
+    def __init__(self, block: shared_memory.SharedMemory, shape: tuple[int, ...],
+                 dtype: np.dtype, owner: bool) -> None:
+        self._block: shared_memory.SharedMemory | None = block
+        self.shape = shape
+        self.dtype = dtype
+        self.owner = owner
+        self.array: np.ndarray | None = np.ndarray(shape, dtype=dtype, buffer=block.buf)
+
+    @classmethod
+    def create(cls, shape: tuple[int, ...], dtype: np.dtype | str) -> "SharedArray":
+        """A new zeroed block large enough for ``shape`` x ``dtype``."""
+        dtype = np.dtype(dtype)
+        size = max(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, 1)
+        return cls(shared_memory.SharedMemory(create=True, size=size), tuple(shape), dtype, True)
+
+    @classmethod
+    def copy_of(cls, array: np.ndarray) -> "SharedArray":
+        """A new block holding a copy of ``array``."""
+        shared = cls.create(array.shape, array.dtype)
+        assert shared.array is not None
+        np.copyto(shared.array, array)
+        return shared
+
+    @classmethod
+    def attach(cls, descriptor: dict[str, Any]) -> "SharedArray":
+        """Map a block another process created, from its :meth:`descriptor`."""
+        block = shared_memory.SharedMemory(name=descriptor["name"])
+        return cls(block, tuple(descriptor["shape"]), np.dtype(descriptor["dtype"]), False)
+
+    def descriptor(self) -> dict[str, Any]:
+        """The small map another process attaches with (name, shape, dtype)."""
+        assert self._block is not None
+        return {"name": self._block.name, "shape": list(self.shape), "dtype": self.dtype.str}
+
+    def close(self) -> None:
+        """Unmap the block (and unlink it, in the owner). Safe to call twice."""
+        block, self._block, self.array = self._block, None, None
+        if block is None:
+            return
+        with contextlib.suppress(BufferError):  # a view still alive: the mapping goes with it
+            block.close()
+        if self.owner:
+            with contextlib.suppress(FileNotFoundError):
+                block.unlink()

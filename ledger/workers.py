@@ -1,0 +1,253 @@
+"""Worker processes that make batches in parallel and hand them back in order.
+
+:class:`WorkerPool` starts N processes with any start method (fork, spawn, forkserver). The
+dataset is copied once into shared memory; each worker owns ``prefetch`` batch slots, also in
+shared memory. Batch i of an epoch pass goes to worker ``i % N`` and slot ``(i // N) % prefetch``;
+the main process waits for the batches strictly in order, copies each out of its slot into fresh
+arrays (so a batch the caller keeps can never be overwritten) and gives the slot its next task.
+Only a few dozen bytes of msgpack cross the pipes per batch.
+
+A worker that dies or fails raises :class:`WorkerError` naming the worker and the batch; the
+main process waits on the worker's pipe and its process sentinel together, so it never hangs on
+a dead worker (``timeout`` also bounds a live worker that stops answering).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import weakref
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+import numpy as np
+
+from ledger.augment import DataAugmenter
+from ledger.batches import BatchDigests
+from ledger.errors import BadInputError, LedgerError
+from ledger.shm import SharedArray
+from ledger.worker_process import STOP, TASK, pack, unpack, worker_main
+
+START_METHODS = ("fork", "spawn", "forkserver")
+_STOP_GRACE = 5.0
+
+
+class WorkerError(LedgerError):
+    """A worker process died, failed or stopped answering while making a batch."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A started worker: its index, pid, and the digest of its seeded RNG states."""
+
+    worker: int
+    pid: int
+    states: bytes
+    seeded: tuple[str, ...]
+
+
+def check_start_method(method: str | None) -> str:
+    """The start method to use: ``method``, or multiprocessing's default on this platform.
+
+    The default is the one the program set, else the platform's (listed first by
+    ``get_all_start_methods``); asking never fixes the global default as a side effect.
+    """
+    available = multiprocessing.get_all_start_methods()
+    if method is None:
+        return multiprocessing.get_start_method(allow_none=True) or available[0]
+    if method not in available:
+        raise BadInputError(f"got start method {method!r}, but must be one of {available}")
+    return method
+
+
+@dataclass
+class _Resources:
+    """What a pool must release; kept apart so a finalizer can release it without the pool."""
+
+    processes: list[Any]
+    connections: list[Connection]
+    shared: list[SharedArray]
+
+    def release(self) -> None:
+        for connection in self.connections:
+            try:
+                connection.send_bytes(pack([STOP]))
+            except (OSError, ValueError):
+                pass
+        for process in self.processes:
+            process.join(_STOP_GRACE)
+            if process.is_alive():
+                process.terminate()
+                process.join(_STOP_GRACE)
+        for connection in self.connections:
+            connection.close()
+        for shared in self.shared:
+            shared.close()
+        self.processes, self.connections, self.shared = [], [], []
+
+
+class WorkerPool:
+    """N worker processes making the batches of one dataset under one root seed."""
+
+    def __init__(self, features: np.ndarray, labels: np.ndarray | None, *, root: int,
+                 augment_root: int, batch_size: int, shuffle: bool, drop_last: bool,
+                 augmenter: DataAugmenter | None, record: bool, num_workers: int,
+                 start_method: str | None = None, prefetch: int = 2,
+                 timeout: float | None = None) -> None:
+        self.num_workers = num_workers
+        self.start_method = check_start_method(start_method)
+        self.prefetch = prefetch
+        self.timeout = timeout
+        self.batch_size = batch_size
+        self.feature_shape = features.shape[1:]
+        self.label_shape = None if labels is None else labels.shape[1:]
+        self.infos: list[WorkerInfo] = []
+        self._resources = _Resources([], [], [])
+        self._finalizer = weakref.finalize(self, self._resources.release)
+        self._slots_x: list[np.ndarray] = []
+        self._slots_y: list[np.ndarray | None] = []
+        self.broken = False
+        try:
+            self._start(features, labels, (root, augment_root), shuffle, drop_last, augmenter,
+                        record)
+        except BaseException:
+            self.close()
+            raise
+
+    def _share(self, array: np.ndarray | None, copy: bool = True) -> SharedArray | None:
+        if array is None:
+            return None
+        shared = SharedArray.copy_of(array) if copy else SharedArray.create(array.shape,
+                                                                             array.dtype)
+        self._resources.shared.append(shared)
+        return shared
+
+    def _start(self, features: np.ndarray, labels: np.ndarray | None, roots: tuple[int, int],
+               shuffle: bool,
+               drop_last: bool, augmenter: DataAugmenter | None, record: bool) -> None:
+        context = multiprocessing.get_context(self.start_method)
+        shared_features = self._share(features)
+        shared_labels = self._share(labels)
+        base = {"root": roots[0].to_bytes(16, "big"), "augment_root": roots[1].to_bytes(16, "big"),
+                "batch_size": self.batch_size,
+                "shuffle": shuffle, "drop_last": drop_last, "record": record,
+                "augmenter": None if augmenter is None else augmenter.spec,
+                "modules": [] if augmenter is None else augmenter.custom_modules,
+                "features": shared_features.descriptor(),
+                "labels": None if shared_labels is None else shared_labels.descriptor()}
+        for worker in range(self.num_workers):
+            slots_x = self._share(np.empty((self.prefetch, self.batch_size) + self.feature_shape,
+                                           features.dtype), copy=False)
+            slots_y = self._share(None if labels is None else np.empty(
+                (self.prefetch, self.batch_size) + self.label_shape, labels.dtype), copy=False)
+            self._slots_x.append(slots_x.array)
+            self._slots_y.append(None if slots_y is None else slots_y.array)
+            config = {**base, "worker": worker, "slots_x": slots_x.descriptor(),
+                      "slots_y": None if slots_y is None else slots_y.descriptor()}
+            ours, theirs = context.Pipe(duplex=True)
+            process = context.Process(target=worker_main, args=(theirs, pack(config)),
+                                      name=f"ledger-worker-{worker}", daemon=True)
+            process.start()
+            theirs.close()
+            self._resources.processes.append(process)
+            self._resources.connections.append(ours)
+        for worker in range(self.num_workers):
+            message = self._receive(worker, None, None, "starting")
+            if not isinstance(message, dict) or "ready" not in message:
+                raise WorkerError(f"worker {worker} sent {message!r} instead of its ready message")
+            self.infos.append(WorkerInfo(worker, message["pid"], message["states"],
+                                         tuple(message["seeded"])))
+
+    @property
+    def pids(self) -> list[int]:
+        """The process ids of the workers, in worker order."""
+        return [process.pid for process in self._resources.processes]
+
+    def _receive(self, worker: int, epoch: int | None, batch: int | None, doing: str) -> Any:
+        connection = self._resources.connections[worker]
+        process = self._resources.processes[worker]
+        where = doing if batch is None else f"making batch {batch} of epoch {epoch}"
+        if not connection.poll():
+            ready = wait([connection, process.sentinel], self.timeout)
+            if not ready:
+                self._fail(f"worker {worker} (pid {process.pid}) sent nothing for "
+                           f"{self.timeout} s while {where}")
+            if connection not in ready:
+                process.join(1.0)
+                self._fail(f"worker {worker} (pid {process.pid}) died with exit code "
+                           f"{process.exitcode} while {where}")
+        try:
+            message = unpack(connection.recv_bytes())
+        except (EOFError, OSError):
+            process.join(1.0)
+            self._fail(f"worker {worker} (pid {process.pid}) died with exit code "
+                       f"{process.exitcode} while {where}")
+        if isinstance(message, dict) and "error" in message:
+            failed_batch = message.get("batch")
+            if failed_batch is not None:
+                where = f"making batch {failed_batch} of epoch {message.get('epoch')}"
+            self._fail(f"worker {worker} (pid {process.pid}) failed while {where}: "
+                       f"{message['error']}", message.get("traceback"))
+        return message
+
+    def _fail(self, text: str, worker_traceback: str | None = None) -> None:
+        self.broken = True
+        self.close()
+        error = WorkerError(text)
+        error.worker_traceback = worker_traceback  # type: ignore[attr-defined]
+        raise error
+
+    def run(self, epoch: int, start: int, stop: int
+            ) -> Iterator[tuple[np.ndarray, np.ndarray | None, BatchDigests]]:
+        """Yield batches ``start``..``stop - 1`` of ``epoch`` in order, as fresh arrays.
+
+        Leaving the generator early (break, exception, close) waits for the batches already
+        asked for, so the pool is ready for the next pass.
+        """
+        if self.broken or self._finalizer.alive is False:
+            raise WorkerError("the worker pool is closed")
+        connections = self._resources.connections
+        workers, depth = self.num_workers, self.prefetch
+        pending: deque[tuple[int, int, int]] = deque()
+        next_batch = start
+
+        def ask(batch: int) -> None:
+            index = batch - start
+            worker, slot = index % workers, (index // workers) % depth
+            connections[worker].send_bytes(pack([TASK, epoch, batch, slot]))
+            pending.append((batch, worker, slot))
+
+        try:
+            while next_batch < stop and next_batch - start < workers * depth:
+                ask(next_batch)
+                next_batch += 1
+            while pending:
+                batch, worker, slot = pending.popleft()
+                message = self._receive(worker, epoch, batch, "")
+                got_epoch, got_batch, got_slot, rows, indices, output = message
+                if (got_epoch, got_batch, got_slot) != (epoch, batch, slot):
+                    self._fail(f"worker {worker} answered batch {got_batch} of epoch {got_epoch} "
+                               f"when batch {batch} of epoch {epoch} was due")
+                x = self._slots_x[worker][slot, :rows].copy()
+                slots_y = self._slots_y[worker]
+                y = None if slots_y is None else slots_y[slot, :rows].copy()
+                if next_batch < stop:
+                    ask(next_batch)
+                    next_batch += 1
+                yield x, y, BatchDigests(rows, indices, output)
+        finally:
+            self._drain(pending, epoch)
+
+    def _drain(self, pending: deque[tuple[int, int, int]], epoch: int) -> None:
+        while pending and not self.broken:
+            batch, worker, _slot = pending.popleft()
+            self._receive(worker, epoch, batch, "")
+
+    def close(self) -> None:
+        """Stop the workers and release the shared memory. Safe to call twice."""
+        self._slots_x, self._slots_y = [], []
+        self._finalizer()
