@@ -15,6 +15,7 @@ BENCHMARKS = {
     "append": "bench.bench_append",
     "verify": "bench.bench_verify",
     "pipeline": "bench.bench_pipeline",
+    "replay": "bench.bench_replay",
 }
 
 

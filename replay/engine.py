@@ -37,7 +37,7 @@ from replay.registry import Redraw, hint, load_plugins, replayer_for
 
 NOT_DRAWS = frozenset({EXPERIMENT_CREATED, METRIC, CHECKPOINT, RUN_COMPLETED})
 """Kinds with nothing to re-execute from the ledger alone (compared by ``--full``)."""
-CHUNK_EVENTS = 256
+CHUNK_EVENTS = 64
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,64 @@
+"""Replay speed: re-executing a recorded data pipeline against the time the pipeline took.
+
+The pipeline is the trainer-hooks benchmark (200,000 x 32 float32, batch 256, Gaussian noise +
+10 % feature mask, 2 epochs), recorded into an SQLite ledger with ``num_workers=0``. In the same
+run: the recorded pipeline's time (the original), then ``replay_run`` with ``jobs=1`` and
+``jobs=2`` over its ledger — verification, dataset re-load and digest included. Each is measured
+``rounds`` times (recording and replays interleaved) and the medians are compared.
+
+Run: ``.venv/bin/python -m bench.bench_replay`` (``BENCH_REPLAY_ROUNDS`` sets the rounds).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.bench_pipeline import make_data, pipeline
+from bench.results import result, save, show
+from ledger.store import Store
+from replay.engine import replay_run
+
+
+def replay_seconds(folder: Path, jobs: int) -> float:
+    """Seconds to replay the single experiment recorded in ``folder``."""
+    with Store.open(f"sqlite:///{folder / 'bench.db'}") as store:
+        (row,) = store.experiments()
+        start = time.perf_counter()
+        report = replay_run(store, row.exp, jobs=jobs, data_dir=folder)
+        elapsed = time.perf_counter() - start
+    if not report.certified:
+        raise SystemExit(f"benchmark run did not certify: {report.first_divergence}")
+    return elapsed
+
+
+def run(rounds: int | None = None) -> dict[str, Any]:
+    """Record and replay ``rounds`` times; return the result record."""
+    rounds = rounds or int(os.environ.get("BENCH_REPLAY_ROUNDS", "3"))
+    features, labels = make_data()
+    original, jobs1, jobs2 = [], [], []
+    for _ in range(rounds):
+        with tempfile.TemporaryDirectory(prefix="ledger-bench-") as name:
+            folder = Path(name)
+            original.append(pipeline(features, labels, folder, record=True, workers=0))
+            jobs1.append(replay_seconds(folder, 1))
+            jobs2.append(replay_seconds(folder, 2))
+    base = statistics.median(original)
+    return result("replay_pipeline",
+                  {"replay_jobs1_s": statistics.median(jobs1),
+                   "replay_jobs2_s": statistics.median(jobs2), "rounds": rounds},
+                  {"original_pipeline_s": base},
+                  {"replay_jobs1_vs_original": statistics.median(jobs1) / base,
+                   "replay_jobs2_vs_original": statistics.median(jobs2) / base},
+                  {"replay_jobs1_vs_original": "<= 1.0", "replay_jobs2_vs_original": "<= 0.6"},
+                  "python -m bench.bench_replay")
+
+
+if __name__ == "__main__":
+    record = run()
+    show(record)
+    save([record])
