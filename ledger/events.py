@@ -33,11 +33,19 @@ METRIC = "metric"
 CHECKPOINT = "checkpoint"
 RUN_COMPLETED = "run_completed"
 USER_DRAW = "user_draw"
+REPLAY_RECORDED = "replay_recorded"
+REPORT_EXPORTED = "report_exported"
 KINDS = frozenset({EXPERIMENT_CREATED, DATASET_REGISTERED, WORKER_SPAWNED, EPOCH_RESET,
-                   AUGMENTATION_BATCH, METRIC, CHECKPOINT, RUN_COMPLETED, USER_DRAW})
-"""Kinds of format v1 (DESIGN §3), plus ``user_draw`` for draw points a user names."""
+                   AUGMENTATION_BATCH, METRIC, CHECKPOINT, RUN_COMPLETED, USER_DRAW,
+                   REPLAY_RECORDED, REPORT_EXPORTED})
+"""Kinds of format v1 (DESIGN §3), plus ``user_draw`` for draw points a user names and the two
+audit kinds, ``replay_recorded`` and ``report_exported``, written to the ``audit`` stream."""
 
 MAIN_STREAM = "main"
+AUDIT_STREAM = "audit"
+"""The stream where replays and report exports of an experiment are recorded, after the run:
+a chain like any other (verified, append-only), but not part of the run, so ``run_completed``
+does not list it."""
 _EXP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _STREAM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}(/[A-Za-z0-9][A-Za-z0-9._-]{0,63}){0,3}")
 _KIND = re.compile(r"[a-z][a-z0-9_]{0,63}")

@@ -29,7 +29,7 @@ from typing import Any
 from ledger.chain_check import Segment, SegmentResult, check_segment
 from ledger.digests import ZERO_DIGEST
 from ledger.errors import UnknownExperimentError
-from ledger.events import MAIN_STREAM, check_experiment_id
+from ledger.events import AUDIT_STREAM, MAIN_STREAM, check_experiment_id
 from ledger.store.store import Store
 
 SEGMENT_EVENTS = 100_000
@@ -218,7 +218,8 @@ class _Stitcher:
         if not isinstance(recorded, dict):
             self.find(experiment.exp, MAIN_STREAM, seq, "run_completed has no stream table")
             return
-        observed = {name: (chain.count, chain.head) for name, chain in experiment.chains.items()}
+        observed = {name: (chain.count, chain.head) for name, chain in experiment.chains.items()
+                    if name != AUDIT_STREAM}
         observed[MAIN_STREAM] = (seq, prev)
         for name in sorted(set(recorded) | set(observed)):
             entry = recorded.get(name)

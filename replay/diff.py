@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ledger.errors import CheckFailedError
-from ledger.events import (CHECKPOINT, DATASET_REGISTERED, EXPERIMENT_CREATED, METRIC,
+from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EXPERIMENT_CREATED, METRIC,
                            RUN_COMPLETED, WORKER_SPAWNED, decode_body)
 from ledger.store.store import Store
 from ledger.verify import verify
@@ -131,7 +131,9 @@ def _index(store: Store, exp: str) -> tuple[dict[tuple[Any, ...], EventSide], di
     index: dict[tuple[Any, ...], EventSide] = {}
     order: list[tuple[tuple[Any, ...], EventSide]] = []
     created: dict[str, Any] = {}
-    for _stream, _seq, kind, body_bytes in store.iter_run_bodies(exp):
+    for stream, _seq, kind, body_bytes in store.iter_run_bodies(exp):
+        if stream == AUDIT_STREAM:
+            continue
         body = decode_body(body_bytes)
         if kind == EXPERIMENT_CREATED and isinstance(body["params"], dict):
             created = body["params"]

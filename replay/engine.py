@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ledger.audit import record_audit
+from ledger.digests import value_digest
 from ledger.environment import environment_fingerprint
 from ledger.errors import CannotReplayError, CheckFailedError
-from ledger.events import (CHECKPOINT, DATASET_REGISTERED, EXPERIMENT_CREATED, METRIC,
-                           RUN_COMPLETED, decode_body)
+from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EXPERIMENT_CREATED,
+                           METRIC, REPLAY_RECORDED, RUN_COMPLETED, decode_body)
 from ledger.seeds import SEED_SCHEME, derive_bytes, root_seed_from_bytes
 from ledger.store.store import Store
 from ledger.verify import verify
@@ -288,16 +290,16 @@ def replay_run(store: Store, exp: str, *, jobs: int = 1, trusted: Sequence[str] 
     comparer = _Comparer(report, recorded_env, report.environment)
     total = sum(store.counts_by_kind(exp).values())
     done = 0
-    for stream, seq, kind, body_bytes in store.iter_run_bodies(exp):
-        if kind == DATASET_REGISTERED:
+    for stream, _seq, kind, body_bytes in store.iter_run_bodies(exp):
+        if kind == DATASET_REGISTERED and stream != AUDIT_STREAM:
             body = decode_body(body_bytes)
             comparer.compare(body, load_registered_dataset(context, body), True)
             done += 1
     if report.first_divergence is not None:  # changed data: every later draw would differ
         report.finished_t = time.time_ns()
         return report
-    draws = (body for _stream, _seq, kind, body in store.iter_run_bodies(exp)
-             if kind not in NOT_DRAWS and kind != DATASET_REGISTERED)
+    draws = (body for stream, _seq, kind, body in store.iter_run_bodies(exp)
+             if kind not in NOT_DRAWS and kind != DATASET_REGISTERED and stream != AUDIT_STREAM)
     for body, redraw, seed_ok in _redraws(context, draws, jobs, trusted):
         comparer.compare(body, redraw, seed_ok)
         done += 1
@@ -308,3 +310,11 @@ def replay_run(store: Store, exp: str, *, jobs: int = 1, trusted: Sequence[str] 
             report.not_draws[kind] = count
     report.finished_t = time.time_ns()
     return report
+
+
+def record_replay(store: Store, report: ReplayReport) -> None:
+    """Record the replay's certificate in the experiment's audit stream (for its history)."""
+    certificate = report.to_json()
+    record_audit(store, report.exp, REPLAY_RECORDED, certificate,
+                 output=value_digest(certificate),
+                 meta={"pid": os.getpid(), "host": socket.gethostname()})

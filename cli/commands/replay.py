@@ -9,7 +9,7 @@ from cli.main import cli
 from cli.output import emit_json, iso_time, json_option
 from ledger.errors import CheckFailedError
 from ledger.store import Store
-from replay.engine import replay_run
+from replay.engine import record_replay, replay_run
 
 
 class _Progress:
@@ -40,10 +40,12 @@ class _Progress:
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Folder of the run's stored datasets [default: $LEDGER_DATA_DIR, or "
                    "ledger-data/ beside an SQLite ledger].")
+@click.option("--record/--no-record", default=True, show_default=True,
+              help="Record this replay's certificate in the experiment's audit stream.")
 @json_option
 @click.pass_obj
 def replay_command(obj: dict, exp: str, jobs: int, trusted: tuple[str, ...],
-                   data_dir: str | None, as_json: bool) -> None:
+                   data_dir: str | None, record: bool, as_json: bool) -> None:
     """Re-execute every recorded draw of EXP and compare digests, event by event.
 
     Verifies the ledger first (a tampered ledger is never replayed), re-loads each dataset and
@@ -55,6 +57,8 @@ def replay_command(obj: dict, exp: str, jobs: int, trusted: tuple[str, ...],
     with Store.open(obj["db_url"]) as store:
         report = replay_run(store, exp, jobs=jobs, trusted=trusted, data_dir=data_dir,
                             on_progress=progress)
+        if record:
+            record_replay(store, report)
     progress.finish()
     if as_json:
         emit_json(jsonable(report.to_json()))
