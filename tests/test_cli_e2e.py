@@ -1,0 +1,352 @@
+"""``ledger list``, ``ledger show`` and ``ledger verify`` end to end, as a user runs them.
+
+Every run is the real command in a subprocess. Data on stdout (exactly one JSON document with
+--json), diagnostics on stderr, exit codes of DESIGN §5, and bad input refused with one line on
+stderr, no traceback, and nothing written.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from ledger.store import Store
+from ledger_builders import (Recorded, drop_append_only_triggers, execute, flip_byte,
+                             record_experiment, rows)
+
+DONE = "exp-d0d0d0d0d0d0"
+OPEN = "exp-0b0b0b0b0b0b"
+
+
+@dataclass
+class LedgerFile:
+    path: Path
+    done: Recorded
+    open: Recorded
+
+    @property
+    def url(self) -> str:
+        return f"sqlite:///{self.path}"
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli("--db", self.url, *args)
+
+
+def build_ledger(url: str) -> tuple[Recorded, Recorded]:
+    with Store.open(url, create=True) as store:
+        done = record_experiment(store, DONE, name="fraud-baseline", root=42, created_t=10**18)
+        running = record_experiment(store, OPEN, name="fraud-v2", root=7, complete=False,
+                                    workers=1, created_t=2 * 10**18)
+    return done, running
+
+
+@pytest.fixture
+def ledger_file(tmp_path: Path) -> LedgerFile:
+    path = tmp_path / "ledger.db"
+    done, running = build_ledger(f"sqlite:///{path}")
+    return LedgerFile(path, done, running)
+
+
+def files_in(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int = 2,
+                          says: str = "") -> str:
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert result.stdout == ""
+    assert says.lower() in lines[0].lower(), lines[0]
+    assert len(lines[0]) < 400
+    return lines[0]
+
+
+def one_json_document(result: subprocess.CompletedProcess[str]) -> dict:
+    return json.loads(result.stdout)  # json.loads refuses anything after the one document
+
+
+# -- list ---------------------------------------------------------------------------------------
+
+def test_list_shows_experiments_newest_first(ledger_file: LedgerFile) -> None:
+    result = ledger_file.cli("list")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["EXPERIMENT", "CREATED", "STATUS", "NAME"]
+    assert lines[1].split()[0] == OPEN and "incomplete" in lines[1] and "fraud-v2" in lines[1]
+    assert lines[2].split()[0] == DONE and " ok " in lines[2] and "fraud-baseline" in lines[2]
+    assert len(lines) == 3
+
+
+def test_list_json(ledger_file: LedgerFile) -> None:
+    result = ledger_file.cli("list", "--json")
+    assert result.returncode == 0, result.stderr
+    document = one_json_document(result)
+    assert [(e["exp"], e["name"], e["status"]) for e in document["experiments"]] == [
+        (OPEN, "fraud-v2", "incomplete"), (DONE, "fraud-baseline", "ok")]
+    assert document["experiments"][1]["created"] == "2001-09-09T01:46:40.000Z"
+
+
+def test_list_of_an_empty_ledger(tmp_path: Path) -> None:
+    Store.open(f"sqlite:///{tmp_path / 'empty.db'}", create=True).close()
+    result = run_cli("--db", f"sqlite:///{tmp_path / 'empty.db'}", "list", "--json")
+    assert one_json_document(result) == {"experiments": []}
+
+
+def test_the_ledger_url_comes_from_the_environment(ledger_file: LedgerFile) -> None:
+    result = run_cli("list", "--json", env={"LEDGER_URL": ledger_file.url})
+    assert result.returncode == 0, result.stderr
+    assert len(one_json_document(result)["experiments"]) == 2
+
+
+def test_the_default_ledger_is_ledger_db_in_the_current_folder(ledger_file: LedgerFile) -> None:
+    result = run_cli("list", "--json", cwd=ledger_file.path.parent)
+    assert result.returncode == 0, result.stderr
+    assert len(one_json_document(result)["experiments"]) == 2
+
+
+# -- show ---------------------------------------------------------------------------------------
+
+def test_show_a_complete_run(ledger_file: LedgerFile) -> None:
+    result = ledger_file.cli("show", DONE)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"experiment  {DONE}" in out and "fraud-baseline" in out
+    assert "status      ok" in out and "INCOMPLETE" not in out
+    assert f"head        {ledger_file.done.head.hex()}" in out
+    assert "root seed   42" in out and "logistic-regression" in out
+    for kind, count in ledger_file.done.counts_by_kind().items():
+        assert any(line.split() == [kind, str(count)] for line in out.splitlines()), kind
+    for stream, events in ledger_file.done.streams.items():
+        assert any(line.split()[:2] == [stream, str(len(events))] for line in out.splitlines())
+
+
+def test_show_an_incomplete_run_says_so(ledger_file: LedgerFile) -> None:
+    result = ledger_file.cli("show", OPEN)
+    assert result.returncode == 0, result.stderr
+    assert "INCOMPLETE" in result.stdout
+    assert "head        - (run incomplete)" in result.stdout
+
+
+def test_show_json(ledger_file: LedgerFile) -> None:
+    done = one_json_document(ledger_file.cli("show", DONE, "--json"))
+    recorded = ledger_file.done
+    assert done["exp"] == DONE and done["name"] == "fraud-baseline"
+    assert (done["status"], done["complete"]) == ("ok", True)
+    assert done["head"] == recorded.head.hex()
+    assert done["counts"] == recorded.counts_by_kind()
+    assert done["events"] == recorded.event_count()
+    assert done["root_seed"] == "42" and done["root_seed_source"] == "user"
+    assert done["metadata"]["model"] == "logistic-regression"
+    assert done["streams"] == [{"stream": name, "count": len(events), "head": events[-1].hash.hex()}
+                               for name, events in sorted(recorded.streams.items())]
+    running = one_json_document(ledger_file.cli("show", "--json", OPEN))
+    assert (running["status"], running["complete"], running["head"]) == ("incomplete", False, None)
+    assert "run_completed" not in running["counts"]
+
+
+# -- verify -------------------------------------------------------------------------------------
+
+def test_verify_a_clean_ledger(ledger_file: LedgerFile) -> None:
+    result = ledger_file.cli("verify")
+    assert result.returncode == 0, result.stderr
+    events = ledger_file.done.event_count() + ledger_file.open.event_count()
+    assert result.stdout.strip() == f"OK: {events} events in 5 chains of 2 experiments"
+    one = one_json_document(ledger_file.cli("verify", OPEN, "--json"))
+    assert (one["ok"], one["experiments"], one["events"]) == (True, 1,
+                                                              ledger_file.open.event_count())
+
+
+def tamper(ledger_file: LedgerFile) -> None:
+    """Flip one byte of the body of DONE's main seq 3, triggers dropped first."""
+    with Store.open(ledger_file.url) as store:
+        drop_append_only_triggers(store)
+        body = rows(store, DONE, "main")[3]["body"]
+        execute(store, "UPDATE ledger_events SET body = :body WHERE exp = :exp "
+                "AND stream = 'main' AND seq = 3", body=flip_byte(body, 20), exp=DONE)
+
+
+def test_verify_names_the_tampered_event(ledger_file: LedgerFile) -> None:
+    tamper(ledger_file)
+    result = ledger_file.cli("verify")
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[0].startswith("FAILED")
+    assert f"{DONE} stream main seq 3: stored body does not hash" in result.stdout
+    line = assert_one_line_error_like(result)
+    assert line.startswith("ledger: verification failed:") and f"{DONE} stream main seq 3" in line
+
+
+def assert_one_line_error_like(result: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_verify_json_of_a_tampered_ledger(ledger_file: LedgerFile) -> None:
+    tamper(ledger_file)
+    result = ledger_file.cli("verify", "--json")
+    assert result.returncode == 1
+    document = one_json_document(result)
+    assert document["ok"] is False
+    assert document["findings"][0]["exp"] == DONE
+    assert (document["findings"][0]["stream"], document["findings"][0]["seq"]) == ("main", 3)
+    assert "does not hash" in document["findings"][0]["problem"]
+    assert_one_line_error_like(result)
+    other = ledger_file.cli("verify", OPEN, "--json")
+    assert other.returncode == 0 and one_json_document(other)["ok"] is True
+
+
+# -- bad input: one line on stderr, exit 2, no traceback, nothing written ---------------------
+
+# Each case runs a few read commands (text and --json); every run is a process, so not all.
+LIST, SHOW, VERIFY = ("list",), ("show", DONE), ("verify",)
+LIST_JSON, SHOW_JSON, VERIFY_JSON = ("list", "--json"), ("show", DONE, "--json"), (
+    "verify", DONE, "--json")
+
+
+def ids(command: tuple[str, ...]) -> str:
+    return " ".join(command)
+
+
+@pytest.mark.parametrize("command", [LIST_JSON, SHOW, VERIFY_JSON], ids=ids)
+def test_a_missing_database_is_not_created(tmp_path: Path, command: tuple[str, ...]) -> None:
+    missing = tmp_path / "missing.db"
+    result = run_cli("--db", f"sqlite:///{missing}", *command)
+    assert_one_line_error(result, says="no ledger")
+    assert not missing.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_default_ledger_is_not_created_by_reading(tmp_path: Path) -> None:
+    for command in (LIST, SHOW_JSON, VERIFY):
+        assert_one_line_error(run_cli(*command, cwd=tmp_path), says="no ledger")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [LIST, SHOW_JSON], ids=ids)
+def test_a_file_that_is_not_sqlite(tmp_path: Path, command: tuple[str, ...]) -> None:
+    path = tmp_path / "notes.db"
+    path.write_text("dear diary\n")
+    assert_one_line_error(run_cli("--db", f"sqlite:///{path}", *command),
+                          says="not an SQLite database")
+    assert files_in(tmp_path) == {"notes.db": b"dear diary\n"}
+
+
+@pytest.mark.parametrize("command", [SHOW, VERIFY_JSON], ids=ids)
+def test_an_sqlite_file_that_is_not_a_ledger(tmp_path: Path, command: tuple[str, ...]) -> None:
+    path = tmp_path / "shop.db"
+    connection = sqlite3.connect(path)
+    connection.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, total REAL)")
+    connection.execute("INSERT INTO orders VALUES (1, 9.5)")
+    connection.commit()
+    connection.close()
+    before = files_in(tmp_path)
+    assert_one_line_error(run_cli("--db", f"sqlite:///{path}", *command), says="not a ledger")
+    assert files_in(tmp_path) == before
+
+
+def newer_ledger(path: Path) -> None:
+    with Store.open(f"sqlite:///{path}", create=True) as store:
+        record_experiment(store, DONE, workers=0)
+        drop_append_only_triggers(store)
+        execute(store, "UPDATE ledger_meta SET value = '99' WHERE key = 'schema_version'")
+
+
+@pytest.mark.parametrize("command", [LIST_JSON, VERIFY], ids=ids)
+def test_a_ledger_of_a_newer_schema_version(tmp_path: Path, command: tuple[str, ...]) -> None:
+    path = tmp_path / "future.db"
+    newer_ledger(path)
+    before = files_in(tmp_path)
+    line = assert_one_line_error(run_cli("--db", f"sqlite:///{path}", *command), says="99")
+    assert "newer" in line and "upgrade" in line
+    assert files_in(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", [("show", "exp-ffffffffffff"),
+                                     ("verify", "--json", "exp-ffffffffffff")], ids=ids)
+def test_an_unknown_experiment(ledger_file: LedgerFile, command: tuple[str, ...]) -> None:
+    before = files_in(ledger_file.path.parent)
+    assert_one_line_error(ledger_file.cli(*command), says="unknown experiment exp-ffffffffffff")
+    assert files_in(ledger_file.path.parent) == before
+
+
+@pytest.mark.parametrize(("command", "exp"), [
+    ("show", "../../etc/passwd"), ("verify", "a/b"), ("show", "x'; DROP TABLE ledger_events; --"),
+    ("verify", "x'; DROP TABLE ledger_events; --"), ("show", "x" * 10_240),
+    ("verify", "x" * 10_240), ("show", "-dash exp"),
+], ids=lambda value: value[:20])
+def test_a_malformed_experiment_id(ledger_file: LedgerFile, command: str, exp: str) -> None:
+    before = files_in(ledger_file.path.parent)
+    assert_one_line_error(ledger_file.cli(command, "--", exp), says="malformed experiment id")
+    assert files_in(ledger_file.path.parent) == before
+    with Store.open(ledger_file.url) as store:  # tables intact
+        assert len(store.experiments()) == 2 and store.chain_sizes()
+
+
+@pytest.mark.parametrize("command", [LIST, SHOW_JSON], ids=ids)
+def test_an_unreachable_postgres_server(command: tuple[str, ...]) -> None:
+    line = assert_one_line_error(
+        run_cli("--db", "postgresql://postgres:hunter2@127.0.0.1:1/ledger", *command),
+        says="cannot open")
+    assert "hunter2" not in line
+
+
+@pytest.mark.parametrize("url", ["mysql://localhost/ledger", "::not a url::"])
+def test_an_unsupported_database_url(tmp_path: Path, url: str) -> None:
+    assert_one_line_error(run_cli("--db", url, "list", cwd=tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [("--bogus", "list"), ("list", "--bogus"), ("show",),
+                                  ("verify", "--jobs", "0"), ("no-such-command",)], ids=ids)
+def test_bad_usage(ledger_file: LedgerFile, args: tuple[str, ...]) -> None:
+    before = files_in(ledger_file.path.parent)
+    assert_one_line_error(ledger_file.cli(*args))
+    assert files_in(ledger_file.path.parent) == before
+
+
+def test_no_command_prints_the_help_not_a_squashed_error(tmp_path: Path) -> None:
+    result = run_cli(cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "Commands:" in result.stdout.splitlines()
+    assert any(line.strip().startswith("list") for line in result.stdout.splitlines())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_version(tmp_path: Path) -> None:
+    from ledger import __version__
+
+    result = run_cli("--version", cwd=tmp_path)
+    assert result.returncode == 0 and __version__ in result.stdout
+
+
+# -- the same commands on PostgreSQL -----------------------------------------------------------
+
+def test_list_show_verify_on_postgres(postgres_url: str) -> None:
+    done, _running = build_ledger(postgres_url)
+    listed = one_json_document(run_cli("--db", postgres_url, "list", "--json"))
+    assert [e["exp"] for e in listed["experiments"]] == [OPEN, DONE]
+    shown = one_json_document(run_cli("--db", postgres_url, "show", DONE, "--json"))
+    assert shown["head"] == done.head.hex()
+    verified = run_cli("--db", postgres_url, "verify", "--json")
+    assert verified.returncode == 0 and one_json_document(verified)["ok"] is True
+    with Store.open(postgres_url) as store:
+        drop_append_only_triggers(store)
+        execute(store, "DELETE FROM ledger_events WHERE exp = :exp AND stream = 'worker-1' "
+                "AND seq = 1", exp=DONE)
+    failed = run_cli("--db", postgres_url, "verify", "--json")
+    assert failed.returncode == 1
+    finding = one_json_document(failed)["findings"][0]
+    assert (finding["exp"], finding["stream"], finding["seq"]) == (DONE, "worker-1", 1)
+    assert_one_line_error(run_cli("--db", postgres_url, "show", "exp-ffffffffffff"),
+                          says="unknown experiment")
