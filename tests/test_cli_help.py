@@ -1,0 +1,62 @@
+"""Every command says what it does and its exit codes, and is documented in README.md."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+import pytest
+
+import cli.commands  # noqa: F401 - importing registers every command on the group
+from cli.main import cli
+from conftest import ROOT, run_cli
+
+COMMANDS = sorted(cli.commands)
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_core_commands_are_registered() -> None:
+    assert {"list", "show", "verify"} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_has_help_text(name: str) -> None:
+    command = cli.commands[name]
+    assert command.help and len(command.help.split()) >= 4, f"ledger {name} has no help text"
+    for parameter in command.params:
+        if isinstance(parameter, click.Option) and parameter.name != "help":
+            assert parameter.help, f"ledger {name} {parameter.opts[0]} has no help text"
+
+
+def test_the_group_help_lists_every_command_and_the_exit_codes(tmp_path: Path) -> None:
+    result = run_cli("--help", cwd=tmp_path)
+    assert result.returncode == 0 and result.stderr == ""
+    text = result.stdout
+    assert "Exit codes" in text
+    for code, meaning in [(0, "ok"), (1, "check failed"), (2, "bad usage"), (3, "cannot replay")]:
+        assert re.search(rf"^\s*{code}\s+.*{meaning}", text, re.MULTILINE), (code, meaning)
+    for name in COMMANDS:
+        assert re.search(rf"^\s+{name}\s+\S", text, re.MULTILINE), name
+    assert "--db" in text and "LEDGER_URL" in text
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_help_says_what_it_does_and_its_exit_codes(name: str,
+                                                                 tmp_path: Path) -> None:
+    result = run_cli(name, "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert text.startswith(f"Usage: ledger {name}")
+    assert cli.commands[name].help.split("\n")[0].split()[0] in text
+    exit_codes = re.search(r"Exit codes?:?(.*)", text, re.DOTALL)
+    assert exit_codes, f"ledger {name} --help does not state its exit codes"
+    assert re.search(r"\b0\b", exit_codes.group(1)) and re.search(r"\b2\b", exit_codes.group(1))
+    assert list(tmp_path.iterdir()) == []  # asking for help creates nothing
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_is_documented_in_the_readme(name: str) -> None:
+    assert re.search(rf"`ledger {re.escape(name)}\b", README), (
+        f"README.md does not document `ledger {name}`")
