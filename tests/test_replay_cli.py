@@ -1,0 +1,151 @@
+"""`ledger replay` and `ledger diff` end to end, run as an auditor would run them."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from replay_helpers import record_run
+
+RECORD_WITH_CUSTOM_OP = textwrap.dedent("""
+    import sys
+    import {module}  # registers the custom op
+    from ledger.augment import DataAugmenter
+    sys.path.insert(0, {tests!r})
+    from replay_helpers import record_run
+    print(record_run(sys.argv[1], __import__("pathlib").Path(sys.argv[2]),
+                     augmenter=DataAugmenter(ops=[{{"op": "{op}", "prob": 0.2}}])))
+""")
+
+CUSTOM_OP_MODULE = textwrap.dedent("""
+    import numpy as np
+    from ledger.augment import register_op
+
+    @register_op("{op}", version=1)
+    def sign_flip(batch, rng, *, prob: float = 0.1):
+        flip = rng.random(batch.shape) < prob
+        batch[flip] *= -1
+""")
+
+
+def _assert_one_clean_line(result: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.fixture
+def custom_op_run(tmp_path: Path) -> tuple[str, str, str, dict[str, str]]:
+    """A run recorded in another process with an op from a module replay does not know."""
+    module = f"ledger_test_ops_{uuid.uuid4().hex[:8]}"
+    op = f"sign_flip_{uuid.uuid4().hex[:6]}"
+    (tmp_path / f"{module}.py").write_text(CUSTOM_OP_MODULE.format(op=op))
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    script = RECORD_WITH_CUSTOM_OP.format(module=module, op=op,
+                                          tests=str(Path(__file__).parent))
+    done = subprocess.run([sys.executable, "-c", script, url, str(tmp_path / "data")],
+                          env={**os.environ, **env}, capture_output=True, text=True, check=True)
+    return url, done.stdout.strip(), module, env
+
+
+def test_a_custom_op_replays_only_when_its_module_is_trusted(custom_op_run) -> None:
+    url, exp, module, env = custom_op_run
+    data = ["--data-dir", str(Path(url.removeprefix("sqlite:///")).parent / "data")]
+    refused = run_cli("--db", url, "replay", exp, *data, env=env)
+    assert refused.returncode == 3
+    _assert_one_clean_line(refused)
+    assert "--trust" in refused.stderr
+    trusted = run_cli("--db", url, "replay", exp, "--trust", module, *data, env=env)
+    assert trusted.returncode == 0, trusted.stderr
+    assert trusted.stdout.startswith("CERTIFIED")
+
+
+@pytest.mark.parametrize("name", ["os:system", "../evil", "a b", "os.system()"])
+def test_trust_takes_only_dotted_module_names(custom_op_run, name: str) -> None:
+    url, exp, _module, env = custom_op_run
+    result = run_cli("--db", url, "replay", exp, "--trust", name, env=env)
+    assert result.returncode == 3
+    _assert_one_clean_line(result)
+    assert "dotted module name" in result.stderr
+
+
+def test_replay_json_is_one_document_and_records_the_replay(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    exp = record_run(url, tmp_path / "data")
+    result = run_cli("--db", url, "replay", exp, "--jobs", "2", "--json",
+                     "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 0, result.stderr
+    certificate = json.loads(result.stdout)
+    assert certificate["verdict"] == "certified"
+    assert certificate["compared"]["augmentation_batch"] == 20
+    assert certificate["mismatched"] == 0
+    shown = json.loads(run_cli("--db", url, "show", exp, "--json").stdout)
+    assert {"stream": "audit", "count": 1} .items() <= next(
+        s for s in shown["streams"] if s["stream"] == "audit").items()
+    assert run_cli("--db", url, "verify", exp).returncode == 0
+
+
+def test_replay_of_a_tampered_ledger_exits_1_without_replaying(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    exp = record_run(url, tmp_path / "data")
+    connection = sqlite3.connect(tmp_path / "ledger.db")
+    connection.execute("DROP TRIGGER ledger_events_no_update")
+    connection.execute("UPDATE ledger_events SET t = t + 1 WHERE kind = 'metric'")
+    connection.commit()
+    connection.close()
+    result = run_cli("--db", url, "replay", exp, "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 1
+    _assert_one_clean_line(result)
+    assert "fails verification" in result.stderr
+    assert "CERTIFIED" not in result.stdout
+
+
+def test_replay_of_an_unknown_experiment_exits_2(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    record_run(url, tmp_path / "data")
+    result = run_cli("--db", url, "replay", "exp-000000000000")
+    assert result.returncode == 2
+    _assert_one_clean_line(result)
+    assert "unknown experiment" in result.stderr
+
+
+def test_replay_without_its_data_cannot_replay(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    exp = record_run(url, tmp_path / "data")
+    result = run_cli("--db", url, "replay", exp, "--data-dir", str(tmp_path / "elsewhere"))
+    assert result.returncode == 3
+    _assert_one_clean_line(result)
+    assert "missing" in result.stderr
+
+
+def test_diff_of_two_runs_with_the_same_seed_is_identical(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    first = record_run(url, tmp_path / "data", num_workers=0)
+    second = record_run(url, tmp_path / "data", num_workers=2)
+    result = run_cli("--db", url, "diff", first, second)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("IDENTICAL")
+
+
+def test_diff_of_another_seed_names_the_first_draw_and_its_cause(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    first = record_run(url, tmp_path / "data", seed=42)
+    second = record_run(url, tmp_path / "data", seed=43)
+    result = run_cli("--db", url, "diff", first, second, "--json")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert report["identical"] is False
+    divergence = report["first_divergence"]
+    assert divergence["kind"] == "epoch_reset"
+    assert divergence["identity"] == ["epoch", 0, "shuffle"]
+    assert divergence["cause"] == "seed derivation differs"
+    assert any(row["key"] == "root_seed" for row in report["differences"]["config"])
