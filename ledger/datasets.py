@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,22 +35,37 @@ LOADER_KIND = "npz"
 _NAME_MAX = 200
 
 
-@dataclass(frozen=True, eq=False)
 class Dataset:
     """Arrays with a name and a content digest; ``loader`` is set once the dataset is registered.
 
-    Iterating a Dataset is done by :class:`~ledger.iterator.TrainingDataIterator`; the arrays are
+    Iterating a Dataset is done by :class:`~ledger.iterator.TrainingDataIterator`. The arrays are
     C-contiguous and must not be modified in place (the digest would no longer describe them).
+    The digest of an unregistered dataset is computed when first asked for.
     """
 
-    name: str
-    features: np.ndarray
-    labels: np.ndarray | None
-    digest: bytes
-    loader: dict[str, Any] | None = field(default=None)
+    __slots__ = ("name", "features", "labels", "loader", "_digest")
+
+    def __init__(self, name: str, features: np.ndarray, labels: np.ndarray | None,
+                 digest: bytes | None = None, loader: dict[str, Any] | None = None) -> None:
+        self.name = name
+        self.features = features
+        self.labels = labels
+        self.loader = loader
+        self._digest = digest
+
+    @property
+    def digest(self) -> bytes:
+        """The content digest (see the module docstring)."""
+        if self._digest is None:
+            self._digest = dataset_digest(self.features, self.labels)
+        return self._digest
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
+
+    def __repr__(self) -> str:
+        return (f"Dataset({self.name!r}, {len(self)} samples, features {self.features.dtype}"
+                f"{list(self.features.shape[1:])}, {'registered' if self.loader else 'in memory'})")
 
 
 def check_arrays(features: Any, labels: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -95,7 +109,7 @@ def dataset_digest(features: np.ndarray, labels: np.ndarray | None) -> bytes:
 def in_memory_dataset(name: str, features: Any, labels: Any = None) -> Dataset:
     """A Dataset of arrays that is not registered anywhere (for runs that record nothing)."""
     features, labels = check_arrays(features, labels)
-    return Dataset(check_name(name), features, labels, dataset_digest(features, labels))
+    return Dataset(check_name(name), features, labels)
 
 
 def default_data_dir(database: str | None) -> Path | None:

@@ -109,12 +109,14 @@ class Experiment:
     def record(self, kind: str, *, path: Sequence[Any] = (), seed: bytes | None = None,
                params: Mapping[str, Any] | None = None, input: bytes | None = None,
                output: bytes | None = None, meta: Mapping[str, Any] | None = None) -> Event:
-        """Append one event to the main stream (buffered; durable after :meth:`flush`)."""
-        if self.closed:
-            raise StoreError(f"experiment {self.id} is closed (status {self.status}): "
-                             f"nothing more can be recorded")
-        return self._writer.append(kind, path=path, seed=seed, params=params, input=input,
-                                   output=output, meta=meta)
+        """Append one event to the main stream (buffered; durable after :meth:`flush`).
+
+        Batch events still queued by this experiment's iterators are appended first, so the
+        order of events follows the order of the calls.
+        """
+        self._drain_iterators()
+        return self._append(kind, path=path, seed=seed, params=params, input=input,
+                            output=output, meta=meta)
 
     def record_draw(self, kind: str, path: Sequence[Any], *, seed: bytes | None,
                     params: Mapping[str, Any], input: bytes | None = None,
@@ -124,6 +126,14 @@ class Experiment:
 
         Raises BadInputError when the same draw was already recorded with another output.
         """
+        self._drain_iterators()
+        return self._append_draw(kind, path, seed=seed, params=params, input=input,
+                                 output=output, meta=meta)
+
+    def _append_draw(self, kind: str, path: Sequence[Any], *, seed: bytes | None,
+                     params: Mapping[str, Any], input: bytes | None = None,
+                     output: bytes | None = None, meta: Mapping[str, Any] | None = None
+                     ) -> Event | None:
         identity = (kind, tuple(path))
         if identity in self._draws:
             if self._draws[identity] == output:
@@ -131,13 +141,24 @@ class Experiment:
             raise BadInputError(f"got a second {kind} at path {list(path)} with another output, "
                                 f"but a draw (kind, path) is recorded once per run (use one "
                                 f"iterator per experiment, or record=False for evaluation)")
-        event = self.record(kind, path=path, seed=seed, params=params, input=input,
-                            output=output, meta=meta)
+        event = self._append(kind, path=path, seed=seed, params=params, input=input,
+                             output=output, meta=meta)
         self._draws[identity] = output
         return event
 
+    def _append(self, kind: str, **fields: Any) -> Event:
+        if self.closed:
+            raise StoreError(f"experiment {self.id} is closed (status {self.status}): "
+                             f"nothing more can be recorded")
+        return self._writer.append(kind, **fields)
+
+    def _drain_iterators(self) -> None:
+        for iterator in list(self._iterators):
+            iterator._drain_recorder()
+
     def flush(self) -> int:
         """Write every buffered event now; return the last durable seq of the main stream."""
+        self._drain_iterators()
         return self._writer.flush()
 
     # -- what trainers call ----------------------------------------------------------------------
@@ -219,13 +240,36 @@ class Experiment:
         Records ``user_draw`` (path, derived seed) the first time the path is drawn. Paths
         starting with ``epoch``, ``worker`` or ``rank`` belong to the library and are refused.
         """
+        labels = self._user_path(path)
+        self.record_draw(USER_DRAW, labels, seed=derive_bytes(self.root_seed, labels),
+                         params={"generator": "numpy.PCG64"})
+        return generator(self.root_seed, labels)
+
+    def draw(self, name: str, path: Sequence[Any], *, version: int | None = None,
+             **params: Any) -> Any:
+        """Run the registered user draw ``name`` (:func:`ledger.register_draw`) at ``path``.
+
+        The function gets the path's generator and ``params``; the ``user_draw`` event records
+        the path, seed, ``{"draw": name, "version": v, "params": params}`` and the digest of the
+        result, so replay can rerun it. ``version`` defaults to the highest registered.
+        """
+        from ledger.user_draws import latest_version, lookup_draw, result_digest
+
+        labels = self._user_path(path)
+        version = latest_version(name) if version is None else version
+        function = lookup_draw(name, version)
+        result = function(generator(self.root_seed, labels), **params)
+        self.record_draw(USER_DRAW, labels, seed=derive_bytes(self.root_seed, labels),
+                         params={"draw": name, "version": version, "params": params},
+                         output=result_digest(result))
+        return result
+
+    def _user_path(self, path: Sequence[Any]) -> tuple:
         labels = check_path(path)
         if not labels or labels[0] in RESERVED_LABELS:
             raise BadInputError(f"got path {list(labels)}, but a user draw path must be non-empty "
                                 f"and not start with {sorted(RESERVED_LABELS)}")
-        self.record_draw(USER_DRAW, labels, seed=derive_bytes(self.root_seed, labels),
-                         params={"generator": "numpy.PCG64"})
-        return generator(self.root_seed, labels)
+        return labels
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -238,8 +282,14 @@ class Experiment:
             raise BadInputError(f"got status {status!r}, but must be 'ok' or 'failed'")
         if self.closed:
             raise StoreError(f"experiment {self.id} is already closed (status {self.status})")
+        failure: BaseException | None = None
         for iterator in list(self._iterators):
-            iterator.close()
+            try:
+                iterator.close()
+            except BaseException as problem:  # still complete the run, then raise
+                failure = failure or problem
+        if failure is not None and status == "ok":
+            status, error = "failed", _one_line(failure)
         self._writer.flush()
         streams = {head.stream: {"count": head.count, "head": head.head}
                    for head in self.store.stream_heads(self.id).values()}
@@ -247,10 +297,12 @@ class Experiment:
         params: dict[str, Any] = {"status": status, "streams": streams}
         if error is not None:
             params["error"] = error
-        event = self.record(RUN_COMPLETED, params=params)
+        event = self._append(RUN_COMPLETED, params=params)
         self.status = status
         self.head = event.hash
         self._writer.close()
+        if failure is not None:
+            raise failure
         return event
 
     def __enter__(self) -> "Experiment":

@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from ledger.augment import DataAugmenter, augment_path
-from ledger.batches import BatchDigests, BatchMaker, batch_input_digest, fast_array_digest
+from ledger.augment import DataAugmenter
+from ledger.batches import BatchDigests, BatchMaker, fast_array_digest
 from ledger.datasets import Dataset, in_memory_dataset
 from ledger.errors import BadInputError
-from ledger.events import AUGMENTATION_BATCH, EPOCH_RESET, WORKER_SPAWNED
+from ledger.events import EPOCH_RESET, WORKER_SPAWNED
 from ledger.experiment import Experiment
+from ledger.recorder import BatchRecorder
 from ledger.sampling import shuffle_path
 from ledger.seeds import check_root_seed, derive_bytes, draw_root_seed, root_seed_to_bytes
 from ledger.worker_seeding import expected_state_digest, worker_path
@@ -101,11 +102,11 @@ class TrainingDataIterator:
             if len(augmenter):
                 raise BadInputError(f"got {self.dataset.features.dtype} features, but augmentation "
                                     f"needs float32 or float64 features")
+        # Main-process batches are digested by the recorder thread, worker batches by workers.
         self._maker = BatchMaker(self.dataset.features, self.dataset.labels,
                                  root=self.root_seed, augment_root=self.augment_seed,
                                  batch_size=self.batch_size, shuffle=self.shuffle,
-                                 drop_last=self.drop_last, augmenter=augmenter,
-                                 record=self.recording)
+                                 drop_last=self.drop_last, augmenter=augmenter, record=False)
         if self._maker.batches == 0:
             raise BadInputError(f"got batch_size {self.batch_size} with drop_last and "
                                 f"{len(self.dataset)} samples, but every epoch would be empty")
@@ -116,6 +117,13 @@ class TrainingDataIterator:
         self._pool: WorkerPool | None = None
         self._active: Generator[Batch, None, None] | None = None
         self._closed = False
+        self._recorder: BatchRecorder | None = None
+        if self.recording and self._maker.augmenter is not None:
+            self._recorder = BatchRecorder(experiment, self.dataset,
+                                           augment_seed=self.augment_seed,
+                                           batch_size=self.batch_size, drop_last=self.drop_last,
+                                           shuffle=self.shuffle,
+                                           augmenter_spec=self._maker.augmenter_spec)
         if experiment is not None:
             experiment._track(self)
 
@@ -206,17 +214,25 @@ class TrainingDataIterator:
 
     def _pass(self, epoch: int, start: int) -> Generator[Batch, None, None]:
         stop = self._maker.batches
-        source = (self._pool.run(epoch, start, stop) if self._pool is not None
+        in_workers = self._pool is not None
+        source = (self._pool.run(epoch, start, stop) if in_workers
                   else self._local(epoch, start, stop))
         with_labels = self.dataset.labels is not None
+        recorder = self._recorder
+        indices = self._maker.indices
         try:
             for x, y, digests in source:
-                if self.recording and self._maker.augmenter is not None:
-                    self._record_batch(epoch, self._batch, digests)
-                self._batch += 1
+                batch = self._batch
+                if recorder is not None:
+                    if in_workers:
+                        recorder.submit(epoch, batch, digests)
+                    else:
+                        recorder.submit(epoch, batch, digests, indices(epoch, batch), x.copy())
+                self._batch = batch + 1
                 yield (x, y) if with_labels else x
         finally:
             source.close()
+            self._drain_recorder()
 
     def _local(self, epoch: int, start: int, stop: int
                ) -> Iterator[tuple[np.ndarray, np.ndarray | None, BatchDigests]]:
@@ -224,17 +240,9 @@ class TrainingDataIterator:
         for batch in range(start, stop):
             yield make(epoch, batch)
 
-    def _record_batch(self, epoch: int, batch: int, digests: BatchDigests) -> None:
-        path = augment_path(epoch, batch)
-        dataset = self.dataset
-        self.experiment.record_draw(
-            AUGMENTATION_BATCH, path, seed=derive_bytes(self.augment_seed, path),
-            params={"epoch": epoch, "batch": batch, "rows": digests.rows,
-                    "batch_size": self.batch_size, "drop_last": self.drop_last,
-                    "shuffle": self.shuffle, "dataset": dataset.name,
-                    "dataset_digest": dataset.digest, "indices_digest": digests.indices,
-                    "augmenter": self._maker.augmenter_spec},
-            input=batch_input_digest(dataset.digest, digests.indices), output=digests.output)
+    def _drain_recorder(self) -> None:
+        if self._recorder is not None and not self._closed:
+            self._recorder.drain()
 
     def _ensure_pool(self) -> None:
         if self.num_workers == 0 or (self._pool is not None and not self._pool.broken):
@@ -243,7 +251,8 @@ class TrainingDataIterator:
         pool = WorkerPool(self.dataset.features, self.dataset.labels, root=self.root_seed,
                           augment_root=self.augment_seed, batch_size=self.batch_size,
                           shuffle=self.shuffle, drop_last=self.drop_last,
-                          augmenter=self._maker.augmenter, record=self.recording,
+                          augmenter=self._maker.augmenter,
+                          record=self._recorder is not None,
                           num_workers=self.num_workers, start_method=self.start_method,
                           prefetch=self.prefetch, timeout=self.timeout)
         try:
@@ -284,6 +293,7 @@ class TrainingDataIterator:
         :meth:`load_state_dict` — into a fresh iterator, in a fresh process, with any
         ``num_workers``: the remaining batches are exactly those the uninterrupted run gets.
         """
+        self._drain_recorder()
         return {"format": STATE_FORMAT, "root_seed": root_seed_to_bytes(self.root_seed),
                 "augment_seed": root_seed_to_bytes(self.augment_seed),
                 "dataset": self.dataset.name, "dataset_digest": self.dataset.digest,
@@ -329,6 +339,8 @@ class TrainingDataIterator:
             pool, self._pool = self._pool, None
             if pool is not None:
                 pool.close()
+            if self._recorder is not None:
+                self._recorder.close()
 
     @property
     def worker_pids(self) -> list[int]:

@@ -15,6 +15,7 @@ a dead worker (``timeout`` also bounds a live worker that stops answering).
 from __future__ import annotations
 
 import multiprocessing
+import select
 import weakref
 from collections import deque
 from collections.abc import Iterator
@@ -110,6 +111,7 @@ class WorkerPool:
         self._finalizer = weakref.finalize(self, self._resources.release)
         self._slots_x: list[np.ndarray] = []
         self._slots_y: list[np.ndarray | None] = []
+        self._pollers: list[Any] | None = [] if hasattr(select, "poll") else None
         self.broken = False
         try:
             self._start(features, labels, (root, augment_root), shuffle, drop_last, augmenter,
@@ -155,6 +157,11 @@ class WorkerPool:
             theirs.close()
             self._resources.processes.append(process)
             self._resources.connections.append(ours)
+            if self._pollers is not None:
+                poller = select.poll()
+                poller.register(ours.fileno(), select.POLLIN)
+                poller.register(process.sentinel, select.POLLIN)
+                self._pollers.append(poller)
         for worker in range(self.num_workers):
             message = self._receive(worker, None, None, "starting")
             if not isinstance(message, dict) or "ready" not in message:
@@ -167,22 +174,37 @@ class WorkerPool:
         """The process ids of the workers, in worker order."""
         return [process.pid for process in self._resources.processes]
 
+    def _readable(self, worker: int) -> bool:
+        """Wait until worker's pipe has data (True) or the worker is dead (False)."""
+        connection = self._resources.connections[worker]
+        process = self._resources.processes[worker]
+        if self._pollers is None:  # no select.poll here: the portable, slower wait
+            ready = wait([connection, process.sentinel], self.timeout)
+            if not ready:
+                raise TimeoutError
+            return connection in ready
+        events = self._pollers[worker].poll(None if self.timeout is None
+                                            else max(1, int(self.timeout * 1000)))
+        if not events:
+            raise TimeoutError
+        return any(fd == connection.fileno() for fd, _mask in events)
+
     def _receive(self, worker: int, epoch: int | None, batch: int | None, doing: str) -> Any:
         connection = self._resources.connections[worker]
         process = self._resources.processes[worker]
         where = doing if batch is None else f"making batch {batch} of epoch {epoch}"
-        if not connection.poll():
-            ready = wait([connection, process.sentinel], self.timeout)
-            if not ready:
-                self._fail(f"worker {worker} (pid {process.pid}) sent nothing for "
-                           f"{self.timeout} s while {where}")
-            if connection not in ready:
-                process.join(1.0)
-                self._fail(f"worker {worker} (pid {process.pid}) died with exit code "
-                           f"{process.exitcode} while {where}")
         try:
-            message = unpack(connection.recv_bytes())
-        except (EOFError, OSError):
+            alive = self._readable(worker)
+        except TimeoutError:
+            self._fail(f"worker {worker} (pid {process.pid}) sent nothing for "
+                       f"{self.timeout} s while {where}")
+        message = None
+        if alive:
+            try:
+                message = unpack(connection.recv_bytes())
+            except (EOFError, OSError):
+                alive = False
+        if not alive:
             process.join(1.0)
             self._fail(f"worker {worker} (pid {process.pid}) died with exit code "
                        f"{process.exitcode} while {where}")
