@@ -241,7 +241,8 @@ def _collect(chunk: list[bytes], future: Future
 
 # -- the whole run -----------------------------------------------------------------------------
 
-def _run_start(store: Store, exp: str) -> tuple[int, dict[str, Any]]:
+def recorded_start(store: Store, exp: str) -> tuple[int, dict[str, Any]]:
+    """The run's root seed and ``experiment_created`` params; CannotReplayError when unusable."""
     created = store.first_event_body(exp, EXPERIMENT_CREATED)
     if created is None:
         raise CannotReplayError(f"{exp} has no experiment_created event: nothing to replay")
@@ -282,7 +283,7 @@ def replay_run(store: Store, exp: str, *, jobs: int = 1, trusted: Sequence[str] 
                           replayed_by=f"{getpass.getuser()}@{socket.gethostname()}",
                           started_t=time.time_ns())
     report.plugins = load_plugins(trusted)
-    root, created = _run_start(store, exp)
+    root, created = recorded_start(store, exp)
     report.environment = environment_fingerprint()
     recorded_env = created.get("environment")
     report.environment_differences = library_differences(recorded_env, report.environment)

@@ -10,6 +10,7 @@ from cli.output import emit_json, iso_time, json_option
 from ledger.errors import CheckFailedError
 from ledger.store import Store
 from replay.engine import record_replay, replay_run
+from replay.full import replay_full
 
 
 class _Progress:
@@ -40,12 +41,16 @@ class _Progress:
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Folder of the run's stored datasets [default: $LEDGER_DATA_DIR, or "
                    "ledger-data/ beside an SQLite ledger].")
+@click.option("--full", is_flag=True,
+              help="Re-run the recorded job with its configuration and root seed into a scratch "
+                   "ledger and compare the runs event by event, metrics and checkpoints "
+                   "included.")
 @click.option("--record/--no-record", default=True, show_default=True,
               help="Record this replay's certificate in the experiment's audit stream.")
 @json_option
 @click.pass_obj
 def replay_command(obj: dict, exp: str, jobs: int, trusted: tuple[str, ...],
-                   data_dir: str | None, record: bool, as_json: bool) -> None:
+                   data_dir: str | None, full: bool, record: bool, as_json: bool) -> None:
     """Re-execute every recorded draw of EXP and compare digests, event by event.
 
     Verifies the ledger first (a tampered ledger is never replayed), re-loads each dataset and
@@ -53,6 +58,8 @@ def replay_command(obj: dict, exp: str, jobs: int, trusted: tuple[str, ...],
     each draw from its recorded params. Prints CERTIFIED with counts per kind and the run's
     head, or DIVERGED with the first divergent event and its likely cause.
     """
+    if full:
+        return _full(obj["db_url"], exp, trusted, as_json)
     progress = _Progress()
     with Store.open(obj["db_url"]) as store:
         report = replay_run(store, exp, jobs=jobs, trusted=trusted, data_dir=data_dir,
@@ -66,6 +73,24 @@ def replay_command(obj: dict, exp: str, jobs: int, trusted: tuple[str, ...],
         _print(report)
     if not report.certified:
         click.echo(f"ledger: replay diverged: {report.first_divergence.describe()}", err=True)
+        raise click.exceptions.Exit(CheckFailedError.exit_code)
+
+
+def _full(url: str | None, exp: str, trusted: tuple[str, ...], as_json: bool) -> None:
+    with Store.open(url) as store:
+        report = replay_full(store, exp, trusted=trusted)
+    if as_json:
+        emit_json(jsonable(report.to_json()))
+    elif report.certified:
+        click.echo(f"CERTIFIED: {exp} re-ran as job {report.job} v{report.version} and is "
+                   f"identical, metrics and checkpoints included "
+                   f"({report.diff.compared:,} events compared)")
+    else:
+        click.echo(f"DIVERGED: {exp} re-ran as job {report.job} v{report.version}")
+        click.echo(f"  first divergence: {report.diff.first_divergence.describe()}")
+    if not report.certified:
+        click.echo(f"ledger: full replay diverged: {report.diff.first_divergence.describe()}",
+                   err=True)
         raise click.exceptions.Exit(CheckFailedError.exit_code)
 
 
