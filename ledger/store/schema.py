@@ -82,6 +82,15 @@ _POSTGRES_TRIGGERS = [
 ]
 
 
+TRIGGER_NAMES = {
+    "sqlite": tuple(f"{table}_no_{action}" for table in APPEND_ONLY_TABLES
+                    for action in ("update", "delete", "replace")),
+    "postgresql": tuple(f"{table}_{what}" for table in APPEND_ONLY_TABLES
+                        for what in ("append_only", "no_truncate")),
+}
+"""The triggers each backend installs to keep the ledger append-only (by name)."""
+
+
 def create_schema(connection: Connection) -> None:
     """Create tables, triggers and the meta rows in one transaction of ``connection``."""
     metadata.create_all(connection)

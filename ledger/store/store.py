@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
@@ -21,7 +21,7 @@ from ledger.errors import (AppendOnlyError, BadInputError, ConcurrentWriteError,
 from ledger.events import (EXPERIMENT_CREATED, MAIN_STREAM, RUN_COMPLETED, Event,
                            check_experiment_id, decode_body, path_bytes)
 from ledger.store.connect import WRITE_OPTION, describe_url, open_engine
-from ledger.store.schema import events_table, experiments_table, meta_table
+from ledger.store.schema import TRIGGER_NAMES, events_table, experiments_table, meta_table
 
 EVENT_COLUMNS = ("exp", "stream", "seq", "kind", "path", "seed", "input", "output", "prev", "hash",
                  "t", "body")
@@ -310,6 +310,36 @@ class Store:
                     .where(events_table.c.exp == bindparam("exp")).order_by(events_table.c.id))
 
         yield from self._stream(("run_bodies",), build, {"exp": exp}, batch_size)
+
+    def iter_kind_bodies(self, exp: str, kinds: Sequence[str], *, batch_size: int = 5000
+                         ) -> Iterator[tuple[str, int, str, bytes]]:
+        """Stream ``(stream, seq, kind, body)`` of the events of ``exp`` whose kind is one of
+        ``kinds``, in recording order: e.g. a run's metrics without reading its other events."""
+        names = [f"kind{index}" for index in range(len(kinds))]
+        if not names:
+            return
+
+        def build():  # noqa: ANN202
+            return (select(events_table.c.stream, events_table.c.seq, events_table.c.kind,
+                           events_table.c.body)
+                    .where(events_table.c.exp == bindparam("exp"),
+                           events_table.c.kind.in_([bindparam(name) for name in names]))
+                    .order_by(events_table.c.id))
+
+        yield from self._stream(("kind_bodies", str(len(names))), build,
+                                {"exp": exp, **dict(zip(names, kinds))}, batch_size)
+
+    def append_only_triggers(self) -> dict[str, bool]:
+        """Each trigger the schema installs to refuse changes (TRIGGER_NAMES of this backend),
+        and whether this database still has it: what a compliance report states as in force."""
+        if self.backend == "sqlite":
+            query = text("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        else:
+            query = text("SELECT t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                         "WHERE NOT t.tgisinternal AND pg_table_is_visible(c.oid)")
+        with self._reading() as connection:
+            installed = set(connection.execute(query).scalars())
+        return {name: name in installed for name in TRIGGER_NAMES.get(self.backend, ())}
 
     def _stream(self, key: tuple[str, ...], build, values: dict[str, Any],  # noqa: ANN001
                 batch_size: int) -> Iterator[tuple[Any, ...]]:
