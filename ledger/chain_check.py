@@ -16,7 +16,7 @@ import msgpack
 
 from ledger.canonical import pack_normalised
 from ledger.digests import EVENT_TAG
-from ledger.events import BODY_FIELDS, EVENT_VERSION, EXPERIMENT_CREATED, RUN_COMPLETED
+from ledger.events import BODY_FIELDS, EVENT_VERSION, MAX_BODY_BYTES, EXPERIMENT_CREATED, RUN_COMPLETED
 from ledger.store.store import Store
 
 _FIELDS = frozenset(BODY_FIELDS)
@@ -80,6 +80,9 @@ def check_segment(store: Store, segment: Segment) -> SegmentResult:
         if digest != stored_hash:
             return _stop(result, seq, "stored body does not hash to the stored hash "
                                       "(body or hash altered)")
+        if len(body_bytes) > MAX_BODY_BYTES:
+            return _stop(result, seq, f"body of {len(body_bytes):,} bytes exceeds the "
+                                      f"{MAX_BODY_BYTES:,}-byte limit")
         try:
             body = unpackb(body_bytes, raw=False, strict_map_key=True)
         except Exception as error:  # msgpack raises many unrelated types for bad input
