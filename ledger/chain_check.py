@@ -16,7 +16,8 @@ import msgpack
 
 from ledger.canonical import pack_normalised
 from ledger.digests import EVENT_TAG
-from ledger.events import BODY_FIELDS, EVENT_VERSION, MAX_BODY_BYTES, EXPERIMENT_CREATED, RUN_COMPLETED
+from ledger.events import (BODY_FIELDS, EVENT_VERSION, EXPERIMENT_CREATED, MAX_BODY_BYTES,
+                           RUN_COMPLETED)
 from ledger.store.store import Store
 
 _FIELDS = frozenset(BODY_FIELDS)
