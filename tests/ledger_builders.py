@@ -73,7 +73,8 @@ def completion_params(writers: dict[str, StreamWriter], status: str = "ok") -> d
 
 def record_experiment(store: Store, exp: str | None = None, *, name: str = "fraud-test",
                       root: int = 42, workers: int = 2, epochs: int = 2, batches: int = 2,
-                      complete: bool = True, status: str = "ok", created_t: int = 1_700_000_000 * 10**9,
+                      complete: bool = True, status: str = "ok",
+                      created_t: int = 1_700_000_000 * 10**9,
                       batch_size: int = 7, extra_params: dict[str, Any] | None = None
                       ) -> Recorded:
     """Record one small experiment through StreamWriters and return what was written.

@@ -211,7 +211,8 @@ def test_dict_subclasses_encode_like_dicts() -> None:
 @pytest.mark.parametrize("value", [
     {1, 2}, frozenset(), object(), 1j, decimal.Decimal("1.5"), datetime.date(2024, 1, 1),
     np.array([1, 2]), np.complex128(1), np.datetime64("2024-01-01"), range(3), type,
-    lambda: None, msgpack.ExtType(1, b"x"), np.longdouble(1) if np.longdouble != np.float64 else {1},
+    lambda: None, msgpack.ExtType(1, b"x"),
+    np.longdouble(1) if np.longdouble != np.float64 else {1},
 ])
 def test_unknown_types_are_refused(value: Any) -> None:
     with pytest.raises(EncodingError, match="cannot encode"):

@@ -1,4 +1,4 @@
-"""Known-answer vectors (tests/known_answers.json, from an independent implementation of DESIGN §1–3).
+"""Known-answer vectors: tests/known_answers.json, from an independent implementation of DESIGN §1–3.
 
 Every vector is reproduced exactly: seeds, the generator of a path, canonical bytes, array
 digests, event canonical bytes and hashes.

@@ -69,7 +69,8 @@ def test_a_newer_schema_version_is_refused(store: Store, store_url: str) -> None
 @pytest.mark.parametrize("value", ["", "one", "0", "-3"])
 def test_an_unreadable_schema_version_is_refused(store: Store, store_url: str, value: str) -> None:
     drop_append_only_triggers(store)
-    execute(store, "UPDATE ledger_meta SET value = :value WHERE key = 'schema_version'", value=value)
+    execute(store, "UPDATE ledger_meta SET value = :value WHERE key = 'schema_version'",
+            value=value)
     with pytest.raises(StoreError, match="schema version"):
         Store.open(store_url)
 
@@ -195,7 +196,8 @@ def test_postgres_refuses_truncate_and_upsert(postgres_url: str) -> None:
     "INSERT OR REPLACE INTO ledger_events (exp, stream, seq, kind, path, prev, hash, t, body) "
     "SELECT exp, stream, seq, 'forged', path, prev, hash, t, body FROM ledger_events WHERE seq = 1",
     "INSERT OR REPLACE INTO ledger_events (id, exp, stream, seq, kind, path, prev, hash, t, body) "
-    "SELECT id, exp, 'other', seq, kind, path, prev, hash, t, body FROM ledger_events WHERE seq = 1",
+    "SELECT id, exp, 'other', seq, kind, path, prev, hash, t, body FROM ledger_events "
+    "WHERE seq = 1",
 ])
 def test_sqlite_refuses_replace_which_deletes_without_delete_triggers(sqlite_url: str,
                                                                       statement: str) -> None:

@@ -12,6 +12,7 @@ import functools
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -434,7 +435,8 @@ def test_duplicate_seqs_are_flagged_when_the_unique_constraint_is_dropped(
         assert_named(verify(store).findings, (A, "main", 2, "seq"))
 
 
-def test_parallel_verification_finds_the_same(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def test_parallel_verification_finds_the_same(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(verify_module, "plan_segments",
                         functools.partial(verify_module.plan_segments, size=2))
     with Store.open(f"sqlite:///{tmp_path / 'ledger.db'}", create=True) as store:

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger.digests import ZERO_DIGEST
-from ledger.errors import BadInputError, ConcurrentWriteError, EncodingError, InvalidIdError, StoreError
+from ledger.errors import (BadInputError, ConcurrentWriteError, EncodingError, InvalidIdError,
+                           StoreError)
 from ledger.events import make_event
 from ledger.store import Store, StreamWriter
 from ledger.verify import verify
