@@ -14,7 +14,6 @@ from typing import Any
 
 import msgpack
 
-from ledger.canonical import pack_normalised
 from ledger.digests import EVENT_TAG
 from ledger.events import (BODY_FIELDS, EVENT_VERSION, EXPERIMENT_CREATED, MAX_BODY_BYTES,
                            RUN_COMPLETED)
@@ -67,6 +66,7 @@ def check_segment(store: Store, segment: Segment) -> SegmentResult:
     sha256 = hashlib.sha256
     unpackb = msgpack.unpackb
     columns_of = _COLUMNS_OF_BODY
+    pack = msgpack.Packer(use_bin_type=True).pack  # decoded values are canonical already
     # A chain's first segment also reads seqs below 0: a row inserted there is reported, not skipped.
     lo = segment.lo if segment.lo > 0 else _MIN_SEQ
     for row in store.iter_segment_rows(exp, stream, lo, segment.hi, SEGMENT_COLUMNS):
@@ -85,13 +85,13 @@ def check_segment(store: Store, segment: Segment) -> SegmentResult:
             return _stop(result, seq, f"body of {len(body_bytes):,} bytes exceeds the "
                                       f"{MAX_BODY_BYTES:,}-byte limit")
         try:
-            body = unpackb(body_bytes, raw=False, strict_map_key=True)
+            body = unpackb(body_bytes, raw=False, strict_map_key=True, use_list=False)
         except Exception as error:  # msgpack raises many unrelated types for bad input
             return _stop(result, seq, f"body is not valid msgpack ({type(error).__name__})")
         if type(body) is not dict or body.keys() != _FIELDS or body["v"] != EVENT_VERSION:
             return _stop(result, seq, "body is not a v1 event body")
         if (columns_of(body) != (exp, stream, seq, kind, seed, input_, output, prev, t)
-                or pack_normalised(body["path"]) != path):
+                or pack(body["path"]) != path):
             return _stop(result, seq, _which_column(body, exp, stream, row))
         if head is None:
             result.first_prev = prev
