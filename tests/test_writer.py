@@ -4,6 +4,8 @@ continuation of an existing chain, and no fork under concurrent writers."""
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 import threading
 import time
 
@@ -123,6 +125,31 @@ def test_durable_seq_never_claims_an_unwritten_event(store: Store, batch_size: i
     assert len(rows(store, EXP, stream)) == len(appended)
 
 
+def test_a_killed_writer_keeps_every_event_it_acknowledged(store: Store, store_url: str) -> None:
+    recorded = record_experiment(store, workers=0, complete=False)
+    script = f"""
+import os
+from ledger.store import Store, StreamWriter
+store = Store.open({store_url!r})
+writer = StreamWriter(store, {recorded.exp!r}, "main", batch_size=1000, flush_interval=None)
+for n in range(5):
+    writer.append("metric", params={{"n": n}})
+print(writer.flush(), flush=True)
+for n in range(5, 8):
+    writer.append("metric", params={{"n": n}})
+os._exit(9)  # killed: no close, no flush, no exit handlers
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 9, result.stderr
+    durable = int(result.stdout)
+    assert durable == len(recorded.main) + 4
+    assert stored_seqs(store, "main", recorded.exp) == list(range(durable + 1))
+    assert verify(store).ok  # the chain simply ends earlier
+    with StreamWriter(store, recorded.exp, "main", flush_interval=None) as again:
+        assert again.next_seq == durable + 1
+
+
 def test_a_reopened_stream_continues_its_chain(store: Store) -> None:
     with writer(store) as w:
         for n in range(3):
@@ -158,6 +185,7 @@ def test_a_second_writer_on_a_stream_is_refused_not_forked(store: Store) -> None
             second.append("metric")
         with pytest.raises(ConcurrentWriteError):
             second.flush()
+        assert second.durable_seq == start - 1  # nothing of its own was acknowledged
         assert rows(store, recorded.exp, "main")[-1]["hash"] == winner.hash
         first.append("metric", params={"who": "first again"})
     finally:
