@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, text
+from sqlalchemy import bindparam, func, inspect, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
@@ -330,8 +330,9 @@ class Store:
                                 {"exp": exp, **dict(zip(names, kinds))}, batch_size)
 
     def append_only_triggers(self) -> dict[str, bool]:
-        """Each trigger the schema installs to refuse changes (TRIGGER_NAMES of this backend),
-        and whether this database still has it: what a compliance report states as in force."""
+        """Each trigger the schema installs to refuse changes (TRIGGER_NAMES of this backend) on
+        a table this database has, and whether it is still there: what a compliance report
+        states as in force."""
         if self.backend == "sqlite":
             query = text("SELECT name FROM sqlite_master WHERE type = 'trigger'")
         else:
@@ -339,7 +340,9 @@ class Store:
                          "WHERE NOT t.tgisinternal AND pg_table_is_visible(c.oid)")
         with self._reading() as connection:
             installed = set(connection.execute(query).scalars())
-        return {name: name in installed for name in TRIGGER_NAMES.get(self.backend, ())}
+            tables = inspect(connection).get_table_names()
+        return {name: name in installed for name in TRIGGER_NAMES.get(self.backend, ())
+                if any(name.startswith(table + "_") for table in tables)}
 
     def _stream(self, key: tuple[str, ...], build, values: dict[str, Any],  # noqa: ANN001
                 batch_size: int) -> Iterator[tuple[Any, ...]]:
