@@ -1,0 +1,86 @@
+"""What a report reads from the ledger besides the full pass over events (see ``scan``).
+
+One query fetches the bodies of the few kinds a report quotes — the experiment's creation, its
+datasets, workers, metrics, checkpoints, its completion and its audit trail — so a run of a
+million augmentation batches costs one table scan here, not a million decodes. A body that does
+not decode (a damaged ledger) is counted, never fatal: the report is still produced and R9 says
+what verification found.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ledger.errors import LedgerError
+from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EXPERIMENT_CREATED,
+                           MAIN_STREAM, METRIC, REPLAY_RECORDED, REPORT_EXPORTED, RUN_COMPLETED,
+                           WORKER_SPAWNED, decode_body)
+from ledger.store.store import ExperimentRow, Store, StreamHead
+from report.metrics import MetricCurves
+
+QUOTED_KINDS = (EXPERIMENT_CREATED, DATASET_REGISTERED, WORKER_SPAWNED, METRIC, CHECKPOINT,
+                RUN_COMPLETED, REPLAY_RECORDED, REPORT_EXPORTED)
+MAX_WORKERS_LISTED = 256
+
+
+@dataclass(slots=True)
+class RunFacts:
+    """The quoted events of one experiment, decoded."""
+
+    row: ExperimentRow
+    heads: dict[str, StreamHead]
+    run_head: bytes | None
+    created: dict[str, Any] | None = None
+    completed: dict[str, Any] | None = None
+    datasets: list[dict[str, Any]] = field(default_factory=list)
+    workers: list[dict[str, Any]] = field(default_factory=list)
+    checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The last checkpoint of each name."""
+    checkpoint_count: int = 0
+    metrics: MetricCurves = field(default_factory=MetricCurves)
+    audit: list[dict[str, Any]] = field(default_factory=list)
+    undecodable: list[tuple[str, int, str]] = field(default_factory=list)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The params of ``experiment_created`` ({} when it is missing or unreadable)."""
+        params = (self.created or {}).get("params")
+        return params if isinstance(params, dict) else {}
+
+
+def gather(store: Store, exp: str) -> RunFacts:
+    """Read the quoted events of ``exp``; raises UnknownExperimentError for an unknown id."""
+    row = store.experiment(exp)
+    facts = RunFacts(row, store.stream_heads(exp), store.first_event_hash(exp, RUN_COMPLETED))
+    for stream, seq, kind, raw in store.iter_kind_bodies(exp, QUOTED_KINDS):
+        try:
+            body = decode_body(raw)
+        except LedgerError:
+            facts.undecodable.append((stream, seq, kind))
+            continue
+        _take(facts, stream, kind, body)
+    return facts
+
+
+def _take(facts: RunFacts, stream: str, kind: str, body: dict[str, Any]) -> None:
+    params = body["params"] if isinstance(body.get("params"), dict) else {}
+    if stream == AUDIT_STREAM:
+        if kind in (REPLAY_RECORDED, REPORT_EXPORTED):
+            facts.audit.append(body)
+    elif kind == METRIC:
+        facts.metrics.add(params)
+    elif kind == EXPERIMENT_CREATED:
+        if facts.created is None and stream == MAIN_STREAM:
+            facts.created = body
+    elif kind == RUN_COMPLETED:
+        if facts.completed is None and stream == MAIN_STREAM:
+            facts.completed = body
+    elif kind == DATASET_REGISTERED:
+        facts.datasets.append(body)
+    elif kind == WORKER_SPAWNED:
+        if len(facts.workers) < MAX_WORKERS_LISTED:
+            facts.workers.append(body)
+    elif kind == CHECKPOINT:
+        facts.checkpoint_count += 1
+        facts.checkpoints[str(params.get("name"))] = body

@@ -1,0 +1,91 @@
+"""JSON views of ledger values, and the report's canonical bytes.
+
+Ledger values are msgpack: bytes become lowercase hex, tuples lists, and floats that JSON cannot
+hold (NaN, ±infinity) the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``.
+
+**Canonical bytes** of a report — what a signature covers — are exactly::
+
+    json.dumps(report, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+               allow_nan=False).encode("utf-8")
+
+i.e. keys sorted by code point, no whitespace, strings as UTF-8 with only ``"``, ``\\``
+and control characters escaped, integers in decimal, floats as Python's shortest
+round-trip ``repr``. Reports are parsed strictly: a duplicate key or a NaN literal is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from ledger.errors import BadInputError
+
+
+def json_view(value: Any) -> Any:
+    """A copy of ``value`` that JSON can hold: bytes as hex, tuples as lists, str keys."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, dict):
+        return {str(key): json_view(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_view(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
+
+
+def canonical_json(document: Any) -> bytes:
+    """The canonical bytes of a JSON document (see the module docstring)."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+def pretty_json(document: Any) -> bytes:
+    """The document as written to files: keys sorted, indented, UTF-8, ending in a newline."""
+    return (json.dumps(document, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False)
+            + "\n").encode("utf-8")
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise BadInputError(f"JSON object has the key {key!r} twice")
+        result[key] = value
+    return result
+
+
+def _refuse_constant(name: str) -> Any:
+    raise BadInputError(f"JSON holds {name}, which is not JSON")
+
+
+def parse_json(data: bytes, what: str = "file") -> Any:
+    """Parse UTF-8 JSON strictly (no duplicate keys, no NaN); BadInputError when it is not."""
+    try:
+        text = data.decode("utf-8")
+        return json.loads(text, object_pairs_hook=_refuse_duplicates,
+                          parse_constant=_refuse_constant)
+    except UnicodeDecodeError:
+        raise BadInputError(f"{what} is not UTF-8 text, so not a JSON report") from None
+    except (ValueError, RecursionError) as error:
+        if isinstance(error, BadInputError):
+            raise BadInputError(f"{what}: {error}") from None
+        raise BadInputError(f"{what} is not JSON ({error})") from None
+
+
+def rfc3339(t_ns: Any) -> str | None:
+    """A wall-clock time in nanoseconds as RFC 3339 UTC with milliseconds (None if not an int)."""
+    if isinstance(t_ns, bool) or not isinstance(t_ns, int):
+        return None
+    try:
+        moment = datetime.fromtimestamp(t_ns / 1e9, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def hex_or_none(value: Any) -> str | None:
+    """Bytes as lowercase hex; anything else None."""
+    return bytes(value).hex() if isinstance(value, (bytes, bytearray)) else None

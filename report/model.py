@@ -1,0 +1,213 @@
+"""The report model: one JSON-ready document with sections R0–R14 (``REPORT.md``).
+
+:func:`build_report` reads the ledger once for the quoted events (``facts``), once in a streaming
+pass over every event (``scan``: counts, seed tree, the NDJSON appendix), verifies every chain —
+in a separate process for large runs, at the same time as the pass — and, with ``replay=True``,
+replays the run first. Every renderer (JSON, HTML, Markdown, attestations) works from this
+document alone. R0's list of emitted files is filled in by :mod:`report.export`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import multiprocessing
+import os
+import secrets
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any, BinaryIO
+
+from ledger import __version__
+from ledger.store.store import Store
+from ledger.verify import VerifyReport, verify
+from replay.engine import default_data_dir_of
+from report.facts import RunFacts, gather
+from report.governance import (DEFAULT_RETENTION, r10_history, r11_retention, r12_limitations,
+                               r13_signoff, r14_crosswalk)
+from report.integrity import r9_integrity
+from report.replay_evidence import (FAILED, INCONCLUSIVE, NOT_REPLAYED, PASSED, ReplayOutcome,
+                                    r8_replay, run_replay)
+from report.scan import ScanResult, scan_run
+from report.sections import (r1_identity, r2_who_and_when, r3_code, r4_environment, r5_data,
+                             r6_configuration, r7_randomness, run_status)
+
+SCHEMA_ID = "ledger/report/v1"
+"""The report format and version; ``schemas/report.v1.json`` describes it."""
+GENERATOR = "reproducibility-ledger"
+SECTION_IDS = tuple(f"R{number}" for number in range(15))
+PARALLEL_VERIFY_EVENTS = 100_000
+"""From this many events, verification runs in its own process beside the pass over events."""
+
+
+@dataclass(slots=True)
+class ReportOptions:
+    """How to build a report. Defaults suit ``ledger report EXP``."""
+
+    replay: bool = False
+    jobs: int = 1
+    trusted: Sequence[str] = ()
+    data_dir: str | None = None
+    record: bool = True
+    generated_by: str | None = None
+    responsible: str | None = None
+    role: str | None = None
+    retention_class: str = DEFAULT_RETENTION
+    retain_months: int | None = None
+    retain_from: date | None = None
+    full_appendix: bool = False
+    report_id: str | None = None
+    now: datetime | None = None
+    signature: dict[str, Any] = field(default_factory=lambda: {"signed": False})
+    """R9's signature entry; :mod:`report.export` fills it when a key is given."""
+
+
+def new_report_id() -> str:
+    """A fresh report id: ``rpt-`` and 16 random hex digits."""
+    return "rpt-" + secrets.token_hex(8)
+
+
+def _verify_in_process(url: str, exp: str) -> VerifyReport:
+    with Store.open(url) as store:
+        return verify(store, exp)
+
+
+def _start_verification(store: Store, exp: str, events: int) -> Callable[[], VerifyReport]:
+    """Start verifying ``exp``: in another process for large runs; returns how to get the result."""
+    if events < PARALLEL_VERIFY_EVENTS or not store.shareable:
+        return lambda: verify(store, exp)
+    method = "fork" if threading.active_count() == 1 and os.name == "posix" else "spawn"
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context(method))
+    future = pool.submit(_verify_in_process, store.url_with_secrets, exp)
+
+    def result() -> VerifyReport:
+        try:
+            return future.result()
+        finally:
+            pool.shutdown(wait=True)
+    return result
+
+
+def build_report(store: Store, exp: str, options: ReportOptions | None = None, *,
+                 appendix: BinaryIO | None = None, appendix_name: str | None = None
+                 ) -> dict[str, Any]:
+    """Build the report of ``exp`` (UnknownExperimentError when the ledger has no such run).
+
+    Writes the per-event appendix to ``appendix`` when given (named ``appendix_name`` in R7).
+    A run that is incomplete, failed, tampered or diverged still gets its report, saying so.
+    """
+    options = options or ReportOptions()
+    store.experiment(exp)
+    data_dir = options.data_dir or default_data_dir_of(store)
+    outcome = None
+    if options.replay:
+        outcome = run_replay(store, exp, jobs=options.jobs, trusted=options.trusted,
+                             data_dir=data_dir, record=options.record)
+    facts = gather(store, exp)
+    verification = _start_verification(store, exp, sum(h.count for h in facts.heads.values()))
+    try:
+        scan = scan_run(store, exp, facts.heads, appendix=appendix, bodies=options.full_appendix)
+    finally:
+        verified = verification()
+    return assemble(store, facts, scan, verified, outcome, options, data_dir, appendix_name)
+
+
+def assemble(store: Store, facts: RunFacts, scan: ScanResult, verified: VerifyReport,
+             outcome: ReplayOutcome | None, options: ReportOptions, data_dir: Any,
+             appendix_name: str | None) -> dict[str, Any]:
+    """Put the sections together, with the summary that says what needs attention."""
+    now = (options.now or datetime.now(UTC)).astimezone(UTC)
+    generated_at = now.isoformat(timespec="seconds").replace("+00:00", "Z")
+    schema_version = store.schema_version
+    sections: dict[str, Any] = {
+        "R1": r1_identity(facts), "R2": r2_who_and_when(facts), "R3": r3_code(facts),
+        "R4": r4_environment(facts), "R5": r5_data(facts, data_dir),
+        "R6": r6_configuration(facts), "R7": r7_randomness(facts, scan, appendix_name),
+        "R8": r8_replay(facts, outcome),
+        "R9": r9_integrity(store, facts, verified, options.signature),
+        "R10": r10_history(facts, schema_version),
+        "R11": r11_retention(now.date(), options.retention_class, options.retain_months,
+                             options.retain_from)}
+    alerts = _alerts(facts, sections, verified)
+    sections["R12"] = r12_limitations(alerts)
+    sections["R13"] = r13_signoff(options.responsible, options.role, generated_at,
+                                  options.signature)
+    sections["R14"] = r14_crosswalk()
+    sections["R0"] = {
+        "title": "Envelope", "schema": SCHEMA_ID,
+        "report_id": options.report_id or new_report_id(),
+        "generator": {"name": GENERATOR, "version": __version__},
+        "generated_at": generated_at,
+        "generated_by": options.generated_by or f"{_user()}@{socket.gethostname()}",
+        "ledger": {"url": store.url, "backend": store.backend, "schema_version": schema_version},
+        "files": []}
+    return {"schema": SCHEMA_ID, "summary": _summary(facts, sections, verified, alerts),
+            **{key: sections[key] for key in SECTION_IDS}}
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _alerts(facts: RunFacts, sections: dict[str, Any], verified: VerifyReport) -> list[str]:
+    alerts = []
+    status = run_status(facts)
+    if facts.run_head is None:
+        alerts.append("INCOMPLETE RUN: no run_completed event, so the run has no head; events "
+                      "cut from its end could not be detected")
+    if status == "failed":
+        error = sections["R1"].get("error")
+        alerts.append("RUN FAILED: run_completed records status failed"
+                      + (f" ({error})" if error else ""))
+    if not verified.ok:
+        alerts.append(f"INTEGRITY CHECK FAILED: {len(verified.findings)} finding(s); first: "
+                      f"{verified.findings[0].describe()}")
+    replay = sections["R8"]
+    if replay["verdict"] == FAILED:
+        alerts.append(f"REPLAY FAILED: {replay['reason']}")
+    elif replay["verdict"] == INCONCLUSIVE:
+        alerts.append(f"REPLAY INCONCLUSIVE: {replay['reason']}")
+    elif replay["verdict"] == NOT_REPLAYED:
+        alerts.append("NOT REPLAYED: no replay was run or recorded for this experiment")
+    if replay["verdict"] == PASSED and replay["head_is_current"] is False:
+        alerts.append("the recorded replay certified another head than the run's current head")
+    if replay["environment_differences"]:
+        alerts.append(f"the replay environment differs from the recorded one in "
+                      f"{len(replay['environment_differences'])} version(s)")
+    if sections["R5"]["independence"]["status"] == "failed":
+        alerts.append("DATA OVERLAP: records of a test dataset also occur in a training dataset")
+    for control in sections["R9"]["append_only_controls"]:
+        if not control["in_force"] and not control["control"].startswith("hash chain"):
+            alerts.append(f"append-only control not in force: {control['control']}")
+    if facts.undecodable:
+        alerts.append(f"{len(facts.undecodable)} event(s) could not be decoded")
+    code = sections["R3"]
+    if code["dirty"]:
+        alerts.append("the code had uncommitted changes: their diff digest is recorded, not "
+                      "their content")
+    if code["vcs"] is None:
+        alerts.append("no code version recorded (not run from a git checkout)")
+    if not sections["R7"]["scheme_known"]:
+        alerts.append(f"unknown seed derivation scheme {sections['R7']['scheme']!r}")
+    return alerts
+
+
+def _summary(facts: RunFacts, sections: dict[str, Any], verified: VerifyReport,
+             alerts: list[str]) -> dict[str, Any]:
+    status = run_status(facts)
+    replay = sections["R8"]["verdict"]
+    integrity = "VERIFIED" if verified.ok else "FAILED"
+    completeness = "complete" if facts.run_head is not None else "INCOMPLETE"
+    headline = (f"{facts.row.exp}: run {status}, {completeness}; ledger {integrity}; replay "
+                f"{replay.replace('_', ' ')}")
+    return {"exp": facts.row.exp, "name": facts.row.name, "run_status": status,
+            "complete": facts.run_head is not None,
+            "run_head": facts.run_head.hex() if facts.run_head else None,
+            "integrity": integrity, "findings": len(verified.findings), "replay": replay,
+            "attention": bool(alerts), "alerts": alerts, "headline": headline}

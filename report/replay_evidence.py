@@ -1,0 +1,123 @@
+"""R8, the replay certificate: run a replay now (``--replay``) or quote the last recorded one.
+
+Verdicts: **PASSED** — every re-executed draw matched its record; **FAILED** — a draw diverged,
+or the ledger failed verification so it was not replayed; **INCONCLUSIVE** — the replay could not
+run (data or code missing, an import not allowed); ``NOT_REPLAYED`` when no replay was run or
+recorded. A replay run by the report is recorded in the experiment's audit stream like
+``ledger replay`` records its own (unless recording is off).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ledger.errors import CannotReplayError, CheckFailedError, LedgerError
+from ledger.store.store import Store
+from report.facts import RunFacts
+from report.jsonview import json_view, rfc3339
+from replay.engine import POLICY, ReplayReport, record_replay, replay_run
+
+PASSED, FAILED, INCONCLUSIVE, NOT_REPLAYED = "PASSED", "FAILED", "INCONCLUSIVE", "NOT_REPLAYED"
+EXCLUDED = [
+    {"what": "meta", "why": "observed facts (pid, host, durations) that differ between honest runs"},
+    {"what": "t", "why": "wall-clock time of recording"},
+    {"what": "metric and checkpoint events",
+     "why": "outputs of training, not draws: compared only when training is re-run (replay --full)"},
+    {"what": "the audit stream", "why": "replays and report exports recorded after the run"},
+]
+
+MISSING_NOTE = ("replay re-executes each recorded draw, so no draw can be missing or extra (both "
+                "counts are 0); a draw that cannot be re-executed makes the replay INCONCLUSIVE")
+
+
+@dataclass(slots=True)
+class ReplayOutcome:
+    """A replay run by the report: its certificate, or why it could not give one."""
+
+    certificate: dict[str, Any] | None
+    verdict: str
+    reason: str | None
+    environment: dict[str, Any] | None
+
+
+def run_replay(store: Store, exp: str, *, jobs: int, trusted: Sequence[str],
+               data_dir: Any, record: bool) -> ReplayOutcome:
+    """Replay ``exp`` now; never raises for a run that cannot be certified."""
+    try:
+        report: ReplayReport = replay_run(store, exp, jobs=jobs, trusted=trusted,
+                                          data_dir=data_dir)
+    except CheckFailedError as error:
+        return ReplayOutcome(None, FAILED, str(error), None)
+    except CannotReplayError as error:
+        return ReplayOutcome(None, INCONCLUSIVE, f"replay could not run: {error}", None)
+    except LedgerError as error:
+        return ReplayOutcome(None, INCONCLUSIVE, f"replay could not run: {error}", None)
+    if record:
+        record_replay(store, report)
+    certificate = json_view(report.to_json())
+    verdict = PASSED if report.certified else FAILED
+    reason = None if report.certified else report.first_divergence.describe()
+    return ReplayOutcome(certificate, verdict, reason, json_view(report.environment))
+
+
+def _latest_recorded(facts: RunFacts) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    for body in reversed(facts.audit):
+        if body.get("kind") == "replay_recorded" and isinstance(body.get("params"), dict):
+            return body, body["params"]
+    return None
+
+
+def r8_replay(facts: RunFacts, outcome: ReplayOutcome | None) -> dict[str, Any]:
+    """R8 from a replay run now, else from the last recorded one, else NOT_REPLAYED."""
+    section: dict[str, Any] = {
+        "title": "Replay certificate", "verdict": NOT_REPLAYED, "source": None, "reason": None,
+        "replayed_by": None, "started_at": None, "finished_at": None, "environment": None,
+        "environment_differences": [], "policy": {"rule": POLICY, "excluded": EXCLUDED, "missing_and_extra": MISSING_NOTE},
+        "counts": None, "first_divergence": None, "certified_head": None,
+        "head_is_current": None, "audit_seq": None, "plugins": []}
+    current_head = facts.run_head.hex() if facts.run_head else None
+    if outcome is not None:
+        section.update(source="run by this report", verdict=outcome.verdict,
+                       reason=outcome.reason, environment=outcome.environment)
+        certificate = outcome.certificate
+    else:
+        recorded = _latest_recorded(facts)
+        if recorded is None:
+            section["reason"] = "no replay was run or recorded for this experiment"
+            return section
+        body, certificate = recorded
+        verdict = {"certified": PASSED, "diverged": FAILED}.get(certificate.get("verdict"),
+                                                                INCONCLUSIVE)
+        divergence = certificate.get("first_divergence")
+        section.update(source="recorded in the audit stream", verdict=verdict,
+                       audit_seq=body.get("seq"),
+                       environment=json_view(certificate.get("environment"))
+                       if isinstance(certificate.get("environment"), dict) else None,
+                       reason=_describe(divergence) if verdict == FAILED else None)
+    if certificate is None:
+        return section
+    compared = certificate.get("compared") if isinstance(certificate.get("compared"), dict) else {}
+    section.update(
+        replayed_by=certificate.get("replayed_by"),
+        started_at=rfc3339(certificate.get("started_t")),
+        finished_at=rfc3339(certificate.get("finished_t")),
+        environment_differences=json_view(certificate.get("environment_differences") or []),
+        counts={"compared": sum(v for v in compared.values() if isinstance(v, int)),
+                "matched": certificate.get("matched"), "mismatched": certificate.get("mismatched"),
+                "missing": 0, "extra": 0, "by_kind": json_view(compared),
+                "not_draws": json_view(certificate.get("not_draws") or {})},
+        first_divergence=json_view(certificate.get("first_divergence")),
+        certified_head=certificate.get("head"),
+        head_is_current=certificate.get("head") == current_head,
+        plugins=json_view(certificate.get("plugins") or []))
+    return section
+
+
+def _describe(divergence: Any) -> str | None:
+    if not isinstance(divergence, dict):
+        return None
+    path = "/".join(str(label) for label in divergence.get("path") or []) or "-"
+    return (f"{divergence.get('stream')}#{divergence.get('seq')} {divergence.get('kind')} "
+            f"[{path}]: {divergence.get('cause')} — {divergence.get('detail')}")

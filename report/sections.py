@@ -1,0 +1,183 @@
+"""Sections R1–R7 of the report: what was trained, by whom, with which code, environment,
+data, configuration and randomness — all from the run's own recorded events."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from ledger.digests import value_digest
+from ledger.errors import LedgerError
+from ledger.events import (AUGMENTATION_BATCH, EPOCH_RESET, EXPERIMENT_CREATED, USER_DRAW,
+                           WORKER_SPAWNED)
+from ledger.seeds import SEED_SCHEME, root_seed_from_bytes
+from report.data_checks import independence
+from report.facts import RunFacts
+from report.jsonview import hex_or_none, json_view, rfc3339
+from report.scan import ScanResult
+
+DERIVATION = ('derive(root, path) = first 16 bytes, big-endian, of SHA-256(b"ledger/seed/v1\\x00" '
+              '+ canonical([root.to_bytes(16, "big"), list(path)])); generator = '
+              'numpy.random.Generator(numpy.random.PCG64(derive(root, path)))')
+CONFIG_DIGEST_RULE = 'SHA-256(b"ledger/value/v1\\x00" + canonical(hyperparameters))'
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def run_status(facts: RunFacts) -> str:
+    """``ok`` or ``failed`` as run_completed recorded it, else ``incomplete``."""
+    if facts.completed is None:
+        return "incomplete"
+    status = _dict(facts.completed.get("params")).get("status", "ok")
+    return status if status in ("ok", "failed") else "unreadable"
+
+
+def r1_identity(facts: RunFacts) -> dict[str, Any]:
+    """R1: experiment, model, purpose, parent, status and head, final checkpoints, metrics."""
+    params = facts.params
+    final = []
+    for name in sorted(facts.checkpoints):
+        body = facts.checkpoints[name]
+        checkpoint = _dict(body.get("params"))
+        final.append({"name": name, "epoch": checkpoint.get("epoch"),
+                      "digest": hex_or_none(body.get("output")),
+                      "arrays": json_view(_dict(checkpoint.get("arrays")))})
+    return {"title": "Run identity", "exp": facts.row.exp, "name": facts.row.name,
+            "model": _text(params.get("model")), "purpose": _text(params.get("purpose")),
+            "parent": _text(params.get("parent")), "status": run_status(facts),
+            "complete": facts.run_head is not None, "run_head": hex_or_none(facts.run_head),
+            "error": _text(_dict((facts.completed or {}).get("params")).get("error")),
+            "checkpoints": {"final": final, "recorded": facts.checkpoint_count},
+            "metrics": facts.metrics.to_json(), "metrics_not_plotted": facts.metrics.unplotted}
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def r2_who_and_when(facts: RunFacts) -> dict[str, Any]:
+    """R2: who started the run, where, when it started and ended, and with what resources."""
+    created = facts.created or {}
+    meta = _dict(created.get("meta"))
+    platform = _dict(_dict(facts.params.get("environment")).get("platform"))
+    started = created.get("t") if isinstance(created.get("t"), int) else None
+    ended = (facts.completed or {}).get("t")
+    ended = ended if isinstance(ended, int) and not isinstance(ended, bool) else None
+    workers = [_dict(body.get("params")) for body in facts.workers]
+    return {"title": "Who and when", "started_by": _text(meta.get("user")),
+            "host": _text(meta.get("host")), "pid": meta.get("pid") if isinstance(
+                meta.get("pid"), int) else None,
+            "started_at": rfc3339(started), "ended_at": rfc3339(ended),
+            "duration_s": None if started is None or ended is None else round(
+                (ended - started) / 1e9, 3),
+            "resources": {"cpu_count": platform.get("cpu_count"),
+                          "machine": _text(platform.get("machine")),
+                          "workers_spawned": len(workers),
+                          "start_methods": sorted({str(w.get("start_method")) for w in workers
+                                                   if w.get("start_method") is not None})},
+            "note": None if meta.get("user") else
+            "the ledger records the host and process of the run, not the user who started it"}
+
+
+def r3_code(facts: RunFacts) -> dict[str, Any]:
+    """R3: commit, dirty flag, diff digest, entrypoint and command line, configuration digest."""
+    code = _dict(facts.params.get("code"))
+    entry = _dict(facts.params.get("entrypoint"))
+    argv = entry.get("argv") if isinstance(entry.get("argv"), list) else None
+    return {"title": "Code", "vcs": _text(code.get("vcs")), "commit": _text(code.get("commit")),
+            "dirty": code.get("dirty") if isinstance(code.get("dirty"), bool) else None,
+            "diff_digest": hex_or_none(code.get("diff_digest")),
+            "untracked": code.get("untracked") if isinstance(code.get("untracked"), int) else None,
+            "entrypoint": {"module": _text(entry.get("module")),
+                           "script": _text(entry.get("script")),
+                           "argv": [str(arg) for arg in argv] if argv is not None else None},
+            "command_line": shlex.join(str(arg) for arg in argv) if argv else None,
+            "configuration_digest": config_digest(facts)}
+
+
+def config_digest(facts: RunFacts) -> str | None:
+    """The digest of the recorded hyperparameters (see CONFIG_DIGEST_RULE)."""
+    hyperparams = facts.params.get("hyperparams")
+    if not isinstance(hyperparams, dict):
+        return None
+    try:
+        return value_digest(hyperparams).hex()
+    except LedgerError:
+        return None
+
+
+def r4_environment(facts: RunFacts) -> dict[str, Any]:
+    """R4: Python, packages, numpy and BLAS, OS, CPU, determinism environment variables."""
+    environment = _dict(facts.params.get("environment"))
+    packages = _dict(environment.get("packages"))
+    return {"title": "Environment", "python": json_view(_dict(environment.get("python"))),
+            "packages": {str(k): str(v) for k, v in sorted(packages.items())},
+            "numpy": {"version": _text(packages.get("numpy")),
+                      "blas": json_view(_dict(environment.get("blas")))},
+            "platform": json_view(_dict(environment.get("platform"))),
+            "determinism_env": json_view(_dict(environment.get("env"))),
+            "recorded": bool(environment)}
+
+
+def r5_data(facts: RunFacts, data_dir: Any) -> dict[str, Any]:
+    """R5: one row per dataset, and the train/test independence check where roles are given."""
+    rows = []
+    for body in facts.datasets:
+        params = _dict(body.get("params"))
+        loader = _dict(params.get("loader"))
+        rows.append({"name": _text(params.get("name")), "role": _text(params.get("role")),
+                     "source": {"kind": _text(loader.get("kind")), "base": _text(loader.get("base")),
+                                "path": _text(loader.get("path"))},
+                     "digest": hex_or_none(body.get("output")),
+                     "records": params.get("length") if isinstance(params.get("length"), int)
+                     else None,
+                     "features": json_view(params.get("features")),
+                     "labels": json_view(params.get("labels"))})
+    return {"title": "Data", "datasets": rows,
+            "independence": independence(facts.datasets, data_dir)}
+
+
+def r6_configuration(facts: RunFacts) -> dict[str, Any]:
+    """R6: the canonical hyperparameters and their digest."""
+    hyperparams = facts.params.get("hyperparams")
+    return {"title": "Configuration",
+            "hyperparameters": json_view(hyperparams) if isinstance(hyperparams, dict) else None,
+            "digest": config_digest(facts), "digest_rule": CONFIG_DIGEST_RULE}
+
+
+def r7_randomness(facts: RunFacts, scan: ScanResult,
+                  appendix_name: str | None) -> dict[str, Any]:
+    """R7: root seed and its source, the scheme, draw counts, seed tree, and the appendix."""
+    params = facts.params
+    recorded = params.get("root_seed")
+    root = root_seed_from_bytes(recorded) if isinstance(recorded, bytes) and len(
+        recorded) == 16 else None
+    counts = scan.counts
+    categories = {"experiment": counts.get(EXPERIMENT_CREATED, 0),
+                  "worker_spawn": counts.get(WORKER_SPAWNED, 0),
+                  "epoch_shuffle": counts.get(EPOCH_RESET, 0),
+                  "augmentation_batch": counts.get(AUGMENTATION_BATCH, 0),
+                  "user_draw": counts.get(USER_DRAW, 0)}
+    appendix = None
+    if scan.appendix is not None:
+        appendix = {"file": appendix_name, "media_type": "application/x-ndjson",
+                    "lines": scan.appendix.lines, "size": scan.appendix.size,
+                    "sha256": scan.appendix.sha256, "bodies": scan.appendix.bodies,
+                    "fields": ["hash", "input", "kind", "output", "path", "seed", "seq",
+                               "stream"] + (["body"] if scan.appendix.bodies else [])}
+    scheme = params.get("seed_scheme")
+    return {"title": "Randomness inventory",
+            "root_seed": None if root is None else str(root),
+            "root_seed_hex": None if root is None else recorded.hex(),
+            "root_seed_source": _text(params.get("root_seed_source")),
+            "scheme": _text(scheme) if scheme is not None else None,
+            "scheme_known": scheme == SEED_SCHEME,
+            "derivation": DERIVATION,
+            "categories": categories, "counts_by_kind": dict(sorted(counts.items())),
+            "events": scan.events, "unreadable_paths": scan.unreadable_paths,
+            "seed_tree": {"nodes": scan.tree.nodes(), "folded": scan.tree.folded,
+                          "max_nodes": scan.tree.max_nodes,
+                          "wildcard": "* stands for any integer label"},
+            "appendix": appendix}
