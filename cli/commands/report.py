@@ -1,0 +1,124 @@
+"""``ledger report``: export the compliance report of one experiment."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import click
+
+from cli.main import cli
+from cli.output import emit_json, json_option
+from ledger.errors import BadInputError
+from ledger.store import Store
+from report.export import FORMATS, export_report
+from report.governance import RETENTION_CLASSES
+from report.model import ReportOptions
+from report.signing import load_private_key
+
+
+def _date(_context: click.Context, _parameter: click.Parameter, value: str | None
+          ) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"got {value!r}, but must be a date YYYY-MM-DD") from None
+
+
+@cli.command("report", epilog="Exit codes: 0 the report was written — also for an incomplete, "
+                              "failed, tampered or diverged run, which the report states "
+                              "prominently; 2 unknown experiment, bad option, unreadable key or "
+                              "database, or a file that cannot be written.")
+@click.argument("exp")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="json", show_default=True,
+              help="Format written to -o FILE or stdout (a bundle has all three).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the report to FILE instead of stdout.")
+@click.option("--bundle", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Write JSON, HTML, Markdown, the per-event appendix, the two in-toto "
+                   "attestations, the signature and SHA256SUMS to DIR (new or empty).")
+@click.option("--appendix", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Also write the per-event NDJSON appendix to FILE (a bundle always has it).")
+@click.option("--full-appendix", is_flag=True,
+              help="Put each event's whole body (JSON view) in the appendix lines.")
+@click.option("--replay", "run_replay", is_flag=True,
+              help="Replay the run first and put its certificate in R8 (otherwise R8 quotes "
+                   "the last recorded replay).")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes for --replay.")
+@click.option("--trust", "trusted", multiple=True, metavar="MODULE",
+              help="Module --replay may import for custom ops, loaders or draws (repeatable).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Folder of the run's stored datasets, for --replay and the train/test "
+                   "independence check [default: $LEDGER_DATA_DIR or ledger-data/ beside "
+                   "an SQLite ledger].")
+@click.option("--sign-key", type=click.Path(dir_okay=False, path_type=Path), metavar="KEY",
+              help="Sign with this Ed25519 private key (from `ledger keygen`): writes "
+                   "REPORT.json.sig beside the JSON report.")
+@click.option("--responsible", metavar="NAME", help="Responsible person named in R13 sign-off.")
+@click.option("--role", metavar="ROLE", help="Role of the responsible person (R13).")
+@click.option("--generated-by", metavar="WHO",
+              help="Who generated the report (R0) [default: user@host].")
+@click.option("--retention-class", type=click.Choice(sorted(RETENTION_CLASSES)),
+              default="technical-documentation", show_default=True,
+              help="Retention class of R11 (10 years for technical documentation, 6 months "
+                   "for logs).")
+@click.option("--retain-years", type=click.IntRange(min=0, max=100), default=None,
+              help="Keep for this many years instead of the class default.")
+@click.option("--retain-from", callback=_date, metavar="YYYY-MM-DD",
+              help="Start of the retention period [default: the report's date].")
+@click.option("--record/--no-record", default=True, show_default=True,
+              help="Record this export (and a --replay) in the experiment's audit stream.")
+@json_option
+@click.pass_obj
+def report_command(obj: dict, exp: str, fmt: str, output: Path | None, bundle: Path | None,
+                   appendix: Path | None, full_appendix: bool, run_replay: bool, jobs: int,
+                   trusted: tuple[str, ...], data_dir: str | None, sign_key: Path | None,
+                   responsible: str | None, role: str | None, generated_by: str | None,
+                   retention_class: str, retain_years: int | None, retain_from: date | None,
+                   record: bool, as_json: bool) -> None:
+    """Export the compliance report of EXP (sections R0–R14 of REPORT.md).
+
+    Builds one report from the ledger — run identity, code, environment, data, configuration,
+    the randomness inventory with its seed tree, the replay certificate, full chain
+    verification, history, retention, non-claims, sign-off and the crosswalk to the
+    frameworks — and writes it as JSON (schemas/report.v1.json), self-contained HTML or
+    Markdown. Without -o or --bundle the report goes to stdout.
+    """
+    if bundle is not None and output is not None:
+        raise BadInputError("give -o FILE or --bundle DIR, not both")
+    if bundle is not None and appendix is not None:
+        raise BadInputError("a bundle always holds the appendix: drop --appendix")
+    if as_json and output is None and bundle is None and fmt != "json":
+        raise BadInputError(f"--json prints the JSON report or, with -o/--bundle, a summary "
+                            f"of the files: it cannot go with --format {fmt} on stdout")
+    key = load_private_key(sign_key) if sign_key is not None else None
+    options = ReportOptions(replay=run_replay, jobs=jobs, trusted=trusted, data_dir=data_dir,
+                            record=record, generated_by=generated_by, responsible=responsible,
+                            role=role, retention_class=retention_class,
+                            retain_months=None if retain_years is None else 12 * retain_years,
+                            retain_from=retain_from, full_appendix=full_appendix)
+    with Store.open(obj["db_url"]) as store:
+        result = export_report(store, exp, options, fmt=fmt, output=output, bundle=bundle,
+                               appendix=appendix, key=key)
+    summary = result.report["summary"]
+    if result.stdout is not None:
+        click.get_binary_stream("stdout").write(result.stdout)
+        for path in result.written:
+            click.echo(f"ledger: wrote {path.path}", err=True)
+        if summary["attention"]:
+            click.echo(f"ledger: note: {summary['headline']} (see the report's alerts)", err=True)
+        return
+    if as_json:
+        emit_json({"report_id": result.report["R0"]["report_id"], "exp": exp,
+                   "summary": summary, "report_sha256": result.report_sha256,
+                   "files": [{"path": str(w.path), "role": w.role, "sha256": w.sha256}
+                             for w in result.written]})
+        return
+    click.echo(f"REPORT {result.report['R0']['report_id']}: {summary['headline']}")
+    for alert in summary["alerts"]:
+        click.echo(f"  ! {alert}")
+    for written in result.written:
+        click.echo(f"  wrote {written.path}  ({written.role}, sha256 {written.sha256[:16]}…)")

@@ -1,0 +1,55 @@
+"""``ledger verify-report``: check a report's signature and every digest it embeds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cli.main import cli
+from cli.output import emit_json, json_option
+from ledger.errors import CheckFailedError
+from ledger.store import Store
+from report.check import check_report
+
+
+@cli.command("verify-report", epilog="Exit codes: 0 the signature and every digest check; 1 "
+                                     "something was altered (report, signature, a listed file) "
+                                     "or the wrong key, experiment or ledger; 2 not JSON, not "
+                                     "a report, or a missing or unreadable key or signature.")
+@click.argument("report", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--public-key", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              metavar="KEY", help="Ed25519 public key (PEM) the report should be signed with.")
+@click.option("--signature", type=click.Path(dir_okay=False, path_type=Path), metavar="SIG",
+              help="Detached signature file [default: REPORT.sig].")
+@click.option("--exp", "expected_exp", metavar="EXP",
+              help="Fail unless the report is of this experiment.")
+@click.option("--against-ledger", is_flag=True,
+              help="Also check that the ledger (--db) still holds the run head and stream "
+                   "heads the report certifies.")
+@json_option
+@click.pass_obj
+def verify_report_command(obj: dict, report: Path, public_key: Path, signature: Path | None,
+                          expected_exp: str | None, against_ledger: bool,
+                          as_json: bool) -> None:
+    """Verify a report: its Ed25519 signature over the canonical JSON bytes, the SHA-256 of
+    every file it lists that lies beside it, and SHA256SUMS when present."""
+    if against_ledger:
+        with Store.open(obj["db_url"]) as store:
+            outcome = check_report(report, public_key, signature=signature, exp=expected_exp,
+                                   store=store)
+    else:
+        outcome = check_report(report, public_key, signature=signature, exp=expected_exp)
+    if as_json:
+        emit_json(outcome.to_json())
+    else:
+        click.echo(f"{'OK' if outcome.ok else 'ALTERED'}: {report} (report {outcome.report_id} "
+                   f"of {outcome.exp}); signature {outcome.signature}")
+        for name, state in sorted(outcome.files.items()):
+            click.echo(f"  {name}: {state}")
+        for note in outcome.notes:
+            click.echo(f"  note: {note}")
+    if not outcome.ok:
+        for failure in outcome.failures:
+            click.echo(f"ledger: check failed: {failure}", err=True)
+        raise click.exceptions.Exit(CheckFailedError.exit_code)

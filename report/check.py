@@ -1,0 +1,192 @@
+"""Checking a report someone hands you: ``ledger verify-report REPORT --public-key KEY``.
+
+In order: the file must be JSON and one of our reports (else exit 2); the detached signature
+(``REPORT.sig`` unless named) must be the public key's Ed25519 signature of the report's canonical
+bytes; every file R0 lists that is present beside the report must have the SHA-256 R0 records;
+a ``SHA256SUMS`` beside it must match every file it lists; and, when asked, the report must be of
+the expected experiment, and the ledger (``--db``) must still hold the heads the report
+certifies — which catches a chain rewritten after the report, even with a new run_completed.
+Anything altered is a failure (exit 1); a file listed in R0 but absent is reported, not failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ledger.errors import BadInputError, UnknownExperimentError
+from ledger.events import AUDIT_STREAM, RUN_COMPLETED
+from ledger.store.store import Store
+from report.jsonview import canonical_json, parse_json
+from report.model import SCHEMA_ID, SECTION_IDS
+from report.signing import fingerprint, load_public_key, signature_bytes, verify_signature
+
+_CHUNK = 1 << 20
+
+
+@dataclass(slots=True)
+class ReportCheck:
+    """What verification of a report found: ``ok`` when nothing failed."""
+
+    report: Path
+    exp: str | None = None
+    report_id: str | None = None
+    signature: str = "not checked"
+    files: dict[str, str] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when the signature and every check that ran passed."""
+        return not self.failures
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready map."""
+        return {"ok": self.ok, "report": str(self.report), "exp": self.exp,
+                "report_id": self.report_id, "signature": self.signature, "files": self.files,
+                "failures": self.failures, "notes": self.notes}
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in blocks."""
+    hasher = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(_CHUNK):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    """Read and parse a report; BadInputError (exit 2) when it is not JSON or not our report."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise BadInputError(f"cannot read report {path}: {error.strerror}") from None
+    report = parse_json(data, f"report {path}")
+    if (not isinstance(report, dict) or report.get("schema") != SCHEMA_ID
+            or not all(isinstance(report.get(key), dict) for key in SECTION_IDS)
+            or not isinstance(report.get("summary"), dict)):
+        raise BadInputError(f"{path} is not a {SCHEMA_ID} report")
+    return report
+
+
+def check_report(path: Path, public_key: Path, *, signature: Path | None = None,
+                 exp: str | None = None, store: Store | None = None) -> ReportCheck:
+    """Check a report (see the module docstring); raises BadInputError for unusable inputs."""
+    report = load_report(path)
+    key = load_public_key(public_key)
+    check = ReportCheck(path, exp=_get(report, "R1", "exp"), report_id=_get(report, "R0",
+                                                                             "report_id"))
+    _check_signature(check, report, key, signature or path.with_name(f"{path.name}.sig"))
+    _check_files(check, report, path.parent)
+    _check_sums(check, path.parent)
+    if exp is not None and check.exp != exp:
+        check.failures.append(f"report is of experiment {check.exp}, not {exp}")
+    if store is not None:
+        _check_ledger(check, report, store)
+    return check
+
+
+def _get(report: dict[str, Any], section: str, key: str) -> Any:
+    value = report.get(section, {}).get(key)
+    return value if isinstance(value, str) else None
+
+
+def _check_signature(check: ReportCheck, report: dict[str, Any], key: Any,
+                     signature_path: Path) -> None:
+    try:
+        text = signature_path.read_bytes()
+    except FileNotFoundError:
+        raise BadInputError(f"no signature {signature_path} (give --signature FILE)") from None
+    except OSError as error:
+        raise BadInputError(f"cannot read signature {signature_path}: {error.strerror}") from None
+    raw = signature_bytes(text)
+    given = fingerprint(key)
+    named = report["R9"].get("signature", {}).get("public_key_sha256") if isinstance(
+        report["R9"].get("signature"), dict) else None
+    if raw is None:
+        check.signature = "malformed"
+        check.failures.append(f"{signature_path.name} is not a base64 Ed25519 signature")
+    elif verify_signature(key, raw, canonical_json(report)):
+        check.signature = "valid"
+    else:
+        check.signature = "invalid"
+        why = (f"the report names signing key {named}, you gave {given}" if named and
+               named != given else "the report or the signature was altered")
+        check.failures.append(f"signature does not verify with this key: {why}")
+    if check.signature == "valid" and named != given:
+        check.failures.append(f"the report names signing key {named}, but it verifies with "
+                              f"{given}")
+
+
+def _check_files(check: ReportCheck, report: dict[str, Any], folder: Path) -> None:
+    files = report["R0"].get("files")
+    for entry in files if isinstance(files, list) else []:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            check.failures.append(f"R0 lists a file with an unusable name {name!r}")
+            continue
+        candidate = folder / name
+        if not candidate.is_file():
+            check.files[name] = "absent"
+            check.notes.append(f"{name} is listed in R0 but not beside the report: not checked")
+        elif file_sha256(candidate) == entry.get("sha256"):
+            check.files[name] = "ok"
+        else:
+            check.files[name] = "altered"
+            check.failures.append(f"{name} does not have the SHA-256 the report records")
+
+
+def _check_sums(check: ReportCheck, folder: Path) -> None:
+    sums = folder / "SHA256SUMS"
+    if not sums.is_file():
+        return
+    for number, line in enumerate(sums.read_text(encoding="utf-8", errors="replace")
+                                  .splitlines(), 1):
+        digest, _, name = line.partition("  ")
+        name = name.strip()
+        if not name or Path(name).name != name or len(digest) != 64:
+            check.failures.append(f"SHA256SUMS line {number} is malformed")
+            continue
+        target = folder / name
+        if not target.is_file():
+            check.failures.append(f"{name} is listed in SHA256SUMS but missing")
+        elif file_sha256(target) != digest:
+            check.failures.append(f"{name} does not match SHA256SUMS")
+        else:
+            check.files.setdefault(name, "ok")
+
+
+def _check_ledger(check: ReportCheck, report: dict[str, Any], store: Store) -> None:
+    """The ledger must still hold the run head and stream heads the report certifies."""
+    exp = check.exp
+    if exp is None:
+        check.failures.append("the report names no experiment")
+        return
+    try:
+        store.experiment(exp)
+    except UnknownExperimentError:
+        check.failures.append(f"the ledger {store.url} holds no experiment {exp}")
+        return
+    run_head = store.first_event_hash(exp, RUN_COMPLETED)
+    recorded = report["R9"].get("run_head")
+    if recorded is not None and (run_head is None or run_head.hex() != recorded):
+        check.failures.append(f"the ledger's run head of {exp} is "
+                              f"{run_head.hex() if run_head else 'missing'}, the report "
+                              f"certifies {recorded}")
+    heads = store.stream_heads(exp)
+    for entry in report["R9"].get("streams") or []:
+        stream = entry.get("stream") if isinstance(entry, dict) else None
+        if stream is None or stream == AUDIT_STREAM:
+            continue  # the audit stream grows with every later replay and report
+        head = heads.get(stream)
+        if head is None or head.head.hex() != entry.get("head") or head.count != entry.get(
+                "count"):
+            check.failures.append(f"stream {stream} of {exp} in the ledger differs from the "
+                                  f"report ({entry.get('count')} events, head "
+                                  f"{entry.get('head')})")
+    if not check.failures:
+        check.notes.append("the ledger still holds the heads this report certifies")

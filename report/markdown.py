@@ -1,0 +1,127 @@
+"""The report as Markdown, for reviews and tickets: the summary, the crosswalk, then R0–R13.
+
+Values from the ledger are escaped so that they can neither break a table nor inject markup:
+HTML-special characters become entities and Markdown's own punctuation is backslash-escaped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from html import escape
+from typing import Any
+
+_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~>-])")
+
+
+def m(value: Any) -> str:
+    """A value as Markdown-safe inline text (None as a dash)."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (dict, list)):
+        value = json.dumps(value, sort_keys=True, ensure_ascii=False)
+    text = " ".join(str(value).split())
+    return _SPECIAL.sub(r"\\\1", escape(text, quote=False))
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(m(cell) for cell in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _pairs(section: dict[str, Any], keys: list[str]) -> list[str]:
+    return _table(["field", "value"], [[key, section.get(key)] for key in keys])
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The report as one Markdown document."""
+    s, r0 = report["summary"], report["R0"]
+    out = [f"# Compliance report — {m(s['exp'])}", "",
+           f"Report {m(r0['report_id'])} · generated {m(r0['generated_at'])} by "
+           f"{m(r0['generated_by'])} · schema {m(report['schema'])}", "",
+           f"**Replay verdict: {m(s['replay'])}** · **Ledger integrity: {m(s['integrity'])}** · "
+           f"**Run: {m(s['run_status'])}, {'complete' if s['complete'] else 'INCOMPLETE'}**", "",
+           f"Run head: {m(s['run_head'] or 'none — the run is incomplete')}", ""]
+    out += [f"> **{m(alert)}**" for alert in s["alerts"]] + ([""] if s["alerts"] else [])
+    r14 = report["R14"]
+    out += ["## R14 Crosswalk", "", m(r14["note"]), ""]
+    out += _table(["section", "framework", "provision", "evidence given"],
+                  [[f"{row['section']} {row['title']}", ref["framework"], ref["provision"],
+                    ref["evidence"]] for row in r14["rows"] for ref in row["references"]])
+    out += ["## R0 Envelope", ""] + _pairs(r0, ["report_id", "schema", "generated_at",
+                                                 "generated_by", "ledger"])
+    if r0["files"]:
+        out += _table(["file", "role", "sha256"],
+                      [[f["name"], f["role"], f["sha256"]] for f in r0["files"]])
+    r1 = report["R1"]
+    out += ["## R1 Run identity", ""] + _pairs(r1, ["exp", "name", "model", "purpose", "parent",
+                                                    "status", "complete", "run_head", "error"])
+    out += _table(["checkpoint", "epoch", "state digest"],
+                  [[c["name"], c["epoch"], c["digest"]] for c in r1["checkpoints"]["final"]])
+    out += _table(["metric", "values", "last", "last epoch"],
+                  [[x["name"], x["count"], x["last"], x["last_epoch"]] for x in r1["metrics"]])
+    out += ["## R2 Who and when", ""] + _pairs(report["R2"], ["started_by", "host", "pid",
+                                                              "started_at", "ended_at",
+                                                              "duration_s", "resources", "note"])
+    out += ["## R3 Code", ""] + _pairs(report["R3"], ["vcs", "commit", "dirty", "diff_digest",
+                                                      "untracked", "command_line",
+                                                      "configuration_digest"])
+    r4 = report["R4"]
+    out += ["## R4 Environment", ""] + _pairs(r4, ["python", "platform", "determinism_env"])
+    out += _table(["package", "version"], [[k, v] for k, v in r4["packages"].items()])
+    r5 = report["R5"]
+    out += ["## R5 Data", ""]
+    out += _table(["dataset", "role", "source", "content digest", "records"],
+                  [[d["name"], d["role"], d["source"]["path"], d["digest"], d["records"]]
+                   for d in r5["datasets"]])
+    out += [f"Train/test independence: **{m(r5['independence']['status'])}** — "
+            f"{m(r5['independence']['reason'])}", ""]
+    out += ["## R6 Configuration", ""] + _pairs(report["R6"], ["hyperparameters", "digest",
+                                                               "digest_rule"])
+    r7 = report["R7"]
+    out += ["## R7 Randomness inventory", ""] + _pairs(r7, ["root_seed", "root_seed_source",
+                                                            "scheme", "categories", "events"])
+    out += _table(["seed path", "kind", "draws", "seed"],
+                  [["/".join(map(str, n["path"])), n["kind"], n["count"], n["seed"]]
+                   for n in r7["seed_tree"]["nodes"][:60]])
+    if len(r7["seed_tree"]["nodes"]) > 60:
+        out += [f"… {len(r7['seed_tree']['nodes']) - 60} more paths in the JSON report.", ""]
+    appendix = r7["appendix"]
+    out += [f"Per-event appendix: {m(appendix['file'])} ({m(appendix['lines'])} lines, sha256 "
+            f"{m(appendix['sha256'])})" if appendix else "Per-event appendix: not written", ""]
+    r8 = report["R8"]
+    out += ["## R8 Replay certificate", "", f"**Verdict: {m(r8['verdict'])}**", ""]
+    out += _pairs(r8, ["source", "reason", "replayed_by", "finished_at", "certified_head",
+                       "head_is_current", "counts", "first_divergence",
+                       "environment_differences"])
+    r9 = report["R9"]
+    verification = r9["verification"]
+    out += ["## R9 Integrity", "",
+            f"**Full chain verification: {'VERIFIED' if verification['ok'] else 'FAILED'}** — "
+            f"{m(verification['events'])} events in {m(verification['chains'])} chains", ""]
+    out += [f"- {m(f['stream'])} seq {m(f['seq'])}: {m(f['problem'])}"
+            for f in verification["findings"]] + ([""] if verification["findings"] else [])
+    out += _table(["stream", "events", "head"],
+                  [[x["stream"], x["count"], x["head"]] for x in r9["streams"]])
+    out += _table(["append-only control", "in force", "detail"],
+                  [[c["control"], c["in_force"], c["detail"]] for c in r9["append_only_controls"]])
+    out += _pairs(r9, ["hash_algorithm", "run_head", "signature"])
+    out += ["## R10 History", ""]
+    out += _table(["seq", "kind", "at", "by", "outcome", "detail"],
+                  [[h["seq"], h["kind"], h["at"], h.get("by"), h.get("outcome"), h.get("detail")]
+                   for h in report["R10"]["events"]])
+    out += ["## R11 Retention", ""] + _pairs(report["R11"], ["class", "retain_months",
+                                                             "retain_from", "earliest_deletion",
+                                                             "basis"])
+    r12 = report["R12"]
+    out += ["## R12 Limitations and non-claims", ""] + [f"- {m(x)}" for x in r12["non_claims"]]
+    out += [""] + [f"- **{m(x)}**" for x in r12["this_run"]] + [""]
+    r13 = report["R13"]
+    out += ["## R13 Sign-off", ""]
+    out += _table(["responsible person", "role"], [[p["name"], p["role"]]
+                                                   for p in r13["responsible"]])
+    out += _pairs(r13, ["date", "signature_method", "public_key_sha256"])
+    return "\n".join(out).rstrip() + "\n"
