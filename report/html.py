@@ -27,7 +27,7 @@ h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;border-bottom:2px solid #ddd;
 margin-top:32px}h3{font-size:15px;margin:18px 0 6px}
 table{border-collapse:collapse;width:100%;margin:6px 0 12px}
 th,td{border:1px solid #ccc;padding:4px 6px;text-align:left;vertical-align:top}
-th{background:#f3f3f3;width:28%}td.num{text-align:right}
+th{background:#f3f3f3}table.kv>tbody>tr>th,table.kv>tr>th{width:28%}td.num{text-align:right}
 code,.mono{font-family:ui-monospace,"SFMono-Regular",Menlo,Consolas,monospace;font-size:12px;
 word-break:break-all}
 .banner{border:3px solid #2e7d32;background:#eef7ee;padding:12px 16px;margin:16px 0}
@@ -71,7 +71,7 @@ def _value(value: Any, depth: int = 0) -> str:
             return _code(value)
         rows = "".join(f"<tr><th>{e(key)}</th><td>{_value(item, depth + 1)}</td></tr>"
                        for key, item in value.items())
-        return f"<table>{rows}</table>"
+        return f'<table class="kv">{rows}</table>'
     if isinstance(value, list):
         if not value:
             return '<span class="muted">(none)</span>'
@@ -84,8 +84,8 @@ def _value(value: Any, depth: int = 0) -> str:
 
 
 def _rows(pairs: list[tuple[str, Any]]) -> str:
-    return "<table>" + "".join(f"<tr><th>{e(label)}</th><td>{_value(value)}</td></tr>"
-                               for label, value in pairs) + "</table>"
+    return '<table class="kv">' + "".join(f"<tr><th>{e(label)}</th><td>{_value(value)}</td></tr>"
+                                          for label, value in pairs) + "</table>"
 
 
 def _section(report: dict[str, Any], key: str, body: str) -> str:
@@ -183,8 +183,12 @@ def _branch(level: dict[Any, Any]) -> str:
         if key[0] == "summary":
             items.append(f'<li class="muted">{e(key[1])}</li>')
             continue
+        labels = [key[1]]
+        while len(value) == 1 and next(iter(value))[0] == "label":  # a chain of single labels
+            (child, value), = value.items()
+            labels.append(child[1])
         leaves = "".join(_leaf(node) for node in value.get(("leaves",), []))
-        items.append(f"<li><code>{e(key[1])}</code>{leaves}{_branch(value)}</li>")
+        items.append(f"<li><code>{e('/'.join(labels))}</code>{leaves}{_branch(value)}</li>")
     return "<ul>" + "".join(items) + "</ul>"
 
 
