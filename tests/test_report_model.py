@@ -1,0 +1,268 @@
+"""The report model (REPORT.md R0–R14) of honest, incomplete, failed, tampered, diverged and
+unreplayable runs: each is reported, saying what is wrong, and every report validates."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ledger.augment import DataAugmenter, register_op
+from ledger.datasets import dataset_digest, store_npz
+from ledger.digests import value_digest
+from ledger.errors import UnknownExperimentError
+from ledger.events import DATASET_REGISTERED
+from ledger.experiment import ExperimentManager
+from ledger.seeds import derive_bytes
+from ledger.store import Store
+from ledger_builders import drop_append_only_triggers, execute, record_experiment
+from replay.engine import record_replay, replay_run
+from replay_helpers import record_run, sample_data
+from report.metrics import MAX_POINTS, Series
+from report.model import ReportOptions, build_report
+from report.seedtree import SeedTree
+from report_helpers import report_of, schema_errors
+
+
+@register_op("test_report_unseeded", version=1)
+def unseeded(batch: np.ndarray, rng: np.random.Generator) -> None:
+    """A broken op: it ignores its generator, so replay must diverge."""
+    batch += np.random.default_rng().normal(0.0, 0.1, batch.shape).astype(batch.dtype)
+
+
+@pytest.fixture(scope="module")
+def honest(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, str]:
+    """One recorded run (2 epochs of 10 batches), shared: (url, data folder, experiment id)."""
+    folder = tmp_path_factory.mktemp("honest")
+    url = f"sqlite:///{folder / 'ledger.db'}"
+    return url, folder / "data", record_run(url, folder / "data")
+
+
+def test_an_honest_run_reports_every_section(honest: tuple[str, Path, str]) -> None:
+    url, data_dir, exp = honest
+    report = report_of(url, exp, data_dir=str(data_dir))
+    summary = report["summary"]
+    assert (summary["run_status"], summary["complete"], summary["integrity"],
+            summary["replay"]) == ("ok", True, "VERIFIED", "NOT_REPLAYED")
+    with Store.open(url) as store:
+        head = store.first_event_hash(exp, "run_completed")
+    assert report["R1"]["run_head"] == report["R9"]["run_head"] == head.hex()
+    assert [s["name"] for s in report["R1"]["metrics"]] == ["batch_sum"]
+    assert [point[0] for point in report["R1"]["metrics"][0]["points"]] == [0, 1]
+    assert report["R6"]["hyperparameters"] == {"lr": 0.1}
+    assert report["R6"]["digest"] == report["R3"]["configuration_digest"] == value_digest(
+        {"lr": 0.1}).hex()
+    features, labels = sample_data()
+    assert report["R5"]["datasets"][0]["digest"] == dataset_digest(features, labels).hex()
+    assert report["R5"]["datasets"][0]["records"] == 600
+    r7 = report["R7"]
+    assert (r7["root_seed"], r7["root_seed_source"], r7["scheme"]) == ("42", "user",
+                                                                       "ledger/seed/v1")
+    assert r7["categories"] == {"experiment": 1, "worker_spawn": 0, "epoch_shuffle": 2,
+                                "augmentation_batch": 20, "user_draw": 0}
+    nodes = {tuple(node["path"]): node for node in r7["seed_tree"]["nodes"]}
+    assert nodes[("epoch", 1, "shuffle")]["seed"] == derive_bytes(42, ("epoch", 1,
+                                                                       "shuffle")).hex()
+    batches = nodes[("epoch", 0, "batch", "*", "augment")]
+    assert (batches["count"], batches["range"], batches["seed"]) == (10, [0, 9], None)
+    assert report["R7"]["appendix"] is None
+    assert [row["section"] for row in report["R14"]["rows"]] == [f"R{n}" for n in range(14)]
+    assert report["R9"]["verification"] == {"ok": True, "events": 27, "chains": 1,
+                                            "findings": []}
+    assert all(control["in_force"] for control in report["R9"]["append_only_controls"])
+    assert "NOT REPLAYED" in " ".join(summary["alerts"])
+
+
+def test_no_text_claims_that_a_regulation_requires_reproducibility(
+        honest: tuple[str, Path, str]) -> None:
+    url, _data, exp = honest
+    text = json.dumps(report_of(url, exp)).lower()
+    assert "requires reproducibility" not in text and "require reproducibility" not in text
+    assert "does not by itself establish conformity" in text
+
+
+def test_an_unknown_experiment_is_refused(honest: tuple[str, Path, str]) -> None:
+    url, _data, _exp = honest
+    with Store.open(url) as store, pytest.raises(UnknownExperimentError):
+        build_report(store, "exp-000000000000", ReportOptions(record=False))
+
+
+def test_an_incomplete_run_says_so_everywhere(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store, complete=False)
+    report = report_of(url, recorded.exp)
+    assert report["summary"]["complete"] is False and report["summary"]["run_head"] is None
+    assert report["summary"]["run_status"] == "incomplete"
+    assert report["R9"]["run_head"] is None and report["R1"]["complete"] is False
+    assert report["summary"]["alerts"][0].startswith("INCOMPLETE RUN")
+    assert report["R9"]["verification"]["ok"]  # what is there is intact
+
+
+def test_a_failed_run_says_so(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with pytest.raises(RuntimeError):
+            with manager.create_experiment("doomed", seed=1) as exp:
+                raise RuntimeError("out of memory")
+    report = report_of(url, exp.id)
+    assert report["summary"]["run_status"] == report["R1"]["status"] == "failed"
+    assert "RuntimeError: out of memory" in report["R1"]["error"]
+    assert any(alert.startswith("RUN FAILED") for alert in report["summary"]["alerts"])
+
+
+def test_a_tampered_run_is_reported_with_the_finding(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store)
+        drop_append_only_triggers(store)
+        execute(store, "UPDATE ledger_events SET output = :value WHERE exp = :exp AND "
+                       "stream = 'main' AND seq = 3", value=bytes(32), exp=recorded.exp)
+    report = report_of(url, recorded.exp, replay=True)
+    assert report["summary"]["integrity"] == "FAILED"
+    finding = report["R9"]["verification"]["findings"][0]
+    assert (finding["stream"], finding["seq"]) == ("main", 3)
+    assert report["summary"]["alerts"][0].startswith("INTEGRITY CHECK FAILED")
+    controls = {c["control"].split(" refuse")[0]: c["in_force"]
+                for c in report["R9"]["append_only_controls"]}
+    assert controls["database triggers"] is False
+    assert report["R8"]["verdict"] == "FAILED" and "verification" in report["R8"]["reason"]
+
+
+def test_a_diverged_run_fails_its_replay_and_the_replay_is_recorded(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    augmenter = DataAugmenter(ops=[{"op": "test_report_unseeded"}])
+    exp = record_run(url, tmp_path / "data", augmenter=augmenter, epochs=1)
+    report = report_of(url, exp, replay=True, data_dir=str(tmp_path / "data"), record=True)
+    r8 = report["R8"]
+    assert (r8["verdict"], r8["source"]) == ("FAILED", "run by this report")
+    assert r8["first_divergence"]["kind"] == "augmentation_batch"
+    assert r8["counts"]["mismatched"] >= 1 and r8["counts"]["missing"] == 0
+    later = report_of(url, exp)
+    assert later["R8"]["verdict"] == "FAILED"
+    assert later["R8"]["source"] == "recorded in the audit stream"
+    assert [(e["kind"], e["outcome"]) for e in later["R10"]["events"]] == [
+        ("replay_recorded", "FAILED")]
+
+
+def test_a_recorded_replay_is_quoted_and_listed_in_the_history(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    exp = record_run(url, tmp_path / "data")
+    with Store.open(url) as store:
+        record_replay(store, replay_run(store, exp, data_dir=tmp_path / "data"))
+    report = report_of(url, exp)
+    r8 = report["R8"]
+    assert (r8["verdict"], r8["head_is_current"]) == ("PASSED", True)
+    assert r8["counts"]["compared"] == r8["counts"]["matched"] == 23
+    assert r8["certified_head"] == report["R9"]["run_head"]
+    assert report["R10"]["events"][0]["kind"] == "replay_recorded"
+    assert not [alert for alert in report["summary"]["alerts"] if "REPLAY" in alert.upper()]
+
+
+def test_a_replay_without_its_data_is_inconclusive(honest: tuple[str, Path, str],
+                                                   tmp_path: Path) -> None:
+    url, _data, exp = honest
+    report = report_of(url, exp, replay=True, data_dir=str(tmp_path / "elsewhere"))
+    assert report["R8"]["verdict"] == "INCONCLUSIVE"
+    assert "missing" in report["R8"]["reason"]
+    assert report["summary"]["alerts"][0].startswith("REPLAY INCONCLUSIVE")
+
+
+def _register(exp, name: str, role: str, features: np.ndarray, data_dir: Path) -> None:  # noqa: ANN001
+    labels = np.zeros(len(features), np.int8)
+    digest = dataset_digest(features, labels)
+    exp.record(DATASET_REGISTERED, params={
+        "name": name, "role": role, "length": len(features),
+        "loader": store_npz(data_dir, features, labels, digest),
+        "features": {"dtype": features.dtype.str, "shape": list(features.shape)},
+        "labels": {"dtype": labels.dtype.str, "shape": list(labels.shape)}}, output=digest)
+
+
+@pytest.mark.parametrize("shared", [0, 3])
+def test_train_and_test_data_are_checked_for_shared_records(tmp_path: Path, shared: int) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    rng = np.random.default_rng(5)
+    train = rng.normal(size=(40, 4)).astype(np.float32)
+    test = np.concatenate([rng.normal(size=(10, 4)).astype(np.float32), train[:shared]])
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("roles", seed=3) as exp:
+            _register(exp, "train-set", "train", train, tmp_path / "data")
+            _register(exp, "test-set", "test", test, tmp_path / "data")
+    report = report_of(url, exp.id, data_dir=str(tmp_path / "data"))
+    check = report["R5"]["independence"]
+    assert check["pairs"] == [{"train": "train-set", "test": "test-set", "overlap": shared,
+                               "test_records": 10 + shared}]
+    assert check["status"] == ("failed" if shared else "passed")
+    assert [d["role"] for d in report["R5"]["datasets"]] == ["train", "test"]
+    assert any("DATA OVERLAP" in alert for alert in report["summary"]["alerts"]) == bool(shared)
+
+
+def test_roles_without_their_data_are_not_checked(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    features = np.ones((5, 2), np.float32)
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("roles", seed=3) as exp:
+            _register(exp, "a", "train", features, tmp_path / "data")
+            _register(exp, "b", "validation", features + 1, tmp_path / "data")
+    report = report_of(url, exp.id, data_dir=str(tmp_path / "nowhere"))
+    assert report["R5"]["independence"]["status"] == "not_checked"
+    assert "data not available" in report["R5"]["independence"]["reason"]
+
+
+def test_the_appendix_lists_every_event_with_its_seed_path_and_digests(
+        honest: tuple[str, Path, str], tmp_path: Path) -> None:
+    url, _data, exp = honest
+    target = tmp_path / "events.ndjson"
+    with Store.open(url) as store, target.open("wb") as handle:
+        report = build_report(store, exp, ReportOptions(record=False), appendix=handle,
+                              appendix_name=target.name)
+        stored = {(stream, seq): body for stream, seq, _kind, body in store.iter_run_bodies(exp)}
+    lines = target.read_bytes().splitlines()
+    appendix = report["R7"]["appendix"]
+    assert appendix["lines"] == len(lines) == report["R9"]["verification"]["events"] == 27
+    assert appendix["sha256"] == hashlib.sha256(target.read_bytes()).hexdigest()
+    assert appendix["size"] == target.stat().st_size and appendix["file"] == "events.ndjson"
+    entries = [json.loads(line) for line in lines]
+    assert all(list(entry) == sorted(entry) for entry in entries)
+    batch = next(entry for entry in entries if entry["path"] == ["epoch", 1, "batch", 3,
+                                                                 "augment"])
+    assert batch["seed"] == derive_bytes(42, ("epoch", 1, "batch", 3, "augment")).hex()
+    assert batch["kind"] == "augmentation_batch" and len(batch["output"]) == 64
+    assert {(entry["stream"], entry["seq"]) for entry in entries} == set(stored)
+
+
+def test_a_full_appendix_carries_every_body_in_the_event_schema(
+        honest: tuple[str, Path, str], tmp_path: Path) -> None:
+    url, _data, exp = honest
+    target = tmp_path / "events.ndjson"
+    with Store.open(url) as store, target.open("wb") as handle:
+        build_report(store, exp, ReportOptions(record=False, full_appendix=True),
+                     appendix=handle, appendix_name=target.name)
+    for line in target.read_bytes().splitlines():
+        entry = json.loads(line)
+        assert schema_errors(entry["body"], "event.v1.json") == []
+        assert (entry["body"]["seq"], entry["body"]["kind"]) == (entry["seq"], entry["kind"])
+
+
+def test_the_seed_tree_stays_bounded_however_many_paths_a_run_draws() -> None:
+    tree = SeedTree(max_nodes=50)
+    for index in range(5000):
+        tree.add("user_draw", ("sample", f"name-{index}", index), bytes(16))
+        tree.add("epoch_reset", ("epoch", index, "shuffle"), bytes(16))
+    nodes = tree.nodes()
+    assert tree.folded and len(nodes) <= 50 + 100 + 2
+    assert sum(node["count"] for node in nodes) == 10_000
+
+
+def test_a_metric_series_is_thinned_but_keeps_its_count_and_last_value() -> None:
+    series = Series("loss")
+    for step in range(50_000):
+        series.add(None, 1.0 / (step + 1))
+    series.add(None, float("nan"))
+    data = series.to_json()
+    assert len(data["points"]) <= MAX_POINTS and data["count"] == 50_001
+    assert data["points"][0] == [0, 1] and data["thinned_every"] > 1
+    assert data["last"] == "NaN"
