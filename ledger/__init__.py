@@ -12,6 +12,11 @@ from ledger.events import Event, make_event, new_experiment_id
 from ledger.seeds import derive, derive_bytes, draw_root_seed, generator
 from ledger.store import SCHEMA_VERSION, ExperimentRow, Store, StreamHead, StreamWriter
 from ledger.verify import Finding, VerifyReport, verify
+from ledger.augment import DataAugmenter, register_op
+from ledger.datasets import Dataset, load_dataset
+from ledger.experiment import Experiment, ExperimentManager
+from ledger.iterator import TrainingDataIterator
+from ledger.workers import WorkerError
 
 __version__ = "0.1.0"
 
@@ -22,4 +27,6 @@ __all__ = [
     "UnknownExperimentError", "VerifyReport", "__version__", "array_digest", "canonical",
     "derive", "derive_bytes", "draw_root_seed", "event_hash", "generator", "hex_digest",
     "make_event", "new_experiment_id", "normalise", "value_digest", "verify",
+    "DataAugmenter", "Dataset", "Experiment", "ExperimentManager", "TrainingDataIterator",
+    "WorkerError", "load_dataset", "register_op",
 ]

@@ -13,10 +13,13 @@ or until its pipe closes (the main process ended). Every message is msgpack byte
 from __future__ import annotations
 
 import importlib
+import multiprocessing
 import os
+import select
 import signal
 import traceback
-from multiprocessing.connection import Connection
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import msgpack
@@ -53,10 +56,10 @@ def worker_main(connection: Connection, config_bytes: bytes) -> None:
         maker, slots_x, slots_y = _attach(config, attached)
         connection.send_bytes(pack({"ready": config["worker"], "pid": os.getpid(),
                                     "states": states, "seeded": seeded_libraries()}))
+        next_message = _receiver(connection)
         while True:
-            try:
-                message = unpack(connection.recv_bytes())
-            except (EOFError, OSError):
+            message = next_message()
+            if message is None:
                 return  # the main process is gone
             if message[0] == STOP:
                 return
@@ -76,6 +79,36 @@ def worker_main(connection: Connection, config_bytes: bytes) -> None:
         for shared in attached:
             shared.close()
         connection.close()
+
+
+def _receiver(connection: Connection) -> Callable[[], Any]:
+    """A function returning the next message, or None once the main process is gone.
+
+    Waiting on the parent's sentinel as well as the pipe matters with ``fork``: a forked worker
+    inherits the main process's end of its own pipe, so the pipe alone never reports EOF.
+    """
+    parent = multiprocessing.parent_process()
+    sentinel = None if parent is None else parent.sentinel
+    poller = None
+    if sentinel is not None and hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(connection.fileno(), select.POLLIN)
+        poller.register(sentinel, select.POLLIN)
+    fileno = connection.fileno()
+
+    def receive() -> Any:
+        try:
+            if poller is not None:
+                if not any(fd == fileno for fd, _mask in poller.poll()):
+                    return None
+            elif sentinel is not None:
+                if connection not in wait([connection, sentinel]):
+                    return None
+            return unpack(connection.recv_bytes())
+        except (EOFError, OSError):
+            return None
+
+    return receive
 
 
 def _attach(config: dict[str, Any], attached: list[SharedArray]

@@ -73,14 +73,14 @@ class _Resources:
     connections: list[Connection]
     shared: list[SharedArray]
 
-    def release(self) -> None:
+    def release(self, grace: float = _STOP_GRACE) -> None:
         for connection in self.connections:
             try:
                 connection.send_bytes(pack([STOP]))
             except (OSError, ValueError):
                 pass
         for process in self.processes:
-            process.join(_STOP_GRACE)
+            process.join(grace)
             if process.is_alive():
                 process.terminate()
                 process.join(_STOP_GRACE)
@@ -218,7 +218,9 @@ class WorkerPool:
 
     def _fail(self, text: str, worker_traceback: str | None = None) -> None:
         self.broken = True
-        self.close()
+        self._slots_x, self._slots_y = [], []
+        self._resources.release(grace=0.1)  # a broken pool is not waited for
+        self._finalizer.detach()
         error = WorkerError(text)
         error.worker_traceback = worker_traceback  # type: ignore[attr-defined]
         raise error

@@ -1,0 +1,198 @@
+"""DataAugmenter and the op registry: specs by declared name, seeded per batch, extensible."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ledger import BadInputError, DataAugmenter, generator, register_op
+from ledger.augment import augment_path
+from ledger.augment_ops import lookup_op, registered_ops
+
+import trainer_ops  # noqa: F401 - registers the test ops
+
+
+@pytest.fixture
+def batch() -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
+
+
+def test_the_spec_names_ops_by_declared_name_version_and_every_parameter() -> None:
+    augmenter = DataAugmenter(noise_std=0.1, mask_prob=0.25, scale_jitter=0.05)
+    assert augmenter.spec == [
+        {"op": "scale_jitter", "version": 1, "jitter": 0.05},
+        {"op": "gaussian_noise", "version": 1, "std": 0.1},
+        {"op": "feature_mask", "version": 1, "prob": 0.25, "fill": 0.0},
+    ]
+    assert all(isinstance(op["op"], str) and "." not in op["op"] for op in augmenter.spec)
+
+
+def test_integer_parameters_are_recorded_as_floats_so_equal_settings_have_equal_specs() -> None:
+    assert DataAugmenter(noise_std=1).spec == DataAugmenter(noise_std=1.0).spec
+    assert isinstance(DataAugmenter(noise_std=1).spec[0]["std"], float)
+
+
+def test_from_spec_rebuilds_the_same_augmenter(batch: np.ndarray) -> None:
+    augmenter = DataAugmenter(noise_std=0.2, mask_prob=0.1,
+                              ops=[{"op": "test_offset", "amount": 2.0}])
+    rebuilt = DataAugmenter.from_spec(augmenter.spec)
+    assert rebuilt.spec == augmenter.spec
+    assert np.array_equal(augmenter(batch, seed=5, epoch=1, batch_index=2),
+                          rebuilt(batch, seed=5, epoch=1, batch_index=2))
+
+
+def test_same_seed_same_output_other_seed_other_output(batch: np.ndarray) -> None:
+    augmenter = DataAugmenter(noise_std=0.1, mask_prob=0.1, seed=42)
+    first = augmenter(batch, epoch=0, batch_index=0)
+    assert np.array_equal(first, DataAugmenter(noise_std=0.1, mask_prob=0.1, seed=42)(
+        batch, epoch=0, batch_index=0))
+    assert not np.array_equal(first, DataAugmenter(noise_std=0.1, mask_prob=0.1, seed=43)(
+        batch, epoch=0, batch_index=0))
+    assert not np.array_equal(first, augmenter(batch, epoch=0, batch_index=1))
+    assert not np.array_equal(first, augmenter(batch, epoch=1, batch_index=0))
+
+
+def test_the_batch_generator_is_the_derived_one_of_its_path(batch: np.ndarray) -> None:
+    rng = generator(9, augment_path(3, 4))
+    expected = batch + rng.standard_normal(batch.shape, dtype=np.float32) * np.float32(0.5)
+    assert np.array_equal(DataAugmenter(noise_std=0.5, seed=9)(batch, epoch=3, batch_index=4),
+                          expected)
+
+
+def test_the_input_is_not_modified(batch: np.ndarray) -> None:
+    before = batch.copy()
+    DataAugmenter(noise_std=1.0, mask_prob=0.5, seed=1)(batch)
+    assert np.array_equal(batch, before)
+
+
+def test_feature_mask_masks_about_its_probability_with_its_fill_value() -> None:
+    ones = np.ones((200, 50), dtype=np.float64)
+    out = DataAugmenter(mask_prob=0.1, mask_fill=-7.0, seed=3)(ones)
+    assert set(np.unique(out)) == {-7.0, 1.0}
+    assert 0.08 < np.mean(out == -7.0) < 0.12
+
+
+def test_gaussian_noise_has_its_standard_deviation_and_keeps_the_dtype() -> None:
+    zeros = np.zeros((400, 50), dtype=np.float32)
+    out = DataAugmenter(noise_std=0.3, seed=3)(zeros)
+    assert out.dtype == np.float32
+    assert 0.28 < float(out.std()) < 0.32 and abs(float(out.mean())) < 0.01
+
+
+def test_scale_jitter_scales_each_sample_by_one_factor_within_bounds() -> None:
+    ones = np.ones((100, 6), dtype=np.float64)
+    out = DataAugmenter(scale_jitter=0.2, seed=3)(ones)
+    assert np.all(out == out[:, :1])
+    assert out.min() >= 0.8 and out.max() <= 1.2 and out[:, 0].std() > 0.05
+
+
+def test_augmenting_needs_a_seed_outside_an_experiment(batch: np.ndarray) -> None:
+    with pytest.raises(BadInputError, match="got no seed"):
+        DataAugmenter(noise_std=0.1)(batch)
+    assert np.array_equal(DataAugmenter(noise_std=0.1)(batch, seed=4),
+                          DataAugmenter(noise_std=0.1, seed=4)(batch))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"noise_std": -0.1}, r"std must be in \[0.0, inf\], got -0.1"),
+    ({"noise_std": float("nan")}, "std must be in"),
+    ({"mask_prob": 1.5}, r"prob must be in \[0.0, 1.0\], got 1.5"),
+    ({"mask_prob": "a lot"}, "prob must be a number"),
+    ({"scale_jitter": 1.0}, "jitter must be in"),
+    ({"ops": [{"op": "no_such_op"}]}, "unknown augmentation op 'no_such_op'"),
+    ({"ops": [{"op": "gaussian_noise", "version": 99, "std": 1.0}]}, "version 99 is not registered"),
+    ({"ops": [{"op": "gaussian_noise", "std": 1.0, "colour": "red"}]}, "unknown parameter"),
+    ({"ops": [{"op": "gaussian_noise"}]}, r"needs parameter\(s\) \['std'\]"),
+    ({"ops": [{"std": 1.0}]}, "an op spec is a map with an 'op' name"),
+    ({"ops": {"op": "gaussian_noise", "std": 1.0}}, "list of op specs"),
+    ({"seed": -1}, "root seed must be in"),
+])
+def test_bad_settings_are_refused_saying_what_was_given(kwargs: dict, message: str) -> None:
+    with pytest.raises(BadInputError, match=message):
+        DataAugmenter(**kwargs)
+
+
+def test_builtin_ops_refuse_integer_features() -> None:
+    with pytest.raises(BadInputError, match="needs float32 or float64 features, got int64"):
+        DataAugmenter(noise_std=0.1, seed=1)(np.zeros((4, 2), dtype=np.int64))
+
+
+def test_a_custom_op_is_registered_by_name_and_version_and_used_in_order(
+        batch: np.ndarray) -> None:
+    assert "test_offset@1" in registered_ops()
+    augmenter = DataAugmenter(mask_prob=1.0, ops=[{"op": "test_offset", "amount": 3.0}], seed=2)
+    out = augmenter(batch)
+    assert augmenter.spec[-1] == {"op": "test_offset", "version": 1, "amount": 3.0}
+    # masking to 0 first, then the offset: every value is 3 + the same uniform draw
+    assert np.unique(out).size == 1 and 3.0 <= out[0, 0] < 4.0
+    assert augmenter.custom_modules == ["trainer_ops"]
+
+
+def test_a_name_and_version_cannot_be_taken_by_another_function() -> None:
+    with pytest.raises(BadInputError, match="already registered"):
+        @register_op("gaussian_noise", version=1)
+        def impostor(batch: np.ndarray, rng: np.random.Generator, *, std: float) -> None:
+            pass
+
+
+def test_registering_the_same_function_again_is_allowed_and_new_versions_coexist() -> None:
+    def twice(batch: np.ndarray, rng: np.random.Generator, *, k: float = 2.0) -> None:
+        batch *= k
+
+    def thrice(batch: np.ndarray, rng: np.random.Generator, *, k: float = 3.0) -> None:
+        batch *= k
+
+    register_op("test_scale", version=1)(twice)
+    register_op("test_scale", version=1)(twice)
+    register_op("test_scale", version=2)(thrice)
+    assert lookup_op("test_scale").version == 2
+    ones = np.ones((2, 2), dtype=np.float32)
+    assert DataAugmenter(ops=[{"op": "test_scale", "version": 1}], seed=1)(ones)[0, 0] == 2.0
+    assert DataAugmenter(ops=[{"op": "test_scale"}], seed=1)(ones)[0, 0] == 3.0
+
+
+@pytest.mark.parametrize("name, version", [("", 1), ("has space", 1), ("ok", 0), ("ok", True)])
+def test_malformed_names_and_versions_are_refused(name: str, version: int) -> None:
+    with pytest.raises(BadInputError):
+        register_op(name, version)
+
+
+def test_an_op_must_take_batch_rng_and_named_parameters() -> None:
+    with pytest.raises(BadInputError, match=r"must take \(batch, rng, \*\*params\)"):
+        register_op("test_bad_signature", 1)(lambda batch: None)
+    with pytest.raises(BadInputError, match="must name its parameters"):
+        @register_op("test_kwargs", 1)
+        def loose(batch: np.ndarray, rng: np.random.Generator, **params: float) -> None:
+            pass
+
+
+def test_an_op_returning_another_shape_is_refused(batch: np.ndarray) -> None:
+    @register_op("test_reshape", 1)
+    def reshape(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return batch[:1]
+
+    with pytest.raises(BadInputError, match="returned shape"):
+        DataAugmenter(ops=[{"op": "test_reshape"}], seed=1)(batch)
+
+
+def test_an_op_may_return_a_new_array_of_the_same_shape(batch: np.ndarray) -> None:
+    @register_op("test_negate", 1)
+    def negate(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return -batch
+
+    assert np.array_equal(DataAugmenter(ops=[{"op": "test_negate"}], seed=1)(batch), -batch)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**128 - 1), epoch=st.integers(0, 10**6), index=st.integers(0, 10**6))
+def test_a_batch_depends_only_on_seed_epoch_and_index_not_on_call_history(
+        seed: int, epoch: int, index: int) -> None:
+    data = np.linspace(-1, 1, 48, dtype=np.float32).reshape(12, 4)
+    augmenter = DataAugmenter(noise_std=0.1, mask_prob=0.2, scale_jitter=0.1, seed=seed)
+    first = augmenter(data, epoch=epoch, batch_index=index)
+    augmenter(data, epoch=epoch + 1, batch_index=index)
+    again = DataAugmenter.from_spec(augmenter.spec, seed=seed)(data, epoch=epoch,
+                                                                batch_index=index)
+    assert first.tobytes() == again.tobytes()

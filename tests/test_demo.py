@@ -1,0 +1,94 @@
+"""The fraud-detection demo: deterministic data, identical runs, and the injected bug caught."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from conftest import run_cli
+from examples.fraud.dataset import FEATURES, TRANSACTIONS, load_fraud_data, make_transactions
+from examples.fraud.demo import run_demo
+from examples.fraud.model import roc_auc
+from ledger import Store, verify
+from ledger.datasets import dataset_digest
+
+
+def test_the_dataset_is_deterministic_with_about_thirty_features_and_rare_fraud() -> None:
+    features, labels = make_transactions()
+    again = make_transactions()
+    assert features.shape == (TRANSACTIONS, FEATURES) == (100_000, 30)
+    assert features.dtype == np.float32 and labels.dtype == np.int8
+    assert dataset_digest(features, labels) == dataset_digest(*again)
+    assert 0.01 <= labels.mean() <= 0.02
+
+
+def test_roc_auc_counts_ties_half_and_orders_correctly() -> None:
+    assert roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
+    assert roc_auc(np.array([0.5, 0.5]), np.array([0, 1])) == 0.5
+    assert roc_auc(np.array([1.0, 2.0, 3.0]), np.array([0, 1, 1])) == 1.0
+
+
+def test_two_runs_with_the_same_seed_are_identical_and_learn(tmp_path: Path) -> None:
+    result = run_demo(f"sqlite:///{tmp_path / 'ledger.db'}", transactions=20_000, epochs=2,
+                      workers=2)
+    first, second = result.runs
+    assert result.identical and first.exp != second.exp
+    assert first.aucs == second.aucs and len(first.aucs) == 2
+    assert first.aucs[1] > first.aucs[0] and first.aucs[1] > 0.75
+    assert (tmp_path / "ledger-data" / "datasets").is_dir()
+    with Store.open(f"sqlite:///{tmp_path / 'ledger.db'}") as store:
+        assert verify(store).ok
+        assert [row.status for row in store.experiments()] == ["ok", "ok"]
+
+
+def test_injected_nondeterminism_makes_the_runs_differ_at_the_first_batch(
+        tmp_path: Path) -> None:
+    result = run_demo(f"sqlite:///{tmp_path / 'ledger.db'}", transactions=6_000, epochs=1,
+                      workers=0, inject_nondeterminism=True)
+    assert not result.identical
+    divergence = result.diff.first_divergence
+    assert divergence.kind == "augmentation_batch"
+    assert list(divergence.identity[1:]) == ["epoch", 0, "batch", 0, "augment"]
+    assert divergence.a.seed == divergence.b.seed and divergence.a.input == divergence.b.input
+
+
+def test_ledger_demo_prints_both_runs_and_exits_0_when_identical(tmp_path: Path) -> None:
+    done = run_cli("demo", "--epochs", "1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert "run 1/2  epoch 1/1" in text and "run 2/2  epoch 1/1" in text
+    assert text.count("final val AUC") == 2 and "IDENTICAL" in text
+    assert (tmp_path / "ledger.db").is_file() and (tmp_path / "ledger-data").is_dir()
+    listed = json.loads(run_cli("list", "--json", cwd=tmp_path).stdout)["experiments"]
+    assert [e["name"] for e in listed] == ["fraud-detection-v3"] * 2
+    assert all(e["status"] == "ok" for e in listed)
+
+
+def test_ledger_demo_json_with_injected_nondeterminism_exits_1(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'other.db'}"
+    done = run_cli("--db", url, "demo", "--epochs", "1", "--workers", "1",
+                   "--inject-nondeterminism", "--json", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    document = json.loads(done.stdout)
+    assert document["identical"] is False
+    assert document["diff"]["first_divergence"]["kind"] == "augmentation_batch"
+    assert document["diff"]["first_divergence"]["cause"] == "same seed, different output"
+    assert [len(run["val_auc"]) for run in document["runs"]] == [1, 1]
+    assert "run 1/2  epoch 1/1" in done.stderr  # progress goes to stderr with --json
+
+
+def test_ledger_demo_without_a_data_folder_says_what_to_give(tmp_path: Path) -> None:
+    done = run_cli("--db", "sqlite://", "demo", "--epochs", "1", cwd=tmp_path,
+                   env={"LEDGER_DATA_DIR": ""})
+    assert done.returncode == 2
+    assert "give --data-dir or set LEDGER_DATA_DIR" in done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+def test_the_demo_data_splits_are_standardised_on_the_training_split() -> None:
+    data = load_fraud_data(5_000)
+    assert data.train_x.shape == (4_000, 30) and data.val_x.shape == (1_000, 30)
+    assert np.allclose(data.train_x.mean(axis=0), 0, atol=1e-4)
+    assert np.allclose(data.train_x.std(axis=0), 1, atol=1e-3)

@@ -1,0 +1,380 @@
+"""ExperimentManager and Experiment: what a run records, and how it ends (ok, failed, killed)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ledger
+from conftest import ROOT, run_cli
+from ledger import (BadInputError, DataAugmenter, ExperimentManager, Store, StoreError,
+                    TrainingDataIterator, array_digest, load_dataset, value_digest, verify)
+from ledger.batches import batch_input_digest
+from ledger.datasets import dataset_digest
+from ledger.events import (AUGMENTATION_BATCH, CHECKPOINT, DATASET_REGISTERED, EPOCH_RESET,
+                           EXPERIMENT_CREATED, METRIC, RUN_COMPLETED, USER_DRAW)
+from ledger.experiment_info import describe_experiment
+from ledger.sampling import epoch_order
+from ledger.seeds import SEED_SCHEME, derive_bytes, root_seed_to_bytes
+from ledger.user_draws import register_draw
+from trainer_helpers import bodies, noisy_data
+
+
+@pytest.fixture
+def manager(tmp_path: Path) -> ExperimentManager:
+    with ExperimentManager(f"sqlite:///{tmp_path / 'ledger.db'}") as opened:
+        yield opened
+
+
+def of_kind(all_bodies: list[dict], kind: str) -> list[dict]:
+    return [body for body in all_bodies if body["kind"] == kind]
+
+
+def test_create_experiment_records_seed_config_code_and_environment(
+        manager: ExperimentManager) -> None:
+    with manager.create_experiment("fraud-detection-v3", seed=42, hyperparams={"lr": 0.05},
+                                   purpose="test", parent="exp-000000000001") as exp:
+        pass
+    created = bodies(manager.store, exp.id)[0]
+    assert (created["kind"], created["stream"], created["seq"]) == (EXPERIMENT_CREATED, "main", 0)
+    params = created["params"]
+    assert params["name"] == params["model"] == "fraud-detection-v3"
+    assert params["root_seed"] == root_seed_to_bytes(42) and params["root_seed_source"] == "user"
+    assert params["seed_scheme"] == SEED_SCHEME
+    assert params["hyperparams"] == {"lr": 0.05}
+    assert params["purpose"] == "test" and params["parent"] == "exp-000000000001"
+    assert params["entrypoint"]["argv"] == sys.argv
+    assert params["code"]["vcs"] == "git" and re.fullmatch(r"[0-9a-f]{40}",
+                                                           params["code"]["commit"])
+    assert isinstance(params["code"]["dirty"], bool)
+    environment = params["environment"]
+    assert environment["packages"]["numpy"] == np.__version__
+    assert environment["python"]["version"] == ".".join(map(str, sys.version_info[:3]))
+    assert environment["platform"]["machine"]
+    assert environment["blas"]["blas"]["name"]
+    assert set(environment["env"]) == {"PYTHONHASHSEED", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                       "OPENBLAS_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG"}
+    assert created["meta"]["pid"] == os.getpid()
+
+
+def test_without_a_seed_one_is_drawn_from_the_os_and_recorded(manager: ExperimentManager) -> None:
+    with manager.create_experiment("no-seed") as exp:
+        pass
+    params = bodies(manager.store, exp.id)[0]["params"]
+    assert params["root_seed_source"] == "os"
+    assert params["root_seed"] == root_seed_to_bytes(exp.root_seed)
+    assert describe_experiment(manager.store, exp.id).root_seed == exp.root_seed
+
+
+def test_leaving_the_with_block_completes_the_run(manager: ExperimentManager) -> None:
+    with manager.create_experiment("done", seed=1) as exp:
+        exp.log_metric("loss", 0.5, epoch=0)
+    events = bodies(manager.store, exp.id)
+    last = events[-1]
+    assert last["kind"] == RUN_COMPLETED and last["params"]["status"] == "ok"
+    assert last["params"]["streams"] == {"main": {"count": last["seq"], "head": last["prev"]}}
+    assert exp.status == "ok" and exp.head is not None
+    info = describe_experiment(manager.store, exp.id)
+    assert info.complete and info.status == "ok" and info.head == exp.head
+    assert verify(manager.store, exp.id).ok
+
+
+def test_an_exception_completes_the_run_as_failed_and_propagates(
+        manager: ExperimentManager) -> None:
+    with pytest.raises(ZeroDivisionError):
+        with manager.create_experiment("boom", seed=1) as exp:
+            exp.log_metric("loss", 0.5)
+            1 / 0  # noqa: B018
+    last = bodies(manager.store, exp.id)[-1]
+    assert last["params"]["status"] == "failed"
+    assert last["params"]["error"] == "ZeroDivisionError: division by zero"
+    assert manager.store.experiment(exp.id).status == "failed"
+    assert verify(manager.store, exp.id).ok
+
+
+def test_a_closed_experiment_records_nothing_more(manager: ExperimentManager) -> None:
+    with manager.create_experiment("closed", seed=1) as exp:
+        pass
+    with pytest.raises(StoreError, match="is closed"):
+        exp.log_metric("late", 1.0)
+    with pytest.raises(StoreError, match="already closed"):
+        exp.close()
+
+
+def test_a_killed_process_leaves_an_incomplete_run_that_verifies(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        import numpy as np
+        from ledger import DataAugmenter, ExperimentManager, TrainingDataIterator
+        manager = ExperimentManager({url!r})
+        exp = manager.create_experiment("killed", seed=3)
+        data = exp.register_dataset("d", np.ones((64, 3), np.float32), np.zeros(64, np.int8))
+        batches = TrainingDataIterator(data, 8, augmenter=DataAugmenter(noise_std=0.1),
+                                       experiment=exp, num_workers=1)
+        for x, y in batches:
+            pass
+        exp.log_metric("loss", 1.0, epoch=0)
+        exp.flush()
+        print(exp.id, flush=True)
+        for x, y in batches:
+            exp.log_metric("never-flushed", 1.0)
+            os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == -9, done.stderr
+    exp = done.stdout.strip()
+    with Store.open(url) as store:
+        info = describe_experiment(store, exp)
+        assert not info.complete and info.status == "incomplete"
+        assert info.counts[AUGMENTATION_BATCH] == 8 and info.counts[METRIC] == 1
+        assert verify(store, exp).ok
+    checked = run_cli("--db", url, "verify", exp)
+    assert checked.returncode == 0, checked.stderr
+    shown = run_cli("--db", url, "show", exp)
+    assert shown.returncode == 0 and "INCOMPLETE" in shown.stdout
+
+
+# -- datasets -------------------------------------------------------------------------------------
+
+def test_in_memory_arrays_are_stored_content_addressed_beside_the_ledger(
+        manager: ExperimentManager, tmp_path: Path) -> None:
+    features, labels = noisy_data()
+    with manager.create_experiment("data", seed=1) as exp:
+        data = exp.register_dataset("dataset-small", features, labels)
+        again = exp.register_dataset("dataset-small", features.copy(), labels.copy())
+    assert again is data and len(data) == 300
+    digest = dataset_digest(features, labels)
+    assert data.digest == digest
+    assert data.loader == {"kind": "npz", "base": "data_dir",
+                           "path": f"datasets/{digest.hex()}.npz", "digest": digest.hex(),
+                           "features": "features", "labels": "labels"}
+    assert manager.data_dir == tmp_path / "ledger-data"
+    assert (tmp_path / "ledger-data" / data.loader["path"]).is_file()
+    [event] = of_kind(bodies(manager.store, exp.id), DATASET_REGISTERED)
+    assert event["output"] == digest
+    assert event["params"]["name"] == "dataset-small" and event["params"]["length"] == 300
+    assert event["params"]["loader"] == data.loader
+    loaded_x, loaded_y = load_dataset(event["params"]["loader"], manager.data_dir)
+    assert np.array_equal(loaded_x, features) and np.array_equal(loaded_y, labels)
+
+
+def test_registering_other_content_under_a_taken_name_is_refused(
+        manager: ExperimentManager) -> None:
+    features, labels = noisy_data()
+    with manager.create_experiment("data", seed=1) as exp:
+        exp.register_dataset("d", features, labels)
+        with pytest.raises(BadInputError, match="got other content for dataset 'd'"):
+            exp.register_dataset("d", features + 1, labels)
+
+
+def test_a_user_file_is_referenced_where_it_is(manager: ExperimentManager,
+                                               tmp_path: Path) -> None:
+    features, labels = noisy_data()
+    path = tmp_path / "mine.npz"
+    np.savez(path, x=features, y=labels)
+    with manager.create_experiment("data", seed=1) as exp:
+        data = exp.register_dataset("mine", path=path, features_key="x", labels_key="y")
+        with pytest.raises(BadInputError, match="got both arrays and path="):
+            exp.register_dataset("both", features, path=path)
+    assert data.loader["base"] == "absolute" and data.loader["path"] == str(path.resolve())
+    assert np.array_equal(data.features, features)
+    assert np.array_equal(load_dataset(data.loader, None)[1], labels)
+
+
+def test_a_ledger_without_a_data_folder_refuses_in_memory_arrays(tmp_path: Path,
+                                                                 monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.delenv("LEDGER_DATA_DIR", raising=False)
+    with ExperimentManager("sqlite://") as manager:
+        assert manager.data_dir is None
+        with manager.create_experiment("data", seed=1) as exp:
+            with pytest.raises(BadInputError, match="has no data folder"):
+                exp.register_dataset("d", *noisy_data())
+    monkeypatch.setenv("LEDGER_DATA_DIR", str(tmp_path / "elsewhere"))
+    with ExperimentManager("sqlite://") as manager:
+        with manager.create_experiment("data", seed=1) as exp:
+            data = exp.register_dataset("d", *noisy_data())
+    assert (tmp_path / "elsewhere" / data.loader["path"]).is_file()
+
+
+def test_load_dataset_refuses_a_changed_or_missing_file(manager: ExperimentManager) -> None:
+    with manager.create_experiment("data", seed=1) as exp:
+        data = exp.register_dataset("d", *noisy_data())
+    path = manager.data_dir / data.loader["path"]
+    features, labels = noisy_data()
+    np.savez(path, features=features * 2, labels=labels)
+    with pytest.raises(ledger.CannotReplayError, match="but the ledger recorded"):
+        load_dataset(data.loader, manager.data_dir)
+    path.unlink()
+    with pytest.raises(ledger.CannotReplayError, match="is missing"):
+        load_dataset(data.loader, manager.data_dir)
+
+
+# -- metrics, checkpoints, user draws -------------------------------------------------------------
+
+def test_metrics_and_checkpoints_record_their_digests(manager: ExperimentManager) -> None:
+    weights = {"w1": np.ones((3, 2), np.float32), "b1": np.zeros(2, np.float32)}
+    with manager.create_experiment("m", seed=1) as exp:
+        exp.log_metric("val_auc", np.float64(0.91), epoch=2)
+        exp.log_checkpoint("final", weights, epoch=4)
+        exp.log_checkpoint("single", weights["w1"])
+        with pytest.raises(BadInputError, match="at least one array"):
+            exp.log_checkpoint("empty", {})
+    all_bodies = bodies(manager.store, exp.id)
+    [metric] = of_kind(all_bodies, METRIC)
+    assert metric["params"] == {"epoch": 2, "name": "val_auc", "value": 0.91}
+    assert metric["output"] == value_digest(0.91)
+    final, single = of_kind(all_bodies, CHECKPOINT)
+    assert final["params"]["epoch"] == 4 and final["params"]["arrays"]["w1"] == {
+        "dtype": "<f4", "shape": [3, 2]}
+    assert final["output"] == value_digest(["ledger/state/v1", {
+        "w1": array_digest(weights["w1"]), "b1": array_digest(weights["b1"])}])
+    assert single["output"] == array_digest(weights["w1"])
+
+
+@register_draw("test_dropout_mask", version=1)
+def dropout_mask(rng: np.random.Generator, *, shape: list, rate: float) -> np.ndarray:
+    return rng.random(shape) >= rate
+
+
+def test_user_draws_derive_from_their_path_and_are_recorded_once(
+        manager: ExperimentManager) -> None:
+    with manager.create_experiment("u", seed=5) as exp:
+        first = exp.generator("model", "init").random(3)
+        again = exp.generator("model", "init").random(3)
+        mask = exp.draw("test_dropout_mask", ("dropout", "layer3", 0), shape=[4, 5], rate=0.5)
+        with pytest.raises(BadInputError, match="must be non-empty and not start with"):
+            exp.generator("epoch", 0, "shuffle")
+    assert np.array_equal(first, again)
+    assert np.array_equal(first, ledger.generator(5, ("model", "init")).random(3))
+    draws = of_kind(bodies(manager.store, exp.id), USER_DRAW)
+    assert [d["path"] for d in draws] == [["model", "init"], ["dropout", "layer3", 0]]
+    assert draws[0]["seed"] == derive_bytes(5, ("model", "init"))
+    assert draws[1]["params"] == {"draw": "test_dropout_mask", "version": 1,
+                                  "params": {"shape": [4, 5], "rate": 0.5}}
+    assert draws[1]["output"] == array_digest(mask)
+
+
+def test_a_draw_identity_is_recorded_once_and_never_with_two_outputs(
+        manager: ExperimentManager) -> None:
+    path = ("custom", 1)
+    with manager.create_experiment("d", seed=5) as exp:
+        assert exp.record_draw("custom_kind", path, seed=None, params={}, output=bytes(32))
+        assert exp.record_draw("custom_kind", path, seed=None, params={}, output=bytes(32)) is None
+        with pytest.raises(BadInputError, match="recorded once per run"):
+            exp.record_draw("custom_kind", path, seed=None, params={}, output=b"\x01" * 32)
+
+
+# -- the iterator inside an experiment ------------------------------------------------------------
+
+def test_an_iterator_records_epoch_resets_and_augmentation_batches(
+        manager: ExperimentManager) -> None:
+    features, labels = noisy_data(rows=50)
+    augmenter = DataAugmenter(noise_std=0.1, mask_prob=0.1)
+    with manager.create_experiment("it", seed=9) as exp:
+        data = exp.register_dataset("small", features, labels)
+        batches = TrainingDataIterator(data, 16, augmenter=augmenter, experiment=exp)
+        handed_out = [[x.copy() for x, _y in batches] for _epoch in range(2)]
+    all_bodies = bodies(manager.store, exp.id)
+    resets = of_kind(all_bodies, EPOCH_RESET)
+    assert [r["path"] for r in resets] == [["epoch", 0, "shuffle"], ["epoch", 1, "shuffle"]]
+    for epoch, reset in enumerate(resets):
+        assert reset["seed"] == derive_bytes(9, ("epoch", epoch, "shuffle"))
+        assert reset["output"] == array_digest(epoch_order(9, epoch, 50, True))
+        assert {k: reset["params"][k] for k in ("epoch", "length", "shuffle")} == {
+            "epoch": epoch, "length": 50, "shuffle": True}
+    augmented = of_kind(all_bodies, AUGMENTATION_BATCH)
+    assert [a["path"] for a in augmented] == [["epoch", e, "batch", b, "augment"]
+                                              for e in range(2) for b in range(4)]
+    for event in augmented:
+        epoch, batch = event["params"]["epoch"], event["params"]["batch"]
+        indices = epoch_order(9, epoch, 50, True)[batch * 16:(batch + 1) * 16]
+        params = event["params"]
+        assert params["augmenter"] == augmenter.spec
+        assert (params["batch_size"], params["drop_last"], params["shuffle"]) == (16, False, True)
+        assert params["dataset"] == "small" and params["dataset_digest"] == data.digest
+        assert params["indices_digest"] == array_digest(indices)
+        assert event["seed"] == derive_bytes(9, ("epoch", epoch, "batch", batch, "augment"))
+        assert event["input"] == batch_input_digest(data.digest, array_digest(indices))
+        assert event["input"] == value_digest([data.digest, array_digest(indices)])
+        assert event["output"] == array_digest(handed_out[epoch][batch])
+    kinds = [b["kind"] for b in all_bodies]
+    assert kinds.index(EPOCH_RESET) < kinds.index(AUGMENTATION_BATCH)
+
+
+def test_events_follow_the_order_of_the_calls(manager: ExperimentManager) -> None:
+    with manager.create_experiment("order", seed=9) as exp:
+        data = exp.register_dataset("small", *noisy_data(rows=40))
+        batches = TrainingDataIterator(data, 10, augmenter=DataAugmenter(noise_std=0.1),
+                                       experiment=exp)
+        for epoch in range(2):
+            for index, _batch in enumerate(batches):
+                exp.log_metric("step", index, epoch=epoch)
+    kinds = [(b["kind"], b["params"].get("batch", b["params"].get("value")))
+             for b in bodies(manager.store, exp.id)[2:-1]]
+    expected = []
+    for _epoch in range(2):
+        expected.append((EPOCH_RESET, None))
+        for index in range(4):
+            expected += [(AUGMENTATION_BATCH, index), (METRIC, index)]
+    assert kinds == expected
+
+
+def test_an_iterator_in_an_experiment_needs_the_dataset_registered_there(
+        manager: ExperimentManager) -> None:
+    with manager.create_experiment("x", seed=1) as exp:
+        with pytest.raises(BadInputError, match="is not registered in"):
+            TrainingDataIterator(noisy_data(), 8, experiment=exp)
+        data = exp.register_dataset("d", *noisy_data())
+        with pytest.raises(BadInputError, match="got seed 2, but within experiment"):
+            TrainingDataIterator(data, 8, experiment=exp, seed=2)
+        with pytest.raises(BadInputError, match="got augmenter seed 7, but within experiment"):
+            TrainingDataIterator(data, 8, experiment=exp,
+                                 augmenter=DataAugmenter(noise_std=0.1, seed=7))
+        TrainingDataIterator(data, 8, experiment=exp, seed=1,
+                             augmenter=DataAugmenter(noise_std=0.1, seed=1)).close()
+
+
+def test_a_second_iterator_over_other_data_is_refused_unless_it_records_nothing(
+        manager: ExperimentManager) -> None:
+    with manager.create_experiment("x", seed=1) as exp:
+        train = exp.register_dataset("train", *noisy_data(rows=60))
+        val = exp.register_dataset("val", *noisy_data(rows=30, seed=4))
+        list(TrainingDataIterator(train, 10, experiment=exp))
+        with pytest.raises(BadInputError, match="recorded once per run"):
+            list(TrainingDataIterator(val, 10, experiment=exp, shuffle=False))
+        assert len(list(TrainingDataIterator(val, 10, experiment=exp, shuffle=False,
+                                             record=False))) == 3
+
+
+def test_a_recorded_run_verifies_on_every_backend(store_url: str, tmp_path: Path) -> None:
+    with ExperimentManager(store_url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("backend", seed=3) as exp:
+            data = exp.register_dataset("d", *noisy_data(rows=40))
+            for _x, _y in TrainingDataIterator(data, 16, experiment=exp,
+                                               augmenter=DataAugmenter(noise_std=0.1)):
+                pass
+        report = verify(manager.store, exp.id)
+        assert report.ok and report.events == 7
+        assert manager.store.experiment(exp.id).status == "ok"
+
+
+def test_the_readme_trainer_api_example_runs(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Trainer API"):]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LEDGER_DATA_DIR", raising=False)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    with Store.open(f"sqlite:///{tmp_path / 'ledger.db'}") as store:
+        [row] = store.experiments()
+        assert row.status == "ok" and verify(store).ok

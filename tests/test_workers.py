@@ -1,0 +1,233 @@
+"""Worker processes: bit-identical batches for any count and start method, seeded per worker,
+in order, over shared memory — and a dead or failing worker is named, never waited for."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+from multiprocessing import shared_memory
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ledger import (DataAugmenter, ExperimentManager, TrainingDataIterator, WorkerError,
+                    derive_bytes)
+from ledger.events import WORKER_SPAWNED
+from ledger.worker_seeding import expected_state_digest, seed_worker_process, seeded_libraries
+from trainer_helpers import bodies, draws, indexed_data, noisy_data, run_epochs, same_batches
+
+import trainer_ops  # noqa: F401 - registers the test ops (workers import it by name)
+
+AUGMENTER = {"noise_std": 0.3, "mask_prob": 0.2, "scale_jitter": 0.1,
+             "ops": [{"op": "test_offset", "amount": 0.5}]}
+
+
+def batches_with(workers: int, method: str | None = None, epochs: int = 2,
+                 **settings: object) -> list:
+    with TrainingDataIterator(noisy_data(rows=230), 16, seed=77, num_workers=workers,
+                              start_method=method, augmenter=DataAugmenter(**AUGMENTER),
+                              **settings) as batches:
+        return run_epochs(batches, epochs)
+
+
+@pytest.fixture(scope="module")
+def reference() -> list:
+    """Two epochs made in the main process."""
+    return batches_with(0)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_batches_are_bit_identical_for_any_number_of_workers(reference: list,
+                                                              workers: int) -> None:
+    assert same_batches(batches_with(workers), reference)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_batches_are_bit_identical_for_every_start_method(reference: list, method: str) -> None:
+    assert same_batches(batches_with(2, method), reference)
+
+
+@pytest.mark.parametrize("prefetch", [1, 3])
+def test_prefetch_depth_changes_nothing(reference: list, prefetch: int) -> None:
+    assert same_batches(batches_with(3, prefetch=prefetch), reference)
+
+
+def test_drop_last_and_unshuffled_epochs_match_in_workers() -> None:
+    main = batches_with(0, drop_last=True, shuffle=False)
+    assert same_batches(batches_with(2, drop_last=True, shuffle=False), main)
+    assert len(main) == 2 * (230 // 16)
+
+
+def test_each_worker_seeds_its_global_rngs_from_its_own_derived_seed() -> None:
+    root = 1234
+    features = np.zeros((8, 3), dtype=np.float64)
+    augmenter = DataAugmenter(ops=[{"op": "test_global_rng_probe"}])
+    with TrainingDataIterator(features, 1, seed=root, shuffle=False, num_workers=2,
+                              augmenter=augmenter) as batches:
+        probes = np.concatenate(list(batches))
+        pids = batches.worker_pids
+    assert len(set(pids)) == 2 and os.getpid() not in pids
+    for worker in (0, 1):
+        # in one pass, worker k makes batches k, k + 2, ...: its n-th op call is batch k + 2n
+        calls = probes[worker::2]
+        assert set(calls[:, 2]) == {pids[worker]}
+        seed = derive_bytes(root, ("worker", worker))
+        python_rng = random.Random(int.from_bytes(seed, "big"))
+        numpy_rng = np.random.RandomState(np.frombuffer(seed, dtype=">u4").astype(np.uint32))
+        assert calls[:, 0].tolist() == [python_rng.random() for _ in range(len(calls))]
+        assert calls[:, 1].tolist() == [numpy_rng.random_sample() for _ in range(len(calls))]
+    assert probes[0, 0] != probes[1, 0]
+
+
+def test_the_state_digest_of_a_seeded_process_is_the_expected_one() -> None:
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        assert seed_worker_process(99, 3) == expected_state_digest(99, 3)
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+    assert expected_state_digest(99, 3) != expected_state_digest(99, 4)
+    assert expected_state_digest(99, 3) != expected_state_digest(100, 3)
+
+
+def test_worker_spawned_is_recorded_by_the_main_process_in_worker_order(tmp_path: Path) -> None:
+    with ExperimentManager(f"sqlite:///{tmp_path / 'l.db'}") as manager:
+        with manager.create_experiment("w", seed=5) as exp:
+            data = exp.register_dataset("d", *noisy_data(rows=64))
+            with TrainingDataIterator(data, 8, experiment=exp, num_workers=3,
+                                      start_method="fork",
+                                      augmenter=DataAugmenter(noise_std=0.1)) as batches:
+                list(batches)
+                pids = batches.worker_pids
+        spawned = [b for b in bodies(manager.store, exp.id) if b["kind"] == WORKER_SPAWNED]
+    assert [s["path"] for s in spawned] == [["worker", k] for k in range(3)]
+    assert [s["stream"] for s in spawned] == ["main"] * 3
+    assert [s["meta"]["pid"] for s in spawned] == pids
+    for k, event in enumerate(spawned):
+        assert event["seed"] == derive_bytes(5, ("worker", k))
+        assert event["output"] == expected_state_digest(5, k)
+        assert event["params"] == {"worker": k, "num_workers": 3, "start_method": "fork",
+                                   "seeded": seeded_libraries()}
+    assert len({event["output"] for event in spawned}) == 3
+
+
+def test_recorded_draws_do_not_depend_on_the_number_of_workers(tmp_path: Path) -> None:
+    recorded = {}
+    with ExperimentManager(f"sqlite:///{tmp_path / 'l.db'}") as manager:
+        for workers in (0, 2):
+            with manager.create_experiment("w", seed=5) as exp:
+                data = exp.register_dataset("d", *noisy_data(rows=100))
+                with TrainingDataIterator(data, 8, experiment=exp, num_workers=workers,
+                                          augmenter=DataAugmenter(**AUGMENTER)) as batches:
+                    run_epochs(batches, 2)
+            recorded[workers] = [d for d in draws(manager.store, exp.id)
+                                 if d[0] != WORKER_SPAWNED]
+    assert len(recorded[0]) == 2 + 2 * 13
+    assert recorded[0] == recorded[2]
+
+
+def test_resuming_with_another_number_of_workers_gives_the_same_batches() -> None:
+    data = noisy_data(rows=100)
+    augmenter = DataAugmenter(noise_std=0.1)
+    expected = run_epochs(TrainingDataIterator(data, 8, seed=3, augmenter=augmenter), 2)
+    with TrainingDataIterator(data, 8, seed=3, augmenter=augmenter, num_workers=2) as first:
+        got = run_epochs(first, 1)
+        for x, y in first:
+            got.append((x.copy(), y.copy()))
+            if len(got) == 17:
+                break
+        state = first.state_dict()
+    for workers in (0, 4):
+        with TrainingDataIterator(data, 8, seed=3, augmenter=augmenter,
+                                  num_workers=workers) as second:
+            second.load_state_dict(state)
+            rest = run_epochs(second, 1)
+        assert same_batches(got + rest, expected)
+
+
+def test_batches_from_workers_are_copies_out_of_shared_memory() -> None:
+    features, labels = indexed_data(64)
+    with TrainingDataIterator((features, labels), 4, seed=1, num_workers=2) as batches:
+        kept = [x for x, _y in batches]
+        for x in kept:
+            x[:] = -1
+        again = [x.copy() for x, _y in batches]
+    assert all((x == -1).all() for x in kept)
+    assert sorted(np.concatenate(again)[:, 0].tolist()) == list(range(64))
+
+
+def test_closing_releases_the_processes_and_the_shared_memory() -> None:
+    batches = TrainingDataIterator(noisy_data(), 8, seed=1, num_workers=2)
+    iterator = iter(batches)
+    next(iterator)
+    pool = batches._pool
+    names = [shared.descriptor()["name"] for shared in pool._resources.shared]
+    processes = list(pool._resources.processes)
+    batches.close()
+    assert all(not process.is_alive() for process in processes)
+    for name in names:
+        with pytest.raises(FileNotFoundError):
+            shared_memory.SharedMemory(name=name)
+
+
+def test_a_worker_killed_mid_epoch_is_named_with_its_batch() -> None:
+    with TrainingDataIterator(noisy_data(rows=400), 4, seed=1, num_workers=2,
+                              augmenter=DataAugmenter(noise_std=0.1)) as batches:
+        iterator = iter(batches)
+        next(iterator)
+        victim = batches.worker_pids[1]
+        os.kill(victim, signal.SIGKILL)
+        with pytest.raises(WorkerError, match=rf"worker 1 \(pid {victim}\) died with exit code "
+                                              rf"-9 while making batch \d+ of epoch 0"):
+            for _batch in iterator:
+                pass
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_worker_that_exits_is_named_with_its_batch(method: str) -> None:
+    augmenter = DataAugmenter(ops=[{"op": "test_fail_in_worker", "parent": os.getpid(),
+                                    "on_call": 2, "how": "exit"}])
+    with TrainingDataIterator(noisy_data(rows=100), 4, seed=1, num_workers=2,
+                              start_method=method, augmenter=augmenter) as batches:
+        with pytest.raises(WorkerError, match=r"worker 0 \(pid \d+\) died with exit code 7 "
+                                              r"while making batch 2 of epoch 0"):
+            list(batches)
+
+
+def test_an_exception_in_a_worker_is_reported_with_worker_batch_and_error() -> None:
+    augmenter = DataAugmenter(ops=[{"op": "test_fail_in_worker", "parent": os.getpid(),
+                                    "on_call": 3, "how": "raise"}])
+    with TrainingDataIterator(noisy_data(rows=100), 4, seed=1, num_workers=2,
+                              augmenter=augmenter) as batches:
+        with pytest.raises(WorkerError, match=r"worker 0 \(pid \d+\) failed while making batch "
+                                              r"4 of epoch 0: ValueError: op failed on call 3"):
+            list(batches)
+
+
+def test_a_worker_that_stops_answering_is_named_after_the_timeout() -> None:
+    augmenter = DataAugmenter(ops=[{"op": "test_fail_in_worker", "parent": os.getpid(),
+                                    "on_call": 1, "how": "hang"}])
+    with TrainingDataIterator(noisy_data(rows=40), 4, seed=1, num_workers=1, timeout=0.5,
+                              augmenter=augmenter) as batches:
+        with pytest.raises(WorkerError, match=r"worker 0 \(pid \d+\) sent nothing for 0.5 s "
+                                              r"while making batch 0 of epoch 0"):
+            list(batches)
+
+
+def test_after_a_worker_failure_the_next_pass_starts_new_workers() -> None:
+    with TrainingDataIterator(noisy_data(rows=80), 4, seed=1, num_workers=2) as batches:
+        iterator = iter(batches)
+        next(iterator)
+        os.kill(batches.worker_pids[0], signal.SIGKILL)
+        with pytest.raises(WorkerError):
+            list(iterator)
+        position = batches.batch
+        rest = list(batches)
+    assert len(rest) == 20 - position
+
+
+def test_an_unknown_start_method_is_refused() -> None:
+    with pytest.raises(ValueError, match="got start method 'thread', but must be one of"):
+        list(TrainingDataIterator(noisy_data(), 8, seed=1, num_workers=1, start_method="thread"))

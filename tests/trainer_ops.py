@@ -1,0 +1,44 @@
+"""Custom augmentation ops of the trainer-hook tests, in an importable module (spawn workers
+import it by name before they rebuild the augmenter)."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+
+import numpy as np
+
+from ledger.augment import register_op
+
+_calls = {"count": 0}
+
+
+@register_op("test_offset", version=1)
+def offset(batch: np.ndarray, rng: np.random.Generator, *, amount: float = 1.0) -> None:
+    """Add ``amount`` plus one uniform draw per batch: deterministic given the batch's rng."""
+    batch += np.float32(amount) + rng.random(dtype=np.float32)
+
+
+@register_op("test_global_rng_probe", version=1)
+def global_rng_probe(batch: np.ndarray, rng: np.random.Generator) -> None:
+    """Write this process's next ``random.random()`` and ``numpy.random.random()`` and pid."""
+    batch[:, 0] = random.random()
+    batch[:, 1] = np.random.random()
+    batch[:, 2] = os.getpid()
+
+
+@register_op("test_fail_in_worker", version=1)
+def fail_in_worker(batch: np.ndarray, rng: np.random.Generator, *, parent: int = 0,
+                   on_call: int = 2, how: str = "raise") -> None:
+    """In a process other than ``parent``, fail on the ``on_call``-th call: raise, exit or hang."""
+    if os.getpid() == parent:
+        return
+    _calls["count"] += 1
+    if _calls["count"] < on_call:
+        return
+    if how == "exit":
+        os._exit(7)
+    if how == "hang":
+        time.sleep(60)
+    raise ValueError(f"op failed on call {_calls['count']}")
