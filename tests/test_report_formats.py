@@ -1,0 +1,206 @@
+"""The report's formats: canonical JSON that validates, escaped self-contained HTML with SVG
+curves, escaped Markdown, in-toto attestations, and the JSON view of every event kind."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ledger.augment import DataAugmenter
+from ledger.errors import BadInputError
+from ledger.events import KINDS, decode_body
+from ledger.experiment import ExperimentManager
+from ledger.iterator import TrainingDataIterator
+from ledger.store import Store
+from ledger.user_draws import register_draw
+from replay.engine import record_replay, replay_run
+from replay_helpers import sample_data
+from report.attest import PROVENANCE_TYPE, TEST_RESULT_TYPE, provenance_statement, replay_statement
+from report.export import export_report
+from report.html import render_html
+from report.jsonview import canonical_json, json_view, parse_json, pretty_json
+from report.markdown import render_markdown
+from report.model import ReportOptions
+from report_helpers import report_of, schema_errors
+
+HOSTILE = "<script>alert('x')</script> & \"quotes\" | pipes `ticks`"
+
+
+@register_draw("test_report_dropout", version=1)
+def dropout(rng: np.random.Generator, *, shape: list[int], rate: float) -> np.ndarray:
+    """A user draw point of the test run."""
+    return rng.random(shape) >= rate
+
+
+@pytest.fixture(scope="module")
+def every_kind(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A run with every kind of event, a hostile hyperparameter, a recorded replay and a
+    recorded export: (url, experiment id)."""
+    folder = tmp_path_factory.mktemp("kinds")
+    url = f"sqlite:///{folder / 'ledger.db'}"
+    features, labels = sample_data(rows=96)
+    with ExperimentManager(url, data_dir=folder / "data") as manager:
+        with manager.create_experiment(f"model {HOSTILE}", seed=7, purpose=HOSTILE,
+                                       hyperparams={"note": HOSTILE, "lr": 0.5}) as exp:
+            data = exp.register_dataset("transactions", features, labels)
+            batches = TrainingDataIterator(data, batch_size=32, num_workers=1, experiment=exp,
+                                           augmenter=DataAugmenter(noise_std=0.1))
+            exp.generator("model", "init").normal(size=3)
+            for epoch in range(3):
+                for _x, _y in batches:
+                    pass
+                exp.draw("test_report_dropout", ("dropout", epoch), shape=[4], rate=0.5)
+                exp.log_metric("loss", 1.0 / (epoch + 1), epoch=epoch)
+                exp.log_metric("auc", 0.5 + epoch / 10, epoch=epoch)
+            exp.log_checkpoint("model", {"w": np.arange(4.0)}, epoch=2)
+    with Store.open(url) as store:
+        record_replay(store, replay_run(store, exp.id, data_dir=folder / "data"))
+        export_report(store, exp.id, ReportOptions(), fmt="json", output=folder / "first.json")
+    return url, exp.id
+
+
+@pytest.fixture(scope="module")
+def report(every_kind: tuple[str, str]) -> dict[str, Any]:
+    url, exp = every_kind
+    return report_of(url, exp)
+
+
+def test_every_event_kind_has_a_json_view_that_validates(every_kind: tuple[str, str]) -> None:
+    url, exp = every_kind
+    seen = set()
+    with Store.open(url) as store:
+        for _stream, _seq, kind, body in store.iter_run_bodies(exp):
+            view = json_view(decode_body(body))
+            assert schema_errors(view, "event.v1.json") == [], kind
+            seen.add(kind)
+    assert seen == KINDS
+
+
+def test_the_event_schema_refuses_a_malformed_body(every_kind: tuple[str, str]) -> None:
+    url, exp = every_kind
+    with Store.open(url) as store:
+        body = json_view(store.first_event_body(exp, "augmentation_batch"))
+    assert schema_errors(body, "event.v1.json") == []
+    broken = {**body, "seed": "zz", "path": ["epoch", 0, "shuffle"]}
+    assert len(schema_errors(broken, "event.v1.json")) >= 2
+
+
+def test_the_report_schema_refuses_a_report_that_drifts(report: dict[str, Any]) -> None:
+    drifted = json.loads(json.dumps(report))
+    drifted["R8"]["verdict"] = "CERTIFIED"
+    drifted["R3"]["extra"] = 1
+    del drifted["R12"]
+    assert len(schema_errors(drifted)) == 3
+
+
+def test_the_run_with_every_kind_reports_its_draws(report: dict[str, Any]) -> None:
+    r7 = report["R7"]
+    assert r7["categories"] == {"experiment": 1, "worker_spawn": 1, "epoch_shuffle": 3,
+                                "augmentation_batch": 9, "user_draw": 4}
+    paths = {tuple(node["path"]) for node in r7["seed_tree"]["nodes"]}
+    assert {("worker", 0), ("model", "init"), ("dropout", "*")} <= paths
+    assert report["R8"]["verdict"] == "PASSED"
+    assert [event["kind"] for event in report["R10"]["events"]] == ["replay_recorded",
+                                                                   "report_exported"]
+    assert report["R1"]["checkpoints"]["final"][0]["name"] == "model"
+
+
+def _keys_sorted(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _value in pairs]
+    assert keys == sorted(keys)
+    return dict(pairs)
+
+
+def test_the_json_is_canonical_and_parses_strictly(report: dict[str, Any]) -> None:
+    written = pretty_json(report)
+    json.loads(written, object_pairs_hook=_keys_sorted)
+    canonical = canonical_json(report)
+    assert canonical == canonical_json(parse_json(written))
+    assert b"\n" not in canonical and b": " not in canonical[:200]
+    with pytest.raises(BadInputError, match="twice"):
+        parse_json(b'{"a": 1, "a": 2}')
+    with pytest.raises(BadInputError, match="NaN"):
+        parse_json(b'{"a": NaN}')
+    with pytest.raises(BadInputError, match="not JSON"):
+        parse_json(b"<html>")
+
+
+def test_html_escapes_every_ledger_value_and_loads_nothing(report: dict[str, Any]) -> None:
+    html = render_html(report)
+    assert "<script" not in html.lower()
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
+    assert "default-src &#x27;none&#x27;" in html or "default-src 'none'" in html
+    links = re.findall(r"""\b(?:src|href|action|srcset|data|poster)\s*=\s*(["']?)([^"'\s>]*)""",
+                       html)
+    assert links and all(quote == '"' and target.startswith("#") for quote, target in links)
+    assert not re.search(r"url\(|@import|https?:", html)
+    assert html.count("<svg") == 2 and "<polyline" in html
+    assert "@media print" in html
+    for section in [f"R{n}" for n in range(15)]:
+        assert f'id="{section}"' in html
+
+
+def test_markdown_escapes_values(report: dict[str, Any]) -> None:
+    text = render_markdown(report)
+    assert "<script" not in text
+    assert r"&lt;script&gt;" in text and r"\| pipes \`ticks\`" in text
+    assert text.startswith("# Compliance report") and "## R8 Replay certificate" in text
+    assert "**Replay verdict: PASSED**" in text
+
+
+def test_the_provenance_attestation_names_checkpoints_data_code_and_seed(
+        report: dict[str, Any]) -> None:
+    statement = provenance_statement(report)
+    assert statement["_type"] == "https://in-toto.io/Statement/v1"
+    assert statement["predicateType"] == PROVENANCE_TYPE
+    (subject,) = statement["subject"]
+    assert subject["digest"] == {"ledger-state-v1": report["R1"]["checkpoints"]["final"][0][
+        "digest"]}
+    definition = statement["predicate"]["buildDefinition"]
+    assert definition["externalParameters"]["root_seed"] == "7"
+    assert definition["externalParameters"]["configuration"]["note"] == HOSTILE
+    dataset = next(d for d in definition["resolvedDependencies"]
+                   if d["name"] == "dataset/transactions")
+    assert dataset["digest"] == {"ledger-dataset-v1": report["R5"]["datasets"][0]["digest"]}
+    byproducts = statement["predicate"]["runDetails"]["byproducts"]
+    assert byproducts[0]["digest"] == {"ledger-event-v1": report["R9"]["run_head"]}
+
+
+@pytest.mark.parametrize("verdict,result", [("PASSED", "PASSED"), ("FAILED", "FAILED"),
+                                            ("INCONCLUSIVE", "WARNED"),
+                                            ("NOT_REPLAYED", "WARNED")])
+def test_the_replay_attestation_carries_the_verdict(report: dict[str, Any], verdict: str,
+                                                    result: str) -> None:
+    changed = json.loads(json.dumps(report))
+    changed["R8"]["verdict"] = verdict
+    statement = replay_statement(changed)
+    assert statement["predicateType"] == TEST_RESULT_TYPE
+    predicate = statement["predicate"]
+    assert (predicate["result"], predicate["ledgerVerdict"]) == (result, verdict)
+    assert statement["subject"] == [{"name": f"{report['R1']['exp']}/run-head",
+                                     "digest": {"ledger-event-v1": report["R9"]["run_head"]}}]
+    listed = {"PASSED": "passedTests", "FAILED": "failedTests", "WARNED": "warnedTests"}[result]
+    assert len(predicate[listed]) == 1 and isinstance(predicate["configuration"], list)
+
+
+def test_a_bundle_holds_every_format_and_r0_lists_their_digests(
+        every_kind: tuple[str, str], tmp_path: Path) -> None:
+    url, exp = every_kind
+    with Store.open(url) as store:
+        result = export_report(store, exp, ReportOptions(record=False), bundle=tmp_path / "b")
+    names = sorted(path.name for path in (tmp_path / "b").iterdir())
+    assert names == ["SHA256SUMS", "events.ndjson", "provenance.intoto.json",
+                     "replay.intoto.json", "report.html", "report.json", "report.md"]
+    written = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert schema_errors(written) == []
+    listed = {f["name"]: f["sha256"] for f in written["R0"]["files"]}
+    assert set(listed) == set(names) - {"SHA256SUMS", "report.json"}
+    sums = dict(reversed(line.split("  ")) for line in
+                (tmp_path / "b" / "SHA256SUMS").read_text().splitlines())
+    assert all(sums[name] == digest for name, digest in listed.items())
+    assert result.report["R7"]["appendix"]["file"] == "events.ndjson"
