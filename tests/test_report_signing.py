@@ -1,0 +1,165 @@
+"""Signing and verifying reports: `ledger keygen`, `ledger report --sign-key`, and
+`ledger verify-report` — 0 when everything checks, 1 when anything was altered, 2 for input
+that is not one of our reports."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from ledger.store import Store
+from ledger_builders import record_experiment
+from report.check import check_report
+from report.export import export_report
+from report.model import ReportOptions
+from report.signing import generate_key_pair, load_private_key
+
+A, B = "exp-aaaaaaaaaaaa", "exp-bbbbbbbbbbbb"
+
+
+@pytest.fixture(scope="module")
+def signed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Signed bundles of two experiments (a/, b/), the key pair (key.*) and a second key (other.*)."""
+    folder = tmp_path_factory.mktemp("signed")
+    url = f"sqlite:///{folder / 'ledger.db'}"
+    generate_key_pair(folder / "key")
+    generate_key_pair(folder / "other")
+    key = load_private_key(folder / "key.key")
+    with Store.open(url, create=True) as store:
+        for exp, root in ((A, 1), (B, 2)):
+            record_experiment(store, exp, root=root)
+            export_report(store, exp, ReportOptions(record=False), bundle=folder / exp[-1],
+                          key=key)
+    return folder
+
+
+@pytest.fixture
+def bundle(signed: Path, tmp_path: Path) -> Path:
+    """A fresh copy of experiment A's signed bundle, free to alter."""
+    return Path(shutil.copytree(signed / "a", tmp_path / "a"))
+
+
+def _verify(report: Path, key: Path, *extra: str) -> tuple[int, str, str]:
+    done = run_cli("verify-report", str(report), "--public-key", str(key), *extra)
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_keygen_writes_an_owner_only_private_key_and_never_overwrites(tmp_path: Path) -> None:
+    done = run_cli("keygen", "--out", str(tmp_path / "k"), "--json")
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert stat.S_IMODE((tmp_path / "k.key").stat().st_mode) == 0o600
+    assert (tmp_path / "k.pub").read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    assert len(info["fingerprint"]) == 64
+    before = (tmp_path / "k.key").read_bytes()
+    again = run_cli("keygen", "--out", str(tmp_path / "k"))
+    assert again.returncode == 2 and "refusing to overwrite" in again.stderr
+    assert (tmp_path / "k.key").read_bytes() == before
+
+
+def test_a_signed_bundle_verifies(bundle: Path, signed: Path) -> None:
+    code, out, err = _verify(bundle / "report.json", signed / "key.pub", "--exp", A)
+    assert code == 0, err
+    assert out.startswith("OK:") and "signature valid" in out and "report.html: ok" in out
+    report = json.loads((bundle / "report.json").read_text())
+    assert report["R9"]["signature"]["signed"] is True
+    assert report["R13"]["signature_method"].startswith("Ed25519")
+
+
+def test_a_reindented_copy_still_verifies(bundle: Path, signed: Path) -> None:
+    path = bundle / "report.json"
+    path.write_text(json.dumps(json.loads(path.read_text()), indent=4, sort_keys=False))
+    (bundle / "SHA256SUMS").unlink()  # the file's bytes changed, its content did not
+    assert check_report(path, signed / "key.pub").ok
+
+
+def test_one_changed_character_fails(bundle: Path, signed: Path) -> None:
+    path = bundle / "report.json"
+    text = path.read_text()
+    path.write_text(text.replace('"root_seed": "1"', '"root_seed": "7"', 1))
+    assert path.read_text() != text
+    (bundle / "SHA256SUMS").unlink()
+    code, out, err = _verify(path, signed / "key.pub")
+    assert code == 1 and out.startswith("ALTERED")
+    assert "signature does not verify" in err
+
+
+def test_a_swapped_signature_fails(bundle: Path, signed: Path) -> None:
+    shutil.copy(signed / "b" / "report.json.sig", bundle / "report.json.sig")
+    (bundle / "SHA256SUMS").unlink()
+    assert _verify(bundle / "report.json", signed / "key.pub")[0] == 1
+
+
+def test_a_report_of_another_experiment_fails(signed: Path) -> None:
+    code, _out, err = _verify(signed / "b" / "report.json", signed / "key.pub", "--exp", A)
+    assert code == 1 and f"report is of experiment {B}, not {A}" in err
+    outcome = check_report(signed / "b" / "report.json", signed / "key.pub",
+                           signature=signed / "a" / "report.json.sig")
+    assert not outcome.ok and outcome.signature == "invalid"
+
+
+def test_a_wrong_key_fails_and_says_which_key_signed(signed: Path) -> None:
+    code, _out, err = _verify(signed / "a" / "report.json", signed / "other.pub")
+    assert code == 1 and "the report names signing key" in err
+
+
+def test_an_altered_file_of_the_bundle_fails(bundle: Path, signed: Path) -> None:
+    html = bundle / "report.html"
+    html.write_text(html.read_text().replace("Replay verdict", "Replay verdikt"))
+    outcome = check_report(bundle / "report.json", signed / "key.pub")
+    assert outcome.signature == "valid" and outcome.files["report.html"] == "altered"
+    assert any("report.html does not match SHA256SUMS" in f for f in outcome.failures)
+
+
+def test_a_missing_appendix_is_noted_not_failed(bundle: Path, signed: Path) -> None:
+    (bundle / "events.ndjson").unlink()
+    (bundle / "SHA256SUMS").unlink()
+    outcome = check_report(bundle / "report.json", signed / "key.pub")
+    assert outcome.ok and outcome.files["events.ndjson"] == "absent"
+
+
+@pytest.mark.parametrize("content,message", [(b"not json at all", "is not JSON"),
+                                             (b'{"schema": "other"}', "is not a ledger/report")])
+def test_files_that_are_not_our_reports_exit_2(tmp_path: Path, signed: Path, content: bytes,
+                                               message: str) -> None:
+    (tmp_path / "r.json").write_bytes(content)
+    code, _out, err = _verify(tmp_path / "r.json", signed / "key.pub")
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_a_missing_signature_or_bad_key_exits_2(bundle: Path, signed: Path) -> None:
+    (bundle / "report.json.sig").unlink()
+    code, _out, err = _verify(bundle / "report.json", signed / "key.pub")
+    assert code == 2 and "no signature" in err
+    code, _out, err = _verify(bundle / "report.json", bundle / "report.md",
+                              "--signature", str(signed / "a" / "report.json.sig"))
+    assert code == 2 and "not a PEM public key" in err
+
+
+def test_the_ledger_must_still_hold_the_certified_heads(signed: Path, tmp_path: Path) -> None:
+    rewritten = f"sqlite:///{tmp_path / 'rewritten.db'}"
+    with Store.open(rewritten, create=True) as store:
+        record_experiment(store, A, root=99)  # the same run id, recomputed chains
+    report = signed / "a" / "report.json"
+    honest = run_cli("--db", f"sqlite:///{signed / 'ledger.db'}", "verify-report", str(report),
+                     "--public-key", str(signed / "key.pub"), "--against-ledger")
+    assert honest.returncode == 0, honest.stderr
+    forged = run_cli("--db", rewritten, "verify-report", str(report), "--public-key",
+                     str(signed / "key.pub"), "--against-ledger", "--json")
+    assert forged.returncode == 1
+    assert any("run head" in failure for failure in json.loads(forged.stdout)["failures"])
+
+
+def test_a_private_key_others_can_read_is_refused(tmp_path: Path, signed: Path) -> None:
+    key = tmp_path / "loose.key"
+    shutil.copy(signed / "key.key", key)
+    key.chmod(0o644)
+    done = run_cli("--db", f"sqlite:///{signed / 'ledger.db'}", "report", A, "-o",
+                   str(tmp_path / "r.json"), "--sign-key", str(key), "--no-record")
+    assert done.returncode == 2 and "readable by others" in done.stderr
+    assert not (tmp_path / "r.json").exists()
