@@ -1,0 +1,81 @@
+"""`ledger report` end to end: stdout and files, bundles, --replay, errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from ledger.store import Store
+from replay_helpers import record_run
+from report_helpers import schema_errors
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """(folder holding ledger.db and ledger-data/, experiment id) of one recorded run."""
+    folder = tmp_path_factory.mktemp("cli")
+    exp = record_run(f"sqlite:///{folder / 'ledger.db'}", folder / "ledger-data")
+    return folder, exp
+
+
+def _ledger(folder: Path, *args: str):  # noqa: ANN202 - CompletedProcess
+    return run_cli("--db", f"sqlite:///{folder / 'ledger.db'}", *args, cwd=folder)
+
+
+def test_the_report_goes_to_stdout_as_json(run: tuple[Path, str]) -> None:
+    folder, exp = run
+    done = _ledger(folder, "report", exp, "--no-record")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert schema_errors(report) == [] and report["R1"]["exp"] == exp
+
+
+@pytest.mark.parametrize("fmt,start", [("html", "<!DOCTYPE html>"), ("md", "# Compliance")])
+def test_html_and_markdown_go_to_a_file(run: tuple[Path, str], tmp_path: Path, fmt: str,
+                                        start: str) -> None:
+    folder, exp = run
+    target = tmp_path / f"report.{fmt}"
+    done = _ledger(folder, "report", exp, "--format", fmt, "-o", str(target), "--no-record")
+    assert done.returncode == 0, done.stderr
+    assert target.read_text().startswith(start) and f"wrote {target}" in done.stdout
+
+
+def test_a_replayed_bundle_is_recorded_in_the_history(run: tuple[Path, str],
+                                                      tmp_path: Path) -> None:
+    folder, exp = run
+    done = _ledger(folder, "report", exp, "--replay", "--bundle", str(tmp_path / "b"), "--json",
+                   "--responsible", "Ada Lovelace", "--role", "model validator")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["summary"]["replay"] == "PASSED" and len(summary["files"]) == 7
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert report["R13"]["responsible"] == [{"name": "Ada Lovelace", "role": "model validator"}]
+    statement = json.loads((tmp_path / "b" / "replay.intoto.json").read_text())
+    assert statement["predicate"]["result"] == "PASSED"
+    later = json.loads(_ledger(folder, "report", exp, "--no-record").stdout)
+    kinds = [event["kind"] for event in later["R10"]["events"]]
+    assert kinds[-2:] == ["replay_recorded", "report_exported"]
+    assert later["R10"]["events"][-1]["outcome"] == "PASSED"
+    with Store.open(f"sqlite:///{folder / 'ledger.db'}") as store:
+        exported = store.first_event_body(exp, "report_exported")["params"]
+    assert exported["report_id"] == report["R0"]["report_id"]
+    assert exported["files"]["report.json"] == summary["files"][5]["sha256"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (("report", "exp-000000000000"), "unknown experiment"),
+    (("report", "not an id!"), "malformed experiment id"),
+    (("report", "{exp}", "--sign-key", "{folder}/nothing.key"), "cannot read private key"),
+    (("report", "{exp}", "--format", "html", "--json"), "cannot go with --format html"),
+    (("report", "{exp}", "--bundle", "{folder}"), "is not empty"),
+    (("report", "{exp}", "-o", "{folder}/missing/r.json"), "does not exist"),
+])
+def test_bad_input_exits_2_with_one_line(run: tuple[Path, str], args: tuple[str, ...],
+                                         message: str) -> None:
+    folder, exp = run
+    done = _ledger(folder, *(arg.format(exp=exp, folder=folder) for arg in args))
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1 and done.stdout == ""
