@@ -43,6 +43,10 @@ class ConcurrentWriteError(StoreError):
     """Another writer appended to the same stream: refused rather than forking the chain."""
 
 
+class StreamClaimedError(ConcurrentWriteError):
+    """A writer opened a stream that another writer holds open: refused at open, never forked."""
+
+
 class AppendOnlyError(StoreError):
     """The database refused to change or remove a recorded event (append-only triggers)."""
 

@@ -1,6 +1,7 @@
 """Seeding a worker process's global RNGs from its derived seed, and digesting their states.
 
-Worker k's seed is ``derive_bytes(root, ("worker", k))`` (16 bytes, s). From it:
+Worker k's seed is ``derive_bytes(root, ("worker", k))`` (16 bytes, s) — worker k of distributed
+rank r uses ``("rank", r, "worker", k)`` (:func:`seed_process_at`). From it:
 
 - Python's ``random``: ``random.seed(int.from_bytes(s, "big"))``;
 - numpy's global RNG: ``numpy.random.seed(<s as four big-endian uint32 words>)``;
@@ -18,12 +19,13 @@ from __future__ import annotations
 
 import importlib.util
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from ledger.digests import array_digest, value_digest
-from ledger.seeds import derive_bytes
+from ledger.seeds import Label, derive_bytes
 
 STATES_TAG = "ledger/worker-rng-states/v1"
 
@@ -53,7 +55,13 @@ def _torch_seed(seed: bytes) -> int:
 
 def seed_worker_process(root: int, worker: int) -> bytes:
     """Seed this process's global RNGs for worker ``worker``; return the digest of their states."""
-    seed = derive_bytes(root, worker_path(worker))
+    return seed_process_at(root, worker_path(worker))
+
+
+def seed_process_at(root: int, path: Sequence[Label]) -> bytes:
+    """Seed this process's global RNGs from ``path`` (e.g. ``("rank", r, "worker", k)``); return
+    the digest of their states."""
+    seed = derive_bytes(root, path)
     random.seed(int.from_bytes(seed, "big"))
     np.random.seed(_numpy_words(seed))
     torch_state = None
@@ -67,7 +75,24 @@ def seed_worker_process(root: int, worker: int) -> bytes:
 
 def expected_state_digest(root: int, worker: int) -> bytes:
     """The digest :func:`seed_worker_process` must return, computed without touching globals."""
-    seed = derive_bytes(root, worker_path(worker))
+    return expected_state_digest_at(root, worker_path(worker))
+
+
+def is_worker_path(path: Sequence[Any]) -> bool:
+    """True for the library's worker paths: ``("worker", k)`` and ``("rank", r, "worker", k)``."""
+    labels = list(path)
+    if len(labels) == 4 and labels[0] == "rank" and _index(labels[1]):
+        labels = labels[2:]
+    return len(labels) == 2 and labels[0] == "worker" and _index(labels[1])
+
+
+def _index(label: Any) -> bool:
+    return type(label) is int and label >= 0
+
+
+def expected_state_digest_at(root: int, path: Sequence[Label]) -> bytes:
+    """The digest :func:`seed_process_at` must return for ``path``, without touching globals."""
+    seed = derive_bytes(root, path)
     python_state = random.Random(int.from_bytes(seed, "big")).getstate()
     numpy_state = np.random.RandomState(_numpy_words(seed)).get_state(legacy=True)
     torch_state = None

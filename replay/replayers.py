@@ -19,7 +19,7 @@ from ledger.events import AUGMENTATION_BATCH, EPOCH_RESET, USER_DRAW, WORKER_SPA
 from ledger.sampling import batch_indices, epoch_order
 from ledger.seeds import generator
 from ledger.user_draws import lookup_draw, result_digest
-from ledger.worker_seeding import expected_state_digest
+from ledger.worker_seeding import expected_state_digest_at, is_worker_path
 from replay.context import ReplayContext
 from replay.registry import Redraw, hint, register_replayer
 
@@ -48,12 +48,13 @@ def _order(context: ReplayContext, epoch: int, length: int, shuffle: bool) -> np
 
 @register_replayer(WORKER_SPAWNED)
 def replay_worker_spawned(context: ReplayContext, body: dict[str, Any]) -> Redraw:
-    """The digest of the RNG states a worker's derived seed gives (random, numpy, torch)."""
+    """The digest of the RNG states a worker's derived seed gives (random, numpy, torch), for
+    ``("worker", k)`` and ``("rank", r, "worker", k)``."""
     path = body["path"]
-    if len(path) != 2 or path[0] != "worker" or not isinstance(path[1], int):
+    if not is_worker_path(path):
         raise CannotReplayError(f"worker_spawned with path {path} is not a worker path this "
                                 f"version replays")
-    return Redraw(output=expected_state_digest(context.root, path[1]))
+    return Redraw(output=expected_state_digest_at(context.root, path))
 
 
 @register_replayer(EPOCH_RESET)
@@ -100,3 +101,8 @@ def replay_user_draw(context: ReplayContext, body: dict[str, Any]) -> Redraw:
     function = lookup_draw(name, version)
     return Redraw(output=result_digest(function(generator(context.root, body["path"]),
                                                 **arguments)))
+
+
+# Batches of PyTorch DataLoaders (ledger.integrations.torch): built in, torch imported only when
+# such a batch is replayed. Imported last, so that it wraps the augmentation replayer above.
+import replay.torch_replayers  # noqa: E402,F401

@@ -21,7 +21,7 @@ from ledger.store import SCHEMA_VERSION, ExperimentRow, Store, StreamHead, Strea
 from ledger.store.store import EVENT_COLUMNS, event_row
 from ledger_builders import drop_append_only_triggers, execute, record_experiment, rows
 
-TABLES = ("ledger_events", "ledger_experiments", "ledger_meta")
+TABLES = ("ledger_events", "ledger_experiments", "ledger_meta", "ledger_stream_claims")
 CHANGES = {
     "ledger_events": ("UPDATE ledger_events SET kind = 'forged' WHERE seq = 1",
                       "DELETE FROM ledger_events WHERE seq = 1"),
@@ -29,6 +29,8 @@ CHANGES = {
                            "DELETE FROM ledger_experiments"),
     "ledger_meta": ("UPDATE ledger_meta SET value = '99' WHERE key = 'schema_version'",
                     "DELETE FROM ledger_meta"),
+    "ledger_stream_claims": ("UPDATE ledger_stream_claims SET action = 'release'",
+                             "DELETE FROM ledger_stream_claims WHERE action = 'release'"),
 }
 
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from ledger.digests import ZERO_DIGEST
 from ledger.errors import (BadInputError, ConcurrentWriteError, EncodingError, InvalidIdError,
-                           StoreError)
+                           StoreError, StreamClaimedError)
 from ledger.events import make_event
 from ledger.store import Store, StreamWriter
 from ledger.verify import verify
@@ -169,10 +169,23 @@ def test_a_recorded_experiment_continued_by_another_writer_still_verifies(store:
     assert verify(store).ok
 
 
-def test_a_second_writer_on_a_stream_is_refused_not_forked(store: Store) -> None:
+def test_a_second_writer_on_an_open_stream_is_refused_at_open(store: Store) -> None:
+    recorded = record_experiment(store, workers=0, complete=False)
+    with StreamWriter(store, recorded.exp, "main", flush_interval=None) as first:
+        first.append("metric", params={"who": "first"})
+        first.flush()  # wherever the head has moved, the stream stays held
+        with pytest.raises(StreamClaimedError, match=r"already open by writer .*pid \d+"):
+            StreamWriter(store, recorded.exp, "main", flush_interval=None)
+        first.append("metric", params={"who": "first again"})
+    with StreamWriter(store, recorded.exp, "main", flush_interval=None) as after_close:
+        assert after_close.next_seq == len(recorded.main) + 2
+    assert verify(store).ok
+
+
+def test_a_writer_that_takes_over_a_live_one_still_cannot_fork(store: Store) -> None:
     recorded = record_experiment(store, workers=0, complete=False)
     first = StreamWriter(store, recorded.exp, "main", flush_interval=None)
-    second = StreamWriter(store, recorded.exp, "main", flush_interval=None)
+    second = StreamWriter(store, recorded.exp, "main", flush_interval=None, take_over=True)
     start = first.next_seq
     try:
         winner = first.append("metric", params={"who": "first"})
@@ -195,8 +208,30 @@ def test_a_second_writer_on_a_stream_is_refused_not_forked(store: Store) -> None
     assert verify(store).ok
 
 
+def test_writers_racing_to_open_a_stream_leave_exactly_one_open(store: Store) -> None:
+    barrier = threading.Barrier(4)
+    outcome: dict[int, object] = {}
+
+    def race(index: int) -> None:
+        barrier.wait()
+        try:
+            outcome[index] = writer(store)
+        except StreamClaimedError as error:
+            outcome[index] = error
+
+    threads = [threading.Thread(target=race, args=(index,)) for index in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    opened = [value for value in outcome.values() if isinstance(value, StreamWriter)]
+    assert len(opened) == 1 and len(outcome) == 4
+    opened[0].close()
+
+
 def test_racing_writers_leave_exactly_one_chain(store: Store) -> None:
-    writers = [writer(store, batch_size=1000) for _ in range(4)]
+    # take_over lets them all open (as if each thought the others gone): the flush still decides
+    writers = [writer(store, batch_size=1000, take_over=True) for _ in range(4)]
     barrier = threading.Barrier(len(writers))
     outcome: dict[int, object] = {}
 
@@ -225,7 +260,7 @@ def test_racing_writers_leave_exactly_one_chain(store: Store) -> None:
 
 def test_a_failed_interval_flush_reaches_the_owner_at_close(store: Store) -> None:
     late = writer(store, batch_size=1000, flush_interval=0.02)
-    with writer(store) as early:
+    with writer(store, take_over=True) as early:
         early.append("metric", params={"who": "early"})
     late.append("metric", params={"who": "late"})
     wait_for(lambda: late._failure is not None, "the interval flush to fail")
@@ -237,7 +272,7 @@ def test_a_failed_interval_flush_reaches_the_owner_at_close(store: Store) -> Non
 
 def test_a_failed_interval_flush_reaches_the_owner_at_its_next_append(store: Store) -> None:
     late = writer(store, batch_size=1000, flush_interval=0.02)
-    with writer(store) as early:
+    with writer(store, take_over=True) as early:
         early.append("metric")
     late.append("metric")
     wait_for(lambda: late._failure is not None, "the interval flush to fail")

@@ -1,9 +1,13 @@
 """The ledger's tables, its schema version, and the triggers that make it append-only.
 
-Three tables, all insert-only: ``ledger_meta`` (format marker and schema version),
-``ledger_experiments`` (one row per experiment, for listing) and ``ledger_events`` (the chains).
+Four tables, all insert-only: ``ledger_meta`` (format marker and schema version),
+``ledger_experiments`` (one row per experiment, for listing), ``ledger_events`` (the chains) and
+``ledger_stream_claims`` (which writer holds which stream open, see :mod:`ledger.store.claims`).
 The event columns repeat fields of the stored body for queries; the body is the truth and
 verification checks that both agree.
+
+The claims table came after schema version 1 and is additive: a version-1 ledger without it is
+still version 1, and gets the table (with its triggers) the first time a writer opens it.
 """
 
 from __future__ import annotations
@@ -50,36 +54,63 @@ events_table = Table(
     UniqueConstraint("exp", "stream", "seq", name="ledger_events_chain_position"),
 )
 
-APPEND_ONLY_TABLES = ("ledger_meta", "ledger_experiments", "ledger_events")
+claims_table = Table(
+    "ledger_stream_claims", metadata,
+    Column("id", _id_type, primary_key=True, autoincrement=True),
+    Column("exp", String(64), nullable=False),
+    Column("stream", String(260), nullable=False),
+    Column("attempt", BigInteger, nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("start_seq", BigInteger, nullable=False),
+    Column("writer", String(64), nullable=False),
+    Column("host", Text, nullable=False),
+    Column("pid", BigInteger, nullable=False),
+    Column("t", BigInteger, nullable=False),
+    UniqueConstraint("exp", "stream", "attempt", "action", name="ledger_stream_claims_attempt"),
+)
+
+APPEND_ONLY_TABLES = ("ledger_meta", "ledger_experiments", "ledger_events",
+                      "ledger_stream_claims")
 
 _UNIQUE_KEYS = {"ledger_meta": [("key",)], "ledger_experiments": [("exp",)],
-                "ledger_events": [("exp", "stream", "seq"), ("id",)]}
+                "ledger_events": [("exp", "stream", "seq"), ("id",)],
+                "ledger_stream_claims": [("exp", "stream", "attempt", "action"), ("id",)]}
 """Each table's unique keys: an insert that collides with one would, as REPLACE, delete a row."""
 
-_SQLITE_TRIGGERS = [
-    *[f"CREATE TRIGGER IF NOT EXISTS {table}_no_{action} BEFORE {action.upper()} ON {table} "
-      f"BEGIN SELECT RAISE(ABORT, 'ledger is append-only: {action.upper()} of {table} refused'); "
-      f"END" for table in APPEND_ONLY_TABLES for action in ("update", "delete")],
-    # SQLite's INSERT OR REPLACE deletes the colliding row without firing DELETE triggers, so an
-    # insert over an existing row is refused before it happens.
-    *[f"CREATE TRIGGER IF NOT EXISTS {table}_no_replace BEFORE INSERT ON {table} WHEN "
-      + " OR ".join(f"EXISTS (SELECT 1 FROM {table} WHERE "
-                    + " AND ".join(f"{column} = NEW.{column}" for column in key) + ")"
-                    for key in _UNIQUE_KEYS[table])
-      + f" BEGIN SELECT RAISE(ABORT, 'ledger is append-only: INSERT over an existing row of "
-        f"{table} refused'); END" for table in APPEND_ONLY_TABLES],
-]
 
-# psycopg reads % as a placeholder marker, hence %% for a literal % in the function body.
-_POSTGRES_TRIGGERS = [
-    """CREATE OR REPLACE FUNCTION ledger_refuse_change() RETURNS trigger AS $$
-       BEGIN RAISE EXCEPTION 'ledger is append-only: %% of %% refused', TG_OP, TG_TABLE_NAME; END
-       $$ LANGUAGE plpgsql""",
-    *[f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table} "
-      f"FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change()" for table in APPEND_ONLY_TABLES],
-    *[f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
-      f"FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change()" for table in APPEND_ONLY_TABLES],
-]
+def _sqlite_triggers(tables: tuple[str, ...]) -> list[str]:
+    return [
+        *[f"CREATE TRIGGER IF NOT EXISTS {table}_no_{action} BEFORE {action.upper()} ON {table} "
+          f"BEGIN SELECT RAISE(ABORT, 'ledger is append-only: {action.upper()} of {table} "
+          f"refused'); END" for table in tables for action in ("update", "delete")],
+        # SQLite's INSERT OR REPLACE deletes the colliding row without firing DELETE triggers,
+        # so an insert over an existing row is refused before it happens.
+        *[f"CREATE TRIGGER IF NOT EXISTS {table}_no_replace BEFORE INSERT ON {table} WHEN "
+          + " OR ".join(f"EXISTS (SELECT 1 FROM {table} WHERE "
+                        + " AND ".join(f"{column} = NEW.{column}" for column in key) + ")"
+                        for key in _UNIQUE_KEYS[table])
+          + f" BEGIN SELECT RAISE(ABORT, 'ledger is append-only: INSERT over an existing row of "
+            f"{table} refused'); END" for table in tables],
+    ]
+
+
+def _postgres_triggers(tables: tuple[str, ...]) -> list[str]:
+    # psycopg reads % as a placeholder marker, hence %% for a literal % in the function body.
+    return [
+        """CREATE OR REPLACE FUNCTION ledger_refuse_change() RETURNS trigger AS $$
+           BEGIN RAISE EXCEPTION 'ledger is append-only: %% of %% refused', TG_OP, TG_TABLE_NAME;
+           END $$ LANGUAGE plpgsql""",
+        *[f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table} "
+          f"FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change()" for table in tables],
+        *[f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
+          f"FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change()" for table in tables],
+    ]
+
+
+def _create_triggers(connection: Connection, tables: tuple[str, ...]) -> None:
+    postgres = connection.dialect.name == "postgresql"
+    for statement in (_postgres_triggers if postgres else _sqlite_triggers)(tables):
+        connection.exec_driver_sql(statement)
 
 
 TRIGGER_NAMES = {
@@ -94,10 +125,14 @@ TRIGGER_NAMES = {
 def create_schema(connection: Connection) -> None:
     """Create tables, triggers and the meta rows in one transaction of ``connection``."""
     metadata.create_all(connection)
-    statements = _POSTGRES_TRIGGERS if connection.dialect.name == "postgresql" else _SQLITE_TRIGGERS
-    for statement in statements:
-        connection.exec_driver_sql(statement)
+    _create_triggers(connection, APPEND_ONLY_TABLES)
     connection.execute(meta_table.insert(), [
         {"key": "format", "value": FORMAT_MARKER},
         {"key": "schema_version", "value": str(SCHEMA_VERSION)},
     ])
+
+
+def create_claims_table(connection: Connection) -> None:
+    """Add the claims table and its triggers to a version-1 ledger made before it existed."""
+    claims_table.create(connection)
+    _create_triggers(connection, (claims_table.name,))

@@ -21,6 +21,7 @@ from ledger.digests import ZERO_DIGEST
 from ledger.errors import LedgerError, StoreError
 from ledger.events import Event, check_experiment_id, check_stream, make_event
 from ledger.seeds import Label
+from ledger.store.claims import claim_stream, release_stream
 from ledger.store.store import Store, event_row
 
 DEFAULT_BATCH_SIZE = 2000
@@ -30,15 +31,19 @@ DEFAULT_FLUSH_INTERVAL = 1.0
 class StreamWriter:
     """Appends hash-chained events to one stream of one experiment.
 
-    Opening a writer on a stream that already holds events continues its chain from the stored
-    head. If another writer appends to the same stream meanwhile, the next flush fails with
-    ConcurrentWriteError and this writer refuses further appends: the chain never forks.
+    Opening a writer claims its stream until :meth:`close` (see :mod:`ledger.store.claims`): a
+    second writer that opens the same stream meanwhile — in this process or any other, on any
+    machine sharing the database — is refused at once with StreamClaimedError, naming the
+    holder. Opening a writer on a stream that already holds events continues its chain from the
+    stored head. ``take_over=True`` takes the claim of a holder you know is gone; should it still
+    be alive, its next flush fails with ConcurrentWriteError (the unique (exp, stream, seq) key)
+    and it refuses further appends: the chain never forks.
     """
 
     def __init__(self, store: Store, exp: str, stream: str, *, batch_size: int = DEFAULT_BATCH_SIZE,
                  flush_interval: float | None = DEFAULT_FLUSH_INTERVAL,
-                 clock: Callable[[], int] = time.time_ns, _head: tuple[int, bytes] | None = None
-                 ) -> None:
+                 clock: Callable[[], int] = time.time_ns, take_over: bool = False,
+                 _head: tuple[int, bytes] | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if flush_interval is not None and flush_interval <= 0:
@@ -49,7 +54,13 @@ class StreamWriter:
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.clock = clock
-        last = _head if _head is not None else store.last_event(exp, stream)
+        self._claim = claim_stream(store, self.exp, self.stream,
+                                   None if _head is None else _head[0] + 1, take_over=take_over)
+        try:
+            last = _head if _head is not None else store.last_event(exp, stream)
+        except BaseException:
+            release_stream(store, self._claim, 0)
+            raise
         self._next_seq, self._head = (0, ZERO_DIGEST) if last is None else (last[0] + 1, last[1])
         self.durable_seq = self._next_seq - 1
         self._pending: list[tuple[Any, ...]] = []
@@ -153,7 +164,8 @@ class StreamWriter:
             raise self._failure
 
     def close(self) -> None:
-        """Flush what is buffered and stop the interval flusher. Safe to call twice.
+        """Flush what is buffered, stop the interval flusher, release the stream. Safe to call
+        twice.
 
         Raises the error that stopped the writer if its owner has not seen it yet (a failed
         interval flush): buffered events were then not written.
@@ -171,6 +183,7 @@ class StreamWriter:
                     self._raise_failure()
         finally:
             self._closed = True
+            release_stream(self.store, self._claim, self.durable_seq + 1)
 
     def __enter__(self) -> "StreamWriter":
         return self

@@ -1,0 +1,155 @@
+"""Stream claims: one writer per stream, refused at open rather than forked at flush.
+
+A :class:`~ledger.store.StreamWriter` claims its (experiment, stream) when it opens and releases
+the claim when it closes, by inserting rows into ``ledger_stream_claims`` (insert-only like every
+ledger table). The n-th claim of a stream is attempt n; a unique key on
+(exp, stream, attempt, action) lets only one of two writers racing to open the same stream
+insert its claim, and a writer that finds a claim without a release is refused at once with
+:class:`~ledger.errors.StreamClaimedError`, naming the holder (writer id, host, pid, time).
+
+A holder that died without closing leaves its claim behind. A claim held by a process of this
+host that no longer exists is taken over automatically; for a holder on another machine, open with
+``take_over=True`` once you know it is gone. Even then the chain cannot fork: the unique
+(exp, stream, seq) key still refuses a second event at a taken position.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import inspect, select
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from ledger.errors import StreamClaimedError
+from ledger.store.schema import claims_table, create_claims_table, events_table
+from ledger.store.store import Store, _translate
+
+CLAIM = "claim"
+RELEASE = "release"
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A writer's hold on one stream: attempt n of that stream, by writer ``writer``."""
+
+    exp: str
+    stream: str
+    attempt: int
+    writer: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Holder:
+    attempt: int
+    writer: str
+    host: str
+    pid: int
+    t: int
+
+    def describe(self) -> str:
+        since = datetime.fromtimestamp(self.t / 1e9, UTC).isoformat(timespec="seconds")
+        return f"writer {self.writer} (host {self.host}, pid {self.pid}, since {since})"
+
+    def gone(self) -> bool:
+        """True when the holder ran on this host and its process no longer exists."""
+        if self.host != socket.gethostname() or self.pid == os.getpid():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # exists, owned by someone else
+            return False
+        return False
+
+
+def ensure_claims_table(store: Store) -> None:
+    """Create the claims table in a ledger written before it existed (once per Store)."""
+    if getattr(store, "_claims_ready", False):
+        return
+    with store.engine.connect() as connection:
+        present = inspect(connection).has_table(claims_table.name)
+    if not present:
+        try:
+            with store.write_connection() as connection, connection.begin():
+                if not inspect(connection).has_table(claims_table.name):
+                    create_claims_table(connection)
+        except DBAPIError as error:  # another process created it meanwhile
+            with store.engine.connect() as connection:
+                if not inspect(connection).has_table(claims_table.name):
+                    raise _translate(error, f"cannot add the claims table to {store.url}") from None
+    store._claims_ready = True  # type: ignore[attr-defined]
+
+
+def claim_stream(store: Store, exp: str, stream: str, start_seq: int | None, *,
+                 take_over: bool = False) -> Claim:
+    """Claim (exp, stream) for a new writer, or raise StreamClaimedError naming the holder.
+
+    ``start_seq`` is recorded for the record (where the writer starts; None: read the head).
+    """
+    ensure_claims_table(store)
+    writer = uuid.uuid4().hex
+    host, pid = socket.gethostname(), os.getpid()
+    try:
+        with store.write_connection() as connection, connection.begin():
+            rows = connection.execute(
+                select(claims_table.c.attempt, claims_table.c.action, claims_table.c.writer,
+                       claims_table.c.host, claims_table.c.pid, claims_table.c.t)
+                .where(claims_table.c.exp == exp, claims_table.c.stream == stream)).all()
+            claims = {attempt: _Holder(attempt, writer_id, holder_host, holder_pid, t)
+                      for attempt, action, writer_id, holder_host, holder_pid, t in rows
+                      if action == CLAIM}
+            released = {attempt for attempt, action, *_ in rows if action == RELEASE}
+            held = [holder for attempt, holder in sorted(claims.items()) if attempt not in released]
+            now = time.time_ns()
+            for holder in held:
+                if not (take_over or holder.gone()):
+                    raise StreamClaimedError(
+                        f"stream {stream} of {exp} is already open by {holder.describe()}: a "
+                        f"second writer is refused rather than fork the chain (if that process "
+                        f"is gone, open the writer with take_over=True)")
+            attempt = max(claims, default=-1) + 1
+            if start_seq is None:
+                start_seq = _next_seq(connection, exp, stream)
+            connection.execute(claims_table.insert(), [
+                *[{"exp": exp, "stream": stream, "attempt": holder.attempt, "action": RELEASE,
+                   "start_seq": start_seq, "writer": writer, "host": host, "pid": pid, "t": now}
+                  for holder in held],
+                {"exp": exp, "stream": stream, "attempt": attempt, "action": CLAIM,
+                 "start_seq": start_seq, "writer": writer, "host": host, "pid": pid, "t": now}])
+    except IntegrityError:
+        raise StreamClaimedError(f"stream {stream} of {exp} was opened by another writer at the "
+                                 f"same moment: a second writer is refused rather than fork the "
+                                 f"chain") from None
+    except DBAPIError as error:
+        raise _translate(error, f"cannot open stream {stream} of {exp}") from None
+    return Claim(exp, stream, attempt, writer)
+
+
+def _next_seq(connection, exp: str, stream: str) -> int:  # noqa: ANN001
+    last = connection.execute(select(events_table.c.seq)
+                              .where(events_table.c.exp == exp, events_table.c.stream == stream)
+                              .order_by(events_table.c.seq.desc()).limit(1)).scalar()
+    return 0 if last is None else last + 1
+
+
+def release_stream(store: Store, claim: Claim, next_seq: int) -> None:
+    """Release a claim (a writer closing); a claim already taken over stays released."""
+    try:
+        with store.write_connection() as connection, connection.begin():
+            connection.execute(claims_table.insert(), {
+                "exp": claim.exp, "stream": claim.stream, "attempt": claim.attempt,
+                "action": RELEASE, "start_seq": next_seq, "writer": claim.writer,
+                "host": socket.gethostname(), "pid": os.getpid(), "t": time.time_ns()})
+    except IntegrityError:
+        return
+    except DBAPIError as error:
+        raise _translate(error, f"cannot release stream {claim.stream} of {claim.exp}") from None
+
+
+__all__ = ["Claim", "claim_stream", "ensure_claims_table", "release_stream"]
