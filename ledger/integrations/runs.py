@@ -1,0 +1,162 @@
+"""Recording into one more stream of an existing experiment: a distributed rank, another process.
+
+An experiment is created once, by one process, whose events go to the ``main`` stream. Other
+processes that take part in the same run — ranks of a ``torch.distributed`` job, each on its own
+machine — *attach* to it, each with a stream of its own (``rank-1``, ``rank-2``, …) that it alone
+writes (the store refuses a second writer of a stream when it opens). Their draws use paths that
+no other process uses (``("rank", r, …)``), so a draw's (kind, path) stays unique within the run.
+
+The process that created the experiment records ``run_completed`` last, listing every stream's
+count and head: it must wait until every attached stream is closed (flushed), e.g. behind a
+``torch.distributed`` barrier, as :func:`ledger.integrations.torch.distributed_experiment` does.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ledger.datasets import Dataset, check_arrays, check_name, dataset_digest, dataset_from_file
+from ledger.errors import BadInputError, StoreError
+from ledger.events import (DATASET_REGISTERED, EXPERIMENT_CREATED, MAIN_STREAM, RUN_COMPLETED,
+                           Event, check_experiment_id, check_stream, decode_body)
+from ledger.seeds import root_seed_from_bytes
+from ledger.store import Store, StreamWriter
+
+
+class AttachedRun:
+    """One stream of an existing, still running experiment; records like an Experiment does.
+
+    Open with :meth:`open` (its own database connection) or the constructor (a Store you keep
+    open). It offers what the recorded samplers and loaders need from an experiment —
+    ``id``, ``root_seed``, :meth:`record_draw`, :meth:`register_dataset` — but creates nothing:
+    datasets are registered by the experiment's main process, and found here by name and digest.
+    """
+
+    def __init__(self, store: Store, exp: str, stream: str, *, take_over: bool = False,
+                 _owns_store: bool = False) -> None:
+        self.store = store
+        self.id = check_experiment_id(exp)
+        self.stream = check_stream(stream)
+        self._owns_store = _owns_store
+        if stream == MAIN_STREAM:
+            raise BadInputError(f"got stream {stream!r}, but the main stream belongs to the "
+                                f"process that created {exp}: attach with another stream name")
+        store.experiment(exp)  # UnknownExperimentError when there is none
+        created = store.first_event_body(exp, EXPERIMENT_CREATED)
+        if created is None or not isinstance(created.get("params"), dict):
+            raise StoreError(f"experiment {exp} has no experiment_created event to attach to")
+        if store.first_event_hash(exp, RUN_COMPLETED) is not None:
+            raise BadInputError(f"got experiment {exp}, but its run is already completed: "
+                                f"nothing more can be recorded in it")
+        params = created["params"]
+        self.name = str(params.get("name"))
+        self.root_seed = root_seed_from_bytes(params.get("root_seed"))
+        self._writer = StreamWriter(store, exp, stream, take_over=take_over)
+        self._draws: dict[tuple[str, tuple], bytes | None] = {}
+        self._datasets: dict[str, Dataset] = {}
+        self.closed = False
+
+    @classmethod
+    def open(cls, url: str | None, exp: str, stream: str, *, take_over: bool = False
+             ) -> "AttachedRun":
+        """Attach to ``exp`` in the ledger at ``url`` (default ``$LEDGER_URL``) as ``stream``."""
+        store = Store.open(url)
+        try:
+            return cls(store, exp, stream, take_over=take_over, _owns_store=True)
+        except BaseException:
+            store.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"AttachedRun({self.id!r}, stream={self.stream!r})"
+
+    # -- recording -------------------------------------------------------------------------------
+
+    def record(self, kind: str, *, path: Sequence[Any] = (), seed: bytes | None = None,
+               params: Mapping[str, Any] | None = None, input: bytes | None = None,
+               output: bytes | None = None, meta: Mapping[str, Any] | None = None) -> Event:
+        """Append one event to this stream (buffered; durable after :meth:`flush`)."""
+        if self.closed:
+            raise StoreError(f"stream {self.stream} of {self.id} is closed")
+        return self._writer.append(kind, path=path, seed=seed, params=params, input=input,
+                                   output=output, meta=meta)
+
+    def record_draw(self, kind: str, path: Sequence[Any], *, seed: bytes | None,
+                    params: Mapping[str, Any], input: bytes | None = None,
+                    output: bytes | None = None, meta: Mapping[str, Any] | None = None
+                    ) -> Event | None:
+        """Record a draw once: None if this (kind, path) was recorded here with this output."""
+        identity = (kind, tuple(path))
+        if identity in self._draws:
+            if self._draws[identity] == output:
+                return None
+            raise BadInputError(f"got a second {kind} at path {list(path)} with another output, "
+                                f"but a draw (kind, path) is recorded once per run")
+        event = self.record(kind, path=path, seed=seed, params=params, input=input,
+                            output=output, meta=meta)
+        self._draws[identity] = output
+        return event
+
+    def flush(self) -> int:
+        """Write every buffered event now; return the last durable seq of this stream."""
+        return self._writer.flush()
+
+    # -- datasets --------------------------------------------------------------------------------
+
+    def register_dataset(self, name: str, features: Any = None, labels: Any = None, *,
+                         path: str | os.PathLike[str] | None = None,
+                         features_key: str = "features", labels_key: str | None = "labels"
+                         ) -> Dataset:
+        """The dataset ``name`` as the experiment's main process registered it.
+
+        Give the same arrays (or ``path=``) as the main process: their digest must match the
+        recorded one. Nothing is recorded here; BadInputError when the main process has not
+        registered this content under this name (yet: register there first, then attach).
+        """
+        check_name(name)
+        if path is not None:
+            dataset = dataset_from_file(name, Path(path), features_key, labels_key)
+            features, labels = dataset.features, dataset.labels
+        elif features is None:
+            raise BadInputError(f"got no features for dataset {name!r}: give arrays or path=")
+        else:
+            features, labels = check_arrays(features, labels)
+        digest = dataset_digest(features, labels)
+        for _stream, _seq, _kind, body_bytes in self.store.iter_kind_bodies(
+                self.id, [DATASET_REGISTERED]):
+            body = decode_body(body_bytes)
+            params = body["params"] if isinstance(body["params"], dict) else {}
+            if params.get("name") == name and body["output"] == digest:
+                dataset = Dataset(name, features, labels, digest, params.get("loader"))
+                self._datasets[name] = dataset
+                return dataset
+        raise BadInputError(f"got dataset {name!r} with digest {digest.hex()[:16]}…, but "
+                            f"{self.id} has no such dataset registered: the main process must "
+                            f"register the same content first")
+
+    def dataset_registered(self, dataset: Dataset) -> bool:
+        """True when ``dataset`` (same name and digest) was found by :meth:`register_dataset`."""
+        known = self._datasets.get(dataset.name)
+        return known is not None and known.digest == dataset.digest
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Flush, close the stream (releasing it) and, when opened by :meth:`open`, the store."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._writer.close()
+        finally:
+            if self._owns_store:
+                self.store.close()
+
+    def __enter__(self) -> "AttachedRun":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

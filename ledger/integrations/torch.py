@@ -1,0 +1,695 @@
+"""PyTorch: DataLoaders whose every draw is derived and recorded, on one process or many ranks.
+
+Install the ``torch`` extra (``torch==2.13.0``). The pieces, each usable alone:
+
+- :class:`RecordedSampler` — a ``DistributedSampler``-compatible sampler: epoch e's order is the
+  permutation of ``("epoch", e, "shuffle")`` (the same on every rank), recorded once as
+  ``epoch_reset``; rank r takes its ``DistributedSampler``-style share. Each pass starts the next
+  epoch by itself (``set_epoch`` still works), so forgetting ``set_epoch`` cannot repeat an order.
+- :class:`SeedWorkers` — a ``worker_init_fn`` seeding ``random``, numpy's global RNG and torch in
+  DataLoader worker k from ``("worker", k)`` (``("rank", r, "worker", k)`` on rank r), instead of
+  PyTorch's ``base_seed + worker_id``.
+- :func:`register_transform` / :class:`RecordedTransform` — a user's random transform, by declared
+  name and version, given a ``torch.Generator`` seeded from its sample's path
+  ``(*batch path, position)`` or, with ``per="batch"``, its batch's path
+  ``("epoch", e, "batch", b, "augment")``.
+- :class:`RecordedDataLoader` — the one-call helper: a real ``torch.utils.data.DataLoader`` over a
+  registered dataset that uses all three. Workers make whole batches, digest them and send the
+  digests back with the batch; the main process records ``worker_spawned`` and
+  ``augmentation_batch`` in the order it consumes batches, so the events, like the batches, are
+  the same for any ``num_workers``, start method and ``persistent_workers``.
+- :func:`distributed_experiment` — one experiment for all ranks of a ``torch.distributed`` job:
+  rank 0 creates it and records to ``main``, rank r attaches with stream ``rank-r``, and rank 0
+  records ``run_completed`` after every rank has flushed.
+
+``ledger replay`` re-executes all of it: the built-in replayers for ``epoch_reset`` and
+``worker_spawned``, and :mod:`replay.torch_replayers` for the batches (the transform must be
+registered by an installed plug-in or a module named with ``--trust``).
+
+WARNING: a batch's content depends on the root seed, the epoch, the dataset, ``batch_size``,
+``shuffle``, ``drop_last``, ``num_replicas`` and the rank, and the transform's name, version and
+parameters — all recorded. Worker-global RNGs are re-seeded identically each time a worker
+starts (each epoch, unless ``persistent_workers``): draw a transform's randomness from its
+``generator``, which differs per epoch, batch and sample.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+try:
+    import torch
+    import torch.distributed as dist
+    from torch.utils.data import DataLoader, Sampler
+    from torch.utils.data import Dataset as TorchDataset
+except ImportError as error:  # pragma: no cover - exercised only without torch
+    raise ImportError("ledger.integrations.torch needs PyTorch: pip install "
+                      "'reproducibility-ledger[torch]' (torch==2.13.0)") from error
+
+from ledger.batches import batch_input_digest, fast_array_digest
+from ledger.datasets import Dataset
+from ledger.errors import BadInputError
+from ledger.events import AUGMENTATION_BATCH, EPOCH_RESET, USER_DRAW, WORKER_SPAWNED
+from ledger.experiment import RESERVED_LABELS, Experiment, ExperimentManager
+from ledger.integrations.runs import AttachedRun
+from ledger.integrations.sharding import (INTEGRATION, check_replicas, rank_augment_path, rank_share,
+                                          rank_worker_path, sample_path, share_size)
+from ledger.integrations.transforms import (PER, TransformInfo, lookup_transform,
+                                            register_transform, registered_transforms,
+                                            replay_transform)
+from ledger.sampling import batch_count, epoch_order, shuffle_path
+from ledger.seeds import check_path, check_root_seed, derive_bytes
+from ledger.worker_seeding import expected_state_digest_at, seed_process_at, seeded_libraries
+
+__all__ = ["AttachedRun", "RecordedDataLoader", "RecordedSampler", "RecordedTransform",
+           "SeedWorkers", "distributed_experiment", "manual_seed", "make_batch",
+           "recorded_dataloader", "register_dataset", "register_torch_dataset",
+           "register_transform", "registered_transforms", "state_arrays", "tensor_digest",
+           "torch_generator", "torch_seed"]
+
+Run = Experiment | AttachedRun
+
+
+# -- seeds and digests -------------------------------------------------------------------------
+
+def torch_seed(seed: bytes) -> int:
+    """The torch seed of a derived 16-byte seed: its first 8 bytes, big-endian (as workers)."""
+    return int.from_bytes(seed[:8], "big")
+
+
+def path_generator(root: int, path: Sequence[Any]) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded from ``path`` under ``root``."""
+    return torch.Generator().manual_seed(torch_seed(derive_bytes(root, path)))
+
+
+def tensor_digest(tensor: torch.Tensor) -> bytes:
+    """``array_digest`` of a CPU copy of ``tensor`` (dtype, shape, C-ordered little-endian bytes)."""
+    try:
+        array = tensor.detach().cpu().contiguous().numpy()
+    except TypeError as error:
+        raise BadInputError(f"cannot digest a tensor of dtype {tensor.dtype}: {error}") from None
+    return fast_array_digest(array)
+
+
+def state_arrays(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """A ``state_dict`` as numpy arrays for ``exp.log_checkpoint``: detached CPU copies, bfloat16
+    widened to float32 (exactly). A plain float CPU ``state_dict`` can be logged as it is."""
+    arrays = {}
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu()
+            if value.dtype == torch.bfloat16:
+                value = value.float()
+            value = value.numpy()
+        arrays[key] = np.asarray(value)
+    return arrays
+
+
+def _user_path(path: Sequence[Any]) -> tuple:
+    labels = check_path(path)
+    if not labels or labels[0] in RESERVED_LABELS:
+        raise BadInputError(f"got path {list(labels)}, but a user draw path must be non-empty "
+                            f"and not start with {sorted(RESERVED_LABELS)}")
+    return labels
+
+
+def manual_seed(run: Run, *path: Any) -> int:
+    """Seed torch's global RNG from the user path ``path`` (e.g. ``("model", "init")``) and
+    record it as a ``user_draw``; return the torch seed. For model initialisation."""
+    labels = _user_path(path)
+    seed = derive_bytes(run.root_seed, labels)
+    run.record_draw(USER_DRAW, labels, seed=seed, params={"generator": "torch.manual_seed"})
+    torch.manual_seed(torch_seed(seed))
+    return torch_seed(seed)
+
+
+def torch_generator(run: Run, *path: Any) -> torch.Generator:
+    """A ``torch.Generator`` for the user path ``path``, recorded as a ``user_draw``."""
+    labels = _user_path(path)
+    seed = derive_bytes(run.root_seed, labels)
+    run.record_draw(USER_DRAW, labels, seed=seed, params={"generator": "torch.Generator"})
+    return torch.Generator().manual_seed(torch_seed(seed))
+
+
+# -- transforms --------------------------------------------------------------------------------
+
+class RecordedTransform:
+    """A registered transform with its parameters, seeded from the path of what it transforms.
+
+    ``RecordedTransform("random_flip", p=0.3)`` uses the highest registered version;
+    ``per="sample"`` (default) calls it on each sample with the generator of
+    ``(*batch path, position)``, ``per="batch"`` on the whole batch of features with the
+    generator of the batch's path.
+    """
+
+    def __init__(self, name: str, version: int | None = None, *, per: str = "sample",
+                 **params: Any) -> None:
+        info = lookup_transform(name, version)
+        self._bind(info, info.spec(per, params))
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> "RecordedTransform":
+        """Rebuild from a recorded spec (CannotReplayError when it is not registered here)."""
+        info, per, params = replay_transform(dict(spec))
+        transform = cls.__new__(cls)
+        transform._bind(info, info.spec(per, params))
+        return transform
+
+    def _bind(self, info: TransformInfo, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.per = spec["per"]
+        self._function = info.function
+        self._params = spec["params"]
+        self._global_rng = info.global_rng
+
+    def apply(self, x: torch.Tensor, root: int, path: Sequence[Any]) -> torch.Tensor:
+        """Transform the batch ``x`` (a private copy) of seed path ``path`` under ``root``."""
+        if self.per == "batch":
+            return self._call(x, root, tuple(path))
+        outputs = [self._call(sample, root, sample_path(tuple(path), position))
+                   for position, sample in enumerate(x.unbind(0))]
+        return torch.stack(outputs) if outputs else x
+
+    def _call(self, x: torch.Tensor, root: int, path: tuple) -> torch.Tensor:
+        seed = torch_seed(derive_bytes(root, path))
+        generator = torch.Generator().manual_seed(seed)
+        if self._global_rng:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                result = self._function(x, generator, **self._params)
+        else:
+            result = self._function(x, generator, **self._params)
+        if not isinstance(result, torch.Tensor):
+            raise BadInputError(f"transform {self.spec['transform']!r} returned "
+                                f"{type(result).__name__}, but must return a tensor")
+        return result
+
+    def __repr__(self) -> str:
+        return (f"RecordedTransform({self.spec['transform']!r}@{self.spec['version']}, "
+                f"per={self.per!r}, {self._params})")
+
+
+def make_batch(features: np.ndarray, labels: np.ndarray | None, indices: np.ndarray,
+               transform: RecordedTransform | None, root: int, path: Sequence[Any]
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Batch ``indices`` of a dataset, transformed from seed path ``path``: what a DataLoader
+    worker computes and what replay recomputes (one function, so the two cannot drift)."""
+    x = torch.from_numpy(np.take(features, indices, axis=0))
+    if transform is not None:
+        x = transform.apply(x, root, path).contiguous()
+    y = None if labels is None else torch.from_numpy(np.take(labels, indices, axis=0))
+    return x, y
+
+
+# -- samplers ------------------------------------------------------------------------------------
+
+def _replicas(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
+    if num_replicas is None or rank is None:
+        initialised = dist.is_available() and dist.is_initialized()
+        if num_replicas is None:
+            num_replicas = dist.get_world_size() if initialised else 1
+        if rank is None:
+            rank = dist.get_rank() if initialised else 0
+    return check_replicas(num_replicas, rank)
+
+
+class RecordedSampler(Sampler[int]):
+    """Sample indices of a dataset, epoch by epoch, from derived seeds; ``DistributedSampler``
+    compatible (``num_replicas``, ``rank``, ``drop_last``, ``set_epoch``, same shares).
+
+    ``run`` (an Experiment or AttachedRun) gives the root seed and records ``epoch_reset`` — on
+    rank 0 only, the permutation being the same on every rank. Without a run give ``seed`` and
+    nothing is recorded. ``num_replicas`` and ``rank`` default to the ``torch.distributed``
+    world, else 1 and 0. Each pass starts the next epoch (0 first) unless :meth:`set_epoch` chose.
+    """
+
+    def __init__(self, data_source: Any, run: Run | None = None, *,
+                 num_replicas: int | None = None, rank: int | None = None, shuffle: bool = True,
+                 seed: int | None = None, drop_last: bool = False, record: bool = True) -> None:
+        length = data_source if isinstance(data_source, (int, np.integer)) else len(data_source)
+        if isinstance(length, bool) or int(length) < 1:
+            raise BadInputError(f"got a data source of length {length!r}, but it must hold at "
+                                f"least one sample")
+        self.length = int(length)
+        self.dataset = data_source if isinstance(data_source, Dataset) else None
+        self.run = run
+        if run is not None:
+            if seed is not None and check_root_seed(seed) != run.root_seed:
+                raise BadInputError(f"got seed {seed}, but within experiment {run.id} every draw "
+                                    f"derives from its root seed {run.root_seed}: drop it")
+            self.root = run.root_seed
+        elif seed is None:
+            raise BadInputError("got neither a run nor a seed, but a sampler needs a root seed")
+        else:
+            self.root = check_root_seed(seed)
+        self.num_replicas, self.rank = _replicas(num_replicas, rank)
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        self.recording = run is not None and bool(record)
+        self.epoch = -1
+        """The epoch of the latest pass (-1 before the first)."""
+        self._next_epoch = 0
+        self._recorded: set[int] = set()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass epoch ``epoch`` (as ``DistributedSampler.set_epoch``)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise BadInputError(f"got epoch {epoch!r}, but must be an int >= 0")
+        self._next_epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return share_size(self.length, self.num_replicas, self.drop_last)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The global order of ``epoch`` (every rank's)."""
+        return epoch_order(self.root, epoch, self.length, self.shuffle)
+
+    def indices(self, epoch: int) -> np.ndarray:
+        """This rank's indices of ``epoch``."""
+        return rank_share(self.order(epoch), self.num_replicas, self.rank, self.drop_last)
+
+    def __iter__(self) -> Iterator[int]:
+        # A generator: nothing happens until the first index is asked for, so a DataLoader that
+        # creates an iterator it never uses does not start (or record) an epoch.
+        epoch = self._start()
+        yield from self.indices(epoch).tolist()
+
+    def _start(self, extra: Mapping[str, Any] | None = None) -> int:
+        epoch = self._next_epoch
+        self._next_epoch, self.epoch = epoch + 1, epoch
+        if self.recording and self.rank == 0 and epoch not in self._recorded:
+            path = shuffle_path(epoch)
+            params: dict[str, Any] = {"epoch": epoch, "length": self.length,
+                                      "shuffle": self.shuffle, "num_replicas": self.num_replicas,
+                                      "even_shares": "drop" if self.drop_last else "pad",
+                                      "sampler": INTEGRATION, **(extra or {})}
+            if self.dataset is not None:
+                params.update(dataset=self.dataset.name, dataset_digest=self.dataset.digest)
+            self.run.record_draw(EPOCH_RESET, path, seed=derive_bytes(self.root, path),
+                                 params=params, output=fast_array_digest(self.order(epoch)))
+            self._recorded.add(epoch)
+        return epoch
+
+
+class BatchRequest(NamedTuple):
+    """What the main process sends a DataLoader worker: which batch, and its sample indices."""
+
+    epoch: int
+    batch: int
+    indices: np.ndarray
+
+
+class _BatchRequests(Sampler[BatchRequest]):
+    """One request per batch of this rank's share of each epoch, in order."""
+
+    def __init__(self, sampler: RecordedSampler, batch_size: int, drop_last: bool) -> None:
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+
+    def __len__(self) -> int:
+        return batch_count(len(self.sampler), self.batch_size, self.drop_last)
+
+    def __iter__(self) -> Iterator[BatchRequest]:
+        epoch = self.sampler._start({"batch_size": self.batch_size, "drop_last": self.drop_last,
+                                     "batches": len(self)})
+        share = self.sampler.indices(epoch)
+        size = self.batch_size
+        for batch in range(len(self)):
+            yield BatchRequest(epoch, batch, share[batch * size:(batch + 1) * size])
+
+
+# -- workers -------------------------------------------------------------------------------------
+
+_worker_report: tuple[int, bytes, int] | None = None
+"""In a DataLoader worker seeded by SeedWorkers: (worker id, digest of the seeded RNG states,
+pid), sent back with every batch the worker makes."""
+
+
+class SeedWorkers:
+    """``worker_init_fn`` seeding worker k's ``random``, numpy and torch global RNGs from
+    ``("worker", k)``, or ``("rank", r, "worker", k)`` on rank r of ``num_replicas`` > 1.
+
+    ``then`` is called afterwards with the worker id (a user's own ``worker_init_fn``). Picklable,
+    so it works with the ``spawn`` and ``forkserver`` start methods.
+    """
+
+    def __init__(self, root: int, *, num_replicas: int = 1, rank: int = 0,
+                 then: Callable[[int], None] | None = None) -> None:
+        self.root = check_root_seed(root)
+        self.num_replicas, self.rank = check_replicas(num_replicas, rank)
+        self.then = then
+
+    def path(self, worker: int) -> tuple:
+        """The seed path of worker ``worker``."""
+        return rank_worker_path(self.num_replicas, self.rank, worker)
+
+    def __call__(self, worker: int) -> None:
+        global _worker_report
+        states = seed_process_at(self.root, self.path(worker))
+        _worker_report = (worker, states, os.getpid())
+        if self.then is not None:
+            self.then(worker)
+
+
+class WorkerSeedingError(BadInputError):
+    """A DataLoader worker's RNG states are not those its derived seed gives."""
+
+
+# -- the recorded DataLoader ---------------------------------------------------------------------
+
+class _Batches(TorchDataset):
+    """The dataset a RecordedDataLoader's workers index: one BatchRequest makes a whole batch."""
+
+    def __init__(self, dataset: Dataset, transform: RecordedTransform | None, root: int,
+                 num_replicas: int, rank: int, record: bool) -> None:
+        self.features = dataset.features
+        self.labels = dataset.labels
+        self.transform = transform
+        self.root = root
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.record = record
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, request: BatchRequest) -> tuple[Any, Any, tuple | None]:
+        epoch, batch, indices = request
+        path = rank_augment_path(self.num_replicas, self.rank, epoch, batch)
+        x, y = make_batch(self.features, self.labels, indices, self.transform, self.root, path)
+        if not self.record:
+            return x, y, None
+        output = None if self.transform is None else tensor_digest(x)
+        return x, y, (epoch, batch, len(indices), fast_array_digest(indices), output,
+                      _worker_report)
+
+
+def _as_made(item: Any) -> Any:
+    """collate_fn of a RecordedDataLoader: batches arrive made (picklable for spawn)."""
+    return item
+
+
+_OWN_OPTIONS = frozenset({"sampler", "batch_sampler", "collate_fn", "generator", "shuffle",
+                          "batch_size", "drop_last", "worker_init_fn"})
+
+
+class RecordedDataLoader(DataLoader):
+    """A ``torch.utils.data.DataLoader`` over a registered dataset whose every draw is derived
+    and recorded: ``for x, y in loader`` is one epoch (``x`` alone for a dataset without labels).
+
+    ``run`` is the Experiment (or, on rank r > 0, the AttachedRun) and ``dataset`` a Dataset it
+    registered (``run.register_dataset``). ``transform`` is a :class:`RecordedTransform` (or the
+    name of a registered transform). ``num_replicas``/``rank`` default to the torch.distributed
+    world. Other keyword arguments go to DataLoader (``num_workers``, ``persistent_workers``,
+    ``multiprocessing_context``, ``prefetch_factor``, ``pin_memory``, ``timeout``, …);
+    ``worker_init_fn`` runs after the ledger's seeding. ``record=False`` records nothing and
+    skips the digests (same batches).
+    """
+
+    def __init__(self, run: Run, dataset: Dataset, batch_size: int, *,
+                 transform: RecordedTransform | str | None = None, shuffle: bool = True,
+                 drop_last: bool = False, num_replicas: int | None = None,
+                 rank: int | None = None, record: bool = True,
+                 worker_init_fn: Callable[[int], None] | None = None, **options: Any) -> None:
+        if not isinstance(dataset, Dataset):
+            raise BadInputError(f"got dataset of type {type(dataset).__name__}, but must be a "
+                                f"Dataset from run.register_dataset (or use recorded_dataloader "
+                                f"with a torch Dataset)")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or (
+                batch_size < 1):
+            raise BadInputError(f"got batch_size={batch_size!r}, but must be an int >= 1")
+        clashing = sorted(_OWN_OPTIONS & set(options))
+        if clashing:
+            raise BadInputError(f"got DataLoader option(s) {clashing}, but a RecordedDataLoader "
+                                f"sets them itself")
+        if options.get("in_order") is False:
+            raise BadInputError("got in_order=False, but recorded batches must arrive in order")
+        if record and not run.dataset_registered(dataset):
+            raise BadInputError(f"got dataset {dataset.name!r} that is not registered in "
+                                f"{run.id}: data = run.register_dataset(name, features, labels)")
+        if isinstance(transform, str):
+            transform = RecordedTransform(transform)
+        if transform is not None and not isinstance(transform, RecordedTransform):
+            raise BadInputError(f"got transform of type {type(transform).__name__}, but must be "
+                                f"a RecordedTransform of a registered transform")
+        sampler = RecordedSampler(dataset, run, num_replicas=num_replicas, rank=rank,
+                                  shuffle=shuffle, record=record)
+        requests = _BatchRequests(sampler, int(batch_size), bool(drop_last))
+        if len(requests) == 0:
+            raise BadInputError(f"got batch_size {batch_size} with drop_last and "
+                                f"{len(sampler)} samples per rank, but every epoch would be empty")
+        self.run = run
+        self.ledger_dataset = dataset
+        self.recorded_sampler = sampler
+        self.requests = requests
+        self.transform = transform
+        self.record = bool(record)
+        self.seed_workers = SeedWorkers(run.root_seed, num_replicas=sampler.num_replicas,
+                                        rank=sampler.rank, then=worker_init_fn)
+        self._workers: dict[int, bytes] = {}
+        super().__init__(_Batches(dataset, transform, run.root_seed, sampler.num_replicas,
+                                  sampler.rank, self.record),
+                         batch_size=None, sampler=requests, collate_fn=_as_made,
+                         worker_init_fn=self.seed_workers,
+                         # base_seed is drawn from this private generator, not torch's global
+                         # RNG; every worker RNG it would seed is re-seeded by SeedWorkers.
+                         generator=torch.Generator().manual_seed(0), **options)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the latest pass (-1 before the first)."""
+        return self.recorded_sampler.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass epoch ``epoch``."""
+        self.recorded_sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._consume(super().__iter__())
+
+    def _consume(self, batches: Iterator[Any]) -> Iterator[Any]:
+        with_labels = self.ledger_dataset.labels is not None
+        for x, y, report in batches:
+            if report is not None:
+                self._record(*report)
+            yield (x, y) if with_labels else x
+
+    def _record(self, epoch: int, batch: int, rows: int, indices_digest: bytes,
+                output: bytes | None, worker: tuple[int, bytes, int] | None) -> None:
+        sampler = self.recorded_sampler
+        if worker is not None:
+            self._record_worker(*worker)
+        if self.transform is None:
+            return
+        path = rank_augment_path(sampler.num_replicas, sampler.rank, epoch, batch)
+        dataset = self.ledger_dataset
+        params = {"epoch": epoch, "batch": batch, "rows": rows,
+                  "batch_size": self.requests.batch_size, "drop_last": self.requests.drop_last,
+                  "shuffle": sampler.shuffle,
+                  "dataset": dataset.name, "dataset_digest": dataset.digest,
+                  "indices_digest": indices_digest, "transform": self.transform.spec,
+                  "sampler": {"num_replicas": sampler.num_replicas, "rank": sampler.rank,
+                              "even_shares": "drop" if sampler.drop_last else "pad"},
+                  "loader": INTEGRATION}
+        self.run.record_draw(AUGMENTATION_BATCH, path, seed=derive_bytes(sampler.root, path),
+                             params=params, input=batch_input_digest(dataset.digest,
+                                                                     indices_digest),
+                             output=output)
+
+    def _record_worker(self, worker: int, states: bytes, pid: int) -> None:
+        if self._workers.get(worker) == states:
+            return
+        sampler = self.recorded_sampler
+        path = self.seed_workers.path(worker)
+        expected = expected_state_digest_at(sampler.root, path)
+        if states != expected:
+            raise WorkerSeedingError(f"DataLoader worker {worker} reports RNG states "
+                                     f"{states.hex()[:16]}…, but its derived seed gives "
+                                     f"{expected.hex()[:16]}…")
+        params: dict[str, Any] = {"worker": worker, "num_workers": self.num_workers,
+                                  "start_method": self._start_method(),
+                                  "persistent": bool(self.persistent_workers),
+                                  "seeded": seeded_libraries(), "loader": INTEGRATION}
+        if sampler.num_replicas > 1:
+            params.update(rank=sampler.rank, num_replicas=sampler.num_replicas)
+        self.run.record_draw(WORKER_SPAWNED, path, seed=derive_bytes(sampler.root, path),
+                             params=params, output=expected, meta={"pid": pid})
+        self._workers[worker] = states
+
+    def _start_method(self) -> str:
+        context = self.multiprocessing_context
+        if context is None:
+            return torch.multiprocessing.get_start_method(allow_none=False)
+        return context.get_start_method()
+
+
+def register_torch_dataset(run: Run, name: str, dataset: Any) -> Dataset:
+    """Register a map-style torch Dataset of ``(features, label)`` samples (or features alone)
+    by reading every sample into arrays — for datasets that fit in memory."""
+    if isinstance(run, AttachedRun):
+        raise BadInputError("register a dataset through the experiment's main process; on other "
+                            "ranks use register_dataset(run, name, features, labels)")
+    samples = [dataset[index] for index in range(len(dataset))]
+    if not samples:
+        raise BadInputError(f"got an empty dataset {name!r}")
+    pairs = isinstance(samples[0], (tuple, list)) and len(samples[0]) == 2
+    features = np.stack([_array(sample[0] if pairs else sample) for sample in samples])
+    labels = np.stack([_array(sample[1]) for sample in samples]) if pairs else None
+    return run.register_dataset(name, features, labels)
+
+
+def _array(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def recorded_dataloader(run: Run, data: Any, batch_size: int, *, name: str | None = None,
+                        **options: Any) -> RecordedDataLoader:
+    """The one-call helper: a fully recorded DataLoader from a registered Dataset, a torch
+    Dataset (registered here as ``name``), or ``(features, labels)`` arrays (likewise).
+    ``options`` as :class:`RecordedDataLoader`."""
+    if not isinstance(data, Dataset):
+        if name is None:
+            raise BadInputError("got unregistered data, but registering it needs name=")
+        if isinstance(data, tuple) and len(data) == 2:
+            data = run.register_dataset(name, *data)
+        else:
+            data = register_torch_dataset(run, name, data)
+    return RecordedDataLoader(run, data, batch_size, **options)
+
+
+# -- torch.distributed ---------------------------------------------------------------------------
+
+def _world(group: Any = None) -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(group), dist.get_world_size(group)
+    return 0, 1
+
+
+def _device(group: Any = None) -> torch.device:
+    backend = dist.get_backend(group)
+    return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else (
+        torch.device("cpu"))
+
+
+def _broadcast_id(exp: str | None, group: Any = None) -> str:
+    buffer = torch.zeros(65, dtype=torch.uint8, device=_device(group))
+    if exp is not None:
+        encoded = exp.encode("ascii")
+        buffer[0] = len(encoded)
+        buffer[1:1 + len(encoded)] = torch.tensor(list(encoded), dtype=torch.uint8)
+    source = 0 if group is None else dist.get_global_rank(group, 0)
+    dist.broadcast(buffer, src=source, group=group)
+    values = buffer.cpu().tolist()
+    return bytes(values[1:1 + values[0]]).decode("ascii")
+
+
+def _gather_failures(failed: bool, group: Any = None) -> list[int]:
+    device = _device(group)
+    flag = torch.tensor([1 if failed else 0], dtype=torch.int64, device=device)
+    flags = [torch.zeros(1, dtype=torch.int64, device=device)
+             for _ in range(dist.get_world_size(group))]
+    dist.all_gather(flags, flag, group=group)
+    return [rank for rank, value in enumerate(flags) if int(value.item())]
+
+
+def rank_stream(rank: int) -> str:
+    """The stream of rank ``rank`` > 0 (rank 0 records to ``main``)."""
+    return f"rank-{rank}"
+
+
+@contextlib.contextmanager
+def distributed_experiment(name: str, *, url: str | None = None, seed: int | None = None,
+                           data_dir: str | os.PathLike[str] | None = None,
+                           exp_id: str | None = None, group: Any = None,
+                           **create: Any) -> Iterator[Run]:
+    """One experiment for every rank of a ``torch.distributed`` job; call it on every rank.
+
+    Rank 0 creates the experiment (``ExperimentManager(url).create_experiment(name, seed=…,
+    exp_id=…, **create)``) and yields it; its id reaches the other ranks by a broadcast, and
+    rank r yields an :class:`AttachedRun` recording to stream ``rank-r``. Leaving the block,
+    every rank flushes and closes its stream, then all meet (a collective), then rank 0 records
+    ``run_completed`` with every stream's count and head — status ``failed`` if any rank's block
+    raised. ``url`` defaults to ``$LEDGER_URL`` (a PostgreSQL ledger every machine reaches).
+    Without an initialised process group it is a plain single-process experiment.
+    """
+    rank, world = _world(group)
+    manager: ExperimentManager | None = None
+    run: Run
+    if rank == 0:
+        manager = ExperimentManager(url, data_dir=data_dir)
+        try:
+            run = manager.create_experiment(name, seed=seed, exp_id=exp_id, **create)
+        except BaseException:
+            manager.close()
+            raise
+    if world > 1:
+        shared = _broadcast_id(run.id if rank == 0 else None, group)
+        if rank != 0:
+            run = AttachedRun.open(url, shared, rank_stream(rank))
+    failure: BaseException | None = None
+    try:
+        yield run
+    except BaseException as problem:
+        failure = problem
+        raise
+    finally:
+        _finish(run, manager, rank, world, group, failure)
+
+
+def _finish(run: Run, manager: ExperimentManager | None, rank: int, world: int, group: Any,
+            failure: BaseException | None) -> None:
+    closing_error: BaseException | None = None
+    if rank != 0:
+        try:
+            run.close()
+        except BaseException as problem:
+            closing_error = problem
+    failed_ranks = _gather_failures(failure is not None or closing_error is not None,
+                                    group) if world > 1 else []
+    if rank == 0:
+        try:
+            if not run.closed:
+                if failure is not None:
+                    run.close("failed", " ".join(f"{type(failure).__name__}: {failure}".split())
+                              [:500])
+                elif failed_ranks:
+                    run.close("failed", f"rank(s) {failed_ranks} failed")
+                else:
+                    run.close("ok")
+        finally:
+            if manager is not None:
+                manager.close()
+    if closing_error is not None and failure is None:
+        raise closing_error
+
+
+def barrier(group: Any = None) -> None:
+    """A ``torch.distributed`` barrier when a process group is initialised; else nothing."""
+    if _world(group)[1] > 1:
+        dist.barrier(group=group)
+
+
+def register_dataset(run: Run, name: str, features: Any = None, labels: Any = None, *,
+                     group: Any = None, **options: Any) -> Dataset:
+    """Register a dataset on every rank (call on all): rank 0 records ``dataset_registered``
+    and flushes, then — after a barrier — the other ranks find it by name and digest."""
+    dataset = None
+    if isinstance(run, Experiment):
+        dataset = run.register_dataset(name, features, labels, **options)
+        run.flush()
+    barrier(group)
+    if dataset is None:
+        dataset = run.register_dataset(name, features, labels, **options)
+    return dataset
+
+
+__all__ += ["BatchRequest", "INTEGRATION", "PER", "WorkerSeedingError", "barrier",
+            "lookup_transform", "path_generator", "rank_stream"]

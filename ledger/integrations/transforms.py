@@ -1,0 +1,151 @@
+"""The transform registry: a user's random transform, by declared name and version.
+
+A transform is recorded as ``{"transform": name, "version": v, "per": "sample" | "batch",
+"params": {...}}`` — never by import path — and replay rebuilds it through this registry, when the
+module that registers it is installed as a ``ledger.replayers`` plug-in or named with
+``ledger replay --trust MODULE``. Register it at module level of an importable module (DataLoader
+workers started with ``spawn`` import it too)::
+
+    from ledger.integrations.torch import register_transform
+
+    @register_transform("random_flip", version=1)
+    def random_flip(x, generator, *, p=0.5):
+        if torch.rand((), generator=generator) < p:
+            x = x.flip(-1)
+        return x
+
+The function gets the sample (or, with ``per="batch"``, the whole batch of features) as a tensor it
+may change in place, a ``torch.Generator`` seeded from the sample's or batch's path, and its
+parameters as keywords (defaults are filled into the recorded spec). It must draw randomness only
+from ``generator`` — or be registered with ``global_rng=True``, and then torch's global RNG is
+seeded from the same path around each call (and restored after it).
+
+WARNING: (name, version) is a promise. Change what a transform computes — even the order of its
+draws — and register it under a new version, keeping the old one, or old runs stop replaying.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ledger.canonical import normalise
+from ledger.errors import BadInputError, CannotReplayError
+
+PER = ("sample", "batch")
+TransformFunction = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class TransformInfo:
+    """One registered transform: declared name and version, function, parameter defaults."""
+
+    name: str
+    version: int
+    function: TransformFunction
+    defaults: dict[str, Any]
+    required: tuple[str, ...]
+    global_rng: bool
+
+    def spec(self, per: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The recorded spec of this transform with ``params`` (defaults filled, canonical)."""
+        if per not in PER:
+            raise BadInputError(f"got per={per!r}, but must be one of {list(PER)}")
+        unknown = sorted(set(params) - set(self.defaults) - set(self.required))
+        if unknown:
+            raise BadInputError(f"transform {self.name!r} v{self.version} got unknown "
+                                f"parameter(s) {unknown}, but accepts "
+                                f"{sorted({*self.defaults, *self.required})}")
+        missing = [name for name in self.required if name not in params]
+        if missing:
+            raise BadInputError(f"transform {self.name!r} v{self.version} needs parameter(s) "
+                                f"{missing}")
+        return {"transform": self.name, "version": self.version, "per": per,
+                "params": normalise({**self.defaults, **params})}
+
+
+_registry: dict[tuple[str, int], TransformInfo] = {}
+
+
+def register_transform(name: str, version: int, *, global_rng: bool = False
+                       ) -> Callable[[TransformFunction], TransformFunction]:
+    """Register ``function(x, generator, **params)`` as transform ``name`` at ``version``.
+
+    Registering another function under a taken (name, version) raises BadInputError;
+    re-registering the same function (a module imported again) is allowed.
+    """
+    if not isinstance(name, str) or not name or not name.replace("_", "a").isalnum():
+        raise BadInputError(f"a transform name must be letters, digits and _, got {name!r}")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise BadInputError(f"a transform version must be an int >= 1, got {version!r}")
+
+    def decorate(function: TransformFunction) -> TransformFunction:
+        defaults, required = _parameters(name, function)
+        existing = _registry.get((name, version))
+        if existing is not None and _qualified(existing.function) != _qualified(function):
+            raise BadInputError(f"transform {name!r} version {version} is already registered by "
+                                f"{_qualified(existing.function)}: register a new version")
+        _registry[(name, version)] = TransformInfo(name, version, function, defaults, required,
+                                                   bool(global_rng))
+        return function
+
+    return decorate
+
+
+def _qualified(function: TransformFunction) -> str:
+    return f"{function.__module__}.{function.__qualname__}"
+
+
+def _parameters(name: str, function: TransformFunction) -> tuple[dict[str, Any], tuple[str, ...]]:
+    parameters = list(inspect.signature(function).parameters.values())
+    if len(parameters) < 2 or any(p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                                  for p in parameters[:2]):
+        raise BadInputError(f"transform {name!r} must take (x, generator, **params)")
+    defaults: dict[str, Any] = {}
+    required: list[str] = []
+    for parameter in parameters[2:]:
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            raise BadInputError(f"transform {name!r} must name its parameters (no *args or "
+                                f"**kwargs)")
+        if parameter.default is parameter.empty:
+            required.append(parameter.name)
+        else:
+            defaults[parameter.name] = parameter.default
+    return defaults, tuple(required)
+
+
+def lookup_transform(name: str, version: int | None = None) -> TransformInfo:
+    """The transform ``name`` at ``version`` (default: its highest); BadInputError if unknown."""
+    if version is None:
+        versions = [v for (known, v) in _registry if known == name]
+        if not versions:
+            raise BadInputError(f"unknown transform {name!r}: registered transforms are "
+                                f"{registered_transforms()}")
+        version = max(versions)
+    info = _registry.get((name, version))
+    if info is None:
+        raise BadInputError(f"transform {name!r} version {version} is not registered "
+                            f"(registered: {registered_transforms()})")
+    return info
+
+
+def replay_transform(spec: Any) -> tuple[TransformInfo, str, dict[str, Any]]:
+    """The registered transform of a recorded spec, for replay: CannotReplayError when the
+    module that registers it was not installed as a plug-in nor trusted."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("transform"), str) or not isinstance(
+            spec.get("params"), dict) or spec.get("per") not in PER:
+        raise CannotReplayError(f"malformed transform spec {spec!r}")
+    version = spec.get("version")
+    if (spec["transform"], version) not in _registry:
+        raise CannotReplayError(f"transform {spec['transform']!r} version {version} is not "
+                                f"registered: install the package that defines it (entry-point "
+                                f"group 'ledger.replayers') or name its module with --trust "
+                                f"MODULE")
+    return _registry[(spec["transform"], version)], spec["per"], spec["params"]
+
+
+def registered_transforms() -> list[str]:
+    """Every registered transform as ``name@version``, sorted."""
+    return sorted(f"{name}@{version}" for name, version in _registry)
