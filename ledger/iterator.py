@@ -13,6 +13,7 @@ a ``break`` or a restored state) and starts the next epoch once the current one 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Generator, Iterator
 from typing import Any
 
@@ -124,6 +125,8 @@ class TrainingDataIterator:
                                            batch_size=self.batch_size, drop_last=self.drop_last,
                                            shuffle=self.shuffle,
                                            augmenter_spec=self._maker.augmenter_spec)
+            # an iterator dropped without close() still ends its recorder thread
+            weakref.finalize(self, self._recorder.stop_soon)
         if experiment is not None:
             experiment._track(self)
 

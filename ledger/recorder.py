@@ -69,6 +69,11 @@ class BatchRecorder:
                 self._idle.wait_for(lambda: self._done == self._submitted)
         self._raise_failure()
 
+    def stop_soon(self) -> None:
+        """Let the thread finish what is queued and end, without waiting (for finalizers)."""
+        if self._thread is not None:
+            self._queue.put(_STOP)
+
     def close(self) -> None:
         """Drain, then stop the thread. Safe to call twice."""
         thread, self._thread = self._thread, None

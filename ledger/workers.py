@@ -74,6 +74,8 @@ class _Resources:
     shared: list[SharedArray]
 
     def release(self, grace: float = _STOP_GRACE) -> None:
+        """Ask every worker to stop, terminate those still alive after ``grace`` seconds, then
+        close the pipes and the shared memory."""
         for connection in self.connections:
             try:
                 connection.send_bytes(pack([STOP]))
