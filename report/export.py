@@ -128,7 +128,7 @@ def export_report(store: Store, exp: str, options: ReportOptions, *, fmt: str = 
     """
     if fmt not in FORMATS:
         raise BadInputError(f"unknown report format {fmt!r}: choose from {', '.join(FORMATS)}")
-    store.experiment(exp)
+    row = store.experiment(exp)
     if bundle is not None:
         _prepare_bundle(bundle)
         appendix = bundle / BUNDLE_FILES["appendix"]
@@ -156,11 +156,11 @@ def export_report(store: Store, exp: str, options: ReportOptions, *, fmt: str = 
 
     if appendix is not None:
         report = _write_with(appendix, lambda handle: build_report(
-            store, exp, options, appendix=handle, appendix_name=appendix.name))
+            store, exp, options, appendix=handle, appendix_name=appendix.name, row=row))
         info = report["R7"]["appendix"]
         add(appendix, "appendix", info["sha256"])
     else:
-        report = build_report(store, exp, options)
+        report = build_report(store, exp, options, row=row)
     result.report = report
     report["R0"]["files"] = files
     if bundle is not None:

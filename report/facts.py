@@ -49,17 +49,26 @@ class RunFacts:
         return params if isinstance(params, dict) else {}
 
 
-def gather(store: Store, exp: str) -> RunFacts:
-    """Read the quoted events of ``exp``; raises UnknownExperimentError for an unknown id."""
-    row = store.experiment(exp)
-    facts = RunFacts(row, store.stream_heads(exp), store.first_event_hash(exp, RUN_COMPLETED))
+def gather(store: Store, row: ExperimentRow) -> RunFacts:
+    """Read the quoted events of the experiment of ``row`` (from ``store.experiment(exp)``)."""
+    exp = row.exp
+    facts = RunFacts(row, store.stream_heads(exp), None)
+    completed_at: tuple[str, int] | None = None
     for stream, seq, kind, raw in store.iter_kind_bodies(exp, QUOTED_KINDS):
+        if kind == RUN_COMPLETED and completed_at is None:
+            completed_at = (stream, seq)
         try:
             body = decode_body(raw)
         except LedgerError:
             facts.undecodable.append((stream, seq, kind))
             continue
         _take(facts, stream, kind, body)
+    if completed_at is not None:
+        main = facts.heads.get(MAIN_STREAM)
+        if completed_at[0] == MAIN_STREAM and main is not None and main.count == completed_at[1] + 1:
+            facts.run_head = main.head  # run_completed closes main: its hash is main's head
+        else:  # something follows it (verification says what): ask for its own hash
+            facts.run_head = store.first_event_hash(exp, RUN_COMPLETED)
     return facts
 
 

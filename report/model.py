@@ -22,7 +22,7 @@ from datetime import UTC, date, datetime
 from typing import Any, BinaryIO
 
 from ledger import __version__
-from ledger.store.store import Store
+from ledger.store.store import ExperimentRow, Store
 from ledger.verify import VerifyReport, verify
 from replay.engine import default_data_dir_of
 from report.facts import RunFacts, gather
@@ -92,21 +92,22 @@ def _start_verification(store: Store, exp: str, events: int) -> Callable[[], Ver
 
 
 def build_report(store: Store, exp: str, options: ReportOptions | None = None, *,
-                 appendix: BinaryIO | None = None, appendix_name: str | None = None
-                 ) -> dict[str, Any]:
+                 appendix: BinaryIO | None = None, appendix_name: str | None = None,
+                 row: ExperimentRow | None = None) -> dict[str, Any]:
     """Build the report of ``exp`` (UnknownExperimentError when the ledger has no such run).
 
     Writes the per-event appendix to ``appendix`` when given (named ``appendix_name`` in R7).
     A run that is incomplete, failed, tampered or diverged still gets its report, saying so.
+    ``row`` is ``store.experiment(exp)`` when the caller has it already.
     """
     options = options or ReportOptions()
-    store.experiment(exp)
+    row = row if row is not None and row.exp == exp else store.experiment(exp)
     data_dir = options.data_dir or default_data_dir_of(store)
     outcome = None
     if options.replay:
         outcome = run_replay(store, exp, jobs=options.jobs, trusted=options.trusted,
                              data_dir=data_dir, record=options.record)
-    facts = gather(store, exp)
+    facts = gather(store, row)
     verification = _start_verification(store, exp, sum(h.count for h in facts.heads.values()))
     try:
         scan = scan_run(store, exp, facts.heads, appendix=appendix, bodies=options.full_appendix)
