@@ -386,8 +386,9 @@ class _Batches(TorchDataset):
         if not self.record:
             return x, y, None
         output = None if self.transform is None else tensor_digest(x)
+        in_worker = torch.utils.data.get_worker_info() is not None
         return x, y, (epoch, batch, len(indices), fast_array_digest(indices), output,
-                      _worker_report)
+                      _worker_report if in_worker else None)
 
 
 def _as_made(item: Any) -> Any:

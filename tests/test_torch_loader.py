@@ -1,0 +1,287 @@
+"""The PyTorch integration: recorded sampler, worker seeding, transforms and the recorded
+DataLoader — bit-identical across runs, num_workers, start methods and persistent workers, and
+certified by replay."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed (the 'torch' extra)")
+
+import torch_helpers  # noqa: E402 - registers the test transforms
+from conftest import ROOT, run_cli  # noqa: E402
+from ledger.errors import BadInputError  # noqa: E402
+from ledger.events import decode_body  # noqa: E402
+from ledger.experiment import ExperimentManager, state_digest  # noqa: E402
+from ledger.integrations.torch import (RecordedDataLoader, RecordedSampler,  # noqa: E402
+                                       RecordedTransform, SeedWorkers, recorded_dataloader,
+                                       state_arrays)
+from ledger.integrations.transforms import _registry, register_transform  # noqa: E402
+from ledger.sampling import epoch_order  # noqa: E402
+from ledger.seeds import derive_bytes  # noqa: E402
+from ledger.verify import verify  # noqa: E402
+from ledger.worker_seeding import expected_state_digest_at, states_digest  # noqa: E402
+from replay.diff import diff_runs  # noqa: E402
+from replay.engine import replay_run  # noqa: E402
+
+SEED = 1234
+
+
+def events(manager: ExperimentManager, exp: str) -> list[dict]:
+    return [decode_body(body) for _s, _q, _k, body in manager.store.iter_run_bodies(exp)]
+
+
+def record(url: str, tmp_path: Path, *, epochs: int = 2, seed: int = SEED, **options: object
+           ) -> tuple[str, list[str]]:
+    """Record one run of a RecordedDataLoader; return its id and the digest of each epoch."""
+    options.setdefault("transform", RecordedTransform("jitter", std=0.5))
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("torch-loader", seed=seed) as exp:
+            dataset = exp.register_dataset("fraud", *torch_helpers.fraud_arrays(200))
+            loader = RecordedDataLoader(exp, dataset, 16, **options)
+            digests = torch_helpers.batches_digest(loader, epochs)
+        return exp.id, digests
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'ledger.db'}"
+
+
+# -- the sampler ---------------------------------------------------------------------------------
+
+def test_each_epoch_is_the_permutation_of_its_derived_path(url: str) -> None:
+    with ExperimentManager(url) as manager, manager.create_experiment("s", seed=SEED) as exp:
+        sampler = RecordedSampler(100, exp)
+        first, second = list(sampler), list(sampler)  # each pass starts the next epoch
+        assert first == epoch_order(SEED, 0, 100, True).tolist()
+        assert second == epoch_order(SEED, 1, 100, True).tolist() and first != second
+        sampler.set_epoch(0)
+        assert list(sampler) == first and sampler.epoch == 0
+    resets = [e for e in events(manager, exp.id) if e["kind"] == "epoch_reset"]
+    assert [e["path"] for e in resets] == [["epoch", 0, "shuffle"], ["epoch", 1, "shuffle"]]
+    assert resets[0]["seed"] == derive_bytes(SEED, ("epoch", 0, "shuffle"))
+
+
+def test_an_iterator_never_started_starts_no_epoch() -> None:
+    sampler = RecordedSampler(10, seed=SEED)
+    iter(sampler)
+    iter(sampler)  # what a DataLoader does when it builds a multi-process iterator
+    assert list(sampler) == epoch_order(SEED, 0, 10, True).tolist()
+
+
+@pytest.mark.parametrize("length", [1, 7, 10, 33])
+@pytest.mark.parametrize("replicas", [1, 2, 3, 4])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_shares_are_those_of_distributed_sampler(length: int, replicas: int,
+                                                 drop_last: bool) -> None:
+    data = list(range(length))
+    for rank in range(replicas):
+        theirs = torch.utils.data.DistributedSampler(data, num_replicas=replicas, rank=rank,
+                                                     shuffle=False, drop_last=drop_last)
+        ours = RecordedSampler(data, num_replicas=replicas, rank=rank, shuffle=False,
+                               drop_last=drop_last, seed=SEED)
+        assert list(ours) == list(theirs) and len(ours) == len(theirs)
+
+
+def test_ranks_share_one_permutation_and_only_rank_0_records_it(url: str) -> None:
+    with ExperimentManager(url) as manager, manager.create_experiment("s", seed=SEED) as exp:
+        shares = [list(RecordedSampler(50, exp, num_replicas=2, rank=rank)) for rank in (0, 1)]
+    order = epoch_order(SEED, 0, 50, True).tolist()
+    assert shares == [order[0::2], order[1::2]]
+    assert [e["kind"] for e in events(manager, exp.id)].count("epoch_reset") == 1
+
+
+def test_sampler_refuses_bad_arguments(url: str) -> None:
+    with pytest.raises(BadInputError, match="root seed"):
+        RecordedSampler(10)
+    with pytest.raises(BadInputError, match="rank"):
+        RecordedSampler(10, seed=1, num_replicas=2, rank=2)
+    with ExperimentManager(url) as manager, manager.create_experiment("s", seed=SEED) as exp:
+        with pytest.raises(BadInputError, match="root seed"):
+            RecordedSampler(10, exp, seed=SEED + 1)
+
+
+# -- workers ---------------------------------------------------------------------------------------
+
+def test_seed_workers_seeds_every_global_rng_from_the_worker_path() -> None:
+    saved = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    try:
+        SeedWorkers(SEED, num_replicas=2, rank=1)(3)
+        states = states_digest(random.getstate(), np.random.get_state(legacy=True),
+                               torch.random.get_rng_state().numpy())
+        assert states == expected_state_digest_at(SEED, ("rank", 1, "worker", 3))
+        assert SeedWorkers(SEED).path(3) == ("worker", 3)
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.random.set_rng_state(saved[2])
+
+
+# -- the recorded DataLoader -----------------------------------------------------------------------
+
+def test_batches_and_events_are_the_same_for_0_and_2_workers(url: str, tmp_path: Path) -> None:
+    single, single_digests = record(url, tmp_path, num_workers=0)
+    forked, forked_digests = record(url, tmp_path, num_workers=2,
+                                    multiprocessing_context="fork")
+    assert single_digests == forked_digests and single_digests[0] != single_digests[1]
+    with ExperimentManager(url) as manager:
+        report = diff_runs(manager.store, single, forked)
+        assert report.identical, report.first_divergence
+        kinds = [e["kind"] for e in events(manager, forked)]
+        assert kinds.count("worker_spawned") == 2 and kinds.count("augmentation_batch") == 26
+        spawned = [e for e in events(manager, forked) if e["kind"] == "worker_spawned"]
+        assert [e["path"] for e in spawned] == [["worker", 0], ["worker", 1]]
+        assert all(e["output"] == expected_state_digest_at(SEED, e["path"]) for e in spawned)
+        assert verify(manager.store).ok
+
+
+def test_spawn_and_persistent_workers_give_the_same_batches(url: str, tmp_path: Path) -> None:
+    _exp, reference = record(url, tmp_path, epochs=3, num_workers=0)
+    spawned, digests = record(url, tmp_path, epochs=3, num_workers=2,
+                              multiprocessing_context="spawn", persistent_workers=True)
+    assert digests == reference
+    with ExperimentManager(url) as manager:
+        spawned_events = [e for e in events(manager, spawned) if e["kind"] == "worker_spawned"]
+        assert {e["params"]["start_method"] for e in spawned_events} == {"spawn"}
+        assert all(e["params"]["persistent"] for e in spawned_events)
+
+
+def test_the_same_seed_gives_the_same_run_and_another_seed_another(url: str,
+                                                                   tmp_path: Path) -> None:
+    first, digests = record(url, tmp_path)
+    second, again = record(url, tmp_path)
+    other, different = record(url, tmp_path, seed=SEED + 1)
+    assert digests == again and digests[0] != different[0]
+    with ExperimentManager(url) as manager:
+        assert diff_runs(manager.store, first, second).identical
+        assert not diff_runs(manager.store, first, other).identical
+
+
+@pytest.mark.parametrize("transform", [RecordedTransform("feature_dropout", per="batch", p=0.3),
+                                       RecordedTransform("sign_flip", p=0.5), None],
+                         ids=["per-batch", "global-rng", "none"])
+def test_replay_certifies_a_recorded_loader(url: str, tmp_path: Path, transform: object) -> None:
+    exp, _digests = record(url, tmp_path, num_workers=2, transform=transform)
+    with ExperimentManager(url) as manager:
+        report = replay_run(manager.store, exp, data_dir=tmp_path / "data")
+    assert report.certified, report.first_divergence
+    expected = {"augmentation_batch": 26} if transform is not None else {}
+    assert dict(report.compared) == {"dataset_registered": 1, "epoch_reset": 2,
+                                     "worker_spawned": 2, **expected}
+
+
+def test_a_global_rng_transform_leaves_the_global_rng_alone(url: str, tmp_path: Path) -> None:
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    record(url, tmp_path, transform=RecordedTransform("sign_flip"))
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_replay_names_a_transform_that_ignores_its_generator(url: str, tmp_path: Path) -> None:
+    exp, _digests = record(url, tmp_path, transform=RecordedTransform("leaky_noise"))
+    with ExperimentManager(url) as manager:
+        report = replay_run(manager.store, exp, data_dir=tmp_path / "data")
+    divergence = report.first_divergence
+    assert divergence is not None and divergence.kind == "augmentation_batch"
+    assert divergence.path == ["epoch", 0, "batch", 0, "augment"]
+    assert divergence.cause.value == "same seed, different output"
+
+
+def test_ledger_replay_runs_a_registered_transform_only_when_trusted(url: str,
+                                                                     tmp_path: Path) -> None:
+    exp, _digests = record(url, tmp_path)
+    env = {"PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+           "LEDGER_DATA_DIR": str(tmp_path / "data")}
+    refused = run_cli("--db", url, "replay", exp, "--no-record", env=env)
+    assert refused.returncode == 3 and "transform 'jitter' version 1" in refused.stderr
+    certified = run_cli("--db", url, "replay", exp, "--trust", "torch_helpers", env=env)
+    assert certified.returncode == 0, certified.stderr
+    assert "CERTIFIED" in certified.stdout
+
+
+def test_a_dataset_without_labels_yields_features(url: str, tmp_path: Path) -> None:
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("x", seed=SEED) as exp:
+            dataset = exp.register_dataset("x", np.arange(40, dtype=np.float32).reshape(20, 2))
+            batches = list(RecordedDataLoader(exp, dataset, 8, shuffle=False))
+    assert [tuple(b.shape) for b in batches] == [(8, 2), (8, 2), (4, 2)]
+    assert torch.equal(torch.cat(batches), torch.from_numpy(dataset.features))
+
+
+def test_the_one_call_helper_registers_a_torch_dataset(url: str, tmp_path: Path) -> None:
+    features, labels = torch_helpers.fraud_arrays(64)
+    data = torch.utils.data.TensorDataset(torch.from_numpy(features), torch.from_numpy(labels))
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("helper", seed=SEED) as exp:
+            loader = recorded_dataloader(exp, data, 16, name="fraud", transform="jitter",
+                                         drop_last=True)
+            assert len(loader) == 4 and len(list(loader)) == 4
+        report = replay_run(manager.store, exp.id, data_dir=tmp_path)
+    assert report.certified and report.compared["augmentation_batch"] == 4
+
+
+def test_record_false_gives_the_same_batches_and_records_none(url: str, tmp_path: Path) -> None:
+    _exp, recorded = record(url, tmp_path)
+    quiet, unrecorded = record(url, tmp_path, record=False)
+    assert unrecorded == recorded
+    with ExperimentManager(url) as manager:
+        assert set(manager.store.counts_by_kind(quiet)) == {
+            "experiment_created", "dataset_registered", "run_completed"}
+
+
+@pytest.mark.parametrize(("options", "match"), [
+    ({"transform": "no_such_transform"}, "unknown transform"),
+    ({"transform": lambda x: x}, "RecordedTransform"),
+    ({"collate_fn": None}, "sets them itself"),
+    ({"in_order": False}, "in order"),
+    ({"batch_size": 0}, "batch_size"),
+])
+def test_bad_loader_options_are_refused(url: str, tmp_path: Path, options: dict,
+                                        match: str) -> None:
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("bad", seed=SEED) as exp:
+            dataset = exp.register_dataset("d", *torch_helpers.fraud_arrays(32))
+            batch_size = options.pop("batch_size", 8)
+            with pytest.raises(BadInputError, match=match):
+                RecordedDataLoader(exp, dataset, batch_size, **options)
+
+
+def test_an_unregistered_dataset_is_refused(url: str, tmp_path: Path) -> None:
+    from ledger.datasets import in_memory_dataset
+
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("bad", seed=SEED) as exp:
+            with pytest.raises(BadInputError, match="not registered"):
+                RecordedDataLoader(exp, in_memory_dataset("d", np.zeros((4, 2))), 2)
+
+
+def test_a_transform_is_registered_once_per_name_and_version() -> None:
+    with pytest.raises(BadInputError, match="already registered"):
+        register_transform("jitter", 1)(lambda x, generator: x)
+    with pytest.raises(BadInputError, match=r"\(x, generator"):
+        register_transform("odd", 1)(lambda x: x)
+    with pytest.raises(BadInputError, match="unknown parameter"):
+        RecordedTransform("jitter", sigma=1.0)
+    with pytest.raises(BadInputError, match="per="):
+        RecordedTransform("jitter", per="row")
+    assert ("jitter", 1) in _registry
+
+
+# -- checkpoints -------------------------------------------------------------------------------------
+
+def test_log_checkpoint_takes_a_state_dict(url: str) -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    with ExperimentManager(url) as manager, manager.create_experiment("ckpt", seed=SEED) as exp:
+        event = exp.log_checkpoint("model", model.state_dict(), epoch=0)
+    arrays = state_arrays(model.state_dict())
+    assert event.output == state_digest(arrays)
+    assert event.params["arrays"]["1.num_batches_tracked"] == {"dtype": "<i8", "shape": []}
+    widened = state_arrays({"w": torch.ones(2, dtype=torch.bfloat16, requires_grad=True)})
+    assert widened["w"].dtype == np.float32
