@@ -16,6 +16,7 @@ BENCHMARKS = {
     "verify": "bench.bench_verify",
     "pipeline": "bench.bench_pipeline",
     "replay": "bench.bench_replay",
+    "report": "bench.bench_report",
 }
 
 

@@ -49,10 +49,12 @@ class RunFacts:
         return params if isinstance(params, dict) else {}
 
 
-def gather(store: Store, row: ExperimentRow) -> RunFacts:
-    """Read the quoted events of the experiment of ``row`` (from ``store.experiment(exp)``)."""
+def gather(store: Store, row: ExperimentRow, heads: dict[str, StreamHead] | None = None
+           ) -> RunFacts:
+    """Read the quoted events of the experiment of ``row`` (from ``store.experiment(exp)``);
+    ``heads`` are its ``store.stream_heads`` when the caller has them already."""
     exp = row.exp
-    facts = RunFacts(row, store.stream_heads(exp), None)
+    facts = RunFacts(row, heads if heads is not None else store.stream_heads(exp), None)
     completed_at: tuple[str, int] | None = None
     for stream, seq, kind, raw in store.iter_kind_bodies(exp, QUOTED_KINDS):
         if kind == RUN_COMPLETED and completed_at is None:

@@ -107,10 +107,11 @@ def build_report(store: Store, exp: str, options: ReportOptions | None = None, *
     if options.replay:
         outcome = run_replay(store, exp, jobs=options.jobs, trusted=options.trusted,
                              data_dir=data_dir, record=options.record)
-    facts = gather(store, row)
-    verification = _start_verification(store, exp, sum(h.count for h in facts.heads.values()))
+    heads = store.stream_heads(exp)
+    verification = _start_verification(store, exp, sum(h.count for h in heads.values()))
     try:
-        scan = scan_run(store, exp, facts.heads, appendix=appendix, bodies=options.full_appendix)
+        facts = gather(store, row, heads)
+        scan = scan_run(store, exp, heads, appendix=appendix, bodies=options.full_appendix)
     finally:
         verified = verification()
     return assemble(store, facts, scan, verified, outcome, options, data_dir, appendix_name)
