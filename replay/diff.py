@@ -12,6 +12,7 @@ depend on its number of workers (DESIGN §1), so 0 and 2 workers compare as iden
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +77,7 @@ class DiffReport:
     exp_a: str
     exp_b: str
     compared: int = 0
+    compared_by_kind: Counter = field(default_factory=Counter)
     identical_events: int = 0
     differing: int = 0
     missing_in_b: int = 0
@@ -99,6 +101,7 @@ class DiffReport:
 
         return {"a": self.exp_a, "b": self.exp_b, "identical": self.identical,
                 "compared": self.compared, "identical_events": self.identical_events,
+                "compared_by_kind": dict(sorted(self.compared_by_kind.items())),
                 "differing": self.differing, "missing_in_b": self.missing_in_b,
                 "extra_in_b": self.extra_in_b,
                 "first_divergence": None if self.first_divergence is None
@@ -176,6 +179,7 @@ def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = N
         if side_b is None and key[0] == WORKER_SPAWNED:
             continue  # worker counts may differ: outputs do not depend on them (DESIGN §1)
         report.compared += 1
+        report.compared_by_kind[key[0]] += 1
         divergence = _compare(key, side_a, side_b, explanation)
         if divergence is None:
             report.identical_events += 1

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from examples.fraud.dataset import DATASET_NAME, VALIDATION_NAME, FraudData
+from examples.fraud.job import entrypoint, job_config
 from examples.fraud.legacy import LEGACY_OP
 from examples.fraud.model import MODEL_NAME, FraudMLP, roc_auc
 from ledger.augment import DataAugmenter
@@ -24,7 +25,6 @@ from ledger.seeds import generator
 
 HYPERPARAMS: dict[str, Any] = {"lr": 0.05, "epochs": 5, "batch_size": 256, "hidden": [64, 32],
                                "noise_std": 0.1, "mask_prob": 0.1, "pos_weight": 5.0}
-ENTRYPOINT = {"module": "examples.fraud.train", "function": "train"}
 Progress = Callable[[int, float, float], None]
 """Called after each epoch with (epoch, mean training loss, validation AUC)."""
 
@@ -62,7 +62,11 @@ def train(data: FraudData, manager: ExperimentManager | None, *, seed: int = 42,
     else:
         with manager.create_experiment(MODEL_NAME, seed=seed, hyperparams=hyperparams,
                                        purpose="ledger demo: fraud detection",
-                                       entrypoint=ENTRYPOINT) as exp:
+                                       entrypoint=entrypoint(job_config(
+                                           workers=workers, epochs=hyperparams["epochs"],
+                                           inject_nondeterminism=inject_nondeterminism,
+                                           transactions=len(data.train_x) + len(data.val_x))
+                                       )) as exp:
             result = _loop(data, exp, seed, workers, hyperparams, inject_nondeterminism,
                            start_method, on_epoch)
         result.head = exp.head
