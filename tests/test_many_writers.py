@@ -1,0 +1,205 @@
+"""Many writers, one experiment, every backend: 4 processes append 50,000 events each to their
+own stream — nothing lost, nothing duplicated, every chain verifies — and a second writer that
+opens a stream someone holds is refused at open, never forked."""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import subprocess
+import sys
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+import sqlalchemy
+from sqlalchemy import text
+
+from conftest import ROOT
+from ledger.errors import BadInputError, StoreError, StreamClaimedError
+from ledger.events import decode_body
+from ledger.experiment import ExperimentManager
+from ledger.integrations.runs import AttachedRun
+from ledger.seeds import derive_bytes
+from ledger.store import Store, StreamWriter
+from ledger.verify import verify
+from ledger_builders import drop_append_only_triggers, execute, record_experiment
+
+WRITERS = 4
+EVENTS = 50_000
+ROOT_SEED = 2024
+
+
+def append_stream(url: str, exp: str, rank: int, count: int) -> tuple[str, int, bytes]:
+    """In a fresh process: attach to ``exp`` as ``rank-<rank>`` and append ``count`` draws."""
+    with AttachedRun.open(url, exp, f"rank-{rank}") as run:
+        for index in range(count):
+            epoch, batch = divmod(index, 1000)
+            path = ("rank", rank, "epoch", epoch, "batch", batch, "augment")
+            indices = hashlib.sha256(f"{rank}/{index}".encode()).digest()
+            run.record_draw("augmentation_batch", path, seed=derive_bytes(run.root_seed, path),
+                            params={"epoch": epoch, "batch": batch, "batch_size": 256,
+                                    "dataset": "fraud-2024Q1", "indices_digest": indices},
+                            input=indices, output=hashlib.sha256(indices).digest())
+        last = run._writer.head
+    return run.stream, count, last
+
+
+def test_four_processes_append_to_one_experiment(store_url: str, tmp_path) -> None:  # noqa: ANN001
+    with ExperimentManager(store_url, data_dir=tmp_path) as manager:
+        exp = manager.create_experiment("many-writers", seed=ROOT_SEED)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(WRITERS, mp_context=context) as pool:
+            futures = [pool.submit(append_stream, store_url, exp.id, rank, EVENTS)
+                       for rank in range(1, WRITERS + 1)]
+            reported = {stream: (count, head) for stream, count, head in
+                        (future.result() for future in futures)}
+        completed = exp.close()
+        store = manager.store
+        heads = store.stream_heads(exp.id)
+        assert {name: (head.count, head.head) for name, head in heads.items()
+                if name != "main"} == reported
+        assert completed.params["streams"] == {
+            name: {"count": head.count, "head": head.head} for name, head in heads.items()
+            if name != "main"} | {"main": {"count": completed.seq,
+                                           "head": completed.prev}}
+        for _exp, stream, count, max_seq in store.chain_sizes(exp.id):
+            if stream != "main":
+                assert (count, max_seq) == (EVENTS, EVENTS - 1)  # nothing lost or duplicated
+        with store.engine.connect() as connection:
+            distinct = connection.execute(text(
+                "SELECT COUNT(DISTINCT hash), COUNT(*) FROM ledger_events WHERE exp = :exp"),
+                {"exp": exp.id}).one()
+        assert distinct[0] == distinct[1] == WRITERS * EVENTS + completed.seq + 1
+        report = verify(store, exp.id, jobs=2)
+        assert report.ok, report.findings[:3]
+        assert report.events == distinct[1]
+
+
+# -- one writer per stream --------------------------------------------------------------------------
+
+HOLDER = """
+import sys
+from ledger.store import Store, StreamWriter
+store = Store.open(sys.argv[1])
+writer = StreamWriter(store, sys.argv[2], sys.argv[3], flush_interval=None)
+print("open", flush=True)
+if sys.stdin.readline().strip() == "die":
+    import os
+    os._exit(9)  # killed: the claim is never released
+writer.append("metric", params={"who": "holder"})
+writer.close()
+print("closed", flush=True)
+"""
+
+
+def _holder(url: str, exp: str, stream: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-c", HOLDER, url, exp, stream], env=env,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "open"
+    return process
+
+
+def test_a_second_process_opening_a_held_stream_is_refused(store: Store, store_url: str) -> None:
+    recorded = record_experiment(store, workers=1, complete=False)
+    holder = _holder(store_url, recorded.exp, "worker-0")
+    try:
+        with pytest.raises(StreamClaimedError, match=rf"worker-0 .*pid {holder.pid}\b"):
+            StreamWriter(store, recorded.exp, "worker-0")
+        with pytest.raises(StreamClaimedError):
+            AttachedRun(store, recorded.exp, "worker-0")
+        holder.stdin.write("append\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "closed"
+    finally:
+        holder.communicate()
+    with StreamWriter(store, recorded.exp, "worker-0", flush_interval=None) as after:
+        assert after.next_seq == len(recorded.streams["worker-0"]) + 1
+        after.append("metric", params={"who": "after"})
+    assert verify(store, recorded.exp).ok
+
+
+def test_a_claim_left_by_a_killed_process_is_taken_over(store: Store, store_url: str) -> None:
+    recorded = record_experiment(store, workers=1, complete=False)
+    holder = _holder(store_url, recorded.exp, "worker-0")
+    holder.communicate("die\n")
+    assert holder.returncode == 9
+    with StreamWriter(store, recorded.exp, "worker-0", flush_interval=None) as writer:
+        writer.append("metric")
+    with store.engine.connect() as connection:
+        claims = connection.execute(text(
+            "SELECT attempt, action, pid FROM ledger_stream_claims WHERE exp = :exp AND "
+            "stream = 'worker-0' ORDER BY id"), {"exp": recorded.exp}).all()
+    mine = os.getpid()
+    # the builder's claim and release, the killed holder's claim, then ours: taking over
+    # releases the dead claim first
+    assert [tuple(row) for row in claims[2:]] == [(1, "claim", holder.pid), (1, "release", mine),
+                                                  (2, "claim", mine), (2, "release", mine)]
+    assert verify(store, recorded.exp).ok
+
+
+def test_claims_are_append_only(store: Store) -> None:
+    record_experiment(store, workers=0)
+    for statement in ("UPDATE ledger_stream_claims SET pid = 1",
+                      "DELETE FROM ledger_stream_claims"):
+        with pytest.raises(sqlalchemy.exc.DBAPIError, match="append-only"):
+            execute(store, statement)
+
+
+def test_a_ledger_without_the_claims_table_gets_it_on_first_write(store: Store,
+                                                                  store_url: str) -> None:
+    """A version-1 ledger made before claims existed: read as it is, the table added (with its
+    triggers) the first time a writer opens it."""
+    recorded = record_experiment(store, workers=0, complete=False)
+    drop_append_only_triggers(store)
+    execute(store, "DROP TABLE ledger_stream_claims")
+    with Store.open(store_url) as old:
+        assert old.schema_version == 1 and verify(old).ok
+        with StreamWriter(old, recorded.exp, "main", flush_interval=None) as writer:
+            writer.append("metric")
+        with pytest.raises(StreamClaimedError):
+            with StreamWriter(old, recorded.exp, "audit", flush_interval=None):
+                StreamWriter(old, recorded.exp, "audit", flush_interval=None)
+        with pytest.raises(sqlalchemy.exc.DBAPIError, match="append-only"):
+            execute(old, "DELETE FROM ledger_stream_claims")
+        assert verify(old).ok
+
+
+# -- attaching to an experiment -------------------------------------------------------------------
+
+def test_attached_streams_are_listed_by_run_completed(store_url: str, tmp_path) -> None:  # noqa: ANN001
+    with ExperimentManager(store_url, data_dir=tmp_path) as manager:
+        exp = manager.create_experiment("attached", seed=ROOT_SEED)
+        features = [[0.0, 1.0], [2.0, 3.0]]
+        dataset = exp.register_dataset("d", features, [0, 1])
+        exp.flush()
+        with AttachedRun.open(store_url, exp.id, "rank-1") as run:
+            assert run.root_seed == ROOT_SEED and run.name == "attached"
+            assert run.register_dataset("d", features, [0, 1]).loader == dataset.loader
+            with pytest.raises(BadInputError, match="no such dataset"):
+                run.register_dataset("d", features, [1, 0])
+            path = ("rank", 1, "custom")
+            assert run.record_draw("user_draw", path, seed=None, params={}) is not None
+            assert run.record_draw("user_draw", path, seed=None, params={}) is None
+            with pytest.raises(BadInputError, match="once per run"):
+                run.record_draw("user_draw", path, seed=None, params={}, output=bytes(32))
+        completed = exp.close()
+        assert set(completed.params["streams"]) == {"main", "rank-1"}
+        assert verify(manager.store, exp.id).ok
+        with pytest.raises(BadInputError, match="already completed"):
+            AttachedRun.open(store_url, exp.id, "rank-2")
+        with pytest.raises(BadInputError, match="main stream"):
+            AttachedRun(manager.store, exp.id, "main")
+        bodies = [decode_body(body) for _s, _q, _k, body in
+                  manager.store.iter_run_bodies(exp.id)]
+        assert [b["stream"] for b in bodies if b["kind"] == "user_draw"] == ["rank-1"]
+
+
+def test_appending_after_close_is_refused(store: Store) -> None:
+    recorded = record_experiment(store, workers=0, complete=False)
+    run = AttachedRun(store, recorded.exp, "rank-1")
+    run.close()
+    run.close()
+    with pytest.raises(StoreError, match="closed"):
+        run.record("metric")
