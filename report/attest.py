@@ -29,7 +29,8 @@ REPLAY_CONFIGURATION = "urn:reproducibility-ledger:replay:v1"
 def _head_subject(report: dict[str, Any]) -> list[dict[str, Any]]:
     exp = report["R1"]["exp"]
     if report["R9"]["run_head"]:
-        return [{"name": f"{exp}/run-head", "digest": {"ledger-event-v1": report["R9"]["run_head"]}}]
+        return [{"name": f"{exp}/run-head",
+                 "digest": {"ledger-event-v1": report["R9"]["run_head"]}}]
     main = [s for s in report["R9"]["streams"] if s["stream"] == "main"]
     return [{"name": f"{exp}/main-stream-head (incomplete run)",
              "digest": {"ledger-event-v1": main[0]["head"]}}] if main else []

@@ -144,7 +144,9 @@ def _r5(report: dict[str, Any]) -> str:
     check = r5["independence"]
     return ("<table><tr><th>name</th><th>role</th><th>source</th><th>content digest</th>"
             f"<th>records</th></tr>{rows}</table>"
-            f"<h3>Train/test independence</h3>{_rows([('status', check['status']), ('reason', check['reason']), ('pairs', check['pairs'])])}")
+            "<h3>Train/test independence</h3>"
+            + _rows([("status", check["status"]), ("reason", check["reason"]),
+                     ("pairs", check["pairs"])]))
 
 
 def _tree(report: dict[str, Any]) -> str:
@@ -204,7 +206,8 @@ def _r7(report: dict[str, Any]) -> str:
                    ("Given by", {"user": "the user", "os": "drawn from the OS and recorded"}.get(
                        r7["root_seed_source"], r7["root_seed_source"])),
                    ("Derivation scheme", r7["scheme"]), ("Derivation", r7["derivation"]),
-                   ("Draws by category", r7["categories"]), ("Events by kind", r7["counts_by_kind"]),
+                   ("Draws by category", r7["categories"]),
+                   ("Events by kind", r7["counts_by_kind"]),
                    ("Events", r7["events"]),
                    ("Per-event appendix", appendix if appendix else "not written")])
             + "<h3>Seed derivation tree</h3>" + _tree(report)

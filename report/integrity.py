@@ -14,7 +14,8 @@ from ledger.verify import VerifyReport
 from report.facts import RunFacts
 from report.scan import stream_order
 
-EVENT_HASH_RULE = 'SHA-256(b"ledger/event/v1\\x00" + canonical(body)); each event\'s prev is the hash of the event before it in its stream'
+EVENT_HASH_RULE = ('SHA-256(b"ledger/event/v1\\x00" + canonical(body)); each event\'s prev is '
+                   'the hash of the event before it in its stream')
 
 
 def append_only_controls(store: Store, verification: VerifyReport) -> list[dict[str, Any]]:

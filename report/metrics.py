@@ -4,7 +4,8 @@ A metric logged with an epoch is plotted at that epoch (the last value logged fo
 one logged without an epoch at its position among that metric's values. Past
 :data:`MAX_POINTS` points a series is thinned uniformly (every other point dropped, and from then
 on only every 2nd, 4th, … value kept), so memory does not grow with the number of events.
-Past :data:`MAX_SERIES` names, further metrics are counted, not kept. Values that are not real numbers (text, lists, booleans) are not plotted; their last value is kept.
+Past :data:`MAX_SERIES` names, further metrics are counted, not kept. Values that are not real
+numbers (text, lists, booleans) are not plotted; their last value is kept.
 """
 
 from __future__ import annotations

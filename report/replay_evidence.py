@@ -21,10 +21,12 @@ from replay.engine import POLICY, ReplayReport, record_replay, replay_run
 
 PASSED, FAILED, INCONCLUSIVE, NOT_REPLAYED = "PASSED", "FAILED", "INCONCLUSIVE", "NOT_REPLAYED"
 EXCLUDED = [
-    {"what": "meta", "why": "observed facts (pid, host, durations) that differ between honest runs"},
+    {"what": "meta",
+     "why": "observed facts (pid, host, durations) that differ between honest runs"},
     {"what": "t", "why": "wall-clock time of recording"},
     {"what": "metric and checkpoint events",
-     "why": "outputs of training, not draws: compared only when training is re-run (replay --full)"},
+     "why": "outputs of training, not draws: compared only when training is re-run "
+            "(replay --full)"},
     {"what": "the audit stream", "why": "replays and report exports recorded after the run"},
 ]
 
@@ -74,7 +76,8 @@ def r8_replay(facts: RunFacts, outcome: ReplayOutcome | None) -> dict[str, Any]:
     section: dict[str, Any] = {
         "title": "Replay certificate", "verdict": NOT_REPLAYED, "source": None, "reason": None,
         "replayed_by": None, "started_at": None, "finished_at": None, "environment": None,
-        "environment_differences": [], "policy": {"rule": POLICY, "excluded": EXCLUDED, "missing_and_extra": MISSING_NOTE},
+        "environment_differences": [],
+        "policy": {"rule": POLICY, "excluded": EXCLUDED, "missing_and_extra": MISSING_NOTE},
         "counts": None, "first_divergence": None, "certified_head": None,
         "head_is_current": None, "audit_seq": None, "plugins": []}
     current_head = facts.run_head.hex() if facts.run_head else None

@@ -128,7 +128,8 @@ def r5_data(facts: RunFacts, data_dir: Any) -> dict[str, Any]:
         params = _dict(body.get("params"))
         loader = _dict(params.get("loader"))
         rows.append({"name": _text(params.get("name")), "role": _text(params.get("role")),
-                     "source": {"kind": _text(loader.get("kind")), "base": _text(loader.get("base")),
+                     "source": {"kind": _text(loader.get("kind")),
+                                "base": _text(loader.get("base")),
                                 "path": _text(loader.get("path"))},
                      "digest": hex_or_none(body.get("output")),
                      "records": params.get("length") if isinstance(params.get("length"), int)

@@ -15,7 +15,7 @@ from ledger.datasets import dataset_digest, store_npz
 from ledger.digests import value_digest
 from ledger.errors import UnknownExperimentError
 from ledger.events import DATASET_REGISTERED
-from ledger.experiment import ExperimentManager
+from ledger.experiment import Experiment, ExperimentManager
 from ledger.seeds import derive_bytes
 from ledger.store import Store
 from ledger_builders import drop_append_only_triggers, execute, record_experiment
@@ -171,7 +171,8 @@ def test_a_replay_without_its_data_is_inconclusive(honest: tuple[str, Path, str]
     assert report["summary"]["alerts"][0].startswith("REPLAY INCONCLUSIVE")
 
 
-def _register(exp, name: str, role: str, features: np.ndarray, data_dir: Path) -> None:  # noqa: ANN001
+def _register(exp: Experiment, name: str, role: str, features: np.ndarray,
+              data_dir: Path) -> None:
     labels = np.zeros(len(features), np.int8)
     digest = dataset_digest(features, labels)
     exp.record(DATASET_REGISTERED, params={
@@ -266,3 +267,20 @@ def test_a_metric_series_is_thinned_but_keeps_its_count_and_last_value() -> None
     assert len(data["points"]) <= MAX_POINTS and data["count"] == 50_001
     assert data["points"][0] == [0, 1] and data["thinned_every"] > 1
     assert data["last"] == "NaN"
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_a_report_on_every_backend(store_url: str, parallel: bool,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    if parallel:  # verification in its own process, as for runs of 100,000 events and more
+        monkeypatch.setattr("report.model.PARALLEL_VERIFY_EVENTS", 0)
+    with Store.open(store_url, create=True) as store:
+        recorded = record_experiment(store, workers=2)
+    report = report_of(store_url, recorded.exp)
+    assert report["summary"]["integrity"] == "VERIFIED"
+    assert report["R9"]["run_head"] == recorded.head.hex()
+    assert [s["stream"] for s in report["R9"]["streams"]] == ["main", "worker-0", "worker-1"]
+    assert report["R9"]["verification"]["events"] == recorded.event_count()
+    assert all(control["in_force"] for control in report["R9"]["append_only_controls"])
+    truncate = [c for c in report["R9"]["append_only_controls"] if "TRUNCATE" in c["control"]]
+    assert bool(truncate) == store_url.startswith("postgresql")

@@ -24,7 +24,7 @@ A, B = "exp-aaaaaaaaaaaa", "exp-bbbbbbbbbbbb"
 
 @pytest.fixture(scope="module")
 def signed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Signed bundles of two experiments (a/, b/), the key pair (key.*) and a second key (other.*)."""
+    """Signed bundles of two experiments (a/, b/), the key pair (key.*), another (other.*)."""
     folder = tmp_path_factory.mktemp("signed")
     url = f"sqlite:///{folder / 'ledger.db'}"
     generate_key_pair(folder / "key")
