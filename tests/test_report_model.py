@@ -284,3 +284,20 @@ def test_a_report_on_every_backend(store_url: str, parallel: bool,
     assert all(control["in_force"] for control in report["R9"]["append_only_controls"])
     truncate = [c for c in report["R9"]["append_only_controls"] if "TRUNCATE" in c["control"]]
     assert bool(truncate) == store_url.startswith("postgresql")
+
+
+def test_unreadable_bodies_and_paths_do_not_stop_the_report(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store)
+        drop_append_only_triggers(store)
+        execute(store, "UPDATE ledger_events SET body = :body WHERE exp = :exp AND "
+                       "stream = 'main' AND seq = 0", body=b"\xc1garbage", exp=recorded.exp)
+        execute(store, "UPDATE ledger_events SET path = :path WHERE exp = :exp AND "
+                       "stream = 'main' AND seq = 2", path=b"\xc1", exp=recorded.exp)
+    report = report_of(url, recorded.exp)
+    assert report["R9"]["undecodable_events"] == [{"stream": "main", "seq": 0,
+                                                   "kind": "experiment_created"}]
+    assert report["R7"]["unreadable_paths"] == 1 and report["R7"]["root_seed"] is None
+    assert report["summary"]["integrity"] == "FAILED"
+    assert any("could not be decoded" in alert for alert in report["summary"]["alerts"])
