@@ -16,9 +16,8 @@ from typing import Any
 import pytest
 
 from conftest import ROOT, run_cli
-from ledger.digests import ZERO_DIGEST
-from ledger.events import decode_body, make_event
-from ledger.store import Store, StreamWriter
+from forgery import copy_run
+from ledger.store import Store
 from replay_helpers import record_run
 
 PACKAGES = ("ledger", "replay", "cli", "report", "examples")
@@ -26,40 +25,6 @@ EVIL_MODULE = "ledger_test_evil_module"
 EVIL_SOURCE = ("from pathlib import Path\n"
                "Path(__file__).with_name('IMPORTED').write_text('the ledger ran my code')\n"
                "def system(*args, **kwargs):\n    return 0\n")
-
-
-def _copy_run(source: Store, exp: str, target: Store, change: Callable[[dict[str, Any]], None]
-              ) -> None:
-    """Re-record ``exp`` into ``target`` with ``change`` applied to every body: a forged ledger
-    that is internally consistent (hashes, chains, run_completed all recomputed)."""
-    writers: dict[str, StreamWriter] = {}
-    heads: dict[str, tuple[int, bytes]] = {}
-    for stream, _seq, kind, body_bytes in source.iter_run_bodies(exp):
-        body = decode_body(body_bytes)
-        change(body)
-        if kind == "run_completed":
-            for name, writer in writers.items():
-                if name != "main":
-                    writer.flush()
-            body["params"]["streams"] = {
-                name: {"count": writer.next_seq, "head": writer.head}
-                for name, writer in writers.items()}
-        if kind == "experiment_created":
-            first = make_event(exp, "main", 0, kind, path=body["path"], seed=body["seed"],
-                               params=body["params"], input=body["input"],
-                               output=body["output"], meta=body["meta"], prev=ZERO_DIGEST,
-                               t=body["t"])
-            target.insert_experiment(exp, body["params"]["name"], first)
-            heads["main"] = (0, first.hash)
-            continue
-        writer = writers.get(stream)
-        if writer is None:
-            writer = writers[stream] = StreamWriter(target, exp, stream, flush_interval=None,
-                                                    _head=heads.get(stream))
-        writer.append(kind, path=body["path"], seed=body["seed"], params=body["params"],
-                      input=body["input"], output=body["output"], meta=body["meta"], t=body["t"])
-    for writer in writers.values():
-        writer.close()
 
 
 def _rename_op(body: dict[str, Any]) -> None:
@@ -89,7 +54,7 @@ def test_a_ledger_naming_a_module_imports_nothing_and_exits_3(
     forged = f"sqlite:///{tmp_path / 'forged.db'}"
     exp = record_run(honest, tmp_path / "data")
     with Store.open(honest) as source, Store.open(forged, create=True) as target:
-        _copy_run(source, exp, target, change)
+        copy_run(source, exp, target, change)
     assert run_cli("--db", forged, "verify", exp).returncode == 0  # consistent forgery
     env = {"PYTHONPATH": os.pathsep.join([str(evil_folder), os.environ.get("PYTHONPATH", "")])}
     result = run_cli("--db", forged, "replay", exp, *(["--full"] if full else []),

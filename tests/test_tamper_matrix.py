@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
+from forgery import copy_run
 from ledger.store import Store
 from ledger_builders import (delete_event, drop_append_only_triggers, execute, flip_byte,
                              forged_row, insert_row, rows)
 from replay_helpers import record_run
-from test_code_safety import _copy_run
 
 Attack = Callable[[Store, str, str], None]
 
@@ -131,7 +131,7 @@ def test_recomputing_the_whole_chain_passes_verify_but_not_the_signed_report(
 
     with Store.open(f"sqlite:///{folder / 'ledger.db'}") as source, \
             Store.open(rewritten, create=True) as target:
-        _copy_run(source, exp, target, better_auc)
+        copy_run(source, exp, target, better_auc)
     assert run_cli("--db", rewritten, "verify", exp).returncode == 0  # consistent: by design
     caught = run_cli("--db", rewritten, "verify-report", str(folder / "bundle" / "report.json"),
                      "--public-key", str(folder / "key.pub"), "--against-ledger")
