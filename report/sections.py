@@ -82,7 +82,8 @@ def r2_who_and_when(facts: RunFacts) -> dict[str, Any]:
 
 
 def r3_code(facts: RunFacts) -> dict[str, Any]:
-    """R3: commit, dirty flag, diff digest, entrypoint and command line, configuration digest."""
+    """R3: commit, dirty flag, diff digest, entrypoint (as recorded: module, script and argv, or
+    the job a trainer named) and command line, configuration digest."""
     code = _dict(facts.params.get("code"))
     entry = _dict(facts.params.get("entrypoint"))
     argv = entry.get("argv") if isinstance(entry.get("argv"), list) else None
@@ -90,9 +91,7 @@ def r3_code(facts: RunFacts) -> dict[str, Any]:
             "dirty": code.get("dirty") if isinstance(code.get("dirty"), bool) else None,
             "diff_digest": hex_or_none(code.get("diff_digest")),
             "untracked": code.get("untracked") if isinstance(code.get("untracked"), int) else None,
-            "entrypoint": {"module": _text(entry.get("module")),
-                           "script": _text(entry.get("script")),
-                           "argv": [str(arg) for arg in argv] if argv is not None else None},
+            "entrypoint": json_view(entry) if entry else None,
             "command_line": shlex.join(str(arg) for arg in argv) if argv else None,
             "configuration_digest": config_digest(facts)}
 
