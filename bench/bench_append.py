@@ -25,6 +25,7 @@ from ledger.digests import EVENT_TAG, ZERO_DIGEST
 from ledger.events import AUGMENTATION_BATCH, EXPERIMENT_CREATED, make_event
 from ledger.seeds import derive_bytes
 from ledger.store import Store, StreamWriter
+from ledger.store import connect
 from ledger.store.connect import SQLITE_SYNCHRONOUS
 from ledger.store.store import ROW_COLUMNS
 
@@ -101,10 +102,24 @@ def run_raw(folder: Path, count: int) -> float:
     return elapsed
 
 
+def run_library_synchronous_normal(folder: Path, count: int) -> float:
+    """The library with SQLite ``synchronous=NORMAL``: the durability trade-off, measured.
+
+    NORMAL skips the fsync of each commit in WAL mode: a committed batch survives a process
+    crash but not a power loss. The library's default is FULL.
+    """
+    saved = connect.SQLITE_SYNCHRONOUS
+    connect.SQLITE_SYNCHRONOUS = "NORMAL"
+    try:
+        return run_library(folder, count, "normal.db")[0]
+    finally:
+        connect.SQLITE_SYNCHRONOUS = saved
+
+
 def run(count: int | None = None, rounds: int = 2) -> dict[str, Any]:
     """Measure both, alternating order over ``rounds``; return the result record."""
     count = count or int(os.environ.get("BENCH_EVENTS", "1000000"))
-    library, raw = [], []
+    library, raw, normal = [], [], []
     with tempfile.TemporaryDirectory(prefix="ledger-bench-") as folder:
         for round_index in range(rounds):
             for which in (("library", "raw") if round_index % 2 == 0 else ("raw", "library")):
@@ -114,9 +129,14 @@ def run(count: int | None = None, rounds: int = 2) -> dict[str, Any]:
                     library.append(count / run_library(target, count)[0])
                 else:
                     raw.append(count / run_raw(target, count))
+            normal_folder = Path(folder) / f"round{round_index}-normal"
+            normal_folder.mkdir()
+            normal.append(count / run_library_synchronous_normal(normal_folder, count))
     lib_rate, raw_rate = statistics.median(library), statistics.median(raw)
     return result("append_sqlite", {"events": count, "library_events_per_s": lib_rate,
-                                    "library_rounds": [round(r) for r in library]},
+                                    "library_rounds": [round(r) for r in library],
+                                    "library_synchronous_normal_events_per_s":
+                                        statistics.median(normal)},
                   {"raw_sqlite3_events_per_s": raw_rate, "raw_rounds": [round(r) for r in raw]},
                   {"library_vs_raw": lib_rate / raw_rate}, {"library_vs_raw": ">= 0.8"},
                   "python -m bench.bench_append")
