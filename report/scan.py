@@ -99,7 +99,10 @@ def scan_run(store: Store, exp: str, streams: Iterable[str], *,
     kinds: dict[str, str] = {}
     dumps, unpackb = json.dumps, msgpack.unpackb
     writer = _Writer(appendix) if appendix is not None else None
+    lines = writer.lines if writer is not None else []
+    append = lines.append
     columns = (*_COLUMNS, "body") if bodies else _COLUMNS
+    augmentation, quote, null = AUGMENTATION_BATCH, '"', "null"
     events = 0
     for stream in sorted(streams, key=stream_order):
         stream_json = dumps(stream, ensure_ascii=False)
@@ -112,7 +115,7 @@ def scan_run(store: Store, exp: str, streams: Iterable[str], *,
             except Exception:  # a damaged column: verification names it; the appendix says null
                 path = None
             path_json = None
-            if (kind == AUGMENTATION_BATCH and type(path) is list and len(path) == 5
+            if (kind == augmentation and type(path) is list and len(path) == 5
                     and path[0] == "epoch" and path[2] == "batch" and path[4] == "augment"
                     and type(path[1]) is int and type(path[3]) is int and seed is not None):
                 epoch, batch = path[1], path[3]
@@ -134,21 +137,20 @@ def scan_run(store: Store, exp: str, streams: Iterable[str], *,
             if writer is None:
                 continue
             if path_json is None:
-                path_json = "null" if path is None else dumps(path, ensure_ascii=False,
-                                                              separators=(",", ":"))
+                path_json = null if path is None else dumps(path, ensure_ascii=False,
+                                                            separators=(",", ":"))
             kind_json = kinds.get(kind)
             if kind_json is None:
                 kind_json = kinds[kind] = dumps(kind, ensure_ascii=False)
             body_json = f'"body":{_body_view(row[7])},' if bodies else ""
-            writer.lines.append(
-                f'{{{body_json}"hash":"{digest.hex()}",'
-                f'"input":{"null" if input_ is None else chr(34) + input_.hex() + chr(34)},'
-                f'"kind":{kind_json},'
-                f'"output":{"null" if output is None else chr(34) + output.hex() + chr(34)},'
-                f'"path":{path_json},'
-                f'"seed":{"null" if seed is None else chr(34) + seed.hex() + chr(34)},'
-                f'"seq":{seq},"stream":{stream_json}}}\n')
-            if len(writer.lines) >= _FLUSH_LINES:
+            append(f'{{{body_json}"hash":"{digest.hex()}",'
+                   f'"input":{null if input_ is None else quote + input_.hex() + quote},'
+                   f'"kind":{kind_json},'
+                   f'"output":{null if output is None else quote + output.hex() + quote},'
+                   f'"path":{path_json},'
+                   f'"seed":{null if seed is None else quote + seed.hex() + quote},'
+                   f'"seq":{seq},"stream":{stream_json}}}\n')
+            if not events % _FLUSH_LINES:
                 writer.flush()
     for epoch in sorted(batches):
         count, low, high, seed = batches[epoch]
