@@ -65,7 +65,7 @@ def _date(_context: click.Context, _parameter: click.Parameter, value: str | Non
               default="technical-documentation", show_default=True,
               help="Retention class of R11 (10 years for technical documentation, 6 months "
                    "for logs).")
-@click.option("--retain-years", type=click.IntRange(min=0, max=100), default=None,
+@click.option("--retain-years", type=click.IntRange(min=1, max=100), default=None,
               help="Keep for this many years instead of the class default.")
 @click.option("--retain-from", callback=_date, metavar="YYYY-MM-DD",
               help="Start of the retention period [default: the report's date].")
