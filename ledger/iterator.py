@@ -251,6 +251,9 @@ class TrainingDataIterator:
         if self.num_workers == 0 or (self._pool is not None and not self._pool.broken):
             return
         self._pool = None
+        # Computed before the workers start: importing torch here (when installed) lets forked
+        # workers inherit it instead of each importing it again.
+        expected = [expected_state_digest(self.root_seed, k) for k in range(self.num_workers)]
         pool = WorkerPool(self.dataset.features, self.dataset.labels, root=self.root_seed,
                           augment_root=self.augment_seed, batch_size=self.batch_size,
                           shuffle=self.shuffle, drop_last=self.drop_last,
@@ -260,11 +263,10 @@ class TrainingDataIterator:
                           prefetch=self.prefetch, timeout=self.timeout)
         try:
             for info in pool.infos:
-                expected = expected_state_digest(self.root_seed, info.worker)
-                if info.states != expected:
+                if info.states != expected[info.worker]:
                     raise WorkerError(f"worker {info.worker} reports RNG states "
                                       f"{info.states.hex()[:16]}…, but its derived seed gives "
-                                      f"{expected.hex()[:16]}…")
+                                      f"{expected[info.worker].hex()[:16]}…")
                 if self.recording:
                     path = worker_path(info.worker)
                     self.experiment.record_draw(
@@ -272,7 +274,7 @@ class TrainingDataIterator:
                         params={"worker": info.worker, "num_workers": self.num_workers,
                                 "start_method": pool.start_method,
                                 "seeded": list(info.seeded)},
-                        output=expected, meta={"pid": info.pid})
+                        output=expected[info.worker], meta={"pid": info.pid})
         except BaseException:
             pool.close()
             raise

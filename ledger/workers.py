@@ -244,7 +244,14 @@ class WorkerPool:
         def ask(batch: int) -> None:
             index = batch - start
             worker, slot = index % workers, (index // workers) % depth
-            connections[worker].send_bytes(pack([TASK, epoch, batch, slot]))
+            try:
+                connections[worker].send_bytes(pack([TASK, epoch, batch, slot]))
+            except OSError:
+                process = self._resources.processes[worker]
+                process.join(1.0)
+                self._fail(f"worker {worker} (pid {process.pid}) died with exit code "
+                           f"{process.exitcode} before it could be asked for batch {batch} of "
+                           f"epoch {epoch}")
             pending.append((batch, worker, slot))
 
         try:
