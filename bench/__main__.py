@@ -16,6 +16,8 @@ BENCHMARKS = {
     "verify": "bench.bench_verify",
     "pipeline": "bench.bench_pipeline",
     "replay": "bench.bench_replay",
+    "postgres": "bench.bench_postgres",
+    "torch": "bench.bench_torch",
     "report": "bench.bench_report",
 }
 

@@ -158,11 +158,30 @@ class Store:
     def _insert_rows(self, connection, rows: Sequence[tuple[Any, ...]]) -> None:  # noqa: ANN001
         # The driver-level executemany skips SQLAlchemy's per-row parameter processing, which
         # cost more than the insert itself; the SQL is still compiled by SQLAlchemy per dialect.
-        if self._positional:
+        if self.backend == "postgresql":
+            self._copy_rows(connection, rows)
+        elif self._positional:
             connection.exec_driver_sql(self._insert_sql, list(rows))
         else:
             connection.exec_driver_sql(self._insert_sql,
                                        [dict(zip(ROW_COLUMNS, row)) for row in rows])
+
+    def _copy_rows(self, connection, rows: Sequence[tuple[Any, ...]]) -> None:  # noqa: ANN001
+        """PostgreSQL: ``COPY ... FROM STDIN`` in the caller's transaction — several times
+        faster than executemany; the unique (exp, stream, seq) key holds for COPY as for INSERT.
+        Driver errors are raised as SQLAlchemy's, like every other statement's."""
+        dbapi = self.engine.dialect.dbapi
+        sql = f"COPY {events_table.name} ({', '.join(ROW_COLUMNS)}) FROM STDIN"
+        cursor = connection.connection.dbapi_connection.cursor()
+        try:
+            with cursor.copy(sql) as copy:
+                for row in rows:
+                    copy.write_row(row)
+        except dbapi.Error as error:
+            raise DBAPIError.instance(sql, None, error, dbapi.Error,
+                                      dialect=self.engine.dialect) from None
+        finally:
+            cursor.close()
 
     # -- reads ---------------------------------------------------------------------------------
 
