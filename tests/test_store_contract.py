@@ -178,6 +178,32 @@ def test_the_database_refuses_updates_and_deletes(store: Store, table: str, acti
     assert snapshot(store) == before
 
 
+def raw_driver_connection(store: Store):  # noqa: ANN201 - a DBAPI connection
+    """A connection of the bare driver, opened without SQLAlchemy or the library."""
+    url = store.engine.url
+    if store.backend == "sqlite":
+        return sqlite3.connect(url.database, isolation_level=None)
+    import psycopg
+
+    return psycopg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False),
+                           autocommit=True)
+
+
+@pytest.mark.parametrize("table", ["ledger_events", "ledger_experiments", "ledger_meta"])
+def test_a_bare_driver_connection_is_refused_too(store: Store, table: str) -> None:
+    record_experiment(store)
+    before = snapshot(store)
+    connection = raw_driver_connection(store)
+    try:
+        for statement in CHANGES[table]:
+            with pytest.raises(Exception, match="append-only") as raised:
+                connection.execute(statement)
+            assert type(raised.value).__module__.split(".")[0] in ("sqlite3", "psycopg")
+    finally:
+        connection.close()
+    assert snapshot(store) == before
+
+
 def test_postgres_refuses_truncate_and_upsert(postgres_url: str) -> None:
     with Store.open(postgres_url, create=True) as store:
         record_experiment(store)
