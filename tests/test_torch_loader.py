@@ -285,3 +285,28 @@ def test_log_checkpoint_takes_a_state_dict(url: str) -> None:
     assert event.params["arrays"]["1.num_batches_tracked"] == {"dtype": "<i8", "shape": []}
     widened = state_arrays({"w": torch.ones(2, dtype=torch.bfloat16, requires_grad=True)})
     assert widened["w"].dtype == np.float32
+
+
+# -- the README ------------------------------------------------------------------------------------
+
+def test_the_readme_pytorch_example_runs_and_replays(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## PyTorch and many machines"):]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LEDGER_DATA_DIR", raising=False)
+    monkeypatch.delenv("LEDGER_URL", raising=False)
+    threads = torch.get_num_threads()
+    try:
+        exec(compile(code, "README.md", "exec"), {"__name__": "readme_example"})  # noqa: S102
+    finally:
+        torch.set_num_threads(threads)
+    with ExperimentManager(f"sqlite:///{tmp_path / 'ledger.db'}") as manager:
+        [row] = manager.store.experiments()
+        assert row.status == "ok"
+        report = replay_run(manager.store, row.exp)
+    assert report.certified, report.first_divergence
+    assert report.compared["augmentation_batch"] == 3 * 2048 // 64

@@ -525,9 +525,11 @@ class RecordedDataLoader(DataLoader):
 
     def _start_method(self) -> str:
         context = self.multiprocessing_context
-        if context is None:
-            return torch.multiprocessing.get_start_method(allow_none=False)
-        return context.get_start_method()
+        if context is not None:
+            return context.get_start_method()
+        # allow_none: asking must not fix the process-wide method as a side effect
+        chosen = torch.multiprocessing.get_start_method(allow_none=True)
+        return chosen or torch.multiprocessing.get_all_start_methods()[0]
 
 
 def register_torch_dataset(run: Run, name: str, dataset: Any) -> Dataset:
