@@ -90,7 +90,10 @@ def path_generator(root: int, path: Sequence[Any]) -> torch.Generator:
 def tensor_digest(tensor: torch.Tensor) -> bytes:
     """``array_digest`` of a CPU copy of ``tensor`` (dtype, shape, C-ordered little-endian bytes)."""
     try:
-        array = tensor.detach().cpu().contiguous().numpy()
+        if tensor.device.type == "cpu" and not tensor.requires_grad:
+            array = tensor.numpy()  # a view; fast_array_digest copies only if not C-contiguous
+        else:
+            array = tensor.detach().cpu().contiguous().numpy()
     except TypeError as error:
         raise BadInputError(f"cannot digest a tensor of dtype {tensor.dtype}: {error}") from None
     return fast_array_digest(array)
@@ -454,6 +457,7 @@ class RecordedDataLoader(DataLoader):
         self.seed_workers = SeedWorkers(run.root_seed, num_replicas=sampler.num_replicas,
                                         rank=sampler.rank, then=worker_init_fn)
         self._workers: dict[int, bytes] = {}
+        self._batch_params: dict[str, Any] | None = None
         super().__init__(_Batches(dataset, transform, run.root_seed, sampler.num_replicas,
                                   sampler.rank, self.record),
                          batch_size=None, sampler=requests, collate_fn=_as_made,
@@ -490,17 +494,18 @@ class RecordedDataLoader(DataLoader):
             return
         path = rank_augment_path(sampler.num_replicas, sampler.rank, epoch, batch)
         dataset = self.ledger_dataset
-        params = {"epoch": epoch, "batch": batch, "rows": rows,
-                  "batch_size": self.requests.batch_size, "drop_last": self.requests.drop_last,
-                  "shuffle": sampler.shuffle,
-                  "dataset": dataset.name, "dataset_digest": dataset.digest,
-                  "indices_digest": indices_digest, "transform": self.transform.spec,
-                  "sampler": {"num_replicas": sampler.num_replicas, "rank": sampler.rank,
-                              "even_shares": "drop" if sampler.drop_last else "pad"},
-                  "loader": INTEGRATION}
+        if self._batch_params is None:
+            self._batch_params = {
+                "batch_size": self.requests.batch_size, "drop_last": self.requests.drop_last,
+                "shuffle": sampler.shuffle, "dataset": dataset.name,
+                "dataset_digest": dataset.digest, "transform": self.transform.spec,
+                "sampler": {"num_replicas": sampler.num_replicas, "rank": sampler.rank,
+                            "even_shares": "drop" if sampler.drop_last else "pad"},
+                "loader": INTEGRATION}
         self.run.record_draw(AUGMENTATION_BATCH, path, seed=derive_bytes(sampler.root, path),
-                             params=params, input=batch_input_digest(dataset.digest,
-                                                                     indices_digest),
+                             params={"epoch": epoch, "batch": batch, "rows": rows,
+                                     "indices_digest": indices_digest, **self._batch_params},
+                             input=batch_input_digest(dataset.digest, indices_digest),
                              output=output)
 
     def _record_worker(self, worker: int, states: bytes, pid: int) -> None:
