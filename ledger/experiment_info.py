@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ledger.errors import BadInputError
 from ledger.events import EXPERIMENT_CREATED, RUN_COMPLETED
 from ledger.seeds import root_seed_from_bytes
 from ledger.store.store import Store, StreamHead
@@ -47,7 +48,10 @@ class ExperimentInfo:
 def describe_experiment(store: Store, exp: str) -> ExperimentInfo:
     """Gather what the ledger holds about ``exp``; raises UnknownExperimentError if nothing."""
     row = store.experiment(exp)
-    created = store.first_event_body(exp, EXPERIMENT_CREATED) or {"params": {}}
+    try:
+        created = store.first_event_body(exp, EXPERIMENT_CREATED) or {"params": {}}
+    except BadInputError:  # a damaged body is shown as missing metadata; verify names it
+        created = {"params": {}}
     params = created["params"] if isinstance(created.get("params"), dict) else {}
     recorded_seed = params.get("root_seed")
     root_seed = root_seed_from_bytes(recorded_seed) if isinstance(recorded_seed, bytes) and len(

@@ -253,9 +253,10 @@ def verify(store: Store, exp: str | None = None, *, jobs: int | None = None,
     more than PARALLEL_MIN_EVENTS events). ``on_progress`` receives the count of events checked.
     Raises UnknownExperimentError when ``exp`` is given and the ledger holds nothing of it.
     """
-    chains = store.chain_sizes(exp)
     if exp is not None:
         check_experiment_id(exp)
+    chains = store.chain_sizes(exp)
+    if exp is not None:
         if not chains and exp not in {row.exp for row in store.experiments()}:
             raise UnknownExperimentError(f"unknown experiment {exp} in {store.url}")
     total = sum(count for _exp, _stream, count, _max in chains)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ledger.digests import ZERO_DIGEST
-from ledger.errors import LedgerError, StoreError
+from ledger.errors import BadInputError, LedgerError, StoreError
 from ledger.events import Event, check_experiment_id, check_stream, make_event
 from ledger.seeds import Label
 from ledger.store.claims import claim_stream, release_stream
@@ -45,9 +45,10 @@ class StreamWriter:
                  clock: Callable[[], int] = time.time_ns, take_over: bool = False,
                  _head: tuple[int, bytes] | None = None) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise BadInputError(f"got batch_size {batch_size}, but it must be >= 1")
         if flush_interval is not None and flush_interval <= 0:
-            raise ValueError(f"flush_interval must be > 0 seconds or None, got {flush_interval}")
+            raise BadInputError(f"got flush_interval {flush_interval}, but it must be > 0 seconds or "
+                                f"None")
         self.store = store
         self.exp = check_experiment_id(exp)
         self.stream = check_stream(stream)
