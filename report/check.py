@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from ledger.errors import BadInputError, UnknownExperimentError
 from ledger.events import AUDIT_STREAM, RUN_COMPLETED
 from ledger.store.store import Store
@@ -95,7 +97,7 @@ def _get(report: dict[str, Any], section: str, key: str) -> Any:
     return value if isinstance(value, str) else None
 
 
-def _check_signature(check: ReportCheck, report: dict[str, Any], key: Any,
+def _check_signature(check: ReportCheck, report: dict[str, Any], key: Ed25519PublicKey,
                      signature_path: Path) -> None:
     try:
         text = signature_path.read_bytes()
