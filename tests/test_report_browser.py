@@ -5,6 +5,7 @@ absent (``.ci/run`` installs it)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -55,6 +56,23 @@ def test_the_report_renders_its_text_and_requests_nothing(tmp_path: Path) -> Non
         assert text in dom, text
     assert "&lt;script&gt;document.title='owned'&lt;/script&gt;" in dom
     assert "<script" not in dom and dom.count("<svg") == 1
+
+
+def test_the_report_prints(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store)
+    page = tmp_path / "report.html"
+    page.write_text(render_html(report_of(url, recorded.exp)), encoding="utf-8")
+    pdf = tmp_path / "report.pdf"
+    done = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--no-pdf-header-footer",
+         f"--print-to-pdf={pdf}", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = pdf.read_bytes()
+    assert data.startswith(b"%PDF") and len(re.findall(rb"/Type\s*/Page[^s]", data)) >= 3
 
 
 def test_the_network_check_sees_a_page_that_loads_something(tmp_path: Path) -> None:
