@@ -68,6 +68,7 @@ def worker_main(connection: Connection, config_bytes: bytes) -> None:
             digests = maker.fill(epoch, batch, slots_x[slot], y_out)
             connection.send_bytes(pack([epoch, batch, slot, digests.rows, digests.indices,
                                         digests.output]))
+            epoch = batch = None
     except BaseException as error:  # reported to the main process, which raises WorkerError
         report = {"error": f"{type(error).__name__}: {error}",
                   "traceback": traceback.format_exc(), "epoch": epoch, "batch": batch}
@@ -75,6 +76,7 @@ def worker_main(connection: Connection, config_bytes: bytes) -> None:
             connection.send_bytes(pack(report))
         except (OSError, ValueError):
             pass
+        raise SystemExit(1) from None  # a failed worker exits non-zero
     finally:
         for shared in attached:
             shared.close()
