@@ -1,7 +1,8 @@
 """The report as Markdown, for reviews and tickets: the summary, the crosswalk, then R0–R13.
 
 Values from the ledger are escaped so that they can neither break a table nor inject markup:
-HTML-special characters become entities and Markdown's own punctuation is backslash-escaped.
+HTML-special characters become entities and Markdown's inline punctuation (emphasis, code,
+links, tables) is backslash-escaped.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import re
 from html import escape
 from typing import Any
 
-_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~>-])")
+_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+"""Markdown's inline punctuation; values never start a line, so block markers (#, -, >) are safe."""
 
 
 def m(value: Any) -> str:
