@@ -118,6 +118,28 @@ def timed_report(url: str, exp: str, bundle: Path) -> tuple[float, float, int]:
     return float(seconds), float(cpu), int(rss)
 
 
+def _spin(_index: int) -> float:
+    start = time.perf_counter()
+    total = 0
+    for value in range(5_000_000):
+        total += value
+    return time.perf_counter() - start
+
+
+def cores_available() -> float:
+    """How many cores' worth of CPU two busy processes get right now (2.0 on an idle 2-core
+    machine, about 1.0 when other work takes a core): the report's verification and its pass
+    over the events run side by side, so its wall time depends on this."""
+    import multiprocessing
+
+    solo = _spin(0)
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        start = time.perf_counter()
+        pool.map(_spin, range(2))
+        both = time.perf_counter() - start
+    return round(2 * solo / both, 2)
+
+
 def load_average() -> float:
     """The 1-minute load average (other work on the machine slows every figure)."""
     try:
@@ -138,8 +160,9 @@ def run(count: int | None = None) -> dict[str, Any]:
             build_seconds = time.perf_counter() - start
             with Store.open(url) as store:
                 events = sum(store.counts_by_kind(exp).values())
-            load = load_average()
+            load, cores = load_average(), cores_available()
             seconds, cpu, rss = timed_report(url, exp, Path(folder) / f"bundle-{label}")
+            figures[f"cores_available_{label}"] = cores
             figures[f"events_{label}"] = events
             figures[f"report_s_{label}"] = seconds
             figures[f"report_cpu_s_{label}"] = cpu
