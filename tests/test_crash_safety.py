@@ -78,7 +78,11 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_event(tmp_path: Path) -
             assert report.ok, f"trial {trial} (kill at {delay:.2f}s): {report.findings[:3]}"
             for exp in exps:
                 info = describe_experiment(store, exp)
-                assert info.complete == finished, f"trial {trial}: complete={info.complete}"
+                # Killed after run_completed committed but before "done" was printed, a run is
+                # complete; otherwise it must show as incomplete.
+                assert info.complete or info.status == "incomplete", f"trial {trial}"
+                if finished:
+                    assert info.complete, f"trial {trial}: finished but not complete"
                 main = next(head for head in info.streams if head.stream == "main")
                 if acknowledged:
                     assert main.count > max(acknowledged), (
