@@ -310,3 +310,24 @@ def test_the_readme_pytorch_example_runs_and_replays(tmp_path: Path,
         report = replay_run(manager.store, row.exp)
     assert report.certified, report.first_divergence
     assert report.compared["augmentation_batch"] == 3 * 2048 // 64
+
+
+# -- distributed_experiment without a process group ---------------------------------------------------
+
+def test_without_a_process_group_distributed_experiment_is_one_experiment(url: str,
+                                                                        tmp_path: Path) -> None:
+    from ledger.experiment import Experiment
+    from ledger.integrations.torch import distributed_experiment, register_dataset
+
+    with distributed_experiment("solo", url=url, seed=SEED, data_dir=tmp_path) as run:
+        assert isinstance(run, Experiment)
+        data = register_dataset(run, "d", *torch_helpers.fraud_arrays(64))
+        assert len(list(RecordedDataLoader(run, data, 16))) == 4
+    assert run.status == "ok"
+    with pytest.raises(RuntimeError, match="boom"):
+        with distributed_experiment("solo", url=url, seed=SEED) as failed:
+            raise RuntimeError("boom")
+    assert failed.status == "failed"
+    with ExperimentManager(url) as manager:
+        assert {row.status for row in manager.store.experiments()} == {"ok", "failed"}
+        assert verify(manager.store).ok
