@@ -20,47 +20,59 @@ from dataclasses import dataclass
 import numpy as np
 
 from ledger.augment import DataAugmenter, augment_path
-from ledger.canonical import canonical
-from ledger.digests import ARRAY_TAG, array_digest, value_digest
+from ledger.canonical import canonical, pack_normalised
+from ledger.digests import ARRAY_TAG, VALUE_TAG, array_digest
 from ledger.sampling import batch_count, batch_indices, epoch_order
 from ledger.seeds import derive_bytes
 
-_HEADERS: dict[tuple[str, tuple[int, ...]], bytes] = {}
+_PREFIXES: dict[tuple[str, tuple[int, ...]], "hashlib._Hash"] = {}
 
 
 def fast_array_digest(array: np.ndarray) -> bytes:
     """``array_digest`` of a C-contiguous little-endian plain array, hashed through its buffer.
 
     Same result as :func:`ledger.digests.array_digest` (tested); other arrays take that path.
+    The hash state after the tag and the (dtype, shape) header is cached per (dtype, shape).
     """
     dtype = array.dtype
     if (not array.flags.c_contiguous or dtype.byteorder == ">" or dtype.hasobject
             or dtype.fields is not None or dtype.kind == "V"):
         return array_digest(array)
     key = (dtype.str, array.shape)
-    header = _HEADERS.get(key)
-    if header is None:
-        if len(_HEADERS) > 256:
-            _HEADERS.clear()
-        header = _HEADERS[key] = ARRAY_TAG + canonical([dtype.str, list(array.shape)])
-    hasher = hashlib.sha256(header)
+    prefix = _PREFIXES.get(key)
+    if prefix is None:
+        if len(_PREFIXES) > 256:
+            _PREFIXES.clear()
+        prefix = _PREFIXES[key] = hashlib.sha256(
+            ARRAY_TAG + canonical([dtype.str, list(array.shape)]))
+    hasher = prefix.copy()
     if array.size:
-        hasher.update(array.reshape(-1).view(np.uint8))
+        hasher.update(array)
     return hasher.digest()
 
 
+_INPUT_PREFIX = hashlib.sha256(VALUE_TAG)
+
+
 def batch_input_digest(dataset_digest: bytes, indices_digest: bytes) -> bytes:
-    """The ``input`` of an augmentation_batch event: the raw batch, by dataset and indices."""
-    return value_digest([dataset_digest, indices_digest])
+    """The ``input`` of an augmentation_batch event: the raw batch, by dataset and indices.
+
+    Equal to ``value_digest([dataset_digest, indices_digest])`` (tested).
+    """
+    hasher = _INPUT_PREFIX.copy()
+    hasher.update(pack_normalised([dataset_digest, indices_digest]))
+    return hasher.digest()
 
 
 @dataclass(slots=True)
 class BatchDigests:
-    """What a made batch reports: its sample count and (when recording) its digests."""
+    """What a made batch reports: its sample count and, when recording an augmented batch, its
+    indices and output digests and the derived seed of its augmentation."""
 
     rows: int
     indices: bytes | None
     output: bytes | None
+    seed: bytes | None = None
 
 
 class BatchMaker:
@@ -116,14 +128,13 @@ class BatchMaker:
         np.take(self.features, indices, axis=0, out=x, mode="clip")  # unbuffered
         if self.labels is not None and y_out is not None:
             np.take(self.labels, indices, axis=0, out=y_out[:rows], mode="clip")
-        if self.augmenter is not None:
-            rng = np.random.Generator(np.random.PCG64(
-                int.from_bytes(derive_bytes(self.augment_root, augment_path(epoch, batch)), "big")))
-            self.augmenter.apply(x, rng)
+        if self.augmenter is None:
+            return BatchDigests(rows, None, None)
+        seed = derive_bytes(self.augment_root, augment_path(epoch, batch))
+        self.augmenter.apply(x, np.random.Generator(np.random.PCG64(int.from_bytes(seed, "big"))))
         if not self.record:
             return BatchDigests(rows, None, None)
-        output = fast_array_digest(x) if self.augmenter is not None else None
-        return BatchDigests(rows, fast_array_digest(indices), output)
+        return BatchDigests(rows, fast_array_digest(indices), fast_array_digest(x), seed)
 
     def make(self, epoch: int, batch: int) -> tuple[np.ndarray, np.ndarray | None, BatchDigests]:
         """Batch ``batch`` of ``epoch`` in fresh arrays, with its digests."""

@@ -109,12 +109,7 @@ class Experiment:
     def record(self, kind: str, *, path: Sequence[Any] = (), seed: bytes | None = None,
                params: Mapping[str, Any] | None = None, input: bytes | None = None,
                output: bytes | None = None, meta: Mapping[str, Any] | None = None) -> Event:
-        """Append one event to the main stream (buffered; durable after :meth:`flush`).
-
-        Batch events still queued by this experiment's iterators are appended first, so the
-        order of events follows the order of the calls.
-        """
-        self._drain_iterators()
+        """Append one event to the main stream (buffered; durable after :meth:`flush`)."""
         return self._append(kind, path=path, seed=seed, params=params, input=input,
                             output=output, meta=meta)
 
@@ -126,7 +121,6 @@ class Experiment:
 
         Raises BadInputError when the same draw was already recorded with another output.
         """
-        self._drain_iterators()
         return self._append_draw(kind, path, seed=seed, params=params, input=input,
                                  output=output, meta=meta)
 
@@ -152,13 +146,8 @@ class Experiment:
                              f"nothing more can be recorded")
         return self._writer.append(kind, **fields)
 
-    def _drain_iterators(self) -> None:
-        for iterator in list(self._iterators):
-            iterator._drain_recorder()
-
     def flush(self) -> int:
         """Write every buffered event now; return the last durable seq of the main stream."""
-        self._drain_iterators()
         return self._writer.flush()
 
     # -- what trainers call ----------------------------------------------------------------------

@@ -13,19 +13,17 @@ a ``break`` or a restored state) and starts the next epoch once the current one 
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Generator, Iterator
 from typing import Any
 
 import numpy as np
 
-from ledger.augment import DataAugmenter
-from ledger.batches import BatchDigests, BatchMaker, fast_array_digest
+from ledger.augment import DataAugmenter, augment_path
+from ledger.batches import BatchDigests, BatchMaker, batch_input_digest, fast_array_digest
 from ledger.datasets import Dataset, in_memory_dataset
 from ledger.errors import BadInputError
-from ledger.events import EPOCH_RESET, WORKER_SPAWNED
+from ledger.events import AUGMENTATION_BATCH, EPOCH_RESET, WORKER_SPAWNED
 from ledger.experiment import Experiment
-from ledger.recorder import BatchRecorder
 from ledger.sampling import shuffle_path
 from ledger.seeds import check_root_seed, derive_bytes, draw_root_seed, root_seed_to_bytes
 from ledger.worker_seeding import expected_state_digest, worker_path
@@ -103,11 +101,11 @@ class TrainingDataIterator:
             if len(augmenter):
                 raise BadInputError(f"got {self.dataset.features.dtype} features, but augmentation "
                                     f"needs float32 or float64 features")
-        # Main-process batches are digested by the recorder thread, worker batches by workers.
         self._maker = BatchMaker(self.dataset.features, self.dataset.labels,
                                  root=self.root_seed, augment_root=self.augment_seed,
                                  batch_size=self.batch_size, shuffle=self.shuffle,
-                                 drop_last=self.drop_last, augmenter=augmenter, record=False)
+                                 drop_last=self.drop_last, augmenter=augmenter,
+                                 record=self.recording)
         if self._maker.batches == 0:
             raise BadInputError(f"got batch_size {self.batch_size} with drop_last and "
                                 f"{len(self.dataset)} samples, but every epoch would be empty")
@@ -118,15 +116,11 @@ class TrainingDataIterator:
         self._pool: WorkerPool | None = None
         self._active: Generator[Batch, None, None] | None = None
         self._closed = False
-        self._recorder: BatchRecorder | None = None
-        if self.recording and self._maker.augmenter is not None:
-            self._recorder = BatchRecorder(experiment, self.dataset,
-                                           augment_seed=self.augment_seed,
-                                           batch_size=self.batch_size, drop_last=self.drop_last,
-                                           shuffle=self.shuffle,
-                                           augmenter_spec=self._maker.augmenter_spec)
-            # an iterator dropped without close() still ends its recorder thread
-            weakref.finalize(self, self._recorder.stop_soon)
+        self._records_batches = self.recording and self._maker.augmenter is not None
+        self._batch_params = {"batch_size": self.batch_size, "drop_last": self.drop_last,
+                              "shuffle": self.shuffle, "dataset": self.dataset.name,
+                              "dataset_digest": self.dataset.digest if self.recording else None,
+                              "augmenter": self._maker.augmenter_spec}
         if experiment is not None:
             experiment._track(self)
 
@@ -217,25 +211,19 @@ class TrainingDataIterator:
 
     def _pass(self, epoch: int, start: int) -> Generator[Batch, None, None]:
         stop = self._maker.batches
-        in_workers = self._pool is not None
-        source = (self._pool.run(epoch, start, stop) if in_workers
+        source = (self._pool.run(epoch, start, stop) if self._pool is not None
                   else self._local(epoch, start, stop))
         with_labels = self.dataset.labels is not None
-        recorder = self._recorder
-        indices = self._maker.indices
+        record = self._record_batch if self._records_batches else None
         try:
             for x, y, digests in source:
                 batch = self._batch
-                if recorder is not None:
-                    if in_workers:
-                        recorder.submit(epoch, batch, digests)
-                    else:
-                        recorder.submit(epoch, batch, digests, indices(epoch, batch), x.copy())
+                if record is not None:
+                    record(epoch, batch, digests)
                 self._batch = batch + 1
                 yield (x, y) if with_labels else x
         finally:
             source.close()
-            self._drain_recorder()
 
     def _local(self, epoch: int, start: int, stop: int
                ) -> Iterator[tuple[np.ndarray, np.ndarray | None, BatchDigests]]:
@@ -243,9 +231,15 @@ class TrainingDataIterator:
         for batch in range(start, stop):
             yield make(epoch, batch)
 
-    def _drain_recorder(self) -> None:
-        if self._recorder is not None and not self._closed:
-            self._recorder.drain()
+    def _record_batch(self, epoch: int, batch: int, digests: BatchDigests) -> None:
+        """Record ``augmentation_batch`` in the consuming process, as the batch is handed out."""
+        path = augment_path(epoch, batch)
+        self.experiment.record_draw(
+            AUGMENTATION_BATCH, path, seed=digests.seed,
+            params={"epoch": epoch, "batch": batch, "rows": digests.rows,
+                    "indices_digest": digests.indices, **self._batch_params},
+            input=batch_input_digest(self.dataset.digest, digests.indices),
+            output=digests.output)
 
     def _ensure_pool(self) -> None:
         if self.num_workers == 0 or (self._pool is not None and not self._pool.broken):
@@ -257,8 +251,7 @@ class TrainingDataIterator:
         pool = WorkerPool(self.dataset.features, self.dataset.labels, root=self.root_seed,
                           augment_root=self.augment_seed, batch_size=self.batch_size,
                           shuffle=self.shuffle, drop_last=self.drop_last,
-                          augmenter=self._maker.augmenter,
-                          record=self._recorder is not None,
+                          augmenter=self._maker.augmenter, record=self.recording,
                           num_workers=self.num_workers, start_method=self.start_method,
                           prefetch=self.prefetch, timeout=self.timeout)
         try:
@@ -298,7 +291,6 @@ class TrainingDataIterator:
         :meth:`load_state_dict` — into a fresh iterator, in a fresh process, with any
         ``num_workers``: the remaining batches are exactly those the uninterrupted run gets.
         """
-        self._drain_recorder()
         return {"format": STATE_FORMAT, "root_seed": root_seed_to_bytes(self.root_seed),
                 "augment_seed": root_seed_to_bytes(self.augment_seed),
                 "dataset": self.dataset.name, "dataset_digest": self.dataset.digest,
@@ -344,8 +336,6 @@ class TrainingDataIterator:
             pool, self._pool = self._pool, None
             if pool is not None:
                 pool.close()
-            if self._recorder is not None:
-                self._recorder.close()
 
     @property
     def worker_pids(self) -> list[int]:

@@ -6,7 +6,8 @@ or until its pipe closes (the main process ended). Every message is msgpack byte
 
 - main → worker: ``[TASK, epoch, batch, slot]`` or ``[STOP]``;
 - worker → main: ``{"ready": k, "pid": pid, "states": digest, "seeded": [...]}`` once, then
-  ``[epoch, batch, slot, rows, indices digest | None, output digest | None]`` per task, or
+  ``[epoch, batch, slot, rows, indices digest, output digest, seed]`` per task (digests and
+  seed None when not recording), or
   ``{"error": "Type: message", "traceback": text, "epoch": e, "batch": b}`` before exiting.
 """
 
@@ -67,7 +68,7 @@ def worker_main(connection: Connection, config_bytes: bytes) -> None:
             y_out = None if slots_y is None else slots_y[slot]
             digests = maker.fill(epoch, batch, slots_x[slot], y_out)
             connection.send_bytes(pack([epoch, batch, slot, digests.rows, digests.indices,
-                                        digests.output]))
+                                        digests.output, digests.seed]))
             epoch = batch = None
     except BaseException as error:  # reported to the main process, which raises WorkerError
         report = {"error": f"{type(error).__name__}: {error}",

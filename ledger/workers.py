@@ -257,7 +257,7 @@ class WorkerPool:
             while pending:
                 batch, worker, slot = pending.popleft()
                 message = self._receive(worker, epoch, batch, "")
-                got_epoch, got_batch, got_slot, rows, indices, output = message
+                got_epoch, got_batch, got_slot, rows, indices, output, seed = message
                 if (got_epoch, got_batch, got_slot) != (epoch, batch, slot):
                     self._fail(f"worker {worker} answered batch {got_batch} of epoch {got_epoch} "
                                f"when batch {batch} of epoch {epoch} was due")
@@ -267,7 +267,7 @@ class WorkerPool:
                 if next_batch < stop:
                     ask(next_batch)
                     next_batch += 1
-                yield x, y, BatchDigests(rows, indices, output)
+                yield x, y, BatchDigests(rows, indices, output, seed)
         finally:
             self._drain(pending, epoch)
 

@@ -11,8 +11,13 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import array_shapes, arrays
 
-from ledger import BadInputError, DataAugmenter, TrainingDataIterator, canonical, generator
+from ledger import (BadInputError, DataAugmenter, TrainingDataIterator, array_digest, canonical,
+                    generator, value_digest)
+from ledger.batches import batch_input_digest, fast_array_digest
 from ledger.sampling import epoch_order
 from trainer_helpers import epoch_batches, indexed_data, run_epochs, same_batches
 
@@ -299,3 +304,19 @@ def test_a_closed_iterator_refuses_to_iterate() -> None:
     batches.close()
     with pytest.raises(BadInputError, match="closed"):
         iter(batches)
+
+
+# -- digests of the hot path ----------------------------------------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(dtype=st.sampled_from(["<f4", ">f8", "<i8", "|u1", "?", "<c8"]),
+              shape=array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5)),
+       st.booleans())
+def test_fast_array_digest_equals_array_digest(array: np.ndarray, transpose: bool) -> None:
+    view = array.T if transpose else array
+    assert fast_array_digest(view) == array_digest(view)
+
+
+@given(st.binary(min_size=32, max_size=32), st.binary(min_size=32, max_size=32))
+def test_batch_input_digest_is_the_value_digest_of_dataset_and_indices(a: bytes, b: bytes) -> None:
+    assert batch_input_digest(a, b) == value_digest([a, b])
