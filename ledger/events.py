@@ -33,13 +33,14 @@ METRIC = "metric"
 CHECKPOINT = "checkpoint"
 RUN_COMPLETED = "run_completed"
 USER_DRAW = "user_draw"
+RUN_RESUMED = "run_resumed"
 REPLAY_RECORDED = "replay_recorded"
 REPORT_EXPORTED = "report_exported"
 KINDS = frozenset({EXPERIMENT_CREATED, DATASET_REGISTERED, WORKER_SPAWNED, EPOCH_RESET,
                    AUGMENTATION_BATCH, METRIC, CHECKPOINT, RUN_COMPLETED, USER_DRAW,
-                   REPLAY_RECORDED, REPORT_EXPORTED})
-"""Kinds of format v1 (DESIGN §3), plus ``user_draw`` for draw points a user names and the two
-audit kinds, ``replay_recorded`` and ``report_exported``, written to the ``audit`` stream."""
+                   RUN_RESUMED, REPLAY_RECORDED, REPORT_EXPORTED})
+"""Kinds of format v1 (DESIGN §3), plus ``user_draw`` for draw points a user names,
+``run_resumed`` where an interrupted run was continued, and the two audit kinds, ``replay_recorded`` and ``report_exported``, written to the ``audit`` stream."""
 
 MAIN_STREAM = "main"
 AUDIT_STREAM = "audit"

@@ -13,6 +13,7 @@ same output is a no-op (a resumed iterator re-entering its epoch), with another 
 
 from __future__ import annotations
 
+import getpass
 import os
 import socket
 import time
@@ -30,8 +31,8 @@ from ledger.digests import ZERO_DIGEST, array_digest, value_digest
 from ledger.environment import code_version, environment_fingerprint
 from ledger.environment import entrypoint as detect_entrypoint
 from ledger.errors import BadInputError, StoreError
-from ledger.events import (CHECKPOINT, DATASET_REGISTERED, EXPERIMENT_CREATED, MAIN_STREAM, METRIC,
-                           RUN_COMPLETED, USER_DRAW, Event, check_experiment_id, make_event,
+from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EXPERIMENT_CREATED,
+                           MAIN_STREAM, METRIC, RUN_COMPLETED, USER_DRAW, Event, check_experiment_id, make_event,
                            new_experiment_id)
 from ledger.seeds import (SEED_SCHEME, check_path, check_root_seed, derive_bytes, draw_root_seed,
                           generator, root_seed_to_bytes)
@@ -92,6 +93,10 @@ class Experiment:
         self._writer = writer
         self._draws: dict[tuple[str, tuple], bytes | None] = {}
         self._datasets: dict[str, Dataset] = {}
+        self._recorded_datasets: dict[str, bytes] = {}
+        """Datasets an interrupted run registered before it was resumed: name -> digest."""
+        self._recorded_logs: dict[tuple[str, str, Any], bytes | None] = {}
+        """Metrics and checkpoints recorded before a resume, to be re-logged identically."""
         self._iterators: weakref.WeakSet[TrainingDataIterator] = weakref.WeakSet()
         self.status: str | None = None
         self.head: bytes | None = None
@@ -180,6 +185,13 @@ class Experiment:
                                     f"ExperimentManager, set LEDGER_DATA_DIR, or give path=")
             loader = store_npz(self.data_dir, features, labels, digest)
             dataset = Dataset(name, features, labels, digest, loader)
+        recorded = self._recorded_datasets.pop(name, None)
+        if recorded is not None:
+            if recorded != dataset.digest:
+                raise BadInputError(f"got other content for dataset {name!r} than the run "
+                                    f"registered before it was resumed ({recorded.hex()[:16]}…)")
+            self._datasets[name] = dataset
+            return dataset
         known = self._datasets.get(name)
         if known is not None:
             if known.digest != dataset.digest:
@@ -201,17 +213,25 @@ class Experiment:
         known = self._datasets.get(dataset.name)
         return known is not None and known.digest == dataset.digest
 
-    def log_metric(self, name: str, value: Any, *, epoch: int | None = None) -> Event:
-        """Record a ``metric`` event: params {epoch, name, value}, output value_digest(value)."""
+    def log_metric(self, name: str, value: Any, *, epoch: int | None = None) -> Event | None:
+        """Record a ``metric`` event: params {epoch, name, value}, output value_digest(value).
+
+        In a resumed run, a metric the run recorded before the interruption is not recorded
+        again (None is returned) when its value is the same, and refused when it differs.
+        """
         if not isinstance(name, str) or not name:
             raise BadInputError(f"a metric name must be a non-empty str, got {name!r}")
         if isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0:
             value = value.item()
         value = normalise(value)
+        output = value_digest(value)
+        if self._already_logged(METRIC, name, epoch, output):
+            return None
         return self.record(METRIC, params={"epoch": epoch, "name": name, "value": value},
-                           output=value_digest(value))
+                           output=output)
 
-    def log_checkpoint(self, name: str, state: Any, *, epoch: int | None = None) -> Event:
+    def log_checkpoint(self, name: str, state: Any, *, epoch: int | None = None
+                       ) -> Event | None:
         """Record a ``checkpoint`` event for a model state (an array or a map of arrays).
 
         Only the digest is recorded (see :func:`state_digest`), with each array's dtype and
@@ -219,9 +239,25 @@ class Experiment:
         """
         if not isinstance(name, str) or not name:
             raise BadInputError(f"a checkpoint name must be a non-empty str, got {name!r}")
+        output = state_digest(state)
+        if self._already_logged(CHECKPOINT, name, epoch, output):
+            return None
         return self.record(CHECKPOINT, params={"epoch": epoch, "name": name,
                                                "arrays": _describe_arrays(state)},
-                           output=state_digest(state))
+                           output=output)
+
+    def _already_logged(self, kind: str, name: str, epoch: int | None, output: bytes) -> bool:
+        """True when a resumed run re-logs what it recorded before the interruption.
+
+        Raises BadInputError when the value differs: the resumed run is not reproducing itself.
+        """
+        recorded = self._recorded_logs.pop((kind, name, epoch), None)
+        if recorded is None:
+            return False
+        if recorded != output:
+            raise BadInputError(f"got another {kind} {name!r} for epoch {epoch} than the run "
+                                f"recorded before it was resumed: the resumed run diverges")
+        return True
 
     def generator(self, *path: Any) -> np.random.Generator:
         """The numpy Generator of a user draw point, e.g. ``exp.generator("model", "init")``.
@@ -281,7 +317,8 @@ class Experiment:
             status, error = "failed", _one_line(failure)
         self._writer.flush()
         streams = {head.stream: {"count": head.count, "head": head.head}
-                   for head in self.store.stream_heads(self.id).values()}
+                   for head in self.store.stream_heads(self.id).values()
+                   if head.stream != AUDIT_STREAM}
         streams[MAIN_STREAM] = {"count": self._writer.next_seq, "head": self._writer.head}
         params: dict[str, Any] = {"status": status, "streams": streams}
         if error is not None:
@@ -294,17 +331,39 @@ class Experiment:
             raise failure
         return event
 
+    def suspend(self) -> None:
+        """Stop recording without completing the run, so it can be resumed elsewhere.
+
+        Flushes, closes the iterators and releases the main stream; the run stays incomplete
+        until :meth:`ExperimentManager.resume_experiment` continues it. For preemptible jobs:
+        save your checkpoint, ``exp.suspend()``, exit.
+        """
+        if self.closed:
+            raise StoreError(f"experiment {self.id} is already closed (status {self.status})")
+        for iterator in list(self._iterators):
+            iterator.close()
+        self._writer.close()
+        self.status = "suspended"
+
     def __enter__(self) -> "Experiment":
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  _tb: object) -> None:
-        if self.closed:
+        if self.closed:  # completed, or suspended to be resumed
             return
         if exc is None:
             self.close("ok")
         else:
             self.close("failed", _one_line(exc))
+
+
+def _user() -> str | None:
+    """Who runs this process (recorded as an observed fact; None when the OS cannot say)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None
 
 
 class ExperimentManager:
@@ -352,13 +411,27 @@ class ExperimentManager:
             params["purpose"] = str(purpose)
         if parent is not None:
             params["parent"] = parent
-        meta = {"pid": os.getpid(), "host": socket.gethostname()}
+        meta = {"pid": os.getpid(), "host": socket.gethostname(), "user": _user()}
         first = make_event(exp, MAIN_STREAM, 0, EXPERIMENT_CREATED, params=params, meta=meta,
                            prev=ZERO_DIGEST, t=time.time_ns())
         self.store.insert_experiment(exp, name, first)
         writer = StreamWriter(self.store, exp, MAIN_STREAM, _head=(0, first.hash))
         return Experiment(self.store, exp, name, root, params["root_seed_source"], writer,
                           self.data_dir)
+
+    def resume_experiment(self, exp: str) -> Experiment:
+        """Continue an interrupted run — killed, or suspended — under its own id and root seed.
+
+        The run must be incomplete and must verify. Every draw, dataset, metric and checkpoint it
+        recorded is remembered: when the resumed run reaches them again (from its last
+        checkpoint) they are checked against the record instead of recorded twice, so each
+        draw stays recorded once and a resumed run that does not reproduce itself is refused.
+        A ``run_resumed`` event marks where the run continued. Restore your model and the
+        iterator (``load_state_dict``) from your checkpoint files, then go on training.
+        """
+        from ledger.resume import resume
+
+        return resume(self.store, exp, self.data_dir)
 
     def close(self) -> None:
         """Release the database connections."""

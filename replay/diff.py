@@ -18,7 +18,7 @@ from typing import Any
 
 from ledger.errors import CheckFailedError
 from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EXPERIMENT_CREATED, METRIC,
-                           RUN_COMPLETED, WORKER_SPAWNED, decode_body)
+                           RUN_COMPLETED, RUN_RESUMED, WORKER_SPAWNED, decode_body)
 from ledger.store.store import Store
 from ledger.verify import verify
 from replay.causes import Cause, differences, explain_output
@@ -119,7 +119,7 @@ def identity(body: dict[str, Any]) -> tuple[Any, ...] | None:
     """What aligns an event with its counterpart in another run (None: not compared as events)."""
     kind = body["kind"]
     params = body["params"] if isinstance(body["params"], dict) else {}
-    if kind in (EXPERIMENT_CREATED, RUN_COMPLETED):
+    if kind in (EXPERIMENT_CREATED, RUN_COMPLETED, RUN_RESUMED):
         return None
     if kind in (METRIC, CHECKPOINT):
         return (kind, str(params.get("name")), params.get("epoch"))

@@ -28,7 +28,7 @@ from ledger.digests import value_digest
 from ledger.environment import environment_fingerprint
 from ledger.errors import CannotReplayError, CheckFailedError
 from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EXPERIMENT_CREATED,
-                           METRIC, REPLAY_RECORDED, RUN_COMPLETED, decode_body)
+                           METRIC, REPLAY_RECORDED, RUN_COMPLETED, RUN_RESUMED, decode_body)
 from ledger.seeds import SEED_SCHEME, derive_bytes, root_seed_from_bytes
 from ledger.store.store import Store
 from ledger.verify import verify
@@ -37,7 +37,7 @@ from replay.context import ReplayContext
 from replay.datasets import load_registered_dataset
 from replay.registry import Redraw, hint, load_plugins, replayer_for
 
-NOT_DRAWS = frozenset({EXPERIMENT_CREATED, METRIC, CHECKPOINT, RUN_COMPLETED})
+NOT_DRAWS = frozenset({EXPERIMENT_CREATED, METRIC, CHECKPOINT, RUN_COMPLETED, RUN_RESUMED})
 """Kinds with nothing to re-execute from the ledger alone (compared by ``--full``)."""
 CHUNK_EVENTS = 64
 
@@ -108,6 +108,7 @@ class ReplayReport:
                 "mismatched": self.mismatched, "not_draws": dict(sorted(self.not_draws.items())),
                 "first_divergence": None if self.first_divergence is None
                 else self.first_divergence.to_json(),
+                "environment": self.environment,
                 "environment_differences": [{"key": key, "recorded": old, "current": new}
                                             for key, old, new in self.environment_differences],
                 "plugins": self.plugins, "replayed_by": self.replayed_by,

@@ -45,19 +45,29 @@ def every_kind(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     url = f"sqlite:///{folder / 'ledger.db'}"
     features, labels = sample_data(rows=96)
     with ExperimentManager(url, data_dir=folder / "data") as manager:
-        with manager.create_experiment(f"model {HOSTILE}", seed=7, purpose=HOSTILE,
-                                       hyperparams={"note": HOSTILE, "lr": 0.5}) as exp:
-            data = exp.register_dataset("transactions", features, labels)
-            batches = TrainingDataIterator(data, batch_size=32, num_workers=1, experiment=exp,
-                                           augmenter=DataAugmenter(noise_std=0.1))
-            exp.generator("model", "init").normal(size=3)
-            for epoch in range(3):
-                for _x, _y in batches:
-                    pass
-                exp.draw("test_report_dropout", ("dropout", epoch), shape=[4], rate=0.5)
-                exp.log_metric("loss", 1.0 / (epoch + 1), epoch=epoch)
-                exp.log_metric("auc", 0.5 + epoch / 10, epoch=epoch)
-            exp.log_checkpoint("model", {"w": np.arange(4.0)}, epoch=2)
+        exp = manager.create_experiment(f"model {HOSTILE}", seed=7, purpose=HOSTILE,
+                                        hyperparams={"note": HOSTILE, "lr": 0.5})
+        data = exp.register_dataset("transactions", features, labels)
+        batches = TrainingDataIterator(data, batch_size=32, num_workers=1, experiment=exp,
+                                       augmenter=DataAugmenter(noise_std=0.1))
+        exp.generator("model", "init").normal(size=3)
+        for epoch in range(3):
+            if epoch == 2:  # interrupted and resumed: the run records run_resumed
+                state = batches.state_dict()
+                exp.suspend()
+                exp = manager.resume_experiment(exp.id)
+                data = exp.register_dataset("transactions", features, labels)
+                batches = TrainingDataIterator(data, batch_size=32, num_workers=1,
+                                               experiment=exp,
+                                               augmenter=DataAugmenter(noise_std=0.1))
+                batches.load_state_dict(state)
+            for _x, _y in batches:
+                pass
+            exp.draw("test_report_dropout", ("dropout", epoch), shape=[4], rate=0.5)
+            exp.log_metric("loss", 1.0 / (epoch + 1), epoch=epoch)
+            exp.log_metric("auc", 0.5 + epoch / 10, epoch=epoch)
+        exp.log_checkpoint("model", {"w": np.arange(4.0)}, epoch=2)
+        exp.close()
     with Store.open(url) as store:
         record_replay(store, replay_run(store, exp.id, data_dir=folder / "data"))
         export_report(store, exp.id, ReportOptions(), fmt="json", output=folder / "first.json")

@@ -1,0 +1,73 @@
+"""Resuming an interrupted run: same experiment, same root seed, the chain continued.
+
+A run killed (or suspended) before ``run_completed`` is continued by
+:meth:`ExperimentManager.resume_experiment`. The resumed process re-executes from the user's last
+checkpoint, so it reaches again draws, metrics and checkpoints that the interrupted process
+already recorded after that checkpoint. They are remembered here and checked, not recorded twice:
+every draw stays recorded once per run (DESIGN §3), and a resumed run whose draws differ from its
+own record is refused on the spot. A ``run_resumed`` event in the main stream marks the seam.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ledger.errors import BadInputError, CheckFailedError
+from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EXPERIMENT_CREATED,
+                           MAIN_STREAM, METRIC, RUN_RESUMED, decode_body)
+from ledger.seeds import root_seed_from_bytes
+from ledger.store import Store, StreamWriter
+from ledger.verify import verify
+
+if TYPE_CHECKING:
+    from ledger.experiment import Experiment
+
+
+def resume(store: Store, exp: str, data_dir: Path | None) -> "Experiment":
+    """Open ``exp`` for recording again (see the module docstring) and return its Experiment."""
+    from ledger.experiment import Experiment
+
+    row = store.experiment(exp)
+    if row.status != "incomplete":
+        raise BadInputError(f"got {exp}, which completed with status {row.status}: only an "
+                            f"incomplete run can be resumed")
+    checked = verify(store, exp)
+    if not checked.ok:
+        raise CheckFailedError(f"{exp} fails verification, not resumed: "
+                               f"{checked.findings[0].describe()}")
+    created = store.first_event_body(exp, EXPERIMENT_CREATED)
+    params = created["params"] if created and isinstance(created["params"], dict) else {}
+    if not isinstance(params.get("root_seed"), bytes):
+        raise BadInputError(f"{exp} has no recorded root seed to resume with")
+    writer = StreamWriter(store, exp, MAIN_STREAM)
+    experiment = Experiment(store, exp, row.name, root_seed_from_bytes(params["root_seed"]),
+                            str(params.get("root_seed_source", "user")), writer, data_dir)
+    checkpoint = _remember(store, experiment)
+    experiment.record(RUN_RESUMED, params={"after_seq": writer.next_seq - 1,
+                                           "last_checkpoint": checkpoint},
+                      meta={"pid": os.getpid(), "host": socket.gethostname()})
+    return experiment
+
+
+def _remember(store: Store, experiment: "Experiment") -> dict[str, Any] | None:
+    """Load what the run recorded into ``experiment``; return its last checkpoint's params."""
+    checkpoint = None
+    for stream, _seq, kind, body_bytes in store.iter_run_bodies(experiment.id):
+        if stream == AUDIT_STREAM:
+            continue
+        body = decode_body(body_bytes)
+        params = body["params"] if isinstance(body["params"], dict) else {}
+        if body["seed"] is not None:
+            experiment._draws[(kind, tuple(body["path"]))] = body["output"]
+        elif kind == DATASET_REGISTERED:
+            experiment._recorded_datasets[str(params.get("name"))] = body["output"]
+        elif kind in (METRIC, CHECKPOINT):
+            experiment._recorded_logs[(kind, params.get("name"), params.get("epoch"))] = (
+                body["output"])
+            if kind == CHECKPOINT:
+                checkpoint = {"name": params.get("name"), "epoch": params.get("epoch"),
+                              "digest": body["output"]}
+    return checkpoint

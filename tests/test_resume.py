@@ -1,0 +1,136 @@
+"""Resuming a killed run from its last checkpoint: later draws equal the uninterrupted run's,
+nothing is recorded twice, and replay certifies the whole run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_cli
+from ledger.canonical import canonical
+from ledger.errors import BadInputError
+from ledger.experiment import Experiment, ExperimentManager
+from ledger.experiment_info import describe_experiment
+from ledger.store import Store
+from ledger.verify import verify as verify_ledger
+from replay import diff_runs, replay_run
+from replay_helpers import sample_data
+
+EPOCHS = 3
+DRIVER = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    from test_resume import train
+    from ledger.experiment import ExperimentManager
+    with ExperimentManager(sys.argv[1], data_dir=sys.argv[2]) as manager:
+        exp = manager.create_experiment("resumable", seed=42)
+        print(exp.id, flush=True)
+        train(exp, sys.argv[3], kill_after_checkpoint=int(sys.argv[4]))
+""")
+
+
+def train(exp: Experiment, folder: str, *, start: dict | None = None,
+          kill_after_checkpoint: int | None = None) -> np.ndarray:
+    """A tiny deterministic training loop that checkpoints (weights + iterator state) per epoch.
+
+    With ``kill_after_checkpoint`` it announces itself after that epoch's checkpoint and a few
+    more batches, then waits to be killed. ``start`` is a saved checkpoint to resume from.
+    """
+    from ledger.augment import DataAugmenter
+    from ledger.iterator import TrainingDataIterator
+
+    features, labels = sample_data(rows=800)
+    data = exp.register_dataset("resumable-data", features, labels)
+    batches = TrainingDataIterator(data, batch_size=64, num_workers=2, experiment=exp,
+                                   augmenter=DataAugmenter(noise_std=0.1, mask_prob=0.1))
+    weights = np.zeros(features.shape[1], dtype=np.float64)
+    first_epoch = 0
+    if start is not None:
+        weights = np.frombuffer(start["weights"], dtype=np.float64).copy()
+        batches.load_state_dict(start["iterator"])
+        first_epoch = start["epoch"] + 1
+    with batches:
+        for epoch in range(first_epoch, EPOCHS):
+            for step, (x, _y) in enumerate(batches):
+                weights += x.mean(axis=0) * 0.01
+                if (kill_after_checkpoint is not None and epoch == kill_after_checkpoint + 1
+                        and step == 3):
+                    exp.flush()
+                    print("killme", flush=True)
+                    import time
+                    time.sleep(600)
+            exp.log_metric("norm", float(np.linalg.norm(weights)), epoch=epoch)
+            exp.log_checkpoint("weights", weights, epoch=epoch)
+            Path(folder, f"checkpoint-{epoch}.msgpack").write_bytes(canonical(
+                {"epoch": epoch, "weights": weights.tobytes(), "iterator": batches.state_dict()}))
+    return weights
+
+
+def _killed_run(folder: Path, url: str, kill_after: int) -> str:
+    process = subprocess.Popen(
+        [sys.executable, "-c", DRIVER.format(tests=str(Path(__file__).parent)), url,
+         str(folder / "data"), str(folder), str(kill_after)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True,
+        start_new_session=True)
+    exp = process.stdout.readline().strip()
+    assert process.stdout.readline().strip() == "killme"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    process.stdout.close()
+    return exp
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_and_replay_certifies_it(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    (tmp_path / "straight").mkdir()
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("resumable", seed=42) as straight:
+            expected = train(straight, str(tmp_path / "straight"))
+    killed = _killed_run(tmp_path, url, kill_after=0)
+    with Store.open(url) as store:
+        assert describe_experiment(store, killed).status == "incomplete"
+    checkpoint = msgpack.unpackb((tmp_path / "checkpoint-0.msgpack").read_bytes(), raw=False)
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.resume_experiment(killed) as resumed:
+            weights = train(resumed, str(tmp_path), start=checkpoint)
+    np.testing.assert_array_equal(weights, expected)
+    with Store.open(url) as store:
+        assert verify_ledger(store).ok
+        counts = store.counts_by_kind(killed)
+        assert counts["run_resumed"] == 1
+        assert counts == {**store.counts_by_kind(straight.id), "run_resumed": 1}
+        assert replay_run(store, killed, data_dir=tmp_path / "data").certified
+        report = diff_runs(store, straight.id, killed)
+        assert report.identical, report.first_divergence
+    assert run_cli("--db", url, "replay", killed, "--data-dir", str(tmp_path / "data")
+                   ).returncode == 0
+
+
+def test_a_resumed_run_that_does_not_reproduce_itself_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        exp = manager.create_experiment("resumable", seed=42)
+        exp.log_metric("norm", 1.0, epoch=0)
+        exp.suspend()
+        resumed = manager.resume_experiment(exp.id)
+        with pytest.raises(BadInputError, match="diverges"):
+            resumed.log_metric("norm", 2.0, epoch=0)
+        assert resumed.log_metric("norm", 1.0, epoch=1) is not None
+        resumed.close()
+
+
+def test_only_an_incomplete_run_can_be_resumed(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("done", seed=1) as exp:
+            pass
+        with pytest.raises(BadInputError, match="only an incomplete run"):
+            manager.resume_experiment(exp.id)
