@@ -32,6 +32,8 @@ from ledger.shm import SharedArray
 from ledger.worker_process import STOP, TASK, pack, unpack, worker_main
 
 START_METHODS = ("fork", "spawn", "forkserver")
+START_TIMEOUT = 300.0
+"""Seconds a worker may take to start (import, attach, seed) before it is reported as hung."""
 _STOP_GRACE = 5.0
 
 
@@ -176,17 +178,17 @@ class WorkerPool:
         """The process ids of the workers, in worker order."""
         return [process.pid for process in self._resources.processes]
 
-    def _readable(self, worker: int) -> bool:
+    def _readable(self, worker: int, timeout: float | None) -> bool:
         """Wait until worker's pipe has data (True) or the worker is dead (False)."""
         connection = self._resources.connections[worker]
         process = self._resources.processes[worker]
         if self._pollers is None:  # no select.poll here: the portable, slower wait
-            ready = wait([connection, process.sentinel], self.timeout)
+            ready = wait([connection, process.sentinel], timeout)
             if not ready:
                 raise TimeoutError
             return connection in ready
-        events = self._pollers[worker].poll(None if self.timeout is None
-                                            else max(1, int(self.timeout * 1000)))
+        events = self._pollers[worker].poll(None if timeout is None
+                                            else max(1, int(timeout * 1000)))
         if not events:
             raise TimeoutError
         return any(fd == connection.fileno() for fd, _mask in events)
@@ -195,11 +197,13 @@ class WorkerPool:
         connection = self._resources.connections[worker]
         process = self._resources.processes[worker]
         where = doing if batch is None else f"making batch {batch} of epoch {epoch}"
+        # ``timeout`` bounds a batch; start-up (imports, seeding) gets its own, generous bound
+        timeout = self.timeout if batch is not None else START_TIMEOUT
         try:
-            alive = self._readable(worker)
+            alive = self._readable(worker, timeout)
         except TimeoutError:
             self._fail(f"worker {worker} (pid {process.pid}) sent nothing for "
-                       f"{self.timeout} s while {where}")
+                       f"{timeout} s while {where}")
         message = None
         if alive:
             try:
@@ -207,7 +211,7 @@ class WorkerPool:
             except (EOFError, OSError):
                 alive = False
         if not alive:
-            process.join(1.0)
+            process.join(_STOP_GRACE)  # the exit code, once the kernel has reaped it
             self._fail(f"worker {worker} (pid {process.pid}) died with exit code "
                        f"{process.exitcode} while {where}")
         if isinstance(message, dict) and "error" in message:
