@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from examples.fraud.blas import limit_blas_threads
 from examples.fraud.dataset import DATASET_NAME, VALIDATION_NAME, FraudData
 from examples.fraud.job import entrypoint, job_config
 from examples.fraud.legacy import LEGACY_OP
@@ -55,6 +56,8 @@ def train(data: FraudData, manager: ExperimentManager | None, *, seed: int = 42,
     hyperparams = dict(HYPERPARAMS)
     if epochs is not None:
         hyperparams["epochs"] = epochs
+    if workers:
+        limit_blas_threads(1)  # the workers need the other cores (see examples.fraud.blas)
     started = time.perf_counter()
     if manager is None:
         result = _loop(data, None, seed, workers, hyperparams, inject_nondeterminism,
