@@ -331,3 +331,39 @@ def test_without_a_process_group_distributed_experiment_is_one_experiment(url: s
     with ExperimentManager(url) as manager:
         assert {row.status for row in manager.store.experiments()} == {"ok", "failed"}
         assert verify(manager.store).ok
+
+
+# -- event order --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("attached", [False, True], ids=["experiment", "attached-run"])
+def test_events_follow_the_order_batches_were_handed_out(url: str, tmp_path: Path,
+                                                         workers: int, attached: bool) -> None:
+    from ledger.integrations.runs import AttachedRun
+
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("order", seed=SEED) as exp:
+            dataset = exp.register_dataset("d", *torch_helpers.fraud_arrays(100))
+            exp.flush()
+            run = AttachedRun(manager.store, exp.id, "rank-1") if attached else exp
+            if attached:
+                dataset = run.register_dataset("d", *torch_helpers.fraud_arrays(100))
+            loader = RecordedDataLoader(run, dataset, 10, num_workers=workers,
+                                        transform=RecordedTransform("jitter"),
+                                        num_replicas=2 if attached else 1,
+                                        rank=1 if attached else 0)
+            for step, _batch in enumerate(loader):
+                run.record("user_note", params={"step": step})
+            iterator = iter(loader)
+            next(iterator)  # a pass left in the middle: its batches are recorded all the same
+            next(iterator)
+            if attached:
+                run.close()  # records what is pending
+        recorded = [(e["kind"], e["params"].get("batch", e["params"].get("step")))
+                    for e in events(manager, exp.id)
+                    if e["kind"] in ("augmentation_batch", "user_note")]
+        steps = 5 if attached else 10
+        assert recorded[:2 * steps] == [item for step in range(steps) for item in (
+            ("augmentation_batch", step), ("user_note", step))]
+        assert recorded[2 * steps:] == [("augmentation_batch", 0), ("augmentation_batch", 1)]
+        assert verify(manager.store, exp.id).ok

@@ -14,6 +14,7 @@ count and head: it must wait until every attached stream is closed (flushed), e.
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,10 @@ class AttachedRun:
     ``id``, ``root_seed``, :meth:`record_draw`, :meth:`register_dataset` — but creates nothing:
     datasets are registered by the experiment's main process, and found here by name and digest.
     """
+
+    drains_tracked_loaders = True
+    """Loaders tracked by this run (``_track``) are drained before anything else is recorded,
+    so they may record their batches in runs (RecordedDataLoader does)."""
 
     def __init__(self, store: Store, exp: str, stream: str, *, take_over: bool = False,
                  _owns_store: bool = False) -> None:
@@ -57,6 +62,7 @@ class AttachedRun:
         self._writer = StreamWriter(store, exp, stream, take_over=take_over)
         self._draws: dict[tuple[str, tuple], bytes | None] = {}
         self._datasets: dict[str, Dataset] = {}
+        self._loaders: weakref.WeakSet[Any] = weakref.WeakSet()
         self.closed = False
 
     @classmethod
@@ -78,7 +84,11 @@ class AttachedRun:
     def record(self, kind: str, *, path: Sequence[Any] = (), seed: bytes | None = None,
                params: Mapping[str, Any] | None = None, input: bytes | None = None,
                output: bytes | None = None, meta: Mapping[str, Any] | None = None) -> Event:
-        """Append one event to this stream (buffered; durable after :meth:`flush`)."""
+        """Append one event to this stream (buffered; durable after :meth:`flush`).
+
+        Events still pending in this run's loaders are appended first, so the order of events
+        follows the order of the calls (as :meth:`ledger.experiment.Experiment.record`)."""
+        self._drain_loaders()
         if self.closed:
             raise StoreError(f"stream {self.stream} of {self.id} is closed")
         return self._writer.append(kind, path=path, seed=seed, params=params, input=input,
@@ -102,7 +112,17 @@ class AttachedRun:
 
     def flush(self) -> int:
         """Write every buffered event now; return the last durable seq of this stream."""
+        self._drain_loaders()
         return self._writer.flush()
+
+    def _track(self, loader: Any) -> None:
+        """Drain ``loader`` (its ``_drain_recorder()``) before recording anything else, and at
+        close (its ``close()``): the protocol of Experiment's iterators."""
+        self._loaders.add(loader)
+
+    def _drain_loaders(self) -> None:
+        for loader in list(self._loaders):
+            loader._drain_recorder()
 
     # -- datasets --------------------------------------------------------------------------------
 
@@ -148,7 +168,11 @@ class AttachedRun:
         """Flush, close the stream (releasing it) and, when opened by :meth:`open`, the store."""
         if self.closed:
             return
-        self.closed = True
+        try:
+            for loader in list(self._loaders):
+                loader.close()
+        finally:
+            self.closed = True
         try:
             self._writer.close()
         finally:

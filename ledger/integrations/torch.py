@@ -399,6 +399,13 @@ def _as_made(item: Any) -> Any:
     return item
 
 
+RECORD_EVERY = 32
+"""For a run that drains its tracked loaders before it records anything else (a run with
+``drains_tracked_loaders = True``, as AttachedRun), batch events are recorded in runs of this
+many handed-out batches — a tight loop is several times cheaper than one event between two
+batches — and the order of the run's events is still the order its batches were handed out.
+Other runs get each batch's events as the batch is handed out."""
+
 _OWN_OPTIONS = frozenset({"sampler", "batch_sampler", "collate_fn", "generator", "shuffle",
                           "batch_size", "drop_last", "worker_init_fn"})
 
@@ -458,6 +465,11 @@ class RecordedDataLoader(DataLoader):
                                         rank=sampler.rank, then=worker_init_fn)
         self._workers: dict[int, bytes] = {}
         self._batch_params: dict[str, Any] | None = None
+        self._pending: list[tuple] = []
+        self._draining = False
+        track = getattr(run, "_track", None)
+        if record and callable(track):
+            track(self)  # the run drains this loader before it records anything else
         super().__init__(_Batches(dataset, transform, run.root_seed, sampler.num_replicas,
                                   sampler.rank, self.record),
                          batch_size=None, sampler=requests, collate_fn=_as_made,
@@ -480,10 +492,38 @@ class RecordedDataLoader(DataLoader):
 
     def _consume(self, batches: Iterator[Any]) -> Iterator[Any]:
         with_labels = self.ledger_dataset.labels is not None
-        for x, y, report in batches:
-            if report is not None:
+        if not getattr(self.run, "drains_tracked_loaders", False):
+            for x, y, report in batches:  # record each batch as it is handed out
+                if report is not None:
+                    self._record(*report)
+                yield (x, y) if with_labels else x
+            return
+        try:
+            for x, y, report in batches:
+                if report is not None:
+                    self._pending.append(report)
+                    if len(self._pending) >= RECORD_EVERY:
+                        self._drain_recorder()
+                yield (x, y) if with_labels else x
+        finally:
+            self._drain_recorder()
+
+    def _drain_recorder(self) -> None:
+        """Record the events of the batches handed out so far (see RECORD_EVERY)."""
+        if self._draining:
+            return  # recording drains the run's loaders, this one included
+        self._draining = True
+        try:
+            pending, self._pending = self._pending, []
+            for report in pending:
                 self._record(*report)
-            yield (x, y) if with_labels else x
+        finally:
+            self._draining = False
+
+    def close(self) -> None:
+        """Record what is pending (the run calls this when it completes); the loader stays
+        usable."""
+        self._drain_recorder()
 
     def _record(self, epoch: int, batch: int, rows: int, indices_digest: bytes,
                 output: bytes | None, worker: tuple[int, bytes, int] | None) -> None:
