@@ -26,6 +26,7 @@ class SharedArray:
         self.shape = shape
         self.dtype = dtype
         self.owner = owner
+        self._unlinked = False
         self.array: np.ndarray | None = np.ndarray(shape, dtype=dtype, buffer=block.buf)
 
     @classmethod
@@ -54,13 +55,22 @@ class SharedArray:
         assert self._block is not None
         return {"name": self._block.name, "shape": list(self.shape), "dtype": self.dtype.str}
 
+    def unlink(self) -> None:
+        """Remove the block's name (owner only; the mappings stay valid). Safe to call twice.
+
+        Done as soon as every worker has attached, so that not even a SIGKILL of the whole
+        process group can leave the block behind in ``/dev/shm``.
+        """
+        if self.owner and self._block is not None and not self._unlinked:
+            self._unlinked = True
+            with contextlib.suppress(FileNotFoundError):
+                self._block.unlink()
+
     def close(self) -> None:
         """Unmap the block (and unlink it, in the owner). Safe to call twice."""
+        self.unlink()
         block, self._block, self.array = self._block, None, None
         if block is None:
             return
         with contextlib.suppress(BufferError):  # a view still alive: the mapping goes with it
             block.close()
-        if self.owner:
-            with contextlib.suppress(FileNotFoundError):
-                block.unlink()

@@ -172,6 +172,8 @@ class WorkerPool:
                 raise WorkerError(f"worker {worker} sent {message!r} instead of its ready message")
             self.infos.append(WorkerInfo(worker, message["pid"], message["states"],
                                          tuple(message["seeded"])))
+        for shared in self._resources.shared:  # every worker has attached: drop the names
+            shared.unlink()
 
     @property
     def pids(self) -> list[int]:
@@ -276,7 +278,7 @@ class WorkerPool:
             self._drain(pending, epoch)
 
     def _drain(self, pending: deque[tuple[int, int, int]], epoch: int) -> None:
-        while pending and not self.broken:
+        while pending and not self.broken and self._finalizer.alive:
             batch, worker, _slot = pending.popleft()
             self._receive(worker, epoch, batch, "")
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
+import sys
+import textwrap
 from multiprocessing import shared_memory
 from pathlib import Path
 
@@ -19,6 +22,8 @@ from ledger.worker_seeding import expected_state_digest, seed_worker_process, se
 from trainer_helpers import bodies, draws, indexed_data, noisy_data, run_epochs, same_batches
 
 import trainer_ops  # noqa: F401 - registers the test ops (workers import it by name)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 AUGMENTER = {"noise_std": 0.3, "mask_prob": 0.2, "scale_jitter": 0.1,
              "ops": [{"op": "test_offset", "amount": 0.5}]}
@@ -170,6 +175,41 @@ def test_closing_releases_the_processes_and_the_shared_memory() -> None:
     for name in names:
         with pytest.raises(FileNotFoundError):
             shared_memory.SharedMemory(name=name)
+
+
+def test_the_shared_memory_names_are_gone_once_the_workers_have_attached() -> None:
+    with TrainingDataIterator(noisy_data(), 8, seed=1, num_workers=2) as batches:
+        iterator = iter(batches)
+        next(iterator)
+        names = [shared.descriptor()["name"] for shared in batches._pool._resources.shared]
+        assert names
+        for name in names:
+            with pytest.raises(FileNotFoundError):
+                shared_memory.SharedMemory(name=name)
+        assert len(list(iterator)) == len(batches) - 1  # the mappings still work
+
+
+def test_killing_the_whole_process_group_leaves_no_shared_memory(tmp_path: Path) -> None:
+    script = textwrap.dedent("""
+        import sys, time
+        from ledger import TrainingDataIterator
+        from trainer_helpers import noisy_data
+        batches = TrainingDataIterator(noisy_data(), 8, seed=1, num_workers=2)
+        iterator = iter(batches)
+        next(iterator)
+        names = [s.descriptor()["name"] for s in batches._pool._resources.shared]
+        print(" ".join(names), flush=True)
+        time.sleep(600)
+    """)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}:{ROOT}"}
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                             env=env, start_new_session=True)
+    names = child.stdout.readline().split()
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    child.stdout.close()
+    assert len(names) == 6
+    assert not [name for name in names if Path("/dev/shm", name).exists()]
 
 
 def test_a_worker_killed_mid_epoch_is_named_with_its_batch() -> None:
