@@ -7,22 +7,37 @@ ignore it). Compliance reports list them as the experiment's history.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
+from ledger.errors import ConcurrentWriteError
 from ledger.events import AUDIT_STREAM, Event, decode_body
 from ledger.store.store import Store
 from ledger.store.writer import StreamWriter
 
+_ATTEMPTS = 20
+
 
 def record_audit(store: Store, exp: str, kind: str, params: Mapping[str, Any], *,
                  output: bytes | None = None, meta: Mapping[str, Any] | None = None) -> Event:
-    """Append one audit event to ``exp``'s audit stream and make it durable before returning."""
+    """Append one audit event to ``exp``'s audit stream and make it durable before returning.
+
+    Two auditors finishing at the same moment contend for the stream's claim for a few
+    milliseconds; the later one waits and retries rather than failing its replay.
+    """
     store.experiment(exp)
-    with StreamWriter(store, exp, AUDIT_STREAM, flush_interval=None) as writer:
-        event = writer.append(kind, params=params, output=output, meta=meta)
-        writer.flush()
-    return event
+    for attempt in range(_ATTEMPTS):
+        try:
+            with StreamWriter(store, exp, AUDIT_STREAM, flush_interval=None) as writer:
+                event = writer.append(kind, params=params, output=output, meta=meta)
+                writer.flush()
+            return event
+        except ConcurrentWriteError:  # includes StreamClaimedError
+            if attempt == _ATTEMPTS - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def audit_trail(store: Store, exp: str) -> list[dict[str, Any]]:
