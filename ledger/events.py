@@ -197,3 +197,22 @@ def decode_body(body_bytes: bytes) -> dict[str, Any]:
     if body["v"] != EVENT_VERSION:
         raise BadInputError(f"event body has unknown format version {body['v']!r}")
     return body
+
+
+def seen_draw(draws: dict[tuple[str, tuple], bytes | None], kind: str, path: Sequence[Label],
+              output: bytes | None, hint: str = "") -> bool:
+    """True when (kind, path) is in ``draws`` with this output: a draw is recorded once per run.
+
+    Raises BadInputError when it is there with another output — two different draws cannot
+    share an identity (DESIGN §3). ``hint`` is appended to that message.
+    """
+    recorded = draws.get((kind, tuple(path)), _ABSENT)
+    if recorded is _ABSENT:
+        return False
+    if recorded == output:
+        return True
+    raise BadInputError(f"got a second {kind} at path {list(path)} with another output, but a "
+                        f"draw (kind, path) is recorded once per run{hint}")
+
+
+_ABSENT = object()

@@ -32,8 +32,8 @@ from ledger.environment import code_version, environment_fingerprint
 from ledger.environment import entrypoint as detect_entrypoint
 from ledger.errors import BadInputError, StoreError
 from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EXPERIMENT_CREATED,
-                           MAIN_STREAM, METRIC, RUN_COMPLETED, USER_DRAW, Event, check_experiment_id, make_event,
-                           new_experiment_id)
+                           MAIN_STREAM, METRIC, RUN_COMPLETED, USER_DRAW, Event,
+                           check_experiment_id, make_event, new_experiment_id, seen_draw)
 from ledger.seeds import (SEED_SCHEME, check_path, check_root_seed, derive_bytes, draw_root_seed,
                           generator, root_seed_to_bytes)
 from ledger.store import Store, StreamWriter
@@ -134,12 +134,9 @@ class Experiment:
                      output: bytes | None = None, meta: Mapping[str, Any] | None = None
                      ) -> Event | None:
         identity = (kind, tuple(path))
-        if identity in self._draws:
-            if self._draws[identity] == output:
-                return None
-            raise BadInputError(f"got a second {kind} at path {list(path)} with another output, "
-                                f"but a draw (kind, path) is recorded once per run (use one "
-                                f"iterator per experiment, or record=False for evaluation)")
+        if seen_draw(self._draws, kind, path, output, " (use one iterator per experiment, or "
+                                                       "record=False for evaluation)"):
+            return None
         event = self._append(kind, path=path, seed=seed, params=params, input=input,
                              output=output, meta=meta)
         self._draws[identity] = output

@@ -22,7 +22,7 @@ from typing import Any
 from ledger.datasets import Dataset, check_arrays, check_name, dataset_digest, dataset_from_file
 from ledger.errors import BadInputError, StoreError
 from ledger.events import (DATASET_REGISTERED, EXPERIMENT_CREATED, MAIN_STREAM, RUN_COMPLETED,
-                           Event, check_experiment_id, check_stream, decode_body)
+                           Event, check_experiment_id, check_stream, decode_body, seen_draw)
 from ledger.seeds import root_seed_from_bytes
 from ledger.store import Store, StreamWriter
 
@@ -100,11 +100,8 @@ class AttachedRun:
                     ) -> Event | None:
         """Record a draw once: None if this (kind, path) was recorded here with this output."""
         identity = (kind, tuple(path))
-        if identity in self._draws:
-            if self._draws[identity] == output:
-                return None
-            raise BadInputError(f"got a second {kind} at path {list(path)} with another output, "
-                                f"but a draw (kind, path) is recorded once per run")
+        if seen_draw(self._draws, kind, path, output):
+            return None
         event = self.record(kind, path=path, seed=seed, params=params, input=input,
                             output=output, meta=meta)
         self._draws[identity] = output
