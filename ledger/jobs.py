@@ -29,7 +29,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ledger.canonical import normalise
-from ledger.errors import BadInputError, CannotReplayError
+from ledger.declared import check_declared
+from ledger.errors import CannotReplayError
 
 JobFunction = Callable[..., str]
 _jobs: dict[tuple[str, int], JobFunction] = {}
@@ -37,10 +38,7 @@ _jobs: dict[tuple[str, int], JobFunction] = {}
 
 def register_job(name: str, version: int) -> Callable[[JobFunction], JobFunction]:
     """Register ``function(manager, *, seed, config) -> exp id`` as job ``name`` at ``version``."""
-    if not isinstance(name, str) or not name:
-        raise BadInputError(f"a job name is a non-empty str, got {name!r}")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise BadInputError(f"a job version is an int >= 1, got {version!r}")
+    check_declared("job", name, version)
 
     def decorate(function: JobFunction) -> JobFunction:
         _jobs[(name, version)] = function

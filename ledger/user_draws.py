@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ledger.digests import array_digest
+from ledger.declared import check_declared
 from ledger.errors import BadInputError, CannotReplayError
 
 DrawFunction = Callable[..., Any]
@@ -37,10 +38,7 @@ _draws: dict[tuple[str, int], DrawFunction] = {}
 
 def register_draw(name: str, version: int) -> Callable[[DrawFunction], DrawFunction]:
     """Register ``function(rng, **params)`` as the user draw point ``name`` at ``version``."""
-    if not isinstance(name, str) or not name:
-        raise BadInputError(f"a draw name is a non-empty str, got {name!r}")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise BadInputError(f"a draw version is an int >= 1, got {version!r}")
+    check_declared("draw", name, version)
 
     def decorate(function: DrawFunction) -> DrawFunction:
         existing = _draws.get((name, version))
