@@ -17,6 +17,9 @@ from ledger.datasets import Dataset, load_dataset
 from ledger.experiment import Experiment, ExperimentManager
 from ledger.iterator import TrainingDataIterator
 from ledger.workers import WorkerError
+from ledger.jobs import job_entrypoint, register_job
+from ledger.user_draws import register_draw
+from ledger.errors import StreamClaimedError
 
 __version__ = "0.1.0"
 
@@ -29,4 +32,5 @@ __all__ = [
     "make_event", "new_experiment_id", "normalise", "value_digest", "verify",
     "DataAugmenter", "Dataset", "Experiment", "ExperimentManager", "TrainingDataIterator",
     "WorkerError", "load_dataset", "register_op",
+    "StreamClaimedError", "job_entrypoint", "register_draw", "register_job",
 ]
