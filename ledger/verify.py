@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from ledger.chain_check import Segment, SegmentResult, check_segment
 from ledger.digests import ZERO_DIGEST
 from ledger.errors import UnknownExperimentError
 from ledger.events import AUDIT_STREAM, MAIN_STREAM, check_experiment_id
+from ledger.processes import pool_start_method
 from ledger.store.store import Store
 
 SEGMENT_EVENTS = 100_000
@@ -128,10 +128,7 @@ def _results(store: Store, segments: list[Segment], jobs: int) -> Iterator[Segme
         for segment in segments:
             yield check_segment(store, segment)
         return
-    # fork starts workers instantly; with other threads alive it could copy a held lock.
-    single_threaded = threading.active_count() == 1
-    method = "fork" if single_threaded and os.name == "posix" else "spawn"
-    context = multiprocessing.get_context(method)
+    context = multiprocessing.get_context(pool_start_method())
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_open_worker_store,
                              initargs=(store.url_with_secrets,)) as pool:
         yield from pool.map(_check_in_worker, segments)

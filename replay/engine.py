@@ -14,7 +14,6 @@ import getpass
 import multiprocessing
 import os
 import socket
-import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
@@ -29,6 +28,7 @@ from ledger.environment import environment_fingerprint
 from ledger.errors import CannotReplayError, CheckFailedError
 from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EXPERIMENT_CREATED,
                            METRIC, REPLAY_RECORDED, RUN_COMPLETED, RUN_RESUMED, decode_body)
+from ledger.processes import pool_start_method
 from ledger.seeds import SEED_SCHEME, derive_bytes, root_seed_from_bytes
 from ledger.store.store import Store
 from ledger.verify import verify
@@ -215,8 +215,8 @@ def _redraws(context: ReplayContext, bodies: Iterator[bytes], jobs: int, trusted
             body = decode_body(body_bytes)
             yield (body, *_redraw(context, body))
         return
-    forking = threading.active_count() == 1 and os.name == "posix"
-    method = "fork" if forking else "spawn"
+    method = pool_start_method()
+    forking = method == "fork"
     global _worker_context
     _worker_context = context  # inherited by forked workers; spawned ones rebuild below
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context(method),
