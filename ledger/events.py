@@ -130,7 +130,7 @@ def _check_digest(name: str, value: Any, size: int) -> bytes | None:
 
 
 @functools.lru_cache(maxsize=1024)
-def _check_names(exp: str, stream: str, kind: str) -> None:
+def check_names(exp: str, stream: str, kind: str) -> None:
     """Validate names once per (experiment, stream, kind): a writer repeats them at every event."""
     check_experiment_id(exp)
     check_stream(stream)
@@ -142,7 +142,7 @@ def _check_position(exp: Any, stream: Any, seq: Any, kind: Any, prev: Any, t: An
         check_experiment_id(exp)
         check_stream(stream)
         check_kind(kind)
-    _check_names(exp, stream, kind)
+    check_names(exp, stream, kind)
     if type(seq) is not int or not 0 <= seq <= _INT64_MAX:
         raise BadInputError(f"event seq must be an int in [0, 2**63), got {seq!r}")
     if type(t) is not int or not _INT64_MIN <= t <= _INT64_MAX:
@@ -163,13 +163,28 @@ def make_event(exp: str, stream: str, seq: int, kind: str, *, path: Sequence[Lab
     output = _check_digest("output", output, 32)
     params = _normalise_map("params", params)
     meta = _normalise_map("meta", meta)
-    # Keys in sorted order, values already canonical: the bytes equal canonical(body_map(...)).
-    body = {"exp": exp, "input": input, "kind": kind, "meta": meta, "output": output,
-            "params": params, "path": list(labels), "prev": prev, "seed": seed, "seq": seq,
-            "stream": stream, "t": t, "v": EVENT_VERSION}
-    body_bytes = pack_normalised(body)
+    body_bytes = encode_normalised_body(exp, stream, seq, kind, list(labels), seed, params, input,
+                                        output, meta, prev, t)
     return Event(exp, stream, seq, kind, labels, seed, params, input, output, meta, prev, t,
                  body_bytes, event_hash_of_bytes(body_bytes))
+
+
+def encode_normalised_body(exp: str, stream: str, seq: int, kind: str, path: list[Label],
+                           seed: bytes | None, params: dict[str, Any], input: bytes | None,
+                           output: bytes | None, meta: dict[str, Any], prev: bytes, t: int
+                           ) -> bytes:
+    """The canonical body bytes of fields that are already valid and normalised.
+
+    Nothing is checked: this is the shared last step of :func:`make_event` and of the library's
+    own hot loops (``StreamWriter.append_normalised``), whose fields are built from known-good
+    values. ``params`` and ``meta`` must be outputs of :func:`ledger.canonical.normalise` (or
+    built the same way: sorted str keys, plain values); ``path`` a list of valid labels.
+    """
+    # Keys in sorted order, values already canonical: the bytes equal canonical(body_map(...)).
+    return pack_normalised({"exp": exp, "input": input, "kind": kind, "meta": meta,
+                            "output": output, "params": params, "path": path, "prev": prev,
+                            "seed": seed, "seq": seq, "stream": stream, "t": t,
+                            "v": EVENT_VERSION})
 
 
 def _normalise_map(name: str, value: Mapping[str, Any] | None) -> dict[str, Any]:

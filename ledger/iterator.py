@@ -20,6 +20,7 @@ import numpy as np
 
 from ledger.augment import DataAugmenter, augment_path
 from ledger.batches import BatchDigests, BatchMaker, batch_input_digest, fast_array_digest
+from ledger.canonical import normalise
 from ledger.datasets import Dataset, in_memory_dataset
 from ledger.errors import BadInputError
 from ledger.events import AUGMENTATION_BATCH, EPOCH_RESET, WORKER_SPAWNED
@@ -117,10 +118,7 @@ class TrainingDataIterator:
         self._active: Generator[Batch, None, None] | None = None
         self._closed = False
         self._records_batches = self.recording and self._maker.augmenter is not None
-        self._batch_params = {"batch_size": self.batch_size, "drop_last": self.drop_last,
-                              "shuffle": self.shuffle, "dataset": self.dataset.name,
-                              "dataset_digest": self.dataset.digest if self.recording else None,
-                              "augmenter": self._maker.augmenter_spec}
+        self._augmenter_spec = normalise(self._maker.augmenter_spec)
         if experiment is not None:
             experiment._track(self)
 
@@ -233,13 +231,16 @@ class TrainingDataIterator:
 
     def _record_batch(self, epoch: int, batch: int, digests: BatchDigests) -> None:
         """Record ``augmentation_batch`` in the consuming process, as the batch is handed out."""
-        path = augment_path(epoch, batch)
-        self.experiment.record_draw(
-            AUGMENTATION_BATCH, path, seed=digests.seed,
-            params={"epoch": epoch, "batch": batch, "rows": digests.rows,
-                    "indices_digest": digests.indices, **self._batch_params},
-            input=batch_input_digest(self.dataset.digest, digests.indices),
-            output=digests.output)
+        dataset = self.dataset
+        # Built normalised, keys in sorted order, for Experiment.record_normalised_draw.
+        params = {"augmenter": self._augmenter_spec, "batch": batch,
+                  "batch_size": self.batch_size, "dataset": dataset.name,
+                  "dataset_digest": dataset.digest, "drop_last": self.drop_last,
+                  "epoch": epoch, "indices_digest": digests.indices, "rows": digests.rows,
+                  "shuffle": self.shuffle}
+        self.experiment.record_normalised_draw(
+            AUGMENTATION_BATCH, augment_path(epoch, batch), seed=digests.seed, params=params,
+            input=batch_input_digest(dataset.digest, digests.indices), output=digests.output)
 
     def _ensure_pool(self) -> None:
         if self.num_workers == 0 or (self._pool is not None and not self._pool.broken):

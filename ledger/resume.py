@@ -42,7 +42,7 @@ def resume(store: Store, exp: str, data_dir: Path | None) -> "Experiment":
     params = created["params"] if created and isinstance(created["params"], dict) else {}
     if not isinstance(params.get("root_seed"), bytes):
         raise BadInputError(f"{exp} has no recorded root seed to resume with")
-    writer = StreamWriter(store, exp, MAIN_STREAM)
+    writer = StreamWriter(store, exp, MAIN_STREAM, write_behind=True)
     experiment = Experiment(store, exp, row.name, root_seed_from_bytes(params["root_seed"]),
                             str(params.get("root_seed_source", "user")), writer, data_dir)
     checkpoint = _remember(store, experiment)

@@ -18,6 +18,7 @@ from ledger.errors import (BadInputError, ConcurrentWriteError, EncodingError, I
                            StoreError, StreamClaimedError)
 from ledger.events import make_event
 from ledger.store import Store, StreamWriter
+from ledger.store.writer import MAX_QUEUED_BATCHES
 from ledger.verify import verify
 from ledger_builders import record_experiment, rows
 
@@ -130,6 +131,7 @@ def test_a_killed_writer_keeps_every_event_it_acknowledged(store: Store, store_u
     script = f"""
 import os
 from ledger.store import Store, StreamWriter
+from ledger.store.writer import MAX_QUEUED_BATCHES
 store = Store.open({store_url!r})
 writer = StreamWriter(store, {recorded.exp!r}, "main", batch_size=1000, flush_interval=None)
 for n in range(5):
@@ -258,8 +260,9 @@ def test_racing_writers_leave_exactly_one_chain(store: Store) -> None:
     assert [row["hash"] for row in rows(store, EXP, "main")] == winners[0]
 
 
-def test_a_failed_interval_flush_reaches_the_owner_at_close(store: Store) -> None:
-    late = writer(store, batch_size=1000, flush_interval=0.02)
+@pytest.mark.parametrize("write_behind", [False, True])
+def test_a_failed_interval_flush_reaches_the_owner_at_close(store: Store, write_behind: bool) -> None:
+    late = writer(store, batch_size=1000, flush_interval=0.02, write_behind=write_behind)
     with writer(store, take_over=True) as early:
         early.append("metric", params={"who": "early"})
     late.append("metric", params={"who": "late"})
@@ -270,8 +273,9 @@ def test_a_failed_interval_flush_reaches_the_owner_at_close(store: Store) -> Non
     late.close()
 
 
-def test_a_failed_interval_flush_reaches_the_owner_at_its_next_append(store: Store) -> None:
-    late = writer(store, batch_size=1000, flush_interval=0.02)
+@pytest.mark.parametrize("write_behind", [False, True])
+def test_a_failed_interval_flush_reaches_the_owner_at_its_next_append(store: Store, write_behind: bool) -> None:
+    late = writer(store, batch_size=1000, flush_interval=0.02, write_behind=write_behind)
     with writer(store, take_over=True) as early:
         early.append("metric")
     late.append("metric")
@@ -338,3 +342,66 @@ def test_bad_writer_options_are_refused(store: Store, options: dict) -> None:
 def test_malformed_ids_are_refused_by_the_writer(store: Store, exp: str, stream: str) -> None:
     with pytest.raises(InvalidIdError):
         StreamWriter(store, exp, stream, flush_interval=None)
+
+
+# -- write-behind: full batches written by a background thread -----------------------------------
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch_size=st.integers(min_value=1, max_value=5),
+       steps=st.lists(st.one_of(st.integers(min_value=1, max_value=12), st.just("flush")),
+                      max_size=8))
+def test_write_behind_never_claims_an_unwritten_event_and_flush_writes_all(
+        store: Store, batch_size: int, steps: list) -> None:
+    stream = f"wb{next(_streams)}"
+    with writer(store, stream, batch_size=batch_size, write_behind=True) as w:
+        appended: list[bytes] = []
+        for step in steps:
+            if step == "flush":
+                assert w.flush() == len(appended) - 1
+                assert [row["hash"] for row in rows(store, EXP, stream)] == appended
+            else:
+                appended += [w.append("metric", params={"n": n}).hash for n in range(step)]
+            durable = w.durable_seq
+            stored = rows(store, EXP, stream)
+            assert [row["seq"] for row in stored] == list(range(len(stored)))
+            assert durable <= len(stored) - 1  # durable_seq never runs ahead of the database
+            assert [row["hash"] for row in stored] == appended[:len(stored)]
+            # at most the buffer and MAX_QUEUED_BATCHES full batches (+1 being written) wait
+            assert len(appended) - len(stored) < batch_size * (MAX_QUEUED_BATCHES + 2)
+    assert [row["hash"] for row in rows(store, EXP, stream)] == appended
+
+
+def test_write_behind_writes_full_batches_without_a_flush(store: Store) -> None:
+    with writer(store, batch_size=3, write_behind=True) as w:
+        for n in range(7):
+            w.append("metric", params={"n": n})
+        wait_for(lambda: w.durable_seq == 5, "the background thread to write two batches")
+        assert stored_seqs(store, "main") == [0, 1, 2, 3, 4, 5]  # the 7th waits in the buffer
+    assert stored_seqs(store, "main") == list(range(7))
+
+
+def test_write_behind_flushes_an_idle_writer_at_the_interval(store: Store) -> None:
+    w = writer(store, batch_size=1000, flush_interval=0.05, write_behind=True)
+    try:
+        event = w.append("metric")
+        wait_for(lambda: w.durable_seq == event.seq, "the interval flush")
+        assert stored_seqs(store, "main") == [0]
+    finally:
+        w.close()
+
+
+def test_a_failed_background_batch_stops_the_writer_and_reaches_its_owner(store: Store) -> None:
+    late = writer(store, batch_size=2, write_behind=True)
+    with writer(store, take_over=True) as early:
+        early.append("metric", params={"who": "early"})
+    late.append("metric", params={"who": "late"})
+    late.append("metric", params={"who": "late"})  # a full batch: written in the background
+    wait_for(lambda: late._failure is not None, "the background write to fail")
+    with pytest.raises(ConcurrentWriteError, match="refused rather than fork"):
+        late.append("metric")
+    with pytest.raises(ConcurrentWriteError):
+        late.flush()
+    late.close()  # already reported
+    assert stored_seqs(store, "main") == [0]
+    assert late.durable_seq == -1

@@ -59,7 +59,7 @@ class AttachedRun:
         params = created["params"]
         self.name = str(params.get("name"))
         self.root_seed = root_seed_from_bytes(params.get("root_seed"))
-        self._writer = StreamWriter(store, exp, stream, take_over=take_over)
+        self._writer = StreamWriter(store, exp, stream, take_over=take_over, write_behind=True)
         self._draws: dict[tuple[str, tuple], bytes | None] = {}
         self._datasets: dict[str, Dataset] = {}
         self._loaders: weakref.WeakSet[Any] = weakref.WeakSet()
