@@ -332,7 +332,8 @@ class Experiment:
                 failure = failure or problem
         if failure is not None and status == "ok":
             status, error = "failed", _one_line(failure)
-        self._writer.flush()
+        # Main's count and head come from the writer, so its buffer is written with
+        # run_completed, in the final flush (one durable commit less per run).
         streams = {head.stream: {"count": head.count, "head": head.head}
                    for head in self.store.stream_heads(self.id).values()
                    if head.stream != AUDIT_STREAM}
