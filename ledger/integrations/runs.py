@@ -23,7 +23,7 @@ from ledger.datasets import Dataset, check_arrays, check_name, dataset_digest, d
 from ledger.errors import BadInputError, StoreError
 from ledger.events import (DATASET_REGISTERED, EXPERIMENT_CREATED, MAIN_STREAM, RUN_COMPLETED,
                            Event, check_experiment_id, check_stream, decode_body, seen_draw)
-from ledger.seeds import root_seed_from_bytes
+from ledger.seeds import Label, root_seed_from_bytes
 from ledger.store import Store, StreamWriter
 
 
@@ -106,6 +106,25 @@ class AttachedRun:
                             output=output, meta=meta)
         self._draws[identity] = output
         return event
+
+    def record_normalised_draw(self, kind: str, path: tuple[Label, ...], *, seed: bytes | None,
+                               params: dict[str, Any], input: bytes | None = None,
+                               output: bytes | None = None) -> bool:
+        """:meth:`record_draw` for the library's per-batch hot loops; True if recorded.
+
+        As :meth:`ledger.experiment.Experiment.record_normalised_draw`: the fields must already
+        be valid and normalised (``path`` a tuple of valid labels), for the same event bytes
+        without per-field validation. Same once-per-run rule, same draining of loaders first.
+        """
+        if seen_draw(self._draws, kind, path, output):
+            return False
+        self._drain_loaders()
+        if self.closed:
+            raise StoreError(f"stream {self.stream} of {self.id} is closed")
+        self._writer.append_normalised(kind, list(path), seed=seed, params=params, input=input,
+                                       output=output)
+        self._draws[(kind, path)] = output
+        return True
 
     def flush(self) -> int:
         """Write every buffered event now; return the last durable seq of this stream."""

@@ -52,6 +52,7 @@ except ImportError as error:  # pragma: no cover - exercised only without torch
                       "'reproducibility-ledger[torch]' (torch==2.13.0)") from error
 
 from ledger.batches import batch_input_digest, fast_array_digest
+from ledger.canonical import normalise
 from ledger.datasets import Dataset
 from ledger.errors import BadInputError
 from ledger.events import AUGMENTATION_BATCH, EPOCH_RESET, USER_DRAW, WORKER_SPAWNED
@@ -464,7 +465,7 @@ class RecordedDataLoader(DataLoader):
         self.seed_workers = SeedWorkers(run.root_seed, num_replicas=sampler.num_replicas,
                                         rank=sampler.rank, then=worker_init_fn)
         self._workers: dict[int, bytes] = {}
-        self._batch_params: dict[str, Any] | None = None
+        self._batch_params = self._batch_event_params()
         self._pending: list[tuple] = []
         self._draining = False
         track = getattr(run, "_track", None)
@@ -527,26 +528,33 @@ class RecordedDataLoader(DataLoader):
 
     def _record(self, epoch: int, batch: int, rows: int, indices_digest: bytes,
                 output: bytes | None, worker: tuple[int, bytes, int] | None) -> None:
-        sampler = self.recorded_sampler
         if worker is not None:
             self._record_worker(*worker)
         if self.transform is None:
             return
+        sampler = self.recorded_sampler
         path = rank_augment_path(sampler.num_replicas, sampler.rank, epoch, batch)
-        dataset = self.ledger_dataset
-        if self._batch_params is None:
-            self._batch_params = {
-                "batch_size": self.requests.batch_size, "drop_last": self.requests.drop_last,
-                "shuffle": sampler.shuffle, "dataset": dataset.name,
-                "dataset_digest": dataset.digest, "transform": self.transform.spec,
-                "sampler": {"num_replicas": sampler.num_replicas, "rank": sampler.rank,
-                            "even_shares": "drop" if sampler.drop_last else "pad"},
-                "loader": INTEGRATION}
-        self.run.record_draw(AUGMENTATION_BATCH, path, seed=derive_bytes(sampler.root, path),
-                             params={"epoch": epoch, "batch": batch, "rows": rows,
-                                     "indices_digest": indices_digest, **self._batch_params},
-                             input=batch_input_digest(dataset.digest, indices_digest),
-                             output=output)
+        params = self._batch_params.copy()  # assigning existing keys keeps their sorted order
+        params["batch"], params["epoch"] = batch, epoch
+        params["indices_digest"], params["rows"] = indices_digest, rows
+        self.run.record_normalised_draw(
+            AUGMENTATION_BATCH, path, seed=derive_bytes(sampler.root, path), params=params,
+            input=batch_input_digest(self.ledger_dataset.digest, indices_digest), output=output)
+
+    def _batch_event_params(self) -> dict[str, Any]:
+        """The params of this loader's ``augmentation_batch`` events, normalised once (sorted
+        keys, plain types) with placeholders for the per-batch values, which :meth:`_record`
+        sets in place: the input ``record_normalised_draw`` needs, at the cost of a dict copy.
+        """
+        sampler, dataset = self.recorded_sampler, self.ledger_dataset
+        return normalise({
+            "epoch": 0, "batch": 0, "rows": 0, "indices_digest": b"",
+            "batch_size": self.requests.batch_size, "drop_last": self.requests.drop_last,
+            "shuffle": sampler.shuffle, "dataset": dataset.name, "dataset_digest": dataset.digest,
+            "transform": self.transform.spec if self.transform is not None else None,
+            "sampler": {"num_replicas": sampler.num_replicas, "rank": sampler.rank,
+                        "even_shares": "drop" if sampler.drop_last else "pad"},
+            "loader": INTEGRATION})
 
     def _record_worker(self, worker: int, states: bytes, pid: int) -> None:
         if self._workers.get(worker) == states:
