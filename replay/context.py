@@ -13,11 +13,10 @@ from ledger.errors import CannotReplayError
 
 @dataclass(slots=True)
 class LoadedDataset:
-    """A dataset as replay re-loaded it, with the digest it has now."""
+    """A dataset as replay re-loaded it (its digest is checked apart: see replay.datasets)."""
 
     name: str
     recorded_digest: bytes
-    digest: bytes
     features: np.ndarray
     labels: np.ndarray | None
 

@@ -1,23 +1,28 @@
 """The replay engine: re-execute every recorded draw of a run and compare digests.
 
-Replay first verifies the run's chains (a tampered ledger is never replayed), then re-loads every
-registered dataset and checks its digest (changed data is caught before any draw is compared),
-then, for every event with a draw, re-derives the seed from the recorded root seed and path and
-re-executes the draw from its params through the replayer of its kind. The run is *certified*
-when every digest matches; otherwise the first divergent event is named with its likely cause.
-Metrics and checkpoints are not draws: ``ledger replay --full`` re-runs training to compare them.
+Replay verifies the run's chains (a tampered ledger is never replayed: see :mod:`replay.gate`),
+re-loads every registered dataset and checks its digest (changed data is caught before any draw
+is compared), and, for every event with a draw, re-derives the seed from the recorded root seed
+and path and re-executes the draw from its params through the replayer of its kind. The run is
+*certified* when every digest matches; otherwise the first divergent event is named with its
+likely cause. Metrics and checkpoints are not draws: ``ledger replay --full`` re-runs training to
+compare them.
+
+The phases overlap (nothing is reported before verification passes): worker processes are forked
+first and start re-executing (:mod:`replay.execution`), a thread digests the re-loaded datasets
+(hashlib releases the GIL), and the main process verifies the chains, then takes its own share of
+the draws. Draws are read in windows of WINDOW_DRAWS events, so memory does not grow with the run.
 """
 
 from __future__ import annotations
 
 import getpass
-import multiprocessing
 import os
 import socket
+import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,50 +30,27 @@ from typing import Any
 from ledger.audit import record_audit
 from ledger.digests import value_digest
 from ledger.environment import environment_fingerprint
-from ledger.errors import CannotReplayError, CheckFailedError
+from ledger.errors import CannotReplayError
 from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EXPERIMENT_CREATED,
                            METRIC, REPLAY_RECORDED, RUN_COMPLETED, RUN_RESUMED, decode_body)
-from ledger.processes import pool_start_method
-from ledger.seeds import SEED_SCHEME, derive_bytes, root_seed_from_bytes
+from ledger.seeds import SEED_SCHEME, root_seed_from_bytes
 from ledger.store.store import Store
-from ledger.verify import verify
-from replay.causes import Cause, explain_output, library_differences
-from replay.context import ReplayContext
-from replay.datasets import load_registered_dataset
-from replay.registry import Redraw, hint, load_plugins, replayer_for
+from replay.causes import library_differences
+from replay.compare import Comparer, Divergence, hex_or_none
+from replay.context import LoadedDataset, ReplayContext
+from replay.datasets import dataset_redraw, load_registered_dataset
+from replay.execution import DrawExecution, Mismatch
+from replay.gate import VerificationGate
+from replay.registry import Redraw, load_plugins
+
+__all__ = ["Divergence", "POLICY", "ReplayReport", "default_data_dir_of", "recorded_start",
+           "record_replay", "replay_run"]
 
 NOT_DRAWS = frozenset({EXPERIMENT_CREATED, METRIC, CHECKPOINT, RUN_COMPLETED, RUN_RESUMED})
 """Kinds with nothing to re-execute from the ledger alone (compared by ``--full``)."""
-CHUNK_EVENTS = 64
-
-
-@dataclass(frozen=True, slots=True)
-class Divergence:
-    """The first event whose re-execution did not match, and why."""
-
-    exp: str
-    stream: str
-    seq: int
-    kind: str
-    path: list[Any]
-    field: str
-    expected: bytes | None
-    actual: bytes | None
-    cause: Cause
-    detail: str
-
-    def describe(self) -> str:
-        """One line for humans."""
-        path = "/".join(str(label) for label in self.path) or "-"
-        return (f"{self.exp} {self.stream}#{self.seq} {self.kind} [{path}]: {self.cause.value} "
-                f"({self.field} expected {_hex(self.expected)}, got {_hex(self.actual)}) — "
-                f"{self.detail}")
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready map (digests as hex)."""
-        return {"exp": self.exp, "stream": self.stream, "seq": self.seq, "kind": self.kind,
-                "path": self.path, "field": self.field, "expected": _hex(self.expected),
-                "actual": _hex(self.actual), "cause": self.cause.value, "detail": self.detail}
+WINDOW_DRAWS = 100_000
+"""Draws held in memory (and shared out between processes) at a time."""
+PROGRESS_EVERY = 1000
 
 
 @dataclass(slots=True)
@@ -102,7 +84,7 @@ class ReplayReport:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready map."""
-        return {"exp": self.exp, "verdict": self.verdict, "head": _hex(self.head),
+        return {"exp": self.exp, "verdict": self.verdict, "head": hex_or_none(self.head),
                 "compared": dict(sorted(self.compared.items())),
                 "compared_total": sum(self.compared.values()), "matched": self.matched,
                 "mismatched": self.mismatched, "not_draws": dict(sorted(self.not_draws.items())),
@@ -119,125 +101,6 @@ class ReplayReport:
 POLICY = ("digest equality of every re-executed draw (seed, input and output digests); "
           "meta and t are observations and are not compared; metrics and checkpoints are "
           "compared only by a full re-run")
-
-
-def _hex(value: bytes | None) -> str | None:
-    return None if value is None else value.hex()
-
-
-class _Comparer:
-    """Compares re-executed digests with the recorded ones and keeps the counts."""
-
-    def __init__(self, report: ReplayReport, recorded_env: Any, current_env: Any) -> None:
-        self.report = report
-        self.recorded_env = recorded_env
-        self.current_env = current_env
-
-    def compare(self, body: dict[str, Any], redraw: Redraw | None, seed_ok: bool) -> None:
-        report = self.report
-        report.compared[body["kind"]] += 1
-        divergence = None
-        if not seed_ok:
-            divergence = self.divergence(body, "seed", body["seed"], None, Cause.SEED,
-                                         "the recorded seed is not derive(root seed, path)")
-        elif redraw is not None and body["input"] is not None and redraw.input != body["input"]:
-            divergence = self.divergence(body, "input", body["input"], redraw.input, Cause.INPUT,
-                                         "the data this draw read changed")
-        elif redraw is not None and redraw.output != body["output"] and body["kind"] == (
-                DATASET_REGISTERED):
-            divergence = self.divergence(body, "output", body["output"], redraw.output,
-                                         Cause.INPUT, "the dataset's content changed since the "
-                                                      "run registered it")
-        elif redraw is not None and redraw.output != body["output"]:
-            divergence = self.divergence(body, "output", body["output"], redraw.output,
-                                         Cause.OUTPUT, explain_output(self.recorded_env,
-                                                                      self.current_env))
-        if divergence is None:
-            report.matched += 1
-            return
-        report.mismatched += 1
-        if report.first_divergence is None:
-            report.first_divergence = divergence
-
-    def divergence(self, body: dict[str, Any], field_name: str, expected: bytes | None,
-                   actual: bytes | None, cause: Cause, detail: str) -> Divergence:
-        if cause is Cause.SEED:
-            actual = None
-        return Divergence(body["exp"], body["stream"], body["seq"], body["kind"],
-                          list(body["path"]), field_name, expected, actual, cause, detail)
-
-
-def _redraw(context: ReplayContext, body: dict[str, Any]) -> tuple[Redraw | None, bool]:
-    """Re-execute one event: (what it produced, whether its recorded seed re-derives)."""
-    seed_ok = True
-    if body["seed"] is not None:
-        seed_ok = derive_bytes(context.root, body["path"]) == body["seed"]
-    replayer = replayer_for(body["kind"])
-    if replayer is None:
-        raise CannotReplayError(f"no replayer for events of kind {body['kind']!r} "
-                                f"({body['stream']}#{body['seq']}): {hint()}")
-    return replayer(context, body), seed_ok
-
-
-# -- parallel re-execution ---------------------------------------------------------------------
-
-_worker_context: ReplayContext | None = None
-
-
-def _init_worker(context: ReplayContext | None, trusted: Sequence[str]) -> None:
-    global _worker_context
-    load_plugins(trusted)
-    if context is not None:
-        _worker_context = context
-
-
-def _redraw_chunk(bodies: list[bytes]) -> list[tuple[Redraw | None, bool]]:
-    assert _worker_context is not None
-    return [_redraw(_worker_context, decode_body(body)) for body in bodies]
-
-
-def _chunks(bodies: Iterator[bytes], size: int) -> Iterator[list[bytes]]:
-    chunk: list[bytes] = []
-    for body in bodies:
-        chunk.append(body)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def _redraws(context: ReplayContext, bodies: Iterator[bytes], jobs: int, trusted: Sequence[str]
-             ) -> Iterator[tuple[dict[str, Any], Redraw | None, bool]]:
-    """Re-execute every body, in order; with ``jobs`` > 1 in worker processes."""
-    if jobs <= 1:
-        for body_bytes in bodies:
-            body = decode_body(body_bytes)
-            yield (body, *_redraw(context, body))
-        return
-    method = pool_start_method()
-    forking = method == "fork"
-    global _worker_context
-    _worker_context = context  # inherited by forked workers; spawned ones rebuild below
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context(method),
-                               initializer=_init_worker,
-                               initargs=(None if forking else context, tuple(trusted)))
-    pending: deque[tuple[list[bytes], Future]] = deque()
-    try:
-        for chunk in _chunks(bodies, CHUNK_EVENTS):
-            pending.append((chunk, pool.submit(_redraw_chunk, chunk)))
-            while len(pending) > 4 * jobs:
-                yield from _collect(*pending.popleft())
-        while pending:
-            yield from _collect(*pending.popleft())
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _collect(chunk: list[bytes], future: Future
-             ) -> Iterator[tuple[dict[str, Any], Redraw | None, bool]]:
-    for body_bytes, (redraw, seed_ok) in zip(chunk, future.result()):
-        yield decode_body(body_bytes), redraw, seed_ok
 
 
 # -- the whole run -----------------------------------------------------------------------------
@@ -271,47 +134,158 @@ def replay_run(store: Store, exp: str, *, jobs: int = 1, trusted: Sequence[str] 
                on_progress: Callable[[int, int], None] | None = None) -> ReplayReport:
     """Replay ``exp`` from ``store``: certify it, or name its first divergence and cause.
 
-    Raises UnknownExperimentError (exit 2) for an unknown id, CheckFailedError (exit 1) when the
-    ledger fails verification — it is then not replayed — and CannotReplayError (exit 3) when
+    ``jobs`` processes re-execute draws (this one and ``jobs - 1`` workers). Raises
+    UnknownExperimentError (exit 2) for an unknown id, CheckFailedError (exit 1) when the ledger
+    fails verification — then nothing else is reported — and CannotReplayError (exit 3) when
     data or code is missing or not allowed.
     """
     store.experiment(exp)
-    checked = verify(store, exp)
-    if not checked.ok:
-        raise CheckFailedError(f"ledger fails verification, not replayed: "
-                               f"{checked.findings[0].describe()}")
-    report = ReplayReport(exp, store.first_event_hash(exp, RUN_COMPLETED), jobs=jobs,
-                          replayed_by=f"{getpass.getuser()}@{socket.gethostname()}",
-                          started_t=time.time_ns())
-    report.plugins = load_plugins(trusted)
-    root, created = recorded_start(store, exp)
-    report.environment = environment_fingerprint()
-    recorded_env = created.get("environment")
-    report.environment_differences = library_differences(recorded_env, report.environment)
-    context = ReplayContext(root, Path(data_dir) if data_dir else default_data_dir_of(store))
-    comparer = _Comparer(report, recorded_env, report.environment)
-    total = sum(store.counts_by_kind(exp).values())
-    done = 0
-    for stream, _seq, kind, body_bytes in store.iter_run_bodies(exp):
-        if kind == DATASET_REGISTERED and stream != AUDIT_STREAM:
-            body = decode_body(body_bytes)
-            comparer.compare(body, load_registered_dataset(context, body), True)
-            done += 1
-    if report.first_divergence is not None:  # changed data: every later draw would differ
+    gate = VerificationGate(store, exp)
+    with gate.guarding():
+        return _Replay(store, exp, gate, jobs, trusted, data_dir, on_progress).run()
+
+
+class _DatasetCheck:
+    """Digests the re-loaded datasets on a thread; stops the draws as soon as one differs."""
+
+    def __init__(self, loaded: list[tuple[dict[str, Any], LoadedDataset]],
+                 execution: DrawExecution) -> None:
+        self._loaded = loaded
+        self._execution = execution
+        self._redraws: list[Redraw] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._digest, name="replay-dataset-digests",
+                                        daemon=True)
+        self._thread.start()
+
+    def _digest(self) -> None:
+        try:
+            for body, loaded in self._loaded:
+                redraw = dataset_redraw(loaded)
+                self._redraws.append(redraw)
+                if redraw.output != body["output"]:
+                    self._execution.stop()  # every later draw would differ: no need to run them
+        except BaseException as error:  # raised in the main thread by results()
+            self._error = error
+            self._execution.stop()
+
+    def results(self) -> list[tuple[dict[str, Any], Redraw]]:
+        """Each dataset event with its digest now (waits for the thread)."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return [(body, redraw) for (body, _), redraw in zip(self._loaded, self._redraws)]
+
+
+class _Replay:
+    """One replay of one run (see the module docstring for the order of its phases)."""
+
+    def __init__(self, store: Store, exp: str, gate: VerificationGate, jobs: int,
+                 trusted: Sequence[str], data_dir: str | os.PathLike[str] | None,
+                 on_progress: Callable[[int, int], None] | None) -> None:
+        self.store, self.exp, self.gate, self.jobs = store, exp, gate, max(1, jobs)
+        self.trusted = tuple(trusted)
+        self.data_dir = Path(data_dir) if data_dir else default_data_dir_of(store)
+        self.on_progress = on_progress
+        self.total = 0
+        self.done = 0
+        self._reported = 0
+        self.kinds: Counter = Counter()
+
+    def run(self) -> ReplayReport:
+        plugins = load_plugins(self.trusted)
+        root, created = recorded_start(self.store, self.exp)
+        context = ReplayContext(root, self.data_dir)
+        loaded = [(body, load_registered_dataset(context, body)) for body in self._datasets()]
+        if self.on_progress is not None:
+            self.total = sum(self.store.counts_by_kind(self.exp).values())
+        report: ReplayReport | None = None
+        comparer: Comparer | None = None
+        for first, bodies, kinds in self._windows():
+            with DrawExecution(context, bodies, self.jobs, self.trusted) as execution:
+                if first:
+                    datasets = _DatasetCheck(loaded, execution)
+                    self.gate.check()
+                    report, comparer = self._report(created, plugins)
+                try:
+                    mismatches = execution.run(lambda: self._progress(execution))
+                except Exception:
+                    if first and self._datasets_differ(comparer, datasets.results()):
+                        return self._finished(report)
+                    raise
+            if first and self._datasets_differ(comparer, datasets.results()):
+                return self._finished(report)  # changed data: every later draw would differ
+            self._compare(comparer, bodies, kinds, mismatches)
+        for kind, count in self.kinds.items():
+            if kind in NOT_DRAWS:
+                report.not_draws[kind] = count
+        return self._finished(report)
+
+    def _datasets(self) -> list[dict[str, Any]]:
+        return [decode_body(body) for stream, _seq, _kind, body
+                in self.store.iter_kind_bodies(self.exp, [DATASET_REGISTERED])
+                if stream != AUDIT_STREAM]
+
+    def _windows(self) -> Iterator[tuple[bool, list[bytes], list[str]]]:
+        """The run's draws in windows of WINDOW_DRAWS (at least one window, maybe empty)."""
+        bodies: list[bytes] = []
+        kinds: list[str] = []
+        first = True
+        for stream, _seq, kind, body in self.store.iter_run_bodies(self.exp):
+            self.kinds[kind] += 1
+            if kind in NOT_DRAWS or kind == DATASET_REGISTERED or stream == AUDIT_STREAM:
+                continue
+            bodies.append(body)
+            kinds.append(kind)
+            if len(bodies) == WINDOW_DRAWS:
+                yield first, bodies, kinds
+                first, bodies, kinds = False, [], []
+        if bodies or first:
+            yield first, bodies, kinds
+
+    def _report(self, created: dict[str, Any], plugins: list[str]
+                ) -> tuple[ReplayReport, Comparer]:
+        report = ReplayReport(self.exp, self.store.first_event_hash(self.exp, RUN_COMPLETED),
+                              jobs=self.jobs,
+                              replayed_by=f"{getpass.getuser()}@{socket.gethostname()}",
+                              started_t=time.time_ns(), plugins=plugins)
+        report.environment = environment_fingerprint()
+        recorded_env = created.get("environment")
+        report.environment_differences = library_differences(recorded_env, report.environment)
+        return report, Comparer(report, recorded_env, report.environment)
+
+    def _datasets_differ(self, comparer: Comparer,
+                         checked: list[tuple[dict[str, Any], Redraw]]) -> bool:
+        for body, redraw in checked:
+            comparer.compare(body, redraw, True)
+        self.done += len(checked)
+        return comparer.report.first_divergence is not None
+
+    def _compare(self, comparer: Comparer, bodies: list[bytes], kinds: list[str],
+                 mismatches: list[Mismatch]) -> None:
+        """Count the window's matches by kind; classify its mismatches in recorded order."""
+        matched = Counter(kinds)
+        for index, seed_ok, redrawn, input_, output in mismatches:
+            matched[kinds[index]] -= 1
+            comparer.compare(decode_body(bodies[index]),
+                             Redraw(output=output, input=input_) if redrawn else None, seed_ok)
+        for kind, count in matched.items():
+            if count:
+                comparer.count_matches(kind, count)
+        self.done += len(bodies)
+
+    def _progress(self, execution: DrawExecution) -> None:
+        if self.on_progress is None:
+            return
+        done = self.done + execution.claims.claimed()
+        if done // PROGRESS_EVERY > self._reported // PROGRESS_EVERY:
+            self.on_progress(done, self.total)
+            self._reported = done
+
+    @staticmethod
+    def _finished(report: ReplayReport) -> ReplayReport:
         report.finished_t = time.time_ns()
         return report
-    draws = (body for stream, _seq, kind, body in store.iter_run_bodies(exp)
-             if kind not in NOT_DRAWS and kind != DATASET_REGISTERED and stream != AUDIT_STREAM)
-    for body, redraw, seed_ok in _redraws(context, draws, jobs, trusted):
-        comparer.compare(body, redraw, seed_ok)
-        done += 1
-        if on_progress is not None and done % 1000 == 0:
-            on_progress(done, total)
-    for kind, count in store.counts_by_kind(exp).items():
-        if kind in NOT_DRAWS:
-            report.not_draws[kind] = count
-    report.finished_t = time.time_ns()
-    return report
 
 
 def record_replay(store: Store, report: ReplayReport) -> None:

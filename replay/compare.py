@@ -1,0 +1,110 @@
+"""Comparing a re-executed draw with its record: the rule, and the divergence it names.
+
+:func:`first_difference` is the one comparison rule — the worker processes of a parallel replay
+use it to tell matches from mismatches, and :class:`Comparer` uses it to classify each mismatch
+(in recorded order, in the main process) and keep the report's counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ledger.events import DATASET_REGISTERED
+from replay.causes import Cause, explain_output
+from replay.registry import Redraw
+
+if TYPE_CHECKING:
+    from replay.engine import ReplayReport
+
+Difference = tuple[str, "bytes | None", "bytes | None", Cause]
+"""(field, expected, actual, cause) of a mismatch."""
+
+
+@dataclass(frozen=True, slots=True)
+class Divergence:
+    """The first event whose re-execution did not match, and why."""
+
+    exp: str
+    stream: str
+    seq: int
+    kind: str
+    path: list[Any]
+    field: str
+    expected: bytes | None
+    actual: bytes | None
+    cause: Cause
+    detail: str
+
+    def describe(self) -> str:
+        """One line for humans."""
+        path = "/".join(str(label) for label in self.path) or "-"
+        return (f"{self.exp} {self.stream}#{self.seq} {self.kind} [{path}]: {self.cause.value} "
+                f"({self.field} expected {hex_or_none(self.expected)}, got "
+                f"{hex_or_none(self.actual)}) — {self.detail}")
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready map (digests as hex)."""
+        return {"exp": self.exp, "stream": self.stream, "seq": self.seq, "kind": self.kind,
+                "path": self.path, "field": self.field, "expected": hex_or_none(self.expected),
+                "actual": hex_or_none(self.actual), "cause": self.cause.value,
+                "detail": self.detail}
+
+
+def hex_or_none(value: bytes | None) -> str | None:
+    """A digest as lowercase hex, None kept."""
+    return None if value is None else value.hex()
+
+
+def first_difference(body: dict[str, Any], redraw: Redraw | None, seed_ok: bool
+                     ) -> Difference | None:
+    """How the re-execution of ``body`` differs from its record (checked in the order of
+    :mod:`replay.causes`), or None when it matches."""
+    if not seed_ok:
+        return "seed", body["seed"], None, Cause.SEED
+    if redraw is None:
+        return None
+    if body["input"] is not None and redraw.input != body["input"]:
+        return "input", body["input"], redraw.input, Cause.INPUT
+    if redraw.output != body["output"]:
+        cause = Cause.INPUT if body["kind"] == DATASET_REGISTERED else Cause.OUTPUT
+        return "output", body["output"], redraw.output, cause
+    return None
+
+
+class Comparer:
+    """Compares re-executed digests with the recorded ones and keeps the report's counts."""
+
+    def __init__(self, report: ReplayReport, recorded_env: Any, current_env: Any) -> None:
+        self.report = report
+        self.recorded_env = recorded_env
+        self.current_env = current_env
+
+    def compare(self, body: dict[str, Any], redraw: Redraw | None, seed_ok: bool) -> None:
+        """Count one re-executed event; remember it when it is the first divergence."""
+        report = self.report
+        report.compared[body["kind"]] += 1
+        difference = first_difference(body, redraw, seed_ok)
+        if difference is None:
+            report.matched += 1
+            return
+        report.mismatched += 1
+        if report.first_divergence is None:
+            report.first_divergence = self.divergence(body, *difference)
+
+    def count_matches(self, kind: str, count: int) -> None:
+        """Count ``count`` events of ``kind`` that re-executed to their recorded digests."""
+        self.report.compared[kind] += count
+        self.report.matched += count
+
+    def divergence(self, body: dict[str, Any], field_name: str, expected: bytes | None,
+                   actual: bytes | None, cause: Cause) -> Divergence:
+        """The divergence of ``body`` with its human detail."""
+        detail = {Cause.SEED: "the recorded seed is not derive(root seed, path)",
+                  Cause.INPUT: "the data this draw read changed"}.get(cause)
+        if body["kind"] == DATASET_REGISTERED and cause is Cause.INPUT and field_name == "output":
+            detail = "the dataset's content changed since the run registered it"
+        if cause is Cause.OUTPUT:
+            detail = explain_output(self.recorded_env, self.current_env)
+        return Divergence(body["exp"], body["stream"], body["seq"], body["kind"],
+                          list(body["path"]), field_name, expected, actual, cause, detail)

@@ -1,0 +1,197 @@
+"""Re-executing a run's draws: in the main process, with ``jobs - 1`` worker processes beside it.
+
+:class:`DrawExecution` starts its workers first — forked, they inherit the re-loaded datasets and
+the event bodies, so nothing large is sent to them — and the main process then does its own
+share (after verifying the chains and starting the dataset digests: see :mod:`replay.engine`).
+Draws are shared out in chunks by :class:`replay.claims.Claims`. Each process decodes the bodies
+it claimed, re-executes them and compares digests itself with :func:`first_difference`; a worker
+sends back only the few that did not match (index and re-executed digests, as msgpack: nothing is
+unpickled), so the main process decodes and classifies just those, in recorded order.
+
+A failure (a draw that cannot be replayed) is reported for the earliest draw in recorded order
+that failed, as a serial replay would: every draw before it is still re-executed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.context import BaseContext
+from types import TracebackType
+from typing import Any
+
+import msgpack
+
+import ledger.errors
+from ledger.errors import CannotReplayError, LedgerError
+from ledger.events import decode_body
+from ledger.processes import pool_start_method
+from ledger.seeds import derive_bytes
+from replay.claims import Claims
+from replay.compare import first_difference
+from replay.context import ReplayContext
+from replay.registry import Redraw, hint, load_plugins, replayer_for
+
+Mismatch = tuple[int, bool, bool, "bytes | None", "bytes | None"]
+"""(draw index, seed re-derives, a redraw was made, its input, its output) of a mismatch."""
+
+JOIN_SECONDS = 5.0
+"""How long a worker that sent its outcome may take to exit before it is terminated."""
+
+
+def redraw_event(context: ReplayContext, body: dict[str, Any]) -> tuple[Redraw | None, bool]:
+    """Re-execute one event: (what it produced, whether its recorded seed re-derives)."""
+    seed_ok = True
+    if body["seed"] is not None:
+        seed_ok = derive_bytes(context.root, body["path"]) == body["seed"]
+    replayer = replayer_for(body["kind"])
+    if replayer is None:
+        raise CannotReplayError(f"no replayer for events of kind {body['kind']!r} "
+                                f"({body['stream']}#{body['seq']}): {hint()}")
+    return replayer(context, body), seed_ok
+
+
+Failure = tuple[int, Exception]
+"""(draw index, what it raised) of the first draw of a share that could not be re-executed."""
+
+
+def run_share(context: ReplayContext, bodies: Sequence[bytes], claim: Callable[[], range | None],
+              claims: Claims, on_chunk: Callable[[], None] | None = None
+              ) -> tuple[list[Mismatch], Failure | None]:
+    """Re-execute every chunk ``claim`` hands out; return the draws that did not match.
+
+    A draw that raises ends this share: the claims' limit is lowered to it, and it is returned
+    as the failure (with what was found before it).
+    """
+    mismatches: list[Mismatch] = []
+    while (span := claim()) is not None:
+        for index in span:
+            try:
+                body = decode_body(bodies[index])
+                redraw, seed_ok = redraw_event(context, body)
+            except Exception as error:
+                claims.stop_at(index)
+                return mismatches, (index, error)
+            if first_difference(body, redraw, seed_ok) is not None:
+                mismatches.append((index, seed_ok, redraw is not None,
+                                   None if redraw is None else redraw.input,
+                                   None if redraw is None else redraw.output))
+        if on_chunk is not None:
+            on_chunk()
+    return mismatches, None
+
+
+@dataclass(slots=True)
+class _Job:
+    """What a worker needs: inherited when forked, sent (pickled by multiprocessing) if spawned."""
+
+    context: ReplayContext
+    bodies: Sequence[bytes]
+    claims: Claims
+    trusted: tuple[str, ...]
+    spawned: bool
+
+
+_inherited_job: _Job | None = None
+
+
+def _worker_main(connection: Connection, job: _Job | None) -> None:
+    """A worker process: re-execute chunks from the back; send its mismatches and failure."""
+    job = job or _inherited_job
+    assert job is not None
+    try:
+        if job.spawned:
+            load_plugins(job.trusted)
+        mismatches, failure = run_share(job.context, job.bodies, job.claims.from_back,
+                                        job.claims)
+    except Exception as error:  # setting up failed: before any draw
+        mismatches, failure = [], (-1, error)
+    sent = None if failure is None else [failure[0], type(failure[1]).__name__, str(failure[1])]
+    connection.send_bytes(msgpack.packb({"mismatches": mismatches, "failure": sent},
+                                        use_bin_type=True))
+    connection.close()
+
+
+def _rebuilt(name: str, message: str) -> Exception:
+    """The exception a worker reported, as the same ledger error class when it is one."""
+    cls = getattr(ledger.errors, name, None)
+    if isinstance(cls, type) and issubclass(cls, LedgerError):
+        return cls(message)
+    return CannotReplayError(f"a replay worker failed: {name}: {message}")
+
+
+class DrawExecution:
+    """Re-executes ``bodies`` with the calling process and ``jobs - 1`` workers (see module doc).
+
+    Use as a context manager: entering starts the workers (before the caller starts any thread,
+    so that they can be forked); leaving stops and reaps them, whatever happened.
+    """
+
+    def __init__(self, context: ReplayContext, bodies: Sequence[bytes], jobs: int,
+                 trusted: Sequence[str]) -> None:
+        self.context = context
+        self.bodies = bodies
+        method = pool_start_method()
+        self._mp: BaseContext = multiprocessing.get_context(method)
+        self.claims = Claims(self._mp, len(bodies))
+        workers = max(0, min(jobs - 1, (len(bodies) - 1) // self.claims.chunk))
+        self._job = _Job(context, bodies, self.claims, tuple(trusted), method != "fork")
+        self._workers: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
+        self._count = workers
+
+    def __enter__(self) -> "DrawExecution":
+        global _inherited_job
+        _inherited_job = self._job
+        try:
+            for _ in range(self._count):
+                receiver, sender = self._mp.Pipe(duplex=False)
+                process = self._mp.Process(
+                    target=_worker_main, daemon=True,
+                    args=(sender, self._job if self._job.spawned else None))
+                process.start()
+                sender.close()
+                self._workers.append((process, receiver))
+        finally:
+            _inherited_job = None
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.claims.stop_at(0)
+        for process, receiver in self._workers:
+            if exc_type is not None:  # its outcome is not wanted: it may be blocked sending it
+                process.terminate()
+            process.join(JOIN_SECONDS)
+            if process.is_alive():
+                process.terminate()
+                process.join()
+            receiver.close()
+        self._workers.clear()
+
+    def stop(self) -> None:
+        """Hand out no more draws (the outcome is already decided, e.g. a dataset changed)."""
+        self.claims.stop_at(0)
+
+    def run(self, on_chunk: Callable[[], None] | None = None) -> list[Mismatch]:
+        """Do the calling process's share, then gather the workers'; return every mismatch in
+        recorded order, or raise the failure of the earliest draw that failed."""
+        mismatches, failure = run_share(self.context, self.bodies, self.claims.from_front,
+                                        self.claims, on_chunk)
+        failures: list[Failure] = [] if failure is None else [failure]
+        for process, receiver in self._workers:
+            try:
+                message = msgpack.unpackb(receiver.recv_bytes(), raw=False)
+            except EOFError:
+                process.join(JOIN_SECONDS)
+                raise CannotReplayError(f"a replay worker process died (exit code "
+                                        f"{process.exitcode})") from None
+            mismatches.extend(tuple(row) for row in message["mismatches"])
+            if message["failure"] is not None:
+                index, name, text = message["failure"]
+                failures.append((index, _rebuilt(name, text)))
+        if failures:
+            raise min(failures, key=lambda failure: failure[0])[1]
+        mismatches.sort()
+        return mismatches
