@@ -367,3 +367,53 @@ def test_events_follow_the_order_batches_were_handed_out(url: str, tmp_path: Pat
             ("augmentation_batch", step), ("user_note", step))]
         assert recorded[2 * steps:] == [("augmentation_batch", 0), ("augmentation_batch", 1)]
         assert verify(manager.store, exp.id).ok
+
+
+# -- the fast recording path ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("attached", [False, True], ids=["experiment", "attached-run"])
+def test_batch_events_take_the_fast_path_with_normalised_params(
+        url: str, tmp_path: Path, attached: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """record_normalised_draw writes params as given: the loader's must be exactly what
+    normalise() makes of the params it always recorded (key order included), so the fast path
+    writes the bytes the validating one did; every body stays canonical and the run verifies."""
+    from ledger.canonical import canonical, normalise, pack_normalised
+    from ledger.integrations.runs import AttachedRun
+    from ledger.integrations.sharding import INTEGRATION
+
+    transform = RecordedTransform("jitter", std=0.2)
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("fast", seed=SEED) as exp:
+            dataset = exp.register_dataset("d", *torch_helpers.fraud_arrays(100))
+            exp.flush()
+            run = AttachedRun(manager.store, exp.id, "rank-1") if attached else exp
+            if attached:
+                dataset = run.register_dataset("d", *torch_helpers.fraud_arrays(100))
+            params: list[dict] = []
+            fast = run.record_normalised_draw
+
+            def spy(kind: str, path: tuple, **fields: object) -> bool:
+                params.append(fields["params"])  # type: ignore[arg-type]
+                return fast(kind, path, **fields)  # type: ignore[arg-type]
+
+            monkeypatch.setattr(run, "record_normalised_draw", spy)
+            replicas, rank = (2, 1) if attached else (1, 0)
+            loader = RecordedDataLoader(run, dataset, 16, transform=transform,
+                                        num_replicas=replicas, rank=rank)
+            for _batch in loader:
+                pass
+            if attached:
+                run.close()
+        assert len(params) == len(loader)
+        for batch, recorded in enumerate(params):
+            assert pack_normalised(recorded) == canonical(recorded)
+            assert recorded == normalise({
+                "epoch": 0, "batch": batch, "rows": recorded["rows"],
+                "indices_digest": recorded["indices_digest"], "batch_size": 16,
+                "drop_last": False, "shuffle": True, "dataset": "d",
+                "dataset_digest": dataset.digest, "transform": transform.spec,
+                "sampler": {"num_replicas": replicas, "rank": rank, "even_shares": "pad"},
+                "loader": INTEGRATION})
+        bodies = [body for _s, _q, _k, body in manager.store.iter_run_bodies(exp.id)]
+        assert all(canonical(decode_body(body)) == body for body in bodies)
+        assert verify(manager.store, exp.id).ok

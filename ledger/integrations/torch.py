@@ -280,12 +280,15 @@ class RecordedSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         # A generator: nothing happens until the first index is asked for, so a DataLoader that
         # creates an iterator it never uses does not start (or record) an epoch.
-        epoch = self._start()
-        yield from self.indices(epoch).tolist()
+        _epoch, share = self._start()
+        yield from share.tolist()
 
-    def _start(self, extra: Mapping[str, Any] | None = None) -> int:
+    def _start(self, extra: Mapping[str, Any] | None = None) -> tuple[int, np.ndarray]:
+        """Start the next epoch, recording its ``epoch_reset`` (``extra`` params added) on
+        rank 0; return the epoch and this rank's indices (the order is computed once)."""
         epoch = self._next_epoch
         self._next_epoch, self.epoch = epoch + 1, epoch
+        order = self.order(epoch)
         if self.recording and self.rank == 0 and epoch not in self._recorded:
             path = shuffle_path(epoch)
             params: dict[str, Any] = {"epoch": epoch, "length": self.length,
@@ -295,9 +298,9 @@ class RecordedSampler(Sampler[int]):
             if self.dataset is not None:
                 params.update(dataset=self.dataset.name, dataset_digest=self.dataset.digest)
             self.run.record_draw(EPOCH_RESET, path, seed=derive_bytes(self.root, path),
-                                 params=params, output=fast_array_digest(self.order(epoch)))
+                                 params=params, output=fast_array_digest(order))
             self._recorded.add(epoch)
-        return epoch
+        return epoch, rank_share(order, self.num_replicas, self.rank, self.drop_last)
 
 
 class BatchRequest(NamedTuple):
@@ -320,9 +323,8 @@ class _BatchRequests(Sampler[BatchRequest]):
         return batch_count(len(self.sampler), self.batch_size, self.drop_last)
 
     def __iter__(self) -> Iterator[BatchRequest]:
-        epoch = self.sampler._start({"batch_size": self.batch_size, "drop_last": self.drop_last,
-                                     "batches": len(self)})
-        share = self.sampler.indices(epoch)
+        epoch, share = self.sampler._start({"batch_size": self.batch_size,
+                                            "drop_last": self.drop_last, "batches": len(self)})
         size = self.batch_size
         for batch in range(len(self)):
             yield BatchRequest(epoch, batch, share[batch * size:(batch + 1) * size])
