@@ -14,6 +14,7 @@ from typing import Any
 
 import msgpack
 
+from ledger.body_check import FAST_COLUMNS, ChainBodyCheck
 from ledger.digests import EVENT_TAG
 from ledger.events import (BODY_FIELDS, EVENT_VERSION, EXPERIMENT_CREATED, MAX_BODY_BYTES,
                            RUN_COMPLETED)
@@ -22,7 +23,9 @@ from ledger.store.store import Store
 _FIELDS = frozenset(BODY_FIELDS)
 _MIN_SEQ = -(2**63)
 _COLUMNS_OF_BODY = itemgetter("exp", "stream", "seq", "kind", "seed", "input", "output", "prev", "t")
-SEGMENT_COLUMNS = ("seq", "kind", "path", "seed", "input", "output", "prev", "hash", "t", "body")
+SEGMENT_COLUMNS = FAST_COLUMNS
+_PACK = msgpack.Packer(use_bin_type=True).pack
+"""Decoded values are canonical already: packing the decoded path gives its canonical bytes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,19 +61,23 @@ def _stop(result: SegmentResult, seq: int, problem: str) -> SegmentResult:
 
 
 def check_segment(store: Store, segment: Segment) -> SegmentResult:
-    """Re-hash and check every event of ``segment``; stop at its first bad event."""
+    """Re-hash and check every event of ``segment``; stop at its first bad event.
+
+    A body shaped like one that already passed the full check in this segment is checked
+    against its columns by :class:`ChainBodyCheck`; every other body is decoded in full, which
+    finds and words any problem.
+    """
     result = SegmentResult(segment)
     exp, stream = segment.exp, segment.stream
     expected_seq = segment.lo
     head: bytes | None = None
     sha256 = hashlib.sha256
-    unpackb = msgpack.unpackb
-    columns_of = _COLUMNS_OF_BODY
-    pack = msgpack.Packer(use_bin_type=True).pack  # decoded values are canonical already
+    shapes = ChainBodyCheck()
+    fast_accepts = shapes.accepts
     # A chain's first segment also reads seqs below 0: a row inserted there is reported, not skipped.
     lo = segment.lo if segment.lo > 0 else _MIN_SEQ
     for row in store.iter_segment_rows(exp, stream, lo, segment.hi, SEGMENT_COLUMNS):
-        seq, kind, path, seed, input_, output, prev, stored_hash, t, body_bytes = row
+        seq, kind, _path, _seed, _input, _output, prev, stored_hash, _t, body_bytes = row
         if seq != expected_seq:
             if seq > expected_seq:
                 return _stop(result, expected_seq, f"event missing (seq gap): expected seq "
@@ -84,32 +91,53 @@ def check_segment(store: Store, segment: Segment) -> SegmentResult:
         if len(body_bytes) > MAX_BODY_BYTES:
             return _stop(result, seq, f"body of {len(body_bytes):,} bytes exceeds the "
                                       f"{MAX_BODY_BYTES:,}-byte limit")
-        try:
-            body = unpackb(body_bytes, raw=False, strict_map_key=True, use_list=False)
-        except Exception as error:  # msgpack raises many unrelated types for bad input
-            return _stop(result, seq, f"body is not valid msgpack ({type(error).__name__})")
-        if type(body) is not dict or body.keys() != _FIELDS or body["v"] != EVENT_VERSION:
-            return _stop(result, seq, "body is not a v1 event body")
-        if (columns_of(body) != (exp, stream, seq, kind, seed, input_, output, prev, t)
-                or pack(body["path"]) != path):
-            return _stop(result, seq, _which_column(body, exp, stream, row))
+        body = None
+        if not fast_accepts(row):
+            problem, body = full_check(exp, stream, row)
+            if problem is not None:
+                return _stop(result, seq, problem)
+            shapes.learn(row)
         if head is None:
             result.first_prev = prev
         elif prev != head:
             return _stop(result, seq, "prev is not the hash of the event before it "
                                       "(an event was inserted, removed or reordered)")
-        if kind == EXPERIMENT_CREATED:
-            result.created = (seq, body["params"].get("name") if type(body["params"]) is dict
-                              else None)
-        elif kind == RUN_COMPLETED and result.completed is None:  # events after it are flagged
-            params = body["params"] if type(body["params"]) is dict else {}
-            result.completed = (seq, params, prev)
+        if body is not None:  # the fast check accepts no kind whose facts are kept
+            _note_facts(result, seq, kind, prev, body)
         head = digest
         expected_seq += 1
         result.count += 1
     result.last_hash = head
     result.last_seq = expected_seq - 1
     return result
+
+
+def full_check(exp: str, stream: str, row: tuple[Any, ...]
+               ) -> tuple[str | None, dict[str, Any] | None]:
+    """Decode the body of ``row`` (SEGMENT_COLUMNS order) of chain (exp, stream) and compare it
+    with every column: (what is wrong or None, the decoded body when it is a v1 map)."""
+    seq, kind, path, seed, input_, output, prev, _hash, t, body_bytes = row
+    try:
+        body = msgpack.unpackb(body_bytes, raw=False, strict_map_key=True, use_list=False)
+    except Exception as error:  # msgpack raises many unrelated types for bad input
+        return f"body is not valid msgpack ({type(error).__name__})", None
+    if type(body) is not dict or body.keys() != _FIELDS or body["v"] != EVENT_VERSION:
+        return "body is not a v1 event body", None
+    if (_COLUMNS_OF_BODY(body) != (exp, stream, seq, kind, seed, input_, output, prev, t)
+            or _PACK(body["path"]) != path):
+        return _which_column(body, exp, stream, row), body
+    return None, body
+
+
+def _note_facts(result: SegmentResult, seq: int, kind: Any, prev: bytes,
+                body: dict[str, Any]) -> None:
+    """Keep what stitching needs from experiment_created and the first run_completed."""
+    if kind == EXPERIMENT_CREATED:
+        result.created = (seq, body["params"].get("name") if type(body["params"]) is dict
+                          else None)
+    elif kind == RUN_COMPLETED and result.completed is None:  # events after it are flagged
+        params = body["params"] if type(body["params"]) is dict else {}
+        result.completed = (seq, params, prev)
 
 
 def _which_column(body: dict[str, Any], exp: str, stream: str, row: tuple[Any, ...]) -> str:
