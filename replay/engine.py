@@ -208,7 +208,8 @@ class _Replay:
                     self.gate.check()
                     report, comparer = self._report(created, plugins)
                 try:
-                    mismatches = execution.run(lambda: self._progress(execution))
+                    mismatches = execution.run(
+                        lambda: self._progress(self.done + execution.claims.claimed()))
                 except Exception:
                     if first and self._datasets_differ(comparer, datasets.results()):
                         return self._finished(report)
@@ -216,6 +217,7 @@ class _Replay:
             if first and self._datasets_differ(comparer, datasets.results()):
                 return self._finished(report)  # changed data: every later draw would differ
             self._compare(comparer, bodies, kinds, mismatches)
+            self._progress(self.done)
         for kind, count in self.kinds.items():
             if kind in NOT_DRAWS:
                 report.not_draws[kind] = count
@@ -274,10 +276,10 @@ class _Replay:
                 comparer.count_matches(kind, count)
         self.done += len(bodies)
 
-    def _progress(self, execution: DrawExecution) -> None:
+    def _progress(self, done: int) -> None:
+        """Tell ``on_progress`` each time another PROGRESS_EVERY events are done."""
         if self.on_progress is None:
             return
-        done = self.done + execution.claims.claimed()
         if done // PROGRESS_EVERY > self._reported // PROGRESS_EVERY:
             self.on_progress(done, self.total)
             self._reported = done

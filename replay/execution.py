@@ -14,6 +14,7 @@ that failed, as a serial replay would: every draw before it is still re-executed
 
 from __future__ import annotations
 
+import builtins
 import multiprocessing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -115,10 +116,15 @@ def _worker_main(connection: Connection, job: _Job | None) -> None:
 
 
 def _rebuilt(name: str, message: str) -> Exception:
-    """The exception a worker reported, as the same ledger error class when it is one."""
-    cls = getattr(ledger.errors, name, None)
-    if isinstance(cls, type) and issubclass(cls, LedgerError):
-        return cls(message)
+    """The exception a worker reported, of the same class when it is a ledger error or a
+    built-in exception (as a serial replay would raise it), else a CannotReplayError."""
+    for namespace, base in ((ledger.errors, LedgerError), (builtins, Exception)):
+        cls = getattr(namespace, name, None)
+        if isinstance(cls, type) and issubclass(cls, base):
+            try:
+                return cls(message)
+            except Exception:  # a built-in that needs other arguments
+                break
     return CannotReplayError(f"a replay worker failed: {name}: {message}")
 
 

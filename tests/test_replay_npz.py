@@ -1,0 +1,60 @@
+"""replay.npz reads stored datasets exactly as np.load does, and refuses what np.load refuses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ledger.datasets import dataset_digest, read_npz
+from ledger.errors import BadInputError
+from replay.npz import read_npz_arrays
+
+
+def _same(path: Path, labels_key: str | None = "labels") -> None:
+    expected = read_npz(path, "features", labels_key)
+    got = read_npz_arrays(path, "features", labels_key)
+    for want, have in zip(expected, got):
+        if want is None:
+            assert have is None
+            continue
+        assert have.dtype == want.dtype and have.shape == want.shape
+        assert np.array_equal(have, want)
+    assert dataset_digest(*got) == dataset_digest(*expected)
+
+
+@pytest.mark.parametrize("dtype", ["<f4", ">f8", "<i2", "|b1", "<u8"])
+def test_stored_members_read_like_np_load(tmp_path: Path, dtype: str) -> None:
+    features = (np.arange(600).reshape(100, 6) % 7).astype(dtype)
+    np.savez(tmp_path / "d.npz", features=features, labels=np.arange(100, dtype=np.int8))
+    _same(tmp_path / "d.npz")
+    _same(tmp_path / "d.npz", labels_key=None)
+
+
+def test_compressed_and_fortran_members_take_np_load(tmp_path: Path) -> None:
+    features = np.asfortranarray(np.random.default_rng(1).normal(size=(50, 3)))
+    np.savez(tmp_path / "f.npz", features=features, labels=np.zeros(50))
+    np.savez_compressed(tmp_path / "c.npz", features=features, labels=np.zeros(50))
+    _same(tmp_path / "f.npz")
+    _same(tmp_path / "c.npz")
+
+
+def test_object_arrays_are_never_unpickled(tmp_path: Path) -> None:
+    np.savez(tmp_path / "o.npz", features=np.array([{"a": 1}, None], dtype=object))
+    with pytest.raises(BadInputError, match="objects"):
+        read_npz_arrays(tmp_path / "o.npz", "features", None)
+
+
+def test_a_missing_array_is_named(tmp_path: Path) -> None:
+    np.savez(tmp_path / "m.npz", features=np.zeros((3, 2)))
+    with pytest.raises(BadInputError, match="no array 'labels'"):
+        read_npz_arrays(tmp_path / "m.npz", "features", "labels")
+
+
+def test_a_truncated_file_is_refused(tmp_path: Path) -> None:
+    np.savez(tmp_path / "t.npz", features=np.zeros((1000, 8)), labels=np.zeros(1000))
+    data = (tmp_path / "t.npz").read_bytes()
+    (tmp_path / "t.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(BadInputError):
+        read_npz_arrays(tmp_path / "t.npz", "features", "labels")

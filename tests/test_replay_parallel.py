@@ -1,0 +1,226 @@
+"""Replay with worker processes and overlapped phases reports exactly what a serial replay would.
+
+The main process claims draws from the front and workers from the back (replay.claims); these
+tests make the worker claim first, so that a divergence or failure in its range is really
+re-executed there, and check that the earliest one in recorded order is still the one reported,
+and that verification still decides first.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+
+import replay.engine
+import replay.execution
+from ledger.augment import DataAugmenter, register_op
+from ledger.errors import CannotReplayError, CheckFailedError
+from ledger.experiment import ExperimentManager
+from ledger.iterator import TrainingDataIterator
+from ledger.store import Store
+from replay import Cause, replay_run
+from replay.claims import Claims
+
+BATCH, BATCHES, MARK = 64, 24, 1000.0
+_replaying = {"perturb": False, "fail": False}
+
+
+@register_op("test_parallel_marked", version=1)
+def marked(batch: np.ndarray, rng: np.random.Generator) -> None:
+    """Deterministic noise; while a test says so, batches holding a marked row change or fail."""
+    batch += rng.standard_normal(batch.shape).astype(batch.dtype)
+    if np.any(batch[:, 0] > MARK / 2):
+        if _replaying["fail"]:
+            raise ValueError("a marked batch cannot be replayed")
+        if _replaying["perturb"]:
+            batch += 1
+
+
+def _record(folder: Path, marked_batches: list[int], augmenter: DataAugmenter | None = None
+            ) -> tuple[str, str]:
+    """One epoch of 24 unshuffled batches (draw i + 1 is batch i); marks the given batches."""
+    rng = np.random.default_rng(3)
+    features = rng.normal(size=(BATCH * BATCHES, 4)).astype(np.float32)
+    for batch in marked_batches:
+        features[batch * BATCH, 0] = MARK
+    labels = np.zeros(len(features), dtype=np.int8)
+    url = f"sqlite:///{folder / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=folder / "data") as manager:
+        with manager.create_experiment("parallel", seed=5) as exp:
+            data = exp.register_dataset("marked", features, labels)
+            batches = TrainingDataIterator(
+                data, BATCH, shuffle=False, experiment=exp,
+                augmenter=augmenter or DataAugmenter(ops=[{"op": "test_parallel_marked"}]))
+            for _ in batches:
+                pass
+            exp.log_metric("loss", 0.5, epoch=0)
+    return url, exp.id
+
+
+@pytest.fixture
+def worker_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The main process claims nothing until a worker has claimed its first chunk."""
+    front = Claims.from_front
+
+    def after_the_worker(self: Claims) -> range | None:
+        deadline = time.monotonic() + 60  # a safeguard against a hang, not a timing assertion
+        while self.claimed() == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return front(self)
+
+    monkeypatch.setattr(Claims, "from_front", after_the_worker)
+
+
+@pytest.fixture
+def replaying(monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:
+    monkeypatch.setitem(_replaying, "perturb", False)
+    monkeypatch.setitem(_replaying, "fail", False)
+    return _replaying
+
+
+def _replay(url: str, exp: str, folder: Path, jobs: int = 2) -> replay.engine.ReplayReport:
+    with Store.open(url) as store:
+        return replay_run(store, exp, jobs=jobs, data_dir=folder / "data")
+
+
+@pytest.mark.parametrize("jobs", [2, 3])
+def test_a_divergence_in_a_workers_range_is_the_first_when_it_is_the_earliest(
+        tmp_path: Path, worker_first: None, replaying: dict[str, bool], jobs: int) -> None:
+    url, exp = _record(tmp_path, [22, 23])
+    replaying["perturb"] = True
+    report = _replay(url, exp, tmp_path, jobs)
+    divergence = report.first_divergence
+    assert divergence is not None and divergence.path == ["epoch", 0, "batch", 22, "augment"]
+    assert divergence.cause is Cause.OUTPUT and divergence.field == "output"
+    assert (report.mismatched, report.matched) == (2, BATCHES + 1 + 1 - 2)
+    assert report.compared["augmentation_batch"] == BATCHES and report.jobs == jobs
+
+
+def test_the_main_processs_earlier_divergence_wins_over_the_workers(
+        tmp_path: Path, worker_first: None, replaying: dict[str, bool]) -> None:
+    url, exp = _record(tmp_path, [3, 23])
+    replaying["perturb"] = True
+    report = _replay(url, exp, tmp_path)
+    assert report.first_divergence is not None
+    assert report.first_divergence.path == ["epoch", 0, "batch", 3, "augment"]
+    assert report.mismatched == 2
+
+
+def test_a_parallel_replay_reports_what_a_serial_one_does(
+        tmp_path: Path, replaying: dict[str, bool]) -> None:
+    url, exp = _record(tmp_path, [1, 7, 16, 20])
+    replaying["perturb"] = True
+    serial, parallel = _replay(url, exp, tmp_path, 1), _replay(url, exp, tmp_path, 2)
+    assert parallel.first_divergence == serial.first_divergence
+    assert (parallel.compared, parallel.matched, parallel.mismatched, parallel.not_draws) == (
+        serial.compared, serial.matched, serial.mismatched, serial.not_draws)
+
+
+def test_a_failure_in_a_workers_range_is_raised_as_a_serial_replay_raises_it(
+        tmp_path: Path, worker_first: None, replaying: dict[str, bool]) -> None:
+    url, exp = _record(tmp_path, [21])
+    replaying["fail"] = True
+    with pytest.raises(ValueError, match="cannot be replayed"):
+        _replay(url, exp, tmp_path)
+
+
+def _tamper(url: str, kind: str) -> None:
+    """Flip one byte of the first ``kind`` event's body: its draws would still re-execute."""
+    connection = sqlite3.connect(url.removeprefix("sqlite:///"))
+    connection.execute("DROP TRIGGER ledger_events_no_update")
+    body, row_id = connection.execute(
+        "SELECT body, id FROM ledger_events WHERE kind = ? LIMIT 1", (kind,)).fetchone()
+    decoded = msgpack.unpackb(body)
+    decoded["t"] += 1
+    connection.execute("UPDATE ledger_events SET body = ? WHERE id = ?",
+                       (msgpack.packb(decoded, use_bin_type=True), row_id))
+    connection.commit()
+    connection.close()
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_tampered_ledger_is_refused_even_when_re_execution_would_certify(
+        tmp_path: Path, jobs: int) -> None:
+    url, exp = _record(tmp_path, [])
+    assert _replay(url, exp, tmp_path, jobs).certified
+    _tamper(url, "metric")
+    with pytest.raises(CheckFailedError, match="fails verification"):
+        _replay(url, exp, tmp_path, jobs)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_verification_wins_over_a_missing_dataset_and_over_failing_draws(
+        tmp_path: Path, replaying: dict[str, bool], jobs: int) -> None:
+    url, exp = _record(tmp_path, [2, 20])
+    _tamper(url, "augmentation_batch")
+    replaying["fail"] = True
+    with pytest.raises(CheckFailedError, match="fails verification"):
+        _replay(url, exp, tmp_path, jobs)
+    for stored in (tmp_path / "data").rglob("*.npz"):
+        stored.unlink()
+    with pytest.raises(CheckFailedError, match="fails verification"):
+        _replay(url, exp, tmp_path, jobs)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_changed_data_is_reported_before_any_draw_even_when_draws_then_fail(
+        tmp_path: Path, replaying: dict[str, bool], jobs: int) -> None:
+    url, exp = _record(tmp_path, [])
+    (stored,) = (tmp_path / "data").rglob("*.npz")
+    with np.load(stored) as archive:
+        features, labels = archive["features"].copy(), archive["labels"]
+    features[5 * BATCH, 0] = MARK  # now batch 5 would fail, but the dataset itself differs first
+    np.savez(stored, features=features, labels=labels)
+    replaying["fail"] = True
+    report = _replay(url, exp, tmp_path, jobs)
+    assert report.first_divergence is not None
+    assert report.first_divergence.kind == "dataset_registered"
+    assert report.first_divergence.cause is Cause.INPUT
+    assert dict(report.compared) == {"dataset_registered": 1}
+
+
+def test_progress_is_reported_while_workers_replay(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    url, exp = _record(tmp_path, [])
+    monkeypatch.setattr(replay.engine, "PROGRESS_EVERY", 4)
+    seen: list[tuple[int, int]] = []
+    with Store.open(url) as store:
+        report = replay_run(store, exp, jobs=2, data_dir=tmp_path / "data",
+                            on_progress=lambda done, total: seen.append((done, total)))
+    assert report.certified and seen
+    assert all(total == BATCHES + 5 for _done, total in seen)
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+
+
+def test_spawned_workers_replay_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url, exp = _record(tmp_path, [], DataAugmenter(noise_std=0.1, mask_prob=0.1))  # built in
+    monkeypatch.setattr(replay.execution, "pool_start_method", lambda: "spawn")
+    report = _replay(url, exp, tmp_path)
+    assert report.certified and report.matched == BATCHES + 2
+
+
+def test_draws_are_read_in_windows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   replaying: dict[str, bool]) -> None:
+    url, exp = _record(tmp_path, [4, 19])
+    monkeypatch.setattr(replay.engine, "WINDOW_DRAWS", 10)
+    replaying["perturb"] = True
+    report = _replay(url, exp, tmp_path)
+    assert report.first_divergence is not None
+    assert report.first_divergence.path == ["epoch", 0, "batch", 4, "augment"]
+    assert report.mismatched == 2 and report.matched == BATCHES + 2 - 2
+
+
+def test_claims_meet_in_the_middle_and_stop_at_a_failure() -> None:
+    import multiprocessing
+
+    claims = Claims(multiprocessing.get_context("fork"), 20, chunk=8)
+    assert claims.from_front() == range(0, 8)
+    assert claims.from_back() == range(12, 20)
+    claims.stop_at(10)
+    assert claims.from_front() == range(8, 10)
+    assert claims.from_back() is None and claims.from_front() is None
