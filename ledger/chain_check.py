@@ -24,6 +24,9 @@ _FIELDS = frozenset(BODY_FIELDS)
 _MIN_SEQ = -(2**63)
 _COLUMNS_OF_BODY = itemgetter("exp", "stream", "seq", "kind", "seed", "input", "output", "prev", "t")
 SEGMENT_COLUMNS = FAST_COLUMNS
+FETCH_ROWS = 500
+"""Rows fetched at a time: small enough that a batch is still in the CPU cache when checked
+(5000 rows cost 0.4 µs more per event)."""
 _PACK = msgpack.Packer(use_bin_type=True).pack
 """Decoded values are canonical already: packing the decoded path gives its canonical bytes."""
 
@@ -76,40 +79,46 @@ def check_segment(store: Store, segment: Segment) -> SegmentResult:
     fast_accepts = shapes.accepts
     # A chain's first segment also reads seqs below 0: a row inserted there is reported, not skipped.
     lo = segment.lo if segment.lo > 0 else _MIN_SEQ
-    for row in store.iter_segment_rows(exp, stream, lo, segment.hi, SEGMENT_COLUMNS):
-        seq, kind, _path, _seed, _input, _output, prev, stored_hash, _t, body_bytes = row
-        if seq != expected_seq:
-            if seq > expected_seq:
-                return _stop(result, expected_seq, f"event missing (seq gap): expected seq "
-                                                   f"{expected_seq}, found {seq}")
-            return _stop(result, seq, f"seq {seq} out of place: expected seq {expected_seq} "
-                                      f"(an event inserted or duplicated)")
-        digest = sha256(EVENT_TAG + body_bytes).digest()
-        if digest != stored_hash:
-            return _stop(result, seq, "stored body does not hash to the stored hash "
-                                      "(body or hash altered)")
-        if len(body_bytes) > MAX_BODY_BYTES:
-            return _stop(result, seq, f"body of {len(body_bytes):,} bytes exceeds the "
-                                      f"{MAX_BODY_BYTES:,}-byte limit")
-        body = None
-        if not fast_accepts(row):
-            problem, body = full_check(exp, stream, row)
-            if problem is not None:
-                return _stop(result, seq, problem)
-            shapes.learn(row)
-        if head is None:
-            result.first_prev = prev
-        elif prev != head:
-            return _stop(result, seq, "prev is not the hash of the event before it "
-                                      "(an event was inserted, removed or reordered)")
-        if body is not None:  # the fast check accepts no kind whose facts are kept
-            _note_facts(result, seq, kind, prev, body)
-        head = digest
-        expected_seq += 1
-        result.count += 1
+    for batch in store.iter_segment_batches(exp, stream, lo, segment.hi, SEGMENT_COLUMNS,
+                                            batch_size=FETCH_ROWS):
+        for row in batch:
+            seq, kind, _path, _seed, _input, _output, prev, stored_hash, _t, body_bytes = row
+            if seq != expected_seq:
+                return _stop(result, *_misplaced(seq, expected_seq))
+            digest = sha256(EVENT_TAG + body_bytes).digest()
+            if digest != stored_hash:
+                return _stop(result, seq, "stored body does not hash to the stored hash "
+                                          "(body or hash altered)")
+            if len(body_bytes) > MAX_BODY_BYTES:
+                return _stop(result, seq, f"body of {len(body_bytes):,} bytes exceeds the "
+                                          f"{MAX_BODY_BYTES:,}-byte limit")
+            body = None
+            if not fast_accepts(row):
+                problem, body = full_check(exp, stream, row)
+                if problem is not None:
+                    return _stop(result, seq, problem)
+                shapes.learn(row)
+            if head is None:
+                result.first_prev = prev
+            elif prev != head:
+                return _stop(result, seq, "prev is not the hash of the event before it "
+                                          "(an event was inserted, removed or reordered)")
+            if body is not None:  # the fast check accepts no kind whose facts are kept
+                _note_facts(result, seq, kind, prev, body)
+            head = digest
+            expected_seq += 1
+            result.count += 1
     result.last_hash = head
     result.last_seq = expected_seq - 1
     return result
+
+
+def _misplaced(seq: int, expected_seq: int) -> tuple[int, str]:
+    """(first bad seq, problem) for a row whose seq is not the one expected next."""
+    if seq > expected_seq:
+        return expected_seq, f"event missing (seq gap): expected seq {expected_seq}, found {seq}"
+    return seq, (f"seq {seq} out of place: expected seq {expected_seq} "
+                 f"(an event inserted or duplicated)")
 
 
 def full_check(exp: str, stream: str, row: tuple[Any, ...]

@@ -275,9 +275,10 @@ class RowsStore:
     def __init__(self, rows: list[list[Any]]) -> None:
         self.rows = rows
 
-    def iter_segment_rows(self, exp: str, stream: str, lo: int, hi: int, columns: Any,
-                          **_options: Any) -> Any:
-        return iter([tuple(row) for row in self.rows if lo <= row[0] < hi])
+    def iter_segment_batches(self, exp: str, stream: str, lo: int, hi: int, columns: Any,
+                             **_options: Any) -> Any:
+        rows = [tuple(row) for row in self.rows if lo <= row[0] < hi]
+        return iter([rows[:7], rows[7:]])
 
 
 def chain_rows(count: int) -> list[list[Any]]:

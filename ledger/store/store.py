@@ -304,10 +304,19 @@ class Store:
     def iter_segment_rows(self, exp: str, stream: str, lo: int, hi: int,
                           columns: Sequence[str], *, batch_size: int = 5000
                           ) -> Iterator[tuple[Any, ...]]:
-        """Stream the given columns of events of one chain with lo <= seq < hi, in seq order.
+        """Stream the given columns of events of one chain with lo <= seq < hi, in seq order."""
+        for batch in self.iter_segment_batches(exp, stream, lo, hi, columns,
+                                               batch_size=batch_size):
+            yield from batch
+
+    def iter_segment_batches(self, exp: str, stream: str, lo: int, hi: int,
+                             columns: Sequence[str], *, batch_size: int = 5000
+                             ) -> Iterator[Sequence[tuple[Any, ...]]]:
+        """The rows of :meth:`iter_segment_rows`, in lists of at most ``batch_size``.
 
         This is verification's hot loop, so rows come through the driver cursor (plain tuples,
-        bytes as bytes) with SQL that SQLAlchemy compiled for this database.
+        bytes as bytes) with SQL that SQLAlchemy compiled for this database, and a batch at a
+        time (a generator step per row costs as much as a column).
         """
         def build():  # noqa: ANN202
             return (select(*[events_table.c[name] for name in columns])
@@ -317,8 +326,9 @@ class Store:
                            events_table.c.seq < bindparam("hi"))
                     .order_by(events_table.c.seq))
 
-        yield from self._stream(("segment", *columns), build,
-                                {"exp": exp, "stream": stream, "lo": lo, "hi": hi}, batch_size)
+        yield from self._stream_batches(("segment", *columns), build,
+                                        {"exp": exp, "stream": stream, "lo": lo, "hi": hi},
+                                        batch_size)
 
     def iter_run_bodies(self, exp: str, *, batch_size: int = 5000
                         ) -> Iterator[tuple[str, int, str, bytes]]:
@@ -365,6 +375,13 @@ class Store:
 
     def _stream(self, key: tuple[str, ...], build, values: dict[str, Any],  # noqa: ANN001
                 batch_size: int) -> Iterator[tuple[Any, ...]]:
+        for batch in self._stream_batches(key, build, values, batch_size):
+            yield from batch
+
+    def _stream_batches(self, key: tuple[str, ...], build, values: dict[str, Any],  # noqa: ANN001
+                        batch_size: int) -> Iterator[Sequence[tuple[Any, ...]]]:
+        """Run the query ``build()`` makes (compiled once per ``key``) with ``values`` and yield
+        its rows in lists of at most ``batch_size``, never holding more."""
         compiled_sql = self._streamed_sql.get(key)
         if compiled_sql is None:
             compiled = build().compile(dialect=self.engine.dialect)
@@ -378,14 +395,13 @@ class Store:
                 try:
                     cursor.execute(text, parameters)
                     while rows := cursor.fetchmany(batch_size):
-                        yield from rows
+                        yield rows
                 finally:
                     cursor.close()
                 return
             result = connection.execution_options(stream_results=True, yield_per=batch_size
                                                   ).exec_driver_sql(text, parameters)
-            for partition in result.partitions():
-                yield from partition
+            yield from result.partitions()
 
     def _reading(self):  # noqa: ANN202 - a SQLAlchemy Connection context
         try:
