@@ -32,8 +32,9 @@ from ledger.events import AUDIT_STREAM, MAIN_STREAM, check_experiment_id
 from ledger.processes import pool_start_method
 from ledger.store.store import Store
 
-SEGMENT_EVENTS = 100_000
-"""Events per segment: the unit of parallel work."""
+SEGMENT_EVENTS = 50_000
+"""Events per segment: the unit of parallel work (small enough that the processes finish
+together even when one of them gets less CPU)."""
 PARALLEL_MIN_EVENTS = 300_000
 """Below this many events, starting processes costs more than it saves."""
 
@@ -139,7 +140,7 @@ class _Stitcher:
 
     def __init__(self, store: Store, report: VerifyReport) -> None:
         self.report = report
-        self.names = {row.exp: row.name for row in store.experiments()}
+        self.names = store.experiment_names()
         self.seen: set[str] = set()
         self.experiment: _Experiment | None = None
 
@@ -254,7 +255,7 @@ def verify(store: Store, exp: str | None = None, *, jobs: int | None = None,
         check_experiment_id(exp)
     chains = store.chain_sizes(exp)
     if exp is not None:
-        if not chains and exp not in {row.exp for row in store.experiments()}:
+        if not chains and exp not in store.experiment_names():
             raise UnknownExperimentError(f"unknown experiment {exp} in {store.url}")
     total = sum(count for _exp, _stream, count, _max in chains)
     if jobs is None:
