@@ -226,7 +226,7 @@ class Store:
         completion statuses :meth:`experiments` finds by reading every event."""
         with self._reading() as connection:
             return dict(connection.execute(
-                select(experiments_table.c.exp, experiments_table.c.name)).tuples().all())
+                select(experiments_table.c.exp, experiments_table.c.name)).all())
 
     def experiment_ids(self) -> list[str]:
         """Every experiment id in the events table, including ids with no experiment row."""
