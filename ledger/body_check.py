@@ -116,15 +116,15 @@ class ChainBodyCheck:
 
         Never raises: a column or body that cannot be handled here is a False.
         """
-        seq, kind, path, seed, input_, output, prev, _hash, t, body = row
         try:
+            body = row[9]
             templates = self._by_length.get(len(body))
             if templates is None:
                 return False
             bits = int.from_bytes(body)
             for template in templates:
                 if bits & template.mask == template.pinned:
-                    if self._columns_match(template, body, row):
+                    if self._columns_match(template, row):
                         self._hits += 1
                         return True
                     return False
@@ -132,26 +132,21 @@ class ChainBodyCheck:
         except Exception:  # a hostile column: the full check says what is wrong
             return False
 
-    def _columns_match(self, template: Template, body: bytes, row: tuple[Any, ...]) -> bool:
+    def _columns_match(self, template: Template, row: tuple[Any, ...]) -> bool:
         """The values of a body of ``template``'s shape equal the columns of ``row``."""
-        seq, kind, path, seed, input_, output, prev, _hash, t, _body = row
-        where = template.input
-        if body[where] != input_ if where is not None else input_ is not None:
-            return False
-        where = template.output
-        if body[where] != output if where is not None else output is not None:
-            return False
-        where = template.prev
-        if body[where] != prev if where is not None else prev is not None:
-            return False
-        where = template.seed
-        if body[where] != seed if where is not None else seed is not None:
+        seq, kind, path, seed, input_, output, prev, _hash, t, body = row
+        (_mask, _pinned, template_kind, input_at, output_at, prev_at, seed_at, seq_at, t_at,
+         path_at, path_ints) = template
+        if (body[input_at] != input_ if input_at is not None else input_ is not None) \
+                or (body[output_at] != output if output_at is not None else output is not None) \
+                or (body[prev_at] != prev if prev_at is not None else prev is not None) \
+                or (body[seed_at] != seed if seed_at is not None else seed is not None):
             return False
         pack = self._pack
-        if (kind != template.kind or body[template.seq] != pack(seq)
-                or body[template.t] != pack(t) or body[template.path] != path):
+        if (kind != template_kind or body[seq_at] != pack(seq) or body[t_at] != pack(t)
+                or body[path_at] != path):
             return False
-        for where, low, high, signed in template.path_ints:
+        for where, low, high, signed in path_ints:
             if not low <= int.from_bytes(body[where], signed=signed) < high:
                 return False
         return True
