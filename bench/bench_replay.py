@@ -4,7 +4,9 @@ The pipeline is the trainer-hooks benchmark (200,000 x 32 float32, batch 256, Ga
 10 % feature mask, 2 epochs), recorded into an SQLite ledger with ``num_workers=0``. In the same
 run: the recorded pipeline's time (the original), then ``replay_run`` with ``jobs=1`` and
 ``jobs=2`` over its ledger — verification, dataset re-load and digest included. Each is measured
-``rounds`` times (recording and replays interleaved) and the medians are compared.
+``rounds`` times (recording and replays interleaved) and the medians are compared. The CPU
+seconds of each replay (its process and its workers) are reported beside: on a shared machine
+they show what the replay costs when wall times are disturbed by other load.
 
 Run: ``.venv/bin/python -m bench.bench_replay`` (``BENCH_REPLAY_ROUNDS`` sets the rounds).
 """
@@ -12,6 +14,7 @@ Run: ``.venv/bin/python -m bench.bench_replay`` (``BENCH_REPLAY_ROUNDS`` sets th
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -24,33 +27,49 @@ from ledger.store import Store
 from replay.engine import replay_run
 
 
-def replay_seconds(folder: Path, jobs: int) -> float:
-    """Seconds to replay the single experiment recorded in ``folder``."""
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of its reaped children (replay's workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def replay_seconds(folder: Path, jobs: int) -> tuple[float, float]:
+    """Wall and CPU seconds to replay the single experiment recorded in ``folder``."""
     with Store.open(f"sqlite:///{folder / 'bench.db'}") as store:
         (row,) = store.experiments()
+        cpu = _cpu_seconds()
         start = time.perf_counter()
         report = replay_run(store, row.exp, jobs=jobs, data_dir=folder)
         elapsed = time.perf_counter() - start
+        cpu = _cpu_seconds() - cpu
     if not report.certified:
         raise SystemExit(f"benchmark run did not certify: {report.first_divergence}")
-    return elapsed
+    return elapsed, cpu
 
 
 def run(rounds: int | None = None) -> dict[str, Any]:
     """Record and replay ``rounds`` times; return the result record."""
     rounds = rounds or int(os.environ.get("BENCH_REPLAY_ROUNDS", "3"))
     features, labels = make_data()
-    original, jobs1, jobs2 = [], [], []
+    original: list[float] = []
+    wall: dict[int, list[float]] = {1: [], 2: []}
+    cpu: dict[int, list[float]] = {1: [], 2: []}
     for _ in range(rounds):
         with tempfile.TemporaryDirectory(prefix="ledger-bench-") as name:
             folder = Path(name)
             original.append(pipeline(features, labels, folder, record=True, workers=0))
-            jobs1.append(replay_seconds(folder, 1))
-            jobs2.append(replay_seconds(folder, 2))
+            for jobs in (1, 2):
+                seconds, cpu_seconds = replay_seconds(folder, jobs)
+                wall[jobs].append(seconds)
+                cpu[jobs].append(cpu_seconds)
     base = statistics.median(original)
+    jobs1, jobs2 = wall[1], wall[2]
     return result("replay_pipeline",
                   {"replay_jobs1_s": statistics.median(jobs1),
-                   "replay_jobs2_s": statistics.median(jobs2), "rounds": rounds},
+                   "replay_jobs2_s": statistics.median(jobs2),
+                   "replay_jobs1_cpu_s": statistics.median(cpu[1]),
+                   "replay_jobs2_cpu_s": statistics.median(cpu[2]), "rounds": rounds},
                   {"original_pipeline_s": base},
                   {"replay_jobs1_vs_original": statistics.median(jobs1) / base,
                    "replay_jobs2_vs_original": statistics.median(jobs2) / base},

@@ -15,6 +15,7 @@ that failed, as a serial replay would: every draw before it is still re-executed
 from __future__ import annotations
 
 import builtins
+import gc
 import multiprocessing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -102,6 +103,8 @@ def _worker_main(connection: Connection, job: _Job | None) -> None:
     """A worker process: re-execute chunks from the back; send its mismatches and failure."""
     job = job or _inherited_job
     assert job is not None
+    if not job.spawned:
+        gc.freeze()  # a collection would touch, and so copy, every page of inherited objects
     try:
         if job.spawned:
             load_plugins(job.trusted)
