@@ -85,7 +85,11 @@ def check_segment(store: Store, segment: Segment) -> SegmentResult:
             seq, kind, _path, _seed, _input, _output, prev, stored_hash, _t, body_bytes = row
             if seq != expected_seq:
                 return _stop(result, *_misplaced(seq, expected_seq))
-            digest = sha256(EVENT_TAG + body_bytes).digest()
+            try:
+                digest = sha256(EVENT_TAG + body_bytes).digest()
+            except TypeError:  # a database that holds e.g. TEXT where the body's bytes belong
+                return _stop(result, seq, f"stored body is {type(body_bytes).__name__}, "
+                                          f"not bytes")
             if digest != stored_hash:
                 return _stop(result, seq, "stored body does not hash to the stored hash "
                                           "(body or hash altered)")

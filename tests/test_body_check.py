@@ -9,6 +9,7 @@ problem, with the same words, whether the fast check is used or not.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -21,6 +22,9 @@ from ledger.body_check import (_CANONICAL_INT_RANGES, FREE_LEARNING, LEARN_EVERY
                                ChainBodyCheck, ShapeError, make_template)
 from ledger.chain_check import Segment, check_segment, full_check
 from ledger.digests import EVENT_TAG, ZERO_DIGEST
+from ledger.store import Store
+from ledger.verify import verify
+from ledger_builders import drop_append_only_triggers, execute, record_experiment
 
 EXP, STREAM = "exp-bodycheck01", "worker-0"
 PACK = msgpack.Packer(use_bin_type=True).pack
@@ -318,3 +322,15 @@ def test_a_tampered_chain_gets_the_same_finding_either_way(data: st.DataObject) 
         patched.setattr(chain_check.ChainBodyCheck, "accepts", lambda self, row: False)
         slow = check_segment(store, segment)  # type: ignore[arg-type]
     assert fast == slow
+
+
+def test_a_body_stored_as_text_is_a_finding(tmp_path: Path) -> None:
+    """A database holding TEXT where a body's bytes belong is reported, not a crash."""
+    with Store.open(f"sqlite:///{tmp_path / 'ledger.db'}", create=True) as store:
+        recorded = record_experiment(store)
+        drop_append_only_triggers(store)
+        execute(store, "UPDATE ledger_events SET body = 'hello' WHERE exp = :exp "
+                "AND stream = 'worker-0' AND seq = 1", exp=recorded.exp)
+        report = verify(store)
+    assert [finding.describe() for finding in report.findings] == [
+        f"{recorded.exp} stream worker-0 seq 1: stored body is str, not bytes"]
