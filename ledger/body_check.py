@@ -90,9 +90,10 @@ class Template(NamedTuple):
     seq: slice
     t: slice
     path: slice
-    path_ints: tuple[tuple[slice, int, int, bool], ...]
-    """(payload, low, high, signed) of each wide integer in the path: the path stays canonical
-    only while its value is in [low, high), i.e. needs this width."""
+    path_ints: tuple[tuple[slice, bytes, bytes], ...]
+    """(payload, lowest, highest) of each wide integer in the path: the path stays canonical
+    only while the payload is in [lowest, highest], i.e. the value needs this width (bytes of
+    one length compare as their big-endian two's-complement values do within one sign)."""
 
 
 class ShapeError(ValueError):
@@ -146,8 +147,8 @@ class ChainBodyCheck:
         if (kind != template_kind or body[seq_at] != pack(seq) or body[t_at] != pack(t)
                 or body[path_at] != path):
             return False
-        for where, low, high, signed in path_ints:
-            if not low <= int.from_bytes(body[where], signed=signed) < high:
+        for where, lowest, highest in path_ints:
+            if not lowest <= body[where] <= highest:
                 return False
         return True
 
@@ -209,12 +210,14 @@ def make_template(body: bytes) -> Template:
                     tuple(_canonical_range(position, tag) for position, tag in path_ints))
 
 
-def _canonical_range(position: int, tag: int) -> tuple[slice, int, int, bool]:
-    """(payload, low, high, signed) of the integer at ``position``: msgpack's packer writes a
-    value with this tag exactly when it is in [low, high)."""
+def _canonical_range(position: int, tag: int) -> tuple[slice, bytes, bytes]:
+    """(payload, lowest, highest) of the integer at ``position``: msgpack's packer writes a
+    value with this tag exactly when its payload is in [lowest, highest]."""
     low, high = _CANONICAL_INT_RANGES[tag]
     size = _NUMBER_TAGS[tag]
-    return slice(position + 1, position + 1 + size), low, high, tag >= 0xD0
+    modulus = 2 ** (8 * size)
+    return (slice(position + 1, position + 1 + size), (low % modulus).to_bytes(size),
+            ((high - 1) % modulus).to_bytes(size))
 
 
 def _digest_payload(body: bytes, span: tuple[int, int]) -> slice | None:

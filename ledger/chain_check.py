@@ -93,11 +93,11 @@ def check_segment(store: Store, segment: Segment) -> SegmentResult:
             if digest != stored_hash:
                 return _stop(result, seq, "stored body does not hash to the stored hash "
                                           "(body or hash altered)")
-            if len(body_bytes) > MAX_BODY_BYTES:
-                return _stop(result, seq, f"body of {len(body_bytes):,} bytes exceeds the "
-                                          f"{MAX_BODY_BYTES:,}-byte limit")
             body = None
-            if not fast_accepts(row):
+            if not fast_accepts(row):  # it accepts no body near MAX_BODY_BYTES
+                if len(body_bytes) > MAX_BODY_BYTES:
+                    return _stop(result, seq, f"body of {len(body_bytes):,} bytes exceeds the "
+                                              f"{MAX_BODY_BYTES:,}-byte limit")
                 problem, body = full_check(exp, stream, row)
                 if problem is not None:
                     return _stop(result, seq, problem)

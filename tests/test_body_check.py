@@ -18,8 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ledger.chain_check as chain_check
-from ledger.body_check import (_CANONICAL_INT_RANGES, FREE_LEARNING, LEARN_EVERY_HITS,
-                               ChainBodyCheck, ShapeError, make_template)
+from ledger.body_check import (_CANONICAL_INT_RANGES, _NUMBER_TAGS, FREE_LEARNING,
+                               LEARN_EVERY_HITS, MAX_TEMPLATE_BYTES, ChainBodyCheck, ShapeError,
+                               _canonical_range, make_template)
+from ledger.events import MAX_BODY_BYTES
 from ledger.chain_check import Segment, check_segment, full_check
 from ledger.digests import EVENT_TAG, ZERO_DIGEST
 from ledger.store import Store
@@ -193,6 +195,26 @@ def test_the_integer_ranges_are_msgpacks(tag: int) -> None:
     for outside in (low - 1, high):
         if -(2**63) <= outside < 2**64:
             assert PACK(outside)[0] != tag
+
+
+@pytest.mark.parametrize("tag", sorted(_CANONICAL_INT_RANGES))
+def test_the_payload_bounds_are_the_integer_ranges(tag: int) -> None:
+    """Comparing payload bytes with the bounds is comparing the integer with its range."""
+    low, high = _CANONICAL_INT_RANGES[tag]
+    size, signed = _NUMBER_TAGS[tag], tag >= 0xD0
+    where, lowest, highest = _canonical_range(0, tag)
+    assert where == slice(1, 1 + size)
+    for value in (low - 1, low, low + 1, (low + high) // 2, high - 2, high - 1, high):
+        try:
+            payload = value.to_bytes(size, signed=signed)
+        except OverflowError:  # not writable with this tag at all
+            continue
+        assert (lowest <= payload <= highest) == (low <= value < high), value
+
+
+def test_no_body_of_a_template_can_exceed_the_body_limit() -> None:
+    """check_segment tests the body size only when the fast check says no."""
+    assert MAX_TEMPLATE_BYTES < MAX_BODY_BYTES
 
 
 # -- completeness --------------------------------------------------------------------------------
