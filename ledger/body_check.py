@@ -103,12 +103,11 @@ class ShapeError(ValueError):
 class ChainBodyCheck:
     """Templates of one chain's bodies, learnt from bodies that passed the full check."""
 
-    __slots__ = ("_by_length", "_learnt", "_hits", "_pack")
+    __slots__ = ("_by_length", "_learnt", "_pack")
 
     def __init__(self) -> None:
         self._by_length: dict[int, list[Template]] = {}
         self._learnt = 0
-        self._hits = 0
         self._pack = msgpack.Packer(use_bin_type=True).pack
 
     def accepts(self, row: tuple[Any, ...]) -> bool:
@@ -125,10 +124,7 @@ class ChainBodyCheck:
             bits = int.from_bytes(body)
             for template in templates:
                 if bits & template.mask == template.pinned:
-                    if self._columns_match(template, row):
-                        self._hits += 1
-                        return True
-                    return False
+                    return self._columns_match(template, row)
             return False
         except Exception:  # a hostile column: the full check says what is wrong
             return False
@@ -152,15 +148,16 @@ class ChainBodyCheck:
                 return False
         return True
 
-    def learn(self, row: tuple[Any, ...]) -> None:
-        """Remember the shape of the body of ``row``, which passed the full check.
+    def learn(self, row: tuple[Any, ...], hits: int) -> None:
+        """Remember the shape of the body of ``row``, which passed the full check, after
+        ``hits`` bodies of this chain were accepted (the caller counts: it costs nothing there).
 
         Does nothing for the kinds verification reads in full, for large bodies, for bodies
         that are not plain v1 maps, and when learning has not been paid for by hits.
         """
         kind, body = row[1], row[-1]
         if (kind in SLOW_KINDS or type(body) is not bytes or len(body) > MAX_TEMPLATE_BYTES
-                or self._learnt >= FREE_LEARNING + self._hits // LEARN_EVERY_HITS):
+                or self._learnt >= FREE_LEARNING + hits // LEARN_EVERY_HITS):
             return
         try:
             template = make_template(body)

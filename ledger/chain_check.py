@@ -77,6 +77,7 @@ def check_segment(store: Store, segment: Segment) -> SegmentResult:
     sha256 = hashlib.sha256
     shapes = ChainBodyCheck()
     fast_accepts = shapes.accepts
+    full_checks = 0
     # A chain's first segment also reads seqs below 0: a row inserted there is reported, not skipped.
     lo = segment.lo if segment.lo > 0 else _MIN_SEQ
     for batch in store.iter_segment_batches(exp, stream, lo, segment.hi, SEGMENT_COLUMNS,
@@ -101,7 +102,8 @@ def check_segment(store: Store, segment: Segment) -> SegmentResult:
                 problem, body = full_check(exp, stream, row)
                 if problem is not None:
                     return _stop(result, seq, problem)
-                shapes.learn(row)
+                shapes.learn(row, hits=expected_seq - segment.lo - full_checks)
+                full_checks += 1
             if head is None:
                 result.first_prev = prev
             elif prev != head:

@@ -61,7 +61,7 @@ def learnt(body: bytes) -> ChainBodyCheck:
     shapes = ChainBodyCheck()
     row = row_of(body)
     assert passes_full_check(row)
-    shapes.learn(tuple(row))
+    shapes.learn(tuple(row), hits=0)
     return shapes
 
 
@@ -270,7 +270,7 @@ def test_the_slow_kinds_are_never_learnt() -> None:
                        "seed": None, "params": {"name": "x"}, "input": None, "output": None,
                        "meta": {}, "prev": ZERO_DIGEST, "t": 5})
         shapes = ChainBodyCheck()
-        shapes.learn(tuple(row_of(body)))
+        shapes.learn(tuple(row_of(body)), hits=0)
         assert not shapes.accepts(tuple(row_of(body)))
 
 
@@ -283,13 +283,22 @@ def test_bodies_that_are_not_plain_maps_make_no_template() -> None:
 def test_learning_is_paid_for_by_hits() -> None:
     """A chain whose every body has a new shape does not pay for learning at every event."""
     shapes = ChainBodyCheck()
-    for index in range(FREE_LEARNING + 50):
+
+    def learn(index: int, hits: int) -> None:
         body = encode({"v": 1, "exp": EXP, "stream": STREAM, "seq": index, "kind": "metric",
                        "path": [], "seed": None, "params": {"name": "x" * index}, "input": None,
                        "output": None, "meta": {}, "prev": ZERO_DIGEST, "t": 5})
-        shapes.learn(tuple(row_of(body)))
-    assert sum(len(kept) for kept in shapes._by_length.values()) == FREE_LEARNING
-    assert LEARN_EVERY_HITS > 1
+        shapes.learn(tuple(row_of(body)), hits=hits)
+
+    def kept() -> int:
+        return sum(len(templates) for templates in shapes._by_length.values())
+
+    for index in range(FREE_LEARNING + 50):
+        learn(index, hits=0)
+    assert kept() == FREE_LEARNING
+    learn(100, hits=LEARN_EVERY_HITS)
+    learn(101, hits=LEARN_EVERY_HITS)
+    assert kept() == FREE_LEARNING + 1
 
 
 # -- segments: the same findings with and without the fast check ---------------------------------
