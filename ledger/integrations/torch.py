@@ -91,7 +91,7 @@ def path_generator(root: int, path: Sequence[Any]) -> torch.Generator:
 def tensor_digest(tensor: torch.Tensor) -> bytes:
     """``array_digest`` of a CPU copy of ``tensor`` (dtype, shape, C-ordered little-endian bytes)."""
     try:
-        if tensor.device.type == "cpu" and not tensor.requires_grad:
+        if tensor.is_cpu and not tensor.requires_grad:
             array = tensor.numpy()  # a view; fast_array_digest copies only if not C-contiguous
         else:
             array = tensor.detach().cpu().contiguous().numpy()
