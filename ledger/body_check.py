@@ -9,7 +9,7 @@ when
 
 1. it has the same length and the same bytes as a template everywhere except in *free* bytes:
    the payloads of bin, integer and float values, and the value bits of fixints (which must stay
-   fixints of the same sign) — one XOR and AND of big integers; and
+   fixints of the same sign) — one AND of the body, read as a big integer, with a mask; and
 2. the bytes of each value an indexed column repeats equal that column: the digests (``input``,
    ``output``, ``prev``, ``seed``) byte for byte, ``seq`` and ``t`` as their minimal encoding,
    ``path`` as the column's bytes (which must be canonical, as the full check demands), ``kind``
@@ -46,8 +46,9 @@ FREE_LEARNING = 8
 LEARN_EVERY_HITS = 256
 """A chain whose bodies never repeat a shape costs at most one learning per this many events."""
 
-_PINNED, _FREE, _POSITIVE_FIXINT, _NEGATIVE_FIXINT = 0xFF, 0x00, 0x80, 0xE0
-"""Mask bytes: a body byte must equal the template's under the mask."""
+_PINNED, _POSITIVE_FIXINT, _NEGATIVE_FIXINT = 0xFF, 0x80, 0xE0
+"""Mask bytes: a body byte must equal the template's under its mask byte (0 for free bytes;
+the high bit for a positive fixint; the top three bits for a negative one)."""
 _PINNED_FIELDS = ("exp", "stream", "kind", "v")
 _DIGEST_FIELDS = ("input", "output", "prev", "seed")
 _BODY_FIELDS = frozenset({"v", "exp", "stream", "seq", "kind", "path", "seed", "params", "input",
@@ -78,7 +79,7 @@ class Template(NamedTuple):
     """The shape of a body that passed the full check, and where its column values lie."""
 
     mask: int
-    """Which bits of a body are pinned (one _PINNED/_FREE/... byte per body byte, big-endian)."""
+    """Which bits of a body are pinned: one mask byte per body byte, read big-endian."""
     pinned: int
     """The template body's pinned bits: ``body & mask`` of every body of this shape."""
     kind: Any
@@ -177,7 +178,7 @@ def make_template(body: bytes) -> Template:
     Raises ShapeError when the body is not a 13-key map whose digests are nil or bin, whose
     seq and t are integers and whose path is canonical.
     """
-    mask = bytearray(b"\xff") * len(body)
+    mask = bytearray([_PINNED]) * len(body)
     entries, position = _container_header(body, 0, _MAP_TAGS, 0x80)
     spans: dict[str, tuple[int, int]] = {}
     path_ints: list[tuple[int, int]] = []
@@ -193,7 +194,7 @@ def make_template(body: bytes) -> Template:
         raise ShapeError("not a v1 body map")
     for name in _PINNED_FIELDS:
         start, end = spans[name]
-        mask[start:end] = b"\xff" * (end - start)
+        mask[start:end] = bytes([_PINNED]) * (end - start)
     path = body[slice(*spans["path"])]
     if _PACK(msgpack.unpackb(path, **_UNPACK)) != path:
         raise ShapeError("the path is not in canonical form")
