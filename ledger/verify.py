@@ -9,7 +9,9 @@ and heads match what is stored.
 
 Chains are cut into segments that are checked independently — in parallel processes for large
 ledgers — and stitched by their end hashes. Rows are streamed: memory does not grow with the
-number of events.
+number of events. A body shaped like one already checked in its segment is compared with its
+columns byte for byte instead of being decoded (:mod:`ledger.body_check`); any body that
+comparison does not accept is decoded in full, which makes every finding.
 
 What it cannot see: events cut from the end of an incomplete run (nothing records where it
 ended), and a chain recomputed from an edit onwards by someone who also rewrote run_completed —
