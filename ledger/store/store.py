@@ -7,6 +7,7 @@ event, and a batch of events in one transaction. It has no method that updates o
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,8 @@ EVENT_COLUMNS = ("exp", "stream", "seq", "kind", "path", "seed", "input", "outpu
 """Columns of a stored event in the order :meth:`Store.iter_event_rows` yields them."""
 ROW_COLUMNS = EVENT_COLUMNS
 """Order of the values in a row given to :meth:`Store.append_rows`."""
+_cursor_numbers = itertools.count()
+"""Names server-side cursors apart."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,18 +400,28 @@ class Store:
         text, order = compiled_sql
         parameters = tuple(values[name] for name in order) if order is not None else values
         with self._reading() as connection:
+            dbapi_connection = connection.connection.dbapi_connection
             if self.backend == "sqlite":  # sqlite3 cursors stream by themselves
-                cursor = connection.connection.dbapi_connection.cursor()
-                try:
-                    cursor.execute(text, parameters)
-                    while rows := cursor.fetchmany(batch_size):
-                        yield rows
-                finally:
-                    cursor.close()
-                return
-            result = connection.execution_options(stream_results=True, yield_per=batch_size
-                                                  ).exec_driver_sql(text, parameters)
-            yield from result.partitions()
+                cursor = dbapi_connection.cursor()
+            else:  # a named cursor is server-side: PostgreSQL sends a batch per round trip
+                cursor = dbapi_connection.cursor(name=f"ledger_stream_{next(_cursor_numbers)}")
+            yield from self._fetch_batches(cursor, text, parameters, batch_size)
+
+    def _fetch_batches(self, cursor, text: str, parameters: Any,  # noqa: ANN001
+                       batch_size: int) -> Iterator[Sequence[tuple[Any, ...]]]:
+        """Run ``text`` on a driver cursor and yield its rows ``batch_size`` at a time, as the
+        driver's plain tuples (building SQLAlchemy Rows cost more than fetching them). Driver
+        errors are raised as SQLAlchemy's, so that reading turns them into StoreError."""
+        dbapi = self.engine.dialect.dbapi
+        try:
+            cursor.execute(text, parameters)
+            while rows := cursor.fetchmany(batch_size):
+                yield rows
+        except dbapi.Error as error:
+            raise DBAPIError.instance(text, parameters, error, dbapi.Error,
+                                      dialect=self.engine.dialect) from None
+        finally:
+            cursor.close()
 
     def _reading(self):  # noqa: ANN202 - a SQLAlchemy Connection context
         try:
