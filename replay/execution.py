@@ -6,7 +6,9 @@ share (after verifying the chains and starting the dataset digests: see :mod:`re
 Draws are shared out in chunks by :class:`replay.claims.Claims`. Each process decodes the bodies
 it claimed, re-executes them and compares digests itself with :func:`first_difference`; a worker
 sends back only the few that did not match (index and re-executed digests, as msgpack: nothing is
-unpickled), so the main process decodes and classifies just those, in recorded order.
+unpickled), so the main process decodes and classifies just those, in recorded order. (Where
+fork is unsafe, workers are spawned and multiprocessing hands them their job — this process's
+own context and the event bodies — as it hands any process its arguments.)
 
 A failure (a draw that cannot be replayed) is reported for the earliest draw in recorded order
 that failed, as a serial replay would: every draw before it is still re-executed.
