@@ -99,10 +99,7 @@ def check_segment(store: Store, segment: Segment) -> SegmentResult:
                 return _stop(result, seq, "stored body does not hash to the stored hash "
                                           "(body or hash altered)")
             body = None
-            if not fast_accepts(row):  # it accepts no body near MAX_BODY_BYTES
-                if len(body_bytes) > MAX_BODY_BYTES:
-                    return _stop(result, seq, f"body of {len(body_bytes):,} bytes exceeds the "
-                                              f"{MAX_BODY_BYTES:,}-byte limit")
+            if not fast_accepts(row):
                 problem, body = full_check(exp, stream, row)
                 if problem is not None:
                     return _stop(result, seq, problem)
@@ -134,8 +131,14 @@ def _misplaced(seq: int, expected_seq: int) -> tuple[int, str]:
 def full_check(exp: str, stream: str, row: tuple[Any, ...]
                ) -> tuple[str | None, dict[str, Any] | None]:
     """Decode the body of ``row`` (SEGMENT_COLUMNS order) of chain (exp, stream) and compare it
-    with every column: (what is wrong or None, the decoded body when it is a v1 map)."""
+    with every column: (what is wrong or None, the decoded body when it is a v1 map).
+
+    Bodies over MAX_BODY_BYTES are refused undecoded (the fast check accepts none that long).
+    """
     seq, kind, path, seed, input_, output, prev, _hash, t, body_bytes = row
+    if len(body_bytes) > MAX_BODY_BYTES:
+        return (f"body of {len(body_bytes):,} bytes exceeds the {MAX_BODY_BYTES:,}-byte limit",
+                None)
     try:
         body = msgpack.unpackb(body_bytes, raw=False, strict_map_key=True, use_list=False)
     except Exception as error:  # msgpack raises many unrelated types for bad input

@@ -365,3 +365,12 @@ def test_a_body_stored_as_text_is_a_finding(tmp_path: Path) -> None:
         report = verify(store)
     assert [finding.describe() for finding in report.findings] == [
         f"{recorded.exp} stream worker-0 seq 1: stored body is str, not bytes"]
+
+
+def test_a_body_over_the_size_limit_is_refused_undecoded() -> None:
+    rows = chain_rows(3)
+    huge = b"\x00" * (MAX_BODY_BYTES + 1)
+    rows[2][9], rows[2][7] = huge, hashlib.sha256(EVENT_TAG + huge).digest()
+    result = check_segment(RowsStore(rows), Segment(EXP, STREAM, 0, 3))  # type: ignore[arg-type]
+    assert result.problem == (2, f"body of {MAX_BODY_BYTES + 1:,} bytes exceeds the "
+                                 f"{MAX_BODY_BYTES:,}-byte limit")
