@@ -3,8 +3,12 @@
 The demo trains in the main process while worker processes augment batches. OpenBLAS threads
 spin while they wait for work: on a small machine they fight the workers for the cores and a run
 can take ten times longer. ``threadpoolctl`` does this properly when installed; without it the
-OpenBLAS library numpy loaded is found in ``/proc/self/maps`` and told directly. The number of
-BLAS threads does not change the demo's results (both runs use the same setting).
+OpenBLAS library numpy loaded is found in ``/proc/self/maps`` and told directly.
+
+The number of BLAS threads can change results: a matrix product split over more threads adds
+its terms in another order, so the low bits of the weights differ. The demo therefore always
+trains with one thread, whatever its worker count, and a ``replay --full`` in a fresh process
+reproduces a run recorded in a process that had other BLAS settings.
 """
 
 from __future__ import annotations

@@ -56,8 +56,9 @@ def train(data: FraudData, manager: ExperimentManager | None, *, seed: int = 42,
     hyperparams = dict(HYPERPARAMS)
     if epochs is not None:
         hyperparams["epochs"] = epochs
-    if workers:
-        limit_blas_threads(1)  # the workers need the other cores (see examples.fraud.blas)
+    # Always one BLAS thread: the workers need the other cores, and the thread count can change
+    # the low bits of a matrix product, so a re-run must use the same (see examples.fraud.blas).
+    limit_blas_threads(1)
     started = time.perf_counter()
     if manager is None:
         result = _loop(data, None, seed, workers, hyperparams, inject_nondeterminism,
