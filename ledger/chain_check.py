@@ -12,8 +12,8 @@ by :class:`~ledger.body_check.ChainBodyCheck` without decoding — because it is
 from __future__ import annotations
 
 import hashlib
-from operator import itemgetter
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import msgpack
