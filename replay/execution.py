@@ -32,7 +32,6 @@ import ledger.errors
 from ledger.errors import CannotReplayError, LedgerError
 from ledger.events import decode_body
 from ledger.processes import pool_start_method
-from ledger.seeds import derive_bytes
 from replay.claims import Claims
 from replay.compare import first_difference
 from replay.context import ReplayContext
@@ -49,7 +48,7 @@ def redraw_event(context: ReplayContext, body: dict[str, Any]) -> tuple[Redraw |
     """Re-execute one event: (what it produced, whether its recorded seed re-derives)."""
     seed_ok = True
     if body["seed"] is not None:
-        seed_ok = derive_bytes(context.root, body["path"]) == body["seed"]
+        seed_ok = context.seed(body["path"]) == body["seed"]
     replayer = replayer_for(body["kind"])
     if replayer is None:
         raise CannotReplayError(f"no replayer for events of kind {body['kind']!r} "

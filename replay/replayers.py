@@ -13,11 +13,10 @@ import numpy as np
 
 from ledger.augment import DataAugmenter
 from ledger.batches import batch_input_digest, fast_array_digest
-from ledger.canonical import canonical
+from ledger.canonical import pack_normalised
 from ledger.errors import BadInputError, CannotReplayError
 from ledger.events import AUGMENTATION_BATCH, EPOCH_RESET, USER_DRAW, WORKER_SPAWNED
 from ledger.sampling import batch_indices, epoch_order
-from ledger.seeds import generator
 from ledger.user_draws import lookup_draw, result_digest
 from ledger.worker_seeding import expected_state_digest_at, is_worker_path
 from replay.context import ReplayContext
@@ -65,7 +64,7 @@ def replay_epoch_reset(context: ReplayContext, body: dict[str, Any]) -> Redraw:
 
 
 def _augmenter(context: ReplayContext, spec: Any) -> DataAugmenter:
-    key = ("augmenter", canonical(spec))
+    key = ("augmenter", pack_normalised(spec))  # decoded msgpack: plain types already
     augmenter = context.cache.get(key)
     if augmenter is None:
         try:
@@ -86,7 +85,7 @@ def replay_augmentation_batch(context: ReplayContext, body: dict[str, Any]) -> R
     indices = batch_indices(order, batch, batch_size)
     indices_digest = fast_array_digest(indices)
     x = np.take(dataset.features, indices, axis=0)
-    _augmenter(context, spec).apply(x, generator(context.root, body["path"]))
+    _augmenter(context, spec).apply(x, context.generator(body["path"]))
     return Redraw(input=batch_input_digest(dataset_digest, indices_digest),
                   output=fast_array_digest(x))
 
@@ -99,7 +98,7 @@ def replay_user_draw(context: ReplayContext, body: dict[str, Any]) -> Redraw:
         return Redraw(output=body["output"])
     name, version, arguments = _params(body, "draw", "version", "params")
     function = lookup_draw(name, version)
-    return Redraw(output=result_digest(function(generator(context.root, body["path"]),
+    return Redraw(output=result_digest(function(context.generator(body["path"]),
                                                 **arguments)))
 
 
