@@ -18,20 +18,12 @@ from ledger.errors import BadInputError, EncodingError, InvalidIdError
 from ledger.events import (BODY_FIELDS, KINDS, MAX_BODY_BYTES, Event, body_map,
                            check_experiment_id, check_kind, check_stream, decode_body, make_event,
                            new_experiment_id, path_bytes)
+from event_strategies import digests32, labels, maps
 
 exp_ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", fullmatch=True)
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}"
 stream_names = st.from_regex(rf"{_NAME}(/{_NAME}){{0,3}}", fullmatch=True)
 kinds = st.sampled_from(sorted(KINDS)) | st.from_regex(r"[a-z][a-z0-9_]{0,20}", fullmatch=True)
-labels = st.one_of(st.text(max_size=8), st.integers(min_value=0, max_value=2**64 - 1))
-digests32 = st.none() | st.binary(min_size=32, max_size=32)
-plain = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**63), max_value=2**64 - 1),
-              st.floats(allow_nan=False), st.text(max_size=10), st.binary(max_size=10)),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5),
-                                                                      children, max_size=3),
-    max_leaves=10)
-maps = st.dictionaries(st.text(max_size=8), plain, max_size=4)
 events = st.fixed_dictionaries({
     "exp": exp_ids, "stream": stream_names, "seq": st.integers(min_value=0, max_value=2**63 - 1),
     "kind": kinds, "path": st.lists(labels, max_size=5), "seed": st.none() | st.binary(

@@ -17,17 +17,8 @@ from ledger.experiment import ExperimentManager
 from ledger.iterator import TrainingDataIterator
 from ledger.store import Store, StreamWriter
 from ledger.verify import verify
+from event_strategies import digests32, labels, maps
 from ledger_builders import rows
-
-labels = st.one_of(st.text(max_size=8), st.integers(min_value=0, max_value=2**64 - 1))
-plain = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**63), max_value=2**64 - 1),
-              st.floats(allow_nan=False), st.text(max_size=10), st.binary(max_size=10)),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5),
-                                                                      children, max_size=3),
-    max_leaves=10)
-maps = st.dictionaries(st.text(max_size=8), plain, max_size=5)
-digests32 = st.none() | st.binary(min_size=32, max_size=32)
 
 
 def fixed_clock() -> int:
