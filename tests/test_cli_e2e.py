@@ -160,6 +160,10 @@ def test_verify_a_clean_ledger(ledger_file: LedgerFile) -> None:
     assert result.returncode == 0, result.stderr
     events = ledger_file.done.event_count() + ledger_file.open.event_count()
     assert result.stdout.strip() == f"OK: {events} events in 5 chains of 2 experiments"
+    chains = len(ledger_file.open.streams)
+    assert ledger_file.cli("verify", OPEN).stdout.strip() == (
+        f"OK: {ledger_file.open.event_count()} events in {chains} chain{'s' * (chains != 1)} "
+        f"of 1 experiment")
     one = one_json_document(ledger_file.cli("verify", OPEN, "--json"))
     assert (one["ok"], one["experiments"], one["events"]) == (True, 1,
                                                               ledger_file.open.event_count())

@@ -33,10 +33,16 @@ def verify_command(obj: dict, exp: str | None, jobs: int | None, as_json: bool) 
         emit_json(report.to_json())
     else:
         status = "OK" if report.ok else "FAILED"
-        click.echo(f"{status}: {report.events:,} events in {report.chains} chains of "
-                   f"{report.experiments} experiments")
+        click.echo(f"{status}: {_count(report.events, 'event')} in "
+                   f"{_count(report.chains, 'chain')} of "
+                   f"{_count(report.experiments, 'experiment')}")
         for finding in report.findings:
             click.echo(f"  {finding.describe()}")
     if not report.ok:
         click.echo(f"ledger: verification failed: {report.findings[0].describe()}", err=True)
         raise click.exceptions.Exit(CheckFailedError.exit_code)
+
+
+def _count(number: int, noun: str) -> str:
+    """``1 chain``, ``3 chains``, ``4,213 events``."""
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
