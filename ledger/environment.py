@@ -11,6 +11,7 @@ fingerprints, to decide whether a run reproduced.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import hashlib
 import os
@@ -36,12 +37,52 @@ _GIT_TIMEOUT = 10.0
 def environment_fingerprint() -> dict[str, Any]:
     """The environment of this process: Python, key package versions, platform, CPU, BLAS, env.
 
-    The static part is computed once per process; the determinism environment variables are read
-    on every call (a program may set them after start-up).
+    The static part is computed once per process; the determinism environment variables and the
+    BLAS thread counts are read on every call (a program may change them after start-up).
     """
     fingerprint = dict(_static_fingerprint())
     fingerprint["env"] = {name: os.environ.get(name) for name in DETERMINISM_ENV}
+    fingerprint["blas_threads"] = blas_threads()
     return fingerprint
+
+
+def blas_threads() -> dict[str, int]:
+    """Threads each OpenBLAS library loaded in this process uses now, by library file name.
+
+    The thread count can change results: a matrix product split over more threads sums its
+    terms in another order, so the low bits differ. Recorded with every run, so that a
+    divergence can be traced to it. Empty when no OpenBLAS is loaded (or it cannot be asked).
+    """
+    return {name: int(getter()) for name, getter in _openblas_thread_getters()}
+
+
+_OPENBLAS_GETTERS = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
+                     "openblas_get_num_threads64_", "openblas_get_num_threads")
+
+
+@functools.cache
+def _openblas_thread_getters() -> tuple[tuple[str, Any], ...]:
+    """(file name, thread-count getter) of the OpenBLAS libraries this process has loaded
+    (found in /proc/self/maps: Linux only; elsewhere none)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return ()
+    paths = sorted({line.split()[-1] for line in maps.splitlines()
+                    if "openblas" in line.lower() and line.split()[-1].startswith("/")})
+    getters = []
+    for path in paths:
+        try:
+            library = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)  # loaded already
+        except OSError:
+            continue
+        for symbol in _OPENBLAS_GETTERS:
+            getter = getattr(library, symbol, None)
+            if getter is not None:
+                getter.restype = ctypes.c_int
+                getters.append((Path(path).name, getter))
+                break
+    return tuple(getters)
 
 
 @functools.cache

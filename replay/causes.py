@@ -41,20 +41,29 @@ def differences(recorded: Any, current: Any) -> list[tuple[str, Any, Any]]:
 
 
 def library_differences(recorded_env: Any, current_env: Any) -> list[tuple[str, Any, Any]]:
-    """Package, Python and BLAS version differences: what can change a draw's output."""
-    relevant = ("packages.", "python.version", "blas.")
+    """Package, Python and BLAS version and BLAS thread-count differences: what can change a
+    draw's output."""
+    relevant = ("packages.", "python.version", "blas.", "blas_threads.")
     return [(key, old, new) for key, old, new in differences(recorded_env, current_env)
             if key.startswith(relevant)]
 
 
 def explain_output(recorded_env: Any, current_env: Any) -> str:
     """The detail of a *same seed, different output* divergence: which versions differ, if any."""
-    changed = [(key.removeprefix("packages."), old, new) for key, old, new
+    changed = [(_shown_name(key), old, new) for key, old, new
                in library_differences(recorded_env, current_env) if key.startswith(
-                   ("packages.", "python.version"))]
+                   ("packages.", "python.version", "blas_threads."))]
     if changed:
         listed = ", ".join(f"{name} {old or 'absent'} recorded, {new or 'absent'} now"
                            for name, old, new in changed)
         return f"environment differs from the recorded one: {listed}"
     return ("nondeterministic code: same seed, same input and the same library versions "
             "gave another output")
+
+
+def _shown_name(key: str) -> str:
+    """``packages.numpy`` -> ``numpy``; ``blas_threads.libopenblas.so`` -> ``BLAS threads of
+    libopenblas.so``."""
+    if key.startswith("blas_threads."):
+        return f"BLAS threads of {key.removeprefix('blas_threads.')}"
+    return key.removeprefix("packages.")

@@ -14,10 +14,12 @@ import pytest
 
 import ledger
 from conftest import ROOT, run_cli
+from examples.fraud.blas import limit_blas_threads
 from ledger import (BadInputError, DataAugmenter, ExperimentManager, Store, StoreError,
                     TrainingDataIterator, array_digest, load_dataset, value_digest, verify)
 from ledger.batches import batch_input_digest
 from ledger.datasets import dataset_digest
+from ledger.environment import blas_threads, environment_fingerprint
 from ledger.events import (AUGMENTATION_BATCH, CHECKPOINT, DATASET_REGISTERED, EPOCH_RESET,
                            EXPERIMENT_CREATED, METRIC, RUN_COMPLETED, USER_DRAW)
 from ledger.experiment_info import describe_experiment
@@ -61,7 +63,21 @@ def test_create_experiment_records_seed_config_code_and_environment(
     assert environment["blas"]["blas"]["name"]
     assert set(environment["env"]) == {"PYTHONHASHSEED", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                                        "OPENBLAS_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG"}
+    assert environment["blas_threads"] == blas_threads()
     assert created["meta"]["pid"] == os.getpid()
+
+
+def test_the_blas_thread_count_in_use_is_recorded_as_it_is_now() -> None:
+    if "openblas" not in str(environment_fingerprint()["blas"]).lower():
+        pytest.skip("numpy here does not use OpenBLAS, whose thread count this reads")
+    before = blas_threads()
+    assert before and all(count >= 1 for count in before.values())
+    try:
+        for threads in (1, 2):
+            assert limit_blas_threads(threads)  # every OpenBLAS this process loaded
+            assert environment_fingerprint()["blas_threads"] == dict.fromkeys(before, threads)
+    finally:
+        limit_blas_threads(max(before.values()))
 
 
 def test_without_a_seed_one_is_drawn_from_the_os_and_recorded(manager: ExperimentManager) -> None:

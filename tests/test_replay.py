@@ -124,6 +124,22 @@ def test_a_draw_that_differs_under_another_recorded_numpy_is_environment_caused(
     assert ("packages.numpy", "1.26.0", np.__version__) in report.environment_differences
 
 
+def test_a_draw_that_differs_under_another_recorded_blas_thread_count_names_it(
+        folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    recorded = environment_fingerprint()
+    recorded["blas_threads"] = {"libopenblas.so": 64}
+    monkeypatch.setattr(ledger.experiment, "environment_fingerprint", lambda: recorded)
+    augmenter = DataAugmenter(ops=[{"op": "test_library_sensitive", "std": 0.1}])
+    exp = record_run(_url(folder), folder / "data", augmenter=augmenter)
+    monkeypatch.setitem(_behaviour, "scale", 2.0)  # what another summation order might do
+    with Store.open(_url(folder)) as store:
+        report = replay_run(store, exp, data_dir=folder / "data")
+    divergence = report.first_divergence
+    assert divergence is not None and divergence.cause is Cause.OUTPUT
+    assert "BLAS threads of libopenblas.so 64 recorded, absent now" in divergence.detail
+    assert ("blas_threads.libopenblas.so", 64, None) in report.environment_differences
+
+
 def test_an_unregistered_op_cannot_replay_and_says_how_to_allow_it(folder: Path) -> None:
     augmenter = DataAugmenter(ops=[{"op": "test_library_sensitive", "std": 0.1}])
     exp = record_run(_url(folder), folder / "data", augmenter=augmenter)
