@@ -60,22 +60,29 @@ _OPENBLAS_GETTERS = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_nu
                      "openblas_get_num_threads64_", "openblas_get_num_threads")
 
 
-@functools.cache
-def _openblas_thread_getters() -> tuple[tuple[str, Any], ...]:
-    """(file name, thread-count getter) of the OpenBLAS libraries this process has loaded
-    (found in /proc/self/maps: Linux only; elsewhere none)."""
+def loaded_openblas_libraries() -> list[tuple[str, ctypes.CDLL]]:
+    """(path, handle) of each OpenBLAS library this process has loaded, by path (found in
+    /proc/self/maps: Linux only; elsewhere none). Nothing new is loaded (RTLD_NOLOAD)."""
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
-        return ()
+        return []
     paths = sorted({line.split()[-1] for line in maps.splitlines()
                     if "openblas" in line.lower() and line.split()[-1].startswith("/")})
-    getters = []
+    libraries = []
     for path in paths:
         try:
-            library = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)  # loaded already
+            libraries.append((path, ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)))
         except OSError:
             continue
+    return libraries
+
+
+@functools.cache
+def _openblas_thread_getters() -> tuple[tuple[str, Any], ...]:
+    """(file name, thread-count getter) of the OpenBLAS libraries this process has loaded."""
+    getters = []
+    for path, library in loaded_openblas_libraries():
         for symbol in _OPENBLAS_GETTERS:
             getter = getattr(library, symbol, None)
             if getter is not None:

@@ -14,7 +14,8 @@ reproduces a run recorded in a process that had other BLAS settings.
 from __future__ import annotations
 
 import ctypes
-from pathlib import Path
+
+from ledger.environment import loaded_openblas_libraries
 
 _SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
             "openblas_set_num_threads64_", "openblas_set_num_threads")
@@ -29,18 +30,8 @@ def limit_blas_threads(threads: int = 1) -> bool:
         return True
     except ImportError:
         pass
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        return False
-    libraries = {line.split()[-1] for line in maps.splitlines()
-                 if "openblas" in line.lower() and line.split()[-1].startswith("/")}
     told = False
-    for path in sorted(libraries):
-        try:
-            library = ctypes.CDLL(path)
-        except OSError:
-            continue
+    for _path, library in loaded_openblas_libraries():
         for name in _SETTERS:
             setter = getattr(library, name, None)
             if setter is not None:
