@@ -104,12 +104,11 @@ class ShapeError(ValueError):
 class ChainBodyCheck:
     """Templates of one chain's bodies, learnt from bodies that passed the full check."""
 
-    __slots__ = ("_by_length", "_learnt", "_pack")
+    __slots__ = ("_by_length", "_learnt")
 
     def __init__(self) -> None:
         self._by_length: dict[int, list[Template]] = {}
         self._learnt = 0
-        self._pack = msgpack.Packer(use_bin_type=True).pack
 
     def accepts(self, row: tuple[Any, ...]) -> bool:
         """True when the body of ``row`` (FAST_COLUMNS order) has a learnt shape and agrees with
@@ -140,7 +139,7 @@ class ChainBodyCheck:
                 or (body[prev_at] != prev if prev_at is not None else prev is not None) \
                 or (body[seed_at] != seed if seed_at is not None else seed is not None):
             return False
-        pack = self._pack
+        pack = _PACK
         if (kind != template_kind or body[seq_at] != pack(seq) or body[t_at] != pack(t)
                 or body[path_at] != path):
             return False

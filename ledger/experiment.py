@@ -45,6 +45,7 @@ STATE_TAG = "ledger/state/v1"
 RESERVED_LABELS = frozenset({"epoch", "worker", "rank"})
 """First labels of the library's own paths: a user draw may not start with them."""
 _ERROR_MAX = 500
+_SECOND_DRAW_HINT = " (use one iterator per experiment, or record=False for evaluation)"
 
 
 def state_digest(state: Any) -> bytes:
@@ -134,8 +135,7 @@ class Experiment:
                      output: bytes | None = None, meta: Mapping[str, Any] | None = None
                      ) -> Event | None:
         identity = (kind, tuple(path))
-        if seen_draw(self._draws, kind, path, output, " (use one iterator per experiment, or "
-                                                       "record=False for evaluation)"):
+        if seen_draw(self._draws, kind, path, output, _SECOND_DRAW_HINT):
             return None
         event = self._append(kind, path=path, seed=seed, params=params, input=input,
                              output=output, meta=meta)
@@ -151,22 +151,22 @@ class Experiment:
         :meth:`StreamWriter.append_normalised` requires (``path`` a tuple of valid labels):
         the same event bytes at a quarter of the cost. Same once-per-run rule.
         """
-        if seen_draw(self._draws, kind, path, output, " (use one iterator per experiment, or "
-                                                       "record=False for evaluation)"):
+        if seen_draw(self._draws, kind, path, output, _SECOND_DRAW_HINT):
             return False
-        if self.closed:
-            raise StoreError(f"experiment {self.id} is closed (status {self.status}): "
-                             f"nothing more can be recorded")
+        self._check_recording()
         self._writer.append_normalised(kind, list(path), seed=seed, params=params, input=input,
                                        output=output)
         self._draws[(kind, path)] = output
         return True
 
     def _append(self, kind: str, **fields: Any) -> Event:
+        self._check_recording()
+        return self._writer.append(kind, **fields)
+
+    def _check_recording(self) -> None:
         if self.closed:
             raise StoreError(f"experiment {self.id} is closed (status {self.status}): "
                              f"nothing more can be recorded")
-        return self._writer.append(kind, **fields)
 
     def flush(self) -> int:
         """Write every buffered event now; return the last durable seq of the main stream."""

@@ -333,21 +333,29 @@ def test_without_a_process_group_distributed_experiment_is_one_experiment(url: s
         assert verify(manager.store).ok
 
 
+def recording_run(manager: ExperimentManager, exp: object, attached: bool
+                  ) -> tuple[object, object]:
+    """(run, dataset) to record a loader into: the experiment itself, or a rank-1 AttachedRun
+    of it with the dataset registered there too."""
+    from ledger.integrations.runs import AttachedRun
+
+    dataset = exp.register_dataset("d", *torch_helpers.fraud_arrays(100))
+    exp.flush()
+    if not attached:
+        return exp, dataset
+    run = AttachedRun(manager.store, exp.id, "rank-1")
+    return run, run.register_dataset("d", *torch_helpers.fraud_arrays(100))
+
+
 # -- event order --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("attached", [False, True], ids=["experiment", "attached-run"])
 def test_events_follow_the_order_batches_were_handed_out(url: str, tmp_path: Path,
                                                          workers: int, attached: bool) -> None:
-    from ledger.integrations.runs import AttachedRun
-
     with ExperimentManager(url, data_dir=tmp_path) as manager:
         with manager.create_experiment("order", seed=SEED) as exp:
-            dataset = exp.register_dataset("d", *torch_helpers.fraud_arrays(100))
-            exp.flush()
-            run = AttachedRun(manager.store, exp.id, "rank-1") if attached else exp
-            if attached:
-                dataset = run.register_dataset("d", *torch_helpers.fraud_arrays(100))
+            run, dataset = recording_run(manager, exp, attached)
             loader = RecordedDataLoader(run, dataset, 10, num_workers=workers,
                                         transform=RecordedTransform("jitter"),
                                         num_replicas=2 if attached else 1,
@@ -378,17 +386,12 @@ def test_batch_events_take_the_fast_path_with_normalised_params(
     normalise() makes of the params it always recorded (key order included), so the fast path
     writes the bytes the validating one did; every body stays canonical and the run verifies."""
     from ledger.canonical import canonical, normalise, pack_normalised
-    from ledger.integrations.runs import AttachedRun
     from ledger.integrations.sharding import INTEGRATION
 
     transform = RecordedTransform("jitter", std=0.2)
     with ExperimentManager(url, data_dir=tmp_path) as manager:
         with manager.create_experiment("fast", seed=SEED) as exp:
-            dataset = exp.register_dataset("d", *torch_helpers.fraud_arrays(100))
-            exp.flush()
-            run = AttachedRun(manager.store, exp.id, "rank-1") if attached else exp
-            if attached:
-                dataset = run.register_dataset("d", *torch_helpers.fraud_arrays(100))
+            run, dataset = recording_run(manager, exp, attached)
             params: list[dict] = []
             fast = run.record_normalised_draw
 

@@ -88,9 +88,7 @@ class AttachedRun:
 
         Events still pending in this run's loaders are appended first, so the order of events
         follows the order of the calls (as :meth:`ledger.experiment.Experiment.record`)."""
-        self._drain_loaders()
-        if self.closed:
-            raise StoreError(f"stream {self.stream} of {self.id} is closed")
+        self._prepare_to_record()
         return self._writer.append(kind, path=path, seed=seed, params=params, input=input,
                                    output=output, meta=meta)
 
@@ -118,13 +116,17 @@ class AttachedRun:
         """
         if seen_draw(self._draws, kind, path, output):
             return False
-        self._drain_loaders()
-        if self.closed:
-            raise StoreError(f"stream {self.stream} of {self.id} is closed")
+        self._prepare_to_record()
         self._writer.append_normalised(kind, list(path), seed=seed, params=params, input=input,
                                        output=output)
         self._draws[(kind, path)] = output
         return True
+
+    def _prepare_to_record(self) -> None:
+        """Append what this run's loaders hold first; refuse once the stream is closed."""
+        self._drain_loaders()
+        if self.closed:
+            raise StoreError(f"stream {self.stream} of {self.id} is closed")
 
     def flush(self) -> int:
         """Write every buffered event now; return the last durable seq of this stream."""
