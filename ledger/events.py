@@ -195,6 +195,9 @@ def _normalise_map(name: str, value: Mapping[str, Any] | None) -> dict[str, Any]
     return normalise(dict(value))
 
 
+_BODY_FIELD_SET = frozenset(BODY_FIELDS)
+
+
 def decode_body(body_bytes: bytes) -> dict[str, Any]:
     """Decode stored body bytes into a map, refusing anything that is not a v1 event body.
 
@@ -207,7 +210,7 @@ def decode_body(body_bytes: bytes) -> dict[str, Any]:
         body = msgpack.unpackb(body_bytes, raw=False, strict_map_key=True, use_list=True)
     except Exception as error:  # msgpack raises many unrelated types for bad input
         raise BadInputError(f"event body is not valid msgpack ({type(error).__name__})") from None
-    if not isinstance(body, dict) or set(body) != set(BODY_FIELDS):
+    if not isinstance(body, dict) or body.keys() != _BODY_FIELD_SET:
         raise BadInputError("event body does not have exactly the v1 fields")
     if body["v"] != EVENT_VERSION:
         raise BadInputError(f"event body has unknown format version {body['v']!r}")

@@ -139,7 +139,7 @@ def replay_run(store: Store, exp: str, *, jobs: int = 1, trusted: Sequence[str] 
     fails verification — then nothing else is reported — and CannotReplayError (exit 3) when
     data or code is missing or not allowed.
     """
-    store.experiment(exp)
+    store.require_experiment(exp)
     gate = VerificationGate(store, exp)
     with gate.guarding():
         return _Replay(store, exp, gate, jobs, trusted, data_dir, on_progress).run()

@@ -11,8 +11,10 @@ ledger needs is refused with exit 3 and a message saying how to allow it.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import metadata
@@ -65,6 +67,17 @@ def hint() -> str:
             f"or name its module with --trust MODULE")
 
 
+@functools.lru_cache(maxsize=4)
+def _installed_plugins(search_path: tuple[str, ...]) -> tuple[metadata.EntryPoint, ...]:
+    """The ``ledger.replayers`` entry points installed on ``search_path``.
+
+    Finding them reads every installed distribution's metadata (milliseconds), so the answer
+    is kept per ``sys.path``: a process that replays many runs looks once. A package installed
+    into the running process without changing ``sys.path`` is seen by the next process.
+    """
+    return tuple(metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
 def load_plugins(trusted: Iterable[str] = ()) -> list[str]:
     """Import installed plug-ins and the modules the user trusts; return what was loaded.
 
@@ -73,7 +86,7 @@ def load_plugins(trusted: Iterable[str] = ()) -> list[str]:
     """
     _load_builtins()
     loaded = []
-    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for entry in _installed_plugins(tuple(sys.path)):
         try:
             target = entry.load()
         except Exception as error:  # a broken plug-in must not pass silently

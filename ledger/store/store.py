@@ -209,6 +209,16 @@ class Store:
         return ExperimentRow(row.exp, row.name, row.created_t,
                              self._completion_statuses(exp).get(exp, "incomplete"))
 
+    def require_experiment(self, exp: str) -> None:
+        """Raise UnknownExperimentError unless the ledger has an experiment row for ``exp``:
+        :meth:`experiment` without the completion status (which reads the run's events)."""
+        check_experiment_id(exp)
+        with self._reading() as connection:
+            found = connection.execute(select(experiments_table.c.exp)
+                                       .where(experiments_table.c.exp == exp)).first()
+        if found is None:
+            raise UnknownExperimentError(f"unknown experiment {exp} in {self.url}")
+
     def _completion_statuses(self, exp: str | None = None) -> dict[str, str]:
         query = select(events_table.c.exp, events_table.c.body).where(
             events_table.c.kind == RUN_COMPLETED)
