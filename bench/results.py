@@ -38,14 +38,19 @@ def save(records: list[dict[str, Any]]) -> None:
     temporary.replace(RESULTS)
 
 
+def _shown(value: Any) -> str:
+    """Floats to three decimals below 100 (seconds), else to one with thousands separators."""
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.1f}"
+
+
 def show(record: dict[str, Any]) -> None:
     """Print a record for humans."""
     print(f"== {record['name']}")
     for key, value in record["figures"].items():
-        print(f"   {key:<34} {value:,.1f}" if isinstance(value, float) else
-              f"   {key:<34} {value}")
+        print(f"   {key:<34} {_shown(value)}")
     for key, value in record["baseline"].items():
-        print(f"   baseline {key:<25} {value:,.1f}" if isinstance(value, float) else
-              f"   baseline {key:<25} {value}")
+        print(f"   baseline {key:<25} {_shown(value)}")
     for key, value in record["ratio"].items():
         print(f"   ratio {key:<28} {value:.3f}   (target {record['targets'].get(key, '-')})")
