@@ -7,15 +7,14 @@ functions the trainer used (``ledger.sampling``, ``ledger.batches``, ``ledger.au
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
 
-import msgpack
 import numpy as np
 
 from ledger.augment import DataAugmenter
 from ledger.batches import batch_input_digest, fast_array_digest
+from ledger.canonical import pack_normalised
 from ledger.errors import BadInputError, CannotReplayError
 from ledger.events import AUGMENTATION_BATCH, EPOCH_RESET, USER_DRAW, WORKER_SPAWNED
 from ledger.sampling import batch_indices, epoch_order
@@ -25,20 +24,14 @@ from replay.context import ReplayContext
 from replay.registry import Redraw, hint, register_replayer
 
 _ORDERS_KEPT = 4
-_pack_key = msgpack.Packer(use_bin_type=True).pack
-"""Cache keys of decoded specs: msgpack keeps 1, 1.0 and True apart, as the spec check does."""
-_GETTERS: dict[tuple[str, ...], Callable[[dict[str, Any]], tuple[Any, ...]]] = {}
 
 
 def _params(body: dict[str, Any], *names: str) -> tuple[Any, ...]:
     """The values of ``names`` in the body's params (at least two names), in that order."""
     params = body["params"]
-    getter = _GETTERS.get(names)
-    if getter is None:
-        getter = _GETTERS[names] = itemgetter(*names)
     if isinstance(params, dict):
         try:
-            return getter(params)
+            return itemgetter(*names)(params)
         except KeyError:
             pass
     raise CannotReplayError(f"{body['kind']} {body['stream']}#{body['seq']} lacks params "
@@ -76,7 +69,8 @@ def replay_epoch_reset(context: ReplayContext, body: dict[str, Any]) -> Redraw:
 
 
 def _augmenter(context: ReplayContext, spec: Any) -> DataAugmenter:
-    key = ("augmenter", _pack_key(spec))
+    # Decoded msgpack holds plain types already; packing keeps 1, 1.0 and True apart.
+    key = ("augmenter", pack_normalised(spec))
     augmenter = context.cache.get(key)
     if augmenter is None:
         try:

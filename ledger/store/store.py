@@ -200,24 +200,23 @@ class Store:
 
     def experiment(self, exp: str) -> ExperimentRow:
         """One experiment's row; raises UnknownExperimentError when the ledger has none."""
-        check_experiment_id(exp)
-        with self._reading() as connection:
-            row = connection.execute(
-                select(experiments_table).where(experiments_table.c.exp == exp)).first()
-        if row is None:
-            raise UnknownExperimentError(f"unknown experiment {exp} in {self.url}")
+        row = self._experiment_row(exp)
         return ExperimentRow(row.exp, row.name, row.created_t,
                              self._completion_statuses(exp).get(exp, "incomplete"))
 
     def require_experiment(self, exp: str) -> None:
         """Raise UnknownExperimentError unless the ledger has an experiment row for ``exp``:
         :meth:`experiment` without the completion status (which reads the run's events)."""
+        self._experiment_row(exp)
+
+    def _experiment_row(self, exp: str) -> Any:
         check_experiment_id(exp)
         with self._reading() as connection:
-            found = connection.execute(select(experiments_table.c.exp)
-                                       .where(experiments_table.c.exp == exp)).first()
-        if found is None:
+            row = connection.execute(
+                select(experiments_table).where(experiments_table.c.exp == exp)).first()
+        if row is None:
             raise UnknownExperimentError(f"unknown experiment {exp} in {self.url}")
+        return row
 
     def _completion_statuses(self, exp: str | None = None) -> dict[str, str]:
         query = select(events_table.c.exp, events_table.c.body).where(
