@@ -13,10 +13,15 @@ RESULTS = Path(__file__).with_name("results.json")
 
 
 def result(name: str, figures: dict[str, Any], baseline: dict[str, Any], ratio: dict[str, float],
-           targets: dict[str, str], command: str) -> dict[str, Any]:
-    """One benchmark's record: its figures, the baseline's, the ratios, targets, and context."""
+           targets: dict[str, str], command: str,
+           spread: dict[str, list[float]] | None = None) -> dict[str, Any]:
+    """One benchmark's record: its figures, the baseline's, the ratios, targets, and context.
+
+    ``spread`` gives, for ratios taken round by round, the lowest and highest round: on a noisy
+    machine the reader sees how far one round may stray from the median.
+    """
     return {"name": name, "figures": figures, "baseline": baseline, "ratio": ratio,
-            "targets": targets, "command": command,
+            "targets": targets, "command": command, "spread": spread or {},
             "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                         "platform": platform.platform()}}
@@ -52,5 +57,7 @@ def show(record: dict[str, Any]) -> None:
         print(f"   {key:<34} {_shown(value)}")
     for key, value in record["baseline"].items():
         print(f"   baseline {key:<25} {_shown(value)}")
+    spread = record.get("spread", {})
     for key, value in record["ratio"].items():
-        print(f"   ratio {key:<28} {value:.3f}   (target {record['targets'].get(key, '-')})")
+        rounds = f"rounds {spread[key][0]:.3f} to {spread[key][1]:.3f}; " if key in spread else ""
+        print(f"   ratio {key:<28} {value:.3f}   ({rounds}target {record['targets'].get(key, '-')})")
