@@ -1,4 +1,4 @@
-"""Choosing how to start helper processes (verification segments, replay chunks)."""
+"""Choosing how many helper processes to start, and how (verification segments, replay chunks)."""
 
 from __future__ import annotations
 
@@ -13,3 +13,21 @@ def pool_start_method() -> str:
     alive it could copy a lock one of them holds, so then (and off POSIX) spawn is used.
     """
     return "fork" if threading.active_count() == 1 and os.name == "posix" else "spawn"
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity where the platform tells, else the count."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not every platform has affinity
+        return os.cpu_count() or 1
+
+
+def process_count(jobs: int, work_units: int) -> int:
+    """How many processes to use when ``jobs`` are asked for ``work_units`` pieces of work.
+
+    Never more than the usable cores nor the pieces of work, never fewer than one: the work is
+    CPU-bound, so each process beyond that only costs memory and start-up — and a mistyped
+    ``--jobs 100000`` must not fork a hundred thousand processes.
+    """
+    return max(1, min(jobs, usable_cores(), work_units))

@@ -21,7 +21,6 @@ only a signed report or an external copy of the head catches that.
 from __future__ import annotations
 
 import multiprocessing
-import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from ledger.chain_check import Segment, SegmentResult, check_segment
 from ledger.digests import ZERO_DIGEST
 from ledger.errors import UnknownExperimentError
 from ledger.events import AUDIT_STREAM, MAIN_STREAM, check_experiment_id
-from ledger.processes import pool_start_method
+from ledger.processes import pool_start_method, process_count, usable_cores
 from ledger.store.store import Store
 
 SEGMENT_EVENTS = 50_000
@@ -250,7 +249,7 @@ def verify(store: Store, exp: str | None = None, *, jobs: int | None = None,
     """Verify every chain of ``exp`` (or of the whole ledger) and return what was found.
 
     ``jobs`` processes check segments in parallel (default: one per core, for ledgers of
-    more than PARALLEL_MIN_EVENTS events). ``on_progress`` receives the count of events checked.
+    more than PARALLEL_MIN_EVENTS events; never more than the cores or the segments). ``on_progress`` receives the count of events checked.
     Raises UnknownExperimentError when ``exp`` is given and the ledger holds nothing of it.
     """
     if exp is not None:
@@ -261,10 +260,11 @@ def verify(store: Store, exp: str | None = None, *, jobs: int | None = None,
             raise UnknownExperimentError(f"unknown experiment {exp} in {store.url}")
     total = sum(count for _exp, _stream, count, _max in chains)
     if jobs is None:
-        jobs = (os.cpu_count() or 1) if total >= PARALLEL_MIN_EVENTS else 1
+        jobs = usable_cores() if total >= PARALLEL_MIN_EVENTS else 1
+    segments = plan_segments(chains)
     report = VerifyReport()
     stitcher = _Stitcher(store, report)
-    for result in _results(store, plan_segments(chains), jobs):
+    for result in _results(store, segments, process_count(jobs, len(segments))):
         stitcher.add(result)
         if on_progress is not None:
             on_progress(report.events)

@@ -33,6 +33,7 @@ from ledger.environment import environment_fingerprint
 from ledger.errors import CannotReplayError
 from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EXPERIMENT_CREATED,
                            METRIC, REPLAY_RECORDED, RUN_COMPLETED, RUN_RESUMED, decode_body)
+from ledger.processes import usable_cores
 from ledger.seeds import SEED_SCHEME, root_seed_from_bytes
 from ledger.store.store import Store
 from replay.causes import library_differences
@@ -134,7 +135,8 @@ def replay_run(store: Store, exp: str, *, jobs: int = 1, trusted: Sequence[str] 
                on_progress: Callable[[int, int], None] | None = None) -> ReplayReport:
     """Replay ``exp`` from ``store``: certify it, or name its first divergence and cause.
 
-    ``jobs`` processes re-execute draws (this one and ``jobs - 1`` workers). Raises
+    ``jobs`` processes re-execute draws (this one and ``jobs - 1`` workers; never more than the
+    usable cores, and no more workers than there are chunks of draws to share). Raises
     UnknownExperimentError (exit 2) for an unknown id, CheckFailedError (exit 1) when the ledger
     fails verification — then nothing else is reported — and CannotReplayError (exit 3) when
     data or code is missing or not allowed.
@@ -183,7 +185,8 @@ class _Replay:
     def __init__(self, store: Store, exp: str, gate: VerificationGate, jobs: int,
                  trusted: Sequence[str], data_dir: str | os.PathLike[str] | None,
                  on_progress: Callable[[int, int], None] | None) -> None:
-        self.store, self.exp, self.gate, self.jobs = store, exp, gate, max(1, jobs)
+        self.store, self.exp, self.gate = store, exp, gate
+        self.jobs = min(max(1, jobs), usable_cores())
         self.trusted = tuple(trusted)
         self.data_dir = Path(data_dir) if data_dir else default_data_dir_of(store)
         self.on_progress = on_progress

@@ -62,6 +62,12 @@ def _record(folder: Path, marked_batches: list[int], augmenter: DataAugmenter | 
     return url, exp.id
 
 
+@pytest.fixture(autouse=True)
+def four_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about sharing draws between processes, whatever this machine's cores."""
+    monkeypatch.setattr(replay.engine, "usable_cores", lambda: 4)
+
+
 @pytest.fixture
 def worker_first(monkeypatch: pytest.MonkeyPatch) -> None:
     """The main process claims nothing until a worker has claimed its first chunk."""

@@ -34,7 +34,7 @@ class _Progress:
                               "allowed).")
 @click.argument("exp")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Processes that re-execute draws in parallel.")
+              help="Processes that re-execute draws in parallel (at most the usable cores).")
 @click.option("--trust", "trusted", multiple=True, metavar="MODULE",
               help="Import MODULE so that the custom ops, loaders or draws it registers can "
                    "replay (repeatable). Nothing else named in a ledger is ever imported.")

@@ -47,7 +47,7 @@ def _date(_context: click.Context, _parameter: click.Parameter, value: str | Non
               help="Replay the run first and put its certificate in R8 (otherwise R8 quotes "
                    "the last recorded replay).")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Processes for --replay.")
+              help="Processes for --replay (at most the usable cores).")
 @click.option("--trust", "trusted", multiple=True, metavar="MODULE",
               help="Module --replay may import for custom ops, loaders or draws (repeatable).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,

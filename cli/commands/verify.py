@@ -15,7 +15,8 @@ from ledger.verify import verify
                               "tampered; 2 unknown experiment or unreadable database.")
 @click.argument("exp", required=False)
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
-              help="Processes to verify with [default: the number of cores, for large ledgers].")
+              help="Processes to verify with (at most the usable cores) [default: the number "
+                   "of cores, for large ledgers].")
 @json_option
 @click.pass_obj
 def verify_command(obj: dict, exp: str | None, jobs: int | None, as_json: bool) -> None:

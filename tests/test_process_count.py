@@ -1,0 +1,98 @@
+"""How many processes verify and replay start: never more than the cores or the work.
+
+A mistyped ``--jobs 100000`` once forked a hundred thousand verification processes and
+exhausted the machine's memory; these tests pin the bound.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import ledger.processes
+import replay.engine
+from conftest import run_cli
+from ledger.store import Store
+from ledger.verify import verify
+from replay import replay_run
+from replay_helpers import record_run
+
+verify_module = importlib.import_module("ledger.verify")  # ``ledger.verify`` is the function
+
+
+@given(jobs=st.integers(1, 10**9), cores=st.integers(1, 512), units=st.integers(0, 10**9))
+def test_process_count_is_bounded_by_jobs_cores_and_work(jobs: int, cores: int,
+                                                         units: int) -> None:
+    original = ledger.processes.usable_cores
+    ledger.processes.usable_cores = lambda: cores
+    try:
+        count = ledger.processes.process_count(jobs, units)
+    finally:
+        ledger.processes.usable_cores = original
+    assert count == max(1, min(jobs, cores, units))
+
+
+def test_usable_cores_is_at_least_one_and_at_most_the_cpu_count() -> None:
+    import os
+
+    assert 1 <= ledger.processes.usable_cores() <= (os.cpu_count() or 1)
+
+
+def test_verify_starts_no_more_processes_than_cores(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    record_run(url, tmp_path / "data")
+    monkeypatch.setattr(verify_module, "usable_cores", lambda: 2)
+    monkeypatch.setattr(ledger.processes, "usable_cores", lambda: 2)
+    monkeypatch.setattr(verify_module, "plan_segments",
+                        functools.partial(verify_module.plan_segments, size=3))
+    asked: list[int] = []
+
+    class Spy(ProcessPoolExecutor):
+        def __init__(self, max_workers: int, **options: Any) -> None:
+            asked.append(max_workers)
+            super().__init__(max_workers, **options)
+
+    monkeypatch.setattr(verify_module, "ProcessPoolExecutor", Spy)
+    with Store.open(url) as store:
+        report = verify(store, jobs=100_000)
+    assert report.ok and report.events > 3
+    assert asked == [2]
+
+
+def test_verify_of_one_segment_starts_no_pool(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    exp = record_run(url, tmp_path / "data")
+    monkeypatch.setattr(verify_module, "ProcessPoolExecutor", None)  # any use would fail
+    with Store.open(url) as store:
+        assert verify(store, exp, jobs=100_000).ok
+
+
+def test_replay_uses_at_most_the_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    exp = record_run(url, tmp_path / "data")
+    monkeypatch.setattr(replay.engine, "usable_cores", lambda: 2)
+    with Store.open(url) as store:
+        report = replay_run(store, exp, jobs=100_000, data_dir=tmp_path / "data")
+    assert report.certified and report.jobs == 2
+
+
+def test_cli_jobs_beyond_the_cores_run_with_the_cores(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    exp = record_run(url, tmp_path / "data")
+    assert run_cli("--db", url, "verify", "--jobs", "64").returncode == 0
+    result = run_cli("--db", url, "replay", exp, "--jobs", "64", "--json",
+                     "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 0, result.stderr
+    certificate = json.loads(result.stdout)
+    assert certificate["verdict"] == "certified"
+    assert certificate["jobs"] == min(64, ledger.processes.usable_cores())
