@@ -16,11 +16,20 @@ def emit_json(document: Any) -> None:
 
 
 def iso_time(t_ns: int | None) -> str | None:
-    """A wall-clock time in nanoseconds as RFC 3339 UTC (``None`` stays ``None``)."""
+    """A wall-clock time in nanoseconds as RFC 3339 UTC (``None`` stays ``None``).
+
+    A value that is no such time — a tampered row can hold text or a number out of range — is
+    shown as ``invalid (…)`` rather than stopping the listing (verify names the tampering).
+    """
     if t_ns is None:
         return None
-    return datetime.fromtimestamp(t_ns / 1e9, tz=UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+    try:
+        if type(t_ns) is not int:
+            raise TypeError
+        shown = datetime.fromtimestamp(t_ns / 1e9, tz=UTC).isoformat(timespec="milliseconds")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return f"invalid ({str(t_ns)[:40]!r})"
+    return shown.replace("+00:00", "Z")
 
 
 def json_option(function):  # noqa: ANN001, ANN201 - click decorator

@@ -55,8 +55,8 @@ class SegmentResult:
     last_hash: bytes | None = None
     problem: tuple[int, str] | None = None
     """(seq, what is wrong) of the first bad event, if any."""
-    created: tuple[int, Any] | None = None
-    """(seq, recorded name) of experiment_created, when this segment holds it."""
+    created: tuple[int, Any, Any] | None = None
+    """(seq, recorded name, t) of experiment_created, when this segment holds it."""
     completed: tuple[int, dict[str, Any], bytes] | None = None
     """(seq, params, prev) of run_completed, when this segment holds it."""
     last_seq: int = -1
@@ -156,7 +156,7 @@ def _note_facts(result: SegmentResult, seq: int, kind: Any, prev: bytes,
     """Keep what stitching needs from experiment_created and the first run_completed."""
     if kind == EXPERIMENT_CREATED:
         result.created = (seq, body["params"].get("name") if type(body["params"]) is dict
-                          else None)
+                          else None, body["t"])
     elif kind == RUN_COMPLETED and result.completed is None:  # events after it are flagged
         params = body["params"] if type(body["params"]) is dict else {}
         result.completed = (seq, params, prev)

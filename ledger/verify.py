@@ -103,10 +103,17 @@ class _Experiment:
 
 def plan_segments(chains: Iterable[tuple[str, str, int, int]], size: int = SEGMENT_EVENTS
                   ) -> list[Segment]:
-    """Cut each chain ``(exp, stream, count, max_seq)`` into segments of at most ``size`` seqs."""
+    """Cut each chain ``(exp, stream, count, max_seq)`` into segments of at most ``size`` seqs.
+
+    An intact chain of ``count`` events holds seqs 0 to count - 1, so the segments never reach
+    past seq ``count``: a chain whose max_seq is larger (or not even an integer — SQLite keeps
+    what a tamperer writes) has a gap below it, which the segments then report, however large
+    that max_seq.
+    """
     segments = []
-    for exp, stream, _count, max_seq in chains:
-        end = max(max_seq + 1, 1)  # a chain of only negative seqs still gets a segment
+    for exp, stream, count, max_seq in chains:
+        # A chain of only negative seqs still gets a segment.
+        end = max(max_seq + 1, 1) if type(max_seq) is int and max_seq < count else count + 1
         for lo in range(0, end, size):
             segments.append(Segment(exp, stream, lo, min(lo + size, end)))
     return segments
@@ -199,9 +206,15 @@ class _Stitcher:
         created = experiment.created
         if created is None or created[0] != MAIN_STREAM or created[1] != 0:
             self.find(exp, MAIN_STREAM, 0, "experiment_created is missing from main seq 0")
-        elif exp in self.names and self.names[exp] != created[2]:
-            self.find(exp, None, None, f"experiment row name {self.names[exp]!r} differs from "
-                                       f"the recorded name {created[2]!r}")
+        elif exp in self.names:
+            name, created_t = self.names[exp]
+            if name != created[2]:
+                self.find(exp, None, None, f"experiment row name {name!r} differs from the "
+                                           f"recorded name {created[2]!r}")
+            elif created_t != created[3] or type(created_t) is not int:
+                self.find(exp, None, None, f"experiment row created_t {created_t!r} differs "
+                                           f"from the time experiment_created recorded "
+                                           f"({created[3]!r})")
         for stream, seq in experiment.completed_elsewhere:
             self.find(exp, stream, seq, "run_completed outside the main stream")
         if experiment.completed is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import random
 import shutil
+import sqlite3
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -90,6 +91,32 @@ def test_bit_flips_anywhere_in_the_file_never_crash_the_cli(
         if result.returncode == 0:
             assert result.stdout.startswith("OK")
         assert _snapshot(path.parent) == before, f"verify wrote to a damaged file (byte {position})"
+
+
+@pytest.mark.parametrize("table,column,value", [
+    ("ledger_events", "seq", "'abc'"), ("ledger_events", "seq", "9223372036854775807"),
+    ("ledger_experiments", "created_t", "'x'"), ("ledger_experiments", "created_t", "0"),
+    ("ledger_experiments", "name", "x'ff00'")],
+    ids=["seq-text", "seq-largest", "created_t-text", "created_t-zero", "name-blob"])
+def test_mistyped_or_extreme_columns_are_findings_not_crashes(
+        ledger_copy: tuple[Path, Recorded], table: str, column: str, value: str) -> None:
+    # SQLite keeps whatever a tamperer writes, whatever the column's declared type.
+    path, recorded = ledger_copy
+    url = f"sqlite:///{path}"
+    with Store.open(url) as store:
+        drop_append_only_triggers(store)
+    connection = sqlite3.connect(path)
+    where = "seq = 3" if table == "ledger_events" else "1 = 1"
+    connection.execute(f"UPDATE {table} SET {column} = {value} WHERE {where}")
+    connection.commit()
+    connection.close()
+    for command in (["list"], ["list", "--json"], ["show", recorded.exp]):
+        result = run_cli("--db", url, *command)
+        _clean_failure(result, {0})
+    for command in (["verify"], ["diff", recorded.exp, recorded.exp], ["replay", recorded.exp]):
+        result = run_cli("--db", url, *command)
+        _clean_failure(result, {1})
+        assert "verification" in result.stderr
 
 
 # -- malformed bodies written by hand ----------------------------------------------------------

@@ -127,6 +127,13 @@ def change_seq_column(led: Ledger) -> Expected:
     return A, "main", 2, "missing"
 
 
+def change_seq_to_the_largest_integer(led: Ledger) -> Expected:
+    # Segments once reached up to the largest seq: this one planned 2**63 / 50,000 of them.
+    execute(led.store, "UPDATE ledger_events SET seq = :seq WHERE exp = :exp AND stream = 'main' "
+            "AND seq = 2", seq=2**63 - 1, exp=A)
+    return A, "main", 2, "missing"
+
+
 def move_to_another_stream(led: Ledger) -> Expected:
     execute(led.store, "UPDATE ledger_events SET stream = 'worker-9' WHERE exp = :exp "
             "AND stream = 'main' AND seq = 2", exp=A)
@@ -256,6 +263,11 @@ def rename_the_experiment_row(led: Ledger) -> Expected:
     return A, None, None, "differs from the recorded name"
 
 
+def change_the_experiment_rows_creation_time(led: Ledger) -> Expected:
+    execute(led.store, "UPDATE ledger_experiments SET created_t = 5 WHERE exp = :exp", exp=A)
+    return A, None, None, "created_t 5 differs from the time experiment_created recorded"
+
+
 def delete_the_experiment_row(led: Ledger) -> Expected:
     execute(led.store, "DELETE FROM ledger_experiments WHERE exp = :exp", exp=A)
     return A, None, None, "no row for"
@@ -273,7 +285,7 @@ TAMPERS = [
     change_column("seed", b"\x07" * 16), change_column("input", b"\x07" * 32),
     change_column("output", b"\x07" * 32), change_column("prev", b"\x07" * 32),
     change_column("path", canonical(["epoch", 9, "shuffle"])), change_column("hash", b"\x07" * 32),
-    change_seq_column, move_to_another_stream,
+    change_seq_column, change_seq_to_the_largest_integer, move_to_another_stream,
     delete_in_the_middle, delete_the_first_event, delete_experiment_created,
     delete_the_tail_of_a_stream, delete_a_whole_stream,
     delete_the_tail_of_main_before_run_completed,
@@ -283,7 +295,8 @@ TAMPERS = [
     swap_rows_keeping_bodies, swap_events_rewriting_their_seq,
     copy_from_another_experiment, copy_from_another_experiment_rewriting_it,
     copy_a_stream_from_another_experiment, copy_a_whole_experiment_in,
-    rename_the_experiment_row, delete_the_experiment_row, add_an_experiment_row_without_events,
+    rename_the_experiment_row, change_the_experiment_rows_creation_time,
+    delete_the_experiment_row, add_an_experiment_row_without_events,
 ]
 
 
@@ -310,6 +323,15 @@ def test_verify_names_the_tampered_event_across_small_segments(
     monkeypatch.setattr(verify_module, "plan_segments",
                         functools.partial(verify_module.plan_segments, size=2))
     check_detection(sqlite_ledger, tamper)
+
+
+@pytest.mark.parametrize("value", ["abc", 2.5, b"\x02"], ids=["text", "real", "blob"])
+def test_a_seq_that_is_not_an_integer_is_reported_as_a_gap(sqlite_ledger: Ledger,
+                                                          value: object) -> None:
+    # SQLite stores whatever a tamperer writes into an INTEGER column.
+    execute(sqlite_ledger.store, "UPDATE ledger_events SET seq = :value WHERE exp = :exp "
+            "AND stream = 'main' AND seq = 2", value=value, exp=A)
+    check_detection(sqlite_ledger, lambda _led: (A, "main", 2, "missing"))
 
 
 def check_detection(ledger_: Ledger, tamper: Callable[[Ledger], Expected]) -> None:

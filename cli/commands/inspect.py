@@ -19,16 +19,17 @@ def list_command(obj: dict, as_json: bool) -> None:
     with Store.open(obj["db_url"]) as store:
         rows = store.experiments()
     if as_json:
-        emit_json({"experiments": [{"exp": row.exp, "name": row.name,
-                                    "created": iso_time(row.created_t), "status": row.status}
-                                   for row in rows]})
+        emit_json(jsonable({"experiments": [{"exp": row.exp, "name": row.name,
+                                             "created": iso_time(row.created_t),
+                                             "status": row.status} for row in rows]}))
         return
     if not rows:
         click.echo("no experiments")
         return
-    click.echo(f"{'EXPERIMENT':<20} {'CREATED':<25} {'STATUS':<11} NAME")
-    for row in rows:
-        click.echo(f"{row.exp:<20} {iso_time(row.created_t):<25} {row.status:<11} {row.name}")
+    lines = [f"{'EXPERIMENT':<20} {'CREATED':<25} {'STATUS':<11} NAME"]
+    lines += [f"{row.exp!s:<20} {iso_time(row.created_t)!s:<25} {row.status:<11} {row.name!s}"
+              for row in rows]
+    click.echo("\n".join(lines))
 
 
 @cli.command("show", epilog="Exit codes: 0 ok; 2 unknown experiment or unreadable database.")

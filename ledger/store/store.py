@@ -233,12 +233,13 @@ class Store:
                 statuses[row_exp] = str(status)
         return statuses
 
-    def experiment_names(self) -> dict[str, str]:
-        """Each experiment row's id and name: what verification checks against, without the
-        completion statuses :meth:`experiments` finds by reading every event."""
+    def experiment_names(self) -> dict[str, tuple[str, int]]:
+        """Each experiment row's id, name and created_t: what verification checks against,
+        without the completion statuses :meth:`experiments` finds by reading every event."""
         with self._reading() as connection:
-            return dict(connection.execute(
-                select(experiments_table.c.exp, experiments_table.c.name)).all())
+            return {exp: (name, created_t) for exp, name, created_t in connection.execute(
+                select(experiments_table.c.exp, experiments_table.c.name,
+                       experiments_table.c.created_t)).all()}
 
     def experiment_ids(self) -> list[str]:
         """Every experiment id in the events table, including ids with no experiment row."""
