@@ -45,6 +45,10 @@ def _register_commands() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every error ends as one line on stderr and its documented exit code."""
+    for stream in (sys.stdout, sys.stderr):  # text from a hostile ledger must not stop output
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     _register_commands()
     try:
         code = cli.main(args=argv, prog_name="ledger", standalone_mode=False)
@@ -75,4 +79,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    """``text`` on one line, anything unprintable (say, bytes a driver quotes) escaped."""
+    return "".join(character if character.isprintable() else ascii(character)[1:-1]
+                   for character in " ".join(text.split()))

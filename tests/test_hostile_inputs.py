@@ -96,8 +96,13 @@ def test_bit_flips_anywhere_in_the_file_never_crash_the_cli(
 @pytest.mark.parametrize("table,column,value", [
     ("ledger_events", "seq", "'abc'"), ("ledger_events", "seq", "9223372036854775807"),
     ("ledger_experiments", "created_t", "'x'"), ("ledger_experiments", "created_t", "0"),
-    ("ledger_experiments", "name", "x'ff00'")],
-    ids=["seq-text", "seq-largest", "created_t-text", "created_t-zero", "name-blob"])
+    ("ledger_experiments", "name", "x'ff00'"),
+    ("ledger_events", "body", "CAST(body AS TEXT)"),
+    ("ledger_events", "body", "CAST(substr(body, 1, 10) || x'ff' || substr(body, 12) AS TEXT)"),
+    ("ledger_events", "kind", "CAST(x'ff61' AS TEXT)"),
+    ("ledger_experiments", "name", "CAST(x'ff61' AS TEXT)")],
+    ids=["seq-text", "seq-largest", "created_t-text", "created_t-zero", "name-blob", "body-text",
+         "body-text-not-utf8", "kind-not-utf8", "name-not-utf8"])
 def test_mistyped_or_extreme_columns_are_findings_not_crashes(
         ledger_copy: tuple[Path, Recorded], table: str, column: str, value: str) -> None:
     # SQLite keeps whatever a tamperer writes, whatever the column's declared type.
