@@ -99,10 +99,15 @@ def _write_with(path: Path, fill: Callable[[BinaryIO], Any]) -> Any:
 
 
 def _check_target(path: Path, what: str) -> None:
+    """Refuse a target that the atomic rename would not write to as the user means: a folder,
+    a missing folder, or a device, pipe or socket (renaming over one replaces the node)."""
     if path.is_dir():
         raise BadInputError(f"{what} {path} is a folder")
     if not path.parent.is_dir():
         raise BadInputError(f"cannot write {path}: folder {path.parent} does not exist")
+    if path.exists() and not path.is_file():
+        raise BadInputError(f"cannot write {path}: it is not a regular file (a device, pipe or "
+                            f"socket); give a file path, or no -o to print to stdout")
 
 
 def _prepare_bundle(folder: Path) -> None:
@@ -111,8 +116,11 @@ def _prepare_bundle(folder: Path) -> None:
     if folder.is_dir() and any(folder.iterdir()):
         raise BadInputError(f"bundle folder {folder} is not empty: a bundle goes to a new or "
                             f"empty folder, so it holds nothing of another report")
+    if not folder.parent.is_dir():
+        raise BadInputError(f"cannot create bundle folder {folder}: folder {folder.parent} does "
+                            f"not exist")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(exist_ok=True)
     except OSError as error:
         raise BadInputError(f"cannot create bundle folder {folder}: {error.strerror}") from None
 
@@ -142,6 +150,7 @@ def export_report(store: Store, exp: str, options: ReportOptions, *, fmt: str = 
         if json_path is None:
             raise BadInputError("signing needs the JSON report in a file: give --format json "
                                 "with -o FILE, or --bundle DIR")
+        _check_target(json_path.with_name(f"{json_path.name}.sig"), "signature")
         options.signature = {"signed": True, "algorithm": ALGORITHM,
                              "public_key_sha256": fingerprint(key.public_key()),
                              "signature_file": f"{json_path.name}.sig",

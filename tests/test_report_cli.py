@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -72,10 +74,22 @@ def test_a_replayed_bundle_is_recorded_in_the_history(run: tuple[Path, str],
     (("report", "{exp}", "--format", "html", "--json"), "cannot go with --format html"),
     (("report", "{exp}", "--bundle", "{folder}"), "is not empty"),
     (("report", "{exp}", "-o", "{folder}/missing/r.json"), "does not exist"),
+    (("report", "{exp}", "-o", "{folder}/r.json", "--appendix", "{folder}/missing/a.ndjson"),
+     "does not exist"),
+    (("report", "{exp}", "--bundle", "{folder}/missing/bundle"), "does not exist"),
+    (("report", "{exp}", "-o", "{folder}/pipe"), "not a regular file"),
+    (("report", "{exp}", "-o", "{folder}/r.json", "--appendix", "{folder}/pipe"),
+     "not a regular file"),
 ])
 def test_bad_input_exits_2_with_one_line(run: tuple[Path, str], args: tuple[str, ...],
                                          message: str) -> None:
     folder, exp = run
+    pipe = folder / "pipe"
+    if not pipe.exists():
+        os.mkfifo(pipe)
+    before = sorted(path.name for path in folder.iterdir())
     done = _ledger(folder, *(arg.format(exp=exp, folder=folder) for arg in args))
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert done.stderr.count("\n") == 1 and done.stdout == ""
+    assert sorted(path.name for path in folder.iterdir()) == before  # nothing written
+    assert stat.S_ISFIFO(pipe.stat().st_mode)  # a rename over it would have replaced the pipe
