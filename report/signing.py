@@ -44,8 +44,13 @@ def generate_key_pair(prefix: str | os.PathLike[str]) -> tuple[Path, Path, str]:
 
     Returns (private path, public path, fingerprint).
     """
-    private_path = Path(f"{os.fspath(prefix)}{PRIVATE_SUFFIX}")
-    public_path = Path(f"{os.fspath(prefix)}{PUBLIC_SUFFIX}")
+    text = os.fspath(prefix)
+    if not text or text.endswith(("/", os.sep)) or Path(text).name in ("", ".", ".."):
+        raise BadInputError(f"got key prefix {text!r}, but it must end in a file name, e.g. "
+                            f"keys/signing (for keys/signing{PRIVATE_SUFFIX} and "
+                            f"keys/signing{PUBLIC_SUFFIX})")
+    private_path = Path(f"{text}{PRIVATE_SUFFIX}")
+    public_path = Path(f"{text}{PUBLIC_SUFFIX}")
     for path in (private_path, public_path):
         if path.exists() or path.is_symlink():
             raise BadInputError(f"{path} exists: refusing to overwrite a key")

@@ -85,7 +85,7 @@ def test_one_changed_character_fails(bundle: Path, signed: Path) -> None:
     assert path.read_text() != text
     (bundle / "SHA256SUMS").unlink()
     code, out, err = _verify(path, signed / "key.pub")
-    assert code == 1 and out.startswith("ALTERED")
+    assert code == 1 and out.startswith("FAILED")
     assert "signature does not verify" in err
 
 
@@ -114,6 +114,23 @@ def test_an_altered_file_of_the_bundle_fails(bundle: Path, signed: Path) -> None
     outcome = check_report(bundle / "report.json", signed / "key.pub")
     assert outcome.signature == "valid" and outcome.files["report.html"] == "altered"
     assert any("report.html does not match SHA256SUMS" in f for f in outcome.failures)
+
+
+def test_several_failures_are_one_line_on_stderr(bundle: Path, signed: Path) -> None:
+    for name in ("report.html", "report.md"):
+        (bundle / name).write_text((bundle / name).read_text() + "x")
+    code, out, err = _verify(bundle / "report.json", signed / "key.pub")
+    assert code == 1 and out.startswith("FAILED")
+    assert err.count("\n") == 1 and "report.html" in err and "report.md" in err
+
+
+@pytest.mark.parametrize("prefix", ["", "keys/", ".", ".."])
+def test_keygen_needs_a_prefix_ending_in_a_file_name(tmp_path: Path, prefix: str) -> None:
+    (tmp_path / "keys").mkdir()
+    done = run_cli("keygen", "--out", prefix, cwd=tmp_path)
+    assert done.returncode == 2 and "must end in a file name" in done.stderr
+    assert done.stderr.count("\n") == 1
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["keys"]  # nothing written
 
 
 def test_a_missing_appendix_is_noted_not_failed(bundle: Path, signed: Path) -> None:

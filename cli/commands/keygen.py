@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from cli.main import cli
@@ -13,10 +11,10 @@ from report.signing import generate_key_pair
 
 @cli.command("keygen", epilog="Exit codes: 0 written; 2 a key file exists already (never "
                               "overwritten) or cannot be written.")
-@click.option("--out", "prefix", required=True, type=click.Path(path_type=Path),
+@click.option("--out", "prefix", required=True, type=str,
               metavar="PREFIX", help="Write PREFIX.key (private, mode 0600) and PREFIX.pub.")
 @json_option
-def keygen_command(prefix: Path, as_json: bool) -> None:
+def keygen_command(prefix: str, as_json: bool) -> None:
     """Write an Ed25519 key pair for `ledger report --sign-key`.
 
     The private key (PKCS#8 PEM, unencrypted) is readable by its owner only; keep it

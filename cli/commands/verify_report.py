@@ -43,13 +43,12 @@ def verify_report_command(obj: dict, report: Path, public_key: Path, signature: 
     if as_json:
         emit_json(outcome.to_json())
     else:
-        click.echo(f"{'OK' if outcome.ok else 'ALTERED'}: {report} (report {outcome.report_id} "
+        click.echo(f"{'OK' if outcome.ok else 'FAILED'}: {report} (report {outcome.report_id} "
                    f"of {outcome.exp}); signature {outcome.signature}")
         for name, state in sorted(outcome.files.items()):
             click.echo(f"  {name}: {state}")
         for note in outcome.notes:
             click.echo(f"  note: {note}")
     if not outcome.ok:
-        for failure in outcome.failures:
-            click.echo(f"ledger: check failed: {failure}", err=True)
+        click.echo(f"ledger: check failed: {'; '.join(outcome.failures)}", err=True)
         raise click.exceptions.Exit(CheckFailedError.exit_code)
