@@ -53,8 +53,9 @@ class DataAugmenter:
         if mask_prob is not None:
             specs.append({"op": "feature_mask", "prob": mask_prob, "fill": mask_fill})
         if ops is not None:
-            if isinstance(ops, Mapping):
-                raise BadInputError("ops must be a list of op specs, got a single map")
+            if isinstance(ops, (Mapping, str, bytes)) or not isinstance(ops, Iterable):
+                raise BadInputError(f"ops must be a list of op specs, got "
+                                    f"{type(ops).__name__}")
             specs.extend(ops)
         self._ops: list[tuple[OpInfo, dict[str, Any]]] = []
         self._spec: list[dict[str, Any]] = []
@@ -127,6 +128,9 @@ def _resolve(spec: Mapping[str, Any]) -> tuple[OpInfo, dict[str, Any]]:
     if not isinstance(spec, Mapping) or not isinstance(spec.get("op"), str):
         raise BadInputError(f"an op spec is a map with an 'op' name, got {spec!r} "
                             f"(registered ops: {registered_ops()})")
+    if not all(isinstance(key, str) for key in spec):
+        raise BadInputError(f"op {spec['op']!r}: parameter names must be str, got "
+                            f"{sorted(repr(key) for key in spec if not isinstance(key, str))}")
     version = spec.get("version")
     if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
         raise BadInputError(f"op version must be an int, got {version!r}")

@@ -91,13 +91,20 @@ def register_op(name: str, version: int, *, check: ParamsCheck | None = None
         raise BadInputError(f"an op name must be letters, digits and _, got {name!r}")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise BadInputError(f"an op version must be an int >= 1, got {version!r}")
+    if check is not None and not callable(check):
+        raise BadInputError(f"op {name!r}: check must be a function of the params, got "
+                            f"{type(check).__name__}")
 
     def decorate(function: OpFunction) -> OpFunction:
+        if not callable(function):
+            raise BadInputError(f"op {name!r} must be a function (batch, rng, **params), got "
+                                f"{type(function).__name__}")
         defaults, required = _parameters(name, function)
         existing = _REGISTRY.get((name, version))
-        if existing is not None and _qualified(existing.function) != _qualified(function):
+        if existing is not None and _behaviour(existing.function) != _behaviour(function):
             raise BadInputError(f"op {name!r} version {version} is already registered by "
-                                f"{_qualified(existing.function)}: register a new version")
+                                f"{_qualified(existing.function)} with other code: register "
+                                f"the new one under a new version")
         _REGISTRY[(name, version)] = OpInfo(name, version, function, defaults, required, check)
         return function
 
@@ -105,11 +112,32 @@ def register_op(name: str, version: int, *, check: ParamsCheck | None = None
 
 
 def _qualified(function: OpFunction) -> str:
-    return f"{function.__module__}.{function.__qualname__}"
+    return f"{getattr(function, '__module__', None)}.{getattr(function, '__qualname__', function)}"
+
+
+def _behaviour(function: OpFunction) -> tuple[Any, ...]:
+    """What an op computes, as far as Python can tell: its name, bytecode, constants, names and
+    defaults — equal for the same function imported again, different once its code changes
+    (line numbers aside, so that an edit elsewhere in its file does not count)."""
+    code = getattr(function, "__code__", None)
+    if code is None:  # a builtin or a callable object: its name is all there is to compare
+        return (_qualified(function),)
+    return (_qualified(function), _code_behaviour(code),
+            getattr(function, "__defaults__", None), getattr(function, "__kwdefaults__", None))
+
+
+def _code_behaviour(code: Any) -> tuple[Any, ...]:
+    constants = tuple(_code_behaviour(value) if hasattr(value, "co_code") else value
+                      for value in code.co_consts)
+    return (code.co_code, constants, code.co_names, code.co_varnames)
 
 
 def _parameters(name: str, function: OpFunction) -> tuple[dict[str, Any], tuple[str, ...]]:
-    parameters = list(inspect.signature(function).parameters.values())
+    try:
+        parameters = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature, say
+        raise BadInputError(f"op {name!r} must be a function (batch, rng, **params) whose "
+                            f"signature Python can read") from None
     if len(parameters) < 2 or any(p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
                                   for p in parameters[:2]):
         raise BadInputError(f"op {name!r} must take (batch, rng, **params)")

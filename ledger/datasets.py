@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,11 @@ def check_arrays(features: Any, labels: Any = None) -> tuple[np.ndarray, np.ndar
 
 
 def _plain_array(what: str, value: Any) -> np.ndarray:
-    array = np.asarray(value)
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as error:  # ragged nested lists, say
+        raise BadInputError(f"{what} must be an array (or a rectangular nested list): "
+                            f"{error}") from None
     if array.dtype.hasobject or array.dtype.fields is not None or array.dtype.kind in "VUSMm":
         raise BadInputError(f"{what} must be a numeric or boolean array, got dtype {array.dtype}")
     if array.dtype.byteorder == ">":
@@ -159,9 +164,22 @@ def loader_spec(base: str, path: str, digest: bytes, features_key: str,
 
 def read_npz(path: Path, features_key: str = "features", labels_key: str | None = "labels"
              ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read the arrays of an ``.npz`` file (never unpickling anything)."""
+    """Read the arrays of an ``.npz`` file (never unpickling anything).
+
+    Only a regular file is opened (a named pipe would block forever); anything that is not a
+    readable ``.npz`` archive — a plain ``.npy``, a truncated file, a header promising more
+    than memory holds — is refused with BadInputError.
+    """
+    if not path.exists():
+        raise BadInputError(f"cannot read dataset file {path}: no such file")
+    if not path.is_file():
+        raise BadInputError(f"cannot read dataset file {path}: not a regular file (a folder, "
+                            f"pipe or device)")
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        # Opened here, so that it is closed whatever np.load makes of it (it leaks the handle
+        # of a file it fails to read as a zip archive).
+        with path.open("rb") as handle, _npz(np.load(handle, allow_pickle=False),
+                                             path) as archive:
             if features_key not in archive.files:
                 raise BadInputError(f"{path} has no array {features_key!r}, "
                                     f"got arrays {sorted(archive.files)}")
@@ -172,14 +190,24 @@ def read_npz(path: Path, features_key: str = "features", labels_key: str | None 
                     raise BadInputError(f"{path} has no array {labels_key!r}, "
                                         f"got arrays {sorted(archive.files)}")
                 labels = archive[labels_key]
-    except (OSError, ValueError) as error:
-        raise BadInputError(f"cannot read dataset file {path}: {error}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, MemoryError) as error:
+        raise BadInputError(f"cannot read dataset file {path}: {type(error).__name__}: "
+                            f"{error}") from None
     return features, labels
+
+
+def _npz(loaded: Any, path: Path) -> np.lib.npyio.NpzFile:
+    if not isinstance(loaded, np.lib.npyio.NpzFile):  # a plain .npy gives its array
+        raise BadInputError(f"cannot read dataset file {path}: not an .npz archive")
+    return loaded
 
 
 def dataset_from_file(name: str, path: str | os.PathLike[str], features_key: str = "features",
                       labels_key: str | None = "labels") -> Dataset:
     """A Dataset read from the user's ``.npz`` file, with a loader spec that references it."""
+    if not isinstance(path, (str, os.PathLike)) or "\x00" in os.fspath(path):
+        raise BadInputError(f"got dataset path {path!r}, but it must be a file path (str or "
+                            f"os.PathLike)")
     source = Path(path).resolve()
     features, labels = check_arrays(*read_npz(source, features_key, labels_key))
     digest = dataset_digest(features, labels)

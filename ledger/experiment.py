@@ -393,6 +393,10 @@ class ExperimentManager:
 
     def __init__(self, url: str | None = None, *, data_dir: str | os.PathLike[str] | None = None
                  ) -> None:
+        if data_dir is not None and (not isinstance(data_dir, (str, os.PathLike))
+                                     or "\x00" in os.fspath(data_dir)):
+            raise BadInputError(f"got data_dir {data_dir!r}, but it must be a folder path (str or "
+                                f"os.PathLike)")
         self.store = Store.open(url, create=True)
         database = self.store.engine.url.database if self.store.backend == "sqlite" else None
         if database in ("", ":memory:") or (database or "").startswith("file:"):
@@ -413,6 +417,10 @@ class ExperimentManager:
         """
         if not isinstance(name, str) or not name.strip():
             raise BadInputError(f"an experiment name must be a non-empty str, got {name!r}")
+        for what, given in (("hyperparams", hyperparams), ("entrypoint", entrypoint)):
+            if given is not None and not isinstance(given, Mapping):
+                raise BadInputError(f"got {what} of type {type(given).__name__}, but must be a "
+                                    f"map (dict) of names to values")
         root = draw_root_seed() if seed is None else check_root_seed(seed)
         exp = check_experiment_id(exp_id) if exp_id is not None else new_experiment_id()
         if parent is not None:

@@ -31,6 +31,8 @@ from ledger.worker_seeding import expected_state_digest, worker_path
 from ledger.workers import WorkerError, WorkerPool
 
 STATE_FORMAT = "ledger/iterator-state/v1"
+MAX_TIMEOUT = 1_000_000
+"""Longest ``timeout`` accepted, in seconds (11.6 days): longer waits overflow the clocks."""
 Batch = tuple[np.ndarray, np.ndarray] | np.ndarray
 
 
@@ -81,11 +83,17 @@ class TrainingDataIterator:
         self.batch_size = _positive_int("batch_size", batch_size, 1)
         self.num_workers = _positive_int("num_workers", num_workers, 0)
         self.prefetch = _positive_int("prefetch", prefetch, 1)
-        if timeout is not None and not timeout > 0:
-            raise BadInputError(f"got timeout={timeout!r}, but must be > 0 seconds or None")
+        if timeout is not None and (isinstance(timeout, bool)
+                                    or not isinstance(timeout, (int, float))
+                                    or not 0 < timeout <= MAX_TIMEOUT):
+            raise BadInputError(f"got timeout={timeout!r}, but must be > 0 and at most "
+                                f"{MAX_TIMEOUT:,} seconds, or None (no limit)")
         if augmenter is not None and not isinstance(augmenter, DataAugmenter):
             raise BadInputError(f"got augmenter of type {type(augmenter).__name__}, but must be "
                                 f"a DataAugmenter")
+        if experiment is not None and not isinstance(experiment, Experiment):
+            raise BadInputError(f"got experiment of type {type(experiment).__name__}, but must "
+                                f"be an Experiment (manager.create_experiment)")
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
         self.augmenter = augmenter
@@ -98,7 +106,7 @@ class TrainingDataIterator:
             raise BadInputError(f"got dataset {self.dataset.name!r} that is not registered in "
                                 f"{experiment.id}, but a recorded run needs it registered: "
                                 f"data = exp.register_dataset(name, features, labels)")
-        if augmenter is not None and not np.issubdtype(self.dataset.features.dtype, np.floating):
+        if augmenter is not None and self.dataset.features.dtype not in (np.float32, np.float64):
             if len(augmenter):
                 raise BadInputError(f"got {self.dataset.features.dtype} features, but augmentation "
                                     f"needs float32 or float64 features")

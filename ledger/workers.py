@@ -105,7 +105,12 @@ class WorkerPool:
                  timeout: float | None = None) -> None:
         self.num_workers = num_workers
         self.start_method = check_start_method(start_method)
-        self.prefetch = prefetch
+        length = int(features.shape[0])
+        # Slots no larger than the data: a batch never holds more rows than the dataset, and no
+        # worker is ever more batches ahead than a pass has (a huge batch_size or prefetch
+        # would otherwise ask for exabytes of shared memory).
+        self.prefetch = max(1, min(prefetch, -(-length // batch_size)))
+        self.slot_rows = min(batch_size, length)
         self.timeout = timeout
         self.batch_size = batch_size
         self.feature_shape = features.shape[1:]
@@ -146,10 +151,10 @@ class WorkerPool:
                 "features": shared_features.descriptor(),
                 "labels": None if shared_labels is None else shared_labels.descriptor()}
         for worker in range(self.num_workers):
-            slots_x = self._share(np.empty((self.prefetch, self.batch_size) + self.feature_shape,
+            slots_x = self._share(np.empty((self.prefetch, self.slot_rows) + self.feature_shape,
                                            features.dtype), copy=False)
             slots_y = self._share(None if labels is None else np.empty(
-                (self.prefetch, self.batch_size) + self.label_shape, labels.dtype), copy=False)
+                (self.prefetch, self.slot_rows) + self.label_shape, labels.dtype), copy=False)
             self._slots_x.append(slots_x.array)
             self._slots_y.append(None if slots_y is None else slots_y.array)
             config = {**base, "worker": worker, "slots_x": slots_x.descriptor(),

@@ -39,9 +39,12 @@ def describe_url(url: URL) -> str:
 
 
 def _parse(url: str) -> URL:
+    if not isinstance(url, str) or "\x00" in url:
+        raise StoreError(f"not a database URL: {url!r} (e.g. sqlite:///ledger.db)")
     try:
         parsed = make_url(url)
-    except ArgumentError:
+        parsed.port  # noqa: B018 - parsed lazily: "sqlite://:memory:" fails only here
+    except (ArgumentError, ValueError):
         raise StoreError(f"not a database URL: {url!r} (e.g. sqlite:///ledger.db)") from None
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise StoreError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql")

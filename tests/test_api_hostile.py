@@ -1,0 +1,196 @@
+"""Hostile input to the trainer API: a clear LedgerError, nothing recorded, never a hang.
+
+Each case here was found by a sweep that fed the public API odd values and saw a raw
+TypeError/ValueError/OverflowError from deep inside, a blocked call, or events recorded for a
+call that was then refused.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ledger import DataAugmenter, ExperimentManager, TrainingDataIterator
+from ledger.augment import register_op
+from ledger.errors import BadInputError, LedgerError, StoreError
+from ledger.store import Store
+
+FEATURES = np.arange(40, dtype=np.float32).reshape(20, 2)
+LABELS = np.zeros(20, dtype=np.int8)
+
+
+@pytest.fixture
+def manager(tmp_path: Path) -> ExperimentManager:
+    with ExperimentManager(f"sqlite:///{tmp_path / 'ledger.db'}", data_dir=tmp_path / "data"
+                           ) as opened:
+        yield opened
+
+
+def _kinds(manager: ExperimentManager, exp: str) -> list[str]:
+    with Store.open(manager.store.url_with_secrets) as store:
+        return [kind for _stream, _seq, kind, _body in store.iter_run_bodies(exp)]
+
+
+def test_a_named_pipe_as_dataset_file_is_refused_not_waited_on(manager: ExperimentManager,
+                                                               tmp_path: Path) -> None:
+    pipe = tmp_path / "data.npz"
+    os.mkfifo(pipe)
+    outcome: list[BaseException | None] = []
+
+    def register() -> None:
+        with manager.create_experiment("pipe", seed=1) as exp:
+            try:
+                exp.register_dataset("d", path=pipe)
+                outcome.append(None)
+            except BaseException as error:  # noqa: BLE001 - handed to the test thread
+                outcome.append(error)
+
+    thread = threading.Thread(target=register, daemon=True)
+    thread.start()
+    thread.join(60)  # a safeguard against the hang this test is about, not a timing assertion
+    assert outcome, "register_dataset blocked on a named pipe"
+    assert isinstance(outcome[0], BadInputError) and "not a regular file" in str(outcome[0])
+
+
+def _npy(path: Path) -> Path:
+    np.save(path, FEATURES)
+    return path
+
+
+def _truncated(path: Path) -> Path:
+    np.savez(path, features=FEATURES, labels=LABELS)
+    path.write_bytes(path.read_bytes()[:100])
+    return path
+
+
+def _huge_header(path: Path) -> Path:
+    header = np.lib.format.header_data_from_array_1_0(FEATURES)
+    header["shape"] = (10**12, 10**6)
+    with zipfile.ZipFile(path, "w") as archive, archive.open("features.npy", "w") as member:
+        np.lib.format.write_array_header_1_0(member, header)
+    return path
+
+
+@pytest.mark.parametrize("make", [_npy, _truncated, _huge_header],
+                         ids=["plain-npy", "truncated-npz", "header-of-exabytes"])
+def test_dataset_files_that_are_not_readable_npz_are_refused(
+        manager: ExperimentManager, tmp_path: Path, make: Any) -> None:
+    path = make(tmp_path / "data.npz")
+    with manager.create_experiment("files", seed=1) as exp:
+        with pytest.raises(BadInputError, match="cannot read dataset file"):
+            exp.register_dataset("d", path=path, labels_key=None)
+        assert "dataset_registered" not in _kinds(manager, exp.id)
+
+
+@pytest.mark.parametrize("arguments", [{"path": 5}, {"path": b"data.npz"},
+                                       {"features": [[1.0, 2.0], [3.0]]}],
+                         ids=["path-int", "path-bytes", "ragged-list"])
+def test_datasets_of_the_wrong_type_are_refused(manager: ExperimentManager,
+                                                arguments: dict[str, Any]) -> None:
+    with manager.create_experiment("types", seed=1) as exp:
+        with pytest.raises(BadInputError):
+            exp.register_dataset("d", **arguments)
+
+
+def test_float16_features_are_refused_before_anything_is_recorded(
+        manager: ExperimentManager) -> None:
+    with manager.create_experiment("half", seed=1) as exp:
+        data = exp.register_dataset("d", FEATURES.astype(np.float16), LABELS)
+        with pytest.raises(BadInputError, match="float32 or float64"):
+            TrainingDataIterator(data, 4, experiment=exp, augmenter=DataAugmenter(noise_std=0.1))
+        assert "epoch_reset" not in _kinds(manager, exp.id)
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), 1e300, "1", [1], True, 0, -1.0])
+def test_timeouts_that_no_clock_can_hold_are_refused(timeout: Any) -> None:
+    with pytest.raises(BadInputError, match="timeout"):
+        TrainingDataIterator((FEATURES, LABELS), 4, seed=1, num_workers=1, timeout=timeout)
+
+
+def test_an_experiment_must_be_an_experiment() -> None:
+    with pytest.raises(BadInputError, match="must be an Experiment"):
+        TrainingDataIterator((FEATURES, LABELS), 4, experiment="exp-123")  # type: ignore[arg-type]
+
+
+def test_huge_batch_size_and_prefetch_need_no_huge_shared_memory() -> None:
+    expected = [x for x, _y in TrainingDataIterator((FEATURES, LABELS), 2**62, seed=3)]
+    with TrainingDataIterator((FEATURES, LABELS), 2**62, seed=3, num_workers=1,
+                              prefetch=2**62) as batches:
+        got = [x for x, _y in batches]
+    assert len(got) == len(expected) == 1 and np.array_equal(got[0], expected[0])
+
+
+def _times(batch: np.ndarray, rng: np.random.Generator, *, factor: float) -> None:
+    batch *= factor
+
+
+_FIRST_TIMES = _times
+
+
+def _times(batch: np.ndarray, rng: np.random.Generator, *, factor: float) -> None:  # noqa: F811
+    batch *= factor * 2  # same module, same name: only the code tells them apart
+
+
+_SECOND_TIMES = _times
+
+
+def test_an_op_version_cannot_be_taken_over_by_other_code() -> None:
+    register_op("hostile_times", 1)(_FIRST_TIMES)
+    register_op("hostile_times", 1)(_FIRST_TIMES)  # the same function again (a re-import): fine
+    with pytest.raises(BadInputError, match="with other code"):
+        register_op("hostile_times", 1)(_SECOND_TIMES)
+    assert np.array_equal(DataAugmenter(ops=[{"op": "hostile_times", "factor": 3.0}])(
+        np.ones((1, 2), np.float32), seed=1), np.full((1, 2), 3.0, np.float32))
+
+
+@pytest.mark.parametrize("function", [5, int], ids=["not-callable", "no-signature"])
+def test_an_op_must_be_a_function(function: Any) -> None:
+    with pytest.raises(BadInputError, match="must be a function"):
+        register_op("hostile_not_a_function", 1)(function)
+
+
+def test_an_op_check_must_be_a_function() -> None:
+    with pytest.raises(BadInputError, match="check must be a function"):
+        register_op("hostile_bad_check", 1, check=5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("ops", [5, "gaussian_noise", [{"op": "gaussian_noise", "std": 0.1,
+                                                        1: 2}]],
+                         ids=["int", "str", "non-str-key"])
+def test_augmenter_ops_of_the_wrong_shape_are_refused(ops: Any) -> None:
+    with pytest.raises(BadInputError):
+        DataAugmenter(ops=ops)
+
+
+@pytest.mark.parametrize("url", ["sqlite:///l\x00.db", "sqlite://:memory:", 5],
+                         ids=["nul", "bad-port", "not-str"])
+def test_urls_that_are_not_urls_are_refused(url: Any) -> None:
+    with pytest.raises(StoreError, match="not a database URL"):
+        ExperimentManager(url)
+
+
+@pytest.mark.parametrize("data_dir", [5, "a\x00b"], ids=["int", "nul"])
+def test_a_data_dir_must_be_a_path(tmp_path: Path, data_dir: Any) -> None:
+    with pytest.raises(BadInputError, match="data_dir"):
+        ExperimentManager(f"sqlite:///{tmp_path / 'ledger.db'}", data_dir=data_dir)
+
+
+@pytest.mark.parametrize("arguments", [{"hyperparams": [1, 2]}, {"hyperparams": "abc"},
+                                       {"entrypoint": "x"}, {"entrypoint": ["a"]}],
+                         ids=["hyperparams-list", "hyperparams-str", "entrypoint-str",
+                              "entrypoint-list"])
+def test_hyperparams_and_entrypoint_must_be_maps(manager: ExperimentManager,
+                                                 arguments: dict[str, Any]) -> None:
+    with pytest.raises(BadInputError, match="must be a map"):
+        manager.create_experiment("maps", seed=1, **arguments)
+    assert manager.store.experiments() == []
+
+
+def test_every_refusal_here_is_a_ledger_error() -> None:
+    assert issubclass(BadInputError, LedgerError) and issubclass(StoreError, LedgerError)
