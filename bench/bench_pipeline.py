@@ -11,10 +11,11 @@ Workload (issue 3): 200,000 x 32 float32 samples, batch 256, Gaussian noise (std
     gather + augmentation), with 0 and 2 workers — only when torch is installed.
 
 Each configuration runs once untimed (imports, the first fork and the first database engine
-would otherwise land in one round), then ``rounds`` times. Configurations compared by a ratio run back to back
-(see ``UNITS``); the units rotate between rounds. Throughputs are medians over rounds (samples
-per second); ratios are taken within each round and reported as the median over rounds with the
-lowest and highest round. Worker start-up and the final flush are inside the timed region.
+would otherwise land in one round), then ``rounds`` times. Configurations compared by a ratio
+run back to back (see ``UNITS``); the units rotate between rounds. Throughputs are medians over
+rounds (samples per second); ratios are taken within each round and reported as the median over
+rounds with the lowest and highest round. Worker start-up and the final flush are inside the
+timed region.
 
 And the demo's training job (``examples.fraud.train``: 100,000 transactions, 5 epochs, 2 workers)
 with and without recording, end to end (``BENCH_DEMO_ROUNDS``, default 3; 0 skips it).

@@ -8,8 +8,8 @@ untimed warm-up round (imports, first fork, first engine), each round records th
 afresh and replays it; each replay is compared with its own round's original, and the median of
 those ratios is reported with the lowest and highest round (the machine's speed drifts between
 rounds, which a ratio of separate medians would mix in). The CPU seconds of each replay (its
-process and its workers) are reported beside: on a shared machine
-they show what the replay costs when wall times are disturbed by other load.
+process and its workers) are reported beside: on a shared machine they show what the replay
+costs when wall times are disturbed by other load.
 
 Run: ``.venv/bin/python -m bench.bench_replay`` (``BENCH_REPLAY_ROUNDS`` sets the rounds).
 """

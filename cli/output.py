@@ -24,10 +24,10 @@ def iso_time(t_ns: int | None) -> str | None:
     if t_ns is None:
         return None
     try:
-        if type(t_ns) is not int:
-            raise TypeError
         shown = datetime.fromtimestamp(t_ns / 1e9, tz=UTC).isoformat(timespec="milliseconds")
     except (TypeError, ValueError, OverflowError, OSError):
+        shown = None
+    if shown is None or type(t_ns) is not int:
         return f"invalid ({str(t_ns)[:40]!r})"
     return shown.replace("+00:00", "Z")
 

@@ -196,6 +196,13 @@ def read_npz(path: Path, features_key: str = "features", labels_key: str | None 
     return features, labels
 
 
+def check_path_argument(what: str, value: Any) -> Path:
+    """``value`` as a Path, or BadInputError when it is not a str or os.PathLike without NUL."""
+    if not isinstance(value, (str, os.PathLike)) or "\x00" in os.fspath(value):
+        raise BadInputError(f"got {what} {value!r}, but it must be a path (str or os.PathLike)")
+    return Path(value)
+
+
 def _npz(loaded: Any, path: Path) -> np.lib.npyio.NpzFile:
     if not isinstance(loaded, np.lib.npyio.NpzFile):  # a plain .npy gives its array
         raise BadInputError(f"cannot read dataset file {path}: not an .npz archive")
@@ -205,10 +212,7 @@ def _npz(loaded: Any, path: Path) -> np.lib.npyio.NpzFile:
 def dataset_from_file(name: str, path: str | os.PathLike[str], features_key: str = "features",
                       labels_key: str | None = "labels") -> Dataset:
     """A Dataset read from the user's ``.npz`` file, with a loader spec that references it."""
-    if not isinstance(path, (str, os.PathLike)) or "\x00" in os.fspath(path):
-        raise BadInputError(f"got dataset path {path!r}, but it must be a file path (str or "
-                            f"os.PathLike)")
-    source = Path(path).resolve()
+    source = check_path_argument("dataset path", path).resolve()
     features, labels = check_arrays(*read_npz(source, features_key, labels_key))
     digest = dataset_digest(features, labels)
     return Dataset(check_name(name), features, labels, digest,

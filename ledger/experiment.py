@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ledger.canonical import normalise
-from ledger.datasets import (Dataset, check_arrays, check_name, dataset_digest, dataset_from_file,
-                             default_data_dir, store_npz)
+from ledger.datasets import (Dataset, check_arrays, check_name, check_path_argument,
+                             dataset_digest, dataset_from_file, default_data_dir, store_npz)
 from ledger.digests import ZERO_DIGEST, array_digest, value_digest
 from ledger.environment import code_version, environment_fingerprint
 from ledger.environment import entrypoint as detect_entrypoint
@@ -393,15 +393,12 @@ class ExperimentManager:
 
     def __init__(self, url: str | None = None, *, data_dir: str | os.PathLike[str] | None = None
                  ) -> None:
-        if data_dir is not None and (not isinstance(data_dir, (str, os.PathLike))
-                                     or "\x00" in os.fspath(data_dir)):
-            raise BadInputError(f"got data_dir {data_dir!r}, but it must be a folder path (str or "
-                                f"os.PathLike)")
+        given_dir = None if data_dir is None else check_path_argument("data_dir", data_dir)
         self.store = Store.open(url, create=True)
         database = self.store.engine.url.database if self.store.backend == "sqlite" else None
         if database in ("", ":memory:") or (database or "").startswith("file:"):
             database = None
-        self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir(database)
+        self.data_dir = given_dir if given_dir is not None else default_data_dir(database)
 
     def create_experiment(self, name: str, *, seed: int | None = None,
                           hyperparams: Mapping[str, Any] | None = None, model: str | None = None,

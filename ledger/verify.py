@@ -262,7 +262,8 @@ def verify(store: Store, exp: str | None = None, *, jobs: int | None = None,
     """Verify every chain of ``exp`` (or of the whole ledger) and return what was found.
 
     ``jobs`` processes check segments in parallel (default: one per core, for ledgers of
-    more than PARALLEL_MIN_EVENTS events; never more than the cores or the segments). ``on_progress`` receives the count of events checked.
+    more than PARALLEL_MIN_EVENTS events; never more than the cores or the segments).
+    ``on_progress`` receives the count of events checked.
     Raises UnknownExperimentError when ``exp`` is given and the ledger holds nothing of it.
     """
     if exp is not None:
