@@ -48,27 +48,71 @@ _ERROR_MAX = 500
 _SECOND_DRAW_HINT = " (use one iterator per experiment, or record=False for evaluation)"
 
 
-def state_digest(state: Any) -> bytes:
-    """Digest of a model state: ``array_digest`` of one array, or for a map of arrays
-    ``value_digest(["ledger/state/v1", {name: array_digest(array)}])``."""
+def _state_array(name: str, value: Any) -> np.ndarray:
+    """``value`` as an array of a checkpoint, or BadInputError saying why it is not one."""
+    if value is None or isinstance(value, (str, bytes, Mapping)):
+        raise BadInputError(f"checkpoint {name} is {type(value).__name__}, but must be an array "
+                            f"(or a list of numbers)")
+    try:
+        return np.asarray(value)
+    except Exception as error:  # numpy raises ValueError, TypeError, RuntimeError (torch), ...
+        raise BadInputError(f"checkpoint {name} is not an array ({type(error).__name__}: a "
+                            f"ragged list?); give several arrays as a dict of name to array"
+                            ) from None
+
+
+def state_arrays(state: Any) -> dict[str, np.ndarray]:
+    """The arrays of a model state by name: ``{"": array}`` for one array, else the map's.
+
+    Refuses (BadInputError) what has no stable bytes: an empty map, non-str keys, values that
+    are not arrays (None, text, nested maps, ragged lists).
+    """
     if isinstance(state, Mapping):
         if not state:
             raise BadInputError("got an empty checkpoint, but it must hold at least one array")
-        digests = {}
+        arrays = {}
         for key, value in state.items():
             if not isinstance(key, str):
                 raise BadInputError(f"checkpoint keys must be str, got {key!r}")
-            digests[key] = array_digest(np.asarray(value))
-        return value_digest([STATE_TAG, digests])
-    return array_digest(np.asarray(state))
+            arrays[key] = _state_array(repr(key), value)
+        return arrays
+    return {"": _state_array("state", state)}
 
 
-def _describe_arrays(state: Any) -> dict[str, Any]:
+def state_digest(state: Any) -> bytes:
+    """Digest of a model state: ``array_digest`` of one array, or for a map of arrays
+    ``value_digest(["ledger/state/v1", {name: array_digest(array)}])``."""
+    arrays = state_arrays(state)
     if isinstance(state, Mapping):
-        return {key: {"dtype": np.asarray(v).dtype.str, "shape": list(np.shape(v))}
-                for key, v in state.items()}
-    array = np.asarray(state)
-    return {"": {"dtype": array.dtype.str, "shape": list(array.shape)}}
+        return value_digest([STATE_TAG, {key: array_digest(array)
+                                         for key, array in arrays.items()}])
+    return array_digest(arrays[""])
+
+
+def _describe_arrays(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    return {key: {"dtype": array.dtype.str, "shape": list(array.shape)}
+            for key, array in arrays.items()}
+
+
+def check_epoch(epoch: Any) -> int | None:
+    """``epoch`` as an int >= 0 (numpy ints too), or None; BadInputError for anything else."""
+    if epoch is None:
+        return None
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+        raise BadInputError(f"got epoch {epoch!r}, but it must be an int >= 0 or None")
+    return int(epoch)
+
+
+def check_metric_value(name: str, value: Any) -> int | float:
+    """A metric's value as a Python int or float (numpy scalars too; NaN and infinities are
+    kept, as a diverged loss is worth recording); BadInputError for anything else."""
+    if isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        hint = " (call .item() on a one-value array or tensor)" if hasattr(value, "item") else ""
+        raise BadInputError(f"metric {name!r} got a value of type {type(value).__name__}, but "
+                            f"it must be a real number (int or float){hint}")
+    return value
 
 
 def _one_line(error: BaseException) -> str:
@@ -238,9 +282,8 @@ class Experiment:
         """
         if not isinstance(name, str) or not name:
             raise BadInputError(f"a metric name must be a non-empty str, got {name!r}")
-        if isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0:
-            value = value.item()
-        value = normalise(value)
+        epoch = check_epoch(epoch)
+        value = normalise(check_metric_value(name, value))
         output = value_digest(value)
         if self._already_logged(METRIC, name, epoch, output):
             return None
@@ -256,11 +299,12 @@ class Experiment:
         """
         if not isinstance(name, str) or not name:
             raise BadInputError(f"a checkpoint name must be a non-empty str, got {name!r}")
+        epoch = check_epoch(epoch)
         output = state_digest(state)
         if self._already_logged(CHECKPOINT, name, epoch, output):
             return None
         return self.record(CHECKPOINT, params={"epoch": epoch, "name": name,
-                                               "arrays": _describe_arrays(state)},
+                                               "arrays": _describe_arrays(state_arrays(state))},
                            output=output)
 
     def _already_logged(self, kind: str, name: str, epoch: int | None, output: bytes) -> bool:
@@ -414,6 +458,9 @@ class ExperimentManager:
         """
         if not isinstance(name, str) or not name.strip():
             raise BadInputError(f"an experiment name must be a non-empty str, got {name!r}")
+        for what, text in (("model", model), ("purpose", purpose)):
+            if text is not None and not isinstance(text, str):
+                raise BadInputError(f"got {what} of type {type(text).__name__}, but must be a str")
         for what, given in (("hyperparams", hyperparams), ("entrypoint", entrypoint)):
             if given is not None and not isinstance(given, Mapping):
                 raise BadInputError(f"got {what} of type {type(given).__name__}, but must be a "
@@ -431,7 +478,7 @@ class ExperimentManager:
             else detect_entrypoint(),
             "code": code_version(), "environment": environment_fingerprint()}
         if purpose is not None:
-            params["purpose"] = str(purpose)
+            params["purpose"] = purpose
         if parent is not None:
             params["parent"] = parent
         meta = {"pid": os.getpid(), "host": socket.gethostname(), "user": _user()}

@@ -317,12 +317,12 @@ class TrainingDataIterator:
         mine = self.state_dict()
         for key in ("root_seed", "augment_seed", "dataset_digest", "length", "batch_size",
                     "shuffle", "drop_last", "augmenter"):
-            if state.get(key) != mine[key]:
+            if not _same_setting(state.get(key), mine[key]):
                 raise BadInputError(f"got a state saved with {key}={_shown(state.get(key))}, but "
                                     f"this iterator has {key}={_shown(mine[key])}")
         epoch, batch, started = state.get("epoch"), state.get("batch"), state.get("started")
         batches = self._maker.batches
-        if (not isinstance(epoch, int) or epoch < 0 or not isinstance(batch, int)
+        if (type(epoch) is not int or epoch < 0 or type(batch) is not int
                 or not 0 <= batch <= batches or not isinstance(started, bool)
                 or (batch and not started)):
             raise BadInputError(f"got position epoch={epoch!r} batch={batch!r} "
@@ -360,6 +360,18 @@ class TrainingDataIterator:
     def __repr__(self) -> str:
         return (f"TrainingDataIterator({self.dataset.name!r}, batch_size={self.batch_size}, "
                 f"num_workers={self.num_workers}, epoch={self._epoch}, batch={self._batch})")
+
+
+def _same_setting(saved: Any, mine: Any) -> bool:
+    """Equal and of the same types throughout: a saved batch_size of 4.0 or shuffle of 1 is not
+    this iterator's 4 or True, whatever ``==`` says."""
+    if type(saved) is not type(mine):
+        return False
+    if isinstance(mine, dict):
+        return saved.keys() == mine.keys() and all(_same_setting(saved[k], mine[k]) for k in mine)
+    if isinstance(mine, list):
+        return len(saved) == len(mine) and all(map(_same_setting, saved, mine))
+    return saved == mine
 
 
 def _shown(value: Any) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 
 from ledger.chain_check import Segment, SegmentResult, check_segment
 from ledger.digests import ZERO_DIGEST
-from ledger.errors import UnknownExperimentError
+from ledger.errors import BadInputError, UnknownExperimentError
 from ledger.events import AUDIT_STREAM, MAIN_STREAM, check_experiment_id
 from ledger.processes import pool_start_method, process_count, usable_cores
 from ledger.store.store import Store
@@ -257,15 +257,23 @@ class _Stitcher:
             self.find(missing, None, None, "experiment row without any events")
 
 
-def verify(store: Store, exp: str | None = None, *, jobs: int | None = None,
+def verify(store: Store | str, exp: str | None = None, *, jobs: int | None = None,
            on_progress: Callable[[int], None] | None = None) -> VerifyReport:
     """Verify every chain of ``exp`` (or of the whole ledger) and return what was found.
+
+    ``store`` is an open :class:`Store` or a ledger URL (opened, never created, and closed).
 
     ``jobs`` processes check segments in parallel (default: one per core, for ledgers of
     more than PARALLEL_MIN_EVENTS events; never more than the cores or the segments).
     ``on_progress`` receives the count of events checked.
     Raises UnknownExperimentError when ``exp`` is given and the ledger holds nothing of it.
     """
+    if isinstance(store, str):
+        with Store.open(store) as opened:
+            return verify(opened, exp, jobs=jobs, on_progress=on_progress)
+    if not isinstance(store, Store):
+        raise BadInputError(f"got {type(store).__name__} to verify, but must be a Store or a "
+                            f"ledger URL")
     if exp is not None:
         check_experiment_id(exp)
     chains = store.chain_sizes(exp)

@@ -192,5 +192,81 @@ def test_hyperparams_and_entrypoint_must_be_maps(manager: ExperimentManager,
     assert manager.store.experiments() == []
 
 
+@pytest.mark.parametrize("arguments", [{"model": 5}, {"purpose": object()}, {"purpose": b"x"}],
+                         ids=["model-int", "purpose-object", "purpose-bytes"])
+def test_model_and_purpose_must_be_text(manager: ExperimentManager,
+                                        arguments: dict[str, Any]) -> None:
+    with pytest.raises(BadInputError, match="must be a str"):
+        manager.create_experiment("texts", seed=1, **arguments)
+    assert manager.store.experiments() == []
+
+
+@pytest.mark.parametrize("value", ["high", None, [1, 2], {"a": 1}, True, np.array([0.5, 0.6])],
+                         ids=["str", "none", "list", "dict", "bool", "array"])
+def test_a_metric_value_must_be_a_number(manager: ExperimentManager, value: Any) -> None:
+    with manager.create_experiment("metrics", seed=1) as exp:
+        with pytest.raises(BadInputError, match="must be a real number"):
+            exp.log_metric("auc", value)
+    assert "metric" not in _kinds(manager, exp.id)
+
+
+def test_metric_numbers_of_every_kind_are_recorded_as_python_numbers(
+        manager: ExperimentManager) -> None:
+    with manager.create_experiment("numbers", seed=1) as exp:
+        values = [exp.log_metric(f"m{k}", value, epoch=np.int64(k)).params
+                  for k, value in enumerate([np.float32(0.5), np.int16(3), 7, float("nan"),
+                                             float("inf"), np.array(2.5)])]
+    assert [(p["epoch"], type(p["value"])) for p in values] == [
+        (0, float), (1, int), (2, int), (3, float), (4, float), (5, float)]
+    assert values[0]["value"] == 0.5 and values[3]["value"] != values[3]["value"]  # NaN kept
+
+
+@pytest.mark.parametrize("epoch", [-1, True, 1.5, "3", [0]],
+                         ids=["negative", "bool", "float", "str", "list"])
+def test_metric_and_checkpoint_epochs_must_be_ints(manager: ExperimentManager,
+                                                   epoch: Any) -> None:
+    with manager.create_experiment("epochs", seed=1) as exp:
+        with pytest.raises(BadInputError, match="epoch"):
+            exp.log_metric("auc", 0.5, epoch=epoch)
+        with pytest.raises(BadInputError, match="epoch"):
+            exp.log_checkpoint("w", np.ones(2), epoch=epoch)
+    assert {"metric", "checkpoint"}.isdisjoint(_kinds(manager, exp.id))
+
+
+@pytest.mark.parametrize("state", [[np.ones(2), np.ones(3)], {"w": [[1], [2, 3]]}, None, "abc",
+                                   {"w": None}, {"w": {"nested": np.ones(2)}}],
+                         ids=["ragged-list", "ragged-value", "none", "str", "none-value",
+                              "nested-map"])
+def test_a_checkpoint_must_be_arrays(manager: ExperimentManager, state: Any) -> None:
+    with manager.create_experiment("checkpoints", seed=1) as exp:
+        with pytest.raises(BadInputError, match="checkpoint"):
+            exp.log_checkpoint("final", state)
+    assert "checkpoint" not in _kinds(manager, exp.id)
+
+
+@pytest.mark.parametrize("change", [{"epoch": True}, {"batch": True}, {"batch_size": 4.0},
+                                    {"shuffle": 1}, {"length": 20.0}],
+                         ids=["epoch-bool", "batch-bool", "batch_size-float", "shuffle-int",
+                              "length-float"])
+def test_a_state_dict_of_lookalike_types_is_refused(change: dict[str, Any]) -> None:
+    with TrainingDataIterator((FEATURES, LABELS), 4, seed=3) as batches:
+        state = batches.state_dict() | change
+        with pytest.raises(BadInputError):
+            batches.load_state_dict(state)
+        assert (batches.epoch, batches.batch) == (0, 0)
+
+
+def test_verify_takes_a_url_or_a_store(manager: ExperimentManager, tmp_path: Path) -> None:
+    from ledger import verify
+    with manager.create_experiment("verified", seed=1):
+        pass
+    assert verify(manager.store.url_with_secrets).ok
+    with pytest.raises(StoreError, match="no ledger"):
+        verify(f"sqlite:///{tmp_path / 'missing.db'}")
+    assert not (tmp_path / "missing.db").exists()
+    with pytest.raises(BadInputError, match="Store or a ledger URL"):
+        verify(5)
+
+
 def test_every_refusal_here_is_a_ledger_error() -> None:
     assert issubclass(BadInputError, LedgerError) and issubclass(StoreError, LedgerError)
