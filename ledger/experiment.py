@@ -27,13 +27,15 @@ import numpy as np
 from ledger.canonical import normalise
 from ledger.datasets import (Dataset, check_arrays, check_name, check_path_argument,
                              dataset_digest, dataset_from_file, default_data_dir, store_npz)
-from ledger.digests import ZERO_DIGEST, array_digest, value_digest
+from ledger.digests import ZERO_DIGEST, value_digest
 from ledger.environment import code_version, environment_fingerprint
 from ledger.environment import entrypoint as detect_entrypoint
 from ledger.errors import BadInputError, StoreError
 from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EXPERIMENT_CREATED,
                            MAIN_STREAM, METRIC, RUN_COMPLETED, USER_DRAW, Event,
                            check_experiment_id, make_event, new_experiment_id, seen_draw)
+from ledger.logged_values import (check_epoch, check_metric_value, describe_arrays,
+                                  state_arrays, state_digest)
 from ledger.seeds import (SEED_SCHEME, Label, check_path, check_root_seed, derive_bytes, draw_root_seed,
                           generator, root_seed_to_bytes)
 from ledger.store import Store, StreamWriter
@@ -41,78 +43,10 @@ from ledger.store import Store, StreamWriter
 if TYPE_CHECKING:
     from ledger.iterator import TrainingDataIterator
 
-STATE_TAG = "ledger/state/v1"
 RESERVED_LABELS = frozenset({"epoch", "worker", "rank"})
 """First labels of the library's own paths: a user draw may not start with them."""
 _ERROR_MAX = 500
 _SECOND_DRAW_HINT = " (use one iterator per experiment, or record=False for evaluation)"
-
-
-def _state_array(name: str, value: Any) -> np.ndarray:
-    """``value`` as an array of a checkpoint, or BadInputError saying why it is not one."""
-    if value is None or isinstance(value, (str, bytes, Mapping)):
-        raise BadInputError(f"checkpoint {name} is {type(value).__name__}, but must be an array "
-                            f"(or a list of numbers)")
-    try:
-        return np.asarray(value)
-    except Exception as error:  # numpy raises ValueError, TypeError, RuntimeError (torch), ...
-        raise BadInputError(f"checkpoint {name} is not an array ({type(error).__name__}: a "
-                            f"ragged list?); give several arrays as a dict of name to array"
-                            ) from None
-
-
-def state_arrays(state: Any) -> dict[str, np.ndarray]:
-    """The arrays of a model state by name: ``{"": array}`` for one array, else the map's.
-
-    Refuses (BadInputError) what has no stable bytes: an empty map, non-str keys, values that
-    are not arrays (None, text, nested maps, ragged lists).
-    """
-    if isinstance(state, Mapping):
-        if not state:
-            raise BadInputError("got an empty checkpoint, but it must hold at least one array")
-        arrays = {}
-        for key, value in state.items():
-            if not isinstance(key, str):
-                raise BadInputError(f"checkpoint keys must be str, got {key!r}")
-            arrays[key] = _state_array(repr(key), value)
-        return arrays
-    return {"": _state_array("state", state)}
-
-
-def state_digest(state: Any) -> bytes:
-    """Digest of a model state: ``array_digest`` of one array, or for a map of arrays
-    ``value_digest(["ledger/state/v1", {name: array_digest(array)}])``."""
-    arrays = state_arrays(state)
-    if isinstance(state, Mapping):
-        return value_digest([STATE_TAG, {key: array_digest(array)
-                                         for key, array in arrays.items()}])
-    return array_digest(arrays[""])
-
-
-def _describe_arrays(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-    return {key: {"dtype": array.dtype.str, "shape": list(array.shape)}
-            for key, array in arrays.items()}
-
-
-def check_epoch(epoch: Any) -> int | None:
-    """``epoch`` as an int >= 0 (numpy ints too), or None; BadInputError for anything else."""
-    if epoch is None:
-        return None
-    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-        raise BadInputError(f"got epoch {epoch!r}, but it must be an int >= 0 or None")
-    return int(epoch)
-
-
-def check_metric_value(name: str, value: Any) -> int | float:
-    """A metric's value as a Python int or float (numpy scalars too; NaN and infinities are
-    kept, as a diverged loss is worth recording); BadInputError for anything else."""
-    if isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        hint = " (call .item() on a one-value array or tensor)" if hasattr(value, "item") else ""
-        raise BadInputError(f"metric {name!r} got a value of type {type(value).__name__}, but "
-                            f"it must be a real number (int or float){hint}")
-    return value
 
 
 def _one_line(error: BaseException) -> str:
@@ -304,7 +238,7 @@ class Experiment:
         if self._already_logged(CHECKPOINT, name, epoch, output):
             return None
         return self.record(CHECKPOINT, params={"epoch": epoch, "name": name,
-                                               "arrays": _describe_arrays(state_arrays(state))},
+                                               "arrays": describe_arrays(state_arrays(state))},
                            output=output)
 
     def _already_logged(self, kind: str, name: str, epoch: int | None, output: bytes) -> bool:

@@ -1,0 +1,86 @@
+"""What ``log_metric`` and ``log_checkpoint`` accept, and the digest of a checkpoint.
+
+A metric is a real number at an epoch; a checkpoint is one array or a map of named arrays, of
+which only the digest (with each array's dtype and shape) is recorded. Anything else is refused
+with a BadInputError before an event is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ledger.digests import array_digest, value_digest
+from ledger.errors import BadInputError
+
+STATE_TAG = "ledger/state/v1"
+
+
+def _state_array(name: str, value: Any) -> np.ndarray:
+    """``value`` as an array of a checkpoint, or BadInputError saying why it is not one."""
+    if value is None or isinstance(value, (str, bytes, Mapping)):
+        raise BadInputError(f"checkpoint {name} is {type(value).__name__}, but must be an array "
+                            f"(or a list of numbers)")
+    try:
+        return np.asarray(value)
+    except Exception as error:  # numpy raises ValueError, TypeError, RuntimeError (torch), ...
+        raise BadInputError(f"checkpoint {name} is not an array ({type(error).__name__}: a "
+                            f"ragged list?); give several arrays as a dict of name to array"
+                            ) from None
+
+
+def state_arrays(state: Any) -> dict[str, np.ndarray]:
+    """The arrays of a model state by name: ``{"": array}`` for one array, else the map's.
+
+    Refuses (BadInputError) what has no stable bytes: an empty map, non-str keys, values that
+    are not arrays (None, text, nested maps, ragged lists).
+    """
+    if isinstance(state, Mapping):
+        if not state:
+            raise BadInputError("got an empty checkpoint, but it must hold at least one array")
+        arrays = {}
+        for key, value in state.items():
+            if not isinstance(key, str):
+                raise BadInputError(f"checkpoint keys must be str, got {key!r}")
+            arrays[key] = _state_array(repr(key), value)
+        return arrays
+    return {"": _state_array("state", state)}
+
+
+def state_digest(state: Any) -> bytes:
+    """Digest of a model state: ``array_digest`` of one array, or for a map of arrays
+    ``value_digest(["ledger/state/v1", {name: array_digest(array)}])``."""
+    arrays = state_arrays(state)
+    if isinstance(state, Mapping):
+        return value_digest([STATE_TAG, {key: array_digest(array)
+                                         for key, array in arrays.items()}])
+    return array_digest(arrays[""])
+
+
+def describe_arrays(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Each array's dtype and shape by name: what a ``checkpoint`` event shows of its state."""
+    return {key: {"dtype": array.dtype.str, "shape": list(array.shape)}
+            for key, array in arrays.items()}
+
+
+def check_epoch(epoch: Any) -> int | None:
+    """``epoch`` as an int >= 0 (numpy ints too), or None; BadInputError for anything else."""
+    if epoch is None:
+        return None
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+        raise BadInputError(f"got epoch {epoch!r}, but it must be an int >= 0 or None")
+    return int(epoch)
+
+
+def check_metric_value(name: str, value: Any) -> int | float:
+    """A metric's value as a Python int or float (numpy scalars too; NaN and infinities are
+    kept, as a diverged loss is worth recording); BadInputError for anything else."""
+    if isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        hint = " (call .item() on a one-value array or tensor)" if hasattr(value, "item") else ""
+        raise BadInputError(f"metric {name!r} got a value of type {type(value).__name__}, but "
+                            f"it must be a real number (int or float){hint}")
+    return value
