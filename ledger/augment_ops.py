@@ -27,7 +27,6 @@ module that defines a custom op, so define ops at module level in an importable 
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ import numpy as np
 
 from ledger.canonical import normalise
 from ledger.errors import BadInputError
+from ledger.registered_functions import behaviour, keyword_parameters, qualified_name
 
 OpFunction = Callable[..., "np.ndarray | None"]
 ParamsCheck = Callable[[dict[str, Any]], dict[str, Any]]
@@ -96,61 +96,20 @@ def register_op(name: str, version: int, *, check: ParamsCheck | None = None
                             f"{type(check).__name__}")
 
     def decorate(function: OpFunction) -> OpFunction:
-        if not callable(function):
-            raise BadInputError(f"op {name!r} must be a function (batch, rng, **params), got "
-                                f"{type(function).__name__}")
-        defaults, required = _parameters(name, function)
+        try:
+            defaults, required = keyword_parameters(f"op {name!r}", function, "batch, rng",
+                                                    reserved=("op", "version"))
+        except ValueError as error:
+            raise BadInputError(str(error)) from None
         existing = _REGISTRY.get((name, version))
-        if existing is not None and _behaviour(existing.function) != _behaviour(function):
+        if existing is not None and behaviour(existing.function) != behaviour(function):
             raise BadInputError(f"op {name!r} version {version} is already registered by "
-                                f"{_qualified(existing.function)} with other code: register "
+                                f"{qualified_name(existing.function)} with other code: register "
                                 f"the new one under a new version")
         _REGISTRY[(name, version)] = OpInfo(name, version, function, defaults, required, check)
         return function
 
     return decorate
-
-
-def _qualified(function: OpFunction) -> str:
-    return f"{getattr(function, '__module__', None)}.{getattr(function, '__qualname__', function)}"
-
-
-def _behaviour(function: OpFunction) -> tuple[Any, ...]:
-    """What an op computes, as far as Python can tell: its name, bytecode, constants, names and
-    defaults — equal for the same function imported again, different once its code changes
-    (line numbers aside, so that an edit elsewhere in its file does not count)."""
-    code = getattr(function, "__code__", None)
-    if code is None:  # a builtin or a callable object: its name is all there is to compare
-        return (_qualified(function),)
-    return (_qualified(function), _code_behaviour(code),
-            getattr(function, "__defaults__", None), getattr(function, "__kwdefaults__", None))
-
-
-def _code_behaviour(code: Any) -> tuple[Any, ...]:
-    constants = tuple(_code_behaviour(value) if hasattr(value, "co_code") else value
-                      for value in code.co_consts)
-    return (code.co_code, constants, code.co_names, code.co_varnames)
-
-
-def _parameters(name: str, function: OpFunction) -> tuple[dict[str, Any], tuple[str, ...]]:
-    try:
-        parameters = list(inspect.signature(function).parameters.values())
-    except (TypeError, ValueError):  # a builtin without a signature, say
-        raise BadInputError(f"op {name!r} must be a function (batch, rng, **params) whose "
-                            f"signature Python can read") from None
-    if len(parameters) < 2 or any(p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-                                  for p in parameters[:2]):
-        raise BadInputError(f"op {name!r} must take (batch, rng, **params)")
-    defaults: dict[str, Any] = {}
-    required: list[str] = []
-    for parameter in parameters[2:]:
-        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-            raise BadInputError(f"op {name!r} must name its parameters (no *args or **kwargs)")
-        if parameter.default is parameter.empty:
-            required.append(parameter.name)
-        else:
-            defaults[parameter.name] = parameter.default
-    return defaults, tuple(required)
 
 
 def lookup_op(name: str, version: int | None = None) -> OpInfo:

@@ -20,8 +20,8 @@ import msgpack
 
 from ledger.body_check import FAST_COLUMNS, ChainBodyCheck
 from ledger.digests import EVENT_TAG
-from ledger.events import (BODY_FIELDS, EVENT_VERSION, EXPERIMENT_CREATED, MAX_BODY_BYTES,
-                           RUN_COMPLETED)
+from ledger.events import (AUDIT_KINDS, AUDIT_STREAM, BODY_FIELDS, EVENT_VERSION,
+                           EXPERIMENT_CREATED, MAX_BODY_BYTES, RUN_COMPLETED)
 from ledger.store.store import Store
 
 _FIELDS = frozenset(BODY_FIELDS)
@@ -82,6 +82,7 @@ def check_segment(store: Store, segment: Segment) -> SegmentResult:
     shapes = ChainBodyCheck()
     fast_accepts = shapes.accepts
     full_checks = 0
+    audit = stream == AUDIT_STREAM
     # A chain's first segment also reads seqs below 0: a row inserted there is reported, not skipped.
     lo = segment.lo if segment.lo > 0 else _MIN_SEQ
     for batch in store.iter_segment_batches(exp, stream, lo, segment.hi, SEGMENT_COLUMNS,
@@ -98,6 +99,9 @@ def check_segment(store: Store, segment: Segment) -> SegmentResult:
             if digest != stored_hash:
                 return _stop(result, seq, "stored body does not hash to the stored hash "
                                           "(body or hash altered)")
+            if audit and kind not in AUDIT_KINDS:
+                return _stop(result, seq, f"{kind!r} in the audit stream, which holds only "
+                                          f"replay and report records (replay skips it)")
             body = None
             if not fast_accepts(row):
                 problem, body = full_check(exp, stream, row)

@@ -44,6 +44,8 @@ KINDS = frozenset({EXPERIMENT_CREATED, DATASET_REGISTERED, WORKER_SPAWNED, EPOCH
 
 MAIN_STREAM = "main"
 AUDIT_STREAM = "audit"
+AUDIT_KINDS = frozenset({REPLAY_RECORDED, REPORT_EXPORTED})
+"""The kinds the audit stream holds, and all it may hold: replay and diff skip that stream."""
 """The stream where replays and report exports of an experiment are recorded, after the run:
 a chain like any other (verified, append-only), but not part of the run, so ``run_completed``
 does not list it."""
@@ -217,20 +219,32 @@ def decode_body(body_bytes: bytes) -> dict[str, Any]:
     return body
 
 
-def seen_draw(draws: dict[tuple[str, tuple], bytes | None], kind: str, path: Sequence[Label],
-              output: bytes | None, hint: str = "") -> bool:
-    """True when (kind, path) is in ``draws`` with this output: a draw is recorded once per run.
+def draw_value(kind: str, params: Any, output: bytes | None) -> Any:
+    """What a second recording of a draw must equal to be the same draw: its output — or, for a
+    user draw that has none (a bare generator), which generator its path seeded, so that
+    seeding torch at a path numpy already drew from is refused rather than silently dropped."""
+    if output is None and kind == USER_DRAW and isinstance(params, Mapping):
+        return ("generator", params.get("generator"))
+    return output
 
-    Raises BadInputError when it is there with another output — two different draws cannot
+
+def seen_draw(draws: dict[tuple[str, tuple], Any], kind: str, path: Sequence[Label],
+              value: Any, hint: str = "") -> bool:
+    """True when (kind, path) is in ``draws`` with this :func:`draw_value`: a draw is recorded
+    once per run.
+
+    Raises BadInputError when it is there with another value — two different draws cannot
     share an identity (DESIGN §3). ``hint`` is appended to that message.
     """
     recorded = draws.get((kind, tuple(path)), _ABSENT)
     if recorded is _ABSENT:
         return False
-    if recorded == output:
+    if recorded == value:
         return True
-    raise BadInputError(f"got a second {kind} at path {list(path)} with another output, but a "
-                        f"draw (kind, path) is recorded once per run{hint}")
+    what = (f"for generator {value[1]!r} (recorded for {recorded[1]!r})"
+            if isinstance(value, tuple) and isinstance(recorded, tuple) else "with another output")
+    raise BadInputError(f"got a second {kind} at path {list(path)} {what}, but a draw (kind, "
+                        f"path) is recorded once per run{hint}")
 
 
 _ABSENT = object()

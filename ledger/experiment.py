@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ledger.arguments import check_epoch
 from ledger.canonical import normalise
 from ledger.datasets import (Dataset, check_arrays, check_name, check_path_argument,
                              dataset_digest, dataset_from_file, default_data_dir, store_npz)
@@ -33,9 +34,9 @@ from ledger.environment import entrypoint as detect_entrypoint
 from ledger.errors import BadInputError, StoreError
 from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EXPERIMENT_CREATED,
                            MAIN_STREAM, METRIC, RUN_COMPLETED, USER_DRAW, Event,
-                           check_experiment_id, make_event, new_experiment_id, seen_draw)
-from ledger.logged_values import (check_epoch, check_metric_value, describe_arrays,
-                                  state_arrays, state_digest)
+                           check_experiment_id, draw_value, make_event, new_experiment_id,
+                           seen_draw)
+from ledger.logged_values import check_metric_value, describe_arrays, state_arrays, state_digest
 from ledger.seeds import (SEED_SCHEME, Label, check_path, check_root_seed, derive_bytes, draw_root_seed,
                           generator, root_seed_to_bytes)
 from ledger.store import Store, StreamWriter
@@ -70,7 +71,7 @@ class Experiment:
         self.root_seed_source = root_seed_source
         self.data_dir = data_dir
         self._writer = writer
-        self._draws: dict[tuple[str, tuple], bytes | None] = {}
+        self._draws: dict[tuple[str, tuple], Any] = {}
         self._datasets: dict[str, Dataset] = {}
         self._recorded_datasets: dict[str, bytes] = {}
         """Datasets an interrupted run registered before it was resumed: name -> digest."""
@@ -113,11 +114,12 @@ class Experiment:
                      output: bytes | None = None, meta: Mapping[str, Any] | None = None
                      ) -> Event | None:
         identity = (kind, tuple(path))
-        if seen_draw(self._draws, kind, path, output, _SECOND_DRAW_HINT):
+        value = draw_value(kind, params, output)
+        if seen_draw(self._draws, kind, path, value, _SECOND_DRAW_HINT):
             return None
         event = self._append(kind, path=path, seed=seed, params=params, input=input,
                              output=output, meta=meta)
-        self._draws[identity] = output
+        self._draws[identity] = value
         return event
 
     def record_normalised_draw(self, kind: str, path: tuple[Label, ...], *, seed: bytes | None,
@@ -216,7 +218,7 @@ class Experiment:
         """
         if not isinstance(name, str) or not name:
             raise BadInputError(f"a metric name must be a non-empty str, got {name!r}")
-        epoch = check_epoch(epoch)
+        epoch = check_epoch(epoch, optional=True)
         value = normalise(check_metric_value(name, value))
         output = value_digest(value)
         if self._already_logged(METRIC, name, epoch, output):
@@ -233,7 +235,7 @@ class Experiment:
         """
         if not isinstance(name, str) or not name:
             raise BadInputError(f"a checkpoint name must be a non-empty str, got {name!r}")
-        epoch = check_epoch(epoch)
+        epoch = check_epoch(epoch, optional=True)
         output = state_digest(state)
         if self._already_logged(CHECKPOINT, name, epoch, output):
             return None

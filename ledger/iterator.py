@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ledger.arguments import check_flag
 from ledger.augment import DataAugmenter, augment_path
 from ledger.batches import BatchDigests, BatchMaker, batch_input_digest, fast_array_digest
 from ledger.canonical import normalise
@@ -94,14 +95,14 @@ class TrainingDataIterator:
         if experiment is not None and not isinstance(experiment, Experiment):
             raise BadInputError(f"got experiment of type {type(experiment).__name__}, but must "
                                 f"be an Experiment (manager.create_experiment)")
-        self.shuffle = bool(shuffle)
-        self.drop_last = bool(drop_last)
+        self.shuffle = check_flag("shuffle", shuffle)
+        self.drop_last = check_flag("drop_last", drop_last)
         self.augmenter = augmenter
         self.experiment = experiment
         self.start_method = start_method
         self.timeout = timeout
         self.root_seed, self.augment_seed = self._roots(seed)
-        self.recording = experiment is not None and bool(record)
+        self.recording = experiment is not None and check_flag("record", record)
         if self.recording and not experiment.dataset_registered(self.dataset):
             raise BadInputError(f"got dataset {self.dataset.name!r} that is not registered in "
                                 f"{experiment.id}, but a recorded run needs it registered: "

@@ -65,15 +65,6 @@ def describe_arrays(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
             for key, array in arrays.items()}
 
 
-def check_epoch(epoch: Any) -> int | None:
-    """``epoch`` as an int >= 0 (numpy ints too), or None; BadInputError for anything else."""
-    if epoch is None:
-        return None
-    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-        raise BadInputError(f"got epoch {epoch!r}, but it must be an int >= 0 or None")
-    return int(epoch)
-
-
 def check_metric_value(name: str, value: Any) -> int | float:
     """A metric's value as a Python int or float (numpy scalars too; NaN and infinities are
     kept, as a diverged loss is worth recording); BadInputError for anything else."""

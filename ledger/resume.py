@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ledger.errors import BadInputError, CheckFailedError
 from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EXPERIMENT_CREATED,
-                           MAIN_STREAM, METRIC, RUN_RESUMED, decode_body)
+                           MAIN_STREAM, METRIC, RUN_RESUMED, decode_body, draw_value)
 from ledger.seeds import root_seed_from_bytes
 from ledger.store import Store, StreamWriter
 from ledger.verify import verify
@@ -61,7 +61,8 @@ def _remember(store: Store, experiment: "Experiment") -> dict[str, Any] | None:
         body = decode_body(body_bytes)
         params = body["params"] if isinstance(body["params"], dict) else {}
         if body["seed"] is not None:
-            experiment._draws[(kind, tuple(body["path"]))] = body["output"]
+            experiment._draws[(kind, tuple(body["path"]))] = draw_value(kind, body["params"],
+                                                                        body["output"])
         elif kind == DATASET_REGISTERED:
             experiment._recorded_datasets[str(params.get("name"))] = body["output"]
         elif kind in (METRIC, CHECKPOINT):

@@ -126,3 +126,24 @@ def distributed_rank(rank: int, world: int, init_file: str, url: str, data_dir: 
             Path(out_dir, f"rank-{rank}-pid").write_text(str(os.getpid()))
     finally:
         dist.destroy_process_group()
+
+
+def failing_rank(rank: int, world: int, init_file: str, url: str, out_dir: str) -> None:
+    """One rank of a 2-rank gloo job whose rank 0 cannot create the experiment (seed -1): each
+    rank writes the error it got, rank 0 staying alive a while as a real job would (logging,
+    cleaning up), so that a rank waiting for rank 0 would wait."""
+    import datetime
+    import time
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=120))
+    try:
+        with distributed_experiment("bad-seed", url=url, seed=-1):
+            outcome = "no error"
+    except Exception as error:  # noqa: BLE001 - written for the test to read
+        outcome = f"{type(error).__name__}: {error}"
+        if rank == 0:
+            time.sleep(2)
+    Path(out_dir, f"rank-{rank}").write_text(outcome)

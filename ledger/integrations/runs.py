@@ -21,8 +21,9 @@ from typing import Any
 
 from ledger.datasets import Dataset, check_arrays, check_name, dataset_digest, dataset_from_file
 from ledger.errors import BadInputError, StoreError
-from ledger.events import (DATASET_REGISTERED, EXPERIMENT_CREATED, MAIN_STREAM, RUN_COMPLETED,
-                           Event, check_experiment_id, check_stream, decode_body, seen_draw)
+from ledger.events import (AUDIT_STREAM, DATASET_REGISTERED, EXPERIMENT_CREATED, MAIN_STREAM,
+                           RUN_COMPLETED, Event, check_experiment_id, check_stream, decode_body,
+                           draw_value, seen_draw)
 from ledger.seeds import Label, root_seed_from_bytes
 from ledger.store import Store, StreamWriter
 
@@ -49,6 +50,9 @@ class AttachedRun:
         if stream == MAIN_STREAM:
             raise BadInputError(f"got stream {stream!r}, but the main stream belongs to the "
                                 f"process that created {exp}: attach with another stream name")
+        if stream == AUDIT_STREAM:
+            raise BadInputError(f"got stream {stream!r}, but it holds the replays and reports of "
+                                f"{exp}, not its draws: attach with another stream name")
         store.experiment(exp)  # UnknownExperimentError when there is none
         created = store.first_event_body(exp, EXPERIMENT_CREATED)
         if created is None or not isinstance(created.get("params"), dict):
@@ -59,8 +63,9 @@ class AttachedRun:
         params = created["params"]
         self.name = str(params.get("name"))
         self.root_seed = root_seed_from_bytes(params.get("root_seed"))
-        self._writer = StreamWriter(store, exp, stream, take_over=take_over, write_behind=True)
-        self._draws: dict[tuple[str, tuple], bytes | None] = {}
+        self._writer = StreamWriter(store, exp, stream, take_over=take_over, write_behind=True,
+                                    before_write=self._refuse_completed_run)
+        self._draws: dict[tuple[str, tuple], Any] = {}
         self._datasets: dict[str, Dataset] = {}
         self._loaders: weakref.WeakSet[Any] = weakref.WeakSet()
         self.closed = False
@@ -98,11 +103,12 @@ class AttachedRun:
                     ) -> Event | None:
         """Record a draw once: None if this (kind, path) was recorded here with this output."""
         identity = (kind, tuple(path))
-        if seen_draw(self._draws, kind, path, output):
+        value = draw_value(kind, params, output)
+        if seen_draw(self._draws, kind, path, value):
             return None
         event = self.record(kind, path=path, seed=seed, params=params, input=input,
                             output=output, meta=meta)
-        self._draws[identity] = output
+        self._draws[identity] = value
         return event
 
     def record_normalised_draw(self, kind: str, path: tuple[Label, ...], *, seed: bytes | None,
@@ -133,6 +139,13 @@ class AttachedRun:
         self._drain_loaders()
         return self._writer.flush()
 
+    def _refuse_completed_run(self) -> None:
+        """Before each write: once the main process has recorded ``run_completed``, nothing
+        more belongs to the run (it would no longer verify)."""
+        if self.store.last_kind(self.id, MAIN_STREAM) == RUN_COMPLETED:
+            raise StoreError(f"the run of {self.id} is already completed: events of stream "
+                             f"{self.stream} recorded after that are not written")
+
     def _track(self, loader: Any) -> None:
         """Drain ``loader`` (its ``_drain_recorder()``) before recording anything else, and at
         close (its ``close()``): the protocol of Experiment's iterators."""
@@ -155,6 +168,8 @@ class AttachedRun:
         registered this content under this name (yet: register there first, then attach).
         """
         check_name(name)
+        if path is not None and (features is not None or labels is not None):
+            raise BadInputError(f"got both arrays and path= for dataset {name!r}: give one")
         if path is not None:
             dataset = dataset_from_file(name, Path(path), features_key, labels_key)
             features, labels = dataset.features, dataset.labels

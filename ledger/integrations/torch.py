@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -51,10 +52,11 @@ except ImportError as error:  # pragma: no cover - exercised only without torch
     raise ImportError("ledger.integrations.torch needs PyTorch: pip install "
                       "'reproducibility-ledger[torch]' (torch==2.13.0)") from error
 
+from ledger.arguments import MAX_EPOCH, check_epoch, check_flag
 from ledger.batches import batch_input_digest, fast_array_digest
 from ledger.canonical import normalise
 from ledger.datasets import Dataset
-from ledger.errors import BadInputError
+from ledger.errors import BadInputError, StoreError
 from ledger.events import AUGMENTATION_BATCH, EPOCH_RESET, USER_DRAW, WORKER_SPAWNED
 from ledger.experiment import RESERVED_LABELS, Experiment, ExperimentManager
 from ledger.integrations.runs import AttachedRun
@@ -74,6 +76,14 @@ __all__ = ["AttachedRun", "RecordedDataLoader", "RecordedSampler", "RecordedTran
            "torch_generator", "torch_seed"]
 
 Run = Experiment | AttachedRun
+
+
+def _check_run(run: Any) -> Run:
+    """``run`` when it is an Experiment or AttachedRun; BadInputError naming what it is not."""
+    if not isinstance(run, (Experiment, AttachedRun)):
+        raise BadInputError(f"got run of type {type(run).__name__}, but must be the Experiment "
+                            f"(manager.create_experiment) or an AttachedRun")
+    return run
 
 
 # -- seeds and digests -------------------------------------------------------------------------
@@ -103,14 +113,21 @@ def tensor_digest(tensor: torch.Tensor) -> bytes:
 def state_arrays(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """A ``state_dict`` as numpy arrays for ``exp.log_checkpoint``: detached CPU copies, bfloat16
     widened to float32 (exactly). A plain float CPU ``state_dict`` can be logged as it is."""
+    if not isinstance(state, Mapping):
+        raise BadInputError(f"got {type(state).__name__}, but state_arrays takes a state_dict "
+                            f"(a map of names to tensors): pass model.state_dict()")
     arrays = {}
     for key, value in state.items():
-        if isinstance(value, torch.Tensor):
-            value = value.detach().cpu()
-            if value.dtype == torch.bfloat16:
-                value = value.float()
-            value = value.numpy()
-        arrays[key] = np.asarray(value)
+        try:
+            if isinstance(value, torch.Tensor):
+                value = value.detach().cpu()
+                if value.dtype == torch.bfloat16:
+                    value = value.float()
+                value = value.numpy()
+            arrays[key] = np.asarray(value)
+        except (TypeError, RuntimeError, ValueError) as error:
+            raise BadInputError(f"cannot read {key!r} of the state_dict as an array: "
+                                f"{' '.join(str(error).split())[:200]}") from None
     return arrays
 
 
@@ -126,7 +143,7 @@ def manual_seed(run: Run, *path: Any) -> int:
     """Seed torch's global RNG from the user path ``path`` (e.g. ``("model", "init")``) and
     record it as a ``user_draw``; return the torch seed. For model initialisation."""
     labels = _user_path(path)
-    seed = derive_bytes(run.root_seed, labels)
+    seed = derive_bytes(_check_run(run).root_seed, labels)
     run.record_draw(USER_DRAW, labels, seed=seed, params={"generator": "torch.manual_seed"})
     torch.manual_seed(torch_seed(seed))
     return torch_seed(seed)
@@ -135,7 +152,7 @@ def manual_seed(run: Run, *path: Any) -> int:
 def torch_generator(run: Run, *path: Any) -> torch.Generator:
     """A ``torch.Generator`` for the user path ``path``, recorded as a ``user_draw``."""
     labels = _user_path(path)
-    seed = derive_bytes(run.root_seed, labels)
+    seed = derive_bytes(_check_run(run).root_seed, labels)
     run.record_draw(USER_DRAW, labels, seed=seed, params={"generator": "torch.Generator"})
     return torch.Generator().manual_seed(torch_seed(seed))
 
@@ -177,7 +194,14 @@ class RecordedTransform:
             return self._call(x, root, tuple(path))
         outputs = [self._call(sample, root, sample_path(tuple(path), position))
                    for position, sample in enumerate(x.unbind(0))]
-        return torch.stack(outputs) if outputs else x
+        if not outputs:
+            return x
+        shapes = {(tuple(output.shape), output.dtype) for output in outputs}
+        if len(shapes) > 1:
+            raise BadInputError(f"transform {self.spec['transform']!r} returned samples of "
+                                f"different shapes or dtypes {sorted(map(str, shapes))[:3]}, but "
+                                f"the samples of a batch must stack")
+        return torch.stack(outputs)
 
     def _call(self, x: torch.Tensor, root: int, path: tuple) -> torch.Tensor:
         seed = torch_seed(derive_bytes(root, path))
@@ -235,14 +259,11 @@ class RecordedSampler(Sampler[int]):
     def __init__(self, data_source: Any, run: Run | None = None, *,
                  num_replicas: int | None = None, rank: int | None = None, shuffle: bool = True,
                  seed: int | None = None, drop_last: bool = False, record: bool = True) -> None:
-        length = data_source if isinstance(data_source, (int, np.integer)) else len(data_source)
-        if isinstance(length, bool) or int(length) < 1:
-            raise BadInputError(f"got a data source of length {length!r}, but it must hold at "
-                                f"least one sample")
-        self.length = int(length)
+        self.length = _source_length(data_source)
         self.dataset = data_source if isinstance(data_source, Dataset) else None
         self.run = run
         if run is not None:
+            _check_run(run)
             if seed is not None and check_root_seed(seed) != run.root_seed:
                 raise BadInputError(f"got seed {seed}, but within experiment {run.id} every draw "
                                     f"derives from its root seed {run.root_seed}: drop it")
@@ -252,9 +273,9 @@ class RecordedSampler(Sampler[int]):
         else:
             self.root = check_root_seed(seed)
         self.num_replicas, self.rank = _replicas(num_replicas, rank)
-        self.shuffle = bool(shuffle)
-        self.drop_last = bool(drop_last)
-        self.recording = run is not None and bool(record)
+        self.shuffle = check_flag("shuffle", shuffle)
+        self.drop_last = check_flag("drop_last", drop_last)
+        self.recording = run is not None and check_flag("record", record)
         self.epoch = -1
         """The epoch of the latest pass (-1 before the first)."""
         self._next_epoch = 0
@@ -262,9 +283,7 @@ class RecordedSampler(Sampler[int]):
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass epoch ``epoch`` (as ``DistributedSampler.set_epoch``)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise BadInputError(f"got epoch {epoch!r}, but must be an int >= 0")
-        self._next_epoch = int(epoch)
+        self._next_epoch = check_epoch(epoch)
 
     def __len__(self) -> int:
         return share_size(self.length, self.num_replicas, self.drop_last)
@@ -287,8 +306,11 @@ class RecordedSampler(Sampler[int]):
         """Start the next epoch, recording its ``epoch_reset`` (``extra`` params added) on
         rank 0; return the epoch and this rank's indices (the order is computed once)."""
         epoch = self._next_epoch
-        self._next_epoch, self.epoch = epoch + 1, epoch
+        if epoch > MAX_EPOCH:
+            raise BadInputError(f"epoch {MAX_EPOCH} was the last one (epochs are 64-bit path "
+                                f"labels): set_epoch to go on")
         order = self.order(epoch)
+        self._next_epoch, self.epoch = epoch + 1, epoch
         if self.recording and self.rank == 0 and epoch not in self._recorded:
             path = shuffle_path(epoch)
             params: dict[str, Any] = {"epoch": epoch, "length": self.length,
@@ -301,6 +323,22 @@ class RecordedSampler(Sampler[int]):
                                  params=params, output=fast_array_digest(order))
             self._recorded.add(epoch)
         return epoch, rank_share(order, self.num_replicas, self.rank, self.drop_last)
+
+
+def _source_length(data_source: Any) -> int:
+    """The sample count of a sampler's data source: an int, or something with a length."""
+    if isinstance(data_source, (str, bytes, bool, np.bool_)) or not isinstance(
+            data_source, (int, np.integer)) and not hasattr(data_source, "__len__"):
+        raise BadInputError(f"got a data source of type {type(data_source).__name__}, but it "
+                            f"must be a sample count (int) or a dataset with a length")
+    try:
+        length = data_source if isinstance(data_source, (int, np.integer)) else len(data_source)
+    except (TypeError, OverflowError) as error:
+        raise BadInputError(f"cannot take the length of the data source: {error}") from None
+    if not 1 <= length <= sys.maxsize:
+        raise BadInputError(f"got a data source of length {length!r}, but it must hold from 1 "
+                            f"to {sys.maxsize} samples")
+    return int(length)
 
 
 class BatchRequest(NamedTuple):
@@ -349,6 +387,9 @@ class SeedWorkers:
                  then: Callable[[int], None] | None = None) -> None:
         self.root = check_root_seed(root)
         self.num_replicas, self.rank = check_replicas(num_replicas, rank)
+        if then is not None and not callable(then):
+            raise BadInputError(f"got worker_init_fn of type {type(then).__name__}, but it must "
+                                f"be a function of the worker id")
         self.then = then
 
     def path(self, worker: int) -> tuple:
@@ -431,6 +472,7 @@ class RecordedDataLoader(DataLoader):
                  drop_last: bool = False, num_replicas: int | None = None,
                  rank: int | None = None, record: bool = True,
                  worker_init_fn: Callable[[int], None] | None = None, **options: Any) -> None:
+        _check_run(run)
         if not isinstance(dataset, Dataset):
             raise BadInputError(f"got dataset of type {type(dataset).__name__}, but must be a "
                                 f"Dataset from run.register_dataset (or use recorded_dataloader "
@@ -442,8 +484,15 @@ class RecordedDataLoader(DataLoader):
         if clashing:
             raise BadInputError(f"got DataLoader option(s) {clashing}, but a RecordedDataLoader "
                                 f"sets them itself")
-        if options.get("in_order") is False:
-            raise BadInputError("got in_order=False, but recorded batches must arrive in order")
+        if "in_order" in options and options["in_order"] is not True:
+            raise BadInputError(f"got in_order={options['in_order']!r}, but recorded batches must "
+                                f"arrive in order")
+        prefetch = options.get("prefetch_factor")
+        if prefetch is not None and (isinstance(prefetch, bool) or not isinstance(
+                prefetch, (int, np.integer)) or prefetch < 1):
+            raise BadInputError(f"got prefetch_factor={prefetch!r}, but must be an int >= 1")
+        record = check_flag("record", record)
+        _check_tensor_dtypes(dataset)
         if record and not run.dataset_registered(dataset):
             raise BadInputError(f"got dataset {dataset.name!r} that is not registered in "
                                 f"{run.id}: data = run.register_dataset(name, features, labels)")
@@ -454,7 +503,7 @@ class RecordedDataLoader(DataLoader):
                                 f"a RecordedTransform of a registered transform")
         sampler = RecordedSampler(dataset, run, num_replicas=num_replicas, rank=rank,
                                   shuffle=shuffle, record=record)
-        requests = _BatchRequests(sampler, int(batch_size), bool(drop_last))
+        requests = _BatchRequests(sampler, int(batch_size), check_flag("drop_last", drop_last))
         if len(requests) == 0:
             raise BadInputError(f"got batch_size {batch_size} with drop_last and "
                                 f"{len(sampler)} samples per rank, but every epoch would be empty")
@@ -463,23 +512,28 @@ class RecordedDataLoader(DataLoader):
         self.recorded_sampler = sampler
         self.requests = requests
         self.transform = transform
-        self.record = bool(record)
+        self.record = record
         self.seed_workers = SeedWorkers(run.root_seed, num_replicas=sampler.num_replicas,
                                         rank=sampler.rank, then=worker_init_fn)
         self._workers: dict[int, bytes] = {}
         self._batch_params = self._batch_event_params()
         self._pending: list[tuple] = []
         self._draining = False
+        try:
+            super().__init__(_Batches(dataset, transform, run.root_seed, sampler.num_replicas,
+                                      sampler.rank, self.record),
+                             batch_size=None, sampler=requests, collate_fn=_as_made,
+                             worker_init_fn=self.seed_workers,
+                             # base_seed is drawn from this private generator, not torch's
+                             # global RNG; every worker RNG it would seed is re-seeded by
+                             # SeedWorkers.
+                             generator=torch.Generator().manual_seed(0), **options)
+        except (TypeError, ValueError) as error:  # DataLoader's own checks of its options
+            raise BadInputError(f"DataLoader refused its options: "
+                                f"{' '.join(str(error).split())[:300]}") from None
         track = getattr(run, "_track", None)
         if record and callable(track):
             track(self)  # the run drains this loader before it records anything else
-        super().__init__(_Batches(dataset, transform, run.root_seed, sampler.num_replicas,
-                                  sampler.rank, self.record),
-                         batch_size=None, sampler=requests, collate_fn=_as_made,
-                         worker_init_fn=self.seed_workers,
-                         # base_seed is drawn from this private generator, not torch's global
-                         # RNG; every worker RNG it would seed is re-seeded by SeedWorkers.
-                         generator=torch.Generator().manual_seed(0), **options)
 
     @property
     def epoch(self) -> int:
@@ -501,12 +555,19 @@ class RecordedDataLoader(DataLoader):
                     self._record(*report)
                 yield (x, y) if with_labels else x
             return
+        first = True
         try:
             for x, y, report in batches:
+                if self.record and self.run.closed:
+                    raise StoreError(f"{self.run!r} is closed: its loader hands out no more "
+                                     f"batches")
                 if report is not None:
                     self._pending.append(report)
-                    if len(self._pending) >= RECORD_EVERY:
+                    # The first batch of a pass is recorded before it is handed out, so a
+                    # refused draw (a clash with another loader's) stops the pass before it.
+                    if first or len(self._pending) >= RECORD_EVERY:
                         self._drain_recorder()
+                first = False
                 yield (x, y) if with_labels else x
         finally:
             self._drain_recorder()
@@ -588,18 +649,42 @@ class RecordedDataLoader(DataLoader):
 
 
 def register_torch_dataset(run: Run, name: str, dataset: Any) -> Dataset:
-    """Register a map-style torch Dataset of ``(features, label)`` samples (or features alone)
-    by reading every sample into arrays — for datasets that fit in memory."""
-    if isinstance(run, AttachedRun):
+    """Register a map-style torch Dataset of ``(features, label)`` samples (or features alone,
+    bare or as 1-tuples, as a ``TensorDataset`` of one tensor gives them) by reading every
+    sample into arrays — for datasets that fit in memory."""
+    if isinstance(_check_run(run), AttachedRun):
         raise BadInputError("register a dataset through the experiment's main process; on other "
                             "ranks use register_dataset(run, name, features, labels)")
-    samples = [dataset[index] for index in range(len(dataset))]
+    try:
+        samples = [dataset[index] for index in range(len(dataset))]
+    except TypeError as error:  # no len() (an IterableDataset) or no indexing
+        raise BadInputError(f"got {type(dataset).__name__} for dataset {name!r}, but it must be "
+                            f"a map-style torch Dataset (len() and [index]): {error}") from None
     if not samples:
         raise BadInputError(f"got an empty dataset {name!r}")
+    if all(isinstance(sample, (tuple, list)) and len(sample) == 1 for sample in samples):
+        samples = [sample[0] for sample in samples]
     pairs = isinstance(samples[0], (tuple, list)) and len(samples[0]) == 2
-    features = np.stack([_array(sample[0] if pairs else sample) for sample in samples])
-    labels = np.stack([_array(sample[1]) for sample in samples]) if pairs else None
+    try:
+        features = np.stack([_array(sample[0] if pairs else sample) for sample in samples])
+        labels = np.stack([_array(sample[1]) for sample in samples]) if pairs else None
+    except (TypeError, ValueError, RuntimeError, IndexError) as error:
+        raise BadInputError(f"cannot read dataset {name!r} into arrays (samples must be "
+                            f"tensors or arrays of one shape, or (features, label) pairs): "
+                            f"{' '.join(str(error).split())[:200]}") from None
     return run.register_dataset(name, features, labels)
+
+
+def _check_tensor_dtypes(dataset: Dataset) -> None:
+    """Refuse a dataset whose arrays torch cannot hold (e.g. longdouble) before anything runs."""
+    for role, array in (("features", dataset.features), ("labels", dataset.labels)):
+        if array is None:
+            continue
+        try:
+            torch.from_numpy(array[:1])
+        except TypeError:
+            raise BadInputError(f"dataset {dataset.name!r} has {role} of dtype {array.dtype}, "
+                                f"which torch cannot hold: convert them first") from None
 
 
 def _array(value: Any) -> np.ndarray:
@@ -613,6 +698,7 @@ def recorded_dataloader(run: Run, data: Any, batch_size: int, *, name: str | Non
     """The one-call helper: a fully recorded DataLoader from a registered Dataset, a torch
     Dataset (registered here as ``name``), or ``(features, labels)`` arrays (likewise).
     ``options`` as :class:`RecordedDataLoader`."""
+    _check_run(run)
     if not isinstance(data, Dataset):
         if name is None:
             raise BadInputError("got unregistered data, but registering it needs name=")
@@ -682,16 +768,27 @@ def distributed_experiment(name: str, *, url: str | None = None, seed: int | Non
     manager: ExperimentManager | None = None
     run: Run
     if rank == 0:
-        manager = ExperimentManager(url, data_dir=data_dir)
         try:
-            run = manager.create_experiment(name, seed=seed, exp_id=exp_id, **create)
+            manager = ExperimentManager(url, data_dir=data_dir)
+            try:
+                run = manager.create_experiment(name, seed=seed, exp_id=exp_id, **create)
+            except BaseException:
+                manager.close()
+                raise
         except BaseException:
-            manager.close()
+            if world > 1:  # an empty id tells the other ranks, which would wait for it
+                _broadcast_id(None, group)
             raise
     if world > 1:
         shared = _broadcast_id(run.id if rank == 0 else None, group)
         if rank != 0:
-            run = AttachedRun.open(url, shared, rank_stream(rank))
+            if not shared:
+                raise StoreError("rank 0 could not create the experiment (its error says why)")
+            try:
+                run = AttachedRun.open(url, shared, rank_stream(rank))
+            except BaseException:
+                _gather_failures(True, group)  # rank 0 meets every rank there when it finishes
+                raise
     failure: BaseException | None = None
     try:
         yield run

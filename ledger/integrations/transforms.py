@@ -26,13 +26,13 @@ draws — and register it under a new version, keeping the old one, or old runs 
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ledger.canonical import normalise
 from ledger.errors import BadInputError, CannotReplayError
+from ledger.registered_functions import behaviour, keyword_parameters, qualified_name
 
 PER = ("sample", "batch")
 TransformFunction = Callable[..., Any]
@@ -73,8 +73,10 @@ def register_transform(name: str, version: int, *, global_rng: bool = False
                        ) -> Callable[[TransformFunction], TransformFunction]:
     """Register ``function(x, generator, **params)`` as transform ``name`` at ``version``.
 
-    Registering another function under a taken (name, version) raises BadInputError;
-    re-registering the same function (a module imported again) is allowed.
+    Registering other code under a taken (name, version) raises BadInputError (the code is
+    compared, not only the name: two lambdas differ); re-registering the same function (a module
+    imported again) is allowed. Parameters after ``(x, generator)`` must be passable by keyword
+    and not be named ``name``, ``version`` or ``per``.
     """
     if not isinstance(name, str) or not name or not name.replace("_", "a").isalnum():
         raise BadInputError(f"a transform name must be letters, digits and _, got {name!r}")
@@ -82,38 +84,22 @@ def register_transform(name: str, version: int, *, global_rng: bool = False
         raise BadInputError(f"a transform version must be an int >= 1, got {version!r}")
 
     def decorate(function: TransformFunction) -> TransformFunction:
-        defaults, required = _parameters(name, function)
+        try:
+            defaults, required = keyword_parameters(f"transform {name!r}", function,
+                                                    "x, generator",
+                                                    reserved=("name", "version", "per"))
+        except ValueError as error:
+            raise BadInputError(str(error)) from None
         existing = _registry.get((name, version))
-        if existing is not None and _qualified(existing.function) != _qualified(function):
+        if existing is not None and behaviour(existing.function) != behaviour(function):
             raise BadInputError(f"transform {name!r} version {version} is already registered by "
-                                f"{_qualified(existing.function)}: register a new version")
+                                f"{qualified_name(existing.function)} with other code: register "
+                                f"a new version")
         _registry[(name, version)] = TransformInfo(name, version, function, defaults, required,
                                                    bool(global_rng))
         return function
 
     return decorate
-
-
-def _qualified(function: TransformFunction) -> str:
-    return f"{function.__module__}.{function.__qualname__}"
-
-
-def _parameters(name: str, function: TransformFunction) -> tuple[dict[str, Any], tuple[str, ...]]:
-    parameters = list(inspect.signature(function).parameters.values())
-    if len(parameters) < 2 or any(p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-                                  for p in parameters[:2]):
-        raise BadInputError(f"transform {name!r} must take (x, generator, **params)")
-    defaults: dict[str, Any] = {}
-    required: list[str] = []
-    for parameter in parameters[2:]:
-        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-            raise BadInputError(f"transform {name!r} must name its parameters (no *args or "
-                                f"**kwargs)")
-        if parameter.default is parameter.empty:
-            required.append(parameter.name)
-        else:
-            defaults[parameter.name] = parameter.default
-    return defaults, tuple(required)
 
 
 def lookup_transform(name: str, version: int | None = None) -> TransformInfo:

@@ -293,6 +293,14 @@ class Store:
             row = connection.execute(query).first()
         return None if row is None else (row.seq, row.hash)
 
+    def last_kind(self, exp: str, stream: str) -> str | None:
+        """The kind of the last event of a stream (one index seek), or None for an empty one."""
+        query = (select(events_table.c.kind)
+                 .where(events_table.c.exp == exp, events_table.c.stream == stream)
+                 .order_by(events_table.c.seq.desc()).limit(1))
+        with self._reading() as connection:
+            return connection.execute(query).scalar()
+
     def iter_event_rows(self, exp: str | None = None, *, batch_size: int = 5000
                         ) -> Iterator[tuple[Any, ...]]:
         """Stream stored events ordered by (exp, stream, seq) as tuples of EVENT_COLUMNS.

@@ -51,14 +51,17 @@ class StreamWriter:
     and it refuses further appends: the chain never forks.
 
     ``write_behind=True`` writes full batches (and interval flushes) on a background thread; see
-    the module docstring. On in-memory SQLite, where each thread would see its own database,
+    the module docstring. ``before_write`` is called before each batch of events is written
+    (in whichever thread writes it): a LedgerError it raises stops the writer as a failed write
+    would, with the batch unwritten. On in-memory SQLite, where each thread would see its own database,
     every write happens in the owner's thread (no background thread, whatever the options).
     """
 
     def __init__(self, store: Store, exp: str, stream: str, *, batch_size: int = DEFAULT_BATCH_SIZE,
                  flush_interval: float | None = DEFAULT_FLUSH_INTERVAL,
                  clock: Callable[[], int] = time.time_ns, take_over: bool = False,
-                 write_behind: bool = False, _head: tuple[int, bytes] | None = None) -> None:
+                 write_behind: bool = False, before_write: Callable[[], None] | None = None,
+                 _head: tuple[int, bytes] | None = None) -> None:
         if batch_size < 1:
             raise BadInputError(f"got batch_size {batch_size}, but it must be >= 1")
         if flush_interval is not None and flush_interval <= 0:
@@ -70,6 +73,7 @@ class StreamWriter:
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.clock = clock
+        self.before_write = before_write
         self._claim = claim_stream(store, self.exp, self.stream,
                                    None if _head is None else _head[0] + 1, take_over=take_over)
         try:
@@ -210,7 +214,7 @@ class StreamWriter:
             return
         rows = self._pending
         try:
-            self.store.append_rows(rows)
+            self._write(rows)
         except LedgerError as error:
             self._failure = error
             raise
@@ -246,7 +250,7 @@ class StreamWriter:
                 self._writing = True
             failure = None
             try:
-                self.store.append_rows(rows)  # outside the lock: appends go on meanwhile
+                self._write(rows)  # outside the lock: appends go on meanwhile
             except LedgerError as error:
                 failure = error
             with self._lock:
@@ -256,6 +260,11 @@ class StreamWriter:
                 else:
                     self._failure, self._failure_unreported = failure, True
                 self._changed.notify_all()
+
+    def _write(self, rows: list[tuple[Any, ...]]) -> None:
+        if self.before_write is not None:
+            self.before_write()
+        self.store.append_rows(rows)
 
     def _check_usable(self) -> None:
         if self._closed:

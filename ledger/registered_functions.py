@@ -1,0 +1,79 @@
+"""What the op and transform registries check of a function registered under (name, version).
+
+Augmentation ops (:mod:`ledger.augment_ops`) and PyTorch transforms
+(:mod:`ledger.integrations.torch`) are both recorded by a declared name and version and called
+as ``function(data, generator, **params)``. Both registries need the same three answers: which
+parameters the function takes (and whether every one can be passed by keyword), what its code
+is (so that other code cannot take a (name, version) that is already taken), and a printable
+name for messages.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Collection
+from typing import Any
+
+
+def qualified_name(function: Callable[..., Any]) -> str:
+    """``module.qualname`` of a function, or what there is of it for a callable object."""
+    return (f"{getattr(function, '__module__', None)}."
+            f"{getattr(function, '__qualname__', type(function).__qualname__)}")
+
+
+def behaviour(function: Callable[..., Any]) -> tuple[Any, ...]:
+    """What a function computes, as far as Python can tell: its name, bytecode, constants,
+    names and defaults — equal for the same function imported again, different once its code
+    changes (line numbers aside, so that an edit elsewhere in its file does not count)."""
+    if isinstance(function, functools.partial):  # the function and what is bound to it
+        return ("partial", behaviour(function.func), repr(function.args),
+                repr(sorted(function.keywords.items())))
+    code = getattr(function, "__code__", None)
+    if code is None:  # a builtin or a callable object: its name is all there is to compare
+        return (qualified_name(function),)
+    return (qualified_name(function), _code_behaviour(code),
+            getattr(function, "__defaults__", None), getattr(function, "__kwdefaults__", None))
+
+
+def _code_behaviour(code: Any) -> tuple[Any, ...]:
+    constants = tuple(_code_behaviour(value) if hasattr(value, "co_code") else value
+                      for value in code.co_consts)
+    return (code.co_code, constants, code.co_names, code.co_varnames)
+
+
+def keyword_parameters(what: str, function: Callable[..., Any], leading: str,
+                       reserved: Collection[str] = ()) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """(defaults, required names) of the parameters ``function`` takes after its two leading
+    positional ones (``leading`` names them in messages, e.g. "batch, rng").
+
+    Raises ValueError with a message naming ``what`` when the signature cannot be read, the
+    two leading parameters are missing, a parameter cannot be passed by keyword (``*args``,
+    ``**kwargs``, positional-only) or one is named as a ``reserved`` key of the recorded spec.
+    The registries turn it into their BadInputError.
+    """
+    if not callable(function):
+        raise ValueError(f"{what} must be a function ({leading}, **params), got "
+                         f"{type(function).__name__}")
+    try:
+        parameters = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature, say
+        raise ValueError(f"{what} must be a function ({leading}, **params) whose signature "
+                         f"Python can read") from None
+    if len(parameters) < 2 or any(p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                                  for p in parameters[:2]):
+        raise ValueError(f"{what} must take ({leading}, **params)")
+    defaults: dict[str, Any] = {}
+    required: list[str] = []
+    for parameter in parameters[2:]:
+        if parameter.kind not in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+            raise ValueError(f"{what} must name its parameters, each passable by keyword (no "
+                             f"*args, **kwargs or positional-only {parameter.name!r})")
+        if parameter.name in reserved:
+            raise ValueError(f"{what} may not have a parameter named {parameter.name!r}: "
+                             f"{sorted(reserved)} are keys of its recorded spec")
+        if parameter.default is parameter.empty:
+            required.append(parameter.name)
+        else:
+            defaults[parameter.name] = parameter.default
+    return defaults, tuple(required)

@@ -1,0 +1,301 @@
+"""Hostile input to the PyTorch integration: one clear LedgerError, nothing recorded for the
+refused call, never a batch handed out that will not be recorded, never a silently wrong run.
+
+Each case was found by a sweep that fed the integration odd values and saw a raw torch or
+Python error, a refusal that came only after the whole epoch, or a ledger that no longer
+verified.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed (the 'torch' extra)")
+
+import torch_helpers  # noqa: E402 - registers the test transforms
+from ledger import TrainingDataIterator  # noqa: E402
+from ledger.errors import BadInputError, LedgerError, StoreError  # noqa: E402
+from ledger.events import AUGMENTATION_BATCH, decode_body  # noqa: E402
+from ledger.experiment import ExperimentManager  # noqa: E402
+from ledger.integrations.runs import AttachedRun  # noqa: E402
+from ledger.integrations.torch import (RecordedDataLoader, RecordedSampler,  # noqa: E402
+                                       RecordedTransform, manual_seed, recorded_dataloader,
+                                       register_torch_dataset, state_arrays, torch_generator)
+from ledger.integrations.transforms import register_transform  # noqa: E402
+from ledger.store import Store, StreamWriter  # noqa: E402
+from ledger.verify import verify  # noqa: E402
+
+FEATURES = np.arange(48, dtype=np.float32).reshape(16, 3)
+LABELS = np.arange(16, dtype=np.int64) % 2
+
+
+@pytest.fixture
+def manager(tmp_path: Path) -> ExperimentManager:
+    with ExperimentManager(f"sqlite:///{tmp_path / 'ledger.db'}", data_dir=tmp_path / "data"
+                           ) as opened:
+        yield opened
+
+
+def kinds(manager: ExperimentManager, exp: str) -> list[str]:
+    return [kind for _s, _q, kind, _b in manager.store.iter_run_bodies(exp)]
+
+
+@register_transform("hostile_ragged", version=1)
+def _ragged(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return x[:1] if float(x.sum()) % 2 else x
+
+
+# -- attached runs ---------------------------------------------------------------------------------
+
+def test_nothing_attaches_to_the_audit_stream(manager: ExperimentManager) -> None:
+    with manager.create_experiment("audit", seed=1) as exp:
+        with pytest.raises(BadInputError, match="replays and reports"):
+            AttachedRun(manager.store, exp.id, "audit")
+
+
+def test_verify_finds_a_draw_written_into_the_audit_stream(manager: ExperimentManager) -> None:
+    with manager.create_experiment("audit", seed=1) as exp:
+        pass
+    with StreamWriter(manager.store, exp.id, "audit") as writer:  # as a forger would
+        writer.append(AUGMENTATION_BATCH, path=["epoch", 0, "batch", 0, "augment"],
+                      params={"epoch": 0})
+    report = verify(manager.store, exp.id)
+    assert not report.ok
+    assert "in the audit stream" in report.findings[0].describe()
+
+
+def test_an_attached_stream_writes_nothing_after_the_run_completed(
+        manager: ExperimentManager) -> None:
+    with manager.create_experiment("late", seed=1) as exp:
+        rank1 = AttachedRun(manager.store, exp.id, "rank-1")
+        manual_seed(rank1, "model", "init")
+        rank1.flush()
+    manual_seed(rank1, "model", "late")
+    with pytest.raises(StoreError, match="already completed"):
+        rank1.flush()
+    rank1.close()  # the failure was reported by flush; close releases the stream
+    assert verify(manager.store, exp.id).ok
+    assert kinds(manager, exp.id).count("user_draw") == 1
+
+
+def test_an_attached_dataset_takes_arrays_or_a_path(manager: ExperimentManager,
+                                                    tmp_path: Path) -> None:
+    with manager.create_experiment("both", seed=1) as exp:
+        exp.register_dataset("d", FEATURES, LABELS)
+        exp.flush()
+        with AttachedRun(manager.store, exp.id, "rank-1") as rank1:
+            with pytest.raises(BadInputError, match="both arrays and path"):
+                rank1.register_dataset("d", FEATURES, LABELS, path=tmp_path / "x.npz")
+
+
+def test_a_closed_attached_run_hands_out_no_batch(manager: ExperimentManager) -> None:
+    with manager.create_experiment("closed", seed=1) as exp:
+        dataset = exp.register_dataset("d", FEATURES, LABELS)
+        exp.flush()
+        rank1 = AttachedRun(manager.store, exp.id, "rank-1")
+        data = rank1.register_dataset("d", FEATURES, LABELS)
+        loader = RecordedDataLoader(rank1, data, 4, rank=1, num_replicas=2,
+                                    transform=RecordedTransform("jitter"))
+        rank1.close()
+        handed_out = []
+        with pytest.raises(StoreError, match="closed"):
+            for batch in loader:
+                handed_out.append(batch)
+        assert handed_out == [] and dataset is not None
+
+
+def test_a_clashing_loader_is_refused_before_its_first_batch(manager: ExperimentManager) -> None:
+    with manager.create_experiment("clash", seed=1) as exp:
+        exp.register_dataset("d", FEATURES, LABELS)
+        exp.flush()
+        with AttachedRun(manager.store, exp.id, "rank-1") as rank1:
+            data = rank1.register_dataset("d", FEATURES, LABELS)
+            first = RecordedDataLoader(rank1, data, 4, rank=1, num_replicas=2,
+                                       transform=RecordedTransform("jitter"))
+            list(first)
+            second = RecordedDataLoader(rank1, data, 4, rank=1, num_replicas=2,
+                                        transform=RecordedTransform("jitter", std=0.3))
+            second.set_epoch(0)
+            handed_out = []
+            with pytest.raises(BadInputError, match="recorded once per run"):
+                for batch in second:
+                    handed_out.append(batch)
+            assert handed_out == []
+
+
+# -- the recorded DataLoader -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("options", [{"in_order": 0}, {"in_order": None}, {"prefetch_factor": 0,
+                                                                           "num_workers": 1},
+                                     {"bogus_option": 1}, {"num_workers": -1},
+                                     {"timeout": -1}, {"worker_init_fn": 5},
+                                     {"persistent_workers": True}],
+                         ids=["in_order-0", "in_order-None", "prefetch-0", "unknown", "workers-neg",
+                              "timeout-neg", "init-fn", "persistent-no-workers"])
+def test_dataloader_options_are_checked_before_anything_runs(manager: ExperimentManager,
+                                                             options: dict[str, Any]) -> None:
+    with manager.create_experiment("options", seed=1) as exp:
+        dataset = exp.register_dataset("d", FEATURES, LABELS)
+        with pytest.raises(BadInputError):
+            RecordedDataLoader(exp, dataset, 4, **options)
+    assert "epoch_reset" not in kinds(manager, exp.id)
+
+
+@pytest.mark.parametrize("flag", ["shuffle", "drop_last", "record"])
+def test_flags_must_be_bools(manager: ExperimentManager, flag: str) -> None:
+    with manager.create_experiment("flags", seed=1) as exp:
+        dataset = exp.register_dataset("d", FEATURES, LABELS)
+        with pytest.raises(BadInputError, match=f"{flag}='False'"):
+            RecordedDataLoader(exp, dataset, 4, **{flag: "False"})
+        if flag != "drop_last":
+            with pytest.raises(BadInputError, match=flag):
+                RecordedSampler(dataset, exp, **{flag: 1})
+        with pytest.raises(BadInputError, match=flag):
+            TrainingDataIterator(dataset, 4, experiment=exp, **{flag: "no"})
+
+
+def test_a_dataset_torch_cannot_hold_is_refused_first(manager: ExperimentManager) -> None:
+    with manager.create_experiment("longdouble", seed=1) as exp:
+        dataset = exp.register_dataset("d", FEATURES.astype(np.longdouble), LABELS)
+        with pytest.raises(BadInputError, match="torch cannot hold"):
+            RecordedDataLoader(exp, dataset, 4)
+    assert "epoch_reset" not in kinds(manager, exp.id)
+
+
+def test_a_transform_whose_samples_do_not_stack_names_itself(manager: ExperimentManager) -> None:
+    with manager.create_experiment("ragged", seed=1) as exp:
+        dataset = exp.register_dataset("d", FEATURES, LABELS)
+        loader = RecordedDataLoader(exp, dataset, 4, shuffle=False,
+                                    transform=RecordedTransform("hostile_ragged"))
+        with pytest.raises(BadInputError, match="'hostile_ragged' returned samples of different"):
+            list(loader)
+
+
+def test_epochs_past_the_last_label_are_refused_and_change_nothing(
+        manager: ExperimentManager) -> None:
+    with manager.create_experiment("epochs", seed=1) as exp:
+        dataset = exp.register_dataset("d", FEATURES, LABELS)
+        loader = RecordedDataLoader(exp, dataset, 4)
+        with pytest.raises(BadInputError, match="2\\*\\*64"):
+            loader.set_epoch(2**64)
+        loader.set_epoch(2**64 - 1)
+        assert len(list(loader)) == 4 and loader.epoch == 2**64 - 1
+        with pytest.raises(BadInputError, match="last one"):
+            list(loader)
+        assert loader.epoch == 2**64 - 1
+
+
+# -- runs, samplers and datasets -------------------------------------------------------------------
+
+@pytest.mark.parametrize("run", [None, "exp-0123456789ab", object()], ids=["none", "id", "object"])
+def test_a_run_must_be_a_run(manager: ExperimentManager, run: Any) -> None:
+    with manager.create_experiment("runs", seed=1) as exp:
+        dataset = exp.register_dataset("d", FEATURES, LABELS)
+    for call in (lambda: manual_seed(run, "model"), lambda: torch_generator(run, "model"),
+                 lambda: RecordedSampler(10, run if run is not None else "x"),
+                 lambda: RecordedDataLoader(run, dataset, 4),
+                 lambda: recorded_dataloader(run, dataset, 4)):
+        with pytest.raises(BadInputError, match="must be the Experiment"):
+            call()
+
+
+@pytest.mark.parametrize("source", [2**63, 3.0, "abcd", True, 0],
+                         ids=["huge", "float", "str", "bool", "empty"])
+def test_a_sampler_source_is_a_count_or_a_dataset(source: Any) -> None:
+    with pytest.raises(BadInputError, match="data source"):
+        RecordedSampler(source, seed=1)
+
+
+def test_a_features_only_tensor_dataset_keeps_its_shape(manager: ExperimentManager) -> None:
+    with manager.create_experiment("tensors", seed=1) as exp:
+        data = register_torch_dataset(exp, "t", torch.utils.data.TensorDataset(
+            torch.from_numpy(FEATURES)))
+        assert data.features.shape == (16, 3) and data.labels is None
+        assert next(iter(RecordedDataLoader(exp, data, 4))).shape == (4, 3)
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    def __iter__(self):  # noqa: ANN204
+        return iter([FEATURES[0]])
+
+
+@pytest.mark.parametrize("dataset", [
+    [(np.ones(2), 0), (np.ones(3), 1)], _Stream(),
+    torch.utils.data.TensorDataset(torch.ones(4, 2, dtype=torch.bfloat16))],
+    ids=["ragged", "iterable", "bfloat16"])
+def test_torch_datasets_that_cannot_become_arrays_are_refused(manager: ExperimentManager,
+                                                              dataset: Any) -> None:
+    with manager.create_experiment("datasets", seed=1) as exp:
+        with pytest.raises(BadInputError):
+            register_torch_dataset(exp, "d", dataset)
+    assert "dataset_registered" not in kinds(manager, exp.id)
+
+
+@pytest.mark.parametrize("state", [None, torch.nn.Linear(2, 1), {"w": torch.ones(2).to_sparse()}],
+                         ids=["none", "model", "sparse"])
+def test_state_arrays_takes_a_state_dict(state: Any) -> None:
+    with pytest.raises(BadInputError):
+        state_arrays(state)
+
+
+def test_one_path_seeds_one_kind_of_generator(manager: ExperimentManager) -> None:
+    with manager.create_experiment("paths", seed=1) as exp:
+        exp.generator("model", "init")
+        exp.generator("model", "init")  # the same draw again: recorded once
+        with pytest.raises(BadInputError, match="generator 'torch.manual_seed'"):
+            manual_seed(exp, "model", "init")
+        torch_generator(exp, "model", "head")
+    recorded = [decode_body(body)["params"]["generator"] for _s, _q, kind, body
+                in manager.store.iter_run_bodies(exp.id) if kind == "user_draw"]
+    assert recorded == ["numpy.PCG64", "torch.Generator"]
+
+
+# -- transforms --------------------------------------------------------------------------------------
+
+def test_transform_parameters_must_be_keywords_and_not_spec_keys() -> None:
+    def positional_only(x, generator, scale=1.0, /):  # noqa: ANN001, ANN202
+        return x * scale
+
+    def named_version(x, generator, *, version=1):  # noqa: ANN001, ANN202
+        return x
+
+    with pytest.raises(BadInputError, match="positional-only 'scale'"):
+        register_transform("hostile_posonly", 1)(positional_only)
+    with pytest.raises(BadInputError, match="'version'"):
+        register_transform("hostile_version", 1)(named_version)
+
+
+def test_other_code_cannot_take_a_registered_transform_version() -> None:
+    register_transform("hostile_lambda", 1)(lambda x, generator: x + 1)
+    with pytest.raises(BadInputError, match="other code"):
+        register_transform("hostile_lambda", 1)(lambda x, generator: x - 1)
+
+    def scale(x, generator, *, k=1.0):  # noqa: ANN001, ANN202
+        return x * k
+
+    register_transform("hostile_partial", 1)(functools.partial(scale, k=2.0))
+    register_transform("hostile_partial", 1)(functools.partial(scale, k=2.0))  # same again
+    with pytest.raises(BadInputError, match="other code"):
+        register_transform("hostile_partial", 1)(functools.partial(scale, k=3.0))
+    with pytest.raises(BadInputError, match="signature"):
+        register_transform("hostile_builtin", 1)(torch.add)
+
+
+# -- torch.distributed -----------------------------------------------------------------------------
+
+def test_every_rank_hears_when_rank_0_cannot_create_the_experiment(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    torch.multiprocessing.spawn(torch_helpers.failing_rank, nprocs=2, join=True,
+                                args=(2, str(tmp_path / "process-group"), url, str(tmp_path)))
+    assert (tmp_path / "rank-0").read_text().startswith("BadInputError: root seed")
+    assert (tmp_path / "rank-1").read_text() == ("StoreError: rank 0 could not create the "
+                                                 "experiment (its error says why)")
+
+
+def test_every_refusal_here_is_a_ledger_error() -> None:
+    assert issubclass(BadInputError, LedgerError) and issubclass(StoreError, LedgerError)
