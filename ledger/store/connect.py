@@ -17,7 +17,8 @@ from sqlalchemy.engine.url import URL
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
 from ledger.errors import StoreError
-from ledger.store.schema import FORMAT_MARKER, SCHEMA_VERSION, create_schema, meta_table
+from ledger.store.schema import (APPEND_ONLY_TABLES, FORMAT_MARKER, SCHEMA_VERSION,
+                                 create_schema, meta_table, metadata, sqlite_trigger_sql)
 
 DEFAULT_URL = "sqlite:///ledger.db"
 URL_ENV = "LEDGER_URL"
@@ -95,12 +96,65 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA synchronous={SQLITE_SYNCHRONOUS}")
         cursor.execute("PRAGMA busy_timeout=30000")
+        # Schema code (views, triggers) may not call functions with side effects.
+        cursor.execute("PRAGMA trusted_schema=OFF")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection):  # noqa: ANN001
         writing = connection.get_execution_options().get(WRITE_OPTION)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
+
+
+def _check_sqlite_schema(engine: Engine, shown: str) -> None:
+    """Refuse an SQLite file whose ledger tables are not the plain tables we create.
+
+    A received ledger is untrusted: a view (say, over an endless recursive query) or a virtual
+    table in place of a ledger table would run the sender's code on every read, a generated
+    column on every row, and a trigger or expression index of theirs on every write. So each
+    ledger table must be a plain table with exactly our columns, its triggers exactly ours, and
+    its indexes (beside SQLite's own) on plain columns only.
+    """
+    with engine.connect() as connection:
+        objects = connection.exec_driver_sql(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master").all()
+        ours = set(APPEND_ONLY_TABLES)
+        triggers = sqlite_trigger_sql()
+        for kind, name, table, sql in objects:
+            if name in ours and (kind != "table" or not (sql or "").startswith("CREATE TABLE")):
+                raise StoreError(f"{shown} is not a ledger: {name} is not a plain table "
+                                 f"({_first_words(sql)} …)")
+            if table not in ours:
+                continue
+            if kind == "trigger" and triggers.get(name) != _without_if_not_exists(sql):
+                raise StoreError(f"{shown} is not a ledger: trigger {name} on {table} is not "
+                                 f"one of the ledger's")
+            if kind == "index" and sql is not None and _expression_index(connection, name, sql):
+                raise StoreError(f"{shown} is not a ledger: index {name} on {table} holds "
+                                 f"expressions or conditions")
+        present = {name for kind, name, _table, _sql in objects if kind == "table"}
+        for table in ours & present:
+            columns = connection.exec_driver_sql(f"PRAGMA table_xinfo({table})").all()
+            expected = [column.name for column in metadata.tables[table].columns]
+            if [row[1] for row in columns] != expected or any(row[6] for row in columns):
+                raise StoreError(f"{shown} is not a ledger: table {table} does not have the "
+                                 f"ledger's columns")
+
+
+def _without_if_not_exists(sql: str | None) -> str | None:
+    return None if sql is None else sql.replace("CREATE TRIGGER IF NOT EXISTS ",
+                                                "CREATE TRIGGER ", 1)
+
+
+def _expression_index(connection, name: str, sql: str) -> bool:  # noqa: ANN001
+    if " WHERE " in sql.upper():
+        return True
+    keys = connection.exec_driver_sql(f"PRAGMA index_xinfo('{name}')").all()
+    return any(row[1] == -2 for row in keys)  # cid -2: an expression
+
+
+def _first_words(sql: str | None) -> str:
+    return " ".join((sql or "no definition").split()[:2])
 
 
 def _stored_format(engine: Engine) -> dict[str, str] | None:
@@ -134,6 +188,8 @@ def open_engine(url: str | None = None, *, create: bool = False) -> tuple[Engine
     if is_sqlite:
         _configure_sqlite(engine)
     try:
+        if is_sqlite:
+            _check_sqlite_schema(engine, shown)
         stored = _stored_format(engine)
         if stored is None:
             if not create or _has_tables(engine):

@@ -94,6 +94,15 @@ def _sqlite_triggers(tables: tuple[str, ...]) -> list[str]:
     ]
 
 
+def sqlite_trigger_sql() -> dict[str, str]:
+    """Each SQLite trigger of the ledger by name, as ``sqlite_master`` stores its definition."""
+    triggers = {}
+    for statement in _sqlite_triggers(APPEND_ONLY_TABLES):
+        text = statement.replace("CREATE TRIGGER IF NOT EXISTS ", "CREATE TRIGGER ", 1)
+        triggers[text.split()[2]] = text
+    return triggers
+
+
 def _postgres_triggers(tables: tuple[str, ...]) -> list[str]:
     # psycopg reads % as a placeholder marker, hence %% for a literal % in the function body.
     return [
