@@ -27,6 +27,7 @@ import numpy as np
 
 from ledger.digests import array_digest, value_digest
 from ledger.errors import BadInputError, CannotReplayError
+from ledger.npz_sizes import check_member_sizes
 
 DATASET_TAG = "ledger/dataset/v1"
 DATA_DIR_ENV = "LEDGER_DATA_DIR"
@@ -178,18 +179,30 @@ def read_npz(path: Path, features_key: str = "features", labels_key: str | None 
     try:
         # Opened here, so that it is closed whatever np.load makes of it (it leaks the handle
         # of a file it fails to read as a zip archive).
-        with path.open("rb") as handle, _npz(np.load(handle, allow_pickle=False),
-                                             path) as archive:
-            if features_key not in archive.files:
-                raise BadInputError(f"{path} has no array {features_key!r}, "
-                                    f"got arrays {sorted(archive.files)}")
-            features = archive[features_key]
-            labels = None
-            if labels_key is not None:
-                if labels_key not in archive.files:
-                    raise BadInputError(f"{path} has no array {labels_key!r}, "
+        with path.open("rb") as handle:
+            try:
+                members = zipfile.ZipFile(handle)
+            except zipfile.BadZipFile:
+                raise BadInputError(f"cannot read dataset file {path}: not an .npz archive"
+                                    ) from None
+            with members:
+                check_member_sizes(members, path, [key for key in (features_key, labels_key)
+                                                   if key is not None])
+            handle.seek(0)
+            archive = _npz(np.load(handle, allow_pickle=False), path)
+            with archive:
+                if features_key not in archive.files:
+                    raise BadInputError(f"{path} has no array {features_key!r}, "
                                         f"got arrays {sorted(archive.files)}")
-                labels = archive[labels_key]
+                features = archive[features_key]
+                labels = None
+                if labels_key is not None:
+                    if labels_key not in archive.files:
+                        raise BadInputError(f"{path} has no array {labels_key!r}, "
+                                            f"got arrays {sorted(archive.files)}")
+                    labels = archive[labels_key]
+    except BadInputError:
+        raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, MemoryError) as error:
         raise BadInputError(f"cannot read dataset file {path}: {type(error).__name__}: "
                             f"{error}") from None

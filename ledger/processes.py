@@ -1,4 +1,5 @@
-"""Choosing how many helper processes to start, and how (verification segments, replay chunks)."""
+"""Choosing how many helper processes to start, and how (verification segments, replay chunks);
+and how much memory the machine has, to bound what untrusted records may ask for."""
 
 from __future__ import annotations
 
@@ -31,3 +32,12 @@ def process_count(jobs: int, work_units: int) -> int:
     ``--jobs 100000`` must not fork a hundred thousand processes.
     """
     return max(1, min(jobs, usable_cores(), work_units))
+
+
+def physical_memory() -> int:
+    """Bytes of physical memory of this machine (a generous bound when the platform won't say):
+    what no single allocation asked for by an untrusted record may exceed."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return 2**40

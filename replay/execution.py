@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Any
 
 import msgpack
+import numpy as np
 
 import ledger.errors
 from ledger.errors import CannotReplayError, LedgerError
@@ -73,10 +74,11 @@ def run_share(context: ReplayContext, bodies: Sequence[bytes], claim: Callable[[
         for index in span:
             try:
                 body = decode_body(bodies[index])
-                redraw, seed_ok = redraw_event(context, body)
+                with np.errstate(all="ignore"):  # the recorded run met the same overflows
+                    redraw, seed_ok = redraw_event(context, body)
             except Exception as error:
                 claims.stop_at(index)
-                return mismatches, (index, error)
+                return mismatches, (index, as_ledger_error(error, bodies[index]))
             if first_difference(body, redraw, seed_ok) is not None:
                 mismatches.append((index, seed_ok, redraw is not None,
                                    None if redraw is None else redraw.input,
@@ -84,6 +86,22 @@ def run_share(context: ReplayContext, bodies: Sequence[bytes], claim: Callable[[
         if on_chunk is not None:
             on_chunk()
     return mismatches, None
+
+
+def as_ledger_error(error: Exception, body_bytes: bytes) -> Exception:
+    """``error`` when it is a LedgerError; else a CannotReplayError naming the event whose
+    re-execution raised it — params of the wrong type, sizes no memory holds (a MemoryError),
+    a custom op's own exception — so that the auditor gets exit 3, not an internal error."""
+    if isinstance(error, LedgerError):
+        return error
+    try:
+        body = decode_body(body_bytes)
+        event = f"{body['kind']} {body['stream']}#{body['seq']}"
+    except LedgerError:
+        event = "an event"
+    detail = " ".join(str(error).split())[:200]
+    return CannotReplayError(f"{event} cannot be re-executed from its recorded params "
+                             f"({type(error).__name__}{': ' + detail if detail else ''})")
 
 
 @dataclass(slots=True)

@@ -19,6 +19,7 @@ from numpy.lib import format as npy_format
 
 from ledger.datasets import read_npz
 from ledger.errors import BadInputError
+from ledger.npz_sizes import check_member_sizes
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")
 _LOCAL_SIGNATURE = b"PK\x03\x04"
@@ -34,10 +35,14 @@ def read_npz_arrays(path: Path, features_key: str = "features", labels_key: str 
     """
     try:
         with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
+            check_member_sizes(archive, path, [key for key in (features_key, labels_key)
+                                               if key is not None])
             features = _read_member(archive, raw, path, features_key)
             labels = None if labels_key is None else _read_member(archive, raw, path, labels_key)
     except _NotFast:
         return read_npz(path, features_key, labels_key)
+    except BadInputError:
+        raise
     except (OSError, ValueError, zipfile.BadZipFile) as error:
         raise BadInputError(f"cannot read dataset file {path}: {error}") from None
     return features, labels
@@ -71,7 +76,7 @@ def _read_member(archive: zipfile.ZipFile, raw: BinaryIO, path: Path, key: str) 
     if dtype.hasobject:
         raise BadInputError(f"{path}: array {key!r} holds Python objects, which are never "
                             f"unpickled")
-    array = np.empty(shape, dtype=dtype)
+    array = np.empty(shape, dtype=dtype)  # its size was checked by check_member_sizes
     if raw.tell() - start + array.nbytes != info.file_size:
         raise BadInputError(f"{path}: array {key!r} does not fill its member")
     if array.nbytes and raw.readinto(array.reshape(-1).view(np.uint8)) != array.nbytes:

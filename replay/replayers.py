@@ -17,6 +17,7 @@ from ledger.batches import batch_input_digest, fast_array_digest
 from ledger.canonical import pack_normalised
 from ledger.errors import BadInputError, CannotReplayError
 from ledger.events import AUGMENTATION_BATCH, EPOCH_RESET, USER_DRAW, WORKER_SPAWNED
+from ledger.processes import physical_memory
 from ledger.sampling import batch_indices, epoch_order
 from ledger.user_draws import lookup_draw, result_digest
 from ledger.worker_seeding import expected_state_digest_at, is_worker_path
@@ -65,6 +66,16 @@ def replay_worker_spawned(context: ReplayContext, body: dict[str, Any]) -> Redra
 def replay_epoch_reset(context: ReplayContext, body: dict[str, Any]) -> Redraw:
     """The digest of the epoch's permutation (or of ``arange`` with shuffle off)."""
     epoch, length, shuffle = _params(body, "epoch", "length", "shuffle")
+    params = body["params"]
+    if "dataset_digest" in params:
+        samples = len(context.dataset(params["dataset_digest"]).features)
+        if length != samples:
+            raise CannotReplayError(f"epoch_reset {body['stream']}#{body['seq']} records "
+                                    f"{length!r} samples, but its dataset holds {samples}")
+    elif type(length) is int and length * np.dtype(np.int64).itemsize > physical_memory():
+        raise CannotReplayError(f"epoch_reset {body['stream']}#{body['seq']} records a "
+                                f"permutation of {length:,} samples, more than this machine's "
+                                f"memory holds")
     return Redraw(output=fast_array_digest(_order(context, epoch, length, shuffle)))
 
 

@@ -131,8 +131,16 @@ def test_a_failure_in_a_workers_range_is_raised_as_a_serial_replay_raises_it(
         tmp_path: Path, worker_first: None, replaying: dict[str, bool]) -> None:
     url, exp = _record(tmp_path, [21])
     replaying["fail"] = True
-    with pytest.raises(ValueError, match="cannot be replayed"):
+    serial_error = parallel_error = None
+    try:
+        _replay(url, exp, tmp_path, 1)
+    except CannotReplayError as error:
+        serial_error = str(error)
+    with pytest.raises(CannotReplayError, match="ValueError: a marked batch cannot be replayed"
+                       ) as parallel:
         _replay(url, exp, tmp_path)
+    parallel_error = str(parallel.value)
+    assert parallel_error == serial_error  # the same event named, the same cause
 
 
 def _tamper(url: str, kind: str) -> None:

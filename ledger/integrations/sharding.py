@@ -53,11 +53,12 @@ def rank_share(order: np.ndarray, num_replicas: int, rank: int, drop_last: bool)
     if num_replicas == 1:
         return order
     total = share_size(length, num_replicas, drop_last) * num_replicas
+    # Positions rank, rank + n, … of the order padded to ``total`` by repeating it from its
+    # start — computed without building the padded order, whose size the replicas decide.
+    positions = np.arange(rank, total, num_replicas, dtype=np.int64)
     if total > length:
-        padded = np.resize(order, total)  # repeats the order from its start: the same padding
-    else:
-        padded = order[:total]
-    return np.ascontiguousarray(padded[rank:total:num_replicas], dtype=INDEX_DTYPE)
+        positions %= length
+    return np.ascontiguousarray(order[positions], dtype=INDEX_DTYPE)
 
 
 def rank_prefix(num_replicas: int, rank: int) -> tuple:

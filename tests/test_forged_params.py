@@ -1,0 +1,134 @@
+"""Forged draw params and dataset files never decide how much replay allocates, nor crash it.
+
+A forger can write any params into a ledger that still verifies (see forgery.py). Replay must
+answer such a ledger with one line and exit 3 (cannot replay) or 1 (a divergence) — never an
+internal error, a memory blow-up or an allocation sized by the forger.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from conftest import run_cli
+from forgery import copy_run
+from ledger.datasets import read_npz
+from ledger.errors import BadInputError
+from ledger.integrations.sharding import rank_share, share_size
+from ledger.store import Store
+from replay.npz import read_npz_arrays
+from replay_helpers import record_run
+
+
+def _forged(tmp_path: Path, change: Callable[[dict[str, Any]], None]) -> tuple[str, str]:
+    honest = f"sqlite:///{tmp_path / 'honest.db'}"
+    forged = f"sqlite:///{tmp_path / 'forged.db'}"
+    exp = record_run(honest, tmp_path / "data", epochs=1)
+    with Store.open(honest) as source, Store.open(forged, create=True) as target:
+        copy_run(source, exp, target, change)
+    return forged, exp
+
+
+def _set(kind: str, **params: Any) -> Callable[[dict[str, Any]], None]:
+    def change(body: dict[str, Any]) -> None:
+        if body["kind"] == kind:
+            body["params"].update(params)
+    return change
+
+
+@pytest.mark.parametrize("kind,params,message", [
+    ("epoch_reset", {"length": 10**12}, "records 1000000000000 samples, but its dataset holds"),
+    ("epoch_reset", {"length": "x"}, "records 'x' samples"),
+    ("augmentation_batch", {"batch": "x"}, "cannot be re-executed from its recorded params "
+                                           "(TypeError"),
+    ("augmentation_batch", {"batch_size": None}, "cannot be re-executed"),
+    ("augmentation_batch", {"dataset_digest": "abc"}, "cannot be re-executed"),
+    ("augmentation_batch", {"epoch": [0]}, "cannot be re-executed")],
+    ids=["huge-length", "text-length", "text-batch", "none-batch-size", "text-digest",
+         "list-epoch"])
+def test_forged_params_are_refused_with_exit_3(tmp_path: Path, kind: str,
+                                               params: dict[str, Any], message: str) -> None:
+    forged, exp = _forged(tmp_path, _set(kind, **params))
+    assert run_cli("--db", forged, "verify", exp).returncode == 0  # a consistent forgery
+    result = run_cli("--db", forged, "replay", exp, "--no-record",
+                     "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "internal error" not in result.stderr
+
+
+def test_a_sampler_permutation_larger_than_memory_is_refused(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    from replay import replayers
+    from replay.context import ReplayContext
+
+    monkeypatch.setattr(replayers, "physical_memory", lambda: 8 * 1000)
+    body = {"kind": "epoch_reset", "stream": "main", "seq": 3,
+            "params": {"epoch": 0, "length": 1001, "shuffle": True}}
+    with pytest.raises(Exception, match="more than this machine's memory"):
+        replayers.replay_epoch_reset(ReplayContext(1, None), body)
+    body["params"]["length"] = 1000
+    assert replayers.replay_epoch_reset(ReplayContext(1, None), body).output is not None
+
+
+@given(length=st.integers(1, 60), replicas=st.integers(1, 70), drop_last=st.booleans(),
+       data=st.data())
+def test_a_ranks_share_is_the_padded_orders_slice(length: int, replicas: int, drop_last: bool,
+                                                  data: st.DataObject) -> None:
+    rank = data.draw(st.integers(0, replicas - 1))
+    order = np.random.default_rng(length).permutation(length).astype(np.int64)
+    total = share_size(length, replicas, drop_last) * replicas
+    padded = np.resize(order, total) if total > length else order[:total]
+    expected = padded[rank:total:replicas]  # DistributedSampler's rule, built in full
+    assert np.array_equal(rank_share(order, replicas, rank, drop_last), expected)
+
+
+def test_a_huge_replica_count_costs_one_index() -> None:
+    share = rank_share(np.arange(10, dtype=np.int64), 2**62, 2**61, False)
+    assert share.tolist() == [2**61 % 10]
+
+
+def _npz_with_header(path: Path, shape: tuple[int, ...], payload: bytes,
+                     compress: int = zipfile.ZIP_STORED) -> Path:
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(0))
+    header["shape"] = shape
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, header)
+    with zipfile.ZipFile(path, "w", compression=compress) as archive:
+        archive.writestr("features.npy", buffer.getvalue() + payload)
+    return path
+
+
+@pytest.mark.parametrize("reader", [read_npz, read_npz_arrays], ids=["numpy", "fast"])
+@pytest.mark.parametrize("compress", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED],
+                         ids=["stored", "deflated"])
+def test_an_npz_header_promising_terabytes_is_refused_before_allocating(
+        tmp_path: Path, reader: Callable[..., Any], compress: int) -> None:
+    path = _npz_with_header(tmp_path / "lie.npz", (10**12,), b"\0" * 64, compress)
+    with pytest.raises(BadInputError, match="does not fill its"):
+        reader(path, "features", None)
+
+
+@pytest.mark.parametrize("reader", [read_npz, read_npz_arrays], ids=["numpy", "fast"])
+def test_arrays_declaring_more_than_memory_are_refused(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       reader: Callable[..., Any]) -> None:
+    import ledger.npz_sizes
+
+    path = tmp_path / "big.npz"
+    np.savez_compressed(path, features=np.zeros((1000, 10)))  # 80 KB inflated, tiny on disk
+    monkeypatch.setattr(ledger.npz_sizes, "physical_memory", lambda: 50_000)
+    with pytest.raises(BadInputError, match="more than this machine's memory"):
+        reader(path, "features", None)
+    monkeypatch.setattr(ledger.npz_sizes, "physical_memory", lambda: 10**9)
+    assert math.prod(reader(path, "features", None)[0].shape) == 10_000
