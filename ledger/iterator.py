@@ -34,6 +34,9 @@ from ledger.workers import WorkerError, WorkerPool
 STATE_FORMAT = "ledger/iterator-state/v1"
 MAX_TIMEOUT = 1_000_000
 """Longest ``timeout`` accepted, in seconds (11.6 days): longer waits overflow the clocks."""
+MAX_WORKERS = 256
+"""Most worker processes an iterator starts: a typo (or a forged config replayed with --full)
+must not fork thousands of processes."""
 Batch = tuple[np.ndarray, np.ndarray] | np.ndarray
 
 
@@ -83,6 +86,9 @@ class TrainingDataIterator:
         self.dataset = _as_dataset(data)
         self.batch_size = _positive_int("batch_size", batch_size, 1)
         self.num_workers = _positive_int("num_workers", num_workers, 0)
+        if self.num_workers > MAX_WORKERS:
+            raise BadInputError(f"got num_workers={self.num_workers}, but at most {MAX_WORKERS} "
+                                f"worker processes are started")
         self.prefetch = _positive_int("prefetch", prefetch, 1)
         if timeout is not None and (isinstance(timeout, bool)
                                     or not isinstance(timeout, (int, float))

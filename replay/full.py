@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ledger.errors import CheckFailedError
+from ledger.errors import CannotReplayError, CheckFailedError, LedgerError
 from ledger.experiment import ExperimentManager
 from ledger.jobs import lookup_job, recorded_job
 from ledger.store.store import Store
@@ -67,7 +67,15 @@ def replay_full(store: Store, exp: str, *, trusted: Sequence[str] = (),
                                      dir=None if scratch is None else str(scratch)) as folder:
         url = f"sqlite:///{Path(folder) / 'scratch.db'}"
         with ExperimentManager(url, data_dir=Path(folder) / "data") as manager:
-            rerun = job(manager, seed=root, config=config)
+            try:
+                rerun = job(manager, seed=root, config=config)
+            except LedgerError:
+                raise
+            except Exception as error:  # the job's own failure on the recorded config
+                detail = " ".join(str(error).split())[:200]
+                raise CannotReplayError(f"job {name!r} version {version} failed on the recorded "
+                                        f"config ({type(error).__name__}"
+                                        f"{': ' + detail if detail else ''})") from None
         with Store.open(url) as scratch_store:
             report = diff_runs(store, exp, rerun, store_b=scratch_store)
     return FullReplayReport(exp, name, version, rerun, report, plugins)

@@ -268,5 +268,10 @@ def test_verify_takes_a_url_or_a_store(manager: ExperimentManager, tmp_path: Pat
         verify(5)
 
 
+def test_worker_counts_are_bounded() -> None:
+    with pytest.raises(BadInputError, match="at most 256"):
+        TrainingDataIterator((FEATURES, LABELS), 4, seed=1, num_workers=100_000)
+
+
 def test_every_refusal_here_is_a_ledger_error() -> None:
     assert issubclass(BadInputError, LedgerError) and issubclass(StoreError, LedgerError)

@@ -132,3 +132,25 @@ def test_arrays_declaring_more_than_memory_are_refused(tmp_path: Path,
         reader(path, "features", None)
     monkeypatch.setattr(ledger.npz_sizes, "physical_memory", lambda: 10**9)
     assert math.prod(reader(path, "features", None)[0].shape) == 10_000
+
+
+@pytest.mark.parametrize("config,message", [
+    ({"workers": 2, "epochs": 10**9, "inject_nondeterminism": False}, "epochs=1000000000"),
+    ({"workers": 100_000, "epochs": 1, "inject_nondeterminism": False}, "workers=100000"),
+    ({"workers": 2, "epochs": 1, "inject_nondeterminism": False, "transactions": 7 * 10**9},
+     "transactions=7000000000"),
+    ({}, "is not one the demo writes"),
+    ({"workers": "2", "epochs": 1, "inject_nondeterminism": False}, "workers='2'")],
+    ids=["epochs", "workers", "transactions", "empty", "text"])
+def test_full_replay_runs_only_a_config_the_demo_could_have_recorded(
+        tmp_path: Path, config: dict[str, Any], message: str) -> None:
+    def demo_job(body: dict[str, Any]) -> None:
+        if body["kind"] == "experiment_created":
+            body["params"]["entrypoint"] = {"job": "fraud-detection-v3-demo", "version": 1,
+                                            "config": config}
+
+    forged, exp = _forged(tmp_path, demo_job)
+    result = run_cli("--db", forged, "replay", exp, "--full", "--no-record",
+                     "--data-dir", str(tmp_path / "data"), timeout=120)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -13,6 +13,7 @@ from typing import Any
 
 import examples.fraud.legacy  # noqa: F401 - registers the op of --inject-nondeterminism
 from examples.fraud.dataset import TRANSACTIONS, load_fraud_data
+from ledger.errors import CannotReplayError
 from ledger.experiment import ExperimentManager
 from ledger.jobs import job_entrypoint, register_job
 
@@ -27,6 +28,31 @@ def job_config(*, workers: int, epochs: int, inject_nondeterminism: bool,
             "transactions": transactions}
 
 
+_BOUNDS = {"workers": (0, 64), "epochs": (1, 1000), "transactions": (1_000, 1_000_000)}
+"""What ``ledger demo`` accepts (and a little more room for transactions): a recorded config
+outside them was not written by the demo, and is not run."""
+
+
+def check_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The recorded config with its values checked, ``transactions`` defaulted; a
+    CannotReplayError names what is wrong — ``replay --full`` runs only a config the demo could
+    have recorded (a forged one could ask for 10⁹ epochs or 100,000 workers)."""
+    config = {"transactions": TRANSACTIONS, **config}
+    unknown = sorted(set(config) - {*_BOUNDS, "inject_nondeterminism"})
+    if unknown or "workers" not in config or "epochs" not in config:
+        raise CannotReplayError(f"the recorded demo config {sorted(config)} is not one the demo "
+                                f"writes (workers, epochs, inject_nondeterminism, transactions)")
+    for key, (low, high) in _BOUNDS.items():
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise CannotReplayError(f"the recorded demo config has {key}={value!r}, but the demo "
+                                    f"runs with {key} from {low} to {high}")
+    if not isinstance(config.get("inject_nondeterminism"), bool):
+        raise CannotReplayError(f"the recorded demo config has inject_nondeterminism="
+                                f"{config.get('inject_nondeterminism')!r}, but it must be a bool")
+    return config
+
+
 def entrypoint(config: dict[str, Any]) -> dict[str, Any]:
     """The entrypoint the demo records: this job, by name and version, with its configuration."""
     return job_entrypoint(JOB_NAME, JOB_VERSION, config)
@@ -37,9 +63,10 @@ def fraud_demo_job(manager: ExperimentManager, *, seed: int, config: dict[str, A
     """Train the demo model once with ``config`` and root ``seed``; return the experiment id."""
     from examples.fraud.train import train
 
-    data = load_fraud_data(int(config.get("transactions", TRANSACTIONS)))
-    result = train(data, manager, seed=seed, workers=int(config["workers"]),
-                   epochs=int(config["epochs"]),
-                   inject_nondeterminism=bool(config["inject_nondeterminism"]))
+    checked = check_config(config)
+    data = load_fraud_data(checked["transactions"])
+    result = train(data, manager, seed=seed, workers=checked["workers"],
+                   epochs=checked["epochs"],
+                   inject_nondeterminism=checked["inject_nondeterminism"])
     assert result.exp is not None
     return result.exp
