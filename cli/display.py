@@ -22,3 +22,14 @@ def short(digest: bytes | str | None, width: int = 16) -> str:
         return "-"
     text = digest.hex() if isinstance(digest, bytes) else digest
     return text[:width]
+
+
+def printable(value: Any) -> str:
+    """``str(value)`` with every character that is not printable escaped (``\\x1b``, ``\\n``,
+    bidi controls …): text from a ledger — names, statuses, kinds, recorded environments — is
+    someone else's, and must not move the cursor, retitle the terminal or forge a line."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(character if character.isprintable() else ascii(character)[1:-1]
+                   for character in text)

@@ -25,6 +25,9 @@ def m(value: Any) -> str:
     if isinstance(value, (dict, list)):
         value = json.dumps(value, sort_keys=True, ensure_ascii=False)
     text = " ".join(str(value).split())
+    if not text.isprintable():  # a terminal escape or bidi control from the ledger, shown as text
+        text = "".join(character if character.isprintable() else ascii(character)[1:-1]
+                       for character in text)
     return _SPECIAL.sub(r"\\\1", escape(text, quote=False))
 
 

@@ -200,6 +200,16 @@ def _alerts(facts: RunFacts, sections: dict[str, Any], verified: VerifyReport) -
     return alerts
 
 
+def _quoted(replay: dict[str, Any]) -> str:
+    """How the headline marks a verdict this report did not produce: it is quoted from a
+    ``replay_recorded`` event — evidence of who claims what, not a re-execution."""
+    if replay["source"] != "recorded in the audit stream":
+        return ""
+    return (f" (as recorded by {replay['replayed_by'] or 'an unnamed replayer'}"
+            f"{' at ' + replay['finished_at'] if replay['finished_at'] else ''}; not re-run "
+            f"by this report: --replay re-runs it)")
+
+
 def _summary(facts: RunFacts, sections: dict[str, Any], verified: VerifyReport,
              alerts: list[str]) -> dict[str, Any]:
     status = run_status(facts)
@@ -207,7 +217,7 @@ def _summary(facts: RunFacts, sections: dict[str, Any], verified: VerifyReport,
     integrity = "VERIFIED" if verified.ok else "FAILED"
     completeness = "complete" if facts.run_head is not None else "INCOMPLETE"
     headline = (f"{facts.row.exp}: run {status}, {completeness}; ledger {integrity}; replay "
-                f"{replay.replace('_', ' ')}")
+                f"{replay.replace('_', ' ')}{_quoted(sections['R8'])}")
     return {"exp": facts.row.exp, "name": facts.row.name, "run_status": status,
             "complete": facts.run_head is not None,
             "run_head": facts.run_head.hex() if facts.run_head else None,

@@ -154,3 +154,29 @@ def test_full_replay_runs_only_a_config_the_demo_could_have_recorded(
                      "--data-dir", str(tmp_path / "data"), timeout=120)
     assert result.returncode == 3, result.stdout + result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+HOSTILE_TEXT = "n\x1b]0;PWNED\x07\x1b[2J\u202e\nCERTIFIED: forged line"
+
+
+def test_text_from_a_ledger_cannot_drive_the_terminal_or_forge_lines(tmp_path: Path) -> None:
+    def hostile_names(body: dict[str, Any]) -> None:
+        if body["kind"] == "experiment_created":
+            body["params"].update(name=HOSTILE_TEXT, model=HOSTILE_TEXT, purpose=HOSTILE_TEXT)
+        if body["kind"] == "dataset_registered":
+            body["params"]["name"] = HOSTILE_TEXT
+        if body["kind"] == "run_completed":
+            body["params"]["status"] = HOSTILE_TEXT
+
+    forged, exp = _forged(tmp_path, hostile_names)
+    other = record_run(f"sqlite:///{tmp_path / 'other.db'}", tmp_path / "data", epochs=1)
+    results = [run_cli("--db", forged, *command)
+               for command in (["list"], ["show", exp], ["verify", exp],
+                               ["report", exp, "--no-record", "--format", "md"])]
+    outputs = [result.stdout + result.stderr for result in results]
+    outputs.append(run_cli("--db", forged, "diff", exp, other, "--db-b",
+                           f"sqlite:///{tmp_path / 'other.db'}").stdout)
+    for output in outputs:
+        assert "\x1b" not in output and "\x07" not in output and "\u202e" not in output
+        assert not any(line.startswith("CERTIFIED: forged") for line in output.splitlines())
+    assert "\\x1b]0;PWNED" in outputs[0]  # shown, escaped

@@ -144,6 +144,9 @@ def test_a_diverged_run_fails_its_replay_and_the_replay_is_recorded(tmp_path: Pa
     later = report_of(url, exp)
     assert later["R8"]["verdict"] == "FAILED"
     assert later["R8"]["source"] == "recorded in the audit stream"
+    assert "replay FAILED (as recorded by " in later["summary"]["headline"]
+    assert "not re-run by this report" in later["summary"]["headline"]
+    assert "as recorded" not in report["summary"]["headline"]  # the replay it ran itself
     assert [(e["kind"], e["outcome"]) for e in later["R10"]["events"]] == [
         ("replay_recorded", "FAILED")]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from cli.display import printable
 from cli.main import cli
 from cli.output import emit_json, json_option
 from examples.fraud.demo import DemoResult, run_demo
@@ -69,5 +70,5 @@ def _print(result: DemoResult) -> None:
     click.echo(f"DIFFERENT: the runs diverge ({diff.differing:,} of {diff.compared:,} events "
                f"differ)")
     if diff.first_divergence is not None:
-        click.echo(f"  first differing event: {diff.first_divergence.describe()}")
+        click.echo(printable(f"  first differing event: {diff.first_divergence.describe()}"))
     click.echo(f"  see: ledger diff {result.runs[0].exp} {result.runs[1].exp}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from cli.display import printable
 from cli.main import cli
 from cli.output import emit_json, json_option
 from ledger.store import Store
@@ -45,7 +46,7 @@ def _print(report) -> None:  # noqa: ANN001
                    f"({report.compared:,} events compared)")
     else:
         click.echo(f"DIFFERENT: {report.exp_a} vs {report.exp_b}")
-        click.echo(f"  first divergence: {report.first_divergence.describe()}")
+        click.echo(printable(f"  first divergence: {report.first_divergence.describe()}"))
         click.echo(f"  {report.differing:,} events differ, {report.missing_in_b:,} missing in "
                    f"{report.exp_b}, {report.extra_in_b:,} extra, of {report.compared:,}")
     for title, rows in (("configuration", report.config), ("datasets", report.datasets),
@@ -53,7 +54,7 @@ def _print(report) -> None:  # noqa: ANN001
         if rows:
             click.echo(f"  {title} differs:")
             for key, a, b in rows:
-                click.echo(f"    {key}: {_short(a)} vs {_short(b)}")
+                click.echo(printable(f"    {key}: {_short(a)} vs {_short(b)}"))
 
 
 def _short(value: object) -> str:

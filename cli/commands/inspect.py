@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.display import jsonable, short
+from cli.display import jsonable, printable, short
 from cli.main import cli
 from cli.output import emit_json, iso_time, json_option
 from ledger.experiment_info import describe_experiment
@@ -27,8 +27,8 @@ def list_command(obj: dict, as_json: bool) -> None:
         click.echo("no experiments")
         return
     lines = [f"{'EXPERIMENT':<20} {'CREATED':<25} {'STATUS':<11} NAME"]
-    lines += [f"{row.exp!s:<20} {iso_time(row.created_t)!s:<25} {row.status:<11} {row.name!s}"
-              for row in rows]
+    lines += [printable(f"{row.exp!s:<20} {iso_time(row.created_t)!s:<25} {row.status!s:<11} "
+                        f"{row.name!s}") for row in rows]
     click.echo("\n".join(lines))
 
 
@@ -44,18 +44,18 @@ def show_command(obj: dict, exp: str, as_json: bool) -> None:
         emit_json(jsonable(info.to_json()))
         return
     click.echo(f"experiment  {info.exp}")
-    click.echo(f"name        {info.name}")
+    click.echo(printable(f"name        {info.name}"))
     click.echo(f"created     {iso_time(info.created_t)}")
-    click.echo(f"status      {info.status}" + ("" if info.complete else
-                                              "  (INCOMPLETE: no run_completed event)"))
-    click.echo(f"root seed   {info.root_seed if info.root_seed is not None else '-'}"
-               f"{'  (' + info.root_seed_source + ')' if info.root_seed_source else ''}")
+    click.echo(printable(f"status      {info.status}") + (
+        "" if info.complete else "  (INCOMPLETE: no run_completed event)"))
+    click.echo(printable(f"root seed   {info.root_seed if info.root_seed is not None else '-'}"
+                         f"{'  (' + str(info.root_seed_source) + ')' if info.root_seed_source else ''}"))
     click.echo(f"head        {info.head.hex() if info.head else '- (run incomplete)'}")
     for key, value in sorted(info.metadata.items()):
-        click.echo(f"{key:<11} {jsonable(value)}")
+        click.echo(printable(f"{key:<11} {jsonable(value)}"))
     click.echo("events by kind:")
     for kind, count in info.counts.items():
-        click.echo(f"  {kind:<22} {count:>10,}")
+        click.echo(printable(f"  {kind!s:<22} {count:>10,}"))
     click.echo("streams:")
     for head in info.streams:
-        click.echo(f"  {head.stream:<22} {head.count:>10,}  head {short(head.head)}")
+        click.echo(printable(f"  {head.stream!s:<22} {head.count:>10,}  head {short(head.head)}"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.display import jsonable
+from cli.display import jsonable, printable
 from cli.main import cli
 from cli.output import emit_json, iso_time, json_option
 from ledger.errors import CheckFailedError
@@ -72,7 +72,8 @@ def replay_command(obj: dict, exp: str, jobs: int, trusted: tuple[str, ...],
     else:
         _print(report)
     if not report.certified:
-        click.echo(f"ledger: replay diverged: {report.first_divergence.describe()}", err=True)
+        click.echo(printable(f"ledger: replay diverged: {report.first_divergence.describe()}"),
+                   err=True)
         raise click.exceptions.Exit(CheckFailedError.exit_code)
 
 
@@ -87,9 +88,10 @@ def _full(url: str | None, exp: str, trusted: tuple[str, ...], as_json: bool) ->
                    f"({report.diff.compared:,} events compared)")
     else:
         click.echo(f"DIVERGED: {exp} re-ran as job {report.job} v{report.version}")
-        click.echo(f"  first divergence: {report.diff.first_divergence.describe()}")
+        click.echo(printable(f"  first divergence: {report.diff.first_divergence.describe()}"))
     if not report.certified:
-        click.echo(f"ledger: full replay diverged: {report.diff.first_divergence.describe()}",
+        click.echo(printable(f"ledger: full replay diverged: "
+                             f"{report.diff.first_divergence.describe()}"),
                    err=True)
         raise click.exceptions.Exit(CheckFailedError.exit_code)
 
@@ -100,7 +102,7 @@ def _print(report) -> None:  # noqa: ANN001
         click.echo(f"CERTIFIED: {report.exp} reproduces draw for draw")
     else:
         click.echo(f"DIVERGED: {report.exp}")
-        click.echo(f"  first divergence: {report.first_divergence.describe()}")
+        click.echo(printable(f"  first divergence: {report.first_divergence.describe()}"))
         click.echo(f"  {report.mismatched:,} of {sum(report.compared.values()):,} re-executed "
                    f"events differ")
     click.echo(f"  run head     {head}")
@@ -114,4 +116,4 @@ def _print(report) -> None:  # noqa: ANN001
     if report.environment_differences:
         click.echo("  environment differs from the recorded one:")
         for key, old, new in report.environment_differences:
-            click.echo(f"    {key}: {old} recorded, {new} now")
+            click.echo(printable(f"    {key}: {old} recorded, {new} now"))

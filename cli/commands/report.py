@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from cli.display import printable
 from cli.main import cli
 from cli.output import emit_json, json_option
 from ledger.errors import BadInputError
@@ -109,7 +110,8 @@ def report_command(obj: dict, exp: str, fmt: str, output: Path | None, bundle: P
         for path in result.written:
             click.echo(f"ledger: wrote {path.path}", err=True)
         if summary["attention"]:
-            click.echo(f"ledger: note: {summary['headline']} (see the report's alerts)", err=True)
+            click.echo(printable(f"ledger: note: {summary['headline']} (see the report's alerts)"),
+                       err=True)
         return
     if as_json:
         emit_json({"report_id": result.report["R0"]["report_id"], "exp": exp,
@@ -117,8 +119,8 @@ def report_command(obj: dict, exp: str, fmt: str, output: Path | None, bundle: P
                    "files": [{"path": str(w.path), "role": w.role, "sha256": w.sha256}
                              for w in result.written]})
         return
-    click.echo(f"REPORT {result.report['R0']['report_id']}: {summary['headline']}")
+    click.echo(printable(f"REPORT {result.report['R0']['report_id']}: {summary['headline']}"))
     for alert in summary["alerts"]:
-        click.echo(f"  ! {alert}")
+        click.echo(printable(f"  ! {alert}"))
     for written in result.written:
         click.echo(f"  wrote {written.path}  ({written.role}, sha256 {written.sha256[:16]}…)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from cli.display import printable
 from cli.main import cli
 from cli.output import Progress, emit_json, json_option
 from ledger.errors import CheckFailedError
@@ -38,9 +39,10 @@ def verify_command(obj: dict, exp: str | None, jobs: int | None, as_json: bool) 
                    f"{_count(report.chains, 'chain')} of "
                    f"{_count(report.experiments, 'experiment')}")
         for finding in report.findings:
-            click.echo(f"  {finding.describe()}")
+            click.echo(printable(f"  {finding.describe()}"))
     if not report.ok:
-        click.echo(f"ledger: verification failed: {report.findings[0].describe()}", err=True)
+        click.echo(printable(f"ledger: verification failed: {report.findings[0].describe()}"),
+                   err=True)
         raise click.exceptions.Exit(CheckFailedError.exit_code)
 
 

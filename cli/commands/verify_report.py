@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from cli.display import printable
 from cli.main import cli
 from cli.output import emit_json, json_option
 from ledger.errors import CheckFailedError
@@ -46,9 +47,9 @@ def verify_report_command(obj: dict, report: Path, public_key: Path, signature: 
         click.echo(f"{'OK' if outcome.ok else 'FAILED'}: {report} (report {outcome.report_id} "
                    f"of {outcome.exp}); signature {outcome.signature}")
         for name, state in sorted(outcome.files.items()):
-            click.echo(f"  {name}: {state}")
+            click.echo(printable(f"  {name}: {state}"))
         for note in outcome.notes:
-            click.echo(f"  note: {note}")
+            click.echo(printable(f"  note: {note}"))
     if not outcome.ok:
         click.echo(f"ledger: check failed: {'; '.join(outcome.failures)}", err=True)
         raise click.exceptions.Exit(CheckFailedError.exit_code)
