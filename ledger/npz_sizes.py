@@ -37,8 +37,9 @@ def check_member_sizes(archive: zipfile.ZipFile, path: Path, keys: Iterable[str]
             continue  # the reader names missing arrays itself
         declared += info.file_size
         if declared > limit:
-            raise BadInputError(f"cannot read dataset file {path}: its arrays declare {declared:,} bytes, more than this "
-                                f"machine's memory ({limit:,} bytes)")
+            raise BadInputError(f"cannot read dataset file {path}: its arrays declare "
+                                f"{declared:,} bytes, more than this machine's memory "
+                                f"({limit:,} bytes)")
         with archive.open(info) as member:
             try:
                 reader = _HEADER_READERS.get(npy_format.read_magic(member))

@@ -48,8 +48,9 @@ def show_command(obj: dict, exp: str, as_json: bool) -> None:
     click.echo(f"created     {iso_time(info.created_t)}")
     click.echo(printable(f"status      {info.status}") + (
         "" if info.complete else "  (INCOMPLETE: no run_completed event)"))
+    source = f"  ({info.root_seed_source})" if info.root_seed_source else ""
     click.echo(printable(f"root seed   {info.root_seed if info.root_seed is not None else '-'}"
-                         f"{'  (' + str(info.root_seed_source) + ')' if info.root_seed_source else ''}"))
+                         f"{source}"))
     click.echo(f"head        {info.head.hex() if info.head else '- (run incomplete)'}")
     for key, value in sorted(info.metadata.items()):
         click.echo(printable(f"{key:<11} {jsonable(value)}"))
