@@ -109,5 +109,5 @@ def _loop(data: FraudData, exp: Any, seed: int, workers: int, hyperparams: dict[
                 on_epoch(epoch, result.losses[-1], auc)
     if exp is not None:
         last_epoch = hyperparams["epochs"] - 1
-    exp.log_checkpoint("final", model.weights, epoch=last_epoch if last_epoch >= 0 else None)
+        exp.log_checkpoint("final", model.weights, epoch=last_epoch if last_epoch >= 0 else None)
     return result
