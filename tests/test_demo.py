@@ -92,3 +92,18 @@ def test_the_demo_data_splits_are_standardised_on_the_training_split() -> None:
     assert data.train_x.shape == (4_000, 30) and data.val_x.shape == (1_000, 30)
     assert np.allclose(data.train_x.mean(axis=0), 0, atol=1e-4)
     assert np.allclose(data.train_x.std(axis=0), 1, atol=1e-3)
+
+
+def test_recording_does_not_change_what_is_trained(tmp_path: Path) -> None:
+    from examples.fraud.train import train
+    from ledger import ExperimentManager
+
+    data = load_fraud_data(4_000)
+    unrecorded = train(data, None, seed=7, workers=0, epochs=2)
+    with ExperimentManager(f"sqlite:///{tmp_path / 'ledger.db'}",
+                           data_dir=tmp_path / "data") as manager:
+        recorded = train(data, manager, seed=7, workers=0, epochs=2)
+        zero_epochs = train(data, manager, seed=7, workers=0, epochs=0)
+    assert recorded.aucs == unrecorded.aucs and len(recorded.aucs) == 2
+    assert recorded.losses == unrecorded.losses
+    assert zero_epochs.aucs == [] and zero_epochs.exp is not None
