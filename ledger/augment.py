@@ -43,7 +43,7 @@ class DataAugmenter:
     """
 
     def __init__(self, noise_std: float | None = None, mask_prob: float | None = None, *,
-                 scale_jitter: float | None = None, mask_fill: float = 0.0,
+                 scale_jitter: float | None = None, mask_fill: float | None = None,
                  ops: Iterable[Mapping[str, Any]] | None = None, seed: int | None = None) -> None:
         specs: list[dict[str, Any]] = []
         if scale_jitter is not None:
@@ -51,7 +51,11 @@ class DataAugmenter:
         if noise_std is not None:
             specs.append({"op": "gaussian_noise", "std": noise_std})
         if mask_prob is not None:
-            specs.append({"op": "feature_mask", "prob": mask_prob, "fill": mask_fill})
+            specs.append({"op": "feature_mask", "prob": mask_prob,
+                          "fill": 0.0 if mask_fill is None else mask_fill})
+        elif mask_fill is not None:
+            raise BadInputError("got mask_fill without mask_prob, but the fill is only used by "
+                                "the feature mask: give mask_prob too")
         if ops is not None:
             if isinstance(ops, (Mapping, str, bytes)) or not isinstance(ops, Iterable):
                 raise BadInputError(f"ops must be a list of op specs, got "
@@ -107,7 +111,14 @@ class DataAugmenter:
         if root is None:
             raise BadInputError("got no seed, but augmenting outside an experiment needs one: "
                                 "DataAugmenter(seed=...) or augmenter(batch, seed=...)")
-        copy = np.array(batch, copy=True, order="C")
+        try:
+            copy = np.array(batch, copy=True, order="C")
+        except (TypeError, ValueError) as error:  # a ragged list, say
+            raise BadInputError(f"cannot augment this batch: it is not an array of one shape "
+                                f"({' '.join(str(error).split())[:120]})") from None
+        if copy.ndim < 1:
+            raise BadInputError("cannot augment a single value: a batch has samples along "
+                                "axis 0")
         return self.apply(copy, generator(root, augment_path(epoch, batch_index)))
 
     def __len__(self) -> int:

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ledger.canonical import normalise
+from ledger.canonical import canonical, normalise
 from ledger.errors import BadInputError
 from ledger.registered_functions import behaviour, keyword_parameters, qualified_name
 
@@ -69,10 +69,27 @@ class OpInfo:
             raise BadInputError(f"op {self.name!r} v{self.version} needs parameter(s) {missing}")
         full = {**self.defaults, **params}
         if self.check is not None:
-            full = self.check(full)
-        if "op" in full or "version" in full:
-            raise BadInputError(f"op {self.name!r}: parameters may not be named 'op' or 'version'")
+            full = self._checked(full)
         return {"op": self.name, "version": self.version, **normalise(full)}
+
+    def _checked(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``check(params)``, refused unless it returns this op's parameters and returns them
+        unchanged when given its own result: the check runs again whenever an augmenter is
+        rebuilt from its recorded spec (worker processes, replay), so a check that converts
+        (degrees to radians, say) would make what runs differ from what was recorded."""
+        assert self.check is not None
+        checked = self.check(dict(params))
+        if not isinstance(checked, dict) or set(checked) - {*self.defaults, *self.required}:
+            raise BadInputError(f"op {self.name!r} v{self.version}: its check must return the "
+                                f"op's parameters as a dict, got {checked!r:.120}")
+        again = self.check(dict(checked))
+        if not isinstance(again, dict) or canonical(normalise(again)) != canonical(
+                normalise(checked)):
+            raise BadInputError(f"op {self.name!r} v{self.version}: its check changed its own "
+                                f"result ({checked!r:.80} became {again!r:.80}); it runs again "
+                                f"on the recorded parameters (in workers and replay), so it "
+                                f"must return already-checked parameters unchanged")
+        return checked
 
 
 _REGISTRY: dict[tuple[str, int], OpInfo] = {}
@@ -97,7 +114,7 @@ def register_op(name: str, version: int, *, check: ParamsCheck | None = None
 
     def decorate(function: OpFunction) -> OpFunction:
         try:
-            defaults, required = keyword_parameters(f"op {name!r}", function, "batch, rng",
+            defaults, required = keyword_parameters(f"op {name!r}", function, ("batch", "rng"),
                                                     reserved=("op", "version"))
         except ValueError as error:
             raise BadInputError(str(error)) from None
@@ -143,7 +160,10 @@ def _float_dtype(op: str, batch: np.ndarray) -> np.dtype:
 def _finite_float(op: str, name: str, value: Any, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise BadInputError(f"{op} {name} must be a number in [{low}, {high}], got {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond any float
+        raise BadInputError(f"{op} {name} must be in [{low}, {high}], got {value}") from None
     if not math.isfinite(value) or not low <= value <= high:
         raise BadInputError(f"{op} {name} must be in [{low}, {high}], got {value}")
     return value
@@ -157,8 +177,12 @@ def _check_mask(params: dict[str, Any]) -> dict[str, Any]:
     fill = params["fill"]
     if isinstance(fill, bool) or not isinstance(fill, (int, float, np.integer, np.floating)):
         raise BadInputError(f"feature_mask fill must be a number, got {fill!r}")
+    try:
+        fill = float(fill)
+    except OverflowError:  # an int beyond any float
+        raise BadInputError(f"feature_mask fill must be a float, got {fill}") from None
     return {"prob": _finite_float("feature_mask", "prob", params["prob"], 0.0, 1.0),
-            "fill": float(fill)}
+            "fill": fill}
 
 
 def _check_jitter(params: dict[str, Any]) -> dict[str, Any]:

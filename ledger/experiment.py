@@ -18,6 +18,7 @@ import os
 import socket
 import time
 import weakref
+from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,7 +76,7 @@ class Experiment:
         self._datasets: dict[str, Dataset] = {}
         self._recorded_datasets: dict[str, bytes] = {}
         """Datasets an interrupted run registered before it was resumed: name -> digest."""
-        self._recorded_logs: dict[tuple[str, str, Any], bytes | None] = {}
+        self._recorded_logs: dict[tuple[str, str, Any], deque[bytes | None]] = {}
         """Metrics and checkpoints recorded before a resume, to be re-logged identically."""
         self._iterators: weakref.WeakSet[TrainingDataIterator] = weakref.WeakSet()
         self.status: str | None = None
@@ -182,11 +183,12 @@ class Experiment:
                                     f"ExperimentManager, set LEDGER_DATA_DIR, or give path=")
             loader = store_npz(self.data_dir, features, labels, digest)
             dataset = Dataset(name, features, labels, digest, loader)
-        recorded = self._recorded_datasets.pop(name, None)
+        recorded = self._recorded_datasets.get(name)
         if recorded is not None:
-            if recorded != dataset.digest:
+            if recorded != dataset.digest:  # refused, and nothing consumed: a retry is too
                 raise BadInputError(f"got other content for dataset {name!r} than the run "
                                     f"registered before it was resumed ({recorded.hex()[:16]}…)")
+            del self._recorded_datasets[name]
             self._datasets[name] = dataset
             return dataset
         known = self._datasets.get(name)
@@ -216,6 +218,7 @@ class Experiment:
         In a resumed run, a metric the run recorded before the interruption is not recorded
         again (None is returned) when its value is the same, and refused when it differs.
         """
+        self._check_recording()
         if not isinstance(name, str) or not name:
             raise BadInputError(f"a metric name must be a non-empty str, got {name!r}")
         epoch = check_epoch(epoch, optional=True)
@@ -233,6 +236,7 @@ class Experiment:
         Only the digest is recorded (see :func:`state_digest`), with each array's dtype and
         shape; save the weights themselves wherever you keep checkpoints.
         """
+        self._check_recording()
         if not isinstance(name, str) or not name:
             raise BadInputError(f"a checkpoint name must be a non-empty str, got {name!r}")
         epoch = check_epoch(epoch, optional=True)
@@ -248,12 +252,13 @@ class Experiment:
 
         Raises BadInputError when the value differs: the resumed run is not reproducing itself.
         """
-        recorded = self._recorded_logs.pop((kind, name, epoch), None)
-        if recorded is None:
+        recorded = self._recorded_logs.get((kind, name, epoch))
+        if not recorded:
             return False
-        if recorded != output:
+        if recorded[0] != output:  # refused, and nothing consumed: a retry is refused too
             raise BadInputError(f"got another {kind} {name!r} for epoch {epoch} than the run "
                                 f"recorded before it was resumed: the resumed run diverges")
+        recorded.popleft()
         return True
 
     def generator(self, *path: Any) -> np.random.Generator:
@@ -275,14 +280,22 @@ class Experiment:
         the path, seed, ``{"draw": name, "version": v, "params": params}`` and the digest of the
         result, so replay can rerun it. ``version`` defaults to the highest registered.
         """
-        from ledger.user_draws import latest_version, lookup_draw, result_digest
+        from ledger.user_draws import (check_draw_params, latest_version, lookup_draw,
+                                       result_digest)
 
+        self._check_recording()
         labels = self._user_path(path)
         version = latest_version(name) if version is None else version
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise BadInputError(f"got draw version {version!r}, but it must be an int")
         function = lookup_draw(name, version)
-        result = function(generator(self.root_seed, labels), **params)
+        check_draw_params(name, version, params)
+        # The function gets the params as recorded (numpy scalars as numbers, tuples as lists,
+        # a copy it may change), so that replay, which has only the record, calls it the same.
+        recorded = normalise(params)
+        result = function(generator(self.root_seed, labels), **normalise(params))
         self.record_draw(USER_DRAW, labels, seed=derive_bytes(self.root_seed, labels),
-                         params={"draw": name, "version": version, "params": params},
+                         params={"draw": name, "version": version, "params": recorded},
                          output=result_digest(result))
         return result
 

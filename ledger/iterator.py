@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ledger.arguments import check_flag
+from ledger.arguments import MAX_EPOCH, check_flag
 from ledger.augment import DataAugmenter, augment_path
 from ledger.batches import BatchDigests, BatchMaker, batch_input_digest, fast_array_digest
 from ledger.canonical import normalise
@@ -329,7 +329,7 @@ class TrainingDataIterator:
                                     f"this iterator has {key}={_shown(mine[key])}")
         epoch, batch, started = state.get("epoch"), state.get("batch"), state.get("started")
         batches = self._maker.batches
-        if (type(epoch) is not int or epoch < 0 or type(batch) is not int
+        if (type(epoch) is not int or not 0 <= epoch <= MAX_EPOCH or type(batch) is not int
                 or not 0 <= batch <= batches or not isinstance(started, bool)
                 or (batch and not started)):
             raise BadInputError(f"got position epoch={epoch!r} batch={batch!r} "

@@ -42,30 +42,31 @@ def _code_behaviour(code: Any) -> tuple[Any, ...]:
     return (code.co_code, constants, code.co_names, code.co_varnames)
 
 
-def keyword_parameters(what: str, function: Callable[..., Any], leading: str,
+def keyword_parameters(what: str, function: Callable[..., Any], leading: tuple[str, ...],
                        reserved: Collection[str] = ()) -> tuple[dict[str, Any], tuple[str, ...]]:
-    """(defaults, required names) of the parameters ``function`` takes after its two leading
-    positional ones (``leading`` names them in messages, e.g. "batch, rng").
+    """(defaults, required names) of the parameters ``function`` takes after its leading
+    positional ones (``leading`` names them in messages, e.g. ``("batch", "rng")``).
 
     Raises ValueError with a message naming ``what`` when the signature cannot be read, the
-    two leading parameters are missing, a parameter cannot be passed by keyword (``*args``,
+    leading parameters are missing, a parameter cannot be passed by keyword (``*args``,
     ``**kwargs``, positional-only) or one is named as a ``reserved`` key of the recorded spec.
     The registries turn it into their BadInputError.
     """
+    count, shown = len(leading), ", ".join(leading)
     if not callable(function):
-        raise ValueError(f"{what} must be a function ({leading}, **params), got "
+        raise ValueError(f"{what} must be a function ({shown}, **params), got "
                          f"{type(function).__name__}")
     try:
         parameters = list(inspect.signature(function).parameters.values())
     except (TypeError, ValueError):  # a builtin without a signature, say
-        raise ValueError(f"{what} must be a function ({leading}, **params) whose signature "
+        raise ValueError(f"{what} must be a function ({shown}, **params) whose signature "
                          f"Python can read") from None
-    if len(parameters) < 2 or any(p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-                                  for p in parameters[:2]):
-        raise ValueError(f"{what} must take ({leading}, **params)")
+    if len(parameters) < count or any(p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                                      for p in parameters[:count]):
+        raise ValueError(f"{what} must take ({shown}, **params)")
     defaults: dict[str, Any] = {}
     required: list[str] = []
-    for parameter in parameters[2:]:
+    for parameter in parameters[count:]:
         if parameter.kind not in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
             raise ValueError(f"{what} must name its parameters, each passable by keyword (no "
                              f"*args, **kwargs or positional-only {parameter.name!r})")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,8 +67,9 @@ def _remember(store: Store, experiment: "Experiment") -> dict[str, Any] | None:
         elif kind == DATASET_REGISTERED:
             experiment._recorded_datasets[str(params.get("name"))] = body["output"]
         elif kind in (METRIC, CHECKPOINT):
-            experiment._recorded_logs[(kind, params.get("name"), params.get("epoch"))] = (
-                body["output"])
+            # In recorded order: a metric logged several times per epoch is re-logged so too.
+            experiment._recorded_logs.setdefault(
+                (kind, params.get("name"), params.get("epoch")), deque()).append(body["output"])
             if kind == CHECKPOINT:
                 checkpoint = {"name": params.get("name"), "epoch": params.get("epoch"),
                               "digest": body["output"]}

@@ -46,7 +46,11 @@ def check_path(path: Sequence[Label]) -> Path:
     """Return ``path`` as a tuple if each label is a str or an int in ``[0, 2**64)``."""
     if isinstance(path, (str, bytes)):
         raise BadInputError(f"a seed path is a sequence of labels, got the string {path!r}")
-    labels = tuple(path)
+    try:
+        labels = tuple(path)
+    except TypeError:
+        raise BadInputError(f"a seed path is a sequence of labels, got {type(path).__name__} "
+                            f"{path!r}") from None
     for label in labels:
         kind = type(label)
         if kind is str or (kind is int and 0 <= label <= _LABEL_MAX):

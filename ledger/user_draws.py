@@ -31,26 +31,54 @@ import numpy as np
 from ledger.digests import array_digest
 from ledger.declared import check_declared
 from ledger.errors import BadInputError, CannotReplayError
+from ledger.registered_functions import behaviour, keyword_parameters, qualified_name
 
 DrawFunction = Callable[..., Any]
 _draws: dict[tuple[str, int], DrawFunction] = {}
+_parameters: dict[tuple[str, int], tuple[dict[str, Any], tuple[str, ...]]] = {}
+MAX_VERSION = 2**63 - 1
+"""Versions are recorded as 64-bit ints."""
 
 
 def register_draw(name: str, version: int) -> Callable[[DrawFunction], DrawFunction]:
-    """Register ``function(rng, **params)`` as the user draw point ``name`` at ``version``."""
+    """Register ``function(rng, **params)`` as the user draw point ``name`` at ``version``.
+
+    Its parameters after ``rng`` must be passable by keyword and not be named ``name``,
+    ``path`` or ``version`` (the arguments of ``exp.draw``). Registering other code under a
+    taken (name, version) raises BadInputError (the code is compared, not only the name);
+    re-registering the same function (a module imported again) is allowed.
+    """
     check_declared("draw", name, version)
+    if version > MAX_VERSION:
+        raise BadInputError(f"a draw version is below 2**63, got {version}")
 
     def decorate(function: DrawFunction) -> DrawFunction:
+        try:
+            parameters = keyword_parameters(f"draw {name!r}", function, ("rng",),
+                                            reserved=("name", "path", "version"))
+        except ValueError as error:
+            raise BadInputError(str(error)) from None
         existing = _draws.get((name, version))
-        if existing is not None and existing is not function and (
-                existing.__module__, existing.__qualname__) != (function.__module__,
-                                                               function.__qualname__):
+        if existing is not None and behaviour(existing) != behaviour(function):
             raise BadInputError(f"draw {name!r} version {version} is already registered by "
-                                f"{existing.__module__}.{existing.__qualname__}")
+                                f"{qualified_name(existing)} with other code: register the new "
+                                f"one under a new version")
         _draws[(name, version)] = function
+        _parameters[(name, version)] = parameters
         return function
 
     return decorate
+
+
+def check_draw_params(name: str, version: int, params: dict[str, Any]) -> None:
+    """Refuse (BadInputError) params that draw ``name`` at ``version`` does not take, or
+    misses: before the function runs, so that nothing is drawn or recorded."""
+    defaults, required = _parameters.get((name, version), ({}, ()))
+    unknown = sorted(set(params) - set(defaults) - set(required))
+    missing = [key for key in required if key not in params]
+    if unknown or missing:
+        raise BadInputError(f"draw {name!r} v{version} got unknown parameter(s) {unknown} and "
+                            f"lacks {missing}; it takes {sorted({*defaults, *required})}")
 
 
 def lookup_draw(name: str, version: int) -> DrawFunction:
@@ -74,4 +102,9 @@ def latest_version(name: str) -> int:
 
 def result_digest(result: Any) -> bytes:
     """The digest recorded for a draw's result: ``array_digest`` of it as an array."""
-    return array_digest(np.asarray(result))
+    try:
+        array = np.asarray(result)
+    except (TypeError, ValueError) as error:  # a ragged list, say
+        raise BadInputError(f"a draw's result must be an array or array-like of one shape: "
+                            f"{' '.join(str(error).split())[:160]}") from None
+    return array_digest(array)

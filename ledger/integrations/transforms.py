@@ -86,7 +86,7 @@ def register_transform(name: str, version: int, *, global_rng: bool = False
     def decorate(function: TransformFunction) -> TransformFunction:
         try:
             defaults, required = keyword_parameters(f"transform {name!r}", function,
-                                                    "x, generator",
+                                                    ("x", "generator"),
                                                     reserved=("name", "version", "per"))
         except ValueError as error:
             raise BadInputError(str(error)) from None
