@@ -9,6 +9,7 @@ Exit codes (DESIGN §5), the same for every command:
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -49,6 +50,11 @@ def main(argv: list[str] | None = None) -> None:
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(errors="backslashreplace")
+    # SQLAlchemy logs a failed connection reset with its traceback; the error itself reaches
+    # the user as one line below (LEDGER_DEBUG shows the log).
+    if not os.environ.get("LEDGER_DEBUG"):
+        logging.getLogger("sqlalchemy").addHandler(logging.NullHandler())
+        logging.getLogger("sqlalchemy").propagate = False
     _register_commands()
     try:
         code = cli.main(args=argv, prog_name="ledger", standalone_mode=False)

@@ -23,9 +23,12 @@ from ledger.events import AUDIT_STREAM, RUN_COMPLETED
 from ledger.store.store import Store
 from report.jsonview import canonical_json, parse_json
 from report.model import SCHEMA_ID, SECTION_IDS
-from report.signing import fingerprint, load_public_key, signature_bytes, verify_signature
+from report.signing import (fingerprint, load_public_key, read_regular_file, signature_bytes,
+                            verify_signature)
 
 _CHUNK = 1 << 20
+REPORT_BYTES = 256 << 20
+"""Most bytes a report file may hold (reports are small: the per-event list is an appendix)."""
 
 
 @dataclass(slots=True)
@@ -64,9 +67,9 @@ def file_sha256(path: Path) -> str:
 def load_report(path: Path) -> dict[str, Any]:
     """Read and parse a report; BadInputError (exit 2) when it is not JSON or not our report."""
     try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise BadInputError(f"cannot read report {path}: {error.strerror}") from None
+        data = read_regular_file(path, "report", REPORT_BYTES)
+    except FileNotFoundError:
+        raise BadInputError(f"cannot read report {path}: no such file") from None
     report = parse_json(data, f"report {path}")
     if (not isinstance(report, dict) or report.get("schema") != SCHEMA_ID
             or not all(isinstance(report.get(key), dict) for key in SECTION_IDS)
@@ -82,9 +85,10 @@ def check_report(path: Path, public_key: Path, *, signature: Path | None = None,
     key = load_public_key(public_key)
     check = ReportCheck(path, exp=_get(report, "R1", "exp"), report_id=_get(report, "R0",
                                                                              "report_id"))
-    _check_signature(check, report, key, signature or path.with_name(f"{path.name}.sig"))
+    signature = signature or path.with_name(f"{path.name}.sig")
+    _check_signature(check, report, key, signature)
     _check_files(check, report, path.parent)
-    _check_sums(check, path.parent)
+    _check_sums(check, path.parent, covered={path.name, signature.name})
     if exp is not None and check.exp != exp:
         check.failures.append(f"report is of experiment {check.exp}, not {exp}")
     if store is not None:
@@ -100,11 +104,9 @@ def _get(report: dict[str, Any], section: str, key: str) -> Any:
 def _check_signature(check: ReportCheck, report: dict[str, Any], key: Ed25519PublicKey,
                      signature_path: Path) -> None:
     try:
-        text = signature_path.read_bytes()
+        text = read_regular_file(signature_path, "signature")
     except FileNotFoundError:
         raise BadInputError(f"no signature {signature_path} (give --signature FILE)") from None
-    except OSError as error:
-        raise BadInputError(f"cannot read signature {signature_path}: {error.strerror}") from None
     raw = signature_bytes(text)
     given = fingerprint(key)
     named = report["R9"].get("signature", {}).get("public_key_sha256") if isinstance(
@@ -142,7 +144,9 @@ def _check_files(check: ReportCheck, report: dict[str, Any], folder: Path) -> No
             check.failures.append(f"{name} does not have the SHA-256 the report records")
 
 
-def _check_sums(check: ReportCheck, folder: Path) -> None:
+def _check_sums(check: ReportCheck, folder: Path, covered: set[str]) -> None:
+    """Check SHA256SUMS beside the report. A file it lists that R0 does not (other than the
+    report and its signature, in ``covered``) matches only an unsigned list: shown as such."""
     sums = folder / "SHA256SUMS"
     if not sums.is_file():
         return
@@ -158,8 +162,12 @@ def _check_sums(check: ReportCheck, folder: Path) -> None:
             check.failures.append(f"{name} is listed in SHA256SUMS but missing")
         elif file_sha256(target) != digest:
             check.failures.append(f"{name} does not match SHA256SUMS")
-        else:
+        elif name in check.files or name in covered:
             check.files.setdefault(name, "ok")
+        else:
+            check.files[name] = "unsigned (listed only in SHA256SUMS)"
+            check.notes.append(f"{name} matches SHA256SUMS, which the signature does not cover: "
+                               f"not vouched for by the report")
 
 
 def _check_ledger(check: ReportCheck, report: dict[str, Any], store: Store) -> None:
@@ -180,9 +188,16 @@ def _check_ledger(check: ReportCheck, report: dict[str, Any], store: Store) -> N
                               f"{run_head.hex() if run_head else 'missing'}, the report "
                               f"certifies {recorded}")
     heads = store.stream_heads(exp)
-    for entry in report["R9"].get("streams") or []:
+    streams = report["R9"].get("streams")
+    if not isinstance(streams, list):
+        check.failures.append("the report's R9 has no list of streams")
+        return
+    for entry in streams:
         stream = entry.get("stream") if isinstance(entry, dict) else None
-        if stream is None or stream == AUDIT_STREAM:
+        if not isinstance(stream, str):
+            check.failures.append(f"the report's R9 lists a stream entry {entry!r:.60}")
+            continue
+        if stream == AUDIT_STREAM:
             continue  # the audit stream grows with every later replay and report
         head = heads.get(stream)
         if head is None or head.head.hex() != entry.get("head") or head.count != entry.get(

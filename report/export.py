@@ -75,27 +75,70 @@ class ExportResult:
     report_sha256: str = ""
 
 
-def _write_atomic(path: Path, data: bytes) -> str:
-    """Write ``data`` to ``path`` through a temporary file; return its SHA-256."""
-    _write_with(path, lambda handle: handle.write(data))
-    return hashlib.sha256(data).hexdigest()
+class _Staged:
+    """The files of one export, written to temporaries beside their targets and renamed into
+    place together once all are written: a refused or failed target leaves nothing written."""
 
+    def __init__(self) -> None:
+        self._pending: list[tuple[str, Path]] = []
 
-def _write_with(path: Path, fill: Callable[[BinaryIO], Any]) -> Any:
-    try:
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                                 suffix=".tmp")
-    except OSError as error:
-        raise BadInputError(f"cannot write {path}: {error.strerror}") from None
-    try:
+    def write(self, path: Path, data: bytes) -> str:
+        """Stage ``data`` for ``path``; return its SHA-256."""
+        self.write_with(path, lambda handle: handle.write(data))
+        return hashlib.sha256(data).hexdigest()
+
+    def write_with(self, path: Path, fill: Callable[[BinaryIO], Any]) -> Any:
+        """Stage what ``fill`` writes into the handle it is given for ``path``; return what
+        ``fill`` returns."""
+        try:
+            descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                                     suffix=".tmp")
+        except OSError as error:
+            raise BadInputError(f"cannot write {path}: {error.strerror}") from None
+        self._pending.append((temporary, path))
         with os.fdopen(descriptor, "wb") as handle:
             outcome = fill(handle)
         os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return outcome
+        return outcome
+
+    def commit(self) -> None:
+        """Rename every staged file into place."""
+        for temporary, path in self._pending:
+            try:
+                os.replace(temporary, path)
+            except OSError as error:
+                raise BadInputError(f"cannot write {path}: {error.strerror}") from None
+        self._pending.clear()
+
+    def discard(self) -> None:
+        """Remove the temporaries of what was not committed."""
+        for temporary, _path in self._pending:
+            Path(temporary).unlink(missing_ok=True)
+        self._pending.clear()
+
+
+def _resolve_target(path: Path, what: str, ledger_files: set[str]) -> Path:
+    """The file a target names, symlinks followed (the rename writes through a link instead of
+    replacing it), refused when it is the ledger itself or a path under /dev or /proc (whose
+    entries stand for streams and devices: renaming over one replaces the node)."""
+    given = os.path.abspath(path)
+    if given.split(os.sep)[1:2] in (["dev"], ["proc"]):
+        raise BadInputError(f"cannot write {path}: not a path for a file (without -o the report "
+                            f"goes to stdout)")
+    real = Path(os.path.realpath(given))
+    if str(real) in ledger_files:
+        raise BadInputError(f"cannot write {what} {path}: it is the ledger's own database")
+    _check_target(real, what)
+    return real
+
+
+def _ledger_files(store: Store) -> set[str]:
+    """The files of an SQLite ledger (database, WAL, shared memory, journal), resolved."""
+    database = store.engine.url.database if store.backend == "sqlite" else None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return set()
+    real = os.path.realpath(database)
+    return {real, *(real + suffix for suffix in ("-wal", "-shm", "-journal"))}
 
 
 def _check_target(path: Path, what: str) -> None:
@@ -142,15 +185,40 @@ def export_report(store: Store, exp: str, options: ReportOptions, *, fmt: str = 
         appendix = bundle / BUNDLE_FILES["appendix"]
         json_path: Path | None = bundle / BUNDLE_FILES["json"]
     else:
+        ledger_files = _ledger_files(store)
+        if output is not None:
+            output = _resolve_target(output, "output", ledger_files)
+        if appendix is not None:
+            appendix = _resolve_target(appendix, "appendix", ledger_files)
         json_path = output if fmt == "json" else None
-        for path, what in ((output, "output"), (appendix, "appendix")):
-            if path is not None:
-                _check_target(path, what)
+    signature_path = None
     if key is not None:
         if json_path is None:
             raise BadInputError("signing needs the JSON report in a file: give --format json "
                                 "with -o FILE, or --bundle DIR")
-        _check_target(json_path.with_name(f"{json_path.name}.sig"), "signature")
+        signature_path = json_path.with_name(f"{json_path.name}.sig")
+        _check_target(signature_path, "signature")
+    targets = [path for path in (output, appendix, signature_path) if path is not None]
+    if len(set(targets)) < len(targets):
+        raise BadInputError("the report, its appendix and its signature need three different "
+                            "files")
+    stage = _Staged()
+    try:
+        result = _export(store, exp, options, row, stage, fmt=fmt, output=output, bundle=bundle,
+                         appendix=appendix, json_path=json_path, key=key)
+        stage.commit()
+    finally:
+        stage.discard()
+    if options.record:
+        _record(store, exp, result.report, result, fmt if bundle is None else "bundle")
+    return result
+
+
+def _export(store: Store, exp: str, options: ReportOptions, row: Any, stage: _Staged, *,
+            fmt: str, output: Path | None, bundle: Path | None, appendix: Path | None,
+            json_path: Path | None, key: Ed25519PrivateKey | None) -> ExportResult:
+    """Build the report and stage its files (see :func:`export_report`)."""
+    if key is not None:
         options.signature = {"signed": True, "algorithm": ALGORITHM,
                              "public_key_sha256": fingerprint(key.public_key()),
                              "signature_file": f"{json_path.name}.sig",
@@ -164,7 +232,7 @@ def export_report(store: Store, exp: str, options: ReportOptions, *, fmt: str = 
                       "sha256": digest})
 
     if appendix is not None:
-        report = _write_with(appendix, lambda handle: build_report(
+        report = stage.write_with(appendix, lambda handle: build_report(
             store, exp, options, appendix=handle, appendix_name=appendix.name, row=row))
         info = report["R7"]["appendix"]
         add(appendix, "appendix", info["sha256"])
@@ -176,36 +244,34 @@ def export_report(store: Store, exp: str, options: ReportOptions, *, fmt: str = 
         for what, statement in (("provenance", provenance_statement(report)),
                                 ("replay", replay_statement(report))):
             path = bundle / BUNDLE_FILES[what]
-            add(path, what, _write_atomic(path, pretty_json(statement)))
+            add(path, what, stage.write(path, pretty_json(statement)))
     renderers = {"html": lambda: render_html(report).encode("utf-8"),
                  "md": lambda: render_markdown(report).encode("utf-8")}
     for what, render in renderers.items():
         if bundle is not None:
             path = bundle / BUNDLE_FILES[what]
-            add(path, what, _write_atomic(path, render()))
+            add(path, what, stage.write(path, render()))
         elif fmt == what:
             if output is None:
                 result.stdout = render()
             else:
-                add(output, what, _write_atomic(output, render()))
+                add(output, what, stage.write(output, render()))
     canonical = canonical_json(report)
     result.report_sha256 = hashlib.sha256(canonical).hexdigest()
     if json_path is not None:
-        digest = _write_atomic(json_path, pretty_json(report))
+        digest = stage.write(json_path, pretty_json(report))
         result.written.append(Written(json_path, ROLES["json"], digest))
         if key is not None:
             signature_path = json_path.with_name(f"{json_path.name}.sig")
             result.written.append(Written(signature_path, "signature",
-                                          _write_atomic(signature_path, sign(key, canonical))))
+                                          stage.write(signature_path, sign(key, canonical))))
     elif fmt == "json":
         result.stdout = pretty_json(report)
     if bundle is not None:
         sums = "".join(f"{item.sha256}  {item.path.name}\n"
                        for item in sorted(result.written, key=lambda w: w.path.name))
         path = bundle / BUNDLE_FILES["sums"]
-        result.written.append(Written(path, "checksums", _write_atomic(path, sums.encode())))
-    if options.record:
-        _record(store, exp, report, result, fmt if bundle is None else "bundle")
+        result.written.append(Written(path, "checksums", stage.write(path, sums.encode())))
     return result
 
 

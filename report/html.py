@@ -55,7 +55,11 @@ def e(value: Any) -> str:
         return '<span class="muted">—</span>'
     if isinstance(value, bool):
         return "yes" if value else "no"
-    return escape(str(value), quote=True)
+    text = str(value)
+    if not text.isprintable():  # bidi controls would reorder the page around them: shown as text
+        text = "".join(character if character.isprintable() or character in "\n\t"
+                       else ascii(character)[1:-1] for character in text)
+    return escape(text, quote=True)
 
 
 def _code(value: Any) -> str:

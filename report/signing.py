@@ -82,11 +82,36 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
         handle.write(data)
 
 
-def _read(path: str | os.PathLike[str], what: str) -> bytes:
+SMALL_FILE_BYTES = 1 << 20
+"""Most bytes a key or a signature file may hold."""
+
+
+def read_regular_file(path: str | os.PathLike[str], what: str,
+                      limit: int = SMALL_FILE_BYTES) -> bytes:
+    """The bytes of ``path``, a regular file of at most ``limit`` bytes; BadInputError for a
+    missing file, a named pipe (which would block), a device such as /dev/zero (which never
+    ends) or anything larger. Raises FileNotFoundError through for callers that word it."""
     try:
-        return Path(path).read_bytes()
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
     except OSError as error:
         raise BadInputError(f"cannot read {what} {path}: {error.strerror}") from None
+    with os.fdopen(descriptor, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise BadInputError(f"cannot read {what} {path}: not a regular file (a folder, "
+                                f"pipe or device)")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise BadInputError(f"cannot read {what} {path}: larger than {limit:,} bytes")
+    return data
+
+
+def _read(path: str | os.PathLike[str], what: str) -> bytes:
+    try:
+        return read_regular_file(path, what)
+    except FileNotFoundError:
+        raise BadInputError(f"cannot read {what} {path}: no such file") from None
 
 
 def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:

@@ -44,12 +44,13 @@ def verify_report_command(obj: dict, report: Path, public_key: Path, signature: 
     if as_json:
         emit_json(outcome.to_json())
     else:
-        click.echo(f"{'OK' if outcome.ok else 'FAILED'}: {report} (report {outcome.report_id} "
-                   f"of {outcome.exp}); signature {outcome.signature}")
+        click.echo(printable(f"{'OK' if outcome.ok else 'FAILED'}: {report} (report "
+                             f"{outcome.report_id} of {outcome.exp}); signature "
+                             f"{outcome.signature}"))
         for name, state in sorted(outcome.files.items()):
             click.echo(printable(f"  {name}: {state}"))
         for note in outcome.notes:
             click.echo(printable(f"  note: {note}"))
     if not outcome.ok:
-        click.echo(f"ledger: check failed: {'; '.join(outcome.failures)}", err=True)
+        click.echo(printable(f"ledger: check failed: {'; '.join(outcome.failures)}"), err=True)
         raise click.exceptions.Exit(CheckFailedError.exit_code)

@@ -25,6 +25,8 @@ URL_ENV = "LEDGER_URL"
 SQLITE_SYNCHRONOUS = "FULL"
 """SQLite ``synchronous`` level: FULL makes every committed batch survive power loss in WAL mode."""
 _SQLITE_HEADER = b"SQLite format 3\x00"
+POSTGRES_CONNECT_TIMEOUT = 10
+"""Seconds to wait for a PostgreSQL server to accept a connection (a silent one would hang)."""
 WRITE_OPTION = "ledger_write"
 """Execution option of connections that will write: SQLite then takes its write lock at BEGIN."""
 
@@ -141,6 +143,23 @@ def _check_sqlite_schema(engine: Engine, shown: str) -> None:
                                  f"ledger's columns")
 
 
+def _check_postgres_tables(engine: Engine, shown: str) -> None:
+    """Refuse a PostgreSQL database whose ledger tables (as the search path finds them) are
+    views, foreign tables or tables of other columns: a view over ``pg_sleep`` made every
+    command hang. Triggers there are checked by the compliance report (in force or not)."""
+    with engine.connect() as connection:
+        rows = connection.exec_driver_sql(
+            "SELECT c.relname, c.relkind, array_agg(a.attname::text ORDER BY a.attnum), "
+            "bool_or(a.attgenerated <> '') FROM pg_class c JOIN pg_attribute a "
+            "ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+            "WHERE c.relname = ANY(%(names)s) AND pg_table_is_visible(c.oid) GROUP BY c.oid",
+            {"names": list(APPEND_ONLY_TABLES)}).all()
+    for name, kind, columns, generated in rows:
+        expected = [column.name for column in metadata.tables[name].columns]
+        if kind not in ("r", "p") or list(columns) != expected or generated:
+            raise StoreError(f"{shown} is not a ledger: {name} is not the ledger's plain table")
+
+
 def _without_if_not_exists(sql: str | None) -> str | None:
     return None if sql is None else sql.replace("CREATE TRIGGER IF NOT EXISTS ",
                                                 "CREATE TRIGGER ", 1)
@@ -182,7 +201,8 @@ def open_engine(url: str | None = None, *, create: bool = False) -> tuple[Engine
     if is_sqlite and (path := _sqlite_file(parsed)) is not None:
         _check_sqlite_file(path, create)
     try:
-        engine = create_engine(parsed, connect_args={"timeout": 30} if is_sqlite else {})
+        engine = create_engine(parsed, connect_args={"timeout": 30} if is_sqlite else {
+            "connect_timeout": POSTGRES_CONNECT_TIMEOUT})
     except (NoSuchModuleError, ImportError) as error:
         raise StoreError(f"no driver for {shown}: {error} (install the 'postgres' extra)") from None
     if is_sqlite:
@@ -190,6 +210,8 @@ def open_engine(url: str | None = None, *, create: bool = False) -> tuple[Engine
     try:
         if is_sqlite:
             _check_sqlite_schema(engine, shown)
+        else:
+            _check_postgres_tables(engine, shown)
         stored = _stored_format(engine)
         if stored is None:
             if not create or _has_tables(engine):

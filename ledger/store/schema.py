@@ -103,6 +103,13 @@ def sqlite_trigger_sql() -> dict[str, str]:
     return triggers
 
 
+def postgres_refusal_source() -> str:
+    """The body of the PostgreSQL function the append-only triggers call, whitespace folded:
+    what a trigger must still run to count as in force."""
+    statement = _postgres_triggers(())[0]
+    return " ".join(statement.split("$$")[1].replace("%%", "%").split())
+
+
 def _postgres_triggers(tables: tuple[str, ...]) -> list[str]:
     # psycopg reads % as a placeholder marker, hence %% for a literal % in the function body.
     return [

@@ -22,7 +22,8 @@ from ledger.errors import (AppendOnlyError, BadInputError, ConcurrentWriteError,
 from ledger.events import (EXPERIMENT_CREATED, MAIN_STREAM, RUN_COMPLETED, Event,
                            check_experiment_id, decode_body, path_bytes)
 from ledger.store.connect import WRITE_OPTION, describe_url, open_engine
-from ledger.store.schema import TRIGGER_NAMES, events_table, experiments_table, meta_table
+from ledger.store.schema import (TRIGGER_NAMES, events_table, experiments_table, meta_table,
+                                 postgres_refusal_source)
 
 EVENT_COLUMNS = ("exp", "stream", "seq", "kind", "path", "seed", "input", "output", "prev", "hash",
                  "t", "body")
@@ -390,13 +391,17 @@ class Store:
         """Each trigger the schema installs to refuse changes (TRIGGER_NAMES of this backend) on
         a table this database has, and whether it is still there: what a compliance report
         states as in force."""
-        if self.backend == "sqlite":
-            query = text("SELECT name FROM sqlite_master WHERE type = 'trigger'")
-        else:
-            query = text("SELECT t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-                         "WHERE NOT t.tgisinternal AND pg_table_is_visible(c.oid)")
         with self._reading() as connection:
-            installed = set(connection.execute(query).scalars())
+            if self.backend == "sqlite":  # their definitions are checked when the file opens
+                installed = set(connection.execute(text(
+                    "SELECT name FROM sqlite_master WHERE type = 'trigger'")).scalars())
+            else:  # enabled, and still calling the ledger's refusal (not a neutered one)
+                source = postgres_refusal_source()
+                installed = {name for name, enabled, body in connection.execute(text(
+                    "SELECT t.tgname, t.tgenabled, p.prosrc FROM pg_trigger t "
+                    "JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_proc p ON p.oid = t.tgfoid "
+                    "WHERE NOT t.tgisinternal AND pg_table_is_visible(c.oid)"))
+                    if enabled != "D" and " ".join(body.split()) == source}
             tables = inspect(connection).get_table_names()
         return {name: name in installed for name in TRIGGER_NAMES.get(self.backend, ())
                 if any(name.startswith(table + "_") for table in tables)}

@@ -1,0 +1,217 @@
+"""Hostile targets and hostile bundles for `ledger report` and `ledger verify-report`.
+
+Each case was found by a sweep: `-o ledger.db` replaced the ledger with a report, `-o link`
+replaced a symlink, a refused output left the appendix behind, a named pipe as a signature hung
+verify-report, /dev/zero exhausted memory, a file added to SHA256SUMS showed as `ok` beside
+signed ones, a tampered R9 crashed `--against-ledger`, and text from a report drove the
+terminal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from ledger.store import Store
+from replay_helpers import record_run
+from report.html import e
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    folder = tmp_path_factory.mktemp("hostile-report")
+    exp = record_run(f"sqlite:///{folder / 'ledger.db'}", folder / "ledger-data", epochs=1)
+    return folder, exp
+
+
+@pytest.fixture(scope="module")
+def signed(run: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A signed bundle of the run, and its public key beside it as ``key.pub``."""
+    folder, exp = run
+    keys = tmp_path_factory.mktemp("keys")
+    assert run_cli("keygen", "--out", str(keys / "key")).returncode == 0
+    bundle = keys / "bundle"
+    done = _ledger(folder, "report", exp, "--bundle", str(bundle), "--sign-key",
+                   str(keys / "key.key"), "--no-record")
+    assert done.returncode == 0, done.stderr
+    return bundle
+
+
+def _ledger(folder: Path, *args: str, cwd: Path | None = None):  # noqa: ANN202
+    return run_cli("--db", f"sqlite:///{folder / 'ledger.db'}", *args, cwd=cwd or folder)
+
+
+def _one_error(done, code: int, text: str) -> None:  # noqa: ANN001
+    assert done.returncode == code, (done.stdout, done.stderr)
+    assert len(done.stderr.strip().splitlines()) == 1 and text in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_report_never_replaces_the_ledger(run: tuple[Path, str]) -> None:
+    folder, exp = run
+    before = (folder / "ledger.db").read_bytes()[:16]
+    for target in ("ledger.db", "ledger.db-wal"):
+        _one_error(_ledger(folder, "report", exp, "-o", target, "--no-record"), 2,
+                   "it is the ledger's own database")
+    assert (folder / "ledger.db").read_bytes()[:16] == before == b"SQLite format 3\x00"
+    assert _ledger(folder, "list").returncode == 0
+
+
+def test_a_report_writes_through_a_symlink(run: tuple[Path, str], tmp_path: Path) -> None:
+    folder, exp = run
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "current.json").write_text("old")
+    (tmp_path / "latest.json").symlink_to("reports/current.json")
+    done = _ledger(folder, "report", exp, "-o", str(tmp_path / "latest.json"), "--no-record")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "latest.json").is_symlink()
+    assert json.loads((tmp_path / "reports" / "current.json").read_text())["R1"]["exp"] == exp
+
+
+@pytest.mark.parametrize("target", ["/dev/stdout", "/proc/self/fd/1"])
+def test_device_and_process_paths_are_no_report_files(run: tuple[Path, str], target: str) -> None:
+    folder, exp = run
+    _one_error(_ledger(folder, "report", exp, "-o", target, "--no-record"), 2,
+               "not a path for a file")
+
+
+def test_a_refused_output_leaves_no_appendix(run: tuple[Path, str], tmp_path: Path) -> None:
+    folder, exp = run
+    appendix = tmp_path / "events.ndjson"
+    _one_error(_ledger(folder, "report", exp, "--format", "html", "-o", "/proc/report.html",
+                       "--appendix", str(appendix), "--no-record"), 2, "cannot write")
+    assert not appendix.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_refused_pipe_target_leaves_no_appendix(run: tuple[Path, str], tmp_path: Path
+                                                   ) -> None:
+    folder, exp = run
+    os.mkfifo(tmp_path / "pipe.html")
+    appendix = tmp_path / "events.ndjson"
+    _one_error(_ledger(folder, "report", exp, "--format", "html", "-o",
+                       str(tmp_path / "pipe.html"), "--appendix", str(appendix), "--no-record"),
+               2, "not a regular file")
+    assert not appendix.exists()
+
+
+def test_output_and_appendix_must_differ(run: tuple[Path, str], tmp_path: Path) -> None:
+    folder, exp = run
+    _one_error(_ledger(folder, "report", exp, "-o", str(tmp_path / "out.json"), "--appendix",
+                       str(tmp_path / "out.json"), "--no-record"), 2, "three different files")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _verify_report(bundle: Path, *extra: str, report: str = "report.json"):  # noqa: ANN202
+    return run_cli("verify-report", str(bundle / report), "--public-key",
+                   str(bundle.parent / "key.pub"), *extra, cwd=bundle, timeout=120)
+
+
+@pytest.mark.parametrize("what", ["signature", "public-key"])
+def test_a_named_pipe_is_refused_not_waited_on(signed: Path, tmp_path: Path, what: str) -> None:
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    outcome: list = []
+    arguments = ["--signature", str(pipe)] if what == "signature" else []
+    thread = threading.Thread(target=lambda: outcome.append(
+        _verify_report(signed, *arguments) if what == "signature" else run_cli(
+            "verify-report", str(signed / "report.json"), "--public-key", str(pipe),
+            timeout=120)), daemon=True)
+    thread.start()
+    thread.join(120)  # a safeguard against the hang this test is about, not a timing assertion
+    assert outcome, "verify-report blocked on a named pipe"
+    _one_error(outcome[0], 2, "not a regular file")
+
+
+def test_an_endless_signature_file_is_refused(signed: Path, tmp_path: Path) -> None:
+    (tmp_path / "zero.sig").symlink_to("/dev/zero")
+    _one_error(_verify_report(signed, "--signature", str(tmp_path / "zero.sig")), 2,
+               "not a regular file")
+
+
+def test_a_file_only_sha256sums_lists_is_not_shown_as_signed(signed: Path, tmp_path: Path
+                                                             ) -> None:
+    bundle = tmp_path / "bundle"
+    shutil.copytree(signed, bundle)
+    (bundle / "extra.html").write_text("<p>not in the report</p>")
+    digest = hashlib.sha256((bundle / "extra.html").read_bytes()).hexdigest()
+    with (bundle / "SHA256SUMS").open("a") as sums:
+        sums.write(f"{digest}  extra.html\n")
+    done = run_cli("verify-report", str(bundle / "report.json"), "--public-key",
+                   str(signed.parent / "key.pub"), "--json")
+    assert done.returncode == 0, done.stderr
+    files = json.loads(done.stdout)["files"]
+    assert files["extra.html"] == "unsigned (listed only in SHA256SUMS)"
+    assert files["report.html"] == files["report.json.sig"] == "ok"
+
+
+def test_a_tampered_r9_fails_against_the_ledger_without_crashing(run: tuple[Path, str],
+                                                                 signed: Path,
+                                                                 tmp_path: Path) -> None:
+    folder, _exp = run
+    report = json.loads((signed / "report.json").read_text())
+    for streams in (5, [{"stream": ["main"]}]):
+        report["R9"]["streams"] = streams
+        (tmp_path / "report.json").write_text(json.dumps(report))
+        done = run_cli("--db", f"sqlite:///{folder / 'ledger.db'}", "verify-report",
+                       str(tmp_path / "report.json"), "--public-key",
+                       str(signed.parent / "key.pub"), "--signature",
+                       str(signed / "report.json.sig"), "--against-ledger")
+        _one_error(done, 1, "R9")
+
+
+def test_text_from_a_report_cannot_drive_the_terminal(signed: Path, tmp_path: Path) -> None:
+    report = json.loads((signed / "report.json").read_text())
+    report["R9"]["signature"]["public_key_sha256"] = "x\n\x1b[1A\x1b[2KOK: forged"
+    report["R1"]["exp"] = "exp-\x1b[32m"
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    done = run_cli("verify-report", str(tmp_path / "report.json"), "--public-key",
+                   str(signed.parent / "key.pub"), "--signature",
+                   str(signed / "report.json.sig"))
+    assert done.returncode == 1
+    assert "\x1b" not in done.stdout + done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_html_shows_bidi_controls_as_text() -> None:
+    assert e("model \u202e gnp.exe") == "model \\u202e gnp.exe"
+    assert e("<b>\x1b[2J") == "&lt;b&gt;\\x1b[2J"
+
+
+def test_postgres_tables_that_are_views_are_refused(postgres_url: str) -> None:
+    import sqlalchemy
+
+    from ledger.errors import StoreError
+
+    with Store.open(postgres_url, create=True):
+        pass
+    engine = sqlalchemy.create_engine(postgres_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE ledger_meta")
+        connection.exec_driver_sql("CREATE VIEW ledger_meta AS SELECT 'format'::varchar AS key, "
+                                   "'reproducibility-ledger'::text AS value")
+    engine.dispose()
+    with pytest.raises(StoreError, match="is not a ledger"):
+        Store.open(postgres_url)
+
+
+def test_postgres_triggers_count_only_while_they_refuse(postgres_url: str) -> None:
+    import sqlalchemy
+
+    with Store.open(postgres_url, create=True) as store:
+        assert all(store.append_only_triggers().values())
+    engine = sqlalchemy.create_engine(postgres_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("ALTER TABLE ledger_events DISABLE TRIGGER "
+                                   "ledger_events_append_only")
+    engine.dispose()
+    with Store.open(postgres_url) as store:
+        controls = store.append_only_triggers()
+    assert controls["ledger_events_append_only"] is False
+    assert controls["ledger_meta_append_only"] is True
