@@ -146,4 +146,6 @@ def failing_rank(rank: int, world: int, init_file: str, url: str, out_dir: str) 
         outcome = f"{type(error).__name__}: {error}"
         if rank == 0:
             time.sleep(2)
+    finally:
+        dist.destroy_process_group()
     Path(out_dir, f"rank-{rank}").write_text(outcome)
