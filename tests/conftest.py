@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ledger.experiment import ExperimentManager
 from ledger.store import Store
 
 POSTGRES_ENV = "LEDGER_TEST_POSTGRES_URL"
@@ -60,6 +61,14 @@ def store(store_url: str) -> Iterator[Store]:
         yield opened
     finally:
         opened.close()
+
+
+@pytest.fixture
+def manager(tmp_path: Path) -> Iterator[ExperimentManager]:
+    """An ExperimentManager on a fresh SQLite ledger, its data folder beside it."""
+    with ExperimentManager(f"sqlite:///{tmp_path / 'ledger.db'}", data_dir=tmp_path / "data"
+                           ) as opened:
+        yield opened
 
 
 @pytest.fixture

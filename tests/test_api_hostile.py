@@ -25,13 +25,6 @@ FEATURES = np.arange(40, dtype=np.float32).reshape(20, 2)
 LABELS = np.zeros(20, dtype=np.int8)
 
 
-@pytest.fixture
-def manager(tmp_path: Path) -> ExperimentManager:
-    with ExperimentManager(f"sqlite:///{tmp_path / 'ledger.db'}", data_dir=tmp_path / "data"
-                           ) as opened:
-        yield opened
-
-
 def _kinds(manager: ExperimentManager, exp: str) -> list[str]:
     with Store.open(manager.store.url_with_secrets) as store:
         return [kind for _stream, _seq, kind, _body in store.iter_run_bodies(exp)]

@@ -24,13 +24,6 @@ FEATURES = np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32)
 LABELS = (np.arange(64) % 2).astype(np.int8)
 
 
-@pytest.fixture
-def manager(tmp_path: Path) -> ExperimentManager:
-    with ExperimentManager(f"sqlite:///{tmp_path / 'ledger.db'}", data_dir=tmp_path / "data"
-                           ) as opened:
-        yield opened
-
-
 def _kinds(manager: ExperimentManager, exp: str) -> list[str]:
     return [kind for _s, _q, kind, _b in manager.store.iter_run_bodies(exp)]
 

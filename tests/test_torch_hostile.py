@@ -34,13 +34,6 @@ FEATURES = np.arange(48, dtype=np.float32).reshape(16, 3)
 LABELS = np.arange(16, dtype=np.int64) % 2
 
 
-@pytest.fixture
-def manager(tmp_path: Path) -> ExperimentManager:
-    with ExperimentManager(f"sqlite:///{tmp_path / 'ledger.db'}", data_dir=tmp_path / "data"
-                           ) as opened:
-        yield opened
-
-
 def kinds(manager: ExperimentManager, exp: str) -> list[str]:
     return [kind for _s, _q, kind, _b in manager.store.iter_run_bodies(exp)]
 
