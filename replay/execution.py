@@ -70,21 +70,21 @@ def run_share(context: ReplayContext, bodies: Sequence[bytes], claim: Callable[[
     as the failure (with what was found before it).
     """
     mismatches: list[Mismatch] = []
-    while (span := claim()) is not None:
-        for index in span:
-            try:
-                body = decode_body(bodies[index])
-                with np.errstate(all="ignore"):  # the recorded run met the same overflows
+    with np.errstate(all="ignore"):  # the recorded run met the same overflows: no warnings
+        while (span := claim()) is not None:
+            for index in span:
+                try:
+                    body = decode_body(bodies[index])
                     redraw, seed_ok = redraw_event(context, body)
-            except Exception as error:
-                claims.stop_at(index)
-                return mismatches, (index, as_ledger_error(error, bodies[index]))
-            if first_difference(body, redraw, seed_ok) is not None:
-                mismatches.append((index, seed_ok, redraw is not None,
-                                   None if redraw is None else redraw.input,
-                                   None if redraw is None else redraw.output))
-        if on_chunk is not None:
-            on_chunk()
+                except Exception as error:
+                    claims.stop_at(index)
+                    return mismatches, (index, as_ledger_error(error, bodies[index]))
+                if first_difference(body, redraw, seed_ok) is not None:
+                    mismatches.append((index, seed_ok, redraw is not None,
+                                       None if redraw is None else redraw.input,
+                                       None if redraw is None else redraw.output))
+            if on_chunk is not None:
+                on_chunk()
     return mismatches, None
 
 
