@@ -196,12 +196,13 @@ class RecordedTransform:
                    for position, sample in enumerate(x.unbind(0))]
         if not outputs:
             return x
-        shapes = {(tuple(output.shape), output.dtype) for output in outputs}
-        if len(shapes) > 1:
+        try:
+            return torch.stack(outputs)
+        except RuntimeError:
+            shapes = sorted({str(tuple(output.shape)) for output in outputs})
             raise BadInputError(f"transform {self.spec['transform']!r} returned samples of "
-                                f"different shapes or dtypes {sorted(map(str, shapes))[:3]}, but "
-                                f"the samples of a batch must stack")
-        return torch.stack(outputs)
+                                f"different shapes {shapes[:3]}, but the samples of a batch must "
+                                f"stack") from None
 
     def _call(self, x: torch.Tensor, root: int, path: tuple) -> torch.Tensor:
         seed = torch_seed(derive_bytes(root, path))
@@ -327,12 +328,13 @@ class RecordedSampler(Sampler[int]):
 
 def _source_length(data_source: Any) -> int:
     """The sample count of a sampler's data source: an int, or something with a length."""
-    if isinstance(data_source, (str, bytes, bool, np.bool_)) or not isinstance(
-            data_source, (int, np.integer)) and not hasattr(data_source, "__len__"):
+    sized = hasattr(data_source, "__len__") and not isinstance(data_source, (str, bytes))
+    count = isinstance(data_source, (int, np.integer)) and not isinstance(data_source, bool)
+    if not (sized or count):
         raise BadInputError(f"got a data source of type {type(data_source).__name__}, but it "
                             f"must be a sample count (int) or a dataset with a length")
     try:
-        length = data_source if isinstance(data_source, (int, np.integer)) else len(data_source)
+        length = int(data_source) if count else len(data_source)
     except (TypeError, OverflowError) as error:
         raise BadInputError(f"cannot take the length of the data source: {error}") from None
     if not 1 <= length <= sys.maxsize:
