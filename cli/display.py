@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ledger.text import escape_unprintable
+
 
 def jsonable(value: Any) -> Any:
     """A copy of ``value`` that json can print: bytes become lowercase hex, tuples lists."""
@@ -28,8 +30,4 @@ def printable(value: Any) -> str:
     """``str(value)`` with every character that is not printable escaped (``\\x1b``, ``\\n``,
     bidi controls …): text from a ledger — names, statuses, kinds, recorded environments — is
     someone else's, and must not move the cursor, retitle the terminal or forge a line."""
-    text = str(value)
-    if text.isprintable():
-        return text
-    return "".join(character if character.isprintable() else ascii(character)[1:-1]
-                   for character in text)
+    return escape_unprintable(str(value))

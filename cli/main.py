@@ -17,6 +17,7 @@ import click
 
 from ledger import __version__
 from ledger.errors import LedgerError
+from ledger.text import escape_unprintable
 
 EXIT_CODES_HELP = """\b
 Exit codes (the same for every command):
@@ -86,5 +87,4 @@ def main(argv: list[str] | None = None) -> None:
 
 def _one_line(text: str) -> str:
     """``text`` on one line, anything unprintable (say, bytes a driver quotes) escaped."""
-    return "".join(character if character.isprintable() else ascii(character)[1:-1]
-                   for character in " ".join(text.split()))
+    return escape_unprintable(" ".join(text.split()))

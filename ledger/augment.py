@@ -16,6 +16,7 @@ import numpy as np
 
 from ledger.augment_ops import OpInfo, lookup_op, register_op, registered_ops
 from ledger.errors import BadInputError
+from ledger.text import error_text
 from ledger.seeds import check_root_seed, generator
 
 __all__ = ["DataAugmenter", "augment_path", "register_op", "registered_ops"]
@@ -115,7 +116,7 @@ class DataAugmenter:
             copy = np.array(batch, copy=True, order="C")
         except (TypeError, ValueError) as error:  # a ragged list, say
             raise BadInputError(f"cannot augment this batch: it is not an array of one shape "
-                                f"({' '.join(str(error).split())[:120]})") from None
+                                f"({error_text(error, 120)})") from None
         if copy.ndim < 1:
             raise BadInputError("cannot augment a single value: a batch has samples along "
                                 "axis 0")

@@ -113,11 +113,8 @@ def register_op(name: str, version: int, *, check: ParamsCheck | None = None
                             f"{type(check).__name__}")
 
     def decorate(function: OpFunction) -> OpFunction:
-        try:
-            defaults, required = keyword_parameters(f"op {name!r}", function, ("batch", "rng"),
-                                                    reserved=("op", "version"))
-        except ValueError as error:
-            raise BadInputError(str(error)) from None
+        defaults, required = keyword_parameters(f"op {name!r}", function, ("batch", "rng"),
+                                                reserved=("op", "version"))
         existing = _REGISTRY.get((name, version))
         if existing is not None and behaviour(existing.function) != behaviour(function):
             raise BadInputError(f"op {name!r} version {version} is already registered by "

@@ -44,11 +44,11 @@ KINDS = frozenset({EXPERIMENT_CREATED, DATASET_REGISTERED, WORKER_SPAWNED, EPOCH
 
 MAIN_STREAM = "main"
 AUDIT_STREAM = "audit"
-AUDIT_KINDS = frozenset({REPLAY_RECORDED, REPORT_EXPORTED})
-"""The kinds the audit stream holds, and all it may hold: replay and diff skip that stream."""
 """The stream where replays and report exports of an experiment are recorded, after the run:
 a chain like any other (verified, append-only), but not part of the run, so ``run_completed``
 does not list it."""
+AUDIT_KINDS = frozenset({REPLAY_RECORDED, REPORT_EXPORTED})
+"""The kinds the audit stream holds, and all it may hold: replay and diff skip that stream."""
 _EXP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _STREAM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}(/[A-Za-z0-9][A-Za-z0-9._-]{0,63}){0,3}")
 _KIND = re.compile(r"[a-z][a-z0-9_]{0,63}")

@@ -37,7 +37,7 @@ from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EXPERIM
                            MAIN_STREAM, METRIC, RUN_COMPLETED, USER_DRAW, Event,
                            check_experiment_id, draw_value, make_event, new_experiment_id,
                            seen_draw)
-from ledger.logged_values import check_metric_value, describe_arrays, state_arrays, state_digest
+from ledger.logged_values import check_metric_value, checkpoint_record, state_digest
 from ledger.seeds import (SEED_SCHEME, Label, check_path, check_root_seed, derive_bytes, draw_root_seed,
                           generator, root_seed_to_bytes)
 from ledger.store import Store, StreamWriter
@@ -240,11 +240,10 @@ class Experiment:
         if not isinstance(name, str) or not name:
             raise BadInputError(f"a checkpoint name must be a non-empty str, got {name!r}")
         epoch = check_epoch(epoch, optional=True)
-        output = state_digest(state)
+        output, arrays = checkpoint_record(state)
         if self._already_logged(CHECKPOINT, name, epoch, output):
             return None
-        return self.record(CHECKPOINT, params={"epoch": epoch, "name": name,
-                                               "arrays": describe_arrays(state_arrays(state))},
+        return self.record(CHECKPOINT, params={"epoch": epoch, "name": name, "arrays": arrays},
                            output=output)
 
     def _already_logged(self, kind: str, name: str, epoch: int | None, output: bytes) -> bool:

@@ -31,7 +31,7 @@ def _state_array(name: str, value: Any) -> np.ndarray:
                             ) from None
 
 
-def state_arrays(state: Any) -> dict[str, np.ndarray]:
+def checkpoint_arrays(state: Any) -> dict[str, np.ndarray]:
     """The arrays of a model state by name: ``{"": array}`` for one array, else the map's.
 
     Refuses (BadInputError) what has no stable bytes: an empty map, non-str keys, values that
@@ -52,17 +52,20 @@ def state_arrays(state: Any) -> dict[str, np.ndarray]:
 def state_digest(state: Any) -> bytes:
     """Digest of a model state: ``array_digest`` of one array, or for a map of arrays
     ``value_digest(["ledger/state/v1", {name: array_digest(array)}])``."""
-    arrays = state_arrays(state)
+    return checkpoint_record(state)[0]
+
+
+def checkpoint_record(state: Any) -> tuple[bytes, dict[str, Any]]:
+    """What a ``checkpoint`` event records of a model state, its arrays read once: the
+    :func:`state_digest` and each array's dtype and shape by name."""
+    arrays = checkpoint_arrays(state)
     if isinstance(state, Mapping):
-        return value_digest([STATE_TAG, {key: array_digest(array)
-                                         for key, array in arrays.items()}])
-    return array_digest(arrays[""])
-
-
-def describe_arrays(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Each array's dtype and shape by name: what a ``checkpoint`` event shows of its state."""
-    return {key: {"dtype": array.dtype.str, "shape": list(array.shape)}
-            for key, array in arrays.items()}
+        digest = value_digest([STATE_TAG, {key: array_digest(array)
+                                           for key, array in arrays.items()}])
+    else:
+        digest = array_digest(arrays[""])
+    return digest, {key: {"dtype": array.dtype.str, "shape": list(array.shape)}
+                    for key, array in arrays.items()}
 
 
 def check_metric_value(name: str, value: Any) -> int | float:

@@ -21,8 +21,10 @@ from numpy.lib import format as npy_format
 from ledger.errors import BadInputError
 from ledger.processes import physical_memory
 
-_HEADER_READERS = {(1, 0): npy_format.read_array_header_1_0,
-                   (2, 0): npy_format.read_array_header_2_0}
+HEADER_READERS = {(1, 0): npy_format.read_array_header_1_0,
+                  (2, 0): npy_format.read_array_header_2_0}
+"""The ``.npy`` header versions read, by format version (numpy writes 1.0, or 2.0 for long
+headers)."""
 
 
 def check_member_sizes(archive: zipfile.ZipFile, path: Path, keys: Iterable[str]) -> None:
@@ -42,7 +44,7 @@ def check_member_sizes(archive: zipfile.ZipFile, path: Path, keys: Iterable[str]
                                 f"({limit:,} bytes)")
         with archive.open(info) as member:
             try:
-                reader = _HEADER_READERS.get(npy_format.read_magic(member))
+                reader = HEADER_READERS.get(npy_format.read_magic(member))
                 if reader is None:
                     raise BadInputError(f"cannot read dataset file {path}: array {key!r} has an "
                                         f".npy format version this program does not read")

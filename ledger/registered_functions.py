@@ -1,8 +1,10 @@
-"""What the op and transform registries check of a function registered under (name, version).
+"""What the op, transform and draw registries check of a function registered under (name,
+version).
 
-Augmentation ops (:mod:`ledger.augment_ops`) and PyTorch transforms
-(:mod:`ledger.integrations.torch`) are both recorded by a declared name and version and called
-as ``function(data, generator, **params)``. Both registries need the same three answers: which
+Augmentation ops (:mod:`ledger.augment_ops`), PyTorch transforms
+(:mod:`ledger.integrations.transforms`) and user draws (:mod:`ledger.user_draws`) are recorded
+by a declared name and version and called as ``function(data, generator, **params)`` (a draw
+with the generator alone). The registries need the same three answers: which
 parameters the function takes (and whether every one can be passed by keyword), what its code
 is (so that other code cannot take a (name, version) that is already taken), and a printable
 name for messages.
@@ -14,6 +16,8 @@ import functools
 import inspect
 from collections.abc import Callable, Collection
 from typing import Any
+
+from ledger.errors import BadInputError
 
 
 def qualified_name(function: Callable[..., Any]) -> str:
@@ -47,31 +51,30 @@ def keyword_parameters(what: str, function: Callable[..., Any], leading: tuple[s
     """(defaults, required names) of the parameters ``function`` takes after its leading
     positional ones (``leading`` names them in messages, e.g. ``("batch", "rng")``).
 
-    Raises ValueError with a message naming ``what`` when the signature cannot be read, the
-    leading parameters are missing, a parameter cannot be passed by keyword (``*args``,
-    ``**kwargs``, positional-only) or one is named as a ``reserved`` key of the recorded spec.
-    The registries turn it into their BadInputError.
+    Raises BadInputError naming ``what`` when the signature cannot be read, the leading
+    parameters are missing, a parameter cannot be passed by keyword (``*args``, ``**kwargs``,
+    positional-only) or one is named as a ``reserved`` key of the recorded spec.
     """
     count, shown = len(leading), ", ".join(leading)
     if not callable(function):
-        raise ValueError(f"{what} must be a function ({shown}, **params), got "
+        raise BadInputError(f"{what} must be a function ({shown}, **params), got "
                          f"{type(function).__name__}")
     try:
         parameters = list(inspect.signature(function).parameters.values())
     except (TypeError, ValueError):  # a builtin without a signature, say
-        raise ValueError(f"{what} must be a function ({shown}, **params) whose signature "
+        raise BadInputError(f"{what} must be a function ({shown}, **params) whose signature "
                          f"Python can read") from None
     if len(parameters) < count or any(p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
                                       for p in parameters[:count]):
-        raise ValueError(f"{what} must take ({shown}, **params)")
+        raise BadInputError(f"{what} must take ({shown}, **params)")
     defaults: dict[str, Any] = {}
     required: list[str] = []
     for parameter in parameters[count:]:
         if parameter.kind not in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
-            raise ValueError(f"{what} must name its parameters, each passable by keyword (no "
+            raise BadInputError(f"{what} must name its parameters, each passable by keyword (no "
                              f"*args, **kwargs or positional-only {parameter.name!r})")
         if parameter.name in reserved:
-            raise ValueError(f"{what} may not have a parameter named {parameter.name!r}: "
+            raise BadInputError(f"{what} may not have a parameter named {parameter.name!r}: "
                              f"{sorted(reserved)} are keys of its recorded spec")
         if parameter.default is parameter.empty:
             required.append(parameter.name)

@@ -32,6 +32,7 @@ from ledger.digests import array_digest
 from ledger.declared import check_declared
 from ledger.errors import BadInputError, CannotReplayError
 from ledger.registered_functions import behaviour, keyword_parameters, qualified_name
+from ledger.text import error_text
 
 DrawFunction = Callable[..., Any]
 _draws: dict[tuple[str, int], DrawFunction] = {}
@@ -53,11 +54,8 @@ def register_draw(name: str, version: int) -> Callable[[DrawFunction], DrawFunct
         raise BadInputError(f"a draw version is below 2**63, got {version}")
 
     def decorate(function: DrawFunction) -> DrawFunction:
-        try:
-            parameters = keyword_parameters(f"draw {name!r}", function, ("rng",),
-                                            reserved=("name", "path", "version"))
-        except ValueError as error:
-            raise BadInputError(str(error)) from None
+        parameters = keyword_parameters(f"draw {name!r}", function, ("rng",),
+                                        reserved=("name", "path", "version"))
         existing = _draws.get((name, version))
         if existing is not None and behaviour(existing) != behaviour(function):
             raise BadInputError(f"draw {name!r} version {version} is already registered by "
@@ -106,5 +104,5 @@ def result_digest(result: Any) -> bytes:
         array = np.asarray(result)
     except (TypeError, ValueError) as error:  # a ragged list, say
         raise BadInputError(f"a draw's result must be an array or array-like of one shape: "
-                            f"{' '.join(str(error).split())[:160]}") from None
+                            f"{error_text(error, 160)}") from None
     return array_digest(array)

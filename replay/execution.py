@@ -33,6 +33,7 @@ import ledger.errors
 from ledger.errors import CannotReplayError, LedgerError
 from ledger.events import decode_body
 from ledger.processes import pool_start_method
+from ledger.text import error_summary
 from replay.claims import Claims
 from replay.compare import first_difference
 from replay.context import ReplayContext
@@ -99,9 +100,8 @@ def as_ledger_error(error: Exception, body_bytes: bytes) -> Exception:
         event = f"{body['kind']} {body['stream']}#{body['seq']}"
     except LedgerError:
         event = "an event"
-    detail = " ".join(str(error).split())[:200]
     return CannotReplayError(f"{event} cannot be re-executed from its recorded params "
-                             f"({type(error).__name__}{': ' + detail if detail else ''})")
+                             f"({error_summary(error)})")
 
 
 @dataclass(slots=True)

@@ -19,6 +19,7 @@ from ledger.errors import CannotReplayError, CheckFailedError, LedgerError
 from ledger.experiment import ExperimentManager
 from ledger.jobs import lookup_job, recorded_job
 from ledger.store.store import Store
+from ledger.text import error_summary
 from ledger.verify import verify
 from replay.diff import DiffReport, diff_runs
 from replay.engine import recorded_start
@@ -72,10 +73,8 @@ def replay_full(store: Store, exp: str, *, trusted: Sequence[str] = (),
             except LedgerError:
                 raise
             except Exception as error:  # the job's own failure on the recorded config
-                detail = " ".join(str(error).split())[:200]
                 raise CannotReplayError(f"job {name!r} version {version} failed on the recorded "
-                                        f"config ({type(error).__name__}"
-                                        f"{': ' + detail if detail else ''})") from None
+                                        f"config ({error_summary(error)})") from None
         with Store.open(url) as scratch_store:
             report = diff_runs(store, exp, rerun, store_b=scratch_store)
     return FullReplayReport(exp, name, version, rerun, report, plugins)

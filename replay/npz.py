@@ -19,12 +19,10 @@ from numpy.lib import format as npy_format
 
 from ledger.datasets import read_npz
 from ledger.errors import BadInputError
-from ledger.npz_sizes import check_member_sizes
+from ledger.npz_sizes import HEADER_READERS, check_member_sizes
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")
 _LOCAL_SIGNATURE = b"PK\x03\x04"
-_HEADER_READERS = {(1, 0): npy_format.read_array_header_1_0,
-                   (2, 0): npy_format.read_array_header_2_0}
 
 
 def read_npz_arrays(path: Path, features_key: str = "features", labels_key: str | None = "labels"
@@ -67,7 +65,7 @@ def _read_member(archive: zipfile.ZipFile, raw: BinaryIO, path: Path, key: str) 
         raise BadInputError(f"{path}: member {key!r} has no local zip header")
     start = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
     raw.seek(start)
-    reader = _HEADER_READERS.get(npy_format.read_magic(raw))
+    reader = HEADER_READERS.get(npy_format.read_magic(raw))
     if reader is None:
         raise _NotFast
     shape, fortran_order, dtype = reader(raw)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from ledger.text import escape_unprintable
 from report.svg import metric_chart
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'"
@@ -55,11 +56,8 @@ def e(value: Any) -> str:
         return '<span class="muted">—</span>'
     if isinstance(value, bool):
         return "yes" if value else "no"
-    text = str(value)
-    if not text.isprintable():  # bidi controls would reorder the page around them: shown as text
-        text = "".join(character if character.isprintable() or character in "\n\t"
-                       else ascii(character)[1:-1] for character in text)
-    return escape(text, quote=True)
+    # Bidi controls would reorder the page around them: shown as text.
+    return escape(escape_unprintable(str(value), keep="\n\t"), quote=True)
 
 
 def _code(value: Any) -> str:

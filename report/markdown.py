@@ -12,6 +12,8 @@ import re
 from html import escape
 from typing import Any
 
+from ledger.text import escape_unprintable
+
 _SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 """Markdown's inline punctuation; values never start a line, so block markers (#, -, >) are safe."""
 
@@ -25,9 +27,7 @@ def m(value: Any) -> str:
     if isinstance(value, (dict, list)):
         value = json.dumps(value, sort_keys=True, ensure_ascii=False)
     text = " ".join(str(value).split())
-    if not text.isprintable():  # a terminal escape or bidi control from the ledger, shown as text
-        text = "".join(character if character.isprintable() else ascii(character)[1:-1]
-                       for character in text)
+    text = escape_unprintable(text)  # a terminal escape or bidi control, shown as text
     return _SPECIAL.sub(r"\\\1", escape(text, quote=False))
 
 

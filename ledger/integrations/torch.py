@@ -67,6 +67,7 @@ from ledger.integrations.transforms import (PER, TransformInfo, lookup_transform
                                             replay_transform)
 from ledger.sampling import batch_count, epoch_order, shuffle_path
 from ledger.seeds import check_path, check_root_seed, derive_bytes
+from ledger.text import error_text
 from ledger.worker_seeding import expected_state_digest_at, seed_process_at, seeded_libraries
 
 __all__ = ["AttachedRun", "RecordedDataLoader", "RecordedSampler", "RecordedTransform",
@@ -127,7 +128,7 @@ def state_arrays(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
             arrays[key] = np.asarray(value)
         except (TypeError, RuntimeError, ValueError) as error:
             raise BadInputError(f"cannot read {key!r} of the state_dict as an array: "
-                                f"{' '.join(str(error).split())[:200]}") from None
+                                f"{error_text(error, 200)}") from None
     return arrays
 
 
@@ -532,7 +533,7 @@ class RecordedDataLoader(DataLoader):
                              generator=torch.Generator().manual_seed(0), **options)
         except (TypeError, ValueError) as error:  # DataLoader's own checks of its options
             raise BadInputError(f"DataLoader refused its options: "
-                                f"{' '.join(str(error).split())[:300]}") from None
+                                f"{error_text(error, 300)}") from None
         track = getattr(run, "_track", None)
         if record and callable(track):
             track(self)  # the run drains this loader before it records anything else
@@ -673,7 +674,7 @@ def register_torch_dataset(run: Run, name: str, dataset: Any) -> Dataset:
     except (TypeError, ValueError, RuntimeError, IndexError) as error:
         raise BadInputError(f"cannot read dataset {name!r} into arrays (samples must be "
                             f"tensors or arrays of one shape, or (features, label) pairs): "
-                            f"{' '.join(str(error).split())[:200]}") from None
+                            f"{error_text(error, 200)}") from None
     return run.register_dataset(name, features, labels)
 
 

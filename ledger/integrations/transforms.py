@@ -84,12 +84,9 @@ def register_transform(name: str, version: int, *, global_rng: bool = False
         raise BadInputError(f"a transform version must be an int >= 1, got {version!r}")
 
     def decorate(function: TransformFunction) -> TransformFunction:
-        try:
-            defaults, required = keyword_parameters(f"transform {name!r}", function,
-                                                    ("x", "generator"),
-                                                    reserved=("name", "version", "per"))
-        except ValueError as error:
-            raise BadInputError(str(error)) from None
+        defaults, required = keyword_parameters(f"transform {name!r}", function,
+                                                ("x", "generator"),
+                                                reserved=("name", "version", "per"))
         existing = _registry.get((name, version))
         if existing is not None and behaviour(existing.function) != behaviour(function):
             raise BadInputError(f"transform {name!r} version {version} is already registered by "

@@ -168,7 +168,8 @@ def _without_if_not_exists(sql: str | None) -> str | None:
 def _expression_index(connection, name: str, sql: str) -> bool:  # noqa: ANN001
     if " WHERE " in sql.upper():
         return True
-    keys = connection.exec_driver_sql(f"PRAGMA index_xinfo('{name}')").all()
+    quoted = name.replace("'", "''")  # the name is the sender's
+    keys = connection.exec_driver_sql(f"PRAGMA index_xinfo('{quoted}')").all()
     return any(row[1] == -2 for row in keys)  # cid -2: an expression
 
 

@@ -53,8 +53,9 @@ class StreamWriter:
     ``write_behind=True`` writes full batches (and interval flushes) on a background thread; see
     the module docstring. ``before_write`` is called before each batch of events is written
     (in whichever thread writes it): a LedgerError it raises stops the writer as a failed write
-    would, with the batch unwritten. On in-memory SQLite, where each thread would see its own database,
-    every write happens in the owner's thread (no background thread, whatever the options).
+    would, with the batch unwritten. On in-memory SQLite, where each thread would see its own
+    database, every write happens in the owner's thread (no background thread, whatever the
+    options).
     """
 
     def __init__(self, store: Store, exp: str, stream: str, *, batch_size: int = DEFAULT_BATCH_SIZE,

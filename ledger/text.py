@@ -1,0 +1,30 @@
+"""Showing text that is not ours: escaped where it could drive a terminal or a page, and
+another library's error quoted on one line.
+
+Names, statuses, kinds and environments come from ledgers someone else wrote, and exceptions
+from numpy, torch or a driver carry their own line breaks; the CLI, the reports and our own
+error messages show both through these helpers.
+"""
+
+from __future__ import annotations
+
+
+def escape_unprintable(text: str, keep: str = "") -> str:
+    """``text`` with each character that is not printable (``\\x1b``, ``\\n``, bidi controls …)
+    shown as its Python escape, except those in ``keep``."""
+    if text.isprintable():
+        return text
+    return "".join(character if character.isprintable() or character in keep
+                   else ascii(character)[1:-1] for character in text)
+
+
+def error_text(error: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line, at most ``limit`` characters: for quoting another
+    library's error inside one of ours."""
+    return " ".join(str(error).split())[:limit]
+
+
+def error_summary(error: BaseException, limit: int = 200) -> str:
+    """``Type: message`` of an exception on one line (``Type`` alone when it says nothing)."""
+    detail = error_text(error, limit)
+    return f"{type(error).__name__}{': ' + detail if detail else ''}"
