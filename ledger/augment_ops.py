@@ -36,7 +36,8 @@ import numpy as np
 
 from ledger.canonical import canonical, normalise
 from ledger.errors import BadInputError
-from ledger.registered_functions import behaviour, keyword_parameters, qualified_name
+from ledger.registered_functions import (check_params_fit, highest_version, keyword_parameters,
+                                         refuse_other_code)
 
 OpFunction = Callable[..., "np.ndarray | None"]
 ParamsCheck = Callable[[dict[str, Any]], dict[str, Any]]
@@ -60,13 +61,7 @@ class OpInfo:
 
     def make_spec(self, params: dict[str, Any]) -> dict[str, Any]:
         """The recorded spec of this op with ``params``: defaults filled, values canonical."""
-        unknown = sorted(set(params) - set(self.defaults) - set(self.required))
-        if unknown:
-            raise BadInputError(f"op {self.name!r} v{self.version} got unknown parameter(s) "
-                                f"{unknown}, but accepts {sorted({*self.defaults, *self.required})}")
-        missing = [name for name in self.required if name not in params]
-        if missing:
-            raise BadInputError(f"op {self.name!r} v{self.version} needs parameter(s) {missing}")
+        check_params_fit(f"op {self.name!r} v{self.version}", self.defaults, self.required, params)
         full = {**self.defaults, **params}
         if self.check is not None:
             full = self._checked(full)
@@ -116,10 +111,8 @@ def register_op(name: str, version: int, *, check: ParamsCheck | None = None
         defaults, required = keyword_parameters(f"op {name!r}", function, ("batch", "rng"),
                                                 reserved=("op", "version"))
         existing = _REGISTRY.get((name, version))
-        if existing is not None and behaviour(existing.function) != behaviour(function):
-            raise BadInputError(f"op {name!r} version {version} is already registered by "
-                                f"{qualified_name(existing.function)} with other code: register "
-                                f"the new one under a new version")
+        refuse_other_code(f"op {name!r} version {version}",
+                          None if existing is None else existing.function, function)
         _REGISTRY[(name, version)] = OpInfo(name, version, function, defaults, required, check)
         return function
 
@@ -129,11 +122,10 @@ def register_op(name: str, version: int, *, check: ParamsCheck | None = None
 def lookup_op(name: str, version: int | None = None) -> OpInfo:
     """The registered op ``name`` at ``version`` (default: its highest registered version)."""
     if version is None:
-        versions = [v for (n, v) in _REGISTRY if n == name]
-        if not versions:
+        version = highest_version(_REGISTRY, name)
+        if version is None:
             raise BadInputError(f"unknown augmentation op {name!r}: registered ops are "
                                 f"{registered_ops()}")
-        version = max(versions)
     info = _REGISTRY.get((name, version))
     if info is None:
         raise BadInputError(f"augmentation op {name!r} version {version} is not registered "

@@ -7,14 +7,15 @@ by a declared name and version and called as ``function(data, generator, **param
 with the generator alone). The registries need the same three answers: which
 parameters the function takes (and whether every one can be passed by keyword), what its code
 is (so that other code cannot take a (name, version) that is already taken), and a printable
-name for messages.
+name for messages — and, when one is called, whether the params given fit it. The answers live
+here once, so the three registries word their refusals alike.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from ledger.errors import BadInputError
@@ -81,3 +82,32 @@ def keyword_parameters(what: str, function: Callable[..., Any], leading: tuple[s
         else:
             defaults[parameter.name] = parameter.default
     return defaults, tuple(required)
+
+
+def refuse_other_code(what: str, existing: Callable[..., Any] | None,
+                      function: Callable[..., Any]) -> None:
+    """Raise BadInputError when ``existing`` (registered as ``what``, e.g. "op 'x' version 1")
+    is other code than ``function``: a (name, version) is a promise about what runs. The same
+    function registered again (its module imported again) passes."""
+    if existing is not None and behaviour(existing) != behaviour(function):
+        raise BadInputError(f"{what} is already registered by {qualified_name(existing)} with "
+                            f"other code: register the new one under a new version")
+
+
+def highest_version(keys: Iterable[tuple[str, int]], name: str) -> int | None:
+    """The highest version registered under ``name`` among registry ``keys``; None if none."""
+    return max((version for known, version in keys if known == name), default=None)
+
+
+def check_params_fit(what: str, defaults: Mapping[str, Any], required: Collection[str],
+                     params: Mapping[str, Any]) -> None:
+    """Raise BadInputError when ``params`` name a parameter the registered function ``what``
+    does not take, or leave out one it needs: before it runs, so nothing is drawn or
+    recorded."""
+    accepted = {*defaults, *required}
+    unknown = sorted(set(params) - accepted)
+    missing = [name for name in required if name not in params]
+    if unknown or missing:
+        problems = ([f"unknown parameter(s) {unknown}"] if unknown else []) + (
+            [f"needs parameter(s) {missing}"] if missing else [])
+        raise BadInputError(f"{what}: {' and '.join(problems)}; it takes {sorted(accepted)}")

@@ -31,7 +31,8 @@ import numpy as np
 from ledger.digests import array_digest
 from ledger.declared import check_declared
 from ledger.errors import BadInputError, CannotReplayError
-from ledger.registered_functions import behaviour, keyword_parameters, qualified_name
+from ledger.registered_functions import (check_params_fit, highest_version, keyword_parameters,
+                                         refuse_other_code)
 from ledger.text import error_text
 
 DrawFunction = Callable[..., Any]
@@ -56,11 +57,8 @@ def register_draw(name: str, version: int) -> Callable[[DrawFunction], DrawFunct
     def decorate(function: DrawFunction) -> DrawFunction:
         parameters = keyword_parameters(f"draw {name!r}", function, ("rng",),
                                         reserved=("name", "path", "version"))
-        existing = _draws.get((name, version))
-        if existing is not None and behaviour(existing) != behaviour(function):
-            raise BadInputError(f"draw {name!r} version {version} is already registered by "
-                                f"{qualified_name(existing)} with other code: register the new "
-                                f"one under a new version")
+        refuse_other_code(f"draw {name!r} version {version}", _draws.get((name, version)),
+                          function)
         _draws[(name, version)] = function
         _parameters[(name, version)] = parameters
         return function
@@ -72,11 +70,7 @@ def check_draw_params(name: str, version: int, params: dict[str, Any]) -> None:
     """Refuse (BadInputError) params that draw ``name`` at ``version`` does not take, or
     misses: before the function runs, so that nothing is drawn or recorded."""
     defaults, required = _parameters.get((name, version), ({}, ()))
-    unknown = sorted(set(params) - set(defaults) - set(required))
-    missing = [key for key in required if key not in params]
-    if unknown or missing:
-        raise BadInputError(f"draw {name!r} v{version} got unknown parameter(s) {unknown} and "
-                            f"lacks {missing}; it takes {sorted({*defaults, *required})}")
+    check_params_fit(f"draw {name!r} v{version}", defaults, required, params)
 
 
 def lookup_draw(name: str, version: int) -> DrawFunction:
@@ -91,11 +85,11 @@ def lookup_draw(name: str, version: int) -> DrawFunction:
 
 def latest_version(name: str) -> int:
     """The highest version registered under ``name`` (BadInputError when none is)."""
-    versions = [version for (known, version) in _draws if known == name]
-    if not versions:
+    version = highest_version(_draws, name)
+    if version is None:
         raise BadInputError(f"no draw registered as {name!r}: decorate it with "
                             f"@register_draw({name!r}, version=1)")
-    return max(versions)
+    return version
 
 
 def result_digest(result: Any) -> bytes:

@@ -196,3 +196,14 @@ def test_a_batch_depends_only_on_seed_epoch_and_index_not_on_call_history(
     again = DataAugmenter.from_spec(augmenter.spec, seed=seed)(data, epoch=epoch,
                                                                 batch_index=index)
     assert first.tobytes() == again.tobytes()
+
+
+@pytest.mark.parametrize("params,match", [
+    ({"std": 1.0, "colour": "red"}, r"unknown parameter\(s\) \['colour'\]; it takes \['std'\]"),
+    ({}, r"needs parameter\(s\) \['std'\]; it takes \['std'\]"),
+    ({"colour": "red"}, r"unknown parameter\(s\) \['colour'\] and needs parameter\(s\) \['std'\]")])
+def test_op_params_that_do_not_fit_are_named_as_draws_and_transforms_name_them(
+        params: dict, match: str) -> None:
+    """One wording for every registry (ledger.registered_functions.check_params_fit)."""
+    with pytest.raises(BadInputError, match=match):
+        DataAugmenter(ops=[{"op": "gaussian_noise", **params}])

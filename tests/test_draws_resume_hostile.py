@@ -174,11 +174,13 @@ def test_a_draw_registration_is_checked(function: Any, match: str) -> None:
 
 @pytest.mark.parametrize("call,match", [
     (lambda exp: exp.draw("hostile_offset", ("m",), base=[], bogus=1), "unknown parameter"),
-    (lambda exp: exp.draw("hostile_offset", ("m",)), "lacks \\['base'\\]"),
+    (lambda exp: exp.draw("hostile_offset", ("m",)), "needs parameter\\(s\\) \\[.base.\\]"),
+    (lambda exp: exp.draw("hostile_offset", ("m",), bogus=1),
+     "unknown parameter\\(s\\) \\[.bogus.\\] and needs parameter\\(s\\) \\[.base.\\]"),
     (lambda exp: exp.draw("hostile_offset", 5, base=[]), "sequence of labels"),
     (lambda exp: exp.draw("hostile_offset", ("m",), version=True, base=[]), "version"),
     (lambda exp: register_draw("hostile_offset", 2**64)(_offset), "below 2\\*\\*63")],
-    ids=["unknown-param", "missing-param", "path-int", "version-bool", "version-huge"])
+    ids=["unknown-param", "missing-param", "both", "path-int", "version-bool", "version-huge"])
 def test_draw_calls_are_checked_before_anything_is_drawn(manager: ExperimentManager,
                                                          call: Any, match: str) -> None:
     with manager.create_experiment("draw-calls", seed=3) as exp:

@@ -32,7 +32,8 @@ from typing import Any
 
 from ledger.canonical import normalise
 from ledger.errors import BadInputError, CannotReplayError
-from ledger.registered_functions import behaviour, keyword_parameters, qualified_name
+from ledger.registered_functions import (check_params_fit, highest_version, keyword_parameters,
+                                         refuse_other_code)
 
 PER = ("sample", "batch")
 TransformFunction = Callable[..., Any]
@@ -53,15 +54,8 @@ class TransformInfo:
         """The recorded spec of this transform with ``params`` (defaults filled, canonical)."""
         if per not in PER:
             raise BadInputError(f"got per={per!r}, but must be one of {list(PER)}")
-        unknown = sorted(set(params) - set(self.defaults) - set(self.required))
-        if unknown:
-            raise BadInputError(f"transform {self.name!r} v{self.version} got unknown "
-                                f"parameter(s) {unknown}, but accepts "
-                                f"{sorted({*self.defaults, *self.required})}")
-        missing = [name for name in self.required if name not in params]
-        if missing:
-            raise BadInputError(f"transform {self.name!r} v{self.version} needs parameter(s) "
-                                f"{missing}")
+        check_params_fit(f"transform {self.name!r} v{self.version}", self.defaults,
+                         self.required, params)
         return {"transform": self.name, "version": self.version, "per": per,
                 "params": normalise({**self.defaults, **params})}
 
@@ -88,10 +82,8 @@ def register_transform(name: str, version: int, *, global_rng: bool = False
                                                 ("x", "generator"),
                                                 reserved=("name", "version", "per"))
         existing = _registry.get((name, version))
-        if existing is not None and behaviour(existing.function) != behaviour(function):
-            raise BadInputError(f"transform {name!r} version {version} is already registered by "
-                                f"{qualified_name(existing.function)} with other code: register "
-                                f"a new version")
+        refuse_other_code(f"transform {name!r} version {version}",
+                          None if existing is None else existing.function, function)
         _registry[(name, version)] = TransformInfo(name, version, function, defaults, required,
                                                    bool(global_rng))
         return function
@@ -102,11 +94,10 @@ def register_transform(name: str, version: int, *, global_rng: bool = False
 def lookup_transform(name: str, version: int | None = None) -> TransformInfo:
     """The transform ``name`` at ``version`` (default: its highest); BadInputError if unknown."""
     if version is None:
-        versions = [v for (known, v) in _registry if known == name]
-        if not versions:
+        version = highest_version(_registry, name)
+        if version is None:
             raise BadInputError(f"unknown transform {name!r}: registered transforms are "
                                 f"{registered_transforms()}")
-        version = max(versions)
     info = _registry.get((name, version))
     if info is None:
         raise BadInputError(f"transform {name!r} version {version} is not registered "
