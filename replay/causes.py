@@ -49,14 +49,24 @@ def library_differences(recorded_env: Any, current_env: Any) -> list[tuple[str, 
 
 
 def explain_output(recorded_env: Any, current_env: Any) -> str:
-    """The detail of a *same seed, different output* divergence: which versions differ, if any."""
+    """The detail of a *same seed, different output* divergence: which versions differ, if any.
+
+    A package or Python version that differs is named as the likely cause. A BLAS thread count
+    that differs alone is named beside nondeterministic code, not instead of it: it changes
+    only draws that multiply matrices (their summation order), which most draws never do.
+    """
     changed = [(_shown_name(key), old, new) for key, old, new
                in library_differences(recorded_env, current_env) if key.startswith(
                    ("packages.", "python.version", "blas_threads."))]
-    if changed:
-        listed = ", ".join(f"{name} {old or 'absent'} recorded, {new or 'absent'} now"
-                           for name, old, new in changed)
+    versions = [change for change in changed if not change[0].startswith("BLAS threads")]
+    listed = ", ".join(f"{name} {old or 'absent'} recorded, {new or 'absent'} now"
+                       for name, old, new in changed)
+    if versions:
         return f"environment differs from the recorded one: {listed}"
+    if changed:
+        return (f"nondeterministic code, or a matrix product summed in another order: same "
+                f"seed, same input and the same library versions gave another output, and "
+                f"{listed}")
     return ("nondeterministic code: same seed, same input and the same library versions "
             "gave another output")
 

@@ -137,6 +137,7 @@ def test_a_draw_that_differs_under_another_recorded_blas_thread_count_names_it(
     divergence = report.first_divergence
     assert divergence is not None and divergence.cause is Cause.OUTPUT
     assert "BLAS threads of libopenblas.so 64 recorded, absent now" in divergence.detail
+    assert divergence.detail.startswith("nondeterministic code, or a matrix product")
     assert ("blas_threads.libopenblas.so", 64, None) in report.environment_differences
 
 
@@ -161,3 +162,18 @@ def test_unknown_experiment_is_bad_input(folder: Path) -> None:
     record_run(_url(folder), folder / "data")
     with Store.open(_url(folder)) as store, pytest.raises(UnknownExperimentError):
         replay_run(store, "exp-000000000000")
+
+
+@pytest.mark.parametrize("current,start", [
+    ({"packages": {"numpy": "2.0.0"}, "blas_threads": {"libx.so": 1}},
+     "environment differs from the recorded one: numpy 1.26.0 recorded, 2.0.0 now"),
+    ({"packages": {"numpy": "1.26.0"}, "blas_threads": {"libx.so": 2}},
+     "nondeterministic code, or a matrix product summed in another order"),
+    ({"packages": {"numpy": "1.26.0"}, "blas_threads": {"libx.so": 1}},
+     "nondeterministic code: same seed")])
+def test_a_thread_count_alone_is_not_named_as_the_cause(current: dict, start: str) -> None:
+    """Versions that differ are the likely cause; BLAS threads alone only stand beside code."""
+    from replay.causes import explain_output
+
+    recorded = {"packages": {"numpy": "1.26.0"}, "blas_threads": {"libx.so": 1}}
+    assert explain_output(recorded, current).startswith(start)
