@@ -11,7 +11,6 @@ Run: ``.venv/bin/python -m bench.bench_append`` (``BENCH_EVENTS`` sets the count
 from __future__ import annotations
 
 import hashlib
-import os
 import sqlite3
 import statistics
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.results import result, save, show
+from bench.settings import setting, standalone
 from ledger.canonical import canonical
 from ledger.digests import EVENT_TAG, ZERO_DIGEST
 from ledger.events import AUGMENTATION_BATCH, EXPERIMENT_CREATED, make_event
@@ -118,7 +118,7 @@ def run_library_synchronous_normal(folder: Path, count: int) -> float:
 
 def run(count: int | None = None, rounds: int = 2) -> dict[str, Any]:
     """Measure both, alternating order over ``rounds``; return the result record."""
-    count = count or int(os.environ.get("BENCH_EVENTS", "1000000"))
+    count = count or setting("BENCH_EVENTS")
     library, raw, normal = [], [], []
     with tempfile.TemporaryDirectory(prefix="ledger-bench-") as folder:
         for round_index in range(rounds):
@@ -143,6 +143,7 @@ def run(count: int | None = None, rounds: int = 2) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    standalone(__doc__)
     record = run()
     show(record)
     save([record])

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from bench.results import result, save, show
+from bench.settings import setting, standalone
 from ledger.augment import DataAugmenter
 from ledger.batches import fast_array_digest
 from ledger.experiment import ExperimentManager
@@ -219,7 +220,7 @@ def run(rounds: int | None = None) -> dict[str, Any]:
     median over rounds is reported with its lowest and highest round: this machine's speed
     drifts by tens of percent between rounds, which a ratio of separate medians would mix in.
     """
-    rounds = rounds or int(os.environ.get("BENCH_PIPELINE_ROUNDS", "5"))
+    rounds = rounds or setting("BENCH_PIPELINE_ROUNDS")
     features, labels = make_data()
     has_torch = importlib.util.find_spec("torch") is not None
     configs: dict[str, Callable[[Path], float]] = {
@@ -233,7 +234,7 @@ def run(rounds: int | None = None) -> dict[str, Any]:
     if has_torch:
         configs["torch_w0"] = lambda _f: torch_loader(features, labels, 0)
         configs["torch_w2"] = lambda _f: torch_loader(features, labels, 2)
-    demo_rounds = int(os.environ.get("BENCH_DEMO_ROUNDS", "3"))
+    demo_rounds = setting("BENCH_DEMO_ROUNDS")
     if demo_rounds:
         from examples.fraud.dataset import load_fraud_data
 
@@ -292,6 +293,7 @@ def run(rounds: int | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    standalone(__doc__)
     record = run()
     show(record)
     save([record])

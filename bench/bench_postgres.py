@@ -30,6 +30,7 @@ import sqlalchemy
 
 from bench.bench_append import ROOT, event_params
 from bench.results import result, save, show
+from bench.settings import setting, standalone
 from ledger.canonical import canonical
 from ledger.digests import EVENT_TAG, ZERO_DIGEST
 from ledger.events import AUGMENTATION_BATCH, EXPERIMENT_CREATED, make_event
@@ -119,8 +120,8 @@ def run(count: int | None = None, rounds: int | None = None) -> dict[str, Any]:
     if base is None:
         return result("append_postgres", {"skipped": f"set {URL_ENVS[0]} to a PostgreSQL URL"},
                       {}, {}, {}, command)
-    count = count or int(os.environ.get("BENCH_PG_EVENTS", "100000"))
-    rounds = rounds or int(os.environ.get("BENCH_PG_ROUNDS", "2"))
+    count = count or setting("BENCH_PG_EVENTS")
+    rounds = rounds or setting("BENCH_PG_ROUNDS")
     schema = f"ledger_bench_{uuid.uuid4().hex[:12]}"
     admin = sqlalchemy.create_engine(base)
     with admin.begin() as connection:
@@ -160,6 +161,7 @@ def run(count: int | None = None, rounds: int | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    standalone(__doc__)
     record = run()
     show(record)
     save([record])

@@ -21,7 +21,6 @@ Run: ``.venv/bin/python -m bench.bench_replay`` (``BENCH_REPLAY_ROUNDS`` sets th
 
 from __future__ import annotations
 
-import os
 import resource
 import statistics
 import tempfile
@@ -31,6 +30,7 @@ from typing import Any
 
 from bench.bench_pipeline import make_data, pipeline
 from bench.results import result, save, show
+from bench.settings import setting, standalone
 from ledger.store import Store
 from replay.engine import replay_run
 
@@ -58,7 +58,7 @@ def replay_seconds(folder: Path, jobs: int) -> tuple[float, float]:
 
 def run(rounds: int | None = None) -> dict[str, Any]:
     """Record and replay ``rounds`` times; return the result record."""
-    rounds = rounds or int(os.environ.get("BENCH_REPLAY_ROUNDS", "3"))
+    rounds = rounds or setting("BENCH_REPLAY_ROUNDS")
     features, labels = make_data()
     original: list[float] = []
     whole_run: list[float] = []
@@ -103,6 +103,7 @@ def run(rounds: int | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    standalone(__doc__)
     record = run()
     show(record)
     save([record])

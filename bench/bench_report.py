@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.results import result, save, show
+from bench.settings import setting, standalone
 from ledger.digests import value_digest
 from ledger.events import (AUGMENTATION_BATCH, CHECKPOINT, DATASET_REGISTERED, EPOCH_RESET, METRIC,
                            RUN_COMPLETED, WORKER_SPAWNED)
@@ -150,7 +151,7 @@ def load_average() -> float:
 
 def run(count: int | None = None) -> dict[str, Any]:
     """Build runs of N/4 and N events and measure report generation over each."""
-    count = count or int(os.environ.get("BENCH_EVENTS", "1000000"))
+    count = count or setting("BENCH_EVENTS")
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="ledger-bench-") as folder:
         for label, size in (("quarter", count // 4), ("full", count)):
@@ -179,6 +180,7 @@ def run(count: int | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    standalone(__doc__)
     record = run()
     show(record)
     save([record])

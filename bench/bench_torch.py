@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from bench.results import result, save, show
+from bench.settings import setting, standalone
 
 SAMPLES, FEATURES, EPOCHS = 50_000, 32, 2
 BATCH, SMALL_BATCH = 256, 64
@@ -109,7 +110,7 @@ def run(rounds: int | None = None) -> dict[str, Any]:
                       command)
     import torch
 
-    rounds = rounds or int(os.environ.get("BENCH_TORCH_ROUNDS", "3"))
+    rounds = rounds or setting("BENCH_TORCH_ROUNDS")
     transform = _transform()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny per-sample ops: threads only add noise
@@ -157,6 +158,7 @@ def run(rounds: int | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    standalone(__doc__)
     record = run()
     show(record)
     save([record])

@@ -25,6 +25,7 @@ from typing import Any
 
 from bench.bench_append import run_library
 from bench.results import result, save, show
+from bench.settings import setting, standalone
 from ledger.store import Store
 from ledger.verify import PARALLEL_MIN_EVENTS, verify
 
@@ -96,8 +97,8 @@ def peak_rss_of_cli_verify(url: str) -> int:
 
 def run(count: int | None = None) -> dict[str, Any]:
     """Build ledgers of N/4 and N events, then measure verify against the raw scan."""
-    count = count or int(os.environ.get("BENCH_EVENTS", "1000000"))
-    rounds = int(os.environ.get("BENCH_ROUNDS", "3"))
+    count = count or setting("BENCH_EVENTS")
+    rounds = setting("BENCH_ROUNDS")
     with tempfile.TemporaryDirectory(prefix="ledger-bench-") as folder:
         small_url = run_library(Path(folder), count // 4, "small.db")[1]
         _seconds, url = run_library(Path(folder), count, "large.db")
@@ -120,6 +121,7 @@ def run(count: int | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    standalone(__doc__)
     record = run()
     show(record)
     save([record])
