@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ledger.text import escape_unprintable
 
 
 def jsonable(value: Any) -> Any:
-    """A copy of ``value`` that json can print: bytes become lowercase hex, tuples lists."""
+    """A copy of ``value`` that JSON can hold: bytes become lowercase hex, tuples lists, and
+    the floats JSON has no literal for (a NaN loss, an infinite hyperparameter) the strings
+    ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` — as in reports — so ``--json`` output parses
+    with any strict parser."""
     if isinstance(value, bytes):
         return value.hex()
     if isinstance(value, dict):
         return {str(key): jsonable(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [jsonable(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     return value
 
 

@@ -9,10 +9,17 @@ from typing import Any
 
 import click
 
+from cli.display import jsonable
+
 
 def emit_json(document: Any) -> None:
-    """Print exactly one JSON document on stdout (keys sorted, so output is stable)."""
-    click.echo(json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False))
+    """Print exactly one JSON document on stdout (keys sorted, so output is stable).
+
+    Every value goes through :func:`cli.display.jsonable`, so no command can print a ``NaN``
+    literal — valid to Python's parser, an error to every strict one.
+    """
+    click.echo(json.dumps(jsonable(document), indent=2, sort_keys=True, ensure_ascii=False,
+                          allow_nan=False))
 
 
 def iso_time(t_ns: int | None) -> str | None:

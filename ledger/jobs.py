@@ -31,16 +31,24 @@ from typing import Any
 from ledger.canonical import normalise
 from ledger.declared import check_declared
 from ledger.errors import CannotReplayError
+from ledger.registered_functions import refuse_other_code
+from ledger.text import quoted
 
 JobFunction = Callable[..., str]
 _jobs: dict[tuple[str, int], JobFunction] = {}
 
 
 def register_job(name: str, version: int) -> Callable[[JobFunction], JobFunction]:
-    """Register ``function(manager, *, seed, config) -> exp id`` as job ``name`` at ``version``."""
+    """Register ``function(manager, *, seed, config) -> exp id`` as job ``name`` at ``version``.
+
+    Registering other code under a taken (name, version) raises BadInputError, as for ops and
+    draws: a second module must not silently take over what ``--full`` re-runs. The same
+    function registered again (its module imported again) is allowed.
+    """
     check_declared("job", name, version)
 
     def decorate(function: JobFunction) -> JobFunction:
+        refuse_other_code(f"job {name!r} version {version}", _jobs.get((name, version)), function)
         _jobs[(name, version)] = function
         return function
 
@@ -57,18 +65,21 @@ def recorded_job(entrypoint: Any) -> tuple[str, int, dict[str, Any]]:
     if not isinstance(entrypoint, dict) or not isinstance(entrypoint.get("job"), str):
         raise CannotReplayError("the run records no job (ledger.register_job), so --full cannot "
                                 "re-run it; replay without --full re-executes its draws")
-    version = entrypoint.get("version")
-    config = entrypoint.get("config")
-    if isinstance(version, bool) or not isinstance(version, int) or not isinstance(config, dict):
-        raise CannotReplayError(f"the run's job entry {entrypoint!r} is malformed")
-    return entrypoint["job"], version, config
+    name, version, config = entrypoint["job"], entrypoint.get("version"), entrypoint.get("config")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CannotReplayError(f"the run's job entry for {quoted(name)} is malformed: its "
+                                f"version is {quoted(version)}, not an int")
+    if not isinstance(config, dict):
+        raise CannotReplayError(f"the run's job entry for {quoted(name)} is malformed: its "
+                                f"config is a {type(config).__name__}, not a map")
+    return name, version, config
 
 
 def lookup_job(name: str, version: int) -> JobFunction:
     """The job registered as ``name`` at ``version``; CannotReplayError with a hint if none."""
     function = _jobs.get((name, version))
     if function is None:
-        raise CannotReplayError(f"job {name!r} version {version} is not registered: install the "
-                                f"package that provides it (entry-point group "
+        raise CannotReplayError(f"job {quoted(name)} version {quoted(version)} is not registered: "
+                                f"install the package that provides it (entry-point group "
                                 f"'ledger.replayers') or name its module with --trust MODULE")
     return function

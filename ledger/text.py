@@ -28,3 +28,11 @@ def error_summary(error: BaseException, limit: int = 200) -> str:
     """``Type: message`` of an exception on one line (``Type`` alone when it says nothing)."""
     detail = error_text(error, limit)
     return f"{type(error).__name__}{': ' + detail if detail else ''}"
+
+
+def quoted(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to at most ``limit`` characters (``…`` marks the cut): for naming a
+    value from a ledger inside one of our messages — a forged name or config can be megabytes,
+    and an error stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"

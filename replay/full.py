@@ -10,16 +10,16 @@ weights reproduce bit for bit.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ledger.errors import CannotReplayError, CheckFailedError, LedgerError
+from ledger.errors import CannotReplayError, CheckFailedError
 from ledger.experiment import ExperimentManager
 from ledger.jobs import lookup_job, recorded_job
 from ledger.store.store import Store
-from ledger.text import error_summary
+from ledger.text import error_summary, quoted
 from ledger.verify import verify
 from replay.diff import DiffReport, diff_runs
 from replay.engine import recorded_start
@@ -68,13 +68,33 @@ def replay_full(store: Store, exp: str, *, trusted: Sequence[str] = (),
                                      dir=None if scratch is None else str(scratch)) as folder:
         url = f"sqlite:///{Path(folder) / 'scratch.db'}"
         with ExperimentManager(url, data_dir=Path(folder) / "data") as manager:
-            try:
-                rerun = job(manager, seed=root, config=config)
-            except LedgerError:
-                raise
-            except Exception as error:  # the job's own failure on the recorded config
-                raise CannotReplayError(f"job {name!r} version {version} failed on the recorded "
-                                        f"config ({error_summary(error)})") from None
+            returned = _run_job(job, manager, root, config, name, version)
+            rerun = _rerun_id(manager.store, returned, name, version)
         with Store.open(url) as scratch_store:
             report = diff_runs(store, exp, rerun, store_b=scratch_store)
     return FullReplayReport(exp, name, version, rerun, report, plugins)
+
+
+def _run_job(job: Callable[..., Any], manager: ExperimentManager, root: int,
+             config: dict[str, Any], name: str, version: int) -> Any:
+    """Run the job; whatever stops it — an exception, ours or not, or ``sys.exit`` — is exit 3
+    naming the job: a job that cannot re-run is not a divergence (exit 1), a usage error
+    (exit 2), nor — as an uncaught ``SystemExit(0)`` would make it — a certificate (exit 0)."""
+    try:
+        return job(manager, seed=root, config=config)
+    except CannotReplayError:
+        raise
+    except (Exception, SystemExit) as error:
+        raise CannotReplayError(f"job {name!r} version {version} failed on the recorded config "
+                                f"({error_summary(error)})") from None
+
+
+def _rerun_id(scratch: Store, returned: Any, name: str, version: int) -> str:
+    """The id the job returned, checked against the scratch ledger: a job records exactly one
+    experiment and returns its id (ledger.jobs); anything else cannot be compared (exit 3)."""
+    recorded = [row.exp for row in scratch.experiments()]
+    if len(recorded) != 1 or not isinstance(returned, str) or returned != recorded[0]:
+        raise CannotReplayError(f"job {name!r} version {version} returned {quoted(returned)} "
+                                f"and recorded the experiments {quoted(recorded)}, but a job "
+                                f"records exactly one experiment and returns its id")
+    return recorded[0]

@@ -16,6 +16,7 @@ from examples.fraud.dataset import TRANSACTIONS, load_fraud_data
 from ledger.errors import CannotReplayError
 from ledger.experiment import ExperimentManager
 from ledger.jobs import job_entrypoint, register_job
+from ledger.text import quoted
 
 JOB_NAME = "fraud-detection-v3-demo"
 JOB_VERSION = 1
@@ -40,16 +41,18 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
     config = {"transactions": TRANSACTIONS, **config}
     unknown = sorted(set(config) - {*_BOUNDS, "inject_nondeterminism"})
     if unknown or "workers" not in config or "epochs" not in config:
-        raise CannotReplayError(f"the recorded demo config {sorted(config)} is not one the demo "
-                                f"writes (workers, epochs, inject_nondeterminism, transactions)")
+        raise CannotReplayError(f"the recorded demo config {quoted(sorted(config))} is not one "
+                                f"the demo writes (workers, epochs, inject_nondeterminism, "
+                                f"transactions)")
     for key, (low, high) in _BOUNDS.items():
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise CannotReplayError(f"the recorded demo config has {key}={value!r}, but the demo "
-                                    f"runs with {key} from {low} to {high}")
+            raise CannotReplayError(f"the recorded demo config has {key}={quoted(value)}, but "
+                                    f"the demo runs with {key} from {low} to {high}")
     if not isinstance(config.get("inject_nondeterminism"), bool):
         raise CannotReplayError(f"the recorded demo config has inject_nondeterminism="
-                                f"{config.get('inject_nondeterminism')!r}, but it must be a bool")
+                                f"{quoted(config.get('inject_nondeterminism'))}, but it must be "
+                                f"a bool")
     return config
 
 
