@@ -132,6 +132,21 @@ def default_data_dir(database: str | None) -> Path | None:
     return None
 
 
+DATASETS_FOLDER = "datasets"
+"""Where in a data folder stored arrays go (``datasets/<digest hex>.npz``)."""
+
+
+def prepare_data_dir(data_dir: Path) -> None:
+    """Create the folder stored arrays go to under ``data_dir`` (and ``data_dir``), or raise
+    BadInputError saying why it cannot be: a command can check its data folder before it
+    writes anything else."""
+    try:
+        (data_dir / DATASETS_FOLDER).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise BadInputError(f"cannot store datasets in {data_dir}: "
+                            f"{error.strerror or error}") from None
+
+
 def store_npz(data_dir: Path, features: np.ndarray, labels: np.ndarray | None,
               digest: bytes) -> dict[str, Any]:
     """Store the arrays content-addressed under ``data_dir``; return their loader spec.
@@ -139,11 +154,11 @@ def store_npz(data_dir: Path, features: np.ndarray, labels: np.ndarray | None,
     The file is named by the dataset digest and written atomically, so storing the same data
     twice writes it once, and a crash never leaves a truncated file under the final name.
     """
-    relative = Path("datasets") / f"{digest.hex()}.npz"
+    relative = Path(DATASETS_FOLDER) / f"{digest.hex()}.npz"
     target = data_dir / relative
     if not target.exists():
+        prepare_data_dir(data_dir)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
             handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
             with os.fdopen(handle, "wb") as stream:
                 arrays = {"features": features} if labels is None else {

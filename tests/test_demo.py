@@ -87,6 +87,23 @@ def test_ledger_demo_without_a_data_folder_says_what_to_give(tmp_path: Path) -> 
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
 
 
+def test_ledger_demo_with_a_data_folder_it_cannot_use_writes_nothing(tmp_path: Path) -> None:
+    """A --data-dir under a file stops the demo before the ledger is created, not as a failed
+    run recorded in it; a default folder that cannot be made records no run either."""
+    (tmp_path / "a-file").write_text("not a folder")
+    done = run_cli("--db", "sqlite:///ledger.db", "demo", "--epochs", "1", "--data-dir",
+                   "a-file/data", cwd=tmp_path)
+    assert done.returncode == 2 and "cannot store datasets in a-file/data" in done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert not (tmp_path / "ledger.db").exists()
+    (tmp_path / "ledger-data").write_text("in the way of the default data folder")
+    done = run_cli("--db", "sqlite:///ledger.db", "demo", "--epochs", "1", cwd=tmp_path,
+                   env={"LEDGER_DATA_DIR": ""})
+    assert done.returncode == 2 and "cannot store datasets" in done.stderr
+    with Store.open(f"sqlite:///{tmp_path / 'ledger.db'}") as store:
+        assert store.experiments() == []
+
+
 def test_the_demo_data_splits_are_standardised_on_the_training_split() -> None:
     data = load_fraud_data(5_000)
     assert data.train_x.shape == (4_000, 30) and data.val_x.shape == (1_000, 30)

@@ -75,3 +75,17 @@ def test_full_replay_from_the_command_line(tmp_path: Path) -> None:
     result = run_cli("--db", url, "replay", exp, "--full")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("CERTIFIED") and "metrics and checkpoints" in result.stdout
+
+
+@pytest.mark.parametrize("options", [("--jobs", "2"), ("--data-dir", "elsewhere")])
+def test_full_replay_refuses_options_it_cannot_honour_before_doing_anything(
+        tmp_path: Path, options: tuple[str, str]) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    exp = record_run(url, tmp_path / "data")
+    with Store.open(url) as store:
+        before = store.counts_by_kind(exp)
+    result = run_cli("--db", url, "replay", exp, "--full", *options)
+    assert result.returncode == 2 and "cannot be used with --full" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
+    with Store.open(url) as store:
+        assert store.counts_by_kind(exp) == before

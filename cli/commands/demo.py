@@ -42,8 +42,8 @@ def demo_command(obj: dict, seed: int, workers: int, epochs: int, inject_nondete
                    f"val AUC {auc:.4f}", err=as_json)
 
     if not as_json:
-        click.echo(f"training fraud-detection-v3 twice: seed {seed}, {workers} workers, "
-                   f"{epochs} epochs" + (", nondeterminism injected" if inject_nondeterminism
+        click.echo(f"training fraud-detection-v3 twice: seed {seed}, {_count(workers, 'worker')}, "
+                   f"{_count(epochs, 'epoch')}" + (", nondeterminism injected" if inject_nondeterminism
                                          else ""))
     result = run_demo(obj["db_url"], data_dir=data_dir, seed=seed, workers=workers, epochs=epochs,
                       inject_nondeterminism=inject_nondeterminism, on_epoch=progress)
@@ -72,3 +72,8 @@ def _print(result: DemoResult) -> None:
     if diff.first_divergence is not None:
         click.echo(printable(f"  first differing event: {diff.first_divergence.describe()}"))
     click.echo(f"  see: ledger diff {result.runs[0].exp} {result.runs[1].exp}")
+
+
+def _count(number: int, noun: str) -> str:
+    """``1 worker``, ``2 workers``."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"

@@ -7,7 +7,7 @@ import click
 from cli.display import jsonable, printable
 from cli.main import cli
 from cli.output import emit_json, iso_time, json_option
-from ledger.errors import CheckFailedError
+from ledger.errors import BadInputError, CheckFailedError
 from ledger.store import Store
 from replay.engine import record_replay, replay_run
 from replay.full import replay_full
@@ -46,7 +46,8 @@ class _Progress:
                    "ledger and compare the runs event by event, metrics and checkpoints "
                    "included.")
 @click.option("--record/--no-record", default=True, show_default=True,
-              help="Record this replay's certificate in the experiment's audit stream.")
+              help="Record this replay's certificate in the experiment's audit stream (a --full "
+                   "replay writes nothing to the audited ledger either way).")
 @json_option
 @click.pass_obj
 def replay_command(obj: dict, exp: str, jobs: int, trusted: tuple[str, ...],
@@ -59,6 +60,7 @@ def replay_command(obj: dict, exp: str, jobs: int, trusted: tuple[str, ...],
     head, or DIVERGED with the first divergent event and its likely cause.
     """
     if full:
+        _check_full_options(jobs, data_dir)
         return _full(obj["db_url"], exp, trusted, as_json)
     progress = _Progress()
     with Store.open(obj["db_url"]) as store:
@@ -75,6 +77,16 @@ def replay_command(obj: dict, exp: str, jobs: int, trusted: tuple[str, ...],
         click.echo(printable(f"ledger: replay diverged: {report.first_divergence.describe()}"),
                    err=True)
         raise click.exceptions.Exit(CheckFailedError.exit_code)
+
+
+def _check_full_options(jobs: int, data_dir: str | None) -> None:
+    """Refuse options ``--full`` cannot honour rather than ignore them: its job re-runs in
+    this process and makes its own data (so no --jobs, no --data-dir)."""
+    given = [option for option, used in (("--jobs", jobs != 1), ("--data-dir", data_dir))
+             if used]
+    if given:
+        raise BadInputError(f"{' and '.join(given)} cannot be used with --full: it re-runs the "
+                            f"recorded job in this process, and the job makes its own data")
 
 
 def _full(url: str | None, exp: str, trusted: tuple[str, ...], as_json: bool) -> None:

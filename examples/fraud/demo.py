@@ -15,6 +15,7 @@ from typing import Any
 
 from examples.fraud.dataset import load_fraud_data
 from examples.fraud.train import HYPERPARAMS, RunResult, train
+from ledger.datasets import prepare_data_dir
 from ledger.errors import BadInputError
 from ledger.experiment import ExperimentManager
 from replay.diff import DiffReport, diff_runs
@@ -54,12 +55,15 @@ def run_demo(url: str | None, *, data_dir: str | os.PathLike[str] | None = None,
              start_method: str | None = None, on_epoch: EpochProgress | None = None
              ) -> DemoResult:
     """Train twice into the ledger at ``url`` (created if missing) and compare the two runs."""
+    if data_dir is not None:  # a folder that cannot hold the data stops the demo before the
+        prepare_data_dir(Path(data_dir))  # ledger is written (not as a failed run in it)
     data = load_fraud_data() if transactions is None else load_fraud_data(transactions)
     with ExperimentManager(url, data_dir=data_dir) as manager:
         if manager.data_dir is None:
             raise BadInputError(f"got the ledger {manager.store.url}, which has no data folder, "
                                 f"but the demo stores its dataset: give --data-dir or set "
                                 f"LEDGER_DATA_DIR")
+        prepare_data_dir(Path(manager.data_dir))  # the default one too, before any run
         result = DemoResult(ledger=manager.store.url, data_dir=str(Path(manager.data_dir)))
         for index in range(1, RUNS + 1):
             progress = None if on_epoch is None else (
