@@ -41,6 +41,8 @@ KINDS = frozenset({EXPERIMENT_CREATED, DATASET_REGISTERED, WORKER_SPAWNED, EPOCH
                    RUN_RESUMED, REPLAY_RECORDED, REPORT_EXPORTED})
 """Kinds of format v1 (DESIGN §3), plus ``user_draw`` for draw points a user names,
 ``run_resumed`` where an interrupted run was continued, and the two audit kinds, ``replay_recorded`` and ``report_exported``, written to the ``audit`` stream."""
+COMPLETION_STATUSES = ("ok", "failed")
+"""The statuses ``run_completed`` records: the run ended normally, or by an exception."""
 
 MAIN_STREAM = "main"
 AUDIT_STREAM = "audit"

@@ -33,9 +33,9 @@ from ledger.digests import ZERO_DIGEST, value_digest
 from ledger.environment import code_version, environment_fingerprint
 from ledger.environment import entrypoint as detect_entrypoint
 from ledger.errors import BadInputError, StoreError
-from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EXPERIMENT_CREATED,
-                           MAIN_STREAM, METRIC, RUN_COMPLETED, USER_DRAW, Event,
-                           check_experiment_id, draw_value, make_event, new_experiment_id,
+from ledger.events import (AUDIT_STREAM, CHECKPOINT, COMPLETION_STATUSES, DATASET_REGISTERED,
+                           EXPERIMENT_CREATED, MAIN_STREAM, METRIC, RUN_COMPLETED, USER_DRAW,
+                           Event, check_experiment_id, draw_value, make_event, new_experiment_id,
                            seen_draw)
 from ledger.logged_values import check_metric_value, checkpoint_record, state_digest
 from ledger.seeds import (SEED_SCHEME, Label, check_path, check_root_seed, derive_bytes, draw_root_seed,
@@ -312,7 +312,7 @@ class Experiment:
 
     def close(self, status: str = "ok", error: str | None = None) -> Event:
         """Record ``run_completed`` and flush. Called by ``with``; returns the head event."""
-        if status not in ("ok", "failed"):
+        if status not in COMPLETION_STATUSES:
             raise BadInputError(f"got status {status!r}, but must be 'ok' or 'failed'")
         if self.closed:
             raise StoreError(f"experiment {self.id} is already closed (status {self.status})")

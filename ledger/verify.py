@@ -29,9 +29,10 @@ from typing import Any
 from ledger.chain_check import Segment, SegmentResult, check_segment
 from ledger.digests import ZERO_DIGEST
 from ledger.errors import BadInputError, UnknownExperimentError
-from ledger.events import AUDIT_STREAM, MAIN_STREAM, check_experiment_id
+from ledger.events import AUDIT_STREAM, COMPLETION_STATUSES, MAIN_STREAM, check_experiment_id
 from ledger.processes import pool_start_method, process_count, usable_cores
 from ledger.store.store import Store
+from ledger.text import quoted
 
 SEGMENT_EVENTS = 50_000
 """Events per segment: the unit of parallel work (small enough that the processes finish
@@ -225,6 +226,11 @@ class _Stitcher:
         main = experiment.chains[MAIN_STREAM]
         if main.count != seq + 1:
             self.find(experiment.exp, MAIN_STREAM, seq + 1, "event recorded after run_completed")
+            return
+        if params.get("status") not in COMPLETION_STATUSES:
+            self.find(experiment.exp, MAIN_STREAM, seq, f"run_completed has status "
+                                                        f"{quoted(params.get('status'))}, not "
+                                                        f"'ok' or 'failed'")
             return
         recorded = params.get("streams")
         if not isinstance(recorded, dict):

@@ -25,6 +25,7 @@ from ledger.datasets import read_npz
 from ledger.errors import BadInputError
 from ledger.integrations.sharding import rank_share, share_size
 from ledger.store import Store
+from ledger.verify import verify
 from replay.npz import read_npz_arrays
 from replay_helpers import record_run
 
@@ -150,8 +151,7 @@ def test_full_replay_runs_only_a_config_the_demo_could_have_recorded(
                                             "config": config}
 
     forged, exp = _forged(tmp_path, demo_job)
-    result = run_cli("--db", forged, "replay", exp, "--full", "--no-record",
-                     "--data-dir", str(tmp_path / "data"), timeout=120)
+    result = run_cli("--db", forged, "replay", exp, "--full", "--no-record", timeout=120)
     assert result.returncode == 3, result.stdout + result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
@@ -180,3 +180,24 @@ def test_text_from_a_ledger_cannot_drive_the_terminal_or_forge_lines(tmp_path: P
         assert "\x1b" not in output and "\x07" not in output and "\u202e" not in output
         assert not any(line.startswith("CERTIFIED: forged") for line in output.splitlines())
     assert "\\x1b]0;PWNED" in outputs[0]  # shown, escaped
+
+
+def _drop_status(body: dict[str, Any]) -> None:
+    if body["kind"] == "run_completed":
+        del body["params"]["status"]
+
+
+@pytest.mark.parametrize("change,shown", [
+    (_set("run_completed", status="\x1b[32mok"), "'\\x1b[32mok'"),
+    (_set("run_completed", status=5), "5"), (_drop_status, "None")],
+    ids=["escape", "int", "missing"])
+def test_a_forged_completion_status_is_a_finding_and_not_listed_as_ok(
+        tmp_path: Path, change: Callable[[dict[str, Any]], None], shown: str) -> None:
+    """run_completed records 'ok' or 'failed'; any other status (even in a chain recomputed to
+    be consistent) is named by verify, and list/show call the run malformed, not complete."""
+    forged, exp = _forged(tmp_path, change)
+    with Store.open(forged) as store:
+        assert store.experiments()[0].status == "malformed"
+        report = verify(store, exp)
+    assert not report.ok
+    assert f"run_completed has status {shown}, not 'ok' or 'failed'" in report.findings[0].describe()

@@ -19,8 +19,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from ledger.digests import ZERO_DIGEST
 from ledger.errors import (AppendOnlyError, BadInputError, ConcurrentWriteError, StoreError,
                            UnknownExperimentError)
-from ledger.events import (EXPERIMENT_CREATED, MAIN_STREAM, RUN_COMPLETED, Event,
-                           check_experiment_id, decode_body, path_bytes)
+from ledger.events import (COMPLETION_STATUSES, EXPERIMENT_CREATED, MAIN_STREAM, RUN_COMPLETED,
+                           Event, check_experiment_id, decode_body, path_bytes)
 from ledger.store.connect import WRITE_OPTION, describe_url, open_engine
 from ledger.store.schema import (TRIGGER_NAMES, events_table, experiments_table, meta_table,
                                  postgres_refusal_source)
@@ -42,7 +42,9 @@ class ExperimentRow:
     name: str
     created_t: int
     status: str
-    """``ok`` or ``failed`` when ``run_completed`` was recorded with that status, else ``incomplete``."""
+    """``ok`` or ``failed`` when ``run_completed`` was recorded with that status, else
+    ``incomplete`` — or, for a damaged ``run_completed`` (verify names it), ``unreadable`` when
+    its body does not decode and ``malformed`` when its status is neither."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,10 +230,11 @@ class Store:
         with self._reading() as connection:
             for row_exp, body in connection.execute(query):
                 try:
-                    status = decode_body(body)["params"].get("status", "ok")
+                    status = decode_body(body)["params"].get("status")
                 except Exception:  # a damaged body is verify's to report, not list's
                     status = "unreadable"
-                statuses[row_exp] = str(status)
+                statuses[row_exp] = status if status in COMPLETION_STATUSES + (
+                    "unreadable",) else "malformed"
         return statuses
 
     def experiment_names(self) -> dict[str, tuple[str, int]]:
