@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any
 
 import click
 
@@ -37,6 +38,47 @@ def cli(context: click.Context, db_url: str | None) -> None:
     context.obj = {"db_url": db_url}
 
 
+BROKEN_PIPE_EXIT = 141
+"""Exit code when the reader of stdout closed it early: 128 + SIGPIPE, as a shell reports a
+command that SIGPIPE stopped — apart from 1, which says a check failed."""
+
+class ReaderGone(Exception):
+    """The reader of stdout closed it early. Not an OSError, so that click does not turn it
+    into exit 0 — which after a failed check would read as success."""
+
+
+class _GuardedStdout:
+    """``sys.stdout`` whose writes raise :class:`ReaderGone` on a broken pipe.
+
+    Text is encoded here and written to the binary layer until every byte is taken: with
+    ``PYTHONUNBUFFERED`` that layer is the raw file, whose short write (the reader left
+    mid-write) the text layer would silently drop — output cut, exit 0.
+    """
+
+    def __init__(self, wrapped: Any) -> None:
+        self._wrapped = wrapped
+
+    def write(self, text: str) -> int:
+        try:
+            self._wrapped.flush()
+            data = memoryview(text.encode(self._wrapped.encoding, self._wrapped.errors))
+            while data:
+                data = data[self._wrapped.buffer.write(data) or 0:]
+        except BrokenPipeError:
+            raise ReaderGone from None
+        return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._wrapped.flush()
+            self._wrapped.buffer.flush()
+        except BrokenPipeError:
+            raise ReaderGone from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._wrapped, name)
+
+
 _NO_COMMAND = getattr(click.exceptions, "NoArgsIsHelpError", ())
 """Raised by click >= 8.2 when the group gets no command (older click prints help and exits)."""
 
@@ -57,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger("sqlalchemy").addHandler(logging.NullHandler())
         logging.getLogger("sqlalchemy").propagate = False
     _register_commands()
+    stdout = sys.stdout
+    sys.stdout = _GuardedStdout(stdout)
     try:
         code = cli.main(args=argv, prog_name="ledger", standalone_mode=False)
     except click.exceptions.Exit as done:
@@ -73,16 +117,28 @@ def main(argv: list[str] | None = None) -> None:
     except LedgerError as error:
         click.echo(f"ledger: error: {_one_line(str(error))}", err=True)
         code = error.exit_code
-    except BrokenPipeError:
-        sys.stderr.close()
-        code = 1
+    except ReaderGone:  # `ledger list | head -1`: not a finding, and not a success either
+        code = _reader_gone()
     except Exception as error:  # never a traceback for users; LEDGER_DEBUG=1 shows it
         if os.environ.get("LEDGER_DEBUG"):
             raise
         click.echo(f"ledger: internal error: {type(error).__name__}: {_one_line(str(error))} "
                    f"(set LEDGER_DEBUG=1 for a traceback)", err=True)
         code = 2
+    try:
+        sys.stdout.flush()  # here, not at interpreter exit, so that a closed pipe is seen
+    except ReaderGone:
+        code = _reader_gone()
+    sys.stdout = stdout
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _reader_gone() -> int:
+    """Point stdout at the null device (what is left unwritten has no reader, and flushing it
+    at exit must not fail again); return the exit code of a closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return BROKEN_PIPE_EXIT
 
 
 def _one_line(text: str) -> str:

@@ -354,3 +354,24 @@ def test_list_show_verify_on_postgres(postgres_url: str) -> None:
     assert (finding["exp"], finding["stream"], finding["seq"]) == (DONE, "worker-1", 1)
     assert_one_line_error(run_cli("--db", postgres_url, "show", "exp-ffffffffffff"),
                           says="unknown experiment")
+
+
+def test_a_reader_that_goes_away_is_exit_141_not_a_failed_check(tmp_path: Path) -> None:
+    """`ledger show --json | head -c 10`: the pipe closes early; exit 141 (128 + SIGPIPE),
+    never 1 (a failed check), and nothing on stderr."""
+    import os
+    import sys
+
+    from ledger.experiment import ExperimentManager
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("wide", seed=1,
+                                       hyperparams={"notes": "x" * 1_000_000}) as exp:
+            pass
+    script = (f'set -o pipefail; "{sys.executable}" -m cli --db "{url}" show {exp.id} --json '
+              f'| head -c 10 >/dev/null; echo "exit=${{PIPESTATUS[0]}}"')
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert done.stdout.strip() == "exit=141", done.stdout + done.stderr
+    assert done.stderr == ""
