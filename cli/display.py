@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
+from ledger.json_view import json_view
 from ledger.text import escape_unprintable
 
 
 def jsonable(value: Any) -> Any:
-    """A copy of ``value`` that JSON can hold: bytes become lowercase hex, tuples lists, and
-    the floats JSON has no literal for (a NaN loss, an infinite hyperparameter) the strings
-    ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` — as in reports — so ``--json`` output parses
-    with any strict parser."""
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, dict):
-        return {str(key): jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    return value
+    """A copy of ``value`` that strict JSON can hold: :func:`ledger.json_view.json_view`, the
+    one view every command, diff and report shows (bytes as hex, ``"NaN"``, nesting cut)."""
+    return json_view(value)
 
 
 def short(digest: bytes | str | None, width: int = 16) -> str:

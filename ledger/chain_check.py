@@ -20,8 +20,10 @@ import msgpack
 
 from ledger.body_check import FAST_COLUMNS, ChainBodyCheck
 from ledger.digests import EVENT_TAG
+from ledger.errors import LedgerError
 from ledger.events import (AUDIT_KINDS, AUDIT_STREAM, BODY_FIELDS, EVENT_VERSION,
-                           EXPERIMENT_CREATED, MAX_BODY_BYTES, RUN_COMPLETED)
+                           EXPERIMENT_CREATED, MAX_BODY_BYTES, RUN_COMPLETED, check_experiment_id,
+                           check_kind, check_stream)
 from ledger.store.store import Store
 
 _FIELDS = frozenset(BODY_FIELDS)
@@ -152,7 +154,45 @@ def full_check(exp: str, stream: str, row: tuple[Any, ...]
     if (_COLUMNS_OF_BODY(body) != (exp, stream, seq, kind, seed, input_, output, prev, t)
             or _PACK(body["path"]) != path):
         return _which_column(body, exp, stream, row), body
-    return None, body
+    return field_problem(body), body
+
+
+_DIGEST_SIZES = (("seed", 16), ("input", 32), ("output", 32), ("prev", 32))
+
+
+def field_problem(body: dict[str, Any]) -> str | None:
+    """What makes a decoded 13-field body not a v1 event body (DESIGN §3), or None.
+
+    A body a forger encoded without the library's checks can hash and link correctly and still
+    carry fields of the wrong type — params that are not a map, a path label that is a map, a
+    seed of 3 bytes. Every reader (show, diff, replay, report) relies on these types, so
+    verification refuses them here, naming the field. The checks cover only what the fast check
+    keeps pinned (type tags, bin lengths, the sign of path integers), so a body it accepts has
+    passed them too.
+    """
+    for name, check in (("exp", check_experiment_id), ("stream", check_stream),
+                        ("kind", check_kind)):
+        try:
+            check(body[name])
+        except LedgerError:
+            return f"body field {name} is not a valid {name} name"
+    for name in ("seq", "t"):
+        if type(body[name]) is not int:
+            return f"body field {name} is {type(body[name]).__name__}, not an integer"
+    path = body["path"]
+    if type(path) not in (list, tuple) or not all(
+            type(label) is str or (type(label) is int and 0 <= label < 2**64) for label in path):
+        return "body field path is not a list of str or non-negative int labels"
+    for name, size in _DIGEST_SIZES:
+        value = body[name]
+        if value is None and name != "prev":
+            continue
+        if type(value) is not bytes or len(value) != size:
+            return f"body field {name} is not a {size}-byte digest"
+    for name in ("params", "meta"):
+        if type(body[name]) is not dict or not all(type(key) is str for key in body[name]):
+            return f"body field {name} is not a map with str keys"
+    return None
 
 
 def _note_facts(result: SegmentResult, seq: int, kind: Any, prev: bytes,

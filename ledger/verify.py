@@ -233,8 +233,9 @@ class _Stitcher:
                                                         f"'ok' or 'failed'")
             return
         recorded = params.get("streams")
-        if not isinstance(recorded, dict):
-            self.find(experiment.exp, MAIN_STREAM, seq, "run_completed has no stream table")
+        if not isinstance(recorded, dict) or not all(type(name) is str for name in recorded):
+            self.find(experiment.exp, MAIN_STREAM, seq, "run_completed has no stream table "
+                                                        "(or one not keyed by stream names)")
             return
         observed = {name: (chain.count, chain.head) for name, chain in experiment.chains.items()
                     if name != AUDIT_STREAM}
@@ -250,8 +251,8 @@ class _Stitcher:
                 first_bad = (min(count, recorded_count) if type(recorded_count) is int
                              else count)
                 self.find(experiment.exp, name, first_bad, f"run_completed records "
-                                                           f"{recorded_count} events, {count} are "
-                                                           f"stored (events removed or added)")
+                                                           f"{recorded_count!r} events, {count} "
+                                                           f"are stored (events removed or added)")
             elif entry.get("head") != head:
                 self.find(experiment.exp, name, count - 1, "stream head differs from the head "
                                                            "recorded by run_completed")

@@ -11,6 +11,8 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
+import msgpack
+
 
 class Cause(str, Enum):
     """The likely cause of a divergence."""
@@ -24,20 +26,50 @@ class Cause(str, Enum):
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested map as ``{"a.b.c": leaf}`` (lists are leaves), for comparing fingerprints."""
-    if not isinstance(value, dict):
-        return {prefix: value}
+    """A nested map as ``{"a.b.c": leaf}`` (lists are leaves), for comparing fingerprints.
+
+    Walks with its own stack, not recursion: a ledger is someone else's data, and msgpack
+    decodes maps nested a thousand deep. Keys that are not str (a forger's bytes keys) are
+    shown as ``str(key)``, and sorted as such.
+    """
     flat: dict[str, Any] = {}
-    for key in sorted(value):
-        flat.update(flatten(value[key], f"{prefix}.{key}" if prefix else str(key)))
+    pending = [(prefix, value)]
+    while pending:
+        name, item = pending.pop()
+        if not isinstance(item, dict):
+            flat[name] = item
+            continue
+        for key in sorted(item, key=str, reverse=True):
+            pending.append((f"{name}.{key}" if name else str(key), item[key]))
     return flat
 
 
-def differences(recorded: Any, current: Any) -> list[tuple[str, Any, Any]]:
-    """Every leaf that differs between two nested maps: ``(key, recorded, current)``."""
-    before, after = flatten(recorded or {}), flatten(current or {})
+def same(a: Any, b: Any) -> bool:
+    """Whether two recorded values are equal: NaN equals NaN (both runs recorded the same
+    value), and values too deeply nested to compare count as different."""
+    try:
+        return a == b or msgpack.packb(a, use_bin_type=True) == msgpack.packb(b,
+                                                                             use_bin_type=True)
+    except (RecursionError, ValueError, TypeError, OverflowError):
+        return False
+
+
+def differences(recorded: Any, current: Any, whole: str = "") -> list[tuple[str, Any, Any]]:
+    """Every leaf that differs between two nested maps: ``(key, recorded, current)``.
+
+    ``whole`` names a value that is not a map (e.g. a code version recorded as one string),
+    which would otherwise be listed under an empty key.
+    """
+    before, after = (_leaves(value, whole) for value in (recorded, current))
     return [(key, before.get(key), after.get(key)) for key in sorted(set(before) | set(after))
-            if before.get(key) != after.get(key)]
+            if not same(before.get(key), after.get(key))]
+
+
+def _leaves(value: Any, whole: str) -> dict[str, Any]:
+    """The leaves :func:`differences` compares: none for None, a map's flattened, else one."""
+    if value is None:
+        return {}
+    return flatten(value) if isinstance(value, dict) else {whole: value}
 
 
 def library_differences(recorded_env: Any, current_env: Any) -> list[tuple[str, Any, Any]]:
@@ -48,27 +80,40 @@ def library_differences(recorded_env: Any, current_env: Any) -> list[tuple[str, 
             if key.startswith(relevant)]
 
 
-def explain_output(recorded_env: Any, current_env: Any) -> str:
+def explain_output(recorded_env: Any, current_env: Any,
+                   sides: tuple[str, str] = ("recorded", "now")) -> str:
     """The detail of a *same seed, different output* divergence: which versions differ, if any.
 
     A package or Python version that differs is named as the likely cause. A BLAS thread count
     that differs alone is named beside nondeterministic code, not instead of it: it changes
     only draws that multiply matrices (their summation order), which most draws never do.
+
+    ``sides`` words where each environment comes from: a replay compares the recorded one with
+    this machine's (``numpy 1.26.0 recorded, 2.4.6 now``); a diff compares two recorded runs
+    (``numpy 1.26.0 in exp-a, 2.4.6 in exp-b``).
     """
     changed = [(_shown_name(key), old, new) for key, old, new
                in library_differences(recorded_env, current_env) if key.startswith(
                    ("packages.", "python.version", "blas_threads."))]
     versions = [change for change in changed if not change[0].startswith("BLAS threads")]
-    listed = ", ".join(f"{name} {old or 'absent'} recorded, {new or 'absent'} now"
+    first, second = sides
+    listed = ", ".join(f"{name} {_version(old)} {first}, {_version(new)} {second}"
                        for name, old, new in changed)
     if versions:
-        return f"environment differs from the recorded one: {listed}"
+        lead = ("environment differs from the recorded one" if sides == ("recorded", "now")
+                else "environments differ")
+        return f"{lead}: {listed}"
     if changed:
         return (f"nondeterministic code, or a matrix product summed in another order: same "
                 f"seed, same input and the same library versions gave another output, and "
                 f"{listed}")
     return ("nondeterministic code: same seed, same input and the same library versions "
             "gave another output")
+
+
+def _version(value: Any) -> str:
+    """A version or thread count as shown: ``absent`` when not recorded (0 threads stays 0)."""
+    return "absent" if value is None or value == "" else str(value)
 
 
 def _shown_name(key: str) -> str:

@@ -6,6 +6,10 @@ run with two workers and a run with none compare event for event (DESIGN §3). T
 run A, in recording order, whose counterpart in run B differs or is missing is the first
 divergence. Configuration, datasets, code version and environment are compared as well.
 
+An identity may recur within a run — a metric logged at every step under one name, with no
+epoch — so events are aligned by (identity, occurrence): the n-th ``loss`` of run A with the n-th
+``loss`` of run B.
+
 ``worker_spawned`` events present in only one run are not differences: a run's outputs do not
 depend on its number of workers (DESIGN §1), so 0 and 2 workers compare as identical.
 """
@@ -19,6 +23,7 @@ from typing import Any
 from ledger.errors import CheckFailedError
 from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EXPERIMENT_CREATED, METRIC,
                            RUN_COMPLETED, RUN_RESUMED, WORKER_SPAWNED, decode_body)
+from ledger.json_view import json_view
 from ledger.store.store import Store
 from ledger.verify import verify
 from replay.causes import Cause, differences, explain_output
@@ -54,17 +59,22 @@ class DiffDivergence:
     b: EventSide | None
     cause: Cause
     detail: str
+    occurrence: int = 1
+    """Which recording of this identity in its run (1 unless the identity recurs)."""
 
     def describe(self) -> str:
         """One line for humans."""
         where = "/".join(str(label) for label in self.identity[1:]) or "-"
+        if self.occurrence > 1:
+            where += f", occurrence {self.occurrence}"
         side = self.a or self.b
         position = f"{side.stream}#{side.seq} " if side else ""
         return f"{position}{self.kind} [{where}]: {self.cause.value} — {self.detail}"
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready map."""
-        return {"kind": self.kind, "identity": list(self.identity[1:]),
+        return {"kind": self.kind, "identity": json_view(list(self.identity[1:])),
+                "occurrence": self.occurrence,
                 "a": None if self.a is None else self.a.to_json(),
                 "b": None if self.b is None else self.b.to_json(),
                 "cause": self.cause.value, "detail": self.detail}
@@ -76,6 +86,9 @@ class DiffReport:
 
     exp_a: str
     exp_b: str
+    status_a: str = "ok"
+    """Each run's status: ``ok``, ``failed``… or ``incomplete`` (no run_completed)."""
+    status_b: str = "ok"
     compared: int = 0
     compared_by_kind: Counter = field(default_factory=Counter)
     identical_events: int = 0
@@ -97,9 +110,10 @@ class DiffReport:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready map."""
         def listed(rows: list[tuple[str, Any, Any]]) -> list[dict[str, Any]]:
-            return [{"key": key, "a": _shown(a), "b": _shown(b)} for key, a, b in rows]
+            return [{"key": key, "a": json_view(a), "b": json_view(b)} for key, a, b in rows]
 
         return {"a": self.exp_a, "b": self.exp_b, "identical": self.identical,
+                "status": {"a": self.status_a, "b": self.status_b},
                 "compared": self.compared, "identical_events": self.identical_events,
                 "compared_by_kind": dict(sorted(self.compared_by_kind.items())),
                 "differing": self.differing, "missing_in_b": self.missing_in_b,
@@ -111,8 +125,14 @@ class DiffReport:
                                 "environment": listed(self.environment)}}
 
 
-def _shown(value: Any) -> Any:
-    return value.hex() if isinstance(value, bytes) else value
+def _label(value: Any) -> Any:
+    """A params value as an identity label: kept when hashable, else its shown form (a forged
+    epoch that is a list must not stop the comparison)."""
+    try:
+        hash(value)
+    except TypeError:
+        return repr(json_view(value))
+    return value
 
 
 def identity(body: dict[str, Any]) -> tuple[Any, ...] | None:
@@ -122,17 +142,23 @@ def identity(body: dict[str, Any]) -> tuple[Any, ...] | None:
     if kind in (EXPERIMENT_CREATED, RUN_COMPLETED, RUN_RESUMED):
         return None
     if kind in (METRIC, CHECKPOINT):
-        return (kind, str(params.get("name")), params.get("epoch"))
+        return (kind, str(params.get("name")), _label(params.get("epoch")))
     if kind == DATASET_REGISTERED:
         return (kind, str(params.get("name")))
-    return (kind, *body["path"])
+    return (kind, *(_label(label) for label in body["path"]))
 
 
-def _index(store: Store, exp: str) -> tuple[dict[tuple[Any, ...], EventSide], dict[str, Any],
-                                           list[tuple[tuple[Any, ...], EventSide]]]:
-    """Every compared event of a run by identity, its creation params, and the recording order."""
-    index: dict[tuple[Any, ...], EventSide] = {}
-    order: list[tuple[tuple[Any, ...], EventSide]] = []
+Key = tuple[tuple[Any, ...], int]
+"""How events are aligned: (identity, occurrence of that identity in its run, from 1)."""
+
+
+def _index(store: Store, exp: str) -> tuple[dict[Key, EventSide], dict[str, Any],
+                                           list[tuple[Key, EventSide]]]:
+    """Every compared event of a run by (identity, occurrence), its creation params, and the
+    recording order."""
+    index: dict[Key, EventSide] = {}
+    order: list[tuple[Key, EventSide]] = []
+    seen: Counter = Counter()
     created: dict[str, Any] = {}
     for stream, _seq, kind, body_bytes in store.iter_run_bodies(exp):
         if stream == AUDIT_STREAM:
@@ -140,9 +166,11 @@ def _index(store: Store, exp: str) -> tuple[dict[tuple[Any, ...], EventSide], di
         body = decode_body(body_bytes)
         if kind == EXPERIMENT_CREATED and isinstance(body["params"], dict):
             created = body["params"]
-        key = identity(body)
-        if key is None:
+        aligned = identity(body)
+        if aligned is None:
             continue
+        seen[aligned] += 1
+        key = (aligned, seen[aligned])
         side = EventSide(body["stream"], body["seq"], body["seed"], body["input"],
                          body["output"])
         index[key] = side
@@ -150,36 +178,38 @@ def _index(store: Store, exp: str) -> tuple[dict[tuple[Any, ...], EventSide], di
     return index, created, order
 
 
-def _dataset_digests(order: list[tuple[tuple[Any, ...], EventSide]]) -> dict[str, Any]:
-    return {key[1]: side.output for key, side in order if key[0] == DATASET_REGISTERED}
+def _dataset_digests(order: list[tuple[Key, EventSide]]) -> dict[str, Any]:
+    return {key[0][1]: side.output for key, side in order if key[0][0] == DATASET_REGISTERED}
 
 
 def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = None
               ) -> DiffReport:
     """Compare run ``exp_a`` with ``exp_b`` (of ``store_b`` when given). Both must verify."""
     other = store_b or store
+    statuses = []
     for source, exp in ((store, exp_a), (other, exp_b)):
-        source.experiment(exp)
+        statuses.append(source.experiment(exp).status)
         checked = verify(source, exp)
         if not checked.ok:
             raise CheckFailedError(f"{exp} fails verification, not compared: "
                                    f"{checked.findings[0].describe()}")
     index_a, created_a, order_a = _index(store, exp_a)
     index_b, created_b, order_b = _index(other, exp_b)
-    report = DiffReport(exp_a, exp_b)
+    report = DiffReport(exp_a, exp_b, *statuses)
     report.config = differences({k: created_a.get(k) for k in _CONFIG_KEYS},
                                 {k: created_b.get(k) for k in _CONFIG_KEYS})
     report.datasets = differences(_dataset_digests(order_a), _dataset_digests(order_b))
-    report.code = differences(created_a.get("code"), created_b.get("code"))
+    report.code = differences(created_a.get("code"), created_b.get("code"), "code")
     report.environment = differences(created_a.get("environment"),
-                                     created_b.get("environment"))
-    explanation = explain_output(created_a.get("environment"), created_b.get("environment"))
+                                     created_b.get("environment"), "environment")
+    explanation = explain_output(created_a.get("environment"), created_b.get("environment"),
+                                 (f"in {exp_a}", f"in {exp_b}"))
     for key, side_a in order_a:
         side_b = index_b.get(key)
-        if side_b is None and key[0] == WORKER_SPAWNED:
+        if side_b is None and key[0][0] == WORKER_SPAWNED:
             continue  # worker counts may differ: outputs do not depend on them (DESIGN §1)
         report.compared += 1
-        report.compared_by_kind[key[0]] += 1
+        report.compared_by_kind[key[0][0]] += 1
         divergence = _compare(key, side_a, side_b, explanation)
         if divergence is None:
             report.identical_events += 1
@@ -191,27 +221,31 @@ def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = N
         if report.first_divergence is None:
             report.first_divergence = divergence
     extra = [(key, side) for key, side in order_b
-             if key not in index_a and key[0] != WORKER_SPAWNED]
+             if key not in index_a and key[0][0] != WORKER_SPAWNED]
     report.extra_in_b = len(extra)
     if report.first_divergence is None and extra:
-        key, side = extra[0]
-        report.first_divergence = DiffDivergence(key[0], key, None, side, Cause.EXTRA,
-                                                 f"{exp_b} has this event, {exp_a} does not")
+        (aligned, occurrence), side = extra[0]
+        report.first_divergence = DiffDivergence(aligned[0], aligned, None, side, Cause.EXTRA,
+                                                 f"{exp_b} has this event, {exp_a} does not",
+                                                 occurrence)
     return report
 
 
-def _compare(key: tuple[Any, ...], a: EventSide, b: EventSide | None, explanation: str
+def _compare(key: Key, a: EventSide, b: EventSide | None, explanation: str
              ) -> DiffDivergence | None:
+    aligned, occurrence = key
+    kind = aligned[0]
     if b is None:
-        return DiffDivergence(key[0], key, a, None, Cause.MISSING, "the other run has no such event")
-    if a.seed != b.seed:
-        return DiffDivergence(key[0], key, a, b, Cause.SEED,
-                              "the runs derived different seeds for this draw (other root seed "
-                              "or derivation)")
-    if a.input != b.input:
-        return DiffDivergence(key[0], key, a, b, Cause.INPUT, "the draw read different data")
-    if a.output != b.output and key[0] == DATASET_REGISTERED:
-        return DiffDivergence(key[0], key, a, b, Cause.INPUT, "the datasets' contents differ")
-    if a.output != b.output:
-        return DiffDivergence(key[0], key, a, b, Cause.OUTPUT, explanation)
-    return None
+        cause, detail = Cause.MISSING, "the other run has no such event"
+    elif a.seed != b.seed:
+        cause, detail = Cause.SEED, ("the runs derived different seeds for this draw (other "
+                                     "root seed or derivation)")
+    elif a.input != b.input:
+        cause, detail = Cause.INPUT, "the draw read different data"
+    elif a.output != b.output and kind == DATASET_REGISTERED:
+        cause, detail = Cause.INPUT, "the datasets' contents differ"
+    elif a.output != b.output:
+        cause, detail = Cause.OUTPUT, explanation
+    else:
+        return None
+    return DiffDivergence(kind, aligned, a, b, cause, detail, occurrence)

@@ -11,8 +11,9 @@ from datetime import date
 from typing import Any
 
 from ledger.events import REPLAY_RECORDED, REPORT_EXPORTED
+from ledger.json_view import json_view
 from report.facts import RunFacts
-from report.jsonview import json_view, rfc3339
+from report.jsonview import rfc3339
 
 RETENTION_CLASSES = {
     "technical-documentation": (120, "EU AI Act Art. 18: technical documentation kept for 10 "

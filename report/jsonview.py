@@ -1,7 +1,8 @@
 """JSON views of ledger values, and the report's canonical bytes.
 
-Ledger values are msgpack: bytes become lowercase hex, tuples lists, and floats that JSON cannot
-hold (NaN, ±infinity) the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``.
+Ledger values are shown as :func:`ledger.json_view.json_view` shows them everywhere: bytes as
+lowercase hex, tuples as lists, and floats that JSON cannot hold (NaN, ±infinity) as the strings
+``"NaN"``, ``"Infinity"``, ``"-Infinity"``.
 
 **Canonical bytes** of a report — what a signature covers — are exactly::
 
@@ -16,24 +17,10 @@ round-trip ``repr``. Reports are parsed strictly: a duplicate key or a NaN liter
 from __future__ import annotations
 
 import json
-import math
 from datetime import UTC, datetime
 from typing import Any
 
 from ledger.errors import BadInputError
-
-
-def json_view(value: Any) -> Any:
-    """A copy of ``value`` that JSON can hold: bytes as hex, tuples as lists, str keys."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value).hex()
-    if isinstance(value, dict):
-        return {str(key): json_view(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_view(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    return value
 
 
 def canonical_json(document: Any) -> bytes:

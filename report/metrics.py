@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from report.jsonview import json_view
+from ledger.json_view import json_view
 
 MAX_POINTS = 2000
 MAX_SERIES = 100

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ledger.errors import CannotReplayError, CheckFailedError, LedgerError
+from ledger.json_view import json_view
 from ledger.store.store import Store
 from report.facts import RunFacts
-from report.jsonview import json_view, rfc3339
+from report.jsonview import rfc3339
 from replay.engine import POLICY, ReplayReport, record_replay, replay_run
 
 PASSED, FAILED, INCONCLUSIVE, NOT_REPLAYED = "PASSED", "FAILED", "INCONCLUSIVE", "NOT_REPLAYED"

@@ -25,8 +25,8 @@ from typing import Any, BinaryIO
 import msgpack
 
 from ledger.events import AUDIT_STREAM, AUGMENTATION_BATCH, MAIN_STREAM, decode_body
+from ledger.json_view import json_view
 from ledger.store.store import Store
-from report.jsonview import json_view
 from report.seedtree import SeedTree
 
 APPENDIX_FIELDS = ("hash", "input", "kind", "output", "path", "seed", "seq", "stream")

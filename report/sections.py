@@ -10,10 +10,11 @@ from ledger.digests import value_digest
 from ledger.errors import LedgerError
 from ledger.events import (AUGMENTATION_BATCH, EPOCH_RESET, EXPERIMENT_CREATED, USER_DRAW,
                            WORKER_SPAWNED)
+from ledger.json_view import json_view
 from ledger.seeds import SEED_SCHEME, root_seed_from_bytes
 from report.data_checks import independence
 from report.facts import RunFacts
-from report.jsonview import hex_or_none, json_view, rfc3339
+from report.jsonview import hex_or_none, rfc3339
 from report.scan import ScanResult
 
 DERIVATION = ('derive(root, path) = first 16 bytes, big-endian, of SHA-256(b"ledger/seed/v1\\x00" '

@@ -194,3 +194,21 @@ def test_other_code_cannot_take_a_registered_job_but_the_same_job_registers_agai
     register_job("test-hostile-returns-none", 1)(_returns_none)  # a module imported again
     with pytest.raises(BadInputError, match="already registered by .*with other code"):
         register_job("test-hostile-returns-none", 1)(_records_nothing)
+
+
+def test_one_json_view_holds_whatever_a_ledger_decodes_to() -> None:
+    """bytes as hex, non-finite floats as strings, ext types by repr, nesting cut: the view of
+    every command, diff and report (ledger.json_view), printable by strict JSON."""
+    import msgpack
+
+    from ledger.json_view import MAX_DEPTH, json_view
+
+    deep: Any = "leaf"
+    for _ in range(MAX_DEPTH + 500):
+        deep = {"d": deep}
+    value = {b"k": [b"\x01\xff", (1, 2.5), float("-inf"), msgpack.ExtType(5, b"x")], "deep": deep}
+    shown = json_view(value)
+    assert shown["b'k'"][:3] == ["01ff", [1, 2.5], "-Infinity"]
+    assert shown["b'k'"][3].startswith("ExtType(")
+    assert "..." in json.dumps(shown, allow_nan=False)
+    assert json.loads(json.dumps(shown, allow_nan=False)) == shown

@@ -16,6 +16,7 @@ from ledger.errors import BadInputError
 from ledger.events import KINDS, decode_body
 from ledger.experiment import ExperimentManager
 from ledger.iterator import TrainingDataIterator
+from ledger.json_view import json_view
 from ledger.store import Store
 from ledger.user_draws import register_draw
 from replay.engine import record_replay, replay_run
@@ -23,7 +24,7 @@ from replay_helpers import sample_data
 from report.attest import PROVENANCE_TYPE, TEST_RESULT_TYPE, provenance_statement, replay_statement
 from report.export import export_report
 from report.html import render_html
-from report.jsonview import canonical_json, json_view, parse_json, pretty_json
+from report.jsonview import canonical_json, parse_json, pretty_json
 from report.markdown import render_markdown
 from report.model import ReportOptions
 from report_helpers import report_of, schema_errors

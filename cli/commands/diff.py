@@ -8,7 +8,8 @@ from cli.display import printable
 from cli.main import cli
 from cli.output import emit_json, json_option
 from ledger.store import Store
-from replay.diff import diff_runs
+from ledger.json_view import json_view
+from replay.diff import DiffReport, diff_runs
 
 
 @cli.command("diff", epilog="Exit codes: 0 identical; 1 the runs differ (or one fails "
@@ -40,7 +41,8 @@ def diff_command(obj: dict, exp_a: str, exp_b: str, db_b: str | None, as_json: b
         raise click.exceptions.Exit(1)
 
 
-def _print(report) -> None:  # noqa: ANN001
+def _print(report: DiffReport) -> None:
+    """The report for humans: the verdict, each run that did not complete ok, what differs."""
     if report.identical:
         click.echo(f"IDENTICAL: {report.exp_a} and {report.exp_b} "
                    f"({report.compared:,} events compared)")
@@ -49,6 +51,12 @@ def _print(report) -> None:  # noqa: ANN001
         click.echo(printable(f"  first divergence: {report.first_divergence.describe()}"))
         click.echo(f"  {report.differing:,} events differ, {report.missing_in_b:,} missing in "
                    f"{report.exp_b}, {report.extra_in_b:,} extra, of {report.compared:,}")
+    for exp, status in ((report.exp_a, report.status_a), (report.exp_b, report.status_b)):
+        if status == "incomplete":
+            click.echo(f"  {exp} is incomplete (no run_completed): only what it recorded is "
+                       f"compared")
+        elif status != "ok":
+            click.echo(printable(f"  {exp} completed with status {status!r}"))
     for title, rows in (("configuration", report.config), ("datasets", report.datasets),
                         ("code", report.code), ("environment", report.environment)):
         if rows:
@@ -58,5 +66,7 @@ def _print(report) -> None:  # noqa: ANN001
 
 
 def _short(value: object) -> str:
-    text = value.hex() if isinstance(value, bytes) else repr(value)
+    """A value as ``--json`` shows it (bytes as hex, nesting cut), in at most 70 characters."""
+    shown = json_view(value)
+    text = shown if isinstance(value, bytes) else repr(shown)
     return text if len(text) <= 70 else text[:67] + "..."

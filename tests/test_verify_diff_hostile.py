@@ -1,0 +1,365 @@
+"""``ledger verify`` and ``ledger diff`` on runs of odd shapes and on hostile, consistent ledgers.
+
+A forger who encodes bodies without the library's checks can make every hash and link agree;
+verification must still refuse a body whose fields are not of the v1 types (DESIGN §3), naming
+the field, because every reader relies on them. Diff must align runs whatever their shape —
+repeated metric names, failed or incomplete runs — say each run's status, name the right cause
+in the right words, and print one valid JSON document whatever values the runs recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import run_cli
+from ledger.digests import EVENT_TAG, ZERO_DIGEST
+from ledger.events import decode_body
+from ledger.experiment import ExperimentManager
+from ledger.store import Store
+from ledger.verify import verify
+from ledger_builders import execute, insert_row, record_experiment
+from replay.causes import differences, explain_output
+from replay.diff import diff_runs
+
+SEED = bytes(16)
+DIGEST = bytes(32)
+USER_DRAW = {"kind": "user_draw", "path": ["init"], "seed": SEED}
+
+
+# -- tools ---------------------------------------------------------------------------------------
+
+def _pack(value: Any) -> bytes:
+    """msgpack without the library's canonical checks: what a forger writes."""
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def forge_run(store: Store, exp: str, events: list[dict[str, Any]], *,
+              created: dict[str, Any] | None = None, streams: Any = None) -> None:
+    """Write a whole run by raw SQL — experiment row, experiment_created, ``events`` and a
+    run_completed — with every hash, link and count consistent, whatever the bodies hold.
+
+    Each event is a map of body fields (stream defaults to main); ``streams`` replaces the
+    stream table run_completed records.
+    """
+    heads: dict[str, tuple[int, bytes]] = {}
+    t = 1_700_000_000 * 10**9
+
+    def append(fields: dict[str, Any]) -> None:
+        nonlocal t
+        stream = fields.get("stream", "main")
+        seq, prev = heads.get(stream, (0, ZERO_DIGEST))
+        t += 1
+        body = {"v": 1, "exp": exp, "stream": stream, "seq": seq, "path": [], "seed": None,
+                "params": {}, "input": None, "output": None, "meta": {}, "prev": prev, "t": t,
+                **fields}
+        body_bytes = _pack(body)
+        digest = hashlib.sha256(EVENT_TAG + body_bytes).digest()
+        insert_row(store, {"exp": exp, "stream": stream, "seq": seq, "kind": body["kind"],
+                           "path": _pack(body["path"]), "seed": body["seed"],
+                           "input": body["input"], "output": body["output"], "prev": prev,
+                           "hash": digest, "t": body["t"], "body": body_bytes})
+        heads[stream] = (seq + 1, digest)
+
+    params = {"name": "forged", "root_seed": SEED, **(created or {})}
+    append({"kind": "experiment_created", "params": params})
+    execute(store, "INSERT INTO ledger_experiments (exp, name, created_t) "
+                   "VALUES (:exp, :name, :t)", exp=exp, name=params["name"], t=t)
+    for event in events:
+        append(event)
+    table = {name: {"count": count, "head": head} for name, (count, head) in heads.items()}
+    append({"kind": "run_completed",
+            "params": {"status": "ok", "streams": table if streams is None else streams}})
+
+
+def clean(result: subprocess.CompletedProcess[str], code: int) -> None:
+    """The documented exit code, no traceback, at most one stderr line (a diff that finds the
+    runs differ says so on stdout alone)."""
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "internal error" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 1, result.stderr
+
+
+def strict_json(text: str) -> Any:
+    """Parse exactly one JSON document, refusing NaN and infinities (not JSON)."""
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    address = f"sqlite:///{tmp_path / 'ledger.db'}"
+    Store.open(address, create=True).close()
+    return address
+
+
+# -- verify: consistent chains of bodies that are not v1 bodies ---------------------------------
+
+WRONG_FIELDS = {
+    "params a list": ({"params": [1, 2]}, "params"),
+    "params keyed by bytes": ({"params": {b"name": "x"}}, "params"),
+    "meta a string": ({"meta": "pid 1"}, "meta"),
+    "path label a map": ({"path": [{"a": 1}]}, "path"),
+    "path label a list": ({"path": [[1]]}, "path"),
+    "path label negative": ({"path": ["init", -1]}, "path"),
+    "path label a float": ({"path": ["init", 1.5]}, "path"),
+    "path a string": ({"path": "init"}, "path"),
+    "seed of 3 bytes": ({"seed": b"abc"}, "seed"),
+    "seed a string": ({"seed": "0" * 16}, "seed"),
+    "output of 5 bytes": ({"output": b"short"}, "output"),
+    "kind with an escape": ({"kind": "user_draw\x1b[2J"}, "kind"),
+}
+
+
+@pytest.mark.parametrize("case", WRONG_FIELDS)
+def test_a_body_with_a_field_of_the_wrong_type_is_a_named_finding(url: str, case: str) -> None:
+    changes, field_name = WRONG_FIELDS[case]
+    with Store.open(url) as store:
+        forge_run(store, "exp-forged", [{**USER_DRAW, **changes}])
+        report = verify(store, "exp-forged")
+    assert [(f.stream, f.seq) for f in report.findings] == [("main", 1)]
+    assert f"body field {field_name}" in report.findings[0].problem
+    result = run_cli("--db", url, "verify")
+    clean(result, 1)
+    assert f"main seq 1: body field {field_name}" in result.stderr
+    # Nothing downstream reads it: diff and replay refuse with the finding, not a crash.
+    for command in (["diff", "exp-forged", "exp-forged"], ["replay", "exp-forged"]):
+        clean(run_cli("--db", url, *command), 1)
+
+
+def test_a_stream_name_no_writer_could_use_is_a_named_finding(url: str) -> None:
+    with Store.open(url) as store:
+        forge_run(store, "exp-forged", [{**USER_DRAW, "stream": "../etc"}])
+        report = verify(store)
+    assert report.findings[0].stream == "../etc"
+    assert "body field stream is not a valid stream name" in report.findings[0].problem
+
+
+def test_a_forged_run_of_valid_types_still_verifies(url: str) -> None:
+    """The type checks refuse only what DESIGN §3 excludes: params may hold anything."""
+    odd_params = {"epoch": [1], "value": 2**64 - 1, "nested": {"k": [b"\x00", None, 1.5]}}
+    with Store.open(url) as store:
+        forge_run(store, "exp-forged", [{**USER_DRAW, "params": odd_params},
+                                        {**USER_DRAW, "path": ["init", 2**64 - 1],
+                                         "stream": "rank-1/worker-0"}])
+        assert verify(store).ok
+
+
+def test_a_stream_table_keyed_by_bytes_is_a_finding_not_a_crash(url: str) -> None:
+    with Store.open(url) as store:
+        forge_run(store, "exp-forged", [USER_DRAW],
+                  streams={b"main": {"count": 2, "head": DIGEST}, "worker-0": {}})
+        report = verify(store)
+    assert [(f.stream, f.seq) for f in report.findings] == [("main", 2)]
+    assert "run_completed has no stream table" in report.findings[0].problem
+    clean(run_cli("--db", url, "verify", "exp-forged"), 1)
+    clean(run_cli("--db", url, "diff", "exp-forged", "exp-forged"), 1)
+
+
+def test_a_recorded_count_of_another_type_is_shown_as_recorded(url: str) -> None:
+    with Store.open(url) as store:
+        forge_run(store, "exp-forged", [USER_DRAW], streams={"main": {"count": "2"}})
+        report = verify(store)
+    assert "run_completed records '2' events, 2 are stored" in report.findings[0].problem
+
+
+# -- diff: runs of odd shapes ----------------------------------------------------------------
+
+def _run_with_steps(url: str, data_dir: Path, losses: list[float], status: str = "ok") -> str:
+    """A run logging ``loss`` once per step, without an epoch: one identity, many events."""
+    with ExperimentManager(url, data_dir=data_dir) as manager:
+        exp = manager.create_experiment("steps", seed=7)
+        exp.generator("init")
+        for loss in losses:
+            exp.log_metric("loss", loss)
+        exp.close(status=status)
+    return exp.id
+
+
+def test_a_metric_logged_at_every_step_aligns_step_for_step(url: str, tmp_path: Path) -> None:
+    first = _run_with_steps(url, tmp_path / "data", [1.0, 0.5, 0.25])
+    rerun = _run_with_steps(url, tmp_path / "data", [1.0, 0.5, 0.25])
+    changed = _run_with_steps(url, tmp_path / "data", [1.0, 0.5, 0.3])
+    with Store.open(url) as store:
+        same = diff_runs(store, first, rerun)
+        assert same.identical, same.first_divergence
+        assert same.compared_by_kind["metric"] == 3
+        other = diff_runs(store, first, changed)
+    assert (other.differing, other.missing_in_b, other.extra_in_b) == (1, 0, 0)
+    divergence = other.first_divergence
+    assert divergence.occurrence == 3 and divergence.a.seq == 4
+    assert "[loss/None, occurrence 3]" in divergence.describe()
+    result = run_cli("--db", url, "diff", first, changed, "--json")
+    clean(result, 1)
+    assert strict_json(result.stdout)["first_divergence"]["occurrence"] == 3
+
+
+def test_diff_says_when_a_run_failed_or_is_incomplete(url: str, tmp_path: Path) -> None:
+    ok = _run_with_steps(url, tmp_path / "data", [1.0])
+    failed = _run_with_steps(url, tmp_path / "data", [1.0], status="failed")
+    with Store.open(url) as store:
+        incomplete = record_experiment(store, workers=0, complete=False).exp
+    result = run_cli("--db", url, "diff", ok, failed)
+    clean(result, 0)
+    assert f"{failed} completed with status 'failed'" in result.stdout
+    result = run_cli("--db", url, "diff", ok, failed, "--json")
+    assert strict_json(result.stdout)["status"] == {"a": "ok", "b": "failed"}
+    result = run_cli("--db", url, "diff", incomplete, ok)
+    clean(result, 1)
+    assert f"{incomplete} is incomplete (no run_completed)" in result.stdout
+    assert strict_json(run_cli("--db", url, "diff", incomplete, incomplete, "--json").stdout
+                       )["status"] == {"a": "incomplete", "b": "incomplete"}
+
+
+# -- diff: the cause, in the right words -------------------------------------------------------
+
+def _changed_copy(store: Store, exp: str, target: str, change: Any) -> None:
+    """``exp`` re-recorded consistently as ``target`` with ``change`` applied to every body."""
+    bodies = [decode_body(body) for _stream, _seq, _kind, body in store.iter_run_bodies(exp)]
+    for body in bodies:
+        change(body)
+    fields = ("stream", "kind", "path", "seed", "params", "input", "output", "meta")
+    forge_run(store, target, [{name: body[name] for name in fields} for body in bodies[1:]
+                              if body["kind"] != "run_completed"], created=bodies[0]["params"])
+
+
+def _first_batch(body: dict[str, Any]) -> bool:
+    return body["kind"] == "augmentation_batch" and body["path"] == ["epoch", 0, "batch", 0,
+                                                                     "augment"]
+
+
+def _other_numpy(body: dict[str, Any]) -> None:
+    if body["kind"] == "experiment_created":
+        body["params"]["environment"] = {"packages": {"numpy": "2.4.6"}}
+    if _first_batch(body):
+        body["output"] = hashlib.sha256(b"other").digest()
+
+
+def _other_seed(body: dict[str, Any]) -> None:
+    if _first_batch(body):
+        body["seed"] = bytes(range(16))
+        body["output"] = hashlib.sha256(b"other").digest()
+
+
+def _other_input(body: dict[str, Any]) -> None:
+    if _first_batch(body):
+        body["input"] = hashlib.sha256(b"other").digest()
+        body["output"] = hashlib.sha256(b"other").digest()
+
+
+def _other_dataset(body: dict[str, Any]) -> None:
+    if body["kind"] == "dataset_registered":
+        body["output"] = hashlib.sha256(b"other").digest()
+
+
+CAUSES = {
+    "same seed, other numpy": (_other_numpy, "augmentation_batch", "same seed, different output",
+                               "environments differ: numpy 1.26.0 in exp-a, 2.4.6 in exp-b"),
+    "another seed": (_other_seed, "augmentation_batch", "seed derivation differs",
+                     "different seeds"),
+    "another input": (_other_input, "augmentation_batch", "input differs", "different data"),
+    "another dataset": (_other_dataset, "dataset_registered", "input differs",
+                        "datasets' contents differ"),
+}
+
+
+@pytest.mark.parametrize("case", CAUSES)
+def test_diff_names_the_cause_of_each_constructed_divergence(url: str, case: str) -> None:
+    change, kind, cause, words = CAUSES[case]
+    with Store.open(url) as store:
+        record_experiment(store, "exp-a", workers=2, extra_params={
+            "environment": {"packages": {"numpy": "1.26.0"}}})
+        _changed_copy(store, "exp-a", "exp-b", change)
+        report = diff_runs(store, "exp-a", "exp-b")
+    divergence = report.first_divergence
+    assert (divergence.kind, divergence.cause.value) == (kind, cause)
+    assert words in divergence.detail
+    assert (report.differing, report.missing_in_b, report.extra_in_b) == (1, 0, 0)
+    result = run_cli("--db", url, "diff", "exp-a", "exp-b")
+    clean(result, 1)
+    assert cause in result.stdout and "recorded," not in result.stdout
+
+
+def test_replay_keeps_its_recorded_and_now_wording() -> None:
+    detail = explain_output({"packages": {"numpy": "1.26.0"}}, {"packages": {"numpy": "2.4.6"}})
+    assert detail == ("environment differs from the recorded one: numpy 1.26.0 recorded, "
+                      "2.4.6 now")
+
+
+# -- diff: whatever the runs recorded, one valid JSON document that matches the text ----------
+
+def _deep(levels: int) -> Any:
+    value: Any = 0
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+ODD_VALUES = {
+    "bytes in a list": ([b"\x00\x01"], [b"\x00\x02"], "['0001'] vs ['0002']"),
+    "an ext type": (msgpack.ExtType(5, b"x"), "1", "ExtType(code=5, data=b'x')"),
+    "infinity": (math.inf, 1.0, "'Infinity' vs 1.0"),
+    "nested 1,000 deep": (_deep(1000), 1, "[[[["),
+    "a map keyed by bytes": ({b"k": 1, "j": 2}, {"k": 1}, "hyperparams.x.b'k': 1 vs None"),
+}
+
+
+@pytest.mark.parametrize("case", ODD_VALUES)
+def test_odd_recorded_values_give_one_json_document_and_the_same_text(url: str,
+                                                                     case: str) -> None:
+    a, b, shown = ODD_VALUES[case]
+    with Store.open(url) as store:
+        forge_run(store, "exp-a", [USER_DRAW], created={"hyperparams": {"x": a}})
+        forge_run(store, "exp-b", [USER_DRAW], created={"hyperparams": {"x": b}})
+    text = run_cli("--db", url, "diff", "exp-a", "exp-b")
+    clean(text, 0)
+    assert "configuration differs" in text.stdout and shown in text.stdout
+    document = run_cli("--db", url, "diff", "exp-a", "exp-b", "--json")
+    clean(document, 0)
+    rows = strict_json(document.stdout)["differences"]["config"]
+    assert rows and all(row["key"].startswith("hyperparams.x") for row in rows)
+
+
+def test_a_nan_recorded_by_both_runs_is_not_a_difference(url: str) -> None:
+    with Store.open(url) as store:
+        forge_run(store, "exp-a", [USER_DRAW], created={"hyperparams": {"x": math.nan}})
+        forge_run(store, "exp-b", [USER_DRAW], created={"hyperparams": {"x": math.nan}})
+        assert diff_runs(store, "exp-a", "exp-b").config == []
+
+
+def test_a_code_version_recorded_as_one_string_is_listed_under_its_name(url: str) -> None:
+    with Store.open(url) as store:
+        forge_run(store, "exp-a", [USER_DRAW], created={"code": "v1"})
+        forge_run(store, "exp-b", [USER_DRAW], created={"code": "v2"})
+        assert diff_runs(store, "exp-a", "exp-b").code == [("code", "v1", "v2")]
+
+
+msgpack_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(),
+              st.text(max_size=6), st.binary(max_size=6)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(st.one_of(st.text(max_size=4), st.binary(max_size=2)),
+                                            inner, max_size=3)),
+    max_leaves=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(msgpack_values, msgpack_values)
+def test_differences_of_any_decoded_values_never_raise_and_a_value_equals_itself(
+        a: Any, b: Any) -> None:
+    decoded_a, decoded_b, again_a = (msgpack.unpackb(_pack(value), raw=False,
+                                                     strict_map_key=False)
+                                     for value in (a, a if b is None else b, a))
+    differences(decoded_a, decoded_b, "whole")
+    assert differences(decoded_a, again_a, "whole") == []
