@@ -191,13 +191,22 @@ def _alerts(facts: RunFacts, sections: dict[str, Any], verified: VerifyReport) -
         alerts.append(f"{len(facts.undecodable)} event(s) could not be decoded")
     code = sections["R3"]
     if code["dirty"]:
-        alerts.append("the code had uncommitted changes: their diff digest is recorded, not "
-                      "their content")
+        alerts.append(_uncommitted_alert(code))
     if code["vcs"] is None:
         alerts.append("no code version recorded (not run from a git checkout)")
     if not sections["R7"]["scheme_known"]:
         alerts.append(f"unknown seed derivation scheme {sections['R7']['scheme']!r}")
     return alerts
+
+
+def _uncommitted_alert(code: dict[str, Any]) -> str:
+    """What a dirty checkout left on record: a digest of changes to tracked files, if any;
+    untracked files are only counted, never digested."""
+    if code.get("diff_digest"):
+        return ("the code had uncommitted changes: their diff digest is recorded, not their "
+                "content")
+    return ("the code had uncommitted changes (untracked files only): nothing but their count "
+            "is recorded")
 
 
 def _quoted(replay: dict[str, Any]) -> str:

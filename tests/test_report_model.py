@@ -304,3 +304,25 @@ def test_unreadable_bodies_and_paths_do_not_stop_the_report(tmp_path: Path) -> N
     assert report["R7"]["unreadable_paths"] == 1 and report["R7"]["root_seed"] is None
     assert report["summary"]["integrity"] == "FAILED"
     assert any("could not be decoded" in alert for alert in report["summary"]["alerts"])
+
+
+@pytest.mark.parametrize("diff_digest,alert", [
+    (b"\x01" * 32, "their diff digest is recorded, not their content"),
+    (None, "(untracked files only): nothing but their count is recorded")])
+def test_a_dirty_checkout_alert_says_what_was_recorded(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      diff_digest: bytes | None,
+                                                      alert: str) -> None:
+    """Only tracked changes have a digest; a tree dirty from untracked files alone has none."""
+    import ledger.experiment
+
+    monkeypatch.setattr(ledger.experiment, "code_version", lambda *_: {
+        "vcs": "git", "commit": "0" * 40, "dirty": True, "diff_digest": diff_digest,
+        "untracked": 3})
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("dirty", seed=1) as exp:
+            pass
+    report = report_of(url, exp.id)
+    assert [a for a in report["summary"]["alerts"] if "uncommitted" in a] == [
+        f"the code had uncommitted changes{' ' if diff_digest is None else ': '}{alert}"]
