@@ -32,7 +32,7 @@ from ledger.datasets import (Dataset, check_arrays, check_name, check_path_argum
 from ledger.digests import ZERO_DIGEST, value_digest
 from ledger.environment import code_version, environment_fingerprint
 from ledger.environment import entrypoint as detect_entrypoint
-from ledger.errors import BadInputError, StoreError
+from ledger.errors import BadInputError, LedgerError, StoreError
 from ledger.events import (AUDIT_STREAM, CHECKPOINT, COMPLETION_STATUSES, DATASET_REGISTERED,
                            EXPERIMENT_CREATED, MAIN_STREAM, METRIC, RUN_COMPLETED, USER_DRAW,
                            Event, check_experiment_id, draw_value, make_event, new_experiment_id,
@@ -324,22 +324,36 @@ class Experiment:
                 failure = failure or problem
         if failure is not None and status == "ok":
             status, error = "failed", _one_line(failure)
-        # Main's count and head come from the writer, so its buffer is written with
-        # run_completed, in the final flush (one durable commit less per run).
-        streams = {head.stream: {"count": head.count, "head": head.head}
-                   for head in self.store.stream_heads(self.id).values()
-                   if head.stream != AUDIT_STREAM}
-        streams[MAIN_STREAM] = {"count": self._writer.next_seq, "head": self._writer.head}
-        params: dict[str, Any] = {"status": status, "streams": streams}
-        if error is not None:
-            params["error"] = error
-        event = self._append(RUN_COMPLETED, params=params)
+        try:
+            # Main's count and head come from the writer, so its buffer is written with
+            # run_completed, in the final flush (one durable commit less per run).
+            streams = {head.stream: {"count": head.count, "head": head.head}
+                       for head in self.store.stream_heads(self.id).values()
+                       if head.stream != AUDIT_STREAM}
+            streams[MAIN_STREAM] = {"count": self._writer.next_seq, "head": self._writer.head}
+            params: dict[str, Any] = {"status": status, "streams": streams}
+            if error is not None:
+                params["error"] = error
+            event = self._append(RUN_COMPLETED, params=params)
+        except BaseException:
+            self._release_writer()
+            raise
         self.status = status
         self.head = event.hash
         self._writer.close()
         if failure is not None:
             raise failure
         return event
+
+    def _release_writer(self) -> None:
+        """When ``run_completed`` cannot be recorded (a failed write stopped the writer, the
+        database went away): close the main writer anyway — its thread stopped, what it can
+        still write written, its stream released — so that the run, left incomplete, can be
+        resumed, in this process too. The error that stopped the run is the one raised."""
+        try:
+            self._writer.close()
+        except LedgerError:
+            pass
 
     def suspend(self) -> None:
         """Stop recording without completing the run, so it can be resumed elsewhere.

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from ledger.errors import BadInputError, CheckFailedError
 from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EXPERIMENT_CREATED,
-                           MAIN_STREAM, METRIC, RUN_RESUMED, decode_body, draw_value)
+                           MAIN_STREAM, METRIC, RUN_COMPLETED, RUN_RESUMED, decode_body,
+                           draw_value)
 from ledger.seeds import root_seed_from_bytes
 from ledger.store import Store, StreamWriter
 from ledger.verify import verify
@@ -44,12 +45,21 @@ def resume(store: Store, exp: str, data_dir: Path | None) -> "Experiment":
     if not isinstance(params.get("root_seed"), bytes):
         raise BadInputError(f"{exp} has no recorded root seed to resume with")
     writer = StreamWriter(store, exp, MAIN_STREAM, write_behind=True)
-    experiment = Experiment(store, exp, row.name, root_seed_from_bytes(params["root_seed"]),
-                            str(params.get("root_seed_source", "user")), writer, data_dir)
-    checkpoint = _remember(store, experiment)
-    experiment.record(RUN_RESUMED, params={"after_seq": writer.next_seq - 1,
-                                           "last_checkpoint": checkpoint},
-                      meta={"pid": os.getpid(), "host": socket.gethostname()})
+    try:
+        # Checked again now that main is claimed: another process resuming the same run may
+        # have completed it since the check above, and nothing may follow run_completed.
+        if store.last_kind(exp, MAIN_STREAM) == RUN_COMPLETED:
+            raise BadInputError(f"got {exp}, which another process completed while this one "
+                                f"resumed it: only an incomplete run can be resumed")
+        experiment = Experiment(store, exp, row.name, root_seed_from_bytes(params["root_seed"]),
+                                str(params.get("root_seed_source", "user")), writer, data_dir)
+        checkpoint = _remember(store, experiment)
+        experiment.record(RUN_RESUMED, params={"after_seq": writer.next_seq - 1,
+                                               "last_checkpoint": checkpoint},
+                          meta={"pid": os.getpid(), "host": socket.gethostname()})
+    except BaseException:
+        writer.close()  # releases main: the run stays as it was
+        raise
     return experiment
 
 

@@ -9,8 +9,10 @@ insert its claim, and a writer that finds a claim without a release is refused a
 
 A holder that died without closing leaves its claim behind. A claim held by a process of this
 host that no longer exists is taken over automatically; for a holder on another machine, open with
-``take_over=True`` once you know it is gone. Even then the chain cannot fork: the unique
-(exp, stream, seq) key still refuses a second event at a taken position.
+``take_over=True`` once you know it is gone. Should it still be alive, its next batch is refused
+(:meth:`~ledger.store.Store.append_rows` checks in the batch's transaction that the writer's
+claim was not released), and the unique (exp, stream, seq) key still refuses a second event at a
+taken position: the chain cannot fork.
 """
 
 from __future__ import annotations

@@ -27,6 +27,8 @@ SQLITE_SYNCHRONOUS = "FULL"
 _SQLITE_HEADER = b"SQLite format 3\x00"
 POSTGRES_CONNECT_TIMEOUT = 10
 """Seconds to wait for a PostgreSQL server to accept a connection (a silent one would hang)."""
+_POSTGRES_CREATE_LOCK = 0x6C6564676572  # "ledger"
+"""Key of the transaction-level advisory lock under which a PostgreSQL ledger is created."""
 WRITE_OPTION = "ledger_write"
 """Execution option of connections that will write: SQLite then takes its write lock at BEGIN."""
 
@@ -215,10 +217,13 @@ def open_engine(url: str | None = None, *, create: bool = False) -> tuple[Engine
             _check_postgres_tables(engine, shown)
         stored = _stored_format(engine)
         if stored is None:
-            if not create or _has_tables(engine):
+            if not create:
                 raise StoreError(f"{shown} is not a ledger (no {meta_table.name} table)")
-            _initialise(engine, is_sqlite)
-            stored = _stored_format(engine)
+            if not _has_tables(engine):
+                _initialise(engine, is_sqlite, shown)
+            stored = _stored_format(engine)  # None: tables, but not a ledger's
+            if stored is None:
+                raise StoreError(f"{shown} is not a ledger (no {meta_table.name} table)")
         _check_format(stored or {}, shown)
     except DBAPIError as error:
         engine.dispose()
@@ -232,14 +237,27 @@ def open_engine(url: str | None = None, *, create: bool = False) -> tuple[Engine
     return engine, parsed
 
 
-def _initialise(engine: Engine, is_sqlite: bool) -> None:
+def _initialise(engine: Engine, is_sqlite: bool, shown: str) -> None:
+    """Create the schema in an empty database — once, even when several processes open it with
+    ``create=True`` at the same moment (jobs launched together on a new ledger): the schema is
+    created under SQLite's write lock (BEGIN IMMEDIATE) or a PostgreSQL advisory lock, and
+    whoever gets the lock second finds the ledger made and leaves it as it is."""
     if is_sqlite:
         raw = engine.raw_connection()
         try:
             raw.cursor().execute("PRAGMA journal_mode=WAL")
         finally:
             raw.close()
-    with engine.begin() as connection:
+    with engine.connect().execution_options(**{WRITE_OPTION: True}) as connection, \
+            connection.begin():
+        if not is_sqlite:
+            connection.exec_driver_sql("SELECT pg_advisory_xact_lock(%(key)s)",
+                                       {"key": _POSTGRES_CREATE_LOCK})
+        tables = set(inspect(connection).get_table_names())
+        if meta_table.name in tables:
+            return  # another process created the ledger meanwhile
+        if tables:
+            raise StoreError(f"{shown} is not a ledger (no {meta_table.name} table)")
         create_schema(connection)
 
 

@@ -8,6 +8,7 @@ event, and a batch of events in one transaction. It has no method that updates o
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,8 +23,8 @@ from ledger.errors import (AppendOnlyError, BadInputError, ConcurrentWriteError,
 from ledger.events import (COMPLETION_STATUSES, EXPERIMENT_CREATED, MAIN_STREAM, RUN_COMPLETED,
                            Event, check_experiment_id, decode_body, path_bytes)
 from ledger.store.connect import WRITE_OPTION, describe_url, open_engine
-from ledger.store.schema import (TRIGGER_NAMES, events_table, experiments_table, meta_table,
-                                 postgres_refusal_source)
+from ledger.store.schema import (TRIGGER_NAMES, claims_table, events_table, experiments_table,
+                                 meta_table, postgres_refusal_source)
 
 EVENT_COLUMNS = ("exp", "stream", "seq", "kind", "path", "seed", "input", "output", "prev", "hash",
                  "t", "body")
@@ -74,6 +75,8 @@ class Store:
         self.url_with_secrets = url_with_secrets or shown_url
         self._insert_sql, self._positional = _compile_event_insert(engine)
         self._streamed_sql: dict[tuple[str, ...], tuple[str, list[str] | None]] = {}
+        self._file = _sqlite_file_identity(engine)
+        """SQLite: the ledger file's absolute path, device and inode when opened (else None)."""
 
     @classmethod
     def open(cls, url: str | None = None, *, create: bool = False) -> "Store":
@@ -117,8 +120,30 @@ class Store:
     # -- writes (insert only) ------------------------------------------------------------------
 
     def write_connection(self):  # noqa: ANN201 - a SQLAlchemy Connection
-        """A connection whose transactions take the write lock at BEGIN (SQLite IMMEDIATE)."""
+        """A connection whose transactions take the write lock at BEGIN (SQLite IMMEDIATE).
+
+        Refused (StoreError) once an SQLite ledger file was deleted or replaced since it was
+        opened: see :meth:`check_file`."""
+        self.check_file()
         return self.engine.connect().execution_options(**{WRITE_OPTION: True})
+
+    def check_file(self) -> None:
+        """Raise StoreError when the SQLite file this store opened is no longer at its path.
+
+        Open connections keep writing into a deleted or replaced file (Linux keeps its inode
+        alive), so a commit would be acknowledged as durable while nothing reaches the ledger
+        that every later reader opens. Writes check before they begin and after they commit.
+        """
+        if self._file is None:
+            return
+        path, identity = self._file
+        try:
+            stat = os.stat(path)
+        except OSError:
+            stat = None
+        if stat is None or (stat.st_dev, stat.st_ino) != identity:
+            raise StoreError(f"ledger file {path} was deleted or replaced while open: nothing "
+                             f"more is written to it (events not yet flushed are not durable)")
 
     def insert_experiment(self, exp: str, name: str, first_event: Event) -> None:
         """Record a new experiment: its row and its first event, in one transaction.
@@ -145,13 +170,23 @@ class Store:
             raise ConcurrentWriteError(f"experiment {exp} already exists") from None
         except DBAPIError as error:
             raise _translate(error, f"cannot record experiment {exp}") from None
+        self.check_file()  # committed into the file still at the path, not a replaced one
 
-    def append_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Insert event rows (tuples in ROW_COLUMNS order) in one transaction: all or none."""
+    def append_rows(self, rows: Sequence[tuple[Any, ...]], *, claim_attempt: int | None = None
+                    ) -> None:
+        """Insert event rows (tuples in ROW_COLUMNS order) in one transaction: all or none.
+
+        ``claim_attempt``: the attempt number of the writer's claim on the rows' stream (see
+        :mod:`ledger.store.claims`). The batch is then refused with ConcurrentWriteError, in the
+        same transaction, once another writer took the stream over: a writer believed gone
+        cannot slip its buffered events in before the one that replaced it.
+        """
         if not rows:
             return
         try:
             with self.write_connection() as connection, connection.begin():
+                if claim_attempt is not None:
+                    self._check_still_claimed(connection, rows[0][0], rows[0][1], claim_attempt)
                 self._insert_rows(connection, rows)
         except IntegrityError:
             exp, stream, seq = rows[0][:3]
@@ -160,6 +195,21 @@ class Store:
                 f"refused rather than fork the chain") from None
         except DBAPIError as error:
             raise _translate(error, "cannot append events") from None
+        self.check_file()  # committed into the file still at the path, not a replaced one
+
+    @staticmethod
+    def _check_still_claimed(connection, exp: str, stream: str,  # noqa: ANN001
+                             attempt: int) -> None:
+        """Refuse a batch of a writer whose claim was released: it closed, or (what matters
+        here) another writer opened the stream with ``take_over=True``."""
+        released = connection.execute(
+            select(claims_table.c.writer).where(
+                claims_table.c.exp == exp, claims_table.c.stream == stream,
+                claims_table.c.attempt == attempt, claims_table.c.action == "release")).first()
+        if released is not None:
+            raise ConcurrentWriteError(
+                f"stream {stream} of {exp} was taken over by writer {released.writer}: this "
+                f"writer's events are refused rather than fork the chain")
 
     def _insert_rows(self, connection, rows: Sequence[tuple[Any, ...]]) -> None:  # noqa: ANN001
         # The driver-level executemany skips SQLAlchemy's per-row parameter processing, which
@@ -479,6 +529,21 @@ def event_row(event: Event) -> tuple[Any, ...]:
     """The row stored for an event (ROW_COLUMNS order): columns repeating the body, and the body."""
     return (event.exp, event.stream, event.seq, event.kind, path_bytes(event.path), event.seed,
             event.input, event.output, event.prev, event.hash, event.t, event.body)
+
+
+def _sqlite_file_identity(engine: Engine) -> tuple[str, tuple[int, int]] | None:
+    """An SQLite ledger file's absolute path with its (device, inode); None for in-memory
+    databases, ``file:`` URIs and PostgreSQL."""
+    database = engine.url.database or ""
+    if engine.dialect.name != "sqlite" or database in ("", ":memory:") or database.startswith(
+            "file:"):
+        return None
+    path = os.path.abspath(database)
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return path, (stat.st_dev, stat.st_ino)
 
 
 def _compile_event_insert(engine: Engine) -> tuple[str, bool]:

@@ -47,8 +47,9 @@ class StreamWriter:
     machine sharing the database — is refused at once with StreamClaimedError, naming the
     holder. Opening a writer on a stream that already holds events continues its chain from the
     stored head. ``take_over=True`` takes the claim of a holder you know is gone; should it still
-    be alive, its next flush fails with ConcurrentWriteError (the unique (exp, stream, seq) key)
-    and it refuses further appends: the chain never forks.
+    be alive, its next flush fails with ConcurrentWriteError (its claim is checked in each
+    batch's transaction, behind it the unique (exp, stream, seq) key) — even a flush before the
+    new writer's first — and it refuses further appends: the chain never forks.
 
     ``write_behind=True`` writes full batches (and interval flushes) on a background thread; see
     the module docstring. ``before_write`` is called before each batch of events is written
@@ -265,7 +266,7 @@ class StreamWriter:
     def _write(self, rows: list[tuple[Any, ...]]) -> None:
         if self.before_write is not None:
             self.before_write()
-        self.store.append_rows(rows)
+        self.store.append_rows(rows, claim_attempt=self._claim.attempt)
 
     def _check_usable(self) -> None:
         if self._closed:
@@ -301,7 +302,16 @@ class StreamWriter:
                     self._raise_failure()
         finally:
             self._closed = True
+            self._release()
+
+    def _release(self) -> None:
+        """Release the stream. For a writer already stopped by a failure this is best effort:
+        the database may be what failed, and that failure is the one its owner gets."""
+        try:
             release_stream(self.store, self._claim, self.durable_seq + 1)
+        except LedgerError:
+            if self._failure is None:
+                raise
 
     def __enter__(self) -> "StreamWriter":
         return self
