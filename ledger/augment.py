@@ -93,7 +93,7 @@ class DataAugmenter:
         for info, params in self._ops:
             result = info.function(batch, rng, **params)
             if result is not None and result is not batch:
-                result = np.asarray(result)
+                result = _op_result(info.name, result)
                 if result.shape != batch.shape or result.dtype != batch.dtype:
                     raise BadInputError(f"op {info.name!r} returned shape {result.shape} "
                                         f"{result.dtype}, but must return {batch.shape} "
@@ -134,6 +134,15 @@ class DataAugmenter:
             other._spec, other.seed)
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def _op_result(name: str, result: Any) -> np.ndarray:
+    """An op's returned value as an array, or a BadInputError naming the op (a ragged list)."""
+    try:
+        return np.asarray(result)
+    except (TypeError, ValueError) as error:
+        raise BadInputError(f"op {name!r} returned a {type(result).__name__} that is not an "
+                            f"array of one shape ({error_text(error, 120)})") from None
 
 
 def _resolve(spec: Mapping[str, Any]) -> tuple[OpInfo, dict[str, Any]]:

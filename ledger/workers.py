@@ -10,16 +10,22 @@ Only a few dozen bytes of msgpack cross the pipes per batch.
 A worker that dies or fails raises :class:`WorkerError` naming the worker and the batch; the
 main process waits on the worker's pipe and its process sentinel together, so it never hangs on
 a dead worker (``timeout`` also bounds a live worker that stops answering).
+
+Nothing but asking for a batch waits for a worker: a pass left early (``break``, an exception in
+the training loop) leaves its batches in flight, and the next pass collects them before reusing
+their slots; closing the pool stops workers still busy at once; an interrupt (Ctrl-C) while
+waiting stops the workers, and the next pass starts new ones.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import select
+import time
 import weakref
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -67,6 +73,10 @@ def check_start_method(method: str | None) -> str:
     return method
 
 
+Task = tuple[int, int, int, int]
+"""A batch asked of a worker and not yet answered: (epoch, batch, worker, slot)."""
+
+
 @dataclass
 class _Resources:
     """What a pool must release; kept apart so a finalizer can release it without the pool."""
@@ -74,25 +84,39 @@ class _Resources:
     processes: list[Any]
     connections: list[Connection]
     shared: list[SharedArray]
+    pending: deque[Task] = field(default_factory=deque)
 
     def release(self, grace: float = _STOP_GRACE) -> None:
-        """Ask every worker to stop, terminate those still alive after ``grace`` seconds, then
-        close the pipes and the shared memory."""
+        """Ask every worker to stop, terminate those still alive after ``grace`` seconds (at
+        once when batches are still in flight: a busy worker reads STOP only after them), kill
+        any that outlive SIGTERM, then close the pipes and the shared memory."""
         for connection in self.connections:
             try:
                 connection.send_bytes(pack([STOP]))
             except (OSError, ValueError):
                 pass
+        _join_all(self.processes, 0.0 if self.pending else grace)
         for process in self.processes:
-            process.join(grace)
             if process.is_alive():
                 process.terminate()
-                process.join(_STOP_GRACE)
+        _join_all(self.processes, _STOP_GRACE)
+        for process in self.processes:
+            if process.is_alive():  # a user op that catches SIGTERM
+                process.kill()
+        _join_all(self.processes, _STOP_GRACE)
         for connection in self.connections:
             connection.close()
         for shared in self.shared:
             shared.close()
         self.processes, self.connections, self.shared = [], [], []
+        self.pending.clear()
+
+
+def _join_all(processes: list[Any], seconds: float) -> None:
+    """Join every process, waiting at most ``seconds`` in all (not per process)."""
+    deadline = time.monotonic() + seconds
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
 
 
 class WorkerPool:
@@ -201,6 +225,22 @@ class WorkerPool:
         return any(fd == connection.fileno() for fd, _mask in events)
 
     def _receive(self, worker: int, epoch: int | None, batch: int | None, doing: str) -> Any:
+        """The next message of ``worker``; a WorkerError if it died, failed or timed out.
+
+        Interrupted while waiting (Ctrl-C, an exception from a signal handler), the pool stops
+        its workers before the interruption propagates: the pipe may hold half a message, and
+        a worker stuck in an op must not be waited for again by whatever runs next.
+        """
+        try:
+            return self._receive_now(worker, epoch, batch, doing)
+        except WorkerError:
+            raise
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _receive_now(self, worker: int, epoch: int | None, batch: int | None, doing: str
+                     ) -> Any:
         connection = self._resources.connections[worker]
         process = self._resources.processes[worker]
         where = doing if batch is None else f"making batch {batch} of epoch {epoch}"
@@ -229,11 +269,15 @@ class WorkerPool:
                        f"{message['error']}", message.get("traceback"))
         return message
 
-    def _fail(self, text: str, worker_traceback: str | None = None) -> None:
+    def _abandon(self) -> None:
+        """Stop the workers without waiting for their batches; the pool is unusable after."""
         self.broken = True
         self._slots_x, self._slots_y = [], []
         self._resources.release(grace=0.1)  # a broken pool is not waited for
         self._finalizer.detach()
+
+    def _fail(self, text: str, worker_traceback: str | None = None) -> None:
+        self._abandon()
         error = WorkerError(text)
         error.worker_traceback = worker_traceback  # type: ignore[attr-defined]
         raise error
@@ -242,14 +286,16 @@ class WorkerPool:
             ) -> Iterator[tuple[np.ndarray, np.ndarray | None, BatchDigests]]:
         """Yield batches ``start``..``stop - 1`` of ``epoch`` in order, as fresh arrays.
 
-        Leaving the generator early (break, exception, close) waits for the batches already
-        asked for, so the pool is ready for the next pass.
+        Leaving the generator early (break, exception, close) waits for nothing: the batches
+        already asked for stay in flight, and the next pass collects them before reusing their
+        slots (:meth:`close` stops the workers instead).
         """
         if self.broken or self._finalizer.alive is False:
             raise WorkerError("the worker pool is closed")
+        self._drain()
         connections = self._resources.connections
         workers, depth = self.num_workers, self.prefetch
-        pending: deque[tuple[int, int, int]] = deque()
+        pending = self._resources.pending
         next_batch = start
 
         def ask(batch: int) -> None:
@@ -259,33 +305,34 @@ class WorkerPool:
                 connections[worker].send_bytes(pack([TASK, epoch, batch, slot]))
             except OSError:
                 pass  # the worker is gone: waiting for this batch reports why, in batch order
-            pending.append((batch, worker, slot))
+            pending.append((epoch, batch, worker, slot))
 
-        try:
-            while next_batch < stop and next_batch - start < workers * depth:
+        while next_batch < stop and next_batch - start < workers * depth:
+            ask(next_batch)
+            next_batch += 1
+        while pending:
+            _epoch, batch, worker, slot = pending[0]
+            message = self._receive(worker, epoch, batch, "")
+            pending.popleft()  # only once answered: an interrupted wait leaves it in flight
+            got_epoch, got_batch, got_slot, rows, indices, output, seed = message
+            if (got_epoch, got_batch, got_slot) != (epoch, batch, slot):
+                self._fail(f"worker {worker} answered batch {got_batch} of epoch {got_epoch} "
+                           f"when batch {batch} of epoch {epoch} was due")
+            x = self._slots_x[worker][slot, :rows].copy()
+            slots_y = self._slots_y[worker]
+            y = None if slots_y is None else slots_y[slot, :rows].copy()
+            if next_batch < stop:
                 ask(next_batch)
                 next_batch += 1
-            while pending:
-                batch, worker, slot = pending.popleft()
-                message = self._receive(worker, epoch, batch, "")
-                got_epoch, got_batch, got_slot, rows, indices, output, seed = message
-                if (got_epoch, got_batch, got_slot) != (epoch, batch, slot):
-                    self._fail(f"worker {worker} answered batch {got_batch} of epoch {got_epoch} "
-                               f"when batch {batch} of epoch {epoch} was due")
-                x = self._slots_x[worker][slot, :rows].copy()
-                slots_y = self._slots_y[worker]
-                y = None if slots_y is None else slots_y[slot, :rows].copy()
-                if next_batch < stop:
-                    ask(next_batch)
-                    next_batch += 1
-                yield x, y, BatchDigests(rows, indices, output, seed)
-        finally:
-            self._drain(pending, epoch)
+            yield x, y, BatchDigests(rows, indices, output, seed)
 
-    def _drain(self, pending: deque[tuple[int, int, int]], epoch: int) -> None:
-        while pending and not self.broken and self._finalizer.alive:
-            batch, worker, _slot = pending.popleft()
+    def _drain(self) -> None:
+        """Collect the answers of a pass left early: their slots are about to be reused."""
+        pending = self._resources.pending
+        while pending and not self.broken:
+            epoch, batch, worker, _slot = pending[0]
             self._receive(worker, epoch, batch, "")
+            pending.popleft()
 
     def close(self) -> None:
         """Stop the workers and release the shared memory. Safe to call twice."""

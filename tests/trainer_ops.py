@@ -42,3 +42,22 @@ def fail_in_worker(batch: np.ndarray, rng: np.random.Generator, *, parent: int =
     if how == "hang":
         time.sleep(60)
     raise ValueError(f"op failed on call {_calls['count']}")
+
+
+@register_op("test_hold_while_file", version=1)
+def hold_while_file(batch: np.ndarray, rng: np.random.Generator, *, path: str = "",
+                    from_sample: int = 0, seconds: float = 60.0) -> None:
+    """Wait while the file ``path`` exists, if ``batch[0, 0] >= from_sample`` (with
+    ``indexed_data`` unshuffled: from that sample's batch on), so a test can hold a worker
+    inside an op and let it go; held beyond ``seconds``, raise (a waiting test fails, not hangs)."""
+    deadline = time.monotonic() + seconds
+    while path and batch[0, 0] >= from_sample and os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"held by {path} for {seconds} s")
+        time.sleep(0.01)
+
+
+@register_op("test_return_ragged", version=1)
+def return_ragged(batch: np.ndarray, rng: np.random.Generator) -> list:
+    """Return a ragged list instead of the batch: an op breaking its contract."""
+    return [[0.0], [0.0, 1.0]]

@@ -1,0 +1,353 @@
+"""Worker processes used the hard way: a training loop that raises or is interrupted while a
+worker is busy, passes left early, ops that break their contract, odd datasets, two iterators
+at once — each ends in a clear error or the same batches as ``num_workers=0``, with no worker
+left running and no shared memory left behind."""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ledger import (BadInputError, DataAugmenter, ExperimentManager, TrainingDataIterator,
+                    WorkerError, register_op)
+from ledger.experiment_info import describe_experiment
+from ledger.verify import verify as verify_ledger
+from trainer_helpers import indexed_data, noisy_data, same_batches
+
+import trainer_ops  # noqa: F401 - registers the test ops (workers import it by name)
+
+METHODS = ("fork", "spawn", "forkserver")
+
+
+def held_augmenter(flag: Path, from_sample: int) -> DataAugmenter:
+    """An op holding, while ``flag`` exists, every batch from ``from_sample`` on (unshuffled
+    ``indexed_data``), then one that adds a drawn offset (trainer_ops)."""
+    return DataAugmenter(ops=[{"op": "test_hold_while_file", "path": str(flag),
+                               "from_sample": from_sample}, {"op": "test_offset"}])
+
+
+def pairs(batches: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The rest of one pass, as (x, y) copies."""
+    return [(x.copy(), y.copy()) for x, y in batches]
+
+
+def pool_resources(batches: TrainingDataIterator) -> tuple[list[Any], list[str]]:
+    """The worker processes of an iterator's pool and the names of its shared-memory blocks."""
+    resources = batches._pool._resources
+    return list(resources.processes), [s.descriptor()["name"] for s in resources.shared]
+
+
+def assert_released(processes: list[Any], names: list[str]) -> None:
+    """No worker of the list is alive and no block name is left in /dev/shm."""
+    assert [p.pid for p in processes if p.is_alive()] == []
+    assert [name for name in names if Path("/dev/shm", name.lstrip("/")).exists()] == []
+
+
+@pytest.fixture
+def alarm() -> Iterator[Any]:
+    """``alarm(seconds)`` raises KeyboardInterrupt in the main thread after ``seconds``, as
+    Ctrl-C would; the previous SIGALRM handler is restored afterwards."""
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    yield lambda seconds: signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+# -- nothing waits for a busy worker but a request for a batch -------------------------------------
+
+@pytest.mark.parametrize("timeout", [None, 30.0])
+def test_an_exception_in_the_training_loop_is_not_replaced_by_a_wait_for_busy_workers(
+        tmp_path: Path, timeout: float | None) -> None:
+    """Leaving the ``with`` block closes the iterator while workers are held inside an op: the
+    user's exception must propagate at once, not after the batches in flight (a hang for a stuck
+    op) nor as a WorkerError about the wait (before: close() drained those batches)."""
+    flag = tmp_path / "hold"
+    flag.touch()
+    with pytest.raises(ValueError, match="loss is nan"):
+        with TrainingDataIterator(indexed_data(64), 4, seed=1, shuffle=False, num_workers=2,
+                                  start_method="fork", timeout=timeout,
+                                  augmenter=held_augmenter(flag, from_sample=8)) as batches:
+            for index, _batch in enumerate(batches):
+                if index == 0:
+                    processes, names = pool_resources(batches)
+                if index == 1:  # batches 2, 3, ... are held
+                    raise ValueError("loss is nan")
+    assert_released(processes, names)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_ctrl_c_while_a_worker_is_busy_stops_the_workers_and_the_next_pass_goes_on(
+        tmp_path: Path, alarm: Any, method: str) -> None:
+    """KeyboardInterrupt while waiting for a held batch propagates at once (before: the pass's
+    clean-up waited for every batch in flight, so Ctrl-C hung on a stuck op); the workers are
+    stopped, and the next pass starts new ones and hands out exactly the missing batches."""
+    data = indexed_data(48)
+    flag = tmp_path / "hold"
+    augmenter = held_augmenter(flag, from_sample=8)
+    with TrainingDataIterator(data, 4, seed=1, shuffle=False, augmenter=augmenter) as main:
+        expected = pairs(main)
+    flag.touch()
+    got: list[tuple[np.ndarray, np.ndarray]] = []
+    with TrainingDataIterator(data, 4, seed=1, shuffle=False, num_workers=2,
+                              start_method=method, augmenter=augmenter) as batches:
+        iterator = iter(batches)
+        got.extend(pairs([next(iterator), next(iterator)]))
+        processes, names = pool_resources(batches)
+        alarm(0.5)  # batch 2 is held: the wait for it is interrupted
+        with pytest.raises(KeyboardInterrupt):
+            next(iterator)
+        assert_released(processes, names)
+        assert batches.batch == 2
+        flag.unlink()
+        got.extend(pairs(batches))
+    assert same_batches(got, expected)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(("workers", "prefetch"), [(1, 1), (2, 3)])
+def test_a_pass_left_early_continues_with_the_same_batches(method: str, workers: int,
+                                                            prefetch: int) -> None:
+    """break mid-epoch, then continue, reset() and restore a state: the batches left in flight
+    are collected by the next pass before their slots are reused, never handed out twice."""
+    data = noisy_data(rows=90)
+    augmenter = DataAugmenter(noise_std=0.3, mask_prob=0.2, ops=[{"op": "test_offset"}])
+    with TrainingDataIterator(data, 4, seed=8, augmenter=augmenter) as main:
+        expected = pairs(main) + pairs(main) + pairs(main)
+    got: list[tuple[np.ndarray, np.ndarray]] = []
+    with TrainingDataIterator(data, 4, seed=8, augmenter=augmenter, num_workers=workers,
+                              start_method=method, prefetch=prefetch) as batches:
+        for x, y in batches:
+            got.append((x.copy(), y.copy()))
+            if len(got) == 5:
+                break
+        got.extend(pairs(batches))                   # the rest of epoch 0
+        for x, y in batches:
+            got.append((x.copy(), y.copy()))
+            if len(got) == len(batches) + 3:
+                break
+        state = batches.state_dict()
+        batches.reset()                              # epoch 2 starts: one batch, left
+        next(iter(batches))
+        batches.load_state_dict(state)               # back to epoch 1, batch 3
+        got.extend(pairs(batches))
+        got.extend(pairs(batches))
+    assert same_batches(got, expected)
+
+
+def test_garbage_collecting_an_iterator_left_mid_pass_stops_its_workers(tmp_path: Path) -> None:
+    """An iterator never closed, dropped while its workers are held inside an op: collecting
+    it stops the workers and leaves no shared memory behind."""
+    flag = tmp_path / "hold"
+    flag.touch()
+    batches = TrainingDataIterator(indexed_data(64), 4, seed=1, shuffle=False, num_workers=2,
+                                   start_method="fork", augmenter=held_augmenter(flag, 4))
+    iterator = iter(batches)
+    next(iterator)
+    processes, names = pool_resources(batches)
+    del batches, iterator
+    gc.collect()
+    assert_released(processes, names)
+
+
+# -- ops that break their contract -------------------------------------------------------------------
+
+def test_an_op_returning_a_ragged_list_is_named_in_the_main_process() -> None:
+    """Before: numpy's ValueError about inhomogeneous shapes, naming neither op nor batch."""
+    augmenter = DataAugmenter(ops=[{"op": "test_return_ragged"}])
+    with TrainingDataIterator(noisy_data(rows=8), 4, seed=1, augmenter=augmenter) as batches:
+        with pytest.raises(BadInputError, match=r"op 'test_return_ragged' returned a list that "
+                                                r"is not an array of one shape"):
+            list(batches)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_an_op_returning_a_ragged_list_in_a_worker_names_worker_batch_and_op(
+        method: str) -> None:
+    augmenter = DataAugmenter(ops=[{"op": "test_return_ragged"}])
+    with TrainingDataIterator(noisy_data(rows=8), 4, seed=1, augmenter=augmenter,
+                              num_workers=1, start_method=method) as batches:
+        with pytest.raises(WorkerError, match=r"worker 0 \(pid \d+\) failed while making batch 0 "
+                                              r"of epoch 0: BadInputError: op "
+                                              r"'test_return_ragged' returned a list"):
+            list(batches)
+        processes = list(batches._pool._resources.processes) if batches._pool else []
+    assert [p for p in processes if p.is_alive()] == []
+
+
+def test_an_op_only_the_main_process_knows_fails_the_start_and_releases_everything() -> None:
+    """An op registered inside a function is unknown to a spawned worker, which imports only
+    the op's module: the start fails with WorkerError, and no worker or block is left."""
+    @register_op("test_hostile_local_op", version=1)
+    def local_op(batch: np.ndarray, rng: np.random.Generator) -> None:
+        """Registered at call time only."""
+
+    before = {p.pid for p in multiprocessing.active_children()}
+    shm_before = set(os.listdir("/dev/shm"))
+    augmenter = DataAugmenter(ops=[{"op": "test_hostile_local_op"}])
+    with TrainingDataIterator(noisy_data(rows=8), 4, seed=1, augmenter=augmenter,
+                              num_workers=2, start_method="spawn") as batches:
+        with pytest.raises(WorkerError, match=r"worker \d \(pid \d+\) failed while starting: "
+                                              r".*test_hostile_local_op"):
+            list(batches)
+    assert {p.pid for p in multiprocessing.active_children()} <= before
+    assert not {name for name in set(os.listdir("/dev/shm")) - shm_before
+                if name.startswith("psm_")}
+
+
+def test_a_worker_failure_leaves_a_failed_run_that_verifies(tmp_path: Path) -> None:
+    """The recorded events up to the failure stay a valid chain; the run is marked failed."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    augmenter = DataAugmenter(noise_std=0.1, ops=[{"op": "test_fail_in_worker",
+                                                   "parent": os.getpid(), "on_call": 3}])
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with pytest.raises(WorkerError, match="failed while making batch 4 of epoch 0"):
+            with manager.create_experiment("w", seed=2) as exp:
+                data = exp.register_dataset("d", *noisy_data(rows=64))
+                with TrainingDataIterator(data, 4, experiment=exp, augmenter=augmenter,
+                                          num_workers=2, start_method="fork") as batches:
+                    list(batches)
+        assert describe_experiment(manager.store, exp.id).status == "failed"
+        assert verify_ledger(manager.store).ok
+
+
+# -- odd datasets and iterators: the batches of num_workers=0 -------------------------------------
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
+
+
+def _memory_mapped(path: Path, array: np.ndarray) -> np.ndarray:
+    mapped = np.memmap(path, dtype=array.dtype, mode="w+", shape=array.shape)
+    mapped[:] = array
+    mapped.flush()
+    return np.memmap(path, dtype=array.dtype, mode="r", shape=array.shape)
+
+
+def odd_dataset(kind: str, tmp_path: Path) -> tuple[Any, int, bool]:
+    """(data, batch_size, augment) of an unusual but valid input."""
+    rng = np.random.default_rng(5)
+    floats = rng.standard_normal((9, 6))
+    index = np.arange(9)
+    return {
+        "fewer samples than workers x batch": ((floats[:3].astype(np.float32), index[:3]), 2,
+                                               True),
+        "one sample": ((floats[:1].astype(np.float32), index[:1]), 5, True),
+        "batch larger than the dataset": ((floats.astype(np.float32), index), 100, True),
+        "fortran-ordered": ((np.asfortranarray(floats.astype(np.float32)), index), 2, True),
+        "non-contiguous view": ((floats.astype(np.float32)[::-1, ::2], index), 4, True),
+        "read-only, no labels": (_read_only(floats.astype(np.float32)), 4, True),
+        "memory-mapped float64": ((_memory_mapped(tmp_path / "m.dat", floats), index), 4, True),
+        "float64 3-d, 2-d labels": ((floats.reshape(9, 3, 2), floats[:, :2]), 2, True),
+        "big-endian float64": ((floats.astype(">f8"), index), 4, True),
+        "int16 features": (((floats * 100).astype(np.int16), index), 3, False),
+        "bool features": ((floats > 0, index), 3, False),
+    }[kind]
+
+
+def all_batches(data: Any, batch_size: int, augment: bool, workers: int = 0,
+                method: str | None = None, epochs: int = 2) -> list[tuple[np.ndarray, ...]]:
+    """``epochs`` passes, each batch as a tuple of arrays (x alone without labels)."""
+    augmenter = DataAugmenter(noise_std=0.3, mask_prob=0.2, scale_jitter=0.1,
+                              ops=[{"op": "test_offset"}]) if augment else None
+    with TrainingDataIterator(data, batch_size, seed=9, augmenter=augmenter,
+                              num_workers=workers, start_method=method) as batches:
+        return [tuple(np.copy(a) for a in (b if isinstance(b, tuple) else (b,)))
+                for _ in range(epochs) for b in batches]
+
+
+def identical(a: list[tuple[np.ndarray, ...]], b: list[tuple[np.ndarray, ...]]) -> bool:
+    """Same batches: count, dtypes, shapes and bytes."""
+    return len(a) == len(b) and all(
+        len(p) == len(q) and all(x.dtype == y.dtype and x.shape == y.shape
+                                 and x.tobytes() == y.tobytes() for x, y in zip(p, q))
+        for p, q in zip(a, b))
+
+
+ODD_KINDS = ["fewer samples than workers x batch", "one sample", "batch larger than the dataset",
+             "fortran-ordered", "non-contiguous view", "read-only, no labels",
+             "memory-mapped float64", "float64 3-d, 2-d labels", "big-endian float64",
+             "int16 features", "bool features"]
+
+
+@pytest.mark.parametrize("kind", ODD_KINDS)
+def test_odd_datasets_give_the_same_batches_with_any_number_of_forked_workers(
+        kind: str, tmp_path: Path) -> None:
+    data, batch_size, augment = odd_dataset(kind, tmp_path)
+    expected = all_batches(data, batch_size, augment)
+    assert expected
+    for workers in (1, 2, 4):
+        assert identical(all_batches(data, batch_size, augment, workers, "fork"), expected)
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_odd_datasets_give_the_same_batches_with_every_start_method(method: str,
+                                                                   tmp_path: Path) -> None:
+    for kind in ("fewer samples than workers x batch", "fortran-ordered",
+                 "memory-mapped float64", "int16 features"):
+        data, batch_size, augment = odd_dataset(kind, tmp_path)
+        expected = all_batches(data, batch_size, augment)
+        assert identical(all_batches(data, batch_size, augment, 2, method), expected), kind
+
+
+def test_a_dataset_that_drop_last_would_empty_is_refused_before_any_worker_starts() -> None:
+    before = {p.pid for p in multiprocessing.active_children()}
+    with pytest.raises(BadInputError, match="every epoch would be empty"):
+        TrainingDataIterator(noisy_data(rows=3), 4, seed=1, drop_last=True, num_workers=2)
+    assert {p.pid for p in multiprocessing.active_children()} <= before
+
+
+def test_two_iterators_with_workers_interleaved_each_give_their_own_batches() -> None:
+    data_a, data_b = indexed_data(40), noisy_data(rows=50)
+    augmenter = DataAugmenter(noise_std=0.1)
+    with TrainingDataIterator(data_a, 4, seed=1) as main_a:
+        expected_a = pairs(main_a)
+    with TrainingDataIterator(data_b, 3, seed=2, augmenter=augmenter) as main_b:
+        expected_b = pairs(main_b)
+    with TrainingDataIterator(data_a, 4, seed=1, num_workers=1, start_method="fork") as a, \
+            TrainingDataIterator(data_b, 3, seed=2, augmenter=augmenter, num_workers=2,
+                                 start_method="forkserver") as b:
+        got_a, got_b = [], []
+        for batch_a, batch_b in zip(a, b):
+            got_a.append((batch_a[0].copy(), batch_a[1].copy()))
+            got_b.append((batch_b[0].copy(), batch_b[1].copy()))
+        got_b.extend(pairs(b))
+        assert set(a.worker_pids).isdisjoint(b.worker_pids)
+    assert same_batches(got_a, expected_a) and same_batches(got_b, expected_b)
+
+
+@pytest.mark.parametrize(("saved_with", "loaded_with"), [((2, "spawn"), (1, "forkserver")),
+                                                         ((1, "forkserver"), (0, None)),
+                                                         ((0, None), (2, "spawn"))])
+def test_a_state_saved_mid_epoch_resumes_bit_identically_under_other_workers(
+        saved_with: tuple[int, str | None], loaded_with: tuple[int, str | None]) -> None:
+    data = noisy_data(rows=70)
+    augmenter = DataAugmenter(noise_std=0.2, scale_jitter=0.1, ops=[{"op": "test_offset"}])
+    with TrainingDataIterator(data, 8, seed=4, augmenter=augmenter) as main:
+        expected = pairs(main) + pairs(main)
+    workers, method = saved_with
+    with TrainingDataIterator(data, 8, seed=4, augmenter=augmenter, num_workers=workers,
+                              start_method=method) as first:
+        got = []
+        for x, y in first:
+            got.append((x.copy(), y.copy()))
+            if len(got) == 3:
+                break
+        state = first.state_dict()
+    workers, method = loaded_with
+    with TrainingDataIterator(data, 8, seed=4, augmenter=augmenter, num_workers=workers,
+                              start_method=method) as second:
+        second.load_state_dict(state)
+        got += pairs(second) + pairs(second)
+    assert same_batches(got, expected)
