@@ -57,8 +57,8 @@ def test_a_ledger_naming_a_module_imports_nothing_and_exits_3(
         copy_run(source, exp, target, change)
     assert run_cli("--db", forged, "verify", exp).returncode == 0  # consistent forgery
     env = {"PYTHONPATH": os.pathsep.join([str(evil_folder), os.environ.get("PYTHONPATH", "")])}
-    result = run_cli("--db", forged, "replay", exp, *(["--full"] if full else []),
-                     "--data-dir", str(tmp_path / "data"), env=env)
+    options = ["--full"] if full else ["--data-dir", str(tmp_path / "data")]
+    result = run_cli("--db", forged, "replay", exp, *options, env=env)
     assert result.returncode == 3, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
