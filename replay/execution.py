@@ -19,6 +19,7 @@ from __future__ import annotations
 import builtins
 import gc
 import multiprocessing
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -135,6 +136,17 @@ def _worker_main(connection: Connection, job: _Job | None) -> None:
     connection.send_bytes(msgpack.packb({"mismatches": mismatches, "failure": sent},
                                         use_bin_type=True))
     connection.close()
+    # Its outcome is sent and it holds nothing else: skip interpreter teardown, which the
+    # main process would otherwise wait out in join (milliseconds of a replay's wall time).
+    os._exit(0)
+
+
+def _reap_later(process: multiprocessing.process.BaseProcess) -> None:
+    """Reap a worker that sent its outcome if it has exited, else leave it to multiprocessing
+    (which reaps finished children whenever it starts another, and at exit): its exit — the
+    kernel freeing a forked copy of this process's memory — takes milliseconds the replay need
+    not wait for. No thread waits for it: a live thread would make later forks unsafe."""
+    process.join(0)
 
 
 def _rebuilt(name: str, message: str) -> Exception:
@@ -154,7 +166,8 @@ class DrawExecution:
     """Re-executes ``bodies`` with the calling process and ``jobs - 1`` workers (see module doc).
 
     Use as a context manager: entering starts the workers (before the caller starts any thread,
-    so that they can be forked); leaving stops and reaps them, whatever happened.
+    so that they can be forked); leaving stops and reaps them, whatever happened — except a
+    worker that sent its outcome, which exits on its own and is not waited for.
     """
 
     def __init__(self, context: ReplayContext, bodies: Sequence[bytes], jobs: int,
@@ -167,6 +180,8 @@ class DrawExecution:
         workers = max(0, min(jobs - 1, (len(bodies) - 1) // self.claims.chunk))
         self._job = _Job(context, bodies, self.claims, tuple(trusted), method != "fork")
         self._workers: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
+        self._answered: set[int] = set()
+        """Workers whose outcome :meth:`run` received (in worker order)."""
         self._count = workers
 
     def __enter__(self) -> "DrawExecution":
@@ -188,15 +203,19 @@ class DrawExecution:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.claims.stop_at(0)
-        for process, receiver in self._workers:
+        for index, (process, receiver) in enumerate(self._workers):
+            receiver.close()
+            if exc_type is None and index in self._answered:
+                _reap_later(process)  # it sent its outcome and exits on its own
+                continue
             if exc_type is not None:  # its outcome is not wanted: it may be blocked sending it
                 process.terminate()
             process.join(JOIN_SECONDS)
             if process.is_alive():
                 process.terminate()
                 process.join()
-            receiver.close()
         self._workers.clear()
+        self._answered.clear()
 
     def stop(self) -> None:
         """Hand out no more draws (the outcome is already decided, e.g. a dataset changed)."""
@@ -208,17 +227,18 @@ class DrawExecution:
         mismatches, failure = run_share(self.context, self.bodies, self.claims.from_front,
                                         self.claims, on_chunk)
         failures: list[Failure] = [] if failure is None else [failure]
-        for process, receiver in self._workers:
+        for index, (process, receiver) in enumerate(self._workers):
             try:
                 message = msgpack.unpackb(receiver.recv_bytes(), raw=False)
             except EOFError:
                 process.join(JOIN_SECONDS)
                 raise CannotReplayError(f"a replay worker process died (exit code "
                                         f"{process.exitcode})") from None
+            self._answered.add(index)
             mismatches.extend(tuple(row) for row in message["mismatches"])
             if message["failure"] is not None:
-                index, name, text = message["failure"]
-                failures.append((index, _rebuilt(name, text)))
+                draw, name, text = message["failure"]
+                failures.append((draw, _rebuilt(name, text)))
         if failures:
             raise min(failures, key=lambda failure: failure[0])[1]
         mismatches.sort()
