@@ -311,7 +311,12 @@ class Experiment:
         self._iterators.add(iterator)
 
     def close(self, status: str = "ok", error: str | None = None) -> Event:
-        """Record ``run_completed`` and flush. Called by ``with``; returns the head event."""
+        """Record ``run_completed`` and flush. Called by ``with``; returns the head event.
+
+        When it cannot be recorded durably (a failed write, a lost database), the error is
+        raised, :attr:`status` is ``"incomplete"`` and the main stream is released, so that the
+        run — incomplete in the ledger — can be resumed.
+        """
         if status not in COMPLETION_STATUSES:
             raise BadInputError(f"got status {status!r}, but must be 'ok' or 'failed'")
         if self.closed:
@@ -335,12 +340,13 @@ class Experiment:
             if error is not None:
                 params["error"] = error
             event = self._append(RUN_COMPLETED, params=params)
+            self._writer.close()  # the final flush: run_completed is durable only after it
         except BaseException:
             self._release_writer()
+            self.status = "incomplete"  # no run_completed in the ledger: it can be resumed
             raise
         self.status = status
         self.head = event.hash
-        self._writer.close()
         if failure is not None:
             raise failure
         return event

@@ -385,3 +385,28 @@ def test_a_concurrent_write_error_names_the_stream(store: Store) -> None:
                                                    rf"over by writer [0-9a-f]{{32}}: "):
         first.flush()
     first.close()
+
+
+def test_a_final_flush_that_fails_leaves_the_experiment_incomplete_not_ok(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """close() buffers run_completed and then flushes; when that flush fails, the object must
+    not claim status 'ok' and a head the ledger does not hold: it says 'incomplete', and the
+    run resumes in the same process."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        exp = manager.create_experiment("final-flush", seed=5)
+        exp.log_metric("loss", 0.5, epoch=0)
+
+        def refuse(*_args: object, **_kwargs: object) -> None:
+            raise StoreError("disk full (simulated)")
+
+        monkeypatch.setattr(manager.store, "append_rows", refuse)
+        with pytest.raises(StoreError, match="simulated"):
+            exp.close()
+        monkeypatch.undo()
+        assert exp.status == "incomplete" and exp.head is None and exp.closed
+        assert manager.store.experiment(exp.id).status == "incomplete"
+        with manager.resume_experiment(exp.id) as resumed:
+            resumed.log_metric("loss", 0.4, epoch=1)
+        assert manager.store.experiment(exp.id).status == "ok"
+        assert verify(manager.store, exp.id).ok
