@@ -180,8 +180,7 @@ def _alerts(facts: RunFacts, sections: dict[str, Any], verified: VerifyReport) -
     if replay["verdict"] == PASSED and replay["head_is_current"] is False:
         alerts.append("the recorded replay certified another head than the run's current head")
     if replay["environment_differences"]:
-        alerts.append(f"the replay environment differs from the recorded one in "
-                      f"{len(replay['environment_differences'])} version(s)")
+        alerts.append(_environment_alert(replay["environment_differences"]))
     if sections["R5"]["independence"]["status"] == "failed":
         alerts.append("DATA OVERLAP: records of a test dataset also occur in a training dataset")
     for control in sections["R9"]["append_only_controls"]:
@@ -197,6 +196,19 @@ def _alerts(facts: RunFacts, sections: dict[str, Any], verified: VerifyReport) -
     if not sections["R7"]["scheme_known"]:
         alerts.append(f"unknown seed derivation scheme {sections['R7']['scheme']!r}")
     return alerts
+
+
+def _environment_alert(differences: list[Any]) -> str:
+    """Which library versions or thread counts the replay ran with, against the recorded ones
+    (the first three, by key): a count alone would not tell a numpy upgrade from a thread
+    setting."""
+    shown = []
+    for entry in differences[:3]:
+        if isinstance(entry, dict):
+            shown.append(f"{entry.get('key')} {entry.get('recorded')} recorded, "
+                         f"{entry.get('current')} at replay")
+    more = f" and {len(differences) - 3} more" if len(differences) > 3 else ""
+    return (f"the replay environment differs from the recorded one: {'; '.join(shown)}{more}")
 
 
 def _uncommitted_alert(code: dict[str, Any]) -> str:

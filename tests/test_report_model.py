@@ -326,3 +326,23 @@ def test_a_dirty_checkout_alert_says_what_was_recorded(tmp_path: Path,
     report = report_of(url, exp.id)
     assert [a for a in report["summary"]["alerts"] if "uncommitted" in a] == [
         f"the code had uncommitted changes{' ' if diff_digest is None else ': '}{alert}"]
+
+
+def test_the_environment_alert_names_what_differed_at_replay(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not "differs in 1 version(s)": which package or thread count, recorded and at replay."""
+    import ledger.experiment
+    from ledger.environment import environment_fingerprint
+
+    recorded = environment_fingerprint()
+    recorded["packages"] = {**recorded["packages"], "numpy": "1.26.0"}
+    monkeypatch.setattr(ledger.experiment, "environment_fingerprint", lambda: recorded)
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    exp = record_run(url, tmp_path / "data")
+    monkeypatch.undo()
+    with Store.open(url) as store:
+        record_replay(store, replay_run(store, exp, data_dir=tmp_path / "data"))
+    alerts = report_of(url, exp)["summary"]["alerts"]
+    assert [alert for alert in alerts if "replay environment" in alert] == [
+        f"the replay environment differs from the recorded one: packages.numpy 1.26.0 "
+        f"recorded, {np.__version__} at replay"]
