@@ -59,6 +59,7 @@ class _GuardedStdout:
         self._wrapped = wrapped
 
     def write(self, text: str) -> int:
+        """Write all of ``text`` (encoded as the stream would) or raise ReaderGone."""
         try:
             self._wrapped.flush()
             data = memoryview(text.encode(self._wrapped.encoding, self._wrapped.errors))
@@ -69,6 +70,7 @@ class _GuardedStdout:
         return len(text)
 
     def flush(self) -> None:
+        """Flush both layers down to the file, or raise ReaderGone."""
         try:
             self._wrapped.flush()
             self._wrapped.buffer.flush()

@@ -9,7 +9,7 @@ from cli.main import cli
 from cli.output import emit_json, iso_time, json_option
 from ledger.errors import BadInputError, CheckFailedError
 from ledger.store import Store
-from replay.engine import record_replay, replay_run
+from replay.engine import ReplayReport, record_replay, replay_run
 from replay.full import replay_full
 
 
@@ -108,7 +108,7 @@ def _full(url: str | None, exp: str, trusted: tuple[str, ...], as_json: bool) ->
         raise click.exceptions.Exit(CheckFailedError.exit_code)
 
 
-def _print(report) -> None:  # noqa: ANN001
+def _print(report: ReplayReport) -> None:
     head = report.head.hex() if report.head else "none (run incomplete)"
     if report.certified:
         click.echo(f"CERTIFIED: {report.exp} reproduces draw for draw")
