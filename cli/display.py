@@ -4,14 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ledger.json_view import json_view
 from ledger.text import escape_unprintable
-
-
-def jsonable(value: Any) -> Any:
-    """A copy of ``value`` that strict JSON can hold: :func:`ledger.json_view.json_view`, the
-    one view every command, diff and report shows (bytes as hex, ``"NaN"``, nesting cut)."""
-    return json_view(value)
 
 
 def short(digest: bytes | str | None, width: int = 16) -> str:

@@ -42,6 +42,7 @@ BROKEN_PIPE_EXIT = 141
 """Exit code when the reader of stdout closed it early: 128 + SIGPIPE, as a shell reports a
 command that SIGPIPE stopped — apart from 1, which says a check failed."""
 
+
 class ReaderGone(Exception):
     """The reader of stdout closed it early. Not an OSError, so that click does not turn it
     into exit 0 — which after a failed check would read as success."""

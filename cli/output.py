@@ -9,16 +9,17 @@ from typing import Any
 
 import click
 
-from cli.display import jsonable
+from ledger.json_view import json_view
 
 
 def emit_json(document: Any) -> None:
     """Print exactly one JSON document on stdout (keys sorted, so output is stable).
 
-    Every value goes through :func:`cli.display.jsonable`, so no command can print a ``NaN``
-    literal — valid to Python's parser, an error to every strict one.
+    Every value goes through :func:`ledger.json_view.json_view` here (callers need not), so no
+    command can print a ``NaN`` literal — valid to Python's parser, an error to every strict
+    one.
     """
-    click.echo(json.dumps(jsonable(document), indent=2, sort_keys=True, ensure_ascii=False,
+    click.echo(json.dumps(json_view(document), indent=2, sort_keys=True, ensure_ascii=False,
                           allow_nan=False))
 
 

@@ -16,8 +16,8 @@ import numpy as np
 
 from ledger.augment_ops import OpInfo, lookup_op, register_op, registered_ops
 from ledger.errors import BadInputError
-from ledger.text import error_text
 from ledger.seeds import check_root_seed, generator
+from ledger.text import error_text
 
 __all__ = ["DataAugmenter", "augment_path", "register_op", "registered_ops"]
 

@@ -208,7 +208,7 @@ def _environment_alert(differences: list[Any]) -> str:
             shown.append(f"{entry.get('key')} {entry.get('recorded')} recorded, "
                          f"{entry.get('current')} at replay")
     more = f" and {len(differences) - 3} more" if len(differences) > 3 else ""
-    return (f"the replay environment differs from the recorded one: {'; '.join(shown)}{more}")
+    return f"the replay environment differs from the recorded one: {'; '.join(shown)}{more}"
 
 
 def _uncommitted_alert(code: dict[str, Any]) -> str:

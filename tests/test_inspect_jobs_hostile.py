@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from cli.display import jsonable
+from ledger.json_view import json_view as jsonable
 from conftest import run_cli
 from forgery import copy_run
 from ledger.errors import BadInputError, CannotReplayError, CheckFailedError

@@ -42,9 +42,9 @@ def demo_command(obj: dict, seed: int, workers: int, epochs: int, inject_nondete
                    f"val AUC {auc:.4f}", err=as_json)
 
     if not as_json:
-        click.echo(f"training fraud-detection-v3 twice: seed {seed}, {_count(workers, 'worker')}, "
-                   f"{_count(epochs, 'epoch')}" + (", nondeterminism injected" if inject_nondeterminism
-                                         else ""))
+        injected = ", nondeterminism injected" if inject_nondeterminism else ""
+        click.echo(f"training fraud-detection-v3 twice: seed {seed}, "
+                   f"{_count(workers, 'worker')}, {_count(epochs, 'epoch')}{injected}")
     result = run_demo(obj["db_url"], data_dir=data_dir, seed=seed, workers=workers, epochs=epochs,
                       inject_nondeterminism=inject_nondeterminism, on_epoch=progress)
     if as_json:

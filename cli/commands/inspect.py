@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from cli.display import jsonable, printable, short
+from cli.display import printable, short
 from cli.main import cli
 from cli.output import emit_json, iso_time, json_option
 from ledger.experiment_info import describe_experiment
+from ledger.json_view import json_view
 from ledger.store import Store
 
 
@@ -19,9 +20,9 @@ def list_command(obj: dict, as_json: bool) -> None:
     with Store.open(obj["db_url"]) as store:
         rows = store.experiments()
     if as_json:
-        emit_json(jsonable({"experiments": [{"exp": row.exp, "name": row.name,
-                                             "created": iso_time(row.created_t),
-                                             "status": row.status} for row in rows]}))
+        emit_json({"experiments": [{"exp": row.exp, "name": row.name,
+                                    "created": iso_time(row.created_t), "status": row.status}
+                                   for row in rows]})
         return
     if not rows:
         click.echo("no experiments")
@@ -41,7 +42,7 @@ def show_command(obj: dict, exp: str, as_json: bool) -> None:
     with Store.open(obj["db_url"]) as store:
         info = describe_experiment(store, exp)
     if as_json:
-        emit_json(jsonable(info.to_json()))
+        emit_json(info.to_json())
         return
     click.echo(f"experiment  {info.exp}")
     click.echo(printable(f"name        {info.name}"))
@@ -53,7 +54,7 @@ def show_command(obj: dict, exp: str, as_json: bool) -> None:
                          f"{source}"))
     click.echo(f"head        {info.head.hex() if info.head else '- (run incomplete)'}")
     for key, value in sorted(info.metadata.items()):
-        click.echo(printable(f"{key:<11} {jsonable(value)}"))
+        click.echo(printable(f"{key:<11} {json_view(value)}"))
     click.echo("events by kind:")
     for kind, count in info.counts.items():
         click.echo(printable(f"  {kind!s:<22} {count:>10,}"))

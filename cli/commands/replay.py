@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.display import jsonable, printable
+from cli.display import printable
 from cli.main import cli
 from cli.output import emit_json, iso_time, json_option
 from ledger.errors import BadInputError, CheckFailedError
@@ -70,7 +70,7 @@ def replay_command(obj: dict, exp: str, jobs: int, trusted: tuple[str, ...],
             record_replay(store, report)
     progress.finish()
     if as_json:
-        emit_json(jsonable(report.to_json()))
+        emit_json(report.to_json())
     else:
         _print(report)
     if not report.certified:
@@ -93,7 +93,7 @@ def _full(url: str | None, exp: str, trusted: tuple[str, ...], as_json: bool) ->
     with Store.open(url) as store:
         report = replay_full(store, exp, trusted=trusted)
     if as_json:
-        emit_json(jsonable(report.to_json()))
+        emit_json(report.to_json())
     elif report.certified:
         click.echo(f"CERTIFIED: {exp} re-ran as job {report.job} v{report.version} and is "
                    f"identical, metrics and checkpoints included "

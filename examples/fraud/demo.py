@@ -63,7 +63,8 @@ def run_demo(url: str | None, *, data_dir: str | os.PathLike[str] | None = None,
             raise BadInputError(f"got the ledger {manager.store.url}, which has no data folder, "
                                 f"but the demo stores its dataset: give --data-dir or set "
                                 f"LEDGER_DATA_DIR")
-        prepare_data_dir(Path(manager.data_dir))  # the default one too, before any run
+        if data_dir is None:  # the default folder, before any run (a given one is made)
+            prepare_data_dir(Path(manager.data_dir))
         result = DemoResult(ledger=manager.store.url, data_dir=str(Path(manager.data_dir)))
         for index in range(1, RUNS + 1):
             progress = None if on_epoch is None else (
