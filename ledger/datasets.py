@@ -18,7 +18,6 @@ Either way :func:`load_dataset` re-loads the arrays and re-checks the digest.
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ledger.digests import array_digest, value_digest
+from ledger.durable_files import flush_folder, write_file_durably
 from ledger.errors import BadInputError, CannotReplayError
 from ledger.npz_sizes import check_member_sizes
 
@@ -139,9 +139,13 @@ DATASETS_FOLDER = "datasets"
 def prepare_data_dir(data_dir: Path) -> None:
     """Create the folder stored arrays go to under ``data_dir`` (and ``data_dir``), or raise
     BadInputError saying why it cannot be: a command can check its data folder before it
-    writes anything else."""
+    writes anything else. Folders it creates are flushed to disk with their parents' entries."""
+    folder = data_dir / DATASETS_FOLDER
+    missing = [path for path in (folder, *folder.parents) if not path.exists()]
     try:
-        (data_dir / DATASETS_FOLDER).mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        for created in reversed(missing):
+            flush_folder(created.parent)
     except OSError as error:
         raise BadInputError(f"cannot store datasets in {data_dir}: "
                             f"{error.strerror or error}") from None
@@ -151,22 +155,22 @@ def store_npz(data_dir: Path, features: np.ndarray, labels: np.ndarray | None,
               digest: bytes) -> dict[str, Any]:
     """Store the arrays content-addressed under ``data_dir``; return their loader spec.
 
-    The file is named by the dataset digest and written atomically, so storing the same data
-    twice writes it once, and a crash never leaves a truncated file under the final name.
+    The file is named by the dataset digest and written whole and durably before this returns
+    (:mod:`ledger.durable_files`), so storing the same data twice writes it once, and neither a
+    crash nor a full disk leaves a truncated file under any name — the ``dataset_registered``
+    event recorded next never names a file that a power loss could take back.
     """
     relative = Path(DATASETS_FOLDER) / f"{digest.hex()}.npz"
     target = data_dir / relative
     if not target.exists():
         prepare_data_dir(data_dir)
+        arrays = {"features": features} if labels is None else {
+            "features": features, "labels": labels}
         try:
-            handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-            with os.fdopen(handle, "wb") as stream:
-                arrays = {"features": features} if labels is None else {
-                    "features": features, "labels": labels}
-                np.savez(stream, **arrays)
-            os.replace(temporary, target)
+            write_file_durably(target, lambda stream: np.savez(stream, **arrays))
         except OSError as error:
-            raise BadInputError(f"cannot store dataset in {data_dir}: {error.strerror}") from None
+            raise BadInputError(f"cannot store dataset in {data_dir}: "
+                                f"{error.strerror or error}") from None
     return loader_spec("data_dir", relative.as_posix(), digest, "features",
                        None if labels is None else "labels")
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any, BinaryIO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger.audit import record_audit
+from ledger.durable_files import commit_file, stage_file
 from ledger.errors import BadInputError
 from ledger.events import REPORT_EXPORTED
 from ledger.store.store import Store
@@ -88,26 +88,23 @@ class _Staged:
         return hashlib.sha256(data).hexdigest()
 
     def write_with(self, path: Path, fill: Callable[[BinaryIO], Any]) -> Any:
-        """Stage what ``fill`` writes into the handle it is given for ``path``; return what
-        ``fill`` returns."""
+        """Stage what ``fill`` writes into the handle it is given for ``path``, flushed to
+        disk (:mod:`ledger.durable_files`); return what ``fill`` returns."""
         try:
-            descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                                     suffix=".tmp")
+            temporary, outcome = stage_file(path, fill)
         except OSError as error:
-            raise BadInputError(f"cannot write {path}: {error.strerror}") from None
+            raise BadInputError(f"cannot write {path}: {error.strerror or error}") from None
         self._pending.append((temporary, path))
-        with os.fdopen(descriptor, "wb") as handle:
-            outcome = fill(handle)
-        os.chmod(temporary, 0o644)
         return outcome
 
     def commit(self) -> None:
-        """Rename every staged file into place."""
+        """Rename every staged file into place and flush its folder: the files are on disk
+        before the export is recorded in the ledger."""
         for temporary, path in self._pending:
             try:
-                os.replace(temporary, path)
+                commit_file(temporary, path)
             except OSError as error:
-                raise BadInputError(f"cannot write {path}: {error.strerror}") from None
+                raise BadInputError(f"cannot write {path}: {error.strerror or error}") from None
         self._pending.clear()
 
     def discard(self) -> None:
