@@ -27,6 +27,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from ledger.durable_files import flush_folder
 from ledger.errors import BadInputError
 
 ALGORITHM = "Ed25519"
@@ -67,19 +68,37 @@ def generate_key_pair(prefix: str | os.PathLike[str]) -> tuple[Path, Path, str]:
     except BadInputError:
         private_path.unlink()
         raise
+    try:
+        flush_folder(private_path.parent)  # both names, so that a power loss cannot take them
+    except OSError as error:
+        private_path.unlink()
+        public_path.unlink()
+        raise BadInputError(f"cannot write {private_path}: {error.strerror or error}") from None
     return private_path, public_path, fingerprint(key.public_key())
 
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """Create ``path`` (never replacing a file) holding ``data``, flushed to disk; on any
+    failure — a full disk, say — remove it, so that no empty or cut key is left behind under
+    the key's name, where the next ``keygen`` would refuse to replace it."""
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except FileExistsError:
         raise BadInputError(f"{path} exists: refusing to overwrite a key") from None
     except OSError as error:
         raise BadInputError(f"cannot write {path}: {error.strerror}") from None
-    with os.fdopen(descriptor, "wb") as handle:
-        os.fchmod(handle.fileno(), mode)  # whatever the umask
-        handle.write(data)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)  # whatever the umask
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        path.unlink(missing_ok=True)
+        raise BadInputError(f"cannot write {path}: {error.strerror or error}") from None
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 SMALL_FILE_BYTES = 1 << 20

@@ -5,8 +5,11 @@ that is not one of our reports."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,6 +125,33 @@ def test_several_failures_are_one_line_on_stderr(bundle: Path, signed: Path) -> 
     code, out, err = _verify(bundle / "report.json", signed / "key.pub")
     assert code == 1 and out.startswith("FAILED")
     assert err.count("\n") == 1 and "report.html" in err and "report.md" in err
+
+
+def test_keygen_that_cannot_write_its_key_leaves_no_key_file(tmp_path: Path) -> None:
+    # A full disk, as RLIMIT_FSIZE 0 makes every write to a file fail (stderr is a pipe).
+    limited = ("import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0)); "
+               "from cli.main import main; main()")
+    done = subprocess.run([sys.executable, "-c", limited, "keygen", "--out", "k"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr == "ledger: error: cannot write k.key: File too large\n"
+    assert list(tmp_path.iterdir()) == []  # no empty key under its name to refuse a retry
+    assert run_cli("keygen", "--out", "k", cwd=tmp_path).returncode == 0
+    assert load_private_key(tmp_path / "k.key")
+
+
+def test_keygen_flushes_both_keys_and_their_folder(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    flushed: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(descriptor: int) -> None:
+        flushed.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    generate_key_pair(tmp_path / "k")
+    assert flushed == [str(tmp_path / "k.key"), str(tmp_path / "k.pub"), str(tmp_path)]
 
 
 @pytest.mark.parametrize("prefix", ["", "keys/", ".", ".."])
