@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger.audit import record_audit
-from ledger.durable_files import commit_file, stage_file
+from ledger.durable_files import commit_file, flush_folder, stage_file
 from ledger.errors import BadInputError
 from ledger.events import REPORT_EXPORTED
 from ledger.store.store import Store
@@ -160,7 +160,9 @@ def _prepare_bundle(folder: Path) -> None:
         raise BadInputError(f"cannot create bundle folder {folder}: folder {folder.parent} does "
                             f"not exist")
     try:
-        folder.mkdir(exist_ok=True)
+        if not folder.is_dir():
+            folder.mkdir()
+            flush_folder(folder.parent)  # the new folder's entry, as its files' are flushed
     except OSError as error:
         raise BadInputError(f"cannot create bundle folder {folder}: {error.strerror}") from None
 

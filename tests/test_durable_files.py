@@ -96,6 +96,19 @@ def test_a_report_file_is_flushed_before_its_rename_and_its_folder_after(
     assert REPORT_EXPORTED in kinds
 
 
+def test_a_new_bundle_folder_is_flushed_into_its_parent_before_its_files_are_renamed(
+        tmp_path: Path, disk_log: list[tuple[str, str]]) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    exp = record_run(url, tmp_path / "ledger-data", epochs=1)
+    bundle = tmp_path / "audit"
+    del disk_log[:]
+    with Store.open(url) as store:
+        export_report(store, exp, ReportOptions(record=True), bundle=bundle)
+    first_rename = next(index for index, (kind, _) in enumerate(disk_log) if kind == "rename")
+    # else a power loss could take back the folder, and every file the export event names
+    assert ("fsync", str(tmp_path)) in disk_log[:first_rename]
+
+
 def test_a_report_that_cannot_reach_the_disk_writes_nothing_and_records_nothing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
