@@ -24,6 +24,7 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -34,6 +35,7 @@ from ledger.durable_files import commit_file, flush_folder, stage_file
 from ledger.errors import BadInputError
 from ledger.events import REPORT_EXPORTED
 from ledger.store.store import Store
+from ledger.text import quoted
 from report.attest import provenance_statement, replay_statement
 from report.html import render_html
 from report.jsonview import canonical_json, pretty_json
@@ -153,9 +155,11 @@ def _check_target(path: Path, what: str) -> None:
 def _prepare_bundle(folder: Path) -> None:
     if folder.exists() and not folder.is_dir():
         raise BadInputError(f"bundle folder {folder} is a file")
-    if folder.is_dir() and any(folder.iterdir()):
-        raise BadInputError(f"bundle folder {folder} is not empty: a bundle goes to a new or "
-                            f"empty folder, so it holds nothing of another report")
+    held = [entry.name for entry in islice(folder.iterdir(), 3)] if folder.is_dir() else []
+    if held:  # named: what a killed export leaves is hidden temporaries, which `ls` omits
+        raise BadInputError(f"bundle folder {folder} is not empty (it holds "
+                            f"{', '.join(quoted(name) for name in held)}): a bundle goes to a "
+                            f"new or empty folder, so it holds nothing of another report")
     if not folder.parent.is_dir():
         raise BadInputError(f"cannot create bundle folder {folder}: folder {folder.parent} does "
                             f"not exist")

@@ -93,3 +93,14 @@ def test_bad_input_exits_2_with_one_line(run: tuple[Path, str], args: tuple[str,
     assert done.stderr.count("\n") == 1 and done.stdout == ""
     assert sorted(path.name for path in folder.iterdir()) == before  # nothing written
     assert stat.S_ISFIFO(pipe.stat().st_mode)  # a rename over it would have replaced the pipe
+
+
+def test_a_bundle_folder_left_by_a_killed_export_says_what_it_holds(run: tuple[Path, str]
+                                                                    ) -> None:
+    folder, exp = run
+    bundle = folder / "killed"
+    bundle.mkdir()
+    (bundle / ".events.ndjson.pd7cj1f0.tmp").write_bytes(b"{}")  # what a SIGKILL leaves
+    done = _ledger(folder, "report", exp, "--bundle", str(bundle))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "is not empty (it holds '.events.ndjson.pd7cj1f0.tmp')" in done.stderr  # ls hides it
