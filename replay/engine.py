@@ -252,7 +252,7 @@ class _Replay:
                 ) -> tuple[ReplayReport, Comparer]:
         report = ReplayReport(self.exp, self.store.first_event_hash(self.exp, RUN_COMPLETED),
                               jobs=self.jobs,
-                              replayed_by=f"{getpass.getuser()}@{socket.gethostname()}",
+                              replayed_by=_replayer(),
                               started_t=time.time_ns(), plugins=plugins)
         report.environment = environment_fingerprint()
         recorded_env = created.get("environment")
@@ -299,3 +299,13 @@ def record_replay(store: Store, report: ReplayReport) -> None:
     record_audit(store, report.exp, REPLAY_RECORDED, certificate,
                  output=value_digest(certificate),
                  meta={"pid": os.getpid(), "host": socket.gethostname()})
+
+
+def _replayer() -> str:
+    """Who replays, as ``user@host``: ``unknown`` for a user the OS has no name for (a
+    container's ``--user 1000`` without a passwd entry), which must not stop the replay."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import socket
 import sqlite3
 from pathlib import Path
 
@@ -177,3 +179,17 @@ def test_a_thread_count_alone_is_not_named_as_the_cause(current: dict, start: st
 
     recorded = {"packages": {"numpy": "1.26.0"}, "blas_threads": {"libx.so": 1}}
     assert explain_output(recorded, current).startswith(start)
+
+
+def test_a_replayer_the_os_has_no_name_for_still_replays(folder: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    exp = record_run(_url(folder), folder / "data")
+
+    def nameless() -> str:  # getpass.getuser in a container run as a uid without passwd entry
+        raise KeyError("getpwuid(): uid not found: 12345")
+
+    monkeypatch.setattr(getpass, "getuser", nameless)
+    with Store.open(_url(folder)) as store:
+        report = replay_run(store, exp, data_dir=folder / "data")
+    assert report.certified and report.replayed_by == f"unknown@{socket.gethostname()}"
+
