@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import getpass
 import hashlib
 import os
 import platform
@@ -199,3 +200,13 @@ def entrypoint() -> dict[str, Any]:
     main_file = getattr(main, "__file__", None)
     return {"module": getattr(spec, "name", None), "script": main_file,
             "argv": [str(arg) for arg in sys.argv]}
+
+
+def current_user() -> str | None:
+    """Who runs this process, recorded as an observed fact; None when the OS has no name for
+    the user (a container's ``--user 1000`` without a passwd entry) — which must never stop a
+    run, a replay or a report."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None

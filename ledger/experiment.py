@@ -13,7 +13,6 @@ same output is a no-op (a resumed iterator re-entering its epoch), with another 
 
 from __future__ import annotations
 
-import getpass
 import os
 import socket
 import time
@@ -30,7 +29,7 @@ from ledger.canonical import normalise
 from ledger.datasets import (Dataset, check_arrays, check_name, check_path_argument,
                              dataset_digest, dataset_from_file, default_data_dir, store_npz)
 from ledger.digests import ZERO_DIGEST, value_digest
-from ledger.environment import code_version, environment_fingerprint
+from ledger.environment import code_version, current_user, environment_fingerprint
 from ledger.environment import entrypoint as detect_entrypoint
 from ledger.errors import BadInputError, LedgerError, StoreError
 from ledger.events import (AUDIT_STREAM, CHECKPOINT, COMPLETION_STATUSES, DATASET_REGISTERED,
@@ -388,14 +387,6 @@ class Experiment:
             self.close("failed", _one_line(exc))
 
 
-def _user() -> str | None:
-    """Who runs this process (recorded as an observed fact; None when the OS cannot say)."""
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return None
-
-
 class ExperimentManager:
     """Creates experiments in one ledger (created if missing). Use as a context manager or close().
 
@@ -449,7 +440,7 @@ class ExperimentManager:
             params["purpose"] = purpose
         if parent is not None:
             params["parent"] = parent
-        meta = {"pid": os.getpid(), "host": socket.gethostname(), "user": _user()}
+        meta = {"pid": os.getpid(), "host": socket.gethostname(), "user": current_user()}
         first = make_event(exp, MAIN_STREAM, 0, EXPERIMENT_CREATED, params=params, meta=meta,
                            prev=ZERO_DIGEST, t=time.time_ns())
         self.store.insert_experiment(exp, name, first)

@@ -16,7 +16,6 @@ the draws. Draws are read in windows of WINDOW_DRAWS events, so memory does not 
 
 from __future__ import annotations
 
-import getpass
 import os
 import socket
 import threading
@@ -29,7 +28,7 @@ from typing import Any
 
 from ledger.audit import record_audit
 from ledger.digests import value_digest
-from ledger.environment import environment_fingerprint
+from ledger.environment import current_user, environment_fingerprint
 from ledger.errors import CannotReplayError
 from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EXPERIMENT_CREATED,
                            METRIC, REPLAY_RECORDED, RUN_COMPLETED, RUN_RESUMED, decode_body)
@@ -252,7 +251,7 @@ class _Replay:
                 ) -> tuple[ReplayReport, Comparer]:
         report = ReplayReport(self.exp, self.store.first_event_hash(self.exp, RUN_COMPLETED),
                               jobs=self.jobs,
-                              replayed_by=_replayer(),
+                              replayed_by=f"{current_user() or 'unknown'}@{socket.gethostname()}",
                               started_t=time.time_ns(), plugins=plugins)
         report.environment = environment_fingerprint()
         recorded_env = created.get("environment")
@@ -300,12 +299,3 @@ def record_replay(store: Store, report: ReplayReport) -> None:
                  output=value_digest(certificate),
                  meta={"pid": os.getpid(), "host": socket.gethostname()})
 
-
-def _replayer() -> str:
-    """Who replays, as ``user@host``: ``unknown`` for a user the OS has no name for (a
-    container's ``--user 1000`` without a passwd entry), which must not stop the replay."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"

@@ -9,7 +9,6 @@ document alone. R0's list of emitted files is filled in by :mod:`report.export`.
 
 from __future__ import annotations
 
-import getpass
 import multiprocessing
 import os
 import secrets
@@ -22,6 +21,7 @@ from datetime import UTC, date, datetime
 from typing import Any, BinaryIO
 
 from ledger import __version__
+from ledger.environment import current_user
 from ledger.store.store import ExperimentRow, Store
 from ledger.verify import VerifyReport, verify
 from replay.engine import default_data_dir_of
@@ -143,18 +143,11 @@ def assemble(store: Store, facts: RunFacts, scan: ScanResult, verified: VerifyRe
         "report_id": options.report_id or new_report_id(),
         "generator": {"name": GENERATOR, "version": __version__},
         "generated_at": generated_at,
-        "generated_by": options.generated_by or f"{_user()}@{socket.gethostname()}",
+        "generated_by": options.generated_by or f"{current_user() or 'unknown'}@{socket.gethostname()}",
         "ledger": {"url": store.url, "backend": store.backend, "schema_version": schema_version},
         "files": []}
     return {"schema": SCHEMA_ID, "summary": _summary(facts, sections, verified, alerts),
             **{key: sections[key] for key in SECTION_IDS}}
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
 
 
 def _alerts(facts: RunFacts, sections: dict[str, Any], verified: VerifyReport) -> list[str]:
