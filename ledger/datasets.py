@@ -158,14 +158,17 @@ def store_npz(data_dir: Path, features: np.ndarray, labels: np.ndarray | None,
     The file is named by the dataset digest and written whole and durably before this returns
     (:mod:`ledger.durable_files`), so storing the same data twice writes it once, and neither a
     crash nor a full disk leaves a truncated file under any name — the ``dataset_registered``
-    event recorded next never names a file that a power loss could take back.
+    event recorded next never names a file that a power loss could take back. A file already
+    under the name is kept only if it holds these arrays' shapes and dtypes whole
+    (:func:`_stored_whole`); one cut or emptied (by a crash of a version that did not flush, or
+    by hand) is written again.
     """
     relative = Path(DATASETS_FOLDER) / f"{digest.hex()}.npz"
     target = data_dir / relative
-    if not target.exists():
+    arrays = {"features": features} if labels is None else {
+        "features": features, "labels": labels}
+    if not _stored_whole(target, arrays):
         prepare_data_dir(data_dir)
-        arrays = {"features": features} if labels is None else {
-            "features": features, "labels": labels}
         try:
             write_file_durably(target, lambda stream: np.savez(stream, **arrays))
         except OSError as error:
@@ -173,6 +176,23 @@ def store_npz(data_dir: Path, features: np.ndarray, labels: np.ndarray | None,
                                 f"{error.strerror or error}") from None
     return loader_spec("data_dir", relative.as_posix(), digest, "features",
                        None if labels is None else "labels")
+
+
+def _stored_whole(path: Path, arrays: dict[str, np.ndarray]) -> bool:
+    """Whether ``path`` is an ``.npz`` of exactly ``arrays``' members, each declaring its
+    array's shape and dtype and filling its member — what a cut, emptied or foreign file fails.
+    Only the zip directory and the ``.npy`` headers are read: checking the bytes themselves
+    against the digest is replay's work, and would cost as much as writing the file again."""
+    if not path.is_file():
+        return False
+    try:
+        with path.open("rb") as handle, zipfile.ZipFile(handle) as archive:
+            if sorted(archive.namelist()) != sorted(f"{key}.npy" for key in arrays):
+                return False
+            declared = check_member_sizes(archive, path, arrays)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, BadInputError):
+        return False
+    return all(declared[key] == (array.shape, array.dtype) for key, array in arrays.items())
 
 
 def loader_spec(base: str, path: str, digest: bytes, features_key: str,

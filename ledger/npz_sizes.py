@@ -16,6 +16,7 @@ import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 from numpy.lib import format as npy_format
 
 from ledger.errors import BadInputError
@@ -27,10 +28,13 @@ HEADER_READERS = {(1, 0): npy_format.read_array_header_1_0,
 headers)."""
 
 
-def check_member_sizes(archive: zipfile.ZipFile, path: Path, keys: Iterable[str]) -> None:
+def check_member_sizes(archive: zipfile.ZipFile, path: Path, keys: Iterable[str]
+                       ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Check the members ``{key}.npy`` of ``archive`` that exist (see the module docstring);
-    raise BadInputError naming ``path`` and the member otherwise."""
+    raise BadInputError naming ``path`` and the member otherwise. Return the (shape, dtype)
+    each checked member declares, by key."""
     declared = 0
+    arrays: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
     limit = physical_memory()
     for key in keys:
         try:
@@ -60,3 +64,5 @@ def check_member_sizes(archive: zipfile.ZipFile, path: Path, keys: Iterable[str]
             raise BadInputError(f"cannot read dataset file {path}: array {key!r} declares shape "
                                 f"{shape} of {dtype}, which does not fill its "
                                 f"{info.file_size:,}-byte member")
+        arrays[key] = (shape, dtype)
+    return arrays

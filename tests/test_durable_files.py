@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from ledger import ExperimentManager
+from ledger.datasets import load_dataset
 from ledger.durable_files import flush_folder, write_file_durably
 from ledger.errors import BadInputError
 from ledger.events import DATASET_REGISTERED, REPORT_EXPORTED
@@ -152,3 +153,24 @@ def test_a_write_that_fails_part_way_leaves_neither_temporary_nor_target(
     assert list(tmp_path.iterdir()) == []
     assert write_file_durably(target, lambda handle: handle.write(b"whole")) == 5
     assert target.read_bytes() == b"whole"
+
+
+def test_a_stored_dataset_cut_or_emptied_is_written_again_and_a_whole_one_is_kept(
+        tmp_path: Path) -> None:
+    features, labels = noisy_data()
+    with ExperimentManager(f"sqlite:///{tmp_path / 'ledger.db'}", data_dir=tmp_path) as manager:
+        with manager.create_experiment("first", seed=1) as exp:
+            data = exp.register_dataset("d", features, labels)
+        target = tmp_path / data.loader["path"]
+        whole = target.read_bytes()
+        for damage in (whole[: len(whole) // 2], b"", whole[:-1]):
+            target.write_bytes(damage)  # cut by a crash of a version that did not flush
+            with manager.create_experiment("again", seed=1) as exp:
+                exp.register_dataset("d", features, labels)
+            assert target.read_bytes() == whole
+            loaded_x, loaded_y = load_dataset(data.loader, tmp_path)
+            assert (loaded_x == features).all() and (loaded_y == labels).all()
+        identity = target.stat().st_ino
+        with manager.create_experiment("kept", seed=1) as exp:
+            exp.register_dataset("d", features, labels)
+        assert target.stat().st_ino == identity  # a whole file is not written again
