@@ -12,13 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from ledger.augment import DataAugmenter
+from ledger.augment import DataAugmenter, augment_path
 from ledger.batches import batch_input_digest, fast_array_digest
 from ledger.canonical import pack_normalised
 from ledger.errors import BadInputError, CannotReplayError
 from ledger.events import AUGMENTATION_BATCH, EPOCH_RESET, USER_DRAW, WORKER_SPAWNED
 from ledger.processes import physical_memory
-from ledger.sampling import batch_indices, epoch_order
+from ledger.sampling import batch_indices, epoch_order, shuffle_path
+from ledger.text import quoted
 from ledger.user_draws import lookup_draw, result_digest
 from ledger.worker_seeding import expected_state_digest_at, is_worker_path
 from replay.context import ReplayContext
@@ -37,6 +38,23 @@ def _params(body: dict[str, Any], *names: str) -> tuple[Any, ...]:
             pass
     raise CannotReplayError(f"{body['kind']} {body['stream']}#{body['seq']} lacks params "
                             f"{[n for n in names if not isinstance(params, dict) or n not in params]}")
+
+
+def check_draw_path(body: dict[str, Any], expected: tuple[Any, ...]) -> None:
+    """Refuse a draw recorded at another path than the one its params name.
+
+    Replay re-executes a draw from its params but seeds it from its path, so a forged batch at
+    ``("epoch", 1, "batch", 3, "augment")`` with the params of epoch 0's batch 0 would re-execute
+    to its record and be certified: raise CannotReplayError (labels compared with their types,
+    since ``True`` would derive another seed than ``1``).
+    """
+    path = body["path"]
+    if len(path) != len(expected) or any(type(label) is not type(want) or label != want
+                                         for label, want in zip(path, expected)):
+        raise CannotReplayError(f"{body['kind']} {body['stream']}#{body['seq']} is recorded at "
+                                f"path {quoted(path)} but its params are those of "
+                                f"{quoted(list(expected))}: a draw is re-executed from its "
+                                f"params, so they must name its path")
 
 
 def _order(context: ReplayContext, epoch: int, length: int, shuffle: bool) -> np.ndarray:
@@ -76,7 +94,9 @@ def replay_epoch_reset(context: ReplayContext, body: dict[str, Any]) -> Redraw:
         raise CannotReplayError(f"epoch_reset {body['stream']}#{body['seq']} records a "
                                 f"permutation of {length:,} samples, more than this machine's "
                                 f"memory holds")
-    return Redraw(output=fast_array_digest(_order(context, epoch, length, shuffle)))
+    order = _order(context, epoch, length, shuffle)
+    check_draw_path(body, shuffle_path(epoch))
+    return Redraw(output=fast_array_digest(order))
 
 
 def _augmenter(context: ReplayContext, spec: Any) -> DataAugmenter:
@@ -103,6 +123,7 @@ def replay_augmentation_batch(context: ReplayContext, body: dict[str, Any]) -> R
     indices_digest = fast_array_digest(indices)
     x = np.take(dataset.features, indices, axis=0)
     _augmenter(context, spec).apply(x, context.generator(body["path"]))
+    check_draw_path(body, augment_path(epoch, batch))
     return Redraw(input=batch_input_digest(dataset_digest, indices_digest),
                   output=fast_array_digest(x))
 

@@ -20,11 +20,12 @@ from ledger.batches import batch_input_digest, fast_array_digest
 from ledger.canonical import canonical
 from ledger.errors import BadInputError, CannotReplayError
 from ledger.events import AUGMENTATION_BATCH
-from ledger.integrations.sharding import INTEGRATION, check_replicas, rank_share
+from ledger.integrations.sharding import (INTEGRATION, check_replicas, rank_augment_path,
+                                          rank_share)
 from ledger.sampling import batch_indices
 from replay.context import ReplayContext
 from replay.registry import Redraw, register_replayer
-from replay.replayers import _order, _params
+from replay.replayers import _order, _params, check_draw_path
 from replay.replayers import replay_augmentation_batch as _builtin_augmentation_batch
 
 _SHARES_KEPT = 4
@@ -72,6 +73,8 @@ def replay_torch_batch(context: ReplayContext, body: dict[str, Any]) -> Redraw:
         transform = context.cache[key] = integration.RecordedTransform.from_spec(spec)
     x, _ = integration.make_batch(dataset.features, None, indices, transform, context.root,
                                   tuple(body["path"]))
+    check_draw_path(body, rank_augment_path(sampler["num_replicas"], sampler["rank"], epoch,
+                                            batch))
     return Redraw(input=batch_input_digest(dataset_digest, fast_array_digest(indices)),
                   output=integration.tensor_digest(x))
 

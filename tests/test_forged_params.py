@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from conftest import run_cli
 from forgery import copy_run
+from ledger.augment import DataAugmenter
 from ledger.datasets import read_npz
 from ledger.errors import BadInputError
 from ledger.integrations.sharding import rank_share, share_size
@@ -67,6 +68,68 @@ def test_forged_params_are_refused_with_exit_3(tmp_path: Path, kind: str,
     assert "internal error" not in result.stderr
 
 
+def _relabelled_epoch_reset() -> Callable[[dict[str, Any]], None]:
+    """Epoch 1's shuffle recorded as epoch 0's permutation, under epoch 1's path and seed."""
+    first: dict[str, Any] = {}
+
+    def change(body: dict[str, Any]) -> None:
+        if body["kind"] == "epoch_reset":
+            if body["params"]["epoch"] == 0:
+                first.update(params=dict(body["params"]), output=body["output"])
+            else:
+                body["params"], body["output"] = dict(first["params"]), first["output"]
+    return change
+
+
+def _repeated_batch() -> Callable[[dict[str, Any]], None]:
+    """Every batch of an epoch recorded with batch 0's params and digests, under its own path
+    and seed (the augmenter draws nothing, so the seed changes nothing)."""
+    first: dict[int, dict[str, Any]] = {}
+
+    def change(body: dict[str, Any]) -> None:
+        if body["kind"] == "augmentation_batch":
+            epoch = body["params"]["epoch"]
+            if body["params"]["batch"] == 0:
+                first[epoch] = {key: body[key] for key in ("params", "input", "output")}
+            else:
+                body.update(first[epoch])
+    return change
+
+
+@pytest.mark.parametrize("change,message", [
+    (_relabelled_epoch_reset, "epoch_reset main#14 is recorded at path ['epoch', 1, 'shuffle'] "
+                              "but its params are those of ['epoch', 0, 'shuffle']"),
+    (_repeated_batch, "augmentation_batch main#4 is recorded at path ['epoch', 0, 'batch', 1, "
+                      "'augment'] but its params are those of ['epoch', 0, 'batch', 0, "
+                      "'augment']")], ids=["epoch-reset", "batch"])
+def test_a_draw_whose_params_name_another_path_is_not_certified(
+        tmp_path: Path, change: Callable[[], Callable[[dict[str, Any]], None]],
+        message: str) -> None:
+    """Replay re-executes a draw from its params and seeds it from its path: a forger who
+    records the same samples under every path (each digest recomputed) must not be certified."""
+    honest = f"sqlite:///{tmp_path / 'honest.db'}"
+    forged = f"sqlite:///{tmp_path / 'forged.db'}"
+    exp = record_run(honest, tmp_path / "data", epochs=2, augmenter=DataAugmenter())
+    with Store.open(honest) as source, Store.open(forged, create=True) as target:
+        copy_run(source, exp, target, change())
+    assert run_cli("--db", forged, "verify", exp).returncode == 0  # a consistent forgery
+    for jobs in ("1", "2"):
+        result = run_cli("--db", forged, "replay", exp, "--no-record", "--jobs", jobs,
+                         "--data-dir", str(tmp_path / "data"))
+        assert result.returncode == 3, result.stdout + result.stderr
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert "CERTIFIED" not in result.stdout
+
+
+def test_a_path_label_of_another_type_is_not_the_params_path() -> None:
+    from replay.replayers import check_draw_path
+
+    body = {"kind": "epoch_reset", "stream": "main", "seq": 3, "path": ["epoch", True, "shuffle"]}
+    with pytest.raises(Exception, match="is recorded at path"):
+        check_draw_path(body, ("epoch", 1, "shuffle"))  # True derives another seed than 1
+    check_draw_path({**body, "path": ["epoch", 1, "shuffle"]}, ("epoch", 1, "shuffle"))
+
+
 def test_a_sampler_permutation_larger_than_memory_is_refused(tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch
                                                              ) -> None:
@@ -74,7 +137,7 @@ def test_a_sampler_permutation_larger_than_memory_is_refused(tmp_path: Path,
     from replay.context import ReplayContext
 
     monkeypatch.setattr(replayers, "physical_memory", lambda: 8 * 1000)
-    body = {"kind": "epoch_reset", "stream": "main", "seq": 3,
+    body = {"kind": "epoch_reset", "stream": "main", "seq": 3, "path": ["epoch", 0, "shuffle"],
             "params": {"epoch": 0, "length": 1001, "shuffle": True}}
     with pytest.raises(Exception, match="more than this machine's memory"):
         replayers.replay_epoch_reset(ReplayContext(1, None), body)
