@@ -35,6 +35,7 @@ from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EXPERIM
 from ledger.processes import usable_cores
 from ledger.seeds import SEED_SCHEME, root_seed_from_bytes
 from ledger.store.store import Store
+from ledger.text import quoted
 from replay.causes import library_differences
 from replay.compare import Comparer, Divergence, hex_or_none
 from replay.context import LoadedDataset, ReplayContext
@@ -197,6 +198,7 @@ class _Replay:
     def run(self) -> ReplayReport:
         plugins = load_plugins(self.trusted)
         root, created = recorded_start(self.store, self.exp)
+        self._check_draws_recorded_once()
         context = ReplayContext(root, self.data_dir)
         loaded = [(body, load_registered_dataset(context, body)) for body in self._datasets()]
         if self.on_progress is not None:
@@ -224,6 +226,18 @@ class _Replay:
             if kind in NOT_DRAWS:
                 report.not_draws[kind] = count
         return self._finished(report)
+
+    def _check_draws_recorded_once(self) -> None:
+        """Refuse a run that records a draw (kind, path) twice — in two streams, say: each
+        recording would re-execute to its record and the run be certified, though no writer
+        records a draw twice (DESIGN §3)."""
+        repeated = self.store.repeated_draw(self.exp, [*NOT_DRAWS, DATASET_REGISTERED])
+        if repeated:
+            body = decode_body(repeated[0][2])
+            where = " and ".join(f"{stream}#{seq}" for stream, seq, _body in repeated)
+            raise CannotReplayError(f"{body['kind']} at path {quoted(body['path'])} is recorded "
+                                    f"more than once ({where}), but a draw (kind, path) is "
+                                    f"recorded once per run: the run cannot be certified")
 
     def _datasets(self) -> list[dict[str, Any]]:
         return [decode_body(body) for stream, _seq, _kind, body

@@ -121,6 +121,29 @@ def test_a_draw_whose_params_name_another_path_is_not_certified(
         assert "CERTIFIED" not in result.stdout
 
 
+def _first_batch_again_in(stream: str) -> Callable[[dict[str, Any]], list[dict[str, Any]]]:
+    def change(body: dict[str, Any]) -> list[dict[str, Any]]:
+        if body["kind"] == "augmentation_batch" and body["path"][3] == 0:
+            return [{**body, "stream": stream}]  # the same draw, recorded a second time
+        return []
+    return change
+
+
+def test_a_draw_recorded_twice_is_not_certified(tmp_path: Path) -> None:
+    """A draw (kind, path) is recorded once per run: the same batch recorded again in another
+    stream re-executes to its record as well, and must not make a certified run."""
+    forged, exp = _forged(tmp_path, _first_batch_again_in("worker-9"))
+    assert run_cli("--db", forged, "verify", exp).returncode == 0  # a consistent forgery
+    for jobs in ("1", "2"):
+        result = run_cli("--db", forged, "replay", exp, "--no-record", "--jobs", jobs,
+                         "--data-dir", str(tmp_path / "data"))
+        assert result.returncode == 3, result.stdout + result.stderr
+        assert ("augmentation_batch at path ['epoch', 0, 'batch', 0, 'augment'] is recorded "
+                "more than once (") in result.stderr
+        assert "main#3" in result.stderr and "worker-9#0" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "CERTIFIED" not in result.stdout
+
+
 def test_a_path_label_of_another_type_is_not_the_params_path() -> None:
     from replay.replayers import check_draw_path
 

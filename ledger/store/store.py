@@ -20,8 +20,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from ledger.digests import ZERO_DIGEST
 from ledger.errors import (AppendOnlyError, BadInputError, ConcurrentWriteError, StoreError,
                            UnknownExperimentError)
-from ledger.events import (COMPLETION_STATUSES, EXPERIMENT_CREATED, MAIN_STREAM, RUN_COMPLETED,
-                           Event, check_experiment_id, decode_body, path_bytes)
+from ledger.events import (AUDIT_STREAM, COMPLETION_STATUSES, EXPERIMENT_CREATED, MAIN_STREAM,
+                           RUN_COMPLETED, Event, check_experiment_id, decode_body, path_bytes)
 from ledger.store.connect import WRITE_OPTION, describe_url, open_engine
 from ledger.store.schema import (TRIGGER_NAMES, claims_table, events_table, experiments_table,
                                  meta_table, postgres_refusal_source)
@@ -337,6 +337,24 @@ class Store:
                  .order_by(events_table.c.id).limit(1))
         with self._reading() as connection:
             return connection.execute(query).scalar()
+
+    def repeated_draw(self, exp: str, not_draws: Sequence[str]) -> list[tuple[str, int, bytes]]:
+        """``(stream, seq, body)`` of the first two events of the earliest (kind, path) that
+        ``exp`` records more than once outside the audit stream, kinds in ``not_draws`` aside;
+        ``[]`` when each is recorded once, as a draw must be (DESIGN §3)."""
+        events = events_table.c
+        repeated = (select(events.kind, events.path)
+                    .where(events.exp == exp, events.stream != AUDIT_STREAM,
+                           events.kind.not_in(list(not_draws)))
+                    .group_by(events.kind, events.path).having(func.count() > 1)
+                    .order_by(func.min(events.id)).limit(1).subquery())
+        query = (select(events.stream, events.seq, events.body)
+                 .join(repeated, (events.kind == repeated.c.kind)
+                       & (events.path == repeated.c.path))
+                 .where(events.exp == exp, events.stream != AUDIT_STREAM)
+                 .order_by(events.id).limit(2))
+        with self._reading() as connection:
+            return [tuple(row) for row in connection.execute(query)]
 
     def last_event(self, exp: str, stream: str) -> tuple[int, bytes] | None:
         """``(seq, hash)`` of the last event of a stream, or None for an empty stream."""
