@@ -144,6 +144,46 @@ def test_a_draw_recorded_twice_is_not_certified(tmp_path: Path) -> None:
         assert len(result.stderr.strip().splitlines()) == 1 and "CERTIFIED" not in result.stdout
 
 
+def _registered_again(copies: int) -> Callable[[dict[str, Any]], list[dict[str, Any]]]:
+    """The run's dataset registered ``copies`` times more, under other names and spellings of
+    its file's path."""
+    def change(body: dict[str, Any]) -> list[dict[str, Any]]:
+        if body["kind"] != "dataset_registered":
+            return []
+        spelt = ("./" + body["params"]["loader"]["path"], body["params"]["loader"]["path"])
+        return [{**body, "params": {**body["params"], "name": f"copy-{copy}", "loader": {
+            **body["params"]["loader"], "path": spelt[copy % 2]}}} for copy in range(copies)]
+    return change
+
+
+def test_a_dataset_file_registered_many_times_is_read_and_digested_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replay held a copy of the arrays per dataset_registered event: a forged run naming one
+    20 MB file 300 times needed 6 GB (an internal MemoryError under a 3 GB limit). The same
+    file, however its path is spelt, is read and digested once."""
+    import replay.datasets
+    import replay.engine
+    from replay.engine import replay_run
+
+    forged, exp = _forged(tmp_path, _registered_again(50))
+    calls = {"read": 0, "digest": 0}
+
+    def counted(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any) -> Any:
+            calls[name] += 1
+            return function(*args)
+        return call
+
+    monkeypatch.setattr(replay.datasets, "read_npz_arrays",
+                        counted("read", replay.datasets.read_npz_arrays))
+    monkeypatch.setattr(replay.engine, "dataset_redraw",
+                        counted("digest", replay.engine.dataset_redraw))
+    with Store.open(forged) as store:
+        report = replay_run(store, exp, data_dir=tmp_path / "data")
+    assert report.certified and report.compared["dataset_registered"] == 51
+    assert calls == {"read": 1, "digest": 1}
+
+
 def test_a_path_label_of_another_type_is_not_the_params_path() -> None:
     from replay.replayers import check_draw_path
 
