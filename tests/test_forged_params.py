@@ -184,6 +184,44 @@ def test_a_dataset_file_registered_many_times_is_read_and_digested_once(
     assert calls == {"read": 1, "digest": 1}
 
 
+def _roles(copies: int) -> Callable[[dict[str, Any]], list[dict[str, Any]]]:
+    """The run's dataset registered ``copies`` times more as training data and as test data."""
+    def change(body: dict[str, Any]) -> list[dict[str, Any]]:
+        if body["kind"] != "dataset_registered":
+            return []
+        return [{**body, "params": {**body["params"], "name": f"{role}-{copy}", "role": role}}
+                for copy in range(copies) for role in ("train", "test")]
+    return change
+
+
+@pytest.mark.parametrize("copies", [60, 101])
+def test_a_report_checks_datasets_named_many_times_once(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        copies: int) -> None:
+    """R5 re-loaded and re-digested both datasets of every (training, test) pair: 6 copies of
+    each role of a 20 MB file took 13 s, 100 would take an hour. Each content is now loaded and
+    digested once, and more than MAX_PAIRS pairs are not checked."""
+    import report.data_checks
+    from report_helpers import report_of
+
+    forged, exp = _forged(tmp_path, _roles(copies))
+    loads = []
+    load = report.data_checks.load_dataset
+    monkeypatch.setattr(report.data_checks, "load_dataset",
+                        lambda *args: loads.append(args) or load(*args))
+    check = report_of(forged, exp, data_dir=str(tmp_path / "data"))["R5"]["independence"]
+    if copies ** 2 <= 10_000:  # MAX_PAIRS
+        assert check["status"] == "failed" and len(check["pairs"]) == copies ** 2
+        assert check["pairs"][-1] == {"train": f"train-{copies - 1}",
+                                      "test": f"test-{copies - 1}", "overlap": 600,
+                                      "test_records": 600}
+        assert len(loads) == 1
+    else:
+        assert check["status"] == "not_checked" and not check["pairs"] and not loads
+        assert check["reason"] == ("101 training and 101 test datasets: more than 10,000 "
+                                   "pairs to check")
+
+
 def test_a_path_label_of_another_type_is_not_the_params_path() -> None:
     from replay.replayers import check_draw_path
 
