@@ -20,7 +20,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from ledger.errors import CheckFailedError
+from ledger.digests import value_digest
+from ledger.errors import CheckFailedError, LedgerError
 from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EXPERIMENT_CREATED, METRIC,
                            RUN_COMPLETED, RUN_RESUMED, WORKER_SPAWNED, decode_body)
 from ledger.json_view import json_view
@@ -172,10 +173,22 @@ def _index(store: Store, exp: str) -> tuple[dict[Key, EventSide], dict[str, Any]
         seen[aligned] += 1
         key = (aligned, seen[aligned])
         side = EventSide(body["stream"], body["seq"], body["seed"], body["input"],
-                         body["output"])
+                         _compared_output(kind, body["params"], body["output"]))
         index[key] = side
         order.append((key, side))
     return index, created, order
+
+
+def _compared_output(kind: str, params: Any, output: bytes | None) -> bytes | None:
+    """The output an event is compared by: its recorded digest — but for a metric the digest of
+    the value it records (``V(value)``, what show and reports display), so that a value edited
+    under its old digest, the chain recomputed, does not compare identical to the honest one."""
+    if kind == METRIC and isinstance(params, dict) and "value" in params:
+        try:
+            return value_digest(params["value"])
+        except LedgerError:  # a value no recorder writes: the recorded digest stands
+            return output
+    return output
 
 
 def _dataset_digests(order: list[tuple[Key, EventSide]]) -> dict[str, Any]:

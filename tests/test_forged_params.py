@@ -222,6 +222,19 @@ def test_a_report_checks_datasets_named_many_times_once(tmp_path: Path,
                                    "pairs to check")
 
 
+def test_a_metric_value_edited_under_its_old_digest_is_not_identical(tmp_path: Path) -> None:
+    """diff (and replay --full, which diffs) compared a metric by its recorded digest only: a
+    run whose values were all raised to 0.999 — what show and the reports display — with the
+    honest digests kept and the chain recomputed was 'identical' to the honest run."""
+    forged, exp = _forged(tmp_path, _set("metric", value=0.999))
+    honest = f"sqlite:///{tmp_path / 'honest.db'}"
+    assert run_cli("--db", forged, "verify", exp).returncode == 0  # a consistent forgery
+    result = run_cli("--db", forged, "diff", exp, exp, "--db-b", honest)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "metric [batch_sum/0]" in result.stdout
+    assert run_cli("--db", honest, "diff", exp, exp, "--db-b", honest).returncode == 0
+
+
 def test_a_path_label_of_another_type_is_not_the_params_path() -> None:
     from replay.replayers import check_draw_path
 
