@@ -1,12 +1,15 @@
 """Metric curves as inline SVG: one small line chart per metric, nothing external.
 
-Every number placed in the SVG is formatted here from floats; every text is escaped.
+Every number placed in the SVG is formatted here from floats; every text is escaped (HTML
+and unprintable characters, as in :func:`report.html.e`).
 """
 
 from __future__ import annotations
 
 from html import escape
 from typing import Any
+
+from ledger.text import escape_unprintable
 
 WIDTH, HEIGHT = 560, 180
 LEFT, RIGHT, TOP, BOTTOM = 64, 12, 14, 30
@@ -19,7 +22,7 @@ def _fmt(value: float) -> str:
 def metric_chart(series: dict[str, Any]) -> str:
     """An ``<svg>`` line chart of one series of R1's metrics (x: epoch or index)."""
     points = [(float(x), float(y)) for x, y in series["points"]]
-    name = escape(str(series["name"]))
+    name = escape(escape_unprintable(str(series["name"])))  # a bidi control or ESC: as text
     if not points:
         return f'<p class="muted">{name}: no numeric values to plot</p>'
     xs, ys = [x for x, _ in points], [y for _, y in points]

@@ -359,6 +359,18 @@ def test_text_from_a_ledger_cannot_drive_the_terminal_or_forge_lines(tmp_path: P
     assert "\\x1b]0;PWNED" in outputs[0]  # shown, escaped
 
 
+@pytest.mark.parametrize("value", [1.0, "text"], ids=["plotted", "not-plotted"])
+def test_a_metric_name_cannot_drive_the_terminal_or_reorder_the_html_report(
+        tmp_path: Path, value: Any) -> None:
+    """The metric charts escaped HTML but not control characters: ``report --format html`` on a
+    terminal printed a forged metric name's escape sequences raw."""
+    forged, exp = _forged(tmp_path, _set("metric", name=HOSTILE_TEXT, value=value))
+    result = run_cli("--db", forged, "report", exp, "--no-record", "--format", "html")
+    assert result.returncode == 0, result.stderr
+    assert not {"\x1b", "\x07", "\u202e"} & set(result.stdout)
+    assert "n\\x1b]0;PWNED" in result.stdout  # shown, escaped
+
+
 def _drop_status(body: dict[str, Any]) -> None:
     if body["kind"] == "run_completed":
         del body["params"]["status"]
