@@ -13,9 +13,13 @@ from html import escape
 from typing import Any
 
 from ledger.text import escape_unprintable
+from report.seedtree import ELLIPSIS
 from report.svg import metric_chart
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'"
+MAX_DEPTH = 32
+"""Labels of a seed path shown as levels of the tree; a deeper path is cut at an ellipsis (a
+forged run's paths can be thousands of labels deep, and each level is a nested list)."""
 MAX_CHILDREN = 24
 """Children of one tree node shown before the middle ones are summarised."""
 _ORDER = ("R14", "R0", "R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8", "R9", "R10", "R11",
@@ -156,8 +160,10 @@ def _tree(report: dict[str, Any]) -> str:
     trie: dict[Any, Any] = {}
     for node in r7["seed_tree"]["nodes"]:
         level = trie
-        for label in node["path"]:
+        for label in node["path"][:MAX_DEPTH]:
             level = level.setdefault(("label", str(label)), {})
+        if len(node["path"]) > MAX_DEPTH:
+            level = level.setdefault(("label", ELLIPSIS), {})
         level.setdefault(("leaves",), []).append(node)
     root = (f'root seed {_code(r7["root_seed"])} ({e(r7["root_seed_source"])}), scheme '
             f'{_code(r7["scheme"])}')

@@ -371,6 +371,28 @@ def test_a_metric_name_cannot_drive_the_terminal_or_reorder_the_html_report(
     assert "n\\x1b]0;PWNED" in result.stdout  # shown, escaped
 
 
+def _deep_user_draws(paths: int) -> Callable[[dict[str, Any]], list[dict[str, Any]]]:
+    """User draws at ``[v]``, ``[u, v]``, ``[u, u, v]``…: a seed tree branching at every level."""
+    def change(body: dict[str, Any]) -> list[dict[str, Any]]:
+        if body["kind"] != "dataset_registered":
+            return []
+        return [{**body, "kind": "user_draw", "path": ["u"] * depth + ["v"], "seed": bytes(16),
+                 "params": {"generator": "numpy.PCG64"}, "output": None}
+                for depth in range(paths)]
+    return change
+
+
+def test_a_seed_tree_thousands_of_labels_deep_is_cut_in_the_html_report(tmp_path: Path) -> None:
+    """The HTML seed tree nested one list per path label: paths 1,100 labels deep made
+    ``report --format html`` an internal error (RecursionError), and no report was written."""
+    forged, exp = _forged(tmp_path, _deep_user_draws(1100))
+    target = tmp_path / "report.html"
+    result = run_cli("--db", forged, "report", exp, "--no-record", "--format", "html",
+                     "-o", str(target))
+    assert result.returncode == 0, result.stderr
+    assert "/…</code> — user_draw, seed" in target.read_text()  # cut at MAX_DEPTH labels
+
+
 def _drop_status(body: dict[str, Any]) -> None:
     if body["kind"] == "run_completed":
         del body["params"]["status"]
