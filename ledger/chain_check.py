@@ -22,8 +22,8 @@ from ledger.body_check import FAST_COLUMNS, ChainBodyCheck
 from ledger.digests import EVENT_TAG
 from ledger.errors import LedgerError
 from ledger.events import (AUDIT_KINDS, AUDIT_STREAM, BODY_FIELDS, EVENT_VERSION,
-                           EXPERIMENT_CREATED, MAX_BODY_BYTES, RUN_COMPLETED, check_experiment_id,
-                           check_kind, check_stream)
+                           EXPERIMENT_CREATED, MAIN_STREAM, MAX_BODY_BYTES, RUN_COMPLETED,
+                           check_experiment_id, check_kind, check_stream)
 from ledger.store.store import Store
 
 _FIELDS = frozenset(BODY_FIELDS)
@@ -117,6 +117,11 @@ def check_segment(store: Store, segment: Segment) -> SegmentResult:
                 return _stop(result, seq, "prev is not the hash of the event before it "
                                           "(an event was inserted, removed or reordered)")
             if body is not None:  # the fast check accepts no kind whose facts are kept
+                if kind == EXPERIMENT_CREATED and (seq != 0 or stream != MAIN_STREAM):
+                    # A second creation (its own root seed) would be read by whoever asks for
+                    # the first experiment_created, and another by whoever reads main's.
+                    return _stop(result, seq, "experiment_created outside main seq 0 (a run is "
+                                              "created once)")
                 _note_facts(result, seq, kind, prev, body)
             head = digest
             expected_seq += 1

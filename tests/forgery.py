@@ -35,7 +35,7 @@ def _record(body: dict[str, Any], exp: str, target: Store, writers: dict[str, St
         body["params"]["streams"] = {
             name: {"count": writer.next_seq, "head": writer.head}
             for name, writer in writers.items()}
-    if kind == "experiment_created":
+    if kind == "experiment_created" and stream == "main":
         first = make_event(exp, "main", 0, kind, path=body["path"], seed=body["seed"],
                            params=body["params"], input=body["input"],
                            output=body["output"], meta=body["meta"], prev=ZERO_DIGEST,

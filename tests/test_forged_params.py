@@ -393,6 +393,26 @@ def test_a_seed_tree_thousands_of_labels_deep_is_cut_in_the_html_report(tmp_path
     assert "/…</code> — user_draw, seed" in target.read_text()  # cut at MAX_DEPTH labels
 
 
+def test_a_second_experiment_created_is_a_finding(tmp_path: Path) -> None:
+    """A run is created once, at main seq 0. A second creation in a stream sorted before main
+    (recorded first, it was the one replay and show read — with its own root seed — while the
+    reports quote main's) passed verification: its facts were overwritten by main's."""
+    def created_again(body: dict[str, Any]) -> list[dict[str, Any]]:
+        if body["kind"] != "experiment_created":
+            return []
+        return [{**body, "stream": "a", "params": {**body["params"],
+                                                   "root_seed": (43).to_bytes(16, "big")}}]
+
+    forged, exp = _forged(tmp_path, created_again)
+    result = run_cli("--db", forged, "verify", exp)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert (f"{exp} stream a seq 0: experiment_created outside main seq 0 (a run is created "
+            f"once)") in result.stderr
+    replayed = run_cli("--db", forged, "replay", exp, "--no-record",
+                       "--data-dir", str(tmp_path / "data"))
+    assert replayed.returncode == 1 and "fails verification" in replayed.stderr
+
+
 def _drop_status(body: dict[str, Any]) -> None:
     if body["kind"] == "run_completed":
         del body["params"]["status"]
