@@ -19,6 +19,7 @@ import numpy as np
 
 from ledger.datasets import DATA_DIR_ENV, LOADER_KIND, check_arrays, dataset_digest
 from ledger.errors import BadInputError, CannotReplayError
+from ledger.text import quoted
 from replay.context import LoadedDataset, ReplayContext
 from replay.npz import read_npz_arrays
 from replay.registry import Redraw, hint
@@ -108,3 +109,20 @@ def load_registered_dataset(context: ReplayContext, body: dict[str, Any]) -> Loa
 def dataset_redraw(loaded: LoadedDataset) -> Redraw:
     """The re-loaded dataset's digest now, to compare with the one its event recorded."""
     return Redraw(output=dataset_digest(loaded.features, loaded.labels))
+
+
+def check_description(body: dict[str, Any], loaded: LoadedDataset) -> None:
+    """Refuse a ``dataset_registered`` whose content matched its digest but whose description
+    of it (``length``, ``features`` and ``labels`` dtype and shape: what reports show) is not
+    that content's — a forged size, say, beside a certified dataset. Raises CannotReplayError."""
+    params = body["params"] if isinstance(body["params"], dict) else {}
+    described = {"length": len(loaded.features), "features": _described(loaded.features),
+                 "labels": None if loaded.labels is None else _described(loaded.labels)}
+    for key, actual in described.items():
+        if key in params and params[key] != actual:
+            raise CannotReplayError(f"dataset {loaded.name!r} records {key} "
+                                    f"{quoted(params[key])}, but its data has {actual}")
+
+
+def _described(array: np.ndarray) -> dict[str, Any]:
+    return {"dtype": array.dtype.str, "shape": list(array.shape)}

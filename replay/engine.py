@@ -39,7 +39,7 @@ from ledger.text import quoted
 from replay.causes import library_differences
 from replay.compare import Comparer, Divergence, hex_or_none
 from replay.context import LoadedDataset, ReplayContext
-from replay.datasets import dataset_redraw, load_registered_dataset
+from replay.datasets import check_description, dataset_redraw, load_registered_dataset
 from replay.execution import DrawExecution, Mismatch
 from replay.gate import VerificationGate
 from replay.registry import Redraw, load_plugins
@@ -171,6 +171,8 @@ class _DatasetCheck:
                 self._redraws.append(redraw)
                 if redraw.output != body["output"]:
                     self._execution.stop()  # every later draw would differ: no need to run them
+                else:
+                    check_description(body, loaded)
         except BaseException as error:  # raised in the main thread by results()
             self._error = error
             self._execution.stop()

@@ -54,9 +54,14 @@ def _set(kind: str, **params: Any) -> Callable[[dict[str, Any]], None]:
                                            "(TypeError"),
     ("augmentation_batch", {"batch_size": None}, "cannot be re-executed"),
     ("augmentation_batch", {"dataset_digest": "abc"}, "cannot be re-executed"),
-    ("augmentation_batch", {"epoch": [0]}, "cannot be re-executed")],
+    ("augmentation_batch", {"epoch": [0]}, "cannot be re-executed"),
+    ("dataset_registered", {"length": 10**6},
+     "dataset 'dataset-small' records length 1000000, but its data has 600"),
+    ("dataset_registered", {"features": {"dtype": "<f4", "shape": [10**6, 6]}},
+     "records features {'dtype': '<f4', 'shape': [1000000, 6]}, but its data has {'dtype': "
+     "'<f4', 'shape': [600, 6]}")],
     ids=["huge-length", "text-length", "text-batch", "none-batch-size", "text-digest",
-         "list-epoch"])
+         "list-epoch", "dataset-length", "dataset-shape"])
 def test_forged_params_are_refused_with_exit_3(tmp_path: Path, kind: str,
                                                params: dict[str, Any], message: str) -> None:
     forged, exp = _forged(tmp_path, _set(kind, **params))
