@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import weakref
 from collections import deque
@@ -58,8 +59,10 @@ def _one_line(error: BaseException) -> str:
 class Experiment:
     """One run: its id, root seed and main stream. Use as a context manager.
 
-    Create through :meth:`ExperimentManager.create_experiment`. Not thread-safe: record from the
-    thread that runs the training loop.
+    Create through :meth:`ExperimentManager.create_experiment`. Thread-safe: a background thread
+    may log metrics, checkpoints and draws while the training loop runs; each call is recorded
+    whole, before or after ``run_completed``, never between (after it, StoreError). An iterator
+    belongs to the thread that iterates it.
     """
 
     def __init__(self, store: Store, exp: str, name: str, root_seed: int, root_seed_source: str,
@@ -80,6 +83,10 @@ class Experiment:
         self._iterators: weakref.WeakSet[TrainingDataIterator] = weakref.WeakSet()
         self.status: str | None = None
         self.head: bytes | None = None
+        self._lock = threading.RLock()
+        """Held by every append and by close(): a draw (or a resumed run's re-logged metric) is
+        checked and recorded as one step, and nothing comes between run_completed's stream
+        counts and run_completed."""
 
     def __repr__(self) -> str:
         return f"Experiment({self.id!r}, name={self.name!r}, status={self.status or 'running'})"
@@ -115,12 +122,13 @@ class Experiment:
                      ) -> Event | None:
         identity = (kind, tuple(path))
         value = draw_value(kind, params, output)
-        if seen_draw(self._draws, kind, path, value, _SECOND_DRAW_HINT):
-            return None
-        event = self._append(kind, path=path, seed=seed, params=params, input=input,
-                             output=output, meta=meta)
-        self._draws[identity] = value
-        return event
+        with self._lock:
+            if seen_draw(self._draws, kind, path, value, _SECOND_DRAW_HINT):
+                return None
+            event = self._append(kind, path=path, seed=seed, params=params, input=input,
+                                 output=output, meta=meta)
+            self._draws[identity] = value
+            return event
 
     def record_normalised_draw(self, kind: str, path: tuple[Label, ...], *, seed: bytes | None,
                                params: dict[str, Any], input: bytes | None = None,
@@ -131,17 +139,19 @@ class Experiment:
         :meth:`StreamWriter.append_normalised` requires (``path`` a tuple of valid labels):
         the same event bytes at a quarter of the cost. Same once-per-run rule.
         """
-        if seen_draw(self._draws, kind, path, output, _SECOND_DRAW_HINT):
-            return False
-        self._check_recording()
-        self._writer.append_normalised(kind, list(path), seed=seed, params=params, input=input,
-                                       output=output)
-        self._draws[(kind, path)] = output
-        return True
+        with self._lock:
+            if seen_draw(self._draws, kind, path, output, _SECOND_DRAW_HINT):
+                return False
+            self._check_recording()
+            self._writer.append_normalised(kind, list(path), seed=seed, params=params,
+                                           input=input, output=output)
+            self._draws[(kind, path)] = output
+            return True
 
     def _append(self, kind: str, **fields: Any) -> Event:
-        self._check_recording()
-        return self._writer.append(kind, **fields)
+        with self._lock:
+            self._check_recording()
+            return self._writer.append(kind, **fields)
 
     def _check_recording(self) -> None:
         if self.closed:
@@ -223,10 +233,11 @@ class Experiment:
         epoch = check_epoch(epoch, optional=True)
         value = normalise(check_metric_value(name, value))
         output = value_digest(value)
-        if self._already_logged(METRIC, name, epoch, output):
-            return None
-        return self.record(METRIC, params={"epoch": epoch, "name": name, "value": value},
-                           output=output)
+        with self._lock:
+            if self._already_logged(METRIC, name, epoch, output):
+                return None
+            return self.record(METRIC, params={"epoch": epoch, "name": name, "value": value},
+                               output=output)
 
     def log_checkpoint(self, name: str, state: Any, *, epoch: int | None = None
                        ) -> Event | None:
@@ -240,10 +251,11 @@ class Experiment:
             raise BadInputError(f"a checkpoint name must be a non-empty str, got {name!r}")
         epoch = check_epoch(epoch, optional=True)
         output, arrays = checkpoint_record(state)
-        if self._already_logged(CHECKPOINT, name, epoch, output):
-            return None
-        return self.record(CHECKPOINT, params={"epoch": epoch, "name": name, "arrays": arrays},
-                           output=output)
+        with self._lock:
+            if self._already_logged(CHECKPOINT, name, epoch, output):
+                return None
+            return self.record(CHECKPOINT, params={"epoch": epoch, "name": name,
+                                                   "arrays": arrays}, output=output)
 
     def _already_logged(self, kind: str, name: str, epoch: int | None, output: bytes) -> bool:
         """True when a resumed run re-logs what it recorded before the interruption.
@@ -318,6 +330,10 @@ class Experiment:
         """
         if status not in COMPLETION_STATUSES:
             raise BadInputError(f"got status {status!r}, but must be 'ok' or 'failed'")
+        with self._lock:  # no other thread's event between the stream counts and the end
+            return self._complete(status, error)
+
+    def _complete(self, status: str, error: str | None) -> Event:
         if self.closed:
             raise StoreError(f"experiment {self.id} is already closed (status {self.status})")
         failure: BaseException | None = None
@@ -367,12 +383,14 @@ class Experiment:
         until :meth:`ExperimentManager.resume_experiment` continues it. For preemptible jobs:
         save your checkpoint, ``exp.suspend()``, exit.
         """
-        if self.closed:
-            raise StoreError(f"experiment {self.id} is already closed (status {self.status})")
-        for iterator in list(self._iterators):
-            iterator.close()
-        self._writer.close()
-        self.status = "suspended"
+        with self._lock:
+            if self.closed:
+                raise StoreError(f"experiment {self.id} is already closed (status "
+                                 f"{self.status})")
+            for iterator in list(self._iterators):
+                iterator.close()
+            self._writer.close()
+            self.status = "suspended"
 
     def __enter__(self) -> "Experiment":
         return self

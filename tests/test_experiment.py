@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,54 @@ def test_a_closed_experiment_records_nothing_more(manager: ExperimentManager) ->
     with pytest.raises(StoreError, match="already closed"):
         exp.close()
 
+
+
+def test_a_background_thread_logging_while_the_run_completes_leaves_a_run_that_verifies(
+        manager: ExperimentManager) -> None:
+    exp = manager.create_experiment("evaluating", seed=1)
+    refused: list[StoreError] = []
+    logging = threading.Event()
+
+    def evaluate() -> None:  # a background evaluation thread that outlives the training loop
+        for step in range(10**9):
+            try:
+                exp.log_metric("eval_loss", float(step))
+            except StoreError as error:
+                refused.append(error)
+                return
+            logging.set()
+
+    thread = threading.Thread(target=evaluate)
+    thread.start()
+    logging.wait()
+    exp.close()
+    thread.join()
+    assert "is closed" in str(refused[0])
+    assert bodies(manager.store, exp.id)[-1]["kind"] == RUN_COMPLETED
+    assert verify(manager.store, exp.id).ok
+
+
+def test_threads_drawing_at_one_path_record_it_once(manager: ExperimentManager) -> None:
+    start = threading.Barrier(4)
+
+    def draw() -> None:
+        start.wait()
+        for step in range(50):
+            exp.generator("model", step)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch between any two bytecodes: the race shows
+    try:
+        with manager.create_experiment("threads", seed=1) as exp:
+            threads = [threading.Thread(target=draw) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    paths = [d["path"] for d in of_kind(bodies(manager.store, exp.id), USER_DRAW)]
+    assert sorted(paths) == [["model", step] for step in range(50)]
 
 def test_a_killed_process_leaves_an_incomplete_run_that_verifies(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
