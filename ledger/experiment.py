@@ -62,7 +62,8 @@ class Experiment:
     Create through :meth:`ExperimentManager.create_experiment`. Thread-safe: a background thread
     may log metrics, checkpoints and draws while the training loop runs; each call is recorded
     whole, before or after ``run_completed``, never between (after it, StoreError). An iterator
-    belongs to the thread that iterates it.
+    belongs to the thread that iterates it. A process forked from the experiment's records
+    nothing (StoreError), and leaving the ``with`` block there leaves the run to its process.
     """
 
     def __init__(self, store: Store, exp: str, name: str, root_seed: int, root_seed_source: str,
@@ -81,6 +82,7 @@ class Experiment:
         self._recorded_logs: dict[tuple[str, str, Any], deque[bytes | None]] = {}
         """Metrics and checkpoints recorded before a resume, to be re-logged identically."""
         self._iterators: weakref.WeakSet[TrainingDataIterator] = weakref.WeakSet()
+        self._pid = os.getpid()
         self.status: str | None = None
         self.head: bytes | None = None
         self._lock = threading.RLock()
@@ -122,6 +124,7 @@ class Experiment:
                      ) -> Event | None:
         identity = (kind, tuple(path))
         value = draw_value(kind, params, output)
+        self._check_process()  # before the lock, which a forked child may inherit held
         with self._lock:
             if seen_draw(self._draws, kind, path, value, _SECOND_DRAW_HINT):
                 return None
@@ -139,6 +142,7 @@ class Experiment:
         :meth:`StreamWriter.append_normalised` requires (``path`` a tuple of valid labels):
         the same event bytes at a quarter of the cost. Same once-per-run rule.
         """
+        self._check_process()  # before the lock, which a forked child may inherit held
         with self._lock:
             if seen_draw(self._draws, kind, path, output, _SECOND_DRAW_HINT):
                 return False
@@ -149,6 +153,7 @@ class Experiment:
             return True
 
     def _append(self, kind: str, **fields: Any) -> Event:
+        self._check_process()  # before the lock, which a forked child may inherit held
         with self._lock:
             self._check_recording()
             return self._writer.append(kind, **fields)
@@ -157,6 +162,15 @@ class Experiment:
         if self.closed:
             raise StoreError(f"experiment {self.id} is closed (status {self.status}): "
                              f"nothing more can be recorded")
+        self._check_process()
+
+    def _check_process(self) -> None:
+        """Refuse a process forked from the experiment's: its copy of the main stream's writer
+        and buffer is not the run's (its events would be lost, or break the parent's chain)."""
+        if os.getpid() != self._pid:
+            raise StoreError(f"experiment {self.id} records in process {self._pid}, not in "
+                             f"process {os.getpid()} forked from it: send the values back and "
+                             f"record them there")
 
     def flush(self) -> int:
         """Write every buffered event now; return the last durable seq of the main stream."""
@@ -330,6 +344,7 @@ class Experiment:
         """
         if status not in COMPLETION_STATUSES:
             raise BadInputError(f"got status {status!r}, but must be 'ok' or 'failed'")
+        self._check_process()
         with self._lock:  # no other thread's event between the stream counts and the end
             return self._complete(status, error)
 
@@ -383,6 +398,7 @@ class Experiment:
         until :meth:`ExperimentManager.resume_experiment` continues it. For preemptible jobs:
         save your checkpoint, ``exp.suspend()``, exit.
         """
+        self._check_process()
         with self._lock:
             if self.closed:
                 raise StoreError(f"experiment {self.id} is already closed (status "
@@ -397,7 +413,7 @@ class Experiment:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  _tb: object) -> None:
-        if self.closed:  # completed, or suspended to be resumed
+        if self.closed or os.getpid() != self._pid:  # done, suspended, or in a forked child
             return
         if exc is None:
             self.close("ok")

@@ -208,6 +208,51 @@ def test_a_killed_process_leaves_an_incomplete_run_that_verifies(tmp_path: Path)
     assert shown.returncode == 0 and "INCOMPLETE" in shown.stdout
 
 
+
+def test_a_forked_child_records_nothing_and_leaves_the_run_to_its_process(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    script = textwrap.dedent(f"""
+        import multiprocessing, os, signal, sys
+        from ledger import ExperimentManager, StoreError
+
+        def log_in_pool_worker(value):
+            exp.log_metric("in a pool worker", value)
+
+        with ExperimentManager({url!r}) as manager:
+            with manager.create_experiment("forking", seed=1) as exp:
+                exp.log_metric("before", 1.0)
+                try:
+                    with multiprocessing.get_context("fork").Pool(1) as pool:
+                        pool.map(log_in_pool_worker, [2.0])
+                except StoreError as error:
+                    print("pool:", error, flush=True)
+                child = os.fork()
+                if child == 0:
+                    signal.alarm(20)  # a child that hangs (flushing) must not outlive the test
+                    for call in (lambda: exp.log_metric("in a child", 3.0), exp.flush):
+                        try:
+                            call()
+                        except StoreError as error:
+                            print("child:", error, flush=True)
+                    sys.exit(0)  # leaves the with block, in the child
+                os.waitpid(child, 0)
+                exp.log_metric("after", 4.0)
+            print(exp.id, exp.status, flush=True)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    *refusals, last = done.stdout.splitlines()
+    assert [line.split(":")[0] for line in refusals] == ["pool", "child", "child"]
+    assert all("forked from it" in line for line in refusals), refusals
+    exp, status = last.split()
+    assert status == "ok"
+    with Store.open(url) as store:
+        events = bodies(store, exp)
+        assert [e["params"]["name"] for e in of_kind(events, METRIC)] == ["before", "after"]
+        assert events[-1]["kind"] == RUN_COMPLETED and events[-1]["params"]["status"] == "ok"
+        assert verify(store, exp).ok
+
 # -- datasets -------------------------------------------------------------------------------------
 
 def test_in_memory_arrays_are_stored_content_addressed_beside_the_ledger(

@@ -18,6 +18,7 @@ killed; the chain in the database then simply ends earlier, and still verifies.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -56,7 +57,9 @@ class StreamWriter:
     (in whichever thread writes it): a LedgerError it raises stops the writer as a failed write
     would, with the batch unwritten. On in-memory SQLite, where each thread would see its own
     database, every write happens in the owner's thread (no background thread, whatever the
-    options).
+    options). A process forked from the writer's (``os.fork``, a ``fork`` multiprocessing pool)
+    inherits a copy of it that refuses to append or flush, and whose close does nothing: the
+    stream, its buffer and its claim stay the writing process's.
     """
 
     def __init__(self, store: Store, exp: str, stream: str, *, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -76,6 +79,7 @@ class StreamWriter:
         self.flush_interval = flush_interval
         self.clock = clock
         self.before_write = before_write
+        self._pid = os.getpid()
         self._claim = claim_stream(store, self.exp, self.stream,
                                    None if _head is None else _head[0] + 1, take_over=take_over)
         try:
@@ -122,6 +126,7 @@ class StreamWriter:
                output: bytes | None = None, meta: Mapping[str, Any] | None = None,
                t: int | None = None) -> Event:
         """Hash and buffer one event at the head of the chain; return it. Not yet durable."""
+        self._check_process()
         with self._lock:
             self._check_usable()
             event = make_event(self.exp, self.stream, self._next_seq, kind, path=path,
@@ -132,6 +137,7 @@ class StreamWriter:
 
     def append_event(self, event: Event) -> Event:
         """Buffer an event built elsewhere; it must be the next link of this chain."""
+        self._check_process()
         with self._lock:
             self._check_usable()
             if (event.exp, event.stream, event.seq, event.prev) != (
@@ -154,6 +160,7 @@ class StreamWriter:
         ``meta`` normalised (see :func:`ledger.events.encode_normalised_body`). Values from
         users go through :meth:`append`, which checks everything.
         """
+        self._check_process()
         with self._lock:
             self._check_usable()
             check_names(self.exp, self.stream, kind)
@@ -195,6 +202,7 @@ class StreamWriter:
 
     def flush(self) -> int:
         """Write every buffered event; return the seq now durable."""
+        self._check_process()
         with self._lock:
             self._raise_failure()
             if self.write_behind:
@@ -273,6 +281,19 @@ class StreamWriter:
             raise StoreError(f"writer for {self.exp}/{self.stream} is closed")
         self._raise_failure()
 
+    @property
+    def forked(self) -> bool:
+        """True in a process forked from the one that opened this writer (see the class)."""
+        return os.getpid() != self._pid
+
+    def _check_process(self) -> None:
+        """Refuse a forked process (checked before taking the lock, which another thread of the
+        writing process may have held when it forked)."""
+        if self.forked:
+            raise StoreError(f"the writer of {self.exp}/{self.stream} belongs to process "
+                             f"{self._pid}, not to process {os.getpid()} forked from it: record "
+                             f"in process {self._pid}")
+
     def _raise_failure(self) -> None:
         if self._failure is not None:
             self._failure_unreported = False
@@ -283,9 +304,9 @@ class StreamWriter:
         twice.
 
         Raises the error that stopped the writer if its owner has not seen it yet (a failed
-        interval flush): buffered events were then not written.
+        interval flush): buffered events were then not written. Does nothing in a forked process.
         """
-        if self._closed:
+        if self._closed or self.forked:
             return
         with self._lock:
             if self.write_behind and self._failure is None:
