@@ -38,10 +38,15 @@ class SharedArray:
 
     @classmethod
     def copy_of(cls, array: np.ndarray) -> "SharedArray":
-        """A new block holding a copy of ``array``."""
+        """A new block holding a copy of ``array``; none is left behind if the copy is
+        interrupted (Ctrl-C while a large dataset is copied)."""
         shared = cls.create(array.shape, array.dtype)
         assert shared.array is not None
-        np.copyto(shared.array, array)
+        try:
+            np.copyto(shared.array, array)
+        except BaseException:
+            shared.close()
+            raise
         return shared
 
     @classmethod

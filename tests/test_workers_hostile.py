@@ -114,6 +114,23 @@ def test_ctrl_c_while_a_worker_is_busy_stops_the_workers_and_the_next_pass_goes_
     assert same_batches(got, expected)
 
 
+
+def test_ctrl_c_while_the_dataset_is_copied_to_shared_memory_leaves_no_block(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*_args: Any, **_kwargs: Any) -> None:
+        raise KeyboardInterrupt  # as Ctrl-C during the copy of a large dataset (seconds)
+
+    shm_before = set(os.listdir("/dev/shm"))
+    batches = TrainingDataIterator(noisy_data(), 8, seed=1, num_workers=2)
+    monkeypatch.setattr(np, "copyto", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        iter(batches)
+    monkeypatch.undo()
+    batches.close()
+    gc.collect()
+    assert not {name for name in set(os.listdir("/dev/shm")) - shm_before
+                if name.startswith("psm_")}
+
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize(("workers", "prefetch"), [(1, 1), (2, 3)])
 def test_a_pass_left_early_continues_with_the_same_batches(method: str, workers: int,
