@@ -38,6 +38,7 @@ from ledger.events import (AUDIT_STREAM, CHECKPOINT, COMPLETION_STATUSES, DATASE
                            Event, check_experiment_id, draw_value, make_event, new_experiment_id,
                            seen_draw)
 from ledger.logged_values import check_metric_value, checkpoint_record, state_digest
+from ledger.processes import forks_so_far
 from ledger.seeds import (SEED_SCHEME, Label, check_path, check_root_seed, derive_bytes, draw_root_seed,
                           generator, root_seed_to_bytes)
 from ledger.store import Store, StreamWriter
@@ -83,6 +84,7 @@ class Experiment:
         """Metrics and checkpoints recorded before a resume, to be re-logged identically."""
         self._iterators: weakref.WeakSet[TrainingDataIterator] = weakref.WeakSet()
         self._pid = os.getpid()
+        self._forks = forks_so_far()
         self.status: str | None = None
         self.head: bytes | None = None
         self._lock = threading.RLock()
@@ -167,7 +169,7 @@ class Experiment:
     def _check_process(self) -> None:
         """Refuse a process forked from the experiment's: its copy of the main stream's writer
         and buffer is not the run's (its events would be lost, or break the parent's chain)."""
-        if os.getpid() != self._pid:
+        if forks_so_far() != self._forks:
             raise StoreError(f"experiment {self.id} records in process {self._pid}, not in "
                              f"process {os.getpid()} forked from it: send the values back and "
                              f"record them there")
@@ -413,7 +415,7 @@ class Experiment:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  _tb: object) -> None:
-        if self.closed or os.getpid() != self._pid:  # done, suspended, or in a forked child
+        if self.closed or forks_so_far() != self._forks:  # done, suspended, or in a forked child
             return
         if exc is None:
             self.close("ok")

@@ -7,6 +7,28 @@ import os
 import threading
 
 
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_count_fork)
+
+
+def forks_so_far() -> int:
+    """How many forks lie between the process that imported the library and this one.
+
+    An object that records only in the process that made it keeps this value and compares: a
+    differing value means it is a forked copy. An int comparison, where ``os.getpid()`` is a
+    system call on every recorded batch.
+    """
+    return _forks
+
+
 def pool_start_method() -> str:
     """``fork`` when it is safe, else ``spawn``.
 

@@ -30,6 +30,7 @@ from ledger.digests import ZERO_DIGEST, event_hash_of_bytes
 from ledger.errors import BadInputError, LedgerError, StoreError
 from ledger.events import (Event, check_experiment_id, check_names, check_stream,
                            encode_normalised_body, make_event)
+from ledger.processes import forks_so_far
 from ledger.seeds import Label
 from ledger.store.claims import claim_stream, release_stream
 from ledger.store.store import Store, event_row
@@ -80,6 +81,7 @@ class StreamWriter:
         self.clock = clock
         self.before_write = before_write
         self._pid = os.getpid()
+        self._forks = forks_so_far()
         self._claim = claim_stream(store, self.exp, self.stream,
                                    None if _head is None else _head[0] + 1, take_over=take_over)
         try:
@@ -284,7 +286,7 @@ class StreamWriter:
     @property
     def forked(self) -> bool:
         """True in a process forked from the one that opened this writer (see the class)."""
-        return os.getpid() != self._pid
+        return forks_so_far() != self._forks
 
     def _check_process(self) -> None:
         """Refuse a forked process (checked before taking the lock, which another thread of the
