@@ -42,6 +42,13 @@ def disk_log(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     return log
 
 
+@pytest.fixture
+def recorded(tmp_path: Path) -> tuple[str, str]:
+    """(url, experiment id) of a short run recorded in an SQLite ledger under ``tmp_path``."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    return url, record_run(url, tmp_path / "ledger-data", epochs=1)
+
+
 def _failing_fsync(monkeypatch: pytest.MonkeyPatch, code: int) -> None:
     def fsync(_descriptor: int) -> None:
         raise OSError(code, os.strerror(code))
@@ -80,9 +87,8 @@ def test_a_dataset_that_cannot_reach_the_disk_leaves_no_file_and_no_event(
 
 
 def test_a_report_file_is_flushed_before_its_rename_and_its_folder_after(
-        tmp_path: Path, disk_log: list[tuple[str, str]]) -> None:
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    exp = record_run(url, tmp_path / "ledger-data", epochs=1)
+        tmp_path: Path, recorded: tuple[str, str], disk_log: list[tuple[str, str]]) -> None:
+    url, exp = recorded
     target = tmp_path / "report.html"
     del disk_log[:]
     with Store.open(url) as store:
@@ -98,9 +104,8 @@ def test_a_report_file_is_flushed_before_its_rename_and_its_folder_after(
 
 
 def test_a_new_bundle_folder_is_flushed_into_its_parent_before_its_files_are_renamed(
-        tmp_path: Path, disk_log: list[tuple[str, str]]) -> None:
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    exp = record_run(url, tmp_path / "ledger-data", epochs=1)
+        tmp_path: Path, recorded: tuple[str, str], disk_log: list[tuple[str, str]]) -> None:
+    url, exp = recorded
     bundle = tmp_path / "audit"
     del disk_log[:]
     with Store.open(url) as store:
@@ -111,9 +116,8 @@ def test_a_new_bundle_folder_is_flushed_into_its_parent_before_its_files_are_ren
 
 
 def test_a_report_that_cannot_reach_the_disk_writes_nothing_and_records_nothing(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    exp = record_run(url, tmp_path / "ledger-data", epochs=1)
+        tmp_path: Path, recorded: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    url, exp = recorded
     before = sorted(path.name for path in tmp_path.iterdir())
     with Store.open(url) as store:
         with monkeypatch.context() as patched:
