@@ -31,7 +31,8 @@ from ledger.digests import value_digest
 from ledger.environment import current_user, environment_fingerprint
 from ledger.errors import CannotReplayError
 from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EXPERIMENT_CREATED,
-                           METRIC, REPLAY_RECORDED, RUN_COMPLETED, RUN_RESUMED, decode_body)
+                           METRIC, REPLAY_RECORDED, RUN_COMPLETED, RUN_RESUMED, USER_DRAW,
+                           decode_body)
 from ledger.processes import usable_cores
 from ledger.seeds import SEED_SCHEME, root_seed_from_bytes
 from ledger.store.store import Store
@@ -236,8 +237,10 @@ class _Replay:
     def _check_draws_recorded_once(self) -> None:
         """Refuse a run that records a draw (kind, path) twice — in two streams, say: each
         recording would re-execute to its record and the run be certified, though no writer
-        records a draw twice (DESIGN §3)."""
-        repeated = self.store.repeated_draw(self.exp, [*NOT_DRAWS, DATASET_REGISTERED])
+        records a draw twice (DESIGN §3). A user draw that several ranks record alike, one copy
+        each (``manual_seed(run, "model", "init")`` on every rank), is one draw."""
+        repeated = self.store.repeated_draw(self.exp, [*NOT_DRAWS, DATASET_REGISTERED],
+                                            per_stream=[USER_DRAW])
         if repeated:
             body = decode_body(repeated[0][2])
             where = " and ".join(f"{stream}#{seq}" for stream, seq, _body in repeated)

@@ -15,12 +15,12 @@ torch = pytest.importorskip("torch", reason="torch is not installed (the 'torch'
 
 import torch_helpers  # noqa: E402 - registers the test transforms
 from conftest import ROOT, run_cli  # noqa: E402
-from ledger.errors import BadInputError  # noqa: E402
+from ledger.errors import BadInputError, CannotReplayError  # noqa: E402
 from ledger.events import decode_body  # noqa: E402
 from ledger.experiment import ExperimentManager, state_digest  # noqa: E402
 from ledger.integrations.torch import (RecordedDataLoader, RecordedSampler,  # noqa: E402
-                                       RecordedTransform, SeedWorkers, recorded_dataloader,
-                                       state_arrays)
+                                       RecordedTransform, SeedWorkers, manual_seed,
+                                       recorded_dataloader, state_arrays)
 from ledger.integrations.transforms import _registry, register_transform  # noqa: E402
 from ledger.sampling import epoch_order  # noqa: E402
 from ledger.seeds import derive_bytes  # noqa: E402
@@ -345,6 +345,29 @@ def recording_run(manager: ExperimentManager, exp: object, attached: bool
         return exp, dataset
     run = AttachedRun(manager.store, exp.id, "rank-1")
     return run, run.register_dataset("d", *torch_helpers.fraud_arrays(100))
+
+
+def test_a_model_seeded_on_every_rank_is_certified(url: str, tmp_path: Path) -> None:
+    """Every rank of a DDP job seeding its model from one path records the same user draw in its
+    own stream: one draw, certified; another seed or output at the path in a stream is not."""
+    from ledger.integrations.runs import AttachedRun
+
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        runs = {}
+        for name, forged in (("honest", False), ("forged", True)):
+            with manager.create_experiment(name, seed=SEED) as exp:
+                with AttachedRun(manager.store, exp.id, "rank-1") as rank_1:
+                    manual_seed(exp, "model", "init")
+                    if forged:
+                        rank_1.record_draw("user_draw", ("model", "init"), seed=bytes(16),
+                                           params={"generator": "torch.manual_seed"})
+                    else:
+                        manual_seed(rank_1, "model", "init")
+            runs[name] = exp.id
+        assert replay_run(manager.store, runs["honest"], data_dir=tmp_path).certified
+        with pytest.raises(CannotReplayError, match=r"user_draw at path \['model', 'init'\] "
+                                                    r"is recorded more than once"):
+            replay_run(manager.store, runs["forged"], data_dir=tmp_path)
 
 
 # -- event order --------------------------------------------------------------------------------------

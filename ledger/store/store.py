@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, func, inspect, select, text
+from sqlalchemy import and_, bindparam, distinct, func, inspect, not_, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
@@ -338,15 +338,24 @@ class Store:
         with self._reading() as connection:
             return connection.execute(query).scalar()
 
-    def repeated_draw(self, exp: str, not_draws: Sequence[str]) -> list[tuple[str, int, bytes]]:
+    def repeated_draw(self, exp: str, not_draws: Sequence[str], per_stream: Sequence[str] = ()
+                      ) -> list[tuple[str, int, bytes]]:
         """``(stream, seq, body)`` of the first two events of the earliest (kind, path) that
         ``exp`` records more than once outside the audit stream, kinds in ``not_draws`` aside;
-        ``[]`` when each is recorded once, as a draw must be (DESIGN §3)."""
+        ``[]`` when each is recorded once, as a draw must be (DESIGN §3). A kind in
+        ``per_stream`` may be recorded once in each of several streams with the same seed, input
+        and output: one draw that several ranks made (each seeding its model, say)."""
         events = events_table.c
+        copies = func.count()
+        same_in_each_stream = and_(
+            events.kind.in_(list(per_stream)), func.count(distinct(events.stream)) == copies,
+            *(func.count(distinct(func.coalesce(column, b""))) == 1
+              for column in (events.seed, events.input, events.output)))
         repeated = (select(events.kind, events.path)
                     .where(events.exp == exp, events.stream != AUDIT_STREAM,
                            events.kind.not_in(list(not_draws)))
-                    .group_by(events.kind, events.path).having(func.count() > 1)
+                    .group_by(events.kind, events.path)
+                    .having(and_(copies > 1, not_(same_in_each_stream)))
                     .order_by(func.min(events.id)).limit(1).subquery())
         query = (select(events.stream, events.seq, events.body)
                  .join(repeated, (events.kind == repeated.c.kind)
