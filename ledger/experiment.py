@@ -208,29 +208,32 @@ class Experiment:
                                     f"ExperimentManager, set LEDGER_DATA_DIR, or give path=")
             loader = store_npz(self.data_dir, features, labels, digest)
             dataset = Dataset(name, features, labels, digest, loader)
-        recorded = self._recorded_datasets.get(name)
-        if recorded is not None:
-            if recorded != dataset.digest:  # refused, and nothing consumed: a retry is too
-                raise BadInputError(f"got other content for dataset {name!r} than the run "
-                                    f"registered before it was resumed ({recorded.hex()[:16]}…)")
-            del self._recorded_datasets[name]
+        with self._lock:  # threads registering one name record it once
+            recorded = self._recorded_datasets.get(name)
+            if recorded is not None:
+                if recorded != dataset.digest:  # refused, and nothing consumed: a retry is too
+                    raise BadInputError(f"got other content for dataset {name!r} than the run "
+                                        f"registered before it was resumed "
+                                        f"({recorded.hex()[:16]}…)")
+                del self._recorded_datasets[name]
+                self._datasets[name] = dataset
+                return dataset
+            known = self._datasets.get(name)
+            if known is not None:
+                if known.digest != dataset.digest:
+                    raise BadInputError(f"got other content for dataset {name!r}, but it is "
+                                        f"already registered in {self.id} with digest "
+                                        f"{known.digest.hex()}")
+                return known
+            self.record(DATASET_REGISTERED, params={
+                "name": name, "length": len(dataset), "loader": dataset.loader,
+                "features": {"dtype": dataset.features.dtype.str,
+                             "shape": list(dataset.features.shape)},
+                "labels": None if dataset.labels is None else {
+                    "dtype": dataset.labels.dtype.str, "shape": list(dataset.labels.shape)}},
+                output=dataset.digest)
             self._datasets[name] = dataset
             return dataset
-        known = self._datasets.get(name)
-        if known is not None:
-            if known.digest != dataset.digest:
-                raise BadInputError(f"got other content for dataset {name!r}, but it is already "
-                                    f"registered in {self.id} with digest {known.digest.hex()}")
-            return known
-        self.record(DATASET_REGISTERED, params={
-            "name": name, "length": len(dataset), "loader": dataset.loader,
-            "features": {"dtype": dataset.features.dtype.str,
-                         "shape": list(dataset.features.shape)},
-            "labels": None if dataset.labels is None else {
-                "dtype": dataset.labels.dtype.str, "shape": list(dataset.labels.shape)}},
-            output=dataset.digest)
-        self._datasets[name] = dataset
-        return dataset
 
     def dataset_registered(self, dataset: Dataset) -> bool:
         """True when ``dataset`` (same name and digest) was registered in this experiment."""

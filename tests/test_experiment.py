@@ -173,6 +173,27 @@ def test_threads_drawing_at_one_path_record_it_once(manager: ExperimentManager) 
     paths = [d["path"] for d in of_kind(bodies(manager.store, exp.id), USER_DRAW)]
     assert sorted(paths) == [["model", step] for step in range(50)]
 
+def test_threads_registering_one_dataset_record_it_once(manager: ExperimentManager) -> None:
+    features, labels = noisy_data()
+    start = threading.Barrier(4)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        with manager.create_experiment("threads", seed=1) as exp:
+            def register() -> None:
+                start.wait()
+                exp.register_dataset("d", features, labels)
+
+            threads = [threading.Thread(target=register) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert len(of_kind(bodies(manager.store, exp.id), DATASET_REGISTERED)) == 1
+
+
 def test_a_killed_process_leaves_an_incomplete_run_that_verifies(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     script = textwrap.dedent(f"""
