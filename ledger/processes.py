@@ -1,5 +1,6 @@
 """Choosing how many helper processes to start, and how (verification segments, replay chunks);
-and how much memory the machine has, to bound what untrusted records may ask for."""
+how much memory the machine has, to bound what untrusted records may ask for; and whether this
+process is a fork of the one that made a recording object (:func:`forks_so_far`)."""
 
 from __future__ import annotations
 

@@ -321,4 +321,3 @@ def record_replay(store: Store, report: ReplayReport) -> None:
     record_audit(store, report.exp, REPLAY_RECORDED, certificate,
                  output=value_digest(certificate),
                  meta={"pid": os.getpid(), "host": socket.gethostname()})
-

@@ -143,7 +143,8 @@ def assemble(store: Store, facts: RunFacts, scan: ScanResult, verified: VerifyRe
         "report_id": options.report_id or new_report_id(),
         "generator": {"name": GENERATOR, "version": __version__},
         "generated_at": generated_at,
-        "generated_by": options.generated_by or f"{current_user() or 'unknown'}@{socket.gethostname()}",
+        "generated_by": (options.generated_by
+                         or f"{current_user() or 'unknown'}@{socket.gethostname()}"),
         "ledger": {"url": store.url, "backend": store.backend, "schema_version": schema_version},
         "files": []}
     return {"schema": SCHEMA_ID, "summary": _summary(facts, sections, verified, alerts),

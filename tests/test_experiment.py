@@ -125,7 +125,6 @@ def test_a_closed_experiment_records_nothing_more(manager: ExperimentManager) ->
         exp.close()
 
 
-
 def test_a_background_thread_logging_while_the_run_completes_leaves_a_run_that_verifies(
         manager: ExperimentManager) -> None:
     exp = manager.create_experiment("evaluating", seed=1)
@@ -172,6 +171,7 @@ def test_threads_drawing_at_one_path_record_it_once(manager: ExperimentManager) 
         sys.setswitchinterval(interval)
     paths = [d["path"] for d in of_kind(bodies(manager.store, exp.id), USER_DRAW)]
     assert sorted(paths) == [["model", step] for step in range(50)]
+
 
 def test_threads_registering_one_dataset_record_it_once(manager: ExperimentManager) -> None:
     features, labels = noisy_data()
@@ -229,7 +229,6 @@ def test_a_killed_process_leaves_an_incomplete_run_that_verifies(tmp_path: Path)
     assert shown.returncode == 0 and "INCOMPLETE" in shown.stdout
 
 
-
 def test_a_forked_child_records_nothing_and_leaves_the_run_to_its_process(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     script = textwrap.dedent(f"""
@@ -275,6 +274,7 @@ def test_a_forked_child_records_nothing_and_leaves_the_run_to_its_process(tmp_pa
         assert verify(store, exp).ok
 
 # -- datasets -------------------------------------------------------------------------------------
+
 
 def test_in_memory_arrays_are_stored_content_addressed_beside_the_ledger(
         manager: ExperimentManager, tmp_path: Path) -> None:
@@ -351,6 +351,7 @@ def test_load_dataset_refuses_a_changed_or_missing_file(manager: ExperimentManag
 
 # -- metrics, checkpoints, user draws -------------------------------------------------------------
 
+
 def test_metrics_and_checkpoints_record_their_digests(manager: ExperimentManager) -> None:
     weights = {"w1": np.ones((3, 2), np.float32), "b1": np.zeros(2, np.float32)}
     with manager.create_experiment("m", seed=1) as exp:
@@ -405,6 +406,7 @@ def test_a_draw_identity_is_recorded_once_and_never_with_two_outputs(
 
 
 # -- the iterator inside an experiment ------------------------------------------------------------
+
 
 def test_an_iterator_records_epoch_resets_and_augmentation_batches(
         manager: ExperimentManager) -> None:

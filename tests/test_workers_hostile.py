@@ -66,6 +66,7 @@ def alarm() -> Iterator[Any]:
 
 # -- nothing waits for a busy worker but a request for a batch -------------------------------------
 
+
 @pytest.mark.parametrize("timeout", [None, 30.0])
 def test_an_exception_in_the_training_loop_is_not_replaced_by_a_wait_for_busy_workers(
         tmp_path: Path, timeout: float | None) -> None:
@@ -114,7 +115,6 @@ def test_ctrl_c_while_a_worker_is_busy_stops_the_workers_and_the_next_pass_goes_
     assert same_batches(got, expected)
 
 
-
 def test_ctrl_c_while_the_dataset_is_copied_to_shared_memory_leaves_no_block(
         monkeypatch: pytest.MonkeyPatch) -> None:
     def interrupted(*_args: Any, **_kwargs: Any) -> None:
@@ -130,6 +130,7 @@ def test_ctrl_c_while_the_dataset_is_copied_to_shared_memory_leaves_no_block(
     gc.collect()
     assert not {name for name in set(os.listdir("/dev/shm")) - shm_before
                 if name.startswith("psm_")}
+
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize(("workers", "prefetch"), [(1, 1), (2, 3)])
@@ -178,6 +179,7 @@ def test_garbage_collecting_an_iterator_left_mid_pass_stops_its_workers(tmp_path
 
 
 # -- ops that break their contract -------------------------------------------------------------------
+
 
 def test_an_op_returning_a_ragged_list_is_named_in_the_main_process() -> None:
     """Before: numpy's ValueError about inhomogeneous shapes, naming neither op nor batch."""
@@ -239,6 +241,7 @@ def test_a_worker_failure_leaves_a_failed_run_that_verifies(tmp_path: Path) -> N
 
 
 # -- odd datasets and iterators: the batches of num_workers=0 -------------------------------------
+
 
 def _read_only(array: np.ndarray) -> np.ndarray:
     array.flags.writeable = False
