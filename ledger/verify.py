@@ -120,16 +120,25 @@ def plan_segments(chains: Iterable[tuple[str, str, int, int]], size: int = SEGME
     return segments
 
 
+_worker_url: str | None = None
 _worker_store: Store | None = None
 
 
-def _open_worker_store(url: str) -> None:
-    global _worker_store
-    _worker_store = Store.open(url)
+def _set_worker_url(url: str) -> None:
+    global _worker_url
+    _worker_url = url
 
 
 def _check_in_worker(segment: Segment) -> SegmentResult:
-    assert _worker_store is not None
+    """Check one segment in a pool worker, opening the worker's store on its first segment.
+
+    Opened here rather than in the pool's initializer: a failed open there (a role's connection
+    limit reached, a server restarting) printed a traceback per worker and broke the pool, an
+    internal error; raised from a task it reaches the caller as the StoreError it is."""
+    global _worker_store
+    if _worker_store is None:
+        assert _worker_url is not None
+        _worker_store = Store.open(_worker_url)
     return check_segment(_worker_store, segment)
 
 
@@ -139,7 +148,7 @@ def _results(store: Store, segments: list[Segment], jobs: int) -> Iterator[Segme
             yield check_segment(store, segment)
         return
     context = multiprocessing.get_context(pool_start_method())
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_open_worker_store,
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_set_worker_url,
                              initargs=(store.url_with_secrets,)) as pool:
         yield from pool.map(_check_in_worker, segments)
 

@@ -6,6 +6,7 @@ run, Ctrl-C during flushes, readers while a write is in progress. Each ends in o
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import sqlite3
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy
 
+import ledger.processes
 import ledger.resume
 from conftest import ROOT, run_cli
 from ledger.errors import (BadInputError, ConcurrentWriteError, StoreError,
@@ -196,6 +198,37 @@ def test_a_terminated_postgres_connection_is_one_error_and_the_run_resumes(
             assert _status(manager.store, exp.id) == "ok"
             assert verify(manager.store, exp.id).ok
     finally:
+        admin.dispose()
+
+
+def test_a_verify_worker_that_cannot_connect_is_one_store_error(
+        postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A role at its connection limit: the parent's connection is the one allowed, so each
+    verify worker's open fails. That failure, raised in the pool's initializer, printed a
+    traceback per worker and ended as an internal BrokenProcessPool; now one StoreError."""
+    verify_module = importlib.import_module("ledger.verify")  # `ledger.verify` is the function
+    url = sqlalchemy.make_url(postgres_url)
+    role = f"ledger_limited_{os.getpid()}"
+    schema = url.query["options"].split("%3D")[-1].split("=")[-1]
+    admin = sqlalchemy.create_engine(postgres_url)
+    with Store.open(postgres_url, create=True) as store:
+        record_experiment(store)
+        record_experiment(store)
+    try:
+        with admin.begin() as connection:
+            connection.exec_driver_sql(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 1")
+            connection.exec_driver_sql(f"GRANT USAGE ON SCHEMA {schema} TO {role}")
+            connection.exec_driver_sql(f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}")
+        monkeypatch.setattr(verify_module, "usable_cores", lambda: 2)
+        monkeypatch.setattr(ledger.processes, "usable_cores", lambda: 2)
+        limited = url.set(username=role).render_as_string(hide_password=False)
+        with Store.open(limited) as store:
+            with pytest.raises(StoreError, match="too many connections"):
+                verify(store, jobs=2)
+    finally:
+        with admin.begin() as connection:
+            connection.exec_driver_sql(f"DROP OWNED BY {role}")
+            connection.exec_driver_sql(f"DROP ROLE {role}")
         admin.dispose()
 
 
