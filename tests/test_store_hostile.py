@@ -232,6 +232,23 @@ def test_a_verify_worker_that_cannot_connect_is_one_store_error(
         admin.dispose()
 
 
+def test_a_lock_held_on_a_ledger_table_is_one_error_not_a_hang(postgres_url: str) -> None:
+    """Another session holding a lock on ledger_events (a LOCK TABLE, an ALTER TABLE, a VACUUM
+    FULL): `ledger list` waited for as long as the lock was held. Now it gives up after
+    POSTGRES_LOCK_TIMEOUT seconds with one line, exit 2."""
+    with Store.open(postgres_url, create=True) as store:
+        record_experiment(store)
+    admin = sqlalchemy.create_engine(postgres_url)
+    try:
+        with admin.begin() as connection:
+            connection.exec_driver_sql("LOCK TABLE ledger_events IN ACCESS EXCLUSIVE MODE")
+            result = run_cli("--db", postgres_url, "list", timeout=TIMEOUT)
+    finally:
+        admin.dispose()
+    assert result.returncode == 2
+    assert "lock timeout" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
 # -- stream claims between live processes -------------------------------------------------------
 
 STALE_WRITER = """

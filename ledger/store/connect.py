@@ -27,6 +27,9 @@ SQLITE_SYNCHRONOUS = "FULL"
 _SQLITE_HEADER = b"SQLite format 3\x00"
 POSTGRES_CONNECT_TIMEOUT = 10
 """Seconds to wait for a PostgreSQL server to accept a connection (a silent one would hang)."""
+POSTGRES_LOCK_TIMEOUT = 10
+"""Seconds a PostgreSQL statement waits for a lock on a ledger table (another session's ``LOCK
+TABLE``, ``ALTER TABLE``, ``VACUUM FULL``) before it fails: without a bound, commands hung."""
 _POSTGRES_CREATE_LOCK = 0x6C6564676572  # "ledger"
 """Key of the transaction-level advisory lock under which a PostgreSQL ledger is created."""
 WRITE_OPTION = "ledger_write"
@@ -108,6 +111,16 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(connection):  # noqa: ANN001
         writing = connection.get_execution_options().get(WRITE_OPTION)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
+
+
+def _configure_postgres(engine: Engine) -> None:
+    """Bound every connection's lock waits by ``POSTGRES_LOCK_TIMEOUT``: a session holding a
+    lock on a ledger table then makes a command fail with one StoreError instead of hanging."""
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):  # noqa: ANN001 - driver objects
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(f"SET lock_timeout = {POSTGRES_LOCK_TIMEOUT * 1000}")
+        dbapi_connection.commit()  # a SET in a transaction rolled back would be undone
 
 
 def _check_sqlite_schema(engine: Engine, shown: str) -> None:
@@ -210,6 +223,8 @@ def open_engine(url: str | None = None, *, create: bool = False) -> tuple[Engine
         raise StoreError(f"no driver for {shown}: {error} (install the 'postgres' extra)") from None
     if is_sqlite:
         _configure_sqlite(engine)
+    else:
+        _configure_postgres(engine)
     try:
         if is_sqlite:
             _check_sqlite_schema(engine, shown)
