@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ import sqlalchemy
 
 import ledger.processes
 import ledger.resume
+import ledger.store.connect
 from conftest import ROOT, run_cli
 from ledger.errors import (BadInputError, ConcurrentWriteError, StoreError,
                            StreamClaimedError)
@@ -247,6 +249,40 @@ def test_a_lock_held_on_a_ledger_table_is_one_error_not_a_hang(postgres_url: str
         admin.dispose()
     assert result.returncode == 2
     assert "lock timeout" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_a_writer_waits_for_a_lock_a_read_gives_up_on(postgres_url: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A training run's writer outlasts a maintenance lock (its events buffered meanwhile)
+    instead of stopping the run after the readers' lock timeout."""
+    monkeypatch.setattr(ledger.store.connect, "POSTGRES_LOCK_TIMEOUT", 1)
+    admin = sqlalchemy.create_engine(postgres_url)
+    with Store.open(postgres_url, create=True) as store:
+        recorded = record_experiment(store, workers=0, complete=False)
+        writer = StreamWriter(store, recorded.exp, "rank-7", flush_interval=None)
+        writer.append("metric", params={"after": "the lock"})
+        locked, release = threading.Event(), threading.Event()
+
+        def maintenance() -> None:
+            with admin.begin() as connection:
+                connection.exec_driver_sql("LOCK TABLE ledger_events IN ACCESS EXCLUSIVE MODE")
+                locked.set()
+                release.wait(TIMEOUT)
+
+        holder = threading.Thread(target=maintenance)
+        holder.start()
+        try:
+            assert locked.wait(TIMEOUT)
+            with pytest.raises(StoreError, match="lock timeout"):
+                store.counts_by_kind(recorded.exp)  # a read gives up after 1 s
+            threading.Timer(2.0, release.set).start()  # the lock outlasts the read timeout
+            assert writer.flush() == 0  # and the writer waited for it
+        finally:
+            release.set()
+            holder.join()
+            admin.dispose()
+        writer.close()
+        assert store.last_event(recorded.exp, "rank-7")[0] == 0
 
 
 # -- stream claims between live processes -------------------------------------------------------

@@ -28,8 +28,9 @@ _SQLITE_HEADER = b"SQLite format 3\x00"
 POSTGRES_CONNECT_TIMEOUT = 10
 """Seconds to wait for a PostgreSQL server to accept a connection (a silent one would hang)."""
 POSTGRES_LOCK_TIMEOUT = 10
-"""Seconds a PostgreSQL statement waits for a lock on a ledger table (another session's ``LOCK
-TABLE``, ``ALTER TABLE``, ``VACUUM FULL``) before it fails: without a bound, commands hung."""
+"""Seconds a PostgreSQL read waits for a lock on a ledger table (another session's ``LOCK
+TABLE``, ``ALTER TABLE``, ``VACUUM FULL``) before it fails: without a bound, commands hung.
+Writes wait without a bound (see :func:`_configure_postgres`)."""
 _POSTGRES_CREATE_LOCK = 0x6C6564676572  # "ledger"
 """Key of the transaction-level advisory lock under which a PostgreSQL ledger is created."""
 WRITE_OPTION = "ledger_write"
@@ -114,13 +115,20 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 def _configure_postgres(engine: Engine) -> None:
-    """Bound every connection's lock waits by ``POSTGRES_LOCK_TIMEOUT``: a session holding a
-    lock on a ledger table then makes a command fail with one StoreError instead of hanging."""
+    """Bound reads' lock waits by ``POSTGRES_LOCK_TIMEOUT``: a session holding a lock on a
+    ledger table then makes a command fail with one StoreError instead of hanging. Writes wait
+    as long as the lock is held — a training run outlasts a maintenance ``VACUUM FULL``, its
+    events buffered meanwhile, rather than stopping for it."""
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):  # noqa: ANN001 - driver objects
         with dbapi_connection.cursor() as cursor:
             cursor.execute(f"SET lock_timeout = {POSTGRES_LOCK_TIMEOUT * 1000}")
         dbapi_connection.commit()  # a SET in a transaction rolled back would be undone
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection):  # noqa: ANN001
+        if connection.get_execution_options().get(WRITE_OPTION):
+            connection.exec_driver_sql("SET LOCAL lock_timeout = 0")  # this transaction only
 
 
 def _check_sqlite_schema(engine: Engine, shown: str) -> None:
