@@ -51,6 +51,9 @@ a chain like any other (verified, append-only), but not part of the run, so ``ru
 does not list it."""
 AUDIT_KINDS = frozenset({REPLAY_RECORDED, REPORT_EXPORTED})
 """The kinds the audit stream holds, and all it may hold: replay and diff skip that stream."""
+LIBRARY_KINDS = frozenset({EXPERIMENT_CREATED, RUN_RESUMED, RUN_COMPLETED}) | AUDIT_KINDS
+"""Kinds only the library records, each at its one place (main seq 0, a resumption, main last,
+the audit stream): ``record`` refuses them, since one anywhere else breaks the run's chain."""
 _EXP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _STREAM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}(/[A-Za-z0-9][A-Za-z0-9._-]{0,63}){0,3}")
 _KIND = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -134,6 +137,13 @@ def _check_digest(name: str, value: Any, size: int) -> bytes | None:
 
 
 @functools.lru_cache(maxsize=1024)
+def check_recordable(kind: Any) -> None:
+    """Refuse a :data:`LIBRARY_KINDS` kind passed to a ``record`` method by its caller."""
+    if kind in LIBRARY_KINDS:
+        raise BadInputError(f"got kind {kind!r}, but only the library records it (create, "
+                            f"resume or close the run instead)")
+
+
 def check_names(exp: str, stream: str, kind: str) -> None:
     """Validate names once per (experiment, stream, kind): a writer repeats them at every event."""
     check_experiment_id(exp)

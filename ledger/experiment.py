@@ -35,8 +35,8 @@ from ledger.environment import entrypoint as detect_entrypoint
 from ledger.errors import BadInputError, LedgerError, StoreError
 from ledger.events import (AUDIT_STREAM, CHECKPOINT, COMPLETION_STATUSES, DATASET_REGISTERED,
                            EXPERIMENT_CREATED, MAIN_STREAM, METRIC, RUN_COMPLETED, USER_DRAW,
-                           Event, check_experiment_id, draw_value, make_event, new_experiment_id,
-                           seen_draw)
+                           Event, check_experiment_id, check_recordable, draw_value, make_event,
+                           new_experiment_id, seen_draw)
 from ledger.logged_values import check_metric_value, checkpoint_record, state_digest
 from ledger.processes import forks_so_far
 from ledger.seeds import (SEED_SCHEME, Label, check_path, check_root_seed, derive_bytes, draw_root_seed,
@@ -105,7 +105,11 @@ class Experiment:
     def record(self, kind: str, *, path: Sequence[Any] = (), seed: bytes | None = None,
                params: Mapping[str, Any] | None = None, input: bytes | None = None,
                output: bytes | None = None, meta: Mapping[str, Any] | None = None) -> Event:
-        """Append one event to the main stream (buffered; durable after :meth:`flush`)."""
+        """Append one event to the main stream (buffered; durable after :meth:`flush`).
+
+        The kinds the library records itself (:data:`~ledger.events.LIBRARY_KINDS`) are refused.
+        """
+        check_recordable(kind)
         return self._append(kind, path=path, seed=seed, params=params, input=input,
                             output=output, meta=meta)
 

@@ -54,8 +54,8 @@ def resume(store: Store, exp: str, data_dir: Path | None) -> "Experiment":
         experiment = Experiment(store, exp, row.name, root_seed_from_bytes(params["root_seed"]),
                                 str(params.get("root_seed_source", "user")), writer, data_dir)
         checkpoint = _remember(store, experiment)
-        experiment.record(RUN_RESUMED, params={"after_seq": writer.next_seq - 1,
-                                               "last_checkpoint": checkpoint},
+        experiment._append(RUN_RESUMED, params={"after_seq": writer.next_seq - 1,
+                                                "last_checkpoint": checkpoint},
                           meta={"pid": os.getpid(), "host": socket.gethostname()})
     except BaseException:
         writer.close()  # releases main: the run stays as it was

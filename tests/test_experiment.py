@@ -125,6 +125,18 @@ def test_a_closed_experiment_records_nothing_more(manager: ExperimentManager) ->
         exp.close()
 
 
+@pytest.mark.parametrize("kind", ["experiment_created", "run_completed", "run_resumed",
+                                  "replay_recorded", "report_exported"])
+def test_record_refuses_the_kinds_only_the_library_records(manager: ExperimentManager,
+                                                           kind: str) -> None:
+    # A run_completed recorded mid-run made 'ledger list' show the run ok while verify failed it.
+    with manager.create_experiment("clf", seed=1) as exp:
+        with pytest.raises(BadInputError, match="only the library records it"):
+            exp.record(kind, params={"status": "ok", "streams": {}})
+        exp.record("note", params={"text": "custom kinds are still recorded"})
+    assert ledger.verify(manager.store, exp.id).ok
+
+
 def test_a_background_thread_logging_while_the_run_completes_leaves_a_run_that_verifies(
         manager: ExperimentManager) -> None:
     exp = manager.create_experiment("evaluating", seed=1)

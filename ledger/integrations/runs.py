@@ -22,8 +22,8 @@ from typing import Any
 from ledger.datasets import Dataset, check_arrays, check_name, dataset_digest, dataset_from_file
 from ledger.errors import BadInputError, StoreError
 from ledger.events import (AUDIT_STREAM, DATASET_REGISTERED, EXPERIMENT_CREATED, MAIN_STREAM,
-                           RUN_COMPLETED, Event, check_experiment_id, check_stream, decode_body,
-                           draw_value, seen_draw)
+                           RUN_COMPLETED, Event, check_experiment_id, check_recordable,
+                           check_stream, decode_body, draw_value, seen_draw)
 from ledger.seeds import Label, root_seed_from_bytes
 from ledger.store import Store, StreamWriter
 
@@ -92,7 +92,9 @@ class AttachedRun:
         """Append one event to this stream (buffered; durable after :meth:`flush`).
 
         Events still pending in this run's loaders are appended first, so the order of events
-        follows the order of the calls (as :meth:`ledger.experiment.Experiment.record`)."""
+        follows the order of the calls (as :meth:`ledger.experiment.Experiment.record`), and the
+        kinds the library records itself are refused, as there."""
+        check_recordable(kind)
         self._prepare_to_record()
         return self._writer.append(kind, path=path, seed=seed, params=params, input=input,
                                    output=output, meta=meta)
