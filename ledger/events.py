@@ -136,14 +136,14 @@ def _check_digest(name: str, value: Any, size: int) -> bytes | None:
     return bytes(value)
 
 
-@functools.lru_cache(maxsize=1024)
 def check_recordable(kind: Any) -> None:
     """Refuse a :data:`LIBRARY_KINDS` kind passed to a ``record`` method by its caller."""
-    if kind in LIBRARY_KINDS:
+    if isinstance(kind, str) and kind in LIBRARY_KINDS:
         raise BadInputError(f"got kind {kind!r}, but only the library records it (create, "
                             f"resume or close the run instead)")
 
 
+@functools.lru_cache(maxsize=1024)
 def check_names(exp: str, stream: str, kind: str) -> None:
     """Validate names once per (experiment, stream, kind): a writer repeats them at every event."""
     check_experiment_id(exp)

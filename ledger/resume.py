@@ -56,7 +56,7 @@ def resume(store: Store, exp: str, data_dir: Path | None) -> "Experiment":
         checkpoint = _remember(store, experiment)
         experiment._append(RUN_RESUMED, params={"after_seq": writer.next_seq - 1,
                                                 "last_checkpoint": checkpoint},
-                          meta={"pid": os.getpid(), "host": socket.gethostname()})
+                           meta={"pid": os.getpid(), "host": socket.gethostname()})
     except BaseException:
         writer.close()  # releases main: the run stays as it was
         raise
