@@ -8,7 +8,9 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,6 +25,7 @@ from ledger.datasets import dataset_digest
 from ledger.environment import blas_threads, environment_fingerprint
 from ledger.events import (AUGMENTATION_BATCH, CHECKPOINT, DATASET_REGISTERED, EPOCH_RESET,
                            EXPERIMENT_CREATED, METRIC, RUN_COMPLETED, USER_DRAW)
+from ledger.experiment import Experiment
 from ledger.experiment_info import describe_experiment
 from ledger.sampling import epoch_order
 from ledger.seeds import SEED_SCHEME, derive_bytes, root_seed_to_bytes
@@ -162,47 +165,42 @@ def test_a_background_thread_logging_while_the_run_completes_leaves_a_run_that_v
     assert verify(manager.store, exp.id).ok
 
 
-def test_threads_drawing_at_one_path_record_it_once(manager: ExperimentManager) -> None:
+def _in_racing_threads(manager: ExperimentManager, call: Callable[[Experiment], Any]
+                       ) -> Experiment:
+    """Run ``call(exp)`` in 4 threads started together in one experiment, switching between any
+    two bytecodes so that an unlocked check-then-record race shows; return the experiment."""
     start = threading.Barrier(4)
-
-    def draw() -> None:
-        start.wait()
-        for step in range(50):
-            exp.generator("model", step)
-
     interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # threads switch between any two bytecodes: the race shows
+    sys.setswitchinterval(1e-6)
     try:
         with manager.create_experiment("threads", seed=1) as exp:
-            threads = [threading.Thread(target=draw) for _ in range(4)]
+            def racer() -> None:
+                start.wait()
+                call(exp)
+
+            threads = [threading.Thread(target=racer) for _ in range(4)]
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join()
     finally:
         sys.setswitchinterval(interval)
+    return exp
+
+
+def test_threads_drawing_at_one_path_record_it_once(manager: ExperimentManager) -> None:
+    def draw(exp: Experiment) -> None:
+        for step in range(50):
+            exp.generator("model", step)
+
+    exp = _in_racing_threads(manager, draw)
     paths = [d["path"] for d in of_kind(bodies(manager.store, exp.id), USER_DRAW)]
     assert sorted(paths) == [["model", step] for step in range(50)]
 
 
 def test_threads_registering_one_dataset_record_it_once(manager: ExperimentManager) -> None:
     features, labels = noisy_data()
-    start = threading.Barrier(4)
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        with manager.create_experiment("threads", seed=1) as exp:
-            def register() -> None:
-                start.wait()
-                exp.register_dataset("d", features, labels)
-
-            threads = [threading.Thread(target=register) for _ in range(4)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-    finally:
-        sys.setswitchinterval(interval)
+    exp = _in_racing_threads(manager, lambda exp: exp.register_dataset("d", features, labels))
     assert len(of_kind(bodies(manager.store, exp.id), DATASET_REGISTERED)) == 1
 
 
