@@ -149,6 +149,8 @@ def prepare_data_dir(data_dir: Path) -> None:
     except OSError as error:
         raise BadInputError(f"cannot store datasets in {data_dir}: "
                             f"{error.strerror or error}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):  # there already, but no file can go in it
+        raise BadInputError(f"cannot store datasets in {data_dir}: {folder} is not writable")
 
 
 def store_npz(data_dir: Path, features: np.ndarray, labels: np.ndarray | None,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from conftest import run_cli
 from examples.fraud.dataset import FEATURES, TRANSACTIONS, load_fraud_data, make_transactions
@@ -13,6 +15,7 @@ from examples.fraud.demo import run_demo
 from examples.fraud.model import roc_auc
 from ledger import Store, verify
 from ledger.datasets import dataset_digest
+from ledger.errors import BadInputError
 
 
 def test_the_dataset_is_deterministic_with_about_thirty_features_and_rare_fraud() -> None:
@@ -102,6 +105,27 @@ def test_ledger_demo_with_a_data_folder_it_cannot_use_writes_nothing(tmp_path: P
     assert done.returncode == 2 and "cannot store datasets" in done.stderr
     with Store.open(f"sqlite:///{tmp_path / 'ledger.db'}") as store:
         assert store.experiments() == []
+
+
+def test_ledger_demo_with_a_data_folder_it_cannot_write_records_no_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A data folder that exists but takes no files (read-only, another user's) stops the demo
+    before the ledger is created, not as a failed run recorded in it."""
+    datasets = tmp_path / "data" / "datasets"
+    datasets.mkdir(parents=True)
+    datasets.chmod(0o555)
+    if os.access(datasets, os.W_OK):  # root writes anyway: deny it as the kernel would a user
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode, **kw: False
+                            if Path(path) == datasets and mode & os.W_OK
+                            else real_access(path, mode, **kw))
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    try:
+        with pytest.raises(BadInputError, match="cannot store datasets in .* is not writable"):
+            run_demo(url, data_dir=tmp_path / "data", transactions=2_000, epochs=1, workers=0)
+    finally:
+        datasets.chmod(0o755)
+    assert not (tmp_path / "ledger.db").exists()
 
 
 def test_the_demo_data_splits_are_standardised_on_the_training_split() -> None:
