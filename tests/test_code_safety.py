@@ -119,6 +119,26 @@ def test_only_the_registry_imports_modules_by_name() -> None:
     assert "replay/registry.py" in importers
 
 
+def test_sql_text_interpolates_only_the_schemas_own_names_and_constants() -> None:
+    """Every value in an SQL statement is a bound parameter: an f-string given to a driver
+    may hold only constants and the ledger's own table names, never a name read from the
+    database (a foreign file's index name went into ``PRAGMA index_xinfo('…')``)."""
+    allowed = {"SQLITE_SYNCHRONOUS", "POSTGRES_LOCK_TIMEOUT", "table"}  # `table`: ours only
+    offenders = []
+    for path in _sources():
+        for name, call in _calls(ast.parse(path.read_text())):
+            if name.rsplit(".", 1)[-1] not in ("execute", "exec_driver_sql", "text"):
+                continue
+            for argument in call.args[:1]:
+                used = {node.id for part in ast.walk(argument)
+                        if isinstance(part, ast.FormattedValue)
+                        for node in ast.walk(part.value) if isinstance(node, ast.Name)}
+                if used - allowed:
+                    offenders.append(f"{path.relative_to(ROOT)}:{call.lineno} puts "
+                                     f"{sorted(used - allowed)} in SQL text")
+    assert not offenders, offenders
+
+
 def test_the_scan_sees_the_package() -> None:
     scanned = {path.relative_to(ROOT).parts[0] for path in _sources()}
     assert {"ledger", "replay", "cli", "examples"} <= scanned

@@ -191,8 +191,7 @@ def _without_if_not_exists(sql: str | None) -> str | None:
 def _expression_index(connection, name: str, sql: str) -> bool:  # noqa: ANN001
     if " WHERE " in sql.upper():
         return True
-    quoted = name.replace("'", "''")  # the name is the sender's
-    keys = connection.exec_driver_sql(f"PRAGMA index_xinfo('{quoted}')").all()
+    keys = connection.exec_driver_sql("SELECT * FROM pragma_index_xinfo(?)", (name,)).all()
     return any(row[1] == -2 for row in keys)  # cid -2: an expression
 
 
