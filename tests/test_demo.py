@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,20 @@ def test_ledger_demo_prints_both_runs_and_exits_0_when_identical(tmp_path: Path)
     listed = json.loads(run_cli("list", "--json", cwd=tmp_path).stdout)["experiments"]
     assert [e["name"] for e in listed] == ["fraud-detection-v3"] * 2
     assert all(e["status"] == "ok" for e in listed)
+
+
+def test_ledger_demo_suggests_commands_that_open_the_ledger_given_with_db(
+        tmp_path: Path) -> None:
+    done = run_cli("--db", "sqlite:///my ledger.db", "demo", "--epochs", "1", "--workers", "0",
+                   cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    hint = next(line for line in done.stdout.splitlines() if "check it:" in line)
+    for command in hint.split("check it:", 1)[1].split(";"):
+        words = shlex.split(command)
+        assert words[:3] == ["ledger", "--db", "sqlite:///my ledger.db"], command
+        followed = run_cli(*words[1:], cwd=tmp_path)
+        assert followed.returncode == 0, (command, followed.stderr)
+    assert not (tmp_path / "ledger.db").exists()
 
 
 def test_ledger_demo_json_with_injected_nondeterminism_exits_1(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 import click
 
 from cli.display import printable
@@ -50,12 +52,21 @@ def demo_command(obj: dict, seed: int, workers: int, epochs: int, inject_nondete
     if as_json:
         emit_json(result.to_json())
     else:
-        _print(result)
+        _print(result, _ledger_command(click.get_current_context(), result.ledger))
     if not result.identical:
         raise click.exceptions.Exit(1)
 
 
-def _print(result: DemoResult) -> None:
+def _ledger_command(context: click.Context, url: str) -> str:
+    """``ledger``, with ``--db URL`` when the ledger was named on the command line: the commands
+    the demo suggests must open the same ledger (the URL as shown, without its password)."""
+    group = context.find_root()
+    if group.get_parameter_source("db_url") is not click.core.ParameterSource.COMMANDLINE:
+        return "ledger"
+    return f"ledger --db {shlex.quote(url)}"
+
+
+def _print(result: DemoResult, ledger: str) -> None:
     click.echo(f"ledger      {result.ledger}  (datasets in {result.data_dir})")
     for index, run in enumerate(result.runs, start=1):
         click.echo(f"run {index}       {run.exp}  final val AUC {run.aucs[-1]:.6f}  "
@@ -64,14 +75,14 @@ def _print(result: DemoResult) -> None:
     if result.identical:
         click.echo(f"IDENTICAL: {diff.compared:,} events compared, every seed, input and output "
                    f"digest equal")
-        click.echo(f"  check it: ledger verify {result.runs[0].exp}; "
-                   f"ledger diff {result.runs[0].exp} {result.runs[1].exp}")
+        click.echo(f"  check it: {ledger} verify {result.runs[0].exp}; "
+                   f"{ledger} diff {result.runs[0].exp} {result.runs[1].exp}")
         return
     click.echo(f"DIFFERENT: the runs diverge ({diff.differing:,} of {diff.compared:,} events "
                f"differ)")
     if diff.first_divergence is not None:
         click.echo(printable(f"  first differing event: {diff.first_divergence.describe()}"))
-    click.echo(f"  see: ledger diff {result.runs[0].exp} {result.runs[1].exp}")
+    click.echo(f"  see: {ledger} diff {result.runs[0].exp} {result.runs[1].exp}")
 
 
 def _count(number: int, noun: str) -> str:
