@@ -152,7 +152,7 @@ class Experiment:
         with self._lock:
             if seen_draw(self._draws, kind, path, output, _SECOND_DRAW_HINT):
                 return False
-            self._check_recording()
+            self._check_open()
             self._writer.append_normalised(kind, list(path), seed=seed, params=params,
                                            input=input, output=output)
             self._draws[(kind, path)] = output
@@ -161,14 +161,18 @@ class Experiment:
     def _append(self, kind: str, **fields: Any) -> Event:
         self._check_process()  # before the lock, which a forked child may inherit held
         with self._lock:
-            self._check_recording()
+            self._check_open()
             return self._writer.append(kind, **fields)
 
     def _check_recording(self) -> None:
+        """Refuse a call that would record: in a forked process, or once the run is closed."""
+        self._check_process()
+        self._check_open()
+
+    def _check_open(self) -> None:
         if self.closed:
             raise StoreError(f"experiment {self.id} is closed (status {self.status}): "
                              f"nothing more can be recorded")
-        self._check_process()
 
     def _check_process(self) -> None:
         """Refuse a process forked from the experiment's: its copy of the main stream's writer
