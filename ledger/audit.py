@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from ledger.errors import ConcurrentWriteError
+from ledger.errors import ConcurrentWriteError, StoreError
 from ledger.events import AUDIT_STREAM, Event, decode_body
 from ledger.store.store import Store
 from ledger.store.writer import StreamWriter
@@ -38,6 +38,16 @@ def record_audit(store: Store, exp: str, kind: str, params: Mapping[str, Any], *
                 raise
             time.sleep(0.05 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def require_audit_append(store: Store, what: str) -> None:
+    """Raise StoreError, before the work begins, when ``store`` could not record ``what`` (a
+    replay certificate, a report export) in the audit stream: see :meth:`Store.append_refusal`.
+    """
+    refusal = store.append_refusal()
+    if refusal is not None:
+        raise StoreError(f"cannot record {what} in {store.url}: {refusal}; give --no-record to "
+                         f"go ahead without recording it")
 
 
 def audit_trail(store: Store, exp: str) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ledger.audit import record_audit
+from ledger.audit import record_audit, require_audit_append
 from ledger.durable_files import commit_file, flush_folder, stage_file
 from ledger.errors import BadInputError
 from ledger.events import REPORT_EXPORTED
@@ -183,6 +183,8 @@ def export_report(store: Store, exp: str, options: ReportOptions, *, fmt: str = 
     if fmt not in FORMATS:
         raise BadInputError(f"unknown report format {fmt!r}: choose from {', '.join(FORMATS)}")
     row = store.experiment(exp)
+    if options.record:
+        require_audit_append(store, "this export")
     if bundle is not None:
         _prepare_bundle(bundle)
         appendix = bundle / BUNDLE_FILES["appendix"]

@@ -7,6 +7,7 @@ import click
 from cli.display import printable
 from cli.main import cli
 from cli.output import emit_json, iso_time, json_option
+from ledger.audit import require_audit_append
 from ledger.errors import BadInputError, CheckFailedError
 from ledger.store import Store
 from replay.engine import ReplayReport, record_replay, replay_run
@@ -29,8 +30,9 @@ class _Progress:
 
 
 @cli.command("replay", epilog="Exit codes: 0 certified; 1 diverged, or the ledger fails "
-                              "verification (not replayed); 2 unknown experiment or unreadable "
-                              "database; 3 cannot replay (data or code missing, import not "
+                              "verification (not replayed); 2 unknown experiment, unreadable "
+                              "database, or one this connection cannot record in (see "
+                              "--no-record); 3 cannot replay (data or code missing, import not "
                               "allowed).")
 @click.argument("exp")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
@@ -64,6 +66,9 @@ def replay_command(obj: dict, exp: str, jobs: int, trusted: tuple[str, ...],
         return _full(obj["db_url"], exp, trusted, as_json)
     progress = _Progress()
     with Store.open(obj["db_url"]) as store:
+        if record:  # asked first: a replay can run for hours, then could not record its verdict
+            store.require_experiment(exp)
+            require_audit_append(store, "this replay's certificate")
         report = replay_run(store, exp, jobs=jobs, trusted=trusted, data_dir=data_dir,
                             on_progress=progress)
         if record:

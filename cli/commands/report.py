@@ -31,7 +31,8 @@ def _date(_context: click.Context, _parameter: click.Parameter, value: str | Non
 @cli.command("report", epilog="Exit codes: 0 the report was written — also for an incomplete, "
                               "failed, tampered or diverged run, which the report states "
                               "prominently; 2 unknown experiment, bad option, unreadable key or "
-                              "database, or a file that cannot be written.")
+                              "database, a file that cannot be written, or a ledger this "
+                              "connection cannot record the export in (see --no-record).")
 @click.argument("exp")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="json", show_default=True,
               help="Format written to -o FILE or stdout (a bundle has all three).")

@@ -145,6 +145,31 @@ class Store:
             raise StoreError(f"ledger file {path} was deleted or replaced while open: nothing "
                              f"more is written to it (events not yet flushed are not durable)")
 
+    def append_refusal(self) -> str | None:
+        """Why this connection could not append events, or None when it can, asked before
+        long work that records at its end (a replay's certificate, a report's export).
+
+        A read-only PostgreSQL role or server, or an SQLite file or folder this user may not
+        write, would otherwise let a replay run for an hour and then lose its verdict, or a
+        report write its files and then fail to record them. Checked by privileges, not by a
+        trial write: nothing is written here.
+        """
+        if self.backend == "postgresql":
+            with self._reading() as connection:
+                role, read_only, *allowed = connection.execute(text(
+                    "SELECT current_user, current_setting('transaction_read_only'), "
+                    "has_table_privilege(:events, 'INSERT'), has_table_privilege(:claims, "
+                    "'INSERT')"), {"events": events_table.name, "claims": claims_table.name}
+                ).one()
+            if read_only == "on":
+                return "the server accepts only read-only transactions"
+            denied = [table.name for table, ok in zip((events_table, claims_table), allowed)
+                      if not ok]
+            if denied:
+                return f"role {role} may not INSERT into {' and '.join(denied)}"
+            return None
+        return _sqlite_append_refusal(self.engine)
+
     def insert_experiment(self, exp: str, name: str, first_event: Event) -> None:
         """Record a new experiment: its row and its first event, in one transaction.
 
@@ -571,6 +596,25 @@ def _sqlite_file_identity(engine: Engine) -> tuple[str, tuple[int, int]] | None:
     except OSError:
         return None
     return path, (stat.st_dev, stat.st_ino)
+
+
+def _sqlite_append_refusal(engine: Engine) -> str | None:
+    """:meth:`Store.append_refusal` of an SQLite ledger: its file and folder (where SQLite
+    creates the write-ahead log) must be writable by this user, and a ``file:`` URI must not
+    open it read-only."""
+    database = engine.url.database or ""
+    if database in ("", ":memory:"):
+        return None
+    if database.startswith("file:"):
+        options = engine.url.query
+        if options.get("mode") == "ro" or options.get("immutable") == "1":
+            return "the ledger is opened read-only (mode=ro or immutable=1 in its URI)"
+        return None
+    path = os.path.abspath(database)
+    for what, name in (("file", path), ("folder", os.path.dirname(path))):
+        if not os.access(name, os.W_OK):
+            return f"this user may not write the ledger's {what} {name}"
+    return None
 
 
 def _compile_event_insert(engine: Engine) -> tuple[str, bool]:

@@ -1,0 +1,163 @@
+"""An auditor whose connection may only read: replay and report refuse to record before they
+start, instead of replaying for hours and then losing the verdict, or writing the report's files
+and then failing to record the export (a partial write). ``--no-record`` goes ahead."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy
+
+import ledger.store.store
+from conftest import run_cli
+from ledger.audit import audit_trail
+from ledger.augment import DataAugmenter
+from ledger.experiment import ExperimentManager
+from ledger.iterator import TrainingDataIterator
+from ledger.store import Store
+
+
+def _record_run(url: str, data_dir: Path) -> str:
+    """A small complete run with a stored dataset, so that replay certifies it."""
+    with ExperimentManager(url, data_dir=data_dir) as manager:
+        with manager.create_experiment("read-only-audit", seed=7) as exp:
+            features = np.arange(200, dtype=np.float32).reshape(50, 4)
+            data = exp.register_dataset("d", features, np.zeros(50, dtype=np.int8))
+            for _batch in TrainingDataIterator(data, 16, augmenter=DataAugmenter(noise_std=0.1),
+                                               experiment=exp):
+                pass
+    return exp.id
+
+
+def _role_url(postgres_url: str, role: str) -> str:
+    return sqlalchemy.make_url(postgres_url).set(username=role).render_as_string(
+        hide_password=False)
+
+
+@pytest.fixture
+def reader_role(postgres_url: str) -> Iterator[tuple[str, sqlalchemy.Engine]]:
+    """A login role that may read the test schema's ledger tables and nothing else, and an
+    admin engine to change its rights."""
+    role = f"ledger_reader_{os.getpid()}"
+    schema = sqlalchemy.make_url(postgres_url).query["options"].split("%3D")[-1].split("=")[-1]
+    admin = sqlalchemy.create_engine(postgres_url)
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+        connection.exec_driver_sql(f"GRANT USAGE ON SCHEMA {schema} TO {role}")
+    try:
+        yield role, admin
+    finally:
+        with admin.begin() as connection:
+            connection.exec_driver_sql(f"DROP OWNED BY {role}")
+            connection.exec_driver_sql(f"DROP ROLE {role}")
+        admin.dispose()
+
+
+def _audit_kinds(url: str, exp: str) -> list[str]:
+    with Store.open(url) as store:
+        return [body["kind"] for body in audit_trail(store, exp)]
+
+
+def test_a_role_that_may_only_read_is_refused_before_replay_and_report(
+        postgres_url: str, reader_role: tuple[str, sqlalchemy.Engine], tmp_path: Path) -> None:
+    """Before: replay re-executed every draw, then failed with 'permission denied for table
+    ledger_stream_claims' and printed no verdict; report wrote its file, then failed."""
+    role, admin = reader_role
+    exp = _record_run(postgres_url, tmp_path / "data")
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f"GRANT SELECT ON ALL TABLES IN SCHEMA "
+                                   f"{connection.exec_driver_sql('SELECT current_schema()').scalar()} "
+                                   f"TO {role}")
+    url = _role_url(postgres_url, role)
+
+    replay = run_cli("--db", url, "replay", exp, "--data-dir", str(tmp_path / "data"))
+    report = run_cli("--db", url, "report", exp, "-o", str(tmp_path / "report.json"))
+    bundle = run_cli("--db", url, "report", exp, "--bundle", str(tmp_path / "bundle"))
+
+    for result in (replay, report, bundle):
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.splitlines()) == 1
+        assert f"role {role} may not INSERT into ledger_events" in result.stderr
+        assert "--no-record" in result.stderr
+    assert replay.stdout == "" and "replaying" not in replay.stderr
+    assert not (tmp_path / "report.json").exists() and not (tmp_path / "bundle").exists()
+    assert list(tmp_path.iterdir()) == [tmp_path / "data"]  # no temporaries either
+
+    replay = run_cli("--db", url, "replay", exp, "--data-dir", str(tmp_path / "data"),
+                     "--no-record")
+    report = run_cli("--db", url, "report", exp, "--no-record", "-o",
+                     str(tmp_path / "report.json"))
+    assert replay.returncode == 0 and replay.stdout.startswith("CERTIFIED"), replay.stderr
+    assert report.returncode == 0 and (tmp_path / "report.json").is_file(), report.stderr
+    assert _audit_kinds(postgres_url, exp) == []
+
+
+def test_a_role_whose_transactions_are_read_only_is_refused(
+        postgres_url: str, reader_role: tuple[str, sqlalchemy.Engine], tmp_path: Path) -> None:
+    """Rights to insert do not help when the session may only read (a standby, or
+    default_transaction_read_only): that is named instead."""
+    role, admin = reader_role
+    exp = _record_run(postgres_url, tmp_path / "data")
+    with admin.begin() as connection:
+        schema = connection.exec_driver_sql("SELECT current_schema()").scalar()
+        connection.exec_driver_sql(f"GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA {schema} "
+                                   f"TO {role}")
+        connection.exec_driver_sql(f"ALTER ROLE {role} SET default_transaction_read_only = on")
+    url = _role_url(postgres_url, role)
+    with Store.open(url) as store:
+        assert store.append_refusal() == "the server accepts only read-only transactions"
+    result = run_cli("--db", url, "replay", exp, "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 2 and "read-only transactions" in result.stderr
+
+
+def test_a_role_that_may_append_is_not_refused(
+        postgres_url: str, reader_role: tuple[str, sqlalchemy.Engine], tmp_path: Path) -> None:
+    """The check names no false refusal: a role with the rights a writer uses records."""
+    role, admin = reader_role
+    exp = _record_run(postgres_url, tmp_path / "data")
+    with admin.begin() as connection:
+        schema = connection.exec_driver_sql("SELECT current_schema()").scalar()
+        connection.exec_driver_sql(f"GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA {schema} "
+                                   f"TO {role}")
+        connection.exec_driver_sql(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} "
+                                   f"TO {role}")
+    url = _role_url(postgres_url, role)
+    with Store.open(url) as store:
+        assert store.append_refusal() is None
+    result = run_cli("--db", url, "replay", exp, "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 0, result.stderr
+    assert _audit_kinds(postgres_url, exp) == ["replay_recorded"]
+
+
+def test_an_sqlite_ledger_opened_read_only_is_refused_before_replay(tmp_path: Path) -> None:
+    """``file:…?mode=ro`` opens the ledger read-only: the refusal comes before the replay."""
+    database = tmp_path / "ledger.db"
+    exp = _record_run(f"sqlite:///{database}", tmp_path / "data")
+    url = f"sqlite:///file:{database}?mode=ro&uri=true"
+    result = run_cli("--db", url, "replay", exp, "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 2 and result.stdout == ""
+    assert "opened read-only" in result.stderr and "--no-record" in result.stderr
+    result = run_cli("--db", url, "replay", exp, "--data-dir", str(tmp_path / "data"),
+                     "--no-record")
+    assert result.returncode == 0, result.stderr
+
+
+def test_an_sqlite_ledger_this_user_may_not_write_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file, or its folder (where SQLite puts its write-ahead log), not writable: denied
+    as the kernel would deny another user (the tests run as root, whom access() lets write)."""
+    database = tmp_path / "ledger.db"
+    _record_run(f"sqlite:///{database}", tmp_path / "data")
+    real_access = os.access
+    with Store.open(f"sqlite:///{database}") as store:
+        assert store.append_refusal() is None
+        for denied, what in ((str(database), "file"), (str(tmp_path), "folder")):
+            monkeypatch.setattr(ledger.store.store.os, "access", lambda path, mode, denied=denied:
+                                False if path == denied and mode == os.W_OK
+                                else real_access(path, mode))
+            assert store.append_refusal() == (f"this user may not write the ledger's {what} "
+                                              f"{denied}")
