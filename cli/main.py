@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from cli.output import emit_json, error_document, forget_json_request, json_requested
 from ledger import __version__
 from ledger.errors import LedgerError
 from ledger.text import escape_unprintable
@@ -58,9 +59,11 @@ class _GuardedStdout:
 
     def __init__(self, wrapped: Any) -> None:
         self._wrapped = wrapped
+        self.written = False
 
     def write(self, text: str) -> int:
         """Write all of ``text`` (encoded as the stream would) or raise ReaderGone."""
+        self.written = self.written or bool(text)
         try:
             self._wrapped.flush()
             data = memoryview(text.encode(self._wrapped.encoding, self._wrapped.errors))
@@ -102,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger("sqlalchemy").addHandler(logging.NullHandler())
         logging.getLogger("sqlalchemy").propagate = False
     _register_commands()
+    forget_json_request()
     stdout = sys.stdout
     sys.stdout = _GuardedStdout(stdout)
     try:
@@ -115,25 +119,35 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("ledger: aborted", err=True)
         code = 130
     except click.ClickException as error:
-        click.echo(f"ledger: error: {_one_line(error.format_message())}", err=True)
-        code = error.exit_code
+        code = _failed(error, error.exit_code, f"error: {_one_line(error.format_message())}")
     except LedgerError as error:
-        click.echo(f"ledger: error: {_one_line(str(error))}", err=True)
-        code = error.exit_code
+        code = _failed(error, error.exit_code, f"error: {_one_line(str(error))}")
     except ReaderGone:  # `ledger list | head -1`: not a finding, and not a success either
         code = _reader_gone()
     except Exception as error:  # never a traceback for users; LEDGER_DEBUG=1 shows it
         if os.environ.get("LEDGER_DEBUG"):
             raise
-        click.echo(f"ledger: internal error: {type(error).__name__}: {_one_line(str(error))} "
-                   f"(set LEDGER_DEBUG=1 for a traceback)", err=True)
-        code = 2
+        code = _failed(error, 2, f"internal error: {type(error).__name__}: "
+                                 f"{_one_line(str(error))} (set LEDGER_DEBUG=1 for a traceback)")
     try:
         sys.stdout.flush()  # here, not at interpreter exit, so that a closed pipe is seen
     except ReaderGone:
         code = _reader_gone()
     sys.stdout = stdout
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _failed(error: BaseException, code: int, line: str) -> int:
+    """Report ``error``: one line on stderr and, for a ``--json`` command that printed nothing
+    yet, its error document on stdout (see :func:`cli.output.error_document`); return
+    ``code``. A closed stdout loses the document, not the exit code."""
+    click.echo(f"ledger: {line}", err=True)
+    if json_requested() and not getattr(sys.stdout, "written", True):
+        try:
+            emit_json(error_document(error, code, line.split(": ", 1)[-1]))
+        except ReaderGone:
+            _reader_gone()
+    return code
 
 
 def _reader_gone() -> int:

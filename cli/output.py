@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from ledger.errors import (BadInputError, CannotReplayError, CheckFailedError, LedgerError,
+                           StoreError, UnknownExperimentError)
 from ledger.json_view import json_view
 
 
@@ -40,10 +42,49 @@ def iso_time(t_ns: int | None) -> str | None:
     return shown.replace("+00:00", "Z")
 
 
+class _JsonRequest:
+    """Whether the running command was given ``--json``: then an error it ends with is printed
+    as a JSON document on stdout too (see :func:`error_document`)."""
+
+    given = False
+
+
+def json_requested() -> bool:
+    """True when the command being run was given ``--json``."""
+    return _JsonRequest.given
+
+
+def forget_json_request() -> None:
+    """Start a command's run with no ``--json`` seen."""
+    _JsonRequest.given = False
+
+
+def _note_json(_context: click.Context, _parameter: click.Parameter, value: bool) -> bool:
+    if value:
+        _JsonRequest.given = True
+    return value
+
+
 def json_option(function):  # noqa: ANN001, ANN201 - click decorator
     """The shared ``--json`` flag of every command that shows data."""
-    return click.option("--json", "as_json", is_flag=True,
-                        help="Print one JSON document on stdout instead of text.")(function)
+    return click.option("--json", "as_json", is_flag=True, callback=_note_json,
+                        help="Print one JSON document on stdout instead of text (also when "
+                             "the command fails: then an error document).")(function)
+
+
+_ERROR_KINDS = ((UnknownExperimentError, "unknown_experiment"), (CheckFailedError, "check_failed"),
+                (CannotReplayError, "cannot_replay"), (StoreError, "store"),
+                (BadInputError, "bad_input"), (LedgerError, "error"),
+                (click.ClickException, "usage"))
+
+
+def error_document(error: BaseException, exit_code: int, message: str) -> dict[str, Any]:
+    """The JSON document a ``--json`` command prints on stdout when it fails before printing
+    its own (schemas/cli-error.v1.json): so that a machine reading stdout always gets exactly
+    one document, and tells the failure by ``error.kind`` and ``error.exit_code``. The same
+    message goes to stderr as one line."""
+    kind = next((name for cls, name in _ERROR_KINDS if isinstance(error, cls)), "internal")
+    return {"error": {"exit_code": exit_code, "kind": kind, "message": message}}
 
 
 class Progress:

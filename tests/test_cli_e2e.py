@@ -63,7 +63,11 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int = 
     assert "Traceback" not in result.stderr + result.stdout
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert result.stdout == ""
+    if "--json" in result.args:  # exactly one document, also on failure: the error's
+        error = json.loads(result.stdout)["error"]
+        assert error["exit_code"] == code and error["message"] in lines[0]
+    else:
+        assert result.stdout == ""
     assert says.lower() in lines[0].lower(), lines[0]
     assert len(lines[0]) < 400
     return lines[0]

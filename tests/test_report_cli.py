@@ -90,7 +90,9 @@ def test_bad_input_exits_2_with_one_line(run: tuple[Path, str], args: tuple[str,
     before = sorted(path.name for path in folder.iterdir())
     done = _ledger(folder, *(arg.format(exp=exp, folder=folder) for arg in args))
     assert done.returncode == 2 and message in done.stderr, done.stderr
-    assert done.stderr.count("\n") == 1 and done.stdout == ""
+    assert done.stderr.count("\n") == 1
+    assert done.stdout == "" if "--json" not in args else (
+        json.loads(done.stdout)["error"]["exit_code"] == 2)
     assert sorted(path.name for path in folder.iterdir()) == before  # nothing written
     assert stat.S_ISFIFO(pipe.stat().st_mode)  # a rename over it would have replaced the pipe
 
