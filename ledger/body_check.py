@@ -13,7 +13,10 @@ when
 2. the bytes of each value an indexed column repeats equal that column: the digests (``input``,
    ``output``, ``prev``, ``seed``) byte for byte, ``seq`` and ``t`` as their minimal encoding,
    ``path`` as the column's bytes (which must be canonical, as the full check demands), ``kind``
-   as the template's (its bytes are pinned).
+   as the template's (its bytes are pinned); and
+3. every other integer wider than a fixint still needs its width (a 5 written as uint16 is not
+   canonical: DESIGN §2), so that the body stays the canonical encoding of what it decodes to,
+   as the template was.
 
 Why a yes is safe: with every type tag, length, string and key pinned, msgpack's decoder walks
 the new body exactly as it walked the template (same boundaries, same depth, same limits), so it
@@ -91,10 +94,11 @@ class Template(NamedTuple):
     seq: slice
     t: slice
     path: slice
-    path_ints: tuple[tuple[slice, bytes, bytes], ...]
-    """(payload, lowest, highest) of each wide integer in the path: the path stays canonical
-    only while the payload is in [lowest, highest], i.e. the value needs this width (bytes of
-    one length compare as their big-endian two's-complement values do within one sign)."""
+    wide_ints: tuple[tuple[slice, bytes, bytes], ...]
+    """(payload, lowest, highest) of each wide integer outside ``seq`` and ``t`` (which are
+    compared with their columns' minimal encoding): the body stays canonical only while the
+    payload is in [lowest, highest], i.e. the value needs this width (bytes of one length
+    compare as their big-endian two's-complement values do within one sign)."""
 
 
 class ShapeError(ValueError):
@@ -133,7 +137,7 @@ class ChainBodyCheck:
         """The values of a body of ``template``'s shape equal the columns of ``row``."""
         seq, kind, path, seed, input_, output, prev, _hash, t, body = row
         (_mask, _pinned, template_kind, input_at, output_at, prev_at, seed_at, seq_at, t_at,
-         path_at, path_ints) = template
+         path_at, wide_ints) = template
         if (body[input_at] != input_ if input_at is not None else input_ is not None) \
                 or (body[output_at] != output if output_at is not None else output is not None) \
                 or (body[prev_at] != prev if prev_at is not None else prev is not None) \
@@ -143,7 +147,7 @@ class ChainBodyCheck:
         if (kind != template_kind or body[seq_at] != pack(seq) or body[t_at] != pack(t)
                 or body[path_at] != path):
             return False
-        for where, lowest, highest in path_ints:
+        for where, lowest, highest in wide_ints:
             if not lowest <= body[where] <= highest:
                 return False
         return True
@@ -180,14 +184,13 @@ def make_template(body: bytes) -> Template:
     mask = bytearray([_PINNED]) * len(body)
     entries, position = _container_header(body, 0, _MAP_TAGS, 0x80)
     spans: dict[str, tuple[int, int]] = {}
-    path_ints: list[tuple[int, int]] = []
+    wide_ints: list[tuple[int, int]] = []
     for _ in range(entries):
         key_end = _walk_value(body, position, mask)
         key = msgpack.unpackb(body[position:key_end], raw=False)
-        ints: list[tuple[int, int]] | None = [] if key == "path" else None
-        spans[key] = (key_end, _walk_value(body, key_end, mask, ints))
-        if ints is not None:
-            path_ints = ints
+        spans[key] = (key_end, _walk_value(body, key_end, mask,
+                                           None if key in ("seq", "t") else wide_ints,
+                                           pin_floats=key == "path"))
         position = spans[key][1]
     if position != len(body) or spans.keys() != _BODY_FIELDS:
         raise ShapeError("not a v1 body map")
@@ -204,7 +207,7 @@ def make_template(body: bytes) -> Template:
                     *(_digest_payload(body, spans[name]) for name in _DIGEST_FIELDS),
                     _integer(body, spans["seq"]), _integer(body, spans["t"]),
                     slice(*spans["path"]),
-                    tuple(_canonical_range(position, tag) for position, tag in path_ints))
+                    tuple(_canonical_range(position, tag) for position, tag in wide_ints))
 
 
 def _canonical_range(position: int, tag: int) -> tuple[slice, bytes, bytes]:
@@ -247,12 +250,12 @@ def _container_header(body: bytes, position: int, wide_tags: dict[int, int], fix
 
 
 def _walk_value(body: bytes, position: int, mask: bytearray,
-                ints: list[tuple[int, int]] | None = None) -> int:
+                ints: list[tuple[int, int]] | None = None, *, pin_floats: bool = False) -> int:
     """Walk one msgpack value from ``position``, freeing its free bytes in ``mask``; return its
     end. msgpack is prefix notation: counting the values still owed needs no recursion.
 
-    With ``ints`` (the path), wide integers are listed there, for their range to be checked,
-    and floats stay pinned.
+    With ``ints``, wide integers are listed there, for their range to be checked; with
+    ``pin_floats`` (the path, whose bytes are compared with a column), floats stay pinned.
     """
     owed = 1
     while owed:
@@ -276,7 +279,7 @@ def _walk_value(body: bytes, position: int, mask: bytearray,
             position += 1
         elif tag in _NUMBER_TAGS:
             size = _NUMBER_TAGS[tag]
-            if ints is None or tag in _INT_TAGS:
+            if tag in _INT_TAGS or not pin_floats:
                 mask[position + 1:position + 1 + size] = bytes(size)
             if ints is not None and tag in _INT_TAGS:
                 ints.append((position, tag))

@@ -19,8 +19,9 @@ from typing import Any
 import msgpack
 
 from ledger.body_check import FAST_COLUMNS, ChainBodyCheck
+from ledger.canonical import canonical
 from ledger.digests import EVENT_TAG
-from ledger.errors import LedgerError
+from ledger.errors import EncodingError, LedgerError
 from ledger.events import (AUDIT_KINDS, AUDIT_STREAM, BODY_FIELDS, EVENT_VERSION,
                            EXPERIMENT_CREATED, MAIN_STREAM, MAX_BODY_BYTES, RUN_COMPLETED,
                            check_experiment_id, check_kind, check_stream)
@@ -159,7 +160,23 @@ def full_check(exp: str, stream: str, row: tuple[Any, ...]
     if (_COLUMNS_OF_BODY(body) != (exp, stream, seq, kind, seed, input_, output, prev, t)
             or _PACK(body["path"]) != path):
         return _which_column(body, exp, stream, row), body
-    return field_problem(body), body
+    return field_problem(body) or _canonical_problem(body, body_bytes), body
+
+
+def _canonical_problem(body: dict[str, Any], body_bytes: bytes) -> str | None:
+    """What makes stored bytes other than ``canonical(body)`` (DESIGN §2, §3), or None.
+
+    Keys out of order, a 5 written as uint16, a float32: bytes another writer could produce
+    for the same body, whose hash then differs from the one the contract defines — an
+    independent verifier re-encoding the body would call the chain broken where the stored
+    hash alone does not."""
+    try:
+        if canonical(body) == body_bytes:
+            return None
+    except EncodingError as error:
+        return f"body is not in canonical form ({error})"
+    return ("body is not in canonical form: its bytes are not canonical(body), so its hash is "
+            "not the event's")
 
 
 _DIGEST_SIZES = (("seed", 16), ("input", 32), ("output", 32), ("prev", 32))

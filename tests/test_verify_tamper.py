@@ -14,12 +14,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger.canonical import canonical
-from ledger.digests import ZERO_DIGEST
+from ledger.digests import ZERO_DIGEST, event_hash_of_bytes
+from ledger.events import decode_body
 from ledger.errors import InvalidIdError, UnknownExperimentError
 from ledger.store import Store, StreamWriter
 from ledger.verify import Finding, verify
@@ -33,6 +35,7 @@ A, B = "exp-aaaaaaaaaaaa", "exp-bbbbbbbbbbbb"
 #             4 epoch_reset, 5 metric, 6 run_completed
 #   worker-k: 0 worker_spawned, 1 augmentation_batch (epoch 0), 2 augmentation_batch (epoch 1)
 MAIN_LAST = 6
+PACK = msgpack.Packer(use_bin_type=True).pack
 
 
 @dataclass
@@ -279,7 +282,57 @@ def add_an_experiment_row_without_events(led: Ledger) -> Expected:
     return "exp-000000000000", None, None, "without any events"
 
 
+def _rewrite_last_worker_event(led: Ledger, body_bytes: bytes) -> None:
+    """Replace worker-1's last event of A by ``body_bytes``, hashed and chained as a careful
+    forger would, and re-record run_completed with the new head: only the bytes' form is
+    left to give it away."""
+    old = led.row(A, "worker-1", 2)
+    forged = dict(old, body=body_bytes, hash=event_hash_of_bytes(body_bytes))
+    led.replace(A, "worker-1", 2, forged)
+    completed = decode_body(led.row(A, "main", MAIN_LAST)["body"])
+    streams = dict(completed["params"]["streams"])
+    streams["worker-1"] = dict(streams["worker-1"], head=forged["hash"])
+    led.replace(A, "main", MAIN_LAST, forged_row(led.row(A, "main", MAIN_LAST),
+                                                 params=dict(completed["params"],
+                                                             streams=streams)))
+
+
+def non_canonical_key_order(led: Ledger) -> Expected:
+    # The same body with its params keys in reverse order: it decodes to the same map, but
+    # its hash is not SHA-256 of canonical(body), so an independent verifier would differ.
+    body = decode_body(led.row(A, "worker-1", 2)["body"])
+    body["params"] = dict(sorted(body["params"].items(), reverse=True))
+    _rewrite_last_worker_event(led, PACK(dict(sorted(body.items()))))
+    return A, "worker-1", 2, "not in canonical form"
+
+
+def non_canonical_integer_width(led: Ledger) -> Expected:
+    # t written as uint64 although it fits in fewer bytes
+    body = decode_body(led.row(A, "worker-1", 2)["body"])
+    encoded = PACK(dict(sorted(body.items())))
+    minimal = b"\xa1t" + PACK(body["t"])
+    assert encoded.count(minimal) == 1 and PACK(body["t"])[0] != 0xCF
+    _rewrite_last_worker_event(led, encoded.replace(
+        minimal, b"\xa1t\xcf" + body["t"].to_bytes(8, "big")))
+    return A, "worker-1", 2, "not in canonical form"
+
+
+def ext_type_in_params(led: Ledger) -> Expected:
+    body = decode_body(led.row(A, "worker-1", 2)["body"])
+    body["params"] = dict(body["params"], when=msgpack.ExtType(1, b"\x00"))
+    _rewrite_last_worker_event(led, PACK(canonical_order(body)))
+    return A, "worker-1", 2, "not in canonical form (cannot encode a value of type ExtType"
+
+
+def canonical_order(value: object) -> object:
+    """``value`` with every map's keys sorted, leaving other values (an ExtType) as they are."""
+    if isinstance(value, dict):
+        return {key: canonical_order(value[key]) for key in sorted(value)}
+    return value
+
+
 TAMPERS = [
+    non_canonical_key_order, non_canonical_integer_width, ext_type_in_params,
     flip_body_byte, flip_body_byte_and_rehash, rehash_last_event_of_a_stream,
     change_column("kind", "metric"), change_column("t", 12345),
     change_column("seed", b"\x07" * 16), change_column("input", b"\x07" * 32),
