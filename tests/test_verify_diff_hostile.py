@@ -39,8 +39,17 @@ USER_DRAW = {"kind": "user_draw", "path": ["init"], "seed": SEED}
 # -- tools ---------------------------------------------------------------------------------------
 
 def _pack(value: Any) -> bytes:
-    """msgpack without the library's canonical checks: what a forger writes."""
-    return msgpack.packb(value, use_bin_type=True)
+    """msgpack laid out as canonical encoding does (maps' keys sorted) but without the
+    library's checks of types: what a careful forger writes."""
+    return msgpack.packb(_keys_sorted(value), use_bin_type=True)
+
+
+def _keys_sorted(value: Any) -> Any:
+    """``value`` with the keys of its maps (and their maps) sorted; lists left as they are."""
+    if isinstance(value, dict):
+        return {key: _keys_sorted(value[key])
+                for key in sorted(value, key=lambda key: (type(key).__name__, key))}
+    return value
 
 
 def forge_run(store: Store, exp: str, events: list[dict[str, Any]], *,
@@ -162,7 +171,8 @@ def test_a_stream_table_keyed_by_bytes_is_a_finding_not_a_crash(url: str) -> Non
                   streams={b"main": {"count": 2, "head": DIGEST}, "worker-0": {}})
         report = verify(store)
     assert [(f.stream, f.seq) for f in report.findings] == [("main", 2)]
-    assert "run_completed has no stream table" in report.findings[0].problem
+    assert report.findings[0].problem == ("body is not in canonical form (dict key b'main' is "
+                                          "a bytes, but keys must be str)")
     clean(run_cli("--db", url, "verify", "exp-forged"), 1)
     clean(run_cli("--db", url, "diff", "exp-forged", "exp-forged"), 1)
 
@@ -308,11 +318,29 @@ def _deep(levels: int) -> Any:
 
 ODD_VALUES = {
     "bytes in a list": ([b"\x00\x01"], [b"\x00\x02"], "['0001'] vs ['0002']"),
-    "an ext type": (msgpack.ExtType(5, b"x"), "1", "ExtType(code=5, data=b'x')"),
     "infinity": (math.inf, 1.0, "'Infinity' vs 1.0"),
-    "nested 1,000 deep": (_deep(1000), 1, "[[[["),
-    "a map keyed by bytes": ({b"k": 1, "j": 2}, {"k": 1}, "hyperparams.x.b'k': 1 vs None"),
+    "nested 60 deep": (_deep(60), 1, "[[[["),
 }
+NOT_CANONICAL = {
+    "an ext type": (msgpack.ExtType(5, b"x"), "no ext types"),
+    "nested 1,000 deep": (_deep(1000), "nested deeper than 64 levels"),
+    "a map keyed by bytes": ({b"k": 1, "j": 2}, "dict key b'k' is a bytes"),
+}
+"""Values canonical encoding refuses (DESIGN §2): a run recording one fails verification."""
+
+
+@pytest.mark.parametrize("case", NOT_CANONICAL)
+def test_a_value_canonical_encoding_refuses_fails_verification_before_diff(
+        url: str, case: str) -> None:
+    value, why = NOT_CANONICAL[case]
+    with Store.open(url) as store:
+        forge_run(store, "exp-a", [USER_DRAW], created={"hyperparams": {"x": value}})
+        forge_run(store, "exp-b", [USER_DRAW], created={"hyperparams": {"x": 1}})
+    for arguments in (["verify", "exp-a"], ["diff", "exp-a", "exp-b"]):
+        result = run_cli("--db", url, *arguments)
+        clean(result, 1)
+        assert "exp-a stream main seq 0: body is not in canonical form" in result.stderr
+        assert why in result.stderr
 
 
 @pytest.mark.parametrize("case", ODD_VALUES)
