@@ -118,7 +118,7 @@ def in_memory_dataset(name: str, features: Any, labels: Any = None) -> Dataset:
     return Dataset(check_name(name), features, labels)
 
 
-def default_data_dir(database: str | None) -> Path | None:
+def default_data_dir(database: str | os.PathLike[str] | None) -> Path | None:
     """Where registered arrays go: ``$LEDGER_DATA_DIR``, else ``ledger-data/`` beside an SQLite file.
 
     ``database`` is the SQLite file path of the ledger, or None for other databases; returns

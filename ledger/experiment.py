@@ -445,10 +445,8 @@ class ExperimentManager:
                  ) -> None:
         given_dir = None if data_dir is None else check_path_argument("data_dir", data_dir)
         self.store = Store.open(url, create=True)
-        database = self.store.engine.url.database if self.store.backend == "sqlite" else None
-        if database in ("", ":memory:") or (database or "").startswith("file:"):
-            database = None
-        self.data_dir = given_dir if given_dir is not None else default_data_dir(database)
+        self.data_dir = (given_dir if given_dir is not None
+                         else default_data_dir(self.store.sqlite_file))
 
     def create_experiment(self, name: str, *, seed: int | None = None,
                           hyperparams: Mapping[str, Any] | None = None, model: str | None = None,

@@ -127,8 +127,8 @@ def default_data_dir_of(store: Store) -> Path | None:
     """The data folder of a ledger: ``$LEDGER_DATA_DIR`` or ``ledger-data/`` beside SQLite."""
     from ledger.datasets import default_data_dir
 
-    database = store.engine.url.database if store.backend == "sqlite" else None
-    return default_data_dir(database if database not in (None, "", ":memory:") else None)
+    database = store.sqlite_file
+    return default_data_dir(database)
 
 
 def replay_run(store: Store, exp: str, *, jobs: int = 1, trusted: Sequence[str] = (),

@@ -133,8 +133,8 @@ def _resolve_target(path: Path, what: str, ledger_files: set[str]) -> Path:
 
 def _ledger_files(store: Store) -> set[str]:
     """The files of an SQLite ledger (database, WAL, shared memory, journal), resolved."""
-    database = store.engine.url.database if store.backend == "sqlite" else None
-    if not database or database == ":memory:" or database.startswith("file:"):
+    database = store.sqlite_file
+    if database is None:
         return set()
     real = os.path.realpath(database)
     return {real, *(real + suffix for suffix in ("-wal", "-shm", "-journal"))}

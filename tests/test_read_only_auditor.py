@@ -161,3 +161,40 @@ def test_an_sqlite_ledger_this_user_may_not_write_is_refused(
                                 else real_access(path, mode))
             assert store.append_refusal() == (f"this user may not write the ledger's {what} "
                                               f"{denied}")
+
+
+@pytest.mark.parametrize("url,path", [
+    ("sqlite:///ledger.db", "ledger.db"),
+    ("sqlite:////srv/runs/ledger.db", "/srv/runs/ledger.db"),
+    ("sqlite:///file:/srv/runs/ledger.db?mode=ro&uri=true", "/srv/runs/ledger.db"),
+    ("sqlite:///file:/srv/my%20runs/ledger.db?immutable=1&uri=true", "/srv/my runs/ledger.db"),
+    ("sqlite:///file:ledger.db?uri=true", "ledger.db"),
+    ("sqlite:///file:ledger.db", "file:ledger.db"),  # no uri=true: SQLite takes it literally
+    ("sqlite:///file:shared?mode=memory&uri=true", None),
+    ("sqlite://", None),
+    ("sqlite:///:memory:", None),
+    ("postgresql+psycopg://postgres@127.0.0.1/test", None),
+])
+def test_the_file_an_sqlite_url_names(url: str, path: str | None) -> None:
+    from ledger.store.connect import sqlite_file_path
+
+    found = sqlite_file_path(sqlalchemy.make_url(url))
+    assert found == (None if path is None else Path(path))
+
+
+def test_an_auditor_reads_a_finished_ledger_through_an_immutable_uri(tmp_path: Path) -> None:
+    """``immutable=1`` reads without the write-ahead log files another user could not create
+    (README: The store). Replay finds the data folder beside the file as for a plain path,
+    a report may not be written over the ledger file, and nothing is written beside it."""
+    database = tmp_path / "ledger.db"
+    exp = _record_run(f"sqlite:///{database}", tmp_path / "ledger-data")
+    before = sorted(path.name for path in tmp_path.iterdir())
+    url = f"sqlite:///file:{database}?immutable=1&uri=true"
+    assert run_cli("--db", url, "verify", exp).returncode == 0
+    replay = run_cli("--db", url, "replay", exp, "--no-record")
+    assert replay.returncode == 0 and replay.stdout.startswith("CERTIFIED"), replay.stderr
+    report = run_cli("--db", url, "report", exp, "--no-record", "-o", str(database))
+    assert report.returncode == 2 and "the ledger's own database" in report.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == before
+    missing = run_cli("--db", f"sqlite:///file:{tmp_path / 'none.db'}?mode=ro&uri=true", "list")
+    assert missing.returncode == 2 and "no ledger at" in missing.stderr

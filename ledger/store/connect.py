@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import create_engine, event, inspect, select
 from sqlalchemy.engine import Engine, make_url
@@ -62,11 +63,29 @@ def _parse(url: str) -> URL:
     return parsed
 
 
-def _sqlite_file(url: URL) -> Path | None:
+def sqlite_file_path(url: URL) -> Path | None:
+    """The file of an SQLite ledger URL, or None for an in-memory database (and PostgreSQL).
+
+    A ``file:`` URI (``sqlite:///file:/path/ledger.db?mode=ro&uri=true``, which SQLite reads as
+    a URI only with ``uri=true``) names its path after ``file:``, percent-escapes decoded.
+    """
+    if url.get_backend_name() != "sqlite":
+        return None
     database = url.database or ""
-    if database in ("", ":memory:") or database.startswith("file:"):
+    if database.startswith("file:") and url.query.get("uri") == "true":
+        if url.query.get("mode") == "memory":
+            return None
+        database = unquote(urlsplit(database).path)
+    if database in ("", ":memory:"):
         return None
     return Path(database)
+
+
+def sqlite_uri_read_only(url: URL) -> bool:
+    """True when an SQLite ``file:`` URI opens the ledger read-only (``mode=ro`` or
+    ``immutable=1``)."""
+    return (url.get_backend_name() == "sqlite" and url.query.get("uri") == "true"
+            and (url.query.get("mode") == "ro" or url.query.get("immutable") == "1"))
 
 
 def _check_sqlite_file(path: Path, create: bool) -> None:
@@ -221,7 +240,7 @@ def open_engine(url: str | None = None, *, create: bool = False) -> tuple[Engine
     parsed = _parse(resolve_url(url))
     shown = describe_url(parsed)
     is_sqlite = parsed.get_backend_name() == "sqlite"
-    if is_sqlite and (path := _sqlite_file(parsed)) is not None:
+    if is_sqlite and (path := sqlite_file_path(parsed)) is not None:
         _check_sqlite_file(path, create)
     try:
         engine = create_engine(parsed, connect_args={"timeout": 30} if is_sqlite else {

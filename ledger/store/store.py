@@ -11,6 +11,7 @@ import itertools
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, bindparam, distinct, func, inspect, not_, select, text
@@ -22,7 +23,8 @@ from ledger.errors import (AppendOnlyError, BadInputError, ConcurrentWriteError,
                            UnknownExperimentError)
 from ledger.events import (AUDIT_STREAM, COMPLETION_STATUSES, EXPERIMENT_CREATED, MAIN_STREAM,
                            RUN_COMPLETED, Event, check_experiment_id, decode_body, path_bytes)
-from ledger.store.connect import WRITE_OPTION, describe_url, open_engine
+from ledger.store.connect import (WRITE_OPTION, describe_url, open_engine, sqlite_file_path,
+                                  sqlite_uri_read_only)
 from ledger.store.schema import (TRIGGER_NAMES, claims_table, events_table, experiments_table,
                                  meta_table, postgres_refusal_source)
 
@@ -91,8 +93,13 @@ class Store:
     @property
     def shareable(self) -> bool:
         """True when other processes can open the same database (not in-memory SQLite)."""
-        database = self.engine.url.database or ""
-        return self.backend != "sqlite" or database not in ("", ":memory:")
+        return self.backend != "sqlite" or self.sqlite_file is not None
+
+    @property
+    def sqlite_file(self) -> Path | None:
+        """The file of an SQLite ledger (also when named by a ``file:`` URI); None for an
+        in-memory database and for PostgreSQL."""
+        return sqlite_file_path(self.engine.url)
 
     @property
     def backend(self) -> str:
@@ -585,10 +592,9 @@ def event_row(event: Event) -> tuple[Any, ...]:
 
 def _sqlite_file_identity(engine: Engine) -> tuple[str, tuple[int, int]] | None:
     """An SQLite ledger file's absolute path with its (device, inode); None for in-memory
-    databases, ``file:`` URIs and PostgreSQL."""
-    database = engine.url.database or ""
-    if engine.dialect.name != "sqlite" or database in ("", ":memory:") or database.startswith(
-            "file:"):
+    databases and PostgreSQL."""
+    database = sqlite_file_path(engine.url)
+    if database is None:
         return None
     path = os.path.abspath(database)
     try:
@@ -602,13 +608,10 @@ def _sqlite_append_refusal(engine: Engine) -> str | None:
     """:meth:`Store.append_refusal` of an SQLite ledger: its file and folder (where SQLite
     creates the write-ahead log) must be writable by this user, and a ``file:`` URI must not
     open it read-only."""
-    database = engine.url.database or ""
-    if database in ("", ":memory:"):
-        return None
-    if database.startswith("file:"):
-        options = engine.url.query
-        if options.get("mode") == "ro" or options.get("immutable") == "1":
-            return "the ledger is opened read-only (mode=ro or immutable=1 in its URI)"
+    if sqlite_uri_read_only(engine.url):
+        return "the ledger is opened read-only (mode=ro or immutable=1 in its URI)"
+    database = sqlite_file_path(engine.url)
+    if database is None:
         return None
     path = os.path.abspath(database)
     for what, name in (("file", path), ("folder", os.path.dirname(path))):
