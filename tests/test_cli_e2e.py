@@ -240,6 +240,22 @@ def test_the_default_ledger_is_not_created_by_reading(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_only_a_missing_default_ledger_is_told_to_give_db(ledger_file: LedgerFile,
+                                                         tmp_path: Path) -> None:
+    """`give --db or set LEDGER_URL` helps who named no ledger; to who mistyped --db, --db-b or
+    LEDGER_URL it says to do what they did — the path alone names the mistake."""
+    missing = f"sqlite:///{tmp_path / 'missing.db'}"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    told = assert_one_line_error(run_cli("list", cwd=empty), says="no ledger at ledger.db")
+    assert "give --db or set LEDGER_URL" in told
+    for result in (run_cli("--db", missing, "list"),
+                   run_cli("list", env={"LEDGER_URL": missing}),
+                   ledger_file.cli("diff", DONE, DONE, "--db-b", missing)):
+        line = assert_one_line_error(result, says=f"no ledger at {tmp_path / 'missing.db'}")
+        assert "--db" not in line and "LEDGER_URL" not in line, line
+
+
 @pytest.mark.parametrize("command", [LIST, SHOW_JSON], ids=ids)
 def test_a_file_that_is_not_sqlite(tmp_path: Path, command: tuple[str, ...]) -> None:
     path = tmp_path / "notes.db"

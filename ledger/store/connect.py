@@ -88,13 +88,19 @@ def sqlite_uri_read_only(url: URL) -> bool:
             and (url.query.get("mode") == "ro" or url.query.get("immutable") == "1"))
 
 
-def _check_sqlite_file(path: Path, create: bool) -> None:
+def _check_sqlite_file(path: Path, create: bool, defaulted: bool) -> None:
+    """Refuse a path that holds no SQLite database (or, unless ``create``, none at all).
+
+    ``defaulted``: the path is the default ledger, named by nobody, so a missing one is told
+    how to name another; a URL someone gave (``--db``, ``--db-b``, ``$LEDGER_URL``) is not.
+    """
     if not path.exists():
         if create:
             if not path.parent.exists():
                 raise StoreError(f"cannot create ledger {path}: folder {path.parent} does not exist")
             return
-        raise StoreError(f"no ledger at {path} (give --db or set {URL_ENV})")
+        hint = f" (give --db or set {URL_ENV})" if defaulted else ""
+        raise StoreError(f"no ledger at {path}{hint}")
     if path.is_dir():
         raise StoreError(f"{path} is a folder, not a ledger database")
     try:
@@ -241,7 +247,7 @@ def open_engine(url: str | None = None, *, create: bool = False) -> tuple[Engine
     shown = describe_url(parsed)
     is_sqlite = parsed.get_backend_name() == "sqlite"
     if is_sqlite and (path := sqlite_file_path(parsed)) is not None:
-        _check_sqlite_file(path, create)
+        _check_sqlite_file(path, create, defaulted=not url and not os.environ.get(URL_ENV))
     try:
         engine = create_engine(parsed, connect_args={"timeout": 30} if is_sqlite else {
             "connect_timeout": POSTGRES_CONNECT_TIMEOUT})
