@@ -4,7 +4,8 @@ Exit codes (DESIGN §5), the same for every command:
   0  ok / certified / identical
   1  a check failed (tampered chain, divergence, runs differ)
   2  bad usage, unknown experiment, unreadable or foreign database, malformed file
-  3  cannot replay (missing data or code, import refused, environment mismatch not allowed)
+  3  cannot replay (missing data or code, import refused, a draw its params cannot re-execute)
+  130 / 141  interrupted (Ctrl-C) / the reader of stdout went away (128 + the signal)
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ EXIT_CODES_HELP = """\b
 Exit codes (the same for every command):
   0  ok / certified / identical
   1  a check failed (tampered chain, divergence, runs differ)
-  2  bad usage, unknown experiment, unreadable or foreign database
-  3  cannot replay (missing data or code, import refused)"""
+  2  bad usage, unknown experiment, malformed id or file, unreadable or foreign database
+  3  cannot replay (missing data or code, import refused)
+  130  interrupted (Ctrl-C)
+  141  the reader of the output went away before all of it was written"""
 
 
 @click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})

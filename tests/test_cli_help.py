@@ -34,7 +34,8 @@ def test_the_group_help_lists_every_command_and_the_exit_codes(tmp_path: Path) -
     assert result.returncode == 0 and result.stderr == ""
     text = result.stdout
     assert "Exit codes" in text
-    for code, meaning in [(0, "ok"), (1, "check failed"), (2, "bad usage"), (3, "cannot replay")]:
+    for code, meaning in [(0, "ok"), (1, "check failed"), (2, "bad usage"), (3, "cannot replay"),
+                          (130, "interrupted"), (141, "reader of the output went away")]:
         assert re.search(rf"^\s*{code}\s+.*{meaning}", text, re.MULTILINE), (code, meaning)
     for name in COMMANDS:
         assert re.search(rf"^\s+{name}\s+\S", text, re.MULTILINE), name
@@ -60,3 +61,21 @@ def test_every_command_help_says_what_it_does_and_its_exit_codes(name: str,
 def test_every_command_is_documented_in_the_readme(name: str) -> None:
     assert re.search(rf"`ledger {re.escape(name)}(?=[\s`])", README), (
         f"README.md does not document `ledger {name}`")
+
+
+def _flags(command: click.Command) -> list[str]:
+    """Every flag ``command`` accepts, short and long, ``--no-…`` forms included."""
+    context = click.Context(command, info_name=command.name)
+    return [flag for parameter in command.get_params(context)
+            if isinstance(parameter, click.Option)
+            for flag in (*parameter.opts, *parameter.secondary_opts)]
+
+
+@pytest.mark.parametrize("name", ["ledger", *COMMANDS])
+def test_every_flag_is_documented_in_the_readme(name: str) -> None:
+    """A flag `--help` shows must be findable in the README (`--generated-by`, `--version`, `-j`
+    were not)."""
+    command = cli if name == "ledger" else cli.commands[name]
+    missing = [flag for flag in _flags(command)
+               if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", README)]
+    assert not missing, f"README.md does not document {name} {missing}"
