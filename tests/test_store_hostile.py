@@ -74,6 +74,24 @@ CREATOR = """
 """
 
 
+def test_a_new_ledger_waits_for_another_process_holding_its_write_lock(tmp_path: Path) -> None:
+    """SQLite refuses the switch to WAL at once ('database is locked', no busy wait) while
+    another connection holds the write lock of the new file — as a job opening the same new
+    ledger at that moment does. The open used to fail with a raw OperationalError (a
+    traceback in the CLI); it now waits for the lock and creates the ledger."""
+    path = tmp_path / "ledger.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    released = threading.Timer(0.5, lambda: (holder.execute("COMMIT"), holder.close()))
+    released.start()
+    try:
+        with Store.open(f"sqlite:///{path}", create=True) as store:
+            assert store.experiments() == []
+    finally:
+        released.join()
+    assert verify(f"sqlite:///{path}").ok
+
+
 def test_processes_opening_a_new_ledger_together_all_create_it_once(store_url: str,
                                                                     tmp_path: Path) -> None:
     """Jobs launched together on a ledger that does not exist yet: each used to race to create
