@@ -14,6 +14,7 @@ from ledger.events import REPLAY_RECORDED, REPORT_EXPORTED
 from ledger.json_view import json_view
 from report.facts import RunFacts
 from report.jsonview import rfc3339
+from report.replay_evidence import recorded_verdict
 
 RETENTION_CLASSES = {
     "technical-documentation": (120, "EU AI Act Art. 18: technical documentation kept for 10 "
@@ -106,8 +107,7 @@ def r10_history(facts: RunFacts, schema_version: int) -> dict[str, Any]:
                                  "at": rfc3339(body.get("t"))}
         if body.get("kind") == REPLAY_RECORDED:
             entry.update(by=params.get("replayed_by"),
-                         outcome={"certified": "PASSED", "diverged": "FAILED"}.get(
-                             params.get("verdict"), "INCONCLUSIVE"),
+                         outcome=recorded_verdict(params.get("verdict")),
                          detail=f"{params.get('compared_total', 0)} draws re-executed, "
                                 f"{params.get('mismatched', 0)} mismatched")
         elif body.get("kind") == REPORT_EXPORTED:

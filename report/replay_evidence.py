@@ -92,8 +92,7 @@ def r8_replay(facts: RunFacts, outcome: ReplayOutcome | None) -> dict[str, Any]:
             section["reason"] = "no replay was run or recorded for this experiment"
             return section
         body, certificate = recorded
-        verdict = {"certified": PASSED, "diverged": FAILED}.get(certificate.get("verdict"),
-                                                                INCONCLUSIVE)
+        verdict = recorded_verdict(certificate.get("verdict"))
         divergence = certificate.get("first_divergence")
         section.update(source="recorded in the audit stream", verdict=verdict,
                        audit_seq=body.get("seq"),
@@ -117,6 +116,14 @@ def r8_replay(facts: RunFacts, outcome: ReplayOutcome | None) -> dict[str, Any]:
         head_is_current=certificate.get("head") == current_head,
         plugins=json_view(certificate.get("plugins") or []))
     return section
+
+
+def recorded_verdict(verdict: Any) -> str:
+    """PASSED or FAILED for a recorded ``certified`` or ``diverged``; INCONCLUSIVE for anything
+    else an audit record holds (not necessarily text, nor hashable)."""
+    if not isinstance(verdict, str):
+        return INCONCLUSIVE
+    return {"certified": PASSED, "diverged": FAILED}.get(verdict, INCONCLUSIVE)
 
 
 def _describe(divergence: Any) -> str | None:

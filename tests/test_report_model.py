@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ledger.audit import record_audit
 from ledger.augment import DataAugmenter, register_op
 from ledger.datasets import dataset_digest, store_npz
 from ledger.digests import value_digest
 from ledger.errors import UnknownExperimentError
-from ledger.events import DATASET_REGISTERED
+from ledger.events import DATASET_REGISTERED, REPLAY_RECORDED
 from ledger.experiment import Experiment, ExperimentManager
 from ledger.seeds import derive_bytes
 from ledger.store import Store
@@ -163,6 +164,21 @@ def test_a_recorded_replay_is_quoted_and_listed_in_the_history(tmp_path: Path) -
     assert r8["certified_head"] == report["R9"]["run_head"]
     assert report["R10"]["events"][0]["kind"] == "replay_recorded"
     assert not [alert for alert in report["summary"]["alerts"] if "REPLAY" in alert.upper()]
+
+
+def test_a_recorded_verdict_that_is_not_text_is_inconclusive(tmp_path: Path) -> None:
+    """A replay_recorded certificate is read back from the audit stream, which anyone who can
+    write the ledger appends to: a verdict that is a list (unhashable) made R8 and R10 look it
+    up in a dict and the report stopped with ``TypeError: unhashable type: 'list'``."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    exp = record_run(url, tmp_path / "data")
+    with Store.open(url) as store:
+        record_audit(store, exp, REPLAY_RECORDED, {"verdict": ["certified"]})
+    report = report_of(url, exp)
+    assert report["R8"]["source"] == "recorded in the audit stream"
+    assert report["R8"]["verdict"] == "INCONCLUSIVE"
+    assert [(e["kind"], e["outcome"]) for e in report["R10"]["events"]] == [
+        ("replay_recorded", "INCONCLUSIVE")]
 
 
 def test_a_replay_without_its_data_is_inconclusive(honest: tuple[str, Path, str],
