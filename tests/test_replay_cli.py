@@ -94,6 +94,18 @@ def test_replay_json_is_one_document_and_records_the_replay(tmp_path: Path) -> N
     assert run_cli("--db", url, "verify", exp).returncode == 0
 
 
+def test_replay_calls_no_deprecated_click_api(tmp_path: Path) -> None:
+    """click 8.5 deprecates click.get_text_stream (gone in click 9): replay asked it whether
+    stderr is a terminal, so with DeprecationWarning an error it failed (exit 2) before
+    replaying, and click 9 would fail it every time."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    exp = record_run(url, tmp_path / "data", epochs=1)
+    result = run_cli("--db", url, "replay", exp, "--no-record", "--data-dir",
+                     str(tmp_path / "data"), env={"PYTHONWARNINGS": "error::DeprecationWarning"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("CERTIFIED") and result.stderr == ""
+
+
 def test_replay_of_a_tampered_ledger_exits_1_without_replaying(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     exp = record_run(url, tmp_path / "data")

@@ -35,6 +35,17 @@ def test_the_report_goes_to_stdout_as_json(run: tuple[Path, str]) -> None:
     assert schema_errors(report) == [] and report["R1"]["exp"] == exp
 
 
+def test_the_report_on_stdout_calls_no_deprecated_click_api(run: tuple[Path, str]) -> None:
+    """click 8.5 deprecates click.get_binary_stream (gone in click 9): the report went to
+    stdout through it, so with DeprecationWarning an error it failed (exit 2) after being
+    built, and click 9 would fail it every time."""
+    folder, exp = run
+    done = run_cli("--db", f"sqlite:///{folder / 'ledger.db'}", "report", exp, "--no-record",
+                   cwd=folder, env={"PYTHONWARNINGS": "error::DeprecationWarning"})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["R1"]["exp"] == exp
+
+
 @pytest.mark.parametrize("fmt,start", [("html", "<!DOCTYPE html>"), ("md", "# Compliance")])
 def test_html_and_markdown_go_to_a_file(run: tuple[Path, str], tmp_path: Path, fmt: str,
                                         start: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from cli.display import printable
@@ -18,7 +20,7 @@ class _Progress:
     """``replaying: 1,234 / 5,678 events`` on stderr while it runs, when stderr is a terminal."""
 
     def __init__(self) -> None:
-        self.enabled = click.get_text_stream("stderr").isatty()
+        self.enabled = sys.stderr.isatty()
 
     def __call__(self, done: int, total: int) -> None:
         if self.enabled:

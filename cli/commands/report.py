@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import date
 from pathlib import Path
 
@@ -107,7 +108,7 @@ def report_command(obj: dict, exp: str, fmt: str, output: Path | None, bundle: P
                                appendix=appendix, key=key)
     summary = result.report["summary"]
     if result.stdout is not None:
-        click.get_binary_stream("stdout").write(result.stdout)
+        sys.stdout.buffer.write(result.stdout)
         for path in result.written:
             click.echo(f"ledger: wrote {path.path}", err=True)
         if summary["attention"]:
