@@ -47,7 +47,8 @@ def fast_array_digest(array: np.ndarray) -> bytes:
             ARRAY_TAG + canonical([dtype.str, list(array.shape)]))
     hasher = prefix.copy()
     if array.size:
-        hasher.update(array)
+        # ndarray has the buffer protocol; numpy's stubs give it __buffer__ only for Python >= 3.12
+        hasher.update(array)  # type: ignore[arg-type]
     return hasher.digest()
 
 

@@ -172,7 +172,9 @@ def store_npz(data_dir: Path, features: np.ndarray, labels: np.ndarray | None,
     if not _stored_whole(target, arrays):
         prepare_data_dir(data_dir)
         try:
-            write_file_durably(target, lambda stream: np.savez(stream, **arrays))
+            # The keys are 'features' and 'labels', never savez's own allow_pickle.
+            write_file_durably(target, lambda stream: np.savez(
+                stream, **arrays))  # type: ignore[arg-type]
         except OSError as error:
             raise BadInputError(f"cannot store dataset in {data_dir}: "
                                 f"{error.strerror or error}") from None

@@ -36,7 +36,8 @@ def array_digest(array: Any) -> bytes:
     data = np.ascontiguousarray(array, dtype=little)
     hasher = hashlib.sha256(ARRAY_TAG)
     hasher.update(canonical([little.str, list(array.shape)]))
-    hasher.update(data.reshape(-1).view(np.uint8))
+    # ndarray has the buffer protocol; numpy's stubs give it __buffer__ only for Python >= 3.12
+    hasher.update(data.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
     return hasher.digest()
 
 

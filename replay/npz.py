@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 import zipfile
 from pathlib import Path
-from typing import BinaryIO
+from io import BufferedReader
 
 import numpy as np
 from numpy.lib import format as npy_format
@@ -50,7 +50,8 @@ class _NotFast(Exception):
     """The member is of a form the fast path leaves to ``np.load``."""
 
 
-def _read_member(archive: zipfile.ZipFile, raw: BinaryIO, path: Path, key: str) -> np.ndarray:
+def _read_member(archive: zipfile.ZipFile, raw: BufferedReader, path: Path, key: str
+                 ) -> np.ndarray:
     try:
         info = archive.getinfo(f"{key}.npy")
     except KeyError:
@@ -77,6 +78,8 @@ def _read_member(archive: zipfile.ZipFile, raw: BinaryIO, path: Path, key: str) 
     array = np.empty(shape, dtype=dtype)  # its size was checked by check_member_sizes
     if raw.tell() - start + array.nbytes != info.file_size:
         raise BadInputError(f"{path}: array {key!r} does not fill its member")
-    if array.nbytes and raw.readinto(array.reshape(-1).view(np.uint8)) != array.nbytes:
+    # ndarray has the buffer protocol; numpy's stubs give it __buffer__ only for Python >= 3.12
+    if array.nbytes and raw.readinto(
+            array.reshape(-1).view(np.uint8)) != array.nbytes:  # type: ignore[arg-type]
         raise BadInputError(f"{path}: array {key!r} is truncated")
     return array
