@@ -85,7 +85,7 @@ def ensure_claims_table(store: Store) -> None:
             with store.engine.connect() as connection:
                 if not inspect(connection).has_table(claims_table.name):
                     raise _translate(error, f"cannot add the claims table to {store.url}") from None
-    store._claims_ready = True  # type: ignore[attr-defined]
+    store._claims_ready = True
 
 
 def claim_stream(store: Store, exp: str, stream: str, start_seq: int | None, *,

@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import create_engine, event, inspect, select
@@ -169,7 +171,7 @@ def _check_sqlite_schema(engine: Engine, shown: str) -> None:
     its indexes (beside SQLite's own) on plain columns only.
     """
     with engine.connect() as connection:
-        objects = connection.exec_driver_sql(
+        objects: Sequence[tuple[Any, ...]] = connection.exec_driver_sql(
             "SELECT type, name, tbl_name, sql FROM sqlite_master").all()
         ours = set(APPEND_ONLY_TABLES)
         triggers = sqlite_trigger_sql()
@@ -199,7 +201,7 @@ def _check_postgres_tables(engine: Engine, shown: str) -> None:
     views, foreign tables or tables of other columns: a view over ``pg_sleep`` made every
     command hang. Triggers there are checked by the compliance report (in force or not)."""
     with engine.connect() as connection:
-        rows = connection.exec_driver_sql(
+        rows: Sequence[tuple[Any, ...]] = connection.exec_driver_sql(
             "SELECT c.relname, c.relkind, array_agg(a.attname::text ORDER BY a.attnum), "
             "bool_or(a.attgenerated <> '') FROM pg_class c JOIN pg_attribute a "
             "ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
@@ -231,7 +233,8 @@ def _stored_format(engine: Engine) -> dict[str, str] | None:
     with engine.connect() as connection:
         if not inspect(connection).has_table(meta_table.name):
             return None
-        rows = connection.execute(select(meta_table.c.key, meta_table.c.value)).all()
+        rows: Sequence[tuple[str, str]] = connection.execute(
+            select(meta_table.c.key, meta_table.c.value)).all()
     return {key: value for key, value in rows}
 
 

@@ -72,9 +72,10 @@ claims_table = Table(
 APPEND_ONLY_TABLES = ("ledger_meta", "ledger_experiments", "ledger_events",
                       "ledger_stream_claims")
 
-_UNIQUE_KEYS = {"ledger_meta": [("key",)], "ledger_experiments": [("exp",)],
-                "ledger_events": [("exp", "stream", "seq"), ("id",)],
-                "ledger_stream_claims": [("exp", "stream", "attempt", "action"), ("id",)]}
+_UNIQUE_KEYS: dict[str, list[tuple[str, ...]]] = {
+    "ledger_meta": [("key",)], "ledger_experiments": [("exp",)],
+    "ledger_events": [("exp", "stream", "seq"), ("id",)],
+    "ledger_stream_claims": [("exp", "stream", "attempt", "action"), ("id",)]}
 """Each table's unique keys: an insert that collides with one would, as REPLACE, delete a row."""
 
 

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import and_, bindparam, distinct, func, inspect, not_, select, text
 from sqlalchemy.engine import Engine
@@ -70,6 +70,8 @@ def _translate(error: DBAPIError, what: str) -> StoreError:
 class Store:
     """An open ledger database. Create with :meth:`open`; use as a context manager or close()."""
 
+    _claims_ready: bool  # set by claims.ensure_claims_table once the table is known to exist
+
     def __init__(self, engine: Engine, shown_url: str, url_with_secrets: str | None = None
                  ) -> None:
         self.engine = engine
@@ -110,7 +112,7 @@ class Store:
     def schema_version(self) -> int:
         """The schema version this ledger was written with."""
         with self.engine.connect() as connection:
-            value = connection.execute(
+            value: str = connection.execute(
                 select(meta_table.c.value).where(meta_table.c.key == "schema_version")).scalar_one()
         return int(value)
 
@@ -259,6 +261,7 @@ class Store:
         faster than executemany; the unique (exp, stream, seq) key holds for COPY as for INSERT.
         Driver errors are raised as SQLAlchemy's, like every other statement's."""
         dbapi = self.engine.dialect.dbapi
+        assert dbapi is not None  # the engine was created from a URL naming its driver
         sql = f"COPY {events_table.name} ({', '.join(ROW_COLUMNS)}) FROM STDIN"
         cursor = connection.connection.dbapi_connection.cursor()
         try:
@@ -548,6 +551,7 @@ class Store:
         driver's plain tuples (building SQLAlchemy Rows cost more than fetching them). Driver
         errors are raised as SQLAlchemy's, so that reading turns them into StoreError."""
         dbapi = self.engine.dialect.dbapi
+        assert dbapi is not None  # the engine was created from a URL naming its driver
         try:
             cursor.execute(text, parameters)
             while rows := cursor.fetchmany(batch_size):
@@ -575,7 +579,7 @@ class _ReadGuard:
     def __enter__(self):  # noqa: ANN204
         return self.connection
 
-    def __exit__(self, exc_type, exc, _tb) -> bool:  # noqa: ANN001
+    def __exit__(self, exc_type, exc, _tb) -> Literal[False]:  # noqa: ANN001
         self.connection.close()
         if isinstance(exc, DBAPIError):
             raise _translate(exc, f"cannot read {self.shown_url}") from None
