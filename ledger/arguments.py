@@ -7,7 +7,7 @@ BadInputError instead of coercing them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -22,6 +22,12 @@ def check_flag(name: str, value: Any) -> bool:
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     raise BadInputError(f"got {name}={value!r}, but it must be True or False")
+
+
+@overload
+def check_epoch(epoch: Any, *, optional: Literal[False] = False) -> int: ...
+@overload
+def check_epoch(epoch: Any, *, optional: bool) -> int | None: ...
 
 
 def check_epoch(epoch: Any, *, optional: bool = False) -> int | None:

@@ -14,7 +14,7 @@ a ``break`` or a restored state) and starts the next epoch once the current one 
 from __future__ import annotations
 
 from collections.abc import Generator, Iterator
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -109,7 +109,8 @@ class TrainingDataIterator:
         self.timeout = timeout
         self.root_seed, self.augment_seed = self._roots(seed)
         self.recording = experiment is not None and check_flag("record", record)
-        if self.recording and not experiment.dataset_registered(self.dataset):
+        if (experiment is not None and self.recording
+                and not experiment.dataset_registered(self.dataset)):
             raise BadInputError(f"got dataset {self.dataset.name!r} that is not registered in "
                                 f"{experiment.id}, but a recorded run needs it registered: "
                                 f"data = exp.register_dataset(name, features, labels)")
@@ -212,7 +213,7 @@ class TrainingDataIterator:
         epoch = self._epoch
         order = self._maker.order(epoch)
         path = shuffle_path(epoch)
-        self.experiment.record_draw(
+        cast(Experiment, self.experiment).record_draw(  # recording: there is an experiment
             EPOCH_RESET, path, seed=derive_bytes(self.root_seed, path),
             params={"epoch": epoch, "length": len(self.dataset), "shuffle": self.shuffle,
                     "batch_size": self.batch_size, "drop_last": self.drop_last,
@@ -234,12 +235,12 @@ class TrainingDataIterator:
                 if record is not None:
                     record(epoch, batch, digests)
                 self._batch = batch + 1
-                yield (x, y) if with_labels else x
+                yield (x, cast(np.ndarray, y)) if with_labels else x  # labels: y is an array
         finally:
             source.close()
 
     def _local(self, epoch: int, start: int, stop: int
-               ) -> Iterator[tuple[np.ndarray, np.ndarray | None, BatchDigests]]:
+               ) -> Generator[tuple[np.ndarray, np.ndarray | None, BatchDigests], None, None]:
         make = self._maker.make
         for batch in range(start, stop):
             yield make(epoch, batch)
@@ -253,9 +254,12 @@ class TrainingDataIterator:
                   "dataset_digest": dataset.digest, "drop_last": self.drop_last,
                   "epoch": epoch, "indices_digest": digests.indices, "rows": digests.rows,
                   "shuffle": self.shuffle}
-        self.experiment.record_normalised_draw(
+        # Called only when recording augmented batches: there is an experiment, and the maker
+        # reported the batch's indices digest.
+        cast(Experiment, self.experiment).record_normalised_draw(
             AUGMENTATION_BATCH, augment_path(epoch, batch), seed=digests.seed, params=params,
-            input=batch_input_digest(dataset.digest, digests.indices), output=digests.output)
+            input=batch_input_digest(dataset.digest, cast(bytes, digests.indices)),
+            output=digests.output)
 
     def _ensure_pool(self) -> None:
         if self.num_workers == 0 or (self._pool is not None and not self._pool.broken):
@@ -278,7 +282,7 @@ class TrainingDataIterator:
                                       f"{expected[info.worker].hex()[:16]}…")
                 if self.recording:
                     path = worker_path(info.worker)
-                    self.experiment.record_draw(
+                    cast(Experiment, self.experiment).record_draw(  # recording: it exists
                         WORKER_SPAWNED, path, seed=derive_bytes(self.root_seed, path),
                         params={"worker": info.worker, "num_workers": self.num_workers,
                                 "start_method": pool.start_method,

@@ -24,10 +24,10 @@ import select
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -47,6 +47,7 @@ class WorkerError(LedgerError):
     """A worker process died, failed or stopped answering while making a batch."""
 
     exit_code = 2
+    worker_traceback: str | None  # set when the pool raises it for a worker's reported failure
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +154,13 @@ class WorkerPool:
             self.close()
             raise
 
+    @overload
+    def _share(self, array: np.ndarray, copy: bool = True) -> SharedArray: ...
+    @overload
+    def _share(self, array: None, copy: bool = True) -> None: ...
+    @overload
+    def _share(self, array: np.ndarray | None, copy: bool = True) -> SharedArray | None: ...
+
     def _share(self, array: np.ndarray | None, copy: bool = True) -> SharedArray | None:
         if array is None:
             return None
@@ -178,14 +186,17 @@ class WorkerPool:
             slots_x = self._share(np.empty((self.prefetch, self.slot_rows) + self.feature_shape,
                                            features.dtype), copy=False)
             slots_y = self._share(None if labels is None else np.empty(
-                (self.prefetch, self.slot_rows) + self.label_shape, labels.dtype), copy=False)
+                (self.prefetch, self.slot_rows) + labels.shape[1:], labels.dtype), copy=False)
+            assert slots_x.array is not None  # a new block's array: None only once closed
             self._slots_x.append(slots_x.array)
             self._slots_y.append(None if slots_y is None else slots_y.array)
             config = {**base, "worker": worker, "slots_x": slots_x.descriptor(),
                       "slots_y": None if slots_y is None else slots_y.descriptor()}
             ours, theirs = context.Pipe(duplex=True)
-            process = context.Process(target=worker_main, args=(theirs, pack(config)),
-                                      name=f"ledger-worker-{worker}", daemon=True)
+            # typeshed's BaseContext has no Process, but every context get_context returns has.
+            process = context.Process(  # type: ignore[attr-defined]
+                target=worker_main, args=(theirs, pack(config)), name=f"ledger-worker-{worker}",
+                daemon=True)
             process.start()
             theirs.close()
             self._resources.processes.append(process)
@@ -279,11 +290,11 @@ class WorkerPool:
     def _fail(self, text: str, worker_traceback: str | None = None) -> None:
         self._abandon()
         error = WorkerError(text)
-        error.worker_traceback = worker_traceback  # type: ignore[attr-defined]
+        error.worker_traceback = worker_traceback
         raise error
 
     def run(self, epoch: int, start: int, stop: int
-            ) -> Iterator[tuple[np.ndarray, np.ndarray | None, BatchDigests]]:
+            ) -> Generator[tuple[np.ndarray, np.ndarray | None, BatchDigests], None, None]:
         """Yield batches ``start``..``stop - 1`` of ``epoch`` in order, as fresh arrays.
 
         Leaving the generator early (break, exception, close) waits for nothing: the batches

@@ -17,6 +17,7 @@ for the whole run, ``("epoch", e, "shuffle")``, recorded once (by rank 0).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ INTEGRATION = "torch.DataLoader/v1"
 replay recognises its batches by it."""
 
 
-def check_replicas(num_replicas: int, rank: int) -> tuple[int, int]:
+def check_replicas(num_replicas: Any, rank: Any) -> tuple[int, int]:
     """Return ``(num_replicas, rank)`` if ``0 <= rank < num_replicas``; else say what is wrong."""
     for name, value, low in (("num_replicas", num_replicas, 1), ("rank", rank, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:

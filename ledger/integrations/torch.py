@@ -321,6 +321,7 @@ class RecordedSampler(Sampler[int]):
                                       "sampler": INTEGRATION, **(extra or {})}
             if self.dataset is not None:
                 params.update(dataset=self.dataset.name, dataset_digest=self.dataset.digest)
+            assert self.run is not None  # recording: there is a run
             self.run.record_draw(EPOCH_RESET, path, seed=derive_bytes(self.root, path),
                                  params=params, output=fast_array_digest(order))
             self._recorded.add(epoch)
@@ -547,7 +548,9 @@ class RecordedDataLoader(DataLoader):
         """Make the next pass epoch ``epoch``."""
         self.recorded_sampler.set_epoch(epoch)
 
-    def __iter__(self) -> Iterator[Any]:
+    # Deliberately not torch's _BaseDataLoaderIter: a generator over it that records each
+    # batch as it is handed out. (Unused ignore without torch installed: DataLoader is Any.)
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override, unused-ignore]
         return self._consume(super().__iter__())
 
     def _consume(self, batches: Iterator[Any]) -> Iterator[Any]:
@@ -813,6 +816,7 @@ def _finish(run: Run, manager: ExperimentManager | None, rank: int, world: int, 
     failed_ranks = _gather_failures(failure is not None or closing_error is not None,
                                     group) if world > 1 else []
     if rank == 0:
+        assert isinstance(run, Experiment)  # rank 0 created the experiment
         try:
             if not run.closed:
                 if failure is not None:
