@@ -46,7 +46,7 @@ class DataAugmenter:
     def __init__(self, noise_std: float | None = None, mask_prob: float | None = None, *,
                  scale_jitter: float | None = None, mask_fill: float | None = None,
                  ops: Iterable[Mapping[str, Any]] | None = None, seed: int | None = None) -> None:
-        specs: list[dict[str, Any]] = []
+        specs: list[Mapping[str, Any]] = []
         if scale_jitter is not None:
             specs.append({"op": "scale_jitter", "jitter": scale_jitter})
         if noise_std is not None:
@@ -133,6 +133,7 @@ class DataAugmenter:
         return isinstance(other, DataAugmenter) and (self._spec, self.seed) == (
             other._spec, other.seed)
 
+    # None is how Python marks a class unhashable; typeshed types object.__hash__ as a method only.
     __hash__ = None  # type: ignore[assignment]
 
 

@@ -202,9 +202,9 @@ def make_template(body: bytes) -> Template:
         raise ShapeError("the path is not in canonical form")
     kind_start, kind_end = spans["kind"]
     mask_bits = int.from_bytes(mask)
-    return Template(mask_bits, int.from_bytes(body) & mask_bits,
-                    msgpack.unpackb(body[kind_start:kind_end], raw=False),
-                    *(_digest_payload(body, spans[name]) for name in _DIGEST_FIELDS),
+    kind = msgpack.unpackb(body[kind_start:kind_end], raw=False)
+    input_, output, prev, seed = (_digest_payload(body, spans[name]) for name in _DIGEST_FIELDS)
+    return Template(mask_bits, int.from_bytes(body) & mask_bits, kind, input_, output, prev, seed,
                     _integer(body, spans["seq"]), _integer(body, spans["t"]),
                     slice(*spans["path"]),
                     tuple(_canonical_range(position, tag) for position, tag in wide_ints))

@@ -19,6 +19,7 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,7 @@ def package_versions(names: tuple[str, ...] = KEY_PACKAGES) -> dict[str, str]:
 def blas_info() -> dict[str, Any]:
     """BLAS/LAPACK numpy was built against, and threadpoolctl's view of the loaded libraries."""
     info: dict[str, Any] = {}
+    config: Mapping[str, Any] | None  # its layout varies with the numpy version: read with care
     try:
         config = np.show_config(mode="dicts")
     except (TypeError, ValueError, KeyError):  # numpy too old for mode="dicts"

@@ -80,7 +80,8 @@ class Experiment:
         self._datasets: dict[str, Dataset] = {}
         self._recorded_datasets: dict[str, bytes] = {}
         """Datasets an interrupted run registered before it was resumed: name -> digest."""
-        self._recorded_logs: dict[tuple[str, str, Any], deque[bytes | None]] = {}
+        # Keyed (kind, name, epoch) as recorded: a damaged record's name may be anything.
+        self._recorded_logs: dict[tuple[str, Any, Any], deque[bytes | None]] = {}
         """Metrics and checkpoints recorded before a resume, to be re-logged identically."""
         self._iterators: weakref.WeakSet[TrainingDataIterator] = weakref.WeakSet()
         self._pid = os.getpid()

@@ -53,7 +53,8 @@ def check_path(path: Sequence[Label]) -> Path:
                             f"{path!r}") from None
     for label in labels:
         kind = type(label)
-        if kind is str or (kind is int and 0 <= label <= _LABEL_MAX):
+        # mypy does not narrow through ``kind``: where ``kind is int``, label is an int.
+        if kind is str or (kind is int and 0 <= label <= _LABEL_MAX):  # type: ignore[operator]
             continue
         return _check_path_slowly(labels)
     return labels

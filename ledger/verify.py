@@ -97,7 +97,7 @@ class _Chain:
 class _Experiment:
     exp: str
     chains: dict[str, _Chain] = field(default_factory=dict)
-    created: tuple[str, int, Any] | None = None
+    created: tuple[str, int, Any, Any] | None = None
     completed: tuple[int, dict[str, Any], bytes] | None = None
     completed_elsewhere: list[tuple[str, int]] = field(default_factory=list)
 
@@ -228,10 +228,11 @@ class _Stitcher:
         for stream, seq in experiment.completed_elsewhere:
             self.find(exp, stream, seq, "run_completed outside the main stream")
         if experiment.completed is not None:
-            self.check_completion(experiment)
+            self.check_completion(experiment, experiment.completed)
 
-    def check_completion(self, experiment: _Experiment) -> None:
-        seq, params, prev = experiment.completed
+    def check_completion(self, experiment: _Experiment,
+                         completed: tuple[int, dict[str, Any], bytes]) -> None:
+        seq, params, prev = completed
         main = experiment.chains[MAIN_STREAM]
         if main.count != seq + 1:
             self.find(experiment.exp, MAIN_STREAM, seq + 1, "event recorded after run_completed")

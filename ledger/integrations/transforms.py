@@ -111,7 +111,7 @@ def replay_transform(spec: Any) -> tuple[TransformInfo, str, dict[str, Any]]:
     if not isinstance(spec, dict) or not isinstance(spec.get("transform"), str) or not isinstance(
             spec.get("params"), dict) or spec.get("per") not in PER:
         raise CannotReplayError(f"malformed transform spec {spec!r}")
-    version = spec.get("version")
+    version: Any = spec.get("version")  # as recorded: a key of another type is simply not found
     if (spec["transform"], version) not in _registry:
         raise CannotReplayError(f"transform {spec['transform']!r} version {version} is not "
                                 f"registered: install the package that defines it (entry-point "
