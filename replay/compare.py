@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 Difference = tuple[str, "bytes | None", "bytes | None", Cause]
 """(field, expected, actual, cause) of a mismatch."""
 
+_DETAILS = {Cause.SEED: "the recorded seed is not derive(root seed, path)",
+            Cause.INPUT: "the data this draw read changed"}
+
 
 @dataclass(frozen=True, slots=True)
 class Divergence:
@@ -100,11 +103,11 @@ class Comparer:
     def divergence(self, body: dict[str, Any], field_name: str, expected: bytes | None,
                    actual: bytes | None, cause: Cause) -> Divergence:
         """The divergence of ``body`` with its human detail."""
-        detail = {Cause.SEED: "the recorded seed is not derive(root seed, path)",
-                  Cause.INPUT: "the data this draw read changed"}.get(cause)
-        if body["kind"] == DATASET_REGISTERED and cause is Cause.INPUT and field_name == "output":
-            detail = "the dataset's content changed since the run registered it"
         if cause is Cause.OUTPUT:
             detail = explain_output(self.recorded_env, self.current_env)
+        elif body["kind"] == DATASET_REGISTERED and cause is Cause.INPUT and field_name == "output":
+            detail = "the dataset's content changed since the run registered it"
+        else:  # SEED or INPUT: the other causes first_difference names
+            detail = _DETAILS[cause]
         return Divergence(body["exp"], body["stream"], body["seq"], body["kind"],
                           list(body["path"]), field_name, expected, actual, cause, detail)

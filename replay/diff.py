@@ -199,7 +199,7 @@ def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = N
               ) -> DiffReport:
     """Compare run ``exp_a`` with ``exp_b`` (of ``store_b`` when given). Both must verify."""
     other = store_b or store
-    statuses = []
+    statuses: list[str] = []
     for source, exp in ((store, exp_a), (other, exp_b)):
         statuses.append(source.experiment(exp).status)
         checked = verify(source, exp)
@@ -208,7 +208,7 @@ def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = N
                                    f"{checked.findings[0].describe()}")
     index_a, created_a, order_a = _index(store, exp_a)
     index_b, created_b, order_b = _index(other, exp_b)
-    report = DiffReport(exp_a, exp_b, *statuses)
+    report = DiffReport(exp_a, exp_b, statuses[0], statuses[1])
     report.config = differences({k: created_a.get(k) for k in _CONFIG_KEYS},
                                 {k: created_b.get(k) for k in _CONFIG_KEYS})
     report.datasets = differences(_dataset_digests(order_a), _dataset_digests(order_b))

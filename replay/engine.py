@@ -210,8 +210,8 @@ class _Replay:
         loaded = [(body, load_registered_dataset(context, body)) for body in self._datasets()]
         if self.on_progress is not None:
             self.total = sum(self.store.counts_by_kind(self.exp).values())
-        report: ReplayReport | None = None
-        comparer: Comparer | None = None
+        report: ReplayReport  # made in the first window: _windows yields at least one
+        comparer: Comparer
         for first, bodies, kinds in self._windows():
             with DrawExecution(context, bodies, self.jobs, self.trusted) as execution:
                 if first:

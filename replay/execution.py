@@ -190,7 +190,8 @@ class DrawExecution:
         try:
             for _ in range(self._count):
                 receiver, sender = self._mp.Pipe(duplex=False)
-                process = self._mp.Process(
+                # typeshed's BaseContext has no Process; every context get_context returns has.
+                process = self._mp.Process(  # type: ignore[attr-defined]
                     target=_worker_main, daemon=True,
                     args=(sender, self._job if self._job.spawned else None))
                 process.start()
