@@ -90,5 +90,6 @@ def _records_by_content(datasets: list[dict[str, Any]], data_dir: Any
         content = loader.get("digest") if isinstance(loader, dict) else None
         if not (isinstance(content, str) and content in records):
             features = load_dataset(loader, data_dir)[0]
+            assert isinstance(content, str)  # load_dataset checked the content has this digest
             records[content] = (len(features), record_digests(features))
     return records

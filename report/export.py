@@ -224,6 +224,7 @@ def _export(store: Store, exp: str, options: ReportOptions, row: Any, stage: _St
             json_path: Path | None, key: Ed25519PrivateKey | None) -> ExportResult:
     """Build the report and stage its files (see :func:`export_report`)."""
     if key is not None:
+        assert json_path is not None  # export_report refuses a key without a JSON file
         options.signature = {"signed": True, "algorithm": ALGORITHM,
                              "public_key_sha256": fingerprint(key.public_key()),
                              "signature_file": f"{json_path.name}.sig",

@@ -67,8 +67,8 @@ def gather(store: Store, row: ExperimentRow, heads: dict[str, StreamHead] | None
         _take(facts, stream, kind, body)
     if completed_at is not None:
         main = facts.heads.get(MAIN_STREAM)
-        closes_main = main is not None and main.count == completed_at[1] + 1
-        if completed_at[0] == MAIN_STREAM and closes_main:
+        if (completed_at[0] == MAIN_STREAM and main is not None
+                and main.count == completed_at[1] + 1):
             facts.run_head = main.head  # run_completed closes main: its hash is main's head
         else:  # something follows it (verification says what): ask for its own hash
             facts.run_head = store.first_event_hash(exp, RUN_COMPLETED)

@@ -102,7 +102,9 @@ def r10_history(facts: RunFacts, schema_version: int) -> dict[str, Any]:
     """R10: replays and report exports recorded for this experiment, and schema migrations."""
     events = []
     for body in facts.audit:
-        params = body.get("params") if isinstance(body.get("params"), dict) else {}
+        params = body.get("params")
+        if not isinstance(params, dict):
+            params = {}
         entry: dict[str, Any] = {"seq": body.get("seq"), "kind": body.get("kind"),
                                  "at": rfc3339(body.get("t"))}
         if body.get("kind") == REPLAY_RECORDED:

@@ -185,8 +185,9 @@ def _branch(level: dict[Any, Any]) -> str:
         head, tail = children[:MAX_CHILDREN // 2], children[-MAX_CHILDREN // 2:]
         hidden = children[MAX_CHILDREN // 2:-MAX_CHILDREN // 2]
         draws = sum(_draws(value) for _key, value in hidden)
-        middle = [(("summary", f"… {len(hidden)} more ({draws} draws; every one is in the "
-                                f"JSON report and the appendix)"), {})]
+        summary = (f"… {len(hidden)} more ({draws} draws; every one is in the JSON report and "
+                   f"the appendix)")
+        middle: list[tuple[Any, dict[Any, Any]]] = [(("summary", summary), {})]
         children = head + middle + tail
     items = []
     for key, value in children:

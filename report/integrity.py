@@ -60,8 +60,8 @@ def _missing(triggers: dict[str, bool], names: list[str]) -> str:
 def _has_chain_constraint(store: Store) -> bool:
     try:
         inspector = inspect(store.engine)
-        keys = [set(item["column_names"]) for item in
-                inspector.get_unique_constraints("ledger_events")]
+        keys: list[set[str | None]] = [set(item["column_names"]) for item in
+                                       inspector.get_unique_constraints("ledger_events")]
         keys += [set(item["column_names"]) for item in inspector.get_indexes("ledger_events")
                  if item.get("unique")]
     except SQLAlchemyError:

@@ -61,7 +61,8 @@ def run_replay(store: Store, exp: str, *, jobs: int, trusted: Sequence[str],
         record_replay(store, report)
     certificate = json_view(report.to_json())
     verdict = PASSED if report.certified else FAILED
-    reason = None if report.certified else report.first_divergence.describe()
+    divergence = report.first_divergence  # set whenever the run is not certified
+    reason = None if report.certified or divergence is None else divergence.describe()
     return ReplayOutcome(certificate, verdict, reason, json_view(report.environment))
 
 
@@ -101,7 +102,9 @@ def r8_replay(facts: RunFacts, outcome: ReplayOutcome | None) -> dict[str, Any]:
                        reason=_describe(divergence) if verdict == FAILED else None)
     if certificate is None:
         return section
-    compared = certificate.get("compared") if isinstance(certificate.get("compared"), dict) else {}
+    compared = certificate.get("compared")
+    if not isinstance(compared, dict):
+        compared = {}
     section.update(
         replayed_by=certificate.get("replayed_by"),
         started_at=rfc3339(certificate.get("started_t")),

@@ -153,8 +153,9 @@ def r7_randomness(facts: RunFacts, scan: ScanResult,
     """R7: root seed and its source, the scheme, draw counts, seed tree, and the appendix."""
     params = facts.params
     recorded = params.get("root_seed")
-    root = root_seed_from_bytes(recorded) if isinstance(recorded, bytes) and len(
-        recorded) == 16 else None
+    if not (isinstance(recorded, bytes) and len(recorded) == 16):
+        recorded = None
+    root = None if recorded is None else root_seed_from_bytes(recorded)
     counts = scan.counts
     categories = {"experiment": counts.get(EXPERIMENT_CREATED, 0),
                   "worker_spawn": counts.get(WORKER_SPAWNED, 0),
@@ -171,7 +172,7 @@ def r7_randomness(facts: RunFacts, scan: ScanResult,
     scheme = params.get("seed_scheme")
     return {"title": "Randomness inventory",
             "root_seed": None if root is None else str(root),
-            "root_seed_hex": None if root is None else recorded.hex(),
+            "root_seed_hex": None if recorded is None else recorded.hex(),
             "root_seed_source": _text(params.get("root_seed_source")),
             "scheme": _text(scheme) if scheme is not None else None,
             "scheme_known": scheme == SEED_SCHEME,

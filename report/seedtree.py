@@ -83,7 +83,7 @@ class SeedTree:
                     seed: bytes | None) -> None:
         """Count ``count`` draws at ``epoch/e/batch/b/augment`` for b in [low, high] at once
         (``seed`` is the seed of the one draw when ``count`` is 1)."""
-        key = (kind, ("epoch", epoch, "batch", WILDCARD, "augment"))
+        key: tuple[str, tuple[Any, ...]] = (kind, ("epoch", epoch, "batch", WILDCARD, "augment"))
         if key not in self._nodes and len(self._nodes) >= self.max_nodes:
             self.folded = True
             key = (kind, ("epoch", WILDCARD, "batch", WILDCARD, "augment"))
