@@ -74,7 +74,9 @@ def run_library(folder: Path, count: int, name: str = "library.db") -> tuple[flo
 def run_raw(folder: Path, count: int) -> float:
     """The baseline: the same events through a bare sqlite3 loop, one execute per event."""
     store, url = new_ledger(folder, "raw.db")
-    seq, head = store.last_event(EXP, "main")
+    last = store.last_event(EXP, "main")
+    assert last is not None  # new_ledger created the experiment
+    seq, head = last
     store.close()
     connection = sqlite3.connect(folder / "raw.db", isolation_level=None)
     connection.execute(f"PRAGMA synchronous={SQLITE_SYNCHRONOUS}")

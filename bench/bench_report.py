@@ -58,7 +58,7 @@ def build_run(url: str, count: int) -> str:
             "features": {"dtype": "<f4", "shape": [256 * batches, 32]},
             "labels": {"dtype": "|i1", "shape": [256 * batches]}}, output=digest)
         for worker in range(2):
-            path = ("worker", worker)
+            path: tuple[str | int, ...] = ("worker", worker)
             writer.append(WORKER_SPAWNED, path=path, seed=derive_bytes(ROOT, path),
                           params={"worker": worker, "num_workers": 2, "start_method": "fork",
                                   "seeded": ["random", "numpy"]},
@@ -69,7 +69,7 @@ def build_run(url: str, count: int) -> str:
                           params={"epoch": epoch, "length": 256 * batches, "shuffle": True,
                                   "batch_size": 256, "drop_last": False, "batches": batches,
                                   "dataset": "transactions", "dataset_digest": digest},
-                          output=hashlib.sha256(path[1].to_bytes(8, "big")).digest())
+                          output=hashlib.sha256(epoch.to_bytes(8, "big")).digest())
             for batch in range(batches):
                 path = ("epoch", epoch, "batch", batch, "augment")
                 indices = hashlib.sha256((epoch * batches + batch).to_bytes(8, "big")).digest()

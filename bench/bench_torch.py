@@ -77,6 +77,8 @@ def one_run(folder: Path, transform: Any, workers: int, record: bool, batch: int
     """Wall and CPU seconds (this process and its workers) to iterate ``EPOCHS`` epochs, worker
     start-up and the final flush included."""
     from ledger.experiment import ExperimentManager
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+
     from ledger.integrations.torch import RecordedDataLoader
 
     features, labels = _data()
@@ -97,7 +99,9 @@ def one_run(folder: Path, transform: Any, workers: int, record: bool, batch: int
             elapsed = time.perf_counter() - start
             cpu = time.process_time() - cpu
             if workers:  # persistent workers are still alive: read what they used
-                cpu += _cpu_seconds([w.pid for w in loader._iterator._workers])
+                iterator = loader._iterator
+                assert isinstance(iterator, _MultiProcessingDataLoaderIter)
+                cpu += _cpu_seconds([w.pid for w in iterator._workers if w.pid is not None])
             del loader  # stops persistent workers
     return elapsed, cpu
 
@@ -124,10 +128,10 @@ def run(rounds: int | None = None) -> dict[str, Any]:
                 for workers, batch in configs:
                     order = (True, False) if round_index % 2 == 0 else (False, True)
                     for record in order:
-                        target = Path(folder) / f"run-{runs}"
-                        target.mkdir()
+                        run_dir = Path(folder) / f"run-{runs}"
+                        run_dir.mkdir()
                         runs += 1
-                        seconds, cpu_seconds = one_run(target, transform, workers, record, batch)
+                        seconds, cpu_seconds = one_run(run_dir, transform, workers, record, batch)
                         wall.setdefault((workers, batch, record), []).append(seconds)
                         cpu.setdefault((workers, batch, record), []).append(cpu_seconds)
     finally:

@@ -72,6 +72,7 @@ def _print(result: DemoResult, ledger: str) -> None:
         click.echo(f"run {index}       {run.exp}  final val AUC {run.aucs[-1]:.6f}  "
                    f"head {run.head.hex()[:16] if run.head else '-'}  ({run.seconds:.1f} s)")
     diff = result.diff
+    assert diff is not None  # run_demo always compares its two runs
     if result.identical:
         click.echo(f"IDENTICAL: {diff.compared:,} events compared, every seed, input and output "
                    f"digest equal")

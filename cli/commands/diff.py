@@ -48,6 +48,7 @@ def _print(report: DiffReport) -> None:
                    f"({report.compared:,} events compared)")
     else:
         click.echo(f"DIFFERENT: {report.exp_a} vs {report.exp_b}")
+        assert report.first_divergence is not None  # set whenever runs differ
         click.echo(printable(f"  first divergence: {report.first_divergence.describe()}"))
         click.echo(f"  {report.differing:,} events differ, {report.missing_in_b:,} missing in "
                    f"{report.exp_b}, {report.extra_in_b:,} extra, of {report.compared:,}")

@@ -81,6 +81,7 @@ def replay_command(obj: dict, exp: str, jobs: int, trusted: tuple[str, ...],
     else:
         _print(report)
     if not report.certified:
+        assert report.first_divergence is not None  # set whenever a run is not certified
         click.echo(printable(f"ledger: replay diverged: {report.first_divergence.describe()}"),
                    err=True)
         raise click.exceptions.Exit(CheckFailedError.exit_code)
@@ -107,8 +108,10 @@ def _full(url: str | None, exp: str, trusted: tuple[str, ...], as_json: bool) ->
                    f"({report.diff.compared:,} events compared)")
     else:
         click.echo(f"DIVERGED: {exp} re-ran as job {report.job} v{report.version}")
+        assert report.diff.first_divergence is not None  # set whenever runs differ
         click.echo(printable(f"  first divergence: {report.diff.first_divergence.describe()}"))
     if not report.certified:
+        assert report.diff.first_divergence is not None  # set whenever runs differ
         click.echo(printable(f"ledger: full replay diverged: "
                              f"{report.diff.first_divergence.describe()}"),
                    err=True)
@@ -121,6 +124,7 @@ def _print(report: ReplayReport) -> None:
         click.echo(f"CERTIFIED: {report.exp} reproduces draw for draw")
     else:
         click.echo(f"DIVERGED: {report.exp}")
+        assert report.first_divergence is not None  # set whenever a run is not certified
         click.echo(printable(f"  first divergence: {report.first_divergence.describe()}"))
         click.echo(f"  {report.mismatched:,} of {sum(report.compared.values()):,} re-executed "
                    f"events differ")

@@ -72,5 +72,7 @@ def run_demo(url: str | None, *, data_dir: str | os.PathLike[str] | None = None,
             result.runs.append(train(data, manager, seed=seed, workers=workers, epochs=epochs,
                                      inject_nondeterminism=inject_nondeterminism,
                                      start_method=start_method, on_epoch=progress))
-        result.diff = diff_runs(manager.store, result.runs[0].exp, result.runs[1].exp)
+        first, second = result.runs[0].exp, result.runs[1].exp
+        assert first is not None and second is not None  # trained into the manager's ledger
+        result.diff = diff_runs(manager.store, first, second)
     return result
