@@ -113,9 +113,11 @@ def r10_history(facts: RunFacts, schema_version: int) -> dict[str, Any]:
                          detail=f"{params.get('compared_total', 0)} draws re-executed, "
                                 f"{params.get('mismatched', 0)} mismatched")
         elif body.get("kind") == REPORT_EXPORTED:
+            formats = params.get("formats")
+            shown = (", ".join(map(str, formats)) if isinstance(formats, list)
+                     else "" if formats is None else str(formats))
             entry.update(by=params.get("generated_by"), outcome=params.get("replay_verdict"),
-                         detail=f"report {params.get('report_id')} "
-                                f"({', '.join(map(str, params.get('formats') or []))}"
+                         detail=f"report {params.get('report_id')} ({shown}"
                                 f"{', signed' if params.get('signed') else ''})")
         events.append(json_view(entry))
     return {"title": "History", "events": events, "ledger_schema_version": schema_version,

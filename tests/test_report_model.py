@@ -15,7 +15,7 @@ from ledger.augment import DataAugmenter, register_op
 from ledger.datasets import dataset_digest, store_npz
 from ledger.digests import value_digest
 from ledger.errors import UnknownExperimentError
-from ledger.events import DATASET_REGISTERED, REPLAY_RECORDED
+from ledger.events import DATASET_REGISTERED, REPLAY_RECORDED, REPORT_EXPORTED
 from ledger.experiment import Experiment, ExperimentManager
 from ledger.seeds import derive_bytes
 from ledger.store import Store
@@ -179,6 +179,19 @@ def test_a_recorded_verdict_that_is_not_text_is_inconclusive(tmp_path: Path) -> 
     assert report["R8"]["verdict"] == "INCONCLUSIVE"
     assert [(e["kind"], e["outcome"]) for e in report["R10"]["events"]] == [
         ("replay_recorded", "INCONCLUSIVE")]
+
+
+def test_recorded_export_formats_that_are_not_a_list_are_shown_as_recorded(
+        tmp_path: Path) -> None:
+    """The same stream holds report_exported records: ``formats`` as a number stopped R10
+    with ``TypeError: 'int' object is not iterable``; it is shown as recorded."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    exp = record_run(url, tmp_path / "data")
+    with Store.open(url) as store:
+        record_audit(store, exp, REPORT_EXPORTED, {"report_id": "rpt-x", "formats": 5})
+    report = report_of(url, exp)
+    assert [(e["kind"], e["detail"]) for e in report["R10"]["events"]] == [
+        ("report_exported", "report rpt-x (5)")]
 
 
 def test_a_replay_without_its_data_is_inconclusive(honest: tuple[str, Path, str],
