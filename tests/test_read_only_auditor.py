@@ -57,6 +57,14 @@ def reader_role(postgres_url: str) -> Iterator[tuple[str, sqlalchemy.Engine]]:
         admin.dispose()
 
 
+def _grant(admin: sqlalchemy.Engine, role: str, *statements: str) -> None:
+    """Run each statement as the admin, ``{schema}`` (the test's) and ``{role}`` filled in."""
+    with admin.begin() as connection:
+        schema = connection.exec_driver_sql("SELECT current_schema()").scalar()
+        for statement in statements:
+            connection.exec_driver_sql(statement.format(schema=schema, role=role))
+
+
 def _audit_kinds(url: str, exp: str) -> list[str]:
     with Store.open(url) as store:
         return [body["kind"] for body in audit_trail(store, exp)]
@@ -68,10 +76,7 @@ def test_a_role_that_may_only_read_is_refused_before_replay_and_report(
     ledger_stream_claims' and printed no verdict; report wrote its file, then failed."""
     role, admin = reader_role
     exp = _record_run(postgres_url, tmp_path / "data")
-    with admin.begin() as connection:
-        connection.exec_driver_sql(f"GRANT SELECT ON ALL TABLES IN SCHEMA "
-                                   f"{connection.exec_driver_sql('SELECT current_schema()').scalar()} "
-                                   f"TO {role}")
+    _grant(admin, role, "GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}")
     url = _role_url(postgres_url, role)
 
     replay = run_cli("--db", url, "replay", exp, "--data-dir", str(tmp_path / "data"))
@@ -96,41 +101,33 @@ def test_a_role_that_may_only_read_is_refused_before_replay_and_report(
     assert _audit_kinds(postgres_url, exp) == []
 
 
-def test_a_role_whose_transactions_are_read_only_is_refused(
-        postgres_url: str, reader_role: tuple[str, sqlalchemy.Engine], tmp_path: Path) -> None:
+INSERT_RIGHTS = "GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA {schema} TO {role}"
+
+
+@pytest.mark.parametrize("grant,refusal", [
+    ("ALTER ROLE {role} SET default_transaction_read_only = on",
+     "the server accepts only read-only transactions"),
+    ("GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {role}", None),
+], ids=["read-only sessions", "a writer's rights"])
+def test_a_role_that_may_insert_is_refused_only_when_its_sessions_may_only_read(
+        postgres_url: str, reader_role: tuple[str, sqlalchemy.Engine], tmp_path: Path,
+        grant: str, refusal: str | None) -> None:
     """Rights to insert do not help when the session may only read (a standby, or
-    default_transaction_read_only): that is named instead."""
+    default_transaction_read_only): that is named instead. And no false refusal: a role with
+    the rights a writer uses records its replay."""
     role, admin = reader_role
     exp = _record_run(postgres_url, tmp_path / "data")
-    with admin.begin() as connection:
-        schema = connection.exec_driver_sql("SELECT current_schema()").scalar()
-        connection.exec_driver_sql(f"GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA {schema} "
-                                   f"TO {role}")
-        connection.exec_driver_sql(f"ALTER ROLE {role} SET default_transaction_read_only = on")
+    _grant(admin, role, INSERT_RIGHTS, grant)
     url = _role_url(postgres_url, role)
     with Store.open(url) as store:
-        assert store.append_refusal() == "the server accepts only read-only transactions"
+        assert store.append_refusal() == refusal
     result = run_cli("--db", url, "replay", exp, "--data-dir", str(tmp_path / "data"))
-    assert result.returncode == 2 and "read-only transactions" in result.stderr
-
-
-def test_a_role_that_may_append_is_not_refused(
-        postgres_url: str, reader_role: tuple[str, sqlalchemy.Engine], tmp_path: Path) -> None:
-    """The check names no false refusal: a role with the rights a writer uses records."""
-    role, admin = reader_role
-    exp = _record_run(postgres_url, tmp_path / "data")
-    with admin.begin() as connection:
-        schema = connection.exec_driver_sql("SELECT current_schema()").scalar()
-        connection.exec_driver_sql(f"GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA {schema} "
-                                   f"TO {role}")
-        connection.exec_driver_sql(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} "
-                                   f"TO {role}")
-    url = _role_url(postgres_url, role)
-    with Store.open(url) as store:
-        assert store.append_refusal() is None
-    result = run_cli("--db", url, "replay", exp, "--data-dir", str(tmp_path / "data"))
-    assert result.returncode == 0, result.stderr
-    assert _audit_kinds(postgres_url, exp) == ["replay_recorded"]
+    if refusal is not None:
+        assert result.returncode == 2 and refusal in result.stderr
+        assert _audit_kinds(postgres_url, exp) == []
+    else:
+        assert result.returncode == 0, result.stderr
+        assert _audit_kinds(postgres_url, exp) == ["replay_recorded"]
 
 
 def test_an_sqlite_ledger_opened_read_only_is_refused_before_replay(tmp_path: Path) -> None:
