@@ -86,7 +86,8 @@ def test_a_role_that_may_only_read_is_refused_before_replay_and_report(
     for result in (replay, report, bundle):
         assert result.returncode == 2, result.stderr
         assert len(result.stderr.splitlines()) == 1
-        assert f"role {role} may not INSERT into ledger_events" in result.stderr
+        assert (f"role {role} lacks INSERT on ledger_events, ledger_stream_claims and USAGE "
+                f"on ") in result.stderr
         assert "--no-record" in result.stderr
     assert replay.stdout == "" and "replaying" not in replay.stderr
     assert not (tmp_path / "report.json").exists() and not (tmp_path / "bundle").exists()
@@ -104,26 +105,36 @@ def test_a_role_that_may_only_read_is_refused_before_replay_and_report(
 INSERT_RIGHTS = "GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA {schema} TO {role}"
 
 
-@pytest.mark.parametrize("grant,refusal", [
-    ("ALTER ROLE {role} SET default_transaction_read_only = on",
+SEQUENCE_RIGHTS = "GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {role}"
+
+
+@pytest.mark.parametrize("grants,refusal", [
+    ((SEQUENCE_RIGHTS, "ALTER ROLE {role} SET default_transaction_read_only = on"),
      "the server accepts only read-only transactions"),
-    ("GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {role}", None),
-], ids=["read-only sessions", "a writer's rights"])
-def test_a_role_that_may_insert_is_refused_only_when_its_sessions_may_only_read(
+    ((), "lacks USAGE on {schema}.ledger_events_id_seq, {schema}.ledger_stream_claims_id_seq"),
+    ((SEQUENCE_RIGHTS,), None),
+], ids=["read-only sessions", "no sequence rights", "a writer's rights"])
+def test_a_role_that_may_insert_is_refused_when_it_still_cannot_append(
         postgres_url: str, reader_role: tuple[str, sqlalchemy.Engine], tmp_path: Path,
-        grant: str, refusal: str | None) -> None:
+        grants: tuple[str, ...], refusal: str | None) -> None:
     """Rights to insert do not help when the session may only read (a standby, or
-    default_transaction_read_only): that is named instead. And no false refusal: a role with
-    the rights a writer uses records its replay."""
+    default_transaction_read_only), nor without USAGE on the tables' id sequences (each
+    insert takes a nextval): that is named instead. And no false refusal: a role with the
+    rights a writer uses records its replay."""
     role, admin = reader_role
     exp = _record_run(postgres_url, tmp_path / "data")
-    _grant(admin, role, INSERT_RIGHTS, grant)
+    _grant(admin, role, INSERT_RIGHTS, *grants)
     url = _role_url(postgres_url, role)
+    with admin.connect() as connection:
+        schema = connection.exec_driver_sql("SELECT current_schema()").scalar()
     with Store.open(url) as store:
-        assert store.append_refusal() == refusal
+        found = store.append_refusal()
+    assert (found is None) == (refusal is None)
+    if refusal is not None:
+        assert refusal.format(schema=schema) in str(found)
     result = run_cli("--db", url, "replay", exp, "--data-dir", str(tmp_path / "data"))
     if refusal is not None:
-        assert result.returncode == 2 and refusal in result.stderr
+        assert result.returncode == 2 and refusal.format(schema=schema) in result.stderr
         assert _audit_kinds(postgres_url, exp) == []
     else:
         assert result.returncode == 0, result.stderr

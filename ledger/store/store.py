@@ -164,20 +164,28 @@ class Store:
         trial write: nothing is written here.
         """
         if self.backend == "postgresql":
-            with self._reading() as connection:
-                role, read_only, *allowed = connection.execute(text(
-                    "SELECT current_user, current_setting('transaction_read_only'), "
-                    "has_table_privilege(:events, 'INSERT'), has_table_privilege(:claims, "
-                    "'INSERT')"), {"events": events_table.name, "claims": claims_table.name}
-                ).one()
-            if read_only == "on":
-                return "the server accepts only read-only transactions"
-            denied = [table.name for table, ok in zip((events_table, claims_table), allowed)
-                      if not ok]
-            if denied:
-                return f"role {role} may not INSERT into {' and '.join(denied)}"
-            return None
+            return self._postgres_append_refusal()
         return _sqlite_append_refusal(self.engine)
+
+    def _postgres_append_refusal(self) -> str | None:
+        """A writer inserts into the events and claims tables, and takes each row's id from
+        the table's sequence (``nextval`` needs USAGE on it, also under COPY)."""
+        tables = (events_table.name, claims_table.name)
+        with self._reading() as connection:
+            role, read_only, *rights = connection.execute(text(
+                "SELECT current_user, current_setting('transaction_read_only'), "
+                "has_table_privilege(:events, 'INSERT'), has_table_privilege(:claims, 'INSERT'), "
+                "pg_get_serial_sequence(:events, 'id'), pg_get_serial_sequence(:claims, 'id')"),
+                dict(zip(("events", "claims"), tables))).one()
+            sequences = [name for name in rights[2:] if name is not None]
+            usable = [connection.execute(text("SELECT has_sequence_privilege(:name, 'USAGE')"),
+                                         {"name": name}).scalar_one() for name in sequences]
+        if read_only == "on":
+            return "the server accepts only read-only transactions"
+        lacking = [f"{right} on {', '.join(names)}" for right, names in (
+            ("INSERT", [table for table, ok in zip(tables, rights[:2]) if not ok]),
+            ("USAGE", [name for name, ok in zip(sequences, usable) if not ok])) if names]
+        return f"role {role} lacks {' and '.join(lacking)}" if lacking else None
 
     def insert_experiment(self, exp: str, name: str, first_event: Event) -> None:
         """Record a new experiment: its row and its first event, in one transaction.
