@@ -42,6 +42,7 @@ from ledger.processes import forks_so_far
 from ledger.seeds import (SEED_SCHEME, Label, check_path, check_root_seed, derive_bytes, draw_root_seed,
                           generator, root_seed_to_bytes)
 from ledger.store import Store, StreamWriter
+from ledger.store.connect import parse_url, sqlite_file_path
 
 if TYPE_CHECKING:
     from ledger.iterator import TrainingDataIterator
@@ -435,6 +436,14 @@ class Experiment:
             self.close("failed", _one_line(exc))
 
 
+def default_data_dir_for(url: str | None = None) -> Path | None:
+    """The data folder :class:`ExperimentManager` uses for the ledger at ``url`` when given
+    none: ``$LEDGER_DATA_DIR``, else ``ledger-data/`` beside an SQLite file; None for a
+    PostgreSQL (or in-memory) ledger without ``$LEDGER_DATA_DIR``. Asked without opening the
+    ledger, so that a caller can refuse before anything is created."""
+    return default_data_dir(sqlite_file_path(parse_url(url)))
+
+
 class ExperimentManager:
     """Creates experiments in one ledger (created if missing). Use as a context manager or close().
 
@@ -446,8 +455,7 @@ class ExperimentManager:
                  ) -> None:
         given_dir = None if data_dir is None else check_path_argument("data_dir", data_dir)
         self.store = Store.open(url, create=True)
-        self.data_dir = (given_dir if given_dir is not None
-                         else default_data_dir(self.store.sqlite_file))
+        self.data_dir = given_dir if given_dir is not None else default_data_dir_for(url)
 
     def create_experiment(self, name: str, *, seed: int | None = None,
                           hyperparams: Mapping[str, Any] | None = None, model: str | None = None,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sqlalchemy
 
 from conftest import run_cli
 from examples.fraud.dataset import FEATURES, TRANSACTIONS, load_fraud_data, make_transactions
@@ -103,6 +104,22 @@ def test_ledger_demo_without_a_data_folder_says_what_to_give(tmp_path: Path) -> 
     assert done.returncode == 2
     assert "give --data-dir or set LEDGER_DATA_DIR" in done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+def test_ledger_demo_on_postgresql_without_a_data_folder_creates_nothing(
+        postgres_url: str, tmp_path: Path) -> None:
+    """The refusal comes before the ledger is opened: it used to create the empty ledger
+    tables first."""
+    done = run_cli("--db", postgres_url, "demo", "--epochs", "1", cwd=tmp_path,
+                   env={"LEDGER_DATA_DIR": ""})
+    assert done.returncode == 2 and "give --data-dir or set LEDGER_DATA_DIR" in done.stderr
+    assert done.stderr.count("\n") == 1
+    engine = sqlalchemy.create_engine(postgres_url)
+    try:
+        with engine.connect() as connection:
+            assert sqlalchemy.inspect(connection).get_table_names() == []
+    finally:
+        engine.dispose()
 
 
 def test_ledger_demo_with_a_data_folder_it_cannot_use_writes_nothing(tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ from examples.fraud.dataset import load_fraud_data
 from examples.fraud.train import HYPERPARAMS, RunResult, train
 from ledger.datasets import prepare_data_dir
 from ledger.errors import BadInputError
-from ledger.experiment import ExperimentManager
+from ledger.experiment import ExperimentManager, default_data_dir_for
+from ledger.store.connect import describe_url, parse_url
 from replay.diff import DiffReport, diff_runs
 
 RUNS = 2
@@ -55,14 +56,17 @@ def run_demo(url: str | None, *, data_dir: str | os.PathLike[str] | None = None,
              start_method: str | None = None, on_epoch: EpochProgress | None = None
              ) -> DemoResult:
     """Train twice into the ledger at ``url`` (created if missing) and compare the two runs."""
-    if data_dir is not None:  # a folder that cannot hold the data stops the demo before the
-        prepare_data_dir(Path(data_dir))  # ledger is written (not as a failed run in it)
+    # A data folder that is missing or cannot hold the data stops the demo before the ledger
+    # is created or written (not as empty tables, or a failed run, in it).
+    if data_dir is not None:
+        prepare_data_dir(Path(data_dir))
+    elif default_data_dir_for(url) is None:
+        raise BadInputError(f"got the ledger {describe_url(parse_url(url))}, which has no data "
+                            f"folder, but the demo stores its dataset: give --data-dir or set "
+                            f"LEDGER_DATA_DIR")
     data = load_fraud_data() if transactions is None else load_fraud_data(transactions)
     with ExperimentManager(url, data_dir=data_dir) as manager:
-        if manager.data_dir is None:
-            raise BadInputError(f"got the ledger {manager.store.url}, which has no data folder, "
-                                f"but the demo stores its dataset: give --data-dir or set "
-                                f"LEDGER_DATA_DIR")
+        assert manager.data_dir is not None  # given, or the default just checked
         if data_dir is None:  # the default folder, before any run (a given one is made)
             prepare_data_dir(Path(manager.data_dir))
         result = DemoResult(ledger=manager.store.url, data_dir=str(Path(manager.data_dir)))

@@ -53,6 +53,12 @@ def describe_url(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
+def parse_url(url: str | None = None) -> URL:
+    """The ledger URL ``url`` names (see :func:`resolve_url`), parsed and checked to be SQLite
+    or PostgreSQL, without opening it; StoreError when it is not a database URL."""
+    return _parse(resolve_url(url))
+
+
 def _parse(url: str) -> URL:
     if not isinstance(url, str) or "\x00" in url:
         raise StoreError(f"not a database URL: {url!r} (e.g. sqlite:///ledger.db)")
@@ -249,7 +255,7 @@ def open_engine(url: str | None = None, *, create: bool = False) -> tuple[Engine
     With ``create=True`` a missing SQLite file or an empty database is initialised (WAL mode,
     tables, triggers, schema version); otherwise only an existing ledger is accepted.
     """
-    parsed = _parse(resolve_url(url))
+    parsed = parse_url(url)
     shown = describe_url(parsed)
     is_sqlite = parsed.get_backend_name() == "sqlite"
     if is_sqlite and (path := sqlite_file_path(parsed)) is not None:
