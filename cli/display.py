@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ledger.text import escape_unprintable
+from replay.diff import DiffReport
 
 
 def short(digest: bytes | str | None, width: int = 16) -> str:
@@ -20,3 +21,10 @@ def printable(value: Any) -> str:
     bidi controls …): text from a ledger — names, statuses, kinds, recorded environments — is
     someone else's, and must not move the cursor, retitle the terminal or forge a line."""
     return escape_unprintable(str(value))
+
+
+def runs_differ_line(report: DiffReport) -> str:
+    """The stderr line of a diff that found the runs differ (exit 1), as ``verify`` and
+    ``replay`` give one for their failed checks: the first divergence."""
+    assert report.first_divergence is not None  # set whenever runs differ
+    return printable(f"ledger: runs differ: {report.first_divergence.describe()}")

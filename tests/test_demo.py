@@ -96,6 +96,8 @@ def test_ledger_demo_json_with_injected_nondeterminism_exits_1(tmp_path: Path) -
     assert document["diff"]["first_divergence"]["cause"] == "same seed, different output"
     assert [len(run["val_auc"]) for run in document["runs"]] == [1, 1]
     assert "run 1/2  epoch 1/1" in done.stderr  # progress goes to stderr with --json
+    last = done.stderr.splitlines()[-1]  # and, as for diff, one line saying they differ
+    assert last.startswith("ledger: runs differ: ") and "same seed, different output" in last
 
 
 def test_ledger_demo_without_a_data_folder_says_what_to_give(tmp_path: Path) -> None:

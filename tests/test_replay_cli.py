@@ -161,3 +161,6 @@ def test_diff_of_another_seed_names_the_first_draw_and_its_cause(tmp_path: Path)
     assert divergence["identity"] == ["epoch", 0, "shuffle"]
     assert divergence["cause"] == "seed derivation differs"
     assert any(row["key"] == "root_seed" for row in report["differences"]["config"])
+    # one line on stderr, as verify and replay give for a failed check
+    assert result.stderr.startswith("ledger: runs differ: ")
+    assert "seed derivation differs" in result.stderr and result.stderr.count("\n") == 1

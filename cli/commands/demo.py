@@ -6,7 +6,7 @@ import shlex
 
 import click
 
-from cli.display import printable
+from cli.display import printable, runs_differ_line
 from cli.main import cli
 from cli.output import emit_json, json_option
 from examples.fraud.demo import DemoResult, run_demo
@@ -54,6 +54,8 @@ def demo_command(obj: dict, seed: int, workers: int, epochs: int, inject_nondete
     else:
         _print(result, _ledger_command(click.get_current_context(), result.ledger))
     if not result.identical:
+        assert result.diff is not None  # run_demo always compares its two runs
+        click.echo(runs_differ_line(result.diff), err=True)
         raise click.exceptions.Exit(1)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.display import printable
+from cli.display import printable, runs_differ_line
 from cli.main import cli
 from cli.output import emit_json, json_option
 from ledger.store import Store
@@ -38,6 +38,7 @@ def diff_command(obj: dict, exp_a: str, exp_b: str, db_b: str | None, as_json: b
     else:
         _print(report)
     if not report.identical:
+        click.echo(runs_differ_line(report), err=True)
         raise click.exceptions.Exit(1)
 
 
