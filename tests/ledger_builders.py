@@ -13,7 +13,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import create_engine, inspect, text
 
 from ledger.canonical import canonical
 from ledger.digests import ZERO_DIGEST, array_digest, event_hash_of_bytes, value_digest
@@ -138,6 +138,17 @@ def record_experiment(store: Store, exp: str | None = None, *, name: str = "frau
 
 
 # -- raw access, as an attacker (or a test) sees the database ---------------------------------
+
+def table_names(url: str) -> list[str]:
+    """The tables of the database at ``url`` (its schema's, for a test PostgreSQL URL), read
+    without the ledger's code: what a command left there."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return inspect(connection).get_table_names()
+    finally:
+        engine.dispose()
+
 
 def is_postgres(store: Store) -> bool:
     return store.backend == "postgresql"

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import sqlalchemy
 
 from conftest import run_cli
 from examples.fraud.dataset import FEATURES, TRANSACTIONS, load_fraud_data, make_transactions
@@ -18,6 +17,7 @@ from examples.fraud.model import roc_auc
 from ledger import Store, verify
 from ledger.datasets import dataset_digest
 from ledger.errors import BadInputError
+from ledger_builders import table_names
 
 
 def test_the_dataset_is_deterministic_with_about_thirty_features_and_rare_fraud() -> None:
@@ -116,12 +116,7 @@ def test_ledger_demo_on_postgresql_without_a_data_folder_creates_nothing(
                    env={"LEDGER_DATA_DIR": ""})
     assert done.returncode == 2 and "give --data-dir or set LEDGER_DATA_DIR" in done.stderr
     assert done.stderr.count("\n") == 1
-    engine = sqlalchemy.create_engine(postgres_url)
-    try:
-        with engine.connect() as connection:
-            assert sqlalchemy.inspect(connection).get_table_names() == []
-    finally:
-        engine.dispose()
+    assert table_names(postgres_url) == []
 
 
 def test_ledger_demo_with_a_data_folder_it_cannot_use_writes_nothing(tmp_path: Path) -> None:

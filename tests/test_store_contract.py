@@ -19,7 +19,8 @@ from ledger.errors import (BadInputError, ConcurrentWriteError, InvalidIdError, 
 from ledger.events import make_event
 from ledger.store import SCHEMA_VERSION, ExperimentRow, Store, StreamHead, StreamWriter
 from ledger.store.store import EVENT_COLUMNS, event_row
-from ledger_builders import drop_append_only_triggers, execute, record_experiment, rows
+from ledger_builders import (drop_append_only_triggers, execute, record_experiment, rows,
+                             table_names)
 
 TABLES = ("ledger_events", "ledger_experiments", "ledger_meta", "ledger_stream_claims")
 CHANGES = {
@@ -129,12 +130,7 @@ def test_a_foreign_sqlite_database_is_refused_and_left_alone(tmp_path: Path) -> 
 def test_an_empty_postgres_schema_is_not_a_ledger_unless_created(postgres_url: str) -> None:
     with pytest.raises(StoreError, match="not a ledger"):
         Store.open(postgres_url)
-    engine = sqlalchemy.create_engine(postgres_url)
-    try:
-        with engine.connect() as connection:
-            assert sqlalchemy.inspect(connection).get_table_names() == []
-    finally:
-        engine.dispose()
+    assert table_names(postgres_url) == []
     with Store.open(postgres_url, create=True) as store:
         assert store.backend == "postgresql" and store.schema_version == SCHEMA_VERSION
 
