@@ -88,10 +88,6 @@ class _GuardedStdout:
         return getattr(self._wrapped, name)
 
 
-_NO_COMMAND = getattr(click.exceptions, "NoArgsIsHelpError", ())
-"""Raised by click >= 8.2 when the group gets no command (older click prints help and exits)."""
-
-
 def _register_commands() -> None:
     from cli import commands  # noqa: F401 - importing registers the commands on `cli`
 
@@ -115,8 +111,8 @@ def main(argv: list[str] | None = None) -> None:
         code = cli.main(args=argv, prog_name="ledger", standalone_mode=False)
     except click.exceptions.Exit as done:
         code = done.exit_code
-    except _NO_COMMAND as usage:  # `ledger` alone: the help on stdout, not a squashed error line
-        click.echo(usage.ctx.get_help())
+    except click.exceptions.NoArgsIsHelpError as usage:
+        click.echo(usage.ctx.get_help())  # `ledger` alone: the help on stdout, not an error line
         code = usage.exit_code
     except click.exceptions.Abort:
         click.echo("ledger: aborted", err=True)
