@@ -323,7 +323,9 @@ ODD_VALUES = {
 }
 NOT_CANONICAL = {
     "an ext type": (msgpack.ExtType(5, b"x"), "no ext types"),
-    "nested 1,000 deep": (_deep(1000), "nested deeper than 64 levels"),
+    # msgpack before 1.2 packs at most 511 levels (the 100,000-deep body of
+    # test_hostile_inputs is written as bytes).
+    "nested 200 deep": (_deep(200), "nested deeper than 64 levels"),
     "a map keyed by bytes": ({b"k": 1, "j": 2}, "dict key b'k' is a bytes"),
 }
 """Values canonical encoding refuses (DESIGN §2): a run recording one fails verification."""
