@@ -44,7 +44,11 @@ def of_kind(all_bodies: list[dict], kind: str) -> list[dict]:
 
 
 def test_create_experiment_records_seed_config_code_and_environment(
-        manager: ExperimentManager) -> None:
+        manager: ExperimentManager, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The code version is the main script's repository: here this one's, wherever pytest's own
+    # __main__ (in the virtualenv) lies.
+    monkeypatch.setattr(sys.modules["__main__"], "__file__", str(ROOT / "examples" / "fraud" /
+                                                                 "train.py"))
     with manager.create_experiment("fraud-detection-v3", seed=42, hyperparams={"lr": 0.05},
                                    purpose="test", parent="exp-000000000001") as exp:
         pass
@@ -57,8 +61,9 @@ def test_create_experiment_records_seed_config_code_and_environment(
     assert params["hyperparams"] == {"lr": 0.05}
     assert params["purpose"] == "test" and params["parent"] == "exp-000000000001"
     assert params["entrypoint"]["argv"] == sys.argv
-    assert params["code"]["vcs"] == "git" and re.fullmatch(r"[0-9a-f]{40}",
-                                                           params["code"]["commit"])
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert params["code"]["vcs"] == "git" and params["code"]["commit"] == head
     assert isinstance(params["code"]["dirty"], bool)
     environment = params["environment"]
     assert environment["packages"]["numpy"] == np.__version__
