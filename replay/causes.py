@@ -97,8 +97,8 @@ def explain_output(recorded_env: Any, current_env: Any,
                    ("packages.", "python.version", "blas_threads."))]
     versions = [change for change in changed if not change[0].startswith("BLAS threads")]
     first, second = sides
-    listed = ", ".join(f"{name} {_version(old)} {first}, {_version(new)} {second}"
-                       for name, old, new in changed)
+    listed = ", ".join(f"{name} {shown_version(old)} {first}, "
+                       f"{shown_version(new)} {second}" for name, old, new in changed)
     if versions:
         lead = ("environment differs from the recorded one" if sides == ("recorded", "now")
                 else "environments differ")
@@ -111,8 +111,9 @@ def explain_output(recorded_env: Any, current_env: Any,
             "gave another output")
 
 
-def _version(value: Any) -> str:
-    """A version or thread count as shown: ``absent`` when not recorded (0 threads stays 0)."""
+def shown_version(value: Any) -> str:
+    """A version or thread count as shown: ``absent`` when not recorded (0 threads stays 0), as
+    where a library is loaded on one side only."""
     return "absent" if value is None or value == "" else str(value)
 
 

@@ -24,6 +24,7 @@ from ledger import __version__
 from ledger.environment import current_user
 from ledger.store.store import ExperimentRow, Store
 from ledger.verify import VerifyReport, verify
+from replay.causes import shown_version
 from replay.engine import default_data_dir_of
 from report.facts import RunFacts, gather
 from report.governance import (DEFAULT_RETENTION, r10_history, r11_retention, r12_limitations,
@@ -199,8 +200,8 @@ def _environment_alert(differences: list[Any]) -> str:
     shown = []
     for entry in differences[:3]:
         if isinstance(entry, dict):
-            shown.append(f"{entry.get('key')} {entry.get('recorded')} recorded, "
-                         f"{entry.get('current')} at replay")
+            shown.append(f"{entry.get('key')} {shown_version(entry.get('recorded'))} "
+                         f"recorded, {shown_version(entry.get('current'))} at replay")
     more = f" and {len(differences) - 3} more" if len(differences) > 3 else ""
     return f"the replay environment differs from the recorded one: {'; '.join(shown)}{more}"
 

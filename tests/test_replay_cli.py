@@ -94,6 +94,23 @@ def test_replay_json_is_one_document_and_records_the_replay(tmp_path: Path) -> N
     assert run_cli("--db", url, "verify", exp).returncode == 0
 
 
+def test_a_library_absent_at_replay_is_shown_absent_below_the_certificate(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not 'None now': a library loaded on one side only is named as absent on the other."""
+    import ledger.experiment
+    from ledger.environment import environment_fingerprint
+
+    recorded = environment_fingerprint()
+    recorded["blas_threads"] = {"libledger-test-blas.so": 4}
+    monkeypatch.setattr(ledger.experiment, "environment_fingerprint", lambda: recorded)
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    exp = record_run(url, tmp_path / "data")
+    result = run_cli("--db", url, "replay", exp, "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 0, result.stderr
+    assert "    blas_threads.libledger-test-blas.so: 4 recorded, absent now" in result.stdout
+    assert "None" not in result.stdout
+
+
 def test_replay_calls_no_deprecated_click_api(tmp_path: Path) -> None:
     """click 8.5 deprecates click.get_text_stream (gone in click 9): replay asked it whether
     stderr is a terminal, so with DeprecationWarning an error it failed (exit 2) before

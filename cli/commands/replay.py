@@ -12,6 +12,7 @@ from cli.output import emit_json, iso_time, json_option
 from ledger.audit import require_audit_append
 from ledger.errors import BadInputError, CheckFailedError
 from ledger.store import Store
+from replay.causes import shown_version
 from replay.engine import ReplayReport, record_replay, replay_run
 from replay.full import replay_full
 
@@ -139,4 +140,5 @@ def _print(report: ReplayReport) -> None:
     if report.environment_differences:
         click.echo("  environment differs from the recorded one:")
         for key, old, new in report.environment_differences:
-            click.echo(printable(f"    {key}: {old} recorded, {new} now"))
+            click.echo(printable(f"    {key}: {shown_version(old)} recorded, "
+                                 f"{shown_version(new)} now"))
