@@ -58,6 +58,15 @@ def _one_line(error: BaseException) -> str:
     return text if len(text) <= _ERROR_MAX else text[:_ERROR_MAX - 3] + "..."
 
 
+def _existing_path(what: str, value: Any) -> Path:
+    """``value`` as a Path that exists, else BadInputError: a mistyped folder would otherwise
+    be recorded quietly as code outside any repository."""
+    path = check_path_argument(what, value)
+    if not path.exists():
+        raise BadInputError(f"got {what} {os.fspath(path)!r}, but no such file or folder exists")
+    return path
+
+
 class Experiment:
     """One run: its id, root seed and main stream. Use as a context manager.
 
@@ -461,13 +470,17 @@ class ExperimentManager:
                           hyperparams: Mapping[str, Any] | None = None, model: str | None = None,
                           purpose: str | None = None, parent: str | None = None,
                           entrypoint: Mapping[str, Any] | None = None,
-                          exp_id: str | None = None) -> Experiment:
+                          exp_id: str | None = None,
+                          code_dir: str | os.PathLike[str] | None = None) -> Experiment:
         """Record ``experiment_created`` and return the running :class:`Experiment`.
 
         ``seed`` is the root seed (an int in ``[0, 2**128)``); without one, 128 bits are drawn
         from the OS and recorded (``root_seed_source`` tells which). ``model`` defaults to
         ``name``. ``entrypoint`` overrides the detected entrypoint (e.g. module and
         function). ``parent`` names the experiment this one continues or derives from.
+        ``code_dir`` is a folder (or file) in the repository whose git version is recorded;
+        by default the main script's: give it when the process starts from elsewhere — a
+        console script in a virtualenv, a notebook, a launcher in another repository.
         """
         if not isinstance(name, str) or not name.strip():
             raise BadInputError(f"an experiment name must be a non-empty str, got {name!r}")
@@ -478,6 +491,7 @@ class ExperimentManager:
             if given is not None and not isinstance(given, Mapping):
                 raise BadInputError(f"got {what} of type {type(given).__name__}, but must be a "
                                     f"map (dict) of names to values")
+        code_start = None if code_dir is None else _existing_path("code_dir", code_dir)
         root = draw_root_seed() if seed is None else check_root_seed(seed)
         exp = check_experiment_id(exp_id) if exp_id is not None else new_experiment_id()
         if parent is not None:
@@ -489,7 +503,7 @@ class ExperimentManager:
             "hyperparams": normalise(dict(hyperparams or {})),
             "entrypoint": normalise(dict(entrypoint)) if entrypoint is not None
             else detect_entrypoint(),
-            "code": code_version(), "environment": environment_fingerprint()}
+            "code": code_version(code_start), "environment": environment_fingerprint()}
         if purpose is not None:
             params["purpose"] = purpose
         if parent is not None:

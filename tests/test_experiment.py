@@ -76,6 +76,70 @@ def test_create_experiment_records_seed_config_code_and_environment(
     assert created["meta"]["pid"] == os.getpid()
 
 
+def _git(folder: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def _code_of(url: str, exp: str) -> dict[str, Any]:
+    with Store.open(url) as store:
+        return bodies(store, exp)[0]["params"]["code"]
+
+
+def test_code_dir_names_the_repository_whose_version_is_recorded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process started from outside the code's repository (a console script in a virtualenv
+    elsewhere) records that repository's version when told where it is."""
+    repo = tmp_path / "training-code"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "train.py").write_text("print('train')\n")
+    _git(repo, "add", "train.py")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "c")
+    launcher = tmp_path / "venv-bin" / "launcher"
+    launcher.parent.mkdir()
+    launcher.write_text("")
+    monkeypatch.setattr(sys.modules["__main__"], "__file__", str(launcher))
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url) as manager:
+        with manager.create_experiment("m", seed=1) as without:
+            pass
+        with manager.create_experiment("m", seed=1, code_dir=repo / "train.py") as with_dir:
+            pass
+    assert _code_of(url, without.id) == {"vcs": None}
+    code = _code_of(url, with_dir.id)
+    assert code["vcs"] == "git" and code["commit"] == _git(repo, "rev-parse", "HEAD")
+    assert code["dirty"] is False
+
+
+def test_a_code_dir_that_does_not_exist_is_refused_before_anything_is_recorded(
+        manager: ExperimentManager, tmp_path: Path) -> None:
+    with pytest.raises(BadInputError, match="code_dir .*no such file or folder"):
+        manager.create_experiment("m", seed=1, code_dir=tmp_path / "no-such-repo")
+    with pytest.raises(BadInputError, match="must be a path"):
+        manager.create_experiment("m", seed=1, code_dir=42)  # type: ignore[arg-type]
+    assert manager.store.experiments() == []
+
+
+def test_the_demo_records_its_own_repository_wherever_it_is_launched_from(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ledger demo` starts from the `ledger` console script, which may sit in a virtualenv
+    outside any checkout: the demo's code version is that of examples/fraud, not the script's."""
+    from examples.fraud.dataset import load_fraud_data
+    from examples.fraud.train import train
+
+    launcher = tmp_path / "elsewhere" / "ledger"
+    launcher.parent.mkdir()
+    launcher.write_text("")
+    monkeypatch.setattr(sys.modules["__main__"], "__file__", str(launcher))
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        result = train(load_fraud_data(2_000), manager, seed=42, workers=0, epochs=0)
+    assert result.exp is not None
+    code = _code_of(url, result.exp)
+    assert code["vcs"] == "git" and code["commit"] == _git(ROOT, "rev-parse", "HEAD")
+
+
 def test_the_blas_thread_count_in_use_is_recorded_as_it_is_now() -> None:
     if "openblas" not in str(environment_fingerprint()["blas"]).lower():
         pytest.skip("numpy here does not use OpenBLAS, whose thread count this reads")

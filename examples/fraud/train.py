@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from examples.fraud.blas import limit_blas_threads
@@ -70,7 +71,7 @@ def train(data: FraudData, manager: ExperimentManager | None, *, seed: int = 42,
                                            workers=workers, epochs=hyperparams["epochs"],
                                            inject_nondeterminism=inject_nondeterminism,
                                            transactions=len(data.train_x) + len(data.val_x))
-                                       )) as exp:
+                                       ), code_dir=Path(__file__).parent) as exp:
             result = _loop(data, exp, seed, workers, hyperparams, inject_nondeterminism,
                            start_method, on_epoch)
         result.head = exp.head
