@@ -127,7 +127,7 @@ def blas_info() -> dict[str, Any]:
     config: Mapping[str, Any] | None  # its layout varies with the numpy version: read with care
     try:
         config = np.show_config(mode="dicts")
-    except (TypeError, ValueError, KeyError):  # numpy too old for mode="dicts"
+    except (TypeError, ValueError, KeyError):  # a build whose config cannot be read as dicts
         config = None
     if isinstance(config, dict):
         build = config.get("Build Dependencies", {})
