@@ -47,8 +47,10 @@ def fast_array_digest(array: np.ndarray) -> bytes:
             ARRAY_TAG + canonical([dtype.str, list(array.shape)]))
     hasher = prefix.copy()
     if array.size:
-        # ndarray has the buffer protocol; numpy's stubs give it __buffer__ only for Python >= 3.12
-        hasher.update(array)  # type: ignore[arg-type]
+        # ndarray has the buffer protocol. numpy < 2.5's stubs give it __buffer__ only for
+        # Python >= 3.12 (mypy checks as 3.11: arg-type); numpy >= 2.5's, on Python >= 3.12
+        # only, always do (the ignore is then unused)
+        hasher.update(array)  # type: ignore[arg-type, unused-ignore]
     return hasher.digest()
 
 

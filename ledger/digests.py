@@ -36,8 +36,10 @@ def array_digest(array: Any) -> bytes:
     data = np.ascontiguousarray(array, dtype=little)
     hasher = hashlib.sha256(ARRAY_TAG)
     hasher.update(canonical([little.str, list(array.shape)]))
-    # ndarray has the buffer protocol; numpy's stubs give it __buffer__ only for Python >= 3.12
-    hasher.update(data.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+    # ndarray has the buffer protocol. numpy < 2.5's stubs give it __buffer__ only for
+    # Python >= 3.12 (mypy checks as 3.11: arg-type); numpy >= 2.5's, on Python >= 3.12
+    # only, always do (the ignore is then unused)
+    hasher.update(data.reshape(-1).view(np.uint8))  # type: ignore[arg-type, unused-ignore]
     return hasher.digest()
 
 

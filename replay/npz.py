@@ -78,8 +78,11 @@ def _read_member(archive: zipfile.ZipFile, raw: BufferedReader, path: Path, key:
     array = np.empty(shape, dtype=dtype)  # its size was checked by check_member_sizes
     if raw.tell() - start + array.nbytes != info.file_size:
         raise BadInputError(f"{path}: array {key!r} does not fill its member")
-    # ndarray has the buffer protocol; numpy's stubs give it __buffer__ only for Python >= 3.12
+    # ndarray has the buffer protocol. numpy < 2.5's stubs give it __buffer__ only for
+    # Python >= 3.12 (mypy checks as 3.11: arg-type); numpy >= 2.5's, on Python >= 3.12
+    # only, always do (the ignore is then unused)
     if array.nbytes and raw.readinto(
-            array.reshape(-1).view(np.uint8)) != array.nbytes:  # type: ignore[arg-type]
+            array.reshape(-1).view(np.uint8)  # type: ignore[arg-type, unused-ignore]
+    ) != array.nbytes:
         raise BadInputError(f"{path}: array {key!r} is truncated")
     return array
