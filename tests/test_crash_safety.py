@@ -24,13 +24,28 @@ SEED = 20261128
 DRIVER = Path(__file__).with_name("crash_driver.py")
 
 
-def _shared_memory() -> set[str]:
-    folder = Path("/dev/shm")
-    return {entry.name for entry in folder.iterdir()} if folder.is_dir() else set()
+def _group_shared_memory(group: int) -> set[str]:
+    """Names of the /dev/shm blocks (not yet unlinked) that the processes of ``group`` hold
+    open (Linux /proc). Only these may be removed: /dev/shm is the machine's, and a block that
+    merely appeared meanwhile may be another program's (another test suite's workers)."""
+    names = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) != group:
+                continue
+            targets = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
+        except (OSError, ValueError, IndexError):  # the process ended meanwhile
+            continue
+        names.update(target.removeprefix("/dev/shm/") for target in targets
+                     if target.startswith("/dev/shm/") and not target.endswith(" (deleted)"))
+    return names
 
 
-def _run_and_kill(url: str, data_dir: Path, delay: float) -> list[str]:
-    """Start the driver, SIGKILL its whole process group after ``delay`` s; return its lines."""
+def _run_and_kill(url: str, data_dir: Path, delay: float) -> tuple[list[str], set[str]]:
+    """Start the driver, SIGKILL its whole process group after ``delay`` s; return its lines and
+    the shared-memory blocks it held (SIGKILL gives its workers no time to remove them)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(DRIVER.parent)])}
     process = subprocess.Popen([sys.executable, str(DRIVER), url, str(data_dir)], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -39,14 +54,17 @@ def _run_and_kill(url: str, data_dir: Path, delay: float) -> list[str]:
     reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
     reader.start()
     time.sleep(delay)
+    blocks: set[str] = set()
     try:
+        os.killpg(process.pid, signal.SIGSTOP)  # stopped, the group creates no block while read
+        blocks = _group_shared_memory(process.pid)
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     process.wait()
     reader.join(timeout=30)
     process.stdout.close()
-    return [line.strip() for line in lines]
+    return [line.strip() for line in lines], blocks
 
 
 @pytest.mark.slow
@@ -58,11 +76,9 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_event(tmp_path: Path) -
         folder.mkdir()
         url = f"sqlite:///{folder / 'ledger.db'}"
         delay = chooser.uniform(0.3, 6.0)
-        shm_before = _shared_memory()
-        lines = _run_and_kill(url, folder / "data", delay)
-        for leaked in _shared_memory() - shm_before:  # SIGKILL gives workers no time to clean
-            if leaked.startswith("psm_"):
-                Path("/dev/shm", leaked).unlink(missing_ok=True)
+        lines, blocks = _run_and_kill(url, folder / "data", delay)
+        for leaked in blocks:
+            Path("/dev/shm", leaked).unlink(missing_ok=True)
         exps = [line.split()[1] for line in lines if line.startswith("exp ")]
         acknowledged = [int(line.split()[1]) for line in lines if line.startswith("durable ")]
         finished = "done" in lines

@@ -19,6 +19,7 @@ import pytest
 from ledger import (BadInputError, DataAugmenter, ExperimentManager, TrainingDataIterator,
                     WorkerError, register_op)
 from ledger.experiment_info import describe_experiment
+from ledger.shm import SharedArray
 from ledger.verify import verify as verify_ledger
 from trainer_helpers import indexed_data, noisy_data, same_batches
 
@@ -49,6 +50,23 @@ def assert_released(processes: list[Any], names: list[str]) -> None:
     """No worker of the list is alive and no block name is left in /dev/shm."""
     assert [p.pid for p in processes if p.is_alive()] == []
     assert [name for name in names if Path("/dev/shm", name.lstrip("/")).exists()] == []
+
+
+@pytest.fixture
+def created_blocks() -> Iterator[list[str]]:
+    """Names of the shared-memory blocks this process creates during the test — what it must
+    leave behind none of (/dev/shm is the machine's: other programs' blocks come and go)."""
+    names: list[str] = []
+    create = SharedArray.create.__func__
+
+    def recording(cls: type[SharedArray], shape: tuple[int, ...], dtype: Any) -> SharedArray:
+        shared = create(cls, shape, dtype)
+        names.append(shared.descriptor()["name"])
+        return shared
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SharedArray, "create", classmethod(recording))
+        yield names
 
 
 @pytest.fixture
@@ -116,11 +134,10 @@ def test_ctrl_c_while_a_worker_is_busy_stops_the_workers_and_the_next_pass_goes_
 
 
 def test_ctrl_c_while_the_dataset_is_copied_to_shared_memory_leaves_no_block(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, created_blocks: list[str]) -> None:
     def interrupted(*_args: Any, **_kwargs: Any) -> None:
         raise KeyboardInterrupt  # as Ctrl-C during the copy of a large dataset (seconds)
 
-    shm_before = set(os.listdir("/dev/shm"))
     batches = TrainingDataIterator(noisy_data(), 8, seed=1, num_workers=2)
     monkeypatch.setattr(np, "copyto", interrupted)
     with pytest.raises(KeyboardInterrupt):
@@ -128,8 +145,8 @@ def test_ctrl_c_while_the_dataset_is_copied_to_shared_memory_leaves_no_block(
     monkeypatch.undo()
     batches.close()
     gc.collect()
-    assert not {name for name in set(os.listdir("/dev/shm")) - shm_before
-                if name.startswith("psm_")}
+    assert created_blocks
+    assert_released([], created_blocks)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -204,7 +221,8 @@ def test_an_op_returning_a_ragged_list_in_a_worker_names_worker_batch_and_op(
     assert [p for p in processes if p.is_alive()] == []
 
 
-def test_an_op_only_the_main_process_knows_fails_the_start_and_releases_everything() -> None:
+def test_an_op_only_the_main_process_knows_fails_the_start_and_releases_everything(
+        created_blocks: list[str]) -> None:
     """An op registered inside a function is unknown to a spawned worker, which imports only
     the op's module: the start fails with WorkerError, and no worker or block is left."""
     @register_op("test_hostile_local_op", version=1)
@@ -212,7 +230,6 @@ def test_an_op_only_the_main_process_knows_fails_the_start_and_releases_everythi
         """Registered at call time only."""
 
     before = {p.pid for p in multiprocessing.active_children()}
-    shm_before = set(os.listdir("/dev/shm"))
     augmenter = DataAugmenter(ops=[{"op": "test_hostile_local_op"}])
     with TrainingDataIterator(noisy_data(rows=8), 4, seed=1, augmenter=augmenter,
                               num_workers=2, start_method="spawn") as batches:
@@ -220,8 +237,8 @@ def test_an_op_only_the_main_process_knows_fails_the_start_and_releases_everythi
                                               r".*test_hostile_local_op"):
             list(batches)
     assert {p.pid for p in multiprocessing.active_children()} <= before
-    assert not {name for name in set(os.listdir("/dev/shm")) - shm_before
-                if name.startswith("psm_")}
+    assert created_blocks
+    assert_released([], created_blocks)
 
 
 def test_a_worker_failure_leaves_a_failed_run_that_verifies(tmp_path: Path) -> None:
