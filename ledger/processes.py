@@ -1,11 +1,16 @@
 """Choosing how many helper processes to start, and how (verification segments, replay chunks);
-how much memory the machine has, to bound what untrusted records may ask for; and whether this
-process is a fork of the one that made a recording object (:func:`forks_so_far`)."""
+how much memory the machine has, to bound what untrusted records may ask for; whether this
+process is a fork of the one that made a recording object (:func:`forks_so_far`); and forking
+with the library's own background threads stopped (:func:`background_threads_paused`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+import weakref
+from collections.abc import Iterator
+from typing import Protocol
 
 
 _forks = 0
@@ -28,6 +33,43 @@ def forks_so_far() -> int:
     system call on every recorded batch.
     """
     return _forks
+
+
+class PausableThread(Protocol):
+    """An object running a background thread it can stop and start again (a ledger writer)."""
+
+    def pause_thread(self) -> bool:
+        """Stop the thread once its queued work is done; False when there was none running."""
+
+    def resume_thread(self) -> None:
+        """Start the thread again after a :meth:`pause_thread` that returned True."""
+
+
+_pausable: weakref.WeakSet[PausableThread] = weakref.WeakSet()
+
+
+def pause_for_forks(owner: PausableThread) -> None:
+    """Have :func:`background_threads_paused` stop ``owner``'s thread (``owner`` is held weakly)."""
+    _pausable.add(owner)
+
+
+@contextlib.contextmanager
+def background_threads_paused() -> Iterator[None]:
+    """The library's background threads (ledger writers' flush threads) stopped, their queued
+    work written, until the block ends; wrap the start of ``fork`` processes in it.
+
+    A fork copies only the forking thread: a lock another thread holds at that moment stays
+    held for ever in the child — why Python 3.12+ warns ("This process is multi-threaded, use of
+    fork() may lead to deadlocks in the child"). A recording run always has a writer thread, so
+    its fork workers would be forked from a multi-threaded process; with it stopped they are
+    forked from a single-threaded one, unless the program runs threads of its own.
+    """
+    paused = [owner for owner in list(_pausable) if owner.pause_thread()]
+    try:
+        yield
+    finally:
+        for owner in paused:
+            owner.resume_thread()
 
 
 def pool_start_method() -> str:

@@ -25,8 +25,10 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Generator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
+from multiprocessing.context import BaseContext
 from typing import Any, overload
 
 import numpy as np
@@ -34,6 +36,7 @@ import numpy as np
 from ledger.augment import DataAugmenter
 from ledger.batches import BatchDigests
 from ledger.errors import BadInputError, LedgerError
+from ledger.processes import background_threads_paused
 from ledger.shm import SharedArray
 from ledger.worker_process import STOP, TASK, pack, unpack, worker_main
 
@@ -182,30 +185,11 @@ class WorkerPool:
                 "modules": [] if augmenter is None else augmenter.custom_modules,
                 "features": shared_features.descriptor(),
                 "labels": None if shared_labels is None else shared_labels.descriptor()}
-        for worker in range(self.num_workers):
-            slots_x = self._share(np.empty((self.prefetch, self.slot_rows) + self.feature_shape,
-                                           features.dtype), copy=False)
-            slots_y = self._share(None if labels is None else np.empty(
-                (self.prefetch, self.slot_rows) + labels.shape[1:], labels.dtype), copy=False)
-            assert slots_x.array is not None  # a new block's array: None only once closed
-            self._slots_x.append(slots_x.array)
-            self._slots_y.append(None if slots_y is None else slots_y.array)
-            config = {**base, "worker": worker, "slots_x": slots_x.descriptor(),
-                      "slots_y": None if slots_y is None else slots_y.descriptor()}
-            ours, theirs = context.Pipe(duplex=True)
-            # typeshed's BaseContext has no Process, but every context get_context returns has.
-            process = context.Process(  # type: ignore[attr-defined]
-                target=worker_main, args=(theirs, pack(config)), name=f"ledger-worker-{worker}",
-                daemon=True)
-            process.start()
-            theirs.close()
-            self._resources.processes.append(process)
-            self._resources.connections.append(ours)
-            if self._pollers is not None:
-                poller = select.poll()
-                poller.register(ours.fileno(), select.POLLIN)
-                poller.register(process.sentinel, select.POLLIN)
-                self._pollers.append(poller)
+        # fork workers are forked with the library's background threads stopped (see
+        # background_threads_paused); spawn and forkserver do not fork this process
+        with background_threads_paused() if self.start_method == "fork" else nullcontext():
+            for worker in range(self.num_workers):
+                self._start_worker(context, worker, base, features, labels)
         for worker in range(self.num_workers):
             message = self._receive(worker, None, None, "starting")
             if not isinstance(message, dict) or "ready" not in message:
@@ -214,6 +198,32 @@ class WorkerPool:
                                          tuple(message["seeded"])))
         for shared in self._resources.shared:  # every worker has attached: drop the names
             shared.unlink()
+
+    def _start_worker(self, context: BaseContext, worker: int, base: dict[str, Any],
+                      features: np.ndarray, labels: np.ndarray | None) -> None:
+        slots_x = self._share(np.empty((self.prefetch, self.slot_rows) + self.feature_shape,
+                                       features.dtype), copy=False)
+        slots_y = self._share(None if labels is None else np.empty(
+            (self.prefetch, self.slot_rows) + labels.shape[1:], labels.dtype), copy=False)
+        assert slots_x.array is not None  # a new block's array: None only once closed
+        self._slots_x.append(slots_x.array)
+        self._slots_y.append(None if slots_y is None else slots_y.array)
+        config = {**base, "worker": worker, "slots_x": slots_x.descriptor(),
+                  "slots_y": None if slots_y is None else slots_y.descriptor()}
+        ours, theirs = context.Pipe(duplex=True)
+        # typeshed's BaseContext has no Process, but every context get_context returns has.
+        process = context.Process(  # type: ignore[attr-defined]
+            target=worker_main, args=(theirs, pack(config)), name=f"ledger-worker-{worker}",
+            daemon=True)
+        process.start()
+        theirs.close()
+        self._resources.processes.append(process)
+        self._resources.connections.append(ours)
+        if self._pollers is not None:
+            poller = select.poll()
+            poller.register(ours.fileno(), select.POLLIN)
+            poller.register(process.sentinel, select.POLLIN)
+            self._pollers.append(poller)
 
     @property
     def pids(self) -> list[int]:

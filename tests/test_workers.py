@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from multiprocessing import shared_memory
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 from ledger import (DataAugmenter, ExperimentManager, TrainingDataIterator, WorkerError,
                     derive_bytes)
 from ledger.events import WORKER_SPAWNED
+from ledger.verify import verify
 from ledger.worker_seeding import expected_state_digest, seed_worker_process, seeded_libraries
 from trainer_helpers import bodies, draws, indexed_data, noisy_data, run_epochs, same_batches
 
@@ -116,6 +118,37 @@ def test_worker_spawned_is_recorded_by_the_main_process_in_worker_order(tmp_path
         assert event["params"] == {"worker": k, "num_workers": 3, "start_method": "fork",
                                    "seeded": seeded_libraries()}
     assert len({event["output"] for event in spawned}) == 3
+
+
+def test_fork_workers_of_a_recording_run_are_forked_with_the_writer_thread_stopped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recording run has a writer thread; a fork beside it could copy a lock it holds into
+    the worker (Python 3.12+ warns of it), so the workers are forked with it stopped, and it
+    runs again once they are started."""
+    fork, threads_at_fork = os.fork, []
+
+    def watched_fork() -> int:
+        threads_at_fork.append([thread.name for thread in threading.enumerate()])
+        return fork()
+
+    def writer_threads() -> list[threading.Thread]:
+        return [thread for thread in threading.enumerate()
+                if thread.name.startswith("ledger-flush-")]
+
+    with ExperimentManager(f"sqlite:///{tmp_path / 'l.db'}") as manager:
+        with manager.create_experiment("w", seed=5) as exp:
+            data = exp.register_dataset("d", *noisy_data(rows=64))
+            assert writer_threads()
+            monkeypatch.setattr(os, "fork", watched_fork)
+            with TrainingDataIterator(data, 8, experiment=exp, num_workers=2,
+                                      start_method="fork") as batches:
+                assert len(list(batches)) == 8
+            monkeypatch.undo()
+            assert writer_threads() and all(thread.is_alive() for thread in writer_threads())
+        assert verify(manager.store, exp.id).ok
+    assert len(threads_at_fork) == 2
+    assert [name for names in threads_at_fork for name in names
+            if name.startswith("ledger-flush-")] == []
 
 
 def test_recorded_draws_do_not_depend_on_the_number_of_workers(tmp_path: Path) -> None:

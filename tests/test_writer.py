@@ -4,6 +4,8 @@ continuation of an existing chain, and no fork under concurrent writers."""
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -387,6 +389,65 @@ def test_write_behind_flushes_an_idle_writer_at_the_interval(store: Store) -> No
         assert stored_seqs(store, "main") == [0]
     finally:
         w.close()
+
+
+def test_a_writer_paused_for_a_fork_writes_what_was_appended_meanwhile_once_resumed(
+        store: Store) -> None:
+    with writer(store, batch_size=2, write_behind=True) as w:
+        w.append("metric", params={"n": 0})
+        w.append("metric", params={"n": 1})  # a full batch, queued for the thread
+        assert w.pause_thread()  # returns once the thread has written it and stopped
+        assert stored_seqs(store, "main") == [0, 1]
+        assert not w.pause_thread()  # no thread running
+        for n in range(2, 6):
+            w.append("metric", params={"n": n})  # two full batches wait for the thread
+        assert stored_seqs(store, "main") == [0, 1]
+        w.resume_thread()
+        wait_for(lambda: w.durable_seq == 5, "the resumed thread to write both batches")
+        assert stored_seqs(store, "main") == list(range(6))
+
+
+def test_a_writer_closed_while_paused_writes_what_was_queued_and_stays_stopped(
+        store: Store) -> None:
+    w = writer(store, batch_size=2, write_behind=True)
+    assert w.pause_thread()
+    for n in range(3):
+        w.append("metric", params={"n": n})  # one batch queued for the thread, one buffered
+    w.close()
+    assert stored_seqs(store, "main") == [0, 1, 2]
+    assert w.durable_seq == 2
+    w.resume_thread()  # the fork is over, but the writer is closed: no thread again
+    assert w._timer is not None and not w._timer.is_alive()
+
+
+def test_a_forked_copy_of_a_writer_pauses_nothing_even_with_its_lock_held_at_the_fork(
+        store: Store) -> None:
+    """Fork workers started in a forked process ask every writer copy to pause: a copy answers
+    without taking its lock, which a thread the fork did not copy may have held."""
+    with writer(store, batch_size=100, write_behind=True) as w:
+        holding, release = threading.Event(), threading.Event()
+
+        def hold() -> None:  # as the writer's own thread holds it while it writes a batch
+            with w._lock:
+                holding.set()
+                release.wait()
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        holding.wait()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if w.pause_thread() is False else 1)
+        release.set()
+        holder.join()
+        deadline = time.monotonic() + 60
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                pytest.fail("the forked copy hung on the writer's lock")
+            time.sleep(0.01)
+        assert os.waitstatus_to_exitcode(done[1]) == 0
 
 
 def test_a_failed_background_batch_stops_the_writer_and_reaches_its_owner(store: Store) -> None:

@@ -65,6 +65,7 @@ from ledger.integrations.sharding import (INTEGRATION, check_replicas, rank_augm
 from ledger.integrations.transforms import (PER, TransformInfo, lookup_transform,
                                             register_transform, registered_transforms,
                                             replay_transform)
+from ledger.processes import background_threads_paused
 from ledger.sampling import batch_count, epoch_order, shuffle_path
 from ledger.seeds import check_path, check_root_seed, derive_bytes
 from ledger.text import error_text
@@ -551,7 +552,12 @@ class RecordedDataLoader(DataLoader):
     # Deliberately not torch's _BaseDataLoaderIter: a generator over it that records each
     # batch as it is handed out. (Unused ignore without torch installed: DataLoader is Any.)
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override, unused-ignore]
-        return self._consume(super().__iter__())
+        # torch starts the workers here: fork ones are forked with the library's background
+        # threads stopped, as WorkerPool's are (see background_threads_paused)
+        forking = self.num_workers > 0 and self._start_method() == "fork"
+        with background_threads_paused() if forking else contextlib.nullcontext():
+            batches = super().__iter__()
+        return self._consume(batches)
 
     def _consume(self, batches: Iterator[Any]) -> Iterator[Any]:
         with_labels = self.ledger_dataset.labels is not None

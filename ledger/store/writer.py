@@ -30,7 +30,7 @@ from ledger.digests import ZERO_DIGEST, event_hash_of_bytes
 from ledger.errors import BadInputError, LedgerError, StoreError
 from ledger.events import (Event, check_experiment_id, check_names, check_stream,
                            encode_normalised_body, make_event)
-from ledger.processes import forks_so_far
+from ledger.processes import forks_so_far, pause_for_forks
 from ledger.seeds import Label
 from ledger.store.claims import claim_stream, release_stream
 from ledger.store.store import Store, event_row
@@ -105,13 +105,40 @@ class StreamWriter:
         self._failure_unreported = False
         """True while a failure of the background thread has not yet been raised to the owner."""
         self._closed = False
+        self._closing = False
         self._timer: threading.Thread | None = None
         self._stop = threading.Event()
         if threads_share_database and (self.write_behind or flush_interval is not None):
-            target = self._write_behind if self.write_behind else self._flush_periodically
-            self._timer = threading.Thread(target=target, daemon=True,
-                                           name=f"ledger-flush-{exp}-{stream}")
-            self._timer.start()
+            self._start_thread()
+            pause_for_forks(self)
+
+    def _start_thread(self) -> None:
+        target = self._write_behind if self.write_behind else self._flush_periodically
+        self._timer = threading.Thread(target=target, daemon=True,
+                                       name=f"ledger-flush-{self.exp}-{self.stream}")
+        self._timer.start()
+
+    def pause_thread(self) -> bool:
+        """Stop the background thread once it has written the batches queued for it (appends
+        go on into the buffer); False when none was running. For forks: see
+        :func:`ledger.processes.background_threads_paused`."""
+        if self.forked:  # a copy: its lock may be held by a thread the fork did not copy
+            return False
+        with self._lock:
+            timer = self._timer
+            if timer is None or not timer.is_alive() or self._stop.is_set():
+                return False
+            self._stop.set()
+            self._changed.notify_all()
+        timer.join()
+        return True
+
+    def resume_thread(self) -> None:
+        """Start the background thread again after :meth:`pause_thread` (not once closing)."""
+        with self._lock:
+            if not self._closing:
+                self._stop.clear()
+                self._start_thread()
 
     @property
     def head(self) -> bytes:
@@ -311,15 +338,21 @@ class StreamWriter:
         if self._closed or self.forked:
             return
         with self._lock:
+            self._closing = True
             if self.write_behind and self._failure is None:
                 self._queue_pending()  # the thread writes it before it stops
             self._stop.set()
             self._changed.notify_all()
-        if self._timer is not None:
-            self._timer.join()
+            timer = self._timer
+        if timer is not None:
+            timer.join()
         try:
             with self._lock:
                 if self._failure is None:
+                    # What was queued while the thread was paused for a fork (then it is not
+                    # restarted): written here, before the buffer.
+                    self._pending[:0] = [row for rows in self._queued for row in rows]
+                    self._queued.clear()
                     self._flush_locked()
                 elif self._failure_unreported:
                     self._raise_failure()
