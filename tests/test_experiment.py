@@ -43,6 +43,11 @@ def of_kind(all_bodies: list[dict], kind: str) -> list[dict]:
     return [body for body in all_bodies if body["kind"] == kind]
 
 
+def _git(folder: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
 def test_create_experiment_records_seed_config_code_and_environment(
         manager: ExperimentManager, monkeypatch: pytest.MonkeyPatch) -> None:
     # The code version is the main script's repository: here this one's, wherever pytest's own
@@ -61,9 +66,8 @@ def test_create_experiment_records_seed_config_code_and_environment(
     assert params["hyperparams"] == {"lr": 0.05}
     assert params["purpose"] == "test" and params["parent"] == "exp-000000000001"
     assert params["entrypoint"]["argv"] == sys.argv
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
-                          text=True, check=True).stdout.strip()
-    assert params["code"]["vcs"] == "git" and params["code"]["commit"] == head
+    assert params["code"]["vcs"] == "git" and params["code"]["commit"] == _git(ROOT, "rev-parse",
+                                                                                "HEAD")
     assert isinstance(params["code"]["dirty"], bool)
     environment = params["environment"]
     assert environment["packages"]["numpy"] == np.__version__
@@ -74,11 +78,6 @@ def test_create_experiment_records_seed_config_code_and_environment(
                                        "OPENBLAS_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG"}
     assert environment["blas_threads"] == blas_threads()
     assert created["meta"]["pid"] == os.getpid()
-
-
-def _git(folder: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True,
-                          check=True).stdout.strip()
 
 
 def _code_of(url: str, exp: str) -> dict[str, Any]:
