@@ -20,6 +20,7 @@ from ledger.workers import WorkerError
 from ledger.jobs import job_entrypoint, register_job
 from ledger.user_draws import register_draw
 from ledger.errors import StreamClaimedError
+from ledger.processes import background_threads_paused
 
 __version__ = "0.1.0"
 
@@ -33,4 +34,5 @@ __all__ = [
     "DataAugmenter", "Dataset", "Experiment", "ExperimentManager", "TrainingDataIterator",
     "WorkerError", "load_dataset", "register_op",
     "StreamClaimedError", "job_entrypoint", "register_draw", "register_job",
+    "background_threads_paused",
 ]

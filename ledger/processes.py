@@ -53,6 +53,33 @@ def pause_for_forks(owner: PausableThread) -> None:
     _pausable.add(owner)
 
 
+class _PauseState:
+    """Who is inside :func:`background_threads_paused` and which threads it stopped.
+
+    The first block to enter stops the threads and the last to leave starts them again, so a
+    thread forking inside its block never forks beside a thread another block's end restarted.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.holders = 0
+        self.paused: list[PausableThread] = []
+
+
+_pause_state = _PauseState()
+
+
+def _reset_pause_state() -> None:
+    # The child has only the forking thread: a lock another thread held at the fork, and blocks
+    # other threads were in, do not exist there.
+    global _pause_state
+    _pause_state = _PauseState()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_pause_state)
+
+
 @contextlib.contextmanager
 def background_threads_paused() -> Iterator[None]:
     """The library's background threads (ledger writers' flush threads) stopped, their queued
@@ -62,14 +89,25 @@ def background_threads_paused() -> Iterator[None]:
     held for ever in the child — why Python 3.12+ warns ("This process is multi-threaded, use of
     fork() may lead to deadlocks in the child"). A recording run always has a writer thread, so
     its fork workers would be forked from a multi-threaded process; with it stopped they are
-    forked from a single-threaded one, unless the program runs threads of its own.
+    forked from a single-threaded one, unless the program runs threads of its own. The library
+    wraps its own fork workers in it; wrap a ``fork`` pool or ``os.fork`` of your own in it
+    too. Recording goes on meanwhile (appends are buffered and written once the block ends).
+    Blocks may overlap, in one thread or several: the threads run again when the last ends.
     """
-    paused = [owner for owner in list(_pausable) if owner.pause_thread()]
+    state = _pause_state
+    with state.lock:
+        if state.holders == 0:
+            state.paused = [owner for owner in list(_pausable) if owner.pause_thread()]
+        state.holders += 1
     try:
         yield
     finally:
-        for owner in paused:
-            owner.resume_thread()
+        with state.lock:
+            state.holders -= 1
+            if state.holders == 0:
+                paused, state.paused = state.paused, []
+                for owner in paused:
+                    owner.resume_thread()
 
 
 def pool_start_method() -> str:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import multiprocessing
 import threading
 from multiprocessing import shared_memory
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import ledger
 from ledger import (DataAugmenter, ExperimentManager, TrainingDataIterator, WorkerError,
                     derive_bytes)
 from ledger.events import WORKER_SPAWNED
@@ -146,6 +148,38 @@ def test_fork_workers_of_a_recording_run_are_forked_with_the_writer_thread_stopp
             monkeypatch.undo()
             assert writer_threads() and all(thread.is_alive() for thread in writer_threads())
         assert verify(manager.store, exp.id).ok
+    assert len(threads_at_fork) == 2
+    assert [name for names in threads_at_fork for name in names
+            if name.startswith("ledger-flush-")] == []
+
+
+def _square(n: int) -> int:
+    return n * n
+
+
+def test_a_users_fork_pool_started_in_background_threads_paused_forks_with_no_writer_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's recipe for a fork of the user's own during a recording run."""
+    fork, threads_at_fork = os.fork, []
+
+    def watched_fork() -> int:
+        threads_at_fork.append([thread.name for thread in threading.enumerate()])
+        return fork()
+
+    with ExperimentManager(f"sqlite:///{tmp_path / 'l.db'}") as manager:
+        with manager.create_experiment("w", seed=5) as exp:
+            monkeypatch.setattr(os, "fork", watched_fork)
+            with ledger.background_threads_paused():
+                pool = multiprocessing.get_context("fork").Pool(2)
+                exp.log_metric("during", 1.0)  # buffered meanwhile
+            monkeypatch.undo()
+            with pool:
+                assert pool.map(_square, range(4)) == [0, 1, 4, 9]
+            exp.log_metric("after", 2.0)
+        assert verify(manager.store, exp.id).ok
+        metrics = [body["params"]["name"] for body in bodies(manager.store, exp.id)
+                   if body["kind"] == "metric"]
+    assert metrics == ["during", "after"]
     assert len(threads_at_fork) == 2
     assert [name for names in threads_at_fork for name in names
             if name.startswith("ledger-flush-")] == []

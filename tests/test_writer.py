@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ledger import background_threads_paused, processes
 from ledger.digests import ZERO_DIGEST
 from ledger.errors import (BadInputError, ConcurrentWriteError, EncodingError, InvalidIdError,
                            StoreError, StreamClaimedError)
@@ -420,6 +421,100 @@ def test_a_writer_closed_while_paused_writes_what_was_queued_and_stays_stopped(
     assert w._timer is not None and not w._timer.is_alive()
 
 
+def flush_thread_running(w: StreamWriter) -> bool:
+    return w._timer is not None and w._timer.is_alive()
+
+
+def test_overlapping_pauses_in_two_threads_restart_the_writer_only_when_the_last_ends(
+        store: Store) -> None:
+    """Two threads starting fork workers at once: the one that finishes first must not restart
+    the writer's thread while the other may still be forking."""
+    with writer(store, batch_size=100, write_behind=True) as w:
+        first_inside, first_done, second_inside, second_may_leave = (
+            threading.Event(), threading.Event(), threading.Event(), threading.Event())
+        running_after_first_left: list[bool] = []
+
+        def first() -> None:
+            with background_threads_paused():
+                first_inside.set()
+                second_inside.wait()
+            first_done.set()
+
+        def second() -> None:
+            first_inside.wait()
+            with background_threads_paused():
+                second_inside.set()
+                first_done.wait()
+                running_after_first_left.append(flush_thread_running(w))
+                second_may_leave.wait()
+
+        threads = [threading.Thread(target=first), threading.Thread(target=second)]
+        for thread in threads:
+            thread.start()
+        first_done.wait()
+        while not running_after_first_left:
+            time.sleep(0.001)
+        second_may_leave.set()
+        for thread in threads:
+            thread.join()
+        assert running_after_first_left == [False]
+        assert flush_thread_running(w)  # the last block's end started it again
+        w.append("metric")
+        w.flush()
+        assert stored_seqs(store, "main") == [0]
+
+
+def test_a_pause_nested_in_one_thread_keeps_the_writer_stopped_until_the_outer_block_ends(
+        store: Store) -> None:
+    with writer(store, batch_size=100, write_behind=True) as w:
+        with background_threads_paused():
+            with background_threads_paused():
+                assert not flush_thread_running(w)
+            assert not flush_thread_running(w)
+            w.append("metric")  # recording goes on: buffered until the thread runs again
+        assert flush_thread_running(w)
+        w.flush()
+        assert stored_seqs(store, "main") == [0]
+
+
+def wait_for_child(pid: int, what: str) -> int:
+    """The exit code of forked child ``pid``; the test fails (and the child is killed) when it
+    has not ended within a minute."""
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(what)
+        time.sleep(0.01)
+    return os.waitstatus_to_exitcode(done[1])
+
+
+def test_a_child_forked_while_another_thread_enters_a_pause_can_pause_too() -> None:
+    """The bookkeeping of overlapping pauses is guarded by a lock that another thread may hold
+    at the fork; the child starts with its own."""
+    state = processes._pause_state
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with state.lock:
+            holding.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait()
+    try:
+        pid = os.fork()
+        if pid == 0:
+            with background_threads_paused():
+                os._exit(0)
+    finally:
+        release.set()
+        holder.join()
+    assert wait_for_child(pid, "the child hung on the lock of overlapping pauses") == 0
+
+
 def test_a_forked_copy_of_a_writer_pauses_nothing_even_with_its_lock_held_at_the_fork(
         store: Store) -> None:
     """Fork workers started in a forked process ask every writer copy to pause: a copy answers
@@ -440,14 +535,7 @@ def test_a_forked_copy_of_a_writer_pauses_nothing_even_with_its_lock_held_at_the
             os._exit(0 if w.pause_thread() is False else 1)
         release.set()
         holder.join()
-        deadline = time.monotonic() + 60
-        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                pytest.fail("the forked copy hung on the writer's lock")
-            time.sleep(0.01)
-        assert os.waitstatus_to_exitcode(done[1]) == 0
+        assert wait_for_child(pid, "the forked copy hung on the writer's lock") == 0
 
 
 def test_a_failed_background_batch_stops_the_writer_and_reaches_its_owner(store: Store) -> None:
