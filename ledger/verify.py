@@ -163,9 +163,11 @@ class _Stitcher:
         self.experiment: _Experiment | None = None
 
     def find(self, exp: str, stream: str | None, seq: int | None, problem: str) -> None:
+        """Record one finding of the report."""
         self.report.findings.append(Finding(exp, stream, seq, problem))
 
     def add(self, result: SegmentResult) -> None:
+        """Join the next segment's result (segments come in chain order) to its chain."""
         segment = result.segment
         if self.experiment is None or self.experiment.exp != segment.exp:
             self.finish_experiment()
@@ -198,10 +200,12 @@ class _Stitcher:
                 experiment.completed_elsewhere.append((segment.stream, result.completed[0]))
 
     def break_chain(self, chain: _Chain, seq: int, problem: str) -> None:
+        """Mark ``chain`` broken at ``seq``: what follows in it is not checked further."""
         chain.broken = True
         self.find(chain.exp, chain.stream, seq, problem)
 
     def finish_experiment(self) -> None:
+        """Close the experiment being joined: count it and check how its run ended."""
         experiment, self.experiment = self.experiment, None
         if experiment is None:
             return
@@ -232,6 +236,7 @@ class _Stitcher:
 
     def check_completion(self, experiment: _Experiment,
                          completed: tuple[int, dict[str, Any], bytes]) -> None:
+        """Check the run_completed event against the chains it counts."""
         seq, params, prev = completed
         main = experiment.chains[MAIN_STREAM]
         if main.count != seq + 1:
@@ -268,6 +273,7 @@ class _Stitcher:
                                                            "recorded by run_completed")
 
     def finish_ledger(self, exp: str | None) -> None:
+        """Close the last experiment and flag every listed experiment that has no events."""
         self.finish_experiment()
         expected = set(self.names) if exp is None else {exp} & set(self.names)
         for missing in sorted(expected - self.seen):

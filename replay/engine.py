@@ -203,6 +203,7 @@ class _Replay:
         self.kinds: Counter = Counter()
 
     def run(self) -> ReplayReport:
+        """Load plugins and datasets, re-execute every draw, and report the outcome."""
         plugins = load_plugins(self.trusted)
         root, created = recorded_start(self.store, self.exp)
         self._check_draws_recorded_once()

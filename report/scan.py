@@ -81,6 +81,7 @@ class _Writer:
         self.lines: list[str] = []
 
     def flush(self) -> None:
+        """Encode, hash and write the buffered lines."""
         data = "".join(self.lines).encode("utf-8")
         self.lines.clear()
         self.hasher.update(data)

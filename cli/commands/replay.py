@@ -28,6 +28,7 @@ class _Progress:
             click.echo(f"\rreplaying: {done:,} / {total:,} events", err=True, nl=False)
 
     def finish(self) -> None:
+        """Erase the progress line."""
         if self.enabled:
             click.echo("\r\033[K", err=True, nl=False)
 

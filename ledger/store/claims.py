@@ -54,6 +54,7 @@ class _Holder:
     t: int
 
     def describe(self) -> str:
+        """Who holds the claim and since when, for error messages."""
         since = datetime.fromtimestamp(self.t / 1e9, UTC).isoformat(timespec="seconds")
         return f"writer {self.writer} (host {self.host}, pid {self.pid}, since {since})"
 
