@@ -161,19 +161,24 @@ def code_version(start: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     folder = Path(start) if start is not None else _main_folder()
     if folder.is_file():
         folder = folder.parent
-    commit = _git(folder, "rev-parse", "HEAD")
-    if commit is None:
+    # One git process for the commit and the changes: porcelain v2 heads its entries with
+    # "# branch.oid <commit>" ("(initial)" before the first commit).
+    status = _git(folder, "status", "--porcelain=v2", "--branch", "--untracked-files=normal")
+    if status is None:
         return {"vcs": None}
-    status = _git(folder, "status", "--porcelain", "--untracked-files=normal") or ""
-    lines = [line for line in status.splitlines() if line.strip()]
-    untracked = sum(1 for line in lines if line.startswith("??"))
-    dirty = bool(lines)
+    lines = status.splitlines()
+    commit = next((line.split(" ", 2)[2] for line in lines
+                   if line.startswith("# branch.oid ")), None)
+    if commit is None or commit == "(initial)":
+        return {"vcs": None}
+    entries = [line for line in lines if line.strip() and not line.startswith("#")]
+    untracked = sum(1 for line in entries if line.startswith("? "))
     diff_digest = None
-    if any(not line.startswith("??") for line in lines):
+    if any(not line.startswith("? ") for line in entries):
         diff = _git_bytes(folder, "diff", "HEAD", "--binary")
         diff_digest = None if diff is None else hashlib.sha256(DIFF_TAG + diff).digest()
-    return {"vcs": "git", "commit": commit.strip(), "dirty": dirty, "diff_digest": diff_digest,
-            "untracked": untracked}
+    return {"vcs": "git", "commit": commit.strip(), "dirty": bool(entries),
+            "diff_digest": diff_digest, "untracked": untracked}
 
 
 def _main_folder() -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -22,7 +23,7 @@ from ledger import (BadInputError, DataAugmenter, ExperimentManager, Store, Stor
                     TrainingDataIterator, array_digest, load_dataset, value_digest, verify)
 from ledger.batches import batch_input_digest
 from ledger.datasets import dataset_digest
-from ledger.environment import blas_threads, environment_fingerprint
+from ledger.environment import DIFF_TAG, blas_threads, code_version, environment_fingerprint
 from ledger.events import (AUGMENTATION_BATCH, CHECKPOINT, DATASET_REGISTERED, EPOCH_RESET,
                            EXPERIMENT_CREATED, METRIC, RUN_COMPLETED, USER_DRAW)
 from ledger.experiment import Experiment
@@ -109,6 +110,35 @@ def test_code_dir_names_the_repository_whose_version_is_recorded(
     code = _code_of(url, with_dir.id)
     assert code["vcs"] == "git" and code["commit"] == _git(repo, "rev-parse", "HEAD")
     assert code["dirty"] is False
+
+
+def test_code_version_of_a_repository_in_each_state(tmp_path: Path) -> None:
+    """No commit yet, clean, untracked files only, tracked changes (with the digest of
+    ``git diff HEAD --binary``), a detached HEAD, and a folder outside any repository."""
+    repo = tmp_path / "code"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    assert code_version(repo) == {"vcs": None}  # no commit: no version to name
+    (repo / "train.py").write_text("print('train')\n")
+    _git(repo, "add", "train.py")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "c")
+    head = _git(repo, "rev-parse", "HEAD")
+    clean = {"vcs": "git", "commit": head, "dirty": False, "diff_digest": None, "untracked": 0}
+    assert code_version(repo) == clean
+    assert code_version(repo / "train.py") == clean  # a file names its folder
+    (repo / "notes.txt").write_text("n")
+    (repo / "more notes.txt").write_text("n")
+    assert code_version(repo) == {**clean, "dirty": True, "untracked": 2}
+    (repo / "train.py").write_text("print('changed')\n")
+    diff = subprocess.run(["git", "-C", str(repo), "diff", "HEAD", "--binary"],
+                          capture_output=True, check=True).stdout
+    assert code_version(repo) == {**clean, "dirty": True, "untracked": 2,
+                                  "diff_digest": hashlib.sha256(DIFF_TAG + diff).digest()}
+    _git(repo, "checkout", "-q", "--detach")
+    assert code_version(repo)["commit"] == head
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    assert code_version(outside) == {"vcs": None}
 
 
 def test_a_code_dir_that_does_not_exist_is_refused_before_anything_is_recorded(
