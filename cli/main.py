@@ -32,14 +32,38 @@ Exit codes (the same for every command):
   141  the reader of the output went away before all of it was written"""
 
 
+DB_HELP = "Ledger database URL [default: sqlite:///ledger.db in the current folder]."
+
+
 @click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--db", "db_url", metavar="URL", envvar="LEDGER_URL", show_envvar=True,
-              help="Ledger database URL [default: sqlite:///ledger.db in the current folder].")
+              help=DB_HELP)
 @click.version_option(__version__, prog_name="ledger")
 @click.pass_context
 def cli(context: click.Context, db_url: str | None) -> None:
     """Reproducibility Ledger: record every random draw of a training run, verify, replay."""
-    context.obj = {"db_url": db_url}
+    named = context.get_parameter_source("db_url") is click.core.ParameterSource.COMMANDLINE
+    context.obj = {"db_url": db_url, "db_named": named}
+
+
+def _db_after_command(context: click.Context, _param: click.Parameter, value: str | None
+                      ) -> None:
+    """``--db`` given after the command name: it names the ledger as it would before it (and
+    wins over LEDGER_URL); two different ones are refused rather than one silently chosen."""
+    if value is None:
+        return
+    obj = context.ensure_object(dict)
+    if obj.get("db_named") and obj.get("db_url") != value:
+        raise click.UsageError(f"got --db twice, before and after the command, naming two "
+                               f"ledgers: give it once")
+    obj["db_url"], obj["db_named"] = value, True
+
+
+def db_option(function):  # noqa: ANN001, ANN201 - click decorator
+    """``--db URL`` on a command that opens the ledger, so that ``ledger verify EXP --db URL``
+    works as ``ledger --db URL verify EXP`` does."""
+    return click.option("--db", metavar="URL", expose_value=False, callback=_db_after_command,
+                        help=DB_HELP)(function)
 
 
 BROKEN_PIPE_EXIT = 141

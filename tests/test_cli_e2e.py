@@ -330,6 +330,24 @@ def test_an_unsupported_database_url(tmp_path: Path, url: str) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("command", [("list",), ("show", DONE), ("verify", DONE),
+                                     ("verify", DONE, "--jobs", "1")], ids=ids)
+def test_db_may_follow_the_command_name(ledger_file: LedgerFile, command: tuple[str, ...],
+                                        tmp_path: Path) -> None:
+    """``ledger verify EXP --db URL``, as auditors type it: the same as ``--db`` first, and it
+    wins over LEDGER_URL; two different ledgers named before and after are refused."""
+    before = run_cli("--db", ledger_file.url, *command, "--json")
+    after = run_cli(*command, "--db", ledger_file.url, "--json",
+                    env={"LEDGER_URL": f"sqlite:///{tmp_path / 'elsewhere.db'}"})
+    assert before.returncode == after.returncode == 0, after.stderr
+    assert one_json_document(after) == one_json_document(before)
+    assert run_cli("--db", ledger_file.url, *command, "--db", ledger_file.url).returncode == 0
+    assert_one_line_error(run_cli("--db", ledger_file.url, *command, "--db",
+                                  f"sqlite:///{tmp_path / 'other.db'}"),
+                          says="got --db twice")
+    assert not (tmp_path / "other.db").exists() and not (tmp_path / "elsewhere.db").exists()
+
+
 @pytest.mark.parametrize("args", [("--bogus", "list"), ("list", "--bogus"), ("show",),
                                   ("verify", "--jobs", "0"), ("no-such-command",)], ids=ids)
 def test_bad_usage(ledger_file: LedgerFile, args: tuple[str, ...]) -> None:

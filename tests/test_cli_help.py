@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 
@@ -79,3 +80,15 @@ def test_every_flag_is_documented_in_the_readme(name: str) -> None:
     missing = [flag for flag in _flags(command)
                if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", README)]
     assert not missing, f"README.md does not document {name} {missing}"
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_that_opens_a_ledger_takes_db_after_its_name(name: str) -> None:
+    """``ledger verify EXP --db URL`` must not be told "No such option '--db'. Did you mean
+    '--seed'?" (what `ledger demo --db URL` said): every command that reads the group's ledger
+    URL takes ``--db`` itself too."""
+    command = cli.commands[name]
+    assert command.callback is not None
+    opens_ledger = "obj" in inspect.signature(command.callback).parameters  # click.pass_obj
+    flags = {flag for parameter in command.params for flag in parameter.opts}
+    assert ("--db" in flags) == opens_ledger, (name, opens_ledger)

@@ -7,7 +7,7 @@ import shlex
 import click
 
 from cli.display import printable, runs_differ_line
-from cli.main import cli
+from cli.main import cli, db_option
 from cli.output import emit_json, json_option
 from examples.fraud.demo import DemoResult, run_demo
 from examples.fraud.train import HYPERPARAMS
@@ -27,6 +27,7 @@ from examples.fraud.train import HYPERPARAMS
               show_envvar=True, default=None,
               help="Folder for the dataset files [default: ledger-data/ beside an SQLite "
                    "ledger; required for PostgreSQL].")
+@db_option
 @json_option
 @click.pass_obj
 def demo_command(obj: dict, seed: int, workers: int, epochs: int, inject_nondeterminism: bool,
@@ -62,8 +63,7 @@ def demo_command(obj: dict, seed: int, workers: int, epochs: int, inject_nondete
 def _ledger_command(context: click.Context, url: str) -> str:
     """``ledger``, with ``--db URL`` when the ledger was named on the command line: the commands
     the demo suggests must open the same ledger (the URL as shown, without its password)."""
-    group = context.find_root()
-    if group.get_parameter_source("db_url") is not click.core.ParameterSource.COMMANDLINE:
+    if not context.ensure_object(dict).get("db_named"):
         return "ledger"
     return f"ledger --db {shlex.quote(url)}"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from cli.display import printable, runs_differ_line
-from cli.main import cli
+from cli.main import cli, db_option
 from cli.output import emit_json, json_option
 from ledger.store import Store
 from ledger.json_view import json_view
@@ -18,6 +18,7 @@ from replay.diff import DiffReport, diff_runs
 @click.argument("exp_b")
 @click.option("--db-b", metavar="URL", default=None,
               help="Ledger of EXP_B when it is not the same as EXP_A's.")
+@db_option
 @json_option
 @click.pass_obj
 def diff_command(obj: dict, exp_a: str, exp_b: str, db_b: str | None, as_json: bool) -> None:

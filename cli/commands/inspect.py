@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from cli.display import printable, short
-from cli.main import cli
+from cli.main import cli, db_option
 from cli.output import emit_json, iso_time, json_option
 from ledger.experiment_info import describe_experiment
 from ledger.json_view import json_view
@@ -13,6 +13,7 @@ from ledger.store import Store
 
 
 @cli.command("list", epilog="Exit codes: 0 ok; 2 unreadable or foreign database.")
+@db_option
 @json_option
 @click.pass_obj
 def list_command(obj: dict, as_json: bool) -> None:
@@ -35,6 +36,7 @@ def list_command(obj: dict, as_json: bool) -> None:
 
 @cli.command("show", epilog="Exit codes: 0 ok; 2 unknown experiment or unreadable database.")
 @click.argument("exp")
+@db_option
 @json_option
 @click.pass_obj
 def show_command(obj: dict, exp: str, as_json: bool) -> None:

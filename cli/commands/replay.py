@@ -7,7 +7,7 @@ import sys
 import click
 
 from cli.display import printable
-from cli.main import cli
+from cli.main import cli, db_option
 from cli.output import emit_json, iso_time, json_option
 from ledger.audit import require_audit_append
 from ledger.errors import BadInputError, CheckFailedError
@@ -54,6 +54,7 @@ class _Progress:
 @click.option("--record/--no-record", default=True, show_default=True,
               help="Record this replay's certificate in the experiment's audit stream (a --full "
                    "replay writes nothing to the audited ledger either way).")
+@db_option
 @json_option
 @click.pass_obj
 def replay_command(obj: dict, exp: str, jobs: int, trusted: tuple[str, ...],

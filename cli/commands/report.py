@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from cli.display import printable
-from cli.main import cli
+from cli.main import cli, db_option
 from cli.output import emit_json, json_option
 from ledger.errors import BadInputError
 from ledger.store import Store
@@ -74,6 +74,7 @@ def _date(_context: click.Context, _parameter: click.Parameter, value: str | Non
               help="Start of the retention period [default: the report's date].")
 @click.option("--record/--no-record", default=True, show_default=True,
               help="Record this export (and a --replay) in the experiment's audit stream.")
+@db_option
 @json_option
 @click.pass_obj
 def report_command(obj: dict, exp: str, fmt: str, output: Path | None, bundle: Path | None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from cli.display import printable
-from cli.main import cli
+from cli.main import cli, db_option
 from cli.output import Progress, emit_json, json_option
 from ledger.errors import CheckFailedError
 from ledger.store import Store
@@ -18,6 +18,7 @@ from ledger.verify import verify
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
               help="Processes to verify with (at most the usable cores) [default: the number "
                    "of cores, for large ledgers].")
+@db_option
 @json_option
 @click.pass_obj
 def verify_command(obj: dict, exp: str | None, jobs: int | None, as_json: bool) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from cli.display import printable
-from cli.main import cli
+from cli.main import cli, db_option
 from cli.output import emit_json, json_option
 from ledger.errors import CheckFailedError
 from ledger.store import Store
@@ -28,6 +28,7 @@ from report.check import check_report
 @click.option("--against-ledger", is_flag=True,
               help="Also check that the ledger (--db) still holds the run head and stream "
                    "heads the report certifies.")
+@db_option
 @json_option
 @click.pass_obj
 def verify_report_command(obj: dict, report: Path, public_key: Path, signature: Path | None,
