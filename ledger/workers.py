@@ -20,6 +20,7 @@ waiting stops the workers, and the next pass starts new ones.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import select
 import time
 import weakref
@@ -36,7 +37,7 @@ import numpy as np
 from ledger.augment import DataAugmenter
 from ledger.batches import BatchDigests
 from ledger.errors import BadInputError, LedgerError
-from ledger.processes import background_threads_paused
+from ledger.processes import background_threads_paused, forks_so_far
 from ledger.shm import SharedArray
 from ledger.worker_process import STOP, TASK, pack, unpack, worker_main
 
@@ -81,19 +82,31 @@ Task = tuple[int, int, int, int]
 """A batch asked of a worker and not yet answered: (epoch, batch, worker, slot)."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _Resources:
-    """What a pool must release; kept apart so a finalizer can release it without the pool."""
+    """What a pool must release; kept apart so a finalizer can release it without the pool.
+
+    Belongs to the process that started the workers: in a process forked from it (``os.fork``
+    in user code) the copy releases nothing — the workers, their pipes and the shared memory
+    are the parent's, which a child's exit handlers would otherwise stop and unlink.
+    """
 
     processes: list[Any]
     connections: list[Connection]
     shared: list[SharedArray]
     pending: deque[Task] = field(default_factory=deque)
+    forks: int = field(default_factory=forks_so_far)
+
+    def __post_init__(self) -> None:
+        _live_resources.add(self)
 
     def release(self, grace: float = _STOP_GRACE) -> None:
         """Ask every worker to stop, terminate those still alive after ``grace`` seconds (at
         once when batches are still in flight: a busy worker reads STOP only after them), kill
-        any that outlive SIGTERM, then close the pipes and the shared memory."""
+        any that outlive SIGTERM, then close the pipes and the shared memory. Nothing in a
+        forked copy."""
+        if forks_so_far() != self.forks:
+            return
         for connection in self.connections:
             try:
                 connection.send_bytes(pack([STOP]))
@@ -114,6 +127,25 @@ class _Resources:
             shared.close()
         self.processes, self.connections, self.shared = [], [], []
         self.pending.clear()
+
+
+_live_resources: weakref.WeakSet[_Resources] = weakref.WeakSet()
+
+
+def _forget_inherited_workers() -> None:
+    """In a forked child: drop the parent's workers from multiprocessing's registry of child
+    processes. A child ending normally runs multiprocessing's exit handler, which terminates
+    every daemon process in that registry — the parent's workers, which are not the child's."""
+    children = getattr(multiprocessing.process, "_children", None)  # private; stable since 2.6
+    if children is None:
+        return
+    for resources in list(_live_resources):
+        for process in resources.processes:
+            children.discard(process)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_inherited_workers)
 
 
 def _join_all(processes: list[Any], seconds: float) -> None:

@@ -9,6 +9,9 @@ import gc
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ import pytest
 
 from ledger import (BadInputError, DataAugmenter, ExperimentManager, TrainingDataIterator,
                     WorkerError, register_op)
+from conftest import ROOT
 from ledger.experiment_info import describe_experiment
 from ledger.shm import SharedArray
 from ledger.verify import verify as verify_ledger
@@ -196,6 +200,59 @@ def test_garbage_collecting_an_iterator_left_mid_pass_stops_its_workers(tmp_path
 
 
 # -- ops that break their contract -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("recording", [False, True], ids=["seed", "experiment"])
+def test_a_forked_child_that_exits_normally_leaves_the_parents_workers_alone(
+        tmp_path: Path, recording: bool) -> None:
+    """A child of ``os.fork`` ending with ``sys.exit`` runs Python's exit handlers, which used
+    to stop the parent's workers: multiprocessing's terminated the daemon workers it inherited
+    (SIGTERM), and the pool's own finalizer sent them STOP through the inherited pipes — the
+    parent's next batch failed with a WorkerError — then tracebacked on join."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    script = textwrap.dedent(f"""
+        import contextlib, os, signal, sys
+        import numpy as np
+        from ledger import DataAugmenter, ExperimentManager, TrainingDataIterator
+        sys.path.insert(0, {str(ROOT / "tests")!r})
+        from trainer_helpers import noisy_data
+
+        def batches(experiment, fork_after):
+            data = noisy_data(rows=400)
+            if experiment is not None:
+                data = experiment.register_dataset("d", *data)
+            iterator = TrainingDataIterator(
+                data, 16, augmenter=DataAugmenter(noise_std=0.1), num_workers=2,
+                start_method="fork", experiment=experiment,
+                seed=None if experiment is not None else 3)
+            made = []
+            with iterator:
+                for x, _y in iterator:
+                    made.append(x.copy())
+                    if len(made) == fork_after:
+                        child = os.fork()
+                        if child == 0:
+                            signal.alarm(20)
+                            sys.exit(0)  # Python's exit handlers run, in the child
+                        os.waitpid(child, 0)
+            return made
+
+        with contextlib.ExitStack() as stack:
+            experiment = None
+            if {recording!r}:
+                manager = stack.enter_context(ExperimentManager({url!r}))
+                experiment = stack.enter_context(manager.create_experiment("fork", seed=3))
+            forked = batches(experiment, fork_after=2)
+        unforked = batches(None, fork_after=-1)
+        assert len(forked) == len(unforked) == 25
+        assert all(np.array_equal(a, b) for a, b in zip(forked, unforked))
+        print("same batches", flush=True)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "same batches\n"
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
 
 
 def test_an_op_returning_a_ragged_list_is_named_in_the_main_process() -> None:
