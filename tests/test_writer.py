@@ -3,6 +3,7 @@ continuation of an existing chain, and no fork under concurrent writers."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -10,6 +11,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -477,6 +480,27 @@ def test_a_pause_nested_in_one_thread_keeps_the_writer_stopped_until_the_outer_b
         assert stored_seqs(store, "main") == [0]
 
 
+@contextlib.contextmanager
+def held_by_another_thread(lock: Any) -> Iterator[None]:
+    """``lock`` held by another thread until the block ends (when a fork in it copies the lock
+    held, by a thread the child does not have)."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            holding.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait()
+    try:
+        yield
+    finally:
+        release.set()
+        holder.join()
+
+
 def wait_for_child(pid: int, what: str) -> int:
     """The exit code of forked child ``pid``; the test fails (and the child is killed) when it
     has not ended within a minute."""
@@ -493,25 +517,11 @@ def wait_for_child(pid: int, what: str) -> int:
 def test_a_child_forked_while_another_thread_enters_a_pause_can_pause_too() -> None:
     """The bookkeeping of overlapping pauses is guarded by a lock that another thread may hold
     at the fork; the child starts with its own."""
-    state = processes._pause_state
-    holding, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with state.lock:
-            holding.set()
-            release.wait()
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    holding.wait()
-    try:
+    with held_by_another_thread(processes._pause_state.lock):
         pid = os.fork()
         if pid == 0:
             with background_threads_paused():
                 os._exit(0)
-    finally:
-        release.set()
-        holder.join()
     assert wait_for_child(pid, "the child hung on the lock of overlapping pauses") == 0
 
 
@@ -520,21 +530,11 @@ def test_a_forked_copy_of_a_writer_pauses_nothing_even_with_its_lock_held_at_the
     """Fork workers started in a forked process ask every writer copy to pause: a copy answers
     without taking its lock, which a thread the fork did not copy may have held."""
     with writer(store, batch_size=100, write_behind=True) as w:
-        holding, release = threading.Event(), threading.Event()
-
-        def hold() -> None:  # as the writer's own thread holds it while it writes a batch
-            with w._lock:
-                holding.set()
-                release.wait()
-
-        holder = threading.Thread(target=hold)
-        holder.start()
-        holding.wait()
-        pid = os.fork()
-        if pid == 0:
-            os._exit(0 if w.pause_thread() is False else 1)
-        release.set()
-        holder.join()
+        # as the writer's own thread holds it while it writes a batch
+        with held_by_another_thread(w._lock):
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0 if w.pause_thread() is False else 1)
         assert wait_for_child(pid, "the forked copy hung on the writer's lock") == 0
 
 
