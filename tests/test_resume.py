@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import msgpack
@@ -37,12 +38,30 @@ DRIVER = textwrap.dedent("""
 """)
 
 
+PREEMPTIBLE_DRIVER = textwrap.dedent("""
+    import signal, sys, threading
+    sys.path.insert(0, {tests!r})
+    from test_resume import train
+    from ledger.experiment import ExperimentManager
+    # The README's recipe: the handler only sets a flag; the loop suspends at a batch boundary
+    preempted = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: preempted.set())
+    with ExperimentManager(sys.argv[1], data_dir=sys.argv[2]) as manager:
+        with manager.create_experiment("resumable", seed=42) as exp:
+            print(exp.id, flush=True)
+            train(exp, sys.argv[3], preempted=preempted)
+""")
+
+
 def train(exp: Experiment, folder: str, *, start: dict | None = None,
-          kill_after_checkpoint: int | None = None) -> np.ndarray:
+          kill_after_checkpoint: int | None = None,
+          preempted: threading.Event | None = None) -> np.ndarray:
     """A tiny deterministic training loop that checkpoints (weights + iterator state) per epoch.
 
     With ``kill_after_checkpoint`` it announces itself after that epoch's checkpoint and a few
-    more batches, then waits to be killed. ``start`` is a saved checkpoint to resume from.
+    more batches, then waits to be killed. With ``preempted`` it announces itself at the same
+    point, waits for the event (SIGTERM sets it), then saves a mid-epoch checkpoint, suspends
+    the run and exits with 143. ``start`` is a saved checkpoint to resume from.
     """
     from ledger.augment import DataAugmenter
     from ledger.iterator import TrainingDataIterator
@@ -56,7 +75,7 @@ def train(exp: Experiment, folder: str, *, start: dict | None = None,
     if start is not None:
         weights = np.frombuffer(start["weights"], dtype=np.float64).copy()
         batches.load_state_dict(start["iterator"])
-        first_epoch = start["epoch"] + 1
+        first_epoch = start.get("next_epoch", start["epoch"] + 1)
     with batches:
         for epoch in range(first_epoch, EPOCHS):
             for step, (x, _y) in enumerate(batches):
@@ -67,6 +86,15 @@ def train(exp: Experiment, folder: str, *, start: dict | None = None,
                     print("killme", flush=True)
                     import time
                     time.sleep(600)
+                if preempted is not None and start is None and epoch == 1 and step == 3:
+                    print("running", flush=True)
+                    preempted.wait(60)
+                if preempted is not None and preempted.is_set():
+                    Path(folder, "preempted.msgpack").write_bytes(canonical(
+                        {"epoch": epoch, "next_epoch": epoch, "weights": weights.tobytes(),
+                         "iterator": batches.state_dict()}))
+                    exp.suspend()
+                    sys.exit(143)
             exp.log_metric("norm", float(np.linalg.norm(weights)), epoch=epoch)
             exp.log_checkpoint("weights", weights, epoch=epoch)
             Path(folder, f"checkpoint-{epoch}.msgpack").write_bytes(canonical(
@@ -112,6 +140,44 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_replay_certifies_it(tmp_pa
         assert report.identical, report.first_divergence
     assert run_cli("--db", url, "replay", killed, "--data-dir", str(tmp_path / "data")
                    ).returncode == 0
+
+
+def test_a_run_preempted_by_sigterm_suspends_mid_epoch_and_resumes_identically(
+        tmp_path: Path) -> None:
+    """Slurm and Kubernetes stop a job with SIGTERM (then SIGKILL): with the README's handler
+    the run is suspended at a batch boundary, nothing recorded is lost, and it resumes mid-epoch
+    to the uninterrupted run's weights and events."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    (tmp_path / "straight").mkdir()
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("resumable", seed=42) as straight:
+            expected = train(straight, str(tmp_path / "straight"))
+    process = subprocess.Popen(
+        [sys.executable, "-c", PREEMPTIBLE_DRIVER.format(tests=str(Path(__file__).parent)), url,
+         str(tmp_path / "data"), str(tmp_path)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    preempted = process.stdout.readline().strip()
+    assert process.stdout.readline().strip() == "running"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 143
+    process.stdout.close()
+    with Store.open(url) as store:
+        info = describe_experiment(store, preempted)
+        assert info.status == "incomplete" and verify_ledger(store, preempted).ok
+        assert info.counts["checkpoint"] == 1  # epoch 0's; the run stopped inside epoch 1
+    checkpoint = msgpack.unpackb((tmp_path / "preempted.msgpack").read_bytes(), raw=False)
+    assert (checkpoint["iterator"]["epoch"], checkpoint["iterator"]["batch"]) == (1, 4)
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.resume_experiment(preempted) as resumed:
+            weights = train(resumed, str(tmp_path), start=checkpoint)
+    np.testing.assert_array_equal(weights, expected)
+    with Store.open(url) as store:
+        assert store.counts_by_kind(preempted) == {**store.counts_by_kind(straight.id),
+                                                   "run_resumed": 1}
+        assert replay_run(store, preempted, data_dir=tmp_path / "data").certified
+        report = diff_runs(store, straight.id, preempted)
+        assert report.identical, report.first_divergence
 
 
 def test_a_resumed_run_that_does_not_reproduce_itself_is_refused(tmp_path: Path) -> None:
