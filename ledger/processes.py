@@ -97,7 +97,13 @@ def background_threads_paused() -> Iterator[None]:
     state = _pause_state
     with state.lock:
         if state.holders == 0:
-            state.paused = [owner for owner in list(_pausable) if owner.pause_thread()]
+            try:
+                for owner in list(_pausable):
+                    if owner.pause_thread():
+                        state.paused.append(owner)
+            except BaseException:  # Ctrl-C while a thread finishes its batch: none stays stopped
+                _resume_all(state)
+                raise
         state.holders += 1
     try:
         yield
@@ -105,9 +111,13 @@ def background_threads_paused() -> Iterator[None]:
         with state.lock:
             state.holders -= 1
             if state.holders == 0:
-                paused, state.paused = state.paused, []
-                for owner in paused:
-                    owner.resume_thread()
+                _resume_all(state)
+
+
+def _resume_all(state: _PauseState) -> None:
+    paused, state.paused = state.paused, []
+    for owner in paused:
+        owner.resume_thread()
 
 
 def pool_start_method() -> str:

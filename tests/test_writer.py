@@ -480,6 +480,40 @@ def test_a_pause_nested_in_one_thread_keeps_the_writer_stopped_until_the_outer_b
         assert stored_seqs(store, "main") == [0]
 
 
+def test_a_pause_interrupted_while_stopping_threads_leaves_none_stopped() -> None:
+    """Ctrl-C while one writer's thread is being stopped: those already stopped run again (a
+    stopped write-behind thread would leave its writer's appends waiting for ever)."""
+
+    class Pausable:
+        calls: list[str] = []
+
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def pause_thread(self) -> bool:
+            if "interrupted" in self.calls:
+                return False  # later blocks: as a writer with no thread running
+            if any(call.startswith("pause") for call in self.calls):
+                self.calls.append("interrupted")  # the second of the two, once
+                raise KeyboardInterrupt
+            self.calls.append(f"pause {self.name}")
+            return True
+
+        def resume_thread(self) -> None:
+            self.calls.append(f"resume {self.name}")
+
+    owners = [Pausable("a"), Pausable("b")]
+    for owner in owners:
+        processes.pause_for_forks(owner)
+    with pytest.raises(KeyboardInterrupt):
+        with background_threads_paused():
+            pytest.fail("the block ran although pausing was interrupted")
+    [paused] = [call.split()[1] for call in Pausable.calls if call.startswith("pause")]
+    assert Pausable.calls == [f"pause {paused}", "interrupted", f"resume {paused}"]
+    with background_threads_paused():  # nothing left half-paused: the next block works
+        pass
+
+
 @contextlib.contextmanager
 def held_by_another_thread(lock: Any) -> Iterator[None]:
     """``lock`` held by another thread until the block ends (when a fork in it copies the lock
