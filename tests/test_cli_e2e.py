@@ -126,7 +126,9 @@ def test_show_a_complete_run(ledger_file: LedgerFile) -> None:
     assert f"experiment  {DONE}" in out and "fraud-baseline" in out
     assert "status      ok" in out and "INCOMPLETE" not in out
     assert f"head        {ledger_file.done.head.hex()}" in out
-    assert "root seed   42" in out and "logistic-regression" in out
+    assert "root seed   42" in out and "model       logistic-regression" in out
+    [hyperparams] = [line for line in out.splitlines() if line.startswith("hyperparams ")]
+    assert json.loads(hyperparams.split(maxsplit=1)[1]) == {"lr": 0.1, "epochs": 2}
     for kind, count in ledger_file.done.counts_by_kind().items():
         assert any(line.split() == [kind, str(count)] for line in out.splitlines()), kind
     for stream, events in ledger_file.done.streams.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from cli.display import printable, short
@@ -56,10 +58,19 @@ def show_command(obj: dict, exp: str, as_json: bool) -> None:
                          f"{source}"))
     click.echo(f"head        {info.head.hex() if info.head else '- (run incomplete)'}")
     for key, value in sorted(info.metadata.items()):
-        click.echo(printable(f"{key:<11} {json_view(value)}"))
+        click.echo(printable(f"{key:<11} {_shown(value)}"))
     click.echo("events by kind:")
     for kind, count in info.counts.items():
         click.echo(printable(f"  {kind!s:<22} {count:>10,}"))
     click.echo("streams:")
     for head in info.streams:
         click.echo(printable(f"  {head.stream!s:<22} {head.count:>10,}  head {short(head.head)}"))
+
+
+def _shown(value: object) -> str:
+    """A recorded value on one line: text as it is, anything else as JSON (``true``, ``null``,
+    double quotes), which readers who do not know Python's repr can read and parse."""
+    viewed = json_view(value)
+    if isinstance(viewed, str):
+        return viewed
+    return json.dumps(viewed, sort_keys=True, ensure_ascii=False, allow_nan=False)
