@@ -6,11 +6,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ledger.errors import BadInputError
-from ledger.events import EXPERIMENT_CREATED, RUN_COMPLETED
+from ledger.events import EXPERIMENT_CREATED, METRIC, RUN_COMPLETED, decode_body
 from ledger.seeds import root_seed_from_bytes
 from ledger.store.store import Store, StreamHead
 
 _SHOWN_PARAMS = ("model", "purpose", "hyperparams", "entrypoint", "code", "parent")
+
+
+@dataclass(slots=True)
+class MetricSummary:
+    """One metric name of a run: how many values it recorded and the last one, with its epoch."""
+
+    name: Any
+    count: int
+    last: Any
+    epoch: Any
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready map."""
+        return {"name": self.name, "count": self.count, "last": self.last, "epoch": self.epoch}
 
 
 @dataclass(slots=True)
@@ -27,6 +41,7 @@ class ExperimentInfo:
     counts: dict[str, int]
     streams: list[StreamHead]
     metadata: dict[str, Any] = field(default_factory=dict)
+    metrics: list[MetricSummary] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -42,7 +57,8 @@ class ExperimentInfo:
                 "counts": self.counts, "events": sum(self.counts.values()),
                 "streams": [{"stream": h.stream, "count": h.count, "head": h.head}
                             for h in self.streams],
-                "metadata": self.metadata}
+                "metadata": self.metadata,
+                "metrics": [metric.to_json() for metric in self.metrics]}
 
 
 def describe_experiment(store: Store, exp: str) -> ExperimentInfo:
@@ -62,5 +78,29 @@ def describe_experiment(store: Store, exp: str) -> ExperimentInfo:
     return ExperimentInfo(exp=row.exp, name=row.name, created_t=row.created_t, status=row.status,
                           root_seed=root_seed, root_seed_source=params.get("root_seed_source"),
                           head=head, counts=counts, streams=streams,
-                          metadata={key: params[key] for key in _SHOWN_PARAMS if key in params})
+                          metadata={key: params[key] for key in _SHOWN_PARAMS if key in params},
+                          metrics=metric_summaries(store, exp) if counts.get(METRIC) else [])
+
+
+def metric_summaries(store: Store, exp: str) -> list[MetricSummary]:
+    """Each metric name of ``exp`` (in the order first recorded) with its count and last value.
+
+    Reads only the run's metric events. A body that does not decode, or a name that is not
+    text, is left out: ``ledger verify`` names a damaged event, and this is a summary.
+    """
+    summaries: dict[str, MetricSummary] = {}
+    for _stream, _seq, _kind, body_bytes in store.iter_kind_bodies(exp, [METRIC]):
+        try:
+            params = decode_body(body_bytes)["params"]
+        except BadInputError:
+            continue
+        name = params.get("name") if isinstance(params, dict) else None
+        if not isinstance(name, str):
+            continue
+        summary = summaries.get(name)
+        if summary is None:
+            summary = summaries[name] = MetricSummary(name, 0, None, None)
+        summary.count += 1
+        summary.last, summary.epoch = params.get("value"), params.get("epoch")
+    return list(summaries.values())
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from ledger.store import Store
+from ledger.store import Store, StreamWriter
 from ledger_builders import (Recorded, drop_append_only_triggers, execute, flip_byte,
                              record_experiment, rows)
 
@@ -157,6 +157,40 @@ def test_show_json(ledger_file: LedgerFile) -> None:
     running = one_json_document(ledger_file.cli("show", "--json", OPEN))
     assert (running["status"], running["complete"], running["head"]) == ("incomplete", False, None)
     assert "run_completed" not in running["counts"]
+
+
+def test_show_gives_the_last_value_of_each_metric(ledger_file: LedgerFile) -> None:
+    """What an engineer comparing two runs asks first (AUC 0.923 against 0.891)."""
+    out = ledger_file.cli("show", DONE).stdout
+    assert "metrics (last value recorded):" in out
+    assert any(line.split() == ["val_auc", "epoch", "1", "0.6", "(2", "recorded)"]
+               for line in out.splitlines()), out
+    done = one_json_document(ledger_file.cli("show", DONE, "--json"))
+    assert done["metrics"] == [{"name": "val_auc", "count": 2, "last": 0.6, "epoch": 1}]
+
+
+def test_show_of_odd_metrics(tmp_path: Path) -> None:
+    """No metric: no section. A metric without an epoch, a NaN value, a vector, a name that is
+    not text (a forged body) — shown, as JSON, or left out; never a traceback."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        record_experiment(store, OPEN, name="quiet", epochs=0)
+        record_experiment(store, DONE, name="odd", epochs=0, complete=False)
+        with StreamWriter(store, DONE, "main", flush_interval=None) as writer:
+            for params in ({"name": "loss", "value": float("nan"), "epoch": None},
+                           {"name": 7, "value": 1.0, "epoch": 0},
+                           {"name": "per_class", "value": [0.5, 0.25], "epoch": 3}):
+                writer.append("metric", params=params)
+    assert "metrics" not in run_cli("--db", url, "show", OPEN).stdout
+    assert one_json_document(run_cli("--db", url, "show", OPEN, "--json"))["metrics"] == []
+    result = run_cli("--db", url, "show", DONE)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.split() == ["loss", "-", "NaN", "(1", "recorded)"] for line in lines)
+    assert any(line.split() == ["per_class", "epoch", "3", "[0.5,", "0.25]", "(1", "recorded)"]
+               for line in lines), result.stdout
+    assert [metric["name"] for metric in one_json_document(
+        run_cli("--db", url, "show", DONE, "--json"))["metrics"]] == ["loss", "per_class"]
 
 
 # -- verify -------------------------------------------------------------------------------------

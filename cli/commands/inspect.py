@@ -59,6 +59,12 @@ def show_command(obj: dict, exp: str, as_json: bool) -> None:
     click.echo(f"head        {info.head.hex() if info.head else '- (run incomplete)'}")
     for key, value in sorted(info.metadata.items()):
         click.echo(printable(f"{key:<11} {_shown(value)}"))
+    if info.metrics:
+        click.echo("metrics (last value recorded):")
+        for metric in info.metrics:
+            epoch = "-" if metric.epoch is None else f"epoch {_shown(metric.epoch)}"
+            click.echo(printable(f"  {metric.name:<22} {epoch:<10} {_shown(metric.last)}  "
+                                 f"({metric.count:,} recorded)"))
     click.echo("events by kind:")
     for kind, count in info.counts.items():
         click.echo(printable(f"  {kind!s:<22} {count:>10,}"))
