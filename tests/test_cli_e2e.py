@@ -99,6 +99,21 @@ def test_list_json(ledger_file: LedgerFile) -> None:
     assert document["experiments"][1]["created"] == "2001-09-09T01:46:40.000Z"
 
 
+def test_list_filters_by_name_and_status(ledger_file: LedgerFile) -> None:
+    def listed(*options: str) -> list[str]:
+        result = ledger_file.cli("list", "--json", *options)
+        assert result.returncode == 0, result.stderr
+        return [e["exp"] for e in one_json_document(result)["experiments"]]
+
+    assert listed("--name", "fraud-baseline") == [DONE]
+    assert listed("--status", "incomplete") == [OPEN]
+    assert listed("--name", "fraud-baseline", "--name", "fraud-v2") == [OPEN, DONE]
+    assert listed("--status", "ok", "--status", "failed") == [DONE]
+    assert listed("--name", "fraud-v2", "--status", "ok") == []
+    assert ledger_file.cli("list", "--name", "no-such-model").stdout == "no experiments match\n"
+    assert_one_line_error(ledger_file.cli("list", "--status", "done"), says="--status")
+
+
 def test_list_of_an_empty_ledger(tmp_path: Path) -> None:
     Store.open(f"sqlite:///{tmp_path / 'empty.db'}", create=True).close()
     result = run_cli("--db", f"sqlite:///{tmp_path / 'empty.db'}", "list", "--json")

@@ -15,20 +15,27 @@ from ledger.store import Store
 
 
 @cli.command("list", epilog="Exit codes: 0 ok; 2 unreadable or foreign database.")
+@click.option("--name", "names", metavar="NAME", multiple=True,
+              help="Only experiments of this name (the model's); repeat for several.")
+@click.option("--status", "statuses", multiple=True,
+              type=click.Choice(["ok", "failed", "incomplete", "malformed", "unreadable"]),
+              help="Only experiments with this status; repeat for several.")
 @db_option
 @json_option
 @click.pass_obj
-def list_command(obj: dict, as_json: bool) -> None:
+def list_command(obj: dict, names: tuple[str, ...], statuses: tuple[str, ...],
+                 as_json: bool) -> None:
     """List experiments, newest first, with their status (ok, failed or incomplete)."""
     with Store.open(obj["db_url"]) as store:
-        rows = store.experiments()
+        rows = [row for row in store.experiments()
+                if (not names or row.name in names) and (not statuses or row.status in statuses)]
     if as_json:
         emit_json({"experiments": [{"exp": row.exp, "name": row.name,
                                     "created": iso_time(row.created_t), "status": row.status}
                                    for row in rows]})
         return
     if not rows:
-        click.echo("no experiments")
+        click.echo("no experiments match" if names or statuses else "no experiments")
         return
     lines = [f"{'EXPERIMENT':<20} {'CREATED':<25} {'STATUS':<11} NAME"]
     lines += [printable(f"{row.exp!s:<20} {iso_time(row.created_t)!s:<25} {row.status!s:<11} "
