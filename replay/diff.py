@@ -24,10 +24,11 @@ from ledger.digests import value_digest
 from ledger.errors import CheckFailedError, LedgerError
 from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EXPERIMENT_CREATED, METRIC,
                            RUN_COMPLETED, RUN_RESUMED, WORKER_SPAWNED, decode_body)
+from ledger.experiment_info import metric_summaries
 from ledger.json_view import json_view
 from ledger.store.store import Store
 from ledger.verify import verify
-from replay.causes import Cause, differences, explain_output
+from replay.causes import Cause, differences, explain_output, same
 
 _CONFIG_KEYS = ("name", "model", "hyperparams", "root_seed", "purpose")
 
@@ -101,6 +102,8 @@ class DiffReport:
     datasets: list[tuple[str, Any, Any]] = field(default_factory=list)
     code: list[tuple[str, Any, Any]] = field(default_factory=list)
     environment: list[tuple[str, Any, Any]] = field(default_factory=list)
+    metrics: list[tuple[str, Any, Any]] = field(default_factory=list)
+    """Each metric whose last recorded value differs (or that one run lacks): (name, a, b)."""
 
     @property
     def identical(self) -> bool:
@@ -123,7 +126,8 @@ class DiffReport:
                 else self.first_divergence.to_json(),
                 "differences": {"config": listed(self.config), "datasets": listed(self.datasets),
                                 "code": listed(self.code),
-                                "environment": listed(self.environment)}}
+                                "environment": listed(self.environment),
+                                "metrics": listed(self.metrics)}}
 
 
 def _label(value: Any) -> Any:
@@ -215,6 +219,7 @@ def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = N
     report.code = differences(created_a.get("code"), created_b.get("code"), "code")
     report.environment = differences(created_a.get("environment"),
                                      created_b.get("environment"), "environment")
+    report.metrics = _last_metric_differences(store, exp_a, other, exp_b)
     explanation = explain_output(created_a.get("environment"), created_b.get("environment"),
                                  (f"in {exp_a}", f"in {exp_b}"))
     for key, side_a in order_a:
@@ -242,6 +247,17 @@ def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = N
                                                  f"{exp_b} has this event, {exp_a} does not",
                                                  occurrence)
     return report
+
+
+def _last_metric_differences(store_a: Store, exp_a: str, store_b: Store, exp_b: str
+                             ) -> list[tuple[str, Any, Any]]:
+    """The metrics whose last recorded value differs between the runs, in run A's order then
+    run B's: the outcome an engineer compares first (AUC 0.923 against 0.891)."""
+    last_a = {summary.name: summary.last for summary in metric_summaries(store_a, exp_a)}
+    last_b = {summary.name: summary.last for summary in metric_summaries(store_b, exp_b)}
+    names = list(last_a) + [name for name in last_b if name not in last_a]
+    return [(name, last_a.get(name), last_b.get(name)) for name in names
+            if name not in last_a or name not in last_b or not same(last_a[name], last_b[name])]
 
 
 def _compare(key: Key, a: EventSide, b: EventSide | None, explanation: str

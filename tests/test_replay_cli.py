@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
+from ledger.digests import value_digest
+from ledger.store import Store, StreamWriter
+from ledger_builders import record_experiment
 from replay_helpers import record_run
 
 RECORD_WITH_CUSTOM_OP = textwrap.dedent("""
@@ -163,6 +166,9 @@ def test_diff_of_two_runs_with_the_same_seed_is_identical(tmp_path: Path) -> Non
     result = run_cli("--db", url, "diff", first, second)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("IDENTICAL")
+    assert "metric" not in result.stdout
+    document = json.loads(run_cli("--db", url, "diff", first, second, "--json").stdout)
+    assert document["differences"]["metrics"] == []
 
 
 def test_diff_of_another_seed_names_the_first_draw_and_its_cause(tmp_path: Path) -> None:
@@ -178,6 +184,29 @@ def test_diff_of_another_seed_names_the_first_draw_and_its_cause(tmp_path: Path)
     assert divergence["identity"] == ["epoch", 0, "shuffle"]
     assert divergence["cause"] == "seed derivation differs"
     assert any(row["key"] == "root_seed" for row in report["differences"]["config"])
+    [metric] = report["differences"]["metrics"]  # the last batch_sum of each run
+    assert metric["key"] == "batch_sum" and metric["a"] != metric["b"]
     # one line on stderr, as verify and replay give for a failed check
     assert result.stderr.startswith("ledger: runs differ: ")
     assert "seed derivation differs" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_diff_lists_the_metrics_whose_last_value_differs(tmp_path: Path) -> None:
+    """The bug report's AUC 0.923 against 0.891, side by side; a metric one run lacks too."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    runs = {"exp-a0a0a0a0a0a0": {"loss": 0.2, "val_auc": 0.923},
+            "exp-b0b0b0b0b0b0": {"loss": 0.2, "val_auc": 0.891, "only_in_b": 3}}
+    with Store.open(url, create=True) as store:
+        for exp, metrics in runs.items():
+            record_experiment(store, exp, epochs=0, complete=False)
+            with StreamWriter(store, exp, "main", flush_interval=None) as writer:
+                for name, value in metrics.items():
+                    writer.append("metric", params={"name": name, "value": value, "epoch": 4},
+                                  output=value_digest(value))
+    result = run_cli("--db", url, "diff", *runs, "--json")
+    assert result.returncode == 1, result.stderr
+    assert json.loads(result.stdout)["differences"]["metrics"] == [
+        {"key": "val_auc", "a": 0.923, "b": 0.891}, {"key": "only_in_b", "a": None, "b": 3}]
+    lines = run_cli("--db", url, "diff", *runs).stdout.splitlines()
+    start = lines.index("  last metric values differ:")
+    assert lines[start + 1:start + 3] == ["    val_auc: 0.923 vs 0.891", "    only_in_b: None vs 3"]

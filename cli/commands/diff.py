@@ -60,10 +60,12 @@ def _print(report: DiffReport) -> None:
                        f"compared")
         elif status != "ok":
             click.echo(printable(f"  {exp} completed with status {status!r}"))
-    for title, rows in (("configuration", report.config), ("datasets", report.datasets),
-                        ("code", report.code), ("environment", report.environment)):
+    for title, rows in (("configuration differs", report.config),
+                        ("datasets differ", report.datasets), ("code differs", report.code),
+                        ("environment differs", report.environment),
+                        ("last metric values differ", report.metrics)):
         if rows:
-            click.echo(f"  {title} differs:")
+            click.echo(f"  {title}:")
             for key, a, b in rows:
                 click.echo(printable(f"    {key}: {_short(a)} vs {_short(b)}"))
 
