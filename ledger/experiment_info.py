@@ -82,25 +82,40 @@ def describe_experiment(store: Store, exp: str) -> ExperimentInfo:
                           metrics=metric_summaries(store, exp) if counts.get(METRIC) else [])
 
 
+class MetricTally:
+    """Summarises a run's metrics from their params, fed in recording order: each name (in the
+    order first recorded) with its count and last value. A name that is not text is left out."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, MetricSummary] = {}
+
+    def add(self, params: Any) -> None:
+        """Count one ``metric`` event's params."""
+        name = params.get("name") if isinstance(params, dict) else None
+        if not isinstance(name, str):
+            return
+        summary = self._by_name.get(name)
+        if summary is None:
+            summary = self._by_name[name] = MetricSummary(name, 0, None, None)
+        summary.count += 1
+        summary.last, summary.epoch = params.get("value"), params.get("epoch")
+
+    @property
+    def summaries(self) -> list[MetricSummary]:
+        """Every metric name's summary so far."""
+        return list(self._by_name.values())
+
+
 def metric_summaries(store: Store, exp: str) -> list[MetricSummary]:
     """Each metric name of ``exp`` (in the order first recorded) with its count and last value.
 
     Reads only the run's metric events. A body that does not decode, or a name that is not
     text, is left out: ``ledger verify`` names a damaged event, and this is a summary.
     """
-    summaries: dict[str, MetricSummary] = {}
+    tally = MetricTally()
     for _stream, _seq, _kind, body_bytes in store.iter_kind_bodies(exp, [METRIC]):
         try:
-            params = decode_body(body_bytes)["params"]
+            tally.add(decode_body(body_bytes)["params"])
         except BadInputError:
             continue
-        name = params.get("name") if isinstance(params, dict) else None
-        if not isinstance(name, str):
-            continue
-        summary = summaries.get(name)
-        if summary is None:
-            summary = summaries[name] = MetricSummary(name, 0, None, None)
-        summary.count += 1
-        summary.last, summary.epoch = params.get("value"), params.get("epoch")
-    return list(summaries.values())
-
+    return tally.summaries

@@ -24,7 +24,7 @@ from ledger.digests import value_digest
 from ledger.errors import CheckFailedError, LedgerError
 from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EXPERIMENT_CREATED, METRIC,
                            RUN_COMPLETED, RUN_RESUMED, WORKER_SPAWNED, decode_body)
-from ledger.experiment_info import metric_summaries
+from ledger.experiment_info import MetricSummary, MetricTally
 from ledger.json_view import json_view
 from ledger.store.store import Store
 from ledger.verify import verify
@@ -158,19 +158,22 @@ Key = tuple[tuple[Any, ...], int]
 
 
 def _index(store: Store, exp: str) -> tuple[dict[Key, EventSide], dict[str, Any],
-                                           list[tuple[Key, EventSide]]]:
-    """Every compared event of a run by (identity, occurrence), its creation params, and the
-    recording order."""
+                                           list[tuple[Key, EventSide]], list[MetricSummary]]:
+    """Every compared event of a run by (identity, occurrence), its creation params, the
+    recording order, and its metrics' last values (read in the same pass)."""
     index: dict[Key, EventSide] = {}
     order: list[tuple[Key, EventSide]] = []
     seen: Counter = Counter()
     created: dict[str, Any] = {}
+    metrics = MetricTally()
     for stream, _seq, kind, body_bytes in store.iter_run_bodies(exp):
         if stream == AUDIT_STREAM:
             continue
         body = decode_body(body_bytes)
         if kind == EXPERIMENT_CREATED and isinstance(body["params"], dict):
             created = body["params"]
+        elif kind == METRIC:
+            metrics.add(body["params"])
         aligned = identity(body)
         if aligned is None:
             continue
@@ -180,7 +183,7 @@ def _index(store: Store, exp: str) -> tuple[dict[Key, EventSide], dict[str, Any]
                          _compared_output(kind, body["params"], body["output"]))
         index[key] = side
         order.append((key, side))
-    return index, created, order
+    return index, created, order, metrics.summaries
 
 
 def _compared_output(kind: str, params: Any, output: bytes | None) -> bytes | None:
@@ -210,8 +213,8 @@ def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = N
         if not checked.ok:
             raise CheckFailedError(f"{exp} fails verification, not compared: "
                                    f"{checked.findings[0].describe()}")
-    index_a, created_a, order_a = _index(store, exp_a)
-    index_b, created_b, order_b = _index(other, exp_b)
+    index_a, created_a, order_a, metrics_a = _index(store, exp_a)
+    index_b, created_b, order_b, metrics_b = _index(other, exp_b)
     report = DiffReport(exp_a, exp_b, statuses[0], statuses[1])
     report.config = differences({k: created_a.get(k) for k in _CONFIG_KEYS},
                                 {k: created_b.get(k) for k in _CONFIG_KEYS})
@@ -219,7 +222,7 @@ def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = N
     report.code = differences(created_a.get("code"), created_b.get("code"), "code")
     report.environment = differences(created_a.get("environment"),
                                      created_b.get("environment"), "environment")
-    report.metrics = _last_metric_differences(store, exp_a, other, exp_b)
+    report.metrics = _last_metric_differences(metrics_a, metrics_b)
     explanation = explain_output(created_a.get("environment"), created_b.get("environment"),
                                  (f"in {exp_a}", f"in {exp_b}"))
     for key, side_a in order_a:
@@ -249,12 +252,12 @@ def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = N
     return report
 
 
-def _last_metric_differences(store_a: Store, exp_a: str, store_b: Store, exp_b: str
+def _last_metric_differences(metrics_a: list[MetricSummary], metrics_b: list[MetricSummary]
                              ) -> list[tuple[str, Any, Any]]:
     """The metrics whose last recorded value differs between the runs, in run A's order then
     run B's: the outcome an engineer compares first (AUC 0.923 against 0.891)."""
-    last_a = {summary.name: summary.last for summary in metric_summaries(store_a, exp_a)}
-    last_b = {summary.name: summary.last for summary in metric_summaries(store_b, exp_b)}
+    last_a = {summary.name: summary.last for summary in metrics_a}
+    last_b = {summary.name: summary.last for summary in metrics_b}
     names = list(last_a) + [name for name in last_b if name not in last_a]
     return [(name, last_a.get(name), last_b.get(name)) for name in names
             if name not in last_a or name not in last_b or not same(last_a[name], last_b[name])]
