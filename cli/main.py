@@ -17,7 +17,8 @@ from typing import Any
 
 import click
 
-from cli.output import emit_json, error_document, forget_json_request, json_requested
+from cli.output import (emit_json, error_document, forget_json_request, json_requested,
+                        note_json_request)
 from ledger import __version__
 from ledger.errors import LedgerError
 from ledger.text import escape_unprintable
@@ -142,6 +143,9 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("ledger: aborted", err=True)
         code = 130
     except click.ClickException as error:
+        if isinstance(error, click.UsageError) and _json_among(sys.argv[1:] if argv is None
+                                                               else argv):
+            note_json_request()  # refused while parsing, before --json's callback ran
         code = _failed(error, error.exit_code, f"error: {_one_line(error.format_message())}")
     except LedgerError as error:
         code = _failed(error, error.exit_code, f"error: {_one_line(str(error))}")
@@ -158,6 +162,20 @@ def main(argv: list[str] | None = None) -> None:
         code = _reader_gone()
     sys.stdout = stdout
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _json_among(tokens: list[str]) -> bool:
+    """Whether ``tokens`` give ``--json`` to a command that takes it: a usage error found while
+    parsing (an unknown option, before or after ``--json``) gets the error document too."""
+    for position, token in enumerate(tokens):
+        command = cli.commands.get(token)
+        if command is None:
+            continue
+        if not any("--json" in parameter.opts for parameter in command.params):
+            return False
+        rest = tokens[position + 1:]
+        return "--json" in rest[:rest.index("--")] if "--" in rest else "--json" in rest
+    return False
 
 
 def _failed(error: BaseException, code: int, line: str) -> int:

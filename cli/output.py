@@ -59,9 +59,14 @@ def forget_json_request() -> None:
     _JsonRequest.given = False
 
 
+def note_json_request() -> None:
+    """Remember that the running command was given ``--json``."""
+    _JsonRequest.given = True
+
+
 def _note_json(_context: click.Context, _parameter: click.Parameter, value: bool) -> bool:
     if value:
-        _JsonRequest.given = True
+        note_json_request()
     return value
 
 

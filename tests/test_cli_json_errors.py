@@ -61,6 +61,28 @@ def test_a_bad_option_after_json_is_a_usage_error_document(
     assert "--jobs" in _error_document(result, 2, "usage")["message"]
 
 
+@pytest.mark.parametrize("arguments", [["verify", "{exp}", "--json", "--bogus"],
+                                       ["verify", "--bogus", "{exp}", "--json"],
+                                       ["list", "--json", "--bogus"],
+                                       ["replay", "--json", "{exp}", "extra-argument"]])
+def test_an_unknown_option_or_argument_around_json_is_a_usage_error_document(
+        recorded: tuple[str, str, Path], arguments: list[str]) -> None:
+    """Click refuses these while parsing, before ``--json``'s own callback runs: the
+    document must not depend on where the bad token stands."""
+    url, exp, _data = recorded
+    result = run_cli("--db", url, *(argument.format(exp=exp) for argument in arguments))
+    error = _error_document(result, 2, "usage")
+    assert "--bogus" in error["message"] or "extra-argument" in error["message"]
+
+
+def test_json_after_a_double_dash_is_an_argument_not_the_flag(
+        recorded: tuple[str, str, Path]) -> None:
+    url, _exp, _data = recorded
+    result = run_cli("--db", url, "list", "--bogus", "--", "--json")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("ledger: error: No such option '--bogus'")
+
+
 def test_replay_without_its_data_is_a_cannot_replay_document(
         recorded: tuple[str, str, Path], tmp_path: Path) -> None:
     url, exp, _data = recorded
