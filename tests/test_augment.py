@@ -207,3 +207,23 @@ def test_op_params_that_do_not_fit_are_named_as_draws_and_transforms_name_them(
     """One wording for every registry (ledger.registered_functions.check_params_fit)."""
     with pytest.raises(BadInputError, match=match):
         DataAugmenter(ops=[{"op": "gaussian_noise", **params}])
+
+
+def test_the_readme_custom_op_example_runs_as_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's block is copied by users: it must run as it stands, imports included."""
+    import re
+    from pathlib import Path
+
+    import ledger.augment_ops
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    code = re.search(r"```python\n(from ledger import [^\n]*register_op\n.*?)```", readme,
+                     re.DOTALL).group(1)
+    monkeypatch.setattr(ledger.augment_ops, "_REGISTRY", dict(ledger.augment_ops._REGISTRY))
+    namespace: dict = {"__name__": "readme_ops"}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    augmenter = namespace["augmenter"]
+    assert augmenter.spec[-1] == {"op": "sign_flip", "version": 1, "prob": 0.1}
+    ones = np.ones((64, 8), dtype=np.float32)
+    out = DataAugmenter(ops=[{"op": "sign_flip", "prob": 0.5}], seed=3)(ones)
+    assert set(np.unique(out)) == {-1.0, 1.0}
