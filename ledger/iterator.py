@@ -13,12 +13,13 @@ a ``break`` or a restored state) and starts the next epoch once the current one 
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Generator, Iterator
 from typing import Any, cast
 
 import numpy as np
 
-from ledger.arguments import MAX_EPOCH, check_flag
+from ledger.arguments import MAX_EPOCH, check_count, check_flag
 from ledger.augment import DataAugmenter, augment_path
 from ledger.batches import BatchDigests, BatchMaker, batch_input_digest, fast_array_digest
 from ledger.canonical import normalise
@@ -51,12 +52,6 @@ def _as_dataset(data: Any) -> Dataset:
                         f"(exp.register_dataset), a (features, labels) tuple or an array")
 
 
-def _positive_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise BadInputError(f"got {name}={value!r}, but must be an int >= {minimum}")
-    return int(value)
-
-
 class TrainingDataIterator:
     """Deterministic, recorded mini-batches of a dataset: ``for x, y in batches`` is one epoch.
 
@@ -84,12 +79,12 @@ class TrainingDataIterator:
                  start_method: str | None = None, prefetch: int = 2,
                  timeout: float | None = None, record: bool = True) -> None:
         self.dataset = _as_dataset(data)
-        self.batch_size = _positive_int("batch_size", batch_size, 1)
-        self.num_workers = _positive_int("num_workers", num_workers, 0)
+        self.batch_size = check_count("batch_size", batch_size, 1)
+        self.num_workers = check_count("num_workers", num_workers, 0)
         if self.num_workers > MAX_WORKERS:
             raise BadInputError(f"got num_workers={self.num_workers}, but at most {MAX_WORKERS} "
                                 f"worker processes are started")
-        self.prefetch = _positive_int("prefetch", prefetch, 1)
+        self.prefetch = check_count("prefetch", prefetch, 1)
         if timeout is not None and (isinstance(timeout, bool)
                                     or not isinstance(timeout, (int, float))
                                     or not 0 < timeout <= MAX_TIMEOUT):
@@ -382,6 +377,8 @@ def _same_setting(saved: Any, mine: Any) -> bool:
         return saved.keys() == mine.keys() and all(_same_setting(saved[k], mine[k]) for k in mine)
     if isinstance(mine, list):
         return len(saved) == len(mine) and all(map(_same_setting, saved, mine))
+    if isinstance(mine, float):  # by bits: a NaN fill is its own setting, -0.0 is not 0.0
+        return struct.pack("<d", saved) == struct.pack("<d", mine)
     return saved == mine
 
 

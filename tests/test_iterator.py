@@ -214,6 +214,25 @@ def test_a_state_is_refused_by_an_iterator_with_other_settings() -> None:
             other.load_state_dict(state)
 
 
+def test_float_settings_are_compared_by_their_bits() -> None:
+    """A NaN mask fill (masked values marked missing) is its own setting — ``==`` would refuse
+    the state the iterator itself saved — and a -0.0 fill is not 0.0: they fill other bits."""
+    data = indexed_data(40)
+
+    def iterator(fill: float) -> TrainingDataIterator:
+        return TrainingDataIterator(data, 10, seed=8,
+                                    augmenter=DataAugmenter(mask_prob=0.5, mask_fill=fill))
+
+    saved = iterator(float("nan"))
+    next(iter(saved))
+    state = msgpack.unpackb(canonical(saved.state_dict()))  # as a checkpoint stores it
+    resumed = iterator(float("nan"))
+    resumed.load_state_dict(state)
+    assert same_batches(list(resumed), list(saved))
+    with pytest.raises(BadInputError, match="got a state saved with augmenter="):
+        iterator(0.0).load_state_dict(iterator(-0.0).state_dict())
+
+
 @pytest.mark.parametrize("change", [{"epoch": -1}, {"batch": 99}, {"batch": 1, "started": False},
                                     {"format": "pickle"}])
 def test_a_malformed_state_is_refused(change: dict) -> None:
@@ -277,6 +296,8 @@ def uninterrupted_fn(data: tuple) -> list:
     ({"batch_size": 50, "drop_last": True}, "every epoch would be empty"),
     ({"batch_size": 4, "num_workers": -1}, "got num_workers=-1"),
     ({"batch_size": 4, "prefetch": 0}, "got prefetch=0"),
+    ({"batch_size": 2**64}, r"got batch_size=18446744073709551616, but must be at most 2\*\*63"),
+    ({"batch_size": 4, "prefetch": 2**63}, r"got prefetch=9223372036854775808, but must be at"),
     ({"batch_size": 4, "timeout": 0}, "got timeout=0"),
     ({"batch_size": 4, "augmenter": "noise"}, "got augmenter of type str"),
     ({"batch_size": 4, "seed": 2**128}, "root seed must be in"),

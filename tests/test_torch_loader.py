@@ -242,6 +242,8 @@ def test_record_false_gives_the_same_batches_and_records_none(url: str, tmp_path
     ({"collate_fn": None}, "sets them itself"),
     ({"in_order": False}, "in order"),
     ({"batch_size": 0}, "batch_size"),
+    ({"batch_size": 2**64}, r"batch_size=18446744073709551616, but must be at most 2\*\*63"),
+    ({"prefetch_factor": 2**63, "num_workers": 1}, "prefetch_factor=9223372036854775808"),
 ])
 def test_bad_loader_options_are_refused(url: str, tmp_path: Path, options: dict,
                                         match: str) -> None:

@@ -63,6 +63,25 @@ def test_prefetch_depth_changes_nothing(reference: list, prefetch: int) -> None:
     assert same_batches(batches_with(3, prefetch=prefetch), reference)
 
 
+def test_the_largest_batch_size_and_prefetch_pass_through_workers_and_the_ledger(
+        tmp_path: Path) -> None:
+    """2**63 - 1 is accepted and works: one batch of every sample, recorded; beyond it the
+    iterator refuses at once (see test_iterator) instead of failing in the first pass."""
+    largest = 2**63 - 1
+    with ExperimentManager(f"sqlite:///{tmp_path / 'l.db'}", data_dir=tmp_path) as manager:
+        with manager.create_experiment("largest", seed=3) as exp:
+            data = exp.register_dataset("d", *noisy_data(rows=30))
+            batches = TrainingDataIterator(data, largest, num_workers=1, prefetch=largest,
+                                           augmenter=DataAugmenter(noise_std=0.1),
+                                           experiment=exp)
+            [(x, _y)] = list(batches)
+            batches.close()
+        assert x.shape[0] == 30 and verify(manager.store, exp.id).ok
+        [batch] = [body for body in bodies(manager.store, exp.id)
+                   if body["kind"] == "augmentation_batch"]
+        assert batch["params"]["batch_size"] == largest
+
+
 def test_drop_last_and_unshuffled_epochs_match_in_workers() -> None:
     main = batches_with(0, drop_last=True, shuffle=False)
     assert same_batches(batches_with(2, drop_last=True, shuffle=False), main)

@@ -52,7 +52,7 @@ except ImportError as error:  # pragma: no cover - exercised only without torch
     raise ImportError("ledger.integrations.torch needs PyTorch: pip install "
                       "'reproducibility-ledger[torch]' (torch==2.13.0)") from error
 
-from ledger.arguments import MAX_EPOCH, check_epoch, check_flag
+from ledger.arguments import MAX_EPOCH, check_count, check_epoch, check_flag
 from ledger.batches import batch_input_digest, fast_array_digest
 from ledger.canonical import normalise
 from ledger.datasets import Dataset
@@ -482,9 +482,7 @@ class RecordedDataLoader(DataLoader):
             raise BadInputError(f"got dataset of type {type(dataset).__name__}, but must be a "
                                 f"Dataset from run.register_dataset (or use recorded_dataloader "
                                 f"with a torch Dataset)")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or (
-                batch_size < 1):
-            raise BadInputError(f"got batch_size={batch_size!r}, but must be an int >= 1")
+        check_count("batch_size", batch_size, 1)
         clashing = sorted(_OWN_OPTIONS & set(options))
         if clashing:
             raise BadInputError(f"got DataLoader option(s) {clashing}, but a RecordedDataLoader "
@@ -493,9 +491,8 @@ class RecordedDataLoader(DataLoader):
             raise BadInputError(f"got in_order={options['in_order']!r}, but recorded batches must "
                                 f"arrive in order")
         prefetch = options.get("prefetch_factor")
-        if prefetch is not None and (isinstance(prefetch, bool) or not isinstance(
-                prefetch, (int, np.integer)) or prefetch < 1):
-            raise BadInputError(f"got prefetch_factor={prefetch!r}, but must be an int >= 1")
+        if prefetch is not None:
+            check_count("prefetch_factor", prefetch, 1)
         record = check_flag("record", record)
         _check_tensor_dtypes(dataset)
         if record and not run.dataset_registered(dataset):
