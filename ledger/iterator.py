@@ -257,6 +257,8 @@ class TrainingDataIterator:
             output=digests.output)
 
     def _ensure_pool(self) -> None:
+        if self._pool is not None and self._pool.inherited:
+            self._pool = None  # the parent's workers, in a forked child: start the child's own
         if self.num_workers == 0 or (self._pool is not None and not self._pool.broken):
             return
         self._pool = None

@@ -335,6 +335,12 @@ class WorkerPool:
         error.worker_traceback = worker_traceback
         raise error
 
+    @property
+    def inherited(self) -> bool:
+        """True in a process forked from the one that started the workers: they, their pipes
+        and their shared memory are that process's, and this copy must not use them."""
+        return forks_so_far() != self._resources.forks
+
     def run(self, epoch: int, start: int, stop: int
             ) -> Generator[tuple[np.ndarray, np.ndarray | None, BatchDigests], None, None]:
         """Yield batches ``start``..``stop - 1`` of ``epoch`` in order, as fresh arrays.
@@ -365,6 +371,10 @@ class WorkerPool:
             next_batch += 1
         while pending:
             _epoch, batch, worker, slot = pending[0]
+            if self.inherited:  # a pass begun before os.fork, continued in the child
+                raise WorkerError("this pass's worker processes belong to the process that "
+                                  "started them, not to this forked child: start a new pass "
+                                  "(iter(batches)), which starts the child's own workers")
             message = self._receive(worker, epoch, batch, "")
             pending.popleft()  # only once answered: an interrupted wait leaves it in flight
             got_epoch, got_batch, got_slot, rows, indices, output, seed = message

@@ -255,6 +255,58 @@ def test_a_forked_child_that_exits_normally_leaves_the_parents_workers_alone(
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_forked_child_that_iterates_the_parents_iterator_uses_workers_of_its_own(
+        method: str) -> None:
+    """A child of ``os.fork`` taking batches from the iterator it inherited used to ask the
+    parent's workers through the inherited pipes and read the answers meant for the parent: the
+    parent then waited for ever (no timeout set). Now a new pass in the child starts the child's
+    own workers, and a pass begun in the parent refuses to go on in the child."""
+    script = textwrap.dedent(f"""
+        import os, sys
+        import numpy as np
+        from ledger import DataAugmenter, TrainingDataIterator, WorkerError
+        sys.path.insert(0, {str(ROOT / "tests")!r})
+        from trainer_helpers import noisy_data
+
+        def iterator():
+            return TrainingDataIterator(noisy_data(rows=64), 8, seed=3, num_workers=2,
+                                        augmenter=DataAugmenter(noise_std=0.1),
+                                        start_method={method!r})
+
+        reference = [x for x, _y in iterator()]
+        batches = iterator()
+        parents_pass = iter(batches)
+        made = [next(parents_pass)[0] for _ in range(2)]
+        child = os.fork()
+        if child == 0:
+            try:
+                try:
+                    next(parents_pass)
+                    refused = False
+                except WorkerError as error:
+                    refused = "belong to the process that started them" in str(error)
+                fresh = iter(batches)
+                mine = [next(fresh)[0] for _ in range(3)]
+                same = all(np.array_equal(a, b) for a, b in zip(mine, reference[2:5]))
+                batches.close()
+                os._exit(0 if same and refused else 1)
+            except BaseException as error:
+                print(f"child: {{error!r}}", file=sys.stderr, flush=True)
+                os._exit(2)
+        _pid, status = os.waitpid(child, 0)
+        made += [x for x, _y in parents_pass]
+        assert os.waitstatus_to_exitcode(status) == 0, status
+        assert len(made) == 8 and all(np.array_equal(a, b) for a, b in zip(made, reference))
+        batches.close()
+        print("same batches", flush=True)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "same batches\n"
+
+
 def test_an_op_returning_a_ragged_list_is_named_in_the_main_process() -> None:
     """Before: numpy's ValueError about inhomogeneous shapes, naming neither op nor batch."""
     augmenter = DataAugmenter(ops=[{"op": "test_return_ragged"}])
