@@ -13,6 +13,7 @@ from typing import Any
 
 from ledger.errors import ConcurrentWriteError, StoreError
 from ledger.events import AUDIT_STREAM, Event, decode_body
+from ledger.store.claims import live_holder
 from ledger.store.store import Store
 from ledger.store.writer import StreamWriter
 
@@ -40,11 +41,18 @@ def record_audit(store: Store, exp: str, kind: str, params: Mapping[str, Any], *
     raise AssertionError("unreachable")
 
 
-def require_audit_append(store: Store, what: str) -> None:
+def require_audit_append(store: Store, what: str, exp: str | None = None) -> None:
     """Raise StoreError, before the work begins, when ``store`` could not record ``what`` (a
-    replay certificate, a report export) in the audit stream: see :meth:`Store.append_refusal`.
+    replay certificate, a report export) in the audit stream: see :meth:`Store.append_refusal`
+    — or, given ``exp``, when another writer holds that experiment's audit stream (a failure
+    found only after a long replay, or after the report's files were written, loses the work).
     """
     refusal = store.append_refusal()
+    if refusal is None and exp is not None:
+        holder = live_holder(store, exp, AUDIT_STREAM)
+        if holder is not None:
+            refusal = (f"the audit stream of {exp} is open by {holder}; wait until it is "
+                       f"released")
     if refusal is not None:
         raise StoreError(f"cannot record {what} in {store.url}: {refusal}; give --no-record to "
                          f"go ahead without recording it")

@@ -36,3 +36,15 @@ def quoted(value: object, limit: int = 80) -> str:
     and an error stays one readable line."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def is_sendable_text(value: object) -> bool:
+    """True for a str a database driver can send back as a parameter: not a tampered TEXT
+    column's invalid UTF-8, which reads back with its bytes escaped as surrogates."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

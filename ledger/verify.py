@@ -32,7 +32,7 @@ from ledger.errors import BadInputError, UnknownExperimentError
 from ledger.events import AUDIT_STREAM, COMPLETION_STATUSES, MAIN_STREAM, check_experiment_id
 from ledger.processes import pool_start_method, process_count, usable_cores
 from ledger.store.store import Store
-from ledger.text import quoted
+from ledger.text import is_sendable_text, quoted
 
 SEGMENT_EVENTS = 50_000
 """Events per segment: the unit of parallel work (small enough that the processes finish
@@ -280,6 +280,38 @@ class _Stitcher:
             self.find(missing, None, None, "experiment row without any events")
 
 
+def _readable_chains(chains: list[tuple[str, str, int, int]], report: VerifyReport
+                     ) -> list[tuple[str, str, int, int]]:
+    """The chains whose exp and stream columns are text a query can name; each other one is a
+    finding. SQLite keeps whatever a tamperer writes to a TEXT column — a blob, or bytes cast
+    to TEXT that are not UTF-8 and read back escaped as surrogates, which no driver can send
+    back as a parameter — while no recorder writes such a name (bodies hold names as text)."""
+    readable = []
+    for chain in chains:
+        exp, stream, count, _max_seq = chain
+        unreadable = [(column, value) for column, value in (("exp", exp), ("stream", stream))
+                      if not is_sendable_text(value)]
+        if not unreadable:
+            readable.append(chain)
+            continue
+        column, value = unreadable[0]
+        report.events += count if type(count) is int else 0
+        report.findings.append(Finding(
+            _shown_name(exp), None if column == "exp" else _shown_name(stream), None,
+            f"{count} event(s) whose {column} column is not text ({_shown_name(value)}): "
+            f"edited outside the ledger"))
+    return readable
+
+
+def _shown_name(name: Any) -> str:
+    """An exp or stream column for a finding: as it is when it is text, else its bytes."""
+    if is_sendable_text(name):
+        return name
+    if isinstance(name, str):
+        return quoted(name.encode("utf-8", "surrogateescape"))
+    return quoted(name)
+
+
 def verify(store: Store | str, exp: str | None = None, *, jobs: int | None = None,
            on_progress: Callable[[int], None] | None = None) -> VerifyReport:
     """Verify every chain of ``exp`` (or of the whole ledger) and return what was found.
@@ -303,11 +335,12 @@ def verify(store: Store | str, exp: str | None = None, *, jobs: int | None = Non
     if exp is not None:
         if not chains and exp not in store.experiment_names():
             raise UnknownExperimentError(f"unknown experiment {exp} in {store.url}")
+    report = VerifyReport()
+    chains = _readable_chains(chains, report)
     total = sum(count for _exp, _stream, count, _max in chains)
     if jobs is None:
         jobs = usable_cores() if total >= PARALLEL_MIN_EVENTS else 1
     segments = plan_segments(chains)
-    report = VerifyReport()
     stitcher = _Stitcher(store, report)
     for result in _results(store, segments, process_count(jobs, len(segments))):
         stitcher.add(result)

@@ -184,7 +184,7 @@ def export_report(store: Store, exp: str, options: ReportOptions, *, fmt: str = 
         raise BadInputError(f"unknown report format {fmt!r}: choose from {', '.join(FORMATS)}")
     row = store.experiment(exp)
     if options.record:
-        require_audit_append(store, "this export")
+        require_audit_append(store, "this export", exp)
     if bundle is not None:
         _prepare_bundle(bundle)
         appendix = bundle / BUNDLE_FILES["appendix"]
@@ -251,8 +251,8 @@ def _export(store: Store, exp: str, options: ReportOptions, row: Any, stage: _St
                                 ("replay", replay_statement(report))):
             path = bundle / BUNDLE_FILES[what]
             add(path, what, stage.write(path, pretty_json(statement)))
-    renderers = {"html": lambda: render_html(report).encode("utf-8"),
-                 "md": lambda: render_markdown(report).encode("utf-8")}
+    renderers = {"html": lambda: render_html(report).encode("utf-8", "backslashreplace"),
+                 "md": lambda: render_markdown(report).encode("utf-8", "backslashreplace")}
     for what, render in renderers.items():
         if bundle is not None:
             path = bundle / BUNDLE_FILES[what]

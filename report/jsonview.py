@@ -12,6 +12,9 @@ lowercase hex, tuples as lists, and floats that JSON cannot hold (NaN, ±infinit
 i.e. keys sorted by code point, no whitespace, strings as UTF-8 with only ``"``, ``\\``
 and control characters escaped, integers in decimal, floats as Python's shortest
 round-trip ``repr``. Reports are parsed strictly: a duplicate key or a NaN literal is refused.
+A name from a tampered ledger that is not text (bytes in a TEXT column) is shown as JSON views
+show bytes, and one that is not UTF-8 keeps its escaped bytes as ``\\udcXX`` escapes, which
+parse back to the same string.
 """
 
 from __future__ import annotations
@@ -21,18 +24,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ledger.errors import BadInputError
+from ledger.json_view import json_view
 
 
 def canonical_json(document: Any) -> bytes:
     """The canonical bytes of a JSON document (see the module docstring)."""
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+                      allow_nan=False, default=json_view).encode("utf-8", "backslashreplace")
 
 
 def pretty_json(document: Any) -> bytes:
     """The document as written to files: keys sorted, indented, UTF-8, ending in a newline."""
-    return (json.dumps(document, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False)
-            + "\n").encode("utf-8")
+    return (json.dumps(document, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False,
+                       default=json_view) + "\n").encode("utf-8", "backslashreplace")
 
 
 def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

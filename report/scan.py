@@ -82,7 +82,7 @@ class _Writer:
 
     def flush(self) -> None:
         """Encode, hash and write the buffered lines."""
-        data = "".join(self.lines).encode("utf-8")
+        data = "".join(self.lines).encode("utf-8", "backslashreplace")  # a tampered kind
         self.lines.clear()
         self.hasher.update(data)
         self.size += len(data)

@@ -73,7 +73,7 @@ def replay_command(obj: dict, exp: str, jobs: int, trusted: tuple[str, ...],
     with Store.open(obj["db_url"]) as store:
         if record:  # asked first: a replay can run for hours, then could not record its verdict
             store.require_experiment(exp)
-            require_audit_append(store, "this replay's certificate")
+            require_audit_append(store, "this replay's certificate", exp)
         report = replay_run(store, exp, jobs=jobs, trusted=trusted, data_dir=data_dir,
                             on_progress=progress)
         if record:

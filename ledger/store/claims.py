@@ -23,13 +23,15 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import inspect, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from ledger.errors import StreamClaimedError
+from ledger.errors import StoreError, StreamClaimedError
 from ledger.store.schema import claims_table, create_claims_table, events_table
 from ledger.store.store import Store, _translate
+from ledger.text import quoted
 
 CLAIM = "claim"
 RELEASE = "release"
@@ -71,6 +73,50 @@ class _Holder:
         return False
 
 
+_CLAIM_ROW_TYPES = (int, str, str, str, int, int)
+"""(attempt, action, writer, host, pid, t): what every writer stores."""
+
+
+def _check_claim_row(exp: str, stream: str, row: tuple[Any, ...]) -> None:
+    """Refuse a claims row no writer made (SQLite keeps what a tamperer writes): deciding who
+    holds the stream from it would be a guess, and a wrong guess forks the chain."""
+    if (len(row) != len(_CLAIM_ROW_TYPES)
+            or any(type(value) is not kind for value, kind in zip(row, _CLAIM_ROW_TYPES))
+            or row[1] not in (CLAIM, RELEASE)):
+        raise StoreError(f"the claims of stream {quoted(stream)} of {quoted(exp)} hold a row no "
+                         f"writer made ({quoted(row)}): the ledger was edited outside the "
+                         f"library, and no writer can open this stream (reading still works)")
+
+
+def _claims_of(connection: Any, exp: str, stream: str
+               ) -> tuple[dict[int, _Holder], list[_Holder]]:
+    """Every claim of the stream by attempt, and those not released (oldest first)."""
+    rows = connection.execute(
+        select(claims_table.c.attempt, claims_table.c.action, claims_table.c.writer,
+               claims_table.c.host, claims_table.c.pid, claims_table.c.t)
+        .where(claims_table.c.exp == exp, claims_table.c.stream == stream)).all()
+    for row in rows:
+        _check_claim_row(exp, stream, tuple(row))
+    claims = {attempt: _Holder(attempt, writer_id, holder_host, holder_pid, t)
+              for attempt, action, writer_id, holder_host, holder_pid, t in rows
+              if action == CLAIM}
+    released = {attempt for attempt, action, *_ in rows if action == RELEASE}
+    return claims, [holder for attempt, holder in sorted(claims.items())
+                    if attempt not in released]
+
+
+def live_holder(store: Store, exp: str, stream: str) -> str | None:
+    """Who holds the stream now (a writer whose process may be alive), or None: for refusing
+    work that would end by appending to it before the work starts, not after. A ledger whose
+    claims table does not exist yet has no holder. Raises StoreError for a malformed claim."""
+    with store.engine.connect() as connection:
+        if not inspect(connection).has_table(claims_table.name):
+            return None
+        _claims, held = _claims_of(connection, exp, stream)
+    alive = [holder for holder in held if not holder.gone()]
+    return alive[0].describe() if alive else None
+
+
 def ensure_claims_table(store: Store) -> None:
     """Create the claims table in a ledger written before it existed (once per Store)."""
     if getattr(store, "_claims_ready", False):
@@ -100,15 +146,7 @@ def claim_stream(store: Store, exp: str, stream: str, start_seq: int | None, *,
     host, pid = socket.gethostname(), os.getpid()
     try:
         with store.write_connection() as connection, connection.begin():
-            rows = connection.execute(
-                select(claims_table.c.attempt, claims_table.c.action, claims_table.c.writer,
-                       claims_table.c.host, claims_table.c.pid, claims_table.c.t)
-                .where(claims_table.c.exp == exp, claims_table.c.stream == stream)).all()
-            claims = {attempt: _Holder(attempt, writer_id, holder_host, holder_pid, t)
-                      for attempt, action, writer_id, holder_host, holder_pid, t in rows
-                      if action == CLAIM}
-            released = {attempt for attempt, action, *_ in rows if action == RELEASE}
-            held = [holder for attempt, holder in sorted(claims.items()) if attempt not in released]
+            claims, held = _claims_of(connection, exp, stream)
             now = time.time_ns()
             for holder in held:
                 if not (take_over or holder.gone()):

@@ -27,6 +27,7 @@ from ledger.store.connect import (WRITE_OPTION, describe_url, open_engine, sqlit
                                   sqlite_uri_read_only)
 from ledger.store.schema import (TRIGGER_NAMES, claims_table, events_table, experiments_table,
                                  meta_table, postgres_refusal_source)
+from ledger.text import is_sendable_text
 
 EVENT_COLUMNS = ("exp", "stream", "seq", "kind", "path", "seed", "input", "output", "prev", "hash",
                  "t", "body")
@@ -345,7 +346,10 @@ class Store:
                                            .order_by(events_table.c.exp)).scalars())
 
     def stream_heads(self, exp: str) -> dict[str, StreamHead]:
-        """Each stream of ``exp``: how many events it holds and the hash of its last one."""
+        """Each stream of ``exp``: how many events it holds and the hash of its last one.
+
+        A stream whose name is not text (its column edited to bytes or invalid UTF-8) is left
+        out: no writer makes one, queries cannot name it, and verification reports it."""
         last = (select(events_table.c.stream, func.max(events_table.c.seq).label("seq"),
                        func.count().label("count"))
                 .where(events_table.c.exp == exp).group_by(events_table.c.stream).subquery())
@@ -355,7 +359,8 @@ class Store:
                        & (events_table.c.seq == last.c.seq)))
         with self._reading() as connection:
             return {stream: StreamHead(stream, count, head)
-                    for stream, count, head in connection.execute(query)}
+                    for stream, count, head in connection.execute(query)
+                    if is_sendable_text(stream)}
 
     def counts_by_kind(self, exp: str) -> dict[str, int]:
         """How many events of each kind ``exp`` holds."""
