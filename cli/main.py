@@ -101,6 +101,19 @@ class _GuardedStdout:
             raise ReaderGone from None
         return len(text)
 
+    def write_bytes(self, data: bytes) -> None:
+        """Write all of ``data`` to the binary layer (a report as it is signed), or raise
+        ReaderGone."""
+        self.written = self.written or bool(data)
+        try:
+            self._wrapped.flush()
+            view = memoryview(data)
+            while view:
+                view = view[self._wrapped.buffer.write(view) or 0:]
+            self._wrapped.buffer.flush()
+        except BrokenPipeError:
+            raise ReaderGone from None
+
     def flush(self) -> None:
         """Flush both layers down to the file, or raise ReaderGone."""
         try:

@@ -173,12 +173,14 @@ def _prepare_bundle(folder: Path) -> None:
 
 def export_report(store: Store, exp: str, options: ReportOptions, *, fmt: str = "json",
                   output: Path | None = None, bundle: Path | None = None,
-                  appendix: Path | None = None, key: Ed25519PrivateKey | None = None
-                  ) -> ExportResult:
+                  appendix: Path | None = None, key: Ed25519PrivateKey | None = None,
+                  deliver: Callable[[bytes], None] | None = None) -> ExportResult:
     """Build and write the report of ``exp`` (see the module docstring).
 
-    Without ``output`` or ``bundle`` the one format goes to ``ExportResult.stdout``. A key
-    needs the JSON written to a file, which its ``.sig`` goes beside.
+    Without ``output`` or ``bundle`` the one format goes to ``ExportResult.stdout`` — and to
+    ``deliver`` when given, before the export is recorded: a reader that went away (a closed
+    pipe raised from ``deliver``) leaves no record of an export nobody received. A key needs
+    the JSON written to a file, which its ``.sig`` goes beside.
     """
     if fmt not in FORMATS:
         raise BadInputError(f"unknown report format {fmt!r}: choose from {', '.join(FORMATS)}")
@@ -214,6 +216,8 @@ def export_report(store: Store, exp: str, options: ReportOptions, *, fmt: str = 
         stage.commit()
     finally:
         stage.discard()
+    if result.stdout is not None and deliver is not None:
+        deliver(result.stdout)
     if options.record:
         _record(store, exp, result.report, result, fmt if bundle is None else "bundle")
     return result

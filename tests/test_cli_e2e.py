@@ -464,3 +464,31 @@ def test_a_reader_that_goes_away_is_exit_141_not_a_failed_check(tmp_path: Path) 
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
     assert done.stdout.strip() == "exit=141", done.stdout + done.stderr
     assert done.stderr == ""
+
+
+@pytest.mark.parametrize("unbuffered", ["", "1"], ids=["buffered", "PYTHONUNBUFFERED"])
+def test_a_report_on_stdout_whose_reader_goes_away_is_exit_141_and_not_recorded(
+        tmp_path: Path, unbuffered: str) -> None:
+    """The report went to stdout around the guard the other commands write through: exit 1 (a
+    failed check, to a script) or, unbuffered, 0 with the output cut — and its export was
+    recorded in the audit stream though nobody received it."""
+    import os
+    import sys
+
+    from ledger.experiment import ExperimentManager
+    from ledger.store import Store
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("wide", seed=1,
+                                       hyperparams={f"h{i}": i for i in range(20_000)}) as exp:
+            pass
+    script = (f'"{sys.executable}" -m cli --db "{url}" report {exp.id} '
+              f'| head -c 10 >/dev/null; echo "exit=${{PIPESTATUS[0]}}"')
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent),
+                               "PYTHONUNBUFFERED": unbuffered})
+    assert done.stdout.strip() == "exit=141", done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    with Store.open(url) as store:
+        assert "report_exported" not in store.counts_by_kind(exp.id)

@@ -106,10 +106,9 @@ def report_command(obj: dict, exp: str, fmt: str, output: Path | None, bundle: P
                             retain_from=retain_from, full_appendix=full_appendix)
     with Store.open(obj["db_url"]) as store:
         result = export_report(store, exp, options, fmt=fmt, output=output, bundle=bundle,
-                               appendix=appendix, key=key)
+                               appendix=appendix, key=key, deliver=_write_stdout)
     summary = result.report["summary"]
     if result.stdout is not None:
-        sys.stdout.buffer.write(result.stdout)
         for path in result.written:
             click.echo(f"ledger: wrote {path.path}", err=True)
         if summary["attention"]:
@@ -127,3 +126,12 @@ def report_command(obj: dict, exp: str, fmt: str, output: Path | None, bundle: P
         click.echo(printable(f"  ! {alert}"))
     for written in result.written:
         click.echo(f"  wrote {written.path}  ({written.role}, sha256 {written.sha256[:16]}…)")
+
+
+def _write_stdout(data: bytes) -> None:
+    """The report's bytes to stdout, whole, or ReaderGone (exit 141) when the reader left."""
+    write_bytes = getattr(sys.stdout, "write_bytes", None)  # the CLI's guarded stdout
+    if write_bytes is not None:
+        write_bytes(data)
+    else:
+        sys.stdout.buffer.write(data)
