@@ -136,10 +136,11 @@ DATASETS_FOLDER = "datasets"
 """Where in a data folder stored arrays go (``datasets/<digest hex>.npz``)."""
 
 
-def prepare_data_dir(data_dir: Path) -> None:
+def prepare_data_dir(data_dir: Path) -> list[Path]:
     """Create the folder stored arrays go to under ``data_dir`` (and ``data_dir``), or raise
     BadInputError saying why it cannot be: a command can check its data folder before it
-    writes anything else. Folders it creates are flushed to disk with their parents' entries."""
+    writes anything else. Folders it creates are flushed to disk with their parents' entries;
+    they are returned, deepest first, for a command that fails next to remove again."""
     folder = data_dir / DATASETS_FOLDER
     missing = [path for path in (folder, *folder.parents) if not path.exists()]
     try:
@@ -151,6 +152,7 @@ def prepare_data_dir(data_dir: Path) -> None:
                             f"{error.strerror or error}") from None
     if not os.access(folder, os.W_OK | os.X_OK):  # there already, but no file can go in it
         raise BadInputError(f"cannot store datasets in {data_dir}: {folder} is not writable")
+    return missing
 
 
 def store_npz(data_dir: Path, features: np.ndarray, labels: np.ndarray | None,

@@ -177,3 +177,34 @@ def test_recording_does_not_change_what_is_trained(tmp_path: Path) -> None:
     assert recorded.aucs == unrecorded.aucs and len(recorded.aucs) == 2
     assert recorded.losses == unrecorded.losses
     assert zero_epochs.aucs == [] and zero_epochs.exp is not None
+
+
+@pytest.mark.parametrize("url", ["sqlite:////nonexistent-folder-of-this-test/x.db",
+                                 "sqlite:///file:{ledger}?mode=ro&uri=true"],
+                         ids=["unopenable", "read-only"])
+def test_a_demo_refused_by_its_ledger_leaves_no_data_folder(tmp_path: Path, url: str) -> None:
+    """The data folder is made first (a folder that cannot hold the data stops the demo before
+    the ledger is written); a ledger that then cannot be opened, or only read, used to leave
+    it behind — and a read-only one was found out only when the first run recorded."""
+    ledger = tmp_path / "ledger.db"
+    Store.open(f"sqlite:///{ledger}", create=True).close()
+    done = run_cli("--db", url.format(ledger=ledger), "demo", "--data-dir",
+                   str(tmp_path / "new" / "data"), cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert not (tmp_path / "new").exists()
+    with Store.open(f"sqlite:///{ledger}") as store:
+        assert store.experiments() == []
+
+
+@pytest.mark.parametrize(("query", "says"), [
+    ("?mode=ro", "need uri=true"), ("?timeout=abc", "timeout are set by the ledger"),
+    ("?check_same_thread=maybe", "check_same_thread are set by the ledger")])
+def test_sqlite_url_arguments_the_driver_would_ignore_or_fail_on_are_refused(
+        tmp_path: Path, query: str, says: str) -> None:
+    """``?mode=ro`` without ``uri=true`` was ignored with a two-line driver warning (the file
+    opened read-write); ``?timeout=abc`` was an internal error."""
+    ledger = tmp_path / "ledger.db"
+    Store.open(f"sqlite:///{ledger}", create=True).close()
+    done = run_cli("--db", f"sqlite:///{ledger}{query}", "list", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert says in done.stderr and "Warning" not in done.stderr

@@ -16,7 +16,7 @@ from typing import Any
 from examples.fraud.dataset import load_fraud_data
 from examples.fraud.train import HYPERPARAMS, RunResult, train
 from ledger.datasets import prepare_data_dir
-from ledger.errors import BadInputError
+from ledger.errors import BadInputError, StoreError
 from ledger.experiment import ExperimentManager, default_data_dir_for
 from ledger.store.connect import describe_url, parse_url
 from replay.diff import DiffReport, diff_runs
@@ -58,14 +58,24 @@ def run_demo(url: str | None, *, data_dir: str | os.PathLike[str] | None = None,
     """Train twice into the ledger at ``url`` (created if missing) and compare the two runs."""
     # A data folder that is missing or cannot hold the data stops the demo before the ledger
     # is created or written (not as empty tables, or a failed run, in it).
+    created: list[Path] = []
     if data_dir is not None:
-        prepare_data_dir(Path(data_dir))
+        created = prepare_data_dir(Path(data_dir))
     elif default_data_dir_for(url) is None:
         raise BadInputError(f"got the ledger {describe_url(parse_url(url))}, which has no data "
                             f"folder, but the demo stores its dataset: give --data-dir or set "
                             f"LEDGER_DATA_DIR")
+    try:
+        manager = ExperimentManager(url, data_dir=data_dir)
+        refusal = manager.store.append_refusal()  # a read-only URI: before any folder or run
+        if refusal is not None:
+            manager.close()
+            raise StoreError(f"cannot record the demo in {manager.store.url}: {refusal}")
+    except BaseException:
+        _remove_empty(created)  # the ledger cannot be opened: leave no folder behind either
+        raise
     data = load_fraud_data() if transactions is None else load_fraud_data(transactions)
-    with ExperimentManager(url, data_dir=data_dir) as manager:
+    with manager:
         assert manager.data_dir is not None  # given, or the default just checked
         if data_dir is None:  # the default folder, before any run (a given one is made)
             prepare_data_dir(Path(manager.data_dir))
@@ -80,3 +90,12 @@ def run_demo(url: str | None, *, data_dir: str | os.PathLike[str] | None = None,
         assert first is not None and second is not None  # trained into the manager's ledger
         result.diff = diff_runs(manager.store, first, second)
     return result
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders the demo created (deepest first), as long as they are still empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return

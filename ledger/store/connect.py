@@ -249,6 +249,28 @@ def _has_tables(engine: Engine) -> bool:
         return bool(inspect(connection).get_table_names())
 
 
+_DRIVER_ARGUMENTS = frozenset({"timeout", "check_same_thread", "isolation_level", "detect_types",
+                               "cached_statements", "factory"})
+"""pysqlite connection arguments SQLAlchemy would take from a SQLite URL's query: the ledger sets
+the ones it needs (the busy timeout) and a wrong one would change how it writes."""
+
+
+def _check_sqlite_query(parsed: URL, shown: str) -> None:
+    """Refuse SQLite URL query arguments other than SQLite's own URI parameters with
+    ``uri=true`` (``sqlite:///file:ledger.db?mode=ro&uri=true``): without it the driver ignores
+    ``mode=ro`` with a warning and opens the file read-write, and ``timeout=abc`` fails inside
+    the driver."""
+    query = dict(parsed.query)
+    uri = str(query.pop("uri", "")).lower() == "true"
+    driver = sorted(set(query) & _DRIVER_ARGUMENTS)
+    if driver:
+        raise StoreError(f"cannot open {shown}: URL argument(s) {', '.join(driver)} are set by "
+                         f"the ledger itself")
+    if query and not uri:
+        raise StoreError(f"cannot open {shown}: SQLite URL arguments ({', '.join(sorted(query))}) "
+                         f"need uri=true, as in sqlite:///file:ledger.db?mode=ro&uri=true")
+
+
 def open_engine(url: str | None = None, *, create: bool = False) -> tuple[Engine, URL]:
     """Open the ledger at ``url`` and return its engine, checked to be a ledger we can read.
 
@@ -258,6 +280,8 @@ def open_engine(url: str | None = None, *, create: bool = False) -> tuple[Engine
     parsed = parse_url(url)
     shown = describe_url(parsed)
     is_sqlite = parsed.get_backend_name() == "sqlite"
+    if is_sqlite:
+        _check_sqlite_query(parsed, shown)
     if is_sqlite and (path := sqlite_file_path(parsed)) is not None:
         _check_sqlite_file(path, create, defaulted=not url and not os.environ.get(URL_ENV))
     try:
@@ -265,6 +289,8 @@ def open_engine(url: str | None = None, *, create: bool = False) -> tuple[Engine
                                else {"connect_timeout": POSTGRES_CONNECT_TIMEOUT})
     except (NoSuchModuleError, ImportError) as error:
         raise StoreError(f"no driver for {shown}: {error} (install the 'postgres' extra)") from None
+    except (ValueError, TypeError) as error:  # a URL argument of the wrong type
+        raise StoreError(f"cannot open {shown}: bad URL argument ({error})") from None
     if is_sqlite:
         _configure_sqlite(engine)
     else:
