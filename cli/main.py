@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from typing import Any
 
 import click
 
+from cli import _aborted_while_starting
 from cli.output import (emit_json, error_document, forget_json_request, json_requested,
                         note_json_request)
 from ledger import __version__
@@ -146,6 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     stdout = sys.stdout
     sys.stdout = _GuardedStdout(stdout)
     try:
+        if signal.getsignal(signal.SIGINT) is _aborted_while_starting:
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C is Abort now
         code = cli.main(args=argv, prog_name="ledger", standalone_mode=False)
     except click.exceptions.Exit as done:
         code = done.exit_code

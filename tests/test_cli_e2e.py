@@ -492,3 +492,23 @@ def test_a_report_on_stdout_whose_reader_goes_away_is_exit_141_and_not_recorded(
     assert "Traceback" not in done.stderr
     with Store.open(url) as store:
         assert "report_exported" not in store.counts_by_kind(exp.id)
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line_and_exit_130() -> None:
+    """Ctrl-C in the first half second — while numpy and SQLAlchemy load — printed a
+    KeyboardInterrupt traceback through the imports. The interrupt is sent here right after the
+    package loads, as the `ledger` script's process; a program importing the package keeps
+    Python's own Ctrl-C."""
+    import os
+    import sys
+
+    script = ("import os, signal, sys, time\nsys.argv[0] = 'ledger'\nimport cli\n"
+              "os.kill(os.getpid(), signal.SIGINT)\ntime.sleep(10)\nprint('not stopped')\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert (done.returncode, done.stderr, done.stdout) == (130, "ledger: aborted\n", "")
+    done = subprocess.run([sys.executable, "-c", "import signal, cli\n"
+                           "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.stdout == "True\n", done.stderr
