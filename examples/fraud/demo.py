@@ -74,8 +74,8 @@ def run_demo(url: str | None, *, data_dir: str | os.PathLike[str] | None = None,
     except BaseException:
         _remove_empty(created)  # the ledger cannot be opened: leave no folder behind either
         raise
-    data = load_fraud_data() if transactions is None else load_fraud_data(transactions)
     with manager:
+        data = load_fraud_data() if transactions is None else load_fraud_data(transactions)
         assert manager.data_dir is not None  # given, or the default just checked
         if data_dir is None:  # the default folder, before any run (a given one is made)
             prepare_data_dir(Path(manager.data_dir))
