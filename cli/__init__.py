@@ -14,6 +14,9 @@ def _aborted_while_starting(_signal: int, _frame: object) -> None:
 
 
 # Only when this process is the `ledger` command (or `python -m cli`, whose argv[0] is "-m"
-# while the package loads): a program importing the package keeps its own Ctrl-C.
-if os.path.basename(sys.argv[0]) == "ledger" or sys.argv[0] == "-m":
+# while the package loads) and Ctrl-C has Python's own handler: a program importing the package
+# keeps its own, and a command started with SIGINT ignored (`ledger … &` in a script) keeps
+# ignoring it.
+if ((os.path.basename(sys.argv[0]) == "ledger" or sys.argv[0] == "-m")
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
     signal.signal(signal.SIGINT, _aborted_while_starting)

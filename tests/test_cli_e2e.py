@@ -502,13 +502,21 @@ def test_ctrl_c_while_the_command_starts_is_one_line_and_exit_130() -> None:
     import os
     import sys
 
-    script = ("import os, signal, sys, time\nsys.argv[0] = 'ledger'\nimport cli\n"
+    # as started from a terminal: with Python's own handler (a test runner started in the
+    # background of a script has SIGINT ignored, and its children inherit that)
+    script = ("import os, signal, sys, time\n"
+              "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+              "sys.argv[0] = 'ledger'\nimport cli\n"
               "os.kill(os.getpid(), signal.SIGINT)\ntime.sleep(10)\nprint('not stopped')\n")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env=env, timeout=60)
     assert (done.returncode, done.stderr, done.stdout) == (130, "ledger: aborted\n", "")
-    done = subprocess.run([sys.executable, "-c", "import signal, cli\n"
-                           "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"],
-                          capture_output=True, text=True, env=env, timeout=60)
-    assert done.stdout == "True\n", done.stderr
+    kept = ("import signal, sys\nsignal.signal(signal.SIGINT, {handler})\n"
+            "before = signal.getsignal(signal.SIGINT)\nsys.argv[0] = {name!r}\nimport cli\n"
+            "print(signal.getsignal(signal.SIGINT) is before)")
+    for handler, name in [("signal.default_int_handler", "python"),  # a program importing it
+                          ("signal.SIG_IGN", "ledger")]:  # `ledger … &` in a script
+        done = subprocess.run([sys.executable, "-c", kept.format(handler=handler, name=name)],
+                              capture_output=True, text=True, env=env, timeout=60)
+        assert done.stdout == "True\n", (handler, done.stderr)
