@@ -408,7 +408,10 @@ def test_a_resume_that_raced_a_completing_resume_appends_nothing(
 # -- interrupts and readers ---------------------------------------------------------------------
 
 FLUSHING_RUN = """
-    import sys
+    import signal, sys
+    # as started from a terminal (a test runner in the background of a script ignores SIGINT,
+    # and its children inherit that)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from ledger.experiment import ExperimentManager
     with ExperimentManager(sys.argv[1], data_dir=sys.argv[2]) as manager:
         with manager.create_experiment("interrupted", seed=6) as exp:
