@@ -93,18 +93,11 @@ class _GuardedStdout:
 
     def write(self, text: str) -> int:
         """Write all of ``text`` (encoded as the stream would) or raise ReaderGone."""
-        self.written = self.written or bool(text)
-        try:
-            self._wrapped.flush()
-            data = memoryview(text.encode(self._wrapped.encoding, self._wrapped.errors))
-            while data:
-                data = data[self._wrapped.buffer.write(data) or 0:]
-        except BrokenPipeError:
-            raise ReaderGone from None
+        self.write_bytes(text.encode(self._wrapped.encoding, self._wrapped.errors))
         return len(text)
 
     def write_bytes(self, data: bytes) -> None:
-        """Write all of ``data`` to the binary layer (a report as it is signed), or raise
+        """Write all of ``data`` to the binary layer (also a report, as it is signed), or raise
         ReaderGone."""
         self.written = self.written or bool(data)
         try:
@@ -112,7 +105,6 @@ class _GuardedStdout:
             view = memoryview(data)
             while view:
                 view = view[self._wrapped.buffer.write(view) or 0:]
-            self._wrapped.buffer.flush()
         except BrokenPipeError:
             raise ReaderGone from None
 

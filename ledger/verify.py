@@ -295,7 +295,7 @@ def _readable_chains(chains: list[tuple[str, str, int, int]], report: VerifyRepo
             readable.append(chain)
             continue
         column, value = unreadable[0]
-        report.events += count if type(count) is int else 0
+        report.events += count
         report.findings.append(Finding(
             _shown_name(exp), None if column == "exp" else _shown_name(stream), None,
             f"{count} event(s) whose {column} column is not text ({_shown_name(value)}): "

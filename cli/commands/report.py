@@ -129,9 +129,11 @@ def report_command(obj: dict, exp: str, fmt: str, output: Path | None, bundle: P
 
 
 def _write_stdout(data: bytes) -> None:
-    """The report's bytes to stdout, whole, or ReaderGone (exit 141) when the reader left."""
+    """The report's bytes to stdout, whole and flushed (its export is recorded next), or
+    ReaderGone (exit 141) when the reader left."""
     write_bytes = getattr(sys.stdout, "write_bytes", None)  # the CLI's guarded stdout
     if write_bytes is not None:
         write_bytes(data)
     else:
         sys.stdout.buffer.write(data)
+    sys.stdout.flush()
