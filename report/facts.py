@@ -86,7 +86,10 @@ def _take(facts: RunFacts, stream: str, kind: str, body: dict[str, Any]) -> None
         if facts.created is None and stream == MAIN_STREAM:
             facts.created = body
     elif kind == RUN_COMPLETED:
-        if facts.completed is None and stream == MAIN_STREAM:
+        # The first one in any stream, as the run head, ``ledger show`` and ``ledger list``
+        # take it: one moved out of main (an edited row) is a verification finding, and the
+        # report must not call the same run both incomplete and complete.
+        if facts.completed is None:
             facts.completed = body
     elif kind == DATASET_REGISTERED:
         facts.datasets.append(body)

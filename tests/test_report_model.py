@@ -17,6 +17,7 @@ from ledger.digests import value_digest
 from ledger.errors import UnknownExperimentError
 from ledger.events import DATASET_REGISTERED, REPLAY_RECORDED, REPORT_EXPORTED
 from ledger.experiment import Experiment, ExperimentManager
+from ledger.experiment_info import describe_experiment
 from ledger.seeds import derive_bytes
 from ledger.store import Store
 from ledger_builders import drop_append_only_triggers, execute, record_experiment
@@ -131,6 +132,24 @@ def test_a_tampered_run_is_reported_with_the_finding(tmp_path: Path) -> None:
                 for c in report["R9"]["append_only_controls"]}
     assert controls["database triggers"] is False
     assert report["R8"]["verdict"] == "FAILED" and "verification" in report["R8"]["reason"]
+
+
+def test_a_run_completed_moved_out_of_main_is_reported_complete_as_show_says(
+        tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store)
+        drop_append_only_triggers(store)
+        execute(store, "UPDATE ledger_events SET stream = 'mainx' WHERE exp = :exp AND "
+                       "kind = 'run_completed'", exp=recorded.exp)
+        shown = describe_experiment(store, recorded.exp)
+    report = report_of(url, recorded.exp)
+    summary = report["summary"]
+    assert (shown.status, shown.head) == ("ok", recorded.head)
+    assert (summary["run_status"], summary["complete"], summary["run_head"]) == (
+        "ok", True, recorded.head.hex())
+    assert report["R1"]["status"] == "ok" and report["R1"]["complete"] is True
+    assert summary["headline"].startswith(f"{recorded.exp}: run ok, complete; ledger FAILED")
 
 
 def test_a_diverged_run_fails_its_replay_and_the_replay_is_recorded(tmp_path: Path) -> None:
