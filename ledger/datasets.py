@@ -106,6 +106,22 @@ def check_name(name: Any) -> str:
     return name
 
 
+_ROLE_MAX = 64
+
+
+def check_role(role: Any) -> str | None:
+    """Return ``role`` if it is None or a non-empty str of at most 64 characters.
+
+    A role (``train``, ``test``, ``validation``, …) is what the compliance report's train/test
+    independence check (R5) goes by; it is recorded as given.
+    """
+    if role is not None and (not isinstance(role, str) or not role.strip()
+                             or len(role) > _ROLE_MAX):
+        raise BadInputError(f"a dataset role must be None or a non-empty str of at most "
+                            f"{_ROLE_MAX} characters, got {role!r}")
+    return role
+
+
 def dataset_digest(features: np.ndarray, labels: np.ndarray | None) -> bytes:
     """The content digest of a dataset: what ``dataset_registered`` records as its output."""
     return value_digest([DATASET_TAG, array_digest(features),

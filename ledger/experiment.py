@@ -27,7 +27,7 @@ import numpy as np
 
 from ledger.arguments import check_epoch
 from ledger.canonical import normalise
-from ledger.datasets import (Dataset, check_arrays, check_name, check_path_argument,
+from ledger.datasets import (Dataset, check_arrays, check_name, check_path_argument, check_role,
                              dataset_digest, dataset_from_file, default_data_dir, store_npz)
 from ledger.digests import ZERO_DIGEST, value_digest
 from ledger.environment import code_version, current_user, environment_fingerprint
@@ -88,8 +88,10 @@ class Experiment:
         self._writer = writer
         self._draws: dict[tuple[str, tuple], Any] = {}
         self._datasets: dict[str, Dataset] = {}
-        self._recorded_datasets: dict[str, bytes] = {}
-        """Datasets an interrupted run registered before it was resumed: name -> digest."""
+        self._dataset_roles: dict[str, str | None] = {}
+        self._recorded_datasets: dict[str, tuple[bytes, Any]] = {}
+        """Datasets an interrupted run registered before it was resumed: name -> (digest,
+        role as recorded)."""
         # Keyed (kind, name, epoch) as recorded: a damaged record's name may be anything.
         self._recorded_logs: dict[tuple[str, Any, Any], deque[bytes | None]] = {}
         """Metrics and checkpoints recorded before a resume, to be re-logged identically."""
@@ -201,17 +203,20 @@ class Experiment:
 
     def register_dataset(self, name: str, features: Any = None, labels: Any = None, *,
                          path: str | os.PathLike[str] | None = None,
-                         features_key: str = "features", labels_key: str | None = "labels"
-                         ) -> Dataset:
+                         features_key: str = "features", labels_key: str | None = "labels",
+                         role: str | None = None) -> Dataset:
         """Register a dataset and record ``dataset_registered``; return it for the iterator.
 
         Give arrays (stored content-addressed as ``.npz`` in the ledger's data folder) or
         ``path=`` to an ``.npz`` file of yours (referenced where it is; its arrays are read
         under ``features_key`` / ``labels_key``). Either way the content digest is recorded and
-        replay re-checks it. Registering the same name again returns the same dataset when the
-        content is equal, and is refused otherwise.
+        replay re-checks it. ``role`` (``"train"``, ``"test"``, ``"validation"``, …) is recorded
+        when given: the compliance report checks that no record of a test or validation dataset
+        occurs in a training one. Registering the same name again returns the same dataset when
+        the content and role are equal, and is refused otherwise.
         """
         check_name(name)
+        check_role(role)
         if path is not None:
             if features is not None or labels is not None:
                 raise BadInputError("got both arrays and path=, but must be one or the other")
@@ -229,13 +234,18 @@ class Experiment:
             dataset = Dataset(name, features, labels, digest, loader)
         with self._lock:  # threads registering one name record it once
             recorded = self._recorded_datasets.get(name)
-            if recorded is not None:
-                if recorded != dataset.digest:  # refused, and nothing consumed: a retry is too
+            if recorded is not None:  # refused, and nothing consumed: a retry is too
+                if recorded[0] != dataset.digest:
                     raise BadInputError(f"got other content for dataset {name!r} than the run "
                                         f"registered before it was resumed "
-                                        f"({recorded.hex()[:16]}…)")
+                                        f"({recorded[0].hex()[:16]}…)")
+                if recorded[1] != role:
+                    raise BadInputError(f"got role {role!r} for dataset {name!r}, but the run "
+                                        f"registered it with role {recorded[1]!r} before it "
+                                        f"was resumed")
                 del self._recorded_datasets[name]
                 self._datasets[name] = dataset
+                self._dataset_roles[name] = role
                 return dataset
             known = self._datasets.get(name)
             if known is not None:
@@ -243,15 +253,22 @@ class Experiment:
                     raise BadInputError(f"got other content for dataset {name!r}, but it is "
                                         f"already registered in {self.id} with digest "
                                         f"{known.digest.hex()}")
+                if self._dataset_roles.get(name) != role:
+                    raise BadInputError(f"got role {role!r} for dataset {name!r}, but it is "
+                                        f"already registered in {self.id} with role "
+                                        f"{self._dataset_roles.get(name)!r}")
                 return known
-            self.record(DATASET_REGISTERED, params={
+            params = {
                 "name": name, "length": len(dataset), "loader": dataset.loader,
                 "features": {"dtype": dataset.features.dtype.str,
                              "shape": list(dataset.features.shape)},
                 "labels": None if dataset.labels is None else {
-                    "dtype": dataset.labels.dtype.str, "shape": list(dataset.labels.shape)}},
-                output=dataset.digest)
+                    "dtype": dataset.labels.dtype.str, "shape": list(dataset.labels.shape)}}
+            if role is not None:  # absent, not null, when none is given: as before roles
+                params["role"] = role
+            self.record(DATASET_REGISTERED, params=params, output=dataset.digest)
             self._datasets[name] = dataset
+            self._dataset_roles[name] = role
             return dataset
 
     def dataset_registered(self, dataset: Dataset) -> bool:

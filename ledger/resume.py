@@ -75,7 +75,8 @@ def _remember(store: Store, experiment: "Experiment") -> dict[str, Any] | None:
             experiment._draws[(kind, tuple(body["path"]))] = draw_value(kind, body["params"],
                                                                         body["output"])
         elif kind == DATASET_REGISTERED:
-            experiment._recorded_datasets[str(params.get("name"))] = body["output"]
+            experiment._recorded_datasets[str(params.get("name"))] = (body["output"],
+                                                                      params.get("role"))
         elif kind in (METRIC, CHECKPOINT):
             # In recorded order: a metric logged several times per epoch is re-logged so too.
             experiment._recorded_logs.setdefault(

@@ -11,13 +11,15 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from examples.fraud.dataset import FEATURES, TRANSACTIONS, load_fraud_data, make_transactions
+from examples.fraud.dataset import (DATASET_NAME, FEATURES, TRANSACTIONS, VALIDATION_NAME,
+                                    load_fraud_data, make_transactions)
 from examples.fraud.demo import run_demo
 from examples.fraud.model import roc_auc
 from ledger import Store, verify
 from ledger.datasets import dataset_digest
 from ledger.errors import BadInputError
 from ledger_builders import table_names
+from report_helpers import report_of
 
 
 def test_the_dataset_is_deterministic_with_about_thirty_features_and_rare_fraud() -> None:
@@ -46,6 +48,19 @@ def test_two_runs_with_the_same_seed_are_identical_and_learn(tmp_path: Path) -> 
     with Store.open(f"sqlite:///{tmp_path / 'ledger.db'}") as store:
         assert verify(store).ok
         assert [row.status for row in store.experiments()] == ["ok", "ok"]
+
+
+def test_the_demo_gives_its_datasets_roles_so_the_report_checks_their_independence(
+        tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    result = run_demo(url, transactions=6_000, epochs=1, workers=0)
+    report = report_of(url, result.runs[0].exp, data_dir=str(tmp_path / "ledger-data"))
+    assert [(d["name"], d["role"]) for d in report["R5"]["datasets"]] == [
+        (DATASET_NAME, "train"), (VALIDATION_NAME, "validation")]
+    check = report["R5"]["independence"]
+    assert check["status"] == "passed"
+    assert [(p["train"], p["test"], p["overlap"]) for p in check["pairs"]] == [
+        (DATASET_NAME, VALIDATION_NAME, 0)]
 
 
 def test_injected_nondeterminism_makes_the_runs_differ_at_the_first_batch(

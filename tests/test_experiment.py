@@ -415,6 +415,42 @@ def test_registering_other_content_under_a_taken_name_is_refused(
             exp.register_dataset("d", features + 1, labels)
 
 
+def test_a_role_is_recorded_when_given_and_a_second_registration_must_repeat_it(
+        manager: ExperimentManager) -> None:
+    features, labels = noisy_data()
+    with manager.create_experiment("data", seed=1) as exp:
+        train = exp.register_dataset("train-set", features, labels, role="train")
+        exp.register_dataset("plain", features, labels)
+        assert exp.register_dataset("train-set", features, labels, role="train") is train
+        with pytest.raises(BadInputError, match="got role 'test' for dataset 'train-set', but "
+                                                "it is already registered .* with role 'train'"):
+            exp.register_dataset("train-set", features, labels, role="test")
+        with pytest.raises(BadInputError, match="got role None for dataset 'train-set'"):
+            exp.register_dataset("train-set", features, labels)
+        for bad in ("", "  ", "x" * 65, 3, b"train"):
+            with pytest.raises(BadInputError, match="a dataset role must be None or a non-empty"):
+                exp.register_dataset("other", features, labels, role=bad)
+    events = of_kind(bodies(manager.store, exp.id), DATASET_REGISTERED)
+    assert [(e["params"]["name"], e["params"].get("role", "absent")) for e in events] == [
+        ("train-set", "train"), ("plain", "absent")]
+
+
+def test_a_resumed_run_must_register_its_datasets_with_their_recorded_roles(
+        manager: ExperimentManager) -> None:
+    features, labels = noisy_data()
+    exp = manager.create_experiment("data", seed=1)
+    exp.register_dataset("val", features, labels, role="validation")
+    exp.suspend()
+    resumed = manager.resume_experiment(exp.id)
+    with pytest.raises(BadInputError, match="got role 'test' for dataset 'val', but the run "
+                                            "registered it with role 'validation' before it"):
+        resumed.register_dataset("val", features, labels, role="test")
+    assert resumed.register_dataset("val", features, labels, role="validation").digest
+    resumed.close()
+    events = of_kind(bodies(manager.store, exp.id), DATASET_REGISTERED)
+    assert len(events) == 1
+
+
 def test_a_user_file_is_referenced_where_it_is(manager: ExperimentManager,
                                                tmp_path: Path) -> None:
     features, labels = noisy_data()

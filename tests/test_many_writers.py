@@ -179,6 +179,8 @@ def test_attached_streams_are_listed_by_run_completed(store_url: str, tmp_path) 
             assert run.register_dataset("d", features, [0, 1]).loader == dataset.loader
             with pytest.raises(BadInputError, match="no such dataset"):
                 run.register_dataset("d", features, [1, 0])
+            with pytest.raises(BadInputError, match="and role 'train', but .* no such dataset"):
+                run.register_dataset("d", features, [0, 1], role="train")
             path = ("rank", 1, "custom")
             assert run.record_draw("user_draw", path, seed=None, params={}) is not None
             assert run.record_draw("user_draw", path, seed=None, params={}) is None

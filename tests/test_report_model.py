@@ -12,10 +12,10 @@ import pytest
 
 from ledger.audit import record_audit
 from ledger.augment import DataAugmenter, register_op
-from ledger.datasets import dataset_digest, store_npz
+from ledger.datasets import dataset_digest
 from ledger.digests import value_digest
 from ledger.errors import UnknownExperimentError
-from ledger.events import DATASET_REGISTERED, REPLAY_RECORDED, REPORT_EXPORTED
+from ledger.events import REPLAY_RECORDED, REPORT_EXPORTED
 from ledger.experiment import Experiment, ExperimentManager
 from ledger.experiment_info import describe_experiment
 from ledger.seeds import derive_bytes
@@ -222,15 +222,8 @@ def test_a_replay_without_its_data_is_inconclusive(honest: tuple[str, Path, str]
     assert report["summary"]["alerts"][0].startswith("REPLAY INCONCLUSIVE")
 
 
-def _register(exp: Experiment, name: str, role: str, features: np.ndarray,
-              data_dir: Path) -> None:
-    labels = np.zeros(len(features), np.int8)
-    digest = dataset_digest(features, labels)
-    exp.record(DATASET_REGISTERED, params={
-        "name": name, "role": role, "length": len(features),
-        "loader": store_npz(data_dir, features, labels, digest),
-        "features": {"dtype": features.dtype.str, "shape": list(features.shape)},
-        "labels": {"dtype": labels.dtype.str, "shape": list(labels.shape)}}, output=digest)
+def _register(exp: Experiment, name: str, role: str, features: np.ndarray) -> None:
+    exp.register_dataset(name, features, np.zeros(len(features), np.int8), role=role)
 
 
 @pytest.mark.parametrize("shared", [0, 3])
@@ -241,8 +234,8 @@ def test_train_and_test_data_are_checked_for_shared_records(tmp_path: Path, shar
     test = np.concatenate([rng.normal(size=(10, 4)).astype(np.float32), train[:shared]])
     with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
         with manager.create_experiment("roles", seed=3) as exp:
-            _register(exp, "train-set", "train", train, tmp_path / "data")
-            _register(exp, "test-set", "test", test, tmp_path / "data")
+            _register(exp, "train-set", "train", train)
+            _register(exp, "test-set", "test", test)
     report = report_of(url, exp.id, data_dir=str(tmp_path / "data"))
     check = report["R5"]["independence"]
     assert check["pairs"] == [{"train": "train-set", "test": "test-set", "overlap": shared,
@@ -257,8 +250,8 @@ def test_roles_without_their_data_are_not_checked(tmp_path: Path) -> None:
     features = np.ones((5, 2), np.float32)
     with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
         with manager.create_experiment("roles", seed=3) as exp:
-            _register(exp, "a", "train", features, tmp_path / "data")
-            _register(exp, "b", "validation", features + 1, tmp_path / "data")
+            _register(exp, "a", "train", features)
+            _register(exp, "b", "validation", features + 1)
     report = report_of(url, exp.id, data_dir=str(tmp_path / "nowhere"))
     assert report["R5"]["independence"]["status"] == "not_checked"
     assert "data not available" in report["R5"]["independence"]["reason"]

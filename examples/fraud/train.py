@@ -82,8 +82,8 @@ def train(data: FraudData, manager: ExperimentManager | None, *, seed: int = 42,
 def _loop(data: FraudData, exp: Any, seed: int, workers: int, hyperparams: dict[str, Any],
           inject: bool, start_method: str | None, on_epoch: Progress | None) -> RunResult:
     if exp is not None:
-        train_set = exp.register_dataset(DATASET_NAME, data.train_x, data.train_y)
-        exp.register_dataset(VALIDATION_NAME, data.val_x, data.val_y)
+        train_set = exp.register_dataset(DATASET_NAME, data.train_x, data.train_y, role="train")
+        exp.register_dataset(VALIDATION_NAME, data.val_x, data.val_y, role="validation")
         init_rng = exp.generator("model", "init")
     else:
         train_set = (data.train_x, data.train_y)

@@ -19,7 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ledger.datasets import Dataset, check_arrays, check_name, dataset_digest, dataset_from_file
+from ledger.datasets import (Dataset, check_arrays, check_name, check_role, dataset_digest,
+                             dataset_from_file)
 from ledger.errors import BadInputError, StoreError
 from ledger.events import (AUDIT_STREAM, DATASET_REGISTERED, EXPERIMENT_CREATED, MAIN_STREAM,
                            RUN_COMPLETED, Event, check_experiment_id, check_recordable,
@@ -161,15 +162,17 @@ class AttachedRun:
 
     def register_dataset(self, name: str, features: Any = None, labels: Any = None, *,
                          path: str | os.PathLike[str] | None = None,
-                         features_key: str = "features", labels_key: str | None = "labels"
-                         ) -> Dataset:
+                         features_key: str = "features", labels_key: str | None = "labels",
+                         role: str | None = None) -> Dataset:
         """The dataset ``name`` as the experiment's main process registered it.
 
-        Give the same arrays (or ``path=``) as the main process: their digest must match the
-        recorded one. Nothing is recorded here; BadInputError when the main process has not
-        registered this content under this name (yet: register there first, then attach).
+        Give the same arrays (or ``path=``) and ``role`` as the main process: their digest and
+        role must match the recorded ones. Nothing is recorded here; BadInputError when the
+        main process has not registered this content under this name and role (yet: register
+        there first, then attach).
         """
         check_name(name)
+        check_role(role)
         if path is not None and (features is not None or labels is not None):
             raise BadInputError(f"got both arrays and path= for dataset {name!r}: give one")
         if path is not None:
@@ -184,13 +187,14 @@ class AttachedRun:
                 self.id, [DATASET_REGISTERED]):
             body = decode_body(body_bytes)
             params = body["params"] if isinstance(body["params"], dict) else {}
-            if params.get("name") == name and body["output"] == digest:
+            if (params.get("name") == name and body["output"] == digest
+                    and params.get("role") == role):
                 dataset = Dataset(name, features, labels, digest, params.get("loader"))
                 self._datasets[name] = dataset
                 return dataset
-        raise BadInputError(f"got dataset {name!r} with digest {digest.hex()[:16]}…, but "
-                            f"{self.id} has no such dataset registered: the main process must "
-                            f"register the same content first")
+        raise BadInputError(f"got dataset {name!r} with digest {digest.hex()[:16]}… and role "
+                            f"{role!r}, but {self.id} has no such dataset registered: the main "
+                            f"process must register the same content and role first")
 
     def dataset_registered(self, dataset: Dataset) -> bool:
         """True when ``dataset`` (same name and digest) was found by :meth:`register_dataset`."""

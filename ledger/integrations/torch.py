@@ -658,10 +658,12 @@ class RecordedDataLoader(DataLoader):
         return chosen or torch.multiprocessing.get_all_start_methods()[0]
 
 
-def register_torch_dataset(run: Run, name: str, dataset: Any) -> Dataset:
+def register_torch_dataset(run: Run, name: str, dataset: Any, *, role: str | None = None
+                           ) -> Dataset:
     """Register a map-style torch Dataset of ``(features, label)`` samples (or features alone,
     bare or as 1-tuples, as a ``TensorDataset`` of one tensor gives them) by reading every
-    sample into arrays — for datasets that fit in memory."""
+    sample into arrays — for datasets that fit in memory. ``role`` as for
+    :meth:`Experiment.register_dataset`."""
     if isinstance(_check_run(run), AttachedRun):
         raise BadInputError("register a dataset through the experiment's main process; on other "
                             "ranks use register_dataset(run, name, features, labels)")
@@ -682,7 +684,7 @@ def register_torch_dataset(run: Run, name: str, dataset: Any) -> Dataset:
         raise BadInputError(f"cannot read dataset {name!r} into arrays (samples must be "
                             f"tensors or arrays of one shape, or (features, label) pairs): "
                             f"{error_text(error, 200)}") from None
-    return run.register_dataset(name, features, labels)
+    return run.register_dataset(name, features, labels, role=role)
 
 
 def _check_tensor_dtypes(dataset: Dataset) -> None:
