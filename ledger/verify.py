@@ -64,11 +64,20 @@ class Finding:
 
 @dataclass(slots=True)
 class VerifyReport:
-    """What verification saw: counts, and every finding (at most one per broken chain)."""
+    """What verification saw: counts, incomplete runs, and every finding (at most one per
+    broken chain).
+
+    ``events`` is every event stored in the chains looked at; ``intact`` those proven intact:
+    all of them when no chain is broken, else each broken chain's events before its first bad
+    one. ``incomplete`` lists the experiments whose chains verify but that have no
+    ``run_completed`` (killed, or still running): events cut from their end cannot be seen.
+    """
 
     experiments: int = 0
     chains: int = 0
     events: int = 0
+    intact: int = 0
+    incomplete: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
 
     @property
@@ -79,12 +88,13 @@ class VerifyReport:
     def to_json(self) -> dict[str, Any]:
         """The report as a JSON-ready map."""
         return {"ok": self.ok, "experiments": self.experiments, "chains": self.chains,
-                "events": self.events, "findings": [f.to_json() for f in self.findings]}
+                "events": self.events, "intact": self.intact, "incomplete": self.incomplete,
+                "findings": [f.to_json() for f in self.findings]}
 
 
 @dataclass(slots=True)
 class _Chain:
-    """A chain's stitched state: its count and head so far, or broken."""
+    """A chain's stitched state: its count of intact events and head so far, or broken."""
 
     exp: str
     stream: str
@@ -161,6 +171,8 @@ class _Stitcher:
         self.names = store.experiment_names()
         self.seen: set[str] = set()
         self.experiment: _Experiment | None = None
+        self.checked = 0
+        """Events read so far (for progress)."""
 
     def find(self, exp: str, stream: str | None, seq: int | None, problem: str) -> None:
         """Record one finding of the report."""
@@ -177,18 +189,18 @@ class _Stitcher:
         if chain is None:
             chain = experiment.chains[segment.stream] = _Chain(segment.exp, segment.stream)
             self.report.chains += 1
-        self.report.events += result.count + (result.problem is not None)
+        self.checked += result.count + (result.problem is not None)
         if chain.broken:
             return
         if result.count and result.first_prev != chain.head:
             return self.break_chain(chain, segment.lo, "prev is not the hash of the event before "
                                                        "it (an event was inserted, removed or "
                                                        "reordered)")
+        chain.count += result.count  # intact: a broken chain keeps the count before its break
         if result.problem is not None:
             return self.break_chain(chain, *result.problem)
         if result.last_seq != segment.hi - 1:
             return self.break_chain(chain, result.last_seq + 1, "event missing (seq gap)")
-        chain.count += result.count
         chain.head = result.last_hash or chain.head
         if result.created is not None:
             experiment.created = (segment.stream, *result.created)
@@ -211,9 +223,12 @@ class _Stitcher:
             return
         exp = experiment.exp
         self.report.experiments += 1
+        self.report.intact += sum(chain.count for chain in experiment.chains.values())
         self.seen.add(exp)
         if any(chain.broken for chain in experiment.chains.values()):
             return
+        if experiment.completed is None and not experiment.completed_elsewhere:
+            self.report.incomplete.append(exp)
         if exp not in self.names:
             self.find(exp, None, None, "events of an experiment the ledger has no row for "
                                        "(copied in from another ledger?)")
@@ -295,7 +310,6 @@ def _readable_chains(chains: list[tuple[str, str, int, int]], report: VerifyRepo
             readable.append(chain)
             continue
         column, value = unreadable[0]
-        report.events += count
         report.findings.append(Finding(
             _shown_name(exp), None if column == "exp" else _shown_name(stream), None,
             f"{count} event(s) whose {column} column is not text ({_shown_name(value)}): "
@@ -335,7 +349,7 @@ def verify(store: Store | str, exp: str | None = None, *, jobs: int | None = Non
     if exp is not None:
         if not chains and exp not in store.experiment_names():
             raise UnknownExperimentError(f"unknown experiment {exp} in {store.url}")
-    report = VerifyReport()
+    report = VerifyReport(events=sum(count for _exp, _stream, count, _max in chains))
     chains = _readable_chains(chains, report)
     total = sum(count for _exp, _stream, count, _max in chains)
     if jobs is None:
@@ -345,6 +359,6 @@ def verify(store: Store | str, exp: str | None = None, *, jobs: int | None = Non
     for result in _results(store, segments, process_count(jobs, len(segments))):
         stitcher.add(result)
         if on_progress is not None:
-            on_progress(report.events)
+            on_progress(stitcher.checked)
     stitcher.finish_ledger(exp)
     return report

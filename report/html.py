@@ -250,7 +250,8 @@ def _r9(report: dict[str, Any]) -> str:
     findings = "".join(f"<li>{e(f['exp'])} stream {e(f['stream'])} seq {e(f['seq'])}: "
                        f"{e(f['problem'])}</li>" for f in verification["findings"])
     return (f'<p class="verdict">Full chain verification: <span class="{status}">{status}</span>'
-            f' — {e(verification["events"])} events in {e(verification["chains"])} chains</p>'
+            f' — {e(verification["events"])} events in {e(verification["chains"])} chains'
+            f'{_intact(verification)}</p>'
             + (f'<ul class="alerts">{findings}</ul>' if findings else "")
             + _rows([("Hash algorithm", r9["hash_algorithm"]),
                      ("Event hash", r9["event_hash_rule"]),
@@ -335,3 +336,10 @@ def render_html(report: dict[str, Any]) -> str:
         "schemas/report.v1.json); a signature, when present, covers that file's canonical bytes. "
         "The per-event list of draws is the NDJSON appendix named in R7.</footer>"
         "</body></html>\n")
+
+
+def _intact(verification: dict[str, Any]) -> str:
+    """How many events a failed verification still proved intact (nothing when it passed)."""
+    if verification["ok"] or verification.get("intact") is None:
+        return ""
+    return f", {e(verification['intact'])} intact before the first bad event of each broken chain"

@@ -44,7 +44,10 @@ def append_only_controls(store: Store, verification: VerifyReport) -> list[dict[
     controls.append({"control": "hash chain: every event's hash covers the hash of the one "
                                 "before it, verified in full for this report",
                      "in_force": verification.ok,
-                     "detail": f"{verification.events} events in {verification.chains} chains"})
+                     "detail": f"{verification.events} events in {verification.chains} chains"
+                               + ("" if verification.ok else
+                                  f", {verification.intact} intact before the first bad event "
+                                  f"of each broken chain")})
     controls.append({"control": "schema version recorded; a ledger of a newer version is refused",
                      "in_force": True,
                      "detail": f"ledger schema version {store.schema_version}, this program "
@@ -78,7 +81,7 @@ def r9_integrity(store: Store, facts: RunFacts, verification: VerifyReport,
             "streams": streams, "run_head": facts.run_head.hex() if facts.run_head else None,
             "complete": facts.run_head is not None,
             "verification": {"ok": verification.ok, "events": verification.events,
-                             "chains": verification.chains,
+                             "intact": verification.intact, "chains": verification.chains,
                              "findings": [finding.to_json() for finding in
                                           verification.findings]},
             "undecodable_events": [{"stream": s, "seq": q, "kind": k}

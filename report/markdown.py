@@ -106,7 +106,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     verification = r9["verification"]
     out += ["## R9 Integrity", "",
             f"**Full chain verification: {'VERIFIED' if verification['ok'] else 'FAILED'}** — "
-            f"{m(verification['events'])} events in {m(verification['chains'])} chains", ""]
+            f"{m(verification['events'])} events in {m(verification['chains'])} chains"
+            + ("" if verification["ok"] or verification.get("intact") is None else
+               f", {m(verification['intact'])} intact before the first bad event of each "
+               f"broken chain"), ""]
     out += [f"- {m(f['stream'])} seq {m(f['seq'])}: {m(f['problem'])}"
             for f in verification["findings"]] + ([""] if verification["findings"] else [])
     out += _table(["stream", "events", "head"],

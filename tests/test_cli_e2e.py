@@ -214,14 +214,20 @@ def test_verify_a_clean_ledger(ledger_file: LedgerFile) -> None:
     result = ledger_file.cli("verify")
     assert result.returncode == 0, result.stderr
     events = ledger_file.done.event_count() + ledger_file.open.event_count()
-    assert result.stdout.strip() == f"OK: {events} events in 5 chains of 2 experiments"
+    incomplete = (f"  1 incomplete run (no run_completed: events cut from the end cannot be "
+                  f"detected): {OPEN}")
+    assert result.stdout.splitlines() == [f"OK: {events} events in 5 chains of 2 experiments",
+                                          incomplete]
     chains = len(ledger_file.open.streams)
-    assert ledger_file.cli("verify", OPEN).stdout.strip() == (
+    assert ledger_file.cli("verify", OPEN).stdout.splitlines() == [
         f"OK: {ledger_file.open.event_count()} events in {chains} chain{'s' * (chains != 1)} "
-        f"of 1 experiment")
+        f"of 1 experiment", incomplete]
+    assert ledger_file.cli("verify", DONE).stdout.splitlines() == [
+        f"OK: {ledger_file.done.event_count()} events in 3 chains of 1 experiment"]
     one = one_json_document(ledger_file.cli("verify", OPEN, "--json"))
-    assert (one["ok"], one["experiments"], one["events"]) == (True, 1,
-                                                              ledger_file.open.event_count())
+    assert (one["ok"], one["experiments"], one["events"], one["intact"], one["incomplete"]) == (
+        True, 1, ledger_file.open.event_count(), ledger_file.open.event_count(), [OPEN])
+    assert one_json_document(ledger_file.cli("verify", DONE, "--json"))["incomplete"] == []
 
 
 def tamper(ledger_file: LedgerFile) -> None:
@@ -237,7 +243,12 @@ def test_verify_names_the_tampered_event(ledger_file: LedgerFile) -> None:
     tamper(ledger_file)
     result = ledger_file.cli("verify")
     assert result.returncode == 1
-    assert result.stdout.splitlines()[0].startswith("FAILED")
+    events = ledger_file.done.event_count() + ledger_file.open.event_count()
+    # every stored event counted; intact: all but DONE's main from seq 3 on
+    intact = events - (len(ledger_file.done.streams["main"]) - 3)
+    assert result.stdout.splitlines()[0] == (
+        f"FAILED: {events} events in 5 chains of 2 experiments; {intact} intact before the "
+        f"first bad event of each broken chain")
     assert f"{DONE} stream main seq 3: stored body does not hash" in result.stdout
     line = assert_one_line_error_like(result)
     assert line.startswith("ledger: verification failed:") and f"{DONE} stream main seq 3" in line

@@ -72,8 +72,8 @@ def test_an_honest_run_reports_every_section(honest: tuple[str, Path, str]) -> N
     assert (batches["count"], batches["range"], batches["seed"]) == (10, [0, 9], None)
     assert report["R7"]["appendix"] is None
     assert [row["section"] for row in report["R14"]["rows"]] == [f"R{n}" for n in range(14)]
-    assert report["R9"]["verification"] == {"ok": True, "events": 27, "chains": 1,
-                                            "findings": []}
+    assert report["R9"]["verification"] == {"ok": True, "events": 27, "intact": 27,
+                                            "chains": 1, "findings": []}
     assert all(control["in_force"] for control in report["R9"]["append_only_controls"])
     assert "NOT REPLAYED" in " ".join(summary["alerts"])
 
@@ -127,6 +127,14 @@ def test_a_tampered_run_is_reported_with_the_finding(tmp_path: Path) -> None:
     assert report["summary"]["integrity"] == "FAILED"
     finding = report["R9"]["verification"]["findings"][0]
     assert (finding["stream"], finding["seq"]) == ("main", 3)
+    events = recorded.event_count()
+    intact = events - (len(recorded.main) - 3)
+    assert (report["R9"]["verification"]["events"],
+            report["R9"]["verification"]["intact"]) == (events, intact)
+    [chain_control] = [c for c in report["R9"]["append_only_controls"]
+                       if c["control"].startswith("hash chain")]
+    assert chain_control["detail"].endswith(f", {intact} intact before the first bad event of "
+                                            f"each broken chain")
     assert report["summary"]["alerts"][0].startswith("INTEGRITY CHECK FAILED")
     controls = {c["control"].split(" refuse")[0]: c["in_force"]
                 for c in report["R9"]["append_only_controls"]}

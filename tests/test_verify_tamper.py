@@ -426,10 +426,27 @@ def test_any_flipped_byte_of_any_body_is_named(ledger_: Ledger, data: st.DataObj
         assert [(f.exp, f.stream, f.seq) for f in report.findings] == [
             (recorded.exp, stream, event.seq)]
         assert "does not hash" in report.findings[0].problem
+        total = ledger_.a.event_count() + ledger_.b.event_count()
+        cut = len(recorded.streams[stream]) - event.seq  # the bad event and those after it
+        assert (report.events, report.intact) == (total, total - cut)
     finally:
         execute(ledger_.store, f"UPDATE ledger_events SET body = :body {where}", body=event.body,
                 **keys)
     assert verify(ledger_.store).ok
+
+
+@pytest.mark.parametrize("seq", [0, 1, 4, 5])
+def test_the_intact_count_stops_at_the_first_bad_event_across_small_segments(
+        sqlite_ledger: Ledger, monkeypatch: pytest.MonkeyPatch, seq: int) -> None:
+    monkeypatch.setattr(verify_module, "plan_segments",
+                        functools.partial(verify_module.plan_segments, size=2))
+    main = sqlite_ledger.a.main
+    execute(sqlite_ledger.store, "UPDATE ledger_events SET body = :body WHERE exp = :exp AND "
+            "stream = 'main' AND seq = :seq", body=flip_byte(main[seq].body, 3), exp=A, seq=seq)
+    report = verify(sqlite_ledger.store, A)
+    assert (report.events, report.intact) == (sqlite_ledger.a.event_count(),
+                                              sqlite_ledger.a.event_count() - len(main) + seq)
+    assert report.incomplete == []  # a broken run is not called incomplete: its finding rules
 
 
 def test_a_clean_ledger_verifies(ledger_: Ledger, segments: str) -> None:
@@ -439,7 +456,8 @@ def test_a_clean_ledger_verifies(ledger_: Ledger, segments: str) -> None:
     assert report.chains == 6
     assert report.events == ledger_.a.event_count() + ledger_.b.event_count()
     assert report.to_json() == {"ok": True, "experiments": 2, "chains": 6,
-                                "events": report.events, "findings": []}
+                                "events": report.events, "intact": report.events,
+                                "incomplete": [], "findings": []}
 
 
 def test_stored_row_order_does_not_matter(ledger_: Ledger) -> None:
@@ -456,7 +474,8 @@ def test_an_incomplete_run_verifies(store: Store, segments: str) -> None:
     recorded = record_experiment(store, complete=False)
     report = verify(store, recorded.exp)
     assert report.ok
-    assert report.events == recorded.event_count()
+    assert report.events == report.intact == recorded.event_count()
+    assert report.incomplete == [recorded.exp]
 
 
 def test_an_empty_ledger_verifies(store: Store) -> None:

@@ -36,15 +36,27 @@ def verify_command(obj: dict, exp: str | None, jobs: int | None, as_json: bool) 
         emit_json(report.to_json())
     else:
         status = "OK" if report.ok else "FAILED"
+        intact = "" if report.ok else (f"; {report.intact:,} intact before the first bad event "
+                                       f"of each broken chain")
         click.echo(f"{status}: {_count(report.events, 'event')} in "
                    f"{_count(report.chains, 'chain')} of "
-                   f"{_count(report.experiments, 'experiment')}")
+                   f"{_count(report.experiments, 'experiment')}{intact}")
+        if report.incomplete:
+            click.echo(printable(_incomplete_line(report.incomplete)))
         for finding in report.findings:
             click.echo(printable(f"  {finding.describe()}"))
     if not report.ok:
         click.echo(printable(f"ledger: verification failed: {report.findings[0].describe()}"),
                    err=True)
         raise click.exceptions.Exit(CheckFailedError.exit_code)
+
+
+def _incomplete_line(incomplete: list[str], shown: int = 5) -> str:
+    """Which verified runs are incomplete: their end is not sealed by run_completed."""
+    names = ", ".join(incomplete[:shown]) + (f" and {len(incomplete) - shown:,} more"
+                                             if len(incomplete) > shown else "")
+    return (f"  {_count(len(incomplete), 'incomplete run')} (no run_completed: events cut from "
+            f"the end cannot be detected): {names}")
 
 
 def _count(number: int, noun: str) -> str:
