@@ -56,8 +56,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += _table(["section", "framework", "provision", "evidence given"],
                   [[f"{row['section']} {row['title']}", ref["framework"], ref["provision"],
                     ref["evidence"]] for row in r14["rows"] for ref in row["references"]])
-    out += ["## R0 Envelope", ""] + _pairs(r0, ["report_id", "schema", "generated_at",
-                                                 "generated_by", "ledger"])
+    out += ["## R0 Envelope", ""] + _pairs(r0, ["report_id", "schema", "generator",
+                                                 "generated_at", "generated_by", "ledger"])
     if r0["files"]:
         out += _table(["file", "role", "sha256"],
                       [[f["name"], f["role"], f["sha256"]] for f in r0["files"]])
@@ -75,7 +75,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                                                       "untracked", "command_line",
                                                       "configuration_digest"])
     r4 = report["R4"]
-    out += ["## R4 Environment", ""] + _pairs(r4, ["python", "platform", "determinism_env"])
+    out += ["## R4 Environment", ""] + _pairs(r4, ["python", "numpy", "blas_threads", "platform",
+                                                   "determinism_env"])
     out += _table(["package", "version"], [[k, v] for k, v in r4["packages"].items()])
     r5 = report["R5"]
     out += ["## R5 Data", ""]
@@ -99,9 +100,9 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{m(appendix['sha256'])})" if appendix else "Per-event appendix: not written", ""]
     r8 = report["R8"]
     out += ["## R8 Replay certificate", "", f"**Verdict: {m(r8['verdict'])}**", ""]
-    out += _pairs(r8, ["source", "reason", "replayed_by", "finished_at", "certified_head",
-                       "head_is_current", "counts", "first_divergence",
-                       "environment_differences"])
+    out += _pairs(r8, ["source", "reason", "replayed_by", "started_at", "finished_at",
+                       "certified_head", "head_is_current", "counts", "first_divergence",
+                       "environment_differences", "environment", "policy", "plugins"])
     r9 = report["R9"]
     verification = r9["verification"]
     out += ["## R9 Integrity", "",
@@ -117,7 +118,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += _table(["append-only control", "in force", "detail"],
                   [[c["control"], c["in_force"], c["detail"]] for c in r9["append_only_controls"]])
     out += _pairs(r9, ["hash_algorithm", "run_head", "signature"])
-    out += ["## R10 History", ""]
+    r10 = report["R10"]
+    out += ["## R10 History", ""] + _pairs(r10, ["ledger_schema_version", "migrations",
+                                                 "migrations_note"])
     out += _table(["seq", "kind", "at", "by", "outcome", "detail"],
                   [[h["seq"], h["kind"], h["at"], h.get("by"), h.get("outcome"), h.get("detail")]
                    for h in report["R10"]["events"]])

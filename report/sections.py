@@ -109,13 +109,15 @@ def config_digest(facts: RunFacts) -> str | None:
 
 
 def r4_environment(facts: RunFacts) -> dict[str, Any]:
-    """R4: Python, packages, numpy and BLAS, OS, CPU, determinism environment variables."""
+    """R4: Python, packages, numpy and BLAS (and its thread counts, which R8 compares: they can
+    change a sum's low bits), OS, CPU, determinism environment variables."""
     environment = _dict(facts.params.get("environment"))
     packages = _dict(environment.get("packages"))
     return {"title": "Environment", "python": json_view(_dict(environment.get("python"))),
             "packages": {str(k): str(v) for k, v in sorted(packages.items())},
             "numpy": {"version": _text(packages.get("numpy")),
                       "blas": json_view(_dict(environment.get("blas")))},
+            "blas_threads": json_view(_dict(environment.get("blas_threads"))),
             "platform": json_view(_dict(environment.get("platform"))),
             "determinism_env": json_view(_dict(environment.get("env"))),
             "recorded": bool(environment)}

@@ -164,6 +164,33 @@ def test_markdown_escapes_values(report: dict[str, Any]) -> None:
     assert "**Replay verdict: PASSED**" in text
 
 
+def _md_section(text: str, key: str) -> str:
+    """The Markdown of section ``key`` (R0, R4, …): from its heading to the next one."""
+    return re.search(rf"^## {key} .*?(?=^## |\Z)", text, re.M | re.S).group(0)
+
+
+def test_markdown_carries_what_report_md_requires_as_json_and_html_do(
+        report: dict[str, Any]) -> None:
+    """R0's generator, R4's BLAS and its threads, R8's start, environment and policy, R10's
+    migrations: each is in the Markdown, not only in the JSON and HTML."""
+    text, html = render_markdown(report), render_html(report)
+    r0 = _md_section(text, "R0")
+    assert "| generator |" in r0 and report["R0"]["generator"]["version"] in r0
+    r4 = _md_section(text, "R4")
+    threads = report["R4"]["blas_threads"]
+    assert threads  # numpy's OpenBLAS, as recorded
+    for library, count in threads.items():
+        escaped = re.sub(r"([\\`*_\[\]|~])", r"\\\1", library)
+        assert f"{escaped}\": {count}" in r4 and library in html
+    assert report["R4"]["numpy"]["blas"]["blas"]["name"] in r4
+    r8 = _md_section(text, "R8")
+    for field in ("started\\_at", "environment", "policy"):  # field names are escaped
+        assert f"| {field} |" in r8
+    assert report["R8"]["started_at"] in r8 and "excluded" in r8
+    r10 = _md_section(text, "R10")
+    assert "| migrations\\_note |" in r10
+
+
 def test_the_provenance_attestation_names_checkpoints_data_code_and_seed(
         report: dict[str, Any]) -> None:
     statement = provenance_statement(report)
