@@ -1,7 +1,7 @@
 """Canonical encoding (DESIGN §2): one byte string per value, whatever produced the value.
 
 ``canonical(obj)`` is ``msgpack.packb(obj, use_bin_type=True)`` after normalising: dict keys must
-be ``str`` and are sorted; tuples become lists; numpy scalars become Python ``int``/``float``/
+be ``str`` and are sorted (a ``str`` subclass, key or value, is its text); tuples become lists; numpy scalars become Python ``int``/``float``/
 ``bool``; floats are float64; integers must fit in 64 bits; no ext types. Everything else is
 refused with :class:`~ledger.errors.EncodingError`, because a value that could encode two ways
 would make two equal runs hash differently.
@@ -45,17 +45,24 @@ def _normalise(obj: Any, depth: int) -> Any:
 
 
 def _normalise_dict(obj: dict, depth: int) -> dict:
-    try:
+    if all(type(key) is str for key in obj):
         keys = sorted(obj)
-    except TypeError:
-        keys = list(obj)  # mixed key types: the loop below names the offending key
+    else:  # str subclasses (numpy's str_, a str enum) are keys by their text, as values are
+        texts = {_text_key(key): value for key, value in obj.items()}
+        if len(texts) != len(obj):
+            raise EncodingError("dict has two keys with the same text")
+        obj, keys = texts, sorted(texts)
     result = {}
     for key in keys:
-        if type(key) is not str:
-            raise EncodingError(f"dict key {key!r} is a {type(key).__name__}, but keys must be str")
         value = obj[key]
         result[key] = value if type(value) in _PLAIN else _normalise(value, depth)
     return result
+
+
+def _text_key(key: Any) -> str:
+    if not isinstance(key, str):
+        raise EncodingError(f"dict key {key!r} is a {type(key).__name__}, but keys must be str")
+    return str.__str__(key)  # its text: a subclass's own __str__ (an Enum's "E.RED") is not
 
 
 def _normalise_other(obj: Any, depth: int) -> Any:
@@ -67,7 +74,7 @@ def _normalise_other(obj: Any, depth: int) -> Any:
     if isinstance(obj, (float, np.float16, np.float32, np.float64)):
         return float(obj)
     if isinstance(obj, str):
-        return str(obj)
+        return str.__str__(obj)  # its text, whatever the subclass's __str__ says
     if isinstance(obj, (bytes, bytearray, memoryview)):
         return bytes(obj)
     if isinstance(obj, dict):

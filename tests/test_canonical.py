@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import enum
 import random
 from collections import OrderedDict
 from typing import Any
@@ -196,11 +197,43 @@ class _Str(str):
     pass
 
 
-def test_str_subclass_keys_are_refused_but_values_are_plain_str() -> None:
-    with pytest.raises(EncodingError):
-        canonical({_Str("a"): 1})
-    assert canonical(_Str("a")) == canonical("a")
+class _Colour(str, enum.Enum):
+    RED = "red"
+
+
+class _Shouting(str):
+    def __str__(self) -> str:
+        return self.upper()
+
+
+class _NeverEqual(str):
+    def __eq__(self, other: object) -> bool:
+        return False
+
+    def __hash__(self) -> int:
+        return 0
+
+
+@given(st.dictionaries(st.text(), ints))
+def test_str_subclasses_encode_as_their_text_as_keys_and_as_values(mapping: dict[str, int]
+                                                                   ) -> None:
+    for kind in (_Str, np.str_, _Shouting):
+        assert canonical({kind(key): value for key, value in mapping.items()}) == canonical(
+            mapping)
+        assert canonical([kind(key) for key in mapping]) == canonical(list(mapping))
+        assert all(type(key) is str for key in normalise({kind(k): 1 for k in mapping}))
+
+
+def test_a_str_subclass_is_its_text_not_what_its_str_says() -> None:
+    # str(_Colour.RED) is "_Colour.RED" in Python 3.11, and _Shouting's __str__ shouts
+    assert canonical(_Colour.RED) == canonical({"x": "red"}["x"])
+    assert canonical({_Colour.RED: _Shouting("quiet")}) == canonical({"red": "quiet"})
     assert type(normalise(_Str("a"))) is str
+
+
+def test_two_keys_with_the_same_text_are_refused() -> None:
+    with pytest.raises(EncodingError, match="two keys with the same text"):
+        canonical({_NeverEqual("a"): 1, _NeverEqual("a"): 2})
 
 
 def test_dict_subclasses_encode_like_dicts() -> None:
