@@ -166,9 +166,9 @@ def _results(store: Store, segments: list[Segment], jobs: int) -> Iterator[Segme
 class _Stitcher:
     """Joins segment results into chains and experiments, and makes the findings."""
 
-    def __init__(self, store: Store, report: VerifyReport) -> None:
+    def __init__(self, names: dict[str, tuple[str, int]], report: VerifyReport) -> None:
         self.report = report
-        self.names = store.experiment_names()
+        self.names = names
         self.seen: set[str] = set()
         self.experiment: _Experiment | None = None
         self.checked = 0
@@ -345,9 +345,9 @@ def verify(store: Store | str, exp: str | None = None, *, jobs: int | None = Non
                             f"ledger URL")
     if exp is not None:
         check_experiment_id(exp)
-    chains = store.chain_sizes(exp)
+    chains, names = store.chains_and_experiments(exp)
     if exp is not None:
-        if not chains and exp not in store.experiment_names():
+        if not chains and exp not in names:
             raise UnknownExperimentError(f"unknown experiment {exp} in {store.url}")
     report = VerifyReport(events=sum(count for _exp, _stream, count, _max in chains))
     chains = _readable_chains(chains, report)
@@ -355,7 +355,7 @@ def verify(store: Store | str, exp: str | None = None, *, jobs: int | None = Non
     if jobs is None:
         jobs = usable_cores() if total >= PARALLEL_MIN_EVENTS else 1
     segments = plan_segments(chains)
-    stitcher = _Stitcher(store, report)
+    stitcher = _Stitcher(names, report)
     for result in _results(store, segments, process_count(jobs, len(segments))):
         stitcher.add(result)
         if on_progress is not None:

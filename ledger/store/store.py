@@ -335,9 +335,13 @@ class Store:
         """Each experiment row's id, name and created_t: what verification checks against,
         without the completion statuses :meth:`experiments` finds by reading every event."""
         with self._reading() as connection:
-            return {exp: (name, created_t) for exp, name, created_t in connection.execute(
-                select(experiments_table.c.exp, experiments_table.c.name,
-                       experiments_table.c.created_t)).all()}
+            return self._experiment_names(connection)
+
+    @staticmethod
+    def _experiment_names(connection) -> dict[str, tuple[str, int]]:  # noqa: ANN001
+        return {exp: (name, created_t) for exp, name, created_t in connection.execute(
+            select(experiments_table.c.exp, experiments_table.c.name,
+                   experiments_table.c.created_t)).all()}
 
     def experiment_ids(self) -> list[str]:
         """Every experiment id in the events table, including ids with no experiment row."""
@@ -449,14 +453,34 @@ class Store:
 
     def chain_sizes(self, exp: str | None = None) -> list[tuple[str, str, int, int]]:
         """``(exp, stream, count, max_seq)`` of every chain (of ``exp``), ordered by exp, stream."""
+        with self._reading() as connection:
+            return self._chain_sizes(connection, exp)
+
+    @staticmethod
+    def _chain_sizes(connection, exp: str | None  # noqa: ANN001
+                     ) -> list[tuple[str, str, int, int]]:
         query = (select(events_table.c.exp, events_table.c.stream, func.count(),
                         func.max(events_table.c.seq))
                  .group_by(events_table.c.exp, events_table.c.stream)
                  .order_by(events_table.c.exp, events_table.c.stream))
         if exp is not None:
             query = query.where(events_table.c.exp == exp)
+        return [tuple(row) for row in connection.execute(query)]
+
+    def chains_and_experiments(self, exp: str | None = None
+                               ) -> tuple[list[tuple[str, str, int, int]],
+                                          dict[str, tuple[str, int]]]:
+        """:meth:`chain_sizes` and :meth:`experiment_names` read in one snapshot.
+
+        Read apart, an experiment created between the two reads (its row and first event are
+        one transaction) would look like a row without events, or events without a row: a
+        false finding for whoever verifies while other machines record.
+        """
         with self._reading() as connection:
-            return [tuple(row) for row in connection.execute(query)]
+            if self.backend == "postgresql":
+                connection = connection.execution_options(isolation_level="REPEATABLE READ")
+            with connection.begin():
+                return self._chain_sizes(connection, exp), self._experiment_names(connection)
 
     def iter_segment_rows(self, exp: str, stream: str, lo: int, hi: int,
                           columns: Sequence[str], *, batch_size: int = 5000
@@ -593,7 +617,10 @@ class _ReadGuard:
         return self.connection
 
     def __exit__(self, exc_type, exc, _tb) -> Literal[False]:  # noqa: ANN001
-        self.connection.close()
+        try:
+            self.connection.close()
+        except SQLAlchemyError as closing:  # a connection the server dropped, say
+            exc = exc if isinstance(exc, SQLAlchemyError) else closing
         if isinstance(exc, DBAPIError):
             raise _translate(exc, f"cannot read {self.shown_url}") from None
         if isinstance(exc, SQLAlchemyError):
