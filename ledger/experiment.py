@@ -400,18 +400,26 @@ class Experiment:
                 failure = failure or problem
         if failure is not None and status == "ok":
             status, error = "failed", _one_line(failure)
-        try:
-            # Main's count and head come from the writer, so its buffer is written with
-            # run_completed, in the final flush (one durable commit less per run).
+        def params_of(connection: Any) -> dict[str, Any]:
+            # Read in the transaction that writes run_completed, under the experiment's lock:
+            # no attached stream's batch can commit between these counts and the event.
+            self.store.lock_experiment(connection, self.id, shared=False)
             streams = {head.stream: {"count": head.count, "head": head.head}
-                       for head in self.store.stream_heads(self.id).values()
+                       for head in Store.stream_heads_in(connection, self.id).values()
                        if head.stream != AUDIT_STREAM}
+            # Main's count and head come from the writer: its buffer is written with
+            # run_completed, in the same transaction (one durable commit less per run).
             streams[MAIN_STREAM] = {"count": self._writer.next_seq, "head": self._writer.head}
             params: dict[str, Any] = {"status": status, "streams": streams}
             if error is not None:
                 params["error"] = error
-            event = self._append(RUN_COMPLETED, params=params)
-            self._writer.close()  # the final flush: run_completed is durable only after it
+            return params
+
+        try:
+            self._check_process()  # before the lock, which a forked child may inherit held
+            with self._lock:
+                self._check_open()
+                event = self._writer.close_with(RUN_COMPLETED, params_of)
         except BaseException:
             self._release_writer()
             self.status = "incomplete"  # no run_completed in the ledger: it can be resumed

@@ -8,6 +8,7 @@ import hashlib
 import multiprocessing
 import os
 import subprocess
+import threading
 import sys
 from concurrent.futures import ProcessPoolExecutor
 
@@ -234,3 +235,45 @@ def test_an_experiment_created_while_verify_reads_is_no_finding(
         assert created and report.ok, report.findings
         assert report.experiments == 1  # the one in the snapshot
         assert verify(manager.store).experiments == 2
+
+
+def test_a_rank_batch_cannot_slip_in_between_the_completion_counts_and_run_completed(
+        store_url: str, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """A rank still flushing while rank 0 completes the run: its batch either is counted by
+    run_completed or is refused after it — never committed in between (found on PostgreSQL:
+    5 of 5 such runs stopped verifying, for ever)."""
+    with ExperimentManager(store_url, data_dir=tmp_path) as manager:
+        exp = manager.create_experiment("completion-race", seed=ROOT_SEED)
+        run = AttachedRun.open(store_url, exp.id, "rank-1")
+        run.record_draw("user_draw", ("rank", 1, "first"), seed=None, params={})
+        run.flush()
+        run.record_draw("user_draw", ("rank", 1, "late"), seed=None, params={})  # buffered
+        outcome: dict[str, object] = {}
+        flushing: list[threading.Thread] = []
+        heads_in = Store.stream_heads_in
+
+        def flush_rank() -> None:
+            try:
+                outcome["flushed"] = run.flush()
+            except StoreError as error:
+                outcome["refused"] = error
+
+        def counts_then_the_rank_flushes(connection, exp_id):  # noqa: ANN001, ANN202
+            heads = heads_in(connection, exp_id)
+            flushing.append(threading.Thread(target=flush_rank))
+            flushing[0].start()
+            flushing[0].join(1.0)  # time enough to commit, were it not held back
+            outcome["held_back"] = flushing[0].is_alive()
+            return heads
+
+        monkeypatch.setattr(Store, "stream_heads_in", staticmethod(counts_then_the_rank_flushes))
+        completed = exp.close()
+        monkeypatch.undo()
+        flushing[0].join(60)
+        assert outcome["held_back"] is True and "flushed" not in outcome
+        assert "is already completed" in str(outcome["refused"])
+        assert completed.params["streams"]["rank-1"]["count"] == 1
+        assert verify(manager.store, exp.id).ok
+        run.close()  # its failure was raised to its flush already
+        assert [head.count for name, head in manager.store.stream_heads(exp.id).items()
+                if name == "rank-1"] == [1]

@@ -65,7 +65,7 @@ class AttachedRun:
         self.name = str(params.get("name"))
         self.root_seed = root_seed_from_bytes(params.get("root_seed"))
         self._writer = StreamWriter(store, exp, stream, take_over=take_over, write_behind=True,
-                                    before_write=self._refuse_completed_run)
+                                    guard=self._refuse_completed_run)
         self._draws: dict[tuple[str, tuple], Any] = {}
         self._datasets: dict[str, Dataset] = {}
         self._loaders: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -142,10 +142,12 @@ class AttachedRun:
         self._drain_loaders()
         return self._writer.flush()
 
-    def _refuse_completed_run(self) -> None:
-        """Before each write: once the main process has recorded ``run_completed``, nothing
-        more belongs to the run (it would no longer verify)."""
-        if self.store.last_kind(self.id, MAIN_STREAM) == RUN_COMPLETED:
+    def _refuse_completed_run(self, connection: Any) -> None:
+        """First in each batch's transaction: once the main process has recorded
+        ``run_completed``, nothing more belongs to the run (it would no longer verify). Under
+        the experiment's shared lock, so the completion either counts this batch or is seen."""
+        self.store.lock_experiment(connection, self.id, shared=True)
+        if Store.last_kind_in(connection, self.id, MAIN_STREAM) == RUN_COMPLETED:
             raise StoreError(f"the run of {self.id} is already completed: events of stream "
                              f"{self.stream} recorded after that are not written")
 

@@ -7,9 +7,10 @@ event, and a batch of events in one transaction. It has no method that updates o
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -215,22 +216,34 @@ class Store:
             raise _translate(error, f"cannot record experiment {exp}") from None
         self.check_file()  # committed into the file still at the path, not a replaced one
 
-    def append_rows(self, rows: Sequence[tuple[Any, ...]], *, claim_attempt: int | None = None
-                    ) -> None:
+    def append_rows(self, rows: Sequence[tuple[Any, ...]], *, claim_attempt: int | None = None,
+                    guard: Callable[[Any], None] | None = None,
+                    last: Callable[[Any], tuple[Any, ...]] | None = None) -> None:
         """Insert event rows (tuples in ROW_COLUMNS order) in one transaction: all or none.
 
         ``claim_attempt``: the attempt number of the writer's claim on the rows' stream (see
         :mod:`ledger.store.claims`). The batch is then refused with ConcurrentWriteError, in the
         same transaction, once another writer took the stream over: a writer believed gone
         cannot slip its buffered events in before the one that replaced it.
+
+        ``guard(connection)`` runs first in the transaction, and may refuse the batch by raising
+        a LedgerError; ``last(connection)`` runs after ``rows`` are inserted and returns one more
+        row to insert — built from what the transaction reads (see :meth:`lock_experiment`).
         """
-        if not rows:
+        if not rows and last is None:
             return
         try:
             with self.write_connection() as connection, connection.begin():
-                if claim_attempt is not None:
+                if guard is not None:
+                    guard(connection)
+                if claim_attempt is not None and rows:
                     self._check_still_claimed(connection, rows[0][0], rows[0][1], claim_attempt)
-                self._insert_rows(connection, rows)
+                if rows:
+                    self._insert_rows(connection, rows)
+                if last is not None:
+                    final = last(connection)
+                    rows = [*rows, final]
+                    self._insert_rows(connection, [final])
         except IntegrityError:
             exp, stream, seq = rows[0][:3]
             raise ConcurrentWriteError(
@@ -354,6 +367,12 @@ class Store:
 
         A stream whose name is not text (its column edited to bytes or invalid UTF-8) is left
         out: no writer makes one, queries cannot name it, and verification reports it."""
+        with self._reading() as connection:
+            return self.stream_heads_in(connection, exp)
+
+    @staticmethod
+    def stream_heads_in(connection, exp: str) -> dict[str, StreamHead]:  # noqa: ANN001
+        """:meth:`stream_heads` read through ``connection`` (inside its transaction)."""
         last = (select(events_table.c.stream, func.max(events_table.c.seq).label("seq"),
                        func.count().label("count"))
                 .where(events_table.c.exp == exp).group_by(events_table.c.stream).subquery())
@@ -361,10 +380,24 @@ class Store:
                  .join(events_table, (events_table.c.exp == exp)
                        & (events_table.c.stream == last.c.stream)
                        & (events_table.c.seq == last.c.seq)))
-        with self._reading() as connection:
-            return {stream: StreamHead(stream, count, head)
-                    for stream, count, head in connection.execute(query)
-                    if is_sendable_text(stream)}
+        return {stream: StreamHead(stream, count, head)
+                for stream, count, head in connection.execute(query) if is_sendable_text(stream)}
+
+    def lock_experiment(self, connection, exp: str, *, shared: bool) -> None:  # noqa: ANN001
+        """Serialise, within write transactions on ``connection``, what completes a run
+        (``shared=False``: reads every stream's head, then records run_completed) with every
+        other stream's batch (``shared=True``: checks the run is not completed, then inserts).
+
+        On PostgreSQL a transaction-scoped advisory lock on the experiment (no table privilege
+        needed, released at commit or rollback); on SQLite nothing: a write transaction there
+        (BEGIN IMMEDIATE) already excludes every other writer.
+        """
+        if self.backend != "postgresql":
+            return
+        key = int.from_bytes(hashlib.sha256(b"ledger/run-lock\x00" + exp.encode()).digest()[:8],
+                             "big", signed=True)
+        function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+        connection.execute(text(f"SELECT {function}(:key)"), {"key": key})
 
     def counts_by_kind(self, exp: str) -> dict[str, int]:
         """How many events of each kind ``exp`` holds."""
@@ -428,11 +461,16 @@ class Store:
 
     def last_kind(self, exp: str, stream: str) -> str | None:
         """The kind of the last event of a stream (one index seek), or None for an empty one."""
+        with self._reading() as connection:
+            return self.last_kind_in(connection, exp, stream)
+
+    @staticmethod
+    def last_kind_in(connection, exp: str, stream: str) -> str | None:  # noqa: ANN001
+        """:meth:`last_kind` read through ``connection`` (inside its transaction)."""
         query = (select(events_table.c.kind)
                  .where(events_table.c.exp == exp, events_table.c.stream == stream)
                  .order_by(events_table.c.seq.desc()).limit(1))
-        with self._reading() as connection:
-            return connection.execute(query).scalar()
+        return connection.execute(query).scalar()
 
     def iter_event_rows(self, exp: str | None = None, *, batch_size: int = 5000
                         ) -> Iterator[tuple[Any, ...]]:

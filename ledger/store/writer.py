@@ -54,7 +54,7 @@ class StreamWriter:
     new writer's first — and it refuses further appends: the chain never forks.
 
     ``write_behind=True`` writes full batches (and interval flushes) on a background thread; see
-    the module docstring. ``before_write`` is called before each batch of events is written
+    the module docstring. ``guard(connection)`` is called first in the transaction of each batch
     (in whichever thread writes it): a LedgerError it raises stops the writer as a failed write
     would, with the batch unwritten. On in-memory SQLite, where each thread would see its own
     database, every write happens in the owner's thread (no background thread, whatever the
@@ -66,7 +66,7 @@ class StreamWriter:
     def __init__(self, store: Store, exp: str, stream: str, *, batch_size: int = DEFAULT_BATCH_SIZE,
                  flush_interval: float | None = DEFAULT_FLUSH_INTERVAL,
                  clock: Callable[[], int] = time.time_ns, take_over: bool = False,
-                 write_behind: bool = False, before_write: Callable[[], None] | None = None,
+                 write_behind: bool = False, guard: Callable[[Any], None] | None = None,
                  _head: tuple[int, bytes] | None = None) -> None:
         if batch_size < 1:
             raise BadInputError(f"got batch_size {batch_size}, but it must be >= 1")
@@ -79,7 +79,7 @@ class StreamWriter:
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.clock = clock
-        self.before_write = before_write
+        self.guard = guard
         self._pid = os.getpid()
         self._forks = forks_so_far()
         self._claim = claim_stream(store, self.exp, self.stream,
@@ -300,10 +300,45 @@ class StreamWriter:
                     self._failure, self._failure_unreported = failure, True
                 self._changed.notify_all()
 
-    def _write(self, rows: list[tuple[Any, ...]]) -> None:
-        if self.before_write is not None:
-            self.before_write()
-        self.store.append_rows(rows, claim_attempt=self._claim.attempt)
+    def _write(self, rows: list[tuple[Any, ...]],
+               last: Callable[[Any], tuple[Any, ...]] | None = None) -> None:
+        self.store.append_rows(rows, claim_attempt=self._claim.attempt, guard=self.guard,
+                               last=last)
+
+    def close_with(self, kind: str, params_of: Callable[[Any], dict[str, Any]]) -> Event:
+        """Write what is buffered and one last event whose params are read in the same
+        transaction (``params_of(connection)``), then close; return that event.
+
+        For ``run_completed``: the stream counts and heads it records are read where it is
+        written, after :meth:`Store.lock_experiment`, so no other stream's batch can commit
+        between the reading and the writing.
+        """
+        self._check_process()
+        with self._lock:
+            self._check_usable()
+            if self.write_behind:
+                self._queue_pending()
+                self._wait_until_written()
+                self._raise_failure()
+            rows, seq, prev, t = self._pending, self._next_seq, self._head, self.clock()
+            built: list[Event] = []
+
+            def last(connection: Any) -> tuple[Any, ...]:
+                event = make_event(self.exp, self.stream, seq, kind, params=params_of(connection),
+                                   prev=prev, t=t)
+                built.append(event)
+                return event_row(event)
+
+            try:
+                self._write(rows, last)
+            except LedgerError as error:
+                self._failure = error
+                raise
+            event = built[-1]
+            self._pending = []
+            self._next_seq, self._head, self.durable_seq = seq + 1, event.hash, seq
+        self.close()
+        return event
 
     def _check_usable(self) -> None:
         if self._closed:
