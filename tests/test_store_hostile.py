@@ -23,6 +23,7 @@ import ledger.processes
 import ledger.resume
 import ledger.store.connect
 from conftest import ROOT, run_cli
+from ledger.audit import record_audit
 from ledger.errors import (BadInputError, ConcurrentWriteError, StoreError,
                            StreamClaimedError)
 from ledger.events import decode_body
@@ -517,3 +518,26 @@ def test_a_final_flush_that_fails_leaves_the_experiment_incomplete_not_ok(
             resumed.log_metric("loss", 0.4, epoch=1)
         assert manager.store.experiment(exp.id).status == "ok"
         assert verify(manager.store, exp.id).ok
+
+
+def test_a_command_s_record_gives_up_on_a_lock_a_training_writer_waits_out(
+        postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ledger replay` and `ledger report` record in the audit stream: under another session's
+    `LOCK TABLE ... IN EXCLUSIVE MODE` (reads still allowed) their record waited, silently and
+    deaf to Ctrl-C, for as long as the lock was held. A store with bounded_writes gives up
+    after POSTGRES_LOCK_TIMEOUT, as a read does, with one StoreError naming the lock."""
+    monkeypatch.setattr(ledger.store.connect, "POSTGRES_LOCK_TIMEOUT", 1)
+    admin = sqlalchemy.create_engine(postgres_url)
+    with Store.open(postgres_url, create=True) as store:
+        recorded = record_experiment(store, workers=0)
+        store.bounded_writes = True
+        try:
+            with admin.begin() as connection:
+                connection.exec_driver_sql("LOCK TABLE ledger_events IN EXCLUSIVE MODE")
+                assert store.counts_by_kind(recorded.exp)  # reads are not blocked
+                with pytest.raises(StoreError, match="lock timeout .*another session held a "
+                                                     "lock on a ledger table"):
+                    record_audit(store, recorded.exp, "replay_recorded", {"verdict": "x"})
+        finally:
+            admin.dispose()
+        assert "audit" not in store.stream_heads(recorded.exp)

@@ -71,6 +71,7 @@ def replay_command(obj: dict, exp: str, jobs: int, trusted: tuple[str, ...],
         return _full(obj["db_url"], exp, trusted, as_json)
     progress = _Progress()
     with Store.open(obj["db_url"]) as store:
+        store.bounded_writes = True  # its record waits for a lock no longer than a read
         if record:  # asked first: a replay can run for hours, then could not record its verdict
             store.require_experiment(exp)
             require_audit_append(store, "this replay's certificate", exp)

@@ -105,6 +105,7 @@ def report_command(obj: dict, exp: str, fmt: str, output: Path | None, bundle: P
                             retain_months=None if retain_years is None else 12 * retain_years,
                             retain_from=retain_from, full_appendix=full_appendix)
     with Store.open(obj["db_url"]) as store:
+        store.bounded_writes = True  # its record waits for a lock no longer than a read
         result = export_report(store, exp, options, fmt=fmt, output=output, bundle=bundle,
                                appendix=appendix, key=key, deliver=_write_stdout)
     summary = result.report["summary"]

@@ -41,6 +41,8 @@ _POSTGRES_CREATE_LOCK = 0x6C6564676572  # "ledger"
 """Key of the transaction-level advisory lock under which a PostgreSQL ledger is created."""
 WRITE_OPTION = "ledger_write"
 """Execution option of connections that will write: SQLite then takes its write lock at BEGIN."""
+BOUNDED_WRITE = "bounded"
+"""WRITE_OPTION's value for a write whose lock waits stay bounded as reads' are (commands)."""
 
 
 def resolve_url(url: str | None = None) -> str:
@@ -154,7 +156,8 @@ def _configure_postgres(engine: Engine) -> None:
     """Bound reads' lock waits by ``POSTGRES_LOCK_TIMEOUT``: a session holding a lock on a
     ledger table then makes a command fail with one StoreError instead of hanging. Writes wait
     as long as the lock is held — a training run outlasts a maintenance ``VACUUM FULL``, its
-    events buffered meanwhile, rather than stopping for it."""
+    events buffered meanwhile, rather than stopping for it — except a command's
+    (``Store.bounded_writes``), bounded as reads are."""
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):  # noqa: ANN001 - driver objects
         with dbapi_connection.cursor() as cursor:
@@ -163,7 +166,8 @@ def _configure_postgres(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection):  # noqa: ANN001
-        if connection.get_execution_options().get(WRITE_OPTION):
+        writing = connection.get_execution_options().get(WRITE_OPTION)
+        if writing and writing != BOUNDED_WRITE:
             connection.exec_driver_sql("SET LOCAL lock_timeout = 0")  # this transaction only
 
 

@@ -24,7 +24,8 @@ from ledger.errors import (AppendOnlyError, BadInputError, ConcurrentWriteError,
                            UnknownExperimentError)
 from ledger.events import (AUDIT_STREAM, COMPLETION_STATUSES, EXPERIMENT_CREATED, MAIN_STREAM,
                            RUN_COMPLETED, Event, check_experiment_id, decode_body, path_bytes)
-from ledger.store.connect import (WRITE_OPTION, describe_url, open_engine, sqlite_file_path,
+from ledger.store.connect import (BOUNDED_WRITE, POSTGRES_LOCK_TIMEOUT, WRITE_OPTION,
+                                  describe_url, open_engine, sqlite_file_path,
                                   sqlite_uri_read_only)
 from ledger.store.schema import (TRIGGER_NAMES, claims_table, events_table, experiments_table,
                                  meta_table, postgres_refusal_source)
@@ -66,6 +67,9 @@ def _translate(error: DBAPIError, what: str) -> StoreError:
     reason = text[0] if text else type(error).__name__
     if "append-only" in reason:
         return AppendOnlyError(reason)
+    if "lock timeout" in reason:
+        reason += (f" (another session held a lock on a ledger table for over "
+                   f"{POSTGRES_LOCK_TIMEOUT} s: LOCK TABLE, ALTER TABLE or VACUUM FULL?)")
     return StoreError(f"{what}: {reason}")
 
 
@@ -83,6 +87,10 @@ class Store:
         self._streamed_sql: dict[tuple[str, ...], tuple[str, list[str] | None]] = {}
         self._file = _sqlite_file_identity(engine)
         """SQLite: the ledger file's absolute path, device and inode when opened (else None)."""
+        self.bounded_writes = False
+        """True: a PostgreSQL write waits at most POSTGRES_LOCK_TIMEOUT for another session's
+        lock, as reads do, and then fails — for commands (an audit record should not hang
+        silently); False (training): it waits the lock out, its events buffered meanwhile."""
 
     @classmethod
     def open(cls, url: str | None = None, *, create: bool = False) -> "Store":
@@ -136,7 +144,8 @@ class Store:
         Refused (StoreError) once an SQLite ledger file was deleted or replaced since it was
         opened: see :meth:`check_file`."""
         self.check_file()
-        return self.engine.connect().execution_options(**{WRITE_OPTION: True})
+        return self.engine.connect().execution_options(
+            **{WRITE_OPTION: BOUNDED_WRITE if self.bounded_writes else True})
 
     def check_file(self) -> None:
         """Raise StoreError when the SQLite file this store opened is no longer at its path.
