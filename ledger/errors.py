@@ -51,6 +51,12 @@ class AppendOnlyError(StoreError):
     """The database refused to change or remove a recorded event (append-only triggers)."""
 
 
+class ResourceError(LedgerError):
+    """The machine lacks what the work needs: shared memory in ``/dev/shm``, file descriptors."""
+
+    exit_code = 2
+
+
 class CheckFailedError(LedgerError):
     """A verification found a tampered, missing or misplaced event."""
 

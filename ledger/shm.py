@@ -7,10 +7,13 @@ is described to another process by a small map ``{"name", "shape", "dtype"}``.
 from __future__ import annotations
 
 import contextlib
+import os
 from multiprocessing import shared_memory
 from typing import Any
 
 import numpy as np
+
+from ledger.errors import ResourceError
 
 
 class SharedArray:
@@ -31,10 +34,29 @@ class SharedArray:
 
     @classmethod
     def create(cls, shape: tuple[int, ...], dtype: np.dtype | str) -> "SharedArray":
-        """A new zeroed block large enough for ``shape`` x ``dtype``."""
+        """A new zeroed block large enough for ``shape`` x ``dtype``, its pages reserved.
+
+        ResourceError when the shared memory cannot be had. Reserving matters: a block is only
+        sized at creation, and writing past what ``/dev/shm`` holds (64 MB in a default Docker
+        container) would kill the process with SIGBUS instead of raising.
+        """
         dtype = np.dtype(dtype)
         size = max(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, 1)
-        return cls(shared_memory.SharedMemory(create=True, size=size), tuple(shape), dtype, True)
+        try:
+            block = shared_memory.SharedMemory(create=True, size=size)
+        except OSError as error:
+            raise _no_shared_memory(size, error) from None
+        try:
+            reserve = getattr(os, "posix_fallocate", None)  # not on macOS: no reservation there
+            if reserve is not None:
+                # the block's descriptor (private: the stdlib offers no way to reserve pages)
+                reserve(block._fd, 0, size)  # type: ignore[attr-defined]
+        except OSError as error:
+            block.close()
+            with contextlib.suppress(FileNotFoundError):
+                block.unlink()
+            raise _no_shared_memory(size, error) from None
+        return cls(block, tuple(shape), dtype, True)
 
     @classmethod
     def copy_of(cls, array: np.ndarray) -> "SharedArray":
@@ -79,3 +101,10 @@ class SharedArray:
             return
         with contextlib.suppress(BufferError):  # a view still alive: the mapping goes with it
             block.close()
+
+
+def _no_shared_memory(size: int, error: OSError) -> ResourceError:
+    return ResourceError(f"cannot have {size / 1e6:,.1f} MB of shared memory for worker "
+                         f"processes ({error.strerror or error}): make /dev/shm larger (docker "
+                         f"run --shm-size) or use num_workers=0 (a smaller batch_size or "
+                         f"prefetch needs less)")

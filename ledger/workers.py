@@ -36,7 +36,7 @@ import numpy as np
 
 from ledger.augment import DataAugmenter
 from ledger.batches import BatchDigests
-from ledger.errors import BadInputError, LedgerError
+from ledger.errors import BadInputError, LedgerError, ResourceError
 from ledger.processes import background_threads_paused, forks_so_far
 from ledger.shm import SharedArray
 from ledger.worker_process import STOP, TASK, pack, unpack, worker_main
@@ -233,6 +233,15 @@ class WorkerPool:
 
     def _start_worker(self, context: BaseContext, worker: int, base: dict[str, Any],
                       features: np.ndarray, labels: np.ndarray | None) -> None:
+        try:
+            self._start_process(context, worker, base, features, labels)
+        except OSError as error:  # out of file descriptors or processes (ulimit)
+            raise ResourceError(f"cannot start worker {worker}: {error.strerror or error} "
+                                f"(raise the limit, or use fewer workers or num_workers=0)"
+                                ) from None
+
+    def _start_process(self, context: BaseContext, worker: int, base: dict[str, Any],
+                       features: np.ndarray, labels: np.ndarray | None) -> None:
         slots_x = self._share(np.empty((self.prefetch, self.slot_rows) + self.feature_shape,
                                        features.dtype), copy=False)
         slots_y = self._share(None if labels is None else np.empty(

@@ -62,7 +62,12 @@ def _npz_file(spec: dict[str, Any], data_dir: Path | None) -> Path:
         path = data_dir / relative
         if ".." in Path(relative).parts or Path(relative).is_absolute():
             raise CannotReplayError(f"dataset path {relative!r} leaves the data folder")
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as error:  # a folder on the way that this user cannot search
+        raise CannotReplayError(f"cannot read dataset file {path}: "
+                                f"{error.strerror or error}") from None
+    if not found:
         raise CannotReplayError(f"dataset file {path} is missing: replay needs the data")
     return path
 
@@ -75,7 +80,10 @@ def _same_arrays(spec: dict[str, Any], data_dir: Path | None, loader: Loader
     keys = (spec.get("features", "features"), spec.get("labels"))
     if loader is not load_npz or not all(key is None or type(key) is str for key in keys):
         return None
-    found = _npz_file(spec, data_dir).stat()
+    try:
+        found = _npz_file(spec, data_dir).stat()
+    except OSError as error:
+        raise CannotReplayError(f"cannot read dataset file: {error}") from None
     return ("npz-arrays", found.st_dev, found.st_ino, *keys)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ledger.datasets import dataset_digest, read_npz
-from ledger.errors import BadInputError
+from ledger.errors import BadInputError, CannotReplayError
 from replay.npz import read_npz_arrays
 
 
@@ -58,3 +58,20 @@ def test_a_truncated_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "t.npz").write_bytes(data[: len(data) // 2])
     with pytest.raises(BadInputError):
         read_npz_arrays(tmp_path / "t.npz", "features", "labels")
+
+
+def test_a_dataset_path_the_system_cannot_look_up_cannot_replay(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stat that fails other than 'no such file' — a folder on the way this user cannot
+    search (EACCES, which root, running these tests, never gets) — is exit 3 naming the file,
+    not an internal error."""
+    from replay.datasets import load_npz
+
+    def cannot_search(self: Path) -> bool:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "is_file", cannot_search)
+    spec = {"kind": "npz", "base": "data_dir", "path": "datasets/0a1b.npz"}
+    with pytest.raises(CannotReplayError, match="cannot read dataset file .*0a1b.npz: "
+                                                "Permission denied"):
+        load_npz(spec, tmp_path)

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ledger import (BadInputError, DataAugmenter, ExperimentManager, TrainingDataIterator,
-                    WorkerError, register_op)
+from ledger import (BadInputError, DataAugmenter, ExperimentManager, ResourceError,
+                    TrainingDataIterator, WorkerError, register_op)
 from conftest import ROOT
 from ledger.experiment_info import describe_experiment
 from ledger.shm import SharedArray
@@ -151,6 +151,59 @@ def test_ctrl_c_while_the_dataset_is_copied_to_shared_memory_leaves_no_block(
     gc.collect()
     assert created_blocks
     assert_released([], created_blocks)
+
+
+def test_shared_memory_that_cannot_be_reserved_is_one_error_and_leaves_no_block(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A /dev/shm too small for the dataset (64 MB in a default Docker container) killed the
+    process with SIGBUS (exit 135) at the first write past its end: pages are now reserved
+    when a block is made, and the shortage is a ResourceError before any worker starts."""
+    def full(_fd: int, _offset: int, _length: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    before = set(os.listdir("/dev/shm"))
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    batches = TrainingDataIterator(noisy_data(), 8, seed=1, num_workers=2)
+    with pytest.raises(ResourceError, match=r"cannot have 0\.\d MB of shared memory .*No space "
+                                            r"left on device.*--shm-size.*num_workers=0"):
+        iter(batches)
+    monkeypatch.undo()
+    batches.close()
+    assert not [name for name in set(os.listdir("/dev/shm")) - before
+                if name.startswith("psm_")]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.geteuid() != 0,
+                    reason="needs root on Linux to mount a small /dev/shm in a mount namespace")
+def test_a_small_dev_shm_raises_a_resource_error_not_a_bus_error(tmp_path: Path) -> None:
+    script = textwrap.dedent("""
+        import numpy as np
+        from ledger import TrainingDataIterator
+        features = np.zeros((200_000, 16), np.float32)  # 12.8 MB: more than /dev/shm holds
+        for _x, _y in TrainingDataIterator((features, None), 256, seed=1, num_workers=2):
+            pass
+    """)
+    result = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         'mount -t tmpfs -o size=4m tmpfs /dev/shm && exec "$0" -c "$1"', sys.executable,
+         script], capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 1, (result.returncode, result.stderr)  # Python's, not SIGBUS
+    assert "ResourceError: cannot have 12.8 MB of shared memory" in result.stderr
+
+
+def test_a_worker_that_cannot_be_started_for_want_of_descriptors_is_a_resource_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from ledger.workers import WorkerPool
+
+    def no_descriptors(*_args: Any) -> None:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(WorkerPool, "_start_process", no_descriptors)
+    with TrainingDataIterator(noisy_data(), 8, seed=1, num_workers=2) as batches:
+        with pytest.raises(ResourceError, match="cannot start worker 0: Too many open files "
+                                                r"\(raise the limit"):
+            iter(batches)
 
 
 @pytest.mark.parametrize("method", METHODS)
