@@ -87,6 +87,8 @@ class Experiment:
         self.data_dir = data_dir
         self._writer = writer
         self._draws: dict[tuple[str, tuple], Any] = {}
+        self.resumed = False
+        """True for a run continued by :meth:`ExperimentManager.resume_experiment`."""
         self._datasets: dict[str, Dataset] = {}
         self._dataset_roles: dict[str, str | None] = {}
         self._recorded_datasets: dict[str, tuple[bytes, Any]] = {}
@@ -170,6 +172,11 @@ class Experiment:
                                            input=input, output=output)
             self._draws[(kind, path)] = output
             return True
+
+    def has_draw(self, kind: str, path: tuple[Label, ...]) -> bool:
+        """Whether this run recorded the draw (kind, path) — in this process, or before it was
+        resumed."""
+        return (kind, path) in self._draws
 
     def _append(self, kind: str, **fields: Any) -> Event:
         self._check_process()  # before the lock, which a forked child may inherit held

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Generator, Iterator
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import numpy as np
 
@@ -307,7 +307,15 @@ class TrainingDataIterator:
         Save it with ``ledger.canonical(state)`` (msgpack, never pickle) and restore it with
         :meth:`load_state_dict` — into a fresh iterator, in a fresh process, with any
         ``num_workers``: the remaining batches are exactly those the uninterrupted run gets.
+
+        When recording, the experiment's events are flushed first: a state saved to disk is
+        then never ahead of the ledger, however the process ends afterwards.
         """
+        if self.recording and not cast(Experiment, self.experiment).closed:
+            cast(Experiment, self.experiment).flush()
+        return self._state()
+
+    def _state(self) -> dict[str, Any]:
         return {"format": STATE_FORMAT, "root_seed": root_seed_to_bytes(self.root_seed),
                 "augment_seed": root_seed_to_bytes(self.augment_seed),
                 "dataset": self.dataset.name, "dataset_digest": self.dataset.digest,
@@ -322,7 +330,7 @@ class TrainingDataIterator:
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise BadInputError(f"got {type(state).__name__} state, but must be a state_dict of "
                                 f"format {STATE_FORMAT}")
-        mine = self.state_dict()
+        mine = self._state()
         for key in ("root_seed", "augment_seed", "dataset_digest", "length", "batch_size",
                     "shuffle", "drop_last", "augmenter"):
             if not _same_setting(state.get(key), mine[key]):
@@ -336,9 +344,33 @@ class TrainingDataIterator:
             raise BadInputError(f"got position epoch={epoch!r} batch={batch!r} "
                                 f"started={started!r}, but must be a position within "
                                 f"{batches} batches per epoch")
+        if self.recording and cast(Experiment, self.experiment).resumed:
+            self._check_recorded_until(epoch, batch, started)
         self._stop_active()
         self._epoch, self._batch, self._started = epoch, batch, started
         self._reset_recorded = None
+
+    def _check_recorded_until(self, epoch: int, batch: int, started: bool) -> None:
+        """In a resumed run, refuse a position past what the run recorded: a state saved before
+        its events were flushed (by a library older than :meth:`state_dict`'s flush, or another
+        program's state) would resume after draws the ledger never got — a run with a hole in it
+        that replay would still certify. (A new run continuing another, ``parent=``, starts
+        where the state is: its parent holds what came before.)"""
+        experiment = cast(Experiment, self.experiment)
+        for passed in range(epoch + started):
+            if not experiment.has_draw(EPOCH_RESET, shuffle_path(passed)):
+                self._refuse_ahead(epoch, batch, f"epoch {passed}'s shuffle")
+            if self._records_batches:
+                for done in range(self._maker.batches if passed < epoch else batch):
+                    if not experiment.has_draw(AUGMENTATION_BATCH, augment_path(passed, done)):
+                        self._refuse_ahead(epoch, batch, f"batch {done} of epoch {passed}")
+
+    def _refuse_ahead(self, epoch: int, batch: int, missing: str) -> NoReturn:
+        raise BadInputError(f"got a state at epoch {epoch} batch {batch}, but "
+                            f"{cast(Experiment, self.experiment).id} has no record of {missing}: "
+                            f"the state is ahead of the ledger (events not yet written when it "
+                            f"was saved were lost with the process); resume from an earlier "
+                            f"state, or train again")
 
     # -- life cycle ------------------------------------------------------------------------------
 

@@ -53,6 +53,7 @@ def resume(store: Store, exp: str, data_dir: Path | None) -> "Experiment":
                                 f"resumed it: only an incomplete run can be resumed")
         experiment = Experiment(store, exp, row.name, root_seed_from_bytes(params["root_seed"]),
                                 str(params.get("root_seed_source", "user")), writer, data_dir)
+        experiment.resumed = True
         checkpoint = _remember(store, experiment)
         experiment._append(RUN_RESUMED, params={"after_seq": writer.next_seq - 1,
                                                 "last_checkpoint": checkpoint},

@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_cli
+from ledger.augment import DataAugmenter
 from ledger.canonical import canonical
 from ledger.errors import BadInputError
 from ledger.experiment import Experiment, ExperimentManager
 from ledger.experiment_info import describe_experiment
+from ledger.iterator import TrainingDataIterator
 from ledger.store import Store
 from ledger.verify import verify as verify_ledger
 from replay import diff_runs, replay_run
@@ -200,3 +202,56 @@ def test_only_an_incomplete_run_can_be_resumed(tmp_path: Path) -> None:
             pass
         with pytest.raises(BadInputError, match="only an incomplete run"):
             manager.resume_experiment(exp.id)
+
+
+UNFLUSHED_DRIVER = textwrap.dedent("""
+    import os, sys
+    from ledger.canonical import canonical
+    from ledger.augment import DataAugmenter
+    from ledger.experiment import ExperimentManager
+    from ledger.iterator import TrainingDataIterator
+    sys.path.insert(0, {tests!r})
+    from replay_helpers import sample_data
+    with ExperimentManager(sys.argv[1], data_dir=sys.argv[2]) as manager:
+        exp = manager.create_experiment("unflushed", seed=42)
+        data = exp.register_dataset("d", *sample_data())
+        exp.flush()
+        batches = TrainingDataIterator(data, 60, experiment=exp,
+                                       augmenter=DataAugmenter(noise_std=0.1))
+        list(batches)
+        list(batches)
+        state = batches.{state}()  # _state: as before state_dict flushed
+        open(sys.argv[3], "wb").write(canonical({{"exp": exp.id, "state": state}}))
+        os._exit(0)  # killed: whatever was not flushed is lost
+""")
+
+
+@pytest.mark.parametrize("state", ["state_dict", "_state"])
+def test_a_state_ahead_of_the_ledger_is_refused_and_state_dict_prevents_it(
+        tmp_path: Path, state: str) -> None:
+    """A state saved, then the process killed before its events were written (found by the
+    crash review: the resumed run skipped two epochs the ledger never got, and replay certified
+    it). state_dict() now flushes the run first; a state ahead of a resumed run's record is
+    refused at load_state_dict, naming the first missing draw."""
+    url, saved = f"sqlite:///{tmp_path / 'ledger.db'}", tmp_path / "state.bin"
+    script = UNFLUSHED_DRIVER.format(tests=str(ROOT / "tests"), state=state)
+    subprocess.run([sys.executable, "-c", script, url, str(tmp_path / "data"), str(saved)],
+                   check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                   timeout=120)
+    loaded = msgpack.unpackb(saved.read_bytes())
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.resume_experiment(loaded["exp"]) as exp:
+            data = exp.register_dataset("d", *sample_data())
+            batches = TrainingDataIterator(data, 60, experiment=exp,
+                                           augmenter=DataAugmenter(noise_std=0.1))
+            if state == "_state":
+                with pytest.raises(BadInputError, match=r"got a state at epoch 1 batch 10, but "
+                                   r"exp-\w+ has no record of epoch 0's shuffle: the state is "
+                                   r"ahead of the ledger"):
+                    batches.load_state_dict(loaded["state"])
+                return
+            batches.load_state_dict(loaded["state"])
+            list(batches)
+        report = replay_run(manager.store, exp.id, data_dir=tmp_path / "data")
+        assert report.certified
+        assert (report.compared["epoch_reset"], report.compared["augmentation_batch"]) == (3, 30)
