@@ -8,7 +8,7 @@ ignore it). Compliance reports list them as the experiment's history.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ledger.errors import ConcurrentWriteError, StoreError
@@ -21,18 +21,21 @@ _ATTEMPTS = 20
 
 
 def record_audit(store: Store, exp: str, kind: str, params: Mapping[str, Any], *,
-                 output: bytes | None = None, meta: Mapping[str, Any] | None = None) -> Event:
+                 output: bytes | None = None, meta: Mapping[str, Any] | None = None,
+                 before_commit: Callable[[], None] | None = None) -> Event:
     """Append one audit event to ``exp``'s audit stream and make it durable before returning.
 
     Two auditors finishing at the same moment contend for the stream's claim for a few
     milliseconds; the later one waits and retries rather than failing its replay.
+    ``before_commit`` runs in the event's transaction, just before it commits (a report's
+    files renamed into place: they land only if the export could be recorded).
     """
     store.experiment(exp)
     for attempt in range(_ATTEMPTS):
         try:
             with StreamWriter(store, exp, AUDIT_STREAM, flush_interval=None) as writer:
                 event = writer.append(kind, params=params, output=output, meta=meta)
-                writer.flush()
+                writer.flush(before_commit=before_commit)
             return event
         except ConcurrentWriteError:  # includes StreamClaimedError
             if attempt == _ATTEMPTS - 1:

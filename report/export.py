@@ -101,7 +101,7 @@ class _Staged:
 
     def commit(self) -> None:
         """Rename every staged file into place and flush its folder: the files are on disk
-        before the export is recorded in the ledger."""
+        before the export's record commits (see :func:`_record`)."""
         for temporary, path in self._pending:
             try:
                 commit_file(temporary, path)
@@ -213,13 +213,15 @@ def export_report(store: Store, exp: str, options: ReportOptions, *, fmt: str = 
     try:
         result = _export(store, exp, options, row, stage, fmt=fmt, output=output, bundle=bundle,
                          appendix=appendix, json_path=json_path, key=key)
-        stage.commit()
+        if result.stdout is not None and deliver is not None:
+            deliver(result.stdout)
+        if options.record:  # the files land in the record's transaction, before its commit
+            _record(store, exp, result.report, result, fmt if bundle is None else "bundle",
+                    before_commit=stage.commit)
+        else:
+            stage.commit()
     finally:
         stage.discard()
-    if result.stdout is not None and deliver is not None:
-        deliver(result.stdout)
-    if options.record:
-        _record(store, exp, result.report, result, fmt if bundle is None else "bundle")
     return result
 
 
@@ -286,8 +288,11 @@ def _export(store: Store, exp: str, options: ReportOptions, row: Any, stage: _St
 
 
 def _record(store: Store, exp: str, report: dict[str, Any], result: ExportResult,
-            fmt: str) -> None:
-    """Record the export as ``report_exported`` in the experiment's audit stream."""
+            fmt: str, before_commit: Callable[[], None]) -> None:
+    """Record the export as ``report_exported`` in the experiment's audit stream; its files are
+    renamed into place by ``before_commit``, in the record's transaction: a record that
+    cannot be written (a full disk) leaves no file, and a file that cannot be renamed no
+    record."""
     formats = ["json", "html", "md"] if fmt == "bundle" else [fmt]
     params = {"report_id": report["R0"]["report_id"], "schema": report["schema"],
               "formats": formats, "bundle": fmt == "bundle",
@@ -301,4 +306,5 @@ def _record(store: Store, exp: str, report: dict[str, Any], result: ExportResult
               "integrity": report["summary"]["integrity"]}
     record_audit(store, exp, REPORT_EXPORTED, params,
                  output=bytes.fromhex(result.report_sha256),
-                 meta={"pid": os.getpid(), "host": socket.gethostname()})
+                 meta={"pid": os.getpid(), "host": socket.gethostname()},
+                 before_commit=before_commit)

@@ -210,3 +210,29 @@ def test_diff_lists_the_metrics_whose_last_value_differs(tmp_path: Path) -> None
     lines = run_cli("--db", url, "diff", *runs).stdout.splitlines()
     start = lines.index("  last metric values differ:")
     assert lines[start + 1:start + 3] == ["    val_auc: 0.923 vs 0.891", "    only_in_b: None vs 3"]
+
+
+def test_a_verdict_that_cannot_be_recorded_is_still_told(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    """A replay whose certificate cannot be recorded (its disk filled meanwhile) printed
+    nothing but the store error: the verdict is now in that one line (exit 2 still: nothing
+    was recorded)."""
+    from cli.main import main
+    from ledger.errors import StoreError
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    exp = record_run(url, tmp_path / "data")
+
+    def disk_full(_store: Store, _report: object) -> None:
+        raise StoreError(f"cannot open stream audit of {exp}: database or disk is full")
+
+    monkeypatch.setattr("cli.commands.replay.record_replay", disk_full)
+    with pytest.raises(SystemExit) as exited:
+        main(["--db", url, "replay", exp, "--data-dir", str(tmp_path / "data")])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"ledger: error: the replay of {exp} was CERTIFIED (23 draws compared), but "
+                   f"its certificate could not be recorded: cannot open stream audit of {exp}: "
+                   f"database or disk is full"]

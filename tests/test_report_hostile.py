@@ -215,3 +215,36 @@ def test_postgres_triggers_count_only_while_they_refuse(postgres_url: str) -> No
         controls = store.append_only_triggers()
     assert controls["ledger_events_append_only"] is False
     assert controls["ledger_meta_append_only"] is True
+
+
+@pytest.mark.parametrize("target", ["output", "bundle"])
+def test_an_export_whose_record_cannot_be_written_leaves_no_file(
+        run: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        target: str) -> None:
+    """The crash review filled the ledger's disk: the record failed (exit 2), but the report's
+    files were already in place, exported and unrecorded. They are now renamed into place in
+    the record's own transaction, just before it commits."""
+    from ledger.errors import StoreError
+    from report.export import export_report
+    from report.model import ReportOptions
+
+    folder, exp = run
+    insert_rows = Store._insert_rows
+
+    def disk_full(self: Store, connection, rows) -> None:  # noqa: ANN001
+        if any(row[1] == "audit" for row in rows):
+            raise StoreError(f"cannot append events to {self.url}: database or disk is full")
+        insert_rows(self, connection, rows)
+
+    monkeypatch.setattr(Store, "_insert_rows", disk_full)
+    places = ({"output": tmp_path / "report.json"} if target == "output"
+              else {"bundle": tmp_path / "bundle"})
+    with Store.open(f"sqlite:///{folder / 'ledger.db'}") as store:
+        audit_before = store.stream_heads(exp).get("audit")
+        with pytest.raises(StoreError, match="disk is full"):
+            export_report(store, exp, ReportOptions(data_dir=str(folder / "ledger-data")),
+                          fmt="json", appendix=tmp_path / "events.ndjson"
+                          if target == "output" else None, **places)
+        assert store.stream_heads(exp).get("audit") == audit_before
+    left = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*"))
+    assert left == ([] if target == "output" else [Path("bundle")])  # an empty folder at most

@@ -10,7 +10,7 @@ from cli.display import printable
 from cli.main import cli, db_option
 from cli.output import emit_json, iso_time, json_option
 from ledger.audit import require_audit_append
-from ledger.errors import BadInputError, CheckFailedError
+from ledger.errors import BadInputError, CheckFailedError, LedgerError, StoreError
 from ledger.store import Store
 from replay.causes import shown_version
 from replay.engine import ReplayReport, record_replay, replay_run
@@ -78,7 +78,7 @@ def replay_command(obj: dict, exp: str, jobs: int, trusted: tuple[str, ...],
         report = replay_run(store, exp, jobs=jobs, trusted=trusted, data_dir=data_dir,
                             on_progress=progress)
         if record:
-            record_replay(store, report)
+            _record(store, report)
     progress.finish()
     if as_json:
         emit_json(report.to_json())
@@ -89,6 +89,18 @@ def replay_command(obj: dict, exp: str, jobs: int, trusted: tuple[str, ...],
         click.echo(printable(f"ledger: replay diverged: {report.first_divergence.describe()}"),
                    err=True)
         raise click.exceptions.Exit(CheckFailedError.exit_code)
+
+
+def _record(store: Store, report: ReplayReport) -> None:
+    """Record the verdict; when that fails (a full disk, a lock), say the verdict in the one
+    error line rather than lose the replay's work without a word."""
+    try:
+        record_replay(store, report)
+    except LedgerError as error:
+        verdict = "CERTIFIED" if report.certified else "DIVERGED"
+        raise StoreError(f"the replay of {report.exp} was {verdict} "
+                         f"({sum(report.compared.values()):,} draws compared), but its "
+                         f"certificate could not be recorded: {error}") from None
 
 
 def _check_full_options(jobs: int, data_dir: str | None) -> None:
