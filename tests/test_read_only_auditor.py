@@ -4,6 +4,7 @@ and then failing to record the export (a partial write). ``--no-record`` goes ah
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -139,6 +140,23 @@ def test_a_role_that_may_insert_is_refused_when_it_still_cannot_append(
     else:
         assert result.returncode == 0, result.stderr
         assert _audit_kinds(postgres_url, exp) == ["replay_recorded"]
+
+
+def test_a_role_that_cannot_read_the_claims_gets_a_store_error_not_an_internal_one(
+        postgres_url: str, reader_role: tuple[str, sqlalchemy.Engine], tmp_path: Path) -> None:
+    """INSERT everywhere, SELECT everywhere but the claims table: asking who holds the audit
+    stream failed with an internal error quoting SQL (the PG review)."""
+    role, admin = reader_role
+    exp = _record_run(postgres_url, tmp_path / "data")
+    _grant(admin, role, INSERT_RIGHTS, SEQUENCE_RIGHTS,
+           "REVOKE SELECT ON {schema}.ledger_stream_claims FROM {role}")
+    result = run_cli("--db", _role_url(postgres_url, role), "replay", exp, "--json",
+                     "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    document = json.loads(result.stdout)
+    assert document["error"]["kind"] == "store", document
+    assert "permission denied for table ledger_stream_claims" in result.stderr
+    assert "[SQL:" not in result.stderr and "internal error" not in result.stderr
 
 
 def test_an_sqlite_ledger_opened_read_only_is_refused_before_replay(tmp_path: Path) -> None:

@@ -108,7 +108,7 @@ def live_holder(store: Store, exp: str, stream: str) -> str | None:
     """Who holds the stream now (a writer whose process may be alive), or None: for refusing
     work that would end by appending to it before the work starts, not after. A ledger whose
     claims table does not exist yet has no holder. Raises StoreError for a malformed claim."""
-    with store.engine.connect() as connection:
+    with store._reading() as connection:  # a failed read is one StoreError, not the driver's
         if not inspect(connection).has_table(claims_table.name):
             return None
         _claims, held = _claims_of(connection, exp, stream)
@@ -120,7 +120,7 @@ def ensure_claims_table(store: Store) -> None:
     """Create the claims table in a ledger written before it existed (once per Store)."""
     if getattr(store, "_claims_ready", False):
         return
-    with store.engine.connect() as connection:
+    with store._reading() as connection:
         present = inspect(connection).has_table(claims_table.name)
     if not present:
         try:
@@ -128,7 +128,7 @@ def ensure_claims_table(store: Store) -> None:
                 if not inspect(connection).has_table(claims_table.name):
                     create_claims_table(connection)
         except DBAPIError as error:  # another process created it meanwhile
-            with store.engine.connect() as connection:
+            with store._reading() as connection:
                 if not inspect(connection).has_table(claims_table.name):
                     raise _translate(error, f"cannot add the claims table to {store.url}") from None
     store._claims_ready = True
