@@ -543,9 +543,15 @@ class ExperimentManager:
         meta = {"pid": os.getpid(), "host": socket.gethostname(), "user": current_user()}
         first = make_event(exp, MAIN_STREAM, 0, EXPERIMENT_CREATED, params=params, meta=meta,
                            prev=ZERO_DIGEST, t=time.time_ns())
-        self.store.insert_experiment(exp, name, first)
+        # Main is claimed first: a ledger that refuses the claim (a role that cannot read or
+        # write the claims table) then records nothing, not a run that can never go on.
         writer = StreamWriter(self.store, exp, MAIN_STREAM, write_behind=True,
                               _head=(0, first.hash))
+        try:
+            self.store.insert_experiment(exp, name, first)
+        except BaseException:
+            writer.close()
+            raise
         return Experiment(self.store, exp, name, root, params["root_seed_source"], writer,
                           self.data_dir)
 

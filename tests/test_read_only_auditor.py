@@ -17,6 +17,7 @@ import ledger.store.store
 from conftest import run_cli
 from ledger.audit import audit_trail
 from ledger.augment import DataAugmenter
+from ledger.errors import StoreError
 from ledger.experiment import ExperimentManager
 from ledger.iterator import TrainingDataIterator
 from ledger.store import Store
@@ -142,7 +143,7 @@ def test_a_role_that_may_insert_is_refused_when_it_still_cannot_append(
         assert _audit_kinds(postgres_url, exp) == ["replay_recorded"]
 
 
-def test_a_role_that_cannot_read_the_claims_gets_a_store_error_not_an_internal_one(
+def test_a_role_that_cannot_read_the_claims_gets_store_errors_and_records_nothing(
         postgres_url: str, reader_role: tuple[str, sqlalchemy.Engine], tmp_path: Path) -> None:
     """INSERT everywhere, SELECT everywhere but the claims table: asking who holds the audit
     stream failed with an internal error quoting SQL (the PG review)."""
@@ -157,6 +158,11 @@ def test_a_role_that_cannot_read_the_claims_gets_a_store_error_not_an_internal_o
     assert document["error"]["kind"] == "store", document
     assert "permission denied for table ledger_stream_claims" in result.stderr
     assert "[SQL:" not in result.stderr and "internal error" not in result.stderr
+    with pytest.raises(StoreError, match="permission denied for table ledger_stream_claims"):
+        with ExperimentManager(_role_url(postgres_url, role), data_dir=tmp_path) as manager:
+            manager.create_experiment("refused", seed=1)
+    with Store.open(postgres_url) as store:  # the refused creation recorded nothing
+        assert [row.name for row in store.experiments()] == ["read-only-audit"]
 
 
 def test_an_sqlite_ledger_opened_read_only_is_refused_before_replay(tmp_path: Path) -> None:
