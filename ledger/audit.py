@@ -22,18 +22,22 @@ _ATTEMPTS = 20
 
 def record_audit(store: Store, exp: str, kind: str, params: Mapping[str, Any], *,
                  output: bytes | None = None, meta: Mapping[str, Any] | None = None,
-                 before_commit: Callable[[], None] | None = None) -> Event:
+                 before_commit: Callable[[], None] | None = None,
+                 take_over: bool = False) -> Event:
     """Append one audit event to ``exp``'s audit stream and make it durable before returning.
 
     Two auditors finishing at the same moment contend for the stream's claim for a few
     milliseconds; the later one waits and retries rather than failing its replay.
     ``before_commit`` runs in the event's transaction, just before it commits (a report's
     files renamed into place: they land only if the export could be recorded).
+    ``take_over`` takes the audit stream from a writer known to be gone (a replay killed on
+    another machine holds it for ever: its process cannot be checked from here).
     """
     store.experiment(exp)
     for attempt in range(_ATTEMPTS):
         try:
-            with StreamWriter(store, exp, AUDIT_STREAM, flush_interval=None) as writer:
+            with StreamWriter(store, exp, AUDIT_STREAM, flush_interval=None,
+                              take_over=take_over) as writer:
                 event = writer.append(kind, params=params, output=output, meta=meta)
                 writer.flush(before_commit=before_commit)
             return event
@@ -44,18 +48,21 @@ def record_audit(store: Store, exp: str, kind: str, params: Mapping[str, Any], *
     raise AssertionError("unreachable")
 
 
-def require_audit_append(store: Store, what: str, exp: str | None = None) -> None:
+def require_audit_append(store: Store, what: str, exp: str | None = None, *,
+                         take_over: bool = False) -> None:
     """Raise StoreError, before the work begins, when ``store`` could not record ``what`` (a
     replay certificate, a report export) in the audit stream: see :meth:`Store.append_refusal`
     — or, given ``exp``, when another writer holds that experiment's audit stream (a failure
     found only after a long replay, or after the report's files were written, loses the work).
+    With ``take_over`` the holder is not asked about: it will be taken over.
     """
     refusal = store.append_refusal()
-    if refusal is None and exp is not None:
+    if refusal is None and exp is not None and not take_over:
         holder = live_holder(store, exp, AUDIT_STREAM)
         if holder is not None:
             refusal = (f"the audit stream of {exp} is open by {holder}; wait until it is "
-                       f"released")
+                       f"released, or, if that process is gone (killed on another machine, "
+                       f"where this one cannot check it), give --take-over")
     if refusal is not None:
         raise StoreError(f"cannot record {what} in {store.url}: {refusal}; give --no-record to "
                          f"go ahead without recording it")

@@ -316,9 +316,10 @@ class _Replay:
         return report
 
 
-def record_replay(store: Store, report: ReplayReport) -> None:
-    """Record the replay's certificate in the experiment's audit stream (for its history)."""
+def record_replay(store: Store, report: ReplayReport, *, take_over: bool = False) -> None:
+    """Record the replay's certificate in the experiment's audit stream (for its history);
+    ``take_over`` as for :func:`ledger.audit.record_audit`."""
     certificate = report.to_json()
     record_audit(store, report.exp, REPLAY_RECORDED, certificate,
                  output=value_digest(certificate),
-                 meta={"pid": os.getpid(), "host": socket.gethostname()})
+                 meta={"pid": os.getpid(), "host": socket.gethostname()}, take_over=take_over)

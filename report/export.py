@@ -186,7 +186,7 @@ def export_report(store: Store, exp: str, options: ReportOptions, *, fmt: str = 
         raise BadInputError(f"unknown report format {fmt!r}: choose from {', '.join(FORMATS)}")
     row = store.experiment(exp)
     if options.record:
-        require_audit_append(store, "this export", exp)
+        require_audit_append(store, "this export", exp, take_over=options.take_over)
     if bundle is not None:
         _prepare_bundle(bundle)
         appendix = bundle / BUNDLE_FILES["appendix"]
@@ -217,7 +217,7 @@ def export_report(store: Store, exp: str, options: ReportOptions, *, fmt: str = 
             deliver(result.stdout)
         if options.record:  # the files land in the record's transaction, before its commit
             _record(store, exp, result.report, result, fmt if bundle is None else "bundle",
-                    before_commit=stage.commit)
+                    before_commit=stage.commit, take_over=options.take_over)
         else:
             stage.commit()
     finally:
@@ -288,7 +288,7 @@ def _export(store: Store, exp: str, options: ReportOptions, row: Any, stage: _St
 
 
 def _record(store: Store, exp: str, report: dict[str, Any], result: ExportResult,
-            fmt: str, before_commit: Callable[[], None]) -> None:
+            fmt: str, before_commit: Callable[[], None], take_over: bool) -> None:
     """Record the export as ``report_exported`` in the experiment's audit stream; its files are
     renamed into place by ``before_commit``, in the record's transaction: a record that
     cannot be written (a full disk) leaves no file, and a file that cannot be renamed no
@@ -307,4 +307,4 @@ def _record(store: Store, exp: str, report: dict[str, Any], result: ExportResult
     record_audit(store, exp, REPORT_EXPORTED, params,
                  output=bytes.fromhex(result.report_sha256),
                  meta={"pid": os.getpid(), "host": socket.gethostname()},
-                 before_commit=before_commit)
+                 before_commit=before_commit, take_over=take_over)

@@ -53,6 +53,8 @@ class ReportOptions:
     trusted: Sequence[str] = ()
     data_dir: str | None = None
     record: bool = True
+    take_over: bool = False
+    """Take the audit stream from a writer known to be gone (``--take-over``)."""
     generated_by: str | None = None
     responsible: str | None = None
     role: str | None = None
@@ -107,7 +109,8 @@ def build_report(store: Store, exp: str, options: ReportOptions | None = None, *
     outcome = None
     if options.replay:
         outcome = run_replay(store, exp, jobs=options.jobs, trusted=options.trusted,
-                             data_dir=data_dir, record=options.record)
+                             data_dir=data_dir, record=options.record,
+                             take_over=options.take_over)
     heads = store.stream_heads(exp)
     verification = _start_verification(store, exp, sum(h.count for h in heads.values()))
     try:

@@ -46,7 +46,7 @@ class ReplayOutcome:
 
 
 def run_replay(store: Store, exp: str, *, jobs: int, trusted: Sequence[str],
-               data_dir: Any, record: bool) -> ReplayOutcome:
+               data_dir: Any, record: bool, take_over: bool = False) -> ReplayOutcome:
     """Replay ``exp`` now; never raises for a run that cannot be certified."""
     try:
         report: ReplayReport = replay_run(store, exp, jobs=jobs, trusted=trusted,
@@ -58,7 +58,7 @@ def run_replay(store: Store, exp: str, *, jobs: int, trusted: Sequence[str],
     except LedgerError as error:
         return ReplayOutcome(None, INCONCLUSIVE, f"replay could not run: {error}", None)
     if record:
-        record_replay(store, report)
+        record_replay(store, report, take_over=take_over)
     certificate = json_view(report.to_json())
     verdict = PASSED if report.certified else FAILED
     divergence = report.first_divergence  # set whenever the run is not certified

@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run_cli
+from ledger.audit import audit_trail
 from ledger.store import Store
+from ledger.verify import verify
 from ledger_builders import drop_append_only_triggers, execute
 from replay_helpers import record_run
 
@@ -123,6 +125,7 @@ def test_an_audit_stream_held_by_another_writer_refuses_before_any_work(
             assert done.returncode == 2, done.stderr
             assert f"the audit stream of {exp} is open by writer" in done.stderr
             assert "--no-record" in done.stderr and "take_over" not in done.stderr
+            assert "give --take-over" in done.stderr
             assert "CERTIFIED" not in done.stdout  # refused before the replay ran
         assert not (tmp_path / "bundle").exists() and not (tmp_path / "r.json").exists()
     finally:
@@ -131,3 +134,27 @@ def test_an_audit_stream_held_by_another_writer_refuses_before_any_work(
     # the holder is gone (killed on this host): its claim no longer stands in the way
     done = run_cli("--db", url, "replay", exp, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
+
+
+def test_an_audit_stream_left_open_on_another_machine_is_taken_over_when_asked(
+        recorded: tuple[Path, str], tmp_path: Path) -> None:
+    """A replay killed on another machine holds the audit stream for ever (its process cannot
+    be checked from here): every later replay or report was refused, with no way out but the
+    library. --take-over takes the stream."""
+    url, exp = _tampered(recorded, tmp_path, "SELECT 1")
+    with Store.open(url) as store:
+        execute(store, "INSERT INTO ledger_stream_claims (exp, stream, attempt, action, "
+                       "start_seq, writer, host, pid, t) VALUES (:exp, 'audit', 0, 'claim', 0, "
+                       "'0f0f', 'node-b', 4242, 1)", exp=exp)
+    refused = run_cli("--db", url, "replay", exp, cwd=tmp_path)
+    assert refused.returncode == 2 and "host node-b, pid 4242" in refused.stderr
+    assert "give --take-over" in refused.stderr
+    done = run_cli("--db", url, "replay", exp, "--take-over", cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.startswith("CERTIFIED"), done.stderr
+    done = run_cli("--db", url, "report", exp, "-o", str(tmp_path / "r.json"), "--take-over",
+                   cwd=tmp_path)
+    assert done.returncode == 0 and (tmp_path / "r.json").is_file(), done.stderr
+    with Store.open(url) as store:
+        assert [body["kind"] for body in audit_trail(store, exp)] == ["replay_recorded",
+                                                                      "report_exported"]
+        assert verify(store, exp).ok

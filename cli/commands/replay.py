@@ -54,11 +54,15 @@ class _Progress:
 @click.option("--record/--no-record", default=True, show_default=True,
               help="Record this replay's certificate in the experiment's audit stream (a --full "
                    "replay writes nothing to the audited ledger either way).")
+@click.option("--take-over", is_flag=True,
+              help="Take the experiment's audit stream from a writer that is gone (a replay or "
+                   "report killed on another machine holds it until taken over).")
 @db_option
 @json_option
 @click.pass_obj
 def replay_command(obj: dict, exp: str, jobs: int, trusted: tuple[str, ...],
-                   data_dir: str | None, full: bool, record: bool, as_json: bool) -> None:
+                   data_dir: str | None, full: bool, record: bool, take_over: bool,
+                   as_json: bool) -> None:
     """Re-execute every recorded draw of EXP and compare digests, event by event.
 
     Verifies the ledger first (a tampered ledger is never replayed), re-loads each dataset and
@@ -74,11 +78,11 @@ def replay_command(obj: dict, exp: str, jobs: int, trusted: tuple[str, ...],
         store.bounded_writes = True  # its record waits for a lock no longer than a read
         if record:  # asked first: a replay can run for hours, then could not record its verdict
             store.require_experiment(exp)
-            require_audit_append(store, "this replay's certificate", exp)
+            require_audit_append(store, "this replay's certificate", exp, take_over=take_over)
         report = replay_run(store, exp, jobs=jobs, trusted=trusted, data_dir=data_dir,
                             on_progress=progress)
         if record:
-            _record(store, report)
+            _record(store, report, take_over)
     progress.finish()
     if as_json:
         emit_json(report.to_json())
@@ -91,11 +95,11 @@ def replay_command(obj: dict, exp: str, jobs: int, trusted: tuple[str, ...],
         raise click.exceptions.Exit(CheckFailedError.exit_code)
 
 
-def _record(store: Store, report: ReplayReport) -> None:
+def _record(store: Store, report: ReplayReport, take_over: bool) -> None:
     """Record the verdict; when that fails (a full disk, a lock), say the verdict in the one
     error line rather than lose the replay's work without a word."""
     try:
-        record_replay(store, report)
+        record_replay(store, report, take_over=take_over)
     except LedgerError as error:
         verdict = "CERTIFIED" if report.certified else "DIVERGED"
         raise StoreError(f"the replay of {report.exp} was {verdict} "

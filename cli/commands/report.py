@@ -74,6 +74,9 @@ def _date(_context: click.Context, _parameter: click.Parameter, value: str | Non
               help="Start of the retention period [default: the report's date].")
 @click.option("--record/--no-record", default=True, show_default=True,
               help="Record this export (and a --replay) in the experiment's audit stream.")
+@click.option("--take-over", is_flag=True,
+              help="Take the experiment's audit stream from a writer that is gone (a replay or "
+                   "report killed on another machine holds it until taken over).")
 @db_option
 @json_option
 @click.pass_obj
@@ -82,7 +85,7 @@ def report_command(obj: dict, exp: str, fmt: str, output: Path | None, bundle: P
                    trusted: tuple[str, ...], data_dir: str | None, sign_key: Path | None,
                    responsible: str | None, role: str | None, generated_by: str | None,
                    retention_class: str, retain_years: int | None, retain_from: date | None,
-                   record: bool, as_json: bool) -> None:
+                   record: bool, take_over: bool, as_json: bool) -> None:
     """Export the compliance report of EXP (sections R0–R14 of REPORT.md).
 
     Builds one report from the ledger — run identity, code, environment, data, configuration,
@@ -100,8 +103,9 @@ def report_command(obj: dict, exp: str, fmt: str, output: Path | None, bundle: P
                             f"of the files: it cannot go with --format {fmt} on stdout")
     key = load_private_key(sign_key) if sign_key is not None else None
     options = ReportOptions(replay=run_replay, jobs=jobs, trusted=trusted, data_dir=data_dir,
-                            record=record, generated_by=generated_by, responsible=responsible,
-                            role=role, retention_class=retention_class,
+                            record=record, take_over=take_over, generated_by=generated_by,
+                            responsible=responsible, role=role,
+                            retention_class=retention_class,
                             retain_months=None if retain_years is None else 12 * retain_years,
                             retain_from=retain_from, full_appendix=full_appendix)
     with Store.open(obj["db_url"]) as store:
