@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -18,15 +19,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import ROOT
 from ledger import background_threads_paused, processes
 from ledger.digests import ZERO_DIGEST
 from ledger.errors import (BadInputError, ConcurrentWriteError, EncodingError, InvalidIdError,
                            StoreError, StreamClaimedError)
 from ledger.events import make_event
 from ledger.store import Store, StreamWriter
+from ledger.store.claims import host_identity
 from ledger.store.writer import MAX_QUEUED_BATCHES
 from ledger.verify import verify
-from ledger_builders import record_experiment, rows
+from ledger_builders import execute, record_experiment, rows
 
 EXP = "exp-0123456789ab"
 _streams = itertools.count()
@@ -188,6 +191,60 @@ def test_a_second_writer_on_an_open_stream_is_refused_at_open(store: Store) -> N
     with StreamWriter(store, recorded.exp, "main", flush_interval=None) as after_close:
         assert after_close.next_seq == len(recorded.main) + 2
     assert verify(store).ok
+
+
+@pytest.mark.parametrize("namespace,taken_over", [
+    ("this one", True), ("none recorded (older claims)", True), ("another one", False)])
+def test_a_claim_whose_process_is_gone_is_taken_over_only_from_its_pid_namespace(
+        store: Store, namespace: str, taken_over: bool) -> None:
+    """A claim records the PID namespace with the host name; a pid is judged gone only from
+    the namespace that can see it (or for a claim written before namespaces were recorded)."""
+    recorded = record_experiment(store, workers=0, complete=False)
+    host = {"this one": host_identity(), "none recorded (older claims)": socket.gethostname(),
+            "another one": f"{socket.gethostname()}/pid:[1]"}[namespace]
+    unused_pid = 2**22 + 17  # above Linux's largest pid: no process has it here
+    execute(store, "INSERT INTO ledger_stream_claims (exp, stream, attempt, action, start_seq, "
+                   "writer, host, pid, t) VALUES (:exp, 'rank-3', 0, 'claim', 0, 'ab', :host, "
+                   ":pid, 1)", exp=recorded.exp, host=host, pid=unused_pid)
+    if taken_over:
+        StreamWriter(store, recorded.exp, "rank-3", flush_interval=None).close()
+    else:
+        with pytest.raises(StreamClaimedError, match=f"pid {unused_pid}"):
+            StreamWriter(store, recorded.exp, "rank-3", flush_interval=None)
+
+
+HOLD_IN_ANOTHER_NAMESPACE = (
+    # pid 77778 in the new namespace: a pid that no process has out here
+    "echo 77777 > /proc/sys/kernel/ns_last_pid && \"$0\" -c \"$1\" \"$2\" \"$3\"")
+HOLDER = ("import os, sys, time\nfrom ledger.store import Store, StreamWriter\n"
+          "writer = StreamWriter(Store.open(sys.argv[1]), sys.argv[2], 'rank-5')\n"
+          "print(os.getpid(), flush=True)\ntime.sleep(60)\n")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.geteuid() != 0,
+                    reason="needs root on Linux to start a process in a new PID namespace")
+def test_a_live_writer_in_another_pid_namespace_is_not_taken_over(tmp_path) -> None:  # noqa: ANN001
+    """The PG review ran training in a container sharing the host's name but not its pids:
+    from the host, the trainer's pid did not exist, so a resume there took the live run over
+    (and the trainer died with ConcurrentWriteError)."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store, workers=0, complete=False)
+    holder = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c",
+         HOLD_IN_ANOTHER_NAMESPACE, sys.executable, HOLDER, url, recorded.exp],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert holder.stdout is not None
+        pid = int(holder.stdout.readline())
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # the holder's pid means nothing out here
+        with Store.open(url) as store:
+            with pytest.raises(StreamClaimedError, match=f"already open by writer .*pid {pid}"):
+                StreamWriter(store, recorded.exp, "rank-5", flush_interval=None)
+    finally:
+        holder.kill()
+        holder.communicate(timeout=30)
 
 
 def test_a_writer_that_takes_over_a_live_one_still_cannot_fork(store: Store) -> None:

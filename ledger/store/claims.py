@@ -61,8 +61,11 @@ class _Holder:
         return f"writer {self.writer} (host {self.host}, pid {self.pid}, since {since})"
 
     def gone(self) -> bool:
-        """True when the holder ran on this host and its process no longer exists."""
-        if self.host != socket.gethostname() or self.pid == os.getpid():
+        """True when the holder ran on this host, in this PID namespace, and its process no
+        longer exists. (A container sharing the host's name has pids of its own: a pid not seen
+        from here may be alive there.) A claim written before namespaces were recorded names
+        the host alone."""
+        if self.host not in (host_identity(), socket.gethostname()) or self.pid == os.getpid():
             return False
         try:
             os.kill(self.pid, 0)
@@ -71,6 +74,16 @@ class _Holder:
         except OSError:  # exists, owned by someone else
             return False
         return False
+
+
+def host_identity() -> str:
+    """This host's name and, where Linux shows it, the PID namespace of this process: what a
+    claim records so that only a process that can see the holder's pid judges it gone."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")  # e.g. "pid:[4026531836]"
+    except OSError:
+        return socket.gethostname()
+    return f"{socket.gethostname()}/{namespace}"
 
 
 _CLAIM_ROW_TYPES = (int, str, str, str, int, int)
@@ -142,7 +155,7 @@ def claim_stream(store: Store, exp: str, stream: str, start_seq: int | None, *,
     """
     ensure_claims_table(store)
     writer = uuid.uuid4().hex
-    host, pid = socket.gethostname(), os.getpid()
+    host, pid = host_identity(), os.getpid()
     try:
         with store.write_connection() as connection, connection.begin():
             claims, held = _claims_of(connection, exp, stream)
@@ -185,7 +198,7 @@ def release_stream(store: Store, claim: Claim, next_seq: int) -> None:
             connection.execute(claims_table.insert(), {
                 "exp": claim.exp, "stream": claim.stream, "attempt": claim.attempt,
                 "action": RELEASE, "start_seq": next_seq, "writer": claim.writer,
-                "host": socket.gethostname(), "pid": os.getpid(), "t": time.time_ns()})
+                "host": host_identity(), "pid": os.getpid(), "t": time.time_ns()})
     except IntegrityError:
         return
     except DBAPIError as error:
