@@ -201,6 +201,29 @@ def test_postgres_tables_that_are_views_are_refused(postgres_url: str) -> None:
         Store.open(postgres_url)
 
 
+@pytest.mark.parametrize("sql", [
+    "ALTER TABLE ledger_events ALTER COLUMN seq TYPE text",
+    "ALTER TABLE ledger_experiments ALTER COLUMN created_t TYPE text",
+    "ALTER TABLE ledger_events DROP CONSTRAINT ledger_events_chain_position",
+], ids=["seq as text", "created_t as text", "no unique chain position"])
+def test_postgres_tables_of_other_types_or_keys_are_refused(postgres_url: str, sql: str) -> None:
+    """The PG review made the tables by hand with text where integers belong: a whole run was
+    written into them, then verify and replay failed with 'operator does not exist: text >=
+    bigint'. Without the unique (exp, stream, seq) key a chain could fork."""
+    import sqlalchemy
+
+    from ledger.errors import StoreError
+
+    with Store.open(postgres_url, create=True):
+        pass
+    engine = sqlalchemy.create_engine(postgres_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(sql)
+    engine.dispose()
+    with pytest.raises(StoreError, match="is not a ledger: .* their types or its unique keys"):
+        Store.open(postgres_url)
+
+
 def test_postgres_triggers_count_only_while_they_refuse(postgres_url: str) -> None:
     import sqlalchemy
 

@@ -21,7 +21,7 @@ from sqlalchemy.engine.url import URL
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
 from ledger.errors import StoreError
-from ledger.store.schema import (APPEND_ONLY_TABLES, FORMAT_MARKER, SCHEMA_VERSION,
+from ledger.store.schema import (APPEND_ONLY_TABLES, FORMAT_MARKER, SCHEMA_VERSION, UNIQUE_KEYS,
                                  create_schema, meta_table, metadata, sqlite_trigger_sql)
 
 DEFAULT_URL = "sqlite:///ledger.db"
@@ -213,14 +213,37 @@ def _check_postgres_tables(engine: Engine, shown: str) -> None:
     with engine.connect() as connection:
         rows: Sequence[tuple[Any, ...]] = connection.exec_driver_sql(
             "SELECT c.relname, c.relkind, array_agg(a.attname::text ORDER BY a.attnum), "
-            "bool_or(a.attgenerated <> '') FROM pg_class c JOIN pg_attribute a "
+            "array_agg(t.typname::text ORDER BY a.attnum), bool_or(a.attgenerated <> '') "
+            "FROM pg_class c JOIN pg_attribute a "
             "ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+            "JOIN pg_type t ON t.oid = a.atttypid "
             "WHERE c.relname = ANY(%(names)s) AND pg_table_is_visible(c.oid) GROUP BY c.oid",
             {"names": list(APPEND_ONLY_TABLES)}).all()
-    for name, kind, columns, generated in rows:
-        expected = [column.name for column in metadata.tables[name].columns]
-        if kind not in ("r", "p") or list(columns) != expected or generated:
-            raise StoreError(f"{shown} is not a ledger: {name} is not the ledger's plain table")
+        keys: Sequence[tuple[Any, ...]] = connection.exec_driver_sql(
+            "SELECT c.relname, array_agg(a.attname::text) FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indrelid "
+            "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey) "
+            "WHERE i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL "
+            "AND c.relname = ANY(%(names)s) AND pg_table_is_visible(c.oid) "
+            "GROUP BY c.relname, i.indexrelid", {"names": list(APPEND_ONLY_TABLES)}).all()
+    unique: dict[str, set[frozenset[str]]] = {}
+    for name, columns in keys:
+        unique.setdefault(name, set()).add(frozenset(columns))
+    for name, kind, columns, types, generated in rows:
+        table = metadata.tables[name]
+        expected = [column.name for column in table.columns]
+        expected_types = [_POSTGRES_TYPES[type(column.type).__name__]
+                          for column in table.columns]
+        missing_keys = {frozenset(key) for key in UNIQUE_KEYS[name]} - unique.get(name, set())
+        if (kind not in ("r", "p") or list(columns) != expected or generated
+                or list(types) != expected_types or missing_keys):
+            raise StoreError(f"{shown} is not a ledger: {name} is not the ledger's plain table"
+                             f" (its columns, their types or its unique keys differ)")
+
+
+_POSTGRES_TYPES = {"String": "varchar", "Text": "text", "BigInteger": "int8",
+                   "Integer": "int4", "LargeBinary": "bytea"}
+"""The PostgreSQL type each column type of the schema is created as."""
 
 
 def _without_if_not_exists(sql: str | None) -> str | None:

@@ -72,7 +72,7 @@ claims_table = Table(
 APPEND_ONLY_TABLES = ("ledger_meta", "ledger_experiments", "ledger_events",
                       "ledger_stream_claims")
 
-_UNIQUE_KEYS: dict[str, list[tuple[str, ...]]] = {
+UNIQUE_KEYS: dict[str, list[tuple[str, ...]]] = {
     "ledger_meta": [("key",)], "ledger_experiments": [("exp",)],
     "ledger_events": [("exp", "stream", "seq"), ("id",)],
     "ledger_stream_claims": [("exp", "stream", "attempt", "action"), ("id",)]}
@@ -89,7 +89,7 @@ def _sqlite_triggers(tables: tuple[str, ...]) -> list[str]:
         *[f"CREATE TRIGGER IF NOT EXISTS {table}_no_replace BEFORE INSERT ON {table} WHEN "
           + " OR ".join(f"EXISTS (SELECT 1 FROM {table} WHERE "
                         + " AND ".join(f"{column} = NEW.{column}" for column in key) + ")"
-                        for key in _UNIQUE_KEYS[table])
+                        for key in UNIQUE_KEYS[table])
           + f" BEGIN SELECT RAISE(ABORT, 'ledger is append-only: INSERT over an existing row of "
             f"{table} refused'); END" for table in tables],
     ]
