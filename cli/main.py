@@ -130,11 +130,13 @@ def main(argv: list[str] | None = None) -> None:
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(errors="backslashreplace")
-    # SQLAlchemy logs a failed connection reset with its traceback; the error itself reaches
-    # the user as one line below (LEDGER_DEBUG shows the log).
+    # SQLAlchemy logs a failed connection reset with its traceback, psycopg a query a server
+    # did not cancel on Ctrl-C; the error itself reaches the user as one line below
+    # (LEDGER_DEBUG shows the log).
     if not os.environ.get("LEDGER_DEBUG"):
-        logging.getLogger("sqlalchemy").addHandler(logging.NullHandler())
-        logging.getLogger("sqlalchemy").propagate = False
+        for name in ("sqlalchemy", "psycopg"):
+            logging.getLogger(name).addHandler(logging.NullHandler())
+            logging.getLogger(name).propagate = False
     _register_commands()
     forget_json_request()
     stdout = sys.stdout
