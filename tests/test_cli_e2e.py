@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
+import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from ledger.store import Store, StreamWriter
 from ledger_builders import (Recorded, drop_append_only_triggers, execute, flip_byte,
                              record_experiment, rows)
@@ -531,3 +533,20 @@ def test_ctrl_c_while_the_command_starts_is_one_line_and_exit_130() -> None:
         done = subprocess.run([sys.executable, "-c", kept.format(handler=handler, name=name)],
                               capture_output=True, text=True, env=env, timeout=60)
         assert done.stdout == "True\n", (handler, done.stderr)
+
+
+def test_driver_log_lines_stay_off_stderr_behind_the_one_error_line() -> None:
+    """psycopg logs a warning when a server does not cancel a query on Ctrl-C; with no handler
+    Python printed it above `ledger: aborted` (the PG review froze the server mid-verify)."""
+    script = textwrap.dedent("""
+        import logging, click, cli.main
+        def interrupted(*_args, **_kwargs):
+            logging.getLogger("psycopg").warning("query not terminated after cancellation")
+            raise click.exceptions.Abort()
+        cli.main.cli.main = interrupted
+        cli.main.main(["verify"])
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+    assert done.returncode == 130
+    assert done.stderr.strip().splitlines() == ["ledger: aborted"], done.stderr
