@@ -225,7 +225,7 @@ def test_a_verdict_that_cannot_be_recorded_is_still_told(tmp_path: Path,
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     exp = record_run(url, tmp_path / "data")
 
-    def disk_full(_store: Store, _report: object) -> None:
+    def disk_full(_store: Store, _report: object, *, take_over: bool) -> None:
         raise StoreError(f"cannot open stream audit of {exp}: database or disk is full")
 
     monkeypatch.setattr("cli.commands.replay.record_replay", disk_full)

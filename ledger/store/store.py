@@ -411,8 +411,8 @@ class Store:
             return
         key = int.from_bytes(hashlib.sha256(b"ledger/run-lock\x00" + exp.encode()).digest()[:8],
                              "big", signed=True)
-        function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
-        connection.execute(text(f"SELECT {function}(:key)"), {"key": key})
+        connection.execute(text("SELECT pg_advisory_xact_lock_shared(:key)") if shared
+                           else text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
     def counts_by_kind(self, exp: str) -> dict[str, int]:
         """How many events of each kind ``exp`` holds."""
