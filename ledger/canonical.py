@@ -1,10 +1,10 @@
 """Canonical encoding (DESIGN §2): one byte string per value, whatever produced the value.
 
 ``canonical(obj)`` is ``msgpack.packb(obj, use_bin_type=True)`` after normalising: dict keys must
-be ``str`` and are sorted (a ``str`` subclass, key or value, is its text); tuples become lists; numpy scalars become Python ``int``/``float``/
-``bool``; floats are float64; integers must fit in 64 bits; no ext types. Everything else is
-refused with :class:`~ledger.errors.EncodingError`, because a value that could encode two ways
-would make two equal runs hash differently.
+be ``str`` and are sorted (a ``str`` subclass, key or value, is its text); tuples become lists;
+numpy scalars become Python ``int``/``float``/``bool``; floats are float64; integers must fit in
+64 bits; no ext types. Everything else is refused with :class:`~ledger.errors.EncodingError`,
+because a value that could encode two ways would make two equal runs hash differently.
 """
 
 from __future__ import annotations

@@ -80,7 +80,6 @@ __all__ = ["AttachedRun", "RecordedDataLoader", "RecordedSampler", "RecordedTran
            "torch_generator", "torch_seed"]
 
 
-
 def _check_run(run: Any) -> Run:
     """``run`` when it is an Experiment or AttachedRun; BadInputError naming what it is not."""
     if not isinstance(run, (Experiment, AttachedRun)):
