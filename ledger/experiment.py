@@ -13,6 +13,7 @@ same output is a no-op (a resumed iterator re-entering its epoch), with another 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -550,7 +551,8 @@ class ExperimentManager:
         try:
             self.store.insert_experiment(exp, name, first)
         except BaseException:
-            writer.close()
+            with contextlib.suppress(LedgerError):  # the error to raise is the insert's
+                writer.close()
             raise
         return Experiment(self.store, exp, name, root, params["root_seed_source"], writer,
                           self.data_dir)

@@ -247,6 +247,22 @@ def test_a_live_writer_in_another_pid_namespace_is_not_taken_over(tmp_path) -> N
         holder.communicate(timeout=30)
 
 
+def test_a_last_event_written_with_its_own_reads_is_refused_to_a_writer_taken_over(
+        store: Store) -> None:
+    """close_with (how run_completed is written) checks the claim like every batch does, even
+    when nothing else is buffered."""
+    recorded = record_experiment(store, workers=0, complete=False)
+    first = StreamWriter(store, recorded.exp, "main", flush_interval=None)
+    second = StreamWriter(store, recorded.exp, "main", flush_interval=None, take_over=True)
+    try:
+        with pytest.raises(ConcurrentWriteError, match="taken over"):
+            first.close_with("run_completed", lambda _connection: {"status": "ok"})
+    finally:
+        first.close()
+        second.close()
+    assert len(stored_seqs(store, "main", recorded.exp)) == len(recorded.main)
+
+
 def test_a_writer_that_takes_over_a_live_one_still_cannot_fork(store: Store) -> None:
     """The writer taken over is refused from its next flush on — even when it flushes before
     the one that replaced it — so it cannot knock out the writer meant to go on."""

@@ -237,8 +237,8 @@ class Store:
         cannot slip its buffered events in before the one that replaced it.
 
         ``guard(connection)`` runs first in the transaction, and may refuse the batch by raising
-        a LedgerError; ``last(connection)`` runs after ``rows`` are inserted and returns one more
-        row to insert — built from what the transaction reads (see :meth:`lock_experiment`).
+        a LedgerError; ``last(connection)`` returns one more row to insert after ``rows`` —
+        built from what the transaction reads (see :meth:`lock_experiment`).
         ``before_commit()`` runs once every row is inserted, just before the commit: what it
         does (a report's files renamed into place) happens only if the rows could be written,
         and an error it raises rolls them back.
@@ -249,14 +249,11 @@ class Store:
             with self.write_connection() as connection, connection.begin():
                 if guard is not None:
                     guard(connection)
-                if claim_attempt is not None and rows:
-                    self._check_still_claimed(connection, rows[0][0], rows[0][1], claim_attempt)
-                if rows:
-                    self._insert_rows(connection, rows)
                 if last is not None:
-                    final = last(connection)
-                    rows = [*rows, final]
-                    self._insert_rows(connection, [final])
+                    rows = [*rows, last(connection)]
+                if claim_attempt is not None:
+                    self._check_still_claimed(connection, rows[0][0], rows[0][1], claim_attempt)
+                self._insert_rows(connection, rows)
                 if before_commit is not None:
                     before_commit()
         except IntegrityError:
@@ -673,7 +670,7 @@ class _ReadGuard:
         try:
             self.connection.close()
         except SQLAlchemyError as closing:  # a connection the server dropped, say
-            exc = exc if isinstance(exc, SQLAlchemyError) else closing
+            exc = closing if exc is None else exc  # an error already on its way goes on
         if isinstance(exc, DBAPIError):
             raise _translate(exc, f"cannot read {self.shown_url}") from None
         if isinstance(exc, SQLAlchemyError):
