@@ -360,17 +360,18 @@ class TrainingDataIterator:
         for passed in range(epoch + started):
             if not experiment.has_draw(EPOCH_RESET, shuffle_path(passed)):
                 self._refuse_ahead(epoch, batch, f"epoch {passed}'s shuffle")
-            if self._records_batches:
-                for done in range(self._maker.batches if passed < epoch else batch):
-                    if not experiment.has_draw(AUGMENTATION_BATCH, augment_path(passed, done)):
-                        self._refuse_ahead(epoch, batch, f"batch {done} of epoch {passed}")
+        # The batches of the state's own epoch; an earlier epoch may have been cut short by
+        # reset(), so how many of its batches were drawn is not known here.
+        if self._records_batches and started:
+            for done in range(batch):
+                if not experiment.has_draw(AUGMENTATION_BATCH, augment_path(epoch, done)):
+                    self._refuse_ahead(epoch, batch, f"batch {done} of epoch {epoch}")
 
     def _refuse_ahead(self, epoch: int, batch: int, missing: str) -> NoReturn:
         raise BadInputError(f"got a state at epoch {epoch} batch {batch}, but "
                             f"{cast(Experiment, self.experiment).id} has no record of {missing}: "
                             f"the state is ahead of the ledger (events not yet written when it "
-                            f"was saved were lost with the process); resume from an earlier "
-                            f"state, or train again")
+                            f"was saved were lost); resume from an earlier state")
 
     # -- life cycle ------------------------------------------------------------------------------
 

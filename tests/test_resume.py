@@ -255,3 +255,29 @@ def test_a_state_ahead_of_the_ledger_is_refused_and_state_dict_prevents_it(
         report = replay_run(manager.store, exp.id, data_dir=tmp_path / "data")
         assert report.certified
         assert (report.compared["epoch_reset"], report.compared["augmentation_batch"]) == (3, 30)
+
+
+def test_a_state_saved_after_reset_cut_epochs_short_resumes(tmp_path: Path) -> None:
+    """Epochs cut short by reset() hold fewer batches than a whole epoch: their state is not
+    'ahead of the ledger' (the hostile-trainer review: refused, and the run ended failed)."""
+    features, labels = sample_data()
+    with ExperimentManager(f"sqlite:///{tmp_path / 'l.db'}", data_dir=tmp_path) as manager:
+        exp = manager.create_experiment("cut-short", seed=1)
+        data = exp.register_dataset("d", features, labels)
+        batches = TrainingDataIterator(data, 60, experiment=exp,
+                                       augmenter=DataAugmenter(noise_std=0.1))
+        for _epoch in range(2):
+            for taken, _batch in enumerate(batches):
+                if taken == 2:
+                    break
+            batches.reset()
+        state = batches.state_dict()
+        exp.suspend()
+        with manager.resume_experiment(exp.id) as resumed:
+            data = resumed.register_dataset("d", features, labels)
+            again = TrainingDataIterator(data, 60, experiment=resumed,
+                                         augmenter=DataAugmenter(noise_std=0.1))
+            again.load_state_dict(state)
+            assert len(list(again)) == 10
+        assert resumed.status == "ok"
+        assert replay_run(manager.store, exp.id, data_dir=tmp_path).certified
