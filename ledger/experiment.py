@@ -96,8 +96,10 @@ class Experiment:
         """Datasets an interrupted run registered before it was resumed: name -> (digest,
         role as recorded)."""
         # Keyed (kind, name, epoch) as recorded: a damaged record's name may be anything.
-        self._recorded_logs: dict[tuple[str, Any, Any], deque[bytes | None]] = {}
-        """Metrics and checkpoints recorded before a resume, to be re-logged identically."""
+        self._recorded_logs: dict[tuple[str, Any, Any], deque[tuple[int | None, bytes | None]]]
+        self._recorded_logs = {}
+        """Metrics and checkpoints recorded before a resume, to be re-logged identically:
+        (seq in main, or None in another stream; output), in recorded order."""
         self._iterators: weakref.WeakSet[TrainingDataIterator] = weakref.WeakSet()
         self._pid = os.getpid()
         self._forks = forks_so_far()
@@ -328,11 +330,20 @@ class Experiment:
         recorded = self._recorded_logs.get((kind, name, epoch))
         if not recorded:
             return False
-        if recorded[0] != output:  # refused, and nothing consumed: a retry is refused too
+        if recorded[0][1] != output:  # refused, and nothing consumed: a retry is refused too
             raise BadInputError(f"got another {kind} {name!r} for epoch {epoch} than the run "
                                 f"recorded before it was resumed: the resumed run diverges")
         recorded.popleft()
         return True
+
+    def forget_logs_before(self, seq: int) -> None:
+        """A resumed run continues from a state saved when main held ``seq`` events (see
+        :meth:`TrainingDataIterator.state_dict`): metrics and checkpoints recorded before it
+        will not be logged again, so later ones are no longer compared with them."""
+        with self._lock:
+            for recorded in self._recorded_logs.values():
+                while recorded and recorded[0][0] is not None and recorded[0][0] < seq:
+                    recorded.popleft()
 
     def generator(self, *path: Any) -> np.random.Generator:
         """The numpy Generator of a user draw point, e.g. ``exp.generator("model", "init")``.

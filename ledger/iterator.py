@@ -311,9 +311,12 @@ class TrainingDataIterator:
         When recording, the experiment's events are flushed first: a state saved to disk is
         then never ahead of the ledger, however the process ends afterwards.
         """
-        if self.recording and not cast(Experiment, self.experiment).closed:
-            cast(Experiment, self.experiment).flush()
-        return self._state()
+        state = self._state()
+        experiment = cast(Experiment, self.experiment)
+        if self.recording and not experiment.closed:
+            # where the run's record stood: what a resumed run will not log again
+            state["recorded_until"] = experiment.flush() + 1
+        return state
 
     def _state(self) -> dict[str, Any]:
         return {"format": STATE_FORMAT, "root_seed": root_seed_to_bytes(self.root_seed),
@@ -344,8 +347,11 @@ class TrainingDataIterator:
             raise BadInputError(f"got position epoch={epoch!r} batch={batch!r} "
                                 f"started={started!r}, but must be a position within "
                                 f"{batches} batches per epoch")
+        recorded_until = state.get("recorded_until")
         if self.recording and cast(Experiment, self.experiment).resumed:
             self._check_recorded_until(epoch, batch, started)
+            if type(recorded_until) is int:
+                cast(Experiment, self.experiment).forget_logs_before(recorded_until)
         self._stop_active()
         self._epoch, self._batch, self._started = epoch, batch, started
         self._reset_recorded = None

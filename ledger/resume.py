@@ -67,7 +67,7 @@ def resume(store: Store, exp: str, data_dir: Path | None) -> "Experiment":
 def _remember(store: Store, experiment: "Experiment") -> dict[str, Any] | None:
     """Load what the run recorded into ``experiment``; return its last checkpoint's params."""
     checkpoint = None
-    for stream, _seq, kind, body_bytes in store.iter_run_bodies(experiment.id):
+    for stream, seq, kind, body_bytes in store.iter_run_bodies(experiment.id):
         if stream == AUDIT_STREAM:
             continue
         body = decode_body(body_bytes)
@@ -81,7 +81,8 @@ def _remember(store: Store, experiment: "Experiment") -> dict[str, Any] | None:
         elif kind in (METRIC, CHECKPOINT):
             # In recorded order: a metric logged several times per epoch is re-logged so too.
             experiment._recorded_logs.setdefault(
-                (kind, params.get("name"), params.get("epoch")), deque()).append(body["output"])
+                (kind, params.get("name"), params.get("epoch")), deque()).append(
+                    (seq if stream == MAIN_STREAM else None, body["output"]))
             if kind == CHECKPOINT:
                 checkpoint = {"name": params.get("name"), "epoch": params.get("epoch"),
                               "digest": body["output"]}

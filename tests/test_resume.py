@@ -281,3 +281,44 @@ def test_a_state_saved_after_reset_cut_epochs_short_resumes(tmp_path: Path) -> N
             assert len(list(again)) == 10
         assert resumed.status == "ok"
         assert replay_run(manager.store, exp.id, data_dir=tmp_path).certified
+
+
+@pytest.mark.parametrize("stop", ["mid-epoch", "epoch end"])
+def test_a_run_resumed_from_its_state_logs_new_metrics_after_those_it_recorded(
+        tmp_path: Path, stop: str) -> None:
+    """A per-batch loss (epoch=e) and a per-epoch lr (no epoch), suspended with the README's
+    recipe: the resumed run's first new value was compared with the first one recorded before
+    the interruption and refused as a divergence, and the run ended failed (the hostile-trainer
+    review). Values recorded before the saved state are not expected again."""
+    features, labels = sample_data()
+    stop_after = 13 if stop == "mid-epoch" else 20  # 10 batches per epoch
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+
+    def train(exp: Experiment, state: dict | None, stop_at: int | None) -> dict | None:
+        data = exp.register_dataset("d", features, labels)
+        batches = TrainingDataIterator(data, 60, experiment=exp,
+                                       augmenter=DataAugmenter(noise_std=0.1))
+        if state is not None:
+            batches.load_state_dict(state)
+        taken = 0
+        while batches.next_epoch < 3:
+            for x, _y in batches:
+                exp.log_metric("loss", float(x.sum()), epoch=batches.epoch)
+                taken += 1
+                if taken == stop_at and stop == "mid-epoch":
+                    return batches.state_dict()
+            exp.log_metric("lr", 0.1 / (batches.epoch + 1))
+            if taken == stop_at:  # at the epoch's end, once its lr is logged
+                return batches.state_dict()
+        return None
+
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("metrics", seed=5) as whole:
+            train(whole, None, None)
+        exp = manager.create_experiment("metrics", seed=5)
+        state = train(exp, None, stop_after)
+        exp.suspend()
+        with manager.resume_experiment(exp.id) as resumed:
+            assert train(resumed, state, None) is None
+        assert resumed.status == "ok"
+        assert diff_runs(manager.store, whole.id, exp.id).identical
