@@ -290,5 +290,28 @@ def test_every_rank_hears_when_rank_0_cannot_create_the_experiment(tmp_path: Pat
                                                  "experiment (its error says why)")
 
 
+def test_a_rank_that_dies_and_breaks_the_process_group_leaves_a_failed_run(
+        tmp_path: Path) -> None:
+    """The hostile-trainer review: a rank that failed broke the process group, the ranks'
+    meeting to finish raised, and rank 0 never recorded run_completed — the run read as killed
+    (incomplete), with no error on record. Rank 0 now records it failed, and says why."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    context = torch.multiprocessing.get_context("spawn")
+    ranks = [context.Process(target=torch_helpers.rank_1_dies,
+                             args=(rank, 2, str(tmp_path / "process-group"), url,
+                                   str(tmp_path))) for rank in range(2)]
+    for process in ranks:
+        process.start()
+    for process in ranks:
+        process.join(120)
+    assert [process.exitcode for process in ranks] == [1, 3]  # rank 0 raised the group error
+    with Store.open(url) as store:
+        [row] = store.experiments()
+        assert row.status == "failed"
+        error = store.first_event_body(row.exp, "run_completed")["params"]["error"]
+        assert verify(store).ok
+    assert error.startswith("the ranks could not meet to finish (a rank failed): "), error
+
+
 def test_every_refusal_here_is_a_ledger_error() -> None:
     assert issubclass(BadInputError, LedgerError) and issubclass(StoreError, LedgerError)

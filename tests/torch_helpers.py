@@ -149,3 +149,20 @@ def failing_rank(rank: int, world: int, init_file: str, url: str, out_dir: str) 
     finally:
         dist.destroy_process_group()
     Path(out_dir, f"rank-{rank}").write_text(outcome)
+
+
+def rank_1_dies(rank: int, world: int, init_file: str, url: str, out_dir: str) -> None:
+    """Rank 1 dies inside the block (killed, out of memory) without leaving it; rank 0 ends
+    its block normally and meets a process group that a dead rank broke."""
+    import datetime
+    import time
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=60))
+    with distributed_experiment("ddp-broken", url=url, seed=3) as run:
+        if rank == 1:
+            os._exit(3)
+        Path(out_dir, "exp").write_text(run.id)
+        time.sleep(1)  # rank 1 is gone by now

@@ -122,22 +122,31 @@ def _finish(run: Run, manager: ExperimentManager | None, rank: int, world: int, 
             run.close()
         except BaseException as problem:
             closing_error = problem
-    failed_ranks = _gather_failures(failure is not None or closing_error is not None,
-                                    group) if world > 1 else []
-    if rank == 0:
-        assert isinstance(run, Experiment)  # rank 0 created the experiment
-        try:
+    failed_ranks: list[int] = []
+    try:
+        if world > 1:
+            failed_ranks = _gather_failures(failure is not None or closing_error is not None,
+                                            group)
+    except Exception as broken:  # noqa: BLE001 - a rank that died took the process group down
+        closing_error = closing_error or broken
+    try:
+        if rank == 0:
+            assert isinstance(run, Experiment)  # rank 0 created the experiment
             if not run.closed:
                 if failure is not None:
                     run.close("failed", " ".join(f"{type(failure).__name__}: {failure}".split())
                               [:500])
+                elif closing_error is not None:
+                    run.close("failed", " ".join(
+                        f"the ranks could not meet to finish (a rank failed): "
+                        f"{type(closing_error).__name__}: {closing_error}".split())[:500])
                 elif failed_ranks:
                     run.close("failed", f"rank(s) {failed_ranks} failed")
                 else:
                     run.close("ok")
-        finally:
-            if manager is not None:
-                manager.close()
+    finally:
+        if manager is not None:
+            manager.close()
     if closing_error is not None and failure is None:
         raise closing_error
 
