@@ -253,6 +253,50 @@ def test_train_and_test_data_are_checked_for_shared_records(tmp_path: Path, shar
     assert any("DATA OVERLAP" in alert for alert in report["summary"]["alerts"]) == bool(shared)
 
 
+@pytest.mark.parametrize("role", ["val", " Test ", "dev", "held-out"])
+def test_everyday_spellings_of_a_test_role_are_checked(tmp_path: Path, role: str) -> None:
+    """'val' held 100 training rows and R5 said passed: the role was not in the list, so the
+    dataset was left out in silence (the hostile-trainer review)."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    train = np.random.default_rng(5).normal(size=(40, 4)).astype(np.float32)
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("roles", seed=3) as exp:
+            _register(exp, "tr", "train", train)
+            _register(exp, "leaky", role, train[:7])
+    check = report_of(url, exp.id, data_dir=str(tmp_path / "data"))["R5"]["independence"]
+    assert (check["status"], check["pairs"][0]["overlap"]) == ("failed", 7)
+
+
+def test_a_role_the_check_does_not_know_keeps_it_from_passing(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    rng = np.random.default_rng(5)
+    train = rng.normal(size=(40, 4)).astype(np.float32)
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("roles", seed=3) as exp:
+            _register(exp, "tr", "train", train)
+            _register(exp, "te", "test", rng.normal(size=(10, 4)).astype(np.float32))
+            _register(exp, "cal", "calibration", train[:3])
+    check = report_of(url, exp.id, data_dir=str(tmp_path / "data"))["R5"]["independence"]
+    assert check["status"] == "not_checked"
+    assert "'cal' ('calibration') carry a role the check does not know" in check["reason"]
+    assert check["pairs"][0]["overlap"] == 0
+
+
+def test_the_same_rows_in_another_dtype_and_repeated_rows_count(tmp_path: Path) -> None:
+    """Training rows cast to float64 (pandas' default) passed as new records, and 200 leaked
+    rows (5 rows, 40 times each) were counted as 5."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    train = np.random.default_rng(5).normal(size=(40, 4)).astype(np.float32)
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("roles", seed=3) as exp:
+            _register(exp, "tr", "train", train)
+            _register(exp, "wider", "test", train[:6].astype(np.float64))
+            _register(exp, "repeats", "validation", np.repeat(train[:5], 40, axis=0))
+    check = report_of(url, exp.id, data_dir=str(tmp_path / "data"))["R5"]["independence"]
+    assert [(pair["test"], pair["overlap"], pair["test_records"]) for pair in check["pairs"]] == [
+        ("wider", 6, 6), ("repeats", 200, 200)]
+
+
 def test_roles_without_their_data_are_not_checked(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     features = np.ones((5, 2), np.float32)
