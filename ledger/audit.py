@@ -7,11 +7,12 @@ ignore it). Compliance reports list them as the experiment's history.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from ledger.errors import ConcurrentWriteError, StoreError
+from ledger.errors import ConcurrentWriteError, LedgerError, StoreError
 from ledger.events import AUDIT_STREAM, Event, decode_body
 from ledger.store.claims import live_holder
 from ledger.store.store import Store
@@ -22,24 +23,30 @@ _ATTEMPTS = 20
 
 def record_audit(store: Store, exp: str, kind: str, params: Mapping[str, Any], *,
                  output: bytes | None = None, meta: Mapping[str, Any] | None = None,
-                 before_commit: Callable[[], None] | None = None,
                  take_over: bool = False) -> Event:
     """Append one audit event to ``exp``'s audit stream and make it durable before returning.
 
     Two auditors finishing at the same moment contend for the stream's claim for a few
     milliseconds; the later one waits and retries rather than failing its replay.
-    ``before_commit`` runs in the event's transaction, just before it commits (a report's
-    files renamed into place: they land only if the export could be recorded).
     ``take_over`` takes the audit stream from a writer known to be gone (a replay killed on
     another machine holds it for ever: its process cannot be checked from here).
     """
     store.experiment(exp)
     for attempt in range(_ATTEMPTS):
         try:
-            with StreamWriter(store, exp, AUDIT_STREAM, flush_interval=None,
-                              take_over=take_over) as writer:
+            writer = StreamWriter(store, exp, AUDIT_STREAM, flush_interval=None,
+                                  take_over=take_over)
+            try:
                 event = writer.append(kind, params=params, output=output, meta=meta)
-                writer.flush(before_commit=before_commit)
+                writer.flush()
+            except BaseException:
+                with contextlib.suppress(LedgerError):  # the error to raise is the write's
+                    writer.close()
+                raise
+            # The event is durable: a claim that cannot be released now (the disk filled, the
+            # connection dropped) is one a later writer takes over, not a lost record.
+            with contextlib.suppress(StoreError):
+                writer.close()
             return event
         except ConcurrentWriteError:  # includes StreamClaimedError
             if attempt == _ATTEMPTS - 1:

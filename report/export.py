@@ -100,8 +100,8 @@ class _Staged:
         return outcome
 
     def commit(self) -> None:
-        """Rename every staged file into place and flush its folder: the files are on disk
-        before the export's record commits (see :func:`_record`)."""
+        """Rename every staged file into place and flush its folder (after the export was
+        recorded, see :func:`_record`)."""
         for temporary, path in self._pending:
             try:
                 commit_file(temporary, path)
@@ -215,11 +215,10 @@ def export_report(store: Store, exp: str, options: ReportOptions, *, fmt: str = 
                          appendix=appendix, json_path=json_path, key=key)
         if result.stdout is not None and deliver is not None:
             deliver(result.stdout)
-        if options.record:  # the files land in the record's transaction, before its commit
+        if options.record:  # recorded first: a record that fails (a full disk) leaves no file
             _record(store, exp, result.report, result, fmt if bundle is None else "bundle",
-                    before_commit=stage.commit, take_over=options.take_over)
-        else:
-            stage.commit()
+                    take_over=options.take_over)
+        stage.commit()
     finally:
         stage.discard()
     return result
@@ -288,11 +287,11 @@ def _export(store: Store, exp: str, options: ReportOptions, row: Any, stage: _St
 
 
 def _record(store: Store, exp: str, report: dict[str, Any], result: ExportResult,
-            fmt: str, before_commit: Callable[[], None], take_over: bool) -> None:
-    """Record the export as ``report_exported`` in the experiment's audit stream; its files are
-    renamed into place by ``before_commit``, in the record's transaction: a record that
-    cannot be written (a full disk) leaves no file, and a file that cannot be renamed no
-    record."""
+            fmt: str, take_over: bool) -> None:
+    """Record the export as ``report_exported`` in the experiment's audit stream, before its
+    staged files are renamed into place: a record that cannot be written (a full disk — SQLite
+    finds that out only at the commit) leaves no file behind. The rename that follows cannot
+    run out of space, and its folder was written to already while staging."""
     formats = ["json", "html", "md"] if fmt == "bundle" else [fmt]
     params = {"report_id": report["R0"]["report_id"], "schema": report["schema"],
               "formats": formats, "bundle": fmt == "bundle",
@@ -307,4 +306,4 @@ def _record(store: Store, exp: str, report: dict[str, Any], result: ExportResult
     record_audit(store, exp, REPORT_EXPORTED, params,
                  output=bytes.fromhex(result.report_sha256),
                  meta={"pid": os.getpid(), "host": socket.gethostname()},
-                 before_commit=before_commit, take_over=take_over)
+                 take_over=take_over)

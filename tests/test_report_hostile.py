@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -240,6 +241,30 @@ def test_postgres_triggers_count_only_while_they_refuse(postgres_url: str) -> No
     assert controls["ledger_meta_append_only"] is True
 
 
+def _commits_fail_after_an_audit_insert(store: Store, monkeypatch: pytest.MonkeyPatch
+                                        ) -> None:
+    """Make ``store``'s commits fail, as SQLite's does on a full disk, once a transaction has
+    inserted into the audit stream."""
+    from sqlalchemy import event
+
+    wrote_audit: list[bool] = []
+
+    @event.listens_for(store.engine, "before_cursor_execute")
+    def _note(_conn, _cursor, statement, parameters, _context, _many) -> None:  # noqa: ANN001
+        if "ledger_events" in statement and "'audit'" in repr(parameters):
+            wrote_audit.append(True)
+
+    commit = store.engine.dialect.do_commit
+
+    def do_commit(dbapi_connection) -> None:  # noqa: ANN001
+        if wrote_audit:
+            wrote_audit.clear()
+            raise sqlite3.OperationalError("database or disk is full")
+        commit(dbapi_connection)
+
+    monkeypatch.setattr(store.engine.dialect, "do_commit", do_commit)
+
+
 @pytest.mark.parametrize("target", ["output", "bundle"])
 def test_an_export_whose_record_cannot_be_written_leaves_no_file(
         run: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -259,11 +284,14 @@ def test_an_export_whose_record_cannot_be_written_leaves_no_file(
             raise StoreError(f"cannot append events to {self.url}: database or disk is full")
         insert_rows(self, connection, rows)
 
-    monkeypatch.setattr(Store, "_insert_rows", disk_full)
+    if target == "output":  # the insert fails
+        monkeypatch.setattr(Store, "_insert_rows", disk_full)
     places = ({"output": tmp_path / "report.json"} if target == "output"
               else {"bundle": tmp_path / "bundle"})
     with Store.open(f"sqlite:///{folder / 'ledger.db'}") as store:
         audit_before = store.stream_heads(exp).get("audit")
+        if target == "bundle":  # SQLite finds a full disk at the commit, after the insert
+            _commits_fail_after_an_audit_insert(store, monkeypatch)
         with pytest.raises(StoreError, match="disk is full"):
             export_report(store, exp, ReportOptions(data_dir=str(folder / "ledger-data")),
                           fmt="json", appendix=tmp_path / "events.ndjson"

@@ -659,3 +659,46 @@ def test_a_failed_background_batch_stops_the_writer_and_reaches_its_owner(store:
     late.close()  # already reported
     assert stored_seqs(store, "main") == [0]
     assert late.durable_seq == -1
+
+
+def test_ctrl_c_during_a_write_is_not_followed_by_a_second_write_at_close(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fix review: Ctrl-C while `ledger replay` waited on a lock cancelled the write, then
+    the writer's close wrote again — another 10 s — and its lock timeout replaced the interrupt.
+    An interrupted write stops the writer; close only releases the stream."""
+    recorded = record_experiment(store, workers=0, complete=False)
+    attempts: list[int] = []
+
+    def interrupted(self: Store, connection, rows) -> None:  # noqa: ANN001
+        attempts.append(len(rows))
+        raise KeyboardInterrupt
+
+    writer = StreamWriter(store, recorded.exp, "rank-2", flush_interval=None)
+    writer.append("metric", params={"n": 1})
+    monkeypatch.setattr(Store, "_insert_rows", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        writer.flush()
+    with pytest.raises(StoreError, match="interrupted while writing"):
+        writer.append("metric")
+    writer.close()
+    assert attempts == [1]
+    monkeypatch.undo()
+    StreamWriter(store, recorded.exp, "rank-2", flush_interval=None).close()  # released
+
+
+def test_an_audit_record_that_is_durable_is_not_reported_lost_when_its_release_fails(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fix review: a connection dropped right after the record committed made the command
+    fail (exit 2) although the record was in the ledger."""
+    import ledger.store.writer as writer_module
+    from ledger.audit import audit_trail, record_audit
+
+    recorded = record_experiment(store, workers=0)
+
+    def release_fails(*_args: Any) -> None:
+        raise StoreError("cannot release stream audit: server closed the connection")
+
+    monkeypatch.setattr(writer_module, "release_stream", release_fails)
+    event = record_audit(store, recorded.exp, "replay_recorded", {"verdict": "certified"})
+    monkeypatch.undo()
+    assert [body["seq"] for body in audit_trail(store, recorded.exp)] == [event.seq]

@@ -227,8 +227,7 @@ class Store:
 
     def append_rows(self, rows: Sequence[tuple[Any, ...]], *, claim_attempt: int | None = None,
                     guard: Callable[[Any], None] | None = None,
-                    last: Callable[[Any], tuple[Any, ...]] | None = None,
-                    before_commit: Callable[[], None] | None = None) -> None:
+                    last: Callable[[Any], tuple[Any, ...]] | None = None) -> None:
         """Insert event rows (tuples in ROW_COLUMNS order) in one transaction: all or none.
 
         ``claim_attempt``: the attempt number of the writer's claim on the rows' stream (see
@@ -239,9 +238,6 @@ class Store:
         ``guard(connection)`` runs first in the transaction, and may refuse the batch by raising
         a LedgerError; ``last(connection)`` returns one more row to insert after ``rows`` —
         built from what the transaction reads (see :meth:`lock_experiment`).
-        ``before_commit()`` runs once every row is inserted, just before the commit: what it
-        does (a report's files renamed into place) happens only if the rows could be written,
-        and an error it raises rolls them back.
         """
         if not rows and last is None:
             return
@@ -254,8 +250,6 @@ class Store:
                 if claim_attempt is not None:
                     self._check_still_claimed(connection, rows[0][0], rows[0][1], claim_attempt)
                 self._insert_rows(connection, rows)
-                if before_commit is not None:
-                    before_commit()
         except IntegrityError:
             exp, stream, seq = rows[0][:3]
             raise ConcurrentWriteError(

@@ -229,23 +229,17 @@ class StreamWriter:
         return (self.flush_interval is not None and bool(self._pending)
                 and time.monotonic() - self._oldest_pending >= self.flush_interval)
 
-    def flush(self, *, before_commit: Callable[[], None] | None = None) -> int:
-        """Write every buffered event; return the seq now durable.
-
-        ``before_commit`` (not with write-behind): see :meth:`Store.append_rows` — run in the
-        transaction that writes the buffer, just before its commit.
-        """
+    def flush(self) -> int:
+        """Write every buffered event; return the seq now durable."""
         self._check_process()
         with self._lock:
             self._raise_failure()
             if self.write_behind:
-                if before_commit is not None:
-                    raise BadInputError("before_commit needs a writer without write-behind")
                 self._queue_pending()
                 self._wait_until_written()
                 self._raise_failure()
             else:
-                self._flush_locked(before_commit)
+                self._flush_locked()
             return self.durable_seq
 
     def _wait_until_written(self) -> None:
@@ -254,14 +248,18 @@ class StreamWriter:
         while (self._queued or self._writing) and self._failure is None:
             self._changed.wait()
 
-    def _flush_locked(self, before_commit: Callable[[], None] | None = None) -> None:
+    def _flush_locked(self) -> None:
         if not self._pending:
             return
         rows = self._pending
         try:
-            self._write(rows, before_commit=before_commit)
+            self._write(rows)
         except LedgerError as error:
             self._failure = error
+            raise
+        except BaseException:  # Ctrl-C mid-write: whether the batch landed is not known here
+            self._failure = StoreError(f"writer for {self.exp}/{self.stream} was interrupted "
+                                       f"while writing: reopen the stream to go on")
             raise
         self._pending = []
         self.durable_seq = rows[-1][2]
@@ -307,10 +305,9 @@ class StreamWriter:
                 self._changed.notify_all()
 
     def _write(self, rows: list[tuple[Any, ...]],
-               last: Callable[[Any], tuple[Any, ...]] | None = None,
-               before_commit: Callable[[], None] | None = None) -> None:
+               last: Callable[[Any], tuple[Any, ...]] | None = None) -> None:
         self.store.append_rows(rows, claim_attempt=self._claim.attempt, guard=self.guard,
-                               last=last, before_commit=before_commit)
+                               last=last)
 
     def close_with(self, kind: str, params_of: Callable[[Any], dict[str, Any]]) -> Event:
         """Write what is buffered and one last event whose params are read in the same
