@@ -7,7 +7,9 @@ is described to another process by a small map ``{"name", "shape", "dtype"}``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import secrets
 from multiprocessing import shared_memory
 from typing import Any
 
@@ -42,9 +44,13 @@ class SharedArray:
         """
         dtype = np.dtype(dtype)
         size = max(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, 1)
+        name = f"psm_{secrets.token_hex(8)}"
         try:
-            block = shared_memory.SharedMemory(create=True, size=size)
+            block = shared_memory.SharedMemory(name=name, create=True, size=size)
         except OSError as error:
+            # made, then failed (out of descriptors for the resource tracker): not left behind
+            with contextlib.suppress(OSError):
+                os.unlink(f"/dev/shm/{name}")
             raise _no_shared_memory(size, error) from None
         try:
             reserve = getattr(os, "posix_fallocate", None)  # not on macOS: no reservation there
@@ -104,7 +110,12 @@ class SharedArray:
 
 
 def _no_shared_memory(size: int, error: OSError) -> ResourceError:
+    if error.errno in (errno.EMFILE, errno.ENFILE):
+        remedy = "raise the limit on open files (ulimit -n) or use num_workers=0"
+    elif error.errno == errno.EROFS:
+        remedy = "/dev/shm is read-only here: use num_workers=0"
+    else:
+        remedy = ("make /dev/shm larger (docker run --shm-size) or use num_workers=0 (a "
+                  "smaller batch_size or prefetch needs less)")
     return ResourceError(f"cannot have {size / 1e6:,.1f} MB of shared memory for worker "
-                         f"processes ({error.strerror or error}): make /dev/shm larger (docker "
-                         f"run --shm-size) or use num_workers=0 (a smaller batch_size or "
-                         f"prefetch needs less)")
+                         f"processes ({error.strerror or error}): {remedy}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -190,6 +191,36 @@ def test_a_small_dev_shm_raises_a_resource_error_not_a_bus_error(tmp_path: Path)
         env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 1, (result.returncode, result.stderr)  # Python's, not SIGBUS
     assert "ResourceError: cannot have 12.8 MB of shared memory" in result.stderr
+
+
+@pytest.mark.parametrize("limit", [8, 10, 12, 14])
+def test_out_of_descriptors_while_making_shared_memory_leaves_no_block_and_says_so(
+        limit: int) -> None:
+    """The fix review, with `ulimit -n 10`: the block was made, then the standard library failed
+    to register it (its resource tracker needs descriptors) — 9.6 MB left in /dev/shm on every
+    run, and a message that blamed /dev/shm's size."""
+    import resource
+
+    script = textwrap.dedent("""
+        import numpy as np
+        from ledger import TrainingDataIterator
+        features = np.zeros((20_000, 16), np.float32)
+        for _x, _y in TrainingDataIterator((features, None), 256, seed=1, num_workers=2):
+            pass
+    """)
+    before = {name for name in os.listdir("/dev/shm") if name.startswith("psm_")}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
+    last = result.stderr.strip().splitlines()[-1]
+    # where the descriptors run out depends on how many the interpreter holds: either step
+    assert re.fullmatch(r"ledger\.errors\.ResourceError: (cannot have 1\.3 MB of shared memory "
+                        r"for worker processes \(Too many open files\): raise the limit on open "
+                        r"files \(ulimit -n\) or use num_workers=0|cannot start worker [01]: Too "
+                        r"many open files \(raise the limit, or use fewer workers or "
+                        r"num_workers=0\))", last), last
+    assert {name for name in os.listdir("/dev/shm") if name.startswith("psm_")} <= before
 
 
 def test_a_worker_that_cannot_be_started_for_want_of_descriptors_is_a_resource_error(
