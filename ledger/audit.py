@@ -64,9 +64,9 @@ def require_audit_append(store: Store, what: str, exp: str | None = None, *,
     With ``take_over`` the holder is not asked about: it will be taken over.
     """
     refusal = store.append_refusal()
-    if refusal is None and exp is not None and not take_over:
-        holder = live_holder(store, exp, AUDIT_STREAM)
-        if holder is not None:
+    if refusal is None and exp is not None:
+        holder = live_holder(store, exp, AUDIT_STREAM)  # read even to take over: may it read?
+        if holder is not None and not take_over:
             refusal = (f"the audit stream of {exp} is open by {holder}; wait until it is "
                        f"released, or, if that process is gone (killed on another machine, "
                        f"where this one cannot check it), give --take-over")

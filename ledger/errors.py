@@ -57,6 +57,13 @@ class ResourceError(LedgerError):
     exit_code = 2
 
 
+class StateAheadError(BadInputError):
+    """An iterator state past what a resumed run recorded: resuming from it would leave a hole.
+
+    Raised before the resumed run did anything, so leaving its ``with`` block on this error
+    suspends the run (still resumable) instead of completing it as failed."""
+
+
 class CheckFailedError(LedgerError):
     """A verification found a tampered, missing or misplaced event."""
 

@@ -24,7 +24,7 @@ from ledger.augment import DataAugmenter, augment_path
 from ledger.batches import BatchDigests, BatchMaker, batch_input_digest, fast_array_digest
 from ledger.canonical import normalise
 from ledger.datasets import Dataset, in_memory_dataset
-from ledger.errors import BadInputError
+from ledger.errors import BadInputError, StateAheadError
 from ledger.events import AUGMENTATION_BATCH, EPOCH_RESET, WORKER_SPAWNED
 from ledger.experiment import Experiment
 from ledger.sampling import shuffle_path
@@ -374,10 +374,11 @@ class TrainingDataIterator:
                     self._refuse_ahead(epoch, batch, f"batch {done} of epoch {epoch}")
 
     def _refuse_ahead(self, epoch: int, batch: int, missing: str) -> NoReturn:
-        raise BadInputError(f"got a state at epoch {epoch} batch {batch}, but "
+        raise StateAheadError(f"got a state at epoch {epoch} batch {batch}, but "
                             f"{cast(Experiment, self.experiment).id} has no record of {missing}: "
                             f"the state is ahead of the ledger (events not yet written when it "
-                            f"was saved were lost); resume from an earlier state")
+                            f"was saved were lost); resume from an earlier state (the run is left "
+                            f"incomplete, to be resumed again)")
 
     # -- life cycle ------------------------------------------------------------------------------
 

@@ -158,6 +158,11 @@ def test_a_role_that_cannot_read_the_claims_gets_store_errors_and_records_nothin
     assert document["error"]["kind"] == "store", document
     assert "permission denied for table ledger_stream_claims" in result.stderr
     assert "[SQL:" not in result.stderr and "internal error" not in result.stderr
+    taking_over = run_cli("--db", _role_url(postgres_url, role), "replay", exp, "--take-over",
+                          "--data-dir", str(tmp_path / "data"))
+    assert taking_over.returncode == 2 and taking_over.stdout == ""  # refused before the work
+    assert "permission denied for table ledger_stream_claims" in taking_over.stderr
+    assert "draws compared" not in taking_over.stderr
     with pytest.raises(StoreError, match="permission denied for table ledger_stream_claims"):
         with ExperimentManager(_role_url(postgres_url, role), data_dir=tmp_path) as manager:
             manager.create_experiment("refused", seed=1)

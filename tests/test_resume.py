@@ -18,7 +18,7 @@ import pytest
 from conftest import ROOT, run_cli
 from ledger.augment import DataAugmenter
 from ledger.canonical import canonical
-from ledger.errors import BadInputError
+from ledger.errors import BadInputError, StateAheadError
 from ledger.experiment import Experiment, ExperimentManager
 from ledger.experiment_info import describe_experiment
 from ledger.iterator import TrainingDataIterator
@@ -245,10 +245,17 @@ def test_a_state_ahead_of_the_ledger_is_refused_and_state_dict_prevents_it(
             batches = TrainingDataIterator(data, 60, experiment=exp,
                                            augmenter=DataAugmenter(noise_std=0.1))
             if state == "_state":
-                with pytest.raises(BadInputError, match=r"got a state at epoch 1 batch 10, but "
-                                   r"exp-\w+ has no record of epoch 0's shuffle: the state is "
-                                   r"ahead of the ledger"):
+                with pytest.raises(StateAheadError, match=r"got a state at epoch 1 batch 10, "
+                                   r"but exp-\w+ has no record of epoch 0's shuffle: the state "
+                                   r"is ahead of the ledger"):
                     batches.load_state_dict(loaded["state"])
+                raise_it = pytest.raises(StateAheadError)
+                with raise_it:  # as a training script would: the error leaves the block
+                    with exp:
+                        batches.load_state_dict(loaded["state"])
+                # refused before anything was done: the run is still there to resume
+                assert describe_experiment(manager.store, exp.id).status == "incomplete"
+                manager.resume_experiment(exp.id).suspend()
                 return
             batches.load_state_dict(loaded["state"])
             list(batches)

@@ -165,7 +165,8 @@ def claim_stream(store: Store, exp: str, stream: str, start_seq: int | None, *,
                     raise StreamClaimedError(
                         f"stream {stream} of {exp} is already open by {holder.describe()}: a "
                         f"second writer is refused rather than fork the chain (if that process "
-                        f"is gone, open the writer with take_over=True)")
+                        f"is gone, take the stream over: take_over=True, or --take-over for "
+                        f"ledger replay and report)")
             attempt = max(claims, default=-1) + 1
             if start_seq is None:
                 start_seq = _next_seq(connection, exp, stream)
