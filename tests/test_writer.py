@@ -702,3 +702,21 @@ def test_an_audit_record_that_is_durable_is_not_reported_lost_when_its_release_f
     event = record_audit(store, recorded.exp, "replay_recorded", {"verdict": "certified"})
     monkeypatch.undo()
     assert [body["seq"] for body in audit_trail(store, recorded.exp)] == [event.seq]
+
+
+def test_a_run_completed_that_is_durable_is_not_reported_failed_when_its_release_fails(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fix review: the connection killed right after run_completed committed made the
+    trainer's `with` block raise, though the run was recorded ok."""
+    import ledger.store.writer as writer_module
+
+    recorded = record_experiment(store, workers=0, complete=False)
+    writer = StreamWriter(store, recorded.exp, "rank-4", flush_interval=None)
+
+    def release_fails(*_args: Any) -> None:
+        raise StoreError("cannot release stream rank-4: server closed the connection")
+
+    monkeypatch.setattr(writer_module, "release_stream", release_fails)
+    event = writer.close_with("metric", lambda _connection: {"last": True})
+    monkeypatch.undo()
+    assert rows(store, recorded.exp, "rank-4")[-1]["hash"] == event.hash

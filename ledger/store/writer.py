@@ -341,7 +341,10 @@ class StreamWriter:
             event = built[-1]
             self._pending = []
             self._next_seq, self._head, self.durable_seq = seq + 1, event.hash, seq
-        self.close()
+        try:
+            self.close()
+        except StoreError:  # the last event is durable: a claim left held is taken over later
+            pass
         return event
 
     def _check_usable(self) -> None:
