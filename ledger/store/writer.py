@@ -235,12 +235,17 @@ class StreamWriter:
         with self._lock:
             self._raise_failure()
             if self.write_behind:
-                self._queue_pending()
-                self._wait_until_written()
-                self._raise_failure()
+                self._write_queued()
             else:
                 self._flush_locked()
             return self.durable_seq
+
+    def _write_queued(self) -> None:
+        """Write-behind: hand the buffer to the background thread and wait until everything
+        queued is written; raise what stopped it (lock held)."""
+        self._queue_pending()
+        self._wait_until_written()
+        self._raise_failure()
 
     def _wait_until_written(self) -> None:
         """Write-behind: wait until the background thread has written every queued batch (or
@@ -321,9 +326,7 @@ class StreamWriter:
         with self._lock:
             self._check_usable()
             if self.write_behind:
-                self._queue_pending()
-                self._wait_until_written()
-                self._raise_failure()
+                self._write_queued()
             rows, seq, prev, t = self._pending, self._next_seq, self._head, self.clock()
             built: list[Event] = []
 
