@@ -375,10 +375,10 @@ class TrainingDataIterator:
 
     def _refuse_ahead(self, epoch: int, batch: int, missing: str) -> NoReturn:
         raise StateAheadError(f"got a state at epoch {epoch} batch {batch}, but "
-                            f"{cast(Experiment, self.experiment).id} has no record of {missing}: "
-                            f"the state is ahead of the ledger (events not yet written when it "
-                            f"was saved were lost); resume from an earlier state (the run is left "
-                            f"incomplete, to be resumed again)")
+                              f"{cast(Experiment, self.experiment).id} has no record of "
+                              f"{missing}: the state is ahead of the ledger (events not yet "
+                              f"written when it was saved were lost); resume from an earlier "
+                              f"state (the run is left incomplete, to be resumed again)")
 
     # -- life cycle ------------------------------------------------------------------------------
 

@@ -62,6 +62,10 @@ class Finding:
         return {"exp": self.exp, "stream": self.stream, "seq": self.seq, "problem": self.problem}
 
 
+INTACT_NOTE = "intact before the first bad event of each broken chain"
+"""How reports word :attr:`VerifyReport.intact` when verification failed."""
+
+
 @dataclass(slots=True)
 class VerifyReport:
     """What verification saw: counts, incomplete runs, and every finding (at most one per

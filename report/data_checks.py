@@ -58,15 +58,16 @@ def _role(body: dict[str, Any]) -> str | None:
 
 def independence(datasets: list[dict[str, Any]], data_dir: Any) -> dict[str, Any]:
     """The R5 independence check: status ``passed``, ``failed`` or ``not_checked`` with why."""
-    train = [body for body in datasets if _role(body) in TRAIN_ROLES]
-    test = [body for body in datasets if _role(body) in TEST_ROLES]
-    unknown = [body for body in datasets
-               if _role(body) is not None and _role(body) not in TRAIN_ROLES | TEST_ROLES]
+    roles = [(body, _role(body)) for body in datasets]
+    train = [body for body, role in roles if role in TRAIN_ROLES]
+    test = [body for body, role in roles if role in TEST_ROLES]
+    unknown = [body for body, role in roles
+               if role is not None and role not in TRAIN_ROLES | TEST_ROLES]
     if not train or not test:
         return {"status": "not_checked", "pairs": [],
-                "reason": "no dataset roles recorded" if not any(map(_role, datasets))
+                "reason": "no dataset roles recorded" if not any(role for _b, role in roles)
                 else "needs a training and a test (or validation) dataset"
-                + _unknown_note(unknown)}
+                + (f"; {_unknown_note(unknown)}" if unknown else "")}
     if len(train) * len(test) > MAX_PAIRS:
         return {"status": "not_checked", "pairs": [],
                 "reason": f"{len(train):,} training and {len(test):,} test datasets: more than "
@@ -94,18 +95,16 @@ def independence(datasets: list[dict[str, Any]], data_dir: Any) -> dict[str, Any
                 "reason": "records of a test dataset also occur in a training dataset"}
     if unknown:
         return {"status": "not_checked", "pairs": pairs,
-                "reason": "no record of the test datasets occurs in the training ones, but"
-                + _unknown_note(unknown).removeprefix(";")}
+                "reason": f"no record of the test datasets occurs in the training ones, but "
+                          f"{_unknown_note(unknown)}"}
     return {"status": "passed", "pairs": pairs, "reason": "no record occurs in both"}
 
 
 def _unknown_note(unknown: list[dict[str, Any]]) -> str:
     """Which datasets carry a role the check does not know (so were not checked)."""
-    if not unknown:
-        return ""
     named = ", ".join(f"{body['params'].get('name')!r} ({body['params'].get('role')!r})"
                       for body in unknown[:5]) + (" …" if len(unknown) > 5 else "")
-    return (f"; dataset(s) {named} carry a role the check does not know, so were not checked "
+    return (f"dataset(s) {named} carry a role the check does not know, so were not checked "
             f"(train or training; test, validation, val, dev, holdout, eval, …)")
 
 

@@ -13,6 +13,7 @@ from html import escape
 from typing import Any
 
 from ledger.text import escape_unprintable
+from ledger.verify import INTACT_NOTE
 from report.seedtree import ELLIPSIS
 from report.svg import metric_chart
 
@@ -342,4 +343,4 @@ def _intact(verification: dict[str, Any]) -> str:
     """How many events a failed verification still proved intact (nothing when it passed)."""
     if verification["ok"] or verification.get("intact") is None:
         return ""
-    return f", {e(verification['intact'])} intact before the first bad event of each broken chain"
+    return f", {e(verification['intact'])} {INTACT_NOTE}"

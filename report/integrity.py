@@ -10,7 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ledger.store.schema import SCHEMA_VERSION
 from ledger.store.store import Store
-from ledger.verify import VerifyReport
+from ledger.verify import INTACT_NOTE, VerifyReport
 from report.facts import RunFacts
 from report.scan import stream_order
 
@@ -46,8 +46,7 @@ def append_only_controls(store: Store, verification: VerifyReport) -> list[dict[
                      "in_force": verification.ok,
                      "detail": f"{verification.events} events in {verification.chains} chains"
                                + ("" if verification.ok else
-                                  f", {verification.intact} intact before the first bad event "
-                                  f"of each broken chain")})
+                                  f", {verification.intact} {INTACT_NOTE}")})
     controls.append({"control": "schema version recorded; a ledger of a newer version is refused",
                      "in_force": True,
                      "detail": f"ledger schema version {store.schema_version}, this program "

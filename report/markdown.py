@@ -13,6 +13,7 @@ from html import escape
 from typing import Any
 
 from ledger.text import escape_unprintable
+from ledger.verify import INTACT_NOTE
 
 _SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 """Markdown's inline punctuation; values never start a line, so block markers (#, -, >) are safe."""
@@ -109,8 +110,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"**Full chain verification: {'VERIFIED' if verification['ok'] else 'FAILED'}** — "
             f"{m(verification['events'])} events in {m(verification['chains'])} chains"
             + ("" if verification["ok"] or verification.get("intact") is None else
-               f", {m(verification['intact'])} intact before the first bad event of each "
-               f"broken chain"), ""]
+               f", {m(verification['intact'])} {INTACT_NOTE}"), ""]
     out += [f"- {m(f['stream'])} seq {m(f['seq'])}: {m(f['problem'])}"
             for f in verification["findings"]] + ([""] if verification["findings"] else [])
     out += _table(["stream", "events", "head"],

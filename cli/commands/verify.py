@@ -9,7 +9,7 @@ from cli.main import cli, db_option
 from cli.output import Progress, emit_json, json_option
 from ledger.errors import CheckFailedError
 from ledger.store import Store
-from ledger.verify import verify
+from ledger.verify import INTACT_NOTE, verify
 
 
 @cli.command("verify", epilog="Exit codes: 0 every chain verifies; 1 a chain is broken or "
@@ -36,8 +36,7 @@ def verify_command(obj: dict, exp: str | None, jobs: int | None, as_json: bool) 
         emit_json(report.to_json())
     else:
         status = "OK" if report.ok else "FAILED"
-        intact = "" if report.ok else (f"; {report.intact:,} intact before the first bad event "
-                                       f"of each broken chain")
+        intact = "" if report.ok else f"; {report.intact:,} {INTACT_NOTE}"
         click.echo(f"{status}: {_count(report.events, 'event')} in "
                    f"{_count(report.chains, 'chain')} of "
                    f"{_count(report.experiments, 'experiment')}{intact}")

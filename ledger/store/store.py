@@ -350,14 +350,10 @@ class Store:
                     "unreadable",) else "malformed"
         return statuses
 
-    def experiment_names(self) -> dict[str, tuple[str, int]]:
-        """Each experiment row's id, name and created_t: what verification checks against,
-        without the completion statuses :meth:`experiments` finds by reading every event."""
-        with self._reading() as connection:
-            return self._experiment_names(connection)
-
     @staticmethod
     def _experiment_names(connection) -> dict[str, tuple[str, int]]:  # noqa: ANN001
+        """Each experiment row's id, name and created_t: what verification checks against,
+        without the completion statuses :meth:`experiments` finds by reading every event."""
         return {exp: (name, created_t) for exp, name, created_t in connection.execute(
             select(experiments_table.c.exp, experiments_table.c.name,
                    experiments_table.c.created_t)).all()}
@@ -514,7 +510,8 @@ class Store:
     def chains_and_experiments(self, exp: str | None = None
                                ) -> tuple[list[tuple[str, str, int, int]],
                                           dict[str, tuple[str, int]]]:
-        """:meth:`chain_sizes` and :meth:`experiment_names` read in one snapshot.
+        """:meth:`chain_sizes` and each experiment row's id, name and created_t, read in one
+        snapshot.
 
         Read apart, an experiment created between the two reads (its row and first event are
         one transaction) would look like a row without events, or events without a row: a

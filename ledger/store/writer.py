@@ -257,15 +257,7 @@ class StreamWriter:
         if not self._pending:
             return
         rows = self._pending
-        try:
-            self._write(rows)
-        except LedgerError as error:
-            self._failure = error
-            raise
-        except BaseException:  # Ctrl-C mid-write: whether the batch landed is not known here
-            self._failure = StoreError(f"writer for {self.exp}/{self.stream} was interrupted "
-                                       f"while writing: reopen the stream to go on")
-            raise
+        self._write_or_stop(rows)
         self._pending = []
         self.durable_seq = rows[-1][2]
 
@@ -314,6 +306,19 @@ class StreamWriter:
         self.store.append_rows(rows, claim_attempt=self._claim.attempt, guard=self.guard,
                                last=last)
 
+    def _write_or_stop(self, rows: list[tuple[Any, ...]],
+                       last: Callable[[Any], tuple[Any, ...]] | None = None) -> None:
+        """:meth:`_write` in the owner's thread (lock held); a failure stops the writer."""
+        try:
+            self._write(rows, last)
+        except LedgerError as error:
+            self._failure = error
+            raise
+        except BaseException:  # Ctrl-C mid-write: whether the batch landed is not known here
+            self._failure = StoreError(f"writer for {self.exp}/{self.stream} was interrupted "
+                                       f"while writing: reopen the stream to go on")
+            raise
+
     def close_with(self, kind: str, params_of: Callable[[Any], dict[str, Any]]) -> Event:
         """Write what is buffered and one last event whose params are read in the same
         transaction (``params_of(connection)``), then close; return that event.
@@ -336,11 +341,7 @@ class StreamWriter:
                 built.append(event)
                 return event_row(event)
 
-            try:
-                self._write(rows, last)
-            except LedgerError as error:
-                self._failure = error
-                raise
+            self._write_or_stop(rows, last)
             event = built[-1]
             self._pending = []
             self._next_seq, self._head, self.durable_seq = seq + 1, event.hash, seq
