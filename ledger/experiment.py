@@ -88,6 +88,9 @@ class Experiment:
         self.data_dir = data_dir
         self._writer = writer
         self._draws: dict[tuple[str, tuple], Any] = {}
+        self._drawn_here: set[tuple[str, tuple]] = set()
+        """The draws :meth:`record_draw` was called for in this process, recorded or not (a
+        resumed run's first iterator re-entering an epoch the lost attempt drew)."""
         self.resumed = False
         """True for a run continued by :meth:`ExperimentManager.resume_experiment`."""
         self._datasets: dict[str, Dataset] = {}
@@ -151,10 +154,12 @@ class Experiment:
         self._check_process()  # before the lock, which a forked child may inherit held
         with self._lock:
             if seen_draw(self._draws, kind, path, value, _SECOND_DRAW_HINT):
+                self._drawn_here.add(identity)
                 return None
             event = self._append(kind, path=path, seed=seed, params=params, input=input,
                                  output=output, meta=meta)
             self._draws[identity] = value
+            self._drawn_here.add(identity)
             return event
 
     def record_normalised_draw(self, kind: str, path: tuple[Label, ...], *, seed: bytes | None,
@@ -180,6 +185,14 @@ class Experiment:
         """Whether this run recorded the draw (kind, path) — in this process, or before it was
         resumed."""
         return (kind, path) in self._draws
+
+    def drew_here(self, kind: str, path: tuple[Label, ...], output: bytes) -> bool:
+        """Whether :meth:`record_draw` was called in this process for the draw (kind, path)
+        with ``output``. BadInputError when the run has that draw with another output (a draw
+        is recorded once per run)."""
+        with self._lock:
+            return ((kind, path) in self._drawn_here
+                    and seen_draw(self._draws, kind, path, output, _SECOND_DRAW_HINT))
 
     def _append(self, kind: str, **fields: Any) -> Event:
         self._check_process()  # before the lock, which a forked child may inherit held

@@ -125,6 +125,7 @@ class TrainingDataIterator:
         self._batch = 0
         self._started = False
         self._reset_recorded: int | None = None
+        self._restored = False
         self._pool: WorkerPool | None = None
         self._active: Generator[Batch, None, None] | None = None
         self._closed = False
@@ -182,6 +183,7 @@ class TrainingDataIterator:
     def __iter__(self) -> Iterator[Batch]:
         """Start (or continue) a pass over the current epoch; see the module docstring."""
         self._check_open()
+        self._refuse_repeated_epoch(self.next_epoch)
         self._stop_active()
         self._ensure_pool()
         if not self._started:
@@ -195,9 +197,30 @@ class TrainingDataIterator:
     def reset(self) -> None:
         """Start the next epoch now (the first, if none has started), dropping what is left."""
         self._check_open()
+        epoch = self._epoch + 1 if self._started else self._epoch
+        self._refuse_repeated_epoch(epoch)
         self._stop_active()
-        self._start_epoch(self._epoch + 1 if self._started else self._epoch)
+        self._start_epoch(epoch)
         self._record_reset()
+
+    def _refuse_repeated_epoch(self, epoch: int) -> None:
+        """Refuse to start ``epoch`` when another iterator of this process drew it and this one
+        was not restored to it: an iterator made afresh for each epoch starts at epoch 0 again
+        and repeats its order — the bug this library exists to fix — while the ledger, which
+        records a draw once, would stay silent. (In a resumed run, the first iterator may redo
+        epochs the lost attempt drew: that is starting over, not repeating.)"""
+        if not self.recording or self._restored or self._reset_recorded == epoch:
+            return
+        experiment = cast(Experiment, self.experiment)
+        # another output at this draw (other data) is refused by drew_here itself
+        if not experiment.drew_here(EPOCH_RESET, shuffle_path(epoch),
+                                    fast_array_digest(self._maker.order(epoch))):
+            return
+        raise BadInputError(f"got a new iterator starting epoch {epoch}, but another iterator "
+                            f"of {experiment.id} already drew epoch {epoch}: it would repeat "
+                            f"that epoch's order. Keep one TrainingDataIterator for the run and "
+                            f"loop over it once per epoch, or continue a saved position with "
+                            f"load_state_dict(state)")
 
     def _start_epoch(self, epoch: int) -> None:
         self._epoch, self._batch, self._started = epoch, 0, True
@@ -355,6 +378,7 @@ class TrainingDataIterator:
         self._stop_active()
         self._epoch, self._batch, self._started = epoch, batch, started
         self._reset_recorded = None
+        self._restored = True
 
     def _check_recorded_until(self, epoch: int, batch: int, started: bool) -> None:
         """In a resumed run, refuse a position past what the run recorded: a state saved before

@@ -632,6 +632,44 @@ def test_a_second_iterator_over_other_data_is_refused_unless_it_records_nothing(
                                              record=False))) == 3
 
 
+def test_an_iterator_made_afresh_each_epoch_is_refused_instead_of_repeating_epoch_0(
+        manager: ExperimentManager) -> None:
+    """The bug report's 'every epoch sees the same order', reached through the library: a new
+    iterator per epoch starts at epoch 0 again. The ledger records a draw once, so it would
+    have stayed silent; the second iterator is refused, by a pass and by reset(), and the run
+    ends failed with the reason."""
+    with pytest.raises(BadInputError, match="already drew epoch 0: it would repeat") as caught:
+        with manager.create_experiment("x", seed=1) as exp:
+            data = exp.register_dataset("d", *noisy_data(rows=40))
+            first = list(TrainingDataIterator(data, 10, experiment=exp))
+            assert len(first) == 4
+            with pytest.raises(BadInputError, match="Keep one TrainingDataIterator"):
+                TrainingDataIterator(data, 10, experiment=exp).reset()
+            for _epoch in range(2):
+                list(TrainingDataIterator(data, 10, experiment=exp))
+    assert "load_state_dict" in str(caught.value)
+    assert exp.status == "failed"
+
+
+def test_one_iterator_for_the_run_and_a_restored_one_both_go_on(
+        manager: ExperimentManager) -> None:
+    """What the refusal of a repeated epoch leaves allowed: one iterator looped once per epoch,
+    and a second iterator restored to the first one's position (it continues, not repeats)."""
+    with manager.create_experiment("x", seed=1) as exp:
+        data = exp.register_dataset("d", *noisy_data(rows=40))
+        batches = TrainingDataIterator(data, 10, experiment=exp)
+        for _epoch in range(2):
+            assert len(list(batches)) == 4
+        iterator = iter(batches)
+        next(iterator)
+        state = batches.state_dict()
+        restored = TrainingDataIterator(data, 10, experiment=exp)
+        restored.load_state_dict(state)
+        assert (restored.epoch, len(list(restored))) == (2, 3)
+        assert len(list(restored)) == 4  # and on to epoch 3, which nothing drew yet
+    assert exp.status == "ok"
+
+
 def test_a_recorded_run_verifies_on_every_backend(store_url: str, tmp_path: Path) -> None:
     with ExperimentManager(store_url, data_dir=tmp_path) as manager:
         with manager.create_experiment("backend", seed=3) as exp:

@@ -195,6 +195,27 @@ def test_a_resumed_run_that_does_not_reproduce_itself_is_refused(tmp_path: Path)
         resumed.close()
 
 
+def test_a_resumed_run_may_start_over_once_but_not_repeat_an_epoch_it_drew_itself(
+        tmp_path: Path) -> None:
+    """A run killed before it saved any state is resumed from the start: its first iterator
+    redraws epoch 0, which the lost attempt drew (the same draw, recorded once). A second
+    fresh iterator in the resumed process would repeat epoch 0 again: refused."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    features, labels = sample_data(rows=40)
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        exp = manager.create_experiment("restart", seed=42)
+        data = exp.register_dataset("d", features, labels)
+        first_attempt = [x for x, _y in TrainingDataIterator(data, 10, experiment=exp)]
+        exp.suspend()
+        resumed = manager.resume_experiment(exp.id)
+        data = resumed.register_dataset("d", features, labels)
+        redone = [x for x, _y in TrainingDataIterator(data, 10, experiment=resumed)]
+        assert all(np.array_equal(a, b) for a, b in zip(first_attempt, redone, strict=True))
+        with pytest.raises(BadInputError, match="another iterator of .* already drew epoch 0"):
+            list(TrainingDataIterator(data, 10, experiment=resumed))
+        resumed.close()
+
+
 def test_only_an_incomplete_run_can_be_resumed(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     with ExperimentManager(url, data_dir=tmp_path / "data") as manager:

@@ -68,6 +68,28 @@ def test_each_epoch_is_the_permutation_of_its_derived_path(url: str) -> None:
     assert resets[0]["seed"] == derive_bytes(SEED, ("epoch", 0, "shuffle"))
 
 
+def test_a_loader_made_afresh_each_epoch_is_refused_unless_set_epoch_chose(
+        url: str, tmp_path: Path) -> None:
+    """A new loader per epoch would start at epoch 0 each time — the bug report's repeated
+    order, which the ledger (a draw recorded once) would not show: refused, naming the fix.
+    A new loader told its epoch with set_epoch goes on; so does one in an attached rank."""
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("fresh", seed=SEED) as exp:
+            dataset = exp.register_dataset("fraud", *torch_helpers.fraud_arrays(64))
+            first = [y.tolist() for _x, y in RecordedDataLoader(exp, dataset, 16)]
+            again = RecordedDataLoader(exp, dataset, 16)
+            with pytest.raises(BadInputError, match="already drew epoch 0: it would repeat"):
+                list(again)
+            chosen = RecordedDataLoader(exp, dataset, 16)
+            chosen.set_epoch(1)
+            second = [y.tolist() for _x, y in chosen]
+            assert second != first and len(second) == len(first)
+            with pytest.raises(BadInputError, match="set_epoch"):
+                list(RecordedSampler(dataset, exp))
+    resets = [e["path"] for e in events(manager, exp.id) if e["kind"] == "epoch_reset"]
+    assert resets == [["epoch", 0, "shuffle"], ["epoch", 1, "shuffle"]]
+
+
 def test_an_iterator_never_started_starts_no_epoch() -> None:
     sampler = RecordedSampler(10, seed=SEED)
     iter(sampler)

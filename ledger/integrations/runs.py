@@ -114,6 +114,11 @@ class AttachedRun:
         self._draws[identity] = value
         return event
 
+    def drew_here(self, kind: str, path: tuple[Label, ...], output: bytes) -> bool:
+        """Whether this run recorded the draw (kind, path) with ``output`` (everything it
+        recorded, it recorded in this process). BadInputError when with another output."""
+        return seen_draw(self._draws, kind, path, output)
+
     def record_normalised_draw(self, kind: str, path: tuple[Label, ...], *, seed: bytes | None,
                                params: dict[str, Any], input: bytes | None = None,
                                output: bytes | None = None) -> bool:

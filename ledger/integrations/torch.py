@@ -282,11 +282,13 @@ class RecordedSampler(Sampler[int]):
         self.epoch = -1
         """The epoch of the latest pass (-1 before the first)."""
         self._next_epoch = 0
+        self._chosen = False
         self._recorded: set[int] = set()
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass epoch ``epoch`` (as ``DistributedSampler.set_epoch``)."""
         self._next_epoch = check_epoch(epoch)
+        self._chosen = True
 
     def __len__(self) -> int:
         return share_size(self.length, self.num_replicas, self.drop_last)
@@ -313,9 +315,20 @@ class RecordedSampler(Sampler[int]):
             raise BadInputError(f"epoch {MAX_EPOCH} was the last one (epochs are 64-bit path "
                                 f"labels): set_epoch to go on")
         order = self.order(epoch)
+        path = shuffle_path(epoch)
+        records = self.recording and self.rank == 0 and epoch not in self._recorded
+        output = fast_array_digest(order) if records else b""
+        chosen, self._chosen = self._chosen, False
+        run = self.run
+        if (records and run is not None and not chosen
+                and run.drew_here(EPOCH_RESET, path, output)):
+            # a sampler (or loader) made afresh each epoch, starting at 0 again
+            raise BadInputError(f"got a new sampler starting epoch {epoch} by itself, but "
+                                f"another sampler of {run.id} already drew epoch {epoch}: it "
+                                f"would repeat that epoch's order. Keep one loader for the run, "
+                                f"or choose the epoch with set_epoch(epoch)")
         self._next_epoch, self.epoch = epoch + 1, epoch
-        if self.recording and self.rank == 0 and epoch not in self._recorded:
-            path = shuffle_path(epoch)
+        if records:
             params: dict[str, Any] = {"epoch": epoch, "length": self.length,
                                       "shuffle": self.shuffle, "num_replicas": self.num_replicas,
                                       "even_shares": "drop" if self.drop_last else "pad",
@@ -324,7 +337,7 @@ class RecordedSampler(Sampler[int]):
                 params.update(dataset=self.dataset.name, dataset_digest=self.dataset.digest)
             assert self.run is not None  # recording: there is a run
             self.run.record_draw(EPOCH_RESET, path, seed=derive_bytes(self.root, path),
-                                 params=params, output=fast_array_digest(order))
+                                 params=params, output=output)
             self._recorded.add(epoch)
         return epoch, rank_share(order, self.num_replicas, self.rank, self.drop_last)
 
