@@ -51,6 +51,10 @@ a chain like any other (verified, append-only), but not part of the run, so ``ru
 does not list it."""
 AUDIT_KINDS = frozenset({REPLAY_RECORDED, REPORT_EXPORTED})
 """The kinds the audit stream holds, and all it may hold: replay and diff skip that stream."""
+NOT_DRAWS = frozenset({EXPERIMENT_CREATED, METRIC, CHECKPOINT, RUN_COMPLETED, RUN_RESUMED})
+"""Kinds with nothing to re-execute from the ledger alone (compared by ``replay --full``).
+Every other kind of a run but ``dataset_registered`` is a draw: identified by (kind, path), once
+per run (DESIGN §3)."""
 LIBRARY_KINDS = frozenset({EXPERIMENT_CREATED, RUN_RESUMED, RUN_COMPLETED}) | AUDIT_KINDS
 """Kinds only the library records, each at its one place (main seq 0, a resumption, main last,
 the audit stream): ``record`` refuses them, since one anywhere else breaks the run's chain."""
@@ -134,6 +138,13 @@ def _check_digest(name: str, value: Any, size: int) -> bytes | None:
     if not isinstance(value, (bytes, bytearray)) or len(value) != size:
         raise BadInputError(f"event field {name} must be {size} bytes or None")
     return bytes(value)
+
+
+def is_draw(kind: str) -> bool:
+    """Whether events of ``kind`` are draws, which replay re-executes and a run holds once per
+    (kind, path): every kind but :data:`NOT_DRAWS`, ``dataset_registered`` and the audit kinds —
+    custom kinds included."""
+    return kind not in NOT_DRAWS and kind != DATASET_REGISTERED and kind not in AUDIT_KINDS
 
 
 def check_recordable(kind: Any) -> None:
@@ -257,6 +268,15 @@ def seen_draw(draws: dict[tuple[str, tuple], Any], kind: str, path: Sequence[Lab
             if isinstance(value, tuple) and isinstance(recorded, tuple) else "with another output")
     raise BadInputError(f"got a second {kind} at path {list(path)} {what}, but a draw (kind, "
                         f"path) is recorded once per run{hint}")
+
+
+def refuse_second_draw(draws: dict[tuple[str, tuple], Any], kind: str, path: Path) -> None:
+    """Refuse to record (kind, path) again with ``record``, which cannot skip it as
+    :func:`seen_draw` lets ``record_draw`` do: a run holding a draw twice cannot be certified."""
+    if (kind, path) in draws:
+        raise BadInputError(f"got a second {kind} at path {list(path)}, but a draw (kind, path) "
+                            f"is recorded once per run: give each its own path (record_draw "
+                            f"records a draw once and skips it after)")
 
 
 _ABSENT = object()

@@ -36,8 +36,8 @@ from ledger.environment import entrypoint as detect_entrypoint
 from ledger.errors import BadInputError, LedgerError, StateAheadError, StoreError
 from ledger.events import (AUDIT_STREAM, CHECKPOINT, COMPLETION_STATUSES, DATASET_REGISTERED,
                            EXPERIMENT_CREATED, MAIN_STREAM, METRIC, RUN_COMPLETED, USER_DRAW,
-                           Event, check_experiment_id, check_recordable, draw_value, make_event,
-                           new_experiment_id, seen_draw)
+                           Event, check_experiment_id, check_recordable, draw_value, is_draw,
+                           make_event, new_experiment_id, refuse_second_draw, seen_draw)
 from ledger.logged_values import check_metric_value, checkpoint_record, state_digest
 from ledger.processes import forks_so_far
 from ledger.seeds import (SEED_SCHEME, Label, check_path, check_root_seed, derive_bytes, draw_root_seed,
@@ -129,10 +129,22 @@ class Experiment:
         """Append one event to the main stream (buffered; durable after :meth:`flush`).
 
         The kinds the library records itself (:data:`~ledger.events.LIBRARY_KINDS`) are refused.
+        A draw (any kind but metric, checkpoint and dataset_registered, custom kinds included)
+        is refused at a (kind, path) the run already holds: replay could never certify the run.
         """
         check_recordable(kind)
-        return self._append(kind, path=path, seed=seed, params=params, input=input,
-                            output=output, meta=meta)
+        if not is_draw(kind):
+            return self._append(kind, path=path, seed=seed, params=params, input=input,
+                                output=output, meta=meta)
+        identity = (kind, check_path(path))
+        self._check_process()  # before the lock, which a forked child may inherit held
+        with self._lock:
+            refuse_second_draw(self._draws, *identity)
+            event = self._append(kind, path=path, seed=seed, params=params, input=input,
+                                 output=output, meta=meta)
+            self._draws[identity] = draw_value(kind, params, output)
+            self._drawn_here.add(identity)
+            return event
 
     def record_draw(self, kind: str, path: Sequence[Any], *, seed: bytes | None,
                     params: Mapping[str, Any], input: bytes | None = None,

@@ -30,9 +30,8 @@ from ledger.audit import record_audit
 from ledger.digests import value_digest
 from ledger.environment import current_user, environment_fingerprint
 from ledger.errors import CannotReplayError
-from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EXPERIMENT_CREATED,
-                           METRIC, REPLAY_RECORDED, RUN_COMPLETED, RUN_RESUMED, USER_DRAW,
-                           decode_body)
+from ledger.events import (AUDIT_STREAM, DATASET_REGISTERED, EXPERIMENT_CREATED, NOT_DRAWS,
+                           REPLAY_RECORDED, RUN_COMPLETED, USER_DRAW, decode_body)
 from ledger.processes import usable_cores
 from ledger.seeds import SEED_SCHEME, root_seed_from_bytes
 from ledger.store.store import Store
@@ -48,8 +47,6 @@ from replay.registry import Redraw, load_plugins
 __all__ = ["Divergence", "POLICY", "ReplayReport", "default_data_dir_of", "recorded_start",
            "record_replay", "replay_run"]
 
-NOT_DRAWS = frozenset({EXPERIMENT_CREATED, METRIC, CHECKPOINT, RUN_COMPLETED, RUN_RESUMED})
-"""Kinds with nothing to re-execute from the ledger alone (compared by ``--full``)."""
 WINDOW_DRAWS = 100_000
 """Draws held in memory (and shared out between processes) at a time."""
 PROGRESS_EVERY = 1000

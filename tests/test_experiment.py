@@ -31,6 +31,7 @@ from ledger.experiment_info import describe_experiment
 from ledger.sampling import epoch_order
 from ledger.seeds import SEED_SCHEME, derive_bytes, root_seed_to_bytes
 from ledger.user_draws import register_draw
+from replay import replay_run
 from trainer_helpers import bodies, noisy_data
 
 
@@ -236,6 +237,43 @@ def test_record_refuses_the_kinds_only_the_library_records(manager: ExperimentMa
             exp.record(kind, params={"status": "ok", "streams": {}})
         exp.record("note", params={"text": "custom kinds are still recorded"})
     assert ledger.verify(manager.store, exp.id).ok
+
+
+def test_record_refuses_a_draw_the_run_already_holds(manager: ExperimentManager) -> None:
+    """exp.record of a draw kind at a (kind, path) the run holds — a user_draw after
+    exp.generator at that path, one recorded twice — used to be written: the run verified but
+    replay refused it for ever ("recorded more than once"). Refused when recorded, the run
+    still certifies; metrics logged again and draws at other paths go on."""
+    def user_draw(*path: str) -> Any:
+        return exp.record("user_draw", path=path, seed=derive_bytes(5, path),
+                          params={"generator": "numpy.PCG64"})
+
+    with manager.create_experiment("twice", seed=5) as exp:
+        exp.generator("model", "init")
+        with pytest.raises(BadInputError, match=r"second user_draw at path \['model', 'init'\]"):
+            user_draw("model", "init")
+        user_draw("model", "head")
+        with pytest.raises(BadInputError, match="recorded once per run"):
+            user_draw("model", "head")
+        exp.generator("model", "head")  # record_draw's door: the same draw, skipped
+        exp.log_metric("loss", 1.0, epoch=0)
+        exp.log_metric("loss", 0.5, epoch=1)
+    draws = [b["path"] for b in bodies(manager.store, exp.id) if b["kind"] == "user_draw"]
+    assert draws == [["model", "init"], ["model", "head"]]
+    assert ledger.verify(manager.store, exp.id).ok
+    assert replay_run(manager.store, exp.id).certified
+
+
+def test_record_refuses_a_custom_draw_kind_twice_at_one_path(manager: ExperimentManager) -> None:
+    """A custom kind is a user draw point (replayed by its registered replayer): once per
+    (kind, path), as replay requires. Other paths are accepted."""
+    with manager.create_experiment("custom", seed=5) as exp:
+        exp.record("note", path=("step", 0), params={"text": "a"})
+        exp.record("note", path=("step", 1), params={"text": "b"})
+        with pytest.raises(BadInputError, match=r"second note at path \['step', 1\]"):
+            exp.record("note", path=("step", 1), params={"text": "c"})
+    notes = [b["params"]["text"] for b in bodies(manager.store, exp.id) if b["kind"] == "note"]
+    assert notes == ["a", "b"]
 
 
 def test_a_background_thread_logging_while_the_run_completes_leaves_a_run_that_verifies(

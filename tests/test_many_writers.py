@@ -199,6 +199,26 @@ def test_attached_streams_are_listed_by_run_completed(store_url: str, tmp_path) 
         assert [b["stream"] for b in bodies if b["kind"] == "user_draw"] == ["rank-1"]
 
 
+def test_an_attached_run_refuses_a_draw_it_already_recorded(store: Store) -> None:
+    """As an experiment's record: a second draw at one (kind, path) would leave a run replay
+    refuses; metrics are not draws."""
+    recorded = record_experiment(store, workers=0, complete=False)
+    with AttachedRun(store, recorded.exp, "rank-1") as run:
+        path = ("rank", 1, "model", "init")
+        run.record("user_draw", path=path, seed=derive_bytes(42, path),
+                   params={"generator": "numpy.PCG64"})
+        with pytest.raises(BadInputError, match="recorded once per run"):
+            run.record("user_draw", path=list(path), seed=derive_bytes(42, path),
+                       params={"generator": "numpy.PCG64"})
+        assert run.record_draw("user_draw", path, seed=derive_bytes(42, path),
+                               params={"generator": "numpy.PCG64"}) is None
+        run.record("metric", params={"n": 1})
+        run.record("metric", params={"n": 1})
+    kinds = [decode_body(body)["kind"] for stream, _q, _k, body in
+             store.iter_run_bodies(recorded.exp) if stream == "rank-1"]
+    assert kinds == ["user_draw", "metric", "metric"]
+
+
 def test_appending_after_close_is_refused(store: Store) -> None:
     recorded = record_experiment(store, workers=0, complete=False)
     run = AttachedRun(store, recorded.exp, "rank-1")

@@ -408,7 +408,7 @@ def test_events_follow_the_order_batches_were_handed_out(url: str, tmp_path: Pat
                                         num_replicas=2 if attached else 1,
                                         rank=1 if attached else 0)
             for step, _batch in enumerate(loader):
-                run.record("user_note", params={"step": step})
+                run.record("user_note", path=("note", step), params={"step": step})
             iterator = iter(loader)
             next(iterator)  # a pass left in the middle: its batches are recorded all the same
             next(iterator)

@@ -24,8 +24,9 @@ from ledger.datasets import (Dataset, check_arrays, check_name, check_role, data
 from ledger.errors import BadInputError, StoreError
 from ledger.events import (AUDIT_STREAM, DATASET_REGISTERED, EXPERIMENT_CREATED, MAIN_STREAM,
                            RUN_COMPLETED, Event, check_experiment_id, check_recordable,
-                           check_stream, decode_body, draw_value, seen_draw)
-from ledger.seeds import Label, root_seed_from_bytes
+                           check_stream, decode_body, draw_value, is_draw,
+                           refuse_second_draw, seen_draw)
+from ledger.seeds import Label, check_path, root_seed_from_bytes
 from ledger.store import Store, StreamWriter
 
 
@@ -97,8 +98,15 @@ class AttachedRun:
         kinds the library records itself are refused, as there."""
         check_recordable(kind)
         self._prepare_to_record()
-        return self._writer.append(kind, path=path, seed=seed, params=params, input=input,
-                                   output=output, meta=meta)
+        if not is_draw(kind):
+            return self._writer.append(kind, path=path, seed=seed, params=params, input=input,
+                                       output=output, meta=meta)
+        identity = (kind, check_path(path))
+        refuse_second_draw(self._draws, *identity)
+        event = self._writer.append(kind, path=path, seed=seed, params=params, input=input,
+                                    output=output, meta=meta)
+        self._draws[identity] = draw_value(kind, params, output)
+        return event
 
     def record_draw(self, kind: str, path: Sequence[Any], *, seed: bytes | None,
                     params: Mapping[str, Any], input: bytes | None = None,
