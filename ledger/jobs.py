@@ -5,12 +5,13 @@ root seed — into a scratch ledger and compares the two runs event by event, me
 checkpoints included. It finds the program through this registry, never by an import path
 written in the ledger::
 
-    from ledger import register_job
+    from ledger import job_entrypoint, register_job
 
     @register_job("fraud-detection-v3", version=1)
     def train_job(manager, *, seed, config):
         with manager.create_experiment("fraud-detection-v3", seed=seed,
-                                       entrypoint=job_entrypoint("fraud-detection-v3", 1, config)):
+                                       entrypoint=job_entrypoint("fraud-detection-v3", 1, config)
+                                       ) as exp:
             ...
         return exp.id
 

@@ -77,9 +77,13 @@ def test_full_replay_from_the_command_line(tmp_path: Path) -> None:
     assert result.stdout.startswith("CERTIFIED") and "metrics and checkpoints" in result.stdout
 
 
-@pytest.mark.parametrize("options", [("--jobs", "2"), ("--data-dir", "elsewhere")])
+@pytest.mark.parametrize("options", [("--jobs", "2"), ("--data-dir", "elsewhere"),
+                                     ("-j", "1"), ("--take-over",)],
+                         ids=["jobs", "data-dir", "jobs-at-default", "take-over"])
 def test_full_replay_refuses_options_it_cannot_honour_before_doing_anything(
-        tmp_path: Path, options: tuple[str, str]) -> None:
+        tmp_path: Path, options: tuple[str, ...]) -> None:
+    """Refused whenever given, even at the default value: silently ignoring `-j 1` read as if
+    the option applied."""
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     exp = record_run(url, tmp_path / "data")
     with Store.open(url) as store:

@@ -16,7 +16,7 @@ from ledger.store import Store
 
 @cli.command("list", epilog="Exit codes: 0 ok; 2 unreadable or foreign database.")
 @click.option("--name", "names", metavar="NAME", multiple=True,
-              help="Only experiments of this name (the model's); repeat for several.")
+              help="Only experiments of this name; repeat for several.")
 @click.option("--status", "statuses", multiple=True,
               type=click.Choice(["ok", "failed", "incomplete", "malformed", "unreadable"]),
               help="Only experiments with this status; repeat for several.")
@@ -25,7 +25,8 @@ from ledger.store import Store
 @click.pass_obj
 def list_command(obj: dict, names: tuple[str, ...], statuses: tuple[str, ...],
                  as_json: bool) -> None:
-    """List experiments, newest first, with their status (ok, failed or incomplete)."""
+    """List experiments, newest first, with their status: ok, failed or incomplete (malformed
+    or unreadable when a damaged run_completed records another status or cannot be decoded)."""
     with Store.open(obj["db_url"]) as store:
         rows = [row for row in store.experiments()
                 if (not names or row.name in names) and (not statuses or row.status in statuses)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import click
+from click.core import ParameterSource
 
 from cli.display import printable
 from cli.main import cli, db_option
@@ -71,7 +72,7 @@ def replay_command(obj: dict, exp: str, jobs: int, trusted: tuple[str, ...],
     head, or DIVERGED with the first divergent event and its likely cause.
     """
     if full:
-        _check_full_options(jobs, data_dir)
+        _check_full_options(click.get_current_context())
         return _full(obj["db_url"], exp, trusted, as_json)
     progress = _Progress()
     with Store.open(obj["db_url"]) as store:
@@ -107,14 +108,17 @@ def _record(store: Store, report: ReplayReport, take_over: bool) -> None:
                          f"certificate could not be recorded: {error}") from None
 
 
-def _check_full_options(jobs: int, data_dir: str | None) -> None:
+def _check_full_options(context: click.Context) -> None:
     """Refuse options ``--full`` cannot honour rather than ignore them: its job re-runs in
-    this process and makes its own data (so no --jobs, no --data-dir)."""
-    given = [option for option, used in (("--jobs", jobs != 1), ("--data-dir", data_dir))
-             if used]
+    this process and makes its own data (so no --jobs, no --data-dir), and it records nothing
+    in the audited ledger (so no --take-over). Refused when given at all, default value or not."""
+    given = [option for option, name in (("--jobs", "jobs"), ("--data-dir", "data_dir"),
+                                         ("--take-over", "take_over"))
+             if context.get_parameter_source(name) is not ParameterSource.DEFAULT]
     if given:
         raise BadInputError(f"{' and '.join(given)} cannot be used with --full: it re-runs the "
-                            f"recorded job in this process, and the job makes its own data")
+                            f"recorded job in this process, where the job makes its own data, "
+                            f"and records nothing in the audited ledger")
 
 
 def _full(url: str | None, exp: str, trusted: tuple[str, ...], as_json: bool) -> None:
