@@ -225,6 +225,9 @@ def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = N
     report.metrics = _last_metric_differences(metrics_a, metrics_b)
     explanation = explain_output(created_a.get("environment"), created_b.get("environment"),
                                  (f"in {exp_a}", f"in {exp_b}"))
+    if not same(created_a.get("root_seed"), created_b.get("root_seed")):
+        # an event without a seed of its own (a metric) that differs is not "same seed" here
+        explanation = None
     for key, side_a in order_a:
         side_b = index_b.get(key)
         if side_b is None and key[0][0] == WORKER_SPAWNED:
@@ -263,8 +266,11 @@ def _last_metric_differences(metrics_a: list[MetricSummary], metrics_b: list[Met
             if name not in last_a or name not in last_b or not same(last_a[name], last_b[name])]
 
 
-def _compare(key: Key, a: EventSide, b: EventSide | None, explanation: str
+def _compare(key: Key, a: EventSide, b: EventSide | None, explanation: str | None
              ) -> DiffDivergence | None:
+    """The divergence of one aligned event, or None. ``explanation`` words a *same seed,
+    different output*; None when the runs have different root seeds, so that an event with no
+    seed of its own is put down to them."""
     aligned, occurrence = key
     kind = aligned[0]
     if b is None:
@@ -276,6 +282,9 @@ def _compare(key: Key, a: EventSide, b: EventSide | None, explanation: str
         cause, detail = Cause.INPUT, "the draw read different data"
     elif a.output != b.output and kind == DATASET_REGISTERED:
         cause, detail = Cause.INPUT, "the datasets' contents differ"
+    elif a.output != b.output and explanation is None:
+        cause, detail = Cause.SEED, ("the runs have different root seeds, from which all their "
+                                     "draws derive (this event has no seed of its own)")
     elif a.output != b.output:
         cause, detail = Cause.OUTPUT, explanation
     else:

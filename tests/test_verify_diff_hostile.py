@@ -215,6 +215,26 @@ def test_a_metric_logged_at_every_step_aligns_step_for_step(url: str, tmp_path: 
     assert strict_json(result.stdout)["first_divergence"]["occurrence"] == 3
 
 
+def test_a_metric_that_differs_between_runs_of_other_root_seeds_is_put_down_to_them(
+        url: str, tmp_path: Path) -> None:
+    """Runs that record no seeded draw, only metrics: between root seeds 1 and 2 the differing
+    metric is *seed derivation differs* (it was "same seed, different output — nondeterministic
+    code", of runs whose seeds differ); under one root seed it stays *same seed*."""
+    def run(seed: int, loss: float) -> str:
+        with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+            with manager.create_experiment("metrics-only", seed=seed) as exp:
+                exp.log_metric("loss", loss, epoch=0)
+        return exp.id
+
+    first, other_seed, same_seed = run(1, 0.5), run(2, 0.7), run(1, 0.7)
+    with Store.open(url) as store:
+        seeds = diff_runs(store, first, other_seed).first_divergence
+        output = diff_runs(store, first, same_seed).first_divergence
+    assert seeds.cause.value == "seed derivation differs" and "root seeds" in seeds.detail
+    assert output.cause.value == "same seed, different output"
+    assert "nondeterministic code" in output.detail
+
+
 def test_diff_says_when_a_run_failed_or_is_incomplete(url: str, tmp_path: Path) -> None:
     ok = _run_with_steps(url, tmp_path / "data", [1.0])
     failed = _run_with_steps(url, tmp_path / "data", [1.0], status="failed")
