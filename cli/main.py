@@ -30,7 +30,7 @@ Exit codes (the same for every command):
   0  ok / certified / identical
   1  a check failed (tampered chain, divergence, runs differ)
   2  bad usage, unknown experiment, malformed id or file, unreadable or foreign database
-  3  cannot replay (missing data or code, import refused)
+  3  cannot replay (missing data or code, import refused, a draw its params cannot re-execute)
   130  interrupted (Ctrl-C)
   141  the reader of the output went away before all of it was written"""
 

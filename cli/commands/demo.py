@@ -36,9 +36,9 @@ def demo_command(obj: dict, seed: int, workers: int, epochs: int, inject_nondete
 
     Generates the synthetic dataset-fraud-2024Q1 (100,000 transactions, 30 features, 1.5 %
     fraud), trains the numpy MLP by mini-batch SGD with Gaussian noise and feature masking in
-    worker processes, records validation AUC per epoch and the final weights, then compares the
-    two runs draw for draw. The ledger is created if missing (--db, LEDGER_URL, or
-    ./ledger.db).
+    worker processes, records training loss and validation AUC per epoch and the final
+    weights, then compares the two runs draw for draw. The ledger is created if missing (--db,
+    LEDGER_URL, or ./ledger.db).
     """
     def progress(run: int, epoch: int, loss: float, auc: float) -> None:
         click.echo(f"run {run}/2  epoch {epoch + 1}/{epochs}  train loss {loss:.4f}  "
