@@ -60,4 +60,5 @@ def show(record: dict[str, Any]) -> None:
     spread = record.get("spread", {})
     for key, value in record["ratio"].items():
         rounds = f"rounds {spread[key][0]:.3f} to {spread[key][1]:.3f}; " if key in spread else ""
-        print(f"   ratio {key:<28} {value:.3f}   ({rounds}target {record['targets'].get(key, '-')})")
+        target = record["targets"].get(key, "-")
+        print(f"   ratio {key:<28} {value:.3f}   ({rounds}target {target})")

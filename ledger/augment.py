@@ -23,7 +23,8 @@ __all__ = ["DataAugmenter", "augment_path", "register_op", "registered_ops"]
 
 
 def augment_path(epoch: int, batch: int) -> tuple[str, int, str, int, str]:
-    """The seed path of batch ``batch`` of epoch ``epoch``: ``("epoch", e, "batch", b, "augment")``."""
+    """The seed path of batch ``batch`` of epoch ``epoch``:
+    ``("epoch", e, "batch", b, "augment")``."""
     return ("epoch", epoch, "batch", batch, "augment")
 
 
@@ -75,7 +76,8 @@ class DataAugmenter:
                   ) -> "DataAugmenter":
         """Rebuild an augmenter from a recorded spec (the list in ``augmentation_batch`` params)."""
         if isinstance(spec, (str, bytes, Mapping)) or not isinstance(spec, Sequence):
-            raise BadInputError(f"an augmenter spec is a list of op specs, got {type(spec).__name__}")
+            raise BadInputError(f"an augmenter spec is a list of op specs, got "
+                                f"{type(spec).__name__}")
         return cls(ops=list(spec), seed=seed)
 
     @property

@@ -29,7 +29,8 @@ from ledger.store.store import Store
 
 _FIELDS = frozenset(BODY_FIELDS)
 _MIN_SEQ = -(2**63)
-_COLUMNS_OF_BODY = itemgetter("exp", "stream", "seq", "kind", "seed", "input", "output", "prev", "t")
+_COLUMNS_OF_BODY = itemgetter("exp", "stream", "seq", "kind", "seed", "input", "output", "prev",
+                              "t")
 SEGMENT_COLUMNS = FAST_COLUMNS
 FETCH_ROWS = 500
 """Rows fetched at a time: small enough that a batch is still in the CPU cache when checked
@@ -86,7 +87,8 @@ def check_segment(store: Store, segment: Segment) -> SegmentResult:
     fast_accepts = shapes.accepts
     full_checks = 0
     audit = stream == AUDIT_STREAM
-    # A chain's first segment also reads seqs below 0: a row inserted there is reported, not skipped.
+    # A chain's first segment also reads seqs below 0: a row inserted there is reported, not
+    # skipped.
     lo = segment.lo if segment.lo > 0 else _MIN_SEQ
     for batch in store.iter_segment_batches(exp, stream, lo, segment.hi, SEGMENT_COLUMNS,
                                             batch_size=FETCH_ROWS):

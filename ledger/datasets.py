@@ -135,7 +135,8 @@ def in_memory_dataset(name: str, features: Any, labels: Any = None) -> Dataset:
 
 
 def default_data_dir(database: str | os.PathLike[str] | None) -> Path | None:
-    """Where registered arrays go: ``$LEDGER_DATA_DIR``, else ``ledger-data/`` beside an SQLite file.
+    """Where registered arrays go: ``$LEDGER_DATA_DIR``, else ``ledger-data/`` beside an SQLite
+    file.
 
     ``database`` is the SQLite file path of the ledger, or None for other databases; returns
     None when neither applies (then the caller must be given a folder).

@@ -31,7 +31,8 @@ def array_digest(array: Any) -> bytes:
     array = np.asarray(array)
     dtype = array.dtype
     if dtype.hasobject or dtype.fields is not None or dtype.kind == "V":
-        raise EncodingError(f"cannot digest an array of dtype {dtype}: only plain dtypes have stable bytes")
+        raise EncodingError(f"cannot digest an array of dtype {dtype}: only plain dtypes have "
+                            f"stable bytes")
     little = dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype
     data = np.ascontiguousarray(array, dtype=little)
     hasher = hashlib.sha256(ARRAY_TAG)

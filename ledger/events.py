@@ -40,7 +40,8 @@ KINDS = frozenset({EXPERIMENT_CREATED, DATASET_REGISTERED, WORKER_SPAWNED, EPOCH
                    AUGMENTATION_BATCH, METRIC, CHECKPOINT, RUN_COMPLETED, USER_DRAW,
                    RUN_RESUMED, REPLAY_RECORDED, REPORT_EXPORTED})
 """Kinds of format v1 (DESIGN §3), plus ``user_draw`` for draw points a user names,
-``run_resumed`` where an interrupted run was continued, and the two audit kinds, ``replay_recorded`` and ``report_exported``, written to the ``audit`` stream."""
+``run_resumed`` where an interrupted run was continued, and the two audit kinds,
+``replay_recorded`` and ``report_exported``, written to the ``audit`` stream."""
 COMPLETION_STATUSES = ("ok", "failed")
 """The statuses ``run_completed`` records: the run ended normally, or by an exception."""
 
@@ -73,17 +74,21 @@ def new_experiment_id() -> str:
 
 
 def check_experiment_id(exp: Any) -> str:
-    """Return ``exp`` if it matches ``[A-Za-z0-9][A-Za-z0-9._-]{0,63}``, else raise InvalidIdError."""
+    """Return ``exp`` if it matches ``[A-Za-z0-9][A-Za-z0-9._-]{0,63}``, else raise
+    InvalidIdError."""
     if not isinstance(exp, str) or not _EXP_ID.fullmatch(exp):
         shown = repr(exp) if len(repr(exp)) <= 80 else repr(exp)[:77] + "..."
-        raise InvalidIdError(f"malformed experiment id {shown}: ids match [A-Za-z0-9][A-Za-z0-9._-]{{0,63}}")
+        raise InvalidIdError(f"malformed experiment id {shown}: ids match "
+                             f"[A-Za-z0-9][A-Za-z0-9._-]{{0,63}}")
     return exp
 
 
 def check_stream(stream: Any) -> str:
-    """Return ``stream`` if it is a valid stream name (``main``, ``worker-3``, ``rank-1/worker-0``)."""
+    """Return ``stream`` if it is a valid stream name (``main``, ``worker-3``,
+    ``rank-1/worker-0``)."""
     if not isinstance(stream, str) or not _STREAM.fullmatch(stream):
-        raise InvalidIdError(f"malformed stream name {stream!r}: e.g. main, worker-3, rank-1/worker-0")
+        raise InvalidIdError(f"malformed stream name {stream!r}: e.g. main, worker-3, "
+                             f"rank-1/worker-0")
     return stream
 
 
@@ -95,7 +100,8 @@ def check_kind(kind: Any) -> str:
 
 
 def path_bytes(path: Sequence[Label]) -> bytes:
-    """The path's canonical bytes, as stored in the indexed ``path`` column (str and int stay apart)."""
+    """The path's canonical bytes, as stored in the ``path`` column (str and int stay
+    apart)."""
     return canonical(list(path))
 
 
@@ -229,7 +235,8 @@ def decode_body(body_bytes: bytes) -> dict[str, Any]:
     Hostile bytes (truncated, huge, deeply nested, wrong types) raise BadInputError; they are
     never trusted beyond what this function checks.
     """
-    if not isinstance(body_bytes, (bytes, bytearray, memoryview)) or len(body_bytes) > MAX_BODY_BYTES:
+    if (not isinstance(body_bytes, (bytes, bytearray, memoryview))
+            or len(body_bytes) > MAX_BODY_BYTES):
         raise BadInputError("event body is not bytes of a sane size")
     try:
         body = msgpack.unpackb(body_bytes, raw=False, strict_map_key=True, use_list=True)

@@ -40,8 +40,8 @@ from ledger.events import (AUDIT_STREAM, CHECKPOINT, COMPLETION_STATUSES, DATASE
                            make_event, new_experiment_id, refuse_second_draw, seen_draw)
 from ledger.logged_values import check_metric_value, checkpoint_record, state_digest
 from ledger.processes import forks_so_far
-from ledger.seeds import (SEED_SCHEME, Label, check_path, check_root_seed, derive_bytes, draw_root_seed,
-                          generator, root_seed_to_bytes)
+from ledger.seeds import (SEED_SCHEME, Label, check_path, check_root_seed, derive_bytes,
+                          draw_root_seed, generator, root_seed_to_bytes)
 from ledger.store import Store, StreamWriter
 from ledger.store.connect import parse_url, sqlite_file_path
 

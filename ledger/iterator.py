@@ -320,7 +320,8 @@ class TrainingDataIterator:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise BadInputError("got a closed TrainingDataIterator, but iteration needs an open one")
+            raise BadInputError("got a closed TrainingDataIterator, but iteration needs an open "
+                                "one")
 
     # -- resumption ------------------------------------------------------------------------------
 

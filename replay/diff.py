@@ -223,8 +223,9 @@ def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = N
     report.environment = differences(created_a.get("environment"),
                                      created_b.get("environment"), "environment")
     report.metrics = _last_metric_differences(metrics_a, metrics_b)
-    explanation = explain_output(created_a.get("environment"), created_b.get("environment"),
-                                 (f"in {exp_a}", f"in {exp_b}"))
+    explanation: str | None = explain_output(created_a.get("environment"),
+                                             created_b.get("environment"),
+                                             (f"in {exp_a}", f"in {exp_b}"))
     if not same(created_a.get("root_seed"), created_b.get("root_seed")):
         # an event without a seed of its own (a metric) that differs is not "same seed" here
         explanation = None
@@ -282,11 +283,11 @@ def _compare(key: Key, a: EventSide, b: EventSide | None, explanation: str | Non
         cause, detail = Cause.INPUT, "the draw read different data"
     elif a.output != b.output and kind == DATASET_REGISTERED:
         cause, detail = Cause.INPUT, "the datasets' contents differ"
-    elif a.output != b.output and explanation is None:
+    elif a.output != b.output and explanation is not None:
+        cause, detail = Cause.OUTPUT, explanation
+    elif a.output != b.output:
         cause, detail = Cause.SEED, ("the runs have different root seeds, from which all their "
                                      "draws derive (this event has no seed of its own)")
-    elif a.output != b.output:
-        cause, detail = Cause.OUTPUT, explanation
     else:
         return None
     return DiffDivergence(kind, aligned, a, b, cause, detail, occurrence)

@@ -36,8 +36,9 @@ def _params(body: dict[str, Any], *names: str) -> tuple[Any, ...]:
             return itemgetter(*names)(params)
         except KeyError:
             pass
+    missing = [name for name in names if not isinstance(params, dict) or name not in params]
     raise CannotReplayError(f"{body['kind']} {body['stream']}#{body['seq']} lacks params "
-                            f"{[n for n in names if not isinstance(params, dict) or n not in params]}")
+                            f"{missing}")
 
 
 def check_draw_path(body: dict[str, Any], expected: tuple[Any, ...]) -> None:

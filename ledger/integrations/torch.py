@@ -60,8 +60,8 @@ from ledger.errors import BadInputError, StoreError
 from ledger.events import AUGMENTATION_BATCH, EPOCH_RESET, USER_DRAW, WORKER_SPAWNED
 from ledger.experiment import RESERVED_LABELS, Experiment
 from ledger.integrations.runs import AttachedRun
-from ledger.integrations.sharding import (INTEGRATION, check_replicas, rank_augment_path, rank_share,
-                                          rank_worker_path, sample_path, share_size)
+from ledger.integrations.sharding import (INTEGRATION, check_replicas, rank_augment_path,
+                                          rank_share, rank_worker_path, sample_path, share_size)
 from ledger.integrations.torch_distributed import (Run, barrier, distributed_experiment,
                                                    rank_stream, register_dataset)
 from ledger.integrations.transforms import (PER, TransformInfo, lookup_transform,
@@ -101,7 +101,8 @@ def path_generator(root: int, path: Sequence[Any]) -> torch.Generator:
 
 
 def tensor_digest(tensor: torch.Tensor) -> bytes:
-    """``array_digest`` of a CPU copy of ``tensor`` (dtype, shape, C-ordered little-endian bytes)."""
+    """``array_digest`` of a CPU copy of ``tensor`` (dtype, shape, C-ordered little-endian
+    bytes)."""
     try:
         if tensor.is_cpu and not tensor.requires_grad:
             array = tensor.numpy()  # a view; fast_array_digest copies only if not C-contiguous

@@ -70,7 +70,8 @@ def _parse(url: str) -> URL:
     except (ArgumentError, ValueError):
         raise StoreError(f"not a database URL: {url!r} (e.g. sqlite:///ledger.db)") from None
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
-        raise StoreError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql")
+        raise StoreError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite or "
+                         f"postgresql")
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed
@@ -110,7 +111,8 @@ def _check_sqlite_file(path: Path, create: bool, defaulted: bool) -> None:
     if not path.exists():
         if create:
             if not path.parent.exists():
-                raise StoreError(f"cannot create ledger {path}: folder {path.parent} does not exist")
+                raise StoreError(f"cannot create ledger {path}: folder {path.parent} does not "
+                                 f"exist")
             return
         hint = f" (give --db or set {URL_ENV})" if defaulted else ""
         raise StoreError(f"no ledger at {path}{hint}")

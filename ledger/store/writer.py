@@ -71,8 +71,8 @@ class StreamWriter:
         if batch_size < 1:
             raise BadInputError(f"got batch_size {batch_size}, but it must be >= 1")
         if flush_interval is not None and flush_interval <= 0:
-            raise BadInputError(f"got flush_interval {flush_interval}, but it must be > 0 seconds or "
-                                f"None")
+            raise BadInputError(f"got flush_interval {flush_interval}, but it must be > 0 "
+                                f"seconds or None")
         self.store = store
         self.exp = check_experiment_id(exp)
         self.stream = check_stream(stream)
