@@ -45,13 +45,20 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def same(a: Any, b: Any) -> bool:
-    """Whether two recorded values are equal: NaN equals NaN (both runs recorded the same
-    value), and values too deeply nested to compare count as different."""
+    """Whether two recorded values are the same value as the ledger encodes them: 1 and 1.0,
+    True and 1, b"v1" and "v1" differ (DESIGN §2 keeps them apart, and so do their digests);
+    NaN equals NaN (both runs recorded the same value); values too deeply nested to compare
+    count as different. A value msgpack cannot hold (none comes from a ledger) is compared by
+    Python's equality, its type included."""
     try:
-        return a == b or msgpack.packb(a, use_bin_type=True) == msgpack.packb(b,
-                                                                             use_bin_type=True)
-    except (RecursionError, ValueError, TypeError, OverflowError):
+        return msgpack.packb(a, use_bin_type=True) == msgpack.packb(b, use_bin_type=True)
+    except (RecursionError, ValueError):
         return False
+    except (TypeError, OverflowError):
+        try:
+            return type(a) is type(b) and bool(a == b)
+        except (RecursionError, ValueError, TypeError):
+            return False
 
 
 def differences(recorded: Any, current: Any, whole: str = "") -> list[tuple[str, Any, Any]]:

@@ -182,6 +182,17 @@ def test_a_thread_count_alone_is_not_named_as_the_cause(current: dict, start: st
     assert explain_output(recorded, current).startswith(start)
 
 
+def test_a_version_not_recorded_is_shown_absent_and_zero_threads_stay_zero() -> None:
+    """An empty version is as good as none ("absent", never an empty gap in the sentence),
+    while a thread count of 0 is a recorded value and is shown as 0."""
+    from replay.causes import explain_output, shown_version
+
+    assert [shown_version(value) for value in (None, "", 0, "1.26.0")] == [
+        "absent", "absent", "0", "1.26.0"]
+    detail = explain_output({"packages": {"numpy": "1.26.0"}}, {"packages": {"numpy": ""}})
+    assert detail.endswith("numpy 1.26.0 recorded, absent now")
+
+
 def test_a_replayer_the_os_has_no_name_for_still_replays(folder: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     exp = record_run(_url(folder), folder / "data")

@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import run_cli
-from ledger.digests import EVENT_TAG, ZERO_DIGEST
+from ledger.digests import EVENT_TAG, ZERO_DIGEST, value_digest
 from ledger.events import decode_body
 from ledger.experiment import ExperimentManager
 from ledger.store import Store
@@ -321,6 +321,123 @@ def test_diff_names_the_cause_of_each_constructed_divergence(url: str, case: str
     assert cause in result.stdout and "recorded," not in result.stdout
 
 
+def test_a_changed_dataset_is_listed_with_each_run_on_its_own_side(url: str) -> None:
+    """The dataset differences list run A's digest first and run B's second, as every other
+    difference of a diff does (a, b) — swapping them would blame the wrong run's data."""
+    other = hashlib.sha256(b"other").digest()
+    with Store.open(url) as store:
+        record_experiment(store, "exp-a", workers=0)
+        _changed_copy(store, "exp-a", "exp-b", _other_dataset)
+        forward = diff_runs(store, "exp-a", "exp-b").datasets
+        backward = diff_runs(store, "exp-b", "exp-a").datasets
+    [(name, a, b)] = forward
+    assert b == other and a != other
+    assert backward == [(name, other, a)]
+
+
+def test_environments_are_listed_with_each_run_on_its_own_side(url: str) -> None:
+    """Environment differences read (key, run A's value, run B's value), like the detail
+    ``numpy 1.26.0 in exp-a, 2.4.6 in exp-b`` beside them."""
+    with Store.open(url) as store:
+        record_experiment(store, "exp-a", workers=0, extra_params={
+            "environment": {"packages": {"numpy": "1.26.0"}}})
+        _changed_copy(store, "exp-a", "exp-b", _other_numpy)
+        assert diff_runs(store, "exp-a", "exp-b").environment == [
+            ("packages.numpy", "1.26.0", "2.4.6")]
+        assert diff_runs(store, "exp-b", "exp-a").environment == [
+            ("packages.numpy", "2.4.6", "1.26.0")]
+
+
+def _other_worker_state(body: dict[str, Any]) -> None:
+    if body["kind"] == "worker_spawned" and body["path"] == ["worker", 1]:
+        body["output"] = hashlib.sha256(b"other").digest()
+
+
+def test_worker_spawned_events_both_runs_recorded_are_compared(url: str) -> None:
+    """Only a worker_spawned event one run lacks is passed over (worker counts may differ);
+    one both runs recorded is compared like any draw, so a worker seeded differently is named."""
+    with Store.open(url) as store:
+        record_experiment(store, "exp-a", workers=2)
+        _changed_copy(store, "exp-a", "exp-b", lambda body: None)
+        _changed_copy(store, "exp-a", "exp-c", _other_worker_state)
+        same_run = diff_runs(store, "exp-a", "exp-b")
+        report = diff_runs(store, "exp-a", "exp-c")
+    assert same_run.identical and same_run.compared_by_kind["worker_spawned"] == 2
+    assert (report.differing, report.missing_in_b, report.extra_in_b) == (1, 0, 0)
+    divergence = report.first_divergence
+    assert (divergence.kind, divergence.identity) == ("worker_spawned", ("worker_spawned",
+                                                                         "worker", 1))
+    assert divergence.cause.value == "same seed, different output"
+
+
+def test_workers_only_the_first_run_spawned_are_not_differences(url: str) -> None:
+    """A run with a worker and one without compare identical in both directions (DESIGN §1:
+    outputs do not depend on the number of workers); only the draws are counted as compared."""
+    worker = {"kind": "worker_spawned", "path": ["worker", 0], "seed": SEED, "output": DIGEST,
+              "params": {"worker": 0, "start_method": "fork"}}
+    with Store.open(url) as store:
+        forge_run(store, "exp-a", [worker, USER_DRAW])
+        forge_run(store, "exp-b", [USER_DRAW])
+        reports = [diff_runs(store, "exp-a", "exp-b"), diff_runs(store, "exp-b", "exp-a")]
+    for report in reports:
+        assert report.identical, report.first_divergence
+        assert (report.compared, report.identical_events) == (1, 1)
+        assert dict(report.compared_by_kind) == {"user_draw": 1}
+
+
+def test_an_extra_event_does_not_hide_an_earlier_divergence(url: str) -> None:
+    """The first divergence is the first in run A's recording order; an event only run B has is
+    named first only when nothing of run A differs."""
+    other = {**USER_DRAW, "output": hashlib.sha256(b"other").digest()}
+    with Store.open(url) as store:
+        forge_run(store, "exp-a", [{**USER_DRAW, "output": DIGEST}])
+        forge_run(store, "exp-b", [other, {**USER_DRAW, "path": ["dropout"]}])
+        report = diff_runs(store, "exp-a", "exp-b")
+    assert (report.differing, report.missing_in_b, report.extra_in_b) == (1, 0, 1)
+    divergence = report.first_divergence
+    assert divergence.identity == ("user_draw", "init")
+    assert divergence.cause.value == "same seed, different output"
+
+
+def test_a_replay_certificate_in_the_audit_stream_is_not_a_difference(url: str) -> None:
+    """The audit stream records what was done to a run afterwards (a replay's certificate),
+    not the run: a replayed run and its unreplayed twin still compare identical."""
+    from ledger.audit import record_audit
+
+    with Store.open(url) as store:
+        record_experiment(store, "exp-a", workers=0)
+        _changed_copy(store, "exp-a", "exp-b", lambda body: None)
+        record_audit(store, "exp-a", "replay_recorded", {"verdict": "certified"},
+                     output=DIGEST)
+        reports = [diff_runs(store, "exp-a", "exp-b"), diff_runs(store, "exp-b", "exp-a")]
+    for report in reports:
+        assert report.identical, report.first_divergence
+        assert "replay_recorded" not in report.compared_by_kind
+
+
+def test_a_draw_one_run_lacks_is_named_missing_or_extra_by_side(url: str) -> None:
+    """A draw only run A recorded is *event missing* (in B); one only run B recorded is *event
+    extra* — each counted once, with the side that has the event filled in and the other None."""
+    dropout = {**USER_DRAW, "path": ["dropout"]}
+    with Store.open(url) as store:
+        forge_run(store, "exp-a", [USER_DRAW, dropout])
+        forge_run(store, "exp-b", [USER_DRAW])
+        missing = diff_runs(store, "exp-a", "exp-b")
+        extra = diff_runs(store, "exp-b", "exp-a")
+    assert (missing.differing, missing.missing_in_b, missing.extra_in_b) == (0, 1, 0)
+    divergence = missing.first_divergence
+    assert (divergence.cause.value, divergence.identity) == ("event missing",
+                                                             ("user_draw", "dropout"))
+    assert divergence.b is None and (divergence.a.stream, divergence.a.seq) == ("main", 2)
+    assert (extra.differing, extra.missing_in_b, extra.extra_in_b) == (0, 0, 1)
+    divergence = extra.first_divergence
+    assert (divergence.cause.value, divergence.identity) == ("event extra",
+                                                             ("user_draw", "dropout"))
+    assert divergence.a is None and (divergence.b.stream, divergence.b.seq) == ("main", 2)
+    assert not missing.identical and not extra.identical
+    assert (missing.compared, missing.identical_events) == (2, 1)  # a missing draw is compared
+
+
 def test_replay_keeps_its_recorded_and_now_wording() -> None:
     detail = explain_output({"packages": {"numpy": "1.26.0"}}, {"packages": {"numpy": "2.4.6"}})
     assert detail == ("environment differs from the recorded one: numpy 1.26.0 recorded, "
@@ -393,6 +510,36 @@ def test_a_code_version_recorded_as_one_string_is_listed_under_its_name(url: str
         forge_run(store, "exp-a", [USER_DRAW], created={"code": "v1"})
         forge_run(store, "exp-b", [USER_DRAW], created={"code": "v2"})
         assert diff_runs(store, "exp-a", "exp-b").code == [("code", "v1", "v2")]
+
+
+def test_a_bytes_value_and_a_text_value_are_different_recorded_values() -> None:
+    """A value recorded as bytes in one run and as text in the other is a difference: msgpack
+    keeps bin and str apart (DESIGN §2), so the two runs did not record the same value."""
+    assert differences({"code": b"v1"}, {"code": "v1"}) == [("code", b"v1", "v1")]
+    assert differences("v1", b"v1", "code") == [("code", "v1", b"v1")]
+
+
+def test_values_equal_in_python_but_encoded_apart_are_differences() -> None:
+    """lr=1 against lr=1.0, a flag True against 1: the runs recorded different values (their
+    canonical bytes and digests differ), so diff lists them — it listed nothing, Python's ==
+    calling them equal. NaN still equals NaN."""
+    rows = differences({"lr": 1, "flag": True, "same": 2.5, "nan": math.nan},
+                       {"lr": 1.0, "flag": 1, "same": 2.5, "nan": math.nan})
+    assert rows == [("flag", True, 1), ("lr", 1, 1.0)]
+    assert value_digest(1) != value_digest(1.0) and value_digest(True) != value_digest(1)
+
+
+def test_values_too_deeply_nested_to_compare_count_as_different() -> None:
+    """Values nested deeper than Python can compare are listed as differing, never silently
+    taken as equal (nor a RecursionError)."""
+    def deep(leaf: int) -> Any:
+        value: Any = leaf
+        for _ in range(5000):
+            value = [value]
+        return value
+
+    rows = differences({"x": deep(0)}, {"x": deep(1)})
+    assert [key for key, _a, _b in rows] == ["x"]
 
 
 msgpack_values = st.recursive(
