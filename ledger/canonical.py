@@ -86,9 +86,13 @@ def _normalise_other(obj: Any, depth: int) -> Any:
     raise EncodingError(f"cannot encode a value of type {type(obj).__name__} canonically")
 
 
-def normalise(obj: Any) -> Any:
-    """Return ``obj`` rebuilt from plain Python types in canonical form (sorted dicts, lists)."""
-    return _normalise(obj, 0)
+def normalise(obj: Any, depth: int = 0) -> Any:
+    """Return ``obj`` rebuilt from plain Python types in canonical form (sorted dicts, lists).
+
+    ``depth``: how many containers ``obj`` will sit in (1 for an event's params, a field of
+    the body), so that the whole it joins stays within :data:`MAX_DEPTH`.
+    """
+    return _normalise(obj, depth)
 
 
 def pack_normalised(obj: Any) -> bytes:

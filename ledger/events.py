@@ -146,11 +146,12 @@ def _check_digest(name: str, value: Any, size: int) -> bytes | None:
     return bytes(value)
 
 
-def is_draw(kind: str) -> bool:
+def is_draw(kind: Any) -> bool:
     """Whether events of ``kind`` are draws, which replay re-executes and a run holds once per
     (kind, path): every kind but :data:`NOT_DRAWS`, ``dataset_registered`` and the audit kinds —
     custom kinds included."""
-    return kind not in NOT_DRAWS and kind != DATASET_REGISTERED and kind not in AUDIT_KINDS
+    return (isinstance(kind, str) and kind not in NOT_DRAWS and kind != DATASET_REGISTERED
+            and kind not in AUDIT_KINDS)
 
 
 def check_recordable(kind: Any) -> None:
@@ -206,16 +207,21 @@ def encode_normalised_body(exp: str, stream: str, seq: int, kind: str, path: lis
                            ) -> bytes:
     """The canonical body bytes of fields that are already valid and normalised.
 
-    Nothing is checked: this is the shared last step of :func:`make_event` and of the library's
+    Only the body's size is checked: this is the shared last step of :func:`make_event` and of the library's
     own hot loops (``StreamWriter.append_normalised``), whose fields are built from known-good
     values. ``params`` and ``meta`` must be outputs of :func:`ledger.canonical.normalise` (or
     built the same way: sorted str keys, plain values); ``path`` a list of valid labels.
     """
     # Keys in sorted order, values already canonical: the bytes equal canonical(body_map(...)).
-    return pack_normalised({"exp": exp, "input": input, "kind": kind, "meta": meta,
+    body = pack_normalised({"exp": exp, "input": input, "kind": kind, "meta": meta,
                             "output": output, "params": params, "path": path, "prev": prev,
                             "seed": seed, "seq": seq, "stream": stream, "t": t,
                             "v": EVENT_VERSION})
+    if len(body) > MAX_BODY_BYTES:  # verification and decode_body refuse it: never write it
+        raise BadInputError(f"got an event body of {len(body):,} bytes, but the limit is "
+                            f"{MAX_BODY_BYTES:,}: store large values as files or datasets and "
+                            f"record their digest")
+    return body
 
 
 def _normalise_map(name: str, value: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -223,7 +229,7 @@ def _normalise_map(name: str, value: Mapping[str, Any] | None) -> dict[str, Any]
         return {}
     if not isinstance(value, Mapping):
         raise BadInputError(f"event {name} must be a map, got {type(value).__name__}")
-    return normalise(dict(value))
+    return normalise(dict(value), depth=1)  # a field of the body: one level down
 
 
 _BODY_FIELD_SET = frozenset(BODY_FIELDS)

@@ -130,7 +130,8 @@ class TrainingDataIterator:
         self._active: Generator[Batch, None, None] | None = None
         self._closed = False
         self._records_batches = self.recording and self._maker.augmenter is not None
-        self._augmenter_spec = normalise(self._maker.augmenter_spec)
+        # params["augmenter"] of each batch event: two levels down in its body
+        self._augmenter_spec = normalise(self._maker.augmenter_spec, depth=2)
         if experiment is not None:
             experiment._track(self)
 

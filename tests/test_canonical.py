@@ -6,7 +6,7 @@ import datetime
 import decimal
 import enum
 import random
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 from typing import Any
 
 import msgpack
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger.canonical import MAX_DEPTH, canonical, normalise
+from ledger.canonical import MAX_DEPTH, canonical, normalise, pack_normalised
 from ledger.errors import EncodingError
 
 INT_MIN, UINT_MAX = -(2**63), 2**64 - 1
@@ -290,3 +290,54 @@ def test_nan_and_signed_zero_have_one_encoding_each() -> None:
     assert canonical(float("nan")) == canonical(np.float64("nan")) == bytes.fromhex(
         "cb7ff8000000000000")
     assert canonical(-0.0) != canonical(0.0)
+
+
+class _List(list):
+    """A list subclass: a container that takes the slow path of normalisation."""
+
+
+_Pair = namedtuple("_Pair", "first second")
+
+
+def test_list_and_tuple_subclasses_encode_as_the_list_of_their_items() -> None:
+    """A list subclass and a namedtuple (a tuple) encode as plain lists of their items (DESIGN
+    §2: tuples become lists), with their items normalised too."""
+    assert canonical(_List([1, (2, 3)])) == canonical([1, [2, 3]])
+    assert canonical(_Pair(np.int64(1), _List(["a"]))) == canonical([1, ["a"]])
+    assert normalise({"k": _Pair(1, 2)}) == {"k": [1, 2]}
+    assert type(normalise(_List([1]))) is list
+
+
+def subclass_nested(depth: int) -> Any:
+    """Like :func:`nested`, but every container a subclass (OrderedDict, list subclass)."""
+    value: Any = 1
+    for level in range(depth):
+        value = _List([value]) if level % 2 else OrderedDict(k=value)
+    return value
+
+
+def test_the_nesting_limit_counts_container_subclasses_like_plain_containers() -> None:
+    """Subclassed containers are nested levels like dicts and lists: MAX_DEPTH levels are
+    accepted, one more is refused, and a very deep value is refused (not a RecursionError)."""
+    assert canonical(subclass_nested(MAX_DEPTH)) == canonical(nested(MAX_DEPTH))
+    for depth in (MAX_DEPTH + 1, 10_000):
+        with pytest.raises(EncodingError, match="nested"):
+            canonical(subclass_nested(depth))
+
+
+def test_normalise_accepts_exactly_the_nesting_canonical_accepts() -> None:
+    """``normalise`` (which event params and meta go through) has the same depth limit as
+    ``canonical``: MAX_DEPTH levels pass, MAX_DEPTH + 1 are refused."""
+    assert normalise(nested(MAX_DEPTH)) == nested(MAX_DEPTH)
+    with pytest.raises(EncodingError, match="nested"):
+        normalise(nested(MAX_DEPTH + 1))
+
+
+@pytest.mark.parametrize("value", [object(), 2**64, -(2**63) - 1, {"k": {1, 2}}])
+def test_pack_normalised_refuses_unencodable_values_with_an_encoding_error(value: Any) -> None:
+    """The fast path for already-normalised values still refuses what msgpack cannot encode
+    with EncodingError (not a bare TypeError/OverflowError, not a silent None), and stays
+    usable afterwards."""
+    with pytest.raises(EncodingError, match="cannot encode"):
+        pack_normalised(value)
+    assert pack_normalised([1, "a"]) == canonical([1, "a"])

@@ -205,3 +205,160 @@ def test_decode_body_refuses_oversized_bodies_without_decoding() -> None:
 def test_first_event_prev_is_zero() -> None:
     assert ZERO_DIGEST == bytes(32)
     assert build({**EXAMPLE, "seq": 0, "prev": ZERO_DIGEST}).prev == bytes(32)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("seq", 2**63 - 1), ("seq", 0), ("t", 2**63 - 1), ("t", -(2**63)),
+])
+def test_make_event_accepts_seq_and_t_up_to_the_signed_64_bit_bounds(field: str,
+                                                                     value: int) -> None:
+    """The store keeps seq and t in signed 64-bit columns: every value in that range is a
+    valid field, up to both bounds included."""
+    assert getattr(build({**EXAMPLE, field: value}), field) == value
+
+
+@pytest.mark.parametrize("t", [-(2**63) - 1, -(2**64), -(3**63)])
+def test_make_event_refuses_a_time_below_the_signed_64_bit_range(t: int) -> None:
+    """A t below -2**63 does not fit the signed 64-bit column: refused as a bad field."""
+    with pytest.raises(BadInputError, match="64-bit"):
+        build({**EXAMPLE, "t": t})
+
+
+def test_the_main_and_audit_stream_names_are_the_recorded_ones() -> None:
+    """Stream names are stored data: ``main`` (DESIGN §3) and ``audit`` (where replays and
+    report exports are written) must stay these names for existing ledgers to read back."""
+    from ledger.events import AUDIT_STREAM, MAIN_STREAM
+    assert (MAIN_STREAM, AUDIT_STREAM) == ("main", "audit")
+    assert check_stream(MAIN_STREAM) == "main" and check_stream(AUDIT_STREAM) == "audit"
+
+
+def _nested_map(levels: int) -> dict[str, Any]:
+    """A map ``levels`` containers deep (maps and lists alternating, a map outermost)."""
+    value: Any = 1
+    for level in range(levels - 1):
+        value = {"k": value} if level % 2 else [value]
+    return {"k": value}
+
+
+def test_params_are_accepted_exactly_as_deep_as_a_body_that_verifies(tmp_path: Any) -> None:
+    """Whatever ``make_event`` accepts must re-encode to its own body bytes: verification
+    recomputes ``canonical(body)``, where params sit one level down. Params one level short of
+    MAX_DEPTH are the deepest a body holds: accepted, and the run verifies. Params MAX_DEPTH
+    deep used to be accepted too — and the run then failed verification for ever ("body is
+    not in canonical form"); they are refused when recorded, and nothing is written."""
+    from ledger import ExperimentManager, verify
+    from ledger.canonical import MAX_DEPTH
+    deepest, too_deep = _nested_map(MAX_DEPTH - 1), _nested_map(MAX_DEPTH)
+    event = make_event("exp-0123456789ab", "main", 1, "custom", params=deepest,
+                       prev=ZERO_DIGEST, t=0)
+    assert canonical(event.body_map()) == event.body
+    with pytest.raises(EncodingError, match="nested deeper"):
+        make_event("exp-0123456789ab", "main", 1, "custom", params=too_deep, prev=ZERO_DIGEST,
+                   t=0)
+    with pytest.raises(EncodingError, match="nested deeper"):
+        make_event("exp-0123456789ab", "main", 1, "custom", meta=too_deep, prev=ZERO_DIGEST,
+                   t=0)
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("deep", seed=1) as experiment:
+            experiment.record("custom", path=("a",), params=deepest)
+            with pytest.raises(EncodingError):
+                experiment.record("custom", path=("b",), params=too_deep)
+        kinds = [kind for _s, _q, kind, _b in manager.store.iter_run_bodies(experiment.id)]
+    assert kinds.count("custom") == 1
+    assert verify(url).ok
+
+
+def test_a_body_over_the_size_limit_is_refused_when_recorded_not_when_verified(
+        tmp_path: Any) -> None:
+    """Verification refuses a stored body over MAX_BODY_BYTES as malformed; the writer used to
+    store one (the run then failed verification for ever). It is refused when recorded, with a
+    remedy; a body just under the limit is written and verifies."""
+    from ledger import ExperimentManager, verify
+    from ledger.events import MAX_BODY_BYTES
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("big", seed=1) as experiment:
+            with pytest.raises(BadInputError, match="bytes, but the limit is 16,777,216"):
+                experiment.record("custom", path=("big",),
+                                  params={"blob": b"x" * MAX_BODY_BYTES})
+            experiment.record("custom", path=("fits",),
+                              params={"blob": b"x" * (MAX_BODY_BYTES - 4096)})
+        kinds = [kind for _s, _q, kind, _b in manager.store.iter_run_bodies(experiment.id)]
+    assert kinds.count("custom") == 1
+    assert verify(url).ok
+
+
+@pytest.mark.parametrize("field", ["exp", "stream", "kind"])
+@pytest.mark.parametrize("value", [["main"], {"main": 1}, bytearray(b"main")])
+def test_unhashable_names_are_refused_as_bad_input(field: str, value: Any) -> None:
+    """An exp, stream or kind that is not a str (even an unhashable one, which cannot reach the
+    per-name cache) is refused with BadInputError naming the field, not a TypeError."""
+    with pytest.raises(BadInputError, match=field):
+        build({**EXAMPLE, field: value})
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("seed", b"\x00" * 15), ("input", b"\x00" * 31), ("output", 5), ("params", [("a", 1)]),
+    ("meta", "pid=1"),
+])
+def test_a_malformed_field_is_named_in_the_error(field: str, value: Any) -> None:
+    """The refusal of a malformed seed, digest or map names the field that is wrong."""
+    with pytest.raises(BadInputError, match=rf"event (field )?{field} must"):
+        build({**EXAMPLE, field: value})
+
+
+def test_make_event_without_params_or_meta_records_empty_maps() -> None:
+    """params and meta default to empty maps (DESIGN §3: both are maps), hashed exactly as if
+    ``{}`` had been given."""
+    fields = {name: value for name, value in EXAMPLE.items() if name not in ("params", "meta")}
+    event = make_event(**fields)
+    assert event.params == {} and event.meta == {}
+    assert event.hash == build({**EXAMPLE, "params": {}, "meta": {}}).hash
+    assert decode_body(event.body)["params"] == {}
+
+
+@pytest.mark.parametrize("data", [None, 5, 1.5, object()])
+def test_decode_body_refuses_what_is_not_bytes(data: Any) -> None:
+    """A stored body that is not bytes at all (a hostile column) is BadInputError, not a
+    TypeError."""
+    with pytest.raises(BadInputError, match="not bytes"):
+        decode_body(data)
+
+
+def test_decode_body_accepts_a_body_of_exactly_the_size_limit() -> None:
+    """MAX_BODY_BYTES is the largest body read back: one of exactly that size decodes."""
+    def body_with_blob(size: int) -> bytes:
+        return build({**EXAMPLE, "params": {"blob": b"\x00" * size}}).body
+    overhead = len(body_with_blob(2**20)) - 2**20  # bin32 header from here on: constant
+    body = body_with_blob(MAX_BODY_BYTES - overhead)
+    assert len(body) == MAX_BODY_BYTES
+    assert len(decode_body(body)["params"]["blob"]) == MAX_BODY_BYTES - overhead
+
+
+def test_decode_body_refuses_non_str_keys_nested_in_the_body() -> None:
+    """Map keys are str everywhere in a body (DESIGN §2): an int key inside params is refused
+    at decoding, not handed to readers."""
+    body = {**EXAMPLE, "v": 1, "params": {1: "a"}}
+    with pytest.raises(BadInputError, match="msgpack"):
+        decode_body(msgpack.packb(body, use_bin_type=True))
+
+
+def test_a_bare_user_generator_is_identified_by_which_generator_its_path_seeded() -> None:
+    """A user draw with no output (a bare generator) is the same draw only when the same
+    generator was seeded: numpy then torch at one path is refused, naming both; a draw with an
+    output, or of another kind, is identified by its output."""
+    from ledger.events import USER_DRAW, draw_value, seen_draw
+    output = bytes(range(32))
+    numpy_gen = draw_value(USER_DRAW, {"generator": "numpy"}, None)
+    torch_gen = draw_value(USER_DRAW, {"generator": "torch"}, None)
+    assert numpy_gen == ("generator", "numpy") and numpy_gen != torch_gen
+    assert draw_value(USER_DRAW, {"generator": "numpy"}, output) == output
+    assert draw_value("metric", {"generator": "numpy"}, None) is None
+    draws: dict[tuple[str, tuple], Any] = {}
+    assert not seen_draw(draws, USER_DRAW, ("dropout", 1), numpy_gen)
+    draws[(USER_DRAW, ("dropout", 1))] = numpy_gen
+    assert seen_draw(draws, USER_DRAW, ["dropout", 1], numpy_gen)
+    with pytest.raises(BadInputError, match=r"for generator 'torch' \(recorded for 'numpy'\)"
+                                            r".*once per run$"):
+        seen_draw(draws, USER_DRAW, ("dropout", 1), torch_gen)

@@ -276,6 +276,47 @@ def test_record_refuses_a_custom_draw_kind_twice_at_one_path(manager: Experiment
     assert notes == ["a", "b"]
 
 
+@pytest.mark.parametrize("kind", [["metric"], {"kind": "metric"}, 7])
+def test_record_refuses_a_kind_that_is_not_a_str_as_bad_input(manager: ExperimentManager,
+                                                              kind: Any) -> None:
+    """A kind that is not a str, even an unhashable one, is refused with BadInputError by
+    ``record`` (not a TypeError from the library-kinds check), and the run goes on."""
+    with manager.create_experiment("clf", seed=1) as exp:
+        with pytest.raises(BadInputError, match="kind"):
+            exp.record(kind)
+        exp.record("note")
+    assert ledger.verify(manager.store, exp.id).ok
+
+
+def test_an_augmenter_spec_too_deep_for_its_batch_events_is_refused_before_any_batch(
+        manager: ExperimentManager) -> None:
+    """Batch events carry the augmenter spec four levels down in their body (params, the op
+    list, the op): an op parameter nested to the canonical limit on its own used to pass, and
+    every batch event then failed verification. The iterator refuses it when made; one level
+    less records and verifies."""
+    import trainer_ops  # noqa: F401 - registers test_table_scale
+    from ledger.canonical import MAX_DEPTH
+
+    def nested(levels: int) -> Any:
+        value: Any = 1
+        for _ in range(levels):
+            value = [value]
+        return value
+
+    with manager.create_experiment("deep-op", seed=1) as exp:
+        data = exp.register_dataset("d", *noisy_data(rows=20))
+        for levels, fits in ((MAX_DEPTH - 4, True), (MAX_DEPTH - 3, False)):
+            augmenter = DataAugmenter.from_spec([{"op": "test_table_scale", "version": 1,
+                                                  "table": nested(levels)}])
+            if fits:
+                assert len(list(TrainingDataIterator(data, 10, augmenter=augmenter,
+                                                     experiment=exp))) == 2
+            else:
+                with pytest.raises(BadInputError, match="nested deeper"):
+                    TrainingDataIterator(data, 10, augmenter=augmenter, experiment=exp)
+    assert ledger.verify(manager.store, exp.id).ok
+
+
 def test_a_background_thread_logging_while_the_run_completes_leaves_a_run_that_verifies(
         manager: ExperimentManager) -> None:
     exp = manager.create_experiment("evaluating", seed=1)

@@ -18,6 +18,7 @@ from hypothesis.extra.numpy import array_shapes, arrays
 from ledger import (BadInputError, DataAugmenter, TrainingDataIterator, array_digest, canonical,
                     generator, value_digest)
 from ledger.batches import batch_input_digest, fast_array_digest
+from ledger.errors import EncodingError
 from ledger.sampling import epoch_order
 from trainer_helpers import epoch_batches, indexed_data, run_epochs, same_batches
 
@@ -341,3 +342,14 @@ def test_fast_array_digest_equals_array_digest(array: np.ndarray, transpose: boo
 @given(st.binary(min_size=32, max_size=32), st.binary(min_size=32, max_size=32))
 def test_batch_input_digest_is_the_value_digest_of_dataset_and_indices(a: bytes, b: bytes) -> None:
     assert batch_input_digest(a, b) == value_digest([a, b])
+
+
+@pytest.mark.parametrize("array", [
+    np.array([1, "a"], dtype=object), np.zeros(3, dtype=[("a", "<i4"), ("b", "<f8")]),
+    np.zeros(3, dtype="V4"),
+])
+def test_fast_array_digest_refuses_what_array_digest_refuses(array: np.ndarray) -> None:
+    """Object, structured and void arrays have no stable bytes (DESIGN §2): the fast digest
+    refuses them like array_digest does, rather than hashing pointers or padding."""
+    with pytest.raises(EncodingError):
+        fast_array_digest(array)

@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger.errors import BadInputError
-from ledger.seeds import (derive, derive_bytes, draw_root_seed, generator, root_seed_from_bytes,
-                          root_seed_to_bytes)
+from ledger.seeds import (SEED_SCHEME, SEED_TAG, check_path, derive, derive_bytes, draw_root_seed,
+                          generator, root_seed_from_bytes, root_seed_to_bytes)
 
 roots = st.integers(min_value=0, max_value=2**128 - 1)
 labels = st.one_of(st.text(max_size=12), st.integers(min_value=0, max_value=2**64 - 1))
@@ -138,3 +138,39 @@ def test_root_seed_bytes_round_trip(root: int) -> None:
 def test_malformed_recorded_root_seed_is_refused(recorded: object) -> None:
     with pytest.raises(BadInputError):
         root_seed_from_bytes(recorded)
+
+
+def test_the_recorded_seed_scheme_is_the_design_tag() -> None:
+    """``experiment_created`` records SEED_SCHEME and replay refuses any other: it must name the
+    DESIGN §1 derivation, ``ledger/seed/v1``, whose hash tag is that name and a NUL byte."""
+    assert SEED_SCHEME == "ledger/seed/v1"
+    assert SEED_TAG == SEED_SCHEME.encode() + b"\x00"
+
+
+@pytest.mark.parametrize("label", [2**64, 2**64 + 1, 2**65 - 1, 3**64])
+def test_check_path_itself_refuses_labels_beyond_64_bits(label: int) -> None:
+    """``check_path`` (used by events and user draws before anything is encoded) refuses int
+    labels outside [0, 2**64) with BadInputError, and keeps the largest one, 2**64 - 1."""
+    with pytest.raises(BadInputError, match="2\\*\\*64"):
+        check_path(("epoch", label))
+    assert check_path(("epoch", 2**64 - 1)) == ("epoch", 2**64 - 1)
+
+
+@pytest.mark.parametrize("path", [5, None, 1.5, object()])
+def test_a_path_that_is_not_a_sequence_is_refused_with_a_clear_error(path: object) -> None:
+    """A non-iterable path is a BadInputError naming what was given, not a TypeError or an
+    internal error."""
+    with pytest.raises(BadInputError, match="sequence of labels"):
+        check_path(path)  # type: ignore[arg-type]
+    with pytest.raises(BadInputError, match="sequence of labels"):
+        derive(0, path)  # type: ignore[arg-type]
+
+
+def test_the_largest_label_is_accepted_on_the_numpy_path_too() -> None:
+    """A path holding a numpy integer takes the slow check: there too 2**64 - 1 is accepted
+    (as the same path as the Python int), 0 as well, and nothing beyond 64 bits."""
+    largest = 2**64 - 1
+    assert derive(7, ("x", np.uint64(largest))) == derive(7, ("x", largest))
+    assert derive(7, (largest, np.int64(0))) == derive(7, (largest, 0))
+    with pytest.raises(BadInputError):
+        derive(7, (np.int64(-1),))

@@ -38,6 +38,11 @@ def kinds(manager: ExperimentManager, exp: str) -> list[str]:
     return [kind for _s, _q, kind, _b in manager.store.iter_run_bodies(exp)]
 
 
+@register_transform("hostile_table", version=1)
+def _table(x: torch.Tensor, generator: torch.Generator, *, table: Any = None) -> torch.Tensor:
+    return x
+
+
 @register_transform("hostile_ragged", version=1)
 def _ragged(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return x[:1] if float(x.sum()) % 2 else x
@@ -167,6 +172,30 @@ def test_a_transform_whose_samples_do_not_stack_names_itself(manager: Experiment
                                     transform=RecordedTransform("hostile_ragged"))
         with pytest.raises(BadInputError, match="'hostile_ragged' returned samples of different"):
             list(loader)
+
+
+def test_a_transform_spec_too_deep_for_its_batch_events_is_refused_by_the_loader(
+        manager: ExperimentManager) -> None:
+    """Batch events carry the transform spec four levels down in their body (params, the spec,
+    its params): a parameter nested to the limit of the spec alone used to pass, and every
+    batch event then failed verification. The loader refuses it when made; one level less
+    records and verifies."""
+    from ledger.canonical import MAX_DEPTH
+
+    def nested(levels: int) -> Any:
+        value: Any = 1
+        for _ in range(levels):
+            value = [value]
+        return value
+
+    with manager.create_experiment("deep-transform", seed=1) as exp:
+        dataset = exp.register_dataset("d", FEATURES, LABELS)
+        fits = RecordedTransform("hostile_table", table=nested(MAX_DEPTH - 4))
+        assert len(list(RecordedDataLoader(exp, dataset, 4, transform=fits))) == 4
+        too_deep = RecordedTransform("hostile_table", table=nested(MAX_DEPTH - 3))
+        with pytest.raises(BadInputError, match="nested deeper"):
+            RecordedDataLoader(exp, dataset, 4, transform=too_deep)
+    assert verify(manager.store, exp.id).ok
 
 
 def test_epochs_past_the_last_label_are_refused_and_change_nothing(

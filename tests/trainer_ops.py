@@ -61,3 +61,9 @@ def hold_while_file(batch: np.ndarray, rng: np.random.Generator, *, path: str = 
 def return_ragged(batch: np.ndarray, rng: np.random.Generator) -> list:
     """Return a ragged list instead of the batch: an op breaking its contract."""
     return [[0.0], [0.0, 1.0]]
+
+
+@register_op("test_table_scale", version=1)
+def table_scale(batch: np.ndarray, rng: np.random.Generator, *, table: object = None) -> None:
+    """Scale by 1 (a no-op on values) whatever ``table`` holds: an op with a nested parameter."""
+    batch *= np.float32(1.0)

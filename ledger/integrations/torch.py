@@ -640,7 +640,7 @@ class RecordedDataLoader(DataLoader):
             "transform": self.transform.spec if self.transform is not None else None,
             "sampler": {"num_replicas": sampler.num_replicas, "rank": sampler.rank,
                         "even_shares": "drop" if sampler.drop_last else "pad"},
-            "loader": INTEGRATION})
+            "loader": INTEGRATION}, depth=1)  # the params of a body: one level down
 
     def _record_worker(self, worker: int, states: bytes, pid: int) -> None:
         if self._workers.get(worker) == states:
