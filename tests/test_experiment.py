@@ -32,7 +32,7 @@ from ledger.sampling import epoch_order
 from ledger.seeds import SEED_SCHEME, derive_bytes, root_seed_to_bytes
 from ledger.user_draws import register_draw
 from replay import replay_run
-from trainer_helpers import bodies, noisy_data
+from trainer_helpers import bodies, nested_lists, noisy_data
 
 
 @pytest.fixture
@@ -297,17 +297,11 @@ def test_an_augmenter_spec_too_deep_for_its_batch_events_is_refused_before_any_b
     import trainer_ops  # noqa: F401 - registers test_table_scale
     from ledger.canonical import MAX_DEPTH
 
-    def nested(levels: int) -> Any:
-        value: Any = 1
-        for _ in range(levels):
-            value = [value]
-        return value
-
     with manager.create_experiment("deep-op", seed=1) as exp:
         data = exp.register_dataset("d", *noisy_data(rows=20))
         for levels, fits in ((MAX_DEPTH - 4, True), (MAX_DEPTH - 3, False)):
             augmenter = DataAugmenter.from_spec([{"op": "test_table_scale", "version": 1,
-                                                  "table": nested(levels)}])
+                                                  "table": nested_lists(levels)}])
             if fits:
                 assert len(list(TrainingDataIterator(data, 10, augmenter=augmenter,
                                                      experiment=exp))) == 2

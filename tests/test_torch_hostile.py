@@ -29,6 +29,7 @@ from ledger.integrations.torch import (RecordedDataLoader, RecordedSampler,  # n
 from ledger.integrations.transforms import register_transform  # noqa: E402
 from ledger.store import Store, StreamWriter  # noqa: E402
 from ledger.verify import verify  # noqa: E402
+from trainer_helpers import nested_lists  # noqa: E402
 
 FEATURES = np.arange(48, dtype=np.float32).reshape(16, 3)
 LABELS = np.arange(16, dtype=np.int64) % 2
@@ -182,17 +183,11 @@ def test_a_transform_spec_too_deep_for_its_batch_events_is_refused_by_the_loader
     records and verifies."""
     from ledger.canonical import MAX_DEPTH
 
-    def nested(levels: int) -> Any:
-        value: Any = 1
-        for _ in range(levels):
-            value = [value]
-        return value
-
     with manager.create_experiment("deep-transform", seed=1) as exp:
         dataset = exp.register_dataset("d", FEATURES, LABELS)
-        fits = RecordedTransform("hostile_table", table=nested(MAX_DEPTH - 4))
+        fits = RecordedTransform("hostile_table", table=nested_lists(MAX_DEPTH - 4))
         assert len(list(RecordedDataLoader(exp, dataset, 4, transform=fits))) == 4
-        too_deep = RecordedTransform("hostile_table", table=nested(MAX_DEPTH - 3))
+        too_deep = RecordedTransform("hostile_table", table=nested_lists(MAX_DEPTH - 3))
         with pytest.raises(BadInputError, match="nested deeper"):
             RecordedDataLoader(exp, dataset, 4, transform=too_deep)
     assert verify(manager.store, exp.id).ok

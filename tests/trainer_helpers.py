@@ -63,3 +63,11 @@ def draws(store: Store, exp: str, kinds: Iterable[str] = DRAW_KINDS
     wanted = set(kinds)
     return [(b["kind"], tuple(b["path"]), b["seed"], b["input"], b["output"])
             for b in bodies(store, exp) if b["kind"] in wanted]
+
+
+def nested_lists(levels: int) -> Any:
+    """``1`` inside ``levels`` lists: a value exactly that many containers deep."""
+    value: Any = 1
+    for _ in range(levels):
+        value = [value]
+    return value
