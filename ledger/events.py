@@ -207,9 +207,9 @@ def encode_normalised_body(exp: str, stream: str, seq: int, kind: str, path: lis
                            ) -> bytes:
     """The canonical body bytes of fields that are already valid and normalised.
 
-    Only the body's size is checked: this is the shared last step of :func:`make_event` and of the library's
-    own hot loops (``StreamWriter.append_normalised``), whose fields are built from known-good
-    values. ``params`` and ``meta`` must be outputs of :func:`ledger.canonical.normalise` (or
+    Only the body's size is checked: this is the shared last step of :func:`make_event` and of
+    the library's own hot loops (``StreamWriter.append_normalised``), whose fields are built
+    from known-good values. ``params`` and ``meta`` must be outputs of :func:`ledger.canonical.normalise` (or
     built the same way: sorted str keys, plain values); ``path`` a list of valid labels.
     """
     # Keys in sorted order, values already canonical: the bytes equal canonical(body_map(...)).

@@ -89,8 +89,8 @@ class Experiment:
         self._writer = writer
         self._draws: dict[tuple[str, tuple], Any] = {}
         self._drawn_here: set[tuple[str, tuple]] = set()
-        """The draws :meth:`record_draw` was called for in this process, recorded or not (a
-        resumed run's first iterator re-entering an epoch the lost attempt drew)."""
+        """The draws this process recorded or re-entered (a resumed run's first iterator
+        re-entering an epoch the lost attempt drew): what :meth:`drew_here` answers from."""
         self.resumed = False
         """True for a run continued by :meth:`ExperimentManager.resume_experiment`."""
         self._datasets: dict[str, Dataset] = {}
@@ -199,9 +199,9 @@ class Experiment:
         return (kind, path) in self._draws
 
     def drew_here(self, kind: str, path: tuple[Label, ...], output: bytes) -> bool:
-        """Whether :meth:`record_draw` was called in this process for the draw (kind, path)
-        with ``output``. BadInputError when the run has that draw with another output (a draw
-        is recorded once per run)."""
+        """Whether this process recorded the draw (kind, path) with ``output``, or re-entered
+        it (a resumed run redoing what the lost attempt drew). BadInputError when the run has
+        that draw with another output (a draw is recorded once per run)."""
         with self._lock:
             return ((kind, path) in self._drawn_here
                     and seen_draw(self._draws, kind, path, output, _SECOND_DRAW_HINT))
