@@ -56,7 +56,13 @@ def redraw_event(context: ReplayContext, body: dict[str, Any]) -> tuple[Redraw |
     if replayer is None:
         raise CannotReplayError(f"no replayer for events of kind {body['kind']!r} "
                                 f"({body['stream']}#{body['seq']}): {hint()}")
-    return replayer(context, body), seed_ok
+    redraw = replayer(context, body)
+    if not isinstance(redraw, Redraw):  # a plug-in's: nothing to compare is no proof
+        raise CannotReplayError(f"the replayer of {body['kind']!r} returned "
+                                f"{type(redraw).__name__} for {body['stream']}#{body['seq']}, "
+                                f"not a Redraw: the draw cannot be compared, so the run "
+                                f"cannot be certified")
+    return redraw, seed_ok
 
 
 Failure = tuple[int, Exception]

@@ -437,3 +437,54 @@ def test_a_forged_completion_status_is_a_finding_and_not_listed_as_ok(
         report = verify(store, exp)
     assert not report.ok
     assert f"run_completed has status {shown}, not 'ok' or 'failed'" in report.findings[0].describe()
+
+
+@pytest.mark.parametrize("created,message", [
+    ({"seed_scheme": "other-scheme/v9"}, "derives seeds with 'other-scheme/v9'; this program "
+                                         "knows"),
+    ({"root_seed": b"\x01" * 8}, "has no recorded root seed"),
+    ({"root_seed": 42}, "has no recorded root seed")],
+    ids=["unknown-seed-scheme", "short-root-seed", "integer-root-seed"])
+def test_a_run_whose_seeds_this_program_cannot_derive_cannot_replay(
+        tmp_path: Path, created: dict[str, Any], message: str) -> None:
+    """Replay re-derives every seed from the recorded root seed by the recorded scheme: a run
+    recorded under a scheme this version does not know, or without a 16-byte root seed, cannot
+    be re-executed (exit 3, DESIGN §5), and must be neither certified nor declared divergent."""
+    forged, exp = _forged(tmp_path, _set("experiment_created", **created))
+    assert run_cli("--db", forged, "verify", exp).returncode == 0  # a consistent forgery
+    result = run_cli("--db", forged, "replay", exp, "--no-record",
+                     "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "CERTIFIED" not in result.stdout
+
+
+def _first_batch(field: str, value: bytes) -> Callable[[dict[str, Any]], None]:
+    def change(body: dict[str, Any]) -> None:
+        if body["kind"] == "augmentation_batch" and body["path"][1:4] == [0, "batch", 0]:
+            body[field] = value
+    return change
+
+
+@pytest.mark.parametrize("field,value,cause,detail", [
+    ("seed", b"\x07" * 16, "seed derivation differs",
+     "the recorded seed is not derive(root seed, path)"),
+    ("input", b"\x07" * 32, "input differs", "the data this draw read changed")],
+    ids=["seed", "input"])
+def test_a_forged_seed_or_input_digest_is_the_first_divergence(
+        tmp_path: Path, field: str, value: bytes, cause: str, detail: str) -> None:
+    """The re-executed draw is seeded from its path and reads the re-loaded data, so its output
+    still matches a record whose seed or input digest was forged: replay must compare the seed
+    and input too (POLICY), and name that field and its cause at the forged batch."""
+    from replay import replay_run
+
+    forged, exp = _forged(tmp_path, _first_batch(field, value))
+    assert run_cli("--db", forged, "verify", exp).returncode == 0  # a consistent forgery
+    with Store.open(forged) as store:
+        report = replay_run(store, exp, data_dir=tmp_path / "data")
+    divergence = report.first_divergence
+    assert divergence is not None and not report.certified and report.mismatched == 1
+    assert (divergence.kind, divergence.path) == ("augmentation_batch",
+                                                  ["epoch", 0, "batch", 0, "augment"])
+    assert (divergence.field, divergence.expected) == (field, value)
+    assert divergence.cause.value == cause and divergence.detail == detail

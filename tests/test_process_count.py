@@ -96,3 +96,16 @@ def test_cli_jobs_beyond_the_cores_run_with_the_cores(tmp_path: Path) -> None:
     certificate = json.loads(result.stdout)
     assert certificate["verdict"] == "certified"
     assert certificate["jobs"] == min(64, ledger.processes.usable_cores())
+
+
+@pytest.mark.parametrize("jobs", [0, 1])
+def test_replay_asked_for_one_process_uses_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               jobs: int) -> None:
+    """``jobs`` is an upper bound clamped to at least 1: a serial replay (or a nonsensical 0)
+    runs in this process alone, however many cores there are."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    exp = record_run(url, tmp_path / "data")
+    monkeypatch.setattr(replay.engine, "usable_cores", lambda: 4)
+    with Store.open(url) as store:
+        report = replay_run(store, exp, jobs=jobs, data_dir=tmp_path / "data")
+    assert report.certified and report.jobs == 1

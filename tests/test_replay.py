@@ -205,3 +205,115 @@ def test_a_replayer_the_os_has_no_name_for_still_replays(folder: Path,
         report = replay_run(store, exp, data_dir=folder / "data")
     assert report.certified and report.replayed_by == f"unknown@{socket.gethostname()}"
 
+
+
+def test_a_replay_names_the_user_who_ran_it(folder: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The certificate says who replayed the run (user@host); "unknown" is only for a user the
+    OS has no name for."""
+    exp = record_run(_url(folder), folder / "data")
+    monkeypatch.setattr(getpass, "getuser", lambda: "auditor-7")
+    with Store.open(_url(folder)) as store:
+        report = replay_run(store, exp, data_dir=folder / "data")
+    assert report.certified and report.replayed_by == f"auditor-7@{socket.gethostname()}"
+
+
+def test_a_changed_dataset_is_caught_however_long_its_digest_takes(
+        folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The datasets are digested on a thread beside the draws: replay waits for that digest
+    however long it takes, so changed data is still the first divergence even when every draw
+    is re-executed before the digest is done."""
+    import time
+
+    import replay.engine
+
+    exp = record_run(_url(folder), folder / "data")
+    (stored,) = (folder / "data").rglob("*.npz")
+    with np.load(stored) as archive:
+        features, labels = archive["features"].copy(), archive["labels"]
+    features[3, 2] += 1.0
+    np.savez(stored, features=features, labels=labels)
+    digest = replay.engine.dataset_redraw
+
+    def slow(loaded: object) -> object:
+        time.sleep(1.0)
+        return digest(loaded)
+
+    monkeypatch.setattr(replay.engine, "dataset_redraw", slow)
+    with Store.open(_url(folder)) as store:
+        report = replay_run(store, exp, data_dir=folder / "data")
+    divergence = report.first_divergence
+    assert divergence is not None and divergence.kind == "dataset_registered"
+    assert divergence.cause is Cause.INPUT
+    assert divergence.detail == "the dataset's content changed since the run registered it"
+
+
+def test_replay_finds_the_data_beside_an_sqlite_ledger_by_default(
+        folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a data folder given, replay re-loads the datasets from ``ledger-data/`` beside
+    the SQLite file, where the run stored them (DATA_DIR_ENV unset)."""
+    monkeypatch.delenv("LEDGER_DATA_DIR", raising=False)
+    exp = record_run(_url(folder), folder / "ledger-data")
+    with Store.open(_url(folder)) as store:
+        report = replay_run(store, exp)
+    assert report.certified and report.compared["dataset_registered"] == 1
+
+
+def test_a_run_without_draws_is_certified(folder: Path) -> None:
+    """A run that recorded no draw has nothing that can diverge: replay certifies it, having
+    compared nothing, and names its head."""
+    from ledger.experiment import ExperimentManager
+
+    with ExperimentManager(_url(folder), data_dir=folder / "data") as manager:
+        with manager.create_experiment("empty", seed=1) as exp:
+            pass
+    with Store.open(_url(folder)) as store:
+        report = replay_run(store, exp.id, data_dir=folder / "data")
+    assert report.certified and report.matched == 0 and dict(report.compared) == {}
+    assert report.head is not None
+
+
+def test_a_replayer_that_returns_no_redraw_cannot_certify(folder: Path) -> None:
+    """A plug-in replayer that returns nothing to compare (None) used to have its draw counted
+    as matched, only the seed checked: a recorded output nothing reproduced was certified. It
+    is exit 3, naming the replayer's kind and the event."""
+    from ledger.experiment import ExperimentManager
+    from ledger.seeds import derive_bytes
+    from replay import register_replayer
+
+    register_replayer("test_lenient_draw")(lambda _context, _body: None)
+    with ExperimentManager(_url(folder), data_dir=folder / "data") as manager:
+        with manager.create_experiment("lenient", seed=1) as exp:
+            exp.record("test_lenient_draw", path=("x",), seed=derive_bytes(1, ("x",)),
+                       output=bytes(32))
+    with Store.open(_url(folder)) as store:
+        with pytest.raises(CannotReplayError, match=r"replayer of 'test_lenient_draw' returned "
+                                                    r"NoneType for main#1, not a Redraw"):
+            replay_run(store, exp.id, data_dir=folder / "data")
+
+
+def test_a_divergence_is_shown_with_its_digests_as_hex(folder: Path) -> None:
+    """The certificate (to_json) and the one-line description name the divergent event, its
+    path and its digests as lowercase hex — what an auditor compares with ``ledger show``."""
+    augmenter = DataAugmenter(ops=[{"op": "test_unseeded_noise", "std": 0.1}])
+    exp = record_run(_url(folder), folder / "data", augmenter=augmenter)
+    with Store.open(_url(folder)) as store:
+        report = replay_run(store, exp, data_dir=folder / "data")
+        recorded = next(body for _s, _q, kind, body in store.iter_run_bodies(exp)
+                        if kind == "augmentation_batch")
+    from ledger.events import decode_body
+
+    body = decode_body(recorded)
+    divergence = report.first_divergence
+    assert divergence is not None and divergence.actual is not None
+    certificate = report.to_json()
+    assert certificate["verdict"] == "diverged" and certificate["head"] == report.head.hex()
+    shown = certificate["first_divergence"]
+    assert shown["kind"] == "augmentation_batch" and shown["field"] == "output"
+    assert shown["path"] == ["epoch", 0, "batch", 0, "augment"]
+    assert shown["expected"] == body["output"].hex() and len(shown["actual"]) == 64
+    assert shown["cause"] == Cause.OUTPUT.value
+    line = divergence.describe()
+    assert line.startswith(f"{exp} main#{body['seq']} augmentation_batch "
+                           f"[epoch/0/batch/0/augment]: {Cause.OUTPUT.value} (output expected "
+                           f"{body['output'].hex()}, got ")

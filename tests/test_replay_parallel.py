@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -238,3 +239,60 @@ def test_claims_meet_in_the_middle_and_stop_at_a_failure() -> None:
     claims.stop_at(10)
     assert claims.from_front() == range(8, 10)
     assert claims.from_back() is None and claims.from_front() is None
+
+
+def test_no_window_holds_more_than_window_draws(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory does not grow with the run: the draws (24 batches and the epoch's shuffle; not
+    the dataset nor the metric) are handed to re-execution WINDOW_DRAWS at a time, in order."""
+    url, exp = _record(tmp_path, [])
+    monkeypatch.setattr(replay.engine, "WINDOW_DRAWS", 10)
+    windows: list[int] = []
+
+    class Counted(replay.execution.DrawExecution):
+        def __init__(self, context: Any, bodies: Any, jobs: int, trusted: Any) -> None:
+            windows.append(len(bodies))
+            super().__init__(context, bodies, jobs, trusted)
+
+    monkeypatch.setattr(replay.engine, "DrawExecution", Counted)
+    report = _replay(url, exp, tmp_path)
+    assert report.certified and report.matched == BATCHES + 2
+    assert windows == [10, 10, BATCHES + 1 - 20]
+
+
+def test_changed_data_wins_over_draws_that_fail_before_its_digest_is_done(
+        tmp_path: Path, replaying: dict[str, bool], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A draw may fail while the datasets are still being digested: the changed dataset is
+    still what replay reports (a divergence, exit 1), not the failure it caused."""
+    url, exp = _record(tmp_path, [])
+    (stored,) = (tmp_path / "data").rglob("*.npz")
+    with np.load(stored) as archive:
+        features, labels = archive["features"].copy(), archive["labels"]
+    features[0, 0] = MARK  # batch 0 now fails to replay, and the dataset itself differs
+    np.savez(stored, features=features, labels=labels)
+    replaying["fail"] = True
+    digest = replay.engine.dataset_redraw
+
+    def slow(loaded: Any) -> Any:
+        time.sleep(1.0)  # the failing draw is re-executed long before this digest is done
+        return digest(loaded)
+
+    monkeypatch.setattr(replay.engine, "dataset_redraw", slow)
+    report = _replay(url, exp, tmp_path, jobs=1)
+    assert report.first_divergence is not None
+    assert report.first_divergence.kind == "dataset_registered"
+    assert report.first_divergence.cause is Cause.INPUT
+
+
+def test_progress_counts_every_event_done_and_needs_no_listener(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Progress is told with the events done so far — at the end every dataset and draw (one
+    dataset, one shuffle, 24 batches) — and a replay with no listener just runs."""
+    url, exp = _record(tmp_path, [])
+    monkeypatch.setattr(replay.engine, "PROGRESS_EVERY", 1)
+    assert _replay(url, exp, tmp_path).certified  # no on_progress
+    seen: list[int] = []
+    with Store.open(url) as store:
+        report = replay_run(store, exp, jobs=1, data_dir=tmp_path / "data",
+                            on_progress=lambda done, _total: seen.append(done))
+    assert report.certified and seen[-1] == 1 + 1 + BATCHES
