@@ -70,13 +70,18 @@ def test_an_op_that_ignores_its_seed_is_caught_at_its_first_batch(folder: Path) 
     assert report.mismatched == 20
 
 
-def test_a_changed_dataset_file_is_caught_before_any_draw(folder: Path) -> None:
-    exp = record_run(_url(folder), folder / "data")
-    (stored,) = (folder / "data").rglob("*.npz")
+def _change_stored_dataset(data_dir: Path) -> None:
+    """Change one value of the run's one stored dataset, in place."""
+    (stored,) = data_dir.rglob("*.npz")
     with np.load(stored) as archive:
         features, labels = archive["features"].copy(), archive["labels"]
     features[3, 2] += 1.0
     np.savez(stored, features=features, labels=labels)
+
+
+def test_a_changed_dataset_file_is_caught_before_any_draw(folder: Path) -> None:
+    exp = record_run(_url(folder), folder / "data")
+    _change_stored_dataset(folder / "data")
     with Store.open(_url(folder)) as store:
         report = replay_run(store, exp, data_dir=folder / "data")
     divergence = report.first_divergence
@@ -228,11 +233,7 @@ def test_a_changed_dataset_is_caught_however_long_its_digest_takes(
     import replay.engine
 
     exp = record_run(_url(folder), folder / "data")
-    (stored,) = (folder / "data").rglob("*.npz")
-    with np.load(stored) as archive:
-        features, labels = archive["features"].copy(), archive["labels"]
-    features[3, 2] += 1.0
-    np.savez(stored, features=features, labels=labels)
+    _change_stored_dataset(folder / "data")
     digest = replay.engine.dataset_redraw
 
     def slow(loaded: object) -> object:
