@@ -103,13 +103,22 @@ class BatchMaker:
         self.augmenter_spec = None if self.augmenter is None else self.augmenter.spec
         self._order_epoch = -1
         self._order = np.empty(0, dtype=np.int64)
+        self._order_digest: bytes | None = None
 
     def order(self, epoch: int) -> np.ndarray:
         """The sample order of ``epoch`` (cached for the latest epoch asked)."""
         if epoch != self._order_epoch:
             self._order = epoch_order(self.root, epoch, self.length, self.shuffle)
-            self._order_epoch = epoch
+            self._order_epoch, self._order_digest = epoch, None
         return self._order
+
+    def order_digest(self, epoch: int) -> bytes:
+        """``array_digest`` of :meth:`order` — the output of the epoch's ``epoch_reset`` —
+        hashed once per epoch however often it is asked."""
+        order = self.order(epoch)
+        if self._order_digest is None:
+            self._order_digest = fast_array_digest(order)
+        return self._order_digest
 
     def indices(self, epoch: int, batch: int) -> np.ndarray:
         """The sample indices of batch ``batch`` of ``epoch``."""

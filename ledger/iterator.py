@@ -21,7 +21,7 @@ import numpy as np
 
 from ledger.arguments import MAX_EPOCH, check_count, check_flag
 from ledger.augment import DataAugmenter, augment_path
-from ledger.batches import BatchDigests, BatchMaker, batch_input_digest, fast_array_digest
+from ledger.batches import BatchDigests, BatchMaker, batch_input_digest
 from ledger.canonical import normalise
 from ledger.datasets import Dataset, in_memory_dataset
 from ledger.errors import BadInputError, StateAheadError
@@ -215,7 +215,7 @@ class TrainingDataIterator:
         experiment = cast(Experiment, self.experiment)
         # another output at this draw (other data) is refused by drew_here itself
         if not experiment.drew_here(EPOCH_RESET, shuffle_path(epoch),
-                                    fast_array_digest(self._maker.order(epoch))):
+                                    self._maker.order_digest(epoch)):
             return
         raise BadInputError(f"got a new iterator starting epoch {epoch}, but another iterator "
                             f"of {experiment.id} already drew epoch {epoch}: it would repeat "
@@ -230,7 +230,6 @@ class TrainingDataIterator:
         if not self.recording or self._reset_recorded == self._epoch:
             return
         epoch = self._epoch
-        order = self._maker.order(epoch)
         path = shuffle_path(epoch)
         cast(Experiment, self.experiment).record_draw(  # recording: there is an experiment
             EPOCH_RESET, path, seed=derive_bytes(self.root_seed, path),
@@ -238,7 +237,7 @@ class TrainingDataIterator:
                     "batch_size": self.batch_size, "drop_last": self.drop_last,
                     "batches": self._maker.batches, "dataset": self.dataset.name,
                     "dataset_digest": self.dataset.digest},
-            output=fast_array_digest(order),
+            output=self._maker.order_digest(epoch),
             meta={"resumed_at_batch": self._batch} if self._batch else None)
         self._reset_recorded = epoch
 
