@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -16,6 +17,21 @@ from ledger.store import Store
 
 POSTGRES_ENV = "LEDGER_TEST_POSTGRES_URL"
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_python_block(heading: str, containing: str = "") -> str:
+    """The first ```python block of README.md after ``heading`` that contains ``containing``.
+
+    Tests execute the README's examples as they are written, so the README cannot drift from the
+    code users copy it into.
+    """
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index(heading):]
+    for block in re.findall(r"```python\n(.*?)```", section, re.DOTALL):
+        if containing in block:
+            return block
+    raise AssertionError(f"README.md has no python block containing {containing!r} after "
+                         f"{heading!r}")
 
 
 def _postgres_schema_url(base: str) -> tuple[str, str]:

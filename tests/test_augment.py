@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import readme_python_block
 from ledger import BadInputError, DataAugmenter, generator, register_op
 from ledger.augment import augment_path
 from ledger.augment_ops import lookup_op, registered_ops
@@ -211,14 +212,9 @@ def test_op_params_that_do_not_fit_are_named_as_draws_and_transforms_name_them(
 
 def test_the_readme_custom_op_example_runs_as_written(monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's block is copied by users: it must run as it stands, imports included."""
-    import re
-    from pathlib import Path
-
     import ledger.augment_ops
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    code = re.search(r"```python\n(from ledger import [^\n]*register_op\n.*?)```", readme,
-                     re.DOTALL).group(1)
+    code = readme_python_block("### DataAugmenter", "register_op")
     monkeypatch.setattr(ledger.augment_ops, "_REGISTRY", dict(ledger.augment_ops._REGISTRY))
     namespace: dict = {"__name__": "readme_ops"}
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 
 import ledger
-from conftest import ROOT, run_cli
+from conftest import ROOT, readme_python_block, run_cli
 from examples.fraud.blas import limit_blas_threads
 from ledger import (BadInputError, DataAugmenter, ExperimentManager, Store, StoreError,
                     TrainingDataIterator, array_digest, load_dataset, value_digest, verify)
@@ -756,9 +755,7 @@ def test_a_recorded_run_verifies_on_every_backend(store_url: str, tmp_path: Path
 
 
 def test_the_readme_trainer_api_example_runs(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## Trainer API"):]
-    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    code = readme_python_block("## Trainer API")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("LEDGER_DATA_DIR", raising=False)
     namespace: dict = {}

@@ -15,7 +15,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, readme_python_block, run_cli
 from ledger.augment import DataAugmenter
 from ledger.canonical import canonical
 from ledger.errors import BadInputError, StateAheadError
@@ -142,6 +142,48 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_replay_certifies_it(tmp_pa
         assert report.identical, report.first_divergence
     assert run_cli("--db", url, "replay", killed, "--data-dir", str(tmp_path / "data")
                    ).returncode == 0
+
+
+class _ReadmeModel:
+    """The README's stand-in ``model``: keeps what ``load`` is given."""
+
+    def __init__(self) -> None:
+        self.loaded: np.ndarray | None = None
+
+    def load(self, weights: np.ndarray) -> None:
+        self.loaded = weights
+
+
+def test_the_readme_resume_example_runs_as_written(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's resume block, given the id of a run suspended mid-epoch, continues that run
+    under its id: it completes, and replay certifies it (the block's names cannot drift)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LEDGER_DATA_DIR", raising=False)
+    features, labels = sample_data(rows=2_000)
+    augmenter = DataAugmenter(noise_std=0.1, mask_prob=0.1)
+    with ExperimentManager("sqlite:///ledger.db") as manager:
+        exp = manager.create_experiment("fraud-detection-v3", seed=42)
+        data = exp.register_dataset("dataset-fraud-2024Q1", features, labels)
+        batches = TrainingDataIterator(data, batch_size=256, augmenter=augmenter,
+                                       num_workers=2, experiment=exp)
+        for _step, _batch in zip(range(3), batches):
+            pass
+        saved = {"iterator": batches.state_dict(), "weights": np.arange(4.0)}
+        batches.close()
+        exp.suspend()
+    code = readme_python_block("### Resuming an interrupted run", "resume_experiment")
+    model = _ReadmeModel()
+    namespace = {"ExperimentManager": ExperimentManager, "TrainingDataIterator":
+                 TrainingDataIterator, "features": features, "labels": labels,
+                 "augmenter": augmenter, "saved": saved, "model": model}
+    exec(compile(code.replace("exp-3f9c0a1b2c4d", exp.id), "README.md", "exec"),  # noqa: S102
+         namespace)
+    np.testing.assert_array_equal(model.loaded, saved["weights"])
+    with Store.open("sqlite:///ledger.db") as store:
+        assert describe_experiment(store, exp.id).status == "ok"
+        assert store.counts_by_kind(exp.id)["run_resumed"] == 1
+        assert replay_run(store, exp.id, data_dir=tmp_path / "ledger-data").certified
 
 
 def test_a_run_preempted_by_sigterm_suspends_mid_epoch_and_resumes_identically(

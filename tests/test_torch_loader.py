@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch is not installed (the 'torch' extra)")
 
 import torch_helpers  # noqa: E402 - registers the test transforms
-from conftest import ROOT, run_cli  # noqa: E402
+from conftest import ROOT, readme_python_block, run_cli  # noqa: E402
 from ledger.errors import BadInputError, CannotReplayError  # noqa: E402
 from ledger.events import decode_body  # noqa: E402
 from ledger.experiment import ExperimentManager, state_digest  # noqa: E402
@@ -315,11 +315,7 @@ def test_log_checkpoint_takes_a_state_dict(url: str) -> None:
 
 def test_the_readme_pytorch_example_runs_and_replays(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    import re
-
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## PyTorch and many machines"):]
-    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    code = readme_python_block("## PyTorch and many machines")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("LEDGER_DATA_DIR", raising=False)
     monkeypatch.delenv("LEDGER_URL", raising=False)
@@ -335,6 +331,43 @@ def test_the_readme_pytorch_example_runs_and_replays(tmp_path: Path,
     assert report.certified, report.first_divergence
     assert report.compared["augmentation_batch"] == 3 * 2048 // 64
 
+
+
+def test_the_readme_distributed_example_runs_as_one_rank(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's distributed block, run as written in a one-rank gloo job (torchrun's
+    environment set by hand): rank 0 records the run to ``$LEDGER_URL``, which completes."""
+    import re
+    import socket
+
+    import torch.distributed as dist
+
+    first = readme_python_block("## PyTorch and many machines")
+    imports_and_transform = first[:re.search(r"@register_transform.*?\n\n\n", first,
+                                             re.DOTALL).end()]
+    exec(compile(imports_and_transform, "README.md", "exec"),  # noqa: S102 - as the block above
+         {"__name__": "readme_example"})  # registers the transform the distributed block uses
+    code = readme_python_block("### Distributed ranks", "distributed_experiment")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    for name, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0",
+                        "WORLD_SIZE": "1", "LEDGER_URL": ledger_url,
+                        "LEDGER_DATA_DIR": str(tmp_path / "data")}.items():
+        monkeypatch.setenv(name, value)
+    features, labels = torch_helpers.fraud_arrays(256)
+    namespace = {"torch": torch, "features": features, "labels": labels,
+                 "make_model": lambda: torch.nn.Linear(features.shape[1], 2)}
+    try:
+        exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    with ExperimentManager(ledger_url) as manager:
+        [row] = manager.store.experiments()
+        assert (row.name, row.status) == ("fraud-ddp", "ok")
+        assert len(namespace["loader"]) == 256 // 64
 
 # -- distributed_experiment without a process group ---------------------------------------------------
 

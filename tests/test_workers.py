@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import ledger
+from conftest import readme_python_block
 from ledger import (DataAugmenter, ExperimentManager, TrainingDataIterator, WorkerError,
                     derive_bytes)
 from ledger.events import WORKER_SPAWNED
@@ -172,13 +173,17 @@ def test_fork_workers_of_a_recording_run_are_forked_with_the_writer_thread_stopp
             if name.startswith("ledger-flush-")] == []
 
 
+RECIPE = readme_python_block("### Experiments", "background_threads_paused")
+
+
 def _square(n: int) -> int:
     return n * n
 
 
 def test_a_users_fork_pool_started_in_background_threads_paused_forks_with_no_writer_thread(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The README's recipe for a fork of the user's own during a recording run."""
+    """The README's recipe for a fork of the user's own during a recording run, run as written:
+    its pool of 4 forks with no writer thread, and recording goes on around it."""
     fork, threads_at_fork = os.fork, []
 
     def watched_fork() -> int:
@@ -188,8 +193,10 @@ def test_a_users_fork_pool_started_in_background_threads_paused_forks_with_no_wr
     with ExperimentManager(f"sqlite:///{tmp_path / 'l.db'}") as manager:
         with manager.create_experiment("w", seed=5) as exp:
             monkeypatch.setattr(os, "fork", watched_fork)
+            namespace = {"ledger": ledger, "multiprocessing": multiprocessing}
+            exec(compile(RECIPE, "README.md", "exec"), namespace)  # noqa: S102 - our README
+            pool = namespace["pool"]
             with ledger.background_threads_paused():
-                pool = multiprocessing.get_context("fork").Pool(2)
                 exp.log_metric("during", 1.0)  # buffered meanwhile
             monkeypatch.undo()
             with pool:
@@ -199,7 +206,7 @@ def test_a_users_fork_pool_started_in_background_threads_paused_forks_with_no_wr
         metrics = [body["params"]["name"] for body in bodies(manager.store, exp.id)
                    if body["kind"] == "metric"]
     assert metrics == ["during", "after"]
-    assert len(threads_at_fork) == 2
+    assert len(threads_at_fork) == 4
     assert [name for names in threads_at_fork for name in names
             if name.startswith("ledger-flush-")] == []
 
