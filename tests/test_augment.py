@@ -344,3 +344,67 @@ def test_the_spec_holds_parameters_as_the_ledger_records_them() -> None:
     assert type(augmenter.spec[0]["table"][1]) is int
     assert type(augmenter.spec[1]["amount"]) is float
 
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"noise_std": float("inf")}, r"std must be in \[0.0, inf\], got inf"),
+    ({"noise_std": True}, "std must be a number"),
+    ({"mask_prob": 0.5, "mask_fill": True}, "fill must be a number, got True"),
+    ({"scale_jitter": -0.1}, r"jitter must be in \[0.0, 0.999\], got -0.1"),
+    ({"scale_jitter": float("inf")}, "jitter must be in"),
+])
+def test_booleans_infinities_and_negative_jitter_are_refused(kwargs: dict, message: str) -> None:
+    """True is an int to Python and inf passes an upper bound of inf: neither is a noise level
+    a trainer means, and a negative jitter is a sign mistake — all refused when built."""
+    with pytest.raises(BadInputError, match=message):
+        DataAugmenter(**kwargs)
+
+
+def test_the_documented_bounds_and_numpy_scalars_are_accepted_and_recorded_as_floats() -> None:
+    """Each parameter's documented bounds are allowed, and numpy scalars (what a config read
+    with numpy yields) are recorded as plain floats, as equal Python values would be."""
+    augmenter = DataAugmenter(noise_std=np.float32(0.5), mask_prob=np.float32(1.0),
+                              mask_fill=np.int64(-1), scale_jitter=0.999)
+    assert augmenter.spec == [
+        {"op": "scale_jitter", "version": 1, "jitter": 0.999},
+        {"op": "gaussian_noise", "version": 1, "std": 0.5},
+        {"op": "feature_mask", "version": 1, "prob": 1.0, "fill": -1.0},
+    ]
+    assert all(type(value) is float for op in augmenter.spec for key, value in op.items()
+               if key not in ("op", "version"))
+    assert type(DataAugmenter(mask_prob=0.5, mask_fill=-1).spec[0]["fill"]) is float
+
+
+def test_each_builtin_op_computes_what_its_name_and_version_promise() -> None:
+    """Known answers from the README's description of each op, on float64 features: noise
+    drawn in the batch's dtype, factors cast to it, masks from float32 uniforms. A change to
+    any of these changes what (name, version 1) computes and stops old runs replaying."""
+    batch = np.linspace(-2, 2, 60).reshape(10, 6)
+    rng = generator(7, augment_path(0, 0))
+    expected = batch + rng.standard_normal(batch.shape, dtype=np.float64) * 0.5
+    assert DataAugmenter(noise_std=0.5, seed=7)(batch).tobytes() == expected.tobytes()
+    rng = generator(7, augment_path(0, 0))
+    factors = rng.uniform(1.0 - 0.3, 1.0 + 0.3, size=(10, 1)).astype(np.float32)
+    expected32 = batch.astype(np.float32) * factors
+    assert DataAugmenter(scale_jitter=0.3, seed=7)(batch.astype(np.float32)).tobytes() == (
+        expected32.tobytes())
+    rng = generator(7, augment_path(0, 0))
+    masked = rng.random(batch.shape, dtype=np.float32) < np.float32(0.4)
+    expected = np.where(masked, -9.0, batch)
+    assert DataAugmenter(mask_prob=0.4, mask_fill=-9.0, seed=7)(batch).tobytes() == (
+        expected.tobytes())
+
+
+def test_a_value_whose_uniform_equals_the_mask_probability_is_kept() -> None:
+    """A value is masked when its uniform is strictly below prob (so prob 0 never masks): the
+    boundary case, built from the batch's own first uniform."""
+    first = generator(7, augment_path(0, 0)).random((4, 3), dtype=np.float32)[0, 0]
+    out = DataAugmenter(mask_prob=float(first), mask_fill=-9.0, seed=7)(np.ones((4, 3)))
+    assert out[0, 0] == 1.0
+
+
+def test_registered_ops_are_listed_sorted_as_name_at_version() -> None:
+    """The list is shown in error messages and to users choosing an op: sorted, so stable."""
+    listed = registered_ops()
+    assert listed == sorted(listed)
+    assert {"feature_mask@1", "gaussian_noise@1", "scale_jitter@1"} <= set(listed)
