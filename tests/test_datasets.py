@@ -187,3 +187,18 @@ def test_a_dataset_says_whether_it_is_registered(manager: ExperimentManager) -> 
         data = exp.register_dataset("d", FEATURES, LABELS)
     assert repr(data) == "Dataset('d', 8 samples, features float64[3], registered)"
     assert len(data) == 8
+
+
+@pytest.mark.parametrize("features, labels, message", [
+    (3.0, None, r"features must have at least one sample along axis 0, got shape \(\)"),
+    (np.float32(1.0), 1, r"features must have at least one sample along axis 0, got shape \(\)"),
+    (FEATURES[:1], np.int8(1), r"labels must have one entry per sample \(1\), got shape \(\)"),
+], ids=["float", "numpy-scalar", "scalar-label"])
+def test_a_single_value_is_not_a_dataset(manager: ExperimentManager, features: Any, labels: Any,
+                                         message: str) -> None:
+    """A scalar passed by mistake (a mean instead of the column, say) was registered as a
+    dataset of one sample: np.ascontiguousarray made it 1-d before its shape was checked."""
+    with manager.create_experiment("scalar", seed=1) as exp:
+        with pytest.raises(BadInputError, match=message):
+            exp.register_dataset("d", features, labels)
+    assert DATASET_REGISTERED not in [b["kind"] for b in bodies(manager.store, exp.id)]
