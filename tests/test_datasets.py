@@ -6,6 +6,7 @@ Found by the datasets mutation sweep: checks whose removal no test noticed.
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +203,72 @@ def test_a_single_value_is_not_a_dataset(manager: ExperimentManager, features: A
         with pytest.raises(BadInputError, match=message):
             exp.register_dataset("d", features, labels)
     assert DATASET_REGISTERED not in [b["kind"] for b in bodies(manager.store, exp.id)]
+
+
+def test_a_stored_member_cut_inside_a_whole_archive_is_written_again(
+        manager: ExperimentManager) -> None:
+    """The zip directory is whole but a member holds fewer bytes than its header declares (a
+    file cut and re-zipped by hand, say): not these arrays, so written again, not an error."""
+    with manager.create_experiment("first", seed=1) as exp:
+        data = exp.register_dataset("d", FEATURES, LABELS)
+    assert data.loader is not None and manager.data_dir is not None
+    target = manager.data_dir / data.loader["path"]
+    with zipfile.ZipFile(target, "w") as archive:
+        for key, array in (("features", FEATURES), ("labels", LABELS)):
+            with archive.open(f"{key}.npy", "w") as member:
+                np.lib.format.write_array_header_1_0(
+                    member, np.lib.format.header_data_from_array_1_0(array))
+                member.write(array.tobytes()[:-1])
+    with manager.create_experiment("again", seed=1) as exp:
+        exp.register_dataset("d", FEATURES, LABELS)
+    features, labels = load_dataset(data.loader, manager.data_dir)
+    assert np.array_equal(features, FEATURES) and np.array_equal(labels, LABELS)
+
+
+def _member(archive: zipfile.ZipFile, key: str, header_of: np.ndarray, data: bytes) -> None:
+    with archive.open(f"{key}.npy", "w") as member:
+        np.lib.format.write_array_header_1_0(
+            member, np.lib.format.header_data_from_array_1_0(header_of))
+        member.write(data)
+
+
+def test_a_member_that_its_header_does_not_describe_is_refused_before_it_is_read(
+        tmp_path: Path) -> None:
+    """A header promising an array of 8 TB in a small member, or a member with bytes beyond
+    its array: refused from the headers, before numpy allocates or silently ignores them."""
+    huge = np.lib.stride_tricks.as_strided(np.zeros(1), shape=(10**6, 10**6), strides=(0, 0))
+    with zipfile.ZipFile(tmp_path / "huge.npz", "w") as archive:
+        _member(archive, "features", huge, b"")
+    with zipfile.ZipFile(tmp_path / "junk.npz", "w") as archive:
+        _member(archive, "features", FEATURES, FEATURES.tobytes() + b"junk")
+    for name in ("huge.npz", "junk.npz"):
+        with pytest.raises(BadInputError, match="which does not fill its"):
+            read_npz(tmp_path / name, labels_key=None)
+
+
+def test_running_out_of_memory_while_reading_is_a_clear_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Arrays that fit the machine may still not fit what is free: BadInputError naming the
+    file, not a raw MemoryError from numpy."""
+    np.savez(tmp_path / "d.npz", features=FEATURES, labels=LABELS)
+
+    def exhausted(self: Any, key: str) -> np.ndarray:
+        raise MemoryError("Unable to allocate")
+
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", exhausted)
+    with pytest.raises(BadInputError, match=r"cannot read dataset file .*d.npz: MemoryError"):
+        read_npz(tmp_path / "d.npz")
+
+
+def test_a_users_file_given_by_a_relative_path_is_recorded_absolute(
+        manager: ExperimentManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replay runs from another folder: the loader spec must name the file wherever it runs."""
+    (tmp_path / "inputs").mkdir()
+    np.savez(tmp_path / "inputs" / "mine.npz", features=FEATURES, labels=LABELS)
+    monkeypatch.chdir(tmp_path / "inputs")
+    with manager.create_experiment("relative", seed=1) as exp:
+        data = exp.register_dataset("mine", path="mine.npz")
+    assert data.loader is not None
+    assert data.loader["path"] == str(tmp_path / "inputs" / "mine.npz")
+    monkeypatch.chdir(tmp_path)
+    assert np.array_equal(load_dataset(data.loader, None)[0], FEATURES)
