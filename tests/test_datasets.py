@@ -272,3 +272,21 @@ def test_a_users_file_given_by_a_relative_path_is_recorded_absolute(
     assert data.loader["path"] == str(tmp_path / "inputs" / "mine.npz")
     monkeypatch.chdir(tmp_path)
     assert np.array_equal(load_dataset(data.loader, None)[0], FEATURES)
+
+
+def test_a_users_file_is_checked_like_arrays_given_directly(manager: ExperimentManager,
+                                                             tmp_path: Path) -> None:
+    """Labels that do not pair with the samples, or text features, are refused from a file as
+    from memory, before anything is recorded; big-endian arrays come back little-endian."""
+    np.savez(tmp_path / "short.npz", features=FEATURES, labels=LABELS[:5])
+    np.savez(tmp_path / "text.npz", features=np.array([["a"], ["b"]]))
+    np.savez(tmp_path / "big.npz", features=FEATURES.astype(">f8"), labels=LABELS)
+    with manager.create_experiment("files", seed=1) as exp:
+        with pytest.raises(BadInputError, match=r"one entry per sample \(8\)"):
+            exp.register_dataset("short", path=tmp_path / "short.npz")
+        with pytest.raises(BadInputError, match="numeric or boolean"):
+            exp.register_dataset("text", path=tmp_path / "text.npz", labels_key=None)
+        big = exp.register_dataset("big", path=tmp_path / "big.npz")
+    assert big.features.dtype.str == "<f8" and big.digest == dataset_digest(FEATURES, LABELS)
+    assert [b["params"]["name"] for b in bodies(manager.store, exp.id)
+            if b["kind"] == DATASET_REGISTERED] == ["big"]
