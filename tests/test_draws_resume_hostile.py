@@ -149,11 +149,12 @@ def test_a_run_completed_while_this_process_resumed_it_is_refused(
 def test_a_resumed_run_keeps_its_root_seed_and_where_it_came_from(
         manager: ExperimentManager) -> None:
     """A run seeded from the OS stays so when resumed: the resumed Experiment reports the
-    recorded root seed and source, not 'user'."""
+    recorded name, root seed and source, not 'user'."""
     exp = manager.create_experiment("os-seeded")
     exp.suspend()
     resumed = manager.resume_experiment(exp.id)
     assert (resumed.root_seed, resumed.root_seed_source) == (exp.root_seed, "os")
+    assert resumed.name == "os-seeded" and resumed.id == exp.id
     assert resumed.resumed and not exp.resumed
     resumed.close()
 
