@@ -95,7 +95,8 @@ def _plain_array(what: str, value: Any) -> np.ndarray:
         raise BadInputError(f"{what} must be a numeric or boolean array, got dtype {array.dtype}")
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    return np.ascontiguousarray(array)
+    # ascontiguousarray makes a 0-d array 1-d: a single value would pass the shape checks.
+    return array if array.ndim == 0 else np.ascontiguousarray(array)
 
 
 def check_name(name: Any) -> str:

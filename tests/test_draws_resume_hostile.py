@@ -8,17 +8,22 @@ raw Python errors from deep inside.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from forgery import copy_run
 from ledger import DataAugmenter, ExperimentManager, TrainingDataIterator, register_draw
 from ledger.augment import register_op
-from ledger.errors import BadInputError, StoreError
+from ledger.errors import BadInputError, CheckFailedError, StoreError
 from ledger.store import Store
+from ledger_builders import delete_event, drop_append_only_triggers
 from replay.engine import replay_run
+from trainer_helpers import bodies
 
 FEATURES = np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32)
 LABELS = (np.arange(64) % 2).astype(np.int8)
@@ -93,6 +98,109 @@ def test_a_state_past_the_last_epoch_is_refused() -> None:
     with TrainingDataIterator((FEATURES, LABELS), 16, seed=1) as batches:
         with pytest.raises(BadInputError, match="position"):
             batches.load_state_dict(batches.state_dict() | {"epoch": 2**64})
+
+
+
+def test_a_failed_run_is_refused_naming_its_status(manager: ExperimentManager) -> None:
+    """A run that ended failed is complete: continuing it would append after its end."""
+    with pytest.raises(ValueError, match="diverged"):
+        with manager.create_experiment("failing", seed=1) as exp:
+            raise ValueError("diverged")
+    with pytest.raises(BadInputError, match=f"got {exp.id}, which completed with status failed: "
+                                            f"only an incomplete run can be resumed"):
+        manager.resume_experiment(exp.id)
+
+
+def test_a_run_that_fails_verification_is_not_resumed(manager: ExperimentManager) -> None:
+    """Continuing a damaged chain would bury the damage under new events: refused, naming the
+    first finding, and nothing appended."""
+    exp = manager.create_experiment("damaged", seed=1)
+    for value in (0.1, 0.2, 0.3):
+        exp.log_metric("loss", value, epoch=0)
+    exp.suspend()
+    drop_append_only_triggers(manager.store)
+    delete_event(manager.store, exp.id, "main", 2)
+    with pytest.raises(CheckFailedError, match=f"{exp.id} fails verification, not resumed"):
+        manager.resume_experiment(exp.id)
+    assert "run_resumed" not in _kinds(manager, exp.id)
+
+
+def test_a_run_completed_while_this_process_resumed_it_is_refused(
+        manager: ExperimentManager, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two processes resuming one run: the other completed it between this one's status check
+    and its claim of main (here, the status this process read is the stale 'incomplete'). The
+    check after the claim refuses it, and main is released for whoever comes next."""
+    with manager.create_experiment("raced", seed=1) as exp:
+        exp.log_metric("loss", 0.5, epoch=0)
+    real = manager.store.experiment
+
+    def stale(exp_id: str) -> Any:
+        return dataclasses.replace(real(exp_id), status="incomplete")
+
+    monkeypatch.setattr(manager.store, "experiment", stale)
+    with pytest.raises(BadInputError, match="which another process completed while this one "
+                                            "resumed it"):
+        manager.resume_experiment(exp.id)
+    assert _kinds(manager, exp.id)[-1] == "run_completed"
+    with pytest.raises(BadInputError, match="another process completed"):  # main not held
+        manager.resume_experiment(exp.id)
+
+
+def test_a_resumed_run_keeps_its_root_seed_and_where_it_came_from(
+        manager: ExperimentManager) -> None:
+    """A run seeded from the OS stays so when resumed: the resumed Experiment reports the
+    recorded name, root seed and source, not 'user'."""
+    exp = manager.create_experiment("os-seeded")
+    exp.suspend()
+    resumed = manager.resume_experiment(exp.id)
+    assert (resumed.root_seed, resumed.root_seed_source) == (exp.root_seed, "os")
+    assert resumed.name == "os-seeded" and resumed.id == exp.id
+    assert resumed.resumed and not exp.resumed
+    resumed.close()
+
+
+
+def test_run_resumed_marks_the_seam_and_the_last_checkpoint(manager: ExperimentManager) -> None:
+    """An auditor reads from run_resumed where the interrupted process stopped (the seq of its
+    last event) and which checkpoint the run went on from (the last one recorded), by whom."""
+    exp = manager.create_experiment("seam", seed=1)
+    exp.log_checkpoint("w", np.zeros(3), epoch=0)
+    exp.log_metric("loss", 0.5, epoch=0)
+    exp.log_checkpoint("w", np.ones(3), epoch=1)
+    exp.log_metric("loss", 0.25, epoch=1)
+    exp.suspend()
+    manager.resume_experiment(exp.id).close()
+    main = [b for b in bodies(manager.store, exp.id) if b["stream"] == "main"]
+    [seam] = [b for b in main if b["kind"] == "run_resumed"]
+    last_checkpoint = [b for b in main if b["kind"] == "checkpoint"][-1]
+    assert seam["params"] == {"after_seq": seam["seq"] - 1, "last_checkpoint": {
+        "name": "w", "epoch": 1, "digest": last_checkpoint["output"]}}
+    assert main[seam["seq"] - 1]["kind"] == "metric"
+    assert seam["meta"]["pid"] == os.getpid()
+    plain = manager.create_experiment("no-checkpoint", seed=1)
+    plain.suspend()
+    manager.resume_experiment(plain.id).close()
+    [seam] = [b for b in bodies(manager.store, plain.id) if b["kind"] == "run_resumed"]
+    assert seam["params"] == {"after_seq": 0, "last_checkpoint": None}
+
+
+
+def test_a_forged_run_without_a_root_seed_is_refused_by_name(manager: ExperimentManager,
+                                                             tmp_path: Path) -> None:
+    """Re-recorded consistently without its root seed, a run still verifies; resuming it
+    cannot reproduce anything, and says why rather than failing with a KeyError."""
+    exp = manager.create_experiment("seedless", seed=1)
+    exp.log_metric("loss", 0.5, epoch=0)
+    exp.suspend()
+
+    def drop_seed(body: dict[str, Any]) -> None:
+        if body["kind"] == "experiment_created":
+            del body["params"]["root_seed"]
+
+    with ExperimentManager(f"sqlite:///{tmp_path / 'forged.db'}") as forged:
+        copy_run(manager.store, exp.id, forged.store, drop_seed)
+        with pytest.raises(BadInputError, match=f"{exp.id} has no recorded root seed"):
+            forged.resume_experiment(exp.id)
 
 
 # -- op checks ---------------------------------------------------------------------------------------
