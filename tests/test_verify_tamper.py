@@ -78,12 +78,14 @@ def ledger_with(store: Store, a: Recorded, b: Recorded) -> Ledger:
     return Ledger(store, a, b)
 
 
-@pytest.fixture(params=["default-segments", "2-event-segments"])
+@pytest.fixture(params=["default-segments", "2-event-segments", "1-event-segments"])
 def segments(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Verify with the default segments, and with segments of two events stitched together."""
-    if request.param == "2-event-segments":
+    """Verify with the default segments, and with segments of two events, or of one, stitched
+    together (a segment of one event starts at every seq, seq 1 included)."""
+    if request.param != "default-segments":
         monkeypatch.setattr(verify_module, "plan_segments",
-                            functools.partial(verify_module.plan_segments, size=2))
+                            functools.partial(verify_module.plan_segments,
+                                              size=int(request.param[0])))
     return request.param
 
 
@@ -297,6 +299,22 @@ def _rewrite_last_worker_event(led: Ledger, body_bytes: bytes) -> None:
                                                              streams=streams)))
 
 
+def experiment_created_again_in_main(led: Ledger) -> Expected:
+    # A second creation (its own root seed) where main's metric was: named where it stands,
+    # before the broken link after it.
+    led.replace(A, "main", 3, forged_row(led.row(A, "main", 3), kind="experiment_created",
+                                         params={"name": "run-a", "root_seed": bytes(16)}))
+    return A, "main", 3, "experiment_created outside main seq 0"
+
+
+def experiment_created_opening_a_worker_stream(led: Ledger) -> Expected:
+    # At seq 0, but of another stream: replay reading that stream would take its root seed.
+    led.replace(A, "worker-0", 0, forged_row(led.row(A, "worker-0", 0),
+                                             kind="experiment_created",
+                                             params={"name": "run-a", "root_seed": bytes(16)}))
+    return A, "worker-0", 0, "experiment_created outside main seq 0"
+
+
 def non_canonical_key_order(led: Ledger) -> Expected:
     # The same body with its params keys in reverse order: it decodes to the same map, but
     # its hash is not SHA-256 of canonical(body), so an independent verifier would differ.
@@ -350,6 +368,7 @@ TAMPERS = [
     copy_a_stream_from_another_experiment, copy_a_whole_experiment_in,
     rename_the_experiment_row, change_the_experiment_rows_creation_time,
     delete_the_experiment_row, add_an_experiment_row_without_events,
+    experiment_created_again_in_main, experiment_created_opening_a_worker_stream,
 ]
 
 
@@ -503,6 +522,24 @@ def test_a_second_run_completed_does_not_hide_events_after_the_first(store: Stor
         writer.close()
     assert_named(verify(store).findings, (recorded.exp, "main", len(recorded.main),
                                           "after run_completed"))
+
+
+def test_only_replay_and_report_records_verify_in_the_audit_stream(store: Store,
+                                                                 segments: str) -> None:
+    """Replay and diff skip the audit stream: a draw a forger writes there would be seen by
+    nobody, so verify names it, while the replay records that belong there verify."""
+    recorded = record_experiment(store, workers=1)
+    with StreamWriter(store, recorded.exp, "audit", flush_interval=None) as audit:
+        audit.append("replay_recorded", params={"certified": True})
+        audit.append("report_exported", params={"format": "json"})
+    assert verify(store).ok
+    with StreamWriter(store, recorded.exp, "audit", flush_interval=None) as audit:
+        draw = audit.append("augmentation_batch", path=["epoch", 0, "batch", 0, "augment"],
+                            params={"epoch": 0})
+    report = verify(store)
+    assert_named(report.findings, (recorded.exp, "audit", draw.seq,
+                                   "'augmentation_batch' in the audit stream"))
+    assert len(report.findings) == 1
 
 
 def test_run_completed_outside_main_is_flagged(store: Store) -> None:
