@@ -365,6 +365,20 @@ def test_a_body_stored_as_text_is_a_finding(tmp_path: Path) -> None:
         f"{recorded.exp} stream worker-0 seq 1: stored body is str, not bytes"]
 
 
+def test_a_body_of_exactly_the_size_limit_verifies() -> None:
+    """The writer stores bodies of up to MAX_BODY_BYTES inclusive, so verification must accept
+    one of exactly that size rather than call it over the limit."""
+    rows = chain_rows(2)
+    fields = msgpack.unpackb(benchmark_body(2, batch=2, prev=rows[1][7]), raw=False)
+    fields["params"]["pad"] = b""  # bin8, 2 bytes; padded below to bin32, 5 bytes + payload
+    fields["params"]["pad"] = bytes(MAX_BODY_BYTES - len(encode(fields)) - 3)
+    body = encode(fields)
+    assert len(body) == MAX_BODY_BYTES
+    rows.append(row_of(body))
+    result = check_segment(RowsStore(rows), Segment(EXP, STREAM, 0, 3))  # type: ignore[arg-type]
+    assert (result.problem, result.count) == (None, 3)
+
+
 def test_a_body_over_the_size_limit_is_refused_undecoded() -> None:
     rows = chain_rows(3)
     huge = b"\x00" * (MAX_BODY_BYTES + 1)

@@ -342,6 +342,35 @@ def ext_type_in_params(led: Ledger) -> Expected:
     return A, "worker-1", 2, "not in canonical form (cannot encode a value of type ExtType"
 
 
+def body_with_an_extra_field(led: Ledger) -> Expected:
+    # A 14th field no reader knows of, in key order, hashed, chained and counted.
+    body = decode_body(led.row(A, "worker-1", 2)["body"])
+    _rewrite_last_worker_event(led, PACK(dict(sorted({**body, "note": "x"}.items()))))
+    return A, "worker-1", 2, "body is not a v1 event body"
+
+
+def body_of_another_version(led: Ledger) -> Expected:
+    # v 2 is no format this verifier knows: its fields may mean other things.
+    body = decode_body(led.row(A, "worker-1", 2)["body"])
+    _rewrite_last_worker_event(led, PACK(dict(sorted({**body, "v": 2}.items()))))
+    return A, "worker-1", 2, "body is not a v1 event body"
+
+
+def body_not_a_map(led: Ledger) -> Expected:
+    # The body's values as an array: valid msgpack, hashed and chained, but no event body.
+    body = decode_body(led.row(A, "worker-1", 2)["body"])
+    _rewrite_last_worker_event(led, PACK([body[key] for key in sorted(body)]))
+    return A, "worker-1", 2, "body is not a v1 event body"
+
+
+def params_keyed_by_an_integer(led: Ledger) -> Expected:
+    # msgpack can key a map by an integer; a v1 body cannot (DESIGN §2: str keys).
+    body = decode_body(led.row(A, "worker-1", 2)["body"])
+    body["params"] = {1: "one"}
+    _rewrite_last_worker_event(led, PACK(dict(sorted(body.items()))))
+    return A, "worker-1", 2, "body is not valid msgpack (ValueError)"
+
+
 def canonical_order(value: object) -> object:
     """``value`` with every map's keys sorted, leaving other values (an ExtType) as they are."""
     if isinstance(value, dict):
@@ -351,6 +380,8 @@ def canonical_order(value: object) -> object:
 
 TAMPERS = [
     non_canonical_key_order, non_canonical_integer_width, ext_type_in_params,
+    body_with_an_extra_field, body_of_another_version, body_not_a_map,
+    params_keyed_by_an_integer,
     flip_body_byte, flip_body_byte_and_rehash, rehash_last_event_of_a_stream,
     change_column("kind", "metric"), change_column("t", 12345),
     change_column("seed", b"\x07" * 16), change_column("input", b"\x07" * 32),
