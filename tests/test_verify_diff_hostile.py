@@ -155,6 +155,17 @@ def test_a_stream_name_no_writer_could_use_is_a_named_finding(url: str) -> None:
     assert "body field stream is not a valid stream name" in report.findings[0].problem
 
 
+def test_an_experiment_id_no_writer_could_use_is_a_named_finding(url: str) -> None:
+    """An id with path separators, consistent in the experiment row, the columns and every
+    body, is no id a writer makes (readers put ids in file names): verify names it."""
+    with Store.open(url) as store:
+        forge_run(store, "../forged", [USER_DRAW])
+        report = verify(store)
+    first = report.findings[0]
+    assert (first.exp, first.stream, first.seq) == ("../forged", "main", 0)
+    assert "body field exp is not a valid exp name" in first.problem
+
+
 def test_a_forged_run_of_valid_types_still_verifies(url: str) -> None:
     """The type checks refuse only what DESIGN §3 excludes: params may hold anything."""
     odd_params = {"epoch": [1], "value": 2**64 - 1, "nested": {"k": [b"\x00", None, 1.5]}}

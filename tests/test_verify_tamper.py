@@ -363,6 +363,12 @@ def body_not_a_map(led: Ledger) -> Expected:
     return A, "worker-1", 2, "body is not a v1 event body"
 
 
+def short_prev_opening_a_stream(led: Ledger) -> Expected:
+    # Every chain opens on the 32-byte zero digest; 16 zero bytes are no digest at all.
+    led.replace(A, "worker-0", 0, forged_row(led.row(A, "worker-0", 0), prev=bytes(16)))
+    return A, "worker-0", 0, "body field prev is not a 32-byte digest"
+
+
 def params_keyed_by_an_integer(led: Ledger) -> Expected:
     # msgpack can key a map by an integer; a v1 body cannot (DESIGN §2: str keys).
     body = decode_body(led.row(A, "worker-1", 2)["body"])
@@ -381,7 +387,7 @@ def canonical_order(value: object) -> object:
 TAMPERS = [
     non_canonical_key_order, non_canonical_integer_width, ext_type_in_params,
     body_with_an_extra_field, body_of_another_version, body_not_a_map,
-    params_keyed_by_an_integer,
+    params_keyed_by_an_integer, short_prev_opening_a_stream,
     flip_body_byte, flip_body_byte_and_rehash, rehash_last_event_of_a_stream,
     change_column("kind", "metric"), change_column("t", 12345),
     change_column("seed", b"\x07" * 16), change_column("input", b"\x07" * 32),
