@@ -221,6 +221,12 @@ def insert_with_a_negative_seq(led: Ledger) -> Expected:
     return A, "main", -1, "seq"
 
 
+def a_stream_of_only_negative_seqs(led: Ledger) -> Expected:
+    # No seq 0 to start from: the chain still gets checked, and its first row named.
+    insert_row(led.store, forged_row(led.row(A, "worker-0", 0), stream="worker-7", seq=-1))
+    return A, "worker-7", -1, "seq -1 out of place"
+
+
 def swap_rows_keeping_bodies(led: Ledger) -> Expected:
     two, three = led.row(A, "main", 2), led.row(A, "main", 3)
     delete_event(led.store, A, "main", 2)
@@ -399,7 +405,7 @@ TAMPERS = [
     delete_the_tail_of_main_before_run_completed,
     insert_after_run_completed, insert_at_the_end_of_a_worker_stream,
     insert_in_the_middle_shifting_the_rest, insert_in_the_middle_rechaining_the_stream,
-    insert_with_a_negative_seq,
+    insert_with_a_negative_seq, a_stream_of_only_negative_seqs,
     swap_rows_keeping_bodies, swap_events_rewriting_their_seq,
     copy_from_another_experiment, copy_from_another_experiment_rewriting_it,
     copy_a_stream_from_another_experiment, copy_a_whole_experiment_in,
