@@ -128,6 +128,10 @@ WRONG_FIELDS = {
     "seed a string": ({"seed": "0" * 16}, "seed"),
     "output of 5 bytes": ({"output": b"short"}, "output"),
     "kind with an escape": ({"kind": "user_draw\x1b[2J"}, "kind"),
+    # equal (==) to the integer columns, so only their type gives them away
+    "seq a float": ({"seq": 1.0}, "seq"),
+    "seq a bool": ({"seq": True}, "seq"),
+    "t a float": ({"t": float(2**60)}, "t"),
 }
 
 
