@@ -123,10 +123,12 @@ WRONG_FIELDS = {
     "path label a list": ({"path": [[1]]}, "path"),
     "path label negative": ({"path": ["init", -1]}, "path"),
     "path label a float": ({"path": ["init", 1.5]}, "path"),
+    "path label a bool": ({"path": ["init", True]}, "path"),
     "path a string": ({"path": "init"}, "path"),
     "seed of 3 bytes": ({"seed": b"abc"}, "seed"),
     "seed a string": ({"seed": "0" * 16}, "seed"),
     "output of 5 bytes": ({"output": b"short"}, "output"),
+    "input of 33 bytes": ({"input": bytes(33)}, "input"),
     "kind with an escape": ({"kind": "user_draw\x1b[2J"}, "kind"),
     # equal (==) to the integer columns, so only their type gives them away
     "seq a float": ({"seq": 1.0}, "seq"),
