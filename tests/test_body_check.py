@@ -175,12 +175,28 @@ def test_non_canonical_paths_are_left_to_the_full_check() -> None:
 def test_pinned_values_cannot_change() -> None:
     body = benchmark_body(1000, batch=7)
     shapes = learnt(body)
-    for old, new in ((b"\xa1v\x01", b"\xa1v\x02"), (b"augmentation_batch", b"augmentation_batcx"),
+    for old, new in ((b"\xa1v\x01", b"\xa1v\x02"), (b"\xa1v\x01", b"\xa1v\x00"),
+                     (b"augmentation_batch", b"augmentation_batcx"),
                      (EXP.encode(), EXP[:-1].encode() + b"2")):
         tampered = body.replace(old, new)
         row = row_of(tampered)
         row[1] = "augmentation_batch"
         assert not shapes.accepts(tuple(row))
+
+
+@pytest.mark.parametrize("value", [5, -3], ids=["positive", "negative"])
+def test_a_fixint_can_only_change_its_value(value: int) -> None:
+    """The fast check frees only the value bits of a fixint: a byte that is no fixint of the
+    same sign any more (here 0xc1, which starts no msgpack value) goes to the full check."""
+    fields = msgpack.unpackb(benchmark_body(1000, batch=7), raw=False)
+    fields["params"]["level"] = value
+    body = encode(fields)
+    shapes = learnt(body)
+    marker = b"\xa5level" + PACK(value)
+    assert body.count(marker) == 1
+    row = row_of(body)[:-1] + [body.replace(marker, b"\xa5level\xc1")]
+    assert not passes_full_check(row)
+    assert not shapes.accepts(tuple(row))
 
 
 @pytest.mark.parametrize("tag", sorted(_CANONICAL_INT_RANGES))

@@ -126,6 +126,13 @@ def change_column(column: str, value: object) -> Callable[[Ledger], Expected]:
     return tamper
 
 
+def change_two_columns(led: Ledger) -> Expected:
+    # The finding names the first differing column in the body's field order.
+    execute(led.store, "UPDATE ledger_events SET input = :value, output = :value WHERE "
+            "exp = :exp AND stream = 'worker-0' AND seq = 1", value=b"\x07" * 32, exp=A)
+    return A, "worker-0", 1, "column input differs from the body"
+
+
 def change_seq_column(led: Ledger) -> Expected:
     execute(led.store, "UPDATE ledger_events SET seq = 1000 WHERE exp = :exp AND stream = 'main' "
             "AND seq = 2", exp=A)
@@ -399,7 +406,8 @@ TAMPERS = [
     change_column("seed", b"\x07" * 16), change_column("input", b"\x07" * 32),
     change_column("output", b"\x07" * 32), change_column("prev", b"\x07" * 32),
     change_column("path", canonical(["epoch", 9, "shuffle"])), change_column("hash", b"\x07" * 32),
-    change_seq_column, change_seq_to_the_largest_integer, move_to_another_stream,
+    change_two_columns, change_seq_column, change_seq_to_the_largest_integer,
+    move_to_another_stream,
     delete_in_the_middle, delete_the_first_event, delete_experiment_created,
     delete_the_tail_of_a_stream, delete_a_whole_stream,
     delete_the_tail_of_main_before_run_completed,
@@ -509,6 +517,15 @@ def test_the_intact_count_stops_at_the_first_bad_event_across_small_segments(
     assert (report.events, report.intact) == (sqlite_ledger.a.event_count(),
                                               sqlite_ledger.a.event_count() - len(main) + seq)
     assert report.incomplete == []  # a broken run is not called incomplete: its finding rules
+
+
+def test_a_finding_names_its_event_in_one_line() -> None:
+    """The line ``ledger verify`` prints names the experiment, the stream and the seq, seq 0
+    included, so that an auditor can find the event; whole-run findings name the run alone."""
+    assert Finding(A, "main", 0, "event missing").describe() == (
+        f"{A} stream main seq 0: event missing")
+    assert Finding(A, None, None, "experiment row without any events").describe() == (
+        f"{A}: experiment row without any events")
 
 
 def test_a_clean_ledger_verifies(ledger_: Ledger, segments: str) -> None:
