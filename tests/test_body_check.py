@@ -350,6 +350,35 @@ def test_a_clean_chain_is_mostly_accepted_fast(monkeypatch: pytest.MonkeyPatch) 
     assert len(calls) <= 4  # the first body of each shape (batch widths, seq widths)
 
 
+def test_learning_in_a_segment_is_paid_for_by_its_fast_accepts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """check_segment pays for each template past FREE_LEARNING with LEARN_EVERY_HITS bodies
+    accepted fast, not with bodies checked in full, nor with the segment's first seq: a chain of
+    ever new shapes costs one learning per LEARN_EVERY_HITS events at most, and one that
+    repeats its shapes still learns a new one."""
+    lo, rows, prev = 10**6, [], ZERO_DIGEST
+    # 8 shapes learnt for free, 248 never seen again, then c three times (too early to learn
+    # it), shape 1 accepted fast LEARN_EVERY_HITS times, then e three times (learnt at once).
+    names = [*range(1, 257), 300, 300, 300, *[1] * LEARN_EVERY_HITS, 301, 301, 301]
+    assert FREE_LEARNING == 8 and len(names) == 8 + 248 + 3 + LEARN_EVERY_HITS + 3
+    for index, width in enumerate(names):
+        row = row_of(encode({"v": 1, "exp": EXP, "stream": STREAM, "seq": lo + index,
+                             "kind": "metric", "path": [], "seed": None,
+                             "params": {"name": "x" * width}, "input": None, "output": None,
+                             "meta": {}, "prev": prev, "t": 10**6 + index}))
+        rows.append(row)
+        prev = row[7]
+    checked: list[int] = []
+    original = chain_check.full_check
+    monkeypatch.setattr(chain_check, "full_check",
+                        lambda *args: checked.append(args[2][0]) or original(*args))
+    segment = Segment(EXP, STREAM, lo, lo + len(rows))
+    result = check_segment(RowsStore(rows), segment)  # type: ignore[arg-type]
+    assert (result.problem, result.count) == (None, len(rows))
+    widths = [names[seq - lo] for seq in checked]
+    assert (widths.count(300), widths.count(301), widths.count(1)) == (3, 1, 1)
+
+
 @settings(settings.get_profile("body_check"), max_examples=300)
 @given(st.data())
 def test_a_tampered_chain_gets_the_same_finding_either_way(data: st.DataObject) -> None:
