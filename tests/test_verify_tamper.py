@@ -650,6 +650,15 @@ def test_duplicate_seqs_are_flagged_when_the_unique_constraint_is_dropped(
         assert_named(verify(store).findings, (A, "main", 2, "seq"))
 
 
+def test_an_in_memory_ledger_is_verified_in_this_process_whatever_the_jobs() -> None:
+    """No other process can open an in-memory SQLite ledger (a worker would open an empty one
+    and call every chain cut short), so verify checks it here even when given jobs."""
+    with Store.open("sqlite://", create=True) as store:
+        recorded = record_experiment(store, A)
+        report = verify(store, jobs=2)
+    assert report.ok and report.events == recorded.event_count()
+
+
 def test_parallel_verification_finds_the_same(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(verify_module, "plan_segments",
