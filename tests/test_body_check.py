@@ -160,6 +160,19 @@ def test_every_column_is_compared(body: bytes, data: st.DataObject) -> None:
     assert not shapes.accepts(tuple(row)) or passes_full_check(row)
 
 
+def test_a_column_the_fast_check_cannot_handle_is_a_no() -> None:
+    """accepts never raises: a body that is text (as a TEXT column holds) or a t too wide for
+    msgpack is a no, left to the full check, never a yes."""
+    body = benchmark_body(1000, batch=7)
+    shapes = learnt(body)
+    assert shapes.accepts(tuple(row_of(body)))
+    as_text = row_of(body)[:-1] + [body.decode("latin-1")]
+    too_wide = row_of(body)
+    too_wide[8] = 2**64
+    for row in (as_text, too_wide):
+        assert shapes.accepts(tuple(row)) is False
+
+
 def test_non_canonical_paths_are_left_to_the_full_check() -> None:
     body = benchmark_body(300, batch=300)
     shapes = learnt(body)
