@@ -212,6 +212,20 @@ def test_a_fixint_can_only_change_its_value(value: int) -> None:
     assert not shapes.accepts(tuple(row))
 
 
+def test_a_negative_wide_integer_must_still_need_its_width() -> None:
+    """-100 is an int8; an int8 payload of 0xff is -1, which canonical encoding writes as a
+    fixint: not canonical, so the fast check must leave it to the full check."""
+    fields = msgpack.unpackb(benchmark_body(1000, batch=7), raw=False)
+    fields["params"]["level"] = -100
+    body = encode(fields)
+    shapes = learnt(body)
+    marker = b"\xa5level\xd0" + (-100).to_bytes(1, signed=True)
+    assert body.count(marker) == 1
+    row = row_of(body)[:-1] + [body.replace(marker, b"\xa5level\xd0\xff")]
+    assert not passes_full_check(row)
+    assert not shapes.accepts(tuple(row))
+
+
 @pytest.mark.parametrize("tag", sorted(_CANONICAL_INT_RANGES))
 def test_the_integer_ranges_are_msgpacks(tag: int) -> None:
     """The canonical range the fast check holds for each integer tag is exactly where msgpack's
