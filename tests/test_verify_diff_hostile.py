@@ -201,6 +201,16 @@ def test_a_recorded_count_of_another_type_is_shown_as_recorded(url: str) -> None
     assert "run_completed records '2' events, 2 are stored" in report.findings[0].problem
 
 
+def test_a_stream_entry_that_is_not_a_map_is_a_finding_not_a_crash(url: str) -> None:
+    """A stream table whose entry for main is a bare number records neither count nor head:
+    verify names the stream as not listed rather than failing on it."""
+    with Store.open(url) as store:
+        forge_run(store, "exp-forged", [USER_DRAW], streams={"main": 2})
+        report = verify(store)
+    assert [(f.stream, f.seq) for f in report.findings] == [("main", None)]
+    assert "stream not listed in run_completed" in report.findings[0].problem
+
+
 # -- diff: runs of odd shapes ----------------------------------------------------------------
 
 def _run_with_steps(url: str, data_dir: Path, losses: list[float], status: str = "ok") -> str:

@@ -479,6 +479,28 @@ def test_verify_of_one_experiment_sees_only_it(ledger_: Ledger,
     assert report.experiments == 1
 
 
+def test_verify_of_an_experiment_whose_events_are_all_gone_names_it(ledger_: Ledger) -> None:
+    """An experiment row left without events is a finding of ``verify(store, exp)``, not an
+    unknown experiment: the ledger says the run existed."""
+    expected = add_an_experiment_row_without_events(ledger_)
+    report = verify(ledger_.store, expected[0])
+    assert_named(report.findings, expected)
+    assert len(report.findings) == 1
+
+
+def test_a_stream_column_that_is_not_text_is_one_finding_showing_it(
+        sqlite_ledger: Ledger) -> None:
+    """SQLite keeps a blob written to the stream column, which no query can name: verify makes
+    the stream's events one finding that shows the bytes, instead of failing to read them."""
+    execute(sqlite_ledger.store, "UPDATE ledger_events SET stream = X'ff' WHERE exp = :exp "
+            "AND stream = 'worker-0'", exp=A)
+    report = verify(sqlite_ledger.store)
+    unreadable = [f for f in report.findings if "not text" in f.problem]
+    assert [(f.exp, f.stream, f.seq, f.problem) for f in unreadable] == [
+        (A, "b'\\xff'", None, "3 event(s) whose stream column is not text (b'\\xff'): "
+                              "edited outside the ledger")]
+
+
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.data())
