@@ -488,6 +488,22 @@ def test_verify_of_an_experiment_whose_events_are_all_gone_names_it(ledger_: Led
     assert len(report.findings) == 1
 
 
+def test_progress_counts_every_event_read(ledger_: Ledger,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ledger verify`` shows how many events it has read: the count grows segment by segment
+    to every event, or, past a broken chain's first bad event (read too), stops counting it."""
+    seen: list[int] = []
+    with monkeypatch.context() as patched:
+        patched.setattr(verify_module, "plan_segments",
+                        functools.partial(verify_module.plan_segments, size=2))
+        report = verify(ledger_.store, on_progress=seen.append)
+    assert seen == sorted(seen) and seen[0] == 2 and seen[-1] == report.events
+    flip_body_byte(ledger_)  # main seq 3 of A: one segment per chain, read up to seq 3
+    seen.clear()
+    report = verify(ledger_.store, on_progress=seen.append)
+    assert seen[-1] == report.intact + 1
+
+
 def test_a_stream_column_that_is_not_text_is_one_finding_showing_it(
         sqlite_ledger: Ledger) -> None:
     """SQLite keeps a blob written to the stream column, which no query can name: verify makes
