@@ -160,6 +160,19 @@ def test_every_column_is_compared(body: bytes, data: st.DataObject) -> None:
     assert not shapes.accepts(tuple(row)) or passes_full_check(row)
 
 
+def test_a_column_the_fast_check_cannot_handle_is_a_no() -> None:
+    """accepts never raises: a body that is text (as a TEXT column holds) or a t too wide for
+    msgpack is a no, left to the full check, never a yes."""
+    body = benchmark_body(1000, batch=7)
+    shapes = learnt(body)
+    assert shapes.accepts(tuple(row_of(body)))
+    as_text = row_of(body)[:-1] + [body.decode("latin-1")]
+    too_wide = row_of(body)
+    too_wide[8] = 2**64
+    for row in (as_text, too_wide):
+        assert shapes.accepts(tuple(row)) is False
+
+
 def test_non_canonical_paths_are_left_to_the_full_check() -> None:
     body = benchmark_body(300, batch=300)
     shapes = learnt(body)
@@ -175,12 +188,42 @@ def test_non_canonical_paths_are_left_to_the_full_check() -> None:
 def test_pinned_values_cannot_change() -> None:
     body = benchmark_body(1000, batch=7)
     shapes = learnt(body)
-    for old, new in ((b"\xa1v\x01", b"\xa1v\x02"), (b"augmentation_batch", b"augmentation_batcx"),
+    for old, new in ((b"\xa1v\x01", b"\xa1v\x02"), (b"\xa1v\x01", b"\xa1v\x00"),
+                     (b"augmentation_batch", b"augmentation_batcx"),
                      (EXP.encode(), EXP[:-1].encode() + b"2")):
         tampered = body.replace(old, new)
         row = row_of(tampered)
         row[1] = "augmentation_batch"
         assert not shapes.accepts(tuple(row))
+
+
+@pytest.mark.parametrize("value", [5, -3], ids=["positive", "negative"])
+def test_a_fixint_can_only_change_its_value(value: int) -> None:
+    """The fast check frees only the value bits of a fixint: a byte that is no fixint of the
+    same sign any more (here 0xc1, which starts no msgpack value) goes to the full check."""
+    fields = msgpack.unpackb(benchmark_body(1000, batch=7), raw=False)
+    fields["params"]["level"] = value
+    body = encode(fields)
+    shapes = learnt(body)
+    marker = b"\xa5level" + PACK(value)
+    assert body.count(marker) == 1
+    row = row_of(body)[:-1] + [body.replace(marker, b"\xa5level\xc1")]
+    assert not passes_full_check(row)
+    assert not shapes.accepts(tuple(row))
+
+
+def test_a_negative_wide_integer_must_still_need_its_width() -> None:
+    """-100 is an int8; an int8 payload of 0xff is -1, which canonical encoding writes as a
+    fixint: not canonical, so the fast check must leave it to the full check."""
+    fields = msgpack.unpackb(benchmark_body(1000, batch=7), raw=False)
+    fields["params"]["level"] = -100
+    body = encode(fields)
+    shapes = learnt(body)
+    marker = b"\xa5level\xd0" + (-100).to_bytes(1, signed=True)
+    assert body.count(marker) == 1
+    row = row_of(body)[:-1] + [body.replace(marker, b"\xa5level\xd0\xff")]
+    assert not passes_full_check(row)
+    assert not shapes.accepts(tuple(row))
 
 
 @pytest.mark.parametrize("tag", sorted(_CANONICAL_INT_RANGES))
@@ -334,6 +377,35 @@ def test_a_clean_chain_is_mostly_accepted_fast(monkeypatch: pytest.MonkeyPatch) 
     assert len(calls) <= 4  # the first body of each shape (batch widths, seq widths)
 
 
+def test_learning_in_a_segment_is_paid_for_by_its_fast_accepts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """check_segment pays for each template past FREE_LEARNING with LEARN_EVERY_HITS bodies
+    accepted fast, not with bodies checked in full, nor with the segment's first seq: a chain of
+    ever new shapes costs one learning per LEARN_EVERY_HITS events at most, and one that
+    repeats its shapes still learns a new one."""
+    lo, rows, prev = 10**6, [], ZERO_DIGEST
+    # 8 shapes learnt for free, 248 never seen again, then c three times (too early to learn
+    # it), shape 1 accepted fast LEARN_EVERY_HITS times, then e three times (learnt at once).
+    names = [*range(1, 257), 300, 300, 300, *[1] * LEARN_EVERY_HITS, 301, 301, 301]
+    assert FREE_LEARNING == 8 and len(names) == 8 + 248 + 3 + LEARN_EVERY_HITS + 3
+    for index, width in enumerate(names):
+        row = row_of(encode({"v": 1, "exp": EXP, "stream": STREAM, "seq": lo + index,
+                             "kind": "metric", "path": [], "seed": None,
+                             "params": {"name": "x" * width}, "input": None, "output": None,
+                             "meta": {}, "prev": prev, "t": 10**6 + index}))
+        rows.append(row)
+        prev = row[7]
+    checked: list[int] = []
+    original = chain_check.full_check
+    monkeypatch.setattr(chain_check, "full_check",
+                        lambda *args: checked.append(args[2][0]) or original(*args))
+    segment = Segment(EXP, STREAM, lo, lo + len(rows))
+    result = check_segment(RowsStore(rows), segment)  # type: ignore[arg-type]
+    assert (result.problem, result.count) == (None, len(rows))
+    widths = [names[seq - lo] for seq in checked]
+    assert (widths.count(300), widths.count(301), widths.count(1)) == (3, 1, 1)
+
+
 @settings(settings.get_profile("body_check"), max_examples=300)
 @given(st.data())
 def test_a_tampered_chain_gets_the_same_finding_either_way(data: st.DataObject) -> None:
@@ -363,6 +435,20 @@ def test_a_body_stored_as_text_is_a_finding(tmp_path: Path) -> None:
         report = verify(store)
     assert [finding.describe() for finding in report.findings] == [
         f"{recorded.exp} stream worker-0 seq 1: stored body is str, not bytes"]
+
+
+def test_a_body_of_exactly_the_size_limit_verifies() -> None:
+    """The writer stores bodies of up to MAX_BODY_BYTES inclusive, so verification must accept
+    one of exactly that size rather than call it over the limit."""
+    rows = chain_rows(2)
+    fields = msgpack.unpackb(benchmark_body(2, batch=2, prev=rows[1][7]), raw=False)
+    fields["params"]["pad"] = b""  # bin8, 2 bytes; padded below to bin32, 5 bytes + payload
+    fields["params"]["pad"] = bytes(MAX_BODY_BYTES - len(encode(fields)) - 3)
+    body = encode(fields)
+    assert len(body) == MAX_BODY_BYTES
+    rows.append(row_of(body))
+    result = check_segment(RowsStore(rows), Segment(EXP, STREAM, 0, 3))  # type: ignore[arg-type]
+    assert (result.problem, result.count) == (None, 3)
 
 
 def test_a_body_over_the_size_limit_is_refused_undecoded() -> None:

@@ -123,11 +123,17 @@ WRONG_FIELDS = {
     "path label a list": ({"path": [[1]]}, "path"),
     "path label negative": ({"path": ["init", -1]}, "path"),
     "path label a float": ({"path": ["init", 1.5]}, "path"),
+    "path label a bool": ({"path": ["init", True]}, "path"),
     "path a string": ({"path": "init"}, "path"),
     "seed of 3 bytes": ({"seed": b"abc"}, "seed"),
     "seed a string": ({"seed": "0" * 16}, "seed"),
     "output of 5 bytes": ({"output": b"short"}, "output"),
+    "input of 33 bytes": ({"input": bytes(33)}, "input"),
     "kind with an escape": ({"kind": "user_draw\x1b[2J"}, "kind"),
+    # equal (==) to the integer columns, so only their type gives them away
+    "seq a float": ({"seq": 1.0}, "seq"),
+    "seq a bool": ({"seq": True}, "seq"),
+    "t a float": ({"t": float(2**60)}, "t"),
 }
 
 
@@ -153,6 +159,17 @@ def test_a_stream_name_no_writer_could_use_is_a_named_finding(url: str) -> None:
         report = verify(store)
     assert report.findings[0].stream == "../etc"
     assert "body field stream is not a valid stream name" in report.findings[0].problem
+
+
+def test_an_experiment_id_no_writer_could_use_is_a_named_finding(url: str) -> None:
+    """An id with path separators, consistent in the experiment row, the columns and every
+    body, is no id a writer makes (readers put ids in file names): verify names it."""
+    with Store.open(url) as store:
+        forge_run(store, "../forged", [USER_DRAW])
+        report = verify(store)
+    first = report.findings[0]
+    assert (first.exp, first.stream, first.seq) == ("../forged", "main", 0)
+    assert "body field exp is not a valid exp name" in first.problem
 
 
 def test_a_forged_run_of_valid_types_still_verifies(url: str) -> None:
@@ -182,6 +199,16 @@ def test_a_recorded_count_of_another_type_is_shown_as_recorded(url: str) -> None
         forge_run(store, "exp-forged", [USER_DRAW], streams={"main": {"count": "2"}})
         report = verify(store)
     assert "run_completed records '2' events, 2 are stored" in report.findings[0].problem
+
+
+def test_a_stream_entry_that_is_not_a_map_is_a_finding_not_a_crash(url: str) -> None:
+    """A stream table whose entry for main is a bare number records neither count nor head:
+    verify names the stream as not listed rather than failing on it."""
+    with Store.open(url) as store:
+        forge_run(store, "exp-forged", [USER_DRAW], streams={"main": 2})
+        report = verify(store)
+    assert [(f.stream, f.seq) for f in report.findings] == [("main", None)]
+    assert "stream not listed in run_completed" in report.findings[0].problem
 
 
 # -- diff: runs of odd shapes ----------------------------------------------------------------

@@ -78,12 +78,14 @@ def ledger_with(store: Store, a: Recorded, b: Recorded) -> Ledger:
     return Ledger(store, a, b)
 
 
-@pytest.fixture(params=["default-segments", "2-event-segments"])
+@pytest.fixture(params=["default-segments", "2-event-segments", "1-event-segments"])
 def segments(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Verify with the default segments, and with segments of two events stitched together."""
-    if request.param == "2-event-segments":
+    """Verify with the default segments, and with segments of two events, or of one, stitched
+    together (a segment of one event starts at every seq, seq 1 included)."""
+    if request.param != "default-segments":
         monkeypatch.setattr(verify_module, "plan_segments",
-                            functools.partial(verify_module.plan_segments, size=2))
+                            functools.partial(verify_module.plan_segments,
+                                              size=int(request.param[0])))
     return request.param
 
 
@@ -122,6 +124,13 @@ def change_column(column: str, value: object) -> Callable[[Ledger], Expected]:
         return A, "main", 2, f"column {column} differs from the body"
     tamper.__name__ = f"change_column_{column}"
     return tamper
+
+
+def change_two_columns(led: Ledger) -> Expected:
+    # The finding names the first differing column in the body's field order.
+    execute(led.store, "UPDATE ledger_events SET input = :value, output = :value WHERE "
+            "exp = :exp AND stream = 'worker-0' AND seq = 1", value=b"\x07" * 32, exp=A)
+    return A, "worker-0", 1, "column input differs from the body"
 
 
 def change_seq_column(led: Ledger) -> Expected:
@@ -219,6 +228,12 @@ def insert_with_a_negative_seq(led: Ledger) -> Expected:
     return A, "main", -1, "seq"
 
 
+def a_stream_of_only_negative_seqs(led: Ledger) -> Expected:
+    # No seq 0 to start from: the chain still gets checked, and its first row named.
+    insert_row(led.store, forged_row(led.row(A, "worker-0", 0), stream="worker-7", seq=-1))
+    return A, "worker-7", -1, "seq -1 out of place"
+
+
 def swap_rows_keeping_bodies(led: Ledger) -> Expected:
     two, three = led.row(A, "main", 2), led.row(A, "main", 3)
     delete_event(led.store, A, "main", 2)
@@ -297,6 +312,22 @@ def _rewrite_last_worker_event(led: Ledger, body_bytes: bytes) -> None:
                                                              streams=streams)))
 
 
+def experiment_created_again_in_main(led: Ledger) -> Expected:
+    # A second creation (its own root seed) where main's metric was: named where it stands,
+    # before the broken link after it.
+    led.replace(A, "main", 3, forged_row(led.row(A, "main", 3), kind="experiment_created",
+                                         params={"name": "run-a", "root_seed": bytes(16)}))
+    return A, "main", 3, "experiment_created outside main seq 0"
+
+
+def experiment_created_opening_a_worker_stream(led: Ledger) -> Expected:
+    # At seq 0, but of another stream: replay reading that stream would take its root seed.
+    led.replace(A, "worker-0", 0, forged_row(led.row(A, "worker-0", 0),
+                                             kind="experiment_created",
+                                             params={"name": "run-a", "root_seed": bytes(16)}))
+    return A, "worker-0", 0, "experiment_created outside main seq 0"
+
+
 def non_canonical_key_order(led: Ledger) -> Expected:
     # The same body with its params keys in reverse order: it decodes to the same map, but
     # its hash is not SHA-256 of canonical(body), so an independent verifier would differ.
@@ -324,6 +355,41 @@ def ext_type_in_params(led: Ledger) -> Expected:
     return A, "worker-1", 2, "not in canonical form (cannot encode a value of type ExtType"
 
 
+def body_with_an_extra_field(led: Ledger) -> Expected:
+    # A 14th field no reader knows of, in key order, hashed, chained and counted.
+    body = decode_body(led.row(A, "worker-1", 2)["body"])
+    _rewrite_last_worker_event(led, PACK(dict(sorted({**body, "note": "x"}.items()))))
+    return A, "worker-1", 2, "body is not a v1 event body"
+
+
+def body_of_another_version(led: Ledger) -> Expected:
+    # v 2 is no format this verifier knows: its fields may mean other things.
+    body = decode_body(led.row(A, "worker-1", 2)["body"])
+    _rewrite_last_worker_event(led, PACK(dict(sorted({**body, "v": 2}.items()))))
+    return A, "worker-1", 2, "body is not a v1 event body"
+
+
+def body_not_a_map(led: Ledger) -> Expected:
+    # The body's values as an array: valid msgpack, hashed and chained, but no event body.
+    body = decode_body(led.row(A, "worker-1", 2)["body"])
+    _rewrite_last_worker_event(led, PACK([body[key] for key in sorted(body)]))
+    return A, "worker-1", 2, "body is not a v1 event body"
+
+
+def short_prev_opening_a_stream(led: Ledger) -> Expected:
+    # Every chain opens on the 32-byte zero digest; 16 zero bytes are no digest at all.
+    led.replace(A, "worker-0", 0, forged_row(led.row(A, "worker-0", 0), prev=bytes(16)))
+    return A, "worker-0", 0, "body field prev is not a 32-byte digest"
+
+
+def params_keyed_by_an_integer(led: Ledger) -> Expected:
+    # msgpack can key a map by an integer; a v1 body cannot (DESIGN §2: str keys).
+    body = decode_body(led.row(A, "worker-1", 2)["body"])
+    body["params"] = {1: "one"}
+    _rewrite_last_worker_event(led, PACK(dict(sorted(body.items()))))
+    return A, "worker-1", 2, "body is not valid msgpack (ValueError)"
+
+
 def canonical_order(value: object) -> object:
     """``value`` with every map's keys sorted, leaving other values (an ExtType) as they are."""
     if isinstance(value, dict):
@@ -333,23 +399,27 @@ def canonical_order(value: object) -> object:
 
 TAMPERS = [
     non_canonical_key_order, non_canonical_integer_width, ext_type_in_params,
+    body_with_an_extra_field, body_of_another_version, body_not_a_map,
+    params_keyed_by_an_integer, short_prev_opening_a_stream,
     flip_body_byte, flip_body_byte_and_rehash, rehash_last_event_of_a_stream,
     change_column("kind", "metric"), change_column("t", 12345),
     change_column("seed", b"\x07" * 16), change_column("input", b"\x07" * 32),
     change_column("output", b"\x07" * 32), change_column("prev", b"\x07" * 32),
     change_column("path", canonical(["epoch", 9, "shuffle"])), change_column("hash", b"\x07" * 32),
-    change_seq_column, change_seq_to_the_largest_integer, move_to_another_stream,
+    change_two_columns, change_seq_column, change_seq_to_the_largest_integer,
+    move_to_another_stream,
     delete_in_the_middle, delete_the_first_event, delete_experiment_created,
     delete_the_tail_of_a_stream, delete_a_whole_stream,
     delete_the_tail_of_main_before_run_completed,
     insert_after_run_completed, insert_at_the_end_of_a_worker_stream,
     insert_in_the_middle_shifting_the_rest, insert_in_the_middle_rechaining_the_stream,
-    insert_with_a_negative_seq,
+    insert_with_a_negative_seq, a_stream_of_only_negative_seqs,
     swap_rows_keeping_bodies, swap_events_rewriting_their_seq,
     copy_from_another_experiment, copy_from_another_experiment_rewriting_it,
     copy_a_stream_from_another_experiment, copy_a_whole_experiment_in,
     rename_the_experiment_row, change_the_experiment_rows_creation_time,
     delete_the_experiment_row, add_an_experiment_row_without_events,
+    experiment_created_again_in_main, experiment_created_opening_a_worker_stream,
 ]
 
 
@@ -409,6 +479,44 @@ def test_verify_of_one_experiment_sees_only_it(ledger_: Ledger,
     assert report.experiments == 1
 
 
+def test_verify_of_an_experiment_whose_events_are_all_gone_names_it(ledger_: Ledger) -> None:
+    """An experiment row left without events is a finding of ``verify(store, exp)``, not an
+    unknown experiment: the ledger says the run existed."""
+    expected = add_an_experiment_row_without_events(ledger_)
+    report = verify(ledger_.store, expected[0])
+    assert_named(report.findings, expected)
+    assert len(report.findings) == 1
+
+
+def test_progress_counts_every_event_read(ledger_: Ledger,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ledger verify`` shows how many events it has read: the count grows segment by segment
+    to every event, or, past a broken chain's first bad event (read too), stops counting it."""
+    seen: list[int] = []
+    with monkeypatch.context() as patched:
+        patched.setattr(verify_module, "plan_segments",
+                        functools.partial(verify_module.plan_segments, size=2))
+        report = verify(ledger_.store, on_progress=seen.append)
+    assert seen == sorted(seen) and seen[0] == 2 and seen[-1] == report.events
+    flip_body_byte(ledger_)  # main seq 3 of A: one segment per chain, read up to seq 3
+    seen.clear()
+    report = verify(ledger_.store, on_progress=seen.append)
+    assert seen[-1] == report.intact + 1
+
+
+def test_a_stream_column_that_is_not_text_is_one_finding_showing_it(
+        sqlite_ledger: Ledger) -> None:
+    """SQLite keeps a blob written to the stream column, which no query can name: verify makes
+    the stream's events one finding that shows the bytes, instead of failing to read them."""
+    execute(sqlite_ledger.store, "UPDATE ledger_events SET stream = X'ff' WHERE exp = :exp "
+            "AND stream = 'worker-0'", exp=A)
+    report = verify(sqlite_ledger.store)
+    unreadable = [f for f in report.findings if "not text" in f.problem]
+    assert [(f.exp, f.stream, f.seq, f.problem) for f in unreadable] == [
+        (A, "b'\\xff'", None, "3 event(s) whose stream column is not text (b'\\xff'): "
+                              "edited outside the ledger")]
+
+
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.data())
@@ -447,6 +555,15 @@ def test_the_intact_count_stops_at_the_first_bad_event_across_small_segments(
     assert (report.events, report.intact) == (sqlite_ledger.a.event_count(),
                                               sqlite_ledger.a.event_count() - len(main) + seq)
     assert report.incomplete == []  # a broken run is not called incomplete: its finding rules
+
+
+def test_a_finding_names_its_event_in_one_line() -> None:
+    """The line ``ledger verify`` prints names the experiment, the stream and the seq, seq 0
+    included, so that an auditor can find the event; whole-run findings name the run alone."""
+    assert Finding(A, "main", 0, "event missing").describe() == (
+        f"{A} stream main seq 0: event missing")
+    assert Finding(A, None, None, "experiment row without any events").describe() == (
+        f"{A}: experiment row without any events")
 
 
 def test_a_clean_ledger_verifies(ledger_: Ledger, segments: str) -> None:
@@ -505,12 +622,32 @@ def test_a_second_run_completed_does_not_hide_events_after_the_first(store: Stor
                                           "after run_completed"))
 
 
+def test_only_replay_and_report_records_verify_in_the_audit_stream(store: Store,
+                                                                 segments: str) -> None:
+    """Replay and diff skip the audit stream: a draw a forger writes there would be seen by
+    nobody, so verify names it, while the replay records that belong there verify."""
+    recorded = record_experiment(store, workers=1)
+    with StreamWriter(store, recorded.exp, "audit", flush_interval=None) as audit:
+        audit.append("replay_recorded", params={"certified": True})
+        audit.append("report_exported", params={"format": "json"})
+    assert verify(store).ok
+    with StreamWriter(store, recorded.exp, "audit", flush_interval=None) as audit:
+        draw = audit.append("augmentation_batch", path=["epoch", 0, "batch", 0, "augment"],
+                            params={"epoch": 0})
+    report = verify(store)
+    assert_named(report.findings, (recorded.exp, "audit", draw.seq,
+                                   "'augmentation_batch' in the audit stream"))
+    assert len(report.findings) == 1
+
+
 def test_run_completed_outside_main_is_flagged(store: Store) -> None:
     recorded = record_experiment(store, workers=1, complete=False)
     with StreamWriter(store, recorded.exp, "worker-0", flush_interval=None) as worker:
         event = worker.append("run_completed", params={"status": "ok", "streams": {}})
-    assert_named(verify(store).findings, (recorded.exp, "worker-0", event.seq,
-                                          "run_completed outside the main stream"))
+    report = verify(store)
+    assert_named(report.findings, (recorded.exp, "worker-0", event.seq,
+                                   "run_completed outside the main stream"))
+    assert report.incomplete == []  # it has a run_completed, though misplaced: its finding rules
 
 
 def test_a_run_completed_that_records_wrong_counts_is_flagged(store: Store) -> None:
@@ -551,6 +688,15 @@ def test_duplicate_seqs_are_flagged_when_the_unique_constraint_is_dropped(
         original = [row for row in rows(store, A, "main") if row["seq"] == 2][0]
         insert_row(store, forged_row(original, params={"forged": True}))
         assert_named(verify(store).findings, (A, "main", 2, "seq"))
+
+
+def test_an_in_memory_ledger_is_verified_in_this_process_whatever_the_jobs() -> None:
+    """No other process can open an in-memory SQLite ledger (a worker would open an empty one
+    and call every chain cut short), so verify checks it here even when given jobs."""
+    with Store.open("sqlite://", create=True) as store:
+        recorded = record_experiment(store, A)
+        report = verify(store, jobs=2)
+    assert report.ok and report.events == recorded.event_count()
 
 
 def test_parallel_verification_finds_the_same(tmp_path: Path,
