@@ -129,7 +129,9 @@ def test_a_parallel_replay_reports_what_a_serial_one_does(
 
 
 def test_a_failure_in_a_workers_range_is_raised_as_a_serial_replay_raises_it(
-        tmp_path: Path, worker_first: None, replaying: dict[str, bool]) -> None:
+        tmp_path: Path, request: pytest.FixtureRequest, replaying: dict[str, bool]) -> None:
+    """The serial replay runs before the worker goes first: with no worker to wait for, the
+    main process would wait out worker_first's safeguard (a minute) before claiming."""
     url, exp = _record(tmp_path, [21])
     replaying["fail"] = True
     serial_error = parallel_error = None
@@ -137,6 +139,7 @@ def test_a_failure_in_a_workers_range_is_raised_as_a_serial_replay_raises_it(
         _replay(url, exp, tmp_path, 1)
     except CannotReplayError as error:
         serial_error = str(error)
+    request.getfixturevalue("worker_first")
     with pytest.raises(CannotReplayError, match="ValueError: a marked batch cannot be replayed"
                        ) as parallel:
         _replay(url, exp, tmp_path)
