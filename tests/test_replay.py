@@ -318,3 +318,44 @@ def test_a_divergence_is_shown_with_its_digests_as_hex(folder: Path) -> None:
     assert line.startswith(f"{exp} main#{body['seq']} augmentation_batch "
                            f"[epoch/0/batch/0/augment]: {Cause.OUTPUT.value} (output expected "
                            f"{body['output'].hex()}, got ")
+
+
+def test_a_draw_recorded_without_a_seed_is_judged_by_its_output(folder: Path) -> None:
+    """A plug-in draw may record no seed (nothing derived): replay has no seed to check, so it
+    certifies the draw when its replayer reproduces the output, and names the output — never a
+    seed the run did not record — when it does not."""
+    from ledger.experiment import ExperimentManager
+    from replay import register_replayer
+    from replay.registry import Redraw
+
+    register_replayer("test_seedless_draw")(
+        lambda _context, body: Redraw(output=bytes([body["params"]["value"]]) * 32))
+    with ExperimentManager(_url(folder), data_dir=folder / "data") as manager:
+        with manager.create_experiment("seedless", seed=1) as exp:
+            exp.record("test_seedless_draw", path=("a",), params={"value": 1},
+                       output=bytes([1]) * 32)
+            exp.record("test_seedless_draw", path=("b",), params={"value": 2},
+                       output=bytes([3]) * 32)
+    with Store.open(_url(folder)) as store:
+        report = replay_run(store, exp.id, data_dir=folder / "data")
+    divergence = report.first_divergence
+    assert divergence is not None and (report.matched, report.mismatched) == (1, 1)
+    assert (divergence.path, divergence.field, divergence.cause) == (["b"], "output",
+                                                                     Cause.OUTPUT)
+
+
+def test_a_draw_of_a_kind_no_replayer_knows_says_how_to_allow_one(folder: Path) -> None:
+    """A custom draw whose replayer is not loaded cannot replay (exit 3): the message names its
+    kind and event and how to allow the code — not a TypeError from calling nothing."""
+    from ledger.experiment import ExperimentManager
+    from ledger.seeds import derive_bytes
+
+    with ExperimentManager(_url(folder), data_dir=folder / "data") as manager:
+        with manager.create_experiment("unknown-kind", seed=1) as exp:
+            exp.record("test_unregistered_draw", path=("x",), seed=derive_bytes(1, ("x",)),
+                       output=bytes(32))
+    with Store.open(_url(folder)) as store:
+        with pytest.raises(CannotReplayError, match=r"no replayer for events of kind "
+                                                    r"'test_unregistered_draw' \(main#1\): "
+                                                    r"install the package .* --trust MODULE"):
+            replay_run(store, exp.id, data_dir=folder / "data")
