@@ -25,6 +25,7 @@ from ledger.augment import DataAugmenter
 from ledger.datasets import read_npz
 from ledger.errors import BadInputError
 from ledger.integrations.sharding import rank_share, share_size
+from ledger.seeds import derive_bytes, root_seed_from_bytes
 from ledger.store import Store
 from ledger.verify import verify
 from replay.npz import read_npz_arrays
@@ -107,12 +108,29 @@ def _repeated_batch() -> Callable[[dict[str, Any]], None]:
     return change
 
 
+def _epoch_reset_one_label_deeper() -> Callable[[dict[str, Any]], None]:
+    """Epoch 0's shuffle recorded at ``['epoch', 0, 'shuffle', 0]``, its seed re-derived there:
+    a path that only starts with the one its params name."""
+    root: dict[str, int] = {}
+
+    def change(body: dict[str, Any]) -> None:
+        if body["kind"] == "experiment_created":
+            root["seed"] = root_seed_from_bytes(body["params"]["root_seed"])
+        if body["kind"] == "epoch_reset" and body["params"]["epoch"] == 0:
+            body["path"] = [*body["path"], 0]
+            body["seed"] = derive_bytes(root["seed"], body["path"])
+    return change
+
+
 @pytest.mark.parametrize("change,message", [
     (_relabelled_epoch_reset, "epoch_reset main#14 is recorded at path ['epoch', 1, 'shuffle'] "
                               "but its params are those of ['epoch', 0, 'shuffle']"),
+    (_epoch_reset_one_label_deeper, "epoch_reset main#2 is recorded at path ['epoch', 0, "
+                                    "'shuffle', 0] but its params are those of ['epoch', 0, "
+                                    "'shuffle']"),
     (_repeated_batch, "augmentation_batch main#4 is recorded at path ['epoch', 0, 'batch', 1, "
                       "'augment'] but its params are those of ['epoch', 0, 'batch', 0, "
-                      "'augment']")], ids=["epoch-reset", "batch"])
+                      "'augment']")], ids=["epoch-reset", "deeper-path", "batch"])
 def test_a_draw_whose_params_name_another_path_is_not_certified(
         tmp_path: Path, change: Callable[[], Callable[[dict[str, Any]], None]],
         message: str) -> None:
