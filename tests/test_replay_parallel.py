@@ -8,6 +8,7 @@ and that verification still decides first.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -220,6 +221,29 @@ def test_spawned_workers_replay_too(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(replay.execution, "pool_start_method", lambda: "spawn")
     report = _replay(url, exp, tmp_path)
     assert report.certified and report.matched == BATCHES + 2
+
+
+def test_spawned_workers_import_the_trusted_modules(tmp_path: Path, worker_first: None,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spawned worker starts from a fresh interpreter: it imports the modules the auditor
+    trusted (here the one registering the run's custom op) before re-executing its draws, so a
+    run that replays serially replays with spawned workers too."""
+    url, exp = _record(tmp_path, [])
+    monkeypatch.setattr(replay.execution, "pool_start_method", lambda: "spawn")
+    with Store.open(url) as store:
+        report = replay_run(store, exp, jobs=2, data_dir=tmp_path / "data",
+                            trusted=[__name__])
+    assert report.certified and report.matched == BATCHES + 2
+
+
+def test_a_worker_that_dies_before_answering_cannot_certify(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that dies without sending its outcome (the OOM killer, say) leaves draws nobody
+    compared: replay is exit 3 naming the worker's exit code, never a certificate nor a hang."""
+    url, exp = _record(tmp_path, [])
+    monkeypatch.setattr(replay.execution, "_worker_main", lambda _connection, _job: os._exit(9))
+    with pytest.raises(CannotReplayError, match=r"a replay worker process died \(exit code 9\)"):
+        _replay(url, exp, tmp_path)
 
 
 def test_draws_are_read_in_windows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
