@@ -323,7 +323,7 @@ def test_a_divergence_is_shown_with_its_digests_as_hex(folder: Path) -> None:
 def test_a_draw_recorded_without_a_seed_is_judged_by_its_output(folder: Path) -> None:
     """A plug-in draw may record no seed (nothing derived): replay has no seed to check, so it
     certifies the draw when its replayer reproduces the output, and names the output — never a
-    seed the run did not record — when it does not."""
+    seed the run did not record — when it does not, with the digest its replayer produced."""
     from ledger.experiment import ExperimentManager
     from replay import register_replayer
     from replay.registry import Redraw
@@ -342,6 +342,7 @@ def test_a_draw_recorded_without_a_seed_is_judged_by_its_output(folder: Path) ->
     assert divergence is not None and (report.matched, report.mismatched) == (1, 1)
     assert (divergence.path, divergence.field, divergence.cause) == (["b"], "output",
                                                                      Cause.OUTPUT)
+    assert (divergence.expected, divergence.actual) == (bytes([3]) * 32, bytes([2]) * 32)
 
 
 def test_a_draw_of_a_kind_no_replayer_knows_says_how_to_allow_one(folder: Path) -> None:

@@ -146,6 +146,7 @@ def test_a_failure_in_a_workers_range_is_raised_as_a_serial_replay_raises_it(
         _replay(url, exp, tmp_path)
     parallel_error = str(parallel.value)
     assert parallel_error == serial_error  # the same event named, the same cause
+    assert parallel_error.startswith("augmentation_batch main#24 cannot be re-executed")
 
 
 def _tamper(url: str, kind: str) -> None:
@@ -244,6 +245,20 @@ def test_a_worker_that_dies_before_answering_cannot_certify(
     monkeypatch.setattr(replay.execution, "_worker_main", lambda _connection, _job: os._exit(9))
     with pytest.raises(CannotReplayError, match=r"a replay worker process died \(exit code 9\)"):
         _replay(url, exp, tmp_path)
+
+
+def test_progress_is_told_while_a_window_is_re_executed(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run of fewer than WINDOW_DRAWS draws is one window: progress is told as its draws are
+    re-executed, not only once they are all done (a progress line frozen until the end)."""
+    url, exp = _record(tmp_path, [])
+    monkeypatch.setattr(replay.engine, "PROGRESS_EVERY", 1)
+    seen: list[int] = []
+    with Store.open(url) as store:
+        report = replay_run(store, exp, jobs=1, data_dir=tmp_path / "data",
+                            on_progress=lambda done, _total: seen.append(done))
+    assert report.certified and seen[-1] == 1 + 1 + BATCHES
+    assert len(seen) > 2 and seen[0] < BATCHES
 
 
 def test_draws_are_read_in_windows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
