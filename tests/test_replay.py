@@ -16,7 +16,7 @@ from ledger.environment import environment_fingerprint
 from ledger.errors import CannotReplayError, CheckFailedError, UnknownExperimentError
 from ledger.store import Store
 from replay import Cause, replay_run
-from replay_helpers import record_run
+from replay_helpers import record_run, sample_data
 
 _behaviour = {"scale": 1.0}
 
@@ -360,3 +360,28 @@ def test_a_draw_of_a_kind_no_replayer_knows_says_how_to_allow_one(folder: Path) 
                                                     r"'test_unregistered_draw' \(main#1\): "
                                                     r"install the package .* --trust MODULE"):
             replay_run(store, exp.id, data_dir=folder / "data")
+
+
+def test_datasets_sharing_a_file_or_its_keys_are_each_reloaded_from_their_own_arrays(
+        folder: Path) -> None:
+    """Replay reads a file several registrations name once — but only when they name the same
+    arrays: a train and a test set stored in one file under other keys, and another file under
+    the same keys, are each re-loaded from their own arrays, so an honest run is certified."""
+    from ledger.experiment import ExperimentManager
+
+    (x, y), (other_x, other_y) = sample_data(seed=1), sample_data(seed=2)
+    np.savez(folder / "split.npz", x_train=x[:500], y_train=y[:500], x_test=x[500:],
+             y_test=y[500:])
+    np.savez(folder / "other.npz", x_train=other_x, y_train=other_y)
+    with ExperimentManager(_url(folder), data_dir=folder / "data") as manager:
+        with manager.create_experiment("split", seed=3) as exp:
+            for name, file, features, labels in [
+                    ("train", "split", "x_train", "y_train"), ("test", "split", "x_test", "y_test"),
+                    ("train-x", "split", "x_train", None), ("test-x", "split", "x_test", None),
+                    ("other", "other", "x_train", "y_train")]:
+                exp.register_dataset(name, path=folder / f"{file}.npz", features_key=features,
+                                     labels_key=labels)
+    with Store.open(_url(folder)) as store:
+        report = replay_run(store, exp.id, data_dir=folder / "data")
+    assert report.certified, report.first_divergence
+    assert report.compared["dataset_registered"] == 5
