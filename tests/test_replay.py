@@ -18,7 +18,7 @@ from ledger.store import Store
 from replay import Cause, replay_run
 from replay_helpers import record_run, sample_data
 
-_behaviour = {"scale": 1.0}
+_behaviour = {"scale": 1.0, "truncate": False}
 
 
 @register_op("test_unseeded_noise", version=1)
@@ -31,6 +31,13 @@ def unseeded_noise(batch: np.ndarray, rng: np.random.Generator, *, std: float = 
 def library_sensitive(batch: np.ndarray, rng: np.random.Generator, *, std: float = 0.1) -> None:
     """An op whose output changes with something outside the ledger (here a module variable)."""
     batch += (rng.normal(0.0, std, batch.shape) * _behaviour["scale"]).astype(batch.dtype)
+
+
+@register_op("test_reshaping", version=1)
+def reshaping(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An op that returns a new batch; while a test says so, one of another shape (a broken op)."""
+    noise = rng.random(batch.shape[1:]).astype(batch.dtype)
+    return batch[:1].copy() if _behaviour["truncate"] else batch + noise
 
 
 @pytest.fixture
@@ -385,3 +392,21 @@ def test_datasets_sharing_a_file_or_its_keys_are_each_reloaded_from_their_own_ar
         report = replay_run(store, exp.id, data_dir=folder / "data")
     assert report.certified, report.first_divergence
     assert report.compared["dataset_registered"] == 5
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_an_op_that_returns_another_shape_at_replay_cannot_replay(
+        folder: Path, monkeypatch: pytest.MonkeyPatch, jobs: int) -> None:
+    """An op that breaks its contract only at replay (a batch of another shape) leaves a draw
+    that cannot be re-executed: exit 3 naming the event, as for an op that raises — not the
+    op's BadInputError, exit 2, which reads as bad usage or a malformed file."""
+    exp = record_run(_url(folder), folder / "data", epochs=1,
+                     augmenter=DataAugmenter(ops=[{"op": "test_reshaping"}]))
+    with Store.open(_url(folder)) as store:
+        assert replay_run(store, exp, jobs=jobs, data_dir=folder / "data").certified
+    monkeypatch.setitem(_behaviour, "truncate", True)
+    with Store.open(_url(folder)) as store, pytest.raises(
+            CannotReplayError, match=r"^augmentation_batch main#3 cannot be re-executed from its "
+                                     r"recorded params \(BadInputError: op 'test_reshaping' "
+                                     r"returned shape \(1, 6\)"):
+        replay_run(store, exp, jobs=jobs, data_dir=folder / "data")
