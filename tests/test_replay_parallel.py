@@ -149,6 +149,16 @@ def test_a_failure_in_a_workers_range_is_raised_as_a_serial_replay_raises_it(
     assert parallel_error.startswith("augmentation_batch main#24 cannot be re-executed")
 
 
+def test_the_main_processs_earlier_failure_wins_over_the_workers(
+        tmp_path: Path, worker_first: None, replaying: dict[str, bool]) -> None:
+    """Draws fail in both ranges: the earliest in recorded order (batch 2, the main process's)
+    is the one raised, as a serial replay raises it — not the worker's batch 22."""
+    url, exp = _record(tmp_path, [2, 22])
+    replaying["fail"] = True
+    with pytest.raises(CannotReplayError, match=r"^augmentation_batch main#5 cannot be "):
+        _replay(url, exp, tmp_path)
+
+
 def _tamper(url: str, kind: str) -> None:
     """Flip one byte of the first ``kind`` event's body: its draws would still re-execute."""
     connection = sqlite3.connect(url.removeprefix("sqlite:///"))
