@@ -80,6 +80,38 @@ def test_forged_params_are_refused_with_exit_3(tmp_path: Path, kind: str,
     assert "internal error" not in result.stderr
 
 
+@pytest.mark.parametrize("loader,message", [
+    (lambda _old, _outside: "npz", "dataset 'dataset-small' has no loader spec"),
+    (lambda old, _outside: {**old, "kind": ["npz"]}, "dataset 'dataset-small' has no loader spec"),
+    (lambda old, _outside: {**old, "path": None}, "dataset loader spec has no usable path: None"),
+    (lambda old, _outside: {**old, "path": "x\x00.npz"}, "dataset loader spec has no usable path"),
+    (lambda old, _outside: {**old, "features": ["features"]}, "has no array ['features']"),
+    (lambda old, _outside: {**old, "path": "../outside.npz"},
+     "dataset path '../outside.npz' leaves the data folder"),
+    (lambda old, outside: {**old, "path": str(outside)}, "' leaves the data folder")],
+    ids=["not-a-map", "list-kind", "no-path", "nul-in-path", "list-key", "dot-dot", "absolute"])
+def test_a_forged_loader_spec_is_refused_with_exit_3(
+        tmp_path: Path, loader: Callable[[dict[str, Any], Path], Any], message: str) -> None:
+    """A dataset's loader spec is ledger content: one that is no spec, names no usable file,
+    reads arrays under a key of another type, or leaves the data folder (here for a copy of the
+    data kept beside it) is exit 3 naming the problem — never an internal error, never a
+    certificate."""
+    outside = tmp_path / "outside.npz"
+
+    def change(body: dict[str, Any]) -> None:
+        if body["kind"] == "dataset_registered":
+            body["params"]["loader"] = loader(body["params"]["loader"], outside)
+
+    forged, exp = _forged(tmp_path, change)
+    (stored,) = (tmp_path / "data").rglob("*.npz")
+    outside.write_bytes(stored.read_bytes())
+    assert run_cli("--db", forged, "verify", exp).returncode == 0  # a consistent forgery
+    result = run_cli("--db", forged, "replay", exp, "--no-record",
+                     "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
 def _relabelled_epoch_reset() -> Callable[[dict[str, Any]], None]:
     """Epoch 1's shuffle recorded as epoch 0's permutation, under epoch 1's path and seed."""
     first: dict[str, Any] = {}
