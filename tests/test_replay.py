@@ -6,6 +6,7 @@ import getpass
 import socket
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from ledger.environment import environment_fingerprint
 from ledger.errors import CannotReplayError, CheckFailedError, UnknownExperimentError
 from ledger.store import Store
 from replay import Cause, replay_run
+from replay.datasets import register_loader
 from replay_helpers import record_run, sample_data
 
 _behaviour = {"scale": 1.0, "truncate": False}
@@ -410,3 +412,30 @@ def test_an_op_that_returns_another_shape_at_replay_cannot_replay(
                                      r"recorded params \(BadInputError: op 'test_reshaping' "
                                      r"returned shape \(1, 6\)"):
         replay_run(store, exp, jobs=jobs, data_dir=folder / "data")
+
+
+@register_loader("test_generated")
+def generated(spec: dict[str, Any], _data_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """A plug-in loader: the dataset is generated from its spec, no file is read."""
+    return sample_data(seed=spec["seed"])
+
+
+def test_a_dataset_a_plug_in_loader_reloads_is_certified(folder: Path) -> None:
+    """A loader spec of a kind a trusted module registered (``register_loader``) is re-loaded by
+    that loader alone: the npz rules (a file to find, read once per file) are not applied to
+    it, and the run certifies with the arrays it returns."""
+    from forgery import copy_run
+
+    def generated_by_plug_in(body: dict[str, Any]) -> None:
+        if body["kind"] == "dataset_registered":
+            body["params"]["loader"] = {"kind": "test_generated", "seed": 7}
+
+    exp = record_run(_url(folder), folder / "data", epochs=1)  # sample_data(seed=7)
+    plug_in = f"sqlite:///{folder / 'plug-in.db'}"
+    with Store.open(_url(folder)) as source, Store.open(plug_in, create=True) as target:
+        copy_run(source, exp, target, generated_by_plug_in)
+    for stored in (folder / "data").rglob("*.npz"):
+        stored.unlink()
+    with Store.open(plug_in) as store:
+        report = replay_run(store, exp, data_dir=folder / "data")
+    assert report.certified and report.compared["dataset_registered"] == 1
