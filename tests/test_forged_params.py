@@ -305,6 +305,23 @@ def test_a_path_label_of_another_type_is_not_the_params_path() -> None:
     check_draw_path({**body, "path": ["epoch", 1, "shuffle"]}, ("epoch", 1, "shuffle"))
 
 
+def test_a_worker_spawned_at_a_path_no_worker_is_seeded_from_cannot_replay() -> None:
+    """A worker_spawned event is re-executed by seeding a worker at its path: at a path the
+    library never seeds a worker from (a forger's), replay refuses it (exit 3) rather than
+    certify the states that path would give; a rank's worker is re-seeded at its own path."""
+    from ledger.errors import CannotReplayError
+    from ledger.worker_seeding import expected_state_digest_at
+    from replay.context import ReplayContext
+    from replay.replayers import replay_worker_spawned
+
+    body = {"kind": "worker_spawned", "stream": "main", "seq": 4, "path": ["epoch", 0, "shuffle"]}
+    with pytest.raises(CannotReplayError, match="is not a worker path this version replays"):
+        replay_worker_spawned(ReplayContext(1, None), body)
+    rank_worker = {**body, "path": ["rank", 1, "worker", 2]}
+    assert replay_worker_spawned(ReplayContext(1, None), rank_worker).output == (
+        expected_state_digest_at(1, ["rank", 1, "worker", 2]))
+
+
 def test_a_sampler_permutation_larger_than_memory_is_refused(tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch
                                                              ) -> None:
