@@ -109,6 +109,33 @@ def test_a_divergence_in_a_workers_range_is_the_first_when_it_is_the_earliest(
     assert report.compared["augmentation_batch"] == BATCHES and report.jobs == jobs
 
 
+def test_every_workers_divergences_are_counted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replaying: dict[str, bool]) -> None:
+    """With two workers each re-executing one chunk (and the main process waiting for both),
+    the divergences found in each range are all counted, the earliest reported."""
+    url, exp = _record(tmp_path, [3, 12, 20])
+    back, front = Claims.from_back, Claims.from_front
+    claimed_here = {"chunks": 0}  # each forked worker has its own copy
+
+    def one_chunk(self: Claims) -> range | None:
+        claimed_here["chunks"] += 1
+        return back(self) if claimed_here["chunks"] == 1 else None
+
+    def after_both_workers(self: Claims) -> range | None:
+        deadline = time.monotonic() + 60  # a safeguard against a hang, not a timing assertion
+        while self.claimed() < 2 * self.chunk and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return front(self)
+
+    monkeypatch.setattr(Claims, "from_back", one_chunk)
+    monkeypatch.setattr(Claims, "from_front", after_both_workers)
+    replaying["perturb"] = True
+    report = _replay(url, exp, tmp_path, jobs=3)
+    assert report.first_divergence is not None
+    assert report.first_divergence.path == ["epoch", 0, "batch", 3, "augment"]
+    assert (report.mismatched, report.matched) == (3, BATCHES + 2 - 3)
+
+
 def test_the_main_processs_earlier_divergence_wins_over_the_workers(
         tmp_path: Path, worker_first: None, replaying: dict[str, bool]) -> None:
     url, exp = _record(tmp_path, [3, 23])
