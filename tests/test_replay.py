@@ -42,6 +42,13 @@ def reshaping(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return batch[:1].copy() if _behaviour["truncate"] else batch + noise
 
 
+@register_op("test_overflowing", version=1)
+def overflowing(batch: np.ndarray, rng: np.random.Generator) -> None:
+    """An op whose float32 products overflow: its batches hold infinities."""
+    batch *= np.float32(1e30) * (1 + rng.random(batch.shape, dtype=np.float32))
+    batch *= np.float32(1e30)
+
+
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
     return tmp_path
@@ -439,3 +446,15 @@ def test_a_dataset_a_plug_in_loader_reloads_is_certified(folder: Path) -> None:
     with Store.open(plug_in) as store:
         report = replay_run(store, exp, data_dir=folder / "data")
     assert report.certified and report.compared["dataset_registered"] == 1
+
+
+def test_a_run_whose_op_overflows_replays_quietly(folder: Path) -> None:
+    """A run's op may overflow (its batches hold infinities, as the trainer saw them): replay
+    meets the same overflows and certifies the run without a warning per batch, which would
+    bury the verdict (and which this suite turns into errors)."""
+    with np.errstate(all="ignore"):  # the trainer's own choice
+        exp = record_run(_url(folder), folder / "data", epochs=1,
+                         augmenter=DataAugmenter(ops=[{"op": "test_overflowing"}]))
+    with Store.open(_url(folder)) as store:
+        report = replay_run(store, exp, data_dir=folder / "data")
+    assert report.certified and report.compared["augmentation_batch"] == 10
