@@ -80,6 +80,31 @@ def test_forged_params_are_refused_with_exit_3(tmp_path: Path, kind: str,
     assert "internal error" not in result.stderr
 
 
+def _epoch_reset_params(params: Callable[[dict[str, Any]], Any]
+                        ) -> Callable[[dict[str, Any]], None]:
+    def change(body: dict[str, Any]) -> None:
+        if body["kind"] == "epoch_reset":
+            body["params"] = params(body["params"])
+    return change
+
+
+@pytest.mark.parametrize("params,message", [
+    (lambda old: {key: value for key, value in old.items() if key != "shuffle"},
+     "epoch_reset main#2 lacks params ['shuffle']"),
+    (lambda old: {}, "epoch_reset main#2 lacks params ['epoch', 'length', 'shuffle']")],
+    ids=["one-missing", "empty"])
+def test_a_draw_whose_params_lack_a_name_is_refused_naming_it(
+        tmp_path: Path, params: Callable[[dict[str, Any]], Any], message: str) -> None:
+    """A draw is re-executed from its params: params without a name the replayer needs are
+    exit 3 naming the event and exactly the names it lacks."""
+    forged, exp = _forged(tmp_path, _epoch_reset_params(params))
+    assert run_cli("--db", forged, "verify", exp).returncode == 0  # a consistent forgery
+    result = run_cli("--db", forged, "replay", exp, "--no-record",
+                     "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("loader,message", [
     (lambda _old, _outside: "npz", "dataset 'dataset-small' has no loader spec"),
     (lambda old, _outside: {**old, "kind": ["npz"]}, "dataset 'dataset-small' has no loader spec"),
