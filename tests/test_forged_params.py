@@ -362,6 +362,24 @@ def test_a_sampler_permutation_larger_than_memory_is_refused(tmp_path: Path,
     assert replayers.replay_epoch_reset(ReplayContext(1, None), body).output is not None
 
 
+def test_replay_holds_the_sample_orders_of_a_few_epochs_only() -> None:
+    """An epoch's sample order is kept for its batches, but only the last _ORDERS_KEPT (4) of
+    them: what replay holds does not grow with the epochs a run records (a forged run may
+    record a million epochs of a large dataset)."""
+    from replay import replayers
+    from replay.context import ReplayContext
+
+    context = ReplayContext(1, None)
+    for epoch in range(10):
+        replayers.replay_epoch_reset(context, {
+            "kind": "epoch_reset", "stream": "main", "seq": 2 + epoch,
+            "path": ["epoch", epoch, "shuffle"],
+            "params": {"epoch": epoch, "length": 50, "shuffle": True}})
+        kept = [key for key in context.cache if key[0] == "order"]
+        assert len(kept) == min(epoch + 1, replayers._ORDERS_KEPT)
+    assert [key[1] for key in kept] == [6, 7, 8, 9]  # the latest epochs
+
+
 @given(length=st.integers(1, 60), replicas=st.integers(1, 70), drop_last=st.booleans(),
        data=st.data())
 def test_a_ranks_share_is_the_padded_orders_slice(length: int, replicas: int, drop_last: bool,
