@@ -458,3 +458,24 @@ def test_a_run_whose_op_overflows_replays_quietly(folder: Path) -> None:
     with Store.open(_url(folder)) as store:
         report = replay_run(store, exp, data_dir=folder / "data")
     assert report.certified and report.compared["augmentation_batch"] == 10
+
+
+def test_a_features_only_file_registered_twice_is_read_once(
+        folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two datasets naming the same features of one file (no labels) are one set of arrays:
+    replay reads the file once, as for datasets with labels."""
+    import replay.datasets
+    from ledger.experiment import ExperimentManager
+
+    np.savez(folder / "features.npz", features=sample_data()[0])
+    with ExperimentManager(_url(folder), data_dir=folder / "data") as manager:
+        with manager.create_experiment("features-only", seed=3) as exp:
+            for name in ("first", "second"):
+                exp.register_dataset(name, path=folder / "features.npz", labels_key=None)
+    reads: list[Path] = []
+    read = replay.datasets.read_npz_arrays
+    monkeypatch.setattr(replay.datasets, "read_npz_arrays",
+                        lambda path, *keys: reads.append(path) or read(path, *keys))
+    with Store.open(_url(folder)) as store:
+        report = replay_run(store, exp.id, data_dir=folder / "data")
+    assert report.certified and report.compared["dataset_registered"] == 2 and len(reads) == 1
