@@ -137,6 +137,24 @@ def test_a_forged_loader_spec_is_refused_with_exit_3(
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_dataset_recorded_without_its_description_is_checked_by_its_content(
+        tmp_path: Path) -> None:
+    """The ``length``, ``features`` and ``labels`` descriptions are compared only when recorded
+    (a writer may omit them): without them the dataset is checked by its content alone and
+    the run certified — never an internal error over a missing key."""
+    from replay import replay_run
+
+    def undescribed(body: dict[str, Any]) -> None:
+        if body["kind"] == "dataset_registered":
+            for key in ("length", "features", "labels"):
+                del body["params"][key]
+
+    forged, exp = _forged(tmp_path, undescribed)
+    with Store.open(forged) as store:
+        report = replay_run(store, exp, data_dir=tmp_path / "data")
+    assert report.certified and report.compared["dataset_registered"] == 1
+
+
 def _relabelled_epoch_reset() -> Callable[[dict[str, Any]], None]:
     """Epoch 1's shuffle recorded as epoch 0's permutation, under epoch 1's path and seed."""
     first: dict[str, Any] = {}
