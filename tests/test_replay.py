@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import ledger.experiment
+from ledger import register_draw
 from ledger.augment import DataAugmenter, register_op
 from ledger.environment import environment_fingerprint
 from ledger.errors import CannotReplayError, CheckFailedError, UnknownExperimentError
@@ -47,6 +48,12 @@ def overflowing(batch: np.ndarray, rng: np.random.Generator) -> None:
     """An op whose float32 products overflow: its batches hold infinities."""
     batch *= np.float32(1e30) * (1 + rng.random(batch.shape, dtype=np.float32))
     batch *= np.float32(1e30)
+
+
+@register_draw("test_scaled_noise", 1)
+def scaled_noise(rng: np.random.Generator, *, size: int) -> np.ndarray:
+    """A user draw whose result changes with something outside the ledger (the module's scale)."""
+    return rng.random(size) * _behaviour["scale"]
 
 
 @pytest.fixture
@@ -479,3 +486,24 @@ def test_a_features_only_file_registered_twice_is_read_once(
     with Store.open(_url(folder)) as store:
         report = replay_run(store, exp.id, data_dir=folder / "data")
     assert report.certified and report.compared["dataset_registered"] == 2 and len(reads) == 1
+
+
+def test_a_user_draw_is_rerun_and_a_bare_generator_draw_checks_its_seed(
+        folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replay reruns a registered user draw from its params: one whose result is no longer the
+    recorded one (its code changed) is the first divergence, while the bare exp.generator draw
+    beside it, which records no result, is matched by its seed."""
+    from ledger.experiment import ExperimentManager
+
+    with ExperimentManager(_url(folder), data_dir=folder / "data") as manager:
+        with manager.create_experiment("user-draws", seed=5) as exp:
+            exp.generator("model", "init")
+            exp.draw("test_scaled_noise", ("model", "noise"), size=3)
+    with Store.open(_url(folder)) as store:
+        assert replay_run(store, exp.id, data_dir=folder / "data").certified
+    monkeypatch.setitem(_behaviour, "scale", 2.0)
+    with Store.open(_url(folder)) as store:
+        report = replay_run(store, exp.id, data_dir=folder / "data")
+    divergence = report.first_divergence
+    assert divergence is not None and divergence.path == ["model", "noise"]
+    assert divergence.cause is Cause.OUTPUT and (report.matched, report.mismatched) == (1, 1)
