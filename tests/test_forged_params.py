@@ -155,6 +155,21 @@ def test_a_dataset_recorded_without_its_description_is_checked_by_its_content(
     assert report.certified and report.compared["dataset_registered"] == 1
 
 
+def test_batches_recorded_as_unshuffled_from_a_shuffled_epoch_are_not_certified(
+        tmp_path: Path) -> None:
+    """Every batch's params flipped to ``shuffle: False`` (what reports show), the samples and
+    digests kept from the shuffled epoch: each batch is re-executed from its own params, so its
+    input is not the recorded one — never the epoch_reset's shuffled order reused."""
+    from replay import replay_run
+
+    forged, exp = _forged(tmp_path, _set("augmentation_batch", shuffle=False))
+    with Store.open(forged) as store:
+        report = replay_run(store, exp, data_dir=tmp_path / "data")
+    divergence = report.first_divergence
+    assert divergence is not None and not report.certified
+    assert (divergence.path, divergence.field) == (["epoch", 0, "batch", 0, "augment"], "input")
+
+
 def _relabelled_epoch_reset() -> Callable[[dict[str, Any]], None]:
     """Epoch 1's shuffle recorded as epoch 0's permutation, under epoch 1's path and seed."""
     first: dict[str, Any] = {}
