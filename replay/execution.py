@@ -31,7 +31,7 @@ import msgpack
 import numpy as np
 
 import ledger.errors
-from ledger.errors import CannotReplayError, LedgerError
+from ledger.errors import BadInputError, CannotReplayError, LedgerError
 from ledger.events import decode_body
 from ledger.processes import pool_start_method
 from ledger.text import error_summary
@@ -97,10 +97,11 @@ def run_share(context: ReplayContext, bodies: Sequence[bytes], claim: Callable[[
 
 
 def as_ledger_error(error: Exception, body_bytes: bytes) -> Exception:
-    """``error`` when it is a LedgerError; else a CannotReplayError naming the event whose
-    re-execution raised it — params of the wrong type, sizes no memory holds (a MemoryError),
-    a custom op's own exception — so that the auditor gets exit 3, not an internal error."""
-    if isinstance(error, LedgerError):
+    """``error`` when it is a LedgerError other than BadInputError; else a CannotReplayError
+    naming the event whose re-execution raised it — params of the wrong type, sizes no memory
+    holds (a MemoryError), a custom op's own exception, an op or draw that breaks its contract
+    (a BadInputError: exit 2 would read as bad usage) — so that the auditor gets exit 3."""
+    if isinstance(error, LedgerError) and not isinstance(error, BadInputError):
         return error
     try:
         body = decode_body(body_bytes)

@@ -25,6 +25,7 @@ from ledger.augment import DataAugmenter
 from ledger.datasets import read_npz
 from ledger.errors import BadInputError
 from ledger.integrations.sharding import rank_share, share_size
+from ledger.seeds import derive_bytes, root_seed_from_bytes
 from ledger.store import Store
 from ledger.verify import verify
 from replay.npz import read_npz_arrays
@@ -79,6 +80,96 @@ def test_forged_params_are_refused_with_exit_3(tmp_path: Path, kind: str,
     assert "internal error" not in result.stderr
 
 
+def _epoch_reset_params(params: Callable[[dict[str, Any]], Any]
+                        ) -> Callable[[dict[str, Any]], None]:
+    def change(body: dict[str, Any]) -> None:
+        if body["kind"] == "epoch_reset":
+            body["params"] = params(body["params"])
+    return change
+
+
+@pytest.mark.parametrize("params,message", [
+    (lambda old: {key: value for key, value in old.items() if key != "shuffle"},
+     "epoch_reset main#2 lacks params ['shuffle']"),
+    (lambda old: {}, "epoch_reset main#2 lacks params ['epoch', 'length', 'shuffle']")],
+    ids=["one-missing", "empty"])
+def test_a_draw_whose_params_lack_a_name_is_refused_naming_it(
+        tmp_path: Path, params: Callable[[dict[str, Any]], Any], message: str) -> None:
+    """A draw is re-executed from its params: params without a name the replayer needs are
+    exit 3 naming the event and exactly the names it lacks."""
+    forged, exp = _forged(tmp_path, _epoch_reset_params(params))
+    assert run_cli("--db", forged, "verify", exp).returncode == 0  # a consistent forgery
+    result = run_cli("--db", forged, "replay", exp, "--no-record",
+                     "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("loader,message", [
+    (lambda _old, _outside: "npz", "dataset 'dataset-small' has no loader spec"),
+    (lambda old, _outside: {**old, "kind": ["npz"]}, "dataset 'dataset-small' has no loader spec"),
+    (lambda old, _outside: {**old, "path": None}, "dataset loader spec has no usable path: None"),
+    (lambda old, _outside: {**old, "path": "x\x00.npz"}, "dataset loader spec has no usable path"),
+    (lambda old, _outside: {**old, "features": ["features"]}, "has no array ['features']"),
+    (lambda old, _outside: {**old, "path": "../outside.npz"},
+     "dataset path '../outside.npz' leaves the data folder"),
+    (lambda old, outside: {**old, "path": str(outside)}, "' leaves the data folder")],
+    ids=["not-a-map", "list-kind", "no-path", "nul-in-path", "list-key", "dot-dot", "absolute"])
+def test_a_forged_loader_spec_is_refused_with_exit_3(
+        tmp_path: Path, loader: Callable[[dict[str, Any], Path], Any], message: str) -> None:
+    """A dataset's loader spec is ledger content: one that is no spec, names no usable file,
+    reads arrays under a key of another type, or leaves the data folder (here for a copy of the
+    data kept beside it) is exit 3 naming the problem — never an internal error, never a
+    certificate."""
+    outside = tmp_path / "outside.npz"
+
+    def change(body: dict[str, Any]) -> None:
+        if body["kind"] == "dataset_registered":
+            body["params"]["loader"] = loader(body["params"]["loader"], outside)
+
+    forged, exp = _forged(tmp_path, change)
+    (stored,) = (tmp_path / "data").rglob("*.npz")
+    outside.write_bytes(stored.read_bytes())
+    assert run_cli("--db", forged, "verify", exp).returncode == 0  # a consistent forgery
+    result = run_cli("--db", forged, "replay", exp, "--no-record",
+                     "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_dataset_recorded_without_its_description_is_checked_by_its_content(
+        tmp_path: Path) -> None:
+    """The ``length``, ``features`` and ``labels`` descriptions are compared only when recorded
+    (a writer may omit them): without them the dataset is checked by its content alone and
+    the run certified — never an internal error over a missing key."""
+    from replay import replay_run
+
+    def undescribed(body: dict[str, Any]) -> None:
+        if body["kind"] == "dataset_registered":
+            for key in ("length", "features", "labels"):
+                del body["params"][key]
+
+    forged, exp = _forged(tmp_path, undescribed)
+    with Store.open(forged) as store:
+        report = replay_run(store, exp, data_dir=tmp_path / "data")
+    assert report.certified and report.compared["dataset_registered"] == 1
+
+
+def test_batches_recorded_as_unshuffled_from_a_shuffled_epoch_are_not_certified(
+        tmp_path: Path) -> None:
+    """Every batch's params flipped to ``shuffle: False`` (what reports show), the samples and
+    digests kept from the shuffled epoch: each batch is re-executed from its own params, so its
+    input is not the recorded one — never the epoch_reset's shuffled order reused."""
+    from replay import replay_run
+
+    forged, exp = _forged(tmp_path, _set("augmentation_batch", shuffle=False))
+    with Store.open(forged) as store:
+        report = replay_run(store, exp, data_dir=tmp_path / "data")
+    divergence = report.first_divergence
+    assert divergence is not None and not report.certified
+    assert (divergence.path, divergence.field) == (["epoch", 0, "batch", 0, "augment"], "input")
+
+
 def _relabelled_epoch_reset() -> Callable[[dict[str, Any]], None]:
     """Epoch 1's shuffle recorded as epoch 0's permutation, under epoch 1's path and seed."""
     first: dict[str, Any] = {}
@@ -107,12 +198,29 @@ def _repeated_batch() -> Callable[[dict[str, Any]], None]:
     return change
 
 
+def _epoch_reset_one_label_deeper() -> Callable[[dict[str, Any]], None]:
+    """Epoch 0's shuffle recorded at ``['epoch', 0, 'shuffle', 0]``, its seed re-derived there:
+    a path that only starts with the one its params name."""
+    root: dict[str, int] = {}
+
+    def change(body: dict[str, Any]) -> None:
+        if body["kind"] == "experiment_created":
+            root["seed"] = root_seed_from_bytes(body["params"]["root_seed"])
+        if body["kind"] == "epoch_reset" and body["params"]["epoch"] == 0:
+            body["path"] = [*body["path"], 0]
+            body["seed"] = derive_bytes(root["seed"], body["path"])
+    return change
+
+
 @pytest.mark.parametrize("change,message", [
     (_relabelled_epoch_reset, "epoch_reset main#14 is recorded at path ['epoch', 1, 'shuffle'] "
                               "but its params are those of ['epoch', 0, 'shuffle']"),
+    (_epoch_reset_one_label_deeper, "epoch_reset main#2 is recorded at path ['epoch', 0, "
+                                    "'shuffle', 0] but its params are those of ['epoch', 0, "
+                                    "'shuffle']"),
     (_repeated_batch, "augmentation_batch main#4 is recorded at path ['epoch', 0, 'batch', 1, "
                       "'augment'] but its params are those of ['epoch', 0, 'batch', 0, "
-                      "'augment']")], ids=["epoch-reset", "batch"])
+                      "'augment']")], ids=["epoch-reset", "deeper-path", "batch"])
 def test_a_draw_whose_params_name_another_path_is_not_certified(
         tmp_path: Path, change: Callable[[], Callable[[dict[str, Any]], None]],
         message: str) -> None:
@@ -255,6 +363,23 @@ def test_a_path_label_of_another_type_is_not_the_params_path() -> None:
     check_draw_path({**body, "path": ["epoch", 1, "shuffle"]}, ("epoch", 1, "shuffle"))
 
 
+def test_a_worker_spawned_at_a_path_no_worker_is_seeded_from_cannot_replay() -> None:
+    """A worker_spawned event is re-executed by seeding a worker at its path: at a path the
+    library never seeds a worker from (a forger's), replay refuses it (exit 3) rather than
+    certify the states that path would give; a rank's worker is re-seeded at its own path."""
+    from ledger.errors import CannotReplayError
+    from ledger.worker_seeding import expected_state_digest_at
+    from replay.context import ReplayContext
+    from replay.replayers import replay_worker_spawned
+
+    body = {"kind": "worker_spawned", "stream": "main", "seq": 4, "path": ["epoch", 0, "shuffle"]}
+    with pytest.raises(CannotReplayError, match="is not a worker path this version replays"):
+        replay_worker_spawned(ReplayContext(1, None), body)
+    rank_worker = {**body, "path": ["rank", 1, "worker", 2]}
+    assert replay_worker_spawned(ReplayContext(1, None), rank_worker).output == (
+        expected_state_digest_at(1, ["rank", 1, "worker", 2]))
+
+
 def test_a_sampler_permutation_larger_than_memory_is_refused(tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch
                                                              ) -> None:
@@ -268,6 +393,24 @@ def test_a_sampler_permutation_larger_than_memory_is_refused(tmp_path: Path,
         replayers.replay_epoch_reset(ReplayContext(1, None), body)
     body["params"]["length"] = 1000
     assert replayers.replay_epoch_reset(ReplayContext(1, None), body).output is not None
+
+
+def test_replay_holds_the_sample_orders_of_a_few_epochs_only() -> None:
+    """An epoch's sample order is kept for its batches, but only the last _ORDERS_KEPT (4) of
+    them: what replay holds does not grow with the epochs a run records (a forged run may
+    record a million epochs of a large dataset)."""
+    from replay import replayers
+    from replay.context import ReplayContext
+
+    context = ReplayContext(1, None)
+    for epoch in range(10):
+        replayers.replay_epoch_reset(context, {
+            "kind": "epoch_reset", "stream": "main", "seq": 2 + epoch,
+            "path": ["epoch", epoch, "shuffle"],
+            "params": {"epoch": epoch, "length": 50, "shuffle": True}})
+        kept = [key for key in context.cache if key[0] == "order"]
+        assert len(kept) == min(epoch + 1, replayers._ORDERS_KEPT)
+    assert [key[1] for key in kept] == [6, 7, 8, 9]  # the latest epochs
 
 
 @given(length=st.integers(1, 60), replicas=st.integers(1, 70), drop_last=st.booleans(),

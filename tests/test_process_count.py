@@ -109,3 +109,30 @@ def test_replay_asked_for_one_process_uses_one(tmp_path: Path, monkeypatch: pyte
     with Store.open(url) as store:
         report = replay_run(store, exp, jobs=jobs, data_dir=tmp_path / "data")
     assert report.certified and report.jobs == 1
+
+
+@pytest.mark.parametrize("epochs,batch_size,jobs,workers", [
+    (2, 64, 2, 1), (2, 64, 4, 2), (1, 40, 4, 1)], ids=["jobs", "22-draws", "16-draws"])
+def test_replay_starts_no_worker_without_a_chunk_of_draws_to_share(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, epochs: int, batch_size: int,
+        jobs: int, workers: int) -> None:
+    """Replay re-executes draws in this process and at most ``jobs - 1`` workers, and starts no
+    worker the draws left after this process's first chunk (8 draws) leave nothing to claim:
+    22 draws keep two workers busy, 16 only one."""
+    import replay.execution
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    exp = record_run(url, tmp_path / "data", epochs=epochs, batch_size=batch_size)
+    monkeypatch.setattr(replay.engine, "usable_cores", lambda: 4)
+    started: list[int] = []
+
+    class Counted(replay.execution.DrawExecution):
+        def __enter__(self) -> replay.execution.DrawExecution:
+            entered = super().__enter__()
+            started.append(len(self._workers))
+            return entered
+
+    monkeypatch.setattr(replay.engine, "DrawExecution", Counted)
+    with Store.open(url) as store:
+        report = replay_run(store, exp, jobs=jobs, data_dir=tmp_path / "data")
+    assert report.certified and started == [workers]

@@ -6,19 +6,22 @@ import getpass
 import socket
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 import ledger.experiment
+from ledger import register_draw
 from ledger.augment import DataAugmenter, register_op
 from ledger.environment import environment_fingerprint
 from ledger.errors import CannotReplayError, CheckFailedError, UnknownExperimentError
 from ledger.store import Store
 from replay import Cause, replay_run
-from replay_helpers import record_run
+from replay.datasets import register_loader
+from replay_helpers import record_run, sample_data
 
-_behaviour = {"scale": 1.0}
+_behaviour = {"scale": 1.0, "truncate": False}
 
 
 @register_op("test_unseeded_noise", version=1)
@@ -31,6 +34,26 @@ def unseeded_noise(batch: np.ndarray, rng: np.random.Generator, *, std: float = 
 def library_sensitive(batch: np.ndarray, rng: np.random.Generator, *, std: float = 0.1) -> None:
     """An op whose output changes with something outside the ledger (here a module variable)."""
     batch += (rng.normal(0.0, std, batch.shape) * _behaviour["scale"]).astype(batch.dtype)
+
+
+@register_op("test_reshaping", version=1)
+def reshaping(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An op that returns a new batch; while a test says so, one of another shape (a broken op)."""
+    noise = rng.random(batch.shape[1:]).astype(batch.dtype)
+    return batch[:1].copy() if _behaviour["truncate"] else batch + noise
+
+
+@register_op("test_overflowing", version=1)
+def overflowing(batch: np.ndarray, rng: np.random.Generator) -> None:
+    """An op whose float32 products overflow: its batches hold infinities."""
+    batch *= np.float32(1e30) * (1 + rng.random(batch.shape, dtype=np.float32))
+    batch *= np.float32(1e30)
+
+
+@register_draw("test_scaled_noise", 1)
+def scaled_noise(rng: np.random.Generator, *, size: int) -> np.ndarray:
+    """A user draw whose result changes with something outside the ledger (the module's scale)."""
+    return rng.random(size) * _behaviour["scale"]
 
 
 @pytest.fixture
@@ -318,3 +341,169 @@ def test_a_divergence_is_shown_with_its_digests_as_hex(folder: Path) -> None:
     assert line.startswith(f"{exp} main#{body['seq']} augmentation_batch "
                            f"[epoch/0/batch/0/augment]: {Cause.OUTPUT.value} (output expected "
                            f"{body['output'].hex()}, got ")
+
+
+def test_a_draw_recorded_without_a_seed_is_judged_by_its_output(folder: Path) -> None:
+    """A plug-in draw may record no seed (nothing derived): replay has no seed to check, so it
+    certifies the draw when its replayer reproduces the output, and names the output — never a
+    seed the run did not record — when it does not, with the digest its replayer produced."""
+    from ledger.experiment import ExperimentManager
+    from replay import register_replayer
+    from replay.registry import Redraw
+
+    register_replayer("test_seedless_draw")(
+        lambda _context, body: Redraw(output=bytes([body["params"]["value"]]) * 32))
+    with ExperimentManager(_url(folder), data_dir=folder / "data") as manager:
+        with manager.create_experiment("seedless", seed=1) as exp:
+            exp.record("test_seedless_draw", path=("a",), params={"value": 1},
+                       output=bytes([1]) * 32)
+            exp.record("test_seedless_draw", path=("b",), params={"value": 2},
+                       output=bytes([3]) * 32)
+    with Store.open(_url(folder)) as store:
+        report = replay_run(store, exp.id, data_dir=folder / "data")
+    divergence = report.first_divergence
+    assert divergence is not None and (report.matched, report.mismatched) == (1, 1)
+    assert (divergence.path, divergence.field, divergence.cause) == (["b"], "output",
+                                                                     Cause.OUTPUT)
+    assert (divergence.expected, divergence.actual) == (bytes([3]) * 32, bytes([2]) * 32)
+
+
+def test_a_draw_of_a_kind_no_replayer_knows_says_how_to_allow_one(folder: Path) -> None:
+    """A custom draw whose replayer is not loaded cannot replay (exit 3): the message names its
+    kind and event and how to allow the code — not a TypeError from calling nothing."""
+    from ledger.experiment import ExperimentManager
+    from ledger.seeds import derive_bytes
+
+    with ExperimentManager(_url(folder), data_dir=folder / "data") as manager:
+        with manager.create_experiment("unknown-kind", seed=1) as exp:
+            exp.record("test_unregistered_draw", path=("x",), seed=derive_bytes(1, ("x",)),
+                       output=bytes(32))
+    with Store.open(_url(folder)) as store:
+        with pytest.raises(CannotReplayError, match=r"no replayer for events of kind "
+                                                    r"'test_unregistered_draw' \(main#1\): "
+                                                    r"install the package .* --trust MODULE"):
+            replay_run(store, exp.id, data_dir=folder / "data")
+
+
+def test_datasets_sharing_a_file_or_its_keys_are_each_reloaded_from_their_own_arrays(
+        folder: Path) -> None:
+    """Replay reads a file several registrations name once — but only when they name the same
+    arrays: a train and a test set stored in one file under other keys, and another file under
+    the same keys, are each re-loaded from their own arrays, so an honest run is certified."""
+    from ledger.experiment import ExperimentManager
+
+    (x, y), (other_x, other_y) = sample_data(seed=1), sample_data(seed=2)
+    np.savez(folder / "split.npz", x_train=x[:500], y_train=y[:500], x_test=x[500:],
+             y_test=y[500:])
+    np.savez(folder / "other.npz", x_train=other_x, y_train=other_y)
+    with ExperimentManager(_url(folder), data_dir=folder / "data") as manager:
+        with manager.create_experiment("split", seed=3) as exp:
+            for name, file, features, labels in [
+                    ("train", "split", "x_train", "y_train"), ("test", "split", "x_test", "y_test"),
+                    ("train-x", "split", "x_train", None), ("test-x", "split", "x_test", None),
+                    ("other", "other", "x_train", "y_train")]:
+                exp.register_dataset(name, path=folder / f"{file}.npz", features_key=features,
+                                     labels_key=labels)
+    with Store.open(_url(folder)) as store:
+        report = replay_run(store, exp.id, data_dir=folder / "data")
+    assert report.certified, report.first_divergence
+    assert report.compared["dataset_registered"] == 5
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_an_op_that_returns_another_shape_at_replay_cannot_replay(
+        folder: Path, monkeypatch: pytest.MonkeyPatch, jobs: int) -> None:
+    """An op that breaks its contract only at replay (a batch of another shape) leaves a draw
+    that cannot be re-executed: exit 3 naming the event, as for an op that raises — not the
+    op's BadInputError, exit 2, which reads as bad usage or a malformed file."""
+    exp = record_run(_url(folder), folder / "data", epochs=1,
+                     augmenter=DataAugmenter(ops=[{"op": "test_reshaping"}]))
+    with Store.open(_url(folder)) as store:
+        assert replay_run(store, exp, jobs=jobs, data_dir=folder / "data").certified
+    monkeypatch.setitem(_behaviour, "truncate", True)
+    with Store.open(_url(folder)) as store, pytest.raises(
+            CannotReplayError, match=r"^augmentation_batch main#3 cannot be re-executed from its "
+                                     r"recorded params \(BadInputError: op 'test_reshaping' "
+                                     r"returned shape \(1, 6\)"):
+        replay_run(store, exp, jobs=jobs, data_dir=folder / "data")
+
+
+@register_loader("test_generated")
+def generated(spec: dict[str, Any], _data_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """A plug-in loader: the dataset is generated from its spec, no file is read."""
+    return sample_data(seed=spec["seed"])
+
+
+def test_a_dataset_a_plug_in_loader_reloads_is_certified(folder: Path) -> None:
+    """A loader spec of a kind a trusted module registered (``register_loader``) is re-loaded by
+    that loader alone: the npz rules (a file to find, read once per file) are not applied to
+    it, and the run certifies with the arrays it returns."""
+    from forgery import copy_run
+
+    def generated_by_plug_in(body: dict[str, Any]) -> None:
+        if body["kind"] == "dataset_registered":
+            body["params"]["loader"] = {"kind": "test_generated", "seed": 7}
+
+    exp = record_run(_url(folder), folder / "data", epochs=1)  # sample_data(seed=7)
+    plug_in = f"sqlite:///{folder / 'plug-in.db'}"
+    with Store.open(_url(folder)) as source, Store.open(plug_in, create=True) as target:
+        copy_run(source, exp, target, generated_by_plug_in)
+    for stored in (folder / "data").rglob("*.npz"):
+        stored.unlink()
+    with Store.open(plug_in) as store:
+        report = replay_run(store, exp, data_dir=folder / "data")
+    assert report.certified and report.compared["dataset_registered"] == 1
+
+
+def test_a_run_whose_op_overflows_replays_quietly(folder: Path) -> None:
+    """A run's op may overflow (its batches hold infinities, as the trainer saw them): replay
+    meets the same overflows and certifies the run without a warning per batch, which would
+    bury the verdict (and which this suite turns into errors)."""
+    with np.errstate(all="ignore"):  # the trainer's own choice
+        exp = record_run(_url(folder), folder / "data", epochs=1,
+                         augmenter=DataAugmenter(ops=[{"op": "test_overflowing"}]))
+    with Store.open(_url(folder)) as store:
+        report = replay_run(store, exp, data_dir=folder / "data")
+    assert report.certified and report.compared["augmentation_batch"] == 10
+
+
+def test_a_features_only_file_registered_twice_is_read_once(
+        folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two datasets naming the same features of one file (no labels) are one set of arrays:
+    replay reads the file once, as for datasets with labels."""
+    import replay.datasets
+    from ledger.experiment import ExperimentManager
+
+    np.savez(folder / "features.npz", features=sample_data()[0])
+    with ExperimentManager(_url(folder), data_dir=folder / "data") as manager:
+        with manager.create_experiment("features-only", seed=3) as exp:
+            for name in ("first", "second"):
+                exp.register_dataset(name, path=folder / "features.npz", labels_key=None)
+    reads: list[Path] = []
+    read = replay.datasets.read_npz_arrays
+    monkeypatch.setattr(replay.datasets, "read_npz_arrays",
+                        lambda path, *keys: reads.append(path) or read(path, *keys))
+    with Store.open(_url(folder)) as store:
+        report = replay_run(store, exp.id, data_dir=folder / "data")
+    assert report.certified and report.compared["dataset_registered"] == 2 and len(reads) == 1
+
+
+def test_a_user_draw_is_rerun_and_a_bare_generator_draw_checks_its_seed(
+        folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replay reruns a registered user draw from its params: one whose result is no longer the
+    recorded one (its code changed) is the first divergence, while the bare exp.generator draw
+    beside it, which records no result, is matched by its seed."""
+    from ledger.experiment import ExperimentManager
+
+    with ExperimentManager(_url(folder), data_dir=folder / "data") as manager:
+        with manager.create_experiment("user-draws", seed=5) as exp:
+            exp.generator("model", "init")
+            exp.draw("test_scaled_noise", ("model", "noise"), size=3)
+    with Store.open(_url(folder)) as store:
+        assert replay_run(store, exp.id, data_dir=folder / "data").certified
+    monkeypatch.setitem(_behaviour, "scale", 2.0)
+    with Store.open(_url(folder)) as store:
+        report = replay_run(store, exp.id, data_dir=folder / "data")
+    divergence = report.first_divergence
+    assert divergence is not None and divergence.path == ["model", "noise"]
+    assert divergence.cause is Cause.OUTPUT and (report.matched, report.mismatched) == (1, 1)

@@ -75,3 +75,31 @@ def test_a_dataset_path_the_system_cannot_look_up_cannot_replay(
     with pytest.raises(CannotReplayError, match="cannot read dataset file .*0a1b.npz: "
                                                 "Permission denied"):
         load_npz(spec, tmp_path)
+
+
+def test_a_stored_dataset_whose_labels_no_longer_fit_cannot_replay(tmp_path: Path) -> None:
+    """A stored file replaced by one whose labels no longer fit its features (another length)
+    is unusable data: exit 3 naming the dataset — not the arrays' BadInputError, exit 2."""
+    from ledger.store import Store
+    from replay import replay_run
+    from replay_helpers import record_run
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    exp = record_run(url, tmp_path / "data", epochs=1)
+    (stored,) = (tmp_path / "data").rglob("*.npz")
+    np.savez(stored, features=np.zeros((600, 6), np.float32), labels=np.zeros(500, np.int8))
+    with Store.open(url) as store, pytest.raises(
+            CannotReplayError, match=r"^dataset 'dataset-small': labels must have one entry per "
+                                     r"sample \(600\)"):
+        replay_run(store, exp, data_dir=tmp_path / "data")
+
+
+def test_a_dataset_relative_to_a_data_folder_needs_one(tmp_path: Path) -> None:
+    """A file stored in the ledger's data folder cannot be found without that folder (a server
+    ledger has none by default): exit 3 saying how to give it."""
+    from replay.datasets import load_npz
+
+    spec = {"kind": "npz", "base": "data_dir", "path": "datasets/0a1b.npz"}
+    with pytest.raises(CannotReplayError, match=r"dataset file datasets/0a1b.npz is relative "
+                                                r"to the ledger's data folder: give --data-dir"):
+        load_npz(spec, None)

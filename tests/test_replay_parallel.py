@@ -8,6 +8,7 @@ and that verification still decides first.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -108,6 +109,33 @@ def test_a_divergence_in_a_workers_range_is_the_first_when_it_is_the_earliest(
     assert report.compared["augmentation_batch"] == BATCHES and report.jobs == jobs
 
 
+def test_every_workers_divergences_are_counted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replaying: dict[str, bool]) -> None:
+    """With two workers each re-executing one chunk (and the main process waiting for both),
+    the divergences found in each range are all counted, the earliest reported."""
+    url, exp = _record(tmp_path, [3, 12, 20])
+    back, front = Claims.from_back, Claims.from_front
+    claimed_here = {"chunks": 0}  # each forked worker has its own copy
+
+    def one_chunk(self: Claims) -> range | None:
+        claimed_here["chunks"] += 1
+        return back(self) if claimed_here["chunks"] == 1 else None
+
+    def after_both_workers(self: Claims) -> range | None:
+        deadline = time.monotonic() + 60  # a safeguard against a hang, not a timing assertion
+        while self.claimed() < 2 * self.chunk and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return front(self)
+
+    monkeypatch.setattr(Claims, "from_back", one_chunk)
+    monkeypatch.setattr(Claims, "from_front", after_both_workers)
+    replaying["perturb"] = True
+    report = _replay(url, exp, tmp_path, jobs=3)
+    assert report.first_divergence is not None
+    assert report.first_divergence.path == ["epoch", 0, "batch", 3, "augment"]
+    assert (report.mismatched, report.matched) == (3, BATCHES + 2 - 3)
+
+
 def test_the_main_processs_earlier_divergence_wins_over_the_workers(
         tmp_path: Path, worker_first: None, replaying: dict[str, bool]) -> None:
     url, exp = _record(tmp_path, [3, 23])
@@ -129,7 +157,9 @@ def test_a_parallel_replay_reports_what_a_serial_one_does(
 
 
 def test_a_failure_in_a_workers_range_is_raised_as_a_serial_replay_raises_it(
-        tmp_path: Path, worker_first: None, replaying: dict[str, bool]) -> None:
+        tmp_path: Path, request: pytest.FixtureRequest, replaying: dict[str, bool]) -> None:
+    """The serial replay runs before the worker goes first: with no worker to wait for, the
+    main process would wait out worker_first's safeguard (a minute) before claiming."""
     url, exp = _record(tmp_path, [21])
     replaying["fail"] = True
     serial_error = parallel_error = None
@@ -137,11 +167,23 @@ def test_a_failure_in_a_workers_range_is_raised_as_a_serial_replay_raises_it(
         _replay(url, exp, tmp_path, 1)
     except CannotReplayError as error:
         serial_error = str(error)
+    request.getfixturevalue("worker_first")
     with pytest.raises(CannotReplayError, match="ValueError: a marked batch cannot be replayed"
                        ) as parallel:
         _replay(url, exp, tmp_path)
     parallel_error = str(parallel.value)
     assert parallel_error == serial_error  # the same event named, the same cause
+    assert parallel_error.startswith("augmentation_batch main#24 cannot be re-executed")
+
+
+def test_the_main_processs_earlier_failure_wins_over_the_workers(
+        tmp_path: Path, worker_first: None, replaying: dict[str, bool]) -> None:
+    """Draws fail in both ranges: the earliest in recorded order (batch 2, the main process's)
+    is the one raised, as a serial replay raises it — not the worker's batch 22."""
+    url, exp = _record(tmp_path, [2, 22])
+    replaying["fail"] = True
+    with pytest.raises(CannotReplayError, match=r"^augmentation_batch main#5 cannot be "):
+        _replay(url, exp, tmp_path)
 
 
 def _tamper(url: str, kind: str) -> None:
@@ -217,6 +259,43 @@ def test_spawned_workers_replay_too(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(replay.execution, "pool_start_method", lambda: "spawn")
     report = _replay(url, exp, tmp_path)
     assert report.certified and report.matched == BATCHES + 2
+
+
+def test_spawned_workers_import_the_trusted_modules(tmp_path: Path, worker_first: None,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spawned worker starts from a fresh interpreter: it imports the modules the auditor
+    trusted (here the one registering the run's custom op) before re-executing its draws, so a
+    run that replays serially replays with spawned workers too."""
+    url, exp = _record(tmp_path, [])
+    monkeypatch.setattr(replay.execution, "pool_start_method", lambda: "spawn")
+    with Store.open(url) as store:
+        report = replay_run(store, exp, jobs=2, data_dir=tmp_path / "data",
+                            trusted=[__name__])
+    assert report.certified and report.matched == BATCHES + 2
+
+
+def test_a_worker_that_dies_before_answering_cannot_certify(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that dies without sending its outcome (the OOM killer, say) leaves draws nobody
+    compared: replay is exit 3 naming the worker's exit code, never a certificate nor a hang."""
+    url, exp = _record(tmp_path, [])
+    monkeypatch.setattr(replay.execution, "_worker_main", lambda _connection, _job: os._exit(9))
+    with pytest.raises(CannotReplayError, match=r"a replay worker process died \(exit code 9\)"):
+        _replay(url, exp, tmp_path)
+
+
+def test_progress_is_told_while_a_window_is_re_executed(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run of fewer than WINDOW_DRAWS draws is one window: progress is told as its draws are
+    re-executed, not only once they are all done (a progress line frozen until the end)."""
+    url, exp = _record(tmp_path, [])
+    monkeypatch.setattr(replay.engine, "PROGRESS_EVERY", 1)
+    seen: list[int] = []
+    with Store.open(url) as store:
+        report = replay_run(store, exp, jobs=1, data_dir=tmp_path / "data",
+                            on_progress=lambda done, _total: seen.append(done))
+    assert report.certified and seen[-1] == 1 + 1 + BATCHES
+    assert len(seen) > 2 and seen[0] < BATCHES
 
 
 def test_draws_are_read_in_windows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
