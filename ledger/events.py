@@ -154,11 +154,20 @@ def is_draw(kind: Any) -> bool:
             and kind not in AUDIT_KINDS)
 
 
-def check_recordable(kind: Any) -> None:
-    """Refuse a :data:`LIBRARY_KINDS` kind passed to a ``record`` method by its caller."""
+def check_recordable(kind: Any, params: Any = None, output: bytes | None = None) -> None:
+    """Refuse what a caller may not pass to a ``record`` method: a :data:`LIBRARY_KINDS` kind,
+    and a ``user_draw`` with an output but no registered draw to rerun (``"draw"`` in params) —
+    replay reruns a user draw only through its registered function, so nothing could check that
+    output and the run could never be certified."""
     if isinstance(kind, str) and kind in LIBRARY_KINDS:
         raise BadInputError(f"got kind {kind!r}, but only the library records it (create, "
                             f"resume or close the run instead)")
+    if kind == USER_DRAW and output is not None and not (isinstance(params, Mapping)
+                                                         and "draw" in params):
+        raise BadInputError("got a user_draw with an output but no registered draw in its "
+                            "params, which replay could never check: use exp.draw(name, path, "
+                            "...) with ledger.register_draw, or record no output (a bare "
+                            "generator)")
 
 
 @functools.lru_cache(maxsize=1024)

@@ -132,7 +132,7 @@ class Experiment:
         A draw (any kind but metric, checkpoint and dataset_registered, custom kinds included)
         is refused at a (kind, path) the run already holds: replay could never certify the run.
         """
-        check_recordable(kind)
+        check_recordable(kind, params, output)
         if not is_draw(kind):
             return self._append(kind, path=path, seed=seed, params=params, input=input,
                                 output=output, meta=meta)

@@ -131,10 +131,15 @@ def replay_augmentation_batch(context: ReplayContext, body: dict[str, Any]) -> R
 
 @register_replayer(USER_DRAW)
 def replay_user_draw(context: ReplayContext, body: dict[str, Any]) -> Redraw:
-    """Rerun a registered user draw; a bare ``exp.generator`` draw has only its seed to check."""
+    """Rerun a registered user draw; a bare ``exp.generator`` draw has only its seed to check
+    (and records no output: one that does has nothing to check it, and is not certified)."""
     params = body["params"] if isinstance(body["params"], dict) else {}
     if "draw" not in params:
-        return Redraw(output=body["output"])
+        if body["output"] is not None:
+            raise CannotReplayError(f"user_draw {body['stream']}#{body['seq']} at "
+                                    f"{body['path']} records an output but no registered draw "
+                                    f"in its params: nothing can rerun it to check that output")
+        return Redraw(output=None)
     name, version, arguments = _params(body, "draw", "version", "params")
     function = lookup_draw(name, version)
     return Redraw(output=result_digest(function(context.generator(body["path"]),

@@ -263,6 +263,23 @@ def test_record_refuses_a_draw_the_run_already_holds(manager: ExperimentManager)
     assert replay_run(manager.store, exp.id).certified
 
 
+def test_record_refuses_a_user_draw_with_an_output_no_registered_draw_reruns(
+        manager: ExperimentManager) -> None:
+    """A user_draw recorded with an output digest but no registered draw (``"draw"`` in params)
+    would be certified unchecked, or — now that replay refuses it — never certified: refused
+    when recorded, nothing written. Without an output (a bare generator) it goes on."""
+    path = ("model", "init")
+    with manager.create_experiment("unreplayable", seed=5) as exp:
+        with pytest.raises(BadInputError, match="output but no registered draw"):
+            exp.record("user_draw", path=path, seed=derive_bytes(5, path),
+                       params={"generator": "numpy.PCG64"}, output=b"\x01" * 32)
+        exp.record("user_draw", path=path, seed=derive_bytes(5, path),
+                   params={"generator": "numpy.PCG64"})
+    draws = [b for b in bodies(manager.store, exp.id) if b["kind"] == "user_draw"]
+    assert [(b["path"], b["output"]) for b in draws] == [(["model", "init"], None)]
+    assert replay_run(manager.store, exp.id).certified
+
+
 def test_record_refuses_a_custom_draw_kind_twice_at_one_path(manager: ExperimentManager) -> None:
     """A custom kind is a user draw point (replayed by its registered replayer): once per
     (kind, path), as replay requires. Other paths are accepted."""

@@ -617,3 +617,29 @@ def test_a_forged_seed_or_input_digest_is_the_first_divergence(
                                                   ["epoch", 0, "batch", 0, "augment"])
     assert (divergence.field, divergence.expected) == (field, value)
     assert divergence.cause.value == cause and divergence.detail == detail
+
+
+def test_a_bare_user_draw_forged_with_an_output_is_not_certified(tmp_path: Path) -> None:
+    """A bare exp.generator draw records only its seed; replay cannot rerun it. An output digest
+    written onto one (a consistent forgery, or another writer) is exit 3 naming the event —
+    it used to be echoed back and certified unchecked."""
+    from ledger.experiment import ExperimentManager
+
+    honest = f"sqlite:///{tmp_path / 'honest.db'}"
+    forged = f"sqlite:///{tmp_path / 'forged.db'}"
+    with ExperimentManager(honest, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("bare", seed=5) as exp:
+            exp.generator("model", "init")
+
+    def with_output(body: dict[str, Any]) -> None:
+        if body["kind"] == "user_draw":
+            body["output"] = b"\x01" * 32
+
+    with Store.open(honest) as source, Store.open(forged, create=True) as target:
+        copy_run(source, exp.id, target, with_output)
+    assert run_cli("--db", honest, "replay", exp.id, "--no-record").returncode == 0
+    assert run_cli("--db", forged, "verify", exp.id).returncode == 0  # a consistent forgery
+    result = run_cli("--db", forged, "replay", exp.id, "--no-record")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "user_draw main#1 at ['model', 'init'] records an output" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

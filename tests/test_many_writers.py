@@ -212,6 +212,10 @@ def test_an_attached_run_refuses_a_draw_it_already_recorded(store: Store) -> Non
                        params={"generator": "numpy.PCG64"})
         assert run.record_draw("user_draw", path, seed=derive_bytes(42, path),
                                params={"generator": "numpy.PCG64"}) is None
+        other = ("rank", 1, "model", "head")
+        with pytest.raises(BadInputError, match="output but no registered draw"):
+            run.record("user_draw", path=other, seed=derive_bytes(42, other),
+                       params={"generator": "numpy.PCG64"}, output=b"\x01" * 32)
         run.record("metric", params={"n": 1})
         run.record("metric", params={"n": 1})
     kinds = [decode_body(body)["kind"] for stream, _q, _k, body in

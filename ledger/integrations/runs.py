@@ -96,7 +96,7 @@ class AttachedRun:
         Events still pending in this run's loaders are appended first, so the order of events
         follows the order of the calls (as :meth:`ledger.experiment.Experiment.record`), and the
         kinds the library records itself are refused, as there."""
-        check_recordable(kind)
+        check_recordable(kind, params, output)
         self._prepare_to_record()
         if not is_draw(kind):
             return self._writer.append(kind, path=path, seed=seed, params=params, input=input,
