@@ -301,19 +301,25 @@ def test_a_replayer_that_returns_no_redraw_cannot_certify(folder: Path) -> None:
     """A plug-in replayer that returns nothing to compare (None) used to have its draw counted
     as matched, only the seed checked: a recorded output nothing reproduced was certified. It
     is exit 3, naming the replayer's kind and the event."""
-    from ledger.experiment import ExperimentManager
-    from ledger.seeds import derive_bytes
     from replay import register_replayer
 
     register_replayer("test_lenient_draw")(lambda _context, _body: None)
-    with ExperimentManager(_url(folder), data_dir=folder / "data") as manager:
-        with manager.create_experiment("lenient", seed=1) as exp:
-            exp.record("test_lenient_draw", path=("x",), seed=derive_bytes(1, ("x",)),
-                       output=bytes(32))
+    exp = _one_custom_draw(folder, "test_lenient_draw")
     with Store.open(_url(folder)) as store:
         with pytest.raises(CannotReplayError, match=r"replayer of 'test_lenient_draw' returned "
                                                     r"NoneType for main#1, not a Redraw"):
-            replay_run(store, exp.id, data_dir=folder / "data")
+            replay_run(store, exp, data_dir=folder / "data")
+
+
+def _one_custom_draw(folder: Path, kind: str) -> str:
+    """Record a run whose only draw is one of the custom ``kind``; its experiment id."""
+    from ledger.experiment import ExperimentManager
+    from ledger.seeds import derive_bytes
+
+    with ExperimentManager(_url(folder), data_dir=folder / "data") as manager:
+        with manager.create_experiment(kind, seed=1) as exp:
+            exp.record(kind, path=("x",), seed=derive_bytes(1, ("x",)), output=bytes(32))
+    return exp.id
 
 
 def test_a_divergence_is_shown_with_its_digests_as_hex(folder: Path) -> None:
@@ -371,18 +377,12 @@ def test_a_draw_recorded_without_a_seed_is_judged_by_its_output(folder: Path) ->
 def test_a_draw_of_a_kind_no_replayer_knows_says_how_to_allow_one(folder: Path) -> None:
     """A custom draw whose replayer is not loaded cannot replay (exit 3): the message names its
     kind and event and how to allow the code — not a TypeError from calling nothing."""
-    from ledger.experiment import ExperimentManager
-    from ledger.seeds import derive_bytes
-
-    with ExperimentManager(_url(folder), data_dir=folder / "data") as manager:
-        with manager.create_experiment("unknown-kind", seed=1) as exp:
-            exp.record("test_unregistered_draw", path=("x",), seed=derive_bytes(1, ("x",)),
-                       output=bytes(32))
+    exp = _one_custom_draw(folder, "test_unregistered_draw")
     with Store.open(_url(folder)) as store:
         with pytest.raises(CannotReplayError, match=r"no replayer for events of kind "
                                                     r"'test_unregistered_draw' \(main#1\): "
                                                     r"install the package .* --trust MODULE"):
-            replay_run(store, exp.id, data_dir=folder / "data")
+            replay_run(store, exp, data_dir=folder / "data")
 
 
 def test_datasets_sharing_a_file_or_its_keys_are_each_reloaded_from_their_own_arrays(
