@@ -11,6 +11,8 @@ import sys
 import textwrap
 import multiprocessing
 import threading
+import time
+from collections.abc import Callable
 from multiprocessing import shared_memory
 from pathlib import Path
 
@@ -20,10 +22,12 @@ import pytest
 import ledger
 from conftest import readme_python_block
 from ledger import (DataAugmenter, ExperimentManager, TrainingDataIterator, WorkerError,
-                    derive_bytes)
+                    derive_bytes, worker_process)
+from ledger.digests import array_digest, value_digest
 from ledger.events import WORKER_SPAWNED
 from ledger.verify import verify
-from ledger.worker_seeding import expected_state_digest, seed_worker_process, seeded_libraries
+from ledger.worker_seeding import (expected_state_digest, is_worker_path, seed_worker_process,
+                                   seeded_libraries)
 from trainer_helpers import bodies, draws, indexed_data, noisy_data, run_epochs, same_batches
 
 import trainer_ops  # noqa: F401 - registers the test ops (workers import it by name)
@@ -119,6 +123,45 @@ def test_the_state_digest_of_a_seeded_process_is_the_expected_one() -> None:
         np.random.set_state(numpy_state)
     assert expected_state_digest(99, 3) != expected_state_digest(99, 4)
     assert expected_state_digest(99, 3) != expected_state_digest(100, 3)
+
+
+def test_the_state_digest_is_the_documented_map_of_the_seeded_states() -> None:
+    """``worker_spawned`` records this digest and replay recomputes it: its layout (tag
+    ``ledger/worker-rng-states/v1``, every word of each state) must not change under ledgers
+    already recorded. Rebuilt here from the module's recipe and fresh generators."""
+    seed = derive_bytes(42, ("worker", 0))
+    version, internal, gauss = random.Random(int.from_bytes(seed, "big")).getstate()
+    name, keys, position, has_gauss, cached = np.random.RandomState(
+        np.frombuffer(seed, dtype=">u4").astype(np.uint32)).get_state(legacy=True)
+    torch_state = None
+    if "torch" in seeded_libraries():
+        import torch
+
+        generator = torch.Generator().manual_seed(int.from_bytes(seed[:8], "big"))
+        torch_state = array_digest(generator.get_state().numpy())
+    assert expected_state_digest(42, 0) == value_digest(["ledger/worker-rng-states/v1", {
+        "random": [version, list(internal), gauss],
+        "numpy": [name, array_digest(keys), int(position), int(has_gauss), float(cached)],
+        "torch": torch_state}])
+
+
+@pytest.mark.parametrize("path", [("worker", 0), ("worker", 7), ("rank", 0, "worker", 0),
+                                  ("rank", 3, "worker", 2)])
+def test_the_worker_paths_the_library_seeds_from_are_worker_paths(path: tuple) -> None:
+    """Replay re-seeds a ``worker_spawned`` event only at a path the library seeds a worker
+    from, worker 0 and rank 0 included."""
+    assert is_worker_path(path) and is_worker_path(list(path))
+
+
+@pytest.mark.parametrize("path", [("worker", -1), ("worker", True), ("worker", 1.0),
+                                  ("worker", "1"), ("rank", 1, "worker"), ("rank", -1, "worker", 0),
+                                  ("rank", False, "worker", 0), ("rank", "1", "worker", 0),
+                                  ("rank", 1, "thread", 0), ("rank", 1, "rank", 1, "worker", 0),
+                                  ("epoch", 0), ("worker", 0, "worker", 0), ("worker",), ()])
+def test_paths_no_worker_is_seeded_from_are_not_worker_paths(path: tuple) -> None:
+    """A forged ``worker_spawned`` at any other path (a negative or non-int index, a bool, a
+    label out of place, a path too short or too long) is refused by replay, not certified."""
+    assert not is_worker_path(path)
 
 
 def test_worker_spawned_is_recorded_by_the_main_process_in_worker_order(tmp_path: Path) -> None:
@@ -364,3 +407,73 @@ def test_after_a_worker_failure_the_next_pass_starts_new_workers() -> None:
 def test_an_unknown_start_method_is_refused() -> None:
     with pytest.raises(ValueError, match="got start method 'thread', but must be one of"):
         list(TrainingDataIterator(noisy_data(), 8, seed=1, num_workers=1, start_method="thread"))
+
+
+def test_workers_augment_with_the_augmenters_own_seed_when_the_iterator_has_another() -> None:
+    """An augmenter seeded apart from the iterator keeps its seed in the workers too (they get
+    both roots): 2 workers make the main process's batches, which are not those of an augmenter
+    seeded like the iterator."""
+    def one_epoch(workers: int, augment_seed: int) -> list:
+        with TrainingDataIterator(noisy_data(rows=64), 8, seed=77, num_workers=workers,
+                                  augmenter=DataAugmenter(noise_std=0.3, seed=augment_seed)
+                                  ) as batches:
+            return run_epochs(batches, 1)
+
+    expected = one_epoch(0, 5)
+    assert same_batches(one_epoch(2, 5), expected)
+    assert not same_batches(one_epoch(0, 77), expected)
+
+
+def test_the_batch_timeout_does_not_bound_the_start_of_a_worker(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``timeout`` bounds the wait for a batch; a worker's start (imports, attaching, seeding)
+    has a bound of its own, so a start slower than ``timeout`` is no failure (a fork worker
+    inherits the slowed seeding)."""
+    seed = worker_process.seed_worker_process
+
+    def slow_seed(root: int, worker: int) -> bytes:
+        time.sleep(1.5)
+        return seed(root, worker)
+
+    monkeypatch.setattr(worker_process, "seed_worker_process", slow_seed)
+    with TrainingDataIterator(noisy_data(rows=16), 4, seed=1, num_workers=1, timeout=0.5,
+                              start_method="fork") as batches:
+        assert len(list(batches)) == 4
+
+
+def _ready_replaced(message: object) -> object:
+    return [1, 2] if isinstance(message, dict) and "ready" in message else message
+
+
+def _batch_renumbered(message: object) -> object:
+    if isinstance(message, list) and len(message) == 7:
+        return [message[0], message[1] + 1, *message[2:]]
+    return message
+
+
+@pytest.mark.parametrize(("forge", "error"), [
+    (_ready_replaced, r"worker 0 sent \[1, 2\] instead of its ready message"),
+    (_batch_renumbered, "worker 0 answered batch 1 of epoch 0 when batch 0 of epoch 0 was due")])
+def test_a_worker_message_out_of_protocol_is_a_worker_error(
+        monkeypatch: pytest.MonkeyPatch, forge: Callable[[object], object], error: str) -> None:
+    """The main process checks what a worker sends: a start-up message that is not the ready
+    map, or an answer for another batch than the one due (whose slot holds another batch), is a
+    WorkerError naming the worker — never a traceback or a batch handed out as the wrong one.
+    Fork workers inherit the forging ``pack``; the main process's own is untouched."""
+    pack = worker_process.pack
+    monkeypatch.setattr(worker_process, "pack", lambda message: pack(forge(message)))
+    with TrainingDataIterator(noisy_data(rows=16), 4, seed=1, num_workers=1,
+                              start_method="fork") as batches:
+        with pytest.raises(WorkerError, match=error):
+            list(batches)
+
+
+def test_a_closed_pool_refuses_a_pass() -> None:
+    """A pass asked of a closed pool is one WorkerError, not an IndexError on its released
+    pipes."""
+    with TrainingDataIterator(noisy_data(rows=16), 4, seed=1, num_workers=1) as batches:
+        next(iter(batches))
+        pool = batches._pool
+    assert pool is not None
+    with pytest.raises(WorkerError, match="the worker pool is closed"):
+        next(pool.run(0, 0, 1))
