@@ -1,4 +1,5 @@
-"""How many processes verify and replay start: never more than the cores or the work.
+"""How many processes verify and replay start: never more than the cores or the work; how
+they are started (fork only when single-threaded); the memory bound on untrusted records.
 
 A mistyped ``--jobs 100000`` once forked a hundred thousand verification processes and
 exhausted the machine's memory; these tests pin the bound.
@@ -9,6 +10,10 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import os
+import subprocess
+import sys
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,7 +24,7 @@ from hypothesis import strategies as st
 
 import ledger.processes
 import replay.engine
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from ledger.store import Store
 from ledger.verify import verify
 from replay import replay_run
@@ -41,9 +46,66 @@ def test_process_count_is_bounded_by_jobs_cores_and_work(jobs: int, cores: int,
 
 
 def test_usable_cores_is_at_least_one_and_at_most_the_cpu_count() -> None:
-    import os
-
     assert 1 <= ledger.processes.usable_cores() <= (os.cpu_count() or 1)
+
+
+@pytest.mark.parametrize("affinity", [{0}, {0, 2, 5}])
+def test_usable_cores_are_those_of_the_affinity_not_the_machine(
+        monkeypatch: pytest.MonkeyPatch, affinity: set[int]) -> None:
+    """A process pinned to some cores (taskset, a container's cpuset) uses those alone."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: affinity, raising=False)
+    assert ledger.processes.usable_cores() == len(affinity)
+
+
+@pytest.mark.parametrize("count", [3, None])
+def test_usable_cores_without_affinity_are_the_cpu_count_or_one(
+        monkeypatch: pytest.MonkeyPatch, count: int | None) -> None:
+    """Where the platform has no affinity (macOS), the CPU count; one if even that is unknown."""
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: count)
+    assert ledger.processes.usable_cores() == (count or 1)
+
+
+def test_helper_pools_are_spawned_while_another_thread_runs() -> None:
+    """fork beside a running thread could copy a lock that thread holds into the child, held for
+    ever: with a second thread alive, verify's and replay's pools use spawn."""
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait)
+    thread.start()
+    try:
+        assert ledger.processes.pool_start_method() == "spawn"
+    finally:
+        release.set()
+        thread.join()
+
+
+def test_helper_pools_are_forked_from_a_single_threaded_posix_process() -> None:
+    """With no other thread, fork is safe and starts workers at once (spawn elsewhere); run in a
+    fresh interpreter, which has only its main thread."""
+    done = subprocess.run(
+        [sys.executable, "-c", "from ledger.processes import pool_start_method; "
+                               "print(pool_start_method())"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.stdout == ("fork\n" if os.name == "posix" else "spawn\n"), done.stderr
+
+
+@pytest.mark.skipif(not Path("/proc/meminfo").exists(), reason="reads Linux's /proc/meminfo")
+def test_physical_memory_is_the_machines_total_memory() -> None:
+    """The bound on what an untrusted record may allocate is the machine's memory, as the kernel
+    reports it (MemTotal, in KiB: equal to within a page)."""
+    meminfo = Path("/proc/meminfo").read_text(encoding="ascii").splitlines()
+    total = int(next(line.split()[1] for line in meminfo if line.startswith("MemTotal:"))) * 1024
+    assert abs(ledger.processes.physical_memory() - total) < os.sysconf("SC_PAGE_SIZE")
+
+
+def test_physical_memory_is_one_tebibyte_when_the_platform_will_not_say(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No sysconf answer is no refusal of every record: a generous 1 TiB bound stands in."""
+    def unknown(name: str) -> int:
+        raise ValueError(f"unrecognized configuration name {name!r}")
+
+    monkeypatch.setattr(os, "sysconf", unknown)
+    assert ledger.processes.physical_memory() == 2**40
 
 
 def test_verify_starts_no_more_processes_than_cores(tmp_path: Path,
