@@ -325,27 +325,65 @@ def test_the_shared_memory_names_are_gone_once_the_workers_have_attached() -> No
         assert len(list(iterator)) == len(batches) - 1  # the mappings still work
 
 
-def test_killing_the_whole_process_group_leaves_no_shared_memory(tmp_path: Path) -> None:
-    script = textwrap.dedent("""
-        import sys, time
+def training_process(method: str, report: str) -> tuple[subprocess.Popen, list[str]]:
+    """A Python process in a session of its own, holding a 2-worker iterator (``method``) in
+    the middle of a pass; with the words it printed of ``report`` (an expression over
+    ``batches``) once its first batch arrived. It then sleeps until killed."""
+    script = textwrap.dedent(f"""
+        import time
         from ledger import TrainingDataIterator
         from trainer_helpers import noisy_data
-        batches = TrainingDataIterator(noisy_data(), 8, seed=1, num_workers=2)
+        batches = TrainingDataIterator(noisy_data(), 8, seed=1, num_workers=2,
+                                       start_method={method!r})
         iterator = iter(batches)
         next(iterator)
-        names = [s.descriptor()["name"] for s in batches._pool._resources.shared]
-        print(" ".join(names), flush=True)
+        print(" ".join(map(str, {report})), flush=True)
         time.sleep(600)
     """)
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}:{ROOT}"}
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                              env=env, start_new_session=True)
-    names = child.stdout.readline().split()
+    assert child.stdout is not None
+    words = child.stdout.readline().split()
+    child.stdout.close()
+    return child, words
+
+
+def test_killing_the_whole_process_group_leaves_no_shared_memory() -> None:
+    child, names = training_process(
+        "fork", '[s.descriptor()["name"] for s in batches._pool._resources.shared]')
     os.killpg(child.pid, signal.SIGKILL)
     child.wait()
-    child.stdout.close()
     assert len(names) == 6
     assert not [name for name in names if Path("/dev/shm", name).exists()]
+
+
+def running(pid: int) -> bool:
+    """True while process ``pid`` exists and is no zombie (Linux /proc)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads Linux's /proc")
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_workers_exit_when_the_training_process_is_killed_alone(method: str) -> None:
+    """SIGKILL of the training process alone (the OOM killer) leaves its workers waiting for
+    tasks: each watches its parent as well as its pipe and exits — a fork worker's pipe never
+    reports the end, the worker holding the main process's end of it too. (A worker still
+    running after a minute fails the test, and the group is killed.)"""
+    child, pids = training_process(method, "batches.worker_pids")
+    assert len(pids) == 2
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    deadline = time.monotonic() + 60
+    while any(running(int(pid)) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [pid for pid in pids if running(int(pid))]
+    if left:
+        os.killpg(child.pid, signal.SIGKILL)
+    assert left == []
 
 
 def test_a_worker_killed_mid_epoch_is_named_with_its_batch() -> None:
@@ -402,6 +440,24 @@ def test_after_a_worker_failure_the_next_pass_starts_new_workers() -> None:
         position = batches.batch
         rest = list(batches)
     assert len(rest) == 20 - position
+
+
+def test_workers_started_by_the_default_method_leave_the_programs_choice_open() -> None:
+    """Starting workers with the platform's default method does not fix multiprocessing's
+    global default as a side effect: the program may still call ``set_start_method`` afterwards
+    (it raises once a default is fixed). Run in a fresh interpreter, whose default is unset."""
+    script = textwrap.dedent("""
+        import multiprocessing
+        from ledger import TrainingDataIterator
+        from trainer_helpers import noisy_data
+        with TrainingDataIterator(noisy_data(rows=16), 4, seed=1, num_workers=1) as batches:
+            assert len(list(batches)) == 4
+        multiprocessing.set_start_method("spawn")
+        print(multiprocessing.get_start_method())
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}:{ROOT}"})
+    assert done.stdout == "spawn\n", done.stderr
 
 
 def test_an_unknown_start_method_is_refused() -> None:

@@ -5,6 +5,7 @@ left running and no shared memory left behind."""
 
 from __future__ import annotations
 
+import errno
 import gc
 import multiprocessing
 import os
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from multiprocessing import shared_memory
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +176,28 @@ def test_shared_memory_that_cannot_be_reserved_is_one_error_and_leaves_no_block(
                 if name.startswith("psm_")]
 
 
+@pytest.mark.parametrize(("code", "remedy"), [
+    (errno.EROFS, "/dev/shm is read-only here: use num_workers=0"),
+    (errno.EMFILE, r"raise the limit on open files \(ulimit -n\) or use num_workers=0"),
+    (errno.ENFILE, r"raise the limit on open files \(ulimit -n\) or use num_workers=0"),
+    (errno.ENOSPC, r"make /dev/shm larger \(docker run --shm-size\) or use num_workers=0 \(a "
+                   r"smaller batch_size or prefetch needs less\)")])
+def test_shared_memory_that_cannot_be_made_is_one_error_saying_what_to_do(
+        monkeypatch: pytest.MonkeyPatch, code: int, remedy: str) -> None:
+    """Each reason /dev/shm refuses a block (read-only, out of descriptors, full) is a
+    ResourceError with the remedy for that reason, before any worker starts."""
+    def refused(*_args: Any, **_kwargs: Any) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(shared_memory, "SharedMemory", refused)
+    with TrainingDataIterator(noisy_data(), 8, seed=1, num_workers=2) as batches:
+        with pytest.raises(ResourceError, match=rf"cannot have 0\.\d MB of shared memory for "
+                                                rf"worker processes \({os.strerror(code)}\): "
+                                                rf"{remedy}$"):
+            iter(batches)
+        assert batches._pool is None
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux") or os.geteuid() != 0,
                     reason="needs root on Linux to mount a small /dev/shm in a mount namespace")
 def test_a_small_dev_shm_raises_a_resource_error_not_a_bus_error(tmp_path: Path) -> None:
@@ -280,6 +304,30 @@ def test_garbage_collecting_an_iterator_left_mid_pass_stops_its_workers(tmp_path
     processes, names = pool_resources(batches)
     del batches, iterator
     gc.collect()
+    assert_released(processes, names)
+
+
+def test_ctrl_c_reaching_the_workers_is_left_to_the_main_process() -> None:
+    """Ctrl-C in a terminal signals the whole process group, workers included: a worker ignores
+    it (the main process decides whether the run stops) and goes on making batches."""
+    with TrainingDataIterator(indexed_data(40), 4, seed=1, num_workers=2,
+                              start_method="fork") as batches:
+        iterator = iter(batches)
+        got = [next(iterator)]
+        for pid in batches.worker_pids:
+            os.kill(pid, signal.SIGINT)
+        got.extend(iterator)
+    samples = np.concatenate([y for _x, y in got])
+    assert sorted(samples.tolist()) == list(range(40))
+
+
+def test_closing_an_iterator_lets_its_idle_workers_exit_cleanly() -> None:
+    """With no batch in flight, close() tells the workers to stop and they exit on their own
+    (code 0): not terminated, nor failing on the stop message."""
+    with TrainingDataIterator(noisy_data(), 8, seed=1, num_workers=2) as batches:
+        assert len(list(batches)) == len(batches)
+        processes, names = pool_resources(batches)
+    assert [process.exitcode for process in processes] == [0, 0]
     assert_released(processes, names)
 
 
