@@ -416,8 +416,13 @@ def test_an_exception_in_a_worker_is_reported_with_worker_batch_and_error() -> N
     with TrainingDataIterator(noisy_data(rows=100), 4, seed=1, num_workers=2,
                               augmenter=augmenter) as batches:
         with pytest.raises(WorkerError, match=r"worker 0 \(pid \d+\) failed while making batch "
-                                              r"4 of epoch 0: ValueError: op failed on call 3"):
+                                              r"4 of epoch 0: ValueError: op failed on call 3"
+                           ) as caught:
             list(batches)
+    # the worker's own traceback travels with the error, down to the op that raised
+    assert caught.value.worker_traceback is not None
+    assert "in fail_in_worker" in caught.value.worker_traceback
+    assert caught.value.worker_traceback.rstrip().endswith("ValueError: op failed on call 3")
 
 
 def test_a_worker_that_stops_answering_is_named_after_the_timeout() -> None:

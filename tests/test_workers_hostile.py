@@ -292,6 +292,24 @@ def test_a_pass_left_early_continues_with_the_same_batches(method: str, workers:
     assert same_batches(got, expected)
 
 
+def test_closing_kills_a_busy_worker_whose_op_ignores_sigterm(tmp_path: Path) -> None:
+    """An op that ignores SIGTERM cannot keep a worker alive past close(): a worker held in it
+    outlives SIGTERM and is killed, and no worker or block is left behind."""
+    flag = tmp_path / "hold"
+    flag.touch()
+    augmenter = DataAugmenter(ops=[{"op": "test_ignore_sigterm", "parent": os.getpid()},
+                                   {"op": "test_hold_while_file", "path": str(flag),
+                                    "from_sample": 4}])
+    try:
+        with TrainingDataIterator(indexed_data(64), 4, seed=1, shuffle=False, num_workers=2,
+                                  start_method="fork", augmenter=augmenter) as batches:
+            next(iter(batches))
+            processes, names = pool_resources(batches)
+        assert_released(processes, names)
+    finally:
+        flag.unlink()
+
+
 def test_garbage_collecting_an_iterator_left_mid_pass_stops_its_workers(tmp_path: Path) -> None:
     """An iterator never closed, dropped while its workers are held inside an op: collecting
     it stops the workers and leaves no shared memory behind."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import time
 
 import numpy as np
@@ -55,6 +56,14 @@ def hold_while_file(batch: np.ndarray, rng: np.random.Generator, *, path: str = 
         if time.monotonic() > deadline:
             raise TimeoutError(f"held by {path} for {seconds} s")
         time.sleep(0.01)
+
+
+@register_op("test_ignore_sigterm", version=1)
+def ignore_sigterm(batch: np.ndarray, rng: np.random.Generator, *, parent: int = 0) -> None:
+    """In a process other than ``parent``, ignore SIGTERM from now on: a user op that keeps
+    its process from being terminated."""
+    if os.getpid() != parent:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 @register_op("test_return_ragged", version=1)
