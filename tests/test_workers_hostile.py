@@ -248,17 +248,31 @@ def test_out_of_descriptors_while_making_shared_memory_leaves_no_block_and_says_
 
 
 def test_a_worker_that_cannot_be_started_for_want_of_descriptors_is_a_resource_error(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, created_blocks: list[str]) -> None:
+    """Worker 1 cannot be started: a ResourceError, and worker 0 and every block are released
+    at once — not only once the half-made pool, kept alive by the error's traceback, is
+    collected."""
     from ledger.workers import WorkerPool
 
-    def no_descriptors(*_args: Any) -> None:
-        raise OSError(24, "Too many open files")
+    start = WorkerPool._start_process
 
-    monkeypatch.setattr(WorkerPool, "_start_process", no_descriptors)
+    def no_descriptors_for_worker_1(pool: WorkerPool, context: Any, worker: int,
+                                    *args: Any) -> None:
+        if worker == 1:
+            raise OSError(24, "Too many open files")
+        start(pool, context, worker, *args)
+
+    before = {p.pid for p in multiprocessing.active_children()}
+    monkeypatch.setattr(WorkerPool, "_start_process", no_descriptors_for_worker_1)
     with TrainingDataIterator(noisy_data(), 8, seed=1, num_workers=2) as batches:
-        with pytest.raises(ResourceError, match="cannot start worker 0: Too many open files "
-                                                r"\(raise the limit"):
+        with pytest.raises(ResourceError, match="cannot start worker 1: Too many open files "
+                                                r"\(raise the limit") as caught:
             iter(batches)
+        # ``caught`` holds the traceback, and the half-made pool with it
+        assert "worker 1" in str(caught.value)
+        assert {p.pid for p in multiprocessing.active_children()} <= before
+        assert created_blocks
+        assert_released([], created_blocks)
 
 
 @pytest.mark.parametrize("method", METHODS)
