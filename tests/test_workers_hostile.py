@@ -10,13 +10,16 @@ import gc
 import multiprocessing
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import Iterator
 from multiprocessing import shared_memory
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -25,6 +28,7 @@ import pytest
 from ledger import (BadInputError, DataAugmenter, ExperimentManager, ResourceError,
                     TrainingDataIterator, WorkerError, register_op)
 from conftest import ROOT
+import ledger.shm
 from ledger.experiment_info import describe_experiment
 from ledger.shm import SharedArray
 from ledger.verify import verify as verify_ledger
@@ -74,6 +78,26 @@ def created_blocks() -> Iterator[list[str]]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(SharedArray, "create", classmethod(recording))
         yield names
+
+
+def block_tag() -> str:
+    """A tag unique to one test, for the names of the blocks it makes."""
+    return f"t{uuid.uuid4().hex[:8]}_"
+
+
+def tag_block_names(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Have this process name its blocks ``psm_<tag>…`` until the patch is undone; the tag."""
+    tag = block_tag()
+    monkeypatch.setattr(ledger.shm, "secrets",
+                        SimpleNamespace(token_hex=lambda n: tag + secrets.token_hex(n)))
+    return tag
+
+
+def tagged_blocks(tag: str) -> list[str]:
+    """The blocks in /dev/shm named with ``tag``: a test's own, whatever blocks other programs
+    on the machine make and remove meanwhile (comparing listings taken before and after failed
+    whenever another process made a block in between)."""
+    return [name for name in os.listdir("/dev/shm") if name.startswith(f"psm_{tag}")]
 
 
 @pytest.fixture
@@ -164,7 +188,7 @@ def test_shared_memory_that_cannot_be_reserved_is_one_error_and_leaves_no_block(
     def full(_fd: int, _offset: int, _length: int) -> None:
         raise OSError(28, "No space left on device")
 
-    before = set(os.listdir("/dev/shm"))
+    tag = tag_block_names(monkeypatch)
     monkeypatch.setattr(os, "posix_fallocate", full)
     batches = TrainingDataIterator(noisy_data(), 8, seed=1, num_workers=2)
     with pytest.raises(ResourceError, match=r"cannot have 0\.\d MB of shared memory .*No space "
@@ -172,8 +196,7 @@ def test_shared_memory_that_cannot_be_reserved_is_one_error_and_leaves_no_block(
         iter(batches)
     monkeypatch.undo()
     batches.close()
-    assert not [name for name in set(os.listdir("/dev/shm")) - before
-                if name.startswith("psm_")]
+    assert tagged_blocks(tag) == []
 
 
 @pytest.mark.parametrize(("code", "remedy"), [
@@ -225,14 +248,18 @@ def test_out_of_descriptors_while_making_shared_memory_leaves_no_block_and_says_
     run, and a message that blamed /dev/shm's size."""
     import resource
 
-    script = textwrap.dedent("""
+    tag = block_tag()
+    script = textwrap.dedent(f"""
+        import secrets, types
         import numpy as np
+        import ledger.shm
         from ledger import TrainingDataIterator
+        ledger.shm.secrets = types.SimpleNamespace(
+            token_hex=lambda n: {tag!r} + secrets.token_hex(n))  # this run's blocks: tagged
         features = np.zeros((20_000, 16), np.float32)
         for _x, _y in TrainingDataIterator((features, None), 256, seed=1, num_workers=2):
             pass
     """)
-    before = {name for name in os.listdir("/dev/shm") if name.startswith("psm_")}
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -244,7 +271,7 @@ def test_out_of_descriptors_while_making_shared_memory_leaves_no_block_and_says_
                         r"files \(ulimit -n\) or use num_workers=0|cannot start worker [01]: Too "
                         r"many open files \(raise the limit, or use fewer workers or "
                         r"num_workers=0\))", last), last
-    assert {name for name in os.listdir("/dev/shm") if name.startswith("psm_")} <= before
+    assert tagged_blocks(tag) == []
 
 
 def test_a_worker_that_cannot_be_started_for_want_of_descriptors_is_a_resource_error(
