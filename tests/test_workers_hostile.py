@@ -199,6 +199,25 @@ def test_shared_memory_that_cannot_be_reserved_is_one_error_and_leaves_no_block(
     assert tagged_blocks(tag) == []
 
 
+@pytest.mark.parametrize("dtype", [">f8", "<f8", ">i2", "<u4", "?", "<M8[ns]"])
+def test_a_block_attached_from_its_descriptor_reads_as_the_array_it_copied(dtype: str) -> None:
+    """The descriptor a worker attaches with keeps the byte order: a little-endian block read as
+    native on a big-endian machine (or the reverse) would hand out other values. A worker
+    closing its mapping leaves the block's name to its owner (other workers may still attach)."""
+    array = np.arange(12).reshape(3, 4).astype(dtype)
+    shared = SharedArray.copy_of(array)
+    name = shared.descriptor()["name"]
+    try:
+        attached = SharedArray.attach(shared.descriptor())
+        assert attached.array is not None and attached.array.dtype == array.dtype
+        assert attached.array.shape == (3, 4) and np.array_equal(attached.array, array)
+        attached.close()
+        assert Path("/dev/shm", name).exists()
+    finally:
+        shared.close()
+    assert not Path("/dev/shm", name).exists()
+
+
 @pytest.mark.parametrize(("code", "remedy"), [
     (errno.EROFS, "/dev/shm is read-only here: use num_workers=0"),
     (errno.EMFILE, r"raise the limit on open files \(ulimit -n\) or use num_workers=0"),
