@@ -609,6 +609,7 @@ def odd_dataset(kind: str, tmp_path: Path) -> tuple[Any, int, bool]:
         "big-endian float64": ((floats.astype(">f8"), index), 4, True),
         "int16 features": (((floats * 100).astype(np.int16), index), 3, False),
         "bool features": ((floats > 0, index), 3, False),
+        "no feature columns": ((floats[:, :0].astype(np.float32), index), 4, False),
     }[kind]
 
 
@@ -634,7 +635,7 @@ def identical(a: list[tuple[np.ndarray, ...]], b: list[tuple[np.ndarray, ...]]) 
 ODD_KINDS = ["fewer samples than workers x batch", "one sample", "batch larger than the dataset",
              "fortran-ordered", "non-contiguous view", "read-only, no labels",
              "memory-mapped float64", "float64 3-d, 2-d labels", "big-endian float64",
-             "int16 features", "bool features"]
+             "int16 features", "bool features", "no feature columns"]
 
 
 @pytest.mark.parametrize("kind", ODD_KINDS)
