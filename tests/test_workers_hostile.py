@@ -203,7 +203,8 @@ def test_shared_memory_that_cannot_be_reserved_is_one_error_and_leaves_no_block(
 def test_a_block_attached_from_its_descriptor_reads_as_the_array_it_copied(dtype: str) -> None:
     """The descriptor a worker attaches with keeps the byte order: a little-endian block read as
     native on a big-endian machine (or the reverse) would hand out other values. A worker
-    closing its mapping leaves the block's name to its owner (other workers may still attach)."""
+    closing its mapping leaves the block's name to its owner (other workers may still attach);
+    the owner's close removes it, and may be called again."""
     array = np.arange(12).reshape(3, 4).astype(dtype)
     shared = SharedArray.copy_of(array)
     name = shared.descriptor()["name"]
@@ -216,6 +217,8 @@ def test_a_block_attached_from_its_descriptor_reads_as_the_array_it_copied(dtype
     finally:
         shared.close()
     assert not Path("/dev/shm", name).exists()
+    shared.close()  # safe twice: the pool's release and a finalizer may both get to it
+    assert shared.array is None
 
 
 @pytest.mark.parametrize(("code", "remedy"), [
