@@ -8,8 +8,10 @@ arrays (so a batch the caller keeps can never be overwritten) and gives the slot
 Only a few dozen bytes of msgpack cross the pipes per batch.
 
 A worker that dies or fails raises :class:`WorkerError` naming the worker and the batch; the
-main process waits on the worker's pipe and its process sentinel together, so it never hangs on
-a dead worker (``timeout`` also bounds a live worker that stops answering).
+main process waits on the worker's pipe and its process sentinel together, and asks for the
+worker's exit status after each second of silence (a process the worker forked may hold the pipe
+and the sentinel open after its death), so it never hangs on a dead worker (``timeout`` also
+bounds a live worker that stops answering).
 
 Nothing but asking for a batch waits for a worker: a pass left early (``break``, an exception in
 the training loop) leaves its batches in flight, and the next pass collects them before reusing
@@ -19,6 +21,7 @@ waiting stops the workers, and the next pass starts new ones.
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import select
@@ -45,6 +48,8 @@ START_METHODS = ("fork", "spawn", "forkserver")
 START_TIMEOUT = 300.0
 """Seconds a worker may take to start (import, attach, seed) before it is reported as hung."""
 _STOP_GRACE = 5.0
+_DEATH_CHECK = 1.0
+"""Seconds of silence from a worker between checks of its exit status (see _readable)."""
 
 
 class WorkerError(LedgerError):
@@ -272,18 +277,33 @@ class WorkerPool:
         return [process.pid for process in self._resources.processes]
 
     def _readable(self, worker: int, timeout: float | None) -> bool:
-        """Wait until worker's pipe has data (True) or the worker is dead (False)."""
-        connection = self._resources.connections[worker]
+        """Wait until worker's pipe has data (True) or the worker is dead (False).
+
+        The pipe and the sentinel both stay silent after the worker's death while a process it
+        forked holds their other ends: every ``_DEATH_CHECK`` seconds of silence, the worker's
+        exit status is asked of the kernel too."""
         process = self._resources.processes[worker]
-        if self._pollers is None:  # no select.poll here: the portable, slower wait
-            ready = wait([connection, process.sentinel], timeout)
-            if not ready:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = _DEATH_CHECK if deadline is None else deadline - time.monotonic()
+            readable = self._wait(worker, max(0.0, min(_DEATH_CHECK, left)))
+            if readable is not None:
+                return readable
+            if process.exitcode is not None:  # dead: what it sent before, else nothing
+                return bool(self._wait(worker, 0.0))
+            if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError
-            return connection in ready
-        events = self._pollers[worker].poll(None if timeout is None
-                                            else max(1, int(timeout * 1000)))
+
+    def _wait(self, worker: int, seconds: float) -> bool | None:
+        """Wait at most ``seconds`` for worker's pipe or sentinel: None when neither stirred,
+        else whether the pipe has data."""
+        connection = self._resources.connections[worker]
+        if self._pollers is None:  # no select.poll here: the portable, slower wait
+            ready = wait([connection, self._resources.processes[worker].sentinel], seconds)
+            return (connection in ready) if ready else None
+        events = self._pollers[worker].poll(math.ceil(seconds * 1000))
         if not events:
-            raise TimeoutError
+            return None
         return any(fd == connection.fileno() for fd, _mask in events)
 
     def _receive(self, worker: int, epoch: int | None, batch: int | None, doing: str) -> Any:

@@ -399,6 +399,30 @@ def test_a_worker_killed_mid_epoch_is_named_with_its_batch() -> None:
                 pass
 
 
+def test_a_dead_worker_is_named_even_while_another_process_holds_its_pipe(
+        tmp_path: Path) -> None:
+    """A worker's pipe reports nothing when the worker dies while another process holds the
+    worker's end too (here a child an op forked): the main process watches the worker's
+    process as well, and names the dead worker at once — not after ``timeout`` (or never)."""
+    pid_file = tmp_path / "holder.pid"
+    augmenter = DataAugmenter(ops=[{"op": "test_fork_pipe_holder", "parent": os.getpid(),
+                                    "pid_file": str(pid_file)}])
+    try:
+        with TrainingDataIterator(noisy_data(rows=400), 4, seed=1, num_workers=1, timeout=60,
+                                  start_method="fork", augmenter=augmenter) as batches:
+            iterator = iter(batches)
+            next(iterator)
+            victim = batches.worker_pids[0]
+            os.kill(victim, signal.SIGKILL)
+            with pytest.raises(WorkerError, match=rf"worker 0 \(pid {victim}\) died with exit "
+                                                  rf"code -9 while making batch \d+ of epoch 0"):
+                for _batch in iterator:
+                    pass
+    finally:
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text(encoding="ascii")), signal.SIGKILL)
+
+
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_a_worker_that_exits_is_named_with_its_batch(method: str) -> None:
     augmenter = DataAugmenter(ops=[{"op": "test_fail_in_worker", "parent": os.getpid(),

@@ -66,6 +66,23 @@ def ignore_sigterm(batch: np.ndarray, rng: np.random.Generator, *, parent: int =
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+@register_op("test_fork_pipe_holder", version=1)
+def fork_pipe_holder(batch: np.ndarray, rng: np.random.Generator, *, parent: int = 0,
+                     pid_file: str = "") -> None:
+    """In a process other than ``parent``, once: fork a child holding every descriptor of its
+    parent (a worker's end of its pipe too) that sleeps until killed; its pid goes to
+    ``pid_file``."""
+    if os.getpid() == parent or _calls.get("forked"):
+        return
+    _calls["forked"] = 1
+    child = os.fork()
+    if child == 0:
+        time.sleep(600)
+        os._exit(0)
+    with open(pid_file, "w", encoding="ascii") as file:
+        file.write(str(child))
+
+
 @register_op("test_return_ragged", version=1)
 def return_ragged(batch: np.ndarray, rng: np.random.Generator) -> list:
     """Return a ragged list instead of the batch: an op breaking its contract."""
