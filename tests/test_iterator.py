@@ -320,6 +320,15 @@ def test_bad_data_is_refused() -> None:
                              augmenter=DataAugmenter(noise_std=0.1))
 
 
+def test_a_tuple_of_other_than_two_arrays_is_refused() -> None:
+    """Only a (features, labels) pair is data: a third array (weights, say) would be silently
+    dropped, and a 1-tuple is not a features array."""
+    features, labels = indexed_data(10)
+    for data in [(features, labels, labels), (features,)]:
+        with pytest.raises(BadInputError, match="got data of type tuple"):
+            TrainingDataIterator(data, 2, seed=1)
+
+
 def test_a_closed_iterator_refuses_to_iterate() -> None:
     batches = TrainingDataIterator(indexed_data(10), 5, seed=1)
     batches.close()
