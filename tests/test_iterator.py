@@ -329,6 +329,15 @@ def test_a_tuple_of_other_than_two_arrays_is_refused() -> None:
             TrainingDataIterator(data, 2, seed=1)
 
 
+def test_an_augmenter_without_ops_needs_no_float_features() -> None:
+    """An augmenter with no ops changes nothing, so integer features are accepted with it (only
+    augmentation needs floats) and the batches are those of no augmenter at all."""
+    features = np.arange(24, dtype=np.int32).reshape(12, 2)
+    plain = list(TrainingDataIterator(features, 5, seed=3))
+    empty = list(TrainingDataIterator(features, 5, seed=3, augmenter=DataAugmenter()))
+    assert len(plain) == 3 and all(np.array_equal(a, b) for a, b in zip(plain, empty))
+
+
 def test_a_closed_iterator_refuses_to_iterate() -> None:
     batches = TrainingDataIterator(indexed_data(10), 5, seed=1)
     batches.close()
