@@ -270,6 +270,21 @@ def test_closing_releases_the_processes_and_the_shared_memory() -> None:
             shared_memory.SharedMemory(name=name)
 
 
+def test_completing_the_run_closes_its_iterators_and_stops_their_workers(tmp_path: Path) -> None:
+    """An iterator the training loop never closed is closed when its run completes: its worker
+    processes do not outlive the run, and it refuses another pass instead of starting new ones."""
+    with ExperimentManager(f"sqlite:///{tmp_path / 'l.db'}", data_dir=tmp_path) as manager:
+        with manager.create_experiment("left-open", seed=1) as exp:
+            data = exp.register_dataset("d", *noisy_data())
+            batches = TrainingDataIterator(data, 8, experiment=exp, num_workers=2)
+            next(iter(batches))
+            processes = list(batches._pool._resources.processes)
+    assert processes and all(not process.is_alive() for process in processes)
+    assert batches.worker_pids == []
+    with pytest.raises(ledger.BadInputError, match="closed"):
+        iter(batches)
+
+
 def test_the_shared_memory_names_are_gone_once_the_workers_have_attached() -> None:
     with TrainingDataIterator(noisy_data(), 8, seed=1, num_workers=2) as batches:
         iterator = iter(batches)
