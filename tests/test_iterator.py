@@ -77,6 +77,18 @@ def test_reset_starts_the_next_epoch_and_drops_what_was_left() -> None:
         next(first)  # the abandoned pass is over
 
 
+def test_a_new_pass_ends_the_pass_in_progress() -> None:
+    """A second ``for`` loop takes over the position of the first, which is then over: two
+    loops never hand out the same batch or interleave their batches."""
+    batches = TrainingDataIterator(indexed_data(50), 10, seed=3)
+    first = iter(batches)
+    next(first)
+    second = iter(batches)
+    with pytest.raises(StopIteration):
+        next(first)
+    assert flat(epoch_batches(second)) == epoch_order(3, 0, 50, True)[10:].tolist()
+
+
 def test_reset_before_the_first_pass_starts_epoch_zero_and_is_not_counted_twice() -> None:
     batches = TrainingDataIterator(indexed_data(30), 10, seed=3)
     batches.reset()
