@@ -89,6 +89,18 @@ def test_a_new_pass_ends_the_pass_in_progress() -> None:
     assert flat(epoch_batches(second)) == epoch_order(3, 0, 50, True)[10:].tolist()
 
 
+def test_reset_ends_the_pass_in_progress_at_once() -> None:
+    """After reset() the abandoned pass hands out nothing more, even before the next loop
+    starts: its batches would be counted in the new epoch's position."""
+    batches = TrainingDataIterator(indexed_data(50), 10, seed=3)
+    abandoned = iter(batches)
+    next(abandoned)
+    batches.reset()
+    with pytest.raises(StopIteration):
+        next(abandoned)
+    assert (batches.epoch, batches.batch, batches.epoch_finished) == (1, 0, False)
+
+
 def test_reset_before_the_first_pass_starts_epoch_zero_and_is_not_counted_twice() -> None:
     batches = TrainingDataIterator(indexed_data(30), 10, seed=3)
     batches.reset()
