@@ -26,6 +26,7 @@ from ledger.store import Store
 from ledger.verify import verify as verify_ledger
 from replay import diff_runs, replay_run
 from replay_helpers import sample_data
+from trainer_helpers import bodies
 
 EPOCHS = 3
 DRIVER = textwrap.dedent("""
@@ -392,3 +393,26 @@ def test_a_run_resumed_from_its_state_logs_new_metrics_after_those_it_recorded(
             assert train(resumed, state, None) is None
         assert resumed.status == "ok"
         assert diff_runs(manager.store, whole.id, exp.id).identical
+
+
+def test_a_run_continuing_a_state_mid_epoch_records_where_it_resumed(
+        manager: ExperimentManager) -> None:
+    """A new run continuing its parent's state mid-epoch records that epoch's reset again (it
+    is this run's first draw of it) and notes the batch it resumed at, so a reader of the run
+    alone sees that its first batches are the parent's; the next epoch's reset notes nothing."""
+    features, labels = sample_data()
+    with manager.create_experiment("parent", seed=7) as parent:
+        batches = TrainingDataIterator(parent.register_dataset("d", features, labels), 60,
+                                       experiment=parent)
+        for taken, _batch in enumerate(batches):
+            if taken == 2:
+                break
+        state = batches.state_dict()
+    with manager.create_experiment("child", seed=7, parent=parent.id) as child:
+        again = TrainingDataIterator(child.register_dataset("d", features, labels), 60,
+                                     experiment=child)
+        again.load_state_dict(state)
+        assert [len(list(again)) for _epoch in range(2)] == [7, 10]
+    resets = [(body["params"]["epoch"], body["meta"]) for body in bodies(manager.store, child.id)
+              if body["kind"] == "epoch_reset"]
+    assert resets == [(0, {"resumed_at_batch": 3}), (1, {})]
