@@ -121,6 +121,22 @@ def test_the_state_digest_of_a_seeded_process_is_the_expected_one() -> None:
     assert expected_state_digest(99, 3) != expected_state_digest(100, 3)
 
 
+def test_workers_whose_rng_states_are_not_the_derived_ones_are_refused_and_stopped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each worker's reported RNG state digest is checked against the one its derived seed
+    gives: a mismatch (a worker seeded some other way) is a WorkerError before any batch is
+    handed out, and the workers already started are stopped at once, not left running for as
+    long as the caller keeps the error."""
+    monkeypatch.setattr("ledger.iterator.expected_state_digest", lambda _root, _k: bytes(32))
+    before = set(multiprocessing.active_children())
+    batches = TrainingDataIterator(noisy_data(), 8, seed=1, num_workers=2)
+    with pytest.raises(WorkerError, match="worker 0 reports RNG states") as refused:
+        iter(batches)
+    # stopped at once, not when the error (its traceback holds the pool) is collected
+    assert refused.traceback and set(multiprocessing.active_children()) <= before
+    assert batches.worker_pids == [] and batches.batch == 0
+
+
 def test_worker_spawned_is_recorded_by_the_main_process_in_worker_order(tmp_path: Path) -> None:
     with ExperimentManager(f"sqlite:///{tmp_path / 'l.db'}") as manager:
         with manager.create_experiment("w", seed=5) as exp:
