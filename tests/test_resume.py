@@ -416,3 +416,17 @@ def test_a_run_continuing_a_state_mid_epoch_records_where_it_resumed(
     resets = [(body["params"]["epoch"], body["meta"]) for body in bodies(manager.store, child.id)
               if body["kind"] == "epoch_reset"]
     assert resets == [(0, {"resumed_at_batch": 3}), (1, {})]
+
+
+def test_the_state_of_a_completed_run_holds_no_recorded_until(manager: ExperimentManager) -> None:
+    """After the run completed, state_dict() of its iterator still works, with the position and
+    settings only: ``recorded_until`` marks what a resumed run will not log again, and a
+    completed run is never resumed (its state continues in a new run, parent=)."""
+    with manager.create_experiment("done", seed=7) as exp:
+        batches = TrainingDataIterator(exp.register_dataset("d", *sample_data()), 60,
+                                       experiment=exp)
+        list(batches)
+        assert type(batches.state_dict()["recorded_until"]) is int
+    state = batches.state_dict()
+    assert "recorded_until" not in state
+    assert (state["epoch"], state["batch"], state["started"]) == (0, 10, True)
