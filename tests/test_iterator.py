@@ -215,6 +215,18 @@ def test_a_state_saved_at_an_epochs_end_resumes_into_the_next_epoch() -> None:
     assert flat(epoch_batches(second)) == epoch_order(2, 1, 21, True).tolist()
 
 
+def test_a_state_saved_before_any_pass_resumes_before_the_first_epoch() -> None:
+    """A state saved before the first pass says so (started False): the restored iterator's
+    reset() then starts epoch 0, as the saving iterator's would, not epoch 1."""
+    data = indexed_data(30)
+    state = TrainingDataIterator(data, 10, seed=3).state_dict()
+    assert (state["epoch"], state["batch"], state["started"]) == (0, 0, False)
+    restored = TrainingDataIterator(data, 10, seed=3)
+    restored.load_state_dict(state)
+    restored.reset()
+    assert flat(epoch_batches(restored)) == epoch_order(3, 0, 30, True).tolist()
+
+
 def test_a_resumed_iterator_does_not_restart_from_sample_zero() -> None:
     data = indexed_data(40)
     first = TrainingDataIterator(data, 10, seed=8, shuffle=False)
