@@ -251,6 +251,18 @@ def test_a_state_is_refused_by_an_iterator_with_other_settings() -> None:
             other.load_state_dict(state)
 
 
+def test_a_state_is_refused_by_an_iterator_whose_augmenter_has_another_seed() -> None:
+    """Without an experiment an augmenter's own seed drives the augmentation: a state saved
+    under seed 5 would give other batches under seed 6, with the same ops and root seed."""
+    data = indexed_data(40)
+    saved = TrainingDataIterator(data, 10, seed=8, augmenter=DataAugmenter(noise_std=0.1,
+                                                                           seed=5))
+    other = TrainingDataIterator(data, 10, seed=8, augmenter=DataAugmenter(noise_std=0.1,
+                                                                           seed=6))
+    with pytest.raises(BadInputError, match="got a state saved with augment_seed="):
+        other.load_state_dict(saved.state_dict())
+
+
 def test_float_settings_are_compared_by_their_bits() -> None:
     """A NaN mask fill (masked values marked missing) is its own setting — ``==`` would refuse
     the state the iterator itself saved — and a -0.0 fill is not 0.0: they fill other bits."""
