@@ -283,11 +283,22 @@ def test_float_settings_are_compared_by_their_bits() -> None:
 
 
 @pytest.mark.parametrize("change", [{"epoch": -1}, {"batch": 99}, {"batch": 1, "started": False},
-                                    {"format": "pickle"}])
+                                    {"format": "pickle"}, {"epoch": 1.0}, {"epoch": 2**64},
+                                    {"batch": 1.0, "started": True}, {"batch": 5, "started": True},
+                                    {"started": 1}])
 def test_a_malformed_state_is_refused(change: dict) -> None:
+    """Positions out of range, of look-alike types (1.0 for 1, 1 for True) or inconsistent
+    (batches handed out of an epoch not started) are refused, naming the position."""
     batches = TrainingDataIterator(indexed_data(40), 10, seed=8)
-    with pytest.raises(BadInputError):
+    with pytest.raises(BadInputError, match="got position|format"):
         batches.load_state_dict({**batches.state_dict(), **change})
+
+
+def test_the_last_epoch_is_a_position_a_state_may_hold() -> None:
+    """Epochs are 64-bit path labels: a state at epoch 2**64 - 1 is loaded (2**64 is not)."""
+    batches = TrainingDataIterator(indexed_data(40), 10, seed=8)
+    batches.load_state_dict({**batches.state_dict(), "epoch": 2**64 - 1, "started": True})
+    assert (batches.epoch, batches.batch, batches.next_epoch) == (2**64 - 1, 0, 2**64 - 1)
 
 
 def test_resumption_works_in_a_fresh_process(tmp_path: Path) -> None:
