@@ -245,6 +245,7 @@ def test_a_state_is_refused_by_an_iterator_with_other_settings() -> None:
                        (TrainingDataIterator(data, 10, seed=9), "root_seed"),
                        (TrainingDataIterator(indexed_data(41), 10, seed=8), "dataset_digest"),
                        (TrainingDataIterator(data, 10, seed=8, shuffle=False), "shuffle"),
+                       (TrainingDataIterator(data, 10, seed=8, drop_last=True), "drop_last"),
                        (TrainingDataIterator(data, 10, seed=8,
                                              augmenter=DataAugmenter(noise_std=0.1)), "augmenter")]:
         with pytest.raises(BadInputError, match=f"got a state saved with {key}="):
