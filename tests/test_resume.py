@@ -430,3 +430,33 @@ def test_the_state_of_a_completed_run_holds_no_recorded_until(manager: Experimen
     state = batches.state_dict()
     assert "recorded_until" not in state
     assert (state["epoch"], state["batch"], state["started"]) == (0, 10, True)
+
+
+@pytest.mark.parametrize("ahead, missing", [({"batch": 6}, "batch 5 of epoch 0"),
+                                            ({"epoch": 1, "batch": 0}, "epoch 1's shuffle")],
+                         ids=["one-batch-ahead", "epoch-not-started"])
+def test_a_state_one_draw_ahead_of_the_resumed_run_is_refused(
+        manager: ExperimentManager, ahead: dict, missing: str) -> None:
+    """A state (another program's, say) claiming one batch more than the run recorded, or an
+    epoch it never started, is refused at its first missing draw — not only states that are far
+    ahead; the state the run saved itself then loads and continues the epoch."""
+    features, labels = sample_data()
+
+    def iterator(exp: Experiment) -> TrainingDataIterator:
+        return TrainingDataIterator(exp.register_dataset("d", features, labels), 60,
+                                    experiment=exp, augmenter=DataAugmenter(noise_std=0.1))
+
+    exp = manager.create_experiment("ahead", seed=3)
+    batches = iterator(exp)
+    for taken, _batch in enumerate(batches):
+        if taken == 4:
+            break
+    state = batches.state_dict()
+    exp.suspend()
+    with manager.resume_experiment(exp.id) as resumed:
+        again = iterator(resumed)
+        with pytest.raises(StateAheadError, match=f"has no record of {missing}: the state is "):
+            again.load_state_dict({**state, **ahead})
+        again.load_state_dict(state)
+        assert len(list(again)) == 5
+    assert resumed.status == "ok"
