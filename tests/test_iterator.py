@@ -215,6 +215,18 @@ def test_a_state_saved_at_an_epochs_end_resumes_into_the_next_epoch() -> None:
     assert flat(epoch_batches(second)) == epoch_order(2, 1, 21, True).tolist()
 
 
+def test_an_iterator_restored_to_an_earlier_epoch_gives_that_epochs_batches() -> None:
+    """Loading an earlier state into the iterator that saved it (a retry from a checkpoint)
+    gives the earlier epoch's batches again, not those of the epoch it had reached."""
+    batches = TrainingDataIterator(indexed_data(30), 10, seed=4)
+    next(iter(batches))
+    state = batches.state_dict()
+    run_epochs(batches, 2)  # the rest of epoch 0, then epoch 1
+    assert batches.epoch == 1
+    batches.load_state_dict(state)
+    assert flat(epoch_batches(batches)) == epoch_order(4, 0, 30, True)[10:].tolist()
+
+
 def test_a_state_saved_before_any_pass_resumes_before_the_first_epoch() -> None:
     """A state saved before the first pass says so (started False): the restored iterator's
     reset() then starts epoch 0, as the saving iterator's would, not epoch 1."""
