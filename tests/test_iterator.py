@@ -293,6 +293,27 @@ def test_float_settings_are_compared_by_their_bits() -> None:
         iterator(0.0).load_state_dict(iterator(-0.0).state_dict())
 
 
+@pytest.mark.parametrize("forge", ["extra op key", "missing op key", "op dropped", "op added"])
+def test_a_state_whose_augmenter_spec_differs_in_shape_is_refused(forge: str) -> None:
+    """The augmenter spec is compared whole: an op with a parameter more or less, or a list
+    with an op more or less, is another augmentation (and a missing key is refused, not a
+    KeyError)."""
+    batches = TrainingDataIterator(indexed_data(40), 10, seed=8,
+                                   augmenter=DataAugmenter(noise_std=0.1, mask_prob=0.2))
+    state = msgpack.unpackb(canonical(batches.state_dict()))
+    ops = state["augmenter"]
+    if forge == "extra op key":
+        ops[0]["mean"] = 0.0
+    elif forge == "missing op key":
+        del ops[1]["fill"]
+    elif forge == "op dropped":
+        ops.pop()
+    else:
+        ops.append(dict(ops[0]))
+    with pytest.raises(BadInputError, match="got a state saved with augmenter="):
+        batches.load_state_dict(state)
+
+
 @pytest.mark.parametrize("change", [{"epoch": -1}, {"batch": 99}, {"batch": 1, "started": False},
                                     {"format": "pickle"}, {"epoch": 1.0}, {"epoch": 2**64},
                                     {"batch": 1.0, "started": True}, {"batch": 5, "started": True},
