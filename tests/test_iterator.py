@@ -78,12 +78,12 @@ def test_reset_starts_the_next_epoch_and_drops_what_was_left() -> None:
 
 
 @pytest.mark.parametrize("supersede, position", [("a new pass", (0, 1)), ("reset", (1, 0)),
-                                                   ("load_state_dict", (0, 0))])
+                                                   ("load_state_dict", (0, 0)), ("close", (0, 1))])
 def test_a_pass_in_progress_is_over_once_superseded(supersede: str,
                                                     position: tuple[int, int]) -> None:
-    """A new ``for`` loop, reset() or load_state_dict() ends the pass in progress at once: it
-    hands out nothing more, so two loops never share or interleave batches, and no batch of an
-    abandoned pass counts in the new position."""
+    """A new ``for`` loop, reset(), load_state_dict() or close() ends the pass in progress at
+    once: it hands out nothing more, so two loops never share or interleave batches, and no
+    batch of an abandoned pass counts in the new position."""
     batches = TrainingDataIterator(indexed_data(50), 10, seed=3)
     state = batches.state_dict()
     first = iter(batches)
@@ -92,6 +92,8 @@ def test_a_pass_in_progress_is_over_once_superseded(supersede: str,
         iter(batches)
     elif supersede == "reset":
         batches.reset()
+    elif supersede == "close":
+        batches.close()
     else:
         batches.load_state_dict(state)
     with pytest.raises(StopIteration):

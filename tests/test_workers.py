@@ -83,6 +83,18 @@ def test_the_largest_batch_size_and_prefetch_pass_through_workers_and_the_ledger
         assert batch["params"]["batch_size"] == largest
 
 
+def test_an_augmenter_with_its_own_seed_gives_the_same_batches_in_workers() -> None:
+    """Without an experiment the order follows ``seed`` and the augmentation the augmenter's
+    own seed: in worker processes as in the main one (the workers' RNG states are those of
+    ``seed``, which they are checked against)."""
+    def epoch(workers: int) -> list:
+        with TrainingDataIterator(noisy_data(rows=40), 8, seed=9, num_workers=workers,
+                                  augmenter=DataAugmenter(noise_std=0.3, seed=5)) as batches:
+            return run_epochs(batches, 1)
+
+    assert same_batches(epoch(2), epoch(0))
+
+
 def test_drop_last_and_unshuffled_epochs_match_in_workers() -> None:
     main = batches_with(0, drop_last=True, shuffle=False)
     assert same_batches(batches_with(2, drop_last=True, shuffle=False), main)
