@@ -112,3 +112,20 @@ def test_recorded_draws_carry_the_settings_given_and_replay_from_them(tmp_path: 
                     for body in recorded if body["kind"] == AUGMENTATION_BATCH]
         assert settings == [(False, True, 7)] * 8
         assert replay_run(manager.store, exp.id, data_dir=tmp_path).certified
+
+
+@pytest.mark.parametrize("augmenter", [None, DataAugmenter()], ids=["none", "no-ops"])
+def test_batches_that_are_not_augmented_record_no_batch_events(
+        tmp_path: Path, augmenter: DataAugmenter | None) -> None:
+    """Gathering a batch draws nothing: without augmentation (no augmenter, or one without ops)
+    only each epoch's order is recorded, no augmentation_batch, and the run certifies."""
+    features = np.arange(120, dtype=np.float32).reshape(30, 4)
+    with ExperimentManager(f"sqlite:///{tmp_path / 'ledger.db'}", data_dir=tmp_path) as manager:
+        with manager.create_experiment("plain", seed=3) as exp:
+            data = exp.register_dataset("small", features)
+            with TrainingDataIterator(data, 7, experiment=exp, augmenter=augmenter) as batches:
+                for _epoch in range(2):
+                    assert len(list(batches)) == 5
+        kinds = [body["kind"] for body in bodies(manager.store, exp.id)]
+        assert AUGMENTATION_BATCH not in kinds and kinds.count(EPOCH_RESET) == 2
+        assert replay_run(manager.store, exp.id, data_dir=tmp_path).certified
