@@ -430,6 +430,7 @@ def test_the_state_of_a_completed_run_holds_no_recorded_until(manager: Experimen
     state = batches.state_dict()
     assert "recorded_until" not in state
     assert (state["epoch"], state["batch"], state["started"]) == (0, 10, True)
+    assert state["dataset"] == "d"  # for a reader: a load compares the dataset by its digest
 
 
 @pytest.mark.parametrize("ahead, missing", [({"batch": 6}, "batch 5 of epoch 0"),
