@@ -170,6 +170,18 @@ def test_worker_spawned_is_recorded_by_the_main_process_in_worker_order(tmp_path
     assert len({event["output"] for event in spawned}) == 3
 
 
+def test_worker_spawned_names_the_start_method_used_when_none_was_given(tmp_path: Path) -> None:
+    """A reader of the run sees how its workers were started: with no ``start_method`` the
+    method the platform's default resolved to is recorded, not None."""
+    with ExperimentManager(f"sqlite:///{tmp_path / 'l.db'}") as manager:
+        with manager.create_experiment("w", seed=5) as exp:
+            data = exp.register_dataset("d", *noisy_data(rows=32))
+            with TrainingDataIterator(data, 8, experiment=exp, num_workers=1) as batches:
+                assert len(list(batches)) == 4
+        [spawned] = [b for b in bodies(manager.store, exp.id) if b["kind"] == WORKER_SPAWNED]
+    assert spawned["params"]["start_method"] in multiprocessing.get_all_start_methods()
+
+
 def test_fork_workers_of_a_recording_run_are_forked_with_the_writer_thread_stopped(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A recording run has a writer thread; a fork beside it could copy a lock it holds into
