@@ -19,6 +19,7 @@ import pytest
 from ledger import DataAugmenter, ExperimentManager, TrainingDataIterator
 from ledger.augment import register_op
 from ledger.errors import BadInputError, LedgerError, StoreError
+from ledger.iterator import MAX_TIMEOUT, MAX_WORKERS
 from ledger.store import Store
 
 FEATURES = np.arange(40, dtype=np.float32).reshape(20, 2)
@@ -264,6 +265,15 @@ def test_verify_takes_a_url_or_a_store(manager: ExperimentManager, tmp_path: Pat
 def test_worker_counts_are_bounded() -> None:
     with pytest.raises(BadInputError, match="at most 256"):
         TrainingDataIterator((FEATURES, LABELS), 4, seed=1, num_workers=100_000)
+
+
+def test_the_largest_worker_count_and_timeout_are_accepted() -> None:
+    """The bounds are inclusive: MAX_WORKERS workers and a MAX_TIMEOUT wait are allowed (the
+    error messages say "at most"); the workers start only at the first pass, so none run here."""
+    with TrainingDataIterator((FEATURES, LABELS), 4, seed=1, num_workers=MAX_WORKERS,
+                              timeout=MAX_TIMEOUT) as batches:
+        assert (batches.num_workers, batches.timeout) == (MAX_WORKERS, MAX_TIMEOUT)
+        assert batches.worker_pids == []
 
 
 def test_every_refusal_here_is_a_ledger_error() -> None:

@@ -12,13 +12,16 @@ from hypothesis import strategies as st
 
 from ledger.augment import DataAugmenter
 from ledger.canonical import canonical, normalise
-from ledger.events import AUGMENTATION_BATCH, decode_body
+from ledger.digests import array_digest
+from ledger.events import AUGMENTATION_BATCH, EPOCH_RESET, decode_body
 from ledger.experiment import ExperimentManager
 from ledger.iterator import TrainingDataIterator
 from ledger.store import Store, StreamWriter
 from ledger.verify import verify
 from event_strategies import digests32, labels, maps
 from ledger_builders import rows
+from replay import replay_run
+from trainer_helpers import bodies
 
 
 def fixed_clock() -> int:
@@ -82,3 +85,47 @@ def test_recorded_augmentation_batches_are_canonical_and_carry_every_param(tmp_p
         "indices_digest": first["params"]["indices_digest"], "rows": 16, "shuffle": True}
     assert batches_recorded[-1]["params"]["rows"] == 100 - 6 * 16
     assert batches_recorded[-1]["path"] == ["epoch", 1, "batch", 6, "augment"]
+
+
+def test_recorded_draws_carry_the_settings_given_and_replay_from_them(tmp_path: Path) -> None:
+    """epoch_reset and augmentation_batch params are what replay recomputes the order and the
+    batches from (length, shuffle, batch_size) and what an auditor reads the run's batching
+    from: each setting as given (here not the defaults), the order's digest as the reset's
+    output, and the run certifies."""
+    features = np.arange(120, dtype=np.float32).reshape(30, 4)
+    with ExperimentManager(f"sqlite:///{tmp_path / 'ledger.db'}", data_dir=tmp_path) as manager:
+        with manager.create_experiment("resets", seed=3) as exp:
+            data = exp.register_dataset("small", features)
+            with TrainingDataIterator(data, 7, experiment=exp, shuffle=False, drop_last=True,
+                                      augmenter=DataAugmenter(noise_std=0.1)) as batches:
+                for _epoch in range(2):
+                    assert len(list(batches)) == 4
+        recorded = bodies(manager.store, exp.id)
+        resets = [body for body in recorded if body["kind"] == EPOCH_RESET]
+        assert [(reset["path"], reset["params"], reset["output"], reset["meta"])
+                for reset in resets] == [
+            (["epoch", epoch, "shuffle"],
+             {"batch_size": 7, "batches": 4, "dataset": "small", "dataset_digest": data.digest,
+              "drop_last": True, "epoch": epoch, "length": 30, "shuffle": False},
+             array_digest(np.arange(30, dtype=np.int64)), {}) for epoch in range(2)]
+        settings = [(body["params"]["shuffle"], body["params"]["drop_last"], body["params"]["rows"])
+                    for body in recorded if body["kind"] == AUGMENTATION_BATCH]
+        assert settings == [(False, True, 7)] * 8
+        assert replay_run(manager.store, exp.id, data_dir=tmp_path).certified
+
+
+@pytest.mark.parametrize("augmenter", [None, DataAugmenter()], ids=["none", "no-ops"])
+def test_batches_that_are_not_augmented_record_no_batch_events(
+        tmp_path: Path, augmenter: DataAugmenter | None) -> None:
+    """Gathering a batch draws nothing: without augmentation (no augmenter, or one without ops)
+    only each epoch's order is recorded, no augmentation_batch, and the run certifies."""
+    features = np.arange(120, dtype=np.float32).reshape(30, 4)
+    with ExperimentManager(f"sqlite:///{tmp_path / 'ledger.db'}", data_dir=tmp_path) as manager:
+        with manager.create_experiment("plain", seed=3) as exp:
+            data = exp.register_dataset("small", features)
+            with TrainingDataIterator(data, 7, experiment=exp, augmenter=augmenter) as batches:
+                for _epoch in range(2):
+                    assert len(list(batches)) == 5
+        kinds = [body["kind"] for body in bodies(manager.store, exp.id)]
+        assert AUGMENTATION_BATCH not in kinds and kinds.count(EPOCH_RESET) == 2
+        assert replay_run(manager.store, exp.id, data_dir=tmp_path).certified

@@ -77,6 +77,30 @@ def test_reset_starts_the_next_epoch_and_drops_what_was_left() -> None:
         next(first)  # the abandoned pass is over
 
 
+@pytest.mark.parametrize("supersede, position", [("a new pass", (0, 1)), ("reset", (1, 0)),
+                                                   ("load_state_dict", (0, 0)), ("close", (0, 1))])
+def test_a_pass_in_progress_is_over_once_superseded(supersede: str,
+                                                    position: tuple[int, int]) -> None:
+    """A new ``for`` loop, reset(), load_state_dict() or close() ends the pass in progress at
+    once: it hands out nothing more, so two loops never share or interleave batches, and no
+    batch of an abandoned pass counts in the new position."""
+    batches = TrainingDataIterator(indexed_data(50), 10, seed=3)
+    state = batches.state_dict()
+    first = iter(batches)
+    next(first)
+    if supersede == "a new pass":
+        iter(batches)
+    elif supersede == "reset":
+        batches.reset()
+    elif supersede == "close":
+        batches.close()
+    else:
+        batches.load_state_dict(state)
+    with pytest.raises(StopIteration):
+        next(first)
+    assert (batches.epoch, batches.batch) == position
+
+
 def test_reset_before_the_first_pass_starts_epoch_zero_and_is_not_counted_twice() -> None:
     batches = TrainingDataIterator(indexed_data(30), 10, seed=3)
     batches.reset()
@@ -191,6 +215,30 @@ def test_a_state_saved_at_an_epochs_end_resumes_into_the_next_epoch() -> None:
     assert flat(epoch_batches(second)) == epoch_order(2, 1, 21, True).tolist()
 
 
+def test_an_iterator_restored_to_an_earlier_epoch_gives_that_epochs_batches() -> None:
+    """Loading an earlier state into the iterator that saved it (a retry from a checkpoint)
+    gives the earlier epoch's batches again, not those of the epoch it had reached."""
+    batches = TrainingDataIterator(indexed_data(30), 10, seed=4)
+    next(iter(batches))
+    state = batches.state_dict()
+    run_epochs(batches, 2)  # the rest of epoch 0, then epoch 1
+    assert batches.epoch == 1
+    batches.load_state_dict(state)
+    assert flat(epoch_batches(batches)) == epoch_order(4, 0, 30, True)[10:].tolist()
+
+
+def test_a_state_saved_before_any_pass_resumes_before_the_first_epoch() -> None:
+    """A state saved before the first pass says so (started False): the restored iterator's
+    reset() then starts epoch 0, as the saving iterator's would, not epoch 1."""
+    data = indexed_data(30)
+    state = TrainingDataIterator(data, 10, seed=3).state_dict()
+    assert (state["epoch"], state["batch"], state["started"]) == (0, 0, False)
+    restored = TrainingDataIterator(data, 10, seed=3)
+    restored.load_state_dict(state)
+    restored.reset()
+    assert flat(epoch_batches(restored)) == epoch_order(3, 0, 30, True).tolist()
+
+
 def test_a_resumed_iterator_does_not_restart_from_sample_zero() -> None:
     data = indexed_data(40)
     first = TrainingDataIterator(data, 10, seed=8, shuffle=False)
@@ -209,10 +257,25 @@ def test_a_state_is_refused_by_an_iterator_with_other_settings() -> None:
                        (TrainingDataIterator(data, 10, seed=9), "root_seed"),
                        (TrainingDataIterator(indexed_data(41), 10, seed=8), "dataset_digest"),
                        (TrainingDataIterator(data, 10, seed=8, shuffle=False), "shuffle"),
+                       (TrainingDataIterator(data, 10, seed=8, drop_last=True), "drop_last"),
                        (TrainingDataIterator(data, 10, seed=8,
                                              augmenter=DataAugmenter(noise_std=0.1)), "augmenter")]:
         with pytest.raises(BadInputError, match=f"got a state saved with {key}="):
             other.load_state_dict(state)
+
+
+def test_a_state_is_refused_by_an_iterator_whose_augmenter_has_another_seed() -> None:
+    """Without an experiment an augmenter's own seed drives the augmentation: a state saved
+    under seed 5 would give other batches under seed 6, with the same ops and root seed. The
+    message shows each seed by its first 8 bytes, keeping the error one short line."""
+    data = indexed_data(40)
+    saved = TrainingDataIterator(data, 10, seed=8, augmenter=DataAugmenter(noise_std=0.1,
+                                                                           seed=5))
+    other = TrainingDataIterator(data, 10, seed=8, augmenter=DataAugmenter(noise_std=0.1,
+                                                                           seed=6))
+    with pytest.raises(BadInputError, match="got a state saved with augment_seed=[0-9a-f]{16}…, "
+                                            "but this iterator has augment_seed=[0-9a-f]{16}…$"):
+        other.load_state_dict(saved.state_dict())
 
 
 def test_float_settings_are_compared_by_their_bits() -> None:
@@ -234,12 +297,44 @@ def test_float_settings_are_compared_by_their_bits() -> None:
         iterator(0.0).load_state_dict(iterator(-0.0).state_dict())
 
 
+@pytest.mark.parametrize("forge", ["extra op key", "missing op key", "op dropped", "op added"])
+def test_a_state_whose_augmenter_spec_differs_in_shape_is_refused(forge: str) -> None:
+    """The augmenter spec is compared whole: an op with a parameter more or less, or a list
+    with an op more or less, is another augmentation (and a missing key is refused, not a
+    KeyError)."""
+    batches = TrainingDataIterator(indexed_data(40), 10, seed=8,
+                                   augmenter=DataAugmenter(noise_std=0.1, mask_prob=0.2))
+    state = msgpack.unpackb(canonical(batches.state_dict()))
+    ops = state["augmenter"]
+    if forge == "extra op key":
+        ops[0]["mean"] = 0.0
+    elif forge == "missing op key":
+        del ops[1]["fill"]
+    elif forge == "op dropped":
+        ops.pop()
+    else:
+        ops.append(dict(ops[0]))
+    with pytest.raises(BadInputError, match="got a state saved with augmenter="):
+        batches.load_state_dict(state)
+
+
 @pytest.mark.parametrize("change", [{"epoch": -1}, {"batch": 99}, {"batch": 1, "started": False},
-                                    {"format": "pickle"}])
+                                    {"format": "pickle"}, {"epoch": 1.0}, {"epoch": 2**64},
+                                    {"batch": 1.0, "started": True}, {"batch": 5, "started": True},
+                                    {"started": 1}])
 def test_a_malformed_state_is_refused(change: dict) -> None:
+    """Positions out of range, of look-alike types (1.0 for 1, 1 for True) or inconsistent
+    (batches handed out of an epoch not started) are refused, naming the position."""
     batches = TrainingDataIterator(indexed_data(40), 10, seed=8)
-    with pytest.raises(BadInputError):
+    with pytest.raises(BadInputError, match="got position|format"):
         batches.load_state_dict({**batches.state_dict(), **change})
+
+
+def test_the_last_epoch_is_a_position_a_state_may_hold() -> None:
+    """Epochs are 64-bit path labels: a state at epoch 2**64 - 1 is loaded (2**64 is not)."""
+    batches = TrainingDataIterator(indexed_data(40), 10, seed=8)
+    batches.load_state_dict({**batches.state_dict(), "epoch": 2**64 - 1, "started": True})
+    assert (batches.epoch, batches.batch, batches.next_epoch) == (2**64 - 1, 0, 2**64 - 1)
 
 
 def test_resumption_works_in_a_fresh_process(tmp_path: Path) -> None:
@@ -318,6 +413,24 @@ def test_bad_data_is_refused() -> None:
     with pytest.raises(BadInputError, match="augmentation needs float32 or float64"):
         TrainingDataIterator(np.zeros((4, 2), dtype=np.int32), 1, seed=1,
                              augmenter=DataAugmenter(noise_std=0.1))
+
+
+def test_a_tuple_of_other_than_two_arrays_is_refused() -> None:
+    """Only a (features, labels) pair is data: a third array (weights, say) would be silently
+    dropped, and a 1-tuple is not a features array."""
+    features, labels = indexed_data(10)
+    for data in [(features, labels, labels), (features,)]:
+        with pytest.raises(BadInputError, match="got data of type tuple"):
+            TrainingDataIterator(data, 2, seed=1)
+
+
+def test_an_augmenter_without_ops_needs_no_float_features() -> None:
+    """An augmenter with no ops changes nothing, so integer features are accepted with it (only
+    augmentation needs floats) and the batches are those of no augmenter at all."""
+    features = np.arange(24, dtype=np.int32).reshape(12, 2)
+    plain = list(TrainingDataIterator(features, 5, seed=3))
+    empty = list(TrainingDataIterator(features, 5, seed=3, augmenter=DataAugmenter()))
+    assert len(plain) == 3 and all(np.array_equal(a, b) for a, b in zip(plain, empty))
 
 
 def test_a_closed_iterator_refuses_to_iterate() -> None:

@@ -26,6 +26,7 @@ from ledger.store import Store
 from ledger.verify import verify as verify_ledger
 from replay import diff_runs, replay_run
 from replay_helpers import sample_data
+from trainer_helpers import bodies
 
 EPOCHS = 3
 DRIVER = textwrap.dedent("""
@@ -392,3 +393,71 @@ def test_a_run_resumed_from_its_state_logs_new_metrics_after_those_it_recorded(
             assert train(resumed, state, None) is None
         assert resumed.status == "ok"
         assert diff_runs(manager.store, whole.id, exp.id).identical
+
+
+def test_a_run_continuing_a_state_mid_epoch_records_where_it_resumed(
+        manager: ExperimentManager) -> None:
+    """A new run continuing its parent's state mid-epoch records that epoch's reset again (it
+    is this run's first draw of it) and notes the batch it resumed at, so a reader of the run
+    alone sees that its first batches are the parent's; the next epoch's reset notes nothing."""
+    features, labels = sample_data()
+    with manager.create_experiment("parent", seed=7) as parent:
+        batches = TrainingDataIterator(parent.register_dataset("d", features, labels), 60,
+                                       experiment=parent)
+        for taken, _batch in enumerate(batches):
+            if taken == 2:
+                break
+        state = batches.state_dict()
+    with manager.create_experiment("child", seed=7, parent=parent.id) as child:
+        again = TrainingDataIterator(child.register_dataset("d", features, labels), 60,
+                                     experiment=child)
+        again.load_state_dict(state)
+        assert [len(list(again)) for _epoch in range(2)] == [7, 10]
+    resets = [(body["params"]["epoch"], body["meta"]) for body in bodies(manager.store, child.id)
+              if body["kind"] == "epoch_reset"]
+    assert resets == [(0, {"resumed_at_batch": 3}), (1, {})]
+
+
+def test_the_state_of_a_completed_run_holds_no_recorded_until(manager: ExperimentManager) -> None:
+    """After the run completed, state_dict() of its iterator still works, with the position and
+    settings only: ``recorded_until`` marks what a resumed run will not log again, and a
+    completed run is never resumed (its state continues in a new run, parent=)."""
+    with manager.create_experiment("done", seed=7) as exp:
+        batches = TrainingDataIterator(exp.register_dataset("d", *sample_data()), 60,
+                                       experiment=exp)
+        list(batches)
+        assert type(batches.state_dict()["recorded_until"]) is int
+    state = batches.state_dict()
+    assert "recorded_until" not in state
+    assert (state["epoch"], state["batch"], state["started"]) == (0, 10, True)
+    assert state["dataset"] == "d"  # for a reader: a load compares the dataset by its digest
+
+
+@pytest.mark.parametrize("ahead, missing", [({"batch": 6}, "batch 5 of epoch 0"),
+                                            ({"epoch": 1, "batch": 0}, "epoch 1's shuffle")],
+                         ids=["one-batch-ahead", "epoch-not-started"])
+def test_a_state_one_draw_ahead_of_the_resumed_run_is_refused(
+        manager: ExperimentManager, ahead: dict, missing: str) -> None:
+    """A state (another program's, say) claiming one batch more than the run recorded, or an
+    epoch it never started, is refused at its first missing draw — not only states that are far
+    ahead; the state the run saved itself then loads and continues the epoch."""
+    features, labels = sample_data()
+
+    def iterator(exp: Experiment) -> TrainingDataIterator:
+        return TrainingDataIterator(exp.register_dataset("d", features, labels), 60,
+                                    experiment=exp, augmenter=DataAugmenter(noise_std=0.1))
+
+    exp = manager.create_experiment("ahead", seed=3)
+    batches = iterator(exp)
+    for taken, _batch in enumerate(batches):
+        if taken == 4:
+            break
+    state = batches.state_dict()
+    exp.suspend()
+    with manager.resume_experiment(exp.id) as resumed:
+        again = iterator(resumed)
+        with pytest.raises(StateAheadError, match=f"has no record of {missing}: the state is "):
+            again.load_state_dict({**state, **ahead})
+        again.load_state_dict(state)
+        assert len(list(again)) == 5
+    assert resumed.status == "ok"

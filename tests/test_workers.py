@@ -3,13 +3,13 @@ in order, over shared memory — and a dead or failing worker is named, never wa
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import random
 import signal
 import subprocess
 import sys
 import textwrap
-import multiprocessing
 import threading
 import time
 from collections.abc import Callable
@@ -85,6 +85,18 @@ def test_the_largest_batch_size_and_prefetch_pass_through_workers_and_the_ledger
         [batch] = [body for body in bodies(manager.store, exp.id)
                    if body["kind"] == "augmentation_batch"]
         assert batch["params"]["batch_size"] == largest
+
+
+def test_an_augmenter_with_its_own_seed_gives_the_same_batches_in_workers() -> None:
+    """Without an experiment the order follows ``seed`` and the augmentation the augmenter's
+    own seed: in worker processes as in the main one (the workers' RNG states are those of
+    ``seed``, which they are checked against)."""
+    def epoch(workers: int) -> list:
+        with TrainingDataIterator(noisy_data(rows=40), 8, seed=9, num_workers=workers,
+                                  augmenter=DataAugmenter(noise_std=0.3, seed=5)) as batches:
+            return run_epochs(batches, 1)
+
+    assert same_batches(epoch(2), epoch(0))
 
 
 def test_drop_last_and_unshuffled_epochs_match_in_workers() -> None:
@@ -164,6 +176,22 @@ def test_paths_no_worker_is_seeded_from_are_not_worker_paths(path: tuple) -> Non
     assert not is_worker_path(path)
 
 
+def test_workers_whose_rng_states_are_not_the_derived_ones_are_refused_and_stopped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each worker's reported RNG state digest is checked against the one its derived seed
+    gives: a mismatch (a worker seeded some other way) is a WorkerError before any batch is
+    handed out, and the workers already started are stopped at once, not left running for as
+    long as the caller keeps the error."""
+    monkeypatch.setattr("ledger.iterator.expected_state_digest", lambda _root, _k: bytes(32))
+    before = set(multiprocessing.active_children())
+    batches = TrainingDataIterator(noisy_data(), 8, seed=1, num_workers=2)
+    with pytest.raises(WorkerError, match="worker 0 reports RNG states") as refused:
+        iter(batches)
+    # stopped at once, not when the error (its traceback holds the pool) is collected
+    assert refused.traceback and set(multiprocessing.active_children()) <= before
+    assert batches.worker_pids == [] and batches.batch == 0
+
+
 def test_worker_spawned_is_recorded_by_the_main_process_in_worker_order(tmp_path: Path) -> None:
     with ExperimentManager(f"sqlite:///{tmp_path / 'l.db'}") as manager:
         with manager.create_experiment("w", seed=5) as exp:
@@ -183,6 +211,18 @@ def test_worker_spawned_is_recorded_by_the_main_process_in_worker_order(tmp_path
         assert event["params"] == {"worker": k, "num_workers": 3, "start_method": "fork",
                                    "seeded": seeded_libraries()}
     assert len({event["output"] for event in spawned}) == 3
+
+
+def test_worker_spawned_names_the_start_method_used_when_none_was_given(tmp_path: Path) -> None:
+    """A reader of the run sees how its workers were started: with no ``start_method`` the
+    method the platform's default resolved to is recorded, not None."""
+    with ExperimentManager(f"sqlite:///{tmp_path / 'l.db'}") as manager:
+        with manager.create_experiment("w", seed=5) as exp:
+            data = exp.register_dataset("d", *noisy_data(rows=32))
+            with TrainingDataIterator(data, 8, experiment=exp, num_workers=1) as batches:
+                assert len(list(batches)) == 4
+        [spawned] = [b for b in bodies(manager.store, exp.id) if b["kind"] == WORKER_SPAWNED]
+    assert spawned["params"]["start_method"] in multiprocessing.get_all_start_methods()
 
 
 def test_fork_workers_of_a_recording_run_are_forked_with_the_writer_thread_stopped(
@@ -311,6 +351,21 @@ def test_closing_releases_the_processes_and_the_shared_memory() -> None:
     for name in names:
         with pytest.raises(FileNotFoundError):
             shared_memory.SharedMemory(name=name)
+
+
+def test_completing_the_run_closes_its_iterators_and_stops_their_workers(tmp_path: Path) -> None:
+    """An iterator the training loop never closed is closed when its run completes: its worker
+    processes do not outlive the run, and it refuses another pass instead of starting new ones."""
+    with ExperimentManager(f"sqlite:///{tmp_path / 'l.db'}", data_dir=tmp_path) as manager:
+        with manager.create_experiment("left-open", seed=1) as exp:
+            data = exp.register_dataset("d", *noisy_data())
+            batches = TrainingDataIterator(data, 8, experiment=exp, num_workers=2)
+            next(iter(batches))
+            processes = list(batches._pool._resources.processes)
+    assert processes and all(not process.is_alive() for process in processes)
+    assert batches.worker_pids == []
+    with pytest.raises(ledger.BadInputError, match="closed"):
+        iter(batches)
 
 
 def test_the_shared_memory_names_are_gone_once_the_workers_have_attached() -> None:
