@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
+from contextlib import closing
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from ledger.audit import record_audit
 from ledger.augment import DataAugmenter, register_op
+from ledger.canonical import canonical
 from ledger.datasets import dataset_digest
 from ledger.digests import value_digest
 from ledger.errors import UnknownExperimentError
@@ -23,7 +28,8 @@ from ledger.store import Store
 from ledger_builders import drop_append_only_triggers, execute, record_experiment
 from replay.engine import record_replay, replay_run
 from replay_helpers import record_run, sample_data
-from report.metrics import MAX_POINTS, Series
+from report.data_checks import RECORD_TAG, record_digests
+from report.metrics import MAX_POINTS, MAX_SERIES, MetricCurves, Series
 from report.model import ReportOptions, build_report
 from report.seedtree import SeedTree
 from report_helpers import report_of, schema_errors
@@ -135,6 +141,8 @@ def test_a_tampered_run_is_reported_with_the_finding(tmp_path: Path) -> None:
                        if c["control"].startswith("hash chain")]
     assert chain_control["detail"].endswith(f", {intact} intact before the first bad event of "
                                             f"each broken chain")
+    assert chain_control["in_force"] is False  # alerted once, as INTEGRITY CHECK FAILED
+    assert not [alert for alert in report["summary"]["alerts"] if "hash chain" in alert]
     assert report["summary"]["alerts"][0].startswith("INTEGRITY CHECK FAILED")
     controls = {c["control"].split(" refuse")[0]: c["in_force"]
                 for c in report["R9"]["append_only_controls"]}
@@ -191,6 +199,91 @@ def test_a_recorded_replay_is_quoted_and_listed_in_the_history(tmp_path: Path) -
     assert r8["certified_head"] == report["R9"]["run_head"]
     assert report["R10"]["events"][0]["kind"] == "replay_recorded"
     assert not [alert for alert in report["summary"]["alerts"] if "REPLAY" in alert.upper()]
+
+
+def test_the_latest_recorded_replay_is_quoted_with_what_it_recorded(tmp_path: Path) -> None:
+    """Without --replay, R8 quotes the last replay_recorded of the audit stream, not the first:
+    a later failed replay must not hide behind an earlier pass. What it recorded (who, when,
+    why it failed, environment, plugins, counts) is quoted as recorded."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store)
+        head = recorded.head.hex()
+        record_audit(store, recorded.exp, REPLAY_RECORDED, {"verdict": "certified",
+                                                            "head": head})
+        later = record_audit(store, recorded.exp, REPLAY_RECORDED, {
+            "verdict": "diverged", "head": head, "replayed_by": "eve@lab",
+            "finished_t": recorded.created_t + 10**9, "environment": {"python": "3.11.7"},
+            "plugins": ["test_report_dropout/1"], "matched": 1, "mismatched": 1,
+            "compared": {"epoch_reset": 2, "metric": 0},
+            "first_divergence": {"stream": "main", "seq": 3, "kind": "epoch_reset",
+                                 "path": ["epoch", 0, "shuffle"], "cause": "output",
+                                 "detail": "digest differs"}})
+    report = report_of(url, recorded.exp)
+    r8 = report["R8"]
+    assert (r8["verdict"], r8["audit_seq"], r8["replayed_by"]) == ("FAILED", later.seq, "eve@lab")
+    assert r8["reason"] == "main#3 epoch_reset [epoch/0/shuffle]: output — digest differs"
+    assert r8["first_divergence"]["detail"] == "digest differs"
+    assert (r8["environment"], r8["plugins"]) == ({"python": "3.11.7"},
+                                                  ["test_report_dropout/1"])
+    assert (r8["counts"]["compared"], r8["counts"]["mismatched"]) == (2, 1)
+    assert f"REPLAY FAILED: {r8['reason']}" in report["summary"]["alerts"]
+    assert r8["finished_at"] == "2023-11-14T22:13:21.000Z"
+    assert report["summary"]["headline"].endswith(
+        "replay FAILED (as recorded by eve@lab at 2023-11-14T22:13:21.000Z; not re-run by this "
+        "report: --replay re-runs it)")
+
+
+@pytest.mark.parametrize("certificate,verdict,current", [
+    ({"verdict": "certified", "head": "00" * 32}, "PASSED", False),
+    ({"verdict": "diverged", "first_divergence": "forged"}, "FAILED", False),
+    ({"verdict": "certified"}, "PASSED", False)])
+def test_a_recorded_pass_of_another_head_is_flagged(tmp_path: Path, certificate: dict[str, Any],
+                                                   verdict: str, current: bool) -> None:
+    """A recorded certificate vouches only for the head it names: a pass of another head (or
+    none) is not a pass of this run, and the report says so; a divergence that is not a map
+    gives no reason rather than stopping the report."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store)
+        record_audit(store, recorded.exp, REPLAY_RECORDED, certificate)
+    report = report_of(url, recorded.exp)
+    r8 = report["R8"]
+    assert (r8["verdict"], r8["head_is_current"], r8["reason"]) == (verdict, current, None)
+    flagged = "the recorded replay certified another head than the run's current head"
+    assert (flagged in report["summary"]["alerts"]) is (verdict == "PASSED")
+
+
+def test_a_recorded_certificate_of_other_types_still_gives_a_valid_report(
+        tmp_path: Path) -> None:
+    """Anyone who can write the ledger can append a replay_recorded whose fields have other
+    types: R8 and R10 quoted them as they were, and the report no longer validated against
+    schemas/report.v1.json (counts of text, plugins as maps, a head that is no SHA-256, a
+    replayer that is a list). What has the certificate's types is quoted; the rest is left
+    out."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store)
+        record_audit(store, recorded.exp, REPLAY_RECORDED, {
+            "verdict": "certified", "head": "not a hash", "replayed_by": ["eve"],
+            "compared": {"epoch_reset": 2, "forged": "many", "flag": True}, "matched": "all",
+            "mismatched": 0, "not_draws": {"metric": "x", "checkpoint": 1},
+            "environment_differences": [{"key": "numpy"}, "text"], "plugins": ["p/1", {}],
+            "first_divergence": "forged"})
+        record_audit(store, recorded.exp, REPORT_EXPORTED, {"report_id": "rpt-x",
+                                                            "generated_by": 5,
+                                                            "replay_verdict": ["PASSED"]})
+    report = report_of(url, recorded.exp)  # validated against the schema
+    assert [(e["by"], e["outcome"]) for e in report["R10"]["events"]] == [
+        (None, "PASSED"), (None, None)]
+    r8 = report["R8"]
+    assert (r8["verdict"], r8["certified_head"], r8["head_is_current"]) == ("PASSED", None,
+                                                                           False)
+    assert r8["counts"] == {"compared": 2, "matched": None, "mismatched": 0, "missing": 0,
+                            "extra": 0, "by_kind": {"epoch_reset": 2},
+                            "not_draws": {"checkpoint": 1}}
+    assert (r8["replayed_by"], r8["plugins"], r8["first_divergence"]) == (None, ["p/1"], None)
+    assert r8["environment_differences"] == [{"key": "numpy"}]
 
 
 def test_a_recorded_verdict_that_is_not_text_is_inconclusive(tmp_path: Path) -> None:
@@ -297,6 +390,83 @@ def test_the_same_rows_in_another_dtype_and_repeated_rows_count(tmp_path: Path) 
         ("wider", 6, 6), ("repeats", 200, 200)]
 
 
+def _independence(tmp_path: Path, roles: list[str | None],
+                  leak: dict[int, int] | None = None) -> dict[str, Any]:
+    """R5's independence check of a run with one dataset per role (named d0, d1, …, of distinct
+    random rows), dataset ``i`` of ``leak`` holding the first ``leak[i]`` rows of d0."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    rng = np.random.default_rng(5)
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("roles", seed=3) as exp:
+            first = rng.normal(size=(20, 3)).astype(np.float32)
+            for index, role in enumerate(roles):
+                rows = first if index == 0 else rng.normal(size=(5, 3)).astype(np.float32)
+                if leak and index in leak:
+                    rows = np.concatenate([rows, first[:leak[index]]])
+                exp.register_dataset(f"d{index}", rows, np.zeros(len(rows), np.int8),
+                                     role=role)
+    check = report_of(url, exp.id, data_dir=str(tmp_path / "data"))["R5"]["independence"]
+    assert isinstance(check, dict)
+    return check
+
+
+UNKNOWN_NOTE = ("carry a role the check does not know, so were not checked (train or training; "
+                "test, validation, val, dev, holdout, eval, …)")
+
+
+@pytest.mark.parametrize("roles,status,reason", [
+    ([None, None], "not_checked", "no dataset roles recorded"),
+    (["train", "training"], "not_checked",
+     "needs a training and a test (or validation) dataset"),
+    (["test", None], "not_checked", "needs a training and a test (or validation) dataset"),
+    (["train", "calibration"], "not_checked",
+     f"needs a training and a test (or validation) dataset; dataset(s) 'd1' ('calibration') "
+     f"{UNKNOWN_NOTE}"),
+    (["train", "test", *["x"] * 6], "not_checked",
+     "no record of the test datasets occurs in the training ones, but dataset(s) "
+     + ", ".join(f"'d{n}' ('x')" for n in range(2, 7)) + f" … {UNKNOWN_NOTE}"),
+    (["train", "test", None], "passed", "no record occurs in both")])
+def test_the_independence_check_says_why_it_did_not_pass(tmp_path: Path,
+                                                         roles: list[str | None], status: str,
+                                                         reason: str) -> None:
+    """Passing needs a training and a test-like dataset and no role the check does not know;
+    otherwise R5 says which is missing. A dataset without a role is not a test set (it is not
+    claimed as one), so it neither blocks the check nor is checked."""
+    check = _independence(tmp_path, roles)
+    assert (check["status"], check["reason"]) == (status, reason)
+
+
+def test_one_leaky_test_set_among_clean_ones_fails_at_the_pair_limit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any pair that shares records fails the check, however many are clean; and a run with
+    exactly MAX_PAIRS pairs is still checked (only more are not)."""
+    monkeypatch.setattr("report.data_checks.MAX_PAIRS", 2)
+    check = _independence(tmp_path, ["train", "test", "validation"], leak={2: 4})
+    assert check["status"] == "failed"
+    assert [(pair["test"], pair["overlap"], pair["test_records"]) for pair in check["pairs"]] == [
+        ("d1", 0, 5), ("d2", 4, 9)]
+
+
+def test_record_digests_are_the_documented_hash_of_the_widened_rows() -> None:
+    """R5 documents the record digest so that an auditor can recompute it: the tag, canonical
+    [dtype, row shape], the row's bytes, integers and booleans widened to <i8, floats to <f8
+    and big-endian data read as little-endian; rows of one value in any of these dtypes are
+    the same records."""
+    values = [[[1, 0], [0, 1]], [[0, 0], [1, 1]]]
+
+    def documented(dtype: str) -> Counter[bytes]:
+        return Counter(hashlib.sha256(RECORD_TAG + canonical([dtype, [2, 2]])
+                                      + np.array(row, dtype).tobytes()).digest()
+                       for row in values)
+
+    for dtype in ("<i8", "<i2", ">i4", "u1", "?"):
+        assert record_digests(np.array(values, dtype)) == documented("<i8"), dtype
+    for dtype in ("<f8", "<f4", ">f8", "<f2"):
+        assert record_digests(np.array(values, dtype)) == documented("<f8"), dtype
+    assert record_digests(np.array(values, ">c16")) == documented("<c16")
+    assert record_digests(np.zeros((0, 4), np.float32)) == Counter()
+
+
 def test_roles_without_their_data_are_not_checked(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     features = np.ones((5, 2), np.float32)
@@ -363,6 +533,46 @@ def test_a_metric_series_is_thinned_but_keeps_its_count_and_last_value() -> None
     assert len(data["points"]) <= MAX_POINTS and data["count"] == 50_001
     assert data["points"][0] == [0, 1] and data["thinned_every"] > 1
     assert data["last"] == "NaN"
+
+
+def test_a_metric_plots_real_numbers_only_and_the_last_value_of_an_epoch() -> None:
+    """Booleans, text and non-finite values are counted and kept as the last value, never
+    plotted; a boolean epoch is no epoch (the value goes at its position); a second value of an
+    epoch replaces the first, as METRICS documents."""
+    series = Series("loss")
+    for epoch, value in [(None, 1.0), (None, 2.0), (True, 3.0), (None, True), (None, "high"),
+                         (None, float("inf")), (7, 0.5), (7, 0.25), (8, 2**52), (9, 2.0**53)]:
+        series.add(epoch, value)
+    data = series.to_json()
+    assert data["points"] == [[0, 1], [1, 2], [2, 3], [7, 0.25], [8, 2**52], [9, 2.0**53]]
+    assert [type(y) for _x, y in data["points"][-2:]] == [int, float]  # exact below 2**53 only
+    assert (data["count"], data["last"], data["last_epoch"]) == (10, 2.0**53, 9)
+
+
+@pytest.mark.parametrize("values", [MAX_POINTS, 2 * MAX_POINTS + 3])
+def test_a_thinned_series_keeps_every_stride_th_value_from_the_first(values: int) -> None:
+    """Up to MAX_POINTS values are all plotted; past that, the kept points are exactly the
+    values at multiples of the stride, from the first one, so a curve is not shifted."""
+    series = Series("loss")
+    for step in range(values):
+        series.add(None, float(step))
+    data = series.to_json()
+    stride = data["thinned_every"]
+    assert stride == (1 if values == MAX_POINTS else 4)
+    assert data["points"] == [[x, x] for x in range(0, values, stride)]
+
+
+def test_metric_names_past_the_limit_are_counted_and_series_sorted_by_name() -> None:
+    """MAX_SERIES names are plotted, values of further names only counted; a metric without
+    a text name is ignored; series are listed by name, not in the order first logged."""
+    curves = MetricCurves()
+    curves.add({"name": 5, "value": 1.0})
+    for index in reversed(range(MAX_SERIES + 1)):
+        curves.add({"name": f"m{index:03}", "value": 1.0})
+    curves.add({"name": "m000", "value": 2.0})
+    names = [series["name"] for series in curves.to_json()]
+    assert names == [f"m{index:03}" for index in range(1, MAX_SERIES + 1)]
+    assert curves.unplotted == 2
 
 
 @pytest.mark.parametrize("parallel", [False, True])
@@ -440,3 +650,51 @@ def test_the_environment_alert_names_what_differed_at_replay(tmp_path: Path,
     assert [alert for alert in alerts if "replay environment" in alert] == [
         f"the replay environment differs from the recorded one: packages.numpy 1.25.2 "
         f"recorded, {np.__version__} at replay"]
+
+
+@pytest.mark.parametrize("trigger,control", [
+    ("ledger_events_no_update", "database triggers refuse UPDATE and DELETE of ledger rows"),
+    ("ledger_stream_claims_no_delete",
+     "database triggers refuse UPDATE and DELETE of ledger rows"),
+    ("ledger_meta_no_replace", "database triggers refuse INSERT OR REPLACE over a recorded row")])
+def test_one_missing_trigger_is_named_and_alerted(tmp_path: Path, trigger: str,
+                                                 control: str) -> None:
+    """A control is in force only while every trigger it names is there: one trigger dropped
+    (the chain still intact) puts its control out of force, names the trigger, and alerts."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store)
+        execute(store, f'DROP TRIGGER "{trigger}"')
+    report = report_of(url, recorded.exp)
+    controls = {c["control"]: c for c in report["R9"]["append_only_controls"]}
+    assert [name for name, c in controls.items() if not c["in_force"]] == [control]
+    assert controls[control]["detail"] == f"missing: {trigger}"
+    assert [c["detail"] for c in controls.values() if c["control"].startswith("database")
+            and c["control"] != control] == [
+        "4 triggers present" if "UPDATE" in control else "8 triggers present"]
+    assert [a for a in report["summary"]["alerts"] if "control" in a] == [
+        f"append-only control not in force: {control}"]
+    assert report["summary"]["integrity"] == "VERIFIED"
+
+
+@pytest.mark.parametrize("unique_index", [False, True])
+def test_the_unique_chain_position_is_stated_as_the_database_holds_it(
+        tmp_path: Path, unique_index: bool) -> None:
+    """An SQLite ledger handed over may have ledger_events rebuilt as a plain copy, without its
+    unique (exp, stream, seq) key: that control is then not in force; a unique index on the
+    same columns keeps it in force."""
+    path = tmp_path / "ledger.db"
+    with Store.open(f"sqlite:///{path}", create=True) as store:
+        recorded = record_experiment(store)
+    with closing(sqlite3.connect(path)) as connection, connection:
+        connection.executescript(
+            "ALTER TABLE ledger_events RENAME TO old_events; CREATE TABLE ledger_events AS "
+            "SELECT * FROM old_events; DROP TABLE old_events;" + (
+                "CREATE UNIQUE INDEX chain ON ledger_events (exp, stream, seq);"
+                if unique_index else ""))
+    report = report_of(f"sqlite:///{path}", recorded.exp)
+    [control] = [c for c in report["R9"]["append_only_controls"]
+                 if c["control"].startswith("unique (exp, stream, seq)")]
+    assert control["in_force"] is unique_index
+    alert = f"append-only control not in force: {control['control']}"
+    assert (alert in report["summary"]["alerts"]) is not unique_index
