@@ -7,6 +7,7 @@ import hashlib
 import json
 import sqlite3
 from contextlib import closing
+from datetime import datetime, timedelta, timezone
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,41 @@ def test_no_text_claims_that_a_regulation_requires_reproducibility(
     assert "does not by itself establish conformity" in text
 
 
+def test_the_envelope_carries_the_options_given(honest: tuple[str, Path, str]) -> None:
+    """R0 takes the report id, author and time given (export and the CLI pass them), the time
+    in UTC whatever the zone it was given in."""
+    url, _data, exp = honest
+    moment = datetime(2025, 1, 1, 12, 0, 30, tzinfo=timezone(timedelta(hours=2)))
+    r0 = report_of(url, exp, report_id="rpt-0123456789abcdef", generated_by="ada@lab",
+                   now=moment)["R0"]
+    assert (r0["report_id"], r0["generated_by"], r0["generated_at"]) == (
+        "rpt-0123456789abcdef", "ada@lab", "2025-01-01T10:00:30Z")
+
+
+@pytest.mark.parametrize("code,alerts", [
+    ({"vcs": "git", "commit": "0" * 40, "dirty": False, "diff_digest": None, "untracked": 0},
+     []),
+    ({"vcs": None}, ["no code version recorded (not run from a git checkout)"])])
+def test_a_replayed_run_of_committed_code_needs_no_attention(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: dict[str, Any],
+        alerts: list[str]) -> None:
+    """An honest run from a clean checkout, replayed and intact, has no alert and does not
+    ask for attention (every alert is something a reader must act on); without a code
+    version, that is its one alert."""
+    import ledger.experiment
+
+    monkeypatch.setattr(ledger.experiment, "code_version", lambda *_: code)
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    exp = record_run(url, tmp_path / "data", epochs=1)
+    monkeypatch.undo()
+    with Store.open(url) as store:
+        record_replay(store, replay_run(store, exp, data_dir=tmp_path / "data"))
+    summary = report_of(url, exp)["summary"]
+    assert (summary["alerts"], summary["attention"]) == (alerts, bool(alerts))
+    assert (summary["integrity"], summary["findings"], summary["replay"]) == ("VERIFIED", 0,
+                                                                             "PASSED")
+
+
 def test_an_unknown_experiment_is_refused(honest: tuple[str, Path, str]) -> None:
     url, _data, _exp = honest
     with Store.open(url) as store, pytest.raises(UnknownExperimentError):
@@ -107,6 +143,8 @@ def test_an_incomplete_run_says_so_everywhere(tmp_path: Path) -> None:
     assert report["summary"]["run_status"] == "incomplete"
     assert report["R9"]["run_head"] is None and report["R1"]["complete"] is False
     assert report["summary"]["alerts"][0].startswith("INCOMPLETE RUN")
+    assert report["summary"]["headline"].startswith(f"{recorded.exp}: run incomplete, "
+                                                    f"INCOMPLETE; ledger VERIFIED")
     assert report["R9"]["verification"]["ok"]  # what is there is intact
 
 
@@ -119,7 +157,8 @@ def test_a_failed_run_says_so(tmp_path: Path) -> None:
     report = report_of(url, exp.id)
     assert report["summary"]["run_status"] == report["R1"]["status"] == "failed"
     assert "RuntimeError: out of memory" in report["R1"]["error"]
-    assert any(alert.startswith("RUN FAILED") for alert in report["summary"]["alerts"])
+    assert (f"RUN FAILED: run_completed records status failed ({report['R1']['error']})"
+            in report["summary"]["alerts"])
 
 
 def test_a_tampered_run_is_reported_with_the_finding(tmp_path: Path) -> None:
@@ -143,7 +182,11 @@ def test_a_tampered_run_is_reported_with_the_finding(tmp_path: Path) -> None:
                                             f"each broken chain")
     assert chain_control["in_force"] is False  # alerted once, as INTEGRITY CHECK FAILED
     assert not [alert for alert in report["summary"]["alerts"] if "hash chain" in alert]
-    assert report["summary"]["alerts"][0].startswith("INTEGRITY CHECK FAILED")
+    findings = report["R9"]["verification"]["findings"]
+    assert report["summary"]["findings"] == len(findings)
+    assert report["summary"]["alerts"][0] == (
+        f"INTEGRITY CHECK FAILED: {len(findings)} finding(s); first: {recorded.exp} stream main "
+        f"seq 3: {finding['problem']}")
     controls = {c["control"].split(" refuse")[0]: c["in_force"]
                 for c in report["R9"]["append_only_controls"]}
     assert controls["database triggers"] is False
@@ -284,6 +327,40 @@ def test_a_recorded_certificate_of_other_types_still_gives_a_valid_report(
                             "not_draws": {"checkpoint": 1}}
     assert (r8["replayed_by"], r8["plugins"], r8["first_divergence"]) == (None, ["p/1"], None)
     assert r8["environment_differences"] == [{"key": "numpy"}]
+
+
+def test_the_environment_alert_names_three_differences_and_counts_the_rest(
+        tmp_path: Path) -> None:
+    """The alert names the first three differences of the replay environment, by key, and
+    counts the others, so that it stays one line however many packages changed."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store)
+        record_audit(store, recorded.exp, REPLAY_RECORDED, {
+            "verdict": "certified", "head": recorded.head.hex(),
+            "environment_differences": [{"key": f"packages.p{n}", "recorded": "1.0",
+                                         "current": "2.0"} for n in range(5)]})
+    alerts = report_of(url, recorded.exp)["summary"]["alerts"]
+    assert [alert for alert in alerts if "replay environment" in alert] == [
+        "the replay environment differs from the recorded one: "
+        + "; ".join(f"packages.p{n} 1.0 recorded, 2.0 at replay" for n in range(3))
+        + " and 2 more"]
+
+
+def test_r1_shows_the_last_checkpoint_of_each_name_and_counts_them_all(tmp_path: Path) -> None:
+    """R1's final checkpoints are the last one logged under each name (by name), and it counts
+    every checkpoint recorded: an earlier state must not pass for the final model."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("checkpoints", seed=1) as exp:
+            exp.log_checkpoint("model", {"w": np.zeros(2)}, epoch=0)
+            last = exp.log_checkpoint("model", {"w": np.ones(2)}, epoch=1)
+            ema = exp.log_checkpoint("ema", {"w": np.ones(3)}, epoch=1)
+    assert last is not None and ema is not None
+    checkpoints = report_of(url, exp.id)["R1"]["checkpoints"]
+    assert checkpoints["recorded"] == 3
+    assert [(c["name"], c["epoch"], c["digest"]) for c in checkpoints["final"]] == [
+        ("ema", 1, ema.output.hex()), ("model", 1, last.output.hex())]
 
 
 def test_a_recorded_verdict_that_is_not_text_is_inconclusive(tmp_path: Path) -> None:
@@ -609,6 +686,24 @@ def test_unreadable_bodies_and_paths_do_not_stop_the_report(tmp_path: Path) -> N
     assert any("could not be decoded" in alert for alert in report["summary"]["alerts"])
 
 
+def test_undecodable_events_are_all_counted_and_the_first_hundred_listed(tmp_path: Path
+                                                                         ) -> None:
+    """A damaged ledger can have any number of bodies that do not decode: R9 lists the first
+    100 (the report stays small), the alert counts every one."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store, workers=0, epochs=101, batches=0)
+        drop_append_only_triggers(store)
+        execute(store, "UPDATE ledger_events SET body = :body WHERE exp = :exp AND "
+                       "kind = 'metric'", body=b"\xc1", exp=recorded.exp)
+    report = report_of(url, recorded.exp)
+    metrics = [event.seq for event in recorded.main if event.kind == "metric"]
+    assert len(metrics) == 101
+    assert report["R9"]["undecodable_events"] == [
+        {"stream": "main", "seq": seq, "kind": "metric"} for seq in metrics[:100]]
+    assert "101 event(s) could not be decoded" in report["summary"]["alerts"]
+
+
 @pytest.mark.parametrize("diff_digest,alert", [
     (b"\x01" * 32, "their diff digest is recorded, not their content"),
     (None, "(untracked files only): nothing but their count is recorded")])
@@ -650,6 +745,27 @@ def test_the_environment_alert_names_what_differed_at_replay(tmp_path: Path,
     assert [alert for alert in alerts if "replay environment" in alert] == [
         f"the replay environment differs from the recorded one: packages.numpy 1.25.2 "
         f"recorded, {np.__version__} at replay"]
+
+
+@pytest.mark.parametrize("complete", [True, False])
+def test_r9_lists_every_stream_with_its_count_and_head(tmp_path: Path, complete: bool) -> None:
+    """R9 certifies each stream's count and head, main first and the audit stream last (what
+    verify-report --against-ledger compares), every chain verified, and says whether the run
+    is complete."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store, workers=2, complete=complete)
+        record_audit(store, recorded.exp, REPORT_EXPORTED, {"report_id": "rpt-x"})
+        heads = store.stream_heads(recorded.exp)
+    r9 = report_of(url, recorded.exp)["R9"]
+    streams = ["main", "worker-0", "worker-1", "audit"]
+    assert r9["streams"] == [{"stream": name, "count": heads[name].count,
+                              "head": heads[name].head.hex()} for name in streams]
+    assert [entry["count"] for entry in r9["streams"][:3]] == [
+        len(recorded.streams[name]) for name in streams[:3]]
+    assert r9["verification"]["chains"] == len(streams)
+    assert (r9["complete"], r9["run_head"]) == (complete, recorded.head.hex() if complete
+                                                else None)
 
 
 @pytest.mark.parametrize("trigger,control", [
