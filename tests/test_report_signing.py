@@ -17,6 +17,9 @@ from typing import Any
 import pytest
 
 from conftest import run_cli
+from ledger.audit import record_audit
+from ledger.errors import BadInputError
+from ledger.events import REPORT_EXPORTED
 from ledger.store import Store
 from ledger_builders import record_experiment
 from report.check import check_report, file_sha256
@@ -327,13 +330,16 @@ def test_a_ledger_that_lost_the_certified_run_fails(signed: Path, tmp_path: Path
 
 def test_an_incomplete_run_is_held_to_its_stream_heads(tmp_path: Path) -> None:
     """An incomplete run has no run head, so its stream heads are all the report certifies:
-    the unchanged ledger passes, and a rewrite with as many events per stream fails each."""
+    the unchanged ledger passes (its audit stream grown by this very export: the audit stream
+    is not held to its head), and a rewrite with as many events per stream fails each."""
     generate_key_pair(tmp_path / "key")
     bundle = tmp_path / "bundle"
     with Store.open(f"sqlite:///{tmp_path / 'ledger.db'}", create=True) as store:
         record_experiment(store, A, complete=False)
-        export_report(store, A, ReportOptions(record=False), bundle=bundle,
+        record_audit(store, A, REPORT_EXPORTED, {"report_id": "rpt-earlier"})
+        export_report(store, A, ReportOptions(), bundle=bundle,
                       key=load_private_key(tmp_path / "key.key"))
+        assert store.stream_heads(A)["audit"].count == 2
         kept = check_report(bundle / "report.json", tmp_path / "key.pub", store=store)
     assert kept.ok and kept.notes == ["the ledger still holds the heads this report certifies"]
     with Store.open(f"sqlite:///{tmp_path / 'rewritten.db'}", create=True) as store:
@@ -342,3 +348,16 @@ def test_an_incomplete_run_is_held_to_its_stream_heads(tmp_path: Path) -> None:
     assert [failure.split(" (")[0] for failure in rewritten.failures] == [
         f"stream {stream} of {A} in the ledger differs from the report"
         for stream in ("main", "worker-0", "worker-1")]
+
+
+@pytest.mark.parametrize("change", ["schema", "summary", "R14"])
+def test_json_that_is_not_quite_one_of_our_reports_is_refused(bundle: Path, signed: Path,
+                                                              change: str) -> None:
+    """A report of another schema id, or one whose summary or any one section is not a map, is
+    not checked at all: bad input (exit 2), not a verdict on its signature."""
+    path = bundle / "report.json"
+    report = json.loads(path.read_text())
+    report[change] = "ledger/report/v2" if change == "schema" else []
+    path.write_text(json.dumps(report))
+    with pytest.raises(BadInputError, match="is not a ledger/report/v1 report"):
+        check_report(path, signed / "key.pub")
