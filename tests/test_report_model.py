@@ -25,7 +25,7 @@ from ledger.events import REPLAY_RECORDED, REPORT_EXPORTED
 from ledger.experiment import Experiment, ExperimentManager
 from ledger.experiment_info import describe_experiment
 from ledger.seeds import derive_bytes
-from ledger.store import Store
+from ledger.store import Store, StreamWriter
 from ledger_builders import drop_append_only_triggers, execute, record_experiment
 from replay.engine import record_replay, replay_run
 from replay_helpers import record_run, sample_data
@@ -209,6 +209,28 @@ def test_a_run_completed_moved_out_of_main_is_reported_complete_as_show_says(
         "ok", True, recorded.head.hex())
     assert report["R1"]["status"] == "ok" and report["R1"]["complete"] is True
     assert summary["headline"].startswith(f"{recorded.exp}: run ok, complete; ledger FAILED")
+
+
+def test_quoted_kinds_written_where_they_do_not_belong_are_not_taken(tmp_path: Path) -> None:
+    """Whoever can write the ledger can append any kind to any stream: a replay_recorded
+    outside the audit stream is no replay evidence, and a later experiment_created or
+    run_completed does not replace the run's own (verification names what is out of place)."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store)
+        for stream, events in {"worker-7": [
+                ("replay_recorded", {"verdict": "certified", "head": recorded.head.hex()}),
+                ("run_completed", {"status": "failed", "error": "forged"})],
+                "main": [("experiment_created", {"name": "x", "model": "forged"})]}.items():
+            writer = StreamWriter(store, recorded.exp, stream, flush_interval=None)
+            for kind, params in events:
+                writer.append(kind, params=params)
+            writer.close()
+    report = report_of(url, recorded.exp)
+    assert (report["R8"]["verdict"], report["R10"]["events"]) == ("NOT_REPLAYED", [])
+    assert (report["R1"]["model"], report["R1"]["status"], report["R1"]["error"]) == (
+        "logistic-regression", "ok", None)
+    assert report["summary"]["integrity"] == "FAILED"
 
 
 def test_a_diverged_run_fails_its_replay_and_the_replay_is_recorded(tmp_path: Path) -> None:
