@@ -21,7 +21,7 @@ from ledger.audit import record_audit
 from ledger.errors import BadInputError
 from ledger.events import REPORT_EXPORTED
 from ledger.store import Store
-from ledger_builders import record_experiment
+from ledger_builders import delete_event, drop_append_only_triggers, record_experiment
 from report.check import check_report, file_sha256
 from report.export import export_report
 from report.jsonview import canonical_json
@@ -361,3 +361,16 @@ def test_json_that_is_not_quite_one_of_our_reports_is_refused(bundle: Path, sign
     path.write_text(json.dumps(report))
     with pytest.raises(BadInputError, match="is not a ledger/report/v1 report"):
         check_report(path, signed / "key.pub")
+
+
+def test_an_event_cut_from_the_middle_of_a_stream_fails_against_the_ledger(signed: Path,
+                                                                          tmp_path: Path) -> None:
+    """An event deleted from the middle of a stream leaves its head (and the run head) as they
+    were: only the stream's count, which R9 certifies, shows it."""
+    shutil.copy(signed / "ledger.db", tmp_path / "ledger.db")
+    with Store.open(f"sqlite:///{tmp_path / 'ledger.db'}") as store:
+        drop_append_only_triggers(store)
+        delete_event(store, A, "worker-0", 0)
+        outcome = check_report(signed / "a" / "report.json", signed / "key.pub", store=store)
+    assert [failure.split(" (")[0] for failure in outcome.failures] == [
+        f"stream worker-0 of {A} in the ledger differs from the report"]
