@@ -648,6 +648,21 @@ def test_a_metric_plots_real_numbers_only_and_the_last_value_of_an_epoch() -> No
     assert (data["count"], data["last"], data["last_epoch"]) == (10, 2.0**53, 9)
 
 
+def test_a_metric_logged_with_a_boolean_epoch_still_gives_a_valid_report(tmp_path: Path
+                                                                         ) -> None:
+    """log_metric refuses an epoch that is not an integer, but any writer of the ledger can
+    append a metric with ``epoch: true``: R1 gave it as the series' last_epoch, and the report
+    failed schemas/report.v1.json (a boolean is no integer). It is no epoch."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store, complete=False)
+        writer = StreamWriter(store, recorded.exp, "main", flush_interval=None)
+        writer.append("metric", params={"epoch": True, "name": "loss", "value": 0.5})
+        writer.close()
+    [loss] = [s for s in report_of(url, recorded.exp)["R1"]["metrics"] if s["name"] == "loss"]
+    assert (loss["last"], loss["last_epoch"], loss["points"]) == (0.5, None, [[0, 0.5]])
+
+
 @pytest.mark.parametrize("values", [MAX_POINTS, 2 * MAX_POINTS + 3])
 def test_a_thinned_series_keeps_every_stride_th_value_from_the_first(values: int) -> None:
     """Up to MAX_POINTS values are all plotted; past that, the kept points are exactly the
