@@ -233,6 +233,25 @@ def test_quoted_kinds_written_where_they_do_not_belong_are_not_taken(tmp_path: P
     assert report["summary"]["integrity"] == "FAILED"
 
 
+def test_a_run_completed_outside_main_is_the_head_where_main_ends_at_its_seq(
+        tmp_path: Path) -> None:
+    """The run head is the hash of the run's run_completed: when that event is in another
+    stream (a forgery verification names), main's head is not taken for it, even where main
+    holds exactly as many events as a main ending with it would."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store, workers=0, complete=False)
+        writer = StreamWriter(store, recorded.exp, "worker-7", flush_interval=None)
+        for epoch in range(len(recorded.main) - 1):
+            writer.append("metric", params={"epoch": epoch, "name": "pad", "value": 0.0})
+        writer.append("run_completed", params={"status": "ok"})
+        writer.close()
+        head = store.first_event_hash(recorded.exp, "run_completed")
+    assert head is not None and head != recorded.main[-1].hash
+    report = report_of(url, recorded.exp)
+    assert report["R9"]["run_head"] == report["summary"]["run_head"] == head.hex()
+
+
 def test_a_diverged_run_fails_its_replay_and_the_replay_is_recorded(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     augmenter = DataAugmenter(ops=[{"op": "test_report_unseeded"}])
@@ -704,6 +723,19 @@ def test_a_report_on_every_backend(store_url: str, parallel: bool,
     assert all(control["in_force"] for control in report["R9"]["append_only_controls"])
     truncate = [c for c in report["R9"]["append_only_controls"] if "TRUNCATE" in c["control"]]
     assert bool(truncate) == store_url.startswith("postgresql")
+
+
+def test_every_spawned_worker_is_counted_past_the_listed_ones(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """R2 counted the worker_spawned events it keeps for their start methods (at most
+    MAX_WORKERS_LISTED, 256): a run of 300 workers was reported as 256 spawned. Every one is
+    counted; only the list is bounded."""
+    monkeypatch.setattr("report.facts.MAX_WORKERS_LISTED", 2)
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store, workers=3)
+    resources = report_of(url, recorded.exp)["R2"]["resources"]
+    assert (resources["workers_spawned"], resources["start_methods"]) == (3, ["spawn"])
 
 
 def test_unreadable_bodies_and_paths_do_not_stop_the_report(tmp_path: Path) -> None:
