@@ -585,6 +585,27 @@ def test_record_digests_are_the_documented_hash_of_the_widened_rows() -> None:
     assert record_digests(np.zeros((0, 4), np.float32)) == Counter()
 
 
+@pytest.mark.parametrize("loader", [{"kind": "npz"}, {"kind": "npz", "path": 5,
+                                                        "digest": "0" * 64}])
+def test_a_forged_loader_leaves_the_check_not_checked(tmp_path: Path,
+                                                      loader: dict[str, Any]) -> None:
+    """Any writer can append a dataset_registered whose loader lacks its fields or has them
+    of other types: the independence check says it could not load the data, and the report
+    is still produced."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("roles", seed=3) as exp:
+            _register(exp, "tr", "train", np.ones((3, 2), np.float32))
+            with Store.open(url) as store:
+                writer = StreamWriter(store, exp.id, "worker-9", flush_interval=None)
+                writer.append("dataset_registered", params={"name": "te", "role": "test",
+                                                            "loader": loader})
+                writer.close()
+    check = report_of(url, exp.id, data_dir=str(tmp_path / "data"))["R5"]["independence"]
+    assert (check["status"], check["pairs"]) == ("not_checked", [])
+    assert check["reason"].startswith("data not available: ")
+
+
 def test_roles_without_their_data_are_not_checked(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     features = np.ones((5, 2), np.float32)
