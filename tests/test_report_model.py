@@ -20,7 +20,7 @@ from ledger.augment import DataAugmenter, register_op
 from ledger.canonical import canonical
 from ledger.datasets import dataset_digest
 from ledger.digests import value_digest
-from ledger.errors import UnknownExperimentError
+from ledger.errors import StoreError, UnknownExperimentError
 from ledger.events import REPLAY_RECORDED, REPORT_EXPORTED
 from ledger.experiment import Experiment, ExperimentManager
 from ledger.experiment_info import describe_experiment
@@ -261,8 +261,13 @@ def test_a_diverged_run_fails_its_replay_and_the_replay_is_recorded(tmp_path: Pa
     assert (r8["verdict"], r8["source"]) == ("FAILED", "run by this report")
     assert r8["first_divergence"]["kind"] == "augmentation_batch"
     assert r8["counts"]["mismatched"] >= 1 and r8["counts"]["missing"] == 0
+    divergence = r8["first_divergence"]
+    assert r8["reason"].startswith(f"{exp} {divergence['stream']}#{divergence['seq']} "
+                                   f"augmentation_batch [")
+    assert f"REPLAY FAILED: {r8['reason']}" in report["summary"]["alerts"]
     later = report_of(url, exp)
     assert later["R8"]["verdict"] == "FAILED"
+    assert later["R8"]["environment"] == r8["environment"] and r8["environment"]["packages"]
     assert later["R8"]["source"] == "recorded in the audit stream"
     assert "replay FAILED (as recorded by " in later["summary"]["headline"]
     assert "not re-run by this report" in later["summary"]["headline"]
@@ -439,6 +444,20 @@ def test_a_replay_without_its_data_is_inconclusive(honest: tuple[str, Path, str]
     assert report["R8"]["verdict"] == "INCONCLUSIVE"
     assert "missing" in report["R8"]["reason"]
     assert report["summary"]["alerts"][0].startswith("REPLAY INCONCLUSIVE")
+
+
+def test_a_replay_the_ledger_stops_is_inconclusive(honest: tuple[str, Path, str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replay stopped by the ledger itself (a lost connection, a disk error) proves nothing
+    either way: INCONCLUSIVE, saying why, never FAILED."""
+    def stopped(*_args: Any, **_kwargs: Any) -> None:
+        raise StoreError("cannot read ledger.db: disk I/O error")
+
+    monkeypatch.setattr("report.replay_evidence.replay_run", stopped)
+    url, data_dir, exp = honest
+    r8 = report_of(url, exp, replay=True, data_dir=str(data_dir))["R8"]
+    assert (r8["verdict"], r8["reason"]) == (
+        "INCONCLUSIVE", "replay could not run: cannot read ledger.db: disk I/O error")
 
 
 def _register(exp: Experiment, name: str, role: str, features: np.ndarray) -> None:
