@@ -24,7 +24,7 @@ from ledger.errors import StoreError, UnknownExperimentError
 from ledger.events import REPLAY_RECORDED, REPORT_EXPORTED
 from ledger.experiment import Experiment, ExperimentManager
 from ledger.experiment_info import describe_experiment
-from ledger.seeds import derive_bytes
+from ledger.seeds import SEED_SCHEME, derive_bytes
 from ledger.store import Store, StreamWriter
 from ledger_builders import drop_append_only_triggers, execute, record_experiment
 from replay.engine import record_replay, replay_run
@@ -126,6 +126,19 @@ def test_a_replayed_run_of_committed_code_needs_no_attention(
     assert (summary["alerts"], summary["attention"]) == (alerts, bool(alerts))
     assert (summary["integrity"], summary["findings"], summary["replay"]) == ("VERIFIED", 0,
                                                                              "PASSED")
+
+
+@pytest.mark.parametrize("scheme", [SEED_SCHEME, "ledger/seed/v9"])
+def test_a_seed_scheme_this_program_does_not_know_is_alerted(tmp_path: Path,
+                                                             scheme: str) -> None:
+    """Seeds are re-derived by the recorded scheme: one this program does not know means its
+    seed paths cannot be checked here, which the summary says; the known one says nothing."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store, extra_params={"seed_scheme": scheme})
+    alerts = report_of(url, recorded.exp)["summary"]["alerts"]
+    assert [alert for alert in alerts if "scheme" in alert] == (
+        [] if scheme == SEED_SCHEME else [f"unknown seed derivation scheme {scheme!r}"])
 
 
 def test_an_unknown_experiment_is_refused(honest: tuple[str, Path, str]) -> None:
