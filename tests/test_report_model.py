@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from ledger.audit import record_audit
 from ledger.augment import DataAugmenter, register_op
@@ -913,6 +914,23 @@ def test_one_missing_trigger_is_named_and_alerted(tmp_path: Path, trigger: str,
     assert [a for a in report["summary"]["alerts"] if "control" in a] == [
         f"append-only control not in force: {control}"]
     assert report["summary"]["integrity"] == "VERIFIED"
+
+
+def test_a_chain_key_that_cannot_be_inspected_is_not_in_force(
+        honest: tuple[str, Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """R9 states the unique (exp, stream, seq) key in force only when the database shows it:
+    an inspection that fails states it as not in force (and alerts), never as in force."""
+    def failing(_engine: Any) -> None:
+        raise OperationalError("PRAGMA index_list", {}, Exception("database is locked"))
+
+    monkeypatch.setattr("report.integrity.inspect", failing)
+    url, _data, exp = honest
+    report = report_of(url, exp)
+    [control] = [c for c in report["R9"]["append_only_controls"]
+                 if c["control"].startswith("unique (exp, stream, seq)")]
+    assert control["in_force"] is False
+    assert f"append-only control not in force: {control['control']}" in report["summary"][
+        "alerts"]
 
 
 @pytest.mark.parametrize("unique_index", [False, True])
