@@ -35,6 +35,9 @@ class RunFacts:
     completed: dict[str, Any] | None = None
     datasets: list[dict[str, Any]] = field(default_factory=list)
     workers: list[dict[str, Any]] = field(default_factory=list)
+    """The first MAX_WORKERS_LISTED ``worker_spawned`` events."""
+    worker_count: int = 0
+    """Every ``worker_spawned`` event."""
     checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
     """The last checkpoint of each name."""
     checkpoint_count: int = 0
@@ -94,6 +97,7 @@ def _take(facts: RunFacts, stream: str, kind: str, body: dict[str, Any]) -> None
     elif kind == DATASET_REGISTERED:
         facts.datasets.append(body)
     elif kind == WORKER_SPAWNED:
+        facts.worker_count += 1
         if len(facts.workers) < MAX_WORKERS_LISTED:
             facts.workers.append(body)
     elif kind == CHECKPOINT:

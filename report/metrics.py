@@ -1,7 +1,8 @@
 """Metric curves from a run's ``metric`` events, with a bounded number of points per metric.
 
-A metric logged with an epoch is plotted at that epoch (the last value logged for an epoch wins);
-one logged without an epoch at its position among that metric's values. Past
+A metric logged with an epoch (an integer; a forged ``true`` is none) is plotted at that epoch
+(the last value logged for an epoch wins); one logged without an epoch at its position among that
+metric's values. Past
 :data:`MAX_POINTS` points a series is thinned uniformly (every other point dropped, and from then
 on only every 2nd, 4th, … value kept), so memory does not grow with the number of events.
 Past :data:`MAX_SERIES` names, further metrics are counted, not kept. Values that are not real
@@ -36,13 +37,13 @@ class Series:
     def add(self, epoch: Any, value: Any) -> None:
         """Take one logged value."""
         self.count += 1
-        self.last, self.last_epoch = value, epoch if isinstance(epoch, int) else None
+        epoch = epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+        self.last, self.last_epoch = value, epoch
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return
         if not math.isfinite(value):
             return
-        x = float(epoch) if isinstance(epoch, int) and not isinstance(epoch, bool) else float(
-            self.plotted)
+        x = float(self.plotted if epoch is None else epoch)
         self.plotted += 1
         if self.points and self.points[-1][0] == x:
             self.points[-1] = (x, float(value))

@@ -9,6 +9,7 @@ recorded. A replay run by the report is recorded in the experiment's audit strea
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -102,23 +103,51 @@ def r8_replay(facts: RunFacts, outcome: ReplayOutcome | None) -> dict[str, Any]:
                        reason=_describe(divergence) if verdict == FAILED else None)
     if certificate is None:
         return section
-    compared = certificate.get("compared")
-    if not isinstance(compared, dict):
-        compared = {}
+    compared = _counts(certificate.get("compared"))
+    head = certificate.get("head")
     section.update(
-        replayed_by=certificate.get("replayed_by"),
+        replayed_by=_text(certificate.get("replayed_by")),
         started_at=rfc3339(certificate.get("started_t")),
         finished_at=rfc3339(certificate.get("finished_t")),
-        environment_differences=json_view(certificate.get("environment_differences") or []),
-        counts={"compared": sum(v for v in compared.values() if isinstance(v, int)),
-                "matched": certificate.get("matched"), "mismatched": certificate.get("mismatched"),
-                "missing": 0, "extra": 0, "by_kind": json_view(compared),
-                "not_draws": json_view(certificate.get("not_draws") or {})},
-        first_divergence=json_view(certificate.get("first_divergence")),
-        certified_head=certificate.get("head"),
-        head_is_current=certificate.get("head") == current_head,
-        plugins=json_view(certificate.get("plugins") or []))
+        environment_differences=_items(certificate.get("environment_differences"), dict),
+        counts={"compared": sum(compared.values()),
+                "matched": _count(certificate.get("matched")),
+                "mismatched": _count(certificate.get("mismatched")),
+                "missing": 0, "extra": 0, "by_kind": compared,
+                "not_draws": _counts(certificate.get("not_draws"))},
+        first_divergence=json_view(certificate.get("first_divergence"))
+        if isinstance(certificate.get("first_divergence"), dict) else None,
+        certified_head=head if isinstance(head, str) and _SHA256.fullmatch(head) else None,
+        head_is_current=head == current_head,
+        plugins=_items(certificate.get("plugins"), str))
     return section
+
+
+# A recorded certificate is read back from the audit stream, which anyone who can write the
+# ledger appends to: only what has the types a certificate gives is quoted (the report must
+# still validate against schemas/report.v1.json).
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _counts(value: Any) -> dict[str, int]:
+    """The whole-number entries of a recorded {kind: count} map."""
+    if not isinstance(value, dict):
+        return {}
+    return {str(key): count for key, count in value.items() if _count(count) is not None}
+
+
+def _items(value: Any, kind: type) -> list[Any]:
+    """The entries of a recorded list that are of ``kind``, in their JSON view."""
+    return [json_view(item) for item in value if isinstance(item, kind)] if isinstance(
+        value, list) else []
 
 
 def recorded_verdict(verdict: Any) -> str:

@@ -75,7 +75,7 @@ def r2_who_and_when(facts: RunFacts) -> dict[str, Any]:
                 (ended - started) / 1e9, 3),
             "resources": {"cpu_count": platform.get("cpu_count"),
                           "machine": _text(platform.get("machine")),
-                          "workers_spawned": len(workers),
+                          "workers_spawned": facts.worker_count,
                           "start_methods": sorted({str(w.get("start_method")) for w in workers
                                                    if w.get("start_method") is not None})},
             "note": None if meta.get("user") else

@@ -5,25 +5,33 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
+from contextlib import closing
+from datetime import datetime, timedelta, timezone
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from ledger.audit import record_audit
 from ledger.augment import DataAugmenter, register_op
+from ledger.canonical import canonical
 from ledger.datasets import dataset_digest
 from ledger.digests import value_digest
-from ledger.errors import UnknownExperimentError
+from ledger.errors import StoreError, UnknownExperimentError
 from ledger.events import REPLAY_RECORDED, REPORT_EXPORTED
 from ledger.experiment import Experiment, ExperimentManager
 from ledger.experiment_info import describe_experiment
-from ledger.seeds import derive_bytes
-from ledger.store import Store
+from ledger.seeds import SEED_SCHEME, derive_bytes
+from ledger.store import Store, StreamWriter
 from ledger_builders import drop_append_only_triggers, execute, record_experiment
 from replay.engine import record_replay, replay_run
 from replay_helpers import record_run, sample_data
-from report.metrics import MAX_POINTS, Series
+from report.data_checks import RECORD_TAG, record_digests
+from report.metrics import MAX_POINTS, MAX_SERIES, MetricCurves, Series
 from report.model import ReportOptions, build_report
 from report.seedtree import SeedTree
 from report_helpers import report_of, schema_errors
@@ -86,6 +94,54 @@ def test_no_text_claims_that_a_regulation_requires_reproducibility(
     assert "does not by itself establish conformity" in text
 
 
+def test_the_envelope_carries_the_options_given(honest: tuple[str, Path, str]) -> None:
+    """R0 takes the report id, author and time given (export and the CLI pass them), the time
+    in UTC whatever the zone it was given in."""
+    url, _data, exp = honest
+    moment = datetime(2025, 1, 1, 12, 0, 30, tzinfo=timezone(timedelta(hours=2)))
+    r0 = report_of(url, exp, report_id="rpt-0123456789abcdef", generated_by="ada@lab",
+                   now=moment)["R0"]
+    assert (r0["report_id"], r0["generated_by"], r0["generated_at"]) == (
+        "rpt-0123456789abcdef", "ada@lab", "2025-01-01T10:00:30Z")
+
+
+@pytest.mark.parametrize("code,alerts", [
+    ({"vcs": "git", "commit": "0" * 40, "dirty": False, "diff_digest": None, "untracked": 0},
+     []),
+    ({"vcs": None}, ["no code version recorded (not run from a git checkout)"])])
+def test_a_replayed_run_of_committed_code_needs_no_attention(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: dict[str, Any],
+        alerts: list[str]) -> None:
+    """An honest run from a clean checkout, replayed and intact, has no alert and does not
+    ask for attention (every alert is something a reader must act on); without a code
+    version, that is its one alert."""
+    import ledger.experiment
+
+    monkeypatch.setattr(ledger.experiment, "code_version", lambda *_: code)
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    exp = record_run(url, tmp_path / "data", epochs=1)
+    monkeypatch.undo()
+    with Store.open(url) as store:
+        record_replay(store, replay_run(store, exp, data_dir=tmp_path / "data"))
+    summary = report_of(url, exp)["summary"]
+    assert (summary["alerts"], summary["attention"]) == (alerts, bool(alerts))
+    assert (summary["integrity"], summary["findings"], summary["replay"]) == ("VERIFIED", 0,
+                                                                             "PASSED")
+
+
+@pytest.mark.parametrize("scheme", [SEED_SCHEME, "ledger/seed/v9"])
+def test_a_seed_scheme_this_program_does_not_know_is_alerted(tmp_path: Path,
+                                                             scheme: str) -> None:
+    """Seeds are re-derived by the recorded scheme: one this program does not know means its
+    seed paths cannot be checked here, which the summary says; the known one says nothing."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store, extra_params={"seed_scheme": scheme})
+    alerts = report_of(url, recorded.exp)["summary"]["alerts"]
+    assert [alert for alert in alerts if "scheme" in alert] == (
+        [] if scheme == SEED_SCHEME else [f"unknown seed derivation scheme {scheme!r}"])
+
+
 def test_an_unknown_experiment_is_refused(honest: tuple[str, Path, str]) -> None:
     url, _data, _exp = honest
     with Store.open(url) as store, pytest.raises(UnknownExperimentError):
@@ -101,6 +157,8 @@ def test_an_incomplete_run_says_so_everywhere(tmp_path: Path) -> None:
     assert report["summary"]["run_status"] == "incomplete"
     assert report["R9"]["run_head"] is None and report["R1"]["complete"] is False
     assert report["summary"]["alerts"][0].startswith("INCOMPLETE RUN")
+    assert report["summary"]["headline"].startswith(f"{recorded.exp}: run incomplete, "
+                                                    f"INCOMPLETE; ledger VERIFIED")
     assert report["R9"]["verification"]["ok"]  # what is there is intact
 
 
@@ -113,7 +171,8 @@ def test_a_failed_run_says_so(tmp_path: Path) -> None:
     report = report_of(url, exp.id)
     assert report["summary"]["run_status"] == report["R1"]["status"] == "failed"
     assert "RuntimeError: out of memory" in report["R1"]["error"]
-    assert any(alert.startswith("RUN FAILED") for alert in report["summary"]["alerts"])
+    assert (f"RUN FAILED: run_completed records status failed ({report['R1']['error']})"
+            in report["summary"]["alerts"])
 
 
 def test_a_tampered_run_is_reported_with_the_finding(tmp_path: Path) -> None:
@@ -135,7 +194,13 @@ def test_a_tampered_run_is_reported_with_the_finding(tmp_path: Path) -> None:
                        if c["control"].startswith("hash chain")]
     assert chain_control["detail"].endswith(f", {intact} intact before the first bad event of "
                                             f"each broken chain")
-    assert report["summary"]["alerts"][0].startswith("INTEGRITY CHECK FAILED")
+    assert chain_control["in_force"] is False  # alerted once, as INTEGRITY CHECK FAILED
+    assert not [alert for alert in report["summary"]["alerts"] if "hash chain" in alert]
+    findings = report["R9"]["verification"]["findings"]
+    assert report["summary"]["findings"] == len(findings)
+    assert report["summary"]["alerts"][0] == (
+        f"INTEGRITY CHECK FAILED: {len(findings)} finding(s); first: {recorded.exp} stream main "
+        f"seq 3: {finding['problem']}")
     controls = {c["control"].split(" refuse")[0]: c["in_force"]
                 for c in report["R9"]["append_only_controls"]}
     assert controls["database triggers"] is False
@@ -160,6 +225,47 @@ def test_a_run_completed_moved_out_of_main_is_reported_complete_as_show_says(
     assert summary["headline"].startswith(f"{recorded.exp}: run ok, complete; ledger FAILED")
 
 
+def test_quoted_kinds_written_where_they_do_not_belong_are_not_taken(tmp_path: Path) -> None:
+    """Whoever can write the ledger can append any kind to any stream: a replay_recorded
+    outside the audit stream is no replay evidence, and a later experiment_created or
+    run_completed does not replace the run's own (verification names what is out of place)."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store)
+        for stream, events in {"worker-7": [
+                ("replay_recorded", {"verdict": "certified", "head": recorded.head.hex()}),
+                ("run_completed", {"status": "failed", "error": "forged"})],
+                "main": [("experiment_created", {"name": "x", "model": "forged"})]}.items():
+            writer = StreamWriter(store, recorded.exp, stream, flush_interval=None)
+            for kind, params in events:
+                writer.append(kind, params=params)
+            writer.close()
+    report = report_of(url, recorded.exp)
+    assert (report["R8"]["verdict"], report["R10"]["events"]) == ("NOT_REPLAYED", [])
+    assert (report["R1"]["model"], report["R1"]["status"], report["R1"]["error"]) == (
+        "logistic-regression", "ok", None)
+    assert report["summary"]["integrity"] == "FAILED"
+
+
+def test_a_run_completed_outside_main_is_the_head_where_main_ends_at_its_seq(
+        tmp_path: Path) -> None:
+    """The run head is the hash of the run's run_completed: when that event is in another
+    stream (a forgery verification names), main's head is not taken for it, even where main
+    holds exactly as many events as a main ending with it would."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store, workers=0, complete=False)
+        writer = StreamWriter(store, recorded.exp, "worker-7", flush_interval=None)
+        for epoch in range(len(recorded.main) - 1):
+            writer.append("metric", params={"epoch": epoch, "name": "pad", "value": 0.0})
+        writer.append("run_completed", params={"status": "ok"})
+        writer.close()
+        head = store.first_event_hash(recorded.exp, "run_completed")
+    assert head is not None and head != recorded.main[-1].hash
+    report = report_of(url, recorded.exp)
+    assert report["R9"]["run_head"] == report["summary"]["run_head"] == head.hex()
+
+
 def test_a_diverged_run_fails_its_replay_and_the_replay_is_recorded(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     augmenter = DataAugmenter(ops=[{"op": "test_report_unseeded"}])
@@ -169,8 +275,13 @@ def test_a_diverged_run_fails_its_replay_and_the_replay_is_recorded(tmp_path: Pa
     assert (r8["verdict"], r8["source"]) == ("FAILED", "run by this report")
     assert r8["first_divergence"]["kind"] == "augmentation_batch"
     assert r8["counts"]["mismatched"] >= 1 and r8["counts"]["missing"] == 0
+    divergence = r8["first_divergence"]
+    assert r8["reason"].startswith(f"{exp} {divergence['stream']}#{divergence['seq']} "
+                                   f"augmentation_batch [")
+    assert f"REPLAY FAILED: {r8['reason']}" in report["summary"]["alerts"]
     later = report_of(url, exp)
     assert later["R8"]["verdict"] == "FAILED"
+    assert later["R8"]["environment"] == r8["environment"] and r8["environment"]["packages"]
     assert later["R8"]["source"] == "recorded in the audit stream"
     assert "replay FAILED (as recorded by " in later["summary"]["headline"]
     assert "not re-run by this report" in later["summary"]["headline"]
@@ -191,6 +302,125 @@ def test_a_recorded_replay_is_quoted_and_listed_in_the_history(tmp_path: Path) -
     assert r8["certified_head"] == report["R9"]["run_head"]
     assert report["R10"]["events"][0]["kind"] == "replay_recorded"
     assert not [alert for alert in report["summary"]["alerts"] if "REPLAY" in alert.upper()]
+
+
+def test_the_latest_recorded_replay_is_quoted_with_what_it_recorded(tmp_path: Path) -> None:
+    """Without --replay, R8 quotes the last replay_recorded of the audit stream, not the first:
+    a later failed replay must not hide behind an earlier pass. What it recorded (who, when,
+    why it failed, environment, plugins, counts) is quoted as recorded."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store)
+        head = recorded.head.hex()
+        record_audit(store, recorded.exp, REPLAY_RECORDED, {"verdict": "certified",
+                                                            "head": head})
+        later = record_audit(store, recorded.exp, REPLAY_RECORDED, {
+            "verdict": "diverged", "head": head, "replayed_by": "eve@lab",
+            "finished_t": recorded.created_t + 10**9, "environment": {"python": "3.11.7"},
+            "plugins": ["test_report_dropout/1"], "matched": 1, "mismatched": 1,
+            "compared": {"epoch_reset": 2, "metric": 0},
+            "first_divergence": {"stream": "main", "seq": 3, "kind": "epoch_reset",
+                                 "path": ["epoch", 0, "shuffle"], "cause": "output",
+                                 "detail": "digest differs"}})
+    report = report_of(url, recorded.exp)
+    r8 = report["R8"]
+    assert (r8["verdict"], r8["audit_seq"], r8["replayed_by"]) == ("FAILED", later.seq, "eve@lab")
+    assert r8["reason"] == "main#3 epoch_reset [epoch/0/shuffle]: output — digest differs"
+    assert r8["first_divergence"]["detail"] == "digest differs"
+    assert (r8["environment"], r8["plugins"]) == ({"python": "3.11.7"},
+                                                  ["test_report_dropout/1"])
+    assert (r8["counts"]["compared"], r8["counts"]["mismatched"]) == (2, 1)
+    assert f"REPLAY FAILED: {r8['reason']}" in report["summary"]["alerts"]
+    assert r8["finished_at"] == "2023-11-14T22:13:21.000Z"
+    assert report["summary"]["headline"].endswith(
+        "replay FAILED (as recorded by eve@lab at 2023-11-14T22:13:21.000Z; not re-run by this "
+        "report: --replay re-runs it)")
+
+
+@pytest.mark.parametrize("certificate,verdict,current", [
+    ({"verdict": "certified", "head": "00" * 32}, "PASSED", False),
+    ({"verdict": "diverged", "first_divergence": "forged"}, "FAILED", False),
+    ({"verdict": "certified"}, "PASSED", False)])
+def test_a_recorded_pass_of_another_head_is_flagged(tmp_path: Path, certificate: dict[str, Any],
+                                                   verdict: str, current: bool) -> None:
+    """A recorded certificate vouches only for the head it names: a pass of another head (or
+    none) is not a pass of this run, and the report says so; a divergence that is not a map
+    gives no reason rather than stopping the report."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store)
+        record_audit(store, recorded.exp, REPLAY_RECORDED, certificate)
+    report = report_of(url, recorded.exp)
+    r8 = report["R8"]
+    assert (r8["verdict"], r8["head_is_current"], r8["reason"]) == (verdict, current, None)
+    flagged = "the recorded replay certified another head than the run's current head"
+    assert (flagged in report["summary"]["alerts"]) is (verdict == "PASSED")
+
+
+def test_a_recorded_certificate_of_other_types_still_gives_a_valid_report(
+        tmp_path: Path) -> None:
+    """Anyone who can write the ledger can append a replay_recorded whose fields have other
+    types: R8 and R10 quoted them as they were, and the report no longer validated against
+    schemas/report.v1.json (counts of text, plugins as maps, a head that is no SHA-256, a
+    replayer that is a list). What has the certificate's types is quoted; the rest is left
+    out."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store)
+        record_audit(store, recorded.exp, REPLAY_RECORDED, {
+            "verdict": "certified", "head": "not a hash", "replayed_by": ["eve"],
+            "compared": {"epoch_reset": 2, "forged": "many", "flag": True}, "matched": "all",
+            "mismatched": 0, "not_draws": {"metric": "x", "checkpoint": 1},
+            "environment_differences": [{"key": "numpy"}, "text"], "plugins": ["p/1", {}],
+            "first_divergence": "forged"})
+        record_audit(store, recorded.exp, REPORT_EXPORTED, {"report_id": "rpt-x",
+                                                            "generated_by": 5,
+                                                            "replay_verdict": ["PASSED"]})
+    report = report_of(url, recorded.exp)  # validated against the schema
+    assert [(e["by"], e["outcome"]) for e in report["R10"]["events"]] == [
+        (None, "PASSED"), (None, None)]
+    r8 = report["R8"]
+    assert (r8["verdict"], r8["certified_head"], r8["head_is_current"]) == ("PASSED", None,
+                                                                           False)
+    assert r8["counts"] == {"compared": 2, "matched": None, "mismatched": 0, "missing": 0,
+                            "extra": 0, "by_kind": {"epoch_reset": 2},
+                            "not_draws": {"checkpoint": 1}}
+    assert (r8["replayed_by"], r8["plugins"], r8["first_divergence"]) == (None, ["p/1"], None)
+    assert r8["environment_differences"] == [{"key": "numpy"}]
+
+
+def test_the_environment_alert_names_three_differences_and_counts_the_rest(
+        tmp_path: Path) -> None:
+    """The alert names the first three differences of the replay environment, by key, and
+    counts the others, so that it stays one line however many packages changed."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store)
+        record_audit(store, recorded.exp, REPLAY_RECORDED, {
+            "verdict": "certified", "head": recorded.head.hex(),
+            "environment_differences": [{"key": f"packages.p{n}", "recorded": "1.0",
+                                         "current": "2.0"} for n in range(5)]})
+    alerts = report_of(url, recorded.exp)["summary"]["alerts"]
+    assert [alert for alert in alerts if "replay environment" in alert] == [
+        "the replay environment differs from the recorded one: "
+        + "; ".join(f"packages.p{n} 1.0 recorded, 2.0 at replay" for n in range(3))
+        + " and 2 more"]
+
+
+def test_r1_shows_the_last_checkpoint_of_each_name_and_counts_them_all(tmp_path: Path) -> None:
+    """R1's final checkpoints are the last one logged under each name (by name), and it counts
+    every checkpoint recorded: an earlier state must not pass for the final model."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("checkpoints", seed=1) as exp:
+            exp.log_checkpoint("model", {"w": np.zeros(2)}, epoch=0)
+            last = exp.log_checkpoint("model", {"w": np.ones(2)}, epoch=1)
+            ema = exp.log_checkpoint("ema", {"w": np.ones(3)}, epoch=1)
+    assert last is not None and ema is not None
+    checkpoints = report_of(url, exp.id)["R1"]["checkpoints"]
+    assert checkpoints["recorded"] == 3
+    assert [(c["name"], c["epoch"], c["digest"]) for c in checkpoints["final"]] == [
+        ("ema", 1, ema.output.hex()), ("model", 1, last.output.hex())]
 
 
 def test_a_recorded_verdict_that_is_not_text_is_inconclusive(tmp_path: Path) -> None:
@@ -228,6 +458,20 @@ def test_a_replay_without_its_data_is_inconclusive(honest: tuple[str, Path, str]
     assert report["R8"]["verdict"] == "INCONCLUSIVE"
     assert "missing" in report["R8"]["reason"]
     assert report["summary"]["alerts"][0].startswith("REPLAY INCONCLUSIVE")
+
+
+def test_a_replay_the_ledger_stops_is_inconclusive(honest: tuple[str, Path, str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replay stopped by the ledger itself (a lost connection, a disk error) proves nothing
+    either way: INCONCLUSIVE, saying why, never FAILED."""
+    def stopped(*_args: Any, **_kwargs: Any) -> None:
+        raise StoreError("cannot read ledger.db: disk I/O error")
+
+    monkeypatch.setattr("report.replay_evidence.replay_run", stopped)
+    url, data_dir, exp = honest
+    r8 = report_of(url, exp, replay=True, data_dir=str(data_dir))["R8"]
+    assert (r8["verdict"], r8["reason"]) == (
+        "INCONCLUSIVE", "replay could not run: cannot read ledger.db: disk I/O error")
 
 
 def _register(exp: Experiment, name: str, role: str, features: np.ndarray) -> None:
@@ -295,6 +539,104 @@ def test_the_same_rows_in_another_dtype_and_repeated_rows_count(tmp_path: Path) 
     check = report_of(url, exp.id, data_dir=str(tmp_path / "data"))["R5"]["independence"]
     assert [(pair["test"], pair["overlap"], pair["test_records"]) for pair in check["pairs"]] == [
         ("wider", 6, 6), ("repeats", 200, 200)]
+
+
+def _independence(tmp_path: Path, roles: list[str | None],
+                  leak: dict[int, int] | None = None) -> dict[str, Any]:
+    """R5's independence check of a run with one dataset per role (named d0, d1, …, of distinct
+    random rows), dataset ``i`` of ``leak`` holding the first ``leak[i]`` rows of d0."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    rng = np.random.default_rng(5)
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("roles", seed=3) as exp:
+            first = rng.normal(size=(20, 3)).astype(np.float32)
+            for index, role in enumerate(roles):
+                rows = first if index == 0 else rng.normal(size=(5, 3)).astype(np.float32)
+                if leak and index in leak:
+                    rows = np.concatenate([rows, first[:leak[index]]])
+                exp.register_dataset(f"d{index}", rows, np.zeros(len(rows), np.int8),
+                                     role=role)
+    check = report_of(url, exp.id, data_dir=str(tmp_path / "data"))["R5"]["independence"]
+    assert isinstance(check, dict)
+    return check
+
+
+UNKNOWN_NOTE = ("carry a role the check does not know, so were not checked (train or training; "
+                "test, validation, val, dev, holdout, eval, …)")
+
+
+@pytest.mark.parametrize("roles,status,reason", [
+    ([None, None], "not_checked", "no dataset roles recorded"),
+    (["train", "training"], "not_checked",
+     "needs a training and a test (or validation) dataset"),
+    (["test", None], "not_checked", "needs a training and a test (or validation) dataset"),
+    (["train", "calibration"], "not_checked",
+     f"needs a training and a test (or validation) dataset; dataset(s) 'd1' ('calibration') "
+     f"{UNKNOWN_NOTE}"),
+    (["train", "test", *["x"] * 6], "not_checked",
+     "no record of the test datasets occurs in the training ones, but dataset(s) "
+     + ", ".join(f"'d{n}' ('x')" for n in range(2, 7)) + f" … {UNKNOWN_NOTE}"),
+    (["train", "test", None], "passed", "no record occurs in both")])
+def test_the_independence_check_says_why_it_did_not_pass(tmp_path: Path,
+                                                         roles: list[str | None], status: str,
+                                                         reason: str) -> None:
+    """Passing needs a training and a test-like dataset and no role the check does not know;
+    otherwise R5 says which is missing. A dataset without a role is not a test set (it is not
+    claimed as one), so it neither blocks the check nor is checked."""
+    check = _independence(tmp_path, roles)
+    assert (check["status"], check["reason"]) == (status, reason)
+
+
+def test_one_leaky_test_set_among_clean_ones_fails_at_the_pair_limit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any pair that shares records fails the check, however many are clean; and a run with
+    exactly MAX_PAIRS pairs is still checked (only more are not)."""
+    monkeypatch.setattr("report.data_checks.MAX_PAIRS", 2)
+    check = _independence(tmp_path, ["train", "test", "validation"], leak={2: 4})
+    assert check["status"] == "failed"
+    assert [(pair["test"], pair["overlap"], pair["test_records"]) for pair in check["pairs"]] == [
+        ("d1", 0, 5), ("d2", 4, 9)]
+
+
+def test_record_digests_are_the_documented_hash_of_the_widened_rows() -> None:
+    """R5 documents the record digest so that an auditor can recompute it: the tag, canonical
+    [dtype, row shape], the row's bytes, integers and booleans widened to <i8, floats to <f8
+    and big-endian data read as little-endian; rows of one value in any of these dtypes are
+    the same records."""
+    values = [[[1, 0], [0, 1]], [[0, 0], [1, 1]]]
+
+    def documented(dtype: str) -> Counter[bytes]:
+        return Counter(hashlib.sha256(RECORD_TAG + canonical([dtype, [2, 2]])
+                                      + np.array(row, dtype).tobytes()).digest()
+                       for row in values)
+
+    for dtype in ("<i8", "<i2", ">i4", "u1", "?"):
+        assert record_digests(np.array(values, dtype)) == documented("<i8"), dtype
+    for dtype in ("<f8", "<f4", ">f8", "<f2"):
+        assert record_digests(np.array(values, dtype)) == documented("<f8"), dtype
+    assert record_digests(np.array(values, ">c16")) == documented("<c16")
+    assert record_digests(np.zeros((0, 4), np.float32)) == Counter()
+
+
+@pytest.mark.parametrize("loader", [{"kind": "npz"}, {"kind": "npz", "path": 5,
+                                                        "digest": "0" * 64}])
+def test_a_forged_loader_leaves_the_check_not_checked(tmp_path: Path,
+                                                      loader: dict[str, Any]) -> None:
+    """Any writer can append a dataset_registered whose loader lacks its fields or has them
+    of other types: the independence check says it could not load the data, and the report
+    is still produced."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("roles", seed=3) as exp:
+            _register(exp, "tr", "train", np.ones((3, 2), np.float32))
+            with Store.open(url) as store:
+                writer = StreamWriter(store, exp.id, "worker-9", flush_interval=None)
+                writer.append("dataset_registered", params={"name": "te", "role": "test",
+                                                            "loader": loader})
+                writer.close()
+    check = report_of(url, exp.id, data_dir=str(tmp_path / "data"))["R5"]["independence"]
+    assert (check["status"], check["pairs"]) == ("not_checked", [])
+    assert check["reason"].startswith("data not available: ")
 
 
 def test_roles_without_their_data_are_not_checked(tmp_path: Path) -> None:
@@ -365,6 +707,61 @@ def test_a_metric_series_is_thinned_but_keeps_its_count_and_last_value() -> None
     assert data["last"] == "NaN"
 
 
+def test_a_metric_plots_real_numbers_only_and_the_last_value_of_an_epoch() -> None:
+    """Booleans, text and non-finite values are counted and kept as the last value, never
+    plotted; a boolean epoch is no epoch (the value goes at its position); a second value of an
+    epoch replaces the first, as METRICS documents."""
+    series = Series("loss")
+    for epoch, value in [(None, 1.0), (None, 2.0), (True, 3.0), (None, True), (None, "high"),
+                         (None, float("inf")), (7, 0.5), (7, 0.25), (8, 2**52), (9, 2.0**53)]:
+        series.add(epoch, value)
+    data = series.to_json()
+    assert data["points"] == [[0, 1], [1, 2], [2, 3], [7, 0.25], [8, 2**52], [9, 2.0**53]]
+    assert [type(y) for _x, y in data["points"][-2:]] == [int, float]  # exact below 2**53 only
+    assert (data["count"], data["last"], data["last_epoch"]) == (10, 2.0**53, 9)
+
+
+def test_a_metric_logged_with_a_boolean_epoch_still_gives_a_valid_report(tmp_path: Path
+                                                                         ) -> None:
+    """log_metric refuses an epoch that is not an integer, but any writer of the ledger can
+    append a metric with ``epoch: true``: R1 gave it as the series' last_epoch, and the report
+    failed schemas/report.v1.json (a boolean is no integer). It is no epoch."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store, complete=False)
+        writer = StreamWriter(store, recorded.exp, "main", flush_interval=None)
+        writer.append("metric", params={"epoch": True, "name": "loss", "value": 0.5})
+        writer.close()
+    [loss] = [s for s in report_of(url, recorded.exp)["R1"]["metrics"] if s["name"] == "loss"]
+    assert (loss["last"], loss["last_epoch"], loss["points"]) == (0.5, None, [[0, 0.5]])
+
+
+@pytest.mark.parametrize("values", [MAX_POINTS, 2 * MAX_POINTS + 3])
+def test_a_thinned_series_keeps_every_stride_th_value_from_the_first(values: int) -> None:
+    """Up to MAX_POINTS values are all plotted; past that, the kept points are exactly the
+    values at multiples of the stride, from the first one, so a curve is not shifted."""
+    series = Series("loss")
+    for step in range(values):
+        series.add(None, float(step))
+    data = series.to_json()
+    stride = data["thinned_every"]
+    assert stride == (1 if values == MAX_POINTS else 4)
+    assert data["points"] == [[x, x] for x in range(0, values, stride)]
+
+
+def test_metric_names_past_the_limit_are_counted_and_series_sorted_by_name() -> None:
+    """MAX_SERIES names are plotted, values of further names only counted; a metric without
+    a text name is ignored; series are listed by name, not in the order first logged."""
+    curves = MetricCurves()
+    curves.add({"name": 5, "value": 1.0})
+    for index in reversed(range(MAX_SERIES + 1)):
+        curves.add({"name": f"m{index:03}", "value": 1.0})
+    curves.add({"name": "m000", "value": 2.0})
+    names = [series["name"] for series in curves.to_json()]
+    assert names == [f"m{index:03}" for index in range(1, MAX_SERIES + 1)]
+    assert curves.unplotted == 2
+
+
 @pytest.mark.parametrize("parallel", [False, True])
 def test_a_report_on_every_backend(store_url: str, parallel: bool,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
@@ -382,6 +779,19 @@ def test_a_report_on_every_backend(store_url: str, parallel: bool,
     assert bool(truncate) == store_url.startswith("postgresql")
 
 
+def test_every_spawned_worker_is_counted_past_the_listed_ones(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """R2 counted the worker_spawned events it keeps for their start methods (at most
+    MAX_WORKERS_LISTED, 256): a run of 300 workers was reported as 256 spawned. Every one is
+    counted; only the list is bounded."""
+    monkeypatch.setattr("report.facts.MAX_WORKERS_LISTED", 2)
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store, workers=3)
+    resources = report_of(url, recorded.exp)["R2"]["resources"]
+    assert (resources["workers_spawned"], resources["start_methods"]) == (3, ["spawn"])
+
+
 def test_unreadable_bodies_and_paths_do_not_stop_the_report(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     with Store.open(url, create=True) as store:
@@ -397,6 +807,24 @@ def test_unreadable_bodies_and_paths_do_not_stop_the_report(tmp_path: Path) -> N
     assert report["R7"]["unreadable_paths"] == 1 and report["R7"]["root_seed"] is None
     assert report["summary"]["integrity"] == "FAILED"
     assert any("could not be decoded" in alert for alert in report["summary"]["alerts"])
+
+
+def test_undecodable_events_are_all_counted_and_the_first_hundred_listed(tmp_path: Path
+                                                                         ) -> None:
+    """A damaged ledger can have any number of bodies that do not decode: R9 lists the first
+    100 (the report stays small), the alert counts every one."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store, workers=0, epochs=101, batches=0)
+        drop_append_only_triggers(store)
+        execute(store, "UPDATE ledger_events SET body = :body WHERE exp = :exp AND "
+                       "kind = 'metric'", body=b"\xc1", exp=recorded.exp)
+    report = report_of(url, recorded.exp)
+    metrics = [event.seq for event in recorded.main if event.kind == "metric"]
+    assert len(metrics) == 101
+    assert report["R9"]["undecodable_events"] == [
+        {"stream": "main", "seq": seq, "kind": "metric"} for seq in metrics[:100]]
+    assert "101 event(s) could not be decoded" in report["summary"]["alerts"]
 
 
 @pytest.mark.parametrize("diff_digest,alert", [
@@ -440,3 +868,89 @@ def test_the_environment_alert_names_what_differed_at_replay(tmp_path: Path,
     assert [alert for alert in alerts if "replay environment" in alert] == [
         f"the replay environment differs from the recorded one: packages.numpy 1.25.2 "
         f"recorded, {np.__version__} at replay"]
+
+
+@pytest.mark.parametrize("complete", [True, False])
+def test_r9_lists_every_stream_with_its_count_and_head(tmp_path: Path, complete: bool) -> None:
+    """R9 certifies each stream's count and head, main first and the audit stream last (what
+    verify-report --against-ledger compares), every chain verified, and says whether the run
+    is complete."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store, workers=2, complete=complete)
+        record_audit(store, recorded.exp, REPORT_EXPORTED, {"report_id": "rpt-x"})
+        heads = store.stream_heads(recorded.exp)
+    r9 = report_of(url, recorded.exp)["R9"]
+    streams = ["main", "worker-0", "worker-1", "audit"]
+    assert r9["streams"] == [{"stream": name, "count": heads[name].count,
+                              "head": heads[name].head.hex()} for name in streams]
+    assert [entry["count"] for entry in r9["streams"][:3]] == [
+        len(recorded.streams[name]) for name in streams[:3]]
+    assert r9["verification"]["chains"] == len(streams)
+    assert (r9["complete"], r9["run_head"]) == (complete, recorded.head.hex() if complete
+                                                else None)
+
+
+@pytest.mark.parametrize("trigger,control", [
+    ("ledger_events_no_update", "database triggers refuse UPDATE and DELETE of ledger rows"),
+    ("ledger_stream_claims_no_delete",
+     "database triggers refuse UPDATE and DELETE of ledger rows"),
+    ("ledger_meta_no_replace", "database triggers refuse INSERT OR REPLACE over a recorded row")])
+def test_one_missing_trigger_is_named_and_alerted(tmp_path: Path, trigger: str,
+                                                 control: str) -> None:
+    """A control is in force only while every trigger it names is there: one trigger dropped
+    (the chain still intact) puts its control out of force, names the trigger, and alerts."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store)
+        execute(store, f'DROP TRIGGER "{trigger}"')
+    report = report_of(url, recorded.exp)
+    controls = {c["control"]: c for c in report["R9"]["append_only_controls"]}
+    assert [name for name, c in controls.items() if not c["in_force"]] == [control]
+    assert controls[control]["detail"] == f"missing: {trigger}"
+    assert [c["detail"] for c in controls.values() if c["control"].startswith("database")
+            and c["control"] != control] == [
+        "4 triggers present" if "UPDATE" in control else "8 triggers present"]
+    assert [a for a in report["summary"]["alerts"] if "control" in a] == [
+        f"append-only control not in force: {control}"]
+    assert report["summary"]["integrity"] == "VERIFIED"
+
+
+def test_a_chain_key_that_cannot_be_inspected_is_not_in_force(
+        honest: tuple[str, Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """R9 states the unique (exp, stream, seq) key in force only when the database shows it:
+    an inspection that fails states it as not in force (and alerts), never as in force."""
+    def failing(_engine: Any) -> None:
+        raise OperationalError("PRAGMA index_list", {}, Exception("database is locked"))
+
+    monkeypatch.setattr("report.integrity.inspect", failing)
+    url, _data, exp = honest
+    report = report_of(url, exp)
+    [control] = [c for c in report["R9"]["append_only_controls"]
+                 if c["control"].startswith("unique (exp, stream, seq)")]
+    assert control["in_force"] is False
+    assert f"append-only control not in force: {control['control']}" in report["summary"][
+        "alerts"]
+
+
+@pytest.mark.parametrize("unique_index", [False, True])
+def test_the_unique_chain_position_is_stated_as_the_database_holds_it(
+        tmp_path: Path, unique_index: bool) -> None:
+    """An SQLite ledger handed over may have ledger_events rebuilt as a plain copy, without its
+    unique (exp, stream, seq) key: that control is then not in force; a unique index on the
+    same columns keeps it in force."""
+    path = tmp_path / "ledger.db"
+    with Store.open(f"sqlite:///{path}", create=True) as store:
+        recorded = record_experiment(store)
+    with closing(sqlite3.connect(path)) as connection, connection:
+        connection.executescript(
+            "ALTER TABLE ledger_events RENAME TO old_events; CREATE TABLE ledger_events AS "
+            "SELECT * FROM old_events; DROP TABLE old_events;" + (
+                "CREATE UNIQUE INDEX chain ON ledger_events (exp, stream, seq);"
+                if unique_index else ""))
+    report = report_of(f"sqlite:///{path}", recorded.exp)
+    [control] = [c for c in report["R9"]["append_only_controls"]
+                 if c["control"].startswith("unique (exp, stream, seq)")]
+    assert control["in_force"] is unique_index
+    alert = f"append-only control not in force: {control['control']}"
+    assert (alert in report["summary"]["alerts"]) is not unique_index

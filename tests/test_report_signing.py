@@ -10,17 +10,23 @@ import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conftest import run_cli
+from ledger.audit import record_audit
+from ledger.errors import BadInputError
+from ledger.events import REPORT_EXPORTED
 from ledger.store import Store
-from ledger_builders import record_experiment
-from report.check import check_report
+from ledger_builders import delete_event, drop_append_only_triggers, record_experiment
+from report.check import check_report, file_sha256
 from report.export import export_report
+from report.jsonview import canonical_json
 from report.model import ReportOptions
-from report.signing import generate_key_pair, load_private_key
+from report.signing import fingerprint, generate_key_pair, load_private_key, load_public_key, sign
 
 A, B = "exp-aaaaaaaaaaaa", "exp-bbbbbbbbbbbb"
 
@@ -210,3 +216,161 @@ def test_a_private_key_others_can_read_is_refused(tmp_path: Path, signed: Path) 
                    str(tmp_path / "r.json"), "--sign-key", str(key), "--no-record")
     assert done.returncode == 2 and "readable by others" in done.stderr
     assert not (tmp_path / "r.json").exists()
+
+
+def _resign(bundle: Path, signed: Path, change: Callable[[dict[str, Any]], None]) -> Path:
+    """Change the bundle's report with ``change`` and sign it again with the right key (what a
+    holder of the key can do): the signature verifies, so only the other checks can fail it.
+    SHA256SUMS goes, as the report's bytes changed."""
+    path = bundle / "report.json"
+    report = json.loads(path.read_text())
+    change(report)
+    path.write_text(json.dumps(report))
+    (bundle / "report.json.sig").write_bytes(sign(load_private_key(signed / "key.key"),
+                                                  canonical_json(report)))
+    (bundle / "SHA256SUMS").unlink()
+    return path
+
+
+def test_a_report_naming_another_key_fails_though_it_verifies(bundle: Path, signed: Path
+                                                              ) -> None:
+    """R9 names the key that signed the report: a report that verifies with the given key but
+    names another one was re-signed by someone else, and must not pass as the named signer's."""
+    path = _resign(bundle, signed, lambda report: report["R9"]["signature"].update(
+        public_key_sha256="0" * 64))
+    outcome = check_report(path, signed / "key.pub")
+    assert outcome.signature == "valid" and not outcome.ok
+    assert outcome.failures == [f"the report names signing key {'0' * 64}, but it verifies "
+                                f"with {fingerprint(load_public_key(signed / 'key.pub'))}"]
+
+
+def test_a_file_name_in_r0_that_leaves_the_folder_fails(bundle: Path, signed: Path) -> None:
+    """R0's file names are checked beside the report: one with a folder in it (``../x``)
+    would check a file outside the bundle, so it is a failure, not a file looked at."""
+    path = _resign(bundle, signed, lambda report: report["R0"]["files"].append(
+        {"name": "../ledger.db", "sha256": "0" * 64}))
+    outcome = check_report(path, signed / "key.pub")
+    assert outcome.failures == ["R0 lists a file with an unusable name '../ledger.db'"]
+    assert "../ledger.db" not in outcome.files
+
+
+def test_a_signature_file_that_is_not_base64_is_malformed(bundle: Path, signed: Path) -> None:
+    """Text that is no base64 Ed25519 signature is a failure saying so (exit 1), never a
+    signature handed to the verifier."""
+    (bundle / "report.json.sig").write_text("not a signature!\n")
+    (bundle / "SHA256SUMS").unlink()
+    outcome = check_report(bundle / "report.json", signed / "key.pub")
+    assert outcome.signature == "malformed"
+    assert outcome.failures == ["report.json.sig is not a base64 Ed25519 signature"]
+
+
+@pytest.mark.parametrize("sums", ["rewritten", "removed"])
+def test_a_file_altered_with_its_sums_rewritten_or_removed_still_fails(
+        bundle: Path, signed: Path, sums: str) -> None:
+    """SHA256SUMS is not signed: whoever alters report.html can rewrite its line, or delete
+    the file. The SHA-256 that the signed R0 records still fails the altered file."""
+    html = bundle / "report.html"
+    html.write_text(html.read_text() + "<!-- edited -->")
+    listing = bundle / "SHA256SUMS"
+    if sums == "removed":
+        listing.unlink()
+    else:
+        digest = file_sha256(html)
+        listing.write_text("".join(f"{digest}  report.html\n" if line.endswith("  report.html")
+                                   else f"{line}\n"
+                                   for line in listing.read_text().splitlines()))
+    outcome = check_report(bundle / "report.json", signed / "key.pub")
+    assert outcome.signature == "valid" and outcome.files["report.html"] == "altered"
+    assert outcome.failures == ["report.html does not have the SHA-256 the report records"]
+
+
+@pytest.mark.parametrize("line,failure", [
+    (f"{'0' * 64}  gone.html", "gone.html is listed in SHA256SUMS but missing"),
+    ("0123abcd  report.html", "SHA256SUMS line {number} is malformed"),
+    (f"{'0' * 64}  ../report.json", "SHA256SUMS line {number} is malformed"),
+    ("no separator at all", "SHA256SUMS line {number} is malformed")])
+def test_a_sha256sums_line_that_checks_nothing_fails(bundle: Path, signed: Path, line: str,
+                                                    failure: str) -> None:
+    """Every SHA256SUMS line must name a file beside the report and match it: a line naming a
+    missing file, a short digest or a path elsewhere is a failure, not skipped in silence."""
+    listing = bundle / "SHA256SUMS"
+    number = len(listing.read_text().splitlines()) + 1
+    with listing.open("a") as handle:
+        handle.write(f"{line}\n")
+    outcome = check_report(bundle / "report.json", signed / "key.pub")
+    assert outcome.failures == [failure.format(number=number)]
+
+
+@pytest.mark.parametrize("exp", [None, 5])
+def test_a_report_naming_no_experiment_fails_against_the_ledger(bundle: Path, signed: Path,
+                                                               exp: Any) -> None:
+    """--against-ledger looks the report's R1 experiment up: a signed report without one (or
+    with one that is not text) fails saying so, rather than pass or stop with a traceback."""
+    path = _resign(bundle, signed, lambda report: report["R1"].update(exp=exp))
+    with Store.open(f"sqlite:///{signed / 'ledger.db'}") as store:
+        outcome = check_report(path, signed / "key.pub", store=store)
+    assert outcome.exp is None and outcome.failures == ["the report names no experiment"]
+
+
+@pytest.mark.parametrize("ledger", ["without the run", "with the run incomplete"])
+def test_a_ledger_that_lost_the_certified_run_fails(signed: Path, tmp_path: Path,
+                                                   ledger: str) -> None:
+    """The run the report certifies must still be in the ledger, and still complete: a ledger
+    without it, or with its run_completed cut off, fails the report's head."""
+    report = json.loads((signed / "a" / "report.json").read_text())
+    with Store.open(f"sqlite:///{tmp_path / 'other.db'}", create=True) as store:
+        record_experiment(store, B if ledger == "without the run" else A, complete=False)
+        outcome = check_report(signed / "a" / "report.json", signed / "key.pub", store=store)
+        expected = (f"the ledger {store.url} holds no experiment {A}"
+                    if ledger == "without the run" else
+                    f"the ledger's run head of {A} is missing, the report certifies "
+                    f"{report['R9']['run_head']}")
+    assert outcome.signature == "valid" and outcome.failures[0] == expected
+
+
+def test_an_incomplete_run_is_held_to_its_stream_heads(tmp_path: Path) -> None:
+    """An incomplete run has no run head, so its stream heads are all the report certifies:
+    the unchanged ledger passes (its audit stream grown by this very export: the audit stream
+    is not held to its head), and a rewrite with as many events per stream fails each."""
+    generate_key_pair(tmp_path / "key")
+    bundle = tmp_path / "bundle"
+    with Store.open(f"sqlite:///{tmp_path / 'ledger.db'}", create=True) as store:
+        record_experiment(store, A, complete=False)
+        record_audit(store, A, REPORT_EXPORTED, {"report_id": "rpt-earlier"})
+        export_report(store, A, ReportOptions(), bundle=bundle,
+                      key=load_private_key(tmp_path / "key.key"))
+        assert store.stream_heads(A)["audit"].count == 2
+        kept = check_report(bundle / "report.json", tmp_path / "key.pub", store=store)
+    assert kept.ok and kept.notes == ["the ledger still holds the heads this report certifies"]
+    with Store.open(f"sqlite:///{tmp_path / 'rewritten.db'}", create=True) as store:
+        record_experiment(store, A, root=99, complete=False)
+        rewritten = check_report(bundle / "report.json", tmp_path / "key.pub", store=store)
+    assert [failure.split(" (")[0] for failure in rewritten.failures] == [
+        f"stream {stream} of {A} in the ledger differs from the report"
+        for stream in ("main", "worker-0", "worker-1")]
+
+
+@pytest.mark.parametrize("change", ["schema", "summary", "R14"])
+def test_json_that_is_not_quite_one_of_our_reports_is_refused(bundle: Path, signed: Path,
+                                                              change: str) -> None:
+    """A report of another schema id, or one whose summary or any one section is not a map, is
+    not checked at all: bad input (exit 2), not a verdict on its signature."""
+    path = bundle / "report.json"
+    report = json.loads(path.read_text())
+    report[change] = "ledger/report/v2" if change == "schema" else []
+    path.write_text(json.dumps(report))
+    with pytest.raises(BadInputError, match="is not a ledger/report/v1 report"):
+        check_report(path, signed / "key.pub")
+
+
+def test_an_event_cut_from_the_middle_of_a_stream_fails_against_the_ledger(signed: Path,
+                                                                          tmp_path: Path) -> None:
+    """An event deleted from the middle of a stream leaves its head (and the run head) as they
+    were: only the stream's count, which R9 certifies, shows it."""
+    shutil.copy(signed / "ledger.db", tmp_path / "ledger.db")
+    with Store.open(f"sqlite:///{tmp_path / 'ledger.db'}") as store:
+        drop_append_only_triggers(store)
+        delete_event(store, A, "worker-0", 0)
+        outcome = check_report(signed / "a" / "report.json", signed / "key.pub", store=store)
+    assert [failure.split(" (")[0] for failure in outcome.failures] == [
+        f"stream worker-0 of {A} in the ledger differs from the report"]
