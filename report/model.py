@@ -170,7 +170,8 @@ def _alerts(facts: RunFacts, sections: dict[str, Any], verified: VerifyReport) -
                       f"{verified.findings[0].describe()}")
     replay = sections["R8"]
     if replay["verdict"] == FAILED:
-        alerts.append(f"REPLAY FAILED: {replay['reason']}")
+        reason = replay["reason"] or "the recorded verdict names no divergence that can be quoted"
+        alerts.append(f"REPLAY FAILED: {reason}")
     elif replay["verdict"] == INCONCLUSIVE:
         alerts.append(f"REPLAY INCONCLUSIVE: {replay['reason']}")
     elif replay["verdict"] == NOT_REPLAYED:

@@ -355,6 +355,9 @@ def test_a_recorded_pass_of_another_head_is_flagged(tmp_path: Path, certificate:
     assert (r8["verdict"], r8["head_is_current"], r8["reason"]) == (verdict, current, None)
     flagged = "the recorded replay certified another head than the run's current head"
     assert (flagged in report["summary"]["alerts"]) is (verdict == "PASSED")
+    unquoted = ("REPLAY FAILED: the recorded verdict names no divergence that can be quoted"
+                in report["summary"]["alerts"])
+    assert unquoted is (verdict == "FAILED")  # never "REPLAY FAILED: None"
 
 
 def test_a_recorded_certificate_of_other_types_still_gives_a_valid_report(
@@ -637,6 +640,8 @@ def test_a_forged_loader_leaves_the_check_not_checked(tmp_path: Path,
     check = report_of(url, exp.id, data_dir=str(tmp_path / "data"))["R5"]["independence"]
     assert (check["status"], check["pairs"]) == ("not_checked", [])
     assert check["reason"].startswith("data not available: ")
+    if "path" not in loader:  # says which field is missing, not a bare "'path'"
+        assert check["reason"] == "data not available: a recorded loader has no field 'path'"
 
 
 def test_roles_without_their_data_are_not_checked(tmp_path: Path) -> None:
