@@ -107,6 +107,11 @@ def check_segment(store: Store, segment: Segment) -> SegmentResult:
             if audit and kind not in AUDIT_KINDS:
                 return _stop(result, seq, f"{kind!r} in the audit stream, which holds only "
                                           f"replay and report records (replay skips it)")
+            if kind in AUDIT_KINDS and not audit:
+                # Read by nobody (the report and replay look for them in the audit stream): a
+                # forged record, named rather than left to look like a certificate.
+                return _stop(result, seq, f"{kind!r} outside the audit stream, the only one "
+                                          f"that holds replay and report records")
             body = None
             if not fast_accepts(row):
                 problem, body = full_check(exp, stream, row)

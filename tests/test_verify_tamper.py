@@ -640,6 +640,21 @@ def test_only_replay_and_report_records_verify_in_the_audit_stream(store: Store,
     assert len(report.findings) == 1
 
 
+@pytest.mark.parametrize("kind", ["replay_recorded", "report_exported"])
+def test_replay_and_report_records_outside_the_audit_stream_are_flagged(store: Store,
+                                                                        kind: str) -> None:
+    """The library writes replay and report records only to the audit stream, where the report
+    and replay read them: one in another stream is a forgery that nobody would read, so verify
+    names it rather than pass it."""
+    recorded = record_experiment(store, workers=1, complete=False)
+    with StreamWriter(store, recorded.exp, "worker-0", flush_interval=None) as worker:
+        forged = worker.append(kind, params={"verdict": "certified"})
+    report = verify(store)
+    assert_named(report.findings, (recorded.exp, "worker-0", forged.seq,
+                                   f"'{kind}' outside the audit stream"))
+    assert len(report.findings) == 1
+
+
 def test_run_completed_outside_main_is_flagged(store: Store) -> None:
     recorded = record_experiment(store, workers=1, complete=False)
     with StreamWriter(store, recorded.exp, "worker-0", flush_interval=None) as worker:
