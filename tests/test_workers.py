@@ -441,17 +441,23 @@ def test_workers_exit_when_the_training_process_is_killed_alone(method: str) -> 
     assert left == []
 
 
+def _kill_worker_mid_epoch(batches: TrainingDataIterator, worker: int) -> None:
+    """Take one batch, SIGKILL ``worker``, and expect the pass to raise a WorkerError naming
+    it, its pid, its exit code and the batch it was making."""
+    iterator = iter(batches)
+    next(iterator)
+    victim = batches.worker_pids[worker]
+    os.kill(victim, signal.SIGKILL)
+    with pytest.raises(WorkerError, match=rf"worker {worker} \(pid {victim}\) died with exit "
+                                          rf"code -9 while making batch \d+ of epoch 0"):
+        for _batch in iterator:
+            pass
+
+
 def test_a_worker_killed_mid_epoch_is_named_with_its_batch() -> None:
     with TrainingDataIterator(noisy_data(rows=400), 4, seed=1, num_workers=2,
                               augmenter=DataAugmenter(noise_std=0.1)) as batches:
-        iterator = iter(batches)
-        next(iterator)
-        victim = batches.worker_pids[1]
-        os.kill(victim, signal.SIGKILL)
-        with pytest.raises(WorkerError, match=rf"worker 1 \(pid {victim}\) died with exit code "
-                                              rf"-9 while making batch \d+ of epoch 0"):
-            for _batch in iterator:
-                pass
+        _kill_worker_mid_epoch(batches, 1)
 
 
 def test_a_dead_worker_is_named_even_while_another_process_holds_its_pipe(
@@ -465,14 +471,7 @@ def test_a_dead_worker_is_named_even_while_another_process_holds_its_pipe(
     try:
         with TrainingDataIterator(noisy_data(rows=400), 4, seed=1, num_workers=1, timeout=60,
                                   start_method="fork", augmenter=augmenter) as batches:
-            iterator = iter(batches)
-            next(iterator)
-            victim = batches.worker_pids[0]
-            os.kill(victim, signal.SIGKILL)
-            with pytest.raises(WorkerError, match=rf"worker 0 \(pid {victim}\) died with exit "
-                                                  rf"code -9 while making batch \d+ of epoch 0"):
-                for _batch in iterator:
-                    pass
+            _kill_worker_mid_epoch(batches, 0)
     finally:
         if pid_file.exists():
             os.kill(int(pid_file.read_text(encoding="ascii")), signal.SIGKILL)
