@@ -13,11 +13,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import select
 
 from conftest import ROOT
 from ledger import background_threads_paused, processes
@@ -25,8 +27,10 @@ from ledger.digests import ZERO_DIGEST
 from ledger.errors import (BadInputError, ConcurrentWriteError, EncodingError, InvalidIdError,
                            StoreError, StreamClaimedError)
 from ledger.events import make_event
+from ledger.experiment import ExperimentManager
 from ledger.store import Store, StreamWriter
 from ledger.store.claims import host_identity
+from ledger.store.schema import claims_table
 from ledger.store.writer import MAX_QUEUED_BATCHES
 from ledger.verify import verify
 from ledger_builders import execute, record_experiment, rows
@@ -720,3 +724,69 @@ def test_a_run_completed_that_is_durable_is_not_reported_failed_when_its_release
     event = writer.close_with("metric", lambda _connection: {"last": True})
     monkeypatch.undo()
     assert rows(store, recorded.exp, "rank-4")[-1]["hash"] == event.hash
+
+
+# -- claims on record, failed opens, in-memory ledgers (mutation sweep F) ------------------------
+
+def claim_records(store: Store, stream: str, exp: str = EXP) -> list[tuple[int, str, int]]:
+    """``(attempt, action, start_seq)`` of every claims row of one stream, by attempt, each
+    claim before its release."""
+    query = (select(claims_table.c.attempt, claims_table.c.action, claims_table.c.start_seq)
+             .where(claims_table.c.exp == exp, claims_table.c.stream == stream)
+             .order_by(claims_table.c.attempt, claims_table.c.action))
+    with store.engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(query)]
+
+
+def test_the_claims_record_where_each_writer_started_and_stopped(store: Store) -> None:
+    """A claim records the seq its writer starts at and its release the seq after the last
+    event it made durable: which writer wrote which part of a chain stays on record."""
+    with writer(store) as first:
+        for _ in range(3):
+            first.append("metric")
+    with writer(store) as second:
+        second.append("metric")
+    assert claim_records(store, "main") == [
+        (0, "claim", 0), (0, "release", 3), (1, "claim", 3), (1, "release", 4)]
+
+
+def test_an_experiment_s_main_writer_claims_main_from_the_seq_after_its_first_event(
+        store_url: str, tmp_path: Path) -> None:
+    """The main writer is opened before experiment_created is inserted (given the head, not
+    reading it): its claim must still say it starts at seq 1, where its first append goes."""
+    with ExperimentManager(store_url, data_dir=tmp_path) as manager:
+        exp = manager.create_experiment("claimed", seed=7)
+        assert claim_records(manager.store, "main", exp.id) == [(0, "claim", 1)]
+        exp.close()
+
+
+def test_a_writer_whose_head_cannot_be_read_leaves_its_stream_unclaimed(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening claims the stream, then reads its head: should that read fail (a dropped
+    connection), the claim is released again — else this very process could never reopen the
+    stream (its own pid is alive) without a take-over."""
+    def read_fails(*_args: Any) -> None:
+        raise StoreError("cannot read: server closed the connection")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(store, "last_event", read_fails)
+        with pytest.raises(StoreError, match="server closed the connection"):
+            writer(store)
+    with writer(store) as reopened:
+        reopened.append("metric")
+    assert stored_seqs(store, "main") == [0]
+
+
+@pytest.mark.parametrize("options", [{"write_behind": True, "batch_size": 2},
+                                     {"flush_interval": 0.01}])
+def test_an_in_memory_ledger_is_written_in_the_owner_s_thread(options: dict) -> None:
+    """In-memory SQLite gives each thread a database of its own: a background thread (write
+    behind, interval flushes) would write where nobody reads, or fail on a database without
+    tables. Whatever the options, every batch lands in the owner's database."""
+    with Store.open("sqlite://", create=True) as memory:
+        with StreamWriter(memory, EXP, "main", **options) as w:
+            for _ in range(3):
+                w.append("metric")
+                time.sleep(0.05)  # lets an interval pass between appends
+            assert w.flush() == 2
+        assert stored_seqs(memory, "main") == [0, 1, 2]
