@@ -790,3 +790,38 @@ def test_an_in_memory_ledger_is_written_in_the_owner_s_thread(options: dict) -> 
                 time.sleep(0.05)  # lets an interval pass between appends
             assert w.flush() == 2
         assert stored_seqs(memory, "main") == [0, 1, 2]
+
+
+def test_close_with_writes_the_batches_queued_for_the_background_thread_first(
+        store: Store) -> None:
+    """run_completed reads every stream's count in its own transaction: a write-behind writer
+    must have written the batches queued for its thread by then, or the count it records for
+    its own stream is short and its last event lands before earlier ones. (The thread's write
+    is held back until close_with waits for it, or, had it not waited, until its last event's
+    params are read: the interleaving that loses the batch.)"""
+    stream = f"wb{next(_streams)}"
+    owner, go = threading.get_ident(), threading.Event()
+
+    def hold_back_the_thread(_connection: Any) -> None:
+        if threading.get_ident() != owner:
+            go.wait(120)  # the bound only keeps a broken build from hanging
+
+    def params_of(connection: Any) -> dict[str, int]:
+        go.set()
+        return {"stored": Store.stream_heads_in(connection, EXP)[stream].count}
+
+    w = writer(store, stream, batch_size=2, write_behind=True, guard=hold_back_the_thread)
+    waiting = w._wait_until_written
+
+    def wait_until_written() -> None:
+        go.set()
+        waiting()
+
+    w._wait_until_written = wait_until_written  # type: ignore[method-assign]
+    for _ in range(2):
+        w.append("metric")
+    last = w.close_with("metric", params_of)
+    assert (last.seq, last.params["stored"], w.durable_seq) == (2, 2, 2)
+    assert [seq for seq_stream, seq, _kind, _body in store.iter_run_bodies(EXP)
+            if seq_stream == stream] == [0, 1, 2]
+    assert claim_records(store, stream)[-1] == (0, "release", 3)
