@@ -825,3 +825,53 @@ def test_close_with_writes_the_batches_queued_for_the_background_thread_first(
     assert [seq for seq_stream, seq, _kind, _body in store.iter_run_bodies(EXP)
             if seq_stream == stream] == [0, 1, 2]
     assert claim_records(store, stream)[-1] == (0, "release", 3)
+
+
+def test_closing_a_forked_copy_of_a_writer_leaves_the_stream_to_the_writing_process(
+        store: Store) -> None:
+    """A forked process inherits a copy of the writer whose close does nothing: were it to
+    flush and release, the child would write the parent's buffer and free a stream that a live
+    writer still holds."""
+    with writer(store) as w:
+        w.append("metric")
+        pid = os.fork()
+        if pid == 0:
+            try:
+                w.close()
+            finally:
+                os._exit(0)
+        assert wait_for_child(pid, "the forked copy hung closing") == 0
+        with pytest.raises(StreamClaimedError):
+            writer(store)
+        assert stored_seqs(store, "main") == []
+    assert stored_seqs(store, "main") == [0]
+
+
+def test_the_interval_counts_from_the_oldest_unwritten_event(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer appending steadily, each append sooner than ``flush_interval`` after the one
+    before, still writes once the oldest buffered event is ``flush_interval`` old: the interval
+    bounds how long an event stays unwritten, not how long the writer is idle. (In memory: no
+    thread, every interval flush happens in an append, at the clock the test sets.)"""
+    import ledger.store.writer as writer_module
+
+    now = [100.0]
+    monkeypatch.setattr(writer_module.time, "monotonic", lambda: now[0])
+    with Store.open("sqlite://", create=True) as memory:
+        with StreamWriter(memory, EXP, "main", flush_interval=1.0) as w:
+            durable = []
+            for _ in range(3):  # at 100.0, 100.6 and 101.2: the third is 1.2 s after the first
+                w.append("metric")
+                durable.append(w.durable_seq)
+                now[0] += 0.6
+            assert (durable, stored_seqs(memory, "main")) == ([-1, -1, 2], [0, 1, 2])
+
+
+def test_the_fast_path_refuses_a_malformed_kind_before_buffering(store: Store) -> None:
+    """append_normalised skips per-field checks, not the names: a kind no reader accepts would
+    otherwise be hashed into the chain."""
+    with writer(store) as w:
+        with pytest.raises(BadInputError, match="malformed event kind"):
+            w.append_normalised("Not-A-Kind", [], seed=None, params={})
+        assert w.append_normalised("metric", [], seed=None, params={}) == 0
+    assert stored_seqs(store, "main") == [0]
