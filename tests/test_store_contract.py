@@ -165,6 +165,17 @@ def test_unsupported_or_malformed_urls_are_refused(url: str) -> None:
         Store.open(url)
 
 
+@pytest.mark.parametrize("url", ["postgresql://alice:s3cret@localhost:notaport/db",
+                                 "postgresql://alice:s3cret@[::1/db",
+                                 "postgresql://alice:s3cret@localhost/db\x00"])
+def test_a_malformed_url_is_refused_with_its_password_masked(url: str) -> None:
+    """A URL that does not parse is shown back, to say what was refused — but never with its
+    password, which every other error about a URL masks too (a mistyped port printed it)."""
+    with pytest.raises(StoreError, match="not a database URL") as refused:
+        Store.open(url)
+    assert "s3cret" not in str(refused.value) and "alice:***@" in str(refused.value)
+
+
 # -- append-only, enforced by the database ---------------------------------------------------
 
 @pytest.mark.parametrize("table", TABLES)

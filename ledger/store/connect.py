@@ -61,14 +61,26 @@ def parse_url(url: str | None = None) -> URL:
     return _parse(resolve_url(url))
 
 
+def _masked(url: str) -> str:
+    """A URL that does not parse, as errors show it: what stands between ``user:`` and the
+    last ``@`` masked, as :func:`describe_url` masks the password of one that does."""
+    scheme, separator, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not (separator and at and ":" in credentials):
+        return url
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
+
+
 def _parse(url: str) -> URL:
     if not isinstance(url, str) or "\x00" in url:
-        raise StoreError(f"not a database URL: {url!r} (e.g. sqlite:///ledger.db)")
+        shown = _masked(url) if isinstance(url, str) else url
+        raise StoreError(f"not a database URL: {shown!r} (e.g. sqlite:///ledger.db)")
     try:
         parsed = make_url(url)
         parsed.port  # noqa: B018 - parsed lazily: "sqlite://:memory:" fails only here
     except (ArgumentError, ValueError):
-        raise StoreError(f"not a database URL: {url!r} (e.g. sqlite:///ledger.db)") from None
+        raise StoreError(f"not a database URL: {_masked(url)!r} (e.g. sqlite:///ledger.db)"
+                         ) from None
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise StoreError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite or "
                          f"postgresql")
