@@ -29,7 +29,7 @@ from ledger.errors import (BadInputError, ConcurrentWriteError, EncodingError, I
 from ledger.events import make_event
 from ledger.experiment import ExperimentManager
 from ledger.store import Store, StreamWriter
-from ledger.store.claims import host_identity
+from ledger.store.claims import host_identity, live_holder
 from ledger.store.schema import claims_table
 from ledger.store.writer import MAX_QUEUED_BATCHES
 from ledger.verify import verify
@@ -875,3 +875,17 @@ def test_the_fast_path_refuses_a_malformed_kind_before_buffering(store: Store) -
             w.append_normalised("Not-A-Kind", [], seed=None, params={})
         assert w.append_normalised("metric", [], seed=None, params={}) == 0
     assert stored_seqs(store, "main") == [0]
+
+
+def test_a_claims_row_of_an_action_no_writer_records_keeps_every_writer_out(
+        store: Store) -> None:
+    """A claims row whose action is neither claim nor release was written outside the library:
+    who holds the stream cannot be told from it, so no writer opens the stream, even taking it
+    over, and asking who holds it is one StoreError — not a guess that may fork the chain."""
+    execute(store, "INSERT INTO ledger_stream_claims (exp, stream, attempt, action, start_seq, "
+                   "writer, host, pid, t) VALUES (:exp, 'main', 0, 'steal', 0, 'ab', 'elsewhere', "
+                   "1, 1)", exp=EXP)
+    for attempt in (lambda: writer(store), lambda: writer(store, take_over=True),
+                    lambda: live_holder(store, EXP, "main")):
+        with pytest.raises(StoreError, match="hold a row no writer made"):
+            attempt()
