@@ -33,7 +33,7 @@ from ledger.store.claims import host_identity, live_holder
 from ledger.store.schema import claims_table
 from ledger.store.writer import MAX_QUEUED_BATCHES
 from ledger.verify import verify
-from ledger_builders import execute, record_experiment, rows
+from ledger_builders import drop_append_only_triggers, execute, record_experiment, rows
 
 EXP = "exp-0123456789ab"
 _streams = itertools.count()
@@ -889,3 +889,30 @@ def test_a_claims_row_of_an_action_no_writer_records_keeps_every_writer_out(
                     lambda: live_holder(store, EXP, "main")):
         with pytest.raises(StoreError, match="hold a row no writer made"):
             attempt()
+
+
+def test_a_ledger_made_before_claims_existed_has_no_holder(store: Store) -> None:
+    """Recording commands ask who holds the audit stream before they start: a ledger made
+    before the claims table existed has no holder, rather than failing to read that table."""
+    drop_append_only_triggers(store)
+    execute(store, "DROP TABLE ledger_stream_claims")
+    assert live_holder(store, EXP, "audit") is None
+
+
+def test_a_healthy_writer_whose_release_fails_says_so_at_close(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its events are written, but its stream stays claimed (the next writer must take it
+    over): the owner is told. Only a writer already stopped by a failure releases best effort,
+    so that the failure it reports is the first one."""
+    import ledger.store.writer as writer_module
+
+    def release_fails(*_args: Any) -> None:
+        raise StoreError("cannot release stream main: server closed the connection")
+
+    w = writer(store)
+    w.append("metric")
+    monkeypatch.setattr(writer_module, "release_stream", release_fails)
+    with pytest.raises(StoreError, match="cannot release stream main"):
+        w.close()
+    monkeypatch.undo()
+    assert stored_seqs(store, "main") == [0]
