@@ -197,6 +197,15 @@ def test_a_second_writer_on_an_open_stream_is_refused_at_open(store: Store) -> N
     assert verify(store).ok
 
 
+def insert_claim(store: Store, exp: str, stream: str, *, action: str = "claim",
+                 host: str = "elsewhere", pid: int = 1) -> None:
+    """Attempt 0's claims row of a stream, as a writer of ``host`` and ``pid`` makes it (with
+    another ``action``, as none does)."""
+    execute(store, "INSERT INTO ledger_stream_claims (exp, stream, attempt, action, start_seq, "
+                   "writer, host, pid, t) VALUES (:exp, :stream, 0, :action, 0, 'ab', :host, "
+                   ":pid, 1)", exp=exp, stream=stream, action=action, host=host, pid=pid)
+
+
 @pytest.mark.parametrize("namespace,taken_over", [
     ("this one", True), ("none recorded (older claims)", True), ("another one", False)])
 def test_a_claim_whose_process_is_gone_is_taken_over_only_from_its_pid_namespace(
@@ -207,9 +216,7 @@ def test_a_claim_whose_process_is_gone_is_taken_over_only_from_its_pid_namespace
     host = {"this one": host_identity(), "none recorded (older claims)": socket.gethostname(),
             "another one": f"{socket.gethostname()}/pid:[1]"}[namespace]
     unused_pid = 2**22 + 17  # above Linux's largest pid: no process has it here
-    execute(store, "INSERT INTO ledger_stream_claims (exp, stream, attempt, action, start_seq, "
-                   "writer, host, pid, t) VALUES (:exp, 'rank-3', 0, 'claim', 0, 'ab', :host, "
-                   ":pid, 1)", exp=recorded.exp, host=host, pid=unused_pid)
+    insert_claim(store, recorded.exp, "rank-3", host=host, pid=unused_pid)
     if taken_over:
         StreamWriter(store, recorded.exp, "rank-3", flush_interval=None).close()
     else:
@@ -882,9 +889,7 @@ def test_a_claims_row_of_an_action_no_writer_records_keeps_every_writer_out(
     """A claims row whose action is neither claim nor release was written outside the library:
     who holds the stream cannot be told from it, so no writer opens the stream, even taking it
     over, and asking who holds it is one StoreError — not a guess that may fork the chain."""
-    execute(store, "INSERT INTO ledger_stream_claims (exp, stream, attempt, action, start_seq, "
-                   "writer, host, pid, t) VALUES (:exp, 'main', 0, 'steal', 0, 'ab', 'elsewhere', "
-                   "1, 1)", exp=EXP)
+    insert_claim(store, EXP, "main", action="steal")
     for attempt in (lambda: writer(store), lambda: writer(store, take_over=True),
                     lambda: live_holder(store, EXP, "main")):
         with pytest.raises(StoreError, match="hold a row no writer made"):
@@ -916,3 +921,16 @@ def test_a_healthy_writer_whose_release_fails_says_so_at_close(
         w.close()
     monkeypatch.undo()
     assert stored_seqs(store, "main") == [0]
+
+
+def test_a_claim_of_this_host_naming_a_pid_no_process_can_have_is_one_clear_refusal(
+        store: Store) -> None:
+    """A claims row of this host with a pid beyond what the system gives (edited, or copied
+    from elsewhere) cannot be judged gone: the stream is refused naming it, as for a live
+    holder, and can be taken over — where asking the system about that pid was a traceback
+    (OverflowError) for every writer and recording command."""
+    insert_claim(store, EXP, "main", host=host_identity(), pid=2**40)
+    with pytest.raises(StreamClaimedError, match=f"pid {2**40}"):
+        writer(store)
+    assert f"pid {2**40}" in (live_holder(store, EXP, "main") or "")
+    writer(store, take_over=True).close()

@@ -73,6 +73,8 @@ class _Holder:
             return True
         except OSError:  # exists, owned by someone else
             return False
+        except OverflowError:  # a pid beyond any this system gives: no writer here wrote it
+            return False
         return False
 
 
