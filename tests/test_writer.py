@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+import sqlalchemy
 from sqlalchemy import select
 
 from conftest import ROOT
@@ -934,3 +935,28 @@ def test_a_claim_of_this_host_naming_a_pid_no_process_can_have_is_one_clear_refu
         writer(store)
     assert f"pid {2**40}" in (live_holder(store, EXP, "main") or "")
     writer(store, take_over=True).close()
+
+
+@pytest.mark.parametrize("write_behind", [False, True])
+def test_a_connection_pool_that_times_out_stops_the_writer_with_one_store_error(
+        store: Store, monkeypatch: pytest.MonkeyPatch, write_behind: bool) -> None:
+    """More writers of one process waiting out a lock than the connection pool holds make the
+    next batch wait 30 s for a connection and fail with SQLAlchemy's pool TimeoutError, which
+    is no driver error: it reached the owner as a traceback, and killed a write-behind thread
+    mid-batch so that the owner's flush waited for ever. It stops the writer as a failed
+    write does, one StoreError."""
+    def pool_exhausted() -> None:
+        raise sqlalchemy.exc.TimeoutError("QueuePool limit of size 5 overflow 10 reached, "
+                                          "connection timed out, timeout 30.00")
+
+    w = writer(store, batch_size=2, write_behind=write_behind)
+    monkeypatch.setattr(store, "write_connection", pool_exhausted)
+    w.append("metric")
+    with pytest.raises(StoreError, match="cannot append events: QueuePool limit"):
+        w.append("metric")  # a full batch: written at once, or queued for the thread
+        w.flush()
+    monkeypatch.undo()
+    with pytest.raises(StoreError, match="QueuePool limit"):
+        w.append("metric")  # the writer stays stopped
+    w.close()
+    assert stored_seqs(store, "main") == []
