@@ -960,3 +960,18 @@ def test_a_connection_pool_that_times_out_stops_the_writer_with_one_store_error(
         w.append("metric")  # the writer stays stopped
     w.close()
     assert stored_seqs(store, "main") == []
+
+
+def test_a_writer_that_loses_the_race_to_claim_a_stream_is_refused_as_a_second_writer(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two writers opening one stream at the same moment both find it free; the unique key on
+    the claim's attempt lets one insert its claim, and the other is refused with
+    StreamClaimedError — not a database error — rather than fork the chain."""
+    import ledger.store.claims as claims_module
+
+    first = writer(store)
+    monkeypatch.setattr(claims_module, "_claims_of", lambda *_args: ({}, []))  # saw it free
+    with pytest.raises(StreamClaimedError, match="opened by another writer at the same moment"):
+        writer(store)
+    monkeypatch.undo()
+    first.close()
