@@ -380,6 +380,25 @@ def test_last_and_first_events(store: Store, three: dict) -> None:
     assert store.first_event_body(old.exp, "checkpoint") is None
     assert store.first_event_hash(old.exp, "run_completed") == old.head
     assert store.first_event_hash("middle-run", "run_completed") is None
+    # the first of several, by insertion; the last of a stream, by seq
+    assert store.first_event_body(old.exp, "metric")["params"]["epoch"] == 0
+    assert store.first_event_hash(old.exp, "metric") == next(
+        event.hash for event in old.main if event.kind == "metric")
+    assert (store.last_kind(old.exp, "main"), store.last_kind(old.exp, "worker-9")) == (
+        "run_completed", None)
+
+
+def test_a_stream_head_is_its_highest_seq_whatever_order_a_batch_came_in(store: Store) -> None:
+    """append_rows takes a batch's rows in any order: a stream's head is the hash of its
+    highest seq, not of whichever row was stored last."""
+    recorded = record_experiment(store, workers=0, complete=False)
+    fresh = [recorded.main[-1]]
+    for step in (1, 2):
+        fresh.append(make_event(recorded.exp, "main", fresh[-1].seq + 1, "metric",
+                                prev=fresh[-1].hash, t=step))
+    store.append_rows([event_row(event) for event in reversed(fresh[1:])])
+    assert store.stream_heads(recorded.exp)["main"] == StreamHead(
+        "main", len(recorded.main) + 2, fresh[-1].hash)
 
 
 def test_stored_rows_are_exactly_what_was_hashed(store: Store, three: dict) -> None:

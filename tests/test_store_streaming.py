@@ -4,6 +4,7 @@ bounded batches, the same rows everywhere, and driver errors as StoreError."""
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import text
 
 from ledger.errors import StoreError
 from ledger.store import Store
@@ -31,6 +32,11 @@ def test_run_bodies_stream_in_recording_order(store: Store) -> None:
     assert all(type(row) is tuple for row in streamed)
     assert sorted(body for *_rest, body in streamed) == sorted(
         event.body for events in recorded.streams.values() for event in events)
+    with store.engine.connect() as connection:  # the order rows were inserted in, batch by batch
+        inserted = [tuple(row) for row in connection.execute(text(
+            "SELECT stream, seq FROM ledger_events WHERE exp = :exp ORDER BY id"),
+            {"exp": recorded.exp})]
+    assert [(stream, seq) for stream, seq, *_rest in streamed] == inserted
 
 
 def test_a_driver_error_while_streaming_is_a_store_error(store: Store) -> None:
