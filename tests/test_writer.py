@@ -976,3 +976,47 @@ def test_a_writer_that_loses_the_race_to_claim_a_stream_is_refused_as_a_second_w
         writer(store)
     monkeypatch.undo()
     first.close()
+
+
+def failing_first_write(release: threading.Event) -> tuple[Any, list[int]]:
+    """A guard whose first call waits for ``release`` and then fails as a dropped connection
+    does; later calls pass. Also returns the list of its calls."""
+    calls: list[int] = []
+
+    def guard(_connection: Any) -> None:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            release.wait(120)  # the bound only keeps a broken build from hanging
+            raise StoreError("cannot append events: server closed the connection")
+
+    return guard, calls
+
+
+def test_a_write_behind_thread_writes_no_batch_after_one_failed(store: Store) -> None:
+    """The batches queued behind a failed one are dropped with it: written, they would leave
+    the chain with a gap where the failed batch belonged."""
+    release = threading.Event()
+    guard, _calls = failing_first_write(release)
+    w = writer(store, batch_size=2, write_behind=True, guard=guard)
+    for _ in range(4):  # the second batch is queued while the first is being written
+        w.append("metric")
+    release.set()
+    with pytest.raises(StoreError, match="server closed the connection"):
+        w.flush()
+    w.close()
+    assert stored_seqs(store, "main") == []
+
+
+def test_an_interval_flusher_does_not_retry_a_batch_whose_write_failed(store: Store) -> None:
+    """A failed interval flush stops the writer: its batch is not written behind the owner's
+    back later (a dropped connection may have landed it; the owner is told it stopped)."""
+    release = threading.Event()
+    release.set()
+    guard, calls = failing_first_write(release)
+    w = writer(store, flush_interval=0.02, guard=guard)
+    w.append("metric")
+    wait_for(lambda: calls, "the interval flush")
+    time.sleep(0.2)  # several more intervals, in which the flusher must not write it again
+    with pytest.raises(StoreError, match="server closed the connection"):
+        w.close()
+    assert (calls, stored_seqs(store, "main")) == ([0], [])
