@@ -53,6 +53,15 @@ CASES = {
         "created_t BIGINT NOT NULL, heavy TEXT GENERATED ALWAYS AS (printf('%.*c', 100, 'x')), "
         "PRIMARY KEY (exp))",
         "INSERT INTO ledger_experiments (exp, name, created_t) SELECT * FROM old_experiments"],
+    "generated-column-under-a-ledger-name": [  # the same column names, one computed per read
+        "ALTER TABLE ledger_experiments RENAME TO old_experiments",
+        "CREATE TABLE ledger_experiments (exp VARCHAR(64) NOT NULL, name TEXT NOT NULL, "
+        "created_t BIGINT GENERATED ALWAYS AS (length(printf('%.*c', 100, 'x'))), "
+        "PRIMARY KEY (exp))",
+        "INSERT INTO ledger_experiments (exp, name) SELECT exp, name FROM old_experiments"],
+    "virtual-table-of-the-ledger-s-columns": [  # a module's code runs on every read
+        "DROP TABLE ledger_experiments",
+        "CREATE VIRTUAL TABLE ledger_experiments USING rtree(exp, name, created_t)"],
     "foreign-trigger": [
         "CREATE TRIGGER ledger_events_audit AFTER INSERT ON ledger_events BEGIN "
         f"SELECT count(*) FROM ({ENDLESS} SELECT n FROM c); END"],
