@@ -147,6 +147,29 @@ def test_a_foreign_postgres_schema_is_refused(postgres_url: str) -> None:
         Store.open(postgres_url, create=True)
 
 
+@pytest.mark.parametrize("statements", [
+    ["ALTER TABLE ledger_events DROP CONSTRAINT ledger_events_chain_position"],
+    ["ALTER TABLE ledger_meta RENAME TO old_meta",
+     "CREATE MATERIALIZED VIEW ledger_meta AS SELECT key, value FROM old_meta",
+     "CREATE UNIQUE INDEX ON ledger_meta (key)"],
+], ids=["events-without-their-unique-key", "materialized-view-with-the-key"])
+def test_a_postgres_ledger_table_that_is_not_the_plain_keyed_table_is_refused(
+        postgres_url: str, statements: list[str]) -> None:
+    """Without the unique (exp, stream, seq) key a second writer forks a chain; a
+    materialized view (same columns, types and unique key) shows rows that are not the table's:
+    either is refused at open, each by its own check."""
+    Store.open(postgres_url, create=True).close()
+    engine = sqlalchemy.create_engine(postgres_url)
+    try:
+        with engine.begin() as connection:
+            for statement in statements:
+                connection.exec_driver_sql(statement)
+    finally:
+        engine.dispose()
+    with pytest.raises(StoreError, match="is not the ledger's plain table"):
+        Store.open(postgres_url)
+
+
 def test_an_unreachable_server_is_a_store_error() -> None:
     """A StoreError, password masked: "cannot open" with the 'postgres' extra, "no driver"
     (naming the extra) without it."""
