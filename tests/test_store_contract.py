@@ -477,3 +477,17 @@ def test_a_writer_continues_a_stream_opened_through_another_store(store: Store,
             assert writer.head == recorded.main[-1].hash
             event = writer.append("metric", params={"late": True})
     assert store.last_event(recorded.exp, "main") == (event.seq, event.hash)
+
+
+def test_a_draw_recorded_twice_is_found_behind_alike_audit_records(store: Store) -> None:
+    """The audit stream records events alike in kind and path (one per replay or report):
+    they are not draws, and an earlier pair of them must not hide a draw recorded twice."""
+    exp = "exp-0123456789ab"
+    with StreamWriter(store, exp, "audit", flush_interval=None) as audit:
+        for _ in range(2):
+            audit.append("note")
+    with StreamWriter(store, exp, "main", flush_interval=None) as main:
+        for _ in range(2):
+            main.append("user_draw", path=("model", "init"))
+    found = store.repeated_draw(exp, ["metric"])
+    assert [(stream, seq) for stream, seq, _body in found] == [("main", 0), ("main", 1)]
