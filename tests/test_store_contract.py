@@ -491,3 +491,26 @@ def test_a_draw_recorded_twice_is_found_behind_alike_audit_records(store: Store)
             main.append("user_draw", path=("model", "init"))
     found = store.repeated_draw(exp, ["metric"])
     assert [(stream, seq) for stream, seq, _body in found] == [("main", 0), ("main", 1)]
+
+
+def test_the_triggers_in_force_are_those_of_the_tables_the_ledger_has(store: Store) -> None:
+    """A ledger made before the claims table existed has no claims triggers to report: only
+    the triggers of its own tables are listed (a compliance report states them in force)."""
+    drop_append_only_triggers(store)
+    execute(store, "DROP TABLE ledger_stream_claims")
+    triggers = store.append_only_triggers()
+    assert triggers and not any(name.startswith("ledger_stream_claims_") for name in triggers)
+
+
+def test_a_read_that_gets_no_connection_from_the_pool_is_one_store_error(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every connection of the pool in use for 30 s fails a read with SQLAlchemy's own
+    TimeoutError, no driver error: a read turns it into one StoreError as it does a driver's
+    (it was a traceback)."""
+    def pool_exhausted() -> None:
+        raise sqlalchemy.exc.TimeoutError("QueuePool limit of size 5 overflow 10 reached, "
+                                          "connection timed out, timeout 30.00")
+
+    monkeypatch.setattr(store.engine, "connect", pool_exhausted)
+    with pytest.raises(StoreError, match="cannot read .*QueuePool limit"):
+        store.experiments()

@@ -37,6 +37,9 @@ def test_run_bodies_stream_in_recording_order(store: Store) -> None:
             "SELECT stream, seq FROM ledger_events WHERE exp = :exp ORDER BY id"),
             {"exp": recorded.exp})]
     assert [(stream, seq) for stream, seq, *_rest in streamed] == inserted
+    kinds = ["epoch_reset", "augmentation_batch"]
+    assert list(store.iter_kind_bodies(recorded.exp, kinds, batch_size=2)) == [
+        row for row in streamed if row[2] in kinds]
 
 
 def test_a_driver_error_while_streaming_is_a_store_error(store: Store) -> None:
