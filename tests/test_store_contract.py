@@ -514,3 +514,18 @@ def test_a_read_that_gets_no_connection_from_the_pool_is_one_store_error(
     monkeypatch.setattr(store.engine, "connect", pool_exhausted)
     with pytest.raises(StoreError, match="cannot read .*QueuePool limit"):
         store.experiments()
+
+
+def test_a_postgres_trigger_that_no_longer_calls_the_ledger_s_refusal_is_not_in_force(
+        postgres_url: str) -> None:
+    """A trigger kept under its name but pointed at a function that lets changes through
+    refuses nothing: the compliance report must not state it in force."""
+    with Store.open(postgres_url, create=True) as store:
+        execute(store, "CREATE FUNCTION let_through() RETURNS trigger LANGUAGE plpgsql AS "
+                       "$$ BEGIN RETURN OLD; END $$")
+        execute(store, "DROP TRIGGER ledger_events_append_only ON ledger_events")
+        execute(store, "CREATE TRIGGER ledger_events_append_only BEFORE UPDATE OR DELETE ON "
+                       "ledger_events FOR EACH ROW EXECUTE FUNCTION let_through()")
+        triggers = store.append_only_triggers()
+    assert triggers["ledger_events_append_only"] is False
+    assert triggers["ledger_experiments_append_only"] is True
