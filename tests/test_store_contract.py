@@ -152,7 +152,10 @@ def test_a_foreign_postgres_schema_is_refused(postgres_url: str) -> None:
     ["ALTER TABLE ledger_meta RENAME TO old_meta",
      "CREATE MATERIALIZED VIEW ledger_meta AS SELECT key, value FROM old_meta",
      "CREATE UNIQUE INDEX ON ledger_meta (key)"],
-], ids=["events-without-their-unique-key", "materialized-view-with-the-key"])
+    ["ALTER TABLE ledger_experiments DROP COLUMN created_t",
+     "ALTER TABLE ledger_experiments ADD COLUMN created_t bigint GENERATED ALWAYS AS (0) STORED"],
+], ids=["events-without-their-unique-key", "materialized-view-with-the-key",
+        "generated-column-under-its-name"])
 def test_a_postgres_ledger_table_that_is_not_the_plain_keyed_table_is_refused(
         postgres_url: str, statements: list[str]) -> None:
     """Without the unique (exp, stream, seq) key a second writer forks a chain; a
