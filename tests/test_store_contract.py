@@ -154,13 +154,15 @@ def test_a_foreign_postgres_schema_is_refused(postgres_url: str) -> None:
      "CREATE UNIQUE INDEX ON ledger_meta (key)"],
     ["ALTER TABLE ledger_experiments DROP COLUMN created_t",
      "ALTER TABLE ledger_experiments ADD COLUMN created_t bigint GENERATED ALWAYS AS (0) STORED"],
+    ["ALTER TABLE ledger_events ALTER COLUMN t TYPE numeric"],
 ], ids=["events-without-their-unique-key", "materialized-view-with-the-key",
-        "generated-column-under-its-name"])
+        "generated-column-under-its-name", "column-of-another-type"])
 def test_a_postgres_ledger_table_that_is_not_the_plain_keyed_table_is_refused(
         postgres_url: str, statements: list[str]) -> None:
     """Without the unique (exp, stream, seq) key a second writer forks a chain; a
-    materialized view (same columns, types and unique key) shows rows that are not the table's:
-    either is refused at open, each by its own check."""
+    materialized view (same columns, types and unique key) shows rows that are not the table's;
+    a generated column computes what it shows; a column of another type reads back otherwise:
+    each is refused at open, by its own check."""
     Store.open(postgres_url, create=True).close()
     engine = sqlalchemy.create_engine(postgres_url)
     try:
