@@ -645,7 +645,7 @@ class Store:
     def _reading(self):  # noqa: ANN202 - a SQLAlchemy Connection context
         try:
             return _ReadGuard(self.engine.connect(), self.url)
-        except DBAPIError as error:
+        except SQLAlchemyError as error:  # a driver's, or the pool's timing out
             raise _translate(error, f"cannot read {self.url}") from None
 
 
