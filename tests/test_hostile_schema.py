@@ -53,6 +53,16 @@ CASES = {
         "created_t BIGINT NOT NULL, heavy TEXT GENERATED ALWAYS AS (printf('%.*c', 100, 'x')), "
         "PRIMARY KEY (exp))",
         "INSERT INTO ledger_experiments (exp, name, created_t) SELECT * FROM old_experiments"],
+    "generated-column-under-a-ledger-name": [  # the same column names, one computed per read
+        "ALTER TABLE ledger_experiments RENAME TO old_experiments",
+        "CREATE TABLE ledger_experiments (exp VARCHAR(64) NOT NULL, name TEXT NOT NULL, "
+        "created_t BIGINT GENERATED ALWAYS AS (length(printf('%.*c', 100, 'x'))), "
+        "PRIMARY KEY (exp))",
+        "INSERT INTO ledger_experiments (exp, name) SELECT exp, name FROM old_experiments"],
+    "virtual-table-of-the-ledger-s-columns": [  # a module's code runs on every read
+        "DROP TABLE ledger_experiments",
+        "CREATE VIRTUAL TABLE ledger_experiments USING rtree(exp, name, created_t)"],
+    "extra-column": ["ALTER TABLE ledger_meta ADD COLUMN note TEXT"],
     "foreign-trigger": [
         "CREATE TRIGGER ledger_events_audit AFTER INSERT ON ledger_events BEGIN "
         f"SELECT count(*) FROM ({ENDLESS} SELECT n FROM c); END"],
@@ -82,5 +92,16 @@ def test_an_index_of_plain_columns_is_a_users_own_business(pristine: tuple[Path,
                                                            tmp_path: Path) -> None:
     database = _damaged(pristine, tmp_path,
                         "CREATE INDEX ledger_events_by_kind ON ledger_events (exp, kind)")
+    with Store.open(f"sqlite:///{database}") as store:
+        assert [row.exp for row in store.experiments()] == [pristine[1]]
+
+
+def test_a_users_own_table_with_its_triggers_and_indexes_is_their_business(
+        pristine: tuple[Path, str], tmp_path: Path) -> None:
+    """Only the ledger's tables are checked: a table of the user's in the same file, with a
+    trigger and an expression index of theirs, runs only when they use it."""
+    database = _damaged(pristine, tmp_path, "CREATE TABLE notes (text TEXT)",
+                        "CREATE INDEX notes_length ON notes (length(text))",
+                        "CREATE TRIGGER notes_stamp AFTER INSERT ON notes BEGIN SELECT 1; END")
     with Store.open(f"sqlite:///{database}") as store:
         assert [row.exp for row in store.experiments()] == [pristine[1]]

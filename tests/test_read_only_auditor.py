@@ -219,6 +219,18 @@ def test_the_file_an_sqlite_url_names(url: str, path: str | None) -> None:
     assert found == (None if path is None else Path(path))
 
 
+def test_the_uri_flag_is_read_as_the_driver_reads_it(tmp_path: Path) -> None:
+    """The driver takes ``uri=TRUE`` or ``uri=1`` for ``uri=true`` and opens the ``file:`` URI:
+    so must the ledger, which instead looked for a file named ``file:…`` ("no ledger at
+    file:…", beside a ledger the driver could open) and so could not see ``mode=ro`` either."""
+    database = tmp_path / "ledger.db"
+    Store.open(f"sqlite:///{database}", create=True).close()
+    for flag in ("TRUE", "1"):
+        with Store.open(f"sqlite:///file:{database}?mode=ro&uri={flag}") as store:
+            assert store.sqlite_file == database
+            assert "read-only" in (store.append_refusal() or "")
+
+
 def test_an_auditor_reads_a_finished_ledger_through_an_immutable_uri(tmp_path: Path) -> None:
     """``immutable=1`` reads without the write-ahead log files another user could not create
     (README: The store). Replay finds the data folder beside the file as for a plain path,

@@ -147,6 +147,34 @@ def test_a_foreign_postgres_schema_is_refused(postgres_url: str) -> None:
         Store.open(postgres_url, create=True)
 
 
+@pytest.mark.parametrize("statements", [
+    ["ALTER TABLE ledger_events DROP CONSTRAINT ledger_events_chain_position"],
+    ["ALTER TABLE ledger_meta RENAME TO old_meta",
+     "CREATE MATERIALIZED VIEW ledger_meta AS SELECT key, value FROM old_meta",
+     "CREATE UNIQUE INDEX ON ledger_meta (key)"],
+    ["ALTER TABLE ledger_experiments DROP COLUMN created_t",
+     "ALTER TABLE ledger_experiments ADD COLUMN created_t bigint GENERATED ALWAYS AS (0) STORED"],
+    ["ALTER TABLE ledger_events ALTER COLUMN t TYPE numeric"],
+], ids=["events-without-their-unique-key", "materialized-view-with-the-key",
+        "generated-column-under-its-name", "column-of-another-type"])
+def test_a_postgres_ledger_table_that_is_not_the_plain_keyed_table_is_refused(
+        postgres_url: str, statements: list[str]) -> None:
+    """Without the unique (exp, stream, seq) key a second writer forks a chain; a
+    materialized view (same columns, types and unique key) shows rows that are not the table's;
+    a generated column computes what it shows; a column of another type reads back otherwise:
+    each is refused at open, by its own check."""
+    Store.open(postgres_url, create=True).close()
+    engine = sqlalchemy.create_engine(postgres_url)
+    try:
+        with engine.begin() as connection:
+            for statement in statements:
+                connection.exec_driver_sql(statement)
+    finally:
+        engine.dispose()
+    with pytest.raises(StoreError, match="is not the ledger's plain table"):
+        Store.open(postgres_url)
+
+
 def test_an_unreachable_server_is_a_store_error() -> None:
     """A StoreError, password masked: "cannot open" with the 'postgres' extra, "no driver"
     (naming the extra) without it."""
@@ -163,6 +191,17 @@ def test_an_unreachable_server_is_a_store_error() -> None:
 def test_unsupported_or_malformed_urls_are_refused(url: str) -> None:
     with pytest.raises(StoreError):
         Store.open(url)
+
+
+@pytest.mark.parametrize("url", ["postgresql://alice:s3cret@localhost:notaport/db",
+                                 "postgresql://alice:s3cret@[::1/db",
+                                 "postgresql://alice:s3cret@localhost/db\x00"])
+def test_a_malformed_url_is_refused_with_its_password_masked(url: str) -> None:
+    """A URL that does not parse is shown back, to say what was refused — but never with its
+    password, which every other error about a URL masks too (a mistyped port printed it)."""
+    with pytest.raises(StoreError, match="not a database URL") as refused:
+        Store.open(url)
+    assert "s3cret" not in str(refused.value) and "alice:***@" in str(refused.value)
 
 
 # -- append-only, enforced by the database ---------------------------------------------------
@@ -369,6 +408,25 @@ def test_last_and_first_events(store: Store, three: dict) -> None:
     assert store.first_event_body(old.exp, "checkpoint") is None
     assert store.first_event_hash(old.exp, "run_completed") == old.head
     assert store.first_event_hash("middle-run", "run_completed") is None
+    # the first of several, by insertion; the last of a stream, by seq
+    assert store.first_event_body(old.exp, "metric")["params"]["epoch"] == 0
+    assert store.first_event_hash(old.exp, "metric") == next(
+        event.hash for event in old.main if event.kind == "metric")
+    assert (store.last_kind(old.exp, "main"), store.last_kind(old.exp, "worker-9")) == (
+        "run_completed", None)
+
+
+def test_a_stream_head_is_its_highest_seq_whatever_order_a_batch_came_in(store: Store) -> None:
+    """append_rows takes a batch's rows in any order: a stream's head is the hash of its
+    highest seq, not of whichever row was stored last."""
+    recorded = record_experiment(store, workers=0, complete=False)
+    fresh = [recorded.main[-1]]
+    for step in (1, 2):
+        fresh.append(make_event(recorded.exp, "main", fresh[-1].seq + 1, "metric",
+                                prev=fresh[-1].hash, t=step))
+    store.append_rows([event_row(event) for event in reversed(fresh[1:])])
+    assert store.stream_heads(recorded.exp)["main"] == StreamHead(
+        "main", len(recorded.main) + 2, fresh[-1].hash)
 
 
 def test_stored_rows_are_exactly_what_was_hashed(store: Store, three: dict) -> None:
@@ -424,3 +482,55 @@ def test_a_writer_continues_a_stream_opened_through_another_store(store: Store,
             assert writer.head == recorded.main[-1].hash
             event = writer.append("metric", params={"late": True})
     assert store.last_event(recorded.exp, "main") == (event.seq, event.hash)
+
+
+def test_a_draw_recorded_twice_is_found_behind_alike_audit_records(store: Store) -> None:
+    """The audit stream records events alike in kind and path (one per replay or report):
+    they are not draws, and an earlier pair of them must not hide a draw recorded twice."""
+    exp = "exp-0123456789ab"
+    with StreamWriter(store, exp, "audit", flush_interval=None) as audit:
+        for _ in range(2):
+            audit.append("note")
+    with StreamWriter(store, exp, "main", flush_interval=None) as main:
+        for _ in range(2):
+            main.append("user_draw", path=("model", "init"))
+    found = store.repeated_draw(exp, ["metric"])
+    assert [(stream, seq) for stream, seq, _body in found] == [("main", 0), ("main", 1)]
+
+
+def test_the_triggers_in_force_are_those_of_the_tables_the_ledger_has(store: Store) -> None:
+    """A ledger made before the claims table existed has no claims triggers to report: only
+    the triggers of its own tables are listed (a compliance report states them in force)."""
+    drop_append_only_triggers(store)
+    execute(store, "DROP TABLE ledger_stream_claims")
+    triggers = store.append_only_triggers()
+    assert triggers and not any(name.startswith("ledger_stream_claims_") for name in triggers)
+
+
+def test_a_read_that_gets_no_connection_from_the_pool_is_one_store_error(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every connection of the pool in use for 30 s fails a read with SQLAlchemy's own
+    TimeoutError, no driver error: a read turns it into one StoreError as it does a driver's
+    (it was a traceback)."""
+    def pool_exhausted() -> None:
+        raise sqlalchemy.exc.TimeoutError("QueuePool limit of size 5 overflow 10 reached, "
+                                          "connection timed out, timeout 30.00")
+
+    monkeypatch.setattr(store.engine, "connect", pool_exhausted)
+    with pytest.raises(StoreError, match="cannot read .*QueuePool limit"):
+        store.experiments()
+
+
+def test_a_postgres_trigger_that_no_longer_calls_the_ledger_s_refusal_is_not_in_force(
+        postgres_url: str) -> None:
+    """A trigger kept under its name but pointed at a function that lets changes through
+    refuses nothing: the compliance report must not state it in force."""
+    with Store.open(postgres_url, create=True) as store:
+        execute(store, "CREATE FUNCTION let_through() RETURNS trigger LANGUAGE plpgsql AS "
+                       "$$ BEGIN RETURN OLD; END $$")
+        execute(store, "DROP TRIGGER ledger_events_append_only ON ledger_events")
+        execute(store, "CREATE TRIGGER ledger_events_append_only BEFORE UPDATE OR DELETE ON "
+                       "ledger_events FOR EACH ROW EXECUTE FUNCTION let_through()")
+        triggers = store.append_only_triggers()
+    assert triggers["ledger_events_append_only"] is False
+    assert triggers["ledger_experiments_append_only"] is True

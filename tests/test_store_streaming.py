@@ -4,6 +4,7 @@ bounded batches, the same rows everywhere, and driver errors as StoreError."""
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import text
 
 from ledger.errors import StoreError
 from ledger.store import Store
@@ -31,11 +32,20 @@ def test_run_bodies_stream_in_recording_order(store: Store) -> None:
     assert all(type(row) is tuple for row in streamed)
     assert sorted(body for *_rest, body in streamed) == sorted(
         event.body for events in recorded.streams.values() for event in events)
+    with store.engine.connect() as connection:  # the order rows were inserted in, batch by batch
+        inserted = [tuple(row) for row in connection.execute(text(
+            "SELECT stream, seq FROM ledger_events WHERE exp = :exp ORDER BY id"),
+            {"exp": recorded.exp})]
+    assert [(stream, seq) for stream, seq, *_rest in streamed] == inserted
+    kinds = ["epoch_reset", "augmentation_batch"]
+    assert list(store.iter_kind_bodies(recorded.exp, kinds, batch_size=2)) == [
+        row for row in streamed if row[2] in kinds]
 
 
 def test_a_driver_error_while_streaming_is_a_store_error(store: Store) -> None:
     recorded = record_experiment(store)
     execute(store, "DROP TABLE ledger_events" + (" CASCADE" if store.backend == "postgresql"
                                                  else ""))
-    with pytest.raises(StoreError, match="cannot read"):
+    with pytest.raises(StoreError, match="cannot read") as refused:
         list(store.iter_segment_batches(recorded.exp, "main", 0, 10, COLUMNS))
+    assert "\n" not in str(refused.value)  # the driver's first line, not SQLAlchemy's dump

@@ -13,11 +13,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+import sqlalchemy
+from sqlalchemy import select
 
 from conftest import ROOT
 from ledger import background_threads_paused, processes
@@ -25,11 +28,13 @@ from ledger.digests import ZERO_DIGEST
 from ledger.errors import (BadInputError, ConcurrentWriteError, EncodingError, InvalidIdError,
                            StoreError, StreamClaimedError)
 from ledger.events import make_event
+from ledger.experiment import ExperimentManager
 from ledger.store import Store, StreamWriter
-from ledger.store.claims import host_identity
+from ledger.store.claims import host_identity, live_holder
+from ledger.store.schema import claims_table
 from ledger.store.writer import MAX_QUEUED_BATCHES
 from ledger.verify import verify
-from ledger_builders import execute, record_experiment, rows
+from ledger_builders import drop_append_only_triggers, execute, record_experiment, rows
 
 EXP = "exp-0123456789ab"
 _streams = itertools.count()
@@ -193,6 +198,15 @@ def test_a_second_writer_on_an_open_stream_is_refused_at_open(store: Store) -> N
     assert verify(store).ok
 
 
+def insert_claim(store: Store, exp: str, stream: str, *, action: str = "claim",
+                 host: str = "elsewhere", pid: int = 1) -> None:
+    """Attempt 0's claims row of a stream, as a writer of ``host`` and ``pid`` makes it (with
+    another ``action``, as none does)."""
+    execute(store, "INSERT INTO ledger_stream_claims (exp, stream, attempt, action, start_seq, "
+                   "writer, host, pid, t) VALUES (:exp, :stream, 0, :action, 0, 'ab', :host, "
+                   ":pid, 1)", exp=exp, stream=stream, action=action, host=host, pid=pid)
+
+
 @pytest.mark.parametrize("namespace,taken_over", [
     ("this one", True), ("none recorded (older claims)", True), ("another one", False)])
 def test_a_claim_whose_process_is_gone_is_taken_over_only_from_its_pid_namespace(
@@ -203,9 +217,7 @@ def test_a_claim_whose_process_is_gone_is_taken_over_only_from_its_pid_namespace
     host = {"this one": host_identity(), "none recorded (older claims)": socket.gethostname(),
             "another one": f"{socket.gethostname()}/pid:[1]"}[namespace]
     unused_pid = 2**22 + 17  # above Linux's largest pid: no process has it here
-    execute(store, "INSERT INTO ledger_stream_claims (exp, stream, attempt, action, start_seq, "
-                   "writer, host, pid, t) VALUES (:exp, 'rank-3', 0, 'claim', 0, 'ab', :host, "
-                   ":pid, 1)", exp=recorded.exp, host=host, pid=unused_pid)
+    insert_claim(store, recorded.exp, "rank-3", host=host, pid=unused_pid)
     if taken_over:
         StreamWriter(store, recorded.exp, "rank-3", flush_interval=None).close()
     else:
@@ -720,3 +732,291 @@ def test_a_run_completed_that_is_durable_is_not_reported_failed_when_its_release
     event = writer.close_with("metric", lambda _connection: {"last": True})
     monkeypatch.undo()
     assert rows(store, recorded.exp, "rank-4")[-1]["hash"] == event.hash
+
+
+# -- claims on record, failed opens, in-memory ledgers (mutation sweep F) ------------------------
+
+def claim_records(store: Store, stream: str, exp: str = EXP) -> list[tuple[int, str, int]]:
+    """``(attempt, action, start_seq)`` of every claims row of one stream, by attempt, each
+    claim before its release."""
+    query = (select(claims_table.c.attempt, claims_table.c.action, claims_table.c.start_seq)
+             .where(claims_table.c.exp == exp, claims_table.c.stream == stream)
+             .order_by(claims_table.c.attempt, claims_table.c.action))
+    with store.engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(query)]
+
+
+def test_the_claims_record_where_each_writer_started_and_stopped(store: Store) -> None:
+    """A claim records the seq its writer starts at and its release the seq after the last
+    event it made durable: which writer wrote which part of a chain stays on record."""
+    with writer(store) as first:
+        for _ in range(3):
+            first.append("metric")
+    with writer(store) as second:
+        second.append("metric")
+    assert claim_records(store, "main") == [
+        (0, "claim", 0), (0, "release", 3), (1, "claim", 3), (1, "release", 4)]
+
+
+def test_an_experiment_s_main_writer_claims_main_from_the_seq_after_its_first_event(
+        store_url: str, tmp_path: Path) -> None:
+    """The main writer is opened before experiment_created is inserted (given the head, not
+    reading it): its claim must still say it starts at seq 1, where its first append goes."""
+    with ExperimentManager(store_url, data_dir=tmp_path) as manager:
+        exp = manager.create_experiment("claimed", seed=7)
+        assert claim_records(manager.store, "main", exp.id) == [(0, "claim", 1)]
+        exp.close()
+
+
+def test_a_writer_whose_head_cannot_be_read_leaves_its_stream_unclaimed(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening claims the stream, then reads its head: should that read fail (a dropped
+    connection), the claim is released again — else this very process could never reopen the
+    stream (its own pid is alive) without a take-over."""
+    def read_fails(*_args: Any) -> None:
+        raise StoreError("cannot read: server closed the connection")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(store, "last_event", read_fails)
+        with pytest.raises(StoreError, match="server closed the connection"):
+            writer(store)
+    with writer(store) as reopened:
+        reopened.append("metric")
+    assert stored_seqs(store, "main") == [0]
+
+
+@pytest.mark.parametrize("options", [{"write_behind": True, "batch_size": 2},
+                                     {"flush_interval": 0.01}])
+def test_an_in_memory_ledger_is_written_in_the_owner_s_thread(options: dict) -> None:
+    """In-memory SQLite gives each thread a database of its own: a background thread (write
+    behind, interval flushes) would write where nobody reads, or fail on a database without
+    tables. Whatever the options, every batch lands in the owner's database."""
+    with Store.open("sqlite://", create=True) as memory:
+        with StreamWriter(memory, EXP, "main", **options) as w:
+            for _ in range(3):
+                w.append("metric")
+                time.sleep(0.05)  # lets an interval pass between appends
+            assert w.flush() == 2
+        assert stored_seqs(memory, "main") == [0, 1, 2]
+
+
+def test_close_with_writes_the_batches_queued_for_the_background_thread_first(
+        store: Store) -> None:
+    """run_completed reads every stream's count in its own transaction: a write-behind writer
+    must have written the batches queued for its thread by then, or the count it records for
+    its own stream is short and its last event lands before earlier ones. (The thread's write
+    is held back until close_with waits for it, or, had it not waited, until its last event's
+    params are read: the interleaving that loses the batch.)"""
+    stream = f"wb{next(_streams)}"
+    owner, go = threading.get_ident(), threading.Event()
+
+    def hold_back_the_thread(_connection: Any) -> None:
+        if threading.get_ident() != owner:
+            go.wait(120)  # the bound only keeps a broken build from hanging
+
+    def params_of(connection: Any) -> dict[str, int]:
+        go.set()
+        return {"stored": Store.stream_heads_in(connection, EXP)[stream].count}
+
+    w = writer(store, stream, batch_size=2, write_behind=True, guard=hold_back_the_thread)
+    waiting = w._wait_until_written
+
+    def wait_until_written() -> None:
+        go.set()
+        waiting()
+
+    w._wait_until_written = wait_until_written  # type: ignore[method-assign]
+    for _ in range(2):
+        w.append("metric")
+    last = w.close_with("metric", params_of)
+    assert (last.seq, last.params["stored"], w.durable_seq) == (2, 2, 2)
+    assert [seq for seq_stream, seq, _kind, _body in store.iter_run_bodies(EXP)
+            if seq_stream == stream] == [0, 1, 2]
+    assert claim_records(store, stream)[-1] == (0, "release", 3)
+
+
+def test_closing_a_forked_copy_of_a_writer_leaves_the_stream_to_the_writing_process(
+        store: Store) -> None:
+    """A forked process inherits a copy of the writer whose close does nothing: were it to
+    flush and release, the child would write the parent's buffer and free a stream that a live
+    writer still holds."""
+    with writer(store) as w:
+        w.append("metric")
+        pid = os.fork()
+        if pid == 0:
+            try:
+                w.close()
+            finally:
+                os._exit(0)
+        assert wait_for_child(pid, "the forked copy hung closing") == 0
+        with pytest.raises(StreamClaimedError):
+            writer(store)
+        assert stored_seqs(store, "main") == []
+    assert stored_seqs(store, "main") == [0]
+
+
+def test_the_interval_counts_from_the_oldest_unwritten_event(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer appending steadily, each append sooner than ``flush_interval`` after the one
+    before, still writes once the oldest buffered event is ``flush_interval`` old: the interval
+    bounds how long an event stays unwritten, not how long the writer is idle. (In memory: no
+    thread, every interval flush happens in an append, at the clock the test sets.)"""
+    import ledger.store.writer as writer_module
+
+    now = [100.0]
+    monkeypatch.setattr(writer_module.time, "monotonic", lambda: now[0])
+    with Store.open("sqlite://", create=True) as memory:
+        with StreamWriter(memory, EXP, "main", flush_interval=1.0) as w:
+            durable = []
+            for _ in range(3):  # at 100.0, 100.6 and 101.2: the third is 1.2 s after the first
+                w.append("metric")
+                durable.append(w.durable_seq)
+                now[0] += 0.6
+            assert (durable, stored_seqs(memory, "main")) == ([-1, -1, 2], [0, 1, 2])
+
+
+def test_the_fast_path_refuses_a_malformed_kind_before_buffering(store: Store) -> None:
+    """append_normalised skips per-field checks, not the names: a kind no reader accepts would
+    otherwise be hashed into the chain."""
+    with writer(store) as w:
+        with pytest.raises(BadInputError, match="malformed event kind"):
+            w.append_normalised("Not-A-Kind", [], seed=None, params={})
+        assert w.append_normalised("metric", [], seed=None, params={}) == 0
+    assert stored_seqs(store, "main") == [0]
+
+
+def test_a_claims_row_of_an_action_no_writer_records_keeps_every_writer_out(
+        store: Store) -> None:
+    """A claims row whose action is neither claim nor release was written outside the library:
+    who holds the stream cannot be told from it, so no writer opens the stream, even taking it
+    over, and asking who holds it is one StoreError — not a guess that may fork the chain."""
+    insert_claim(store, EXP, "main", action="steal")
+    for attempt in (lambda: writer(store), lambda: writer(store, take_over=True),
+                    lambda: live_holder(store, EXP, "main")):
+        with pytest.raises(StoreError, match="hold a row no writer made"):
+            attempt()
+
+
+def test_a_ledger_made_before_claims_existed_has_no_holder(store: Store) -> None:
+    """Recording commands ask who holds the audit stream before they start: a ledger made
+    before the claims table existed has no holder, rather than failing to read that table."""
+    drop_append_only_triggers(store)
+    execute(store, "DROP TABLE ledger_stream_claims")
+    assert live_holder(store, EXP, "audit") is None
+
+
+def test_a_healthy_writer_whose_release_fails_says_so_at_close(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its events are written, but its stream stays claimed (the next writer must take it
+    over): the owner is told. Only a writer already stopped by a failure releases best effort,
+    so that the failure it reports is the first one."""
+    import ledger.store.writer as writer_module
+
+    def release_fails(*_args: Any) -> None:
+        raise StoreError("cannot release stream main: server closed the connection")
+
+    w = writer(store)
+    w.append("metric")
+    monkeypatch.setattr(writer_module, "release_stream", release_fails)
+    with pytest.raises(StoreError, match="cannot release stream main"):
+        w.close()
+    monkeypatch.undo()
+    assert stored_seqs(store, "main") == [0]
+
+
+def test_a_claim_of_this_host_naming_a_pid_no_process_can_have_is_one_clear_refusal(
+        store: Store) -> None:
+    """A claims row of this host with a pid beyond what the system gives (edited, or copied
+    from elsewhere) cannot be judged gone: the stream is refused naming it, as for a live
+    holder, and can be taken over — where asking the system about that pid was a traceback
+    (OverflowError) for every writer and recording command."""
+    insert_claim(store, EXP, "main", host=host_identity(), pid=2**40)
+    with pytest.raises(StreamClaimedError, match=f"pid {2**40}"):
+        writer(store)
+    assert f"pid {2**40}" in (live_holder(store, EXP, "main") or "")
+    writer(store, take_over=True).close()
+
+
+@pytest.mark.parametrize("write_behind", [False, True])
+def test_a_connection_pool_that_times_out_stops_the_writer_with_one_store_error(
+        store: Store, monkeypatch: pytest.MonkeyPatch, write_behind: bool) -> None:
+    """More writers of one process waiting out a lock than the connection pool holds make the
+    next batch wait 30 s for a connection and fail with SQLAlchemy's pool TimeoutError, which
+    is no driver error: it reached the owner as a traceback, and killed a write-behind thread
+    mid-batch so that the owner's flush waited for ever. It stops the writer as a failed
+    write does, one StoreError."""
+    def pool_exhausted() -> None:
+        raise sqlalchemy.exc.TimeoutError("QueuePool limit of size 5 overflow 10 reached, "
+                                          "connection timed out, timeout 30.00")
+
+    w = writer(store, batch_size=2, write_behind=write_behind)
+    monkeypatch.setattr(store, "write_connection", pool_exhausted)
+    w.append("metric")
+    with pytest.raises(StoreError, match="cannot append events: QueuePool limit"):
+        w.append("metric")  # a full batch: written at once, or queued for the thread
+        w.flush()
+    monkeypatch.undo()
+    for call in (w.flush, lambda: w.append("metric")):  # stopped, though the pool is back
+        with pytest.raises(StoreError, match="QueuePool limit"):
+            call()
+    w.close()
+    assert stored_seqs(store, "main") == []
+
+
+def test_a_writer_that_loses_the_race_to_claim_a_stream_is_refused_as_a_second_writer(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two writers opening one stream at the same moment both find it free; the unique key on
+    the claim's attempt lets one insert its claim, and the other is refused with
+    StreamClaimedError — not a database error — rather than fork the chain."""
+    import ledger.store.claims as claims_module
+
+    first = writer(store)
+    monkeypatch.setattr(claims_module, "_claims_of", lambda *_args: ({}, []))  # saw it free
+    with pytest.raises(StreamClaimedError, match="opened by another writer at the same moment"):
+        writer(store)
+    monkeypatch.undo()
+    first.close()
+
+
+def failing_first_write(release: threading.Event) -> tuple[Any, list[int]]:
+    """A guard whose first call waits for ``release`` and then fails as a dropped connection
+    does; later calls pass. Also returns the list of its calls."""
+    calls: list[int] = []
+
+    def guard(_connection: Any) -> None:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            release.wait(120)  # the bound only keeps a broken build from hanging
+            raise StoreError("cannot append events: server closed the connection")
+
+    return guard, calls
+
+
+def test_a_write_behind_thread_writes_no_batch_after_one_failed(store: Store) -> None:
+    """The batches queued behind a failed one are dropped with it: written, they would leave
+    the chain with a gap where the failed batch belonged."""
+    release = threading.Event()
+    guard, _calls = failing_first_write(release)
+    w = writer(store, batch_size=2, write_behind=True, guard=guard)
+    for _ in range(4):  # the second batch is queued while the first is being written
+        w.append("metric")
+    release.set()
+    with pytest.raises(StoreError, match="server closed the connection"):
+        w.flush()
+    w.close()
+    assert stored_seqs(store, "main") == []
+
+
+def test_an_interval_flusher_does_not_retry_a_batch_whose_write_failed(store: Store) -> None:
+    """A failed interval flush stops the writer: its batch is not written behind the owner's
+    back later (a dropped connection may have landed it; the owner is told it stopped)."""
+    release = threading.Event()
+    release.set()
+    guard, calls = failing_first_write(release)
+    w = writer(store, flush_interval=0.02, guard=guard)
+    w.append("metric")
+    wait_for(lambda: calls, "the interval flush")
+    time.sleep(0.2)  # several more intervals, in which the flusher must not write it again
+    with pytest.raises(StoreError, match="server closed the connection"):
+        w.close()
+    assert (calls, stored_seqs(store, "main")) == ([0], [])

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import inspect, select
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from ledger.errors import StoreError, StreamClaimedError
 from ledger.store.schema import claims_table, create_claims_table, events_table
@@ -72,6 +72,8 @@ class _Holder:
         except ProcessLookupError:
             return True
         except OSError:  # exists, owned by someone else
+            return False
+        except OverflowError:  # a pid beyond any this system gives: no writer here wrote it
             return False
         return False
 
@@ -180,7 +182,7 @@ def claim_stream(store: Store, exp: str, stream: str, start_seq: int | None, *,
         raise StreamClaimedError(f"stream {stream} of {exp} was opened by another writer at the "
                                  f"same moment: a second writer is refused rather than fork the "
                                  f"chain") from None
-    except DBAPIError as error:
+    except SQLAlchemyError as error:
         raise _translate(error, f"cannot open stream {stream} of {exp}") from None
     return Claim(exp, stream, attempt, writer)
 
@@ -202,7 +204,7 @@ def release_stream(store: Store, claim: Claim, next_seq: int) -> None:
                 "host": host_identity(), "pid": os.getpid(), "t": time.time_ns()})
     except IntegrityError:
         return
-    except DBAPIError as error:
+    except SQLAlchemyError as error:
         raise _translate(error, f"cannot release stream {claim.stream} of {claim.exp}") from None
 
 

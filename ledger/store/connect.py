@@ -61,14 +61,26 @@ def parse_url(url: str | None = None) -> URL:
     return _parse(resolve_url(url))
 
 
+def _masked(url: str) -> str:
+    """A URL that does not parse, as errors show it: what stands between ``user:`` and the
+    last ``@`` masked, as :func:`describe_url` masks the password of one that does."""
+    scheme, separator, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not (separator and at and ":" in credentials):
+        return url
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
+
+
 def _parse(url: str) -> URL:
     if not isinstance(url, str) or "\x00" in url:
-        raise StoreError(f"not a database URL: {url!r} (e.g. sqlite:///ledger.db)")
+        shown = _masked(url) if isinstance(url, str) else url
+        raise StoreError(f"not a database URL: {shown!r} (e.g. sqlite:///ledger.db)")
     try:
         parsed = make_url(url)
         parsed.port  # noqa: B018 - parsed lazily: "sqlite://:memory:" fails only here
     except (ArgumentError, ValueError):
-        raise StoreError(f"not a database URL: {url!r} (e.g. sqlite:///ledger.db)") from None
+        raise StoreError(f"not a database URL: {_masked(url)!r} (e.g. sqlite:///ledger.db)"
+                         ) from None
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise StoreError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite or "
                          f"postgresql")
@@ -86,7 +98,7 @@ def sqlite_file_path(url: URL) -> Path | None:
     if url.get_backend_name() != "sqlite":
         return None
     database = url.database or ""
-    if database.startswith("file:") and url.query.get("uri") == "true":
+    if database.startswith("file:") and _uri_flag(url):
         if url.query.get("mode") == "memory":
             return None
         database = unquote(urlsplit(database).path)
@@ -95,10 +107,21 @@ def sqlite_file_path(url: URL) -> Path | None:
     return Path(database)
 
 
+_TRUE_WORDS = frozenset({"true", "yes", "on", "y", "t", "1"})
+"""What SQLAlchemy's SQLite driver reads as true in a URL argument (in any case)."""
+
+
+def _uri_flag(url: URL) -> bool:
+    """True when an SQLite URL's ``uri`` argument makes the driver read its database as a
+    ``file:`` URI: ``uri=true``, or any other spelling the driver reads as true (``TRUE``,
+    ``1``); the ledger must then find the file, and ``mode=ro``, where the driver does."""
+    return str(url.query.get("uri", "")).strip().lower() in _TRUE_WORDS
+
+
 def sqlite_uri_read_only(url: URL) -> bool:
     """True when an SQLite ``file:`` URI opens the ledger read-only (``mode=ro`` or
     ``immutable=1``)."""
-    return (url.get_backend_name() == "sqlite" and url.query.get("uri") == "true"
+    return (url.get_backend_name() == "sqlite" and _uri_flag(url)
             and (url.query.get("mode") == "ro" or url.query.get("immutable") == "1"))
 
 
@@ -290,7 +313,8 @@ def _check_sqlite_query(parsed: URL, shown: str) -> None:
     ``mode=ro`` with a warning and opens the file read-write, and ``timeout=abc`` fails inside
     the driver."""
     query = dict(parsed.query)
-    uri = str(query.pop("uri", "")).lower() == "true"
+    uri = _uri_flag(parsed)
+    query.pop("uri", None)
     driver = sorted(set(query) & _DRIVER_ARGUMENTS)
     if driver:
         raise StoreError(f"cannot open {shown}: URL argument(s) {', '.join(driver)} are set by "

@@ -62,7 +62,9 @@ class StreamHead:
     head: bytes
 
 
-def _translate(error: DBAPIError, what: str) -> StoreError:
+def _translate(error: SQLAlchemyError, what: str) -> StoreError:
+    """The StoreError for a database error: the driver's first line, or, for an error of
+    SQLAlchemy's own (its connection pool timing out, say), its message."""
     text = str(getattr(error, "orig", error)).strip().splitlines()
     reason = text[0] if text else type(error).__name__
     if "append-only" in reason:
@@ -221,7 +223,7 @@ class Store:
                 self._insert_rows(connection, [event_row(first_event)])
         except IntegrityError:
             raise ConcurrentWriteError(f"experiment {exp} already exists") from None
-        except DBAPIError as error:
+        except SQLAlchemyError as error:
             raise _translate(error, f"cannot record experiment {exp}") from None
         self.check_file()  # committed into the file still at the path, not a replaced one
 
@@ -255,7 +257,7 @@ class Store:
             raise ConcurrentWriteError(
                 f"another writer appended to stream {stream} of {exp} (seq {seq} is taken): "
                 f"refused rather than fork the chain") from None
-        except DBAPIError as error:
+        except SQLAlchemyError as error:  # a pool timing out is no driver error, but as fatal
             raise _translate(error, "cannot append events") from None
         self.check_file()  # committed into the file still at the path, not a replaced one
 
@@ -643,7 +645,7 @@ class Store:
     def _reading(self):  # noqa: ANN202 - a SQLAlchemy Connection context
         try:
             return _ReadGuard(self.engine.connect(), self.url)
-        except DBAPIError as error:
+        except SQLAlchemyError as error:  # a driver's, or the pool's timing out
             raise _translate(error, f"cannot read {self.url}") from None
 
 
