@@ -13,7 +13,7 @@ from typing import Any
 from ledger.events import REPLAY_RECORDED, REPORT_EXPORTED
 from ledger.json_view import json_view
 from report.facts import RunFacts
-from report.jsonview import rfc3339
+from report.jsonview import recorded_text, rfc3339
 from report.replay_evidence import recorded_verdict
 
 RETENTION_CLASSES = {
@@ -108,7 +108,7 @@ def r10_history(facts: RunFacts, schema_version: int) -> dict[str, Any]:
         entry: dict[str, Any] = {"seq": body.get("seq"), "kind": body.get("kind"),
                                  "at": rfc3339(body.get("t"))}
         if body.get("kind") == REPLAY_RECORDED:
-            entry.update(by=_text(params.get("replayed_by")),
+            entry.update(by=recorded_text(params.get("replayed_by")),
                          outcome=recorded_verdict(params.get("verdict")),
                          detail=f"{params.get('compared_total', 0)} draws re-executed, "
                                 f"{params.get('mismatched', 0)} mismatched")
@@ -116,8 +116,8 @@ def r10_history(facts: RunFacts, schema_version: int) -> dict[str, Any]:
             formats = params.get("formats")
             shown = (", ".join(map(str, formats)) if isinstance(formats, list)
                      else "" if formats is None else str(formats))
-            entry.update(by=_text(params.get("generated_by")),
-                         outcome=_text(params.get("replay_verdict")),
+            entry.update(by=recorded_text(params.get("generated_by")),
+                         outcome=recorded_text(params.get("replay_verdict")),
                          detail=f"report {params.get('report_id')} ({shown}"
                                 f"{', signed' if params.get('signed') else ''})")
         events.append(json_view(entry))
@@ -125,11 +125,6 @@ def r10_history(facts: RunFacts, schema_version: int) -> dict[str, Any]:
             "migrations": [],
             "migrations_note": f"schema version {schema_version}: no migration has been applied "
                                f"(the schema records its version; newer versions are refused)"}
-
-
-def _text(value: Any) -> str | None:
-    """A recorded value that should be text, or None (the audit stream is open to forgery)."""
-    return value if isinstance(value, str) else None
 
 
 def add_months(start: date, months: int) -> date:

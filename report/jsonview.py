@@ -27,6 +27,12 @@ from ledger.errors import BadInputError
 from ledger.json_view import json_view
 
 
+def recorded_text(value: Any) -> str | None:
+    """A recorded value that should be text, or None: whoever can write a ledger can record
+    any type there, and the report quotes only text where its schema expects text."""
+    return value if isinstance(value, str) else None
+
+
 def canonical_json(document: Any) -> bytes:
     """The canonical bytes of a JSON document (see the module docstring)."""
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False,

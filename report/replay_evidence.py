@@ -18,7 +18,7 @@ from ledger.errors import CannotReplayError, CheckFailedError, LedgerError
 from ledger.json_view import json_view
 from ledger.store.store import Store
 from report.facts import RunFacts
-from report.jsonview import rfc3339
+from report.jsonview import recorded_text, rfc3339
 from replay.engine import POLICY, ReplayReport, record_replay, replay_run
 
 PASSED, FAILED, INCONCLUSIVE, NOT_REPLAYED = "PASSED", "FAILED", "INCONCLUSIVE", "NOT_REPLAYED"
@@ -106,7 +106,7 @@ def r8_replay(facts: RunFacts, outcome: ReplayOutcome | None) -> dict[str, Any]:
     compared = _counts(certificate.get("compared"))
     head = certificate.get("head")
     section.update(
-        replayed_by=_text(certificate.get("replayed_by")),
+        replayed_by=recorded_text(certificate.get("replayed_by")),
         started_at=rfc3339(certificate.get("started_t")),
         finished_at=rfc3339(certificate.get("finished_t")),
         environment_differences=_items(certificate.get("environment_differences"), dict),
@@ -127,10 +127,6 @@ def r8_replay(facts: RunFacts, outcome: ReplayOutcome | None) -> dict[str, Any]:
 # ledger appends to: only what has the types a certificate gives is quoted (the report must
 # still validate against schemas/report.v1.json).
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
 
 
 def _count(value: Any) -> int | None:

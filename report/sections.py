@@ -14,7 +14,7 @@ from ledger.json_view import json_view
 from ledger.seeds import SEED_SCHEME, root_seed_from_bytes
 from report.data_checks import independence
 from report.facts import RunFacts
-from report.jsonview import hex_or_none, rfc3339
+from report.jsonview import hex_or_none, recorded_text, rfc3339
 from report.scan import ScanResult
 
 DERIVATION = ('derive(root, path) = first 16 bytes, big-endian, of SHA-256(b"ledger/seed/v1\\x00" '
@@ -46,16 +46,13 @@ def r1_identity(facts: RunFacts) -> dict[str, Any]:
                       "digest": hex_or_none(body.get("output")),
                       "arrays": json_view(_dict(checkpoint.get("arrays")))})
     return {"title": "Run identity", "exp": facts.row.exp, "name": facts.row.name,
-            "model": _text(params.get("model")), "purpose": _text(params.get("purpose")),
-            "parent": _text(params.get("parent")), "status": run_status(facts),
+            "model": recorded_text(params.get("model")),
+            "purpose": recorded_text(params.get("purpose")),
+            "parent": recorded_text(params.get("parent")), "status": run_status(facts),
             "complete": facts.run_head is not None, "run_head": hex_or_none(facts.run_head),
-            "error": _text(_dict((facts.completed or {}).get("params")).get("error")),
+            "error": recorded_text(_dict((facts.completed or {}).get("params")).get("error")),
             "checkpoints": {"final": final, "recorded": facts.checkpoint_count},
             "metrics": facts.metrics.to_json(), "metrics_not_plotted": facts.metrics.unplotted}
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
 
 
 def r2_who_and_when(facts: RunFacts) -> dict[str, Any]:
@@ -67,14 +64,14 @@ def r2_who_and_when(facts: RunFacts) -> dict[str, Any]:
     ended = (facts.completed or {}).get("t")
     ended = ended if isinstance(ended, int) and not isinstance(ended, bool) else None
     workers = [_dict(body.get("params")) for body in facts.workers]
-    return {"title": "Who and when", "started_by": _text(meta.get("user")),
-            "host": _text(meta.get("host")), "pid": meta.get("pid") if isinstance(
+    return {"title": "Who and when", "started_by": recorded_text(meta.get("user")),
+            "host": recorded_text(meta.get("host")), "pid": meta.get("pid") if isinstance(
                 meta.get("pid"), int) else None,
             "started_at": rfc3339(started), "ended_at": rfc3339(ended),
             "duration_s": None if started is None or ended is None else round(
                 (ended - started) / 1e9, 3),
             "resources": {"cpu_count": platform.get("cpu_count"),
-                          "machine": _text(platform.get("machine")),
+                          "machine": recorded_text(platform.get("machine")),
                           "workers_spawned": facts.worker_count,
                           "start_methods": sorted({str(w.get("start_method")) for w in workers
                                                    if w.get("start_method") is not None})},
@@ -88,7 +85,8 @@ def r3_code(facts: RunFacts) -> dict[str, Any]:
     code = _dict(facts.params.get("code"))
     entry = _dict(facts.params.get("entrypoint"))
     argv = entry.get("argv") if isinstance(entry.get("argv"), list) else None
-    return {"title": "Code", "vcs": _text(code.get("vcs")), "commit": _text(code.get("commit")),
+    return {"title": "Code", "vcs": recorded_text(code.get("vcs")),
+            "commit": recorded_text(code.get("commit")),
             "dirty": code.get("dirty") if isinstance(code.get("dirty"), bool) else None,
             "diff_digest": hex_or_none(code.get("diff_digest")),
             "untracked": code.get("untracked") if isinstance(code.get("untracked"), int) else None,
@@ -115,7 +113,7 @@ def r4_environment(facts: RunFacts) -> dict[str, Any]:
     packages = _dict(environment.get("packages"))
     return {"title": "Environment", "python": json_view(_dict(environment.get("python"))),
             "packages": {str(k): str(v) for k, v in sorted(packages.items())},
-            "numpy": {"version": _text(packages.get("numpy")),
+            "numpy": {"version": recorded_text(packages.get("numpy")),
                       "blas": json_view(_dict(environment.get("blas")))},
             "blas_threads": json_view(_dict(environment.get("blas_threads"))),
             "platform": json_view(_dict(environment.get("platform"))),
@@ -129,10 +127,11 @@ def r5_data(facts: RunFacts, data_dir: Any) -> dict[str, Any]:
     for body in facts.datasets:
         params = _dict(body.get("params"))
         loader = _dict(params.get("loader"))
-        rows.append({"name": _text(params.get("name")), "role": _text(params.get("role")),
-                     "source": {"kind": _text(loader.get("kind")),
-                                "base": _text(loader.get("base")),
-                                "path": _text(loader.get("path"))},
+        rows.append({"name": recorded_text(params.get("name")),
+                     "role": recorded_text(params.get("role")),
+                     "source": {"kind": recorded_text(loader.get("kind")),
+                                "base": recorded_text(loader.get("base")),
+                                "path": recorded_text(loader.get("path"))},
                      "digest": hex_or_none(body.get("output")),
                      "records": params.get("length") if isinstance(params.get("length"), int)
                      else None,
@@ -175,8 +174,8 @@ def r7_randomness(facts: RunFacts, scan: ScanResult,
     return {"title": "Randomness inventory",
             "root_seed": None if root is None else str(root),
             "root_seed_hex": None if recorded is None else recorded.hex(),
-            "root_seed_source": _text(params.get("root_seed_source")),
-            "scheme": _text(scheme) if scheme is not None else None,
+            "root_seed_source": recorded_text(params.get("root_seed_source")),
+            "scheme": recorded_text(scheme) if scheme is not None else None,
             "scheme_known": scheme == SEED_SCHEME,
             "derivation": DERIVATION,
             "categories": categories, "counts_by_kind": dict(sorted(counts.items())),
