@@ -56,6 +56,31 @@ def test_html_and_markdown_go_to_a_file(run: tuple[Path, str], tmp_path: Path, f
     assert target.read_text().startswith(start) and f"wrote {target}" in done.stdout
 
 
+@pytest.mark.parametrize("name,start", [("report.html", "<!DOCTYPE html>"),
+                                        ("REPORT.HTM", "<!DOCTYPE html>"),
+                                        ("report.md", "# Compliance"),
+                                        ("report.markdown", "# Compliance"),
+                                        ("report.json", "{"), ("report.txt", "{")])
+def test_without_format_the_output_file_suffix_chooses_it(run: tuple[Path, str],
+                                                          tmp_path: Path, name: str,
+                                                          start: str) -> None:
+    """`-o report.html` wrote JSON into the .html file: the format now follows the suffix."""
+    folder, exp = run
+    target = tmp_path / name
+    done = _ledger(folder, "report", exp, "-o", str(target), "--no-record")
+    assert done.returncode == 0, done.stderr
+    assert target.read_text().startswith(start)
+
+
+def test_an_explicit_format_wins_over_the_output_file_suffix(run: tuple[Path, str],
+                                                             tmp_path: Path) -> None:
+    folder, exp = run
+    target = tmp_path / "report.html"
+    done = _ledger(folder, "report", exp, "--format", "md", "-o", str(target), "--no-record")
+    assert done.returncode == 0, done.stderr
+    assert target.read_text().startswith("# Compliance")
+
+
 def test_a_replayed_bundle_is_recorded_in_the_history(run: tuple[Path, str],
                                                       tmp_path: Path) -> None:
     folder, exp = run

@@ -35,8 +35,9 @@ def _date(_context: click.Context, _parameter: click.Parameter, value: str | Non
                               "database, a file that cannot be written, or a ledger this "
                               "connection cannot record the export in (see --no-record).")
 @click.argument("exp")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="json", show_default=True,
-              help="Format written to -o FILE or stdout (a bundle has all three).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+              help="Format written to -o FILE or stdout (a bundle has all three) [default: "
+                   "html for -o FILE.html or .htm, md for .md or .markdown, otherwise json].")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the report to FILE instead of stdout.")
 @click.option("--bundle", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
@@ -80,7 +81,7 @@ def _date(_context: click.Context, _parameter: click.Parameter, value: str | Non
 @db_option
 @json_option
 @click.pass_obj
-def report_command(obj: dict, exp: str, fmt: str, output: Path | None, bundle: Path | None,
+def report_command(obj: dict, exp: str, fmt: str | None, output: Path | None, bundle: Path | None,
                    appendix: Path | None, full_appendix: bool, run_replay: bool, jobs: int,
                    trusted: tuple[str, ...], data_dir: str | None, sign_key: Path | None,
                    responsible: str | None, role: str | None, generated_by: str | None,
@@ -96,6 +97,7 @@ def report_command(obj: dict, exp: str, fmt: str, output: Path | None, bundle: P
     """
     if bundle is not None and output is not None:
         raise BadInputError("give -o FILE or --bundle DIR, not both")
+    fmt = fmt or format_for(output)
     if bundle is not None and appendix is not None:
         raise BadInputError("a bundle always holds the appendix: drop --appendix")
     if as_json and output is None and bundle is None and fmt != "json":
@@ -131,6 +133,19 @@ def report_command(obj: dict, exp: str, fmt: str, output: Path | None, bundle: P
         click.echo(printable(f"  ! {alert}"))
     for written in result.written:
         click.echo(f"  wrote {written.path}  ({written.role}, sha256 {written.sha256[:16]}…)")
+
+
+SUFFIX_FORMATS = {".html": "html", ".htm": "html", ".md": "md", ".markdown": "md"}
+"""The format ``-o FILE`` implies by its suffix when ``--format`` is not given."""
+
+
+def format_for(output: Path | None) -> str:
+    """The report format for ``-o output`` without ``--format``: by the file's suffix (case
+    ignored), JSON for any other suffix and for stdout — so ``-o report.html`` never holds
+    JSON."""
+    if output is None:
+        return "json"
+    return SUFFIX_FORMATS.get(output.suffix.lower(), "json")
 
 
 def _write_stdout(data: bytes) -> None:
