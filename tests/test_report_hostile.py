@@ -65,6 +65,21 @@ def test_a_report_never_replaces_the_ledger(run: tuple[Path, str]) -> None:
     assert _ledger(folder, "list").returncode == 0
 
 
+
+def test_a_signature_never_replaces_the_ledger(run: tuple[Path, str], tmp_path: Path) -> None:
+    """The signature goes beside the report as REPORT.sig: when that name is the ledger's, the
+    export is refused as for -o, and the ledger is left as it was."""
+    folder, exp = run
+    shutil.copy(folder / "ledger.db", tmp_path / "report.json.sig")
+    assert run_cli("keygen", "--out", str(tmp_path / "key")).returncode == 0
+    before = (tmp_path / "report.json.sig").read_bytes()
+    done = run_cli("--db", f"sqlite:///{tmp_path / 'report.json.sig'}", "report", exp, "-o",
+                   str(tmp_path / "report.json"), "--sign-key", str(tmp_path / "key.key"),
+                   "--no-record", cwd=tmp_path)
+    _one_error(done, 2, "it is the ledger's own database")
+    assert (tmp_path / "report.json.sig").read_bytes() == before
+    assert not (tmp_path / "report.json").exists()
+
 def test_a_report_writes_through_a_symlink(run: tuple[Path, str], tmp_path: Path) -> None:
     folder, exp = run
     (tmp_path / "reports").mkdir()
