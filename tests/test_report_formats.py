@@ -242,3 +242,82 @@ def test_a_bundle_holds_every_format_and_r0_lists_their_digests(
                 (tmp_path / "b" / "SHA256SUMS").read_text().splitlines())
     assert all(sums[name] == digest for name, digest in listed.items())
     assert result.report["R7"]["appendix"]["file"] == "events.ndjson"
+
+
+MARKUP = "<img src=x onerror=alert(1)>\n# heading | `tick` [link](http://x) *em* \u202e\x1b[2J"
+"""Text a tampered ledger could hold anywhere: HTML, a line break, Markdown block and inline
+markup, a bidi control and a terminal escape."""
+FREE_FORM_MAPS = (("R3", "entrypoint"), ("R4", "packages"), ("R4", "determinism_env"),
+                  ("R6", "hyperparameters"), ("R7", "counts_by_kind"), ("R8", "environment"))
+"""Maps whose keys come from the ledger too (names of hyperparameters, packages, kinds, …)."""
+
+
+def _hostile(value: Any, keys: bool = False) -> Any:
+    """``value`` with every string (and, with ``keys``, every key) wrapped in MARKUP."""
+    if isinstance(value, dict):
+        return {(f"{MARKUP}{key}" if keys else key): _hostile(item, keys)
+                for key, item in value.items()}
+    if isinstance(value, list):
+        return [_hostile(item, keys) for item in value]
+    return f"{MARKUP}{value}" if isinstance(value, str) else value
+
+
+def _hostile_report(report: dict[str, Any]) -> dict[str, Any]:
+    """The report with every string value, and the keys of its free-form maps, hostile; one
+    entrypoint argument and a long seed tree so that lists of scalars and folded trees show."""
+    changed = _hostile(json.loads(json.dumps(report)))
+    for section, name in FREE_FORM_MAPS:
+        changed[section][name] = _hostile({"item": 1, **(changed[section][name] or {})},
+                                          keys=True)
+    changed["R3"]["entrypoint"]["argv"] = [MARKUP, "--flag"]
+    changed["R9"]["verification"]["findings"] = [
+        {"exp": MARKUP, "stream": MARKUP, "seq": 1, "problem": MARKUP}]
+    changed["R12"]["this_run"] = [MARKUP]
+    return changed
+
+
+def test_html_escapes_every_string_of_a_hostile_report(report: dict[str, Any]) -> None:
+    """Wherever ledger text lands — a table cell or key, a list, the seed tree, a chart, an
+    alert — it shows as text: no element, no raw bidi control or escape reaches the page."""
+    html = render_html(_hostile_report(report))
+    assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert "\u202e" not in html and "\x1b" not in html
+
+
+def test_markdown_escapes_every_string_of_a_hostile_report(report: dict[str, Any]) -> None:
+    """No ledger text adds a line, a heading, a table column, a link or code to the Markdown."""
+    text = render_markdown(_hostile_report(report))
+    assert "<img" not in text and "\u202e" not in text and "\x1b" not in text
+    assert not any(line.startswith("# heading") for line in text.splitlines())
+    assert not re.search(r"(?<!\\)[`\[\]]", text)
+    for table in re.findall(r"(?:^\|.*\n)+", text, re.M):
+        cells = [len(re.findall(r"(?<!\\)\|", line)) for line in table.splitlines()]
+        assert len(set(cells)) == 1, table
+
+
+def test_html_banner_shows_attention_and_completeness(report: dict[str, Any]) -> None:
+    """The summary banner is red and says INCOMPLETE only when the report says so."""
+    assert '<section id="summary" class="banner ok">' in render_html(report)
+    assert '<span class="complete">complete</span>' in render_html(report)
+    changed = json.loads(json.dumps(report))
+    changed["summary"].update(attention=True, complete=False)
+    html = render_html(changed)
+    assert '<section id="summary" class="banner attention">' in html
+    assert '<span class="INCOMPLETE">INCOMPLETE</span>' in html
+
+
+def test_html_shows_booleans_digests_and_nested_values_by_their_type(
+        report: dict[str, Any]) -> None:
+    """Booleans as yes/no, a 32-digit hex value as code, a list mixing values and maps as a
+    list, and maps nested deeper than five levels as one line of code."""
+    changed = json.loads(json.dumps(report))
+    deep: dict[str, Any] = {"leaf": 1}
+    for level in range(7):
+        deep = {f"level{level}": deep}
+    changed["R6"]["hyperparameters"] = {"deep": deep, "mixed": [1, {"inner": 2}]}
+    html = render_html(changed)
+    assert "<tr><th>Complete</th><td>yes</td></tr>" in html
+    assert f"<td><code>{report['R7']['root_seed_hex']}</code></td>" in html
+    assert "<ul><li>1</li><li><table" in html
+    r6 = html[html.index('<section id="R6">'):html.index('<section id="R7">')]
+    assert r6.count("<table") == 7 and "<code>{&#x27;level2&#x27;: " in r6
