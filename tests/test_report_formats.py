@@ -19,14 +19,16 @@ from ledger.iterator import TrainingDataIterator
 from ledger.json_view import json_view
 from ledger.store import Store
 from ledger.user_draws import register_draw
+from ledger.verify import INTACT_NOTE
 from replay.engine import record_replay, replay_run
 from replay_helpers import sample_data
 from report.attest import PROVENANCE_TYPE, TEST_RESULT_TYPE, provenance_statement, replay_statement
 from report.export import export_report
-from report.html import render_html
+from report.html import MAX_CHILDREN, MAX_DEPTH, render_html
 from report.jsonview import canonical_json, parse_json, pretty_json
 from report.markdown import render_markdown
 from report.model import ReportOptions
+from report.svg import metric_chart
 from report_helpers import report_of, schema_errors
 
 HOSTILE = "<script>alert('x')</script> & \"quotes\" | pipes `ticks`"
@@ -321,3 +323,130 @@ def test_html_shows_booleans_digests_and_nested_values_by_their_type(
     assert "<ul><li>1</li><li><table" in html
     r6 = html[html.index('<section id="R6">'):html.index('<section id="R7">')]
     assert r6.count("<table") == 7 and "<code>{&#x27;level2&#x27;: " in r6
+
+
+def _tree_html(report: dict[str, Any], nodes: list[dict[str, Any]]) -> str:
+    """R7's seed tree as HTML for these nodes."""
+    changed = json.loads(json.dumps(report))
+    changed["R7"]["seed_tree"]["nodes"] = nodes
+    html = render_html(changed)
+    return html[html.index('<ul class="tree">'):html.index('<section id="R8">')]
+
+
+def _node(path: list[Any], count: int = 1, seed: str | None = "ab" * 16,
+          span: list[int] | None = None) -> dict[str, Any]:
+    return {"path": path, "kind": "user_draw", "count": count, "seed": seed, "range": span}
+
+
+def test_html_seed_tree_shows_a_draw_its_seed_and_a_pattern_its_count_and_range(
+        report: dict[str, Any]) -> None:
+    tree = _tree_html(report, [_node(["model", "init"]),
+                               _node(["epoch", 0, "batch", "*", "augment"], 5, None, [2, 6])])
+    assert f"<code>model/init</code> — user_draw, seed <code>{'ab' * 16}</code>" in tree
+    assert "<code>epoch/0/batch/*/augment</code> — user_draw: 5 draws, indices 2–6" in tree
+
+
+def test_html_seed_tree_cuts_paths_deeper_than_max_depth(report: dict[str, Any]) -> None:
+    labels = [f"l{n}" for n in range(MAX_DEPTH + 1)]
+    assert "…" not in _tree_html(report, [_node(labels[:MAX_DEPTH])])
+    deeper = _tree_html(report, [_node(labels)])
+    assert f"<code>{'/'.join(labels[:MAX_DEPTH])}/…</code>" in deeper
+    assert f"l{MAX_DEPTH}" not in deeper
+
+
+def test_html_seed_tree_summarises_the_middle_of_many_children(report: dict[str, Any]) -> None:
+    def children(count: int) -> list[dict[str, Any]]:
+        return [_node(["user", f"c{n:02d}"], 2, None, [0, 1]) for n in range(count)]
+
+    assert "more (" not in _tree_html(report, children(MAX_CHILDREN))
+    tree = _tree_html(report, children(MAX_CHILDREN + 6))
+    assert "… 6 more (12 draws; every one is in the JSON report and the appendix)" in tree
+    shown = re.findall(r"<code>(c\d\d)</code>", tree)
+    assert shown == [f"c{n:02d}" for n in range(MAX_CHILDREN // 2)] + [
+        f"c{n:02d}" for n in range(MAX_CHILDREN // 2 + 6, MAX_CHILDREN + 6)]
+
+
+def test_html_r9_states_a_failed_verification_with_its_findings(report: dict[str, Any]) -> None:
+    """A passed verification shows VERIFIED and no intact count; a failed one FAILED, how many
+    events are still intact and each finding."""
+    html = render_html(report)
+    assert '<span class="VERIFIED">VERIFIED</span>' in html and INTACT_NOTE not in html
+    changed = json.loads(json.dumps(report))
+    changed["R9"]["verification"].update(ok=False, intact=5, findings=[
+        {"exp": "exp-1", "stream": "main", "seq": 6, "problem": "hash mismatch"}])
+    html = render_html(changed)
+    assert '<span class="FAILED">FAILED</span>' in html and f", 5 {INTACT_NOTE}</p>" in html
+    assert '<ul class="alerts"><li>exp-1 stream main seq 6: hash mismatch</li></ul>' in html
+    changed["R9"]["verification"]["ok"] = True
+    assert INTACT_NOTE not in render_html(changed)
+
+
+def test_html_lays_out_the_crosswalk_the_appendix_and_plain_sections(
+        report: dict[str, Any]) -> None:
+    """A crosswalk section spans as many rows as it has references; R7 says when no appendix
+    was written and names it when one was; a section without its own layout lists its fields,
+    not its title."""
+    html = render_html(report)
+    for row in report["R14"]["rows"]:
+        assert (f'<td rowspan="{len(row["references"])}"><a href="#{row["section"]}">'
+                in html)
+    assert "<tr><th>Per-event appendix</th><td>not written</td></tr>" in html
+    r2 = html[html.index('<section id="R2">'):html.index('<section id="R3">')]
+    assert "<th>started_at</th>" in r2 and "<th>title</th>" not in r2
+    changed = json.loads(json.dumps(report))
+    changed["R7"]["appendix"] = {"file": "events.ndjson", "lines": 3}
+    assert "<th>file</th><td>events.ndjson</td>" in render_html(changed)
+
+
+def test_markdown_lists_sixty_seed_paths_and_counts_the_rest(report: dict[str, Any]) -> None:
+    changed = json.loads(json.dumps(report))
+    nodes = [_node(["user", f"p{n:03d}"]) for n in range(61)]
+    changed["R7"]["seed_tree"]["nodes"] = nodes[:60]
+    text = render_markdown(changed)
+    assert "| user/p059 |" in text and "more paths" not in text
+    changed["R7"]["seed_tree"]["nodes"] = nodes
+    text = render_markdown(changed)
+    assert "| user/p060 |" not in text and "… 1 more paths in the JSON report." in text
+
+
+def test_markdown_states_verification_appendix_and_values_as_recorded(
+        report: dict[str, Any]) -> None:
+    """VERIFIED or FAILED with the intact count, the appendix or that none was written, the
+    dataset's source path, booleans as yes/no and maps as JSON."""
+    text = render_markdown(report)
+    assert "**Full chain verification: VERIFIED**" in text and INTACT_NOTE not in text
+    assert "Per-event appendix: not written" in text
+    assert f"| transactions | — | {report['R5']['datasets'][0]['source']['path']} |" in text
+    assert "| complete | yes |" in text and '| hyperparameters | {"lr": 0.5,' in text
+    changed = json.loads(json.dumps(report))
+    changed["R9"]["verification"].update(ok=False, intact=5)
+    changed["R7"]["appendix"] = {"file": "events.ndjson", "lines": 3, "sha256": "ab" * 32}
+    text = render_markdown(changed)
+    assert "**Full chain verification: FAILED** — " in text and f", 5 {INTACT_NOTE}" in text
+    assert f"Per-event appendix: events.ndjson (3 lines, sha256 {'ab' * 32})" in text
+
+
+def _series(points: list[tuple[float, float]], last_epoch: int | None = None) -> dict[str, Any]:
+    return {"name": "loss", "points": [list(point) for point in points],
+            "last_epoch": last_epoch}
+
+
+def test_a_metric_chart_places_the_highest_value_at_the_top() -> None:
+    svg = metric_chart(_series([(0, 1.0), (1, 3.0)], last_epoch=1))
+    assert '<polyline class="curve" points="64.0,150.0 548.0,14.0"/>' in svg
+    assert '<text x="60" y="18" text-anchor="end">3</text>' in svg
+    assert '<text x="60" y="150" text-anchor="end">1</text>' in svg
+    assert ">epoch</text>" in svg and svg.count("<circle") == 2
+    assert ">value number</text>" in metric_chart(_series([(0, 1.0), (1, 3.0)]))
+
+
+def test_a_metric_chart_of_one_value_or_a_flat_zero_line_is_drawn() -> None:
+    for points in ([(0, 2.0)], [(0, 0.0), (1, 0.0)]):
+        svg = metric_chart(_series(points))
+        assert svg.count("<circle") == len(points) and "<polyline" in svg
+    assert metric_chart(_series([])) == '<p class="muted">loss: no numeric values to plot</p>'
+
+
+def test_a_metric_chart_marks_each_value_up_to_sixty() -> None:
+    assert metric_chart(_series([(n, n) for n in range(60)])).count("<circle") == 60
+    assert "<circle" not in metric_chart(_series([(n, n) for n in range(61)]))
