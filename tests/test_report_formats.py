@@ -246,7 +246,8 @@ def test_a_bundle_holds_every_format_and_r0_lists_their_digests(
     assert result.report["R7"]["appendix"]["file"] == "events.ndjson"
 
 
-MARKUP = "<img src=x onerror=alert(1)>\n# heading | `tick` [link](http://x) *em* \u202e\x1b[2J"
+MARKUP = ("<img src=x onerror=alert(1)>\n# heading \\| `tick` [link](http://x) *em* _u_ ~s~ "
+          "\u202e\x1b[2J")
 """Text a tampered ledger could hold anywhere: HTML, a line break, Markdown block and inline
 markup, a bidi control and a terminal escape."""
 FREE_FORM_MAPS = (("R3", "entrypoint"), ("R4", "packages"), ("R4", "determinism_env"),
@@ -291,10 +292,15 @@ def test_markdown_escapes_every_string_of_a_hostile_report(report: dict[str, Any
     text = render_markdown(_hostile_report(report))
     assert "<img" not in text and "\u202e" not in text and "\x1b" not in text
     assert not any(line.startswith("# heading") for line in text.splitlines())
-    assert not re.search(r"(?<!\\)[`\[\]]", text)
+    assert r"\*em\* \_u\_ \~s\~" in text
+
+    def markup(line: str) -> list[str]:
+        """The markup characters of ``line`` that no backslash escapes."""
+        return [token for token in re.findall(r"\\.|[|`\[\]]", line) if token[0] != "\\"]
+
+    assert [token for token in markup(text) if token != "|"] == []
     for table in re.findall(r"(?:^\|.*\n)+", text, re.M):
-        cells = [len(re.findall(r"(?<!\\)\|", line)) for line in table.splitlines()]
-        assert len(set(cells)) == 1, table
+        assert len({len(markup(line)) for line in table.splitlines()}) == 1, table
 
 
 def test_html_banner_shows_attention_and_completeness(report: dict[str, Any]) -> None:
@@ -421,7 +427,9 @@ def test_markdown_states_verification_appendix_and_values_as_recorded(
     changed = json.loads(json.dumps(report))
     changed["R9"]["verification"].update(ok=False, intact=5)
     changed["R7"]["appendix"] = {"file": "events.ndjson", "lines": 3, "sha256": "ab" * 32}
+    changed["R10"]["migrations"] = ["v1", "v2"]
     text = render_markdown(changed)
+    assert '| migrations | \\["v1", "v2"\\] |' in text
     assert "**Full chain verification: FAILED** — " in text and f", 5 {INTACT_NOTE}" in text
     assert f"Per-event appendix: events.ndjson (3 lines, sha256 {'ab' * 32})" in text
 
