@@ -26,7 +26,7 @@ from report.attest import PROVENANCE_TYPE, TEST_RESULT_TYPE, provenance_statemen
 from report.export import export_report
 from report.html import MAX_CHILDREN, MAX_DEPTH, render_html
 from report.jsonview import canonical_json, parse_json, pretty_json
-from report.markdown import render_markdown
+from report.markdown import m, render_markdown
 from report.model import ReportOptions
 from report.svg import metric_chart
 from report_helpers import report_of, schema_errors
@@ -275,7 +275,9 @@ def _hostile_report(report: dict[str, Any]) -> dict[str, Any]:
     changed["R3"]["entrypoint"]["argv"] = [MARKUP, "--flag"]
     changed["R9"]["verification"]["findings"] = [
         {"exp": MARKUP, "stream": MARKUP, "seq": 1, "problem": MARKUP}]
-    changed["R12"]["this_run"] = [MARKUP]
+    changed["R12"]["this_run"] = changed["summary"]["alerts"] = [MARKUP]
+    changed["R0"]["files"] = [{"name": MARKUP, "role": MARKUP, "sha256": "ab" * 32}]
+    changed["R13"]["responsible"] = [{"name": MARKUP, "role": MARKUP}]
     return changed
 
 
@@ -305,13 +307,29 @@ def test_markdown_escapes_every_string_of_a_hostile_report(report: dict[str, Any
 
 def test_html_banner_shows_attention_and_completeness(report: dict[str, Any]) -> None:
     """The summary banner is red and says INCOMPLETE only when the report says so."""
-    assert '<section id="summary" class="banner ok">' in render_html(report)
-    assert '<span class="complete">complete</span>' in render_html(report)
     changed = json.loads(json.dumps(report))
-    changed["summary"].update(attention=True, complete=False)
+    changed["summary"].update(attention=False, complete=True, alerts=[])
+    html = render_html(changed)
+    assert '<section id="summary" class="banner ok">' in html and '<ul class="alerts">' not in html
+    assert '<span class="complete">complete</span>' in html
+    changed["summary"].update(attention=True, complete=False, alerts=["the run is incomplete"])
     html = render_html(changed)
     assert '<section id="summary" class="banner attention">' in html
     assert '<span class="INCOMPLETE">INCOMPLETE</span>' in html
+    assert '<ul class="alerts"><li>the run is incomplete</li></ul></section>' in html
+
+
+def test_markdown_summary_states_completeness_and_alerts(report: dict[str, Any]) -> None:
+    changed = json.loads(json.dumps(report))
+    changed["summary"].update(complete=True, alerts=[])
+    assert "complete**" in render_markdown(changed) and "> **" not in render_markdown(changed)
+    changed["summary"].update(complete=False, alerts=["the run is incomplete"])
+    text = render_markdown(changed)
+    assert "INCOMPLETE**" in text and "> **the run is incomplete**" in text
+
+
+def test_markdown_folds_whitespace_of_a_value_into_single_spaces() -> None:
+    assert m("first\tsecond  \n third ") == "first second third"
 
 
 def test_html_shows_booleans_digests_and_nested_values_by_their_type(
@@ -325,6 +343,9 @@ def test_html_shows_booleans_digests_and_nested_values_by_their_type(
     changed["R6"]["hyperparameters"] = {"deep": deep, "mixed": [1, {"inner": 2}]}
     html = render_html(changed)
     assert "<tr><th>Complete</th><td>yes</td></tr>" in html
+    assert "<tr><th>Intended purpose</th><td>(not recorded)</td></tr>" not in html
+    changed["R1"]["purpose"] = None
+    assert "<tr><th>Intended purpose</th><td>(not recorded)</td></tr>" in render_html(changed)
     assert f"<td><code>{report['R7']['root_seed_hex']}</code></td>" in html
     assert "<ul><li>1</li><li><table" in html
     r6 = html[html.index('<section id="R6">'):html.index('<section id="R7">')]
