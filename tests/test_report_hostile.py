@@ -16,6 +16,7 @@ import shutil
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -314,3 +315,52 @@ def test_an_export_whose_record_cannot_be_written_leaves_no_file(
         assert store.stream_heads(exp).get("audit") == audit_before
     left = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*"))
     assert left == ([] if target == "output" else [Path("bundle")])  # an empty folder at most
+
+
+def _export_refused(run: tuple[Path, str], message: str, **places: Any) -> None:
+    """``export_report`` with ``places`` fails with ``message`` and records nothing."""
+    from ledger.errors import BadInputError
+    from report.export import export_report
+    from report.model import ReportOptions
+
+    folder, exp = run
+    with Store.open(f"sqlite:///{folder / 'ledger.db'}") as store:
+        audit_before = store.stream_heads(exp).get("audit")
+        with pytest.raises(BadInputError, match=message):
+            export_report(store, exp, ReportOptions(), **places)
+        assert store.stream_heads(exp).get("audit") == audit_before
+
+
+def test_targets_that_are_no_files_are_refused_before_anything_is_written(
+        run: tuple[Path, str], tmp_path: Path) -> None:
+    """A folder, a file in a missing folder, an unknown format, a bundle that is a file or in
+    a missing folder: each is refused up front, with what is wrong, and nothing is written."""
+    (tmp_path / "taken").write_text("a file")
+    (tmp_path / "folder").mkdir()
+    _export_refused(run, "is a folder", output=tmp_path / "folder")
+    _export_refused(run, "folder .*missing does not exist", output=tmp_path / "missing" / "r.json")
+    _export_refused(run, "unknown report format 'pdf'", fmt="pdf", output=tmp_path / "r.pdf")
+    _export_refused(run, "bundle folder .*taken is a file", bundle=tmp_path / "taken")
+    _export_refused(run, "cannot create bundle folder .*: folder .*missing does not exist",
+                    bundle=tmp_path / "missing" / "bundle")
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["folder", "taken"]
+
+
+def test_an_appendix_never_replaces_the_ledger(run: tuple[Path, str]) -> None:
+    folder, _exp = run
+    before = (folder / "ledger.db").read_bytes()
+    _export_refused(run, "cannot write appendix .*it is the ledger's own database",
+                    output=folder / "unused.json", appendix=folder / "ledger.db")
+    assert (folder / "ledger.db").read_bytes() == before and not (folder / "unused.json").exists()
+
+
+def test_a_signature_target_that_is_a_folder_is_refused(run: tuple[Path, str],
+                                                        tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    (tmp_path / "r.json.sig").mkdir()
+    _export_refused(run, "signature .*r.json.sig is a folder", output=tmp_path / "r.json",
+                    key=Ed25519PrivateKey.generate())
+    _export_refused(run, "signing needs the JSON report in a file", fmt="html",
+                    output=tmp_path / "r.html", key=Ed25519PrivateKey.generate())
+    assert [path.name for path in tmp_path.iterdir()] == ["r.json.sig"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -494,3 +495,23 @@ def test_a_signature_file_is_one_line_of_strict_base64_of_64_bytes() -> None:
     assert signing.signature_bytes(base64.b64encode(b"\x00" * 63)) is None
     assert not signing.verify_signature(key.public_key(), signing.signature_bytes(text),
                                         b"report!")
+
+
+def test_a_signed_export_is_recorded_with_its_digests_and_signer(signed: Path,
+                                                                 tmp_path: Path) -> None:
+    """The report_exported event names the files written with their SHA-256, the canonical
+    report's SHA-256 (also the event's output digest), the format and the signing key."""
+    shutil.copy(signed / "ledger.db", tmp_path / "ledger.db")
+    key = load_private_key(signed / "key.key")
+    with Store.open(f"sqlite:///{tmp_path / 'ledger.db'}") as store:
+        result = export_report(store, A, ReportOptions(), output=tmp_path / "r.json", key=key)
+        body = store.first_event_body(A, REPORT_EXPORTED)
+    written = json.loads((tmp_path / "r.json").read_text())
+    canonical = hashlib.sha256(canonical_json(written)).hexdigest()
+    params = body["params"]
+    assert result.report_sha256 == params["report_sha256"] == canonical
+    assert body["output"] == bytes.fromhex(canonical)
+    assert params["files"] == {"r.json": file_sha256(tmp_path / "r.json"),
+                               "r.json.sig": file_sha256(tmp_path / "r.json.sig")}
+    assert (params["formats"], params["bundle"], params["signed"]) == (["json"], False, True)
+    assert params["public_key_sha256"] == fingerprint(key.public_key())
