@@ -1009,3 +1009,43 @@ def test_r10_says_what_each_replay_and_export_recorded(tmp_path: Path) -> None:
         ("ada", "FAILED", "40 draws re-executed, 3 mismatched"),
         ("bob", "FAILED", "report rpt-x (json, html, md, signed)")]
     assert all(e["at"].endswith("Z") for e in events)
+
+
+def _tree_rows(tree: SeedTree) -> list[tuple[tuple[Any, ...], int, str | None, Any]]:
+    return [(tuple(n["path"]), n["count"], n["seed"], n["range"]) for n in tree.nodes()]
+
+
+def test_the_seed_tree_folds_integer_labels_and_keeps_their_range() -> None:
+    """Augmentation batches of an epoch and a user's integer labels fold into one pattern with
+    the range of the first folded integer; worker, epoch and rank paths stay as drawn; one draw
+    shows its seed and no range; integers sort numerically."""
+    tree = SeedTree()
+    for batch in (4, 2, 9):
+        tree.add("augmentation_batch", ("epoch", 1, "batch", batch, "augment"), b"\x01")
+    tree.add("user_draw", ("mix", 5, "a", 1), b"\x02")
+    tree.add("user_draw", ("mix", 3, "a", 9), b"\x03")
+    tree.add("user_draw", ("epoch", 1, "other", 3, "augment"), b"\x04")
+    tree.add("user_draw", ("rank", 10, "init"), b"\x05")
+    tree.add("user_draw", ("rank", 2, "init"), b"\x06")
+    tree.add_batches("augmentation_batch", 0, 1, 7, 7, b"\x07")
+    assert _tree_rows(tree) == [
+        (("epoch", 0, "batch", "*", "augment"), 1, "07", None),
+        (("epoch", 1, "batch", "*", "augment"), 3, None, [2, 9]),
+        (("epoch", 1, "other", 3, "augment"), 1, "04", None),
+        (("mix", "*", "a", "*"), 2, None, [3, 5]),
+        (("rank", 2, "init"), 1, "06", None),
+        (("rank", 10, "init"), 1, "05", None)]
+
+
+def test_the_seed_tree_folds_new_paths_coarsely_once_it_holds_max_nodes() -> None:
+    tree = SeedTree(max_nodes=2)
+    tree.add("user_draw", ("a",), b"\x01")
+    tree.add("user_draw", ("b",), b"\x02")
+    assert not tree.folded
+    tree.add("user_draw", ("a",), b"\x01")
+    assert not tree.folded
+    tree.add("user_draw", ("c", "d"), b"\x03")
+    assert tree.folded
+    tree.add_batches("augmentation_batch", 4, 3, 0, 2, None)
+    assert [n["path"] for n in tree.nodes()] == [
+        ["a"], ["b"], ["c", "d"], ["epoch", "*", "batch", "*", "augment"]]
