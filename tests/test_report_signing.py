@@ -515,3 +515,23 @@ def test_a_signed_export_is_recorded_with_its_digests_and_signer(signed: Path,
                                "r.json.sig": file_sha256(tmp_path / "r.json.sig")}
     assert (params["formats"], params["bundle"], params["signed"]) == (["json"], False, True)
     assert params["public_key_sha256"] == fingerprint(key.public_key())
+
+
+def test_the_expected_experiment_is_checked_against_the_ledger_too(signed: Path) -> None:
+    done = run_cli("--db", f"sqlite:///{signed / 'ledger.db'}", "verify-report",
+                   str(signed / "b" / "report.json"), "--public-key", str(signed / "key.pub"),
+                   "--exp", A, "--against-ledger")
+    assert done.returncode == 1 and f"report is of experiment {B}, not {A}" in done.stderr
+
+
+def test_keygen_names_each_key_file_and_the_fingerprint(tmp_path: Path) -> None:
+    info = json.loads(run_cli("keygen", "--out", str(tmp_path / "j"), "--json").stdout)
+    assert (info["private_key"], info["public_key"]) == (str(tmp_path / "j.key"),
+                                                         str(tmp_path / "j.pub"))
+    done = run_cli("keygen", "--out", str(tmp_path / "t"))
+    assert done.returncode == 0, done.stderr
+    digest = fingerprint(load_public_key(tmp_path / "t.pub"))
+    assert done.stdout.splitlines() == [
+        f"private key  {tmp_path / 't.key'}  (mode 600: keep it secret)",
+        f"public key   {tmp_path / 't.pub'}",
+        f"fingerprint  {digest}  (SHA-256 of the raw public key)"]
