@@ -196,6 +196,20 @@ def test_text_from_a_report_cannot_drive_the_terminal(signed: Path, tmp_path: Pa
     assert len(done.stderr.strip().splitlines()) == 1
 
 
+
+def test_file_names_a_report_lists_cannot_drive_the_terminal(signed: Path, tmp_path: Path
+                                                             ) -> None:
+    """R0's file names are printed with their state and in notes: shown escaped."""
+    report = json.loads((signed / "report.json").read_text())
+    report["R0"]["files"].append({"name": "x\x1b[2Jy", "sha256": "0" * 64})
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    done = run_cli("verify-report", str(tmp_path / "report.json"), "--public-key",
+                   str(signed.parent / "key.pub"), "--signature",
+                   str(signed / "report.json.sig"))
+    assert done.returncode == 1
+    assert "x\\x1b[2Jy: absent" in done.stdout and "note: x\\x1b[2Jy is listed" in done.stdout
+    assert "\x1b" not in done.stdout + done.stderr
+
 def test_html_shows_bidi_controls_as_text() -> None:
     assert e("model \u202e gnp.exe") == "model \\u202e gnp.exe"
     assert e("<b>\x1b[2J") == "&lt;b&gt;\\x1b[2J"
