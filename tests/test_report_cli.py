@@ -75,6 +75,7 @@ def test_a_replayed_bundle_is_recorded_in_the_history(run: tuple[Path, str],
     with Store.open(f"sqlite:///{folder / 'ledger.db'}") as store:
         exported = store.first_event_body(exp, "report_exported")["params"]
     assert exported["report_id"] == report["R0"]["report_id"]
+    assert (exported["formats"], exported["bundle"]) == (["json", "html", "md"], True)
     assert exported["files"]["report.json"] == summary["files"][5]["sha256"]
 
 
