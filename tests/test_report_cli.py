@@ -133,10 +133,9 @@ def test_retention_options_set_r11(run: tuple[Path, str]) -> None:
         "logs", 24, "2027-01-31", "2029-01-31")
 
 
-def test_a_report_on_stdout_that_needs_attention_says_so_on_stderr(run: tuple[Path, str]
-                                                                   ) -> None:
-    folder, exp = run
-    done = _ledger(folder, "report", exp, "--no-record")
+def test_a_report_on_stdout_that_needs_attention_says_so_on_stderr(tmp_path: Path) -> None:
+    exp = record_run(f"sqlite:///{tmp_path / 'ledger.db'}", tmp_path / "ledger-data", epochs=1)
+    done = _ledger(tmp_path, "report", exp, "--no-record")
     report = json.loads(done.stdout)
     assert report["summary"]["attention"]  # never replayed
     assert done.stderr == (f"ledger: note: {report['summary']['headline']} (see the report's "
