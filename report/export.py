@@ -187,12 +187,12 @@ def export_report(store: Store, exp: str, options: ReportOptions, *, fmt: str = 
     row = store.experiment(exp)
     if options.record:
         require_audit_append(store, "this export", exp, take_over=options.take_over)
+    ledger_files = _ledger_files(store)
     if bundle is not None:
         _prepare_bundle(bundle)
         appendix = bundle / BUNDLE_FILES["appendix"]
         json_path: Path | None = bundle / BUNDLE_FILES["json"]
     else:
-        ledger_files = _ledger_files(store)
         if output is not None:
             output = _resolve_target(output, "output", ledger_files)
         if appendix is not None:
@@ -204,7 +204,10 @@ def export_report(store: Store, exp: str, options: ReportOptions, *, fmt: str = 
             raise BadInputError("signing needs the JSON report in a file: give --format json "
                                 "with -o FILE, or --bundle DIR")
         signature_path = json_path.with_name(f"{json_path.name}.sig")
-        _check_target(signature_path, "signature")
+        if bundle is None:  # beside -o FILE, which may be beside the ledger
+            signature_path = _resolve_target(signature_path, "signature", ledger_files)
+        else:
+            _check_target(signature_path, "signature")
     targets = [path for path in (output, appendix, signature_path) if path is not None]
     if len(set(targets)) < len(targets):
         raise BadInputError("the report, its appendix and its signature need three different "
@@ -212,7 +215,8 @@ def export_report(store: Store, exp: str, options: ReportOptions, *, fmt: str = 
     stage = _Staged()
     try:
         result = _export(store, exp, options, row, stage, fmt=fmt, output=output, bundle=bundle,
-                         appendix=appendix, json_path=json_path, key=key)
+                         appendix=appendix, json_path=json_path, key=key,
+                         signature_path=signature_path)
         if result.stdout is not None and deliver is not None:
             deliver(result.stdout)
         if options.record:  # recorded first: a record that fails (a full disk) leaves no file
@@ -226,7 +230,8 @@ def export_report(store: Store, exp: str, options: ReportOptions, *, fmt: str = 
 
 def _export(store: Store, exp: str, options: ReportOptions, row: Any, stage: _Staged, *,
             fmt: str, output: Path | None, bundle: Path | None, appendix: Path | None,
-            json_path: Path | None, key: Ed25519PrivateKey | None) -> ExportResult:
+            json_path: Path | None, key: Ed25519PrivateKey | None,
+            signature_path: Path | None) -> ExportResult:
     """Build the report and stage its files (see :func:`export_report`)."""
     if key is not None:
         assert json_path is not None  # export_report refuses a key without a JSON file
@@ -273,7 +278,7 @@ def _export(store: Store, exp: str, options: ReportOptions, row: Any, stage: _St
         digest = stage.write(json_path, pretty_json(report))
         result.written.append(Written(json_path, ROLES["json"], digest))
         if key is not None:
-            signature_path = json_path.with_name(f"{json_path.name}.sig")
+            assert signature_path is not None  # export_report names it with the key
             result.written.append(Written(signature_path, "signature",
                                           stage.write(signature_path, sign(key, canonical))))
     elif fmt == "json":

@@ -100,6 +100,7 @@ def test_a_replayed_bundle_is_recorded_in_the_history(run: tuple[Path, str],
     with Store.open(f"sqlite:///{folder / 'ledger.db'}") as store:
         exported = store.first_event_body(exp, "report_exported")["params"]
     assert exported["report_id"] == report["R0"]["report_id"]
+    assert (exported["formats"], exported["bundle"]) == (["json", "html", "md"], True)
     assert exported["files"]["report.json"] == summary["files"][5]["sha256"]
 
 
@@ -109,6 +110,9 @@ def test_a_replayed_bundle_is_recorded_in_the_history(run: tuple[Path, str],
     (("report", "{exp}", "--sign-key", "{folder}/nothing.key"), "cannot read private key"),
     (("report", "{exp}", "--format", "html", "--json"), "cannot go with --format html"),
     (("report", "{exp}", "--bundle", "{folder}"), "is not empty"),
+    (("report", "{exp}", "--bundle", "{folder}/b", "-o", "{folder}/r.json"), "not both"),
+    (("report", "{exp}", "--bundle", "{folder}/b", "--appendix", "{folder}/a.ndjson"),
+     "drop --appendix"),
     (("report", "{exp}", "-o", "{folder}/missing/r.json"), "does not exist"),
     (("report", "{exp}", "-o", "{folder}/r.json", "--appendix", "{folder}/missing/a.ndjson"),
      "does not exist"),
@@ -142,3 +146,22 @@ def test_a_bundle_folder_left_by_a_killed_export_says_what_it_holds(run: tuple[P
     done = _ledger(folder, "report", exp, "--bundle", str(bundle))
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "is not empty (it holds '.events.ndjson.pd7cj1f0.tmp')" in done.stderr  # ls hides it
+
+
+def test_retention_options_set_r11(run: tuple[Path, str]) -> None:
+    folder, exp = run
+    done = _ledger(folder, "report", exp, "--no-record", "--retention-class", "logs",
+                   "--retain-years", "2", "--retain-from", "2027-01-31")
+    assert done.returncode == 0, done.stderr
+    r11 = json.loads(done.stdout)["R11"]
+    assert (r11["class"], r11["retain_months"], r11["retain_from"], r11["earliest_deletion"]) == (
+        "logs", 24, "2027-01-31", "2029-01-31")
+
+
+def test_a_report_on_stdout_that_needs_attention_says_so_on_stderr(tmp_path: Path) -> None:
+    exp = record_run(f"sqlite:///{tmp_path / 'ledger.db'}", tmp_path / "ledger-data", epochs=1)
+    done = _ledger(tmp_path, "report", exp, "--no-record")
+    report = json.loads(done.stdout)
+    assert report["summary"]["attention"]  # never replayed
+    assert done.stderr == (f"ledger: note: {report['summary']['headline']} (see the report's "
+                           f"alerts)\n")

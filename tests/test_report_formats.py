@@ -19,14 +19,16 @@ from ledger.iterator import TrainingDataIterator
 from ledger.json_view import json_view
 from ledger.store import Store
 from ledger.user_draws import register_draw
+from ledger.verify import INTACT_NOTE
 from replay.engine import record_replay, replay_run
 from replay_helpers import sample_data
 from report.attest import PROVENANCE_TYPE, TEST_RESULT_TYPE, provenance_statement, replay_statement
 from report.export import export_report
-from report.html import render_html
+from report.html import MAX_CHILDREN, MAX_DEPTH, render_html
 from report.jsonview import canonical_json, parse_json, pretty_json
-from report.markdown import render_markdown
+from report.markdown import m, render_markdown
 from report.model import ReportOptions
+from report.svg import metric_chart
 from report_helpers import report_of, schema_errors
 
 HOSTILE = "<script>alert('x')</script> & \"quotes\" | pipes `ticks`"
@@ -242,3 +244,238 @@ def test_a_bundle_holds_every_format_and_r0_lists_their_digests(
                 (tmp_path / "b" / "SHA256SUMS").read_text().splitlines())
     assert all(sums[name] == digest for name, digest in listed.items())
     assert result.report["R7"]["appendix"]["file"] == "events.ndjson"
+
+
+MARKUP = ("<img src=x onerror=alert(1)>\n# heading \\| `tick` [link](http://x) *em* _u_ ~s~ "
+          "\u202e\x1b[2J")
+"""Text a tampered ledger could hold anywhere: HTML, a line break, Markdown block and inline
+markup, a bidi control and a terminal escape."""
+FREE_FORM_MAPS = (("R3", "entrypoint"), ("R4", "packages"), ("R4", "determinism_env"),
+                  ("R6", "hyperparameters"), ("R7", "counts_by_kind"), ("R8", "environment"))
+"""Maps whose keys come from the ledger too (names of hyperparameters, packages, kinds, …)."""
+
+
+def _hostile(value: Any, keys: bool = False) -> Any:
+    """``value`` with every string (and, with ``keys``, every key) wrapped in MARKUP."""
+    if isinstance(value, dict):
+        return {(f"{MARKUP}{key}" if keys else key): _hostile(item, keys)
+                for key, item in value.items()}
+    if isinstance(value, list):
+        return [_hostile(item, keys) for item in value]
+    return f"{MARKUP}{value}" if isinstance(value, str) else value
+
+
+def _hostile_report(report: dict[str, Any]) -> dict[str, Any]:
+    """The report with every string value, and the keys of its free-form maps, hostile; one
+    entrypoint argument and a long seed tree so that lists of scalars and folded trees show."""
+    changed = _hostile(json.loads(json.dumps(report)))
+    for section, name in FREE_FORM_MAPS:
+        changed[section][name] = _hostile({"item": 1, **(changed[section][name] or {})},
+                                          keys=True)
+    changed["R3"]["entrypoint"]["argv"] = [MARKUP, "--flag"]
+    changed["R9"]["verification"]["findings"] = [
+        {"exp": MARKUP, "stream": MARKUP, "seq": 1, "problem": MARKUP}]
+    changed["R12"]["this_run"] = changed["summary"]["alerts"] = [MARKUP]
+    changed["R0"]["files"] = [{"name": MARKUP, "role": MARKUP, "sha256": "ab" * 32}]
+    changed["R13"]["responsible"] = [{"name": MARKUP, "role": MARKUP}]
+    return changed
+
+
+def test_html_escapes_every_string_of_a_hostile_report(report: dict[str, Any]) -> None:
+    """Wherever ledger text lands — a table cell or key, a list, the seed tree, a chart, an
+    alert — it shows as text: no element, no raw bidi control or escape reaches the page."""
+    html = render_html(_hostile_report(report))
+    assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert "\u202e" not in html and "\x1b" not in html
+
+
+def test_markdown_escapes_every_string_of_a_hostile_report(report: dict[str, Any]) -> None:
+    """No ledger text adds a line, a heading, a table column, a link or code to the Markdown."""
+    text = render_markdown(_hostile_report(report))
+    assert "<img" not in text and "\u202e" not in text and "\x1b" not in text
+    assert not any(line.startswith("# heading") for line in text.splitlines())
+    assert r"\*em\* \_u\_ \~s\~" in text
+
+    def markup(line: str) -> list[str]:
+        """The markup characters of ``line`` that no backslash escapes."""
+        return [token for token in re.findall(r"\\.|[|`\[\]]", line) if token[0] != "\\"]
+
+    assert [token for token in markup(text) if token != "|"] == []
+    for table in re.findall(r"(?:^\|.*\n)+", text, re.M):
+        assert len({len(markup(line)) for line in table.splitlines()}) == 1, table
+
+
+def test_html_banner_shows_attention_and_completeness(report: dict[str, Any]) -> None:
+    """The summary banner is red and says INCOMPLETE only when the report says so."""
+    changed = json.loads(json.dumps(report))
+    changed["summary"].update(attention=False, complete=True, alerts=[])
+    html = render_html(changed)
+    assert '<section id="summary" class="banner ok">' in html and '<ul class="alerts">' not in html
+    assert '<span class="complete">complete</span>' in html
+    changed["summary"].update(attention=True, complete=False, alerts=["the run is incomplete"])
+    html = render_html(changed)
+    assert '<section id="summary" class="banner attention">' in html
+    assert '<span class="INCOMPLETE">INCOMPLETE</span>' in html
+    assert '<ul class="alerts"><li>the run is incomplete</li></ul></section>' in html
+
+
+def test_markdown_summary_states_completeness_and_alerts(report: dict[str, Any]) -> None:
+    changed = json.loads(json.dumps(report))
+    changed["summary"].update(complete=True, alerts=[])
+    assert "complete**" in render_markdown(changed) and "> **" not in render_markdown(changed)
+    changed["summary"].update(complete=False, alerts=["the run is incomplete"])
+    text = render_markdown(changed)
+    assert "INCOMPLETE**" in text and "> **the run is incomplete**" in text
+
+
+def test_markdown_folds_whitespace_of_a_value_into_single_spaces() -> None:
+    assert m("first\tsecond  \n third ") == "first second third"
+
+
+def test_html_shows_booleans_digests_and_nested_values_by_their_type(
+        report: dict[str, Any]) -> None:
+    """Booleans as yes/no, a 32-digit hex value as code, a list mixing values and maps as a
+    list, and maps nested deeper than five levels as one line of code."""
+    changed = json.loads(json.dumps(report))
+    deep: dict[str, Any] = {"leaf": 1}
+    for level in range(7):
+        deep = {f"level{level}": deep}
+    changed["R6"]["hyperparameters"] = {"deep": deep, "mixed": [1, {"inner": 2}]}
+    html = render_html(changed)
+    assert "<tr><th>Complete</th><td>yes</td></tr>" in html
+    assert "<tr><th>Intended purpose</th><td>(not recorded)</td></tr>" not in html
+    changed["R1"]["purpose"] = None
+    assert "<tr><th>Intended purpose</th><td>(not recorded)</td></tr>" in render_html(changed)
+    assert f"<td><code>{report['R7']['root_seed_hex']}</code></td>" in html
+    assert "<ul><li>1</li><li><table" in html
+    r6 = html[html.index('<section id="R6">'):html.index('<section id="R7">')]
+    assert r6.count("<table") == 7 and "<code>{&#x27;level2&#x27;: " in r6
+
+
+def _tree_html(report: dict[str, Any], nodes: list[dict[str, Any]]) -> str:
+    """R7's seed tree as HTML for these nodes."""
+    changed = json.loads(json.dumps(report))
+    changed["R7"]["seed_tree"]["nodes"] = nodes
+    html = render_html(changed)
+    return html[html.index('<ul class="tree">'):html.index('<section id="R8">')]
+
+
+def _node(path: list[Any], count: int = 1, seed: str | None = "ab" * 16,
+          span: list[int] | None = None) -> dict[str, Any]:
+    return {"path": path, "kind": "user_draw", "count": count, "seed": seed, "range": span}
+
+
+def test_html_seed_tree_shows_a_draw_its_seed_and_a_pattern_its_count_and_range(
+        report: dict[str, Any]) -> None:
+    tree = _tree_html(report, [_node(["model", "init"]),
+                               _node(["epoch", 0, "batch", "*", "augment"], 5, None, [2, 6])])
+    assert f"<code>model/init</code> — user_draw, seed <code>{'ab' * 16}</code>" in tree
+    assert "<code>epoch/0/batch/*/augment</code> — user_draw: 5 draws, indices 2–6" in tree
+
+
+def test_html_seed_tree_cuts_paths_deeper_than_max_depth(report: dict[str, Any]) -> None:
+    labels = [f"l{n}" for n in range(MAX_DEPTH + 1)]
+    assert "…" not in _tree_html(report, [_node(labels[:MAX_DEPTH])])
+    deeper = _tree_html(report, [_node(labels)])
+    assert f"<code>{'/'.join(labels[:MAX_DEPTH])}/…</code>" in deeper
+    assert f"l{MAX_DEPTH}" not in deeper
+
+
+def test_html_seed_tree_summarises_the_middle_of_many_children(report: dict[str, Any]) -> None:
+    def children(count: int) -> list[dict[str, Any]]:
+        return [_node(["user", f"c{n:02d}"], 2, None, [0, 1]) for n in range(count)]
+
+    assert "more (" not in _tree_html(report, children(MAX_CHILDREN))
+    tree = _tree_html(report, children(MAX_CHILDREN + 6))
+    assert "… 6 more (12 draws; every one is in the JSON report and the appendix)" in tree
+    shown = re.findall(r"<code>(c\d\d)</code>", tree)
+    assert shown == [f"c{n:02d}" for n in range(MAX_CHILDREN // 2)] + [
+        f"c{n:02d}" for n in range(MAX_CHILDREN // 2 + 6, MAX_CHILDREN + 6)]
+
+
+def test_html_r9_states_a_failed_verification_with_its_findings(report: dict[str, Any]) -> None:
+    """A passed verification shows VERIFIED and no intact count; a failed one FAILED, how many
+    events are still intact and each finding."""
+    html = render_html(report)
+    assert '<span class="VERIFIED">VERIFIED</span>' in html and INTACT_NOTE not in html
+    changed = json.loads(json.dumps(report))
+    changed["R9"]["verification"].update(ok=False, intact=5, findings=[
+        {"exp": "exp-1", "stream": "main", "seq": 6, "problem": "hash mismatch"}])
+    html = render_html(changed)
+    assert '<span class="FAILED">FAILED</span>' in html and f", 5 {INTACT_NOTE}</p>" in html
+    assert '<ul class="alerts"><li>exp-1 stream main seq 6: hash mismatch</li></ul>' in html
+    changed["R9"]["verification"]["ok"] = True
+    assert INTACT_NOTE not in render_html(changed)
+
+
+def test_html_lays_out_the_crosswalk_the_appendix_and_plain_sections(
+        report: dict[str, Any]) -> None:
+    """A crosswalk section spans as many rows as it has references; R7 says when no appendix
+    was written and names it when one was; a section without its own layout lists its fields,
+    not its title."""
+    html = render_html(report)
+    for row in report["R14"]["rows"]:
+        assert (f'<td rowspan="{len(row["references"])}"><a href="#{row["section"]}">'
+                in html)
+    assert "<tr><th>Per-event appendix</th><td>not written</td></tr>" in html
+    r2 = html[html.index('<section id="R2">'):html.index('<section id="R3">')]
+    assert "<th>started_at</th>" in r2 and "<th>title</th>" not in r2
+    changed = json.loads(json.dumps(report))
+    changed["R7"]["appendix"] = {"file": "events.ndjson", "lines": 3}
+    assert "<th>file</th><td>events.ndjson</td>" in render_html(changed)
+
+
+def test_markdown_lists_sixty_seed_paths_and_counts_the_rest(report: dict[str, Any]) -> None:
+    changed = json.loads(json.dumps(report))
+    nodes = [_node(["user", f"p{n:03d}"]) for n in range(61)]
+    changed["R7"]["seed_tree"]["nodes"] = nodes[:60]
+    text = render_markdown(changed)
+    assert "| user/p059 |" in text and "more paths" not in text
+    changed["R7"]["seed_tree"]["nodes"] = nodes
+    text = render_markdown(changed)
+    assert "| user/p060 |" not in text and "… 1 more paths in the JSON report." in text
+
+
+def test_markdown_states_verification_appendix_and_values_as_recorded(
+        report: dict[str, Any]) -> None:
+    """VERIFIED or FAILED with the intact count, the appendix or that none was written, the
+    dataset's source path, booleans as yes/no and maps as JSON."""
+    text = render_markdown(report)
+    assert "**Full chain verification: VERIFIED**" in text and INTACT_NOTE not in text
+    assert "Per-event appendix: not written" in text
+    assert f"| transactions | — | {report['R5']['datasets'][0]['source']['path']} |" in text
+    assert "| complete | yes |" in text and '| hyperparameters | {"lr": 0.5,' in text
+    changed = json.loads(json.dumps(report))
+    changed["R9"]["verification"].update(ok=False, intact=5)
+    changed["R7"]["appendix"] = {"file": "events.ndjson", "lines": 3, "sha256": "ab" * 32}
+    changed["R10"]["migrations"] = ["v1", "v2"]
+    text = render_markdown(changed)
+    assert '| migrations | \\["v1", "v2"\\] |' in text
+    assert "**Full chain verification: FAILED** — " in text and f", 5 {INTACT_NOTE}" in text
+    assert f"Per-event appendix: events.ndjson (3 lines, sha256 {'ab' * 32})" in text
+
+
+def _series(points: list[tuple[float, float]], last_epoch: int | None = None) -> dict[str, Any]:
+    return {"name": "loss", "points": [list(point) for point in points],
+            "last_epoch": last_epoch}
+
+
+def test_a_metric_chart_places_the_highest_value_at_the_top() -> None:
+    svg = metric_chart(_series([(0, 1.0), (1, 3.0)], last_epoch=1))
+    assert '<polyline class="curve" points="64.0,150.0 548.0,14.0"/>' in svg
+    assert '<text x="60" y="18" text-anchor="end">3</text>' in svg
+    assert '<text x="60" y="150" text-anchor="end">1</text>' in svg
+    assert ">epoch</text>" in svg and svg.count("<circle") == 2
+    assert ">value number</text>" in metric_chart(_series([(0, 1.0), (1, 3.0)]))
+
+
+def test_a_metric_chart_of_one_value_or_a_flat_zero_line_is_drawn() -> None:
+    for points in ([(0, 2.0)], [(0, 0.0), (1, 0.0)]):
+        svg = metric_chart(_series(points))
+        assert svg.count("<circle") == len(points) and "<polyline" in svg
+    assert metric_chart(_series([])) == '<p class="muted">loss: no numeric values to plot</p>'
+
+
+def test_a_metric_chart_marks_each_value_up_to_sixty() -> None:
+    assert metric_chart(_series([(n, n) for n in range(60)])).count("<circle") == 60
+    assert "<circle" not in metric_chart(_series([(n, n) for n in range(61)]))

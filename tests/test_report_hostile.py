@@ -16,6 +16,7 @@ import shutil
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,6 +65,21 @@ def test_a_report_never_replaces_the_ledger(run: tuple[Path, str]) -> None:
     assert (folder / "ledger.db").read_bytes()[:16] == before == b"SQLite format 3\x00"
     assert _ledger(folder, "list").returncode == 0
 
+
+
+def test_a_signature_never_replaces_the_ledger(run: tuple[Path, str], tmp_path: Path) -> None:
+    """The signature goes beside the report as REPORT.sig: when that name is the ledger's, the
+    export is refused as for -o, and the ledger is left as it was."""
+    folder, exp = run
+    shutil.copy(folder / "ledger.db", tmp_path / "report.json.sig")
+    assert run_cli("keygen", "--out", str(tmp_path / "key")).returncode == 0
+    before = (tmp_path / "report.json.sig").read_bytes()
+    done = run_cli("--db", f"sqlite:///{tmp_path / 'report.json.sig'}", "report", exp, "-o",
+                   str(tmp_path / "report.json"), "--sign-key", str(tmp_path / "key.key"),
+                   "--no-record", cwd=tmp_path)
+    _one_error(done, 2, "it is the ledger's own database")
+    assert (tmp_path / "report.json.sig").read_bytes() == before
+    assert not (tmp_path / "report.json").exists()
 
 def test_a_report_writes_through_a_symlink(run: tuple[Path, str], tmp_path: Path) -> None:
     folder, exp = run
@@ -179,6 +195,20 @@ def test_text_from_a_report_cannot_drive_the_terminal(signed: Path, tmp_path: Pa
     assert "\x1b" not in done.stdout + done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
 
+
+
+def test_file_names_a_report_lists_cannot_drive_the_terminal(signed: Path, tmp_path: Path
+                                                             ) -> None:
+    """R0's file names are printed with their state and in notes: shown escaped."""
+    report = json.loads((signed / "report.json").read_text())
+    report["R0"]["files"].append({"name": "x\x1b[2Jy", "sha256": "0" * 64})
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    done = run_cli("verify-report", str(tmp_path / "report.json"), "--public-key",
+                   str(signed.parent / "key.pub"), "--signature",
+                   str(signed / "report.json.sig"))
+    assert done.returncode == 1
+    assert "x\\x1b[2Jy: absent" in done.stdout and "note: x\\x1b[2Jy is listed" in done.stdout
+    assert "\x1b" not in done.stdout + done.stderr
 
 def test_html_shows_bidi_controls_as_text() -> None:
     assert e("model \u202e gnp.exe") == "model \\u202e gnp.exe"
@@ -299,3 +329,52 @@ def test_an_export_whose_record_cannot_be_written_leaves_no_file(
         assert store.stream_heads(exp).get("audit") == audit_before
     left = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*"))
     assert left == ([] if target == "output" else [Path("bundle")])  # an empty folder at most
+
+
+def _export_refused(run: tuple[Path, str], message: str, **places: Any) -> None:
+    """``export_report`` with ``places`` fails with ``message`` and records nothing."""
+    from ledger.errors import BadInputError
+    from report.export import export_report
+    from report.model import ReportOptions
+
+    folder, exp = run
+    with Store.open(f"sqlite:///{folder / 'ledger.db'}") as store:
+        audit_before = store.stream_heads(exp).get("audit")
+        with pytest.raises(BadInputError, match=message):
+            export_report(store, exp, ReportOptions(), **places)
+        assert store.stream_heads(exp).get("audit") == audit_before
+
+
+def test_targets_that_are_no_files_are_refused_before_anything_is_written(
+        run: tuple[Path, str], tmp_path: Path) -> None:
+    """A folder, a file in a missing folder, an unknown format, a bundle that is a file or in
+    a missing folder: each is refused up front, with what is wrong, and nothing is written."""
+    (tmp_path / "taken").write_text("a file")
+    (tmp_path / "folder").mkdir()
+    _export_refused(run, "is a folder", output=tmp_path / "folder")
+    _export_refused(run, "folder .*missing does not exist", output=tmp_path / "missing" / "r.json")
+    _export_refused(run, "unknown report format 'pdf'", fmt="pdf", output=tmp_path / "r.pdf")
+    _export_refused(run, "bundle folder .*taken is a file", bundle=tmp_path / "taken")
+    _export_refused(run, "cannot create bundle folder .*: folder .*missing does not exist",
+                    bundle=tmp_path / "missing" / "bundle")
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["folder", "taken"]
+
+
+def test_an_appendix_never_replaces_the_ledger(run: tuple[Path, str]) -> None:
+    folder, _exp = run
+    before = (folder / "ledger.db").read_bytes()
+    _export_refused(run, "cannot write appendix .*it is the ledger's own database",
+                    output=folder / "unused.json", appendix=folder / "ledger.db")
+    assert (folder / "ledger.db").read_bytes() == before and not (folder / "unused.json").exists()
+
+
+def test_a_signature_target_that_is_a_folder_is_refused(run: tuple[Path, str],
+                                                        tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    (tmp_path / "r.json.sig").mkdir()
+    _export_refused(run, "signature .*r.json.sig is a folder", output=tmp_path / "r.json",
+                    key=Ed25519PrivateKey.generate())
+    _export_refused(run, "signing needs the JSON report in a file", fmt="html",
+                    output=tmp_path / "r.html", key=Ed25519PrivateKey.generate())
+    assert [path.name for path in tmp_path.iterdir()] == ["r.json.sig"]

@@ -7,7 +7,7 @@ import hashlib
 import json
 import sqlite3
 from contextlib import closing
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from ledger_builders import drop_append_only_triggers, execute, record_experimen
 from replay.engine import record_replay, replay_run
 from replay_helpers import record_run, sample_data
 from report.data_checks import RECORD_TAG, record_digests
+from report.governance import RETENTION_CLASSES, add_months, r11_retention, r13_signoff
 from report.metrics import MAX_POINTS, MAX_SERIES, MetricCurves, Series
 from report.model import ReportOptions, build_report
 from report.seedtree import SeedTree
@@ -959,3 +960,92 @@ def test_the_unique_chain_position_is_stated_as_the_database_holds_it(
     assert control["in_force"] is unique_index
     alert = f"append-only control not in force: {control['control']}"
     assert (alert in report["summary"]["alerts"]) is not unique_index
+
+
+@pytest.mark.parametrize("start,months,end", [
+    (date(2026, 1, 31), 1, date(2026, 2, 28)), (date(2028, 1, 31), 1, date(2028, 2, 29)),
+    (date(2026, 12, 15), 1, date(2027, 1, 15)), (date(2026, 3, 31), 120, date(2036, 3, 31)),
+    (date(2026, 8, 31), 6, date(2027, 2, 28))])
+def test_retention_adds_whole_months_ending_on_the_last_day_that_exists(
+        start: date, months: int, end: date) -> None:
+    assert add_months(start, months) == end
+
+
+def test_r11_keeps_the_class_default_unless_the_operator_sets_a_period() -> None:
+    generated = date(2026, 11, 30)
+    default = r11_retention(generated, "technical-documentation", None, None)
+    assert (default["retain_months"], default["retain_from"], default["earliest_deletion"]) == (
+        120, "2026-11-30", "2036-11-30")
+    assert default["basis"] == RETENTION_CLASSES["technical-documentation"][1]
+    logs = r11_retention(generated, "logs", 24, date(2027, 1, 1))
+    assert (logs["retain_months"], logs["retain_from"], logs["earliest_deletion"]) == (
+        24, "2027-01-01", "2029-01-01")
+    assert logs["basis"] == (f"set by the operator (24 months); default: "
+                             f"{RETENTION_CLASSES['logs'][1]}")
+
+
+def test_r13_names_the_responsible_person_and_the_signature_method() -> None:
+    unsigned = r13_signoff(None, None, "2026-11-30T10:00:00.000Z", {"signed": False})
+    assert (unsigned["responsible"], unsigned["date"], unsigned["signature_method"]) == (
+        [], "2026-11-30", "unsigned")
+    signed = r13_signoff("Ada", "validator", "2026-11-30T10:00:00.000Z",
+                         {"signed": True, "public_key_sha256": "ab" * 32})
+    assert signed["responsible"] == [{"name": "Ada", "role": "validator"}]
+    assert signed["signature_method"].startswith("Ed25519 detached signature")
+    assert signed["public_key_sha256"] == "ab" * 32
+
+
+def test_r10_says_what_each_replay_and_export_recorded(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    exp = record_run(url, tmp_path / "data")
+    with Store.open(url) as store:
+        record_audit(store, exp, REPLAY_RECORDED, {"verdict": "diverged", "replayed_by": "ada",
+                                                   "compared_total": 40, "mismatched": 3})
+        record_audit(store, exp, REPORT_EXPORTED, {
+            "report_id": "rpt-x", "formats": ["json", "html", "md"], "signed": True,
+            "generated_by": "bob", "replay_verdict": "FAILED"})
+    events = report_of(url, exp)["R10"]["events"]
+    assert [(e["by"], e["outcome"], e["detail"]) for e in events] == [
+        ("ada", "FAILED", "40 draws re-executed, 3 mismatched"),
+        ("bob", "FAILED", "report rpt-x (json, html, md, signed)")]
+    assert all(e["at"].endswith("Z") for e in events)
+
+
+def _tree_rows(tree: SeedTree) -> list[tuple[tuple[Any, ...], int, str | None, Any]]:
+    return [(tuple(n["path"]), n["count"], n["seed"], n["range"]) for n in tree.nodes()]
+
+
+def test_the_seed_tree_folds_integer_labels_and_keeps_their_range() -> None:
+    """Augmentation batches of an epoch and a user's integer labels fold into one pattern with
+    the range of the first folded integer; worker, epoch and rank paths stay as drawn; one draw
+    shows its seed and no range; integers sort numerically."""
+    tree = SeedTree()
+    for batch in (4, 2, 9):
+        tree.add("augmentation_batch", ("epoch", 1, "batch", batch, "augment"), b"\x01")
+    tree.add("user_draw", ("mix", 5, "a", 1), b"\x02")
+    tree.add("user_draw", ("mix", 3, "a", 9), b"\x03")
+    tree.add("user_draw", ("epoch", 1, "other", 3, "augment"), b"\x04")
+    tree.add("user_draw", ("rank", 10, "init"), b"\x05")
+    tree.add("user_draw", ("rank", 2, "init"), b"\x06")
+    tree.add_batches("augmentation_batch", 0, 1, 7, 7, b"\x07")
+    assert _tree_rows(tree) == [
+        (("epoch", 0, "batch", "*", "augment"), 1, "07", None),
+        (("epoch", 1, "batch", "*", "augment"), 3, None, [2, 9]),
+        (("epoch", 1, "other", 3, "augment"), 1, "04", None),
+        (("mix", "*", "a", "*"), 2, None, [3, 5]),
+        (("rank", 2, "init"), 1, "06", None),
+        (("rank", 10, "init"), 1, "05", None)]
+
+
+def test_the_seed_tree_folds_new_paths_coarsely_once_it_holds_max_nodes() -> None:
+    tree = SeedTree(max_nodes=2)
+    tree.add("user_draw", ("a",), b"\x01")
+    tree.add("user_draw", ("b",), b"\x02")
+    assert not tree.folded
+    tree.add("user_draw", ("a",), b"\x01")
+    assert not tree.folded
+    tree.add("user_draw", ("c", "d"), b"\x03")
+    assert tree.folded
+    tree.add_batches("augmentation_batch", 4, 3, 0, 2, None)
+    assert [n["path"] for n in tree.nodes()] == [
+        ["a"], ["b"], ["c", "d"], ["epoch", "*", "batch", "*", "augment"]]

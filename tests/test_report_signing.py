@@ -4,6 +4,9 @@ that is not one of our reports."""
 
 from __future__ import annotations
 
+import base64
+import errno
+import hashlib
 import json
 import os
 import shutil
@@ -15,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from conftest import run_cli
 from ledger.audit import record_audit
@@ -22,6 +28,7 @@ from ledger.errors import BadInputError
 from ledger.events import REPORT_EXPORTED
 from ledger.store import Store
 from ledger_builders import delete_event, drop_append_only_triggers, record_experiment
+from report import signing
 from report.check import check_report, file_sha256
 from report.export import export_report
 from report.jsonview import canonical_json
@@ -374,3 +381,157 @@ def test_an_event_cut_from_the_middle_of_a_stream_fails_against_the_ledger(signe
         outcome = check_report(signed / "a" / "report.json", signed / "key.pub", store=store)
     assert [failure.split(" (")[0] for failure in outcome.failures] == [
         f"stream worker-0 of {A} in the ledger differs from the report"]
+
+
+def test_keygen_into_a_missing_folder_says_so_and_writes_nothing(tmp_path: Path) -> None:
+    with pytest.raises(BadInputError, match=r"folder .*missing does not exist"):
+        generate_key_pair(tmp_path / "missing" / "k")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_keygen_that_cannot_write_the_public_key_leaves_no_private_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_write = signing._write_new
+
+    def write(path: Path, data: bytes, mode: int) -> None:
+        if path.suffix == ".pub":
+            raise BadInputError(f"cannot write {path}: No space left on device")
+        real_write(path, data, mode)
+
+    monkeypatch.setattr(signing, "_write_new", write)
+    with pytest.raises(BadInputError, match="No space left"):
+        generate_key_pair(tmp_path / "k")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_keygen_whose_folder_cannot_be_flushed_leaves_no_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def flush_folder(_folder: Path) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(signing, "flush_folder", flush_folder)
+    with pytest.raises(BadInputError, match="cannot write .*k.key: Input/output error"):
+        generate_key_pair(tmp_path / "k")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_keygen_never_overwrites_a_key_that_appears_while_it_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check for existing keys comes before the key is made: a key file written by
+    another process in between is refused at creation, not truncated."""
+    class Racing:
+        @staticmethod
+        def generate() -> Ed25519PrivateKey:
+            (tmp_path / "k.key").write_text("another key")
+            return Ed25519PrivateKey.generate()
+
+    monkeypatch.setattr(signing, "Ed25519PrivateKey", Racing)
+    with pytest.raises(BadInputError, match="exists: refusing to overwrite a key"):
+        generate_key_pair(tmp_path / "k")
+    assert (tmp_path / "k.key").read_text() == "another key"
+    assert not (tmp_path / "k.pub").exists()
+
+
+def test_keygen_modes_do_not_depend_on_the_umask(tmp_path: Path) -> None:
+    previous = os.umask(0o277)
+    try:
+        generate_key_pair(tmp_path / "k")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "k.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "k.pub").stat().st_mode) == 0o644
+
+
+def test_keygen_interrupted_while_writing_leaves_no_key(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    def fsync(_descriptor: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(KeyboardInterrupt):
+        generate_key_pair(tmp_path / "k")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_small_file_may_hold_its_limit_and_not_one_byte_more(tmp_path: Path) -> None:
+    path = tmp_path / "key.pub"
+    path.write_bytes(b"x" * signing.SMALL_FILE_BYTES)
+    assert len(signing.read_regular_file(path, "public key")) == signing.SMALL_FILE_BYTES
+    path.write_bytes(b"x" * (signing.SMALL_FILE_BYTES + 1))
+    with pytest.raises(BadInputError, match="larger than 1,048,576 bytes"):
+        signing.read_regular_file(path, "public key")
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o620, 0o610, 0o604, 0o602, 0o601])
+def test_a_private_key_any_group_or_other_bit_is_refused(signed: Path, tmp_path: Path,
+                                                         mode: int) -> None:
+    key = tmp_path / "loose.key"
+    shutil.copy(signed / "key.key", key)
+    key.chmod(mode)
+    with pytest.raises(BadInputError, match=f"readable by others \\(mode {mode:o}\\)"):
+        load_private_key(key)
+
+
+def test_keys_of_another_algorithm_are_refused(tmp_path: Path) -> None:
+    other = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "ec.key").write_bytes(other.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    (tmp_path / "ec.key").chmod(0o600)
+    (tmp_path / "ec.pub").write_bytes(other.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    with pytest.raises(BadInputError, match="is not an Ed25519 private key"):
+        load_private_key(tmp_path / "ec.key")
+    with pytest.raises(BadInputError, match="is not an Ed25519 public key"):
+        load_public_key(tmp_path / "ec.pub")
+
+
+def test_a_signature_file_is_one_line_of_strict_base64_of_64_bytes() -> None:
+    key = Ed25519PrivateKey.generate()
+    text = sign(key, b"report")
+    assert text.endswith(b"\n") and text.count(b"\n") == 1
+    assert signing.verify_signature(key.public_key(), signing.signature_bytes(text), b"report")
+    assert signing.signature_bytes(text[:10] + b"!" + text[10:]) is None
+    assert signing.signature_bytes(base64.b64encode(b"\x00" * 63)) is None
+    assert not signing.verify_signature(key.public_key(), signing.signature_bytes(text),
+                                        b"report!")
+
+
+def test_a_signed_export_is_recorded_with_its_digests_and_signer(signed: Path,
+                                                                 tmp_path: Path) -> None:
+    """The report_exported event names the files written with their SHA-256, the canonical
+    report's SHA-256 (also the event's output digest), the format and the signing key."""
+    shutil.copy(signed / "ledger.db", tmp_path / "ledger.db")
+    key = load_private_key(signed / "key.key")
+    with Store.open(f"sqlite:///{tmp_path / 'ledger.db'}") as store:
+        result = export_report(store, A, ReportOptions(), output=tmp_path / "r.json", key=key)
+        body = store.first_event_body(A, REPORT_EXPORTED)
+    written = json.loads((tmp_path / "r.json").read_text())
+    canonical = hashlib.sha256(canonical_json(written)).hexdigest()
+    params = body["params"]
+    assert result.report_sha256 == params["report_sha256"] == canonical
+    assert body["output"] == bytes.fromhex(canonical)
+    assert params["files"] == {"r.json": file_sha256(tmp_path / "r.json"),
+                               "r.json.sig": file_sha256(tmp_path / "r.json.sig")}
+    assert (params["formats"], params["bundle"], params["signed"]) == (["json"], False, True)
+    assert params["public_key_sha256"] == fingerprint(key.public_key())
+
+
+def test_the_expected_experiment_is_checked_against_the_ledger_too(signed: Path) -> None:
+    done = run_cli("--db", f"sqlite:///{signed / 'ledger.db'}", "verify-report",
+                   str(signed / "b" / "report.json"), "--public-key", str(signed / "key.pub"),
+                   "--exp", A, "--against-ledger")
+    assert done.returncode == 1 and f"report is of experiment {B}, not {A}" in done.stderr
+
+
+def test_keygen_names_each_key_file_and_the_fingerprint(tmp_path: Path) -> None:
+    info = json.loads(run_cli("keygen", "--out", str(tmp_path / "j"), "--json").stdout)
+    assert (info["private_key"], info["public_key"]) == (str(tmp_path / "j.key"),
+                                                         str(tmp_path / "j.pub"))
+    done = run_cli("keygen", "--out", str(tmp_path / "t"))
+    assert done.returncode == 0, done.stderr
+    digest = fingerprint(load_public_key(tmp_path / "t.pub"))
+    assert done.stdout.splitlines() == [
+        f"private key  {tmp_path / 't.key'}  (mode 600: keep it secret)",
+        f"public key   {tmp_path / 't.pub'}",
+        f"fingerprint  {digest}  (SHA-256 of the raw public key)"]
