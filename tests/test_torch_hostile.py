@@ -25,7 +25,8 @@ from ledger.experiment import ExperimentManager  # noqa: E402
 from ledger.integrations.runs import AttachedRun  # noqa: E402
 from ledger.integrations.torch import (RecordedDataLoader, RecordedSampler,  # noqa: E402
                                        RecordedTransform, manual_seed, recorded_dataloader,
-                                       register_torch_dataset, state_arrays, torch_generator)
+                                       register_torch_dataset, state_arrays, tensor_digest,
+                                       torch_generator)
 from ledger.integrations.transforms import register_transform  # noqa: E402
 from ledger.store import Store, StreamWriter  # noqa: E402
 from ledger.verify import verify  # noqa: E402
@@ -253,11 +254,22 @@ def test_torch_datasets_that_cannot_become_arrays_are_refused(manager: Experimen
     assert "dataset_registered" not in kinds(manager, exp.id)
 
 
-@pytest.mark.parametrize("state", [None, torch.nn.Linear(2, 1), {"w": torch.ones(2).to_sparse()}],
-                         ids=["none", "model", "sparse"])
+@pytest.mark.parametrize("state", [None, torch.nn.Linear(2, 1), {"w": torch.ones(2).to_sparse()},
+                                   {"w": torch.empty(2, device="meta")}],
+                         ids=["none", "model", "sparse", "meta"])
 def test_state_arrays_takes_a_state_dict(state: Any) -> None:
     with pytest.raises(BadInputError):
         state_arrays(state)
+
+
+def test_a_tensor_that_requires_grad_digests_as_its_values() -> None:
+    weights = torch.linspace(0, 1, 6).reshape(2, 3)
+    assert tensor_digest(weights.clone().requires_grad_()) == tensor_digest(weights)
+
+
+def test_a_tensor_numpy_cannot_hold_is_refused_naming_its_dtype() -> None:
+    with pytest.raises(BadInputError, match="cannot digest a tensor of dtype torch.bfloat16"):
+        tensor_digest(torch.ones(2, dtype=torch.bfloat16))
 
 
 def test_one_path_seeds_one_kind_of_generator(manager: ExperimentManager) -> None:
@@ -335,6 +347,24 @@ def test_a_rank_that_dies_and_breaks_the_process_group_leaves_a_failed_run(
         error = store.first_event_body(row.exp, "run_completed")["params"]["error"]
         assert verify(store).ok
     assert error.startswith("the ranks could not meet to finish (a rank failed): "), error
+
+
+def test_a_rank_whose_block_raises_leaves_a_failed_run_naming_it(tmp_path: Path) -> None:
+    """Rank 1 raises inside its block, rank 0 does not: rank 0 hears it when the ranks meet
+    and records the run failed, naming rank 1; what rank 1 recorded is in its stream."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    torch.multiprocessing.spawn(torch_helpers.rank_1_raises, nprocs=2, join=True,
+                                args=(2, str(tmp_path / "process-group"), url, str(tmp_path)))
+    assert (tmp_path / "rank-0").read_text() == "no error"
+    assert (tmp_path / "rank-1").read_text() == "RuntimeError: rank 1 gave up"
+    with Store.open(url) as store:
+        [row] = store.experiments()
+        completed = store.first_event_body(row.exp, "run_completed")["params"]
+        notes = [(stream, decode_body(body)["params"]) for stream, _q, kind, body
+                 in store.iter_run_bodies(row.exp) if kind == "user_note"]
+        assert verify(store).ok
+    assert (row.status, completed["error"]) == ("failed", "rank(s) [1] failed")
+    assert notes == [("rank-1", {"rank": 1})]
 
 
 def test_every_refusal_here_is_a_ledger_error() -> None:

@@ -20,12 +20,13 @@ from ledger.events import decode_body  # noqa: E402
 from ledger.experiment import ExperimentManager, state_digest  # noqa: E402
 from ledger.integrations.torch import (RecordedDataLoader, RecordedSampler,  # noqa: E402
                                        RecordedTransform, SeedWorkers, manual_seed,
-                                       recorded_dataloader, state_arrays)
+                                       path_generator, recorded_dataloader, state_arrays,
+                                       torch_generator)
 from ledger.integrations.transforms import _registry, register_transform  # noqa: E402
 from ledger.sampling import epoch_order  # noqa: E402
 from ledger.seeds import derive_bytes  # noqa: E402
 from ledger.verify import verify  # noqa: E402
-from ledger.worker_seeding import expected_state_digest_at, states_digest  # noqa: E402
+from ledger.worker_seeding import expected_state_digest_at, seed_process_at, states_digest  # noqa: E402
 from replay.diff import diff_runs  # noqa: E402
 from replay.engine import replay_run  # noqa: E402
 
@@ -143,6 +144,41 @@ def test_seed_workers_seeds_every_global_rng_from_the_worker_path() -> None:
         random.setstate(saved[0])
         np.random.set_state(saved[1])
         torch.random.set_rng_state(saved[2])
+
+
+def test_manual_seed_and_torch_generator_seed_torch_as_a_worker_is_seeded_at_the_path(
+        url: str) -> None:
+    """One derived seed gives torch one seed, whoever seeds it: manual_seed and torch_generator
+    at a path seed torch as seed_process_at (a DataLoader worker's seeding) does there."""
+    saved = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    try:
+        with ExperimentManager(url) as manager, manager.create_experiment("s", seed=SEED) as exp:
+            returned = manual_seed(exp, "model", "init")
+            drawn = torch.rand(4)
+            generator = torch_generator(exp, "data", "noise")
+        seed_process_at(SEED, ("model", "init"))
+        assert torch.initial_seed() == returned and torch.equal(torch.rand(4), drawn)
+        seed_process_at(SEED, ("data", "noise"))
+        assert generator.initial_seed() == torch.initial_seed()
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.random.set_rng_state(saved[2])
+
+
+def test_path_generator_is_the_generator_a_transform_gets_for_its_sample() -> None:
+    seen: list[int] = []
+
+    def spy(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        seen.append(generator.initial_seed())
+        return x
+
+    register_transform("test_generator_spy", 1)(spy)
+    batch_path = ("epoch", 2, "batch", 3, "augment")
+    RecordedTransform("test_generator_spy").apply(torch.zeros(2, 3), SEED, batch_path)
+    assert seen == [path_generator(SEED, (*batch_path, position)).initial_seed()
+                    for position in (0, 1)]
+    assert seen[0] != seen[1]
 
 
 # -- the recorded DataLoader -----------------------------------------------------------------------

@@ -166,3 +166,27 @@ def rank_1_dies(rank: int, world: int, init_file: str, url: str, out_dir: str) -
             os._exit(3)
         Path(out_dir, "exp").write_text(run.id)
         time.sleep(1)  # rank 1 is gone by now
+
+
+def rank_1_raises(rank: int, world: int, init_file: str, url: str, out_dir: str) -> None:
+    """Rank 1's block raises after recording into its stream; rank 0's block ends normally.
+    Each rank writes the error it got (or "no error")."""
+    import datetime
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
+        with distributed_experiment("ddp-raises", url=url, seed=3,
+                                    data_dir=Path(out_dir, "data")) as run:
+            register_dataset(run, "d", *fraud_arrays(64))
+            if rank == 1:
+                run.record("user_note", path=("note", 1), params={"rank": 1})
+                raise RuntimeError("rank 1 gave up")
+        outcome = "no error"
+    except Exception as error:  # noqa: BLE001 - written for the test to read
+        outcome = f"{type(error).__name__}: {error}"
+    finally:
+        dist.destroy_process_group()
+    Path(out_dir, f"rank-{rank}").write_text(outcome)
