@@ -284,6 +284,18 @@ def test_one_path_seeds_one_kind_of_generator(manager: ExperimentManager) -> Non
     assert recorded == ["numpy.PCG64", "torch.Generator"]
 
 
+@pytest.mark.parametrize("path", [("worker", 0), ("rank", 1, "model"), ()],
+                         ids=["worker", "rank", "empty"])
+def test_a_user_path_may_not_take_the_library_s_own_paths(manager: ExperimentManager,
+                                                          path: tuple) -> None:
+    """A user draw at one of the library's own paths would reuse its seed: refused."""
+    with manager.create_experiment("paths", seed=1) as exp:
+        for seed in (manual_seed, torch_generator):
+            with pytest.raises(BadInputError, match="user draw path must be non-empty"):
+                seed(exp, *path)
+    assert "user_draw" not in kinds(manager, exp.id)
+
+
 # -- transforms --------------------------------------------------------------------------------------
 
 def test_transform_parameters_must_be_keywords_and_not_spec_keys() -> None:

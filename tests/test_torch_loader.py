@@ -463,6 +463,29 @@ def test_a_model_seeded_on_every_rank_is_certified(url: str, tmp_path: Path) -> 
             replay_run(manager.store, runs["forged"], data_dir=tmp_path)
 
 
+def test_replay_certifies_the_padded_shares_of_two_ranks(url: str, tmp_path: Path) -> None:
+    """Two ranks' loaders over 101 samples (rank 0 in the experiment, rank 1 attached): each
+    rank's share is padded to 51 as DistributedSampler pads it, so rank 1's last batch holds
+    3 samples, and replay re-makes every batch of both ranks."""
+    from ledger.integrations.runs import AttachedRun
+
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("ranks", seed=SEED) as exp:
+            exp.register_dataset("d", *torch_helpers.fraud_arrays(101))
+            exp.flush()
+            with AttachedRun(manager.store, exp.id, "rank-1") as rank_1:
+                shares = []
+                for rank, run in enumerate((exp, rank_1)):
+                    data = run.register_dataset("d", *torch_helpers.fraud_arrays(101))
+                    loader = RecordedDataLoader(run, data, 16, num_replicas=2, rank=rank,
+                                                transform=RecordedTransform("jitter"))
+                    shares.append([len(y) for _x, y in loader])
+        report = replay_run(manager.store, exp.id, data_dir=tmp_path)
+    assert shares == [[16, 16, 16, 3], [16, 16, 16, 3]]
+    assert report.certified, report.first_divergence
+    assert report.compared["augmentation_batch"] == 8
+
+
 # -- event order --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("workers", [0, 2])
