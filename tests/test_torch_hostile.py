@@ -176,6 +176,24 @@ def test_a_transform_whose_samples_do_not_stack_names_itself(manager: Experiment
             list(loader)
 
 
+@register_transform("hostile_numpy", version=1)
+def _to_numpy(x: torch.Tensor, generator: torch.Generator) -> Any:
+    return x.numpy()
+
+
+@pytest.mark.parametrize("per", ["sample", "batch"])
+def test_a_transform_that_returns_no_tensor_names_itself(manager: ExperimentManager,
+                                                         per: str) -> None:
+    with manager.create_experiment("numpy", seed=1) as exp:
+        dataset = exp.register_dataset("d", FEATURES, LABELS)
+        loader = RecordedDataLoader(exp, dataset, 4,
+                                    transform=RecordedTransform("hostile_numpy", per=per))
+        with pytest.raises(BadInputError, match="'hostile_numpy' returned ndarray, but must "
+                                                "return a tensor"):
+            list(loader)
+    assert "augmentation_batch" not in kinds(manager, exp.id)
+
+
 def test_a_transform_spec_too_deep_for_its_batch_events_is_refused_by_the_loader(
         manager: ExperimentManager) -> None:
     """Batch events carry the transform spec four levels down in their body (params, the spec,

@@ -181,6 +181,23 @@ def test_path_generator_is_the_generator_a_transform_gets_for_its_sample() -> No
     assert seen[0] != seen[1]
 
 
+def test_per_sample_calls_a_transform_on_each_sample_and_per_batch_once_on_the_batch() -> None:
+    shapes: list[tuple] = []
+
+    def spy(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        shapes.append(tuple(x.shape))
+        return x
+
+    register_transform("test_shape_spy", 1)(spy)
+    batch = torch.zeros(3, 2)
+    for per in ("sample", "batch"):
+        spec = RecordedTransform("test_shape_spy", per=per).spec
+        rebuilt = RecordedTransform.from_spec(spec)  # as replay rebuilds it
+        assert rebuilt.spec == spec
+        rebuilt.apply(batch, SEED, ("epoch", 0, "batch", 0, "augment"))
+    assert shapes == [(2,), (2,), (2,), (3, 2)]
+
+
 # -- the recorded DataLoader -----------------------------------------------------------------------
 
 def test_batches_and_events_are_the_same_for_0_and_2_workers(url: str, tmp_path: Path) -> None:
