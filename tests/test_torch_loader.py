@@ -130,6 +130,28 @@ def test_sampler_refuses_bad_arguments(url: str) -> None:
             RecordedSampler(10, exp, seed=SEED + 1)
 
 
+def test_without_a_process_group_rank_defaults_to_0_and_num_replicas_to_1() -> None:
+    order = epoch_order(SEED, 0, 10, True).tolist()
+    assert list(RecordedSampler(10, seed=SEED, num_replicas=3)) == order[0::3]
+    assert list(RecordedSampler(10, seed=SEED, rank=0)) == order
+
+
+def test_epoch_is_minus_1_before_the_first_pass_then_the_epoch_of_the_latest() -> None:
+    sampler = RecordedSampler(10, seed=SEED)
+    assert sampler.epoch == -1
+    list(sampler)
+    assert sampler.epoch == 0
+    sampler.set_epoch(5)  # chooses the next pass, which has not started
+    assert sampler.epoch == 0
+    list(sampler)
+    assert sampler.epoch == 5
+
+
+def test_indices_of_an_epoch_are_what_its_pass_yields() -> None:
+    sampler = RecordedSampler(11, seed=SEED, num_replicas=2, rank=1, drop_last=True)
+    assert len(sampler) == 5 and sampler.indices(0).tolist() == list(sampler)
+
+
 # -- workers ---------------------------------------------------------------------------------------
 
 def test_seed_workers_seeds_every_global_rng_from_the_worker_path() -> None:
@@ -317,6 +339,8 @@ def test_record_false_gives_the_same_batches_and_records_none(url: str, tmp_path
     ({"collate_fn": None}, "sets them itself"),
     ({"in_order": False}, "in order"),
     ({"batch_size": 0}, "batch_size"),
+    ({"batch_size": 40, "drop_last": True}, "every epoch would be empty"),
+    ({"worker_init_fn": 42}, "worker_init_fn of type int"),
     ({"batch_size": 2**64}, r"batch_size=18446744073709551616, but must be at most 2\*\*63"),
     ({"prefetch_factor": 2**63, "num_workers": 1}, "prefetch_factor=9223372036854775808"),
 ])
@@ -576,3 +600,98 @@ def test_batch_events_take_the_fast_path_with_normalised_params(
         bodies = [body for _s, _q, _k, body in manager.store.iter_run_bodies(exp.id)]
         assert all(canonical(decode_body(body)) == body for body in bodies)
         assert verify(manager.store, exp.id).ok
+
+
+# -- what is recorded -------------------------------------------------------------------------------
+
+def test_the_recorded_params_describe_the_loader(url: str, tmp_path: Path) -> None:
+    from ledger.integrations.sharding import INTEGRATION
+
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("params", seed=SEED) as exp:
+            dataset = exp.register_dataset("d", *torch_helpers.fraud_arrays(100))
+            list(RecordedDataLoader(exp, dataset, 16, drop_last=True, transform="jitter"))
+    recorded = events(manager, exp.id)
+    [reset] = [e["params"] for e in recorded if e["kind"] == "epoch_reset"]
+    batches = [e["params"] for e in recorded if e["kind"] == "augmentation_batch"]
+    assert reset == {"epoch": 0, "length": 100, "shuffle": True, "num_replicas": 1,
+                     "even_shares": "pad", "sampler": INTEGRATION, "batch_size": 16,
+                     "drop_last": True, "batches": 6, "dataset": "d",
+                     "dataset_digest": dataset.digest}
+    assert [(b["batch"], b["rows"], b["drop_last"]) for b in batches] == [
+        (batch, 16, True) for batch in range(6)]
+
+
+def test_a_user_worker_init_fn_runs_in_each_worker_after_the_seeding(url: str,
+                                                                    tmp_path: Path) -> None:
+    def note(worker: int) -> None:
+        (tmp_path / f"worker-{worker}").write_text(repr(random.random()))
+
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("init", seed=SEED) as exp:
+            dataset = exp.register_dataset("d", *torch_helpers.fraud_arrays(64))
+            list(RecordedDataLoader(exp, dataset, 16, num_workers=2, worker_init_fn=note,
+                                    multiprocessing_context="fork"))
+    for worker in (0, 1):
+        seed = derive_bytes(SEED, ("worker", worker))
+        expected = random.Random(int.from_bytes(seed, "big")).random()
+        assert (tmp_path / f"worker-{worker}").read_text() == repr(expected)
+    spawned = [e["params"] for e in events(manager, exp.id) if e["kind"] == "worker_spawned"]
+    assert len(spawned) == 2 and not any("rank" in params for params in spawned)
+
+
+def test_workers_of_rank_1_are_seeded_and_recorded_at_its_paths(url: str,
+                                                               tmp_path: Path) -> None:
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("workers", seed=SEED) as exp:
+            run, dataset = recording_run(manager, exp, attached=True)
+            list(RecordedDataLoader(run, dataset, 10, num_workers=2, num_replicas=2, rank=1,
+                                    multiprocessing_context="fork"))
+            run.close()
+        spawned = [e for e in events(manager, exp.id) if e["kind"] == "worker_spawned"]
+    assert [e["path"] for e in spawned] == [["rank", 1, "worker", 0], ["rank", 1, "worker", 1]]
+    assert all(e["output"] == expected_state_digest_at(SEED, e["path"]) for e in spawned)
+    assert all((e["params"]["rank"], e["params"]["num_replicas"]) == (1, 2) for e in spawned)
+    pids = {e["meta"]["pid"] for e in spawned}
+    assert len(pids) == 2 and os.getpid() not in pids
+
+
+def test_a_worker_whose_rng_states_are_not_its_seed_s_is_refused(
+        url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker whose seeding did not take (here: reports other states) stops the pass."""
+    import ledger.integrations.torch as integration
+
+    monkeypatch.setattr(integration, "seed_process_at", lambda root, path: bytes(32))
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("unseeded", seed=SEED) as exp:
+            dataset = exp.register_dataset("d", *torch_helpers.fraud_arrays(64))
+            loader = RecordedDataLoader(exp, dataset, 16, num_workers=1,
+                                        multiprocessing_context="fork")
+            with pytest.raises(integration.WorkerSeedingError,
+                               match="DataLoader worker 0 reports RNG states 0000000000000000"):
+                list(loader)
+    assert "worker_spawned" not in [e["kind"] for e in events(manager, exp.id)]
+
+
+def test_a_pass_over_a_loader_dropped_right_after_is_recorded(url: str, tmp_path: Path) -> None:
+    import gc
+
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("dropped", seed=SEED) as exp:
+            run, dataset = recording_run(manager, exp, attached=True)
+            for _batch in RecordedDataLoader(run, dataset, 10, num_replicas=2, rank=1,
+                                             transform=RecordedTransform("jitter")):
+                pass
+            gc.collect()
+            run.close()
+    assert [e["kind"] for e in events(manager, exp.id)].count("augmentation_batch") == 5
+
+
+def test_record_false_needs_no_registered_dataset(url: str, tmp_path: Path) -> None:
+    from ledger.datasets import in_memory_dataset
+
+    data = in_memory_dataset("eval", np.arange(8, dtype=np.float32).reshape(4, 2))
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("eval", seed=SEED) as exp:
+            batches = list(RecordedDataLoader(exp, data, 2, shuffle=False, record=False))
+    assert torch.equal(torch.cat(batches), torch.from_numpy(data.features))
