@@ -203,6 +203,20 @@ def test_path_generator_is_the_generator_a_transform_gets_for_its_sample() -> No
     assert seen[0] != seen[1]
 
 
+def test_a_global_rng_transform_finds_torch_seeded_from_its_sample_s_path() -> None:
+    seen: list[int] = []
+
+    def spy(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        seen.append(torch.initial_seed())
+        return x
+
+    register_transform("test_global_spy", 1, global_rng=True)(spy)
+    batch_path = ("epoch", 0, "batch", 1, "augment")
+    RecordedTransform("test_global_spy").apply(torch.zeros(2, 3), SEED, batch_path)
+    assert seen == [path_generator(SEED, (*batch_path, position)).initial_seed()
+                    for position in (0, 1)]
+
+
 def test_per_sample_calls_a_transform_on_each_sample_and_per_batch_once_on_the_batch() -> None:
     shapes: list[tuple] = []
 
