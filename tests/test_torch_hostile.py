@@ -19,7 +19,8 @@ torch = pytest.importorskip("torch", reason="torch is not installed (the 'torch'
 
 import torch_helpers  # noqa: E402 - registers the test transforms
 from ledger import TrainingDataIterator  # noqa: E402
-from ledger.errors import BadInputError, LedgerError, StoreError  # noqa: E402
+from ledger.errors import (BadInputError, CannotReplayError, LedgerError,  # noqa: E402
+                           StoreError)
 from ledger.events import AUGMENTATION_BATCH, decode_body  # noqa: E402
 from ledger.experiment import ExperimentManager  # noqa: E402
 from ledger.integrations.runs import AttachedRun  # noqa: E402
@@ -27,7 +28,8 @@ from ledger.integrations.torch import (RecordedDataLoader, RecordedSampler,  # n
                                        RecordedTransform, manual_seed, recorded_dataloader,
                                        register_torch_dataset, state_arrays, tensor_digest,
                                        torch_generator)
-from ledger.integrations.transforms import register_transform  # noqa: E402
+from ledger.integrations.transforms import (register_transform,  # noqa: E402
+                                            registered_transforms)
 from ledger.store import Store, StreamWriter  # noqa: E402
 from ledger.verify import verify  # noqa: E402
 from trainer_helpers import nested_lists  # noqa: E402
@@ -327,6 +329,44 @@ def test_transform_parameters_must_be_keywords_and_not_spec_keys() -> None:
         register_transform("hostile_posonly", 1)(positional_only)
     with pytest.raises(BadInputError, match="'version'"):
         register_transform("hostile_version", 1)(named_version)
+
+    def named_per(x, generator, *, per="row"):  # noqa: ANN001, ANN202
+        return x
+
+    with pytest.raises(BadInputError, match="'per'"):
+        register_transform("hostile_per", 1)(named_per)
+
+
+@pytest.mark.parametrize(("name", "version"), [("", 1), ("two words", 1), ("dash-ed", 1),
+                                               (3, 1), ("fine", 0), ("fine", True),
+                                               ("fine", 1.0)])
+def test_a_transform_is_named_by_letters_digits_and_an_int_version(name: Any,
+                                                                   version: Any) -> None:
+    with pytest.raises(BadInputError, match="a transform (name|version) must be"):
+        register_transform(name, version)
+    assert "fine@" not in " ".join(registered_transforms())
+
+
+def test_a_transform_spec_records_given_parameters_over_defaults() -> None:
+    assert RecordedTransform("jitter").spec == {
+        "transform": "jitter", "version": 1, "per": "sample", "params": {"std": 0.1}}
+    assert RecordedTransform("jitter", std=0.5, per="batch").spec == {
+        "transform": "jitter", "version": 1, "per": "batch", "params": {"std": 0.5}}
+    assert registered_transforms() == sorted(registered_transforms())
+    assert "jitter@1" in registered_transforms()
+
+
+@pytest.mark.parametrize(("spec", "match"), [
+    ({"transform": "jitter", "version": 1, "per": "row", "params": {}}, "malformed"),
+    ({"transform": "jitter", "version": 1, "per": "sample", "params": None}, "malformed"),
+    ({"transform": "jitter", "version": 9, "per": "sample", "params": {}},
+     "'jitter' version 9 is not registered: install"),
+    ({"transform": "jitter", "version": "1", "per": "sample", "params": {}},
+     "'jitter' version 1 is not registered")])
+def test_a_recorded_spec_that_cannot_be_rebuilt_cannot_be_replayed(spec: dict,
+                                                                   match: str) -> None:
+    with pytest.raises(CannotReplayError, match=match):
+        RecordedTransform.from_spec(spec)
 
 
 def test_other_code_cannot_take_a_registered_transform_version() -> None:
