@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch", reason="torch is not installed (the 'torch'
 
 import torch_helpers  # noqa: E402 - registers the test transforms
 from ledger import TrainingDataIterator  # noqa: E402
+from ledger.datasets import in_memory_dataset  # noqa: E402
 from ledger.errors import (BadInputError, CannotReplayError, LedgerError,  # noqa: E402
                            StoreError)
 from ledger.events import AUGMENTATION_BATCH, decode_body  # noqa: E402
@@ -93,6 +94,80 @@ def test_an_attached_dataset_takes_arrays_or_a_path(manager: ExperimentManager,
         with AttachedRun(manager.store, exp.id, "rank-1") as rank1:
             with pytest.raises(BadInputError, match="both arrays and path"):
                 rank1.register_dataset("d", FEATURES, LABELS, path=tmp_path / "x.npz")
+
+
+def test_nothing_attaches_to_the_main_stream_or_a_completed_run(
+        manager: ExperimentManager) -> None:
+    with manager.create_experiment("main", seed=1) as exp:
+        with pytest.raises(BadInputError, match="main stream belongs to the process"):
+            AttachedRun(manager.store, exp.id, "main")
+    with pytest.raises(BadInputError, match="its run is already completed"):
+        AttachedRun(manager.store, exp.id, "rank-1")
+
+
+@pytest.mark.parametrize(("features", "labels", "role", "match"), [
+    (None, None, None, "got no features"),
+    (None, LABELS, None, "both arrays and path"),
+    (FEATURES + 1, LABELS, None, "no such dataset registered"),
+    (FEATURES, LABELS, "validation", "and role 'validation', but"),
+], ids=["nothing", "labels-and-path", "other-content", "other-role"])
+def test_an_attached_run_finds_only_the_dataset_the_main_process_registered(
+        manager: ExperimentManager, tmp_path: Path, features: Any, labels: Any,
+        role: str | None, match: str) -> None:
+    with manager.create_experiment("datasets", seed=1) as exp:
+        exp.register_dataset("d", FEATURES, LABELS)
+        exp.flush()
+        with AttachedRun(manager.store, exp.id, "rank-1") as rank1:
+            path = tmp_path / "x.npz" if match == "both arrays and path" else None
+            with pytest.raises(BadInputError, match=match):
+                rank1.register_dataset("d", features, labels, role=role, path=path)
+            rank1.register_dataset("d", FEATURES, LABELS)
+            with pytest.raises(BadInputError, match="not registered"):  # same name, other data
+                RecordedDataLoader(rank1, in_memory_dataset("d", FEATURES + 1, LABELS), 4,
+                                   num_replicas=2, rank=1)
+
+
+def test_an_attached_run_records_a_draw_once_and_nothing_once_closed(
+        manager: ExperimentManager) -> None:
+    with manager.create_experiment("once", seed=1) as exp:
+        rank1 = AttachedRun(manager.store, exp.id, "rank-1")
+        assert manual_seed(rank1, "model", "init") == manual_seed(rank1, "model", "init")
+        rank1.close()
+        with pytest.raises(StoreError, match="stream rank-1 of .* is closed"):
+            manual_seed(rank1, "model", "head")
+    assert kinds(manager, exp.id).count("user_draw") == 1
+
+
+def test_an_attached_epoch_done_again_records_its_batches_once(
+        manager: ExperimentManager) -> None:
+    with manager.create_experiment("again", seed=1) as exp:
+        exp.register_dataset("d", FEATURES, LABELS)
+        exp.flush()
+        with AttachedRun(manager.store, exp.id, "rank-1") as rank1:
+            data = rank1.register_dataset("d", FEATURES, LABELS)
+            loader = RecordedDataLoader(rank1, data, 4, rank=1, num_replicas=2,
+                                        transform=RecordedTransform("jitter"))
+            first = [x for x, _y in loader]
+            loader.set_epoch(0)
+            again = [x for x, _y in loader]
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert kinds(manager, exp.id).count("augmentation_batch") == 2
+    assert verify(manager.store, exp.id).ok
+
+
+def test_an_attached_flush_writes_the_batches_a_loader_handed_out(
+        manager: ExperimentManager) -> None:
+    with manager.create_experiment("flush", seed=1) as exp:
+        exp.register_dataset("d", FEATURES, LABELS)
+        exp.flush()
+        with AttachedRun(manager.store, exp.id, "rank-1") as rank1:
+            data = rank1.register_dataset("d", FEATURES, LABELS)
+            batches = iter(RecordedDataLoader(rank1, data, 4, rank=1, num_replicas=2,
+                                              transform=RecordedTransform("jitter")))
+            next(batches)
+            next(batches)  # the second batch's event waits in the loader (RECORD_EVERY)
+            rank1.flush()
+            assert kinds(manager, exp.id).count("augmentation_batch") == 2
 
 
 def test_a_closed_attached_run_hands_out_no_batch(manager: ExperimentManager) -> None:

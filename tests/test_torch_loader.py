@@ -354,7 +354,6 @@ def test_record_false_gives_the_same_batches_and_records_none(url: str, tmp_path
     ({"in_order": False}, "in order"),
     ({"batch_size": 0}, "batch_size"),
     ({"batch_size": 40, "drop_last": True}, "every epoch would be empty"),
-    ({"worker_init_fn": 42}, "worker_init_fn of type int"),
     ({"batch_size": 2**64}, r"batch_size=18446744073709551616, but must be at most 2\*\*63"),
     ({"prefetch_factor": 2**63, "num_workers": 1}, "prefetch_factor=9223372036854775808"),
 ])
