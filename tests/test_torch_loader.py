@@ -295,6 +295,57 @@ def test_a_global_rng_transform_leaves_the_global_rng_alone(url: str, tmp_path: 
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_replay_rebuilds_each_loader_s_own_transform(url: str, tmp_path: Path) -> None:
+    """Two loaders of one run with different transforms (one a rank-1 share): replay re-makes
+    each batch with the transform its event names."""
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("two", seed=SEED) as exp:
+            dataset = exp.register_dataset("d", *torch_helpers.fraud_arrays(64))
+            list(RecordedDataLoader(exp, dataset, 16, transform=RecordedTransform("jitter")))
+            list(RecordedDataLoader(exp, dataset, 16, num_replicas=2, rank=1,
+                                    transform=RecordedTransform("feature_dropout", per="batch")))
+        report = replay_run(manager.store, exp.id, data_dir=tmp_path)
+    assert report.certified, report.first_divergence
+    assert report.compared["augmentation_batch"] == 4 + 2
+
+
+def _forge_batches(url: str, tmp_path: Path, exp: str, **fields: object) -> str:
+    """A copy of run ``exp`` whose first augmentation_batch has ``fields`` (``path`` or
+    params) replaced, re-chained so that it verifies; return its URL."""
+    from forgery import copy_run
+    from ledger.store import Store
+
+    forged = f"sqlite:///{tmp_path / 'forged.db'}"
+    done: list[bool] = []
+
+    def change(body: dict) -> None:
+        if body["kind"] == "augmentation_batch" and not done:
+            done.append(True)
+            for name, value in fields.items():
+                (body if name == "path" else body["params"])[name] = value
+
+    with Store.open(url) as source, Store.open(forged, create=True) as target:
+        copy_run(source, exp, target, change)
+    return forged
+
+
+@pytest.mark.parametrize(("fields", "match"), [
+    ({"sampler": "pad"}, "malformed sampler params 'pad'"),
+    ({"sampler": {"num_replicas": 2, "rank": 2, "even_shares": "pad"}},
+     "malformed sampler params: got rank 2, but must be below num_replicas=2"),
+    ({"path": ["rank", 0, "epoch", 0, "batch", 0, "augment"]},
+     r"is recorded at path \['rank', 0, 'epoch', 0, 'batch', 0, 'augment'\]")],
+    ids=["sampler-text", "sampler-rank", "path"])
+def test_replay_refuses_a_torch_batch_with_forged_params(url: str, tmp_path: Path,
+                                                         fields: dict, match: str) -> None:
+    exp, _digests = record(url, tmp_path, epochs=1)
+    forged = _forge_batches(url, tmp_path, exp, **fields)
+    with ExperimentManager(forged) as manager:
+        assert verify(manager.store, exp).ok
+        with pytest.raises(CannotReplayError, match=match):
+            replay_run(manager.store, exp, data_dir=tmp_path / "data")
+
+
 def test_replay_names_a_transform_that_ignores_its_generator(url: str, tmp_path: Path) -> None:
     exp, _digests = record(url, tmp_path, transform=RecordedTransform("leaky_noise"))
     with ExperimentManager(url) as manager:
