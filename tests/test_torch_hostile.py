@@ -512,5 +512,20 @@ def test_a_rank_whose_block_raises_leaves_a_failed_run_naming_it(tmp_path: Path)
     assert notes == [("rank-1", {"rank": 1})]
 
 
+def test_a_rank_that_cannot_attach_leaves_a_failed_run_naming_it(tmp_path: Path) -> None:
+    """Rank 1 cannot attach (another ledger): it raises, and still meets rank 0 to finish, so
+    rank 0 records the run failed, naming rank 1, instead of waiting for it."""
+    urls = [f"sqlite:///{tmp_path / name}" for name in ("ledger.db", "elsewhere.db")]
+    Store.open(urls[1], create=True).close()
+    torch.multiprocessing.spawn(torch_helpers.rank_1_cannot_attach, nprocs=2, join=True,
+                                args=(2, str(tmp_path / "process-group"), urls, str(tmp_path)))
+    assert (tmp_path / "rank-0").read_text() == "no error"
+    assert (tmp_path / "rank-1").read_text().startswith("UnknownExperimentError")
+    with Store.open(urls[0]) as store:
+        [row] = store.experiments()
+        completed = store.first_event_body(row.exp, "run_completed")["params"]
+    assert (row.status, completed["error"]) == ("failed", "rank(s) [1] failed")
+
+
 def test_every_refusal_here_is_a_ledger_error() -> None:
     assert issubclass(BadInputError, LedgerError) and issubclass(StoreError, LedgerError)

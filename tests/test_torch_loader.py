@@ -529,6 +529,8 @@ def test_without_a_process_group_distributed_experiment_is_one_experiment(url: s
     with ExperimentManager(url) as manager:
         assert {row.status for row in manager.store.experiments()} == {"ok", "failed"}
         assert verify(manager.store).ok
+        completed = manager.store.first_event_body(failed.id, "run_completed")["params"]
+    assert completed["error"] == "RuntimeError: boom"
 
 
 def recording_run(manager: ExperimentManager, exp: object, attached: bool

@@ -190,3 +190,23 @@ def rank_1_raises(rank: int, world: int, init_file: str, url: str, out_dir: str)
     finally:
         dist.destroy_process_group()
     Path(out_dir, f"rank-{rank}").write_text(outcome)
+
+
+def rank_1_cannot_attach(rank: int, world: int, init_file: str, urls: list[str],
+                         out_dir: str) -> None:
+    """Rank 1 is given another ledger (``urls[1]``), where the experiment is not: it cannot
+    attach. Each rank writes the error it got (or "no error")."""
+    import datetime
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
+        with distributed_experiment("ddp-lost", url=urls[rank], seed=3):
+            outcome = "no error"
+    except Exception as error:  # noqa: BLE001 - written for the test to read
+        outcome = f"{type(error).__name__}: {error}"
+    finally:
+        dist.destroy_process_group()
+    Path(out_dir, f"rank-{rank}").write_text(outcome)
