@@ -186,6 +186,27 @@ def test_a_closed_attached_run_hands_out_no_batch(manager: ExperimentManager) ->
         assert handed_out == [] and dataset is not None
 
 
+def test_a_loader_that_records_nothing_needs_no_open_run(manager: ExperimentManager) -> None:
+    with manager.create_experiment("closed", seed=1) as exp:
+        exp.register_dataset("d", FEATURES, LABELS)
+        exp.flush()
+        rank1 = AttachedRun(manager.store, exp.id, "rank-1")
+        data = rank1.register_dataset("d", FEATURES, LABELS)
+        loader = RecordedDataLoader(rank1, data, 4, rank=1, num_replicas=2, record=False)
+        rank1.close()
+        assert len(list(loader)) == 2
+
+
+def test_an_attached_rank_registers_no_torch_dataset(manager: ExperimentManager) -> None:
+    data = torch.utils.data.TensorDataset(torch.from_numpy(FEATURES), torch.from_numpy(LABELS))
+    with manager.create_experiment("torch-data", seed=1) as exp:
+        register_torch_dataset(exp, "d", data)
+        exp.flush()
+        with AttachedRun(manager.store, exp.id, "rank-1") as rank1:
+            with pytest.raises(BadInputError, match="through the experiment's main process"):
+                register_torch_dataset(rank1, "d", data)
+
+
 def test_a_clashing_loader_is_refused_before_its_first_batch(manager: ExperimentManager) -> None:
     with manager.create_experiment("clash", seed=1) as exp:
         exp.register_dataset("d", FEATURES, LABELS)
@@ -236,10 +257,15 @@ def test_flags_must_be_bools(manager: ExperimentManager, flag: str) -> None:
             TrainingDataIterator(dataset, 4, experiment=exp, **{flag: "no"})
 
 
-def test_a_dataset_torch_cannot_hold_is_refused_first(manager: ExperimentManager) -> None:
+@pytest.mark.parametrize("role", ["features", "labels"])
+def test_a_dataset_torch_cannot_hold_is_refused_first(manager: ExperimentManager,
+                                                      role: str) -> None:
+    arrays = {"features": FEATURES, "labels": LABELS}
+    arrays[role] = arrays[role].astype(np.longdouble)
     with manager.create_experiment("longdouble", seed=1) as exp:
-        dataset = exp.register_dataset("d", FEATURES.astype(np.longdouble), LABELS)
-        with pytest.raises(BadInputError, match="torch cannot hold"):
+        dataset = exp.register_dataset("d", arrays["features"], arrays["labels"])
+        with pytest.raises(BadInputError, match=f"has {role} of dtype "
+                                                f"{np.dtype(np.longdouble)}, which torch"):
             RecordedDataLoader(exp, dataset, 4)
     assert "epoch_reset" not in kinds(manager, exp.id)
 
@@ -339,8 +365,9 @@ class _Stream(torch.utils.data.IterableDataset):
 
 @pytest.mark.parametrize("dataset", [
     [(np.ones(2), 0), (np.ones(3), 1)], _Stream(),
-    torch.utils.data.TensorDataset(torch.ones(4, 2, dtype=torch.bfloat16))],
-    ids=["ragged", "iterable", "bfloat16"])
+    torch.utils.data.TensorDataset(torch.ones(4, 2, dtype=torch.bfloat16)),
+    [(np.ones(2),), (np.ones(2), 1)]],
+    ids=["ragged", "iterable", "bfloat16", "mixed"])
 def test_torch_datasets_that_cannot_become_arrays_are_refused(manager: ExperimentManager,
                                                               dataset: Any) -> None:
     with manager.create_experiment("datasets", seed=1) as exp:

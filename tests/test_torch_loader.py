@@ -389,6 +389,18 @@ def test_the_one_call_helper_registers_a_torch_dataset(url: str, tmp_path: Path)
     assert report.certified and report.compared["augmentation_batch"] == 4
 
 
+def test_the_one_call_helper_registers_a_pair_of_arrays(url: str, tmp_path: Path) -> None:
+    features, labels = torch_helpers.fraud_arrays(64)
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("arrays", seed=SEED) as exp:
+            loader = recorded_dataloader(exp, (features, labels), 16, name="fraud",
+                                         shuffle=False)
+            x, y = next(iter(loader))
+    assert loader.ledger_dataset.name == "fraud"
+    assert torch.equal(x, torch.from_numpy(features[:16]))
+    assert torch.equal(y, torch.from_numpy(labels[:16]))
+
+
 def test_record_false_gives_the_same_batches_and_records_none(url: str, tmp_path: Path) -> None:
     _exp, recorded = record(url, tmp_path)
     quiet, unrecorded = record(url, tmp_path, record=False)
