@@ -562,5 +562,24 @@ def test_a_rank_that_cannot_attach_leaves_a_failed_run_naming_it(tmp_path: Path)
     assert (row.status, completed["error"]) == ("failed", "rank(s) [1] failed")
 
 
+def test_a_rank_0_error_is_what_rank_0_sees_even_when_the_group_broke(tmp_path: Path) -> None:
+    """Rank 1 died and rank 0's own block raised: rank 0 gets its own error (not the broken
+    group's), and the run records it."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    context = torch.multiprocessing.get_context("spawn")
+    ranks = [context.Process(target=torch_helpers.rank_1_dies_and_rank_0_raises,
+                             args=(rank, 2, str(tmp_path / "process-group"), url,
+                                   str(tmp_path))) for rank in range(2)]
+    for process in ranks:
+        process.start()
+    for process in ranks:
+        process.join(120)
+    assert (tmp_path / "rank-0").read_text() == "RuntimeError: rank 0 gave up"
+    with Store.open(url) as store:
+        [row] = store.experiments()
+        completed = store.first_event_body(row.exp, "run_completed")["params"]
+    assert (row.status, completed["error"]) == ("failed", "RuntimeError: rank 0 gave up")
+
+
 def test_every_refusal_here_is_a_ledger_error() -> None:
     assert issubclass(BadInputError, LedgerError) and issubclass(StoreError, LedgerError)
