@@ -683,6 +683,7 @@ def test_batch_events_take_the_fast_path_with_normalised_params(
 # -- what is recorded -------------------------------------------------------------------------------
 
 def test_the_recorded_params_describe_the_loader(url: str, tmp_path: Path) -> None:
+    from ledger.batches import batch_input_digest, fast_array_digest
     from ledger.integrations.sharding import INTEGRATION
 
     with ExperimentManager(url, data_dir=tmp_path) as manager:
@@ -692,6 +693,10 @@ def test_the_recorded_params_describe_the_loader(url: str, tmp_path: Path) -> No
     recorded = events(manager, exp.id)
     [reset] = [e["params"] for e in recorded if e["kind"] == "epoch_reset"]
     batches = [e["params"] for e in recorded if e["kind"] == "augmentation_batch"]
+    order = epoch_order(SEED, 0, 100, True)
+    assert [e["input"] for e in recorded if e["kind"] == "augmentation_batch"] == [
+        batch_input_digest(dataset.digest, fast_array_digest(order[b * 16:(b + 1) * 16]))
+        for b in range(6)]
     assert reset == {"epoch": 0, "length": 100, "shuffle": True, "num_replicas": 1,
                      "even_shares": "pad", "sampler": INTEGRATION, "batch_size": 16,
                      "drop_last": True, "batches": 6, "dataset": "d",
