@@ -152,6 +152,18 @@ def test_indices_of_an_epoch_are_what_its_pass_yields() -> None:
     assert len(sampler) == 5 and sampler.indices(0).tolist() == list(sampler)
 
 
+@pytest.mark.parametrize(("replicas", "rank", "match"), [
+    (0, 0, "got num_replicas=0, but must be an int >= 1"),
+    (True, 0, "got num_replicas=True, but must be an int >= 1"),
+    (2, -1, "got rank=-1, but must be an int >= 0"),
+    (2, False, "got rank=False, but must be an int >= 0"),
+    (2.0, 0, "got num_replicas=2.0")])
+def test_replicas_and_rank_must_be_ints_in_range(replicas: object, rank: object,
+                                                 match: str) -> None:
+    with pytest.raises(BadInputError, match=match):
+        RecordedSampler(10, seed=SEED, num_replicas=replicas, rank=rank)  # type: ignore[arg-type]
+
+
 # -- workers ---------------------------------------------------------------------------------------
 
 def test_seed_workers_seeds_every_global_rng_from_the_worker_path() -> None:
