@@ -91,6 +91,23 @@ def test_a_loader_made_afresh_each_epoch_is_refused_unless_set_epoch_chose(
     assert resets == [["epoch", 0, "shuffle"], ["epoch", 1, "shuffle"]]
 
 
+def test_set_epoch_chooses_only_the_next_pass(url: str, tmp_path: Path) -> None:
+    """A second loader told set_epoch(0) redoes epoch 0 (the same batches, recorded once);
+    its next pass starts epoch 1 by itself, which the first loader drew: refused."""
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("chosen", seed=SEED) as exp:
+            dataset = exp.register_dataset("fraud", *torch_helpers.fraud_arrays(64))
+            first = RecordedDataLoader(exp, dataset, 16)
+            epochs = [[y.tolist() for _x, y in first] for _epoch in range(2)]
+            again = RecordedDataLoader(exp, dataset, 16)
+            again.set_epoch(0)
+            assert [y.tolist() for _x, y in again] == epochs[0]
+            with pytest.raises(BadInputError, match="already drew epoch 1: it would repeat"):
+                list(again)
+    resets = [e["path"] for e in events(manager, exp.id) if e["kind"] == "epoch_reset"]
+    assert resets == [["epoch", 0, "shuffle"], ["epoch", 1, "shuffle"]]
+
+
 def test_an_iterator_never_started_starts_no_epoch() -> None:
     sampler = RecordedSampler(10, seed=SEED)
     iter(sampler)
