@@ -170,6 +170,32 @@ def test_an_attached_flush_writes_the_batches_a_loader_handed_out(
             assert kinds(manager, exp.id).count("augmentation_batch") == 2
 
 
+def test_an_attached_run_opened_by_url_closes_its_own_store(
+        manager: ExperimentManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    closed: list[Store] = []
+    monkeypatch.setattr(Store, "close", lambda store: closed.append(store))
+    with manager.create_experiment("own", seed=1) as exp:
+        with AttachedRun.open(f"sqlite:///{tmp_path / 'ledger.db'}", exp.id, "rank-1") as run:
+            pass
+        with AttachedRun(manager.store, exp.id, "rank-2"):
+            pass
+    assert closed == [run.store]
+
+
+def test_a_fresh_loader_in_an_attached_single_process_is_refused(
+        manager: ExperimentManager) -> None:
+    """An attached process that is not a rank (one replica) draws the epochs itself: a loader
+    made afresh there would repeat epoch 0, refused as in the main process."""
+    with manager.create_experiment("fresh", seed=1) as exp:
+        exp.register_dataset("d", FEATURES, LABELS)
+        exp.flush()
+        with AttachedRun(manager.store, exp.id, "worker-0") as attached:
+            data = attached.register_dataset("d", FEATURES, LABELS)
+            list(RecordedDataLoader(attached, data, 4))
+            with pytest.raises(BadInputError, match="already drew epoch 0"):
+                list(RecordedDataLoader(attached, data, 4))
+
+
 def test_a_closed_attached_run_hands_out_no_batch(manager: ExperimentManager) -> None:
     with manager.create_experiment("closed", seed=1) as exp:
         dataset = exp.register_dataset("d", FEATURES, LABELS)
