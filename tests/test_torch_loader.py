@@ -26,7 +26,8 @@ from ledger.integrations.transforms import _registry, register_transform  # noqa
 from ledger.sampling import epoch_order  # noqa: E402
 from ledger.seeds import derive_bytes  # noqa: E402
 from ledger.verify import verify  # noqa: E402
-from ledger.worker_seeding import expected_state_digest_at, seed_process_at, states_digest  # noqa: E402
+from ledger.worker_seeding import (expected_state_digest_at, seed_process_at,  # noqa: E402
+                                   states_digest)
 from replay.diff import diff_runs  # noqa: E402
 from replay.engine import replay_run  # noqa: E402
 
@@ -709,7 +710,7 @@ def test_batch_events_take_the_fast_path_with_normalised_params(
         assert verify(manager.store, exp.id).ok
 
 
-# -- what is recorded -------------------------------------------------------------------------------
+# -- what is recorded ------------------------------------------------------------------------------
 
 def test_the_recorded_params_describe_the_loader(url: str, tmp_path: Path) -> None:
     from ledger.batches import batch_input_digest, fast_array_digest
