@@ -19,14 +19,18 @@ torch = pytest.importorskip("torch", reason="torch is not installed (the 'torch'
 
 import torch_helpers  # noqa: E402 - registers the test transforms
 from ledger import TrainingDataIterator  # noqa: E402
-from ledger.errors import BadInputError, LedgerError, StoreError  # noqa: E402
+from ledger.datasets import in_memory_dataset  # noqa: E402
+from ledger.errors import (BadInputError, CannotReplayError, LedgerError,  # noqa: E402
+                           StoreError)
 from ledger.events import AUGMENTATION_BATCH, decode_body  # noqa: E402
 from ledger.experiment import ExperimentManager  # noqa: E402
 from ledger.integrations.runs import AttachedRun  # noqa: E402
 from ledger.integrations.torch import (RecordedDataLoader, RecordedSampler,  # noqa: E402
                                        RecordedTransform, manual_seed, recorded_dataloader,
-                                       register_torch_dataset, state_arrays, torch_generator)
-from ledger.integrations.transforms import register_transform  # noqa: E402
+                                       register_torch_dataset, state_arrays, tensor_digest,
+                                       torch_generator)
+from ledger.integrations.transforms import (register_transform,  # noqa: E402
+                                            registered_transforms)
 from ledger.store import Store, StreamWriter  # noqa: E402
 from ledger.verify import verify  # noqa: E402
 from trainer_helpers import nested_lists  # noqa: E402
@@ -92,6 +96,106 @@ def test_an_attached_dataset_takes_arrays_or_a_path(manager: ExperimentManager,
                 rank1.register_dataset("d", FEATURES, LABELS, path=tmp_path / "x.npz")
 
 
+def test_nothing_attaches_to_the_main_stream_or_a_completed_run(
+        manager: ExperimentManager) -> None:
+    with manager.create_experiment("main", seed=1) as exp:
+        with pytest.raises(BadInputError, match="main stream belongs to the process"):
+            AttachedRun(manager.store, exp.id, "main")
+    with pytest.raises(BadInputError, match="its run is already completed"):
+        AttachedRun(manager.store, exp.id, "rank-1")
+
+
+@pytest.mark.parametrize(("features", "labels", "role", "match"), [
+    (None, None, None, "got no features"),
+    (None, LABELS, None, "both arrays and path"),
+    (FEATURES + 1, LABELS, None, "no such dataset registered"),
+    (FEATURES, LABELS, "validation", "and role 'validation', but"),
+], ids=["nothing", "labels-and-path", "other-content", "other-role"])
+def test_an_attached_run_finds_only_the_dataset_the_main_process_registered(
+        manager: ExperimentManager, tmp_path: Path, features: Any, labels: Any,
+        role: str | None, match: str) -> None:
+    with manager.create_experiment("datasets", seed=1) as exp:
+        exp.register_dataset("d", FEATURES, LABELS)
+        exp.flush()
+        with AttachedRun(manager.store, exp.id, "rank-1") as rank1:
+            path = tmp_path / "x.npz" if match == "both arrays and path" else None
+            with pytest.raises(BadInputError, match=match):
+                rank1.register_dataset("d", features, labels, role=role, path=path)
+            rank1.register_dataset("d", FEATURES, LABELS)
+            with pytest.raises(BadInputError, match="not registered"):  # same name, other data
+                RecordedDataLoader(rank1, in_memory_dataset("d", FEATURES + 1, LABELS), 4,
+                                   num_replicas=2, rank=1)
+
+
+def test_an_attached_run_records_a_draw_once_and_nothing_once_closed(
+        manager: ExperimentManager) -> None:
+    with manager.create_experiment("once", seed=1) as exp:
+        rank1 = AttachedRun(manager.store, exp.id, "rank-1")
+        assert manual_seed(rank1, "model", "init") == manual_seed(rank1, "model", "init")
+        rank1.close()
+        with pytest.raises(StoreError, match="stream rank-1 of .* is closed"):
+            manual_seed(rank1, "model", "head")
+    assert kinds(manager, exp.id).count("user_draw") == 1
+
+
+def test_an_attached_epoch_done_again_records_its_batches_once(
+        manager: ExperimentManager) -> None:
+    with manager.create_experiment("again", seed=1) as exp:
+        exp.register_dataset("d", FEATURES, LABELS)
+        exp.flush()
+        with AttachedRun(manager.store, exp.id, "rank-1") as rank1:
+            data = rank1.register_dataset("d", FEATURES, LABELS)
+            loader = RecordedDataLoader(rank1, data, 4, rank=1, num_replicas=2,
+                                        transform=RecordedTransform("jitter"))
+            first = [x for x, _y in loader]
+            loader.set_epoch(0)
+            again = [x for x, _y in loader]
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert kinds(manager, exp.id).count("augmentation_batch") == 2
+    assert verify(manager.store, exp.id).ok
+
+
+def test_an_attached_flush_writes_the_batches_a_loader_handed_out(
+        manager: ExperimentManager) -> None:
+    with manager.create_experiment("flush", seed=1) as exp:
+        exp.register_dataset("d", FEATURES, LABELS)
+        exp.flush()
+        with AttachedRun(manager.store, exp.id, "rank-1") as rank1:
+            data = rank1.register_dataset("d", FEATURES, LABELS)
+            batches = iter(RecordedDataLoader(rank1, data, 4, rank=1, num_replicas=2,
+                                              transform=RecordedTransform("jitter")))
+            next(batches)
+            next(batches)  # the second batch's event waits in the loader (RECORD_EVERY)
+            rank1.flush()
+            assert kinds(manager, exp.id).count("augmentation_batch") == 2
+
+
+def test_an_attached_run_opened_by_url_closes_its_own_store(
+        manager: ExperimentManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    closed: list[Store] = []
+    monkeypatch.setattr(Store, "close", lambda store: closed.append(store))
+    with manager.create_experiment("own", seed=1) as exp:
+        with AttachedRun.open(f"sqlite:///{tmp_path / 'ledger.db'}", exp.id, "rank-1") as run:
+            pass
+        with AttachedRun(manager.store, exp.id, "rank-2"):
+            pass
+    assert closed == [run.store]
+
+
+def test_a_fresh_loader_in_an_attached_single_process_is_refused(
+        manager: ExperimentManager) -> None:
+    """An attached process that is not a rank (one replica) draws the epochs itself: a loader
+    made afresh there would repeat epoch 0, refused as in the main process."""
+    with manager.create_experiment("fresh", seed=1) as exp:
+        exp.register_dataset("d", FEATURES, LABELS)
+        exp.flush()
+        with AttachedRun(manager.store, exp.id, "worker-0") as attached:
+            data = attached.register_dataset("d", FEATURES, LABELS)
+            list(RecordedDataLoader(attached, data, 4))
+            with pytest.raises(BadInputError, match="already drew epoch 0"):
+                list(RecordedDataLoader(attached, data, 4))
+
+
 def test_a_closed_attached_run_hands_out_no_batch(manager: ExperimentManager) -> None:
     with manager.create_experiment("closed", seed=1) as exp:
         dataset = exp.register_dataset("d", FEATURES, LABELS)
@@ -106,6 +210,27 @@ def test_a_closed_attached_run_hands_out_no_batch(manager: ExperimentManager) ->
             for batch in loader:
                 handed_out.append(batch)
         assert handed_out == [] and dataset is not None
+
+
+def test_a_loader_that_records_nothing_needs_no_open_run(manager: ExperimentManager) -> None:
+    with manager.create_experiment("closed", seed=1) as exp:
+        exp.register_dataset("d", FEATURES, LABELS)
+        exp.flush()
+        rank1 = AttachedRun(manager.store, exp.id, "rank-1")
+        data = rank1.register_dataset("d", FEATURES, LABELS)
+        loader = RecordedDataLoader(rank1, data, 4, rank=1, num_replicas=2, record=False)
+        rank1.close()
+        assert len(list(loader)) == 2
+
+
+def test_an_attached_rank_registers_no_torch_dataset(manager: ExperimentManager) -> None:
+    data = torch.utils.data.TensorDataset(torch.from_numpy(FEATURES), torch.from_numpy(LABELS))
+    with manager.create_experiment("torch-data", seed=1) as exp:
+        register_torch_dataset(exp, "d", data)
+        exp.flush()
+        with AttachedRun(manager.store, exp.id, "rank-1") as rank1:
+            with pytest.raises(BadInputError, match="through the experiment's main process"):
+                register_torch_dataset(rank1, "d", data)
 
 
 def test_a_clashing_loader_is_refused_before_its_first_batch(manager: ExperimentManager) -> None:
@@ -158,10 +283,15 @@ def test_flags_must_be_bools(manager: ExperimentManager, flag: str) -> None:
             TrainingDataIterator(dataset, 4, experiment=exp, **{flag: "no"})
 
 
-def test_a_dataset_torch_cannot_hold_is_refused_first(manager: ExperimentManager) -> None:
+@pytest.mark.parametrize("role", ["features", "labels"])
+def test_a_dataset_torch_cannot_hold_is_refused_first(manager: ExperimentManager,
+                                                      role: str) -> None:
+    arrays = {"features": FEATURES, "labels": LABELS}
+    arrays[role] = arrays[role].astype(np.longdouble)
     with manager.create_experiment("longdouble", seed=1) as exp:
-        dataset = exp.register_dataset("d", FEATURES.astype(np.longdouble), LABELS)
-        with pytest.raises(BadInputError, match="torch cannot hold"):
+        dataset = exp.register_dataset("d", arrays["features"], arrays["labels"])
+        with pytest.raises(BadInputError, match=f"has {role} of dtype "
+                                                f"{np.dtype(np.longdouble)}, which torch"):
             RecordedDataLoader(exp, dataset, 4)
     assert "epoch_reset" not in kinds(manager, exp.id)
 
@@ -173,6 +303,24 @@ def test_a_transform_whose_samples_do_not_stack_names_itself(manager: Experiment
                                     transform=RecordedTransform("hostile_ragged"))
         with pytest.raises(BadInputError, match="'hostile_ragged' returned samples of different"):
             list(loader)
+
+
+@register_transform("hostile_numpy", version=1)
+def _to_numpy(x: torch.Tensor, generator: torch.Generator) -> Any:
+    return x.numpy()
+
+
+@pytest.mark.parametrize("per", ["sample", "batch"])
+def test_a_transform_that_returns_no_tensor_names_itself(manager: ExperimentManager,
+                                                         per: str) -> None:
+    with manager.create_experiment("numpy", seed=1) as exp:
+        dataset = exp.register_dataset("d", FEATURES, LABELS)
+        loader = RecordedDataLoader(exp, dataset, 4,
+                                    transform=RecordedTransform("hostile_numpy", per=per))
+        with pytest.raises(BadInputError, match="'hostile_numpy' returned ndarray, but must "
+                                                "return a tensor"):
+            list(loader)
+    assert "augmentation_batch" not in kinds(manager, exp.id)
 
 
 def test_a_transform_spec_too_deep_for_its_batch_events_is_refused_by_the_loader(
@@ -243,8 +391,9 @@ class _Stream(torch.utils.data.IterableDataset):
 
 @pytest.mark.parametrize("dataset", [
     [(np.ones(2), 0), (np.ones(3), 1)], _Stream(),
-    torch.utils.data.TensorDataset(torch.ones(4, 2, dtype=torch.bfloat16))],
-    ids=["ragged", "iterable", "bfloat16"])
+    torch.utils.data.TensorDataset(torch.ones(4, 2, dtype=torch.bfloat16)),
+    [(np.ones(2),), (np.ones(2), 1)]],
+    ids=["ragged", "iterable", "bfloat16", "mixed"])
 def test_torch_datasets_that_cannot_become_arrays_are_refused(manager: ExperimentManager,
                                                               dataset: Any) -> None:
     with manager.create_experiment("datasets", seed=1) as exp:
@@ -253,11 +402,30 @@ def test_torch_datasets_that_cannot_become_arrays_are_refused(manager: Experimen
     assert "dataset_registered" not in kinds(manager, exp.id)
 
 
-@pytest.mark.parametrize("state", [None, torch.nn.Linear(2, 1), {"w": torch.ones(2).to_sparse()}],
-                         ids=["none", "model", "sparse"])
+@pytest.mark.parametrize("state", [None, torch.nn.Linear(2, 1), {"w": torch.ones(2).to_sparse()},
+                                   {"w": torch.empty(2, device="meta")}],
+                         ids=["none", "model", "sparse", "meta"])
 def test_state_arrays_takes_a_state_dict(state: Any) -> None:
     with pytest.raises(BadInputError):
         state_arrays(state)
+
+
+def test_a_tensor_that_requires_grad_digests_as_its_values() -> None:
+    weights = torch.linspace(0, 1, 6).reshape(2, 3)
+    assert tensor_digest(weights.clone().requires_grad_()) == tensor_digest(weights)
+
+
+def test_a_tensor_numpy_cannot_hold_is_refused_naming_its_dtype() -> None:
+    with pytest.raises(BadInputError, match="cannot digest a tensor of dtype torch.bfloat16"):
+        tensor_digest(torch.ones(2, dtype=torch.bfloat16))
+
+
+def test_a_tensor_without_data_is_refused_as_bad_input() -> None:
+    """A transform returning a meta tensor (shape, no data) used to get a raw
+    NotImplementedError out of the DataLoader worker, not a ledger error."""
+    with pytest.raises(BadInputError, match="cannot digest a tensor of dtype torch.float32: "
+                                            "Cannot copy out of meta tensor"):
+        tensor_digest(torch.empty(2, device="meta"))
 
 
 def test_one_path_seeds_one_kind_of_generator(manager: ExperimentManager) -> None:
@@ -270,6 +438,18 @@ def test_one_path_seeds_one_kind_of_generator(manager: ExperimentManager) -> Non
     recorded = [decode_body(body)["params"]["generator"] for _s, _q, kind, body
                 in manager.store.iter_run_bodies(exp.id) if kind == "user_draw"]
     assert recorded == ["numpy.PCG64", "torch.Generator"]
+
+
+@pytest.mark.parametrize("path", [("worker", 0), ("rank", 1, "model"), ()],
+                         ids=["worker", "rank", "empty"])
+def test_a_user_path_may_not_take_the_library_s_own_paths(manager: ExperimentManager,
+                                                          path: tuple) -> None:
+    """A user draw at one of the library's own paths would reuse its seed: refused."""
+    with manager.create_experiment("paths", seed=1) as exp:
+        for seed in (manual_seed, torch_generator):
+            with pytest.raises(BadInputError, match="user draw path must be non-empty"):
+                seed(exp, *path)
+    assert "user_draw" not in kinds(manager, exp.id)
 
 
 # -- transforms --------------------------------------------------------------------------------------
@@ -285,6 +465,44 @@ def test_transform_parameters_must_be_keywords_and_not_spec_keys() -> None:
         register_transform("hostile_posonly", 1)(positional_only)
     with pytest.raises(BadInputError, match="'version'"):
         register_transform("hostile_version", 1)(named_version)
+
+    def named_per(x, generator, *, per="row"):  # noqa: ANN001, ANN202
+        return x
+
+    with pytest.raises(BadInputError, match="'per'"):
+        register_transform("hostile_per", 1)(named_per)
+
+
+@pytest.mark.parametrize(("name", "version"), [("", 1), ("two words", 1), ("dash-ed", 1),
+                                               (3, 1), ("fine", 0), ("fine", True),
+                                               ("fine", 1.0)])
+def test_a_transform_is_named_by_letters_digits_and_an_int_version(name: Any,
+                                                                   version: Any) -> None:
+    with pytest.raises(BadInputError, match="a transform (name|version) must be"):
+        register_transform(name, version)
+    assert "fine@" not in " ".join(registered_transforms())
+
+
+def test_a_transform_spec_records_given_parameters_over_defaults() -> None:
+    assert RecordedTransform("jitter").spec == {
+        "transform": "jitter", "version": 1, "per": "sample", "params": {"std": 0.1}}
+    assert RecordedTransform("jitter", std=0.5, per="batch").spec == {
+        "transform": "jitter", "version": 1, "per": "batch", "params": {"std": 0.5}}
+    assert registered_transforms() == sorted(registered_transforms())
+    assert "jitter@1" in registered_transforms()
+
+
+@pytest.mark.parametrize(("spec", "match"), [
+    ({"transform": "jitter", "version": 1, "per": "row", "params": {}}, "malformed"),
+    ({"transform": "jitter", "version": 1, "per": "sample", "params": None}, "malformed"),
+    ({"transform": "jitter", "version": 9, "per": "sample", "params": {}},
+     "'jitter' version 9 is not registered: install"),
+    ({"transform": "jitter", "version": "1", "per": "sample", "params": {}},
+     "'jitter' version 1 is not registered")])
+def test_a_recorded_spec_that_cannot_be_rebuilt_cannot_be_replayed(spec: dict,
+                                                                   match: str) -> None:
+    with pytest.raises(CannotReplayError, match=match):
+        RecordedTransform.from_spec(spec)
 
 
 def test_other_code_cannot_take_a_registered_transform_version() -> None:
@@ -335,6 +553,58 @@ def test_a_rank_that_dies_and_breaks_the_process_group_leaves_a_failed_run(
         error = store.first_event_body(row.exp, "run_completed")["params"]["error"]
         assert verify(store).ok
     assert error.startswith("the ranks could not meet to finish (a rank failed): "), error
+
+
+def test_a_rank_whose_block_raises_leaves_a_failed_run_naming_it(tmp_path: Path) -> None:
+    """Rank 1 raises inside its block, rank 0 does not: rank 0 hears it when the ranks meet
+    and records the run failed, naming rank 1; what rank 1 recorded is in its stream."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    torch.multiprocessing.spawn(torch_helpers.rank_1_raises, nprocs=2, join=True,
+                                args=(2, str(tmp_path / "process-group"), url, str(tmp_path)))
+    assert (tmp_path / "rank-0").read_text() == "no error"
+    assert (tmp_path / "rank-1").read_text() == "RuntimeError: rank 1 gave up"
+    with Store.open(url) as store:
+        [row] = store.experiments()
+        completed = store.first_event_body(row.exp, "run_completed")["params"]
+        notes = [(stream, decode_body(body)["params"]) for stream, _q, kind, body
+                 in store.iter_run_bodies(row.exp) if kind == "user_note"]
+        assert verify(store).ok
+    assert (row.status, completed["error"]) == ("failed", "rank(s) [1] failed")
+    assert notes == [("rank-1", {"rank": 1})]
+
+
+def test_a_rank_that_cannot_attach_leaves_a_failed_run_naming_it(tmp_path: Path) -> None:
+    """Rank 1 cannot attach (another ledger): it raises, and still meets rank 0 to finish, so
+    rank 0 records the run failed, naming rank 1, instead of waiting for it."""
+    urls = [f"sqlite:///{tmp_path / name}" for name in ("ledger.db", "elsewhere.db")]
+    Store.open(urls[1], create=True).close()
+    torch.multiprocessing.spawn(torch_helpers.rank_1_cannot_attach, nprocs=2, join=True,
+                                args=(2, str(tmp_path / "process-group"), urls, str(tmp_path)))
+    assert (tmp_path / "rank-0").read_text() == "no error"
+    assert (tmp_path / "rank-1").read_text().startswith("UnknownExperimentError")
+    with Store.open(urls[0]) as store:
+        [row] = store.experiments()
+        completed = store.first_event_body(row.exp, "run_completed")["params"]
+    assert (row.status, completed["error"]) == ("failed", "rank(s) [1] failed")
+
+
+def test_a_rank_0_error_is_what_rank_0_sees_even_when_the_group_broke(tmp_path: Path) -> None:
+    """Rank 1 died and rank 0's own block raised: rank 0 gets its own error (not the broken
+    group's), and the run records it."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    context = torch.multiprocessing.get_context("spawn")
+    ranks = [context.Process(target=torch_helpers.rank_1_dies_and_rank_0_raises,
+                             args=(rank, 2, str(tmp_path / "process-group"), url,
+                                   str(tmp_path))) for rank in range(2)]
+    for process in ranks:
+        process.start()
+    for process in ranks:
+        process.join(120)
+    assert (tmp_path / "rank-0").read_text() == "RuntimeError: rank 0 gave up"
+    with Store.open(url) as store:
+        [row] = store.experiments()
+        completed = store.first_event_body(row.exp, "run_completed")["params"]
+    assert (row.status, completed["error"]) == ("failed", "RuntimeError: rank 0 gave up")
 
 
 def test_every_refusal_here_is_a_ledger_error() -> None:

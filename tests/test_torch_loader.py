@@ -20,12 +20,14 @@ from ledger.events import decode_body  # noqa: E402
 from ledger.experiment import ExperimentManager, state_digest  # noqa: E402
 from ledger.integrations.torch import (RecordedDataLoader, RecordedSampler,  # noqa: E402
                                        RecordedTransform, SeedWorkers, manual_seed,
-                                       recorded_dataloader, state_arrays)
+                                       path_generator, recorded_dataloader, state_arrays,
+                                       torch_generator)
 from ledger.integrations.transforms import _registry, register_transform  # noqa: E402
 from ledger.sampling import epoch_order  # noqa: E402
 from ledger.seeds import derive_bytes  # noqa: E402
 from ledger.verify import verify  # noqa: E402
-from ledger.worker_seeding import expected_state_digest_at, states_digest  # noqa: E402
+from ledger.worker_seeding import (expected_state_digest_at, seed_process_at,  # noqa: E402
+                                   states_digest)
 from replay.diff import diff_runs  # noqa: E402
 from replay.engine import replay_run  # noqa: E402
 
@@ -90,6 +92,23 @@ def test_a_loader_made_afresh_each_epoch_is_refused_unless_set_epoch_chose(
     assert resets == [["epoch", 0, "shuffle"], ["epoch", 1, "shuffle"]]
 
 
+def test_set_epoch_chooses_only_the_next_pass(url: str, tmp_path: Path) -> None:
+    """A second loader told set_epoch(0) redoes epoch 0 (the same batches, recorded once);
+    its next pass starts epoch 1 by itself, which the first loader drew: refused."""
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("chosen", seed=SEED) as exp:
+            dataset = exp.register_dataset("fraud", *torch_helpers.fraud_arrays(64))
+            first = RecordedDataLoader(exp, dataset, 16)
+            epochs = [[y.tolist() for _x, y in first] for _epoch in range(2)]
+            again = RecordedDataLoader(exp, dataset, 16)
+            again.set_epoch(0)
+            assert [y.tolist() for _x, y in again] == epochs[0]
+            with pytest.raises(BadInputError, match="already drew epoch 1: it would repeat"):
+                list(again)
+    resets = [e["path"] for e in events(manager, exp.id) if e["kind"] == "epoch_reset"]
+    assert resets == [["epoch", 0, "shuffle"], ["epoch", 1, "shuffle"]]
+
+
 def test_an_iterator_never_started_starts_no_epoch() -> None:
     sampler = RecordedSampler(10, seed=SEED)
     iter(sampler)
@@ -129,6 +148,40 @@ def test_sampler_refuses_bad_arguments(url: str) -> None:
             RecordedSampler(10, exp, seed=SEED + 1)
 
 
+def test_without_a_process_group_rank_defaults_to_0_and_num_replicas_to_1() -> None:
+    order = epoch_order(SEED, 0, 10, True).tolist()
+    assert list(RecordedSampler(10, seed=SEED, num_replicas=3)) == order[0::3]
+    assert list(RecordedSampler(10, seed=SEED, rank=0)) == order
+
+
+def test_epoch_is_minus_1_before_the_first_pass_then_the_epoch_of_the_latest() -> None:
+    sampler = RecordedSampler(10, seed=SEED)
+    assert sampler.epoch == -1
+    list(sampler)
+    assert sampler.epoch == 0
+    sampler.set_epoch(5)  # chooses the next pass, which has not started
+    assert sampler.epoch == 0
+    list(sampler)
+    assert sampler.epoch == 5
+
+
+def test_indices_of_an_epoch_are_what_its_pass_yields() -> None:
+    sampler = RecordedSampler(11, seed=SEED, num_replicas=2, rank=1, drop_last=True)
+    assert len(sampler) == 5 and sampler.indices(0).tolist() == list(sampler)
+
+
+@pytest.mark.parametrize(("replicas", "rank", "match"), [
+    (0, 0, "got num_replicas=0, but must be an int >= 1"),
+    (True, 0, "got num_replicas=True, but must be an int >= 1"),
+    (2, -1, "got rank=-1, but must be an int >= 0"),
+    (2, False, "got rank=False, but must be an int >= 0"),
+    (2.0, 0, "got num_replicas=2.0")])
+def test_replicas_and_rank_must_be_ints_in_range(replicas: object, rank: object,
+                                                 match: str) -> None:
+    with pytest.raises(BadInputError, match=match):
+        RecordedSampler(10, seed=SEED, num_replicas=replicas, rank=rank)  # type: ignore[arg-type]
+
+
 # -- workers ---------------------------------------------------------------------------------------
 
 def test_seed_workers_seeds_every_global_rng_from_the_worker_path() -> None:
@@ -143,6 +196,72 @@ def test_seed_workers_seeds_every_global_rng_from_the_worker_path() -> None:
         random.setstate(saved[0])
         np.random.set_state(saved[1])
         torch.random.set_rng_state(saved[2])
+
+
+def test_manual_seed_and_torch_generator_seed_torch_as_a_worker_is_seeded_at_the_path(
+        url: str) -> None:
+    """One derived seed gives torch one seed, whoever seeds it: manual_seed and torch_generator
+    at a path seed torch as seed_process_at (a DataLoader worker's seeding) does there."""
+    saved = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    try:
+        with ExperimentManager(url) as manager, manager.create_experiment("s", seed=SEED) as exp:
+            returned = manual_seed(exp, "model", "init")
+            drawn = torch.rand(4)
+            generator = torch_generator(exp, "data", "noise")
+        seed_process_at(SEED, ("model", "init"))
+        assert torch.initial_seed() == returned and torch.equal(torch.rand(4), drawn)
+        seed_process_at(SEED, ("data", "noise"))
+        assert generator.initial_seed() == torch.initial_seed()
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.random.set_rng_state(saved[2])
+
+
+def test_path_generator_is_the_generator_a_transform_gets_for_its_sample() -> None:
+    seen: list[int] = []
+
+    def spy(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        seen.append(generator.initial_seed())
+        return x
+
+    register_transform("test_generator_spy", 1)(spy)
+    batch_path = ("epoch", 2, "batch", 3, "augment")
+    RecordedTransform("test_generator_spy").apply(torch.zeros(2, 3), SEED, batch_path)
+    assert seen == [path_generator(SEED, (*batch_path, position)).initial_seed()
+                    for position in (0, 1)]
+    assert seen[0] != seen[1]
+
+
+def test_a_global_rng_transform_finds_torch_seeded_from_its_sample_s_path() -> None:
+    seen: list[int] = []
+
+    def spy(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        seen.append(torch.initial_seed())
+        return x
+
+    register_transform("test_global_spy", 1, global_rng=True)(spy)
+    batch_path = ("epoch", 0, "batch", 1, "augment")
+    RecordedTransform("test_global_spy").apply(torch.zeros(2, 3), SEED, batch_path)
+    assert seen == [path_generator(SEED, (*batch_path, position)).initial_seed()
+                    for position in (0, 1)]
+
+
+def test_per_sample_calls_a_transform_on_each_sample_and_per_batch_once_on_the_batch() -> None:
+    shapes: list[tuple] = []
+
+    def spy(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        shapes.append(tuple(x.shape))
+        return x
+
+    register_transform("test_shape_spy", 1)(spy)
+    batch = torch.zeros(3, 2)
+    for per in ("sample", "batch"):
+        spec = RecordedTransform("test_shape_spy", per=per).spec
+        rebuilt = RecordedTransform.from_spec(spec)  # as replay rebuilds it
+        assert rebuilt.spec == spec
+        rebuilt.apply(batch, SEED, ("epoch", 0, "batch", 0, "augment"))
+    assert shapes == [(2,), (2,), (2,), (3, 2)]
 
 
 # -- the recorded DataLoader -----------------------------------------------------------------------
@@ -206,6 +325,57 @@ def test_a_global_rng_transform_leaves_the_global_rng_alone(url: str, tmp_path: 
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_replay_rebuilds_each_loader_s_own_transform(url: str, tmp_path: Path) -> None:
+    """Two loaders of one run with different transforms (one a rank-1 share): replay re-makes
+    each batch with the transform its event names."""
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("two", seed=SEED) as exp:
+            dataset = exp.register_dataset("d", *torch_helpers.fraud_arrays(64))
+            list(RecordedDataLoader(exp, dataset, 16, transform=RecordedTransform("jitter")))
+            list(RecordedDataLoader(exp, dataset, 16, num_replicas=2, rank=1,
+                                    transform=RecordedTransform("feature_dropout", per="batch")))
+        report = replay_run(manager.store, exp.id, data_dir=tmp_path)
+    assert report.certified, report.first_divergence
+    assert report.compared["augmentation_batch"] == 4 + 2
+
+
+def _forge_batches(url: str, tmp_path: Path, exp: str, **fields: object) -> str:
+    """A copy of run ``exp`` whose first augmentation_batch has ``fields`` (``path`` or
+    params) replaced, re-chained so that it verifies; return its URL."""
+    from forgery import copy_run
+    from ledger.store import Store
+
+    forged = f"sqlite:///{tmp_path / 'forged.db'}"
+    done: list[bool] = []
+
+    def change(body: dict) -> None:
+        if body["kind"] == "augmentation_batch" and not done:
+            done.append(True)
+            for name, value in fields.items():
+                (body if name == "path" else body["params"])[name] = value
+
+    with Store.open(url) as source, Store.open(forged, create=True) as target:
+        copy_run(source, exp, target, change)
+    return forged
+
+
+@pytest.mark.parametrize(("fields", "match"), [
+    ({"sampler": "pad"}, "malformed sampler params 'pad'"),
+    ({"sampler": {"num_replicas": 2, "rank": 2, "even_shares": "pad"}},
+     "malformed sampler params: got rank 2, but must be below num_replicas=2"),
+    ({"path": ["rank", 0, "epoch", 0, "batch", 0, "augment"]},
+     r"is recorded at path \['rank', 0, 'epoch', 0, 'batch', 0, 'augment'\]")],
+    ids=["sampler-text", "sampler-rank", "path"])
+def test_replay_refuses_a_torch_batch_with_forged_params(url: str, tmp_path: Path,
+                                                         fields: dict, match: str) -> None:
+    exp, _digests = record(url, tmp_path, epochs=1)
+    forged = _forge_batches(url, tmp_path, exp, **fields)
+    with ExperimentManager(forged) as manager:
+        assert verify(manager.store, exp).ok
+        with pytest.raises(CannotReplayError, match=match):
+            replay_run(manager.store, exp, data_dir=tmp_path / "data")
+
+
 def test_replay_names_a_transform_that_ignores_its_generator(url: str, tmp_path: Path) -> None:
     exp, _digests = record(url, tmp_path, transform=RecordedTransform("leaky_noise"))
     with ExperimentManager(url) as manager:
@@ -249,6 +419,18 @@ def test_the_one_call_helper_registers_a_torch_dataset(url: str, tmp_path: Path)
     assert report.certified and report.compared["augmentation_batch"] == 4
 
 
+def test_the_one_call_helper_registers_a_pair_of_arrays(url: str, tmp_path: Path) -> None:
+    features, labels = torch_helpers.fraud_arrays(64)
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("arrays", seed=SEED) as exp:
+            loader = recorded_dataloader(exp, (features, labels), 16, name="fraud",
+                                         shuffle=False)
+            x, y = next(iter(loader))
+    assert loader.ledger_dataset.name == "fraud"
+    assert torch.equal(x, torch.from_numpy(features[:16]))
+    assert torch.equal(y, torch.from_numpy(labels[:16]))
+
+
 def test_record_false_gives_the_same_batches_and_records_none(url: str, tmp_path: Path) -> None:
     _exp, recorded = record(url, tmp_path)
     quiet, unrecorded = record(url, tmp_path, record=False)
@@ -264,6 +446,7 @@ def test_record_false_gives_the_same_batches_and_records_none(url: str, tmp_path
     ({"collate_fn": None}, "sets them itself"),
     ({"in_order": False}, "in order"),
     ({"batch_size": 0}, "batch_size"),
+    ({"batch_size": 40, "drop_last": True}, "every epoch would be empty"),
     ({"batch_size": 2**64}, r"batch_size=18446744073709551616, but must be at most 2\*\*63"),
     ({"prefetch_factor": 2**63, "num_workers": 1}, "prefetch_factor=9223372036854775808"),
 ])
@@ -388,6 +571,8 @@ def test_without_a_process_group_distributed_experiment_is_one_experiment(url: s
     with ExperimentManager(url) as manager:
         assert {row.status for row in manager.store.experiments()} == {"ok", "failed"}
         assert verify(manager.store).ok
+        completed = manager.store.first_event_body(failed.id, "run_completed")["params"]
+    assert completed["error"] == "RuntimeError: boom"
 
 
 def recording_run(manager: ExperimentManager, exp: object, attached: bool
@@ -425,6 +610,29 @@ def test_a_model_seeded_on_every_rank_is_certified(url: str, tmp_path: Path) -> 
         with pytest.raises(CannotReplayError, match=r"user_draw at path \['model', 'init'\] "
                                                     r"is recorded more than once"):
             replay_run(manager.store, runs["forged"], data_dir=tmp_path)
+
+
+def test_replay_certifies_the_padded_shares_of_two_ranks(url: str, tmp_path: Path) -> None:
+    """Two ranks' loaders over 101 samples (rank 0 in the experiment, rank 1 attached): each
+    rank's share is padded to 51 as DistributedSampler pads it, so rank 1's last batch holds
+    3 samples, and replay re-makes every batch of both ranks."""
+    from ledger.integrations.runs import AttachedRun
+
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("ranks", seed=SEED) as exp:
+            exp.register_dataset("d", *torch_helpers.fraud_arrays(101))
+            exp.flush()
+            with AttachedRun(manager.store, exp.id, "rank-1") as rank_1:
+                shares = []
+                for rank, run in enumerate((exp, rank_1)):
+                    data = run.register_dataset("d", *torch_helpers.fraud_arrays(101))
+                    loader = RecordedDataLoader(run, data, 16, num_replicas=2, rank=rank,
+                                                transform=RecordedTransform("jitter"))
+                    shares.append([len(y) for _x, y in loader])
+        report = replay_run(manager.store, exp.id, data_dir=tmp_path)
+    assert shares == [[16, 16, 16, 3], [16, 16, 16, 3]]
+    assert report.certified, report.first_divergence
+    assert report.compared["augmentation_batch"] == 8
 
 
 # -- event order --------------------------------------------------------------------------------------
@@ -500,3 +708,103 @@ def test_batch_events_take_the_fast_path_with_normalised_params(
         bodies = [body for _s, _q, _k, body in manager.store.iter_run_bodies(exp.id)]
         assert all(canonical(decode_body(body)) == body for body in bodies)
         assert verify(manager.store, exp.id).ok
+
+
+# -- what is recorded ------------------------------------------------------------------------------
+
+def test_the_recorded_params_describe_the_loader(url: str, tmp_path: Path) -> None:
+    from ledger.batches import batch_input_digest, fast_array_digest
+    from ledger.integrations.sharding import INTEGRATION
+
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("params", seed=SEED) as exp:
+            dataset = exp.register_dataset("d", *torch_helpers.fraud_arrays(100))
+            list(RecordedDataLoader(exp, dataset, 16, drop_last=True, transform="jitter"))
+    recorded = events(manager, exp.id)
+    [reset] = [e["params"] for e in recorded if e["kind"] == "epoch_reset"]
+    batches = [e["params"] for e in recorded if e["kind"] == "augmentation_batch"]
+    order = epoch_order(SEED, 0, 100, True)
+    assert [e["input"] for e in recorded if e["kind"] == "augmentation_batch"] == [
+        batch_input_digest(dataset.digest, fast_array_digest(order[b * 16:(b + 1) * 16]))
+        for b in range(6)]
+    assert reset == {"epoch": 0, "length": 100, "shuffle": True, "num_replicas": 1,
+                     "even_shares": "pad", "sampler": INTEGRATION, "batch_size": 16,
+                     "drop_last": True, "batches": 6, "dataset": "d",
+                     "dataset_digest": dataset.digest}
+    assert [(b["batch"], b["rows"], b["drop_last"]) for b in batches] == [
+        (batch, 16, True) for batch in range(6)]
+
+
+def test_a_user_worker_init_fn_runs_in_each_worker_after_the_seeding(url: str,
+                                                                    tmp_path: Path) -> None:
+    def note(worker: int) -> None:
+        (tmp_path / f"worker-{worker}").write_text(repr(random.random()))
+
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("init", seed=SEED) as exp:
+            dataset = exp.register_dataset("d", *torch_helpers.fraud_arrays(64))
+            list(RecordedDataLoader(exp, dataset, 16, num_workers=2, worker_init_fn=note,
+                                    multiprocessing_context="fork"))
+    for worker in (0, 1):
+        seed = derive_bytes(SEED, ("worker", worker))
+        expected = random.Random(int.from_bytes(seed, "big")).random()
+        assert (tmp_path / f"worker-{worker}").read_text() == repr(expected)
+    spawned = [e["params"] for e in events(manager, exp.id) if e["kind"] == "worker_spawned"]
+    assert len(spawned) == 2 and not any("rank" in params for params in spawned)
+
+
+def test_workers_of_rank_1_are_seeded_and_recorded_at_its_paths(url: str,
+                                                               tmp_path: Path) -> None:
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("workers", seed=SEED) as exp:
+            run, dataset = recording_run(manager, exp, attached=True)
+            list(RecordedDataLoader(run, dataset, 10, num_workers=2, num_replicas=2, rank=1,
+                                    multiprocessing_context="fork"))
+            run.close()
+        spawned = [e for e in events(manager, exp.id) if e["kind"] == "worker_spawned"]
+    assert [e["path"] for e in spawned] == [["rank", 1, "worker", 0], ["rank", 1, "worker", 1]]
+    assert all(e["output"] == expected_state_digest_at(SEED, e["path"]) for e in spawned)
+    assert all((e["params"]["rank"], e["params"]["num_replicas"]) == (1, 2) for e in spawned)
+    pids = {e["meta"]["pid"] for e in spawned}
+    assert len(pids) == 2 and os.getpid() not in pids
+
+
+def test_a_worker_whose_rng_states_are_not_its_seed_s_is_refused(
+        url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker whose seeding did not take (here: reports other states) stops the pass."""
+    import ledger.integrations.torch as integration
+
+    monkeypatch.setattr(integration, "seed_process_at", lambda root, path: bytes(32))
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("unseeded", seed=SEED) as exp:
+            dataset = exp.register_dataset("d", *torch_helpers.fraud_arrays(64))
+            loader = RecordedDataLoader(exp, dataset, 16, num_workers=1,
+                                        multiprocessing_context="fork")
+            with pytest.raises(integration.WorkerSeedingError,
+                               match="DataLoader worker 0 reports RNG states 0000000000000000"):
+                list(loader)
+    assert "worker_spawned" not in [e["kind"] for e in events(manager, exp.id)]
+
+
+def test_a_pass_over_a_loader_dropped_right_after_is_recorded(url: str, tmp_path: Path) -> None:
+    import gc
+
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("dropped", seed=SEED) as exp:
+            run, dataset = recording_run(manager, exp, attached=True)
+            for _batch in RecordedDataLoader(run, dataset, 10, num_replicas=2, rank=1,
+                                             transform=RecordedTransform("jitter")):
+                pass
+            gc.collect()
+            run.close()
+    assert [e["kind"] for e in events(manager, exp.id)].count("augmentation_batch") == 5
+
+
+def test_record_false_needs_no_registered_dataset(url: str, tmp_path: Path) -> None:
+    from ledger.datasets import in_memory_dataset
+
+    data = in_memory_dataset("eval", np.arange(8, dtype=np.float32).reshape(4, 2))
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("eval", seed=SEED) as exp:
+            batches = list(RecordedDataLoader(exp, data, 2, shuffle=False, record=False))
+    assert torch.equal(torch.cat(batches), torch.from_numpy(data.features))

@@ -166,3 +166,68 @@ def rank_1_dies(rank: int, world: int, init_file: str, url: str, out_dir: str) -
             os._exit(3)
         Path(out_dir, "exp").write_text(run.id)
         time.sleep(1)  # rank 1 is gone by now
+
+
+def rank_1_raises(rank: int, world: int, init_file: str, url: str, out_dir: str) -> None:
+    """Rank 1's block raises after recording into its stream; rank 0's block ends normally.
+    Each rank writes the error it got (or "no error")."""
+    import datetime
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
+        with distributed_experiment("ddp-raises", url=url, seed=3,
+                                    data_dir=Path(out_dir, "data")) as run:
+            register_dataset(run, "d", *fraud_arrays(64))
+            if rank == 1:
+                run.record("user_note", path=("note", 1), params={"rank": 1})
+                raise RuntimeError("rank 1 gave up")
+        outcome = "no error"
+    except Exception as error:  # noqa: BLE001 - written for the test to read
+        outcome = f"{type(error).__name__}: {error}"
+    finally:
+        dist.destroy_process_group()
+    Path(out_dir, f"rank-{rank}").write_text(outcome)
+
+
+def rank_1_cannot_attach(rank: int, world: int, init_file: str, urls: list[str],
+                         out_dir: str) -> None:
+    """Rank 1 is given another ledger (``urls[1]``), where the experiment is not: it cannot
+    attach. Each rank writes the error it got (or "no error")."""
+    import datetime
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
+        with distributed_experiment("ddp-lost", url=urls[rank], seed=3):
+            outcome = "no error"
+    except Exception as error:  # noqa: BLE001 - written for the test to read
+        outcome = f"{type(error).__name__}: {error}"
+    finally:
+        dist.destroy_process_group()
+    Path(out_dir, f"rank-{rank}").write_text(outcome)
+
+
+def rank_1_dies_and_rank_0_raises(rank: int, world: int, init_file: str, url: str,
+                                  out_dir: str) -> None:
+    """Rank 1 dies inside the block; rank 0's block raises after it: rank 0 writes the error
+    it got."""
+    import datetime
+    import time
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
+        with distributed_experiment("ddp-both", url=url, seed=3):
+            if rank == 1:
+                os._exit(3)
+            time.sleep(1)  # rank 1 is gone by now
+            raise RuntimeError("rank 0 gave up")
+    except Exception as error:  # noqa: BLE001 - written for the test to read
+        Path(out_dir, "rank-0").write_text(f"{type(error).__name__}: {error}")

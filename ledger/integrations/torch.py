@@ -108,7 +108,7 @@ def tensor_digest(tensor: torch.Tensor) -> bytes:
             array = tensor.numpy()  # a view; fast_array_digest copies only if not C-contiguous
         else:
             array = tensor.detach().cpu().contiguous().numpy()
-    except TypeError as error:
+    except (TypeError, RuntimeError) as error:  # a dtype numpy lacks; no data (a meta tensor)
         raise BadInputError(f"cannot digest a tensor of dtype {tensor.dtype}: {error}") from None
     return fast_array_digest(array)
 
