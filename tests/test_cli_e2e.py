@@ -539,6 +539,26 @@ def test_ctrl_c_while_the_command_starts_is_one_line_and_exit_130() -> None:
         assert done.stdout == "True\n", (handler, done.stderr)
 
 
+def test_once_started_ctrl_c_is_pythons_own_unless_the_command_was_started_ignoring_it() -> None:
+    """While the command works, Ctrl-C is Python's KeyboardInterrupt (click's Abort: cleanup
+    runs, exit 130), not the start-up handler's immediate exit; and `ledger … &` in a script,
+    started with SIGINT ignored, keeps ignoring it."""
+    import os
+
+    script = ("import signal, sys\nsignal.signal(signal.SIGINT, {handler})\n"
+              "sys.argv[0] = 'ledger'\nimport cli.main\n"
+              "def report(*_args, **_kwargs):\n"
+              "    print(signal.getsignal(signal.SIGINT) is {expected})\n"
+              "cli.main.cli.main = report\ncli.main.main(['list'])\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for handler, expected in [("signal.default_int_handler", "signal.default_int_handler"),
+                              ("signal.SIG_IGN", "signal.SIG_IGN")]:
+        done = subprocess.run([sys.executable, "-c", script.format(handler=handler,
+                                                                   expected=expected)],
+                              capture_output=True, text=True, env=env, timeout=60)
+        assert (done.returncode, done.stdout) == (0, "True\n"), (handler, done.stderr)
+
+
 def test_driver_log_lines_stay_off_stderr_behind_the_one_error_line() -> None:
     """psycopg logs a warning when a server does not cancel a query on Ctrl-C; with no handler
     Python printed it above `ledger: aborted` (the PG review froze the server mid-verify)."""
