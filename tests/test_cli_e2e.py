@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -133,6 +134,25 @@ def test_the_default_ledger_is_ledger_db_in_the_current_folder(ledger_file: Ledg
     result = run_cli("list", "--json", cwd=ledger_file.path.parent)
     assert result.returncode == 0, result.stderr
     assert len(one_json_document(result)["experiments"]) == 2
+
+
+def test_text_the_terminal_cannot_encode_is_escaped_not_a_failure(tmp_path: Path) -> None:
+    """A name with characters outside stdout's encoding (latin-1 here) is listed with them
+    escaped, and --json stays one document that reads back the name."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        record_experiment(store, DONE, name="café-模型", root=42, created_t=10**18)
+    def run_latin_1(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cli", "--db", url, *args],
+                              capture_output=True, encoding="latin-1", timeout=120,
+                              env={**os.environ, "PYTHONIOENCODING": "latin-1"})
+
+    result = run_latin_1("list")
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    assert "café-\\u6a21\\u578b" in result.stdout
+    result = run_latin_1("list", "--json")
+    assert result.returncode == 0, result.stderr
+    assert one_json_document(result)["experiments"][0]["name"] == "café-模型"
 
 
 # -- show ---------------------------------------------------------------------------------------
