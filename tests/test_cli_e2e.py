@@ -598,14 +598,14 @@ def test_driver_log_lines_stay_off_stderr_behind_the_one_error_line() -> None:
 
 def test_an_unexpected_error_is_one_line_and_exit_2_and_ledger_debug_shows_its_traceback(
 ) -> None:
-    """A bug is not a failed check (exit 1): exit 2 and one line naming the exception, the
-    traceback only when asked for with LEDGER_DEBUG."""
+    """A bug is not a failed check (exit 1): exit 2 and one line naming the exception, its
+    control characters escaped, the traceback only when asked for with LEDGER_DEBUG."""
     import os
 
     script = textwrap.dedent("""
         import cli.main
         def broken(*_args, **_kwargs):
-            raise RuntimeError("disk on fire\\n  second line")
+            raise RuntimeError("disk on fire\\n  second line\\x1b[2J")
         cli.main.cli.main = broken
         cli.main.main(["list"])
     """)
@@ -613,8 +613,9 @@ def test_an_unexpected_error_is_one_line_and_exit_2_and_ledger_debug_shows_its_t
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=60)
     assert (done.returncode, done.stdout) == (2, ""), done.stderr
-    assert done.stderr.splitlines() == ["ledger: internal error: RuntimeError: disk on fire "
-                                        "second line (set LEDGER_DEBUG=1 for a traceback)"]
+    assert done.stderr.splitlines() == [  # on one line, the terminal's clear-screen escaped
+        "ledger: internal error: RuntimeError: disk on fire second line\\x1b[2J "
+        "(set LEDGER_DEBUG=1 for a traceback)"]
     debug = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                            cwd=ROOT, env={**env, "LEDGER_DEBUG": "1"}, timeout=60)
     assert debug.returncode == 1 and "Traceback" in debug.stderr
