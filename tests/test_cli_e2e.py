@@ -277,6 +277,22 @@ def test_verify_names_the_tampered_event(ledger_file: LedgerFile) -> None:
     assert line.startswith("ledger: verification failed:") and f"{DONE} stream main seq 3" in line
 
 
+def test_verify_lists_every_broken_chain_and_its_error_line_names_the_first(
+        ledger_file: LedgerFile) -> None:
+    tamper(ledger_file)
+    with Store.open(ledger_file.url) as store:
+        body = rows(store, OPEN, "main")[1]["body"]
+        execute(store, "UPDATE ledger_events SET body = :body WHERE exp = :exp "
+                "AND stream = 'main' AND seq = 1", body=flip_byte(body, 20), exp=OPEN)
+    result = ledger_file.cli("verify")
+    assert result.returncode == 1
+    findings = [line.strip() for line in result.stdout.splitlines() if line.startswith("  exp-")]
+    assert len(findings) == 2, result.stdout
+    assert any(f.startswith(f"{DONE} stream main seq 3:") for f in findings)
+    assert any(f.startswith(f"{OPEN} stream main seq 1:") for f in findings)
+    assert assert_one_line_error_like(result) == f"ledger: verification failed: {findings[0]}"
+
+
 def assert_one_line_error_like(result: subprocess.CompletedProcess[str]) -> str:
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
