@@ -155,6 +155,16 @@ def test_text_the_terminal_cannot_encode_is_escaped_not_a_failure(tmp_path: Path
     assert one_json_document(result)["experiments"][0]["name"] == "café-模型"
 
 
+def test_json_documents_are_stable_keys_sorted_two_space_indent(ledger_file: LedgerFile) -> None:
+    """Two runs of a --json command over the same ledger print the same bytes whatever order
+    the code builds its maps in: keys sorted, so documents can be diffed and hashed."""
+    for command in (LIST_JSON, SHOW_JSON, VERIFY_JSON):
+        result = ledger_file.cli(*command)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == json.dumps(json.loads(result.stdout), indent=2, sort_keys=True,
+                                           ensure_ascii=False) + "\n", command
+
+
 # -- show ---------------------------------------------------------------------------------------
 
 def test_show_a_complete_run(ledger_file: LedgerFile) -> None:
