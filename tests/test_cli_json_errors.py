@@ -91,6 +91,17 @@ def test_replay_without_its_data_is_a_cannot_replay_document(
     _error_document(result, 3, "cannot_replay")
 
 
+@pytest.mark.parametrize("option", [["--jobs", "1"], ["--data-dir", "data"], ["--take-over"]],
+                         ids=["jobs-at-its-default", "data-dir", "take-over"])
+def test_an_option_replay_full_cannot_honour_is_a_bad_input_document(
+        recorded: tuple[str, str, Path], option: list[str]) -> None:
+    """Refused rather than ignored — also when given at its default value."""
+    url, exp, _data = recorded
+    result = run_cli("--db", url, "replay", exp, "--full", "--json", *option)
+    error = _error_document(result, 2, "bad_input")
+    assert error["message"].startswith(f"{option[0]} cannot be used with --full")
+
+
 def test_replay_of_a_tampered_ledger_is_a_check_failed_document(
         recorded: tuple[str, str, Path], tmp_path: Path) -> None:
     url, exp, data = recorded
