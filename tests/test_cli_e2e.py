@@ -183,6 +183,15 @@ def test_show_a_complete_run(ledger_file: LedgerFile) -> None:
         assert any(line.split()[:2] == [stream, str(len(events))] for line in out.splitlines())
 
 
+def test_show_of_a_run_with_root_seed_0_shows_0_not_a_dash(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        record_experiment(store, DONE, name="seed-zero", root=0)
+    result = run_cli("--db", url, "show", DONE)
+    assert result.returncode == 0, result.stderr
+    assert "root seed   0  (user)" in result.stdout.splitlines()
+
+
 def test_show_an_incomplete_run_says_so(ledger_file: LedgerFile) -> None:
     result = ledger_file.cli("show", OPEN)
     assert result.returncode == 0, result.stderr
