@@ -118,6 +118,17 @@ def test_list_filters_by_name_and_status(ledger_file: LedgerFile) -> None:
     assert_one_line_error(ledger_file.cli("list", "--status", "done"), says="--status")
 
 
+def test_list_escapes_control_characters_of_a_recorded_name(tmp_path: Path) -> None:
+    """A name is someone else's text: it must not retitle the terminal (ESC ] 0 ; … BEL)."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        record_experiment(store, DONE, name="evil\x1b]0;owned\x07", root=1)
+    result = run_cli("--db", url, "list")
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+    assert result.stdout.splitlines()[1].endswith("evil\\x1b]0;owned\\x07")
+
+
 def test_list_of_an_empty_ledger(tmp_path: Path) -> None:
     Store.open(f"sqlite:///{tmp_path / 'empty.db'}", create=True).close()
     result = run_cli("--db", f"sqlite:///{tmp_path / 'empty.db'}", "list", "--json")
