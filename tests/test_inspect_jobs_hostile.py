@@ -209,8 +209,10 @@ DEMO = "fraud-detection-v3-demo"
                                             "inject_nondeterminism": False}}, "workers='xxx"),
     ({"job": DEMO, "version": 1, "config": {"workers": 0, "epochs": 1,
                                             "inject_nondeterminism": HUGE}},
-     "inject_nondeterminism='xxx")],
-    ids=["name", "version", "config-type", "config-key", "config-value", "config-flag"])
+     "inject_nondeterminism='xxx"),
+    ("train.py:main", "records no job")],
+    ids=["name", "version", "config-type", "config-key", "config-value", "config-flag",
+         "not-a-map"])
 def test_a_huge_forged_job_entry_is_named_in_one_short_line(
         tmp_path: Path, entrypoint: dict[str, Any], message: str) -> None:
     forged, exp = _forged(tmp_path, entrypoint)
