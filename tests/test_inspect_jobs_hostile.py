@@ -210,9 +210,12 @@ DEMO = "fraud-detection-v3-demo"
     ({"job": DEMO, "version": 1, "config": {"workers": 0, "epochs": 1,
                                             "inject_nondeterminism": HUGE}},
      "inject_nondeterminism='xxx"),
-    ("train.py:main", "records no job")],
+    ("train.py:main", "records no job"),
+    ({"job": DEMO, "version": True, "config": {"workers": 0, "epochs": 1,
+                                               "inject_nondeterminism": False}},
+     "its version is True, not an int")],
     ids=["name", "version", "config-type", "config-key", "config-value", "config-flag",
-         "not-a-map"])
+         "not-a-map", "version-a-bool"])
 def test_a_huge_forged_job_entry_is_named_in_one_short_line(
         tmp_path: Path, entrypoint: dict[str, Any], message: str) -> None:
     forged, exp = _forged(tmp_path, entrypoint)
