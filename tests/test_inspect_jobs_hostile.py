@@ -116,6 +116,8 @@ def _records_two(manager: ExperimentManager, *, seed: int, config: dict[str, Any
 MISBEHAVING_JOBS: dict[str, tuple[Callable[..., Any], str]] = {
     "test-hostile-value-error": (_raises(ValueError("boom")), "failed on the recorded config "
                                                               "(ValueError: boom)"),
+    "test-hostile-multi-line": (_raises(ValueError("first\n   second")),  # quoted on one line
+                                "(ValueError: first second)"),
     "test-hostile-check-failed": (_raises(CheckFailedError("own check")), "CheckFailedError"),
     "test-hostile-bad-input": (_raises(BadInputError("own input")), "BadInputError"),
     "test-hostile-sys-exit": (_raises(SystemExit(0)), "SystemExit: 0"),
