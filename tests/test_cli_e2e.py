@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -117,6 +118,17 @@ def test_list_filters_by_name_and_status(ledger_file: LedgerFile) -> None:
     assert_one_line_error(ledger_file.cli("list", "--status", "done"), says="--status")
 
 
+def test_list_escapes_control_characters_of_a_recorded_name(tmp_path: Path) -> None:
+    """A name is someone else's text: it must not retitle the terminal (ESC ] 0 ; … BEL)."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        record_experiment(store, DONE, name="evil\x1b]0;owned\x07", root=1)
+    result = run_cli("--db", url, "list")
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+    assert result.stdout.splitlines()[1].endswith("evil\\x1b]0;owned\\x07")
+
+
 def test_list_of_an_empty_ledger(tmp_path: Path) -> None:
     Store.open(f"sqlite:///{tmp_path / 'empty.db'}", create=True).close()
     result = run_cli("--db", f"sqlite:///{tmp_path / 'empty.db'}", "list", "--json")
@@ -135,6 +147,35 @@ def test_the_default_ledger_is_ledger_db_in_the_current_folder(ledger_file: Ledg
     assert len(one_json_document(result)["experiments"]) == 2
 
 
+def test_text_the_terminal_cannot_encode_is_escaped_not_a_failure(tmp_path: Path) -> None:
+    """A name with characters outside stdout's encoding (latin-1 here) is listed with them
+    escaped, and --json stays one document that reads back the name."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        record_experiment(store, DONE, name="café-模型", root=42, created_t=10**18)
+    def run_latin_1(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cli", "--db", url, *args],
+                              capture_output=True, encoding="latin-1", timeout=120,
+                              env={**os.environ, "PYTHONIOENCODING": "latin-1"})
+
+    result = run_latin_1("list")
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    assert "café-\\u6a21\\u578b" in result.stdout
+    result = run_latin_1("list", "--json")
+    assert result.returncode == 0, result.stderr
+    assert one_json_document(result)["experiments"][0]["name"] == "café-模型"
+
+
+def test_json_documents_are_stable_keys_sorted_two_space_indent(ledger_file: LedgerFile) -> None:
+    """Two runs of a --json command over the same ledger print the same bytes whatever order
+    the code builds its maps in: keys sorted, so documents can be diffed and hashed."""
+    for command in (LIST_JSON, SHOW_JSON, VERIFY_JSON):
+        result = ledger_file.cli(*command)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == json.dumps(json.loads(result.stdout), indent=2, sort_keys=True,
+                                           ensure_ascii=False) + "\n", command
+
+
 # -- show ---------------------------------------------------------------------------------------
 
 def test_show_a_complete_run(ledger_file: LedgerFile) -> None:
@@ -151,6 +192,15 @@ def test_show_a_complete_run(ledger_file: LedgerFile) -> None:
         assert any(line.split() == [kind, str(count)] for line in out.splitlines()), kind
     for stream, events in ledger_file.done.streams.items():
         assert any(line.split()[:2] == [stream, str(len(events))] for line in out.splitlines())
+
+
+def test_show_of_a_run_with_root_seed_0_shows_0_not_a_dash(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        record_experiment(store, DONE, name="seed-zero", root=0)
+    result = run_cli("--db", url, "show", DONE)
+    assert result.returncode == 0, result.stderr
+    assert "root seed   0  (user)" in result.stdout.splitlines()
 
 
 def test_show_an_incomplete_run_says_so(ledger_file: LedgerFile) -> None:
@@ -255,6 +305,22 @@ def test_verify_names_the_tampered_event(ledger_file: LedgerFile) -> None:
     assert f"{DONE} stream main seq 3: stored body does not hash" in result.stdout
     line = assert_one_line_error_like(result)
     assert line.startswith("ledger: verification failed:") and f"{DONE} stream main seq 3" in line
+
+
+def test_verify_lists_every_broken_chain_and_its_error_line_names_the_first(
+        ledger_file: LedgerFile) -> None:
+    tamper(ledger_file)
+    with Store.open(ledger_file.url) as store:
+        body = rows(store, OPEN, "main")[1]["body"]
+        execute(store, "UPDATE ledger_events SET body = :body WHERE exp = :exp "
+                "AND stream = 'main' AND seq = 1", body=flip_byte(body, 20), exp=OPEN)
+    result = ledger_file.cli("verify")
+    assert result.returncode == 1
+    findings = [line.strip() for line in result.stdout.splitlines() if line.startswith("  exp-")]
+    assert len(findings) == 2, result.stdout
+    assert any(f.startswith(f"{DONE} stream main seq 3:") for f in findings)
+    assert any(f.startswith(f"{OPEN} stream main seq 1:") for f in findings)
+    assert assert_one_line_error_like(result) == f"ledger: verification failed: {findings[0]}"
 
 
 def assert_one_line_error_like(result: subprocess.CompletedProcess[str]) -> str:
@@ -539,6 +605,26 @@ def test_ctrl_c_while_the_command_starts_is_one_line_and_exit_130() -> None:
         assert done.stdout == "True\n", (handler, done.stderr)
 
 
+def test_once_started_ctrl_c_is_pythons_own_unless_the_command_was_started_ignoring_it() -> None:
+    """While the command works, Ctrl-C is Python's KeyboardInterrupt (click's Abort: cleanup
+    runs, exit 130), not the start-up handler's immediate exit; and `ledger … &` in a script,
+    started with SIGINT ignored, keeps ignoring it."""
+    import os
+
+    script = ("import signal, sys\nsignal.signal(signal.SIGINT, {handler})\n"
+              "sys.argv[0] = 'ledger'\nimport cli.main\n"
+              "def report(*_args, **_kwargs):\n"
+              "    print(signal.getsignal(signal.SIGINT) is {expected})\n"
+              "cli.main.cli.main = report\ncli.main.main(['list'])\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for handler, expected in [("signal.default_int_handler", "signal.default_int_handler"),
+                              ("signal.SIG_IGN", "signal.SIG_IGN")]:
+        done = subprocess.run([sys.executable, "-c", script.format(handler=handler,
+                                                                   expected=expected)],
+                              capture_output=True, text=True, env=env, timeout=60)
+        assert (done.returncode, done.stdout) == (0, "True\n"), (handler, done.stderr)
+
+
 def test_driver_log_lines_stay_off_stderr_behind_the_one_error_line() -> None:
     """psycopg logs a warning when a server does not cancel a query on Ctrl-C; with no handler
     Python printed it above `ledger: aborted` (the PG review froze the server mid-verify)."""
@@ -554,3 +640,29 @@ def test_driver_log_lines_stay_off_stderr_behind_the_one_error_line() -> None:
                           cwd=ROOT, timeout=60)
     assert done.returncode == 130
     assert done.stderr.strip().splitlines() == ["ledger: aborted"], done.stderr
+
+
+def test_an_unexpected_error_is_one_line_and_exit_2_and_ledger_debug_shows_its_traceback(
+) -> None:
+    """A bug is not a failed check (exit 1): exit 2 and one line naming the exception, its
+    control characters escaped, the traceback only when asked for with LEDGER_DEBUG."""
+    import os
+
+    script = textwrap.dedent("""
+        import cli.main
+        def broken(*_args, **_kwargs):
+            raise RuntimeError("disk on fire\\n  second line\\x1b[2J")
+        cli.main.cli.main = broken
+        cli.main.main(["list"])
+    """)
+    env = {key: value for key, value in os.environ.items() if key != "LEDGER_DEBUG"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=60)
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    assert done.stderr.splitlines() == [  # on one line, the terminal's clear-screen escaped
+        "ledger: internal error: RuntimeError: disk on fire second line\\x1b[2J "
+        "(set LEDGER_DEBUG=1 for a traceback)"]
+    debug = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           cwd=ROOT, env={**env, "LEDGER_DEBUG": "1"}, timeout=60)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+    assert "RuntimeError: disk on fire" in debug.stderr

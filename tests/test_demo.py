@@ -86,10 +86,13 @@ def test_ledger_demo_prints_both_runs_and_exits_0_when_identical(tmp_path: Path)
     assert all(e["status"] == "ok" for e in listed)
 
 
+@pytest.mark.parametrize("db_after_demo", [False, True], ids=["db-before", "db-after"])
 def test_ledger_demo_suggests_commands_that_open_the_ledger_given_with_db(
-        tmp_path: Path) -> None:
-    done = run_cli("--db", "sqlite:///my ledger.db", "demo", "--epochs", "1", "--workers", "0",
-                   cwd=tmp_path)
+        tmp_path: Path, db_after_demo: bool) -> None:
+    """``--db`` names the ledger before or after the command name alike (``ledger demo --db``
+    too): the commands the demo suggests open that ledger, not ./ledger.db."""
+    db, demo = ["--db", "sqlite:///my ledger.db"], ["demo", "--epochs", "1", "--workers", "0"]
+    done = run_cli(*(demo + db if db_after_demo else db + demo), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     hint = next(line for line in done.stdout.splitlines() if "check it:" in line)
     for command in hint.split("check it:", 1)[1].split(";"):

@@ -116,6 +116,8 @@ def _records_two(manager: ExperimentManager, *, seed: int, config: dict[str, Any
 MISBEHAVING_JOBS: dict[str, tuple[Callable[..., Any], str]] = {
     "test-hostile-value-error": (_raises(ValueError("boom")), "failed on the recorded config "
                                                               "(ValueError: boom)"),
+    "test-hostile-multi-line": (_raises(ValueError("first\n   second")),  # quoted on one line
+                                "(ValueError: first second)"),
     "test-hostile-check-failed": (_raises(CheckFailedError("own check")), "CheckFailedError"),
     "test-hostile-bad-input": (_raises(BadInputError("own input")), "BadInputError"),
     "test-hostile-sys-exit": (_raises(SystemExit(0)), "SystemExit: 0"),
@@ -162,6 +164,37 @@ def test_a_job_calling_sys_exit_0_is_not_a_certificate_on_the_command_line(
     assert "test-hostile-exits" in result.stderr and "SystemExit" in result.stderr
 
 
+CHATTY_MODULE = "ledger_test_chatty_job"
+CHATTY_SOURCE = ("from ledger.jobs import register_job\n\n"
+                 "print('chatty module imported')\n\n"
+                 "@register_job('test-hostile-chatty', 1)\n"
+                 "def job(manager, *, seed, config):\n"
+                 "    print('epoch 1  loss 0.5')\n"
+                 "    raise ValueError('no data here')\n")
+
+
+def test_what_trusted_code_prints_goes_to_stderr_so_json_stays_one_document(
+        tmp_path: Path) -> None:
+    """Training code prints; with --json its lines must not land before the document (they
+    made stdout unparsable, and a failure printed no error document at all)."""
+    folder = tmp_path / "modules"
+    folder.mkdir()
+    (folder / f"{CHATTY_MODULE}.py").write_text(CHATTY_SOURCE)
+    forged, exp = _forged(tmp_path, {"job": "test-hostile-chatty", "version": 1, "config": {}})
+    env = {"PYTHONPATH": os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")])}
+    full = run_cli("--db", forged, "replay", exp, "--full", "--json", "--trust", CHATTY_MODULE,
+                   env=env)
+    assert full.returncode == 3, full.stdout + full.stderr
+    error = json.loads(full.stdout)["error"]
+    assert error["kind"] == "cannot_replay" and "test-hostile-chatty" in error["message"]
+    assert "chatty module imported" in full.stderr and "epoch 1  loss 0.5" in full.stderr
+    draws = run_cli("--db", forged, "replay", exp, "--json", "--no-record", "--trust",
+                    CHATTY_MODULE, "--data-dir", str(tmp_path / "data"), env=env)
+    assert draws.returncode == 0, draws.stdout + draws.stderr
+    assert json.loads(draws.stdout)["verdict"] == "certified"
+    assert draws.stderr == "chatty module imported\n"
+
+
 # -- forged job entries are named in one short line -----------------------------------------------
 
 HUGE = "x" * 1_000_000
@@ -178,8 +211,13 @@ DEMO = "fraud-detection-v3-demo"
                                             "inject_nondeterminism": False}}, "workers='xxx"),
     ({"job": DEMO, "version": 1, "config": {"workers": 0, "epochs": 1,
                                             "inject_nondeterminism": HUGE}},
-     "inject_nondeterminism='xxx")],
-    ids=["name", "version", "config-type", "config-key", "config-value", "config-flag"])
+     "inject_nondeterminism='xxx"),
+    ("train.py:main", "records no job"),
+    ({"job": DEMO, "version": True, "config": {"workers": 0, "epochs": 1,
+                                               "inject_nondeterminism": False}},
+     "its version is True, not an int")],
+    ids=["name", "version", "config-type", "config-key", "config-value", "config-flag",
+         "not-a-map", "version-a-bool"])
 def test_a_huge_forged_job_entry_is_named_in_one_short_line(
         tmp_path: Path, entrypoint: dict[str, Any], message: str) -> None:
     forged, exp = _forged(tmp_path, entrypoint)

@@ -72,6 +72,26 @@ def test_a_custom_op_replays_only_when_its_module_is_trusted(custom_op_run) -> N
     assert trusted.stdout.startswith("CERTIFIED")
 
 
+def test_a_run_whose_op_changed_since_is_diverged_exit_1_with_one_line(custom_op_run) -> None:
+    """The trusted module now flips signs differently: every output differs from the record.
+    Text and --json both exit 1 with the one stderr line naming the first divergence."""
+    url, exp, module, env = custom_op_run
+    folder = Path(url.removeprefix("sqlite:///")).parent
+    source = folder / f"{module}.py"
+    source.write_text(source.read_text().replace("batch[flip] *= -1", "batch[flip] *= -2"))
+    command = ["--db", url, "replay", exp, "--trust", module, "--no-record",
+               "--data-dir", str(folder / "data")]
+    text = run_cli(*command, env=env)
+    assert text.returncode == 1, text.stderr
+    assert text.stdout.startswith(f"DIVERGED: {exp}\n  first divergence: ")
+    _assert_one_clean_line(text)
+    assert text.stderr.startswith("ledger: replay diverged: ") and "output" in text.stderr
+    as_json = run_cli(*command, "--json", env=env)
+    assert as_json.returncode == 1, as_json.stderr
+    assert json.loads(as_json.stdout)["verdict"] == "diverged"
+    assert as_json.stderr == text.stderr
+
+
 @pytest.mark.parametrize("name", ["os:system", "../evil", "a b", "os.system()"])
 def test_trust_takes_only_dotted_module_names(custom_op_run, name: str) -> None:
     url, exp, _module, env = custom_op_run

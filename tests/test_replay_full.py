@@ -48,6 +48,16 @@ def test_full_replay_of_the_injected_bug_diverges_at_the_first_batch(tmp_path: P
     assert divergence.cause is Cause.OUTPUT
 
 
+def test_full_replay_of_the_injected_bug_on_the_command_line_is_exit_1_with_one_line(
+        tmp_path: Path) -> None:
+    url, exp = _record_demo(tmp_path, inject=True)
+    result = run_cli("--db", url, "replay", exp, "--full")
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.startswith(f"DIVERGED: {exp} re-ran as job fraud-detection-v3-demo v1\n")
+    [line] = result.stderr.splitlines()
+    assert line.startswith("ledger: full replay diverged: ") and "augmentation_batch" in line
+
+
 def test_diff_of_two_injected_runs_points_at_epoch_0_batch_0(tmp_path: Path) -> None:
     url, first = _record_demo(tmp_path, inject=True)
     _url, second = _record_demo(tmp_path, inject=True)
