@@ -67,7 +67,7 @@ def first_difference(body: dict[str, Any], redraw: Redraw | None, seed_ok: bool
         return "seed", body["seed"], None, Cause.SEED
     if redraw is None:
         return None
-    if body["input"] is not None and redraw.input != body["input"]:
+    if redraw.input != body["input"]:  # one recorded without its input is not certified
         return "input", body["input"], redraw.input, Cause.INPUT
     if redraw.output != body["output"]:
         cause = Cause.INPUT if body["kind"] == DATASET_REGISTERED else Cause.OUTPUT
@@ -107,6 +107,10 @@ class Comparer:
             detail = explain_output(self.recorded_env, self.current_env)
         elif body["kind"] == DATASET_REGISTERED and cause is Cause.INPUT and field_name == "output":
             detail = "the dataset's content changed since the run registered it"
+        elif field_name == "input" and expected is None:
+            detail = "the record names no input for a draw that reads one: nothing vouches for it"
+        elif field_name == "input" and actual is None:
+            detail = "the record names an input for a draw that reads none"
         else:  # SEED or INPUT: the other causes first_difference names
             detail = _DETAILS[cause]
         return Divergence(body["exp"], body["stream"], body["seq"], body["kind"],

@@ -8,6 +8,7 @@ internal error, a memory blow-up or an allocation sized by the forger.
 from __future__ import annotations
 
 import io
+import json
 import math
 import zipfile
 from collections.abc import Callable
@@ -643,3 +644,39 @@ def test_a_bare_user_draw_forged_with_an_output_is_not_certified(tmp_path: Path)
     assert result.returncode == 3, result.stdout + result.stderr
     assert "user_draw main#1 at ['model', 'init'] records an output" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_batch_recorded_without_its_input_digest_is_not_certified(tmp_path: Path) -> None:
+    """Replay compared a batch's input only when one was recorded: a consistent forgery that
+    dropped the input digest of a batch replayed CERTIFIED, its input never checked."""
+    def drop_input(body: dict[str, Any]) -> None:
+        if body["kind"] == "augmentation_batch" and body["path"][3] == 1:
+            body["input"] = None
+
+    forged, exp = _forged(tmp_path, drop_input)
+    assert run_cli("--db", forged, "verify", exp).returncode == 0  # a consistent forgery
+    for jobs in ("1", "2"):
+        result = run_cli("--db", forged, "replay", exp, "--no-record", "--jobs", jobs,
+                         "--data-dir", str(tmp_path / "data"), "--json")
+        assert result.returncode == 1, result.stdout + result.stderr
+        divergence = json.loads(result.stdout)["first_divergence"]
+        assert divergence["path"] == ["epoch", 0, "batch", 1, "augment"]
+        assert divergence["field"] == "input" and divergence["expected"] is None
+        assert divergence["detail"] == ("the record names no input for a draw that reads one: "
+                                        "nothing vouches for it")
+
+
+def test_a_draw_recorded_with_an_input_it_does_not_read_is_named_so(tmp_path: Path) -> None:
+    """An epoch's shuffle reads no data: an input digest forged into its record is a
+    divergence that says so, not "the data this draw read changed"."""
+    def add_input(body: dict[str, Any]) -> None:
+        if body["kind"] == "epoch_reset":
+            body["input"] = b"\x02" * 32
+
+    forged, exp = _forged(tmp_path, add_input)
+    result = run_cli("--db", forged, "replay", exp, "--no-record", "--data-dir",
+                     str(tmp_path / "data"))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert ("epoch_reset [epoch/0/shuffle]: input differs (input expected " + "02" * 32
+            + ", got None) — the record names an input for a draw that reads none"
+            ) in result.stdout
