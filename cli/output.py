@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -107,3 +109,12 @@ class Progress:
         """Clear the progress line."""
         if self.enabled:
             click.echo("\r\033[K", err=True, nl=False)
+
+
+@contextlib.contextmanager
+def trusted_output_to_stderr() -> Iterator[None]:
+    """What trusted code prints while it runs — a ``--trust`` module as it is imported, a
+    ``--full`` job as it trains — goes to stderr: stdout holds the command's output alone, with
+    ``--json`` exactly one document (and ``ledger report`` on stdout, the report alone)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield

@@ -193,6 +193,11 @@ def test_what_trusted_code_prints_goes_to_stderr_so_json_stays_one_document(
     assert draws.returncode == 0, draws.stdout + draws.stderr
     assert json.loads(draws.stdout)["verdict"] == "certified"
     assert draws.stderr == "chatty module imported\n"
+    report = run_cli("--db", forged, "report", exp, "--replay", "--no-record", "--trust",
+                     CHATTY_MODULE, "--data-dir", str(tmp_path / "data"), env=env)
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert json.loads(report.stdout)["R8"]["verdict"] == "PASSED"
+    assert "chatty module imported" in report.stderr
 
 
 # -- forged job entries are named in one short line -----------------------------------------------

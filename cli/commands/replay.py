@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from collections.abc import Iterator
 
 import click
 from click.core import ParameterSource
 
 from cli.display import printable
 from cli.main import cli, db_option
-from cli.output import emit_json, iso_time, json_option
+from cli.output import emit_json, iso_time, json_option, trusted_output_to_stderr
 from ledger.audit import require_audit_append
 from ledger.errors import BadInputError, CheckFailedError, LedgerError, StoreError
 from ledger.store import Store
@@ -77,7 +75,7 @@ def replay_command(obj: dict, exp: str, jobs: int, trusted: tuple[str, ...],
         _check_full_options(click.get_current_context())
         return _full(obj["db_url"], exp, trusted, as_json)
     progress = _Progress()
-    with _trusted_output_to_stderr(), Store.open(obj["db_url"]) as store:
+    with trusted_output_to_stderr(), Store.open(obj["db_url"]) as store:
         store.bounded_writes = True  # its record waits for a lock no longer than a read
         if record:  # asked first: a replay can run for hours, then could not record its verdict
             store.require_experiment(exp)
@@ -123,17 +121,8 @@ def _check_full_options(context: click.Context) -> None:
                             f"and records nothing in the audited ledger")
 
 
-@contextlib.contextmanager
-def _trusted_output_to_stderr() -> Iterator[None]:
-    """What trusted code prints while it runs — a ``--trust`` module as it is imported, a
-    ``--full`` job as it trains — goes to stderr: stdout holds this command's output alone, with
-    ``--json`` exactly one document."""
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
-
-
 def _full(url: str | None, exp: str, trusted: tuple[str, ...], as_json: bool) -> None:
-    with _trusted_output_to_stderr(), Store.open(url) as store:
+    with trusted_output_to_stderr(), Store.open(url) as store:
         report = replay_full(store, exp, trusted=trusted)
     if as_json:
         emit_json(report.to_json())

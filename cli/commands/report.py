@@ -5,12 +5,13 @@ from __future__ import annotations
 import sys
 from datetime import date
 from pathlib import Path
+from typing import TextIO
 
 import click
 
 from cli.display import printable
 from cli.main import cli, db_option
-from cli.output import emit_json, json_option
+from cli.output import emit_json, json_option, trusted_output_to_stderr
 from ledger.errors import BadInputError
 from ledger.store import Store
 from report.export import FORMATS, export_report
@@ -110,10 +111,12 @@ def report_command(obj: dict, exp: str, fmt: str | None, output: Path | None, bu
                             retention_class=retention_class,
                             retain_months=None if retain_years is None else 12 * retain_years,
                             retain_from=retain_from, full_appendix=full_appendix)
-    with Store.open(obj["db_url"]) as store:
+    stdout = sys.stdout  # the report's; what a --replay's trusted code prints goes to stderr
+    with trusted_output_to_stderr(), Store.open(obj["db_url"]) as store:
         store.bounded_writes = True  # its record waits for a lock no longer than a read
         result = export_report(store, exp, options, fmt=fmt, output=output, bundle=bundle,
-                               appendix=appendix, key=key, deliver=_write_stdout)
+                               appendix=appendix, key=key,
+                               deliver=lambda data: _write_stdout(stdout, data))
     summary = result.report["summary"]
     if result.stdout is not None:
         for path in result.written:
@@ -148,12 +151,12 @@ def format_for(output: Path | None) -> str:
     return SUFFIX_FORMATS.get(output.suffix.lower(), "json")
 
 
-def _write_stdout(data: bytes) -> None:
-    """The report's bytes to stdout, whole and flushed (its export is recorded next), or
+def _write_stdout(stdout: TextIO, data: bytes) -> None:
+    """The report's bytes to ``stdout``, whole and flushed (its export is recorded next), or
     ReaderGone (exit 141) when the reader left."""
-    write_bytes = getattr(sys.stdout, "write_bytes", None)  # the CLI's guarded stdout
+    write_bytes = getattr(stdout, "write_bytes", None)  # the CLI's guarded stdout
     if write_bytes is not None:
         write_bytes(data)
     else:
-        sys.stdout.buffer.write(data)
-    sys.stdout.flush()
+        stdout.buffer.write(data)
+    stdout.flush()
