@@ -9,6 +9,7 @@ verified.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -532,21 +533,29 @@ def test_every_rank_hears_when_rank_0_cannot_create_the_experiment(tmp_path: Pat
                                                  "experiment (its error says why)")
 
 
+def _two_ranks_exit_codes(target: Callable[..., None], url: str, tmp_path: Path
+                          ) -> list[int | None]:
+    """Run ``target(rank, 2, init_file, url, tmp_path)`` as ranks 0 and 1 of a spawned job
+    (processes, not ``torch.multiprocessing.spawn``, which stops at the first rank to die);
+    return their exit codes."""
+    context = torch.multiprocessing.get_context("spawn")
+    ranks = [context.Process(target=target, args=(rank, 2, str(tmp_path / "process-group"),
+                                                  url, str(tmp_path))) for rank in range(2)]
+    for process in ranks:
+        process.start()
+    for process in ranks:
+        process.join(120)
+    return [process.exitcode for process in ranks]
+
+
 def test_a_rank_that_dies_and_breaks_the_process_group_leaves_a_failed_run(
         tmp_path: Path) -> None:
     """The hostile-trainer review: a rank that failed broke the process group, the ranks'
     meeting to finish raised, and rank 0 never recorded run_completed — the run read as killed
     (incomplete), with no error on record. Rank 0 now records it failed, and says why."""
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    context = torch.multiprocessing.get_context("spawn")
-    ranks = [context.Process(target=torch_helpers.rank_1_dies,
-                             args=(rank, 2, str(tmp_path / "process-group"), url,
-                                   str(tmp_path))) for rank in range(2)]
-    for process in ranks:
-        process.start()
-    for process in ranks:
-        process.join(120)
-    assert [process.exitcode for process in ranks] == [1, 3]  # rank 0 raised the group error
+    exit_codes = _two_ranks_exit_codes(torch_helpers.rank_1_dies, url, tmp_path)
+    assert exit_codes == [1, 3]  # rank 0 raised the group error
     with Store.open(url) as store:
         [row] = store.experiments()
         assert row.status == "failed"
@@ -592,14 +601,7 @@ def test_a_rank_0_error_is_what_rank_0_sees_even_when_the_group_broke(tmp_path: 
     """Rank 1 died and rank 0's own block raised: rank 0 gets its own error (not the broken
     group's), and the run records it."""
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    context = torch.multiprocessing.get_context("spawn")
-    ranks = [context.Process(target=torch_helpers.rank_1_dies_and_rank_0_raises,
-                             args=(rank, 2, str(tmp_path / "process-group"), url,
-                                   str(tmp_path))) for rank in range(2)]
-    for process in ranks:
-        process.start()
-    for process in ranks:
-        process.join(120)
+    _two_ranks_exit_codes(torch_helpers.rank_1_dies_and_rank_0_raises, url, tmp_path)
     assert (tmp_path / "rank-0").read_text() == "RuntimeError: rank 0 gave up"
     with Store.open(url) as store:
         [row] = store.experiments()

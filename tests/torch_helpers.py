@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -168,9 +169,10 @@ def rank_1_dies(rank: int, world: int, init_file: str, url: str, out_dir: str) -
         time.sleep(1)  # rank 1 is gone by now
 
 
-def rank_1_raises(rank: int, world: int, init_file: str, url: str, out_dir: str) -> None:
-    """Rank 1's block raises after recording into its stream; rank 0's block ends normally.
-    Each rank writes the error it got (or "no error")."""
+def _outcome_in_group(rank: int, world: int, init_file: str, out_dir: str,
+                      block: Callable[[], None]) -> None:
+    """Run ``block`` as rank ``rank`` of a gloo group, leave the group, and write the error the
+    block raised (or "no error") to ``out_dir/rank-{rank}`` for the test to read."""
     import datetime
 
     import torch.distributed as dist
@@ -178,12 +180,7 @@ def rank_1_raises(rank: int, world: int, init_file: str, url: str, out_dir: str)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world, timeout=datetime.timedelta(seconds=60))
     try:
-        with distributed_experiment("ddp-raises", url=url, seed=3,
-                                    data_dir=Path(out_dir, "data")) as run:
-            register_dataset(run, "d", *fraud_arrays(64))
-            if rank == 1:
-                run.record("user_note", path=("note", 1), params={"rank": 1})
-                raise RuntimeError("rank 1 gave up")
+        block()
         outcome = "no error"
     except Exception as error:  # noqa: BLE001 - written for the test to read
         outcome = f"{type(error).__name__}: {error}"
@@ -192,24 +189,29 @@ def rank_1_raises(rank: int, world: int, init_file: str, url: str, out_dir: str)
     Path(out_dir, f"rank-{rank}").write_text(outcome)
 
 
+def rank_1_raises(rank: int, world: int, init_file: str, url: str, out_dir: str) -> None:
+    """Rank 1's block raises after recording into its stream; rank 0's block ends normally.
+    Each rank writes the error it got (or "no error")."""
+    def block() -> None:
+        with distributed_experiment("ddp-raises", url=url, seed=3,
+                                    data_dir=Path(out_dir, "data")) as run:
+            register_dataset(run, "d", *fraud_arrays(64))
+            if rank == 1:
+                run.record("user_note", path=("note", 1), params={"rank": 1})
+                raise RuntimeError("rank 1 gave up")
+
+    _outcome_in_group(rank, world, init_file, out_dir, block)
+
+
 def rank_1_cannot_attach(rank: int, world: int, init_file: str, urls: list[str],
                          out_dir: str) -> None:
     """Rank 1 is given another ledger (``urls[1]``), where the experiment is not: it cannot
     attach. Each rank writes the error it got (or "no error")."""
-    import datetime
-
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world, timeout=datetime.timedelta(seconds=60))
-    try:
+    def block() -> None:
         with distributed_experiment("ddp-lost", url=urls[rank], seed=3):
-            outcome = "no error"
-    except Exception as error:  # noqa: BLE001 - written for the test to read
-        outcome = f"{type(error).__name__}: {error}"
-    finally:
-        dist.destroy_process_group()
-    Path(out_dir, f"rank-{rank}").write_text(outcome)
+            pass
+
+    _outcome_in_group(rank, world, init_file, out_dir, block)
 
 
 def rank_1_dies_and_rank_0_raises(rank: int, world: int, init_file: str, url: str,
