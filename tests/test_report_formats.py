@@ -3,6 +3,7 @@ curves, escaped Markdown, in-toto attestations, and the JSON view of every event
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
@@ -25,9 +26,10 @@ from replay_helpers import sample_data
 from report.attest import PROVENANCE_TYPE, TEST_RESULT_TYPE, provenance_statement, replay_statement
 from report.export import export_report
 from report.html import MAX_CHILDREN, MAX_DEPTH, render_html
-from report.jsonview import canonical_json, parse_json, pretty_json
+from report.jsonview import canonical_json, hex_or_none, parse_json, pretty_json, rfc3339
 from report.markdown import m, render_markdown
 from report.model import ReportOptions
+from report.scan import scan_run
 from report.svg import metric_chart
 from report_helpers import report_of, schema_errors
 
@@ -479,3 +481,110 @@ def test_a_metric_chart_of_one_value_or_a_flat_zero_line_is_drawn() -> None:
 def test_a_metric_chart_marks_each_value_up_to_sixty() -> None:
     assert metric_chart(_series([(n, n) for n in range(60)])).count("<circle") == 60
     assert "<circle" not in metric_chart(_series([(n, n) for n in range(61)]))
+
+
+def test_the_provenance_of_a_run_without_a_checkpoint_names_the_run_head(
+        report: dict[str, Any]) -> None:
+    changed = json.loads(json.dumps(report))
+    changed["R1"]["checkpoints"]["final"] = []
+    statement = provenance_statement(changed)
+    assert statement["subject"] == [{"name": f"{report['R1']['exp']}/run-head",
+                                     "digest": {"ledger-event-v1": report["R9"]["run_head"]}}]
+
+
+def test_the_attestations_of_an_incomplete_run_name_the_main_stream_head(
+        report: dict[str, Any]) -> None:
+    changed = json.loads(json.dumps(report))
+    changed["R1"]["checkpoints"]["final"] = []
+    changed["R9"]["run_head"] = None
+    (main,) = [s for s in report["R9"]["streams"] if s["stream"] == "main"]
+    assert any(s["head"] != main["head"] for s in report["R9"]["streams"])
+    expected = [{"name": f"{report['R1']['exp']}/main-stream-head (incomplete run)",
+                 "digest": {"ledger-event-v1": main["head"]}}]
+    assert provenance_statement(changed)["subject"] == expected
+    assert replay_statement(changed)["subject"] == expected
+
+
+def test_the_provenance_lists_the_run_head_then_every_stream_head_as_byproducts(
+        report: dict[str, Any]) -> None:
+    byproducts = provenance_statement(report)["predicate"]["runDetails"]["byproducts"]
+    assert byproducts[0] == {"name": f"{report['R1']['exp']}/run-head",
+                             "digest": {"ledger-event-v1": report["R9"]["run_head"]}}
+    assert byproducts[1:] == [{"name": f"stream/{s['stream']}",
+                               "digest": {"ledger-event-v1": s["head"]},
+                               "annotations": {"events": s["count"]}}
+                              for s in report["R9"]["streams"]]
+    assert len(byproducts) > 2
+
+
+def test_the_provenance_names_the_code_and_datasets_only_when_their_digests_are_recorded(
+        report: dict[str, Any]) -> None:
+    changed = json.loads(json.dumps(report))
+    changed["R3"].update(commit="0123abcd", dirty=True)
+    dependencies = provenance_statement(changed)["predicate"]["buildDefinition"][
+        "resolvedDependencies"]
+    code = [d for d in dependencies if d["name"] == "code"]
+    assert [(d["digest"], d["annotations"]["dirty"]) for d in code] == [
+        ({"gitCommit": "0123abcd"}, True)]
+    changed["R3"]["commit"] = None
+    for dataset in changed["R5"]["datasets"]:
+        dataset["digest"] = None
+    assert provenance_statement(changed)["predicate"]["buildDefinition"][
+        "resolvedDependencies"] == []
+
+
+@pytest.mark.parametrize("verdict,listed,line", [
+    ("FAILED", "failedTests", "replay {exp}: seed mismatch"),
+    ("INCONCLUSIVE", "warnedTests", "replay {exp}: INCONCLUSIVE (seed mismatch)")])
+def test_the_replay_attestation_quotes_the_reason_of_a_verdict_that_did_not_pass(
+        report: dict[str, Any], verdict: str, listed: str, line: str) -> None:
+    changed = json.loads(json.dumps(report))
+    changed["R8"].update(verdict=verdict, reason="seed mismatch")
+    predicate = replay_statement(changed)["predicate"]
+    assert predicate[listed] == [line.format(exp=report["R1"]["exp"])]
+    assert predicate["passedTests"] == []
+
+
+def test_canonical_json_refuses_a_float_that_json_cannot_hold() -> None:
+    for value in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(ValueError):
+            canonical_json({"loss": value})
+        with pytest.raises(ValueError):
+            pretty_json({"loss": value})
+
+
+def test_a_recorded_time_that_is_a_boolean_is_no_time() -> None:
+    assert rfc3339(True) is None and rfc3339(False) is None
+    assert rfc3339(1) == "1970-01-01T00:00:00.000Z"
+
+
+def test_pretty_json_is_indented_sorted_and_ends_in_one_newline() -> None:
+    assert pretty_json({"b": 1, "a": "é"}) == '{\n  "a": "é",\n  "b": 1\n}\n'.encode()
+
+
+def test_a_name_that_is_not_utf8_keeps_its_escaped_bytes_in_canonical_json() -> None:
+    name = b"run-\xff".decode("utf-8", "surrogateescape")
+    data = canonical_json({"name": name})
+    assert data == b'{"name":"run-\\udcff"}'
+    assert parse_json(data) == {"name": name}
+
+
+def test_the_appendix_lists_main_first_audit_last_each_in_seq_order_with_its_digests(
+        every_kind: tuple[str, str]) -> None:
+    url, exp = every_kind
+    target = io.BytesIO()
+    with Store.open(url) as store:
+        heads = store.stream_heads(exp)
+        result = scan_run(store, exp, sorted(heads), appendix=target)
+        bodies = {(stream, seq): decode_body(body)
+                  for stream, seq, _kind, body in store.iter_run_bodies(exp)}
+    entries = [json.loads(line) for line in target.getvalue().splitlines()]
+    order = [(entry["stream"], entry["seq"]) for entry in entries]
+    streams = list(dict.fromkeys(stream for stream, _seq in order))
+    assert streams == ["main", "audit"]  # given as ["audit", "main"]
+    assert order == sorted(order, key=lambda key: (streams.index(key[0]), key[1]))
+    assert set(order) == set(bodies) and result.events == len(entries)
+    for entry in entries:
+        body = bodies[(entry["stream"], entry["seq"])]
+        assert (entry["input"], entry["output"]) == (hex_or_none(body.get("input")),
+                                                     hex_or_none(body.get("output")))

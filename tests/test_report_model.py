@@ -7,6 +7,7 @@ import hashlib
 import json
 import sqlite3
 from contextlib import closing
+from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
 from collections import Counter
 from pathlib import Path
@@ -31,9 +32,11 @@ from ledger_builders import drop_append_only_triggers, execute, record_experimen
 from replay.engine import record_replay, replay_run
 from replay_helpers import record_run, sample_data
 from report.data_checks import RECORD_TAG, record_digests
+from report.facts import RunFacts, gather
 from report.governance import RETENTION_CLASSES, add_months, r11_retention, r13_signoff
 from report.metrics import MAX_POINTS, MAX_SERIES, MetricCurves, Series
 from report.model import ReportOptions, build_report
+from report.sections import r2_who_and_when, r3_code, r4_environment, r6_configuration
 from report.seedtree import SeedTree
 from report_helpers import report_of, schema_errors
 
@@ -668,6 +671,7 @@ def test_the_appendix_lists_every_event_with_its_seed_path_and_digests(
     lines = target.read_bytes().splitlines()
     appendix = report["R7"]["appendix"]
     assert appendix["lines"] == len(lines) == report["R9"]["verification"]["events"] == 27
+    assert report["R7"]["events"] == 27
     assert appendix["sha256"] == hashlib.sha256(target.read_bytes()).hexdigest()
     assert appendix["size"] == target.stat().st_size and appendix["file"] == "events.ndjson"
     entries = [json.loads(line) for line in lines]
@@ -684,10 +688,11 @@ def test_a_full_appendix_carries_every_body_in_the_event_schema(
     url, _data, exp = honest
     target = tmp_path / "events.ndjson"
     with Store.open(url) as store, target.open("wb") as handle:
-        build_report(store, exp, ReportOptions(record=False, full_appendix=True),
-                     appendix=handle, appendix_name=target.name)
+        report = build_report(store, exp, ReportOptions(record=False, full_appendix=True),
+                              appendix=handle, appendix_name=target.name)
     for line in target.read_bytes().splitlines():
         entry = json.loads(line)
+        assert sorted(report["R7"]["appendix"]["fields"]) == sorted(entry)
         assert schema_errors(entry["body"], "event.v1.json") == []
         assert (entry["body"]["seq"], entry["body"]["kind"]) == (entry["seq"], entry["kind"])
 
@@ -1049,3 +1054,60 @@ def test_the_seed_tree_folds_new_paths_coarsely_once_it_holds_max_nodes() -> Non
     tree.add_batches("augmentation_batch", 4, 3, 0, 2, None)
     assert [n["path"] for n in tree.nodes()] == [
         ["a"], ["b"], ["c", "d"], ["epoch", "*", "batch", "*", "augment"]]
+
+
+def _facts_of_a_recorded_run(tmp_path: Path) -> RunFacts:
+    with Store.open(f"sqlite:///{tmp_path / 'ledger.db'}", create=True) as store:
+        recorded = record_experiment(store)
+        return gather(store, store.experiment(recorded.exp))
+
+
+def test_r2_states_when_the_run_started_and_ended_and_how_long_it_took(tmp_path: Path
+                                                                       ) -> None:
+    facts = _facts_of_a_recorded_run(tmp_path)
+    start = 1_700_000_000 * 10**9
+    r2 = r2_who_and_when(replace(facts, created={**(facts.created or {}), "t": start},
+                                 completed={**(facts.completed or {}),
+                                            "t": start + 61_234_567_890}))
+    assert (r2["started_at"], r2["ended_at"]) == ("2023-11-14T22:13:20.000Z",
+                                                  "2023-11-14T22:14:21.234Z")
+    assert r2["duration_s"] == 61.235
+
+
+
+def test_r2_notes_that_the_user_is_not_recorded_only_when_it_is_not(tmp_path: Path) -> None:
+    facts = _facts_of_a_recorded_run(tmp_path)
+    created = facts.created or {}
+    without = r2_who_and_when(replace(facts, created={**created, "meta": {"host": "h"}}))
+    assert without["started_by"] is None and "not the user" in without["note"]
+    named = r2_who_and_when(replace(facts, created={**created, "meta": {"user": "ada"}}))
+    assert (named["started_by"], named["note"]) == ("ada", None)
+
+
+def _with_params(facts: RunFacts, **params: Any) -> RunFacts:
+    created = facts.created or {}
+    return replace(facts, created={**created, "params": {**facts.params, **params}})
+
+
+def test_r3_shows_the_dirty_flag_only_when_it_is_recorded_as_a_boolean(tmp_path: Path
+                                                                      ) -> None:
+    facts = _facts_of_a_recorded_run(tmp_path)
+    code = {"vcs": "git", "commit": "abc", "dirty": True}
+    assert r3_code(_with_params(facts, code=code))["dirty"] is True
+    assert r3_code(_with_params(facts, code={**code, "dirty": "no"}))["dirty"] is None
+
+
+@pytest.mark.parametrize("hyperparams", [[1, 2], "lr=0.1", None])
+def test_hyperparameters_that_are_not_a_mapping_have_no_digest(
+        tmp_path: Path, hyperparams: Any) -> None:
+    facts = _with_params(_facts_of_a_recorded_run(tmp_path), hyperparams=hyperparams)
+    assert r3_code(facts)["configuration_digest"] is None
+    assert (r6_configuration(facts)["hyperparameters"], r6_configuration(facts)["digest"]) == (
+        None, None)
+
+
+def test_r4_says_whether_the_environment_was_recorded(tmp_path: Path) -> None:
+    facts = _facts_of_a_recorded_run(tmp_path)
+    assert r4_environment(_with_params(facts, environment=None))["recorded"] is False
+    recorded = r4_environment(_with_params(facts, environment={"python": {"version": "3.11"}}))
+    assert recorded["recorded"] is True and recorded["python"] == {"version": "3.11"}
