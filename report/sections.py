@@ -60,8 +60,8 @@ def r2_who_and_when(facts: RunFacts) -> dict[str, Any]:
     created = facts.created or {}
     meta = _dict(created.get("meta"))
     platform = _dict(_dict(facts.params.get("environment")).get("platform"))
-    started = created.get("t") if isinstance(created.get("t"), int) else None
-    ended = (facts.completed or {}).get("t")
+    started, ended = created.get("t"), (facts.completed or {}).get("t")
+    started = started if isinstance(started, int) and not isinstance(started, bool) else None
     ended = ended if isinstance(ended, int) and not isinstance(ended, bool) else None
     workers = [_dict(body.get("params")) for body in facts.workers]
     return {"title": "Who and when", "started_by": recorded_text(meta.get("user")),

@@ -1074,6 +1074,15 @@ def test_r2_states_when_the_run_started_and_ended_and_how_long_it_took(tmp_path:
     assert r2["duration_s"] == 61.235
 
 
+@pytest.mark.parametrize("started", [True, 1.7e18, "1700000000000000000"])
+def test_r2_gives_no_duration_when_the_recorded_start_is_not_an_integer(
+        tmp_path: Path, started: Any) -> None:
+    facts = _facts_of_a_recorded_run(tmp_path)
+    r2 = r2_who_and_when(replace(facts, created={**(facts.created or {}), "t": started},
+                                 completed={**(facts.completed or {}), "t": 2 * 10**9}))
+    assert (r2["started_at"], r2["duration_s"]) == (None, None)
+    assert r2["ended_at"] == "1970-01-01T00:00:02.000Z"
+
 
 def test_r2_notes_that_the_user_is_not_recorded_only_when_it_is_not(tmp_path: Path) -> None:
     facts = _facts_of_a_recorded_run(tmp_path)
