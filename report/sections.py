@@ -64,9 +64,10 @@ def r2_who_and_when(facts: RunFacts) -> dict[str, Any]:
     started = started if isinstance(started, int) and not isinstance(started, bool) else None
     ended = ended if isinstance(ended, int) and not isinstance(ended, bool) else None
     workers = [_dict(body.get("params")) for body in facts.workers]
+    pid = meta.get("pid")
     return {"title": "Who and when", "started_by": recorded_text(meta.get("user")),
-            "host": recorded_text(meta.get("host")), "pid": meta.get("pid") if isinstance(
-                meta.get("pid"), int) else None,
+            "host": recorded_text(meta.get("host")), "pid": pid if isinstance(pid, int)
+            and not isinstance(pid, bool) else None,
             "started_at": rfc3339(started), "ended_at": rfc3339(ended),
             "duration_s": None if started is None or ended is None else round(
                 (ended - started) / 1e9, 3),

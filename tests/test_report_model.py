@@ -1120,3 +1120,11 @@ def test_r4_says_whether_the_environment_was_recorded(tmp_path: Path) -> None:
     assert r4_environment(_with_params(facts, environment=None))["recorded"] is False
     recorded = r4_environment(_with_params(facts, environment={"python": {"version": "3.11"}}))
     assert recorded["recorded"] is True and recorded["python"] == {"version": "3.11"}
+
+
+@pytest.mark.parametrize("pid,shown", [(4242, 4242), (True, None), ("4242", None)])
+def test_r2_shows_the_recorded_pid_only_when_it_is_an_integer(tmp_path: Path, pid: Any,
+                                                              shown: int | None) -> None:
+    facts = _facts_of_a_recorded_run(tmp_path)
+    r2 = r2_who_and_when(replace(facts, created={**(facts.created or {}), "meta": {"pid": pid}}))
+    assert r2["pid"] == shown and type(r2["pid"]) is type(shown)
