@@ -33,6 +33,12 @@ def recorded_text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def recorded_int(value: Any) -> int | None:
+    """A recorded value that should be an integer, or None — ``True`` included, which Python
+    counts as an int but the report's schema does not."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def canonical_json(document: Any) -> bytes:
     """The canonical bytes of a JSON document (see the module docstring)."""
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ledger.json_view import json_view
+from report.jsonview import recorded_int
 
 MAX_POINTS = 2000
 MAX_SERIES = 100
@@ -37,7 +38,7 @@ class Series:
     def add(self, epoch: Any, value: Any) -> None:
         """Take one logged value."""
         self.count += 1
-        epoch = epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+        epoch = recorded_int(epoch)
         self.last, self.last_epoch = value, epoch
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return

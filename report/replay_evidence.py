@@ -18,7 +18,7 @@ from ledger.errors import CannotReplayError, CheckFailedError, LedgerError
 from ledger.json_view import json_view
 from ledger.store.store import Store
 from report.facts import RunFacts
-from report.jsonview import recorded_text, rfc3339
+from report.jsonview import recorded_int, recorded_text, rfc3339
 from replay.engine import POLICY, ReplayReport, record_replay, replay_run
 
 PASSED, FAILED, INCONCLUSIVE, NOT_REPLAYED = "PASSED", "FAILED", "INCONCLUSIVE", "NOT_REPLAYED"
@@ -111,8 +111,8 @@ def r8_replay(facts: RunFacts, outcome: ReplayOutcome | None) -> dict[str, Any]:
         finished_at=rfc3339(certificate.get("finished_t")),
         environment_differences=_items(certificate.get("environment_differences"), dict),
         counts={"compared": sum(compared.values()),
-                "matched": _count(certificate.get("matched")),
-                "mismatched": _count(certificate.get("mismatched")),
+                "matched": recorded_int(certificate.get("matched")),
+                "mismatched": recorded_int(certificate.get("mismatched")),
                 "missing": 0, "extra": 0, "by_kind": compared,
                 "not_draws": _counts(certificate.get("not_draws"))},
         first_divergence=json_view(certificate.get("first_divergence"))
@@ -129,15 +129,11 @@ def r8_replay(facts: RunFacts, outcome: ReplayOutcome | None) -> dict[str, Any]:
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def _count(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
 def _counts(value: Any) -> dict[str, int]:
     """The whole-number entries of a recorded {kind: count} map."""
     if not isinstance(value, dict):
         return {}
-    return {str(key): count for key, count in value.items() if _count(count) is not None}
+    return {str(key): count for key, count in value.items() if recorded_int(count) is not None}
 
 
 def _items(value: Any, kind: type) -> list[Any]:

@@ -14,7 +14,7 @@ from ledger.json_view import json_view
 from ledger.seeds import SEED_SCHEME, root_seed_from_bytes
 from report.data_checks import independence
 from report.facts import RunFacts
-from report.jsonview import hex_or_none, recorded_text, rfc3339
+from report.jsonview import hex_or_none, recorded_int, recorded_text, rfc3339
 from report.scan import ScanResult
 
 DERIVATION = ('derive(root, path) = first 16 bytes, big-endian, of SHA-256(b"ledger/seed/v1\\x00" '
@@ -60,14 +60,11 @@ def r2_who_and_when(facts: RunFacts) -> dict[str, Any]:
     created = facts.created or {}
     meta = _dict(created.get("meta"))
     platform = _dict(_dict(facts.params.get("environment")).get("platform"))
-    started, ended = created.get("t"), (facts.completed or {}).get("t")
-    started = started if isinstance(started, int) and not isinstance(started, bool) else None
-    ended = ended if isinstance(ended, int) and not isinstance(ended, bool) else None
+    started = recorded_int(created.get("t"))
+    ended = recorded_int((facts.completed or {}).get("t"))
     workers = [_dict(body.get("params")) for body in facts.workers]
-    pid = meta.get("pid")
     return {"title": "Who and when", "started_by": recorded_text(meta.get("user")),
-            "host": recorded_text(meta.get("host")), "pid": pid if isinstance(pid, int)
-            and not isinstance(pid, bool) else None,
+            "host": recorded_text(meta.get("host")), "pid": recorded_int(meta.get("pid")),
             "started_at": rfc3339(started), "ended_at": rfc3339(ended),
             "duration_s": None if started is None or ended is None else round(
                 (ended - started) / 1e9, 3),
