@@ -773,8 +773,9 @@ def test_a_worker_whose_rng_states_are_not_its_seed_s_is_refused(
         url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker whose seeding did not take (here: reports other states) stops the pass."""
     import ledger.integrations.torch as integration
+    from ledger.integrations import torch_workers
 
-    monkeypatch.setattr(integration, "seed_process_at", lambda root, path: bytes(32))
+    monkeypatch.setattr(torch_workers, "seed_process_at", lambda root, path: bytes(32))
     with ExperimentManager(url, data_dir=tmp_path) as manager:
         with manager.create_experiment("unseeded", seed=SEED) as exp:
             dataset = exp.register_dataset("d", *torch_helpers.fraud_arrays(64))

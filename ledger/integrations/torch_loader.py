@@ -1,0 +1,340 @@
+"""The recorded DataLoader: a real ``torch.utils.data.DataLoader`` over a registered dataset
+whose workers make whole batches and digest them, while the main process records
+``worker_spawned`` and ``augmentation_batch`` in the order it hands batches out; and the helpers
+that register torch datasets for it. Part of :mod:`ledger.integrations.torch`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from ledger.arguments import check_count, check_flag
+from ledger.batches import batch_input_digest, fast_array_digest
+from ledger.canonical import normalise
+from ledger.datasets import Dataset
+from ledger.errors import BadInputError, StoreError
+from ledger.events import AUGMENTATION_BATCH, WORKER_SPAWNED
+from ledger.integrations import torch_workers
+from ledger.integrations.runs import AttachedRun
+from ledger.integrations.sharding import INTEGRATION, rank_augment_path
+from ledger.integrations.torch_distributed import Run
+from ledger.integrations.torch_sampler import BatchRequest, BatchRequests, RecordedSampler
+from ledger.integrations.torch_seeds import check_run, tensor_digest
+from ledger.integrations.torch_transform import RecordedTransform, make_batch
+from ledger.integrations.torch_workers import SeedWorkers, WorkerSeedingError
+from ledger.processes import background_threads_paused
+from ledger.seeds import derive_bytes
+from ledger.text import error_text
+from ledger.worker_seeding import expected_state_digest_at, seeded_libraries
+
+
+class _Batches(TorchDataset):
+    """The dataset a RecordedDataLoader's workers index: one BatchRequest makes a whole batch."""
+
+    def __init__(self, dataset: Dataset, transform: RecordedTransform | None, root: int,
+                 num_replicas: int, rank: int, record: bool) -> None:
+        self.features = dataset.features
+        self.labels = dataset.labels
+        self.transform = transform
+        self.root = root
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.record = record
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, request: BatchRequest) -> tuple[Any, Any, tuple | None]:
+        epoch, batch, indices = request
+        path = rank_augment_path(self.num_replicas, self.rank, epoch, batch)
+        x, y = make_batch(self.features, self.labels, indices, self.transform, self.root, path)
+        if not self.record:
+            return x, y, None
+        output = None if self.transform is None else tensor_digest(x)
+        in_worker = torch.utils.data.get_worker_info() is not None
+        return x, y, (epoch, batch, len(indices), fast_array_digest(indices), output,
+                      torch_workers.worker_report if in_worker else None)
+
+
+def _as_made(item: Any) -> Any:
+    """collate_fn of a RecordedDataLoader: batches arrive made (picklable for spawn)."""
+    return item
+
+
+RECORD_EVERY = 32
+"""For a run that drains its tracked loaders before it records anything else (a run with
+``drains_tracked_loaders = True``, as AttachedRun), batch events are recorded in runs of this
+many handed-out batches — a tight loop is several times cheaper than one event between two
+batches — and the order of the run's events is still the order its batches were handed out.
+Other runs get each batch's events as the batch is handed out."""
+
+_OWN_OPTIONS = frozenset({"sampler", "batch_sampler", "collate_fn", "generator", "shuffle",
+                          "batch_size", "drop_last", "worker_init_fn"})
+
+
+class RecordedDataLoader(DataLoader):
+    """A ``torch.utils.data.DataLoader`` over a registered dataset whose every draw is derived
+    and recorded: ``for x, y in loader`` is one epoch (``x`` alone for a dataset without labels).
+
+    ``run`` is the Experiment (or, on rank r > 0, the AttachedRun) and ``dataset`` a Dataset it
+    registered (``run.register_dataset``). ``transform`` is a :class:`RecordedTransform` (or the
+    name of a registered transform). ``num_replicas``/``rank`` default to the torch.distributed
+    world. Other keyword arguments go to DataLoader (``num_workers``, ``persistent_workers``,
+    ``multiprocessing_context``, ``prefetch_factor``, ``pin_memory``, ``timeout``, …);
+    ``worker_init_fn`` runs after the ledger's seeding. ``record=False`` records nothing and
+    skips the digests (same batches).
+    """
+
+    def __init__(self, run: Run, dataset: Dataset, batch_size: int, *,
+                 transform: RecordedTransform | str | None = None, shuffle: bool = True,
+                 drop_last: bool = False, num_replicas: int | None = None,
+                 rank: int | None = None, record: bool = True,
+                 worker_init_fn: Callable[[int], None] | None = None, **options: Any) -> None:
+        check_run(run)
+        if not isinstance(dataset, Dataset):
+            raise BadInputError(f"got dataset of type {type(dataset).__name__}, but must be a "
+                                f"Dataset from run.register_dataset (or use recorded_dataloader "
+                                f"with a torch Dataset)")
+        check_count("batch_size", batch_size, 1)
+        clashing = sorted(_OWN_OPTIONS & set(options))
+        if clashing:
+            raise BadInputError(f"got DataLoader option(s) {clashing}, but a RecordedDataLoader "
+                                f"sets them itself")
+        if "in_order" in options and options["in_order"] is not True:
+            raise BadInputError(f"got in_order={options['in_order']!r}, but recorded batches must "
+                                f"arrive in order")
+        prefetch = options.get("prefetch_factor")
+        if prefetch is not None:
+            check_count("prefetch_factor", prefetch, 1)
+        record = check_flag("record", record)
+        _check_tensor_dtypes(dataset)
+        if record and not run.dataset_registered(dataset):
+            raise BadInputError(f"got dataset {dataset.name!r} that is not registered in "
+                                f"{run.id}: data = run.register_dataset(name, features, labels)")
+        if isinstance(transform, str):
+            transform = RecordedTransform(transform)
+        if transform is not None and not isinstance(transform, RecordedTransform):
+            raise BadInputError(f"got transform of type {type(transform).__name__}, but must be "
+                                f"a RecordedTransform of a registered transform")
+        sampler = RecordedSampler(dataset, run, num_replicas=num_replicas, rank=rank,
+                                  shuffle=shuffle, record=record)
+        requests = BatchRequests(sampler, int(batch_size), check_flag("drop_last", drop_last))
+        if len(requests) == 0:
+            raise BadInputError(f"got batch_size {batch_size} with drop_last and "
+                                f"{len(sampler)} samples per rank, but every epoch would be empty")
+        self.run = run
+        self.ledger_dataset = dataset
+        self.recorded_sampler = sampler
+        self.requests = requests
+        self.transform = transform
+        self.record = record
+        self.seed_workers = SeedWorkers(run.root_seed, num_replicas=sampler.num_replicas,
+                                        rank=sampler.rank, then=worker_init_fn)
+        self._workers: dict[int, bytes] = {}
+        self._batch_params = self._batch_event_params()
+        self._pending: list[tuple] = []
+        self._draining = False
+        try:
+            super().__init__(_Batches(dataset, transform, run.root_seed, sampler.num_replicas,
+                                      sampler.rank, self.record),
+                             batch_size=None, sampler=requests, collate_fn=_as_made,
+                             worker_init_fn=self.seed_workers,
+                             # base_seed is drawn from this private generator, not torch's
+                             # global RNG; every worker RNG it would seed is re-seeded by
+                             # SeedWorkers.
+                             generator=torch.Generator().manual_seed(0), **options)
+        except (TypeError, ValueError) as error:  # DataLoader's own checks of its options
+            raise BadInputError(f"DataLoader refused its options: "
+                                f"{error_text(error, 300)}") from None
+        track = getattr(run, "_track", None)
+        if record and callable(track):
+            track(self)  # the run drains this loader before it records anything else
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the latest pass (-1 before the first)."""
+        return self.recorded_sampler.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass epoch ``epoch``."""
+        self.recorded_sampler.set_epoch(epoch)
+
+    # Deliberately not torch's _BaseDataLoaderIter: a generator over it that records each
+    # batch as it is handed out. (Unused ignore without torch installed: DataLoader is Any.)
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override, unused-ignore]
+        # torch starts the workers here: fork ones are forked with the library's background
+        # threads stopped, as WorkerPool's are (see background_threads_paused)
+        forking = self.num_workers > 0 and self._start_method() == "fork"
+        with background_threads_paused() if forking else contextlib.nullcontext():
+            batches = super().__iter__()
+        return self._consume(batches)
+
+    def _consume(self, batches: Iterator[Any]) -> Iterator[Any]:
+        with_labels = self.ledger_dataset.labels is not None
+        if not getattr(self.run, "drains_tracked_loaders", False):
+            for x, y, report in batches:  # record each batch as it is handed out
+                if report is not None:
+                    self._record(*report)
+                yield (x, y) if with_labels else x
+            return
+        first = True
+        try:
+            for x, y, report in batches:
+                if self.record and self.run.closed:
+                    raise StoreError(f"{self.run!r} is closed: its loader hands out no more "
+                                     f"batches")
+                if report is not None:
+                    self._pending.append(report)
+                    # The first batch of a pass is recorded before it is handed out, so a
+                    # refused draw (a clash with another loader's) stops the pass before it.
+                    if first or len(self._pending) >= RECORD_EVERY:
+                        self._drain_recorder()
+                first = False
+                yield (x, y) if with_labels else x
+        finally:
+            self._drain_recorder()
+
+    def _drain_recorder(self) -> None:
+        """Record the events of the batches handed out so far (see RECORD_EVERY)."""
+        if self._draining:
+            return  # recording drains the run's loaders, this one included
+        self._draining = True
+        try:
+            pending, self._pending = self._pending, []
+            for report in pending:
+                self._record(*report)
+        finally:
+            self._draining = False
+
+    def close(self) -> None:
+        """Record what is pending (the run calls this when it completes); the loader stays
+        usable."""
+        self._drain_recorder()
+
+    def _record(self, epoch: int, batch: int, rows: int, indices_digest: bytes,
+                output: bytes | None, worker: tuple[int, bytes, int] | None) -> None:
+        if worker is not None:
+            self._record_worker(*worker)
+        if self.transform is None:
+            return
+        sampler = self.recorded_sampler
+        path = rank_augment_path(sampler.num_replicas, sampler.rank, epoch, batch)
+        params = self._batch_params.copy()  # assigning existing keys keeps their sorted order
+        params["batch"], params["epoch"] = batch, epoch
+        params["indices_digest"], params["rows"] = indices_digest, rows
+        self.run.record_normalised_draw(
+            AUGMENTATION_BATCH, path, seed=derive_bytes(sampler.root, path), params=params,
+            input=batch_input_digest(self.ledger_dataset.digest, indices_digest), output=output)
+
+    def _batch_event_params(self) -> dict[str, Any]:
+        """The params of this loader's ``augmentation_batch`` events, normalised once (sorted
+        keys, plain types) with placeholders for the per-batch values, which :meth:`_record`
+        sets in place: the input ``record_normalised_draw`` needs, at the cost of a dict copy.
+        """
+        sampler, dataset = self.recorded_sampler, self.ledger_dataset
+        return normalise({
+            "epoch": 0, "batch": 0, "rows": 0, "indices_digest": b"",
+            "batch_size": self.requests.batch_size, "drop_last": self.requests.drop_last,
+            "shuffle": sampler.shuffle, "dataset": dataset.name, "dataset_digest": dataset.digest,
+            "transform": self.transform.spec if self.transform is not None else None,
+            "sampler": {"num_replicas": sampler.num_replicas, "rank": sampler.rank,
+                        "even_shares": "drop" if sampler.drop_last else "pad"},
+            "loader": INTEGRATION}, depth=1)  # the params of a body: one level down
+
+    def _record_worker(self, worker: int, states: bytes, pid: int) -> None:
+        if self._workers.get(worker) == states:
+            return
+        sampler = self.recorded_sampler
+        path = self.seed_workers.path(worker)
+        expected = expected_state_digest_at(sampler.root, path)
+        if states != expected:
+            raise WorkerSeedingError(f"DataLoader worker {worker} reports RNG states "
+                                     f"{states.hex()[:16]}…, but its derived seed gives "
+                                     f"{expected.hex()[:16]}…")
+        params: dict[str, Any] = {"worker": worker, "num_workers": self.num_workers,
+                                  "start_method": self._start_method(),
+                                  "persistent": bool(self.persistent_workers),
+                                  "seeded": seeded_libraries(), "loader": INTEGRATION}
+        if sampler.num_replicas > 1:
+            params.update(rank=sampler.rank, num_replicas=sampler.num_replicas)
+        self.run.record_draw(WORKER_SPAWNED, path, seed=derive_bytes(sampler.root, path),
+                             params=params, output=expected, meta={"pid": pid})
+        self._workers[worker] = states
+
+    def _start_method(self) -> str:
+        context = self.multiprocessing_context
+        if context is not None:
+            return context.get_start_method()
+        # allow_none: asking must not fix the process-wide method as a side effect
+        chosen = torch.multiprocessing.get_start_method(allow_none=True)
+        return chosen or torch.multiprocessing.get_all_start_methods()[0]
+
+
+def register_torch_dataset(run: Run, name: str, dataset: Any, *, role: str | None = None
+                           ) -> Dataset:
+    """Register a map-style torch Dataset of ``(features, label)`` samples (or features alone,
+    bare or as 1-tuples, as a ``TensorDataset`` of one tensor gives them) by reading every
+    sample into arrays — for datasets that fit in memory. ``role`` as for
+    :meth:`Experiment.register_dataset`."""
+    if isinstance(check_run(run), AttachedRun):
+        raise BadInputError("register a dataset through the experiment's main process; on other "
+                            "ranks use register_dataset(run, name, features, labels)")
+    try:
+        samples = [dataset[index] for index in range(len(dataset))]
+    except TypeError as error:  # no len() (an IterableDataset) or no indexing
+        raise BadInputError(f"got {type(dataset).__name__} for dataset {name!r}, but it must be "
+                            f"a map-style torch Dataset (len() and [index]): {error}") from None
+    if not samples:
+        raise BadInputError(f"got an empty dataset {name!r}")
+    if all(isinstance(sample, (tuple, list)) and len(sample) == 1 for sample in samples):
+        samples = [sample[0] for sample in samples]
+    pairs = isinstance(samples[0], (tuple, list)) and len(samples[0]) == 2
+    try:
+        features = np.stack([_array(sample[0] if pairs else sample) for sample in samples])
+        labels = np.stack([_array(sample[1]) for sample in samples]) if pairs else None
+    except (TypeError, ValueError, RuntimeError, IndexError) as error:
+        raise BadInputError(f"cannot read dataset {name!r} into arrays (samples must be "
+                            f"tensors or arrays of one shape, or (features, label) pairs): "
+                            f"{error_text(error, 200)}") from None
+    return run.register_dataset(name, features, labels, role=role)
+
+
+def _check_tensor_dtypes(dataset: Dataset) -> None:
+    """Refuse a dataset whose arrays torch cannot hold (e.g. longdouble) before anything runs."""
+    for role, array in (("features", dataset.features), ("labels", dataset.labels)):
+        if array is None:
+            continue
+        try:
+            torch.from_numpy(array[:1])
+        except TypeError:
+            raise BadInputError(f"dataset {dataset.name!r} has {role} of dtype {array.dtype}, "
+                                f"which torch cannot hold: convert them first") from None
+
+
+def _array(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def recorded_dataloader(run: Run, data: Any, batch_size: int, *, name: str | None = None,
+                        **options: Any) -> RecordedDataLoader:
+    """The one-call helper: a fully recorded DataLoader from a registered Dataset, a torch
+    Dataset (registered here as ``name``), or ``(features, labels)`` arrays (likewise).
+    ``options`` as :class:`RecordedDataLoader`."""
+    check_run(run)
+    if not isinstance(data, Dataset):
+        if name is None:
+            raise BadInputError("got unregistered data, but registering it needs name=")
+        if isinstance(data, tuple) and len(data) == 2:
+            data = run.register_dataset(name, *data)
+        else:
+            data = register_torch_dataset(run, name, data)
+    return RecordedDataLoader(run, data, batch_size, **options)
