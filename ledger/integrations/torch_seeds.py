@@ -44,12 +44,15 @@ def path_generator(root: int, path: Sequence[Any]) -> torch.Generator:
 def tensor_digest(tensor: torch.Tensor) -> bytes:
     """``array_digest`` of a CPU copy of ``tensor`` (dtype, shape, C-ordered little-endian
     bytes)."""
+    if tensor.is_meta:
+        raise BadInputError(f"cannot digest a meta tensor (shape {tuple(tensor.shape)}, no "
+                            f"data): only a tensor holding values can be recorded")
     try:
         if tensor.is_cpu and not tensor.requires_grad:
             array = tensor.numpy()  # a view; fast_array_digest copies only if not C-contiguous
         else:
             array = tensor.detach().cpu().contiguous().numpy()
-    except (TypeError, RuntimeError) as error:  # a dtype numpy lacks; no data (a meta tensor)
+    except (TypeError, RuntimeError) as error:  # a dtype numpy lacks, say
         raise BadInputError(f"cannot digest a tensor of dtype {tensor.dtype}: {error}") from None
     return fast_array_digest(array)
 
