@@ -13,7 +13,7 @@ from typing import Any
 from ledger.events import REPLAY_RECORDED, REPORT_EXPORTED
 from ledger.json_view import json_view
 from report.facts import RunFacts
-from report.jsonview import recorded_text, rfc3339
+from report.jsonview import canonical_json, recorded_int, recorded_text, rfc3339
 from report.replay_evidence import recorded_verdict
 
 RETENTION_CLASSES = {
@@ -105,8 +105,12 @@ def r10_history(facts: RunFacts, schema_version: int) -> dict[str, Any]:
         params = body.get("params")
         if not isinstance(params, dict):
             params = {}
-        entry: dict[str, Any] = {"seq": body.get("seq"), "kind": body.get("kind"),
-                                 "at": rfc3339(body.get("t"))}
+        kind = body.get("kind")  # an edited body can hold anything (verification names it)
+        entry: dict[str, Any] = {
+            "seq": recorded_int(body.get("seq")),
+            "kind": (kind if isinstance(kind, str)
+                     else canonical_json(json_view(kind)).decode("utf-8")),
+            "at": rfc3339(body.get("t"))}
         if body.get("kind") == REPLAY_RECORDED:
             entry.update(by=recorded_text(params.get("replayed_by")),
                          outcome=recorded_verdict(params.get("verdict")),

@@ -23,7 +23,7 @@ from ledger.canonical import canonical
 from ledger.datasets import dataset_digest
 from ledger.digests import value_digest
 from ledger.errors import StoreError, UnknownExperimentError
-from ledger.events import REPLAY_RECORDED, REPORT_EXPORTED
+from ledger.events import REPLAY_RECORDED, REPORT_EXPORTED, decode_body
 from ledger.experiment import Experiment, ExperimentManager
 from ledger.experiment_info import describe_experiment
 from ledger.seeds import SEED_SCHEME, derive_bytes
@@ -443,6 +443,36 @@ def test_a_recorded_verdict_that_is_not_text_is_inconclusive(tmp_path: Path) -> 
     assert report["R8"]["verdict"] == "INCONCLUSIVE"
     assert [(e["kind"], e["outcome"]) for e in report["R10"]["events"]] == [
         ("replay_recorded", "INCONCLUSIVE")]
+
+
+@pytest.mark.parametrize("field,value,seq,kind", [
+    ("seq", "forged", None, "replay_recorded"), ("seq", True, None, "replay_recorded"),
+    ("seq", b"\x01", None, "replay_recorded"), ("kind", 5, 0, "5"),
+    ("kind", None, 0, "null"), ("kind", ["replay_recorded"], 0, '["replay_recorded"]'),
+    ("kind", float("nan"), 0, '"NaN"')])
+def test_an_audit_body_whose_seq_or_kind_has_another_type_still_gives_a_valid_report(
+        tmp_path: Path, field: str, value: Any, seq: int | None, kind: str) -> None:
+    """R10 quoted the seq and kind of each audit body as they were, and R8 its seq: a body
+    edited to hold a seq that is no integer or a kind that is no text made the report fail
+    schemas/report.v1.json. A seq of another type is left out; a kind of another type is
+    shown as its JSON text (verification names the edited body)."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store)
+        record_audit(store, recorded.exp, REPLAY_RECORDED, {"verdict": "certified"})
+        drop_append_only_triggers(store)
+        with store.engine.connect() as connection:
+            raw = connection.exec_driver_sql(
+                "SELECT body FROM ledger_events WHERE exp = ? AND stream = 'audit'",
+                (recorded.exp,)).scalar_one()
+        body = decode_body(raw)
+        body[field] = value
+        execute(store, "UPDATE ledger_events SET body = :body WHERE exp = :exp AND "
+                       "stream = 'audit'", body=canonical(body), exp=recorded.exp)
+    report = report_of(url, recorded.exp)  # validated against the schema
+    assert [(e["seq"], e["kind"]) for e in report["R10"]["events"]] == [(seq, kind)]
+    assert report["R8"]["audit_seq"] == (seq if field == "seq" else None)
+    assert report["summary"]["integrity"] == "FAILED"
 
 
 def test_recorded_export_formats_that_are_not_a_list_are_shown_as_recorded(
