@@ -7,9 +7,11 @@ bit-exact reproducibility: a hash-for-hash replay is stronger evidence than they
 
 from __future__ import annotations
 
-from datetime import date
+from calendar import monthrange
+from datetime import MAXYEAR, MINYEAR, date
 from typing import Any
 
+from ledger.errors import BadInputError
 from ledger.events import REPLAY_RECORDED, REPORT_EXPORTED
 from ledger.json_view import json_view
 from report.facts import RunFacts
@@ -132,14 +134,14 @@ def r10_history(facts: RunFacts, schema_version: int) -> dict[str, Any]:
 
 
 def add_months(start: date, months: int) -> date:
-    """``start`` plus whole months (the last day of the month when the day does not exist)."""
-    year, month = divmod(start.month - 1 + months, 12)
-    day = start.day
-    while True:
-        try:
-            return start.replace(year=start.year + year, month=month + 1, day=day)
-        except ValueError:
-            day -= 1
+    """``start`` plus whole months (the last day of the month when the day does not exist);
+    BadInputError when that date is outside the years a date can hold (1–9999)."""
+    years, month = divmod(start.month - 1 + months, 12)
+    year, month = start.year + years, month + 1
+    if not MINYEAR <= year <= MAXYEAR:
+        raise BadInputError(f"the retention period ({months} months from {start.isoformat()}) "
+                            f"ends outside the years a date can hold ({MINYEAR}–{MAXYEAR})")
+    return date(year, month, min(start.day, monthrange(year, month)[1]))
 
 
 def r11_retention(generated: date, retention_class: str, months: int | None,

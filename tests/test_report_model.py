@@ -22,7 +22,7 @@ from ledger.augment import DataAugmenter, register_op
 from ledger.canonical import canonical
 from ledger.datasets import dataset_digest
 from ledger.digests import value_digest
-from ledger.errors import StoreError, UnknownExperimentError
+from ledger.errors import BadInputError, StoreError, UnknownExperimentError
 from ledger.events import REPLAY_RECORDED, REPORT_EXPORTED, decode_body
 from ledger.experiment import Experiment, ExperimentManager
 from ledger.experiment_info import describe_experiment
@@ -1000,10 +1000,22 @@ def test_the_unique_chain_position_is_stated_as_the_database_holds_it(
 @pytest.mark.parametrize("start,months,end", [
     (date(2026, 1, 31), 1, date(2026, 2, 28)), (date(2028, 1, 31), 1, date(2028, 2, 29)),
     (date(2026, 12, 15), 1, date(2027, 1, 15)), (date(2026, 3, 31), 120, date(2036, 3, 31)),
-    (date(2026, 8, 31), 6, date(2027, 2, 28))])
+    (date(2026, 8, 31), 6, date(2027, 2, 28)), (date(9999, 11, 30), 1, date(9999, 12, 30)),
+    (date(1, 3, 31), -1, date(1, 2, 28))])
 def test_retention_adds_whole_months_ending_on_the_last_day_that_exists(
         start: date, months: int, end: date) -> None:
     assert add_months(start, months) == end
+
+
+@pytest.mark.parametrize("start,months", [(date(9990, 1, 1), 120), (date(9999, 12, 31), 1),
+                                          (date(1, 1, 31), -1)])
+def test_a_retention_period_ending_outside_the_years_of_a_date_is_refused(
+        start: date, months: int) -> None:
+    """A period ending past 9999-12-31 (``--retain-from 9990-01-01`` with the default 120
+    months) made add_months retry with ever smaller days and never return: ``ledger report``
+    hung. It is refused, saying why."""
+    with pytest.raises(BadInputError, match=f"{months} months from {start.isoformat()}"):
+        add_months(start, months)
 
 
 def test_r11_keeps_the_class_default_unless_the_operator_sets_a_period() -> None:
