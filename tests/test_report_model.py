@@ -737,6 +737,21 @@ def test_the_seed_tree_stays_bounded_however_many_paths_a_run_draws() -> None:
     assert sum(node["count"] for node in nodes) == 10_000
 
 
+def test_the_seed_tree_stays_bounded_when_every_path_starts_with_another_label() -> None:
+    """Keeping only the first label bounded nothing when every path starts with its own label
+    (a user draw keyed by a file name): 20,000 such draws gave 20,000 patterns, not the 2,000
+    the README promises. Past max_nodes + 200 patterns, new paths fold to ``…``."""
+    tree = SeedTree(max_nodes=2)
+    for index in range(1000):
+        tree.add("user_draw", (f"file-{index:04d}",), bytes(16))
+    nodes = tree.nodes()
+    assert len(nodes) == 2 + 200 + 1
+    assert [n["path"] for n in nodes[:2]] == [["file-0000"], ["file-0001"]]
+    assert [n["path"] for n in nodes[102:104]] == [["file-0102", "…"], ["file-0103", "…"]]
+    assert (nodes[-1]["path"], nodes[-1]["count"], nodes[-1]["seed"]) == (["…"], 798, None)
+    assert sum(node["count"] for node in nodes) == 1000
+
+
 def test_a_metric_series_is_thinned_but_keeps_its_count_and_last_value() -> None:
     series = Series("loss")
     for step in range(50_000):
