@@ -1113,6 +1113,54 @@ def test_the_seed_tree_folds_new_paths_coarsely_once_it_holds_max_nodes() -> Non
         ["a"], ["b"], ["c", "d"], ["epoch", "*", "batch", "*", "augment"]]
 
 
+def test_past_max_nodes_integers_fold_first_then_all_but_the_first_label() -> None:
+    """Once full, a new epoch path joins the one ``epoch/*/shuffle`` pattern — also once the
+    tree holds max_nodes + 100 patterns, since that pattern exists; only a path with no
+    pattern yet keeps just its first label (an empty path: ``…``)."""
+    tree = SeedTree(max_nodes=2)
+    tree.add("user_draw", ("a",), b"\x01")
+    tree.add("user_draw", ("b",), b"\x02")
+    tree.add("epoch_reset", ("epoch", 7, "shuffle"), b"\x03")
+    tree.add("epoch_reset", ("epoch", 8, "shuffle"), b"\x04")
+    for index in range(99):
+        tree.add("user_draw", (f"c{index:02d}",), b"\x05")
+    tree.add("epoch_reset", ("epoch", 9, "shuffle"), b"\x06")
+    tree.add("user_draw", (), b"\x07")
+    tree.add("user_draw", ("d", 1), b"\x08")
+    rows = _tree_rows(tree)
+    assert len(rows) == 104 and tree.folded
+    assert rows[:3] == [(("a",), 1, "01", None), (("b",), 1, "02", None),
+                        (("c00",), 1, "05", None)]
+    assert rows[-3:] == [(("d", "…"), 1, "08", None), (("epoch", "*", "shuffle"), 3, None, None),
+                         (("…",), 1, "07", None)]
+
+
+def test_the_seed_tree_holds_2000_patterns_before_it_folds() -> None:
+    """The README's bound: 2,000 patterns are kept as drawn, the next path is folded."""
+    tree = SeedTree()
+    for index in range(2000):
+        tree.add("user_draw", (f"p{index}", 1), bytes(16))
+    assert (tree.max_nodes, tree.folded, len(tree.nodes())) == (2000, False, 2000)
+    tree.add("user_draw", ("q", 1), bytes(16))
+    assert tree.folded
+
+
+def test_only_five_label_epoch_batch_paths_with_an_integer_batch_fold_as_augmentation() -> None:
+    """``epoch/e/batch/b/augment`` folds b alone; a longer path, a batch that is not an
+    integer or another first label are folded as a user's paths are (or kept, under
+    ``epoch``), and an empty path is a pattern of its own."""
+    tree = SeedTree()
+    tree.add("user_draw", ("epoch", 1, "batch", 3, "augment", "extra"), b"\x01")
+    tree.add("user_draw", ("mix", 1, "batch", 3, "augment"), b"\x02")
+    tree.add("user_draw", ("epoch", 1, "batch", "x", "augment"), b"\x03")
+    tree.add("user_draw", (), b"\x04")
+    assert _tree_rows(tree) == [
+        ((), 1, "04", None),
+        (("epoch", 1, "batch", 3, "augment", "extra"), 1, "01", None),
+        (("epoch", 1, "batch", "x", "augment"), 1, "03", None),
+        (("mix", "*", "batch", "*", "augment"), 1, "02", None)]
+
+
 def _facts_of_a_recorded_run(tmp_path: Path) -> RunFacts:
     with Store.open(f"sqlite:///{tmp_path / 'ledger.db'}", create=True) as store:
         recorded = record_experiment(store)
