@@ -73,7 +73,8 @@ class SeedTree:
                 if node is None and len(self._nodes) >= self.max_nodes + 200:
                     key = (kind, (ELLIPSIS,))  # first labels that differ every time
                     node = self._nodes.get(key)
-            index = None
+            if key[1] != pattern:  # a coarser pattern: its range would mix integers
+                index = None
         if node is None:
             self._nodes[key] = _Node(kind, 1, seed, index, index)
             return

@@ -1135,6 +1135,21 @@ def test_past_max_nodes_integers_fold_first_then_all_but_the_first_label() -> No
                          (("…",), 1, "07", None)]
 
 
+def test_a_user_pattern_made_past_max_nodes_keeps_its_first_draw_in_its_range() -> None:
+    """A user's pattern first drawn once the tree was full lost that draw's integer: draws
+    at mix/5/a/1 and mix/3/a/9 showed the range 3–3. A pattern that folding makes no
+    coarser keeps its range; a coarser one (epoch/*/shuffle) has none."""
+    tree = SeedTree(max_nodes=1)
+    tree.add("user_draw", ("x",), b"\x01")
+    tree.add("user_draw", ("mix", 5, "a", 1), b"\x02")
+    tree.add("user_draw", ("mix", 3, "a", 9), b"\x03")
+    tree.add("augmentation_batch", ("epoch", 2, "batch", 4, "augment"), b"\x04")
+    tree.add("augmentation_batch", ("epoch", 3, "batch", 6, "augment"), b"\x05")
+    assert _tree_rows(tree) == [(("epoch", "*", "batch", "*", "augment"), 2, None, None),
+                                (("mix", "*", "a", "*"), 2, None, [3, 5]),
+                                (("x",), 1, "01", None)]
+
+
 def test_the_seed_tree_holds_2000_patterns_before_it_folds() -> None:
     """The README's bound: 2,000 patterns are kept as drawn, the next path is folded."""
     tree = SeedTree()
