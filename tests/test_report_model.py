@@ -744,12 +744,14 @@ def test_the_seed_tree_stays_bounded_when_every_path_starts_with_another_label()
     tree = SeedTree(max_nodes=2)
     for index in range(1000):
         tree.add("user_draw", (f"file-{index:04d}",), bytes(16))
+    tree.add("user_draw", ("file-0150", "again"), bytes(16))  # its pattern exists: joins it
     nodes = tree.nodes()
     assert len(nodes) == 2 + 200 + 1
     assert [n["path"] for n in nodes[:2]] == [["file-0000"], ["file-0001"]]
     assert [n["path"] for n in nodes[102:104]] == [["file-0102", "…"], ["file-0103", "…"]]
+    assert (nodes[150]["path"], nodes[150]["count"]) == (["file-0150", "…"], 2)
     assert (nodes[-1]["path"], nodes[-1]["count"], nodes[-1]["seed"]) == (["…"], 798, None)
-    assert sum(node["count"] for node in nodes) == 1000
+    assert sum(node["count"] for node in nodes) == 1001
 
 
 def test_a_metric_series_is_thinned_but_keeps_its_count_and_last_value() -> None:
@@ -1148,6 +1150,43 @@ def test_a_user_pattern_made_past_max_nodes_keeps_its_first_draw_in_its_range() 
     assert _tree_rows(tree) == [(("epoch", "*", "batch", "*", "augment"), 2, None, None),
                                 (("mix", "*", "a", "*"), 2, None, [3, 5]),
                                 (("x",), 1, "01", None)]
+
+
+def test_augmentation_batches_join_their_pattern_and_fold_into_one_past_max_nodes() -> None:
+    """Batches of an epoch already in a full tree join its pattern; a new epoch's join the
+    one ``epoch/*/batch/*/augment`` pattern, with every count and the widest range — also
+    when a single batch drawn past max_nodes made that pattern (without a range)."""
+    tree = SeedTree(max_nodes=2)
+    tree.add("user_draw", ("a",), b"\x01")
+    tree.add_batches("augmentation_batch", 0, 2, 0, 1, None)
+    tree.add_batches("augmentation_batch", 0, 3, 5, 9, None)
+    assert not tree.folded
+    tree.add("augmentation_batch", ("epoch", 1, "batch", 3, "augment"), b"\x02")
+    tree.add_batches("augmentation_batch", 2, 4, 3, 6, None)
+    tree.add_batches("augmentation_batch", 3, 2, 1, 4, None)
+    assert tree.folded and _tree_rows(tree) == [
+        (("a",), 1, "01", None), (("epoch", 0, "batch", "*", "augment"), 5, None, [0, 9]),
+        (("epoch", "*", "batch", "*", "augment"), 7, None, [1, 6])]
+    full = SeedTree(max_nodes=1)
+    full.add("user_draw", ("a",), b"\x01")
+    full.add_batches("augmentation_batch", 0, 1, 4, 4, b"\x09")
+    assert full.folded and _tree_rows(full)[-1] == (
+        ("epoch", "*", "batch", "*", "augment"), 1, "09", None)
+
+
+def test_patterns_sort_by_kind_too_and_a_draw_without_a_seed_shows_none() -> None:
+    """One path drawn as two kinds gives two patterns in kind order; a draw added without a
+    seed shows none; a label that is literally ``*`` joins the wildcard pattern rather than
+    stopping the count."""
+    tree = SeedTree()
+    tree.add("user_draw", ("mix", "*"), None)
+    tree.add("user_draw", ("mix", 3), b"\x01")
+    tree.add("user_draw", ("z",), None)
+    tree.add("b_kind", ("k",), b"\x02")
+    tree.add("a_kind", ("k",), b"\x03")
+    assert [(n["path"], n["kind"], n["count"], n["seed"]) for n in tree.nodes()] == [
+        (["k"], "a_kind", 1, "03"), (["k"], "b_kind", 1, "02"),
+        (["mix", "*"], "user_draw", 2, None), (["z"], "user_draw", 1, None)]
 
 
 def test_the_seed_tree_holds_2000_patterns_before_it_folds() -> None:
