@@ -449,7 +449,7 @@ def test_a_recorded_verdict_that_is_not_text_is_inconclusive(tmp_path: Path) -> 
     ("seq", "forged", None, "replay_recorded"), ("seq", True, None, "replay_recorded"),
     ("seq", b"\x01", None, "replay_recorded"), ("kind", 5, 0, "5"),
     ("kind", None, 0, "null"), ("kind", ["replay_recorded"], 0, '["replay_recorded"]'),
-    ("kind", float("nan"), 0, '"NaN"')])
+    ("kind", float("nan"), 0, '"NaN"'), ("params", [1], 0, "replay_recorded")])
 def test_an_audit_body_whose_seq_or_kind_has_another_type_still_gives_a_valid_report(
         tmp_path: Path, field: str, value: Any, seq: int | None, kind: str) -> None:
     """R10 quoted the seq and kind of each audit body as they were, and R8 its seq: a body
@@ -471,6 +471,12 @@ def test_an_audit_body_whose_seq_or_kind_has_another_type_still_gives_a_valid_re
                        "stream = 'audit'", body=canonical(body), exp=recorded.exp)
     report = report_of(url, recorded.exp)  # validated against the schema
     assert [(e["seq"], e["kind"]) for e in report["R10"]["events"]] == [(seq, kind)]
+    event = report["R10"]["events"][0]
+    if field == "kind":  # neither a replay nor an export: nothing of either is quoted
+        assert sorted(event) == ["at", "kind", "seq"]
+    else:
+        assert (event["by"], event["outcome"]) == (
+            (None, "PASSED") if field == "seq" else (None, "INCONCLUSIVE"))
     assert report["R8"]["audit_seq"] == (seq if field == "seq" else None)
     assert report["summary"]["integrity"] == "FAILED"
 
@@ -1057,6 +1063,76 @@ def test_r13_names_the_responsible_person_and_the_signature_method() -> None:
     assert signed["responsible"] == [{"name": "Ada", "role": "validator"}]
     assert signed["signature_method"].startswith("Ed25519 detached signature")
     assert signed["public_key_sha256"] == "ab" * 32
+    assert r13_signoff("", "validator", "2026-11-30T10:00:00Z", {})["responsible"] == []
+
+
+def test_r11_defaults_of_each_class_and_periods_the_operator_gives() -> None:
+    """README: logs are kept 6 months by default; a class the program does not know keeps
+    10 years on the operator's word; 0 months is the operator's period (deletion may follow
+    at once), and a period equal to the class default is stated as the default."""
+    generated = date(2026, 11, 30)
+    logs = r11_retention(generated, "logs", None, None)
+    assert (logs["retain_months"], logs["earliest_deletion"], logs["basis"]) == (
+        6, "2027-05-30", RETENTION_CLASSES["logs"][1])
+    other = r11_retention(generated, "contract", None, None)
+    assert (other["class"], other["retain_months"], other["earliest_deletion"],
+            other["basis"]) == ("contract", 120, "2036-11-30", "set by the operator")
+    none = r11_retention(generated, "logs", 0, None)
+    assert (none["retain_months"], none["earliest_deletion"], none["basis"]) == (
+        0, "2026-11-30", f"set by the operator (0 months); default: {RETENTION_CLASSES['logs'][1]}")
+    assert r11_retention(generated, "logs", 6, None)["basis"] == RETENTION_CLASSES["logs"][1]
+
+
+def test_a_report_keeps_technical_documentation_ten_years_by_default(
+        honest: tuple[str, Path, str]) -> None:
+    url, _data, exp = honest
+    r11 = report_of(url, exp, now=datetime(2028, 2, 29, 23, 0, tzinfo=timezone.utc))["R11"]
+    assert (r11["class"], r11["retain_months"], r11["retain_from"], r11["earliest_deletion"],
+            r11["basis"]) == ("technical-documentation", 120, "2028-02-29", "2038-02-28",
+                              RETENTION_CLASSES["technical-documentation"][1])
+
+
+def test_r10_r12_and_r14_agree_with_the_rest_of_the_report(honest: tuple[str, Path, str]
+                                                           ) -> None:
+    """R12 lists this run's alerts and every limitation the README's R12 promises; each R14
+    row carries the title of the section it names, and R11's row cites the provisions its
+    retention classes rest on; R10 states the ledger's schema version and no migration."""
+    url, _data, exp = honest
+    report = report_of(url, exp)
+    assert report["R12"]["this_run"] == report["summary"]["alerts"] != []
+    non_claims = report["R12"]["non_claims"]
+    for topic in ("Model quality", "Fairness", "GPU kernel nondeterminism", "Data content",
+                  "Training results", "Regulatory conformity", "Identity of persons"):
+        assert [claim for claim in non_claims if topic in claim] != [], topic
+    rows = report["R14"]["rows"]
+    assert [row["title"] for row in rows] == [report[row["section"]]["title"] for row in rows]
+    retention = {ref["provision"]: ref for ref in rows[11]["references"]}
+    assert sorted(retention) == ["Art. 18", "Art. 19, 26(6)"]
+    assert {ref["framework"] for ref in retention.values()} == {"EU AI Act (Regulation 2024/1689)"}
+    assert "10 years" in retention["Art. 18"]["evidence"]
+    assert "6 months" in retention["Art. 19, 26(6)"]["evidence"]
+    assert "Art. 18" in RETENTION_CLASSES["technical-documentation"][1]
+    assert "Art. 19 and 26(6)" in RETENTION_CLASSES["logs"][1]
+    with Store.open(url) as store:
+        version = store.schema_version
+    r10 = report["R10"]
+    assert (r10["ledger_schema_version"], r10["migrations"]) == (version, [])
+    assert r10["migrations_note"].startswith(f"schema version {version}: no migration")
+
+
+def test_r10_shows_what_a_record_leaves_out_as_nothing(tmp_path: Path) -> None:
+    """A replay record without counts says 0 of each; an export without formats shows
+    none, and formats recorded as 0 show 0."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store)
+        record_audit(store, recorded.exp, REPLAY_RECORDED, {"verdict": "certified"})
+        record_audit(store, recorded.exp, REPORT_EXPORTED, {"report_id": "rpt-x"})
+        record_audit(store, recorded.exp, REPORT_EXPORTED, {"report_id": "rpt-y", "formats": 0})
+    events = report_of(url, recorded.exp)["R10"]["events"]
+    assert [(e["seq"], e["outcome"], e["detail"]) for e in events] == [
+        (0, "PASSED", "0 draws re-executed, 0 mismatched"), (1, None, "report rpt-x ()"),
+        (2, None, "report rpt-y (0)")]
 
 
 def test_r10_says_what_each_replay_and_export_recorded(tmp_path: Path) -> None:
