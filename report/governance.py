@@ -146,9 +146,12 @@ def add_months(start: date, months: int) -> date:
 
 def r11_retention(generated: date, retention_class: str, months: int | None,
                   start: date | None) -> dict[str, Any]:
-    """R11: retention class, its basis, and the earliest deletion date."""
+    """R11: retention class, its basis, and the earliest deletion date (BadInputError for a
+    negative period)."""
     default_months, basis = RETENTION_CLASSES.get(retention_class, (120, "set by the operator"))
     keep = months if months is not None else default_months
+    if keep < 0:
+        raise BadInputError(f"a retention period cannot be negative (got {keep} months)")
     start = start or generated
     return {"title": "Retention", "class": retention_class, "retain_months": keep,
             "retain_from": start.isoformat(), "earliest_deletion": add_months(start, keep)

@@ -1083,6 +1083,14 @@ def test_r11_defaults_of_each_class_and_periods_the_operator_gives() -> None:
     assert r11_retention(generated, "logs", 6, None)["basis"] == RETENTION_CLASSES["logs"][1]
 
 
+def test_a_negative_retention_period_is_refused(honest: tuple[str, Path, str]) -> None:
+    """ReportOptions(retain_months=-3) gave R11 a deletion date before its start and a report
+    that failed its schema (retain_months has minimum 0)."""
+    url, _data, exp = honest
+    with pytest.raises(BadInputError, match=r"cannot be negative \(got -3 months\)"):
+        report_of(url, exp, retain_months=-3)
+
+
 def test_a_report_keeps_technical_documentation_ten_years_by_default(
         honest: tuple[str, Path, str]) -> None:
     url, _data, exp = honest
