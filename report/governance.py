@@ -7,13 +7,15 @@ bit-exact reproducibility: a hash-for-hash replay is stronger evidence than they
 
 from __future__ import annotations
 
-from datetime import date
+from calendar import monthrange
+from datetime import MAXYEAR, MINYEAR, date
 from typing import Any
 
+from ledger.errors import BadInputError
 from ledger.events import REPLAY_RECORDED, REPORT_EXPORTED
 from ledger.json_view import json_view
 from report.facts import RunFacts
-from report.jsonview import recorded_text, rfc3339
+from report.jsonview import canonical_json, recorded_int, recorded_text, rfc3339
 from report.replay_evidence import recorded_verdict
 
 RETENTION_CLASSES = {
@@ -105,8 +107,12 @@ def r10_history(facts: RunFacts, schema_version: int) -> dict[str, Any]:
         params = body.get("params")
         if not isinstance(params, dict):
             params = {}
-        entry: dict[str, Any] = {"seq": body.get("seq"), "kind": body.get("kind"),
-                                 "at": rfc3339(body.get("t"))}
+        kind = body.get("kind")  # an edited body can hold anything (verification names it)
+        entry: dict[str, Any] = {
+            "seq": recorded_int(body.get("seq")),
+            "kind": (kind if isinstance(kind, str)
+                     else canonical_json(json_view(kind)).decode("utf-8")),
+            "at": rfc3339(body.get("t"))}
         if body.get("kind") == REPLAY_RECORDED:
             entry.update(by=recorded_text(params.get("replayed_by")),
                          outcome=recorded_verdict(params.get("verdict")),
@@ -128,21 +134,24 @@ def r10_history(facts: RunFacts, schema_version: int) -> dict[str, Any]:
 
 
 def add_months(start: date, months: int) -> date:
-    """``start`` plus whole months (the last day of the month when the day does not exist)."""
-    year, month = divmod(start.month - 1 + months, 12)
-    day = start.day
-    while True:
-        try:
-            return start.replace(year=start.year + year, month=month + 1, day=day)
-        except ValueError:
-            day -= 1
+    """``start`` plus whole months (the last day of the month when the day does not exist);
+    BadInputError when that date is outside the years a date can hold (1–9999)."""
+    years, month = divmod(start.month - 1 + months, 12)
+    year, month = start.year + years, month + 1
+    if not MINYEAR <= year <= MAXYEAR:
+        raise BadInputError(f"the retention period ({months} months from {start.isoformat()}) "
+                            f"ends outside the years a date can hold ({MINYEAR}–{MAXYEAR})")
+    return date(year, month, min(start.day, monthrange(year, month)[1]))
 
 
 def r11_retention(generated: date, retention_class: str, months: int | None,
                   start: date | None) -> dict[str, Any]:
-    """R11: retention class, its basis, and the earliest deletion date."""
+    """R11: retention class, its basis, and the earliest deletion date (BadInputError for a
+    negative period)."""
     default_months, basis = RETENTION_CLASSES.get(retention_class, (120, "set by the operator"))
     keep = months if months is not None else default_months
+    if keep < 0:
+        raise BadInputError(f"a retention period cannot be negative (got {keep} months)")
     start = start or generated
     return {"title": "Retention", "class": retention_class, "retain_months": keep,
             "retain_from": start.isoformat(), "earliest_deletion": add_months(start, keep)

@@ -97,7 +97,7 @@ def r8_replay(facts: RunFacts, outcome: ReplayOutcome | None) -> dict[str, Any]:
         verdict = recorded_verdict(certificate.get("verdict"))
         divergence = certificate.get("first_divergence")
         section.update(source="recorded in the audit stream", verdict=verdict,
-                       audit_seq=body.get("seq"),
+                       audit_seq=recorded_int(body.get("seq")),
                        environment=json_view(certificate.get("environment"))
                        if isinstance(certificate.get("environment"), dict) else None,
                        reason=_describe(divergence) if verdict == FAILED else None)

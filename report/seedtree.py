@@ -5,7 +5,8 @@ folded into patterns: a worker (``worker/k``) and an epoch's shuffle (``epoch/e/
 one node each, an epoch's augmentation batches become one node ``epoch/e/batch/*/augment`` with
 their count and index range, and in a user's own paths every integer label becomes ``*``.
 ``"*"`` in a pattern means "any integer". Past :data:`MAX_NODES` patterns, new paths fold further
-(every integer becomes ``*``, then only the first label is kept), so memory stays bounded.
+(every integer becomes ``*``, then only the first label is kept, then none: ``…``), so memory
+stays bounded.
 """
 
 from __future__ import annotations
@@ -69,7 +70,11 @@ class SeedTree:
             if node is None and len(self._nodes) >= self.max_nodes + 100:
                 key = (kind, (path[0], ELLIPSIS) if path else (ELLIPSIS,))
                 node = self._nodes.get(key)
-            index = None
+                if node is None and len(self._nodes) >= self.max_nodes + 200:
+                    key = (kind, (ELLIPSIS,))  # first labels that differ every time
+                    node = self._nodes.get(key)
+            if key[1] != pattern:  # a coarser pattern: its range would mix integers
+                index = None
         if node is None:
             self._nodes[key] = _Node(kind, 1, seed, index, index)
             return

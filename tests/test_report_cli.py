@@ -118,6 +118,10 @@ def test_a_replayed_bundle_is_recorded_in_the_history(run: tuple[Path, str],
      "does not exist"),
     (("report", "{exp}", "--bundle", "{folder}/missing/bundle"), "does not exist"),
     (("report", "{exp}", "-o", "{folder}/pipe"), "not a regular file"),
+    (("report", "{exp}", "--retain-from", "9990-01-01"),  # + 120 months: add_months looped
+     "(120 months from 9990-01-01) ends outside the years a date can hold (1–9999)"),
+    (("report", "{exp}", "-o", "{folder}/r.json", "--retain-from", "9999-12-31",
+      "--retain-years", "1"), "(12 months from 9999-12-31) ends outside the years"),
     (("report", "{exp}", "-o", "{folder}/r.json", "--appendix", "{folder}/pipe"),
      "not a regular file"),
 ])

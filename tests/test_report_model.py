@@ -22,8 +22,8 @@ from ledger.augment import DataAugmenter, register_op
 from ledger.canonical import canonical
 from ledger.datasets import dataset_digest
 from ledger.digests import value_digest
-from ledger.errors import StoreError, UnknownExperimentError
-from ledger.events import REPLAY_RECORDED, REPORT_EXPORTED
+from ledger.errors import BadInputError, StoreError, UnknownExperimentError
+from ledger.events import REPLAY_RECORDED, REPORT_EXPORTED, decode_body
 from ledger.experiment import Experiment, ExperimentManager
 from ledger.experiment_info import describe_experiment
 from ledger.seeds import SEED_SCHEME, derive_bytes
@@ -445,6 +445,42 @@ def test_a_recorded_verdict_that_is_not_text_is_inconclusive(tmp_path: Path) -> 
         ("replay_recorded", "INCONCLUSIVE")]
 
 
+@pytest.mark.parametrize("field,value,seq,kind", [
+    ("seq", "forged", None, "replay_recorded"), ("seq", True, None, "replay_recorded"),
+    ("seq", b"\x01", None, "replay_recorded"), ("kind", 5, 0, "5"),
+    ("kind", None, 0, "null"), ("kind", ["replay_recorded"], 0, '["replay_recorded"]'),
+    ("kind", float("nan"), 0, '"NaN"'), ("params", [1], 0, "replay_recorded")])
+def test_an_audit_body_whose_seq_or_kind_has_another_type_still_gives_a_valid_report(
+        tmp_path: Path, field: str, value: Any, seq: int | None, kind: str) -> None:
+    """R10 quoted the seq and kind of each audit body as they were, and R8 its seq: a body
+    edited to hold a seq that is no integer or a kind that is no text made the report fail
+    schemas/report.v1.json. A seq of another type is left out; a kind of another type is
+    shown as its JSON text (verification names the edited body)."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store)
+        record_audit(store, recorded.exp, REPLAY_RECORDED, {"verdict": "certified"})
+        drop_append_only_triggers(store)
+        with store.engine.connect() as connection:
+            raw = connection.exec_driver_sql(
+                "SELECT body FROM ledger_events WHERE exp = ? AND stream = 'audit'",
+                (recorded.exp,)).scalar_one()
+        body = decode_body(raw)
+        body[field] = value
+        execute(store, "UPDATE ledger_events SET body = :body WHERE exp = :exp AND "
+                       "stream = 'audit'", body=canonical(body), exp=recorded.exp)
+    report = report_of(url, recorded.exp)  # validated against the schema
+    assert [(e["seq"], e["kind"]) for e in report["R10"]["events"]] == [(seq, kind)]
+    event = report["R10"]["events"][0]
+    if field == "kind":  # neither a replay nor an export: nothing of either is quoted
+        assert sorted(event) == ["at", "kind", "seq"]
+    else:
+        assert (event["by"], event["outcome"]) == (
+            (None, "PASSED") if field == "seq" else (None, "INCONCLUSIVE"))
+    assert report["R8"]["audit_seq"] == (seq if field == "seq" else None)
+    assert report["summary"]["integrity"] == "FAILED"
+
+
 def test_recorded_export_formats_that_are_not_a_list_are_shown_as_recorded(
         tmp_path: Path) -> None:
     """The same stream holds report_exported records: ``formats`` as a number stopped R10
@@ -705,6 +741,23 @@ def test_the_seed_tree_stays_bounded_however_many_paths_a_run_draws() -> None:
     nodes = tree.nodes()
     assert tree.folded and len(nodes) <= 50 + 100 + 2
     assert sum(node["count"] for node in nodes) == 10_000
+
+
+def test_the_seed_tree_stays_bounded_when_every_path_starts_with_another_label() -> None:
+    """Keeping only the first label bounded nothing when every path starts with its own label
+    (a user draw keyed by a file name): 20,000 such draws gave 20,000 patterns, not the 2,000
+    the README promises. Past max_nodes + 200 patterns, new paths fold to ``…``."""
+    tree = SeedTree(max_nodes=2)
+    for index in range(1000):
+        tree.add("user_draw", (f"file-{index:04d}",), bytes(16))
+    tree.add("user_draw", ("file-0150", "again"), bytes(16))  # its pattern exists: joins it
+    nodes = tree.nodes()
+    assert len(nodes) == 2 + 200 + 1
+    assert [n["path"] for n in nodes[:2]] == [["file-0000"], ["file-0001"]]
+    assert [n["path"] for n in nodes[102:104]] == [["file-0102", "…"], ["file-0103", "…"]]
+    assert (nodes[150]["path"], nodes[150]["count"]) == (["file-0150", "…"], 2)
+    assert (nodes[-1]["path"], nodes[-1]["count"], nodes[-1]["seed"]) == (["…"], 798, None)
+    assert sum(node["count"] for node in nodes) == 1001
 
 
 def test_a_metric_series_is_thinned_but_keeps_its_count_and_last_value() -> None:
@@ -970,10 +1023,22 @@ def test_the_unique_chain_position_is_stated_as_the_database_holds_it(
 @pytest.mark.parametrize("start,months,end", [
     (date(2026, 1, 31), 1, date(2026, 2, 28)), (date(2028, 1, 31), 1, date(2028, 2, 29)),
     (date(2026, 12, 15), 1, date(2027, 1, 15)), (date(2026, 3, 31), 120, date(2036, 3, 31)),
-    (date(2026, 8, 31), 6, date(2027, 2, 28))])
+    (date(2026, 8, 31), 6, date(2027, 2, 28)), (date(9999, 11, 30), 1, date(9999, 12, 30)),
+    (date(1, 3, 31), -1, date(1, 2, 28))])
 def test_retention_adds_whole_months_ending_on_the_last_day_that_exists(
         start: date, months: int, end: date) -> None:
     assert add_months(start, months) == end
+
+
+@pytest.mark.parametrize("start,months", [(date(9990, 1, 1), 120), (date(9999, 12, 31), 1),
+                                          (date(1, 1, 31), -1)])
+def test_a_retention_period_ending_outside_the_years_of_a_date_is_refused(
+        start: date, months: int) -> None:
+    """A period ending past 9999-12-31 (``--retain-from 9990-01-01`` with the default 120
+    months) made add_months retry with ever smaller days and never return: ``ledger report``
+    hung. It is refused, saying why."""
+    with pytest.raises(BadInputError, match=f"{months} months from {start.isoformat()}"):
+        add_months(start, months)
 
 
 def test_r11_keeps_the_class_default_unless_the_operator_sets_a_period() -> None:
@@ -998,6 +1063,84 @@ def test_r13_names_the_responsible_person_and_the_signature_method() -> None:
     assert signed["responsible"] == [{"name": "Ada", "role": "validator"}]
     assert signed["signature_method"].startswith("Ed25519 detached signature")
     assert signed["public_key_sha256"] == "ab" * 32
+    assert r13_signoff("", "validator", "2026-11-30T10:00:00Z", {})["responsible"] == []
+
+
+def test_r11_defaults_of_each_class_and_periods_the_operator_gives() -> None:
+    """README: logs are kept 6 months by default; a class the program does not know keeps
+    10 years on the operator's word; 0 months is the operator's period (deletion may follow
+    at once), and a period equal to the class default is stated as the default."""
+    generated = date(2026, 11, 30)
+    logs = r11_retention(generated, "logs", None, None)
+    assert (logs["retain_months"], logs["earliest_deletion"], logs["basis"]) == (
+        6, "2027-05-30", RETENTION_CLASSES["logs"][1])
+    other = r11_retention(generated, "contract", None, None)
+    assert (other["class"], other["retain_months"], other["earliest_deletion"],
+            other["basis"]) == ("contract", 120, "2036-11-30", "set by the operator")
+    none = r11_retention(generated, "logs", 0, None)
+    assert (none["retain_months"], none["earliest_deletion"], none["basis"]) == (
+        0, "2026-11-30", f"set by the operator (0 months); default: {RETENTION_CLASSES['logs'][1]}")
+    assert r11_retention(generated, "logs", 6, None)["basis"] == RETENTION_CLASSES["logs"][1]
+
+
+def test_a_negative_retention_period_is_refused(honest: tuple[str, Path, str]) -> None:
+    """ReportOptions(retain_months=-1) gave R11 a deletion date before its start and a report
+    that failed its schema (retain_months has minimum 0)."""
+    url, _data, exp = honest
+    with pytest.raises(BadInputError, match=r"cannot be negative \(got -1 months\)"):
+        report_of(url, exp, retain_months=-1)
+
+
+def test_a_report_keeps_technical_documentation_ten_years_by_default(
+        honest: tuple[str, Path, str]) -> None:
+    url, _data, exp = honest
+    r11 = report_of(url, exp, now=datetime(2028, 2, 29, 23, 0, tzinfo=timezone.utc))["R11"]
+    assert (r11["class"], r11["retain_months"], r11["retain_from"], r11["earliest_deletion"],
+            r11["basis"]) == ("technical-documentation", 120, "2028-02-29", "2038-02-28",
+                              RETENTION_CLASSES["technical-documentation"][1])
+
+
+def test_r10_r12_and_r14_agree_with_the_rest_of_the_report(honest: tuple[str, Path, str]
+                                                           ) -> None:
+    """R12 lists this run's alerts and every limitation the README's R12 promises; each R14
+    row carries the title of the section it names, and R11's row cites the provisions its
+    retention classes rest on; R10 states the ledger's schema version and no migration."""
+    url, _data, exp = honest
+    report = report_of(url, exp)
+    assert report["R12"]["this_run"] == report["summary"]["alerts"] != []
+    non_claims = report["R12"]["non_claims"]
+    for topic in ("Model quality", "Fairness", "GPU kernel nondeterminism", "Data content",
+                  "Training results", "Regulatory conformity", "Identity of persons"):
+        assert [claim for claim in non_claims if topic in claim] != [], topic
+    rows = report["R14"]["rows"]
+    assert [row["title"] for row in rows] == [report[row["section"]]["title"] for row in rows]
+    retention = {ref["provision"]: ref for ref in rows[11]["references"]}
+    assert sorted(retention) == ["Art. 18", "Art. 19, 26(6)"]
+    assert {ref["framework"] for ref in retention.values()} == {"EU AI Act (Regulation 2024/1689)"}
+    assert "10 years" in retention["Art. 18"]["evidence"]
+    assert "6 months" in retention["Art. 19, 26(6)"]["evidence"]
+    assert "Art. 18" in RETENTION_CLASSES["technical-documentation"][1]
+    assert "Art. 19 and 26(6)" in RETENTION_CLASSES["logs"][1]
+    with Store.open(url) as store:
+        version = store.schema_version
+    r10 = report["R10"]
+    assert (r10["ledger_schema_version"], r10["migrations"]) == (version, [])
+    assert r10["migrations_note"].startswith(f"schema version {version}: no migration")
+
+
+def test_r10_shows_what_a_record_leaves_out_as_nothing(tmp_path: Path) -> None:
+    """A replay record without counts says 0 of each; an export without formats shows
+    none, and formats recorded as 0 show 0."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store)
+        record_audit(store, recorded.exp, REPLAY_RECORDED, {"verdict": "certified"})
+        record_audit(store, recorded.exp, REPORT_EXPORTED, {"report_id": "rpt-x"})
+        record_audit(store, recorded.exp, REPORT_EXPORTED, {"report_id": "rpt-y", "formats": 0})
+    events = report_of(url, recorded.exp)["R10"]["events"]
+    assert [(e["seq"], e["outcome"], e["detail"]) for e in events] == [
+        (0, "PASSED", "0 draws re-executed, 0 mismatched"), (1, None, "report rpt-x ()"),
+        (2, None, "report rpt-y (0)")]
 
 
 def test_r10_says_what_each_replay_and_export_recorded(tmp_path: Path) -> None:
@@ -1054,6 +1197,106 @@ def test_the_seed_tree_folds_new_paths_coarsely_once_it_holds_max_nodes() -> Non
     tree.add_batches("augmentation_batch", 4, 3, 0, 2, None)
     assert [n["path"] for n in tree.nodes()] == [
         ["a"], ["b"], ["c", "d"], ["epoch", "*", "batch", "*", "augment"]]
+
+
+def test_past_max_nodes_integers_fold_first_then_all_but_the_first_label() -> None:
+    """Once full, a new epoch path joins the one ``epoch/*/shuffle`` pattern — also once the
+    tree holds max_nodes + 100 patterns, since that pattern exists; only a path with no
+    pattern yet keeps just its first label (an empty path: ``…``)."""
+    tree = SeedTree(max_nodes=2)
+    tree.add("user_draw", ("a",), b"\x01")
+    tree.add("user_draw", ("b",), b"\x02")
+    tree.add("epoch_reset", ("epoch", 7, "shuffle"), b"\x03")
+    tree.add("epoch_reset", ("epoch", 8, "shuffle"), b"\x04")
+    for index in range(99):
+        tree.add("user_draw", (f"c{index:02d}",), b"\x05")
+    tree.add("epoch_reset", ("epoch", 9, "shuffle"), b"\x06")
+    tree.add("user_draw", (), b"\x07")
+    tree.add("user_draw", ("d", 1), b"\x08")
+    rows = _tree_rows(tree)
+    assert len(rows) == 104 and tree.folded
+    assert rows[:3] == [(("a",), 1, "01", None), (("b",), 1, "02", None),
+                        (("c00",), 1, "05", None)]
+    assert rows[-3:] == [(("d", "…"), 1, "08", None), (("epoch", "*", "shuffle"), 3, None, None),
+                         (("…",), 1, "07", None)]
+
+
+def test_a_user_pattern_made_past_max_nodes_keeps_its_first_draw_in_its_range() -> None:
+    """A user's pattern first drawn once the tree was full lost that draw's integer: draws
+    at mix/5/a/1 and mix/3/a/9 showed the range 3–3. A pattern that folding makes no
+    coarser keeps its range; a coarser one (epoch/*/shuffle) has none."""
+    tree = SeedTree(max_nodes=1)
+    tree.add("user_draw", ("x",), b"\x01")
+    tree.add("user_draw", ("mix", 5, "a", 1), b"\x02")
+    tree.add("user_draw", ("mix", 3, "a", 9), b"\x03")
+    tree.add("augmentation_batch", ("epoch", 2, "batch", 4, "augment"), b"\x04")
+    tree.add("augmentation_batch", ("epoch", 3, "batch", 6, "augment"), b"\x05")
+    assert _tree_rows(tree) == [(("epoch", "*", "batch", "*", "augment"), 2, None, None),
+                                (("mix", "*", "a", "*"), 2, None, [3, 5]),
+                                (("x",), 1, "01", None)]
+
+
+def test_augmentation_batches_join_their_pattern_and_fold_into_one_past_max_nodes() -> None:
+    """Batches of an epoch already in a full tree join its pattern; a new epoch's join the
+    one ``epoch/*/batch/*/augment`` pattern, with every count and the widest range — also
+    when a single batch drawn past max_nodes made that pattern (without a range)."""
+    tree = SeedTree(max_nodes=2)
+    tree.add("user_draw", ("a",), b"\x01")
+    tree.add_batches("augmentation_batch", 0, 2, 0, 1, None)
+    tree.add_batches("augmentation_batch", 0, 3, 5, 9, None)
+    assert not tree.folded
+    tree.add("augmentation_batch", ("epoch", 1, "batch", 3, "augment"), b"\x02")
+    tree.add_batches("augmentation_batch", 2, 4, 3, 6, None)
+    tree.add_batches("augmentation_batch", 3, 2, 1, 4, None)
+    assert tree.folded and _tree_rows(tree) == [
+        (("a",), 1, "01", None), (("epoch", 0, "batch", "*", "augment"), 5, None, [0, 9]),
+        (("epoch", "*", "batch", "*", "augment"), 7, None, [1, 6])]
+    full = SeedTree(max_nodes=1)
+    full.add("user_draw", ("a",), b"\x01")
+    full.add_batches("augmentation_batch", 0, 1, 4, 4, b"\x09")
+    assert full.folded and _tree_rows(full)[-1] == (
+        ("epoch", "*", "batch", "*", "augment"), 1, "09", None)
+
+
+def test_patterns_sort_by_kind_too_and_a_draw_without_a_seed_shows_none() -> None:
+    """One path drawn as two kinds gives two patterns in kind order; a draw added without a
+    seed shows none; a label that is literally ``*`` joins the wildcard pattern rather than
+    stopping the count."""
+    tree = SeedTree()
+    tree.add("user_draw", ("mix", "*"), None)
+    tree.add("user_draw", ("mix", 3), b"\x01")
+    tree.add("user_draw", ("z",), None)
+    tree.add("b_kind", ("k",), b"\x02")
+    tree.add("a_kind", ("k",), b"\x03")
+    assert [(n["path"], n["kind"], n["count"], n["seed"]) for n in tree.nodes()] == [
+        (["k"], "a_kind", 1, "03"), (["k"], "b_kind", 1, "02"),
+        (["mix", "*"], "user_draw", 2, None), (["z"], "user_draw", 1, None)]
+
+
+def test_the_seed_tree_holds_2000_patterns_before_it_folds() -> None:
+    """The README's bound: 2,000 patterns are kept as drawn, the next path is folded."""
+    tree = SeedTree()
+    for index in range(2000):
+        tree.add("user_draw", (f"p{index}", 1), bytes(16))
+    assert (tree.max_nodes, tree.folded, len(tree.nodes())) == (2000, False, 2000)
+    tree.add("user_draw", ("q", 1), bytes(16))
+    assert tree.folded
+
+
+def test_only_five_label_epoch_batch_paths_with_an_integer_batch_fold_as_augmentation() -> None:
+    """``epoch/e/batch/b/augment`` folds b alone; a longer path, a batch that is not an
+    integer or another first label are folded as a user's paths are (or kept, under
+    ``epoch``), and an empty path is a pattern of its own."""
+    tree = SeedTree()
+    tree.add("user_draw", ("epoch", 1, "batch", 3, "augment", "extra"), b"\x01")
+    tree.add("user_draw", ("mix", 1, "batch", 3, "augment"), b"\x02")
+    tree.add("user_draw", ("epoch", 1, "batch", "x", "augment"), b"\x03")
+    tree.add("user_draw", (), b"\x04")
+    assert _tree_rows(tree) == [
+        ((), 1, "04", None),
+        (("epoch", 1, "batch", 3, "augment", "extra"), 1, "01", None),
+        (("epoch", 1, "batch", "x", "augment"), 1, "03", None),
+        (("mix", "*", "batch", "*", "augment"), 1, "02", None)]
 
 
 def _facts_of_a_recorded_run(tmp_path: Path) -> RunFacts:
