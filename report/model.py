@@ -105,6 +105,7 @@ def build_report(store: Store, exp: str, options: ReportOptions | None = None, *
     """
     options = options or ReportOptions()
     row = row if row is not None and row.exp == exp else store.experiment(exp)
+    _check_retention(options)  # before a replay runs and records its certificate
     data_dir = options.data_dir or default_data_dir_of(store)
     outcome = None
     if options.replay:
@@ -119,6 +120,14 @@ def build_report(store: Store, exp: str, options: ReportOptions | None = None, *
     finally:
         verified = verification()
     return assemble(store, facts, scan, verified, outcome, options, data_dir, appendix_name)
+
+
+def _check_retention(options: ReportOptions) -> None:
+    """BadInputError when R11 cannot be built from ``options`` (a negative period, or one
+    that ends past 9999-12-31)."""
+    now = (options.now or datetime.now(UTC)).astimezone(UTC)
+    r11_retention(now.date(), options.retention_class, options.retain_months,
+                  options.retain_from)
 
 
 def assemble(store: Store, facts: RunFacts, scan: ScanResult, verified: VerifyReport,

@@ -141,6 +141,19 @@ def test_bad_input_exits_2_with_one_line(run: tuple[Path, str], args: tuple[str,
     assert stat.S_ISFIFO(pipe.stat().st_mode)  # a rename over it would have replaced the pipe
 
 
+def test_a_retention_period_past_9999_is_refused_before_a_replay_runs(run: tuple[Path, str]
+                                                                       ) -> None:
+    """The retention dates were checked only after ``--replay`` had re-executed the run and
+    recorded its certificate: the export failed, but the audit stream had grown."""
+    folder, exp = run
+    with Store.open(f"sqlite:///{folder / 'ledger.db'}") as store:
+        before = store.counts_by_kind(exp)
+    done = _ledger(folder, "report", exp, "--replay", "--retain-from", "9990-01-01")
+    assert done.returncode == 2 and "ends outside the years" in done.stderr, done.stderr
+    with Store.open(f"sqlite:///{folder / 'ledger.db'}") as store:
+        assert store.counts_by_kind(exp) == before
+
+
 def test_a_bundle_folder_left_by_a_killed_export_says_what_it_holds(run: tuple[Path, str]
                                                                     ) -> None:
     folder, exp = run
