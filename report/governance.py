@@ -116,21 +116,28 @@ def r10_history(facts: RunFacts, schema_version: int) -> dict[str, Any]:
         if body.get("kind") == REPLAY_RECORDED:
             entry.update(by=recorded_text(params.get("replayed_by")),
                          outcome=recorded_verdict(params.get("verdict")),
-                         detail=f"{params.get('compared_total', 0)} draws re-executed, "
-                                f"{params.get('mismatched', 0)} mismatched")
+                         detail=f"{_count(params.get('compared_total'))} draws re-executed, "
+                                f"{_count(params.get('mismatched'))} mismatched")
         elif body.get("kind") == REPORT_EXPORTED:
             formats = params.get("formats")
             shown = (", ".join(map(str, formats)) if isinstance(formats, list)
                      else "" if formats is None else str(formats))
             entry.update(by=recorded_text(params.get("generated_by")),
                          outcome=recorded_text(params.get("replay_verdict")),
-                         detail=f"report {params.get('report_id')} ({shown}"
+                         detail=f"report {recorded_text(params.get('report_id')) or '?'} "
+                                f"({shown}"
                                 f"{', signed' if params.get('signed') else ''})")
         events.append(json_view(entry))
     return {"title": "History", "events": events, "ledger_schema_version": schema_version,
             "migrations": [],
             "migrations_note": f"schema version {schema_version}: no migration has been applied "
                                f"(the schema records its version; newer versions are refused)"}
+
+
+def _count(value: Any) -> str:
+    """A recorded count as R10 quotes it: ``?`` when the record holds no count."""
+    count = recorded_int(value)
+    return "?" if count is None else str(count)
 
 
 def add_months(start: date, months: int) -> date:

@@ -1128,19 +1128,25 @@ def test_r10_r12_and_r14_agree_with_the_rest_of_the_report(honest: tuple[str, Pa
     assert r10["migrations_note"].startswith(f"schema version {version}: no migration")
 
 
-def test_r10_shows_what_a_record_leaves_out_as_nothing(tmp_path: Path) -> None:
-    """A replay record without counts says 0 of each; an export without formats shows
-    none, and formats recorded as 0 show 0."""
+def test_r10_shows_what_a_record_leaves_out_as_unknown(tmp_path: Path) -> None:
+    """A replay record without counts (or with counts that are no integers) says ``?`` for
+    each, not 0 — it used to claim "0 draws re-executed"; an export without a report id says
+    ``?``, not "report None"; without formats it shows none, and formats recorded as 0 show 0.
+    """
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     with Store.open(url, create=True) as store:
         recorded = record_experiment(store)
         record_audit(store, recorded.exp, REPLAY_RECORDED, {"verdict": "certified"})
         record_audit(store, recorded.exp, REPORT_EXPORTED, {"report_id": "rpt-x"})
         record_audit(store, recorded.exp, REPORT_EXPORTED, {"report_id": "rpt-y", "formats": 0})
+        record_audit(store, recorded.exp, REPLAY_RECORDED,
+                     {"verdict": "certified", "compared_total": True, "mismatched": "1"})
+        record_audit(store, recorded.exp, REPORT_EXPORTED, {"formats": ["json"]})
     events = report_of(url, recorded.exp)["R10"]["events"]
     assert [(e["seq"], e["outcome"], e["detail"]) for e in events] == [
-        (0, "PASSED", "0 draws re-executed, 0 mismatched"), (1, None, "report rpt-x ()"),
-        (2, None, "report rpt-y (0)")]
+        (0, "PASSED", "? draws re-executed, ? mismatched"), (1, None, "report rpt-x ()"),
+        (2, None, "report rpt-y (0)"), (3, "PASSED", "? draws re-executed, ? mismatched"),
+        (4, None, "report ? (json)")]
 
 
 def test_r10_says_what_each_replay_and_export_recorded(tmp_path: Path) -> None:
