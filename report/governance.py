@@ -113,12 +113,12 @@ def r10_history(facts: RunFacts, schema_version: int) -> dict[str, Any]:
             "kind": (kind if isinstance(kind, str)
                      else canonical_json(json_view(kind)).decode("utf-8")),
             "at": rfc3339(body.get("t"))}
-        if body.get("kind") == REPLAY_RECORDED:
+        if kind == REPLAY_RECORDED:
             entry.update(by=recorded_text(params.get("replayed_by")),
                          outcome=recorded_verdict(params.get("verdict")),
-                         detail=f"{_count(params.get('compared_total'))} draws re-executed, "
-                                f"{_count(params.get('mismatched'))} mismatched")
-        elif body.get("kind") == REPORT_EXPORTED:
+                         detail=f"{_shown_count(params.get('compared_total'))} draws re-executed, "
+                                f"{_shown_count(params.get('mismatched'))} mismatched")
+        elif kind == REPORT_EXPORTED:
             formats = params.get("formats")
             shown = (", ".join(map(str, formats)) if isinstance(formats, list)
                      else "" if formats is None else str(formats))
@@ -127,14 +127,14 @@ def r10_history(facts: RunFacts, schema_version: int) -> dict[str, Any]:
                          detail=f"report {recorded_text(params.get('report_id')) or '?'} "
                                 f"({shown}"
                                 f"{', signed' if params.get('signed') else ''})")
-        events.append(json_view(entry))
+        events.append(entry)  # every value is plain JSON already
     return {"title": "History", "events": events, "ledger_schema_version": schema_version,
             "migrations": [],
             "migrations_note": f"schema version {schema_version}: no migration has been applied "
                                f"(the schema records its version; newer versions are refused)"}
 
 
-def _count(value: Any) -> str:
+def _shown_count(value: Any) -> str:
     """A recorded count as R10 quotes it: ``?`` when the record holds no count."""
     count = recorded_int(value)
     return "?" if count is None else str(count)

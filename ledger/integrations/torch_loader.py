@@ -21,7 +21,7 @@ from ledger.canonical import normalise
 from ledger.datasets import Dataset
 from ledger.errors import BadInputError, StoreError
 from ledger.events import AUGMENTATION_BATCH, WORKER_SPAWNED
-from ledger.integrations import torch_workers
+from ledger.integrations import torch_workers  # its worker_report, read when a batch is made
 from ledger.integrations.runs import AttachedRun
 from ledger.integrations.sharding import INTEGRATION, rank_augment_path
 from ledger.integrations.torch_distributed import Run
