@@ -299,6 +299,60 @@ def test_a_writer_that_takes_over_a_live_one_still_cannot_fork(store: Store) -> 
     assert verify(store).ok
 
 
+def test_a_writer_taking_over_one_whose_batch_is_in_flight_continues_after_that_batch(
+        postgres_url: str) -> None:
+    """PostgreSQL: a batch of the old writer that checked its claim just before the take-over
+    and commits just after it is in the chain, so the new writer must start after it. Before,
+    the new writer read the head while that batch was uncommitted, started at a taken seq, and
+    was the one refused at its first flush: the writer taken over knocked out its successor."""
+    with Store.open(postgres_url, create=True) as store, Store.open(postgres_url) as old_store:
+        recorded = record_experiment(store, workers=0, complete=False)
+        old = StreamWriter(old_store, recorded.exp, "main", flush_interval=None)
+        inside, go = threading.Event(), threading.Event()
+        insert_rows = old_store._insert_rows
+
+        def slow_insert(connection, rows) -> None:  # noqa: ANN001
+            inside.set()  # its claim is checked: the batch is in flight
+            go.wait()
+            insert_rows(connection, rows)
+
+        old_store._insert_rows = slow_insert  # type: ignore[method-assign]
+        old.append("metric", params={"who": "old"})
+        flushing = threading.Thread(target=old.flush)
+        flushing.start()
+        inside.wait()
+        opened: list[StreamWriter] = []
+        taking = threading.Thread(target=lambda: opened.append(StreamWriter(
+            store, recorded.exp, "main", flush_interval=None, take_over=True)))
+        taking.start()
+        lock_waits = sqlalchemy.create_engine(postgres_url)
+        try:  # let the batch commit once the take-over is done, or waits for it
+            while taking.is_alive() and not _waiting_for_a_lock(lock_waits):
+                time.sleep(0.005)
+        finally:
+            lock_waits.dispose()
+            go.set()
+        flushing.join()
+        taking.join()
+        new = opened[0]
+        old_store._insert_rows = insert_rows  # type: ignore[method-assign]
+        try:
+            assert new.next_seq == len(rows(store, recorded.exp, "main"))
+            new.append("metric", params={"who": "new"})
+            assert new.flush() == new.next_seq - 1  # the writer meant to go on goes on
+        finally:
+            new.close()
+            with contextlib.suppress(ConcurrentWriteError):
+                old.close()
+        assert verify(store).ok
+
+
+def _waiting_for_a_lock(engine: sqlalchemy.Engine) -> bool:
+    with engine.connect() as connection:
+        return bool(connection.execute(sqlalchemy.text(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted")).scalar())
+
+
 def test_writers_racing_to_open_a_stream_leave_exactly_one_open(store: Store) -> None:
     barrier = threading.Barrier(4)
     outcome: dict[int, object] = {}

@@ -12,7 +12,8 @@ host that no longer exists is taken over automatically; for a holder on another 
 ``take_over=True`` once you know it is gone. Should it still be alive, its next batch is refused
 (:meth:`~ledger.store.Store.append_rows` checks in the batch's transaction that the writer's
 claim was not released), and the unique (exp, stream, seq) key still refuses a second event at a
-taken position: the chain cannot fork.
+taken position: the chain cannot fork. A batch already past that check when the stream is taken
+over commits first (:meth:`~ledger.store.Store.lock_stream`), so the new writer starts after it.
 """
 
 from __future__ import annotations
@@ -169,6 +170,8 @@ def claim_stream(store: Store, exp: str, stream: str, start_seq: int | None, *,
                         f"second writer is refused rather than fork the chain (if that process "
                         f"is gone, take the stream over: take_over=True, or --take-over for "
                         f"ledger replay and report)")
+            if held:  # taken over: after any batch of theirs already past its claim check
+                store.lock_stream(connection, exp, stream, shared=False)
             attempt = max(claims, default=-1) + 1
             if start_seq is None:
                 start_seq = _next_seq(connection, exp, stream)

@@ -19,6 +19,7 @@ from sqlalchemy import and_, bindparam, distinct, func, inspect, not_, select, t
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
+from ledger.canonical import canonical
 from ledger.digests import ZERO_DIGEST
 from ledger.errors import (AppendOnlyError, BadInputError, ConcurrentWriteError, StoreError,
                            UnknownExperimentError)
@@ -250,6 +251,7 @@ class Store:
                 if last is not None:
                     rows = [*rows, last(connection)]
                 if claim_attempt is not None:
+                    self.lock_stream(connection, rows[0][0], rows[0][1], shared=True)
                     self._check_still_claimed(connection, rows[0][0], rows[0][1], claim_attempt)
                 self._insert_rows(connection, rows)
         except IntegrityError:
@@ -396,10 +398,28 @@ class Store:
         needed, released at commit or rollback); on SQLite nothing: a write transaction there
         (BEGIN IMMEDIATE) already excludes every other writer.
         """
+        self._advisory_lock(connection, b"ledger/run-lock\x00" + exp.encode(), shared=shared)
+
+    def lock_stream(self, connection, exp: str, stream: str, *,  # noqa: ANN001
+                    shared: bool) -> None:
+        """Serialise, within write transactions on ``connection``, taking a stream over
+        (``shared=False``: :func:`ledger.store.claims.claim_stream`) with the batches of the
+        writer that held it (``shared=True``: each checks its claim, then inserts).
+
+        On PostgreSQL a batch that checked its claim just before a take-over could otherwise
+        commit just after it, when the new writer has already read the head: the new writer
+        would start at a seq that batch takes, and be the one refused. Under this lock the
+        take-over waits for that batch, and a later batch sees the release. On SQLite nothing:
+        a write transaction there already excludes every other writer.
+        """
+        self._advisory_lock(connection, b"ledger/stream-lock\x00" + canonical([exp, stream]),
+                            shared=shared)
+
+    def _advisory_lock(self, connection, name: bytes, *, shared: bool) -> None:  # noqa: ANN001
+        """PostgreSQL: a transaction-scoped advisory lock keyed by SHA-256 of ``name``."""
         if self.backend != "postgresql":
             return
-        key = int.from_bytes(hashlib.sha256(b"ledger/run-lock\x00" + exp.encode()).digest()[:8],
-                             "big", signed=True)
+        key = int.from_bytes(hashlib.sha256(name).digest()[:8], "big", signed=True)
         connection.execute(text("SELECT pg_advisory_xact_lock_shared(:key)") if shared
                            else text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
