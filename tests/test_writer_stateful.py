@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,16 @@ def plain_row(row: tuple[Any, ...]) -> Row:
     return tuple(bytes(value) if isinstance(value, memoryview) else value for value in row)
 
 
+def completion_guard(store: Store, exp: str) -> Callable[[Any], None]:
+    """A guard as an attached stream's (README *Distributed ranks*): under the experiment's
+    lock, refuse a batch once the run is completed, so that it is counted or refused."""
+    def guard(connection: Any) -> None:
+        store.lock_experiment(connection, exp, shared=True)
+        if Store.last_kind_in(connection, exp, "main") == "run_completed":
+            raise StoreError(f"the run of {exp} is already completed")
+    return guard
+
+
 class Clock:
     """A writer's clock: distinct, increasing nanoseconds, and the last one it gave."""
 
@@ -135,14 +146,15 @@ class Handle:
     stream: str
     options: dict[str, Any]
     clock: Clock
-    usurped: bool = False
-    """Another writer took its stream over while it was alive."""
+    stopped: type[StoreError] | None = None
+    """What refuses its batches once another writer took its stream over while it was alive
+    (ConcurrentWriteError), or once the run completed (StoreError, from its guard)."""
     unwritten: int = 0
-    """Usurped: events it holds that are not (and can never be) in the ledger."""
+    """Stopped: events it holds that are not (and can never be) in the ledger."""
     refused: bool = False
-    """Usurped: it has raised ConcurrentWriteError to its owner."""
-    stored_when_usurped: int = 0
-    """Usurped: how many events its stream held once taken over (all it can ever claim)."""
+    """Stopped: it has raised that error to its owner."""
+    stored_when_stopped: int = 0
+    """Stopped: how many events its stream held then (all it can ever claim durable)."""
 
     @property
     def exact(self) -> bool:
@@ -177,8 +189,8 @@ class WriterMachine(RuleBasedStateMachine):
             for handle in self.handles:
                 try:
                     handle.writer.close()
-                except ConcurrentWriteError:
-                    assert handle.usurped
+                except StoreError as error:
+                    assert handle.stopped is not None and isinstance(error, handle.stopped)
         finally:
             for store in (*self.stores, self.reader):
                 store.close()
@@ -209,10 +221,10 @@ class WriterMachine(RuleBasedStateMachine):
         return [key for key, chain in sorted(self.chains.items()) if chain.holder is not None]
 
     def holders(self) -> list[Handle]:
-        return [handle for handle in self.handles if not handle.usurped]
+        return [handle for handle in self.handles if handle.stopped is None]
 
-    def usurped(self) -> list[Handle]:
-        return [handle for handle in self.handles if handle.usurped]
+    def stopped(self) -> list[Handle]:
+        return [handle for handle in self.handles if handle.stopped is not None]
 
     def stored(self, store: Store, exp: str, stream: str) -> list[Row]:
         return [plain_row(row) for row in store.iter_segment_rows(
@@ -221,7 +233,9 @@ class WriterMachine(RuleBasedStateMachine):
     def open_writer(self, key: tuple[str, str], options: dict[str, Any], store_index: int,
                     take_over: bool = False) -> Handle:
         clock = Clock(next(self.clock_starts))
-        writer = StreamWriter(self.stores[store_index], *key, clock=clock, take_over=take_over,
+        store = self.stores[store_index]
+        guard = None if key[1] == "main" else completion_guard(store, key[0])
+        writer = StreamWriter(store, *key, clock=clock, take_over=take_over, guard=guard,
                               **options)
         handle = Handle(writer, *key, options, clock)
         self.handles.append(handle)
@@ -242,6 +256,16 @@ class WriterMachine(RuleBasedStateMachine):
                 chain.written = chain.durable = len(chain.events)  # a full batch is written
         else:
             chain.written = None
+
+    def stop(self, handle: Handle, error: type[StoreError], stored: int) -> None:
+        """The model of a writer whose batches are refused from now on, its stream holding
+        ``stored`` events: what it holds beyond them is never written."""
+        chain = self.chains[handle.exp, handle.stream]
+        handle.stopped, handle.unwritten = error, len(chain.events) - stored
+        handle.stored_when_stopped = stored
+        del chain.events[stored:]
+        self.all_written(chain)
+        chain.holder = None
 
     def all_written(self, chain: Chain) -> None:
         chain.durable = chain.written = len(chain.events)
@@ -286,10 +310,7 @@ class WriterMachine(RuleBasedStateMachine):
         assert len(stored) >= chain.durable, "an acknowledged event is missing"
         if chain.written is not None:
             assert len(stored) == chain.written
-        old.usurped, old.unwritten = True, len(chain.events) - len(stored)
-        old.stored_when_usurped = len(stored)
-        del chain.events[len(stored):]
-        self.all_written(chain)
+        self.stop(old, ConcurrentWriteError, len(stored))
         self.check_continues(handle, chain)
         chain.holder = handle
 
@@ -383,18 +404,14 @@ class WriterMachine(RuleBasedStateMachine):
         with pytest.raises(StoreError, match="closed"):
             handle.writer.append("metric")
 
-    @precondition(lambda self: any(
-        key[1] == "main" and chain.holder is not None and all(
-            other.holder is None for (exp, _), other in self.chains.items()
-            if exp == key[0] and other is not chain)
-        for key, chain in self.chains.items()))
+    @precondition(lambda self: any(handle.stream == "main" for handle in self.holders()))
     @rule(pick=picks, status=st.sampled_from(["ok", "failed"]))
     def complete_the_run(self, pick: int, status: str) -> None:
         """run_completed, as an experiment writes it: every stream's count and head read in
-        the transaction that writes it (other streams closed first)."""
-        candidates = [handle for handle in self.holders() if handle.stream == "main" and all(
-            chain.holder is None for (exp, stream), chain in self.chains.items()
-            if exp == handle.exp and stream != "main")]
+        the transaction that writes it, under the experiment's lock. The other streams'
+        writers may still be open, their background threads writing: each batch of theirs is
+        counted or refused (by their guard), never written after it."""
+        candidates = [handle for handle in self.holders() if handle.stream == "main"]
         handle = candidates[pick % len(candidates)]
         writer = handle.writer
         store = writer.store
@@ -416,20 +433,30 @@ class WriterMachine(RuleBasedStateMachine):
         self.handles.remove(handle)
         self.completed.add(handle.exp)
         assert self.reader.experiment(handle.exp).status == status
+        counted = event.params["streams"]
+        for other in self.holders():
+            if other.exp == handle.exp:
+                count = counted.get(other.stream, {"count": 0})["count"]
+                chain = self.chains[other.exp, other.stream]
+                assert chain.durable <= count <= len(chain.events)
+                if chain.written is not None:
+                    assert count == chain.written
+                self.stop(other, StoreError, count)
 
-    # -- rules: a writer taken over while alive ---------------------------------------------
+    # -- rules: a writer taken over while alive, or whose run completed ---------------------
 
-    @precondition(lambda self: self.usurped())
+    @precondition(lambda self: self.stopped())
     @rule(pick=picks, event=fields)
-    def a_taken_over_writer_appends(self, pick: int, event: dict[str, Any]) -> None:
-        handle = self.usurped()[pick % len(self.usurped())]
+    def a_stopped_writer_appends(self, pick: int, event: dict[str, Any]) -> None:
+        handle = self.stopped()[pick % len(self.stopped())]
+        assert handle.stopped is not None
         if handle.refused:
-            with pytest.raises(ConcurrentWriteError):  # it refuses further appends
+            with pytest.raises(handle.stopped):  # it refuses further appends
                 handle.writer.append(**event)
             return
         try:
             handle.writer.append(**event)
-        except ConcurrentWriteError:  # a full batch (or a background write) was refused
+        except handle.stopped:  # a full batch (or a background write) was refused
             assert not handle.exact or handle.unwritten + 1 >= handle.options["batch_size"]
             handle.refused = True
             return
@@ -437,25 +464,27 @@ class WriterMachine(RuleBasedStateMachine):
         if handle.exact:  # a full batch would have been written, and refused
             assert handle.unwritten < handle.options["batch_size"]
 
-    @precondition(lambda self: self.usurped())
+    @precondition(lambda self: self.stopped())
     @rule(pick=picks)
-    def a_taken_over_writer_flushes(self, pick: int) -> None:
-        handle = self.usurped()[pick % len(self.usurped())]
+    def a_stopped_writer_flushes(self, pick: int) -> None:
+        handle = self.stopped()[pick % len(self.stopped())]
+        assert handle.stopped is not None
         if handle.refused or handle.unwritten:
-            with pytest.raises(ConcurrentWriteError):
+            with pytest.raises(handle.stopped):
                 handle.writer.flush()
             handle.refused = True
         else:
-            # Nothing of its own to write: no batch, so no transaction to check its claim in.
+            # Nothing of its own to write: no batch, so no transaction that could refuse it.
             assert handle.writer.flush() == handle.writer.durable_seq
 
-    @precondition(lambda self: self.usurped())
+    @precondition(lambda self: self.stopped())
     @rule(pick=picks)
-    def a_taken_over_writer_closes(self, pick: int) -> None:
-        handle = self.usurped()[pick % len(self.usurped())]
+    def a_stopped_writer_closes(self, pick: int) -> None:
+        handle = self.stopped()[pick % len(self.stopped())]
+        assert handle.stopped is not None
         self.handles.remove(handle)
         if handle.unwritten and not handle.refused:  # a failure its owner has not yet seen
-            with pytest.raises(ConcurrentWriteError):
+            with pytest.raises(handle.stopped):
                 handle.writer.close()
         else:
             handle.writer.close()
@@ -501,12 +530,19 @@ class WriterMachine(RuleBasedStateMachine):
                 assert durable[key] <= len(stored) - 1, f"{key}: durable_seq not stored"
                 if holder.exact:
                     assert len(chain.events) - len(stored) < holder.options["batch_size"]
-            for handle in self.usurped():  # acknowledges nothing the ledger does not hold
+            for handle in self.stopped():  # acknowledges nothing the ledger does not hold
                 if (handle.exp, handle.stream) == key:
-                    assert handle.writer.durable_seq < handle.stored_when_usurped
+                    assert handle.writer.durable_seq < handle.stored_when_stopped
+            # Read after the rows, each of these may see a background write land meanwhile.
             last = store.last_event(*key)
-            if last is not None:  # read after the rows: a background write may land
+            if last is not None:
                 assert chain.events[last[0]][9] == last[1] and last[0] >= len(stored) - 1
+            head = store.stream_heads(key[0]).get(key[1])
+            if head is not None:
+                assert len(stored) <= head.count <= len(chain.events)
+                assert head.head == chain.events[head.count - 1][9]
+        for exp, stream, count, max_seq in store.chain_sizes():
+            assert count == max_seq + 1 <= len(self.chains[exp, stream].events)
 
     @invariant()
     def verify_accepts_the_ledger(self) -> None:
@@ -547,7 +583,7 @@ class PostgresWriterMachine(WriterMachine):
                     reason=f"{POSTGRES_ENV} is not set: no PostgreSQL server to test against")
 def test_the_writer_machine_on_postgres() -> None:
     run_state_machine_as_test(PostgresWriterMachine,
-                              settings=settings(STATEFUL_SETTINGS, max_examples=15))
+                              settings=settings(STATEFUL_SETTINGS, max_examples=10))
 
 
 # -- a writer killed at a random moment --------------------------------------------------------
