@@ -1,8 +1,9 @@
 """A model-based test of the stream writer and the store (README *The store*, StreamWriter).
 
-A hypothesis state machine drives StreamWriters over the streams of two experiments in one
-ledger — appends (checked and normalised), flushes, closes and reopens, a second writer refused
-at open, a writer taken over while still alive, a run completed — with small batches, with and
+A hypothesis state machine drives StreamWriters over the streams of one or two experiments in
+one ledger — appends (checked and normalised), flushes, closes and reopens, a second writer
+refused at open, a writer taken over while still alive (even mid-batch), a run completed while
+other streams' writers are open (guarded as attached streams are) — with small batches, with and
 without write-behind and interval flushes, through two Store handles. It keeps a model of every
 chain: what each writer has appended and what must be durable. After every step it reads the
 ledger back through a third handle and checks, against the model, that
@@ -11,7 +12,8 @@ ledger back through a third handle and checks, against the model, that
 - everything acknowledged by a flush (``durable_seq``) is stored, and a writer that writes only
   on a flush or a full batch has stored exactly its full batches;
 - ``ledger.verify`` accepts the ledger;
-- the chain never forks, whoever was taken over.
+- the chain never forks, whoever was taken over, and a writer taken over or of a completed run
+  is refused from its next batch on and acknowledges nothing more.
 
 A crash check runs a child process that appends planned events and flushes at planned points,
 kills it with SIGKILL at a random moment, and checks what it left.
@@ -314,6 +316,19 @@ class WriterMachine(RuleBasedStateMachine):
         self.check_continues(handle, chain)
         chain.holder = handle
 
+    @precondition(lambda self: any(handle.options["write_behind"] for handle in self.holders()))
+    @rule(pick=picks, event=fields, options=writer_options, store_index=st.integers(0, 1))
+    def take_over_while_a_batch_is_written(self, pick: int, event: dict[str, Any],
+                                           options: dict[str, Any], store_index: int) -> None:
+        """Fill a batch of a write-behind writer and take its stream over at once, while its
+        background thread may be writing that batch."""
+        behind = [handle for handle in self.holders() if handle.options["write_behind"]]
+        handle = behind[pick % len(behind)]
+        for _ in range(handle.options["batch_size"]):
+            self.append_normalised(self.holders().index(handle), event)
+        key = (handle.exp, handle.stream)
+        self.take_over_a_live_writer(self.held_streams().index(key), options, store_index)
+
     # -- rules: appending -------------------------------------------------------------------
 
     @precondition(lambda self: self.holders())
@@ -433,6 +448,9 @@ class WriterMachine(RuleBasedStateMachine):
         self.handles.remove(handle)
         self.completed.add(handle.exp)
         assert self.reader.experiment(handle.exp).status == status
+        for stopped in self.stopped():  # its guard, first in each batch, now refuses too
+            if stopped.exp == handle.exp and stopped.stream != "main":
+                stopped.stopped = StoreError
         counted = event.params["streams"]
         for other in self.holders():
             if other.exp == handle.exp:
