@@ -30,6 +30,7 @@ from ledger.errors import (BadInputError, ConcurrentWriteError, EncodingError, I
 from ledger.events import make_event
 from ledger.experiment import ExperimentManager
 from ledger.store import Store, StreamWriter
+import ledger.store.claims as claims_module
 from ledger.store.claims import host_identity, live_holder
 from ledger.store.schema import claims_table
 from ledger.store.writer import MAX_QUEUED_BATCHES
@@ -1074,3 +1075,58 @@ def test_an_interval_flusher_does_not_retry_a_batch_whose_write_failed(store: St
     with pytest.raises(StoreError, match="server closed the connection"):
         w.close()
     assert (calls, stored_seqs(store, "main")) == ([0], [])
+
+
+def _with_a_commit_after_reading_claims(monkeypatch: pytest.MonkeyPatch,
+                                        commit: Any) -> None:
+    """Make the next claim's first read of the claims be followed by ``commit()`` — another
+    writer's claim or release committing between that read and the claim's insert, the race
+    PostgreSQL's transactions allow (SQLite's write lock excludes it)."""
+    read_claims = claims_module._claims_of
+    pending = [commit]
+
+    def read_then_commit(connection: Any, exp: str, stream: str) -> Any:
+        found = read_claims(connection, exp, stream)
+        if pending:
+            pending.pop()()
+        return found
+
+    monkeypatch.setattr(claims_module, "_claims_of", read_then_commit)
+
+
+def test_a_take_over_racing_the_holders_own_close_still_opens(
+        postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The holder closing (its release committed) while a take-over reads the claims: both
+    release the same attempt. The take-over used to be refused, "opened by another writer at
+    the same moment", though nobody else had opened the stream; it now reads the claims again
+    and opens."""
+    with Store.open(postgres_url, create=True) as store, Store.open(postgres_url) as old_store:
+        recorded = record_experiment(store, workers=0, complete=False)
+        old = StreamWriter(old_store, recorded.exp, "main", flush_interval=None)
+        _with_a_commit_after_reading_claims(monkeypatch, old.close)
+        new = StreamWriter(store, recorded.exp, "main", flush_interval=None, take_over=True)
+        try:
+            new.append("metric", params={"who": "new"})
+            assert new.flush() == new.next_seq - 1
+        finally:
+            new.close()
+        assert verify(store).ok
+
+
+def test_a_writer_opening_at_the_same_moment_as_another_is_told_who_holds_the_stream(
+        postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two writers claiming a free stream at once: the one whose insert collides reads the
+    claims again and names the holder (it used to say only "opened by another writer at the
+    same moment")."""
+    with Store.open(postgres_url, create=True) as store, Store.open(postgres_url) as other:
+        recorded = record_experiment(store, workers=0, complete=False)
+        opened: list[StreamWriter] = []
+        _with_a_commit_after_reading_claims(monkeypatch, lambda: opened.append(
+            StreamWriter(other, recorded.exp, "main", flush_interval=None)))
+        try:
+            with pytest.raises(StreamClaimedError, match=r"already open by .*pid"):
+                StreamWriter(store, recorded.exp, "main", flush_interval=None)
+            assert len(opened) == 1
+        finally:
+            for first in opened:
+                first.close()

@@ -36,6 +36,9 @@ from ledger.text import quoted
 
 CLAIM = "claim"
 RELEASE = "release"
+CLAIM_TRIES = 3
+"""How many times claiming a stream tries: another writer's claim or release committed between
+a try's reading the claims and its inserting its own makes it read them anew."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,35 +162,49 @@ def claim_stream(store: Store, exp: str, stream: str, start_seq: int | None, *,
     ensure_claims_table(store)
     writer = uuid.uuid4().hex
     host, pid = host_identity(), os.getpid()
-    try:
-        with store.write_connection() as connection, connection.begin():
-            claims, held = _claims_of(connection, exp, stream)
-            now = time.time_ns()
-            for holder in held:
-                if not (take_over or holder.gone()):
-                    raise StreamClaimedError(
-                        f"stream {stream} of {exp} is already open by {holder.describe()}: a "
-                        f"second writer is refused rather than fork the chain (if that process "
-                        f"is gone, take the stream over: take_over=True, or --take-over for "
-                        f"ledger replay and report)")
-            if held:  # taken over: after any batch of theirs already past its claim check
-                store.lock_stream(connection, exp, stream, shared=False)
-            attempt = max(claims, default=-1) + 1
-            if start_seq is None:
-                start_seq = _next_seq(connection, exp, stream)
-            connection.execute(claims_table.insert(), [
-                *[{"exp": exp, "stream": stream, "attempt": holder.attempt, "action": RELEASE,
-                   "start_seq": start_seq, "writer": writer, "host": host, "pid": pid, "t": now}
-                  for holder in held],
-                {"exp": exp, "stream": stream, "attempt": attempt, "action": CLAIM,
-                 "start_seq": start_seq, "writer": writer, "host": host, "pid": pid, "t": now}])
-    except IntegrityError:
-        raise StreamClaimedError(f"stream {stream} of {exp} was opened by another writer at the "
-                                 f"same moment: a second writer is refused rather than fork the "
-                                 f"chain") from None
-    except SQLAlchemyError as error:
-        raise _translate(error, f"cannot open stream {stream} of {exp}") from None
-    return Claim(exp, stream, attempt, writer)
+    for tries_left in reversed(range(CLAIM_TRIES)):
+        try:
+            attempt = _insert_claim(store, exp, stream, start_seq, take_over=take_over,
+                                    writer=writer, host=host, pid=pid)
+            return Claim(exp, stream, attempt, writer)
+        except IntegrityError:
+            # Another claim or release of this stream committed between our read and our
+            # insert (PostgreSQL; SQLite's write lock excludes it): read the claims again.
+            if not tries_left:
+                raise StreamClaimedError(
+                    f"stream {stream} of {exp} was opened by another writer at the same "
+                    f"moment: a second writer is refused rather than fork the chain") from None
+        except SQLAlchemyError as error:
+            raise _translate(error, f"cannot open stream {stream} of {exp}") from None
+    raise AssertionError("unreachable: the last try returns or raises")
+
+
+def _insert_claim(store: Store, exp: str, stream: str, start_seq: int | None, *,
+                  take_over: bool, writer: str, host: str, pid: int) -> int:
+    """One try of :func:`claim_stream`: read the stream's claims, refuse a live holder (unless
+    taking over), release those taken over and insert the new claim; return its attempt."""
+    with store.write_connection() as connection, connection.begin():
+        claims, held = _claims_of(connection, exp, stream)
+        now = time.time_ns()
+        for holder in held:
+            if not (take_over or holder.gone()):
+                raise StreamClaimedError(
+                    f"stream {stream} of {exp} is already open by {holder.describe()}: a "
+                    f"second writer is refused rather than fork the chain (if that process "
+                    f"is gone, take the stream over: take_over=True, or --take-over for "
+                    f"ledger replay and report)")
+        if held:  # taken over: after any batch of theirs already past its claim check
+            store.lock_stream(connection, exp, stream, shared=False)
+        attempt = max(claims, default=-1) + 1
+        if start_seq is None:
+            start_seq = _next_seq(connection, exp, stream)
+        connection.execute(claims_table.insert(), [
+            *[{"exp": exp, "stream": stream, "attempt": holder.attempt, "action": RELEASE,
+               "start_seq": start_seq, "writer": writer, "host": host, "pid": pid, "t": now}
+              for holder in held],
+            {"exp": exp, "stream": stream, "attempt": attempt, "action": CLAIM,
+             "start_seq": start_seq, "writer": writer, "host": host, "pid": pid, "t": now}])
+    return attempt
 
 
 def _next_seq(connection, exp: str, stream: str) -> int:  # noqa: ANN001

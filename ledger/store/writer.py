@@ -49,9 +49,12 @@ class StreamWriter:
     machine sharing the database — is refused at once with StreamClaimedError, naming the
     holder. Opening a writer on a stream that already holds events continues its chain from the
     stored head. ``take_over=True`` takes the claim of a holder you know is gone; should it still
-    be alive, its next flush fails with ConcurrentWriteError (its claim is checked in each
-    batch's transaction, behind it the unique (exp, stream, seq) key) — even a flush before the
-    new writer's first — and it refuses further appends: the chain never forks.
+    be alive, its next flush of buffered events fails with ConcurrentWriteError (its claim is
+    checked in each batch's transaction, behind it the unique (exp, stream, seq) key) — even a
+    flush before the new writer's first — and it refuses further appends: the chain never
+    forks. (A flush with nothing buffered writes nothing and checks nothing.) On PostgreSQL a
+    take-over waits for a batch of the old writer already past its claim check, and starts
+    after it (:meth:`Store.lock_stream`).
 
     ``write_behind=True`` writes full batches (and interval flushes) on a background thread; see
     the module docstring. ``guard(connection)`` is called first in the transaction of each batch
