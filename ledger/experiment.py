@@ -206,6 +206,13 @@ class Experiment:
             return ((kind, path) in self._drawn_here
                     and seen_draw(self._draws, kind, path, output, _SECOND_DRAW_HINT))
 
+    def drew_kind_here(self, kind: str) -> bool:
+        """Whether this process recorded, or re-entered, any draw of ``kind`` (batches aside:
+        :meth:`record_normalised_draw` does not count) — in a resumed run, whether an iterator
+        of this process has started an epoch yet."""
+        with self._lock:
+            return any(drawn == kind for drawn, _path in self._drawn_here)
+
     def _append(self, kind: str, **fields: Any) -> Event:
         self._check_process()  # before the lock, which a forked child may inherit held
         with self._lock:

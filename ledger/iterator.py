@@ -208,15 +208,20 @@ class TrainingDataIterator:
         """Refuse to start ``epoch`` when another iterator of this process drew it and this one
         was not restored to it: an iterator made afresh for each epoch starts at epoch 0 again
         and repeats its order — the bug this library exists to fix — while the ledger, which
-        records a draw once, would stay silent. (In a resumed run, the first iterator may redo
-        epochs the lost attempt drew: that is starting over, not repeating.)"""
+        records a draw once, would stay silent. In a resumed run, the first iterator to start
+        an epoch may redo epochs the lost attempt drew (that is starting over, not repeating);
+        once an iterator of the resumed process has started one, another iterator may not."""
         if not self.recording or self._restored or self._reset_recorded == epoch:
             return
         experiment = cast(Experiment, self.experiment)
+        path = shuffle_path(epoch)
         # another output at this draw (other data) is refused by drew_here itself
-        if not experiment.drew_here(EPOCH_RESET, shuffle_path(epoch),
-                                    self._maker.order_digest(epoch)):
-            return
+        if not experiment.drew_here(EPOCH_RESET, path, self._maker.order_digest(epoch)):
+            # starting over: the run's record holds the epoch, but no iterator of this
+            # process has started one yet, or this one did (it is the one starting over)
+            if (not experiment.has_draw(EPOCH_RESET, path) or self._reset_recorded is not None
+                    or not experiment.drew_kind_here(EPOCH_RESET)):
+                return
         raise BadInputError(f"got a new iterator starting epoch {epoch}, but another iterator "
                             f"of {experiment.id} already drew epoch {epoch}: it would repeat "
                             f"that epoch's order. Keep one TrainingDataIterator for the run and "

@@ -259,6 +259,33 @@ def test_a_resumed_run_may_start_over_once_but_not_repeat_an_epoch_it_drew_itsel
         resumed.close()
 
 
+def test_a_resumed_run_refuses_a_fresh_iterator_repeating_an_epoch_the_lost_attempt_drew(
+        tmp_path: Path) -> None:
+    """Resumed from a state, the run's restored iterator goes on at epoch 2; a fresh iterator
+    then made in the resumed process (one per epoch, the bug report's pattern) would start at
+    epoch 0 again. Epoch 0 was drawn by the lost attempt, not by this process: it used to be
+    let through, repeating that order with nothing in the ledger to show it (its draws were
+    already recorded). Only the resumed process's first iterator may start over."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    features, labels = sample_data(rows=40)
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        exp = manager.create_experiment("restored", seed=42)
+        data = exp.register_dataset("d", features, labels)
+        batches = TrainingDataIterator(data, 10, experiment=exp)
+        for _epoch in range(2):
+            list(batches)
+        state = batches.state_dict()
+        exp.suspend()
+        resumed = manager.resume_experiment(exp.id)
+        data = resumed.register_dataset("d", features, labels)
+        restored = TrainingDataIterator(data, 10, experiment=resumed)
+        restored.load_state_dict(state)
+        assert len(list(restored)) == 4 and restored.epoch == 2
+        with pytest.raises(BadInputError, match="another iterator of .* already drew epoch 0"):
+            list(TrainingDataIterator(data, 10, experiment=resumed))
+        resumed.close()
+
+
 def test_only_an_incomplete_run_can_be_resumed(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
