@@ -103,6 +103,9 @@ class Experiment:
         self._recorded_logs = {}
         """Metrics and checkpoints recorded before a resume, to be re-logged identically:
         (seq in main, or None in another stream; output), in recorded order."""
+        self._logs_passed: dict[tuple[str, str, int | None], int] = {}
+        """How many metrics and checkpoints of each (kind, name, epoch) the run has gone past
+        at this point: logged (or re-logged) in this process, or skipped at a restored state."""
         self._iterators: weakref.WeakSet[TrainingDataIterator] = weakref.WeakSet()
         self._pid = os.getpid()
         self._forks = forks_so_far()
@@ -331,10 +334,10 @@ class Experiment:
         value = normalise(check_metric_value(name, value))
         output = value_digest(value)
         with self._lock:
-            if self._already_logged(METRIC, name, epoch, output):
-                return None
-            return self.record(METRIC, params={"epoch": epoch, "name": name, "value": value},
-                               output=output)
+            event = None if self._already_logged(METRIC, name, epoch, output) else self.record(
+                METRIC, params={"epoch": epoch, "name": name, "value": value}, output=output)
+            self._pass_log(METRIC, name, epoch)
+            return event
 
     def log_checkpoint(self, name: str, state: Any, *, epoch: int | None = None
                        ) -> Event | None:
@@ -349,10 +352,15 @@ class Experiment:
         epoch = check_epoch(epoch, optional=True)
         output, arrays = checkpoint_record(state)
         with self._lock:
-            if self._already_logged(CHECKPOINT, name, epoch, output):
-                return None
-            return self.record(CHECKPOINT, params={"epoch": epoch, "name": name,
-                                                   "arrays": arrays}, output=output)
+            event = None if self._already_logged(CHECKPOINT, name, epoch, output) else (
+                self.record(CHECKPOINT, params={"epoch": epoch, "name": name, "arrays": arrays},
+                            output=output))
+            self._pass_log(CHECKPOINT, name, epoch)
+            return event
+
+    def _pass_log(self, kind: str, name: str, epoch: int | None) -> None:
+        key = (kind, name, epoch)
+        self._logs_passed[key] = self._logs_passed.get(key, 0) + 1
 
     def _already_logged(self, kind: str, name: str, epoch: int | None, output: bytes) -> bool:
         """True when a resumed run re-logs what it recorded before the interruption.
@@ -368,10 +376,36 @@ class Experiment:
         recorded.popleft()
         return True
 
+    def logs_passed(self) -> list[list[Any]]:
+        """``[kind, name, epoch, count]`` for each metric and checkpoint name and epoch logged:
+        how many of them the run has gone past at this point (what
+        :meth:`TrainingDataIterator.state_dict` saves for :meth:`skip_logs_to`)."""
+        with self._lock:
+            return [[kind, name, epoch, count]
+                    for (kind, name, epoch), count in self._logs_passed.items()]
+
+    def skip_logs_to(self, passed: Sequence[tuple[str, str, int | None, int]]) -> None:
+        """A resumed run continues from a state saved when the run had gone past ``passed``
+        (:meth:`logs_passed`): the recorded metrics and checkpoints among them come before the
+        state and will not be logged again, so later ones are no longer compared with them.
+
+        Counted per name and epoch, not by the ledger's position when the state was saved: a
+        resumed run that saves a state before it has re-logged all the lost attempt recorded
+        would otherwise take those later records for earlier ones and log them twice."""
+        with self._lock:
+            for kind, name, epoch, count in passed:
+                key = (kind, name, epoch)
+                done = self._logs_passed.get(key, 0)
+                recorded = self._recorded_logs.get(key)
+                while recorded and done < count and recorded[0][0] is not None:
+                    recorded.popleft()
+                    done += 1
+                self._logs_passed[key] = max(done, count)
+
     def forget_logs_before(self, seq: int) -> None:
-        """A resumed run continues from a state saved when main held ``seq`` events (see
-        :meth:`TrainingDataIterator.state_dict`): metrics and checkpoints recorded before it
-        will not be logged again, so later ones are no longer compared with them."""
+        """A resumed run continues from a state saved when main held ``seq`` events, by a
+        library that did not save :meth:`logs_passed` yet: metrics and checkpoints recorded
+        before it will not be logged again, so later ones are no longer compared with them."""
         with self._lock:
             for recorded in self._recorded_logs.values():
                 while recorded and recorded[0][0] is not None and recorded[0][0] < seq:

@@ -338,13 +338,16 @@ class TrainingDataIterator:
         ``num_workers``: the remaining batches are exactly those the uninterrupted run gets.
 
         When recording, the experiment's events are flushed first: a state saved to disk is
-        then never ahead of the ledger, however the process ends afterwards.
+        then never ahead of the ledger, however the process ends afterwards; and the state
+        notes how many metrics and checkpoints of each name and epoch the run has logged
+        (``logged``): those a resumed run will not log again.
         """
         state = self._state()
         experiment = cast(Experiment, self.experiment)
         if self.recording and not experiment.closed:
-            # where the run's record stood: what a resumed run will not log again
+            # where the run's record stood, as libraries before ``logged`` resumed from it
             state["recorded_until"] = experiment.flush() + 1
+            state["logged"] = experiment.logs_passed()
         return state
 
     def _state(self) -> dict[str, Any]:
@@ -376,10 +379,12 @@ class TrainingDataIterator:
             raise BadInputError(f"got position epoch={epoch!r} batch={batch!r} "
                                 f"started={started!r}, but must be a position within "
                                 f"{batches} batches per epoch")
-        recorded_until = state.get("recorded_until")
+        recorded_until, logged = state.get("recorded_until"), _logged(state.get("logged"))
         if self.recording and cast(Experiment, self.experiment).resumed:
             self._check_recorded_until(epoch, batch, started)
-            if type(recorded_until) is int:
+            if logged is not None:
+                cast(Experiment, self.experiment).skip_logs_to(logged)
+            elif type(recorded_until) is int:
                 cast(Experiment, self.experiment).forget_logs_before(recorded_until)
         self._stop_active()
         self._epoch, self._batch, self._started = epoch, batch, started
@@ -438,6 +443,20 @@ class TrainingDataIterator:
     def __repr__(self) -> str:
         return (f"TrainingDataIterator({self.dataset.name!r}, batch_size={self.batch_size}, "
                 f"num_workers={self.num_workers}, epoch={self._epoch}, batch={self._batch})")
+
+
+def _logged(logged: Any) -> list[tuple[str, str, int | None, int]] | None:
+    """A state's ``logged`` counts, checked: None for a state saved without them."""
+    if logged is None:
+        return None
+    if isinstance(logged, list) and all(
+            isinstance(entry, (list, tuple)) and len(entry) == 4
+            and isinstance(entry[0], str) and isinstance(entry[1], str)
+            and (entry[2] is None or type(entry[2]) is int) and type(entry[3]) is int
+            and entry[3] >= 0 for entry in logged):
+        return [(kind, name, epoch, count) for kind, name, epoch, count in logged]
+    raise BadInputError("got a state whose 'logged' is not a list of [kind, name, epoch, "
+                        "count], but a state_dict saves it so")
 
 
 def _same_setting(saved: Any, mine: Any) -> bool:

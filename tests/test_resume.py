@@ -422,6 +422,52 @@ def test_a_run_resumed_from_its_state_logs_new_metrics_after_those_it_recorded(
         assert diff_runs(manager.store, whole.id, exp.id).identical
 
 
+@pytest.mark.parametrize("second_start", ["from the start", "from an earlier state"])
+def test_a_state_saved_before_a_resumed_run_caught_up_does_not_log_its_metrics_twice(
+        tmp_path: Path, second_start: str) -> None:
+    """A resumed run re-executing what the lost attempt logged saves a state before it has
+    caught up (a time-based checkpoint, say), and is killed again. Resumed from that state, it
+    used to log the lost attempt's later losses a second time: the state noted only where the
+    ledger stood (recorded_until), and every loss recorded before that point was taken for one
+    before the state. Found by the stateful iterator machine. The run's metrics are now those
+    of the uninterrupted run, each once."""
+    features, labels = sample_data(rows=60)
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+
+    def train(exp: Experiment, state: dict | None, until: int, save_at: int = -1
+              ) -> dict | None:
+        """Batches (10 per epoch) up to the ``until``-th of the run, each loss logged, and an
+        lr at each epoch's end; the state after the ``save_at``-th batch."""
+        data = exp.register_dataset("d", features, labels)
+        batches = TrainingDataIterator(data, 6, experiment=exp)
+        if state is not None:
+            batches.load_state_dict(state)
+        saved = None
+        while (position := batches.epoch * 10 + batches.batch) < until:
+            x, _y = next(iter(batches))
+            exp.log_metric("loss", float(x.sum()), epoch=batches.epoch)
+            if batches.epoch_finished:
+                exp.log_metric("lr", 0.1 / (batches.epoch + 1), epoch=batches.epoch)
+            if position + 1 == save_at:
+                saved = batches.state_dict()
+        return saved
+
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("metrics", seed=5) as whole:
+            train(whole, None, 25)
+        exp = manager.create_experiment("metrics", seed=5)
+        early = train(exp, None, 14, save_at=3)  # killed after batch 4 of epoch 1
+        exp.suspend()
+        resumed = manager.resume_experiment(exp.id)
+        start = None if second_start == "from the start" else early
+        late = train(resumed, start, 12, save_at=7)  # saved before it caught up; killed
+        resumed.suspend()
+        with manager.resume_experiment(exp.id) as again:
+            train(again, late, 25)
+        report = diff_runs(manager.store, whole.id, exp.id)
+        assert report.identical, report.first_divergence
+
+
 def test_a_run_continuing_a_state_mid_epoch_records_where_it_resumed(
         manager: ExperimentManager) -> None:
     """A new run continuing its parent's state mid-epoch records that epoch's reset again (it
