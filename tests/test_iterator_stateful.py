@@ -190,6 +190,16 @@ def loss_of(features: bytes) -> float:
     return float(sum(features) % 9973)
 
 
+def assert_closed(iterator: TrainingDataIterator, by: str) -> None:
+    """The iterator refuses a new pass: ``by`` closed it."""
+    try:
+        iter(iterator)
+    except BadInputError as refused:
+        assert "closed" in str(refused)
+    else:
+        raise AssertionError(f"{by} left its iterator open")
+
+
 def round_trip(state: dict[str, Any]) -> dict[str, Any]:
     """A state as saved to a file and read back (the README's ``ledger.canonical``)."""
     loaded = msgpack.unpackb(canonical(state), raw=False)
@@ -493,9 +503,10 @@ class RecordedIteratorMachine(IteratorMachine):
 
     def resume_from(self, state: dict[str, Any] | None, position: Position, workers: int
                     ) -> None:
-        self.it.close()
-        self.exp.suspend()
+        old = self.it
+        self.exp.suspend()  # closes the iterator, a pass in progress and its workers
         assert self.exp.status == "suspended"
+        assert_closed(old, "suspending the run")
         self.exp = self.manager.resume_experiment(self.exp.id)
         self.resumes += 1
         self.epochs_here = set()
@@ -513,12 +524,7 @@ class RecordedIteratorMachine(IteratorMachine):
             self.exp.close()  # closes the iterator, a pass in progress and its workers
             assert self.exp.status == "ok"
             if self.iterator is not None:
-                try:
-                    iter(self.iterator)
-                except BadInputError:
-                    pass
-                else:
-                    raise AssertionError("completing the run left its iterator open")
+                assert_closed(self.iterator, "completing the run")
             self.check_record()
         finally:
             super().teardown()
