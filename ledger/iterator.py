@@ -340,10 +340,13 @@ class TrainingDataIterator:
         When recording, the experiment's events are flushed first: a state saved to disk is
         then never ahead of the ledger, however the process ends afterwards; and the state
         notes how many metrics and checkpoints of each name and epoch the run has logged
-        (``logged``): those a resumed run will not log again.
+        (``logged``): those a resumed run will not log again. It names the run (``run``): a
+        run continuing it (``parent=``) holds none of what came before it.
         """
         state = self._state()
         experiment = cast(Experiment, self.experiment)
+        if self.recording:
+            state["run"] = experiment.id
         if self.recording and not experiment.closed:
             # where the run's record stood, as libraries before ``logged`` resumed from it
             state["recorded_until"] = experiment.flush() + 1
@@ -380,12 +383,16 @@ class TrainingDataIterator:
                                 f"started={started!r}, but must be a position within "
                                 f"{batches} batches per epoch")
         recorded_until, logged = state.get("recorded_until"), _logged(state.get("logged"))
-        if self.recording and cast(Experiment, self.experiment).resumed:
+        experiment = cast(Experiment, self.experiment)
+        # a state saved by another run (a parent's, continued here) has nothing of this run's
+        # record before it; one of a library that did not name the run is taken for this run's
+        if (self.recording and experiment.resumed
+                and state.get("run", experiment.id) == experiment.id):
             self._check_recorded_until(epoch, batch, started)
             if logged is not None:
-                cast(Experiment, self.experiment).skip_logs_to(logged)
+                experiment.skip_logs_to(logged)
             elif type(recorded_until) is int:
-                cast(Experiment, self.experiment).forget_logs_before(recorded_until)
+                experiment.forget_logs_before(recorded_until)
         self._stop_active()
         self._epoch, self._batch, self._started = epoch, batch, started
         self._reset_recorded = None

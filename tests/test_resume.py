@@ -468,6 +468,48 @@ def test_a_state_saved_before_a_resumed_run_caught_up_does_not_log_its_metrics_t
         assert report.identical, report.first_divergence
 
 
+@pytest.mark.parametrize("parent_until", [5, 15], ids=["first-epoch", "second-epoch"])
+def test_a_resumed_child_run_continues_from_its_parents_state(tmp_path: Path,
+                                                             parent_until: int) -> None:
+    """A run continuing its parent's state (parent=) is killed before its own first
+    checkpoint; resumed, it loads the parent's state again — the only one it has. It used to be
+    refused as ahead of the child's ledger (StateAheadError: the child never drew the parent's
+    epochs), or, within that epoch, to log its losses a second time (the parent's ledger
+    position was taken for one in the child's). Found while extending the stateful iterator
+    machine. The resumed child now ends as an uninterrupted child would."""
+    features, labels = sample_data(rows=60)
+
+    def train(exp: Experiment, state: dict | None, until: int, save_at: int = -1
+              ) -> dict | None:
+        """Batches (10 per epoch) up to the ``until``-th of the lineage, each loss logged; the
+        state after the ``save_at``-th batch."""
+        data = exp.register_dataset("d", features, labels)
+        batches = TrainingDataIterator(data, 6, experiment=exp)
+        if state is not None:
+            batches.load_state_dict(state)
+        saved = None
+        while (position := batches.epoch * 10 + batches.batch) < until:
+            x, _y = next(iter(batches))
+            exp.log_metric("loss", float(x.sum()), epoch=batches.epoch)
+            if position + 1 == save_at:
+                saved = batches.state_dict()
+        return saved
+
+    with ExperimentManager(f"sqlite:///{tmp_path / 'l.db'}", data_dir=tmp_path) as manager:
+        with manager.create_experiment("parent", seed=5) as parent:
+            state = train(parent, None, parent_until, save_at=parent_until)
+        with manager.create_experiment("child", seed=5, parent=parent.id) as whole:
+            train(whole, state, parent_until + 7)
+        child = manager.create_experiment("child", seed=5, parent=parent.id)
+        train(child, state, parent_until + 4)  # killed before its own first checkpoint
+        child.suspend()
+        with manager.resume_experiment(child.id) as again:
+            train(again, state, parent_until + 7)
+        assert again.status == "ok"
+        report = diff_runs(manager.store, whole.id, child.id)
+        assert report.identical, report.first_divergence
+
+
 def test_a_run_continuing_a_state_mid_epoch_records_where_it_resumed(
         manager: ExperimentManager) -> None:
     """A new run continuing its parent's state mid-epoch records that epoch's reset again (it
