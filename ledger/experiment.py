@@ -93,6 +93,8 @@ class Experiment:
         re-entering an epoch the lost attempt drew): what :meth:`drew_here` answers from."""
         self.resumed = False
         """True for a run continued by :meth:`ExperimentManager.resume_experiment`."""
+        self.parent: str | None = None
+        """The run this one continues or derives from (``parent=``), as recorded."""
         self._datasets: dict[str, Dataset] = {}
         self._dataset_roles: dict[str, str | None] = {}
         self._recorded_datasets: dict[str, tuple[bytes, Any]] = {}
@@ -208,6 +210,13 @@ class Experiment:
         with self._lock:
             return ((kind, path) in self._drawn_here
                     and seen_draw(self._draws, kind, path, output, _SECOND_DRAW_HINT))
+
+    def drawn_labels(self, kind: str, prefix: tuple[Label, ...], at: int) -> list[Any]:
+        """The labels at position ``at`` of the paths of this run's ``kind`` draws that begin
+        with ``prefix`` — the epochs of its ``epoch_reset`` draws, say."""
+        with self._lock:
+            return [path[at] for drawn, path in self._draws
+                    if drawn == kind and len(path) > at and path[:len(prefix)] == prefix]
 
     def drew_kind_here(self, kind: str) -> bool:
         """Whether this process recorded, or re-entered, any draw of ``kind`` (batches aside:
@@ -633,8 +642,10 @@ class ExperimentManager:
             with contextlib.suppress(LedgerError):  # the error to raise is the insert's
                 writer.close()
             raise
-        return Experiment(self.store, exp, name, root, params["root_seed_source"], writer,
-                          self.data_dir)
+        experiment = Experiment(self.store, exp, name, root, params["root_seed_source"],
+                                writer, self.data_dir)
+        experiment.parent = parent
+        return experiment
 
     def resume_experiment(self, exp: str) -> Experiment:
         """Continue an interrupted run — killed, or suspended — under its own id and root seed.

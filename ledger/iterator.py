@@ -402,16 +402,28 @@ class TrainingDataIterator:
         """In a resumed run, refuse a position past what the run recorded: a state saved before
         its events were flushed (by a library older than :meth:`state_dict`'s flush, or another
         program's state) would resume after draws the ledger never got — a run with a hole in it
-        that replay would still certify. (A new run continuing another, ``parent=``, starts
-        where the state is: its parent holds what came before.)"""
+        that replay would still certify. A new run continuing another (``parent=``) began
+        where its parent's state stood, its parent holding what came before: its draws are
+        checked from its first one on (from nothing, when it has none yet)."""
         experiment = cast(Experiment, self.experiment)
-        for passed in range(epoch + started):
+        first_epoch, first_batch = 0, 0
+        if experiment.parent is not None:
+            epochs = [e for e in experiment.drawn_labels(EPOCH_RESET, ("epoch",), 1)
+                      if type(e) is int]
+            first_epoch = min(epochs, default=epoch + 1)
+            if epoch < first_epoch:  # where it began, or before: nothing of its own to check
+                return
+            if epoch == first_epoch:  # the epoch it began in, maybe mid-way
+                first_batch = min((b for b in experiment.drawn_labels(
+                    AUGMENTATION_BATCH, ("epoch", epoch, "batch"), 3) if type(b) is int),
+                    default=batch)
+        for passed in range(first_epoch, epoch + started):
             if not experiment.has_draw(EPOCH_RESET, shuffle_path(passed)):
                 self._refuse_ahead(epoch, batch, f"epoch {passed}'s shuffle")
         # The batches of the state's own epoch; an earlier epoch may have been cut short by
         # reset(), so how many of its batches were drawn is not known here.
         if self._records_batches and started:
-            for done in range(batch):
+            for done in range(first_batch, batch):
                 if not experiment.has_draw(AUGMENTATION_BATCH, augment_path(epoch, done)):
                     self._refuse_ahead(epoch, batch, f"batch {done} of epoch {epoch}")
 
