@@ -13,9 +13,10 @@ augmenter under the batch's derived seed).
 
 :class:`RecordedIteratorMachine` runs the same rules inside an experiment recording into an
 SQLite ledger, restores within the run and across ``exp.suspend()`` /
-``manager.resume_experiment`` (from the latest state or an earlier checkpoint, as a killed run
-does), and at the end completes the run, checks the recorded draws against what was handed out,
-verifies the ledger and certifies the run by replay.
+``manager.resume_experiment`` (from the latest state, an earlier checkpoint as a killed run
+does, or the start), continues a completed run in a child run (``parent=``), logs a per-batch
+loss, and at the end of each run checks the recorded draws and losses against what was handed
+out, verifies the ledger and certifies the run by replay.
 """
 
 from __future__ import annotations
@@ -431,7 +432,8 @@ class UnrecordedIteratorMachine(IteratorMachine):
 
 class RecordedIteratorMachine(IteratorMachine):
     """Inside an experiment recording into SQLite; restores happen within the run, and across
-    ``suspend()`` and ``resume_experiment`` as the README's resume section describes."""
+    ``suspend()`` and ``resume_experiment`` as the README's resume section describes, and a
+    completed run may be continued by a child run (``parent=``) from its state."""
 
     checkpoints = Bundle("checkpoints")
 
@@ -441,6 +443,8 @@ class RecordedIteratorMachine(IteratorMachine):
         self.manager = ExperimentManager(f"sqlite:///{self.folder}/l.db", data_dir=self.folder)
         self.exp = self.manager.create_experiment("stateful", seed=config.seed)
         self.resumes = 0
+        self.start_state: tuple[dict[str, Any], Position] | None = None
+        """Where the run began: None at the start, else the parent's state it continues."""
         self.config = config
         self.features, self.labels = config.data()
         self.dataset = self.exp.register_dataset("stateful-data", self.features, self.labels)
@@ -458,9 +462,25 @@ class RecordedIteratorMachine(IteratorMachine):
                                     start_method=START_METHOD, prefetch=config.prefetch)
 
     @rule(target=checkpoints)
-    def checkpoint(self) -> tuple[dict[str, Any], Position]:
-        """A checkpoint: the state saved to a file (its events flushed first)."""
-        return self.state_now(), self.position
+    def checkpoint(self) -> tuple[dict[str, Any], Position, str]:
+        """A checkpoint of this run: the state saved to a file (its events flushed first)."""
+        return self.state_now(), self.position, self.exp.id
+
+    @precondition(lambda self: self.start_state is None)
+    @rule(workers=st.integers(0, 2))
+    def continue_in_a_child_run(self, workers: int) -> None:
+        """Complete the run (its record checked) and continue from its state in a new run,
+        ``parent=`` it: the child's batches go on where the parent's stopped."""
+        state = self.state_now()
+        parent = self.exp
+        parent.close()
+        self.check_record()
+        self.exp = self.manager.create_experiment("stateful-child", seed=self.config.seed,
+                                                  parent=parent.id)
+        self.start_state = (state, self.position)
+        self.handed, self.started_epochs, self.epochs_here = [], set(), set()
+        self.dataset = self.exp.register_dataset("stateful-data", self.features, self.labels)
+        self.replace_iterator(self.fresh(self.workers(workers)), state, self.position)
 
     @rule(workers=st.integers(0, 2))
     def suspend_and_resume(self, workers: int) -> None:
@@ -471,18 +491,23 @@ class RecordedIteratorMachine(IteratorMachine):
 
     @precondition(lambda self: self.resumes < 3)
     @rule(saved=consumes(checkpoints), workers=st.integers(0, 2))
-    def resume_from_an_earlier_checkpoint(self, saved: tuple[dict[str, Any], Position],
+    def resume_from_an_earlier_checkpoint(self, saved: tuple[dict[str, Any], Position, str],
                                           workers: int) -> None:
-        """As a killed run does: suspend, resume, and re-execute from an earlier checkpoint —
-        the draws reached again are checked against the record, not recorded twice."""
-        self.resume_from(saved[0], saved[1], workers)
+        """As a killed run does: suspend, resume, and re-execute from an earlier checkpoint of
+        the run — the draws reached again are checked against the record, not recorded
+        twice."""
+        state, position, run = saved
+        if run == self.exp.id:
+            self.resume_from(state, position, workers)
 
     @precondition(lambda self: self.resumes < 3)
     @rule(workers=st.integers(0, 2))
     def resume_from_the_start(self, workers: int) -> None:
-        """Suspend and resume with no state saved: the resumed run's first iterator starts over
-        at epoch 0, redoing the epochs the lost attempt drew (not repeating them)."""
-        self.resume_from(None, Position(), workers)
+        """Suspend and resume with no state of the run saved: the resumed run's first iterator
+        starts over at epoch 0, redoing the epochs the lost attempt drew (not repeating them);
+        a child run's, from the parent's state it began with."""
+        state, position = self.start_state or (None, Position())
+        self.resume_from(state, position, workers)
 
     @rule()
     def a_fresh_iterator_is_refused(self) -> None:
@@ -521,7 +546,8 @@ class RecordedIteratorMachine(IteratorMachine):
         try:
             if getattr(self, "exp", None) is None:
                 return
-            self.exp.close()  # closes the iterator, a pass in progress and its workers
+            if not self.exp.closed:
+                self.exp.close()  # closes the iterator, a pass in progress and its workers
             assert self.exp.status == "ok"
             if self.iterator is not None:
                 assert_closed(self.iterator, "completing the run")
