@@ -93,6 +93,8 @@ class Experiment:
         re-entering an epoch the lost attempt drew): what :meth:`drew_here` answers from."""
         self.resumed = False
         """True for a run continued by :meth:`ExperimentManager.resume_experiment`."""
+        self.parent: str | None = None
+        """The run this one continues or derives from (``parent=``), as recorded."""
         self._datasets: dict[str, Dataset] = {}
         self._dataset_roles: dict[str, str | None] = {}
         self._recorded_datasets: dict[str, tuple[bytes, Any]] = {}
@@ -103,6 +105,9 @@ class Experiment:
         self._recorded_logs = {}
         """Metrics and checkpoints recorded before a resume, to be re-logged identically:
         (seq in main, or None in another stream; output), in recorded order."""
+        self._logs_passed: dict[tuple[str, str, int | None], int] = {}
+        """How many metrics and checkpoints of each (kind, name, epoch) the run has gone past
+        at this point: logged (or re-logged) in this process, or skipped at a restored state."""
         self._iterators: weakref.WeakSet[TrainingDataIterator] = weakref.WeakSet()
         self._pid = os.getpid()
         self._forks = forks_so_far()
@@ -205,6 +210,20 @@ class Experiment:
         with self._lock:
             return ((kind, path) in self._drawn_here
                     and seen_draw(self._draws, kind, path, output, _SECOND_DRAW_HINT))
+
+    def drawn_labels(self, kind: str, prefix: tuple[Label, ...], at: int) -> list[Any]:
+        """The labels at position ``at`` of the paths of this run's ``kind`` draws that begin
+        with ``prefix`` — the epochs of its ``epoch_reset`` draws, say."""
+        with self._lock:
+            return [path[at] for drawn, path in self._draws
+                    if drawn == kind and len(path) > at and path[:len(prefix)] == prefix]
+
+    def drew_kind_here(self, kind: str) -> bool:
+        """Whether this process recorded, or re-entered, any draw of ``kind`` (batches aside:
+        :meth:`record_normalised_draw` does not count) — in a resumed run, whether an iterator
+        of this process has started an epoch yet."""
+        with self._lock:
+            return any(drawn == kind for drawn, _path in self._drawn_here)
 
     def _append(self, kind: str, **fields: Any) -> Event:
         self._check_process()  # before the lock, which a forked child may inherit held
@@ -324,10 +343,10 @@ class Experiment:
         value = normalise(check_metric_value(name, value))
         output = value_digest(value)
         with self._lock:
-            if self._already_logged(METRIC, name, epoch, output):
-                return None
-            return self.record(METRIC, params={"epoch": epoch, "name": name, "value": value},
-                               output=output)
+            event = None if self._already_logged(METRIC, name, epoch, output) else self.record(
+                METRIC, params={"epoch": epoch, "name": name, "value": value}, output=output)
+            self._pass_log(METRIC, name, epoch)
+            return event
 
     def log_checkpoint(self, name: str, state: Any, *, epoch: int | None = None
                        ) -> Event | None:
@@ -342,10 +361,15 @@ class Experiment:
         epoch = check_epoch(epoch, optional=True)
         output, arrays = checkpoint_record(state)
         with self._lock:
-            if self._already_logged(CHECKPOINT, name, epoch, output):
-                return None
-            return self.record(CHECKPOINT, params={"epoch": epoch, "name": name,
-                                                   "arrays": arrays}, output=output)
+            event = None if self._already_logged(CHECKPOINT, name, epoch, output) else (
+                self.record(CHECKPOINT, params={"epoch": epoch, "name": name, "arrays": arrays},
+                            output=output))
+            self._pass_log(CHECKPOINT, name, epoch)
+            return event
+
+    def _pass_log(self, kind: str, name: str, epoch: int | None) -> None:
+        key = (kind, name, epoch)
+        self._logs_passed[key] = self._logs_passed.get(key, 0) + 1
 
     def _already_logged(self, kind: str, name: str, epoch: int | None, output: bytes) -> bool:
         """True when a resumed run re-logs what it recorded before the interruption.
@@ -361,10 +385,36 @@ class Experiment:
         recorded.popleft()
         return True
 
+    def logs_passed(self) -> list[list[Any]]:
+        """``[kind, name, epoch, count]`` for each metric and checkpoint name and epoch logged:
+        how many of them the run has gone past at this point (what
+        :meth:`TrainingDataIterator.state_dict` saves for :meth:`skip_logs_to`)."""
+        with self._lock:
+            return [[kind, name, epoch, count]
+                    for (kind, name, epoch), count in self._logs_passed.items()]
+
+    def skip_logs_to(self, passed: Sequence[tuple[str, str, int | None, int]]) -> None:
+        """A resumed run continues from a state saved when the run had gone past ``passed``
+        (:meth:`logs_passed`): the recorded metrics and checkpoints among them come before the
+        state and will not be logged again, so later ones are no longer compared with them.
+
+        Counted per name and epoch, not by the ledger's position when the state was saved: a
+        resumed run that saves a state before it has re-logged all the lost attempt recorded
+        would otherwise take those later records for earlier ones and log them twice."""
+        with self._lock:
+            for kind, name, epoch, count in passed:
+                key = (kind, name, epoch)
+                done = self._logs_passed.get(key, 0)
+                recorded = self._recorded_logs.get(key)
+                while recorded and done < count and recorded[0][0] is not None:
+                    recorded.popleft()
+                    done += 1
+                self._logs_passed[key] = max(done, count)
+
     def forget_logs_before(self, seq: int) -> None:
-        """A resumed run continues from a state saved when main held ``seq`` events (see
-        :meth:`TrainingDataIterator.state_dict`): metrics and checkpoints recorded before it
-        will not be logged again, so later ones are no longer compared with them."""
+        """A resumed run continues from a state saved when main held ``seq`` events, by a
+        library that did not save :meth:`logs_passed` yet: metrics and checkpoints recorded
+        before it will not be logged again, so later ones are no longer compared with them."""
         with self._lock:
             for recorded in self._recorded_logs.values():
                 while recorded and recorded[0][0] is not None and recorded[0][0] < seq:
@@ -592,8 +642,10 @@ class ExperimentManager:
             with contextlib.suppress(LedgerError):  # the error to raise is the insert's
                 writer.close()
             raise
-        return Experiment(self.store, exp, name, root, params["root_seed_source"], writer,
-                          self.data_dir)
+        experiment = Experiment(self.store, exp, name, root, params["root_seed_source"],
+                                writer, self.data_dir)
+        experiment.parent = parent
+        return experiment
 
     def resume_experiment(self, exp: str) -> Experiment:
         """Continue an interrupted run — killed, or suspended — under its own id and root seed.

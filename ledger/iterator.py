@@ -208,15 +208,20 @@ class TrainingDataIterator:
         """Refuse to start ``epoch`` when another iterator of this process drew it and this one
         was not restored to it: an iterator made afresh for each epoch starts at epoch 0 again
         and repeats its order — the bug this library exists to fix — while the ledger, which
-        records a draw once, would stay silent. (In a resumed run, the first iterator may redo
-        epochs the lost attempt drew: that is starting over, not repeating.)"""
+        records a draw once, would stay silent. In a resumed run, the first iterator to start
+        an epoch may redo epochs the lost attempt drew (that is starting over, not repeating);
+        once an iterator of the resumed process has started one, another iterator may not."""
         if not self.recording or self._restored or self._reset_recorded == epoch:
             return
         experiment = cast(Experiment, self.experiment)
+        path = shuffle_path(epoch)
         # another output at this draw (other data) is refused by drew_here itself
-        if not experiment.drew_here(EPOCH_RESET, shuffle_path(epoch),
-                                    self._maker.order_digest(epoch)):
-            return
+        if not experiment.drew_here(EPOCH_RESET, path, self._maker.order_digest(epoch)):
+            # starting over: the run's record holds the epoch, but no iterator of this
+            # process has started one yet, or this one did (it is the one starting over)
+            if (not experiment.has_draw(EPOCH_RESET, path) or self._reset_recorded is not None
+                    or not experiment.drew_kind_here(EPOCH_RESET)):
+                return
         raise BadInputError(f"got a new iterator starting epoch {epoch}, but another iterator "
                             f"of {experiment.id} already drew epoch {epoch}: it would repeat "
                             f"that epoch's order. Keep one TrainingDataIterator for the run and "
@@ -333,13 +338,19 @@ class TrainingDataIterator:
         ``num_workers``: the remaining batches are exactly those the uninterrupted run gets.
 
         When recording, the experiment's events are flushed first: a state saved to disk is
-        then never ahead of the ledger, however the process ends afterwards.
+        then never ahead of the ledger, however the process ends afterwards; and the state
+        notes how many metrics and checkpoints of each name and epoch the run has logged
+        (``logged``): those a resumed run will not log again. It names the run (``run``): a
+        run continuing it (``parent=``) holds none of what came before it.
         """
         state = self._state()
         experiment = cast(Experiment, self.experiment)
+        if self.recording:
+            state["run"] = experiment.id
         if self.recording and not experiment.closed:
-            # where the run's record stood: what a resumed run will not log again
+            # where the run's record stood, as libraries before ``logged`` resumed from it
             state["recorded_until"] = experiment.flush() + 1
+            state["logged"] = experiment.logs_passed()
         return state
 
     def _state(self) -> dict[str, Any]:
@@ -371,11 +382,17 @@ class TrainingDataIterator:
             raise BadInputError(f"got position epoch={epoch!r} batch={batch!r} "
                                 f"started={started!r}, but must be a position within "
                                 f"{batches} batches per epoch")
-        recorded_until = state.get("recorded_until")
-        if self.recording and cast(Experiment, self.experiment).resumed:
+        recorded_until, logged = state.get("recorded_until"), _logged(state.get("logged"))
+        experiment = cast(Experiment, self.experiment)
+        # a state saved by another run (a parent's, continued here) has nothing of this run's
+        # record before it; one of a library that did not name the run is taken for this run's
+        if (self.recording and experiment.resumed
+                and state.get("run", experiment.id) == experiment.id):
             self._check_recorded_until(epoch, batch, started)
-            if type(recorded_until) is int:
-                cast(Experiment, self.experiment).forget_logs_before(recorded_until)
+            if logged is not None:
+                experiment.skip_logs_to(logged)
+            elif type(recorded_until) is int:
+                experiment.forget_logs_before(recorded_until)
         self._stop_active()
         self._epoch, self._batch, self._started = epoch, batch, started
         self._reset_recorded = None
@@ -385,16 +402,28 @@ class TrainingDataIterator:
         """In a resumed run, refuse a position past what the run recorded: a state saved before
         its events were flushed (by a library older than :meth:`state_dict`'s flush, or another
         program's state) would resume after draws the ledger never got — a run with a hole in it
-        that replay would still certify. (A new run continuing another, ``parent=``, starts
-        where the state is: its parent holds what came before.)"""
+        that replay would still certify. A new run continuing another (``parent=``) began
+        where its parent's state stood, its parent holding what came before: its draws are
+        checked from its first one on (from nothing, when it has none yet)."""
         experiment = cast(Experiment, self.experiment)
-        for passed in range(epoch + started):
+        first_epoch, first_batch = 0, 0
+        if experiment.parent is not None:
+            epochs = [e for e in experiment.drawn_labels(EPOCH_RESET, ("epoch",), 1)
+                      if type(e) is int]
+            first_epoch = min(epochs, default=epoch + 1)
+            if epoch < first_epoch:  # where it began, or before: nothing of its own to check
+                return
+            if epoch == first_epoch:  # the epoch it began in, maybe mid-way
+                first_batch = min((b for b in experiment.drawn_labels(
+                    AUGMENTATION_BATCH, ("epoch", epoch, "batch"), 3) if type(b) is int),
+                    default=batch)
+        for passed in range(first_epoch, epoch + started):
             if not experiment.has_draw(EPOCH_RESET, shuffle_path(passed)):
                 self._refuse_ahead(epoch, batch, f"epoch {passed}'s shuffle")
         # The batches of the state's own epoch; an earlier epoch may have been cut short by
         # reset(), so how many of its batches were drawn is not known here.
         if self._records_batches and started:
-            for done in range(batch):
+            for done in range(first_batch, batch):
                 if not experiment.has_draw(AUGMENTATION_BATCH, augment_path(epoch, done)):
                     self._refuse_ahead(epoch, batch, f"batch {done} of epoch {epoch}")
 
@@ -433,6 +462,20 @@ class TrainingDataIterator:
     def __repr__(self) -> str:
         return (f"TrainingDataIterator({self.dataset.name!r}, batch_size={self.batch_size}, "
                 f"num_workers={self.num_workers}, epoch={self._epoch}, batch={self._batch})")
+
+
+def _logged(logged: Any) -> list[tuple[str, str, int | None, int]] | None:
+    """A state's ``logged`` counts, checked: None for a state saved without them."""
+    if logged is None:
+        return None
+    if isinstance(logged, list) and all(
+            isinstance(entry, (list, tuple)) and len(entry) == 4
+            and isinstance(entry[0], str) and isinstance(entry[1], str)
+            and (entry[2] is None or type(entry[2]) is int) and type(entry[3]) is int
+            and entry[3] >= 0 for entry in logged):
+        return [(kind, name, epoch, count) for kind, name, epoch, count in logged]
+    raise BadInputError("got a state whose 'logged' is not a list of [kind, name, epoch, "
+                        "count], but a state_dict saves it so")
 
 
 def _same_setting(saved: Any, mine: Any) -> bool:

@@ -54,6 +54,8 @@ def resume(store: Store, exp: str, data_dir: Path | None) -> "Experiment":
         experiment = Experiment(store, exp, row.name, root_seed_from_bytes(params["root_seed"]),
                                 str(params.get("root_seed_source", "user")), writer, data_dir)
         experiment.resumed = True
+        parent = params.get("parent")
+        experiment.parent = parent if isinstance(parent, str) else None
         checkpoint = _remember(store, experiment)
         experiment._append(RUN_RESUMED, params={"after_seq": writer.next_seq - 1,
                                                 "last_checkpoint": checkpoint},

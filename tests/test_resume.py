@@ -259,6 +259,33 @@ def test_a_resumed_run_may_start_over_once_but_not_repeat_an_epoch_it_drew_itsel
         resumed.close()
 
 
+def test_a_resumed_run_refuses_a_fresh_iterator_repeating_an_epoch_the_lost_attempt_drew(
+        tmp_path: Path) -> None:
+    """Resumed from a state, the run's restored iterator goes on at epoch 2; a fresh iterator
+    then made in the resumed process (one per epoch, the bug report's pattern) would start at
+    epoch 0 again. Epoch 0 was drawn by the lost attempt, not by this process: it used to be
+    let through, repeating that order with nothing in the ledger to show it (its draws were
+    already recorded). Only the resumed process's first iterator may start over."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    features, labels = sample_data(rows=40)
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        exp = manager.create_experiment("restored", seed=42)
+        data = exp.register_dataset("d", features, labels)
+        batches = TrainingDataIterator(data, 10, experiment=exp)
+        for _epoch in range(2):
+            list(batches)
+        state = batches.state_dict()
+        exp.suspend()
+        resumed = manager.resume_experiment(exp.id)
+        data = resumed.register_dataset("d", features, labels)
+        restored = TrainingDataIterator(data, 10, experiment=resumed)
+        restored.load_state_dict(state)
+        assert len(list(restored)) == 4 and restored.epoch == 2
+        with pytest.raises(BadInputError, match="another iterator of .* already drew epoch 0"):
+            list(TrainingDataIterator(data, 10, experiment=resumed))
+        resumed.close()
+
+
 def test_only_an_incomplete_run_can_be_resumed(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
@@ -393,6 +420,164 @@ def test_a_run_resumed_from_its_state_logs_new_metrics_after_those_it_recorded(
             assert train(resumed, state, None) is None
         assert resumed.status == "ok"
         assert diff_runs(manager.store, whole.id, exp.id).identical
+
+
+@pytest.mark.parametrize("second_start", ["from the start", "from an earlier state"])
+def test_a_state_saved_before_a_resumed_run_caught_up_does_not_log_its_metrics_twice(
+        tmp_path: Path, second_start: str) -> None:
+    """A resumed run re-executing what the lost attempt logged saves a state before it has
+    caught up (a time-based checkpoint, say), and is killed again. Resumed from that state, it
+    used to log the lost attempt's later losses a second time: the state noted only where the
+    ledger stood (recorded_until), and every loss recorded before that point was taken for one
+    before the state. Found by the stateful iterator machine. The run's metrics are now those
+    of the uninterrupted run, each once."""
+    features, labels = sample_data(rows=60)
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+
+    def train(exp: Experiment, state: dict | None, until: int, save_at: int = -1
+              ) -> dict | None:
+        """Batches (10 per epoch) up to the ``until``-th of the run, each loss logged, and an
+        lr at each epoch's end; the state after the ``save_at``-th batch."""
+        data = exp.register_dataset("d", features, labels)
+        batches = TrainingDataIterator(data, 6, experiment=exp)
+        if state is not None:
+            batches.load_state_dict(state)
+        saved = None
+        while (position := batches.epoch * 10 + batches.batch) < until:
+            x, _y = next(iter(batches))
+            exp.log_metric("loss", float(x.sum()), epoch=batches.epoch)
+            if batches.epoch_finished:
+                exp.log_metric("lr", 0.1 / (batches.epoch + 1), epoch=batches.epoch)
+            if position + 1 == save_at:
+                saved = batches.state_dict()
+        return saved
+
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("metrics", seed=5) as whole:
+            train(whole, None, 25)
+        exp = manager.create_experiment("metrics", seed=5)
+        early = train(exp, None, 14, save_at=3)  # killed after batch 4 of epoch 1
+        exp.suspend()
+        resumed = manager.resume_experiment(exp.id)
+        start = None if second_start == "from the start" else early
+        late = train(resumed, start, 12, save_at=7)  # saved before it caught up; killed
+        resumed.suspend()
+        with manager.resume_experiment(exp.id) as again:
+            train(again, late, 25)
+        report = diff_runs(manager.store, whole.id, exp.id)
+        assert report.identical, report.first_divergence
+
+
+@pytest.mark.parametrize("parent_until", [5, 15], ids=["first-epoch", "second-epoch"])
+def test_a_resumed_child_run_continues_from_its_parents_state(tmp_path: Path,
+                                                             parent_until: int) -> None:
+    """A run continuing its parent's state (parent=) is killed before its own first
+    checkpoint; resumed, it loads the parent's state again — the only one it has. It used to be
+    refused as ahead of the child's ledger (StateAheadError: the child never drew the parent's
+    epochs), or, within that epoch, to log its losses a second time (the parent's ledger
+    position was taken for one in the child's). Found while extending the stateful iterator
+    machine. The resumed child now ends as an uninterrupted child would."""
+    features, labels = sample_data(rows=60)
+
+    def train(exp: Experiment, state: dict | None, until: int, save_at: int = -1
+              ) -> dict | None:
+        """Batches (10 per epoch) up to the ``until``-th of the lineage, each loss logged; the
+        state after the ``save_at``-th batch."""
+        data = exp.register_dataset("d", features, labels)
+        batches = TrainingDataIterator(data, 6, experiment=exp)
+        if state is not None:
+            batches.load_state_dict(state)
+        saved = None
+        while (position := batches.epoch * 10 + batches.batch) < until:
+            x, _y = next(iter(batches))
+            exp.log_metric("loss", float(x.sum()), epoch=batches.epoch)
+            if position + 1 == save_at:
+                saved = batches.state_dict()
+        return saved
+
+    with ExperimentManager(f"sqlite:///{tmp_path / 'l.db'}", data_dir=tmp_path) as manager:
+        with manager.create_experiment("parent", seed=5) as parent:
+            state = train(parent, None, parent_until, save_at=parent_until)
+        with manager.create_experiment("child", seed=5, parent=parent.id) as whole:
+            train(whole, state, parent_until + 7)
+        child = manager.create_experiment("child", seed=5, parent=parent.id)
+        train(child, state, parent_until + 4)  # killed before its own first checkpoint
+        child.suspend()
+        with manager.resume_experiment(child.id) as again:
+            train(again, state, parent_until + 7)
+        assert again.status == "ok"
+        report = diff_runs(manager.store, whole.id, child.id)
+        assert report.identical, report.first_divergence
+
+
+def test_a_resumed_child_run_continues_from_its_own_checkpoint(tmp_path: Path) -> None:
+    """A child run (parent=) that began at its parent's state, epoch 1 batch 5, checkpoints at
+    batch 8 and is killed; resumed, it loads its own checkpoint. That was refused as ahead of
+    the ledger (StateAheadError: 'no record of epoch 0's shuffle' — the parent drew epoch 0).
+    Found by the stateful iterator machine. Its own draws are still checked: a state one batch
+    past them is refused."""
+    features, labels = sample_data(rows=60)
+
+    def batches_of(exp: Experiment) -> TrainingDataIterator:
+        return TrainingDataIterator(exp.register_dataset("d", features, labels), 6,
+                                    experiment=exp, augmenter=DataAugmenter(noise_std=0.1))
+
+    with ExperimentManager(f"sqlite:///{tmp_path / 'l.db'}", data_dir=tmp_path) as manager:
+        with manager.create_experiment("parent", seed=5) as parent:
+            batches = batches_of(parent)
+            list(batches)
+            for _batch, _x in zip(range(5), batches):
+                pass
+            state = batches.state_dict()
+        with manager.create_experiment("child", seed=5, parent=parent.id) as whole:
+            batches = batches_of(whole)
+            batches.load_state_dict(state)
+            expected = [x for x, _y in batches]
+        child = manager.create_experiment("child", seed=5, parent=parent.id)
+        batches = batches_of(child)
+        batches.load_state_dict(state)
+        for _batch, _x in zip(range(3), batches):
+            pass
+        own = batches.state_dict()
+        child.suspend()
+        with manager.resume_experiment(child.id) as again:
+            batches = batches_of(again)
+            batches.load_state_dict(own)
+            with pytest.raises(StateAheadError, match="no record of batch 8 of epoch 1"):
+                batches.load_state_dict({**own, "batch": 9})
+            rest = [x for x, _y in batches]
+        assert all(np.array_equal(a, b) for a, b in zip(expected[3:], rest, strict=True))
+        report = diff_runs(manager.store, whole.id, child.id)
+        assert report.identical, report.first_divergence
+
+
+def test_a_resumed_child_run_loads_a_checkpoint_saved_where_it_began(tmp_path: Path) -> None:
+    """A child run continuing its parent's state at an epoch's end checkpoints at once (it has
+    drawn nothing), goes on into the next epoch, and is killed; resumed, it loads that first
+    checkpoint: it was refused ('no record of batch 0 of epoch 0', the parent's batch)."""
+    features, labels = sample_data(rows=60)
+
+    def batches_of(exp: Experiment) -> TrainingDataIterator:
+        return TrainingDataIterator(exp.register_dataset("d", features, labels), 6,
+                                    experiment=exp, augmenter=DataAugmenter(noise_std=0.1))
+
+    with ExperimentManager(f"sqlite:///{tmp_path / 'l.db'}", data_dir=tmp_path) as manager:
+        with manager.create_experiment("parent", seed=5) as parent:
+            batches = batches_of(parent)
+            list(batches)
+            state = batches.state_dict()
+        child = manager.create_experiment("child", seed=5, parent=parent.id)
+        batches = batches_of(child)
+        batches.load_state_dict(state)
+        first = batches.state_dict()
+        expected = [x for x, _y in batches]  # epoch 1
+        child.suspend()
+        with manager.resume_experiment(child.id) as again:
+            batches = batches_of(again)
+            batches.load_state_dict(first)
+            redone = [x for x, _y in batches]
+            assert batches.epoch == 1
+        assert all(np.array_equal(a, b) for a, b in zip(expected, redone, strict=True))
 
 
 def test_a_run_continuing_a_state_mid_epoch_records_where_it_resumed(
