@@ -218,6 +218,18 @@ class Experiment:
             return [path[at] for drawn, path in self._draws
                     if drawn == kind and len(path) > at and path[:len(prefix)] == prefix]
 
+    def repeats_draw(self, kind: str, path: tuple[Label, ...], output: bytes, *,
+                     fresh: bool) -> bool:
+        """Whether a draw of (kind, path) by a caller that has not been told to redo it would
+        repeat one: this process drew it already, or — in a resumed run — the lost attempt drew
+        it and another iterator or sampler of this process has already started over (``fresh``:
+        the caller itself has drawn nothing of ``kind`` yet, so it is not the one starting
+        over). Redoing the lost attempt's draws is the first one's to do, not a repeat.
+        BadInputError when the run has that draw with another output."""
+        if self.drew_here(kind, path, output):
+            return True
+        return fresh and self.has_draw(kind, path) and self.drew_kind_here(kind)
+
     def drew_kind_here(self, kind: str) -> bool:
         """Whether this process recorded, or re-entered, any draw of ``kind`` (batches aside:
         :meth:`record_normalised_draw` does not count) — in a resumed run, whether an iterator

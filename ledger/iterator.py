@@ -215,13 +215,10 @@ class TrainingDataIterator:
             return
         experiment = cast(Experiment, self.experiment)
         path = shuffle_path(epoch)
-        # another output at this draw (other data) is refused by drew_here itself
-        if not experiment.drew_here(EPOCH_RESET, path, self._maker.order_digest(epoch)):
-            # starting over: the run's record holds the epoch, but no iterator of this
-            # process has started one yet, or this one did (it is the one starting over)
-            if (not experiment.has_draw(EPOCH_RESET, path) or self._reset_recorded is not None
-                    or not experiment.drew_kind_here(EPOCH_RESET)):
-                return
+        # another output at this draw (other data) is refused by repeats_draw itself
+        if not experiment.repeats_draw(EPOCH_RESET, path, self._maker.order_digest(epoch),
+                                       fresh=self._reset_recorded is None):
+            return
         raise BadInputError(f"got a new iterator starting epoch {epoch}, but another iterator "
                             f"of {experiment.id} already drew epoch {epoch}: it would repeat "
                             f"that epoch's order. Keep one TrainingDataIterator for the run and "

@@ -92,6 +92,36 @@ def test_a_loader_made_afresh_each_epoch_is_refused_unless_set_epoch_chose(
     assert resets == [["epoch", 0, "shuffle"], ["epoch", 1, "shuffle"]]
 
 
+def test_a_resumed_run_refuses_a_fresh_loader_repeating_an_epoch_the_lost_attempt_drew(
+        url: str, tmp_path: Path) -> None:
+    """In a resumed run the first loader may start over at epoch 0 (redoing the lost attempt's
+    epochs); once one has started, a loader made afresh starting at epoch 0 again is refused, as
+    in any run — it used to pass, the lost attempt rather than this process having drawn epoch
+    0, silently repeating that order. A loader told its epoch with set_epoch still goes on."""
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        exp = manager.create_experiment("resumed-loader", seed=SEED)
+        arrays = torch_helpers.fraud_arrays(64)
+        dataset = exp.register_dataset("fraud", *arrays)
+        loader = RecordedDataLoader(exp, dataset, 16)
+        lost = [[y.tolist() for _x, y in loader] for _epoch in range(3)]
+        exp.suspend()
+        resumed = manager.resume_experiment(exp.id)
+        dataset = resumed.register_dataset("fraud", *arrays)
+        chosen = RecordedDataLoader(resumed, dataset, 16)
+        chosen.set_epoch(2)
+        assert [y.tolist() for _x, y in chosen] == lost[2]
+        with pytest.raises(BadInputError, match="already drew epoch 0: it would repeat"):
+            list(RecordedDataLoader(resumed, dataset, 16))
+        resumed.suspend()
+        resumed = manager.resume_experiment(exp.id)
+        dataset = resumed.register_dataset("fraud", *arrays)
+        over = RecordedDataLoader(resumed, dataset, 16)
+        assert [y.tolist() for _x, y in over] == lost[0]  # the first loader starts over
+        assert [y.tolist() for _x, y in over] == lost[1]  # and goes on
+        resumed.close()
+        assert verify(manager.store).ok
+
+
 def test_set_epoch_chooses_only_the_next_pass(url: str, tmp_path: Path) -> None:
     """A second loader told set_epoch(0) redoes epoch 0 (the same batches, recorded once);
     its next pass starts epoch 1 by itself, which the first loader drew: refused."""

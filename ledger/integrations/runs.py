@@ -127,6 +127,12 @@ class AttachedRun:
         recorded, it recorded in this process). BadInputError when with another output."""
         return seen_draw(self._draws, kind, path, output)
 
+    def repeats_draw(self, kind: str, path: tuple[Label, ...], output: bytes, *,
+                     fresh: bool) -> bool:
+        """As :meth:`ledger.experiment.Experiment.repeats_draw`: an attached run is never
+        resumed, so this is :meth:`drew_here` (``fresh`` makes no difference)."""
+        return self.drew_here(kind, path, output)
+
     def record_normalised_draw(self, kind: str, path: tuple[Label, ...], *, seed: bytes | None,
                                params: dict[str, Any], input: bytes | None = None,
                                output: bytes | None = None) -> bool:

@@ -107,8 +107,9 @@ class RecordedSampler(Sampler[int]):
         chosen, self._chosen = self._chosen, False
         run = self.run
         if (records and run is not None and not chosen
-                and run.drew_here(EPOCH_RESET, path, output)):
-            # a sampler (or loader) made afresh each epoch, starting at 0 again
+                and run.repeats_draw(EPOCH_RESET, path, output, fresh=not self._recorded)):
+            # a sampler (or loader) made afresh each epoch, starting at 0 again (in a resumed
+            # run too, once another one of this process has started over)
             raise BadInputError(f"got a new sampler starting epoch {epoch} by itself, but "
                                 f"another sampler of {run.id} already drew epoch {epoch}: it "
                                 f"would repeat that epoch's order. Keep one loader for the run, "
