@@ -6,8 +6,9 @@ The public API lives here; submodules are the implementation. See README.md.
 from ledger.canonical import canonical, normalise
 from ledger.digests import array_digest, event_hash, hex_digest, value_digest
 from ledger.errors import (AppendOnlyError, BadInputError, CannotReplayError, CheckFailedError,
-                           ConcurrentWriteError, EncodingError, InvalidIdError, LedgerError,
-                           ResourceError, StateAheadError, StoreError, UnknownExperimentError)
+                           ConcurrentWriteError, EncodingError, ForeignStateError,
+                           InvalidIdError, LedgerError, ResourceError, StateAheadError,
+                           StoreError, UnknownExperimentError)
 from ledger.events import Event, make_event, new_experiment_id
 from ledger.seeds import derive, derive_bytes, draw_root_seed, generator
 from ledger.store import SCHEMA_VERSION, ExperimentRow, Store, StreamHead, StreamWriter
@@ -27,7 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "SCHEMA_VERSION", "AppendOnlyError", "BadInputError", "CannotReplayError", "CheckFailedError",
     "ConcurrentWriteError", "EncodingError", "Event", "ExperimentRow", "Finding",
-    "InvalidIdError", "LedgerError", "ResourceError", "StateAheadError", "Store", "StoreError",
+    "ForeignStateError", "InvalidIdError", "LedgerError", "ResourceError", "StateAheadError", "Store", "StoreError",
     "StreamHead", "StreamWriter",
     "UnknownExperimentError", "VerifyReport", "__version__", "array_digest", "canonical",
     "derive", "derive_bytes", "draw_root_seed", "event_hash", "generator", "hex_digest",

@@ -64,6 +64,14 @@ class StateAheadError(BadInputError):
     suspends the run (still resumable) instead of completing it as failed."""
 
 
+class ForeignStateError(BadInputError):
+    """An iterator state saved by a run other than the resumed one or the run it continues:
+    nothing in this run's record says where such a state stands, so it cannot be checked.
+
+    Like :class:`StateAheadError`, leaving the resumed run's ``with`` block on it suspends the
+    run (still resumable) instead of completing it as failed."""
+
+
 class CheckFailedError(LedgerError):
     """A verification found a tampered, missing or misplaced event."""
 

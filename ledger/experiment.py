@@ -33,7 +33,8 @@ from ledger.datasets import (Dataset, check_arrays, check_name, check_path_argum
 from ledger.digests import ZERO_DIGEST, value_digest
 from ledger.environment import code_version, current_user, environment_fingerprint
 from ledger.environment import entrypoint as detect_entrypoint
-from ledger.errors import BadInputError, LedgerError, StateAheadError, StoreError
+from ledger.errors import (BadInputError, ForeignStateError, LedgerError, StateAheadError,
+                           StoreError)
 from ledger.events import (AUDIT_STREAM, CHECKPOINT, COMPLETION_STATUSES, DATASET_REGISTERED,
                            EXPERIMENT_CREATED, MAIN_STREAM, METRIC, RUN_COMPLETED, USER_DRAW,
                            Event, check_experiment_id, check_recordable, draw_value, is_draw,
@@ -572,7 +573,8 @@ class Experiment:
             return
         if exc is None:
             self.close("ok")
-        elif isinstance(exc, StateAheadError):  # refused before anything was done: resumable
+        elif isinstance(exc, (StateAheadError, ForeignStateError)):  # refused before anything
+            # was done: resumable
             self.suspend()
         else:
             self.close("failed", _one_line(exc))

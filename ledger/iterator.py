@@ -24,11 +24,12 @@ from ledger.augment import DataAugmenter, augment_path
 from ledger.batches import BatchDigests, BatchMaker, batch_input_digest
 from ledger.canonical import normalise
 from ledger.datasets import Dataset, in_memory_dataset
-from ledger.errors import BadInputError, StateAheadError
+from ledger.errors import BadInputError, ForeignStateError, StateAheadError
 from ledger.events import AUGMENTATION_BATCH, EPOCH_RESET, WORKER_SPAWNED
 from ledger.experiment import Experiment
 from ledger.sampling import shuffle_path
 from ledger.seeds import check_root_seed, derive_bytes, draw_root_seed, root_seed_to_bytes
+from ledger.text import quoted
 from ledger.worker_seeding import expected_state_digest, worker_path
 from ledger.workers import WorkerError, WorkerPool
 
@@ -381,15 +382,18 @@ class TrainingDataIterator:
                                 f"{batches} batches per epoch")
         recorded_until, logged = state.get("recorded_until"), _logged(state.get("logged"))
         experiment = cast(Experiment, self.experiment)
-        # a state saved by another run (a parent's, continued here) has nothing of this run's
-        # record before it; one of a library that did not name the run is taken for this run's
-        if (self.recording and experiment.resumed
-                and state.get("run", experiment.id) == experiment.id):
-            self._check_recorded_until(epoch, batch, started)
-            if logged is not None:
-                experiment.skip_logs_to(logged)
-            elif type(recorded_until) is int:
-                experiment.forget_logs_before(recorded_until)
+        if self.recording and experiment.resumed:
+            # A state of the parent (continued here) has nothing of this run's record before
+            # it; one of a library that did not name the run is taken for this run's own.
+            saved_by = state.get("run", experiment.id)
+            if saved_by != experiment.id:
+                self._check_parents_state(saved_by)
+            else:
+                self._check_recorded_until(epoch, batch, started)
+                if logged is not None:
+                    experiment.skip_logs_to(logged)
+                elif type(recorded_until) is int:
+                    experiment.forget_logs_before(recorded_until)
         self._stop_active()
         self._epoch, self._batch, self._started = epoch, batch, started
         self._reset_recorded = None
@@ -423,6 +427,17 @@ class TrainingDataIterator:
             for done in range(first_batch, batch):
                 if not experiment.has_draw(AUGMENTATION_BATCH, augment_path(epoch, done)):
                     self._refuse_ahead(epoch, batch, f"batch {done} of epoch {epoch}")
+
+    def _check_parents_state(self, saved_by: Any) -> None:
+        """A resumed run may load a state of its own or of the run it continues (``parent=``):
+        one of any other run cannot be checked against this run's record, and is refused."""
+        experiment = cast(Experiment, self.experiment)
+        if experiment.parent is None or saved_by != experiment.parent:
+            continues = ("" if experiment.parent is None
+                         else f" or of {experiment.parent}, which it continues")
+            raise ForeignStateError(f"got a state saved by run {quoted(saved_by)}, but resumed "
+                                    f"run {experiment.id} continues only a state of its "
+                                    f"own{continues}: load the state {experiment.id} saved")
 
     def _refuse_ahead(self, epoch: int, batch: int, missing: str) -> NoReturn:
         raise StateAheadError(f"got a state at epoch {epoch} batch {batch}, but "

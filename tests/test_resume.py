@@ -18,7 +18,7 @@ import pytest
 from conftest import ROOT, readme_python_block, run_cli
 from ledger.augment import DataAugmenter
 from ledger.canonical import canonical
-from ledger.errors import BadInputError, StateAheadError
+from ledger.errors import BadInputError, ForeignStateError, StateAheadError
 from ledger.experiment import Experiment, ExperimentManager
 from ledger.experiment_info import describe_experiment
 from ledger.iterator import TrainingDataIterator
@@ -646,3 +646,30 @@ def test_a_state_one_draw_ahead_of_the_resumed_run_is_refused(
         again.load_state_dict(state)
         assert len(list(again)) == 5
     assert resumed.status == "ok"
+
+
+def test_a_resumed_run_refuses_a_state_saved_by_another_run(tmp_path: Path) -> None:
+    """A resumed run loads a state of its own or of the run it continues. One saved by an
+    unrelated run used to skip every check (it names another run), so a state ahead of this
+    run's record resumed past draws the ledger never got — a hole replay would certify. It is
+    refused, naming both runs, and the run is left resumable (suspended), not failed."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    features, labels = sample_data(rows=40)
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("other", seed=7) as other:
+            batches = TrainingDataIterator(other.register_dataset("d", features, labels), 10,
+                                           experiment=other)
+            for _epoch in range(3):
+                list(batches)
+            foreign = batches.state_dict()
+        exp = manager.create_experiment("resumable", seed=7)
+        list(TrainingDataIterator(exp.register_dataset("d", features, labels), 10,
+                                  experiment=exp))
+        exp.suspend()
+        with pytest.raises(ForeignStateError, match=f"saved by run '{other.id}', but resumed "
+                                                    f"run {exp.id} continues only"):
+            with manager.resume_experiment(exp.id) as resumed:
+                TrainingDataIterator(resumed.register_dataset("d", features, labels), 10,
+                                     experiment=resumed).load_state_dict(foreign)
+        assert describe_experiment(manager.store, exp.id).status == "incomplete"
+        manager.resume_experiment(exp.id).close()  # still resumable
