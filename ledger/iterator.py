@@ -345,9 +345,10 @@ class TrainingDataIterator:
         experiment = cast(Experiment, self.experiment)
         if self.recording:
             state["run"] = experiment.id
-        if self.recording and not experiment.closed:
-            # where the run's record stood, as libraries before ``logged`` resumed from it
-            state["recorded_until"] = experiment.flush() + 1
+            if not experiment.closed:
+                # where the run's record stood, as libraries before ``logged`` resumed from it
+                state["recorded_until"] = experiment.flush() + 1
+            # after suspend() too: a state saved then must still skip what came before it
             state["logged"] = experiment.logs_passed()
         return state
 

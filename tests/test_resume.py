@@ -468,6 +468,39 @@ def test_a_state_saved_before_a_resumed_run_caught_up_does_not_log_its_metrics_t
         assert report.identical, report.first_divergence
 
 
+def test_a_state_saved_after_suspend_resumes_without_logging_its_metrics_twice(
+        tmp_path: Path) -> None:
+    """The README saves the state before ``suspend()``; saved after it, the state used to hold
+    neither ``logged`` nor ``recorded_until`` (the run was closed), so the resumed run compared
+    its first loss with the lost attempt's first of that epoch and was refused as diverging.
+    ``logged`` is now saved whether or not the run is still open."""
+    features, labels = sample_data(rows=60)
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+
+    def train(exp: Experiment, state: dict | None, until: int) -> TrainingDataIterator:
+        batches = TrainingDataIterator(exp.register_dataset("d", features, labels), 6,
+                                       experiment=exp)
+        if state is not None:
+            batches.load_state_dict(state)
+        while batches.epoch * 10 + batches.batch < until:
+            x, _y = next(iter(batches))
+            exp.log_metric("loss", float(x.sum()), epoch=batches.epoch)
+        return batches
+
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with manager.create_experiment("metrics", seed=5) as whole:
+            train(whole, None, 25)
+        exp = manager.create_experiment("metrics", seed=5)
+        batches = train(exp, None, 14)
+        exp.suspend()
+        state = batches.state_dict()  # after suspend
+        assert state["logged"] == [["metric", "loss", 0, 10], ["metric", "loss", 1, 4]]
+        with manager.resume_experiment(exp.id) as again:
+            train(again, state, 25)
+        report = diff_runs(manager.store, whole.id, exp.id)
+        assert report.identical, report.first_divergence
+
+
 @pytest.mark.parametrize("parent_until", [5, 15], ids=["first-epoch", "second-epoch"])
 def test_a_resumed_child_run_continues_from_its_parents_state(tmp_path: Path,
                                                              parent_until: int) -> None:
