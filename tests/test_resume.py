@@ -543,38 +543,40 @@ def test_a_resumed_child_run_continues_from_its_parents_state(tmp_path: Path,
         assert report.identical, report.first_divergence
 
 
+def _augmented_batches(exp: Experiment) -> TrainingDataIterator:
+    """The child-run tests' iterator: 60 rows in batches of 6, with noise."""
+    features, labels = sample_data(rows=60)
+    return TrainingDataIterator(exp.register_dataset("d", features, labels), 6, experiment=exp,
+                                augmenter=DataAugmenter(noise_std=0.1))
+
+
 def test_a_resumed_child_run_continues_from_its_own_checkpoint(tmp_path: Path) -> None:
     """A child run (parent=) that began at its parent's state, epoch 1 batch 5, checkpoints at
     batch 8 and is killed; resumed, it loads its own checkpoint. That was refused as ahead of
     the ledger (StateAheadError: 'no record of epoch 0's shuffle' — the parent drew epoch 0).
     Found by the stateful iterator machine. Its own draws are still checked: a state one batch
     past them is refused."""
-    features, labels = sample_data(rows=60)
-
-    def batches_of(exp: Experiment) -> TrainingDataIterator:
-        return TrainingDataIterator(exp.register_dataset("d", features, labels), 6,
-                                    experiment=exp, augmenter=DataAugmenter(noise_std=0.1))
 
     with ExperimentManager(f"sqlite:///{tmp_path / 'l.db'}", data_dir=tmp_path) as manager:
         with manager.create_experiment("parent", seed=5) as parent:
-            batches = batches_of(parent)
+            batches = _augmented_batches(parent)
             list(batches)
             for _batch, _x in zip(range(5), batches):
                 pass
             state = batches.state_dict()
         with manager.create_experiment("child", seed=5, parent=parent.id) as whole:
-            batches = batches_of(whole)
+            batches = _augmented_batches(whole)
             batches.load_state_dict(state)
             expected = [x for x, _y in batches]
         child = manager.create_experiment("child", seed=5, parent=parent.id)
-        batches = batches_of(child)
+        batches = _augmented_batches(child)
         batches.load_state_dict(state)
         for _batch, _x in zip(range(3), batches):
             pass
         own = batches.state_dict()
         child.suspend()
         with manager.resume_experiment(child.id) as again:
-            batches = batches_of(again)
+            batches = _augmented_batches(again)
             batches.load_state_dict(own)
             with pytest.raises(StateAheadError, match="no record of batch 8 of epoch 1"):
                 batches.load_state_dict({**own, "batch": 9})
@@ -588,25 +590,20 @@ def test_a_resumed_child_run_loads_a_checkpoint_saved_where_it_began(tmp_path: P
     """A child run continuing its parent's state at an epoch's end checkpoints at once (it has
     drawn nothing), goes on into the next epoch, and is killed; resumed, it loads that first
     checkpoint: it was refused ('no record of batch 0 of epoch 0', the parent's batch)."""
-    features, labels = sample_data(rows=60)
-
-    def batches_of(exp: Experiment) -> TrainingDataIterator:
-        return TrainingDataIterator(exp.register_dataset("d", features, labels), 6,
-                                    experiment=exp, augmenter=DataAugmenter(noise_std=0.1))
 
     with ExperimentManager(f"sqlite:///{tmp_path / 'l.db'}", data_dir=tmp_path) as manager:
         with manager.create_experiment("parent", seed=5) as parent:
-            batches = batches_of(parent)
+            batches = _augmented_batches(parent)
             list(batches)
             state = batches.state_dict()
         child = manager.create_experiment("child", seed=5, parent=parent.id)
-        batches = batches_of(child)
+        batches = _augmented_batches(child)
         batches.load_state_dict(state)
         first = batches.state_dict()
         expected = [x for x, _y in batches]  # epoch 1
         child.suspend()
         with manager.resume_experiment(child.id) as again:
-            batches = batches_of(again)
+            batches = _augmented_batches(again)
             batches.load_state_dict(first)
             redone = [x for x, _y in batches]
             assert batches.epoch == 1
