@@ -422,6 +422,28 @@ def test_a_run_resumed_from_its_state_logs_new_metrics_after_those_it_recorded(
         assert diff_runs(manager.store, whole.id, exp.id).identical
 
 
+def _train_logging_losses(exp: Experiment, state: dict | None, until: int, *,
+                          save_at: int = -1, lr: bool = False
+                          ) -> tuple[TrainingDataIterator, dict | None]:
+    """Batches of 60 rows by 6 (10 per epoch) up to the ``until``-th of the lineage from
+    ``state``, each batch's loss logged (and, with ``lr``, an lr at each epoch's end); the
+    iterator, and its state after the ``save_at``-th batch."""
+    features, labels = sample_data(rows=60)
+    batches = TrainingDataIterator(exp.register_dataset("d", features, labels), 6,
+                                   experiment=exp)
+    if state is not None:
+        batches.load_state_dict(state)
+    saved = None
+    while (position := batches.epoch * 10 + batches.batch) < until:
+        x, _y = next(iter(batches))
+        exp.log_metric("loss", float(x.sum()), epoch=batches.epoch)
+        if lr and batches.epoch_finished:
+            exp.log_metric("lr", 0.1 / (batches.epoch + 1), epoch=batches.epoch)
+        if position + 1 == save_at:
+            saved = batches.state_dict()
+    return batches, saved
+
+
 @pytest.mark.parametrize("second_start", ["from the start", "from an earlier state"])
 def test_a_state_saved_before_a_resumed_run_caught_up_does_not_log_its_metrics_twice(
         tmp_path: Path, second_start: str) -> None:
@@ -431,26 +453,11 @@ def test_a_state_saved_before_a_resumed_run_caught_up_does_not_log_its_metrics_t
     ledger stood (recorded_until), and every loss recorded before that point was taken for one
     before the state. Found by the stateful iterator machine. The run's metrics are now those
     of the uninterrupted run, each once."""
-    features, labels = sample_data(rows=60)
     url = f"sqlite:///{tmp_path / 'l.db'}"
 
     def train(exp: Experiment, state: dict | None, until: int, save_at: int = -1
               ) -> dict | None:
-        """Batches (10 per epoch) up to the ``until``-th of the run, each loss logged, and an
-        lr at each epoch's end; the state after the ``save_at``-th batch."""
-        data = exp.register_dataset("d", features, labels)
-        batches = TrainingDataIterator(data, 6, experiment=exp)
-        if state is not None:
-            batches.load_state_dict(state)
-        saved = None
-        while (position := batches.epoch * 10 + batches.batch) < until:
-            x, _y = next(iter(batches))
-            exp.log_metric("loss", float(x.sum()), epoch=batches.epoch)
-            if batches.epoch_finished:
-                exp.log_metric("lr", 0.1 / (batches.epoch + 1), epoch=batches.epoch)
-            if position + 1 == save_at:
-                saved = batches.state_dict()
-        return saved
+        return _train_logging_losses(exp, state, until, save_at=save_at, lr=True)[1]
 
     with ExperimentManager(url, data_dir=tmp_path) as manager:
         with manager.create_experiment("metrics", seed=5) as whole:
@@ -474,18 +481,10 @@ def test_a_state_saved_after_suspend_resumes_without_logging_its_metrics_twice(
     neither ``logged`` nor ``recorded_until`` (the run was closed), so the resumed run compared
     its first loss with the lost attempt's first of that epoch and was refused as diverging.
     ``logged`` is now saved whether or not the run is still open."""
-    features, labels = sample_data(rows=60)
     url = f"sqlite:///{tmp_path / 'l.db'}"
 
     def train(exp: Experiment, state: dict | None, until: int) -> TrainingDataIterator:
-        batches = TrainingDataIterator(exp.register_dataset("d", features, labels), 6,
-                                       experiment=exp)
-        if state is not None:
-            batches.load_state_dict(state)
-        while batches.epoch * 10 + batches.batch < until:
-            x, _y = next(iter(batches))
-            exp.log_metric("loss", float(x.sum()), epoch=batches.epoch)
-        return batches
+        return _train_logging_losses(exp, state, until)[0]
 
     with ExperimentManager(url, data_dir=tmp_path) as manager:
         with manager.create_experiment("metrics", seed=5) as whole:
@@ -510,23 +509,9 @@ def test_a_resumed_child_run_continues_from_its_parents_state(tmp_path: Path,
     epochs), or, within that epoch, to log its losses a second time (the parent's ledger
     position was taken for one in the child's). Found while extending the stateful iterator
     machine. The resumed child now ends as an uninterrupted child would."""
-    features, labels = sample_data(rows=60)
-
     def train(exp: Experiment, state: dict | None, until: int, save_at: int = -1
               ) -> dict | None:
-        """Batches (10 per epoch) up to the ``until``-th of the lineage, each loss logged; the
-        state after the ``save_at``-th batch."""
-        data = exp.register_dataset("d", features, labels)
-        batches = TrainingDataIterator(data, 6, experiment=exp)
-        if state is not None:
-            batches.load_state_dict(state)
-        saved = None
-        while (position := batches.epoch * 10 + batches.batch) < until:
-            x, _y = next(iter(batches))
-            exp.log_metric("loss", float(x.sum()), epoch=batches.epoch)
-            if position + 1 == save_at:
-                saved = batches.state_dict()
-        return saved
+        return _train_logging_losses(exp, state, until, save_at=save_at)[1]
 
     with ExperimentManager(f"sqlite:///{tmp_path / 'l.db'}", data_dir=tmp_path) as manager:
         with manager.create_experiment("parent", seed=5) as parent:
