@@ -573,9 +573,8 @@ class Experiment:
             return
         if exc is None:
             self.close("ok")
-        elif isinstance(exc, (StateAheadError, ForeignStateError)):  # refused before anything
-            # was done: resumable
-            self.suspend()
+        elif isinstance(exc, (StateAheadError, ForeignStateError)):
+            self.suspend()  # refused before anything was done: left resumable
         else:
             self.close("failed", _one_line(exc))
 
