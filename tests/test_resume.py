@@ -286,6 +286,38 @@ def test_a_resumed_run_refuses_a_fresh_iterator_repeating_an_epoch_the_lost_atte
         resumed.close()
 
 
+KILLED_BEFORE_REAPED = textwrap.dedent("""
+    import os, signal, sys
+    from ledger.experiment import ExperimentManager
+    manager = ExperimentManager(sys.argv[1], data_dir=sys.argv[2])
+    exp = manager.create_experiment("reaped-late", seed=42, exp_id="exp-reapedlate1")
+    exp.flush()
+    os.kill(os.getpid(), signal.SIGKILL)  # its claim on main left behind
+""")
+
+
+def test_a_killed_run_resumes_before_its_process_is_reaped(tmp_path: Path) -> None:
+    """A supervisor that SIGKILLs a trainer and starts the resumed one before it reaps the
+    killed process (found by tests/test_kill_resume_properties.py): the killed process is a
+    zombie, which os.kill(pid, 0) still finds, and the resume was refused (StreamClaimedError)
+    as if the killed trainer still held the run's main stream, until its parent reaped it."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    killed = subprocess.Popen([sys.executable, "-c", KILLED_BEFORE_REAPED, url,
+                               str(tmp_path / "data")], env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        # wait for it to end without reaping it (WNOWAIT): it stays a zombie meanwhile
+        ended = os.waitid(os.P_PID, killed.pid, os.WEXITED | os.WNOWAIT)
+        assert ended is not None and ended.si_status == signal.SIGKILL
+        with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+            with manager.resume_experiment("exp-reapedlate1") as resumed:
+                resumed.log_metric("resumed", 1)
+    finally:
+        killed.wait()
+    with Store.open(url) as store:
+        assert describe_experiment(store, "exp-reapedlate1").status == "ok"
+        assert verify_ledger(store).ok
+
+
 def test_only_an_incomplete_run_can_be_resumed(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     with ExperimentManager(url, data_dir=tmp_path / "data") as manager:

@@ -8,7 +8,7 @@ insert its claim, and a writer that finds a claim without a release is refused a
 :class:`~ledger.errors.StreamClaimedError`, naming the holder (writer id, host, pid, time).
 
 A holder that died without closing leaves its claim behind. A claim held by a process of this
-host that no longer exists is taken over automatically; for a holder on another machine, open with
+host that no longer exists (or has ended, a zombie not yet reaped) is taken over automatically; for a holder on another machine, open with
 ``take_over=True`` once you know it is gone. Should it still be alive, its next batch is refused
 (:meth:`~ledger.store.Store.append_rows` checks in the batch's transaction that the writer's
 claim was not released), and the unique (exp, stream, seq) key still refuses a second event at a
@@ -66,9 +66,10 @@ class _Holder:
 
     def gone(self) -> bool:
         """True when the holder ran on this host, in this PID namespace, and its process no
-        longer exists. (A container sharing the host's name has pids of its own: a pid not seen
-        from here may be alive there.) A claim written before namespaces were recorded names
-        the host alone."""
+        longer exists or has ended (a zombie its parent has not reaped yet: a supervisor that
+        kills a trainer and starts the resumed one before it waits for the killed one). (A
+        container sharing the host's name has pids of its own: a pid not seen from here may be
+        alive there.) A claim written before namespaces were recorded names the host alone."""
         if self.host not in (host_identity(), socket.gethostname()) or self.pid == os.getpid():
             return False
         try:
@@ -76,10 +77,30 @@ class _Holder:
         except ProcessLookupError:
             return True
         except OSError:  # exists, owned by someone else
-            return False
+            return _ended(self.pid)
         except OverflowError:  # a pid beyond any this system gives: no writer here wrote it
             return False
+        return _ended(self.pid)
+
+
+def _ended(pid: int) -> bool:
+    """True when process ``pid`` has ended but is not reaped yet: every one of its threads is a
+    zombie (a leader thread that exited before the others shows as one too, its process alive).
+    Read from Linux's /proc; False where that cannot tell (another system, /proc unreadable)."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
         return False
+    states = []
+    for thread in threads:
+        try:
+            with open(f"/proc/{pid}/task/{thread}/stat", encoding="ascii",
+                      errors="replace") as stat:
+                # "tid (command) state ...": the command may hold spaces and parentheses
+                states.append(stat.read().rsplit(")", 1)[1].split()[0])
+        except (OSError, IndexError):  # the thread ended meanwhile
+            continue
+    return bool(states) and all(state in ("Z", "X") for state in states)
 
 
 def host_identity() -> str:
