@@ -1,0 +1,200 @@
+"""A child process for the kill-and-resume properties: it trains a tiny logistic regression on a
+recorded run, checkpointing as a trainer would, and resumes the run if it already exists.
+
+Run as ``python kill_resume_driver.py URL DATA_DIR WORKDIR EXP CONFIG_JSON``. ``CONFIG_JSON``
+holds the run's settings; what may differ from one process of the run to the next comes from the
+environment, so that the recorded entrypoint (argv) does not: ``KILL_RESUME_WORKERS`` (worker
+processes, default 0), ``KILL_RESUME_PAUSE_AT`` and ``KILL_RESUME_FLUSH_AT_PAUSE`` (see below).
+The driver creates experiment ``EXP`` (root seed ``config["seed"]``) if the ledger does not
+hold it, else continues it with ``resume_experiment`` from ``WORKDIR/checkpoint.msgpack`` (from
+the start when there is none). Every ``checkpoint_every`` batches (and at each epoch's end with
+``epoch_checkpoint``) it logs a checkpoint (with ``log_checkpoints``), takes ``state_dict()``
+and writes weights, iterator state and loop position atomically to that file. It logs the
+epoch's mean ``loss`` per epoch and, with ``batch_metric``, each batch's ``batch_loss``
+(``"per-epoch"``, or ``"per-run"`` without an epoch); with ``dropout``, each step draws a mask
+from ``exp.generator("dropout", epoch, batch)``; with ``flush_every``, it flushes the run's
+events every that many batches. At the end it logs a ``final`` checkpoint and writes
+``WORKDIR/final.npy`` before it leaves the ``with`` block.
+
+It prints one line per step, flushed, for the harness that kills it:
+``exp EXP created|resumed|complete``; ``workers PID...`` once its worker pool has handed out a
+batch (the pool's start-up is over); ``point N LABEL`` at each point of the training loop
+(N counts from 1 in this process); ``done`` at the end. With ``KILL_RESUME_PAUSE_AT=N``, it
+prints ``paused`` after point N and waits to be killed there (having flushed the run's events,
+with ``KILL_RESUME_FLUSH_AT_PAUSE=1``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from ledger.augment import DataAugmenter
+from ledger.canonical import canonical
+from ledger.errors import UnknownExperimentError
+from ledger.experiment import Experiment, ExperimentManager
+from ledger.iterator import TrainingDataIterator
+from ledger.store import Store
+
+CHECKPOINT = "checkpoint.msgpack"
+FINAL = "final.npy"
+
+
+def sample_data(config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The run's dataset: a fixed function of the config (not drawn from the ledger)."""
+    rng = np.random.default_rng(config["data_seed"])
+    features = rng.normal(size=(config["rows"], config["features"]))
+    truth = rng.normal(size=config["features"])
+    labels = (features @ truth + rng.normal(scale=0.5, size=config["rows"]) > 0).astype(np.float64)
+    return features, labels
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a kill leaves either the old file or the new one."""
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(partial, path)
+
+
+class Progress:
+    """Numbered progress lines; waits to be killed after point ``pause_at``, having flushed the
+    run's events first with ``flush_at_pause`` (as the writer's own flush, once a second, would
+    have done in a longer run)."""
+
+    def __init__(self, pause_at: int | None, flush_at_pause: bool) -> None:
+        self.count = 0
+        self.pause_at = pause_at
+        self.flush_at_pause = flush_at_pause
+        self.experiment: Experiment | None = None
+
+    def point(self, label: str) -> None:
+        self.count += 1
+        print(f"point {self.count} {label}", flush=True)
+        if self.count == self.pause_at:
+            if self.flush_at_pause and self.experiment is not None:
+                self.experiment.flush()
+            print("paused", flush=True)
+            time.sleep(600)
+
+
+def sgd_step(weights: np.ndarray, x: np.ndarray, y: np.ndarray, lr: float,
+             keep: np.ndarray | None = None) -> float:
+    """One mini-batch step of logistic regression (weights[-1] is the bias), in place, updating
+    only the weights ``keep`` selects (a dropout mask); the batch's mean log loss before it."""
+    logits = x @ weights[:-1] + weights[-1]
+    p = 1.0 / (1.0 + np.exp(-logits))
+    eps = 1e-12
+    loss = float(-np.mean(y * np.log(p + eps) + (1 - y) * np.log(1 - p + eps)))
+    error = (p - y) / len(y)
+    gradient = x.T @ error
+    weights[:-1] -= lr * (gradient if keep is None else gradient * keep)
+    weights[-1] -= lr * float(error.sum())
+    return loss
+
+
+def main(url: str, data_dir: str, workdir: str, exp_id: str, config: dict[str, Any],
+         workers: int, pause_at: int | None, flush_at_pause: bool) -> None:
+    folder = Path(workdir)
+    progress = Progress(pause_at, flush_at_pause)
+    with Store.open(url, create=True) as store:
+        try:
+            status: str | None = store.experiment(exp_id).status
+        except UnknownExperimentError:
+            status = None
+    if status not in (None, "incomplete"):
+        print(f"exp {exp_id} complete", flush=True)
+        print("done", flush=True)
+        return
+    features, labels = sample_data(config)
+    with ExperimentManager(url, data_dir=data_dir) as manager:
+        if status is None:
+            exp = manager.create_experiment("kill-resume", seed=config["seed"], exp_id=exp_id,
+                                            hyperparams={"lr": config["lr"]})
+        else:
+            exp = manager.resume_experiment(exp_id)
+        progress.experiment = exp
+        with exp:
+            print(f"exp {exp_id} {'created' if status is None else 'resumed'}", flush=True)
+            progress.point("start")
+            data = exp.register_dataset("kill-resume-data", features, labels)
+            batches = TrainingDataIterator(
+                data, config["batch_size"], num_workers=workers, experiment=exp,
+                start_method="fork",
+                augmenter=DataAugmenter(noise_std=config["noise_std"],
+                                        mask_prob=config["mask_prob"]))
+            saved_path = folder / CHECKPOINT
+            if status is not None and saved_path.exists():
+                saved = msgpack.unpackb(saved_path.read_bytes(), raw=False)
+                weights = np.frombuffer(saved["weights"], dtype=np.float64).copy()
+                batches.load_state_dict(saved["iterator"])
+                epoch, loss_sum, step = saved["epoch"], saved["loss_sum"], saved["step"]
+                progress.point("restored")
+            else:
+                weights = exp.generator("model", "init").normal(
+                    scale=0.1, size=config["features"] + 1)
+                epoch, loss_sum, step = 0, 0.0, 0
+
+            def save(name: str) -> None:
+                if config["log_checkpoints"]:
+                    exp.log_checkpoint(name, weights, epoch=epoch)
+                    progress.point(f"checkpoint-logged {name}")
+                state = batches.state_dict()
+                progress.point("state-taken")
+                write_atomically(saved_path, canonical({
+                    "weights": weights.tobytes(), "iterator": state, "epoch": epoch,
+                    "loss_sum": loss_sum, "step": step}))
+                progress.point("checkpoint-saved")
+
+            announced = False
+            with batches:
+                while epoch < config["epochs"]:
+                    # A state saved at the epoch's last batch has the epoch finished: its
+                    # metric still to log, no batch left to train on.
+                    if batches.next_epoch == epoch:
+                        for x, y in batches:
+                            if not announced and batches.worker_pids:
+                                print("workers " + " ".join(map(str, batches.worker_pids)),
+                                      flush=True)
+                                announced = True
+                            batch = batches.batch - 1
+                            progress.point(f"batch {epoch} {batch}")
+                            keep = (exp.generator("dropout", epoch, batch).random(
+                                config["features"]) >= 0.2 if config["dropout"] else None)
+                            loss = sgd_step(weights, x, y, config["lr"], keep)
+                            loss_sum += loss
+                            step += 1
+                            if config["batch_metric"]:  # per epoch, or one series for the run
+                                exp.log_metric("batch_loss", loss, epoch=(
+                                    epoch if config["batch_metric"] == "per-epoch" else None))
+                            progress.point("stepped")
+                            if config["flush_every"] and step % config["flush_every"] == 0:
+                                exp.flush()  # a trainer's own flush (the writer's, in effect)
+                            if step % config["checkpoint_every"] == 0:
+                                save("periodic")
+                    exp.log_metric("loss", loss_sum / len(batches), epoch=epoch)
+                    progress.point(f"metric {epoch}")
+                    epoch, loss_sum = epoch + 1, 0.0
+                    if config["epoch_checkpoint"]:
+                        save("epoch")
+            exp.log_checkpoint("final", weights)
+            progress.point("final-logged")
+            write_atomically(folder / FINAL, weights.tobytes())
+            progress.point("weights-written")
+    print("done", flush=True)
+
+
+if __name__ == "__main__":
+    pause = os.environ.get("KILL_RESUME_PAUSE_AT")
+    main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], json.loads(sys.argv[5]),
+         int(os.environ.get("KILL_RESUME_WORKERS", "0")), int(pause) if pause else None,
+         os.environ.get("KILL_RESUME_FLUSH_AT_PAUSE") == "1")

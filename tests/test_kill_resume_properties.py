@@ -1,0 +1,380 @@
+"""Interrupted-and-resumed equals uninterrupted: a recording training run SIGKILLed at random
+points — mid-batch, right after a checkpoint, at an epoch's end, before its first checkpoint,
+its resumed processes killed too — and resumed each time from its last checkpoint file, ends
+with the uninterrupted run's weights, metrics and events.
+
+Each scenario draws a configuration (data, batch size, epochs, checkpoint period, per-batch
+metrics, epoch-end checkpoints, logged checkpoints or not, per-batch user draws) and a kill plan
+from a seeded generator, so any failure reproduces (but for where a racing kill lands):
+``KILL_RESUME_SEED`` and ``KILL_RESUME_SCENARIOS`` widen the hunt. The training process is
+``kill_resume_driver.py``; every process of a run draws its own worker count (0 or 2, fork). A
+kill lands exactly at a progress point (the driver waits there), races the driver shortly after
+one, or comes a random delay after the process started (while it imports, creates or resumes the
+run, starts its workers...). After the last process completes the run, the oracle compares it
+with an uninterrupted run of the same seed in another ledger:
+
+- final weights bit-identical;
+- the metrics (and checkpoints) the store holds equal the uninterrupted run's, in order, each
+  recorded once, and ``ledger show`` summarises them the same;
+- ``ledger verify`` passes, ``ledger replay`` certifies the resumed run, and ``ledger diff`` of
+  the two runs says identical (the README: a resumed run "replays and diffs like an
+  uninterrupted one"; worker counts are not differences);
+- a killed driver may be left unreaped (a zombie) while the next process resumes the run, as a
+  supervisor that relaunches before it waits leaves it;
+- no worker process of a killed driver outlives it (a bounded wait, a hang safeguard), and no
+  shared-memory block a killed process held is left in ``/dev/shm`` — but for a kill during the
+  worker pool's start-up, the one window the README documents as able to leave one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import ROOT
+from ledger.events import CHECKPOINT, MAIN_STREAM, METRIC, decode_body
+from ledger.store import Store
+
+DRIVER = Path(__file__).with_name("kill_resume_driver.py")
+SEED = int(os.environ.get("KILL_RESUME_SEED", "20261130"))
+SCENARIOS = int(os.environ.get("KILL_RESUME_SCENARIOS", "8"))
+EXP = "run-kill-resume"
+LINE_WAIT = 120.0
+"""Longest wait for the driver's next line or exit: a hang safeguard, never a timing check."""
+WORKER_EXIT_WAIT = 60.0
+"""Longest wait for a killed driver's workers to end: a hang safeguard as well."""
+
+
+@dataclass
+class Attempt:
+    """What one driver process printed, and what its kill found."""
+
+    lines: list[str] = field(default_factory=list)
+    killed: bool = False
+    workers: list[int] = field(default_factory=list)
+    blocks: set[str] = field(default_factory=set)
+    """Shared-memory names (not unlinked) the process group held open when it was killed."""
+    unreaped: subprocess.Popen[str] | None = None
+    """The killed driver, left a zombie for the next process to meet (reaped after it)."""
+
+    @property
+    def points(self) -> int:
+        return sum(line.startswith("point ") for line in self.lines)
+
+    @property
+    def pool_started(self) -> bool:
+        return bool(self.workers)
+
+
+def _config(rng: random.Random) -> dict[str, Any]:
+    return {"seed": rng.randrange(2**63), "data_seed": rng.randrange(2**32),
+            "rows": rng.randint(20, 48), "features": rng.randint(2, 5),
+            "batch_size": rng.randint(4, 12), "epochs": rng.randint(2, 4),
+            "lr": rng.choice([0.05, 0.3, 1.0]), "noise_std": rng.choice([0.05, 0.2]),
+            "mask_prob": rng.choice([0.1, 0.3]), "checkpoint_every": rng.randint(1, 7),
+            "batch_metric": rng.choice([None, "per-epoch", "per-run"]),
+            "epoch_checkpoint": rng.random() < 0.5, "log_checkpoints": rng.random() < 0.8,
+            "dropout": rng.random() < 0.5, "flush_every": rng.choice([None, None, 1, 3])}
+
+
+def _group_shared_memory(group: int) -> set[str]:
+    """Names of the /dev/shm blocks (not yet unlinked) that the processes of ``group`` hold
+    open (Linux /proc), as tests/test_crash_safety.py reads them."""
+    names: set[str] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) != group:
+                continue
+            targets = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
+        except (OSError, ValueError, IndexError):  # the process ended meanwhile
+            continue
+        names.update(target.removeprefix("/dev/shm/") for target in targets
+                     if target.startswith("/dev/shm/") and not target.endswith(" (deleted)"))
+    return names
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting to be reaped has ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _wait_gone(pids: list[int]) -> list[int]:
+    """Wait (bounded) for ``pids`` to end; the ones still running."""
+    deadline = time.monotonic() + WORKER_EXIT_WAIT
+    while time.monotonic() < deadline:
+        if not any(_alive(pid) for pid in pids):
+            return []
+        time.sleep(0.02)
+    return [pid for pid in pids if _alive(pid)]
+
+
+def _run(folder: Path, config: dict[str, Any], workers: int, *, kill_at: int | None = None,
+         pause: bool = True, race: float = 0.0, flush: bool = False,
+         reap_late: bool = False) -> Attempt:
+    """Run the driver in ``folder`` (same argv for every run: the recorded entrypoint is the
+    same). With ``kill_at``, SIGKILL the driver — not its workers — at its ``kill_at``-th progress
+    point: waiting there (``pause``), or ``race`` seconds after it printed that point; with
+    ``kill_at`` 0, ``race`` seconds after it started. ``flush``: a paused driver flushes the
+    run's events before it waits. ``reap_late``: the killed driver is left unreaped (a zombie,
+    in :attr:`Attempt.unreaped`), as by a supervisor that starts the resumed process first."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(DRIVER.parent)]),
+           "KILL_RESUME_WORKERS": str(workers), "OPENBLAS_NUM_THREADS": "1",
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env.pop("LEDGER_URL", None)
+    env.pop("LEDGER_DATA_DIR", None)
+    if kill_at and pause:
+        env["KILL_RESUME_PAUSE_AT"] = str(kill_at)
+        env["KILL_RESUME_FLUSH_AT_PAUSE"] = "1" if flush else "0"
+    process = subprocess.Popen(
+        [sys.executable, str(DRIVER), "sqlite:///ledger.db", "data", ".", EXP,
+         json.dumps(config, sort_keys=True)], cwd=folder, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert process.stdout is not None and process.stderr is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    errors: list[str] = []
+
+    def read_out() -> None:
+        assert process.stdout is not None
+        with process.stdout:  # closed at EOF: once the driver and its workers have ended
+            for line in process.stdout:
+                lines.put(line.strip())
+        lines.put(None)
+
+    def read_errors() -> None:
+        assert process.stderr is not None
+        with process.stderr:
+            errors.extend(process.stderr)
+
+    readers = [threading.Thread(target=read_out, daemon=True),
+               threading.Thread(target=read_errors, daemon=True)]
+    for reader in readers:
+        reader.start()
+    attempt = Attempt()
+    # kill_at 0: a kill ``race`` seconds after the start, wherever the driver is (importing,
+    # creating or resuming the run, registering its data, starting its workers...)
+    deadline = time.monotonic() + race if kill_at == 0 else None
+    try:
+        while True:
+            wait = LINE_WAIT if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                line = lines.get(timeout=wait)
+            except queue.Empty:
+                if deadline is None:
+                    raise AssertionError(f"driver silent for {LINE_WAIT:.0f} s: "
+                                         f"{attempt.lines[-5:]}") from None
+                _kill(process, attempt, reap_late)
+                break
+            if line is None:
+                break
+            attempt.lines.append(line)
+            if line.startswith("workers "):
+                attempt.workers = [int(pid) for pid in line.split()[1:]]
+            trigger = ((pause and line == "paused")
+                       or (not pause and kill_at and line.startswith("point ")
+                           and int(line.split()[1]) == kill_at))
+            if trigger:
+                if race:
+                    time.sleep(race)
+                _kill(process, attempt, reap_late)
+                break
+        if attempt.unreaped is None:
+            process.wait(timeout=LINE_WAIT)
+    finally:
+        # a failed assertion above: leave nothing running (poll() would reap a zombie)
+        if attempt.unreaped is None and process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        for reader in readers:  # bounded: a worker outliving its driver holds the pipes
+            reader.join(timeout=WORKER_EXIT_WAIT)
+    if not attempt.killed:
+        # ran to its end (or died before the kill landed): it must have completed the run
+        assert process.returncode == 0 and attempt.lines[-1:] == ["done"], (
+            f"driver exited {process.returncode}: {''.join(errors)[-3000:]}")
+    return attempt
+
+
+def _kill(process: subprocess.Popen[str], attempt: Attempt, reap_late: bool) -> None:
+    """SIGKILL the driver alone, noting which shared-memory blocks its group held: the group is
+    stopped while /proc is read (nothing created meanwhile), its workers let go on after. With
+    ``reap_late``, a killed driver is waited for but not reaped (:attr:`Attempt.unreaped`)."""
+    try:
+        os.killpg(process.pid, signal.SIGSTOP)
+    except ProcessLookupError:
+        return
+    try:
+        attempt.blocks = _group_shared_memory(process.pid)
+        os.kill(process.pid, signal.SIGKILL)
+        attempt.killed = True
+    except ProcessLookupError:
+        pass
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    # WNOWAIT: ended, but left a zombie until process.wait()
+    ended = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)
+    # a driver that exited on its own between the line and the stop was not killed
+    attempt.killed = (attempt.killed and ended is not None and ended.si_code == os.CLD_KILLED
+                      and ended.si_status == signal.SIGKILL)
+    if reap_late and attempt.killed:
+        attempt.unreaped = process
+    else:
+        process.wait()
+
+
+def _check_kill_left_nothing(attempt: Attempt, where: str) -> None:
+    """No worker outlives its killed driver; no block it held is left in /dev/shm (unless the
+    kill landed in the pool's start-up, the window the README says can leave one)."""
+    survivors = _wait_gone(attempt.workers)
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, f"{where}: workers {survivors} outlived their killed driver"
+    leaked = sorted(name for name in attempt.blocks if Path("/dev/shm", name).exists())
+    for name in leaked:
+        Path("/dev/shm", name).unlink(missing_ok=True)
+    assert not (leaked and attempt.pool_started), (
+        f"{where}: shared memory {leaked} left in /dev/shm after the pool had started")
+
+
+def _cli(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("LEDGER_URL", None)
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _logs(folder: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The run's metrics (name, epoch, value) and checkpoints (name, epoch, digest), as
+    recorded, in order."""
+    metrics, checkpoints = [], []
+    with Store.open(f"sqlite:///{folder / 'ledger.db'}") as store:
+        for stream, _seq, kind, body_bytes in store.iter_run_bodies(EXP):
+            if stream != MAIN_STREAM or kind not in (METRIC, CHECKPOINT):
+                continue
+            body = decode_body(body_bytes)
+            params = body["params"]
+            if kind == METRIC:
+                metrics.append((params["name"], params["epoch"], params["value"]))
+            else:
+                checkpoints.append((params["name"], params["epoch"], body["output"]))
+    return metrics, checkpoints
+
+
+def _show(folder: Path) -> dict[str, Any]:
+    shown = _cli(folder, "show", EXP, "--json")
+    assert shown.returncode == 0, shown.stderr
+    return json.loads(shown.stdout)
+
+
+def _kill_and_resume(rng: random.Random, scenario: int, config: dict[str, Any], total: int,
+                     folder: Path, notes: list[str], unreaped: list[subprocess.Popen[str]]
+                     ) -> int:
+    """Kill the run in ``folder`` one to three times, resuming it each time, then let it
+    complete; returns how many driver processes ran. Notes where each kill landed."""
+    attempts = 0
+    for kill in range(rng.randint(1, 3)):
+        workers = rng.choice([0, 2])
+        mode = rng.choice(["paused", "paused", "race", "race", "delay"])
+        # the first kill anywhere in a whole run; a resumed process has fewer points to go
+        kill_at = 0 if mode == "delay" else rng.randint(1, total if kill == 0
+                                                        else max(1, total // 2))
+        pause = mode == "paused"
+        flush = pause and rng.random() < 0.5
+        race = {"paused": 0.0, "race": rng.choice([0.0, rng.uniform(0.0, 0.02)]),
+                "delay": rng.uniform(0.2, 0.8)}[mode]
+        reap_late = rng.random() < 0.5
+        if pause:
+            how = f"point {kill_at} (paused{', flushed' if flush else ''})"
+        else:
+            how = (f"point {kill_at} +{race * 1000:.1f} ms" if kill_at
+                   else f"{race * 1000:.0f} ms after start")
+        where = (f"scenario {scenario} (seed {SEED}) kill {kill}: workers {workers}, {how}"
+                 f"{', reaped late' if reap_late else ''}; {config}")
+        attempt = _run(folder, config, workers, kill_at=kill_at, pause=pause, race=race,
+                       flush=flush, reap_late=reap_late)
+        attempts += 1
+        for zombie in unreaped:  # the process just run has met them unreaped: now reaped
+            zombie.wait()
+        unreaped.clear()
+        if not attempt.killed:
+            notes.append(f"{where}: finished first")
+            return attempts
+        if attempt.unreaped is not None:
+            unreaped.append(attempt.unreaped)
+        last = next((line for line in reversed(attempt.lines) if line.startswith("point ")),
+                    "before any point")
+        notes.append(f"{where}: killed after {last!r}")
+        _check_kill_left_nothing(attempt, where)
+    _run(folder, config, rng.choice([0, 2]))  # meets the last zombie, if any; the caller reaps
+    return attempts + 1
+
+
+def run_scenario(tmp_path: Path, scenario: int) -> list[str]:
+    """One scenario of seed ``SEED``: run, kill, resume, compare. Returns its kill notes."""
+    rng = random.Random(f"{SEED}/{scenario}")
+    config = _config(rng)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    straight.mkdir()
+    killed.mkdir()
+    total = _run(straight, config, rng.choice([0, 2])).points
+    notes: list[str] = []
+    unreaped: list[subprocess.Popen[str]] = []
+    try:
+        attempts = _kill_and_resume(rng, scenario, config, total, killed, notes, unreaped)
+    finally:
+        for zombie in unreaped:
+            zombie.wait()
+    context = f"scenario {scenario} (seed {SEED}): {notes}"
+
+    # 1. final weights, bit for bit
+    assert (killed / "final.npy").read_bytes() == (straight / "final.npy").read_bytes(), context
+    # 2. metrics and checkpoints as the store holds them: the same, each recorded once
+    assert _logs(killed) == _logs(straight), context
+    shown_killed, shown_straight = _show(killed), _show(straight)
+    assert shown_killed["status"] == "ok", context
+    assert shown_killed["metrics"] == shown_straight["metrics"], context
+    counts, expected = dict(shown_killed["counts"]), dict(shown_straight["counts"])
+    resumed = counts.pop("run_resumed", 0)
+    assert resumed <= attempts - 1, context
+    counts.pop("worker_spawned", None)
+    expected.pop("worker_spawned", None)
+    assert counts == expected, context
+    # 3. verify, replay, diff
+    verified = _cli(killed, "verify", EXP)
+    assert verified.returncode == 0, f"{context}\n{verified.stdout}{verified.stderr}"
+    replayed = _cli(killed, "replay", EXP, "--data-dir", "data", "--no-record")
+    assert replayed.returncode == 0 and replayed.stdout.startswith("CERTIFIED"), (
+        f"{context}\n{replayed.stdout}{replayed.stderr}")
+    diffed = _cli(killed, "diff", EXP, EXP, "--db-b",
+                  f"sqlite:///{straight / 'ledger.db'}")
+    assert diffed.returncode == 0 and diffed.stdout.startswith("IDENTICAL"), (
+        f"{context}\n{diffed.stdout}{diffed.stderr}")
+    return notes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", range(SCENARIOS))
+def test_a_run_killed_at_random_points_and_resumed_equals_the_uninterrupted_run(
+        tmp_path: Path, scenario: int) -> None:
+    run_scenario(tmp_path, scenario)
+
