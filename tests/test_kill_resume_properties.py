@@ -242,9 +242,10 @@ def _kill(process: subprocess.Popen[str], attempt: Attempt, reap_late: bool) -> 
         process.wait()
 
 
-def _check_kill_left_nothing(attempt: Attempt, where: str) -> None:
+def _check_kill_left_nothing(attempt: Attempt, where: str) -> list[str]:
     """No worker outlives its killed driver; no block it held is left in /dev/shm (unless the
-    kill landed in the pool's start-up, the window the README says can leave one)."""
+    kill landed in the pool's start-up, the window the README says can leave one: those are
+    removed, and returned)."""
     survivors = _wait_gone(attempt.workers)
     for pid in survivors:
         os.kill(pid, signal.SIGKILL)
@@ -254,6 +255,7 @@ def _check_kill_left_nothing(attempt: Attempt, where: str) -> None:
         Path("/dev/shm", name).unlink(missing_ok=True)
     assert not (leaked and attempt.pool_started), (
         f"{where}: shared memory {leaked} left in /dev/shm after the pool had started")
+    return leaked
 
 
 def _cli(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -323,8 +325,9 @@ def _kill_and_resume(rng: random.Random, scenario: int, config: dict[str, Any], 
             unreaped.append(attempt.unreaped)
         last = next((line for line in reversed(attempt.lines) if line.startswith("point ")),
                     "before any point")
-        notes.append(f"{where}: killed after {last!r}")
-        _check_kill_left_nothing(attempt, where)
+        leaked = _check_kill_left_nothing(attempt, where)
+        notes.append(f"{where}: killed after {last!r}"
+                     + (f"; {len(leaked)} blocks left by the pool's start-up" if leaked else ""))
     _run(folder, config, rng.choice([0, 2]))  # meets the last zombie, if any; the caller reaps
     return attempts + 1
 
