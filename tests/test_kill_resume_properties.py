@@ -172,6 +172,7 @@ def _run(folder: Path, config: dict[str, Any], workers: int, *, kill_at: int | N
     # kill_at 0: a kill ``race`` seconds after the start, wherever the driver is (importing,
     # creating or resuming the run, registering its data, starting its workers...)
     deadline = time.monotonic() + race if kill_at == 0 else None
+    ended = False  # its output read to the end
     try:
         while True:
             wait = LINE_WAIT if deadline is None else max(0.0, deadline - time.monotonic())
@@ -184,6 +185,7 @@ def _run(folder: Path, config: dict[str, Any], workers: int, *, kill_at: int | N
                 _kill(process, attempt, reap_late)
                 break
             if line is None:
+                ended = True
                 break
             attempt.lines.append(line)
             if line.startswith("workers "):
@@ -196,6 +198,10 @@ def _run(folder: Path, config: dict[str, Any], workers: int, *, kill_at: int | N
                     time.sleep(race)
                 _kill(process, attempt, reap_late)
                 break
+        while not attempt.killed and not ended:  # it ended on its own before the kill landed
+            line = lines.get(timeout=LINE_WAIT)
+            ended = line is None
+            attempt.lines += [] if line is None else [line]
         if attempt.unreaped is None:
             process.wait(timeout=LINE_WAIT)
     finally:
