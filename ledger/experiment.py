@@ -660,7 +660,7 @@ class ExperimentManager:
         experiment.parent = parent
         return experiment
 
-    def resume_experiment(self, exp: str) -> Experiment:
+    def resume_experiment(self, exp: str, *, take_over: bool = False) -> Experiment:
         """Continue an interrupted run — killed, or suspended — under its own id and root seed.
 
         The run must be incomplete and must verify. Every draw, dataset, metric and checkpoint it
@@ -669,10 +669,15 @@ class ExperimentManager:
         draw stays recorded once and a resumed run that does not reproduce itself is refused.
         A ``run_resumed`` event marks where the run continued. Restore your model and the
         iterator (``load_state_dict``) from your checkpoint files, then go on training.
+
+        A process of this machine that held the run and is gone is taken over by itself. A
+        holder on another machine (a node that crashed) cannot be asked: once you know it is
+        gone, pass ``take_over=True``. Should it still be alive, its next flush of buffered
+        events fails (:class:`~ledger.errors.ConcurrentWriteError`): never a forked chain.
         """
         from ledger.resume import resume
 
-        return resume(self.store, exp, self.data_dir)
+        return resume(self.store, exp, self.data_dir, take_over=take_over)
 
     def close(self) -> None:
         """Release the database connections."""

@@ -28,8 +28,12 @@ if TYPE_CHECKING:
     from ledger.experiment import Experiment
 
 
-def resume(store: Store, exp: str, data_dir: Path | None) -> "Experiment":
-    """Open ``exp`` for recording again (see the module docstring) and return its Experiment."""
+def resume(store: Store, exp: str, data_dir: Path | None, *, take_over: bool = False
+           ) -> "Experiment":
+    """Open ``exp`` for recording again (see the module docstring) and return its Experiment.
+
+    ``take_over`` claims the main stream even from a holder that still looks alive — one on
+    another machine, which cannot be asked — as :class:`StreamWriter` does."""
     from ledger.experiment import Experiment
 
     row = store.experiment(exp)
@@ -44,7 +48,7 @@ def resume(store: Store, exp: str, data_dir: Path | None) -> "Experiment":
     params = created["params"] if created and isinstance(created["params"], dict) else {}
     if not isinstance(params.get("root_seed"), bytes):
         raise BadInputError(f"{exp} has no recorded root seed to resume with")
-    writer = StreamWriter(store, exp, MAIN_STREAM, write_behind=True)
+    writer = StreamWriter(store, exp, MAIN_STREAM, write_behind=True, take_over=take_over)
     try:
         # Checked again now that main is claimed: another process resuming the same run may
         # have completed it since the check above, and nothing may follow run_completed.

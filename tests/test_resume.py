@@ -18,7 +18,8 @@ import pytest
 from conftest import ROOT, readme_python_block, run_cli
 from ledger.augment import DataAugmenter
 from ledger.canonical import canonical
-from ledger.errors import BadInputError, ForeignStateError, StateAheadError
+from ledger.errors import (BadInputError, ForeignStateError, StateAheadError,
+                           StreamClaimedError)
 from ledger.experiment import Experiment, ExperimentManager
 from ledger.experiment_info import describe_experiment
 from ledger.iterator import TrainingDataIterator
@@ -316,6 +317,42 @@ def test_a_killed_run_resumes_before_its_process_is_reaped(tmp_path: Path) -> No
     with Store.open(url) as store:
         assert describe_experiment(store, "exp-reapedlate1").status == "ok"
         assert verify_ledger(store).ok
+
+
+KILLED_ON_ANOTHER_NODE = textwrap.dedent("""
+    import os, signal, sys
+    import ledger.store.claims
+    ledger.store.claims.host_identity = lambda: "node-7/pid:[4026531836]"  # its claims say so
+    from ledger.experiment import ExperimentManager
+    manager = ExperimentManager(sys.argv[1], data_dir=sys.argv[2])
+    exp = manager.create_experiment("node-lost", seed=42, exp_id="exp-nodelost01")
+    exp.log_metric("loss", 0.5, epoch=0)
+    exp.flush()
+    os.kill(os.getpid(), signal.SIGKILL)  # its claim on main left behind, naming node-7
+""")
+
+
+def test_a_run_whose_node_was_lost_resumes_elsewhere_only_when_taken_over(
+        tmp_path: Path) -> None:
+    """A trainer killed on another machine left its claim on the run's main stream; from here
+    its process cannot be asked about, so resuming is refused naming the holder, and
+    ``take_over=True`` (which the refusal tells of) resumes — where resume_experiment had no
+    such option and the run could not be resumed at all."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    subprocess.run([sys.executable, "-c", KILLED_ON_ANOTHER_NODE, url, str(tmp_path / "data")],
+                   env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with pytest.raises(StreamClaimedError, match="node-7.*take_over=True"):
+            manager.resume_experiment("exp-nodelost01")
+        with manager.resume_experiment("exp-nodelost01", take_over=True) as resumed:
+            resumed.log_metric("loss", 0.5, epoch=0)  # remembered, not recorded twice
+            resumed.log_metric("loss", 0.25, epoch=1)
+    with Store.open(url) as store:
+        assert describe_experiment(store, "exp-nodelost01").status == "ok"
+        assert verify_ledger(store).ok
+        values = [body["params"]["value"] for body in bodies(store, "exp-nodelost01")
+                  if body["kind"] == "metric"]
+    assert values == [0.5, 0.25]
 
 
 def test_only_an_incomplete_run_can_be_resumed(tmp_path: Path) -> None:

@@ -8,11 +8,11 @@ insert its claim, and a writer that finds a claim without a release is refused a
 :class:`~ledger.errors.StreamClaimedError`, naming the holder (writer id, host, pid, time).
 
 A holder that died without closing leaves its claim behind. A claim held by a process of this
-host that no longer exists (or has ended, a zombie not yet reaped) is taken over automatically; for a holder on another machine, open with
-``take_over=True`` once you know it is gone. Should it still be alive, its next batch is refused
-(:meth:`~ledger.store.Store.append_rows` checks in the batch's transaction that the writer's
-claim was not released), and the unique (exp, stream, seq) key still refuses a second event at a
-taken position: the chain cannot fork. A batch already past that check when the stream is taken
+host that no longer exists (or has ended, a zombie not yet reaped) is taken over automatically;
+for a holder on another machine, open with ``take_over=True`` once you know it is gone. Should
+it still be alive, its next batch is refused (:meth:`~ledger.store.Store.append_rows` checks in
+the batch's transaction that the writer's claim was not released), and the unique
+(exp, stream, seq) key still refuses a second event at a taken position: the chain cannot fork. A batch already past that check when the stream is taken
 over commits first (:meth:`~ledger.store.Store.lock_stream`), so the new writer starts after it.
 """
 
