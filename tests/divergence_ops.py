@@ -3,9 +3,10 @@
 ``divergence_marked`` adds seeded noise like any honest op. While :data:`MISBEHAVING` holds the
 seed of a draw (the derived seed of its ``("epoch", e, "batch", b, "augment")`` path, which the
 op reads from its generator), the op also adds 1 to that batch: the same seed then gives another
-output; while :data:`FAILING` holds it, the op raises. Tests fill the set in this process (worker processes forked afterwards inherit it); a
-``ledger`` subprocess that imports this module with ``--trust divergence_ops`` reads it from the
-environment variable :data:`ENVIRONMENT` (seeds as comma-separated hex).
+output; while :data:`FAILING` holds it, the op raises. Tests fill the sets in this process
+(worker processes forked afterwards inherit them); a ``ledger`` subprocess that imports this
+module with ``--trust divergence_ops`` reads MISBEHAVING from the environment variable
+:data:`ENVIRONMENT` (seeds as comma-separated hex).
 """
 
 from __future__ import annotations

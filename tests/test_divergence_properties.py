@@ -18,7 +18,7 @@ certifies and diff finds the runs identical; another root seed is *seed derivati
 the first draw; a changed dataset is *input differs* before any draw, whatever draws would also
 diverge; draws that raise make replay name the earliest of them, serially and in parallel alike.
 
-Examples per property: 25 (the command line's: 5); ``DIVERGENCE_EXAMPLES=500`` for a long hunt.
+Examples per property: 20 (the command line's: 4); ``DIVERGENCE_EXAMPLES=500`` for a long hunt.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from replay.engine import ReplayReport
 Position = tuple[int, int]
 """(epoch, batch) of an augmentation draw."""
 
-PROPERTY = settings(deadline=None, max_examples=int(os.environ.get("DIVERGENCE_EXAMPLES", 25)),
+PROPERTY = settings(deadline=None, max_examples=int(os.environ.get("DIVERGENCE_EXAMPLES", 20)),
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 """Every property: no wall-clock limit; DIVERGENCE_EXAMPLES raises the count for a long hunt."""
 
@@ -374,7 +374,7 @@ def test_the_earliest_draw_that_cannot_be_re_executed_is_raised(
 # -- diff --------------------------------------------------------------------------------------
 
 def diffed(a: Recorded, b: Recorded) -> DiffReport:
-    """``diff_runs`` of two runs in two ledgers."""
+    """``diff_runs`` of two runs, each opened from its own URL (the same ledger or two)."""
     with Store.open(a.url) as store_a, Store.open(b.url) as store_b:
         return diff_runs(store_a, a.exp, b.exp, store_b=store_b)
 
@@ -421,15 +421,22 @@ def test_diff_names_the_earliest_injected_divergence(
         tmp_path_factory: pytest.TempPathFactory, shape: Shape, workers_b: int,
         data: st.DataObject) -> None:
     """Run B has the same seed and shape but its own number of workers and passes left
-    early, and its op misbehaved at the injected positions; run C has another root seed."""
+    early, and its op misbehaved at the injected positions; run C has another root seed.
+    When B is recorded into A's ledger, each run also replays as it should there: A certified,
+    B diverging where its op misbehaved."""
     positions = injected(shape, data)
     shape_b = dataclasses.replace(shape, num_workers=workers_b, breaks=data.draw(
         st.frozensets(st.sampled_from(shape.positions), max_size=3), label="breaks of B"))
-    a = record(tmp_path_factory.mktemp("a"), shape)
-    b = record(tmp_path_factory.mktemp("b"), shape_b, misbehaving=positions)
+    same_ledger = data.draw(st.booleans(), label="B in A's ledger")
+    a = record(folder := tmp_path_factory.mktemp("a"), shape)
+    b = record(folder if same_ledger else tmp_path_factory.mktemp("b"), shape_b,
+               misbehaving=positions)
     assert_diff_names(diffed(a, b), shape, positions)
     if not positions:
         assert without_workers(a) == without_workers(b)
+    if same_ledger:
+        assert_replay_names(replayed(a), shape, set(), {})
+        assert_replay_names(replayed(b), shape_b, positions, batch_events(recorded_events(b)))
     other = record(tmp_path_factory.mktemp("c"),
                    dataclasses.replace(shape_b, seed=shape.seed + 1))
     divergence = diffed(a, other).first_divergence
