@@ -18,29 +18,11 @@ from conftest import ROOT
 from ledger.experiment_info import describe_experiment
 from ledger.store import Store
 from ledger.verify import verify
+from process_helpers import group_shared_memory
 
 TRIALS = 30
 SEED = 20261128
 DRIVER = Path(__file__).with_name("crash_driver.py")
-
-
-def _group_shared_memory(group: int) -> set[str]:
-    """Names of the /dev/shm blocks (not yet unlinked) that the processes of ``group`` hold
-    open (Linux /proc). Only these may be removed: /dev/shm is the machine's, and a block that
-    merely appeared meanwhile may be another program's (another test suite's workers)."""
-    names = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) != group:
-                continue
-            targets = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
-        except (OSError, ValueError, IndexError):  # the process ended meanwhile
-            continue
-        names.update(target.removeprefix("/dev/shm/") for target in targets
-                     if target.startswith("/dev/shm/") and not target.endswith(" (deleted)"))
-    return names
 
 
 def _run_and_kill(url: str, data_dir: Path, delay: float) -> tuple[list[str], set[str]]:
@@ -57,7 +39,7 @@ def _run_and_kill(url: str, data_dir: Path, delay: float) -> tuple[list[str], se
     blocks: set[str] = set()
     try:
         os.killpg(process.pid, signal.SIGSTOP)  # stopped, the group creates no block while read
-        blocks = _group_shared_memory(process.pid)
+        blocks = group_shared_memory(process.pid)
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass

@@ -46,6 +46,7 @@ import pytest
 from conftest import ROOT
 from ledger.events import CHECKPOINT, MAIN_STREAM, METRIC, decode_body
 from ledger.store import Store
+from process_helpers import group_shared_memory
 
 DRIVER = Path(__file__).with_name("kill_resume_driver.py")
 SEED = int(os.environ.get("KILL_RESUME_SEED", "20261130"))
@@ -87,24 +88,6 @@ def _config(rng: random.Random) -> dict[str, Any]:
             "batch_metric": rng.choice([None, "per-epoch", "per-run"]),
             "epoch_checkpoint": rng.random() < 0.5, "log_checkpoints": rng.random() < 0.8,
             "dropout": rng.random() < 0.5, "flush_every": rng.choice([None, None, 1, 3])}
-
-
-def _group_shared_memory(group: int) -> set[str]:
-    """Names of the /dev/shm blocks (not yet unlinked) that the processes of ``group`` hold
-    open (Linux /proc), as tests/test_crash_safety.py reads them."""
-    names: set[str] = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) != group:
-                continue
-            targets = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
-        except (OSError, ValueError, IndexError):  # the process ended meanwhile
-            continue
-        names.update(target.removeprefix("/dev/shm/") for target in targets
-                     if target.startswith("/dev/shm/") and not target.endswith(" (deleted)"))
-    return names
 
 
 def _alive(pid: int) -> bool:
@@ -227,7 +210,7 @@ def _kill(process: subprocess.Popen[str], attempt: Attempt, reap_late: bool) -> 
     except ProcessLookupError:
         return
     try:
-        attempt.blocks = _group_shared_memory(process.pid)
+        attempt.blocks = group_shared_memory(process.pid)
         os.kill(process.pid, signal.SIGKILL)
         attempt.killed = True
     except ProcessLookupError:

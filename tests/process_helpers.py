@@ -1,0 +1,25 @@
+"""What a group of processes holds: read from Linux's /proc, for the crash tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def group_shared_memory(group: int) -> set[str]:
+    """Names of the /dev/shm blocks (not yet unlinked) that the processes of ``group`` hold
+    open (Linux /proc). Only these may be removed: /dev/shm is the machine's, and a block that
+    merely appeared meanwhile may be another program's (another test suite's workers)."""
+    names: set[str] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) != group:
+                continue
+            targets = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
+        except (OSError, ValueError, IndexError):  # the process ended meanwhile
+            continue
+        names.update(target.removeprefix("/dev/shm/") for target in targets
+                     if target.startswith("/dev/shm/") and not target.endswith(" (deleted)"))
+    return names
