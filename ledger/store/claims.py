@@ -12,8 +12,9 @@ host that no longer exists (or has ended, a zombie not yet reaped) is taken over
 for a holder on another machine, open with ``take_over=True`` once you know it is gone. Should
 it still be alive, its next batch is refused (:meth:`~ledger.store.Store.append_rows` checks in
 the batch's transaction that the writer's claim was not released), and the unique
-(exp, stream, seq) key still refuses a second event at a taken position: the chain cannot fork. A batch already past that check when the stream is taken
-over commits first (:meth:`~ledger.store.Store.lock_stream`), so the new writer starts after it.
+(exp, stream, seq) key still refuses a second event at a taken position: the chain cannot fork.
+A batch already past that check when the stream is taken over commits first
+(:meth:`~ledger.store.Store.lock_stream`), so the new writer starts after it.
 """
 
 from __future__ import annotations
