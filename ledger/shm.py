@@ -36,7 +36,8 @@ class SharedArray:
 
     @classmethod
     def create(cls, shape: tuple[int, ...], dtype: np.dtype | str) -> "SharedArray":
-        """A new zeroed block large enough for ``shape`` x ``dtype``, its pages reserved.
+        """A new zeroed block large enough for ``shape`` x ``dtype``, its pages reserved, named
+        ``ledger_<pid>_<random>`` in ``/dev/shm``.
 
         ResourceError when the shared memory cannot be had. Reserving matters: a block is only
         sized at creation, and writing past what ``/dev/shm`` holds (64 MB in a default Docker
@@ -44,7 +45,9 @@ class SharedArray:
         """
         dtype = np.dtype(dtype)
         size = max(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, 1)
-        name = f"psm_{secrets.token_hex(8)}"
+        # The maker's pid names a block a kill during start-up left behind; 28 characters at
+        # most with the leading "/", under macOS's limit of 31.
+        name = f"ledger_{os.getpid()}_{secrets.token_hex(6)}"
         try:
             block = shared_memory.SharedMemory(name=name, create=True, size=size)
         except OSError as error:

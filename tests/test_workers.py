@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from ledger import (DataAugmenter, ExperimentManager, TrainingDataIterator, Work
                     derive_bytes, worker_process)
 from ledger.digests import array_digest, value_digest
 from ledger.events import WORKER_SPAWNED
+from ledger.shm import SharedArray
 from ledger.verify import verify
 from ledger.worker_seeding import (expected_state_digest, is_worker_path, seed_worker_process,
                                    seeded_libraries)
@@ -366,6 +368,22 @@ def test_completing_the_run_closes_its_iterators_and_stops_their_workers(tmp_pat
     assert batches.worker_pids == []
     with pytest.raises(ledger.BadInputError, match="closed"):
         iter(batches)
+
+
+def test_shared_memory_blocks_are_named_by_the_process_that_made_them() -> None:
+    """``ledger_<pid>_<random>``: a block that a kill during start-up left in /dev/shm can be
+    told from other programs' (the standard library's own names are ``psm_…``) and traced to
+    its training process; 31 characters at most with the "/", as macOS allows."""
+    blocks = [SharedArray.create((4, 3), np.float32) for _ in range(3)]
+    try:
+        names = [block.descriptor()["name"] for block in blocks]
+    finally:
+        for block in blocks:
+            block.close()
+    for name in names:
+        assert re.fullmatch(rf"ledger_{os.getpid()}_[0-9a-f]{{12}}", name), name
+        assert len("/" + name) <= 31  # Linux pids have 7 digits at most (pid_max <= 2**22)
+    assert len(set(names)) == 3
 
 
 def test_the_shared_memory_names_are_gone_once_the_workers_have_attached() -> None:

@@ -86,7 +86,8 @@ def block_tag() -> str:
 
 
 def tag_block_names(monkeypatch: pytest.MonkeyPatch) -> str:
-    """Have this process name its blocks ``psm_<tag>…`` until the patch is undone; the tag."""
+    """Have this process name its blocks ``ledger_<pid>_<tag>…`` until the patch is undone;
+    the tag."""
     tag = block_tag()
     monkeypatch.setattr(ledger.shm, "secrets",
                         SimpleNamespace(token_hex=lambda n: tag + secrets.token_hex(n)))
@@ -97,7 +98,8 @@ def tagged_blocks(tag: str) -> list[str]:
     """The blocks in /dev/shm named with ``tag``: a test's own, whatever blocks other programs
     on the machine make and remove meanwhile (comparing listings taken before and after failed
     whenever another process made a block in between)."""
-    return [name for name in os.listdir("/dev/shm") if name.startswith(f"psm_{tag}")]
+    return [name for name in os.listdir("/dev/shm")
+            if name.startswith("ledger_") and name.split("_", 2)[-1].startswith(tag)]
 
 
 @pytest.fixture
