@@ -38,6 +38,7 @@ import numpy as np
 
 from ledger.augment import DataAugmenter
 from ledger.canonical import canonical
+from ledger.durable_files import write_file_durably
 from ledger.errors import UnknownExperimentError
 from ledger.experiment import Experiment, ExperimentManager
 from ledger.iterator import TrainingDataIterator
@@ -54,16 +55,6 @@ def sample_data(config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     truth = rng.normal(size=config["features"])
     labels = (features @ truth + rng.normal(scale=0.5, size=config["rows"]) > 0).astype(np.float64)
     return features, labels
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a kill leaves either the old file or the new one."""
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(partial, path)
 
 
 class Progress:
@@ -150,9 +141,9 @@ def main(url: str, data_dir: str, workdir: str, exp_id: str, config: dict[str, A
                     progress.point(f"checkpoint-logged {name}")
                 state = batches.state_dict()
                 progress.point("state-taken")
-                write_atomically(saved_path, canonical({
-                    "weights": weights.tobytes(), "iterator": state, "epoch": epoch,
-                    "loss_sum": loss_sum, "step": step}))
+                saved = canonical({"weights": weights.tobytes(), "iterator": state,
+                                   "epoch": epoch, "loss_sum": loss_sum, "step": step})
+                write_file_durably(saved_path, lambda file: file.write(saved))
                 progress.point("checkpoint-saved")
 
             announced = False
@@ -188,7 +179,7 @@ def main(url: str, data_dir: str, workdir: str, exp_id: str, config: dict[str, A
                         save("epoch")
             exp.log_checkpoint("final", weights)
             progress.point("final-logged")
-            write_atomically(folder / FINAL, weights.tobytes())
+            write_file_durably(folder / FINAL, lambda file: file.write(weights.tobytes()))
             progress.point("weights-written")
     print("done", flush=True)
 

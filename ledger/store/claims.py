@@ -77,10 +77,10 @@ class _Holder:
             os.kill(self.pid, 0)
         except ProcessLookupError:
             return True
-        except OSError:  # exists, owned by someone else
-            return _ended(self.pid)
         except OverflowError:  # a pid beyond any this system gives: no writer here wrote it
             return False
+        except OSError:  # exists, owned by someone else
+            pass
         return _ended(self.pid)
 
 
