@@ -6,7 +6,6 @@ import contextlib
 import json
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -14,6 +13,7 @@ import click
 from ledger.errors import (BadInputError, CannotReplayError, CheckFailedError, LedgerError,
                            StoreError, UnknownExperimentError)
 from ledger.json_view import json_view
+from ledger.times import utc_text
 
 
 def emit_json(document: Any) -> None:
@@ -35,13 +35,12 @@ def iso_time(t_ns: int | None) -> str | None:
     """
     if t_ns is None:
         return None
-    try:
-        shown = datetime.fromtimestamp(t_ns / 1e9, tz=UTC).isoformat(timespec="milliseconds")
-    except (TypeError, ValueError, OverflowError, OSError):
-        shown = None
-    if shown is None or type(t_ns) is not int:
+    if type(t_ns) is not int:
         return f"invalid ({str(t_ns)[:40]!r})"
-    return shown.replace("+00:00", "Z")
+    try:
+        return utc_text(t_ns)
+    except OverflowError:
+        return f"invalid ({str(t_ns)[:40]!r})"
 
 
 class _JsonRequest:

@@ -20,11 +20,11 @@ parse back to the same string.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 from ledger.errors import BadInputError
 from ledger.json_view import json_view
+from ledger.times import utc_text
 
 
 def recorded_text(value: Any) -> str | None:
@@ -83,10 +83,9 @@ def rfc3339(t_ns: Any) -> str | None:
     if isinstance(t_ns, bool) or not isinstance(t_ns, int):
         return None
     try:
-        moment = datetime.fromtimestamp(t_ns / 1e9, tz=UTC)
-    except (OverflowError, OSError, ValueError):
+        return utc_text(t_ns)
+    except OverflowError:
         return None
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def hex_or_none(value: Any) -> str | None:

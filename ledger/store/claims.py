@@ -24,7 +24,6 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import inspect, select
@@ -34,6 +33,7 @@ from ledger.errors import StoreError, StreamClaimedError
 from ledger.store.schema import claims_table, create_claims_table, events_table
 from ledger.store.store import Store, _translate
 from ledger.text import quoted
+from ledger.times import utc_text
 
 CLAIM = "claim"
 RELEASE = "release"
@@ -62,7 +62,7 @@ class _Holder:
 
     def describe(self) -> str:
         """Who holds the claim and since when, for error messages."""
-        since = datetime.fromtimestamp(self.t / 1e9, UTC).isoformat(timespec="seconds")
+        since = utc_text(self.t, "seconds")
         return f"writer {self.writer} (host {self.host}, pid {self.pid}, since {since})"
 
     def gone(self) -> bool:
