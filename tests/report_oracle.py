@@ -52,7 +52,12 @@ class RunShape:
     metrics: str
     """``none``; ``epoch``: one value per epoch under its epoch; ``batch``: one per batch,
     without an epoch."""
+    odd_values: tuple[int | float, ...]
+    """Values of a metric ``odd`` logged once per epoch, cycling (none: not logged): any
+    float, NaN and infinities included, and 64-bit integers."""
     checkpoints: bool
+    state_map: bool
+    """Checkpoints are a map of two arrays rather than one array."""
     user_draws: tuple[tuple[str | int, ...], ...]
     hyperparams: dict[str, Any]
     seed: int | None
@@ -135,7 +140,10 @@ def run_shapes(draw: st.DrawFn, *, endings: tuple[str, ...] = ENDINGS,
             "scale_jitter": st.sampled_from([0.1, 0.3])})),
         marked=draw(st.booleans()) if marked is None else marked,
         metrics=draw(st.sampled_from(["none", "epoch", "batch"])),
-        checkpoints=draw(st.booleans()),
+        odd_values=tuple(draw(st.one_of(
+            st.lists(st.one_of(st.floats(), st.integers(-2**63, 2**63 - 1)), max_size=3),
+            st.just([1.7e308, -1.7e308])))),  # a loss swinging across the float range
+        checkpoints=draw(st.booleans()), state_map=draw(st.booleans()),
         user_draws=tuple(draw(st.lists(st.lists(labels, min_size=1, max_size=3).map(tuple),
                                        max_size=3, unique=True))),
         hyperparams=draw(hyperparameters), seed=draw(st.one_of(st.none(),
@@ -212,10 +220,22 @@ def _train(exp: Experiment, shape: RunShape, oracle: Oracle, features: np.ndarra
             if shape.metrics == "epoch":
                 exp.log_metric("epoch_sum", total, epoch=epoch)
                 oracle.metrics.setdefault("epoch_sum", []).append((epoch, total))
+            if shape.odd_values:
+                value = shape.odd_values[epoch % len(shape.odd_values)]
+                exp.log_metric("odd", value, epoch=epoch)
+                oracle.metrics.setdefault("odd", []).append((epoch, value))
             if shape.checkpoints:
                 weights = np.full(3, epoch + total, np.float64)
-                exp.log_checkpoint("model", weights, epoch=epoch)
-                oracle.checkpoints.append((epoch, array_digest(weights).hex()))
+                if shape.state_map:
+                    bias = np.arange(epoch + 1, dtype=np.int32)
+                    exp.log_checkpoint("model", {"weights": weights, "bias": bias}, epoch=epoch)
+                    digest = hashlib.sha256(b"ledger/value/v1\x00" + _packed(
+                        ["ledger/state/v1", {"bias": array_digest(bias),
+                                             "weights": array_digest(weights)}])).hexdigest()
+                else:
+                    exp.log_checkpoint("model", weights, epoch=epoch)
+                    digest = array_digest(weights).hex()
+                oracle.checkpoints.append((epoch, digest))
             if epoch == shape.stop and state is None:
                 if shape.ending == "failed":
                     raise RuntimeError(FAILURE.split(": ", 1)[1])

@@ -29,10 +29,15 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import random
-import shutil
+import re
+import signal
 import sqlite3
+import subprocess
+import sys
+import textwrap
 from collections import Counter
 from contextlib import closing
 from pathlib import Path
@@ -45,6 +50,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from cli.main import main
+from conftest import ROOT
 from ledger.errors import BadInputError
 from ledger.store import Store
 from report.attest import provenance_statement, replay_statement
@@ -86,11 +92,20 @@ def expected_status(shape: RunShape) -> str:
 
 
 def epoch_points(values: list[tuple[int | None, float]]) -> list[list[float]]:
-    """Plotted points: at its epoch (the last value of an epoch wins), else at its position."""
+    """Plotted points of the finite values: at its epoch (the last value of an epoch wins),
+    else at its position among them."""
     points: dict[float, float] = {}
-    for position, (epoch, value) in enumerate(values):
+    finite = [(epoch, float(value)) for epoch, value in values if math.isfinite(value)]
+    for position, (epoch, value) in enumerate(finite):
         points[float(position if epoch is None else epoch)] = value
     return [[x, y] for x, y in points.items()]
+
+
+def shown(value: float) -> float | str:
+    """A metric value as the report's JSON holds it (JSON has no NaN or infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
 
 
 def assert_report_says(report: dict[str, Any], run: Oracle,
@@ -124,7 +139,7 @@ def assert_report_says(report: dict[str, Any], run: Oracle,
     for name, values in run.metrics.items():
         entry = series[name]
         assert (entry["count"], entry["last"], entry["last_epoch"]) == (
-            len(values), values[-1][1], values[-1][0])
+            len(values), shown(values[-1][1]), values[-1][0])
         assert entry["points"] == epoch_points(values)
     final = r1["checkpoints"]["final"]
     assert r1["checkpoints"]["recorded"] == len(run.checkpoints)
@@ -229,6 +244,10 @@ def assert_renders(report: dict[str, Any], run: Oracle) -> None:
         assert text in html and text in markdown
     for section in SECTIONS - {"schema", "summary"}:
         assert f'id="{section}"' in html
+    for chart in re.findall(r"<svg.*?</svg>", html, re.DOTALL):  # every coordinate a number
+        numbers = re.findall(r'(?:points|cx|cy|x|y|x1|y1|x2|y2)="([^"]*)"', chart)
+        for number in " ".join(numbers).replace(",", " ").split():
+            assert math.isfinite(float(number)), chart
     provenance = provenance_statement(report)
     subjects = {s["digest"].get("ledger-state-v1") for s in provenance["subject"]}
     if run.checkpoints:
@@ -510,3 +529,59 @@ def test_the_command_line_reports_every_run_and_exits_as_documented(
     assert ledger("verify-report", str(bundle / "report.json"), "--public-key",
                   str(public)).exit_code == 1
     assert ledger("report", "exp-000000000000", "--no-record").exit_code == 2
+
+
+KILLED = textwrap.dedent("""
+    import os, signal, sys
+    import numpy as np
+    from ledger.augment import DataAugmenter
+    from ledger.experiment import ExperimentManager
+    from ledger.iterator import TrainingDataIterator
+    url, data_dir, seed, workers, batches_before_kill = sys.argv[1:6]
+    rng = np.random.default_rng(0)
+    with ExperimentManager(url, data_dir=data_dir) as manager:
+        exp = manager.create_experiment("killed", seed=int(seed), hyperparams={"ß": [1, {"x": None}]})
+        data = exp.register_dataset("rows", rng.normal(size=(24, 3)).astype(np.float32))
+        batches = TrainingDataIterator(data, 5, experiment=exp, num_workers=int(workers),
+                                       augmenter=DataAugmenter(noise_std=0.1), start_method="fork")
+        taken = 0
+        for epoch in range(3):
+            for _batch in batches:
+                taken += 1
+                if taken == int(batches_before_kill):
+                    exp.flush()
+                    print(exp.id, flush=True)
+                    os.kill(os.getpid(), signal.SIGKILL)
+            exp.log_metric("epoch", epoch, epoch=epoch)
+""")
+
+
+@settings(PROPERTY, max_examples=max(2, EXAMPLES // 4))
+@given(seed=st.integers(0, 2**128 - 1), workers=st.sampled_from([0, 2]),
+       batches=st.integers(1, 15))
+def test_a_run_killed_while_recording_is_reported_incomplete_and_intact(
+        tmp_path_factory: pytest.TempPathFactory, seed: int, workers: int, batches: int) -> None:
+    """A run whose process was killed (SIGKILL, after a flush) has no head: its report says
+    incomplete, verifies what is there, and its replay passes on every draw it recorded."""
+    folder = fresh(tmp_path_factory)
+    url = f"sqlite:///{folder / 'ledger.db'}"
+    killed = subprocess.run([sys.executable, "-c", KILLED, url, str(folder / "data"), str(seed),
+                             str(workers), str(batches)], capture_output=True, text=True,
+                            cwd=ROOT, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    exp = killed.stdout.strip()
+    events = stored_events(folder / "ledger.db", exp)
+    report = report_of(url, exp, replay=True, data_dir=str(folder / "data"))
+    summary = report["summary"]
+    assert (summary["run_status"], summary["complete"], summary["run_head"]) == (
+        "incomplete", False, None)
+    assert any(alert.startswith("INCOMPLETE RUN") for alert in summary["alerts"])
+    assert report["R7"]["root_seed"] == str(seed)
+    assert report["R7"]["counts_by_kind"] == dict(kinds(events))
+    assert kinds(events)["augmentation_batch"] >= batches  # every batch taken was flushed
+    assert kinds(events)["epoch_reset"] == (batches - 1) // 5 + 1
+    assert {s["stream"]: (s["count"], s["head"]) for s in report["R9"]["streams"]} == \
+        stream_heads(events)
+    assert report["R9"]["verification"]["ok"] and summary["integrity"] == "VERIFIED"
+    assert report["R8"]["verdict"] == "PASSED", report["R8"]["reason"]
+    assert report["R6"]["hyperparameters"] == {"ß": [1, {"x": None}]}
