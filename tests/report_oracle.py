@@ -66,7 +66,11 @@ class RunShape:
     stop: int
     """The epoch after which a failed, suspended or resumed run stops (resumed: goes on)."""
     purpose: str | None
-    shared_test_rows: int | None
+    name: str = "report-property"
+    model: str | None = None
+    exp_id: str | None = None
+    """A user-given experiment id (the run's index is appended in a ledger of several)."""
+    shared_test_rows: int | None = None
     """None: one dataset without a role; else a test dataset beside the training one, holding
     this many of its rows."""
 
@@ -98,6 +102,7 @@ class Oracle:
     exp: str
     shape: RunShape
     root_seed: int
+    parent: str | None = None
     metrics: dict[str, list[tuple[int | None, float]]] = field(default_factory=dict)
     checkpoints: list[tuple[int, str]] = field(default_factory=list)
     """(epoch, state digest) of each checkpoint of name ``model``, in order."""
@@ -150,6 +155,10 @@ def run_shapes(draw: st.DrawFn, *, endings: tuple[str, ...] = ENDINGS,
                                                                st.integers(0, 2**128 - 1))),
         ending=ending, stop=draw(st.integers(0, epochs - 2)) if epochs > 1 else 0,
         purpose=draw(st.one_of(st.none(), st.text(max_size=20))),
+        name=draw(st.text(min_size=1, max_size=12).filter(str.strip)),
+        model=draw(st.one_of(st.none(), st.text(max_size=12))),
+        exp_id=draw(st.one_of(st.none(), st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,40}",
+                                                       fullmatch=True))),
         shared_test_rows=draw(st.one_of(st.none(), st.integers(0, min(rows, 3)))))
 
 
@@ -162,16 +171,19 @@ def dataset(shape: RunShape, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
             (rng.random(shape.rows) < 0.3).astype(np.int8))
 
 
-def record(folder: Path, shape: RunShape, *, name: str = "report-property",
-           data_seed: int = 0) -> Oracle:
-    """Record ``shape`` into the SQLite ledger ``folder/ledger.db`` (created, or added to)."""
+def record(folder: Path, shape: RunShape, *, data_seed: int = 0, parent: str | None = None
+           ) -> Oracle:
+    """Record ``shape`` into the SQLite ledger ``folder/ledger.db`` (created, or added to);
+    ``data_seed`` varies its data (and makes a user-given id unique in the ledger)."""
     db = folder / "ledger.db"
     url = f"sqlite:///{db}"
     features, targets = dataset(shape, data_seed)
     with ExperimentManager(url, data_dir=folder / "data") as manager:
-        exp = manager.create_experiment(name, seed=shape.seed, hyperparams=shape.hyperparams,
-                                        purpose=shape.purpose)
-        oracle = Oracle(url, db, folder / "data", exp.id, shape, exp.root_seed)
+        exp = manager.create_experiment(
+            shape.name, seed=shape.seed, hyperparams=shape.hyperparams, purpose=shape.purpose,
+            model=shape.model, parent=parent,
+            exp_id=None if shape.exp_id is None else f"{shape.exp_id}.{data_seed}")
+        oracle = Oracle(url, db, folder / "data", exp.id, shape, exp.root_seed, parent)
         state: dict[str, Any] | None = None
         try:
             with exp:

@@ -122,8 +122,20 @@ def assert_report_says(report: dict[str, Any], run: Oracle,
     head = completed[0].hash if completed else None
     assert len(completed) == (status != "incomplete")
     summary, r1 = report["summary"], report["R1"]
-    assert (summary["exp"], r1["exp"], r1["name"], r1["model"]) == (
-        run.exp, run.exp, "report-property", "report-property")
+    assert (summary["exp"], r1["exp"], r1["name"], summary["name"], r1["model"]) == (
+        run.exp, run.exp, shape.name, shape.name,
+        shape.name if shape.model is None else shape.model)
+    assert r1["parent"] == run.parent
+    if shape.exp_id is not None:
+        assert run.exp.startswith(f"{shape.exp_id}.")
+    created = events[0].body
+    r2 = report["R2"]
+    assert (r2["host"], r2["pid"]) == (created["meta"]["host"], created["meta"]["pid"])
+    if completed:
+        assert r2["duration_s"] == round((completed[0].body["t"] - created["t"]) / 1e9, 3)
+    assert r2["resources"]["workers_spawned"] == kinds(events)["worker_spawned"]
+    assert report["R4"]["packages"] == {k: str(v) for k, v in sorted(
+        created["params"]["environment"]["packages"].items())}
     assert (summary["run_status"], r1["status"]) == (status, status)
     assert summary["complete"] is r1["complete"] is report["R9"]["complete"] is (head is not None)
     assert summary["run_head"] == r1["run_head"] == report["R9"]["run_head"] == head
@@ -240,8 +252,8 @@ def assert_renders(report: dict[str, Any], run: Oracle) -> None:
     shown = [run.exp, *(digest for digest, _n, _r in run.datasets.values())]
     if report["R9"]["run_head"]:
         shown.append(report["R9"]["run_head"])
-    for text in shown:
-        assert text in html and text in markdown
+    for text in shown:  # an id's "_" is escaped in Markdown
+        assert text in html and text.replace("_", "\\_") in markdown, text
     for section in SECTIONS - {"schema", "summary"}:
         assert f'id="{section}"' in html
     for chart in re.findall(r"<svg.*?</svg>", html, re.DOTALL):  # every coordinate a number
@@ -274,7 +286,10 @@ def differing(a: Any, b: Any, path: tuple[str, ...] = ()) -> set[tuple[str, ...]
 def test_the_report_of_every_run_of_a_ledger_says_what_the_ledger_holds(
         tmp_path_factory: pytest.TempPathFactory, shapes: list[RunShape]) -> None:
     folder = fresh(tmp_path_factory)
-    runs = [record(folder, shape, data_seed=index) for index, shape in enumerate(shapes)]
+    runs: list[Oracle] = []
+    for index, shape in enumerate(shapes):  # a later run names the one before as its parent
+        runs.append(record(folder, shape, data_seed=index,
+                           parent=runs[-1].exp if runs and index % 2 else None))
     for run in runs:
         report, appendix = report_with_appendix(run, replay=True)
         assert_report_says(report, run)
@@ -459,7 +474,7 @@ def test_the_same_ledger_gives_the_same_report(tmp_path_factory: pytest.TempPath
 def test_two_runs_of_one_seed_report_the_same_draws(tmp_path_factory: pytest.TempPathFactory,
                                                     shape: RunShape) -> None:
     folder = fresh(tmp_path_factory)
-    shape = with_shape(shape, seed=shape.seed if shape.seed is not None else 7)
+    shape = with_shape(shape, seed=shape.seed if shape.seed is not None else 7, exp_id=None)
     runs = [record(folder, shape), record(folder, shape)]
     (a, lines_a), (b, lines_b) = (report_with_appendix(run) for run in runs)
     for report, run in ((a, runs[0]), (b, runs[1])):
