@@ -290,6 +290,22 @@ def _sorted(value: Any) -> Any:
     return value
 
 
+def json_of(value: Any) -> Any:
+    """A decoded ledger value as JSON shows it (the event schema's view): bytes as lowercase
+    hex, NaN and infinities as text."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, float) and value != value:
+        return "NaN"
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return "Infinity" if value > 0 else "-Infinity"
+    if isinstance(value, dict):
+        return {key: json_of(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [json_of(item) for item in value]
+    return value
+
+
 def event_hash(body: bytes) -> str:
     """DESIGN §3's event hash of stored body bytes."""
     return hashlib.sha256(b"ledger/event/v1\x00" + body).hexdigest()

@@ -62,7 +62,7 @@ from report.markdown import render_markdown
 from report.model import ReportOptions, build_report
 from report.signing import generate_key_pair, load_private_key
 from report_helpers import report_of, schema_errors
-from report_oracle import (FAILURE, Oracle, RunShape, StoredEvent, kinds, record, run_shapes, seed_of,
+from report_oracle import (FAILURE, Oracle, RunShape, StoredEvent, json_of, kinds, record, run_shapes, seed_of,
                            stored_events, stream_heads, value_digest, with_shape)
 from test_divergence_properties import misbehaving_at
 
@@ -185,8 +185,8 @@ def assert_report_says(report: dict[str, Any], run: Oracle,
     assert r7["root_seed_hex"] == run.root_seed.to_bytes(16, "big").hex()
     assert events[0].body["params"]["root_seed"] == run.root_seed.to_bytes(16, "big")
     assert r7["root_seed_source"] == ("os" if shape.seed is None else "user")
+    assert r7["counts_by_kind"] == dict(kinds(events)) and r7["events"] == len(events)
     counted = kinds(own)
-    assert r7["counts_by_kind"] == dict(counted) and r7["events"] == len(own)
     epochs = shape.epochs_run
     assert counted["epoch_reset"] == epochs
     augmenting = shape.augmenter() is not None
@@ -218,8 +218,9 @@ def assert_report_says(report: dict[str, Any], run: Oracle,
     assert summary["integrity"] == "VERIFIED"
 
 
-def assert_appendix(lines: bytes, run: Oracle) -> None:
-    """The NDJSON appendix lists every event of the run as the store holds it."""
+def assert_appendix(lines: bytes, run: Oracle, bodies: bool = False) -> None:
+    """The NDJSON appendix lists every event of the run as the store holds it (with
+    ``bodies``, each line's body is the JSON view of the stored body)."""
     events = stored_events(run.db, run.exp)
     listed = [json.loads(line) for line in lines.split(b"\n")[:-1]]  # not str.splitlines:
     # a label may hold U+0085 or U+2028, which NDJSON leaves unescaped and Python splits at
@@ -233,6 +234,9 @@ def assert_appendix(lines: bytes, run: Oracle) -> None:
         assert line["path"] == json.loads(json.dumps(body["path"]))
         for key in ("seed", "input", "output"):
             assert line[key] == (None if body[key] is None else body[key].hex())
+        assert ("body" in line) is bodies
+        if bodies:
+            assert line["body"] == json_of(body)
 
 
 def report_with_appendix(run: Oracle, **options: Any) -> tuple[dict[str, Any], bytes]:
@@ -291,9 +295,11 @@ def test_the_report_of_every_run_of_a_ledger_says_what_the_ledger_holds(
         runs.append(record(folder, shape, data_seed=index,
                            parent=runs[-1].exp if runs and index % 2 else None))
     for run in runs:
-        report, appendix = report_with_appendix(run, replay=True)
+        full = run.shape.rows % 2 == 1  # the full appendix for some
+        report, appendix = report_with_appendix(run, replay=True, full_appendix=full,
+                                                jobs=1 + run.shape.batch_size % 2)
         assert_report_says(report, run)
-        assert_appendix(appendix, run)
+        assert_appendix(appendix, run, bodies=full)
         assert report["R7"]["appendix"]["lines"] == len(stored_events(run.db, run.exp))
         r8 = report["R8"]
         assert (r8["verdict"], r8["counts"]["mismatched"], r8["first_divergence"]) == (
@@ -600,3 +606,48 @@ def test_a_run_killed_while_recording_is_reported_incomplete_and_intact(
     assert report["R9"]["verification"]["ok"] and summary["integrity"] == "VERIFIED"
     assert report["R8"]["verdict"] == "PASSED", report["R8"]["reason"]
     assert report["R6"]["hyperparameters"] == {"ß": [1, {"x": None}]}
+
+
+@PROPERTY
+@given(shape=run_shapes(), exports=st.lists(st.tuples(
+    st.sampled_from(["json", "html", "md", "bundle"]), st.booleans(), st.booleans()),
+    min_size=1, max_size=3))
+def test_every_recorded_replay_and_export_is_in_the_history_of_later_reports(
+        tmp_path_factory: pytest.TempPathFactory, key_pair: tuple[Path, Path], shape: RunShape,
+        exports: list[tuple[str, bool, bool]]) -> None:
+    """Exports (format, with --replay, signed) recorded one after the other: R10 of a later
+    report lists each replay and export in order, R8 quotes the last replay, and R9 counts
+    the audit stream that holds them."""
+    folder = fresh(tmp_path_factory)
+    run = record(folder, shape)
+    expected: list[tuple[str, str | None, str | None]] = []
+    for number, (fmt, replayed, signed) in enumerate(exports):
+        bundle = folder / f"bundle{number}" if fmt == "bundle" else None
+        output = None if bundle else folder / f"report{number}.{fmt}"
+        signed = signed and fmt in ("json", "bundle")
+        with Store.open(run.url) as store:
+            result = export_report(store, run.exp, ReportOptions(replay=replayed,
+                                                                 data_dir=str(run.data_dir)),
+                                   fmt="json" if bundle else fmt, output=output, bundle=bundle,
+                                   key=load_private_key(key_pair[0]) if signed else None)
+        if replayed:
+            expected.append(("replay_recorded", "PASSED", None))
+        expected.append(("report_exported", result.report["R8"]["verdict"],
+                         result.report["R0"]["report_id"]))
+        assert result.report["R8"]["verdict"] == ("PASSED" if replayed or any(
+            kind == "replay_recorded" for kind, _o, _i in expected) else "NOT_REPLAYED")
+    report = report_of(run.url, run.exp, data_dir=str(run.data_dir))
+    history = report["R10"]["events"]
+    assert [(e["kind"], e["outcome"]) for e in history] == [(k, o) for k, o, _i in expected]
+    assert [e["seq"] for e in history] == list(range(len(expected)))
+    for entry, (_kind, _outcome, report_id) in zip(history, expected):
+        if report_id is not None:
+            assert report_id in entry["detail"]
+    audit = [e for e in stored_events(run.db, run.exp) if e.stream == "audit"]
+    assert [e.kind for e in audit] == [kind for kind, _o, _i in expected]
+    streams = {s["stream"]: s["count"] for s in report["R9"]["streams"]}
+    assert streams["audit"] == len(expected)
+    replays = any(kind == "replay_recorded" for kind, _o, _i in expected)
+    assert report["R8"]["verdict"] == ("PASSED" if replays else "NOT_REPLAYED")
+    assert report["R8"]["source"] == ("recorded in the audit stream" if replays else None)
+    assert_report_says(report, run)
