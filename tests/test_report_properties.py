@@ -50,7 +50,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from cli.main import main
-from conftest import ROOT
+from conftest import ROOT, run_cli
 from ledger.errors import BadInputError
 from ledger.store import Store
 from report.attest import provenance_statement, replay_statement
@@ -651,3 +651,32 @@ def test_every_recorded_replay_and_export_is_in_the_history_of_later_reports(
     assert report["R8"]["verdict"] == ("PASSED" if replays else "NOT_REPLAYED")
     assert report["R8"]["source"] == ("recorded in the audit stream" if replays else None)
     assert_report_says(report, run)
+
+
+@pytest.mark.slow
+@settings(PROPERTY, max_examples=max(2, EXAMPLES // 2))
+@given(shapes=st.lists(run_shapes(), min_size=1, max_size=2))
+def test_ledger_report_gives_the_same_report_in_any_process(
+        tmp_path_factory: pytest.TempPathFactory, shapes: list[RunShape]) -> None:
+    """``ledger report`` run as separate commands — each with its own random hash seed (set
+    order), and another number of replay jobs — writes the same report, but for what
+    REPORT.md lets differ and the replay's own times, and the same appendix byte for byte."""
+    assert "PYTHONHASHSEED" not in os.environ  # else every command would hash alike
+    folder = fresh(tmp_path_factory)
+    runs = [record(folder, shape, data_seed=index) for index, shape in enumerate(shapes)]
+    for run in runs:
+        documents = []
+        for number in range(2):
+            (folder / run.exp / str(number)).mkdir(parents=True)
+            appendix = folder / run.exp / str(number) / "events.ndjson"
+            made = run_cli("--db", run.url, "report", run.exp, "--no-record", "--replay",
+                           "--jobs", str(number + 1), "--data-dir", str(run.data_dir),
+                           "--appendix", str(appendix), "--generated-by", "auditor")
+            assert made.returncode == 0, made.stderr
+            documents.append((json.loads(made.stdout), appendix.read_bytes()))
+        (first, lines), (second, again) = documents
+        assert lines == again
+        allowed = ALLOWED_TO_DIFFER | {("R8", "started_at"), ("R8", "finished_at")}
+        assert {path[:2] for path in differing(first, second)} <= allowed, differing(first,
+                                                                                     second)
+        assert_report_says(first, run)
