@@ -330,9 +330,11 @@ def test_a_replay_that_diverges_fails_naming_the_earliest_divergence(
     assert_renders(report, run)
 
 
-def tampered_copy(run: Oracle, folder: Path, rng: random.Random) -> tuple[Oracle, str, int]:
-    """A copy of the run's ledger with one byte of one stored body changed (triggers dropped
-    and restored around the edit); returns the copy and the (stream, seq) edited."""
+def tampered_copy(run: Oracle, folder: Path, rng: random.Random, *, delete: bool = False
+                  ) -> tuple[Oracle, str, int]:
+    """A copy of the run's ledger with one byte of one stored body changed — or with
+    ``delete`` one row deleted — (triggers dropped and restored around the edit); returns the
+    copy and the (stream, seq) edited."""
     copy = folder / "tampered.db"
     with closing(sqlite3.connect(run.db)) as source, closing(sqlite3.connect(copy)) as target:
         source.backup(target)
@@ -346,7 +348,11 @@ def tampered_copy(run: Oracle, folder: Path, rng: random.Random) -> tuple[Oracle
         with target:
             for name, _sql in triggers:
                 target.execute(f'DROP TRIGGER "{name}"')
-            target.execute("UPDATE ledger_events SET body = ? WHERE id = ?", (edited, row_id))
+            if delete:
+                target.execute("DELETE FROM ledger_events WHERE id = ?", (row_id,))
+            else:
+                target.execute("UPDATE ledger_events SET body = ? WHERE id = ?",
+                               (edited, row_id))
             for _name, sql in triggers:
                 target.execute(sql)
     return (Oracle(f"sqlite:///{copy}", copy, run.data_dir, run.exp, run.shape, run.root_seed),
@@ -354,14 +360,35 @@ def tampered_copy(run: Oracle, folder: Path, rng: random.Random) -> tuple[Oracle
 
 
 @PROPERTY
-@given(shape=run_shapes(), seed=st.integers(0, 2**32))
+@given(shape=run_shapes(), seed=st.integers(0, 2**32), delete=st.booleans())
 def test_a_ledger_with_an_edited_body_fails_verification_and_replay(
-        tmp_path_factory: pytest.TempPathFactory, shape: RunShape, seed: int) -> None:
+        tmp_path_factory: pytest.TempPathFactory, shape: RunShape, seed: int,
+        delete: bool) -> None:
+    """One byte of one stored body changed, or one row deleted, in a copy of the ledger:
+    R9 names it, the replay fails — but for the last event of a stream of a run that has no
+    head, whose loss nothing can detect (README: *incomplete*)."""
     folder = fresh(tmp_path_factory)
     run = record(folder, shape)
-    copy, stream, seq = tampered_copy(run, folder, random.Random(seed))
+    copy, stream, seq = tampered_copy(run, folder, random.Random(seed), delete=delete)
     report = report_of(copy.url, copy.exp, replay=True, data_dir=str(copy.data_dir))
     verification = report["R9"]["verification"]
+    events = stored_events(run.db, run.exp)
+    if delete:
+        last = stream_heads(events)[stream][0] - 1 == seq
+        headless = expected_status(shape) == "incomplete" or (stream, seq) == next(
+            (e.stream, e.seq) for e in events if e.kind == "run_completed")
+        if last and headless:  # the run's end cut off: the report says it has no head
+            assert verification["ok"] and report["summary"]["integrity"] == "VERIFIED"
+            assert verification["events"] == len(events) - 1
+            assert report["summary"]["run_status"] == "incomplete"
+            assert report["summary"]["alerts"][0].startswith("INCOMPLETE RUN")
+            return
+        assert verification["ok"] is False and report["summary"]["integrity"] == "FAILED"
+        assert report["R8"]["verdict"] == "FAILED"
+        assert any(f["stream"] == stream for f in verification["findings"]) or (
+            seq == 0 and not any(e.stream == stream for e in stored_events(copy.db, copy.exp))
+            or stream == "main" and seq == len([e for e in events if e.stream == "main"]) - 1)
+        return
     assert verification["ok"] is False and report["summary"]["integrity"] == "FAILED"
     assert (stream, seq) in {(f["stream"], f["seq"]) for f in verification["findings"]}
     assert verification["intact"] < verification["events"] == len(stored_events(run.db, run.exp))
@@ -680,3 +707,26 @@ def test_ledger_report_gives_the_same_report_in_any_process(
         assert {path[:2] for path in differing(first, second)} <= allowed, differing(first,
                                                                                      second)
         assert_report_says(first, run)
+
+
+@PROPERTY
+@given(shape=run_shapes())
+def test_a_replay_without_the_runs_data_is_inconclusive(
+        tmp_path_factory: pytest.TempPathFactory, shape: RunShape) -> None:
+    """Replay needs the stored datasets: without them (another data folder) R8 is
+    INCONCLUSIVE with its reason, alerted, and the replay attestation WARNED."""
+    folder = fresh(tmp_path_factory)
+    run = record(folder, shape)
+    elsewhere = folder / "elsewhere"
+    elsewhere.mkdir()
+    report = report_of(run.url, run.exp, replay=True, data_dir=str(elsewhere))
+    r8 = report["R8"]
+    assert (r8["verdict"], report["summary"]["replay"]) == ("INCONCLUSIVE", "INCONCLUSIVE")
+    assert r8["reason"] and f"REPLAY INCONCLUSIVE: {r8['reason']}" in report["summary"]["alerts"]
+    assert replay_statement(report)["predicate"]["result"] == "WARNED"
+    if shape.shared_test_rows is not None:
+        assert report["R5"]["independence"]["status"] == "not_checked"
+    events = stored_events(run.db, run.exp)
+    assert report["R7"]["counts_by_kind"] == dict(kinds(events))
+    assert report["summary"]["integrity"] == "VERIFIED"
+    assert report["summary"]["run_status"] == expected_status(shape)
