@@ -681,7 +681,7 @@ def test_every_recorded_replay_and_export_is_in_the_history_of_later_reports(
 
 
 @pytest.mark.slow
-@settings(PROPERTY, max_examples=max(2, EXAMPLES // 2))
+@settings(PROPERTY, max_examples=max(2, EXAMPLES // 4))
 @given(shapes=st.lists(run_shapes(), min_size=1, max_size=2))
 def test_ledger_report_gives_the_same_report_in_any_process(
         tmp_path_factory: pytest.TempPathFactory, shapes: list[RunShape]) -> None:
