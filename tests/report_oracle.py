@@ -103,6 +103,8 @@ class Oracle:
     shape: RunShape
     root_seed: int
     parent: str | None = None
+    state: dict[str, Any] | None = None
+    """The iterator's state where a suspended run stopped (see :func:`resume`)."""
     metrics: dict[str, list[tuple[int | None, float]]] = field(default_factory=dict)
     checkpoints: list[tuple[int, str]] = field(default_factory=list)
     """(epoch, state digest) of each checkpoint of name ``model``, in order."""
@@ -190,12 +192,20 @@ def record(folder: Path, shape: RunShape, *, data_seed: int = 0, parent: str | N
                 state = _train(exp, shape, oracle, features, targets, range(shape.epochs))
         except RuntimeError as error:
             assert shape.ending == "failed" and FAILURE.endswith(str(error))
+        oracle.state = state
         if shape.ending == "resumed":
-            assert state is not None
-            with manager.resume_experiment(exp.id) as resumed:
-                _train(resumed, shape, oracle, features, targets,
-                       range(shape.stop + 1, shape.epochs), state=state)
+            resume(oracle, data_seed)
     return oracle
+
+
+def resume(run: Oracle, data_seed: int = 0) -> None:
+    """Resume the suspended ``run`` and train its remaining epochs to the end."""
+    assert run.state is not None
+    features, targets = dataset(run.shape, data_seed)
+    with ExperimentManager(run.url, data_dir=run.data_dir) as manager:
+        with manager.resume_experiment(run.exp) as resumed:
+            _train(resumed, run.shape, run, features, targets,
+                   range(run.shape.stop + 1, run.shape.epochs), state=run.state)
 
 
 def _train(exp: Experiment, shape: RunShape, oracle: Oracle, features: np.ndarray,

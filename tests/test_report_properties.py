@@ -62,8 +62,9 @@ from report.markdown import render_markdown
 from report.model import ReportOptions, build_report
 from report.signing import generate_key_pair, load_private_key
 from report_helpers import report_of, schema_errors
-from report_oracle import (FAILURE, Oracle, RunShape, StoredEvent, json_of, kinds, record, run_shapes, seed_of,
-                           stored_events, stream_heads, value_digest, with_shape)
+from report_oracle import (FAILURE, Oracle, RunShape, StoredEvent, json_of, kinds, record,
+                           resume, run_shapes, seed_of, stored_events, stream_heads,
+                           value_digest, with_shape)
 from test_divergence_properties import misbehaving_at
 
 EXAMPLES = int(os.environ.get("REPORT_EXAMPLES", 8))
@@ -451,6 +452,12 @@ def test_a_signed_bundle_verifies_and_any_change_to_it_does_not(
     assert check_report(report_file, public).ok
     with Store.open(run.url) as store:
         assert check_report(report_file, public, exp=run.exp, store=store).ok
+    if shape.ending == "suspended" and rng.random() < 0.5:  # the run goes on after its report
+        resume(run)
+        with Store.open(run.url) as store:
+            later = check_report(report_file, public, exp=run.exp, store=store)
+        assert later.ok, later.failures
+        assert any("the run went on after the report" in note for note in later.notes)
     # one field changed
     changed = mutated(parsed, rng)
     if changed != parsed:
