@@ -27,6 +27,7 @@ REPORT_SHRINK=0 reports a failing example without shrinking it.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -251,28 +252,39 @@ def report_with_appendix(run: Oracle, **options: Any) -> tuple[dict[str, Any], b
 
 
 def assert_renders(report: dict[str, Any], run: Oracle) -> None:
-    """HTML, Markdown and both attestations render and name the run's head and digests."""
+    """HTML, Markdown and both attestations render, every chart coordinate is a number, and
+    — when the ledger verifies (else its rows may say anything) — they name the run's head,
+    datasets, checkpoints, root seed and configuration as the oracle has them."""
     html, markdown = render_html(report), render_markdown(report)
     assert html.startswith("<!DOCTYPE html>") and markdown.startswith("# Compliance")
-    shown = [run.exp, *(digest for digest, _n, _r in run.datasets.values())]
-    if report["R9"]["run_head"]:
-        shown.append(report["R9"]["run_head"])
-    for text in shown:  # an id's "_" is escaped in Markdown
-        assert text in html and text.replace("_", "\\_") in markdown, text
     for section in SECTIONS - {"schema", "summary"}:
         assert f'id="{section}"' in html
-    for chart in re.findall(r"<svg.*?</svg>", html, re.DOTALL):  # every coordinate a number
+    for chart in re.findall(r"<svg.*?</svg>", html, re.DOTALL):
         numbers = re.findall(r'(?:points|cx|cy|x|y|x1|y1|x2|y2)="([^"]*)"', chart)
         for number in " ".join(numbers).replace(",", " ").split():
             assert math.isfinite(float(number)), chart
-    provenance = provenance_statement(report)
+    provenance, statement = provenance_statement(report), replay_statement(report)
+    json.dumps([provenance, statement], allow_nan=False)
+    assert statement["predicate"]["result"] == {"PASSED": "PASSED", "FAILED": "FAILED"}.get(
+        report["R8"]["verdict"], "WARNED")
+    if report["summary"]["integrity"] != "VERIFIED":
+        return
+    events = stored_events(run.db, run.exp)
+    completed = [e.hash for e in events if e.kind == "run_completed"]
+    head = completed or [e.hash for e in events if e.stream == "main"][-1:]
+    for text in [run.exp, *completed, *(digest for digest, _n, _r in run.datasets.values())]:
+        assert text in html and text.replace("_", "\\_") in markdown, text  # "_" escaped
     subjects = {s["digest"].get("ledger-state-v1") for s in provenance["subject"]}
     if run.checkpoints:
         assert subjects == {run.checkpoints[-1][1]}
-    verdict = replay_statement(report)["predicate"]
-    assert verdict["result"] == {"PASSED": "PASSED", "FAILED": "FAILED"}.get(
-        report["R8"]["verdict"], "WARNED")
-    json.dumps(provenance, allow_nan=False)
+    build = provenance["predicate"]["buildDefinition"]
+    assert {d["name"]: d["digest"]["ledger-dataset-v1"] for d in build["resolvedDependencies"]
+            if d["name"].startswith("dataset/")} == {
+        f"dataset/{name}": digest for name, (digest, _n, _r) in run.datasets.items()}
+    assert build["externalParameters"]["root_seed"] == str(run.root_seed)
+    assert build["externalParameters"]["configuration_digest"] == value_digest(
+        run.shape.hyperparams)
+    assert [s["digest"]["ledger-event-v1"] for s in statement["subject"]] == head
 
 
 def differing(a: Any, b: Any, path: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
@@ -356,8 +368,7 @@ def tampered_copy(run: Oracle, folder: Path, rng: random.Random, *, delete: bool
                                (edited, row_id))
             for _name, sql in triggers:
                 target.execute(sql)
-    return (Oracle(f"sqlite:///{copy}", copy, run.data_dir, run.exp, run.shape, run.root_seed),
-            stream, seq)
+    return dataclasses.replace(run, url=f"sqlite:///{copy}", db=copy), stream, seq
 
 
 @PROPERTY
