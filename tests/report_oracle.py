@@ -30,6 +30,17 @@ import divergence_ops
 from ledger.augment import DataAugmenter
 from ledger.experiment import Experiment, ExperimentManager
 from ledger.iterator import TrainingDataIterator
+from ledger.user_draws import register_draw
+
+DRAW = "report_oracle_init"
+"""A registered user draw (``exp.draw``) the runs make; replay re-executes it."""
+
+
+@register_draw(DRAW, version=1)
+def initial_weights(rng: np.random.Generator, *, size: int) -> np.ndarray:
+    """A layer's initial weights from its own generator."""
+    return rng.normal(size=size)
+
 
 FAILURE = "RuntimeError: out of mémoire ✗"
 """How a failed run's error reads in its run_completed (the exception raised in its ``with``)."""
@@ -59,6 +70,9 @@ class RunShape:
     state_map: bool
     """Checkpoints are a map of two arrays rather than one array."""
     user_draws: tuple[tuple[str | int, ...], ...]
+    """Paths drawn with ``exp.generator``."""
+    layers: int
+    """How many layers' weights are drawn with the registered draw (``exp.draw``)."""
     hyperparams: dict[str, Any]
     seed: int | None
     """None: the library draws the root seed from the OS."""
@@ -153,7 +167,7 @@ def run_shapes(draw: st.DrawFn, *, endings: tuple[str, ...] = ENDINGS,
         checkpoints=draw(st.booleans()), state_map=draw(st.booleans()),
         user_draws=tuple(draw(st.lists(st.lists(labels, min_size=1, max_size=3).map(tuple),
                                        max_size=3, unique=True))),
-        hyperparams=draw(hyperparameters), seed=draw(st.one_of(st.none(),
+        layers=draw(st.integers(0, 2)), hyperparams=draw(hyperparameters), seed=draw(st.one_of(st.none(),
                                                                st.integers(0, 2**128 - 1))),
         ending=ending, stop=draw(st.integers(0, epochs - 2)) if epochs > 1 else 0,
         purpose=draw(st.one_of(st.none(), st.text(max_size=20))),
@@ -225,6 +239,8 @@ def _train(exp: Experiment, shape: RunShape, oracle: Oracle, features: np.ndarra
     if state is None:
         for path in shape.user_draws:
             exp.generator(*path).random()
+        for layer in range(shape.layers):
+            exp.draw(DRAW, ["layer", layer, "init"], size=layer + 2)
     batches = TrainingDataIterator(registered, shape.batch_size, augmenter=shape.augmenter(),
                                    experiment=exp, shuffle=shape.shuffle,
                                    drop_last=shape.drop_last, num_workers=shape.num_workers,
