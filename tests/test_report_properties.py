@@ -290,9 +290,11 @@ def assert_renders(report: dict[str, Any], run: Oracle) -> None:
 def differing(a: Any, b: Any, path: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
     """Paths of the leaves where two JSON documents differ."""
     if isinstance(a, dict) and isinstance(b, dict):
-        return set().union(*(differing(a.get(k), b.get(k), (*path, k)) for k in a.keys() | b.keys()))
+        return set().union(*(differing(a.get(key), b.get(key), (*path, key))
+                             for key in a.keys() | b.keys()))
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return set().union(*(differing(x, y, (*path, str(i))) for i, (x, y) in enumerate(zip(a, b))))
+        return set().union(*(differing(x, y, (*path, str(index)))
+                             for index, (x, y) in enumerate(zip(a, b))))
     return set() if a == b else {path}
 
 
@@ -609,7 +611,8 @@ KILLED = textwrap.dedent("""
     url, data_dir, seed, workers, batches_before_kill = sys.argv[1:6]
     rng = np.random.default_rng(0)
     with ExperimentManager(url, data_dir=data_dir) as manager:
-        exp = manager.create_experiment("killed", seed=int(seed), hyperparams={"ß": [1, {"x": None}]})
+        exp = manager.create_experiment("killed", seed=int(seed),
+                                        hyperparams={"ß": [1, {"x": None}]})
         data = exp.register_dataset("rows", rng.normal(size=(24, 3)).astype(np.float32))
         batches = TrainingDataIterator(data, 5, experiment=exp, num_workers=int(workers),
                                        augmenter=DataAugmenter(noise_std=0.1), start_method="fork")
