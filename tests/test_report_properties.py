@@ -2,29 +2,35 @@
 
 Hypothesis draws the shape of small real runs (:mod:`report_oracle`: 1–3 epochs, 0 or 2 forked
 loader workers, shuffle, ``drop_last``, built-in augmentation ops, metrics per epoch, per batch
-or none, checkpoints, user draws through ``exp.generator``, hyperparameters with unicode and
-nested values, a dataset with or without train/test roles, and a run that ends ok, fails inside
-its ``with``, is suspended and left incomplete, or is suspended and resumed), records one to
-three of them into one ledger, and compares each report with an oracle the report code has no
-part in: what the test logged, and the stored rows read with ``sqlite3`` and ``msgpack`` and
-hashed by DESIGN's rules re-implemented in :mod:`report_oracle`.
+or none and one of odd values (NaN, infinities, 64-bit integers, the float range), checkpoints
+of one array or a map, user draws through ``exp.generator`` and ``exp.draw``, hyperparameters
+with unicode and nested values, names, models, user ids and parents, a dataset with or without
+train/test roles, and a run that ends ok, fails inside its ``with``, is suspended and left
+incomplete, or is suspended and resumed; and runs killed in a subprocess), records one to three
+of them into one ledger, and compares each report with an oracle the report code has no part
+in: what the test logged, and the stored rows read with ``sqlite3`` and ``msgpack`` and hashed
+by DESIGN's rules re-implemented in :mod:`report_oracle`.
 
 Checked: every section REPORT.md requires is present and the report validates; identity,
-status, error, head, streams, seeds and their tree, counts by kind and category, datasets and the
-train/test overlap, hyperparameters and their digest, metrics, checkpoint digests and the NDJSON
-appendix equal the oracle; the replay verdict is PASSED for honest runs, FAILED naming the
-earliest injected divergence for a run whose augmentation op no longer reproduces its draws, and
-FAILED with the first bad event for a ledger copy whose stored body was edited; every format
-renders and shows the run's head and digests; a signed bundle verifies and any changed field or
-byte of it does not; the same ledger gives the same bytes, or differs only where REPORT.md lets a
-report differ (its id, generation time and the dates counted from it); two runs of one seed
-report the same draws; the command line exits as the README documents.
+status, error, head, streams, seeds and their tree, counts by kind and category, datasets and
+the train/test overlap, hyperparameters and their digest, metrics, checkpoint digests, R2's
+process and duration, R4's packages, R10's history and the NDJSON appendix (bodies too) equal
+the oracle; the replay verdict is PASSED for honest runs, FAILED naming the earliest injected
+divergence for a run whose augmentation op no longer reproduces its draws, FAILED with the bad
+event for a ledger copy whose stored body was edited or whose row was deleted (but for the
+cut end of a run without a head, which it reports incomplete), INCONCLUSIVE without the data;
+HTML, Markdown and both attestations render, draw every chart point at a number and name the
+run's head, datasets, checkpoints, seed and configuration; a signed bundle verifies — against
+the ledger too, also once a suspended run went on — and any changed field or byte of it, or of
+a file it lists, does not; the same ledger gives the same bytes, in one process or across
+processes, or differs only where REPORT.md lets a report differ (its id, generation time and
+the dates counted from it); two runs of one seed report the same draws; ``ledger report`` and
+``ledger verify-report`` exit as the README documents.
 
-Examples per property: REPORT_EXAMPLES (default 8; the command line's half of it);
-REPORT_SHRINK=0 reports a failing example without shrinking it.
-``REPORT_EXAMPLES=300 pytest tests/test_report_properties.py`` is the long hunt.
+Examples per property: REPORT_EXAMPLES (default 8; fewer for those that start processes);
+REPORT_SHRINK=0 reports a failing example without shrinking it. The long hunt, outside the
+suite: ``REPORT_EXAMPLES=300 pytest tests/test_report_properties.py --hypothesis-seed=N``.
 """
-
 from __future__ import annotations
 
 import dataclasses
@@ -39,12 +45,10 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections import Counter
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from dataclasses import dataclass
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
