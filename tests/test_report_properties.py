@@ -604,6 +604,10 @@ def test_the_command_line_reports_every_run_and_exits_as_documented(
     assert ledger("verify-report", str(bundle / "report.json"), "--public-key",
                   str(public)).exit_code == 1
     assert ledger("report", "exp-000000000000", "--no-record").exit_code == 2
+    unsigned = folder / "unsigned"  # verify-report checks signed reports only: no signature, 2
+    assert ledger("report", run.exp, "--bundle", str(unsigned), "--no-record").exit_code == 0
+    refused = ledger("verify-report", str(unsigned / "report.json"), "--public-key", str(public))
+    assert refused.exit_code == 2 and "no signature" in refused.stderr
 
 
 KILLED = textwrap.dedent("""
