@@ -6,6 +6,7 @@ and unprintable characters, as in :func:`report.html.e`).
 
 from __future__ import annotations
 
+import math
 from html import escape
 from typing import Any
 
@@ -28,13 +29,15 @@ def metric_chart(series: dict[str, Any]) -> str:
     xs, ys = [x for x, _ in points], [y for _, y in points]
     x_low, x_high = min(xs), max(xs)
     y_low, y_high = min(ys), max(ys)
+    # Values from -1e308 to 1e308 span more than a float holds: halved, every span is finite.
+    half = 0.5 if math.isinf(y_high - y_low) else 1.0
     x_span = (x_high - x_low) or 1.0
-    y_span = (y_high - y_low) or (abs(y_high) or 1.0)
+    y_span = (y_high * half - y_low * half) or (abs(y_high) or 1.0)
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
     def place(x: float, y: float) -> str:
         px = LEFT + (x - x_low) / x_span * plot_w
-        py = TOP + plot_h - (y - y_low) / y_span * plot_h
+        py = TOP + plot_h - (y * half - y_low * half) / y_span * plot_h
         return f"{px:.1f},{py:.1f}"
 
     axis = "epoch" if series.get("last_epoch") is not None else "value number"

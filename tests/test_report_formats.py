@@ -478,6 +478,15 @@ def test_a_metric_chart_of_one_value_or_a_flat_zero_line_is_drawn() -> None:
     assert metric_chart(_series([])) == '<p class="muted">loss: no numeric values to plot</p>'
 
 
+def test_a_metric_chart_of_values_wider_apart_than_any_float_places_every_point() -> None:
+    """A loss that swung from -1e308 to 1e308 — a span no float holds — drew its points at
+    NaN (``points="64.0,nan …"``): the span overflowed to infinity (found by the report
+    properties)."""
+    svg = metric_chart(_series([(0, 1e308), (1, -1e308), (2, 0.0)], last_epoch=2))
+    assert '<polyline class="curve" points="64.0,14.0 306.0,150.0 548.0,82.0"/>' in svg
+    assert "nan" not in svg and "inf" not in svg
+
+
 def test_a_metric_chart_marks_each_value_up_to_sixty() -> None:
     assert metric_chart(_series([(n, n) for n in range(60)])).count("<circle") == 60
     assert "<circle" not in metric_chart(_series([(n, n) for n in range(61)]))

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -26,6 +27,8 @@ from conftest import run_cli
 from ledger.audit import record_audit
 from ledger.errors import BadInputError
 from ledger.events import REPORT_EXPORTED
+from ledger.experiment import ExperimentManager
+from ledger.iterator import TrainingDataIterator
 from ledger.store import Store
 from ledger_builders import delete_event, drop_append_only_triggers, record_experiment
 from report import signing
@@ -355,6 +358,52 @@ def test_an_incomplete_run_is_held_to_its_stream_heads(tmp_path: Path) -> None:
     assert [failure.split(" (")[0] for failure in rewritten.failures] == [
         f"stream {stream} of {A} in the ledger differs from the report"
         for stream in ("main", "worker-0", "worker-1")]
+
+
+def test_a_run_resumed_after_its_report_still_holds_the_certified_heads(tmp_path: Path) -> None:
+    """A report of an incomplete run certifies its stream heads; the run resumed and completed
+    afterwards still holds each of them, at the same position, with more events after it.
+    verify-report --against-ledger said FAILED, "stream main … differs from the report", as
+    for a rewritten chain. A grown stream passes, saying it grew; one with an event cut
+    before the certified head still fails."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    generate_key_pair(tmp_path / "key")
+    features = np.arange(40.0).reshape(20, 2)
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        exp = manager.create_experiment("resumed-later", seed=5)
+        batches = TrainingDataIterator(exp.register_dataset("rows", features), 5, experiment=exp)
+        list(batches)
+        state = batches.state_dict()
+        exp.suspend()
+        with Store.open(url) as store:
+            export_report(store, exp.id, ReportOptions(), bundle=tmp_path / "bundle",
+                          key=load_private_key(tmp_path / "key.key"))
+        with manager.resume_experiment(exp.id) as resumed:
+            batches = TrainingDataIterator(resumed.register_dataset("rows", features), 5,
+                                           experiment=resumed)
+            batches.load_state_dict(state)
+            list(batches)
+    report = tmp_path / "bundle" / "report.json"
+    with Store.open(url) as store:
+        grown = check_report(report, tmp_path / "key.pub", store=store)
+    assert grown.ok, grown.failures
+    assert grown.notes == [
+        f"stream main of {exp.id} has {len(stored_main(url, exp.id)) - 3} more event(s) than "
+        f"the report certifies: the run went on after the report",
+        "the ledger still holds the heads this report certifies"]
+    shutil.copy(tmp_path / "ledger.db", tmp_path / "cut.db")
+    with Store.open(f"sqlite:///{tmp_path / 'cut.db'}") as store:
+        drop_append_only_triggers(store)
+        delete_event(store, exp.id, "main", 1)
+        cut = check_report(report, tmp_path / "key.pub", store=store)
+    assert [failure.split(" (")[0] for failure in cut.failures] == [
+        f"stream main of {exp.id} in the ledger differs from the report"]
+
+
+def stored_main(url: str, exp: str) -> list[int]:
+    """The seqs of the main stream of ``exp``."""
+    with Store.open(url) as store:
+        return [row[0] for row in store.iter_segment_rows(exp, "main", 0, 2**62, ("seq",))]
 
 
 @pytest.mark.parametrize("change", ["schema", "summary", "R14"])
