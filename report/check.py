@@ -14,6 +14,7 @@ Anything altered is a failure (exit 1); a file listed in R0 but absent is report
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from report.signing import (fingerprint, load_public_key, read_regular_file, sig
                             verify_signature)
 
 _CHUNK = 1 << 20
+_LOWER_HEX_64 = re.compile("[0-9a-f]{64}")
 REPORT_BYTES = 256 << 20
 """Most bytes a report file may hold (reports are small: the per-event list is an appendix)."""
 
@@ -152,11 +154,15 @@ def _check_sums(check: ReportCheck, folder: Path, covered: set[str]) -> None:
     sums = folder / "SHA256SUMS"
     if not sums.is_file():
         return
-    for number, line in enumerate(sums.read_text(encoding="utf-8", errors="replace")
-                                  .splitlines(), 1):
+    lines = sums.read_text(encoding="utf-8", errors="replace").split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline ending the last line
+    for number, line in enumerate(lines, 1):
+        # exactly as written: a changed byte that a lenient reading would skip over (a line
+        # ending in \x0b, a space after the name) is a changed file
         digest, _, name = line.partition("  ")
-        name = name.strip()
-        if not name or Path(name).name != name or len(digest) != 64:
+        if (not _LOWER_HEX_64.fullmatch(digest) or not name.isprintable() or name.strip() != name
+                or not name or Path(name).name != name):
             check.failures.append(f"SHA256SUMS line {number} is malformed")
             continue
         target = folder / name

@@ -311,6 +311,25 @@ def test_a_sha256sums_line_that_checks_nothing_fails(bundle: Path, signed: Path,
     assert outcome.failures == [failure.format(number=number)]
 
 
+@pytest.mark.parametrize("change", [
+    lambda text: text.replace("\n", "\x0b", 1),
+    lambda text: text.replace("\n", " \n", 1),
+    lambda text: text.replace("  ", "   ", 1),
+    lambda text: text.upper().replace("  REPORT", "  report", 1)],
+    ids=["line-ending-x0b", "space-after-name", "three-spaces", "upper-case-digest"])
+def test_a_sha256sums_changed_in_a_byte_a_lenient_reading_skips_fails(
+        bundle: Path, signed: Path, change: Callable[[str], str]) -> None:
+    """SHA256SUMS is read as written: a line ending flipped to \\x0b, a space added beside the
+    name or an upper-case digest changes the file, so it fails (found by the report properties:
+    ``splitlines`` and ``strip`` read the flipped file as the original)."""
+    listing = bundle / "SHA256SUMS"
+    original = listing.read_text()
+    listing.write_text(change(original))
+    assert listing.read_text() != original
+    outcome = check_report(bundle / "report.json", signed / "key.pub")
+    assert not outcome.ok and any("SHA256SUMS" in failure for failure in outcome.failures)
+
+
 @pytest.mark.parametrize("exp", [None, 5])
 def test_a_report_naming_no_experiment_fails_against_the_ledger(bundle: Path, signed: Path,
                                                                exp: Any) -> None:
