@@ -57,7 +57,8 @@ CHECKPOINT = "checkpoint.msgpack"
 FINAL = "final.npy"
 DB_HOOKS = {
     "claim": "a claim or release of a stream inserted, not yet committed",
-    "take-over": "a take-over's exclusive stream lock taken, its claim not yet inserted",
+    "exclusive-lock": ("an exclusive lock taken: a take-over's on the stream (its claim not yet "
+                       "inserted), or run_completed's on the experiment (not yet written)"),
     "batch-lock": "a batch's shared stream lock taken, its claim not yet checked",
     "copy-half": "half of a batch's rows sent with COPY, the rest not yet",
     "copied": "a batch's rows all sent with COPY, not yet committed",
@@ -133,7 +134,7 @@ def install_db_hook(spec: str, pause: bool, hold: float | None) -> None:
         if sql.startswith("insert into ledger_stream_claims"):
             reached("claim")
         elif sql.startswith("select pg_advisory_xact_lock("):
-            reached("take-over")
+            reached("exclusive-lock")
         elif sql.startswith("select pg_advisory_xact_lock_shared("):
             reached("batch-lock")
 

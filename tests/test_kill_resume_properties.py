@@ -375,12 +375,12 @@ def _draw_kill(rng: random.Random, kill: int, total: int, postgres: bool) -> Kil
     modes = ["paused", "paused", "race", "race", "delay"]
     mode = rng.choice(modes + ["db", "db", "db", "db-race"] if postgres else modes)
     if mode.startswith("db"):
-        # inside a write transaction: a take-over happens in a resumed process only
-        hooks = ["claim", "batch-lock", "copy-half", "copied"] + (["take-over"] if kill else [])
-        hook = rng.choice(hooks)
-        nth = {"claim": rng.randint(1, 2), "take-over": 1}.get(hook, rng.randint(1, 3))
+        # inside a write transaction; the first exclusive lock of a resumed process is its
+        # take-over of the stream, the last one of a run the lock that completes it
+        hook = rng.choice(["claim", "batch-lock", "copy-half", "copied", "exclusive-lock"])
+        nth = rng.randint(1, 2) if hook in ("claim", "exclusive-lock") else rng.randint(1, 3)
         pause = mode == "db"
-        hold = rng.choice([0.0, rng.uniform(0.3, 2.0)]) if pause else 0.0
+        hold = rng.choice([0.0, rng.uniform(0.5, 4.0)]) if pause else 0.0
         race = 0.0 if pause else rng.choice([0.0, rng.uniform(0.0, 0.005)])
         how = (f"{hook}:{nth} " + (f"(paused{f', connections held {hold:.2f} s' if hold else ''})"
                                    if pause else f"+{race * 1000:.1f} ms"))
@@ -405,15 +405,17 @@ def _draw_kill(rng: random.Random, kill: int, total: int, postgres: bool) -> Kil
 
 def _kill_and_resume(rng: random.Random, label: str, config: dict[str, Any], total: int,
                      folder: Path, ledger: str, notes: list[str],
-                     unreaped: list[subprocess.Popen[str]], backends: set[int]) -> int:
-    """Kill the run in ``folder`` one to three times, resuming it each time, then let it
-    complete; returns how many driver processes ran. Notes where each kill landed; on
-    PostgreSQL adds the backends that served each killed driver to ``backends``, and notes
-    those still running (their client dead, unnoticed) when the next process starts."""
+                     unreaped: list[subprocess.Popen[str]], backends: set[int],
+                     plans: list[Kill] | None = None) -> int:
+    """Kill the run in ``folder`` one to three times (drawn, or as ``plans`` say), resuming it
+    each time, then let it complete; returns how many driver processes ran. Notes where each
+    kill landed; on PostgreSQL adds the backends that served each killed driver to
+    ``backends``, and notes those still running (their client dead, unnoticed) when the next
+    process starts."""
     attempts = 0
     postgres = ledger != SQLITE_LEDGER
-    for kill in range(rng.randint(1, 3)):
-        plan = _draw_kill(rng, kill, total, postgres)
+    for kill in range(rng.randint(1, 3) if plans is None else len(plans)):
+        plan = _draw_kill(rng, kill, total, postgres) if plans is None else plans[kill]
         where = (f"{label} kill {kill}: workers {plan.workers}, {plan.how}"
                  f"{', reaped late' if plan.reap_late else ''}; {config}")
         attempt = _run(folder, ledger, config, plan.workers, kill_at=plan.kill_at,
@@ -442,23 +444,26 @@ def _kill_and_resume(rng: random.Random, label: str, config: dict[str, Any], tot
     return attempts + 1
 
 
-def run_scenario(tmp_path: Path, scenario: int, backend: str = "sqlite") -> list[str]:
+def run_scenario(tmp_path: Path, scenario: int, backend: str = "sqlite", *,
+                 plans: list[Kill] | None = None, config: dict[str, Any] | None = None
+                 ) -> list[str]:
     """One scenario of seed ``SEED`` on ``backend`` (``sqlite``, or ``postgres``: two fresh
-    schemas of the test server, dropped after): run, kill, resume, compare. Returns its kill
-    notes."""
+    schemas of the test server, dropped after): run, kill, resume, compare. ``plans`` and
+    ``config`` replace the drawn kills and configuration. Returns its kill notes."""
     if backend == "sqlite":
-        return _scenario(tmp_path, scenario, SQLITE_LEDGER, SQLITE_LEDGER)
+        return _scenario(tmp_path, scenario, SQLITE_LEDGER, SQLITE_LEDGER, plans, config)
     base = postgres_base_url()
     with postgres_schema(base) as straight, postgres_schema(base) as killed:
-        return _scenario(tmp_path, scenario, straight, killed)
+        return _scenario(tmp_path, scenario, straight, killed, plans, config)
 
 
-def _scenario(tmp_path: Path, scenario: int, straight_ledger: str, killed_ledger: str
-              ) -> list[str]:
+def _scenario(tmp_path: Path, scenario: int, straight_ledger: str, killed_ledger: str,
+              plans: list[Kill] | None, fixed: dict[str, Any] | None) -> list[str]:
     postgres = killed_ledger != SQLITE_LEDGER
     rng = random.Random(f"{SEED}/postgres/{scenario}" if postgres else f"{SEED}/{scenario}")
     label = f"{'postgres ' if postgres else ''}scenario {scenario} (seed {SEED})"
     config = _config(rng)
+    config = config if fixed is None else {**config, **fixed}
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     straight.mkdir()
     killed.mkdir()
@@ -468,7 +473,7 @@ def _scenario(tmp_path: Path, scenario: int, straight_ledger: str, killed_ledger
     backends: set[int] = set()
     try:
         attempts = _kill_and_resume(rng, label, config, total, killed, killed_ledger, notes,
-                                    unreaped, backends)
+                                    unreaped, backends, plans)
     finally:
         for zombie in unreaped:
             zombie.wait()
@@ -516,7 +521,26 @@ def test_a_run_killed_at_random_points_and_resumed_equals_the_uninterrupted_run(
 def test_on_postgres_a_run_killed_at_random_points_and_resumed_equals_the_uninterrupted_run(
         tmp_path: Path, scenario: int) -> None:
     """The same property on PostgreSQL, with kills inside write transactions too: a claim or
-    release inserted, a take-over's lock taken, a batch half sent with COPY or sent and not yet
-    committed — some with the killed driver's connections kept open a while, so that the
+    release inserted, a take-over's or run_completed's lock taken, a batch's lock taken, a
+    batch half sent with COPY or sent and not yet committed — some with the killed driver's connections kept open a while, so that the
     resumed process starts while the server still serves the dead client's transaction."""
     run_scenario(tmp_path, scenario, "postgres")
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.parametrize("hook", ["batch-lock:2", "copied:2"])
+def test_on_postgres_a_resume_meeting_the_killed_drivers_open_batch_waits_for_it(
+        tmp_path: Path, hook: str) -> None:
+    """A driver killed inside a batch's transaction (its stream lock taken; or its rows sent,
+    not committed) while a child keeps its connection open: the server's backend goes on
+    holding that transaction, and the resumed process starts meanwhile. Its take-over of the
+    stream waits for that backend (it must not refuse, nor go on beside it) and the run ends
+    as the uninterrupted one. (``flush_every`` 1: the driver's second COPY is a writer's batch,
+    the first being the experiment's creation.)"""
+    plans = [Kill(workers=0, how=f"{hook} (paused, connections held 3 s)", db=hook, hold=3.0)]
+    notes = run_scenario(tmp_path, 0, "postgres", plans=plans,
+                         config={"flush_every": 1, "epochs": 2})
+    # the premise: the resumed process started while the dead driver's batch held its lock
+    assert "backends still serving it at the next start" in notes[0], notes
+    assert "advisory ShareLock" in notes[0], notes
