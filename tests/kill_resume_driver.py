@@ -60,6 +60,7 @@ DB_HOOKS = {
     "exclusive-lock": ("an exclusive lock taken: a take-over's on the stream (its claim not yet "
                        "inserted), or run_completed's on the experiment (not yet written)"),
     "batch-lock": "a batch's shared stream lock taken, its claim not yet checked",
+    "in-copy": "a COPY begun (the server waiting for its rows), no row written yet",
     "copy-half": "half of a batch's rows sent with COPY, the rest not yet",
     "copied": "a batch's rows all sent with COPY, not yet committed",
 }
@@ -99,6 +100,9 @@ class Progress:
 def install_db_hook(spec: str, pause: bool, hold: float | None) -> None:
     """Announce (and with ``pause``, wait to be killed at) the N-th time this process reaches
     the store hook ``spec`` (``HOOK:N``, see :data:`DB_HOOKS`)."""
+    import weakref
+
+    import psycopg
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
@@ -149,6 +153,15 @@ def install_db_hook(spec: str, pause: bool, hold: float | None) -> None:
         reached("copied")
 
     Store._copy_rows = _copy  # type: ignore[method-assign]
+    write_row, begun = psycopg.Copy.write_row, weakref.WeakSet[Any]()
+
+    def _write_row(self: Any, row: Any) -> None:
+        if self not in begun:
+            begun.add(self)
+            reached("in-copy")
+        write_row(self, row)
+
+    psycopg.Copy.write_row = _write_row  # type: ignore[method-assign]
 
 
 def sgd_step(weights: np.ndarray, x: np.ndarray, y: np.ndarray, lr: float,

@@ -377,7 +377,8 @@ def _draw_kill(rng: random.Random, kill: int, total: int, postgres: bool) -> Kil
     if mode.startswith("db"):
         # inside a write transaction; the first exclusive lock of a resumed process is its
         # take-over of the stream, the last one of a run the lock that completes it
-        hook = rng.choice(["claim", "batch-lock", "copy-half", "copied", "exclusive-lock"])
+        hook = rng.choice(["claim", "batch-lock", "in-copy", "copy-half", "copied",
+                           "exclusive-lock"])
         nth = rng.randint(1, 2) if hook in ("claim", "exclusive-lock") else rng.randint(1, 3)
         pause = mode == "db"
         hold = rng.choice([0.0, rng.uniform(0.5, 4.0)]) if pause else 0.0
@@ -522,7 +523,7 @@ def test_on_postgres_a_run_killed_at_random_points_and_resumed_equals_the_uninte
         tmp_path: Path, scenario: int) -> None:
     """The same property on PostgreSQL, with kills inside write transactions too: a claim or
     release inserted, a take-over's or run_completed's lock taken, a batch's lock taken, a
-    batch half sent with COPY or sent and not yet committed — some with the killed driver's connections kept open a while, so that the
+    COPY begun, half sent or sent and not yet committed — some with the killed driver's connections kept open a while, so that the
     resumed process starts while the server still serves the dead client's transaction."""
     run_scenario(tmp_path, scenario, "postgres")
 
