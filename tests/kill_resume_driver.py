@@ -27,7 +27,7 @@ Inside the store (for PostgreSQL's kill points), ``KILL_RESUME_DB_AT=HOOK:N`` pr
 ``db HOOK N`` at the N-th time this process reaches ``HOOK`` — each one inside an open write
 transaction, see :data:`DB_HOOKS` — and with ``KILL_RESUME_DB_PAUSE=1`` then prints ``paused``
 and waits there to be killed. ``KILL_RESUME_HOLD=SECONDS`` first forks a child that keeps the
-process's open files — its database connections among them — for that long after the driver is
+process's TCP connections — its database connections — open for that long after the driver is
 killed, as a forked worker still ending or a network that has not told the server does: the
 server's backend then goes on holding the transaction's locks with no client behind it. It
 prints ``holder PID``.
@@ -122,10 +122,8 @@ def install_db_hook(spec: str, pause: bool, hold: float | None) -> None:
             return
         if hold:
             holder = os.fork()
-            if holder == 0:  # keeps every inherited file open: sockets, not the harness's pipes
-                null = os.open(os.devnull, os.O_RDWR)
-                for descriptor in (0, 1, 2):
-                    os.dup2(null, descriptor)
+            if holder == 0:
+                _keep_only_network_sockets()
                 time.sleep(hold)
                 os._exit(0)
             print(f"holder {holder}", flush=True)
@@ -162,6 +160,28 @@ def install_db_hook(spec: str, pause: bool, hold: float | None) -> None:
         write_row(self, row)
 
     psycopg.Copy.write_row = _write_row  # type: ignore[method-assign]
+
+
+def _keep_only_network_sockets() -> None:
+    """In the holder: close every inherited file but the TCP sockets (the database
+    connections). The harness's pipes, the worker pool's and its resource tracker's must not be
+    kept open: they would keep the harness reading, or the pool's helpers running."""
+    import socket
+
+    for name in os.listdir("/proc/self/fd"):
+        descriptor = int(name)
+        try:
+            probe = socket.socket(fileno=descriptor)
+        except OSError:  # not a socket (or the listing's own, closed already)
+            try:
+                os.close(descriptor)
+            except OSError:
+                pass
+            continue
+        family = probe.family
+        probe.detach()
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            os.close(descriptor)
 
 
 def sgd_step(weights: np.ndarray, x: np.ndarray, y: np.ndarray, lr: float,
