@@ -24,6 +24,17 @@ with an uninterrupted run of the same seed in another ledger:
 - no worker process of a killed driver outlives it (a bounded wait, a hang safeguard), and no
   shared-memory block a killed process held is left in ``/dev/shm`` — but for a kill during the
   worker pool's start-up, the one window the README documents as able to leave one.
+
+The same scenarios run on PostgreSQL (``LEDGER_TEST_POSTGRES_URL``; each run in a fresh schema,
+dropped after; ``KILL_RESUME_PG_SCENARIOS`` of them, seeded apart from the SQLite ones). There
+a kill may also land inside a write transaction (the driver's ``DB_HOOKS``: a claim or release
+inserted, an exclusive lock taken — a take-over's, the schema's creation's or run_completed's —,
+a batch's stream lock taken, a COPY begun, half sent, or sent and not committed), paused there
+or raced, and a paused driver may leave a child holding its database connections for a few
+seconds: the server's backend then goes on holding the dead client's transaction and locks
+while the resumed process starts. The oracle adds: every backend that served a killed driver
+has ended once the run is complete (a bounded wait, a hang safeguard) — and every resumed
+process finished rather than hung (each driver line is awaited at most ``LINE_WAIT``).
 """
 
 from __future__ import annotations
