@@ -90,8 +90,6 @@ class Attempt:
     """The killed driver, left a zombie for the next process to meet (reaped after it)."""
     backends: set[int] = field(default_factory=set)
     """PostgreSQL: pids of the server backends serving the driver when it was killed."""
-    holder: int | None = None
-    """A child keeping the killed driver's connections open for a while (``hold``)."""
 
     @property
     def points(self) -> int:
@@ -207,8 +205,6 @@ def _run(folder: Path, ledger: str, config: dict[str, Any], workers: int, *,
             attempt.lines.append(line)
             if line.startswith("workers "):
                 attempt.workers = [int(pid) for pid in line.split()[1:]]
-            if line.startswith("holder "):
-                attempt.holder = int(line.split()[1])
             trigger = ((pause and line == "paused")
                        or (not pause and kill_at and line.startswith("point ")
                            and int(line.split()[1]) == kill_at)
@@ -294,8 +290,7 @@ def _backends_of(client_ports: set[int]) -> set[int]:
         return set()
     with _admin() as connection:
         return set(connection.execute(
-            text("SELECT pid FROM pg_stat_activity WHERE client_port = ANY(:ports) "
-                 "AND client_addr IN ('127.0.0.1', '::1')"),
+            text("SELECT pid FROM pg_stat_activity WHERE client_port = ANY(:ports)"),
             {"ports": sorted(client_ports)}).scalars())
 
 
