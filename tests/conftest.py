@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -41,12 +42,19 @@ def _postgres_schema_url(base: str) -> tuple[str, str]:
     return f"{base}{separator}options=-csearch_path%3D{schema}", schema
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A URL to an empty schema on the test PostgreSQL server; skipped when none is configured."""
+def postgres_base_url() -> str:
+    """The test PostgreSQL server's URL (``LEDGER_TEST_POSTGRES_URL``); skips the test when it
+    is not set."""
     base = os.environ.get(POSTGRES_ENV)
     if not base:
         pytest.skip(f"{POSTGRES_ENV} is not set: no PostgreSQL server to test against")
+    return base
+
+
+@contextlib.contextmanager
+def postgres_schema(base: str) -> Iterator[str]:
+    """A URL to a new, empty schema of the database at ``base``, dropped (with everything in
+    it) on leaving the block."""
     import sqlalchemy
 
     url, schema = _postgres_schema_url(base)
@@ -59,6 +67,13 @@ def postgres_url() -> Iterator[str]:
         with admin.begin() as connection:
             connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
         admin.dispose()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A URL to an empty schema on the test PostgreSQL server; skipped when none is configured."""
+    with postgres_schema(postgres_base_url()) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite-file", "postgres"])

@@ -22,6 +22,15 @@ batch (the pool's start-up is over); ``point N LABEL`` at each point of the trai
 (N counts from 1 in this process); ``done`` at the end. With ``KILL_RESUME_PAUSE_AT=N``, it
 prints ``paused`` after point N and waits to be killed there (having flushed the run's events,
 with ``KILL_RESUME_FLUSH_AT_PAUSE=1``).
+
+Inside the store (for PostgreSQL's kill points), ``KILL_RESUME_DB_AT=HOOK:N`` prints
+``db HOOK N`` at the N-th time this process reaches ``HOOK`` — each one inside an open write
+transaction, see :data:`DB_HOOKS` — and with ``KILL_RESUME_DB_PAUSE=1`` then prints ``paused``
+and waits there to be killed. ``KILL_RESUME_HOLD=SECONDS`` first forks a child that keeps the
+process's TCP connections — its database connections — open for that long after the driver is
+killed, as a forked worker still ending or a network that has not told the server does: the
+server's backend then goes on holding the transaction's locks with no client behind it. It
+prints ``holder PID``.
 """
 
 from __future__ import annotations
@@ -46,6 +55,16 @@ from ledger.store import Store
 
 CHECKPOINT = "checkpoint.msgpack"
 FINAL = "final.npy"
+DB_HOOKS = {
+    "claim": "a claim or release of a stream inserted, not yet committed",
+    "exclusive-lock": ("an exclusive lock taken: a take-over's on the stream (its claim not yet "
+                       "inserted), or run_completed's on the experiment (not yet written)"),
+    "batch-lock": "a batch's shared stream lock taken, its claim not yet checked",
+    "in-copy": "a COPY begun (the server waiting for its rows), no row written yet",
+    "copy-half": "half of a batch's rows sent with COPY, the rest not yet",
+    "copied": "a batch's rows all sent with COPY, not yet committed",
+}
+"""Where ``KILL_RESUME_DB_AT`` can stop the driver: each inside an open write transaction."""
 
 
 def sample_data(config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -76,6 +95,93 @@ class Progress:
                 self.experiment.flush()
             print("paused", flush=True)
             time.sleep(600)
+
+
+def install_db_hook(spec: str, pause: bool, hold: float | None) -> None:
+    """Announce (and with ``pause``, wait to be killed at) the N-th time this process reaches
+    the store hook ``spec`` (``HOOK:N``, see :data:`DB_HOOKS`)."""
+    import weakref
+
+    import psycopg
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    hook, _, nth = spec.partition(":")
+    if hook not in DB_HOOKS:
+        raise SystemExit(f"unknown hook {hook!r}: one of {sorted(DB_HOOKS)}")
+    target, seen = int(nth), [0]
+
+    def reached(name: str) -> None:
+        if name != hook:
+            return
+        seen[0] += 1
+        if seen[0] != target:
+            return
+        print(f"db {hook} {target}", flush=True)
+        if not pause:
+            return
+        if hold:
+            holder = os.fork()
+            if holder == 0:
+                _keep_only_network_sockets()
+                time.sleep(hold)
+                os._exit(0)
+            print(f"holder {holder}", flush=True)
+        print("paused", flush=True)
+        time.sleep(600)
+
+    @event.listens_for(Engine, "after_cursor_execute")
+    def _after(_connection, _cursor, statement, *_args):  # noqa: ANN001, ANN202
+        sql = " ".join(statement.split()).lower()
+        if sql.startswith("insert into ledger_stream_claims"):
+            reached("claim")
+        elif sql.startswith("select pg_advisory_xact_lock("):
+            reached("exclusive-lock")
+        elif sql.startswith("select pg_advisory_xact_lock_shared("):
+            reached("batch-lock")
+
+    copy_rows = Store._copy_rows
+
+    def _copy(self: Store, connection: Any, rows: Any) -> None:
+        half = len(rows) // 2
+        if half:
+            copy_rows(self, connection, rows[:half])
+        reached("copy-half")
+        copy_rows(self, connection, rows[half:])
+        reached("copied")
+
+    Store._copy_rows = _copy  # type: ignore[method-assign]
+    write_row, begun = psycopg.Copy.write_row, weakref.WeakSet[Any]()
+
+    def _write_row(self: Any, row: Any) -> None:
+        if self not in begun:
+            begun.add(self)
+            reached("in-copy")
+        write_row(self, row)
+
+    psycopg.Copy.write_row = _write_row  # type: ignore[method-assign]
+
+
+def _keep_only_network_sockets() -> None:
+    """In the holder: close every inherited file but the TCP sockets (the database
+    connections). The harness's pipes, the worker pool's and its resource tracker's must not be
+    kept open: they would keep the harness reading, or the pool's helpers running."""
+    import socket
+
+    for name in os.listdir("/proc/self/fd"):
+        descriptor = int(name)
+        try:
+            probe = socket.socket(fileno=descriptor)
+        except OSError:  # not a socket (or the listing's own, closed already)
+            try:
+                os.close(descriptor)
+            except OSError:
+                pass
+            continue
+        family = probe.family
+        probe.detach()
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            os.close(descriptor)
 
 
 def sgd_step(weights: np.ndarray, x: np.ndarray, y: np.ndarray, lr: float,
@@ -186,6 +292,11 @@ def main(url: str, data_dir: str, workdir: str, exp_id: str, config: dict[str, A
 
 if __name__ == "__main__":
     pause = os.environ.get("KILL_RESUME_PAUSE_AT")
+    if os.environ.get("KILL_RESUME_DB_AT"):
+        hold = os.environ.get("KILL_RESUME_HOLD")
+        install_db_hook(os.environ["KILL_RESUME_DB_AT"],
+                        os.environ.get("KILL_RESUME_DB_PAUSE") == "1",
+                        float(hold) if hold else None)
     main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], json.loads(sys.argv[5]),
          int(os.environ.get("KILL_RESUME_WORKERS", "0")), int(pause) if pause else None,
          os.environ.get("KILL_RESUME_FLUSH_AT_PAUSE") == "1")

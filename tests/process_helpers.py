@@ -23,3 +23,26 @@ def group_shared_memory(group: int) -> set[str]:
         names.update(target.removeprefix("/dev/shm/") for target in targets
                      if target.startswith("/dev/shm/") and not target.endswith(" (deleted)"))
     return names
+
+
+def tcp_client_ports(pid: int, server_port: int) -> set[int]:
+    """Local ports of the TCP connections process ``pid`` has open to ``server_port`` (Linux
+    /proc): how a database server names a client's sessions (``client_port``). Empty once the
+    process has ended."""
+    try:
+        inodes = {os.readlink(fd).removeprefix("socket:[").removesuffix("]")
+                  for fd in Path(f"/proc/{pid}/fd").iterdir()}
+    except OSError:
+        return set()
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            local, remote, inode = fields[1], fields[2], fields[9]
+            if inode in inodes and int(remote.rsplit(":", 1)[1], 16) == server_port:
+                ports.add(int(local.rsplit(":", 1)[1], 16))
+    return ports

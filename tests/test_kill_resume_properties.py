@@ -24,10 +24,22 @@ with an uninterrupted run of the same seed in another ledger:
 - no worker process of a killed driver outlives it (a bounded wait, a hang safeguard), and no
   shared-memory block a killed process held is left in ``/dev/shm`` — but for a kill during the
   worker pool's start-up, the one window the README documents as able to leave one.
+
+The same scenarios run on PostgreSQL (``LEDGER_TEST_POSTGRES_URL``; each run in a fresh schema,
+dropped after; ``KILL_RESUME_PG_SCENARIOS`` of them, seeded apart from the SQLite ones). There
+a kill may also land inside a write transaction (the driver's ``DB_HOOKS``: a claim or release
+inserted, an exclusive lock taken — a take-over's, the schema's creation's or run_completed's —,
+a batch's stream lock taken, a COPY begun, half sent, or sent and not committed), paused there
+or raced, and a paused driver may leave a child holding its database connections for a few
+seconds: the server's backend then goes on holding the dead client's transaction and locks
+while the resumed process starts. The oracle adds: every backend that served a killed driver
+has ended once the run is complete (a bounded wait, a hang safeguard) — and every resumed
+process finished rather than hung (each driver line is awaited at most ``LINE_WAIT``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -37,25 +49,32 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, make_url, text
 
-from conftest import ROOT
+from conftest import ROOT, postgres_base_url, postgres_schema
 from ledger.events import CHECKPOINT, MAIN_STREAM, METRIC, decode_body
 from ledger.store import Store
-from process_helpers import group_shared_memory
+from process_helpers import group_shared_memory, tcp_client_ports
 
 DRIVER = Path(__file__).with_name("kill_resume_driver.py")
 SEED = int(os.environ.get("KILL_RESUME_SEED", "20261130"))
 SCENARIOS = int(os.environ.get("KILL_RESUME_SCENARIOS", "8"))
+PG_SCENARIOS = int(os.environ.get("KILL_RESUME_PG_SCENARIOS", "3"))
+SQLITE_LEDGER = "sqlite:///ledger.db"
+"""The SQLite ledger of a run: ``ledger.db`` in the run's folder (every process's cwd)."""
 EXP = "run-kill-resume"
 LINE_WAIT = 120.0
 """Longest wait for the driver's next line or exit: a hang safeguard, never a timing check."""
 WORKER_EXIT_WAIT = 60.0
 """Longest wait for a killed driver's workers to end: a hang safeguard as well."""
+BACKEND_EXIT_WAIT = 60.0
+"""Longest wait for a killed driver's PostgreSQL backends to end once the run is complete."""
 
 
 @dataclass
@@ -69,6 +88,8 @@ class Attempt:
     """Shared-memory names (not unlinked) the process group held open when it was killed."""
     unreaped: subprocess.Popen[str] | None = None
     """The killed driver, left a zombie for the next process to meet (reaped after it)."""
+    backends: set[int] = field(default_factory=set)
+    """PostgreSQL: pids of the server backends serving the driver when it was killed."""
 
     @property
     def points(self) -> int:
@@ -109,15 +130,20 @@ def _wait_gone(pids: list[int]) -> list[int]:
     return [pid for pid in pids if _alive(pid)]
 
 
-def _run(folder: Path, config: dict[str, Any], workers: int, *, kill_at: int | None = None,
-         pause: bool = True, race: float = 0.0, flush: bool = False,
-         reap_late: bool = False) -> Attempt:
-    """Run the driver in ``folder`` (same argv for every run: the recorded entrypoint is the
-    same). With ``kill_at``, SIGKILL the driver — not its workers — at its ``kill_at``-th progress
-    point: waiting there (``pause``), or ``race`` seconds after it printed that point; with
-    ``kill_at`` 0, ``race`` seconds after it started. ``flush``: a paused driver flushes the
-    run's events before it waits. ``reap_late``: the killed driver is left unreaped (a zombie,
-    in :attr:`Attempt.unreaped`), as by a supervisor that starts the resumed process first."""
+def _run(folder: Path, ledger: str, config: dict[str, Any], workers: int, *,
+         kill_at: int | None = None, pause: bool = True, race: float = 0.0,
+         flush: bool = False, reap_late: bool = False, db: str | None = None,
+         hold: float = 0.0) -> Attempt:
+    """Run the driver in ``folder`` on the ledger at URL ``ledger`` (same argv for every run of
+    a ledger: the recorded entrypoint is the same). With ``kill_at``, SIGKILL the driver — not
+    its workers — at its ``kill_at``-th progress point: waiting there (``pause``), or ``race``
+    seconds after it printed that point; with ``kill_at`` 0, ``race`` seconds after it started.
+    With ``db`` (``HOOK:N``, see the driver's ``DB_HOOKS``) instead, at the N-th time it reaches
+    that point inside a write transaction, paused there or raced; ``hold``: a paused driver
+    leaves a child keeping its connections open that long after the kill. ``flush``: a driver
+    paused at a progress point flushes the run's events before it waits. ``reap_late``: the
+    killed driver is left unreaped (a zombie, in :attr:`Attempt.unreaped`), as by a supervisor
+    that starts the resumed process first."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(DRIVER.parent)]),
            "KILL_RESUME_WORKERS": str(workers), "OPENBLAS_NUM_THREADS": "1",
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -126,8 +152,14 @@ def _run(folder: Path, config: dict[str, Any], workers: int, *, kill_at: int | N
     if kill_at and pause:
         env["KILL_RESUME_PAUSE_AT"] = str(kill_at)
         env["KILL_RESUME_FLUSH_AT_PAUSE"] = "1" if flush else "0"
+    if db:
+        env["KILL_RESUME_DB_AT"] = db
+        env["KILL_RESUME_DB_PAUSE"] = "1" if pause else "0"
+        if hold:
+            env["KILL_RESUME_HOLD"] = str(hold)
+    server_port = None if ledger == SQLITE_LEDGER else make_url(ledger).port or 5432
     process = subprocess.Popen(
-        [sys.executable, str(DRIVER), "sqlite:///ledger.db", "data", ".", EXP,
+        [sys.executable, str(DRIVER), ledger, "data", ".", EXP,
          json.dumps(config, sort_keys=True)], cwd=folder, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, start_new_session=True)
     assert process.stdout is not None and process.stderr is not None
@@ -165,7 +197,7 @@ def _run(folder: Path, config: dict[str, Any], workers: int, *, kill_at: int | N
                 if deadline is None:
                     raise AssertionError(f"driver silent for {LINE_WAIT:.0f} s: "
                                          f"{attempt.lines[-5:]}") from None
-                _kill(process, attempt, reap_late)
+                _kill(process, attempt, reap_late, server_port)
                 break
             if line is None:
                 ended = True
@@ -175,11 +207,12 @@ def _run(folder: Path, config: dict[str, Any], workers: int, *, kill_at: int | N
                 attempt.workers = [int(pid) for pid in line.split()[1:]]
             trigger = ((pause and line == "paused")
                        or (not pause and kill_at and line.startswith("point ")
-                           and int(line.split()[1]) == kill_at))
+                           and int(line.split()[1]) == kill_at)
+                       or (not pause and db and line == f"db {db.replace(':', ' ')}"))
             if trigger:
                 if race:
                     time.sleep(race)
-                _kill(process, attempt, reap_late)
+                _kill(process, attempt, reap_late, server_port)
                 break
         while not attempt.killed and not ended:  # it ended on its own before the kill landed
             line = lines.get(timeout=LINE_WAIT)
@@ -201,16 +234,20 @@ def _run(folder: Path, config: dict[str, Any], workers: int, *, kill_at: int | N
     return attempt
 
 
-def _kill(process: subprocess.Popen[str], attempt: Attempt, reap_late: bool) -> None:
-    """SIGKILL the driver alone, noting which shared-memory blocks its group held: the group is
-    stopped while /proc is read (nothing created meanwhile), its workers let go on after. With
-    ``reap_late``, a killed driver is waited for but not reaped (:attr:`Attempt.unreaped`)."""
+def _kill(process: subprocess.Popen[str], attempt: Attempt, reap_late: bool,
+          server_port: int | None) -> None:
+    """SIGKILL the driver alone, noting which shared-memory blocks its group held (and on
+    PostgreSQL, at ``server_port``, which server backends served it): the group is stopped while
+    /proc is read (nothing created meanwhile), its workers let go on after. With ``reap_late``,
+    a killed driver is waited for but not reaped (:attr:`Attempt.unreaped`)."""
     try:
         os.killpg(process.pid, signal.SIGSTOP)
     except ProcessLookupError:
         return
     try:
         attempt.blocks = group_shared_memory(process.pid)
+        if server_port is not None:
+            attempt.backends = _backends_of(tcp_client_ports(process.pid, server_port))
         os.kill(process.pid, signal.SIGKILL)
         attempt.killed = True
     except ProcessLookupError:
@@ -247,18 +284,64 @@ def _check_kill_left_nothing(attempt: Attempt, where: str) -> list[str]:
     return leaked
 
 
-def _cli(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _backends_of(client_ports: set[int]) -> set[int]:
+    """PostgreSQL: the backends serving the clients at these local ports (pg_stat_activity)."""
+    if not client_ports:
+        return set()
+    with _admin() as connection:
+        return set(connection.execute(
+            text("SELECT pid FROM pg_stat_activity WHERE client_port = ANY(:ports)"),
+            {"ports": sorted(client_ports)}).scalars())
+
+
+def _live_backends(pids: set[int]) -> dict[int, str]:
+    """PostgreSQL: which of these backends still run, each with its state and locks held."""
+    if not pids:
+        return {}
+    with _admin() as connection:
+        rows = connection.execute(text(
+            "SELECT a.pid, a.state, string_agg(l.locktype || ' ' || l.mode, ', ') "
+            "FROM pg_stat_activity a LEFT JOIN pg_locks l ON l.pid = a.pid AND l.granted "
+            "WHERE a.pid = ANY(:pids) GROUP BY a.pid, a.state"), {"pids": sorted(pids)}).all()
+    return {pid: f"{state}; holding {locks}" for pid, state, locks in rows}
+
+
+@contextlib.contextmanager
+def _admin() -> Iterator[Any]:
+    """A connection to the test PostgreSQL server, for looking at its sessions."""
+    engine = create_engine(postgres_base_url())
+    try:
+        with engine.connect() as connection:
+            yield connection
+    finally:
+        engine.dispose()
+
+
+def _wait_backends_gone(pids: set[int]) -> dict[int, str]:
+    """Wait (bounded: a hang safeguard) for these backends to end; those still running."""
+    deadline = time.monotonic() + BACKEND_EXIT_WAIT
+    while (live := _live_backends(pids)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return live
+
+
+def _store_url(folder: Path, ledger: str) -> str:
+    """The ledger's URL from anywhere (the SQLite one is relative to the run's folder)."""
+    return f"sqlite:///{folder / 'ledger.db'}" if ledger == SQLITE_LEDGER else ledger
+
+
+def _cli(folder: Path, ledger: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("LEDGER_URL", None)
-    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=folder, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "cli", "--db", ledger, *args], cwd=folder,
+                          env=env, capture_output=True, text=True, timeout=300)
 
 
-def _logs(folder: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+def _logs(folder: Path, ledger: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """The run's metrics (name, epoch, value) and checkpoints (name, epoch, digest), as
     recorded, in order."""
     metrics, checkpoints = [], []
-    with Store.open(f"sqlite:///{folder / 'ledger.db'}") as store:
+    with Store.open(_store_url(folder, ledger)) as store:
         for stream, _seq, kind, body_bytes in store.iter_run_bodies(EXP):
             if stream != MAIN_STREAM or kind not in (METRIC, CHECKPOINT):
                 continue
@@ -271,38 +354,80 @@ def _logs(folder: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     return metrics, checkpoints
 
 
-def _show(folder: Path) -> dict[str, Any]:
-    shown = _cli(folder, "show", EXP, "--json")
+def _show(folder: Path, ledger: str) -> dict[str, Any]:
+    shown = _cli(folder, ledger, "show", EXP, "--json")
     assert shown.returncode == 0, shown.stderr
     return json.loads(shown.stdout)
 
 
-def _kill_and_resume(rng: random.Random, scenario: int, config: dict[str, Any], total: int,
-                     folder: Path, notes: list[str], unreaped: list[subprocess.Popen[str]]
-                     ) -> int:
-    """Kill the run in ``folder`` one to three times, resuming it each time, then let it
-    complete; returns how many driver processes ran. Notes where each kill landed."""
-    attempts = 0
-    for kill in range(rng.randint(1, 3)):
-        workers = rng.choice([0, 2])
-        mode = rng.choice(["paused", "paused", "race", "race", "delay"])
-        # the first kill anywhere in a whole run; a resumed process has fewer points to go
-        kill_at = 0 if mode == "delay" else rng.randint(1, total if kill == 0
-                                                        else max(1, total // 2))
-        pause = mode == "paused"
-        flush = pause and rng.random() < 0.5
-        race = {"paused": 0.0, "race": rng.choice([0.0, rng.uniform(0.0, 0.02)]),
-                "delay": rng.uniform(0.2, 0.8)}[mode]
+@dataclass
+class Kill:
+    """Where one process of a run is killed (see :func:`_run`), and how that reads."""
+
+    workers: int
+    how: str
+    kill_at: int | None = None
+    pause: bool = True
+    race: float = 0.0
+    flush: bool = False
+    reap_late: bool = False
+    db: str | None = None
+    hold: float = 0.0
+
+
+def _draw_kill(rng: random.Random, kill: int, total: int, postgres: bool) -> Kill:
+    """Kill ``kill`` of a run (0: in the process that creates it) of ``total`` points."""
+    workers = rng.choice([0, 2])
+    modes = ["paused", "paused", "race", "race", "delay"]
+    mode = rng.choice(modes + ["db", "db", "db", "db-race"] if postgres else modes)
+    if mode.startswith("db"):
+        # inside a write transaction; the first exclusive lock of a resumed process is its
+        # take-over of the stream, the last one of a run the lock that completes it
+        hook = rng.choice(["claim", "batch-lock", "in-copy", "copy-half", "copied",
+                           "exclusive-lock"])
+        nth = rng.randint(1, 2) if hook in ("claim", "exclusive-lock") else rng.randint(1, 3)
+        pause = mode == "db"
+        hold = rng.choice([0.0, rng.uniform(0.5, 4.0)]) if pause else 0.0
+        race = 0.0 if pause else rng.choice([0.0, rng.uniform(0.0, 0.005)])
+        how = (f"{hook}:{nth} " + (f"(paused{f', connections held {hold:.2f} s' if hold else ''})"
+                                   if pause else f"+{race * 1000:.1f} ms"))
         reap_late = rng.random() < 0.5
-        if pause:
-            how = f"point {kill_at} (paused{', flushed' if flush else ''})"
-        else:
-            how = (f"point {kill_at} +{race * 1000:.1f} ms" if kill_at
-                   else f"{race * 1000:.0f} ms after start")
-        where = (f"scenario {scenario} (seed {SEED}) kill {kill}: workers {workers}, {how}"
-                 f"{', reaped late' if reap_late else ''}; {config}")
-        attempt = _run(folder, config, workers, kill_at=kill_at, pause=pause, race=race,
-                       flush=flush, reap_late=reap_late)
+        return Kill(workers, how, kill_at=None, pause=pause, race=race, reap_late=reap_late,
+                    db=f"{hook}:{nth}", hold=hold)
+    # the first kill anywhere in a whole run; a resumed process has fewer points to go
+    kill_at = 0 if mode == "delay" else rng.randint(1, total if kill == 0 else max(1, total // 2))
+    pause = mode == "paused"
+    flush = pause and rng.random() < 0.5
+    race = {"paused": 0.0, "race": rng.choice([0.0, rng.uniform(0.0, 0.02)]),
+            "delay": rng.uniform(0.2, 0.8)}[mode]
+    reap_late = rng.random() < 0.5  # drawn last: the SQLite scenarios draw as they always did
+    if pause:
+        how = f"point {kill_at} (paused{', flushed' if flush else ''})"
+    else:
+        how = (f"point {kill_at} +{race * 1000:.1f} ms" if kill_at
+               else f"{race * 1000:.0f} ms after start")
+    return Kill(workers, how, kill_at=kill_at, pause=pause, race=race, flush=flush,
+                reap_late=reap_late)
+
+
+def _kill_and_resume(rng: random.Random, label: str, config: dict[str, Any], total: int,
+                     folder: Path, ledger: str, notes: list[str],
+                     unreaped: list[subprocess.Popen[str]], backends: set[int],
+                     plans: list[Kill] | None = None) -> int:
+    """Kill the run in ``folder`` one to three times (drawn, or as ``plans`` say), resuming it
+    each time, then let it complete; returns how many driver processes ran. Notes where each
+    kill landed; on PostgreSQL adds the backends that served each killed driver to
+    ``backends``, and notes those still running (their client dead, unnoticed) when the next
+    process starts."""
+    attempts = 0
+    postgres = ledger != SQLITE_LEDGER
+    for kill in range(rng.randint(1, 3) if plans is None else len(plans)):
+        plan = _draw_kill(rng, kill, total, postgres) if plans is None else plans[kill]
+        where = (f"{label} kill {kill}: workers {plan.workers}, {plan.how}"
+                 f"{', reaped late' if plan.reap_late else ''}; {config}")
+        attempt = _run(folder, ledger, config, plan.workers, kill_at=plan.kill_at,
+                       pause=plan.pause, race=plan.race, flush=plan.flush,
+                       reap_late=plan.reap_late, db=plan.db, hold=plan.hold)
         attempts += 1
         for zombie in unreaped:  # the process just run has met them unreaped: now reaped
             zombie.wait()
@@ -312,37 +437,63 @@ def _kill_and_resume(rng: random.Random, scenario: int, config: dict[str, Any], 
             return attempts
         if attempt.unreaped is not None:
             unreaped.append(attempt.unreaped)
-        last = next((line for line in reversed(attempt.lines) if line.startswith("point ")),
-                    "before any point")
+        last = next((line for line in reversed(attempt.lines)
+                     if line.startswith(("point ", "db "))), "before any point")
         leaked = _check_kill_left_nothing(attempt, where)
+        backends |= attempt.backends
+        alive = _live_backends(attempt.backends)
         notes.append(f"{where}: killed after {last!r}"
-                     + (f"; {len(leaked)} blocks left by the pool's start-up" if leaked else ""))
-    _run(folder, config, rng.choice([0, 2]))  # meets the last zombie, if any; the caller reaps
+                     + (f"; {len(leaked)} blocks left by the pool's start-up" if leaked else "")
+                     + (f"; backends still serving it at the next start: {alive}"
+                        if alive else ""))
+    # meets the last zombie, if any; the caller reaps
+    _run(folder, ledger, config, rng.choice([0, 2]))
     return attempts + 1
 
 
-def run_scenario(tmp_path: Path, scenario: int) -> list[str]:
-    """One scenario of seed ``SEED``: run, kill, resume, compare. Returns its kill notes."""
-    rng = random.Random(f"{SEED}/{scenario}")
+def run_scenario(tmp_path: Path, scenario: int, backend: str = "sqlite", *,
+                 plans: list[Kill] | None = None, config: dict[str, Any] | None = None
+                 ) -> list[str]:
+    """One scenario of seed ``SEED`` on ``backend`` (``sqlite``, or ``postgres``: two fresh
+    schemas of the test server, dropped after): run, kill, resume, compare. ``plans`` and
+    ``config`` replace the drawn kills and configuration. Returns its kill notes."""
+    if backend == "sqlite":
+        return _scenario(tmp_path, scenario, SQLITE_LEDGER, SQLITE_LEDGER, plans, config)
+    base = postgres_base_url()
+    with postgres_schema(base) as straight, postgres_schema(base) as killed:
+        return _scenario(tmp_path, scenario, straight, killed, plans, config)
+
+
+def _scenario(tmp_path: Path, scenario: int, straight_ledger: str, killed_ledger: str,
+              plans: list[Kill] | None, fixed: dict[str, Any] | None) -> list[str]:
+    postgres = killed_ledger != SQLITE_LEDGER
+    rng = random.Random(f"{SEED}/postgres/{scenario}" if postgres else f"{SEED}/{scenario}")
+    label = f"{'postgres ' if postgres else ''}scenario {scenario} (seed {SEED})"
     config = _config(rng)
+    config = config if fixed is None else {**config, **fixed}
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     straight.mkdir()
     killed.mkdir()
-    total = _run(straight, config, rng.choice([0, 2])).points
+    total = _run(straight, straight_ledger, config, rng.choice([0, 2])).points
     notes: list[str] = []
     unreaped: list[subprocess.Popen[str]] = []
+    backends: set[int] = set()
     try:
-        attempts = _kill_and_resume(rng, scenario, config, total, killed, notes, unreaped)
+        attempts = _kill_and_resume(rng, label, config, total, killed, killed_ledger, notes,
+                                    unreaped, backends, plans)
     finally:
         for zombie in unreaped:
             zombie.wait()
-    context = f"scenario {scenario} (seed {SEED}): {notes}"
+    context = f"{label}: {notes}"
 
+    # 0. PostgreSQL: no backend of a killed driver outlives the run it was killed in
+    left = _wait_backends_gone(backends)
+    assert not left, f"{context}\nbackends of killed drivers still running: {left}"
     # 1. final weights, bit for bit
     assert (killed / "final.npy").read_bytes() == (straight / "final.npy").read_bytes(), context
     # 2. metrics and checkpoints as the store holds them: the same, each recorded once
-    assert _logs(killed) == _logs(straight), context
-    shown_killed, shown_straight = _show(killed), _show(straight)
+    assert _logs(killed, killed_ledger) == _logs(straight, straight_ledger), context
+    shown_killed, shown_straight = _show(killed, killed_ledger), _show(straight, straight_ledger)
     assert shown_killed["status"] == "ok", context
     assert shown_killed["metrics"] == shown_straight["metrics"], context
     counts, expected = dict(shown_killed["counts"]), dict(shown_straight["counts"])
@@ -352,13 +503,13 @@ def run_scenario(tmp_path: Path, scenario: int) -> list[str]:
     expected.pop("worker_spawned", None)
     assert counts == expected, context
     # 3. verify, replay, diff
-    verified = _cli(killed, "verify", EXP)
+    verified = _cli(killed, killed_ledger, "verify", EXP)
     assert verified.returncode == 0, f"{context}\n{verified.stdout}{verified.stderr}"
-    replayed = _cli(killed, "replay", EXP, "--data-dir", "data", "--no-record")
+    replayed = _cli(killed, killed_ledger, "replay", EXP, "--data-dir", "data", "--no-record")
     assert replayed.returncode == 0 and replayed.stdout.startswith("CERTIFIED"), (
         f"{context}\n{replayed.stdout}{replayed.stderr}")
-    diffed = _cli(killed, "diff", EXP, EXP, "--db-b",
-                  f"sqlite:///{straight / 'ledger.db'}")
+    diffed = _cli(killed, killed_ledger, "diff", EXP, EXP, "--db-b",
+                  _store_url(straight, straight_ledger))
     assert diffed.returncode == 0 and diffed.stdout.startswith("IDENTICAL"), (
         f"{context}\n{diffed.stdout}{diffed.stderr}")
     return notes
@@ -370,3 +521,33 @@ def test_a_run_killed_at_random_points_and_resumed_equals_the_uninterrupted_run(
         tmp_path: Path, scenario: int) -> None:
     run_scenario(tmp_path, scenario)
 
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.parametrize("scenario", range(PG_SCENARIOS))
+def test_on_postgres_a_run_killed_at_random_points_and_resumed_equals_the_uninterrupted_run(
+        tmp_path: Path, scenario: int) -> None:
+    """The same property on PostgreSQL, with kills inside write transactions too: a claim or
+    release inserted, a take-over's or run_completed's lock taken, a batch's lock taken, a
+    COPY begun, half sent or sent and not yet committed — some with the killed driver's connections kept open a while, so that the
+    resumed process starts while the server still serves the dead client's transaction."""
+    run_scenario(tmp_path, scenario, "postgres")
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.parametrize("hook", ["batch-lock:2", "copied:2"])
+def test_on_postgres_a_resume_meeting_the_killed_drivers_open_batch_waits_for_it(
+        tmp_path: Path, hook: str) -> None:
+    """A driver killed inside a batch's transaction (its stream lock taken; or its rows sent,
+    not committed) while a child keeps its connection open: the server's backend goes on
+    holding that transaction, and the resumed process starts meanwhile. Its take-over of the
+    stream waits for that backend (it must not refuse, nor go on beside it) and the run ends
+    as the uninterrupted one. (``flush_every`` 1: the driver's second COPY is a writer's batch,
+    the first being the experiment's creation.)"""
+    plans = [Kill(workers=0, how=f"{hook} (paused, connections held 3 s)", db=hook, hold=3.0)]
+    notes = run_scenario(tmp_path, 0, "postgres", plans=plans,
+                         config={"flush_every": 1, "epochs": 2})
+    # the premise: the resumed process started while the dead driver's batch held its lock
+    assert "backends still serving it at the next start" in notes[0], notes
+    assert "advisory ShareLock" in notes[0], notes

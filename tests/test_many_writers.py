@@ -301,3 +301,43 @@ def test_a_rank_batch_cannot_slip_in_between_the_completion_counts_and_run_compl
         run.close()  # its failure was raised to its flush already
         assert [head.count for name, head in manager.store.stream_heads(exp.id).items()
                 if name == "rank-1"] == [1]
+
+
+def _record_rank_1(run: AttachedRun, batches: int, salt: bytes = b"") -> None:
+    """Record the first ``batches`` batch draws of rank 1 (``salt`` changes their outputs)."""
+    for batch in range(batches):
+        path = ("rank", 1, "epoch", 0, "batch", batch, "augment")
+        indices = hashlib.sha256(f"1/{batch}".encode()).digest()
+        run.record_draw("augmentation_batch", path, seed=derive_bytes(run.root_seed, path),
+                        params={"epoch": 0, "batch": batch, "batch_size": 8,
+                                "dataset": "fraud-2024Q1", "indices_digest": indices},
+                        input=indices, output=hashlib.sha256(indices + salt).digest())
+
+
+def _attach_record_and_die(url: str, exp: str) -> None:
+    """In a fresh process: attach as rank-1, record 3 draws durably, then die unclosed."""
+    run = AttachedRun.open(url, exp, "rank-1")
+    _record_rank_1(run, 3)
+    run.flush()
+    os._exit(9)
+
+
+def test_a_rank_attached_again_after_a_kill_records_each_draw_once(store: Store,
+                                                                    store_url: str) -> None:
+    """A rank killed and started again attaches to its stream once more (the dead claim is
+    taken over) and redoes its draws: those the stream holds are checked against the record,
+    not recorded a second time (they were: every draw twice, and replay refused the run)."""
+    recorded = record_experiment(store, workers=0, complete=False)
+    killed = multiprocessing.get_context("spawn").Process(
+        target=_attach_record_and_die, args=(store_url, recorded.exp))
+    killed.start()
+    killed.join()
+    assert killed.exitcode == 9
+    with AttachedRun(store, recorded.exp, "rank-1") as run:
+        _record_rank_1(run, 5)  # the 3 recorded before the kill, then 2 more
+        with pytest.raises(BadInputError, match="recorded once"):
+            _record_rank_1(run, 1, salt=b"other data")
+    paths = [tuple(decode_body(body)["path"]) for stream, _seq, _kind, body
+             in store.iter_run_bodies(recorded.exp) if stream == "rank-1"]
+    assert paths == [("rank", 1, "epoch", 0, "batch", batch, "augment") for batch in range(5)]
+    assert verify(store, recorded.exp).ok

@@ -68,9 +68,27 @@ class AttachedRun:
         self._writer = StreamWriter(store, exp, stream, take_over=take_over, write_behind=True,
                                     guard=self._refuse_completed_run)
         self._draws: dict[tuple[str, tuple], Any] = {}
+        try:
+            self._remember_draws()
+        except BaseException:
+            self._writer.close()
+            raise
         self._datasets: dict[str, Dataset] = {}
         self._loaders: weakref.WeakSet[Any] = weakref.WeakSet()
         self.closed = False
+
+    def _remember_draws(self) -> None:
+        """Load the draws the stream already holds: a process attached to it before (a rank
+        killed and started again) recorded them, and a draw is recorded once per run — the same
+        draw again is checked against the record, another output at its path refused."""
+        if not self._writer.next_seq:
+            return
+        for kind, body_bytes in self.store.iter_segment_rows(
+                self.id, self.stream, 0, self._writer.next_seq, ("kind", "body")):
+            body = decode_body(body_bytes)
+            if body["seed"] is not None:
+                self._draws[(kind, tuple(body["path"]))] = draw_value(kind, body["params"],
+                                                                      body["output"])
 
     @classmethod
     def open(cls, url: str | None, exp: str, stream: str, *, take_over: bool = False
@@ -124,13 +142,14 @@ class AttachedRun:
 
     def drew_here(self, kind: str, path: tuple[Label, ...], output: bytes) -> bool:
         """Whether this run recorded the draw (kind, path) with ``output`` (everything it
-        recorded, it recorded in this process). BadInputError when with another output."""
+        recorded, it recorded in this stream: here, or in a process attached to it before).
+        BadInputError when with another output."""
         return seen_draw(self._draws, kind, path, output)
 
     def repeats_draw(self, kind: str, path: tuple[Label, ...], output: bytes, *,
                      fresh: bool) -> bool:
-        """As :meth:`ledger.experiment.Experiment.repeats_draw`: an attached run is never
-        resumed, so this is :meth:`drew_here` (``fresh`` makes no difference)."""
+        """As :meth:`ledger.experiment.Experiment.repeats_draw`: :meth:`drew_here` (``fresh``
+        makes no difference; draws a process attached before recorded count as this run's)."""
         return self.drew_here(kind, path, output)
 
     def record_normalised_draw(self, kind: str, path: tuple[Label, ...], *, seed: bytes | None,
