@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -30,10 +31,13 @@ def tcp_client_ports(pid: int, server_port: int) -> set[int]:
     /proc): how a database server names a client's sessions (``client_port``). Empty once the
     process has ended."""
     try:
-        inodes = {os.readlink(fd).removeprefix("socket:[").removesuffix("]")
-                  for fd in Path(f"/proc/{pid}/fd").iterdir()}
+        descriptors = list(Path(f"/proc/{pid}/fd").iterdir())
     except OSError:
         return set()
+    inodes = set()
+    for descriptor in descriptors:
+        with contextlib.suppress(OSError):  # closed since the listing: not a connection now
+            inodes.add(os.readlink(descriptor).removeprefix("socket:[").removesuffix("]"))
     ports = set()
     for table in ("tcp", "tcp6"):
         try:
