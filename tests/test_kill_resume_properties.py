@@ -130,12 +130,26 @@ def _wait_gone(pids: list[int]) -> list[int]:
     return [pid for pid in pids if _alive(pid)]
 
 
-def _run(folder: Path, ledger: str, config: dict[str, Any], workers: int, *,
-         kill_at: int | None = None, pause: bool = True, race: float = 0.0,
-         flush: bool = False, reap_late: bool = False, db: str | None = None,
-         hold: float = 0.0) -> Attempt:
+@dataclass
+class Kill:
+    """Where one process of a run is killed (see :func:`_run`), and how that reads."""
+
+    workers: int
+    how: str
+    kill_at: int | None = None
+    pause: bool = True
+    race: float = 0.0
+    flush: bool = False
+    reap_late: bool = False
+    db: str | None = None
+    hold: float = 0.0
+
+
+def _run(folder: Path, ledger: str, config: dict[str, Any], workers: int,
+         kill: Kill | None = None) -> Attempt:
     """Run the driver in ``folder`` on the ledger at URL ``ledger`` (same argv for every run of
-    a ledger: the recorded entrypoint is the same). With ``kill_at``, SIGKILL the driver — not
+    a ledger: the recorded entrypoint is the same) with ``workers``, killed as ``kill`` says
+    (its fields below; None: not killed). With ``kill_at``, SIGKILL the driver — not
     its workers — at its ``kill_at``-th progress point: waiting there (``pause``), or ``race``
     seconds after it printed that point; with ``kill_at`` 0, ``race`` seconds after it started.
     With ``db`` (``HOOK:N``, see the driver's ``DB_HOOKS``) instead, at the N-th time it reaches
@@ -149,14 +163,17 @@ def _run(folder: Path, ledger: str, config: dict[str, Any], workers: int, *,
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     env.pop("LEDGER_URL", None)
     env.pop("LEDGER_DATA_DIR", None)
+    plan = kill or Kill(workers, "not killed")
+    kill_at, pause, race, reap_late, db = (plan.kill_at, plan.pause, plan.race, plan.reap_late,
+                                           plan.db)
     if kill_at and pause:
         env["KILL_RESUME_PAUSE_AT"] = str(kill_at)
-        env["KILL_RESUME_FLUSH_AT_PAUSE"] = "1" if flush else "0"
+        env["KILL_RESUME_FLUSH_AT_PAUSE"] = "1" if plan.flush else "0"
     if db:
         env["KILL_RESUME_DB_AT"] = db
         env["KILL_RESUME_DB_PAUSE"] = "1" if pause else "0"
-        if hold:
-            env["KILL_RESUME_HOLD"] = str(hold)
+        if plan.hold:
+            env["KILL_RESUME_HOLD"] = str(plan.hold)
     server_port = None if ledger == SQLITE_LEDGER else make_url(ledger).port or 5432
     process = subprocess.Popen(
         [sys.executable, str(DRIVER), ledger, "data", ".", EXP,
@@ -360,19 +377,6 @@ def _show(folder: Path, ledger: str) -> dict[str, Any]:
     return json.loads(shown.stdout)
 
 
-@dataclass
-class Kill:
-    """Where one process of a run is killed (see :func:`_run`), and how that reads."""
-
-    workers: int
-    how: str
-    kill_at: int | None = None
-    pause: bool = True
-    race: float = 0.0
-    flush: bool = False
-    reap_late: bool = False
-    db: str | None = None
-    hold: float = 0.0
 
 
 def _draw_kill(rng: random.Random, kill: int, total: int, postgres: bool) -> Kill:
@@ -425,9 +429,7 @@ def _kill_and_resume(rng: random.Random, label: str, config: dict[str, Any], tot
         plan = _draw_kill(rng, kill, total, postgres) if plans is None else plans[kill]
         where = (f"{label} kill {kill}: workers {plan.workers}, {plan.how}"
                  f"{', reaped late' if plan.reap_late else ''}; {config}")
-        attempt = _run(folder, ledger, config, plan.workers, kill_at=plan.kill_at,
-                       pause=plan.pause, race=plan.race, flush=plan.flush,
-                       reap_late=plan.reap_late, db=plan.db, hold=plan.hold)
+        attempt = _run(folder, ledger, config, plan.workers, plan)
         attempts += 1
         for zombie in unreaped:  # the process just run has met them unreaped: now reaped
             zombie.wait()
@@ -529,8 +531,9 @@ def test_on_postgres_a_run_killed_at_random_points_and_resumed_equals_the_uninte
         tmp_path: Path, scenario: int) -> None:
     """The same property on PostgreSQL, with kills inside write transactions too: a claim or
     release inserted, a take-over's or run_completed's lock taken, a batch's lock taken, a
-    COPY begun, half sent or sent and not yet committed — some with the killed driver's connections kept open a while, so that the
-    resumed process starts while the server still serves the dead client's transaction."""
+    COPY begun, half sent or sent and not yet committed — some with the killed driver's
+    connections kept open a while, so that the resumed process starts while the server still
+    serves the dead client's transaction."""
     run_scenario(tmp_path, scenario, "postgres")
 
 
