@@ -37,6 +37,15 @@ POSTGRES_LOCK_TIMEOUT = 10
 """Seconds a PostgreSQL read waits for a lock on a ledger table (another session's ``LOCK
 TABLE``, ``ALTER TABLE``, ``VACUUM FULL``) before it fails: without a bound, commands hung.
 Writes wait without a bound (see :func:`_configure_postgres`)."""
+POSTGRES_KEEPALIVE = {"idle": 30, "interval": 10, "count": 3}
+"""TCP keepalive on both ends of a PostgreSQL connection (seconds idle, seconds between probes,
+unanswered probes): a peer that vanished — its machine lost, the network cut — is noticed within
+about a minute instead of the operating system's default of over two hours. On the server this
+ends the backend of a writer whose machine was lost mid-batch, which releases the locks a
+``take_over=True`` waits for; on the client, a command stops instead of hanging on a vanished
+server. A stopped (Ctrl-Z) or busy process still answers: its kernel does. Settings named in
+the URL win (``?keepalives_idle=…`` for the client, ``?options=-c tcp_keepalives_idle=…`` for
+the server)."""
 _POSTGRES_CREATE_LOCK = 0x6C6564676572  # "ledger"
 """Key of the transaction-level advisory lock under which a PostgreSQL ledger is created."""
 WRITE_OPTION = "ledger_write"
@@ -177,16 +186,43 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
 
 
+def postgres_connect_args(url: URL) -> dict[str, Any]:
+    """The driver's connection arguments for a PostgreSQL ledger: the connect timeout and the
+    client's side of ``POSTGRES_KEEPALIVE``, each unless the URL sets it."""
+    arguments: dict[str, Any] = {"connect_timeout": POSTGRES_CONNECT_TIMEOUT, "keepalives": 1}
+    arguments.update({f"keepalives_{name}": value for name, value in POSTGRES_KEEPALIVE.items()})
+    return {name: value for name, value in arguments.items() if name not in url.query}
+
+
+def postgres_session_settings(url: URL) -> list[str]:
+    """The ``SET`` statements every PostgreSQL session of a ledger starts with: the read lock
+    timeout and the server's side of ``POSTGRES_KEEPALIVE``, each keepalive setting unless the
+    URL's ``options`` name it."""
+    options = url.query.get("options", "")
+    named = " ".join(options) if isinstance(options, tuple) else options
+    settings = [f"SET lock_timeout = {POSTGRES_LOCK_TIMEOUT * 1000}"]
+    settings += [f"SET tcp_keepalives_{name} = {value}"
+                 for name, value in POSTGRES_KEEPALIVE.items()
+                 if f"tcp_keepalives_{name}" not in named]
+    return settings
+
+
 def _configure_postgres(engine: Engine) -> None:
-    """Bound reads' lock waits by ``POSTGRES_LOCK_TIMEOUT``: a session holding a lock on a
+    """Start every session with :func:`postgres_session_settings`.
+
+    Reads' lock waits are bounded by ``POSTGRES_LOCK_TIMEOUT``: a session holding a lock on a
     ledger table then makes a command fail with one StoreError instead of hanging. Writes wait
     as long as the lock is held — a training run outlasts a maintenance ``VACUUM FULL``, its
     events buffered meanwhile, rather than stopping for it — except a command's
-    (``Store.bounded_writes``), bounded as reads are."""
+    (``Store.bounded_writes``), bounded as reads are. The server's keepalive ends the backend of
+    a client that vanished (``POSTGRES_KEEPALIVE``)."""
+    settings = postgres_session_settings(engine.url)
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):  # noqa: ANN001 - driver objects
         with dbapi_connection.cursor() as cursor:
-            cursor.execute(f"SET lock_timeout = {POSTGRES_LOCK_TIMEOUT * 1000}")
+            for statement in settings:
+                cursor.execute(statement)
         dbapi_connection.commit()  # a SET in a transaction rolled back would be undone
 
     @event.listens_for(engine, "begin")
@@ -339,7 +375,7 @@ def open_engine(url: str | None = None, *, create: bool = False) -> tuple[Engine
         _check_sqlite_file(path, create, defaulted=not url and not os.environ.get(URL_ENV))
     try:
         engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_SECONDS} if is_sqlite
-                               else {"connect_timeout": POSTGRES_CONNECT_TIMEOUT})
+                               else postgres_connect_args(parsed))
     except (NoSuchModuleError, ImportError) as error:
         raise StoreError(f"no driver for {shown}: {error} (install the 'postgres' extra)") from None
     except (ValueError, TypeError) as error:  # a URL argument of the wrong type
