@@ -71,6 +71,12 @@ def _body_view(raw: bytes) -> str:
         return "null"
 
 
+_LINE_BREAKS_ESCAPED = {ord(char): f"\\u{ord(char):04x}" for char in "\x85\u2028\u2029"}
+"""Characters JSON may hold raw inside a string but that ``str.splitlines`` (and other readers)
+split lines at; they can only occur inside strings here, so their escapes read back the same.
+(json.dumps escapes every other line break: they are control characters.)"""
+
+
 class _Writer:
     """Buffers lines, then encodes, hashes and writes them in blocks."""
 
@@ -82,7 +88,10 @@ class _Writer:
 
     def flush(self) -> None:
         """Encode, hash and write the buffered lines."""
-        data = "".join(self.lines).encode("utf-8", "backslashreplace")  # a tampered kind
+        text = "".join(self.lines)
+        if not text.isascii():
+            text = text.translate(_LINE_BREAKS_ESCAPED)
+        data = text.encode("utf-8", "backslashreplace")  # a tampered kind
         self.lines.clear()
         self.hasher.update(data)
         self.size += len(data)

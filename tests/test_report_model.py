@@ -733,6 +733,32 @@ def test_a_full_appendix_carries_every_body_in_the_event_schema(
         assert (entry["body"]["seq"], entry["body"]["kind"]) == (entry["seq"], entry["kind"])
 
 
+@pytest.mark.parametrize("full", [False, True])
+def test_appendix_lines_stay_lines_for_readers_that_split_at_unicode_line_breaks(
+        tmp_path: Path, full: bool) -> None:
+    """Labels and values may hold U+0085, U+2028 or U+2029: JSON leaves them raw, but
+    ``str.splitlines`` — and JavaScript before ES2019 — break lines there, and an appendix read
+    so lost its events. They are written escaped; every line still reads back as recorded."""
+    breaks = "a\x85b\u2028c\u2029d"
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("breaks", seed=5, hyperparams={"note": breaks}) as exp:
+            exp.generator("sample", breaks).random()
+    target = tmp_path / "events.ndjson"
+    with Store.open(url) as store, target.open("wb") as handle:
+        report = build_report(store, exp.id, ReportOptions(record=False, full_appendix=full),
+                              appendix=handle, appendix_name=target.name)
+    text = target.read_text(encoding="utf-8")
+    assert not {"\x85", "\u2028", "\u2029"} & set(text)
+    lines = text.splitlines()
+    assert len(lines) == report["R7"]["appendix"]["lines"] == report["R7"]["events"]
+    entries = [json.loads(line) for line in lines]
+    assert ["sample", breaks] in [entry["path"] for entry in entries]
+    if full:
+        created = next(entry for entry in entries if entry["kind"] == "experiment_created")
+        assert created["body"]["params"]["hyperparams"]["note"] == breaks
+
+
 def test_the_seed_tree_stays_bounded_however_many_paths_a_run_draws() -> None:
     tree = SeedTree(max_nodes=50)
     for index in range(5000):

@@ -228,8 +228,9 @@ def assert_appendix(lines: bytes, run: Oracle, bodies: bool = False) -> None:
     """The NDJSON appendix lists every event of the run as the store holds it (with
     ``bodies``, each line's body is the JSON view of the stored body)."""
     events = stored_events(run.db, run.exp)
-    listed = [json.loads(line) for line in lines.split(b"\n")[:-1]]  # not str.splitlines:
-    # a label may hold U+0085 or U+2028, which NDJSON leaves unescaped and Python splits at
+    listed = [json.loads(line) for line in lines.split(b"\n")[:-1]]
+    # a label may hold U+0085 or U+2028: escaped, so that str.splitlines reads the same lines
+    assert [json.loads(line) for line in lines.decode("utf-8").splitlines()] == listed
     assert lines.endswith(b"\n") or not lines
     order = {"main": 0, "audit": 2}
     expected = sorted(events, key=lambda e: (order.get(e.stream, 1), e.stream, e.seq))
