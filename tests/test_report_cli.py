@@ -141,6 +141,47 @@ def test_bad_input_exits_2_with_one_line(run: tuple[Path, str], args: tuple[str,
     assert stat.S_ISFIFO(pipe.stat().st_mode)  # a rename over it would have replaced the pipe
 
 
+@pytest.mark.parametrize("args,message", [
+    (("--jobs", "1"), "--jobs is for --replay only"),
+    (("-j", "2", "-o", "{folder}/r.json"), "--jobs is for --replay only"),
+    (("--trust", "my_ops", "--bundle", "{folder}/b"), "--trust is for --replay only"),
+    (("--full-appendix",), "--full-appendix needs an appendix"),
+    (("--full-appendix", "-o", "{folder}/r.json"), "--full-appendix needs an appendix"),
+])
+def test_an_option_that_would_change_nothing_is_refused(run: tuple[Path, str],
+                                                        args: tuple[str, ...],
+                                                        message: str) -> None:
+    """`--jobs` and `--trust` act only with `--replay`, `--full-appendix` only on an appendix
+    written: without them each was silently ignored (exit 0), so an auditor believed the
+    report was made with them. Now exit 2, one line, nothing written or recorded."""
+    folder, exp = run
+    before = sorted(path.name for path in folder.iterdir())
+    with Store.open(f"sqlite:///{folder / 'ledger.db'}") as store:
+        audit_before = store.counts_by_kind(exp).get("report_exported", 0)
+    done = _ledger(folder, "report", exp, *(arg.format(folder=folder) for arg in args))
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1 and done.stdout == ""
+    assert sorted(path.name for path in folder.iterdir()) == before
+    with Store.open(f"sqlite:///{folder / 'ledger.db'}") as store:
+        assert store.counts_by_kind(exp).get("report_exported", 0) == audit_before
+
+
+def test_full_appendix_with_an_appendix_or_a_bundle_puts_every_body_in_it(
+        run: tuple[Path, str], tmp_path: Path) -> None:
+    """The options the refusal above leaves: with an appendix written, `--full-appendix`
+    adds each event's body to its lines."""
+    folder, exp = run
+    appendix = tmp_path / "events.ndjson"
+    done = _ledger(folder, "report", exp, "--no-record", "-o", str(tmp_path / "r.json"),
+                   "--appendix", str(appendix), "--full-appendix")
+    assert done.returncode == 0, done.stderr
+    done = _ledger(folder, "report", exp, "--no-record", "--bundle", str(tmp_path / "b"),
+                   "--full-appendix")
+    assert done.returncode == 0, done.stderr
+    for lines in (appendix.read_text(), (tmp_path / "b" / "events.ndjson").read_text()):
+        assert all("body" in json.loads(line) for line in lines.splitlines())
+
+
 def test_a_retention_period_past_9999_is_refused_before_a_replay_runs(run: tuple[Path, str]
                                                                        ) -> None:
     """The retention dates were checked only after ``--replay`` had re-executed the run and

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TextIO
 
 import click
+from click.core import ParameterSource
 
 from cli.display import printable
 from cli.main import cli, db_option
@@ -47,7 +48,8 @@ def _date(_context: click.Context, _parameter: click.Parameter, value: str | Non
 @click.option("--appendix", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Also write the per-event NDJSON appendix to FILE (a bundle always has it).")
 @click.option("--full-appendix", is_flag=True,
-              help="Put each event's whole body (JSON view) in the appendix lines.")
+              help="Put each event's whole body (JSON view) in the appendix lines (with "
+                   "--appendix or --bundle).")
 @click.option("--replay", "run_replay", is_flag=True,
               help="Replay the run first and put its certificate in R8 (otherwise R8 quotes "
                    "the last recorded replay).")
@@ -101,6 +103,9 @@ def report_command(obj: dict, exp: str, fmt: str | None, output: Path | None, bu
     fmt = fmt or format_for(output)
     if bundle is not None and appendix is not None:
         raise BadInputError("a bundle always holds the appendix: drop --appendix")
+    _refuse_idle_options(click.get_current_context(), run_replay=run_replay,
+                         appendix_written=bundle is not None or appendix is not None,
+                         full_appendix=full_appendix)
     if as_json and output is None and bundle is None and fmt != "json":
         raise BadInputError(f"--json prints the JSON report or, with -o/--bundle, a summary "
                             f"of the files: it cannot go with --format {fmt} on stdout")
@@ -136,6 +141,26 @@ def report_command(obj: dict, exp: str, fmt: str | None, output: Path | None, bu
         click.echo(printable(f"  ! {alert}"))
     for written in result.written:
         click.echo(f"  wrote {written.path}  ({written.role}, sha256 {written.sha256[:16]}…)")
+
+
+def _refuse_idle_options(context: click.Context, *, run_replay: bool, appendix_written: bool,
+                         full_appendix: bool) -> None:
+    """BadInputError for an option that would change nothing: ``--jobs`` or ``--trust``
+    without ``--replay`` (only a replay runs processes or imports modules), and
+    ``--full-appendix`` when no appendix is written. Ignored, an auditor would believe the
+    report was made with them; refused when given at all, default value or not, as ``replay
+    --full`` refuses ``--jobs``."""
+    if not run_replay:
+        given = [option for option, name in (("--jobs", "jobs"), ("--trust", "trusted"))
+                 if context.get_parameter_source(name) is not ParameterSource.DEFAULT]
+        if given:
+            one = len(given) == 1
+            raise BadInputError(f"{' and '.join(given)} {'is' if one else 'are'} for --replay "
+                                f"only: give --replay too, or leave {'it' if one else 'them'} "
+                                f"out")
+    if full_appendix and not appendix_written:
+        raise BadInputError("--full-appendix needs an appendix to put the bodies in: give "
+                            "--appendix FILE or --bundle DIR")
 
 
 SUFFIX_FORMATS = {".html": "html", ".htm": "html", ".md": "md", ".markdown": "md"}
