@@ -31,7 +31,7 @@ from ledger.sampling import shuffle_path
 from ledger.seeds import check_root_seed, derive_bytes, draw_root_seed, root_seed_to_bytes
 from ledger.text import quoted
 from ledger.worker_seeding import expected_state_digest, worker_path
-from ledger.workers import WorkerError, WorkerPool
+from ledger.workers import WorkerError, WorkerPool, check_start_method
 
 STATE_FORMAT = "ledger/iterator-state/v1"
 MAX_TIMEOUT = 1_000_000
@@ -101,6 +101,8 @@ class TrainingDataIterator:
         self.drop_last = check_flag("drop_last", drop_last)
         self.augmenter = augmenter
         self.experiment = experiment
+        if start_method is not None:  # here, not at the first pass, and with 0 workers too
+            check_start_method(start_method)
         self.start_method = start_method
         self.timeout = timeout
         self.root_seed, self.augment_seed = self._roots(seed)

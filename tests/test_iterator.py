@@ -466,3 +466,16 @@ def test_fast_array_digest_refuses_what_array_digest_refuses(array: np.ndarray) 
     refuses them like array_digest does, rather than hashing pointers or padding."""
     with pytest.raises(EncodingError):
         fast_array_digest(array)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("start_method", ["bogus", "Fork", 5])
+def test_an_unknown_start_method_is_refused_when_the_iterator_is_made(num_workers: int,
+                                                                       start_method: object
+                                                                       ) -> None:
+    """README: the start method is fork, spawn or forkserver. Any other was taken without a
+    word with 0 workers (where it is unused) and refused only at the first pass with workers;
+    now the iterator is refused when made, as its other arguments are."""
+    with pytest.raises(BadInputError, match="start method"):
+        TrainingDataIterator(indexed_data(20), 4, seed=1, num_workers=num_workers,
+                             start_method=start_method)  # type: ignore[arg-type]
