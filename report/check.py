@@ -9,6 +9,7 @@ certifies — which catches a chain rewritten after the report, even with a new 
 (a stream of an incomplete run that went on after the report must hold the certified head
 at the position the report saw it, with no gap before it).
 Anything altered is a failure (exit 1); a file listed in R0 but absent is reported, not failed.
+An unsigned report (``--unsigned``) gets every check but the signature's.
 """
 
 from __future__ import annotations
@@ -82,15 +83,30 @@ def load_report(path: Path) -> dict[str, Any]:
     return report
 
 
-def check_report(path: Path, public_key: Path, *, signature: Path | None = None,
+UNSIGNED = "not checked: --unsigned"
+"""``ReportCheck.signature`` of a report checked without a key (``public_key=None``)."""
+
+
+def check_report(path: Path, public_key: Path | None, *, signature: Path | None = None,
                  exp: str | None = None, store: Store | None = None) -> ReportCheck:
-    """Check a report (see the module docstring); raises BadInputError for unusable inputs."""
+    """Check a report (see the module docstring); raises BadInputError for unusable inputs.
+
+    ``public_key=None`` checks an unsigned report (exported without ``--sign-key``): every
+    digest, ``exp`` and the ledger as for a signed one, but nothing vouches for who wrote it.
+    """
     report = load_report(path)
-    key = load_public_key(public_key)
+    key = None if public_key is None else load_public_key(public_key)
     check = ReportCheck(path, exp=_get(report, "R1", "exp"), report_id=_get(report, "R0",
                                                                              "report_id"))
     signature = signature or path.with_name(f"{path.name}.sig")
-    _check_signature(check, report, key, signature)
+    if key is None:
+        check.signature = UNSIGNED
+        named = _signing_key_named(report)
+        if named is not None:
+            check.notes.append(f"the report names signing key {named}: give --public-key to "
+                               f"check its signature")
+    else:
+        _check_signature(check, report, key, signature)
     _check_files(check, report, path.parent)
     _check_sums(check, path.parent, covered={path.name, signature.name})
     if exp is not None and check.exp != exp:
@@ -105,6 +121,13 @@ def _get(report: dict[str, Any], section: str, key: str) -> Any:
     return value if isinstance(value, str) else None
 
 
+def _signing_key_named(report: dict[str, Any]) -> str | None:
+    """The fingerprint of the key R9 says the report is signed with, if it names one."""
+    signed = report["R9"].get("signature")
+    named = signed.get("public_key_sha256") if isinstance(signed, dict) else None
+    return named if isinstance(named, str) else None
+
+
 def _check_signature(check: ReportCheck, report: dict[str, Any], key: Ed25519PublicKey,
                      signature_path: Path) -> None:
     try:
@@ -113,8 +136,7 @@ def _check_signature(check: ReportCheck, report: dict[str, Any], key: Ed25519Pub
         raise BadInputError(f"no signature {signature_path} (give --signature FILE)") from None
     raw = signature_bytes(text)
     given = fingerprint(key)
-    named = report["R9"].get("signature", {}).get("public_key_sha256") if isinstance(
-        report["R9"].get("signature"), dict) else None
+    named = _signing_key_named(report)
     if raw is None:
         check.signature = "malformed"
         check.failures.append(f"{signature_path.name} is not a base64 Ed25519 signature")

@@ -603,3 +603,68 @@ def test_keygen_names_each_key_file_and_the_fingerprint(tmp_path: Path) -> None:
         f"private key  {tmp_path / 't.key'}  (mode 600: keep it secret)",
         f"public key   {tmp_path / 't.pub'}",
         f"fingerprint  {digest}  (SHA-256 of the raw public key)"]
+
+
+@pytest.fixture(scope="module")
+def unsigned(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An unsigned bundle (u/) of experiment A, exported without a key, and its ledger."""
+    folder = tmp_path_factory.mktemp("unsigned")
+    with Store.open(f"sqlite:///{folder / 'ledger.db'}", create=True) as store:
+        record_experiment(store, A, root=1)
+        export_report(store, A, ReportOptions(record=False), bundle=folder / "u")
+    return folder
+
+
+def test_an_unsigned_bundle_verifies_with_unsigned_and_says_nothing_vouches_for_it(
+        unsigned: Path) -> None:
+    done = run_cli("--db", f"sqlite:///{unsigned / 'ledger.db'}", "verify-report",
+                   str(unsigned / "u" / "report.json"), "--unsigned", "--exp", A,
+                   "--against-ledger")
+    assert done.returncode == 0, done.stderr
+    first = done.stdout.splitlines()[0]
+    assert first.startswith("OK: ") and "signature not checked: --unsigned" in first
+    assert "nothing vouches for who wrote this report" in first
+    listed = json.loads((unsigned / "u" / "report.json").read_text())["R0"]["files"]
+    assert listed and all(f"  {entry['name']}: ok" in done.stdout for entry in listed)
+    as_json = json.loads(run_cli("verify-report", str(unsigned / "u" / "report.json"),
+                                 "--unsigned", "--json").stdout)
+    assert as_json["ok"] and as_json["signature"] == "not checked: --unsigned"
+
+
+def test_an_unsigned_bundle_still_fails_on_a_changed_file_experiment_or_ledger(
+        unsigned: Path, tmp_path: Path) -> None:
+    copy = Path(shutil.copytree(unsigned / "u", tmp_path / "u"))
+    report = copy / "report.json"
+    assert run_cli("verify-report", str(report), "--unsigned", "--exp", B).returncode == 1
+    rewritten = f"sqlite:///{tmp_path / 'rewritten.db'}"
+    with Store.open(rewritten, create=True) as store:
+        record_experiment(store, A, root=99)  # the same run id, recomputed chains
+    forged = run_cli("--db", rewritten, "verify-report", str(report), "--unsigned",
+                     "--against-ledger")
+    assert forged.returncode == 1 and "run head" in forged.stderr
+    markdown = copy / "report.md"
+    markdown.write_bytes(markdown.read_bytes() + b" ")
+    changed = run_cli("verify-report", str(report), "--unsigned")
+    assert changed.returncode == 1 and "report.md" in changed.stderr
+    assert len(changed.stderr.splitlines()) == 1
+
+
+def test_a_signed_report_checked_unsigned_names_the_key_it_skipped(bundle: Path,
+                                                                   signed: Path) -> None:
+    done = run_cli("verify-report", str(bundle / "report.json"), "--unsigned")
+    named = fingerprint(load_public_key(signed / "key.pub"))
+    assert done.returncode == 0, done.stderr
+    assert f"note: the report names signing key {named}: give --public-key" in done.stdout
+
+
+@pytest.mark.parametrize("options, message", [
+    ((), "give --public-key KEY to check the report's signature, or --unsigned"),
+    (("--unsigned", "--public-key", "KEY"), "it cannot go with --public-key"),
+    (("--unsigned", "--signature", "SIG"), "it cannot go with --signature"),
+])
+def test_verify_report_needs_a_key_or_unsigned_and_not_both(unsigned: Path,
+                                                            options: tuple[str, ...],
+                                                            message: str) -> None:
+    done = run_cli("verify-report", str(unsigned / "u" / "report.json"), *options)
+    assert done.returncode == 2 and message in done.stderr
+    assert len(done.stderr.splitlines()) == 1 and done.stdout == ""
