@@ -42,6 +42,8 @@ class ExperimentInfo:
     streams: list[StreamHead]
     metadata: dict[str, Any] = field(default_factory=dict)
     metrics: list[MetricSummary] = field(default_factory=list)
+    error: str | None = None
+    """What a failed run recorded as its error (``run_completed``'s ``error``), else None."""
 
     @property
     def complete(self) -> bool:
@@ -57,7 +59,7 @@ class ExperimentInfo:
                 "counts": self.counts, "events": sum(self.counts.values()),
                 "streams": [{"stream": h.stream, "count": h.count, "head": h.head}
                             for h in self.streams],
-                "metadata": self.metadata,
+                "metadata": self.metadata, "error": self.error,
                 "metrics": [metric.to_json() for metric in self.metrics]}
 
 
@@ -79,7 +81,20 @@ def describe_experiment(store: Store, exp: str) -> ExperimentInfo:
                           root_seed=root_seed, root_seed_source=params.get("root_seed_source"),
                           head=head, counts=counts, streams=streams,
                           metadata={key: params[key] for key in _SHOWN_PARAMS if key in params},
-                          metrics=metric_summaries(store, exp) if counts.get(METRIC) else [])
+                          metrics=metric_summaries(store, exp) if counts.get(METRIC) else [],
+                          error=_recorded_error(store, exp) if row.status == "failed" else None)
+
+
+def _recorded_error(store: Store, exp: str) -> str | None:
+    """The ``error`` a failed run's ``run_completed`` records, when it is text (a damaged body
+    shows none; ``ledger verify`` names it)."""
+    try:
+        completed = store.first_event_body(exp, RUN_COMPLETED)
+    except BadInputError:
+        return None
+    params = completed.get("params") if completed is not None else None
+    error = params.get("error") if isinstance(params, dict) else None
+    return error if isinstance(error, str) else None
 
 
 class MetricTally:

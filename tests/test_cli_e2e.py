@@ -227,6 +227,27 @@ def test_show_json(ledger_file: LedgerFile) -> None:
     assert "run_completed" not in running["counts"]
 
 
+def test_show_of_a_failed_run_gives_the_error_it_recorded(tmp_path: Path) -> None:
+    """Why a run failed is the first thing asked of it; run_completed records it."""
+    from ledger.experiment import ExperimentManager
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with pytest.raises(ValueError):
+            with manager.create_experiment("crashes", seed=1) as failed:
+                raise ValueError("loss became NaN\x1b[31m at step 1200")
+        with manager.create_experiment("fine", seed=1) as fine:
+            pass
+    out = run_cli("--db", url, "show", failed.id).stdout.splitlines()
+    assert "status      failed" in out
+    assert r"error       ValueError: loss became NaN\x1b[31m at step 1200" in out
+    assert not any(line.startswith("error") for line in run_cli("--db", url, "show",
+                                                                 fine.id).stdout.splitlines())
+    shown = one_json_document(run_cli("--db", url, "show", failed.id, "--json"))
+    assert shown["error"] == "ValueError: loss became NaN\x1b[31m at step 1200"
+    assert one_json_document(run_cli("--db", url, "show", fine.id, "--json"))["error"] is None
+
+
 def test_show_gives_the_last_value_of_each_metric(ledger_file: LedgerFile) -> None:
     """What an engineer comparing two runs asks first (AUC 0.923 against 0.891)."""
     out = ledger_file.cli("show", DONE).stdout

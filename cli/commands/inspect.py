@@ -61,6 +61,8 @@ def show_command(obj: dict, exp: str, as_json: bool) -> None:
     click.echo(f"created     {iso_time(info.created_t)}")
     click.echo(printable(f"status      {info.status}") + (
         "" if info.complete else "  (INCOMPLETE: no run_completed event)"))
+    if info.error is not None:
+        click.echo(printable(f"error       {info.error}"))
     source = f"  ({info.root_seed_source})" if info.root_seed_source else ""
     click.echo(printable(f"root seed   {info.root_seed if info.root_seed is not None else '-'}"
                          f"{source}"))
