@@ -117,3 +117,12 @@ def trusted_output_to_stderr() -> Iterator[None]:
     ``--json`` exactly one document (and ``ledger report`` on stdout, the report alone)."""
     with contextlib.redirect_stdout(sys.stderr):
         yield
+
+
+def refuse_take_over_without_record(record: bool, take_over: bool) -> None:
+    """``--take-over`` takes the audit stream over to record in it: with ``--no-record``
+    nothing is recorded, so it would be ignored — refused, as options that change nothing
+    are."""
+    if take_over and not record:
+        raise BadInputError("--take-over takes the audit stream over to record in it: it cannot "
+                            "go with --no-record")

@@ -147,6 +147,7 @@ def test_bad_input_exits_2_with_one_line(run: tuple[Path, str], args: tuple[str,
     (("--trust", "my_ops", "--bundle", "{folder}/b"), "--trust is for --replay only"),
     (("--full-appendix",), "--full-appendix needs an appendix"),
     (("--full-appendix", "-o", "{folder}/r.json"), "--full-appendix needs an appendix"),
+    (("--no-record", "--take-over"), "--take-over takes the audit stream over to record"),
 ])
 def test_an_option_that_would_change_nothing_is_refused(run: tuple[Path, str],
                                                         args: tuple[str, ...],
@@ -164,6 +165,16 @@ def test_an_option_that_would_change_nothing_is_refused(run: tuple[Path, str],
     assert sorted(path.name for path in folder.iterdir()) == before
     with Store.open(f"sqlite:///{folder / 'ledger.db'}") as store:
         assert store.counts_by_kind(exp).get("report_exported", 0) == audit_before
+
+
+def test_replay_refuses_take_over_with_no_record_before_it_replays(run: tuple[Path, str]
+                                                                  ) -> None:
+    """Nothing is recorded with --no-record, so --take-over would be ignored: refused."""
+    folder, exp = run
+    done = _ledger(folder, "replay", exp, "--no-record", "--take-over", "--json")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "it cannot go with --no-record" in done.stderr
+    assert json.loads(done.stdout)["error"]["exit_code"] == 2
 
 
 def test_full_appendix_with_an_appendix_or_a_bundle_puts_every_body_in_it(

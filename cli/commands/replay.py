@@ -9,7 +9,8 @@ from click.core import ParameterSource
 
 from cli.display import printable
 from cli.main import cli, db_option
-from cli.output import emit_json, iso_time, json_option, trusted_output_to_stderr
+from cli.output import (emit_json, iso_time, json_option, refuse_take_over_without_record,
+                        trusted_output_to_stderr)
 from ledger.audit import require_audit_append
 from ledger.errors import BadInputError, CheckFailedError, LedgerError, StoreError
 from ledger.store import Store
@@ -71,6 +72,7 @@ def replay_command(obj: dict, exp: str, jobs: int, trusted: tuple[str, ...],
     each draw from its recorded params. Prints CERTIFIED with counts per kind and the run's
     head, or DIVERGED with the first divergent event and its likely cause.
     """
+    refuse_take_over_without_record(record, take_over)
     if full:
         _check_full_options(click.get_current_context())
         return _full(obj["db_url"], exp, trusted, as_json)

@@ -12,7 +12,8 @@ from click.core import ParameterSource
 
 from cli.display import printable
 from cli.main import cli, db_option
-from cli.output import emit_json, json_option, trusted_output_to_stderr
+from cli.output import (emit_json, json_option, refuse_take_over_without_record,
+                        trusted_output_to_stderr)
 from ledger.errors import BadInputError
 from ledger.store import Store
 from report.export import FORMATS, export_report
@@ -103,6 +104,7 @@ def report_command(obj: dict, exp: str, fmt: str | None, output: Path | None, bu
     fmt = fmt or format_for(output)
     if bundle is not None and appendix is not None:
         raise BadInputError("a bundle always holds the appendix: drop --appendix")
+    refuse_take_over_without_record(record, take_over)
     _refuse_idle_options(click.get_current_context(), run_replay=run_replay,
                          appendix_written=bundle is not None or appendix is not None,
                          full_appendix=full_appendix)
