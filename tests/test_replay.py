@@ -354,8 +354,7 @@ def test_a_draw_recorded_without_a_seed_is_judged_by_its_output(folder: Path) ->
     certifies the draw when its replayer reproduces the output, and names the output — never a
     seed the run did not record — when it does not, with the digest its replayer produced."""
     from ledger.experiment import ExperimentManager
-    from replay import register_replayer
-    from replay.registry import Redraw
+    from replay import Redraw, register_replayer  # what a plug-in author imports
 
     register_replayer("test_seedless_draw")(
         lambda _context, body: Redraw(output=bytes([body["params"]["value"]]) * 32))
