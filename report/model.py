@@ -185,6 +185,8 @@ def _alerts(facts: RunFacts, sections: dict[str, Any], verified: VerifyReport) -
         alerts.append(f"REPLAY INCONCLUSIVE: {replay['reason']}")
     elif replay["verdict"] == NOT_REPLAYED:
         alerts.append("NOT REPLAYED: no replay was run or recorded for this experiment")
+    if replay["verdict"] == PASSED and _quoted(replay) and not verified.ok:
+        alerts.append(UNTRUSTED_PASS_ALERT)
     if replay["verdict"] == PASSED and replay["head_is_current"] is False:
         alerts.append("the recorded replay certified another head than the run's current head")
     if replay["environment_differences"]:
@@ -204,6 +206,12 @@ def _alerts(facts: RunFacts, sections: dict[str, Any], verified: VerifyReport) -
     if not sections["R7"]["scheme_known"]:
         alerts.append(f"unknown seed derivation scheme {sections['R7']['scheme']!r}")
     return alerts
+
+
+UNTRUSTED_PASS_ALERT = ("RECORDED PASS NOT TRUSTED: the ledger fails verification, so the "
+                        "recorded PASSED speaks for the run as that replay read it, not for the "
+                        "rows stored now (a replay refuses a ledger that fails verification)")
+"""The alert of a report quoting a recorded PASSED from a ledger that no longer verifies."""
 
 
 def _environment_alert(differences: list[Any]) -> str:
@@ -245,8 +253,10 @@ def _summary(facts: RunFacts, sections: dict[str, Any], verified: VerifyReport,
     replay = sections["R8"]["verdict"]
     integrity = "VERIFIED" if verified.ok else "FAILED"
     completeness = "complete" if facts.run_head is not None else "INCOMPLETE"
+    untrusted = (" — quoted from a ledger that fails verification" if replay == PASSED
+                 and not verified.ok and _quoted(sections["R8"]) else "")
     headline = (f"{facts.row.exp}: run {status}, {completeness}; ledger {integrity}; replay "
-                f"{replay.replace('_', ' ')}{_quoted(sections['R8'])}")
+                f"{replay.replace('_', ' ')}{_quoted(sections['R8'])}{untrusted}")
     return {"exp": facts.row.exp, "name": facts.row.name, "run_status": status,
             "complete": facts.run_head is not None,
             "run_head": facts.run_head.hex() if facts.run_head else None,

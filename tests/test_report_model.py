@@ -211,6 +211,31 @@ def test_a_tampered_run_is_reported_with_the_finding(tmp_path: Path) -> None:
     assert report["R8"]["verdict"] == "FAILED" and "verification" in report["R8"]["reason"]
 
 
+def test_a_recorded_pass_quoted_from_a_ledger_that_no_longer_verifies_is_flagged(
+        tmp_path: Path) -> None:
+    """A replay certified the run, then a row was edited: the report still quotes the recorded
+    PASSED (it is evidence of who claimed what), but beside a ledger that fails verification it
+    must not read as a pass of the rows stored now."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    exp = record_run(url, tmp_path / "data", epochs=1)
+    certified = report_of(url, exp, replay=True, data_dir=str(tmp_path / "data"), record=True)
+    assert certified["R8"]["verdict"] == "PASSED"
+    honest = report_of(url, exp)
+    assert honest["R8"]["verdict"] == "PASSED" and "as recorded by" in honest["summary"][
+        "headline"]
+    assert "fails verification" not in honest["summary"]["headline"]
+    assert not [a for a in honest["summary"]["alerts"] if a.startswith("RECORDED PASS")]
+    with Store.open(url) as store:
+        drop_append_only_triggers(store)
+        execute(store, "UPDATE ledger_events SET output = :value WHERE exp = :exp AND "
+                       "stream = 'main' AND seq = 3", value=bytes(32), exp=exp)
+    tampered = report_of(url, exp)
+    summary = tampered["summary"]
+    assert (summary["integrity"], summary["replay"]) == ("FAILED", "PASSED")
+    assert summary["headline"].endswith(" — quoted from a ledger that fails verification")
+    assert [a for a in summary["alerts"] if a.startswith("RECORDED PASS NOT TRUSTED: ")]
+
+
 def test_a_run_completed_moved_out_of_main_is_reported_complete_as_show_says(
         tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
