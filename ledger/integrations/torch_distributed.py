@@ -249,7 +249,8 @@ def recorded_world(store: Store, exp: str) -> int | None:
 def _is_rank_stream(stream: str) -> bool:
     """Whether ``stream`` is a rank's (``rank-r``, r ≥ 1, as :func:`rank_stream` names it)."""
     number = stream.removeprefix("rank-")
-    return stream.startswith("rank-") and number.isdigit() and rank_stream(int(number)) == stream
+    return (stream.startswith("rank-") and number.isdigit() and int(number) > 0
+            and rank_stream(int(number)) == stream)
 
 
 def _finish(run: Run, manager: ExperimentManager | None, rank: int, world: int, group: Any,
