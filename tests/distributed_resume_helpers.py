@@ -129,3 +129,54 @@ def resumable_rank(rank: int, world: int, init_file: str, url: str, data_dir: st
             progress.point("done")
     finally:
         dist.destroy_process_group()
+
+
+def rank_1_dies(rank: int, world: int, init_file: str, url: str, out_dir: str, exp: str | None,
+                on_failure: str) -> None:
+    """Rank 1 records a draw and dies inside the block (``exp`` None: the first attempt);
+    rank 0 ends its block normally and meets a process group the dead rank broke. Resumed
+    (``exp`` given), both ranks redo the draw and end normally. Rank 0 writes the run id to
+    ``OUT/exp``; each rank the error it got leaving the block (or "no error") to ``OUT/rank-R``."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=60))
+    outcome = "no error"
+    try:
+        with distributed_experiment("ddp-dies", url=url, seed=3, resume=exp,
+                                    on_failure=on_failure) as run:
+            if rank == 0:
+                Path(out_dir, "exp").write_text(run.id)
+            run.record_draw("coin_flip", ("rank", rank, "coin"), seed=b"\x01" * 16,
+                            params={"rank": rank}, output=b"\x02" * 32)
+            if rank == 1 and exp is None:
+                run.flush()
+                os._exit(3)
+            time.sleep(1 if exp is None else 0)  # rank 1 is gone by now
+    except Exception as error:  # noqa: BLE001 - written for the test to read
+        outcome = f"{type(error).__name__}: {error}"
+    finally:
+        Path(out_dir, f"rank-{rank}").write_text(outcome)
+        dist.destroy_process_group()
+
+
+def quick_job(rank: int, world: int, init_file: str, url: str, out_dir: str) -> None:
+    """A job that builds its DDP model and leaves the block at once (a resumed job with no
+    epoch left to train), then frees the model — and with it the process group its reducer
+    holds — straight away. The interpreter's switch interval is raised, so that the main thread
+    gives the GIL up only when it blocks: the rank deadlocked at the model's release whenever
+    gloo's worker thread had not yet let go of the ranks' last meeting (it needs the GIL for
+    that). Each rank writes ``done`` to ``OUT/rank-R`` once past it."""
+    import sys
+
+    import torch.distributed as dist
+
+    sys.setswitchinterval(30.0)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=60))
+    model = torch.nn.parallel.DistributedDataParallel(torch_helpers.small_model())
+    with distributed_experiment("quick", url=url, seed=3):
+        pass
+    dist.destroy_process_group()
+    del model
+    Path(out_dir, f"rank-{rank}").write_text("done")
