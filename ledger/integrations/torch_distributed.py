@@ -197,7 +197,8 @@ def check_resumable(store: Store, exp: str, *, name: str, seed: int | None,
 
     The world size counts when the run's ranks recorded draws with it: a rank's batches are
     its share of the data, so another world would redo the recorded epochs with other shares
-    (refused only at the first redone batch) or leave a stream ``rank-r`` no rank continues.
+    (the run holding an epoch twice, shared two ways, or a redone batch refused mid-training)
+    and could leave a stream ``rank-r`` that no rank continues.
     The world is read from the streams ``rank-r`` the run has and the ``num_replicas`` their
     ``worker_spawned`` and ``augmentation_batch`` draws name; a run whose ranks recorded no
     draw yet may be resumed with any world. Completion and verification are
