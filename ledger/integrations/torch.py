@@ -20,7 +20,9 @@ Install the ``torch`` extra (``torch==2.13.0``). The pieces, each usable alone:
   the same for any ``num_workers``, start method and ``persistent_workers``.
 - :func:`distributed_experiment` — one experiment for all ranks of a ``torch.distributed`` job:
   rank 0 creates it and records to ``main``, rank r attaches with stream ``rank-r``, and rank 0
-  records ``run_completed`` after every rank has flushed.
+  records ``run_completed`` after every rank has flushed; ``resume=EXP`` continues a run whose
+  job died (a torchrun restart), and :func:`flush_ranks` before each checkpoint file keeps the
+  files from running ahead of the ledger.
 
 ``ledger replay`` re-executes all of it: the built-in replayers for ``epoch_reset`` and
 ``worker_spawned``, and :mod:`replay.torch_replayers` for the batches (the transform must be
@@ -44,7 +46,7 @@ except ImportError as error:  # pragma: no cover - exercised only without torch
 from ledger.integrations.runs import AttachedRun
 from ledger.integrations.sharding import INTEGRATION
 from ledger.integrations.torch_distributed import (Run, barrier, distributed_experiment,
-                                                   rank_stream, register_dataset)
+                                                   flush_ranks, rank_stream, register_dataset)
 from ledger.integrations.torch_loader import (RECORD_EVERY, RecordedDataLoader,
                                               recorded_dataloader, register_torch_dataset)
 from ledger.integrations.torch_sampler import BatchRequest, RecordedSampler
@@ -57,7 +59,8 @@ from ledger.integrations.transforms import (PER, lookup_transform, register_tran
 
 __all__ = ["AttachedRun", "BatchRequest", "INTEGRATION", "PER", "RECORD_EVERY",
            "RecordedDataLoader", "RecordedSampler", "RecordedTransform", "Run", "SeedWorkers",
-           "WorkerSeedingError", "barrier", "distributed_experiment", "lookup_transform",
+           "WorkerSeedingError", "barrier", "distributed_experiment", "flush_ranks",
+           "lookup_transform",
            "make_batch", "manual_seed", "path_generator", "rank_stream", "recorded_dataloader",
            "register_dataset", "register_torch_dataset", "register_transform",
            "registered_transforms", "state_arrays", "tensor_digest", "torch_generator",
