@@ -253,8 +253,8 @@ def _summary(facts: RunFacts, sections: dict[str, Any], verified: VerifyReport,
     replay = sections["R8"]["verdict"]
     integrity = "VERIFIED" if verified.ok else "FAILED"
     completeness = "complete" if facts.run_head is not None else "INCOMPLETE"
-    untrusted = (" — quoted from a ledger that fails verification" if replay == PASSED
-                 and not verified.ok and _quoted(sections["R8"]) else "")
+    untrusted = (" — quoted from a ledger that fails verification"
+                 if UNTRUSTED_PASS_ALERT in alerts else "")
     headline = (f"{facts.row.exp}: run {status}, {completeness}; ledger {integrity}; replay "
                 f"{replay.replace('_', ' ')}{_quoted(sections['R8'])}{untrusted}")
     return {"exp": facts.row.exp, "name": facts.row.name, "run_status": status,
