@@ -62,6 +62,14 @@ def _db_after_command(context: click.Context, _param: click.Parameter, value: st
     obj["db_url"], obj["db_named"] = value, True
 
 
+def refuse_unread_db(obj: dict, why: str) -> None:
+    """Refuse ``--db`` named on the command line where nothing reads a ledger (``why`` says
+    what would): an auditor would believe the ledger was checked. LEDGER_URL, set for every
+    command, is not refused."""
+    if obj.get("db_named"):
+        raise click.UsageError(f"--db names a ledger, but {why}")
+
+
 def db_option(function):  # noqa: ANN001, ANN201 - click decorator
     """``--db URL`` on a command that opens the ledger, so that ``ledger verify EXP --db URL``
     works as ``ledger --db URL verify EXP`` does."""

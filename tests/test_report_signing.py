@@ -668,3 +668,30 @@ def test_verify_report_needs_a_key_or_unsigned_and_not_both(unsigned: Path,
     done = run_cli("verify-report", str(unsigned / "u" / "report.json"), *options)
     assert done.returncode == 2 and message in done.stderr
     assert len(done.stderr.splitlines()) == 1 and done.stdout == ""
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_verify_report_refuses_a_db_that_nothing_reads(unsigned: Path, where: str) -> None:
+    """Without --against-ledger nothing reads the ledger --db names: an auditor giving it would
+    believe the report was checked against that ledger."""
+    report, db = str(unsigned / "u" / "report.json"), f"sqlite:///{unsigned / 'ledger.db'}"
+    arguments = (["--db", db, "verify-report", report, "--unsigned"] if where == "before"
+                 else ["verify-report", report, "--unsigned", "--db", db])
+    done = run_cli(*arguments)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "ledger: error: --db names a ledger, but only --against-ledger reads one: add it, or "
+        "drop --db"]
+    assert run_cli(*arguments, "--against-ledger").returncode == 0
+    from_environment = run_cli("verify-report", report, "--unsigned",
+                               env={**os.environ, "LEDGER_URL": db})
+    assert from_environment.returncode == 0, from_environment.stderr
+
+
+def test_keygen_refuses_a_db_and_writes_no_key(tmp_path: Path) -> None:
+    done = run_cli("--db", f"sqlite:///{tmp_path / 'ledger.db'}", "keygen", "--out",
+                   str(tmp_path / "k"))
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == ["ledger: error: --db names a ledger, but keygen reads "
+                                        "none: drop --db"]
+    assert sorted(tmp_path.iterdir()) == []

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from cli.display import printable
-from cli.main import cli, db_option
+from cli.main import cli, db_option, refuse_unread_db
 from cli.output import emit_json, json_option
 from ledger.errors import BadInputError, CheckFailedError
 from ledger.store import Store
@@ -42,6 +42,8 @@ def verify_report_command(obj: dict, report: Path, public_key: Path | None,
     """Verify a report: its Ed25519 signature over the canonical JSON bytes, the SHA-256 of
     every file it lists that lies beside it, and SHA256SUMS when present."""
     _check_key_choice(public_key, signature, unsigned)
+    if not against_ledger:
+        refuse_unread_db(obj, "only --against-ledger reads one: add it, or drop --db")
     if against_ledger:
         with Store.open(obj["db_url"]) as store:
             outcome = check_report(report, public_key, signature=signature, exp=expected_exp,
