@@ -119,6 +119,13 @@ def trusted_output_to_stderr() -> Iterator[None]:
         yield
 
 
+def options_given(context: click.Context, options: dict[str, str]) -> list[str]:
+    """Which of ``options`` (flag → parameter name) the user gave, default value or not, in
+    the order listed: for refusing options that would change nothing."""
+    return [flag for flag, name in options.items()
+            if context.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+
+
 def refuse_take_over_without_record(record: bool, take_over: bool) -> None:
     """``--take-over`` takes the audit stream over to record in it: with ``--no-record``
     nothing is recorded, so it would be ignored — refused, as options that change nothing

@@ -5,12 +5,11 @@ from __future__ import annotations
 import sys
 
 import click
-from click.core import ParameterSource
 
 from cli.display import printable
 from cli.main import cli, db_option
-from cli.output import (emit_json, iso_time, json_option, refuse_take_over_without_record,
-                        trusted_output_to_stderr)
+from cli.output import (emit_json, iso_time, json_option, options_given,
+                        refuse_take_over_without_record, trusted_output_to_stderr)
 from ledger.audit import require_audit_append
 from ledger.errors import BadInputError, CheckFailedError, LedgerError, StoreError
 from ledger.store import Store
@@ -114,9 +113,8 @@ def _check_full_options(context: click.Context) -> None:
     """Refuse options ``--full`` cannot honour rather than ignore them: its job re-runs in
     this process and makes its own data (so no --jobs, no --data-dir), and it records nothing
     in the audited ledger (so no --take-over). Refused when given at all, default value or not."""
-    given = [option for option, name in (("--jobs", "jobs"), ("--data-dir", "data_dir"),
-                                         ("--take-over", "take_over"))
-             if context.get_parameter_source(name) is not ParameterSource.DEFAULT]
+    given = options_given(context, {"--jobs": "jobs", "--data-dir": "data_dir",
+                                    "--take-over": "take_over"})
     if given:
         raise BadInputError(f"{' and '.join(given)} cannot be used with --full: it re-runs the "
                             f"recorded job in this process, where the job makes its own data, "

@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import TextIO
 
 import click
-from click.core import ParameterSource
 
 from cli.display import printable
 from cli.main import cli, db_option
-from cli.output import (emit_json, json_option, refuse_take_over_without_record,
-                        trusted_output_to_stderr)
+from cli.output import (emit_json, json_option, options_given,
+                        refuse_take_over_without_record, trusted_output_to_stderr)
 from ledger.errors import BadInputError
 from ledger.store import Store
 from report.export import FORMATS, export_report
@@ -153,8 +152,7 @@ def _refuse_idle_options(context: click.Context, *, run_replay: bool, appendix_w
     report was made with them; refused when given at all, default value or not, as ``replay
     --full`` refuses ``--jobs``."""
     if not run_replay:
-        given = [option for option, name in (("--jobs", "jobs"), ("--trust", "trusted"))
-                 if context.get_parameter_source(name) is not ParameterSource.DEFAULT]
+        given = options_given(context, {"--jobs": "jobs", "--trust": "trusted"})
         if given:
             one = len(given) == 1
             raise BadInputError(f"{' and '.join(given)} {'is' if one else 'are'} for --replay "
