@@ -78,6 +78,7 @@ def test_ledger_demo_prints_both_runs_and_exits_0_when_identical(tmp_path: Path)
     done = run_cli("demo", "--epochs", "1", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     text = done.stdout
+    assert text.splitlines()[0] == "training fraud-detection-v3 twice: seed 42, 2 workers, 1 epoch"
     assert "run 1/2  epoch 1/1" in text and "run 2/2  epoch 1/1" in text
     assert text.count("final val AUC") == 2 and "IDENTICAL" in text
     assert (tmp_path / "ledger.db").is_file() and (tmp_path / "ledger-data").is_dir()
@@ -145,6 +146,7 @@ def test_ledger_demo_with_a_data_folder_it_cannot_use_writes_nothing(tmp_path: P
                    "a-file/data", cwd=tmp_path)
     assert done.returncode == 2 and "cannot store datasets in a-file/data" in done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert done.stdout == ""
     assert not (tmp_path / "ledger.db").exists()
     (tmp_path / "ledger-data").write_text("in the way of the default data folder")
     done = run_cli("--db", "sqlite:///ledger.db", "demo", "--epochs", "1", cwd=tmp_path,
@@ -209,6 +211,7 @@ def test_a_demo_refused_by_its_ledger_leaves_no_data_folder(tmp_path: Path, url:
     done = run_cli("--db", url.format(ledger=ledger), "demo", "--data-dir",
                    str(tmp_path / "new" / "data"), cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stdout == ""  # no banner of a demo that never started
     assert not (tmp_path / "new").exists()
     with Store.open(f"sqlite:///{ledger}") as store:
         assert store.experiments() == []

@@ -44,12 +44,15 @@ def demo_command(obj: dict, seed: int, workers: int, epochs: int, inject_nondete
         click.echo(f"run {run}/2  epoch {epoch + 1}/{epochs}  train loss {loss:.4f}  "
                    f"val AUC {auc:.4f}", err=as_json)
 
-    if not as_json:
-        injected = ", nondeterminism injected" if inject_nondeterminism else ""
-        click.echo(f"training fraud-detection-v3 twice: seed {seed}, "
-                   f"{_count(workers, 'worker')}, {_count(epochs, 'epoch')}{injected}")
+    def banner() -> None:
+        if not as_json:
+            injected = ", nondeterminism injected" if inject_nondeterminism else ""
+            click.echo(f"training fraud-detection-v3 twice: seed {seed}, "
+                       f"{_count(workers, 'worker')}, {_count(epochs, 'epoch')}{injected}")
+
     result = run_demo(obj["db_url"], data_dir=data_dir, seed=seed, workers=workers, epochs=epochs,
-                      inject_nondeterminism=inject_nondeterminism, on_epoch=progress)
+                      inject_nondeterminism=inject_nondeterminism, on_epoch=progress,
+                      on_start=banner)
     if as_json:
         emit_json(result.to_json())
     else:

@@ -53,9 +53,13 @@ class DemoResult:
 def run_demo(url: str | None, *, data_dir: str | os.PathLike[str] | None = None, seed: int = 42,
              workers: int = 2, epochs: int = HYPERPARAMS["epochs"],
              transactions: int | None = None, inject_nondeterminism: bool = False,
-             start_method: str | None = None, on_epoch: EpochProgress | None = None
-             ) -> DemoResult:
-    """Train twice into the ledger at ``url`` (created if missing) and compare the two runs."""
+             start_method: str | None = None, on_epoch: EpochProgress | None = None,
+             on_start: Callable[[], None] | None = None) -> DemoResult:
+    """Train twice into the ledger at ``url`` (created if missing) and compare the two runs.
+
+    ``on_start`` is called once the ledger and the data folder are ready, before the first run:
+    where a banner belongs, which a refused ledger or folder must not be preceded by.
+    """
     # A data folder that is missing or cannot hold the data stops the demo before the ledger
     # is created or written (not as empty tables, or a failed run, in it).
     created: list[Path] = []
@@ -80,6 +84,8 @@ def run_demo(url: str | None, *, data_dir: str | os.PathLike[str] | None = None,
         if data_dir is None:  # the default folder, before any run (a given one is made)
             prepare_data_dir(Path(manager.data_dir))
         result = DemoResult(ledger=manager.store.url, data_dir=str(Path(manager.data_dir)))
+        if on_start is not None:
+            on_start()
         for index in range(1, RUNS + 1):
             progress = None if on_epoch is None else (
                 lambda epoch, loss, auc, index=index: on_epoch(index, epoch, loss, auc))
