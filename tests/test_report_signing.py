@@ -687,11 +687,3 @@ def test_verify_report_refuses_a_db_that_nothing_reads(unsigned: Path, where: st
                                env={**os.environ, "LEDGER_URL": db})
     assert from_environment.returncode == 0, from_environment.stderr
 
-
-def test_keygen_refuses_a_db_and_writes_no_key(tmp_path: Path) -> None:
-    done = run_cli("--db", f"sqlite:///{tmp_path / 'ledger.db'}", "keygen", "--out",
-                   str(tmp_path / "k"))
-    assert done.returncode == 2
-    assert done.stderr.splitlines() == ["ledger: error: --db names a ledger, but keygen reads "
-                                        "none: drop --db"]
-    assert sorted(tmp_path.iterdir()) == []

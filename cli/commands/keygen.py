@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.main import cli, refuse_unread_db
+from cli.main import cli
 from cli.output import emit_json, json_option
 from report.signing import generate_key_pair
 
@@ -14,14 +14,12 @@ from report.signing import generate_key_pair
 @click.option("--out", "prefix", required=True, type=str,
               metavar="PREFIX", help="Write PREFIX.key (private, mode 0600) and PREFIX.pub.")
 @json_option
-@click.pass_obj
-def keygen_command(obj: dict, prefix: str, as_json: bool) -> None:
+def keygen_command(prefix: str, as_json: bool) -> None:
     """Write an Ed25519 key pair for `ledger report --sign-key`.
 
     The private key (PKCS#8 PEM, unencrypted) is readable by its owner only; keep it
     somewhere safe. The public key is all that `ledger verify-report` needs.
     """
-    refuse_unread_db(obj, "keygen reads none: drop --db")
     private, public, fingerprint = generate_key_pair(prefix)
     if as_json:
         emit_json({"private_key": str(private), "public_key": str(public),
