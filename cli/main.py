@@ -170,8 +170,10 @@ def main(argv: list[str] | None = None) -> None:
         code = _failed(error, error.exit_code, f"error: {_one_line(str(error))}")
     except ReaderGone:  # `ledger list | head -1`: not a finding, and not a success either
         code = _reader_gone()
-    except Exception as error:  # never a traceback for users; LEDGER_DEBUG=1 shows it
-        if os.environ.get("LEDGER_DEBUG"):
+    except BaseException as error:  # never a traceback for users; LEDGER_DEBUG=1 shows it
+        # BaseException: trusted code (a --trust module, a plug-in's op) may raise one that is
+        # no Exception; Ctrl-C reaches here as click's Abort, so a KeyboardInterrupt is not ours.
+        if os.environ.get("LEDGER_DEBUG") or isinstance(error, KeyboardInterrupt):
             raise
         code = _failed(error, 2, f"internal error: {type(error).__name__}: "
                                  f"{_one_line(str(error))} (set LEDGER_DEBUG=1 for a traceback)")
