@@ -485,6 +485,26 @@ def test_an_unsupported_database_url(tmp_path: Path, url: str) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("where", ["--db", "LEDGER_URL", "--db-b", "demo"])
+def test_a_database_url_of_bytes_that_are_not_utf8_is_refused_as_such(tmp_path: Path,
+                                                                      where: str) -> None:
+    """``--db sqlite:///\xff.db`` (a path in a Latin-1 file system, say): the lone surrogate
+    Python decodes the byte to reached SQLAlchemy, which could not show or open the URL — an
+    internal error. Now the URL is refused as not a database URL, saying why; nothing made."""
+    url = "sqlite:///" + (tmp_path / "\udcff.db").as_posix()  # the byte 0xff, as argv gives it
+    if where == "--db":
+        result = run_cli("--db", url, "list", "--json", cwd=tmp_path)
+    elif where == "LEDGER_URL":
+        result = run_cli("list", "--json", cwd=tmp_path, env={"LEDGER_URL": url})
+    elif where == "--db-b":
+        result = run_cli("--db", url, "diff", DONE, DONE, "--db-b", url, cwd=tmp_path)
+    else:  # demo says what it trains first, on stdout
+        result = run_cli("--db", url, "demo", cwd=tmp_path)
+        result.stdout = ""
+    assert_one_line_error(result, says="not UTF-8")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("command", [("list",), ("show", DONE), ("verify", DONE),
                                      ("verify", DONE, "--jobs", "1")], ids=ids)
 def test_db_may_follow_the_command_name(ledger_file: LedgerFile, command: tuple[str, ...],
