@@ -132,8 +132,25 @@ def _register_commands() -> None:
     from cli import commands  # noqa: F401 - importing registers the commands on `cli`
 
 
+def _reopen_closed_streams() -> None:
+    """Point a standard stream whose descriptor is closed (``ledger verify 2>&-``, a job
+    started without one) at the null device. Python makes such a stream None, and the first
+    write or ``isatty`` failed: ``verify`` of a ledger that verifies exited 2, and with stdout
+    closed every command ended in a traceback (exit 120). Now the command runs and exits with
+    its own code, its output lost as any output to a closed descriptor is."""
+    for name, descriptor in (("stdout", 1), ("stderr", 2)):
+        if getattr(sys, name) is not None:
+            continue
+        opened = os.open(os.devnull, os.O_WRONLY)  # takes the lowest free descriptor: this one
+        if opened != descriptor:
+            os.dup2(opened, descriptor)
+            os.close(opened)
+        setattr(sys, name, open(descriptor, "w", encoding="utf-8", closefd=False))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every error ends as one line on stderr and its documented exit code."""
+    _reopen_closed_streams()
     for stream in (sys.stdout, sys.stderr):  # text from a hostile ledger must not stop output
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:

@@ -618,6 +618,31 @@ def test_a_report_on_stdout_whose_reader_goes_away_is_exit_141_and_not_recorded(
         assert "report_exported" not in store.counts_by_kind(exp.id)
 
 
+def _run_with_closed(descriptor: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """The command with standard descriptor ``descriptor`` closed (``ledger … 2>&-``), the
+    other one captured."""
+    kept = {"stdout": subprocess.PIPE} if descriptor == 2 else {"stderr": subprocess.PIPE}
+    return subprocess.run([sys.executable, "-m", "cli", *args], **kept, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          preexec_fn=lambda: os.close(descriptor))
+
+
+def test_a_closed_stdout_or_stderr_keeps_the_commands_own_exit_code(
+        ledger_file: LedgerFile) -> None:
+    """``ledger verify 2>&-``, as a job started without a stderr runs it: Python makes the
+    stream None and verify, whose check passed, exited 2 (its progress line asked None whether
+    it is a terminal); with stdout closed every command ended in a traceback and exit 120.
+    Now the output to the closed descriptor is lost, and the exit code is the command's."""
+    verified = _run_with_closed(2, "--db", ledger_file.url, "verify")
+    assert verified.returncode == 0 and verified.stdout.startswith("OK: ")
+    quiet = _run_with_closed(1, "--db", ledger_file.url, "verify", "--json")
+    assert (quiet.returncode, quiet.stderr) == (0, "")
+    unknown = _run_with_closed(1, "--db", ledger_file.url, "show", "exp-000000000000")
+    assert unknown.returncode == 2
+    assert unknown.stderr.splitlines() == ["ledger: error: unknown experiment exp-000000000000 "
+                                           f"in {ledger_file.url}"]
+
+
 def test_ctrl_c_while_the_command_starts_is_one_line_and_exit_130() -> None:
     """Ctrl-C in the first half second — while numpy and SQLAlchemy load — printed a
     KeyboardInterrupt traceback through the imports. The interrupt is sent here right after the
