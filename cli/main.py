@@ -87,6 +87,12 @@ class ReaderGone(Exception):
     into exit 0 — which after a failed check would read as success."""
 
 
+class OutputFailed(LedgerError):
+    """stdout refused a write other than by a closed pipe — a full disk (``> /dev/full``), an
+    I/O error: the command's output is lost, exit 2 naming why. The machine's failure, not an
+    internal error of the ledger, as it was shown."""
+
+
 class _GuardedStdout:
     """``sys.stdout`` whose writes raise :class:`ReaderGone` on a broken pipe.
 
@@ -115,6 +121,8 @@ class _GuardedStdout:
                 view = view[self._wrapped.buffer.write(view) or 0:]
         except BrokenPipeError:
             raise ReaderGone from None
+        except OSError as error:
+            raise _output_failed(error) from None
 
     def flush(self) -> None:
         """Flush both layers down to the file, or raise ReaderGone."""
@@ -123,9 +131,16 @@ class _GuardedStdout:
             self._wrapped.buffer.flush()
         except BrokenPipeError:
             raise ReaderGone from None
+        except OSError as error:
+            raise _output_failed(error) from None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._wrapped, name)
+
+
+def _output_failed(error: OSError) -> OutputFailed:
+    """The one-line error of a write to stdout that failed with ``error``."""
+    return OutputFailed(f"cannot write the output: {error.strerror or error}")
 
 
 def _register_commands() -> None:
@@ -198,6 +213,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.stdout.flush()  # here, not at interpreter exit, so that a closed pipe is seen
     except ReaderGone:
         code = _reader_gone()
+    except OutputFailed as error:
+        code = _failed(error, error.exit_code, f"error: {error}")
+        _reader_gone()  # what is left unwritten must not fail again at exit
     sys.stdout = stdout
     sys.exit(code if isinstance(code, int) else 0)
 

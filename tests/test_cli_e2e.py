@@ -643,6 +643,22 @@ def test_a_closed_stdout_or_stderr_keeps_the_commands_own_exit_code(
                                            f"in {ledger_file.url}"]
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")
+@pytest.mark.parametrize("command", [VERIFY, VERIFY_JSON, SHOW, LIST], ids=ids)
+def test_a_stdout_that_refuses_writes_is_one_error_line_not_an_internal_error(
+        ledger_file: LedgerFile, command: tuple[str, ...]) -> None:
+    """``ledger verify > /dev/full``: the write's OSError reached the catch-all, shown as
+    ``internal error: OSError: [Errno 28] …`` — a bug of ours, by its words. It is the
+    machine's: one error line naming it, exit 2."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "cli", "--db", ledger_file.url, *command],
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == ["ledger: error: cannot write the output: No space left "
+                                        "on device"], done.stderr
+
+
 def test_ctrl_c_while_the_command_starts_is_one_line_and_exit_130() -> None:
     """Ctrl-C in the first half second — while numpy and SQLAlchemy load — printed a
     KeyboardInterrupt traceback through the imports. The interrupt is sent here right after the
