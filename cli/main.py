@@ -23,7 +23,7 @@ from cli.output import (emit_json, error_document, forget_json_request, json_req
                         note_json_request)
 from ledger import __version__
 from ledger.errors import LedgerError
-from ledger.text import escape_unprintable
+from ledger.text import escape_unprintable, quoted
 
 EXIT_CODES_HELP = """\b
 Exit codes (the same for every command):
@@ -202,6 +202,9 @@ def main(argv: list[str] | None = None) -> None:
         code = _failed(error, error.exit_code, f"error: {_one_line(str(error))}")
     except ReaderGone:  # `ledger list | head -1`: not a finding, and not a success either
         code = _reader_gone()
+    except OSError as error:  # the machine's, not a bug of ours: see _os_error_text
+        problem = LedgerError(_os_error_text(error))
+        code = _failed(problem, problem.exit_code, f"error: {_one_line(str(problem))}")
     except BaseException as error:  # never a traceback for users; LEDGER_DEBUG=1 shows it
         # BaseException: trusted code (a --trust module, a plug-in's op) may raise one that is
         # no Exception; Ctrl-C reaches here as click's Abort, so a KeyboardInterrupt is not ours.
@@ -218,6 +221,15 @@ def main(argv: list[str] | None = None) -> None:
         _reader_gone()  # what is left unwritten must not fail again at exit
     sys.stdout = stdout
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _os_error_text(error: OSError) -> str:
+    """An operating-system error no command translated — a path given as ``--db``, ``-o``,
+    ``--bundle`` or ``keygen --out`` longer than the file system takes, say — as the one error
+    line of exit 2: what failed and on which file (its name cut short). It was an internal
+    error, a bug by its words, whose line repeated the whole path however long."""
+    text = error.strerror or type(error).__name__
+    return f"{text}: {quoted(error.filename)}" if error.filename is not None else text
 
 
 def _json_among(tokens: list[str]) -> bool:

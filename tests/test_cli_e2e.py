@@ -659,6 +659,31 @@ def test_a_stdout_that_refuses_writes_is_one_error_line_not_an_internal_error(
                                         "on device"], done.stderr
 
 
+LONG_NAME = "a" * 5000
+"""A file name far past any file system's limit (255 bytes on most)."""
+
+
+@pytest.mark.parametrize("where", ["--db", "-o", "--bundle", "--appendix", "keygen"])
+def test_a_path_too_long_for_the_file_system_is_one_short_error_line(
+        ledger_file: LedgerFile, tmp_path: Path, where: str) -> None:
+    """The OSError of a name too long (ENAMETOOLONG, from the first ``exists()`` on the path)
+    reached the catch-all: ``internal error: OSError: [Errno 36] File name too long: '…'``, a
+    bug by its words, its line 5,000 characters long. Now one short error line, exit 2, and
+    nothing written."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    arguments = {"--db": ("--db", f"sqlite:///{folder / LONG_NAME}", "list", "--json"),
+                 "-o": ("--db", ledger_file.url, "report", DONE, "-o", str(folder / LONG_NAME)),
+                 "--bundle": ("--db", ledger_file.url, "report", DONE, "--bundle",
+                              str(folder / LONG_NAME)),
+                 "--appendix": ("--db", ledger_file.url, "report", DONE, "-o",
+                                str(folder / "r.json"), "--appendix", str(folder / LONG_NAME)),
+                 "keygen": ("keygen", "--out", str(folder / LONG_NAME))}[where]
+    line = assert_one_line_error(run_cli(*arguments, cwd=tmp_path), says="File name too long")
+    assert "internal error" not in line
+    assert list(folder.iterdir()) == []
+
+
 def test_ctrl_c_while_the_command_starts_is_one_line_and_exit_130() -> None:
     """Ctrl-C in the first half second — while numpy and SQLAlchemy load — printed a
     KeyboardInterrupt traceback through the imports. The interrupt is sent here right after the
