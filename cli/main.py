@@ -23,7 +23,7 @@ from cli.output import (emit_json, error_document, forget_json_request, json_req
                         note_json_request)
 from ledger import __version__
 from ledger.errors import LedgerError
-from ledger.text import escape_unprintable
+from ledger.text import escape_unprintable, quoted
 
 EXIT_CODES_HELP = """\b
 Exit codes (the same for every command):
@@ -87,6 +87,12 @@ class ReaderGone(Exception):
     into exit 0 — which after a failed check would read as success."""
 
 
+class OutputFailed(LedgerError):
+    """stdout refused a write other than by a closed pipe — a full disk (``> /dev/full``), an
+    I/O error: the command's output is lost, exit 2 naming why. The machine's failure, not an
+    internal error of the ledger, as it was shown."""
+
+
 class _GuardedStdout:
     """``sys.stdout`` whose writes raise :class:`ReaderGone` on a broken pipe.
 
@@ -115,6 +121,8 @@ class _GuardedStdout:
                 view = view[self._wrapped.buffer.write(view) or 0:]
         except BrokenPipeError:
             raise ReaderGone from None
+        except OSError as error:
+            raise _output_failed(error) from None
 
     def flush(self) -> None:
         """Flush both layers down to the file, or raise ReaderGone."""
@@ -123,17 +131,41 @@ class _GuardedStdout:
             self._wrapped.buffer.flush()
         except BrokenPipeError:
             raise ReaderGone from None
+        except OSError as error:
+            raise _output_failed(error) from None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._wrapped, name)
+
+
+def _output_failed(error: OSError) -> OutputFailed:
+    """The one-line error of a write to stdout that failed with ``error``."""
+    return OutputFailed(f"cannot write the output: {error.strerror or error}")
 
 
 def _register_commands() -> None:
     from cli import commands  # noqa: F401 - importing registers the commands on `cli`
 
 
+def _reopen_closed_streams() -> None:
+    """Point a standard stream whose descriptor is closed (``ledger verify 2>&-``, a job
+    started without one) at the null device. Python makes such a stream None, and the first
+    write or ``isatty`` failed: ``verify`` of a ledger that verifies exited 2, and with stdout
+    closed every command ended in a traceback (exit 120). Now the command runs and exits with
+    its own code, its output lost as any output to a closed descriptor is."""
+    for name, descriptor in (("stdout", 1), ("stderr", 2)):
+        if getattr(sys, name) is not None:
+            continue
+        opened = os.open(os.devnull, os.O_WRONLY)  # takes the lowest free descriptor: this one
+        if opened != descriptor:
+            os.dup2(opened, descriptor)
+            os.close(opened)
+        setattr(sys, name, open(descriptor, "w", encoding="utf-8", closefd=False))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every error ends as one line on stderr and its documented exit code."""
+    _reopen_closed_streams()
     for stream in (sys.stdout, sys.stderr):  # text from a hostile ledger must not stop output
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
@@ -170,8 +202,13 @@ def main(argv: list[str] | None = None) -> None:
         code = _failed(error, error.exit_code, f"error: {_one_line(str(error))}")
     except ReaderGone:  # `ledger list | head -1`: not a finding, and not a success either
         code = _reader_gone()
-    except Exception as error:  # never a traceback for users; LEDGER_DEBUG=1 shows it
-        if os.environ.get("LEDGER_DEBUG"):
+    except OSError as error:  # the machine's, not a bug of ours: see _os_error_text
+        problem = LedgerError(_os_error_text(error))
+        code = _failed(problem, problem.exit_code, f"error: {_one_line(str(problem))}")
+    except BaseException as error:  # never a traceback for users; LEDGER_DEBUG=1 shows it
+        # BaseException: trusted code (a --trust module, a plug-in's op) may raise one that is
+        # no Exception; Ctrl-C reaches here as click's Abort, so a KeyboardInterrupt is not ours.
+        if os.environ.get("LEDGER_DEBUG") or isinstance(error, KeyboardInterrupt):
             raise
         code = _failed(error, 2, f"internal error: {type(error).__name__}: "
                                  f"{_one_line(str(error))} (set LEDGER_DEBUG=1 for a traceback)")
@@ -179,8 +216,20 @@ def main(argv: list[str] | None = None) -> None:
         sys.stdout.flush()  # here, not at interpreter exit, so that a closed pipe is seen
     except ReaderGone:
         code = _reader_gone()
+    except OutputFailed as error:
+        code = _failed(error, error.exit_code, f"error: {error}")
+        _reader_gone()  # what is left unwritten must not fail again at exit
     sys.stdout = stdout
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _os_error_text(error: OSError) -> str:
+    """An operating-system error no command translated — a path given as ``--db``, ``-o``,
+    ``--bundle`` or ``keygen --out`` longer than the file system takes, say — as the one error
+    line of exit 2: what failed and on which file (its name cut short). It was an internal
+    error, a bug by its words, whose line repeated the whole path however long."""
+    text = error.strerror or type(error).__name__
+    return f"{text}: {quoted(error.filename)}" if error.filename is not None else text
 
 
 def _json_among(tokens: list[str]) -> bool:

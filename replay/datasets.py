@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 
 from ledger.datasets import DATA_DIR_ENV, LOADER_KIND, check_arrays, dataset_digest
-from ledger.errors import BadInputError, CannotReplayError
-from ledger.text import quoted
+from ledger.errors import BadInputError, CannotReplayError, LedgerError
+from ledger.text import error_summary, quoted
 from replay.context import LoadedDataset, ReplayContext
 from replay.npz import read_npz_arrays
-from replay.registry import Redraw, hint
+from replay.registry import TRUSTED_CODE_ERRORS, Redraw, hint
 
 Loader = Callable[[dict[str, Any], Path | None], tuple[np.ndarray, np.ndarray | None]]
 _loaders: dict[str, Loader] = {}
@@ -101,10 +101,7 @@ def load_registered_dataset(context: ReplayContext, body: dict[str, Any]) -> Loa
     same = _same_arrays(spec, context.data_dir, loader)
     arrays = context.cache.get(same) if same is not None else None
     if arrays is None:
-        try:
-            arrays = check_arrays(*loader(spec, context.data_dir))
-        except BadInputError as error:
-            raise CannotReplayError(f"dataset {params.get('name')!r}: {error}") from None
+        arrays = _load(loader, spec, context.data_dir, params.get("name"))
         if same is not None:
             context.cache[same] = arrays
     features, labels = arrays
@@ -112,6 +109,22 @@ def load_registered_dataset(context: ReplayContext, body: dict[str, Any]) -> Loa
     loaded = context.datasets[recorded] = LoadedDataset(str(params.get("name")), recorded,
                                                         features, labels)
     return loaded
+
+
+def _load(loader: Loader, spec: dict[str, Any], data_dir: Path | None, name: Any
+          ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The checked arrays ``loader`` returns for ``spec``. Whatever stops it — bad arrays, a
+    plug-in loader's own exception or ``sys.exit`` — is exit 3 naming the dataset: not an
+    internal error (exit 2), nor, for ``sys.exit(0)``, an exit 0 that reads as a certificate."""
+    try:
+        return check_arrays(*loader(spec, data_dir))
+    except BadInputError as error:
+        raise CannotReplayError(f"dataset {quoted(name)}: {error}") from None
+    except LedgerError:
+        raise
+    except TRUSTED_CODE_ERRORS as error:
+        raise CannotReplayError(f"dataset {quoted(name)}: its loader {spec['kind']!r} failed "
+                                f"({error_summary(error)})") from None
 
 
 def dataset_redraw(loaded: LoadedDataset) -> Redraw:

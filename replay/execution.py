@@ -38,7 +38,7 @@ from ledger.text import error_summary
 from replay.claims import Claims
 from replay.compare import first_difference
 from replay.context import ReplayContext
-from replay.registry import Redraw, hint, load_plugins, replayer_for
+from replay.registry import TRUSTED_CODE_ERRORS, Redraw, hint, load_plugins, replayer_for
 
 Mismatch = tuple[int, bool, bool, "bytes | None", "bytes | None"]
 """(draw index, seed re-derives, a redraw was made, its input, its output) of a mismatch."""
@@ -84,7 +84,7 @@ def run_share(context: ReplayContext, bodies: Sequence[bytes], claim: Callable[[
                 try:
                     body = decode_body(bodies[index])
                     redraw, seed_ok = redraw_event(context, body)
-                except Exception as error:
+                except TRUSTED_CODE_ERRORS as error:  # an op or draw calling sys.exit too
                     claims.stop_at(index)
                     return mismatches, (index, as_ledger_error(error, bodies[index]))
                 if first_difference(body, redraw, seed_ok) is not None:
@@ -96,11 +96,12 @@ def run_share(context: ReplayContext, bodies: Sequence[bytes], claim: Callable[[
     return mismatches, None
 
 
-def as_ledger_error(error: Exception, body_bytes: bytes) -> Exception:
+def as_ledger_error(error: BaseException, body_bytes: bytes) -> Exception:
     """``error`` when it is a LedgerError other than BadInputError; else a CannotReplayError
     naming the event whose re-execution raised it — params of the wrong type, sizes no memory
-    holds (a MemoryError), a custom op's own exception, an op or draw that breaks its contract
-    (a BadInputError: exit 2 would read as bad usage) — so that the auditor gets exit 3."""
+    holds (a MemoryError), a custom op's own exception or ``sys.exit``, an op or draw that
+    breaks its contract (a BadInputError: exit 2 would read as bad usage) — so that the auditor
+    gets exit 3."""
     if isinstance(error, LedgerError) and not isinstance(error, BadInputError):
         return error
     try:

@@ -26,6 +26,11 @@ if TYPE_CHECKING:
     from replay.context import ReplayContext
 
 ENTRY_POINT_GROUP = "ledger.replayers"
+TRUSTED_CODE_ERRORS = (Exception, SystemExit)
+"""What code replay runs but does not own — a plug-in, a ``--trust`` module, an op, draw,
+loader or replayer they register — may raise and replay turns into exit 3 naming it: a
+``sys.exit`` too, which escaping would end the command with its code and no verdict (exit 0
+reading as a certificate). Ctrl-C (KeyboardInterrupt) stays an interruption."""
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
@@ -82,25 +87,26 @@ def load_plugins(trusted: Iterable[str] = ()) -> list[str]:
     """Import installed plug-ins and the modules the user trusts; return what was loaded.
 
     A trusted name must be a plain dotted module name (never a path or ``module:attr``); a
-    module that cannot be imported raises CannotReplayError.
+    plug-in or module that cannot be imported — that raises, or calls ``sys.exit``, as it
+    loads — raises CannotReplayError.
     """
     _load_builtins()
     loaded = []
     for entry in _installed_plugins(tuple(sys.path)):
         try:
             target = entry.load()
-        except Exception as error:  # a broken plug-in must not pass silently
+            if callable(target) and not isinstance(target, type):
+                target()
+        except TRUSTED_CODE_ERRORS as error:  # a broken plug-in must not pass silently
             raise CannotReplayError(f"replay plug-in {entry.name!r} ({entry.value}) failed to "
                                     f"load: {type(error).__name__}: {error}") from None
-        if callable(target) and not isinstance(target, type):
-            target()
         loaded.append(f"plugin:{entry.name}")
     for name in trusted:
         if not isinstance(name, str) or not _MODULE_NAME.fullmatch(name):
             raise CannotReplayError(f"--trust takes a dotted module name, got {name!r}")
         try:
             importlib.import_module(name)
-        except Exception as error:
+        except TRUSTED_CODE_ERRORS as error:
             raise CannotReplayError(f"cannot import trusted module {name}: "
                                     f"{type(error).__name__}: {error}") from None
         loaded.append(f"trusted:{name}")

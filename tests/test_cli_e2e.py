@@ -485,6 +485,26 @@ def test_an_unsupported_database_url(tmp_path: Path, url: str) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("where", ["--db", "LEDGER_URL", "--db-b", "demo"])
+def test_a_database_url_of_bytes_that_are_not_utf8_is_refused_as_such(tmp_path: Path,
+                                                                      where: str) -> None:
+    """``--db sqlite:///\xff.db`` (a path in a Latin-1 file system, say): the lone surrogate
+    Python decodes the byte to reached SQLAlchemy, which could not show or open the URL — an
+    internal error. Now the URL is refused as not a database URL, saying why; nothing made."""
+    url = "sqlite:///" + (tmp_path / "\udcff.db").as_posix()  # the byte 0xff, as argv gives it
+    if where == "--db":
+        result = run_cli("--db", url, "list", "--json", cwd=tmp_path)
+    elif where == "LEDGER_URL":
+        result = run_cli("list", "--json", cwd=tmp_path, env={"LEDGER_URL": url})
+    elif where == "--db-b":
+        result = run_cli("--db", url, "diff", DONE, DONE, "--db-b", url, cwd=tmp_path)
+    else:  # demo says what it trains first, on stdout
+        result = run_cli("--db", url, "demo", cwd=tmp_path)
+        result.stdout = ""
+    assert_one_line_error(result, says="not UTF-8")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("command", [("list",), ("show", DONE), ("verify", DONE),
                                      ("verify", DONE, "--jobs", "1")], ids=ids)
 def test_db_may_follow_the_command_name(ledger_file: LedgerFile, command: tuple[str, ...],
@@ -596,6 +616,72 @@ def test_a_report_on_stdout_whose_reader_goes_away_is_exit_141_and_not_recorded(
     assert "Traceback" not in done.stderr
     with Store.open(url) as store:
         assert "report_exported" not in store.counts_by_kind(exp.id)
+
+
+def _run_with_closed(descriptor: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """The command with standard descriptor ``descriptor`` closed (``ledger … 2>&-``), the
+    other one captured."""
+    kept = {"stdout": subprocess.PIPE} if descriptor == 2 else {"stderr": subprocess.PIPE}
+    return subprocess.run([sys.executable, "-m", "cli", *args], **kept, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          preexec_fn=lambda: os.close(descriptor))
+
+
+def test_a_closed_stdout_or_stderr_keeps_the_commands_own_exit_code(
+        ledger_file: LedgerFile) -> None:
+    """``ledger verify 2>&-``, as a job started without a stderr runs it: Python makes the
+    stream None and verify, whose check passed, exited 2 (its progress line asked None whether
+    it is a terminal); with stdout closed every command ended in a traceback and exit 120.
+    Now the output to the closed descriptor is lost, and the exit code is the command's."""
+    verified = _run_with_closed(2, "--db", ledger_file.url, "verify")
+    assert verified.returncode == 0 and verified.stdout.startswith("OK: ")
+    quiet = _run_with_closed(1, "--db", ledger_file.url, "verify", "--json")
+    assert (quiet.returncode, quiet.stderr) == (0, "")
+    unknown = _run_with_closed(1, "--db", ledger_file.url, "show", "exp-000000000000")
+    assert unknown.returncode == 2
+    assert unknown.stderr.splitlines() == ["ledger: error: unknown experiment exp-000000000000 "
+                                           f"in {ledger_file.url}"]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")
+@pytest.mark.parametrize("command", [VERIFY, VERIFY_JSON, SHOW, LIST], ids=ids)
+def test_a_stdout_that_refuses_writes_is_one_error_line_not_an_internal_error(
+        ledger_file: LedgerFile, command: tuple[str, ...]) -> None:
+    """``ledger verify > /dev/full``: the write's OSError reached the catch-all, shown as
+    ``internal error: OSError: [Errno 28] …`` — a bug of ours, by its words. It is the
+    machine's: one error line naming it, exit 2."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "cli", "--db", ledger_file.url, *command],
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == ["ledger: error: cannot write the output: No space left "
+                                        "on device"], done.stderr
+
+
+LONG_NAME = "a" * 5000
+"""A file name far past any file system's limit (255 bytes on most)."""
+
+
+@pytest.mark.parametrize("where", ["--db", "-o", "--bundle", "--appendix", "keygen"])
+def test_a_path_too_long_for_the_file_system_is_one_short_error_line(
+        ledger_file: LedgerFile, tmp_path: Path, where: str) -> None:
+    """The OSError of a name too long (ENAMETOOLONG, from the first ``exists()`` on the path)
+    reached the catch-all: ``internal error: OSError: [Errno 36] File name too long: '…'``, a
+    bug by its words, its line 5,000 characters long. Now one short error line, exit 2, and
+    nothing written."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    arguments = {"--db": ("--db", f"sqlite:///{folder / LONG_NAME}", "list", "--json"),
+                 "-o": ("--db", ledger_file.url, "report", DONE, "-o", str(folder / LONG_NAME)),
+                 "--bundle": ("--db", ledger_file.url, "report", DONE, "--bundle",
+                              str(folder / LONG_NAME)),
+                 "--appendix": ("--db", ledger_file.url, "report", DONE, "-o",
+                                str(folder / "r.json"), "--appendix", str(folder / LONG_NAME)),
+                 "keygen": ("keygen", "--out", str(folder / LONG_NAME))}[where]
+    line = assert_one_line_error(run_cli(*arguments, cwd=tmp_path), says="File name too long")
+    assert "internal error" not in line
+    assert list(folder.iterdir()) == []
 
 
 def test_ctrl_c_while_the_command_starts_is_one_line_and_exit_130() -> None:

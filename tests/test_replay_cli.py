@@ -101,6 +101,67 @@ def test_trust_takes_only_dotted_module_names(custom_op_run, name: str) -> None:
     assert "dotted module name" in result.stderr
 
 
+@pytest.mark.parametrize("where", ["import", "op"])
+@pytest.mark.parametrize("code", ["sys.exit(0)", "sys.exit(7)"])
+def test_trusted_code_calling_sys_exit_is_exit_3_not_a_silent_certificate(
+        custom_op_run, where: str, code: str) -> None:
+    """A trusted module that calls ``sys.exit`` as it is imported, or an op of it that does as
+    replay re-executes it: the SystemExit escaped, and replay ended with its code and no
+    output — ``sys.exit(0)`` an exit 0, read as CERTIFIED, with ``--json`` an empty stdout.
+    Now exit 3 naming the module or event, one line, the error document on stdout."""
+    url, exp, module, env = custom_op_run
+    folder = Path(url.removeprefix("sqlite:///")).parent
+    source = folder / f"{module}.py"
+    if where == "import":
+        source.write_text(f"import sys\n{code}\n")
+    else:
+        source.write_text(source.read_text().replace(
+            "flip = rng.random(batch.shape) < prob", f"import sys; {code}"))
+    for jobs in ("1", "2"):
+        result = run_cli("--db", url, "replay", exp, "--trust", module, "--no-record", "--json",
+                         "--jobs", jobs, "--data-dir", str(folder / "data"), env=env)
+        assert result.returncode == 3, (jobs, result.returncode, result.stderr)
+        _assert_one_clean_line(result)
+        assert "SystemExit" in result.stderr
+        assert (module if where == "import" else "augmentation_batch") in result.stderr
+        assert json.loads(result.stdout)["error"]["kind"] == "cannot_replay"
+
+
+def test_a_trusted_module_raising_a_bare_base_exception_is_one_line_not_a_traceback(
+        custom_op_run) -> None:
+    """An exception that is no ``Exception`` (a bare ``BaseException`` subclass) printed a
+    traceback; now it is the one internal-error line, exit 2."""
+    url, exp, module, env = custom_op_run
+    folder = Path(url.removeprefix("sqlite:///")).parent
+    (folder / f"{module}.py").write_text("raise BaseException('not an Exception')\n")
+    result = run_cli("--db", url, "replay", exp, "--trust", module, "--no-record", "--json",
+                     "--data-dir", str(folder / "data"), env=env)
+    assert result.returncode == 2, result.stderr
+    _assert_one_clean_line(result)
+    assert json.loads(result.stdout)["error"]["kind"] == "internal"
+
+
+@pytest.mark.parametrize("stop", [SystemExit(0), ValueError("bad file")])
+def test_a_plug_in_loader_that_stops_is_cannot_replay_naming_the_dataset(
+        stop: BaseException) -> None:
+    """A registered dataset loader's own exception was an internal error (exit 2) and its
+    ``sys.exit(0)`` ended replay with exit 0; both are now CannotReplayError (exit 3)."""
+    from ledger.errors import CannotReplayError
+    from replay.context import ReplayContext
+    from replay.datasets import load_registered_dataset, register_loader
+
+    kind = f"test-stopping-{uuid.uuid4().hex[:8]}"
+
+    @register_loader(kind)
+    def stopping(_spec: dict, _data_dir: Path | None) -> tuple:
+        raise stop
+
+    body = {"exp": "exp-000000000000", "output": b"\0" * 32,
+            "params": {"name": "transactions", "loader": {"kind": kind}}}
+    with pytest.raises(CannotReplayError, match=f"dataset 'transactions': its loader {kind!r}"):
+        load_registered_dataset(ReplayContext(1, None), body)
+
+
 def test_replay_json_is_one_document_and_records_the_replay(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     exp = record_run(url, tmp_path / "data")

@@ -122,6 +122,17 @@ def test_a_report_of_another_experiment_fails(signed: Path) -> None:
     assert not outcome.ok and outcome.signature == "invalid"
 
 
+@pytest.mark.parametrize("given", ["bad id!", "x" * 10_000])
+def test_a_malformed_expected_experiment_is_bad_usage_not_a_failed_check(signed: Path,
+                                                                         given: str) -> None:
+    """``--exp 'bad id!'`` was compared with the report's id and failed the check (exit 1),
+    its line quoting all of a 10,000-character value; a malformed id is bad usage, as on
+    every other command: exit 2, the id cut short."""
+    code, out, err = _verify(signed / "a" / "report.json", signed / "key.pub", "--exp", given)
+    assert (code, out) == (2, "")
+    assert err.startswith("ledger: error: malformed experiment id ") and len(err) < 300
+
+
 def test_a_wrong_key_fails_and_says_which_key_signed(signed: Path) -> None:
     code, _out, err = _verify(signed / "a" / "report.json", signed / "other.pub")
     assert code == 1 and "the report names signing key" in err

@@ -10,6 +10,7 @@ from cli.display import printable
 from cli.main import cli, db_option, refuse_unread_db
 from cli.output import emit_json, json_option
 from ledger.errors import BadInputError, CheckFailedError
+from ledger.events import check_experiment_id
 from ledger.store import Store
 from report.check import check_report
 
@@ -42,6 +43,8 @@ def verify_report_command(obj: dict, report: Path, public_key: Path | None,
     """Verify a report: its Ed25519 signature over the canonical JSON bytes, the SHA-256 of
     every file it lists that lies beside it, and SHA256SUMS when present."""
     _check_key_choice(public_key, signature, unsigned)
+    if expected_exp is not None:  # a malformed id is bad usage (exit 2), not a report that
+        check_experiment_id(expected_exp)  # failed its check (exit 1) quoting all of it
     if not against_ledger:
         refuse_unread_db(obj, "only --against-ledger reads one: add it, or drop --db")
     if against_ledger:

@@ -84,6 +84,8 @@ def _parse(url: str) -> URL:
     if not isinstance(url, str) or "\x00" in url:
         shown = _masked(url) if isinstance(url, str) else url
         raise StoreError(f"not a database URL: {shown!r} (e.g. sqlite:///ledger.db)")
+    if not _is_unicode(url):
+        raise StoreError(f"not a database URL: {_masked(url)!r} holds bytes that are not UTF-8")
     try:
         parsed = make_url(url)
         parsed.port  # noqa: B018 - parsed lazily: "sqlite://:memory:" fails only here
@@ -96,6 +98,17 @@ def _parse(url: str) -> URL:
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` is valid Unicode: bytes that are not UTF-8 in an argument or in
+    ``LEDGER_URL`` reach Python as lone surrogates, which no driver (nor SQLAlchemy, showing
+    the URL) can encode — an internal error, not a clear refusal, before this check."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def sqlite_file_path(url: URL) -> Path | None:
