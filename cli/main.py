@@ -38,21 +38,40 @@ Exit codes (the same for every command):
 DB_HELP = "Ledger database URL [default: sqlite:///ledger.db in the current folder]."
 
 
+class _OneUrl(click.types.StringParamType):
+    """A ``--db`` URL. The option takes every occurrence (``multiple``), so that a second one
+    naming another ledger is refused rather than the last silently chosen; ``LEDGER_URL`` holds
+    one URL, never split (a SQLite path may hold spaces)."""
+
+    def split_envvar_value(self, rv: str) -> list[str]:
+        """``LEDGER_URL`` whole, as one URL."""
+        return [rv]
+
+
+def _one_db(given: tuple[str, ...], where: str) -> str | None:
+    """The one ledger the ``--db`` options ``given`` name (None for none); two different ones
+    are refused (usage error, exit 2)."""
+    if len(set(given)) > 1:
+        raise click.UsageError(f"got --db twice{where}, naming two ledgers: give it once")
+    return given[0] if given else None
+
+
 @click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--db", "db_url", metavar="URL", envvar="LEDGER_URL", show_envvar=True,
-              help=DB_HELP)
+              multiple=True, type=_OneUrl(), help=DB_HELP)
 @click.version_option(__version__, prog_name="ledger")
 @click.pass_context
-def cli(context: click.Context, db_url: str | None) -> None:
+def cli(context: click.Context, db_url: tuple[str, ...]) -> None:
     """Reproducibility Ledger: record every random draw of a training run, verify, replay."""
     named = context.get_parameter_source("db_url") is click.core.ParameterSource.COMMANDLINE
-    context.obj = {"db_url": db_url, "db_named": named}
+    context.obj = {"db_url": _one_db(db_url, ""), "db_named": named}
 
 
-def _db_after_command(context: click.Context, _param: click.Parameter, value: str | None
+def _db_after_command(context: click.Context, _param: click.Parameter, given: tuple[str, ...]
                       ) -> None:
     """``--db`` given after the command name: it names the ledger as it would before it (and
     wins over LEDGER_URL); two different ones are refused rather than one silently chosen."""
+    value = _one_db(given, " after the command")
     if value is None:
         return
     obj = context.ensure_object(dict)
@@ -74,7 +93,7 @@ def db_option(function):  # noqa: ANN001, ANN201 - click decorator
     """``--db URL`` on a command that opens the ledger, so that ``ledger verify EXP --db URL``
     works as ``ledger --db URL verify EXP`` does."""
     return click.option("--db", metavar="URL", expose_value=False, callback=_db_after_command,
-                        help=DB_HELP)(function)
+                        multiple=True, help=DB_HELP)(function)
 
 
 BROKEN_PIPE_EXIT = 141

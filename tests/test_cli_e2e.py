@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -520,7 +521,24 @@ def test_db_may_follow_the_command_name(ledger_file: LedgerFile, command: tuple[
     assert_one_line_error(run_cli("--db", ledger_file.url, *command, "--db",
                                   f"sqlite:///{tmp_path / 'other.db'}"),
                           says="got --db twice")
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    for twice in (("--db", ledger_file.url, "--db", other, *command),
+                  (*command, "--db", ledger_file.url, "--db", other)):
+        assert_one_line_error(run_cli(*twice), says="naming two ledgers")  # the last won
+    assert run_cli(*command, "--db", ledger_file.url, "--db", ledger_file.url).returncode == 0
     assert not (tmp_path / "other.db").exists() and not (tmp_path / "elsewhere.db").exists()
+
+
+def test_ledger_url_is_one_url_even_with_spaces(ledger_file: LedgerFile, tmp_path: Path
+                                                ) -> None:
+    """``--db`` takes every occurrence (to refuse two ledgers); LEDGER_URL stays one URL, not
+    split at the spaces a folder name may hold."""
+    spaced = tmp_path / "my ledgers"
+    spaced.mkdir()
+    shutil.copy(ledger_file.path, spaced / "ledger.db")
+    listed = run_cli("list", "--json", env={"LEDGER_URL": f"sqlite:///{spaced / 'ledger.db'}"})
+    assert listed.returncode == 0, listed.stderr
+    assert DONE in [row["exp"] for row in one_json_document(listed)["experiments"]]
 
 
 @pytest.mark.parametrize("args", [("--bogus", "list"), ("list", "--bogus"), ("show",),
