@@ -63,12 +63,15 @@ def run_demo(url: str | None, *, data_dir: str | os.PathLike[str] | None = None,
     # A data folder that is missing or cannot hold the data stops the demo before the ledger
     # is created or written (not as empty tables, or a failed run, in it).
     created: list[Path] = []
+    default = default_data_dir_for(url) if data_dir is None else None
     if data_dir is not None:
         created = prepare_data_dir(Path(data_dir))
-    elif default_data_dir_for(url) is None:
+    elif default is None:
         raise BadInputError(f"got the ledger {describe_url(parse_url(url))}, which has no data "
                             f"folder, but the demo stores its dataset: give --data-dir or set "
                             f"LEDGER_DATA_DIR")
+    elif default.parent.is_dir():  # else the ledger's own folder is missing: opening says so
+        created = prepare_data_dir(default)
     try:
         manager = ExperimentManager(url, data_dir=data_dir)
         refusal = manager.store.append_refusal()  # a read-only URI: before any folder or run
