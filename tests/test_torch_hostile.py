@@ -412,6 +412,23 @@ def test_state_arrays_takes_a_state_dict(state: Any) -> None:
         state_arrays(state)
 
 
+@pytest.mark.parametrize("state", [{"w": torch.ones(2, dtype=torch.bfloat16)},
+                                   {"w": torch.ones(2, requires_grad=True)},
+                                   torch.ones(2, dtype=torch.bfloat16)],
+                         ids=["bfloat16", "requires-grad", "one-tensor"])
+def test_a_checkpoint_of_tensors_numpy_cannot_read_names_state_arrays(
+        manager: ExperimentManager, state: Any) -> None:
+    """log_checkpoint asked whether a bfloat16 tensor was a ragged list; it names the
+    converter now, and state_arrays' result is logged."""
+    with manager.create_experiment("tensors", seed=1) as exp:
+        with pytest.raises(BadInputError, match=r"convert a torch state_dict with "
+                                                r"ledger\.integrations\.torch\.state_arrays"):
+            exp.log_checkpoint("model", state)
+        if isinstance(state, dict):
+            exp.log_checkpoint("model", state_arrays(state))
+    assert kinds(manager, exp.id).count("checkpoint") == isinstance(state, dict)
+
+
 def test_a_tensor_that_requires_grad_digests_as_its_values() -> None:
     weights = torch.linspace(0, 1, 6).reshape(2, 3)
     assert tensor_digest(weights.clone().requires_grad_()) == tensor_digest(weights)
