@@ -53,6 +53,14 @@ RESERVED_LABELS = frozenset({"epoch", "worker", "rank"})
 """First labels of the library's own paths: a user draw may not start with them."""
 _ERROR_MAX = 500
 _SECOND_DRAW_HINT = " (use one iterator per experiment, or record=False for evaluation)"
+_SECOND_USER_DRAW_HINT = (": give each draw its own path — exp.generator(\"dropout\", epoch, "
+                          "step), say — or draw again from the generator it returned")
+
+
+def _second_draw_hint(kind: str) -> str:
+    """What to do about a second draw at a recorded path: a user draw is the user's own path
+    (it was told to use one iterator per experiment, which says nothing to it)."""
+    return _SECOND_USER_DRAW_HINT if kind == USER_DRAW else _SECOND_DRAW_HINT
 
 
 def _one_line(error: BaseException) -> str:
@@ -171,7 +179,7 @@ class Experiment:
         value = draw_value(kind, params, output)
         self._check_process()  # before the lock, which a forked child may inherit held
         with self._lock:
-            if seen_draw(self._draws, kind, path, value, _SECOND_DRAW_HINT):
+            if seen_draw(self._draws, kind, path, value, _second_draw_hint(kind)):
                 self._drawn_here.add(identity)
                 return None
             event = self._append(kind, path=path, seed=seed, params=params, input=input,
@@ -191,7 +199,7 @@ class Experiment:
         """
         self._check_process()  # before the lock, which a forked child may inherit held
         with self._lock:
-            if seen_draw(self._draws, kind, path, output, _SECOND_DRAW_HINT):
+            if seen_draw(self._draws, kind, path, output, _second_draw_hint(kind)):
                 return False
             self._check_open()
             self._writer.append_normalised(kind, list(path), seed=seed, params=params,
@@ -210,7 +218,7 @@ class Experiment:
         that draw with another output (a draw is recorded once per run)."""
         with self._lock:
             return ((kind, path) in self._drawn_here
-                    and seen_draw(self._draws, kind, path, output, _SECOND_DRAW_HINT))
+                    and seen_draw(self._draws, kind, path, output, _second_draw_hint(kind)))
 
     def drawn_labels(self, kind: str, prefix: tuple[Label, ...], at: int) -> list[Any]:
         """The labels at position ``at`` of the paths of this run's ``kind`` draws that begin
