@@ -21,7 +21,7 @@ import numpy as np
 
 from ledger.augment import DataAugmenter, augment_path
 from ledger.canonical import canonical, pack_normalised
-from ledger.digests import ARRAY_TAG, VALUE_TAG, array_digest
+from ledger.digests import ARRAY_TAG, VALUE_TAG, array_digest, unstable_bytes
 from ledger.sampling import batch_count, batch_indices, epoch_order
 from ledger.seeds import derive_bytes
 
@@ -35,9 +35,9 @@ def fast_array_digest(array: np.ndarray) -> bytes:
     The hash state after the tag and the (dtype, shape) header is cached per (dtype, shape).
     """
     dtype = array.dtype
-    if (not array.flags.c_contiguous or dtype.byteorder == ">" or dtype.hasobject
-            or dtype.fields is not None or dtype.kind == "V"):
-        return array_digest(array)
+    if (not array.flags.c_contiguous or dtype.byteorder == ">"
+            or unstable_bytes(dtype) is not None):
+        return array_digest(array)  # which refuses unstable bytes
     key = (dtype.str, array.shape)
     prefix = _PREFIXES.get(key)
     if prefix is None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ledger.digests import array_digest, value_digest
+from ledger.digests import array_digest, unstable_bytes, value_digest
 from ledger.durable_files import flush_folder, write_file_durably
 from ledger.errors import BadInputError, CannotReplayError
 from ledger.npz_sizes import check_member_sizes
@@ -93,6 +93,9 @@ def _plain_array(what: str, value: Any) -> np.ndarray:
                             f"{error}") from None
     if array.dtype.hasobject or array.dtype.fields is not None or array.dtype.kind in "VUSMm":
         raise BadInputError(f"{what} must be a numeric or boolean array, got dtype {array.dtype}")
+    unstable = unstable_bytes(array.dtype)
+    if unstable is not None:  # its digest would differ from one process to the next
+        raise BadInputError(f"{what} of dtype {array.dtype} cannot be registered: {unstable}")
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
     # ascontiguousarray makes a 0-d array 1-d: a single value would pass the shape checks.

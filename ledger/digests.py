@@ -21,6 +21,23 @@ ZERO_DIGEST = bytes(32)
 """The ``prev`` of the first event of every stream."""
 
 
+def unstable_bytes(dtype: np.dtype) -> str | None:
+    """Why an array of ``dtype`` has bytes its values do not determine, or None when they do.
+
+    Object and structured arrays hold pointers or padding; ``longdouble`` (and its complex
+    twin), where it is wider than float64, is x86's 80-bit format padded to 12 or 16 bytes with
+    whatever the memory held — the same values digested differently from one process to the
+    next — or another platform's own format.
+    """
+    if dtype.hasobject or dtype.fields is not None or dtype.kind == "V":
+        return "only plain dtypes have stable bytes"
+    if ((dtype.type is np.longdouble and dtype.itemsize > 8)
+            or (dtype.type is np.clongdouble and dtype.itemsize > 16)):
+        return ("its bytes hold padding that is not part of its values (and its format differs "
+                "from one platform to another): convert it to float64 (complex128)")
+    return None
+
+
 def array_digest(array: Any) -> bytes:
     """Digest an array by dtype, shape and C-ordered little-endian bytes.
 
@@ -30,9 +47,9 @@ def array_digest(array: Any) -> bytes:
     """
     array = np.asarray(array)
     dtype = array.dtype
-    if dtype.hasobject or dtype.fields is not None or dtype.kind == "V":
-        raise EncodingError(f"cannot digest an array of dtype {dtype}: only plain dtypes have "
-                            f"stable bytes")
+    unstable = unstable_bytes(dtype)
+    if unstable is not None:
+        raise EncodingError(f"cannot digest an array of dtype {dtype}: {unstable}")
     little = dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype
     data = np.ascontiguousarray(array, dtype=little)
     hasher = hashlib.sha256(ARRAY_TAG)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ledger.arguments import check_epoch
-from ledger.canonical import normalise
+from ledger.canonical import canonical, normalise
 from ledger.datasets import (Dataset, check_arrays, check_name, check_path_argument, check_role,
                              dataset_digest, dataset_from_file, default_data_dir, store_npz)
 from ledger.digests import ZERO_DIGEST, value_digest
@@ -36,7 +36,7 @@ from ledger.environment import entrypoint as detect_entrypoint
 from ledger.errors import (BadInputError, ForeignStateError, LedgerError, StateAheadError,
                            StoreError)
 from ledger.events import (AUDIT_STREAM, CHECKPOINT, COMPLETION_STATUSES, DATASET_REGISTERED,
-                           EXPERIMENT_CREATED, MAIN_STREAM, METRIC, RUN_COMPLETED, USER_DRAW,
+                           EPOCH_RESET, EXPERIMENT_CREATED, MAIN_STREAM, METRIC, RUN_COMPLETED, USER_DRAW,
                            Event, check_experiment_id, check_recordable, draw_value, is_draw,
                            make_event, new_experiment_id, refuse_second_draw, seen_draw)
 from ledger.logged_values import check_metric_value, checkpoint_record, state_digest
@@ -53,6 +53,19 @@ RESERVED_LABELS = frozenset({"epoch", "worker", "rank"})
 """First labels of the library's own paths: a user draw may not start with them."""
 _ERROR_MAX = 500
 _SECOND_DRAW_HINT = " (use one iterator per experiment, or record=False for evaluation)"
+_SECOND_USER_DRAW_HINT = (": give each draw its own path — exp.generator(\"dropout\", epoch, "
+                          "step), say — or draw again from the generator it returned")
+
+
+def _setting(value: Any) -> str:
+    """A recorded setting in a message: a digest as the start of its hex."""
+    return value.hex()[:16] + "…" if isinstance(value, bytes) else repr(value)
+
+
+def _second_draw_hint(kind: str) -> str:
+    """What to do about a second draw at a recorded path: a user draw is the user's own path
+    (it was told to use one iterator per experiment, which says nothing to it)."""
+    return _SECOND_USER_DRAW_HINT if kind == USER_DRAW else _SECOND_DRAW_HINT
 
 
 def _one_line(error: BaseException) -> str:
@@ -109,6 +122,9 @@ class Experiment:
         self._logs_passed: dict[tuple[str, str, int | None], int] = {}
         """How many metrics and checkpoints of each (kind, name, epoch) the run has gone past
         at this point: logged (or re-logged) in this process, or skipped at a restored state."""
+        self._reset_params: dict[tuple[Any, ...], Any] = {}
+        """The params of each epoch_reset the run holds, by path: what its batches were made
+        with (batch_size, drop_last, …), which the order digest, its output, does not show."""
         self._iterators: weakref.WeakSet[TrainingDataIterator] = weakref.WeakSet()
         self._pid = os.getpid()
         self._forks = forks_so_far()
@@ -171,14 +187,40 @@ class Experiment:
         value = draw_value(kind, params, output)
         self._check_process()  # before the lock, which a forked child may inherit held
         with self._lock:
-            if seen_draw(self._draws, kind, path, value, _SECOND_DRAW_HINT):
+            if seen_draw(self._draws, kind, path, value, _second_draw_hint(kind)):
+                self._check_same_reset(kind, identity[1], params)
                 self._drawn_here.add(identity)
                 return None
             event = self._append(kind, path=path, seed=seed, params=params, input=input,
                                  output=output, meta=meta)
             self._draws[identity] = value
+            if kind == EPOCH_RESET:
+                self._reset_params[identity[1]] = normalise(params)
             self._drawn_here.add(identity)
             return event
+
+    def _check_same_reset(self, kind: str, path: tuple[Any, ...], params: Mapping[str, Any]
+                          ) -> None:
+        """Refuse an epoch_reset the run holds with other params. Its output, the order's
+        digest, does not depend on batch_size or drop_last: a resumed run that started over
+        with another batch_size was taken for the same draw, trained on other batches than
+        its record says, and replay certified it."""
+        recorded = self._reset_params.get(path) if kind == EPOCH_RESET else None
+        if recorded is None:
+            return
+        given = normalise(params)
+        if canonical(given) == canonical(recorded) or not isinstance(recorded, dict):
+            return
+        # the params both hold: one a later library added is no difference in what was done
+        differ = sorted(key for key in set(given) & set(recorded)
+                        if canonical(given[key]) != canonical(recorded[key]))
+        if not differ:
+            return
+        shown = ", ".join(f"{key}={_setting(given[key])} (recorded {_setting(recorded[key])})"
+                          for key in differ[:4])
+        raise BadInputError(f"got epoch_reset at path {list(path)} with {shown}, but "
+                            f"{self.id} recorded it with the settings in brackets: its batches "
+                            f"would differ from its record; make the iterator as the run did")
 
     def record_normalised_draw(self, kind: str, path: tuple[Label, ...], *, seed: bytes | None,
                                params: dict[str, Any], input: bytes | None = None,
@@ -191,7 +233,7 @@ class Experiment:
         """
         self._check_process()  # before the lock, which a forked child may inherit held
         with self._lock:
-            if seen_draw(self._draws, kind, path, output, _SECOND_DRAW_HINT):
+            if seen_draw(self._draws, kind, path, output, _second_draw_hint(kind)):
                 return False
             self._check_open()
             self._writer.append_normalised(kind, list(path), seed=seed, params=params,
@@ -210,7 +252,7 @@ class Experiment:
         that draw with another output (a draw is recorded once per run)."""
         with self._lock:
             return ((kind, path) in self._drawn_here
-                    and seen_draw(self._draws, kind, path, output, _SECOND_DRAW_HINT))
+                    and seen_draw(self._draws, kind, path, output, _second_draw_hint(kind)))
 
     def drawn_labels(self, kind: str, prefix: tuple[Label, ...], at: int) -> list[Any]:
         """The labels at position ``at`` of the paths of this run's ``kind`` draws that begin

@@ -14,6 +14,7 @@ import numpy as np
 
 from ledger.digests import array_digest, value_digest
 from ledger.errors import BadInputError
+from ledger.text import error_summary
 
 STATE_TAG = "ledger/state/v1"
 
@@ -26,9 +27,17 @@ def _state_array(name: str, value: Any) -> np.ndarray:
     try:
         return np.asarray(value)
     except Exception as error:  # numpy raises ValueError, TypeError, RuntimeError (torch), ...
-        raise BadInputError(f"checkpoint {name} is not an array ({type(error).__name__}: a "
-                            f"ragged list?); give several arrays as a dict of name to array"
-                            ) from None
+        raise BadInputError(f"checkpoint {name} is not an array ({error_summary(error, 120)})"
+                            f"{_conversion_hint(value)}") from None
+
+
+def _conversion_hint(value: Any) -> str:
+    """What to do with a value numpy cannot read: a torch tensor (bfloat16, requiring grad, on
+    a GPU) has a converter — it used to be asked whether it was a ragged list."""
+    if type(value).__module__.split(".")[0] == "torch":
+        return ("; convert a torch state_dict with "
+                "ledger.integrations.torch.state_arrays(model.state_dict())")
+    return "; a ragged list? give several arrays as a dict of name to array"
 
 
 def checkpoint_arrays(state: Any) -> dict[str, np.ndarray]:

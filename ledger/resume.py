@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ledger.errors import BadInputError, CheckFailedError
-from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EXPERIMENT_CREATED,
+from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EPOCH_RESET,
+                           EXPERIMENT_CREATED,
                            MAIN_STREAM, METRIC, RUN_COMPLETED, RUN_RESUMED, decode_body,
                            draw_value)
 from ledger.seeds import root_seed_from_bytes
@@ -81,6 +82,8 @@ def _remember(store: Store, experiment: "Experiment") -> dict[str, Any] | None:
         if body["seed"] is not None:
             experiment._draws[(kind, tuple(body["path"]))] = draw_value(kind, body["params"],
                                                                         body["output"])
+            if kind == EPOCH_RESET:
+                experiment._reset_params[tuple(body["path"])] = body["params"]
         elif kind == DATASET_REGISTERED:
             experiment._recorded_datasets[str(params.get("name"))] = (body["output"],
                                                                       params.get("role"))

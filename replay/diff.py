@@ -22,7 +22,8 @@ from typing import Any
 
 from ledger.digests import value_digest
 from ledger.errors import CheckFailedError, LedgerError
-from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EXPERIMENT_CREATED, METRIC,
+from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EPOCH_RESET,
+                           EXPERIMENT_CREATED, METRIC,
                            RUN_COMPLETED, RUN_RESUMED, WORKER_SPAWNED, decode_body)
 from ledger.experiment_info import MetricSummary, MetricTally
 from ledger.json_view import json_view
@@ -42,6 +43,8 @@ class EventSide:
     seed: bytes | None
     input: bytes | None
     output: bytes | None
+    settings: bytes | None = None
+    """For an epoch_reset, the digest of its params: what its batches were made with."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready map."""
@@ -180,7 +183,8 @@ def _index(store: Store, exp: str) -> tuple[dict[Key, EventSide], dict[str, Any]
         seen[aligned] += 1
         key = (aligned, seen[aligned])
         side = EventSide(body["stream"], body["seq"], body["seed"], body["input"],
-                         _compared_output(kind, body["params"], body["output"]))
+                         _compared_output(kind, body["params"], body["output"]),
+                         _compared_settings(kind, body["params"]))
         index[key] = side
         order.append((key, side))
     return index, created, order, metrics.summaries
@@ -196,6 +200,18 @@ def _compared_output(kind: str, params: Any, output: bytes | None) -> bytes | No
         except LedgerError:  # a value no recorder writes: the recorded digest stands
             return output
     return output
+
+
+def _compared_settings(kind: str, params: Any) -> bytes | None:
+    """What an event's params are compared by, when its output does not show them: an
+    epoch_reset's output is the order's digest, the same for every batch_size and drop_last,
+    so two runs batching one order differently used to compare identical."""
+    if kind != EPOCH_RESET or not isinstance(params, dict):
+        return None
+    try:
+        return value_digest(params)
+    except LedgerError:  # params no recorder writes: the output alone is compared
+        return None
 
 
 def _dataset_digests(order: list[tuple[Key, EventSide]]) -> dict[str, Any]:
@@ -288,6 +304,9 @@ def _compare(key: Key, a: EventSide, b: EventSide | None, explanation: str | Non
     elif a.output != b.output:
         cause, detail = Cause.SEED, ("the runs have different root seeds, from which all their "
                                      "draws derive (this event has no seed of its own)")
+    elif a.settings != b.settings:
+        cause, detail = Cause.PARAMS, ("the same order batched with other settings (batch_size, "
+                                       "drop_last, dataset, …): the epochs' batches differ")
     else:
         return None
     return DiffDivergence(kind, aligned, a, b, cause, detail, occurrence)

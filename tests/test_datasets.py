@@ -43,6 +43,19 @@ def test_arrays_that_are_not_a_dataset_are_refused_saying_why(features: Any, lab
         check_arrays(features, labels)
 
 
+@pytest.mark.skipif(np.dtype(np.longdouble).itemsize <= 8,
+                    reason="longdouble is float64 on this platform")
+@pytest.mark.parametrize("role", ["features", "labels"])
+def test_extended_precision_arrays_are_refused_naming_their_dtype(role: str) -> None:
+    """A longdouble array's padding bytes are not part of its values: the same data, computed
+    in two processes, used to register under two digests (and replay compared garbage)."""
+    arrays = {"features": FEATURES, "labels": LABELS.astype(np.float64)}
+    arrays[role] = arrays[role].astype(np.longdouble) / 3
+    with pytest.raises(BadInputError, match=f"{role} of dtype {np.dtype(np.longdouble)} "
+                                            f"cannot be registered: .*padding"):
+        check_arrays(arrays["features"], arrays["labels"])
+
+
 def test_a_dataset_without_labels_is_registered_stored_and_reloaded_without_them(
         manager: ExperimentManager) -> None:
     """No labels given means none recorded: not an empty or a copied array."""

@@ -628,6 +628,18 @@ def test_user_draws_derive_from_their_path_and_are_recorded_once(
     assert draws[1]["output"] == array_digest(mask)
 
 
+def test_a_second_user_draw_at_a_path_is_told_to_take_its_own_path(
+        manager: ExperimentManager) -> None:
+    """The refusal of a second user draw at a path used to tell the trainer to use one
+    iterator per experiment, which has nothing to do with it."""
+    with manager.create_experiment("d", seed=5) as exp:
+        exp.draw("test_dropout_mask", ("dropout", 0), shape=[4], rate=0.5)
+        with pytest.raises(BadInputError, match="recorded once per run: give each draw its "
+                                                "own path") as refused:
+            exp.draw("test_dropout_mask", ("dropout", 0), shape=[5], rate=0.5)
+        assert "iterator" not in str(refused.value)
+
+
 def test_a_draw_identity_is_recorded_once_and_never_with_two_outputs(
         manager: ExperimentManager) -> None:
     path = ("custom", 1)

@@ -215,6 +215,39 @@ def test_a_state_saved_at_an_epochs_end_resumes_into_the_next_epoch() -> None:
     assert flat(epoch_batches(second)) == epoch_order(2, 1, 21, True).tolist()
 
 
+def preempted_training(data: tuple[np.ndarray, np.ndarray], epochs: int, stop_at: int | None,
+                       saved_epoch: str) -> tuple[list[int], dict]:
+    """The README's preemption recipe: ``epochs`` passes, stopped after batch ``stop_at`` (a
+    count over the run) saving the iterator state and ``saved_epoch`` ("next_epoch" or the
+    loop's "epoch"); returns the sample indices trained on and the saved file's contents."""
+    batches = TrainingDataIterator(data, 7, seed=2)
+    trained: list[int] = []
+    for epoch in range(epochs):
+        for _x, y in batches:
+            trained.extend(y.tolist())
+            if stop_at is not None and len(trained) // 7 == stop_at:
+                where = batches.next_epoch if saved_epoch == "next_epoch" else epoch
+                return trained, {"epoch": where, "iterator": batches.state_dict()}
+    return trained, {}
+
+
+@pytest.mark.parametrize("saved_epoch, same", [("next_epoch", True), ("epoch", False)])
+def test_the_readmes_preemption_recipe_resumes_at_an_epochs_last_batch(saved_epoch: str,
+                                                                      same: bool) -> None:
+    """Preempted at an epoch's last batch, the state resumes into the next epoch: a loop
+    restarted at the loop's own ``epoch`` (what the README's recipe used to save) trained one
+    epoch more than the uninterrupted run; restarted at ``batches.next_epoch``, the same."""
+    data = indexed_data(21)
+    uninterrupted, _ = preempted_training(data, 3, None, saved_epoch)
+    trained, saved = preempted_training(data, 3, 3, saved_epoch)  # epoch 0's last batch
+    resumed = TrainingDataIterator(data, 7, seed=2)
+    resumed.load_state_dict(saved["iterator"])
+    for _epoch in range(saved["epoch"], 3):
+        for _x, y in resumed:
+            trained.extend(y.tolist())
+    assert (trained == uninterrupted) is same
+
+
 def test_an_iterator_restored_to_an_earlier_epoch_gives_that_epochs_batches() -> None:
     """Loading an earlier state into the iterator that saved it (a retry from a checkpoint)
     gives the earlier epoch's batches again, not those of the epoch it had reached."""

@@ -239,6 +239,34 @@ def test_a_resumed_run_that_does_not_reproduce_itself_is_refused(tmp_path: Path)
         resumed.close()
 
 
+@pytest.mark.parametrize("change", [{"batch_size": 5}, {"drop_last": True}],
+                         ids=["batch_size", "drop_last"])
+def test_a_resumed_run_starting_over_with_other_batches_is_refused(tmp_path: Path,
+                                                                   change: dict) -> None:
+    """An epoch_reset's output is the order's digest, which batch_size and drop_last do not
+    change: a resumed run that started over with another batch_size was taken for the same
+    draw, trained on batches its record does not describe, and replay certified the run."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    features, labels = sample_data(rows=43)
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        exp = manager.create_experiment("restart", seed=42)
+        data = exp.register_dataset("d", features, labels)
+        assert len(list(TrainingDataIterator(data, 10, experiment=exp))) == 5
+        exp.suspend()
+        resumed = manager.resume_experiment(exp.id)
+        data = resumed.register_dataset("d", features, labels)
+        other = TrainingDataIterator(data, **({"batch_size": 10} | change), experiment=resumed)
+        key = next(iter(change))
+        with pytest.raises(BadInputError, match=f"epoch_reset at path \\['epoch', 0, "
+                                                f"'shuffle'\\] with .*{key}=\\S+ \\(recorded"):
+            next(iter(other))
+        same = TrainingDataIterator(data, 10, experiment=resumed)
+        assert len(list(same)) == 5  # the settings it was recorded with: accepted
+        resumed.close()
+    with Store.open(url) as store:
+        assert store.counts_by_kind(exp.id)["epoch_reset"] == 1
+
+
 def test_a_resumed_run_may_start_over_once_but_not_repeat_an_epoch_it_drew_itself(
         tmp_path: Path) -> None:
     """A run killed before it saved any state is resumed from the start: its first iterator

@@ -412,6 +412,25 @@ def test_workers_only_the_first_run_spawned_are_not_differences(url: str) -> Non
         assert dict(report.compared_by_kind) == {"user_draw": 1}
 
 
+@pytest.mark.parametrize("change", [{"batch_size": 16, "batches": 7}, {"drop_last": True}],
+                         ids=["batch_size", "drop_last"])
+def test_an_epoch_batched_with_other_settings_is_a_difference(url: str, change: dict) -> None:
+    """An epoch_reset's output is the order's digest, which batch_size and drop_last do not
+    change: two runs training on other batches of one order used to compare identical."""
+    params = {"epoch": 0, "length": 100, "shuffle": True, "batch_size": 32, "drop_last": False,
+              "batches": 4, "dataset": "d", "dataset_digest": DIGEST}
+    reset = {"kind": "epoch_reset", "path": ["epoch", 0, "shuffle"], "seed": SEED,
+             "output": DIGEST, "params": params}
+    with Store.open(url) as store:
+        forge_run(store, "exp-a", [reset])
+        forge_run(store, "exp-b", [{**reset, "params": params | change}])
+        forge_run(store, "exp-c", [dict(reset)])
+        report = diff_runs(store, "exp-a", "exp-b")
+        assert diff_runs(store, "exp-a", "exp-c").identical
+    assert not report.identical
+    assert report.first_divergence.cause.value == "parameters differ"
+
+
 def test_an_extra_event_does_not_hide_an_earlier_divergence(url: str) -> None:
     """The first divergence is the first in run A's recording order; an event only run B has is
     named first only when nothing of run A differs."""
