@@ -32,15 +32,17 @@ def fast_array_digest(array: np.ndarray) -> bytes:
     """``array_digest`` of a C-contiguous little-endian plain array, hashed through its buffer.
 
     Same result as :func:`ledger.digests.array_digest` (tested); other arrays take that path.
-    The hash state after the tag and the (dtype, shape) header is cached per (dtype, shape).
+    The hash state after the tag and the (dtype, shape) header is cached per (dtype, shape),
+    only for dtypes whose bytes their values determine: a cached one needs no check again.
     """
     dtype = array.dtype
-    if (not array.flags.c_contiguous or dtype.byteorder == ">"
-            or unstable_bytes(dtype) is not None):
-        return array_digest(array)  # which refuses unstable bytes
+    if not array.flags.c_contiguous or dtype.byteorder == ">":
+        return array_digest(array)
     key = (dtype.str, array.shape)
     prefix = _PREFIXES.get(key)
     if prefix is None:
+        if unstable_bytes(dtype) is not None:
+            return array_digest(array)  # which refuses it, saying why
         if len(_PREFIXES) > 256:
             _PREFIXES.clear()
         prefix = _PREFIXES[key] = hashlib.sha256(

@@ -36,9 +36,10 @@ from ledger.environment import entrypoint as detect_entrypoint
 from ledger.errors import (BadInputError, ForeignStateError, LedgerError, StateAheadError,
                            StoreError)
 from ledger.events import (AUDIT_STREAM, CHECKPOINT, COMPLETION_STATUSES, DATASET_REGISTERED,
-                           EPOCH_RESET, EXPERIMENT_CREATED, MAIN_STREAM, METRIC, RUN_COMPLETED, USER_DRAW,
-                           Event, check_experiment_id, check_recordable, draw_value, is_draw,
-                           make_event, new_experiment_id, refuse_second_draw, seen_draw)
+                           EPOCH_RESET, EXPERIMENT_CREATED, MAIN_STREAM, METRIC, RUN_COMPLETED,
+                           USER_DRAW, Event, check_experiment_id, check_recordable, draw_value,
+                           is_draw, make_event, new_experiment_id, refuse_second_draw,
+                           seen_draw)
 from ledger.logged_values import check_metric_value, checkpoint_record, state_digest
 from ledger.processes import forks_so_far
 from ledger.seeds import (SEED_SCHEME, Label, check_path, check_root_seed, derive_bytes,

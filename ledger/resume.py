@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from ledger.errors import BadInputError, CheckFailedError
 from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EPOCH_RESET,
-                           EXPERIMENT_CREATED,
-                           MAIN_STREAM, METRIC, RUN_COMPLETED, RUN_RESUMED, decode_body,
-                           draw_value)
+                           EXPERIMENT_CREATED, MAIN_STREAM, METRIC, RUN_COMPLETED, RUN_RESUMED,
+                           decode_body, draw_value)
 from ledger.seeds import root_seed_from_bytes
 from ledger.store import Store, StreamWriter
 from ledger.verify import verify

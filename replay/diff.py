@@ -23,8 +23,8 @@ from typing import Any
 from ledger.digests import value_digest
 from ledger.errors import CheckFailedError, LedgerError
 from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EPOCH_RESET,
-                           EXPERIMENT_CREATED, METRIC,
-                           RUN_COMPLETED, RUN_RESUMED, WORKER_SPAWNED, decode_body)
+                           EXPERIMENT_CREATED, METRIC, RUN_COMPLETED, RUN_RESUMED,
+                           WORKER_SPAWNED, decode_body)
 from ledger.experiment_info import MetricSummary, MetricTally
 from ledger.json_view import json_view
 from ledger.store.store import Store
