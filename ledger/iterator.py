@@ -397,6 +397,8 @@ class TrainingDataIterator:
                     experiment.skip_logs_to(logged)
                 elif type(recorded_until) is int:
                     experiment.forget_logs_before(recorded_until)
+        elif self.recording:
+            self._check_fresh_runs_state(state.get("run"))
         self._stop_active()
         self._epoch, self._batch, self._started = epoch, batch, started
         self._reset_recorded = None
@@ -441,6 +443,18 @@ class TrainingDataIterator:
             raise ForeignStateError(f"got a state saved by run {quoted(saved_by)}, but resumed "
                                     f"run {experiment.id} continues only a state of its "
                                     f"own{continues}: load the state {experiment.id} saved")
+
+    def _check_fresh_runs_state(self, saved_by: Any) -> None:
+        """A new run may start from a state of the run it continues (``parent=``): one saved by
+        any other run would start it mid-way with nothing in its record linking it to the run
+        that drew what came before, and is refused. A state that names no run (an older
+        library's) is taken as before."""
+        experiment = cast(Experiment, self.experiment)
+        if saved_by is None or saved_by in (experiment.id, experiment.parent):
+            return
+        raise ForeignStateError(f"got a state saved by run {quoted(saved_by)}, but new run "
+                                f"{experiment.id} does not continue it: create the run with "
+                                f"parent={quoted(saved_by)} to continue that run")
 
     def _refuse_ahead(self, epoch: int, batch: int, missing: str) -> NoReturn:
         raise StateAheadError(f"got a state at epoch {epoch} batch {batch}, but "

@@ -785,3 +785,29 @@ def test_a_resumed_run_refuses_a_state_saved_by_another_run(tmp_path: Path) -> N
                                      experiment=resumed).load_state_dict(foreign)
         assert describe_experiment(manager.store, exp.id).status == "incomplete"
         manager.resume_experiment(exp.id).close()  # still resumable
+
+
+def test_a_new_run_loads_only_a_state_of_the_run_it_continues(tmp_path: Path) -> None:
+    """A new run loading another run's state started mid-epoch with nothing in its record
+    linking it to the run that drew what came before. Refused, unless ``parent=`` names that
+    run; a run's own state loads as before."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    features, labels = sample_data(rows=40)
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("saver", seed=7) as saver:
+            batches = TrainingDataIterator(saver.register_dataset("d", features, labels), 10,
+                                           experiment=saver)
+            next(iter(batches))
+            state = batches.state_dict()
+            batches.close()
+        with pytest.raises(ForeignStateError, match=f"saved by run '{saver.id}', but new run "
+                                                    f"exp-[0-9a-f]+ does not continue it: "
+                                                    f"create the run with parent="):
+            with manager.create_experiment("unrelated", seed=7) as unrelated:
+                TrainingDataIterator(unrelated.register_dataset("d", features, labels), 10,
+                                     experiment=unrelated).load_state_dict(state)
+        with manager.create_experiment("child", seed=7, parent=saver.id) as child:
+            continued = TrainingDataIterator(child.register_dataset("d", features, labels), 10,
+                                             experiment=child)
+            continued.load_state_dict(state)
+            assert len(list(continued)) == 3  # the batches the saver had left
