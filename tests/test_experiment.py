@@ -426,6 +426,35 @@ def test_a_killed_process_leaves_an_incomplete_run_that_verifies(tmp_path: Path)
     assert shown.returncode == 0 and "INCOMPLETE" in shown.stdout
 
 
+def test_a_script_that_never_closes_its_experiment_keeps_every_event_at_exit(
+        tmp_path: Path) -> None:
+    """Without ``with`` or ``close()``, the events of the last flush interval were lost when
+    the script ended (50 metrics logged, only experiment_created stored). Now open writers
+    are closed at exit: every event is kept, the stream released, the run incomplete."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    script = textwrap.dedent(f"""
+        from ledger import ExperimentManager
+        manager = ExperimentManager({url!r})
+        exp = manager.create_experiment("never-closed", seed=3)
+        for step in range(50):
+            exp.log_metric("loss", 1.0 / (step + 1), epoch=step)
+        print(exp.id, flush=True)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    exp = done.stdout.strip()
+    with Store.open(url) as store:
+        info = describe_experiment(store, exp)
+        assert info.counts[METRIC] == 50 and info.status == "incomplete"
+        assert verify(store, exp).ok
+    with ExperimentManager(url) as manager:  # released: resumed without take_over
+        with manager.resume_experiment(exp) as resumed:
+            resumed.log_metric("loss", 0.01, epoch=50)
+    with Store.open(url) as store:
+        assert describe_experiment(store, exp).status == "ok"
+
+
 def test_a_forked_child_records_nothing_and_leaves_the_run_to_its_process(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     script = textwrap.dedent(f"""

@@ -18,9 +18,12 @@ killed; the chain in the database then simply ends earlier, and still verifies.
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -39,6 +42,26 @@ DEFAULT_BATCH_SIZE = 2000
 DEFAULT_FLUSH_INTERVAL = 1.0
 MAX_QUEUED_BATCHES = 2
 """Write-behind: full batches that may wait for the background thread before appends block."""
+
+_open_writers: weakref.WeakSet[StreamWriter] = weakref.WeakSet()
+"""Writers opened in this process and not yet closed: closed at interpreter exit."""
+
+
+def _close_open_writers_at_exit() -> None:
+    """Write what open writers still buffer and release their streams when Python exits: a
+    script that never closes its experiment (no ``with``, no ``close()``) lost up to the last
+    second of events, the flush interval. Its run stays incomplete — nothing says how it
+    ended — but holds every event it appended. A writer that cannot write (a server gone) is
+    one line on stderr; a forked child's copies are left alone."""
+    for writer in list(_open_writers):
+        try:
+            writer.close()
+        except Exception as error:  # noqa: BLE001 - at exit: one line, never a traceback
+            print(f"ledger: at exit, could not write the last events of {writer.exp}/"
+                  f"{writer.stream}: {error}", file=sys.stderr)
+
+
+atexit.register(_close_open_writers_at_exit)
 
 
 class StreamWriter:
@@ -114,6 +137,7 @@ class StreamWriter:
         if threads_share_database and (self.write_behind or flush_interval is not None):
             self._start_thread()
             pause_for_forks(self)
+        _open_writers.add(self)
 
     def _start_thread(self) -> None:
         target = self._write_behind if self.write_behind else self._flush_periodically
@@ -407,6 +431,7 @@ class StreamWriter:
                     self._raise_failure()
         finally:
             self._closed = True
+            _open_writers.discard(self)
             self._release()
 
     def _release(self) -> None:
