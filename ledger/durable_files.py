@@ -28,6 +28,13 @@ _UNSYNCABLE_FOLDER = {errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES, er
 file systems): the file itself is flushed, which is all they offer."""
 
 
+def in_device_folder(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` lies under /dev or /proc, whose entries stand for devices, streams and
+    processes: no place for a file the user means to keep (``/dev/null.key``), and renaming
+    over one replaces the node."""
+    return os.path.abspath(path).split(os.sep)[1:2] in (["dev"], ["proc"])
+
+
 def flush_folder(folder: Path) -> None:
     """Flush ``folder``'s entries to disk, so that a rename into it survives a power loss."""
     try:

@@ -31,7 +31,7 @@ from typing import Any, BinaryIO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger.audit import record_audit, require_audit_append
-from ledger.durable_files import commit_file, flush_folder, stage_file
+from ledger.durable_files import commit_file, flush_folder, in_device_folder, stage_file
 from ledger.errors import BadInputError
 from ledger.events import REPORT_EXPORTED
 from ledger.store.store import Store
@@ -121,7 +121,7 @@ def _resolve_target(path: Path, what: str, ledger_files: set[str]) -> Path:
     replacing it), refused when it is the ledger itself or a path under /dev or /proc (whose
     entries stand for streams and devices: renaming over one replaces the node)."""
     given = os.path.abspath(path)
-    if given.split(os.sep)[1:2] in (["dev"], ["proc"]):
+    if in_device_folder(given):
         raise BadInputError(f"cannot write {path}: not a path for a file (without -o the report "
                             f"goes to stdout)")
     real = Path(os.path.realpath(given))

@@ -27,7 +27,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ledger.durable_files import flush_folder
+from ledger.durable_files import flush_folder, in_device_folder
 from ledger.errors import BadInputError
 
 ALGORITHM = "Ed25519"
@@ -50,6 +50,9 @@ def generate_key_pair(prefix: str | os.PathLike[str]) -> tuple[Path, Path, str]:
         raise BadInputError(f"got key prefix {text!r}, but it must end in a file name, e.g. "
                             f"keys/signing (for keys/signing{PRIVATE_SUFFIX} and "
                             f"keys/signing{PUBLIC_SUFFIX})")
+    if in_device_folder(text):
+        raise BadInputError(f"got key prefix {text!r}, but keys cannot go under /dev or /proc: "
+                            f"give a path in an ordinary folder")
     private_path = Path(f"{text}{PRIVATE_SUFFIX}")
     public_path = Path(f"{text}{PUBLIC_SUFFIX}")
     for path in (private_path, public_path):

@@ -190,6 +190,17 @@ def test_keygen_needs_a_prefix_ending_in_a_file_name(tmp_path: Path, prefix: str
     assert sorted(path.name for path in tmp_path.rglob("*")) == ["keys"]  # nothing written
 
 
+@pytest.mark.parametrize("prefix", ["/dev/null", "/dev/shm/ledger-keygen-test", "/proc/k"])
+def test_keygen_refuses_device_and_process_folders(prefix: str) -> None:
+    """``keygen --out /dev/null`` wrote /dev/null.key and /dev/null.pub, keys nobody means to
+    keep, where ``report -o`` refuses the same paths."""
+    done = run_cli("keygen", "--out", prefix)
+    assert done.returncode == 2 and done.stderr.splitlines() == [
+        f"ledger: error: got key prefix '{prefix}', but keys cannot go under /dev or /proc: "
+        f"give a path in an ordinary folder"]
+    assert not Path(f"{prefix}.key").exists() and not Path(f"{prefix}.pub").exists()
+
+
 def test_a_missing_appendix_is_noted_not_failed(bundle: Path, signed: Path) -> None:
     (bundle / "events.ndjson").unlink()
     (bundle / "SHA256SUMS").unlink()
