@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
+import os
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -110,13 +112,84 @@ class Progress:
             click.echo("\r\033[K", err=True, nl=False)
 
 
+class TrustedOutput:
+    """The redirection :func:`trusted_output_to_stderr` holds; the command's own output written
+    within it goes through :meth:`to_stdout`."""
+
+    def __init__(self, saved: int | None) -> None:
+        self._saved = saved
+        """A copy of the descriptor 1 the command started with (None: nothing redirected)."""
+
+    @contextlib.contextmanager
+    def to_stdout(self) -> Iterator[None]:
+        """Descriptor 1 on the real stdout again while the command writes its own output (the
+        report ``ledger report`` delivers once its replay is done)."""
+        if self._saved is None:
+            yield
+            return
+        _flush_stray_output()
+        os.dup2(self._saved, 1)
+        try:
+            yield
+        finally:
+            os.dup2(2, 1)
+
+    def restore(self) -> None:
+        """Descriptor 1 back on the real stdout for good, what trusted code left in buffers
+        written to stderr first."""
+        if self._saved is not None:
+            _flush_stray_output()
+            os.dup2(self._saved, 1)
+            os.close(self._saved)
+            self._saved = None
+
+
 @contextlib.contextmanager
-def trusted_output_to_stderr() -> Iterator[None]:
+def trusted_output_to_stderr() -> Iterator[TrustedOutput]:
     """What trusted code prints while it runs — a ``--trust`` module as it is imported, a
     ``--full`` job as it trains — goes to stderr: stdout holds the command's output alone, with
-    ``--json`` exactly one document (and ``ledger report`` on stdout, the report alone)."""
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
+    ``--json`` exactly one document (and ``ledger report`` on stdout, the report alone).
+
+    ``sys.stdout`` and file descriptor 1 both point at stderr meanwhile: code writing to the
+    descriptor (``os.write(1, …)``, a C library's ``printf``) got its bytes before the
+    document. Output of the command's own within the block goes through
+    :meth:`TrustedOutput.to_stdout`.
+    """
+    sys.stdout.flush()
+    redirection = TrustedOutput(_descriptor_1_to_stderr())
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield redirection
+    finally:
+        redirection.restore()
+
+
+def _descriptor_1_to_stderr() -> int | None:
+    """Point descriptor 1 at stderr's; return a copy of the old one (None when either cannot
+    be duplicated: nothing is redirected then)."""
+    try:
+        saved = os.dup(1)
+    except OSError:
+        return None
+    try:
+        os.dup2(2, 1)
+    except OSError:
+        os.close(saved)
+        return None
+    return saved
+
+
+def _flush_stray_output() -> None:
+    """Write out, while descriptor 1 still points at stderr, what trusted code left buffered
+    for it: in ``sys.__stdout__`` and in C's stdio (``printf`` to a pipe is buffered) — else it
+    would reach stdout later. C's is best effort where libc cannot be found."""
+    with contextlib.suppress(OSError, ValueError):
+        if sys.__stdout__ is not None:
+            sys.__stdout__.flush()
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
 
 
 def options_given(context: click.Context, options: dict[str, str]) -> list[str]:

@@ -165,8 +165,11 @@ def test_a_job_calling_sys_exit_0_is_not_a_certificate_on_the_command_line(
 
 
 CHATTY_MODULE = "ledger_test_chatty_job"
-CHATTY_SOURCE = ("from ledger.jobs import register_job\n\n"
-                 "print('chatty module imported')\n\n"
+CHATTY_SOURCE = ("import ctypes, os\n"
+                 "from ledger.jobs import register_job\n\n"
+                 "print('chatty module imported')\n"
+                 "os.write(1, b'written to descriptor 1\\n')\n"
+                 "ctypes.CDLL(None).printf(b'printed by C\\n')\n\n"
                  "@register_job('test-hostile-chatty', 1)\n"
                  "def job(manager, *, seed, config):\n"
                  "    print('epoch 1  loss 0.5')\n"
@@ -176,7 +179,8 @@ CHATTY_SOURCE = ("from ledger.jobs import register_job\n\n"
 def test_what_trusted_code_prints_goes_to_stderr_so_json_stays_one_document(
         tmp_path: Path) -> None:
     """Training code prints; with --json its lines must not land before the document (they
-    made stdout unparsable, and a failure printed no error document at all)."""
+    made stdout unparsable, and a failure printed no error document at all) — through
+    ``print``, through descriptor 1 and through C's stdio alike."""
     folder = tmp_path / "modules"
     folder.mkdir()
     (folder / f"{CHATTY_MODULE}.py").write_text(CHATTY_SOURCE)
@@ -192,7 +196,8 @@ def test_what_trusted_code_prints_goes_to_stderr_so_json_stays_one_document(
                     CHATTY_MODULE, "--data-dir", str(tmp_path / "data"), env=env)
     assert draws.returncode == 0, draws.stdout + draws.stderr
     assert json.loads(draws.stdout)["verdict"] == "certified"
-    assert draws.stderr == "chatty module imported\n"
+    assert sorted(draws.stderr.splitlines()) == ["chatty module imported", "printed by C",
+                                                 "written to descriptor 1"]
     report = run_cli("--db", forged, "report", exp, "--replay", "--no-record", "--trust",
                      CHATTY_MODULE, "--data-dir", str(tmp_path / "data"), env=env)
     assert report.returncode == 0, report.stdout + report.stderr

@@ -118,11 +118,15 @@ def report_command(obj: dict, exp: str, fmt: str | None, output: Path | None, bu
                             retain_months=None if retain_years is None else 12 * retain_years,
                             retain_from=retain_from, full_appendix=full_appendix)
     stdout = sys.stdout  # the report's; what a --replay's trusted code prints goes to stderr
-    with trusted_output_to_stderr(), Store.open(obj["db_url"]) as store:
+    with trusted_output_to_stderr() as redirection, Store.open(obj["db_url"]) as store:
         store.bounded_writes = True  # its record waits for a lock no longer than a read
+
+        def deliver(data: bytes) -> None:
+            with redirection.to_stdout():
+                _write_stdout(stdout, data)
+
         result = export_report(store, exp, options, fmt=fmt, output=output, bundle=bundle,
-                               appendix=appendix, key=key,
-                               deliver=lambda data: _write_stdout(stdout, data))
+                               appendix=appendix, key=key, deliver=deliver)
     summary = result.report["summary"]
     if result.stdout is not None:
         for path in result.written:
