@@ -66,7 +66,9 @@ def _check_path_slowly(labels: tuple) -> Path:
         if isinstance(label, bool) or not isinstance(label, (str, int, np.integer)):
             raise BadInputError(f"path labels must be str or non-negative int, got {label!r}")
         if isinstance(label, str):
-            checked.append(str(label))
+            # Its text, as canonical() encodes a str subclass: str() would use the subclass's
+            # own __str__ ("Colour.RED" for a str Enum) and derive a seed for another path.
+            checked.append(str.__str__(label))
         elif 0 <= int(label) <= _LABEL_MAX:
             checked.append(int(label))
         else:

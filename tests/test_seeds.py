@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import hashlib
 
 import msgpack
@@ -174,3 +175,22 @@ def test_the_largest_label_is_accepted_on_the_numpy_path_too() -> None:
     assert derive(7, (largest, np.int64(0))) == derive(7, (largest, 0))
     with pytest.raises(BadInputError):
         derive(7, (np.int64(-1),))
+
+
+class _Colour(str, enum.Enum):
+    RED = "red"
+
+
+class _Shouting(str):
+    def __str__(self) -> str:
+        return self.upper()
+
+
+@pytest.mark.parametrize("label", [_Colour.RED, _Shouting("red"), np.str_("red")])
+def test_str_subclass_labels_name_the_path_of_their_text(label: str) -> None:
+    # A label is its text, as canonical() encodes it: derive() hashes canonical([root, path]),
+    # so a str subclass whose __str__ says something else ("_Colour.RED") names "red" still.
+    assert check_path(("a", label)) == ("a", "red")
+    assert type(check_path((label,))[0]) is str
+    assert derive_bytes(7, ("a", label)) == derive_bytes(7, ("a", "red")) == reference_derive(
+        7, ("a", "red"))
