@@ -73,7 +73,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                                                               "started_at", "ended_at",
                                                               "duration_s", "resources", "note"])
     out += ["## R3 Code", ""] + _pairs(report["R3"], ["vcs", "commit", "dirty", "diff_digest",
-                                                      "untracked", "command_line",
+                                                      "untracked", "entrypoint", "command_line",
                                                       "configuration_digest"])
     r4 = report["R4"]
     out += ["## R4 Environment", ""] + _pairs(r4, ["python", "numpy", "blas_threads", "platform",

@@ -195,6 +195,16 @@ def test_markdown_carries_what_report_md_requires_as_json_and_html_do(
     assert "| migrations\\_note |" in r10
 
 
+def test_markdown_r3_shows_the_recorded_entrypoint(report: dict[str, Any]) -> None:
+    """REPORT.md R3 asks for the entrypoint or command line: a job that names its entrypoint
+    (the demo's ``{"job": …}``) has no command line, and the Markdown showed only that dash."""
+    entry = {"job": "nightly-train", "version": 2}
+    text = render_markdown({**report, "R3": {**report["R3"], "entrypoint": entry,
+                                             "command_line": None}})
+    r3 = _md_section(text, "R3")
+    assert '| entrypoint | {"job": "nightly-train", "version": 2} |' in r3
+
+
 def test_the_provenance_attestation_names_checkpoints_data_code_and_seed(
         report: dict[str, Any]) -> None:
     statement = provenance_statement(report)
