@@ -760,29 +760,31 @@ def test_a_state_one_draw_ahead_of_the_resumed_run_is_refused(
     assert resumed.status == "ok"
 
 
+def _forty_rows(exp: Experiment) -> TrainingDataIterator:
+    """The foreign-state tests' iterator: 40 rows in batches of 10, the same data every run."""
+    features, labels = sample_data(rows=40)
+    return TrainingDataIterator(exp.register_dataset("d", features, labels), 10, experiment=exp)
+
+
 def test_a_resumed_run_refuses_a_state_saved_by_another_run(tmp_path: Path) -> None:
     """A resumed run loads a state of its own or of the run it continues. One saved by an
     unrelated run used to skip every check (it names another run), so a state ahead of this
     run's record resumed past draws the ledger never got — a hole replay would certify. It is
     refused, naming both runs, and the run is left resumable (suspended), not failed."""
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    features, labels = sample_data(rows=40)
     with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
         with manager.create_experiment("other", seed=7) as other:
-            batches = TrainingDataIterator(other.register_dataset("d", features, labels), 10,
-                                           experiment=other)
+            batches = _forty_rows(other)
             for _epoch in range(3):
                 list(batches)
             foreign = batches.state_dict()
         exp = manager.create_experiment("resumable", seed=7)
-        list(TrainingDataIterator(exp.register_dataset("d", features, labels), 10,
-                                  experiment=exp))
+        list(_forty_rows(exp))
         exp.suspend()
         with pytest.raises(ForeignStateError, match=f"saved by run '{other.id}', but resumed "
                                                     f"run {exp.id} continues only"):
             with manager.resume_experiment(exp.id) as resumed:
-                TrainingDataIterator(resumed.register_dataset("d", features, labels), 10,
-                                     experiment=resumed).load_state_dict(foreign)
+                _forty_rows(resumed).load_state_dict(foreign)
         assert describe_experiment(manager.store, exp.id).status == "incomplete"
         manager.resume_experiment(exp.id).close()  # still resumable
 
@@ -792,11 +794,9 @@ def test_a_new_run_loads_only_a_state_of_the_run_it_continues(tmp_path: Path) ->
     linking it to the run that drew what came before. Refused, unless ``parent=`` names that
     run; a run's own state loads as before."""
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    features, labels = sample_data(rows=40)
     with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
         with manager.create_experiment("saver", seed=7) as saver:
-            batches = TrainingDataIterator(saver.register_dataset("d", features, labels), 10,
-                                           experiment=saver)
+            batches = _forty_rows(saver)
             next(iter(batches))
             state = batches.state_dict()
             batches.close()
@@ -804,10 +804,8 @@ def test_a_new_run_loads_only_a_state_of_the_run_it_continues(tmp_path: Path) ->
                                                     f"exp-[0-9a-f]+ does not continue it: "
                                                     f"create the run with parent="):
             with manager.create_experiment("unrelated", seed=7) as unrelated:
-                TrainingDataIterator(unrelated.register_dataset("d", features, labels), 10,
-                                     experiment=unrelated).load_state_dict(state)
+                _forty_rows(unrelated).load_state_dict(state)
         with manager.create_experiment("child", seed=7, parent=saver.id) as child:
-            continued = TrainingDataIterator(child.register_dataset("d", features, labels), 10,
-                                             experiment=child)
+            continued = _forty_rows(child)
             continued.load_state_dict(state)
             assert len(list(continued)) == 3  # the batches the saver had left
