@@ -69,6 +69,9 @@ def _normalise_other(obj: Any, depth: int) -> Any:
     """Subclasses and numpy scalars: accepted only where they have one obvious meaning."""
     if isinstance(obj, (bool, np.bool_)):
         return bool(obj)
+    if isinstance(obj, np.timedelta64):  # an integer subclass in numpy, but its unit is lost
+        raise EncodingError("cannot encode a value of type timedelta64 canonically: its unit "
+                            "would be lost (give a number of a named unit)")
     if isinstance(obj, (int, np.integer)):
         return _normalise(int(obj), depth)
     if isinstance(obj, (float, np.float16, np.float32, np.float64)):

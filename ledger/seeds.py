@@ -34,7 +34,8 @@ Path = tuple[Label, ...]
 
 def check_root_seed(root: int) -> int:
     """Return ``root`` if it is an int in ``[0, 2**128)``; raise saying what it got otherwise."""
-    if isinstance(root, bool) or not isinstance(root, (int, np.integer)):
+    if (isinstance(root, (bool, np.timedelta64))
+            or not isinstance(root, (int, np.integer))):
         raise BadInputError(f"root seed must be an int in [0, 2**128), got {type(root).__name__}")
     root = int(root)
     if not 0 <= root < 2**ROOT_SEED_BITS:
@@ -63,7 +64,8 @@ def check_path(path: Sequence[Label]) -> Path:
 def _check_path_slowly(labels: tuple) -> Path:
     checked: list[Label] = []
     for label in labels:
-        if isinstance(label, bool) or not isinstance(label, (str, int, np.integer)):
+        if (isinstance(label, (bool, np.timedelta64))  # numpy's timedelta64 is an integer
+                or not isinstance(label, (str, int, np.integer))):
             raise BadInputError(f"path labels must be str or non-negative int, got {label!r}")
         if isinstance(label, str):
             # Its text, as canonical() encodes a str subclass: str() would use the subclass's

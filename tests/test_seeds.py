@@ -88,14 +88,15 @@ def test_numpy_integer_labels_name_the_same_path_as_python_ints(k: int) -> None:
 
 @pytest.mark.parametrize("path", [
     (-1,), (2**64,), (True,), (False,), (1.0,), (None,), (b"worker",), (("nested",),),
-    ("worker", [0]), "worker", b"worker",
+    ("worker", [0]), "worker", b"worker", (np.timedelta64(3),), (np.timedelta64(3, "D"),),
 ])
 def test_bad_paths_are_refused(path: object) -> None:
     with pytest.raises(BadInputError):
         derive(0, path)
 
 
-@pytest.mark.parametrize("root", [-1, 2**128, True, 1.0, "42", None, b"\x00" * 16])
+@pytest.mark.parametrize("root", [-1, 2**128, True, 1.0, "42", None, b"\x00" * 16,
+                                  np.timedelta64(42)])
 def test_bad_root_seeds_are_refused(root: object) -> None:
     with pytest.raises(BadInputError):
         derive(root, ())
