@@ -72,9 +72,14 @@ def _normalise_other(obj: Any, depth: int) -> Any:
     if isinstance(obj, np.timedelta64):  # an integer subclass in numpy, but its unit is lost
         raise EncodingError("cannot encode a value of type timedelta64 canonically: its unit "
                             "would be lost (give a number of a named unit)")
-    if isinstance(obj, (int, np.integer)):
+    if isinstance(obj, int):
+        # Its value, as msgpack packs it: int() would use a subclass's own __int__.
+        return _normalise(int.__int__(obj), depth)
+    if isinstance(obj, np.integer):
         return _normalise(int(obj), depth)
-    if isinstance(obj, (float, np.float16, np.float32, np.float64)):
+    if isinstance(obj, float):
+        return float.__float__(obj)  # its value, whatever a subclass's __float__ says
+    if isinstance(obj, (np.float16, np.float32)):
         return float(obj)
     if isinstance(obj, str):
         return str.__str__(obj)  # its text, whatever the subclass's __str__ says

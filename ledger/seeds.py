@@ -37,7 +37,7 @@ def check_root_seed(root: int) -> int:
     if (isinstance(root, (bool, np.timedelta64))
             or not isinstance(root, (int, np.integer))):
         raise BadInputError(f"root seed must be an int in [0, 2**128), got {type(root).__name__}")
-    root = int(root)
+    root = _int_value(root)
     if not 0 <= root < 2**ROOT_SEED_BITS:
         raise BadInputError(f"root seed must be in [0, 2**128), got {root}")
     return root
@@ -71,11 +71,17 @@ def _check_path_slowly(labels: tuple) -> Path:
             # Its text, as canonical() encodes a str subclass: str() would use the subclass's
             # own __str__ ("Colour.RED" for a str Enum) and derive a seed for another path.
             checked.append(str.__str__(label))
-        elif 0 <= int(label) <= _LABEL_MAX:
-            checked.append(int(label))
+        elif 0 <= _int_value(label) <= _LABEL_MAX:
+            checked.append(_int_value(label))
         else:
             raise BadInputError(f"path label {label} must be in [0, 2**64)")
     return tuple(checked)
+
+
+def _int_value(number: int | np.integer) -> int:
+    """The value of an int or numpy integer, as canonical() encodes it: int() would use an int
+    subclass's own ``__int__`` and derive a seed for another root or path."""
+    return int.__int__(number) if isinstance(number, int) else int(number)
 
 
 def derive_bytes(root: int, path: Sequence[Label]) -> bytes:

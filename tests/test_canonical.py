@@ -231,6 +231,28 @@ def test_a_str_subclass_is_its_text_not_what_its_str_says() -> None:
     assert type(normalise(_Str("a"))) is str
 
 
+class _Int(int):
+    def __int__(self) -> int:
+        return 99
+
+    def __index__(self) -> int:
+        return 99
+
+
+class _Float(float):
+    def __float__(self) -> float:
+        return 2.0
+
+
+def test_int_and_float_subclasses_are_their_value_not_what_their_conversion_says() -> None:
+    # msgpack packs an int or float subclass by its value (3, 3.0); canonical() must agree,
+    # whatever the subclass's __int__/__index__/__float__ return.
+    assert canonical(_Int(3)) == canonical(3) == msgpack.packb(_Int(3))
+    assert canonical(_Float(3.0)) == canonical(3.0) == msgpack.packb(_Float(3.0))
+    assert canonical({"n": [_Int(3), _Float(3.0)]}) == canonical({"n": [3, 3.0]})
+    assert type(normalise(_Int(3))) is int and type(normalise(_Float(3.0))) is float
+
+
 def test_two_keys_with_the_same_text_are_refused() -> None:
     with pytest.raises(EncodingError, match="two keys with the same text"):
         canonical({_NeverEqual("a"): 1, _NeverEqual("a"): 2})

@@ -195,3 +195,17 @@ def test_str_subclass_labels_name_the_path_of_their_text(label: str) -> None:
     assert type(check_path((label,))[0]) is str
     assert derive_bytes(7, ("a", label)) == derive_bytes(7, ("a", "red")) == reference_derive(
         7, ("a", "red"))
+
+
+class _Int(int):
+    def __int__(self) -> int:
+        return 99
+
+    def __index__(self) -> int:
+        return 99
+
+
+def test_int_subclass_labels_and_roots_are_their_value() -> None:
+    # As canonical() encodes them: derive() hashes canonical([root, path]).
+    assert check_path(("a", _Int(3))) == ("a", 3)
+    assert derive_bytes(_Int(7), ("a", _Int(3))) == reference_derive(7, ("a", 3))
