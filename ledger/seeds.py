@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence, Set
 
 import numpy as np
 
@@ -47,6 +47,11 @@ def check_path(path: Sequence[Label]) -> Path:
     """Return ``path`` as a tuple if each label is a str or an int in ``[0, 2**64)``."""
     if isinstance(path, (str, bytes)):
         raise BadInputError(f"a seed path is a sequence of labels, got the string {path!r}")
+    if isinstance(path, (Set, Mapping)):
+        # Unordered: a set of str iterates in an order PYTHONHASHSEED decides, so its seed
+        # would change from one process to the next (DESIGN §1's invariance promise).
+        raise BadInputError(f"a seed path is a sequence of labels, got the unordered "
+                            f"{type(path).__name__} {path!r}")
     try:
         labels = tuple(path)
     except TypeError:

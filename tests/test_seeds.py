@@ -209,3 +209,14 @@ def test_int_subclass_labels_and_roots_are_their_value() -> None:
     # As canonical() encodes them: derive() hashes canonical([root, path]).
     assert check_path(("a", _Int(3))) == ("a", 3)
     assert derive_bytes(_Int(7), ("a", _Int(3))) == reference_derive(7, ("a", 3))
+
+
+@pytest.mark.parametrize("path", [{"a", "b"}, frozenset({"a", "b"}), {"a": 1, "b": 2},
+                                  {"a": 1}.keys()])
+def test_unordered_paths_are_refused(path: object) -> None:
+    # A set's order depends on PYTHONHASHSEED: its seed would change from one process to the
+    # next, breaking the invariance promise (DESIGN §1). A path is an ordered sequence.
+    with pytest.raises(BadInputError, match="sequence of labels"):
+        check_path(path)  # type: ignore[arg-type]
+    with pytest.raises(BadInputError, match="sequence of labels"):
+        derive(0, path)  # type: ignore[arg-type]
