@@ -83,10 +83,12 @@ def _normalise_other(obj: Any, depth: int) -> Any:
         return float(obj)
     if isinstance(obj, str):
         return str.__str__(obj)  # its text, whatever the subclass's __str__ says
+    # Subclasses are what they hold, as msgpack packs them: their buffer, their entries — not
+    # what their own __bytes__ or keys() would say.
     if isinstance(obj, (bytes, bytearray, memoryview)):
-        return bytes(obj)
+        return bytes(memoryview(obj))
     if isinstance(obj, dict):
-        return _normalise_dict(dict(obj), depth + 1)
+        return _normalise_dict(dict(dict.items(obj)), depth + 1)
     if isinstance(obj, msgpack.ExtType):  # a tuple subclass: it would pass for a list
         raise EncodingError("cannot encode a value of type ExtType canonically: no ext types")
     if isinstance(obj, (list, tuple)):

@@ -331,6 +331,31 @@ def test_list_and_tuple_subclasses_encode_as_the_list_of_their_items() -> None:
     assert type(normalise(_List([1]))) is list
 
 
+class _Disguised(bytes):
+    def __bytes__(self) -> bytes:
+        return b"other"
+
+
+class _OneKey(dict):
+    def __iter__(self) -> Any:
+        return iter(["a"])
+
+    def keys(self) -> Any:
+        return ["a"]
+
+
+def test_bytes_and_dict_subclasses_encode_what_they_hold_as_msgpack_does() -> None:
+    # msgpack packs a bytes or dict subclass by what it holds (its buffer, its entries); the
+    # subclass's own __bytes__ or keys() must not make canonical() say otherwise.
+    assert canonical(_Disguised(b"ab")) == canonical(b"ab") == msgpack.packb(
+        _Disguised(b"ab"), use_bin_type=True)
+    assert canonical(_OneKey(a=1, b=2)) == canonical({"a": 1, "b": 2}) == msgpack.packb(
+        {"a": 1, "b": 2})
+    assert msgpack.packb(_OneKey(a=1, b=2)) == msgpack.packb({"a": 1, "b": 2})
+    assert canonical({"k": [_Disguised(b"x"), _OneKey(b=[2], a=1)]}) == canonical(
+        {"k": [b"x", {"a": 1, "b": [2]}]})
+
+
 def subclass_nested(depth: int) -> Any:
     """Like :func:`nested`, but every container a subclass (OrderedDict, list subclass)."""
     value: Any = 1
