@@ -45,7 +45,8 @@ def check_root_seed(root: int) -> int:
 
 def check_path(path: Sequence[Label]) -> Path:
     """Return ``path`` as a tuple if each label is a str or an int in ``[0, 2**64)``."""
-    if isinstance(path, (str, bytes)):
+    if isinstance(path, (str, bytes, bytearray, memoryview)):
+        # Bytes of any kind are a string, not a path of int labels (b"ab" is not (97, 98)).
         raise BadInputError(f"a seed path is a sequence of labels, got the string {path!r}")
     if isinstance(path, (Set, Mapping)):
         # Unordered: a set of str iterates in an order PYTHONHASHSEED decides, so its seed

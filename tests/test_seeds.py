@@ -89,6 +89,7 @@ def test_numpy_integer_labels_name_the_same_path_as_python_ints(k: int) -> None:
 @pytest.mark.parametrize("path", [
     (-1,), (2**64,), (True,), (False,), (1.0,), (None,), (b"worker",), (("nested",),),
     ("worker", [0]), "worker", b"worker", (np.timedelta64(3),), (np.timedelta64(3, "D"),),
+    bytearray(b"worker"), memoryview(b"worker"),
 ])
 def test_bad_paths_are_refused(path: object) -> None:
     with pytest.raises(BadInputError):
