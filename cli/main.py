@@ -50,7 +50,9 @@ class _OneUrl(click.types.StringParamType):
 
 def _one_db(given: tuple[str, ...], where: str) -> str | None:
     """The one ledger the ``--db`` options ``given`` name (None for none); two different ones
-    are refused (usage error, exit 2)."""
+    are refused (usage error, exit 2), and so is an empty one (``--db "$URL"`` with URL unset),
+    which would otherwise fall back to LEDGER_URL or the current folder's ledger.db unseen."""
+    check_db_url(given, "--db")
     if len(set(given)) > 1:
         raise click.UsageError(f"got --db twice{where}, naming two ledgers: give it once")
     return given[0] if given else None
@@ -65,6 +67,14 @@ def cli(context: click.Context, db_url: tuple[str, ...]) -> None:
     """Reproducibility Ledger: record every random draw of a training run, verify, replay."""
     named = context.get_parameter_source("db_url") is click.core.ParameterSource.COMMANDLINE
     context.obj = {"db_url": _one_db(db_url, ""), "db_named": named}
+
+
+def check_db_url(given: tuple[str, ...] | str | None, option: str) -> None:
+    """Refuse an empty URL given to ``option`` (usage error, exit 2): it names no ledger."""
+    for url in (given,) if isinstance(given, str) else given or ():
+        if not url:
+            raise click.UsageError(f"got an empty {option}: give a database URL, e.g. "
+                                   f"sqlite:///ledger.db")
 
 
 def _db_after_command(context: click.Context, _param: click.Parameter, given: tuple[str, ...]

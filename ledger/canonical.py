@@ -69,16 +69,26 @@ def _normalise_other(obj: Any, depth: int) -> Any:
     """Subclasses and numpy scalars: accepted only where they have one obvious meaning."""
     if isinstance(obj, (bool, np.bool_)):
         return bool(obj)
-    if isinstance(obj, (int, np.integer)):
+    if isinstance(obj, np.timedelta64):  # an integer subclass in numpy, but its unit is lost
+        raise EncodingError("cannot encode a value of type timedelta64 canonically: its unit "
+                            "would be lost (give a number of a named unit)")
+    if isinstance(obj, int):
+        # Its value, as msgpack packs it: int() would use a subclass's own __int__.
+        return _normalise(int.__int__(obj), depth)
+    if isinstance(obj, np.integer):
         return _normalise(int(obj), depth)
-    if isinstance(obj, (float, np.float16, np.float32, np.float64)):
+    if isinstance(obj, float):
+        return float.__float__(obj)  # its value, whatever a subclass's __float__ says
+    if isinstance(obj, (np.float16, np.float32)):
         return float(obj)
     if isinstance(obj, str):
         return str.__str__(obj)  # its text, whatever the subclass's __str__ says
+    # Subclasses are what they hold, as msgpack packs them: their buffer, their entries — not
+    # what their own __bytes__ or keys() would say.
     if isinstance(obj, (bytes, bytearray, memoryview)):
-        return bytes(obj)
+        return bytes(memoryview(obj))
     if isinstance(obj, dict):
-        return _normalise_dict(dict(obj), depth + 1)
+        return _normalise_dict(dict(dict.items(obj)), depth + 1)
     if isinstance(obj, msgpack.ExtType):  # a tuple subclass: it would pass for a list
         raise EncodingError("cannot encode a value of type ExtType canonically: no ext types")
     if isinstance(obj, (list, tuple)):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence, Set
 
 import numpy as np
 
@@ -34,9 +34,10 @@ Path = tuple[Label, ...]
 
 def check_root_seed(root: int) -> int:
     """Return ``root`` if it is an int in ``[0, 2**128)``; raise saying what it got otherwise."""
-    if isinstance(root, bool) or not isinstance(root, (int, np.integer)):
+    if (isinstance(root, (bool, np.timedelta64))
+            or not isinstance(root, (int, np.integer))):
         raise BadInputError(f"root seed must be an int in [0, 2**128), got {type(root).__name__}")
-    root = int(root)
+    root = _int_value(root)
     if not 0 <= root < 2**ROOT_SEED_BITS:
         raise BadInputError(f"root seed must be in [0, 2**128), got {root}")
     return root
@@ -44,8 +45,14 @@ def check_root_seed(root: int) -> int:
 
 def check_path(path: Sequence[Label]) -> Path:
     """Return ``path`` as a tuple if each label is a str or an int in ``[0, 2**64)``."""
-    if isinstance(path, (str, bytes)):
+    if isinstance(path, (str, bytes, bytearray, memoryview)):
+        # Bytes of any kind are a string, not a path of int labels (b"ab" is not (97, 98)).
         raise BadInputError(f"a seed path is a sequence of labels, got the string {path!r}")
+    if isinstance(path, (Set, Mapping)):
+        # Unordered: a set of str iterates in an order PYTHONHASHSEED decides, so its seed
+        # would change from one process to the next (DESIGN §1's invariance promise).
+        raise BadInputError(f"a seed path is a sequence of labels, got the unordered "
+                            f"{type(path).__name__} {path!r}")
     try:
         labels = tuple(path)
     except TypeError:
@@ -63,17 +70,24 @@ def check_path(path: Sequence[Label]) -> Path:
 def _check_path_slowly(labels: tuple) -> Path:
     checked: list[Label] = []
     for label in labels:
-        if isinstance(label, bool) or not isinstance(label, (str, int, np.integer)):
+        if (isinstance(label, (bool, np.timedelta64))  # numpy's timedelta64 is an integer
+                or not isinstance(label, (str, int, np.integer))):
             raise BadInputError(f"path labels must be str or non-negative int, got {label!r}")
         if isinstance(label, str):
             # Its text, as canonical() encodes a str subclass: str() would use the subclass's
             # own __str__ ("Colour.RED" for a str Enum) and derive a seed for another path.
             checked.append(str.__str__(label))
-        elif 0 <= int(label) <= _LABEL_MAX:
-            checked.append(int(label))
+        elif 0 <= _int_value(label) <= _LABEL_MAX:
+            checked.append(_int_value(label))
         else:
             raise BadInputError(f"path label {label} must be in [0, 2**64)")
     return tuple(checked)
+
+
+def _int_value(number: int | np.integer) -> int:
+    """The value of an int or numpy integer, as canonical() encodes it: int() would use an int
+    subclass's own ``__int__`` and derive a seed for another root or path."""
+    return int.__int__(number) if isinstance(number, int) else int(number)
 
 
 def derive_bytes(root: int, path: Sequence[Label]) -> bytes:

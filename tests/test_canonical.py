@@ -231,6 +231,28 @@ def test_a_str_subclass_is_its_text_not_what_its_str_says() -> None:
     assert type(normalise(_Str("a"))) is str
 
 
+class _Int(int):
+    def __int__(self) -> int:
+        return 99
+
+    def __index__(self) -> int:
+        return 99
+
+
+class _Float(float):
+    def __float__(self) -> float:
+        return 2.0
+
+
+def test_int_and_float_subclasses_are_their_value_not_what_their_conversion_says() -> None:
+    # msgpack packs an int or float subclass by its value (3, 3.0); canonical() must agree,
+    # whatever the subclass's __int__/__index__/__float__ return.
+    assert canonical(_Int(3)) == canonical(3) == msgpack.packb(_Int(3))
+    assert canonical(_Float(3.0)) == canonical(3.0) == msgpack.packb(_Float(3.0))
+    assert canonical({"n": [_Int(3), _Float(3.0)]}) == canonical({"n": [3, 3.0]})
+    assert type(normalise(_Int(3))) is int and type(normalise(_Float(3.0))) is float
+
+
 def test_two_keys_with_the_same_text_are_refused() -> None:
     with pytest.raises(EncodingError, match="two keys with the same text"):
         canonical({_NeverEqual("a"): 1, _NeverEqual("a"): 2})
@@ -244,6 +266,7 @@ def test_dict_subclasses_encode_like_dicts() -> None:
 @pytest.mark.parametrize("value", [
     {1, 2}, frozenset(), object(), 1j, decimal.Decimal("1.5"), datetime.date(2024, 1, 1),
     np.array([1, 2]), np.complex128(1), np.datetime64("2024-01-01"), range(3), type,
+    np.timedelta64(3), np.timedelta64(3, "D"), np.timedelta64("NaT"),
     lambda: None, msgpack.ExtType(1, b"x"),
     np.longdouble(1) if np.longdouble != np.float64 else {1},
 ])
@@ -306,6 +329,31 @@ def test_list_and_tuple_subclasses_encode_as_the_list_of_their_items() -> None:
     assert canonical(_Pair(np.int64(1), _List(["a"]))) == canonical([1, ["a"]])
     assert normalise({"k": _Pair(1, 2)}) == {"k": [1, 2]}
     assert type(normalise(_List([1]))) is list
+
+
+class _Disguised(bytes):
+    def __bytes__(self) -> bytes:
+        return b"other"
+
+
+class _OneKey(dict):
+    def __iter__(self) -> Any:
+        return iter(["a"])
+
+    def keys(self) -> Any:
+        return ["a"]
+
+
+def test_bytes_and_dict_subclasses_encode_what_they_hold_as_msgpack_does() -> None:
+    # msgpack packs a bytes or dict subclass by what it holds (its buffer, its entries); the
+    # subclass's own __bytes__ or keys() must not make canonical() say otherwise.
+    assert canonical(_Disguised(b"ab")) == canonical(b"ab") == msgpack.packb(
+        _Disguised(b"ab"), use_bin_type=True)
+    assert canonical(_OneKey(a=1, b=2)) == canonical({"a": 1, "b": 2}) == msgpack.packb(
+        {"a": 1, "b": 2})
+    assert msgpack.packb(_OneKey(a=1, b=2)) == msgpack.packb({"a": 1, "b": 2})
+    assert canonical({"k": [_Disguised(b"x"), _OneKey(b=[2], a=1)]}) == canonical(
+        {"k": [b"x", {"a": 1, "b": [2]}]})
 
 
 def subclass_nested(depth: int) -> Any:

@@ -529,6 +529,19 @@ def test_db_may_follow_the_command_name(ledger_file: LedgerFile, command: tuple[
     assert not (tmp_path / "other.db").exists() and not (tmp_path / "elsewhere.db").exists()
 
 
+@pytest.mark.parametrize("args", [("--db", "", "list"), ("list", "--db", ""),
+                                  ("--db", "", "verify", DONE, "--json"),
+                                  ("diff", DONE, DONE, "--db-b", "")], ids=ids)
+def test_an_empty_db_url_is_refused_not_taken_for_the_default(ledger_file: LedgerFile,
+                                                              args: tuple[str, ...]) -> None:
+    """``--db ""`` (say ``--db "$URL"`` with URL unset) names no ledger: it is bad usage, not
+    the default ledger of the current folder silently read instead; nor is an empty --db-b
+    the ledger of EXP_A."""
+    result = run_cli(*args, cwd=ledger_file.path.parent)
+    assert_one_line_error(result, says="empty")
+    assert run_cli("list", cwd=ledger_file.path.parent, env={"LEDGER_URL": ""}).returncode == 0
+
+
 def test_ledger_url_is_one_url_even_with_spaces(ledger_file: LedgerFile, tmp_path: Path
                                                 ) -> None:
     """``--db`` takes every occurrence (to refuse two ledgers); LEDGER_URL stays one URL, not

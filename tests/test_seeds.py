@@ -88,14 +88,16 @@ def test_numpy_integer_labels_name_the_same_path_as_python_ints(k: int) -> None:
 
 @pytest.mark.parametrize("path", [
     (-1,), (2**64,), (True,), (False,), (1.0,), (None,), (b"worker",), (("nested",),),
-    ("worker", [0]), "worker", b"worker",
+    ("worker", [0]), "worker", b"worker", (np.timedelta64(3),), (np.timedelta64(3, "D"),),
+    bytearray(b"worker"), memoryview(b"worker"),
 ])
 def test_bad_paths_are_refused(path: object) -> None:
     with pytest.raises(BadInputError):
         derive(0, path)
 
 
-@pytest.mark.parametrize("root", [-1, 2**128, True, 1.0, "42", None, b"\x00" * 16])
+@pytest.mark.parametrize("root", [-1, 2**128, True, 1.0, "42", None, b"\x00" * 16,
+                                  np.timedelta64(42)])
 def test_bad_root_seeds_are_refused(root: object) -> None:
     with pytest.raises(BadInputError):
         derive(root, ())
@@ -194,3 +196,28 @@ def test_str_subclass_labels_name_the_path_of_their_text(label: str) -> None:
     assert type(check_path((label,))[0]) is str
     assert derive_bytes(7, ("a", label)) == derive_bytes(7, ("a", "red")) == reference_derive(
         7, ("a", "red"))
+
+
+class _Int(int):
+    def __int__(self) -> int:
+        return 99
+
+    def __index__(self) -> int:
+        return 99
+
+
+def test_int_subclass_labels_and_roots_are_their_value() -> None:
+    # As canonical() encodes them: derive() hashes canonical([root, path]).
+    assert check_path(("a", _Int(3))) == ("a", 3)
+    assert derive_bytes(_Int(7), ("a", _Int(3))) == reference_derive(7, ("a", 3))
+
+
+@pytest.mark.parametrize("path", [{"a", "b"}, frozenset({"a", "b"}), {"a": 1, "b": 2},
+                                  {"a": 1}.keys()])
+def test_unordered_paths_are_refused(path: object) -> None:
+    # A set's order depends on PYTHONHASHSEED: its seed would change from one process to the
+    # next, breaking the invariance promise (DESIGN §1). A path is an ordered sequence.
+    with pytest.raises(BadInputError, match="sequence of labels"):
+        check_path(path)  # type: ignore[arg-type]
+    with pytest.raises(BadInputError, match="sequence of labels"):
+        derive(0, path)  # type: ignore[arg-type]

@@ -70,7 +70,9 @@ def test_a_newer_schema_version_is_refused(store: Store, store_url: str) -> None
             Store.open(store_url, create=create)
 
 
-@pytest.mark.parametrize("value", ["", "one", "0", "-3"])
+@pytest.mark.parametrize("value", ["", "one", "0", "-3",
+                                   # int() reads these as 1, but the ledger never writes them
+                                   " 1", "1 ", "1\n", "01", "+1", "\u0661", "1_0"])
 def test_an_unreadable_schema_version_is_refused(store: Store, store_url: str, value: str) -> None:
     drop_append_only_triggers(store)
     execute(store, "UPDATE ledger_meta SET value = :value WHERE key = 'schema_version'",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from cli.display import printable, runs_differ_line
-from cli.main import cli, db_option
+from cli.main import check_db_url, cli, db_option
 from cli.output import emit_json, json_option
 from ledger.store import Store
 from ledger.json_view import json_view
@@ -28,8 +28,9 @@ def diff_command(obj: dict, exp_a: str, exp_b: str, db_b: str | None, as_json: b
     so runs with different worker counts compare directly. Also lists every difference in
     configuration, dataset digests, code version and environment.
     """
+    check_db_url(db_b, "--db-b")
     with Store.open(obj["db_url"]) as store:
-        if db_b:
+        if db_b is not None:
             with Store.open(db_b) as other:
                 report = diff_runs(store, exp_a, exp_b, store_b=other)
         else:

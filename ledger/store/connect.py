@@ -468,10 +468,12 @@ def _enable_wal(engine: Engine, shown: str) -> None:
 def _check_format(stored: dict[str, str], shown: str) -> None:
     if stored.get("format") != FORMAT_MARKER:
         raise StoreError(f"{shown} is not a ledger (format marker missing)")
-    try:
-        version = int(stored.get("schema_version", ""))
-    except ValueError:
-        raise StoreError(f"{shown} has an unreadable schema version") from None
+    text = stored.get("schema_version", "")
+    # Only the digits the ledger writes (str of an int): int() would also read " 1", "01", "+1"
+    # or non-ASCII digits as 1, and take a database this program never wrote for a ledger.
+    if not (text.isascii() and text.isdigit()) or text != str(int(text)):
+        raise StoreError(f"{shown} has an unreadable schema version")
+    version = int(text)
     if version > SCHEMA_VERSION:
         raise StoreError(f"{shown} has ledger schema version {version}, newer than this program's "
                          f"{SCHEMA_VERSION}: upgrade reproducibility-ledger to read it")
