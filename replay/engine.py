@@ -58,6 +58,10 @@ class ReplayReport:
 
     exp: str
     head: bytes | None
+    status: str = "ok"
+    """The run's completion status as ``ledger show`` gives it: ``ok``, ``failed``, or
+    ``incomplete`` when it has no run_completed — then only the draws it recorded are certified,
+    and every output says so (DESIGN §3)."""
     compared: Counter = field(default_factory=Counter)
     matched: int = 0
     mismatched: int = 0
@@ -83,7 +87,8 @@ class ReplayReport:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready map."""
-        return {"exp": self.exp, "verdict": self.verdict, "head": hex_or_none(self.head),
+        return {"exp": self.exp, "verdict": self.verdict, "status": self.status,
+                "complete": self.head is not None, "head": hex_or_none(self.head),
                 "compared": dict(sorted(self.compared.items())),
                 "compared_total": sum(self.compared.values()), "matched": self.matched,
                 "mismatched": self.mismatched, "not_draws": dict(sorted(self.not_draws.items())),
@@ -271,7 +276,7 @@ class _Replay:
     def _report(self, created: dict[str, Any], plugins: list[str]
                 ) -> tuple[ReplayReport, Comparer]:
         report = ReplayReport(self.exp, self.store.first_event_hash(self.exp, RUN_COMPLETED),
-                              jobs=self.jobs,
+                              status=self.store.experiment(self.exp).status, jobs=self.jobs,
                               replayed_by=f"{current_user() or 'unknown'}@{socket.gethostname()}",
                               started_t=time.time_ns(), plugins=plugins)
         report.environment = environment_fingerprint()

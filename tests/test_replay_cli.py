@@ -17,7 +17,7 @@ from conftest import run_cli
 from ledger.digests import value_digest
 from ledger.store import Store, StreamWriter
 from ledger_builders import record_experiment
-from replay_helpers import record_run
+from replay_helpers import record_run, sample_data
 
 RECORD_WITH_CUSTOM_OP = textwrap.dedent("""
     import sys
@@ -176,6 +176,35 @@ def test_replay_json_is_one_document_and_records_the_replay(tmp_path: Path) -> N
     assert {"stream": "audit", "count": 1} .items() <= next(
         s for s in shown["streams"] if s["stream"] == "audit").items()
     assert run_cli("--db", url, "verify", exp).returncode == 0
+
+
+def test_replay_of_an_incomplete_run_says_it_certifies_only_what_was_recorded(
+        tmp_path: Path) -> None:
+    """DESIGN §3: an incomplete run says so everywhere it is shown. Its replay certified it with
+    the headline of a whole run; only 'run head none' below hinted at it, and --json only by
+    a null head."""
+    from ledger import ExperimentManager, TrainingDataIterator
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        exp = manager.create_experiment("preempted", seed=42)
+        list(TrainingDataIterator(exp.register_dataset("d", *sample_data()), 64, experiment=exp))
+        exp.suspend()
+    done = record_run(url, tmp_path / "data")
+
+    def replay(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli("--db", url, "replay", *args, "--data-dir", str(tmp_path / "data"))
+
+    text = replay(exp.id, "--no-record")
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.splitlines()[0] == (f"CERTIFIED: {exp.id} reproduces draw for draw "
+                                           f"(run incomplete: the draws recorded so far)")
+    certificate = json.loads(replay(exp.id, "--json").stdout)
+    assert (certificate["verdict"], certificate["status"], certificate["complete"],
+            certificate["head"]) == ("certified", "incomplete", False, None)
+    whole = json.loads(replay(done, "--json").stdout)
+    assert (whole["status"], whole["complete"]) == ("ok", True)
+    assert "incomplete" not in replay(done).stdout
 
 
 def test_a_library_absent_at_replay_is_shown_absent_below_the_certificate(

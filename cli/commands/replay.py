@@ -144,10 +144,11 @@ def _full(url: str | None, exp: str, trusted: tuple[str, ...], as_json: bool) ->
 
 def _print(report: ReplayReport) -> None:
     head = report.head.hex() if report.head else "none (run incomplete)"
+    so_far = "" if report.head else " (run incomplete: the draws recorded so far)"
     if report.certified:
-        click.echo(f"CERTIFIED: {report.exp} reproduces draw for draw")
+        click.echo(f"CERTIFIED: {report.exp} reproduces draw for draw{so_far}")
     else:
-        click.echo(f"DIVERGED: {report.exp}")
+        click.echo(f"DIVERGED: {report.exp}{so_far}")
         assert report.first_divergence is not None  # set whenever a run is not certified
         click.echo(printable(f"  first divergence: {report.first_divergence.describe()}"))
         click.echo(f"  {report.mismatched:,} of {sum(report.compared.values()):,} re-executed "
