@@ -169,6 +169,21 @@ def test_urls_that_are_not_urls_are_refused(url: Any) -> None:
         ExperimentManager(url)
 
 
+def test_an_empty_url_is_refused_not_taken_for_the_default(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ExperimentManager(os.environ.get("URL", ""))`` with the variable unset named no ledger,
+    yet recorded into $LEDGER_URL's or the current folder's; an empty $LEDGER_URL stays unset."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LEDGER_URL", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    with pytest.raises(StoreError, match="^got an empty database URL: give one"):
+        ExperimentManager("")
+    assert not (tmp_path / "elsewhere.db").exists()
+    monkeypatch.setenv("LEDGER_URL", "")
+    with ExperimentManager(data_dir=tmp_path / "data") as manager:
+        manager.create_experiment("default", seed=1).close()
+    assert (tmp_path / "ledger.db").exists()
+
+
 @pytest.mark.parametrize("data_dir", [5, "a\x00b"], ids=["int", "nul"])
 def test_a_data_dir_must_be_a_path(tmp_path: Path, data_dir: Any) -> None:
     with pytest.raises(BadInputError, match="data_dir"):

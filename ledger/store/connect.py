@@ -55,7 +55,14 @@ BOUNDED_WRITE = "bounded"
 
 
 def resolve_url(url: str | None = None) -> str:
-    """The URL to use: the one given, else ``$LEDGER_URL``, else ``sqlite:///ledger.db``."""
+    """The URL to use: the one given, else ``$LEDGER_URL``, else ``sqlite:///ledger.db``.
+
+    An empty one given names no ledger (``ExperimentManager(os.environ.get("URL", ""))`` with
+    the variable unset) and is refused, rather than silently taken for another ledger. An
+    empty ``$LEDGER_URL`` is unset, as shells treat it."""
+    if url is not None and not url:
+        raise StoreError("got an empty database URL: give one, e.g. sqlite:///ledger.db, or "
+                         "None for $LEDGER_URL or the default")
     return url or os.environ.get(URL_ENV) or DEFAULT_URL
 
 
