@@ -43,13 +43,16 @@ def _pairs(section: dict[str, Any], keys: list[str]) -> list[str]:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    """The report as one Markdown document."""
+    """The report as one Markdown document: the summary (verdicts, the headline — which says
+    when R8's verdict is quoted from a recorded replay rather than re-run — the run head and
+    the alerts), the crosswalk, then R0–R13."""
     s, r0 = report["summary"], report["R0"]
     out = [f"# Compliance report — {m(s['exp'])}", "",
            f"Report {m(r0['report_id'])} · generated {m(r0['generated_at'])} by "
            f"{m(r0['generated_by'])} · schema {m(report['schema'])}", "",
            f"**Replay verdict: {m(s['replay'])}** · **Ledger integrity: {m(s['integrity'])}** · "
            f"**Run: {m(s['run_status'])}, {'complete' if s['complete'] else 'INCOMPLETE'}**", "",
+           f"Summary: {m(s['headline'])}", "",  # a quoted verdict says so here
            f"Run head: {m(s['run_head'] or 'none — the run is incomplete')}", ""]
     out += [f"> **{m(alert)}**" for alert in s["alerts"]] + ([""] if s["alerts"] else [])
     r14 = report["R14"]

@@ -607,3 +607,17 @@ def test_the_appendix_lists_main_first_audit_last_each_in_seq_order_with_its_dig
         body = bodies[(entry["stream"], entry["seq"])]
         assert (entry["input"], entry["output"]) == (hex_or_none(body.get("input")),
                                                      hex_or_none(body.get("output")))
+
+
+def test_markdown_summary_states_the_headline_that_qualifies_a_quoted_verdict(
+        report: dict[str, Any]) -> None:
+    """A verdict quoted from a recorded replay is a claim, not a re-execution: the headline
+    says "as recorded by …; not re-run by this report" (and "quoted from a ledger that fails
+    verification" when it does). JSON and HTML carry the headline; the Markdown showed a bare
+    "Replay verdict: PASSED"."""
+    assert report["R8"]["source"] == "recorded in the audit stream"
+    headline = report["summary"]["headline"]
+    assert "as recorded by" in headline and "not re-run by this report" in headline
+    text = render_markdown(report)
+    summary = text[:text.index("## R14 ")]
+    assert m(headline) in summary and "as recorded by" in summary
