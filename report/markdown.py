@@ -89,6 +89,10 @@ def render_markdown(report: dict[str, Any]) -> str:
                    for d in r5["datasets"]])
     out += [f"Train/test independence: **{m(r5['independence']['status'])}** — "
             f"{m(r5['independence']['reason'])}", ""]
+    if r5["independence"]["pairs"]:  # the overlap itself (expected 0), as JSON and HTML give it
+        out += _table(["training dataset", "test dataset", "overlap", "test records"],
+                      [[p["train"], p["test"], p["overlap"], p["test_records"]]
+                       for p in r5["independence"]["pairs"]])
     out += ["## R6 Configuration", ""] + _pairs(report["R6"], ["hyperparameters", "digest",
                                                                "digest_rule"])
     r7 = report["R7"]

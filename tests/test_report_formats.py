@@ -621,3 +621,18 @@ def test_markdown_summary_states_the_headline_that_qualifies_a_quoted_verdict(
     text = render_markdown(report)
     summary = text[:text.index("## R14 ")]
     assert m(headline) in summary and "as recorded by" in summary
+
+
+def test_markdown_r5_shows_each_pair_and_its_overlap(report: dict[str, Any]) -> None:
+    """REPORT.md R5's independence check is the overlap of record digests, expected 0: JSON
+    and HTML list each (training, test) pair with its overlap, the Markdown only said
+    "failed", never how many test records, nor of which datasets."""
+    changed = json.loads(json.dumps(report))
+    changed["R5"]["independence"] = {
+        "status": "failed", "reason": "records of a test dataset also occur in a training "
+        "dataset", "pairs": [{"train": "tr", "test": "holdout", "overlap": 7,
+                              "test_records": 10}]}
+    r5 = _md_section(render_markdown(changed), "R5")
+    assert "| training dataset | test dataset | overlap | test records |" in r5
+    assert "| tr | holdout | 7 | 10 |" in r5
+    assert "| training dataset |" not in _md_section(render_markdown(report), "R5")
