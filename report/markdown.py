@@ -96,8 +96,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += ["## R6 Configuration", ""] + _pairs(report["R6"], ["hyperparameters", "digest",
                                                                "digest_rule"])
     r7 = report["R7"]
-    out += ["## R7 Randomness inventory", ""] + _pairs(r7, ["root_seed", "root_seed_source",
-                                                            "scheme", "categories", "events"])
+    out += ["## R7 Randomness inventory", ""] + _pairs(r7, ["root_seed", "root_seed_hex",
+                                                            "root_seed_source", "scheme",
+                                                            "derivation", "categories",
+                                                            "counts_by_kind", "events"])
     out += _table(["seed path", "kind", "draws", "seed"],
                   [["/".join(map(str, n["path"])), n["kind"], n["count"], n["seed"]]
                    for n in r7["seed_tree"]["nodes"][:60]])
@@ -124,7 +126,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                   [[x["stream"], x["count"], x["head"]] for x in r9["streams"]])
     out += _table(["append-only control", "in force", "detail"],
                   [[c["control"], c["in_force"], c["detail"]] for c in r9["append_only_controls"]])
-    out += _pairs(r9, ["hash_algorithm", "run_head", "signature"])
+    out += _pairs(r9, ["hash_algorithm", "event_hash_rule", "run_head", "signature"])
     r10 = report["R10"]
     out += ["## R10 History", ""] + _pairs(r10, ["ledger_schema_version", "migrations",
                                                  "migrations_note"])
@@ -133,7 +135,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                    for h in report["R10"]["events"]])
     out += ["## R11 Retention", ""] + _pairs(report["R11"], ["class", "retain_months",
                                                              "retain_from", "earliest_deletion",
-                                                             "basis"])
+                                                             "basis", "note"])
     r12 = report["R12"]
     out += ["## R12 Limitations and non-claims", ""] + [f"- {m(x)}" for x in r12["non_claims"]]
     out += [""] + [f"- **{m(x)}**" for x in r12["this_run"]] + [""]

@@ -636,3 +636,18 @@ def test_markdown_r5_shows_each_pair_and_its_overlap(report: dict[str, Any]) -> 
     assert "| training dataset | test dataset | overlap | test records |" in r5
     assert "| tr | holdout | 7 | 10 |" in r5
     assert "| training dataset |" not in _md_section(render_markdown(report), "R5")
+
+
+def test_markdown_shows_the_derivation_events_by_kind_hash_rule_and_retention_note(
+        report: dict[str, Any]) -> None:
+    """README: the Markdown has the same fields as JSON and HTML. It left out R7's derivation
+    rule, root seed in hex and events by kind (the only place a resumed run's run_resumed
+    shows), R9's event hash rule and R11's note that the legal period may start later."""
+    text = render_markdown(report)
+    r7, r9, r11 = (_md_section(text, key) for key in ("R7", "R9", "R11"))
+    assert f"| root\\_seed\\_hex | {report['R7']['root_seed_hex']} |" in r7
+    assert f"| derivation | {m(report['R7']['derivation'])} |" in r7
+    assert report["R7"]["counts_by_kind"]["run_resumed"] == 1  # the fixture's run was resumed
+    assert "| counts\\_by\\_kind |" in r7 and '"run\\_resumed": 1' in r7
+    assert f"| event\\_hash\\_rule | {m(report['R9']['event_hash_rule'])} |" in r9
+    assert f"| note | {m(report['R11']['note'])} |" in r11
