@@ -54,7 +54,9 @@ def render_markdown(report: dict[str, Any]) -> str:
            f"**Run: {m(s['run_status'])}, {'complete' if s['complete'] else 'INCOMPLETE'}**", "",
            f"Summary: {m(s['headline'])}", "",  # a quoted verdict says so here
            f"Run head: {m(s['run_head'] or 'none — the run is incomplete')}", ""]
-    out += [f"> **{m(alert)}**" for alert in s["alerts"]] + ([""] if s["alerts"] else [])
+    for index, alert in enumerate(s["alerts"]):  # one quote, each alert its own paragraph:
+        out += ([">"] if index else []) + [f"> **{m(alert)}**"]  # "> " lines run together
+    out += [""] if s["alerts"] else []
     r14 = report["R14"]
     out += ["## R14 Crosswalk", "", m(r14["note"]), ""]
     out += _table(["section", "framework", "provision", "evidence given"],

@@ -651,3 +651,13 @@ def test_markdown_shows_the_derivation_events_by_kind_hash_rule_and_retention_no
     assert "| counts\\_by\\_kind |" in r7 and '"run\\_resumed": 1' in r7
     assert f"| event\\_hash\\_rule | {m(report['R9']['event_hash_rule'])} |" in r9
     assert f"| note | {m(report['R11']['note'])} |" in r11
+
+
+
+def test_markdown_alerts_are_separate_paragraphs_of_the_quote(report: dict[str, Any]) -> None:
+    """Consecutive "> **…**" lines are one paragraph in Markdown (a soft line break renders as
+    a space): two alerts ran together into one line. An empty quote line separates them."""
+    changed = json.loads(json.dumps(report))
+    changed["summary"]["alerts"] = ["RUN FAILED: boom", "DATA OVERLAP: test records in training"]
+    text = render_markdown(changed)
+    assert "> **RUN FAILED: boom**\n>\n> **DATA OVERLAP: test records in training**\n\n" in text
