@@ -237,7 +237,8 @@ def _r8(report: dict[str, Any]) -> str:
                      ("Counts", r8["counts"]), ("First divergence", r8["first_divergence"]),
                      ("Environment differences from R4", r8["environment_differences"]),
                      ("Replay environment", r8["environment"]),
-                     ("Comparison policy", r8["policy"])]))
+                     ("Comparison policy", r8["policy"]),
+                     ("Plugins loaded", r8["plugins"])]))
 
 
 def _r9(report: dict[str, Any]) -> str:

@@ -661,3 +661,14 @@ def test_markdown_alerts_are_separate_paragraphs_of_the_quote(report: dict[str, 
     changed["summary"]["alerts"] = ["RUN FAILED: boom", "DATA OVERLAP: test records in training"]
     text = render_markdown(changed)
     assert "> **RUN FAILED: boom**\n>\n> **DATA OVERLAP: test records in training**\n\n" in text
+
+
+def test_html_r8_names_the_plugins_the_replay_loaded(report: dict[str, Any]) -> None:
+    """Which replayer plugins the replay imported is part of its certificate: JSON and
+    Markdown give R8's plugins, the HTML left them out."""
+    changed = json.loads(json.dumps(report))
+    changed["R8"]["plugins"] = ["plugin:audited-ops", "test_report_dropout/1"]
+    html = render_html(changed)
+    r8 = html[html.index('<section id="R8">'):html.index('<section id="R9">')]
+    assert "<th>Plugins loaded</th>" in r8
+    assert "plugin:audited-ops" in r8 and "test_report_dropout/1" in r8
