@@ -14,6 +14,7 @@ from typing import Any
 
 from ledger.text import escape_unprintable
 from ledger.verify import INTACT_NOTE
+from report.metrics import unplotted_note
 from report.seedtree import ELLIPSIS
 from report.svg import metric_chart
 
@@ -140,7 +141,9 @@ def _r1(report: dict[str, Any]) -> str:
             + f"<h3>Final checkpoints ({e(r1['checkpoints']['recorded'])} recorded)</h3>"
             + (f"<table><tr><th>name</th><th>epoch</th><th>state digest</th></tr>{checkpoints}"
                f"</table>" if checkpoints else '<p class="muted">no checkpoint recorded</p>')
-            + "<h3>Metrics</h3>" + (charts or '<p class="muted">no metric recorded</p>'))
+            + "<h3>Metrics</h3>" + (charts or '<p class="muted">no metric recorded</p>')
+            + (f'<p class="muted">{e(unplotted_note(r1["metrics_not_plotted"]))}</p>'
+               if r1["metrics_not_plotted"] else ""))
 
 
 def _r5(report: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 from ledger.text import escape_unprintable
 from ledger.verify import INTACT_NOTE
+from report.metrics import unplotted_note
 
 _SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 """Markdown's inline punctuation; values never start a line, so block markers (#, -, >) are safe."""
@@ -70,10 +71,13 @@ def render_markdown(report: dict[str, Any]) -> str:
     r1 = report["R1"]
     out += ["## R1 Run identity", ""] + _pairs(r1, ["exp", "name", "model", "purpose", "parent",
                                                     "status", "complete", "run_head", "error"])
+    out += [f"Final checkpoints ({m(r1['checkpoints']['recorded'])} recorded):", ""]
     out += _table(["checkpoint", "epoch", "state digest"],
                   [[c["name"], c["epoch"], c["digest"]] for c in r1["checkpoints"]["final"]])
     out += _table(["metric", "values", "last", "last epoch"],
                   [[x["name"], x["count"], x["last"], x["last_epoch"]] for x in r1["metrics"]])
+    if r1["metrics_not_plotted"]:
+        out += [m(unplotted_note(r1["metrics_not_plotted"])), ""]
     out += ["## R2 Who and when", ""] + _pairs(report["R2"], ["started_by", "host", "pid",
                                                               "started_at", "ended_at",
                                                               "duration_s", "resources", "note"])

@@ -672,3 +672,22 @@ def test_html_r8_names_the_plugins_the_replay_loaded(report: dict[str, Any]) -> 
     r8 = html[html.index('<section id="R8">'):html.index('<section id="R9">')]
     assert "<th>Plugins loaded</th>" in r8
     assert "plugin:audited-ops" in r8 and "test_report_dropout/1" in r8
+
+
+def test_r1_says_how_many_checkpoints_were_recorded_and_metric_values_left_out(
+        report: dict[str, Any]) -> None:
+    """Past MAX_SERIES names a metric's values are counted, not kept (R1 metrics_not_plotted),
+    and R1 counts every checkpoint recorded, not only each name's last: HTML and Markdown
+    showed neither count, so a table of a few metrics read as all there were."""
+    changed = json.loads(json.dumps(report))
+    changed["R1"]["metrics_not_plotted"] = 37
+    changed["R1"]["checkpoints"]["recorded"] = 5
+    r1 = _md_section(render_markdown(changed), "R1")
+    assert "Final checkpoints (5 recorded)" in r1
+    assert "37 values of metrics past the first 100 names are counted, not shown" in r1
+    html = render_html(changed)
+    html_r1 = html[html.index('<section id="R1">'):html.index('<section id="R2">')]
+    assert "37 values of metrics past the first 100 names are counted, not shown" in html_r1
+    plain = render_markdown(report)
+    assert "past the first 100 names" not in plain and "past the first 100 names" not in (
+        render_html(report))
