@@ -252,6 +252,8 @@ def _r9(report: dict[str, Any]) -> str:
                       f"<td>{_code(s['head'])}</td></tr>" for s in r9["streams"])
     controls = "".join(f"<tr><td>{e(c['control'])}</td><td>{e(c['in_force'])}</td>"
                        f"<td>{e(c['detail'])}</td></tr>" for c in r9["append_only_controls"])
+    undecodable = "".join(f"<tr><td>{e(u['stream'])}</td><td class=\"num\">{e(u['seq'])}</td>"
+                          f"<td>{e(u['kind'])}</td></tr>" for u in r9["undecodable_events"])
     findings = "".join(f"<li>{e(f['exp'])} stream {e(f['stream'])} seq {e(f['seq'])}: "
                        f"{e(f['problem'])}</li>" for f in verification["findings"])
     return (f'<p class="verdict">Full chain verification: <span class="{status}">{status}</span>'
@@ -264,7 +266,9 @@ def _r9(report: dict[str, Any]) -> str:
                      ("Signature", r9["signature"])])
             + f"<table><tr><th>stream</th><th>events</th><th>head</th></tr>{streams}</table>"
             + f"<h3>Append-only controls</h3><table><tr><th>control</th><th>in force</th>"
-              f"<th>detail</th></tr>{controls}</table>")
+              f"<th>detail</th></tr>{controls}</table>"
+            + (f"<h3>Events that could not be decoded</h3><table><tr><th>stream</th>"
+               f"<th>seq</th><th>kind</th></tr>{undecodable}</table>" if undecodable else ""))
 
 
 def _r10(report: dict[str, Any]) -> str:

@@ -128,6 +128,10 @@ def render_markdown(report: dict[str, Any]) -> str:
                f", {m(verification['intact'])} {INTACT_NOTE}"), ""]
     out += [f"- {m(f['stream'])} seq {m(f['seq'])}: {m(f['problem'])}"
             for f in verification["findings"]] + ([""] if verification["findings"] else [])
+    if r9["undecodable_events"]:  # the summary counts them; here is which
+        out += ["Events that could not be decoded:", ""]
+        out += _table(["stream", "seq", "kind"], [[u["stream"], u["seq"], u["kind"]]
+                                                  for u in r9["undecodable_events"]])
     out += _table(["stream", "events", "head"],
                   [[x["stream"], x["count"], x["head"]] for x in r9["streams"]])
     out += _table(["append-only control", "in force", "detail"],

@@ -691,3 +691,18 @@ def test_r1_says_how_many_checkpoints_were_recorded_and_metric_values_left_out(
     plain = render_markdown(report)
     assert "past the first 100 names" not in plain and "past the first 100 names" not in (
         render_html(report))
+
+
+def test_html_and_markdown_r9_list_the_events_that_could_not_be_decoded(
+        report: dict[str, Any]) -> None:
+    """R9 names each event whose body could not be decoded (stream, seq, kind); the summary
+    only counts them. HTML and Markdown showed the count alone, so a reader could not find
+    them."""
+    changed = json.loads(json.dumps(report))
+    changed["R9"]["undecodable_events"] = [{"stream": "worker-1", "seq": 17, "kind": "metric"}]
+    r9 = _md_section(render_markdown(changed), "R9")
+    assert "| worker-1 | 17 | metric |" in r9 and "could not be decoded" in r9
+    html = render_html(changed)
+    html_r9 = html[html.index('<section id="R9">'):html.index('<section id="R10">')]
+    assert "<td>worker-1</td><td class=\"num\">17</td><td>metric</td>" in html_r9
+    assert "could not be decoded" not in _md_section(render_markdown(report), "R9")
