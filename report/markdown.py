@@ -65,7 +65,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                     ref["evidence"]] for row in r14["rows"] for ref in row["references"]])
     out += ["## R0 Envelope", ""] + _pairs(r0, ["report_id", "schema", "generator",
                                                  "generated_at", "generated_by", "ledger"])
-    if r0["files"]:
+    if r0["files"]:  # only those written before it: no file can hold its own digest
+        out += ["Files written before this one (SHA-256):", ""]
         out += _table(["file", "role", "sha256"],
                       [[f["name"], f["role"], f["sha256"]] for f in r0["files"]])
     r1 = report["R1"]

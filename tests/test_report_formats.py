@@ -706,3 +706,14 @@ def test_html_and_markdown_r9_list_the_events_that_could_not_be_decoded(
     html_r9 = html[html.index('<section id="R9">'):html.index('<section id="R10">')]
     assert "<td>worker-1</td><td class=\"num\">17</td><td>metric</td>" in html_r9
     assert "could not be decoded" not in _md_section(render_markdown(report), "R9")
+
+
+def test_markdown_r0_says_its_files_are_those_written_before_it(report: dict[str, Any]) -> None:
+    """A bundle's report.md can list only the files written before it (not itself, the JSON,
+    the signature or SHA256SUMS): HTML says so above its table, the Markdown showed a bare
+    table that read as the whole bundle."""
+    changed = json.loads(json.dumps(report))
+    changed["R0"]["files"] = [{"name": "events.ndjson", "role": "per-event appendix (R7)",
+                               "media_type": "application/x-ndjson", "sha256": "ab" * 32}]
+    r0 = _md_section(render_markdown(changed), "R0")
+    assert "Files written before this one (SHA-256):\n\n| file | role | sha256 |" in r0
