@@ -86,8 +86,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                                                       "untracked", "entrypoint", "command_line",
                                                       "configuration_digest"])
     r4 = report["R4"]
-    out += ["## R4 Environment", ""] + _pairs(r4, ["python", "numpy", "blas_threads", "platform",
-                                                   "determinism_env"])
+    out += ["## R4 Environment", ""] + _pairs(r4, ["recorded", "python", "numpy", "blas_threads",
+                                                   "platform", "determinism_env"])
     out += _table(["package", "version"], [[k, v] for k, v in r4["packages"].items()])
     r5 = report["R5"]
     out += ["## R5 Data", ""]

@@ -717,3 +717,13 @@ def test_markdown_r0_says_its_files_are_those_written_before_it(report: dict[str
                                "media_type": "application/x-ndjson", "sha256": "ab" * 32}]
     r0 = _md_section(render_markdown(changed), "R0")
     assert "Files written before this one (SHA-256):\n\n| file | role | sha256 |" in r0
+
+
+def test_markdown_r4_says_whether_the_environment_was_recorded(report: dict[str, Any]) -> None:
+    """A run recorded without its environment shows empty maps: JSON and HTML say
+    ``recorded: no``, the Markdown left the reader to guess why R4 was empty."""
+    changed = json.loads(json.dumps(report))
+    changed["R4"].update(recorded=False, python={}, packages={}, platform={},
+                         determinism_env={}, blas_threads={})
+    assert "| recorded | no |" in _md_section(render_markdown(changed), "R4")
+    assert "| recorded | yes |" in _md_section(render_markdown(report), "R4")
