@@ -727,3 +727,20 @@ def test_markdown_r4_says_whether_the_environment_was_recorded(report: dict[str,
                          determinism_env={}, blas_threads={})
     assert "| recorded | no |" in _md_section(render_markdown(changed), "R4")
     assert "| recorded | yes |" in _md_section(render_markdown(report), "R4")
+
+
+def test_the_replay_attestation_of_a_pass_of_another_head_is_no_pass_of_its_subject(
+        report: dict[str, Any]) -> None:
+    """The attestation's subject is the run head as stored now; a recorded PASSED of another
+    head (head_is_current false: a replay of an earlier state of the run, an incomplete run
+    that went on) attested "PASSED" for that subject, which no replay read. It is WARNED,
+    naming why, with the verdict in ledgerVerdict."""
+    changed = json.loads(json.dumps(report))
+    changed["R8"].update(verdict="PASSED", head_is_current=False, certified_head="00" * 32)
+    predicate = replay_statement(changed)["predicate"]
+    assert (predicate["result"], predicate["ledgerVerdict"]) == ("WARNED", "PASSED")
+    assert predicate["passedTests"] == []
+    assert predicate["warnedTests"] == [
+        f"replay {report['R1']['exp']}: PASSED (of another state of the run than the subject: "
+        f"the recorded replay did not read the events stored now)"]
+    assert replay_statement(report)["predicate"]["result"] == "PASSED"  # a pass of this head
