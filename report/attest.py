@@ -81,18 +81,25 @@ def provenance_statement(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def replay_statement(report: dict[str, Any]) -> dict[str, Any]:
-    """The in-toto test-result statement of the replay verdict (subject: the run head)."""
+    """The in-toto test-result statement of the replay verdict (subject: the run head).
+
+    A PASSED of another state of the run than the subject (R8 ``head_is_current`` false: a
+    recorded replay of another head, or of an incomplete run that went on) is WARNED: no
+    replay read the events the subject stands for."""
     r8 = report["R8"]
     verdict = r8["verdict"]
     name = f"replay {report['R1']['exp']}"
     result = {"PASSED": "PASSED", "FAILED": "FAILED"}.get(verdict, "WARNED")
+    why = f" ({r8['reason']})" if r8["reason"] else ""
+    if result == "PASSED" and r8["head_is_current"] is False:
+        result, why = "WARNED", (" (of another state of the run than the subject: the recorded "
+                                 "replay did not read the events stored now)")
     predicate: dict[str, Any] = {
         "result": result,
         "configuration": [{"name": "replay policy", "uri": REPLAY_CONFIGURATION,
                            "annotations": {"rule": r8["policy"]["rule"]}}],
         "passedTests": [name] if result == "PASSED" else [],
-        "warnedTests": [f"{name}: {verdict}" + (f" ({r8['reason']})" if r8["reason"] else "")]
-        if result == "WARNED" else [],
+        "warnedTests": [f"{name}: {verdict}{why}"] if result == "WARNED" else [],
         "failedTests": [f"{name}: {r8['reason']}" if r8["reason"] else name]
         if result == "FAILED" else [],
         "ledgerVerdict": verdict,

@@ -14,6 +14,7 @@ from typing import Any
 
 from ledger.text import escape_unprintable
 from ledger.verify import INTACT_NOTE
+from report.metrics import unplotted_note
 from report.seedtree import ELLIPSIS
 from report.svg import metric_chart
 
@@ -140,7 +141,9 @@ def _r1(report: dict[str, Any]) -> str:
             + f"<h3>Final checkpoints ({e(r1['checkpoints']['recorded'])} recorded)</h3>"
             + (f"<table><tr><th>name</th><th>epoch</th><th>state digest</th></tr>{checkpoints}"
                f"</table>" if checkpoints else '<p class="muted">no checkpoint recorded</p>')
-            + "<h3>Metrics</h3>" + (charts or '<p class="muted">no metric recorded</p>'))
+            + "<h3>Metrics</h3>" + (charts or '<p class="muted">no metric recorded</p>')
+            + (f'<p class="muted">{e(unplotted_note(r1["metrics_not_plotted"]))}</p>'
+               if r1["metrics_not_plotted"] else ""))
 
 
 def _r5(report: dict[str, Any]) -> str:
@@ -237,7 +240,8 @@ def _r8(report: dict[str, Any]) -> str:
                      ("Counts", r8["counts"]), ("First divergence", r8["first_divergence"]),
                      ("Environment differences from R4", r8["environment_differences"]),
                      ("Replay environment", r8["environment"]),
-                     ("Comparison policy", r8["policy"])]))
+                     ("Comparison policy", r8["policy"]),
+                     ("Plugins loaded", r8["plugins"])]))
 
 
 def _r9(report: dict[str, Any]) -> str:
@@ -248,6 +252,8 @@ def _r9(report: dict[str, Any]) -> str:
                       f"<td>{_code(s['head'])}</td></tr>" for s in r9["streams"])
     controls = "".join(f"<tr><td>{e(c['control'])}</td><td>{e(c['in_force'])}</td>"
                        f"<td>{e(c['detail'])}</td></tr>" for c in r9["append_only_controls"])
+    undecodable = "".join(f"<tr><td>{e(u['stream'])}</td><td class=\"num\">{e(u['seq'])}</td>"
+                          f"<td>{e(u['kind'])}</td></tr>" for u in r9["undecodable_events"])
     findings = "".join(f"<li>{e(f['exp'])} stream {e(f['stream'])} seq {e(f['seq'])}: "
                        f"{e(f['problem'])}</li>" for f in verification["findings"])
     return (f'<p class="verdict">Full chain verification: <span class="{status}">{status}</span>'
@@ -260,7 +266,9 @@ def _r9(report: dict[str, Any]) -> str:
                      ("Signature", r9["signature"])])
             + f"<table><tr><th>stream</th><th>events</th><th>head</th></tr>{streams}</table>"
             + f"<h3>Append-only controls</h3><table><tr><th>control</th><th>in force</th>"
-              f"<th>detail</th></tr>{controls}</table>")
+              f"<th>detail</th></tr>{controls}</table>"
+            + (f"<h3>Events that could not be decoded</h3><table><tr><th>stream</th>"
+               f"<th>seq</th><th>kind</th></tr>{undecodable}</table>" if undecodable else ""))
 
 
 def _r10(report: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 from ledger.text import escape_unprintable
 from ledger.verify import INTACT_NOTE
+from report.metrics import unplotted_note
 
 _SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 """Markdown's inline punctuation; values never start a line, so block markers (#, -, >) are safe."""
@@ -43,15 +44,20 @@ def _pairs(section: dict[str, Any], keys: list[str]) -> list[str]:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    """The report as one Markdown document."""
+    """The report as one Markdown document: the summary (verdicts, the headline — which says
+    when R8's verdict is quoted from a recorded replay rather than re-run — the run head and
+    the alerts), the crosswalk, then R0–R13."""
     s, r0 = report["summary"], report["R0"]
     out = [f"# Compliance report — {m(s['exp'])}", "",
            f"Report {m(r0['report_id'])} · generated {m(r0['generated_at'])} by "
            f"{m(r0['generated_by'])} · schema {m(report['schema'])}", "",
            f"**Replay verdict: {m(s['replay'])}** · **Ledger integrity: {m(s['integrity'])}** · "
            f"**Run: {m(s['run_status'])}, {'complete' if s['complete'] else 'INCOMPLETE'}**", "",
+           f"Summary: {m(s['headline'])}", "",  # a quoted verdict says so here
            f"Run head: {m(s['run_head'] or 'none — the run is incomplete')}", ""]
-    out += [f"> **{m(alert)}**" for alert in s["alerts"]] + ([""] if s["alerts"] else [])
+    for index, alert in enumerate(s["alerts"]):  # one quote, each alert its own paragraph:
+        out += ([">"] if index else []) + [f"> **{m(alert)}**"]  # "> " lines run together
+    out += [""] if s["alerts"] else []
     r14 = report["R14"]
     out += ["## R14 Crosswalk", "", m(r14["note"]), ""]
     out += _table(["section", "framework", "provision", "evidence given"],
@@ -59,16 +65,20 @@ def render_markdown(report: dict[str, Any]) -> str:
                     ref["evidence"]] for row in r14["rows"] for ref in row["references"]])
     out += ["## R0 Envelope", ""] + _pairs(r0, ["report_id", "schema", "generator",
                                                  "generated_at", "generated_by", "ledger"])
-    if r0["files"]:
+    if r0["files"]:  # only those written before it: no file can hold its own digest
+        out += ["Files written before this one (SHA-256):", ""]
         out += _table(["file", "role", "sha256"],
                       [[f["name"], f["role"], f["sha256"]] for f in r0["files"]])
     r1 = report["R1"]
     out += ["## R1 Run identity", ""] + _pairs(r1, ["exp", "name", "model", "purpose", "parent",
                                                     "status", "complete", "run_head", "error"])
+    out += [f"Final checkpoints ({m(r1['checkpoints']['recorded'])} recorded):", ""]
     out += _table(["checkpoint", "epoch", "state digest"],
                   [[c["name"], c["epoch"], c["digest"]] for c in r1["checkpoints"]["final"]])
     out += _table(["metric", "values", "last", "last epoch"],
                   [[x["name"], x["count"], x["last"], x["last_epoch"]] for x in r1["metrics"]])
+    if r1["metrics_not_plotted"]:
+        out += [m(unplotted_note(r1["metrics_not_plotted"])), ""]
     out += ["## R2 Who and when", ""] + _pairs(report["R2"], ["started_by", "host", "pid",
                                                               "started_at", "ended_at",
                                                               "duration_s", "resources", "note"])
@@ -76,8 +86,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                                                       "untracked", "entrypoint", "command_line",
                                                       "configuration_digest"])
     r4 = report["R4"]
-    out += ["## R4 Environment", ""] + _pairs(r4, ["python", "numpy", "blas_threads", "platform",
-                                                   "determinism_env"])
+    out += ["## R4 Environment", ""] + _pairs(r4, ["recorded", "python", "numpy", "blas_threads",
+                                                   "platform", "determinism_env"])
     out += _table(["package", "version"], [[k, v] for k, v in r4["packages"].items()])
     r5 = report["R5"]
     out += ["## R5 Data", ""]
@@ -86,11 +96,17 @@ def render_markdown(report: dict[str, Any]) -> str:
                    for d in r5["datasets"]])
     out += [f"Train/test independence: **{m(r5['independence']['status'])}** — "
             f"{m(r5['independence']['reason'])}", ""]
+    if r5["independence"]["pairs"]:  # the overlap itself (expected 0), as JSON and HTML give it
+        out += _table(["training dataset", "test dataset", "overlap", "test records"],
+                      [[p["train"], p["test"], p["overlap"], p["test_records"]]
+                       for p in r5["independence"]["pairs"]])
     out += ["## R6 Configuration", ""] + _pairs(report["R6"], ["hyperparameters", "digest",
                                                                "digest_rule"])
     r7 = report["R7"]
-    out += ["## R7 Randomness inventory", ""] + _pairs(r7, ["root_seed", "root_seed_source",
-                                                            "scheme", "categories", "events"])
+    out += ["## R7 Randomness inventory", ""] + _pairs(r7, ["root_seed", "root_seed_hex",
+                                                            "root_seed_source", "scheme",
+                                                            "derivation", "categories",
+                                                            "counts_by_kind", "events"])
     out += _table(["seed path", "kind", "draws", "seed"],
                   [["/".join(map(str, n["path"])), n["kind"], n["count"], n["seed"]]
                    for n in r7["seed_tree"]["nodes"][:60]])
@@ -113,11 +129,15 @@ def render_markdown(report: dict[str, Any]) -> str:
                f", {m(verification['intact'])} {INTACT_NOTE}"), ""]
     out += [f"- {m(f['stream'])} seq {m(f['seq'])}: {m(f['problem'])}"
             for f in verification["findings"]] + ([""] if verification["findings"] else [])
+    if r9["undecodable_events"]:  # the summary counts them; here is which
+        out += ["Events that could not be decoded:", ""]
+        out += _table(["stream", "seq", "kind"], [[u["stream"], u["seq"], u["kind"]]
+                                                  for u in r9["undecodable_events"]])
     out += _table(["stream", "events", "head"],
                   [[x["stream"], x["count"], x["head"]] for x in r9["streams"]])
     out += _table(["append-only control", "in force", "detail"],
                   [[c["control"], c["in_force"], c["detail"]] for c in r9["append_only_controls"]])
-    out += _pairs(r9, ["hash_algorithm", "run_head", "signature"])
+    out += _pairs(r9, ["hash_algorithm", "event_hash_rule", "run_head", "signature"])
     r10 = report["R10"]
     out += ["## R10 History", ""] + _pairs(r10, ["ledger_schema_version", "migrations",
                                                  "migrations_note"])
@@ -126,7 +146,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                    for h in report["R10"]["events"]])
     out += ["## R11 Retention", ""] + _pairs(report["R11"], ["class", "retain_months",
                                                              "retain_from", "earliest_deletion",
-                                                             "basis"])
+                                                             "basis", "note"])
     r12 = report["R12"]
     out += ["## R12 Limitations and non-claims", ""] + [f"- {m(x)}" for x in r12["non_claims"]]
     out += [""] + [f"- **{m(x)}**" for x in r12["this_run"]] + [""]

@@ -23,6 +23,13 @@ MAX_SERIES = 100
 """Most metric names plotted; values of further names are only counted."""
 
 
+def unplotted_note(values: int) -> str:
+    """What HTML and Markdown say of R1's ``metrics_not_plotted``: without it a run's first
+    MAX_SERIES metrics would read as all it logged."""
+    return (f"{values} values of metrics past the first {MAX_SERIES} names are counted, not "
+            f"shown (they are in the ledger)")
+
+
 @dataclass(slots=True)
 class Series:
     """One metric: its plotted points, how many values were logged, and the last one."""

@@ -188,7 +188,10 @@ def _alerts(facts: RunFacts, sections: dict[str, Any], verified: VerifyReport) -
     if replay["verdict"] == PASSED and _quoted(replay) and not verified.ok:
         alerts.append(UNTRUSTED_PASS_ALERT)
     if replay["verdict"] == PASSED and replay["head_is_current"] is False:
-        alerts.append("the recorded replay certified another head than the run's current head")
+        alerts.append("the recorded replay certified another head than the run's current head"
+                      if replay["certified_head"] or facts.run_head is not None else
+                      "the recorded replay read the incomplete run before it went on: the "
+                      "events recorded since were not replayed")
     if replay["environment_differences"]:
         alerts.append(_environment_alert(replay["environment_differences"]))
     if sections["R5"]["independence"]["status"] == "failed":

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ledger.errors import CannotReplayError, CheckFailedError, LedgerError
+from ledger.events import AUDIT_STREAM
 from ledger.json_view import json_view
 from ledger.store.store import Store
 from report.facts import RunFacts
@@ -118,9 +119,23 @@ def r8_replay(facts: RunFacts, outcome: ReplayOutcome | None) -> dict[str, Any]:
         first_divergence=json_view(certificate.get("first_divergence"))
         if isinstance(certificate.get("first_divergence"), dict) else None,
         certified_head=head if isinstance(head, str) and _SHA256.fullmatch(head) else None,
-        head_is_current=head == current_head,
+        head_is_current=_is_current(head, current_head, certificate, facts),
         plugins=_items(certificate.get("plugins"), str))
     return section
+
+
+def _is_current(head: Any, current_head: str | None, certificate: dict[str, Any],
+                facts: RunFacts) -> bool:
+    """Whether the certificate speaks for the run as it is stored now: it names the run's
+    head. An incomplete run has no head, nor has its certificate, so two Nones tell nothing:
+    there the replay must have read as many events as the run's streams hold now — one that
+    went on after the replay holds draws the replay never read."""
+    if head is not None or current_head is not None:
+        return bool(head == current_head)
+    read = (sum(_counts(certificate.get("compared")).values())
+            + sum(_counts(certificate.get("not_draws")).values()))
+    held = sum(stream.count for name, stream in facts.heads.items() if name != AUDIT_STREAM)
+    return read == held
 
 
 # A recorded certificate is read back from the audit stream, which anyone who can write the

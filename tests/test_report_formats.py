@@ -607,3 +607,140 @@ def test_the_appendix_lists_main_first_audit_last_each_in_seq_order_with_its_dig
         body = bodies[(entry["stream"], entry["seq"])]
         assert (entry["input"], entry["output"]) == (hex_or_none(body.get("input")),
                                                      hex_or_none(body.get("output")))
+
+
+def test_markdown_summary_states_the_headline_that_qualifies_a_quoted_verdict(
+        report: dict[str, Any]) -> None:
+    """A verdict quoted from a recorded replay is a claim, not a re-execution: the headline
+    says "as recorded by …; not re-run by this report" (and "quoted from a ledger that fails
+    verification" when it does). JSON and HTML carry the headline; the Markdown showed a bare
+    "Replay verdict: PASSED"."""
+    assert report["R8"]["source"] == "recorded in the audit stream"
+    headline = report["summary"]["headline"]
+    assert "as recorded by" in headline and "not re-run by this report" in headline
+    text = render_markdown(report)
+    summary = text[:text.index("## R14 ")]
+    assert m(headline) in summary and "as recorded by" in summary
+
+
+def test_markdown_r5_shows_each_pair_and_its_overlap(report: dict[str, Any]) -> None:
+    """REPORT.md R5's independence check is the overlap of record digests, expected 0: JSON
+    and HTML list each (training, test) pair with its overlap, the Markdown only said
+    "failed", never how many test records, nor of which datasets."""
+    changed = json.loads(json.dumps(report))
+    changed["R5"]["independence"] = {
+        "status": "failed", "reason": "records of a test dataset also occur in a training "
+        "dataset", "pairs": [{"train": "tr", "test": "holdout", "overlap": 7,
+                              "test_records": 10}]}
+    r5 = _md_section(render_markdown(changed), "R5")
+    assert "| training dataset | test dataset | overlap | test records |" in r5
+    assert "| tr | holdout | 7 | 10 |" in r5
+    assert "| training dataset |" not in _md_section(render_markdown(report), "R5")
+
+
+def test_markdown_shows_the_derivation_events_by_kind_hash_rule_and_retention_note(
+        report: dict[str, Any]) -> None:
+    """README: the Markdown has the same fields as JSON and HTML. It left out R7's derivation
+    rule, root seed in hex and events by kind (the only place a resumed run's run_resumed
+    shows), R9's event hash rule and R11's note that the legal period may start later."""
+    text = render_markdown(report)
+    r7, r9, r11 = (_md_section(text, key) for key in ("R7", "R9", "R11"))
+    assert f"| root\\_seed\\_hex | {report['R7']['root_seed_hex']} |" in r7
+    assert f"| derivation | {m(report['R7']['derivation'])} |" in r7
+    assert report["R7"]["counts_by_kind"]["run_resumed"] == 1  # the fixture's run was resumed
+    assert "| counts\\_by\\_kind |" in r7 and '"run\\_resumed": 1' in r7
+    assert f"| event\\_hash\\_rule | {m(report['R9']['event_hash_rule'])} |" in r9
+    assert f"| note | {m(report['R11']['note'])} |" in r11
+
+
+
+def test_markdown_alerts_are_separate_paragraphs_of_the_quote(report: dict[str, Any]) -> None:
+    """Consecutive "> **…**" lines are one paragraph in Markdown (a soft line break renders as
+    a space): two alerts ran together into one line. An empty quote line separates them."""
+    changed = json.loads(json.dumps(report))
+    changed["summary"]["alerts"] = ["RUN FAILED: boom", "DATA OVERLAP: test records in training"]
+    text = render_markdown(changed)
+    assert "> **RUN FAILED: boom**\n>\n> **DATA OVERLAP: test records in training**\n\n" in text
+
+
+def test_html_r8_names_the_plugins_the_replay_loaded(report: dict[str, Any]) -> None:
+    """Which replayer plugins the replay imported is part of its certificate: JSON and
+    Markdown give R8's plugins, the HTML left them out."""
+    changed = json.loads(json.dumps(report))
+    changed["R8"]["plugins"] = ["plugin:audited-ops", "test_report_dropout/1"]
+    html = render_html(changed)
+    r8 = html[html.index('<section id="R8">'):html.index('<section id="R9">')]
+    assert "<th>Plugins loaded</th>" in r8
+    assert "plugin:audited-ops" in r8 and "test_report_dropout/1" in r8
+
+
+def test_r1_says_how_many_checkpoints_were_recorded_and_metric_values_left_out(
+        report: dict[str, Any]) -> None:
+    """Past MAX_SERIES names a metric's values are counted, not kept (R1 metrics_not_plotted),
+    and R1 counts every checkpoint recorded, not only each name's last: HTML and Markdown
+    showed neither count, so a table of a few metrics read as all there were."""
+    changed = json.loads(json.dumps(report))
+    changed["R1"]["metrics_not_plotted"] = 37
+    changed["R1"]["checkpoints"]["recorded"] = 5
+    r1 = _md_section(render_markdown(changed), "R1")
+    assert "Final checkpoints (5 recorded)" in r1
+    assert "37 values of metrics past the first 100 names are counted, not shown" in r1
+    html = render_html(changed)
+    html_r1 = html[html.index('<section id="R1">'):html.index('<section id="R2">')]
+    assert "37 values of metrics past the first 100 names are counted, not shown" in html_r1
+    plain = render_markdown(report)
+    assert "past the first 100 names" not in plain and "past the first 100 names" not in (
+        render_html(report))
+
+
+def test_html_and_markdown_r9_list_the_events_that_could_not_be_decoded(
+        report: dict[str, Any]) -> None:
+    """R9 names each event whose body could not be decoded (stream, seq, kind); the summary
+    only counts them. HTML and Markdown showed the count alone, so a reader could not find
+    them."""
+    changed = json.loads(json.dumps(report))
+    changed["R9"]["undecodable_events"] = [{"stream": "worker-1", "seq": 17, "kind": "metric"}]
+    r9 = _md_section(render_markdown(changed), "R9")
+    assert "| worker-1 | 17 | metric |" in r9 and "could not be decoded" in r9
+    html = render_html(changed)
+    html_r9 = html[html.index('<section id="R9">'):html.index('<section id="R10">')]
+    assert "<td>worker-1</td><td class=\"num\">17</td><td>metric</td>" in html_r9
+    assert "could not be decoded" not in _md_section(render_markdown(report), "R9")
+
+
+def test_markdown_r0_says_its_files_are_those_written_before_it(report: dict[str, Any]) -> None:
+    """A bundle's report.md can list only the files written before it (not itself, the JSON,
+    the signature or SHA256SUMS): HTML says so above its table, the Markdown showed a bare
+    table that read as the whole bundle."""
+    changed = json.loads(json.dumps(report))
+    changed["R0"]["files"] = [{"name": "events.ndjson", "role": "per-event appendix (R7)",
+                               "media_type": "application/x-ndjson", "sha256": "ab" * 32}]
+    r0 = _md_section(render_markdown(changed), "R0")
+    assert "Files written before this one (SHA-256):\n\n| file | role | sha256 |" in r0
+
+
+def test_markdown_r4_says_whether_the_environment_was_recorded(report: dict[str, Any]) -> None:
+    """A run recorded without its environment shows empty maps: JSON and HTML say
+    ``recorded: no``, the Markdown left the reader to guess why R4 was empty."""
+    changed = json.loads(json.dumps(report))
+    changed["R4"].update(recorded=False, python={}, packages={}, platform={},
+                         determinism_env={}, blas_threads={})
+    assert "| recorded | no |" in _md_section(render_markdown(changed), "R4")
+    assert "| recorded | yes |" in _md_section(render_markdown(report), "R4")
+
+
+def test_the_replay_attestation_of_a_pass_of_another_head_is_no_pass_of_its_subject(
+        report: dict[str, Any]) -> None:
+    """The attestation's subject is the run head as stored now; a recorded PASSED of another
+    head (head_is_current false: a replay of an earlier state of the run, an incomplete run
+    that went on) attested "PASSED" for that subject, which no replay read. It is WARNED,
+    naming why, with the verdict in ledgerVerdict."""
+    changed = json.loads(json.dumps(report))
+    changed["R8"].update(verdict="PASSED", head_is_current=False, certified_head="00" * 32)
+    predicate = replay_statement(changed)["predicate"]
+    assert (predicate["result"], predicate["ledgerVerdict"]) == ("WARNED", "PASSED")
+    assert predicate["passedTests"] == []
+    assert predicate["warnedTests"] == [
+        f"replay {report['R1']['exp']}: PASSED (of another state of the run than the subject: "
+        f"the recorded replay did not read the events stored now)"]
+    assert replay_statement(report)["predicate"]["result"] == "PASSED"  # a pass of this head

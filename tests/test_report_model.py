@@ -26,6 +26,7 @@ from ledger.errors import BadInputError, StoreError, UnknownExperimentError
 from ledger.events import REPLAY_RECORDED, REPORT_EXPORTED, decode_body
 from ledger.experiment import Experiment, ExperimentManager
 from ledger.experiment_info import describe_experiment
+from ledger.iterator import TrainingDataIterator
 from ledger.seeds import SEED_SCHEME, derive_bytes
 from ledger.store import Store, StreamWriter
 from ledger_builders import drop_append_only_triggers, execute, record_experiment
@@ -1428,3 +1429,40 @@ def test_r2_shows_the_recorded_pid_only_when_it_is_an_integer(tmp_path: Path, pi
     facts = _facts_of_a_recorded_run(tmp_path)
     r2 = r2_who_and_when(replace(facts, created={**(facts.created or {}), "meta": {"pid": pid}}))
     assert r2["pid"] == shown and type(r2["pid"]) is type(shown)
+
+
+def test_a_recorded_pass_of_an_incomplete_run_that_went_on_is_flagged(tmp_path: Path) -> None:
+    """An incomplete run has no head, and neither has the certificate of its replay: R8 said
+    head_is_current (None == None) even after the run recorded more draws, so a PASSED
+    covering the first epoch only was quoted for the whole run, without an alert. The events
+    the replay read must be those the run holds now."""
+    url, data = f"sqlite:///{tmp_path / 'ledger.db'}", tmp_path / "data"
+    features, labels = sample_data()
+    with ExperimentManager(url, data_dir=data) as manager:
+        exp = manager.create_experiment("grows", seed=3)
+        registered = exp.register_dataset("rows", features, labels)
+        batches = TrainingDataIterator(registered, batch_size=64, experiment=exp)
+        for _batch in batches:
+            pass
+        state = batches.state_dict()
+        exp.suspend()
+    with Store.open(url) as store:
+        record_replay(store, replay_run(store, exp.id, data_dir=data))
+    quoted = report_of(url, exp.id)["R8"]  # nothing recorded since: the pass covers the run
+    assert (quoted["verdict"], quoted["head_is_current"]) == ("PASSED", True)
+    with ExperimentManager(url, data_dir=data) as manager:
+        exp = manager.resume_experiment(exp.id)
+        registered = exp.register_dataset("rows", features, labels)
+        batches = TrainingDataIterator(registered, batch_size=64, experiment=exp)
+        batches.load_state_dict(state)
+        for _batch in batches:  # epoch 1: a shuffle the recorded replay never read
+            pass
+        exp.suspend()
+    report = report_of(url, exp.id)
+    r8 = report["R8"]
+    assert (r8["verdict"], r8["certified_head"], r8["head_is_current"]) == ("PASSED", None,
+                                                                           False)
+    assert ("the recorded replay read the incomplete run before it went on: the events "
+            "recorded since were not replayed" in report["summary"]["alerts"])
+    replayed = report_of(url, exp.id, replay=True, data_dir=str(data))["R8"]
+    assert (replayed["verdict"], replayed["head_is_current"]) == ("PASSED", True)

@@ -646,6 +646,9 @@ def test_an_unsigned_bundle_verifies_with_unsigned_and_says_nothing_vouches_for_
     first = done.stdout.splitlines()[0]
     assert first.startswith("OK: ") and "signature not checked: --unsigned" in first
     assert "nothing vouches for who wrote this report" in first
+    # as README quotes it: the line named --unsigned twice ("--unsigned (--unsigned: …")
+    assert first.endswith("; signature not checked: --unsigned (nothing vouches for who wrote "
+                          "this report)")
     listed = json.loads((unsigned / "u" / "report.json").read_text())["R0"]["files"]
     assert listed and all(f"  {entry['name']}: ok" in done.stdout for entry in listed)
     as_json = json.loads(run_cli("verify-report", str(unsigned / "u" / "report.json"),

@@ -56,8 +56,8 @@ def verify_report_command(obj: dict, report: Path, public_key: Path | None,
     if as_json:
         emit_json(outcome.to_json())
     else:
-        vouched = (" (--unsigned: nothing vouches for who wrote this report)" if unsigned
-                   else "")
+        # the signature state already names --unsigned ("not checked: --unsigned")
+        vouched = " (nothing vouches for who wrote this report)" if unsigned else ""
         click.echo(printable(f"{'OK' if outcome.ok else 'FAILED'}: {report} (report "
                              f"{outcome.report_id} of {outcome.exp}); signature "
                              f"{outcome.signature}{vouched}"))
