@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from ledger.errors import BadInputError, UnknownExperimentError
 from ledger.events import AUDIT_STREAM, RUN_COMPLETED
 from ledger.store.store import Store, StreamHead
+from ledger.verify import VerifyReport, verify
 from report.jsonview import canonical_json, parse_json
 from report.model import SCHEMA_ID, SECTION_IDS
 from report.signing import (fingerprint, load_public_key, read_regular_file, signature_bytes,
@@ -201,7 +202,9 @@ def _check_sums(check: ReportCheck, folder: Path, covered: set[str]) -> None:
 
 
 def _check_ledger(check: ReportCheck, report: dict[str, Any], store: Store) -> None:
-    """The ledger must still hold the run head and stream heads the report certifies."""
+    """The ledger must pass verification of the run and still hold the run head and stream
+    heads the report certifies. Heads alone are the stored hash columns of the last rows: a
+    body edited under an untouched hash column keeps them, so the chains are verified too."""
     exp = check.exp
     if exp is None:
         check.failures.append("the report names no experiment")
@@ -211,6 +214,7 @@ def _check_ledger(check: ReportCheck, report: dict[str, Any], store: Store) -> N
     except UnknownExperimentError:
         check.failures.append(f"the ledger {store.url} holds no experiment {exp}")
         return
+    _check_verification(check, report, verify(store, exp))
     run_head = store.first_event_hash(exp, RUN_COMPLETED)
     recorded = report["R9"].get("run_head")
     if recorded is not None and (run_head is None or run_head.hex() != recorded):
@@ -244,6 +248,25 @@ def _check_ledger(check: ReportCheck, report: dict[str, Any], store: Store) -> N
                               f"{entry.get('head')})")
     if not check.failures:
         check.notes.append("the ledger still holds the heads this report certifies")
+
+
+def _check_verification(check: ReportCheck, report: dict[str, Any], now: VerifyReport) -> None:
+    """Fail a ledger that fails verification in a way the report did not find: one it found
+    intact, or one with findings beside those the report lists. A report that found the same
+    findings describes the ledger as it still is: a note says so."""
+    if now.ok:
+        return
+    recorded = report["R9"].get("verification")
+    found = recorded.get("findings") if isinstance(recorded, dict) else None
+    known = found if isinstance(found, list) else []
+    new = [finding for finding in now.findings if finding.to_json() not in known]
+    if not new:
+        check.notes.append(f"the ledger fails verification with the {len(now.findings)} "
+                           f"finding(s) the report lists")
+        return
+    beyond = " beyond what the report found" if known else ""
+    more = f" (and {len(new) - 1} more)" if len(new) > 1 else ""
+    check.failures.append(f"the ledger fails verification{beyond}: {new[0].describe()}{more}")
 
 
 def _grown_by(store: Store, exp: str, head: StreamHead | None, count: Any, certified: Any

@@ -30,7 +30,8 @@ from ledger.events import REPORT_EXPORTED
 from ledger.experiment import ExperimentManager
 from ledger.iterator import TrainingDataIterator
 from ledger.store import Store
-from ledger_builders import delete_event, drop_append_only_triggers, record_experiment
+from ledger_builders import (delete_event, drop_append_only_triggers, execute,
+                             record_experiment)
 from report import signing
 from report.check import check_report, file_sha256
 from report.export import export_report
@@ -392,7 +393,8 @@ def test_an_incomplete_run_is_held_to_its_stream_heads(tmp_path: Path) -> None:
                       key=load_private_key(tmp_path / "key.key"))
         assert store.stream_heads(A)["audit"].count == 2
         kept = check_report(bundle / "report.json", tmp_path / "key.pub", store=store)
-    assert kept.ok and kept.notes == ["the ledger still holds the heads this report certifies"]
+    assert kept.ok and kept.notes == [
+        "the ledger still holds the heads this report certifies"]
     with Store.open(f"sqlite:///{tmp_path / 'rewritten.db'}", create=True) as store:
         record_experiment(store, A, root=99, complete=False)
         rewritten = check_report(bundle / "report.json", tmp_path / "key.pub", store=store)
@@ -438,6 +440,7 @@ def test_a_run_resumed_after_its_report_still_holds_the_certified_heads(tmp_path
         delete_event(store, exp.id, "main", 1)
         cut = check_report(report, tmp_path / "key.pub", store=store)
     assert [failure.split(" (")[0] for failure in cut.failures] == [
+        f"the ledger fails verification: {exp.id} stream main seq 1: event missing",
         f"stream main of {exp.id} in the ledger differs from the report"]
 
 
@@ -470,7 +473,36 @@ def test_an_event_cut_from_the_middle_of_a_stream_fails_against_the_ledger(signe
         delete_event(store, A, "worker-0", 0)
         outcome = check_report(signed / "a" / "report.json", signed / "key.pub", store=store)
     assert [failure.split(" (")[0] for failure in outcome.failures] == [
+        f"the ledger fails verification: {A} stream worker-0 seq 0: event missing",
         f"stream worker-0 of {A} in the ledger differs from the report"]
+
+
+def test_a_ledger_edited_under_the_certified_heads_fails_against_the_ledger(
+        signed: Path, tmp_path: Path) -> None:
+    """A row edited without touching its hash column keeps every head the report certifies:
+    verify-report --against-ledger said OK of a ledger `ledger verify` fails. The run's
+    chains are verified too."""
+    shutil.copy(signed / "ledger.db", tmp_path / "ledger.db")
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url) as store:
+        drop_append_only_triggers(store)
+        execute(store, "UPDATE ledger_events SET output = :forged WHERE exp = :exp AND "
+                "stream = 'worker-0' AND seq = 0", forged=bytes(32), exp=A)
+        heads = {name: head.head for name, head in store.stream_heads(A).items()}
+    with Store.open(f"sqlite:///{signed / 'ledger.db'}") as honest:
+        assert heads == {name: head.head for name, head in honest.stream_heads(A).items()}
+    checked = run_cli("--db", url, "verify-report", str(signed / "a" / "report.json"),
+                      "--public-key", str(signed / "key.pub"), "--against-ledger")
+    assert checked.returncode == 1
+    assert checked.stderr == (f"ledger: check failed: the ledger fails verification: {A} "
+                              f"stream worker-0 seq 0: column output differs from the body\n")
+    assert run_cli("--db", url, "verify", A).returncode == 1
+    with Store.open(url) as store:  # a report that found the edit describes the ledger as is
+        export_report(store, A, ReportOptions(), bundle=tmp_path / "b",
+                      key=load_private_key(signed / "key.key"))
+        found = check_report(tmp_path / "b" / "report.json", signed / "key.pub", store=store)
+    assert found.ok, found.failures
+    assert found.notes[0] == "the ledger fails verification with the 1 finding(s) the report lists"
 
 
 def test_keygen_into_a_missing_folder_says_so_and_writes_nothing(tmp_path: Path) -> None:
