@@ -269,12 +269,33 @@ def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = N
     extra = [(key, side) for key, side in order_b
              if key not in index_a and key[0][0] != WORKER_SPAWNED]
     report.extra_in_b = len(extra)
-    if report.first_divergence is None and extra:
-        (aligned, occurrence), side = extra[0]
+    first_extra = (extra[0] if extra and report.first_divergence is None
+                   else _split_by_extra(report.first_divergence, order_b, index_a))
+    if first_extra is not None:
+        (aligned, occurrence), side = first_extra
         report.first_divergence = DiffDivergence(aligned[0], aligned, None, side, Cause.EXTRA,
                                                  f"{exp_b} has this event, {exp_a} does not",
                                                  occurrence)
     return report
+
+
+def _split_by_extra(divergence: DiffDivergence | None, order_b: list[tuple[Key, EventSide]],
+                    index_a: dict[Key, EventSide]) -> tuple[Key, EventSide] | None:
+    """The draw only run B recorded that comes, in B's order, before B's side of run A's first
+    divergence, if any: there the runs split. A run that trained an epoch more differs from its
+    shorter twin first where that epoch starts; the weights both saved afterwards differ only
+    because of it (they were named *same seed, different output — nondeterministic code*).
+    Only draws (events with a seed) count: a metric only B logs does not change its training,
+    and an event B recorded after A's first divergence does not hide it."""
+    if divergence is None or divergence.b is None:
+        return None  # nothing differs, or missing in B: no place in B's order to compare with
+    first = (divergence.identity, divergence.occurrence)
+    for key, side in order_b:
+        if key == first:
+            return None
+        if side.seed is not None and key not in index_a and key[0][0] != WORKER_SPAWNED:
+            return key, side
+    return None
 
 
 def _last_metric_differences(metrics_a: list[MetricSummary], metrics_b: list[MetricSummary]
