@@ -17,14 +17,14 @@ depend on its number of workers (DESIGN §1), so 0 and 2 workers compare as iden
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ledger.digests import value_digest
 from ledger.errors import CheckFailedError, LedgerError
-from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EPOCH_RESET,
-                           EXPERIMENT_CREATED, METRIC, RUN_COMPLETED, RUN_RESUMED,
-                           WORKER_SPAWNED, decode_body)
+from ledger.events import (AUDIT_STREAM, AUGMENTATION_BATCH, CHECKPOINT, DATASET_REGISTERED,
+                           EPOCH_RESET, EXPERIMENT_CREATED, METRIC, RUN_COMPLETED, RUN_RESUMED,
+                           USER_DRAW, WORKER_SPAWNED, decode_body)
 from ledger.experiment_info import MetricSummary, MetricTally
 from ledger.json_view import json_view
 from ledger.store.store import Store
@@ -44,7 +44,8 @@ class EventSide:
     input: bytes | None
     output: bytes | None
     settings: bytes | None = None
-    """For an epoch_reset, the digest of its params: what its batches were made with."""
+    """For a draw made from its params (epoch_reset, augmentation_batch, user_draw), the digest
+    of its params: what the draw was made with."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready map."""
@@ -202,11 +203,18 @@ def _compared_output(kind: str, params: Any, output: bytes | None) -> bytes | No
     return output
 
 
+_SETTINGS_KINDS = (EPOCH_RESET, AUGMENTATION_BATCH, USER_DRAW)
+"""The draws made from their params as well as their seed and input: when those params differ
+the cause is *parameters differ* (an augmenter's noise, shuffling, a user draw's scale), not
+*same seed, different output*, which sent the engineer hunting for nondeterministic code."""
+
+
 def _compared_settings(kind: str, params: Any) -> bytes | None:
-    """What an event's params are compared by, when its output does not show them: an
-    epoch_reset's output is the order's digest, the same for every batch_size and drop_last,
-    so two runs batching one order differently used to compare identical."""
-    if kind != EPOCH_RESET or not isinstance(params, dict):
+    """What a draw's params are compared by: the cause of a differing output when they differ —
+    and for an epoch_reset a difference even when its output is the same: its output is the
+    order's digest, the same for every batch_size and drop_last, so two runs batching one order
+    differently used to compare identical."""
+    if kind not in _SETTINGS_KINDS or not isinstance(params, dict):
         return None
     try:
         return value_digest(params)
@@ -239,19 +247,16 @@ def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = N
     report.environment = differences(created_a.get("environment"),
                                      created_b.get("environment"), "environment")
     report.metrics = _last_metric_differences(metrics_a, metrics_b)
-    explanation: str | None = explain_output(created_a.get("environment"),
-                                             created_b.get("environment"),
-                                             (f"in {exp_a}", f"in {exp_b}"))
-    if not same(created_a.get("root_seed"), created_b.get("root_seed")):
-        # an event without a seed of its own (a metric) that differs is not "same seed" here
-        explanation = None
+    explanation = explain_output(created_a.get("environment"), created_b.get("environment"),
+                                 (f"in {exp_a}", f"in {exp_b}"))
+    unseeded = _unseeded_cause(report.config)
     for key, side_a in order_a:
         side_b = index_b.get(key)
         if side_b is None and key[0][0] == WORKER_SPAWNED:
             continue  # worker counts may differ: outputs do not depend on them (DESIGN §1)
         report.compared += 1
         report.compared_by_kind[key[0][0]] += 1
-        divergence = _compare(key, side_a, side_b, explanation)
+        divergence = _compare(key, side_a, side_b, explanation, unseeded)
         if divergence is None:
             report.identical_events += 1
             continue
@@ -260,16 +265,37 @@ def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = N
         else:
             report.differing += 1
         if report.first_divergence is None:
-            report.first_divergence = divergence
+            report.first_divergence = _with_params_named(divergence, store, exp_a, other, exp_b)
     extra = [(key, side) for key, side in order_b
              if key not in index_a and key[0][0] != WORKER_SPAWNED]
     report.extra_in_b = len(extra)
-    if report.first_divergence is None and extra:
-        (aligned, occurrence), side = extra[0]
+    first_extra = (extra[0] if extra and report.first_divergence is None
+                   else _split_by_extra(report.first_divergence, order_b, index_a))
+    if first_extra is not None:
+        (aligned, occurrence), side = first_extra
         report.first_divergence = DiffDivergence(aligned[0], aligned, None, side, Cause.EXTRA,
                                                  f"{exp_b} has this event, {exp_a} does not",
                                                  occurrence)
     return report
+
+
+def _split_by_extra(divergence: DiffDivergence | None, order_b: list[tuple[Key, EventSide]],
+                    index_a: dict[Key, EventSide]) -> tuple[Key, EventSide] | None:
+    """The draw only run B recorded that comes, in B's order, before B's side of run A's first
+    divergence, if any: there the runs split. A run that trained an epoch more differs from its
+    shorter twin first where that epoch starts; the weights both saved afterwards differ only
+    because of it (they were named *same seed, different output — nondeterministic code*).
+    Only draws (events with a seed) count: a metric only B logs does not change its training,
+    and an event B recorded after A's first divergence does not hide it."""
+    if divergence is None or divergence.b is None:
+        return None  # nothing differs, or missing in B: no place in B's order to compare with
+    first = (divergence.identity, divergence.occurrence)
+    for key, side in order_b:
+        if key == first:
+            return None
+        if side.seed is not None and key not in index_a and key[0][0] != WORKER_SPAWNED:
+            return key, side
+    return None
 
 
 def _last_metric_differences(metrics_a: list[MetricSummary], metrics_b: list[MetricSummary]
@@ -283,11 +309,29 @@ def _last_metric_differences(metrics_a: list[MetricSummary], metrics_b: list[Met
             if name not in last_a or name not in last_b or not same(last_a[name], last_b[name])]
 
 
-def _compare(key: Key, a: EventSide, b: EventSide | None, explanation: str | None
-             ) -> DiffDivergence | None:
+def _unseeded_cause(config: list[tuple[str, Any, Any]]) -> tuple[Cause, str] | None:
+    """The cause of a differing event with no seed of its own (a metric, a checkpoint) that the
+    runs' configurations explain, from their differences: other root seeds, from which all
+    their draws derive, or other hyperparameters, which training follows. None when neither
+    differs: such an event is then *same seed, different output*."""
+    if any(key == "root_seed" for key, _a, _b in config):
+        return Cause.SEED, ("the runs have different root seeds, from which all their draws "
+                            "derive (this event has no seed of its own)")
+    hyperparams = [key for key, _a, _b in config
+                   if key == "hyperparams" or key.startswith("hyperparams.")]
+    if hyperparams:
+        return Cause.PARAMS, (f"the runs have different hyperparameters ({', '.join(hyperparams)})"
+                              f" (this event has no seed of its own)")
+    return None
+
+
+def _compare(key: Key, a: EventSide, b: EventSide | None, explanation: str,
+             unseeded: tuple[Cause, str] | None) -> DiffDivergence | None:
     """The divergence of one aligned event, or None. ``explanation`` words a *same seed,
-    different output*; None when the runs have different root seeds, so that an event with no
-    seed of its own is put down to them."""
+    different output*; ``unseeded`` is the cause of a differing event with no seed of its own
+    when the runs' configurations explain it (see :func:`_unseeded_cause`). A draw made with
+    other params is *parameters differ*, its detail naming them later
+    (:func:`_with_params_named`), as only the params' digests are kept."""
     aligned, occurrence = key
     kind = aligned[0]
     if b is None:
@@ -299,14 +343,43 @@ def _compare(key: Key, a: EventSide, b: EventSide | None, explanation: str | Non
         cause, detail = Cause.INPUT, "the draw read different data"
     elif a.output != b.output and kind == DATASET_REGISTERED:
         cause, detail = Cause.INPUT, "the datasets' contents differ"
-    elif a.output != b.output and explanation is not None:
-        cause, detail = Cause.OUTPUT, explanation
+    elif a.settings != b.settings and (a.output != b.output or kind == EPOCH_RESET):
+        cause, detail = Cause.PARAMS, _params_detail(kind, a.output == b.output, [])
+    elif a.output != b.output and a.seed is None and unseeded is not None:
+        cause, detail = unseeded
     elif a.output != b.output:
-        cause, detail = Cause.SEED, ("the runs have different root seeds, from which all their "
-                                     "draws derive (this event has no seed of its own)")
-    elif a.settings != b.settings:
-        cause, detail = Cause.PARAMS, ("the same order batched with other settings (batch_size, "
-                                       "drop_last, dataset, …): the epochs' batches differ")
+        cause, detail = Cause.OUTPUT, explanation
     else:
         return None
     return DiffDivergence(kind, aligned, a, b, cause, detail, occurrence)
+
+
+def _params_detail(kind: str, same_output: bool, keys: list[str]) -> str:
+    """The detail of a draw made with other params, naming them (``keys``) when known."""
+    if kind == EPOCH_RESET and same_output:
+        settings = ", ".join(keys) or "batch_size, drop_last, dataset, …"
+        return (f"the same order batched with other settings ({settings}): the epochs' "
+                f"batches differ")
+    named = f" ({', '.join(keys)})" if keys else ""
+    return f"the draw was made with other params{named}, so its output differs"
+
+
+def _with_params_named(divergence: DiffDivergence, store: Store, exp_a: str, store_b: Store,
+                       exp_b: str) -> DiffDivergence:
+    """``divergence``, its detail naming the params that differ when it is a draw made with
+    other params: read again for this one event, since only digests are kept for the others."""
+    if divergence.cause is not Cause.PARAMS or divergence.a is None or divergence.b is None \
+            or divergence.a.settings is None:
+        return divergence
+    params_a = _params_at(store, exp_a, divergence.a)
+    params_b = _params_at(store_b, exp_b, divergence.b)
+    keys = [key for key, _a, _b in differences(params_a, params_b)]
+    same_output = divergence.a.output == divergence.b.output
+    return replace(divergence, detail=_params_detail(divergence.kind, same_output, keys))
+
+
+def _params_at(store: Store, exp: str, side: EventSide) -> Any:
+    """The params of the event at ``side`` (its stream and seq) in run ``exp``."""
+    for (body,) in store.iter_segment_rows(exp, side.stream, side.seq, side.seq + 1, ["body"]):
+        return decode_body(body)["params"]
+    return None

@@ -11,9 +11,11 @@ import textwrap
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import run_cli
+from ledger import DataAugmenter, ExperimentManager, TrainingDataIterator, register_draw
 from ledger.digests import value_digest
 from ledger.store import Store, StreamWriter
 from ledger_builders import record_experiment
@@ -299,6 +301,55 @@ def test_diff_of_another_seed_names_the_first_draw_and_its_cause(tmp_path: Path)
     # one line on stderr, as verify and replay give for a failed check
     assert result.stderr.startswith("ledger: runs differ: ")
     assert "seed derivation differs" in result.stderr and result.stderr.count("\n") == 1
+
+
+@register_draw("test_diff_scaled_normal", version=1)
+def _scaled_normal(rng: np.random.Generator, *, scale: float = 1.0) -> np.ndarray:
+    """A user draw point whose output depends on its params."""
+    return rng.standard_normal(4) * scale
+
+
+def _record_settings(url: str, data_dir: Path, *, lr: float = 0.1, shuffle: bool = True,
+                     noise_std: float = 0.1, scale: float = 1.0) -> str:
+    """A small run of seed 42 whose draws depend only on the settings given; its metric on lr."""
+    features, labels = sample_data()
+    with ExperimentManager(url, data_dir=data_dir) as manager:
+        with manager.create_experiment("diff-settings", seed=42, hyperparams={"lr": lr}) as exp:
+            registered = exp.register_dataset("dataset-small", features, labels)
+            exp.draw("test_diff_scaled_normal", ("model", "init"), scale=scale)
+            batches = TrainingDataIterator(registered, batch_size=64, shuffle=shuffle,
+                                           experiment=exp,
+                                           augmenter=DataAugmenter(noise_std=noise_std))
+            total = sum(float(x.sum()) for x, _y in batches)
+            exp.log_metric("weighted_sum", lr * total, epoch=0)
+    return exp.id
+
+
+@pytest.mark.parametrize("change, kind, identity, key", [
+    ({"noise_std": 0.2}, "augmentation_batch", ["epoch", 0, "batch", 0, "augment"], "augmenter"),
+    ({"shuffle": False}, "epoch_reset", ["epoch", 0, "shuffle"], "shuffle"),
+    ({"scale": 2.0}, "user_draw", ["model", "init"], "params.scale"),
+    ({"lr": 0.2}, "metric", ["weighted_sum", 0], "hyperparams.lr"),
+], ids=["augmenter", "shuffle", "user-draw-params", "hyperparams"])
+def test_a_draw_made_with_other_settings_is_parameters_differ(
+        tmp_path: Path, change: dict, kind: str, identity: list, key: str) -> None:
+    """Runs of one seed and data whose settings differ — the augmenter, shuffling, a user draw's
+    params, a hyperparameter the metric depends on — split where those settings are used, and
+    the cause is *parameters differ* naming the setting; it was *same seed, different output —
+    nondeterministic code*, sending the engineer hunting for nondeterminism in deterministic
+    code."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    first = _record_settings(url, tmp_path / "data")
+    second = _record_settings(url, tmp_path / "data", **change)
+    result = run_cli("--db", url, "diff", first, second, "--json")
+    assert result.returncode == 1, result.stderr
+    divergence = json.loads(result.stdout)["first_divergence"]
+    assert (divergence["kind"], divergence["identity"]) == (kind, identity)
+    assert divergence["cause"] == "parameters differ", divergence["detail"]
+    assert key in divergence["detail"]
+    assert "nondeterministic" not in divergence["detail"]
+    _assert_one_clean_line(result)
+    assert "parameters differ" in result.stderr and key in result.stderr
 
 
 def test_diff_lists_the_metrics_whose_last_value_differs(tmp_path: Path) -> None:

@@ -484,6 +484,55 @@ def test_a_draw_one_run_lacks_is_named_missing_or_extra_by_side(url: str) -> Non
     assert (missing.compared, missing.identical_events) == (2, 1)  # a missing draw is compared
 
 
+def test_a_run_that_trained_on_is_split_where_its_extra_epoch_starts(url: str) -> None:
+    """Run B trained an epoch more, then both saved their weights: B's extra epoch comes
+    before the checkpoints that differ because of it, so it is the first divergence (*event
+    extra*) — the checkpoint was named, as *same seed, different output — nondeterministic
+    code*, though the split is where B went on. Diffed the other way round it is *event
+    missing* at the same epoch; an extra event after A's first divergence still does not hide
+    it (see test_an_extra_event_does_not_hide_an_earlier_divergence)."""
+    reset = {"kind": "epoch_reset", "seed": SEED, "output": DIGEST, "params": {}}
+    epochs = [{**reset, "path": ["epoch", epoch, "shuffle"]} for epoch in range(3)]
+    checkpoint = {"kind": "checkpoint", "params": {"name": "final", "epoch": None}}
+    with Store.open(url) as store:
+        forge_run(store, "exp-a", [*epochs[:2], {**checkpoint, "output": DIGEST}])
+        forge_run(store, "exp-b", [*epochs, {**checkpoint,
+                                             "output": hashlib.sha256(b"other").digest()}])
+        longer = diff_runs(store, "exp-a", "exp-b")
+        shorter = diff_runs(store, "exp-b", "exp-a")
+    assert (longer.differing, longer.missing_in_b, longer.extra_in_b) == (1, 0, 1)
+    divergence = longer.first_divergence
+    assert (divergence.cause.value, divergence.identity) == ("event extra",
+                                                             ("epoch_reset", "epoch", 2,
+                                                              "shuffle"))
+    assert divergence.a is None and (divergence.b.stream, divergence.b.seq) == ("main", 3)
+    divergence = shorter.first_divergence
+    assert (divergence.cause.value, divergence.identity) == ("event missing",
+                                                             ("epoch_reset", "epoch", 2,
+                                                              "shuffle"))
+    result = run_cli("--db", url, "diff", "exp-a", "exp-b", "--json")
+    clean(result, 1)
+    assert strict_json(result.stdout)["first_divergence"]["cause"] == "event extra"
+    assert "event extra" in result.stderr
+
+
+def test_a_metric_only_the_second_run_logs_does_not_move_the_split(url: str) -> None:
+    """An extra metric (B logs a validation loss A does not) changes no draw, so the checkpoint
+    that differs after it stays the first divergence; only an extra draw moves the split."""
+    metric = {"kind": "metric", "params": {"name": "val_loss", "epoch": 0, "value": 0.5},
+              "output": value_digest(0.5)}
+    checkpoint = {"kind": "checkpoint", "params": {"name": "final", "epoch": None}}
+    with Store.open(url) as store:
+        forge_run(store, "exp-a", [USER_DRAW, {**checkpoint, "output": DIGEST}])
+        forge_run(store, "exp-b", [USER_DRAW, metric,
+                                   {**checkpoint, "output": hashlib.sha256(b"other").digest()}])
+        report = diff_runs(store, "exp-a", "exp-b")
+    assert (report.differing, report.missing_in_b, report.extra_in_b) == (1, 0, 1)
+    divergence = report.first_divergence
+    assert (divergence.cause.value, divergence.identity) == ("same seed, different output",
+                                                             ("checkpoint", "final", None))
+
+
 def test_replay_keeps_its_recorded_and_now_wording() -> None:
     detail = explain_output({"packages": {"numpy": "1.26.0"}}, {"packages": {"numpy": "2.4.6"}})
     assert detail == ("environment differs from the recorded one: numpy 1.26.0 recorded, "
