@@ -188,11 +188,15 @@ def export_report(store: Store, exp: str, options: ReportOptions, *, fmt: str = 
     if options.record:
         require_audit_append(store, "this export", exp, take_over=options.take_over)
     ledger_files = _ledger_files(store)
+    named_json: Path | None = None
     if bundle is not None:
         _prepare_bundle(bundle)
         appendix = bundle / BUNDLE_FILES["appendix"]
         json_path: Path | None = bundle / BUNDLE_FILES["json"]
     else:
+        # the signature goes beside the name given: beside a link, not beside its target,
+        # where verify-report of that name would not look for it
+        named_json = output if fmt == "json" else None
         if output is not None:
             output = _resolve_target(output, "output", ledger_files)
         if appendix is not None:
@@ -205,7 +209,9 @@ def export_report(store: Store, exp: str, options: ReportOptions, *, fmt: str = 
                                 "with -o FILE, or --bundle DIR")
         signature_path = json_path.with_name(f"{json_path.name}.sig")
         if bundle is None:  # beside -o FILE, which may be beside the ledger
-            signature_path = _resolve_target(signature_path, "signature", ledger_files)
+            assert named_json is not None  # json_path is set only from it here
+            signature_path = _resolve_target(named_json.with_name(f"{named_json.name}.sig"),
+                                             "signature", ledger_files)
         else:
             _check_target(signature_path, "signature")
     targets = [path for path in (output, appendix, signature_path) if path is not None]
@@ -216,7 +222,8 @@ def export_report(store: Store, exp: str, options: ReportOptions, *, fmt: str = 
     try:
         result = _export(store, exp, options, row, stage, fmt=fmt, output=output, bundle=bundle,
                          appendix=appendix, json_path=json_path, key=key,
-                         signature_path=signature_path)
+                         signature_name=f"{(named_json or json_path).name}.sig"
+                         if json_path is not None else None, signature_path=signature_path)
         if result.stdout is not None and deliver is not None:
             deliver(result.stdout)
         if options.record:  # recorded first: a record that fails (a full disk) leaves no file
@@ -231,13 +238,13 @@ def export_report(store: Store, exp: str, options: ReportOptions, *, fmt: str = 
 def _export(store: Store, exp: str, options: ReportOptions, row: Any, stage: _Staged, *,
             fmt: str, output: Path | None, bundle: Path | None, appendix: Path | None,
             json_path: Path | None, key: Ed25519PrivateKey | None,
-            signature_path: Path | None) -> ExportResult:
+            signature_name: str | None, signature_path: Path | None) -> ExportResult:
     """Build the report and stage its files (see :func:`export_report`)."""
     if key is not None:
         assert json_path is not None  # export_report refuses a key without a JSON file
         options.signature = {"signed": True, "algorithm": ALGORITHM,
                              "public_key_sha256": fingerprint(key.public_key()),
-                             "signature_file": f"{json_path.name}.sig",
+                             "signature_file": signature_name,
                              "covers": SIGNATURE_COVERS}
     result = ExportResult(report={})
     files: list[dict[str, Any]] = []

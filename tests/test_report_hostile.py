@@ -92,6 +92,26 @@ def test_a_report_writes_through_a_symlink(run: tuple[Path, str], tmp_path: Path
     assert json.loads((tmp_path / "reports" / "current.json").read_text())["R1"]["exp"] == exp
 
 
+def test_a_signed_report_through_a_symlink_verifies_by_the_name_given(
+        run: tuple[Path, str], tmp_path: Path) -> None:
+    """-o latest.json (a link to reports/current.json) --sign-key wrote the signature beside
+    the target, as current.json.sig, and named that in R9: verify-report latest.json looked
+    for latest.json.sig and stopped (exit 2, no signature). It goes beside the name given."""
+    folder, exp = run
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "latest.json").symlink_to("reports/current.json")
+    assert run_cli("keygen", "--out", str(tmp_path / "key")).returncode == 0
+    done = _ledger(folder, "report", exp, "-o", str(tmp_path / "latest.json"), "--sign-key",
+                   str(tmp_path / "key.key"), "--no-record")
+    assert done.returncode == 0, done.stderr
+    assert sorted(path.name for path in (tmp_path / "reports").iterdir()) == ["current.json"]
+    report = json.loads((tmp_path / "latest.json").read_text())
+    assert report["R9"]["signature"]["signature_file"] == "latest.json.sig"
+    checked = run_cli("verify-report", str(tmp_path / "latest.json"), "--public-key",
+                      str(tmp_path / "key.pub"))
+    assert checked.returncode == 0, checked.stderr
+
+
 @pytest.mark.parametrize("target", ["/dev/stdout", "/proc/self/fd/1"])
 def test_device_and_process_paths_are_no_report_files(run: tuple[Path, str], target: str) -> None:
     folder, exp = run
