@@ -809,3 +809,95 @@ def test_a_new_run_loads_only_a_state_of_the_run_it_continues(tmp_path: Path) ->
             continued = _forty_rows(child)
             continued.load_state_dict(state)
             assert len(list(continued)) == 3  # the batches the saver had left
+
+
+def _git(folder: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def _suspended_run(manager: ExperimentManager) -> Experiment:
+    """A run that drew one batch of user draws and was suspended: resumable."""
+    exp = manager.create_experiment("sessions", seed=11)
+    exp.generator("model", "init").normal(size=4)
+    exp.suspend()
+    return exp
+
+
+def _resumed_params(store: Store, exp: str) -> list[dict]:
+    return [body["params"] for body in bodies(store, exp) if body["kind"] == "run_resumed"]
+
+
+def test_run_resumed_records_the_resuming_sessions_environment_and_code(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run resumed on another machine, with other library versions, was recorded only by its
+    seam (after_seq, last_checkpoint): the session that wrote the rest of the run was invisible.
+    run_resumed now records that process's environment and code version as experiment_created
+    does — the code of ``code_dir`` when given, else of the main script's folder."""
+    from ledger.environment import code_version, environment_fingerprint
+
+    repo = tmp_path / "training-code"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "train.py").write_text("print('train')\n")
+    _git(repo, "add", "train.py")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "c")
+    launcher = tmp_path / "venv-bin" / "launcher"
+    launcher.parent.mkdir()
+    launcher.write_text("")
+    monkeypatch.setattr(sys.modules["__main__"], "__file__", str(launcher))
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        exp = _suspended_run(manager)
+        manager.resume_experiment(exp.id).suspend()
+        with manager.resume_experiment(exp.id, code_dir=repo / "train.py"):
+            pass
+    with Store.open(url) as store:
+        first, second = _resumed_params(store, exp.id)
+        assert verify_ledger(store).ok
+    for params in (first, second):
+        assert params["environment"] == environment_fingerprint()
+        assert set(params) == {"after_seq", "last_checkpoint", "code", "environment"}
+    assert first["code"] == code_version(launcher) == {"vcs": None}
+    assert second["code"]["commit"] == _git(repo, "rev-parse", "HEAD")
+    assert second["code"]["dirty"] is False
+
+
+def test_a_resume_naming_a_code_dir_that_does_not_exist_records_nothing(
+        manager: ExperimentManager, tmp_path: Path) -> None:
+    exp = _suspended_run(manager)
+    with pytest.raises(BadInputError, match="code_dir .*no such file or folder"):
+        manager.resume_experiment(exp.id, code_dir=tmp_path / "no-such-repo")
+    assert "run_resumed" not in manager.store.counts_by_kind(exp.id)
+    with manager.resume_experiment(exp.id):  # still resumable: main was never claimed
+        pass
+
+
+def _resumed_before_sessions_were_recorded(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    """(url, exp) of a completed run resumed once, whose run_resumed holds only after_seq and
+    last_checkpoint, as ledgers written before the session was recorded do."""
+    import ledger.resume
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    with monkeypatch.context() as patched:
+        patched.setattr(ledger.resume, "_session", lambda _code_start: {})
+        with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+            exp = _suspended_run(manager)
+            with manager.resume_experiment(exp.id) as again:
+                again.generator("model", "init")  # remembered, not recorded twice
+                again.generator("model", "head")
+    with Store.open(url) as store:
+        assert set(_resumed_params(store, exp.id)[0]) == {"after_seq", "last_checkpoint"}
+    return url, exp.id
+
+
+def test_a_run_resumed_before_sessions_were_recorded_still_verifies_replays_and_shows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url, exp = _resumed_before_sessions_were_recorded(tmp_path, monkeypatch)
+    with Store.open(url) as store:
+        assert verify_ledger(store).ok
+        assert replay_run(store, exp, data_dir=tmp_path / "data").certified
+        assert describe_experiment(store, exp).status == "ok"
+    shown = run_cli("show", exp, "--db", url)
+    assert shown.returncode == 0, shown.stderr
