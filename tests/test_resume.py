@@ -3,7 +3,9 @@ nothing is recorded twice, and replay certifies the whole run."""
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -24,6 +26,7 @@ from ledger.experiment import Experiment, ExperimentManager
 from ledger.experiment_info import describe_experiment
 from ledger.iterator import TrainingDataIterator
 from ledger.store import Store
+from ledger.times import utc_text
 from ledger.verify import verify as verify_ledger
 from replay import diff_runs, replay_run
 from replay_helpers import sample_data
@@ -901,3 +904,80 @@ def test_a_run_resumed_before_sessions_were_recorded_still_verifies_replays_and_
         assert describe_experiment(store, exp).status == "ok"
     shown = run_cli("show", exp, "--db", url)
     assert shown.returncode == 0, shown.stderr
+
+
+def _resumed_elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    """(url, exp) of a completed run resumed twice: once here, once by a session whose numpy,
+    Python and OS release differ from those experiment_created recorded."""
+    import ledger.resume
+    from ledger.environment import environment_fingerprint
+
+    here = environment_fingerprint()
+    elsewhere = {**here, "packages": {**here["packages"], "numpy": "0.0.other"},
+                 "python": {**here["python"], "version": "3.99.0"},
+                 "platform": {**here["platform"], "release": "other-kernel"}}
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        exp = _suspended_run(manager)
+        manager.resume_experiment(exp.id).suspend()
+        with monkeypatch.context() as patched:
+            patched.setattr(ledger.resume, "environment_fingerprint", lambda: elsewhere)
+            with manager.resume_experiment(exp.id):
+                pass
+    return url, exp.id
+
+
+ELSEWHERE = [("packages.numpy", np.__version__, "0.0.other"),
+             ("platform.release", platform.release(), "other-kernel"),
+             ("python.version", platform.python_version(), "3.99.0")]
+"""How _resumed_elsewhere's second session differs from the recorded environment, by key."""
+
+
+def test_show_lists_each_session_that_resumed_the_run_and_how_its_environment_differs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ledger show`` described only the session that created the run; every resume is now
+    listed — its seq, time, host, pid — with the library, Python and platform differences of
+    its environment from the recorded one."""
+    import socket
+
+    url, exp = _resumed_elsewhere(tmp_path, monkeypatch)
+    with Store.open(url) as store:
+        first, second = describe_experiment(store, exp).resumes
+        seams = [body for body in bodies(store, exp) if body["kind"] == "run_resumed"]
+    assert [(r.seq, r.t, r.host, r.pid) for r in (first, second)] == [
+        (body["seq"], body["t"], socket.gethostname(), os.getpid()) for body in seams]
+    assert first.environment_differences == []
+    assert second.environment_differences == ELSEWHERE
+    shown = run_cli("show", exp, "--db", url)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    at = lines.index("resumes:")
+    assert lines[at + 1].split() == ["seq", str(first.seq), utc_text(first.t), "host",
+                                     socket.gethostname(), "pid", str(os.getpid())]
+    assert lines[at + 2].strip() == "environment as recorded (libraries, Python, platform)"
+    assert lines[at + 3].split()[:2] == ["seq", str(second.seq)]
+    assert [line.strip() for line in lines[at + 4:at + 7]] == [
+        f"{key}: {old} recorded, {new} at resume" for key, old, new in ELSEWHERE]
+    document = json.loads(run_cli("show", exp, "--db", url, "--json").stdout)
+    assert document["resumes"] == [
+        {"seq": r.seq, "t": r.t, "host": socket.gethostname(), "pid": os.getpid(),
+         "environment_differences": [{"key": key, "recorded": old, "resumed": new}
+                                     for key, old, new in r.environment_differences]}
+        for r in (first, second)]
+
+
+def test_show_of_a_run_never_resumed_lists_no_resumes(manager: ExperimentManager) -> None:
+    with manager.create_experiment("straight", seed=3) as exp:
+        pass
+    url = manager.store.url
+    assert "resumes:" not in run_cli("show", exp.id, "--db", url).stdout.splitlines()
+    assert json.loads(run_cli("show", exp.id, "--db", url, "--json").stdout)["resumes"] == []
+
+
+def test_show_of_a_run_resumed_before_sessions_were_recorded_says_not_recorded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url, exp = _resumed_before_sessions_were_recorded(tmp_path, monkeypatch)
+    lines = run_cli("show", exp, "--db", url).stdout.splitlines()
+    assert lines[lines.index("resumes:") + 2].strip() == "environment not recorded"
+    [resumed] = json.loads(run_cli("show", exp, "--db", url, "--json").stdout)["resumes"]
+    assert resumed["environment_differences"] is None
