@@ -981,3 +981,15 @@ def test_show_of_a_run_resumed_before_sessions_were_recorded_says_not_recorded(
     assert lines[lines.index("resumes:") + 2].strip() == "environment not recorded"
     [resumed] = json.loads(run_cli("show", exp, "--db", url, "--json").stdout)["resumes"]
     assert resumed["environment_differences"] is None
+
+
+def test_the_readme_documents_every_param_run_resumed_records(manager: ExperimentManager) -> None:
+    """The README's seam paragraph named after_seq and last_checkpoint only; each param a
+    run_resumed records, and its meta, must be named there."""
+    exp = _suspended_run(manager)
+    manager.resume_experiment(exp.id).close()
+    [seam] = [body for body in bodies(manager.store, exp.id) if body["kind"] == "run_resumed"]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    paragraph = readme[readme.index("`run_resumed` event marks the seam"):][:1500]
+    for name in [*seam["params"], *seam["meta"]]:
+        assert f"`{name}`" in paragraph, name
