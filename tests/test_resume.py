@@ -993,3 +993,24 @@ def test_the_readme_documents_every_param_run_resumed_records(manager: Experimen
     paragraph = readme[readme.index("`run_resumed` event marks the seam"):][:1500]
     for name in [*seam["params"], *seam["meta"]]:
         assert f"`{name}`" in paragraph, name
+
+
+def test_the_event_schema_describes_the_session_run_resumed_records(
+        manager: ExperimentManager) -> None:
+    """schemas/event.v1.json knew only after_seq and last_checkpoint of run_resumed: its
+    ``code`` and ``environment`` are now described as experiment_created's (and stay optional,
+    as ledgers written before lack them)."""
+    from ledger.json_view import json_view
+    from report_helpers import schema_errors
+
+    exp = _suspended_run(manager)
+    manager.resume_experiment(exp.id).close()
+    [seam] = [json_view(body) for body in bodies(manager.store, exp.id)
+              if body["kind"] == "run_resumed"]
+    assert schema_errors(seam, "event.v1.json") == []
+    older = {**seam, "params": {key: seam["params"][key]
+                                for key in ("after_seq", "last_checkpoint")}}
+    assert schema_errors(older, "event.v1.json") == []
+    for broken in ({"environment": "linux"}, {"code": {"commit": "abc"}}, {"code": []}):
+        assert schema_errors({**seam, "params": {**seam["params"], **broken}},
+                             "event.v1.json"), broken
