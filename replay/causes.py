@@ -93,7 +93,8 @@ def session_differences(recorded_env: Any, session_env: Any) -> list[tuple[str, 
     OS release or CPU count), by key. Shown, never judged: replay compares digests."""
     platform = [(key, old, new) for key, old, new in differences(recorded_env, session_env)
                 if key.startswith("platform.")]
-    return sorted(library_differences(recorded_env, session_env) + platform)
+    return sorted(library_differences(recorded_env, session_env) + platform,
+                  key=lambda difference: difference[0])
 
 
 def explain_output(recorded_env: Any, current_env: Any,

@@ -1014,3 +1014,23 @@ def test_the_event_schema_describes_the_session_run_resumed_records(
     for broken in ({"environment": "linux"}, {"code": {"commit": "abc"}}, {"code": []}):
         assert schema_errors({**seam, "params": {**seam["params"], **broken}},
                              "event.v1.json"), broken
+
+
+def test_show_gives_a_resumed_session_s_odd_versions_as_json(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A version recorded as something other than text (a forged or odd environment) is shown
+    as JSON, as show gives every recorded value, not as Python's repr."""
+    import ledger.resume
+    from ledger.environment import environment_fingerprint
+
+    here = environment_fingerprint()
+    odd = {**here, "packages": {**here["packages"], "numpy": ["1", {"b": None}], "odd": True}}
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        exp = _suspended_run(manager)
+        monkeypatch.setattr(ledger.resume, "environment_fingerprint", lambda: odd)
+        with manager.resume_experiment(exp.id):
+            pass
+    lines = [line.strip() for line in run_cli("show", exp.id, "--db", url).stdout.splitlines()]
+    assert f'packages.numpy: {np.__version__} recorded, ["1", {{"b": null}}] at resume' in lines
+    assert "packages.odd: absent recorded, true at resume" in lines

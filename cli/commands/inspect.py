@@ -99,8 +99,14 @@ def _show_resume(resume: ResumeSummary) -> None:
     elif not resume.environment_differences:
         click.echo("    environment as recorded (libraries, Python, platform)")
     for key, old, new in resume.environment_differences or []:
-        click.echo(printable(f"    {key}: {shown_version(old)} recorded, {shown_version(new)} "
-                             f"at resume"))
+        click.echo(printable(f"    {key}: {_shown_version(old)} recorded, "
+                             f"{_shown_version(new)} at resume"))
+
+
+def _shown_version(value: object) -> str:
+    """A version as replay shows it (``absent`` when not recorded), anything but text as
+    :func:`_shown` shows it: a forged value nested a thousand deep cannot stop the listing."""
+    return shown_version(value) if value is None or isinstance(value, str) else _shown(value)
 
 
 def _shown(value: object) -> str:
