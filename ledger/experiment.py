@@ -703,7 +703,8 @@ class ExperimentManager:
         experiment.parent = parent
         return experiment
 
-    def resume_experiment(self, exp: str, *, take_over: bool = False) -> Experiment:
+    def resume_experiment(self, exp: str, *, take_over: bool = False,
+                          code_dir: str | os.PathLike[str] | None = None) -> Experiment:
         """Continue an interrupted run — killed, or suspended — under its own id and root seed.
 
         The run must be incomplete and must verify. Every draw, dataset, metric and checkpoint it
@@ -717,10 +718,15 @@ class ExperimentManager:
         holder on another machine (a node that crashed) cannot be asked: once you know it is
         gone, pass ``take_over=True``. Should it still be alive, its next flush of buffered
         events fails (:class:`~ledger.errors.ConcurrentWriteError`): never a forked chain.
+
+        ``run_resumed`` also records this session's environment and code version, as
+        ``experiment_created`` records the first session's (``code_dir`` as there: the
+        repository whose version is recorded, by default the main script's), so that a run
+        resumed on another machine or with other library versions shows it.
         """
         from ledger.resume import resume
 
-        return resume(self.store, exp, self.data_dir, take_over=take_over)
+        return resume(self.store, exp, self.data_dir, take_over=take_over, code_dir=code_dir)
 
     def close(self) -> None:
         """Release the database connections."""

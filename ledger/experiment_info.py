@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ledger.errors import BadInputError
-from ledger.events import EXPERIMENT_CREATED, METRIC, RUN_COMPLETED, decode_body
+from ledger.events import (EXPERIMENT_CREATED, MAIN_STREAM, METRIC, RUN_COMPLETED, RUN_RESUMED,
+                           decode_body)
 from ledger.seeds import root_seed_from_bytes
 from ledger.store.store import Store, StreamHead
 
@@ -28,6 +29,27 @@ class MetricSummary:
 
 
 @dataclass(slots=True)
+class ResumeSummary:
+    """One session that resumed the run: its ``run_resumed`` event's seq and time, the host and
+    process it ran in, and how its environment differed from the one ``experiment_created``
+    recorded (None: not recorded — ledgers written before run_resumed recorded it)."""
+
+    seq: int
+    t: Any
+    host: Any
+    pid: Any
+    environment_differences: list[tuple[str, Any, Any]] | None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready map."""
+        differences = None if self.environment_differences is None else [
+            {"key": key, "recorded": old, "resumed": new}
+            for key, old, new in self.environment_differences]
+        return {"seq": self.seq, "t": self.t, "host": self.host, "pid": self.pid,
+                "environment_differences": differences}
+
+
+@dataclass(slots=True)
 class ExperimentInfo:
     """One experiment's metadata, counts by kind, streams, head and completion status."""
 
@@ -44,6 +66,8 @@ class ExperimentInfo:
     metrics: list[MetricSummary] = field(default_factory=list)
     error: str | None = None
     """What a failed run recorded as its error (``run_completed``'s ``error``), else None."""
+    resumes: list[ResumeSummary] = field(default_factory=list)
+    """Every session that resumed the run, in recorded order."""
 
     @property
     def complete(self) -> bool:
@@ -60,7 +84,8 @@ class ExperimentInfo:
                 "streams": [{"stream": h.stream, "count": h.count, "head": h.head}
                             for h in self.streams],
                 "metadata": self.metadata, "error": self.error,
-                "metrics": [metric.to_json() for metric in self.metrics]}
+                "metrics": [metric.to_json() for metric in self.metrics],
+                "resumes": [resume.to_json() for resume in self.resumes]}
 
 
 def describe_experiment(store: Store, exp: str) -> ExperimentInfo:
@@ -82,7 +107,33 @@ def describe_experiment(store: Store, exp: str) -> ExperimentInfo:
                           head=head, counts=counts, streams=streams,
                           metadata={key: params[key] for key in _SHOWN_PARAMS if key in params},
                           metrics=metric_summaries(store, exp) if counts.get(METRIC) else [],
-                          error=_recorded_error(store, exp) if row.status == "failed" else None)
+                          error=_recorded_error(store, exp) if row.status == "failed" else None,
+                          resumes=resume_summaries(store, exp, params.get("environment"))
+                          if counts.get(RUN_RESUMED) else [])
+
+
+def resume_summaries(store: Store, exp: str, recorded_env: Any) -> list[ResumeSummary]:
+    """Each ``run_resumed`` of ``exp``'s main stream, with how its session's environment differs
+    from ``recorded_env`` (experiment_created's). A body that does not decode is left out:
+    ``ledger verify`` names a damaged event, and this is a summary."""
+    from replay.causes import session_differences  # here: replay imports this module
+
+    summaries = []
+    for stream, seq, _kind, body_bytes in store.iter_kind_bodies(exp, [RUN_RESUMED]):
+        try:
+            body = decode_body(body_bytes)
+        except BadInputError:
+            continue
+        if stream != MAIN_STREAM:
+            continue
+        params = body["params"] if isinstance(body["params"], dict) else {}
+        meta = body["meta"] if isinstance(body["meta"], dict) else {}
+        environment = params.get("environment")
+        summaries.append(ResumeSummary(
+            seq, body["t"], meta.get("host"), meta.get("pid"),
+            session_differences(recorded_env, environment)
+            if isinstance(environment, dict) else None))
+    return summaries
 
 
 def _recorded_error(store: Store, exp: str) -> str | None:

@@ -5,7 +5,9 @@ A run killed (or suspended) before ``run_completed`` is continued by
 checkpoint, so it reaches again draws, metrics and checkpoints that the interrupted process
 already recorded after that checkpoint. They are remembered here and checked, not recorded twice:
 every draw stays recorded once per run (DESIGN §3), and a resumed run whose draws differ from its
-own record is refused on the spot. A ``run_resumed`` event in the main stream marks the seam.
+own record is refused on the spot. A ``run_resumed`` event in the main stream marks the seam,
+and records the resuming session's environment and code version as ``experiment_created`` records
+the first session's: a run resumed on another machine, with other library versions, says so.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ledger.environment import code_version, environment_fingerprint
 from ledger.errors import BadInputError, CheckFailedError
 from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EPOCH_RESET,
                            EXPERIMENT_CREATED, MAIN_STREAM, METRIC, RUN_COMPLETED, RUN_RESUMED,
@@ -28,14 +31,17 @@ if TYPE_CHECKING:
     from ledger.experiment import Experiment
 
 
-def resume(store: Store, exp: str, data_dir: Path | None, *, take_over: bool = False
-           ) -> "Experiment":
+def resume(store: Store, exp: str, data_dir: Path | None, *, take_over: bool = False,
+           code_dir: str | os.PathLike[str] | None = None) -> "Experiment":
     """Open ``exp`` for recording again (see the module docstring) and return its Experiment.
 
     ``take_over`` claims the main stream even from a holder that still looks alive — one on
-    another machine, which cannot be asked — as :class:`StreamWriter` does."""
-    from ledger.experiment import Experiment
+    another machine, which cannot be asked — as :class:`StreamWriter` does. ``code_dir`` names
+    the repository whose version ``run_resumed`` records, as for ``create_experiment`` (which
+    records no folder to reuse): by default the main script's."""
+    from ledger.experiment import Experiment, _existing_path
 
+    code_start = None if code_dir is None else _existing_path("code_dir", code_dir)
     row = store.experiment(exp)
     if row.status != "incomplete":
         raise BadInputError(f"got {exp}, which completed with status {row.status}: only an "
@@ -62,12 +68,20 @@ def resume(store: Store, exp: str, data_dir: Path | None, *, take_over: bool = F
         experiment.parent = parent if isinstance(parent, str) else None
         checkpoint = _remember(store, experiment)
         experiment._append(RUN_RESUMED, params={"after_seq": writer.next_seq - 1,
-                                                "last_checkpoint": checkpoint},
+                                                "last_checkpoint": checkpoint,
+                                                **_session(code_start)},
                            meta={"pid": os.getpid(), "host": socket.gethostname()})
     except BaseException:
         writer.close()  # releases main: the run stays as it was
         raise
     return experiment
+
+
+def _session(code_start: Path | None) -> dict[str, Any]:
+    """What ``run_resumed`` records of the resuming process, as ``experiment_created`` records
+    the first one's: its code version (of ``code_start``, else the main script's folder) and
+    its environment fingerprint. Ledgers written before lack both: read as "not recorded"."""
+    return {"code": code_version(code_start), "environment": environment_fingerprint()}
 
 
 def _remember(store: Store, experiment: "Experiment") -> dict[str, Any] | None:

@@ -87,6 +87,16 @@ def library_differences(recorded_env: Any, current_env: Any) -> list[tuple[str, 
             if key.startswith(relevant)]
 
 
+def session_differences(recorded_env: Any, session_env: Any) -> list[tuple[str, Any, Any]]:
+    """How the environment of a session that resumed a run differs from the one the run
+    recorded at its creation: :func:`library_differences`, and the platform (another machine,
+    OS release or CPU count), by key. Shown, never judged: replay compares digests."""
+    platform = [(key, old, new) for key, old, new in differences(recorded_env, session_env)
+                if key.startswith("platform.")]
+    return sorted(library_differences(recorded_env, session_env) + platform,
+                  key=lambda difference: difference[0])
+
+
 def explain_output(recorded_env: Any, current_env: Any,
                    sides: tuple[str, str] = ("recorded", "now")) -> str:
     """The detail of a *same seed, different output* divergence: which versions differ, if any.

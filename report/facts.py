@@ -1,10 +1,10 @@
 """What a report reads from the ledger besides the full pass over events (see ``scan``).
 
 One query fetches the bodies of the few kinds a report quotes — the experiment's creation, its
-datasets, workers, metrics, checkpoints, its completion and its audit trail — so a run of a
-million augmentation batches costs one table scan here, not a million decodes. A body that does
-not decode (a damaged ledger) is counted, never fatal: the report is still produced and R9 says
-what verification found.
+datasets, workers, metrics, checkpoints, resumes, its completion and its audit trail — so a run
+of a million augmentation batches costs one table scan here, not a million decodes. A body that
+does not decode (a damaged ledger) is counted, never fatal: the report is still produced and R9
+says what verification found.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from typing import Any
 from ledger.errors import LedgerError
 from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EXPERIMENT_CREATED,
                            MAIN_STREAM, METRIC, REPLAY_RECORDED, REPORT_EXPORTED, RUN_COMPLETED,
-                           WORKER_SPAWNED, decode_body)
+                           RUN_RESUMED, WORKER_SPAWNED, decode_body)
 from ledger.store.store import ExperimentRow, Store, StreamHead
 from report.metrics import MetricCurves
 
 QUOTED_KINDS = (EXPERIMENT_CREATED, DATASET_REGISTERED, WORKER_SPAWNED, METRIC, CHECKPOINT,
-                RUN_COMPLETED, REPLAY_RECORDED, REPORT_EXPORTED)
+                RUN_COMPLETED, RUN_RESUMED, REPLAY_RECORDED, REPORT_EXPORTED)
 MAX_WORKERS_LISTED = 256
 
 
@@ -43,6 +43,8 @@ class RunFacts:
     checkpoint_count: int = 0
     metrics: MetricCurves = field(default_factory=MetricCurves)
     audit: list[dict[str, Any]] = field(default_factory=list)
+    resumes: list[dict[str, Any]] = field(default_factory=list)
+    """The ``run_resumed`` events of main, in seq order: one per session that resumed the run."""
     undecodable: list[tuple[str, int, str]] = field(default_factory=list)
 
     @property
@@ -94,6 +96,9 @@ def _take(facts: RunFacts, stream: str, kind: str, body: dict[str, Any]) -> None
         # report must not call the same run both incomplete and complete.
         if facts.completed is None:
             facts.completed = body
+    elif kind == RUN_RESUMED:
+        if stream == MAIN_STREAM:
+            facts.resumes.append(body)
     elif kind == DATASET_REGISTERED:
         facts.datasets.append(body)
     elif kind == WORKER_SPAWNED:

@@ -146,6 +146,43 @@ def _r1(report: dict[str, Any]) -> str:
                if r1["metrics_not_plotted"] else ""))
 
 
+def _r2(report: dict[str, Any]) -> str:
+    """R2's fields, then a table of the sessions that resumed the run (when there are any)."""
+    resumes = report["R2"].get("resumes", [])
+    rows = "".join(f"<tr><td class=\"num\">{e(r['seq'])}</td><td>{e(r['at'])}</td>"
+                   f"<td>{e(r['host'])}</td><td class=\"num\">{e(r['pid'])}</td></tr>"
+                   for r in resumes)
+    return (_rows([(name, value) for name, value in report["R2"].items()
+                   if name not in ("title", "resumes")])
+            + ("<h3>Sessions that resumed the run</h3><table><tr><th>run_resumed seq</th>"
+               f"<th>at (UTC)</th><th>host</th><th>pid</th></tr>{rows}</table>"
+               if resumes else ""))
+
+
+def _r4(report: dict[str, Any]) -> str:
+    """R4's fields, then how each session that resumed the run differed from them."""
+    resumes = report["R4"].get("resumes", [])
+    rows = "".join(f"<tr><td class=\"num\">{e(seq)}</td><td>{e(at)}</td><td>{e(key)}</td>"
+                   f"<td>{_value(old)}</td><td>{_value(new)}</td></tr>"
+                   for resume in resumes for seq, at, key, old, new in _resumed_rows(resume))
+    return (_rows([(name, value) for name, value in report["R4"].items()
+                   if name not in ("title", "resumes")])
+            + ("<h3>Sessions that resumed the run, against the environment above</h3><table>"
+               "<tr><th>run_resumed seq</th><th>at (UTC)</th><th>difference</th>"
+               f"<th>recorded</th><th>resumed</th></tr>{rows}</table>" if resumes else ""))
+
+
+def _resumed_rows(resume: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """(seq, at, difference, recorded, resumed) rows of one resuming session: one per
+    difference, else one saying ``as recorded`` or ``not recorded``."""
+    lead = (resume["seq"], resume["at"])
+    if resume["differences"] is None:
+        return [(*lead, "not recorded", None, None)]
+    if not resume["differences"]:
+        return [(*lead, "as recorded", None, None)]
+    return [(*lead, d["key"], d["recorded"], d["resumed"]) for d in resume["differences"]]
+
+
 def _r5(report: dict[str, Any]) -> str:
     r5 = report["R5"]
     rows = "".join(f"<tr><td>{e(d['name'])}</td><td>{e(d['role'])}</td>"
@@ -319,8 +356,8 @@ def _plain(report: dict[str, Any], key: str) -> str:
     return _rows([(name, value) for name, value in report[key].items() if name != "title"])
 
 
-_RENDER = {"R0": _r0, "R1": _r1, "R5": _r5, "R7": _r7, "R8": _r8, "R9": _r9, "R10": _r10,
-           "R12": _r12, "R13": _r13, "R14": _r14}
+_RENDER = {"R0": _r0, "R1": _r1, "R2": _r2, "R4": _r4, "R5": _r5, "R7": _r7, "R8": _r8,
+           "R9": _r9, "R10": _r10, "R12": _r12, "R13": _r13, "R14": _r14}
 
 
 def render_html(report: dict[str, Any]) -> str:

@@ -82,6 +82,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += ["## R2 Who and when", ""] + _pairs(report["R2"], ["started_by", "host", "pid",
                                                               "started_at", "ended_at",
                                                               "duration_s", "resources", "note"])
+    resumed = report["R2"].get("resumes", [])  # absent from reports made before it was added
+    if resumed:
+        out += ["Sessions that resumed the run:", ""]
+        out += _table(["seq", "at", "host", "pid"],
+                      [[r["seq"], r["at"], r["host"], r["pid"]] for r in resumed])
     out += ["## R3 Code", ""] + _pairs(report["R3"], ["vcs", "commit", "dirty", "diff_digest",
                                                       "untracked", "entrypoint", "command_line",
                                                       "configuration_digest"])
@@ -89,6 +94,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += ["## R4 Environment", ""] + _pairs(r4, ["recorded", "python", "numpy", "blas_threads",
                                                    "platform", "determinism_env"])
     out += _table(["package", "version"], [[k, v] for k, v in r4["packages"].items()])
+    if r4.get("resumes"):
+        out += ["Sessions that resumed the run, against the environment above:", ""]
+        out += _table(["seq", "at", "difference", "recorded", "resumed"],
+                      [row for resume in r4["resumes"] for row in _resumed_rows(resume)])
     r5 = report["R5"]
     out += ["## R5 Data", ""]
     out += _table(["dataset", "role", "source", "content digest", "records"],
@@ -156,3 +165,14 @@ def render_markdown(report: dict[str, Any]) -> str:
                                                    for p in r13["responsible"]])
     out += _pairs(r13, ["date", "signature_method", "public_key_sha256"])
     return "\n".join(out).rstrip() + "\n"
+
+
+def _resumed_rows(resume: dict[str, Any]) -> list[list[Any]]:
+    """R4's rows for one resuming session: one per difference, else one saying ``as recorded``
+    or, for a run_resumed that records no environment, ``not recorded``."""
+    lead = [resume["seq"], resume["at"]]
+    if resume["differences"] is None:
+        return [lead + ["not recorded", None, None]]
+    if not resume["differences"]:
+        return [lead + ["as recorded", None, None]]
+    return [lead + [d["key"], d["recorded"], d["resumed"]] for d in resume["differences"]]

@@ -12,6 +12,7 @@ from ledger.events import (AUGMENTATION_BATCH, EPOCH_RESET, EXPERIMENT_CREATED, 
                            WORKER_SPAWNED)
 from ledger.json_view import json_view
 from ledger.seeds import SEED_SCHEME, root_seed_from_bytes
+from replay.causes import session_differences
 from report.data_checks import independence
 from report.facts import RunFacts
 from report.jsonview import hex_or_none, recorded_int, recorded_text, rfc3339
@@ -56,7 +57,8 @@ def r1_identity(facts: RunFacts) -> dict[str, Any]:
 
 
 def r2_who_and_when(facts: RunFacts) -> dict[str, Any]:
-    """R2: who started the run, where, when it started and ended, and with what resources."""
+    """R2: who started the run, where, when it started and ended, and with what resources;
+    and each session that resumed it (when, host, pid: its ``run_resumed``'s time and meta)."""
     created = facts.created or {}
     meta = _dict(created.get("meta"))
     platform = _dict(_dict(facts.params.get("environment")).get("platform"))
@@ -74,7 +76,16 @@ def r2_who_and_when(facts: RunFacts) -> dict[str, Any]:
                           "start_methods": sorted({str(w.get("start_method")) for w in workers
                                                    if w.get("start_method") is not None})},
             "note": None if meta.get("user") else
-            "the ledger records the host and process of the run, not the user who started it"}
+            "the ledger records the host and process of the run, not the user who started it",
+            "resumes": [_resumed_by(body) for body in facts.resumes]}
+
+
+def _resumed_by(body: dict[str, Any]) -> dict[str, Any]:
+    """One session that resumed the run, as its ``run_resumed`` records it (no user: a resume
+    records the host and process only)."""
+    meta = _dict(body.get("meta"))
+    return {"seq": recorded_int(body.get("seq")), "at": rfc3339(body.get("t")),
+            "host": recorded_text(meta.get("host")), "pid": recorded_int(meta.get("pid"))}
 
 
 def r3_code(facts: RunFacts) -> dict[str, Any]:
@@ -106,7 +117,8 @@ def config_digest(facts: RunFacts) -> str | None:
 
 def r4_environment(facts: RunFacts) -> dict[str, Any]:
     """R4: Python, packages, numpy and BLAS (and its thread counts, which R8 compares: they can
-    change a sum's low bits), OS, CPU, determinism environment variables."""
+    change a sum's low bits), OS, CPU, determinism environment variables — as the session that
+    created the run recorded them — and how each session that resumed it differed."""
     environment = _dict(facts.params.get("environment"))
     packages = _dict(environment.get("packages"))
     return {"title": "Environment", "python": json_view(_dict(environment.get("python"))),
@@ -116,7 +128,21 @@ def r4_environment(facts: RunFacts) -> dict[str, Any]:
             "blas_threads": json_view(_dict(environment.get("blas_threads"))),
             "platform": json_view(_dict(environment.get("platform"))),
             "determinism_env": json_view(_dict(environment.get("env"))),
-            "recorded": bool(environment)}
+            "recorded": bool(environment),
+            "resumes": [_resumed_environment(body, environment) for body in facts.resumes]}
+
+
+def _resumed_environment(body: dict[str, Any], recorded_env: dict[str, Any]) -> dict[str, Any]:
+    """How the environment of the session that recorded the ``run_resumed`` ``body`` differs
+    from the recorded one (R4's): its library, Python and platform differences by key, or
+    ``recorded: false`` when that run_resumed records none (ledgers written before it did)."""
+    environment = _dict(body.get("params")).get("environment")
+    recorded = isinstance(environment, dict)
+    return {"seq": recorded_int(body.get("seq")), "at": rfc3339(body.get("t")),
+            "recorded": recorded,
+            "differences": [{"key": key, "recorded": json_view(old), "resumed": json_view(new)}
+                            for key, old, new in session_differences(recorded_env, environment)]
+            if recorded else None}
 
 
 def r5_data(facts: RunFacts, data_dir: Any) -> dict[str, Any]:

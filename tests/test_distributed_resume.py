@@ -570,3 +570,27 @@ def test_the_readme_resume_example_continues_a_job_that_failed_mid_epoch(
                   f"sqlite:///{straight / 'ledger.db'}", "--json")
     assert diffed.returncode == 0 and json.loads(diffed.stdout)["identical"] is True, (
         diffed.stdout + diffed.stderr)
+
+
+def test_a_resumed_job_records_the_code_of_its_code_dir(tmp_path: Path) -> None:
+    """``code_dir`` given with ``resume=`` was dropped: rank 0's run_resumed now records that
+    repository's version, as create_experiment does with it."""
+    import subprocess
+
+    repo = tmp_path / "training-code"
+    repo.mkdir()
+    git = ["git", "-C", str(repo)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (repo / "train.py").write_text("print('train')\n")
+    subprocess.run([*git, "add", "train.py"], check=True)
+    subprocess.run([*git, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q",
+                    "-m", "c"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    exp = _suspended_run(url, tmp_path / "data")
+    assert _resume(url, exp, hyperparams={"epochs": 1}, code_dir=repo) == "ok"
+    with Store.open(url) as store:
+        [seam] = [decode_body(body) for _s, _q, kind, body in store.iter_run_bodies(exp)
+                  if kind == "run_resumed"]
+    assert seam["params"]["code"]["commit"] == head

@@ -1466,3 +1466,74 @@ def test_a_recorded_pass_of_an_incomplete_run_that_went_on_is_flagged(tmp_path: 
             "recorded since were not replayed" in report["summary"]["alerts"])
     replayed = report_of(url, exp.id, replay=True, data_dir=str(data))["R8"]
     assert (replayed["verdict"], replayed["head_is_current"]) == ("PASSED", True)
+
+
+def test_r2_and_r4_list_every_session_that_resumed_the_run_and_how_its_environment_differs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """R2 and R4 described only the session that created the run: a run resumed on another
+    machine, with another numpy, reported the first machine's environment alone. R2 now lists
+    each resuming session (when, host, pid) and R4 how its environment differs from R4's; the
+    JSON, HTML and Markdown say the same."""
+    import os
+    import socket
+
+    from report.html import render_html
+    from report.markdown import m, render_markdown
+    from test_resume import ELSEWHERE, _resumed_elsewhere
+    from trainer_helpers import bodies
+    from ledger.times import utc_text
+
+    url, exp = _resumed_elsewhere(tmp_path, monkeypatch)
+    with Store.open(url) as store:
+        seams = [body for body in bodies(store, exp) if body["kind"] == "run_resumed"]
+    report = report_of(url, exp)
+    assert report["R2"]["resumes"] == [
+        {"seq": body["seq"], "at": utc_text(body["t"]), "host": socket.gethostname(),
+         "pid": os.getpid()} for body in seams]
+    assert report["R4"]["resumes"] == [
+        {"seq": body["seq"], "at": utc_text(body["t"]), "recorded": True, "differences": [
+            {"key": key, "recorded": old, "resumed": new} for key, old, new in changes]}
+        for body, changes in zip(seams, ([], ELSEWHERE), strict=True)]
+    markdown, html = render_markdown(report), render_html(report)
+    r2, r4 = (_md_section(markdown, key) for key in ("R2", "R4"))
+    for body in seams:
+        assert (f"| {body['seq']} | {m(utc_text(body['t']))} | {m(socket.gethostname())} | "
+                f"{os.getpid()} |") in r2
+    assert f"| {seams[0]['seq']} | {m(utc_text(seams[0]['t']))} | as recorded | — | — |" in r4
+    for key, old, new in ELSEWHERE:
+        assert f"| {seams[1]['seq']} | {m(utc_text(seams[1]['t']))} | {m(key)} | {m(old)} | " \
+               f"{m(new)} |" in r4
+        assert all(text in html for text in (key, old, new))
+    assert utc_text(seams[1]["t"]) in html and "Sessions that resumed the run" in html
+
+
+def test_a_report_of_a_run_resumed_before_sessions_were_recorded_says_not_recorded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from report.html import render_html
+    from report.markdown import render_markdown
+    from test_resume import _resumed_before_sessions_were_recorded
+
+    url, exp = _resumed_before_sessions_were_recorded(tmp_path, monkeypatch)
+    report = report_of(url, exp)
+    [resumed] = report["R4"]["resumes"]
+    assert (resumed["recorded"], resumed["differences"]) == (False, None)
+    assert len(report["R2"]["resumes"]) == 1
+    r4 = _md_section(render_markdown(report), "R4")
+    assert f"| {resumed['seq']} |" in r4 and "| not recorded |" in r4
+    assert "not recorded" in render_html(report).split('id="R4"')[1].split("</section>")[0]
+
+
+def test_a_run_never_resumed_reports_no_resumes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    exp = record_run(url, tmp_path / "data", epochs=1)
+    report = report_of(url, exp)
+    assert report["R2"]["resumes"] == report["R4"]["resumes"] == []
+
+
+def _md_section(text: str, key: str) -> str:
+    """The Markdown of section ``key`` (R0, R4, …): from its heading to the next one."""
+    import re
+
+    found = re.search(rf"^## {key} .*?(?=^## |\Z)", text, re.M | re.S)
+    assert found is not None
+    return found.group(0)

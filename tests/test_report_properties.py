@@ -14,7 +14,8 @@ by DESIGN's rules re-implemented in :mod:`report_oracle`.
 Checked: every section REPORT.md requires is present and the report validates; identity,
 status, error, head, streams, seeds and their tree, counts by kind and category, datasets and
 the train/test overlap, hyperparameters and their digest, metrics, checkpoint digests, R2's
-process and duration, R4's packages, R10's history and the NDJSON appendix (bodies too) equal
+process, duration and resuming sessions, R4's packages and each resuming session's environment
+differences, R10's history and the NDJSON appendix (bodies too) equal
 the oracle; the replay verdict is PASSED for honest runs, FAILED naming the earliest injected
 divergence for a run whose augmentation op no longer reproduces its draws, FAILED with the bad
 event for a ledger copy whose stored body was edited or whose row was deleted (but for the
@@ -45,6 +46,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +116,29 @@ def shown(value: float) -> float | str:
     return value
 
 
+def utc_of(t_ns: int) -> str:
+    """A recorded time as the report writes it: RFC 3339 UTC, cut to milliseconds."""
+    seconds, nanoseconds = divmod(t_ns, 10**9)
+    return (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+            + f".{nanoseconds // 10**6:03d}Z")
+
+
+def environment_changes(recorded: dict[str, Any], resumed: dict[str, Any]
+                        ) -> list[dict[str, Any]]:
+    """The library, Python and platform leaves of two recorded environments that differ, by
+    dotted key, as R4 lists a resuming session's."""
+    def leaves(value: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(value, dict):
+            return {prefix: value}
+        return {key: leaf for name, item in value.items()
+                for key, leaf in leaves(item, f"{prefix}.{name}" if prefix else name).items()}
+    before, after = leaves(recorded), leaves(resumed)
+    shown = ("packages.", "python.version", "blas.", "blas_threads.", "platform.")
+    return [{"key": key, "recorded": json_of(before.get(key)), "resumed": json_of(after.get(key))}
+            for key in sorted(set(before) | set(after))
+            if key.startswith(shown) and before.get(key) != after.get(key)]
+
+
 def assert_report_says(report: dict[str, Any], run: Oracle,
                        events: list[StoredEvent] | None = None) -> None:
     """``report`` states what the oracle knows of ``run`` (replay left aside); ``events``: the
@@ -142,6 +167,15 @@ def assert_report_says(report: dict[str, Any], run: Oracle,
     assert r2["resources"]["workers_spawned"] == kinds(events)["worker_spawned"]
     assert report["R4"]["packages"] == {k: str(v) for k, v in sorted(
         created["params"]["environment"]["packages"].items())}
+    resumed = [event for event in events if event.kind == "run_resumed"]
+    assert r2["resumes"] == [{"seq": e.seq, "at": utc_of(e.body["t"]),
+                              "host": e.body["meta"]["host"], "pid": e.body["meta"]["pid"]}
+                             for e in resumed]
+    assert report["R4"]["resumes"] == [
+        {"seq": e.seq, "at": utc_of(e.body["t"]), "recorded": True,
+         "differences": environment_changes(created["params"]["environment"],
+                                            e.body["params"]["environment"])}
+        for e in resumed]
     assert (summary["run_status"], r1["status"]) == (status, status)
     assert summary["complete"] is r1["complete"] is report["R9"]["complete"] is (head is not None)
     assert summary["run_head"] == r1["run_head"] == report["R9"]["run_head"] == head

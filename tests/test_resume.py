@@ -3,7 +3,9 @@ nothing is recorded twice, and replay certifies the whole run."""
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -24,6 +26,7 @@ from ledger.experiment import Experiment, ExperimentManager
 from ledger.experiment_info import describe_experiment
 from ledger.iterator import TrainingDataIterator
 from ledger.store import Store
+from ledger.times import utc_text
 from ledger.verify import verify as verify_ledger
 from replay import diff_runs, replay_run
 from replay_helpers import sample_data
@@ -809,3 +812,225 @@ def test_a_new_run_loads_only_a_state_of_the_run_it_continues(tmp_path: Path) ->
             continued = _forty_rows(child)
             continued.load_state_dict(state)
             assert len(list(continued)) == 3  # the batches the saver had left
+
+
+def _git(folder: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def _suspended_run(manager: ExperimentManager) -> Experiment:
+    """A run that drew one batch of user draws and was suspended: resumable."""
+    exp = manager.create_experiment("sessions", seed=11)
+    exp.generator("model", "init").normal(size=4)
+    exp.suspend()
+    return exp
+
+
+def _resumed_params(store: Store, exp: str) -> list[dict]:
+    return [body["params"] for body in bodies(store, exp) if body["kind"] == "run_resumed"]
+
+
+def test_run_resumed_records_the_resuming_sessions_environment_and_code(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run resumed on another machine, with other library versions, was recorded only by its
+    seam (after_seq, last_checkpoint): the session that wrote the rest of the run was invisible.
+    run_resumed now records that process's environment and code version as experiment_created
+    does — the code of ``code_dir`` when given, else of the main script's folder."""
+    from ledger.environment import code_version, environment_fingerprint
+
+    repo = tmp_path / "training-code"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "train.py").write_text("print('train')\n")
+    _git(repo, "add", "train.py")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "c")
+    launcher = tmp_path / "venv-bin" / "launcher"
+    launcher.parent.mkdir()
+    launcher.write_text("")
+    monkeypatch.setattr(sys.modules["__main__"], "__file__", str(launcher))
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        exp = _suspended_run(manager)
+        manager.resume_experiment(exp.id).suspend()
+        with manager.resume_experiment(exp.id, code_dir=repo / "train.py"):
+            pass
+    with Store.open(url) as store:
+        first, second = _resumed_params(store, exp.id)
+        assert verify_ledger(store).ok
+    for params in (first, second):
+        assert params["environment"] == environment_fingerprint()
+        assert set(params) == {"after_seq", "last_checkpoint", "code", "environment"}
+    assert first["code"] == code_version(launcher) == {"vcs": None}
+    assert second["code"]["commit"] == _git(repo, "rev-parse", "HEAD")
+    assert second["code"]["dirty"] is False
+
+
+def test_a_resume_naming_a_code_dir_that_does_not_exist_records_nothing(
+        manager: ExperimentManager, tmp_path: Path) -> None:
+    exp = _suspended_run(manager)
+    with pytest.raises(BadInputError, match="code_dir .*no such file or folder"):
+        manager.resume_experiment(exp.id, code_dir=tmp_path / "no-such-repo")
+    assert "run_resumed" not in manager.store.counts_by_kind(exp.id)
+    with manager.resume_experiment(exp.id):  # still resumable: main was never claimed
+        pass
+
+
+def _resumed_before_sessions_were_recorded(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    """(url, exp) of a completed run resumed once, whose run_resumed holds only after_seq and
+    last_checkpoint, as ledgers written before the session was recorded do."""
+    import ledger.resume
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    with monkeypatch.context() as patched:
+        patched.setattr(ledger.resume, "_session", lambda _code_start: {})
+        with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+            exp = _suspended_run(manager)
+            with manager.resume_experiment(exp.id) as again:
+                again.generator("model", "init")  # remembered, not recorded twice
+                again.generator("model", "head")
+    with Store.open(url) as store:
+        assert set(_resumed_params(store, exp.id)[0]) == {"after_seq", "last_checkpoint"}
+    return url, exp.id
+
+
+def test_a_run_resumed_before_sessions_were_recorded_still_verifies_replays_and_shows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url, exp = _resumed_before_sessions_were_recorded(tmp_path, monkeypatch)
+    with Store.open(url) as store:
+        assert verify_ledger(store).ok
+        assert replay_run(store, exp, data_dir=tmp_path / "data").certified
+        assert describe_experiment(store, exp).status == "ok"
+    shown = run_cli("show", exp, "--db", url)
+    assert shown.returncode == 0, shown.stderr
+
+
+def _resumed_elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    """(url, exp) of a completed run resumed twice: once here, once by a session whose numpy,
+    Python and OS release differ from those experiment_created recorded."""
+    import ledger.resume
+    from ledger.environment import environment_fingerprint
+
+    here = environment_fingerprint()
+    elsewhere = {**here, "packages": {**here["packages"], "numpy": "0.0.other"},
+                 "python": {**here["python"], "version": "3.99.0"},
+                 "platform": {**here["platform"], "release": "other-kernel"}}
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        exp = _suspended_run(manager)
+        manager.resume_experiment(exp.id).suspend()
+        with monkeypatch.context() as patched:
+            patched.setattr(ledger.resume, "environment_fingerprint", lambda: elsewhere)
+            with manager.resume_experiment(exp.id):
+                pass
+    return url, exp.id
+
+
+ELSEWHERE = [("packages.numpy", np.__version__, "0.0.other"),
+             ("platform.release", platform.release(), "other-kernel"),
+             ("python.version", platform.python_version(), "3.99.0")]
+"""How _resumed_elsewhere's second session differs from the recorded environment, by key."""
+
+
+def test_show_lists_each_session_that_resumed_the_run_and_how_its_environment_differs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ledger show`` described only the session that created the run; every resume is now
+    listed — its seq, time, host, pid — with the library, Python and platform differences of
+    its environment from the recorded one."""
+    import socket
+
+    url, exp = _resumed_elsewhere(tmp_path, monkeypatch)
+    with Store.open(url) as store:
+        first, second = describe_experiment(store, exp).resumes
+        seams = [body for body in bodies(store, exp) if body["kind"] == "run_resumed"]
+    assert [(r.seq, r.t, r.host, r.pid) for r in (first, second)] == [
+        (body["seq"], body["t"], socket.gethostname(), os.getpid()) for body in seams]
+    assert first.environment_differences == []
+    assert second.environment_differences == ELSEWHERE
+    shown = run_cli("show", exp, "--db", url)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    at = lines.index("resumes:")
+    assert lines[at + 1].split() == ["seq", str(first.seq), utc_text(first.t), "host",
+                                     socket.gethostname(), "pid", str(os.getpid())]
+    assert lines[at + 2].strip() == "environment as recorded (libraries, Python, platform)"
+    assert lines[at + 3].split()[:2] == ["seq", str(second.seq)]
+    assert [line.strip() for line in lines[at + 4:at + 7]] == [
+        f"{key}: {old} recorded, {new} at resume" for key, old, new in ELSEWHERE]
+    document = json.loads(run_cli("show", exp, "--db", url, "--json").stdout)
+    assert document["resumes"] == [
+        {"seq": r.seq, "t": r.t, "host": socket.gethostname(), "pid": os.getpid(),
+         "environment_differences": [{"key": key, "recorded": old, "resumed": new}
+                                     for key, old, new in r.environment_differences]}
+        for r in (first, second)]
+
+
+def test_show_of_a_run_never_resumed_lists_no_resumes(manager: ExperimentManager) -> None:
+    with manager.create_experiment("straight", seed=3) as exp:
+        pass
+    url = manager.store.url
+    assert "resumes:" not in run_cli("show", exp.id, "--db", url).stdout.splitlines()
+    assert json.loads(run_cli("show", exp.id, "--db", url, "--json").stdout)["resumes"] == []
+
+
+def test_show_of_a_run_resumed_before_sessions_were_recorded_says_not_recorded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url, exp = _resumed_before_sessions_were_recorded(tmp_path, monkeypatch)
+    lines = run_cli("show", exp, "--db", url).stdout.splitlines()
+    assert lines[lines.index("resumes:") + 2].strip() == "environment not recorded"
+    [resumed] = json.loads(run_cli("show", exp, "--db", url, "--json").stdout)["resumes"]
+    assert resumed["environment_differences"] is None
+
+
+def test_the_readme_documents_every_param_run_resumed_records(manager: ExperimentManager) -> None:
+    """The README's seam paragraph named after_seq and last_checkpoint only; each param a
+    run_resumed records, and its meta, must be named there."""
+    exp = _suspended_run(manager)
+    manager.resume_experiment(exp.id).close()
+    [seam] = [body for body in bodies(manager.store, exp.id) if body["kind"] == "run_resumed"]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    paragraph = readme[readme.index("`run_resumed` event marks the seam"):][:1500]
+    for name in [*seam["params"], *seam["meta"]]:
+        assert f"`{name}`" in paragraph, name
+
+
+def test_the_event_schema_describes_the_session_run_resumed_records(
+        manager: ExperimentManager) -> None:
+    """schemas/event.v1.json knew only after_seq and last_checkpoint of run_resumed: its
+    ``code`` and ``environment`` are now described as experiment_created's (and stay optional,
+    as ledgers written before lack them)."""
+    from ledger.json_view import json_view
+    from report_helpers import schema_errors
+
+    exp = _suspended_run(manager)
+    manager.resume_experiment(exp.id).close()
+    [seam] = [json_view(body) for body in bodies(manager.store, exp.id)
+              if body["kind"] == "run_resumed"]
+    assert schema_errors(seam, "event.v1.json") == []
+    older = {**seam, "params": {key: seam["params"][key]
+                                for key in ("after_seq", "last_checkpoint")}}
+    assert schema_errors(older, "event.v1.json") == []
+    for broken in ({"environment": "linux"}, {"code": {"commit": "abc"}}, {"code": []}):
+        assert schema_errors({**seam, "params": {**seam["params"], **broken}},
+                             "event.v1.json"), broken
+
+
+def test_show_gives_a_resumed_session_s_odd_versions_as_json(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A version recorded as something other than text (a forged or odd environment) is shown
+    as JSON, as show gives every recorded value, not as Python's repr."""
+    import ledger.resume
+    from ledger.environment import environment_fingerprint
+
+    here = environment_fingerprint()
+    odd = {**here, "packages": {**here["packages"], "numpy": ["1", {"b": None}], "odd": True}}
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        exp = _suspended_run(manager)
+        monkeypatch.setattr(ledger.resume, "environment_fingerprint", lambda: odd)
+        with manager.resume_experiment(exp.id):
+            pass
+    lines = [line.strip() for line in run_cli("show", exp.id, "--db", url).stdout.splitlines()]
+    assert f'packages.numpy: {np.__version__} recorded, ["1", {{"b": null}}] at resume' in lines
+    assert "packages.odd: absent recorded, true at resume" in lines

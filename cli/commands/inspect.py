@@ -9,9 +9,10 @@ import click
 from cli.display import printable, short
 from cli.main import cli, db_option
 from cli.output import emit_json, iso_time, json_option
-from ledger.experiment_info import describe_experiment
+from ledger.experiment_info import ResumeSummary, describe_experiment
 from ledger.json_view import json_view
 from ledger.store import Store
+from replay.causes import shown_version
 
 
 @cli.command("list", epilog="Exit codes: 0 ok; 2 unreadable or foreign database.")
@@ -50,7 +51,8 @@ def list_command(obj: dict, names: tuple[str, ...], statuses: tuple[str, ...],
 @json_option
 @click.pass_obj
 def show_command(obj: dict, exp: str, as_json: bool) -> None:
-    """Show one experiment: metadata, event counts by kind, streams, head and status."""
+    """Show one experiment: metadata, event counts by kind, streams, head and status, and each
+    session that resumed it (with how its environment differs from the recorded one)."""
     with Store.open(obj["db_url"]) as store:
         info = describe_experiment(store, exp)
     if as_json:
@@ -75,12 +77,36 @@ def show_command(obj: dict, exp: str, as_json: bool) -> None:
             epoch = "-" if metric.epoch is None else f"epoch {_shown(metric.epoch)}"
             click.echo(printable(f"  {metric.name:<22} {epoch:<10} {_shown(metric.last)}  "
                                  f"({metric.count:,} recorded)"))
+    if info.resumes:
+        click.echo("resumes:")
+        for resume in info.resumes:
+            _show_resume(resume)
     click.echo("events by kind:")
     for kind, count in info.counts.items():
         click.echo(printable(f"  {kind!s:<22} {count:>10,}"))
     click.echo("streams:")
     for head in info.streams:
         click.echo(printable(f"  {head.stream!s:<22} {head.count:>10,}  head {short(head.head)}"))
+
+
+def _show_resume(resume: ResumeSummary) -> None:
+    """One session that resumed the run: where and by which process, then each library,
+    Python and platform difference of its environment from the recorded one."""
+    click.echo(printable(f"  seq {resume.seq}  {iso_time(resume.t)}  host {_shown(resume.host)}"
+                         f"  pid {_shown(resume.pid)}"))
+    if resume.environment_differences is None:
+        click.echo("    environment not recorded")
+    elif not resume.environment_differences:
+        click.echo("    environment as recorded (libraries, Python, platform)")
+    for key, old, new in resume.environment_differences or []:
+        click.echo(printable(f"    {key}: {_shown_version(old)} recorded, "
+                             f"{_shown_version(new)} at resume"))
+
+
+def _shown_version(value: object) -> str:
+    """A version as replay shows it (``absent`` when not recorded), anything but text as
+    :func:`_shown` shows it: a forged value nested a thousand deep cannot stop the listing."""
+    return shown_version(value) if value is None or isinstance(value, str) else _shown(value)
 
 
 def _shown(value: object) -> str:

@@ -186,7 +186,8 @@ def _start(manager: ExperimentManager, name: str, seed: int | None, exp_id: str 
         return manager.create_experiment(name, seed=seed, exp_id=exp_id, **create)
     check_resumable(manager.store, resume, name=name, seed=seed,
                     hyperparams=create.get("hyperparams"), world=world)
-    return manager.resume_experiment(resume, take_over=take_over)
+    return manager.resume_experiment(resume, take_over=take_over,
+                                     code_dir=create.get("code_dir"))
 
 
 def check_resumable(store: Store, exp: str, *, name: str, seed: int | None,
