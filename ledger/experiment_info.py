@@ -8,6 +8,7 @@ from typing import Any
 from ledger.errors import BadInputError
 from ledger.events import (EXPERIMENT_CREATED, MAIN_STREAM, METRIC, RUN_COMPLETED, RUN_RESUMED,
                            decode_body)
+from ledger.recorded_differences import session_differences
 from ledger.seeds import root_seed_from_bytes
 from ledger.store.store import Store, StreamHead
 
@@ -116,8 +117,6 @@ def resume_summaries(store: Store, exp: str, recorded_env: Any) -> list[ResumeSu
     """Each ``run_resumed`` of ``exp``'s main stream, with how its session's environment differs
     from ``recorded_env`` (experiment_created's). A body that does not decode is left out:
     ``ledger verify`` names a damaged event, and this is a summary."""
-    from replay.causes import session_differences  # here: replay imports this module
-
     summaries = []
     for stream, seq, _kind, body_bytes in store.iter_kind_bodies(exp, [RUN_RESUMED]):
         try:

@@ -11,7 +11,11 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
-import msgpack
+from ledger.recorded_differences import (differences, flatten, library_differences, same,
+                                         session_differences)
+
+__all__ = ["Cause", "differences", "explain_output", "flatten", "library_differences", "same",
+           "session_differences", "shown_version"]
 
 
 class Cause(str, Enum):
@@ -23,78 +27,6 @@ class Cause(str, Enum):
     MISSING = "event missing"
     EXTRA = "event extra"
     PARAMS = "parameters differ"
-
-
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested map as ``{"a.b.c": leaf}`` (lists are leaves), for comparing fingerprints.
-
-    Walks with its own stack, not recursion: a ledger is someone else's data, and msgpack
-    decodes maps nested a thousand deep. Keys that are not str (a forger's bytes keys) are
-    shown as ``str(key)``, and sorted as such.
-    """
-    flat: dict[str, Any] = {}
-    pending = [(prefix, value)]
-    while pending:
-        name, item = pending.pop()
-        if not isinstance(item, dict):
-            flat[name] = item
-            continue
-        for key in sorted(item, key=str, reverse=True):
-            pending.append((f"{name}.{key}" if name else str(key), item[key]))
-    return flat
-
-
-def same(a: Any, b: Any) -> bool:
-    """Whether two recorded values are the same value as the ledger encodes them: 1 and 1.0,
-    True and 1, b"v1" and "v1" differ (DESIGN §2 keeps them apart, and so do their digests);
-    NaN equals NaN (both runs recorded the same value); values too deeply nested to compare
-    count as different. A value msgpack cannot hold (none comes from a ledger) is compared by
-    Python's equality, its type included."""
-    try:
-        return msgpack.packb(a, use_bin_type=True) == msgpack.packb(b, use_bin_type=True)
-    except (RecursionError, ValueError):
-        return False
-    except (TypeError, OverflowError):
-        try:
-            return type(a) is type(b) and bool(a == b)
-        except (RecursionError, ValueError, TypeError):
-            return False
-
-
-def differences(recorded: Any, current: Any, whole: str = "") -> list[tuple[str, Any, Any]]:
-    """Every leaf that differs between two nested maps: ``(key, recorded, current)``.
-
-    ``whole`` names a value that is not a map (e.g. a code version recorded as one string),
-    which would otherwise be listed under an empty key.
-    """
-    before, after = (_leaves(value, whole) for value in (recorded, current))
-    return [(key, before.get(key), after.get(key)) for key in sorted(set(before) | set(after))
-            if not same(before.get(key), after.get(key))]
-
-
-def _leaves(value: Any, whole: str) -> dict[str, Any]:
-    """The leaves :func:`differences` compares: none for None, a map's flattened, else one."""
-    if value is None:
-        return {}
-    return flatten(value) if isinstance(value, dict) else {whole: value}
-
-
-def library_differences(recorded_env: Any, current_env: Any) -> list[tuple[str, Any, Any]]:
-    """Package, Python and BLAS version and BLAS thread-count differences: what can change a
-    draw's output."""
-    relevant = ("packages.", "python.version", "blas.", "blas_threads.")
-    return [(key, old, new) for key, old, new in differences(recorded_env, current_env)
-            if key.startswith(relevant)]
-
-
-def session_differences(recorded_env: Any, session_env: Any) -> list[tuple[str, Any, Any]]:
-    """How the environment of a session that resumed a run differs from the one the run
-    recorded at its creation: :func:`library_differences`, and the platform (another machine,
-    OS release or CPU count), by key. Shown, never judged: replay compares digests."""
-    platform = [(key, old, new) for key, old, new in differences(recorded_env, session_env)
-                if key.startswith("platform.")]
-    return sorted(library_differences(recorded_env, session_env) + platform,
-                  key=lambda difference: difference[0])
 
 
 def explain_output(recorded_env: Any, current_env: Any,
