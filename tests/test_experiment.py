@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import ledger
+from code_repos import code_outside_the_main_script, git
 from conftest import ROOT, readme_python_block, run_cli
 from examples.fraud.blas import limit_blas_threads
 from ledger import (BadInputError, DataAugmenter, ExperimentManager, Store, StoreError,
@@ -44,11 +45,6 @@ def of_kind(all_bodies: list[dict], kind: str) -> list[dict]:
     return [body for body in all_bodies if body["kind"] == kind]
 
 
-def _git(folder: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True,
-                          check=True).stdout.strip()
-
-
 def test_create_experiment_records_seed_config_code_and_environment(
         manager: ExperimentManager, monkeypatch: pytest.MonkeyPatch) -> None:
     # The code version is the main script's repository: here this one's, wherever pytest's own
@@ -67,7 +63,7 @@ def test_create_experiment_records_seed_config_code_and_environment(
     assert params["hyperparams"] == {"lr": 0.05}
     assert params["purpose"] == "test" and params["parent"] == "exp-000000000001"
     assert params["entrypoint"]["argv"] == sys.argv
-    assert params["code"]["vcs"] == "git" and params["code"]["commit"] == _git(ROOT, "rev-parse",
+    assert params["code"]["vcs"] == "git" and params["code"]["commit"] == git(ROOT, "rev-parse",
                                                                                 "HEAD")
     assert isinstance(params["code"]["dirty"], bool)
     environment = params["environment"]
@@ -90,16 +86,7 @@ def test_code_dir_names_the_repository_whose_version_is_recorded(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A process started from outside the code's repository (a console script in a virtualenv
     elsewhere) records that repository's version when told where it is."""
-    repo = tmp_path / "training-code"
-    repo.mkdir()
-    _git(repo, "init", "-q")
-    (repo / "train.py").write_text("print('train')\n")
-    _git(repo, "add", "train.py")
-    _git(repo, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "c")
-    launcher = tmp_path / "venv-bin" / "launcher"
-    launcher.parent.mkdir()
-    launcher.write_text("")
-    monkeypatch.setattr(sys.modules["__main__"], "__file__", str(launcher))
+    repo = code_outside_the_main_script(tmp_path, monkeypatch)
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     with ExperimentManager(url) as manager:
         with manager.create_experiment("m", seed=1) as without:
@@ -108,7 +95,7 @@ def test_code_dir_names_the_repository_whose_version_is_recorded(
             pass
     assert _code_of(url, without.id) == {"vcs": None}
     code = _code_of(url, with_dir.id)
-    assert code["vcs"] == "git" and code["commit"] == _git(repo, "rev-parse", "HEAD")
+    assert code["vcs"] == "git" and code["commit"] == git(repo, "rev-parse", "HEAD")
     assert code["dirty"] is False
 
 
@@ -117,12 +104,12 @@ def test_code_version_of_a_repository_in_each_state(tmp_path: Path) -> None:
     ``git diff HEAD --binary``), a detached HEAD, and a folder outside any repository."""
     repo = tmp_path / "code"
     repo.mkdir()
-    _git(repo, "init", "-q")
+    git(repo, "init", "-q")
     assert code_version(repo) == {"vcs": None}  # no commit: no version to name
     (repo / "train.py").write_text("print('train')\n")
-    _git(repo, "add", "train.py")
-    _git(repo, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "c")
-    head = _git(repo, "rev-parse", "HEAD")
+    git(repo, "add", "train.py")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "c")
+    head = git(repo, "rev-parse", "HEAD")
     clean = {"vcs": "git", "commit": head, "dirty": False, "diff_digest": None, "untracked": 0}
     assert code_version(repo) == clean
     assert code_version(repo / "train.py") == clean  # a file names its folder
@@ -134,7 +121,7 @@ def test_code_version_of_a_repository_in_each_state(tmp_path: Path) -> None:
                           capture_output=True, check=True).stdout
     assert code_version(repo) == {**clean, "dirty": True, "untracked": 2,
                                   "diff_digest": hashlib.sha256(DIFF_TAG + diff).digest()}
-    _git(repo, "checkout", "-q", "--detach")
+    git(repo, "checkout", "-q", "--detach")
     assert code_version(repo)["commit"] == head
     outside = tmp_path / "elsewhere"
     outside.mkdir()
@@ -166,7 +153,7 @@ def test_the_demo_records_its_own_repository_wherever_it_is_launched_from(
         result = train(load_fraud_data(2_000), manager, seed=42, workers=0, epochs=0)
     assert result.exp is not None
     code = _code_of(url, result.exp)
-    assert code["vcs"] == "git" and code["commit"] == _git(ROOT, "rev-parse", "HEAD")
+    assert code["vcs"] == "git" and code["commit"] == git(ROOT, "rev-parse", "HEAD")
 
 
 def test_the_blas_thread_count_in_use_is_recorded_as_it_is_now() -> None:

@@ -17,6 +17,7 @@ import msgpack
 import numpy as np
 import pytest
 
+from code_repos import code_outside_the_main_script, git
 from conftest import ROOT, readme_python_block, run_cli
 from ledger.augment import DataAugmenter
 from ledger.canonical import canonical
@@ -814,11 +815,6 @@ def test_a_new_run_loads_only_a_state_of_the_run_it_continues(tmp_path: Path) ->
             assert len(list(continued)) == 3  # the batches the saver had left
 
 
-def _git(folder: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True,
-                          check=True).stdout.strip()
-
-
 def _suspended_run(manager: ExperimentManager) -> Experiment:
     """A run that drew one batch of user draws and was suspended: resumable."""
     exp = manager.create_experiment("sessions", seed=11)
@@ -839,16 +835,7 @@ def test_run_resumed_records_the_resuming_sessions_environment_and_code(
     does — the code of ``code_dir`` when given, else of the main script's folder."""
     from ledger.environment import code_version, environment_fingerprint
 
-    repo = tmp_path / "training-code"
-    repo.mkdir()
-    _git(repo, "init", "-q")
-    (repo / "train.py").write_text("print('train')\n")
-    _git(repo, "add", "train.py")
-    _git(repo, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "c")
-    launcher = tmp_path / "venv-bin" / "launcher"
-    launcher.parent.mkdir()
-    launcher.write_text("")
-    monkeypatch.setattr(sys.modules["__main__"], "__file__", str(launcher))
+    repo = code_outside_the_main_script(tmp_path, monkeypatch)
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
         exp = _suspended_run(manager)
@@ -861,8 +848,8 @@ def test_run_resumed_records_the_resuming_sessions_environment_and_code(
     for params in (first, second):
         assert params["environment"] == environment_fingerprint()
         assert set(params) == {"after_seq", "last_checkpoint", "code", "environment"}
-    assert first["code"] == code_version(launcher) == {"vcs": None}
-    assert second["code"]["commit"] == _git(repo, "rev-parse", "HEAD")
+    assert first["code"] == code_version(tmp_path / "venv-bin" / "launcher") == {"vcs": None}
+    assert second["code"]["commit"] == git(repo, "rev-parse", "HEAD")
     assert second["code"]["dirty"] is False
 
 

@@ -1,0 +1,32 @@
+"""A git repository of training code, and a process whose main script lies outside it: what
+the tests of ``code_dir`` (create_experiment, resume_experiment) record versions of."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def git(folder: Path, *args: str) -> str:
+    """Run git in ``folder``; return what it printed."""
+    return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def code_outside_the_main_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A committed repository ``training-code`` holding train.py, while ``__main__`` is a
+    launcher elsewhere (a console script in a virtualenv): returns the repository."""
+    repo = tmp_path / "training-code"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    (repo / "train.py").write_text("print('train')\n")
+    git(repo, "add", "train.py")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "c")
+    launcher = tmp_path / "venv-bin" / "launcher"
+    launcher.parent.mkdir()
+    launcher.write_text("")
+    monkeypatch.setattr(sys.modules["__main__"], "__file__", str(launcher))
+    return repo
