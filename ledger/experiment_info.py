@@ -31,12 +31,13 @@ class MetricSummary:
 
 @dataclass(slots=True)
 class ResumeSummary:
-    """One session that resumed the run: its ``run_resumed`` event's seq and time, the host and
-    process it ran in, and how its environment differed from the one ``experiment_created``
+    """One session that resumed the run: its ``run_resumed`` event's seq and time, the user (None
+    in ledgers written before a resume recorded one), host and process it ran in, and how its environment differed from the one ``experiment_created``
     recorded (None: not recorded — ledgers written before run_resumed recorded it)."""
 
     seq: int
     t: Any
+    user: Any
     host: Any
     pid: Any
     environment_differences: list[tuple[str, Any, Any]] | None
@@ -46,7 +47,8 @@ class ResumeSummary:
         differences = None if self.environment_differences is None else [
             {"key": key, "recorded": old, "resumed": new}
             for key, old, new in self.environment_differences]
-        return {"seq": self.seq, "t": self.t, "host": self.host, "pid": self.pid,
+        return {"seq": self.seq, "t": self.t, "user": self.user, "host": self.host,
+                "pid": self.pid,
                 "environment_differences": differences}
 
 
@@ -129,7 +131,7 @@ def resume_summaries(store: Store, exp: str, recorded_env: Any) -> list[ResumeSu
         meta = body["meta"] if isinstance(body["meta"], dict) else {}
         environment = params.get("environment")
         summaries.append(ResumeSummary(
-            seq, body["t"], meta.get("host"), meta.get("pid"),
+            seq, body["t"], meta.get("user"), meta.get("host"), meta.get("pid"),
             session_differences(recorded_env, environment)
             if isinstance(environment, dict) else None))
     return summaries

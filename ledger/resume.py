@@ -18,7 +18,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ledger.environment import code_version, environment_fingerprint
+from ledger.environment import code_version, current_user, environment_fingerprint
 from ledger.errors import BadInputError, CheckFailedError
 from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EPOCH_RESET,
                            EXPERIMENT_CREATED, MAIN_STREAM, METRIC, RUN_COMPLETED, RUN_RESUMED,
@@ -70,7 +70,8 @@ def resume(store: Store, exp: str, data_dir: Path | None, *, take_over: bool = F
         experiment._append(RUN_RESUMED, params={"after_seq": writer.next_seq - 1,
                                                 "last_checkpoint": checkpoint,
                                                 **_session(code_start)},
-                           meta={"pid": os.getpid(), "host": socket.gethostname()})
+                           meta={"pid": os.getpid(), "host": socket.gethostname(),
+                                 "user": current_user()})
     except BaseException:
         writer.close()  # releases main: the run stays as it was
         raise

@@ -150,12 +150,12 @@ def _r2(report: dict[str, Any]) -> str:
     """R2's fields, then a table of the sessions that resumed the run (when there are any)."""
     resumes = report["R2"].get("resumes", [])
     rows = "".join(f"<tr><td class=\"num\">{e(r['seq'])}</td><td>{e(r['at'])}</td>"
-                   f"<td>{e(r['host'])}</td><td class=\"num\">{e(r['pid'])}</td></tr>"
-                   for r in resumes)
+                   f"<td>{e(r.get('by'))}</td><td>{e(r['host'])}</td>"
+                   f"<td class=\"num\">{e(r['pid'])}</td></tr>" for r in resumes)
     return (_rows([(name, value) for name, value in report["R2"].items()
                    if name not in ("title", "resumes")])
             + ("<h3>Sessions that resumed the run</h3><table><tr><th>run_resumed seq</th>"
-               f"<th>at (UTC)</th><th>host</th><th>pid</th></tr>{rows}</table>"
+               f"<th>at (UTC)</th><th>by</th><th>host</th><th>pid</th></tr>{rows}</table>"
                if resumes else ""))
 
 

@@ -85,8 +85,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     resumed = report["R2"].get("resumes", [])  # absent from reports made before it was added
     if resumed:
         out += ["Sessions that resumed the run:", ""]
-        out += _table(["seq", "at", "host", "pid"],
-                      [[r["seq"], r["at"], r["host"], r["pid"]] for r in resumed])
+        out += _table(["seq", "at", "by", "host", "pid"],
+                      [[r["seq"], r["at"], r.get("by"), r["host"], r["pid"]] for r in resumed])
     out += ["## R3 Code", ""] + _pairs(report["R3"], ["vcs", "commit", "dirty", "diff_digest",
                                                       "untracked", "entrypoint", "command_line",
                                                       "configuration_digest"])

@@ -81,11 +81,12 @@ def r2_who_and_when(facts: RunFacts) -> dict[str, Any]:
 
 
 def _resumed_by(body: dict[str, Any]) -> dict[str, Any]:
-    """One session that resumed the run, as its ``run_resumed`` records it (no user: a resume
-    records the host and process only)."""
+    """One session that resumed the run, as its ``run_resumed`` records it: when, who (None in
+    ledgers written before a resume recorded its user), host and process."""
     meta = _dict(body.get("meta"))
     return {"seq": recorded_int(body.get("seq")), "at": rfc3339(body.get("t")),
-            "host": recorded_text(meta.get("host")), "pid": recorded_int(meta.get("pid"))}
+            "by": recorded_text(meta.get("user")), "host": recorded_text(meta.get("host")),
+            "pid": recorded_int(meta.get("pid"))}
 
 
 def r3_code(facts: RunFacts) -> dict[str, Any]:

@@ -1481,6 +1481,7 @@ def test_r2_and_r4_list_every_session_that_resumed_the_run_and_how_its_environme
     from report.markdown import m, render_markdown
     from test_resume import ELSEWHERE, _resumed_elsewhere
     from trainer_helpers import bodies
+    from ledger.environment import current_user
     from ledger.times import utc_text
 
     url, exp = _resumed_elsewhere(tmp_path, monkeypatch)
@@ -1488,8 +1489,8 @@ def test_r2_and_r4_list_every_session_that_resumed_the_run_and_how_its_environme
         seams = [body for body in bodies(store, exp) if body["kind"] == "run_resumed"]
     report = report_of(url, exp)
     assert report["R2"]["resumes"] == [
-        {"seq": body["seq"], "at": utc_text(body["t"]), "host": socket.gethostname(),
-         "pid": os.getpid()} for body in seams]
+        {"seq": body["seq"], "at": utc_text(body["t"]), "by": current_user(),
+         "host": socket.gethostname(), "pid": os.getpid()} for body in seams]
     assert report["R4"]["resumes"] == [
         {"seq": body["seq"], "at": utc_text(body["t"]), "recorded": True, "differences": [
             {"key": key, "recorded": old, "resumed": new} for key, old, new in changes]}
@@ -1497,8 +1498,8 @@ def test_r2_and_r4_list_every_session_that_resumed_the_run_and_how_its_environme
     markdown, html = render_markdown(report), render_html(report)
     r2, r4 = (_md_section(markdown, key) for key in ("R2", "R4"))
     for body in seams:
-        assert (f"| {body['seq']} | {m(utc_text(body['t']))} | {m(socket.gethostname())} | "
-                f"{os.getpid()} |") in r2
+        assert (f"| {body['seq']} | {m(utc_text(body['t']))} | {m(current_user())} | "
+                f"{m(socket.gethostname())} | {os.getpid()} |") in r2
     assert f"| {seams[0]['seq']} | {m(utc_text(seams[0]['t']))} | as recorded | — | — |" in r4
     for key, old, new in ELSEWHERE:
         assert f"| {seams[1]['seq']} | {m(utc_text(seams[1]['t']))} | {m(key)} | {m(old)} | " \

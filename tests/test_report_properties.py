@@ -169,8 +169,8 @@ def assert_report_says(report: dict[str, Any], run: Oracle,
         created["params"]["environment"]["packages"].items())}
     resumed = [event for event in events if event.kind == "run_resumed"]
     assert r2["resumes"] == [{"seq": e.seq, "at": utc_of(e.body["t"]),
-                              "host": e.body["meta"]["host"], "pid": e.body["meta"]["pid"]}
-                             for e in resumed]
+                              "by": e.body["meta"].get("user"), "host": e.body["meta"]["host"],
+                              "pid": e.body["meta"]["pid"]} for e in resumed]
     assert report["R4"]["resumes"] == [
         {"seq": e.seq, "at": utc_of(e.body["t"]), "recorded": True,
          "differences": environment_changes(created["params"]["environment"],

@@ -923,31 +923,36 @@ ELSEWHERE = [("packages.numpy", np.__version__, "0.0.other"),
 def test_show_lists_each_session_that_resumed_the_run_and_how_its_environment_differs(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``ledger show`` described only the session that created the run; every resume is now
-    listed — its seq, time, host, pid — with the library, Python and platform differences of
+    listed — its seq, time, user, host, pid — with the library, Python and platform differences of
     its environment from the recorded one."""
     import socket
+
+    from ledger.environment import current_user
 
     url, exp = _resumed_elsewhere(tmp_path, monkeypatch)
     with Store.open(url) as store:
         first, second = describe_experiment(store, exp).resumes
         seams = [body for body in bodies(store, exp) if body["kind"] == "run_resumed"]
-    assert [(r.seq, r.t, r.host, r.pid) for r in (first, second)] == [
-        (body["seq"], body["t"], socket.gethostname(), os.getpid()) for body in seams]
+    assert [(r.seq, r.t, r.user, r.host, r.pid) for r in (first, second)] == [
+        (body["seq"], body["t"], current_user(), socket.gethostname(), os.getpid())
+        for body in seams]
     assert first.environment_differences == []
     assert second.environment_differences == ELSEWHERE
     shown = run_cli("show", exp, "--db", url)
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
     at = lines.index("resumes:")
-    assert lines[at + 1].split() == ["seq", str(first.seq), utc_text(first.t), "host",
-                                     socket.gethostname(), "pid", str(os.getpid())]
+    assert lines[at + 1].split() == ["seq", str(first.seq), utc_text(first.t), "by",
+                                     current_user(), "host", socket.gethostname(), "pid",
+                                     str(os.getpid())]
     assert lines[at + 2].strip() == "environment as recorded (libraries, Python, platform)"
     assert lines[at + 3].split()[:2] == ["seq", str(second.seq)]
     assert [line.strip() for line in lines[at + 4:at + 7]] == [
         f"{key}: {old} recorded, {new} at resume" for key, old, new in ELSEWHERE]
     document = json.loads(run_cli("show", exp, "--db", url, "--json").stdout)
     assert document["resumes"] == [
-        {"seq": r.seq, "t": r.t, "host": socket.gethostname(), "pid": os.getpid(),
+        {"seq": r.seq, "t": r.t, "user": current_user(), "host": socket.gethostname(),
+         "pid": os.getpid(),
          "environment_differences": [{"key": key, "recorded": old, "resumed": new}
                                      for key, old, new in r.environment_differences]}
         for r in (first, second)]

@@ -92,8 +92,9 @@ def show_command(obj: dict, exp: str, as_json: bool) -> None:
 def _show_resume(resume: ResumeSummary) -> None:
     """One session that resumed the run: where and by which process, then each library,
     Python and platform difference of its environment from the recorded one."""
-    click.echo(printable(f"  seq {resume.seq}  {iso_time(resume.t)}  host {_shown(resume.host)}"
-                         f"  pid {_shown(resume.pid)}"))
+    by = "" if resume.user is None else f"  by {_shown(resume.user)}"
+    click.echo(printable(f"  seq {resume.seq}  {iso_time(resume.t)}{by}  host "
+                         f"{_shown(resume.host)}  pid {_shown(resume.pid)}"))
     if resume.environment_differences is None:
         click.echo("    environment not recorded")
     elif not resume.environment_differences:
