@@ -65,12 +65,16 @@ def _leaves(value: Any, whole: str) -> dict[str, Any]:
     return flatten(value) if isinstance(value, dict) else {whole: value}
 
 
+LIBRARY_KEYS = ("packages.", "python.version", "blas.", "blas_threads.")
+"""The environment keys whose difference can change a draw's output: package, Python and BLAS
+versions and BLAS thread counts (another machine alone, the platform keys, cannot)."""
+
+
 def library_differences(recorded_env: Any, current_env: Any) -> list[tuple[str, Any, Any]]:
     """Package, Python and BLAS version and BLAS thread-count differences: what can change a
     draw's output."""
-    relevant = ("packages.", "python.version", "blas.", "blas_threads.")
     return [(key, old, new) for key, old, new in differences(recorded_env, current_env)
-            if key.startswith(relevant)]
+            if key.startswith(LIBRARY_KEYS)]
 
 
 def session_differences(recorded_env: Any, session_env: Any) -> list[tuple[str, Any, Any]]:

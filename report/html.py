@@ -159,15 +159,26 @@ def _r2(report: dict[str, Any]) -> str:
                if resumes else ""))
 
 
+def _r3(report: dict[str, Any]) -> str:
+    """R3's fields, then how the code of each session that resumed the run differed."""
+    return _with_resumes(report["R3"], "the code version above")
+
+
 def _r4(report: dict[str, Any]) -> str:
     """R4's fields, then how each session that resumed the run differed from them."""
-    resumes = report["R4"].get("resumes", [])
+    return _with_resumes(report["R4"], "the environment above")
+
+
+def _with_resumes(section: dict[str, Any], against: str) -> str:
+    """A section's fields, then a table of how each session that resumed the run differed from
+    them (R3's code, R4's environment), when it was resumed."""
+    resumes = section.get("resumes", [])  # absent from reports made before it was added
     rows = "".join(f"<tr><td class=\"num\">{e(seq)}</td><td>{e(at)}</td><td>{e(key)}</td>"
                    f"<td>{_value(old)}</td><td>{_value(new)}</td></tr>"
                    for resume in resumes for seq, at, key, old, new in _resumed_rows(resume))
-    return (_rows([(name, value) for name, value in report["R4"].items()
+    return (_rows([(name, value) for name, value in section.items()
                    if name not in ("title", "resumes")])
-            + ("<h3>Sessions that resumed the run, against the environment above</h3><table>"
+            + (f"<h3>Sessions that resumed the run, against {against}</h3><table>"
                "<tr><th>run_resumed seq</th><th>at (UTC)</th><th>difference</th>"
                f"<th>recorded</th><th>resumed</th></tr>{rows}</table>" if resumes else ""))
 
@@ -356,8 +367,8 @@ def _plain(report: dict[str, Any], key: str) -> str:
     return _rows([(name, value) for name, value in report[key].items() if name != "title"])
 
 
-_RENDER = {"R0": _r0, "R1": _r1, "R2": _r2, "R4": _r4, "R5": _r5, "R7": _r7, "R8": _r8,
-           "R9": _r9, "R10": _r10, "R12": _r12, "R13": _r13, "R14": _r14}
+_RENDER = {"R0": _r0, "R1": _r1, "R2": _r2, "R3": _r3, "R4": _r4, "R5": _r5, "R7": _r7,
+           "R8": _r8, "R9": _r9, "R10": _r10, "R12": _r12, "R13": _r13, "R14": _r14}
 
 
 def render_html(report: dict[str, Any]) -> str:

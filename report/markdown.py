@@ -90,6 +90,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += ["## R3 Code", ""] + _pairs(report["R3"], ["vcs", "commit", "dirty", "diff_digest",
                                                       "untracked", "entrypoint", "command_line",
                                                       "configuration_digest"])
+    if report["R3"].get("resumes"):
+        out += ["Sessions that resumed the run, against the code version above:", ""]
+        out += _table(["seq", "at", "difference", "recorded", "resumed"],
+                      [row for resume in report["R3"]["resumes"]
+                       for row in _resumed_rows(resume)])
     r4 = report["R4"]
     out += ["## R4 Environment", ""] + _pairs(r4, ["recorded", "python", "numpy", "blas_threads",
                                                    "platform", "determinism_env"])
@@ -168,8 +173,8 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def _resumed_rows(resume: dict[str, Any]) -> list[list[Any]]:
-    """R4's rows for one resuming session: one per difference, else one saying ``as recorded``
-    or, for a run_resumed that records no environment, ``not recorded``."""
+    """R3's or R4's rows for one resuming session: one per difference, else one saying ``as
+    recorded`` or, for a run_resumed that records no code or environment, ``not recorded``."""
     lead = [resume["seq"], resume["at"]]
     if resume["differences"] is None:
         return [lead + ["not recorded", None, None]]

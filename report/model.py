@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 
 from ledger import __version__
 from ledger.environment import current_user
+from ledger.recorded_differences import LIBRARY_KEYS
 from ledger.store.store import ExperimentRow, Store
 from ledger.verify import VerifyReport, verify
 from replay.causes import shown_version
@@ -194,6 +195,9 @@ def _alerts(facts: RunFacts, sections: dict[str, Any], verified: VerifyReport) -
                       "events recorded since were not replayed")
     if replay["environment_differences"]:
         alerts.append(_environment_alert(replay["environment_differences"]))
+    resumed_alert = _resumed_alert(sections["R3"], sections["R4"])
+    if resumed_alert:
+        alerts.append(resumed_alert)
     if sections["R5"]["independence"]["status"] == "failed":
         alerts.append("DATA OVERLAP: records of a test dataset also occur in a training dataset")
     for control in sections["R9"]["append_only_controls"]:
@@ -228,6 +232,27 @@ def _environment_alert(differences: list[Any]) -> str:
                          f"recorded, {shown_version(entry.get('current'))} at replay")
     more = f" and {len(differences) - 3} more" if len(differences) > 3 else ""
     return f"the replay environment differs from the recorded one: {'; '.join(shown)}{more}"
+
+
+def _resumed_alert(code: dict[str, Any], environment: dict[str, Any]) -> str | None:
+    """An alert naming what the sessions that resumed the run ran with other than the run was
+    created with — code, library versions (the first three, each with the resumes that had
+    it): the run's later events were recorded by that code, and R3 and R4 head their sections
+    with the first session's."""
+    resumes_by_change: dict[str, list[str]] = {}
+    for section, where in ((code, "code"), (environment, "environment")):
+        for resume in section.get("resumes", []):
+            for entry in resume["differences"] or []:
+                if where == "code" or str(entry["key"]).startswith(LIBRARY_KEYS):
+                    change = (f"{entry['key']} {shown_version(entry['recorded'])} recorded, "
+                              f"{shown_version(entry['resumed'])} at the resume of seq")
+                    resumes_by_change.setdefault(change, []).append(str(resume["seq"]))
+    if not resumes_by_change:
+        return None
+    shown = [f"{change} {', '.join(seqs)}" for change, seqs in resumes_by_change.items()]
+    more = f" and {len(shown) - 3} more" if len(shown) > 3 else ""
+    return (f"RESUMED WITH OTHER CODE OR LIBRARIES: {'; '.join(shown[:3])}{more} (see R3 and "
+            f"R4)")
 
 
 def _uncommitted_alert(code: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@ data, configuration and randomness — all from the run's own recorded events.""
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
 from typing import Any
 
 from ledger.digests import value_digest
@@ -11,8 +12,8 @@ from ledger.errors import LedgerError
 from ledger.events import (AUGMENTATION_BATCH, EPOCH_RESET, EXPERIMENT_CREATED, USER_DRAW,
                            WORKER_SPAWNED)
 from ledger.json_view import json_view
+from ledger.recorded_differences import differences, session_differences
 from ledger.seeds import SEED_SCHEME, root_seed_from_bytes
-from replay.causes import session_differences
 from report.data_checks import independence
 from report.facts import RunFacts
 from report.jsonview import hex_or_none, recorded_int, recorded_text, rfc3339
@@ -91,7 +92,8 @@ def _resumed_by(body: dict[str, Any]) -> dict[str, Any]:
 
 def r3_code(facts: RunFacts) -> dict[str, Any]:
     """R3: commit, dirty flag, diff digest, entrypoint (as recorded: module, script and argv, or
-    the job a trainer named) and command line, configuration digest."""
+    the job a trainer named) and command line, configuration digest — as the session that
+    created the run recorded them — and how the code of each session that resumed it differed."""
     code = _dict(facts.params.get("code"))
     entry = _dict(facts.params.get("entrypoint"))
     argv = entry.get("argv") if isinstance(entry.get("argv"), list) else None
@@ -102,7 +104,9 @@ def r3_code(facts: RunFacts) -> dict[str, Any]:
             "untracked": code.get("untracked") if isinstance(code.get("untracked"), int) else None,
             "entrypoint": json_view(entry) if entry else None,
             "command_line": shlex.join(str(arg) for arg in argv) if argv else None,
-            "configuration_digest": config_digest(facts)}
+            "configuration_digest": config_digest(facts),
+            "resumes": [_resumed_session(body, "code", code, differences)
+                        for body in facts.resumes]}
 
 
 def config_digest(facts: RunFacts) -> str | None:
@@ -130,19 +134,23 @@ def r4_environment(facts: RunFacts) -> dict[str, Any]:
             "platform": json_view(_dict(environment.get("platform"))),
             "determinism_env": json_view(_dict(environment.get("env"))),
             "recorded": bool(environment),
-            "resumes": [_resumed_environment(body, environment) for body in facts.resumes]}
+            "resumes": [_resumed_session(body, "environment", environment, session_differences)
+                        for body in facts.resumes]}
 
 
-def _resumed_environment(body: dict[str, Any], recorded_env: dict[str, Any]) -> dict[str, Any]:
-    """How the environment of the session that recorded the ``run_resumed`` ``body`` differs
-    from the recorded one (R4's): its library, Python and platform differences by key, or
-    ``recorded: false`` when that run_resumed records none (ledgers written before it did)."""
-    environment = _dict(body.get("params")).get("environment")
-    recorded = isinstance(environment, dict)
+def _resumed_session(body: dict[str, Any], what: str, at_creation: dict[str, Any],
+                     compare: Callable[[Any, Any], list[tuple[str, Any, Any]]]
+                     ) -> dict[str, Any]:
+    """How the ``what`` (``environment``, ``code``) of the session that recorded the
+    ``run_resumed`` ``body`` differs from the one recorded at the run's creation, by
+    ``compare``: its differences by key, or ``recorded: false`` when that run_resumed records
+    none (ledgers written before it did)."""
+    resumed = _dict(body.get("params")).get(what)
+    recorded = isinstance(resumed, dict)
     return {"seq": recorded_int(body.get("seq")), "at": rfc3339(body.get("t")),
             "recorded": recorded,
             "differences": [{"key": key, "recorded": json_view(old), "resumed": json_view(new)}
-                            for key, old, new in session_differences(recorded_env, environment)]
+                            for key, old, new in compare(at_creation, resumed)]
             if recorded else None}
 
 

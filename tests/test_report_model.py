@@ -1518,7 +1518,10 @@ def test_a_report_of_a_run_resumed_before_sessions_were_recorded_says_not_record
     report = report_of(url, exp)
     [resumed] = report["R4"]["resumes"]
     assert (resumed["recorded"], resumed["differences"]) == (False, None)
+    [code] = report["R3"]["resumes"]
+    assert (code["recorded"], code["differences"]) == (False, None)
     assert len(report["R2"]["resumes"]) == 1
+    assert not any(alert.startswith("RESUMED WITH") for alert in report["summary"]["alerts"])
     r4 = _md_section(render_markdown(report), "R4")
     assert f"| {resumed['seq']} |" in r4 and "| not recorded |" in r4
     assert "not recorded" in render_html(report).split('id="R4"')[1].split("</section>")[0]
@@ -1528,7 +1531,37 @@ def test_a_run_never_resumed_reports_no_resumes(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     exp = record_run(url, tmp_path / "data", epochs=1)
     report = report_of(url, exp)
-    assert report["R2"]["resumes"] == report["R4"]["resumes"] == []
+    assert report["R2"]["resumes"] == report["R3"]["resumes"] == report["R4"]["resumes"] == []
+
+
+def test_a_run_resumed_with_other_code_or_libraries_is_alerted_and_r3_shows_its_code(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """R3 named only the creating session's commit, and nothing in the summary said that later
+    events were recorded by other code or another numpy: the report read as one version's run.
+    R3 now lists each resuming session's code differences, and an alert names what differed
+    that can change outputs — code and library versions, not the machine (platform keys)."""
+    import ledger.resume
+    from report.html import render_html
+    from report.markdown import m, render_markdown
+    from test_resume import _resumed_elsewhere
+
+    real = ledger.resume.code_version
+    monkeypatch.setattr(ledger.resume, "code_version",
+                        lambda start: {**real(start), "commit": "c0ffee" * 6 + "c0ff"})
+    url, exp = _resumed_elsewhere(tmp_path, monkeypatch)
+    report = report_of(url, exp)
+    created = report["R3"]["commit"]
+    first, second = report["R3"]["resumes"]
+    assert [d["key"] for d in second["differences"]] == ["commit"]
+    assert first["differences"] == second["differences"] and second["recorded"] is True
+    [alert] = [a for a in report["summary"]["alerts"] if a.startswith("RESUMED WITH")]
+    assert f"commit {created or 'absent'} recorded, {'c0ffee' * 6}c0ff at the resume of seq " \
+           f"{first['seq']}, {second['seq']}" in alert
+    assert f"packages.numpy {np.__version__} recorded, 0.0.other at the resume of seq " \
+           f"{second['seq']}" in alert and "platform" not in alert
+    r3 = _md_section(render_markdown(report), "R3")
+    assert f"| {second['seq']} | {m(second['at'])} | commit |" in r3
+    assert "against the code version above" in render_html(report)
 
 
 def _md_section(text: str, key: str) -> str:

@@ -923,8 +923,8 @@ ELSEWHERE = [("packages.numpy", np.__version__, "0.0.other"),
 def test_show_lists_each_session_that_resumed_the_run_and_how_its_environment_differs(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``ledger show`` described only the session that created the run; every resume is now
-    listed — its seq, time, user, host, pid — with the library, Python and platform differences of
-    its environment from the recorded one."""
+    listed — its seq, time, user, host, pid — with the library, Python and platform differences
+    of its environment from the recorded one."""
     import socket
 
     from ledger.environment import current_user
