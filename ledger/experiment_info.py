@@ -8,7 +8,7 @@ from typing import Any
 from ledger.errors import BadInputError
 from ledger.events import (EXPERIMENT_CREATED, MAIN_STREAM, METRIC, RUN_COMPLETED, RUN_RESUMED,
                            decode_body)
-from ledger.recorded_differences import session_differences
+from ledger.recorded_differences import differences, session_differences
 from ledger.seeds import root_seed_from_bytes
 from ledger.store.store import Store, StreamHead
 
@@ -31,9 +31,10 @@ class MetricSummary:
 
 @dataclass(slots=True)
 class ResumeSummary:
-    """One session that resumed the run: its ``run_resumed`` event's seq and time, the user (None
-    in ledgers written before a resume recorded one), host and process it ran in, and how its environment differed from the one ``experiment_created``
-    recorded (None: not recorded — ledgers written before run_resumed recorded it)."""
+    """One session that resumed the run: its ``run_resumed`` event's seq and time, the user
+    (None in ledgers written before a resume recorded one), host and process it ran in, and how
+    its environment and code version differed from those ``experiment_created`` recorded (None:
+    not recorded — ledgers written before run_resumed recorded them)."""
 
     seq: int
     t: Any
@@ -41,15 +42,20 @@ class ResumeSummary:
     host: Any
     pid: Any
     environment_differences: list[tuple[str, Any, Any]] | None
+    code_differences: list[tuple[str, Any, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready map."""
-        differences = None if self.environment_differences is None else [
-            {"key": key, "recorded": old, "resumed": new}
-            for key, old, new in self.environment_differences]
         return {"seq": self.seq, "t": self.t, "user": self.user, "host": self.host,
                 "pid": self.pid,
-                "environment_differences": differences}
+                "environment_differences": _json_differences(self.environment_differences),
+                "code_differences": _json_differences(self.code_differences)}
+
+
+def _json_differences(found: list[tuple[str, Any, Any]] | None) -> list[dict[str, Any]] | None:
+    """``(key, recorded, resumed)`` differences as JSON maps (None stays None: not recorded)."""
+    return None if found is None else [{"key": key, "recorded": old, "resumed": new}
+                                       for key, old, new in found]
 
 
 @dataclass(slots=True)
@@ -111,14 +117,15 @@ def describe_experiment(store: Store, exp: str) -> ExperimentInfo:
                           metadata={key: params[key] for key in _SHOWN_PARAMS if key in params},
                           metrics=metric_summaries(store, exp) if counts.get(METRIC) else [],
                           error=_recorded_error(store, exp) if row.status == "failed" else None,
-                          resumes=resume_summaries(store, exp, params.get("environment"))
+                          resumes=resume_summaries(store, exp, params)
                           if counts.get(RUN_RESUMED) else [])
 
 
-def resume_summaries(store: Store, exp: str, recorded_env: Any) -> list[ResumeSummary]:
-    """Each ``run_resumed`` of ``exp``'s main stream, with how its session's environment differs
-    from ``recorded_env`` (experiment_created's). A body that does not decode is left out:
-    ``ledger verify`` names a damaged event, and this is a summary."""
+def resume_summaries(store: Store, exp: str, created: dict[str, Any]) -> list[ResumeSummary]:
+    """Each ``run_resumed`` of ``exp``'s main stream, with how its session's environment and
+    code version differ from those ``created`` (experiment_created's params) records. A body
+    that does not decode is left out: ``ledger verify`` names a damaged event, and this is a
+    summary."""
     summaries = []
     for stream, seq, _kind, body_bytes in store.iter_kind_bodies(exp, [RUN_RESUMED]):
         try:
@@ -129,11 +136,12 @@ def resume_summaries(store: Store, exp: str, recorded_env: Any) -> list[ResumeSu
             continue
         params = body["params"] if isinstance(body["params"], dict) else {}
         meta = body["meta"] if isinstance(body["meta"], dict) else {}
-        environment = params.get("environment")
+        environment, code = params.get("environment"), params.get("code")
         summaries.append(ResumeSummary(
             seq, body["t"], meta.get("user"), meta.get("host"), meta.get("pid"),
-            session_differences(recorded_env, environment)
-            if isinstance(environment, dict) else None))
+            session_differences(created.get("environment"), environment)
+            if isinstance(environment, dict) else None,
+            differences(created.get("code"), code) if isinstance(code, dict) else None))
     return summaries
 
 

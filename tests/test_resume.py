@@ -945,16 +945,18 @@ def test_show_lists_each_session_that_resumed_the_run_and_how_its_environment_di
     assert lines[at + 1].split() == ["seq", str(first.seq), utc_text(first.t), "by",
                                      current_user(), "host", socket.gethostname(), "pid",
                                      str(os.getpid())]
-    assert lines[at + 2].strip() == "environment as recorded (libraries, Python, platform)"
-    assert lines[at + 3].split()[:2] == ["seq", str(second.seq)]
-    assert [line.strip() for line in lines[at + 4:at + 7]] == [
+    assert [line.strip() for line in lines[at + 2:at + 4]] == [
+        "code version as recorded", "environment as recorded (libraries, Python, platform)"]
+    assert lines[at + 4].split()[:2] == ["seq", str(second.seq)]
+    assert [line.strip() for line in lines[at + 5:at + 9]] == ["code version as recorded"] + [
         f"{key}: {old} recorded, {new} at resume" for key, old, new in ELSEWHERE]
     document = json.loads(run_cli("show", exp, "--db", url, "--json").stdout)
     assert document["resumes"] == [
         {"seq": r.seq, "t": r.t, "user": current_user(), "host": socket.gethostname(),
          "pid": os.getpid(),
          "environment_differences": [{"key": key, "recorded": old, "resumed": new}
-                                     for key, old, new in r.environment_differences]}
+                                     for key, old, new in r.environment_differences],
+         "code_differences": []}
         for r in (first, second)]
 
 
@@ -970,9 +972,33 @@ def test_show_of_a_run_resumed_before_sessions_were_recorded_says_not_recorded(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     url, exp = _resumed_before_sessions_were_recorded(tmp_path, monkeypatch)
     lines = run_cli("show", exp, "--db", url).stdout.splitlines()
-    assert lines[lines.index("resumes:") + 2].strip() == "environment not recorded"
+    at = lines.index("resumes:")
+    assert [line.strip() for line in lines[at + 2:at + 4]] == [
+        "code version not recorded", "environment not recorded"]
     [resumed] = json.loads(run_cli("show", exp, "--db", url, "--json").stdout)["resumes"]
-    assert resumed["environment_differences"] is None
+    assert resumed["environment_differences"] is resumed["code_differences"] is None
+
+
+def test_show_names_what_the_code_of_a_resuming_session_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run resumed from another commit: ``ledger show`` named the environment's differences
+    only, though run_resumed records the session's code version too."""
+    import ledger.resume
+
+    real = ledger.resume.code_version
+    other = "c0ffee" * 6 + "c0ff"
+    monkeypatch.setattr(ledger.resume, "code_version",
+                        lambda start: {**real(start), "commit": other})
+    url, exp = _resumed_elsewhere(tmp_path, monkeypatch)
+    with Store.open(url) as store:
+        created = bodies(store, exp)[0]["params"]["code"].get("commit")
+    lines = run_cli("show", exp, "--db", url).stdout.splitlines()
+    at = lines.index("resumes:")
+    assert lines[at + 2].strip() == (f"code.commit: {created or 'absent'} recorded, {other} "
+                                     f"at resume")
+    document = json.loads(run_cli("show", exp, "--db", url, "--json").stdout)
+    assert [r["code_differences"] for r in document["resumes"]] == [
+        [{"key": "commit", "recorded": created, "resumed": other}]] * 2
 
 
 def test_the_readme_documents_every_param_run_resumed_records(manager: ExperimentManager) -> None:

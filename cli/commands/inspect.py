@@ -90,11 +90,19 @@ def show_command(obj: dict, exp: str, as_json: bool) -> None:
 
 
 def _show_resume(resume: ResumeSummary) -> None:
-    """One session that resumed the run: where and by which process, then each library,
-    Python and platform difference of its environment from the recorded one."""
+    """One session that resumed the run: where and by which process, then each difference of
+    its code version, and each library, Python and platform difference of its environment,
+    from the recorded ones."""
     by = "" if resume.user is None else f"  by {_shown(resume.user)}"
     click.echo(printable(f"  seq {resume.seq}  {iso_time(resume.t)}{by}  host "
                          f"{_shown(resume.host)}  pid {_shown(resume.pid)}"))
+    if resume.code_differences is None:
+        click.echo("    code version not recorded")
+    elif not resume.code_differences:
+        click.echo("    code version as recorded")
+    for key, old, new in resume.code_differences or []:
+        click.echo(printable(f"    code.{key}: {_shown_version(old)} recorded, "
+                             f"{_shown_version(new)} at resume"))
     if resume.environment_differences is None:
         click.echo("    environment not recorded")
     elif not resume.environment_differences:
