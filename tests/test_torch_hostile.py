@@ -271,6 +271,30 @@ def test_dataloader_options_are_checked_before_anything_runs(manager: Experiment
     assert "epoch_reset" not in kinds(manager, exp.id)
 
 
+@pytest.mark.parametrize(("options", "message"), [
+    ({"timeout": 5}, r"got timeout=5 with num_workers=0, but a timeout needs workers"),
+    ({"num_workers": 1, "timeout": float("inf")}, r"got timeout=inf, but must be"),
+    ({"num_workers": 1, "timeout": 1e300}, r"got timeout=1e\+300, but must be"),
+    ({"num_workers": 1, "timeout": float("nan")}, r"got timeout=nan, but must be"),
+    ({"num_workers": 1, "timeout": True}, r"got timeout=True, but must be"),
+    ({"num_workers": 1.5}, r"got num_workers=1.5, but must be an int >= 0"),
+    ({"num_workers": 2.0}, r"got num_workers=2.0, but must be an int >= 0")],
+    ids=["timeout-no-workers", "timeout-inf", "timeout-huge", "timeout-nan", "timeout-bool",
+         "workers-float", "workers-float-int"])
+def test_worker_options_torch_refuses_only_at_the_first_pass_are_refused_at_once(
+        manager: ExperimentManager, options: dict[str, Any], message: str) -> None:
+    """torch takes these at construction and fails only at the first pass, with a bare
+    AssertionError (timeout without workers), TypeError (a float num_workers) or OverflowError
+    (an infinite or huge timeout) — or, for a NaN timeout, waits for ever without a word."""
+    with manager.create_experiment("worker-options", seed=1) as exp:
+        dataset = exp.register_dataset("d", FEATURES, LABELS)
+        with pytest.raises(BadInputError, match=message):
+            RecordedDataLoader(exp, dataset, 4, **options)
+        loader = RecordedDataLoader(exp, dataset, 4, num_workers=np.int64(1), timeout=30.0)
+        assert len(list(loader)) == 4
+    assert kinds(manager, exp.id).count("epoch_reset") == 1
+
+
 @pytest.mark.parametrize("flag", ["shuffle", "drop_last", "record"])
 def test_flags_must_be_bools(manager: ExperimentManager, flag: str) -> None:
     with manager.create_experiment("flags", seed=1) as exp:

@@ -29,6 +29,7 @@ from ledger.integrations.torch_sampler import BatchRequest, BatchRequests, Recor
 from ledger.integrations.torch_seeds import check_run, tensor_digest
 from ledger.integrations.torch_transform import RecordedTransform, make_batch
 from ledger.integrations.torch_workers import SeedWorkers, WorkerSeedingError
+from ledger.iterator import MAX_TIMEOUT
 from ledger.processes import background_threads_paused
 from ledger.seeds import derive_bytes
 from ledger.text import error_text
@@ -113,6 +114,7 @@ class RecordedDataLoader(DataLoader):
         prefetch = options.get("prefetch_factor")
         if prefetch is not None:
             check_count("prefetch_factor", prefetch, 1)
+        _check_worker_options(options)
         record = check_flag("record", record)
         _check_tensor_dtypes(dataset)
         if record and not run.dataset_registered(dataset):
@@ -316,6 +318,23 @@ def _check_tensor_dtypes(dataset: Dataset) -> None:
         except TypeError:
             raise BadInputError(f"dataset {dataset.name!r} has {role} of dtype {array.dtype}, "
                                 f"which torch cannot hold: convert them first") from None
+
+
+def _check_worker_options(options: dict[str, Any]) -> None:
+    """Refuse the ``num_workers`` and ``timeout`` that torch takes at construction but fails on
+    only at the first pass — a float ``num_workers`` (a bare TypeError), a ``timeout`` without
+    workers (a bare AssertionError), an infinite or huge one (OverflowError) — or never (a NaN
+    ``timeout``, which silently means no limit): refused here, before anything is recorded."""
+    workers = check_count("num_workers", options.get("num_workers", 0), 0)
+    timeout = options.get("timeout", 0)
+    if (isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.integer,
+                                                                np.floating))
+            or not 0 <= timeout <= MAX_TIMEOUT):
+        raise BadInputError(f"got timeout={timeout!r}, but must be from 0 (no limit) to "
+                            f"{MAX_TIMEOUT:,} seconds")
+    if timeout and not workers:
+        raise BadInputError(f"got timeout={timeout!r} with num_workers=0, but a timeout needs "
+                            f"workers: it bounds the wait for a worker's batch")
 
 
 def _array(value: Any) -> np.ndarray:
