@@ -428,6 +428,19 @@ def test_torch_datasets_that_cannot_become_arrays_are_refused(manager: Experimen
     assert "dataset_registered" not in kinds(manager, exp.id)
 
 
+@pytest.mark.parametrize("role", ["features", "labels"])
+def test_a_pair_of_tensors_numpy_cannot_read_is_refused_as_bad_input(manager: ExperimentManager,
+                                                                      role: str) -> None:
+    """A tensor requiring grad, given to the one-call helper as (features, labels), used to get
+    numpy's bare RuntimeError out of register_dataset, not a ledger error."""
+    arrays = {"features": torch.from_numpy(FEATURES), "labels": torch.from_numpy(LABELS)}
+    arrays[role] = arrays[role].float().requires_grad_()
+    with manager.create_experiment("grad-pair", seed=1) as exp:
+        with pytest.raises(BadInputError, match=f"{role} must be an array.*requires grad"):
+            recorded_dataloader(exp, (arrays["features"], arrays["labels"]), 4, name="d")
+    assert "dataset_registered" not in kinds(manager, exp.id)
+
+
 @pytest.mark.parametrize("state", [None, torch.nn.Linear(2, 1), {"w": torch.ones(2).to_sparse()},
                                    {"w": torch.empty(2, device="meta")}],
                          ids=["none", "model", "sparse", "meta"])
