@@ -9,6 +9,7 @@ verified.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from ledger.integrations.transforms import (register_transform,  # noqa: E402
                                             registered_transforms)
 from ledger.store import Store, StreamWriter  # noqa: E402
 from ledger.verify import verify  # noqa: E402
+from ledger.workers import WorkerError  # noqa: E402
 from trainer_helpers import nested_lists  # noqa: E402
 
 FEATURES = np.arange(48, dtype=np.float32).reshape(16, 3)
@@ -52,6 +54,15 @@ def _table(x: torch.Tensor, generator: torch.Generator, *, table: Any = None) ->
 @register_transform("hostile_ragged", version=1)
 def _ragged(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return x[:1] if float(x.sum()) % 2 else x
+
+
+@register_transform("hostile_worker_1_dies", version=1)
+def _worker_1_dies(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Kills DataLoader worker 1 (and only it) in the middle of its first batch."""
+    info = torch.utils.data.get_worker_info()
+    if info is not None and info.id == 1:
+        os._exit(3)
+    return x
 
 
 # -- attached runs ---------------------------------------------------------------------------------
@@ -293,6 +304,26 @@ def test_worker_options_torch_refuses_only_at_the_first_pass_are_refused_at_once
         loader = RecordedDataLoader(exp, dataset, 4, num_workers=np.int64(1), timeout=30.0)
         assert len(list(loader)) == 4
     assert kinds(manager, exp.id).count("epoch_reset") == 1
+
+
+@pytest.mark.parametrize("persistent", [False, True], ids=["workers", "persistent-workers"])
+def test_a_dataloader_worker_that_dies_is_named_with_its_batch(manager: ExperimentManager,
+                                                               persistent: bool) -> None:
+    """torch says only "DataLoader worker (pid(s) N) exited unexpectedly": which worker, and
+    which batch of which epoch it was making, went unsaid."""
+    with manager.create_experiment("worker-dies", seed=1) as exp:
+        dataset = exp.register_dataset("d", FEATURES, LABELS)
+        loader = RecordedDataLoader(exp, dataset, 4, num_workers=2, persistent_workers=persistent,
+                                    multiprocessing_context="fork",
+                                    transform=RecordedTransform("hostile_worker_1_dies"))
+        handed_out = []
+        with pytest.raises(WorkerError, match=r"DataLoader worker 1 \(pid \d+\) died making "
+                                              r"batch 1 of epoch 0: .*exited unexpectedly"):
+            for x, _y in loader:
+                handed_out.append(x)
+    # batch 0, from worker 0, is handed out unless torch sees worker 1 dead while awaiting it
+    assert len(handed_out) <= 1
+    assert kinds(manager, exp.id).count(AUGMENTATION_BATCH) == len(handed_out)
 
 
 @pytest.mark.parametrize("flag", ["shuffle", "drop_last", "record"])

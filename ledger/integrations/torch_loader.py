@@ -34,6 +34,7 @@ from ledger.processes import background_threads_paused
 from ledger.seeds import derive_bytes
 from ledger.text import error_text
 from ledger.worker_seeding import expected_state_digest_at, seeded_libraries
+from ledger.workers import WorkerError
 
 
 class _Batches(TorchDataset):
@@ -176,7 +177,26 @@ class RecordedDataLoader(DataLoader):
         forking = self.num_workers > 0 and self._start_method() == "fork"
         with background_threads_paused() if forking else contextlib.nullcontext():
             batches = super().__iter__()
-        return self._consume(batches)
+        return self._consume(self._from_workers(batches) if self.num_workers else batches)
+
+    def _from_workers(self, batches: Iterator[Any]) -> Iterator[Any]:
+        """The items of torch's worker iterator ``batches``; a worker that died raises
+        WorkerError naming it, its pid, and the batch and epoch it was making — torch's own
+        RuntimeError (kept as the cause) names only the pid."""
+        while True:
+            try:
+                item = next(batches)
+            except StopIteration:
+                return
+            except RuntimeError as error:
+                died = _dead_worker(batches)
+                if died is None:  # a live worker's error, a timeout: torch's message says it
+                    raise
+                worker, pid, batch = died
+                making = f"making batch {batch} of" if batch is not None else "in"
+                raise WorkerError(f"DataLoader worker {worker} (pid {pid}) died {making} epoch "
+                                  f"{self.epoch}: {error_text(error, 200)}") from error
+            yield item
 
     def _consume(self, batches: Iterator[Any]) -> Iterator[Any]:
         with_labels = self.ledger_dataset.labels is not None
@@ -318,6 +338,23 @@ def _check_tensor_dtypes(dataset: Dataset) -> None:
         except TypeError:
             raise BadInputError(f"dataset {dataset.name!r} has {role} of dtype {array.dtype}, "
                                 f"which torch cannot hold: convert them first") from None
+
+
+def _dead_worker(batches: Any) -> tuple[int, int, int | None] | None:
+    """(worker id, pid, the first batch of the pass it was given and did not deliver) of a
+    worker of torch's iterator ``batches`` that exited with an error, or None. Reads torch's
+    ``_workers`` (its processes, by worker id) and ``_task_info`` (batch index of the pass →
+    ``(worker id,)`` until the batch arrives), private to torch==2.13.0."""
+    processes = getattr(batches, "_workers", None)
+    tasks = getattr(batches, "_task_info", None)
+    if not isinstance(processes, list) or not isinstance(tasks, dict):
+        return None
+    for worker, process in enumerate(processes):
+        if process.exitcode not in (None, 0):
+            given = sorted(index for index, info in tasks.items()
+                           if len(info) == 1 and info[0] == worker)
+            return worker, process.pid, given[0] if given else None
+    return None
 
 
 def _check_worker_options(options: dict[str, Any]) -> None:
