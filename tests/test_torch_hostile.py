@@ -380,6 +380,31 @@ def test_a_transform_that_returns_no_tensor_names_itself(manager: ExperimentMana
     assert "augmentation_batch" not in kinds(manager, exp.id)
 
 
+@register_transform("hostile_bfloat16", version=1)
+def _to_bfloat16(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return x.to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_transform_whose_output_cannot_be_digested_names_itself(manager: ExperimentManager,
+                                                                  workers: int) -> None:
+    """A transform casting to bfloat16 used to get only "cannot digest a tensor of dtype
+    torch.bfloat16: Got unsupported ScalarType BFloat16", naming neither the transform nor a
+    way out; record=False, which digests nothing, still takes it."""
+    with manager.create_experiment("bfloat16", seed=1) as exp:
+        dataset = exp.register_dataset("d", FEATURES, LABELS)
+        loader = RecordedDataLoader(exp, dataset, 4, num_workers=workers,
+                                    transform=RecordedTransform("hostile_bfloat16"))
+        with pytest.raises(BadInputError, match=r"transform 'hostile_bfloat16' returned a tensor "
+                                                r"of dtype torch.bfloat16, which cannot be "
+                                                r"recorded: cannot digest .* float32"):
+            list(loader)
+        unrecorded = RecordedDataLoader(exp, dataset, 4, num_workers=workers, record=False,
+                                        transform=RecordedTransform("hostile_bfloat16"))
+        assert [x.dtype for x, _y in unrecorded] == [torch.bfloat16] * 4
+    assert "augmentation_batch" not in kinds(manager, exp.id)
+
+
 def test_a_transform_spec_too_deep_for_its_batch_events_is_refused_by_the_loader(
         manager: ExperimentManager) -> None:
     """Batch events carry the transform spec four levels down in their body (params, the spec,

@@ -59,10 +59,23 @@ class _Batches(TorchDataset):
         x, y = make_batch(self.features, self.labels, indices, self.transform, self.root, path)
         if not self.record:
             return x, y, None
-        output = None if self.transform is None else tensor_digest(x)
+        output = None if self.transform is None else self._output_digest(x)
         in_worker = torch.utils.data.get_worker_info() is not None
         return x, y, (epoch, batch, len(indices), fast_array_digest(indices), output,
                       torch_workers.worker_report if in_worker else None)
+
+
+    def _output_digest(self, x: torch.Tensor) -> bytes:
+        """The digest of the transform's output ``x``; a dtype numpy cannot hold (bfloat16)
+        is refused naming the transform, which alone chose it."""
+        try:
+            return tensor_digest(x)
+        except BadInputError as error:
+            assert self.transform is not None  # only a transform's output is digested
+            raise BadInputError(f"transform {self.transform.spec['transform']!r} returned a "
+                                f"tensor of dtype {x.dtype}, which cannot be recorded: {error}. "
+                                f"Return float32 (exact for bfloat16) and cast in the training "
+                                f"loop, or record=False") from None
 
 
 def _as_made(item: Any) -> Any:
