@@ -88,7 +88,7 @@ def check_arrays(features: Any, labels: Any = None) -> tuple[np.ndarray, np.ndar
 def _plain_array(what: str, value: Any) -> np.ndarray:
     try:
         array = np.asarray(value)
-    except (ValueError, TypeError) as error:  # ragged nested lists, say
+    except (ValueError, TypeError, RuntimeError) as error:  # ragged lists, a tensor needing grad
         raise BadInputError(f"{what} must be an array (or a rectangular nested list): "
                             f"{error}") from None
     if array.dtype.hasobject or array.dtype.fields is not None or array.dtype.kind in "VUSMm":

@@ -9,6 +9,7 @@ verified.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from ledger.integrations.transforms import (register_transform,  # noqa: E402
                                             registered_transforms)
 from ledger.store import Store, StreamWriter  # noqa: E402
 from ledger.verify import verify  # noqa: E402
+from ledger.workers import WorkerError  # noqa: E402
 from trainer_helpers import nested_lists  # noqa: E402
 
 FEATURES = np.arange(48, dtype=np.float32).reshape(16, 3)
@@ -52,6 +54,15 @@ def _table(x: torch.Tensor, generator: torch.Generator, *, table: Any = None) ->
 @register_transform("hostile_ragged", version=1)
 def _ragged(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return x[:1] if float(x.sum()) % 2 else x
+
+
+@register_transform("hostile_worker_1_dies", version=1)
+def _worker_1_dies(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Kills DataLoader worker 1 (and only it) in the middle of its first batch."""
+    info = torch.utils.data.get_worker_info()
+    if info is not None and info.id == 1:
+        os._exit(3)
+    return x
 
 
 # -- attached runs ---------------------------------------------------------------------------------
@@ -271,6 +282,50 @@ def test_dataloader_options_are_checked_before_anything_runs(manager: Experiment
     assert "epoch_reset" not in kinds(manager, exp.id)
 
 
+@pytest.mark.parametrize(("options", "message"), [
+    ({"timeout": 5}, r"got timeout=5 with num_workers=0, but a timeout needs workers"),
+    ({"num_workers": 1, "timeout": float("inf")}, r"got timeout=inf, but must be"),
+    ({"num_workers": 1, "timeout": 1e300}, r"got timeout=1e\+300, but must be"),
+    ({"num_workers": 1, "timeout": float("nan")}, r"got timeout=nan, but must be"),
+    ({"num_workers": 1, "timeout": True}, r"got timeout=True, but must be"),
+    ({"num_workers": 1.5}, r"got num_workers=1.5, but must be an int >= 0"),
+    ({"num_workers": 2.0}, r"got num_workers=2.0, but must be an int >= 0")],
+    ids=["timeout-no-workers", "timeout-inf", "timeout-huge", "timeout-nan", "timeout-bool",
+         "workers-float", "workers-float-int"])
+def test_worker_options_torch_refuses_only_at_the_first_pass_are_refused_at_once(
+        manager: ExperimentManager, options: dict[str, Any], message: str) -> None:
+    """torch takes these at construction and fails only at the first pass, with a bare
+    AssertionError (timeout without workers), TypeError (a float num_workers) or OverflowError
+    (an infinite or huge timeout) — or, for a NaN timeout, waits for ever without a word."""
+    with manager.create_experiment("worker-options", seed=1) as exp:
+        dataset = exp.register_dataset("d", FEATURES, LABELS)
+        with pytest.raises(BadInputError, match=message):
+            RecordedDataLoader(exp, dataset, 4, **options)
+        loader = RecordedDataLoader(exp, dataset, 4, num_workers=np.int64(1), timeout=30.0)
+        assert len(list(loader)) == 4
+    assert kinds(manager, exp.id).count("epoch_reset") == 1
+
+
+@pytest.mark.parametrize("persistent", [False, True], ids=["workers", "persistent-workers"])
+def test_a_dataloader_worker_that_dies_is_named_with_its_batch(manager: ExperimentManager,
+                                                               persistent: bool) -> None:
+    """torch says only "DataLoader worker (pid(s) N) exited unexpectedly": which worker, and
+    which batch of which epoch it was making, went unsaid."""
+    with manager.create_experiment("worker-dies", seed=1) as exp:
+        dataset = exp.register_dataset("d", FEATURES, LABELS)
+        loader = RecordedDataLoader(exp, dataset, 4, num_workers=2, persistent_workers=persistent,
+                                    multiprocessing_context="fork",
+                                    transform=RecordedTransform("hostile_worker_1_dies"))
+        handed_out = []
+        with pytest.raises(WorkerError, match=r"DataLoader worker 1 \(pid \d+\) died making "
+                                              r"batch 1 of epoch 0: .*exited unexpectedly"):
+            for x, _y in loader:
+                handed_out.append(x)
+    # batch 0, from worker 0, is handed out unless torch sees worker 1 dead while awaiting it
+    assert len(handed_out) <= 1
+    assert kinds(manager, exp.id).count(AUGMENTATION_BATCH) == len(handed_out)
+
+
 @pytest.mark.parametrize("flag", ["shuffle", "drop_last", "record"])
 def test_flags_must_be_bools(manager: ExperimentManager, flag: str) -> None:
     with manager.create_experiment("flags", seed=1) as exp:
@@ -322,6 +377,31 @@ def test_a_transform_that_returns_no_tensor_names_itself(manager: ExperimentMana
         with pytest.raises(BadInputError, match="'hostile_numpy' returned ndarray, but must "
                                                 "return a tensor"):
             list(loader)
+    assert "augmentation_batch" not in kinds(manager, exp.id)
+
+
+@register_transform("hostile_bfloat16", version=1)
+def _to_bfloat16(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return x.to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_transform_whose_output_cannot_be_digested_names_itself(manager: ExperimentManager,
+                                                                  workers: int) -> None:
+    """A transform casting to bfloat16 used to get only "cannot digest a tensor of dtype
+    torch.bfloat16: Got unsupported ScalarType BFloat16", naming neither the transform nor a
+    way out; record=False, which digests nothing, still takes it."""
+    with manager.create_experiment("bfloat16", seed=1) as exp:
+        dataset = exp.register_dataset("d", FEATURES, LABELS)
+        loader = RecordedDataLoader(exp, dataset, 4, num_workers=workers,
+                                    transform=RecordedTransform("hostile_bfloat16"))
+        with pytest.raises(BadInputError, match=r"transform 'hostile_bfloat16' returned a tensor "
+                                                r"of dtype torch.bfloat16, which cannot be "
+                                                r"recorded: cannot digest .* float32"):
+            list(loader)
+        unrecorded = RecordedDataLoader(exp, dataset, 4, num_workers=workers, record=False,
+                                        transform=RecordedTransform("hostile_bfloat16"))
+        assert [x.dtype for x, _y in unrecorded] == [torch.bfloat16] * 4
     assert "augmentation_batch" not in kinds(manager, exp.id)
 
 
@@ -401,6 +481,19 @@ def test_torch_datasets_that_cannot_become_arrays_are_refused(manager: Experimen
     with manager.create_experiment("datasets", seed=1) as exp:
         with pytest.raises(BadInputError):
             register_torch_dataset(exp, "d", dataset)
+    assert "dataset_registered" not in kinds(manager, exp.id)
+
+
+@pytest.mark.parametrize("role", ["features", "labels"])
+def test_a_pair_of_tensors_numpy_cannot_read_is_refused_as_bad_input(manager: ExperimentManager,
+                                                                      role: str) -> None:
+    """A tensor requiring grad, given to the one-call helper as (features, labels), used to get
+    numpy's bare RuntimeError out of register_dataset, not a ledger error."""
+    arrays = {"features": torch.from_numpy(FEATURES), "labels": torch.from_numpy(LABELS)}
+    arrays[role] = arrays[role].float().requires_grad_()
+    with manager.create_experiment("grad-pair", seed=1) as exp:
+        with pytest.raises(BadInputError, match=f"{role} must be an array.*requires grad"):
+            recorded_dataloader(exp, (arrays["features"], arrays["labels"]), 4, name="d")
     assert "dataset_registered" not in kinds(manager, exp.id)
 
 

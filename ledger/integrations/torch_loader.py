@@ -29,10 +29,12 @@ from ledger.integrations.torch_sampler import BatchRequest, BatchRequests, Recor
 from ledger.integrations.torch_seeds import check_run, tensor_digest
 from ledger.integrations.torch_transform import RecordedTransform, make_batch
 from ledger.integrations.torch_workers import SeedWorkers, WorkerSeedingError
+from ledger.iterator import MAX_TIMEOUT
 from ledger.processes import background_threads_paused
 from ledger.seeds import derive_bytes
 from ledger.text import error_text
 from ledger.worker_seeding import expected_state_digest_at, seeded_libraries
+from ledger.workers import WorkerError
 
 
 class _Batches(TorchDataset):
@@ -57,10 +59,23 @@ class _Batches(TorchDataset):
         x, y = make_batch(self.features, self.labels, indices, self.transform, self.root, path)
         if not self.record:
             return x, y, None
-        output = None if self.transform is None else tensor_digest(x)
+        output = None if self.transform is None else self._output_digest(x)
         in_worker = torch.utils.data.get_worker_info() is not None
         return x, y, (epoch, batch, len(indices), fast_array_digest(indices), output,
                       torch_workers.worker_report if in_worker else None)
+
+
+    def _output_digest(self, x: torch.Tensor) -> bytes:
+        """The digest of the transform's output ``x``; a dtype numpy cannot hold (bfloat16)
+        is refused naming the transform, which alone chose it."""
+        try:
+            return tensor_digest(x)
+        except BadInputError as error:
+            assert self.transform is not None  # only a transform's output is digested
+            raise BadInputError(f"transform {self.transform.spec['transform']!r} returned a "
+                                f"tensor of dtype {x.dtype}, which cannot be recorded: {error}. "
+                                f"Return float32 (exact for bfloat16) and cast in the training "
+                                f"loop, or record=False") from None
 
 
 def _as_made(item: Any) -> Any:
@@ -113,6 +128,7 @@ class RecordedDataLoader(DataLoader):
         prefetch = options.get("prefetch_factor")
         if prefetch is not None:
             check_count("prefetch_factor", prefetch, 1)
+        _check_worker_options(options)
         record = check_flag("record", record)
         _check_tensor_dtypes(dataset)
         if record and not run.dataset_registered(dataset):
@@ -174,7 +190,26 @@ class RecordedDataLoader(DataLoader):
         forking = self.num_workers > 0 and self._start_method() == "fork"
         with background_threads_paused() if forking else contextlib.nullcontext():
             batches = super().__iter__()
-        return self._consume(batches)
+        return self._consume(self._from_workers(batches) if self.num_workers else batches)
+
+    def _from_workers(self, batches: Iterator[Any]) -> Iterator[Any]:
+        """The items of torch's worker iterator ``batches``; a worker that died raises
+        WorkerError naming it, its pid, and the batch and epoch it was making — torch's own
+        RuntimeError (kept as the cause) names only the pid."""
+        while True:
+            try:
+                item = next(batches)
+            except StopIteration:
+                return
+            except RuntimeError as error:
+                died = _dead_worker(batches)
+                if died is None:  # a live worker's error, a timeout: torch's message says it
+                    raise
+                worker, pid, batch = died
+                making = f"making batch {batch} of" if batch is not None else "in"
+                raise WorkerError(f"DataLoader worker {worker} (pid {pid}) died {making} epoch "
+                                  f"{self.epoch}: {error_text(error, 200)}") from error
+            yield item
 
     def _consume(self, batches: Iterator[Any]) -> Iterator[Any]:
         with_labels = self.ledger_dataset.labels is not None
@@ -316,6 +351,40 @@ def _check_tensor_dtypes(dataset: Dataset) -> None:
         except TypeError:
             raise BadInputError(f"dataset {dataset.name!r} has {role} of dtype {array.dtype}, "
                                 f"which torch cannot hold: convert them first") from None
+
+
+def _dead_worker(batches: Any) -> tuple[int, int, int | None] | None:
+    """(worker id, pid, the first batch of the pass it was given and did not deliver) of a
+    worker of torch's iterator ``batches`` that exited with an error, or None. Reads torch's
+    ``_workers`` (its processes, by worker id) and ``_task_info`` (batch index of the pass →
+    ``(worker id,)`` until the batch arrives), private to torch==2.13.0."""
+    processes = getattr(batches, "_workers", None)
+    tasks = getattr(batches, "_task_info", None)
+    if not isinstance(processes, list) or not isinstance(tasks, dict):
+        return None
+    for worker, process in enumerate(processes):
+        if process.exitcode not in (None, 0):
+            given = sorted(index for index, info in tasks.items()
+                           if len(info) == 1 and info[0] == worker)
+            return worker, process.pid, given[0] if given else None
+    return None
+
+
+def _check_worker_options(options: dict[str, Any]) -> None:
+    """Refuse the ``num_workers`` and ``timeout`` that torch takes at construction but fails on
+    only at the first pass — a float ``num_workers`` (a bare TypeError), a ``timeout`` without
+    workers (a bare AssertionError), an infinite or huge one (OverflowError) — or never (a NaN
+    ``timeout``, which silently means no limit): refused here, before anything is recorded."""
+    workers = check_count("num_workers", options.get("num_workers", 0), 0)
+    timeout = options.get("timeout", 0)
+    if (isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.integer,
+                                                                np.floating))
+            or not 0 <= timeout <= MAX_TIMEOUT):
+        raise BadInputError(f"got timeout={timeout!r}, but must be from 0 (no limit) to "
+                            f"{MAX_TIMEOUT:,} seconds")
+    if timeout and not workers:
+        raise BadInputError(f"got timeout={timeout!r} with num_workers=0, but a timeout needs "
+                            f"workers: it bounds the wait for a worker's batch")
 
 
 def _array(value: Any) -> np.ndarray:
