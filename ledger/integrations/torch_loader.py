@@ -64,7 +64,6 @@ class _Batches(TorchDataset):
         return x, y, (epoch, batch, len(indices), fast_array_digest(indices), output,
                       torch_workers.worker_report if in_worker else None)
 
-
     def _output_digest(self, x: torch.Tensor) -> bytes:
         """The digest of the transform's output ``x``; a dtype numpy cannot hold (bfloat16)
         is refused naming the transform, which alone chose it."""
