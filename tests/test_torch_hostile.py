@@ -326,17 +326,21 @@ def test_a_dataloader_worker_that_dies_is_named_with_its_batch(manager: Experime
     assert kinds(manager, exp.id).count(AUGMENTATION_BATCH) == len(handed_out)
 
 
-@pytest.mark.parametrize("flag", ["shuffle", "drop_last", "record"])
+@pytest.mark.parametrize("flag", ["shuffle", "drop_last", "record", "persistent_workers",
+                                  "pin_memory"])
 def test_flags_must_be_bools(manager: ExperimentManager, flag: str) -> None:
+    """A flag given as text is refused: "False" is truthy, and persistent_workers="no" turned
+    the option on (and was recorded as on)."""
     with manager.create_experiment("flags", seed=1) as exp:
         dataset = exp.register_dataset("d", FEATURES, LABELS)
         with pytest.raises(BadInputError, match=f"{flag}='False'"):
             RecordedDataLoader(exp, dataset, 4, **{flag: "False"})
-        if flag != "drop_last":
+        if flag in ("shuffle", "record"):
             with pytest.raises(BadInputError, match=flag):
                 RecordedSampler(dataset, exp, **{flag: 1})
-        with pytest.raises(BadInputError, match=flag):
-            TrainingDataIterator(dataset, 4, experiment=exp, **{flag: "no"})
+        if flag in ("shuffle", "drop_last", "record"):  # the torch-free iterator's own flags
+            with pytest.raises(BadInputError, match=flag):
+                TrainingDataIterator(dataset, 4, experiment=exp, **{flag: "no"})
 
 
 @pytest.mark.parametrize("role", ["features", "labels"])

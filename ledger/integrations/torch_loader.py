@@ -128,6 +128,9 @@ class RecordedDataLoader(DataLoader):
         if prefetch is not None:
             check_count("prefetch_factor", prefetch, 1)
         _check_worker_options(options)
+        for flag in ("persistent_workers", "pin_memory"):  # "no" would turn either on
+            if flag in options:
+                options[flag] = check_flag(flag, options[flag])
         record = check_flag("record", record)
         _check_tensor_dtypes(dataset)
         if record and not run.dataset_registered(dataset):
