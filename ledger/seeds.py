@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Mapping, Sequence, Set
+from typing import Any, cast
 
 import numpy as np
 
@@ -45,6 +46,21 @@ def check_root_seed(root: int) -> int:
 
 def check_path(path: Sequence[Label]) -> Path:
     """Return ``path`` as a tuple if each label is a str or an int in ``[0, 2**64)``."""
+    given = type(path)
+    labels = (cast(tuple, path) if given is tuple else tuple(path) if given is list
+              else _other_sequence(path))
+    for label in labels:
+        kind = type(label)
+        # mypy does not narrow through ``kind``: where ``kind is int``, label is an int.
+        if kind is str or (kind is int and 0 <= label <= _LABEL_MAX):  # type: ignore[operator]
+            continue
+        return _check_path_slowly(labels)
+    return labels
+
+
+def _other_sequence(path: Any) -> tuple:
+    """The labels of a path given as neither a tuple nor a list (the per-draw paths are
+    tuples): refused when it is text or bytes, or unordered."""
     if isinstance(path, (str, bytes, bytearray, memoryview)):
         # Bytes of any kind are a string, not a path of int labels (b"ab" is not (97, 98)).
         raise BadInputError(f"a seed path is a sequence of labels, got the string {path!r}")
@@ -54,17 +70,10 @@ def check_path(path: Sequence[Label]) -> Path:
         raise BadInputError(f"a seed path is a sequence of labels, got the unordered "
                             f"{type(path).__name__} {path!r}")
     try:
-        labels = tuple(path)
+        return tuple(path)
     except TypeError:
         raise BadInputError(f"a seed path is a sequence of labels, got {type(path).__name__} "
                             f"{path!r}") from None
-    for label in labels:
-        kind = type(label)
-        # mypy does not narrow through ``kind``: where ``kind is int``, label is an int.
-        if kind is str or (kind is int and 0 <= label <= _LABEL_MAX):  # type: ignore[operator]
-            continue
-        return _check_path_slowly(labels)
-    return labels
 
 
 def _check_path_slowly(labels: tuple) -> Path:
