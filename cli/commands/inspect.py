@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -96,19 +97,21 @@ def _show_resume(resume: ResumeSummary) -> None:
     by = "" if resume.user is None else f"  by {_shown(resume.user)}"
     click.echo(printable(f"  seq {resume.seq}  {iso_time(resume.t)}{by}  host "
                          f"{_shown(resume.host)}  pid {_shown(resume.pid)}"))
-    if resume.code_differences is None:
-        click.echo("    code version not recorded")
-    elif not resume.code_differences:
-        click.echo("    code version as recorded")
-    for key, old, new in resume.code_differences or []:
-        click.echo(printable(f"    code.{key}: {_shown_version(old)} recorded, "
-                             f"{_shown_version(new)} at resume"))
-    if resume.environment_differences is None:
-        click.echo("    environment not recorded")
-    elif not resume.environment_differences:
-        click.echo("    environment as recorded (libraries, Python, platform)")
-    for key, old, new in resume.environment_differences or []:
-        click.echo(printable(f"    {key}: {_shown_version(old)} recorded, "
+    _show_differences(resume.code_differences, "code version", "code.")
+    _show_differences(resume.environment_differences,
+                      "environment", "", " (libraries, Python, platform)")
+
+
+def _show_differences(found: list[tuple[str, Any, Any]] | None, what: str, prefix: str,
+                      compared: str = "") -> None:
+    """A resume's differences of ``what`` from the recorded one, one line each — or that there
+    are none (``compared`` says what was compared), or that the resume recorded none."""
+    if found is None:
+        click.echo(f"    {what} not recorded")
+    elif not found:
+        click.echo(f"    {what} as recorded{compared}")
+    for key, old, new in found or []:
+        click.echo(printable(f"    {prefix}{key}: {_shown_version(old)} recorded, "
                              f"{_shown_version(new)} at resume"))
 
 
