@@ -15,6 +15,7 @@ from typing import Any
 from ledger.text import escape_unprintable
 from ledger.verify import INTACT_NOTE
 from report.metrics import unplotted_note
+from report.sections import resumed_rows
 from report.seedtree import ELLIPSIS
 from report.svg import metric_chart
 
@@ -175,23 +176,12 @@ def _with_resumes(section: dict[str, Any], against: str) -> str:
     resumes = section.get("resumes", [])  # absent from reports made before it was added
     rows = "".join(f"<tr><td class=\"num\">{e(seq)}</td><td>{e(at)}</td><td>{e(key)}</td>"
                    f"<td>{_value(old)}</td><td>{_value(new)}</td></tr>"
-                   for resume in resumes for seq, at, key, old, new in _resumed_rows(resume))
+                   for resume in resumes for seq, at, key, old, new in resumed_rows(resume))
     return (_rows([(name, value) for name, value in section.items()
                    if name not in ("title", "resumes")])
             + (f"<h3>Sessions that resumed the run, against {against}</h3><table>"
                "<tr><th>run_resumed seq</th><th>at (UTC)</th><th>difference</th>"
                f"<th>recorded</th><th>resumed</th></tr>{rows}</table>" if resumes else ""))
-
-
-def _resumed_rows(resume: dict[str, Any]) -> list[tuple[Any, ...]]:
-    """(seq, at, difference, recorded, resumed) rows of one resuming session: one per
-    difference, else one saying ``as recorded`` or ``not recorded``."""
-    lead = (resume["seq"], resume["at"])
-    if resume["differences"] is None:
-        return [(*lead, "not recorded", None, None)]
-    if not resume["differences"]:
-        return [(*lead, "as recorded", None, None)]
-    return [(*lead, d["key"], d["recorded"], d["resumed"]) for d in resume["differences"]]
 
 
 def _r5(report: dict[str, Any]) -> str:

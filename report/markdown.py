@@ -15,6 +15,7 @@ from typing import Any
 from ledger.text import escape_unprintable
 from ledger.verify import INTACT_NOTE
 from report.metrics import unplotted_note
+from report.sections import resumed_rows
 
 _SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 """Markdown's inline punctuation; values never start a line, so block markers (#, -, >) are safe."""
@@ -90,19 +91,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += ["## R3 Code", ""] + _pairs(report["R3"], ["vcs", "commit", "dirty", "diff_digest",
                                                       "untracked", "entrypoint", "command_line",
                                                       "configuration_digest"])
-    if report["R3"].get("resumes"):
-        out += ["Sessions that resumed the run, against the code version above:", ""]
-        out += _table(["seq", "at", "difference", "recorded", "resumed"],
-                      [row for resume in report["R3"]["resumes"]
-                       for row in _resumed_rows(resume)])
+    out += _resumes(report["R3"], "the code version above")
     r4 = report["R4"]
     out += ["## R4 Environment", ""] + _pairs(r4, ["recorded", "python", "numpy", "blas_threads",
                                                    "platform", "determinism_env"])
     out += _table(["package", "version"], [[k, v] for k, v in r4["packages"].items()])
-    if r4.get("resumes"):
-        out += ["Sessions that resumed the run, against the environment above:", ""]
-        out += _table(["seq", "at", "difference", "recorded", "resumed"],
-                      [row for resume in r4["resumes"] for row in _resumed_rows(resume)])
+    out += _resumes(r4, "the environment above")
     r5 = report["R5"]
     out += ["## R5 Data", ""]
     out += _table(["dataset", "role", "source", "content digest", "records"],
@@ -172,12 +166,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-def _resumed_rows(resume: dict[str, Any]) -> list[list[Any]]:
-    """R3's or R4's rows for one resuming session: one per difference, else one saying ``as
-    recorded`` or, for a run_resumed that records no code or environment, ``not recorded``."""
-    lead = [resume["seq"], resume["at"]]
-    if resume["differences"] is None:
-        return [lead + ["not recorded", None, None]]
-    if not resume["differences"]:
-        return [lead + ["as recorded", None, None]]
-    return [lead + [d["key"], d["recorded"], d["resumed"]] for d in resume["differences"]]
+def _resumes(section: dict[str, Any], against: str) -> list[str]:
+    """R3's or R4's table of how each session that resumed the run differed from the section's
+    fields (none when never resumed; absent from reports made before it was added)."""
+    if not section.get("resumes"):
+        return []
+    return [f"Sessions that resumed the run, against {against}:", ""] + _table(
+        ["seq", "at", "difference", "recorded", "resumed"],
+        [row for resume in section["resumes"] for row in resumed_rows(resume)])

@@ -154,6 +154,18 @@ def _resumed_session(body: dict[str, Any], what: str, at_creation: dict[str, Any
             if recorded else None}
 
 
+def resumed_rows(resume: dict[str, Any]) -> list[list[Any]]:
+    """The rows HTML and Markdown show of one R3 or R4 ``resumes`` entry — ``[seq, at,
+    difference, recorded, resumed]`` — one per difference, else one saying ``as recorded``
+    or, for a run_resumed that records no code or environment, ``not recorded``."""
+    lead = [resume["seq"], resume["at"]]
+    if resume["differences"] is None:
+        return [lead + ["not recorded", None, None]]
+    if not resume["differences"]:
+        return [lead + ["as recorded", None, None]]
+    return [lead + [d["key"], d["recorded"], d["resumed"]] for d in resume["differences"]]
+
+
 def r5_data(facts: RunFacts, data_dir: Any) -> dict[str, Any]:
     """R5: one row per dataset, and the train/test independence check where roles are given."""
     rows = []
