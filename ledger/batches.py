@@ -31,12 +31,13 @@ _PREFIXES: dict[tuple[str, tuple[int, ...]], "hashlib._Hash"] = {}
 def fast_array_digest(array: np.ndarray) -> bytes:
     """``array_digest`` of a C-contiguous little-endian plain array, hashed through its buffer.
 
-    Same result as :func:`ledger.digests.array_digest` (tested); other arrays take that path.
+    Same result as :func:`ledger.digests.array_digest` (tested); other arrays, and bool ones
+    (whose bytes it normalises), take that path.
     The hash state after the tag and the (dtype, shape) header is cached per (dtype, shape),
     only for dtypes whose bytes their values determine: a cached one needs no check again.
     """
     dtype = array.dtype
-    if not array.flags.c_contiguous or dtype.byteorder == ">":
+    if not array.flags.c_contiguous or dtype.byteorder == ">" or dtype.kind == "b":
         return array_digest(array)
     key = (dtype.str, array.shape)
     prefix = _PREFIXES.get(key)

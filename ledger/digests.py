@@ -42,7 +42,8 @@ def array_digest(array: Any) -> bytes:
     """Digest an array by dtype, shape and C-ordered little-endian bytes.
 
     The same values give the same digest whatever the memory order or byte order of the copy
-    (a Fortran-ordered or big-endian array equals its C-ordered little-endian twin). Object and
+    (a Fortran-ordered or big-endian array equals its C-ordered little-endian twin; a bool
+    array digests as bytes 0 and 1, whatever byte its memory holds for True). Object and
     structured arrays are refused: their bytes do not determine their values.
     """
     array = np.asarray(array)
@@ -52,6 +53,9 @@ def array_digest(array: Any) -> bytes:
         raise EncodingError(f"cannot digest an array of dtype {dtype}: {unstable}")
     little = dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype
     data = np.ascontiguousarray(array, dtype=little)
+    if dtype.kind == "b":
+        # A bool array viewed from other bytes may hold 2..255 for True: digest its values.
+        data = np.not_equal(data.view(np.uint8), 0)
     hasher = hashlib.sha256(ARRAY_TAG)
     hasher.update(canonical([little.str, list(array.shape)]))
     # ndarray has the buffer protocol. numpy < 2.5's stubs give it __buffer__ only for
