@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import re
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -31,7 +30,6 @@ TRUSTED_CODE_ERRORS = (Exception, SystemExit)
 loader or replayer they register — may raise and replay turns into exit 3 naming it: a
 ``sys.exit`` too, which escaping would end the command with its code and no verdict (exit 0
 reading as a certificate). Ctrl-C (KeyboardInterrupt) stays an interruption."""
-_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +100,7 @@ def load_plugins(trusted: Iterable[str] = ()) -> list[str]:
                                     f"load: {type(error).__name__}: {error}") from None
         loaded.append(f"plugin:{entry.name}")
     for name in trusted:
-        if not isinstance(name, str) or not _MODULE_NAME.fullmatch(name):
+        if not isinstance(name, str) or not all(part.isidentifier() for part in name.split(".")):
             raise CannotReplayError(f"--trust takes a dotted module name, got {name!r}")
         try:
             importlib.import_module(name)

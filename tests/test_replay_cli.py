@@ -94,13 +94,27 @@ def test_a_run_whose_op_changed_since_is_diverged_exit_1_with_one_line(custom_op
     assert as_json.stderr == text.stderr
 
 
-@pytest.mark.parametrize("name", ["os:system", "../evil", "a b", "os.system()"])
+@pytest.mark.parametrize("name", ["os:system", "../evil", "a b", "os.system()", "a..b", "1a",
+                                  ".a", "a."])
 def test_trust_takes_only_dotted_module_names(custom_op_run, name: str) -> None:
     url, exp, _module, env = custom_op_run
     result = run_cli("--db", url, "replay", exp, "--trust", name, env=env)
     assert result.returncode == 3
     _assert_one_clean_line(result)
     assert "dotted module name" in result.stderr
+
+
+def test_trust_takes_a_module_whose_name_is_not_ascii(custom_op_run) -> None:
+    """Python module names may be any identifiers (PEP 3131): ``--trust opérations`` was
+    refused as not a dotted module name, though ``import opérations`` works."""
+    url, exp, module, env = custom_op_run
+    folder = Path(url.removeprefix("sqlite:///")).parent
+    wrapper = f"opérations_{uuid.uuid4().hex[:6]}"
+    (folder / f"{wrapper}.py").write_text(f"import {module}\n", encoding="utf-8")
+    result = run_cli("--db", url, "replay", exp, "--trust", wrapper, "--no-record",
+                     "--data-dir", str(folder / "data"), env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("CERTIFIED")
 
 
 @pytest.mark.parametrize("where", ["import", "op"])
