@@ -154,8 +154,9 @@ def _print(report: ReplayReport) -> None:
         click.echo(f"  {report.mismatched:,} of {sum(report.compared.values()):,} re-executed "
                    f"events differ")
     click.echo(f"  run head     {head}")
-    click.echo("  re-executed  " + ", ".join(f"{kind} {count:,}" for kind, count
-                                              in sorted(report.compared.items())))
+    click.echo("  re-executed  " + (", ".join(f"{kind} {count:,}" for kind, count
+                                               in sorted(report.compared.items()))
+                                    or "none (the run recorded no draw)"))
     if report.not_draws:
         click.echo("  not draws    " + ", ".join(f"{kind} {count:,}" for kind, count
                                                   in sorted(report.not_draws.items()))
