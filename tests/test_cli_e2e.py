@@ -529,6 +529,22 @@ def test_db_may_follow_the_command_name(ledger_file: LedgerFile, command: tuple[
     assert not (tmp_path / "other.db").exists() and not (tmp_path / "elsewhere.db").exists()
 
 
+def test_db_b_naming_two_ledgers_is_refused(ledger_file: LedgerFile, tmp_path: Path) -> None:
+    """``--db-b`` given twice with two ledgers compared EXP_B of the last one without a word
+    (IDENTICAL against a ledger the auditor did not mean); refused as ``--db`` is. The same
+    URL twice is one ledger."""
+    other = tmp_path / "other.db"
+    shutil.copy(ledger_file.path, other)
+    command = ("--db", ledger_file.url, "diff", DONE, DONE)
+    for json_flag in ((), ("--json",)):
+        result = run_cli(*command, "--db-b", f"sqlite:///{other}", "--db-b", ledger_file.url,
+                         *json_flag)
+        assert_one_line_error(result, says="got --db-b twice, naming two ledgers")
+    same = run_cli(*command, "--db-b", f"sqlite:///{other}", "--db-b", f"sqlite:///{other}")
+    assert same.returncode == 0, same.stderr
+    assert same.stdout.startswith("IDENTICAL")
+
+
 @pytest.mark.parametrize("args", [("--db", "", "list"), ("list", "--db", ""),
                                   ("--db", "", "verify", DONE, "--json"),
                                   ("diff", DONE, DONE, "--db-b", "")], ids=ids)
