@@ -779,6 +779,44 @@ def test_once_started_ctrl_c_is_pythons_own_unless_the_command_was_started_ignor
         assert (done.returncode, done.stdout) == (0, "True\n"), (handler, done.stderr)
 
 
+INTERRUPTED_COMMAND = textwrap.dedent("""
+    import cli.main
+
+    @cli.main.cli.command("interrupted")
+    def interrupted():
+        raise KeyboardInterrupt  # Ctrl-C while the command works
+
+    cli.main.main(["interrupted"])
+""")
+
+
+def test_ctrl_c_while_a_command_works_is_one_line_on_a_stderr_that_is_no_terminal() -> None:
+    """click writes a blank line before its Abort (to close a terminal's ``^C`` echo): stderr
+    captured in a log or a pipe read an empty line, then ``ledger: aborted``. Now the one
+    line; on a terminal the line break that ends ``^C`` is kept."""
+    import os
+    import pty
+
+    done = subprocess.run([sys.executable, "-c", INTERRUPTED_COMMAND], capture_output=True,
+                          text=True, cwd=ROOT, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (130, "", "ledger: aborted\n")
+    terminal, its_side = pty.openpty()
+    on_terminal = subprocess.run([sys.executable, "-c", INTERRUPTED_COMMAND], stderr=its_side,
+                                 stdout=subprocess.PIPE, cwd=ROOT, timeout=60)
+    os.close(its_side)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(terminal, 1024)
+        except OSError:  # EIO: the terminal's other side is closed and drained
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(terminal)
+    assert (on_terminal.returncode, shown) == (130, b"\r\nledger: aborted\r\n")
+
+
 def test_driver_log_lines_stay_off_stderr_behind_the_one_error_line() -> None:
     """psycopg logs a warning when a server does not cancel a query on Ctrl-C; with no handler
     Python printed it above `ledger: aborted` (the PG review froze the server mid-verify)."""
