@@ -94,6 +94,17 @@ def check_db_url(given: tuple[str, ...] | str | None, option: str) -> None:
                                    f"sqlite:///ledger.db")
 
 
+def refuse_empty_folder(_context: click.Context, parameter: click.Parameter,
+                        value: str | None) -> str | None:
+    """Refuse an empty folder option (``--data-dir "$DIR"`` with DIR unset): usage error,
+    exit 2. It was taken for no option at all, so the default folder was read or written
+    unseen, where an empty ``--db`` is refused for naming no ledger."""
+    if value is not None and not str(value):
+        raise click.UsageError(f"got an empty {parameter.opts[0]}: give a folder, or leave the "
+                               f"option out for the default")
+    return value
+
+
 def _db_after_command(context: click.Context, _param: click.Parameter, given: tuple[str, ...]
                       ) -> None:
     """``--db`` given after the command name: it names the ledger as it would before it (and

@@ -558,6 +558,22 @@ def test_an_empty_db_url_is_refused_not_taken_for_the_default(ledger_file: Ledge
     assert run_cli("list", cwd=ledger_file.path.parent, env={"LEDGER_URL": ""}).returncode == 0
 
 
+@pytest.mark.parametrize("args", [("replay", DONE, "--no-record", "--data-dir", ""),
+                                  ("report", DONE, "--no-record", "--data-dir", ""),
+                                  ("replay", DONE, "--json", "--data-dir", ""),
+                                  ("demo", "--epochs", "1", "--data-dir", "")], ids=ids)
+def test_an_empty_data_dir_is_refused_not_taken_for_the_default(ledger_file: LedgerFile,
+                                                                args: tuple[str, ...]) -> None:
+    """``--data-dir "$DIR"`` with DIR unset was taken for no option: replay certified from
+    ``ledger-data/`` beside the ledger, the demo wrote its dataset there. Refused, as an empty
+    ``--db`` is, before anything is read or written; an empty LEDGER_DATA_DIR stays unset."""
+    folder = ledger_file.path.parent
+    before = (files_in(folder), sorted(folder.rglob("*")))
+    result = run_cli("--db", ledger_file.url, *args, cwd=folder)
+    assert_one_line_error(result, says="got an empty --data-dir")
+    assert (files_in(folder), sorted(folder.rglob("*"))) == before
+
+
 def test_ledger_url_is_one_url_even_with_spaces(ledger_file: LedgerFile, tmp_path: Path
                                                 ) -> None:
     """``--db`` takes every occurrence (to refuse two ledgers); LEDGER_URL stays one URL, not
