@@ -58,7 +58,24 @@ def _one_db(given: tuple[str, ...], where: str) -> str | None:
     return given[0] if given else None
 
 
-@click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+class _LedgerGroup(click.Group):
+    """The command group; a Ctrl-C while a command works is click's Abort without the blank
+    line click writes first (to close a terminal's ``^C`` echo): on a stderr that is no
+    terminal, a log or a pipe, that line came before ``ledger: aborted``, two lines where one
+    is promised. On a terminal the line break is kept."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; a KeyboardInterrupt ends it as click's Abort (exit 130)."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            if sys.stderr.isatty():
+                click.echo(err=True)
+            raise click.exceptions.Abort() from None
+
+
+@click.group(cls=_LedgerGroup, epilog=EXIT_CODES_HELP,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--db", "db_url", metavar="URL", envvar="LEDGER_URL", show_envvar=True,
               multiple=True, type=_OneUrl(), help=DB_HELP)
 @click.version_option(__version__, prog_name="ledger")
@@ -75,6 +92,17 @@ def check_db_url(given: tuple[str, ...] | str | None, option: str) -> None:
         if not url:
             raise click.UsageError(f"got an empty {option}: give a database URL, e.g. "
                                    f"sqlite:///ledger.db")
+
+
+def refuse_empty_folder(_context: click.Context, parameter: click.Parameter,
+                        value: str | None) -> str | None:
+    """Refuse an empty folder option (``--data-dir "$DIR"`` with DIR unset): usage error,
+    exit 2. It was taken for no option at all, so the default folder was read or written
+    unseen, where an empty ``--db`` is refused for naming no ledger."""
+    if value is not None and not str(value):
+        raise click.UsageError(f"got an empty {parameter.opts[0]}: give a folder, or leave the "
+                               f"option out for the default")
+    return value
 
 
 def _db_after_command(context: click.Context, _param: click.Parameter, given: tuple[str, ...]

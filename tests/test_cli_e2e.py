@@ -529,6 +529,22 @@ def test_db_may_follow_the_command_name(ledger_file: LedgerFile, command: tuple[
     assert not (tmp_path / "other.db").exists() and not (tmp_path / "elsewhere.db").exists()
 
 
+def test_db_b_naming_two_ledgers_is_refused(ledger_file: LedgerFile, tmp_path: Path) -> None:
+    """``--db-b`` given twice with two ledgers compared EXP_B of the last one without a word
+    (IDENTICAL against a ledger the auditor did not mean); refused as ``--db`` is. The same
+    URL twice is one ledger."""
+    other = tmp_path / "other.db"
+    shutil.copy(ledger_file.path, other)
+    command = ("--db", ledger_file.url, "diff", DONE, DONE)
+    for json_flag in ((), ("--json",)):
+        result = run_cli(*command, "--db-b", f"sqlite:///{other}", "--db-b", ledger_file.url,
+                         *json_flag)
+        assert_one_line_error(result, says="got --db-b twice, naming two ledgers")
+    same = run_cli(*command, "--db-b", f"sqlite:///{other}", "--db-b", f"sqlite:///{other}")
+    assert same.returncode == 0, same.stderr
+    assert same.stdout.startswith("IDENTICAL")
+
+
 @pytest.mark.parametrize("args", [("--db", "", "list"), ("list", "--db", ""),
                                   ("--db", "", "verify", DONE, "--json"),
                                   ("diff", DONE, DONE, "--db-b", "")], ids=ids)
@@ -540,6 +556,22 @@ def test_an_empty_db_url_is_refused_not_taken_for_the_default(ledger_file: Ledge
     result = run_cli(*args, cwd=ledger_file.path.parent)
     assert_one_line_error(result, says="empty")
     assert run_cli("list", cwd=ledger_file.path.parent, env={"LEDGER_URL": ""}).returncode == 0
+
+
+@pytest.mark.parametrize("args", [("replay", DONE, "--no-record", "--data-dir", ""),
+                                  ("report", DONE, "--no-record", "--data-dir", ""),
+                                  ("replay", DONE, "--json", "--data-dir", ""),
+                                  ("demo", "--epochs", "1", "--data-dir", "")], ids=ids)
+def test_an_empty_data_dir_is_refused_not_taken_for_the_default(ledger_file: LedgerFile,
+                                                                args: tuple[str, ...]) -> None:
+    """``--data-dir "$DIR"`` with DIR unset was taken for no option: replay certified from
+    ``ledger-data/`` beside the ledger, the demo wrote its dataset there. Refused, as an empty
+    ``--db`` is, before anything is read or written; an empty LEDGER_DATA_DIR stays unset."""
+    folder = ledger_file.path.parent
+    before = (files_in(folder), sorted(folder.rglob("*")))
+    result = run_cli("--db", ledger_file.url, *args, cwd=folder)
+    assert_one_line_error(result, says="got an empty --data-dir")
+    assert (files_in(folder), sorted(folder.rglob("*"))) == before
 
 
 def test_ledger_url_is_one_url_even_with_spaces(ledger_file: LedgerFile, tmp_path: Path
@@ -761,6 +793,44 @@ def test_once_started_ctrl_c_is_pythons_own_unless_the_command_was_started_ignor
                                                                    expected=expected)],
                               capture_output=True, text=True, env=env, timeout=60)
         assert (done.returncode, done.stdout) == (0, "True\n"), (handler, done.stderr)
+
+
+INTERRUPTED_COMMAND = textwrap.dedent("""
+    import cli.main
+
+    @cli.main.cli.command("interrupted")
+    def interrupted():
+        raise KeyboardInterrupt  # Ctrl-C while the command works
+
+    cli.main.main(["interrupted"])
+""")
+
+
+def test_ctrl_c_while_a_command_works_is_one_line_on_a_stderr_that_is_no_terminal() -> None:
+    """click writes a blank line before its Abort (to close a terminal's ``^C`` echo): stderr
+    captured in a log or a pipe read an empty line, then ``ledger: aborted``. Now the one
+    line; on a terminal the line break that ends ``^C`` is kept."""
+    import os
+    import pty
+
+    done = subprocess.run([sys.executable, "-c", INTERRUPTED_COMMAND], capture_output=True,
+                          text=True, cwd=ROOT, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (130, "", "ledger: aborted\n")
+    terminal, its_side = pty.openpty()
+    on_terminal = subprocess.run([sys.executable, "-c", INTERRUPTED_COMMAND], stderr=its_side,
+                                 stdout=subprocess.PIPE, cwd=ROOT, timeout=60)
+    os.close(its_side)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(terminal, 1024)
+        except OSError:  # EIO: the terminal's other side is closed and drained
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(terminal)
+    assert (on_terminal.returncode, shown) == (130, b"\r\nledger: aborted\r\n")
 
 
 def test_driver_log_lines_stay_off_stderr_behind_the_one_error_line() -> None:

@@ -411,3 +411,17 @@ def test_a_verdict_that_cannot_be_recorded_is_still_told(tmp_path: Path,
     assert err == [f"ledger: error: the replay of {exp} was CERTIFIED (23 draws compared), but "
                    f"its certificate could not be recorded: cannot open stream audit of {exp}: "
                    f"database or disk is full"]
+
+
+def test_replay_of_a_run_without_draws_says_none_were_re_executed(tmp_path: Path) -> None:
+    """A run that recorded no draw (a run killed before its first flush, or one that only logs
+    metrics) printed `re-executed` followed by nothing, a line cut short."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("metrics-only", seed=1) as exp:
+            exp.log_metric("loss", 0.5, epoch=0)
+    text = run_cli("--db", url, "replay", exp.id, "--no-record")
+    assert text.returncode == 0, text.stderr
+    assert "  re-executed  none (the run recorded no draw)" in text.stdout.splitlines()
+    assert "  not draws    experiment_created 1, metric 1, run_completed 1 (compared by --full)" \
+        in text.stdout.splitlines()

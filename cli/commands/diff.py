@@ -16,22 +16,23 @@ from replay.diff import DiffReport, diff_runs
                             "verification); 2 unknown experiment or unreadable database.")
 @click.argument("exp_a")
 @click.argument("exp_b")
-@click.option("--db-b", metavar="URL", default=None,
+@click.option("--db-b", metavar="URL", multiple=True,
               help="Ledger of EXP_B when it is not the same as EXP_A's.")
 @db_option
 @json_option
 @click.pass_obj
-def diff_command(obj: dict, exp_a: str, exp_b: str, db_b: str | None, as_json: bool) -> None:
+def diff_command(obj: dict, exp_a: str, exp_b: str, db_b: tuple[str, ...], as_json: bool
+                 ) -> None:
     """Compare two runs draw for draw and name their first divergence and its likely cause.
 
     Events are aligned by identity — (kind, path) for draws, whatever stream recorded them —
     so runs with different worker counts compare directly. Also lists every difference in
     configuration, dataset digests, code version and environment.
     """
-    check_db_url(db_b, "--db-b")
+    url_b = _one_db_b(db_b)
     with Store.open(obj["db_url"]) as store:
-        if db_b is not None:
-            with Store.open(db_b) as other:
+        if url_b is not None:
+            with Store.open(url_b) as other:
                 report = diff_runs(store, exp_a, exp_b, store_b=other)
         else:
             report = diff_runs(store, exp_a, exp_b)
@@ -42,6 +43,15 @@ def diff_command(obj: dict, exp_a: str, exp_b: str, db_b: str | None, as_json: b
     if not report.identical:
         click.echo(runs_differ_line(report), err=True)
         raise click.exceptions.Exit(1)
+
+
+def _one_db_b(given: tuple[str, ...]) -> str | None:
+    """The one ledger ``--db-b`` names (None: EXP_A's). Two different ones are refused (usage
+    error, exit 2), as for ``--db``: the last was silently compared against."""
+    check_db_url(given, "--db-b")
+    if len(set(given)) > 1:
+        raise click.UsageError("got --db-b twice, naming two ledgers: give it once")
+    return given[0] if given else None
 
 
 def _print(report: DiffReport) -> None:

@@ -10,7 +10,7 @@ from typing import TextIO
 import click
 
 from cli.display import printable
-from cli.main import cli, db_option
+from cli.main import cli, db_option, refuse_empty_folder
 from cli.output import (emit_json, json_option, options_given,
                         refuse_take_over_without_record, trusted_output_to_stderr)
 from ledger.errors import BadInputError
@@ -57,7 +57,8 @@ def _date(_context: click.Context, _parameter: click.Parameter, value: str | Non
               help="Processes for --replay (at most the usable cores).")
 @click.option("--trust", "trusted", multiple=True, metavar="MODULE",
               help="Module --replay may import for custom ops, loaders or draws (repeatable).")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+@click.option("--data-dir", type=click.Path(file_okay=False), callback=refuse_empty_folder,
+              default=None,
               help="Folder of the run's stored datasets, for --replay and the train/test "
                    "independence check [default: $LEDGER_DATA_DIR or ledger-data/ beside "
                    "an SQLite ledger].")
