@@ -31,7 +31,7 @@ from ledger.digests import value_digest
 from ledger.environment import current_user, environment_fingerprint
 from ledger.errors import CannotReplayError
 from ledger.events import (AUDIT_STREAM, DATASET_REGISTERED, EXPERIMENT_CREATED, NOT_DRAWS,
-                           REPLAY_RECORDED, RUN_COMPLETED, USER_DRAW, decode_body)
+                           REPLAY_RECORDED, RUN_COMPLETED, USER_DRAW, decode_body, is_draw)
 from ledger.processes import usable_cores
 from ledger.seeds import SEED_SCHEME, root_seed_from_bytes
 from ledger.store.store import Store
@@ -212,7 +212,11 @@ class _Replay:
         context = ReplayContext(root, self.data_dir)
         loaded = [(body, load_registered_dataset(context, body)) for body in self._datasets()]
         if self.on_progress is not None:
-            self.total = sum(self.store.counts_by_kind(self.exp).values())
+            # What progress counts as done: datasets and draws (metrics and the like are only
+            # read, audit events not at all).
+            counts = self.store.counts_by_kind(self.exp)
+            self.total = sum(count for kind, count in counts.items()
+                             if is_draw(kind) or kind == DATASET_REGISTERED)
         report: ReplayReport  # made in the first window: _windows yields at least one
         comparer: Comparer
         for first, bodies, kinds in self._windows():
