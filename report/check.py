@@ -177,7 +177,8 @@ def _check_sums(check: ReportCheck, folder: Path, covered: set[str]) -> None:
     sums = folder / "SHA256SUMS"
     if not sums.is_file():
         return
-    lines = sums.read_text(encoding="utf-8", errors="replace").split("\n")
+    # bytes, not read_text: its universal newlines would read a \r\n or \r line ending as \n
+    lines = sums.read_bytes().decode("utf-8", errors="replace").split("\n")
     if lines[-1] == "":
         lines.pop()  # the newline ending the last line
     for number, line in enumerate(lines, 1):

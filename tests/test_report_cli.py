@@ -148,13 +148,17 @@ def test_bad_input_exits_2_with_one_line(run: tuple[Path, str], args: tuple[str,
     (("--full-appendix",), "--full-appendix needs an appendix"),
     (("--full-appendix", "-o", "{folder}/r.json"), "--full-appendix needs an appendix"),
     (("--no-record", "--take-over"), "--take-over takes the audit stream over to record"),
+    (("--bundle", "{folder}/b", "--format", "md"), "a bundle holds JSON, HTML and Markdown"),
+    (("--role", "model validator", "-o", "{folder}/r.json"), "give --responsible too"),
 ])
 def test_an_option_that_would_change_nothing_is_refused(run: tuple[Path, str],
                                                         args: tuple[str, ...],
                                                         message: str) -> None:
     """`--jobs` and `--trust` act only with `--replay`, `--full-appendix` only on an appendix
-    written: without them each was silently ignored (exit 0), so an auditor believed the
-    report was made with them. Now exit 2, one line, nothing written or recorded."""
+    written, `--format` only on one file or stdout (a bundle wrote all three formats), `--role`
+    only with the `--responsible` person it is the role of (R13 left both out): without them
+    each was silently ignored (exit 0), so an auditor believed the report was made with them.
+    Now exit 2, one line, nothing written or recorded."""
     folder, exp = run
     before = sorted(path.name for path in folder.iterdir())
     with Store.open(f"sqlite:///{folder / 'ledger.db'}") as store:

@@ -338,17 +338,21 @@ def test_a_sha256sums_line_that_checks_nothing_fails(bundle: Path, signed: Path,
     lambda text: text.replace("\n", "\x0b", 1),
     lambda text: text.replace("\n", " \n", 1),
     lambda text: text.replace("  ", "   ", 1),
-    lambda text: text.upper().replace("  REPORT", "  report", 1)],
-    ids=["line-ending-x0b", "space-after-name", "three-spaces", "upper-case-digest"])
+    lambda text: text.upper().replace("  REPORT", "  report", 1),
+    lambda text: text.replace("\n", "\r\n", 1),
+    lambda text: text.replace("\n", "\r", 1)],
+    ids=["line-ending-x0b", "space-after-name", "three-spaces", "upper-case-digest",
+         "line-ending-crlf", "line-ending-cr"])
 def test_a_sha256sums_changed_in_a_byte_a_lenient_reading_skips_fails(
         bundle: Path, signed: Path, change: Callable[[str], str]) -> None:
     """SHA256SUMS is read as written: a line ending flipped to \\x0b, a space added beside the
     name or an upper-case digest changes the file, so it fails (found by the report properties:
-    ``splitlines`` and ``strip`` read the flipped file as the original)."""
+    ``splitlines`` and ``strip`` read the flipped file as the original; and \r\n or \r line
+    endings, read by ``read_text``'s universal newlines as \n, verified)."""
     listing = bundle / "SHA256SUMS"
-    original = listing.read_text()
-    listing.write_text(change(original))
-    assert listing.read_text() != original
+    original = listing.read_bytes()
+    listing.write_bytes(change(original.decode()).encode())
+    assert listing.read_bytes() != original
     outcome = check_report(bundle / "report.json", signed / "key.pub")
     assert not outcome.ok and any("SHA256SUMS" in failure for failure in outcome.failures)
 

@@ -697,6 +697,32 @@ def test_a_rank_whose_block_raises_leaves_a_failed_run_naming_it(tmp_path: Path)
     assert notes == [("rank-1", {"rank": 1})]
 
 
+@pytest.mark.parametrize("target, failing, error", [
+    (torch_helpers.rank_0_cannot_register, 0,
+     "StoreError: rank 0 could not register dataset 'd' (its error says why)"),
+    (torch_helpers.rank_1_holds_other_data, 1,
+     "StoreError: rank(s) [1] could not register dataset 'd' (their errors say why)")],
+    ids=["rank-0-cannot-store", "rank-1-holds-other-data"])
+def test_a_rank_that_cannot_register_a_dataset_fails_every_rank_at_once(
+        tmp_path: Path, target: Callable[..., None], failing: int, error: str) -> None:
+    """register_dataset is a meeting of the ranks: one that failed there (rank 0 refusing the
+    data — a PostgreSQL ledger with no data folder did this —, rank 1 holding other data) left
+    for its block's end and its meeting to finish, while the other rank waited in another
+    collective (the barrier, the next step of training): both hung until the process group's
+    timeout. Now every rank hears it there: the failing rank raises its own error, the other a
+    StoreError naming it; the run is recorded failed."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    torch.multiprocessing.spawn(target, nprocs=2, join=True,
+                                args=(2, str(tmp_path / "process-group"), url, str(tmp_path)))
+    own = (tmp_path / f"rank-{failing}").read_text()
+    assert own.startswith("BadInputError: "), own
+    assert (tmp_path / f"rank-{1 - failing}").read_text() == error
+    with Store.open(url) as store:
+        [row] = store.experiments()
+        assert verify(store).ok
+    assert row.status == "failed"
+
+
 def test_a_rank_that_cannot_attach_leaves_a_failed_run_naming_it(tmp_path: Path) -> None:
     """Rank 1 cannot attach (another ledger): it raises, and still meets rank 0 to finish, so
     rank 0 records the run failed, naming rank 1, instead of waiting for it."""

@@ -18,7 +18,8 @@ import torch
 
 from ledger.experiment import state_digest
 from ledger.integrations.torch import (RecordedDataLoader, RecordedTransform, distributed_experiment,
-                                       manual_seed, register_dataset, register_transform)
+                                       flush_ranks, manual_seed, register_dataset,
+                                       register_transform)
 
 FEATURES = 12
 
@@ -199,6 +200,33 @@ def rank_1_raises(rank: int, world: int, init_file: str, url: str, out_dir: str)
             if rank == 1:
                 run.record("user_note", path=("note", 1), params={"rank": 1})
                 raise RuntimeError("rank 1 gave up")
+
+    _outcome_in_group(rank, world, init_file, out_dir, block)
+
+
+def rank_0_cannot_register(rank: int, world: int, init_file: str, url: str,
+                           out_dir: str) -> None:
+    """Rank 0 cannot register the dataset (its features are of a dtype the ledger refuses),
+    rank 1's are fine. Each rank writes the error it got (or "no error")."""
+    def block() -> None:
+        with distributed_experiment("ddp-no-data", url=url, seed=3,
+                                    data_dir=Path(out_dir, "data")) as run:
+            features, labels = fraud_arrays(64)
+            register_dataset(run, "d", features.astype(np.longdouble) if rank == 0 else features,
+                             labels)
+
+    _outcome_in_group(rank, world, init_file, out_dir, block)
+
+
+def rank_1_holds_other_data(rank: int, world: int, init_file: str, url: str,
+                            out_dir: str) -> None:
+    """Rank 1's data differs from rank 0's; rank 0 goes on to a collective, as training would
+    (flush_ranks). Each rank writes the error it got (or "no error")."""
+    def block() -> None:
+        with distributed_experiment("ddp-other-data", url=url, seed=3,
+                                    data_dir=Path(out_dir, "data")) as run:
+            register_dataset(run, "d", *fraud_arrays(64, seed=5 + rank))
+            flush_ranks(run)
 
     _outcome_in_group(rank, world, init_file, out_dir, block)
 

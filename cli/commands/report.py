@@ -101,7 +101,13 @@ def report_command(obj: dict, exp: str, fmt: str | None, output: Path | None, bu
     """
     if bundle is not None and output is not None:
         raise BadInputError("give -o FILE or --bundle DIR, not both")
+    if bundle is not None and fmt is not None:  # ignored, it would promise one format only
+        raise BadInputError(f"--format chooses the one format of -o FILE or stdout, but a "
+                            f"bundle holds JSON, HTML and Markdown: drop --format {fmt}")
     fmt = fmt or format_for(output)
+    if role is not None and not responsible:  # R13 names a role only with its person
+        raise BadInputError("--role is the role of the person --responsible NAME names in R13: "
+                            "give --responsible too, or leave --role out")
     if bundle is not None and appendix is not None:
         raise BadInputError("a bundle always holds the appendix: drop --appendix")
     refuse_take_over_without_record(record, take_over)

@@ -317,14 +317,41 @@ def flush_ranks(run: Run, group: Any = None) -> None:
 def register_dataset(run: Run, name: str, features: Any = None, labels: Any = None, *,
                      group: Any = None, **options: Any) -> Dataset:
     """Register a dataset on every rank (call on all): rank 0 records ``dataset_registered``
-    and flushes, then — after a barrier — the other ranks find it by name and digest."""
+    and flushes, then — once the ranks meet — the other ranks find it by name and digest.
+
+    A rank that fails (rank 0 cannot store the data, another rank holds other data) still
+    meets the others, twice, so every rank raises here — the failing rank its own error, the
+    others a StoreError naming it — instead of one rank leaving for its block's end while the
+    others wait for it in a collective until the process group's timeout."""
     dataset = None
+    problem: Exception | None = None
     if isinstance(run, Experiment):
-        dataset = run.register_dataset(name, features, labels, **options)
-        run.flush()
-    barrier(group)
+        try:
+            dataset = run.register_dataset(name, features, labels, **options)
+            run.flush()
+        except Exception as error:  # noqa: BLE001 - raised below, once every rank has met
+            problem = error
+    if _meet(problem, group):
+        raise StoreError(f"rank 0 could not register dataset {name!r} (its error says why)")
     if dataset is None:
-        dataset = run.register_dataset(name, features, labels, **options)
+        try:
+            dataset = run.register_dataset(name, features, labels, **options)
+        except Exception as error:  # noqa: BLE001 - raised below, once every rank has met
+            problem = error
+    failed = _meet(problem, group)
+    if failed:
+        raise StoreError(f"rank(s) {failed} could not register dataset {name!r} (their errors "
+                         f"say why)")
+    assert dataset is not None
     return dataset
+
+
+def _meet(problem: Exception | None, group: Any = None) -> list[int]:
+    """Every rank tells the others whether it failed (``problem``): raise it on a rank that
+    did; return the ranks that did on the others."""
+    failed = _gather_failures(problem is not None, group) if _world(group)[1] > 1 else []
+    if problem is not None:
+        raise problem
+    return failed
 
 
