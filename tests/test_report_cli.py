@@ -150,13 +150,16 @@ def test_bad_input_exits_2_with_one_line(run: tuple[Path, str], args: tuple[str,
     (("--no-record", "--take-over"), "--take-over takes the audit stream over to record"),
     (("--bundle", "{folder}/b", "--format", "md"), "a bundle holds JSON, HTML and Markdown"),
     (("--role", "model validator", "-o", "{folder}/r.json"), "give --responsible too"),
+    (("--responsible", "  ", "-o", "{folder}/r.json"), "got a blank --responsible"),
+    (("--responsible", "", "--role", "v", "-o", "{folder}/r.json"), "got a blank --responsible"),
 ])
 def test_an_option_that_would_change_nothing_is_refused(run: tuple[Path, str],
                                                         args: tuple[str, ...],
                                                         message: str) -> None:
     """`--jobs` and `--trust` act only with `--replay`, `--full-appendix` only on an appendix
     written, `--format` only on one file or stdout (a bundle wrote all three formats), `--role`
-    only with the `--responsible` person it is the role of (R13 left both out): without them
+    only with the `--responsible` person it is the role of (R13 left both out), and a blank
+    `--responsible` (R13 named "  " as the person signing off): without them
     each was silently ignored (exit 0), so an auditor believed the report was made with them.
     Now exit 2, one line, nothing written or recorded."""
     folder, exp = run

@@ -105,6 +105,9 @@ def report_command(obj: dict, exp: str, fmt: str | None, output: Path | None, bu
         raise BadInputError(f"--format chooses the one format of -o FILE or stdout, but a "
                             f"bundle holds JSON, HTML and Markdown: drop --format {fmt}")
     fmt = fmt or format_for(output)
+    if responsible is not None and not responsible.strip():
+        raise BadInputError("got a blank --responsible, which would sign R13 off in no one's "
+                            "name: give the person's name, or leave the option out")
     if role is not None and not responsible:  # R13 names a role only with its person
         raise BadInputError("--role is the role of the person --responsible NAME names in R13: "
                             "give --responsible too, or leave --role out")
