@@ -106,7 +106,9 @@ class TrainingDataIterator:
         self.start_method = start_method
         self.timeout = timeout
         self.root_seed, self.augment_seed = self._roots(seed)
-        self.recording = experiment is not None and check_flag("record", record)
+        # checked without an experiment too, as shuffle and drop_last are (and the loader's)
+        record = check_flag("record", record)
+        self.recording = experiment is not None and record
         if (experiment is not None and self.recording
                 and not experiment.dataset_registered(self.dataset)):
             raise BadInputError(f"got dataset {self.dataset.name!r} that is not registered in "

@@ -444,6 +444,9 @@ def uninterrupted_fn(data: tuple) -> list:
     ({"batch_size": 4, "timeout": 0}, "got timeout=0"),
     ({"batch_size": 4, "augmenter": "noise"}, "got augmenter of type str"),
     ({"batch_size": 4, "seed": 2**128}, "root seed must be in"),
+    # without an experiment too: record="yes" (or 0) was taken as it came, unchecked
+    ({"batch_size": 4, "record": "yes"}, r"^got record='yes', but it must be True or False$"),
+    ({"batch_size": 4, "record": 0}, r"^got record=0, but it must be True or False$"),
 ])
 def test_bad_settings_are_refused_saying_what_was_given(kwargs: dict, message: str) -> None:
     with pytest.raises(BadInputError, match=message):
