@@ -83,7 +83,14 @@ def check_metric_value(name: str, value: Any) -> int | float:
     if isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0:
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        hint = " (call .item() on a one-value array or tensor)" if hasattr(value, "item") else ""
+        hint = ""
+        if isinstance(value, np.floating):  # a longdouble: its .item() is itself
+            hint = " (convert it to float)"
+        elif hasattr(value, "item"):
+            hint = " (call .item() on a one-value array or tensor)"
         raise BadInputError(f"metric {name!r} got a value of type {type(value).__name__}, but "
                             f"it must be a real number (int or float){hint}")
+    if isinstance(value, int) and not -2**63 <= value < 2**64:  # what the ledger's ints hold
+        raise BadInputError(f"metric {name!r} got an int of {value.bit_length()} bits, but an "
+                            f"int must be in [-2**63, 2**64) to be recorded: give a float")
     return value

@@ -219,6 +219,27 @@ def test_a_metric_value_must_be_a_number(manager: ExperimentManager, value: Any)
     assert "metric" not in _kinds(manager, exp.id)
 
 
+@pytest.mark.parametrize(("value", "message"), [
+    (2**64, r"^metric 'auc' got an int of 65 bits, but an int must be in \[-2\*\*63, 2\*\*64\) "
+            r"to be recorded: give a float$"),
+    (-2**63 - 1, r"^metric 'auc' got an int of 64 bits, but an int must be in \[-2\*\*63, "
+                 r"2\*\*64\)"),
+    (np.longdouble(0.5), r"^metric 'auc' got a value of type longdouble, but it must be a real "
+                         r"number \(int or float\) \(convert it to float\)$")],
+    ids=["int-2**64", "int-below-int64", "longdouble"])
+def test_a_metric_value_the_ledger_cannot_hold_is_refused_naming_the_metric(
+        manager: ExperimentManager, value: Any, message: str) -> None:
+    """An int beyond 64 bits was an EncodingError that named neither the metric nor what to do
+    ("integer 18446744073709551616 does not fit in 64 bits"); a longdouble was told to call
+    .item(), which gives a longdouble again."""
+    with manager.create_experiment("metrics", seed=1) as exp:
+        with pytest.raises(BadInputError, match=message):
+            exp.log_metric("auc", value)
+        exp.log_metric("auc", 2**64 - 1)  # the edges are recorded
+        exp.log_metric("low", -2**63)
+    assert _kinds(manager, exp.id).count("metric") == 2
+
+
 def test_metric_numbers_of_every_kind_are_recorded_as_python_numbers(
         manager: ExperimentManager) -> None:
     with manager.create_experiment("numbers", seed=1) as exp:
