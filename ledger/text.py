@@ -18,10 +18,19 @@ def escape_unprintable(text: str, keep: str = "") -> str:
                    else ascii(character)[1:-1] for character in text)
 
 
+def exception_message(error: BaseException) -> str:
+    """``str(error)``, or ``<exception str() failed>`` (as Python's tracebacks show it) when the
+    exception's own ``__str__`` raises: the error being reported must not be lost to that one."""
+    try:
+        return str(error)
+    except Exception:  # noqa: BLE001 - any failure of user code's __str__
+        return "<exception str() failed>"
+
+
 def error_text(error: BaseException, limit: int = 200) -> str:
     """An exception's message on one line, at most ``limit`` characters: for quoting another
     library's error inside one of ours."""
-    return " ".join(str(error).split())[:limit]
+    return " ".join(exception_message(error).split())[:limit]
 
 
 def error_summary(error: BaseException, limit: int = 200) -> str:

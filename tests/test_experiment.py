@@ -204,6 +204,23 @@ def test_an_exception_completes_the_run_as_failed_and_propagates(
     assert verify(manager.store, exp.id).ok
 
 
+def test_an_exception_that_cannot_be_shown_still_fails_the_run_and_propagates(
+        manager: ExperimentManager) -> None:
+    """An exception whose ``__str__`` raises: the ``with`` block raised that RuntimeError
+    instead of the user's exception, and left the run running (incomplete in the ledger)."""
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("this exception cannot be shown")
+
+    with pytest.raises(Unprintable):
+        with manager.create_experiment("unprintable", seed=1) as exp:
+            raise Unprintable()
+    assert exp.status == "failed"
+    last = bodies(manager.store, exp.id)[-1]
+    assert last["params"]["error"] == "Unprintable: <exception str() failed>"
+    assert manager.store.experiment(exp.id).status == "failed"
+
+
 def test_a_closed_experiment_records_nothing_more(manager: ExperimentManager) -> None:
     with manager.create_experiment("closed", seed=1) as exp:
         pass

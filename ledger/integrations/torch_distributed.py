@@ -27,6 +27,7 @@ from ledger.experiment import Experiment, ExperimentManager
 from ledger.integrations.runs import AttachedRun
 from ledger.seeds import check_root_seed, root_seed_from_bytes
 from ledger.store import Store
+from ledger.text import exception_message
 
 Run = Experiment | AttachedRun
 """What the PyTorch integration records into: an experiment, or a rank's attached stream."""
@@ -278,12 +279,13 @@ def _finish(run: Run, manager: ExperimentManager | None, rank: int, world: int, 
                                                 or failed_ranks):
                     run.suspend()  # left incomplete: the restarted job resumes it
                 elif failure is not None:
-                    run.close("failed", " ".join(f"{type(failure).__name__}: {failure}".split())
-                              [:500])
+                    run.close("failed", " ".join(
+                        f"{type(failure).__name__}: {exception_message(failure)}".split())[:500])
                 elif closing_error is not None:
                     run.close("failed", " ".join(
                         f"the ranks could not meet to finish (a rank failed): "
-                        f"{type(closing_error).__name__}: {closing_error}".split())[:500])
+                        f"{type(closing_error).__name__}: {exception_message(closing_error)}"
+                        .split())[:500])
                 elif failed_ranks:
                     run.close("failed", f"rank(s) {failed_ranks} failed")
                 else:
