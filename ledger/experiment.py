@@ -46,7 +46,7 @@ from ledger.seeds import (SEED_SCHEME, Label, check_path, check_root_seed, deriv
                           draw_root_seed, generator, root_seed_to_bytes)
 from ledger.store import Store, StreamWriter
 from ledger.store.connect import parse_url, sqlite_file_path
-from ledger.text import exception_message
+from ledger.text import run_error
 
 if TYPE_CHECKING:
     from ledger.iterator import TrainingDataIterator
@@ -72,8 +72,7 @@ def _second_draw_hint(kind: str) -> str:
 
 def _one_line(error: BaseException) -> str:
     """``Type: message`` of the error that ended a run, on one line, cut to ``_ERROR_MAX``."""
-    text = " ".join(f"{type(error).__name__}: {exception_message(error)}".split())
-    return text if len(text) <= _ERROR_MAX else text[:_ERROR_MAX - 3] + "..."
+    return run_error(error, _ERROR_MAX)
 
 
 def _existing_path(what: str, value: Any) -> Path:

@@ -33,6 +33,14 @@ def error_text(error: BaseException, limit: int = 200) -> str:
     return " ".join(exception_message(error).split())[:limit]
 
 
+def run_error(error: BaseException, limit: int = 500) -> str:
+    """The ``error`` a failed run records: ``Type: message`` on one line (``Type`` alone when
+    the message is empty, as a bare ``KeyboardInterrupt`` has), cut to ``limit`` characters."""
+    message = " ".join(exception_message(error).split())
+    text = f"{type(error).__name__}: {message}" if message else type(error).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def error_summary(error: BaseException, limit: int = 200) -> str:
     """``Type: message`` of an exception on one line (``Type`` alone when it says nothing)."""
     detail = error_text(error, limit)

@@ -204,6 +204,18 @@ def test_an_exception_completes_the_run_as_failed_and_propagates(
     assert verify(manager.store, exp.id).ok
 
 
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), ValueError(), RuntimeError("  \n")],
+                         ids=["ctrl-c", "bare", "blank"])
+def test_an_exception_without_a_message_is_recorded_by_its_type_alone(
+        manager: ExperimentManager, error: BaseException) -> None:
+    """A Ctrl-C (or any exception without a message) was recorded, and shown by ``ledger
+    show``, as ``KeyboardInterrupt:`` — a colon introducing nothing."""
+    with pytest.raises(type(error)):
+        with manager.create_experiment("bare", seed=1) as exp:
+            raise error
+    assert bodies(manager.store, exp.id)[-1]["params"]["error"] == type(error).__name__
+
+
 def test_an_exception_that_cannot_be_shown_still_fails_the_run_and_propagates(
         manager: ExperimentManager) -> None:
     """An exception whose ``__str__`` raises: the ``with`` block raised that RuntimeError
