@@ -137,6 +137,23 @@ def test_a_code_dir_that_does_not_exist_is_refused_before_anything_is_recorded(
     assert manager.store.experiments() == []
 
 
+def test_an_empty_path_is_refused_not_taken_for_the_current_folder(
+        manager: ExperimentManager, tmp_path: Path) -> None:
+    """``Path("")`` is the current folder: ``code_dir=""`` (``os.environ.get("CODE_DIR", "")``
+    unset, say) recorded the version of whatever repository the process started in, and
+    ``data_dir=""`` stored datasets there — where an empty url is refused as naming no ledger."""
+    with pytest.raises(BadInputError, match=r"^got an empty code_dir, but it must name a file or "
+                                            r"folder \(\"\.\" for the current one\)$"):
+        manager.create_experiment("m", seed=1, code_dir="")
+    assert manager.store.experiments() == []
+    with pytest.raises(BadInputError, match="^got an empty data_dir"):
+        ExperimentManager(f"sqlite:///{tmp_path / 'other.db'}", data_dir="")
+    assert not (tmp_path / "other.db").exists()  # refused before the ledger is made
+    with manager.create_experiment("m", seed=1) as exp:
+        with pytest.raises(BadInputError, match="^got an empty dataset path"):
+            exp.register_dataset("d", path="")
+
+
 def test_the_demo_records_its_own_repository_wherever_it_is_launched_from(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`ledger demo` starts from the `ledger` console script, which may sit in a virtualenv
