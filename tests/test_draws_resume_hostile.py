@@ -303,6 +303,26 @@ def _ragged(rng: np.random.Generator) -> list:
     return [[1.0], [2.0, 3.0]]
 
 
+@register_draw("hostile_returns", 1)
+def _returns(rng: np.random.Generator, *, kind: str = "none") -> Any:
+    return {"none": None, "dict": {"a": rng.random(2)}, "set": {1, 2},
+            "list": [None, rng.random()]}[kind]
+
+
+@pytest.mark.parametrize(("kind", "shown"), [("none", "NoneType"), ("dict", "dict"),
+                                             ("set", "set"), ("list", "list")])
+def test_a_draw_result_that_is_no_array_is_refused_saying_so(manager: ExperimentManager,
+                                                            kind: str, shown: str) -> None:
+    """A draw returning None, a dict or a set was refused as "cannot digest an array of dtype
+    object: only plain dtypes have stable bytes" — an array the user never gave."""
+    with manager.create_experiment("returns", seed=3) as exp:
+        with pytest.raises(BadInputError, match=rf"^a draw's result must be an array or "
+                                                rf"array-like of one shape \(of numbers, bools or "
+                                                rf"text\), got {shown}: "):
+            exp.draw("hostile_returns", ("m",), kind=kind)
+    assert "user_draw" not in _kinds(manager, exp.id)
+
+
 def test_a_ragged_draw_result_is_refused(manager: ExperimentManager) -> None:
     with manager.create_experiment("ragged", seed=3) as exp:
         with pytest.raises(BadInputError, match="one shape"):
