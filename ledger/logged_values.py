@@ -44,7 +44,8 @@ def checkpoint_arrays(state: Any) -> dict[str, np.ndarray]:
     """The arrays of a model state by name: ``{"": array}`` for one array, else the map's.
 
     Refuses (BadInputError) what has no stable bytes: an empty map, non-str keys, values that
-    are not arrays (None, text, nested maps, ragged lists).
+    are not arrays (None, text, nested maps, ragged lists); and the key ``""`` in a map, which
+    is the record's name for one array.
     """
     if isinstance(state, Mapping):
         if not state:
@@ -53,6 +54,9 @@ def checkpoint_arrays(state: Any) -> dict[str, np.ndarray]:
         for key, value in state.items():
             if not isinstance(key, str):
                 raise BadInputError(f"checkpoint keys must be str, got {key!r}")
+            if not key:  # the record would read as one array's, its digest a map's
+                raise BadInputError("got a checkpoint key '', but a map's keys must be non-empty: "
+                                    "'' is how the record names a checkpoint of one array")
             arrays[key] = _state_array(repr(key), value)
         return arrays
     return {"": _state_array("state", state)}

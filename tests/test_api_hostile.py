@@ -275,6 +275,19 @@ def test_a_checkpoint_must_be_arrays(manager: ExperimentManager, state: Any) -> 
     assert "checkpoint" not in _kinds(manager, exp.id)
 
 
+def test_a_checkpoint_map_may_not_use_the_key_that_names_one_array(
+        manager: ExperimentManager) -> None:
+    """``{"": weights}`` was recorded with the params of a single array (``arrays: {"": …}``)
+    but the digest of a map: the record read as one array whose digest no reader reproduced."""
+    with manager.create_experiment("checkpoints", seed=1) as exp:
+        with pytest.raises(BadInputError, match="^got a checkpoint key '', but a map's keys must "
+                                                "be non-empty"):
+            exp.log_checkpoint("final", {"": np.ones(2), "b": np.zeros(1)})
+        single = exp.log_checkpoint("single", np.ones(2))
+    assert single.params["arrays"] == {"": {"dtype": "<f8", "shape": [2]}}
+    assert _kinds(manager, exp.id).count("checkpoint") == 1
+
+
 @pytest.mark.parametrize("change", [{"epoch": True}, {"batch": True}, {"batch_size": 4.0},
                                     {"shuffle": 1}, {"length": 20.0}],
                          ids=["epoch-bool", "batch-bool", "batch_size-float", "shuffle-int",
