@@ -326,6 +326,7 @@ class Experiment:
         occurs in a training one. Registering the same name again returns the same dataset when
         the content and role are equal, and is refused otherwise.
         """
+        self._check_recording()  # before the arrays are stored: a closed run keeps nothing
         check_name(name)
         check_role(role)
         if path is not None:

@@ -259,6 +259,18 @@ def test_a_closed_experiment_records_nothing_more(manager: ExperimentManager) ->
         exp.close()
 
 
+def test_a_closed_experiment_stores_no_dataset_it_refuses(manager: ExperimentManager) -> None:
+    """register_dataset on a closed run wrote the arrays' .npz into the data folder, then was
+    refused: a file no run refers to. It is refused before anything is stored, as every other
+    recording call is."""
+    with manager.create_experiment("closed", seed=1) as exp:
+        pass
+    with pytest.raises(StoreError, match="is closed"):
+        exp.register_dataset("late", np.ones((3, 2)))
+    assert manager.data_dir is not None
+    assert not list(Path(manager.data_dir).rglob("*.npz"))
+
+
 @pytest.mark.parametrize("kind", ["experiment_created", "run_completed", "run_resumed",
                                   "replay_recorded", "report_exported"])
 def test_record_refuses_the_kinds_only_the_library_records(manager: ExperimentManager,
