@@ -33,8 +33,8 @@ from ledger.datasets import (Dataset, check_arrays, check_name, check_path_argum
 from ledger.digests import ZERO_DIGEST, value_digest
 from ledger.environment import code_version, current_user, environment_fingerprint
 from ledger.environment import entrypoint as detect_entrypoint
-from ledger.errors import (BadInputError, ForeignStateError, LedgerError, StateAheadError,
-                           StoreError)
+from ledger.errors import (BadInputError, EncodingError, ForeignStateError, LedgerError,
+                           StateAheadError, StoreError)
 from ledger.events import (AUDIT_STREAM, CHECKPOINT, COMPLETION_STATUSES, DATASET_REGISTERED,
                            EPOCH_RESET, EXPERIMENT_CREATED, MAIN_STREAM, METRIC, RUN_COMPLETED,
                            USER_DRAW, Event, check_experiment_id, check_recordable, draw_value,
@@ -46,7 +46,7 @@ from ledger.seeds import (SEED_SCHEME, Label, check_path, check_root_seed, deriv
                           draw_root_seed, generator, root_seed_to_bytes)
 from ledger.store import Store, StreamWriter
 from ledger.store.connect import parse_url, sqlite_file_path
-from ledger.text import run_error
+from ledger.text import quoted, run_error
 
 if TYPE_CHECKING:
     from ledger.iterator import TrainingDataIterator
@@ -73,6 +73,22 @@ def _second_draw_hint(kind: str) -> str:
 def _one_line(error: BaseException) -> str:
     """``Type: message`` of the error that ended a run, on one line, cut to ``_ERROR_MAX``."""
     return run_error(error, _ERROR_MAX)
+
+
+def _recordable_map(what: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """``given`` normalised for the record, or an EncodingError naming the entry that cannot be
+    recorded (``hyperparams['scaler']: cannot encode a value of type ndarray …``): the
+    encoder's own message named neither the argument nor the key."""
+    try:
+        return normalise(dict(given))
+    except EncodingError as error:
+        for key, value in given.items():
+            try:
+                normalise({key: value})
+            except EncodingError as entry:
+                raise EncodingError(f"got {what}[{quoted(key)}] that cannot be recorded: "
+                                    f"{entry}") from None
+        raise EncodingError(f"got {what} that cannot be recorded: {error}") from None
 
 
 def _existing_path(what: str, value: Any) -> Path:
@@ -679,8 +695,8 @@ class ExperimentManager:
             "name": name, "model": model if model is not None else name,
             "root_seed": root_seed_to_bytes(root), "root_seed_source": "os" if seed is None
             else "user", "seed_scheme": SEED_SCHEME,
-            "hyperparams": normalise(dict(hyperparams or {})),
-            "entrypoint": normalise(dict(entrypoint)) if entrypoint is not None
+            "hyperparams": _recordable_map("hyperparams", hyperparams or {}),
+            "entrypoint": _recordable_map("entrypoint", entrypoint) if entrypoint is not None
             else detect_entrypoint(),
             "code": code_version(code_start), "environment": environment_fingerprint()}
         if purpose is not None:

@@ -201,6 +201,24 @@ def test_hyperparams_and_entrypoint_must_be_maps(manager: ExperimentManager,
     assert manager.store.experiments() == []
 
 
+@pytest.mark.parametrize(("arguments", "message"), [
+    ({"hyperparams": {"lr": 0.1, "scaler": np.ones(2)}},
+     r"^got hyperparams\['scaler'\] that cannot be recorded: cannot encode a value of type "
+     r"ndarray canonically$"),
+    ({"hyperparams": {"layers": {"sizes": {64, 32}}}}, r"^got hyperparams\['layers'\] that "),
+    ({"hyperparams": {3: "x"}}, r"^got hyperparams\[3\] that cannot be recorded: dict key 3 "),
+    ({"entrypoint": {"module": "m", "call": print}}, r"^got entrypoint\['call'\] that ")],
+    ids=["array", "nested-set", "int-key", "entrypoint-function"])
+def test_a_hyperparam_that_cannot_be_recorded_is_named(manager: ExperimentManager,
+                                                       arguments: dict[str, Any],
+                                                       message: str) -> None:
+    """A numpy array among the hyperparams was refused as "cannot encode a value of type ndarray
+    canonically": neither the argument nor the key was named."""
+    with pytest.raises(BadInputError, match=message):
+        manager.create_experiment("maps", seed=1, **arguments)
+    assert manager.store.experiments() == []
+
+
 @pytest.mark.parametrize("arguments", [{"model": 5}, {"purpose": object()}, {"purpose": b"x"}],
                          ids=["model-int", "purpose-object", "purpose-bytes"])
 def test_model_and_purpose_must_be_text(manager: ExperimentManager,
