@@ -525,7 +525,7 @@ class Experiment:
         check_draw_params(name, version, params)
         # The function gets the params as recorded (numpy scalars as numbers, tuples as lists,
         # a copy it may change), so that replay, which has only the record, calls it the same.
-        recorded = normalise(params)
+        recorded = _recordable_map(f"draw {name!r} params", params)
         result = function(generator(self.root_seed, labels), **normalise(params))
         self.record_draw(USER_DRAW, labels, seed=derive_bytes(self.root_seed, labels),
                          params={"draw": name, "version": version, "params": recorded},

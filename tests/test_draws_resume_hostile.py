@@ -288,8 +288,14 @@ def test_a_draw_registration_is_checked(function: Any, match: str) -> None:
      "unknown parameter\\(s\\) \\[.bogus.\\] and needs parameter\\(s\\) \\[.base.\\]"),
     (lambda exp: exp.draw("hostile_offset", 5, base=[]), "sequence of labels"),
     (lambda exp: exp.draw("hostile_offset", ("m",), version=True, base=[]), "version"),
-    (lambda exp: register_draw("hostile_offset", 2**64)(_offset), "below 2\\*\\*63")],
-    ids=["unknown-param", "missing-param", "both", "path-int", "version-bool", "version-huge"])
+    (lambda exp: register_draw("hostile_offset", 2**64)(_offset), "below 2\\*\\*63"),
+    # an array param was refused as "cannot encode a value of type ndarray canonically": no draw
+    # or param named
+    (lambda exp: exp.draw("hostile_offset", ("m",), base=np.ones(2)),
+     "^got draw 'hostile_offset' params\\['base'\\] that cannot be recorded: cannot encode a "
+     "value of type ndarray canonically$")],
+    ids=["unknown-param", "missing-param", "both", "path-int", "version-bool", "version-huge",
+         "array-param"])
 def test_draw_calls_are_checked_before_anything_is_drawn(manager: ExperimentManager,
                                                          call: Any, match: str) -> None:
     with manager.create_experiment("draw-calls", seed=3) as exp:
