@@ -27,14 +27,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ledger.arguments import check_epoch
-from ledger.canonical import canonical, normalise
+from ledger.canonical import canonical, normalise, normalise_entries
 from ledger.datasets import (Dataset, check_arrays, check_name, check_path_argument, check_role,
                              dataset_digest, dataset_from_file, default_data_dir, store_npz)
 from ledger.digests import ZERO_DIGEST, value_digest
 from ledger.environment import code_version, current_user, environment_fingerprint
 from ledger.environment import entrypoint as detect_entrypoint
-from ledger.errors import (BadInputError, EncodingError, ForeignStateError, LedgerError,
-                           StateAheadError, StoreError)
+from ledger.errors import (BadInputError, ForeignStateError, LedgerError, StateAheadError,
+                           StoreError)
 from ledger.events import (AUDIT_STREAM, CHECKPOINT, COMPLETION_STATUSES, DATASET_REGISTERED,
                            EPOCH_RESET, EXPERIMENT_CREATED, MAIN_STREAM, METRIC, RUN_COMPLETED,
                            USER_DRAW, Event, check_experiment_id, check_recordable, draw_value,
@@ -46,7 +46,7 @@ from ledger.seeds import (SEED_SCHEME, Label, check_path, check_root_seed, deriv
                           draw_root_seed, generator, root_seed_to_bytes)
 from ledger.store import Store, StreamWriter
 from ledger.store.connect import parse_url, sqlite_file_path
-from ledger.text import quoted, run_error
+from ledger.text import run_error
 
 if TYPE_CHECKING:
     from ledger.iterator import TrainingDataIterator
@@ -73,22 +73,6 @@ def _second_draw_hint(kind: str) -> str:
 def _one_line(error: BaseException) -> str:
     """``Type: message`` of the error that ended a run, on one line, cut to ``_ERROR_MAX``."""
     return run_error(error, _ERROR_MAX)
-
-
-def _recordable_map(what: str, given: Mapping[str, Any]) -> dict[str, Any]:
-    """``given`` normalised for the record, or an EncodingError naming the entry that cannot be
-    recorded (``hyperparams['scaler']: cannot encode a value of type ndarray …``): the
-    encoder's own message named neither the argument nor the key."""
-    try:
-        return normalise(dict(given))
-    except EncodingError as error:
-        for key, value in given.items():
-            try:
-                normalise({key: value})
-            except EncodingError as entry:
-                raise EncodingError(f"got {what}[{quoted(key)}] that cannot be recorded: "
-                                    f"{entry}") from None
-        raise EncodingError(f"got {what} that cannot be recorded: {error}") from None
 
 
 def _existing_path(what: str, value: Any) -> Path:
@@ -525,7 +509,7 @@ class Experiment:
         check_draw_params(name, version, params)
         # The function gets the params as recorded (numpy scalars as numbers, tuples as lists,
         # a copy it may change), so that replay, which has only the record, calls it the same.
-        recorded = _recordable_map(f"draw {name!r} params", params)
+        recorded = normalise_entries(f"draw {name!r} params", params)
         result = function(generator(self.root_seed, labels), **normalise(params))
         self.record_draw(USER_DRAW, labels, seed=derive_bytes(self.root_seed, labels),
                          params={"draw": name, "version": version, "params": recorded},
@@ -695,8 +679,8 @@ class ExperimentManager:
             "name": name, "model": model if model is not None else name,
             "root_seed": root_seed_to_bytes(root), "root_seed_source": "os" if seed is None
             else "user", "seed_scheme": SEED_SCHEME,
-            "hyperparams": _recordable_map("hyperparams", hyperparams or {}),
-            "entrypoint": _recordable_map("entrypoint", entrypoint) if entrypoint is not None
+            "hyperparams": normalise_entries("hyperparams", hyperparams or {}),
+            "entrypoint": normalise_entries("entrypoint", entrypoint) if entrypoint is not None
             else detect_entrypoint(),
             "code": code_version(code_start), "environment": environment_fingerprint()}
         if purpose is not None:
