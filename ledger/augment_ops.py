@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ledger.canonical import canonical, normalise
+from ledger.canonical import canonical, normalise, normalise_entries
 from ledger.errors import BadInputError
 from ledger.registered_functions import (check_params_fit, highest_version, keyword_parameters,
                                          refuse_other_code)
@@ -65,7 +65,8 @@ class OpInfo:
         full = {**self.defaults, **params}
         if self.check is not None:
             full = self._checked(full)
-        return {"op": self.name, "version": self.version, **normalise(full)}
+        return {"op": self.name, "version": self.version,
+                **normalise_entries(f"op {self.name!r} v{self.version} params", full)}
 
     def _checked(self, params: dict[str, Any]) -> dict[str, Any]:
         """``check(params)``, refused unless it returns this op's parameters and returns them

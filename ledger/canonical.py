@@ -10,12 +10,14 @@ because a value that could encode two ways would make two equal runs hash differ
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import msgpack
 import numpy as np
 
 from ledger.errors import EncodingError
+from ledger.text import quoted
 
 MAX_DEPTH = 64
 """Deepest nesting accepted; deeper values are refused rather than risk the recursion limit."""
@@ -103,6 +105,22 @@ def normalise(obj: Any, depth: int = 0) -> Any:
     the body), so that the whole it joins stays within :data:`MAX_DEPTH`.
     """
     return _normalise(obj, depth)
+
+
+def normalise_entries(what: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """``normalise(dict(given))``, or an EncodingError naming the entry that cannot be encoded
+    (``got hyperparams['scaler'] that cannot be recorded: cannot encode a value of type
+    ndarray …``): a user's map of settings, where the bare message named neither."""
+    try:
+        return normalise(dict(given))
+    except EncodingError as error:
+        for key, value in given.items():
+            try:
+                normalise({key: value})
+            except EncodingError as entry:
+                raise EncodingError(f"got {what}[{quoted(key)}] that cannot be recorded: "
+                                    f"{entry}") from None
+        raise EncodingError(f"got {what} that cannot be recorded: {error}") from None
 
 
 def pack_normalised(obj: Any) -> bytes:

@@ -276,9 +276,14 @@ def read_npz(path: Path, features_key: str = "features", labels_key: str | None 
 
 
 def check_path_argument(what: str, value: Any) -> Path:
-    """``value`` as a Path, or BadInputError when it is not a str or os.PathLike without NUL."""
+    """``value`` as a Path, or BadInputError when it is not a str or os.PathLike without NUL, or
+    is the empty text: ``Path("")`` is the current folder, so ``code_dir=""`` (an unset
+    variable, say) recorded whatever repository the process happened to start in."""
     if not isinstance(value, (str, os.PathLike)) or "\x00" in os.fspath(value):
         raise BadInputError(f"got {what} {value!r}, but it must be a path (str or os.PathLike)")
+    if os.fspath(value) == "":
+        raise BadInputError(f"got an empty {what}, but it must name a file or folder (\".\" for "
+                            f"the current one)")
     return Path(value)
 
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ledger.arguments import check_epoch
-from ledger.canonical import canonical, normalise
+from ledger.canonical import canonical, normalise, normalise_entries
 from ledger.datasets import (Dataset, check_arrays, check_name, check_path_argument, check_role,
                              dataset_digest, dataset_from_file, default_data_dir, store_npz)
 from ledger.digests import ZERO_DIGEST, value_digest
@@ -46,6 +46,7 @@ from ledger.seeds import (SEED_SCHEME, Label, check_path, check_root_seed, deriv
                           draw_root_seed, generator, root_seed_to_bytes)
 from ledger.store import Store, StreamWriter
 from ledger.store.connect import parse_url, sqlite_file_path
+from ledger.text import run_error
 
 if TYPE_CHECKING:
     from ledger.iterator import TrainingDataIterator
@@ -70,8 +71,8 @@ def _second_draw_hint(kind: str) -> str:
 
 
 def _one_line(error: BaseException) -> str:
-    text = " ".join(f"{type(error).__name__}: {error}".split())
-    return text if len(text) <= _ERROR_MAX else text[:_ERROR_MAX - 3] + "..."
+    """``Type: message`` of the error that ended a run, on one line, cut to ``_ERROR_MAX``."""
+    return run_error(error, _ERROR_MAX)
 
 
 def _existing_path(what: str, value: Any) -> Path:
@@ -325,6 +326,7 @@ class Experiment:
         occurs in a training one. Registering the same name again returns the same dataset when
         the content and role are equal, and is refused otherwise.
         """
+        self._check_recording()  # before the arrays are stored: a closed run keeps nothing
         check_name(name)
         check_role(role)
         if path is not None:
@@ -507,7 +509,7 @@ class Experiment:
         check_draw_params(name, version, params)
         # The function gets the params as recorded (numpy scalars as numbers, tuples as lists,
         # a copy it may change), so that replay, which has only the record, calls it the same.
-        recorded = normalise(params)
+        recorded = normalise_entries(f"draw {name!r} params", params)
         result = function(generator(self.root_seed, labels), **normalise(params))
         self.record_draw(USER_DRAW, labels, seed=derive_bytes(self.root_seed, labels),
                          params={"draw": name, "version": version, "params": recorded},
@@ -677,8 +679,8 @@ class ExperimentManager:
             "name": name, "model": model if model is not None else name,
             "root_seed": root_seed_to_bytes(root), "root_seed_source": "os" if seed is None
             else "user", "seed_scheme": SEED_SCHEME,
-            "hyperparams": normalise(dict(hyperparams or {})),
-            "entrypoint": normalise(dict(entrypoint)) if entrypoint is not None
+            "hyperparams": normalise_entries("hyperparams", hyperparams or {}),
+            "entrypoint": normalise_entries("entrypoint", entrypoint) if entrypoint is not None
             else detect_entrypoint(),
             "code": code_version(code_start), "environment": environment_fingerprint()}
         if purpose is not None:

@@ -106,7 +106,9 @@ class TrainingDataIterator:
         self.start_method = start_method
         self.timeout = timeout
         self.root_seed, self.augment_seed = self._roots(seed)
-        self.recording = experiment is not None and check_flag("record", record)
+        # checked without an experiment too, as shuffle and drop_last are (and the loader's)
+        record = check_flag("record", record)
+        self.recording = experiment is not None and record
         if (experiment is not None and self.recording
                 and not experiment.dataset_registered(self.dataset)):
             raise BadInputError(f"got dataset {self.dataset.name!r} that is not registered in "
@@ -373,8 +375,8 @@ class TrainingDataIterator:
         for key in ("root_seed", "augment_seed", "dataset_digest", "length", "batch_size",
                     "shuffle", "drop_last", "augmenter"):
             if not _same_setting(state.get(key), mine[key]):
-                raise BadInputError(f"got a state saved with {key}={_shown(state.get(key))}, but "
-                                    f"this iterator has {key}={_shown(mine[key])}")
+                raise BadInputError(f"got a state saved with {key}={_shown(key, state.get(key))}, "
+                                    f"but this iterator has {key}={_shown(key, mine[key])}")
         epoch, batch, started = state.get("epoch"), state.get("batch"), state.get("started")
         batches = self._maker.batches
         if (type(epoch) is not int or not 0 <= epoch <= MAX_EPOCH or type(batch) is not int
@@ -521,7 +523,15 @@ def _same_setting(saved: Any, mine: Any) -> bool:
     return saved == mine
 
 
-def _shown(value: Any) -> str:
+SEED_KEYS = ("root_seed", "augment_seed")
+"""State keys holding a 128-bit seed as 16 big-endian bytes."""
+
+
+def _shown(key: str, value: Any) -> str:
+    """A state setting as an error shows it: a seed as the int it was given as (its first bytes
+    are zero for any seed below 2**64, so two such seeds showed alike), a digest by its start."""
+    if key in SEED_KEYS and isinstance(value, bytes) and len(value) == 16:
+        return str(int.from_bytes(value, "big"))
     if isinstance(value, bytes):
         return value.hex()[:16] + "…"
     return repr(value)

@@ -44,7 +44,8 @@ def checkpoint_arrays(state: Any) -> dict[str, np.ndarray]:
     """The arrays of a model state by name: ``{"": array}`` for one array, else the map's.
 
     Refuses (BadInputError) what has no stable bytes: an empty map, non-str keys, values that
-    are not arrays (None, text, nested maps, ragged lists).
+    are not arrays (None, text, nested maps, ragged lists); and the key ``""`` in a map, which
+    is the record's name for one array.
     """
     if isinstance(state, Mapping):
         if not state:
@@ -53,6 +54,9 @@ def checkpoint_arrays(state: Any) -> dict[str, np.ndarray]:
         for key, value in state.items():
             if not isinstance(key, str):
                 raise BadInputError(f"checkpoint keys must be str, got {key!r}")
+            if not key:  # the record would read as one array's, its digest a map's
+                raise BadInputError("got a checkpoint key '', but a map's keys must be non-empty: "
+                                    "'' is how the record names a checkpoint of one array")
             arrays[key] = _state_array(repr(key), value)
         return arrays
     return {"": _state_array("state", state)}
@@ -83,7 +87,14 @@ def check_metric_value(name: str, value: Any) -> int | float:
     if isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0:
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        hint = " (call .item() on a one-value array or tensor)" if hasattr(value, "item") else ""
+        hint = ""
+        if isinstance(value, np.floating):  # a longdouble: its .item() is itself
+            hint = " (convert it to float)"
+        elif hasattr(value, "item"):
+            hint = " (call .item() on a one-value array or tensor)"
         raise BadInputError(f"metric {name!r} got a value of type {type(value).__name__}, but "
                             f"it must be a real number (int or float){hint}")
+    if isinstance(value, int) and not -2**63 <= value < 2**64:  # what the ledger's ints hold
+        raise BadInputError(f"metric {name!r} got an int of {value.bit_length()} bits, but an "
+                            f"int must be in [-2**63, 2**64) to be recorded: give a float")
     return value

@@ -18,10 +18,27 @@ def escape_unprintable(text: str, keep: str = "") -> str:
                    else ascii(character)[1:-1] for character in text)
 
 
+def exception_message(error: BaseException) -> str:
+    """``str(error)``, or ``<exception str() failed>`` (as Python's tracebacks show it) when the
+    exception's own ``__str__`` raises: the error being reported must not be lost to that one."""
+    try:
+        return str(error)
+    except Exception:  # noqa: BLE001 - any failure of user code's __str__
+        return "<exception str() failed>"
+
+
 def error_text(error: BaseException, limit: int = 200) -> str:
     """An exception's message on one line, at most ``limit`` characters: for quoting another
     library's error inside one of ours."""
-    return " ".join(str(error).split())[:limit]
+    return " ".join(exception_message(error).split())[:limit]
+
+
+def run_error(error: BaseException, limit: int = 500) -> str:
+    """The ``error`` a failed run records: ``Type: message`` on one line (``Type`` alone when
+    the message is empty, as a bare ``KeyboardInterrupt`` has), cut to ``limit`` characters."""
+    message = " ".join(exception_message(error).split())
+    text = f"{type(error).__name__}: {message}" if message else type(error).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def error_summary(error: BaseException, limit: int = 200) -> str:

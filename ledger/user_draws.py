@@ -99,4 +99,8 @@ def result_digest(result: Any) -> bytes:
     except (TypeError, ValueError) as error:  # a ragged list, say
         raise BadInputError(f"a draw's result must be an array or array-like of one shape: "
                             f"{error_text(error, 160)}") from None
+    if array.dtype.hasobject:  # None, a dict, a set: no array of numbers, bools or text
+        raise BadInputError(f"a draw's result must be an array or array-like of one shape (of "
+                            f"numbers, bools or text), got {type(result).__name__}: give "
+                            f"several values as one array, or draw each at its own path")
     return array_digest(array)

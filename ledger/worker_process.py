@@ -28,6 +28,7 @@ import msgpack
 from ledger.augment import DataAugmenter
 from ledger.batches import BatchMaker
 from ledger.shm import SharedArray
+from ledger.text import exception_message
 from ledger.worker_seeding import seed_worker_process, seeded_libraries
 
 TASK = 0
@@ -71,7 +72,7 @@ def worker_main(connection: Connection, config_bytes: bytes) -> None:
                                         digests.output, digests.seed]))
             epoch = batch = None
     except BaseException as error:  # reported to the main process, which raises WorkerError
-        report = {"error": f"{type(error).__name__}: {error}",
+        report = {"error": f"{type(error).__name__}: {exception_message(error)}",
                   "traceback": traceback.format_exc(), "epoch": epoch, "batch": batch}
         try:
             connection.send_bytes(pack(report))

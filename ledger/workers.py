@@ -21,6 +21,7 @@ waiting stops the workers, and the next pass starts new ones.
 
 from __future__ import annotations
 
+import errno
 import math
 import multiprocessing
 import os
@@ -242,8 +243,8 @@ class WorkerPool:
             self._start_process(context, worker, base, features, labels)
         except OSError as error:  # out of file descriptors or processes (ulimit)
             raise ResourceError(f"cannot start worker {worker}: {error.strerror or error} "
-                                f"(raise the limit, or use fewer workers or num_workers=0)"
-                                ) from None
+                                f"({_start_remedy(error)}, or use fewer workers or "
+                                f"num_workers=0)") from None
 
     def _start_process(self, context: BaseContext, worker: int, base: dict[str, Any],
                        features: np.ndarray, labels: np.ndarray | None) -> None:
@@ -430,3 +431,13 @@ class WorkerPool:
         """Stop the workers and release the shared memory. Safe to call twice."""
         self._slots_x, self._slots_y = [], []
         self._finalizer()
+
+
+def _start_remedy(error: OSError) -> str:
+    """What to raise when a worker cannot be started: the limit its error names — open files
+    (``ulimit -n``) or processes (``ulimit -u``, fork's EAGAIN) — where it names one."""
+    if error.errno in (errno.EMFILE, errno.ENFILE):
+        return "raise the limit on open files (ulimit -n)"
+    if error.errno == errno.EAGAIN:
+        return "raise the limit on processes (ulimit -u)"
+    return "raise the limit"

@@ -201,6 +201,24 @@ def test_hyperparams_and_entrypoint_must_be_maps(manager: ExperimentManager,
     assert manager.store.experiments() == []
 
 
+@pytest.mark.parametrize(("arguments", "message"), [
+    ({"hyperparams": {"lr": 0.1, "scaler": np.ones(2)}},
+     r"^got hyperparams\['scaler'\] that cannot be recorded: cannot encode a value of type "
+     r"ndarray canonically$"),
+    ({"hyperparams": {"layers": {"sizes": {64, 32}}}}, r"^got hyperparams\['layers'\] that "),
+    ({"hyperparams": {3: "x"}}, r"^got hyperparams\[3\] that cannot be recorded: dict key 3 "),
+    ({"entrypoint": {"module": "m", "call": print}}, r"^got entrypoint\['call'\] that ")],
+    ids=["array", "nested-set", "int-key", "entrypoint-function"])
+def test_a_hyperparam_that_cannot_be_recorded_is_named(manager: ExperimentManager,
+                                                       arguments: dict[str, Any],
+                                                       message: str) -> None:
+    """A numpy array among the hyperparams was refused as "cannot encode a value of type ndarray
+    canonically": neither the argument nor the key was named."""
+    with pytest.raises(BadInputError, match=message):
+        manager.create_experiment("maps", seed=1, **arguments)
+    assert manager.store.experiments() == []
+
+
 @pytest.mark.parametrize("arguments", [{"model": 5}, {"purpose": object()}, {"purpose": b"x"}],
                          ids=["model-int", "purpose-object", "purpose-bytes"])
 def test_model_and_purpose_must_be_text(manager: ExperimentManager,
@@ -217,6 +235,27 @@ def test_a_metric_value_must_be_a_number(manager: ExperimentManager, value: Any)
         with pytest.raises(BadInputError, match="must be a real number"):
             exp.log_metric("auc", value)
     assert "metric" not in _kinds(manager, exp.id)
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (2**64, r"^metric 'auc' got an int of 65 bits, but an int must be in \[-2\*\*63, 2\*\*64\) "
+            r"to be recorded: give a float$"),
+    (-2**63 - 1, r"^metric 'auc' got an int of 64 bits, but an int must be in \[-2\*\*63, "
+                 r"2\*\*64\)"),
+    (np.longdouble(0.5), r"^metric 'auc' got a value of type longdouble, but it must be a real "
+                         r"number \(int or float\) \(convert it to float\)$")],
+    ids=["int-2**64", "int-below-int64", "longdouble"])
+def test_a_metric_value_the_ledger_cannot_hold_is_refused_naming_the_metric(
+        manager: ExperimentManager, value: Any, message: str) -> None:
+    """An int beyond 64 bits was an EncodingError that named neither the metric nor what to do
+    ("integer 18446744073709551616 does not fit in 64 bits"); a longdouble was told to call
+    .item(), which gives a longdouble again."""
+    with manager.create_experiment("metrics", seed=1) as exp:
+        with pytest.raises(BadInputError, match=message):
+            exp.log_metric("auc", value)
+        exp.log_metric("auc", 2**64 - 1)  # the edges are recorded
+        exp.log_metric("low", -2**63)
+    assert _kinds(manager, exp.id).count("metric") == 2
 
 
 def test_metric_numbers_of_every_kind_are_recorded_as_python_numbers(
@@ -252,6 +291,19 @@ def test_a_checkpoint_must_be_arrays(manager: ExperimentManager, state: Any) -> 
             exp.log_checkpoint("final", state)
         assert "state_arrays" not in str(refused.value)  # a torch hint only for tensors
     assert "checkpoint" not in _kinds(manager, exp.id)
+
+
+def test_a_checkpoint_map_may_not_use_the_key_that_names_one_array(
+        manager: ExperimentManager) -> None:
+    """``{"": weights}`` was recorded with the params of a single array (``arrays: {"": …}``)
+    but the digest of a map: the record read as one array whose digest no reader reproduced."""
+    with manager.create_experiment("checkpoints", seed=1) as exp:
+        with pytest.raises(BadInputError, match="^got a checkpoint key '', but a map's keys must "
+                                                "be non-empty"):
+            exp.log_checkpoint("final", {"": np.ones(2), "b": np.zeros(1)})
+        single = exp.log_checkpoint("single", np.ones(2))
+    assert single.params["arrays"] == {"": {"dtype": "<f8", "shape": [2]}}
+    assert _kinds(manager, exp.id).count("checkpoint") == 1
 
 
 @pytest.mark.parametrize("change", [{"epoch": True}, {"batch": True}, {"batch_size": 4.0},

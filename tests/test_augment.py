@@ -212,6 +212,16 @@ def test_op_params_that_do_not_fit_are_named_as_draws_and_transforms_name_them(
         DataAugmenter(ops=[{"op": "gaussian_noise", **params}])
 
 
+@pytest.mark.parametrize(("table", "kind"), [(np.ones(2), "ndarray"), ({1, 2}, "set")])
+def test_an_op_param_that_cannot_be_recorded_is_named_with_its_op(table: Any, kind: str) -> None:
+    """An array as an op's parameter was refused as "cannot encode a value of type ndarray
+    canonically", naming neither the op nor the parameter."""
+    with pytest.raises(BadInputError, match=rf"^got op 'test_table_scale' v1 params\['table'\] "
+                                            rf"that cannot be recorded: cannot encode a value of "
+                                            rf"type {kind} canonically$"):
+        DataAugmenter(ops=[{"op": "test_table_scale", "table": table}])
+
+
 def test_the_readme_custom_op_example_runs_as_written(monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's block is copied by users: it must run as it stands, imports included."""
     import ledger.augment_ops

@@ -127,6 +127,17 @@ def test_ledger_demo_without_a_data_folder_says_what_to_give(tmp_path: Path) -> 
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
 
 
+def test_ledger_demo_with_an_empty_data_folder_refuses_it(tmp_path: Path) -> None:
+    """``--data-dir ""`` (``--data-dir "$DIR"`` with DIR unset) trained into the current folder
+    as if it had been given ".", where an empty --db is refused."""
+    done = run_cli("--db", "sqlite:///ledger.db", "demo", "--epochs", "1", "--data-dir", "",
+                   cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr == ('ledger: error: got an empty --data-dir: give a folder ("." for the '
+                           'current one), or leave it out for the default\n')
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_ledger_demo_on_postgresql_without_a_data_folder_creates_nothing(
         postgres_url: str, tmp_path: Path) -> None:
     """The refusal comes before the ledger is opened: it used to create the empty ledger

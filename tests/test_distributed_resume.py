@@ -429,6 +429,23 @@ def test_on_failure_suspend_leaves_a_failed_block_resumable(tmp_path: Path, on_f
             _resume(url, run.id)
 
 
+def test_a_failure_that_cannot_be_shown_still_completes_the_run_failed(tmp_path: Path) -> None:
+    """A block's exception whose ``__str__`` raises: rank 0 raised that RuntimeError while
+    completing the run, which stayed incomplete, and the job saw it instead of its own error."""
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("this exception cannot be shown")
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with pytest.raises(Unprintable):
+        with distributed_experiment("solo", url=url, seed=TRAIN_SEED) as run:
+            raise Unprintable()
+    with Store.open(url) as store:
+        assert store.experiment(run.id).status == "failed"
+        last = [decode_body(body) for _s, _q, _k, body in store.iter_run_bodies(run.id)][-1]
+    assert last["params"]["error"] == "Unprintable: <exception str() failed>"
+
+
 def _two_ranks(target: Any, out: Path, *args: Any, wait: float = PROGRESS_WAIT
                ) -> list[int | None]:
     """Run ``target(rank, 2, init_file, *args)`` as ranks 0 and 1 (processes joined one by one,

@@ -288,8 +288,14 @@ def test_a_draw_registration_is_checked(function: Any, match: str) -> None:
      "unknown parameter\\(s\\) \\[.bogus.\\] and needs parameter\\(s\\) \\[.base.\\]"),
     (lambda exp: exp.draw("hostile_offset", 5, base=[]), "sequence of labels"),
     (lambda exp: exp.draw("hostile_offset", ("m",), version=True, base=[]), "version"),
-    (lambda exp: register_draw("hostile_offset", 2**64)(_offset), "below 2\\*\\*63")],
-    ids=["unknown-param", "missing-param", "both", "path-int", "version-bool", "version-huge"])
+    (lambda exp: register_draw("hostile_offset", 2**64)(_offset), "below 2\\*\\*63"),
+    # an array param was refused as "cannot encode a value of type ndarray canonically": no draw
+    # or param named
+    (lambda exp: exp.draw("hostile_offset", ("m",), base=np.ones(2)),
+     "^got draw 'hostile_offset' params\\['base'\\] that cannot be recorded: cannot encode a "
+     "value of type ndarray canonically$")],
+    ids=["unknown-param", "missing-param", "both", "path-int", "version-bool", "version-huge",
+         "array-param"])
 def test_draw_calls_are_checked_before_anything_is_drawn(manager: ExperimentManager,
                                                          call: Any, match: str) -> None:
     with manager.create_experiment("draw-calls", seed=3) as exp:
@@ -301,6 +307,26 @@ def test_draw_calls_are_checked_before_anything_is_drawn(manager: ExperimentMana
 @register_draw("hostile_ragged", 1)
 def _ragged(rng: np.random.Generator) -> list:
     return [[1.0], [2.0, 3.0]]
+
+
+@register_draw("hostile_returns", 1)
+def _returns(rng: np.random.Generator, *, kind: str = "none") -> Any:
+    return {"none": None, "dict": {"a": rng.random(2)}, "set": {1, 2},
+            "list": [None, rng.random()]}[kind]
+
+
+@pytest.mark.parametrize(("kind", "shown"), [("none", "NoneType"), ("dict", "dict"),
+                                             ("set", "set"), ("list", "list")])
+def test_a_draw_result_that_is_no_array_is_refused_saying_so(manager: ExperimentManager,
+                                                            kind: str, shown: str) -> None:
+    """A draw returning None, a dict or a set was refused as "cannot digest an array of dtype
+    object: only plain dtypes have stable bytes" — an array the user never gave."""
+    with manager.create_experiment("returns", seed=3) as exp:
+        with pytest.raises(BadInputError, match=rf"^a draw's result must be an array or "
+                                                rf"array-like of one shape \(of numbers, bools or "
+                                                rf"text\), got {shown}: "):
+            exp.draw("hostile_returns", ("m",), kind=kind)
+    assert "user_draw" not in _kinds(manager, exp.id)
 
 
 def test_a_ragged_draw_result_is_refused(manager: ExperimentManager) -> None:

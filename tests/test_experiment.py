@@ -137,6 +137,23 @@ def test_a_code_dir_that_does_not_exist_is_refused_before_anything_is_recorded(
     assert manager.store.experiments() == []
 
 
+def test_an_empty_path_is_refused_not_taken_for_the_current_folder(
+        manager: ExperimentManager, tmp_path: Path) -> None:
+    """``Path("")`` is the current folder: ``code_dir=""`` (``os.environ.get("CODE_DIR", "")``
+    unset, say) recorded the version of whatever repository the process started in, and
+    ``data_dir=""`` stored datasets there — where an empty url is refused as naming no ledger."""
+    with pytest.raises(BadInputError, match=r"^got an empty code_dir, but it must name a file or "
+                                            r"folder \(\"\.\" for the current one\)$"):
+        manager.create_experiment("m", seed=1, code_dir="")
+    assert manager.store.experiments() == []
+    with pytest.raises(BadInputError, match="^got an empty data_dir"):
+        ExperimentManager(f"sqlite:///{tmp_path / 'other.db'}", data_dir="")
+    assert not (tmp_path / "other.db").exists()  # refused before the ledger is made
+    with manager.create_experiment("m", seed=1) as exp:
+        with pytest.raises(BadInputError, match="^got an empty dataset path"):
+            exp.register_dataset("d", path="")
+
+
 def test_the_demo_records_its_own_repository_wherever_it_is_launched_from(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`ledger demo` starts from the `ledger` console script, which may sit in a virtualenv
@@ -204,6 +221,35 @@ def test_an_exception_completes_the_run_as_failed_and_propagates(
     assert verify(manager.store, exp.id).ok
 
 
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), ValueError(), RuntimeError("  \n")],
+                         ids=["ctrl-c", "bare", "blank"])
+def test_an_exception_without_a_message_is_recorded_by_its_type_alone(
+        manager: ExperimentManager, error: BaseException) -> None:
+    """A Ctrl-C (or any exception without a message) was recorded, and shown by ``ledger
+    show``, as ``KeyboardInterrupt:`` — a colon introducing nothing."""
+    with pytest.raises(type(error)):
+        with manager.create_experiment("bare", seed=1) as exp:
+            raise error
+    assert bodies(manager.store, exp.id)[-1]["params"]["error"] == type(error).__name__
+
+
+def test_an_exception_that_cannot_be_shown_still_fails_the_run_and_propagates(
+        manager: ExperimentManager) -> None:
+    """An exception whose ``__str__`` raises: the ``with`` block raised that RuntimeError
+    instead of the user's exception, and left the run running (incomplete in the ledger)."""
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("this exception cannot be shown")
+
+    with pytest.raises(Unprintable):
+        with manager.create_experiment("unprintable", seed=1) as exp:
+            raise Unprintable()
+    assert exp.status == "failed"
+    last = bodies(manager.store, exp.id)[-1]
+    assert last["params"]["error"] == "Unprintable: <exception str() failed>"
+    assert manager.store.experiment(exp.id).status == "failed"
+
+
 def test_a_closed_experiment_records_nothing_more(manager: ExperimentManager) -> None:
     with manager.create_experiment("closed", seed=1) as exp:
         pass
@@ -211,6 +257,18 @@ def test_a_closed_experiment_records_nothing_more(manager: ExperimentManager) ->
         exp.log_metric("late", 1.0)
     with pytest.raises(StoreError, match="already closed"):
         exp.close()
+
+
+def test_a_closed_experiment_stores_no_dataset_it_refuses(manager: ExperimentManager) -> None:
+    """register_dataset on a closed run wrote the arrays' .npz into the data folder, then was
+    refused: a file no run refers to. It is refused before anything is stored, as every other
+    recording call is."""
+    with manager.create_experiment("closed", seed=1) as exp:
+        pass
+    with pytest.raises(StoreError, match="is closed"):
+        exp.register_dataset("late", np.ones((3, 2)))
+    assert manager.data_dir is not None
+    assert not list(Path(manager.data_dir).rglob("*.npz"))
 
 
 @pytest.mark.parametrize("kind", ["experiment_created", "run_completed", "run_resumed",

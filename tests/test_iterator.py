@@ -300,15 +300,29 @@ def test_a_state_is_refused_by_an_iterator_with_other_settings() -> None:
 def test_a_state_is_refused_by_an_iterator_whose_augmenter_has_another_seed() -> None:
     """Without an experiment an augmenter's own seed drives the augmentation: a state saved
     under seed 5 would give other batches under seed 6, with the same ops and root seed. The
-    message shows each seed by its first 8 bytes, keeping the error one short line."""
+    message shows each seed as the int it was given as: by their first 8 bytes, as it did, the
+    two showed alike (0000000000000000…, like every seed below 2**64)."""
     data = indexed_data(40)
     saved = TrainingDataIterator(data, 10, seed=8, augmenter=DataAugmenter(noise_std=0.1,
                                                                            seed=5))
     other = TrainingDataIterator(data, 10, seed=8, augmenter=DataAugmenter(noise_std=0.1,
                                                                            seed=6))
-    with pytest.raises(BadInputError, match="got a state saved with augment_seed=[0-9a-f]{16}…, "
-                                            "but this iterator has augment_seed=[0-9a-f]{16}…$"):
+    with pytest.raises(BadInputError, match="^got a state saved with augment_seed=5, but this "
+                                            "iterator has augment_seed=6$"):
         other.load_state_dict(saved.state_dict())
+
+
+@pytest.mark.parametrize("seeds", [(8, 9), (42, 2**128 - 1)])
+def test_a_state_of_another_root_seed_is_refused_naming_both_seeds(seeds: tuple[int, int]
+                                                                   ) -> None:
+    """A state saved under seed 8 loaded into an iterator of seed 9 names 8 and 9, not the first
+    8 bytes of each (all zero for both), which showed two different seeds as the same one."""
+    data = indexed_data(40)
+    saved, mine = seeds
+    with pytest.raises(BadInputError, match=f"^got a state saved with root_seed={saved}, but "
+                                            f"this iterator has root_seed={mine}$"):
+        TrainingDataIterator(data, 10, seed=mine).load_state_dict(
+            TrainingDataIterator(data, 10, seed=saved).state_dict())
 
 
 def test_float_settings_are_compared_by_their_bits() -> None:
@@ -430,6 +444,9 @@ def uninterrupted_fn(data: tuple) -> list:
     ({"batch_size": 4, "timeout": 0}, "got timeout=0"),
     ({"batch_size": 4, "augmenter": "noise"}, "got augmenter of type str"),
     ({"batch_size": 4, "seed": 2**128}, "root seed must be in"),
+    # without an experiment too: record="yes" (or 0) was taken as it came, unchecked
+    ({"batch_size": 4, "record": "yes"}, r"^got record='yes', but it must be True or False$"),
+    ({"batch_size": 4, "record": 0}, r"^got record=0, but it must be True or False$"),
 ])
 def test_bad_settings_are_refused_saying_what_was_given(kwargs: dict, message: str) -> None:
     with pytest.raises(BadInputError, match=message):

@@ -521,6 +521,18 @@ def test_an_exception_in_a_worker_is_reported_with_worker_batch_and_error() -> N
     assert caught.value.worker_traceback.rstrip().endswith("ValueError: op failed on call 3")
 
 
+def test_an_exception_that_cannot_be_shown_is_still_reported_as_the_workers_error() -> None:
+    """An op's exception whose ``__str__`` raises: formatting the report raised again in the
+    worker, which died with a traceback of its own and exit code 1, its error's type lost."""
+    augmenter = DataAugmenter(ops=[{"op": "test_raise_unprintable", "parent": os.getpid()}])
+    with TrainingDataIterator(noisy_data(rows=100), 4, seed=1, num_workers=1,
+                              augmenter=augmenter) as batches:
+        with pytest.raises(WorkerError, match=r"^worker 0 \(pid \d+\) failed while making batch "
+                                              r"0 of epoch 0: UnprintableError: <exception str\(\) "
+                                              r"failed>$"):
+            list(batches)
+
+
 def test_a_worker_that_stops_answering_is_named_after_the_timeout() -> None:
     augmenter = DataAugmenter(ops=[{"op": "test_fail_in_worker", "parent": os.getpid(),
                                     "on_call": 1, "how": "hang"}])

@@ -293,9 +293,30 @@ def test_out_of_descriptors_while_making_shared_memory_leaves_no_block_and_says_
     assert re.fullmatch(r"ledger\.errors\.ResourceError: (cannot have 1\.3 MB of shared memory "
                         r"for worker processes \(Too many open files\): raise the limit on open "
                         r"files \(ulimit -n\) or use num_workers=0|cannot start worker [01]: Too "
-                        r"many open files \(raise the limit, or use fewer workers or "
-                        r"num_workers=0\))", last), last
+                        r"many open files \(raise the limit on open files \(ulimit -n\), or use "
+                        r"fewer workers or num_workers=0\))", last), last
     assert tagged_blocks(tag) == []
+
+
+@pytest.mark.parametrize(("code", "limit"), [
+    (errno.EMFILE, r"open files \(ulimit -n\)"), (errno.ENFILE, r"open files \(ulimit -n\)"),
+    (errno.EAGAIN, r"processes \(ulimit -u\)")])
+def test_a_worker_that_cannot_be_started_names_the_limit_to_raise(
+        monkeypatch: pytest.MonkeyPatch, code: int, limit: str) -> None:
+    """Out of descriptors or of processes (fork's EAGAIN under ``ulimit -u``), the error names
+    that limit, as the shared-memory one does: it said only "raise the limit", leaving the user
+    to guess which."""
+    from ledger.workers import WorkerPool
+
+    def refused(*_args: Any) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(WorkerPool, "_start_process", refused)
+    with TrainingDataIterator(noisy_data(), 8, seed=1, num_workers=2) as batches:
+        with pytest.raises(ResourceError, match=rf"^cannot start worker 0: {os.strerror(code)} "
+                                                rf"\(raise the limit on {limit}, or use fewer "
+                                                rf"workers or num_workers=0\)$"):
+            iter(batches)
 
 
 def test_a_worker_that_cannot_be_started_for_want_of_descriptors_is_a_resource_error(

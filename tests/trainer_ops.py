@@ -45,6 +45,20 @@ def fail_in_worker(batch: np.ndarray, rng: np.random.Generator, *, parent: int =
     raise ValueError(f"op failed on call {_calls['count']}")
 
 
+class UnprintableError(Exception):
+    """An exception whose own ``__str__`` fails, as some libraries' do."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("this exception cannot be shown")
+
+
+@register_op("test_raise_unprintable", version=1)
+def raise_unprintable(batch: np.ndarray, rng: np.random.Generator, *, parent: int = 0) -> None:
+    """In a process other than ``parent``, raise an exception whose ``str()`` fails."""
+    if os.getpid() != parent:
+        raise UnprintableError()
+
+
 @register_op("test_hold_while_file", version=1)
 def hold_while_file(batch: np.ndarray, rng: np.random.Generator, *, path: str = "",
                     from_sample: int = 0, seconds: float = 60.0) -> None:

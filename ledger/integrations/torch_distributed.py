@@ -27,6 +27,7 @@ from ledger.experiment import Experiment, ExperimentManager
 from ledger.integrations.runs import AttachedRun
 from ledger.seeds import check_root_seed, root_seed_from_bytes
 from ledger.store import Store
+from ledger.text import run_error
 
 Run = Experiment | AttachedRun
 """What the PyTorch integration records into: an experiment, or a rank's attached stream."""
@@ -278,12 +279,10 @@ def _finish(run: Run, manager: ExperimentManager | None, rank: int, world: int, 
                                                 or failed_ranks):
                     run.suspend()  # left incomplete: the restarted job resumes it
                 elif failure is not None:
-                    run.close("failed", " ".join(f"{type(failure).__name__}: {failure}".split())
-                              [:500])
+                    run.close("failed", run_error(failure))
                 elif closing_error is not None:
-                    run.close("failed", " ".join(
-                        f"the ranks could not meet to finish (a rank failed): "
-                        f"{type(closing_error).__name__}: {closing_error}".split())[:500])
+                    prefix = "the ranks could not meet to finish (a rank failed): "
+                    run.close("failed", prefix + run_error(closing_error, 500 - len(prefix)))
                 elif failed_ranks:
                     run.close("failed", f"rank(s) {failed_ranks} failed")
                 else:
