@@ -100,8 +100,8 @@ def refuse_empty_folder(_context: click.Context, parameter: click.Parameter,
     exit 2. It was taken for no option at all, so the default folder was read or written
     unseen, where an empty ``--db`` is refused for naming no ledger."""
     if value is not None and not str(value):
-        raise click.UsageError(f"got an empty {parameter.opts[0]}: give a folder, or leave the "
-                               f"option out for the default")
+        raise click.UsageError(f"got an empty {parameter.opts[0]}: give a folder (\".\" for the "
+                               f"current one), or leave it out for the default")
     return value
 
 

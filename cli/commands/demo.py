@@ -41,10 +41,6 @@ def demo_command(obj: dict, seed: int, workers: int, epochs: int, inject_nondete
     weights, then compares the two runs draw for draw. The ledger is created if missing (--db,
     LEDGER_URL, or ./ledger.db).
     """
-    if data_dir == "":  # Path("") is the current folder: a `--data-dir "$DIR"` with DIR unset
-        raise click.UsageError("got an empty --data-dir: give a folder (\".\" for the current "
-                               "one), or leave it out for the default")
-
     def progress(run: int, epoch: int, loss: float, auc: float) -> None:
         click.echo(f"run {run}/2  epoch {epoch + 1}/{epochs}  train loss {loss:.4f}  "
                    f"val AUC {auc:.4f}", err=as_json)
