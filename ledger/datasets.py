@@ -265,7 +265,9 @@ def read_npz(path: Path, features_key: str = "features", labels_key: str | None 
                 if labels_key is not None:
                     if labels_key not in archive.files:
                         raise BadInputError(f"{path} has no array {labels_key!r}, "
-                                            f"got arrays {sorted(archive.files)}")
+                                            f"got arrays {sorted(archive.files)} (a file of "
+                                            f"features only is registered with "
+                                            f"labels_key=None)")
                     labels = archive[labels_key]
     except BadInputError:
         raise

@@ -151,7 +151,9 @@ def test_read_npz_names_a_missing_file_and_a_missing_array(tmp_path: Path) -> No
     np.savez(tmp_path / "d.npz", x=FEATURES, y=LABELS)
     with pytest.raises(BadInputError, match=r"has no array 'features', got arrays \['x', 'y'\]"):
         read_npz(tmp_path / "d.npz")
-    with pytest.raises(BadInputError, match=r"has no array 'labels', got arrays \['x', 'y'\]"):
+    with pytest.raises(BadInputError, match=r"has no array 'labels', got arrays \['x', 'y'\] "
+                                            r"\(a file of features only is registered with "
+                                            r"labels_key=None\)"):
         read_npz(tmp_path / "d.npz", "x")
     with pytest.raises(BadInputError, match="not a regular file"):
         read_npz(tmp_path)
