@@ -343,7 +343,7 @@ class WorkerPool:
         if not alive:
             process.join(_STOP_GRACE)  # the exit code, once the kernel has reaped it
             self._fail(f"worker {worker} (pid {process.pid}) died with exit code "
-                       f"{process.exitcode} while {where}")
+                       f"{process.exitcode} while {where}{self._start_hint(batch)}")
         if isinstance(message, dict) and "error" in message:
             failed_batch = message.get("batch")
             if failed_batch is not None:
@@ -351,6 +351,15 @@ class WorkerPool:
             self._fail(f"worker {worker} (pid {process.pid}) failed while {where}: "
                        f"{message['error']}", message.get("traceback"))
         return message
+
+    def _start_hint(self, batch: int | None) -> str:
+        """Why a spawn or forkserver worker most often dies as it starts: it imports the main
+        module again, and a script without a ``__main__`` guard starts a pool there again."""
+        if batch is not None or self.start_method == "fork":
+            return ""
+        return (f" (a {self.start_method} worker imports your main module again: keep the "
+                f"script's training code under if __name__ == \"__main__\"; the worker's "
+                f"stderr says more)")
 
     def _abandon(self) -> None:
         """Stop the workers without waiting for their batches; the pool is unusable after."""

@@ -646,3 +646,31 @@ def test_a_closed_pool_refuses_a_pass() -> None:
     assert pool is not None
     with pytest.raises(WorkerError, match="the worker pool is closed"):
         next(pool.run(0, 0, 1))
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_script_without_a_main_guard_is_told_why_its_workers_died(tmp_path: Path,
+                                                                     method: str) -> None:
+    """A spawn or forkserver worker imports the main module again; without a ``__main__`` guard
+    that import makes an iterator of its own and the worker dies as it starts. The error said
+    only 'died with exit code 1 while starting'; it now names the guard."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(textwrap.dedent(f"""
+        import numpy as np
+        from ledger import TrainingDataIterator, WorkerError
+        features = np.zeros((40, 3), dtype=np.float32)
+        try:
+            with TrainingDataIterator(features, 4, seed=1, num_workers=1,
+                                      start_method={method!r}) as batches:
+                list(batches)
+        except WorkerError as error:
+            print("WorkerError:", error)
+    """), encoding="utf-8")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                              [str(Path(__file__).parent.parent),
+                               os.environ.get("PYTHONPATH", "")])})
+    parent_line = [line for line in done.stdout.splitlines() if line.startswith("WorkerError")]
+    assert len(parent_line) == 1, (done.stdout, done.stderr)
+    assert "died with exit code 1 while starting" in parent_line[0]
+    assert 'if __name__ == "__main__"' in parent_line[0]
