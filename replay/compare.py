@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ledger.events import DATASET_REGISTERED
+from ledger.seeds import derive_bytes
 from replay.causes import Cause, explain_output
 from replay.registry import Redraw
 
@@ -78,10 +79,13 @@ def first_difference(body: dict[str, Any], redraw: Redraw | None, seed_ok: bool
 class Comparer:
     """Compares re-executed digests with the recorded ones and keeps the report's counts."""
 
-    def __init__(self, report: ReplayReport, recorded_env: Any, current_env: Any) -> None:
+    def __init__(self, report: ReplayReport, recorded_env: Any, current_env: Any,
+                 root: int | None = None) -> None:
         self.report = report
         self.recorded_env = recorded_env
         self.current_env = current_env
+        self.root = root
+        """The run's root seed: the seed a path derives is the *actual* of a seed divergence."""
 
     def compare(self, body: dict[str, Any], redraw: Redraw | None, seed_ok: bool) -> None:
         """Count one re-executed event; remember it when it is the first divergence."""
@@ -102,7 +106,10 @@ class Comparer:
 
     def divergence(self, body: dict[str, Any], field_name: str, expected: bytes | None,
                    actual: bytes | None, cause: Cause) -> Divergence:
-        """The divergence of ``body`` with its human detail."""
+        """The divergence of ``body`` with its human detail. A seed divergence's actual digest is
+        the seed its path derives (``got None`` told the auditor nothing)."""
+        if field_name == "seed" and actual is None and self.root is not None:
+            actual = derive_bytes(self.root, tuple(body["path"]))
         if cause is Cause.OUTPUT:
             detail = explain_output(self.recorded_env, self.current_env)
         elif body["kind"] == DATASET_REGISTERED and cause is Cause.INPUT and field_name == "output":

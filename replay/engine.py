@@ -220,7 +220,7 @@ class _Replay:
                 if first:
                     datasets = _DatasetCheck(loaded, execution)
                     self.gate.check()
-                    report, comparer = self._report(created, plugins)
+                    report, comparer = self._report(created, plugins, root)
                 try:
                     mismatches = execution.run(
                         lambda: self._progress(self.done + execution.claims.claimed()))
@@ -273,7 +273,7 @@ class _Replay:
         if bodies or first:
             yield first, bodies, kinds
 
-    def _report(self, created: dict[str, Any], plugins: list[str]
+    def _report(self, created: dict[str, Any], plugins: list[str], root: int
                 ) -> tuple[ReplayReport, Comparer]:
         report = ReplayReport(self.exp, self.store.first_event_hash(self.exp, RUN_COMPLETED),
                               status=self.store.experiment(self.exp).status, jobs=self.jobs,
@@ -282,7 +282,7 @@ class _Replay:
         report.environment = environment_fingerprint()
         recorded_env = created.get("environment")
         report.environment_differences = library_differences(recorded_env, report.environment)
-        return report, Comparer(report, recorded_env, report.environment)
+        return report, Comparer(report, recorded_env, report.environment, root)
 
     def _datasets_differ(self, comparer: Comparer,
                          checked: list[tuple[dict[str, Any], Redraw]]) -> bool:
