@@ -52,7 +52,12 @@ class EventSide:
         return {"stream": self.stream, "seq": self.seq,
                 "seed": None if self.seed is None else self.seed.hex(),
                 "input": None if self.input is None else self.input.hex(),
-                "output": None if self.output is None else self.output.hex()}
+                "output": None if self.output is None else self.output.hex(),
+                "params": None if self.settings is None else self.settings.hex()}
+
+    def digest(self, field_name: str) -> bytes | None:
+        """The digest this side recorded for ``field_name`` (``params``: its params' digest)."""
+        return self.settings if field_name == "params" else getattr(self, field_name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,20 +72,47 @@ class DiffDivergence:
     detail: str
     occurrence: int = 1
     """Which recording of this identity in its run (1 unless the identity recurs)."""
+    exp_a: str = "A"
+    exp_b: str = "B"
+    """The runs compared (their ids; set by :func:`diff_runs`)."""
+
+    @property
+    def field(self) -> str:
+        """Which digest differs: ``seed``, ``input``, ``output`` or ``params`` (a draw made with
+        other params whose output is the same: an epoch batched otherwise)."""
+        a, b = self.a, self.b
+        if a is None or b is None:
+            return "output"
+        for name in ("seed", "input", "output"):
+            if a.digest(name) != b.digest(name):
+                return name
+        return "params" if a.settings != b.settings else "output"
+
+    def _sides(self) -> tuple[str, str]:
+        """How the two runs are named: their ids, told apart when one id is in two ledgers."""
+        if self.exp_a != self.exp_b:
+            return self.exp_a, self.exp_b
+        return f"{self.exp_a} (A)", f"{self.exp_b} (B)"
 
     def describe(self) -> str:
-        """One line for humans."""
+        """One line for humans: each run's position of the event (exp, stream#seq), its kind
+        and path, the cause, and the digest each run recorded where they differ."""
         where = "/".join(str(label) for label in self.identity[1:]) or "-"
         if self.occurrence > 1:
             where += f", occurrence {self.occurrence}"
-        side = self.a or self.b
-        position = f"{side.stream}#{side.seq} " if side else ""
-        return f"{position}{self.kind} [{where}]: {self.cause.value} — {self.detail}"
+        name_a, name_b = self._sides()
+        positions = [f"{name} {side.stream}#{side.seq}"
+                     for name, side in ((name_a, self.a), (name_b, self.b)) if side is not None]
+        field = self.field
+        digests = ", ".join(f"{_hex(None if side is None else side.digest(field))} in {name}"
+                            for name, side in ((name_a, self.a), (name_b, self.b)))
+        return (f"{' / '.join(positions)} {self.kind} [{where}]: {self.cause.value} "
+                f"({field} {digests}) — {self.detail}")
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready map."""
         return {"kind": self.kind, "identity": json_view(list(self.identity[1:])),
-                "occurrence": self.occurrence,
+                "occurrence": self.occurrence, "field": self.field,
                 "a": None if self.a is None else self.a.to_json(),
                 "b": None if self.b is None else self.b.to_json(),
                 "cause": self.cause.value, "detail": self.detail}
@@ -132,6 +164,11 @@ class DiffReport:
                                 "code": listed(self.code),
                                 "environment": listed(self.environment),
                                 "metrics": listed(self.metrics)}}
+
+
+def _hex(digest: bytes | None) -> str:
+    """A digest as lowercase hex; ``none`` where the run recorded none (or lacks the event)."""
+    return "none" if digest is None else digest.hex()
 
 
 def _label(value: Any) -> Any:
@@ -276,6 +313,8 @@ def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = N
         report.first_divergence = DiffDivergence(aligned[0], aligned, None, side, Cause.EXTRA,
                                                  f"{exp_b} has this event, {exp_a} does not",
                                                  occurrence)
+    if report.first_divergence is not None:
+        report.first_divergence = replace(report.first_divergence, exp_a=exp_a, exp_b=exp_b)
     return report
 
 

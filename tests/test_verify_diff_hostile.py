@@ -348,6 +348,51 @@ def test_diff_names_the_cause_of_each_constructed_divergence(url: str, case: str
     assert cause in result.stdout and "recorded," not in result.stdout
 
 
+@pytest.mark.parametrize("case", CAUSES)
+def test_diff_text_names_each_run_position_and_digest_of_the_first_divergence(
+        url: str, case: str) -> None:
+    """DESIGN §5: the first divergent event with its exp, stream, seq, kind, path and the
+    expected and actual digests. The text gave one stream#seq and no digest at all (only
+    --json had them): now each run's position and the digest each run recorded."""
+    change, kind, cause, _words = CAUSES[case]
+    with Store.open(url) as store:
+        record_experiment(store, "exp-a", workers=2, extra_params={
+            "environment": {"packages": {"numpy": "1.26.0"}}})
+        _changed_copy(store, "exp-a", "exp-b", change)
+    document = run_cli("--db", url, "diff", "exp-a", "exp-b", "--json")
+    clean(document, 1)
+    divergence = strict_json(document.stdout)["first_divergence"]
+    field = divergence["field"]
+    a, b = divergence["a"], divergence["b"]
+    assert a[field] != b[field] and None not in (a[field], b[field])
+    result = run_cli("--db", url, "diff", "exp-a", "exp-b")
+    clean(result, 1)
+    line = next(text for text in result.stdout.splitlines() if "first divergence:" in text)
+    assert (f"exp-a {a['stream']}#{a['seq']} / exp-b {b['stream']}#{b['seq']} {kind} ["
+            in line)
+    assert f"{cause} ({field} {a[field]} in exp-a, {b[field]} in exp-b)" in line
+    assert line.removeprefix("  first divergence: ") in result.stderr
+
+
+def test_diff_text_tells_one_run_id_in_two_ledgers_apart(url: str, tmp_path: Path) -> None:
+    """``--db-b`` compares a run with its copy in another ledger under the same id: the text
+    names each side (A) and (B), not the one id twice."""
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    with Store.open(url) as store, Store.open(other, create=True) as target:
+        record_experiment(store, "exp-a", workers=0)
+        bodies = [decode_body(body) for _s, _q, _k, body in store.iter_run_bodies("exp-a")]
+        for body in bodies:
+            _other_seed(body)
+        fields = ("stream", "kind", "path", "seed", "params", "input", "output", "meta")
+        forge_run(target, "exp-a", [{name: body[name] for name in fields} for body in bodies[1:]
+                                    if body["kind"] != "run_completed"],
+                  created=bodies[0]["params"])
+    result = run_cli("--db", url, "diff", "exp-a", "exp-a", "--db-b", other)
+    clean(result, 1)
+    assert "in exp-a (B)) — " in result.stdout and "exp-a (A) main#" in result.stdout
+    assert bytes(range(16)).hex() + " in exp-a (B)" in result.stdout
+
+
 def test_a_changed_dataset_is_listed_with_each_run_on_its_own_side(url: str) -> None:
     """The dataset differences list run A's digest first and run B's second, as every other
     difference of a diff does (a, b) — swapping them would blame the wrong run's data."""
