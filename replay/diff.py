@@ -46,6 +46,12 @@ class EventSide:
     settings: bytes | None = None
     """For a draw made from its params (epoch_reset, augmentation_batch, user_draw), the digest
     of its params: what the draw was made with."""
+    drawn_epoch: Any = None
+    """For a metric or checkpoint, the epoch of the last ``epoch_reset`` its stream recorded
+    before it (None: none): which epoch's data the run had drawn when it logged it."""
+    resumed_seq: int | None = None
+    """For a metric or checkpoint, the seq of the last ``run_resumed`` its stream recorded
+    before it (None: none)."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready map."""
@@ -207,6 +213,8 @@ def _index(store: Store, exp: str) -> tuple[dict[Key, EventSide], dict[str, Any]
     seen: Counter = Counter()
     created: dict[str, Any] = {}
     metrics = MetricTally()
+    drawn_epoch: dict[str, Any] = {}  # by stream: the epoch its last epoch_reset drew
+    resumed_seq: dict[str, int] = {}  # by stream: the seq of its last run_resumed
     for stream, _seq, kind, body_bytes in store.iter_run_bodies(exp):
         if stream == AUDIT_STREAM:
             continue
@@ -215,14 +223,21 @@ def _index(store: Store, exp: str) -> tuple[dict[Key, EventSide], dict[str, Any]
             created = body["params"]
         elif kind == METRIC:
             metrics.add(body["params"])
+        elif kind == EPOCH_RESET and len(body["path"]) > 1:
+            drawn_epoch[body["stream"]] = _label(body["path"][1])
+        elif kind == RUN_RESUMED:
+            resumed_seq[body["stream"]] = body["seq"]
         aligned = identity(body)
         if aligned is None:
             continue
         seen[aligned] += 1
         key = (aligned, seen[aligned])
+        logged = kind in (METRIC, CHECKPOINT)
         side = EventSide(body["stream"], body["seq"], body["seed"], body["input"],
                          _compared_output(kind, body["params"], body["output"]),
-                         _compared_settings(kind, body["params"]))
+                         _compared_settings(kind, body["params"]),
+                         drawn_epoch.get(body["stream"]) if logged else None,
+                         resumed_seq.get(body["stream"]) if logged else None)
         index[key] = side
         order.append((key, side))
     return index, created, order, metrics.summaries
@@ -293,7 +308,7 @@ def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = N
             continue  # worker counts may differ: outputs do not depend on them (DESIGN §1)
         report.compared += 1
         report.compared_by_kind[key[0][0]] += 1
-        divergence = _compare(key, side_a, side_b, explanation, unseeded)
+        divergence = _compare(key, side_a, side_b, explanation, unseeded, (exp_a, exp_b))
         if divergence is None:
             report.identical_events += 1
             continue
@@ -365,12 +380,15 @@ def _unseeded_cause(config: list[tuple[str, Any, Any]]) -> tuple[Cause, str] | N
 
 
 def _compare(key: Key, a: EventSide, b: EventSide | None, explanation: str,
-             unseeded: tuple[Cause, str] | None) -> DiffDivergence | None:
+             unseeded: tuple[Cause, str] | None, names: tuple[str, str] = ("A", "B")
+             ) -> DiffDivergence | None:
     """The divergence of one aligned event, or None. ``explanation`` words a *same seed,
     different output*; ``unseeded`` is the cause of a differing event with no seed of its own
     when the runs' configurations explain it (see :func:`_unseeded_cause`). A draw made with
     other params is *parameters differ*, its detail naming them later
-    (:func:`_with_params_named`), as only the params' digests are kept."""
+    (:func:`_with_params_named`), as only the params' digests are kept. A metric or checkpoint
+    one run logged after drawing another epoch than the other is *epochs out of step*
+    (:func:`_epochs_detail`); ``names`` are the runs' ids, for its detail."""
     aligned, occurrence = key
     kind = aligned[0]
     if b is None:
@@ -384,6 +402,8 @@ def _compare(key: Key, a: EventSide, b: EventSide | None, explanation: str,
         cause, detail = Cause.INPUT, "the datasets' contents differ"
     elif a.settings != b.settings and (a.output != b.output or kind == EPOCH_RESET):
         cause, detail = Cause.PARAMS, _params_detail(kind, a.output == b.output, [])
+    elif a.output != b.output and a.seed is None and _out_of_step(a, b):
+        cause, detail = Cause.EPOCHS, _epochs_detail(aligned, a, b, names)
     elif a.output != b.output and a.seed is None and unseeded is not None:
         cause, detail = unseeded
     elif a.output != b.output:
@@ -391,6 +411,36 @@ def _compare(key: Key, a: EventSide, b: EventSide | None, explanation: str,
     else:
         return None
     return DiffDivergence(kind, aligned, a, b, cause, detail, occurrence)
+
+
+def _out_of_step(a: EventSide, b: EventSide) -> bool:
+    """Whether two runs logged a metric or checkpoint after drawing different epochs."""
+    return None not in (a.drawn_epoch, b.drawn_epoch) and a.drawn_epoch != b.drawn_epoch
+
+
+def _epochs_detail(aligned: tuple[Any, ...], a: EventSide, b: EventSide,
+                   names: tuple[str, str]) -> str:
+    """The detail of *epochs out of step*: which epoch each run had drawn when it logged the
+    event and, when the event's own epoch label matches one run's, that the other run's loop
+    labels its epochs behind (or ahead of) the data it trains on — after a resume, the loop of
+    a resumed run restarted at the epoch it saved instead of the iterator's ``next_epoch``
+    (README, Preemption), which trains one epoch more than the uninterrupted run."""
+    (name_a, name_b), label = names, aligned[2] if len(aligned) > 2 else None
+    detail = (f"{name_a} logged it after drawing epoch {a.drawn_epoch}, {name_b} after drawing "
+              f"epoch {b.drawn_epoch}: the runs' training loops label their epochs differently")
+    sides = [(name, side, other) for name, side, other in ((name_a, a, b), (name_b, b, a))
+             if side.drawn_epoch != label and other.drawn_epoch == label]
+    if not sides or type(label) is not int or type(sides[0][1].drawn_epoch) is not int:
+        return detail
+    name, side, _other = sides[0]
+    gap = side.drawn_epoch - label
+    detail += (f"; {name}'s loop labels its epochs {abs(gap)} "
+               f"{'behind' if gap > 0 else 'ahead of'} the data it trained on")
+    if side.resumed_seq is not None:
+        detail += (f", since its resume (run_resumed {side.stream}#{side.resumed_seq}): a loop "
+                   f"restarted at the epoch it saved rather than at the iterator's next_epoch "
+                   f"trains an epoch more than the uninterrupted run")
+    return detail
 
 
 def _params_detail(kind: str, same_output: bool, keys: list[str]) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -228,6 +229,69 @@ def test_a_run_preempted_by_sigterm_suspends_mid_epoch_and_resumes_identically(
         assert replay_run(store, preempted, data_dir=tmp_path / "data").certified
         report = diff_runs(store, straight.id, preempted)
         assert report.identical, report.first_divergence
+
+
+def _train_in_epochs(exp: Experiment, *, start: dict | None = None, stop_after: int | None = None,
+                     loop_epoch_saved: bool = False) -> dict | None:
+    """Three epochs of a tiny loop logging a metric and a checkpoint per epoch. With
+    ``stop_after`` it stops at that epoch's last batch (its metric not yet logged) and returns
+    the state to resume from; ``loop_epoch_saved`` resumes the loop at the loop's own saved
+    epoch instead of ``next_epoch`` — the README's warning: one epoch behind its iterator."""
+    features, labels = sample_data(rows=200)
+    data = exp.register_dataset("epochs-data", features, labels)
+    batches = TrainingDataIterator(data, batch_size=64, experiment=exp,
+                                   augmenter=DataAugmenter(noise_std=0.1))
+    weights, first = np.zeros(features.shape[1]), 0
+    if start is not None:
+        weights = start["weights"].copy()
+        batches.load_state_dict(start["iterator"])
+        first = start["epoch"] if loop_epoch_saved else start["next_epoch"]
+    for epoch in range(first, EPOCHS):
+        for step, (x, _y) in enumerate(batches):
+            weights += x.mean(axis=0) * 0.01
+            if epoch == stop_after and step == len(batches) - 1:
+                return {"epoch": epoch, "next_epoch": batches.next_epoch,
+                        "weights": weights.copy(), "iterator": batches.state_dict()}
+        exp.log_metric("norm", float(np.linalg.norm(weights)), epoch=epoch)
+        exp.log_checkpoint("weights", weights, epoch=epoch)
+    return None
+
+
+def test_diff_names_a_run_resumed_one_epoch_behind_its_iterator(tmp_path: Path) -> None:
+    """Preempted at an epoch's last batch and resumed with the loop's own epoch (not
+    ``next_epoch``), a run trains an epoch more, each metric labelled one behind. ``ledger
+    diff`` against the uninterrupted run named its first differing metric *same seed,
+    different output — nondeterministic code*, sending the engineer hunting for
+    nondeterminism; it is *epochs out of step*: the resumed run logged that metric after
+    drawing the next epoch, since its resume."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("epochs", seed=42) as straight:
+            _train_in_epochs(straight)
+        behind = manager.create_experiment("epochs", seed=42)
+        state = _train_in_epochs(behind, stop_after=1)
+        behind.suspend()
+        with manager.resume_experiment(behind.id) as resumed:
+            _train_in_epochs(resumed, start=state, loop_epoch_saved=True)
+    with Store.open(url) as store:
+        [resume_seq] = [seq for _stream, seq, kind, _body in store.iter_run_bodies(behind.id)
+                        if kind == "run_resumed"]
+        for a, b in ((straight.id, behind.id), (behind.id, straight.id)):
+            report = diff_runs(store, a, b)
+            divergence = report.first_divergence
+            assert (divergence.kind, divergence.identity) == ("metric", ("metric", "norm", 1))
+            assert divergence.cause.value == "epochs out of step", divergence.detail
+            assert re.search(f"{straight.id} (logged it )?after drawing epoch 1[,:]",
+                             divergence.detail)
+            assert re.search(f"{behind.id} (logged it )?after drawing epoch 2[,:]",
+                             divergence.detail)
+            assert (f"{behind.id}'s loop labels its epochs 1 behind the data it trained on, "
+                    f"since its resume (run_resumed main#{resume_seq})") in divergence.detail
+            assert "nondeterministic" not in divergence.detail
+    result = run_cli("--db", url, "diff", straight.id, behind.id)
+    assert result.returncode == 1
+    assert "metric [norm/1]: epochs out of step" in result.stdout
+    assert "epochs out of step" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_resumed_run_that_does_not_reproduce_itself_is_refused(tmp_path: Path) -> None:
