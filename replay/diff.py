@@ -87,6 +87,8 @@ class DiffDivergence:
         """Which digest differs: ``seed``, ``input``, ``output`` or ``params`` (a draw made with
         other params whose output is the same: an epoch batched otherwise)."""
         a, b = self.a, self.b
+        if self.cause is Cause.STATUS:
+            return "status"
         if a is None or b is None:
             return "output"
         for name in ("seed", "input", "output"):
@@ -109,11 +111,13 @@ class DiffDivergence:
         name_a, name_b = self._sides()
         positions = [f"{name} {side.stream}#{side.seq}"
                      for name, side in ((name_a, self.a), (name_b, self.b)) if side is not None]
-        field = self.field
-        digests = ", ".join(f"{_hex(None if side is None else side.digest(field))} in {name}"
-                            for name, side in ((name_a, self.a), (name_b, self.b)))
-        return (f"{' / '.join(positions)} {self.kind} [{where}]: {self.cause.value} "
-                f"({field} {digests}) — {self.detail}")
+        field, shown = self.field, ""
+        if field != "status":  # a status differs with no digest: the detail gives each one
+            digests = ", ".join(f"{_hex(None if side is None else side.digest(field))} in "
+                                f"{name}" for name, side in ((name_a, self.a), (name_b, self.b)))
+            shown = f" ({field} {digests})"
+        return (f"{' / '.join(positions)} {self.kind} [{where}]: {self.cause.value}{shown} — "
+                f"{self.detail}")
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready map."""
@@ -204,10 +208,20 @@ Key = tuple[tuple[Any, ...], int]
 """How events are aligned: (identity, occurrence of that identity in its run, from 1)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """How a run ended: its ``run_completed`` (None: incomplete) and the error it recorded."""
+
+    side: EventSide | None = None
+    error: Any = None
+
+
 def _index(store: Store, exp: str) -> tuple[dict[Key, EventSide], dict[str, Any],
-                                           list[tuple[Key, EventSide]], list[MetricSummary]]:
+                                           list[tuple[Key, EventSide]], list[MetricSummary],
+                                           Completion]:
     """Every compared event of a run by (identity, occurrence), its creation params, the
-    recording order, and its metrics' last values (read in the same pass)."""
+    recording order, its metrics' last values and how it ended (read in the same pass)."""
+    completion = Completion()
     index: dict[Key, EventSide] = {}
     order: list[tuple[Key, EventSide]] = []
     seen: Counter = Counter()
@@ -227,6 +241,10 @@ def _index(store: Store, exp: str) -> tuple[dict[Key, EventSide], dict[str, Any]
             drawn_epoch[body["stream"]] = _label(body["path"][1])
         elif kind == RUN_RESUMED:
             resumed_seq[body["stream"]] = body["seq"]
+        elif kind == RUN_COMPLETED:
+            params = body["params"] if isinstance(body["params"], dict) else {}
+            completion = Completion(EventSide(body["stream"], body["seq"], None, None, None),
+                                    params.get("error"))
         aligned = identity(body)
         if aligned is None:
             continue
@@ -240,7 +258,7 @@ def _index(store: Store, exp: str) -> tuple[dict[Key, EventSide], dict[str, Any]
                          resumed_seq.get(body["stream"]) if logged else None)
         index[key] = side
         order.append((key, side))
-    return index, created, order, metrics.summaries
+    return index, created, order, metrics.summaries, completion
 
 
 def _compared_output(kind: str, params: Any, output: bytes | None) -> bytes | None:
@@ -289,8 +307,8 @@ def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = N
         if not checked.ok:
             raise CheckFailedError(f"{exp} fails verification, not compared: "
                                    f"{checked.findings[0].describe()}")
-    index_a, created_a, order_a, metrics_a = _index(store, exp_a)
-    index_b, created_b, order_b, metrics_b = _index(other, exp_b)
+    index_a, created_a, order_a, metrics_a, completion_a = _index(store, exp_a)
+    index_b, created_b, order_b, metrics_b, completion_b = _index(other, exp_b)
     report = DiffReport(exp_a, exp_b, statuses[0], statuses[1])
     report.config = differences({k: created_a.get(k) for k in _CONFIG_KEYS},
                                 {k: created_b.get(k) for k in _CONFIG_KEYS})
@@ -328,9 +346,24 @@ def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = N
         report.first_divergence = DiffDivergence(aligned[0], aligned, None, side, Cause.EXTRA,
                                                  f"{exp_b} has this event, {exp_a} does not",
                                                  occurrence)
+    if report.first_divergence is None and report.status_a != report.status_b:
+        report.first_divergence = DiffDivergence(
+            RUN_COMPLETED, (RUN_COMPLETED,), completion_a.side, completion_b.side, Cause.STATUS,
+            f"{exp_a} {_ending(report.status_a, completion_a)}, {exp_b} "
+            f"{_ending(report.status_b, completion_b)}: every event both recorded agrees")
     if report.first_divergence is not None:
         report.first_divergence = replace(report.first_divergence, exp_a=exp_a, exp_b=exp_b)
     return report
+
+
+def _ending(status: str, completion: Completion) -> str:
+    """How a run ended, in words: ``completed ok``, ``failed (ValueError: …)``, ``is
+    incomplete (no run_completed)``. A run that failed is not the same run as one that completed
+    ok, however alike their events: its status is what the run recorded last."""
+    if status == "incomplete":
+        return "is incomplete (no run_completed)"
+    error = "" if completion.error is None else f" ({json_view(completion.error)})"
+    return f"completed {status}{error}" if status == "ok" else f"{status}{error}"
 
 
 def _split_by_extra(divergence: DiffDivergence | None, order_b: list[tuple[Key, EventSide]],

@@ -213,14 +213,15 @@ def test_a_stream_entry_that_is_not_a_map_is_a_finding_not_a_crash(url: str) -> 
 
 # -- diff: runs of odd shapes ----------------------------------------------------------------
 
-def _run_with_steps(url: str, data_dir: Path, losses: list[float], status: str = "ok") -> str:
+def _run_with_steps(url: str, data_dir: Path, losses: list[float], status: str = "ok",
+                    error: str | None = None) -> str:
     """A run logging ``loss`` once per step, without an epoch: one identity, many events."""
     with ExperimentManager(url, data_dir=data_dir) as manager:
         exp = manager.create_experiment("steps", seed=7)
         exp.generator("init")
         for loss in losses:
             exp.log_metric("loss", loss)
-        exp.close(status=status)
+        exp.close(status=status, error=error)
     return exp.id
 
 
@@ -263,15 +264,41 @@ def test_a_metric_that_differs_between_runs_of_other_root_seeds_is_put_down_to_t
 
 
 def test_diff_says_when_a_run_failed_or_is_incomplete(url: str, tmp_path: Path) -> None:
+    """A run that failed is not the same run as one that completed ok, however alike their
+    events (DESIGN §5: exit 1, runs differ): diff said IDENTICAL, exit 0, with a note — a CI
+    check of ``ledger diff BASELINE RERUN`` passed a rerun that crashed. Two runs that failed
+    alike are identical."""
     ok = _run_with_steps(url, tmp_path / "data", [1.0])
-    failed = _run_with_steps(url, tmp_path / "data", [1.0], status="failed")
+    failed = _run_with_steps(url, tmp_path / "data", [1.0], status="failed",
+                             error="OSError: upload failed")
+    failed_too = _run_with_steps(url, tmp_path / "data", [1.0], status="failed",
+                                 error="OSError: upload failed")
     with Store.open(url) as store:
         incomplete = record_experiment(store, workers=0, complete=False).exp
+        completed = record_experiment(store, workers=0).exp
+        ended = diff_runs(store, completed, incomplete)
+    assert not ended.identical and ended.compared == ended.identical_events > 0
+    assert ended.first_divergence.describe().endswith(
+        f"status differs — {completed} completed ok, {incomplete} is incomplete (no "
+        f"run_completed): every event both recorded agrees")
+    assert ended.first_divergence.b is None  # no run_completed to point at
     result = run_cli("--db", url, "diff", ok, failed)
-    clean(result, 0)
+    clean(result, 1)
+    assert result.stdout.startswith(f"DIFFERENT: {ok} vs {failed}\n")
+    assert (f"run_completed [-]: status differs — {ok} completed ok, {failed} failed "
+            f"(OSError: upload failed): every event both recorded agrees") in result.stdout
+    assert "status differs" in result.stderr
     assert f"{failed} completed with status 'failed'" in result.stdout
     result = run_cli("--db", url, "diff", ok, failed, "--json")
-    assert strict_json(result.stdout)["status"] == {"a": "ok", "b": "failed"}
+    clean(result, 1)
+    document = strict_json(result.stdout)
+    assert document["status"] == {"a": "ok", "b": "failed"} and document["identical"] is False
+    assert (document["first_divergence"]["cause"], document["first_divergence"]["field"]) == (
+        "status differs", "status")
+    assert (document["differing"], document["missing_in_b"], document["extra_in_b"]) == (0, 0, 0)
+    result = run_cli("--db", url, "diff", failed, failed_too)
+    clean(result, 0)
+    assert result.stdout.startswith("IDENTICAL")
     result = run_cli("--db", url, "diff", incomplete, ok)
     clean(result, 1)
     assert f"{incomplete} is incomplete (no run_completed)" in result.stdout
@@ -632,6 +659,10 @@ def test_odd_recorded_values_give_one_json_document_and_the_same_text(url: str,
     text = run_cli("--db", url, "diff", "exp-a", "exp-b")
     clean(text, 0)
     assert "configuration differs" in text.stdout and shown in text.stdout
+    # identical events, other hyperparameters: IDENTICAL says why the differences don't count
+    assert text.stdout.splitlines()[1:3] == [
+        "  every event agrees: the differences below changed nothing either run recorded",
+        "  configuration differs:"]
     document = run_cli("--db", url, "diff", "exp-a", "exp-b", "--json")
     clean(document, 0)
     rows = strict_json(document.stdout)["differences"]["config"]
