@@ -22,9 +22,9 @@ from typing import Any
 
 from ledger.digests import value_digest
 from ledger.errors import CheckFailedError, LedgerError
-from ledger.events import (AUDIT_STREAM, AUGMENTATION_BATCH, CHECKPOINT, DATASET_REGISTERED,
-                           EPOCH_RESET, EXPERIMENT_CREATED, METRIC, RUN_COMPLETED, RUN_RESUMED,
-                           USER_DRAW, WORKER_SPAWNED, decode_body)
+from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EPOCH_RESET,
+                           EXPERIMENT_CREATED, METRIC, RUN_COMPLETED, RUN_RESUMED, WORKER_SPAWNED,
+                           decode_body, is_draw)
 from ledger.experiment_info import MetricSummary, MetricTally
 from ledger.json_view import json_view
 from ledger.store.store import Store
@@ -273,10 +273,14 @@ def _compared_output(kind: str, params: Any, output: bytes | None) -> bytes | No
     return output
 
 
-_SETTINGS_KINDS = (EPOCH_RESET, AUGMENTATION_BATCH, USER_DRAW)
-"""The draws made from their params as well as their seed and input: when those params differ
-the cause is *parameters differ* (an augmenter's noise, shuffling, a user draw's scale), not
-*same seed, different output*, which sent the engineer hunting for nondeterministic code."""
+def _made_from_params(kind: str) -> bool:
+    """Whether a draw of ``kind`` is made from its params as well as its seed and input: every
+    draw — epoch_reset, augmentation_batch, user_draw and custom kinds, which replay re-executes
+    from their params — but worker_spawned, whose params (the start method) change nothing it
+    draws. When those params differ the cause is *parameters differ* (an augmenter's noise,
+    shuffling, a user draw's or custom kind's scale), not *same seed, different output*, which
+    sent the engineer hunting for nondeterministic code."""
+    return is_draw(kind) and kind != WORKER_SPAWNED
 
 
 def _compared_settings(kind: str, params: Any) -> bytes | None:
@@ -284,7 +288,7 @@ def _compared_settings(kind: str, params: Any) -> bytes | None:
     and for an epoch_reset a difference even when its output is the same: its output is the
     order's digest, the same for every batch_size and drop_last, so two runs batching one order
     differently used to compare identical."""
-    if kind not in _SETTINGS_KINDS or not isinstance(params, dict):
+    if not _made_from_params(kind) or not isinstance(params, dict):
         return None
     try:
         return value_digest(params)

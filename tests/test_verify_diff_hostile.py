@@ -420,6 +420,31 @@ def test_diff_text_tells_one_run_id_in_two_ledgers_apart(url: str, tmp_path: Pat
     assert bytes(range(16)).hex() + " in exp-a (B)" in result.stdout
 
 
+def test_a_custom_kind_drawn_with_other_params_is_parameters_differ(url: str) -> None:
+    """A custom kind is a user draw point, re-executed from its params: two runs drawing it with
+    the same seed and another ``scale`` split there as *parameters differ* naming it — it read
+    *same seed, different output — nondeterministic code*, as user draws once did. A
+    worker_spawned's params (the start method) are not compared: fork and spawn draw alike."""
+    def noise(scale: float, output: bytes) -> dict[str, Any]:
+        return {"kind": "my_noise", "path": ["noise", 0], "seed": SEED, "output": output,
+                "params": {"scale": scale}}
+
+    def worker(method: str) -> dict[str, Any]:
+        return {"kind": "worker_spawned", "path": ["worker", 0], "seed": SEED, "output": DIGEST,
+                "params": {"worker": 0, "start_method": method}}
+
+    with Store.open(url) as store:
+        forge_run(store, "exp-a", [worker("fork"), noise(1.0, DIGEST)])
+        forge_run(store, "exp-b", [worker("spawn"), noise(2.0, hashlib.sha256(b"x").digest())])
+        forge_run(store, "exp-c", [worker("spawn"), noise(1.0, DIGEST)])
+        report = diff_runs(store, "exp-a", "exp-b")
+        assert diff_runs(store, "exp-a", "exp-c").identical
+    divergence = report.first_divergence
+    assert (divergence.kind, divergence.cause.value) == ("my_noise", "parameters differ")
+    assert "other params (scale)" in divergence.detail
+    assert (report.differing, report.identical_events) == (1, 1)
+
+
 def test_a_changed_dataset_is_listed_with_each_run_on_its_own_side(url: str) -> None:
     """The dataset differences list run A's digest first and run B's second, as every other
     difference of a diff does (a, b) — swapping them would blame the wrong run's data."""
