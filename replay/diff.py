@@ -17,6 +17,7 @@ depend on its number of workers (DESIGN §1), so 0 and 2 workers compare as iden
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -52,6 +53,9 @@ class EventSide:
     resumed_seq: int | None = None
     """For a metric or checkpoint, the seq of the last ``run_resumed`` its stream recorded
     before it (None: none)."""
+    session: int = 0
+    """Which session of its run recorded it: 0 the one that created the run, n the n-th that
+    resumed it (its environment may differ from the first's)."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready map."""
@@ -209,6 +213,15 @@ Key = tuple[tuple[Any, ...], int]
 
 
 @dataclass(frozen=True, slots=True)
+class Session:
+    """A session that recorded part of a run: where it began and the environment it recorded."""
+
+    environment: Any
+    resumed_at: str | None = None
+    """``stream#seq`` of the ``run_resumed`` that began it; None for the creating session."""
+
+
+@dataclass(frozen=True, slots=True)
 class Completion:
     """How a run ended: its ``run_completed`` (None: incomplete) and the error it recorded."""
 
@@ -218,10 +231,12 @@ class Completion:
 
 def _index(store: Store, exp: str) -> tuple[dict[Key, EventSide], dict[str, Any],
                                            list[tuple[Key, EventSide]], list[MetricSummary],
-                                           Completion]:
+                                           Completion, list[Session]]:
     """Every compared event of a run by (identity, occurrence), its creation params, the
-    recording order, its metrics' last values and how it ended (read in the same pass)."""
+    recording order, its metrics' last values, how it ended and the sessions that recorded it
+    (read in the same pass)."""
     completion = Completion()
+    sessions = [Session(None)]
     index: dict[Key, EventSide] = {}
     order: list[tuple[Key, EventSide]] = []
     seen: Counter = Counter()
@@ -235,12 +250,17 @@ def _index(store: Store, exp: str) -> tuple[dict[Key, EventSide], dict[str, Any]
         body = decode_body(body_bytes)
         if kind == EXPERIMENT_CREATED and isinstance(body["params"], dict):
             created = body["params"]
+            sessions[0] = Session(created.get("environment"))
         elif kind == METRIC:
             metrics.add(body["params"])
         elif kind == EPOCH_RESET and len(body["path"]) > 1:
             drawn_epoch[body["stream"]] = _label(body["path"][1])
         elif kind == RUN_RESUMED:
             resumed_seq[body["stream"]] = body["seq"]
+            params = body["params"] if isinstance(body["params"], dict) else {}
+            # a session that recorded no environment (older ledgers): the first one's stands
+            sessions.append(Session(params.get("environment", sessions[0].environment),
+                                    f"{body['stream']}#{body['seq']}"))
         elif kind == RUN_COMPLETED:
             params = body["params"] if isinstance(body["params"], dict) else {}
             completion = Completion(EventSide(body["stream"], body["seq"], None, None, None),
@@ -255,10 +275,11 @@ def _index(store: Store, exp: str) -> tuple[dict[Key, EventSide], dict[str, Any]
                          _compared_output(kind, body["params"], body["output"]),
                          _compared_settings(kind, body["params"]),
                          drawn_epoch.get(body["stream"]) if logged else None,
-                         resumed_seq.get(body["stream"]) if logged else None)
+                         resumed_seq.get(body["stream"]) if logged else None,
+                         len(sessions) - 1)
         index[key] = side
         order.append((key, side))
-    return index, created, order, metrics.summaries, completion
+    return index, created, order, metrics.summaries, completion, sessions
 
 
 def _compared_output(kind: str, params: Any, output: bytes | None) -> bytes | None:
@@ -311,8 +332,8 @@ def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = N
         if not checked.ok:
             raise CheckFailedError(f"{exp} fails verification, not compared: "
                                    f"{checked.findings[0].describe()}")
-    index_a, created_a, order_a, metrics_a, completion_a = _index(store, exp_a)
-    index_b, created_b, order_b, metrics_b, completion_b = _index(other, exp_b)
+    index_a, created_a, order_a, metrics_a, completion_a, sessions_a = _index(store, exp_a)
+    index_b, created_b, order_b, metrics_b, completion_b, sessions_b = _index(other, exp_b)
     report = DiffReport(exp_a, exp_b, statuses[0], statuses[1])
     report.config = differences({k: created_a.get(k) for k in _CONFIG_KEYS},
                                 {k: created_b.get(k) for k in _CONFIG_KEYS})
@@ -321,8 +342,7 @@ def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = N
     report.environment = differences(created_a.get("environment"),
                                      created_b.get("environment"), "environment")
     report.metrics = _last_metric_differences(metrics_a, metrics_b)
-    explanation = explain_output(created_a.get("environment"), created_b.get("environment"),
-                                 (f"in {exp_a}", f"in {exp_b}"))
+    explanation = _Explanation(exp_a, sessions_a, exp_b, sessions_b)
     unseeded = _unseeded_cause(report.config)
     for key, side_a in order_a:
         side_b = index_b.get(key)
@@ -416,11 +436,41 @@ def _unseeded_cause(config: list[tuple[str, Any, Any]]) -> tuple[Cause, str] | N
     return None
 
 
-def _compare(key: Key, a: EventSide, b: EventSide | None, explanation: str,
+class _Explanation:
+    """The words of a *same seed, different output*: how the environments of the sessions that
+    recorded the two events differ — a run resumed under another numpy drew its later events
+    with it, which comparing the creating sessions' environments alone called "the same library
+    versions" (worded once per pair of sessions)."""
+
+    def __init__(self, exp_a: str, sessions_a: list[Session], exp_b: str,
+                 sessions_b: list[Session]) -> None:
+        self.runs = ((exp_a, sessions_a), (exp_b, sessions_b))
+        self.worded: dict[tuple[int, int], str] = {}
+
+    def __call__(self, a: EventSide, b: EventSide) -> str:
+        """The explanation for the events ``a`` and ``b``, by the sessions that recorded them."""
+        key = (a.session, b.session)
+        if key not in self.worded:
+            (exp_a, sessions_a), (exp_b, sessions_b) = self.runs
+            first, second = sessions_a[a.session], sessions_b[b.session]
+            self.worded[key] = explain_output(first.environment, second.environment,
+                                              (_in_session(exp_a, first),
+                                               _in_session(exp_b, second)))
+        return self.worded[key]
+
+
+def _in_session(exp: str, session: Session) -> str:
+    """``in exp-a``, or ``in exp-a's session resumed at main#9``."""
+    if session.resumed_at is None:
+        return f"in {exp}"
+    return f"in {exp}'s session resumed at {session.resumed_at}"
+
+
+def _compare(key: Key, a: EventSide, b: EventSide | None, explanation: Callable[..., str],
              unseeded: tuple[Cause, str] | None, names: tuple[str, str] = ("A", "B")
              ) -> DiffDivergence | None:
     """The divergence of one aligned event, or None. ``explanation`` words a *same seed,
-    different output*; ``unseeded`` is the cause of a differing event with no seed of its own
+    different output* of two events; ``unseeded`` is the cause of a differing event with no seed of its own
     when the runs' configurations explain it (see :func:`_unseeded_cause`). A draw made with
     other params is *parameters differ*, its detail naming them later
     (:func:`_with_params_named`), as only the params' digests are kept. A metric or checkpoint
@@ -444,7 +494,7 @@ def _compare(key: Key, a: EventSide, b: EventSide | None, explanation: str,
     elif a.output != b.output and a.seed is None and unseeded is not None:
         cause, detail = unseeded
     elif a.output != b.output:
-        cause, detail = Cause.OUTPUT, explanation
+        cause, detail = Cause.OUTPUT, explanation(a, b)
     else:
         return None
     return DiffDivergence(kind, aligned, a, b, cause, detail, occurrence)

@@ -294,6 +294,59 @@ def test_diff_names_a_run_resumed_one_epoch_behind_its_iterator(tmp_path: Path) 
     assert "epochs out of step" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_diff_words_a_draw_after_a_resume_by_the_resumed_session_environment(
+        tmp_path: Path) -> None:
+    """A run resumed under another numpy drew its later events with it. diff compared only the
+    creating sessions' environments, so a draw after the resume that differs read "same seed,
+    same input and the same library versions gave another output"; it now names the version of
+    the session that recorded it."""
+    from forgery import copy_run
+
+    url, forged = (f"sqlite:///{tmp_path / name}" for name in ("ledger.db", "forged.db"))
+    features, labels = sample_data(rows=200)
+
+    def run(exp: Experiment, state: dict | None = None, stop: bool = False) -> dict | None:
+        data = exp.register_dataset("d", features, labels)
+        batches = TrainingDataIterator(data, 64, experiment=exp,
+                                       augmenter=DataAugmenter(noise_std=0.1))
+        if state is not None:
+            batches.load_state_dict(state)
+        for epoch in range(batches.next_epoch, 2):
+            for step, _batch in enumerate(batches):
+                if stop and (epoch, step) == (0, 1):
+                    return batches.state_dict()
+        return None
+
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("r", seed=5) as straight:
+            run(straight)
+        resumed = manager.create_experiment("r", seed=5)
+        state = run(resumed, stop=True)
+        resumed.suspend()
+        with manager.resume_experiment(resumed.id) as again:
+            run(again, state)
+    seam: list[int] = []
+
+    def other_numpy_after_the_resume(body: dict) -> None:
+        if body["kind"] == "run_resumed":
+            seam.append(body["seq"])
+            body["params"]["environment"]["packages"]["numpy"] = "9.9.9"
+        elif seam and body["kind"] == "augmentation_batch" and body["path"][1:4] == [1, "batch",
+                                                                                     0]:
+            body["output"] = bytes(32)
+
+    with Store.open(url) as source, Store.open(forged, create=True) as target:
+        copy_run(source, resumed.id, target, other_numpy_after_the_resume)
+        report = diff_runs(source, straight.id, resumed.id, store_b=target)
+    divergence = report.first_divergence
+    assert divergence.identity == ("augmentation_batch", "epoch", 1, "batch", 0, "augment")
+    assert divergence.cause.value == "same seed, different output"
+    assert divergence.detail.startswith("environments differ: numpy ")
+    assert divergence.detail.endswith(
+        f", 9.9.9 in {resumed.id}'s session resumed at main#{seam[0]}"), divergence.detail
+    assert "same library versions" not in divergence.detail
+
+
 def test_a_resumed_run_that_does_not_reproduce_itself_is_refused(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
