@@ -45,8 +45,8 @@ class EventSide:
     input: bytes | None
     output: bytes | None
     settings: bytes | None = None
-    """For a draw made from its params (epoch_reset, augmentation_batch, user_draw), the digest
-    of its params: what the draw was made with."""
+    """For a draw made from its params (every draw but worker_spawned), the digest of its
+    params: what the draw was made with."""
     drawn_epoch: Any = None
     """For a metric or checkpoint, the epoch of the last ``epoch_reset`` its stream recorded
     before it (None: none): which epoch's data the run had drawn when it logged it."""
