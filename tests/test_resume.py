@@ -294,12 +294,12 @@ def test_diff_names_a_run_resumed_one_epoch_behind_its_iterator(tmp_path: Path) 
     assert "epochs out of step" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_diff_words_a_draw_after_a_resume_by_the_resumed_session_environment(
+def test_diff_and_replay_word_a_draw_after_a_resume_by_the_resumed_session_environment(
         tmp_path: Path) -> None:
-    """A run resumed under another numpy drew its later events with it. diff compared only the
-    creating sessions' environments, so a draw after the resume that differs read "same seed,
-    same input and the same library versions gave another output"; it now names the version of
-    the session that recorded it."""
+    """A run resumed under another numpy drew its later events with it. diff and replay compared
+    only the creating session's environment, so a draw after the resume that differs read "same
+    seed, same input and the same library versions gave another output"; they now name the
+    version of the session that recorded it."""
     from forgery import copy_run
 
     url, forged = (f"sqlite:///{tmp_path / name}" for name in ("ledger.db", "forged.db"))
@@ -345,6 +345,14 @@ def test_diff_words_a_draw_after_a_resume_by_the_resumed_session_environment(
     assert divergence.detail.endswith(
         f", 9.9.9 in {resumed.id}'s session resumed at main#{seam[0]}"), divergence.detail
     assert "same library versions" not in divergence.detail
+    # replay likewise: the record was made under the resumed session's numpy, not the first's
+    with Store.open(forged) as store:
+        replayed = replay_run(store, resumed.id, data_dir=tmp_path / "data").first_divergence
+    assert replayed.seq == divergence.b.seq
+    assert replayed.cause.value == "same seed, different output"
+    assert replayed.detail.startswith(
+        f"environments differ: numpy 9.9.9 recorded (session resumed at main#{seam[0]}), "
+    ), replayed.detail
 
 
 def test_a_resumed_run_that_does_not_reproduce_itself_is_refused(tmp_path: Path) -> None:
