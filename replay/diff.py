@@ -376,8 +376,29 @@ def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = N
             f"{exp_a} {_ending(report.status_a, completion_a)}, {exp_b} "
             f"{_ending(report.status_b, completion_b)}: every event both recorded agrees")
     if report.first_divergence is not None:
-        report.first_divergence = replace(report.first_divergence, exp_a=exp_a, exp_b=exp_b)
+        report.first_divergence = _renamed(
+            replace(report.first_divergence, exp_a=exp_a, exp_b=exp_b),
+            _dataset_digests(order_a), _dataset_digests(order_b))
     return report
+
+
+def _renamed(divergence: DiffDivergence, datasets_a: dict[str, Any],
+             datasets_b: dict[str, Any]) -> DiffDivergence:
+    """``divergence``, saying so when it is a dataset one run lacks that the other registered
+    under another name with the same content (it read only "the other run has no such event",
+    as if the runs had trained on other data)."""
+    if divergence.kind != DATASET_REGISTERED or divergence.cause not in (Cause.MISSING,
+                                                                         Cause.EXTRA):
+        return divergence
+    side = divergence.a or divergence.b
+    other, datasets = ((divergence.exp_b, datasets_b) if divergence.a is not None
+                       else (divergence.exp_a, datasets_a))
+    names = [name for name, digest in datasets.items()
+             if side is not None and digest == side.output and digest is not None]
+    if not names:
+        return divergence
+    return replace(divergence, detail=f"{divergence.detail}; {other} registered the same "
+                                      f"content as {names[0]!r}: a dataset renamed")
 
 
 def _ending(status: str, completion: Completion) -> str:

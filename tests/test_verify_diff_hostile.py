@@ -445,6 +445,33 @@ def test_a_custom_kind_drawn_with_other_params_is_parameters_differ(url: str) ->
     assert (report.differing, report.identical_events) == (1, 1)
 
 
+def test_a_dataset_registered_under_another_name_is_said_to_be_renamed(url: str) -> None:
+    """The same content registered under another name read only "event missing — the other run
+    has no such event", as if the runs had trained on other data; the detail now names the
+    other run's name for that content. A dataset with other content stays plain missing."""
+    def renamed(body: dict[str, Any]) -> None:
+        if body["kind"] == "dataset_registered":
+            body["params"]["name"] = "renamed"
+
+    def renamed_and_changed(body: dict[str, Any]) -> None:
+        renamed(body)
+        _other_dataset(body)
+
+    with Store.open(url) as store:
+        record_experiment(store, "exp-a", workers=0)
+        _changed_copy(store, "exp-a", "exp-b", renamed)
+        _changed_copy(store, "exp-a", "exp-c", renamed_and_changed)
+        forward = diff_runs(store, "exp-a", "exp-b").first_divergence
+        backward = diff_runs(store, "exp-b", "exp-a").first_divergence
+        changed = diff_runs(store, "exp-a", "exp-c").first_divergence
+    assert (forward.kind, forward.cause.value) == ("dataset_registered", "event missing")
+    assert forward.detail.endswith("; exp-b registered the same content as 'renamed': a "
+                                   "dataset renamed")
+    assert backward.detail.endswith("; exp-a registered the same content as "
+                                    f"{forward.identity[1]!r}: a dataset renamed")
+    assert changed.detail == "the other run has no such event"
+
+
 def test_a_changed_dataset_is_listed_with_each_run_on_its_own_side(url: str) -> None:
     """The dataset differences list run A's digest first and run B's second, as every other
     difference of a diff does (a, b) — swapping them would blame the wrong run's data."""
