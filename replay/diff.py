@@ -487,12 +487,13 @@ def _in_session(exp: str, session: Session) -> str:
     return f"in {exp}'s session resumed at {session.resumed_at}"
 
 
-def _compare(key: Key, a: EventSide, b: EventSide | None, explanation: Callable[..., str],
+def _compare(key: Key, a: EventSide, b: EventSide | None,
+             explanation: Callable[[EventSide, EventSide], str],
              unseeded: tuple[Cause, str] | None, names: tuple[str, str] = ("A", "B")
              ) -> DiffDivergence | None:
     """The divergence of one aligned event, or None. ``explanation`` words a *same seed,
-    different output* of two events; ``unseeded`` is the cause of a differing event with no seed of its own
-    when the runs' configurations explain it (see :func:`_unseeded_cause`). A draw made with
+    different output* of two events; ``unseeded`` is the cause of a differing event with no
+    seed of its own when the runs' configurations explain it (see :func:`_unseeded_cause`). A draw made with
     other params is *parameters differ*, its detail naming them later
     (:func:`_with_params_named`), as only the params' digests are kept. A metric or checkpoint
     one run logged after drawing another epoch than the other is *epochs out of step*
