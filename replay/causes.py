@@ -27,6 +27,11 @@ class Cause(str, Enum):
     MISSING = "event missing"
     EXTRA = "event extra"
     PARAMS = "parameters differ"
+    STATUS = "status differs"
+    """(diff) Every event both runs recorded agrees, but one run failed or is incomplete."""
+    EPOCHS = "epochs out of step"
+    """(diff) A metric or checkpoint that one run logged after drawing another epoch than the
+    other did: the runs' training loops label their epochs differently."""
 
 
 def explain_output(recorded_env: Any, current_env: Any,

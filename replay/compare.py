@@ -7,10 +7,12 @@ use it to tell matches from mismatches, and :class:`Comparer` uses it to classif
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ledger.events import DATASET_REGISTERED
+from ledger.seeds import derive_bytes
 from replay.causes import Cause, explain_output
 from replay.registry import Redraw
 
@@ -78,10 +80,19 @@ def first_difference(body: dict[str, Any], redraw: Redraw | None, seed_ok: bool
 class Comparer:
     """Compares re-executed digests with the recorded ones and keeps the report's counts."""
 
-    def __init__(self, report: ReplayReport, recorded_env: Any, current_env: Any) -> None:
+    def __init__(self, report: ReplayReport, recorded_env: Any, current_env: Any,
+                 root: int | None = None,
+                 resumed_session: Callable[[dict[str, Any]], tuple[Any, str] | None] | None
+                 = None) -> None:
         self.report = report
         self.recorded_env = recorded_env
         self.current_env = current_env
+        self.root = root
+        """The run's root seed: the seed a path derives is the *actual* of a seed divergence."""
+        self.resumed_session = resumed_session
+        """The environment and ``run_resumed`` (``stream#seq``) of the resumed session that
+        recorded an event, None for the creating session: a run resumed under another numpy
+        drew its later events with it, not with the version ``experiment_created`` records."""
 
     def compare(self, body: dict[str, Any], redraw: Redraw | None, seed_ok: bool) -> None:
         """Count one re-executed event; remember it when it is the first divergence."""
@@ -102,9 +113,16 @@ class Comparer:
 
     def divergence(self, body: dict[str, Any], field_name: str, expected: bytes | None,
                    actual: bytes | None, cause: Cause) -> Divergence:
-        """The divergence of ``body`` with its human detail."""
+        """The divergence of ``body`` with its human detail. A seed divergence's actual digest is
+        the seed its path derives (``got None`` told the auditor nothing)."""
+        if field_name == "seed" and actual is None and self.root is not None:
+            actual = derive_bytes(self.root, tuple(body["path"]))
         if cause is Cause.OUTPUT:
-            detail = explain_output(self.recorded_env, self.current_env)
+            session = None if self.resumed_session is None else self.resumed_session(body)
+            detail = (explain_output(self.recorded_env, self.current_env) if session is None
+                      else explain_output(session[0], self.current_env,
+                                          (f"recorded (session resumed at {session[1]})",
+                                           "now")))
         elif body["kind"] == DATASET_REGISTERED and cause is Cause.INPUT and field_name == "output":
             detail = "the dataset's content changed since the run registered it"
         elif field_name == "input" and expected is None:

@@ -17,14 +17,15 @@ depend on its number of workers (DESIGN §1), so 0 and 2 workers compare as iden
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ledger.digests import value_digest
 from ledger.errors import CheckFailedError, LedgerError
-from ledger.events import (AUDIT_STREAM, AUGMENTATION_BATCH, CHECKPOINT, DATASET_REGISTERED,
-                           EPOCH_RESET, EXPERIMENT_CREATED, METRIC, RUN_COMPLETED, RUN_RESUMED,
-                           USER_DRAW, WORKER_SPAWNED, decode_body)
+from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EPOCH_RESET,
+                           EXPERIMENT_CREATED, METRIC, RUN_COMPLETED, RUN_RESUMED, WORKER_SPAWNED,
+                           decode_body, is_draw)
 from ledger.experiment_info import MetricSummary, MetricTally
 from ledger.json_view import json_view
 from ledger.store.store import Store
@@ -44,15 +45,29 @@ class EventSide:
     input: bytes | None
     output: bytes | None
     settings: bytes | None = None
-    """For a draw made from its params (epoch_reset, augmentation_batch, user_draw), the digest
-    of its params: what the draw was made with."""
+    """For a draw made from its params (every draw but worker_spawned), the digest of its
+    params: what the draw was made with."""
+    drawn_epoch: Any = None
+    """For a metric or checkpoint, the epoch of the last ``epoch_reset`` its stream recorded
+    before it (None: none): which epoch's data the run had drawn when it logged it."""
+    resumed_seq: int | None = None
+    """For a metric or checkpoint, the seq of the last ``run_resumed`` its stream recorded
+    before it (None: none)."""
+    session: int = 0
+    """Which session of its run recorded it: 0 the one that created the run, n the n-th that
+    resumed it (its environment may differ from the first's)."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready map."""
         return {"stream": self.stream, "seq": self.seq,
                 "seed": None if self.seed is None else self.seed.hex(),
                 "input": None if self.input is None else self.input.hex(),
-                "output": None if self.output is None else self.output.hex()}
+                "output": None if self.output is None else self.output.hex(),
+                "params": None if self.settings is None else self.settings.hex()}
+
+    def digest(self, field_name: str) -> bytes | None:
+        """The digest this side recorded for ``field_name`` (``params``: its params' digest)."""
+        return self.settings if field_name == "params" else getattr(self, field_name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,20 +82,51 @@ class DiffDivergence:
     detail: str
     occurrence: int = 1
     """Which recording of this identity in its run (1 unless the identity recurs)."""
+    exp_a: str = "A"
+    exp_b: str = "B"
+    """The runs compared (their ids; set by :func:`diff_runs`)."""
+
+    @property
+    def field(self) -> str:
+        """Which digest differs: ``seed``, ``input``, ``output`` or ``params`` (a draw made with
+        other params whose output is the same: an epoch batched otherwise)."""
+        a, b = self.a, self.b
+        if self.cause is Cause.STATUS:
+            return "status"
+        if a is None or b is None:
+            return "output"
+        for name in ("seed", "input", "output"):
+            if a.digest(name) != b.digest(name):
+                return name
+        return "params" if a.settings != b.settings else "output"
+
+    def _sides(self) -> tuple[str, str]:
+        """How the two runs are named: their ids, told apart when one id is in two ledgers."""
+        if self.exp_a != self.exp_b:
+            return self.exp_a, self.exp_b
+        return f"{self.exp_a} (A)", f"{self.exp_b} (B)"
 
     def describe(self) -> str:
-        """One line for humans."""
+        """One line for humans: each run's position of the event (exp, stream#seq), its kind
+        and path, the cause, and the digest each run recorded where they differ."""
         where = "/".join(str(label) for label in self.identity[1:]) or "-"
         if self.occurrence > 1:
             where += f", occurrence {self.occurrence}"
-        side = self.a or self.b
-        position = f"{side.stream}#{side.seq} " if side else ""
-        return f"{position}{self.kind} [{where}]: {self.cause.value} — {self.detail}"
+        name_a, name_b = self._sides()
+        positions = [f"{name} {side.stream}#{side.seq}"
+                     for name, side in ((name_a, self.a), (name_b, self.b)) if side is not None]
+        field, shown = self.field, ""
+        if field != "status":  # a status differs with no digest: the detail gives each one
+            digests = ", ".join(f"{_hex(None if side is None else side.digest(field))} in "
+                                f"{name}" for name, side in ((name_a, self.a), (name_b, self.b)))
+            shown = f" ({field} {digests})"
+        return (f"{' / '.join(positions)} {self.kind} [{where}]: {self.cause.value}{shown} — "
+                f"{self.detail}")
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready map."""
         return {"kind": self.kind, "identity": json_view(list(self.identity[1:])),
-                "occurrence": self.occurrence,
+                "occurrence": self.occurrence, "field": self.field,
                 "a": None if self.a is None else self.a.to_json(),
                 "b": None if self.b is None else self.b.to_json(),
                 "cause": self.cause.value, "detail": self.detail}
@@ -134,6 +180,11 @@ class DiffReport:
                                 "metrics": listed(self.metrics)}}
 
 
+def _hex(digest: bytes | None) -> str:
+    """A digest as lowercase hex; ``none`` where the run recorded none (or lacks the event)."""
+    return "none" if digest is None else digest.hex()
+
+
 def _label(value: Any) -> Any:
     """A params value as an identity label: kept when hashable, else its shown form (a forged
     epoch that is a list must not stop the comparison)."""
@@ -161,34 +212,74 @@ Key = tuple[tuple[Any, ...], int]
 """How events are aligned: (identity, occurrence of that identity in its run, from 1)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A session that recorded part of a run: where it began and the environment it recorded."""
+
+    environment: Any
+    resumed_at: str | None = None
+    """``stream#seq`` of the ``run_resumed`` that began it; None for the creating session."""
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """How a run ended: its ``run_completed`` (None: incomplete) and the error it recorded."""
+
+    side: EventSide | None = None
+    error: Any = None
+
+
 def _index(store: Store, exp: str) -> tuple[dict[Key, EventSide], dict[str, Any],
-                                           list[tuple[Key, EventSide]], list[MetricSummary]]:
+                                           list[tuple[Key, EventSide]], list[MetricSummary],
+                                           Completion, list[Session]]:
     """Every compared event of a run by (identity, occurrence), its creation params, the
-    recording order, and its metrics' last values (read in the same pass)."""
+    recording order, its metrics' last values, how it ended and the sessions that recorded it
+    (read in the same pass)."""
+    completion = Completion()
+    sessions = [Session(None)]
     index: dict[Key, EventSide] = {}
     order: list[tuple[Key, EventSide]] = []
     seen: Counter = Counter()
     created: dict[str, Any] = {}
     metrics = MetricTally()
+    drawn_epoch: dict[str, Any] = {}  # by stream: the epoch its last epoch_reset drew
+    resumed_seq: dict[str, int] = {}  # by stream: the seq of its last run_resumed
     for stream, _seq, kind, body_bytes in store.iter_run_bodies(exp):
         if stream == AUDIT_STREAM:
             continue
         body = decode_body(body_bytes)
         if kind == EXPERIMENT_CREATED and isinstance(body["params"], dict):
             created = body["params"]
+            sessions[0] = Session(created.get("environment"))
         elif kind == METRIC:
             metrics.add(body["params"])
+        elif kind == EPOCH_RESET and len(body["path"]) > 1:
+            drawn_epoch[body["stream"]] = _label(body["path"][1])
+        elif kind == RUN_RESUMED:
+            resumed_seq[body["stream"]] = body["seq"]
+            params = body["params"] if isinstance(body["params"], dict) else {}
+            # a session that recorded no environment (older ledgers): the first one's stands
+            sessions.append(Session(params.get("environment", sessions[0].environment),
+                                    f"{body['stream']}#{body['seq']}"))
+        elif kind == RUN_COMPLETED:
+            params = body["params"] if isinstance(body["params"], dict) else {}
+            completion = Completion(EventSide(body["stream"], body["seq"], None, None, None),
+                                    params.get("error"))
         aligned = identity(body)
         if aligned is None:
             continue
         seen[aligned] += 1
         key = (aligned, seen[aligned])
+        logged = kind in (METRIC, CHECKPOINT)
         side = EventSide(body["stream"], body["seq"], body["seed"], body["input"],
                          _compared_output(kind, body["params"], body["output"]),
-                         _compared_settings(kind, body["params"]))
+                         _compared_settings(kind, body["params"]),
+                         drawn_epoch.get(body["stream"]) if logged else None,
+                         resumed_seq.get(body["stream"]) if logged else None,
+                         len(sessions) - 1)
         index[key] = side
         order.append((key, side))
-    return index, created, order, metrics.summaries
+    return index, created, order, metrics.summaries, completion, sessions
 
 
 def _compared_output(kind: str, params: Any, output: bytes | None) -> bytes | None:
@@ -203,10 +294,14 @@ def _compared_output(kind: str, params: Any, output: bytes | None) -> bytes | No
     return output
 
 
-_SETTINGS_KINDS = (EPOCH_RESET, AUGMENTATION_BATCH, USER_DRAW)
-"""The draws made from their params as well as their seed and input: when those params differ
-the cause is *parameters differ* (an augmenter's noise, shuffling, a user draw's scale), not
-*same seed, different output*, which sent the engineer hunting for nondeterministic code."""
+def _made_from_params(kind: str) -> bool:
+    """Whether a draw of ``kind`` is made from its params as well as its seed and input: every
+    draw — epoch_reset, augmentation_batch, user_draw and custom kinds, which replay re-executes
+    from their params — but worker_spawned, whose params (the start method) change nothing it
+    draws. When those params differ the cause is *parameters differ* (an augmenter's noise,
+    shuffling, a user draw's or custom kind's scale), not *same seed, different output*, which
+    sent the engineer hunting for nondeterministic code."""
+    return is_draw(kind) and kind != WORKER_SPAWNED
 
 
 def _compared_settings(kind: str, params: Any) -> bytes | None:
@@ -214,7 +309,7 @@ def _compared_settings(kind: str, params: Any) -> bytes | None:
     and for an epoch_reset a difference even when its output is the same: its output is the
     order's digest, the same for every batch_size and drop_last, so two runs batching one order
     differently used to compare identical."""
-    if kind not in _SETTINGS_KINDS or not isinstance(params, dict):
+    if not _made_from_params(kind) or not isinstance(params, dict):
         return None
     try:
         return value_digest(params)
@@ -237,8 +332,8 @@ def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = N
         if not checked.ok:
             raise CheckFailedError(f"{exp} fails verification, not compared: "
                                    f"{checked.findings[0].describe()}")
-    index_a, created_a, order_a, metrics_a = _index(store, exp_a)
-    index_b, created_b, order_b, metrics_b = _index(other, exp_b)
+    index_a, created_a, order_a, metrics_a, completion_a, sessions_a = _index(store, exp_a)
+    index_b, created_b, order_b, metrics_b, completion_b, sessions_b = _index(other, exp_b)
     report = DiffReport(exp_a, exp_b, statuses[0], statuses[1])
     report.config = differences({k: created_a.get(k) for k in _CONFIG_KEYS},
                                 {k: created_b.get(k) for k in _CONFIG_KEYS})
@@ -247,8 +342,7 @@ def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = N
     report.environment = differences(created_a.get("environment"),
                                      created_b.get("environment"), "environment")
     report.metrics = _last_metric_differences(metrics_a, metrics_b)
-    explanation = explain_output(created_a.get("environment"), created_b.get("environment"),
-                                 (f"in {exp_a}", f"in {exp_b}"))
+    explanation = _Explanation(exp_a, sessions_a, exp_b, sessions_b)
     unseeded = _unseeded_cause(report.config)
     for key, side_a in order_a:
         side_b = index_b.get(key)
@@ -256,7 +350,7 @@ def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = N
             continue  # worker counts may differ: outputs do not depend on them (DESIGN §1)
         report.compared += 1
         report.compared_by_kind[key[0][0]] += 1
-        divergence = _compare(key, side_a, side_b, explanation, unseeded)
+        divergence = _compare(key, side_a, side_b, explanation, unseeded, (exp_a, exp_b))
         if divergence is None:
             report.identical_events += 1
             continue
@@ -276,7 +370,45 @@ def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = N
         report.first_divergence = DiffDivergence(aligned[0], aligned, None, side, Cause.EXTRA,
                                                  f"{exp_b} has this event, {exp_a} does not",
                                                  occurrence)
+    if report.first_divergence is None and report.status_a != report.status_b:
+        report.first_divergence = DiffDivergence(
+            RUN_COMPLETED, (RUN_COMPLETED,), completion_a.side, completion_b.side, Cause.STATUS,
+            f"{exp_a} {_ending(report.status_a, completion_a)}, {exp_b} "
+            f"{_ending(report.status_b, completion_b)}: every event both recorded agrees")
+    if report.first_divergence is not None:
+        report.first_divergence = _renamed(
+            replace(report.first_divergence, exp_a=exp_a, exp_b=exp_b),
+            _dataset_digests(order_a), _dataset_digests(order_b))
     return report
+
+
+def _renamed(divergence: DiffDivergence, datasets_a: dict[str, Any],
+             datasets_b: dict[str, Any]) -> DiffDivergence:
+    """``divergence``, saying so when it is a dataset one run lacks that the other registered
+    under another name with the same content (it read only "the other run has no such event",
+    as if the runs had trained on other data)."""
+    if divergence.kind != DATASET_REGISTERED or divergence.cause not in (Cause.MISSING,
+                                                                         Cause.EXTRA):
+        return divergence
+    side = divergence.a or divergence.b
+    other, datasets = ((divergence.exp_b, datasets_b) if divergence.a is not None
+                       else (divergence.exp_a, datasets_a))
+    names = [name for name, digest in datasets.items()
+             if side is not None and digest == side.output and digest is not None]
+    if not names:
+        return divergence
+    return replace(divergence, detail=f"{divergence.detail}; {other} registered the same "
+                                      f"content as {names[0]!r}: a dataset renamed")
+
+
+def _ending(status: str, completion: Completion) -> str:
+    """How a run ended, in words: ``completed ok``, ``failed (ValueError: …)``, ``is
+    incomplete (no run_completed)``. A run that failed is not the same run as one that completed
+    ok, however alike their events: its status is what the run recorded last."""
+    if status == "incomplete":
+        return "is incomplete (no run_completed)"
+    error = "" if completion.error is None else f" ({json_view(completion.error)})"
+    return f"completed {status}{error}" if status == "ok" else f"{status}{error}"
 
 
 def _split_by_extra(divergence: DiffDivergence | None, order_b: list[tuple[Key, EventSide]],
@@ -325,13 +457,47 @@ def _unseeded_cause(config: list[tuple[str, Any, Any]]) -> tuple[Cause, str] | N
     return None
 
 
-def _compare(key: Key, a: EventSide, b: EventSide | None, explanation: str,
-             unseeded: tuple[Cause, str] | None) -> DiffDivergence | None:
+class _Explanation:
+    """The words of a *same seed, different output*: how the environments of the sessions that
+    recorded the two events differ — a run resumed under another numpy drew its later events
+    with it, which comparing the creating sessions' environments alone called "the same library
+    versions" (worded once per pair of sessions)."""
+
+    def __init__(self, exp_a: str, sessions_a: list[Session], exp_b: str,
+                 sessions_b: list[Session]) -> None:
+        self.runs = ((exp_a, sessions_a), (exp_b, sessions_b))
+        self.worded: dict[tuple[int, int], str] = {}
+
+    def __call__(self, a: EventSide, b: EventSide) -> str:
+        """The explanation for the events ``a`` and ``b``, by the sessions that recorded them."""
+        key = (a.session, b.session)
+        if key not in self.worded:
+            (exp_a, sessions_a), (exp_b, sessions_b) = self.runs
+            first, second = sessions_a[a.session], sessions_b[b.session]
+            self.worded[key] = explain_output(first.environment, second.environment,
+                                              (_in_session(exp_a, first),
+                                               _in_session(exp_b, second)))
+        return self.worded[key]
+
+
+def _in_session(exp: str, session: Session) -> str:
+    """``in exp-a``, or ``in exp-a's session resumed at main#9``."""
+    if session.resumed_at is None:
+        return f"in {exp}"
+    return f"in {exp}'s session resumed at {session.resumed_at}"
+
+
+def _compare(key: Key, a: EventSide, b: EventSide | None,
+             explanation: Callable[[EventSide, EventSide], str],
+             unseeded: tuple[Cause, str] | None, names: tuple[str, str] = ("A", "B")
+             ) -> DiffDivergence | None:
     """The divergence of one aligned event, or None. ``explanation`` words a *same seed,
-    different output*; ``unseeded`` is the cause of a differing event with no seed of its own
-    when the runs' configurations explain it (see :func:`_unseeded_cause`). A draw made with
+    different output* of two events; ``unseeded`` is the cause of a differing event with no
+    seed of its own when the runs' configurations explain it (see :func:`_unseeded_cause`). A draw made with
     other params is *parameters differ*, its detail naming them later
-    (:func:`_with_params_named`), as only the params' digests are kept."""
+    (:func:`_with_params_named`), as only the params' digests are kept. A metric or checkpoint
+    one run logged after drawing another epoch than the other is *epochs out of step*
+    (:func:`_epochs_detail`); ``names`` are the runs' ids, for its detail."""
     aligned, occurrence = key
     kind = aligned[0]
     if b is None:
@@ -345,13 +511,45 @@ def _compare(key: Key, a: EventSide, b: EventSide | None, explanation: str,
         cause, detail = Cause.INPUT, "the datasets' contents differ"
     elif a.settings != b.settings and (a.output != b.output or kind == EPOCH_RESET):
         cause, detail = Cause.PARAMS, _params_detail(kind, a.output == b.output, [])
+    elif a.output != b.output and a.seed is None and _out_of_step(a, b):
+        cause, detail = Cause.EPOCHS, _epochs_detail(aligned, a, b, names)
     elif a.output != b.output and a.seed is None and unseeded is not None:
         cause, detail = unseeded
     elif a.output != b.output:
-        cause, detail = Cause.OUTPUT, explanation
+        cause, detail = Cause.OUTPUT, explanation(a, b)
     else:
         return None
     return DiffDivergence(kind, aligned, a, b, cause, detail, occurrence)
+
+
+def _out_of_step(a: EventSide, b: EventSide) -> bool:
+    """Whether two runs logged a metric or checkpoint after drawing different epochs."""
+    return None not in (a.drawn_epoch, b.drawn_epoch) and a.drawn_epoch != b.drawn_epoch
+
+
+def _epochs_detail(aligned: tuple[Any, ...], a: EventSide, b: EventSide,
+                   names: tuple[str, str]) -> str:
+    """The detail of *epochs out of step*: which epoch each run had drawn when it logged the
+    event and, when the event's own epoch label matches one run's, that the other run's loop
+    labels its epochs behind (or ahead of) the data it trains on — after a resume, the loop of
+    a resumed run restarted at the epoch it saved instead of the iterator's ``next_epoch``
+    (README, Preemption), which trains one epoch more than the uninterrupted run."""
+    (name_a, name_b), label = names, aligned[2] if len(aligned) > 2 else None
+    detail = (f"{name_a} logged it after drawing epoch {a.drawn_epoch}, {name_b} after drawing "
+              f"epoch {b.drawn_epoch}: the runs' training loops label their epochs differently")
+    sides = [(name, side, other) for name, side, other in ((name_a, a, b), (name_b, b, a))
+             if side.drawn_epoch != label and other.drawn_epoch == label]
+    if not sides or type(label) is not int or type(sides[0][1].drawn_epoch) is not int:
+        return detail
+    name, side, _other = sides[0]
+    gap = side.drawn_epoch - label
+    detail += (f"; {name}'s loop labels its epochs {abs(gap)} "
+               f"{'behind' if gap > 0 else 'ahead of'} the data it trained on")
+    if side.resumed_seq is not None:
+        detail += (f", since its resume (run_resumed {side.stream}#{side.resumed_seq}): a loop "
+                   f"restarted at the epoch it saved rather than at the iterator's next_epoch "
+                   f"trains an epoch more than the uninterrupted run")
+    return detail
 
 
 def _params_detail(kind: str, same_output: bool, keys: list[str]) -> str:

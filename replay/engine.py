@@ -31,7 +31,8 @@ from ledger.digests import value_digest
 from ledger.environment import current_user, environment_fingerprint
 from ledger.errors import CannotReplayError
 from ledger.events import (AUDIT_STREAM, DATASET_REGISTERED, EXPERIMENT_CREATED, NOT_DRAWS,
-                           REPLAY_RECORDED, RUN_COMPLETED, USER_DRAW, decode_body, is_draw)
+                           REPLAY_RECORDED, RUN_COMPLETED, RUN_RESUMED, USER_DRAW, decode_body,
+                           is_draw)
 from ledger.processes import usable_cores
 from ledger.seeds import SEED_SCHEME, root_seed_from_bytes
 from ledger.store.store import Store
@@ -224,7 +225,7 @@ class _Replay:
                 if first:
                     datasets = _DatasetCheck(loaded, execution)
                     self.gate.check()
-                    report, comparer = self._report(created, plugins)
+                    report, comparer = self._report(created, plugins, root)
                 try:
                     mismatches = execution.run(
                         lambda: self._progress(self.done + execution.claims.claimed()))
@@ -277,7 +278,7 @@ class _Replay:
         if bodies or first:
             yield first, bodies, kinds
 
-    def _report(self, created: dict[str, Any], plugins: list[str]
+    def _report(self, created: dict[str, Any], plugins: list[str], root: int
                 ) -> tuple[ReplayReport, Comparer]:
         report = ReplayReport(self.exp, self.store.first_event_hash(self.exp, RUN_COMPLETED),
                               status=self.store.experiment(self.exp).status, jobs=self.jobs,
@@ -286,7 +287,30 @@ class _Replay:
         report.environment = environment_fingerprint()
         recorded_env = created.get("environment")
         report.environment_differences = library_differences(recorded_env, report.environment)
-        return report, Comparer(report, recorded_env, report.environment)
+        return report, Comparer(report, recorded_env, report.environment, root,
+                                self._resumed_session)
+
+    def _resumed_session(self, body: dict[str, Any]) -> tuple[Any, str] | None:
+        """The environment and ``stream#seq`` of the ``run_resumed`` that began the session
+        which recorded ``body`` (the last one recorded before it), or None when the creating
+        session recorded it. Read for the first divergence alone: a few small queries."""
+        position = self._row_id(body["stream"], body["seq"])
+        session = None
+        for stream, seq, _kind, resumed in self.store.iter_kind_bodies(self.exp, [RUN_RESUMED]):
+            at = self._row_id(stream, seq)
+            if position is None or at is None or at > position:
+                break
+            params = decode_body(resumed)["params"]
+            environment = params.get("environment") if isinstance(params, dict) else None
+            if environment is not None:  # older ledgers recorded none: the last known stands
+                session = (environment, f"{stream}#{seq}")
+        return session
+
+    def _row_id(self, stream: str, seq: int) -> int | None:
+        """The ledger row id of event (stream, seq) of this run: its place in recording order."""
+        for (row_id,) in self.store.iter_segment_rows(self.exp, stream, seq, seq + 1, ["id"]):
+            return int(row_id)
+        return None
 
     def _datasets_differ(self, comparer: Comparer,
                          checked: list[tuple[dict[str, Any], Redraw]]) -> bool:

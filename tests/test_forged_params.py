@@ -25,6 +25,7 @@ from forgery import copy_run
 from ledger.augment import DataAugmenter
 from ledger.datasets import read_npz
 from ledger.errors import BadInputError
+from ledger.events import decode_body
 from ledger.integrations.sharding import rank_share, share_size
 from ledger.seeds import derive_bytes, root_seed_from_bytes
 from ledger.store import Store
@@ -618,6 +619,18 @@ def test_a_forged_seed_or_input_digest_is_the_first_divergence(
                                                   ["epoch", 0, "batch", 0, "augment"])
     assert (divergence.field, divergence.expected) == (field, value)
     assert divergence.cause.value == cause and divergence.detail == detail
+    # the actual digest is what the re-execution made — for a seed, the one its path derives
+    # (the honest record's): it was None, shown as "got None"
+    with Store.open(f"sqlite:///{tmp_path / 'honest.db'}") as honest:
+        [honest_body] = [decode_body(body) for _s, _q, kind, body in honest.iter_run_bodies(exp)
+                         if kind == "augmentation_batch"
+                         and decode_body(body)["path"][1:4] == [0, "batch", 0]]
+    assert divergence.actual == honest_body[field] and divergence.actual != value
+    text = run_cli("--db", forged, "replay", exp, "--no-record", "--data-dir",
+                   str(tmp_path / "data"))
+    assert text.returncode == 1
+    assert (f"({field} expected {value.hex()}, got {honest_body[field].hex()})"
+            in text.stdout)
 
 
 def test_a_bare_user_draw_forged_with_an_output_is_not_certified(tmp_path: Path) -> None:

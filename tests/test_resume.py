@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -228,6 +229,130 @@ def test_a_run_preempted_by_sigterm_suspends_mid_epoch_and_resumes_identically(
         assert replay_run(store, preempted, data_dir=tmp_path / "data").certified
         report = diff_runs(store, straight.id, preempted)
         assert report.identical, report.first_divergence
+
+
+def _train_in_epochs(exp: Experiment, *, start: dict | None = None, stop_after: int | None = None,
+                     loop_epoch_saved: bool = False) -> dict | None:
+    """Three epochs of a tiny loop logging a metric and a checkpoint per epoch. With
+    ``stop_after`` it stops at that epoch's last batch (its metric not yet logged) and returns
+    the state to resume from; ``loop_epoch_saved`` resumes the loop at the loop's own saved
+    epoch instead of ``next_epoch`` — the README's warning: one epoch behind its iterator."""
+    features, labels = sample_data(rows=200)
+    data = exp.register_dataset("epochs-data", features, labels)
+    batches = TrainingDataIterator(data, batch_size=64, experiment=exp,
+                                   augmenter=DataAugmenter(noise_std=0.1))
+    weights, first = np.zeros(features.shape[1]), 0
+    if start is not None:
+        weights = start["weights"].copy()
+        batches.load_state_dict(start["iterator"])
+        first = start["epoch"] if loop_epoch_saved else start["next_epoch"]
+    for epoch in range(first, EPOCHS):
+        for step, (x, _y) in enumerate(batches):
+            weights += x.mean(axis=0) * 0.01
+            if epoch == stop_after and step == len(batches) - 1:
+                return {"epoch": epoch, "next_epoch": batches.next_epoch,
+                        "weights": weights.copy(), "iterator": batches.state_dict()}
+        exp.log_metric("norm", float(np.linalg.norm(weights)), epoch=epoch)
+        exp.log_checkpoint("weights", weights, epoch=epoch)
+    return None
+
+
+def test_diff_names_a_run_resumed_one_epoch_behind_its_iterator(tmp_path: Path) -> None:
+    """Preempted at an epoch's last batch and resumed with the loop's own epoch (not
+    ``next_epoch``), a run trains an epoch more, each metric labelled one behind. ``ledger
+    diff`` against the uninterrupted run named its first differing metric *same seed,
+    different output — nondeterministic code*, sending the engineer hunting for
+    nondeterminism; it is *epochs out of step*: the resumed run logged that metric after
+    drawing the next epoch, since its resume."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("epochs", seed=42) as straight:
+            _train_in_epochs(straight)
+        behind = manager.create_experiment("epochs", seed=42)
+        state = _train_in_epochs(behind, stop_after=1)
+        behind.suspend()
+        with manager.resume_experiment(behind.id) as resumed:
+            _train_in_epochs(resumed, start=state, loop_epoch_saved=True)
+    with Store.open(url) as store:
+        [resume_seq] = [seq for _stream, seq, kind, _body in store.iter_run_bodies(behind.id)
+                        if kind == "run_resumed"]
+        for a, b in ((straight.id, behind.id), (behind.id, straight.id)):
+            report = diff_runs(store, a, b)
+            divergence = report.first_divergence
+            assert (divergence.kind, divergence.identity) == ("metric", ("metric", "norm", 1))
+            assert divergence.cause.value == "epochs out of step", divergence.detail
+            assert re.search(f"{straight.id} (logged it )?after drawing epoch 1[,:]",
+                             divergence.detail)
+            assert re.search(f"{behind.id} (logged it )?after drawing epoch 2[,:]",
+                             divergence.detail)
+            assert (f"{behind.id}'s loop labels its epochs 1 behind the data it trained on, "
+                    f"since its resume (run_resumed main#{resume_seq})") in divergence.detail
+            assert "nondeterministic" not in divergence.detail
+    result = run_cli("--db", url, "diff", straight.id, behind.id)
+    assert result.returncode == 1
+    assert "metric [norm/1]: epochs out of step" in result.stdout
+    assert "epochs out of step" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_diff_and_replay_word_a_draw_after_a_resume_by_the_resumed_session_environment(
+        tmp_path: Path) -> None:
+    """A run resumed under another numpy drew its later events with it. diff and replay compared
+    only the creating session's environment, so a draw after the resume that differs read "same
+    seed, same input and the same library versions gave another output"; they now name the
+    version of the session that recorded it."""
+    from forgery import copy_run
+
+    url, forged = (f"sqlite:///{tmp_path / name}" for name in ("ledger.db", "forged.db"))
+    features, labels = sample_data(rows=200)
+
+    def run(exp: Experiment, state: dict | None = None, stop: bool = False) -> dict | None:
+        data = exp.register_dataset("d", features, labels)
+        batches = TrainingDataIterator(data, 64, experiment=exp,
+                                       augmenter=DataAugmenter(noise_std=0.1))
+        if state is not None:
+            batches.load_state_dict(state)
+        for epoch in range(batches.next_epoch, 2):
+            for step, _batch in enumerate(batches):
+                if stop and (epoch, step) == (0, 1):
+                    return batches.state_dict()
+        return None
+
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("r", seed=5) as straight:
+            run(straight)
+        resumed = manager.create_experiment("r", seed=5)
+        state = run(resumed, stop=True)
+        resumed.suspend()
+        with manager.resume_experiment(resumed.id) as again:
+            run(again, state)
+    seam: list[int] = []
+
+    def other_numpy_after_the_resume(body: dict) -> None:
+        if body["kind"] == "run_resumed":
+            seam.append(body["seq"])
+            body["params"]["environment"]["packages"]["numpy"] = "9.9.9"
+        elif seam and body["kind"] == "augmentation_batch" and body["path"][1:4] == [1, "batch",
+                                                                                     0]:
+            body["output"] = bytes(32)
+
+    with Store.open(url) as source, Store.open(forged, create=True) as target:
+        copy_run(source, resumed.id, target, other_numpy_after_the_resume)
+        report = diff_runs(source, straight.id, resumed.id, store_b=target)
+    divergence = report.first_divergence
+    assert divergence.identity == ("augmentation_batch", "epoch", 1, "batch", 0, "augment")
+    assert divergence.cause.value == "same seed, different output"
+    assert divergence.detail.startswith("environments differ: numpy ")
+    assert divergence.detail.endswith(
+        f", 9.9.9 in {resumed.id}'s session resumed at main#{seam[0]}"), divergence.detail
+    assert "same library versions" not in divergence.detail
+    # replay likewise: the record was made under the resumed session's numpy, not the first's
+    with Store.open(forged) as store:
+        replayed = replay_run(store, resumed.id, data_dir=tmp_path / "data").first_divergence
+    assert replayed.seq == divergence.b.seq
+    assert replayed.cause.value == "same seed, different output"
+    assert replayed.detail.startswith(
+        f"environments differ: numpy 9.9.9 recorded (session resumed at main#{seam[0]}), "
+    ), replayed.detail
 
 
 def test_a_resumed_run_that_does_not_reproduce_itself_is_refused(tmp_path: Path) -> None:

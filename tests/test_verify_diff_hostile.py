@@ -213,14 +213,15 @@ def test_a_stream_entry_that_is_not_a_map_is_a_finding_not_a_crash(url: str) -> 
 
 # -- diff: runs of odd shapes ----------------------------------------------------------------
 
-def _run_with_steps(url: str, data_dir: Path, losses: list[float], status: str = "ok") -> str:
+def _run_with_steps(url: str, data_dir: Path, losses: list[float], status: str = "ok",
+                    error: str | None = None) -> str:
     """A run logging ``loss`` once per step, without an epoch: one identity, many events."""
     with ExperimentManager(url, data_dir=data_dir) as manager:
         exp = manager.create_experiment("steps", seed=7)
         exp.generator("init")
         for loss in losses:
             exp.log_metric("loss", loss)
-        exp.close(status=status)
+        exp.close(status=status, error=error)
     return exp.id
 
 
@@ -263,15 +264,41 @@ def test_a_metric_that_differs_between_runs_of_other_root_seeds_is_put_down_to_t
 
 
 def test_diff_says_when_a_run_failed_or_is_incomplete(url: str, tmp_path: Path) -> None:
+    """A run that failed is not the same run as one that completed ok, however alike their
+    events (DESIGN §5: exit 1, runs differ): diff said IDENTICAL, exit 0, with a note — a CI
+    check of ``ledger diff BASELINE RERUN`` passed a rerun that crashed. Two runs that failed
+    alike are identical."""
     ok = _run_with_steps(url, tmp_path / "data", [1.0])
-    failed = _run_with_steps(url, tmp_path / "data", [1.0], status="failed")
+    failed = _run_with_steps(url, tmp_path / "data", [1.0], status="failed",
+                             error="OSError: upload failed")
+    failed_too = _run_with_steps(url, tmp_path / "data", [1.0], status="failed",
+                                 error="OSError: upload failed")
     with Store.open(url) as store:
         incomplete = record_experiment(store, workers=0, complete=False).exp
+        completed = record_experiment(store, workers=0).exp
+        ended = diff_runs(store, completed, incomplete)
+    assert not ended.identical and ended.compared == ended.identical_events > 0
+    assert ended.first_divergence.describe().endswith(
+        f"status differs — {completed} completed ok, {incomplete} is incomplete (no "
+        f"run_completed): every event both recorded agrees")
+    assert ended.first_divergence.b is None  # no run_completed to point at
     result = run_cli("--db", url, "diff", ok, failed)
-    clean(result, 0)
+    clean(result, 1)
+    assert result.stdout.startswith(f"DIFFERENT: {ok} vs {failed}\n")
+    assert (f"run_completed [-]: status differs — {ok} completed ok, {failed} failed "
+            f"(OSError: upload failed): every event both recorded agrees") in result.stdout
+    assert "status differs" in result.stderr
     assert f"{failed} completed with status 'failed'" in result.stdout
     result = run_cli("--db", url, "diff", ok, failed, "--json")
-    assert strict_json(result.stdout)["status"] == {"a": "ok", "b": "failed"}
+    clean(result, 1)
+    document = strict_json(result.stdout)
+    assert document["status"] == {"a": "ok", "b": "failed"} and document["identical"] is False
+    assert (document["first_divergence"]["cause"], document["first_divergence"]["field"]) == (
+        "status differs", "status")
+    assert (document["differing"], document["missing_in_b"], document["extra_in_b"]) == (0, 0, 0)
+    result = run_cli("--db", url, "diff", failed, failed_too)
+    clean(result, 0)
+    assert result.stdout.startswith("IDENTICAL")
     result = run_cli("--db", url, "diff", incomplete, ok)
     clean(result, 1)
     assert f"{incomplete} is incomplete (no run_completed)" in result.stdout
@@ -346,6 +373,103 @@ def test_diff_names_the_cause_of_each_constructed_divergence(url: str, case: str
     result = run_cli("--db", url, "diff", "exp-a", "exp-b")
     clean(result, 1)
     assert cause in result.stdout and "recorded," not in result.stdout
+
+
+@pytest.mark.parametrize("case", CAUSES)
+def test_diff_text_names_each_run_position_and_digest_of_the_first_divergence(
+        url: str, case: str) -> None:
+    """DESIGN §5: the first divergent event with its exp, stream, seq, kind, path and the
+    expected and actual digests. The text gave one stream#seq and no digest at all (only
+    --json had them): now each run's position and the digest each run recorded."""
+    change, kind, cause, _words = CAUSES[case]
+    with Store.open(url) as store:
+        record_experiment(store, "exp-a", workers=2, extra_params={
+            "environment": {"packages": {"numpy": "1.26.0"}}})
+        _changed_copy(store, "exp-a", "exp-b", change)
+    document = run_cli("--db", url, "diff", "exp-a", "exp-b", "--json")
+    clean(document, 1)
+    divergence = strict_json(document.stdout)["first_divergence"]
+    field = divergence["field"]
+    a, b = divergence["a"], divergence["b"]
+    assert a[field] != b[field] and None not in (a[field], b[field])
+    result = run_cli("--db", url, "diff", "exp-a", "exp-b")
+    clean(result, 1)
+    line = next(text for text in result.stdout.splitlines() if "first divergence:" in text)
+    assert (f"exp-a {a['stream']}#{a['seq']} / exp-b {b['stream']}#{b['seq']} {kind} ["
+            in line)
+    assert f"{cause} ({field} {a[field]} in exp-a, {b[field]} in exp-b)" in line
+    assert line.removeprefix("  first divergence: ") in result.stderr
+
+
+def test_diff_text_tells_one_run_id_in_two_ledgers_apart(url: str, tmp_path: Path) -> None:
+    """``--db-b`` compares a run with its copy in another ledger under the same id: the text
+    names each side (A) and (B), not the one id twice."""
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    with Store.open(url) as store, Store.open(other, create=True) as target:
+        record_experiment(store, "exp-a", workers=0)
+        bodies = [decode_body(body) for _s, _q, _k, body in store.iter_run_bodies("exp-a")]
+        for body in bodies:
+            _other_seed(body)
+        fields = ("stream", "kind", "path", "seed", "params", "input", "output", "meta")
+        forge_run(target, "exp-a", [{name: body[name] for name in fields} for body in bodies[1:]
+                                    if body["kind"] != "run_completed"],
+                  created=bodies[0]["params"])
+    result = run_cli("--db", url, "diff", "exp-a", "exp-a", "--db-b", other)
+    clean(result, 1)
+    assert "in exp-a (B)) — " in result.stdout and "exp-a (A) main#" in result.stdout
+    assert bytes(range(16)).hex() + " in exp-a (B)" in result.stdout
+
+
+def test_a_custom_kind_drawn_with_other_params_is_parameters_differ(url: str) -> None:
+    """A custom kind is a user draw point, re-executed from its params: two runs drawing it with
+    the same seed and another ``scale`` split there as *parameters differ* naming it — it read
+    *same seed, different output — nondeterministic code*, as user draws once did. A
+    worker_spawned's params (the start method) are not compared: fork and spawn draw alike."""
+    def noise(scale: float, output: bytes) -> dict[str, Any]:
+        return {"kind": "my_noise", "path": ["noise", 0], "seed": SEED, "output": output,
+                "params": {"scale": scale}}
+
+    def worker(method: str) -> dict[str, Any]:
+        return {"kind": "worker_spawned", "path": ["worker", 0], "seed": SEED, "output": DIGEST,
+                "params": {"worker": 0, "start_method": method}}
+
+    with Store.open(url) as store:
+        forge_run(store, "exp-a", [worker("fork"), noise(1.0, DIGEST)])
+        forge_run(store, "exp-b", [worker("spawn"), noise(2.0, hashlib.sha256(b"x").digest())])
+        forge_run(store, "exp-c", [worker("spawn"), noise(1.0, DIGEST)])
+        report = diff_runs(store, "exp-a", "exp-b")
+        assert diff_runs(store, "exp-a", "exp-c").identical
+    divergence = report.first_divergence
+    assert (divergence.kind, divergence.cause.value) == ("my_noise", "parameters differ")
+    assert "other params (scale)" in divergence.detail
+    assert (report.differing, report.identical_events) == (1, 1)
+
+
+def test_a_dataset_registered_under_another_name_is_said_to_be_renamed(url: str) -> None:
+    """The same content registered under another name read only "event missing — the other run
+    has no such event", as if the runs had trained on other data; the detail now names the
+    other run's name for that content. A dataset with other content stays plain missing."""
+    def renamed(body: dict[str, Any]) -> None:
+        if body["kind"] == "dataset_registered":
+            body["params"]["name"] = "renamed"
+
+    def renamed_and_changed(body: dict[str, Any]) -> None:
+        renamed(body)
+        _other_dataset(body)
+
+    with Store.open(url) as store:
+        record_experiment(store, "exp-a", workers=0)
+        _changed_copy(store, "exp-a", "exp-b", renamed)
+        _changed_copy(store, "exp-a", "exp-c", renamed_and_changed)
+        forward = diff_runs(store, "exp-a", "exp-b").first_divergence
+        backward = diff_runs(store, "exp-b", "exp-a").first_divergence
+        changed = diff_runs(store, "exp-a", "exp-c").first_divergence
+    assert (forward.kind, forward.cause.value) == ("dataset_registered", "event missing")
+    assert forward.detail.endswith("; exp-b registered the same content as 'renamed': a "
+                                   "dataset renamed")
+    assert backward.detail.endswith("; exp-a registered the same content as "
+                                    f"{forward.identity[1]!r}: a dataset renamed")
+    assert changed.detail == "the other run has no such event"
 
 
 def test_a_changed_dataset_is_listed_with_each_run_on_its_own_side(url: str) -> None:
@@ -587,6 +711,10 @@ def test_odd_recorded_values_give_one_json_document_and_the_same_text(url: str,
     text = run_cli("--db", url, "diff", "exp-a", "exp-b")
     clean(text, 0)
     assert "configuration differs" in text.stdout and shown in text.stdout
+    # identical events, other hyperparameters: IDENTICAL says why the differences don't count
+    assert text.stdout.splitlines()[1:3] == [
+        "  every event agrees: the differences below changed nothing either run recorded",
+        "  configuration differs:"]
     document = run_cli("--db", url, "diff", "exp-a", "exp-b", "--json")
     clean(document, 0)
     rows = strict_json(document.stdout)["differences"]["config"]

@@ -59,6 +59,9 @@ def _print(report: DiffReport) -> None:
     if report.identical:
         click.echo(f"IDENTICAL: {report.exp_a} and {report.exp_b} "
                    f"({report.compared:,} events compared)")
+        if report.config or report.code or report.environment:
+            click.echo("  every event agrees: the differences below changed nothing either run "
+                       "recorded")
     else:
         click.echo(f"DIFFERENT: {report.exp_a} vs {report.exp_b}")
         assert report.first_divergence is not None  # set whenever runs differ
