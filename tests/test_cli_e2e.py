@@ -480,6 +480,30 @@ def test_an_unreachable_postgres_server(command: tuple[str, ...]) -> None:
     assert "hunter2" not in line
 
 
+def test_errors_show_a_database_url_as_it_was_given(ledger_file: LedgerFile) -> None:
+    """SQLAlchemy 2.x renders ``:`` in a database name percent-encoded: ``sqlite:///:memory:``
+    was shown as ``sqlite:///%3Amemory%3A`` and the README's ``file:`` URI as ``file%3A…``, a
+    URL the user never typed. Errors show the URL as given."""
+    memory = assert_one_line_error(run_cli("--db", "sqlite:///:memory:", "list"),
+                                   says="is not a ledger")
+    assert memory.startswith("ledger: error: sqlite:///:memory: is not a ledger"), memory
+    uri = f"sqlite:///file:{ledger_file.path}?immutable=1&uri=true"
+    unknown = assert_one_line_error(run_cli("--db", uri, "show", "exp-123412341234"),
+                                    says="unknown experiment")
+    assert unknown.endswith(f"in {uri}"), unknown
+
+
+@pytest.mark.parametrize("url", ["postgresql://bob:hun/ter2@127.0.0.1:1/ledger",
+                                 "postgresql://bob:hunter2@127.0.0.1:1/ledger?connect_timeout=5",
+                                 "postgresql://bob@127.0.0.1:1/ledger?password=hunter2"])
+def test_a_database_url_shown_as_given_still_hides_its_password(url: str) -> None:
+    """The URL as given, but never its password: neither in its credentials (one holding '/'
+    included) nor as a ``password=`` argument, which SQLAlchemy's rendering showed."""
+    line = assert_one_line_error(run_cli("--db", url, "list"))
+    assert "hunter2" not in line and "127.0.0.1:1/ledger" in line, line
+    assert "bob:***@" in line or "password=***" in line, line
+
+
 @pytest.mark.parametrize("url", ["mysql://localhost/ledger", "::not a url::"])
 def test_an_unsupported_database_url(tmp_path: Path, url: str) -> None:
     assert_one_line_error(run_cli("--db", url, "list", cwd=tmp_path))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,9 +67,24 @@ def resolve_url(url: str | None = None) -> str:
     return url or os.environ.get(URL_ENV) or DEFAULT_URL
 
 
-def describe_url(url: URL) -> str:
-    """The URL as shown to users: never with its password."""
-    return url.render_as_string(hide_password=True)
+def describe_url(url: URL, given: str | None = None) -> str:
+    """The URL as shown to users: as they gave it (``given``, the text ``url`` was parsed
+    from), never with its password — one in the URL's credentials or a ``password=`` argument
+    is shown as ``***``. Without ``given``, SQLAlchemy's rendering, which percent-encodes what
+    the user typed (``sqlite:///:memory:`` as ``sqlite:///%3Amemory%3A``)."""
+    if given is None:
+        return _query_passwords_masked(url.render_as_string(hide_password=True))
+    shown = given
+    if url.password is not None:
+        # the credentials as SQLAlchemy's own pattern splits them: the user name runs to the
+        # first ':' or '/', the password from there to the first '@'
+        shown = re.sub(r"^([\w+]+://[^:/]*:)[^@]*@", r"\1***@", shown, count=1)
+    return _query_passwords_masked(shown)
+
+
+def _query_passwords_masked(text: str) -> str:
+    """``text`` with the value of every ``password=`` URL argument shown as ``***``."""
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", text, flags=re.IGNORECASE)
 
 
 def parse_url(url: str | None = None) -> URL:
@@ -386,8 +402,9 @@ def open_engine(url: str | None = None, *, create: bool = False) -> tuple[Engine
     With ``create=True`` a missing SQLite file or an empty database is initialised (WAL mode,
     tables, triggers, schema version); otherwise only an existing ledger is accepted.
     """
-    parsed = parse_url(url)
-    shown = describe_url(parsed)
+    given = resolve_url(url)
+    parsed = _parse(given)
+    shown = describe_url(parsed, given)
     is_sqlite = parsed.get_backend_name() == "sqlite"
     if is_sqlite:
         _check_sqlite_query(parsed, shown)

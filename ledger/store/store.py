@@ -26,7 +26,7 @@ from ledger.errors import (AppendOnlyError, BadInputError, ConcurrentWriteError,
 from ledger.events import (AUDIT_STREAM, COMPLETION_STATUSES, EXPERIMENT_CREATED, MAIN_STREAM,
                            RUN_COMPLETED, Event, check_experiment_id, decode_body, path_bytes)
 from ledger.store.connect import (BOUNDED_WRITE, POSTGRES_LOCK_TIMEOUT, WRITE_OPTION,
-                                  describe_url, open_engine, sqlite_file_path,
+                                  describe_url, open_engine, resolve_url, sqlite_file_path,
                                   sqlite_uri_read_only)
 from ledger.store.schema import (TRIGGER_NAMES, claims_table, events_table, experiments_table,
                                  meta_table, postgres_refusal_source)
@@ -103,7 +103,8 @@ class Store:
         leave it False so that a mistyped path is reported instead of silently created.
         """
         engine, parsed = open_engine(url, create=create)
-        return cls(engine, describe_url(parsed), parsed.render_as_string(hide_password=False))
+        return cls(engine, describe_url(parsed, resolve_url(url)),
+                   parsed.render_as_string(hide_password=False))
 
     @property
     def shareable(self) -> bool:
