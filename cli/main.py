@@ -58,6 +58,34 @@ def _one_db(given: tuple[str, ...], where: str) -> str | None:
     return given[0] if given else None
 
 
+class OnceOption(click.Option):
+    """A single-valued option that names one thing — a file, folder, key, id, a statement of the
+    report — and so is given once: twice with different values is refused (usage error, exit 2),
+    where click silently kept the last (``report -o a.html … -o b.html`` wrote only b.html).
+    The same value twice is taken. Use as ``@click.option(..., cls=OnceOption)``; not for flags
+    or ``multiple`` options. ``--db`` and ``--db-b``, which also refuse an empty URL and, for
+    ``--db``, one before and one after the command, collect theirs with ``multiple`` instead."""
+
+    def add_to_parser(self, parser: Any, ctx: click.Context) -> None:
+        """Let the parser collect every occurrence, for :meth:`consume_value` to check."""
+        if self.is_flag or self.multiple or self.count:
+            raise TypeError(f"OnceOption is for single-valued options, not {self.opts[0]}")
+        parser.add_option(obj=self, opts=self.opts, dest=self.name, action="append",
+                          nargs=self.nargs)
+
+    def consume_value(self, ctx: click.Context, opts: Any) -> tuple[Any, Any]:
+        """The one value given; two different ones are a usage error."""
+        given = opts.get(self.name)
+        if isinstance(given, list):
+            values = list(dict.fromkeys(given))
+            if len(values) > 1:
+                name = max(self.opts, key=len)
+                raise click.UsageError(f"got {name} twice, {quoted(values[0])} and "
+                                       f"{quoted(values[1])}: give it once")
+            opts = {**opts, self.name: values[0]}
+        return super().consume_value(ctx, opts)
+
+
 class _LedgerGroup(click.Group):
     """The command group; a Ctrl-C while a command works is click's Abort without the blank
     line click writes first (to close a terminal's ``^C`` echo): on a stderr that is no

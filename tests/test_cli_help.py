@@ -10,7 +10,7 @@ import click
 import pytest
 
 import cli.commands  # noqa: F401 - importing registers every command on the group
-from cli.main import cli
+from cli.main import OnceOption, cli
 from conftest import ROOT, run_cli
 
 COMMANDS = sorted(cli.commands)
@@ -92,3 +92,51 @@ def test_every_command_that_opens_a_ledger_takes_db_after_its_name(name: str) ->
     opens_ledger = "obj" in inspect.signature(command.callback).parameters  # click.pass_obj
     flags = {flag for parameter in command.params for flag in parameter.opts}
     assert ("--db" in flags) == opens_ledger, (name, opens_ledger)
+
+
+ONCE = {  # single-valued options naming a file, folder, key, id or a statement of the report
+    "demo": ["--data-dir"],
+    "keygen": ["--out"],
+    "replay": ["--data-dir"],
+    "report": ["--format", "--output", "--bundle", "--appendix", "--data-dir", "--sign-key",
+               "--responsible", "--role", "--generated-by", "--retention-class",
+               "--retain-years", "--retain-from"],
+    "verify-report": ["--public-key", "--signature", "--exp"],
+}
+"""Numbers a script may override by appending (--jobs, --workers, --epochs, --seed) still take
+the last value, as click does; flags and repeatable options (--trust, --name) are unaffected."""
+
+TWO_VALUES = {"--format": ("html", "md"), "--retention-class": ("logs", "technical-documentation"),
+              "--retain-years": ("3", "5"), "--retain-from": ("2026-01-01", "2026-02-01"),
+              "--exp": ("exp-111111111111", "exp-222222222222")}
+
+
+def test_the_options_given_once_are_those_that_name_one_thing() -> None:
+    found = {name: [max(parameter.opts, key=len) for parameter in command.params
+                    if isinstance(parameter, OnceOption)]
+             for name, command in cli.commands.items()}
+    assert {name: opts for name, opts in found.items() if opts} == ONCE
+
+
+@pytest.mark.parametrize("name, option", [(name, option) for name, options in ONCE.items()
+                                          for option in options])
+def test_an_option_given_twice_with_two_values_is_refused(tmp_path: Path, name: str,
+                                                          option: str) -> None:
+    """``report -o a.html … -o b.html`` wrote b.html alone, the first value silently dropped
+    (so did --sign-key, --bundle, keygen --out, …): two different values are a usage error,
+    one line, exit 2, nothing written."""
+    first, second = TWO_VALUES.get(option, (str(tmp_path / "a"), str(tmp_path / "b")))
+    arguments = {"report": ["exp-123412341234"], "replay": ["exp-123412341234"],
+                 "verify-report": [str(tmp_path / "r.json"), "--unsigned"]}.get(name, [])
+    done = run_cli(name, *arguments, option, first, option, second, cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    assert done.stderr.splitlines() == [
+        f"ledger: error: got {option} twice, {first!r} and {second!r}: give it once"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_option_given_twice_with_the_same_value_is_taken(tmp_path: Path) -> None:
+    """Only two different values are refused: ``keygen --out k --out k`` writes k.key."""
+    done = run_cli("keygen", "--out", "k", "--out", "k", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["k.key", "k.pub"]

@@ -7,7 +7,7 @@ import shlex
 import click
 
 from cli.display import printable, runs_differ_line
-from cli.main import cli, db_option, refuse_empty_folder
+from cli.main import OnceOption, cli, db_option, refuse_empty_folder
 from cli.output import emit_json, json_option
 from examples.fraud.demo import DemoResult, run_demo
 from examples.fraud.train import HYPERPARAMS
@@ -23,7 +23,8 @@ from examples.fraud.train import HYPERPARAMS
               show_default=True, help="Training epochs per run.")
 @click.option("--inject-nondeterminism", is_flag=True,
               help="Reproduce the original bug (the augmenter ignores its seed): the runs differ.")
-@click.option("--data-dir", type=click.Path(file_okay=False), callback=refuse_empty_folder,
+@click.option("--data-dir", cls=OnceOption,
+              type=click.Path(file_okay=False), callback=refuse_empty_folder,
               envvar="LEDGER_DATA_DIR",
               show_envvar=True, default=None,
               help="Folder for the dataset files [default: ledger-data/ beside an SQLite "

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import click
 
-from cli.main import cli
+from cli.main import OnceOption, cli
 from cli.output import emit_json, json_option
 from report.signing import generate_key_pair
 
 
 @cli.command("keygen", epilog="Exit codes: 0 written; 2 a key file exists already (never "
                               "overwritten) or cannot be written.")
-@click.option("--out", "prefix", required=True, type=str,
+@click.option("--out", "prefix", cls=OnceOption, required=True, type=str,
               metavar="PREFIX", help="Write PREFIX.key (private, mode 0600) and PREFIX.pub.")
 @json_option
 def keygen_command(prefix: str, as_json: bool) -> None:

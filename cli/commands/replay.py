@@ -7,7 +7,7 @@ import sys
 import click
 
 from cli.display import printable
-from cli.main import cli, db_option, refuse_empty_folder
+from cli.main import OnceOption, cli, db_option, refuse_empty_folder
 from cli.output import (emit_json, iso_time, json_option, options_given,
                         refuse_take_over_without_record, trusted_output_to_stderr)
 from ledger.audit import require_audit_append
@@ -45,7 +45,8 @@ class _Progress:
 @click.option("--trust", "trusted", multiple=True, metavar="MODULE",
               help="Import MODULE so that the custom ops, loaders or draws it registers can "
                    "replay (repeatable). Nothing else named in a ledger is ever imported.")
-@click.option("--data-dir", type=click.Path(file_okay=False), callback=refuse_empty_folder,
+@click.option("--data-dir", cls=OnceOption,
+              type=click.Path(file_okay=False), callback=refuse_empty_folder,
               default=None,
               help="Folder of the run's stored datasets [default: $LEDGER_DATA_DIR, or "
                    "ledger-data/ beside an SQLite ledger].")

@@ -10,7 +10,7 @@ from typing import TextIO
 import click
 
 from cli.display import printable
-from cli.main import cli, db_option, refuse_empty_folder
+from cli.main import OnceOption, cli, db_option, refuse_empty_folder
 from cli.output import (emit_json, json_option, options_given,
                         refuse_take_over_without_record, trusted_output_to_stderr)
 from ledger.errors import BadInputError
@@ -37,15 +37,17 @@ def _date(_context: click.Context, _parameter: click.Parameter, value: str | Non
                               "database, a file that cannot be written, or a ledger this "
                               "connection cannot record the export in (see --no-record).")
 @click.argument("exp")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+@click.option("--format", "fmt", cls=OnceOption, type=click.Choice(FORMATS), default=None,
               help="Format written to -o FILE or stdout (a bundle has all three) [default: "
                    "html for -o FILE.html or .htm, md for .md or .markdown, otherwise json].")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", cls=OnceOption, type=click.Path(dir_okay=False, path_type=Path),
               help="Write the report to FILE instead of stdout.")
-@click.option("--bundle", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+@click.option("--bundle", cls=OnceOption,
+              type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="Write JSON, HTML, Markdown, the per-event appendix, the two in-toto "
                    "attestations, the signature and SHA256SUMS to DIR (new or empty).")
-@click.option("--appendix", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+@click.option("--appendix", cls=OnceOption,
+              type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Also write the per-event NDJSON appendix to FILE (a bundle always has it).")
 @click.option("--full-appendix", is_flag=True,
               help="Put each event's whole body (JSON view) in the appendix lines (with "
@@ -57,25 +59,29 @@ def _date(_context: click.Context, _parameter: click.Parameter, value: str | Non
               help="Processes for --replay (at most the usable cores).")
 @click.option("--trust", "trusted", multiple=True, metavar="MODULE",
               help="Module --replay may import for custom ops, loaders or draws (repeatable).")
-@click.option("--data-dir", type=click.Path(file_okay=False), callback=refuse_empty_folder,
+@click.option("--data-dir", cls=OnceOption,
+              type=click.Path(file_okay=False), callback=refuse_empty_folder,
               default=None,
               help="Folder of the run's stored datasets, for --replay and the train/test "
                    "independence check [default: $LEDGER_DATA_DIR or ledger-data/ beside "
                    "an SQLite ledger].")
-@click.option("--sign-key", type=click.Path(dir_okay=False, path_type=Path), metavar="KEY",
+@click.option("--sign-key", cls=OnceOption,
+              type=click.Path(dir_okay=False, path_type=Path), metavar="KEY",
               help="Sign with this Ed25519 private key (from `ledger keygen`): writes "
                    "REPORT.json.sig beside the JSON report.")
-@click.option("--responsible", metavar="NAME", help="Responsible person named in R13 sign-off.")
-@click.option("--role", metavar="ROLE", help="Role of the responsible person (R13).")
-@click.option("--generated-by", metavar="WHO",
+@click.option("--responsible", cls=OnceOption,
+              metavar="NAME", help="Responsible person named in R13 sign-off.")
+@click.option("--role", cls=OnceOption,
+              metavar="ROLE", help="Role of the responsible person (R13).")
+@click.option("--generated-by", cls=OnceOption, metavar="WHO",
               help="Who generated the report (R0) [default: user@host].")
-@click.option("--retention-class", type=click.Choice(sorted(RETENTION_CLASSES)),
+@click.option("--retention-class", cls=OnceOption, type=click.Choice(sorted(RETENTION_CLASSES)),
               default="technical-documentation", show_default=True,
               help="Retention class of R11 (10 years for technical documentation, 6 months "
                    "for logs).")
-@click.option("--retain-years", type=click.IntRange(min=1, max=100), default=None,
+@click.option("--retain-years", cls=OnceOption, type=click.IntRange(min=1, max=100), default=None,
               help="Keep for this many years instead of the class default.")
-@click.option("--retain-from", callback=_date, metavar="YYYY-MM-DD",
+@click.option("--retain-from", cls=OnceOption, callback=_date, metavar="YYYY-MM-DD",
               help="Start of the retention period [default: the report's date].")
 @click.option("--record/--no-record", default=True, show_default=True,
               help="Record this export (and a --replay) in the experiment's audit stream.")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from cli.display import printable
-from cli.main import cli, db_option, refuse_unread_db
+from cli.main import OnceOption, cli, db_option, refuse_unread_db
 from cli.output import emit_json, json_option
 from ledger.errors import BadInputError, CheckFailedError
 from ledger.events import check_experiment_id
@@ -21,15 +21,16 @@ from report.check import check_report
                                      "a report, a missing or unreadable key or signature, or "
                                      "neither --public-key nor --unsigned.")
 @click.argument("report", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--public-key", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--public-key", cls=OnceOption, type=click.Path(dir_okay=False, path_type=Path),
               metavar="KEY", help="Ed25519 public key (PEM) the report should be signed with.")
-@click.option("--signature", type=click.Path(dir_okay=False, path_type=Path), metavar="SIG",
+@click.option("--signature", cls=OnceOption,
+              type=click.Path(dir_okay=False, path_type=Path), metavar="SIG",
               help="Detached signature file [default: REPORT.sig].")
 @click.option("--unsigned", is_flag=True,
               help="Check a report exported without --sign-key (instead of --public-key): "
                    "every digest, --exp and --against-ledger as for a signed one, but nothing "
                    "vouches for who wrote it.")
-@click.option("--exp", "expected_exp", metavar="EXP",
+@click.option("--exp", "expected_exp", cls=OnceOption, metavar="EXP",
               help="Fail unless the report is of this experiment.")
 @click.option("--against-ledger", is_flag=True,
               help="Also check that the ledger (--db) still holds the run head and stream "
