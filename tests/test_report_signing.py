@@ -748,3 +748,24 @@ def test_verify_report_refuses_a_db_that_nothing_reads(unsigned: Path, where: st
                                env={**os.environ, "LEDGER_URL": db})
     assert from_environment.returncode == 0, from_environment.stderr
 
+
+@pytest.mark.parametrize("json_flag", [[], ["--json"]])
+def test_keygen_refuses_a_db_it_does_not_read(tmp_path: Path, json_flag: list[str]) -> None:
+    """``ledger --db URL keygen --out k`` took the --db that nothing reads without a word, where
+    verify-report refuses one: refused the same way, nothing written. LEDGER_URL, set for
+    every command, is not refused."""
+    done = run_cli("--db", f"sqlite:///{tmp_path / 'ledger.db'}", "keygen", "--out", "k",
+                   *json_flag, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        "ledger: error: --db names a ledger, but keygen reads none: drop --db"]
+    assert list(tmp_path.iterdir()) == []
+    if json_flag:
+        assert json.loads(done.stdout)["error"]["exit_code"] == 2
+    else:
+        assert done.stdout == ""
+    environment = run_cli("keygen", "--out", "k", cwd=tmp_path,
+                          env={**os.environ, "LEDGER_URL": f"sqlite:///{tmp_path / 'l.db'}"})
+    assert environment.returncode == 0, environment.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["k.key", "k.pub"]
+

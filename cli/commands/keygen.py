@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.main import OnceOption, cli
+from cli.main import OnceOption, cli, refuse_unread_db
 from cli.output import emit_json, json_option
 from report.signing import generate_key_pair
 
@@ -14,12 +14,15 @@ from report.signing import generate_key_pair
 @click.option("--out", "prefix", cls=OnceOption, required=True, type=str,
               metavar="PREFIX", help="Write PREFIX.key (private, mode 0600) and PREFIX.pub.")
 @json_option
-def keygen_command(prefix: str, as_json: bool) -> None:
+@click.pass_context
+def keygen_command(context: click.Context, prefix: str, as_json: bool) -> None:
     """Write an Ed25519 key pair for `ledger report --sign-key`.
 
     The private key (PKCS#8 PEM, unencrypted) is readable by its owner only; keep it
     somewhere safe. The public key is all that `ledger verify-report` needs.
     """
+    # the context, not pass_obj: keygen opens no ledger and takes no --db of its own
+    refuse_unread_db(context.obj or {}, "keygen reads none: drop --db")
     private, public, fingerprint = generate_key_pair(prefix)
     if as_json:
         emit_json({"private_key": str(private), "public_key": str(public),
