@@ -86,6 +86,45 @@ class OnceOption(click.Option):
         return super().consume_value(ctx, opts)
 
 
+class WholeNumber(click.IntRange):
+    """A numeric option's type: a whole number within bounds. A value that is none, or out of
+    bounds, is refused saying what the option takes ("got 'abc', but must be a whole number
+    from 0 to 64"), where click said "'abc' is not a valid integer range", naming no range."""
+
+    name = "integer"  # the metavar in --help: INTEGER, not click's INTEGER RANGE
+
+    def __init__(self, min: int | None = None, max: int | None = None) -> None:  # noqa: A002
+        super().__init__(min=min, max=max)
+
+    def _describe_range(self) -> str:
+        """The bounds as --help shows them beside the default ("1 or more", not "x>=1")."""
+        return self.takes().removeprefix("a whole number").lstrip(", ")
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> Any:
+        """``value`` as an int within bounds; otherwise a usage error saying what is taken."""
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter:
+            self.fail(f"got {quoted(value)}, but must be {self.takes()}", param, ctx)
+
+    def takes(self) -> str:
+        """What the option takes, in words: "a whole number from 1 to 100", "… 1 or more"."""
+        if self.min is not None and self.max is not None:
+            return f"a whole number from {self.min} to {_bound(self.max)}"
+        if self.min is not None:
+            return f"a whole number, {self.min} or more"
+        if self.max is not None:
+            return f"a whole number, {_bound(self.max)} or less"
+        return "a whole number"
+
+
+def _bound(number: int) -> str:
+    """``number`` as a reader takes it in: 2**128 - 1 rather than its 39 digits."""
+    bits = (number + 1).bit_length() - 1
+    return f"2**{bits} - 1" if bits >= 32 and number + 1 == 2 ** bits else str(number)
+
+
 class _LedgerGroup(click.Group):
     """The command group; a Ctrl-C while a command works is click's Abort without the blank
     line click writes first (to close a terminal's ``^C`` echo): on a stderr that is no

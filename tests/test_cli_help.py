@@ -10,7 +10,7 @@ import click
 import pytest
 
 import cli.commands  # noqa: F401 - importing registers every command on the group
-from cli.main import OnceOption, cli
+from cli.main import OnceOption, WholeNumber, cli
 from conftest import ROOT, run_cli
 
 COMMANDS = sorted(cli.commands)
@@ -140,3 +140,39 @@ def test_an_option_given_twice_with_the_same_value_is_taken(tmp_path: Path) -> N
     done = run_cli("keygen", "--out", "k", "--out", "k", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == ["k.key", "k.pub"]
+
+
+NUMBERS = {("demo", "--seed"): "a whole number from 0 to 2**128 - 1",
+           ("demo", "--workers"): "a whole number from 0 to 64",
+           ("demo", "--epochs"): "a whole number from 1 to 1000",
+           ("replay", "--jobs"): "a whole number, 1 or more",
+           ("report", "--jobs"): "a whole number, 1 or more",
+           ("verify", "--jobs"): "a whole number, 1 or more",
+           ("report", "--retain-years"): "a whole number from 1 to 100"}
+
+
+def test_every_numeric_option_says_what_it_takes() -> None:
+    """Every option taking a number is a WholeNumber, whose refusal names what it takes."""
+    found = {(name, max(parameter.opts, key=len)): parameter.type.takes()
+             for name, command in cli.commands.items() for parameter in command.params
+             if isinstance(parameter.type, WholeNumber)}
+    numeric = {(name, max(parameter.opts, key=len)) for name, command in cli.commands.items()
+               for parameter in command.params
+               if isinstance(parameter.type, (click.types.IntParamType,
+                                              click.types.FloatParamType))}
+    assert set(found) == numeric and found == NUMBERS
+
+
+@pytest.mark.parametrize("name, option", sorted(NUMBERS))
+@pytest.mark.parametrize("value", ["abc", "1.5", "-1"])
+def test_a_bad_number_is_refused_saying_what_the_option_takes(tmp_path: Path, name: str,
+                                                              option: str, value: str) -> None:
+    """``demo --seed abc`` said "'abc' is not a valid integer range", click's words, naming no
+    range: now "got 'abc', but must be a whole number from 0 to 2**128 - 1"."""
+    arguments = ["exp-123412341234"] if name in ("replay", "report") else []
+    done = run_cli(name, *arguments, f"{option}={value}", cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    spelled = "'--jobs' / '-j'" if option == "--jobs" else repr(option)
+    assert done.stderr.splitlines() == [f"ledger: error: Invalid value for {spelled}: got "
+                                        f"{value!r}, but must be {NUMBERS[name, option]}"]
+    assert list(tmp_path.iterdir()) == []

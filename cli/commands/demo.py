@@ -7,7 +7,7 @@ import shlex
 import click
 
 from cli.display import printable, runs_differ_line
-from cli.main import OnceOption, cli, db_option, refuse_empty_folder
+from cli.main import OnceOption, WholeNumber, cli, db_option, refuse_empty_folder
 from cli.output import emit_json, json_option
 from examples.fraud.demo import DemoResult, run_demo
 from examples.fraud.train import HYPERPARAMS
@@ -15,11 +15,11 @@ from examples.fraud.train import HYPERPARAMS
 
 @cli.command("demo", epilog="Exit codes: 0 the two runs are identical; 1 they differ (as with "
                             "--inject-nondeterminism); 2 unusable database or data folder.")
-@click.option("--seed", type=click.IntRange(0, 2**128 - 1), default=42, show_default=True,
+@click.option("--seed", type=WholeNumber(0, 2**128 - 1), default=42, show_default=True,
               help="Root seed of both runs.")
-@click.option("--workers", type=click.IntRange(0, 64), default=2, show_default=True,
+@click.option("--workers", type=WholeNumber(0, 64), default=2, show_default=True,
               help="Worker processes loading and augmenting batches.")
-@click.option("--epochs", type=click.IntRange(1, 1000), default=HYPERPARAMS["epochs"],
+@click.option("--epochs", type=WholeNumber(1, 1000), default=HYPERPARAMS["epochs"],
               show_default=True, help="Training epochs per run.")
 @click.option("--inject-nondeterminism", is_flag=True,
               help="Reproduce the original bug (the augmenter ignores its seed): the runs differ.")

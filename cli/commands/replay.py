@@ -7,7 +7,7 @@ import sys
 import click
 
 from cli.display import printable
-from cli.main import OnceOption, cli, db_option, refuse_empty_folder
+from cli.main import OnceOption, WholeNumber, cli, db_option, refuse_empty_folder
 from cli.output import (emit_json, iso_time, json_option, options_given,
                         refuse_take_over_without_record, trusted_output_to_stderr)
 from ledger.audit import require_audit_append
@@ -40,7 +40,7 @@ class _Progress:
                               "--no-record); 3 cannot replay (data or code missing, import not "
                               "allowed).")
 @click.argument("exp")
-@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--jobs", "-j", type=WholeNumber(min=1), default=1, show_default=True,
               help="Processes that re-execute draws in parallel (at most the usable cores).")
 @click.option("--trust", "trusted", multiple=True, metavar="MODULE",
               help="Import MODULE so that the custom ops, loaders or draws it registers can "

@@ -10,7 +10,7 @@ from typing import TextIO
 import click
 
 from cli.display import printable
-from cli.main import OnceOption, cli, db_option, refuse_empty_folder
+from cli.main import OnceOption, WholeNumber, cli, db_option, refuse_empty_folder
 from cli.output import (emit_json, json_option, options_given,
                         refuse_take_over_without_record, trusted_output_to_stderr)
 from ledger.errors import BadInputError
@@ -55,7 +55,7 @@ def _date(_context: click.Context, _parameter: click.Parameter, value: str | Non
 @click.option("--replay", "run_replay", is_flag=True,
               help="Replay the run first and put its certificate in R8 (otherwise R8 quotes "
                    "the last recorded replay).")
-@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--jobs", "-j", type=WholeNumber(min=1), default=1, show_default=True,
               help="Processes for --replay (at most the usable cores).")
 @click.option("--trust", "trusted", multiple=True, metavar="MODULE",
               help="Module --replay may import for custom ops, loaders or draws (repeatable).")
@@ -79,7 +79,7 @@ def _date(_context: click.Context, _parameter: click.Parameter, value: str | Non
               default="technical-documentation", show_default=True,
               help="Retention class of R11 (10 years for technical documentation, 6 months "
                    "for logs).")
-@click.option("--retain-years", cls=OnceOption, type=click.IntRange(min=1, max=100), default=None,
+@click.option("--retain-years", cls=OnceOption, type=WholeNumber(min=1, max=100), default=None,
               help="Keep for this many years instead of the class default.")
 @click.option("--retain-from", cls=OnceOption, callback=_date, metavar="YYYY-MM-DD",
               help="Start of the retention period [default: the report's date].")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from cli.display import printable
-from cli.main import cli, db_option
+from cli.main import WholeNumber, cli, db_option
 from cli.output import Progress, emit_json, json_option
 from ledger.errors import CheckFailedError
 from ledger.store import Store
@@ -15,7 +15,7 @@ from ledger.verify import INTACT_NOTE, verify
 @cli.command("verify", epilog="Exit codes: 0 every chain verifies; 1 a chain is broken or "
                               "tampered; 2 unknown experiment or unreadable database.")
 @click.argument("exp", required=False)
-@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
+@click.option("--jobs", "-j", type=WholeNumber(min=1), default=None,
               help="Processes to verify with (at most the usable cores) [default: the number "
                    "of cores, for large ledgers].")
 @db_option
