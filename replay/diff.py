@@ -219,6 +219,8 @@ class Session:
     environment: Any
     resumed_at: str | None = None
     """``stream#seq`` of the ``run_resumed`` that began it; None for the creating session."""
+    code: Any = None
+    """The code version it recorded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +252,7 @@ def _index(store: Store, exp: str) -> tuple[dict[Key, EventSide], dict[str, Any]
         body = decode_body(body_bytes)
         if kind == EXPERIMENT_CREATED and isinstance(body["params"], dict):
             created = body["params"]
-            sessions[0] = Session(created.get("environment"))
+            sessions[0] = Session(created.get("environment"), code=created.get("code"))
         elif kind == METRIC:
             metrics.add(body["params"])
         elif kind == EPOCH_RESET and len(body["path"]) > 1:
@@ -258,9 +260,10 @@ def _index(store: Store, exp: str) -> tuple[dict[Key, EventSide], dict[str, Any]
         elif kind == RUN_RESUMED:
             resumed_seq[body["stream"]] = body["seq"]
             params = body["params"] if isinstance(body["params"], dict) else {}
-            # a session that recorded no environment (older ledgers): the first one's stands
+            # a session that recorded no environment or code (older ledgers): the first one's
             sessions.append(Session(params.get("environment", sessions[0].environment),
-                                    f"{body['stream']}#{body['seq']}"))
+                                    f"{body['stream']}#{body['seq']}",
+                                    params.get("code", sessions[0].code)))
         elif kind == RUN_COMPLETED:
             params = body["params"] if isinstance(body["params"], dict) else {}
             completion = Completion(EventSide(body["stream"], body["seq"], None, None, None),
@@ -338,9 +341,9 @@ def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = N
     report.config = differences({k: created_a.get(k) for k in _CONFIG_KEYS},
                                 {k: created_b.get(k) for k in _CONFIG_KEYS})
     report.datasets = differences(_dataset_digests(order_a), _dataset_digests(order_b))
-    report.code = differences(created_a.get("code"), created_b.get("code"), "code")
-    report.environment = differences(created_a.get("environment"),
-                                     created_b.get("environment"), "environment")
+    names = (exp_a, exp_b) if exp_a != exp_b else (f"{exp_a} (A)", f"{exp_b} (B)")
+    report.code = session_differences("code", sessions_a, sessions_b, names)
+    report.environment = session_differences("environment", sessions_a, sessions_b, names)
     report.metrics = _last_metric_differences(metrics_a, metrics_b)
     explanation = _Explanation(exp_a, sessions_a, exp_b, sessions_b)
     unseeded = _unseeded_cause(report.config)
@@ -380,6 +383,30 @@ def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = N
             replace(report.first_divergence, exp_a=exp_a, exp_b=exp_b),
             _dataset_digests(order_a), _dataset_digests(order_b))
     return report
+
+
+def session_differences(what: str, sessions_a: list[Session], sessions_b: list[Session],
+                        names: tuple[str, str]) -> list[tuple[str, Any, Any]]:
+    """How the ``what`` (``code`` or ``environment``) of two runs differs: that of the sessions
+    that created them, then that of each session that resumed one against the other's creating
+    session, keyed ``EXP's session resumed at main#9: packages.numpy`` — each difference it adds
+    to the creating sessions' (a run resumed under another numpy or commit drew its later events
+    with it, which comparing the creating sessions alone did not list). A resumed session alike
+    one of the other run's sessions adds none."""
+    found = differences(getattr(sessions_a[0], what), getattr(sessions_b[0], what), what)
+    rows = list(found)
+    for name, sessions, others, is_b in ((names[0], sessions_a, sessions_b, False),
+                                         (names[1], sessions_b, sessions_a, True)):
+        for session in sessions[1:]:
+            if any(same(getattr(session, what), getattr(other, what)) for other in others):
+                continue  # the other run has a session alike (a run and its copy)
+            pair = (getattr(others[0], what), getattr(session, what)) if is_b \
+                else (getattr(session, what), getattr(others[0], what))
+            rows += [(f"{name}'s session resumed at {session.resumed_at}: {key}", a, b)
+                     for key, a, b in differences(*pair, what)
+                     if not any(key == known and same(a, known_a) and same(b, known_b)
+                                for known, known_a, known_b in found)]
+    return rows
 
 
 def _renamed(divergence: DiffDivergence, datasets_a: dict[str, Any],
