@@ -23,6 +23,16 @@ def printable(value: Any) -> str:
     return escape_unprintable(str(value))
 
 
+def counted(number: int, noun: str) -> str:
+    """A count and its noun, agreeing: ``1 event``, ``2 events``, ``4,213 events``."""
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
+
+
+def agreeing(number: int, singular: str, plural: str) -> str:
+    """The verb of a count's subject, agreeing with it: ``differs`` for 1, ``differ`` else."""
+    return singular if number == 1 else plural
+
+
 def runs_differ_line(report: DiffReport) -> str:
     """The stderr line of a diff that found the runs differ (exit 1), as ``verify`` and
     ``replay`` give one for their failed checks: the first divergence."""

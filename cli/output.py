@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from cli.display import counted
 from ledger.errors import (BadInputError, CannotReplayError, CheckFailedError, LedgerError,
                            StoreError, UnknownExperimentError)
 from ledger.json_view import json_view
@@ -104,7 +105,7 @@ class Progress:
 
     def __call__(self, done: int) -> None:
         if self.enabled:
-            click.echo(f"\r{self.label}: {done:,} events", err=True, nl=False)
+            click.echo(f"\r{self.label}: {counted(done, 'event')}", err=True, nl=False)
 
     def finish(self) -> None:
         """Clear the progress line."""

@@ -12,6 +12,8 @@ epoch — so events are aligned by (identity, occurrence): the n-th ``loss`` of 
 
 ``worker_spawned`` events present in only one run are not differences: a run's outputs do not
 depend on its number of workers (DESIGN §1), so 0 and 2 workers compare as identical.
+
+This module decides each divergence's cause; :mod:`replay.diff_causes` words it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from ledger.experiment_info import MetricSummary, MetricTally
 from ledger.json_view import json_view
 from ledger.store.store import Store
 from ledger.verify import verify
-from replay.causes import Cause, differences, explain_output, same
+from replay.causes import Cause, differences, same
+from replay.diff_causes import (Explanation, Session, ending, epochs_detail, out_of_step,
+                                params_detail, renamed_note, unseeded_cause)
 
 _CONFIG_KEYS = ("name", "model", "hyperparams", "root_seed", "purpose")
 
@@ -213,15 +217,6 @@ Key = tuple[tuple[Any, ...], int]
 
 
 @dataclass(frozen=True, slots=True)
-class Session:
-    """A session that recorded part of a run: where it began and the environment it recorded."""
-
-    environment: Any
-    resumed_at: str | None = None
-    """``stream#seq`` of the ``run_resumed`` that began it; None for the creating session."""
-
-
-@dataclass(frozen=True, slots=True)
 class Completion:
     """How a run ended: its ``run_completed`` (None: incomplete) and the error it recorded."""
 
@@ -250,7 +245,7 @@ def _index(store: Store, exp: str) -> tuple[dict[Key, EventSide], dict[str, Any]
         body = decode_body(body_bytes)
         if kind == EXPERIMENT_CREATED and isinstance(body["params"], dict):
             created = body["params"]
-            sessions[0] = Session(created.get("environment"))
+            sessions[0] = Session(created.get("environment"), code=created.get("code"))
         elif kind == METRIC:
             metrics.add(body["params"])
         elif kind == EPOCH_RESET and len(body["path"]) > 1:
@@ -258,9 +253,10 @@ def _index(store: Store, exp: str) -> tuple[dict[Key, EventSide], dict[str, Any]
         elif kind == RUN_RESUMED:
             resumed_seq[body["stream"]] = body["seq"]
             params = body["params"] if isinstance(body["params"], dict) else {}
-            # a session that recorded no environment (older ledgers): the first one's stands
+            # a session that recorded no environment or code (older ledgers): the first one's
             sessions.append(Session(params.get("environment", sessions[0].environment),
-                                    f"{body['stream']}#{body['seq']}"))
+                                    f"{body['stream']}#{body['seq']}",
+                                    params.get("code", sessions[0].code)))
         elif kind == RUN_COMPLETED:
             params = body["params"] if isinstance(body["params"], dict) else {}
             completion = Completion(EventSide(body["stream"], body["seq"], None, None, None),
@@ -338,12 +334,12 @@ def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = N
     report.config = differences({k: created_a.get(k) for k in _CONFIG_KEYS},
                                 {k: created_b.get(k) for k in _CONFIG_KEYS})
     report.datasets = differences(_dataset_digests(order_a), _dataset_digests(order_b))
-    report.code = differences(created_a.get("code"), created_b.get("code"), "code")
-    report.environment = differences(created_a.get("environment"),
-                                     created_b.get("environment"), "environment")
+    names = (exp_a, exp_b) if exp_a != exp_b else (f"{exp_a} (A)", f"{exp_b} (B)")
+    report.code = session_differences("code", sessions_a, sessions_b, names)
+    report.environment = session_differences("environment", sessions_a, sessions_b, names)
     report.metrics = _last_metric_differences(metrics_a, metrics_b)
-    explanation = _Explanation(exp_a, sessions_a, exp_b, sessions_b)
-    unseeded = _unseeded_cause(report.config)
+    explanation = Explanation(exp_a, sessions_a, exp_b, sessions_b)
+    unseeded = unseeded_cause(report.config)
     for key, side_a in order_a:
         side_b = index_b.get(key)
         if side_b is None and key[0][0] == WORKER_SPAWNED:
@@ -373,8 +369,8 @@ def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = N
     if report.first_divergence is None and report.status_a != report.status_b:
         report.first_divergence = DiffDivergence(
             RUN_COMPLETED, (RUN_COMPLETED,), completion_a.side, completion_b.side, Cause.STATUS,
-            f"{exp_a} {_ending(report.status_a, completion_a)}, {exp_b} "
-            f"{_ending(report.status_b, completion_b)}: every event both recorded agrees")
+            f"{exp_a} {ending(report.status_a, completion_a.error)}, {exp_b} "
+            f"{ending(report.status_b, completion_b.error)}: every event both recorded agrees")
     if report.first_divergence is not None:
         report.first_divergence = _renamed(
             replace(report.first_divergence, exp_a=exp_a, exp_b=exp_b),
@@ -382,33 +378,42 @@ def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = N
     return report
 
 
+def session_differences(what: str, sessions_a: list[Session], sessions_b: list[Session],
+                        names: tuple[str, str]) -> list[tuple[str, Any, Any]]:
+    """How the ``what`` (``code`` or ``environment``) of two runs differs: that of the sessions
+    that created them, then that of each session that resumed one against the other's creating
+    session, keyed ``EXP's session resumed at main#9: packages.numpy`` — each difference it adds
+    to the creating sessions' (a run resumed under another numpy or commit drew its later events
+    with it, which comparing the creating sessions alone did not list). A resumed session alike
+    one of the other run's sessions adds none."""
+    found = differences(getattr(sessions_a[0], what), getattr(sessions_b[0], what), what)
+    rows = list(found)
+    for name, sessions, others, is_b in ((names[0], sessions_a, sessions_b, False),
+                                         (names[1], sessions_b, sessions_a, True)):
+        for session in sessions[1:]:
+            if any(same(getattr(session, what), getattr(other, what)) for other in others):
+                continue  # the other run has a session alike (a run and its copy)
+            pair = (getattr(others[0], what), getattr(session, what)) if is_b \
+                else (getattr(session, what), getattr(others[0], what))
+            rows += [(f"{name}'s session resumed at {session.resumed_at}: {key}", a, b)
+                     for key, a, b in differences(*pair, what)
+                     if not any(key == known and same(a, known_a) and same(b, known_b)
+                                for known, known_a, known_b in found)]
+    return rows
+
+
 def _renamed(divergence: DiffDivergence, datasets_a: dict[str, Any],
              datasets_b: dict[str, Any]) -> DiffDivergence:
     """``divergence``, saying so when it is a dataset one run lacks that the other registered
-    under another name with the same content (it read only "the other run has no such event",
-    as if the runs had trained on other data)."""
+    under another name with the same content (see :func:`renamed_note`)."""
     if divergence.kind != DATASET_REGISTERED or divergence.cause not in (Cause.MISSING,
                                                                          Cause.EXTRA):
         return divergence
     side = divergence.a or divergence.b
     other, datasets = ((divergence.exp_b, datasets_b) if divergence.a is not None
                        else (divergence.exp_a, datasets_a))
-    names = [name for name, digest in datasets.items()
-             if side is not None and digest == side.output and digest is not None]
-    if not names:
-        return divergence
-    return replace(divergence, detail=f"{divergence.detail}; {other} registered the same "
-                                      f"content as {names[0]!r}: a dataset renamed")
-
-
-def _ending(status: str, completion: Completion) -> str:
-    """How a run ended, in words: ``completed ok``, ``failed (ValueError: …)``, ``is
-    incomplete (no run_completed)``. A run that failed is not the same run as one that completed
-    ok, however alike their events: its status is what the run recorded last."""
-    if status == "incomplete":
-        return "is incomplete (no run_completed)"
-    error = "" if completion.error is None else f" ({json_view(completion.error)})"
-    return f"completed {status}{error}" if status == "ok" else f"{status}{error}"
+    note = renamed_note(None if side is None else side.output, other, datasets)
+    return divergence if note is None else replace(divergence, detail=divergence.detail + note)
 
 
 def _split_by_extra(divergence: DiffDivergence | None, order_b: list[tuple[Key, EventSide]],
@@ -441,63 +446,17 @@ def _last_metric_differences(metrics_a: list[MetricSummary], metrics_b: list[Met
             if name not in last_a or name not in last_b or not same(last_a[name], last_b[name])]
 
 
-def _unseeded_cause(config: list[tuple[str, Any, Any]]) -> tuple[Cause, str] | None:
-    """The cause of a differing event with no seed of its own (a metric, a checkpoint) that the
-    runs' configurations explain, from their differences: other root seeds, from which all
-    their draws derive, or other hyperparameters, which training follows. None when neither
-    differs: such an event is then *same seed, different output*."""
-    if any(key == "root_seed" for key, _a, _b in config):
-        return Cause.SEED, ("the runs have different root seeds, from which all their draws "
-                            "derive (this event has no seed of its own)")
-    hyperparams = [key for key, _a, _b in config
-                   if key == "hyperparams" or key.startswith("hyperparams.")]
-    if hyperparams:
-        return Cause.PARAMS, (f"the runs have different hyperparameters ({', '.join(hyperparams)})"
-                              f" (this event has no seed of its own)")
-    return None
-
-
-class _Explanation:
-    """The words of a *same seed, different output*: how the environments of the sessions that
-    recorded the two events differ — a run resumed under another numpy drew its later events
-    with it, which comparing the creating sessions' environments alone called "the same library
-    versions" (worded once per pair of sessions)."""
-
-    def __init__(self, exp_a: str, sessions_a: list[Session], exp_b: str,
-                 sessions_b: list[Session]) -> None:
-        self.runs = ((exp_a, sessions_a), (exp_b, sessions_b))
-        self.worded: dict[tuple[int, int], str] = {}
-
-    def __call__(self, a: EventSide, b: EventSide) -> str:
-        """The explanation for the events ``a`` and ``b``, by the sessions that recorded them."""
-        key = (a.session, b.session)
-        if key not in self.worded:
-            (exp_a, sessions_a), (exp_b, sessions_b) = self.runs
-            first, second = sessions_a[a.session], sessions_b[b.session]
-            self.worded[key] = explain_output(first.environment, second.environment,
-                                              (_in_session(exp_a, first),
-                                               _in_session(exp_b, second)))
-        return self.worded[key]
-
-
-def _in_session(exp: str, session: Session) -> str:
-    """``in exp-a``, or ``in exp-a's session resumed at main#9``."""
-    if session.resumed_at is None:
-        return f"in {exp}"
-    return f"in {exp}'s session resumed at {session.resumed_at}"
-
-
 def _compare(key: Key, a: EventSide, b: EventSide | None,
              explanation: Callable[[EventSide, EventSide], str],
              unseeded: tuple[Cause, str] | None, names: tuple[str, str] = ("A", "B")
              ) -> DiffDivergence | None:
     """The divergence of one aligned event, or None. ``explanation`` words a *same seed,
     different output* of two events; ``unseeded`` is the cause of a differing event with no
-    seed of its own when the runs' configurations explain it (see :func:`_unseeded_cause`). A draw made with
-    other params is *parameters differ*, its detail naming them later
+    seed of its own when the runs' configurations explain it (see :func:`unseeded_cause`). A
+    draw made with other params is *parameters differ*, its detail naming them later
     (:func:`_with_params_named`), as only the params' digests are kept. A metric or checkpoint
     one run logged after drawing another epoch than the other is *epochs out of step*
-    (:func:`_epochs_detail`); ``names`` are the runs' ids, for its detail."""
+    (:func:`epochs_detail`); ``names`` are the runs' ids, for its detail."""
     aligned, occurrence = key
     kind = aligned[0]
     if b is None:
@@ -510,9 +469,9 @@ def _compare(key: Key, a: EventSide, b: EventSide | None,
     elif a.output != b.output and kind == DATASET_REGISTERED:
         cause, detail = Cause.INPUT, "the datasets' contents differ"
     elif a.settings != b.settings and (a.output != b.output or kind == EPOCH_RESET):
-        cause, detail = Cause.PARAMS, _params_detail(kind, a.output == b.output, [])
-    elif a.output != b.output and a.seed is None and _out_of_step(a, b):
-        cause, detail = Cause.EPOCHS, _epochs_detail(aligned, a, b, names)
+        cause, detail = Cause.PARAMS, params_detail(kind, a.output == b.output, [])
+    elif a.output != b.output and a.seed is None and out_of_step(a, b):
+        cause, detail = Cause.EPOCHS, epochs_detail(aligned, a, b, names)
     elif a.output != b.output and a.seed is None and unseeded is not None:
         cause, detail = unseeded
     elif a.output != b.output:
@@ -520,46 +479,6 @@ def _compare(key: Key, a: EventSide, b: EventSide | None,
     else:
         return None
     return DiffDivergence(kind, aligned, a, b, cause, detail, occurrence)
-
-
-def _out_of_step(a: EventSide, b: EventSide) -> bool:
-    """Whether two runs logged a metric or checkpoint after drawing different epochs."""
-    return None not in (a.drawn_epoch, b.drawn_epoch) and a.drawn_epoch != b.drawn_epoch
-
-
-def _epochs_detail(aligned: tuple[Any, ...], a: EventSide, b: EventSide,
-                   names: tuple[str, str]) -> str:
-    """The detail of *epochs out of step*: which epoch each run had drawn when it logged the
-    event and, when the event's own epoch label matches one run's, that the other run's loop
-    labels its epochs behind (or ahead of) the data it trains on — after a resume, the loop of
-    a resumed run restarted at the epoch it saved instead of the iterator's ``next_epoch``
-    (README, Preemption), which trains one epoch more than the uninterrupted run."""
-    (name_a, name_b), label = names, aligned[2] if len(aligned) > 2 else None
-    detail = (f"{name_a} logged it after drawing epoch {a.drawn_epoch}, {name_b} after drawing "
-              f"epoch {b.drawn_epoch}: the runs' training loops label their epochs differently")
-    sides = [(name, side, other) for name, side, other in ((name_a, a, b), (name_b, b, a))
-             if side.drawn_epoch != label and other.drawn_epoch == label]
-    if not sides or type(label) is not int or type(sides[0][1].drawn_epoch) is not int:
-        return detail
-    name, side, _other = sides[0]
-    gap = side.drawn_epoch - label
-    detail += (f"; {name}'s loop labels its epochs {abs(gap)} "
-               f"{'behind' if gap > 0 else 'ahead of'} the data it trained on")
-    if side.resumed_seq is not None:
-        detail += (f", since its resume (run_resumed {side.stream}#{side.resumed_seq}): a loop "
-                   f"restarted at the epoch it saved rather than at the iterator's next_epoch "
-                   f"trains an epoch more than the uninterrupted run")
-    return detail
-
-
-def _params_detail(kind: str, same_output: bool, keys: list[str]) -> str:
-    """The detail of a draw made with other params, naming them (``keys``) when known."""
-    if kind == EPOCH_RESET and same_output:
-        settings = ", ".join(keys) or "batch_size, drop_last, dataset, …"
-        return (f"the same order batched with other settings ({settings}): the epochs' "
-                f"batches differ")
-    named = f" ({', '.join(keys)})" if keys else ""
-    return f"the draw was made with other params{named}, so its output differs"
 
 
 def _with_params_named(divergence: DiffDivergence, store: Store, exp_a: str, store_b: Store,
@@ -573,7 +492,7 @@ def _with_params_named(divergence: DiffDivergence, store: Store, exp_a: str, sto
     params_b = _params_at(store_b, exp_b, divergence.b)
     keys = [key for key, _a, _b in differences(params_a, params_b)]
     same_output = divergence.a.output == divergence.b.output
-    return replace(divergence, detail=_params_detail(divergence.kind, same_output, keys))
+    return replace(divergence, detail=params_detail(divergence.kind, same_output, keys))
 
 
 def _params_at(store: Store, exp: str, side: EventSide) -> Any:

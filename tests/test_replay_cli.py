@@ -425,3 +425,59 @@ def test_replay_of_a_run_without_draws_says_none_were_re_executed(tmp_path: Path
     assert "  re-executed  none (the run recorded no draw)" in text.stdout.splitlines()
     assert "  not draws    experiment_created 1, metric 1, run_completed 1 (compared by --full)" \
         in text.stdout.splitlines()
+
+
+def _record_metrics(url: str, runs: dict[str, dict[str, float]]) -> None:
+    """Runs of one metric stream each, their metrics logged at epoch 4."""
+    with Store.open(url, create=True) as store:
+        for exp, metrics in runs.items():
+            record_experiment(store, exp, epochs=0, complete=False)
+            with StreamWriter(store, exp, "main", flush_interval=None) as writer:
+                for name, value in metrics.items():
+                    writer.append("metric", params={"name": name, "value": value, "epoch": 4},
+                                  output=value_digest(value))
+
+
+@pytest.mark.parametrize("b_values, line", [
+    ({"loss": 0.3, "val_auc": 0.8}, "  1 event differs, 0 missing in exp-b0b0b0b0b0b0, 0 extra, "
+                                    "of "),
+    ({"loss": 0.2, "val_auc": 0.8}, "  2 events differ, 0 missing in exp-b0b0b0b0b0b0, 0 extra, "
+                                    "of "),
+], ids=["one", "two"])
+def test_diff_counts_agree_with_their_noun(tmp_path: Path, b_values: dict, line: str) -> None:
+    """The summary said "1 events differ"; a count now agrees with its noun and verb."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    _record_metrics(url, {"exp-a0a0a0a0a0a0": {"loss": 0.3, "val_auc": 0.9}})
+    _record_metrics(url, {"exp-b0b0b0b0b0b0": b_values})
+    result = run_cli("--db", url, "diff", "exp-a0a0a0a0a0a0", "exp-b0b0b0b0b0b0")
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.splitlines()[2].startswith(line), result.stdout
+    _record_metrics(url, {"exp-c0c0c0c0c0c0": {"loss": 0.3}, "exp-d0d0d0d0d0d0": {"loss": 0.3}})
+    same = run_cli("--db", url, "diff", "exp-c0c0c0c0c0c0", "exp-d0d0d0d0d0d0")
+    assert same.stdout.startswith("IDENTICAL: exp-c0c0c0c0c0c0 and exp-d0d0d0d0d0d0 "
+                                  "("), same.stdout
+    assert " events compared)\n" in same.stdout  # several: the plural stays
+
+
+def test_replay_counts_agree_with_their_noun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A replay with one mismatch of one re-executed draw said "1 of 1 re-executed events
+    differ"."""
+    from collections import Counter
+
+    from cli.main import main
+    from replay.causes import Cause
+    from replay.compare import Divergence
+    from replay.engine import ReplayReport
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    _record_metrics(url, {"exp-a0a0a0a0a0a0": {"loss": 0.3}})
+    divergence = Divergence("exp-a0a0a0a0a0a0", "main", 1, "user_draw", ["model", "init"],
+                            "output", b"\x01", b"\x02", Cause.OUTPUT, "nondeterministic code")
+    report = ReplayReport("exp-a0a0a0a0a0a0", None, compared=Counter({"user_draw": 1}),
+                          mismatched=1, first_divergence=divergence)
+    monkeypatch.setattr("cli.commands.replay.replay_run", lambda *_args, **_kwargs: report)
+    with pytest.raises(SystemExit) as exited:
+        main(["--db", url, "replay", "exp-a0a0a0a0a0a0", "--no-record"])
+    assert exited.value.code == 1
+    assert "  1 of 1 re-executed event differs" in capsys.readouterr().out.splitlines()

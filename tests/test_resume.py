@@ -355,6 +355,77 @@ def test_diff_and_replay_word_a_draw_after_a_resume_by_the_resumed_session_envir
     ), replayed.detail
 
 
+def test_diff_lists_how_a_resumed_session_differs_in_environment_and_code(
+        tmp_path: Path) -> None:
+    """A run resumed under another numpy and another commit: diff's "environment differs" and
+    "code differs" compared only the sessions that created the two runs, and listed nothing;
+    each resumed session's differences are now listed too, named by where it resumed."""
+    from forgery import copy_run
+
+    url, forged = (f"sqlite:///{tmp_path / name}" for name in ("ledger.db", "forged.db"))
+    features, labels = sample_data(rows=200)
+
+    def run(exp: Experiment, state: dict | None = None, stop: bool = False) -> dict | None:
+        batches = TrainingDataIterator(exp.register_dataset("d", features, labels), 64,
+                                       experiment=exp)
+        if state is not None:
+            batches.load_state_dict(state)
+        for epoch in range(batches.next_epoch, 2):
+            for step, _batch in enumerate(batches):
+                if stop and (epoch, step) == (0, 1):
+                    return batches.state_dict()
+        return None
+
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("r", seed=5) as straight:
+            run(straight)
+        resumed = manager.create_experiment("r", seed=5)
+        state = run(resumed, stop=True)
+        resumed.suspend()
+        with manager.resume_experiment(resumed.id) as again:
+            run(again, state)
+    seam: list[str] = []
+
+    def other_session(body: dict) -> None:
+        if body["kind"] == "experiment_created":
+            body["params"]["code"] = "commit-1"
+        elif body["kind"] == "run_resumed":
+            seam.append(f"{body['stream']}#{body['seq']}")
+            body["params"]["code"] = "commit-2"
+            body["params"]["environment"]["packages"]["numpy"] = "9.9.9"
+
+    with Store.open(url) as source, Store.open(forged, create=True) as target:
+        copy_run(source, straight.id, target, other_session)
+        copy_run(source, resumed.id, target, other_session)
+    prefix = f"{resumed.id}'s session resumed at {seam[0]}: "
+    result = run_cli("--db", forged, "diff", straight.id, resumed.id, "--json")
+    assert result.returncode == 0, result.stderr  # every event agrees
+    listed = json.loads(result.stdout)["differences"]
+    assert listed["code"] == [{"key": f"{prefix}code", "a": "commit-1", "b": "commit-2"}]
+    assert listed["environment"] == [{"key": f"{prefix}packages.numpy", "a": np.__version__,
+                                      "b": "9.9.9"}]
+    # run B's side is B's column, and run A's resumed session is named when it is A
+    text = run_cli("--db", forged, "diff", resumed.id, straight.id).stdout.splitlines()
+    assert f"    {prefix}code: 'commit-2' vs 'commit-1'" in text, text
+    assert f"    {prefix}packages.numpy: '9.9.9' vs {np.__version__!r}" in text, text
+    # a run against its copy: its resumed session is alike one of the other's, so none listed
+    with Store.open(forged) as store:
+        report = diff_runs(store, resumed.id, resumed.id)
+    assert report.code == [] and report.environment == []
+
+    # one the creating sessions already show is not listed again for the resume
+    def numpy_from_the_start(body: dict) -> None:
+        other_session(body)
+        if body["kind"] == "experiment_created":
+            body["params"]["environment"]["packages"]["numpy"] = "9.9.9"
+
+    with Store.open(url) as source, Store.open(f"{forged}2", create=True) as target, \
+            Store.open(forged) as store:
+        copy_run(source, resumed.id, target, numpy_from_the_start)
+        report = diff_runs(store, straight.id, resumed.id, store_b=target)
+    assert report.environment == [("packages.numpy", np.__version__, "9.9.9")]
+
+
 def test_a_resumed_run_that_does_not_reproduce_itself_is_refused(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     with ExperimentManager(url, data_dir=tmp_path / "data") as manager:

@@ -6,7 +6,7 @@ import shlex
 
 import click
 
-from cli.display import printable, runs_differ_line
+from cli.display import agreeing, counted, printable, runs_differ_line
 from cli.main import OnceOption, WholeNumber, cli, db_option, refuse_empty_folder
 from cli.output import emit_json, json_option
 from examples.fraud.demo import DemoResult, run_demo
@@ -50,7 +50,7 @@ def demo_command(obj: dict, seed: int, workers: int, epochs: int, inject_nondete
         if not as_json:
             injected = ", nondeterminism injected" if inject_nondeterminism else ""
             click.echo(f"training fraud-detection-v3 twice: seed {seed}, "
-                       f"{_count(workers, 'worker')}, {_count(epochs, 'epoch')}{injected}")
+                       f"{counted(workers, 'worker')}, {counted(epochs, 'epoch')}{injected}")
 
     result = run_demo(obj["db_url"], data_dir=data_dir, seed=seed, workers=workers, epochs=epochs,
                       inject_nondeterminism=inject_nondeterminism, on_epoch=progress,
@@ -81,18 +81,15 @@ def _print(result: DemoResult, ledger: str) -> None:
     diff = result.diff
     assert diff is not None  # run_demo always compares its two runs
     if result.identical:
-        click.echo(f"IDENTICAL: {diff.compared:,} events compared, every seed, input and output "
-                   f"digest equal")
+        click.echo(f"IDENTICAL: {counted(diff.compared, 'event')} compared, every seed, input "
+                   f"and output digest equal")
         click.echo(f"  check it: {ledger} verify {result.runs[0].exp}; "
                    f"{ledger} diff {result.runs[0].exp} {result.runs[1].exp}")
         return
-    click.echo(f"DIFFERENT: the runs diverge ({diff.differing:,} of {diff.compared:,} events "
-               f"differ)")
+    differ = agreeing(diff.differing, "differs", "differ")
+    click.echo(f"DIFFERENT: the runs diverge ({diff.differing:,} of "
+               f"{counted(diff.compared, 'event')} {differ})")
     if diff.first_divergence is not None:
         click.echo(printable(f"  first differing event: {diff.first_divergence.describe()}"))
     click.echo(f"  see: {ledger} diff {result.runs[0].exp} {result.runs[1].exp}")
 
-
-def _count(number: int, noun: str) -> str:
-    """``1 worker``, ``2 workers``."""
-    return f"{number} {noun}{'' if number == 1 else 's'}"

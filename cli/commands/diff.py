@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.display import printable, runs_differ_line
+from cli.display import agreeing, counted, printable, runs_differ_line
 from cli.main import check_db_url, cli, db_option
 from cli.output import emit_json, json_option
 from ledger.store import Store
@@ -58,7 +58,7 @@ def _print(report: DiffReport) -> None:
     """The report for humans: the verdict, each run that did not complete ok, what differs."""
     if report.identical:
         click.echo(f"IDENTICAL: {report.exp_a} and {report.exp_b} "
-                   f"({report.compared:,} events compared)")
+                   f"({counted(report.compared, 'event')} compared)")
         if report.config or report.code or report.environment:
             click.echo("  every event agrees: the differences below changed nothing either run "
                        "recorded")
@@ -66,8 +66,10 @@ def _print(report: DiffReport) -> None:
         click.echo(f"DIFFERENT: {report.exp_a} vs {report.exp_b}")
         assert report.first_divergence is not None  # set whenever runs differ
         click.echo(printable(f"  first divergence: {report.first_divergence.describe()}"))
-        click.echo(f"  {report.differing:,} events differ, {report.missing_in_b:,} missing in "
-                   f"{report.exp_b}, {report.extra_in_b:,} extra, of {report.compared:,}")
+        differ = agreeing(report.differing, "differs", "differ")
+        click.echo(f"  {counted(report.differing, 'event')} {differ}, {report.missing_in_b:,} "
+                   f"missing in {report.exp_b}, {report.extra_in_b:,} extra, of "
+                   f"{report.compared:,}")
     for exp, status in ((report.exp_a, report.status_a), (report.exp_b, report.status_b)):
         if status == "incomplete":
             click.echo(f"  {exp} is incomplete (no run_completed): only what it recorded is "

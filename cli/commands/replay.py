@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from cli.display import printable
+from cli.display import agreeing, counted, printable
 from cli.main import OnceOption, WholeNumber, cli, db_option, refuse_empty_folder
 from cli.output import (emit_json, iso_time, json_option, options_given,
                         refuse_take_over_without_record, trusted_output_to_stderr)
@@ -26,7 +26,7 @@ class _Progress:
 
     def __call__(self, done: int, total: int) -> None:
         if self.enabled:
-            click.echo(f"\rreplaying: {done:,} / {total:,} events", err=True, nl=False)
+            click.echo(f"\rreplaying: {done:,} / {counted(total, 'event')}", err=True, nl=False)
 
     def finish(self) -> None:
         """Erase the progress line."""
@@ -107,7 +107,7 @@ def _record(store: Store, report: ReplayReport, take_over: bool) -> None:
     except LedgerError as error:
         verdict = "CERTIFIED" if report.certified else "DIVERGED"
         raise StoreError(f"the replay of {report.exp} was {verdict} "
-                         f"({sum(report.compared.values()):,} draws compared), but its "
+                         f"({counted(sum(report.compared.values()), 'draw')} compared), but its "
                          f"certificate could not be recorded: {error}") from None
 
 
@@ -131,7 +131,7 @@ def _full(url: str | None, exp: str, trusted: tuple[str, ...], as_json: bool) ->
     elif report.certified:
         click.echo(f"CERTIFIED: {exp} re-ran as job {report.job} v{report.version} and is "
                    f"identical, metrics and checkpoints included "
-                   f"({report.diff.compared:,} events compared)")
+                   f"({counted(report.diff.compared, 'event')} compared)")
     else:
         click.echo(f"DIVERGED: {exp} re-ran as job {report.job} v{report.version}")
         assert report.diff.first_divergence is not None  # set whenever runs differ
@@ -153,8 +153,9 @@ def _print(report: ReplayReport) -> None:
         click.echo(f"DIVERGED: {report.exp}{so_far}")
         assert report.first_divergence is not None  # set whenever a run is not certified
         click.echo(printable(f"  first divergence: {report.first_divergence.describe()}"))
-        click.echo(f"  {report.mismatched:,} of {sum(report.compared.values()):,} re-executed "
-                   f"events differ")
+        click.echo(f"  {report.mismatched:,} of "
+                   f"{counted(sum(report.compared.values()), 're-executed event')} "
+                   f"{agreeing(report.mismatched, 'differs', 'differ')}")
     click.echo(f"  run head     {head}")
     click.echo("  re-executed  " + (", ".join(f"{kind} {count:,}" for kind, count
                                                in sorted(report.compared.items()))

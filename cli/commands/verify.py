@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.display import printable
+from cli.display import counted, printable
 from cli.main import WholeNumber, cli, db_option
 from cli.output import Progress, emit_json, json_option
 from ledger.errors import CheckFailedError
@@ -37,9 +37,9 @@ def verify_command(obj: dict, exp: str | None, jobs: int | None, as_json: bool) 
     else:
         status = "OK" if report.ok else "FAILED"
         intact = "" if report.ok else f"; {report.intact:,} {INTACT_NOTE}"
-        click.echo(f"{status}: {_count(report.events, 'event')} in "
-                   f"{_count(report.chains, 'chain')} of "
-                   f"{_count(report.experiments, 'experiment')}{intact}")
+        click.echo(f"{status}: {counted(report.events, 'event')} in "
+                   f"{counted(report.chains, 'chain')} of "
+                   f"{counted(report.experiments, 'experiment')}{intact}")
         if report.incomplete:
             click.echo(printable(_incomplete_line(report.incomplete)))
         for finding in report.findings:
@@ -54,10 +54,6 @@ def _incomplete_line(incomplete: list[str], shown: int = 5) -> str:
     """Which verified runs are incomplete: their end is not sealed by run_completed."""
     names = ", ".join(incomplete[:shown]) + (f" and {len(incomplete) - shown:,} more"
                                              if len(incomplete) > shown else "")
-    return (f"  {_count(len(incomplete), 'incomplete run')} (no run_completed: events cut from "
+    return (f"  {counted(len(incomplete), 'incomplete run')} (no run_completed: events cut from "
             f"the end cannot be detected): {names}")
 
-
-def _count(number: int, noun: str) -> str:
-    """``1 chain``, ``3 chains``, ``4,213 events``."""
-    return f"{number:,} {noun}{'' if number == 1 else 's'}"
