@@ -302,7 +302,9 @@ def test_a_file_name_in_r0_that_leaves_the_folder_fails(bundle: Path, signed: Pa
     path = _resign(bundle, signed, lambda report: report["R0"]["files"].append(
         {"name": "../ledger.db", "sha256": "0" * 64}))
     outcome = check_report(path, signed / "key.pub")
-    assert outcome.failures == ["R0 lists a file with an unusable name '../ledger.db'"]
+    schema, *rest = outcome.failures  # the entry also lacks media_type and role
+    assert schema.startswith("the report does not match its schema")
+    assert rest == ["R0 lists a file with an unusable name '../ledger.db'"]
     assert "../ledger.db" not in outcome.files
 
 
@@ -384,7 +386,9 @@ def test_a_report_naming_no_experiment_fails_against_the_ledger(bundle: Path, si
     path = _resign(bundle, signed, lambda report: report["R1"].update(exp=exp))
     with Store.open(f"sqlite:///{signed / 'ledger.db'}") as store:
         outcome = check_report(path, signed / "key.pub", store=store)
-    assert outcome.exp is None and outcome.failures == ["the report names no experiment"]
+    assert outcome.exp is None and outcome.failures == [
+        f"the report does not match its schema (schemas/report.v1.json): R1/exp: "
+        f"{json.dumps(exp)} is not of type string", "the report names no experiment"]
 
 
 @pytest.mark.parametrize("ledger", ["without the run", "with the run incomplete"])
