@@ -77,6 +77,8 @@ class ExperimentInfo:
     """What a failed run recorded as its error (``run_completed``'s ``error``), else None."""
     resumes: list[ResumeSummary] = field(default_factory=list)
     """Every session that resumed the run, in recorded order."""
+    parent_in_ledger: bool | None = None
+    """Whether the run ``parent=`` names is in this ledger (None: the run names no parent)."""
 
     @property
     def complete(self) -> bool:
@@ -94,7 +96,21 @@ class ExperimentInfo:
                             for h in self.streams],
                 "metadata": self.metadata, "error": self.error,
                 "metrics": [metric.to_json() for metric in self.metrics],
-                "resumes": [resume.to_json() for resume in self.resumes]}
+                "resumes": [resume.to_json() for resume in self.resumes],
+                "parent_in_ledger": self.parent_in_ledger}
+
+
+def parent_in_ledger(store: Store, parent: Any) -> bool | None:
+    """Whether ``parent`` (``experiment_created``'s recorded ``parent``) is an experiment of
+    this ledger; None when it is no text (no parent recorded). A run may derive from a run
+    recorded in another ledger, so a parent not found here is shown as such, never refused."""
+    if not isinstance(parent, str):
+        return None
+    try:
+        store.require_experiment(parent)
+    except BadInputError:  # no such experiment here, or an id no ledger can hold (forged)
+        return False
+    return True
 
 
 def describe_experiment(store: Store, exp: str) -> ExperimentInfo:
@@ -118,7 +134,8 @@ def describe_experiment(store: Store, exp: str) -> ExperimentInfo:
                           metrics=metric_summaries(store, exp) if counts.get(METRIC) else [],
                           error=_recorded_error(store, exp) if row.status == "failed" else None,
                           resumes=resume_summaries(store, exp, params)
-                          if counts.get(RUN_RESUMED) else [])
+                          if counts.get(RUN_RESUMED) else [],
+                          parent_in_ledger=parent_in_ledger(store, params.get("parent")))
 
 
 def resume_summaries(store: Store, exp: str, created: dict[str, Any]) -> list[ResumeSummary]:

@@ -2,8 +2,10 @@
 
 In order: the file must be JSON and one of our reports (else exit 2); the detached signature
 (``REPORT.sig`` unless named) must be the public key's Ed25519 signature of the report's canonical
-bytes; every file R0 lists that is present beside the report must have the SHA-256 R0 records;
-a ``SHA256SUMS`` beside it must match every file it lists; and, when asked, the report must be of
+bytes; the report must match its schema (``schemas/report.v1.json``: ids of their form, no field
+missing, of another type or unknown — signed or not, what no honest export writes); every
+file R0 lists that is present beside the report must have the SHA-256 R0 records; a
+``SHA256SUMS`` beside it must match every file it lists; and, when asked, the report must be of
 the expected experiment, and the ledger (``--db``) must still hold the heads the report
 certifies — which catches a chain rewritten after the report, even with a new run_completed
 (a stream of an incomplete run that went on after the report must hold the certified head
@@ -28,6 +30,7 @@ from ledger.store.store import Store, StreamHead
 from ledger.verify import VerifyReport, verify
 from report.jsonview import canonical_json, parse_json
 from report.model import SCHEMA_ID, SECTION_IDS
+from report.schema_check import SchemaError, schema_errors
 from report.signing import (fingerprint, load_public_key, read_regular_file, signature_bytes,
                             verify_signature)
 
@@ -108,6 +111,7 @@ def check_report(path: Path, public_key: Path | None, *, signature: Path | None 
                                f"check its signature")
     else:
         _check_signature(check, report, key, signature)
+    _check_schema(check, report)
     _check_files(check, report, path.parent)
     _check_sums(check, path.parent, covered={path.name, signature.name})
     if exp is not None and check.exp != exp:
@@ -151,6 +155,19 @@ def _check_signature(check: ReportCheck, report: dict[str, Any], key: Ed25519Pub
     if check.signature == "valid" and named != given:
         check.failures.append(f"the report names signing key {named}, but it verifies with "
                               f"{given}")
+
+
+def _check_schema(check: ReportCheck, report: dict[str, Any]) -> None:
+    """One failure when the report does not match ``schemas/report.v1.json``, naming the first
+    mismatch and how many more there are; BadInputError when the schema cannot be read."""
+    try:
+        errors = schema_errors(report)
+    except SchemaError as error:
+        raise BadInputError(str(error)) from None
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        check.failures.append(f"the report does not match its schema "
+                              f"(schemas/report.v1.json): {errors[0]}{more}")
 
 
 def _check_files(check: ReportCheck, report: dict[str, Any], folder: Path) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ledger.errors import LedgerError
+from ledger.experiment_info import parent_in_ledger
 from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EXPERIMENT_CREATED,
                            MAIN_STREAM, METRIC, REPLAY_RECORDED, REPORT_EXPORTED, RUN_COMPLETED,
                            RUN_RESUMED, WORKER_SPAWNED, decode_body)
@@ -46,6 +47,8 @@ class RunFacts:
     resumes: list[dict[str, Any]] = field(default_factory=list)
     """The ``run_resumed`` events of main, in seq order: one per session that resumed the run."""
     undecodable: list[tuple[str, int, str]] = field(default_factory=list)
+    parent_in_ledger: bool | None = None
+    """Whether the recorded parent run is an experiment of this ledger (None: no parent)."""
 
     @property
     def params(self) -> dict[str, Any]:
@@ -77,6 +80,7 @@ def gather(store: Store, row: ExperimentRow, heads: dict[str, StreamHead] | None
             facts.run_head = main.head  # run_completed closes main: its hash is main's head
         else:  # something follows it (verification says what): ask for its own hash
             facts.run_head = store.first_event_hash(exp, RUN_COMPLETED)
+    facts.parent_in_ledger = parent_in_ledger(store, facts.params.get("parent"))
     return facts
 
 

@@ -128,6 +128,14 @@ def _r0(report: dict[str, Any]) -> str:
         f"<th>sha256</th></tr>{files}</table>" if files else "")
 
 
+def _parent(r1: dict[str, Any]) -> str | None:
+    """R1's parent run, and whether the ledger holds it (not said in reports made before)."""
+    found = r1.get("parent_in_ledger")
+    if r1["parent"] is None or found is None:
+        return r1["parent"]
+    return f"{r1['parent']} ({'in' if found else 'not in'} this ledger)"
+
+
 def _r1(report: dict[str, Any]) -> str:
     r1 = report["R1"]
     checkpoints = "".join(f"<tr><td>{e(c['name'])}</td><td>{e(c['epoch'])}</td>"
@@ -136,7 +144,7 @@ def _r1(report: dict[str, Any]) -> str:
                      f"{e(s['last'])})</span></h3>{metric_chart(s)}" for s in r1["metrics"])
     return (_rows([("Experiment", r1["exp"]), ("Name", r1["name"]), ("Model", r1["model"]),
                    ("Intended purpose", r1["purpose"] or "(not recorded)"),
-                   ("Parent run", r1["parent"]), ("Status", r1["status"]),
+                   ("Parent run", _parent(r1)), ("Status", r1["status"]),
                    ("Complete", r1["complete"]), ("Run head", r1["run_head"]),
                    ("Error", r1["error"])])
             + f"<h3>Final checkpoints ({e(r1['checkpoints']['recorded'])} recorded)</h3>"

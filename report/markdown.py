@@ -72,7 +72,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                       [[f["name"], f["role"], f["sha256"]] for f in r0["files"]])
     r1 = report["R1"]
     out += ["## R1 Run identity", ""] + _pairs(r1, ["exp", "name", "model", "purpose", "parent",
-                                                    "status", "complete", "run_head", "error"])
+                                                    "parent_in_ledger", "status", "complete", "run_head", "error"])
     out += [f"Final checkpoints ({m(r1['checkpoints']['recorded'])} recorded):", ""]
     out += _table(["checkpoint", "epoch", "state digest"],
                   [[c["name"], c["epoch"], c["digest"]] for c in r1["checkpoints"]["final"]])

@@ -38,7 +38,8 @@ def run_status(facts: RunFacts) -> str:
 
 
 def r1_identity(facts: RunFacts) -> dict[str, Any]:
-    """R1: experiment, model, purpose, parent, status and head, final checkpoints, metrics."""
+    """R1: experiment, model, purpose, parent (and whether this ledger holds it), status and
+    head, final checkpoints, metrics."""
     params = facts.params
     final = []
     for name in sorted(facts.checkpoints):
@@ -50,7 +51,8 @@ def r1_identity(facts: RunFacts) -> dict[str, Any]:
     return {"title": "Run identity", "exp": facts.row.exp, "name": facts.row.name,
             "model": recorded_text(params.get("model")),
             "purpose": recorded_text(params.get("purpose")),
-            "parent": recorded_text(params.get("parent")), "status": run_status(facts),
+            "parent": recorded_text(params.get("parent")),
+            "parent_in_ledger": facts.parent_in_ledger, "status": run_status(facts),
             "complete": facts.run_head is not None, "run_head": hex_or_none(facts.run_head),
             "error": recorded_text(_dict((facts.completed or {}).get("params")).get("error")),
             "checkpoints": {"final": final, "recorded": facts.checkpoint_count},

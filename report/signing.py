@@ -137,15 +137,19 @@ def _read(path: str | os.PathLike[str], what: str) -> bytes:
 
 
 def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
-    """Read a private key written by ``ledger keygen``; refuse one that others can read."""
+    """Read a private key written by ``ledger keygen``; refuse one that others can read, and
+    name a public key given in its place as one (whatever its mode: a public key is 0644)."""
     try:
         mode = Path(path).stat().st_mode
     except OSError as error:
         raise BadInputError(f"cannot read private key {path}: {error.strerror}") from None
+    data = _read(path, "private key")
+    if _is_public_key(data):
+        raise BadInputError(f"{path} is a public key, not a private key: sign with the "
+                            f"private key ledger keygen wrote beside it (PREFIX{PRIVATE_SUFFIX})")
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise BadInputError(f"private key {path} is readable by others (mode "
                             f"{stat.S_IMODE(mode):o}): chmod 600 it first")
-    data = _read(path, "private key")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
@@ -153,6 +157,15 @@ def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     if not isinstance(key, Ed25519PrivateKey):
         raise BadInputError(f"{path} is not an Ed25519 private key")
     return key
+
+
+def _is_public_key(data: bytes) -> bool:
+    """True when ``data`` is a PEM public key (what ``PREFIX.pub`` holds)."""
+    try:
+        serialization.load_pem_public_key(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+    return True
 
 
 def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:

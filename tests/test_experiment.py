@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -32,6 +33,8 @@ from ledger.sampling import epoch_order
 from ledger.seeds import SEED_SCHEME, derive_bytes, root_seed_to_bytes
 from ledger.user_draws import register_draw
 from replay import replay_run
+from report.html import render_html
+from report_helpers import report_of
 from trainer_helpers import bodies, nested_lists, noisy_data
 
 
@@ -43,6 +46,33 @@ def manager(tmp_path: Path) -> ExperimentManager:
 
 def of_kind(all_bodies: list[dict], kind: str) -> list[dict]:
     return [body for body in all_bodies if body["kind"] == kind]
+
+
+def test_show_and_the_report_say_whether_this_ledger_holds_the_parent(tmp_path: Path) -> None:
+    """parent= may name a run of another ledger, so an unknown one is recorded as given; but
+    `ledger show` and the report quoted it alone, as if the ledger held it. They now say
+    whether it does (and nothing for a run without a parent)."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("base", seed=1) as base:
+            pass
+        with manager.create_experiment("tuned", seed=2, parent=base.id) as tuned:
+            pass
+        with manager.create_experiment("elsewhere", seed=3, parent="no-such-run") as other:
+            pass
+    for exp, parent, found, said in ((tuned.id, base.id, True, "(in this ledger)"),
+                                     (other.id, "no-such-run", False, "(not in this ledger)"),
+                                     (base.id, None, None, None)):
+        shown = run_cli("--db", url, "show", exp)
+        assert shown.returncode == 0, shown.stderr
+        lines = [line for line in shown.stdout.splitlines() if line.startswith("parent ")]
+        assert lines == ([] if parent is None else [f"parent      {parent}  {said}"])
+        as_json = run_cli("--db", url, "show", exp, "--json")
+        assert json.loads(as_json.stdout)["parent_in_ledger"] is found
+        report = report_of(url, exp)
+        assert (report["R1"]["parent"], report["R1"]["parent_in_ledger"]) == (parent, found)
+        page = render_html(report)
+        assert (f"{parent} {said}" in page) is (parent is not None)
 
 
 def test_create_experiment_records_seed_config_code_and_environment(

@@ -157,6 +157,7 @@ def assert_report_says(report: dict[str, Any], run: Oracle,
         run.exp, run.exp, shape.name, shape.name,
         shape.name if shape.model is None else shape.model)
     assert r1["parent"] == run.parent
+    assert r1["parent_in_ledger"] is (None if run.parent is None else True)  # same ledger
     if shape.exp_id is not None:
         assert run.exp.startswith(f"{shape.exp_id}.")
     created = events[0].body

@@ -251,6 +251,25 @@ def test_a_private_key_others_can_read_is_refused(tmp_path: Path, signed: Path) 
     assert not (tmp_path / "r.json").exists()
 
 
+def test_a_public_key_given_to_sign_is_named_a_public_key_whatever_its_mode(
+        tmp_path: Path, signed: Path) -> None:
+    """--sign-key key.pub (the file keygen writes 0644 beside the private key) used to be told
+    'readable by others … chmod 600 it first', and only after the chmod that it was no private
+    key: it is now named a public key at once, in either mode."""
+    public = tmp_path / "validator.pub"
+    shutil.copy(signed / "key.pub", public)
+    public.chmod(0o644)
+    done = run_cli("--db", f"sqlite:///{signed / 'ledger.db'}", "report", A, "-o",
+                   str(tmp_path / "r.json"), "--sign-key", str(public), "--no-record")
+    assert done.returncode == 2
+    assert f"{public} is a public key, not a private key" in done.stderr
+    assert "chmod" not in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "r.json").exists()
+    public.chmod(0o600)
+    with pytest.raises(BadInputError, match="is a public key, not a private key"):
+        load_private_key(public)
+
+
 def _resign(bundle: Path, signed: Path, change: Callable[[dict[str, Any]], None]) -> Path:
     """Change the bundle's report with ``change`` and sign it again with the right key (what a
     holder of the key can do): the signature verifies, so only the other checks can fail it.
@@ -283,7 +302,9 @@ def test_a_file_name_in_r0_that_leaves_the_folder_fails(bundle: Path, signed: Pa
     path = _resign(bundle, signed, lambda report: report["R0"]["files"].append(
         {"name": "../ledger.db", "sha256": "0" * 64}))
     outcome = check_report(path, signed / "key.pub")
-    assert outcome.failures == ["R0 lists a file with an unusable name '../ledger.db'"]
+    schema, *rest = outcome.failures  # the entry also lacks media_type and role
+    assert schema.startswith("the report does not match its schema")
+    assert rest == ["R0 lists a file with an unusable name '../ledger.db'"]
     assert "../ledger.db" not in outcome.files
 
 
@@ -365,7 +386,9 @@ def test_a_report_naming_no_experiment_fails_against_the_ledger(bundle: Path, si
     path = _resign(bundle, signed, lambda report: report["R1"].update(exp=exp))
     with Store.open(f"sqlite:///{signed / 'ledger.db'}") as store:
         outcome = check_report(path, signed / "key.pub", store=store)
-    assert outcome.exp is None and outcome.failures == ["the report names no experiment"]
+    assert outcome.exp is None and outcome.failures == [
+        f"the report does not match its schema (schemas/report.v1.json): R1/exp: "
+        f"{json.dumps(exp)} is not of type string", "the report names no experiment"]
 
 
 @pytest.mark.parametrize("ledger", ["without the run", "with the run incomplete"])

@@ -71,7 +71,9 @@ def show_command(obj: dict, exp: str, as_json: bool) -> None:
                          f"{source}"))
     click.echo(f"head        {info.head.hex() if info.head else '- (run incomplete)'}")
     for key, value in sorted(info.metadata.items()):
-        click.echo(printable(f"{key:<11} {_shown(value)}"))
+        where = ("" if key != "parent" or info.parent_in_ledger is None else
+                 "  (in this ledger)" if info.parent_in_ledger else "  (not in this ledger)")
+        click.echo(printable(f"{key:<11} {_shown(value)}{where}"))
     if info.metrics:
         click.echo("metrics (last value recorded):")
         for metric in info.metrics:

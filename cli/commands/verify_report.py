@@ -16,8 +16,9 @@ from report.check import check_report
 
 
 @cli.command("verify-report", epilog="Exit codes: 0 the signature and every digest check; 1 "
-                                     "something was altered (report, signature, a listed file) "
-                                     "or the wrong key, experiment or ledger; 2 not JSON, not "
+                                     "something was altered (report, signature, a listed file), "
+                                     "the report does not match its schema, or the wrong key, "
+                                     "experiment or ledger; 2 not JSON, not "
                                      "a report, a missing or unreadable key or signature, or "
                                      "neither --public-key nor --unsigned.")
 @click.argument("report", type=click.Path(dir_okay=False, path_type=Path))
@@ -41,8 +42,9 @@ from report.check import check_report
 def verify_report_command(obj: dict, report: Path, public_key: Path | None,
                           signature: Path | None, unsigned: bool, expected_exp: str | None,
                           against_ledger: bool, as_json: bool) -> None:
-    """Verify a report: its Ed25519 signature over the canonical JSON bytes, the SHA-256 of
-    every file it lists that lies beside it, and SHA256SUMS when present."""
+    """Verify a report: its Ed25519 signature over the canonical JSON bytes, its match with
+    schemas/report.v1.json, the SHA-256 of every file it lists that lies beside it, and
+    SHA256SUMS when present."""
     _check_key_choice(public_key, signature, unsigned)
     if expected_exp is not None:  # a malformed id is bad usage (exit 2), not a report that
         check_experiment_id(expected_exp)  # failed its check (exit 1) quoting all of it
