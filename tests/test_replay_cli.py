@@ -371,13 +371,7 @@ def test_diff_lists_the_metrics_whose_last_value_differs(tmp_path: Path) -> None
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     runs = {"exp-a0a0a0a0a0a0": {"loss": 0.2, "val_auc": 0.923},
             "exp-b0b0b0b0b0b0": {"loss": 0.2, "val_auc": 0.891, "only_in_b": 3}}
-    with Store.open(url, create=True) as store:
-        for exp, metrics in runs.items():
-            record_experiment(store, exp, epochs=0, complete=False)
-            with StreamWriter(store, exp, "main", flush_interval=None) as writer:
-                for name, value in metrics.items():
-                    writer.append("metric", params={"name": name, "value": value, "epoch": 4},
-                                  output=value_digest(value))
+    _record_metrics(url, runs)
     result = run_cli("--db", url, "diff", *runs, "--json")
     assert result.returncode == 1, result.stderr
     assert json.loads(result.stdout)["differences"]["metrics"] == [

@@ -303,28 +303,8 @@ def test_diff_and_replay_word_a_draw_after_a_resume_by_the_resumed_session_envir
     from forgery import copy_run
 
     url, forged = (f"sqlite:///{tmp_path / name}" for name in ("ledger.db", "forged.db"))
-    features, labels = sample_data(rows=200)
-
-    def run(exp: Experiment, state: dict | None = None, stop: bool = False) -> dict | None:
-        data = exp.register_dataset("d", features, labels)
-        batches = TrainingDataIterator(data, 64, experiment=exp,
-                                       augmenter=DataAugmenter(noise_std=0.1))
-        if state is not None:
-            batches.load_state_dict(state)
-        for epoch in range(batches.next_epoch, 2):
-            for step, _batch in enumerate(batches):
-                if stop and (epoch, step) == (0, 1):
-                    return batches.state_dict()
-        return None
-
-    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
-        with manager.create_experiment("r", seed=5) as straight:
-            run(straight)
-        resumed = manager.create_experiment("r", seed=5)
-        state = run(resumed, stop=True)
-        resumed.suspend()
-        with manager.resume_experiment(resumed.id) as again:
-            run(again, state)
+    straight, resumed = _straight_and_resumed(url, tmp_path / "data",
+                                              DataAugmenter(noise_std=0.1))
     seam: list[int] = []
 
     def other_numpy_after_the_resume(body: dict) -> None:
@@ -363,27 +343,7 @@ def test_diff_lists_how_a_resumed_session_differs_in_environment_and_code(
     from forgery import copy_run
 
     url, forged = (f"sqlite:///{tmp_path / name}" for name in ("ledger.db", "forged.db"))
-    features, labels = sample_data(rows=200)
-
-    def run(exp: Experiment, state: dict | None = None, stop: bool = False) -> dict | None:
-        batches = TrainingDataIterator(exp.register_dataset("d", features, labels), 64,
-                                       experiment=exp)
-        if state is not None:
-            batches.load_state_dict(state)
-        for epoch in range(batches.next_epoch, 2):
-            for step, _batch in enumerate(batches):
-                if stop and (epoch, step) == (0, 1):
-                    return batches.state_dict()
-        return None
-
-    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
-        with manager.create_experiment("r", seed=5) as straight:
-            run(straight)
-        resumed = manager.create_experiment("r", seed=5)
-        state = run(resumed, stop=True)
-        resumed.suspend()
-        with manager.resume_experiment(resumed.id) as again:
-            run(again, state)
+    straight, resumed = _straight_and_resumed(url, tmp_path / "data", None)
     seam: list[str] = []
 
     def other_session(body: dict) -> None:
@@ -1248,3 +1208,31 @@ def test_show_gives_a_resumed_session_s_odd_versions_as_json(
     lines = [line.strip() for line in run_cli("show", exp.id, "--db", url).stdout.splitlines()]
     assert f'packages.numpy: {np.__version__} recorded, ["1", {{"b": null}}] at resume' in lines
     assert "packages.odd: absent recorded, true at resume" in lines
+
+
+def _straight_and_resumed(url: str, data_dir: Path, augmenter: DataAugmenter | None
+                          ) -> tuple[Experiment, Experiment]:
+    """Two runs of seed 5, 2 epochs of 200 rows in batches of 64: one straight through, one
+    suspended after epoch 0's second batch and resumed from its saved state to the end."""
+    features, labels = sample_data(rows=200)
+
+    def run(exp: Experiment, state: dict | None = None, stop: bool = False) -> dict | None:
+        batches = TrainingDataIterator(exp.register_dataset("d", features, labels), 64,
+                                       experiment=exp, augmenter=augmenter)
+        if state is not None:
+            batches.load_state_dict(state)
+        for epoch in range(batches.next_epoch, 2):
+            for step, _batch in enumerate(batches):
+                if stop and (epoch, step) == (0, 1):
+                    return batches.state_dict()
+        return None
+
+    with ExperimentManager(url, data_dir=data_dir) as manager:
+        with manager.create_experiment("r", seed=5) as straight:
+            run(straight)
+        resumed = manager.create_experiment("r", seed=5)
+        state = run(resumed, stop=True)
+        resumed.suspend()
+        with manager.resume_experiment(resumed.id) as again:
+            run(again, state)
+    return straight, resumed
