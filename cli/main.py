@@ -48,13 +48,14 @@ class _OneUrl(click.types.StringParamType):
         return [rv]
 
 
-def _one_db(given: tuple[str, ...], where: str) -> str | None:
-    """The one ledger the ``--db`` options ``given`` name (None for none); two different ones
-    are refused (usage error, exit 2), and so is an empty one (``--db "$URL"`` with URL unset),
-    which would otherwise fall back to LEDGER_URL or the current folder's ledger.db unseen."""
-    check_db_url(given, "--db")
+def one_db(given: tuple[str, ...], where: str = "", option: str = "--db") -> str | None:
+    """The one ledger the ``option`` (``--db``, ``--db-b``) occurrences ``given`` name (None for
+    none); two different ones are refused (usage error, exit 2), and so is an empty one
+    (``--db "$URL"`` with URL unset), which would otherwise fall back to LEDGER_URL or the
+    current folder's ledger.db unseen."""
+    check_db_url(given, option)
     if len(set(given)) > 1:
-        raise click.UsageError(f"got --db twice{where}, naming two ledgers: give it once")
+        raise click.UsageError(f"got {option} twice{where}, naming two ledgers: give it once")
     return given[0] if given else None
 
 
@@ -150,7 +151,7 @@ class _LedgerGroup(click.Group):
 def cli(context: click.Context, db_url: tuple[str, ...]) -> None:
     """Reproducibility Ledger: record every random draw of a training run, verify, replay."""
     named = context.get_parameter_source("db_url") is click.core.ParameterSource.COMMANDLINE
-    context.obj = {"db_url": _one_db(db_url, ""), "db_named": named}
+    context.obj = {"db_url": one_db(db_url), "db_named": named}
 
 
 def check_db_url(given: tuple[str, ...] | str | None, option: str) -> None:
@@ -176,7 +177,7 @@ def _db_after_command(context: click.Context, _param: click.Parameter, given: tu
                       ) -> None:
     """``--db`` given after the command name: it names the ledger as it would before it (and
     wins over LEDGER_URL); two different ones are refused rather than one silently chosen."""
-    value = _one_db(given, " after the command")
+    value = one_db(given, " after the command")
     if value is None:
         return
     obj = context.ensure_object(dict)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from cli.display import agreeing, counted, printable, runs_differ_line
-from cli.main import check_db_url, cli, db_option
+from cli.main import cli, db_option, one_db
 from cli.output import emit_json, json_option
 from ledger.store import Store
 from ledger.json_view import json_view
@@ -29,7 +29,7 @@ def diff_command(obj: dict, exp_a: str, exp_b: str, db_b: tuple[str, ...], as_js
     so runs with different worker counts compare directly. Also lists every difference in
     configuration, dataset digests, code version and environment.
     """
-    url_b = _one_db_b(db_b)
+    url_b = one_db(db_b, option="--db-b")  # two different ones: refused, as for --db
     with Store.open(obj["db_url"]) as store:
         if url_b is not None:
             with Store.open(url_b) as other:
@@ -43,15 +43,6 @@ def diff_command(obj: dict, exp_a: str, exp_b: str, db_b: tuple[str, ...], as_js
     if not report.identical:
         click.echo(runs_differ_line(report), err=True)
         raise click.exceptions.Exit(1)
-
-
-def _one_db_b(given: tuple[str, ...]) -> str | None:
-    """The one ledger ``--db-b`` names (None: EXP_A's). Two different ones are refused (usage
-    error, exit 2), as for ``--db``: the last was silently compared against."""
-    check_db_url(given, "--db-b")
-    if len(set(given)) > 1:
-        raise click.UsageError("got --db-b twice, naming two ledgers: give it once")
-    return given[0] if given else None
 
 
 def _print(report: DiffReport) -> None:
