@@ -9,8 +9,9 @@ so this module evaluates the keywords that schema uses (JSON Schema 2020-12): ``
 ``oneOf`` and local ``$ref``. A schema using any other keyword is refused when loaded, so a
 keyword added to the schema later cannot be skipped without a word;
 ``tests/test_report_schema_check.py`` holds it to ``jsonschema``'s verdicts. The schema is read
-from the repository's ``schemas/`` (the project is installed editable); without it, verification
-stops with BadInputError (exit 2) rather than skip the check.
+from ``report/schemas/``, a link to the repository's ``schemas/`` that a wheel carries as package
+data, so an installed copy checks as a checkout does; without it, verification stops with
+BadInputError (exit 2) rather than skip the check.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "report.v1.json"
-"""The report's schema, at the repository root (the project is installed editable)."""
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "report.v1.json"
+"""The report's schema: ``report/schemas`` links to the top-level ``schemas/`` in a checkout and is
+a copy of it in an installed wheel."""
 
 _ANNOTATIONS = frozenset({"$schema", "$id", "$defs", "title", "description"})
 _KEYWORDS = frozenset({"type", "const", "enum", "pattern", "minLength", "minimum", "properties",

@@ -1,0 +1,73 @@
+"""The project as `pip install .` installs it: a wheel, not the checkout.
+
+`ledger verify-report` read the report schema from the repository's ``schemas/``, which a wheel did
+not carry: every report, honest or not, failed to verify (exit 2) from a non-editable install.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from replay_helpers import record_run
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's wheel, built from this checkout without build isolation (no download)."""
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                    "--no-build-isolation", "--wheel-dir", str(out), str(ROOT)],
+                   check=True, capture_output=True, text=True, timeout=600)
+    (built,) = out.glob("*.whl")
+    return built
+
+
+def test_the_wheel_carries_every_schema_the_repository_ships(wheel: Path) -> None:
+    """Each file of ``schemas/``, byte for byte, under ``report/schemas/``."""
+    with zipfile.ZipFile(wheel) as archive:
+        for schema in sorted((ROOT / "schemas").glob("*.json")):
+            assert archive.read(f"report/schemas/{schema.name}") == schema.read_bytes(), schema
+
+
+def test_an_installed_wheel_reports_and_verifies(wheel: Path, tmp_path: Path) -> None:
+    """`ledger report` then `ledger verify-report` run from the installed copy, far from the
+    checkout: the honest report verifies (exit 0), and one whose report_id was edited fails the
+    schema check (exit 1) rather than stopping for want of the schema (exit 2)."""
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                    "--no-compile", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True, text=True, timeout=600)
+    exp = record_run(f"sqlite:///{tmp_path / 'ledger.db'}", tmp_path / "ledger-data", epochs=1)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    env.pop("LEDGER_URL", None)
+
+    def ledger(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cli", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    where = subprocess.run([sys.executable, "-c", "import report.schema_check as s; "
+                            "print(s.SCHEMA_PATH)"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(where).is_relative_to(site), where  # the installed copy, not the checkout
+    made = ledger("--db", f"sqlite:///{tmp_path / 'ledger.db'}", "report", exp, "--no-record",
+                  "-o", "report.json")
+    assert made.returncode == 0, made.stderr
+    honest = ledger("verify-report", "report.json", "--unsigned")
+    assert honest.returncode == 0, honest.stderr
+
+    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    report["R0"]["report_id"] = "anything at all"
+    (tmp_path / "edited.json").write_text(json.dumps(report), encoding="utf-8")
+    edited = ledger("verify-report", "edited.json", "--unsigned")
+    assert edited.returncode == 1, edited.stderr
+    assert "R0/report_id" in edited.stdout + edited.stderr
