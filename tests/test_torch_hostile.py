@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,21 @@ def _worker_1_dies(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Kills DataLoader worker 1 (and only it) in the middle of its first batch."""
     info = torch.utils.data.get_worker_info()
     if info is not None and info.id == 1:
+        os._exit(3)
+    return x
+
+
+DYING_FLAG: list[Path] = []
+"""Where worker 1 of ``hostile_worker_1_dies_late`` leaves word that it is about to exit."""
+
+
+@register_transform("hostile_worker_1_dies_late", version=1)
+def _worker_1_dies_late(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Kills DataLoader worker 1 a second into its first batch, once batch 0 has arrived."""
+    info = torch.utils.data.get_worker_info()
+    if info is not None and info.id == 1:
+        time.sleep(1)
+        DYING_FLAG[0].touch()
         os._exit(3)
     return x
 
@@ -324,6 +340,44 @@ def test_a_dataloader_worker_that_dies_is_named_with_its_batch(manager: Experime
     # batch 0, from worker 0, is handed out unless torch sees worker 1 dead while awaiting it
     assert len(handed_out) <= 1
     assert kinds(manager, exp.id).count(AUGMENTATION_BATCH) == len(handed_out)
+
+
+def test_a_worker_that_dies_while_the_loader_records_is_named_after_the_record(
+        manager: ExperimentManager, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """torch raises its bare RuntimeError from its SIGCHLD handler wherever the main thread is
+    when a worker exits: seen in the full suite, arriving while the loader recorded batch 0's
+    worker_spawned event (so the death went unnamed, and an append could be cut in half).
+    Here worker 1 dies a second in, and recording batch 0 waits until it has, so the signal
+    lands inside the recording: the error is held until the loader next waits for a batch."""
+    recorded = []
+    record_worker = RecordedDataLoader._record_worker
+    flag = tmp_path / "worker-1-dying"
+    DYING_FLAG[:] = [flag]
+
+    def slow_record_worker(self: RecordedDataLoader, *args: Any) -> None:
+        deadline = time.monotonic() + 60
+        while not flag.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.5)  # the signal handler runs at the next bytecode: here, unless held
+        record_worker(self, *args)
+        recorded.append(args[0])
+
+    monkeypatch.setattr(RecordedDataLoader, "_record_worker", slow_record_worker)
+    handed_out = []
+    with manager.create_experiment("worker-dies-while-recording", seed=1) as exp:
+        dataset = exp.register_dataset("d", FEATURES, LABELS)
+        loader = RecordedDataLoader(exp, dataset, 4, num_workers=2,
+                                    multiprocessing_context="fork",
+                                    transform=RecordedTransform("hostile_worker_1_dies_late"))
+        with pytest.raises(WorkerError, match=r"DataLoader worker 1 \(pid \d+\) died making "
+                                              r"batch 1 of epoch 0: .*exited unexpectedly"):
+            for x, _y in loader:
+                handed_out.append(x)
+    # batch 0 was recorded whole and handed out; the error came as the loader waited for batch 1
+    assert recorded == [0] and len(handed_out) == 1
+    assert kinds(manager, exp.id).count("worker_spawned") == 1
+    assert kinds(manager, exp.id).count(AUGMENTATION_BATCH) == 1
+    assert verify(manager.store, exp.id).ok  # nothing half-appended
 
 
 @pytest.mark.parametrize("flag", ["shuffle", "drop_last", "record", "persistent_workers",

@@ -28,13 +28,13 @@ from ledger.integrations.torch_distributed import Run
 from ledger.integrations.torch_sampler import BatchRequest, BatchRequests, RecordedSampler
 from ledger.integrations.torch_seeds import check_run, tensor_digest
 from ledger.integrations.torch_transform import RecordedTransform, make_batch
+from ledger.integrations.torch_worker_deaths import death_error, worker_deaths_held
 from ledger.integrations.torch_workers import SeedWorkers, WorkerSeedingError
 from ledger.iterator import MAX_TIMEOUT
 from ledger.processes import background_threads_paused
 from ledger.seeds import derive_bytes
 from ledger.text import error_text
 from ledger.worker_seeding import expected_state_digest_at, seeded_libraries
-from ledger.workers import WorkerError
 
 
 class _Batches(TorchDataset):
@@ -159,6 +159,8 @@ class RecordedDataLoader(DataLoader):
         self._batch_params = self._batch_event_params()
         self._pending: list[tuple] = []
         self._draining = False
+        self._worker_batches: Any = None  # torch's worker iterator, once a pass has started
+        self._held_deaths: list[RuntimeError] = []
         try:
             super().__init__(_Batches(dataset, transform, run.root_seed, sampler.num_replicas,
                                       sampler.rank, self.record),
@@ -192,7 +194,10 @@ class RecordedDataLoader(DataLoader):
         forking = self.num_workers > 0 and self._start_method() == "fork"
         with background_threads_paused() if forking else contextlib.nullcontext():
             batches = super().__iter__()
-        return self._consume(self._from_workers(batches) if self.num_workers else batches)
+        if not self.num_workers:
+            return self._consume(batches)
+        self._worker_batches = batches  # torch's worker iterator (kept across persistent passes)
+        return self._consume(self._from_workers(batches))
 
     def _from_workers(self, batches: Iterator[Any]) -> Iterator[Any]:
         """The items of torch's worker iterator ``batches``; a worker that died raises
@@ -200,17 +205,16 @@ class RecordedDataLoader(DataLoader):
         RuntimeError (kept as the cause) names only the pid."""
         while True:
             try:
+                if self._held_deaths:  # seen while recording (worker_deaths_held)
+                    raise self._held_deaths.pop()
                 item = next(batches)
             except StopIteration:
                 return
             except RuntimeError as error:
-                died = _dead_worker(batches)
-                if died is None:  # a live worker's error, a timeout: torch's message says it
+                named = death_error(error, batches, self.epoch)
+                if named is None:  # a live worker's error, a timeout: torch's message says it
                     raise
-                worker, pid, batch = died
-                making = f"making batch {batch} of" if batch is not None else "in"
-                raise WorkerError(f"DataLoader worker {worker} (pid {pid}) died {making} epoch "
-                                  f"{self.epoch}: {error_text(error, 200)}") from error
+                raise named from error
             yield item
 
     def _consume(self, batches: Iterator[Any]) -> Iterator[Any]:
@@ -218,7 +222,9 @@ class RecordedDataLoader(DataLoader):
         if not getattr(self.run, "drains_tracked_loaders", False):
             for x, y, report in batches:  # record each batch as it is handed out
                 if report is not None:
-                    self._record(*report)
+                    with worker_deaths_held(self._worker_batches) as deaths:
+                        self._record(*report)
+                    self._held_deaths += deaths
                 yield (x, y) if with_labels else x
             return
         first = True
@@ -244,9 +250,11 @@ class RecordedDataLoader(DataLoader):
             return  # recording drains the run's loaders, this one included
         self._draining = True
         try:
-            pending, self._pending = self._pending, []
-            for report in pending:
-                self._record(*report)
+            with worker_deaths_held(self._worker_batches) as deaths:
+                pending, self._pending = self._pending, []
+                for report in pending:
+                    self._record(*report)
+            self._held_deaths += deaths
         finally:
             self._draining = False
 
@@ -353,23 +361,6 @@ def _check_tensor_dtypes(dataset: Dataset) -> None:
         except TypeError:
             raise BadInputError(f"dataset {dataset.name!r} has {role} of dtype {array.dtype}, "
                                 f"which torch cannot hold: convert them first") from None
-
-
-def _dead_worker(batches: Any) -> tuple[int, int, int | None] | None:
-    """(worker id, pid, the first batch of the pass it was given and did not deliver) of a
-    worker of torch's iterator ``batches`` that exited with an error, or None. Reads torch's
-    ``_workers`` (its processes, by worker id) and ``_task_info`` (batch index of the pass →
-    ``(worker id,)`` until the batch arrives), private to torch==2.13.0."""
-    processes = getattr(batches, "_workers", None)
-    tasks = getattr(batches, "_task_info", None)
-    if not isinstance(processes, list) or not isinstance(tasks, dict):
-        return None
-    for worker, process in enumerate(processes):
-        if process.exitcode not in (None, 0):
-            given = sorted(index for index, info in tasks.items()
-                           if len(info) == 1 and info[0] == worker)
-            return worker, process.pid, given[0] if given else None
-    return None
 
 
 def _check_worker_options(options: dict[str, Any]) -> None:
