@@ -403,7 +403,7 @@ def test_diff_lists_the_metrics_whose_last_value_differs(tmp_path: Path) -> None
         {"key": "val_auc", "a": 0.923, "b": 0.891}, {"key": "only_in_b", "a": None, "b": 3}]
     lines = run_cli("--db", url, "diff", *runs).stdout.splitlines()
     start = lines.index("  last metric values differ:")
-    assert lines[start + 1:start + 3] == ["    val_auc: 0.923 vs 0.891", "    only_in_b: None vs 3"]
+    assert lines[start + 1:start + 3] == ["    val_auc: 0.923 vs 0.891", "    only_in_b: null vs 3"]
 
 
 def test_a_verdict_that_cannot_be_recorded_is_still_told(tmp_path: Path,

@@ -366,8 +366,8 @@ def test_diff_lists_how_a_resumed_session_differs_in_environment_and_code(
                                       "b": "9.9.9"}]
     # run B's side is B's column, and run A's resumed session is named when it is A
     text = run_cli("--db", forged, "diff", resumed.id, straight.id).stdout.splitlines()
-    assert f"    {prefix}code: 'commit-2' vs 'commit-1'" in text, text
-    assert f"    {prefix}packages.numpy: '9.9.9' vs {np.__version__!r}" in text, text
+    assert f'    {prefix}code: "commit-2" vs "commit-1"' in text, text
+    assert f'    {prefix}packages.numpy: "9.9.9" vs "{np.__version__}"' in text, text
     # a run against its copy: its resumed session is alike one of the other's, so none listed
     with Store.open(forged) as store:
         report = diff_runs(store, resumed.id, resumed.id)
