@@ -472,7 +472,7 @@ def _initialise(engine: Engine, is_sqlite: bool, shown: str) -> None:
         if meta_table.name in tables:
             return  # another process created the ledger meanwhile
         if tables:
-            raise _not_a_ledger(engine, shown, is_sqlite, None)
+            raise _not_a_ledger(engine, shown, is_sqlite, None, tables)
         create_schema(connection)
 
 
@@ -497,18 +497,20 @@ def _enable_wal(engine: Engine, shown: str) -> None:
         time.sleep(0.01)
 
 
-def _not_a_ledger(engine: Engine, shown: str, is_sqlite: bool,
-                  stored: dict[str, str] | None) -> StoreError:
+def _not_a_ledger(engine: Engine, shown: str, is_sqlite: bool, stored: dict[str, str] | None,
+                  tables: set[str] | None = None) -> StoreError:
     """Why a database without the ledger's format marker (``stored``: its ``ledger_meta`` rows,
     None without that table) is not read, in the words an auditor acts on: a database with no
     tables, another program's database (check the path or URL), one whose marker names another
-    format, or a ledger whose marker is gone — altered outside this program: restore a copy."""
+    format, or a ledger whose marker is gone — altered outside this program: restore a copy.
+    ``tables``: the database's tables when the caller has read them (else read here)."""
     what = "an SQLite database" if is_sqlite else "a PostgreSQL database"
     if stored is not None and "format" in stored:
         return StoreError(f"{shown} is not a ledger: {what} whose format marker is "
                           f"{quoted(stored['format'])}, not {FORMAT_MARKER!r}")
-    with engine.connect() as connection:
-        tables = set(inspect(connection).get_table_names())
+    if tables is None:
+        with engine.connect() as connection:
+            tables = set(inspect(connection).get_table_names())
     if not tables:
         return StoreError(f"{shown} is not a ledger: {what} with no tables, in which nothing "
                           f"was ever recorded (check the path or URL)")
