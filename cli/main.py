@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -63,9 +64,11 @@ class OnceOption(click.Option):
     """A single-valued option that names one thing — a file, folder, key, id, a statement of the
     report — and so is given once: twice with different values is refused (usage error, exit 2),
     where click silently kept the last (``report -o a.html … -o b.html`` wrote only b.html).
-    The same value twice is taken. Use as ``@click.option(..., cls=OnceOption)``; not for flags
-    or ``multiple`` options. ``--db`` and ``--db-b``, which also refuse an empty URL and, for
-    ``--db``, one before and one after the command, collect theirs with ``multiple`` instead."""
+    The same value twice is taken — for a path option (type ``click.Path``), the same path
+    however spelt (``-o a.html -o ./a.html``): see :meth:`same_as`. Use as
+    ``@click.option(..., cls=OnceOption)``; not for flags or ``multiple`` options. ``--db`` and
+    ``--db-b``, which also refuse an empty URL and, for ``--db``, one before and one after the
+    command, collect theirs with ``multiple`` instead."""
 
     def add_to_parser(self, parser: Any, ctx: click.Context) -> None:
         """Let the parser collect every occurrence, for :meth:`consume_value` to check."""
@@ -78,13 +81,26 @@ class OnceOption(click.Option):
         """The one value given; two different ones are a usage error."""
         given = opts.get(self.name)
         if isinstance(given, list):
-            values = list(dict.fromkeys(given))
+            distinct: dict[Any, Any] = {}
+            for value in given:  # the first spelling of each is the one taken
+                distinct.setdefault(self.same_as(value), value)
+            values = list(distinct.values())
             if len(values) > 1:
                 name = max(self.opts, key=len)
                 raise click.UsageError(f"got {name} twice, {quoted(values[0])} and "
                                        f"{quoted(values[1])}: give it once")
             opts = {**opts, self.name: values[0]}
         return super().consume_value(ctx, opts)
+
+    def same_as(self, value: Any) -> Any:
+        """What two occurrences of the option are compared by: a path option's path made
+        absolute, so ``a.html``, ``./a.html`` and ``$PWD/a.html`` — one file — are one value;
+        any other value as given. Only lexically (``..`` and symlinks are left as they are):
+        ``link/../a`` need not be ``a``, and a link and its target are two names, which the
+        report treats apart."""
+        if isinstance(self.type, click.Path) and isinstance(value, str) and value:
+            return Path(value).absolute()
+        return value
 
 
 class WholeNumber(click.IntRange):

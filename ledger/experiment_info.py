@@ -43,6 +43,9 @@ class ResumeSummary:
     pid: Any
     environment_differences: list[tuple[str, Any, Any]] | None
     code_differences: list[tuple[str, Any, Any]] | None = None
+    code: Any = None
+    """The code version the session recorded, as recorded (None: not recorded); not in
+    :meth:`to_json`, whose ``code_differences`` say how it differs."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready map."""
@@ -158,7 +161,8 @@ def resume_summaries(store: Store, exp: str, created: dict[str, Any]) -> list[Re
             seq, body["t"], meta.get("user"), meta.get("host"), meta.get("pid"),
             session_differences(created.get("environment"), environment)
             if isinstance(environment, dict) else None,
-            differences(created.get("code"), code) if isinstance(code, dict) else None))
+            differences(created.get("code"), code) if isinstance(code, dict) else None,
+            code))
     return summaries
 
 

@@ -67,6 +67,9 @@ class ReplayReport:
     matched: int = 0
     mismatched: int = 0
     not_draws: Counter = field(default_factory=Counter)
+    skipped: Counter = field(default_factory=Counter)
+    """Draws, by kind, not re-executed because a dataset differs (every draw would differ too:
+    replay stops there); empty when the replay re-executed every draw."""
     first_divergence: Divergence | None = None
     environment: dict[str, Any] = field(default_factory=dict)
     environment_differences: list[tuple[str, Any, Any]] = field(default_factory=list)
@@ -93,6 +96,7 @@ class ReplayReport:
                 "compared": dict(sorted(self.compared.items())),
                 "compared_total": sum(self.compared.values()), "matched": self.matched,
                 "mismatched": self.mismatched, "not_draws": dict(sorted(self.not_draws.items())),
+                "skipped": dict(sorted(self.skipped.items())),
                 "first_divergence": None if self.first_divergence is None
                 else self.first_divergence.to_json(),
                 "environment": self.environment,
@@ -204,6 +208,7 @@ class _Replay:
         self.done = 0
         self._reported = 0
         self.kinds: Counter = Counter()
+        self.draws: Counter = Counter()
 
     def run(self) -> ReplayReport:
         """Load plugins and datasets, re-execute every draw, and report the outcome."""
@@ -220,7 +225,8 @@ class _Replay:
                              if is_draw(kind) or kind == DATASET_REGISTERED)
         report: ReplayReport  # made in the first window: _windows yields at least one
         comparer: Comparer
-        for first, bodies, kinds in self._windows():
+        windows = self._windows()
+        for first, bodies, kinds in windows:
             with DrawExecution(context, bodies, self.jobs, self.trusted) as execution:
                 if first:
                     datasets = _DatasetCheck(loaded, execution)
@@ -231,16 +237,30 @@ class _Replay:
                         lambda: self._progress(self.done + execution.claims.claimed()))
                 except Exception:
                     if first and self._datasets_differ(comparer, datasets.results()):
-                        return self._finished(report)
+                        return self._stopped(report, windows)
                     raise
             if first and self._datasets_differ(comparer, datasets.results()):
-                return self._finished(report)  # changed data: every later draw would differ
+                return self._stopped(report, windows)  # changed data: every draw would differ
             self._compare(comparer, bodies, kinds, mismatches)
             self._progress(self.done)
+        return self._finished(self._count_not_draws(report))
+
+    def _count_not_draws(self, report: ReplayReport) -> ReplayReport:
         for kind, count in self.kinds.items():
             if kind in NOT_DRAWS:
                 report.not_draws[kind] = count
-        return self._finished(report)
+        return report
+
+    def _stopped(self, report: ReplayReport,
+                 windows: Iterator[tuple[bool, list[bytes], list[str]]]) -> ReplayReport:
+        """Finish a replay stopped at a changed dataset: read the rest of the run (without
+        re-executing it) so that the report counts its events as a full replay does — the
+        events that are not draws, and the draws left unchecked (``skipped``)."""
+        for _first, _bodies, _kinds in windows:
+            pass
+        for kind, count in self.draws.items():
+            report.skipped[kind] = count
+        return self._finished(self._count_not_draws(report))
 
     def _check_draws_recorded_once(self) -> None:
         """Refuse a run that records a draw (kind, path) twice — in two streams, say: each
@@ -272,6 +292,7 @@ class _Replay:
                 continue
             bodies.append(body)
             kinds.append(kind)
+            self.draws[kind] += 1
             if len(bodies) == WINDOW_DRAWS:
                 yield first, bodies, kinds
                 first, bodies, kinds = False, [], []

@@ -129,11 +129,13 @@ def _is_current(head: Any, current_head: str | None, certificate: dict[str, Any]
     """Whether the certificate speaks for the run as it is stored now: it names the run's
     head. An incomplete run has no head, nor has its certificate, so two Nones tell nothing:
     there the replay must have read as many events as the run's streams hold now — one that
-    went on after the replay holds draws the replay never read."""
+    went on after the replay holds draws the replay never read. (A replay stopped at a changed
+    dataset read the draws it skipped.)"""
     if head is not None or current_head is not None:
         return bool(head == current_head)
     read = (sum(_counts(certificate.get("compared")).values())
-            + sum(_counts(certificate.get("not_draws")).values()))
+            + sum(_counts(certificate.get("not_draws")).values())
+            + sum(_counts(certificate.get("skipped")).values()))
     held = sum(stream.count for name, stream in facts.heads.items() if name != AUDIT_STREAM)
     return read == held
 

@@ -418,6 +418,31 @@ def test_a_file_that_is_not_sqlite(tmp_path: Path, command: tuple[str, ...]) -> 
     assert files_in(tmp_path) == {"notes.db": b"dear diary\n"}
 
 
+@pytest.mark.parametrize("command", [LIST, VERIFY_JSON], ids=ids)
+def test_an_empty_file_is_a_ledger_never_written_or_cut_short(
+        tmp_path: Path, command: tuple[str, ...]) -> None:
+    """A 0-byte --db said 'not an SQLite database': true, but an empty file is what a ledger
+    never written or truncated leaves, and the auditor is told so (exit 2 as before)."""
+    path = tmp_path / "ledger.db"
+    path.write_bytes(b"")
+    line = assert_one_line_error(run_cli("--db", f"sqlite:///{path}", *command),
+                                 says=f"{path} is an empty file (0 bytes), not a ledger: no "
+                                      f"ledger was ever written to it, or it was cut short")
+    assert "restore it from a copy" in line
+    assert files_in(tmp_path) == {"ledger.db": b""}
+
+
+@pytest.mark.parametrize("command", [SHOW, VERIFY_JSON], ids=ids)
+def test_a_ledger_whose_format_marker_is_gone_says_so(ledger_file: LedgerFile,
+                                                      command: tuple[str, ...]) -> None:
+    with Store.open(ledger_file.url) as store:
+        drop_append_only_triggers(store)
+        execute(store, "DELETE FROM ledger_meta WHERE key = 'format'")
+    line = assert_one_line_error(ledger_file.cli(*command),
+                                 says="is a ledger whose format marker is gone")
+    assert line.endswith("so it is not read: restore the ledger from a copy"), line
+
+
 @pytest.mark.parametrize("command", [SHOW, VERIFY_JSON], ids=ids)
 def test_an_sqlite_file_that_is_not_a_ledger(tmp_path: Path, command: tuple[str, ...]) -> None:
     path = tmp_path / "shop.db"
@@ -427,7 +452,9 @@ def test_an_sqlite_file_that_is_not_a_ledger(tmp_path: Path, command: tuple[str,
     connection.commit()
     connection.close()
     before = files_in(tmp_path)
-    assert_one_line_error(run_cli("--db", f"sqlite:///{path}", *command), says="not a ledger")
+    assert_one_line_error(run_cli("--db", f"sqlite:///{path}", *command),
+                          says="is not a ledger: an SQLite database, but without the ledger's "
+                               "tables (check the path or URL)")
     assert files_in(tmp_path) == before
 
 

@@ -142,6 +142,60 @@ def test_an_option_given_twice_with_the_same_value_is_taken(tmp_path: Path) -> N
     assert sorted(path.name for path in tmp_path.iterdir()) == ["k.key", "k.pub"]
 
 
+PATH_OPTIONS = [(name, max(parameter.opts, key=len)) for name, command in cli.commands.items()
+                for parameter in command.params
+                if isinstance(parameter, OnceOption) and isinstance(parameter.type, click.Path)]
+
+
+def test_path_options_are_those_that_name_a_file_or_folder() -> None:
+    assert sorted(PATH_OPTIONS) == [
+        ("demo", "--data-dir"), ("replay", "--data-dir"), ("report", "--appendix"),
+        ("report", "--bundle"), ("report", "--data-dir"), ("report", "--output"),
+        ("report", "--sign-key"), ("verify-report", "--public-key"),
+        ("verify-report", "--signature")]
+
+
+@pytest.mark.parametrize("name, option", PATH_OPTIONS)
+def test_a_path_option_given_twice_as_the_same_path_is_taken(tmp_path: Path, name: str,
+                                                             option: str) -> None:
+    """``-o a.html -o ./a.html`` names one file, yet was refused as two values: a path option
+    compares its occurrences as absolute paths, so one path however spelt is taken (the command
+    then goes on, here to refuse what follows: an unknown experiment, a missing report)."""
+    arguments = {"report": ["exp-123412341234"], "replay": ["exp-123412341234"],
+                 "verify-report": [str(tmp_path / "r.json"), "--unsigned"]}.get(name, [])
+    # demo would train: a bad --workers, checked after the path (click takes options in the
+    # order given), stops it
+    after = ["--workers", "999"] if name == "demo" else []
+    spellings = ["a", "./a", str(tmp_path / "a")]
+    done = run_cli(name, *arguments, *[word for spelling in spellings
+                                       for word in (option, spelling)], *after, cwd=tmp_path)
+    assert done.returncode == 2 and "twice" not in done.stderr, done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_only_a_path_option_compares_paths(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A value that is no path (``keygen --out``'s prefix: ``k/`` names k/.key, not k.key) is
+    compared as given; two different paths are still refused, each named as it was typed."""
+    from click.testing import CliRunner
+
+    @click.command()
+    @click.option("--out", cls=OnceOption, type=click.Path())
+    @click.option("--prefix", cls=OnceOption)
+    def command(out: str | None, prefix: str | None) -> None:
+        click.echo(f"{out} {prefix}")
+
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    taken = runner.invoke(command, ["--out", "a.html", "--out", "./a.html",
+                                    "--out", str(tmp_path / "a.html")])
+    assert (taken.exit_code, taken.output) == (0, "a.html None\n")
+    refused = runner.invoke(command, ["--prefix", "k", "--prefix", "./k"])
+    assert refused.exit_code == 2 and "got --prefix twice, 'k' and './k'" in refused.output
+    other = runner.invoke(command, ["--out", "a.html", "--out", "sub/../a.html"])
+    assert other.exit_code == 2 and "'a.html' and 'sub/../a.html'" in other.output
+
+
 NUMBERS = {("demo", "--seed"): "a whole number from 0 to 2**128 - 1",
            ("demo", "--workers"): "a whole number from 0 to 64",
            ("demo", "--epochs"): "a whole number from 1 to 1000",

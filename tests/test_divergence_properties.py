@@ -346,6 +346,14 @@ def test_changed_data_is_named_before_any_draw(
         assert divergence is not None and divergence.kind == "dataset_registered"
         assert divergence.cause is Cause.INPUT and divergence.field == "output"
         assert dict(report.compared) == {"dataset_registered": 1} and report.mismatched == 1
+        # every draw left unchecked is counted, in every window, as are the events that are not
+        # draws (the early stop counted neither)
+        assert dict(report.skipped) == {kind: count for kind, count
+                                        in expected_counts(shape).items()
+                                        if kind != "dataset_registered"}
+        metrics = {"none": 0, "epoch": shape.epochs, "batch": len(shape.positions)}[shape.metrics]
+        assert dict(report.not_draws) == {"experiment_created": 1, "run_completed": 1,
+                                          **({"metric": metrics} if metrics else {})}
 
 
 @PROPERTY

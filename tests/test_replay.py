@@ -77,6 +77,7 @@ def test_replay_certifies_a_recorded_run(folder: Path, num_workers: int, jobs: i
     assert report.compared.get("worker_spawned", 0) == num_workers
     assert report.matched == sum(report.compared.values())
     assert report.head is not None and report.not_draws["metric"] == 2
+    assert not report.skipped and report.to_json()["skipped"] == {}
 
 
 def test_an_op_that_ignores_its_seed_is_caught_at_its_first_batch(folder: Path) -> None:
@@ -111,6 +112,21 @@ def test_a_changed_dataset_file_is_caught_before_any_draw(folder: Path) -> None:
     assert divergence is not None and divergence.kind == "dataset_registered"
     assert divergence.cause is Cause.INPUT
     assert dict(report.compared) == {"dataset_registered": 1}
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_replay_stopped_at_a_changed_dataset_counts_what_it_did_not_re_execute(
+        folder: Path, jobs: int) -> None:
+    """The early stop at a changed dataset reported neither the run's events that are not
+    draws (every other verdict does) nor the draws it left unchecked."""
+    exp = record_run(_url(folder), folder / "data")
+    _change_stored_dataset(folder / "data")
+    with Store.open(_url(folder)) as store:
+        report = replay_run(store, exp, jobs=jobs, data_dir=folder / "data")
+    assert not report.certified
+    assert dict(report.skipped) == {"augmentation_batch": 20, "epoch_reset": 2}
+    assert dict(report.not_draws) == {"experiment_created": 1, "metric": 2, "run_completed": 1}
+    assert report.to_json()["skipped"] == {"augmentation_batch": 20, "epoch_reset": 2}
 
 
 def test_a_missing_dataset_file_cannot_replay(folder: Path) -> None:

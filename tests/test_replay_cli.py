@@ -267,6 +267,31 @@ def test_replay_of_a_tampered_ledger_exits_1_without_replaying(tmp_path: Path) -
     assert "CERTIFIED" not in result.stdout
 
 
+def test_replay_stopped_at_a_changed_dataset_says_what_it_did_not_re_execute(
+        tmp_path: Path) -> None:
+    """A changed dataset stops the replay before any draw; its text lacked the 'not draws'
+    line every other verdict prints, and neither text nor --json counted the draws skipped."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    exp = record_run(url, tmp_path / "data")
+    (stored,) = (tmp_path / "data").rglob("*.npz")
+    with np.load(stored) as archive:
+        features, labels = archive["features"] + 1.0, archive["labels"]
+    np.savez(stored, features=features, labels=labels)
+    data = ["--data-dir", str(tmp_path / "data"), "--no-record"]
+    text = run_cli("--db", url, "replay", exp, *data)
+    assert text.returncode == 1
+    _assert_one_clean_line(text)
+    lines = text.stdout.splitlines()
+    assert "  re-executed  dataset_registered 1" in lines
+    assert ("  skipped      augmentation_batch 20, epoch_reset 2 (not re-executed: replay stops "
+            "at a changed dataset)") in lines
+    assert ("  not draws    experiment_created 1, metric 2, run_completed 1 (compared by --full)"
+            in lines)
+    document = json.loads(run_cli("--db", url, "replay", exp, *data, "--json").stdout)
+    assert document["skipped"] == {"augmentation_batch": 20, "epoch_reset": 2}
+    assert document["not_draws"] == {"experiment_created": 1, "metric": 2, "run_completed": 1}
+
+
 def test_replay_of_an_unknown_experiment_exits_2(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     record_run(url, tmp_path / "data")
@@ -378,7 +403,7 @@ def test_diff_lists_the_metrics_whose_last_value_differs(tmp_path: Path) -> None
         {"key": "val_auc", "a": 0.923, "b": 0.891}, {"key": "only_in_b", "a": None, "b": 3}]
     lines = run_cli("--db", url, "diff", *runs).stdout.splitlines()
     start = lines.index("  last metric values differ:")
-    assert lines[start + 1:start + 3] == ["    val_auc: 0.923 vs 0.891", "    only_in_b: None vs 3"]
+    assert lines[start + 1:start + 3] == ["    val_auc: 0.923 vs 0.891", "    only_in_b: null vs 3"]
 
 
 def test_a_verdict_that_cannot_be_recorded_is_still_told(tmp_path: Path,

@@ -1571,3 +1571,27 @@ def _md_section(text: str, key: str) -> str:
     found = re.search(rf"^## {key} .*?(?=^## |\Z)", text, re.M | re.S)
     assert found is not None
     return found.group(0)
+
+
+def test_a_recorded_failure_at_a_changed_dataset_of_an_incomplete_run_is_current(
+        tmp_path: Path) -> None:
+    """A replay stops at a changed dataset without re-executing the draws: its certificate
+    counted neither them nor the events that are not draws, so R8 judged that the replay had
+    read less than the incomplete run holds and said it went on since, which it had not."""
+    url, data = f"sqlite:///{tmp_path / 'ledger.db'}", tmp_path / "data"
+    with ExperimentManager(url, data_dir=data) as manager:
+        exp = manager.create_experiment("stopped", seed=3)
+        registered = exp.register_dataset("rows", *sample_data())
+        for _batch in TrainingDataIterator(registered, batch_size=64, experiment=exp):
+            pass
+        exp.suspend()
+    (stored,) = data.rglob("*.npz")
+    with np.load(stored) as archive:
+        features, labels = archive["features"] + 1.0, archive["labels"]
+    np.savez(stored, features=features, labels=labels)
+    with Store.open(url) as store:
+        record_replay(store, replay_run(store, exp.id, data_dir=data))
+    report = report_of(url, exp.id)
+    r8 = report["R8"]
+    assert (r8["verdict"], r8["certified_head"], r8["head_is_current"]) == ("FAILED", None, True)
+    assert not any("went on" in alert for alert in report["summary"]["alerts"])

@@ -366,8 +366,8 @@ def test_diff_lists_how_a_resumed_session_differs_in_environment_and_code(
                                       "b": "9.9.9"}]
     # run B's side is B's column, and run A's resumed session is named when it is A
     text = run_cli("--db", forged, "diff", resumed.id, straight.id).stdout.splitlines()
-    assert f"    {prefix}code: 'commit-2' vs 'commit-1'" in text, text
-    assert f"    {prefix}packages.numpy: '9.9.9' vs {np.__version__!r}" in text, text
+    assert f'    {prefix}code: "commit-2" vs "commit-1"' in text, text
+    assert f'    {prefix}packages.numpy: "9.9.9" vs "{np.__version__}"' in text, text
     # a run against its copy: its resumed session is alike one of the other's, so none listed
     with Store.open(forged) as store:
         report = diff_runs(store, resumed.id, resumed.id)
@@ -1155,6 +1155,45 @@ def test_show_names_what_the_code_of_a_resuming_session_changed(
     document = json.loads(run_cli("show", exp, "--db", url, "--json").stdout)
     assert [r["code_differences"] for r in document["resumes"]] == [
         [{"key": "commit", "recorded": created, "resumed": other}]] * 2
+
+
+NO_REPOSITORY = "(no git repository with a commit was found)"
+
+
+@pytest.mark.parametrize("created_in_git", [True, False])
+def test_show_says_a_session_outside_git_recorded_no_commit_as_it_says_of_the_creating_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, created_in_git: bool) -> None:
+    """A run created in a git repository and resumed outside one was shown as four lines of
+    'code.commit: … recorded, absent at resume' (dirty, untracked and vcs alike), while the
+    creating session's code outside git was shown as '{"vcs": null}': neither said that no
+    git repository was found, so no commit was recorded. Both now say so, in the same words;
+    --json keeps the recorded values and their differences."""
+    repo = code_outside_the_main_script(tmp_path, monkeypatch)
+    outside = tmp_path / "venv-bin"  # no git repository above it
+    commit = git(repo, "rev-parse", "HEAD")
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        exp = manager.create_experiment("m", seed=1,
+                                        code_dir=repo if created_in_git else outside)
+        exp.suspend()
+        manager.resume_experiment(exp.id, code_dir=outside if created_in_git else repo).suspend()
+    shown = run_cli("show", exp.id, "--db", url)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    at = lines.index("resumes:")
+    if created_in_git:
+        assert lines[at + 2] == (f"    code.commit: {commit} recorded, no commit at resume "
+                                 f"{NO_REPOSITORY}")
+    else:
+        assert f"code        no commit recorded {NO_REPOSITORY}" in lines
+        assert lines[at + 2] == (f"    code.commit: no commit recorded {NO_REPOSITORY}, "
+                                 f"{commit} at resume")
+    assert lines[at + 3].strip().startswith("environment")
+    assert "absent" not in shown.stdout
+    [resumed] = json.loads(run_cli("show", exp.id, "--db", url, "--json").stdout)["resumes"]
+    git_side = {"commit": commit, "dirty": False, "untracked": 0, "vcs": "git"}
+    assert {d["key"]: d["recorded" if created_in_git else "resumed"]
+            for d in resumed["code_differences"]} == git_side
 
 
 def test_the_readme_documents_every_param_run_resumed_records(manager: ExperimentManager) -> None:

@@ -82,10 +82,35 @@ def test_an_unreadable_schema_version_is_refused(store: Store, store_url: str, v
 
 
 def test_a_database_without_the_format_marker_is_refused(store: Store, store_url: str) -> None:
+    """Refused as a ledger whose marker is gone, saying what to do — not 'not a ledger (format
+    marker missing)', which left an auditor to guess whether it was the wrong file."""
     drop_append_only_triggers(store)
     execute(store, "DELETE FROM ledger_meta WHERE key = 'format'")
-    with pytest.raises(StoreError, match="not a ledger"):
+    with pytest.raises(StoreError, match=r"is a ledger whose format marker is gone \(its row in "
+                                         r"ledger_meta was removed outside this program\), so it "
+                                         r"is not read: restore the ledger from a copy"):
         Store.open(store_url)
+
+
+def test_a_database_whose_marker_names_another_format_says_which(store: Store,
+                                                                 store_url: str) -> None:
+    drop_append_only_triggers(store)
+    execute(store, "UPDATE ledger_meta SET value = 'other-tool' WHERE key = 'format'")
+    with pytest.raises(StoreError, match="is not a ledger: an .* database whose format marker "
+                                         "is 'other-tool', not 'reproducibility-ledger'"):
+        Store.open(store_url)
+
+
+def test_an_sqlite_ledger_without_its_meta_table_is_a_ledger_whose_marker_is_gone(
+        tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        record_experiment(store, "exp-000000000001", workers=0)
+        drop_append_only_triggers(store)
+        execute(store, "DROP TABLE ledger_meta")
+    with pytest.raises(StoreError, match=r"is a ledger whose format marker is gone \(the "
+                                         r"ledger_meta table that holds it was removed"):
+        Store.open(url)
 
 
 def test_an_sqlite_ledger_is_in_wal_mode(sqlite_url: str) -> None:
@@ -115,6 +140,31 @@ def test_a_file_that_is_not_sqlite_is_refused_and_left_alone(tmp_path: Path) -> 
         Store.open(f"sqlite:///{tmp_path}")
 
 
+def test_an_empty_file_is_a_ledger_never_written_or_cut_short(tmp_path: Path) -> None:
+    """A 0-byte file was refused as 'not an SQLite database'; it is what a ledger truncated,
+    or never written, leaves. Opened to create, it becomes a ledger."""
+    path = tmp_path / "ledger.db"
+    path.write_bytes(b"")
+    with pytest.raises(StoreError, match=r"is an empty file \(0 bytes\), not a ledger: no ledger "
+                                         r"was ever written to it, or it was cut short"):
+        Store.open(f"sqlite:///{path}")
+    assert path.read_bytes() == b""
+    with Store.open(f"sqlite:///{path}", create=True) as store:
+        assert store.schema_version == SCHEMA_VERSION
+
+
+def test_an_sqlite_database_without_tables_is_not_a_ledger(tmp_path: Path) -> None:
+    path = tmp_path / "blank.db"
+    connection = sqlite3.connect(path)
+    connection.execute("CREATE TABLE t (x)")
+    connection.execute("DROP TABLE t")  # an SQLite file with its header, and no table
+    connection.commit()
+    connection.close()
+    with pytest.raises(StoreError, match="is not a ledger: an SQLite database with no tables, "
+                                         "in which nothing was ever recorded"):
+        Store.open(f"sqlite:///{path}")
+
+
 def test_a_foreign_sqlite_database_is_refused_and_left_alone(tmp_path: Path) -> None:
     path = tmp_path / "other.db"
     connection = sqlite3.connect(path)
@@ -124,7 +174,8 @@ def test_a_foreign_sqlite_database_is_refused_and_left_alone(tmp_path: Path) -> 
     connection.close()
     before = path.read_bytes()
     for create in (False, True):
-        with pytest.raises(StoreError, match="not a ledger"):
+        with pytest.raises(StoreError, match="is not a ledger: an SQLite database, but without "
+                                             "the ledger's tables"):
             Store.open(f"sqlite:///{path}", create=create)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]

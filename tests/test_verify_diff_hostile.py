@@ -288,7 +288,7 @@ def test_diff_says_when_a_run_failed_or_is_incomplete(url: str, tmp_path: Path) 
     assert (f"run_completed [-]: status differs — {ok} completed ok, {failed} failed "
             f"(OSError: upload failed): every event both recorded agrees") in result.stdout
     assert "status differs" in result.stderr
-    assert f"{failed} completed with status 'failed'" in result.stdout
+    assert f'{failed} completed with status "failed"' in result.stdout
     result = run_cli("--db", url, "diff", ok, failed, "--json")
     clean(result, 1)
     document = strict_json(result.stdout)
@@ -673,9 +673,15 @@ def _deep(levels: int) -> Any:
 
 
 ODD_VALUES = {
-    "bytes in a list": ([b"\x00\x01"], [b"\x00\x02"], "['0001'] vs ['0002']"),
-    "infinity": (math.inf, 1.0, "'Infinity' vs 1.0"),
+    "bytes in a list": ([b"\x00\x01"], [b"\x00\x02"], '["0001"] vs ["0002"]'),
+    "bytes": (b"\x01\xff", b"\x02", "01ff vs 02"),
+    "infinity": (math.inf, 1.0, "Infinity vs 1.0"),
     "nested 60 deep": (_deep(60), 1, "[[[["),
+    # written as JSON, as the rest of the CLI writes values (it was Python's repr: True, None,
+    # {'a': 1}, '1')
+    "a flag and nothing": (True, None, "x: true vs null"),
+    "maps in a list": ([{"a": 1, "b": "é"}], [], 'x: [{"a": 1, "b": "é"}] vs []'),
+    "text against a number": ("1", 1, 'x: "1" vs 1'),
 }
 NOT_CANONICAL = {
     "an ext type": (msgpack.ExtType(5, b"x"), "no ext types"),

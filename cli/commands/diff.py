@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import click
 
 from cli.display import agreeing, counted, printable, runs_differ_line
@@ -66,7 +69,7 @@ def _print(report: DiffReport) -> None:
             click.echo(f"  {exp} is incomplete (no run_completed): only what it recorded is "
                        f"compared")
         elif status != "ok":
-            click.echo(printable(f"  {exp} completed with status {status!r}"))
+            click.echo(printable(f"  {exp} completed with status {_short(status)}"))
     for title, rows in (("configuration differs", report.config),
                         ("datasets differ", report.datasets), ("code differs", report.code),
                         ("environment differs", report.environment),
@@ -78,7 +81,14 @@ def _print(report: DiffReport) -> None:
 
 
 def _short(value: object) -> str:
-    """A value as ``--json`` shows it (bytes as hex, nesting cut), in at most 70 characters."""
+    """A value as ``--json`` shows it, written as JSON — ``true``, ``null``, ``{"a": 1}``,
+    ``"x"`` (text quoted, so ``"1"`` and ``1`` differ on screen as they do in the runs) — as
+    the rest of the CLI's text writes values, not Python's ``True``, ``None``, ``'x'``; bytes
+    (digests) as bare hex and NaN or ±Infinity bare; at most 70 characters."""
     shown = json_view(value)
-    text = shown if isinstance(value, bytes) else repr(shown)
+    if isinstance(value, (bytes, bytearray, memoryview)) or (
+            isinstance(value, float) and not math.isfinite(value)):
+        text = str(shown)
+    else:
+        text = json.dumps(shown, sort_keys=True, ensure_ascii=False, allow_nan=False)
     return text if len(text) <= 70 else text[:67] + "..."

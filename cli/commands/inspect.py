@@ -73,7 +73,9 @@ def show_command(obj: dict, exp: str, as_json: bool) -> None:
     for key, value in sorted(info.metadata.items()):
         where = ("" if key != "parent" or info.parent_in_ledger is None else
                  "  (in this ledger)" if info.parent_in_ledger else "  (not in this ledger)")
-        click.echo(printable(f"{key:<11} {_shown(value)}{where}"))
+        shown = f"no commit recorded {NO_REPOSITORY}" if key == "code" and _no_git(value) else (
+            _shown(value))
+        click.echo(printable(f"{key:<11} {shown}{where}"))
     if info.metrics:
         click.echo("metrics (last value recorded):")
         for metric in info.metrics:
@@ -83,7 +85,7 @@ def show_command(obj: dict, exp: str, as_json: bool) -> None:
     if info.resumes:
         click.echo("resumes:")
         for resume in info.resumes:
-            _show_resume(resume)
+            _show_resume(resume, info.metadata.get("code"))
     click.echo("events by kind:")
     for kind, count in info.counts.items():
         click.echo(printable(f"  {kind!s:<22} {count:>10,}"))
@@ -92,14 +94,36 @@ def show_command(obj: dict, exp: str, as_json: bool) -> None:
         click.echo(printable(f"  {head.stream!s:<22} {head.count:>10,}  head {short(head.head)}"))
 
 
-def _show_resume(resume: ResumeSummary) -> None:
+NO_REPOSITORY = "(no git repository with a commit was found)"
+"""Why a session recorded no commit: its code was outside a git repository, in one without a
+commit yet, or git was not installed (:func:`ledger.environment.code_version`)."""
+
+
+def _no_git(code: object) -> bool:
+    """Whether a recorded code version is the one of code outside git: ``{"vcs": None}``."""
+    return isinstance(code, dict) and "vcs" in code and code["vcs"] is None
+
+
+def _show_resume(resume: ResumeSummary, created_code: object) -> None:
     """One session that resumed the run: where and by which process, then each difference of
     its code version, and each library, Python and platform difference of its environment,
-    from the recorded ones."""
+    from the recorded ones. When one of the two sessions found no git repository, its code
+    differs by the commit alone, said so in one line as the creating session's is shown,
+    rather than as each git field recorded on one side and 'absent' on the other."""
     by = "" if resume.user is None else f"  by {_shown(resume.user)}"
     click.echo(printable(f"  seq {resume.seq}  {iso_time(resume.t)}{by}  host "
                          f"{_shown(resume.host)}  pid {_shown(resume.pid)}"))
-    _show_differences(resume.code_differences, "code version", "code.")
+    if resume.code_differences and _no_git(resume.code) != _no_git(created_code):
+        if _no_git(resume.code):
+            commit = _dict_get(created_code, "commit")
+            click.echo(printable(f"    code.commit: {_shown_version(commit)} recorded, no commit "
+                                 f"at resume {NO_REPOSITORY}"))
+        else:
+            commit = _dict_get(resume.code, "commit")
+            click.echo(printable(f"    code.commit: no commit recorded {NO_REPOSITORY}, "
+                                 f"{_shown_version(commit)} at resume"))
+    else:
+        _show_differences(resume.code_differences, "code version", "code.")
     _show_differences(resume.environment_differences,
                       "environment", "", " (libraries, Python, platform)")
 
@@ -115,6 +139,11 @@ def _show_differences(found: list[tuple[str, Any, Any]] | None, what: str, prefi
     for key, old, new in found or []:
         click.echo(printable(f"    {prefix}{key}: {_shown_version(old)} recorded, "
                              f"{_shown_version(new)} at resume"))
+
+
+def _dict_get(value: object, key: str) -> object:
+    """``value[key]`` of a recorded map, None when it is no map or lacks the key."""
+    return value.get(key) if isinstance(value, dict) else None
 
 
 def _shown_version(value: object) -> str:

@@ -160,6 +160,10 @@ def _print(report: ReplayReport) -> None:
     click.echo("  re-executed  " + (", ".join(f"{kind} {count:,}" for kind, count
                                                in sorted(report.compared.items()))
                                     or "none (the run recorded no draw)"))
+    if report.skipped:
+        click.echo("  skipped      " + ", ".join(f"{kind} {count:,}" for kind, count
+                                                  in sorted(report.skipped.items()))
+                   + " (not re-executed: replay stops at a changed dataset)")
     if report.not_draws:
         click.echo("  not draws    " + ", ".join(f"{kind} {count:,}" for kind, count
                                                   in sorted(report.not_draws.items()))

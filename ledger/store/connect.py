@@ -1,8 +1,9 @@
 """Opening a ledger database: resolve the URL, refuse what is not a ledger, create on request.
 
 Read commands open with ``create=False`` and never create a file; a path that does not exist, a
-file that is not SQLite, an SQLite file without our tables, a ledger of a newer schema version,
-and an unreachable server each raise :class:`~ledger.errors.StoreError` with one clear line.
+file that is not SQLite (or is empty), an SQLite file without our tables or format marker, a
+ledger of a newer schema version, and an unreachable server each raise
+:class:`~ledger.errors.StoreError` with one clear line.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sqlalchemy.engine.url import URL
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
 from ledger.errors import StoreError
+from ledger.text import quoted
 from ledger.store.schema import (APPEND_ONLY_TABLES, FORMAT_MARKER, SCHEMA_VERSION, UNIQUE_KEYS,
                                  create_schema, meta_table, metadata, sqlite_trigger_sql)
 
@@ -191,8 +193,12 @@ def _check_sqlite_file(path: Path, create: bool, defaulted: bool) -> None:
             header = handle.read(len(_SQLITE_HEADER))
     except OSError as error:
         raise StoreError(f"cannot read {path}: {error.strerror}") from None
-    if header == b"" and create:
-        return
+    if header == b"":
+        if create:
+            return
+        raise StoreError(f"{path} is an empty file (0 bytes), not a ledger: no ledger was ever "
+                         f"written to it, or it was cut short (if it held one, restore it from "
+                         f"a copy)")
     if header != _SQLITE_HEADER:
         raise StoreError(f"{path} is not an SQLite database")
 
@@ -429,13 +435,15 @@ def open_engine(url: str | None = None, *, create: bool = False) -> tuple[Engine
         stored = _stored_format(engine)
         if stored is None:
             if not create:
-                raise StoreError(f"{shown} is not a ledger (no {meta_table.name} table)")
+                raise _not_a_ledger(engine, shown, is_sqlite, stored)
             if not _has_tables(engine):
                 _initialise(engine, is_sqlite, shown)
             stored = _stored_format(engine)  # None: tables, but not a ledger's
             if stored is None:
-                raise StoreError(f"{shown} is not a ledger (no {meta_table.name} table)")
-        _check_format(stored or {}, shown)
+                raise _not_a_ledger(engine, shown, is_sqlite, stored)
+        if stored.get("format") != FORMAT_MARKER:
+            raise _not_a_ledger(engine, shown, is_sqlite, stored)
+        _check_format(stored, shown)
     except DBAPIError as error:
         engine.dispose()
         raise StoreError(f"cannot open {shown}: {_first_line(error)}") from None
@@ -464,7 +472,7 @@ def _initialise(engine: Engine, is_sqlite: bool, shown: str) -> None:
         if meta_table.name in tables:
             return  # another process created the ledger meanwhile
         if tables:
-            raise StoreError(f"{shown} is not a ledger (no {meta_table.name} table)")
+            raise _not_a_ledger(engine, shown, is_sqlite, None, tables)
         create_schema(connection)
 
 
@@ -489,9 +497,34 @@ def _enable_wal(engine: Engine, shown: str) -> None:
         time.sleep(0.01)
 
 
+def _not_a_ledger(engine: Engine, shown: str, is_sqlite: bool, stored: dict[str, str] | None,
+                  tables: set[str] | None = None) -> StoreError:
+    """Why a database without the ledger's format marker (``stored``: its ``ledger_meta`` rows,
+    None without that table) is not read, in the words an auditor acts on: a database with no
+    tables, another program's database (check the path or URL), one whose marker names another
+    format, or a ledger whose marker is gone — altered outside this program: restore a copy.
+    ``tables``: the database's tables when the caller has read them (else read here)."""
+    what = "an SQLite database" if is_sqlite else "a PostgreSQL database"
+    if stored is not None and "format" in stored:
+        return StoreError(f"{shown} is not a ledger: {what} whose format marker is "
+                          f"{quoted(stored['format'])}, not {FORMAT_MARKER!r}")
+    if tables is None:
+        with engine.connect() as connection:
+            tables = set(inspect(connection).get_table_names())
+    if not tables:
+        return StoreError(f"{shown} is not a ledger: {what} with no tables, in which nothing "
+                          f"was ever recorded (check the path or URL)")
+    if not tables & set(APPEND_ONLY_TABLES):
+        return StoreError(f"{shown} is not a ledger: {what}, but without the ledger's tables "
+                          f"(check the path or URL)")
+    gone = (f"the {meta_table.name} table that holds it" if stored is None
+            else f"its row in {meta_table.name}")
+    return StoreError(f"{shown} is a ledger whose format marker is gone ({gone} was removed "
+                      f"outside this program), so it is not read: restore the ledger from a "
+                      f"copy")
+
+
 def _check_format(stored: dict[str, str], shown: str) -> None:
-    if stored.get("format") != FORMAT_MARKER:
-        raise StoreError(f"{shown} is not a ledger (format marker missing)")
     text = stored.get("schema_version", "")
     # Only the digits the ledger writes (str of an int): int() would also read " 1", "01", "+1"
     # or non-ASCII digits as 1, and take a database this program never wrote for a ledger.
