@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from code_repos import git
 from conftest import ROOT
 from replay_helpers import record_run
 
@@ -39,17 +40,29 @@ def test_the_wheel_carries_every_schema_the_repository_ships(wheel: Path) -> Non
             assert archive.read(f"report/schemas/{schema.name}") == schema.read_bytes(), schema
 
 
+def _install(wheel: Path, site: Path) -> None:
+    """Install ``wheel`` (without its dependencies, which this interpreter has) into ``site``."""
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                    "--no-compile", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True, text=True, timeout=600)
+
+
+def _installed_env(site: Path) -> dict[str, str]:
+    """The environment of a process that imports the installed copy in ``site`` first."""
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    env.pop("LEDGER_URL", None)
+    env.pop("LEDGER_DATA_DIR", None)
+    return env
+
+
 def test_an_installed_wheel_reports_and_verifies(wheel: Path, tmp_path: Path) -> None:
     """`ledger report` then `ledger verify-report` run from the installed copy, far from the
     checkout: the honest report verifies (exit 0), and one whose report_id was edited fails the
     schema check (exit 1) rather than stopping for want of the schema (exit 2)."""
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                    "--no-compile", "--target", str(site), str(wheel)],
-                   check=True, capture_output=True, text=True, timeout=600)
+    _install(wheel, site)
     exp = record_run(f"sqlite:///{tmp_path / 'ledger.db'}", tmp_path / "ledger-data", epochs=1)
-    env = {**os.environ, "PYTHONPATH": str(site)}
-    env.pop("LEDGER_URL", None)
+    env = _installed_env(site)
 
     def ledger(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "cli", *args], cwd=tmp_path, env=env,
@@ -71,3 +84,30 @@ def test_an_installed_wheel_reports_and_verifies(wheel: Path, tmp_path: Path) ->
     edited = ledger("verify-report", "edited.json", "--unsigned")
     assert edited.returncode == 1, edited.stderr
     assert "R0/report_id" in edited.stdout + edited.stderr
+
+
+def test_a_demo_installed_into_a_projects_virtualenv_records_no_code_version(
+        wheel: Path, tmp_path: Path) -> None:
+    """Installed into the ``.venv`` of a project under git, `ledger demo` recorded that
+    project's commit (dirty, its untracked files counted) as the version of the demo's code,
+    which lies in ``site-packages`` and which no commit of the project describes. It records
+    no code version now, as from a virtualenv outside any repository; the installed version is
+    the environment's ``reproducibility-ledger``."""
+    project = tmp_path / "project"
+    project.mkdir()
+    git(project, "init", "-q")
+    (project / "train.py").write_text("print('train')\n")
+    git(project, "add", "train.py")
+    git(project, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "c")
+    site = project / ".venv" / "lib" / "python3.11" / "site-packages"
+    _install(wheel, site)
+    env = _installed_env(site)
+    demo = subprocess.run([sys.executable, "-m", "cli", "demo", "--epochs", "1", "--workers", "0",
+                           "--json"], cwd=project, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert demo.returncode == 0, demo.stderr
+    exp = json.loads(demo.stdout)["runs"][0]["exp"]
+    shown = subprocess.run([sys.executable, "-m", "cli", "show", exp, "--json"], cwd=project,
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["metadata"]["code"] == {"vcs": None}
