@@ -97,7 +97,7 @@ def load_plugins(trusted: Iterable[str] = ()) -> list[str]:
                 target()
         except TRUSTED_CODE_ERRORS as error:  # a broken plug-in must not pass silently
             raise CannotReplayError(f"replay plug-in {entry.name!r} ({entry.value}) failed to "
-                                    f"load: {type(error).__name__}: {error}") from None
+                                    f"load: {import_failure(error)}") from None
         loaded.append(f"plugin:{entry.name}")
     for name in trusted:
         if not isinstance(name, str) or not all(part.isidentifier() for part in name.split(".")):
@@ -106,6 +106,24 @@ def load_plugins(trusted: Iterable[str] = ()) -> list[str]:
             importlib.import_module(name)
         except TRUSTED_CODE_ERRORS as error:
             raise CannotReplayError(f"cannot import trusted module {name}: "
-                                    f"{type(error).__name__}: {error}") from None
+                                    f"{import_failure(error)}") from None
         loaded.append(f"trusted:{name}")
     return loaded
+
+
+def import_failure(error: BaseException) -> str:
+    """``error`` of an import as one line (``ModuleNotFoundError: No module named …``); when a
+    package of the missing module's top-level name was imported from somewhere that lacks it —
+    a project's own ``examples/__init__.py`` ahead of the installed ``examples`` on
+    ``sys.path`` (the current folder, ``PYTHONPATH``) — the line names that package's file."""
+    text = f"{type(error).__name__}: {error}"
+    missing = getattr(error, "name", None) if isinstance(error, ModuleNotFoundError) else None
+    if not missing or "." not in missing:
+        return text
+    top = missing.partition(".")[0]
+    where = getattr(sys.modules.get(top), "__file__", None)
+    if not isinstance(where, str):  # not imported, or a namespace package: nothing hides it
+        return text
+    return (f"{text}: the package {top!r} was imported from {where}, which has no {missing!r} "
+            f"(a package of that name earlier on sys.path — the current folder, PYTHONPATH — "
+            f"hides the installed one)")

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -111,3 +112,76 @@ def test_a_demo_installed_into_a_projects_virtualenv_records_no_code_version(
                            env=env, capture_output=True, text=True, timeout=300)
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["metadata"]["code"] == {"vcs": None}
+
+
+def test_the_installed_examples_package_leaves_a_projects_own_examples_importable(
+        wheel: Path, tmp_path: Path) -> None:
+    """The wheel installed ``examples`` as a regular package into ``site-packages``, which
+    shadowed a project's own ``examples/`` folder (no ``__init__.py``): from the project's root
+    ``python -m examples.train`` said ``No module named examples.train``. ``examples`` is a
+    namespace package now: the project's modules and the demo's ``examples.fraud`` (the
+    ``ledger.replayers`` plug-in) import side by side."""
+    site = tmp_path / "site"
+    _install(wheel, site)
+    with zipfile.ZipFile(wheel) as archive:
+        assert "examples/__init__.py" not in archive.namelist()
+    project = tmp_path / "project"
+    (project / "examples").mkdir(parents=True)
+    (project / "examples" / "train.py").write_text(
+        "import examples.fraud.job as job\nprint(job.__file__)\n", encoding="utf-8")
+    ran = subprocess.run([sys.executable, "-m", "examples.train"], cwd=project,
+                         env=_installed_env(site), capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr
+    assert Path(ran.stdout.strip()).is_relative_to(site), ran.stdout
+
+
+def _isolated_python(wheel: Path, where: Path) -> Path:
+    """A virtualenv's python with ``wheel`` installed and this interpreter's packages (numpy,
+    SQLAlchemy, …) on its path, but not this interpreter's editable install of the checkout,
+    whose import hook finds ``examples.fraud`` in the checkout where a wheel's user has none."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True,
+                   capture_output=True, text=True, timeout=300)
+    python = where / "bin" / "python"
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; "
+                                "print(sysconfig.get_paths()['purelib'])"], check=True,
+                               capture_output=True, text=True, timeout=60).stdout.strip())
+    _install(wheel, site)
+    (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n",
+                                           encoding="utf-8")
+    return python
+
+
+def test_a_projects_own_examples_package_stops_the_demo_and_replay_with_one_line(
+        wheel: Path, tmp_path: Path) -> None:
+    """A project with its own ``examples/__init__.py``, run from its root (``python -m``, or
+    ``PYTHONPATH=.``): that package hides the installed ``examples`` and its ``fraud`` demo.
+    Every ``ledger`` command ended in a traceback (the CLI imported the demo at start-up); now
+    only ``demo`` needs it (one line, exit 2) and replay names the hiding package (exit 3)."""
+    python = _isolated_python(wheel, tmp_path / "venv")
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    exp = record_run(url, tmp_path / "ledger-data", epochs=1)
+    project = tmp_path / "project"
+    (project / "examples").mkdir(parents=True)
+    (project / "examples" / "__init__.py").write_text("", encoding="utf-8")
+    env = _installed_env(tmp_path / "no-such-site")
+
+    def ledger(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(python), "-m", "cli", "--db", url, *args], cwd=project,
+                              env=env, capture_output=True, text=True, timeout=300)
+
+    listed = ledger("list")
+    assert listed.returncode == 0 and exp in listed.stdout, listed.stderr
+    hidden = str(project / "examples" / "__init__.py")
+    for args, code in ((("demo", "--epochs", "1"), 2), (("replay", exp, "--no-record"), 3)):
+        done = ledger(*args)
+        assert done.returncode == code, done.stderr
+        assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1, done.stderr
+        assert f"'examples' was imported from {hidden}" in done.stderr, done.stderr
+
+
+def test_the_demos_default_epochs_are_its_hyperparameters() -> None:
+    """``ledger demo --epochs`` defaults to the demo's own epochs without importing the demo."""
+    from cli.commands.demo import DEMO_EPOCHS
+    from examples.fraud.train import HYPERPARAMS
+
+    assert DEMO_EPOCHS == HYPERPARAMS["epochs"]

@@ -1,1 +1,0 @@
-"""Example applications of the ledger; ``examples.fraud`` is the scenario behind ``ledger demo``."""
