@@ -6,6 +6,7 @@ not carry: every report, honest or not, failed to verify (exit 2) from a non-edi
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from code_repos import git
-from conftest import ROOT
+from conftest import ROOT, readme_python_block
 from replay_helpers import record_run
 
 pytestmark = pytest.mark.slow
@@ -185,3 +186,24 @@ def test_the_demos_default_epochs_are_its_hyperparameters() -> None:
     from examples.fraud.train import HYPERPARAMS
 
     assert DEMO_EPOCHS == HYPERPARAMS["epochs"]
+
+
+def test_a_project_type_checks_its_trainer_against_the_installed_wheel(
+        wheel: Path, tmp_path: Path) -> None:
+    """The wheel carried no ``py.typed``: mypy run on a project's trainer (the README's) said
+    ``Skipping analyzing "ledger": module is installed, but missing library stubs or py.typed
+    marker`` and checked nothing it calls. Each typed package carries the marker."""
+    if importlib.util.find_spec("mypy") is None:
+        pytest.fail(f"mypy is not installed in {sys.executable}: install the dev extra")
+    with zipfile.ZipFile(wheel) as archive:
+        for package in ("ledger", "replay", "report", "cli"):
+            assert f"{package}/py.typed" in archive.namelist(), package
+    python = _isolated_python(wheel, tmp_path / "venv")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.py").write_text(readme_python_block("## Trainer API"), encoding="utf-8")
+    checked = subprocess.run([sys.executable, "-m", "mypy", "--python-executable", str(python),
+                              "--no-incremental", "train.py"], cwd=project,
+                             env=_installed_env(tmp_path / "no-such-site"),
+                             capture_output=True, text=True, timeout=600)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
