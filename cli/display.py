@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ledger.json_view import json_view
 from ledger.text import escape_unprintable
 from replay.diff import DiffReport
 
@@ -38,3 +39,10 @@ def runs_differ_line(report: DiffReport) -> str:
     ``replay`` give one for their failed checks: the first divergence."""
     assert report.first_divergence is not None  # set whenever runs differ
     return printable(f"ledger: runs differ: {report.first_divergence.describe()}")
+
+
+def short_value(value: object) -> str:
+    """A value as ``--json`` shows it (bytes as hex, nesting cut), in at most 70 characters."""
+    shown = json_view(value)
+    text = shown if isinstance(value, bytes) else repr(shown)
+    return text if len(text) <= 70 else text[:67] + "..."

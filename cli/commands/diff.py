@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import click
 
-from cli.display import agreeing, counted, printable, runs_differ_line
+from cli.display import agreeing, counted, printable, runs_differ_line, short_value
 from cli.main import cli, db_option, one_db
 from cli.output import emit_json, json_option
 from ledger.store import Store
-from ledger.json_view import json_view
 from replay.diff import DiffReport, diff_runs
 
 
@@ -74,11 +73,4 @@ def _print(report: DiffReport) -> None:
         if rows:
             click.echo(f"  {title}:")
             for key, a, b in rows:
-                click.echo(printable(f"    {key}: {_short(a)} vs {_short(b)}"))
-
-
-def _short(value: object) -> str:
-    """A value as ``--json`` shows it (bytes as hex, nesting cut), in at most 70 characters."""
-    shown = json_view(value)
-    text = shown if isinstance(value, bytes) else repr(shown)
-    return text if len(text) <= 70 else text[:67] + "..."
+                click.echo(printable(f"    {key}: {short_value(a)} vs {short_value(b)}"))
