@@ -42,18 +42,33 @@ def test_the_wheel_carries_every_schema_the_repository_ships(wheel: Path) -> Non
             assert archive.read(f"report/schemas/{schema.name}") == schema.read_bytes(), schema
 
 
-def _install(wheel: Path, site: Path) -> None:
-    """Install ``wheel`` (without its dependencies, which this interpreter has) into ``site``."""
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                    "--no-compile", "--target", str(site), str(wheel)],
+def _venv(wheel: Path, where: Path) -> tuple[Path, Path]:
+    """A virtualenv at ``where`` with ``wheel`` installed (its ``ledger`` script included) and
+    this interpreter's packages (numpy, SQLAlchemy, …) on its path; not this interpreter's
+    editable install of the checkout, whose import hook would find in the checkout any module
+    the wheel lacks (``examples.fraud`` hidden by a project's ``examples``, say). Returns its
+    ``bin`` folder and its ``site-packages``."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True,
+                   capture_output=True, text=True, timeout=300)
+    python = where / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
+                    "--no-deps", "--no-compile", str(wheel)], env=_user_env(),
                    check=True, capture_output=True, text=True, timeout=600)
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; "
+                                "print(sysconfig.get_paths()['purelib'])"], env=_user_env(),
+                               check=True, capture_output=True, text=True,
+                               timeout=60).stdout.strip())
+    assert (site / "ledger" / "__init__.py").is_file(), "the wheel was not installed"
+    (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n",
+                                           encoding="utf-8")
+    return where / "bin", site
 
 
-def _installed_env(site: Path) -> dict[str, str]:
-    """The environment of a process that imports the installed copy in ``site`` first."""
-    env = {**os.environ, "PYTHONPATH": str(site)}
-    env.pop("LEDGER_URL", None)
-    env.pop("LEDGER_DATA_DIR", None)
+def _user_env() -> dict[str, str]:
+    """A user's environment: no PYTHONPATH (the tests' points at the checkout), no ledger set."""
+    env = dict(os.environ)
+    for name in ("PYTHONPATH", "LEDGER_URL", "LEDGER_DATA_DIR"):
+        env.pop(name, None)
     return env
 
 
@@ -61,16 +76,15 @@ def test_an_installed_wheel_reports_and_verifies(wheel: Path, tmp_path: Path) ->
     """`ledger report` then `ledger verify-report` run from the installed copy, far from the
     checkout: the honest report verifies (exit 0), and one whose report_id was edited fails the
     schema check (exit 1) rather than stopping for want of the schema (exit 2)."""
-    site = tmp_path / "site"
-    _install(wheel, site)
+    bin_dir, site = _venv(wheel, tmp_path / "venv")
     exp = record_run(f"sqlite:///{tmp_path / 'ledger.db'}", tmp_path / "ledger-data", epochs=1)
-    env = _installed_env(site)
+    env = _user_env()
 
     def ledger(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "cli", *args], cwd=tmp_path, env=env,
+        return subprocess.run([str(bin_dir / "ledger"), *args], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=300)
 
-    where = subprocess.run([sys.executable, "-c", "import report.schema_check as s; "
+    where = subprocess.run([str(bin_dir / "python"), "-c", "import report.schema_check as s; "
                             "print(s.SCHEMA_PATH)"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, check=True).stdout.strip()
     assert Path(where).is_relative_to(site), where  # the installed copy, not the checkout
@@ -101,15 +115,14 @@ def test_a_demo_installed_into_a_projects_virtualenv_records_no_code_version(
     (project / "train.py").write_text("print('train')\n")
     git(project, "add", "train.py")
     git(project, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "c")
-    site = project / ".venv" / "lib" / "python3.11" / "site-packages"
-    _install(wheel, site)
-    env = _installed_env(site)
-    demo = subprocess.run([sys.executable, "-m", "cli", "demo", "--epochs", "1", "--workers", "0",
+    bin_dir, _site = _venv(wheel, project / ".venv")
+    env = _user_env()
+    demo = subprocess.run([str(bin_dir / "ledger"), "demo", "--epochs", "1", "--workers", "0",
                            "--json"], cwd=project, env=env, capture_output=True, text=True,
                           timeout=600)
     assert demo.returncode == 0, demo.stderr
     exp = json.loads(demo.stdout)["runs"][0]["exp"]
-    shown = subprocess.run([sys.executable, "-m", "cli", "show", exp, "--json"], cwd=project,
+    shown = subprocess.run([str(bin_dir / "ledger"), "show", exp, "--json"], cwd=project,
                            env=env, capture_output=True, text=True, timeout=300)
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["metadata"]["code"] == {"vcs": None}
@@ -122,34 +135,17 @@ def test_the_installed_examples_package_leaves_a_projects_own_examples_importabl
     ``python -m examples.train`` said ``No module named examples.train``. ``examples`` is a
     namespace package now: the project's modules and the demo's ``examples.fraud`` (the
     ``ledger.replayers`` plug-in) import side by side."""
-    site = tmp_path / "site"
-    _install(wheel, site)
+    bin_dir, site = _venv(wheel, tmp_path / "venv")
     with zipfile.ZipFile(wheel) as archive:
         assert "examples/__init__.py" not in archive.namelist()
     project = tmp_path / "project"
     (project / "examples").mkdir(parents=True)
     (project / "examples" / "train.py").write_text(
         "import examples.fraud.job as job\nprint(job.__file__)\n", encoding="utf-8")
-    ran = subprocess.run([sys.executable, "-m", "examples.train"], cwd=project,
-                         env=_installed_env(site), capture_output=True, text=True, timeout=300)
+    ran = subprocess.run([str(bin_dir / "python"), "-m", "examples.train"], cwd=project,
+                         env=_user_env(), capture_output=True, text=True, timeout=300)
     assert ran.returncode == 0, ran.stderr
     assert Path(ran.stdout.strip()).is_relative_to(site), ran.stdout
-
-
-def _isolated_python(wheel: Path, where: Path) -> Path:
-    """A virtualenv's python with ``wheel`` installed and this interpreter's packages (numpy,
-    SQLAlchemy, …) on its path, but not this interpreter's editable install of the checkout,
-    whose import hook finds ``examples.fraud`` in the checkout where a wheel's user has none."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True,
-                   capture_output=True, text=True, timeout=300)
-    python = where / "bin" / "python"
-    site = Path(subprocess.run([str(python), "-c", "import sysconfig; "
-                                "print(sysconfig.get_paths()['purelib'])"], check=True,
-                               capture_output=True, text=True, timeout=60).stdout.strip())
-    _install(wheel, site)
-    (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n",
-                                           encoding="utf-8")
-    return python
 
 
 def test_a_projects_own_examples_package_stops_the_demo_and_replay_with_one_line(
@@ -158,16 +154,16 @@ def test_a_projects_own_examples_package_stops_the_demo_and_replay_with_one_line
     ``PYTHONPATH=.``): that package hides the installed ``examples`` and its ``fraud`` demo.
     Every ``ledger`` command ended in a traceback (the CLI imported the demo at start-up); now
     only ``demo`` needs it (one line, exit 2) and replay names the hiding package (exit 3)."""
-    python = _isolated_python(wheel, tmp_path / "venv")
+    bin_dir, _site = _venv(wheel, tmp_path / "venv")
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     exp = record_run(url, tmp_path / "ledger-data", epochs=1)
     project = tmp_path / "project"
     (project / "examples").mkdir(parents=True)
     (project / "examples" / "__init__.py").write_text("", encoding="utf-8")
-    env = _installed_env(tmp_path / "no-such-site")
+    env = {**_user_env(), "PYTHONPATH": "."}
 
     def ledger(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(python), "-m", "cli", "--db", url, *args], cwd=project,
+        return subprocess.run([str(bin_dir / "ledger"), "--db", url, *args], cwd=project,
                               env=env, capture_output=True, text=True, timeout=300)
 
     listed = ledger("list")
@@ -198,12 +194,13 @@ def test_a_project_type_checks_its_trainer_against_the_installed_wheel(
     with zipfile.ZipFile(wheel) as archive:
         for package in ("ledger", "replay", "report", "cli"):
             assert f"{package}/py.typed" in archive.namelist(), package
-    python = _isolated_python(wheel, tmp_path / "venv")
+    bin_dir, _site = _venv(wheel, tmp_path / "venv")
     project = tmp_path / "project"
     project.mkdir()
     (project / "train.py").write_text(readme_python_block("## Trainer API"), encoding="utf-8")
-    checked = subprocess.run([sys.executable, "-m", "mypy", "--python-executable", str(python),
+    checked = subprocess.run([sys.executable, "-m", "mypy", "--python-executable",
+                              str(bin_dir / "python"),
                               "--no-incremental", "train.py"], cwd=project,
-                             env=_installed_env(tmp_path / "no-such-site"),
+                             env=_user_env(),
                              capture_output=True, text=True, timeout=600)
     assert checked.returncode == 0, checked.stdout + checked.stderr
