@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ledger.errors import CannotReplayError
@@ -106,7 +107,8 @@ def load_plugins(trusted: Iterable[str] = ()) -> list[str]:
             importlib.import_module(name)
         except TRUSTED_CODE_ERRORS as error:
             raise CannotReplayError(f"cannot import trusted module {name}: "
-                                    f"{import_failure(error)}") from None
+                                    f"{import_failure(error)}{_not_searched(name, error)}"
+                                    ) from None
         loaded.append(f"trusted:{name}")
     return loaded
 
@@ -127,3 +129,17 @@ def import_failure(error: BaseException) -> str:
     return (f"{text}: the package {top!r} was imported from {where}, which has no {missing!r} "
             f"(a package of that name earlier on sys.path — the current folder, PYTHONPATH — "
             f"hides the installed one)")
+
+
+def _not_searched(name: str, error: BaseException) -> str:
+    """A hint when a trusted module that cannot be found lies in the current folder: the
+    ``ledger`` script does not search it (``sys.path`` starts at the script's own folder, unlike
+    ``python -m``), and replay adds no folder to where it imports from."""
+    top = name.partition(".")[0]
+    if not isinstance(error, ModuleNotFoundError) or error.name != top:
+        return ""
+    here = Path.cwd()
+    if not ((here / f"{top}.py").is_file() or (here / top).is_dir()):
+        return ""
+    return (f" ({top!r} is in the current folder, which the ledger command does not search: "
+            f"PYTHONPATH=. ledger … --trust {name})")

@@ -202,3 +202,27 @@ def test_a_project_type_checks_its_trainer_against_the_installed_wheel(
                              env=_user_env(),
                              capture_output=True, text=True, timeout=600)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_a_trusted_module_in_the_current_folder_is_named_with_how_to_reach_it(
+        wheel: Path, tmp_path: Path) -> None:
+    """The ``ledger`` script does not search the current folder (the tests' ``python -m cli``
+    does): from a project folder holding ``my_ops.py``, ``ledger replay --trust my_ops`` said
+    only ``No module named 'my_ops'``. It says the module is there and how to reach it."""
+    bin_dir, _site = _venv(wheel, tmp_path / "venv")
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    exp = record_run(url, tmp_path / "ledger-data", epochs=1)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "my_ops.py").write_text("", encoding="utf-8")
+    command = [str(bin_dir / "ledger"), "--db", url, "replay", exp, "--trust", "my_ops",
+               "--no-record", "--data-dir", str(tmp_path / "ledger-data")]
+    refused = subprocess.run(command, cwd=project, env=_user_env(), capture_output=True,
+                             text=True, timeout=300)
+    assert refused.returncode == 3, refused.stderr
+    assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
+    assert "'my_ops' is in the current folder" in refused.stderr, refused.stderr
+    assert "PYTHONPATH=. ledger … --trust my_ops" in refused.stderr, refused.stderr
+    reached = subprocess.run(command, cwd=project, env={**_user_env(), "PYTHONPATH": "."},
+                             capture_output=True, text=True, timeout=300)
+    assert reached.returncode == 0 and reached.stdout.startswith("CERTIFIED"), reached.stderr
