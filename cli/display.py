@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
+from ledger.json_view import json_view
 from ledger.text import escape_unprintable
 from replay.diff import DiffReport
 
@@ -38,3 +41,17 @@ def runs_differ_line(report: DiffReport) -> str:
     ``replay`` give one for their failed checks: the first divergence."""
     assert report.first_divergence is not None  # set whenever runs differ
     return printable(f"ledger: runs differ: {report.first_divergence.describe()}")
+
+
+def short_value(value: object) -> str:
+    """A value as ``--json`` shows it, written as JSON — ``true``, ``null``, ``{"a": 1}``,
+    ``"x"`` (text quoted, so ``"1"`` and ``1`` differ on screen as they do in the runs) — as
+    the rest of the CLI's text writes values, not Python's ``True``, ``None``, ``'x'``; bytes
+    (digests) as bare hex and NaN or ±Infinity bare; at most 70 characters."""
+    shown = json_view(value)
+    if isinstance(value, (bytes, bytearray, memoryview)) or (
+            isinstance(value, float) and not math.isfinite(value)):
+        text = str(shown)
+    else:
+        text = json.dumps(shown, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    return text if len(text) <= 70 else text[:67] + "..."

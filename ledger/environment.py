@@ -11,14 +11,17 @@ fingerprints, to decide whether a run reproduced.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import getpass
 import hashlib
 import os
 import platform
+import site
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
@@ -154,13 +157,17 @@ def code_version(start: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """The version of the code: git commit, dirty flag and a digest of the uncommitted diff.
 
     ``start`` is any path inside the repository (default: the main script's folder, else the
-    current folder). Outside a git repository, or without git, returns ``{"vcs": None}``.
+    current folder). Outside a git repository, or without git, returns ``{"vcs": None}``; so it
+    does for code installed into a package folder (``site-packages``: :func:`installed_code`),
+    which no commit describes — not even that of a repository holding the virtualenv.
     ``diff_digest`` is the SHA-256 (tag ``ledger/code-diff/v1``) of ``git diff HEAD`` — tracked
     changes only; ``untracked`` counts files git does not track, which the digest cannot cover.
     """
     folder = Path(start) if start is not None else _main_folder()
     if folder.is_file():
         folder = folder.parent
+    if installed_code(folder):
+        return {"vcs": None}
     # One git process for the commit and the changes: porcelain v2 heads its entries with
     # "# branch.oid <commit>" ("(initial)" before the first commit).
     status = _git(folder, "status", "--porcelain=v2", "--branch", "--untracked-files=normal")
@@ -179,6 +186,31 @@ def code_version(start: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         diff_digest = None if diff is None else hashlib.sha256(DIFF_TAG + diff).digest()
     return {"vcs": "git", "commit": commit.strip(), "dirty": bool(entries),
             "diff_digest": diff_digest, "untracked": untracked}
+
+
+PACKAGE_FOLDER_NAMES = frozenset({"site-packages", "dist-packages"})
+"""Names of the folders installers put packages in (``dist-packages``: Debian's Python)."""
+
+
+def installed_code(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` lies in a folder packages are installed into: the running
+    interpreter's ``purelib``/``platlib`` (and user site), or any folder named
+    ``site-packages`` or ``dist-packages``. Code there came from a distribution (a wheel), not
+    from a checkout: a repository around it — a project whose ``.venv`` it is — does not
+    version it, and its version is the distribution's (recorded with the environment)."""
+    resolved = Path(path).resolve()
+    if PACKAGE_FOLDER_NAMES.intersection(resolved.parts):
+        return True
+    return any(resolved.is_relative_to(folder) for folder in _package_folders())
+
+
+@functools.lru_cache(maxsize=1)
+def _package_folders() -> tuple[Path, ...]:
+    paths = sysconfig.get_paths()
+    folders = [paths[key] for key in ("purelib", "platlib") if key in paths]
+    with contextlib.suppress(AttributeError):  # a site module without them (embedded Python)
+        folders += [*site.getsitepackages(), site.getusersitepackages()]
+    return tuple(dict.fromkeys(Path(folder).resolve() for folder in folders))
 
 
 def _main_folder() -> Path:

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ledger.errors import CannotReplayError
@@ -97,7 +98,7 @@ def load_plugins(trusted: Iterable[str] = ()) -> list[str]:
                 target()
         except TRUSTED_CODE_ERRORS as error:  # a broken plug-in must not pass silently
             raise CannotReplayError(f"replay plug-in {entry.name!r} ({entry.value}) failed to "
-                                    f"load: {type(error).__name__}: {error}") from None
+                                    f"load: {import_failure(error)}") from None
         loaded.append(f"plugin:{entry.name}")
     for name in trusted:
         if not isinstance(name, str) or not all(part.isidentifier() for part in name.split(".")):
@@ -106,6 +107,39 @@ def load_plugins(trusted: Iterable[str] = ()) -> list[str]:
             importlib.import_module(name)
         except TRUSTED_CODE_ERRORS as error:
             raise CannotReplayError(f"cannot import trusted module {name}: "
-                                    f"{type(error).__name__}: {error}") from None
+                                    f"{import_failure(error)}{_not_searched(name, error)}"
+                                    ) from None
         loaded.append(f"trusted:{name}")
     return loaded
+
+
+def import_failure(error: BaseException) -> str:
+    """``error`` of an import as one line (``ModuleNotFoundError: No module named …``); when a
+    package of the missing module's top-level name was imported from somewhere that lacks it —
+    a project's own ``examples/__init__.py`` ahead of the installed ``examples`` on
+    ``sys.path`` (the current folder, ``PYTHONPATH``) — the line names that package's file."""
+    text = f"{type(error).__name__}: {error}"
+    missing = getattr(error, "name", None) if isinstance(error, ModuleNotFoundError) else None
+    if not missing or "." not in missing:
+        return text
+    top = missing.partition(".")[0]
+    where = getattr(sys.modules.get(top), "__file__", None)
+    if not isinstance(where, str):  # not imported, or a namespace package: nothing hides it
+        return text
+    return (f"{text}: the package {top!r} was imported from {where}, which has no {missing!r} "
+            f"(a package of that name earlier on sys.path — the current folder, PYTHONPATH — "
+            f"hides the installed one)")
+
+
+def _not_searched(name: str, error: BaseException) -> str:
+    """A hint when a trusted module that cannot be found lies in the current folder: the
+    ``ledger`` script does not search it (``sys.path`` starts at the script's own folder, unlike
+    ``python -m``), and replay adds no folder to where it imports from."""
+    top = name.partition(".")[0]
+    if not isinstance(error, ModuleNotFoundError) or error.name != top:
+        return ""
+    here = Path.cwd()
+    if not ((here / f"{top}.py").is_file() or (here / top).is_dir()):
+        return ""
+    return (f" ({top!r} is in the current folder, which the ledger command does not search: "
+            f"PYTHONPATH=. ledger … --trust {name})")

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 import textwrap
 import threading
 from collections.abc import Callable
@@ -24,7 +25,8 @@ from ledger import (BadInputError, DataAugmenter, ExperimentManager, Store, Stor
                     TrainingDataIterator, array_digest, load_dataset, value_digest, verify)
 from ledger.batches import batch_input_digest
 from ledger.datasets import dataset_digest
-from ledger.environment import DIFF_TAG, blas_threads, code_version, environment_fingerprint
+from ledger.environment import (DIFF_TAG, blas_threads, code_version, environment_fingerprint,
+                                installed_code)
 from ledger.events import (AUGMENTATION_BATCH, CHECKPOINT, DATASET_REGISTERED, EPOCH_RESET,
                            EXPERIMENT_CREATED, METRIC, RUN_COMPLETED, USER_DRAW)
 from ledger.experiment import Experiment
@@ -156,6 +158,29 @@ def test_code_version_of_a_repository_in_each_state(tmp_path: Path) -> None:
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     assert code_version(outside) == {"vcs": None}
+
+
+def test_code_installed_into_a_virtualenv_inside_a_repository_has_no_code_version(
+        tmp_path: Path) -> None:
+    """A wheel installed into a project's ``.venv`` recorded the project's commit as the version
+    of the installed code (``ledger demo`` passes its own folder, under ``site-packages``): no
+    commit of that repository describes it. Code in a package folder has no code version; the
+    project's own folder keeps its commit."""
+    repo = tmp_path / "project"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    (repo / "train.py").write_text("print('train')\n")
+    git(repo, "add", "train.py")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "c")
+    for packages in ("site-packages", "dist-packages"):
+        installed = repo / ".venv" / "lib" / "python3.11" / packages / "examples" / "fraud"
+        installed.mkdir(parents=True)
+        (installed / "train.py").write_text("print('installed')\n")
+        assert code_version(installed) == {"vcs": None}
+        assert code_version(installed / "train.py") == {"vcs": None}
+    assert code_version(repo)["commit"] == git(repo, "rev-parse", "HEAD")
+    assert installed_code(Path(sysconfig.get_paths()["purelib"]) / "numpy")
+    assert not installed_code(repo)
 
 
 def test_a_code_dir_that_does_not_exist_is_refused_before_anything_is_recorded(

@@ -103,3 +103,22 @@ def test_full_replay_refuses_options_it_cannot_honour_before_doing_anything(
     assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
     with Store.open(url) as store:
         assert store.counts_by_kind(exp) == before
+
+
+def test_full_replay_lists_how_the_reruns_code_version_differs_from_the_recorded_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run recorded from a checkout, re-run by an auditor whose copy is a wheel (no commit)
+    or another commit: `replay --full` said CERTIFIED and nothing of the code version, which
+    only `--json` held. The text lists the differences below the verdict they do not change."""
+    import ledger.experiment
+
+    recorded = {"vcs": "git", "commit": "ab" * 20, "dirty": False, "diff_digest": None,
+                "untracked": 0}
+    monkeypatch.setattr(ledger.experiment, "code_version", lambda *_: recorded)
+    url, exp = _record_demo(tmp_path)
+    result = run_cli("--db", url, "replay", exp, "--full")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"CERTIFIED: {exp} re-ran as job")
+    assert lines[1] == "  code differs from the recorded one:"
+    assert f'    commit: "{"ab" * 20}" recorded, ' in result.stdout

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import shlex
+from typing import TYPE_CHECKING
 
 import click
 
 from cli.display import agreeing, counted, printable, runs_differ_line
 from cli.main import OnceOption, WholeNumber, cli, db_option, refuse_empty_folder
 from cli.output import emit_json, json_option
-from examples.fraud.demo import DemoResult, run_demo
-from examples.fraud.train import HYPERPARAMS
+from ledger.errors import LedgerError
+from replay.registry import import_failure
+
+if TYPE_CHECKING:
+    from examples.fraud.demo import DemoResult
+
+DEMO_EPOCHS = 5
+"""The demo's default epochs: ``examples.fraud.train.HYPERPARAMS["epochs"]`` (a test holds them
+equal). The demo's modules are imported only when it runs: a project's own ``examples`` package
+that hides the installed one then stops ``ledger demo`` with one line, not every command with a
+traceback."""
 
 
 @cli.command("demo", epilog="Exit codes: 0 the two runs are identical; 1 they differ (as with "
@@ -19,7 +29,7 @@ from examples.fraud.train import HYPERPARAMS
               help="Root seed of both runs.")
 @click.option("--workers", type=WholeNumber(0, 64), default=2, show_default=True,
               help="Worker processes loading and augmenting batches.")
-@click.option("--epochs", type=WholeNumber(1, 1000), default=HYPERPARAMS["epochs"],
+@click.option("--epochs", type=WholeNumber(1, 1000), default=DEMO_EPOCHS,
               show_default=True, help="Training epochs per run.")
 @click.option("--inject-nondeterminism", is_flag=True,
               help="Reproduce the original bug (the augmenter ignores its seed): the runs differ.")
@@ -52,6 +62,11 @@ def demo_command(obj: dict, seed: int, workers: int, epochs: int, inject_nondete
             click.echo(f"training fraud-detection-v3 twice: seed {seed}, "
                        f"{counted(workers, 'worker')}, {counted(epochs, 'epoch')}{injected}")
 
+    try:
+        from examples.fraud.demo import run_demo
+    except ImportError as error:
+        raise LedgerError(f"cannot import the demo (examples.fraud): "
+                          f"{import_failure(error)}") from None
     result = run_demo(obj["db_url"], data_dir=data_dir, seed=seed, workers=workers, epochs=epochs,
                       inject_nondeterminism=inject_nondeterminism, on_epoch=progress,
                       on_start=banner)

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import math
-
 import click
 
-from cli.display import agreeing, counted, printable, runs_differ_line
+from cli.display import agreeing, counted, printable, runs_differ_line, short_value
 from cli.main import cli, db_option, one_db
 from cli.output import emit_json, json_option
 from ledger.store import Store
-from ledger.json_view import json_view
 from replay.diff import DiffReport, diff_runs
 
 
@@ -69,7 +65,7 @@ def _print(report: DiffReport) -> None:
             click.echo(f"  {exp} is incomplete (no run_completed): only what it recorded is "
                        f"compared")
         elif status != "ok":
-            click.echo(printable(f"  {exp} completed with status {_short(status)}"))
+            click.echo(printable(f"  {exp} completed with status {short_value(status)}"))
     for title, rows in (("configuration differs", report.config),
                         ("datasets differ", report.datasets), ("code differs", report.code),
                         ("environment differs", report.environment),
@@ -77,18 +73,4 @@ def _print(report: DiffReport) -> None:
         if rows:
             click.echo(f"  {title}:")
             for key, a, b in rows:
-                click.echo(printable(f"    {key}: {_short(a)} vs {_short(b)}"))
-
-
-def _short(value: object) -> str:
-    """A value as ``--json`` shows it, written as JSON — ``true``, ``null``, ``{"a": 1}``,
-    ``"x"`` (text quoted, so ``"1"`` and ``1`` differ on screen as they do in the runs) — as
-    the rest of the CLI's text writes values, not Python's ``True``, ``None``, ``'x'``; bytes
-    (digests) as bare hex and NaN or ±Infinity bare; at most 70 characters."""
-    shown = json_view(value)
-    if isinstance(value, (bytes, bytearray, memoryview)) or (
-            isinstance(value, float) and not math.isfinite(value)):
-        text = str(shown)
-    else:
-        text = json.dumps(shown, sort_keys=True, ensure_ascii=False, allow_nan=False)
-    return text if len(text) <= 70 else text[:67] + "..."
+                click.echo(printable(f"    {key}: {short_value(a)} vs {short_value(b)}"))

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from cli.display import agreeing, counted, printable
+from cli.display import agreeing, counted, printable, short_value
 from cli.main import OnceOption, WholeNumber, cli, db_option, refuse_empty_folder
 from cli.output import (emit_json, iso_time, json_option, options_given,
                         refuse_take_over_without_record, trusted_output_to_stderr)
@@ -14,6 +14,7 @@ from ledger.audit import require_audit_append
 from ledger.errors import BadInputError, CheckFailedError, LedgerError, StoreError
 from ledger.store import Store
 from replay.causes import shown_version
+from replay.diff import DiffReport
 from replay.engine import ReplayReport, record_replay, replay_run
 from replay.full import replay_full
 
@@ -136,12 +137,26 @@ def _full(url: str | None, exp: str, trusted: tuple[str, ...], as_json: bool) ->
         click.echo(f"DIVERGED: {exp} re-ran as job {report.job} v{report.version}")
         assert report.diff.first_divergence is not None  # set whenever runs differ
         click.echo(printable(f"  first divergence: {report.diff.first_divergence.describe()}"))
+    if not as_json:
+        _print_rerun_differences(report.diff)
     if not report.certified:
         assert report.diff.first_divergence is not None  # set whenever runs differ
         click.echo(printable(f"ledger: full replay diverged: "
                              f"{report.diff.first_divergence.describe()}"),
                    err=True)
         raise click.exceptions.Exit(CheckFailedError.exit_code)
+
+
+def _print_rerun_differences(diff: DiffReport) -> None:
+    """How the re-run's code version and environment differ from the recorded run's (a run
+    recorded from a checkout at a commit, re-run from a wheel, which has none), below the
+    verdict they do not change — as ``replay`` lists the environment's."""
+    for what, rows in (("code", diff.code), ("environment", diff.environment)):
+        if rows:
+            click.echo(f"  {what} differs from the recorded one:")
+            for key, recorded, now in rows:
+                click.echo(printable(f"    {key}: {short_value(recorded)} recorded, "
+                                     f"{short_value(now)} now"))
 
 
 def _print(report: ReplayReport) -> None:
