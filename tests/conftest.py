@@ -108,10 +108,18 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'ledger.db'}"
 
 
+LEDGER_COMMAND = ([str(Path(sys.executable).with_name("ledger"))]
+                  if Path(sys.executable).with_name("ledger").is_file()
+                  else [sys.executable, "-m", "cli"])
+"""How tests start the ``ledger`` command (see :func:`run_cli`)."""
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run the installed ``ledger`` command as a user would, capturing its output."""
-    command = [sys.executable, "-m", "cli", *args]
+    """Run the installed ``ledger`` command as a user would, capturing its output: the
+    ``ledger`` script beside this interpreter — which, unlike ``python -m cli``, does not put
+    the current folder on ``sys.path`` — or ``python -m cli`` where no script is installed."""
+    command = [*LEDGER_COMMAND, *args]
     full_env = {**os.environ, **(env or {})}
     full_env.pop("LEDGER_URL", None) if env is None or "LEDGER_URL" not in env else None
     return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True,
