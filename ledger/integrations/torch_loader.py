@@ -202,20 +202,26 @@ class RecordedDataLoader(DataLoader):
     def _from_workers(self, batches: Iterator[Any]) -> Iterator[Any]:
         """The items of torch's worker iterator ``batches``; a worker that died raises
         WorkerError naming it, its pid, and the batch and epoch it was making — torch's own
-        RuntimeError (kept as the cause) names only the pid."""
-        while True:
-            try:
-                if self._held_deaths:  # seen while recording (worker_deaths_held)
-                    raise self._held_deaths.pop()
-                item = next(batches)
-            except StopIteration:
-                return
-            except RuntimeError as error:
-                named = death_error(error, batches, self.epoch)
-                if named is None:  # a live worker's error, a timeout: torch's message says it
-                    raise
-                raise named from error
-            yield item
+        RuntimeError (kept as the cause) names only the pid. Once the pass ends, the loader lets
+        go of torch's iterator (unless its workers persist), which then shuts its workers down
+        when torch would."""
+        try:
+            while True:
+                try:
+                    if self._held_deaths:  # seen while recording (worker_deaths_held)
+                        raise self._held_deaths.pop()
+                    item = next(batches)
+                except StopIteration:
+                    return
+                except RuntimeError as error:
+                    named = death_error(error, batches, self.epoch)
+                    if named is None:  # a live worker's error, a timeout: torch's says it
+                        raise
+                    raise named from error
+                yield item
+        finally:
+            if self._worker_batches is batches and not self.persistent_workers:
+                self._worker_batches = None
 
     def _consume(self, batches: Iterator[Any]) -> Iterator[Any]:
         with_labels = self.ledger_dataset.labels is not None
