@@ -16,15 +16,20 @@ def git(folder: Path, *args: str) -> str:
                           check=True).stdout.strip()
 
 
-def code_outside_the_main_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A committed repository ``training-code`` holding train.py, while ``__main__`` is a
-    launcher elsewhere (a console script in a virtualenv): returns the repository."""
-    repo = tmp_path / "training-code"
+def committed_repo(repo: Path) -> Path:
+    """A new git repository at ``repo`` with train.py committed (one commit): returns it."""
     repo.mkdir()
     git(repo, "init", "-q")
     (repo / "train.py").write_text("print('train')\n")
     git(repo, "add", "train.py")
     git(repo, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "c")
+    return repo
+
+
+def code_outside_the_main_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A committed repository ``training-code`` holding train.py, while ``__main__`` is a
+    launcher elsewhere (a console script in a virtualenv): returns the repository."""
+    repo = committed_repo(tmp_path / "training-code")
     launcher = tmp_path / "venv-bin" / "launcher"
     launcher.parent.mkdir()
     launcher.write_text("")

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import ledger
-from code_repos import code_outside_the_main_script, git
+from code_repos import code_outside_the_main_script, committed_repo, git
 from conftest import ROOT, readme_python_block, run_cli
 from examples.fraud.blas import limit_blas_threads
 from ledger import (BadInputError, DataAugmenter, ExperimentManager, Store, StoreError,
@@ -166,12 +166,7 @@ def test_code_installed_into_a_virtualenv_inside_a_repository_has_no_code_versio
     of the installed code (``ledger demo`` passes its own folder, under ``site-packages``): no
     commit of that repository describes it. Code in a package folder has no code version; the
     project's own folder keeps its commit."""
-    repo = tmp_path / "project"
-    repo.mkdir()
-    git(repo, "init", "-q")
-    (repo / "train.py").write_text("print('train')\n")
-    git(repo, "add", "train.py")
-    git(repo, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "c")
+    repo = committed_repo(tmp_path / "project")
     for packages in ("site-packages", "dist-packages"):
         installed = repo / ".venv" / "lib" / "python3.11" / packages / "examples" / "fraud"
         installed.mkdir(parents=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from code_repos import git
+from code_repos import committed_repo
 from conftest import ROOT, readme_python_block
 from replay_helpers import record_run
 
@@ -116,12 +116,7 @@ def test_a_demo_installed_into_a_projects_virtualenv_records_no_code_version(
     which lies in ``site-packages`` and which no commit of the project describes. It records
     no code version now, as from a virtualenv outside any repository; the installed version is
     the environment's ``reproducibility-ledger``."""
-    project = tmp_path / "project"
-    project.mkdir()
-    git(project, "init", "-q")
-    (project / "train.py").write_text("print('train')\n")
-    git(project, "add", "train.py")
-    git(project, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "c")
+    project = committed_repo(tmp_path / "project")
     bin_dir, _site = _venv(wheel, project / ".venv")
     env = _user_env()
     demo = subprocess.run([str(bin_dir / "ledger"), "demo", "--epochs", "1", "--workers", "0",
