@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from ledger.json_view import json_view
+from ledger.recorded_differences import ABSENT
 from ledger.text import escape_unprintable
 from replay.diff import DiffReport
 
@@ -47,7 +48,10 @@ def short_value(value: object) -> str:
     """A value as ``--json`` shows it, written as JSON — ``true``, ``null``, ``{"a": 1}``,
     ``"x"`` (text quoted, so ``"1"`` and ``1`` differ on screen as they do in the runs) — as
     the rest of the CLI's text writes values, not Python's ``True``, ``None``, ``'x'``; bytes
-    (digests) as bare hex and NaN or ±Infinity bare; at most 70 characters."""
+    (digests) as bare hex and NaN or ±Infinity bare; ``absent`` for a key a run lacks
+    (:data:`ledger.recorded_differences.ABSENT`); at most 70 characters."""
+    if value is ABSENT:
+        return "absent"
     shown = json_view(value)
     if isinstance(value, (bytes, bytearray, memoryview)) or (
             isinstance(value, float) and not math.isfinite(value)):

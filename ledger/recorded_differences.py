@@ -6,9 +6,11 @@ and diff (which versions differ when a draw's output does), and the report.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import msgpack
+
+from ledger.json_view import json_view
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -47,15 +49,39 @@ def same(a: Any, b: Any) -> bool:
             return False
 
 
-def differences(recorded: Any, current: Any, whole: str = "") -> list[tuple[str, Any, Any]]:
+class _Absent:
+    """The value of a key one side lacks, where that differs from a key recorded as null."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT: Final = _Absent()
+"""What :func:`differences` with ``keep_absent`` gives for the side that lacks a key: a
+hyperparameter ``{"dropout": None}`` against none at all differs, and shows as ``null`` vs
+``absent``. Text shows it as ``absent``; JSON leaves that side's field out."""
+
+
+def differences(recorded: Any, current: Any, whole: str = "", *, keep_absent: bool = False
+                ) -> list[tuple[str, Any, Any]]:
     """Every leaf that differs between two nested maps: ``(key, recorded, current)``.
 
     ``whole`` names a value that is not a map (e.g. a code version recorded as one string),
-    which would otherwise be listed under an empty key.
+    which would otherwise be listed under an empty key. A key one side lacks compares as null
+    (environments and code versions, where a library not loaded and one whose version is
+    unknown are alike); with ``keep_absent`` (values the user gave: hyperparameters, draw
+    params) it differs even from null, and that side is :data:`ABSENT`.
     """
     before, after = (_leaves(value, whole) for value in (recorded, current))
-    return [(key, before.get(key), after.get(key)) for key in sorted(set(before) | set(after))
-            if not same(before.get(key), after.get(key))]
+    missing = ABSENT if keep_absent else None
+    found = []
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key, missing), after.get(key, missing)
+        if old is ABSENT or new is ABSENT or not same(old, new):
+            found.append((key, old, new))
+    return found
 
 
 def _leaves(value: Any, whole: str) -> dict[str, Any]:
@@ -63,6 +89,16 @@ def _leaves(value: Any, whole: str) -> dict[str, Any]:
     if value is None:
         return {}
     return flatten(value) if isinstance(value, dict) else {whole: value}
+
+
+def json_difference(key: str, old: Any, new: Any, names: tuple[str, str]) -> dict[str, Any]:
+    """One difference as JSON: ``{"key": key, names[0]: old, names[1]: new}``, a side that is
+    :data:`ABSENT` left out (so ``null`` means recorded as null)."""
+    shown: dict[str, Any] = {"key": key}
+    for name, value in zip(names, (old, new)):
+        if value is not ABSENT:
+            shown[name] = json_view(value)
+    return shown
 
 
 LIBRARY_KEYS = ("packages.", "python.version", "blas.", "blas_threads.")

@@ -32,6 +32,7 @@ from ledger.experiment_info import MetricSummary, MetricTally
 from ledger.json_view import json_view
 from ledger.store.store import Store
 from ledger.verify import verify
+from ledger.recorded_differences import ABSENT, json_difference
 from replay.causes import Cause, differences, same
 from replay.diff_causes import (Explanation, Session, ending, epochs_detail, out_of_step,
                                 params_detail, renamed_note, unseeded_cause)
@@ -168,7 +169,7 @@ class DiffReport:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready map."""
         def listed(rows: list[tuple[str, Any, Any]]) -> list[dict[str, Any]]:
-            return [{"key": key, "a": json_view(a), "b": json_view(b)} for key, a, b in rows]
+            return [json_difference(key, a, b, ("a", "b")) for key, a, b in rows]
 
         return {"a": self.exp_a, "b": self.exp_b, "identical": self.identical,
                 "status": {"a": self.status_a, "b": self.status_b},
@@ -331,9 +332,11 @@ def diff_runs(store: Store, exp_a: str, exp_b: str, *, store_b: Store | None = N
     index_a, created_a, order_a, metrics_a, completion_a, sessions_a = _index(store, exp_a)
     index_b, created_b, order_b, metrics_b, completion_b, sessions_b = _index(other, exp_b)
     report = DiffReport(exp_a, exp_b, statuses[0], statuses[1])
-    report.config = differences({k: created_a.get(k) for k in _CONFIG_KEYS},
-                                {k: created_b.get(k) for k in _CONFIG_KEYS})
-    report.datasets = differences(_dataset_digests(order_a), _dataset_digests(order_b))
+    report.config = differences({k: created_a[k] for k in _CONFIG_KEYS if k in created_a},
+                                {k: created_b[k] for k in _CONFIG_KEYS if k in created_b},
+                                keep_absent=True)
+    report.datasets = differences(_dataset_digests(order_a), _dataset_digests(order_b),
+                                  keep_absent=True)
     names = (exp_a, exp_b) if exp_a != exp_b else (f"{exp_a} (A)", f"{exp_b} (B)")
     report.code = session_differences("code", sessions_a, sessions_b, names)
     report.environment = session_differences("environment", sessions_a, sessions_b, names)
@@ -442,7 +445,7 @@ def _last_metric_differences(metrics_a: list[MetricSummary], metrics_b: list[Met
     last_a = {summary.name: summary.last for summary in metrics_a}
     last_b = {summary.name: summary.last for summary in metrics_b}
     names = list(last_a) + [name for name in last_b if name not in last_a]
-    return [(name, last_a.get(name), last_b.get(name)) for name in names
+    return [(name, last_a.get(name, ABSENT), last_b.get(name, ABSENT)) for name in names
             if name not in last_a or name not in last_b or not same(last_a[name], last_b[name])]
 
 
@@ -490,7 +493,7 @@ def _with_params_named(divergence: DiffDivergence, store: Store, exp_a: str, sto
         return divergence
     params_a = _params_at(store, exp_a, divergence.a)
     params_b = _params_at(store_b, exp_b, divergence.b)
-    keys = [key for key, _a, _b in differences(params_a, params_b)]
+    keys = [key for key, _a, _b in differences(params_a, params_b, keep_absent=True)]
     same_output = divergence.a.output == divergence.b.output
     return replace(divergence, detail=params_detail(divergence.kind, same_output, keys))
 

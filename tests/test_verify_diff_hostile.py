@@ -28,6 +28,7 @@ from ledger.experiment import ExperimentManager
 from ledger.store import Store
 from ledger.verify import verify
 from ledger_builders import execute, insert_row, record_experiment
+from ledger.recorded_differences import ABSENT
 from replay.causes import differences, explain_output
 from replay.diff import diff_runs
 
@@ -790,3 +791,39 @@ def test_differences_of_any_decoded_values_never_raise_and_a_value_equals_itself
                                      for value in (a, a if b is None else b, a))
     differences(decoded_a, decoded_b, "whole")
     assert differences(decoded_a, again_a, "whole") == []
+
+
+def test_a_key_recorded_as_null_differs_from_a_key_left_out() -> None:
+    """Values the user gave (hyperparameters, draw params): ``{"dropout": None}`` against no
+    dropout at all is a difference, its missing side ABSENT; environments keep comparing a
+    missing key as null (a library not loaded, a version unknown)."""
+    assert differences({"dropout": None, "lr": 1}, {"lr": 1}, keep_absent=True) == [
+        ("dropout", None, ABSENT)]
+    assert differences({}, {"x": {"y": None}}, keep_absent=True) == [("x.y", ABSENT, None)]
+    assert differences({"dropout": None}, {}) == []
+    assert differences({"lr": 1}, {"lr": 1}, keep_absent=True) == []
+
+
+def test_diff_lists_a_hyperparameter_one_run_records_as_null_and_the_other_lacks(
+        tmp_path: Path) -> None:
+    """``ledger diff`` of two runs alike but for a hyperparameter ``None`` in one and absent in
+    the other lists it, text ``null vs absent``; ``--json`` leaves the absent side out. A metric
+    only one run logged shows as ``absent`` in the other, not ``null``."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    ids = []
+    with ExperimentManager(url) as manager:
+        for hyperparams, metrics in (({"lr": 0.1, "dropout": None}, ("auc", "loss")),
+                                     ({"lr": 0.1}, ("auc",))):
+            with manager.create_experiment("model", seed=7, hyperparams=hyperparams) as exp:
+                for name in metrics:
+                    exp.log_metric(name, 0.5, epoch=0)
+                ids.append(exp.id)
+    text = run_cli("--db", url, "diff", *ids)
+    clean(text, 1)
+    assert "    hyperparams.dropout: null vs absent" in text.stdout
+    assert "    loss: 0.5 vs absent" in text.stdout
+    document = run_cli("--db", url, "diff", *ids, "--json")
+    clean(document, 1)
+    differences_found = strict_json(document.stdout)["differences"]
+    assert differences_found["config"] == [{"key": "hyperparams.dropout", "a": None}]
+    assert differences_found["metrics"] == [{"key": "loss", "a": 0.5}]
