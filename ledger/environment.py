@@ -159,7 +159,9 @@ def code_version(start: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     ``start`` is any path inside the repository (default: the main script's folder, else the
     current folder). Outside a git repository, or without git, returns ``{"vcs": None}``; so it
     does for code installed into a package folder (``site-packages``: :func:`installed_code`),
-    which no commit describes — not even that of a repository holding the virtualenv.
+    which no commit describes — not even that of a repository holding the virtualenv — adding
+    ``"distribution": {"name", "version"}`` of the distribution that installed it, when one
+    did: the code's version then is that release's.
     ``diff_digest`` is the SHA-256 (tag ``ledger/code-diff/v1``) of ``git diff HEAD`` — tracked
     changes only; ``untracked`` counts files git does not track, which the digest cannot cover.
     """
@@ -167,7 +169,9 @@ def code_version(start: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     if folder.is_file():
         folder = folder.parent
     if installed_code(folder):
-        return {"vcs": None}
+        distribution = installed_distribution(folder)
+        return {"vcs": None} if distribution is None else {"vcs": None,
+                                                           "distribution": distribution}
     # One git process for the commit and the changes: porcelain v2 heads its entries with
     # "# branch.oid <commit>" ("(initial)" before the first commit).
     status = _git(folder, "status", "--porcelain=v2", "--branch", "--untracked-files=normal")
@@ -202,6 +206,45 @@ def installed_code(path: str | os.PathLike[str]) -> bool:
     if PACKAGE_FOLDER_NAMES.intersection(resolved.parts):
         return True
     return any(resolved.is_relative_to(folder) for folder in _package_folders())
+
+
+def installed_distribution(path: str | os.PathLike[str]) -> dict[str, str] | None:
+    """The distribution that installed the code at ``path`` (in a package folder, see
+    :func:`installed_code`): ``{"name": "reproducibility-ledger", "version": "0.1.0"}``, by the
+    top-level package ``path`` lies in and the installed distributions of that folder that own
+    it (their ``top_level.txt``, else their file list). None when no distribution owns it."""
+    resolved = Path(path).resolve()
+    for root in _package_roots(resolved):
+        parts = resolved.relative_to(root).parts
+        if not parts:
+            continue  # the package folder itself: a module of its own, not a package
+        top = parts[0]
+        for distribution in metadata.distributions(path=[str(root)]):
+            if top in _top_level_names(distribution):
+                return {"name": str(distribution.metadata["Name"]),
+                        "version": str(distribution.version)}
+    return None
+
+
+def _package_roots(path: Path) -> list[Path]:
+    """The package folders ``path`` lies in, innermost first."""
+    roots = [folder for folder in _package_folders() if path.is_relative_to(folder)]
+    roots += [parent for parent in path.parents if parent.name in PACKAGE_FOLDER_NAMES]
+    return sorted(dict.fromkeys(roots), key=lambda root: len(root.parts), reverse=True)
+
+
+def _top_level_names(distribution: metadata.Distribution) -> set[str]:
+    """The top-level packages and modules a distribution installs."""
+    listed = distribution.read_text("top_level.txt")
+    if listed:
+        return set(listed.split())
+    names = set()
+    for file in distribution.files or []:
+        first = file.parts[0] if file.parts else ""
+        if first and not first.endswith((".dist-info", ".egg-info", ".data")) \
+                and first != "..":
+            names.add(first.removesuffix(".py"))
+    return names
 
 
 @functools.lru_cache(maxsize=1)

@@ -178,6 +178,31 @@ def test_code_installed_into_a_virtualenv_inside_a_repository_has_no_code_versio
     assert not installed_code(repo)
 
 
+@pytest.mark.parametrize("listed_by", ["RECORD", "top_level.txt"])
+def test_installed_code_records_the_distribution_that_installed_it(tmp_path: Path,
+                                                                   listed_by: str) -> None:
+    """A trainer installed from a wheel has no commit, but a release: its code version names
+    the distribution owning its top-level package (by the distribution's ``top_level.txt``, or
+    its file list when it has none), so runs of two releases differ in their code version.
+    A package folder's code that no distribution owns records no version at all."""
+    packages = tmp_path / "venv" / "lib" / "python3.11" / "site-packages"
+    (packages / "mytrainer" / "jobs").mkdir(parents=True)
+    (packages / "mytrainer" / "jobs" / "train.py").write_text("print('train')\n")
+    (packages / "stray").mkdir()
+    info = packages / "my_trainer-1.2.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-trainer\nVersion: 1.2.0\n")
+    if listed_by == "RECORD":
+        (info / "RECORD").write_text("mytrainer/jobs/train.py,,\n"
+                                     "my_trainer-1.2.0.dist-info/METADATA,,\n")
+    else:
+        (info / "top_level.txt").write_text("mytrainer\n")
+    expected = {"vcs": None, "distribution": {"name": "my-trainer", "version": "1.2.0"}}
+    assert code_version(packages / "mytrainer" / "jobs") == expected
+    assert code_version(packages / "mytrainer" / "jobs" / "train.py") == expected
+    assert code_version(packages / "stray") == {"vcs": None}
+
+
 def test_a_code_dir_that_does_not_exist_is_refused_before_anything_is_recorded(
         manager: ExperimentManager, tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match="code_dir .*no such file or folder"):

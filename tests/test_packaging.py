@@ -109,13 +109,13 @@ def test_an_installed_wheel_reports_and_verifies(wheel: Path, tmp_path: Path) ->
     assert "R0/report_id" in edited.stdout + edited.stderr
 
 
-def test_a_demo_installed_into_a_projects_virtualenv_records_no_code_version(
+def test_a_demo_installed_into_a_projects_virtualenv_records_its_distribution_not_a_commit(
         wheel: Path, tmp_path: Path) -> None:
     """Installed into the ``.venv`` of a project under git, `ledger demo` recorded that
     project's commit (dirty, its untracked files counted) as the version of the demo's code,
     which lies in ``site-packages`` and which no commit of the project describes. It records
-    no code version now, as from a virtualenv outside any repository; the installed version is
-    the environment's ``reproducibility-ledger``."""
+    no commit now, as from a virtualenv outside any repository, but the distribution that
+    installed the code, which ``show`` prints."""
     project = committed_repo(tmp_path / "project")
     bin_dir, _site = _venv(wheel, project / ".venv")
     env = _user_env()
@@ -127,7 +127,12 @@ def test_a_demo_installed_into_a_projects_virtualenv_records_no_code_version(
     shown = subprocess.run([str(bin_dir / "ledger"), "show", exp, "--json"], cwd=project,
                            env=env, capture_output=True, text=True, timeout=300)
     assert shown.returncode == 0, shown.stderr
-    assert json.loads(shown.stdout)["metadata"]["code"] == {"vcs": None}
+    assert json.loads(shown.stdout)["metadata"]["code"] == {
+        "vcs": None, "distribution": {"name": "reproducibility-ledger", "version": "0.1.0"}}
+    text = subprocess.run([str(bin_dir / "ledger"), "show", exp], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert ("code        no commit recorded: installed from the distribution "
+            "reproducibility-ledger 0.1.0") in text.stdout.splitlines(), text.stdout
 
 
 def test_the_installed_examples_package_leaves_a_projects_own_examples_importable(

@@ -113,7 +113,12 @@ def test_the_envelope_carries_the_options_given(honest: tuple[str, Path, str]) -
 @pytest.mark.parametrize("code,alerts", [
     ({"vcs": "git", "commit": "0" * 40, "dirty": False, "diff_digest": None, "untracked": 0},
      []),
-    ({"vcs": None}, ["no code version recorded (not run from a git checkout)"])])
+    ({"vcs": None}, ["no code version recorded (not run from a git checkout)"]),
+    ({"vcs": None, "distribution": {"name": "my-trainer", "version": "1.2.0"}},
+     ["no commit recorded: the code was installed from the distribution my-trainer 1.2.0, a "
+      "release name no digest ties to the code that ran"]),
+    ({"vcs": None, "distribution": {"name": "my-trainer", "version": 3}},
+     ["no code version recorded (not run from a git checkout)"])])
 def test_a_replayed_run_of_committed_code_needs_no_attention(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: dict[str, Any],
         alerts: list[str]) -> None:

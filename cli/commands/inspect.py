@@ -73,8 +73,7 @@ def show_command(obj: dict, exp: str, as_json: bool) -> None:
     for key, value in sorted(info.metadata.items()):
         where = ("" if key != "parent" or info.parent_in_ledger is None else
                  "  (in this ledger)" if info.parent_in_ledger else "  (not in this ledger)")
-        shown = f"no commit recorded {NO_REPOSITORY}" if key == "code" and _no_git(value) else (
-            _shown(value))
+        shown = _no_commit(value) if key == "code" and _no_git(value) else _shown(value)
         click.echo(printable(f"{key:<11} {shown}{where}"))
     if info.metrics:
         click.echo("metrics (last value recorded):")
@@ -97,6 +96,16 @@ def show_command(obj: dict, exp: str, as_json: bool) -> None:
 NO_REPOSITORY = "(no git repository with a commit was found)"
 """Why a session recorded no commit: its code was outside a git repository, in one without a
 commit yet, or git was not installed (:func:`ledger.environment.code_version`)."""
+
+
+def _no_commit(code: dict[str, Any]) -> str:
+    """A code version without a commit as ``show`` prints it: why there is none, or the
+    distribution that installed the code (:func:`ledger.environment.code_version`)."""
+    distribution = code.get("distribution")
+    if isinstance(distribution, dict) and {"name", "version"} <= distribution.keys():
+        return (f"no commit recorded: installed from the distribution "
+                f"{_shown(distribution['name'])} {_shown(distribution['version'])}")
+    return f"no commit recorded {NO_REPOSITORY}"
 
 
 def _no_git(code: object) -> bool:
