@@ -22,13 +22,14 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch is not installed (the 'torch' extra)")
 
 import torch_helpers  # noqa: E402 - registers the test transforms
-from conftest import ROOT, run_cli  # noqa: E402
+from conftest import ROOT, readme_python_block, run_cli  # noqa: E402
 from ledger.canonical import canonical  # noqa: E402
 from ledger.errors import BadInputError, ForeignStateError, StateAheadError  # noqa: E402
 from ledger.events import decode_body  # noqa: E402
 from ledger.experiment import Experiment, ExperimentManager  # noqa: E402
 from ledger.integrations.torch import RecordedDataLoader, RecordedTransform  # noqa: E402
 from ledger.sampling import epoch_order  # noqa: E402
+from replay.engine import replay_run  # noqa: E402
 
 SEED = 1234
 ROWS = 100
@@ -394,3 +395,74 @@ def test_a_run_preempted_mid_epoch_resumes_to_the_uninterrupted_record(
     assert diff.returncode == 0 and "IDENTICAL" in diff.stdout, diff.stdout + diff.stderr
     replay = run_cli("--db", url, "replay", run.id, "--trust", "torch_helpers", env=env)
     assert replay.returncode == 0 and "CERTIFIED" in replay.stdout, replay.stdout + replay.stderr
+
+
+# -- the README --------------------------------------------------------------------------------------
+
+def readme_run(folder: Path, monkeypatch: pytest.MonkeyPatch, *, preempt_at_step: int | None
+               ) -> None:
+    """Run the README's mid-epoch example in ``folder`` as written (the data and transform of
+    the section's first example), SIGTERM raised in the process right after optimiser step
+    ``preempt_at_step`` when given: the example saves its checkpoint and exits 143."""
+    import signal
+
+    first = readme_python_block("## PyTorch and many machines")
+    setup = first[:first.index("with ExperimentManager")]
+    code = readme_python_block("**Resuming mid-epoch.**", "loader.load_state_dict")
+    monkeypatch.chdir(folder)
+    handler = signal.getsignal(signal.SIGTERM)
+    with monkeypatch.context() as patch:
+        if preempt_at_step is not None:
+            step, steps = torch.optim.SGD.step, [0]
+
+            def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+                result = step(self, *args, **kwargs)
+                steps[0] += 1
+                if steps[0] == preempt_at_step:
+                    signal.raise_signal(signal.SIGTERM)  # its handler runs before this returns
+                return result
+
+            patch.setattr(torch.optim.SGD, "step", counted)
+        namespace: dict[str, Any] = {"__name__": "readme_example"}
+        try:
+            exec(compile(setup + code, "README.md", "exec"), namespace)  # noqa: S102 - ours
+        except SystemExit as stopped:
+            assert preempt_at_step is not None and stopped.code == 143
+        else:
+            assert preempt_at_step is None, "the example was not preempted"
+        finally:
+            signal.signal(signal.SIGTERM, handler)
+
+
+def draws_and_logs(folder: Path) -> tuple[str, list[tuple]]:
+    """The one run of the ledger in ``folder``: its id, and its draws, metrics and checkpoints
+    as (kind, path, output), sorted."""
+    with ExperimentManager(f"sqlite:///{folder / 'ledger.db'}") as opened:
+        [row] = opened.store.experiments()
+        assert row.status == "ok"
+        bodies = [decode_body(body) for _s, _q, kind, body in opened.store.iter_run_bodies(row.exp)
+                  if kind not in ("experiment_created", "run_resumed", "run_completed",
+                                  "dataset_registered")]
+    return row.exp, sorted((b["kind"], repr(b["path"]), b["output"] or b"") for b in bodies)
+
+
+def test_the_readme_mid_epoch_example_resumes_a_preempted_run_to_the_uninterrupted_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's example preempted by SIGTERM inside epoch 1 (after its 40th step of 32
+    per epoch), then run again: it resumes from its checkpoint file and ends with the
+    uninterrupted run's draws, batches and final weights, and replay certifies it."""
+    straight, preempted = tmp_path / "straight", tmp_path / "preempted"
+    straight.mkdir()
+    preempted.mkdir()
+    readme_run(straight, monkeypatch, preempt_at_step=None)
+    readme_run(preempted, monkeypatch, preempt_at_step=40)
+    saved = torch.load(preempted / "checkpoint.pt", weights_only=True)["loader"]
+    assert (saved["epoch"], saved["batch"]) == (1, 8)
+    readme_run(preempted, monkeypatch, preempt_at_step=None)
+    _id, expected = draws_and_logs(straight)
+    exp, got = draws_and_logs(preempted)
+    assert got == expected
+    assert sum(kind == "augmentation_batch" for kind, _p, _o in got) == 3 * 2048 // 64
+    with ExperimentManager(f"sqlite:///{preempted / 'ledger.db'}") as opened:
+        report = replay_run(opened.store, exp)
+    assert report.certified, report.first_divergence
