@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 import msgpack
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch", reason="torch is not installed (the 'torch' extra)")
 
@@ -99,8 +102,12 @@ def interrupted_state(run: Experiment, data: Any, *, epoch: int, batch: int,
 def test_a_state_is_small_plain_and_survives_json_torch_save_and_canonical(
         exp: Experiment) -> None:
     data = exp.register_dataset("fraud", *arrays())
+    exp.log_metric("lr", 0.1)  # no epoch: null in ``logged``
+    exp.log_metric("loss", 0.5, epoch=0)
     state = interrupted_state(exp, data, epoch=1, batch=3, record=True)
     assert (state["epoch"], state["batch"], state["run"]) == (1, 3, exp.id)
+    assert sorted(state["logged"], key=repr) == [["metric", "loss", 0, 1],
+                                                 ["metric", "lr", None, 1]]
     plain = {key: value for key, value in state.items() if key != "logged"}
     assert all(type(value) in (int, bool, str) for value in plain.values()), plain
     assert json.loads(json.dumps(state)) == state
@@ -223,6 +230,45 @@ def test_a_state_saved_again_before_the_restored_pass_is_the_same_state(exp: Exp
     restored.load_state_dict(state)
     iter(restored)  # workers started and prefetching, nothing handed out yet
     assert restored.state_dict() == state
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.integers(5, 40), batch_size=st.integers(1, 9), shuffle=st.booleans(),
+       drop_last=st.booleans(), cuts=st.lists(st.integers(0, 12), min_size=1, max_size=5))
+def test_any_chain_of_saves_and_restores_hands_out_the_uninterrupted_batches(
+        rows: int, batch_size: int, shuffle: bool, drop_last: bool, cuts: list[int]) -> None:
+    """Take ``cut`` batches (passes going on epoch after epoch), save the state, restore it in a
+    fresh loader, again and again: every state is at the position the batches handed out so far
+    reach, and together the loaders hand out the uninterrupted loader's batches, in order."""
+    assume(rows >= batch_size or not drop_last)
+    per_epoch = rows // batch_size if drop_last else -(-rows // batch_size)
+    options = {"batch_size": batch_size, "shuffle": shuffle, "drop_last": drop_last}
+    with tempfile.TemporaryDirectory() as folder, ExperimentManager(
+            f"sqlite:///{folder}/l.db", data_dir=folder) as opened, opened.create_experiment(
+            "chain", seed=SEED) as run:
+        data = run.register_dataset("fraud", *arrays(rows))
+        reference = loader(run, data, **options)
+        epochs = sum(cuts) // per_epoch + 1
+        expected = [as_bytes(item) for _epoch in range(epochs) for item in reference]
+        handed: list[Batch] = []
+        current, passing = loader(run, data, **options), None
+        for cut in cuts:
+            for _ in range(cut):
+                item = next(passing, None) if passing is not None else None
+                if item is None:
+                    passing = iter(current)
+                    item = next(passing)
+                handed.append(as_bytes(item))
+            state = json.loads(json.dumps(current.state_dict()))
+            done = len(handed)
+            assert (state["epoch"], state["batch"]) in {
+                (done // per_epoch, done % per_epoch),
+                (done // per_epoch - 1, per_epoch)}  # an epoch's end, before or after its pass
+            current, passing = loader(run, data, **options), None
+            current.load_state_dict(state)
+        handed += [as_bytes(item) for item in current]
+        assert handed == expected[:len(handed)]
+        assert len(handed) == -(-len(handed) // per_epoch) * per_epoch  # whole epochs
 
 
 # -- refused states ----------------------------------------------------------------------------
