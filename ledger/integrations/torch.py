@@ -17,7 +17,9 @@ Install the ``torch`` extra (``torch==2.13.0``). The pieces, each usable alone:
   registered dataset that uses all three. Workers make whole batches, digest them and send the
   digests back with the batch; the main process records ``worker_spawned`` and
   ``augmentation_batch`` in the order it consumes batches, so the events, like the batches, are
-  the same for any ``num_workers``, start method and ``persistent_workers``.
+  the same for any ``num_workers``, start method and ``persistent_workers``. Its
+  ``state_dict()`` / ``load_state_dict()`` let a trainer preempted mid-epoch continue at the
+  next batch handed out, in a fresh loader and process (see :mod:`.torch_loader_state`).
 - :func:`distributed_experiment` — one experiment for all ranks of a ``torch.distributed`` job:
   rank 0 creates it and records to ``main``, rank r attaches with stream ``rank-r``, and rank 0
   records ``run_completed`` after every rank has flushed; ``resume=EXP`` continues a run whose

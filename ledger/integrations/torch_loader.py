@@ -25,6 +25,9 @@ from ledger.integrations import torch_workers  # its worker_report, read when a 
 from ledger.integrations.runs import AttachedRun
 from ledger.integrations.sharding import INTEGRATION, rank_augment_path
 from ledger.integrations.torch_distributed import Run
+from ledger.integrations.torch_loader_state import (STATE_FORMAT, check_position,
+                                                    check_run_state, check_settings, run_part,
+                                                    transform_digest)
 from ledger.integrations.torch_sampler import BatchRequest, BatchRequests, RecordedSampler
 from ledger.integrations.torch_seeds import check_run, tensor_digest
 from ledger.integrations.torch_transform import RecordedTransform, make_batch
@@ -53,16 +56,18 @@ class _Batches(TorchDataset):
     def __len__(self) -> int:
         return len(self.features)
 
-    def __getitem__(self, request: BatchRequest) -> tuple[Any, Any, tuple | None]:
+    def __getitem__(self, request: BatchRequest
+                    ) -> tuple[Any, Any, tuple[int, int], tuple | None]:
+        """The batch, its ``(epoch, batch)`` position, and (when recording) its report."""
         epoch, batch, indices = request
         path = rank_augment_path(self.num_replicas, self.rank, epoch, batch)
         x, y = make_batch(self.features, self.labels, indices, self.transform, self.root, path)
         if not self.record:
-            return x, y, None
+            return x, y, (epoch, batch), None
         output = None if self.transform is None else self._output_digest(x)
         in_worker = torch.utils.data.get_worker_info() is not None
-        return x, y, (epoch, batch, len(indices), fast_array_digest(indices), output,
-                      torch_workers.worker_report if in_worker else None)
+        return x, y, (epoch, batch), (epoch, batch, len(indices), fast_array_digest(indices),
+                                      output, torch_workers.worker_report if in_worker else None)
 
     def _output_digest(self, x: torch.Tensor) -> bytes:
         """The digest of the transform's output ``x``; a dtype numpy cannot hold (bfloat16)
@@ -161,6 +166,9 @@ class RecordedDataLoader(DataLoader):
         self._draining = False
         self._worker_batches: Any = None  # torch's worker iterator, once a pass has started
         self._held_deaths: list[RuntimeError] = []
+        self._handed = (0, 0)
+        """(pass, how many batches of its epoch were handed out to the caller) at the latest
+        batch handed out: what :meth:`state_dict` saves — not what the workers made ahead."""
         try:
             super().__init__(_Batches(dataset, transform, run.root_seed, sampler.num_replicas,
                                       sampler.rank, self.record),
@@ -182,9 +190,85 @@ class RecordedDataLoader(DataLoader):
         """The epoch of the latest pass (-1 before the first)."""
         return self.recorded_sampler.epoch
 
+    @property
+    def next_epoch(self) -> int:
+        """The epoch the next pass iterates: after :meth:`load_state_dict`, the saved epoch
+        (at its next batch) or, for a state saved at an epoch's end, the one after it."""
+        return self.recorded_sampler.next_epoch
+
     def set_epoch(self, epoch: int) -> None:
-        """Make the next pass epoch ``epoch``."""
+        """Make the next pass epoch ``epoch``. After :meth:`load_state_dict`, ``set_epoch`` of
+        the epoch the state continues (:attr:`next_epoch`) keeps the restored position — the
+        pass goes on at the saved batch, so a loop calling ``set_epoch(epoch)`` each epoch
+        resumes correctly; another epoch starts that epoch at its first batch instead, the
+        rest of the restored epoch dropped (as ``TrainingDataIterator.reset()`` drops it)."""
         self.recorded_sampler.set_epoch(epoch)
+
+    # -- resumption --------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the loader stands and everything its batches depend on, as a small plain map
+        (ints, bools and strs; lists in ``logged``) that ``torch.save``, ``json`` and
+        ``ledger.canonical`` take: save it beside the model weights at a checkpoint.
+
+        ``epoch`` is the epoch in progress and ``batch`` how many of its batches were handed
+        out to the caller — not how many the workers made ahead. :meth:`load_state_dict` in a
+        fresh loader (a fresh process, any ``num_workers``) continues that epoch at the next
+        batch with the batches the uninterrupted run hands out. When recording, the run's
+        events are flushed first, so a saved state is never ahead of the ledger; the state
+        names the run (``run``) and how many metrics and checkpoints it has logged
+        (``logged``), which a resumed run does not log again.
+        """
+        state = self._settings()
+        state["epoch"], state["batch"] = self._position()
+        if self.record:
+            self._drain_recorder()
+            state.update(run_part(self.run))
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Make the next pass continue from a saved :meth:`state_dict`: the saved epoch at its
+        next batch, or the next epoch for a state saved at an epoch's end; later passes go on
+        with the following epochs. A state saved under other settings (``batch_size``,
+        ``shuffle``, ``drop_last``, the dataset, the transform, the seed, ``num_replicas``,
+        rank), a malformed one, or — in a recording run — one of another run or ahead of a
+        resumed run's record is refused (BadInputError), the loader left as it was."""
+        check_settings(state, self._settings())
+        batches = len(self.requests)
+        epoch, batch = check_position(state, batches)
+        if self.record:
+            check_run_state(self.run, state, epoch, batch,
+                            records_batches=self.transform is not None)
+        finished = batch == batches
+        # chosen, as set_epoch chooses: a restored loader continues the epoch, not repeats it
+        self.recorded_sampler.set_epoch(epoch + 1 if finished else epoch)
+        self.requests.resume = None if finished else (epoch, batch)
+
+    def _settings(self) -> dict[str, Any]:
+        """The state's format and the settings batch contents depend on (and, for people
+        reading a saved state, the dataset's name and the batches per epoch)."""
+        sampler, dataset = self.recorded_sampler, self.ledger_dataset
+        return {"format": STATE_FORMAT, "root_seed": str(sampler.root),
+                "dataset": dataset.name, "dataset_digest": dataset.digest.hex(),
+                "batch_size": self.requests.batch_size, "shuffle": sampler.shuffle,
+                "drop_last": self.requests.drop_last, "num_replicas": sampler.num_replicas,
+                "rank": sampler.rank, "batches": len(self.requests),
+                "transform": transform_digest(None if self.transform is None
+                                              else self.transform.spec)}
+
+    def _position(self) -> tuple[int, int]:
+        """``(epoch, batches of it handed out)``: a restored position not yet continued, the
+        epoch set_epoch chose (at 0), or the latest pass's epoch and how many of its batches
+        were handed out — counting from where the pass started (a restored pass, mid-epoch)."""
+        sampler, requests = self.recorded_sampler, self.requests
+        resume = requests.resume
+        if resume is not None and sampler.epoch_chosen and sampler.next_epoch == resume[0]:
+            return resume
+        passes, epoch, first = requests.current
+        if sampler.epoch_chosen or not passes:
+            return sampler.next_epoch, 0
+        handed_in, handed = self._handed
+        return epoch, handed if handed_in == passes else first
 
     # Deliberately not torch's _BaseDataLoaderIter: a generator over it that records each
     # batch as it is handed out. (Unused ignore without torch installed: DataLoader is Any.)
@@ -226,16 +310,17 @@ class RecordedDataLoader(DataLoader):
     def _consume(self, batches: Iterator[Any]) -> Iterator[Any]:
         with_labels = self.ledger_dataset.labels is not None
         if not getattr(self.run, "drains_tracked_loaders", False):
-            for x, y, report in batches:  # record each batch as it is handed out
+            for x, y, (_epoch, batch), report in batches:  # record each as it is handed out
                 if report is not None:
                     with worker_deaths_held(self._worker_batches) as deaths:
                         self._record(*report)
                     self._held_deaths += deaths
+                self._handed = (self.requests.current[0], batch + 1)
                 yield (x, y) if with_labels else x
             return
         first = True
         try:
-            for x, y, report in batches:
+            for x, y, (_epoch, batch), report in batches:
                 if self.record and self.run.closed:
                     raise StoreError(f"{self.run!r} is closed: its loader hands out no more "
                                      f"batches")
@@ -246,6 +331,7 @@ class RecordedDataLoader(DataLoader):
                     if first or len(self._pending) >= RECORD_EVERY:
                         self._drain_recorder()
                 first = False
+                self._handed = (self.requests.current[0], batch + 1)
                 yield (x, y) if with_labels else x
         finally:
             self._drain_recorder()

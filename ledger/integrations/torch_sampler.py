@@ -76,6 +76,17 @@ class RecordedSampler(Sampler[int]):
         self._next_epoch = check_epoch(epoch)
         self._chosen = True
 
+    @property
+    def next_epoch(self) -> int:
+        """The epoch the next pass starts: the one after the latest, or the one chosen."""
+        return self._next_epoch
+
+    @property
+    def epoch_chosen(self) -> bool:
+        """True when :meth:`set_epoch` chose the next pass's epoch and no pass has started
+        since."""
+        return self._chosen
+
     def __len__(self) -> int:
         return share_size(self.length, self.num_replicas, self.drop_last)
 
@@ -155,12 +166,20 @@ class BatchRequest(NamedTuple):
 
 
 class BatchRequests(Sampler[BatchRequest]):
-    """One request per batch of this rank's share of each epoch, in order."""
+    """One request per batch of this rank's share of each epoch, in order.
+
+    :attr:`resume` — ``(epoch, batch)``, set by a restored loader — makes the next pass, if it
+    is that epoch, start at that batch: the batches before it were handed out before the state
+    was saved. Any next pass clears it. :attr:`current` is ``(passes started, epoch of the
+    latest, its first batch)``.
+    """
 
     def __init__(self, sampler: RecordedSampler, batch_size: int, drop_last: bool) -> None:
         self.sampler = sampler
         self.batch_size = batch_size
         self.drop_last = drop_last
+        self.resume: tuple[int, int] | None = None
+        self.current = (0, -1, 0)
 
     def __len__(self) -> int:
         return batch_count(len(self.sampler), self.batch_size, self.drop_last)
@@ -168,6 +187,9 @@ class BatchRequests(Sampler[BatchRequest]):
     def __iter__(self) -> Iterator[BatchRequest]:
         epoch, share = self.sampler._start({"batch_size": self.batch_size,
                                             "drop_last": self.drop_last, "batches": len(self)})
+        resume, self.resume = self.resume, None
+        first = resume[1] if resume is not None and resume[0] == epoch else 0
+        self.current = (self.current[0] + 1, epoch, first)
         size = self.batch_size
-        for batch in range(len(self)):
+        for batch in range(first, len(self)):
             yield BatchRequest(epoch, batch, share[batch * size:(batch + 1) * size])
