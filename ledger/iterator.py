@@ -385,7 +385,8 @@ class TrainingDataIterator:
             raise BadInputError(f"got position epoch={epoch!r} batch={batch!r} "
                                 f"started={started!r}, but must be a position within "
                                 f"{batches} batches per epoch")
-        recorded_until, logged = state.get("recorded_until"), _logged(state.get("logged"))
+        recorded_until = state.get("recorded_until")
+        logged = checked_logged(state.get("logged"))
         experiment = cast(Experiment, self.experiment)
         if self.recording and experiment.resumed:
             # A state of the parent (continued here) has nothing of this run's record before
@@ -495,7 +496,7 @@ class TrainingDataIterator:
                 f"num_workers={self.num_workers}, epoch={self._epoch}, batch={self._batch})")
 
 
-def _logged(logged: Any) -> list[tuple[str, str, int | None, int]] | None:
+def checked_logged(logged: Any) -> list[tuple[str, str, int | None, int]] | None:
     """A state's ``logged`` counts, checked: None for a state saved without them."""
     if logged is None:
         return None

@@ -16,7 +16,7 @@ from ledger.canonical import canonical
 from ledger.errors import BadInputError, ForeignStateError, StateAheadError
 from ledger.events import AUGMENTATION_BATCH, EPOCH_RESET
 from ledger.integrations.sharding import rank_augment_path
-from ledger.iterator import _logged
+from ledger.iterator import checked_logged
 from ledger.sampling import shuffle_path
 from ledger.text import quoted
 
@@ -90,7 +90,7 @@ def check_run_state(run: Any, state: Mapping[str, Any], epoch: int, batch: int, 
     one saved by another run (ForeignStateError; a run may continue its parent's state,
     ``parent=``), or — in a resumed run — one ahead of what the run recorded
     (StateAheadError); then skip the metrics and checkpoints logged before it."""
-    logged = _logged(state.get("logged"))
+    logged = checked_logged(state.get("logged"))
     saved_by = state.get("run")
     parent = getattr(run, "parent", None)
     if not getattr(run, "resumed", False):
