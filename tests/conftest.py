@@ -8,9 +8,11 @@ import re
 import subprocess
 import sys
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ledger.experiment import ExperimentManager
@@ -18,6 +20,15 @@ from ledger.store import Store
 
 POSTGRES_ENV = "LEDGER_TEST_POSTGRES_URL"
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def generic_timedelta(value: int | str) -> np.timedelta64:
+    """A timedelta64 of numpy's generic unit — ``np.timedelta64(3)`` — which numpy >= 2.5
+    deprecates (a warning, an error in this suite) but still makes, as a user's code may: the
+    ledger must refuse it as it refuses one of any unit."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return np.timedelta64(value)
 
 
 def readme_python_block(heading: str, containing: str = "") -> str:

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from conftest import generic_timedelta
 from ledger.canonical import MAX_DEPTH, canonical, normalise, pack_normalised
 from ledger.errors import EncodingError
 
@@ -266,7 +267,8 @@ def test_dict_subclasses_encode_like_dicts() -> None:
 @pytest.mark.parametrize("value", [
     {1, 2}, frozenset(), object(), 1j, decimal.Decimal("1.5"), datetime.date(2024, 1, 1),
     np.array([1, 2]), np.complex128(1), np.datetime64("2024-01-01"), range(3), type,
-    np.timedelta64(3), np.timedelta64(3, "D"), np.timedelta64("NaT"),
+    generic_timedelta(3), np.timedelta64(3, "D"), generic_timedelta("NaT"),
+    np.timedelta64("NaT", "s"),
     lambda: None, msgpack.ExtType(1, b"x"),
     np.longdouble(1) if np.longdouble != np.float64 else {1},
 ])
