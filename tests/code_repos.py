@@ -35,3 +35,21 @@ def code_outside_the_main_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     launcher.write_text("")
     monkeypatch.setattr(sys.modules["__main__"], "__file__", str(launcher))
     return repo
+
+
+def installed_package(packages: Path, name: str, version: str, *,
+                      listed_by: str = "RECORD") -> Path:
+    """A package ``mytrainer`` installed into the package folder ``packages`` (a
+    ``site-packages``) by the distribution ``name`` ``version``, whose dist-info lists it in its
+    RECORD or its ``top_level.txt``: returns the package's folder (holding jobs/train.py)."""
+    package = packages / "mytrainer"
+    (package / "jobs").mkdir(parents=True, exist_ok=True)
+    (package / "jobs" / "train.py").write_text("print('train')\n")
+    info = packages / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    if listed_by == "RECORD":
+        (info / "RECORD").write_text(f"mytrainer/jobs/train.py,,\n{info.name}/METADATA,,\n")
+    else:
+        (info / "top_level.txt").write_text("mytrainer\n")
+    return package

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import ledger
-from code_repos import code_outside_the_main_script, committed_repo, git
+from code_repos import code_outside_the_main_script, committed_repo, git, installed_package
 from conftest import ROOT, readme_python_block, run_cli
 from examples.fraud.blas import limit_blas_threads
 from ledger import (BadInputError, DataAugmenter, ExperimentManager, Store, StoreError,
@@ -186,17 +186,8 @@ def test_installed_code_records_the_distribution_that_installed_it(tmp_path: Pat
     its file list when it has none), so runs of two releases differ in their code version.
     A package folder's code that no distribution owns records no version at all."""
     packages = tmp_path / "venv" / "lib" / "python3.11" / "site-packages"
-    (packages / "mytrainer" / "jobs").mkdir(parents=True)
-    (packages / "mytrainer" / "jobs" / "train.py").write_text("print('train')\n")
+    installed_package(packages, "my-trainer", "1.2.0", listed_by=listed_by)
     (packages / "stray").mkdir()
-    info = packages / "my_trainer-1.2.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-trainer\nVersion: 1.2.0\n")
-    if listed_by == "RECORD":
-        (info / "RECORD").write_text("mytrainer/jobs/train.py,,\n"
-                                     "my_trainer-1.2.0.dist-info/METADATA,,\n")
-    else:
-        (info / "top_level.txt").write_text("mytrainer\n")
     expected = {"vcs": None, "distribution": {"name": "my-trainer", "version": "1.2.0"}}
     assert code_version(packages / "mytrainer" / "jobs") == expected
     assert code_version(packages / "mytrainer" / "jobs" / "train.py") == expected

@@ -131,8 +131,8 @@ def test_a_demo_installed_into_a_projects_virtualenv_records_its_distribution_no
         "vcs": None, "distribution": {"name": "reproducibility-ledger", "version": "0.1.0"}}
     text = subprocess.run([str(bin_dir / "ledger"), "show", exp], cwd=project, env=env,
                           capture_output=True, text=True, timeout=300)
-    assert ("code        no commit recorded: installed from the distribution "
-            "reproducibility-ledger 0.1.0") in text.stdout.splitlines(), text.stdout
+    assert ("code        no commit recorded (installed from the distribution "
+            "reproducibility-ledger 0.1.0)") in text.stdout.splitlines(), text.stdout
 
 
 def test_the_installed_examples_package_leaves_a_projects_own_examples_importable(

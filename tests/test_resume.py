@@ -18,7 +18,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from code_repos import code_outside_the_main_script, git
+from code_repos import code_outside_the_main_script, git, installed_package
 from conftest import ROOT, readme_python_block, run_cli
 from ledger.augment import DataAugmenter
 from ledger.canonical import canonical
@@ -1158,6 +1158,34 @@ def test_show_names_what_the_code_of_a_resuming_session_changed(
 
 
 NO_REPOSITORY = "(no git repository with a commit was found)"
+
+
+def test_show_names_the_distribution_a_session_without_a_commit_ran_from(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run created from a checkout and resumed from an installed wheel said "no git
+    repository with a commit was found" of the resumed session, though the ledger records the
+    release that session ran; a session resumed from another release lists the version."""
+    repo = code_outside_the_main_script(tmp_path, monkeypatch)
+    commit = git(repo, "rev-parse", "HEAD")
+    release_1 = installed_package(tmp_path / "v1" / "site-packages", "my-trainer", "1.2.0")
+    release_2 = installed_package(tmp_path / "v2" / "site-packages", "my-trainer", "1.3.0")
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        from_checkout = manager.create_experiment("m", seed=1, code_dir=repo)
+        from_checkout.suspend()
+        manager.resume_experiment(from_checkout.id, code_dir=release_1).suspend()
+        from_wheel = manager.create_experiment("m", seed=1, code_dir=release_1)
+        from_wheel.suspend()
+        manager.resume_experiment(from_wheel.id, code_dir=release_2).suspend()
+    lines = run_cli("show", from_checkout.id, "--db", url).stdout.splitlines()
+    assert lines[lines.index("resumes:") + 2] == (
+        f"    code.commit: {commit} recorded, no commit at resume (installed from the "
+        f"distribution my-trainer 1.2.0)")
+    lines = run_cli("show", from_wheel.id, "--db", url).stdout.splitlines()
+    assert ("code        no commit recorded (installed from the distribution my-trainer 1.2.0)"
+            in lines)
+    assert lines[lines.index("resumes:") + 2] == (
+        "    code.distribution.version: 1.2.0 recorded, 1.3.0 at resume")
 
 
 @pytest.mark.parametrize("created_in_git", [True, False])

@@ -98,14 +98,19 @@ NO_REPOSITORY = "(no git repository with a commit was found)"
 commit yet, or git was not installed (:func:`ledger.environment.code_version`)."""
 
 
-def _no_commit(code: dict[str, Any]) -> str:
-    """A code version without a commit as ``show`` prints it: why there is none, or the
-    distribution that installed the code (:func:`ledger.environment.code_version`)."""
-    distribution = code.get("distribution")
+def _no_commit(code: object) -> str:
+    """A code version without a commit as ``show`` prints it: ``no commit recorded`` and why."""
+    return f"no commit recorded {_why_no_commit(code)}"
+
+
+def _why_no_commit(code: object) -> str:
+    """Why a code version has no commit: the distribution that installed the code, when it
+    names one (:func:`ledger.environment.code_version`), else :data:`NO_REPOSITORY`."""
+    distribution = code.get("distribution") if isinstance(code, dict) else None
     if isinstance(distribution, dict) and {"name", "version"} <= distribution.keys():
-        return (f"no commit recorded: installed from the distribution "
-                f"{_shown(distribution['name'])} {_shown(distribution['version'])}")
-    return f"no commit recorded {NO_REPOSITORY}"
+        return (f"(installed from the distribution {_shown(distribution['name'])} "
+                f"{_shown(distribution['version'])})")
+    return NO_REPOSITORY
 
 
 def _no_git(code: object) -> bool:
@@ -126,10 +131,10 @@ def _show_resume(resume: ResumeSummary, created_code: object) -> None:
         if _no_git(resume.code):
             commit = _dict_get(created_code, "commit")
             click.echo(printable(f"    code.commit: {_shown_version(commit)} recorded, no commit "
-                                 f"at resume {NO_REPOSITORY}"))
+                                 f"at resume {_why_no_commit(resume.code)}"))
         else:
             commit = _dict_get(resume.code, "commit")
-            click.echo(printable(f"    code.commit: no commit recorded {NO_REPOSITORY}, "
+            click.echo(printable(f"    code.commit: {_no_commit(created_code)}, "
                                  f"{_shown_version(commit)} at resume"))
     else:
         _show_differences(resume.code_differences, "code version", "code.")
