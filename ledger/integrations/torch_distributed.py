@@ -89,8 +89,9 @@ def _settle(tensors: list[torch.Tensor]) -> None:
     once). Once no C++ object holds the tensors, there is nothing left for that thread to free.
     """
     deadline = time.monotonic() + SETTLE_WAIT
-    while (any(tensor._use_count() > 1 for tensor in tensors)  # type: ignore[attr-defined]
-           and time.monotonic() < deadline):
+    # torch's private _use_count, untyped in its stubs (without torch, mypy sees Any: unused)
+    while (any(tensor._use_count() > 1  # type: ignore[attr-defined, unused-ignore]
+               for tensor in tensors) and time.monotonic() < deadline):
         time.sleep(0.001)
 
 
