@@ -12,7 +12,8 @@ rank's batches in the second attempt are the uninterrupted job's remaining ones 
 ``ledger diff`` says identical, ``ledger replay`` certifies. On SQLite, and on PostgreSQL when
 ``LEDGER_TEST_POSTGRES_URL`` is set.
 
-Without processes: a state is refused by a loader of another rank or world (``BadInputError``).
+Without processes: a state is refused by a loader of another rank or world (``BadInputError``),
+and rank r's state ahead of its stream's record by a rank of the resumed run (``StateAheadError``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ torch = pytest.importorskip("torch", reason="torch is not installed (the 'torch'
 import distributed_resume_helpers as helpers  # noqa: E402
 import torch_helpers  # noqa: E402
 from conftest import ROOT, postgres_base_url, postgres_schema, run_cli  # noqa: E402
-from ledger.errors import BadInputError  # noqa: E402
+from ledger.errors import BadInputError, StateAheadError  # noqa: E402
 from ledger.experiment import ExperimentManager  # noqa: E402
 from ledger.integrations.runs import AttachedRun  # noqa: E402
 from ledger.integrations.torch import RecordedDataLoader, RecordedTransform  # noqa: E402
@@ -162,3 +163,26 @@ def test_a_rank_s_state_is_refused_by_another_rank_s_or_world_s_loader(tmp_path:
                                                     f"num_replicas={replicas}"):
                 _loader(exp, data, rank, replicas).load_state_dict(state)
 
+
+def test_a_resumed_rank_refuses_a_state_ahead_of_its_stream_s_record(tmp_path: Path) -> None:
+    """Rank 1's state claiming batches its stream never recorded (events lost after the state
+    was taken) would leave them missing from rank-1 for good: the resumed rank refuses it, as
+    rank 0 refuses such a state of its own (an AttachedRun had no ``resumed`` and no
+    ``has_draw``, so rank r > 0 skipped the check and resumed past its record); its true state
+    resumes."""
+    with ExperimentManager(f"sqlite:///{tmp_path / 'ledger.db'}", data_dir=tmp_path / "data"
+                           ) as manager:
+        exp = manager.create_experiment("ranks", seed=91)
+        exp.register_dataset("fraud", *torch_helpers.fraud_arrays(helpers.SAMPLES))
+        exp.flush()
+        state = _rank_1_state(manager, exp, 2)
+        exp.suspend()
+        resumed = manager.resume_experiment(exp.id)
+        with AttachedRun(manager.store, exp.id, "rank-1") as run:
+            data = run.register_dataset("fraud", *torch_helpers.fraud_arrays(helpers.SAMPLES))
+            with pytest.raises(StateAheadError, match="no record of batch 2 of epoch 0"):
+                _loader(run, data, 1).load_state_dict({**state, "batch": 4})
+            restored = _loader(run, data, 1)
+            restored.load_state_dict(state)
+            assert len(list(restored)) == BATCHES - 2
+        resumed.close()
