@@ -208,12 +208,13 @@ def batch_digest(x: torch.Tensor, y: torch.Tensor) -> str:
 
 def loader_state_rank(rank: int, world: int, init_file: str, url: str, data_dir: str,
                       out_dir: str, state_dir: str, exp: str | None, workers: int,
-                      stop_after: tuple[int, int] | None) -> None:
+                      stop_after: tuple[int, int] | None, go_on: int = 0) -> None:
     """One rank of a job that only iterates a recorded DataLoader (the ``jitter`` transform,
     ``workers`` workers) for LOADER_STATE_EPOCHS epochs, writing ``E B DIGEST`` for each batch
     it is handed to ``OUT/rank-R.batches``. With ``stop_after`` ``(E, N)`` it saves
     ``loader.state_dict()`` to ``STATE_DIR/loader-rank-R.pt`` (atomically) once it was handed
-    N batches of epoch E, then raises :class:`Preempted` in the block. ``exp`` given, the job
+    N batches of epoch E, and raises :class:`Preempted` in the block ``go_on`` batches later
+    (the lost attempt recorded them after its state was saved). ``exp`` given, the job
     resumes it (``resume=exp``) and every rank restores its loader from its state file. Rank 0
     writes the run id to ``OUT/exp``; each rank writes how its block ended to ``OUT/rank-R``
     (``done``, ``preempted``, or the error)."""
@@ -249,13 +250,11 @@ def loader_state_rank(rank: int, world: int, init_file: str, url: str, data_dir:
                 for batch, (x, y) in enumerate(loader, start=first):
                     lines.write(f"{epoch} {batch} {batch_digest(x, y)}\n")
                     if stop_after == (epoch, batch + 1):
-                        break
-                if stop_after is not None and stop_after[0] == epoch:
-                    lines.flush()
-                    partial = saved.with_suffix(".partial")
-                    torch.save({"loader": loader.state_dict()}, partial)
-                    os.replace(partial, saved)
-                    raise Preempted(f"stopped after batch {stop_after[1]} of epoch {epoch}")
+                        partial = saved.with_suffix(".partial")
+                        torch.save({"loader": loader.state_dict()}, partial)
+                        os.replace(partial, saved)
+                    if stop_after == (epoch, batch + 1 - go_on):
+                        raise Preempted(f"stopped after batch {batch} of epoch {epoch}")
     except Preempted:
         outcome = "preempted"
     except BaseException as error:

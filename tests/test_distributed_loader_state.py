@@ -31,6 +31,7 @@ import distributed_resume_helpers as helpers  # noqa: E402
 import torch_helpers  # noqa: E402
 from conftest import ROOT, postgres_base_url, postgres_schema, run_cli  # noqa: E402
 from ledger.errors import BadInputError, StateAheadError  # noqa: E402
+from ledger.events import decode_body  # noqa: E402
 from ledger.experiment import ExperimentManager  # noqa: E402
 from ledger.integrations.runs import AttachedRun  # noqa: E402
 from ledger.integrations.torch import RecordedDataLoader, RecordedTransform  # noqa: E402
@@ -44,12 +45,13 @@ BATCHES = -(-helpers.SAMPLES // WORLD // helpers.LOADER_STATE_BATCH)
 
 
 def launch(folder: Path, name: str, url: str, exp: str | None, workers: int,
-           stop_after: tuple[int, int] | None) -> tuple[str, dict[int, list[str]]]:
+           stop_after: tuple[int, int] | None, go_on: int = 0
+           ) -> tuple[str, dict[int, list[str]]]:
     """Run the job once (both ranks reaped, a hung one killed); return the run id and each
     rank's batch lines ``E B DIGEST``."""
     out = folder / name
     codes = _two_ranks(helpers.loader_state_rank, out, url, str(folder / "data"), str(out),
-                       str(folder), exp, workers, stop_after)
+                       str(folder), exp, workers, stop_after, go_on)
     outcomes = [(out / f"rank-{rank}").read_text() if (out / f"rank-{rank}").exists() else None
                 for rank in range(WORLD)]
     expected = "preempted" if stop_after is not None else "done"
@@ -78,21 +80,27 @@ def straight(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"url": url, "exp": exp, "lines": lines}
 
 
-def preempt_and_resume(folder: Path, url: str, straight: dict[str, Any]) -> None:
-    """Stop the job at STOP (2 workers per rank), resume it (none), compare with ``straight``."""
-    exp, first = launch(folder, "attempt-1", url, None, 2, STOP)
+def preempt_and_resume(folder: Path, url: str, straight: dict[str, Any], go_on: int) -> None:
+    """Save each rank's state at STOP and stop ``go_on`` batches later (2 workers per rank),
+    resume from the states (no workers), compare with ``straight``."""
+    exp, first = launch(folder, "attempt-1", url, None, 2, STOP, go_on)
     assert _status(url, exp) == "incomplete"
-    handed = BATCHES * STOP[0] + STOP[1]  # batches each rank was handed before the stop
+    handed = BATCHES * STOP[0] + STOP[1]  # batches each rank was handed before its state
     for rank in range(WORLD):
-        assert first[rank] == straight["lines"][rank][:handed], rank
+        assert first[rank] == straight["lines"][rank][:handed + go_on], rank
     resumed, second = launch(folder, "attempt-2", url, exp, 0, None)
     assert resumed == exp and _status(url, exp) == "ok"
     for rank in range(WORLD):  # the rest of epoch 1, then epoch 2, bit for bit
         assert second[rank][0].split()[:2] == [str(STOP[0]), str(STOP[1])], second[rank][:1]
         assert second[rank] == straight["lines"][rank][handed:], rank
     with Store.open(url) as store:
-        streams = set(store.stream_heads(exp))
-    assert {"main", "rank-1"} <= streams
+        bodies = [decode_body(body) for stream, _q, _k, body in store.iter_run_bodies(exp)
+                  if stream != "audit"]
+    identities = [(body["kind"], *body["path"]) for body in bodies if body["seed"] is not None]
+    assert len(identities) == len(set(identities))  # nothing redone was recorded twice
+    for stream in ("main", "rank-1"):
+        assert sum(body["stream"] == stream and body["kind"] == "augmentation_batch"
+                   for body in bodies) == BATCHES * helpers.LOADER_STATE_EPOCHS, stream
     diffed = run_cli("diff", exp, straight["exp"], "--db", url, "--db-b", straight["url"])
     assert diffed.returncode == 0 and "IDENTICAL" in diffed.stdout, (
         diffed.stdout + diffed.stderr)
@@ -111,9 +119,13 @@ def preempt_and_resume(folder: Path, url: str, straight: dict[str, Any]) -> None
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("go_on", [0, 2])
 def test_a_job_preempted_mid_epoch_resumes_each_rank_s_loader_state_on_sqlite(
-        tmp_path: Path, straight: dict[str, Any]) -> None:
-    preempt_and_resume(tmp_path, f"sqlite:///{tmp_path / 'ledger.db'}", straight)
+        tmp_path: Path, straight: dict[str, Any], go_on: int) -> None:
+    """``go_on`` 2: the lost attempt recorded 2 batches past the states, which the resumed
+    ranks redo and check against the record (in ``main`` and in ``rank-1``), not record
+    twice."""
+    preempt_and_resume(tmp_path, f"sqlite:///{tmp_path / 'ledger.db'}", straight, go_on)
 
 
 @pytest.mark.slow
@@ -121,7 +133,7 @@ def test_a_job_preempted_mid_epoch_resumes_each_rank_s_loader_state_on_sqlite(
 def test_a_job_preempted_mid_epoch_resumes_each_rank_s_loader_state_on_postgres(
         tmp_path: Path, straight: dict[str, Any]) -> None:
     with postgres_schema(postgres_base_url()) as url:
-        preempt_and_resume(tmp_path, url, straight)
+        preempt_and_resume(tmp_path, url, straight, 2)
 
 
 # -- without processes: rank 0 in the main stream, rank 1 attached as rank-1 ------------------------
