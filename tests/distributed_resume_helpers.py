@@ -16,11 +16,16 @@ ledger checkpoint, then — every rank's events flushed (``flush_ranks``) — wr
 optimiser and epoch atomically to ``CKPT/checkpoint.pt``,
 which a resumed job loads on every rank (the file is the user's, the ledger knows nothing of
 it). At the end rank 0 writes ``OUT/result``: the run id and the final weights' digest.
+
+``loader_state_rank`` is a rank of another job, stopped mid-epoch with each rank's
+``RecordedDataLoader.state_dict()`` saved, and resumed from those states
+(``tests/test_distributed_loader_state.py``).
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -180,3 +185,81 @@ def quick_job(rank: int, world: int, init_file: str, url: str, out_dir: str) -> 
     dist.destroy_process_group()
     del model
     Path(out_dir, f"rank-{rank}").write_text("done")
+
+
+class Preempted(Exception):
+    """What a rank of :func:`loader_state_rank` raises in its block once its loader state is
+    saved: the job stops mid-epoch (``on_failure="suspend"`` leaves the run incomplete)."""
+
+
+LOADER_STATE_EPOCHS = 3
+LOADER_STATE_BATCH = 24
+"""128 samples per rank: 6 batches an epoch, the last one of 8 rows."""
+
+
+def batch_digest(x: torch.Tensor, y: torch.Tensor) -> str:
+    """A batch bit for bit: the bytes, dtypes and shapes of its features and labels."""
+    digest = hashlib.sha256()
+    for tensor in (x, y):
+        digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def loader_state_rank(rank: int, world: int, init_file: str, url: str, data_dir: str,
+                      out_dir: str, state_dir: str, exp: str | None, workers: int,
+                      stop_after: tuple[int, int] | None, go_on: int = 0) -> None:
+    """One rank of a job that only iterates a recorded DataLoader (the ``jitter`` transform,
+    ``workers`` workers) for LOADER_STATE_EPOCHS epochs, writing ``E B DIGEST`` for each batch
+    it is handed to ``OUT/rank-R.batches``. With ``stop_after`` ``(E, N)`` it saves
+    ``loader.state_dict()`` to ``STATE_DIR/loader-rank-R.pt`` (atomically) once it was handed
+    N batches of epoch E, and raises :class:`Preempted` in the block ``go_on`` batches later
+    (the lost attempt recorded them after its state was saved). ``exp`` given, the job
+    resumes it (``resume=exp``) and every rank restores its loader from its state file. Rank 0
+    writes the run id to ``OUT/exp``; each rank writes how its block ended to ``OUT/rank-R``
+    (``done``, ``preempted``, or the error)."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    out, states = Path(out_dir), Path(state_dir)
+    saved = states / f"loader-rank-{rank}.pt"
+    outcome = "done"
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
+        with distributed_experiment("ddp-loader-state", url=url, seed=91, data_dir=data_dir,
+                                    hyperparams={"epochs": LOADER_STATE_EPOCHS}, resume=exp,
+                                    on_failure="suspend") as run, \
+                (out / f"rank-{rank}.batches").open("w", encoding="utf-8") as lines:
+            if rank == 0:
+                (out / "exp").write_text(run.id)
+            dataset = register_dataset(run, "fraud", *torch_helpers.fraud_arrays(SAMPLES))
+            options: dict[str, Any] = ({"num_workers": workers, "persistent_workers": True,
+                                        "multiprocessing_context": "fork"} if workers else {})
+            loader = RecordedDataLoader(run, dataset, LOADER_STATE_BATCH,
+                                        transform=RecordedTransform("jitter", std=0.05),
+                                        **options)
+            restored = (0, 0)
+            if exp is not None:
+                state = torch.load(saved, weights_only=True)["loader"]
+                loader.load_state_dict(state)
+                restored = (state["epoch"], state["batch"])
+            for epoch in range(loader.next_epoch, LOADER_STATE_EPOCHS):
+                loader.set_epoch(epoch)
+                first = restored[1] if epoch == restored[0] else 0
+                for batch, (x, y) in enumerate(loader, start=first):
+                    lines.write(f"{epoch} {batch} {batch_digest(x, y)}\n")
+                    if stop_after == (epoch, batch + 1):
+                        partial = saved.with_suffix(".partial")
+                        torch.save({"loader": loader.state_dict()}, partial)
+                        os.replace(partial, saved)
+                    if stop_after == (epoch, batch + 1 - go_on):
+                        raise Preempted(f"stopped after batch {batch} of epoch {epoch}")
+    except Preempted:
+        outcome = "preempted"
+    except BaseException as error:
+        outcome = f"{type(error).__name__}: {error}"
+        raise
+    finally:
+        Path(out_dir, f"rank-{rank}").write_text(outcome)
+        dist.destroy_process_group()

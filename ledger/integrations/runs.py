@@ -140,6 +140,11 @@ class AttachedRun:
         self._draws[identity] = value
         return event
 
+    def has_draw(self, kind: str, path: tuple[Label, ...]) -> bool:
+        """Whether this stream holds the draw (kind, path): recorded in this process, or by a
+        process attached to it before (as :meth:`ledger.experiment.Experiment.has_draw`)."""
+        return (kind, tuple(path)) in self._draws
+
     def drew_here(self, kind: str, path: tuple[Label, ...], output: bytes) -> bool:
         """Whether this run recorded the draw (kind, path) with ``output`` (everything it
         recorded, it recorded in this stream: here, or in a process attached to it before).

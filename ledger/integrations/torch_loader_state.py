@@ -15,6 +15,7 @@ from ledger.arguments import MAX_EPOCH
 from ledger.canonical import canonical
 from ledger.errors import BadInputError, ForeignStateError, StateAheadError
 from ledger.events import AUGMENTATION_BATCH, EPOCH_RESET
+from ledger.integrations.runs import AttachedRun
 from ledger.integrations.sharding import rank_augment_path
 from ledger.iterator import checked_logged
 from ledger.sampling import shuffle_path
@@ -88,12 +89,16 @@ def check_run_state(run: Any, state: Mapping[str, Any], epoch: int, batch: int, 
                     records_batches: bool) -> None:
     """Refuse a state this recording run cannot continue, as ``TrainingDataIterator`` does:
     one saved by another run (ForeignStateError; a run may continue its parent's state,
-    ``parent=``), or — in a resumed run — one ahead of what the run recorded
-    (StateAheadError); then skip the metrics and checkpoints logged before it."""
+    ``parent=``), or — in a resumed run, and on rank r > 0 (an AttachedRun, whose stream's
+    record is checked) — one ahead of what the run recorded (StateAheadError); then skip the
+    metrics and checkpoints logged before it."""
     logged = checked_logged(state.get("logged"))
     saved_by = state.get("run")
     parent = getattr(run, "parent", None)
-    if not getattr(run, "resumed", False):
+    # Rank r > 0 (an AttachedRun) is checked as a resumed run always: its stream may hold what
+    # a process attached to it before recorded, and it has no other sign of a resumed run.
+    attached = isinstance(run, AttachedRun)
+    if not (attached or getattr(run, "resumed", False)):
         if saved_by is not None and saved_by not in (run.id, parent):
             raise ForeignStateError(f"got a state saved by run {quoted(saved_by)}, but new run "
                                     f"{run.id} does not continue it: create the run with "
@@ -110,7 +115,7 @@ def check_run_state(run: Any, state: Mapping[str, Any], epoch: int, batch: int, 
         return
     if parent is None:  # a child's record starts where its parent's state stood: not checked
         _check_recorded_until(run, state, epoch, batch, records_batches)
-    if logged is not None:
+    if logged is not None and not attached:  # an AttachedRun logs nothing
         run.skip_logs_to(logged)
 
 
