@@ -30,7 +30,7 @@ torch = pytest.importorskip("torch", reason="torch is not installed (the 'torch'
 import distributed_resume_helpers as helpers  # noqa: E402
 import torch_helpers  # noqa: E402
 from conftest import ROOT, postgres_base_url, postgres_schema, run_cli  # noqa: E402
-from ledger.errors import BadInputError, StateAheadError  # noqa: E402
+from ledger.errors import BadInputError, ForeignStateError, StateAheadError  # noqa: E402
 from ledger.events import decode_body  # noqa: E402
 from ledger.experiment import ExperimentManager  # noqa: E402
 from ledger.integrations.runs import AttachedRun  # noqa: E402
@@ -198,3 +198,29 @@ def test_a_resumed_rank_refuses_a_state_ahead_of_its_stream_s_record(tmp_path: P
             restored.load_state_dict(state)
             assert len(list(restored)) == BATCHES - 2
         resumed.close()
+
+
+def test_rank_1_of_a_child_run_continues_its_parent_s_rank_1_state(tmp_path: Path) -> None:
+    """A run created with ``parent=`` continues its parent's states on every rank: rank 1
+    (an AttachedRun, which did not know the parent) refused the parent's rank-1 state as
+    another run's (ForeignStateError) where rank 0 took it; it hands out the rest of the
+    epoch now, and a state of any other run is still refused."""
+    with ExperimentManager(f"sqlite:///{tmp_path / 'ledger.db'}", data_dir=tmp_path / "data"
+                           ) as manager:
+        parent = manager.create_experiment("ranks", seed=91)
+        parent.register_dataset("fraud", *torch_helpers.fraud_arrays(helpers.SAMPLES))
+        parent.flush()
+        state = _rank_1_state(manager, parent, 2)
+        parent.suspend()
+        with manager.create_experiment("ranks", seed=91, parent=parent.id) as child:
+            child.register_dataset("fraud", *torch_helpers.fraud_arrays(helpers.SAMPLES))
+            child.flush()
+            with AttachedRun(manager.store, child.id, "rank-1") as run:
+                assert run.parent == parent.id
+                data = run.register_dataset("fraud",
+                                            *torch_helpers.fraud_arrays(helpers.SAMPLES))
+                with pytest.raises(ForeignStateError, match="saved by run"):
+                    _loader(run, data, 1).load_state_dict({**state, "run": "exp-0123456789ab"})
+                restored = _loader(run, data, 1)
+                restored.load_state_dict(state)
+                assert len(list(restored)) == BATCHES - 2

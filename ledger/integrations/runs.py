@@ -65,6 +65,9 @@ class AttachedRun:
         params = created["params"]
         self.name = str(params.get("name"))
         self.root_seed = root_seed_from_bytes(params.get("root_seed"))
+        parent = params.get("parent")
+        self.parent: str | None = parent if isinstance(parent, str) else None
+        """The run this one continues (``parent=`` at its creation), whose states it takes."""
         self._writer = StreamWriter(store, exp, stream, take_over=take_over, write_behind=True,
                                     guard=self._refuse_completed_run)
         self._draws: dict[tuple[str, tuple], Any] = {}
