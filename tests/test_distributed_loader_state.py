@@ -155,6 +155,18 @@ def _rank_1_state(manager: ExperimentManager, exp: Any, batches: int) -> dict[st
         return loader.state_dict()
 
 
+def _suspended_with_rank_1_state(manager: ExperimentManager, batches: int
+                                 ) -> tuple[Any, dict[str, Any]]:
+    """A run (left suspended) whose rank 1 handed out ``batches`` batches of epoch 0, and that
+    rank's loader state."""
+    exp = manager.create_experiment("ranks", seed=91)
+    exp.register_dataset("fraud", *torch_helpers.fraud_arrays(helpers.SAMPLES))
+    exp.flush()
+    state = _rank_1_state(manager, exp, batches)
+    exp.suspend()
+    return exp, state
+
+
 def test_a_rank_s_state_is_refused_by_another_rank_s_or_world_s_loader(tmp_path: Path) -> None:
     """Each rank restores its own state file: rank 1's state in rank 0's loader (or in a loader
     of another world) is one BadInputError naming the setting, the loader left as it was."""
@@ -184,11 +196,7 @@ def test_a_resumed_rank_refuses_a_state_ahead_of_its_stream_s_record(tmp_path: P
     resumes."""
     with ExperimentManager(f"sqlite:///{tmp_path / 'ledger.db'}", data_dir=tmp_path / "data"
                            ) as manager:
-        exp = manager.create_experiment("ranks", seed=91)
-        exp.register_dataset("fraud", *torch_helpers.fraud_arrays(helpers.SAMPLES))
-        exp.flush()
-        state = _rank_1_state(manager, exp, 2)
-        exp.suspend()
+        exp, state = _suspended_with_rank_1_state(manager, 2)
         resumed = manager.resume_experiment(exp.id)
         with AttachedRun(manager.store, exp.id, "rank-1") as run:
             data = run.register_dataset("fraud", *torch_helpers.fraud_arrays(helpers.SAMPLES))
@@ -207,11 +215,7 @@ def test_rank_1_of_a_child_run_continues_its_parent_s_rank_1_state(tmp_path: Pat
     epoch now, and a state of any other run is still refused."""
     with ExperimentManager(f"sqlite:///{tmp_path / 'ledger.db'}", data_dir=tmp_path / "data"
                            ) as manager:
-        parent = manager.create_experiment("ranks", seed=91)
-        parent.register_dataset("fraud", *torch_helpers.fraud_arrays(helpers.SAMPLES))
-        parent.flush()
-        state = _rank_1_state(manager, parent, 2)
-        parent.suspend()
+        parent, state = _suspended_with_rank_1_state(manager, 2)
         with manager.create_experiment("ranks", seed=91, parent=parent.id) as child:
             child.register_dataset("fraud", *torch_helpers.fraud_arrays(helpers.SAMPLES))
             child.flush()

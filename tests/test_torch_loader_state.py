@@ -58,13 +58,6 @@ def jitter() -> RecordedTransform:
 
 
 @pytest.fixture
-def manager(tmp_path: Path) -> Iterator[ExperimentManager]:
-    with ExperimentManager(f"sqlite:///{tmp_path / 'ledger.db'}", data_dir=tmp_path / "data"
-                           ) as opened:
-        yield opened
-
-
-@pytest.fixture
 def exp(manager: ExperimentManager) -> Iterator[Experiment]:
     with manager.create_experiment("loader-state", seed=SEED) as run:
         yield run
