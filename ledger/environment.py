@@ -226,6 +226,19 @@ def installed_distribution(path: str | os.PathLike[str]) -> dict[str, str] | Non
     return None
 
 
+def recorded_distribution(code: object) -> tuple[str, str] | None:
+    """The name and version of the distribution a recorded code version names (see
+    :func:`code_version`), or None when it names none — or names one with values that are not
+    text: whoever can write a ledger can record anything there, and readers quote only text."""
+    distribution = code.get("distribution") if isinstance(code, Mapping) else None
+    if not isinstance(distribution, Mapping):
+        return None
+    name, version = distribution.get("name"), distribution.get("version")
+    if isinstance(name, str) and isinstance(version, str):
+        return name, version
+    return None
+
+
 def _package_roots(path: Path) -> list[Path]:
     """The package folders ``path`` lies in, innermost first."""
     roots = [folder for folder in _package_folders() if path.is_relative_to(folder)]

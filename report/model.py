@@ -21,7 +21,7 @@ from datetime import UTC, date, datetime
 from typing import Any, BinaryIO
 
 from ledger import __version__
-from ledger.environment import current_user
+from ledger.environment import current_user, recorded_distribution
 from ledger.recorded_differences import LIBRARY_KEYS
 from ledger.text import escape_unprintable
 from ledger.store.store import ExperimentRow, Store
@@ -29,7 +29,6 @@ from ledger.verify import VerifyReport, verify
 from replay.causes import shown_version
 from replay.engine import default_data_dir_of
 from report.facts import RunFacts, gather
-from report.jsonview import recorded_text
 from report.governance import (DEFAULT_RETENTION, r10_history, r11_retention, r12_limitations,
                                r13_signoff, r14_crosswalk)
 from report.integrity import r9_integrity
@@ -221,14 +220,13 @@ def _no_commit_alert(code: Any) -> str:
     """The alert of a run that recorded no commit: no code version at all, or only the release
     of the distribution that installed its code (a name and version, which no digest ties to
     the code that ran)."""
-    distribution = code.get("distribution") if isinstance(code, dict) else None
-    if isinstance(distribution, dict):
-        name, version = (recorded_text(distribution.get(key)) for key in ("name", "version"))
-        if name is not None and version is not None:
-            return escape_unprintable(
-                f"no commit recorded: the code was installed from the distribution {name} "
-                f"{version}, a release name no digest ties to the code that ran")
-    return "no code version recorded (not run from a git checkout)"
+    distribution = recorded_distribution(code)
+    if distribution is None:
+        return "no code version recorded (not run from a git checkout)"
+    name, version = distribution
+    return escape_unprintable(
+        f"no commit recorded: the code was installed from the distribution {name} "
+        f"{version}, a release name no digest ties to the code that ran")
 
 
 UNTRUSTED_PASS_ALERT = ("RECORDED PASS NOT TRUSTED: the ledger fails verification, so the "

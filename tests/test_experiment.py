@@ -26,7 +26,7 @@ from ledger import (BadInputError, DataAugmenter, ExperimentManager, Store, Stor
 from ledger.batches import batch_input_digest
 from ledger.datasets import dataset_digest
 from ledger.environment import (DIFF_TAG, blas_threads, code_version, environment_fingerprint,
-                                installed_code)
+                                installed_code, recorded_distribution)
 from ledger.events import (AUGMENTATION_BATCH, CHECKPOINT, DATASET_REGISTERED, EPOCH_RESET,
                            EXPERIMENT_CREATED, METRIC, RUN_COMPLETED, USER_DRAW)
 from ledger.experiment import Experiment
@@ -192,6 +192,24 @@ def test_installed_code_records_the_distribution_that_installed_it(tmp_path: Pat
     assert code_version(packages / "mytrainer" / "jobs") == expected
     assert code_version(packages / "mytrainer" / "jobs" / "train.py") == expected
     assert code_version(packages / "stray") == {"vcs": None}
+
+
+@pytest.mark.parametrize("code,expected", [
+    ({"vcs": None, "distribution": {"name": "my-trainer", "version": "1.2.0"}},
+     ("my-trainer", "1.2.0")),
+    ({"vcs": None}, None),
+    ({"vcs": "git", "commit": "0" * 40}, None),
+    ({"vcs": None, "distribution": {"name": "my-trainer", "version": 3}}, None),
+    ({"vcs": None, "distribution": {"name": "my-trainer"}}, None),
+    ({"vcs": None, "distribution": ["my-trainer", "1.2.0"]}, None),
+    (["distribution"], None),
+    (None, None)])
+def test_a_recorded_distribution_is_read_only_when_it_names_a_text_release(
+        code: object, expected: tuple[str, str] | None) -> None:
+    """``show`` and the report name the release a run's code came from only when the recorded
+    code version names one by a text name and version; anything else a writer of the ledger
+    may have put there reads as no release, not as a crash or a quoted non-text value."""
+    assert recorded_distribution(code) == expected
 
 
 def test_a_code_dir_that_does_not_exist_is_refused_before_anything_is_recorded(

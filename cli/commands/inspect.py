@@ -10,6 +10,7 @@ import click
 from cli.display import printable, short
 from cli.main import cli, db_option
 from cli.output import emit_json, iso_time, json_option
+from ledger.environment import recorded_distribution
 from ledger.experiment_info import ResumeSummary, describe_experiment
 from ledger.json_view import json_view
 from ledger.store import Store
@@ -105,12 +106,12 @@ def _no_commit(code: object) -> str:
 
 def _why_no_commit(code: object) -> str:
     """Why a code version has no commit: the distribution that installed the code, when it
-    names one (:func:`ledger.environment.code_version`), else :data:`NO_REPOSITORY`."""
-    distribution = code.get("distribution") if isinstance(code, dict) else None
-    if isinstance(distribution, dict) and {"name", "version"} <= distribution.keys():
-        return (f"(installed from the distribution {_shown(distribution['name'])} "
-                f"{_shown(distribution['version'])})")
-    return NO_REPOSITORY
+    names one (:func:`ledger.environment.recorded_distribution`), else :data:`NO_REPOSITORY`."""
+    distribution = recorded_distribution(code)
+    if distribution is None:
+        return NO_REPOSITORY
+    name, version = distribution
+    return f"(installed from the distribution {name} {version})"
 
 
 def _no_git(code: object) -> bool:
