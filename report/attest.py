@@ -3,7 +3,8 @@
 - **Provenance** (``predicateType`` SLSA Provenance v1): subject = the final checkpoint digests
   (the run head when the run recorded no checkpoint; the main stream's head when it is also
   incomplete); external parameters = the configuration and the root seed; resolved dependencies
-  = the code commit and the dataset digests; byproducts = the run head and every stream head.
+  = the code commit (or, for code installed from a wheel, its release as a ``pkg:pypi`` package
+  URL, which no digest backs) and the dataset digests; byproducts = the run head and every stream head.
 - **Test result** (``predicateType`` in-toto test-result v0.1) of the replay: subject = the run
   head; ``result`` is ``PASSED`` or ``FAILED`` as the replay verdict, and ``WARNED`` when the
   replay was INCONCLUSIVE or not run (the test-result predicate has no such value), with the
@@ -49,6 +50,10 @@ def provenance_statement(report: dict[str, Any]) -> dict[str, Any]:
                              "annotations": {"dirty": r3["dirty"],
                                              "diff_digest": r3["diff_digest"],
                                              "untracked": r3["untracked"]}})
+    elif r3.get("distribution"):  # absent from reports made before it was added
+        name, version = r3["distribution"]["name"], r3["distribution"]["version"]
+        dependencies.append({"name": "code", "uri": f"pkg:pypi/{name}@{version}",
+                             "annotations": {"distribution": name, "version": version}})
     for dataset in r5["datasets"]:
         if dataset["digest"]:
             dependencies.append({"name": f"dataset/{dataset['name']}",

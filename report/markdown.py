@@ -89,7 +89,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         out += _table(["seq", "at", "by", "host", "pid"],
                       [[r["seq"], r["at"], r.get("by"), r["host"], r["pid"]] for r in resumed])
     out += ["## R3 Code", ""] + _pairs(report["R3"], ["vcs", "commit", "dirty", "diff_digest",
-                                                      "untracked", "entrypoint", "command_line",
+                                                      "untracked", "distribution", "entrypoint",
+                                                      "command_line",
                                                       "configuration_digest"])
     out += _resumes(report["R3"], "the code version above")
     r4 = report["R4"]

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ledger.digests import value_digest
+from ledger.environment import recorded_distribution
 from ledger.errors import LedgerError
 from ledger.events import (AUGMENTATION_BATCH, EPOCH_RESET, EXPERIMENT_CREATED, USER_DRAW,
                            WORKER_SPAWNED)
@@ -93,7 +94,8 @@ def _resumed_by(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def r3_code(facts: RunFacts) -> dict[str, Any]:
-    """R3: commit, dirty flag, diff digest, entrypoint (as recorded: module, script and argv, or
+    """R3: commit, dirty flag, diff digest, the release the code was installed from (when it
+    ran from a package folder, not a checkout), entrypoint (as recorded: module, script and argv, or
     the job a trainer named) and command line, configuration digest — as the session that
     created the run recorded them — and how the code of each session that resumed it differed."""
     code = _dict(facts.params.get("code"))
@@ -104,11 +106,19 @@ def r3_code(facts: RunFacts) -> dict[str, Any]:
             "dirty": code.get("dirty") if isinstance(code.get("dirty"), bool) else None,
             "diff_digest": hex_or_none(code.get("diff_digest")),
             "untracked": code.get("untracked") if isinstance(code.get("untracked"), int) else None,
+            "distribution": _distribution(code),
             "entrypoint": json_view(entry) if entry else None,
             "command_line": shlex.join(str(arg) for arg in argv) if argv else None,
             "configuration_digest": config_digest(facts),
             "resumes": [_resumed_session(body, "code", code, differences)
                         for body in facts.resumes]}
+
+
+def _distribution(code: dict[str, Any]) -> dict[str, str] | None:
+    """The release a run's code was installed from (see
+    :func:`ledger.environment.recorded_distribution`), or None."""
+    distribution = recorded_distribution(code)
+    return None if distribution is None else dict(zip(("name", "version"), distribution))
 
 
 def config_digest(facts: RunFacts) -> str | None:

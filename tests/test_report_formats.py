@@ -545,11 +545,28 @@ def test_the_provenance_names_the_code_and_datasets_only_when_their_digests_are_
     code = [d for d in dependencies if d["name"] == "code"]
     assert [(d["digest"], d["annotations"]["dirty"]) for d in code] == [
         ({"gitCommit": "0123abcd"}, True)]
-    changed["R3"]["commit"] = None
+    changed["R3"].update(commit=None, distribution=None)
     for dataset in changed["R5"]["datasets"]:
         dataset["digest"] = None
     assert provenance_statement(changed)["predicate"]["buildDefinition"][
         "resolvedDependencies"] == []
+
+
+def test_the_provenance_names_code_installed_from_a_wheel_by_its_release(
+        report: dict[str, Any]) -> None:
+    """Code with no commit but a recorded distribution is a dependency known by a package URL
+    (no digest: a release name is all the run recorded); a report made before R3 carried the
+    distribution names no code, as before."""
+    changed = json.loads(json.dumps(report))
+    changed["R3"].update(commit=None, distribution={"name": "my-trainer", "version": "1.2.0"})
+    dependencies = provenance_statement(changed)["predicate"]["buildDefinition"][
+        "resolvedDependencies"]
+    assert [d for d in dependencies if d["name"] == "code"] == [
+        {"name": "code", "uri": "pkg:pypi/my-trainer@1.2.0",
+         "annotations": {"distribution": "my-trainer", "version": "1.2.0"}}]
+    del changed["R3"]["distribution"]
+    assert not [d for d in provenance_statement(changed)["predicate"]["buildDefinition"][
+        "resolvedDependencies"] if d["name"] == "code"]
 
 
 @pytest.mark.parametrize("verdict,listed,line", [

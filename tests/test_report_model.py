@@ -110,21 +110,23 @@ def test_the_envelope_carries_the_options_given(honest: tuple[str, Path, str]) -
         "rpt-0123456789abcdef", "ada@lab", "2025-01-01T10:00:30Z")
 
 
-@pytest.mark.parametrize("code,alerts", [
+@pytest.mark.parametrize("code,alerts,distribution", [
     ({"vcs": "git", "commit": "0" * 40, "dirty": False, "diff_digest": None, "untracked": 0},
-     []),
-    ({"vcs": None}, ["no code version recorded (not run from a git checkout)"]),
+     [], None),
+    ({"vcs": None}, ["no code version recorded (not run from a git checkout)"], None),
     ({"vcs": None, "distribution": {"name": "my-trainer", "version": "1.2.0"}},
      ["no commit recorded: the code was installed from the distribution my-trainer 1.2.0, a "
-      "release name no digest ties to the code that ran"]),
+      "release name no digest ties to the code that ran"],
+     {"name": "my-trainer", "version": "1.2.0"}),
     ({"vcs": None, "distribution": {"name": "my-trainer", "version": 3}},
-     ["no code version recorded (not run from a git checkout)"])])
+     ["no code version recorded (not run from a git checkout)"], None)])
 def test_a_replayed_run_of_committed_code_needs_no_attention(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: dict[str, Any],
-        alerts: list[str]) -> None:
+        alerts: list[str], distribution: dict[str, str] | None) -> None:
     """An honest run from a clean checkout, replayed and intact, has no alert and does not
     ask for attention (every alert is something a reader must act on); without a code
-    version, that is its one alert."""
+    version, that is its one alert. R3 names the release code installed from a wheel came
+    from, and nothing for a recorded release that is not text."""
     import ledger.experiment
 
     monkeypatch.setattr(ledger.experiment, "code_version", lambda *_: code)
@@ -133,10 +135,13 @@ def test_a_replayed_run_of_committed_code_needs_no_attention(
     monkeypatch.undo()
     with Store.open(url) as store:
         record_replay(store, replay_run(store, exp, data_dir=tmp_path / "data"))
-    summary = report_of(url, exp)["summary"]
+    report = report_of(url, exp)
+    summary = report["summary"]
     assert (summary["alerts"], summary["attention"]) == (alerts, bool(alerts))
     assert (summary["integrity"], summary["findings"], summary["replay"]) == ("VERIFIED", 0,
                                                                              "PASSED")
+    assert report["R3"]["distribution"] == distribution
+    assert schema_errors(report) == []
 
 
 @pytest.mark.parametrize("scheme", [SEED_SCHEME, "ledger/seed/v9"])
