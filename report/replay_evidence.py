@@ -115,7 +115,8 @@ def r8_replay(facts: RunFacts, outcome: ReplayOutcome | None) -> dict[str, Any]:
                 "matched": recorded_int(certificate.get("matched")),
                 "mismatched": recorded_int(certificate.get("mismatched")),
                 "missing": 0, "extra": 0, "by_kind": compared,
-                "not_draws": _counts(certificate.get("not_draws"))},
+                "not_draws": _counts(certificate.get("not_draws")),
+                "skipped": _counts(certificate.get("skipped"))},
         first_divergence=json_view(certificate.get("first_divergence"))
         if isinstance(certificate.get("first_divergence"), dict) else None,
         certified_head=head if isinstance(head, str) and _SHA256.fullmatch(head) else None,

@@ -427,7 +427,7 @@ def test_a_recorded_certificate_of_other_types_still_gives_a_valid_report(
                                                                            False)
     assert r8["counts"] == {"compared": 2, "matched": None, "mismatched": 0, "missing": 0,
                             "extra": 0, "by_kind": {"epoch_reset": 2},
-                            "not_draws": {"checkpoint": 1}}
+                            "not_draws": {"checkpoint": 1}, "skipped": {}}
     assert (r8["replayed_by"], r8["plugins"], r8["first_divergence"]) == (None, ["p/1"], None)
     assert r8["environment_differences"] == [{"key": "numpy"}]
 
@@ -1605,3 +1605,6 @@ def test_a_recorded_failure_at_a_changed_dataset_of_an_incomplete_run_is_current
     r8 = report["R8"]
     assert (r8["verdict"], r8["certified_head"], r8["head_is_current"]) == ("FAILED", None, True)
     assert not any("went on" in alert for alert in report["summary"]["alerts"])
+    # compared: the dataset, which differed; left unchecked: the draws, as every one would
+    assert (r8["counts"]["compared"], r8["counts"]["mismatched"], r8["counts"]["skipped"]) == (
+        1, 1, {"epoch_reset": 1})
