@@ -16,12 +16,13 @@ the draws. Draws are read in windows of WINDOW_DRAWS events, so memory does not 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,24 +226,26 @@ class _Replay:
                              if is_draw(kind) or kind == DATASET_REGISTERED)
         report: ReplayReport  # made in the first window: _windows yields at least one
         comparer: Comparer
-        windows = self._windows()
-        for first, bodies, kinds in windows:
-            with DrawExecution(context, bodies, self.jobs, self.trusted) as execution:
-                if first:
-                    datasets = _DatasetCheck(loaded, execution)
-                    self.gate.check()
-                    report, comparer = self._report(created, plugins, root)
-                try:
-                    mismatches = execution.run(
-                        lambda: self._progress(self.done + execution.claims.claimed()))
-                except Exception:
-                    if first and self._datasets_differ(comparer, datasets.results()):
-                        return self._stopped(report, windows)
-                    raise
-            if first and self._datasets_differ(comparer, datasets.results()):
-                return self._stopped(report, windows)  # changed data: every draw would differ
-            self._compare(comparer, bodies, kinds, mismatches)
-            self._progress(self.done)
+        # Closed however the replay ends: a reader left suspended by an error would keep its
+        # connection checked out for as long as the error's traceback lives.
+        with contextlib.closing(self._windows()) as windows:
+            for first, bodies, kinds in windows:
+                with DrawExecution(context, bodies, self.jobs, self.trusted) as execution:
+                    if first:
+                        datasets = _DatasetCheck(loaded, execution)
+                        self.gate.check()
+                        report, comparer = self._report(created, plugins, root)
+                    try:
+                        mismatches = execution.run(
+                            lambda: self._progress(self.done + execution.claims.claimed()))
+                    except Exception:
+                        if first and self._datasets_differ(comparer, datasets.results()):
+                            return self._stopped(report, windows)
+                        raise
+                if first and self._datasets_differ(comparer, datasets.results()):
+                    return self._stopped(report, windows)  # changed data: every draw would differ
+                self._compare(comparer, bodies, kinds, mismatches)
+                self._progress(self.done)
         return self._finished(self._count_not_draws(report))
 
     def _count_not_draws(self, report: ReplayReport) -> ReplayReport:
@@ -281,7 +284,7 @@ class _Replay:
                 in self.store.iter_kind_bodies(self.exp, [DATASET_REGISTERED])
                 if stream != AUDIT_STREAM]
 
-    def _windows(self) -> Iterator[tuple[bool, list[bytes], list[str]]]:
+    def _windows(self) -> Generator[tuple[bool, list[bytes], list[str]], None, None]:
         """The run's draws in windows of WINDOW_DRAWS (at least one window, maybe empty)."""
         bodies: list[bytes] = []
         kinds: list[str] = []

@@ -4,7 +4,8 @@
   (the run head when the run recorded no checkpoint; the main stream's head when it is also
   incomplete); external parameters = the configuration and the root seed; resolved dependencies
   = the code commit (or, for code installed from a wheel, its release as a ``pkg:pypi`` package
-  URL, which no digest backs) and the dataset digests; byproducts = the run head and every stream head.
+  URL, which no digest backs) and the dataset digests; byproducts = the run head and every
+  stream head.
 - **Test result** (``predicateType`` in-toto test-result v0.1) of the replay: subject = the run
   head; ``result`` is ``PASSED`` or ``FAILED`` as the replay verdict, and ``WARNED`` when the
   replay was INCONCLUSIVE or not run (the test-result predicate has no such value), with the

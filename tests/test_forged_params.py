@@ -24,12 +24,14 @@ from conftest import run_cli
 from forgery import copy_run
 from ledger.augment import DataAugmenter
 from ledger.datasets import read_npz
-from ledger.errors import BadInputError
+from ledger.errors import BadInputError, CannotReplayError
 from ledger.events import decode_body
 from ledger.integrations.sharding import rank_share, share_size
 from ledger.seeds import derive_bytes, root_seed_from_bytes
 from ledger.store import Store
 from ledger.verify import verify
+import replay.engine
+from replay.engine import replay_run
 from replay.npz import read_npz_arrays
 from replay_helpers import record_run
 
@@ -283,8 +285,6 @@ def test_a_dataset_file_registered_many_times_is_read_and_digested_once(
     20 MB file 300 times needed 6 GB (an internal MemoryError under a 3 GB limit). The same
     file, however its path is spelt, is read and digested once."""
     import replay.datasets
-    import replay.engine
-    from replay.engine import replay_run
 
     forged, exp = _forged(tmp_path, _registered_again(50))
     calls = {"read": 0, "digest": 0}
@@ -693,3 +693,18 @@ def test_a_draw_recorded_with_an_input_it_does_not_read_is_named_so(tmp_path: Pa
     assert ("epoch_reset [epoch/0/shuffle]: input differs (input expected " + "02" * 32
             + ", got None) — the record names an input for a draw that reads none"
             ) in result.stdout
+
+
+def test_a_replay_that_cannot_go_on_gives_back_the_connection_it_was_reading_with(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replay reads the run's draws through one streaming query. Raised out of mid-run, it
+    kept that query's connection checked out for as long as the error lived (its traceback
+    holds the reader): closing the store then left the connection open — Python 3.13 warns of
+    it when garbage collection finds it — and a service catching the error kept it for good."""
+    forged, exp = _forged(tmp_path, _set("augmentation_batch", batch="x"))
+    monkeypatch.setattr(replay.engine, "WINDOW_DRAWS", 2)  # the query is read in several windows
+    with Store.open(forged) as store:
+        with pytest.raises(CannotReplayError, match="cannot be re-executed") as caught:
+            replay_run(store, exp, data_dir=tmp_path / "data")
+        assert caught.value.__traceback__ is not None  # the error, and its frames, still live
+        assert store.engine.pool.checkedout() == 0
