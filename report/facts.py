@@ -18,6 +18,7 @@ from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EXPERIM
                            MAIN_STREAM, METRIC, REPLAY_RECORDED, REPORT_EXPORTED, RUN_COMPLETED,
                            RUN_RESUMED, WORKER_SPAWNED, decode_body)
 from ledger.store.store import ExperimentRow, Store, StreamHead
+from report.jsonview import recorded_int
 from report.metrics import MetricCurves
 
 QUOTED_KINDS = (EXPERIMENT_CREATED, DATASET_REGISTERED, WORKER_SPAWNED, METRIC, CHECKPOINT,
@@ -46,6 +47,9 @@ class RunFacts:
     audit: list[dict[str, Any]] = field(default_factory=list)
     resumes: list[dict[str, Any]] = field(default_factory=list)
     """The ``run_resumed`` events of main, in seq order: one per session that resumed the run."""
+    suspended_ns: list[int | None] = field(default_factory=list)
+    """For each of ``resumes``: how long the run was suspended before it, from the latest event
+    recorded before the resume to the resume (None when the times are not recorded)."""
     undecodable: list[tuple[str, int, str]] = field(default_factory=list)
     parent_in_ledger: bool | None = None
     """Whether the recorded parent run is an experiment of this ledger (None: no parent)."""
@@ -81,7 +85,18 @@ def gather(store: Store, row: ExperimentRow, heads: dict[str, StreamHead] | None
         else:  # something follows it (verification says what): ask for its own hash
             facts.run_head = store.first_event_hash(exp, RUN_COMPLETED)
     facts.parent_in_ledger = parent_in_ledger(store, facts.params.get("parent"))
+    facts.suspended_ns = [_suspended_before(store, exp, body) for body in facts.resumes]
     return facts
+
+
+def _suspended_before(store: Store, exp: str, resume: dict[str, Any]) -> int | None:
+    """Nanoseconds from the latest event recorded before the ``run_resumed`` event ``resume``
+    to it: the time the run was suspended (0 when clocks of other machines run ahead)."""
+    seq, resumed_at = recorded_int(resume.get("seq")), recorded_int(resume.get("t"))
+    if seq is None or resumed_at is None:
+        return None
+    before = store.latest_time_before(exp, MAIN_STREAM, seq)
+    return None if before is None else max(0, resumed_at - before)
 
 
 def _take(facts: RunFacts, stream: str, kind: str, body: dict[str, Any]) -> None:

@@ -160,12 +160,13 @@ def _r2(report: dict[str, Any]) -> str:
     resumes = report["R2"].get("resumes", [])
     rows = "".join(f"<tr><td class=\"num\">{e(r['seq'])}</td><td>{e(r['at'])}</td>"
                    f"<td>{e(r.get('by'))}</td><td>{e(r['host'])}</td>"
-                   f"<td class=\"num\">{e(r['pid'])}</td></tr>" for r in resumes)
+                   f"<td class=\"num\">{e(r['pid'])}</td>"
+                   f"<td class=\"num\">{e(r.get('suspended_s'))}</td></tr>" for r in resumes)
     return (_rows([(name, value) for name, value in report["R2"].items()
                    if name not in ("title", "resumes")])
             + ("<h3>Sessions that resumed the run</h3><table><tr><th>run_resumed seq</th>"
-               f"<th>at (UTC)</th><th>by</th><th>host</th><th>pid</th></tr>{rows}</table>"
-               if resumes else ""))
+               "<th>at (UTC)</th><th>by</th><th>host</th><th>pid</th>"
+               f"<th>suspended before (s)</th></tr>{rows}</table>" if resumes else ""))
 
 
 def _r3(report: dict[str, Any]) -> str:

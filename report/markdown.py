@@ -82,12 +82,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         out += [m(unplotted_note(r1["metrics_not_plotted"])), ""]
     out += ["## R2 Who and when", ""] + _pairs(report["R2"], ["started_by", "host", "pid",
                                                               "started_at", "ended_at",
-                                                              "duration_s", "resources", "note"])
+                                                              "duration_s", "suspended_s",
+                                                              "active_s", "resources", "note"])
     resumed = report["R2"].get("resumes", [])  # absent from reports made before it was added
     if resumed:
         out += ["Sessions that resumed the run:", ""]
-        out += _table(["seq", "at", "by", "host", "pid"],
-                      [[r["seq"], r["at"], r.get("by"), r["host"], r["pid"]] for r in resumed])
+        out += _table(["seq", "at", "by", "host", "pid", "suspended before (s)"],
+                      [[r["seq"], r["at"], r.get("by"), r["host"], r["pid"],
+                        r.get("suspended_s")] for r in resumed])
     out += ["## R3 Code", ""] + _pairs(report["R3"], ["vcs", "commit", "dirty", "diff_digest",
                                                       "untracked", "distribution", "entrypoint",
                                                       "command_line",

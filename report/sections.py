@@ -62,18 +62,26 @@ def r1_identity(facts: RunFacts) -> dict[str, Any]:
 
 def r2_who_and_when(facts: RunFacts) -> dict[str, Any]:
     """R2: who started the run, where, when it started and ended, and with what resources;
-    and each session that resumed it (when, host, pid: its ``run_resumed``'s time and meta)."""
+    and each session that resumed it (when, host, pid: its ``run_resumed``'s time and meta).
+    ``duration_s`` runs from creation to completion; ``suspended_s`` sums the time between each
+    resume and the latest event recorded before it, ``active_s`` is the rest: what a run that
+    was preempted and resumed days later really ran."""
     created = facts.created or {}
     meta = _dict(created.get("meta"))
     platform = _dict(_dict(facts.params.get("environment")).get("platform"))
     started = recorded_int(created.get("t"))
     ended = recorded_int((facts.completed or {}).get("t"))
     workers = [_dict(body.get("params")) for body in facts.workers]
+    duration = None if started is None or ended is None else _seconds(ended - started)
+    suspended = None if None in facts.suspended_ns else sum(
+        gap for gap in facts.suspended_ns if gap is not None)
     return {"title": "Who and when", "started_by": recorded_text(meta.get("user")),
             "host": recorded_text(meta.get("host")), "pid": recorded_int(meta.get("pid")),
             "started_at": rfc3339(started), "ended_at": rfc3339(ended),
-            "duration_s": None if started is None or ended is None else round(
-                (ended - started) / 1e9, 3),
+            "duration_s": duration,
+            "suspended_s": _seconds(suspended),
+            "active_s": None if duration is None or suspended is None else round(
+                duration - suspended / 1e9, 3),
             "resources": {"cpu_count": platform.get("cpu_count"),
                           "machine": recorded_text(platform.get("machine")),
                           "workers_spawned": facts.worker_count,
@@ -81,16 +89,22 @@ def r2_who_and_when(facts: RunFacts) -> dict[str, Any]:
                                                    if w.get("start_method") is not None})},
             "note": None if meta.get("user") else
             "the ledger records the host and process of the run, not the user who started it",
-            "resumes": [_resumed_by(body) for body in facts.resumes]}
+            "resumes": [_resumed_by(body, gap)
+                        for body, gap in zip(facts.resumes, facts.suspended_ns)]}
 
 
-def _resumed_by(body: dict[str, Any]) -> dict[str, Any]:
+def _seconds(nanoseconds: int | None) -> float | None:
+    return None if nanoseconds is None else round(nanoseconds / 1e9, 3)
+
+
+def _resumed_by(body: dict[str, Any], suspended_ns: int | None) -> dict[str, Any]:
     """One session that resumed the run, as its ``run_resumed`` records it: when, who (None in
-    ledgers written before a resume recorded its user), host and process."""
+    ledgers written before a resume recorded its user), host and process — and how long the
+    run was suspended before it."""
     meta = _dict(body.get("meta"))
     return {"seq": recorded_int(body.get("seq")), "at": rfc3339(body.get("t")),
             "by": recorded_text(meta.get("user")), "host": recorded_text(meta.get("host")),
-            "pid": recorded_int(meta.get("pid"))}
+            "pid": recorded_int(meta.get("pid")), "suspended_s": _seconds(suspended_ns)}
 
 
 def r3_code(facts: RunFacts) -> dict[str, Any]:

@@ -1385,6 +1385,52 @@ def test_r2_states_when_the_run_started_and_ended_and_how_long_it_took(tmp_path:
     assert r2["duration_s"] == 61.235
 
 
+HOUR = 3600 * 10**9
+
+
+def _resumed_after(store: Store, recorded_exp: str, last_t: int, resumed_t: int) -> None:
+    """Resume the suspended run ``recorded_exp`` (its main stream's last event at ``last_t``)
+    with a ``run_resumed`` at ``resumed_t``, one more event, and complete it an hour later."""
+    times = iter([resumed_t, resumed_t + 1, resumed_t + HOUR])
+    writer = StreamWriter(store, recorded_exp, "main", flush_interval=None,
+                          clock=lambda: next(times))
+    writer.append("run_resumed", params={"suspended_after": last_t}, meta={"pid": 2})
+    writer.append("metric", params={"epoch": 9, "name": "val_auc", "value": 0.9},
+                  output=value_digest(0.9))
+    writer.append("run_completed", params={"status": "ok", "streams": {}})
+    writer.close()
+
+
+@pytest.mark.parametrize("gap", [2 * HOUR, -5 * 10**9])
+def test_r2_counts_the_time_a_resumed_run_was_suspended_apart_from_the_time_it_ran(
+        store_url: str, gap: int) -> None:
+    """A run preempted in the evening and resumed the next morning did not train all night:
+    R2 keeps the duration from creation to completion, and says how long the run was
+    suspended (from the latest event recorded before each resume to the resume) and so how
+    long it ran. A resume whose clock is behind the last event's (another machine) counts no
+    suspension rather than a negative one."""
+    url = store_url
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store, workers=0, complete=False)
+        last_t = recorded.main[-1].t
+        _resumed_after(store, recorded.exp, last_t, last_t + gap)
+    report = report_of(url, recorded.exp)
+    r2, suspended = report["R2"], max(gap, 0) / 1e9
+    assert r2["duration_s"] == round((last_t + gap + HOUR - recorded.created_t) / 1e9, 3)
+    assert (r2["suspended_s"], [r["suspended_s"] for r in r2["resumes"]]) == (
+        suspended, [suspended])
+    assert r2["active_s"] == round(r2["duration_s"] - suspended, 3)
+    assert schema_errors(report) == []
+
+
+def test_r2_of_a_run_never_resumed_counts_no_suspension(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store)
+    r2 = report_of(url, recorded.exp)["R2"]
+    assert (r2["suspended_s"], r2["active_s"]) == (0.0, r2["duration_s"])
+
+
 @pytest.mark.parametrize("started", [True, 1.7e18, "1700000000000000000"])
 def test_r2_gives_no_duration_when_the_recorded_start_is_not_an_integer(
         tmp_path: Path, started: Any) -> None:
@@ -1497,10 +1543,14 @@ def test_r2_and_r4_list_every_session_that_resumed_the_run_and_how_its_environme
     url, exp = _resumed_elsewhere(tmp_path, monkeypatch)
     with Store.open(url) as store:
         seams = [body for body in bodies(store, exp) if body["kind"] == "run_resumed"]
+        recorded = [body for body in bodies(store, exp) if body["stream"] != "audit"]
+    gaps = [body["t"] - max(earlier["t"] for earlier in recorded[:position])
+            for position, body in enumerate(recorded) if body["kind"] == "run_resumed"]
     report = report_of(url, exp)
     assert report["R2"]["resumes"] == [
         {"seq": body["seq"], "at": utc_text(body["t"]), "by": current_user(),
-         "host": socket.gethostname(), "pid": os.getpid()} for body in seams]
+         "host": socket.gethostname(), "pid": os.getpid(), "suspended_s": round(gap / 1e9, 3)}
+        for body, gap in zip(seams, gaps, strict=True)]
     assert report["R4"]["resumes"] == [
         {"seq": body["seq"], "at": utc_text(body["t"]), "recorded": True, "differences": [
             {"key": key, "recorded": old, "resumed": new} for key, old, new in changes]}

@@ -163,15 +163,24 @@ def assert_report_says(report: dict[str, Any], run: Oracle,
     created = events[0].body
     r2 = report["R2"]
     assert (r2["host"], r2["pid"]) == (created["meta"]["host"], created["meta"]["pid"])
+    resumed = [event for event in events if event.kind == "run_resumed"]
+    # suspended before a resume: from the latest time recorded before it, outside audit
+    gaps = [max(0, event.body["t"] - max(e.body["t"] for e in events[:position]
+                                         if e.stream != "audit"))
+            for position, event in enumerate(events) if event.kind == "run_resumed"]
+    assert r2["suspended_s"] == round(sum(gaps) / 1e9, 3)
     if completed:
         assert r2["duration_s"] == round((completed[0].body["t"] - created["t"]) / 1e9, 3)
+        assert r2["active_s"] == round(r2["duration_s"] - sum(gaps) / 1e9, 3)
+    else:
+        assert r2["duration_s"] is r2["active_s"] is None
     assert r2["resources"]["workers_spawned"] == kinds(events)["worker_spawned"]
     assert report["R4"]["packages"] == {k: str(v) for k, v in sorted(
         created["params"]["environment"]["packages"].items())}
-    resumed = [event for event in events if event.kind == "run_resumed"]
     assert r2["resumes"] == [{"seq": e.seq, "at": utc_of(e.body["t"]),
                               "by": e.body["meta"].get("user"), "host": e.body["meta"]["host"],
-                              "pid": e.body["meta"]["pid"]} for e in resumed]
+                              "pid": e.body["meta"]["pid"], "suspended_s": round(gap / 1e9, 3)}
+                             for e, gap in zip(resumed, gaps, strict=True)]
     assert report["R4"]["resumes"] == [
         {"seq": e.seq, "at": utc_of(e.body["t"]), "recorded": True,
          "differences": environment_changes(created["params"]["environment"],

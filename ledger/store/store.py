@@ -475,6 +475,20 @@ class Store:
         with self._reading() as connection:
             return [tuple(row) for row in connection.execute(query)]
 
+    def latest_time_before(self, exp: str, stream: str, seq: int) -> int | None:
+        """The latest recorded time (``t``) of the events of ``exp`` outside the audit stream
+        that were appended before the event ``(stream, seq)``; None when there are none, or no
+        such event. A run resumed at that event was suspended from then on: what a report
+        counts as time not spent running."""
+        events = events_table.c
+        appended_at = (select(events.id).where(events.exp == exp, events.stream == stream,
+                                               events.seq == seq).scalar_subquery())
+        query = select(func.max(events.t)).where(events.exp == exp,
+                                                 events.stream != AUDIT_STREAM,
+                                                 events.id < appended_at)
+        with self._reading() as connection:
+            return connection.execute(query).scalar()
+
     def last_event(self, exp: str, stream: str) -> tuple[int, bytes] | None:
         """``(seq, hash)`` of the last event of a stream, or None for an empty stream."""
         query = (select(events_table.c.seq, events_table.c.hash)
