@@ -239,3 +239,22 @@ def test_sqlite_url_arguments_the_driver_would_ignore_or_fail_on_are_refused(
     done = run_cli("--db", f"sqlite:///{ledger}{query}", "list", cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert says in done.stderr and "Warning" not in done.stderr
+
+
+@pytest.mark.parametrize("query", ["?mode=ro&uri=true", "?immutable=1&uri=true",
+                                   "?cache=shared&uri=TRUE"])
+@pytest.mark.parametrize("command", [["list"], ["verify", "exp-000000000000"],
+                                     ["demo", "--epochs", "1", "--workers", "0"]])
+def test_uri_true_without_a_file_uri_is_refused_and_creates_nothing(
+        tmp_path: Path, query: str, command: list[str]) -> None:
+    """SQLite reads a database name as a URI only when it starts with ``file:``: with
+    ``sqlite:////path/ledger.db?mode=ro&uri=true`` it opened — and created — a file named
+    ``ledger.db?mode=ro``, so a read command called a good ledger "not a ledger" and left an
+    empty database behind, and the demo, refusing a read-only ledger, left one of 45 KB."""
+    ledger = tmp_path / "ledger.db"
+    Store.open(f"sqlite:///{ledger}", create=True).close()
+    before = sorted(path.name for path in tmp_path.iterdir())
+    done = run_cli("--db", f"sqlite:///{ledger}{query}", *command, cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "uri=true needs the database named as a file: URI" in done.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == before

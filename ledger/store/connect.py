@@ -389,7 +389,8 @@ def _check_sqlite_query(parsed: URL, shown: str) -> None:
     """Refuse SQLite URL query arguments other than SQLite's own URI parameters with
     ``uri=true`` (``sqlite:///file:ledger.db?mode=ro&uri=true``): without it the driver ignores
     ``mode=ro`` with a warning and opens the file read-write, and ``timeout=abc`` fails inside
-    the driver."""
+    the driver. ``uri=true`` itself needs a ``file:`` name, or SQLite creates a file named
+    ``ledger.db?mode=ro``."""
     query = dict(parsed.query)
     uri = _uri_flag(parsed)
     query.pop("uri", None)
@@ -400,6 +401,11 @@ def _check_sqlite_query(parsed: URL, shown: str) -> None:
     if query and not uri:
         raise StoreError(f"cannot open {shown}: SQLite URL arguments ({', '.join(sorted(query))}) "
                          f"need uri=true, as in sqlite:///file:ledger.db?mode=ro&uri=true")
+    if uri and not (parsed.database or "").startswith("file:"):
+        # SQLite reads only a name that starts with file: as a URI: it would open (and create)
+        # a file named with the arguments, "ledger.db?mode=ro", and ignore them
+        raise StoreError(f"cannot open {shown}: uri=true needs the database named as a file: "
+                         f"URI, as in sqlite:///file:ledger.db?mode=ro&uri=true")
 
 
 def open_engine(url: str | None = None, *, create: bool = False) -> tuple[Engine, URL]:
