@@ -234,17 +234,34 @@ class OutputFailed(LedgerError):
     internal error of the ledger, as it was shown."""
 
 
+HELD_OUTPUT_BYTES = 64 * 1024
+"""Output held before it is written when stdout is no terminal: a pipe's capacity on Linux."""
+
+
 class _GuardedStdout:
     """``sys.stdout`` whose writes raise :class:`ReaderGone` on a broken pipe.
 
     Text is encoded here and written to the binary layer until every byte is taken: with
     ``PYTHONUNBUFFERED`` that layer is the raw file, whose short write (the reader left
     mid-write) the text layer would silently drop — output cut, exit 0.
+
+    Into a pipe or a file, output is held (up to HELD_OUTPUT_BYTES) and written at once when
+    the command ends — or before anything goes to stderr, so that the two keep their order —
+    since ``click.echo`` writes and flushes line by line: ``ledger show EXP | head -1`` ended
+    141 or 0 by how the reader's exit fell between two lines, though the pipe took the whole
+    output. A command that reports progress on stdout (``ledger demo``) streams it instead
+    (:func:`stream_output`), and a forked child writes its own output as it comes (what the
+    parent held is the parent's to write).
     """
 
     def __init__(self, wrapped: Any) -> None:
         self._wrapped = wrapped
         self.written = False
+        self._held = bytearray()
+        self._holding = not _is_terminal(wrapped)
+        self.failure: ReaderGone | OutputFailed | None = None
+        """A write to the pipe that failed while something else was written (to stderr):
+        raised again by the command's last :meth:`push`."""
 
     def write(self, text: str) -> int:
         """Write all of ``text`` (encoded as the stream would) or raise ReaderGone."""
@@ -253,20 +270,61 @@ class _GuardedStdout:
 
     def write_bytes(self, data: bytes) -> None:
         """Write all of ``data`` to the binary layer (also a report, as it is signed), or raise
-        ReaderGone."""
+        ReaderGone; into a pipe or a file, hold it while the held output is small."""
         self.written = self.written or bool(data)
+        if self._holding:
+            self._held += data
+            if len(self._held) >= HELD_OUTPUT_BYTES:
+                self.push()
+            return
+        self._write_through(data)
+
+    def _write_through(self, data: bytes | bytearray) -> None:
         try:
             self._wrapped.flush()
             view = memoryview(data)
             while view:
                 view = view[self._wrapped.buffer.write(view) or 0:]
+            self._wrapped.buffer.flush()
         except BrokenPipeError:
             raise ReaderGone from None
         except OSError as error:
             raise _output_failed(error) from None
 
+    def push(self) -> None:
+        """Write the held output now, or raise ReaderGone (or OutputFailed) — also a failure
+        met earlier while pushing it before a write to stderr."""
+        if self.failure is not None:
+            raise self.failure
+        held, self._held = bytes(self._held), bytearray()
+        if held:
+            self._write_through(held)
+
+    def push_before_stderr(self) -> None:
+        """Write the held output before a line goes to stderr; a failure is kept for the end
+        of the command (see :attr:`failure`), where it decides the exit code."""
+        if self.failure is None and self._held:
+            try:
+                self.push()
+            except (ReaderGone, OutputFailed) as error:
+                self.failure = error
+
+    def stream(self) -> None:
+        """Write what is held, and from now on every write as it comes."""
+        self._holding = False
+        self.push_before_stderr()
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child: drop the parent's held output (the parent writes it) and write
+        the child's own as it comes."""
+        self._held = bytearray()
+        self._holding = False
+
     def flush(self) -> None:
-        """Flush both layers down to the file, or raise ReaderGone."""
+        """Flush both layers down to the file, or raise ReaderGone — unless output is held,
+        which the command's end writes."""
+        if self._holding:
+            return
         try:
             self._wrapped.flush()
             self._wrapped.buffer.flush()
@@ -277,6 +335,45 @@ class _GuardedStdout:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._wrapped, name)
+
+
+class _OrderedStderr:
+    """``sys.stderr`` that writes stdout's held output first, so that ``2>&1`` keeps the
+    order in which the command wrote its lines."""
+
+    def __init__(self, wrapped: Any, stdout: _GuardedStdout) -> None:
+        self._wrapped = wrapped
+        self._stdout = stdout
+
+    def write(self, text: str) -> int:
+        """Write ``text`` after stdout's held output."""
+        self._stdout.push_before_stderr()
+        return self._wrapped.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._wrapped, name)
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (OSError, ValueError):
+        return False
+
+
+def stream_output() -> None:
+    """From now on write stdout as it comes rather than hold it to the command's end: for a
+    command whose output reports progress (``ledger demo``)."""
+    if isinstance(sys.stdout, _GuardedStdout):
+        sys.stdout.stream()
+
+
+def _drop_held_output_in_child() -> None:
+    if isinstance(sys.stdout, _GuardedStdout):
+        sys.stdout.after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_drop_held_output_in_child)
 
 
 def _output_failed(error: OSError) -> OutputFailed:
@@ -320,8 +417,9 @@ def main(argv: list[str] | None = None) -> None:
             logging.getLogger(name).propagate = False
     _register_commands()
     forget_json_request()
-    stdout = sys.stdout
-    sys.stdout = _GuardedStdout(stdout)
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout = guarded = _GuardedStdout(stdout)
+    sys.stderr = _OrderedStderr(stderr, guarded)
     try:
         if signal.getsignal(signal.SIGINT) is _aborted_while_starting:
             signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C is Abort now
@@ -354,13 +452,15 @@ def main(argv: list[str] | None = None) -> None:
         code = _failed(error, 2, f"internal error: {type(error).__name__}: "
                                  f"{_one_line(str(error))} (set LEDGER_DEBUG=1 for a traceback)")
     try:
-        sys.stdout.flush()  # here, not at interpreter exit, so that a closed pipe is seen
+        guarded.push()  # here, not at interpreter exit, so that a closed pipe is seen
+        guarded.flush()
     except ReaderGone:
         code = _reader_gone()
     except OutputFailed as error:
+        guarded.failure = None  # said once, below; nothing more is written to stdout
         code = _failed(error, error.exit_code, f"error: {error}")
         _reader_gone()  # what is left unwritten must not fail again at exit
-    sys.stdout = stdout
+    sys.stdout, sys.stderr = stdout, stderr
     sys.exit(code if isinstance(code, int) else 0)
 
 

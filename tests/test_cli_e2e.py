@@ -705,6 +705,65 @@ def test_a_reader_that_goes_away_is_exit_141_not_a_failed_check(tmp_path: Path) 
 
 
 @pytest.mark.parametrize("unbuffered", ["", "1"], ids=["buffered", "PYTHONUNBUFFERED"])
+def test_output_the_pipe_takes_whole_ends_0_however_soon_the_reader_leaves(
+        tmp_path: Path, unbuffered: str) -> None:
+    """`ledger show EXP | head -1`: show printed line by line, so the reader's exit after the
+    first line made a later line's write fail — exit 141 in 16 runs of 20, 0 in the others.
+    Output that fits in the pipe is now written at once: always 0."""
+    import os
+    import sys
+
+    from ledger.experiment import ExperimentManager
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("short", seed=1, hyperparams={"lr": 0.1}) as exp:
+            pass
+    command = f'"{sys.executable}" -m cli --db "{url}"'
+    script = "; ".join(f'{command} {args} | head -1 >/dev/null; echo "exit=${{PIPESTATUS[0]}}"'
+                       for args in [f"show {exp.id}"] * 8 + [f"verify {exp.id}"] * 2)
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent),
+                               "PYTHONUNBUFFERED": unbuffered})
+    assert done.stdout.split() == ["exit=0"] * 10, done.stdout + done.stderr
+    assert done.stderr == ""
+
+
+def test_stdout_and_stderr_keep_their_order_and_the_demo_streams_its_progress(
+        tmp_path: Path) -> None:
+    """Held output is written before anything goes to stderr, so `2>&1` keeps the order the
+    command wrote in (here replay's DIVERGED lines, then its error line); and the demo's
+    progress still comes epoch by epoch, not at its end."""
+    import os
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    demo = subprocess.Popen([sys.executable, "-m", "cli", "--db", url, "demo", "--epochs", "3",
+                             "--workers", "0", "--inject-nondeterminism"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    assert demo.stdout is not None
+    try:
+        assert demo.stdout.readline().startswith("training fraud-detection-v3 twice")
+        assert demo.stdout.readline().startswith("run 1/2  epoch 1/3")
+        assert demo.poll() is None  # the second run has not even started
+    finally:
+        demo.communicate(timeout=300)
+    assert demo.returncode == 1
+    with Store.open(url) as store:
+        first = store.experiments()[0].exp
+    diverged = subprocess.run([sys.executable, "-m", "cli", "--db", url, "replay", first,
+                                "--no-record", "--data-dir", str(tmp_path / "ledger-data")],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=env, timeout=300)
+    lines = diverged.stdout.splitlines()
+    assert diverged.returncode == 1, diverged.stdout  # the augmenter ignored its seed
+    assert lines[0] == f"DIVERGED: {first}"
+    assert lines[-1].startswith("ledger: replay diverged: ")
+    assert sum(line.startswith("ledger:") for line in lines) == 1
+
+
+@pytest.mark.parametrize("unbuffered", ["", "1"], ids=["buffered", "PYTHONUNBUFFERED"])
 def test_a_report_on_stdout_whose_reader_goes_away_is_exit_141_and_not_recorded(
         tmp_path: Path, unbuffered: str) -> None:
     """The report went to stdout around the guard the other commands write through: exit 1 (a

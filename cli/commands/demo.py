@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 import click
 
 from cli.display import agreeing, counted, printable, runs_differ_line
-from cli.main import OnceOption, WholeNumber, cli, db_option, refuse_empty_folder
+from cli.main import (OnceOption, WholeNumber, cli, db_option, refuse_empty_folder,
+                      stream_output)
 from cli.output import emit_json, json_option
 from ledger.errors import LedgerError
 from replay.registry import import_failure
@@ -52,6 +53,8 @@ def demo_command(obj: dict, seed: int, workers: int, epochs: int, inject_nondete
     weights, then compares the two runs draw for draw. The ledger is created if missing (--db,
     LEDGER_URL, or ./ledger.db).
     """
+    stream_output()  # its progress, epoch by epoch, as it comes
+
     def progress(run: int, epoch: int, loss: float, auc: float) -> None:
         click.echo(f"run {run}/2  epoch {epoch + 1}/{epochs}  train loss {loss:.4f}  "
                    f"val AUC {auc:.4f}", err=as_json)
