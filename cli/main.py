@@ -70,6 +70,12 @@ class OnceOption(click.Option):
     ``--db-b``, which also refuse an empty URL and, for ``--db``, one before and one after the
     command, collect theirs with ``multiple`` instead."""
 
+    def __init__(self, *args: Any, path_like: bool = False, **attrs: Any) -> None:
+        """``path_like``: the value names files though its type is text (``keygen --out``
+        PREFIX), so it is compared as a path is, a trailing slash apart (:meth:`same_as`)."""
+        self.path_like = path_like
+        super().__init__(*args, **attrs)
+
     def add_to_parser(self, parser: Any, ctx: click.Context) -> None:
         """Let the parser collect every occurrence, for :meth:`consume_value` to check."""
         if self.is_flag or self.multiple or self.count:
@@ -78,8 +84,14 @@ class OnceOption(click.Option):
                           nargs=self.nargs)
 
     def consume_value(self, ctx: click.Context, opts: Any) -> tuple[Any, Any]:
-        """The one value given; two different ones are a usage error."""
+        """The one value given; two different ones are a usage error, and so is an empty one
+        (``--bundle "$OUT"`` with OUT unset): a path option read it as the current folder —
+        the bundle went there, a key was read from it ("Is a directory") — and any other
+        silently took its default."""
         given = opts.get(self.name)
+        if isinstance(given, list) and "" in given and self.callback is not refuse_empty_folder:
+            raise click.UsageError(f"got an empty {max(self.opts, key=len)}: give a value, or "
+                                   f"leave the option out")
         if isinstance(given, list):
             distinct: dict[Any, Any] = {}
             for value in given:  # the first spelling of each is the one taken
@@ -100,7 +112,23 @@ class OnceOption(click.Option):
         report treats apart."""
         if isinstance(self.type, click.Path) and isinstance(value, str) and value:
             return Path(value).absolute()
+        if self.path_like and isinstance(value, str) and value:
+            # a prefix: "k/" (k/.key) is not "k" (k.key), though both are the path k
+            return Path(value).absolute(), value.endswith(("/", os.sep))
         return value
+
+
+class NonEmptyPath(click.Path):
+    """A path argument's type that refuses an empty value (``ledger verify-report "$REPORT"``
+    with REPORT unset): click reads it as the current folder, and the error that followed
+    named a file descriptor ("Is a directory: 3"), not the argument."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> Any:
+        """The path, or a usage error for an empty one."""
+        if isinstance(value, str) and not value:
+            self.fail("got an empty path: name a file", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 class WholeNumber(click.IntRange):

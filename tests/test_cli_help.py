@@ -155,6 +155,42 @@ def test_path_options_are_those_that_name_a_file_or_folder() -> None:
         ("verify-report", "--signature")]
 
 
+def test_keygen_out_given_twice_as_the_same_prefix_is_taken(tmp_path: Path) -> None:
+    """``keygen --out`` names files by a prefix: one prefix however spelt is one value (it was
+    refused as two), but ``k/`` (k/.key) and ``k`` (k.key) stay two."""
+    done = run_cli("keygen", "--out", "k", "--out", "./k", "--out", str(tmp_path / "k"),
+                   cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["k.key", "k.pub"]
+    (tmp_path / "sub").mkdir()
+    refused = run_cli("keygen", "--out", "sub", "--out", "sub/", cwd=tmp_path)
+    assert refused.returncode == 2 and "got --out twice, 'sub' and 'sub/'" in refused.stderr
+    assert list((tmp_path / "sub").iterdir()) == []
+
+
+@pytest.mark.parametrize("name, option", [(name, option) for name, options in ONCE.items()
+                                          for option in options])
+def test_an_option_given_an_empty_value_is_refused(tmp_path: Path, name: str,
+                                                   option: str) -> None:
+    """``--bundle "$OUT"`` with OUT unset wrote the bundle into the current folder, ``--sign-key
+    ""`` failed with "Is a directory: 3", ``--generated-by ""`` took the default unseen: an
+    empty value is a usage error naming the option, exit 2, nothing written."""
+    arguments = {"report": ["exp-123412341234"], "replay": ["exp-123412341234"],
+                 "verify-report": [str(tmp_path / "r.json"), "--unsigned"]}.get(name, [])
+    done = run_cli(name, *arguments, option, "", cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"ledger: error: got an empty {option}: give a")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_report_path_is_refused(tmp_path: Path) -> None:
+    done = run_cli("verify-report", "", "--unsigned", cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.splitlines() == [
+        "ledger: error: Invalid value for 'REPORT': got an empty path: name a file"]
+
+
 @pytest.mark.parametrize("name, option", PATH_OPTIONS)
 def test_a_path_option_given_twice_as_the_same_path_is_taken(tmp_path: Path, name: str,
                                                              option: str) -> None:

@@ -11,7 +11,7 @@ from report.signing import generate_key_pair
 
 @cli.command("keygen", epilog="Exit codes: 0 written; 2 a key file exists already (never "
                               "overwritten) or cannot be written.")
-@click.option("--out", "prefix", cls=OnceOption, required=True, type=str,
+@click.option("--out", "prefix", cls=OnceOption, path_like=True, required=True, type=str,
               metavar="PREFIX", help="Write PREFIX.key (private, mode 0600) and PREFIX.pub.")
 @json_option
 @click.pass_context

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from cli.display import printable
-from cli.main import OnceOption, cli, db_option, refuse_unread_db
+from cli.main import NonEmptyPath, OnceOption, cli, db_option, refuse_unread_db
 from cli.output import emit_json, json_option
 from ledger.errors import BadInputError, CheckFailedError
 from ledger.events import check_experiment_id
@@ -21,7 +21,7 @@ from report.check import check_report
                                      "experiment or ledger; 2 not JSON, not "
                                      "a report, a missing or unreadable key or signature, or "
                                      "neither --public-key nor --unsigned.")
-@click.argument("report", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("report", type=NonEmptyPath(dir_okay=False, path_type=Path))
 @click.option("--public-key", cls=OnceOption, type=click.Path(dir_okay=False, path_type=Path),
               metavar="KEY", help="Ed25519 public key (PEM) the report should be signed with.")
 @click.option("--signature", cls=OnceOption,
