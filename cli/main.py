@@ -206,6 +206,19 @@ def check_db_url(given: tuple[str, ...] | str | None, option: str) -> None:
                                    f"sqlite:///ledger.db")
 
 
+def check_module_names(_context: click.Context, _parameter: click.Parameter,
+                       names: tuple[str, ...]) -> tuple[str, ...]:
+    """Refuse a ``--trust`` that names no module (``--trust 'a b'``, ``--trust ''``): a usage
+    error, exit 2, before anything runs — it was exit 3 from ``replay`` (as if the ledger could
+    not be replayed) and, from ``report --replay``, a report written with the replay
+    INCONCLUSIVE and exit 0."""
+    for name in names:
+        if not all(part.isidentifier() for part in name.split(".")):
+            raise click.UsageError(f"got --trust {quoted(name)}, but it takes a dotted module "
+                                   f"name, as in --trust my_ops or --trust lab.replay_ops")
+    return names
+
+
 def refuse_empty_folder(_context: click.Context, parameter: click.Parameter,
                         value: str | None) -> str | None:
     """Refuse an empty folder option (``--data-dir "$DIR"`` with DIR unset): usage error,

@@ -95,13 +95,20 @@ def test_a_run_whose_op_changed_since_is_diverged_exit_1_with_one_line(custom_op
 
 
 @pytest.mark.parametrize("name", ["os:system", "../evil", "a b", "os.system()", "a..b", "1a",
-                                  ".a", "a."])
-def test_trust_takes_only_dotted_module_names(custom_op_run, name: str) -> None:
+                                  ".a", "a.", ""])
+@pytest.mark.parametrize("command", ["replay", "report"])
+def test_trust_takes_only_dotted_module_names(custom_op_run, name: str, command: str) -> None:
+    """A --trust that names no module is a usage error (exit 2) before anything runs: replay
+    said exit 3 (a run that cannot be replayed), and report --replay wrote its report with the
+    replay INCONCLUSIVE, exit 0."""
     url, exp, _module, env = custom_op_run
-    result = run_cli("--db", url, "replay", exp, "--trust", name, env=env)
-    assert result.returncode == 3
+    folder = Path(url.removeprefix("sqlite:///")).parent
+    extra = ["--replay", "--no-record", "-o", str(folder / "r.json")] if command == "report" else []
+    result = run_cli("--db", url, command, exp, *extra, "--trust", name, env=env)
+    assert result.returncode == 2
     _assert_one_clean_line(result)
-    assert "dotted module name" in result.stderr
+    assert f"got --trust {name!r}, but it takes a dotted module name" in result.stderr
+    assert not (folder / "r.json").exists()
 
 
 def test_trust_takes_a_module_whose_name_is_not_ascii(custom_op_run) -> None:

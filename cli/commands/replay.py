@@ -7,7 +7,8 @@ import sys
 import click
 
 from cli.display import agreeing, counted, printable, short_value
-from cli.main import OnceOption, WholeNumber, cli, db_option, refuse_empty_folder
+from cli.main import (OnceOption, WholeNumber, check_module_names, cli, db_option,
+                      refuse_empty_folder)
 from cli.output import (emit_json, iso_time, json_option, options_given,
                         refuse_take_over_without_record, trusted_output_to_stderr)
 from ledger.audit import require_audit_append
@@ -43,7 +44,7 @@ class _Progress:
 @click.argument("exp")
 @click.option("--jobs", "-j", type=WholeNumber(min=1), default=1, show_default=True,
               help="Processes that re-execute draws in parallel (at most the usable cores).")
-@click.option("--trust", "trusted", multiple=True, metavar="MODULE",
+@click.option("--trust", "trusted", multiple=True, metavar="MODULE", callback=check_module_names,
               help="Import MODULE so that the custom ops, loaders or draws it registers can "
                    "replay (repeatable). Nothing else named in a ledger is ever imported.")
 @click.option("--data-dir", cls=OnceOption,

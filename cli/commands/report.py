@@ -10,7 +10,8 @@ from typing import TextIO
 import click
 
 from cli.display import printable
-from cli.main import OnceOption, WholeNumber, cli, db_option, refuse_empty_folder
+from cli.main import (OnceOption, WholeNumber, check_module_names, cli, db_option,
+                      refuse_empty_folder)
 from cli.output import (emit_json, json_option, options_given,
                         refuse_take_over_without_record, trusted_output_to_stderr)
 from ledger.errors import BadInputError
@@ -57,7 +58,7 @@ def _date(_context: click.Context, _parameter: click.Parameter, value: str | Non
                    "the last recorded replay).")
 @click.option("--jobs", "-j", type=WholeNumber(min=1), default=1, show_default=True,
               help="Processes for --replay (at most the usable cores).")
-@click.option("--trust", "trusted", multiple=True, metavar="MODULE",
+@click.option("--trust", "trusted", multiple=True, metavar="MODULE", callback=check_module_names,
               help="Module --replay may import for custom ops, loaders or draws (repeatable).")
 @click.option("--data-dir", cls=OnceOption,
               type=click.Path(file_okay=False), callback=refuse_empty_folder,
