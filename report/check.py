@@ -209,8 +209,11 @@ def _check_sums(check: ReportCheck, folder: Path, covered: set[str]) -> None:
         target = folder / name
         if not target.is_file():
             check.failures.append(f"{name} is listed in SHA256SUMS but missing")
+            check.files.setdefault(name, "absent")
         elif file_sha256(target) != digest:
             check.failures.append(f"{name} does not match SHA256SUMS")
+            # listed as such where R0 did not list it already (the report itself, say)
+            check.files.setdefault(name, "altered (does not match SHA256SUMS)")
         elif name in check.files or name in covered:
             check.files.setdefault(name, "ok")
         else:

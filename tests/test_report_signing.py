@@ -147,6 +147,24 @@ def test_an_altered_file_of_the_bundle_fails(bundle: Path, signed: Path) -> None
     assert any("report.html does not match SHA256SUMS" in f for f in outcome.failures)
 
 
+def test_a_report_json_that_no_longer_matches_sha256sums_is_listed_as_altered(
+        bundle: Path) -> None:
+    """A re-indented report.json of a bundle failed, but its own line was missing from the
+    file list (text and --json), which showed every other file: the reason was on stderr
+    alone. A file R0 cannot list (the report itself), or a listed one deleted, now has its
+    line."""
+    report = bundle / "report.json"
+    report.write_text(json.dumps(json.loads(report.read_text()), indent=4))
+    (bundle / "report.md").unlink()
+    outcome = check_report(report, None)
+    assert not outcome.ok
+    assert outcome.files["report.json"] == "altered (does not match SHA256SUMS)"
+    assert outcome.files["report.md"] == "absent"
+    done = run_cli("verify-report", str(report), "--unsigned")
+    assert done.returncode == 1
+    assert "report.json: altered (does not match SHA256SUMS)" in done.stdout
+
+
 def test_several_failures_are_one_line_on_stderr(bundle: Path, signed: Path) -> None:
     for name in ("report.html", "report.md"):
         (bundle / name).write_text((bundle / name).read_text() + "x")
@@ -182,7 +200,7 @@ def test_keygen_flushes_both_keys_and_their_folder(tmp_path: Path,
     assert flushed == [str(tmp_path / "k.key"), str(tmp_path / "k.pub"), str(tmp_path)]
 
 
-@pytest.mark.parametrize("prefix", ["", "keys/", ".", ".."])
+@pytest.mark.parametrize("prefix", ["keys/", ".", ".."])  # "": test_cli_help's empty values
 def test_keygen_needs_a_prefix_ending_in_a_file_name(tmp_path: Path, prefix: str) -> None:
     (tmp_path / "keys").mkdir()
     done = run_cli("keygen", "--out", prefix, cwd=tmp_path)
