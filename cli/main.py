@@ -516,8 +516,12 @@ def _os_error_text(error: OSError) -> str:
 
 def _json_among(tokens: list[str]) -> bool:
     """Whether ``tokens`` give ``--json`` to a command that takes it: a usage error found while
-    parsing (an unknown option, before or after ``--json``) gets the error document too."""
+    parsing (an unknown option, before or after ``--json``) gets the error document too — as
+    does an unknown command given ``--json`` (``ledger lst --json``), which a script expecting
+    one document would otherwise read from an empty stdout."""
     for position, token in enumerate(tokens):
+        if token == "--":
+            break
         command = cli.commands.get(token)
         if command is None:
             continue
@@ -525,7 +529,7 @@ def _json_among(tokens: list[str]) -> bool:
             return False
         rest = tokens[position + 1:]
         return "--json" in rest[:rest.index("--")] if "--" in rest else "--json" in rest
-    return False
+    return "--json" in (tokens[:tokens.index("--")] if "--" in tokens else tokens)
 
 
 def _failed(error: BaseException, code: int, line: str) -> int:
