@@ -98,8 +98,11 @@ class DiffDivergence:
         a, b = self.a, self.b
         if self.cause is Cause.STATUS:
             return "status"
-        if a is None or b is None:
-            return "output"
+        if a is None or b is None:  # one run lacks the event: the digest the other recorded
+            present = a if b is None else b
+            assert present is not None  # a divergence has at least one side
+            return next((name for name in ("output", "seed", "input")
+                         if present.digest(name) is not None), "output")
         for name in ("seed", "input", "output"):
             if a.digest(name) != b.digest(name):
                 return name
@@ -113,7 +116,8 @@ class DiffDivergence:
 
     def describe(self) -> str:
         """One line for humans: each run's position of the event (exp, stream#seq), its kind
-        and path, the cause, and the digest each run recorded where they differ."""
+        and path, the cause, and the digest each run recorded where they differ (the one run's
+        that has it, for an event the other lacks)."""
         where = "/".join(str(label) for label in self.identity[1:]) or "-"
         if self.occurrence > 1:
             where += f", occurrence {self.occurrence}"
@@ -122,8 +126,10 @@ class DiffDivergence:
                      for name, side in ((name_a, self.a), (name_b, self.b)) if side is not None]
         field, shown = self.field, ""
         if field != "status":  # a status differs with no digest: the detail gives each one
-            digests = ", ".join(f"{_hex(None if side is None else side.digest(field))} in "
-                                f"{name}" for name, side in ((name_a, self.a), (name_b, self.b)))
+            # an event one run lacks: only the other's digest, not "none" for the missing side
+            digests = ", ".join(f"{_hex(side.digest(field))} in {name}"
+                                for name, side in ((name_a, self.a), (name_b, self.b))
+                                if side is not None)
             shown = f" ({field} {digests})"
         return (f"{' / '.join(positions)} {self.kind} [{where}]: {self.cause.value}{shown} — "
                 f"{self.detail}")

@@ -607,6 +607,10 @@ def test_a_draw_one_run_lacks_is_named_missing_or_extra_by_side(url: str) -> Non
     assert divergence.a is None and (divergence.b.stream, divergence.b.seq) == ("main", 2)
     assert not missing.identical and not extra.identical
     assert (missing.compared, missing.identical_events) == (2, 1)  # a missing draw is compared
+    # the line names the digest the one run recorded, not "none" for the run without the event
+    assert divergence.field == "seed"
+    assert (f"event extra (seed {SEED.hex()} in exp-a) — exp-a has this event, exp-b does not"
+            in divergence.describe())
 
 
 def test_a_run_that_trained_on_is_split_where_its_extra_epoch_starts(url: str) -> None:
