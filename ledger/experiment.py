@@ -497,7 +497,7 @@ class Experiment:
         the path, seed, ``{"draw": name, "version": v, "params": params}`` and the digest of the
         result, so replay can rerun it. ``version`` defaults to the highest registered.
         """
-        from ledger.user_draws import (check_draw_params, latest_version, lookup_draw,
+        from ledger.user_draws import (check_draw_params, latest_version, registered_draw,
                                        result_digest)
 
         self._check_recording()
@@ -505,7 +505,7 @@ class Experiment:
         version = latest_version(name) if version is None else version
         if isinstance(version, bool) or not isinstance(version, int):
             raise BadInputError(f"got draw version {version!r}, but it must be an int")
-        function = lookup_draw(name, version)
+        function = registered_draw(name, version)
         check_draw_params(name, version, params)
         # The function gets the params as recorded (numpy scalars as numbers, tuples as lists,
         # a copy it may change), so that replay, which has only the record, calls it the same.

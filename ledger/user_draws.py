@@ -83,6 +83,19 @@ def lookup_draw(name: str, version: int) -> DrawFunction:
     return function
 
 
+def registered_draw(name: str, version: int) -> DrawFunction:
+    """The function registered as ``name`` at ``version``, for a draw being recorded:
+    BadInputError naming the versions there are when there is none (:func:`lookup_draw` is
+    replay's, whose advice is how to make a ledger's draw replayable)."""
+    function = _draws.get((name, version))
+    if function is None:
+        registered = sorted(f"{known_name}@{known}" for known_name, known in _draws
+                            if known_name == name)
+        raise BadInputError(f"draw {name!r} version {version} is not registered (registered: "
+                            f"{registered})")
+    return function
+
+
 def latest_version(name: str) -> int:
     """The highest version registered under ``name`` (BadInputError when none is)."""
     version = highest_version(_draws, name)

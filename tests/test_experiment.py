@@ -786,6 +786,19 @@ def test_user_draws_derive_from_their_path_and_are_recorded_once(
     assert draws[1]["output"] == array_digest(mask)
 
 
+def test_a_draw_of_a_version_not_registered_is_refused_before_anything_is_recorded(
+        manager: ExperimentManager) -> None:
+    """``exp.draw(name, path, version=5)`` of an unregistered version raised replay's
+    CannotReplayError, whose advice (entry points, --trust) is for making a ledger
+    replayable: a trainer's bad call is a BadInputError naming what is registered."""
+    with manager.create_experiment("v", seed=5) as exp:
+        with pytest.raises(BadInputError, match=r"^draw 'test_dropout_mask' version 5 is not "
+                                                r"registered \(registered: "
+                                                r"\['test_dropout_mask@1'\]\)$"):
+            exp.draw("test_dropout_mask", ("dropout", 0), version=5, shape=[4], rate=0.5)
+    assert of_kind(bodies(manager.store, exp.id), USER_DRAW) == []
+
+
 def test_a_second_user_draw_at_a_path_is_told_to_take_its_own_path(
         manager: ExperimentManager) -> None:
     """The refusal of a second user draw at a path used to tell the trainer to use one

@@ -653,6 +653,19 @@ def test_a_transform_is_named_by_letters_digits_and_an_int_version(name: Any,
     assert "fine@" not in " ".join(registered_transforms())
 
 
+@pytest.mark.parametrize(("name", "version", "says"), [
+    ("jitter", [], "got transform version [], but it must be an int"),
+    ("jitter", {}, "got transform version {}, but it must be an int"),
+    ("jitter", True, "got transform version True, but it must be an int"),
+    (["jitter"], None, "got transform name ['jitter'], but it must be text")])
+def test_a_transform_asked_for_by_a_name_or_version_of_another_type_is_refused(
+        name: Any, version: Any, says: str) -> None:
+    """``RecordedTransform("jitter", version=[])`` was a bare TypeError (unhashable list)."""
+    with pytest.raises(BadInputError) as refused:
+        RecordedTransform(name, version=version)
+    assert str(refused.value) == says
+
+
 def test_a_transform_spec_records_given_parameters_over_defaults() -> None:
     assert RecordedTransform("jitter").spec == {
         "transform": "jitter", "version": 1, "per": "sample", "params": {"std": 0.1}}

@@ -92,7 +92,13 @@ def register_transform(name: str, version: int, *, global_rng: bool = False
 
 
 def lookup_transform(name: str, version: int | None = None) -> TransformInfo:
-    """The transform ``name`` at ``version`` (default: its highest); BadInputError if unknown."""
+    """The transform ``name`` at ``version`` (default: its highest); BadInputError if unknown
+    — or if ``name`` is no text or ``version`` no whole number (``version=[]`` was a bare
+    TypeError from the lookup)."""
+    if not isinstance(name, str):
+        raise BadInputError(f"got transform name {name!r}, but it must be text")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+        raise BadInputError(f"got transform version {version!r}, but it must be an int")
     if version is None:
         version = highest_version(_registry, name)
         if version is None:
