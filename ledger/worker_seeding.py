@@ -18,8 +18,13 @@ worker reports the digest of its real global states after seeding, which must ag
 from __future__ import annotations
 
 import importlib.util
+import os
 import random
+import signal
+import sys
+import threading
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -66,11 +71,47 @@ def seed_process_at(root: int, path: Sequence[Label]) -> bytes:
     np.random.seed(_numpy_words(seed))
     torch_state = None
     if torch_available():
-        import torch
-
+        torch = import_torch()
         torch.manual_seed(_torch_seed(seed))
         torch_state = torch.random.get_rng_state().numpy()
     return states_digest(random.getstate(), np.random.get_state(legacy=True), torch_state)
+
+
+def import_torch() -> Any:
+    """``torch``, imported with Ctrl-C held off until its import is done.
+
+    The main process imports torch at a run's first pass with workers (the expected digest of
+    the workers' seeded states includes torch's), which takes about a second: a Ctrl-C inside
+    it left torch half-imported, and every later pass failed ("cannot import name 'nn' from
+    partially initialized module 'torch'", "function 'istft' already has a docstring") where
+    the next pass should start new workers and go on. The interrupt is delivered as soon as
+    the import ends. Outside the main thread (where no signal handler can be set), a plain
+    import."""
+    if "torch" in sys.modules:
+        return sys.modules["torch"]
+    if threading.current_thread() is not threading.main_thread():
+        import torch
+        return torch
+    held: list[FrameType | None] = []
+
+    def hold(_signum: int, frame: FrameType | None) -> None:
+        held.append(frame)
+
+    try:
+        previous = signal.signal(signal.SIGINT, hold)
+    except ValueError:  # not the main interpreter's main thread
+        import torch
+        return torch
+    try:
+        import torch
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        if callable(previous):
+            previous(signal.SIGINT, held[0])
+        elif previous == signal.SIG_DFL:
+            os.kill(os.getpid(), signal.SIGINT)
+    return torch
 
 
 def expected_state_digest(root: int, worker: int) -> bytes:
@@ -97,8 +138,7 @@ def expected_state_digest_at(root: int, path: Sequence[Label]) -> bytes:
     numpy_state = np.random.RandomState(_numpy_words(seed)).get_state(legacy=True)
     torch_state = None
     if torch_available():
-        import torch
-
+        torch = import_torch()
         torch_state = torch.Generator().manual_seed(_torch_seed(seed)).get_state().numpy()
     return states_digest(python_state, numpy_state, torch_state)
 

@@ -819,3 +819,39 @@ def test_a_rank_0_error_is_what_rank_0_sees_even_when_the_group_broke(tmp_path: 
 
 def test_every_refusal_here_is_a_ledger_error() -> None:
     assert issubclass(BadInputError, LedgerError) and issubclass(StoreError, LedgerError)
+
+
+CTRL_C_DURING_TORCH_IMPORT = """
+import os, signal, sys, threading
+import numpy as np
+from ledger import TrainingDataIterator
+from ledger.worker_seeding import import_torch
+
+assert "torch" not in sys.modules
+threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
+try:
+    import_torch()
+except KeyboardInterrupt:
+    print("interrupted after the import:", "torch.nn" in sys.modules)
+import torch
+print("torch usable:", torch.nn.Linear(2, 1).weight.shape == (1, 2))
+features = np.arange(64 * 3, dtype=np.float32).reshape(64, 3)
+batches = TrainingDataIterator(features, batch_size=8, seed=1, num_workers=2)
+print("batches:", sum(1 for _ in batches))
+"""
+
+
+def test_ctrl_c_while_torch_is_imported_leaves_it_usable() -> None:
+    """The main process imports torch at a run's first pass with workers (the workers' seeded
+    states include torch's): a Ctrl-C inside that import, which takes about a second, left
+    torch half-imported and every later pass failing. The interrupt now comes once the import
+    is done, and the next pass works."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", CTRL_C_DURING_TORCH_IMPORT],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["interrupted after the import: True",
+                                        "torch usable: True", "batches: 8"]
