@@ -75,6 +75,40 @@ def test_a_truncated_database_is_refused_cleanly(ledger_copy: tuple[Path, Record
     assert _snapshot(path.parent) == before
 
 
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_ledger_path_that_is_no_regular_file_is_refused_not_waited_on(
+        tmp_path: Path, kind: str) -> None:
+    """A FIFO as the ledger (``--db``, or a ``ledger.db`` FIFO in the current folder) made every
+    command wait in open() for a writer, forever: refused before it is opened, exit 2."""
+    import os
+
+    if kind == "fifo":
+        path = tmp_path / "ledger.db"
+        os.mkfifo(path)
+    else:
+        path = Path("/dev/null")
+    for command in (["list"], ["verify"], ["demo", "--epochs", "1", "--workers", "0"]):
+        result = run_cli("--db", f"sqlite:///{path}", *command, cwd=tmp_path, timeout=60)
+        _clean_failure(result, {2})
+        assert result.stderr == (f"ledger: error: {path} is not a regular file (a pipe, device "
+                                 f"or socket), not a ledger database\n")
+    if kind == "fifo":  # the default ledger, ./ledger.db
+        result = run_cli("list", cwd=tmp_path, timeout=60)
+        _clean_failure(result, {2})
+        assert "ledger.db is not a regular file" in result.stderr
+
+
+def test_a_ledger_path_with_trailing_blanks_is_named_quoted(ledger_copy: tuple[Path, Recorded]
+                                                             ) -> None:
+    """``--db 'sqlite:////srv/ledger.db '`` was refused as "no ledger at /srv/ledger.db",
+    naming a file that exists: the path is quoted when it would not read as itself."""
+    path, _recorded = ledger_copy
+    for suffix in (" ", "\n"):
+        result = run_cli("--db", f"sqlite:///{path}{suffix}", "list")
+        _clean_failure(result, {2})
+        assert result.stderr == f"ledger: error: no ledger at {str(path) + suffix!r}\n"
+
+
 def test_bit_flips_anywhere_in_the_file_never_crash_the_cli(
         ledger_copy: tuple[Path, Recorded]) -> None:
     path, recorded = ledger_copy

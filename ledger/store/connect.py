@@ -177,30 +177,46 @@ def _check_sqlite_file(path: Path, create: bool, defaulted: bool) -> None:
 
     ``defaulted``: the path is the default ledger, named by nobody, so a missing one is told
     how to name another; a URL someone gave (``--db``, ``--db-b``, ``$LEDGER_URL``) is not.
+    A path that is no regular file — a FIFO, where opening it waited for a writer forever, a
+    device — is refused before it is opened.
     """
+    shown = shown_path(path)
     if not path.exists():
         if create:
             if not path.parent.exists():
-                raise StoreError(f"cannot create ledger {path}: folder {path.parent} does not "
-                                 f"exist")
+                raise StoreError(f"cannot create ledger {shown}: folder "
+                                 f"{shown_path(path.parent)} does not exist")
             return
         hint = f" (give --db or set {URL_ENV})" if defaulted else ""
-        raise StoreError(f"no ledger at {path}{hint}")
+        raise StoreError(f"no ledger at {shown}{hint}")
     if path.is_dir():
-        raise StoreError(f"{path} is a folder, not a ledger database")
+        raise StoreError(f"{shown} is a folder, not a ledger database")
+    if not path.is_file():
+        raise StoreError(f"{shown} is not a regular file (a pipe, device or socket), not a "
+                         f"ledger database")
     try:
         with path.open("rb") as handle:
             header = handle.read(len(_SQLITE_HEADER))
     except OSError as error:
-        raise StoreError(f"cannot read {path}: {error.strerror}") from None
+        raise StoreError(f"cannot read {shown}: {error.strerror}") from None
     if header == b"":
         if create:
             return
-        raise StoreError(f"{path} is an empty file (0 bytes), not a ledger: no ledger was ever "
+        raise StoreError(f"{shown} is an empty file (0 bytes), not a ledger: no ledger was ever "
                          f"written to it, or it was cut short (if it held one, restore it from "
                          f"a copy)")
     if header != _SQLITE_HEADER:
-        raise StoreError(f"{path} is not an SQLite database")
+        raise StoreError(f"{shown} is not an SQLite database")
+
+
+def shown_path(path: Path | str) -> str:
+    """A path as messages name it: as it is, or quoted when it would not read as itself — a
+    trailing space or newline (``--db 'sqlite:////srv/ledger.db '`` was refused as "no ledger
+    at /srv/ledger.db", naming a file that exists), a control character."""
+    text = str(path)
+    if text and text.strip() == text and text.isprintable():
+        return text
+    return quoted(text, 200)
 
 
 _TOLERANT_TEXT = functools.partial(str, encoding="utf-8", errors="surrogateescape")
