@@ -258,3 +258,17 @@ def test_uri_true_without_a_file_uri_is_refused_and_creates_nothing(
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "uri=true needs the database named as a file: URI" in done.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("sqlite:///:memory:", "sqlite:///:memory:"),
+    ("postgresql://u:secret@127.0.0.1:1/db", "postgresql://u:***@127.0.0.1:1/db")])
+def test_a_demo_ledger_with_no_data_folder_is_named_as_given(tmp_path: Path, url: str,
+                                                             shown: str) -> None:
+    """The refusal named SQLAlchemy's rendering of the URL (``sqlite:///%3Amemory%3A``,
+    ``postgresql+psycopg://…``), where every other error shows it as given, password masked."""
+    done = run_cli("--db", url, "demo", "--epochs", "1", "--workers", "0", cwd=tmp_path)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == (f"ledger: error: got the ledger {shown}, which has no data folder, "
+                           f"but the demo stores its dataset: give --data-dir or set "
+                           f"LEDGER_DATA_DIR\n")

@@ -18,7 +18,7 @@ from examples.fraud.train import HYPERPARAMS, RunResult, train
 from ledger.datasets import prepare_data_dir
 from ledger.errors import BadInputError, StoreError
 from ledger.experiment import ExperimentManager, default_data_dir_for
-from ledger.store.connect import describe_url, parse_url
+from ledger.store.connect import describe_url, parse_url, resolve_url
 from replay.diff import DiffReport, diff_runs
 
 RUNS = 2
@@ -67,9 +67,9 @@ def run_demo(url: str | None, *, data_dir: str | os.PathLike[str] | None = None,
     if data_dir is not None:
         created = prepare_data_dir(Path(data_dir))
     elif default is None:
-        raise BadInputError(f"got the ledger {describe_url(parse_url(url))}, which has no data "
-                            f"folder, but the demo stores its dataset: give --data-dir or set "
-                            f"LEDGER_DATA_DIR")
+        shown = describe_url(parse_url(url), resolve_url(url))  # as given, not re-encoded
+        raise BadInputError(f"got the ledger {shown}, which has no data folder, but the demo "
+                            f"stores its dataset: give --data-dir or set LEDGER_DATA_DIR")
     elif default.parent.is_dir():  # else the ledger's own folder is missing: opening says so
         created = prepare_data_dir(default)
     try:
