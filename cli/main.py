@@ -119,15 +119,19 @@ class OnceOption(click.Option):
 
 
 class NonEmptyPath(click.Path):
-    """A path argument's type that refuses an empty value (``ledger verify-report "$REPORT"``
-    with REPORT unset): click reads it as the current folder, and the error that followed
-    named a file descriptor ("Is a directory: 3"), not the argument."""
+    """A path type that refuses an empty value (``ledger verify-report "$REPORT"`` with REPORT
+    unset) — click reads it as the current folder, and the error that followed named a file
+    descriptor ("Is a directory: 3"), not the argument — and, where a file is wanted, one
+    ending in a slash: ``report -o out/`` wrote a file named ``out``, the slash dropped."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
                 ) -> Any:
-        """The path, or a usage error for an empty one."""
+        """The path, or a usage error for an empty one or a folder's given for a file."""
         if isinstance(value, str) and not value:
             self.fail("got an empty path: name a file", param, ctx)
+        if isinstance(value, str) and not self.dir_okay and value.endswith(("/", os.sep)):
+            self.fail(f"got {quoted(value)}, which names a folder (it ends in /), but a file is "
+                      f"wanted: give its name", param, ctx)
         return super().convert(value, param, ctx)
 
 

@@ -184,6 +184,23 @@ def test_an_option_given_an_empty_value_is_refused(tmp_path: Path, name: str,
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("name, option", [
+    ("report", "--output"), ("report", "--appendix"), ("report", "--sign-key"),
+    ("verify-report", "--public-key"), ("verify-report", "--signature")])
+def test_a_file_option_given_a_folder_name_is_refused(tmp_path: Path, name: str,
+                                                      option: str) -> None:
+    """``report -o out/`` wrote a file named ``out``: a name ending in a slash names a folder,
+    refused where a file is wanted (exit 2, nothing written)."""
+    arguments = {"report": ["exp-123412341234"],
+                 "verify-report": [str(tmp_path / "r.json"), "--unsigned"]}[name]
+    done = run_cli(name, *arguments, option, "out/", cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.endswith("got 'out/', which names a folder (it ends in /), but a file is "
+                         "wanted: give its name")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_empty_report_path_is_refused(tmp_path: Path) -> None:
     done = run_cli("verify-report", "", "--unsigned", cwd=tmp_path)
     assert (done.returncode, done.stdout) == (2, "")

@@ -10,8 +10,8 @@ from typing import TextIO
 import click
 
 from cli.display import printable
-from cli.main import (OnceOption, WholeNumber, check_module_names, cli, db_option,
-                      refuse_empty_folder)
+from cli.main import (NonEmptyPath, OnceOption, WholeNumber, check_module_names, cli,
+                      db_option, refuse_empty_folder)
 from cli.output import (emit_json, json_option, options_given,
                         refuse_take_over_without_record, trusted_output_to_stderr)
 from ledger.errors import BadInputError
@@ -41,14 +41,14 @@ def _date(_context: click.Context, _parameter: click.Parameter, value: str | Non
 @click.option("--format", "fmt", cls=OnceOption, type=click.Choice(FORMATS), default=None,
               help="Format written to -o FILE or stdout (a bundle has all three) [default: "
                    "html for -o FILE.html or .htm, md for .md or .markdown, otherwise json].")
-@click.option("-o", "--output", cls=OnceOption, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", cls=OnceOption, type=NonEmptyPath(dir_okay=False, path_type=Path),
               help="Write the report to FILE instead of stdout.")
 @click.option("--bundle", cls=OnceOption,
               type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="Write JSON, HTML, Markdown, the per-event appendix, the two in-toto "
                    "attestations, the signature and SHA256SUMS to DIR (new or empty).")
 @click.option("--appendix", cls=OnceOption,
-              type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              type=NonEmptyPath(dir_okay=False, path_type=Path), metavar="FILE",
               help="Also write the per-event NDJSON appendix to FILE (a bundle always has it).")
 @click.option("--full-appendix", is_flag=True,
               help="Put each event's whole body (JSON view) in the appendix lines (with "
@@ -67,7 +67,7 @@ def _date(_context: click.Context, _parameter: click.Parameter, value: str | Non
                    "independence check [default: $LEDGER_DATA_DIR or ledger-data/ beside "
                    "an SQLite ledger].")
 @click.option("--sign-key", cls=OnceOption,
-              type=click.Path(dir_okay=False, path_type=Path), metavar="KEY",
+              type=NonEmptyPath(dir_okay=False, path_type=Path), metavar="KEY",
               help="Sign with this Ed25519 private key (from `ledger keygen`): writes "
                    "REPORT.json.sig beside the JSON report.")
 @click.option("--responsible", cls=OnceOption,
@@ -115,6 +115,10 @@ def report_command(obj: dict, exp: str, fmt: str | None, output: Path | None, bu
     if responsible is not None and not responsible.strip():
         raise BadInputError("got a blank --responsible, which would sign R13 off in no one's "
                             "name: give the person's name, or leave the option out")
+    if generated_by is not None and not generated_by.strip():
+        raise BadInputError("got a blank --generated-by, which would name no one as the "
+                            "report's author in R0: give a name, or leave the option out for "
+                            "user@host")
     if role is not None and not responsible:  # R13 names a role only with its person
         raise BadInputError("--role is the role of the person --responsible NAME names in R13: "
                             "give --responsible too, or leave --role out")

@@ -22,10 +22,10 @@ from report.check import check_report
                                      "a report, a missing or unreadable key or signature, or "
                                      "neither --public-key nor --unsigned.")
 @click.argument("report", type=NonEmptyPath(dir_okay=False, path_type=Path))
-@click.option("--public-key", cls=OnceOption, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--public-key", cls=OnceOption, type=NonEmptyPath(dir_okay=False, path_type=Path),
               metavar="KEY", help="Ed25519 public key (PEM) the report should be signed with.")
 @click.option("--signature", cls=OnceOption,
-              type=click.Path(dir_okay=False, path_type=Path), metavar="SIG",
+              type=NonEmptyPath(dir_okay=False, path_type=Path), metavar="SIG",
               help="Detached signature file [default: REPORT.sig].")
 @click.option("--unsigned", is_flag=True,
               help="Check a report exported without --sign-key (instead of --public-key): "
