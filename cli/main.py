@@ -502,8 +502,9 @@ def main(argv: list[str] | None = None) -> None:
     except ReaderGone:
         code = _reader_gone()
     except OutputFailed as error:
-        guarded.failure = None  # said once, below; nothing more is written to stdout
-        code = _failed(error, error.exit_code, f"error: {error}")
+        guarded.failure = None  # nothing more is written to stdout
+        if not code:  # else the command's own error line has said why it failed: one line
+            code = _failed(error, error.exit_code, f"error: {error}")
         _reader_gone()  # what is left unwritten must not fail again at exit
     sys.stdout, sys.stderr = stdout, stderr
     sys.exit(code if isinstance(code, int) else 0)

@@ -832,6 +832,22 @@ def test_a_stdout_that_refuses_writes_is_one_error_line_not_an_internal_error(
                                         "on device"], done.stderr
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")
+def test_a_command_that_failed_keeps_its_one_error_line_when_stdout_refuses_writes(
+        ledger_file: LedgerFile) -> None:
+    """``ledger show bogus --json > /dev/full``: the error document could not be written
+    either, and stderr got a second line ("cannot write the output"); the one line is the
+    command's own error, with its exit code."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "cli", "--db", ledger_file.url, "show",
+                               "exp-000000000000", "--json"], stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == ["ledger: error: unknown experiment exp-000000000000 "
+                                        f"in {ledger_file.url}"]
+
+
 LONG_NAME = "a" * 5000
 """A file name far past any file system's limit (255 bytes on most)."""
 
