@@ -520,21 +520,18 @@ def _os_error_text(error: OSError) -> str:
 
 
 def _json_among(tokens: list[str]) -> bool:
-    """Whether ``tokens`` give ``--json`` to a command that takes it: a usage error found while
-    parsing (an unknown option, before or after ``--json``) gets the error document too — as
-    does an unknown command given ``--json`` (``ledger lst --json``), which a script expecting
-    one document would otherwise read from an empty stdout."""
-    for position, token in enumerate(tokens):
-        if token == "--":
-            break
+    """Whether ``tokens`` give ``--json`` (before any ``--``) to a command that takes it: a
+    usage error found while parsing (an unknown option, before or after ``--json``) gets the
+    error document too — as does ``--json`` before the command (``ledger --json list``, which
+    is refused) and an unknown command given ``--json`` (``ledger lst --json``): a script
+    expecting one document would otherwise read an empty stdout."""
+    given = tokens[:tokens.index("--")] if "--" in tokens else tokens
+    for token in given:
         command = cli.commands.get(token)
-        if command is None:
-            continue
-        if not any("--json" in parameter.opts for parameter in command.params):
-            return False
-        rest = tokens[position + 1:]
-        return "--json" in rest[:rest.index("--")] if "--" in rest else "--json" in rest
-    return "--json" in (tokens[:tokens.index("--")] if "--" in tokens else tokens)
+        if command is not None:
+            return (any("--json" in parameter.opts for parameter in command.params)
+                    and "--json" in given)
+    return "--json" in given
 
 
 def _failed(error: BaseException, code: int, line: str) -> int:
