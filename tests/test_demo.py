@@ -229,7 +229,9 @@ def test_a_demo_refused_by_its_ledger_leaves_no_data_folder(tmp_path: Path, url:
 
 @pytest.mark.parametrize(("query", "says"), [
     ("?mode=ro", "need uri=true"), ("?timeout=abc", "timeout are set by the ledger"),
-    ("?check_same_thread=maybe", "check_same_thread are set by the ledger")])
+    ("?check_same_thread=maybe", "check_same_thread are set by the ledger"),
+    ("?mode", "URL argument(s) mode have no value"),  # SQLAlchemy dropped it silently
+    ("?mode=&uri=true", "URL argument(s) mode have no value")])
 def test_sqlite_url_arguments_the_driver_would_ignore_or_fail_on_are_refused(
         tmp_path: Path, query: str, says: str) -> None:
     """``?mode=ro`` without ``uri=true`` was ignored with a two-line driver warning (the file

@@ -401,12 +401,19 @@ _DRIVER_ARGUMENTS = frozenset({"timeout", "check_same_thread", "isolation_level"
 the ones it needs (the busy timeout) and a wrong one would change how it writes."""
 
 
-def _check_sqlite_query(parsed: URL, shown: str) -> None:
+def _check_sqlite_query(parsed: URL, shown: str, given: str) -> None:
     """Refuse SQLite URL query arguments other than SQLite's own URI parameters with
     ``uri=true`` (``sqlite:///file:ledger.db?mode=ro&uri=true``): without it the driver ignores
     ``mode=ro`` with a warning and opens the file read-write, and ``timeout=abc`` fails inside
     the driver. ``uri=true`` itself needs a ``file:`` name, or SQLite creates a file named
     ``ledger.db?mode=ro``."""
+    # SQLAlchemy drops an argument with no value (?mode, ?mode=) without a word
+    written = given.partition("?")[2].split("&") if "?" in given else []
+    valueless = sorted({part.partition("=")[0] for part in written
+                        if part and not part.partition("=")[2]})
+    if valueless:
+        raise StoreError(f"cannot open {shown}: URL argument(s) {', '.join(valueless)} have no "
+                         f"value")
     query = dict(parsed.query)
     uri = _uri_flag(parsed)
     query.pop("uri", None)
@@ -435,7 +442,7 @@ def open_engine(url: str | None = None, *, create: bool = False) -> tuple[Engine
     shown = describe_url(parsed, given)
     is_sqlite = parsed.get_backend_name() == "sqlite"
     if is_sqlite:
-        _check_sqlite_query(parsed, shown)
+        _check_sqlite_query(parsed, shown, given)
     if is_sqlite and (path := sqlite_file_path(parsed)) is not None:
         _check_sqlite_file(path, create, defaulted=not url and not os.environ.get(URL_ENV))
     try:
