@@ -37,7 +37,7 @@ import numpy as np
 from ledger.canonical import canonical, normalise, normalise_entries
 from ledger.errors import BadInputError
 from ledger.registered_functions import (check_params_fit, highest_version, keyword_parameters,
-                                         refuse_other_code)
+                                         refuse_other_code, registered_keys)
 
 OpFunction = Callable[..., "np.ndarray | None"]
 ParamsCheck = Callable[[dict[str, Any]], dict[str, Any]]
@@ -136,7 +136,7 @@ def lookup_op(name: str, version: int | None = None) -> OpInfo:
 
 def registered_ops() -> list[str]:
     """Every registered op as ``name@version``, sorted."""
-    return sorted(f"{name}@{version}" for name, version in _REGISTRY)
+    return registered_keys(_REGISTRY)
 
 
 # -- built-in ops ----------------------------------------------------------------------------------

@@ -99,6 +99,11 @@ def highest_version(keys: Iterable[tuple[str, int]], name: str) -> int | None:
     return max((version for known, version in keys if known == name), default=None)
 
 
+def registered_keys(keys: Iterable[tuple[str, int]]) -> list[str]:
+    """Registry ``keys`` as ``name@version``, sorted: how refusals list what is registered."""
+    return sorted(f"{name}@{version}" for name, version in keys)
+
+
 def check_params_fit(what: str, defaults: Mapping[str, Any], required: Collection[str],
                      params: Mapping[str, Any]) -> None:
     """Raise BadInputError when ``params`` name a parameter the registered function ``what``

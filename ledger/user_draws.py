@@ -32,7 +32,7 @@ from ledger.digests import array_digest
 from ledger.declared import check_declared
 from ledger.errors import BadInputError, CannotReplayError
 from ledger.registered_functions import (check_params_fit, highest_version, keyword_parameters,
-                                         refuse_other_code)
+                                         refuse_other_code, registered_keys)
 from ledger.text import error_text
 
 DrawFunction = Callable[..., Any]
@@ -89,8 +89,7 @@ def registered_draw(name: str, version: int) -> DrawFunction:
     replay's, whose advice is how to make a ledger's draw replayable)."""
     function = _draws.get((name, version))
     if function is None:
-        registered = sorted(f"{known_name}@{known}" for known_name, known in _draws
-                            if known_name == name)
+        registered = registered_keys(key for key in _draws if key[0] == name)
         raise BadInputError(f"draw {name!r} version {version} is not registered (registered: "
                             f"{registered})")
     return function

@@ -33,7 +33,7 @@ from typing import Any
 from ledger.canonical import normalise
 from ledger.errors import BadInputError, CannotReplayError
 from ledger.registered_functions import (check_params_fit, highest_version, keyword_parameters,
-                                         refuse_other_code)
+                                         refuse_other_code, registered_keys)
 
 PER = ("sample", "batch")
 TransformFunction = Callable[..., Any]
@@ -128,4 +128,4 @@ def replay_transform(spec: Any) -> tuple[TransformInfo, str, dict[str, Any]]:
 
 def registered_transforms() -> list[str]:
     """Every registered transform as ``name@version``, sorted."""
-    return sorted(f"{name}@{version}" for name, version in _registry)
+    return registered_keys(_registry)
