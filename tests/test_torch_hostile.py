@@ -305,14 +305,16 @@ def test_dataloader_options_are_checked_before_anything_runs(manager: Experiment
     ({"num_workers": 1, "timeout": float("nan")}, r"got timeout=nan, but must be"),
     ({"num_workers": 1, "timeout": True}, r"got timeout=True, but must be"),
     ({"num_workers": 1.5}, r"got num_workers=1.5, but must be an int >= 0"),
-    ({"num_workers": 2.0}, r"got num_workers=2.0, but must be an int >= 0")],
+    ({"num_workers": 2.0}, r"got num_workers=2.0, but must be an int >= 0"),
+    ({"num_workers": 10**6}, r"got num_workers=1000000, but at most 256 worker processes")],
     ids=["timeout-no-workers", "timeout-inf", "timeout-huge", "timeout-nan", "timeout-bool",
-         "workers-float", "workers-float-int"])
+         "workers-float", "workers-float-int", "workers-huge"])
 def test_worker_options_torch_refuses_only_at_the_first_pass_are_refused_at_once(
         manager: ExperimentManager, options: dict[str, Any], message: str) -> None:
     """torch takes these at construction and fails only at the first pass, with a bare
     AssertionError (timeout without workers), TypeError (a float num_workers) or OverflowError
-    (an infinite or huge timeout) — or, for a NaN timeout, waits for ever without a word."""
+    (an infinite or huge timeout) — or, for a NaN timeout, waits for ever without a word; a
+    million workers it forked one by one, hundreds of processes and no batch."""
     with manager.create_experiment("worker-options", seed=1) as exp:
         dataset = exp.register_dataset("d", FEATURES, LABELS)
         with pytest.raises(BadInputError, match=message):
@@ -418,6 +420,32 @@ def test_a_transform_whose_samples_do_not_stack_names_itself(manager: Experiment
                                     transform=RecordedTransform("hostile_ragged"))
         with pytest.raises(BadInputError, match="'hostile_ragged' returned samples of different"):
             list(loader)
+
+
+@register_transform("hostile_first_row", version=1)
+def _first_row(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return x[:1]
+
+
+@register_transform("hostile_row_sums", version=1)
+def _row_sums(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return x.sum()
+
+
+@pytest.mark.parametrize(("name", "shape"), [("hostile_first_row", r"\(1, 3\)"),
+                                             ("hostile_row_sums", r"\(\)")])
+def test_a_batch_transform_that_changes_the_row_count_is_refused(manager: ExperimentManager,
+                                                                 name: str, shape: str) -> None:
+    """The trainer got 1 row of features beside 4 labels, and replay certified it."""
+    with manager.create_experiment("rows", seed=1) as exp:
+        dataset = exp.register_dataset("d", FEATURES, LABELS)
+        loader = RecordedDataLoader(exp, dataset, 4, transform=RecordedTransform(name,
+                                                                                 per="batch"))
+        with pytest.raises(BadInputError, match=f"'{name}' \\(per='batch'\\) returned shape "
+                                                f"{shape} for a batch of 4 samples, but must "
+                                                f"return one row per sample"):
+            list(loader)
+    assert "augmentation_batch" not in kinds(manager, exp.id)
 
 
 @register_transform("hostile_numpy", version=1)

@@ -33,7 +33,7 @@ from ledger.integrations.torch_seeds import check_run, tensor_digest
 from ledger.integrations.torch_transform import RecordedTransform, make_batch
 from ledger.integrations.torch_worker_deaths import death_error, worker_deaths_held
 from ledger.integrations.torch_workers import SeedWorkers, WorkerSeedingError
-from ledger.iterator import MAX_TIMEOUT
+from ledger.iterator import MAX_TIMEOUT, MAX_WORKERS
 from ledger.processes import background_threads_paused
 from ledger.seeds import derive_bytes
 from ledger.text import error_text
@@ -457,10 +457,14 @@ def _check_tensor_dtypes(dataset: Dataset) -> None:
 
 def _check_worker_options(options: dict[str, Any]) -> None:
     """Refuse the ``num_workers`` and ``timeout`` that torch takes at construction but fails on
-    only at the first pass — a float ``num_workers`` (a bare TypeError), a ``timeout`` without
+    only at the first pass — a float ``num_workers`` (a bare TypeError), more workers than
+    :class:`ledger.iterator.TrainingDataIterator` starts (torch forks them all), a ``timeout`` without
     workers (a bare AssertionError), an infinite or huge one (OverflowError) — or never (a NaN
     ``timeout``, which silently means no limit): refused here, before anything is recorded."""
     workers = check_count("num_workers", options.get("num_workers", 0), 0)
+    if workers > MAX_WORKERS:  # torch would start them all, one by one, never refusing
+        raise BadInputError(f"got num_workers={workers}, but at most {MAX_WORKERS} worker "
+                            f"processes are started")
     timeout = options.get("timeout", 0)
     if (isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.integer,
                                                                 np.floating))

@@ -49,7 +49,7 @@ class RecordedTransform:
     def apply(self, x: torch.Tensor, root: int, path: Sequence[Any]) -> torch.Tensor:
         """Transform the batch ``x`` (a private copy) of seed path ``path`` under ``root``."""
         if self.per == "batch":
-            return self._call(x, root, tuple(path))
+            return self._rows_kept(self._call(x, root, tuple(path)), len(x))
         outputs = [self._call(sample, root, sample_path(tuple(path), position))
                    for position, sample in enumerate(x.unbind(0))]
         if not outputs:
@@ -61,6 +61,15 @@ class RecordedTransform:
             raise BadInputError(f"transform {self.spec['transform']!r} returned samples of "
                                 f"different shapes {shapes[:3]}, but the samples of a batch must "
                                 f"stack") from None
+
+    def _rows_kept(self, result: torch.Tensor, rows: int) -> torch.Tensor:
+        """Refuse a per-batch result that does not hold one row per sample: its rows would no
+        longer match the batch's labels and recorded indices."""
+        if result.dim() == 0 or result.shape[0] != rows:
+            raise BadInputError(f"transform {self.spec['transform']!r} (per='batch') returned "
+                                f"shape {tuple(result.shape)} for a batch of {rows} samples, but "
+                                f"must return one row per sample")
+        return result
 
     def _call(self, x: torch.Tensor, root: int, path: tuple) -> torch.Tensor:
         seed = torch_seed(derive_bytes(root, path))
