@@ -14,7 +14,7 @@ a ``break`` or a restored state) and starts the next epoch once the current one 
 from __future__ import annotations
 
 import struct
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Mapping
 from typing import Any, NoReturn, cast
 
 import numpy as np
@@ -387,11 +387,13 @@ class TrainingDataIterator:
                                 f"{batches} batches per epoch")
         recorded_until = state.get("recorded_until")
         logged = checked_logged(state.get("logged"))
+        saved_by = checked_saved_by(state)
         experiment = cast(Experiment, self.experiment)
         if self.recording and experiment.resumed:
             # A state of the parent (continued here) has nothing of this run's record before
             # it; one of a library that did not name the run is taken for this run's own.
-            saved_by = state.get("run", experiment.id)
+            if saved_by is None:
+                saved_by = experiment.id
             if saved_by != experiment.id:
                 self._check_parents_state(saved_by)
             else:
@@ -401,7 +403,7 @@ class TrainingDataIterator:
                 elif type(recorded_until) is int:
                     experiment.forget_logs_before(recorded_until)
         elif self.recording:
-            self._check_fresh_runs_state(state.get("run"))
+            self._check_fresh_runs_state(saved_by)
         self._stop_active()
         self._epoch, self._batch, self._started = epoch, batch, started
         self._reset_recorded = None
@@ -494,6 +496,21 @@ class TrainingDataIterator:
     def __repr__(self) -> str:
         return (f"TrainingDataIterator({self.dataset.name!r}, batch_size={self.batch_size}, "
                 f"num_workers={self.num_workers}, epoch={self._epoch}, batch={self._batch})")
+
+
+def checked_saved_by(state: Mapping[str, Any]) -> str | None:
+    """A state's ``run``, checked: the id of the run that saved it, or None for a state that
+    names none (saved by an iterator recording nothing, or by a library older than ``run``).
+    A ``run`` given but not an id — ``None`` put there, say — is refused: taken for no run, it
+    let a state of one run start another, unrelated one mid-epoch."""
+    if "run" not in state:
+        return None
+    saved_by = state["run"]
+    if not isinstance(saved_by, str):
+        raise BadInputError(f"got a state whose 'run' is {saved_by!r:.40}, but a state_dict names "
+                            f"the run that saved it by its id (or, recording nothing, has no "
+                            f"'run')")
+    return saved_by
 
 
 def checked_logged(logged: Any) -> list[tuple[str, str, int | None, int]] | None:

@@ -971,6 +971,37 @@ def test_a_new_run_loads_only_a_state_of_the_run_it_continues(tmp_path: Path) ->
             assert len(list(continued)) == 3  # the batches the saver had left
 
 
+@pytest.mark.parametrize("run", [None, 7, ["exp-0"]], ids=["none", "int", "list"])
+def test_a_state_whose_run_is_not_an_id_is_refused(tmp_path: Path, run: object) -> None:
+    """``run`` set to None was taken for a state naming no run (an unrecorded iterator's), so a
+    state of one run started another, unrelated one at batch 2; replay certified it."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("saver", seed=7) as saver:
+            batches = _forty_rows(saver)
+            next(iter(batches))
+            state = {**batches.state_dict(), "run": run}
+            batches.close()
+        with manager.create_experiment("unrelated", seed=7) as unrelated:
+            with pytest.raises(BadInputError, match=r"got a state whose 'run' is .*, but a "
+                                                    r"state_dict names the run that saved it"):
+                _forty_rows(unrelated).load_state_dict(state)
+        resumed = manager.create_experiment("resumed", seed=7)
+        resumed.suspend()
+        with manager.resume_experiment(resumed.id) as again:
+            with pytest.raises(BadInputError, match="got a state whose 'run' is"):
+                _forty_rows(again).load_state_dict(state)
+        # an unrecorded iterator's state names no run: it starts a new run where it stands
+        unrecorded = TrainingDataIterator(sample_data(rows=40), 10, seed=7)
+        next(iter(unrecorded))
+        plain = unrecorded.state_dict()
+        assert "run" not in plain
+        with manager.create_experiment("from-unrecorded", seed=7) as started:
+            continued = _forty_rows(started)
+            continued.load_state_dict(plain)
+            assert len(list(continued)) == 3
+
+
 def _suspended_run(manager: ExperimentManager) -> Experiment:
     """A run that drew one batch of user draws and was suspended: resumable."""
     exp = manager.create_experiment("sessions", seed=11)

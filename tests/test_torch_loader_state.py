@@ -348,6 +348,19 @@ def test_a_recording_run_refuses_a_state_another_run_saved(manager: ExperimentMa
             loader(other, data, record=True).load_state_dict(state)
 
 
+@pytest.mark.parametrize("run", [None, 3], ids=["none", "int"])
+def test_a_loader_state_whose_run_is_not_an_id_is_refused(manager: ExperimentManager,
+                                                          run: object) -> None:
+    """Taken for a state naming no run, it started an unrelated run mid-epoch."""
+    with manager.create_experiment("saver", seed=SEED) as saver:
+        data = saver.register_dataset("fraud", *arrays())
+        state = {**interrupted_state(saver, data, epoch=0, batch=2, record=True), "run": run}
+    with manager.create_experiment("other", seed=SEED) as other:
+        data = other.register_dataset("fraud", *arrays())
+        with pytest.raises(BadInputError, match="got a state whose 'run' is"):
+            loader(other, data, record=True).load_state_dict(state)
+
+
 def test_a_resumed_run_refuses_a_state_ahead_of_its_record(manager: ExperimentManager) -> None:
     """A state claiming batches the run never recorded would leave a hole replay certifies."""
     exp = manager.create_experiment("ahead", seed=SEED)

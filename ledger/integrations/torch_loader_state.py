@@ -17,7 +17,7 @@ from ledger.errors import BadInputError, ForeignStateError, StateAheadError
 from ledger.events import AUGMENTATION_BATCH, EPOCH_RESET
 from ledger.integrations.runs import AttachedRun
 from ledger.integrations.sharding import rank_augment_path
-from ledger.iterator import checked_logged
+from ledger.iterator import checked_logged, checked_saved_by
 from ledger.sampling import shuffle_path
 from ledger.text import quoted
 
@@ -93,7 +93,7 @@ def check_run_state(run: Any, state: Mapping[str, Any], epoch: int, batch: int, 
     record is checked) — one ahead of what the run recorded (StateAheadError); then skip the
     metrics and checkpoints logged before it."""
     logged = checked_logged(state.get("logged"))
-    saved_by = state.get("run")
+    saved_by = checked_saved_by(state)
     parent = getattr(run, "parent", None)
     # Rank r > 0 (an AttachedRun) is checked as a resumed run always: its stream may hold what
     # a process attached to it before recorded, and it has no other sign of a resumed run.
