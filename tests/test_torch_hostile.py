@@ -557,15 +557,34 @@ class _Stream(torch.utils.data.IterableDataset):
         return iter([FEATURES[0]])
 
 
-@pytest.mark.parametrize("dataset", [
-    [(np.ones(2), 0), (np.ones(3), 1)], _Stream(),
-    torch.utils.data.TensorDataset(torch.ones(4, 2, dtype=torch.bfloat16)),
-    [(np.ones(2),), (np.ones(2), 1)]],
-    ids=["ragged", "iterable", "bfloat16", "mixed"])
+class _Sized(torch.utils.data.Dataset):
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return FEATURES[index]
+
+
+@pytest.mark.parametrize(("dataset", "message"), [
+    ([(np.ones(2), 0), (np.ones(3), 1)], "cannot read dataset 'd' into arrays"),
+    (_Stream(), "must be a map-style torch Dataset"),
+    (torch.utils.data.TensorDataset(torch.ones(4, 2, dtype=torch.bfloat16)), "BFloat16"),
+    ([(np.ones(2),), (np.ones(2), 1)], "cannot read dataset 'd' into arrays"),
+    ([{"x": np.ones(2), "y": 0}] * 2, "a sample holds dict, not a tensor or array"),
+    ([(np.ones(2), None)] * 2, "a sample holds NoneType, not a tensor or array"),
+    (_Sized(-1), "whose len\\(\\) fails: __len__\\(\\) should return >= 0"),
+    (_Sized(2**70), "whose len\\(\\) fails")],
+    ids=["ragged", "iterable", "bfloat16", "mixed", "dicts", "none-labels", "negative-len",
+         "huge-len"])
 def test_torch_datasets_that_cannot_become_arrays_are_refused(manager: ExperimentManager,
-                                                              dataset: Any) -> None:
+                                                              dataset: Any, message: str) -> None:
+    """The dict and None samples were refused as "dtype object", without a word on why; a
+    negative len() escaped as Python's bare ValueError."""
     with manager.create_experiment("datasets", seed=1) as exp:
-        with pytest.raises(BadInputError):
+        with pytest.raises(BadInputError, match=message):
             register_torch_dataset(exp, "d", dataset)
     assert "dataset_registered" not in kinds(manager, exp.id)
 

@@ -7,7 +7,7 @@ that register torch datasets for it. Part of :mod:`ledger.integrations.torch`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -424,10 +424,9 @@ def register_torch_dataset(run: Run, name: str, dataset: Any, *, role: str | Non
         raise BadInputError("register a dataset through the experiment's main process; on other "
                             "ranks use register_dataset(run, name, features, labels)")
     try:
-        samples = [dataset[index] for index in range(len(dataset))]
-    except TypeError as error:  # no len() (an IterableDataset) or no indexing
-        raise BadInputError(f"got {type(dataset).__name__} for dataset {name!r}, but it must be "
-                            f"a map-style torch Dataset (len() and [index]): {error}") from None
+        samples = [dataset[index] for index in range(_sample_count(dataset, name))]
+    except TypeError as error:  # no indexing
+        raise _not_map_style(dataset, name, error) from None
     if not samples:
         raise BadInputError(f"got an empty dataset {name!r}")
     if all(isinstance(sample, (tuple, list)) and len(sample) == 1 for sample in samples):
@@ -441,6 +440,23 @@ def register_torch_dataset(run: Run, name: str, dataset: Any, *, role: str | Non
                             f"tensors or arrays of one shape, or (features, label) pairs): "
                             f"{error_text(error, 200)}") from None
     return run.register_dataset(name, features, labels, role=role)
+
+
+def _sample_count(dataset: Any, name: str) -> int:
+    """``len(dataset)``; BadInputError when it has none or its ``__len__`` returns what len()
+    refuses (a negative or huge number: a bare ValueError or OverflowError)."""
+    try:
+        return len(dataset)
+    except TypeError as error:  # an IterableDataset
+        raise _not_map_style(dataset, name, error) from None
+    except (ValueError, OverflowError) as error:
+        raise BadInputError(f"got {type(dataset).__name__} for dataset {name!r} whose len() "
+                            f"fails: {error}") from None
+
+
+def _not_map_style(dataset: Any, name: str, error: TypeError) -> BadInputError:
+    return BadInputError(f"got {type(dataset).__name__} for dataset {name!r}, but it must be a "
+                         f"map-style torch Dataset (len() and [index]): {error}")
 
 
 def _check_tensor_dtypes(dataset: Dataset) -> None:
@@ -479,6 +495,10 @@ def _check_worker_options(options: dict[str, Any]) -> None:
 def _array(value: Any) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().numpy()
+    if value is None or isinstance(value, (Mapping, str, bytes)):
+        # numpy would hold it as an object, refused later as "dtype object" without a word on why
+        raise TypeError(f"a sample holds {type(value).__name__}, not a tensor or array (for "
+                        f"samples that are dicts, register their arrays: (features, labels))")
     return np.asarray(value)
 
 
