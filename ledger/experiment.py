@@ -132,6 +132,7 @@ class Experiment:
         self._forks = forks_so_far()
         self.status: str | None = None
         self.head: bytes | None = None
+        self._entered = False
         self._lock = threading.RLock()
         """Held by every append and by close(): a draw (or a resumed run's re-logged metric) is
         checked and recorded as one step, and nothing comes between run_completed's stream
@@ -610,6 +611,13 @@ class Experiment:
             self.status = "suspended"
 
     def __enter__(self) -> "Experiment":
+        """Refuse a closed run (its ``with`` would record nothing, without a word) and a second
+        ``with`` around the same run (the inner one's end would complete it under the outer)."""
+        self._check_open()
+        if self._entered:
+            raise BadInputError(f"experiment {self.id} is already in a with block: leaving the "
+                                f"inner one would complete the run under the outer one")
+        self._entered = True
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -18,6 +18,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ledger.arguments import check_flag
 from ledger.environment import code_version, current_user, environment_fingerprint
 from ledger.errors import BadInputError, CheckFailedError
 from ledger.events import (AUDIT_STREAM, CHECKPOINT, DATASET_REGISTERED, EPOCH_RESET,
@@ -41,6 +42,7 @@ def resume(store: Store, exp: str, data_dir: Path | None, *, take_over: bool = F
     records no folder to reuse): by default the main script's."""
     from ledger.experiment import Experiment, _existing_path
 
+    take_over = check_flag("take_over", take_over)  # "no" would take the stream over
     code_start = None if code_dir is None else _existing_path("code_dir", code_dir)
     row = store.experiment(exp)
     if row.status != "incomplete":

@@ -31,6 +31,7 @@ from ledger.events import (AUGMENTATION_BATCH, CHECKPOINT, DATASET_REGISTERED, E
                            EXPERIMENT_CREATED, METRIC, RUN_COMPLETED, USER_DRAW)
 from ledger.experiment import Experiment
 from ledger.experiment_info import describe_experiment
+from ledger.integrations.runs import AttachedRun
 from ledger.sampling import epoch_order
 from ledger.seeds import SEED_SCHEME, derive_bytes, root_seed_to_bytes
 from ledger.user_draws import register_draw
@@ -341,6 +342,44 @@ def test_a_closed_experiment_records_nothing_more(manager: ExperimentManager) ->
         exp.log_metric("late", 1.0)
     with pytest.raises(StoreError, match="already closed"):
         exp.close()
+
+
+def test_a_with_block_around_a_closed_or_entered_run_is_refused(
+        manager: ExperimentManager) -> None:
+    """``with exp:`` on a closed run did nothing, without a word; a second ``with`` inside the
+    first completed the run (ok) at its end, under the outer block that went on recording."""
+    with manager.create_experiment("closed", seed=1) as exp:
+        pass
+    with pytest.raises(StoreError, match="is closed"):
+        with exp:
+            pass
+    with manager.create_experiment("nested", seed=1) as outer:
+        with pytest.raises(BadInputError, match="already in a with block"):
+            with outer:
+                pass
+        outer.log_metric("after", 1.0)  # the refusal left the run recording
+    assert bodies(manager.store, outer.id)[-1]["kind"] == "run_completed"
+    assert [body["kind"] for body in bodies(manager.store, outer.id)].count("metric") == 1
+    suspended = manager.create_experiment("suspended", seed=1)
+    suspended.suspend()
+    with pytest.raises(StoreError, match="is closed"):
+        with suspended:
+            pass
+    assert manager.store.experiment(suspended.id).status == "incomplete"
+
+
+@pytest.mark.parametrize("take_over", ["no", 1, None])
+def test_take_over_must_be_a_bool(manager: ExperimentManager, take_over: Any) -> None:
+    """``take_over="no"`` took the main stream over from a live holder."""
+    exp = manager.create_experiment("held", seed=1)
+    exp.suspend()
+    with pytest.raises(BadInputError, match=f"got take_over={take_over!r}, but it must be True "
+                                            f"or False"):
+        manager.resume_experiment(exp.id, take_over=take_over)
+    with pytest.raises(BadInputError, match="got take_over="):
+        AttachedRun(manager.store, exp.id, "rank-1", take_over=take_over)
+    with manager.resume_experiment(exp.id, take_over=False):
+        pass
 
 
 def test_a_closed_experiment_stores_no_dataset_it_refuses(manager: ExperimentManager) -> None:

@@ -588,23 +588,24 @@ def test_a_state_ahead_of_the_ledger_is_refused_and_state_dict_prevents_it(
                    timeout=120)
     loaded = msgpack.unpackb(saved.read_bytes())
     with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
-        with manager.resume_experiment(loaded["exp"]) as exp:
-            data = exp.register_dataset("d", *sample_data())
-            batches = TrainingDataIterator(data, 60, experiment=exp,
-                                           augmenter=DataAugmenter(noise_std=0.1))
-            if state == "_state":
-                with pytest.raises(StateAheadError, match=r"got a state at epoch 1 batch 10, "
-                                   r"but exp-\w+ has no record of epoch 0's shuffle: the state "
-                                   r"is ahead of the ledger"):
+        exp = manager.resume_experiment(loaded["exp"])
+        data = exp.register_dataset("d", *sample_data())
+        batches = TrainingDataIterator(data, 60, experiment=exp,
+                                       augmenter=DataAugmenter(noise_std=0.1))
+        if state == "_state":
+            with pytest.raises(StateAheadError, match=r"got a state at epoch 1 batch 10, "
+                               r"but exp-\w+ has no record of epoch 0's shuffle: the state "
+                               r"is ahead of the ledger"):
+                batches.load_state_dict(loaded["state"])
+            raise_it = pytest.raises(StateAheadError)
+            with raise_it:  # as a training script would: the error leaves the block
+                with exp:
                     batches.load_state_dict(loaded["state"])
-                raise_it = pytest.raises(StateAheadError)
-                with raise_it:  # as a training script would: the error leaves the block
-                    with exp:
-                        batches.load_state_dict(loaded["state"])
-                # refused before anything was done: the run is still there to resume
-                assert describe_experiment(manager.store, exp.id).status == "incomplete"
-                manager.resume_experiment(exp.id).suspend()
-                return
+            # refused before anything was done: the run is still there to resume
+            assert describe_experiment(manager.store, exp.id).status == "incomplete"
+            manager.resume_experiment(exp.id).suspend()
+            return
+        with exp:
             batches.load_state_dict(loaded["state"])
             list(batches)
         report = replay_run(manager.store, exp.id, data_dir=tmp_path / "data")

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ledger.arguments import check_flag
 from ledger.datasets import (Dataset, check_arrays, check_name, check_role, dataset_digest,
                              dataset_from_file)
 from ledger.errors import BadInputError, StoreError
@@ -48,6 +49,7 @@ class AttachedRun:
         self.store = store
         self.id = check_experiment_id(exp)
         self.stream = check_stream(stream)
+        take_over = check_flag("take_over", take_over)  # "no" would take the stream over
         self._owns_store = _owns_store
         if stream == MAIN_STREAM:
             raise BadInputError(f"got stream {stream!r}, but the main stream belongs to the "
