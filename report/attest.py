@@ -91,7 +91,9 @@ def replay_statement(report: dict[str, Any]) -> dict[str, Any]:
 
     A PASSED of another state of the run than the subject (R8 ``head_is_current`` false: a
     recorded replay of another head, or of an incomplete run that went on) is WARNED: no
-    replay read the events the subject stands for."""
+    replay read the events the subject stands for. So is a PASSED quoted from a ledger that
+    fails verification now (a body edited under its stored hash keeps every head): the report
+    says so in an alert, and the attestation, read alone, must not certify it."""
     r8 = report["R8"]
     verdict = r8["verdict"]
     name = f"replay {report['R1']['exp']}"
@@ -100,6 +102,9 @@ def replay_statement(report: dict[str, Any]) -> dict[str, Any]:
     if result == "PASSED" and r8["head_is_current"] is False:
         result, why = "WARNED", (" (of another state of the run than the subject: the recorded "
                                  "replay did not read the events stored now)")
+    elif result == "PASSED" and report["summary"]["integrity"] != "VERIFIED":
+        result, why = "WARNED", (" (quoted from a ledger that fails verification: the recorded "
+                                 "replay read the rows as they were, not those stored now)")
     predicate: dict[str, Any] = {
         "result": result,
         "configuration": [{"name": "replay policy", "uri": REPLAY_CONFIGURATION,

@@ -32,6 +32,7 @@ from ledger.store import Store, StreamWriter
 from ledger_builders import drop_append_only_triggers, execute, record_experiment
 from replay.engine import record_replay, replay_run
 from replay_helpers import record_run, sample_data
+from report.attest import replay_statement
 from report.data_checks import RECORD_TAG, record_digests
 from report.facts import RunFacts, gather
 from report.governance import RETENTION_CLASSES, add_months, r11_retention, r13_signoff
@@ -245,6 +246,14 @@ def test_a_recorded_pass_quoted_from_a_ledger_that_no_longer_verifies_is_flagged
     assert (summary["integrity"], summary["replay"]) == ("FAILED", "PASSED")
     assert summary["headline"].endswith(" — quoted from a ledger that fails verification")
     assert [a for a in summary["alerts"] if a.startswith("RECORDED PASS NOT TRUSTED: ")]
+    # the replay attestation, read alone, said PASSED: byte for byte the untampered one's
+    assert replay_statement(honest)["predicate"]["result"] == "PASSED"
+    predicate = replay_statement(tampered)["predicate"]
+    assert (predicate["result"], predicate["ledgerVerdict"], predicate["passedTests"]) == (
+        "WARNED", "PASSED", [])
+    assert predicate["warnedTests"] == [f"replay {exp}: PASSED (quoted from a ledger that fails "
+                                        f"verification: the recorded replay read the rows as "
+                                        f"they were, not those stored now)"]
 
 
 def test_a_run_completed_moved_out_of_main_is_reported_complete_as_show_says(
