@@ -28,6 +28,7 @@ from ledger.errors import BadInputError, UnknownExperimentError
 from ledger.events import AUDIT_STREAM, RUN_COMPLETED
 from ledger.store.store import Store, StreamHead
 from ledger.verify import VerifyReport, verify
+from report.export import ROLES
 from report.jsonview import canonical_json, parse_json
 from report.model import SCHEMA_ID, SECTION_IDS
 from report.schema_check import SchemaError, schema_errors
@@ -113,7 +114,7 @@ def check_report(path: Path, public_key: Path | None, *, signature: Path | None 
         _check_signature(check, report, key, signature)
     _check_schema(check, report)
     _check_files(check, report, path.parent)
-    _check_sums(check, path.parent, covered={path.name, signature.name})
+    _check_sums(check, report, path.parent, covered={path.name, signature.name})
     if exp is not None and check.exp != exp:
         check.failures.append(f"report is of experiment {check.exp}, not {exp}")
     if store is not None:
@@ -188,12 +189,26 @@ def _check_files(check: ReportCheck, report: dict[str, Any], folder: Path) -> No
             check.failures.append(f"{name} does not have the SHA-256 the report records")
 
 
-def _check_sums(check: ReportCheck, folder: Path, covered: set[str]) -> None:
+BUNDLE_ROLES = frozenset({ROLES["provenance"], ROLES["replay"]})
+"""R0 roles of the files only a bundle holds: a report listing one was exported in a bundle."""
+
+
+def _check_sums(check: ReportCheck, report: dict[str, Any], folder: Path,
+                covered: set[str]) -> None:
     """Check SHA256SUMS beside the report. A file it lists that R0 does not (other than the
-    report and its signature, in ``covered``) matches only an unsigned list: shown as such."""
+    report and its signature, in ``covered``) matches only an unsigned list: shown as such.
+    SHA256SUMS itself is listed: ``altered`` when a line is malformed or contradicts a file
+    the signed report vouches for. A report exported in a bundle checked without it (taken
+    out of its bundle, or the list deleted) gets a note: a file deleted from the bundle is
+    then only absent."""
     sums = folder / "SHA256SUMS"
     if not sums.is_file():
+        if _exported_in_bundle(report):
+            check.notes.append("no SHA256SUMS beside a report exported in a bundle (R0 lists its "
+                               "attestations): checked as a report taken out of its bundle, so "
+                               "a file missing from the bundle is reported absent, not failed")
         return
+    failed_before = len(check.failures)
     # bytes, not read_text: its universal newlines would read a \r\n or \r line ending as \n
     lines = sums.read_bytes().decode("utf-8", errors="replace").split("\n")
     if lines[-1] == "":
@@ -205,13 +220,20 @@ def _check_sums(check: ReportCheck, folder: Path, covered: set[str]) -> None:
         if (not _LOWER_HEX_64.fullmatch(digest) or not name.isprintable() or name.strip() != name
                 or not name or Path(name).name != name):
             check.failures.append(f"SHA256SUMS line {number} is malformed")
+            check.files.setdefault("SHA256SUMS", f"altered (line {number} is malformed)")
             continue
         target = folder / name
         if not target.is_file():
             check.failures.append(f"{name} is listed in SHA256SUMS but missing")
             check.files.setdefault(name, "absent")
         elif file_sha256(target) != digest:
-            check.failures.append(f"{name} does not match SHA256SUMS")
+            vouched = check.files.get(name) == "ok"  # the file has the digest R0 records
+            check.failures.append(f"{name} does not match SHA256SUMS" + (
+                ", though it has the SHA-256 the report records: SHA256SUMS was altered"
+                if vouched else ""))
+            if vouched:
+                check.files.setdefault("SHA256SUMS", f"altered (its line for {name} does not "
+                                                     f"match the file the report vouches for)")
             # listed as such where R0 did not list it already (the report itself, say)
             check.files.setdefault(name, "altered (does not match SHA256SUMS)")
         elif name in check.files or name in covered:
@@ -220,6 +242,15 @@ def _check_sums(check: ReportCheck, folder: Path, covered: set[str]) -> None:
             check.files[name] = "unsigned (listed only in SHA256SUMS)"
             check.notes.append(f"{name} matches SHA256SUMS, which the signature does not cover: "
                                f"not vouched for by the report")
+    check.files.setdefault("SHA256SUMS", "ok (every line matches; the signature does not "
+                                         "cover it)" if len(check.failures) == failed_before
+                           else "a line does not match its file (see the files)")
+
+
+def _exported_in_bundle(report: dict[str, Any]) -> bool:
+    files = report["R0"].get("files")
+    return isinstance(files, list) and any(
+        isinstance(entry, dict) and entry.get("role") in BUNDLE_ROLES for entry in files)
 
 
 def _check_ledger(check: ReportCheck, report: dict[str, Any], store: Store) -> None:

@@ -227,6 +227,45 @@ def test_a_missing_appendix_is_noted_not_failed(bundle: Path, signed: Path) -> N
     assert outcome.ok and outcome.files["events.ndjson"] == "absent"
 
 
+def test_a_bundle_checked_without_its_sha256sums_says_so(bundle: Path, signed: Path) -> None:
+    """Deleting SHA256SUMS (unsigned) with a file of the bundle passed as a report taken out of
+    its bundle, without a word: the report, which lists the bundle's attestations, now says
+    what that check could not catch."""
+    for name in ("SHA256SUMS", "replay.intoto.json", "report.html"):
+        (bundle / name).unlink()
+    done = run_cli("verify-report", str(bundle / "report.json"), "--public-key",
+                   str(signed / "key.pub"))
+    assert done.returncode == 0, done.stderr
+    assert "  report.html: absent" in done.stdout
+    assert ("  note: no SHA256SUMS beside a report exported in a bundle (R0 lists its "
+            "attestations): checked as a report taken out of its bundle, so a file missing from "
+            "the bundle is reported absent, not failed") in done.stdout
+    standalone = bundle.parent / "alone.json"
+    assert run_cli("report", A, "-o", str(standalone), "--no-record", "--db",
+                   f"sqlite:///{signed / 'ledger.db'}").returncode == 0
+    assert not [note for note in check_report(standalone, None).notes if "SHA256SUMS" in note]
+
+
+def test_sha256sums_is_listed_and_named_when_its_own_line_was_altered(bundle: Path,
+                                                                      signed: Path) -> None:
+    """A line of SHA256SUMS edited: every file showed ok, SHA256SUMS was not named."""
+    outcome = check_report(bundle / "report.json", signed / "key.pub")
+    assert outcome.ok
+    assert outcome.files["SHA256SUMS"] == "ok (every line matches; the signature does not cover it)"
+    listing = bundle / "SHA256SUMS"
+    lines = listing.read_text().splitlines()
+    name = lines[0].partition("  ")[2]
+    listing.write_text("\n".join(["0" * 64 + "  " + name, *lines[1:]]) + "\n")
+    done = run_cli("verify-report", str(bundle / "report.json"), "--public-key",
+                   str(signed / "key.pub"))
+    assert done.returncode == 1
+    assert (f"  SHA256SUMS: altered (its line for {name} does not match the file the report "
+            f"vouches for)") in done.stdout
+    assert f"  {name}: ok" in done.stdout
+    assert (f"{name} does not match SHA256SUMS, though it has the SHA-256 the report records: "
+            f"SHA256SUMS was altered") in done.stderr
+
+
 @pytest.mark.parametrize("content,message", [(b"not json at all", "is not JSON"),
                                              (b'{"schema": "other"}', "is not a ledger/report")])
 def test_files_that_are_not_our_reports_exit_2(tmp_path: Path, signed: Path, content: bytes,
