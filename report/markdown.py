@@ -2,7 +2,8 @@
 
 Values from the ledger are escaped so that they can neither break a table nor inject markup:
 HTML-special characters become entities and Markdown's inline punctuation (emphasis, code,
-links, tables) is backslash-escaped.
+links, tables) is backslash-escaped, and so is what starts a bare autolink (``https://``,
+``www.``, ``@``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from report.sections import resumed_rows
 
 _SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 """Markdown's inline punctuation; values never start a line, so block markers (#, -, >) are safe."""
+_AUTOLINK = re.compile(r"(:(?=//)|@|(?<=[0-9A-Za-z])\.(?=[A-Za-z]))")
+"""What starts an autolink without any markup in GitHub-flavoured Markdown and linkify
+renderers — ``https://``, ``www.``, an e-mail address, a bare domain (``mk.py``) — escaped so
+that a name in the ledger cannot become a live link."""
 
 
 def m(value: Any) -> str:
@@ -31,7 +36,7 @@ def m(value: Any) -> str:
         value = json.dumps(value, sort_keys=True, ensure_ascii=False)
     text = " ".join(str(value).split())
     text = escape_unprintable(text)  # a terminal escape or bidi control, shown as text
-    return _SPECIAL.sub(r"\\\1", escape(text, quote=False))
+    return _AUTOLINK.sub(r"\\\1", _SPECIAL.sub(r"\\\1", escape(text, quote=False)))
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:

@@ -184,8 +184,7 @@ def test_markdown_carries_what_report_md_requires_as_json_and_html_do(
     threads = report["R4"]["blas_threads"]
     assert threads  # numpy's OpenBLAS, as recorded
     for library, count in threads.items():
-        escaped = re.sub(r"([\\`*_\[\]|~])", r"\\\1", library)
-        assert f"{escaped}\": {count}" in r4 and library in html
+        assert f"{m(library)}\": {count}" in r4 and library in html
     assert report["R4"]["numpy"]["blas"]["blas"]["name"] in r4
     r8 = _md_section(text, "R8")
     for field in ("started\\_at", "environment", "policy"):  # field names are escaped
@@ -259,9 +258,10 @@ def test_a_bundle_holds_every_format_and_r0_lists_their_digests(
 
 
 MARKUP = ("<img src=x onerror=alert(1)>\n# heading \\| `tick` [link](http://x) *em* _u_ ~s~ "
-          "\u202e\x1b[2J")
+          "\u202e\x1b[2J https://bare.example www.bare.example a@bare.example mk.py")
 """Text a tampered ledger could hold anywhere: HTML, a line break, Markdown block and inline
-markup, a bidi control and a terminal escape."""
+markup, a bidi control, a terminal escape, and bare URLs, an address and a domain that
+renderers turn into links by themselves."""
 FREE_FORM_MAPS = (("R3", "entrypoint"), ("R4", "packages"), ("R4", "determinism_env"),
                   ("R6", "hyperparameters"), ("R7", "counts_by_kind"), ("R8", "environment"))
 """Maps whose keys come from the ledger too (names of hyperparameters, packages, kinds, …)."""
@@ -313,6 +313,9 @@ def test_markdown_escapes_every_string_of_a_hostile_report(report: dict[str, Any
         return [token for token in re.findall(r"\\.|[|`\[\]]", line) if token[0] != "\\"]
 
     assert [token for token in markup(text) if token != "|"] == []
+    # what starts a bare autolink (GitHub-flavoured Markdown, linkify) is escaped everywhere
+    assert r"https\://bare\.example www\.bare\.example a\@bare\.example mk\.py" in text
+    assert not re.findall(r"(?<!\\)(?::(?=//)|@|(?<=[0-9A-Za-z])\.(?=[A-Za-z]))", text)
     for table in re.findall(r"(?:^\|.*\n)+", text, re.M):
         assert len({len(markup(line)) for line in table.splitlines()}) == 1, table
 
@@ -455,7 +458,7 @@ def test_markdown_states_verification_appendix_and_values_as_recorded(
     text = render_markdown(report)
     assert "**Full chain verification: VERIFIED**" in text and INTACT_NOTE not in text
     assert "Per-event appendix: not written" in text
-    assert f"| transactions | — | {report['R5']['datasets'][0]['source']['path']} |" in text
+    assert f"| transactions | — | {m(report['R5']['datasets'][0]['source']['path'])} |" in text
     assert "| complete | yes |" in text and '| hyperparameters | {"lr": 0.5,' in text
     changed = json.loads(json.dumps(report))
     changed["R9"]["verification"].update(ok=False, intact=5)
@@ -464,7 +467,7 @@ def test_markdown_states_verification_appendix_and_values_as_recorded(
     text = render_markdown(changed)
     assert '| migrations | \\["v1", "v2"\\] |' in text
     assert "**Full chain verification: FAILED** — " in text and f", 5 {INTACT_NOTE}" in text
-    assert f"Per-event appendix: events.ndjson (3 lines, sha256 {'ab' * 32})" in text
+    assert f"Per-event appendix: events\\.ndjson (3 lines, sha256 {'ab' * 32})" in text
 
 
 def _series(points: list[tuple[float, float]], last_epoch: int | None = None) -> dict[str, Any]:
