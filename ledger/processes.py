@@ -1,11 +1,14 @@
 """Choosing how many helper processes to start, and how (verification segments, replay chunks);
 how much memory the machine has, to bound what untrusted records may ask for; whether this
-process is a fork of the one that made a recording object (:func:`forks_so_far`); and forking
-with the library's own background threads stopped (:func:`background_threads_paused`)."""
+process is a fork of the one that made a recording object (:func:`forks_so_far`); forking
+with the library's own background threads stopped (:func:`background_threads_paused`); and
+helpers that end with their parent (:func:`exit_with_parent`)."""
 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
+import multiprocessing.connection
 import os
 import threading
 import weakref
@@ -118,6 +121,27 @@ def _resume_all(state: _PauseState) -> None:
     paused, state.paused = state.paused, []
     for owner in paused:
         owner.resume_thread()
+
+
+def exit_with_parent() -> None:
+    """In a helper process: exit at once when the process that started it is gone.
+
+    A helper blocked on a queue or a pipe never sees its parent killed (SIGTERM, SIGKILL): a
+    forked helper holds the parent's end of that pipe itself, so no EOF comes. It stayed
+    forever, holding the database and the caller's stdout open, so that a caller waiting for
+    the output's end (``$(ledger verify)``) hung too. A daemon thread waits on the parent's
+    sentinel, which the operating system closes when the parent exits, and ends the process.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+    sentinel = parent.sentinel
+
+    def watch() -> None:
+        multiprocessing.connection.wait([sentinel])
+        os._exit(1)  # nothing of a helper's is worth finishing for a parent that is gone
+
+    threading.Thread(target=watch, name="ledger-parent-watch", daemon=True).start()
 
 
 def pool_start_method() -> str:

@@ -30,7 +30,7 @@ from ledger.chain_check import Segment, SegmentResult, check_segment
 from ledger.digests import ZERO_DIGEST
 from ledger.errors import BadInputError, UnknownExperimentError
 from ledger.events import AUDIT_STREAM, COMPLETION_STATUSES, MAIN_STREAM, check_experiment_id
-from ledger.processes import pool_start_method, process_count, usable_cores
+from ledger.processes import exit_with_parent, pool_start_method, process_count, usable_cores
 from ledger.store.store import Store
 from ledger.text import is_sendable_text, quoted
 
@@ -141,6 +141,7 @@ _worker_store: Store | None = None
 def _set_worker_url(url: str) -> None:
     global _worker_url
     _worker_url = url
+    exit_with_parent()
 
 
 def _check_in_worker(segment: Segment) -> SegmentResult:

@@ -33,7 +33,7 @@ import numpy as np
 import ledger.errors
 from ledger.errors import BadInputError, CannotReplayError, LedgerError
 from ledger.events import decode_body
-from ledger.processes import pool_start_method
+from ledger.processes import exit_with_parent, pool_start_method
 from ledger.text import error_summary
 from replay.claims import Claims
 from replay.compare import first_difference
@@ -129,6 +129,7 @@ _inherited_job: _Job | None = None
 
 def _worker_main(connection: Connection, job: _Job | None) -> None:
     """A worker process: re-execute chunks from the back; send its mismatches and failure."""
+    exit_with_parent()  # a replay killed mid-way: its workers' shares are nobody's now
     job = job or _inherited_job
     assert job is not None
     if not job.spawned:

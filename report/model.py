@@ -10,10 +10,8 @@ document alone. R0's list of emitted files is filled in by :mod:`report.export`.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import secrets
 import socket
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -22,6 +20,7 @@ from typing import Any, BinaryIO
 
 from ledger import __version__
 from ledger.environment import current_user, recorded_distribution
+from ledger.processes import exit_with_parent, pool_start_method
 from ledger.recorded_differences import LIBRARY_KEYS
 from ledger.text import escape_unprintable
 from ledger.store.store import ExperimentRow, Store
@@ -84,8 +83,9 @@ def _start_verification(store: Store, exp: str, events: int) -> Callable[[], Ver
     """Start verifying ``exp``: in another process for large runs; returns how to get the result."""
     if events < PARALLEL_VERIFY_EVENTS or not store.shareable:
         return lambda: verify(store, exp)
-    method = "fork" if threading.active_count() == 1 and os.name == "posix" else "spawn"
-    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context(method))
+    pool = ProcessPoolExecutor(max_workers=1,
+                               mp_context=multiprocessing.get_context(pool_start_method()),
+                               initializer=exit_with_parent)
     future = pool.submit(_verify_in_process, store.url_with_secrets, exp)
 
     def result() -> VerifyReport:

@@ -7,6 +7,7 @@ exhausted the machine's memory; these tests pin the bound.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import json
@@ -198,3 +199,63 @@ def test_replay_starts_no_worker_without_a_chunk_of_draws_to_share(
     with Store.open(url) as store:
         report = replay_run(store, exp, jobs=jobs, data_dir=tmp_path / "data")
     assert report.certified and started == [workers]
+
+
+_KILLED_PARENT = """
+import multiprocessing, os, signal, sys
+from concurrent.futures import ProcessPoolExecutor
+from ledger.processes import exit_with_parent
+from ledger.verify import _set_worker_url
+initializer, initargs = {
+    "verify": (_set_worker_url, ("sqlite://",)),
+    "report": (exit_with_parent, ()),
+    "none": (None, ()),
+}[sys.argv[1]]
+pool = ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context(sys.argv[2]),
+                           initializer=initializer, initargs=initargs)
+for future in [pool.submit(os.getpid) for _ in range(8)]:
+    future.result()  # the workers are up, and idle: blocked on the pool's queue
+print(" ".join(str(pid) for pid in pool._processes), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie its new parent has not reaped yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize("initializer", ["verify", "report"])
+def test_helper_processes_end_when_their_parent_is_killed(initializer: str,
+                                                          method: str) -> None:
+    """``ledger verify -j 2`` killed by SIGTERM left its workers blocked on the pool's queue
+    for ever (a forked worker holds the queue's other end itself: no EOF comes), holding the
+    database and the caller's stdout — ``$(ledger verify)`` hung. Each helper now ends with
+    its parent. (The control, a pool without the initializer, is left running: killed here.)"""
+    pids: dict[str, list[int]] = {}
+    outputs = {}
+    try:
+        for kind in (initializer, "none"):
+            parent = subprocess.Popen([sys.executable, "-c", _KILLED_PARENT, kind, method],
+                                      cwd=ROOT, stdout=subprocess.PIPE, text=True)
+            outputs[kind] = parent.stdout
+            pids[kind] = [int(pid) for pid in parent.stdout.readline().split()]
+            assert parent.wait(timeout=120) == -9 and len(pids[kind]) == 2
+        for _ in range(600):  # a liveness bound, not a speed target: they end within ms
+            if all(map(_gone, pids[initializer])):
+                break
+            threading.Event().wait(0.1)
+        assert all(map(_gone, pids[initializer]))
+        assert outputs[initializer].read() == ""  # the end of the output: a caller goes on
+        assert not any(map(_gone, pids["none"]))  # the control: orphans blocked for ever
+    finally:
+        for pid in pids.get("none", []):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        for output in outputs.values():
+            output.close()
