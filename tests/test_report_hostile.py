@@ -230,6 +230,22 @@ def test_file_names_a_report_lists_cannot_drive_the_terminal(signed: Path, tmp_p
     assert "x\\x1b[2Jy: absent" in done.stdout and "note: x\\x1b[2Jy is listed" in done.stdout
     assert "\x1b" not in done.stdout + done.stderr
 
+@pytest.mark.parametrize("to_stdout", [False, True], ids=["file", "stdout"])
+def test_the_wrote_lines_show_the_file_name_escaped(run: tuple[Path, str], tmp_path: Path,
+                                                    to_stdout: bool) -> None:
+    """A name with a newline forged a line of output, and one with an escape sequence was
+    shown without it (click strips those off a terminal): not the name of the file written."""
+    folder, exp = run
+    name = "r\nREPORT forged\x1b[31m.json"
+    args = ["--appendix", str(tmp_path / name)] if to_stdout else ["-o", str(tmp_path / name)]
+    done = _ledger(folder, "report", exp, "--no-record", *args)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / name).is_file()
+    shown = done.stderr if to_stdout else done.stdout
+    assert f"wrote {tmp_path}/r\\nREPORT forged\\x1b[31m.json" in shown
+    assert not [line for line in shown.splitlines() if line.startswith("REPORT forged")]
+
+
 def test_html_shows_bidi_controls_as_text() -> None:
     assert e("model \u202e gnp.exe") == "model \\u202e gnp.exe"
     assert e("<b>\x1b[2J") == "&lt;b&gt;\\x1b[2J"

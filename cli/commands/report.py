@@ -151,7 +151,7 @@ def report_command(obj: dict, exp: str, fmt: str | None, output: Path | None, bu
     summary = result.report["summary"]
     if result.stdout is not None:
         for path in result.written:
-            click.echo(f"ledger: wrote {path.path}", err=True)
+            click.echo(printable(f"ledger: wrote {path.path}"), err=True)
         if summary["attention"]:
             click.echo(printable(f"ledger: note: {summary['headline']} (see the report's alerts)"),
                        err=True)
@@ -166,7 +166,8 @@ def report_command(obj: dict, exp: str, fmt: str | None, output: Path | None, bu
     for alert in summary["alerts"]:
         click.echo(printable(f"  ! {alert}"))
     for written in result.written:
-        click.echo(f"  wrote {written.path}  ({written.role}, sha256 {written.sha256[:16]}…)")
+        click.echo(printable(f"  wrote {written.path}  ({written.role}, sha256 "
+                             f"{written.sha256[:16]}…)"))
 
 
 def _refuse_idle_options(context: click.Context, *, run_replay: bool, appendix_written: bool,
