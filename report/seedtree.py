@@ -68,7 +68,8 @@ class SeedTree:
             key = (kind, _coarse(path))
             node = self._nodes.get(key)
             if node is None and len(self._nodes) >= self.max_nodes + 100:
-                key = (kind, (path[0], ELLIPSIS) if path else (ELLIPSIS,))
+                # a path of one label (or none) has nothing after its first label to fold
+                key = (kind, (path[0], ELLIPSIS) if len(path) > 1 else _coarse(path))
                 node = self._nodes.get(key)
                 if node is None and len(self._nodes) >= self.max_nodes + 200:
                     key = (kind, (ELLIPSIS,))  # first labels that differ every time

@@ -817,18 +817,20 @@ def test_the_seed_tree_stays_bounded_however_many_paths_a_run_draws() -> None:
 def test_the_seed_tree_stays_bounded_when_every_path_starts_with_another_label() -> None:
     """Keeping only the first label bounded nothing when every path starts with its own label
     (a user draw keyed by a file name): 20,000 such draws gave 20,000 patterns, not the 2,000
-    the README promises. Past max_nodes + 200 patterns, new paths fold to ``…``."""
+    the README promises. Past max_nodes + 200 patterns, new paths fold to ``…``. A path of one
+    label is never shown as ``file-0102/…``: it has nothing after its first label."""
     tree = SeedTree(max_nodes=2)
     for index in range(1000):
         tree.add("user_draw", (f"file-{index:04d}",), bytes(16))
-    tree.add("user_draw", ("file-0150", "again"), bytes(16))  # its pattern exists: joins it
+    tree.add("user_draw", ("file-0150", "again"), bytes(16))
+    tree.add("user_draw", ("file-0151",), bytes(16))  # its pattern exists: joins it
     nodes = tree.nodes()
     assert len(nodes) == 2 + 200 + 1
     assert [n["path"] for n in nodes[:2]] == [["file-0000"], ["file-0001"]]
-    assert [n["path"] for n in nodes[102:104]] == [["file-0102", "…"], ["file-0103", "…"]]
-    assert (nodes[150]["path"], nodes[150]["count"]) == (["file-0150", "…"], 2)
-    assert (nodes[-1]["path"], nodes[-1]["count"], nodes[-1]["seed"]) == (["…"], 798, None)
-    assert sum(node["count"] for node in nodes) == 1001
+    assert [n["path"] for n in nodes[102:104]] == [["file-0102"], ["file-0103"]]
+    assert (nodes[151]["path"], nodes[151]["count"]) == (["file-0151"], 2)
+    assert (nodes[-1]["path"], nodes[-1]["count"], nodes[-1]["seed"]) == (["…"], 799, None)
+    assert sum(node["count"] for node in nodes) == 1002
 
 
 def test_a_metric_series_is_thinned_but_keeps_its_count_and_last_value() -> None:
@@ -1279,7 +1281,7 @@ def test_the_seed_tree_folds_new_paths_coarsely_once_it_holds_max_nodes() -> Non
 def test_past_max_nodes_integers_fold_first_then_all_but_the_first_label() -> None:
     """Once full, a new epoch path joins the one ``epoch/*/shuffle`` pattern — also once the
     tree holds max_nodes + 100 patterns, since that pattern exists; only a path with no
-    pattern yet keeps just its first label (an empty path: ``…``)."""
+    pattern yet keeps just its first label (a path of one label, or none, stays as it is)."""
     tree = SeedTree(max_nodes=2)
     tree.add("user_draw", ("a",), b"\x01")
     tree.add("user_draw", ("b",), b"\x02")
@@ -1292,10 +1294,9 @@ def test_past_max_nodes_integers_fold_first_then_all_but_the_first_label() -> No
     tree.add("user_draw", ("d", 1), b"\x08")
     rows = _tree_rows(tree)
     assert len(rows) == 104 and tree.folded
-    assert rows[:3] == [(("a",), 1, "01", None), (("b",), 1, "02", None),
+    assert rows[:4] == [((), 1, "07", None), (("a",), 1, "01", None), (("b",), 1, "02", None),
                         (("c00",), 1, "05", None)]
-    assert rows[-3:] == [(("d", "…"), 1, "08", None), (("epoch", "*", "shuffle"), 3, None, None),
-                         (("…",), 1, "07", None)]
+    assert rows[-2:] == [(("d", "…"), 1, "08", None), (("epoch", "*", "shuffle"), 3, None, None)]
 
 
 def test_a_user_pattern_made_past_max_nodes_keeps_its_first_draw_in_its_range() -> None:
