@@ -136,12 +136,20 @@ def _parent(r1: dict[str, Any]) -> str | None:
     return f"{r1['parent']} ({'in' if found else 'not in'} this ledger)"
 
 
+def _not_plotted(series: dict[str, Any]) -> str:
+    """What a chart leaves out: its values that are no finite number (a NaN loss)."""
+    count = series.get("not_plotted")
+    return f"; {e(count)} not plotted (not a finite number)" if count else ""
+
+
 def _r1(report: dict[str, Any]) -> str:
     r1 = report["R1"]
     checkpoints = "".join(f"<tr><td>{e(c['name'])}</td><td>{e(c['epoch'])}</td>"
                           f"<td>{_code(c['digest'])}</td></tr>" for c in r1["checkpoints"]["final"])
-    charts = "".join(f"<h3>{e(s['name'])} <span class=\"muted\">({e(s['count'])} values; last "
-                     f"{e(s['last'])})</span></h3>{metric_chart(s)}" for s in r1["metrics"])
+    charts = "".join(f"<h3>{e(s['name'])} <span class=\"muted\">({e(s['count'])} "
+                     f"value{'' if s['count'] == 1 else 's'}{_not_plotted(s)}; last "
+                     f"{e(s['last'])})</span></h3>{metric_chart(s)}"
+                     for s in r1["metrics"])
     return (_rows([("Experiment", r1["exp"]), ("Name", r1["name"]), ("Model", r1["model"]),
                    ("Intended purpose", r1["purpose"] or "(not recorded)"),
                    ("Parent run", _parent(r1)), ("Status", r1["status"]),

@@ -81,8 +81,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += [f"Final checkpoints ({m(r1['checkpoints']['recorded'])} recorded):", ""]
     out += _table(["checkpoint", "epoch", "state digest"],
                   [[c["name"], c["epoch"], c["digest"]] for c in r1["checkpoints"]["final"]])
-    out += _table(["metric", "values", "last", "last epoch"],
-                  [[x["name"], x["count"], x["last"], x["last_epoch"]] for x in r1["metrics"]])
+    out += _table(["metric", "values", "not plotted (no finite number)", "last", "last epoch"],
+                  [[x["name"], x["count"], x.get("not_plotted"), x["last"], x["last_epoch"]]
+                   for x in r1["metrics"]])
     if r1["metrics_not_plotted"]:
         out += [m(unplotted_note(r1["metrics_not_plotted"])), ""]
     out += ["## R2 Who and when", ""] + _pairs(report["R2"], ["started_by", "host", "pid",

@@ -6,7 +6,8 @@ metric's values. Past
 :data:`MAX_POINTS` points a series is thinned uniformly (every other point dropped, and from then
 on only every 2nd, 4th, … value kept), so memory does not grow with the number of events.
 Past :data:`MAX_SERIES` names, further metrics are counted, not kept. Values that are not real
-numbers (text, lists, booleans) are not plotted; their last value is kept.
+numbers (text, lists, booleans) or not finite (NaN, ±infinity) are not plotted but counted
+(``not_plotted``); their last value is kept.
 """
 
 from __future__ import annotations
@@ -41,15 +42,18 @@ class Series:
     last_epoch: int | None = None
     stride: int = 1
     plotted: int = 0
+    not_plotted: int = 0
+    """Values that are not finite real numbers (NaN, ±infinity, text, …): no point to draw,
+    counted so that a chart missing them says so (a diverged loss is worth seeing)."""
 
     def add(self, epoch: Any, value: Any) -> None:
         """Take one logged value."""
         self.count += 1
         epoch = recorded_int(epoch)
         self.last, self.last_epoch = value, epoch
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return
-        if not math.isfinite(value):
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value)):
+            self.not_plotted += 1
             return
         x = float(self.plotted if epoch is None else epoch)
         self.plotted += 1
@@ -67,6 +71,7 @@ class Series:
         """The series as the report holds it."""
         return {"name": self.name, "count": self.count, "last": json_view(self.last),
                 "last_epoch": self.last_epoch, "thinned_every": self.stride,
+                "not_plotted": self.not_plotted,
                 "points": [[_number(x), _number(y)] for x, y in self.points]}
 
 

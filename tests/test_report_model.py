@@ -36,6 +36,8 @@ from report.attest import replay_statement
 from report.data_checks import RECORD_TAG, record_digests
 from report.facts import RunFacts, gather
 from report.governance import RETENTION_CLASSES, add_months, r11_retention, r13_signoff
+from report.html import render_html
+from report.markdown import render_markdown
 from report.metrics import MAX_POINTS, MAX_SERIES, MetricCurves, Series
 from report.model import ReportOptions, build_report
 from report.sections import r2_who_and_when, r3_code, r4_environment, r6_configuration
@@ -831,6 +833,32 @@ def test_the_seed_tree_stays_bounded_when_every_path_starts_with_another_label()
     assert (nodes[151]["path"], nodes[151]["count"]) == (["file-0151"], 2)
     assert (nodes[-1]["path"], nodes[-1]["count"], nodes[-1]["seed"]) == (["…"], 799, None)
     assert sum(node["count"] for node in nodes) == 1002
+
+
+def test_values_a_chart_cannot_plot_are_counted_and_shown(tmp_path: Path) -> None:
+    """A loss logged NaN, 1.0, NaN had count 3 and one point: the chart drew a dot and hid that
+    the loss had diverged twice. The values with no point are counted, and HTML and Markdown
+    say so."""
+    series = Series("loss")
+    for epoch, value in enumerate([float("nan"), 1.0, float("inf"), "text", True, 2]):
+        series.add(epoch, value)
+    data = series.to_json()
+    assert (data["count"], data["points"], data["not_plotted"]) == (6, [[1, 1], [5, 2]], 4)
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("diverged", seed=1) as exp:
+            for epoch, value in enumerate([float("nan"), 1.0, float("nan")]):
+                exp.log_metric("loss", value, epoch=epoch)
+            exp.log_metric("acc", 0.5, epoch=0)
+    report = report_of(url, exp.id)
+    assert [(s["name"], s["count"], s["not_plotted"]) for s in report["R1"]["metrics"]] == [
+        ("acc", 1, 0), ("loss", 3, 2)]
+    assert not schema_errors(report)
+    html, markdown = render_html(report), render_markdown(report)
+    assert "loss <span class=\"muted\">(3 values; 2 not plotted (not a finite number); " in html
+    assert "acc <span class=\"muted\">(1 value; last 0.5)" in html
+    assert "| metric | values | not plotted (no finite number) | last | last epoch |" in markdown
+    assert "| loss | 3 | 2 | NaN | 2 |" in markdown
 
 
 def test_a_metric_series_is_thinned_but_keeps_its_count_and_last_value() -> None:

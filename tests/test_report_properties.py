@@ -65,7 +65,7 @@ from report.check import check_report
 from report.export import export_report
 from report.html import render_html
 from report.jsonview import canonical_json, pretty_json
-from report.markdown import render_markdown
+from report.markdown import m, render_markdown
 from report.model import ReportOptions, build_report
 from report.signing import generate_key_pair, load_private_key
 from report_helpers import report_of, schema_errors
@@ -325,7 +325,7 @@ def assert_renders(report: dict[str, Any], run: Oracle) -> None:
     completed = [e.hash for e in events if e.kind == "run_completed"]
     head = completed or [e.hash for e in events if e.stream == "main"][-1:]
     for text in [run.exp, *completed, *(digest for digest, _n, _r in run.datasets.values())]:
-        assert text in html and text.replace("_", "\\_") in markdown, text  # "_" escaped
+        assert text in html and m(text) in markdown, text  # escaped as values are
     subjects = {s["digest"].get("ledger-state-v1") for s in provenance["subject"]}
     if run.checkpoints:
         assert subjects == {run.checkpoints[-1][1]}
