@@ -189,6 +189,9 @@ def _alerts(facts: RunFacts, sections: dict[str, Any], verified: VerifyReport) -
         alerts.append("NOT REPLAYED: no replay was run or recorded for this experiment")
     if replay["verdict"] == PASSED and _quoted(replay) and not verified.ok:
         alerts.append(UNTRUSTED_PASS_ALERT)
+    counts = replay.get("counts")
+    if replay["verdict"] == PASSED and isinstance(counts, dict) and counts.get("compared") == 0:
+        alerts.append(NOTHING_COMPARED_ALERT)
     if replay["verdict"] == PASSED and replay["head_is_current"] is False:
         alerts.append("the recorded replay certified another head than the run's current head"
                       if replay["certified_head"] or facts.run_head is not None else
@@ -233,6 +236,12 @@ UNTRUSTED_PASS_ALERT = ("RECORDED PASS NOT TRUSTED: the ledger fails verificatio
                         "recorded PASSED speaks for the run as that replay read it, not for the "
                         "rows stored now (a replay refuses a ledger that fails verification)")
 """The alert of a report quoting a recorded PASSED from a ledger that no longer verifies."""
+
+
+NOTHING_COMPARED_ALERT = ("the replay re-executed no draw: the run records none, so its PASSED "
+                          "certifies no output, only that the ledger verifies")
+"""The alert of a PASSED replay that compared nothing (a run with no draws): not a false pass,
+but no evidence that the run's outputs reproduce either."""
 
 
 def _environment_alert(differences: list[Any]) -> str:

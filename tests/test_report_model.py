@@ -39,7 +39,7 @@ from report.governance import RETENTION_CLASSES, add_months, r11_retention, r13_
 from report.html import render_html
 from report.markdown import render_markdown
 from report.metrics import MAX_POINTS, MAX_SERIES, MetricCurves, Series
-from report.model import ReportOptions, build_report
+from report.model import NOTHING_COMPARED_ALERT, ReportOptions, build_report
 from report.sections import r2_who_and_when, r3_code, r4_environment, r6_configuration
 from report.seedtree import SeedTree
 from report_helpers import report_of, schema_errors
@@ -833,6 +833,23 @@ def test_the_seed_tree_stays_bounded_when_every_path_starts_with_another_label()
     assert (nodes[151]["path"], nodes[151]["count"]) == (["file-0151"], 2)
     assert (nodes[-1]["path"], nodes[-1]["count"], nodes[-1]["seed"]) == (["…"], 799, None)
     assert sum(node["count"] for node in nodes) == 1002
+
+
+def test_a_replay_that_compared_no_draw_says_its_pass_certifies_no_output(
+        tmp_path: Path) -> None:
+    """A run with no draws replayed PASSED with 0 compared, and nothing said that the pass
+    vouched for no output at all."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with manager.create_experiment("no-draws", seed=1) as bare:
+            bare.log_metric("loss", 0.5, epoch=0)
+    report = report_of(url, bare.id, replay=True)
+    assert (report["R8"]["verdict"], report["R8"]["counts"]["compared"]) == ("PASSED", 0)
+    assert NOTHING_COMPARED_ALERT in report["summary"]["alerts"]
+    drawn = record_run(url, tmp_path / "data", epochs=1)
+    report = report_of(url, drawn, replay=True, data_dir=str(tmp_path / "data"))
+    assert report["R8"]["verdict"] == "PASSED" and report["R8"]["counts"]["compared"] > 0
+    assert NOTHING_COMPARED_ALERT not in report["summary"]["alerts"]
 
 
 def test_values_a_chart_cannot_plot_are_counted_and_shown(tmp_path: Path) -> None:
