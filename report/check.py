@@ -24,7 +24,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ledger.errors import BadInputError, UnknownExperimentError
+from ledger.errors import BadInputError, CheckFailedError, UnknownExperimentError
 from ledger.events import AUDIT_STREAM, RUN_COMPLETED
 from ledger.store.store import Store, StreamHead
 from ledger.verify import VerifyReport, verify
@@ -265,6 +265,9 @@ def _check_ledger(check: ReportCheck, report: dict[str, Any], store: Store) -> N
         store.experiment(exp)
     except UnknownExperimentError:
         check.failures.append(f"the ledger {store.url} holds no experiment {exp}")
+        return
+    except CheckFailedError as error:  # its events are there, its row deleted
+        check.failures.append(str(error))
         return
     _check_verification(check, report, verify(store, exp))
     run_head = store.first_event_hash(exp, RUN_COMPLETED)

@@ -23,11 +23,12 @@ from hypothesis import strategies as st
 
 from conftest import run_cli
 from ledger.digests import EVENT_TAG, ZERO_DIGEST, value_digest
+from ledger.errors import CheckFailedError
 from ledger.events import decode_body
 from ledger.experiment import ExperimentManager
 from ledger.store import Store
 from ledger.verify import verify
-from ledger_builders import execute, insert_row, record_experiment
+from ledger_builders import drop_append_only_triggers, execute, insert_row, record_experiment
 from ledger.recorded_differences import ABSENT
 from replay.causes import differences, explain_output
 from replay.diff import diff_runs
@@ -831,3 +832,28 @@ def test_diff_lists_a_hyperparameter_one_run_records_as_null_and_the_other_lacks
     differences_found = strict_json(document.stdout)["differences"]
     assert differences_found["config"] == [{"key": "hyperparams.dropout", "a": None}]
     assert differences_found["metrics"] == [{"key": "loss", "a": 0.5}]
+
+
+def test_a_run_whose_experiment_row_was_deleted_fails_verification_everywhere(
+        tmp_path: Path) -> None:
+    """With its row deleted, show, replay, diff and report called the run an unknown
+    experiment (exit 2), as for a mistyped id, while its events were all still stored:
+    ``verify`` named the tampering (exit 1). Each now says the ledger fails verification."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Store.open(url, create=True) as store:
+        recorded = record_experiment(store, workers=0)
+        drop_append_only_triggers(store)
+        execute(store, "DELETE FROM ledger_experiments WHERE exp = :exp", exp=recorded.exp)
+    exp = recorded.exp
+    with ExperimentManager(url, data_dir=tmp_path) as manager:
+        with pytest.raises(CheckFailedError, match="but no experiment row"):
+            manager.resume_experiment(exp)
+    for command in (["show", exp], ["replay", "--no-record", exp], ["diff", exp, exp],
+                    ["report", "--no-record", exp]):
+        done = run_cli("--db", url, *command)
+        assert done.returncode == 1, (command, done.stderr)
+        assert done.stderr.splitlines() == [
+            f"ledger: error: {exp} has events in {url} but no experiment row: the ledger fails "
+            f"verification (ledger verify {exp} names it)"], command
+    assert run_cli("--db", url, "show", "exp-bbbbbbbbbbbb").returncode == 2  # unknown: as before
+    assert run_cli("--db", url, "verify", exp).returncode == 1

@@ -21,8 +21,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from ledger.canonical import canonical
 from ledger.digests import ZERO_DIGEST
-from ledger.errors import (AppendOnlyError, BadInputError, ConcurrentWriteError, StoreError,
-                           UnknownExperimentError)
+from ledger.errors import (AppendOnlyError, BadInputError, CheckFailedError, ConcurrentWriteError,
+                           StoreError, UnknownExperimentError)
 from ledger.events import (AUDIT_STREAM, COMPLETION_STATUSES, EXPERIMENT_CREATED, MAIN_STREAM,
                            RUN_COMPLETED, Event, check_experiment_id, decode_body, path_bytes)
 from ledger.store.connect import (BOUNDED_WRITE, POSTGRES_LOCK_TIMEOUT, WRITE_OPTION,
@@ -320,7 +320,8 @@ class Store:
                 for row in rows]
 
     def experiment(self, exp: str) -> ExperimentRow:
-        """One experiment's row; raises UnknownExperimentError when the ledger has none."""
+        """One experiment's row; raises UnknownExperimentError when the ledger has none, and
+        CheckFailedError when it has none but holds events of ``exp`` (the row was deleted)."""
         row = self._experiment_row(exp)
         return ExperimentRow(row.exp, row.name, row.created_t,
                              self._completion_statuses(exp).get(exp, "incomplete"))
@@ -335,6 +336,12 @@ class Store:
         with self._reading() as connection:
             row = connection.execute(
                 select(experiments_table).where(experiments_table.c.exp == exp)).first()
+            orphaned = row is None and connection.execute(
+                select(events_table.c.seq).where(events_table.c.exp == exp).limit(1)
+            ).first() is not None
+        if orphaned:  # its row deleted: not "unknown", which would hide the tampering
+            raise CheckFailedError(f"{exp} has events in {self.url} but no experiment row: the "
+                                   f"ledger fails verification (ledger verify {exp} names it)")
         if row is None:
             raise UnknownExperimentError(f"unknown experiment {exp} in {self.url}")
         return row
