@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ledger.errors import CheckFailedError
+from ledger.errors import CheckFailedError, StoreError
 from ledger.store.store import Store
 from ledger.verify import verify
 
@@ -37,9 +37,14 @@ class VerificationGate:
 
     @contextmanager
     def guarding(self) -> Iterator["VerificationGate"]:
-        """A block whose errors are reported only once the ledger verifies (see module doc)."""
+        """A block whose errors are reported only once the ledger verifies (see module doc) —
+        except a StoreError: a ledger that cannot be read (a table another session locks, a
+        lost server) cannot be verified either, and trying made the command wait out the
+        same lock twice before saying so."""
         try:
             yield self
+        except StoreError:
+            raise
         except Exception:
             self.check()
             raise

@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 
 import ledger.experiment
+import replay.gate
 from ledger import register_draw
 from ledger.augment import DataAugmenter, register_op
 from ledger.environment import environment_fingerprint
-from ledger.errors import CannotReplayError, CheckFailedError, UnknownExperimentError
+from ledger.errors import (CannotReplayError, CheckFailedError, StoreError,
+                           UnknownExperimentError)
 from ledger.store import Store
 from replay import Cause, replay_run
 from replay.datasets import register_loader
@@ -522,3 +524,22 @@ def test_a_user_draw_is_rerun_and_a_bare_generator_draw_checks_its_seed(
     divergence = report.first_divergence
     assert divergence is not None and divergence.path == ["model", "noise"]
     assert divergence.cause is Cause.OUTPUT and (report.matched, report.mismatched) == (1, 1)
+
+
+def test_a_ledger_that_cannot_be_read_mid_replay_is_not_verified_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replay's errors wait for verification (a tampered ledger is reported as such); but a
+    read that failed — a PostgreSQL table another session locks, measured at 21 s: the lock
+    waited out twice — cannot be verified either: its StoreError is reported at once."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    exp = record_run(url, tmp_path / "data", epochs=1)
+    verified = []
+    monkeypatch.setattr(replay.gate, "verify", lambda store, exp: verified.append(exp))
+
+    def locked(self: Store, exp: str, kind: str) -> Any:
+        raise StoreError(f"cannot read {url}: canceling statement due to lock timeout")
+
+    monkeypatch.setattr(Store, "first_event_body", locked)
+    with Store.open(url) as store, pytest.raises(StoreError, match="lock timeout"):
+        replay_run(store, exp, data_dir=tmp_path / "data")
+    assert verified == []
