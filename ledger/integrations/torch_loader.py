@@ -473,10 +473,10 @@ def _check_tensor_dtypes(dataset: Dataset) -> None:
 
 def _check_worker_options(options: dict[str, Any]) -> None:
     """Refuse the ``num_workers`` and ``timeout`` that torch takes at construction but fails on
-    only at the first pass — a float ``num_workers`` (a bare TypeError), more workers than
-    :class:`ledger.iterator.TrainingDataIterator` starts (torch forks them all), a ``timeout`` without
+    only at the first pass — a float ``num_workers`` (a bare TypeError), a ``timeout`` without
     workers (a bare AssertionError), an infinite or huge one (OverflowError) — or never (a NaN
-    ``timeout``, which silently means no limit): refused here, before anything is recorded."""
+    ``timeout``, which silently means no limit; more workers than TrainingDataIterator starts,
+    which torch forks one by one): refused here, before anything is recorded."""
     workers = check_count("num_workers", options.get("num_workers", 0), 0)
     if workers > MAX_WORKERS:  # torch would start them all, one by one, never refusing
         raise BadInputError(f"got num_workers={workers}, but at most {MAX_WORKERS} worker "
