@@ -286,9 +286,9 @@ class RecordedDataLoader(DataLoader):
     def _from_workers(self, batches: Iterator[Any]) -> Iterator[Any]:
         """The items of torch's worker iterator ``batches``; a worker that died raises
         WorkerError naming it, its pid, and the batch and epoch it was making — torch's own
-        RuntimeError (kept as the cause) names only the pid. Once the pass ends, the loader lets
-        go of torch's iterator (unless its workers persist), which then shuts its workers down
-        when torch would."""
+        RuntimeError (kept as the cause) names only the pid. Once the pass ends — however it
+        ends — the loader shuts torch's iterator's workers down and lets go of it (unless its
+        workers persist)."""
         try:
             while True:
                 try:
@@ -306,6 +306,14 @@ class RecordedDataLoader(DataLoader):
         finally:
             if self._worker_batches is batches and not self.persistent_workers:
                 self._worker_batches = None
+                # torch's iterator shuts its workers down when collected: one kept alive by an
+                # error's traceback (a reference cycle) could be collected in a worker that a
+                # later loader forked, whose __del__ then printed "can only test a child
+                # process". Shut down here, in the process that started them (a no-op once
+                # torch did it at the pass's end).
+                shutdown = getattr(batches, "_shutdown_workers", None)
+                if callable(shutdown):
+                    shutdown()
 
     def _consume(self, batches: Iterator[Any]) -> Iterator[Any]:
         with_labels = self.ledger_dataset.labels is not None
