@@ -20,6 +20,7 @@ import builtins
 import gc
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -129,7 +130,14 @@ _inherited_job: _Job | None = None
 
 def _worker_main(connection: Connection, job: _Job | None) -> None:
     """A worker process: re-execute chunks from the back; send its mismatches and failure."""
-    exit_with_parent()  # a replay killed mid-way: its workers' shares are nobody's now
+    # Ctrl-C is the main process's: it stops the workers and ends the command as "ledger:
+    # aborted" (a worker interrupted with it printed a KeyboardInterrupt traceback, or died
+    # first, so that the replay read "a replay worker process died", exit 3); and a replay
+    # killed outright leaves its workers' shares to nobody.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # blocked by __enter__ until ignored here
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    exit_with_parent()
     job = job or _inherited_job
     assert job is not None
     if not job.spawned:
@@ -196,6 +204,10 @@ class DrawExecution:
     def __enter__(self) -> "DrawExecution":
         global _inherited_job
         _inherited_job = self._job
+        # A worker starts with Ctrl-C blocked, so that one landing before it ignores it cannot
+        # interrupt it (the main process's mask is put back at once: Ctrl-C stays its own)
+        blocked = (signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+                   if hasattr(signal, "pthread_sigmask") and self._count else None)
         try:
             for _ in range(self._count):
                 receiver, sender = self._mp.Pipe(duplex=False)
@@ -208,6 +220,8 @@ class DrawExecution:
                 self._workers.append((process, receiver))
         finally:
             _inherited_job = None
+            if blocked is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

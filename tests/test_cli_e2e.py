@@ -18,9 +18,10 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import LEDGER_COMMAND, ROOT, run_cli
 from ledger.store import Store, StreamWriter
 from ledger_builders import (Recorded, drop_append_only_triggers, execute, flip_byte,
                              record_experiment, rows)
@@ -1000,3 +1001,44 @@ def test_an_unexpected_error_is_one_line_and_exit_2_and_ledger_debug_shows_its_t
                            cwd=ROOT, env={**env, "LEDGER_DEBUG": "1"}, timeout=60)
     assert debug.returncode == 1 and "Traceback" in debug.stderr
     assert "RuntimeError: disk on fire" in debug.stderr
+
+
+def _children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (Linux's /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc")
+def test_ctrl_c_during_a_replay_with_workers_is_one_line_and_exit_130(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C reaches the whole process group: a replay worker interrupted with
+    the main process printed a KeyboardInterrupt traceback, or died first, so that the replay
+    ended "a replay worker process died" (exit 3). The workers leave Ctrl-C to the main
+    process, which stops them: one line, exit 130, every time."""
+    import signal
+    import time
+
+    from replay_helpers import record_run, sample_data
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    features, labels = sample_data()
+    exp = record_run(url, tmp_path / "data", epochs=4, batch_size=4,
+                     data=(np.tile(features, (8, 1)), np.tile(labels, 8)))
+    for _attempt in range(3):
+        command = subprocess.Popen([*LEDGER_COMMAND, "--db", url, "replay", "--no-record",
+                                    "--jobs", "2", "--data-dir", str(tmp_path / "data"), exp],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   start_new_session=True)
+        while command.poll() is None and not _children(command.pid):
+            time.sleep(0.005)  # until the replay's worker runs
+        assert command.poll() is None, "the replay ended before its worker started"
+        os.killpg(command.pid, signal.SIGINT)
+        out, err = command.communicate(timeout=120)
+        assert (command.returncode, out, err) == (130, "", "ledger: aborted\n")
