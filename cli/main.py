@@ -212,14 +212,17 @@ def check_db_url(given: tuple[str, ...] | str | None, option: str) -> None:
 
 def check_module_names(_context: click.Context, _parameter: click.Parameter,
                        names: tuple[str, ...]) -> tuple[str, ...]:
-    """Refuse a ``--trust`` that names no module (``--trust 'a b'``, ``--trust ''``): a usage
-    error, exit 2, before anything runs — it was exit 3 from ``replay`` (as if the ledger could
-    not be replayed) and, from ``report --replay``, a report written with the replay
-    INCONCLUSIVE and exit 0."""
+    """Refuse a ``--trust`` that names no module (``--trust 'a b'``, ``--trust ''``) or names a
+    file (``--trust my_ops.py``): a usage error, exit 2, before anything runs — it was exit 3
+    from ``replay`` (as if the ledger could not be replayed) and, from ``report --replay``, a
+    report written with the replay INCONCLUSIVE and exit 0."""
     for name in names:
         if not all(part.isidentifier() for part in name.split(".")):
             raise click.UsageError(f"got --trust {quoted(name)}, but it takes a dotted module "
                                    f"name, as in --trust my_ops or --trust lab.replay_ops")
+        if name.endswith(".py"):  # a file name: importing it ran my_ops, then failed on "py"
+            raise click.UsageError(f"got --trust {quoted(name)}, a file name, but it takes the "
+                                   f"module's name: --trust {name[:-3]}")
     return names
 
 

@@ -111,6 +111,18 @@ def test_trust_takes_only_dotted_module_names(custom_op_run, name: str, command:
     assert not (folder / "r.json").exists()
 
 
+def test_trust_takes_a_module_name_not_its_file_name(custom_op_run) -> None:
+    """``--trust my_ops.py`` imported my_ops (running its code) and then failed on a module
+    ``py`` inside it; the hint for a module in the current folder even suggested it."""
+    url, exp, module, env = custom_op_run
+    result = run_cli("--db", url, "replay", exp, "--no-record", "--trust", f"{module}.py",
+                     env=env)
+    assert result.returncode == 2
+    _assert_one_clean_line(result)
+    assert (f"got --trust '{module}.py', a file name, but it takes the module's name: "
+            f"--trust {module}") in result.stderr
+
+
 def test_trust_takes_a_module_whose_name_is_not_ascii(custom_op_run) -> None:
     """Python module names may be any identifiers (PEP 3131): ``--trust opérations`` was
     refused as not a dotted module name, though ``import opérations`` works."""
