@@ -242,6 +242,25 @@ def test_replay_of_an_incomplete_run_says_it_certifies_only_what_was_recorded(
     assert "incomplete" not in replay(done).stdout
 
 
+def test_replay_of_a_failed_run_says_it_failed(tmp_path: Path) -> None:
+    """A failed run's certificate read as a whole run's; only --json said "status": "failed"."""
+    from ledger import ExperimentManager, TrainingDataIterator
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        with pytest.raises(RuntimeError, match="diverged loss"):
+            with manager.create_experiment("failed", seed=42) as exp:
+                list(TrainingDataIterator(exp.register_dataset("d", *sample_data()), 64,
+                                          experiment=exp))
+                raise RuntimeError("diverged loss")
+    text = run_cli("--db", url, "replay", exp.id, "--no-record", "--data-dir",
+                   str(tmp_path / "data"))
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.splitlines()[0] == (f"CERTIFIED: {exp.id} reproduces draw for draw "
+                                           f"(the run failed: the draws it recorded before "
+                                           f"its error)")
+
+
 def test_a_library_absent_at_replay_is_shown_absent_below_the_certificate(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Not 'None now': a library loaded on one side only is named as absent on the other."""

@@ -162,7 +162,9 @@ def _print_rerun_differences(diff: DiffReport) -> None:
 
 def _print(report: ReplayReport) -> None:
     head = report.head.hex() if report.head else "none (run incomplete)"
-    so_far = "" if report.head else " (run incomplete: the draws recorded so far)"
+    so_far = ("" if report.head else " (run incomplete: the draws recorded so far)") + (
+        " (the run failed: the draws it recorded before its error)"
+        if report.status == "failed" else "")
     if report.certified:
         click.echo(f"CERTIFIED: {report.exp} reproduces draw for draw{so_far}")
     else:
