@@ -305,6 +305,21 @@ def dataset_from_file(name: str, path: str | os.PathLike[str], features_key: str
                    loader_spec("absolute", str(source), digest, features_key, labels_key))
 
 
+def unusable_file(path: Path) -> str | None:
+    """Why ``path`` is no dataset file to read — ``is missing``, ``is a folder``, … — or None
+    when it is a regular file (a symlink to one included). A folder, a pipe or a link that
+    leads nowhere was reported "missing" beside a file that was there."""
+    if path.is_file():
+        return None
+    if path.is_symlink() and not path.exists():
+        return "is a symbolic link that leads nowhere (its target is missing, or links loop)"
+    if path.is_dir():
+        return "is a folder, not a dataset file"
+    if path.exists():
+        return "is not a regular file (a pipe, device or socket), not a dataset file"
+    return "is missing"
+
+
 def load_dataset(loader: dict[str, Any], data_dir: str | os.PathLike[str] | None
                  ) -> tuple[np.ndarray, np.ndarray | None]:
     """Re-load a recorded dataset from its loader spec and check its digest (what replay does).
@@ -320,8 +335,9 @@ def load_dataset(loader: dict[str, Any], data_dir: str | os.PathLike[str] | None
                                 f"data folder: give one (or set {DATA_DIR_ENV})")
     else:
         path = Path(data_dir) / loader["path"]
-    if not path.is_file():
-        raise CannotReplayError(f"dataset file {path} is missing")
+    problem = unusable_file(path)
+    if problem is not None:
+        raise CannotReplayError(f"dataset file {path} {problem}")
     try:
         features, labels = check_arrays(*read_npz(path, loader.get("features", "features"),
                                                   loader.get("labels")))

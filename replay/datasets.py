@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ledger.datasets import DATA_DIR_ENV, LOADER_KIND, check_arrays, dataset_digest
+from ledger.datasets import (DATA_DIR_ENV, LOADER_KIND, check_arrays, dataset_digest,
+                             unusable_file)
 from ledger.errors import BadInputError, CannotReplayError, LedgerError
 from ledger.text import error_summary, quoted
 from replay.context import LoadedDataset, ReplayContext
@@ -63,12 +64,12 @@ def _npz_file(spec: dict[str, Any], data_dir: Path | None) -> Path:
         if ".." in Path(relative).parts or Path(relative).is_absolute():
             raise CannotReplayError(f"dataset path {relative!r} leaves the data folder")
     try:
-        found = path.is_file()
+        problem = unusable_file(path)
     except OSError as error:  # a folder on the way that this user cannot search
         raise CannotReplayError(f"cannot read dataset file {path}: "
                                 f"{error.strerror or error}") from None
-    if not found:
-        raise CannotReplayError(f"dataset file {path} is missing: replay needs the data")
+    if problem is not None:
+        raise CannotReplayError(f"dataset file {path} {problem}: replay needs the data")
     return path
 
 

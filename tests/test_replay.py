@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import getpass
+import os
 import socket
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +138,26 @@ def test_a_missing_dataset_file_cannot_replay(folder: Path) -> None:
     for stored in (folder / "data").rglob("*.npz"):
         stored.unlink()
     with Store.open(_url(folder)) as store, pytest.raises(CannotReplayError, match="missing"):
+        replay_run(store, exp, data_dir=folder / "data")
+
+
+@pytest.mark.parametrize(("replace", "problem"), [
+    (lambda path: path.mkdir(), "is a folder, not a dataset file"),
+    (lambda path: os.mkfifo(path), "is not a regular file"),
+    (lambda path: path.symlink_to("/dev/zero"), "is not a regular file"),
+    (lambda path: path.symlink_to(path), "is a symbolic link that leads nowhere"),
+    (lambda path: path.symlink_to(path.with_name("gone.npz")), "is a symbolic link that leads")],
+    ids=["folder", "fifo", "device", "link-loop", "broken-link"])
+def test_a_dataset_file_that_is_there_but_unusable_says_why(
+        folder: Path, replace: Callable[[Path], None], problem: str) -> None:
+    """A folder, a pipe, a device or a link leading nowhere where the dataset file was: replay
+    said the file "is missing", beside a path that exists."""
+    exp = record_run(_url(folder), folder / "data")
+    (stored,) = (folder / "data").rglob("*.npz")
+    stored.unlink()
+    replace(stored)
+    with Store.open(_url(folder)) as store, pytest.raises(
+            CannotReplayError, match=f"dataset file {stored} {problem}"):
         replay_run(store, exp, data_dir=folder / "data")
 
 
