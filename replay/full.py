@@ -54,12 +54,20 @@ def replay_full(store: Store, exp: str, *, trusted: Sequence[str] = (),
     """Re-run ``exp``'s recorded job with its configuration and root seed, then diff the runs.
 
     ``scratch`` is a folder for the scratch ledger (default: a temporary folder, removed after).
+    An incomplete run cannot be: the re-run records the whole run, which differs from the part
+    recorded by its first missing event (it was DIVERGED, "event extra", with no word of the
+    run being incomplete) — CannotReplayError, after verification.
     """
-    store.experiment(exp)
+    row = store.experiment(exp)
     checked = verify(store, exp)
     if not checked.ok:
         raise CheckFailedError(f"ledger fails verification, not replayed: "
                                f"{checked.findings[0].describe()}")
+    if row.status == "incomplete":
+        raise CannotReplayError(f"{exp} is incomplete (no run_completed: killed, suspended or "
+                                f"still running), so its full re-run, which records the whole "
+                                f"run, cannot be compared with it: replay without --full "
+                                f"certifies the draws it recorded; or resume the run to the end")
     plugins = load_plugins(trusted)
     root, created = recorded_start(store, exp)
     name, version, config = recorded_job(created.get("entrypoint"))

@@ -10,6 +10,7 @@ from conftest import run_cli
 from examples.fraud.job import fraud_demo_job, job_config
 from ledger.errors import CannotReplayError
 from ledger.experiment import ExperimentManager
+from ledger.jobs import job_entrypoint
 from ledger.store import Store
 from replay import Cause, diff_runs
 from replay.full import replay_full
@@ -78,6 +79,24 @@ def test_full_replay_of_a_run_without_a_job_cannot_replay(tmp_path: Path) -> Non
         replay_full(store, exp)
     result = run_cli("--db", url, "replay", exp, "--full")
     assert result.returncode == 3 and "Traceback" not in result.stderr
+
+
+def test_full_replay_of_an_incomplete_run_cannot_replay_saying_why(tmp_path: Path) -> None:
+    """A killed demo run re-ran whole and was DIVERGED ("event extra", exit 1) with no word of
+    the run being incomplete."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    config = job_config(workers=0, epochs=2, inject_nondeterminism=False, transactions=6000)
+    with ExperimentManager(url, data_dir=tmp_path / "data") as manager:
+        exp = manager.create_experiment("fraud-detection-v3", seed=42, entrypoint=job_entrypoint(
+            "fraud-detection-v3-demo", 1, config))
+        exp.suspend()  # as a killed run is left: no run_completed
+    result = run_cli("--db", url, "replay", exp.id, "--full")
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.splitlines() == [
+        f"ledger: error: {exp.id} is incomplete (no run_completed: killed, suspended or still "
+        f"running), so its full re-run, which records the whole run, cannot be compared with "
+        f"it: replay without --full certifies the draws it recorded; or resume the run to the "
+        f"end"]
 
 
 def test_full_replay_from_the_command_line(tmp_path: Path) -> None:
