@@ -93,7 +93,11 @@ class DataAugmenter:
     def apply(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Run every op on ``batch`` in place (it must be a private copy) drawing from ``rng``."""
         for info, params in self._ops:
-            result = info.function(batch, rng, **params)
+            try:
+                result = info.function(batch, rng, **params)
+            except Exception as error:  # the op's own: say which op, keep its type
+                error.add_note(f"raised by augmenter op {info.name!r} version {info.version}")
+                raise
             if result is not None and result is not batch:
                 result = _op_result(info.name, result)
                 if result.shape != batch.shape or result.dtype != batch.dtype:

@@ -110,6 +110,10 @@ def as_ledger_error(error: BaseException, body_bytes: bytes) -> Exception:
         event = f"{body['kind']} {body['stream']}#{body['seq']}"
     except LedgerError:
         event = "an event"
+    notes = getattr(error, "__notes__", None)  # the code that raised it, where it says
+    if notes:
+        return CannotReplayError(f"{event} cannot be re-executed: {error_summary(error)}, "
+                                 f"{notes[-1]}")
     return CannotReplayError(f"{event} cannot be re-executed from its recorded params "
                              f"({error_summary(error)})")
 

@@ -565,3 +565,27 @@ def test_a_ledger_that_cannot_be_read_mid_replay_is_not_verified_again(
     with Store.open(url) as store, pytest.raises(StoreError, match="lock timeout"):
         replay_run(store, exp, data_dir=tmp_path / "data")
     assert verified == []
+
+
+_FLAKY = {"raise": False}
+
+
+@register_op("test_replay_flaky", version=1)
+def _flaky(batch: np.ndarray, rng: np.random.Generator) -> None:
+    if _FLAKY["raise"]:
+        raise RuntimeError("op exploded")
+    batch += rng.standard_normal(batch.shape).astype(batch.dtype)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_an_op_that_raises_at_replay_is_named(folder: Path, jobs: int,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The error named the event and blamed its recorded params, not the op that raised."""
+    exp = record_run(_url(folder), folder / "data",
+                     augmenter=DataAugmenter(ops=[{"op": "test_replay_flaky"}]))
+    monkeypatch.setitem(_FLAKY, "raise", True)
+    with Store.open(_url(folder)) as store, pytest.raises(
+            CannotReplayError, match=r"augmentation_batch main#\d+ cannot be re-executed: "
+                                     r"RuntimeError: op exploded, raised by augmenter op "
+                                     r"'test_replay_flaky' version 1$"):
+        replay_run(store, exp, jobs=jobs, data_dir=folder / "data")
