@@ -369,8 +369,9 @@ def test_the_earliest_draw_that_cannot_be_re_executed_is_raised(
     failing = injected(shape, data, min_size=1)
     epoch, batch = min(failing)
     first = events[(epoch, batch)]
-    expected = (f"augmentation_batch {first['stream']}#{first['seq']} cannot be re-executed "
-                f"from its recorded params (ValueError: a failing batch cannot be replayed)")
+    expected = (f"augmentation_batch {first['stream']}#{first['seq']} cannot be re-executed: "
+                f"ValueError: a failing batch cannot be replayed, raised by augmenter op "
+                f"'divergence_marked' version 1")
     with misbehaving_at(shape.seed, injected(shape, data), failing):
         with pytest.raises(CannotReplayError) as serial:
             replayed(run)
