@@ -109,21 +109,18 @@ class DiffDivergence:
         return "params" if a.settings != b.settings else "output"
 
     def _sides(self) -> tuple[str, str]:
-        """How the two runs are named: their ids, told apart when one id is in two ledgers."""
-        if self.exp_a != self.exp_b:
-            return self.exp_a, self.exp_b
-        return f"{self.exp_a} (A)", f"{self.exp_b} (B)"
+        return side_names(self.exp_a, self.exp_b)
 
     def describe(self) -> str:
-        """One line for humans: each run's position of the event (exp, stream#seq), its kind
-        and path, the cause, and the digest each run recorded where they differ (the one run's
-        that has it, for an event the other lacks)."""
+        """One line for humans: each run's position of the event (exp, stream#seq, or none for
+        the run that lacks it), its kind and path, the cause, and the digest each run recorded
+        where they differ (the one run's that has it, for an event the other lacks)."""
         where = "/".join(str(label) for label in self.identity[1:]) or "-"
         if self.occurrence > 1:
             where += f", occurrence {self.occurrence}"
         name_a, name_b = self._sides()
-        positions = [f"{name} {side.stream}#{side.seq}"
-                     for name, side in ((name_a, self.a), (name_b, self.b)) if side is not None]
+        positions = [f"{name} {'none' if side is None else f'{side.stream}#{side.seq}'}"
+                     for name, side in ((name_a, self.a), (name_b, self.b))]
         field, shown = self.field, ""
         if field != "status":  # a status differs with no digest: the detail gives each one
             # an event one run lacks: only the other's digest, not "none" for the missing side
@@ -141,6 +138,14 @@ class DiffDivergence:
                 "a": None if self.a is None else self.a.to_json(),
                 "b": None if self.b is None else self.b.to_json(),
                 "cause": self.cause.value, "detail": self.detail}
+
+
+def side_names(exp_a: str, exp_b: str) -> tuple[str, str]:
+    """How two compared runs are named: their ids, told apart (``EXP (A)``, ``EXP (B)``) when
+    one id is compared across two ledgers."""
+    if exp_a != exp_b:
+        return exp_a, exp_b
+    return f"{exp_a} (A)", f"{exp_b} (B)"
 
 
 @dataclass(slots=True)

@@ -420,6 +420,9 @@ def test_diff_text_tells_one_run_id_in_two_ledgers_apart(url: str, tmp_path: Pat
     clean(result, 1)
     assert "in exp-a (B)) — " in result.stdout and "exp-a (A) main#" in result.stdout
     assert bytes(range(16)).hex() + " in exp-a (B)" in result.stdout
+    # the summary lines too (they read "exp-a vs exp-a" and "0 missing in exp-a")
+    assert result.stdout.startswith("DIFFERENT: exp-a (A) vs exp-a (B)\n")
+    assert " missing in exp-a (B), " in result.stdout
 
 
 def test_a_custom_kind_drawn_with_other_params_is_parameters_differ(url: str) -> None:
@@ -612,6 +615,11 @@ def test_a_draw_one_run_lacks_is_named_missing_or_extra_by_side(url: str) -> Non
     assert divergence.field == "seed"
     assert (f"event extra (seed {SEED.hex()} in exp-a) — exp-a has this event, exp-b does not"
             in divergence.describe())
+    # each run's side of it: where the one run recorded it, "none" for the other (the side
+    # was left out, where the README promised "none")
+    assert divergence.describe().startswith("exp-b none / exp-a main#2 user_draw [dropout]: ")
+    assert missing.first_divergence.describe().startswith(
+        "exp-a main#2 / exp-b none user_draw [dropout]: ")
 
 
 def test_a_run_that_trained_on_is_split_where_its_extra_epoch_starts(url: str) -> None:

@@ -8,7 +8,7 @@ from cli.display import agreeing, counted, printable, runs_differ_line, short_va
 from cli.main import cli, db_option, one_db
 from cli.output import emit_json, json_option
 from ledger.store import Store
-from replay.diff import DiffReport, diff_runs
+from replay.diff import DiffReport, diff_runs, side_names
 
 
 @cli.command("diff", epilog="Exit codes: 0 identical; 1 the runs differ (or one fails "
@@ -46,21 +46,22 @@ def diff_command(obj: dict, exp_a: str, exp_b: str, db_b: tuple[str, ...], as_js
 
 def _print(report: DiffReport) -> None:
     """The report for humans: the verdict, each run that did not complete ok, what differs."""
+    name_a, name_b = side_names(report.exp_a, report.exp_b)
     if report.identical:
-        click.echo(f"IDENTICAL: {report.exp_a} and {report.exp_b} "
+        click.echo(f"IDENTICAL: {name_a} and {name_b} "
                    f"({counted(report.compared, 'event')} compared)")
         if report.config or report.code or report.environment:
             click.echo("  every event agrees: the differences below changed nothing either run "
                        "recorded")
     else:
-        click.echo(f"DIFFERENT: {report.exp_a} vs {report.exp_b}")
+        click.echo(f"DIFFERENT: {name_a} vs {name_b}")
         assert report.first_divergence is not None  # set whenever runs differ
         click.echo(printable(f"  first divergence: {report.first_divergence.describe()}"))
         differ = agreeing(report.differing, "differs", "differ")
         click.echo(f"  {counted(report.differing, 'event')} {differ}, {report.missing_in_b:,} "
-                   f"missing in {report.exp_b}, {report.extra_in_b:,} extra, of "
+                   f"missing in {name_b}, {report.extra_in_b:,} extra, of "
                    f"{report.compared:,}")
-    for exp, status in ((report.exp_a, report.status_a), (report.exp_b, report.status_b)):
+    for exp, status in ((name_a, report.status_a), (name_b, report.status_b)):
         if status == "incomplete":
             click.echo(f"  {exp} is incomplete (no run_completed): only what it recorded is "
                        f"compared")
