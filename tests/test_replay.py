@@ -25,7 +25,7 @@ from replay import Cause, replay_run
 from replay.datasets import register_loader
 from replay_helpers import record_run, sample_data
 
-_behaviour = {"scale": 1.0, "truncate": False}
+_behaviour = {"scale": 1.0, "truncate": False, "raise": False}
 
 
 @register_op("test_unseeded_noise", version=1)
@@ -42,7 +42,10 @@ def library_sensitive(batch: np.ndarray, rng: np.random.Generator, *, std: float
 
 @register_op("test_reshaping", version=1)
 def reshaping(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """An op that returns a new batch; while a test says so, one of another shape (a broken op)."""
+    """An op that returns a new batch; while a test says so, one of another shape, or an error
+    (a broken op)."""
+    if _behaviour["raise"]:
+        raise RuntimeError("op exploded")
     noise = rng.random(batch.shape[1:]).astype(batch.dtype)
     return batch[:1].copy() if _behaviour["truncate"] else batch + noise
 
@@ -450,20 +453,24 @@ def test_datasets_sharing_a_file_or_its_keys_are_each_reloaded_from_their_own_ar
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
-def test_an_op_that_returns_another_shape_at_replay_cannot_replay(
-        folder: Path, monkeypatch: pytest.MonkeyPatch, jobs: int) -> None:
+@pytest.mark.parametrize(("broken", "message"), [
+    ("truncate", r"^augmentation_batch main#3 cannot be re-executed from its recorded params "
+                 r"\(BadInputError: op 'test_reshaping' returned shape \(1, 6\)"),
+    ("raise", r"^augmentation_batch main#3 cannot be re-executed: RuntimeError: op exploded, "
+              r"raised by augmenter op 'test_reshaping' version 1$")])
+def test_an_op_that_breaks_at_replay_cannot_replay_naming_it(
+        folder: Path, monkeypatch: pytest.MonkeyPatch, jobs: int, broken: str,
+        message: str) -> None:
     """An op that breaks its contract only at replay (a batch of another shape) leaves a draw
     that cannot be re-executed: exit 3 naming the event, as for an op that raises — not the
-    op's BadInputError, exit 2, which reads as bad usage or a malformed file."""
+    op's BadInputError, exit 2, which reads as bad usage or a malformed file. An op that
+    raises is named too: the message named the event and blamed its recorded params."""
     exp = record_run(_url(folder), folder / "data", epochs=1,
                      augmenter=DataAugmenter(ops=[{"op": "test_reshaping"}]))
     with Store.open(_url(folder)) as store:
         assert replay_run(store, exp, jobs=jobs, data_dir=folder / "data").certified
-    monkeypatch.setitem(_behaviour, "truncate", True)
-    with Store.open(_url(folder)) as store, pytest.raises(
-            CannotReplayError, match=r"^augmentation_batch main#3 cannot be re-executed from its "
-                                     r"recorded params \(BadInputError: op 'test_reshaping' "
-                                     r"returned shape \(1, 6\)"):
+    monkeypatch.setitem(_behaviour, broken, True)
+    with Store.open(_url(folder)) as store, pytest.raises(CannotReplayError, match=message):
         replay_run(store, exp, jobs=jobs, data_dir=folder / "data")
 
 
@@ -565,27 +572,3 @@ def test_a_ledger_that_cannot_be_read_mid_replay_is_not_verified_again(
     with Store.open(url) as store, pytest.raises(StoreError, match="lock timeout"):
         replay_run(store, exp, data_dir=tmp_path / "data")
     assert verified == []
-
-
-_FLAKY = {"raise": False}
-
-
-@register_op("test_replay_flaky", version=1)
-def _flaky(batch: np.ndarray, rng: np.random.Generator) -> None:
-    if _FLAKY["raise"]:
-        raise RuntimeError("op exploded")
-    batch += rng.standard_normal(batch.shape).astype(batch.dtype)
-
-
-@pytest.mark.parametrize("jobs", [1, 2])
-def test_an_op_that_raises_at_replay_is_named(folder: Path, jobs: int,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """The error named the event and blamed its recorded params, not the op that raised."""
-    exp = record_run(_url(folder), folder / "data",
-                     augmenter=DataAugmenter(ops=[{"op": "test_replay_flaky"}]))
-    monkeypatch.setitem(_FLAKY, "raise", True)
-    with Store.open(_url(folder)) as store, pytest.raises(
-            CannotReplayError, match=r"augmentation_batch main#\d+ cannot be re-executed: "
-                                     r"RuntimeError: op exploded, raised by augmenter op "
-                                     r"'test_replay_flaky' version 1$"):
-        replay_run(store, exp, jobs=jobs, data_dir=folder / "data")
