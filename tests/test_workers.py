@@ -515,10 +515,12 @@ def test_an_exception_in_a_worker_is_reported_with_worker_batch_and_error() -> N
                                               r"4 of epoch 0: ValueError: op failed on call 3"
                            ) as caught:
             list(batches)
-    # the worker's own traceback travels with the error, down to the op that raised
+    # the worker's own traceback travels with the error, down to the op that raised, which
+    # its note names
     assert caught.value.worker_traceback is not None
     assert "in fail_in_worker" in caught.value.worker_traceback
-    assert caught.value.worker_traceback.rstrip().endswith("ValueError: op failed on call 3")
+    assert caught.value.worker_traceback.rstrip().endswith(
+        "ValueError: op failed on call 3\nraised by augmenter op 'test_fail_in_worker' version 1")
 
 
 def test_an_exception_that_cannot_be_shown_is_still_reported_as_the_workers_error() -> None:
